@@ -1,0 +1,51 @@
+"""On-disk cache of exact per-query tables, in the platform's user cache directory.
+
+Set ``IAPO_CACHE_DIR`` to use another folder (tests do). Entries are keyed by a fingerprint of
+the environment's data and of the table format, so changed data never reads a stale table.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import platformdirs
+
+FORMAT_VERSION = "1"
+
+
+def cache_dir() -> Path:
+    """The folder for cached tables (created on first use)."""
+    env = os.environ.get("IAPO_CACHE_DIR")
+    path = Path(env) if env else Path(platformdirs.user_cache_dir("iapo"))
+    return path
+
+
+def load_or_compute(
+    key: str, compute: Callable[[], dict[str, npt.NDArray]]
+) -> dict[str, npt.NDArray]:
+    """Arrays stored under ``key``; computed by ``compute()`` and stored on a miss.
+
+    A cache that cannot be written (read-only disk) is not an error: the arrays are returned.
+    """
+    path = cache_dir() / f"{key}-v{FORMAT_VERSION}.npz"
+    if path.exists():
+        try:
+            with np.load(path) as data:
+                return {name: data[name] for name in data.files}
+        except (OSError, ValueError, EOFError):
+            path.unlink(missing_ok=True)  # a torn or foreign file: recompute
+    arrays = compute()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)  # atomic: a reader never sees half a file
+    except OSError:
+        pass
+    return arrays

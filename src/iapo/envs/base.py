@@ -1,0 +1,150 @@
+"""The environment interface and the exact per-query Q table.
+
+An environment is a tabular model of a black-box LLM on a query set: for every (prompt, query)
+pair, the distribution of one completion's objective vector (and, for MV, its answer
+category). It can be sampled (the simulated oracle) and evaluated exactly (the exact Q).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from iapo.cache import load_or_compute
+from iapo.problem import Arm, Problem
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """``count`` groups of n completions of one prompt.
+
+    scores: [count, n, K+1] (cost last, positive); labels: [count, n] answer categories and
+    gold: [count] the gold category, for MV environments (else None).
+    """
+
+    scores: FloatArray
+    labels: npt.NDArray[np.int16] | None = None
+    gold: npt.NDArray[np.int16] | None = None
+
+
+@dataclass(frozen=True)
+class QueryTable:
+    """Exact per-query expectations.
+
+    task: [P, X, W, N_max], E[task reward of arm (p, N) on query x] for each distinct task
+    weight vector w; cost: [P, X], E[cost of one completion]; weight_index: [C], the weight
+    vector of each context.
+    """
+
+    task: FloatArray
+    cost: FloatArray
+    weight_index: npt.NDArray[np.intp]
+
+    def q(self, problem: Problem, queries: npt.ArrayLike | None = None) -> FloatArray:
+        """Q(c, p, N) averaged over ``queries`` (all if None): [C, P, N_max]."""
+        if queries is None:
+            task = self.task.mean(axis=1)
+            cost = self.cost.mean(axis=1)
+        else:
+            idx = np.asarray(queries, dtype=np.intp)
+            if idx.size == 0:
+                raise ValueError("Q needs at least one query")
+            task = self.task[:, idx].mean(axis=1)
+            cost = self.cost[:, idx].mean(axis=1)
+        n = np.arange(1, problem.n_max + 1, dtype=np.float64)
+        reward = np.moveaxis(task[:, self.weight_index, :], 1, 0)  # [C, P, N]
+        spend = problem.grid.cost_weights[:, None, None] * cost[None, :, None] * n
+        return reward - spend
+
+
+class Environment(ABC):
+    """A named, documented tabular environment.
+
+    Subclasses give ``problem``, ``n_queries``, ``sample`` and the exact table computation.
+    """
+
+    name: str
+    description: str
+    problem: Problem
+    cacheable: bool = True
+
+    def __init__(self) -> None:
+        self._table: QueryTable | None = None
+
+    @property
+    @abstractmethod
+    def n_queries(self) -> int: ...
+
+    @abstractmethod
+    def sample(
+        self, prompt: int, queries: IntArray, n: int, rng: np.random.Generator
+    ) -> Sample:
+        """Draw n i.i.d. completions of ``prompt`` on each of ``queries`` ([count])."""
+
+    @abstractmethod
+    def _arrays(self) -> dict[str, npt.NDArray]:
+        """The arrays that define the environment (for its fingerprint)."""
+
+    @abstractmethod
+    def _compute_table(self, progress: bool) -> tuple[FloatArray, FloatArray]:
+        """(task [P, X, W, N_max], cost [P, X]) with W following ``grid.distinct_weights()``."""
+
+    def fingerprint(self) -> str:
+        """A hash of everything the exact table depends on."""
+        h = hashlib.sha256()
+        h.update(self.name.encode())
+        h.update(str(self.problem.n_max).encode())
+        h.update(np.ascontiguousarray(self.problem.grid.distinct_weights()[0]).tobytes())
+        for key, arr in sorted(self._arrays().items()):
+            h.update(key.encode())
+            h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()[:20]
+
+    def query_table(self, progress: bool = True) -> QueryTable:
+        """The exact per-query table, computed once (cached on disk for cacheable envs)."""
+        if self._table is None:
+            def compute() -> dict[str, npt.NDArray]:
+                task, cost = self._compute_table(progress)
+                return {"task": task, "cost": cost}
+
+            if self.cacheable:
+                arrays = load_or_compute(f"{self.name}-{self.fingerprint()}", compute)
+            else:
+                arrays = compute()
+            _, widx = self.problem.grid.distinct_weights()
+            self._table = QueryTable(arrays["task"], arrays["cost"], widx)
+        return self._table
+
+    def q(self, queries: npt.ArrayLike | None = None) -> FloatArray:
+        """Exact Q(c, p, N) on ``queries`` (all if None): [C, P, N_max]."""
+        return self.query_table().q(self.problem, queries)
+
+    def __repr__(self) -> str:
+        p = self.problem
+        return (
+            f"<{type(self).__name__} '{self.name}': {p.aggregator}, {p.n_prompts} prompts, "
+            f"{self.n_queries} queries, {p.n_contexts} contexts, N_max {p.n_max}>"
+        )
+
+
+def best_arms(q: FloatArray) -> list[Arm]:
+    """The arm with the highest Q in every context (lowest prompt, then lowest N, on ties)."""
+    c, _, n_max = q.shape
+    flat = q.reshape(c, -1).argmax(axis=1)
+    return [Arm(int(i) // n_max, int(i) % n_max + 1) for i in flat]
+
+
+def acr(q: FloatArray, arms: list[Arm], probabilities: npt.ArrayLike) -> float:
+    """Average contextual return (Eq. 4): sum_c P(c) Q(c, pi(c))."""
+    pr = np.asarray(probabilities, dtype=np.float64)
+    if len(arms) != q.shape[0] or pr.shape != (q.shape[0],):
+        raise ValueError(f"need one arm and one probability per context ({q.shape[0]})")
+    vals = np.array([q[i, a.prompt, a.n - 1] for i, a in enumerate(arms)])
+    return float(vals @ pr)

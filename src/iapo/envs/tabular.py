@@ -1,0 +1,365 @@
+"""Tabular environments: majority voting over answer categories, Best-of-N over score vectors.
+
+File formats (``numpy.savez``; no pickles), loaded by :func:`load_environment`:
+
+Majority voting (``aggregator = "mv"``, the format of the paper's MATH and CommonsenseQA data):
+  answer_counts     (P, X, L) int    answers of prompt p on query x in category l; each row sums
+                                     to samples_per_pair (or ``answer_probs`` (P, X, L) float,
+                                     rows summing to 1)
+  samples_per_pair  ()        int    completions per (prompt, query) pair
+  gold              (X,)      int    the correct category of each query
+  cost_per_completion (P,)    float  cost of one completion of prompt p (>= 0)
+  budget_levels     (B,)      str    context names, e.g. low, mid, high
+  cost_weights      (B,)      float  the cost weight of each budget level (>= 0)
+  n_max             ()        int    N_max
+  prompt_names      (P,)      str    optional
+
+Best-of-N (``aggregator = "bon"``):
+  scores            (P, X, S, K+1) float  S possible score vectors per pair, cost last
+  probs             (P, X, S) float  their probabilities, rows summing to 1 (or ``counts``
+                                     (P, X, S) int with ``samples_per_pair``); pad unused
+                                     support points with probability 0
+  objective_names   (K,)  str;  objective_lower (K,) float;  objective_upper (K,) float
+  weight_grid       (W, K) float  the task-weight vectors of the contexts, in [0, 1]
+  budget_levels     (B,)  str;  cost_weights (B,) float;  n_max () int
+  prompt_names      (P,)  str    optional
+Contexts are every weight vector times every budget level, uniformly likely.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from tqdm.auto import tqdm
+
+from iapo.envs.base import Environment, FloatArray, IntArray, Sample
+from iapo.exact import bon_expected_max, mv_credit_probability
+from iapo.problem import ContextGrid, CostObjective, Objective, Problem, ProblemError
+
+_TOL = 1e-6
+
+
+class DataError(ValueError):
+    """An environment's data is malformed; the message names the array and the problem."""
+
+
+def _cdf(probs: FloatArray) -> FloatArray:
+    """CDF along the last axis that reaches exactly 1 where no probability mass is left, so
+    that a zero-probability category is never drawn."""
+    tail = np.cumsum(probs[..., ::-1], axis=-1)[..., ::-1]  # mass at or after j
+    return 1.0 - np.concatenate([tail[..., 1:], np.zeros_like(tail[..., :1])], axis=-1)
+
+
+def _check_probs(probs: FloatArray, what: str) -> None:
+    if not np.all(np.isfinite(probs)):
+        raise DataError(f"{what} contains NaN or infinite values")
+    if probs.min(initial=0.0) < 0 or probs.max(initial=0.0) > 1 + _TOL:
+        raise DataError(
+            f"{what} has probabilities outside [0, 1] (min {probs.min():g}, max {probs.max():g})"
+        )
+    sums = probs.sum(axis=-1)
+    bad = np.argwhere(np.abs(sums - 1.0) > _TOL)
+    if bad.size:
+        first = tuple(int(i) for i in bad[0])
+        raise DataError(
+            f"{what} rows must sum to 1; row {first} sums to {sums[first]:g} "
+            f"({len(bad)} bad rows)"
+        )
+
+
+def _budgets(levels: Sequence[str], weights: npt.ArrayLike) -> dict[str, float]:
+    cw = np.asarray(weights, dtype=np.float64).reshape(-1)
+    names = [str(b) for b in levels]
+    if len(names) != cw.size:
+        raise DataError(f"{len(names)} budget levels but {cw.size} cost weights")
+    if len(set(names)) != len(names):
+        raise DataError(f"budget levels {names} must be distinct")
+    return dict(zip(names, cw.tolist(), strict=True))
+
+
+def _prompt_names(names: Sequence[str] | None, n_prompts: int) -> tuple[str, ...]:
+    if names is None:
+        return tuple(f"p{i}" for i in range(n_prompts))
+    if len(names) != n_prompts:
+        raise DataError(f"{len(names)} prompt names for {n_prompts} prompts")
+    return tuple(str(n) for n in names)
+
+
+class MVEnvironment(Environment):
+    """Majority voting over answer categories (paper, Eq. 2).
+
+    probs: [P, X, L] category probabilities of one completion; gold: [X]; cost: [P] cost of a
+    completion. Contexts: one per budget level, task weight 1 on correctness.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        probs: npt.ArrayLike,
+        gold: npt.ArrayLike,
+        cost: npt.ArrayLike,
+        budgets: Mapping[str, float],
+        n_max: int,
+        prompt_names: Sequence[str] | None = None,
+        description: str = "",
+        cacheable: bool = True,
+    ) -> None:
+        super().__init__()
+        p = np.asarray(probs, dtype=np.float64)
+        if p.ndim != 3:
+            raise DataError(f"answer probabilities must be (P, X, L); got shape {p.shape}")
+        n_prompts, n_queries, n_cat = p.shape
+        if n_cat < 2:
+            raise DataError("majority voting needs at least 2 answer categories")
+        _check_probs(p, "answer probabilities")
+        g = np.asarray(gold)
+        if g.shape != (n_queries,):
+            raise DataError(f"gold must have shape ({n_queries},), one per query; got {g.shape}")
+        if not np.issubdtype(g.dtype, np.integer) or g.min() < 0 or g.max() >= n_cat:
+            raise DataError(f"gold labels must be integers in 0..{n_cat - 1}")
+        c = np.asarray(cost, dtype=np.float64)
+        if c.shape != (n_prompts,):
+            raise DataError(f"cost_per_completion must have shape ({n_prompts},); got {c.shape}")
+        if not np.all(np.isfinite(c)) or c.min() < 0:
+            raise DataError("cost_per_completion must be finite and >= 0")
+        self.name = name
+        self.description = description
+        self.cacheable = cacheable
+        self.probs = p
+        self.gold = g.astype(np.int16)
+        self.cost = c
+        self._cdf = _cdf(p)[..., :-1]
+        try:
+            grid = ContextGrid.product([Objective("correct", 0.0, 1.0)], [(1.0,)], budgets)
+            self.problem = Problem(
+                name,
+                "mv",
+                _prompt_names(prompt_names, n_prompts),
+                int(n_max),
+                grid,
+                CostObjective("cost", float(max(c.max(), 1e-12))),
+            )
+        except ProblemError as e:
+            raise DataError(str(e)) from e
+
+    @property
+    def n_queries(self) -> int:
+        return int(self.probs.shape[1])
+
+    def sample(
+        self, prompt: int, queries: IntArray, n: int, rng: np.random.Generator
+    ) -> Sample:
+        q = np.asarray(queries, dtype=np.intp)
+        u = rng.random((q.size, n))
+        labels = (u[..., None] >= self._cdf[prompt, q][:, None, :]).sum(-1, dtype=np.int16)
+        gold = self.gold[q]
+        scores = np.empty((q.size, n, 2))
+        scores[..., 0] = labels == gold[:, None]
+        scores[..., 1] = self.cost[prompt]
+        return Sample(scores, labels, gold)
+
+    def _arrays(self) -> dict[str, npt.NDArray]:
+        return {"probs": self.probs, "gold": self.gold, "cost": self.cost}
+
+    def _compute_table(self, progress: bool) -> tuple[FloatArray, FloatArray]:
+        n_prompts, n_queries, n_cat = self.probs.shape
+        n_max = self.problem.n_max
+        with tqdm(
+            total=n_max, desc=f"exact MV table for {self.name}", disable=not progress,
+            leave=False,
+        ) as bar:
+            credit = mv_credit_probability(
+                self.probs.reshape(-1, n_cat),
+                np.tile(self.gold, n_prompts),
+                n_max,
+                progress=lambda _k: bar.update(1),
+            ).reshape(n_prompts, n_queries, n_max)
+        weights, _ = self.problem.grid.distinct_weights()
+        task = credit[:, :, None, :] * weights[None, None, :, 0, None]
+        cost = np.broadcast_to(self.cost[:, None], (n_prompts, n_queries)).copy()
+        return task, cost
+
+
+class BoNEnvironment(Environment):
+    """Best-of-N over a finite set of score vectors per (prompt, query) (paper, Eq. 1).
+
+    scores: [P, X, S, K+1] (cost last, positive); probs: [P, X, S].
+    """
+
+    def __init__(
+        self,
+        name: str,
+        scores: npt.ArrayLike,
+        probs: npt.ArrayLike,
+        grid: ContextGrid,
+        n_max: int,
+        prompt_names: Sequence[str] | None = None,
+        description: str = "",
+        cacheable: bool = True,
+    ) -> None:
+        super().__init__()
+        s = np.asarray(scores, dtype=np.float64)
+        p = np.asarray(probs, dtype=np.float64)
+        k = grid.n_objectives
+        if s.ndim != 4 or s.shape[-1] != k + 1:
+            raise DataError(
+                f"scores must be (P, X, S, K+1) with K+1 = {k + 1} (cost last); got {s.shape}"
+            )
+        if p.shape != s.shape[:3]:
+            raise DataError(f"probs must have shape {s.shape[:3]}; got {p.shape}")
+        if not np.all(np.isfinite(s)):
+            raise DataError("scores contain NaN or infinite values")
+        _check_probs(p, "probs")
+        live = p > 0
+        for j, obj in enumerate(grid.objectives):
+            col = s[..., j][live]
+            if col.size and (col.min() < obj.lower - _TOL or col.max() > obj.upper + _TOL):
+                raise DataError(
+                    f"objective '{obj.name}' has scores in [{col.min():g}, {col.max():g}], "
+                    f"outside its bounds [{obj.lower:g}, {obj.upper:g}]"
+                )
+        if s[..., -1][live].min(initial=0.0) < 0:
+            raise DataError("cost (the last score column) must be >= 0")
+        self.name = name
+        self.description = description
+        self.cacheable = cacheable
+        self.scores = s
+        self.probs = p
+        self._cdf = _cdf(p)[..., :-1]
+        try:
+            self.problem = Problem(
+                name,
+                "bon",
+                _prompt_names(prompt_names, s.shape[0]),
+                int(n_max),
+                grid,
+                CostObjective("cost", float(max(s[..., -1].max(), 1e-12))),
+            )
+        except ProblemError as e:
+            raise DataError(str(e)) from e
+
+    @property
+    def n_queries(self) -> int:
+        return int(self.scores.shape[1])
+
+    def sample(
+        self, prompt: int, queries: IntArray, n: int, rng: np.random.Generator
+    ) -> Sample:
+        q = np.asarray(queries, dtype=np.intp)
+        u = rng.random((q.size, n))
+        idx = (u[..., None] >= self._cdf[prompt, q][:, None, :]).sum(-1)
+        return Sample(self.scores[prompt, q[:, None], idx])
+
+    def _arrays(self) -> dict[str, npt.NDArray]:
+        return {"scores": self.scores, "probs": self.probs}
+
+    def _compute_table(self, progress: bool) -> tuple[FloatArray, FloatArray]:
+        n_prompts, n_queries, _, k1 = self.scores.shape
+        n_max = self.problem.n_max
+        weights, _ = self.problem.grid.distinct_weights()
+        task = np.empty((n_prompts, n_queries, len(weights), n_max))
+        with tqdm(
+            total=len(weights) * n_prompts, desc=f"exact BoN table for {self.name}",
+            disable=not progress, leave=False,
+        ) as bar:
+            for w_i, w in enumerate(weights):
+                for p in range(n_prompts):
+                    values = self.scores[p, :, :, : k1 - 1] @ w  # [X, S]
+                    task[p, :, w_i] = bon_expected_max(values, self.probs[p], n_max)
+                    bar.update(1)
+        cost = (self.scores[..., -1] * self.probs).sum(-1)
+        return task, cost
+
+
+def _scalar(data: Mapping[str, npt.NDArray], key: str) -> int:
+    arr = np.asarray(data[key])
+    if arr.size != 1:
+        raise DataError(f"'{key}' must be a single number; got shape {arr.shape}")
+    return int(arr.reshape(-1)[0])
+
+
+def _require(data: Mapping[str, npt.NDArray], keys: Sequence[str], path: str) -> None:
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise DataError(f"{path}: missing array(s) {missing}; see iapo.envs.tabular for the format")
+
+
+def _probs_from(data: Mapping[str, npt.NDArray], probs_key: str, counts_key: str) -> FloatArray:
+    if probs_key in data:
+        return np.asarray(data[probs_key], dtype=np.float64)
+    counts = np.asarray(data[counts_key])
+    if not np.issubdtype(counts.dtype, np.integer) or counts.min(initial=0) < 0:
+        raise DataError(f"'{counts_key}' must hold non-negative integers")
+    total = _scalar(data, "samples_per_pair")
+    sums = counts.sum(axis=-1)
+    if np.any(sums != total):
+        bad = tuple(int(i) for i in np.argwhere(sums != total)[0])
+        raise DataError(
+            f"'{counts_key}' rows must each sum to samples_per_pair = {total}; "
+            f"row {bad} sums to {int(sums[bad])}"
+        )
+    return counts.astype(np.float64) / total
+
+
+def environment_from_arrays(
+    name: str,
+    data: Mapping[str, npt.NDArray],
+    description: str = "",
+    cacheable: bool = True,
+    source: str = "data",
+) -> Environment:
+    """Build an MV or BoN environment from arrays in the documented file format."""
+    agg = str(np.asarray(data["aggregator"])) if "aggregator" in data else None
+    if agg is None:
+        agg = "mv" if ("answer_counts" in data or "answer_probs" in data) else "bon"
+    names = [str(x) for x in data["prompt_names"]] if "prompt_names" in data else None
+    if agg == "mv":
+        _require(data, ["gold", "cost_per_completion", "budget_levels", "cost_weights", "n_max"],
+                 source)
+        if "answer_probs" not in data:
+            _require(data, ["answer_counts", "samples_per_pair"], source)
+        probs = _probs_from(data, "answer_probs", "answer_counts")
+        return MVEnvironment(
+            name, probs, data["gold"], data["cost_per_completion"],
+            _budgets(data["budget_levels"], data["cost_weights"]), _scalar(data, "n_max"),
+            names, description, cacheable,
+        )
+    if agg == "bon":
+        _require(data, ["scores", "objective_names", "objective_lower", "objective_upper",
+                        "weight_grid", "budget_levels", "cost_weights", "n_max"], source)
+        if "probs" not in data:
+            _require(data, ["counts", "samples_per_pair"], source)
+        probs = _probs_from(data, "probs", "counts")
+        try:
+            objectives = [
+                Objective(str(n), float(lo), float(hi))
+                for n, lo, hi in zip(data["objective_names"], data["objective_lower"],
+                                     data["objective_upper"], strict=True)
+            ]
+            grid = ContextGrid.product(
+                objectives, np.atleast_2d(data["weight_grid"]).tolist(),
+                _budgets(data["budget_levels"], data["cost_weights"]),
+            )
+        except (ProblemError, ValueError) as e:
+            raise DataError(f"{source}: {e}") from e
+        return BoNEnvironment(name, data["scores"], probs, grid, _scalar(data, "n_max"), names,
+                              description, cacheable)
+    raise DataError(f"{source}: aggregator '{agg}' is unknown; use 'mv' or 'bon'")
+
+
+def load_environment(path: str | os.PathLike[str], name: str | None = None) -> Environment:
+    """Load a tabular environment from an ``.npz`` file in the documented format."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"environment file {str(p)!r} does not exist")
+    try:
+        with np.load(p, allow_pickle=False) as f:
+            data = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as e:
+        raise DataError(f"{p}: not a readable .npz file ({e})") from e
+    return environment_from_arrays(name or p.stem, data, f"tabular environment from {p.name}",
+                                   source=str(p))

@@ -1,0 +1,105 @@
+"""Exact expectations for every N at once, with no Monte Carlo.
+
+- Best-of-N over a finite support u_1 <= ... <= u_m with CDF F:
+  E[max of N] = sum_j u_j (F_j^N - F_{j-1}^N).
+- Majority voting over L answer categories with probabilities q: the probability-weighted
+  1/t credit, summed exactly over all vote compositions by a dynamic program over categories
+  (exponential generating functions): for gold count k,
+  P = N! q_g^k / k! * sum over the other categories' counts c_i <= k (sum c_i = N - k) of
+  prod q_i^c_i / c_i!, each composition weighted 1/(1 + #{i : c_i = k}).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+from scipy.special import gammaln
+
+FloatArray = npt.NDArray[np.float64]
+
+
+def bon_expected_max(values: npt.ArrayLike, probs: npt.ArrayLike, n_max: int) -> FloatArray:
+    """E[max of N i.i.d. draws] for N = 1..n_max.
+
+    values, probs: [M, S] (a finite support and its probabilities per row) -> [M, n_max].
+    """
+    v = np.asarray(values, dtype=np.float64)
+    p = np.asarray(probs, dtype=np.float64)
+    order = np.argsort(v, axis=-1, kind="stable")
+    v = np.take_along_axis(v, order, -1)
+    p = np.take_along_axis(p, order, -1)
+    cdf = np.minimum(np.cumsum(p, axis=-1), 1.0)
+    cdf[..., -1] = 1.0
+    # E[max] = u_S - sum_{j<S} (u_{j+1} - u_j) F_j^N  (telescoped; exact with ties)
+    gaps = np.diff(v, axis=-1)  # [M, S-1]
+    n = np.arange(1, n_max + 1, dtype=np.float64)
+    powers = cdf[..., :-1, None] ** n  # [M, S-1, N]
+    return v[..., -1:] - np.einsum("ms,msn->mn", gaps, powers)
+
+
+def _canonical_mv_rows(
+    probs: FloatArray, gold: npt.NDArray[np.integer]
+) -> tuple[FloatArray, npt.NDArray[np.intp]]:
+    """Rows as (gold prob, other probs sorted descending), deduplicated: MV credit depends only
+    on that multiset, and real data repeats it a lot."""
+    g = np.take_along_axis(probs, gold[:, None].astype(np.intp), -1)
+    mask = np.ones_like(probs, dtype=bool)
+    np.put_along_axis(mask, gold[:, None].astype(np.intp), False, -1)
+    others = probs[mask].reshape(probs.shape[0], probs.shape[1] - 1)
+    others = -np.sort(-others, axis=-1)
+    key = np.concatenate([g, others], axis=-1)
+    uniq, inverse = np.unique(key, axis=0, return_inverse=True)
+    return uniq, inverse.reshape(-1).astype(np.intp)
+
+
+def mv_credit_probability(
+    probs: npt.ArrayLike,
+    gold: npt.ArrayLike,
+    n_max: int,
+    progress: Callable[[int], None] | None = None,
+) -> FloatArray:
+    """Expected MV credit E[1/t * 1(gold among the t most-voted)] for N = 1..n_max.
+
+    probs: [M, L] answer-category probabilities per row (rows sum to 1); gold: [M] category
+    index. Returns [M, n_max]. ``progress(k)`` is called once per gold count k = 1..n_max.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    gi = np.asarray(gold, dtype=np.int64)
+    if p.ndim != 2 or gi.shape != (p.shape[0],):
+        raise ValueError(f"probs must be [M, L] and gold [M]; got {p.shape} and {gi.shape}")
+    m_rows, n_cat = p.shape
+    if n_cat == 1:
+        return np.ones((m_rows, n_max))
+    uniq, inverse = _canonical_mv_rows(p, gi)
+    u = uniq.shape[0]
+    g = uniq[:, 0]
+    others = uniq[:, 1:]
+    r = others.shape[1]
+    credit = np.zeros((u, n_max + 1))
+    tie_weight = 1.0 / (1.0 + np.arange(r + 1))
+    with np.errstate(divide="ignore"):
+        log_g = np.log(g)
+    for k in range(1, n_max + 1):
+        rest = n_max - k  # most votes the other categories can hold together
+        cmax = min(k, rest)
+        # term[c] = q_i^c / c! for c = 0..cmax, every row and category: [U, R, cmax+1]
+        c = np.arange(cmax + 1)
+        terms = others[:, :, None] ** c / np.exp(gammaln(c + 1))
+        dp = np.zeros((u, rest + 1, r + 1))  # [row, votes used m, ties j]
+        dp[:, 0, 0] = 1.0
+        for i in range(r):
+            new = np.zeros_like(dp)
+            for cc in range(cmax + 1):
+                tied = 1 if cc == k else 0
+                new[:, cc:, tied:] += dp[:, : rest + 1 - cc, : r + 1 - tied] * terms[:, i, cc, None, None]
+            dp = new
+        h = dp @ tie_weight  # [U, rest+1]
+        big_n = k + np.arange(rest + 1)
+        with np.errstate(invalid="ignore"):
+            log_coef = gammaln(big_n + 1)[None, :] - gammaln(k + 1) + k * log_g[:, None]
+        credit[:, k:] += np.where(np.isfinite(log_coef), np.exp(log_coef), 0.0) * h
+        if progress is not None:
+            progress(k)
+    return np.clip(credit[inverse, 1:], 0.0, 1.0)

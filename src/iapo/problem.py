@@ -1,0 +1,317 @@
+"""The IAPO problem model (paper, "Problem Formulation" and "IAPO Framework").
+
+A *context* c = (w_1..w_K, w_cost) weighs K task objectives and the cost of every completion.
+An *arm* a = (p, N) fixes a prompt and the number of completions, N in 1..N_max.
+A *problem* gathers the prompts, the objectives, the aggregator and the context grid: what a
+learner may know. Everything here is frozen and validated at construction.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+Aggregator = Literal["bon", "mv", "mixed"]
+AGGREGATORS: tuple[str, ...] = ("bon", "mv", "mixed")
+_PROB_TOL = 1e-6
+
+
+class ProblemError(ValueError):
+    """A problem, context or arm was specified wrongly; the message says how to fix it."""
+
+
+def _finite(x: float, what: str) -> float:
+    x = float(x)
+    if not math.isfinite(x):
+        raise ProblemError(f"{what} is {x}; give a finite number")
+    return x
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A bounded task objective O_k with values in [lower, upper] (higher is better)."""
+
+    name: str
+    lower: float = 0.0
+    upper: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise ProblemError("an objective needs a non-empty name")
+        lo = _finite(self.lower, f"objective '{self.name}' lower bound")
+        hi = _finite(self.upper, f"objective '{self.name}' upper bound")
+        if not lo < hi:
+            raise ProblemError(
+                f"objective '{self.name}' has bounds [{lo}, {hi}]; the lower bound must be "
+                "below the upper one"
+            )
+        object.__setattr__(self, "lower", lo)
+        object.__setattr__(self, "upper", hi)
+
+
+@dataclass(frozen=True)
+class CostObjective:
+    """The (K+1)-st objective, -Cost: a completion costs a value in [0, upper] (e.g. tokens)."""
+
+    name: str = "cost"
+    upper: float = 1.0
+
+    def __post_init__(self) -> None:
+        hi = _finite(self.upper, "cost upper bound")
+        if hi <= 0:
+            raise ProblemError(f"cost upper bound is {hi}; it must be positive")
+        object.__setattr__(self, "upper", hi)
+
+
+@dataclass(frozen=True)
+class Context:
+    """One user context: task weights (one per objective), a budget level and its cost weight.
+
+    ``weights`` lie in [0, 1]; ``cost_weight`` >= 0 multiplies the summed cost of the N
+    completions; ``probability`` is how often this context occurs (for the ACR).
+    """
+
+    weights: tuple[float, ...]
+    budget: str
+    cost_weight: float
+    probability: float = 1.0
+
+    def __post_init__(self) -> None:
+        ws = tuple(_finite(w, "objective weight") for w in self.weights)
+        if not ws:
+            raise ProblemError("a context needs at least one objective weight")
+        bad = [w for w in ws if not 0.0 <= w <= 1.0]
+        if bad:
+            raise ProblemError(
+                f"objective weight {bad[0]} is outside [0, 1]; weights must lie in [0, 1]"
+            )
+        cw = _finite(self.cost_weight, f"cost weight of budget '{self.budget}'")
+        if cw < 0:
+            raise ProblemError(
+                f"cost weight {cw} of budget '{self.budget}' is negative; give a value >= 0"
+            )
+        pr = _finite(self.probability, "context probability")
+        if not 0.0 <= pr <= 1.0:
+            raise ProblemError(f"context probability {pr} is outside [0, 1]")
+        if not self.budget or not isinstance(self.budget, str):
+            raise ProblemError("a context needs a budget level name, e.g. 'low'")
+        object.__setattr__(self, "weights", ws)
+        object.__setattr__(self, "cost_weight", cw)
+        object.__setattr__(self, "probability", pr)
+
+
+@dataclass(frozen=True)
+class ContextGrid:
+    """The finite context set C, with the task objectives whose weights the contexts give."""
+
+    objectives: tuple[Objective, ...]
+    contexts: tuple[Context, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "objectives", tuple(self.objectives))
+        object.__setattr__(self, "contexts", tuple(self.contexts))
+        if not self.objectives:
+            raise ProblemError("a context grid needs at least one objective")
+        names = [o.name for o in self.objectives]
+        if len(set(names)) != len(names) or "budget" in names:
+            raise ProblemError(
+                f"objective names {names} must be distinct and must not be 'budget'"
+            )
+        if not self.contexts:
+            raise ProblemError("a context grid needs at least one context")
+        k = len(self.objectives)
+        for c in self.contexts:
+            if len(c.weights) != k:
+                raise ProblemError(
+                    f"context {c} has {len(c.weights)} weights; the grid has {k} objectives"
+                )
+        total = sum(c.probability for c in self.contexts)
+        if abs(total - 1.0) > _PROB_TOL:
+            raise ProblemError(f"context probabilities sum to {total}; they must sum to 1")
+        keys = self.keys
+        if len(set(keys)) != len(keys):
+            raise ProblemError("two contexts have the same weights and budget level")
+
+    @classmethod
+    def product(
+        cls,
+        objectives: Sequence[Objective],
+        weight_vectors: Iterable[Sequence[float]],
+        budgets: Mapping[str, float],
+        probabilities: Sequence[float] | None = None,
+    ) -> ContextGrid:
+        """Every weight vector times every budget level; uniform probabilities by default.
+
+        Order: weight vectors outer, budget levels inner.
+        """
+        pairs = list(itertools.product([tuple(w) for w in weight_vectors], budgets.items()))
+        if probabilities is None:
+            probabilities = [1.0 / len(pairs)] * len(pairs) if pairs else []
+        if len(probabilities) != len(pairs):
+            raise ProblemError(
+                f"{len(probabilities)} probabilities given for {len(pairs)} contexts"
+            )
+        ctx = tuple(
+            Context(w, b, cw, pr)
+            for (w, (b, cw)), pr in zip(pairs, probabilities, strict=True)
+        )
+        return cls(tuple(objectives), ctx)
+
+    def __len__(self) -> int:
+        return len(self.contexts)
+
+    @property
+    def n_objectives(self) -> int:
+        return len(self.objectives)
+
+    @property
+    def weights(self) -> npt.NDArray[np.float64]:
+        """Task weights, shape [C, K]."""
+        return np.array([c.weights for c in self.contexts], dtype=np.float64)
+
+    @property
+    def cost_weights(self) -> npt.NDArray[np.float64]:
+        """Cost weights, shape [C]."""
+        return np.array([c.cost_weight for c in self.contexts], dtype=np.float64)
+
+    @property
+    def probabilities(self) -> npt.NDArray[np.float64]:
+        """Context probabilities, shape [C]."""
+        return np.array([c.probability for c in self.contexts], dtype=np.float64)
+
+    @property
+    def keys(self) -> list[str]:
+        """Readable keys, e.g. ``helpful=0.3,harmless=0.7,budget=high``."""
+        return [self.key(c) for c in self.contexts]
+
+    def key(self, c: Context) -> str:
+        parts = [f"{o.name}={w:g}" for o, w in zip(self.objectives, c.weights, strict=True)]
+        if len(self.objectives) == 1:
+            parts = []  # a single objective's weight carries no choice
+        return ",".join([*parts, f"budget={c.budget}"])
+
+    def distinct_weights(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.intp]]:
+        """The distinct task-weight vectors [W, K] and, per context, its index into them [C]."""
+        uniq, inverse = np.unique(self.weights, axis=0, return_inverse=True)
+        return uniq, inverse.reshape(-1).astype(np.intp)
+
+    def index(self, spec: Mapping[str, object]) -> int:
+        """The index of the context that ``spec`` names, e.g. {"helpful": 0.3, "budget": "high"}.
+
+        Every objective weight (except with a single objective) and the budget must be given.
+        """
+        names = [o.name for o in self.objectives]
+        unknown = sorted(set(spec) - {*names, "budget"})
+        if unknown:
+            raise ProblemError(
+                f"unknown context key(s) {unknown}; known keys are {[*names, 'budget']}"
+            )
+        if "budget" not in spec:
+            budgets = sorted({c.budget for c in self.contexts})
+            raise ProblemError(f"context needs 'budget', one of {budgets}")
+        for i, c in enumerate(self.contexts):
+            if c.budget != str(spec["budget"]):
+                continue
+            ok = True
+            for name, w in zip(names, c.weights, strict=True):
+                if name in spec:
+                    try:
+                        v = float(spec[name])  # type: ignore[arg-type]
+                    except (TypeError, ValueError) as e:
+                        raise ProblemError(f"weight '{name}'={spec[name]!r} is not a number") from e
+                    ok &= abs(v - w) < 1e-9
+                elif len(names) > 1:
+                    raise ProblemError(f"context needs a weight for '{name}'")
+            if ok:
+                return i
+        raise ProblemError(
+            f"no context matches {dict(spec)}; the grid has: {', '.join(self.keys)}"
+        )
+
+
+@dataclass(frozen=True, order=True)
+class Arm:
+    """An arm (prompt, N): prompt index (0-based) and number of completions N >= 1."""
+
+    prompt: int
+    n: int
+
+    def __post_init__(self) -> None:
+        if int(self.prompt) != self.prompt or self.prompt < 0:
+            raise ProblemError(f"arm prompt {self.prompt} must be a non-negative integer index")
+        if int(self.n) != self.n or self.n < 1:
+            raise ProblemError(f"arm N={self.n} must be an integer >= 1")
+        object.__setattr__(self, "prompt", int(self.prompt))
+        object.__setattr__(self, "n", int(self.n))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What a learner knows: prompts, N_max, objectives, aggregator and the context grid.
+
+    Arms are indexed ``prompt * n_max + (n - 1)``; Q arrays are shaped [C, P, N_max] with the
+    last axis holding N = 1..N_max.
+    """
+
+    name: str
+    aggregator: Aggregator
+    prompts: tuple[str, ...]
+    n_max: int
+    grid: ContextGrid
+    cost: CostObjective = field(default_factory=CostObjective)
+
+    def __post_init__(self) -> None:
+        if self.aggregator not in AGGREGATORS:
+            raise ProblemError(
+                f"aggregator '{self.aggregator}' is unknown; use one of {list(AGGREGATORS)}"
+            )
+        object.__setattr__(self, "prompts", tuple(str(p) for p in self.prompts))
+        if not self.prompts:
+            raise ProblemError("a problem needs at least one prompt")
+        if int(self.n_max) != self.n_max or self.n_max < 1:
+            raise ProblemError(f"N_max={self.n_max} must be an integer >= 1")
+        object.__setattr__(self, "n_max", int(self.n_max))
+        if self.aggregator == "mv" and self.grid.n_objectives != 1:
+            raise ProblemError("a majority-voting problem has exactly one task objective")
+
+    @property
+    def n_prompts(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def n_contexts(self) -> int:
+        return len(self.grid)
+
+    @property
+    def n_objectives(self) -> int:
+        return self.grid.n_objectives
+
+    @property
+    def n_arms(self) -> int:
+        return self.n_prompts * self.n_max
+
+    def arm(self, prompt: int, n: int) -> Arm:
+        """A validated arm of this problem."""
+        self.check_n(n)
+        if not 0 <= prompt < self.n_prompts:
+            raise ProblemError(
+                f"prompt {prompt} is out of range; this problem has prompts 0..{self.n_prompts - 1}"
+            )
+        return Arm(prompt, n)
+
+    def check_n(self, n: int) -> int:
+        if int(n) != n or not 1 <= n <= self.n_max:
+            raise ProblemError(f"N={n} is outside 1..{self.n_max} (N_max of '{self.name}')")
+        return int(n)
+
+    def arm_index(self, arm: Arm) -> int:
+        return arm.prompt * self.n_max + arm.n - 1
+
+    def arm_of(self, index: int) -> Arm:
+        return Arm(int(index) // self.n_max, int(index) % self.n_max + 1)

@@ -1,0 +1,140 @@
+"""Vectorized utilities of a group of completions (paper, Eqs. 1, 2 and 5, and its Remark).
+
+Conventions: ``scores`` has shape [..., n, K+1], the K task objectives first and the cost of the
+completion last, as a positive number. ``weights`` [C, K] and ``cost_weights`` [C] come from a
+:class:`~iapo.problem.ContextGrid`; every function scores all C contexts at once (cross-context
+reuse) and returns [..., C].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.integer]
+
+
+def _weights(weights: npt.ArrayLike, cost_weights: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    cw = np.atleast_1d(np.asarray(cost_weights, dtype=np.float64))
+    if w.shape[0] != cw.shape[0]:
+        raise ValueError(f"{w.shape[0]} weight rows but {cw.shape[0]} cost weights")
+    return w, cw
+
+
+def task_values(scores: npt.ArrayLike, weights: npt.ArrayLike) -> FloatArray:
+    """Weighted task reward sum_k w_k o_ik of every completion in every context: [..., n, C]."""
+    s = np.asarray(scores, dtype=np.float64)
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    k = w.shape[1]
+    if s.shape[-1] != k + 1:
+        raise ValueError(f"scores have {s.shape[-1]} columns; expected K+1 = {k + 1} (cost last)")
+    return s[..., :k] @ w.T
+
+
+def bon_utility(
+    scores: npt.ArrayLike, weights: npt.ArrayLike, cost_weights: npt.ArrayLike
+) -> FloatArray:
+    """Best-of-N (Eq. 1): max_i sum_k w_k o_ik - w_cost * sum_i cost_i; shape [..., C]."""
+    s = np.asarray(scores, dtype=np.float64)
+    w, cw = _weights(weights, cost_weights)
+    best = task_values(s, w).max(axis=-2)
+    return best - s[..., -1].sum(axis=-1)[..., None] * cw
+
+
+def ia_utility(
+    scores: npt.ArrayLike, weights: npt.ArrayLike, cost_weights: npt.ArrayLike
+) -> FloatArray:
+    """Inference-agnostic utility (Eq. 5): mean_i (sum_k w_k o_ik - w_cost cost_i); [..., C]."""
+    s = np.asarray(scores, dtype=np.float64)
+    w, cw = _weights(weights, cost_weights)
+    return task_values(s, w).mean(axis=-2) - s[..., -1].mean(axis=-1)[..., None] * cw
+
+
+def vote_counts(labels: npt.ArrayLike, n_categories: int | None = None) -> npt.NDArray[np.int64]:
+    """Votes per answer category: labels [..., n] (ints >= 0) -> counts [..., L]."""
+    lab = np.asarray(labels)
+    if lab.size and (lab.min() < 0):
+        raise ValueError("answer labels must be non-negative category indices")
+    n_cat = int(n_categories if n_categories is not None else (lab.max() + 1 if lab.size else 1))
+    lead = lab.shape[:-1]
+    rows = int(np.prod(lead, dtype=np.int64))
+    flat = lab.reshape(rows, -1).astype(np.int64) + (np.arange(rows, dtype=np.int64) * n_cat)[:, None]
+    counts = np.bincount(flat.ravel(), minlength=rows * n_cat)
+    return counts.reshape(*lead, n_cat)
+
+
+def mv_credit(
+    labels: npt.ArrayLike, gold: npt.ArrayLike, n_categories: int | None = None
+) -> FloatArray:
+    """Majority-voting success credit (Eq. 2): 1/t if the gold answer is among the t answers
+    tied for the most votes, else 0. labels [..., n], gold [...] -> [...]."""
+    lab = np.asarray(labels)
+    g = np.asarray(gold, dtype=np.int64)
+    if n_categories is None:
+        n_categories = int(max(lab.max(initial=0), g.max(initial=0)) + 1)
+    counts = vote_counts(lab, n_categories)
+    top = counts.max(axis=-1)
+    ties = (counts == top[..., None]).sum(axis=-1)
+    gold_votes = np.take_along_axis(counts, np.broadcast_to(g, top.shape)[..., None], -1)[..., 0]
+    return np.where(gold_votes == top, 1.0 / ties, 0.0)
+
+
+def mv_utility(
+    labels: npt.ArrayLike,
+    gold: npt.ArrayLike,
+    costs: npt.ArrayLike,
+    weights: npt.ArrayLike,
+    cost_weights: npt.ArrayLike,
+) -> FloatArray:
+    """Majority voting (Eq. 2): w_1 * credit - w_cost * sum_i cost_i; [..., C].
+
+    ``costs`` [..., n]; ``weights`` [C, 1] (or [C]).
+    """
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    cw = np.asarray(cost_weights, dtype=np.float64).reshape(-1)
+    credit = mv_credit(labels, gold)
+    return credit[..., None] * w - np.asarray(costs, dtype=np.float64).sum(-1)[..., None] * cw
+
+
+def mixed_utility(
+    labels: npt.ArrayLike,
+    gold: npt.ArrayLike,
+    scores: npt.ArrayLike,
+    weights: npt.ArrayLike,
+    cost_weights: npt.ArrayLike,
+) -> FloatArray:
+    """The paper's mixed strategy (Remark): MV for the first objective (correctness), BoN for
+    the others, cost summed. ``scores`` [..., n, K+1]: column 0 (per-completion correctness) is
+    not used for the MV part; weights [C, K]. Returns [..., C]."""
+    s = np.asarray(scores, dtype=np.float64)
+    w, cw = _weights(weights, cost_weights)
+    credit = mv_credit(labels, gold)[..., None] * w[:, 0]
+    if w.shape[1] > 1:
+        style = (s[..., 1:-1] @ w[:, 1:].T).max(axis=-2)
+    else:
+        style = 0.0
+    return credit + style - s[..., -1].sum(axis=-1)[..., None] * cw
+
+
+def block_counts(group_size: int, n_max: int) -> npt.NDArray[np.int64]:
+    """Nested block reuse: a group of N completions yields floor(N/n) disjoint blocks of size n.
+
+    Returns [n_max] with entry n-1 = floor(group_size / n) (0 for n > group_size).
+    """
+    n = np.arange(1, n_max + 1)
+    return (group_size // n).astype(np.int64)
+
+
+def blocks(group: npt.NDArray, n: int, axis: int = -1) -> npt.NDArray:
+    """Split the sample axis (length N) of ``group`` into floor(N/n) disjoint blocks of n.
+
+    The axis of length N becomes two axes [N // n, n]; leftover completions are dropped.
+    """
+    g = np.moveaxis(np.asarray(group), axis, -1)
+    m = g.shape[-1] // n
+    out = g[..., : m * n].reshape(*g.shape[:-1], m, n)
+    # put the (blocks, n) pair back where the sample axis was
+    ax = axis if axis >= 0 else g.ndim + axis
+    return np.moveaxis(out, (-2, -1), (ax, ax + 1))
