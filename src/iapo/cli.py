@@ -11,6 +11,9 @@ import click
 
 from iapo.envs import DataError, UnknownEnvironmentError, acr, best_arms, get_environment
 from iapo.envs.registry import ENVIRONMENTS
+from iapo.learners import LEARNERS
+from iapo.oracle import BudgetExceededError
+from iapo.policy import Policy, PolicyError, evaluate_policy, train_policy
 from iapo.problem import ProblemError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -23,7 +26,8 @@ def _user_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ProblemError, DataError, UnknownEnvironmentError, ValueError) as e:
+        except (ProblemError, DataError, PolicyError, UnknownEnvironmentError, ValueError,
+                BudgetExceededError) as e:
             raise click.UsageError(str(e)) from e
 
     return wrapper  # type: ignore[return-value]
@@ -93,6 +97,61 @@ def oracle(env_name: str, as_json: bool) -> None:
     click.echo(f"{'context':<{width}}  {'prompt':>6} {'N':>3} {'Q':>8}")
     for r in rows:
         click.echo(f"{r['context']:<{width}}  {r['prompt']:>6} {r['n']:>3} {r['q']:>8.4f}")
+
+
+@main.command()
+def learners() -> None:
+    """List the learners with one line each."""
+    width = max(len(n) for n in LEARNERS)
+    for name, spec in LEARNERS.items():
+        click.echo(f"{name:<{width}}  {spec.summary}")
+
+
+@main.command()
+@click.argument("env_name", metavar="ENV")
+@click.option("--learner", "learner", default="psst", show_default=True,
+              type=click.Choice(list(LEARNERS)), help="The learner to train.")
+@click.option("--budget", "budget", required=True, type=click.IntRange(min=0),
+              help="Training budget T in completions (never exceeded).")
+@click.option("--seed", "seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Seed of the 80/20 split, the oracle and the learner.")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the policy JSON.")
+@_user_errors
+def train(env_name: str, learner: str, budget: int, seed: int, out: str) -> None:
+    """Train a policy on the training split of ENV that SEED draws, and write it to OUT."""
+    env = get_environment(env_name)
+    env.query_table()  # the exact table is not needed to train; computing it here keeps
+    # the progress bar out of `evaluate` for the common train-then-evaluate sequence
+    policy = train_policy(env, learner, budget, seed)
+    policy.save(out)
+    click.echo(
+        f"{learner} on {env.name}: {policy.completions_used} of {budget} completions used; "
+        f"policy written to {out}"
+    )
+    for key, ch in zip(policy.contexts, policy.choices, strict=True):
+        n = "random" if ch.n is None else ch.n
+        click.echo(f"  {key}: prompt {ch.prompt}, N {n}")
+
+
+@main.command()
+@click.argument("env_name", metavar="ENV")
+@click.argument("policy_path", metavar="POLICY", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@_user_errors
+def evaluate(env_name: str, policy_path: str, as_json: bool) -> None:
+    """Exact ACR of a policy on its test split, the optimal ACR there, and the regret."""
+    env = get_environment(env_name)
+    policy = Policy.load(policy_path)
+    result = evaluate_policy(env, policy)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(
+        f"{policy.learner} on {env.name} (T={policy.budget}, used {policy.completions_used}): "
+        f"ACR {result['acr']:.4f}, oracle ACR {result['oracle_acr']:.4f}, "
+        f"regret {result['regret']:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,200 @@
+"""The Q table: stockpiled utility statistics of every arm in every context.
+
+One group of G completions of prompt p scores every context at once (cross-context reuse) and
+yields floor(G/n) disjoint blocks of n completions for every n <= G (nested cross-scale reuse):
+block b of size n holds completions [b*n, (b+1)*n). Each block is one i.i.d. sample of the
+utility R_x(c, p, n) (paper, Eqs. 1 and 2).
+
+The update is vectorized over all groups of a batch at once: groups are padded to N_max and the
+fixed table of all (n, b) blocks of a group of N_max is masked by each group's own size. Block
+maxima (BoN) come from a sparse table of power-of-two window maxima, block vote counts (MV) and
+block costs from prefix sums, so a batch costs a constant number of numpy calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from iapo.oracle import Observation
+from iapo.problem import Problem
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class BlockTable:
+    """Every block (n, b) of a group of n_max completions, ordered by n.
+
+    start, end: [B] completion ranges [start, end); size: [B] the block size n.
+    """
+
+    start: npt.NDArray[np.intp]
+    end: npt.NDArray[np.intp]
+    size: npt.NDArray[np.intp]
+
+    @classmethod
+    def of(cls, n_max: int) -> BlockTable:
+        sizes = np.repeat(np.arange(1, n_max + 1), n_max // np.arange(1, n_max + 1))
+        first = np.concatenate([[0], np.cumsum(n_max // np.arange(1, n_max + 1))[:-1]])
+        b = np.arange(sizes.size) - np.repeat(first, n_max // np.arange(1, n_max + 1))
+        start = (b * sizes).astype(np.intp)
+        return cls(start, (start + sizes).astype(np.intp), sizes.astype(np.intp))
+
+
+def _window_max(values: FloatArray, start: npt.NDArray[np.intp],
+                end: npt.NDArray[np.intp]) -> FloatArray:
+    """max(values[:, s:e]) for every block, by a sparse table: values [m, G, C] -> [m, B, C]."""
+    length = end - start
+    level = np.floor(np.log2(length)).astype(np.intp)
+    out = np.empty((values.shape[0], start.size, values.shape[2]))
+    table = values
+    for j in range(int(level.max()) + 1):
+        if j > 0:
+            half = 1 << (j - 1)
+            table = np.maximum(table[:, :-half], table[:, half:])
+        sel = np.flatnonzero(level == j)
+        if sel.size:
+            width = 1 << j
+            out[:, sel] = np.maximum(table[:, start[sel]], table[:, end[sel] - width])
+    return out
+
+
+class QTable:
+    """Stockpiled block statistics: sums and sums of squares [C, P, N_max], counts [P, N_max].
+
+    ``mean`` is NaN for arms with no data.
+    """
+
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+        c, p, n = problem.n_contexts, problem.n_prompts, problem.n_max
+        self.sums = np.zeros((c, p, n))
+        self.sumsq = np.zeros((c, p, n))
+        self.counts = np.zeros((p, n), dtype=np.int64)
+        self._blocks = BlockTable.of(n)
+        self._block_onehot = (self._blocks.size[:, None] == np.arange(1, n + 1)).astype(
+            np.float64
+        )  # [B, N]
+        self._block_cache: dict[int, tuple[BlockTable, FloatArray]] = {}
+        self._weights = problem.grid.weights  # [C, K]
+        self._cost_weights = problem.grid.cost_weights  # [C]
+
+    @property
+    def mean(self) -> FloatArray:
+        """Estimated Q(c, p, n): [C, P, N_max] (NaN where no block was seen)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.sums / self.counts
+
+    @property
+    def variance(self) -> FloatArray:
+        """Sample variance of the block utilities: [C, P, N_max] (NaN below 2 blocks)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            n = self.counts.astype(np.float64)
+            var = (self.sumsq - self.sums**2 / n) / (n - 1)
+        return np.where(n >= 2, np.maximum(var, 0.0), np.nan)
+
+    def _blocks_upto(self, g: int) -> tuple[BlockTable, FloatArray]:
+        """The blocks that fit in a group of g completions, and their one-hot sizes [B_g, N]."""
+        if g not in self._block_cache:
+            bt = self._blocks
+            keep = np.flatnonzero(bt.end <= g)
+            self._block_cache[g] = (
+                BlockTable(bt.start[keep], bt.end[keep], bt.size[keep]),
+                self._block_onehot[keep],
+            )
+        return self._block_cache[g]
+
+    def block_utilities(
+        self, observations: Sequence[Observation]
+    ) -> tuple[FloatArray, npt.NDArray[np.bool_], npt.NDArray[np.intp], FloatArray]:
+        """Utilities of every block of every group, all contexts.
+
+        Groups are padded to the largest group size G of the batch. Returns (util [m, B, C],
+        valid [m, B], prompt [m], block one-hot sizes [B, N_max]) for the m groups.
+        """
+        obs = [o for o in observations if o.count > 0]
+        g_pad = max(o.n for o in obs)
+        m = sum(o.count for o in obs)
+        k1 = obs[0].scores.shape[-1]
+        scores = np.zeros((m, g_pad, k1))
+        sizes = np.empty(m, dtype=np.intp)
+        prompts = np.empty(m, dtype=np.intp)
+        mv = self.problem.aggregator in ("mv", "mixed")
+        labels = np.full((m, g_pad), -1, dtype=np.int64) if mv else None  # -1: no vote
+        gold = np.zeros(m, dtype=np.int64) if mv else None
+        i = 0
+        for o in obs:  # one iteration per pull request, not per completion
+            j = i + o.count
+            scores[i:j, : o.n] = o.scores
+            sizes[i:j] = o.n
+            prompts[i:j] = o.prompt
+            if labels is not None and gold is not None:
+                if o.labels is None or o.gold is None:
+                    raise ValueError("a majority-voting oracle must return answer labels and gold")
+                labels[i:j, : o.n] = o.labels
+                gold[i:j] = o.gold
+            i = j
+        bt, onehot = self._blocks_upto(g_pad)
+        valid = bt.end[None, :] <= sizes[:, None]  # [m, B]
+        cost_prefix = np.concatenate([np.zeros((m, 1)), np.cumsum(scores[..., -1], axis=1)], 1)
+        block_cost = cost_prefix[:, bt.end] - cost_prefix[:, bt.start]  # [m, B]
+        util = -block_cost[..., None] * self._cost_weights  # [m, B, C]
+        w = self._weights
+        if labels is not None and gold is not None:
+            util += self._mv_credit(labels, gold, bt)[..., None] * w[:, 0]
+            if self.problem.aggregator == "mixed" and w.shape[1] > 1:
+                style = scores[..., 1 : k1 - 1] @ w[:, 1:].T  # [m, G, C]
+                util += _window_max(style, bt.start, bt.end)
+        else:
+            task = scores[..., : k1 - 1] @ w.T  # [m, G, C]
+            util += _window_max(task, bt.start, bt.end)
+        return util, valid, prompts, onehot
+
+    @staticmethod
+    def _mv_credit(
+        labels: npt.NDArray[np.int64], gold: npt.NDArray[np.int64], bt: BlockTable
+    ) -> FloatArray:
+        """1/t credit of every block: labels [m, G] (-1 = padding), gold [m] -> [m, B]."""
+        n_cat = int(max(labels.max(initial=0), gold.max(initial=0))) + 1
+        onehot = labels[..., None] == np.arange(n_cat)  # [m, G, L]
+        prefix = np.zeros((labels.shape[0], labels.shape[1] + 1, n_cat), dtype=np.int32)
+        np.cumsum(onehot, axis=1, out=prefix[:, 1:])
+        votes = prefix[:, bt.end] - prefix[:, bt.start]  # [m, B, L]
+        top = votes.max(axis=-1)
+        ties = (votes == top[..., None]).sum(axis=-1)
+        gold_votes = np.take_along_axis(votes, gold[:, None, None], axis=-1)[..., 0]
+        return np.where(gold_votes == top, 1.0 / ties, 0.0)
+
+    def update(self, observations: Sequence[Observation]) -> None:
+        """Add every block of every group in ``observations`` to the statistics.
+
+        Groups are processed in size classes (G in 1, 2, 3-4, 5-8, ...) so that padding at
+        most doubles the work.
+        """
+        obs = [o for o in observations if o.count > 0]
+        classes: dict[int, list[Observation]] = {}
+        for o in obs:
+            classes.setdefault((o.n - 1).bit_length(), []).append(o)
+        for group in classes.values():
+            self._add(group)
+
+    def _add(self, observations: Sequence[Observation]) -> None:
+        util, valid, prompts, oh = self.block_utilities(observations)
+        util *= valid[..., None]
+        # sum groups of the same prompt: contiguous runs, then a tiny one-hot product
+        order = np.argsort(prompts, kind="stable")
+        prompts = prompts[order]
+        starts = np.flatnonzero(np.r_[True, prompts[1:] != prompts[:-1]])
+        seg_prompt = prompts[starts]
+        c = util.shape[2]
+        # one reduction for sums, sums of squares and block counts: [m, B, 2C+1]
+        stacked = np.concatenate([util, util * util, valid[..., None]], axis=2)[order]
+        seg = np.add.reduceat(stacked, starts, axis=0)  # [S, B, 2C+1]
+        per_n = np.einsum("sbk,bn->ksn", seg, oh)  # [2C+1, S, N]
+        self.sums[:, seg_prompt] += per_n[:c]
+        self.sumsq[:, seg_prompt] += per_n[c : 2 * c]
+        self.counts[seg_prompt] += np.rint(per_n[2 * c]).astype(np.int64)

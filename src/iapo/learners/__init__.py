@@ -1,0 +1,70 @@
+"""Learners: (problem, oracle, budget T, rng) -> a choice per context and a trace.
+
+Every learner sees the world only through the oracle's batched pulls, so the same code runs
+on a simulated environment and on a live LLM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+from iapo.learners.base import Choice, Learner, LearnerResult, Trace
+from iapo.learners.egreedy import learn_egreedy
+from iapo.learners.psst import learn_psst, learn_uniform, psst
+from iapo.learners.screening import top_k_screening
+from iapo.learners.softmax import learn_softmax
+from iapo.learners.triple import learn_triple_n1, learn_triple_nrand
+from iapo.learners.ucb import learn_ucb
+
+
+@dataclass(frozen=True)
+class LearnerSpec:
+    name: str
+    summary: str
+    run: Callable[..., LearnerResult]
+
+
+LEARNERS: dict[str, LearnerSpec] = {
+    s.name: s
+    for s in [
+        LearnerSpec("psst", "PSST: sequential trimming over all (prompt, N) arms, stockpiling",
+                    learn_psst),
+        LearnerSpec("psst-k1", "Top-K screening (K=1, rho=0.2) at N=1, then PSST",
+                    partial(top_k_screening, k=1)),
+        LearnerSpec("psst-k4", "Top-K screening (K=4, rho=0.2) at N=1, then PSST",
+                    partial(top_k_screening, k=4)),
+        LearnerSpec("psst-k8", "Top-K screening (K=8, rho=0.2) at N=1, then PSST",
+                    partial(top_k_screening, k=8)),
+        LearnerSpec("uniform", "every prompt at N_max equally often in one batch, best arm per "
+                    "context", learn_uniform),
+        LearnerSpec("egreedy", "epsilon-greedy over arms (epsilon=0.15), shared estimates",
+                    learn_egreedy),
+        LearnerSpec("softmax", "softmax over estimated Q (temperature 0.05), shared estimates",
+                    learn_softmax),
+        LearnerSpec("ucb", "UCB (exploration constant 0.1), shared estimates", learn_ucb),
+        LearnerSpec("triple-n1", "TRIPLE-SH: halving over prompts at N=1, deployed at N=1",
+                    learn_triple_n1),
+        LearnerSpec("triple-nrand", "TRIPLE-SH prompts, deployed with N uniform in 1..N_max",
+                    learn_triple_nrand),
+    ]
+}
+
+
+def get_learner(name: str) -> LearnerSpec:
+    if name not in LEARNERS:
+        raise ValueError(f"unknown learner '{name}'; known: {', '.join(LEARNERS)}")
+    return LEARNERS[name]
+
+
+__all__ = [
+    "LEARNERS",
+    "Choice",
+    "Learner",
+    "LearnerResult",
+    "LearnerSpec",
+    "Trace",
+    "get_learner",
+    "psst",
+]

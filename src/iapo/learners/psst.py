@@ -1,0 +1,204 @@
+"""PSST: Prompt Scaling via Sequential Trimming (paper, Algorithm 1 and Eq. 6).
+
+In each of R = ceil(log2 |A|) rounds, every prompt with an active arm in some context is
+pulled at its largest active N, all equally often: floor(n_r / M) groups each, M the sum of
+those N (Eq. 6). Each group scores every context and, by blocks, every smaller N. Then every
+context keeps the better half (ceil) of its active arms, so that after R rounds one remains.
+
+The budget T is a hard limit, and small budgets get these documented rules (the trace says
+which applied):
+
+1. Scale cap. If T cannot pay for one group of every active prompt at its largest N, arms
+   whose N exceeds cap = floor(T / #prompts) are dropped before the first round: they could
+   not be observed once per prompt within the budget. If even cap = 0 (T < #prompts), a
+   random subset of T prompts is kept, at N = 1.
+2. Fewer rounds. The number of rounds is R_eff = min(R, floor(T / M_1)), with M_1 the cost of
+   one group of every active prompt in round 1, so every round can pay for at least one group
+   of every prompt it pulls. When R_eff < R the rounds trim faster than halving: a context
+   with s arms and q rounds left keeps ceil(s / 2) if halving still reaches one arm in time,
+   else ceil(s ** ((q - 1) / q)).
+3. Carry. Round r may spend up to floor(r T / R_eff) minus what was spent before it, so what a
+   round could not spend moves to the next; the last round spends what is left over its equal
+   pulls on single groups of randomly ordered prompts at N <= their largest active N. The whole
+   of T is spent whenever rule 1 did not apply or T >= #prompts.
+4. No elimination on no data: an active arm without a single block is ranked above every arm
+   with data (this cannot happen in a normal run; it guards custom active sets).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from iapo.estimate import QTable
+from iapo.learners.base import Choice, LearnerResult, Trace, best_choices, check_budget
+from iapo.oracle import Oracle, Pull
+from iapo.problem import Problem
+
+BoolArray = npt.NDArray[np.bool_]
+
+
+def rounds_for(n_arms: int) -> int:
+    """The paper's R = ceil(log2 |A|) (0 for a single arm)."""
+    return math.ceil(math.log2(n_arms)) if n_arms > 1 else 0
+
+
+def keep_count(size: int, rounds_left: int) -> int:
+    """How many of ``size`` active arms a context keeps with ``rounds_left`` rounds to go
+    (this one included), so that exactly one is left after the last round."""
+    if size <= 1:
+        return size
+    if rounds_left <= 1:
+        return 1
+    if rounds_for(size) <= rounds_left:
+        return math.ceil(size / 2)
+    return max(1, min(size - 1, math.ceil(size ** ((rounds_left - 1) / rounds_left))))
+
+
+def _top_scale(active: BoolArray) -> npt.NDArray[np.intp]:
+    """Largest active N of every prompt over all contexts (0 for a prompt with none): [P]."""
+    any_n = active.any(axis=0)  # [P, N]
+    n_max = active.shape[2]
+    last = n_max - np.argmax(any_n[:, ::-1], axis=1)
+    return np.where(any_n.any(axis=1), last, 0).astype(np.intp)
+
+
+def trim(
+    active: BoolArray, stats: QTable, rounds_left: int, rng: np.random.Generator
+) -> BoolArray:
+    """Keep the best ``keep_count`` active arms of every context (random among equals).
+
+    Arms with no data rank above all others, so they are never eliminated on no data.
+    """
+    c, p, n = active.shape
+    mean = stats.mean.reshape(c, p * n)
+    flags = active.reshape(c, p * n)
+    score = np.where(np.isnan(mean), np.inf, mean)
+    score = np.where(flags, score, -np.inf)
+    # a stable sort of randomly permuted columns breaks ties uniformly at random
+    perm = rng.permutation(p * n)
+    order = perm[np.argsort(-score[:, perm], axis=1, kind="stable")]  # best first
+    sizes = flags.sum(axis=1)
+    keep = np.array([keep_count(int(s), rounds_left) for s in sizes])
+    out = np.zeros_like(flags)
+    for ci in range(c):
+        out[ci, order[ci, : keep[ci]]] = True
+    return (flags & out).reshape(c, p, n)
+
+
+def psst(
+    problem: Problem,
+    oracle: Oracle,
+    budget: int,
+    rng: np.random.Generator,
+    *,
+    active: BoolArray | None = None,
+    stats: QTable | None = None,
+    stockpile: bool = True,
+    max_rounds: int | None = None,
+) -> LearnerResult:
+    """Run PSST with budget T = ``budget`` completions.
+
+    active: [C, P, N_max] arms each context starts with (all by default); stats: statistics
+    gathered before (e.g. by Top-K screening), kept when ``stockpile``; max_rounds: cap on
+    the rounds (1 gives the one-batch ``uniform`` baseline).
+    """
+    budget = check_budget(oracle, budget)
+    c, p, n = problem.n_contexts, problem.n_prompts, problem.n_max
+    flags = np.ones((c, p, n), dtype=bool) if active is None else np.array(active, dtype=bool)
+    if flags.shape != (c, p, n) or not flags.any(axis=(1, 2)).all():
+        raise ValueError(f"active must be [C, P, N] = {(c, p, n)} with an arm in every context")
+    stats = stats if stats is not None else QTable(problem)
+    trace = Trace()
+    start = oracle.ledger.spent
+    r_paper = rounds_for(int(flags.sum(axis=(1, 2)).max()))
+    trace.info["rounds_paper"] = r_paper
+
+    top = _top_scale(flags)
+    alive = np.flatnonzero(top > 0)
+    if budget < top[alive].sum():
+        cap = budget // alive.size
+        if cap == 0:
+            kept = rng.choice(alive, size=budget, replace=False) if budget else alive[:0]
+            dropped = np.setdiff1d(alive, kept)
+            flags[:, dropped] = False
+            cap = 1
+            trace.notes.append(
+                f"T={budget} is below one completion per prompt ({alive.size}); kept "
+                f"{kept.size} random prompts at N = 1"
+            )
+        flags[:, :, cap:] = False
+        trace.notes.append(
+            f"T={budget} cannot pay one group of every prompt at its largest N "
+            f"({int(top[alive].sum())}); arms with N > {cap} were dropped (scale cap)"
+        )
+        trace.info["scale_cap"] = cap
+        top = _top_scale(flags)
+        alive = np.flatnonzero(top > 0)
+    first_cost = int(top[alive].sum())
+    r_eff = min(r_paper, budget // first_cost) if first_cost else 0
+    if max_rounds is not None:
+        r_eff = min(r_eff, max_rounds)
+    if r_eff < r_paper and max_rounds is None:
+        trace.notes.append(
+            f"{r_eff} rounds instead of the paper's {r_paper}: T={budget} pays for at most "
+            f"{budget // max(first_cost, 1)} rounds of {first_cost} completions"
+        )
+    trace.info["rounds"] = r_eff
+
+    for r in range(r_eff):
+        used = oracle.ledger.spent - start
+        allowance = budget * (r + 1) // r_eff - used
+        top = _top_scale(flags)
+        alive = np.flatnonzero(top > 0)
+        cost = int(top[alive].sum())
+        k = allowance // cost
+        pulls = [Pull(int(q), int(top[q]), int(k)) for q in alive] if k else []
+        if r == r_eff - 1:
+            left = allowance - k * cost
+            for q in rng.permutation(alive):
+                if left <= 0:
+                    break
+                g = int(min(top[q], left))
+                pulls.append(Pull(int(q), g, 1))
+                left -= g
+        observations = oracle.pull(pulls)
+        if not stockpile:
+            stats = QTable(problem)
+        stats.update(observations)
+        flags = trim(flags, stats, r_eff - r, rng)
+        trace.rounds.append(_round_record(r + 1, allowance, pulls, flags))
+
+    trace.completions_used = oracle.ledger.spent - start
+    return LearnerResult(best_choices(stats, flags, rng), trace)
+
+
+def _round_record(r: int, allowance: int, pulls: list[Pull], flags: BoolArray) -> dict[str, Any]:
+    return {
+        "round": r,
+        "allowance": int(allowance),
+        "spent": int(sum(x.cost for x in pulls)),
+        "pulls": [[x.prompt, x.n, x.count] for x in pulls if x.count],
+        "alive": flags.sum(axis=(1, 2)).tolist(),
+    }
+
+
+def learn_psst(
+    problem: Problem, oracle: Oracle, budget: int, rng: np.random.Generator
+) -> LearnerResult:
+    """PSST over all arms, stockpiling (the paper's recommended setting)."""
+    return psst(problem, oracle, budget, rng)
+
+
+def learn_uniform(
+    problem: Problem, oracle: Oracle, budget: int, rng: np.random.Generator
+) -> LearnerResult:
+    """``uniform``: every prompt at N_max equally often in one batch, then the best arm of
+    every context (all arms share the groups by blocks and contexts)."""
+    return psst(problem, oracle, budget, rng, max_rounds=1)
+
+
+__all__ = ["Choice", "keep_count", "learn_psst", "learn_uniform", "psst", "rounds_for", "trim"]

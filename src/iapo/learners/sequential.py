@@ -1,0 +1,99 @@
+"""The paper's sequential exploration baselines, in decision batches.
+
+Each step samples a context (by the context probabilities) and lets a selection rule pick an
+arm for it from the current estimates; a pull of (p, N) costs N and its blocks update every
+context and every smaller N, as in PSST (the paper's baselines share information too).
+The paper runs these fully sequentially; here the decisions are made in ``batches`` batches of
+about T / batches completions, each batch from the estimates of the one before, so a run costs
+tens of numpy calls rather than one per pull (``batches = T`` is fully sequential). Arms whose
+N exceeds the remaining budget are never picked, so the budget is never overspent. The final
+policy is the arm with the highest estimate in every context.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+
+from iapo.estimate import QTable
+from iapo.learners.base import LearnerResult, Trace, best_choices, check_budget
+from iapo.oracle import Oracle, Pull
+from iapo.problem import Problem
+
+# select(stats, contexts [D], feasible [A], rng) -> arm indices [D]
+Select = Callable[
+    [QTable, npt.NDArray[np.intp], npt.NDArray[np.bool_], np.random.Generator],
+    npt.NDArray[np.intp],
+]
+
+
+def sample_rows(
+    weights: npt.NDArray[np.float64], contexts: npt.NDArray[np.intp], rng: np.random.Generator
+) -> npt.NDArray[np.intp]:
+    """For every decision d, an arm drawn with probability proportional to
+    weights[contexts[d]]: weights [C, A] (non-negative, each used row with a positive sum),
+    contexts [D] -> [D]. One searchsorted per context, not a [D, A] matrix."""
+    cdf = np.cumsum(weights, axis=1)
+    out = np.empty(contexts.size, dtype=np.intp)
+    u = rng.random(contexts.size)
+    for c in np.unique(contexts):
+        sel = contexts == c
+        out[sel] = np.searchsorted(cdf[c], u[sel] * cdf[c, -1], side="right")
+    return np.minimum(out, weights.shape[1] - 1)
+
+
+def argmax_random_ties(
+    score: npt.NDArray[np.float64], contexts: npt.NDArray[np.intp], rng: np.random.Generator
+) -> npt.NDArray[np.intp]:
+    """For every decision, the best arm of its context, uniformly among equal maxima:
+    score [C, A], contexts [D] -> [D]."""
+    ties = (score == score.max(axis=1, keepdims=True)).astype(np.float64)
+    return sample_rows(ties, contexts, rng)
+
+
+def sequential(
+    problem: Problem,
+    oracle: Oracle,
+    budget: int,
+    rng: np.random.Generator,
+    select: Select,
+    batches: int = 50,
+) -> LearnerResult:
+    budget = check_budget(oracle, budget)
+    if batches < 1:
+        raise ValueError(f"batches={batches} must be at least 1")
+    p, n = problem.n_prompts, problem.n_max
+    arm_cost = np.tile(np.arange(1, n + 1), p)
+    stats = QTable(problem)
+    trace = Trace(info={"batches": batches})
+    share = max(1, math.ceil(budget / batches))
+    start = oracle.ledger.spent
+    probs = problem.grid.probabilities
+    while (left := budget - (oracle.ledger.spent - start)) >= 1:
+        room = min(share, left)
+        contexts = rng.choice(problem.n_contexts, size=room, p=probs)
+        arms = select(stats, contexts, arm_cost <= left, rng)
+        cum = np.cumsum(arm_cost[arms])
+        take = int(np.searchsorted(cum, room, side="right")) or 1  # the first always fits
+        uniq, counts = np.unique(arms[:take], return_counts=True)
+        pulls = [Pull(int(a) // n, int(a) % n + 1, int(m)) for a, m in zip(uniq, counts, strict=True)]
+        stats.update(oracle.pull(pulls))
+        trace.rounds.append({
+            "round": len(trace.rounds) + 1,
+            "allowance": int(room),
+            "spent": int(sum(x.cost for x in pulls)),
+            "pulls": [[x.prompt, x.n, x.count] for x in pulls],
+            "alive": [p * n] * problem.n_contexts,
+        })
+    trace.completions_used = oracle.ledger.spent - start
+    allowed = np.ones((problem.n_contexts, p, n), dtype=bool)
+    return LearnerResult(best_choices(stats, allowed, rng), trace)
+
+
+def estimates_or_zero(stats: QTable) -> npt.NDArray[np.float64]:
+    """Estimated Q per context and arm, 0 for arms never observed: [C, A]."""
+    mean = stats.mean
+    return np.nan_to_num(mean, nan=0.0).reshape(mean.shape[0], -1)
