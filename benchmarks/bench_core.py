@@ -49,7 +49,8 @@ def main() -> None:
             rates.append(per_batch / (time.perf_counter() - t0))
 
         print(f"commonsenseqa exact table, first time (compute + store): {first:.2f} s")
-        print(f"commonsenseqa exact table, cached (median of 5):        {statistics.median(cached):.3f} s")
+        med = statistics.median(cached)
+        print(f"commonsenseqa exact table, cached (median of 5):        {med:.3f} s")
         print(
             f"simulated oracle, commonsenseqa, {per_batch:,} completions per batch "
             f"(median of 5): {statistics.median(rates) / 1e6:.1f} million completions/s"

@@ -62,8 +62,9 @@ def envs(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    head = f"{'name':<18} {'agg':<4} {'prompts':>7} {'queries':>7} {'contexts':>8} {'N_max':>5}  about"
-    click.echo(head)
+    click.echo(
+        f"{'name':<18} {'agg':<4} {'prompts':>7} {'queries':>7} {'contexts':>8} {'N_max':>5}  about"
+    )
     for r in rows:
         click.echo(
             f"{r['name']:<18} {r['aggregator']:<4} {r['prompts']:>7} {r['queries']:>7} "
@@ -93,7 +94,7 @@ def oracle(env_name: str, as_json: bool) -> None:
         click.echo(json.dumps({"env": env.name, "acr": value, "contexts": rows}, indent=2))
         return
     click.echo(f"{env.name}: optimal ACR {value:.4f} over {env.n_queries} queries")
-    width = max(len(r["context"]) for r in rows)
+    width = max(len(str(r["context"])) for r in rows)
     click.echo(f"{'context':<{width}}  {'prompt':>6} {'N':>3} {'Q':>8}")
     for r in rows:
         click.echo(f"{r['context']:<{width}}  {r['prompt']:>6} {r['n']:>3} {r['q']:>8.4f}")

@@ -93,7 +93,8 @@ def mv_credit_probability(
             new = np.zeros_like(dp)
             for cc in range(cmax + 1):
                 tied = 1 if cc == k else 0
-                new[:, cc:, tied:] += dp[:, : rest + 1 - cc, : r + 1 - tied] * terms[:, i, cc, None, None]
+                shifted = dp[:, : rest + 1 - cc, : r + 1 - tied]
+                new[:, cc:, tied:] += shifted * terms[:, i, cc, None, None]
             dp = new
         h = dp @ tie_weight  # [U, rest+1]
         big_n = k + np.arange(rest + 1)

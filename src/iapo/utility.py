@@ -60,7 +60,8 @@ def vote_counts(labels: npt.ArrayLike, n_categories: int | None = None) -> npt.N
     n_cat = int(n_categories if n_categories is not None else (lab.max() + 1 if lab.size else 1))
     lead = lab.shape[:-1]
     rows = int(np.prod(lead, dtype=np.int64))
-    flat = lab.reshape(rows, -1).astype(np.int64) + (np.arange(rows, dtype=np.int64) * n_cat)[:, None]
+    offsets = np.arange(rows, dtype=np.int64)[:, None] * n_cat
+    flat = lab.reshape(rows, -1).astype(np.int64) + offsets
     counts = np.bincount(flat.ravel(), minlength=rows * n_cat)
     return counts.reshape(*lead, n_cat)
 

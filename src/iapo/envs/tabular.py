@@ -71,9 +71,9 @@ def _check_probs(probs: FloatArray, what: str) -> None:
         )
 
 
-def _budgets(levels: Sequence[str], weights: npt.ArrayLike) -> dict[str, float]:
+def _budgets(levels: npt.ArrayLike, weights: npt.ArrayLike) -> dict[str, float]:
     cw = np.asarray(weights, dtype=np.float64).reshape(-1)
-    names = [str(b) for b in levels]
+    names = [str(b) for b in np.asarray(levels).reshape(-1)]
     if len(names) != cw.size:
         raise DataError(f"{len(names)} budget levels but {cw.size} cost weights")
     if len(set(names)) != len(names):

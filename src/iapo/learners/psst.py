@@ -60,7 +60,7 @@ def keep_count(size: int, rounds_left: int) -> int:
 
 def _top_scale(active: BoolArray) -> npt.NDArray[np.intp]:
     """Largest active N of every prompt over all contexts (0 for a prompt with none): [P]."""
-    any_n = active.any(axis=0)  # [P, N]
+    any_n: BoolArray = np.any(active, axis=0)  # [P, N]
     n_max = active.shape[2]
     last = n_max - np.argmax(any_n[:, ::-1], axis=1)
     return np.where(any_n.any(axis=1), last, 0).astype(np.intp)

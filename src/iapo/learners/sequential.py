@@ -79,7 +79,10 @@ def sequential(
         cum = np.cumsum(arm_cost[arms])
         take = int(np.searchsorted(cum, room, side="right")) or 1  # the first always fits
         uniq, counts = np.unique(arms[:take], return_counts=True)
-        pulls = [Pull(int(a) // n, int(a) % n + 1, int(m)) for a, m in zip(uniq, counts, strict=True)]
+        pulls = [
+            Pull(int(a) // n, int(a) % n + 1, int(m))
+            for a, m in zip(uniq, counts, strict=True)
+        ]
         stats.update(oracle.pull(pulls))
         trace.rounds.append({
             "round": len(trace.rounds) + 1,

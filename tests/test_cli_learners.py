@@ -1,0 +1,80 @@
+"""`iapo learners`, `iapo train` and `iapo evaluate` end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+
+from iapo.cli import main
+from iapo.envs import get_environment
+from iapo.learners import LEARNERS
+from iapo.split import train_test_split
+
+
+def test_learners_lists_every_name() -> None:
+    out = CliRunner().invoke(main, ["learners"])
+    assert out.exit_code == 0
+    names = [line.split()[0] for line in out.output.strip().splitlines()]
+    assert names == ["psst", "psst-k1", "psst-k4", "psst-k8", "uniform", "egreedy", "softmax",
+                     "ucb", "triple-n1", "triple-nrand"]
+    assert set(names) == set(LEARNERS)
+
+
+def test_train_then_evaluate(tmp_path: Path) -> None:
+    runner = CliRunner()
+    pol = tmp_path / "policy.json"
+    out = runner.invoke(main, ["train", "math", "--learner", "psst", "--budget", "3000",
+                               "--seed", "4", "--out", str(pol)])
+    assert out.exit_code == 0, out.output
+    data = json.loads(pol.read_text())
+    assert data["env"] == "math" and data["learner"] == "psst" and data["budget"] == 3000
+    assert data["seed"] == 4 and data["completions_used"] <= 3000
+    assert [r["context"] for r in data["policy"]] == ["budget=low", "budget=mid", "budget=high"]
+    for row in data["policy"]:
+        assert set(row) == {"context", "prompt", "n", "q_hat", "samples"}
+        assert 0 <= row["prompt"] < 25 and 1 <= row["n"] <= 32 and row["samples"] > 0
+    # the stored test split is the 20% that seed 4 draws
+    _, test = train_test_split(316, np.random.SeedSequence(4).spawn(3)[0])
+    assert data["split"]["test"] == test.tolist()
+
+    ev = runner.invoke(main, ["evaluate", "math", str(pol), "--json"])
+    assert ev.exit_code == 0, ev.output
+    res = json.loads(ev.output)
+    assert set(res) == {"acr", "oracle_acr", "regret", "completions_used", "budget"}
+    # recompute from the exact Q on the test split, independently of evaluate_policy
+    q = get_environment("math").q(test)
+    chosen = [q[i, r["prompt"], r["n"] - 1] for i, r in enumerate(data["policy"])]
+    assert abs(res["acr"] - np.mean(chosen)) < 1e-12
+    assert abs(res["oracle_acr"] - q.reshape(3, -1).max(axis=1).mean()) < 1e-12
+    assert res["regret"] >= 0 and abs(res["regret"] - (res["oracle_acr"] - res["acr"])) < 1e-12
+
+
+def test_evaluate_rejects_a_policy_of_another_environment(tmp_path: Path) -> None:
+    runner = CliRunner()
+    pol = tmp_path / "p.json"
+    trained = runner.invoke(main, ["train", "math", "--budget", "900", "--out", str(pol)])
+    assert trained.exit_code == 0
+    out = runner.invoke(main, ["evaluate", "commonsenseqa", str(pol)])
+    assert out.exit_code == 2 and "trained on 'math'" in out.output
+
+
+def test_bad_inputs_give_clear_errors(tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = runner.invoke(main, ["train", "math", "--learner", "nope", "--budget", "10",
+                               "--out", str(tmp_path / "x.json")])
+    assert out.exit_code == 2 and "nope" in out.output
+    out = runner.invoke(main, ["train", "math", "--budget", "-5",
+                               "--out", str(tmp_path / "x.json")])
+    assert out.exit_code == 2 and "budget" in out.output.lower()
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    out = runner.invoke(main, ["evaluate", "math", str(bad)])
+    assert out.exit_code == 2 and "not valid JSON" in out.output
+    bad.write_text(json.dumps({"format": "iapo-policy/1", "env": "math"}))
+    out = runner.invoke(main, ["evaluate", "math", str(bad)])
+    assert out.exit_code == 2 and "malformed policy" in out.output
+    out = runner.invoke(main, ["evaluate", "math", str(tmp_path / "missing.json")])
+    assert out.exit_code == 2 and "does not exist" in out.output
