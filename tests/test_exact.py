@@ -242,6 +242,16 @@ def test_credits_over_every_possible_gold_sum_to_one(weights: list[int]) -> None
     np.testing.assert_allclose(out[:, 0], probs, atol=1e-12)
 
 
+@pytest.mark.parametrize("n_max", [64, 128, 200])
+def test_large_n_max_stays_exact(n_max: int) -> None:
+    # nothing in a problem or a data file caps N_max at the paper's 32
+    out = mv_credit_probability([[0.55, 0.45, 0.0], [1 / 3, 1 / 3, 1 / 3]], [0, 0], n_max)
+    assert np.all(np.isfinite(out))
+    for n in (1, 2, 33, n_max - 1, n_max):
+        assert out[0, n - 1] == pytest.approx(mv_binary(0.55, n), abs=1e-9)
+    np.testing.assert_allclose(out[1], 1 / 3, atol=1e-9)
+
+
 def test_single_category_is_always_right() -> None:
     np.testing.assert_array_equal(mv_credit_probability([[1.0], [1.0]], [0, 0], 5), 1.0)
 

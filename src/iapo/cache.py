@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,19 +27,25 @@ def cache_dir() -> Path:
 
 
 def load_or_compute(
-    key: str, compute: Callable[[], dict[str, npt.NDArray]]
+    key: str,
+    compute: Callable[[], dict[str, npt.NDArray]],
+    required: tuple[str, ...] = (),
 ) -> dict[str, npt.NDArray]:
     """Arrays stored under ``key``; computed by ``compute()`` and stored on a miss.
 
-    A cache that cannot be written (read-only disk) is not an error: the arrays are returned.
+    An entry that cannot be read or lacks a ``required`` array is recomputed. A cache that
+    cannot be written (read-only disk) is not an error: the arrays are returned.
     """
     path = cache_dir() / f"{key}-v{FORMAT_VERSION}.npz"
     if path.exists():
         try:
-            with np.load(path) as data:
-                return {name: data[name] for name in data.files}
-        except (OSError, ValueError, EOFError):
-            path.unlink(missing_ok=True)  # a torn or foreign file: recompute
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in data.files}
+            if all(name in arrays for name in required):
+                return arrays
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            pass
+        path.unlink(missing_ok=True)  # a torn or foreign file: recompute
     arrays = compute()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

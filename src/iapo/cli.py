@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
+from iapo.bench.runner import BenchError
 from iapo.envs import DataError, UnknownEnvironmentError, acr, best_arms, get_environment
 from iapo.envs.registry import ENVIRONMENTS
 from iapo.learners import LEARNERS
@@ -27,7 +28,7 @@ def _user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except (ProblemError, DataError, PolicyError, UnknownEnvironmentError, ValueError,
-                BudgetExceededError) as e:
+                BudgetExceededError, BenchError) as e:
             raise click.UsageError(str(e)) from e
 
     return wrapper  # type: ignore[return-value]
@@ -153,6 +154,99 @@ def evaluate(env_name: str, policy_path: str, as_json: bool) -> None:
         f"ACR {result['acr']:.4f}, oracle ACR {result['oracle_acr']:.4f}, "
         f"regret {result['regret']:.4f}"
     )
+
+
+def _csv_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+@main.command()
+@click.option("--envs", "envs", default="math", show_default=True,
+              help="Comma-separated environments.")
+@click.option("--learners", "learners", default=",".join(LEARNERS), show_default=True,
+              help="Comma-separated learners (default: all).")
+@click.option("--budgets", "budgets", default="1000,2000,5000,10000,20000", show_default=True,
+              help="Comma-separated training budgets T.")
+@click.option("--runs", "runs", default=200, show_default=True, type=click.IntRange(min=1),
+              help="Runs per cell (fresh 80/20 split; fresh instance of synthetic envs).")
+@click.option("--seed", "seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--out", "out", default="bench-out", show_default=True,
+              type=click.Path(file_okay=False), help="Output folder (resumable).")
+@click.option("--workers", "workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Parallel worker processes (results do not depend on it).")
+@click.option("--backend", "backend", default="loky", show_default=True,
+              type=click.Choice(["loky", "ray", "dask"]),
+              help="joblib backend: local processes, or a Ray / Dask cluster.")
+@click.option("--reference", "reference", default="psst", show_default=True,
+              help="Learner the Wilcoxon tests compare against.")
+@click.option("--metric", "metric", default="acr", show_default=True,
+              type=click.Choice(["acr", "regret"]), help="What the figures and table show.")
+@_user_errors
+def bench(envs: str, learners: str, budgets: str, runs: int, seed: int, out: str, workers: int,
+          backend: str, reference: str, metric: str) -> None:
+    """The paper's evaluation protocol: every learner at every budget over many runs.
+
+    Writes runs.csv, summary.csv, summary.md and two figures per environment (PNG and SVG)
+    into OUT; rerunning into the same OUT skips finished cells.
+    """
+    from pathlib import Path
+
+    from iapo.bench import BenchConfig, BenchError, execute, report
+
+    try:
+        budget_list = tuple(int(b) for b in _csv_list(budgets))
+    except ValueError as e:
+        raise click.UsageError(f"--budgets must be comma-separated integers ({e})") from e
+    config = BenchConfig(
+        envs=tuple(_csv_list(envs)), learners=tuple(_csv_list(learners)), budgets=budget_list,
+        runs=runs, seed=seed, reference=reference, workers=workers, backend=backend,
+    )
+    if reference not in config.learners:
+        raise BenchError(f"reference learner '{reference}' is not among --learners")
+    folder = Path(out)
+    rows = execute(config, folder)
+    result = report(rows, config, folder, metric)
+    click.echo(f"{len(rows)} rows in {folder / 'runs.csv'}")
+    click.echo(f"table: {folder / 'summary.md'}  (and summary.csv)")
+    for f in result["figures"]:
+        if f.suffix == ".png":
+            click.echo(f"figure: {f}")
+
+
+@main.command()
+@click.option("--out", "out", default="plots", show_default=True,
+              type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--env", "env_name", default="math", show_default=True,
+              help="MV environment for Figure 2(a).")
+@click.option("--prompts", "prompts", default=None,
+              help="Comma-separated prompt indices for Figure 2(a) (default: ones that flip).")
+@_user_errors
+def plot(out: str, env_name: str, prompts: str | None) -> None:
+    """The paper's motivating plots: Figure 2(a) (MV accuracy against decoding cost per prompt,
+    N = 1..16) and Figure 3 (expected MV and BoN utility against theta, several N)."""
+    from pathlib import Path
+
+    from iapo.bench.plots import prompt_flip_figure, theta_figure
+
+    env = get_environment(env_name)
+    if env.problem.aggregator != "mv":
+        raise click.UsageError(f"Figure 2(a) needs a majority-voting environment; "
+                               f"'{env_name}' is {env.problem.aggregator}")
+    chosen = None
+    if prompts:
+        try:
+            chosen = [int(p) for p in _csv_list(prompts)]
+        except ValueError as e:
+            raise click.UsageError(f"--prompts must be comma-separated integers ({e})") from e
+        bad = [p for p in chosen if not 0 <= p < env.problem.n_prompts]
+        if bad:
+            raise click.UsageError(f"prompts {bad} are out of range 0..{env.problem.n_prompts - 1}")
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = prompt_flip_figure(env, folder, chosen) + theta_figure(folder)
+    for f in files:
+        if f.suffix == ".png":
+            click.echo(f"figure: {f}")
 
 
 if __name__ == "__main__":

@@ -3,10 +3,11 @@
 - Best-of-N over a finite support u_1 <= ... <= u_m with CDF F:
   E[max of N] = sum_j u_j (F_j^N - F_{j-1}^N).
 - Majority voting over L answer categories with probabilities q: the probability-weighted
-  1/t credit, summed exactly over all vote compositions by a dynamic program over categories
-  (exponential generating functions): for gold count k,
-  P = N! q_g^k / k! * sum over the other categories' counts c_i <= k (sum c_i = N - k) of
-  prod q_i^c_i / c_i!, each composition weighted 1/(1 + #{i : c_i = k}).
+  1/t credit, summed exactly over all vote compositions by a dynamic program over categories:
+  for gold count k, P = C(N, k) q_g^k * sum over the other categories' counts c_i <= k
+  (sum c_i = N - k) of multinomial(N - k; c) prod q_i^c_i, each composition weighted
+  1/(1 + #{i : c_i = k}). Adding one category with c votes to m votes multiplies by
+  C(m + c, c) q_i^c, so every table entry is a probability mass (no overflow).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy.typing as npt
 from scipy.special import gammaln
 
 FloatArray = npt.NDArray[np.float64]
+MV_N_MAX_LIMIT = 1000  # binomial coefficients C(2N, N) stay finite in float64
 
 
 def bon_expected_max(values: npt.ArrayLike, probs: npt.ArrayLike, n_max: int) -> FloatArray:
@@ -72,6 +74,10 @@ def mv_credit_probability(
     m_rows, n_cat = p.shape
     if n_cat == 1:
         return np.ones((m_rows, n_max))
+    if n_max > MV_N_MAX_LIMIT:
+        raise ValueError(
+            f"exact MV tables support N_max up to {MV_N_MAX_LIMIT}; got {n_max}"
+        )
     uniq, inverse = _canonical_mv_rows(p, gi)
     u = uniq.shape[0]
     g = uniq[:, 0]
@@ -79,28 +85,30 @@ def mv_credit_probability(
     r = others.shape[1]
     credit = np.zeros((u, n_max + 1))
     tie_weight = 1.0 / (1.0 + np.arange(r + 1))
-    with np.errstate(divide="ignore"):
-        log_g = np.log(g)
+    # binom[m, c] = C(m + c, c); finite for m + c <= 1029
+    idx = np.arange(n_max + 1)
+    binom = np.exp(gammaln(idx[:, None] + idx[None, :] + 1) - gammaln(idx[:, None] + 1)
+                   - gammaln(idx[None, :] + 1))
+    qpow = others[:, :, None] ** idx  # [U, R, n_max+1]: q_i^c
+    gpow = g[:, None] ** idx  # [U, n_max+1]: q_gold^k
     for k in range(1, n_max + 1):
         rest = n_max - k  # most votes the other categories can hold together
         cmax = min(k, rest)
-        # term[c] = q_i^c / c! for c = 0..cmax, every row and category: [U, R, cmax+1]
-        c = np.arange(cmax + 1)
-        terms = others[:, :, None] ** c / np.exp(gammaln(c + 1))
-        dp = np.zeros((u, rest + 1, r + 1))  # [row, votes used m, ties j]
+        # dp[m, j]: probability-weighted count of ways the processed categories hold m votes,
+        # none more than k, j of them exactly k (multinomial form: entries stay <= 1)
+        dp = np.zeros((u, rest + 1, r + 1))
         dp[:, 0, 0] = 1.0
         for i in range(r):
             new = np.zeros_like(dp)
             for cc in range(cmax + 1):
                 tied = 1 if cc == k else 0
-                shifted = dp[:, : rest + 1 - cc, : r + 1 - tied]
-                new[:, cc:, tied:] += shifted * terms[:, i, cc, None, None]
+                span = rest + 1 - cc
+                shifted = dp[:, :span, : r + 1 - tied] * binom[:span, cc, None]
+                new[:, cc:, tied:] += shifted * qpow[:, i, cc, None, None]
             dp = new
         h = dp @ tie_weight  # [U, rest+1]
-        big_n = k + np.arange(rest + 1)
-        with np.errstate(invalid="ignore"):
-            log_coef = gammaln(big_n + 1)[None, :] - gammaln(k + 1) + k * log_g[:, None]
-        credit[:, k:] += np.where(np.isfinite(log_coef), np.exp(log_coef), 0.0) * h
+        # P(gold gets credit, N = k + m) gathers C(N, k) q_gold^k h[m]
+        credit[:, k:] += binom[: rest + 1, k] * gpow[:, k, None] * h
         if progress is not None:
             progress(k)
     return np.clip(credit[inverse, 1:], 0.0, 1.0)

@@ -95,6 +95,10 @@ def validate_pulls(problem: Problem, requests: Sequence[Pull]) -> int:
     """Check every pull against the problem; return their total cost in completions."""
     total = 0
     for r in requests:
+        for name in ("prompt", "n", "count"):
+            value = getattr(r, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise ValueError(f"pull {name} {value!r} must be an integer")
         if not 0 <= r.prompt < problem.n_prompts:
             raise ValueError(
                 f"pull names prompt {r.prompt}; prompts are 0..{problem.n_prompts - 1}"

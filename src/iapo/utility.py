@@ -58,6 +58,10 @@ def vote_counts(labels: npt.ArrayLike, n_categories: int | None = None) -> npt.N
     if lab.size and (lab.min() < 0):
         raise ValueError("answer labels must be non-negative category indices")
     n_cat = int(n_categories if n_categories is not None else (lab.max() + 1 if lab.size else 1))
+    if lab.size and lab.max() >= n_cat:
+        raise ValueError(
+            f"answer label {int(lab.max())} is outside the {n_cat} categories 0..{n_cat - 1}"
+        )
     lead = lab.shape[:-1]
     rows = int(np.prod(lead, dtype=np.int64))
     offsets = np.arange(rows, dtype=np.int64)[:, None] * n_cat

@@ -115,7 +115,8 @@ class Environment(ABC):
                 return {"task": task, "cost": cost}
 
             if self.cacheable:
-                arrays = load_or_compute(f"{self.name}-{self.fingerprint()}", compute)
+                arrays = load_or_compute(f"{self.name}-{self.fingerprint()}", compute,
+                                         required=("task", "cost"))
             else:
                 arrays = compute()
             _, widx = self.problem.grid.distinct_weights()

@@ -29,6 +29,7 @@ Contexts are every weight vector times every budget level, uniformly likely.
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -279,7 +280,15 @@ def _scalar(data: Mapping[str, npt.NDArray], key: str) -> int:
     arr = np.asarray(data[key])
     if arr.size != 1:
         raise DataError(f"'{key}' must be a single number; got shape {arr.shape}")
-    return int(arr.reshape(-1)[0])
+    value = arr.reshape(-1)[0]
+    try:
+        whole = int(value)
+        exact = whole == value
+    except (TypeError, ValueError, OverflowError):
+        exact = False
+    if not exact:
+        raise DataError(f"'{key}' must be a whole number; got {value!r}")
+    return whole
 
 
 def _require(data: Mapping[str, npt.NDArray], keys: Sequence[str], path: str) -> None:
@@ -315,7 +324,15 @@ def environment_from_arrays(
     """Build an MV or BoN environment from arrays in the documented file format."""
     agg = str(np.asarray(data["aggregator"])) if "aggregator" in data else None
     if agg is None:
-        agg = "mv" if ("answer_counts" in data or "answer_probs" in data) else "bon"
+        if "answer_counts" in data or "answer_probs" in data:
+            agg = "mv"
+        elif "scores" in data:
+            agg = "bon"
+        else:
+            raise DataError(
+                f"{source}: neither 'answer_counts' / 'answer_probs' (majority voting) nor "
+                "'scores' (Best-of-N) found; see iapo.envs.tabular for the format"
+            )
     names = [str(x) for x in data["prompt_names"]] if "prompt_names" in data else None
     if agg == "mv":
         _require(data, ["gold", "cost_per_completion", "budget_levels", "cost_weights", "n_max"],
@@ -359,7 +376,7 @@ def load_environment(path: str | os.PathLike[str], name: str | None = None) -> E
     try:
         with np.load(p, allow_pickle=False) as f:
             data = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"{p}: not a readable .npz file ({e})") from e
     return environment_from_arrays(name or p.stem, data, f"tabular environment from {p.name}",
                                    source=str(p))

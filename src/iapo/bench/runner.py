@@ -1,0 +1,257 @@
+"""The paper's evaluation protocol ("Evaluation Protocol") as a resumable, parallel bench.
+
+For every run r of every environment: an 80/20 split of the queries drawn from (seed, r) — and,
+for a synthetic environment, a fresh instance drawn from (seed, r), as the paper instantiates
+200 of them — then every learner at every budget trains on the training split and its policy
+is scored by the exact ACR on the test split (no Monte Carlo). Paired design: all learners and
+budgets of a run see the same split and instance.
+
+Seeds: run r's seeds are children of ``numpy.random.SeedSequence(seed)`` by spawn keys
+(``SeedSequence(seed).spawn`` gives child r the key (r,)): key (r, 0) draws the split, (r, 1)
+the synthetic instance, and (r, 2, crc32(learner), budget, 0 | 1) the oracle and the learner.
+A cell's result depends only on (seed, env, r, learner, budget), never on the number of
+workers, on the other cells or on their order.
+
+Work is done in units of (env, run), each training every (learner, budget) the run still
+lacks; finished rows are appended to ``runs.csv`` as they arrive, so an interrupted bench
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from iapo.envs import Environment, get_environment
+from iapo.envs.registry import ENVIRONMENTS
+from iapo.learners import get_learner
+from iapo.oracle import SimulatedOracle
+from iapo.policy import policy_values
+from iapo.split import train_test_split
+
+RUN_COLUMNS = ["env", "learner", "budget", "run", "acr", "oracle_acr", "regret",
+               "completions_used", "seconds"]
+PAPER_BUDGETS = (1000, 2000, 5000, 10000, 20000)
+BACKENDS = ("loky", "ray", "dask")
+
+
+class BenchError(ValueError):
+    """A bench was configured wrongly, or its output folder belongs to another bench."""
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    envs: tuple[str, ...]
+    learners: tuple[str, ...]
+    budgets: tuple[int, ...] = PAPER_BUDGETS
+    runs: int = 200
+    seed: int = 0
+    test_fraction: float = 0.2
+    reference: str = "psst"
+    workers: int = 1
+    backend: str = "loky"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.envs:
+            raise BenchError("give at least one environment")
+        for e in self.envs:
+            if e not in ENVIRONMENTS and not Path(e).is_file():
+                raise BenchError(f"unknown environment '{e}'; known: {', '.join(ENVIRONMENTS)}")
+        if not self.learners:
+            raise BenchError("give at least one learner")
+        for ln in self.learners:
+            get_learner(ln)
+        if not self.budgets or any(b < 1 for b in self.budgets):
+            raise BenchError(f"budgets {list(self.budgets)} must be positive integers")
+        if self.runs < 1:
+            raise BenchError(f"runs={self.runs} must be at least 1")
+        if self.workers < 1:
+            raise BenchError(f"workers={self.workers} must be at least 1")
+        if self.backend not in BACKENDS:
+            raise BenchError(f"backend '{self.backend}' is unknown; use one of {list(BACKENDS)}")
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for two benches to share an output folder."""
+        return {"seed": self.seed, "test_fraction": self.test_fraction}
+
+
+def _seq(seed: int, *key: int) -> np.random.SeedSequence:
+    return np.random.SeedSequence(seed, spawn_key=key)
+
+
+def learner_key(name: str) -> int:
+    return zlib.crc32(name.encode())
+
+
+_REAL: dict[str, Environment] = {}
+
+
+def run_environment(name: str, seed: int, run: int) -> Environment:
+    """The environment instance of run ``run``: a fresh draw for synthetic ones."""
+    spec = ENVIRONMENTS.get(name)
+    if spec is not None and spec.synthetic:
+        instance = int(_seq(seed, run, 1).generate_state(1)[0])
+        return spec.make(instance)
+    if name not in _REAL:  # one load per worker process; the exact table is cached on disk
+        _REAL[name] = get_environment(name)
+    return _REAL[name]
+
+
+def run_unit(
+    env_name: str, run: int, cells: Sequence[tuple[str, int]], seed: int, test_fraction: float
+) -> list[dict[str, Any]]:
+    """Train and score every (learner, budget) of ``cells`` on run ``run`` of ``env_name``."""
+    env = run_environment(env_name, seed, run)
+    problem = env.problem
+    train, test = train_test_split(env.n_queries, _seq(seed, run, 0), test_fraction)
+    q = env.query_table(progress=False).q(problem, test)
+    probs = problem.grid.probabilities
+    oracle_acr = float(q.reshape(q.shape[0], -1).max(axis=1) @ probs)
+    rows = []
+    for learner, budget in cells:
+        key = learner_key(learner)
+        oracle = SimulatedOracle(env, train, budget,
+                                 np.random.default_rng(_seq(seed, run, 2, key, budget, 0)))
+        t0 = time.perf_counter()
+        result = get_learner(learner).run(problem, oracle, budget,
+                                          np.random.default_rng(_seq(seed, run, 2, key, budget, 1)))
+        seconds = time.perf_counter() - t0
+        acr = float(policy_values(q, result.choices) @ probs)
+        rows.append({
+            "env": env_name, "learner": learner, "budget": int(budget), "run": int(run),
+            "acr": acr, "oracle_acr": oracle_acr, "regret": oracle_acr - acr,
+            "completions_used": int(oracle.ledger.spent), "seconds": seconds,
+        })
+    return rows
+
+
+def read_runs(path: Path) -> list[dict[str, Any]]:
+    """Rows of a runs.csv (typed); a torn last line from an interrupted write is skipped."""
+    if not path.exists():
+        return []
+    rows = []
+    with path.open(newline="") as fh:
+        for r in csv.DictReader(fh):
+            try:
+                rows.append({
+                    "env": r["env"], "learner": r["learner"], "budget": int(r["budget"]),
+                    "run": int(r["run"]), "acr": float(r["acr"]),
+                    "oracle_acr": float(r["oracle_acr"]), "regret": float(r["regret"]),
+                    "completions_used": int(r["completions_used"]),
+                    "seconds": float(r["seconds"]),
+                })
+            except (KeyError, TypeError, ValueError):
+                continue
+    return rows
+
+
+def _repair_csv(path: Path) -> None:
+    """Drop a torn last line so appends start on a fresh line."""
+    if path.exists():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+def plan(config: BenchConfig, done: set[tuple[str, str, int, int]]
+         ) -> list[tuple[str, int, list[tuple[str, int]]]]:
+    """Units (env, run, cells still missing), skipping finished cells."""
+    units = []
+    for env in config.envs:
+        for run in range(config.runs):
+            cells = [(ln, b) for ln in config.learners for b in config.budgets
+                     if (env, ln, b, run) not in done]
+            if cells:
+                units.append((env, run, cells))
+    return units
+
+
+def _backend_context(config: BenchConfig) -> AbstractContextManager[Any]:
+    import joblib
+
+    if config.backend == "loky":
+        return nullcontext()
+    if config.backend == "ray":
+        try:
+            from ray.util.joblib import register_ray
+        except ImportError as e:
+            raise BenchError("--backend ray needs Ray: pip install 'iapo[ray]'") from e
+        register_ray()
+        return joblib.parallel_config(backend="ray")
+    try:
+        import distributed  # noqa: F401
+    except ImportError as e:
+        raise BenchError("--backend dask needs dask.distributed: pip install 'iapo[dask]'") from e
+    return joblib.parallel_config(backend="dask")
+
+
+def execute(
+    config: BenchConfig,
+    out: Path,
+    progress: bool = True,
+    on_rows: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every missing cell of ``config`` into ``out``/runs.csv; return all rows there."""
+    from tqdm.auto import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    meta = out / "bench.json"
+    if meta.exists():
+        old = json.loads(meta.read_text())
+        if old.get("identity") != config.identity():
+            raise BenchError(
+                f"{out} holds a bench with {old.get('identity')}, not {config.identity()}; "
+                "use another --out or the same --seed"
+            )
+    meta.write_text(json.dumps({"identity": config.identity(), "last": asdict(config)},
+                               indent=2) + "\n")
+    for env in config.envs:  # compute (or load) real tables once, before the workers start
+        spec = ENVIRONMENTS.get(env)
+        if spec is None or not spec.synthetic:
+            get_environment(env).query_table(progress=progress)
+    runs_csv = out / "runs.csv"
+    _repair_csv(runs_csv)
+    done = {(r["env"], r["learner"], r["budget"], r["run"]) for r in read_runs(runs_csv)}
+    units = plan(config, done)
+    total = sum(len(c) for _, _, c in units)
+    new_file = not runs_csv.exists() or runs_csv.stat().st_size == 0
+    with runs_csv.open("a", newline="") as fh, tqdm(
+        total=total, desc="bench cells", unit="cell", disable=not progress or total == 0
+    ) as bar:
+        writer = csv.DictWriter(fh, fieldnames=RUN_COLUMNS)
+        if new_file:
+            writer.writeheader()
+        for rows in _results(config, units):
+            writer.writerows(rows)
+            fh.flush()
+            bar.update(len(rows))
+            if on_rows is not None:
+                on_rows(rows)
+    return read_runs(runs_csv)
+
+
+def _results(config: BenchConfig, units: list[tuple[str, int, list[tuple[str, int]]]]
+             ) -> Iterator[list[dict[str, Any]]]:
+    import joblib
+
+    if not units:
+        return
+    if config.workers == 1 and config.backend == "loky":
+        for env, run, cells in units:
+            yield run_unit(env, run, cells, config.seed, config.test_fraction)
+        return
+    jobs = (joblib.delayed(run_unit)(env, run, cells, config.seed, config.test_fraction)
+            for env, run, cells in units)
+    with _backend_context(config):
+        parallel = joblib.Parallel(n_jobs=config.workers, return_as="generator_unordered")
+        yield from parallel(jobs)
