@@ -15,9 +15,10 @@ venv: $(BIN)/python
 dev: $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[dev]"
 
+# a quick, honest bench: math, every learner, 3 budgets, 20 runs (about a minute)
 demo: venv
 	$(BIN)/iapo envs
-	$(BIN)/iapo oracle math
+	$(BIN)/iapo bench --envs math --budgets 1000,5000,20000 --runs 20 --workers 2 --out demo-out
 
 test: dev
 	$(BIN)/python -m pytest -q

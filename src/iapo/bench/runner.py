@@ -62,6 +62,8 @@ class BenchConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name in ("envs", "learners", "budgets"):  # a repeated name is one cell, not two
+            object.__setattr__(self, name, tuple(dict.fromkeys(getattr(self, name))))
         if not self.envs:
             raise BenchError("give at least one environment")
         for e in self.envs:
@@ -250,8 +252,18 @@ def _results(config: BenchConfig, units: list[tuple[str, int, list[tuple[str, in
         for env, run, cells in units:
             yield run_unit(env, run, cells, config.seed, config.test_fraction)
         return
-    jobs = (joblib.delayed(run_unit)(env, run, cells, config.seed, config.test_fraction)
-            for env, run, cells in units)
+    def jobs(chunk: list[tuple[str, int, list[tuple[str, int]]]]) -> Iterator[Any]:
+        return (joblib.delayed(run_unit)(env, run, cells, config.seed, config.test_fraction)
+                for env, run, cells in chunk)
+
     with _backend_context(config):
-        parallel = joblib.Parallel(n_jobs=config.workers, return_as="generator_unordered")
-        yield from parallel(jobs)
+        if config.backend == "ray":
+            # Ray's joblib backend cannot stream results: run chunks, so that finished
+            # cells still reach runs.csv as the bench goes
+            parallel = joblib.Parallel(n_jobs=config.workers, return_as="list")
+            step = max(1, 4 * config.workers)
+            for i in range(0, len(units), step):
+                yield from parallel(jobs(units[i: i + step]))
+        else:
+            parallel = joblib.Parallel(n_jobs=config.workers, return_as="generator_unordered")
+            yield from parallel(jobs(units))
