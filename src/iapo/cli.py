@@ -249,5 +249,98 @@ def plot(out: str, env_name: str, prompts: str | None) -> None:
             click.echo(f"figure: {f}")
 
 
+def _live_errors(fn: F) -> F:
+    """Live-path errors (task files, the LLM, policies) as one clear line, exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from iapo.live.client import LLMError
+        from iapo.live.task import TaskError
+
+        try:
+            return fn(*args, **kwargs)
+        except (TaskError, LLMError) as e:
+            raise click.UsageError(str(e)) from e
+
+    return wrapper  # type: ignore[return-value]
+
+
+@main.command()
+@click.argument("task_path", metavar="TASK", type=click.Path(dir_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Folder for store.sqlite, policy.json and report.json / report.md.")
+@_user_errors
+@_live_errors
+def optimize(task_path: str, out: str) -> None:
+    """Learn a policy for TASK through its live model (resumable: rerun to continue)."""
+    from pathlib import Path
+
+    from iapo.live.optimize import optimize as run
+    from iapo.live.task import load_task
+
+    report = run(load_task(task_path), Path(out))
+    t = report["training"]
+    click.echo(f"{report['learner']}: {t['completions_used']} of {report['budget']} completions "
+               f"({t['completions_paid']} paid, {t['tokens_paid']} tokens)")
+    for row in report["policy"]:
+        click.echo(f"  {row['context']}: prompt '{row['prompt']}', N {row['n']}")
+    acr = report["test_acr"]
+    click.echo(f"test-split ACR (from stored samples): {acr:.4f}")
+    click.echo(f"policy: {Path(out) / 'policy.json'}  report: {Path(out) / 'report.md'}")
+
+
+@main.command()
+@click.argument("policy_path", metavar="POLICY", type=click.Path(dir_okay=False))
+@click.argument("query")
+@click.option("--context", "context", required=True,
+              help="The caller's context, e.g. budget=high or helpful=0.3,harmless=0.7,budget=low")
+@click.option("--task", "task_path", default=None, type=click.Path(dir_okay=False),
+              help="Task file (default: the one the policy was learned with).")
+@click.option("--show-samples", is_flag=True, help="Print all N completions with their scores.")
+@click.option("--seed", "seed", default=None, type=int, help="Seed of the samples and ties.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_user_errors
+@_live_errors
+def answer(policy_path: str, query: str, context: str, task_path: str | None,
+           show_samples: bool, seed: int | None, as_json: bool) -> None:
+    """Answer QUERY with the policy's arm for the context, aggregated by BoN or MV."""
+    from pathlib import Path
+
+    from iapo.live.optimize import answer as run
+
+    result = run(Path(policy_path), context, query, Path(task_path) if task_path else None, seed)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"[{result['context']}: prompt '{result['prompt']}', N {result['n']}, "
+               f"{result['aggregator']}]")
+    if result["aggregator"] == "mv":
+        click.echo(f"answer: {result['answer']}  votes: {result['votes']}")
+    click.echo(result["text"])
+    if show_samples:
+        for j, s in enumerate(result["samples"]):
+            click.echo(f"--- sample {j}: answer={s['answer']} scores={s['scores']}")
+            click.echo(s["text"])
+
+
+@main.command(name="export-env")
+@click.argument("store_path", metavar="STORE", type=click.Path(dir_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
+              help="The .npz environment file to write.")
+@_user_errors
+@_live_errors
+def export_env(store_path: str, out: str) -> None:
+    """Turn a live run's stored completions into a tabular environment for bench and train."""
+    from pathlib import Path
+
+    from iapo.live.optimize import export_env as run
+
+    info = run(Path(store_path), Path(out))
+    click.echo(f"{info['aggregator']} environment with {info['prompts']} prompts and "
+               f"{info['queries']} queries written to {info['out']}"
+               + (f" ({info['dropped_queries']} queries lacked a prompt's samples and were left "
+                  "out)" if info["dropped_queries"] else ""))
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,198 @@
+"""An async client for OpenAI-compatible chat-completion endpoints.
+
+- At most ``concurrency`` requests in flight.
+- Retries with exponential backoff and full jitter on 429, 5xx, timeouts, connection errors
+  and malformed bodies (honouring ``Retry-After``); other 4xx fail at once with the server's
+  message; a persistent failure ends with :class:`LLMError` naming the last cause.
+- ``n`` is sent where the server honours it; a server that returns fewer choices (llama.cpp
+  ignores ``n``) is asked again, one sample per request, from then on.
+- Independent samples: every sample carries its own seed (derived from its request key and
+  sample index), never one fixed seed across the N samples; the same key and index ask for the
+  same seed again, so a replayed request is reproducible where the server honours seeds.
+- Token usage and latency are recorded per completion; with ``n`` > 1 the response's
+  completion tokens are split over its choices in proportion to their text lengths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+
+
+class LLMError(RuntimeError):
+    """A request failed for good; the message says why."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency: float  # seconds of the request that produced it
+    seed: int
+
+
+@dataclass
+class ClientStats:
+    requests: int = 0
+    retries: int = 0
+    completions: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class ChatClient:
+    """Async chat completions with a concurrency limit and retries."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        concurrency: int = 4,
+        timeout: float = 60.0,
+        max_retries: int = 5,
+        backoff: float = 0.5,
+        max_backoff: float = 20.0,
+        supports_n: bool | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api_key = api_key
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.supports_n = supports_n
+        self.stats = ClientStats()
+        self._rng = rng or random.Random()
+        self._sem: asyncio.Semaphore | None = None
+        self._http: httpx.AsyncClient | None = None
+
+    async def __aenter__(self) -> ChatClient:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        limits = httpx.Limits(max_connections=self.concurrency,
+                              max_keepalive_connections=self.concurrency)
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers,
+                                       timeout=self.timeout, limits=limits)
+        self._sem = asyncio.Semaphore(self.concurrency)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+        self._http = None
+
+    async def sample(
+        self, messages: list[dict[str, str]], decoding: dict[str, Any], seeds: list[int]
+    ) -> list[Completion]:
+        """``len(seeds)`` independent completions of ``messages``."""
+        if not seeds:
+            return []
+        if len(seeds) > 1 and self.supports_n is not False:
+            got = await self._request(messages, decoding, seeds[0], len(seeds))
+            if len(got) >= len(seeds):
+                self.supports_n = True
+                return [
+                    Completion(c.text, c.prompt_tokens, c.completion_tokens, c.latency, s)
+                    for c, s in zip(got, seeds, strict=False)
+                ]
+            self.supports_n = False  # the server ignores n: one sample per request from now on
+            rest = await asyncio.gather(
+                *(self._request(messages, decoding, s, 1) for s in seeds[len(got):])
+            )
+            return got + [c for batch in rest for c in batch]
+        batches = await asyncio.gather(*(self._request(messages, decoding, s, 1) for s in seeds))
+        return [c for batch in batches for c in batch]
+
+    async def _request(self, messages: list[dict[str, str]], decoding: dict[str, Any],
+                       seed: int, n: int) -> list[Completion]:
+        if self._http is None or self._sem is None:
+            raise RuntimeError("use the client as 'async with ChatClient(...) as client'")
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "seed": seed,
+                                **decoding}
+        if n > 1:
+            body["n"] = n
+        last = "no attempt made"
+        last_retry_after: float | None = None
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                self.stats.retries += 1
+                await asyncio.sleep(self._delay(attempt, last_retry_after))
+            last_retry_after = None
+            async with self._sem:
+                t0 = time.perf_counter()
+                try:
+                    self.stats.requests += 1
+                    r = await self._http.post("/chat/completions", json=body)
+                except httpx.TimeoutException:
+                    last = f"timed out after {self.timeout:g} s"
+                    continue
+                except httpx.TransportError as e:
+                    last = f"connection failed ({type(e).__name__}: {e})"
+                    continue
+                latency = time.perf_counter() - t0
+            if r.status_code in RETRY_STATUS:
+                last = f"HTTP {r.status_code}: {r.text[:200]}"
+                last_retry_after = _retry_after(r)
+                continue
+            if r.status_code >= 400:
+                raise LLMError(f"{self.base_url}/chat/completions answered HTTP {r.status_code}: "
+                               f"{r.text[:500]}")
+            try:
+                return self._parse(r.json(), latency, seed)
+            except (ValueError, KeyError, TypeError, IndexError) as e:
+                last = f"malformed response body ({type(e).__name__}: {e})"
+                continue
+        raise LLMError(
+            f"{self.base_url}/chat/completions failed {self.max_retries + 1} times; last: {last}"
+        )
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        cap = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+        delay = self._rng.uniform(cap / 2, cap)  # jitter: no thundering herd
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.max_backoff))
+        return delay
+
+    def _parse(self, body: Any, latency: float, seed: int) -> list[Completion]:
+        if isinstance(body, (str, bytes)):
+            body = json.loads(body)
+        choices = body["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise ValueError("no choices in the response")
+        texts = []
+        for ch in choices:
+            content = ch["message"]["content"]
+            if not isinstance(content, str):
+                raise TypeError("choice content is not text")
+            texts.append(content)
+        usage = body.get("usage") or {}
+        prompt_tokens = int(usage.get("prompt_tokens", 0))
+        total = int(usage.get("completion_tokens", 0))
+        lengths = [max(len(t), 1) for t in texts]
+        shares = [round(total * x / sum(lengths)) for x in lengths]
+        shares[-1] = total - sum(shares[:-1])
+        self.stats.completions += len(texts)
+        self.stats.prompt_tokens += prompt_tokens
+        self.stats.completion_tokens += total
+        return [Completion(t, prompt_tokens, s, latency, seed)
+                for t, s in zip(texts, shares, strict=True)]
+
+
+def _retry_after(r: httpx.Response) -> float | None:
+    value = r.headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None

@@ -1,0 +1,193 @@
+"""Scorers (one per objective) and answer extractors (for majority voting).
+
+A scorer maps (record, completion text) to a number in the objective's bounds:
+
+- ``exact_match``: 1 if the normalized completion equals the normalized gold, else 0.
+- ``multiple_choice``: 1 if the letter read from the completion is the gold letter
+  (option ``choices``, default "ABCDE").
+- ``numeric``: 1 if the last number in the completion equals the gold within ``tolerance``
+  (relative, default 1e-6).
+- ``math``: 1 if ``math-verify`` finds the completion's answer equivalent to the gold.
+- ``python``: ``callable = "module:function"`` (or ``"path/to/file.py:function"``), called as
+  ``function(query, completion, gold)`` and returning a float.
+- ``http``: ``url = "..."``: POST {"query", "completion", "gold"} as JSON, read ``{"score": x}``
+  (or a bare number) from the answer: a reward-model endpoint.
+
+A scorer that raises on one completion is recorded as a failure and scores that completion at
+the objective's lower bound; the run goes on and the report counts failures.
+
+An extractor maps a completion to a canonical answer string (or None when none is found):
+``multiple_choice``, ``numeric``, ``math`` and ``exact``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+Scorer = Callable[[str, str, Any], float]
+
+_LETTER_PATTERNS = (
+    r"answer\s*(?:is|:)?\s*:?\s*\(?\s*([{c}])\s*\)?(?![A-Za-z])",
+    r"^\s*\(?([{c}])(?:[\).:\s]|$)",
+    r"\(([{c}])\)",
+    r"(?<![A-Za-z])([{c}])(?![A-Za-z])",
+)
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?|-?\.\d+")
+
+
+def normalize(text: str) -> str:
+    """Lower case, collapsed white space, no surrounding punctuation."""
+    return re.sub(r"\s+", " ", str(text)).strip().strip(".!?;:\"'").strip().casefold()
+
+
+def extract_letter(text: str, choices: str = "ABCDE") -> str | None:
+    """The multiple-choice letter a completion gives, or None."""
+    cls = re.escape(choices)
+    for pattern in _LETTER_PATTERNS:
+        m = re.search(pattern.format(c=cls), text, flags=re.IGNORECASE if pattern.startswith(
+            "answer") else 0)
+        if m:
+            return m.group(1).upper()
+    return None
+
+
+def extract_number(text: str) -> str | None:
+    """The last number in a completion, canonical (``"42"``, ``"-0.5"``), or None."""
+    found = _NUMBER.findall(text)
+    if not found:
+        return None
+    value = float(found[-1].replace(",", ""))
+    if math.isfinite(value) and value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
+
+
+def extract_math(text: str) -> str | None:
+    """The answer ``math-verify`` parses from a completion, as a string, or None."""
+    from math_verify import parse
+
+    parsed = parse(text)
+    return str(parsed[0]) if parsed else None
+
+
+EXTRACTORS: dict[str, Callable[[str], str | None]] = {
+    "multiple_choice": extract_letter,
+    "numeric": extract_number,
+    "math": extract_math,
+    "exact": lambda text: normalize(text) or None,
+}
+
+
+def _load_callable(spec: str) -> Callable[..., Any]:
+    if ":" not in spec:
+        raise ValueError(f"callable {spec!r} must look like 'module:function' or "
+                         "'path/to/file.py:function'")
+    target, func = spec.rsplit(":", 1)
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise ValueError(f"callable file {target!r} does not exist")
+        mod_name = f"iapo_user_{abs(hash(path.resolve()))}"
+        loader_spec = importlib.util.spec_from_file_location(mod_name, path)
+        if loader_spec is None or loader_spec.loader is None:
+            raise ValueError(f"cannot import {target!r}")
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[mod_name] = module
+        loader_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as e:
+            raise ValueError(f"cannot import module {target!r} ({e})") from e
+    fn = getattr(module, func, None)
+    if not callable(fn):
+        raise ValueError(f"{target!r} has no function {func!r}")
+    return fn
+
+
+def check_scorer(name: str, options: dict[str, Any]) -> None:
+    """Raise ValueError naming the problem if a scorer is unknown or misconfigured."""
+    if name not in SCORERS:
+        raise ValueError(f"scorer {name!r} is unknown; use one of {sorted(SCORERS)}")
+    if name == "python" and not isinstance(options.get("callable"), str):
+        raise ValueError("scorer 'python' needs callable = \"module:function\"")
+    if name == "http" and not str(options.get("url", "")).startswith(("http://", "https://")):
+        raise ValueError("scorer 'http' needs url = \"http://...\"")
+
+
+def _exact(options: dict[str, Any]) -> Scorer:
+    return lambda query, text, gold: float(normalize(text) == normalize(str(gold)))
+
+
+def _multiple_choice(options: dict[str, Any]) -> Scorer:
+    choices = str(options.get("choices", "ABCDE"))
+    return lambda query, text, gold: float(
+        extract_letter(text, choices) == str(gold).strip().upper())
+
+
+def _numeric(options: dict[str, Any]) -> Scorer:
+    tol = float(options.get("tolerance", 1e-6))
+
+    def score(query: str, text: str, gold: Any) -> float:
+        got = extract_number(text)
+        if got is None:
+            return 0.0
+        want = float(str(gold).replace(",", ""))
+        return float(math.isclose(float(got), want, rel_tol=tol, abs_tol=tol))
+
+    return score
+
+
+def _math(options: dict[str, Any]) -> Scorer:
+    from math_verify import parse, verify
+
+    def score(query: str, text: str, gold: Any) -> float:
+        gold_text = str(gold)
+        if not gold_text.strip().startswith("$"):
+            gold_text = f"${gold_text}$"
+        return float(verify(parse(gold_text), parse(text)))
+
+    return score
+
+
+def _python(options: dict[str, Any]) -> Scorer:
+    fn = _load_callable(str(options["callable"]))
+    return lambda query, text, gold: float(fn(query, text, gold))
+
+
+def _http(options: dict[str, Any]) -> Scorer:
+    url = str(options["url"])
+    client = httpx.Client(timeout=float(options.get("timeout", 30.0)))
+
+    def score(query: str, text: str, gold: Any) -> float:
+        r = client.post(url, json={"query": query, "completion": text, "gold": gold})
+        r.raise_for_status()
+        body = r.json()
+        value = body["score"] if isinstance(body, dict) else body
+        return float(value)
+
+    return score
+
+
+SCORERS: dict[str, Callable[[dict[str, Any]], Scorer]] = {
+    "exact_match": _exact,
+    "multiple_choice": _multiple_choice,
+    "numeric": _numeric,
+    "math": _math,
+    "python": _python,
+    "http": _http,
+}
+
+
+def make_scorer(name: str, options: dict[str, Any]) -> Scorer:
+    check_scorer(name, options)
+    return SCORERS[name](options)

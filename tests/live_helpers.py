@@ -1,0 +1,91 @@
+"""Real loopback HTTP servers for the live-path tests.
+
+``ScriptedServer`` speaks the OpenAI chat-completions protocol and misbehaves on purpose:
+each request takes the next action of a script (``"ok"``, ``"429"``, ``"500"``, ``"400"``,
+``"slow"``, ``"broken"``), then ``default`` once the script is used up. It records every
+request body it receives.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class ScriptedServer:
+    def __init__(self, script: list[str] | None = None, default: str = "ok",
+                 honour_n: bool = False, slow_seconds: float = 2.0,
+                 answer: str = "The answer is (A).") -> None:
+        self.script = list(script or [])
+        self.default = default
+        self.honour_n = honour_n
+        self.slow_seconds = slow_seconds
+        self.answer = answer
+        self.requests: list[dict[str, Any]] = []
+        self.times: list[float] = []
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # keep test output clean
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("content-length", 0))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                with server._lock:
+                    server.requests.append(body)
+                    server.times.append(time.monotonic())
+                    action = server.script.pop(0) if server.script else server.default
+                server.respond(self, action, body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self) -> ScriptedServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def respond(self, h: BaseHTTPRequestHandler, action: str, body: dict[str, Any]) -> None:
+        if action == "slow":
+            time.sleep(self.slow_seconds)
+            action = "ok"
+        if action in ("429", "500", "503", "400"):
+            payload = json.dumps({"error": {"message": f"scripted {action}"}}).encode()
+            h.send_response(int(action))
+            if action == "429":
+                h.send_header("Retry-After", "0")
+            h.send_header("content-type", "application/json")
+            h.send_header("content-length", str(len(payload)))
+            h.end_headers()
+            h.wfile.write(payload)
+            return
+        if action == "broken":
+            payload = b'{"choices": [{"message": {"content": "trunc'
+        else:
+            n = int(body.get("n", 1)) if self.honour_n else 1
+            text = f"{self.answer} seed={body.get('seed')}"
+            payload = json.dumps({
+                "id": "x", "object": "chat.completion", "model": body.get("model"),
+                "choices": [{"index": i, "message": {"role": "assistant", "content": text},
+                             "finish_reason": "stop"} for i in range(n)],
+                "usage": {"prompt_tokens": 7, "completion_tokens": 5 * n,
+                          "total_tokens": 7 + 5 * n},
+            }).encode()
+        h.send_response(200)
+        h.send_header("content-type", "application/json")
+        h.send_header("content-length", str(len(payload)))
+        h.end_headers()
+        h.wfile.write(payload)
