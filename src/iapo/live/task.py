@@ -1,6 +1,6 @@
 """The task file (TOML): a live model, prompts, data, scorers, contexts and the training setup.
 
-Example (every field is documented in docs/task-file.md)::
+Example (the README's "Live path" section documents every field)::
 
     name = "mcq"
 
