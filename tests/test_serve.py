@@ -18,12 +18,12 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from conftest import LlamaServer
-from live_helpers import ScriptedServer
 
+from conftest import LlamaServer
 from iapo.learners.base import Choice
 from iapo.live.scorers import extract_letter
 from iapo.policy import Policy
+from live_helpers import ScriptedServer
 
 DATA = Path(__file__).parent / "data"
 QUESTION = "What is 2 + 3?\nA) 4\nB) 5\nC) 6\nD) 7"
@@ -344,3 +344,23 @@ def test_real_model_behind_the_gateway(kind: str, llama: LlamaServer, tmp_path: 
                 assert meta["votes"][meta["answer"]] == max(meta["votes"].values())
     finally:
         gw.close()
+
+
+def test_served_requests_are_logged_to_the_store(tmp_path: Path) -> None:
+    import sqlite3
+
+    with ScriptedServer() as up:
+        task = mv_task(tmp_path, up.base_url)
+        policy = write_policy(tmp_path / "p.json", task, "mcq-smollm2",
+                              ["budget=low", "budget=high"], [(0, 2), (1, 1)])
+        log = tmp_path / "served.sqlite"
+        gw = Gateway(policy, "--log-store", str(log))
+        try:
+            gw.ask({"budget": "low"}, content="first")
+            gw.ask({"budget": "high"}, content="second")
+        finally:
+            gw.close()
+    with sqlite3.connect(log) as db:
+        queries = [q for (q,) in db.execute("SELECT query FROM queries WHERE id LIKE 'serve-%'")]
+        assert sorted(queries) == ["first", "second"]
+        assert db.execute("SELECT COUNT(*) FROM completions").fetchone()[0] == 3
