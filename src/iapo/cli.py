@@ -112,23 +112,27 @@ def learners() -> None:
 @main.command()
 @click.argument("env_name", metavar="ENV")
 @click.option("--learner", "learner", default="psst", show_default=True,
-              type=click.Choice(list(LEARNERS)), help="The learner to train.")
+              help=f"The learner to train: {', '.join(LEARNERS)}.")
 @click.option("--budget", "budget", required=True, type=click.IntRange(min=0),
               help="Training budget T in completions (never exceeded).")
 @click.option("--seed", "seed", default=0, show_default=True, type=click.IntRange(min=0),
               help="Seed of the 80/20 split, the oracle and the learner.")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
               help="Where to write the policy JSON.")
+@click.option("--estimator", "estimator", default="blocks", show_default=True,
+              type=click.Choice(["blocks", "subsets"]),
+              help="How groups become estimates: disjoint blocks (the paper) or U-statistics.")
 @_user_errors
-def train(env_name: str, learner: str, budget: int, seed: int, out: str) -> None:
+def train(env_name: str, learner: str, budget: int, seed: int, out: str,
+          estimator: str) -> None:
     """Train a policy on the training split of ENV that SEED draws, and write it to OUT."""
     env = get_environment(env_name)
     env.query_table()  # the exact table is not needed to train; computing it here keeps
     # the progress bar out of `evaluate` for the common train-then-evaluate sequence
-    policy = train_policy(env, learner, budget, seed)
+    policy = train_policy(env, learner, budget, seed, estimator=estimator)
     policy.save(out)
     click.echo(
-        f"{learner} on {env.name}: {policy.completions_used} of {budget} completions used; "
+        f"{policy.learner} on {env.name}: {policy.completions_used} of {budget} completions used; "
         f"policy written to {out}"
     )
     for key, ch in zip(policy.contexts, policy.choices, strict=True):
@@ -156,6 +160,46 @@ def evaluate(env_name: str, policy_path: str, as_json: bool) -> None:
     )
 
 
+@main.command()
+@click.argument("env_name", metavar="ENV")
+@click.option("--delta", "delta", default=0.05, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Target failure probability.")
+@click.option("--budgets", "budgets", default="1000,2000,5000,10000,20000", show_default=True,
+              help="Budgets T at which to print the guaranteed success probability.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_user_errors
+def bound(env_name: str, delta: float, budgets: str, as_json: bool) -> None:
+    """Theorem 1 of the paper for ENV: gaps, H1, H2, the guaranteed success probability of
+    PSST at given budgets, and the budget T that suffices for failure probability DELTA."""
+    from iapo.bound import theorem1
+
+    b = theorem1(get_environment(env_name))
+    try:
+        ts = [int(x) for x in _csv_list(budgets)]
+    except ValueError as e:
+        raise click.UsageError(f"--budgets must be comma-separated integers ({e})") from e
+    result = {
+        "env": b.env, "rounds": b.rounds, "scale": b.scale, "h1": b.h1, "h2": b.h2, "m": b.m,
+        "delta": delta, "budget_for_delta": b.budget_for(delta),
+        "success_probability": {str(t): b.success_probability(t) for t in ts},
+        "contexts": [vars(c) for c in b.contexts],
+    }
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"{b.env}: R = {b.rounds} rounds; Q rescaled by {b.scale:g} to the theorem's "
+               "[-1, 1]")
+    for c in b.contexts:
+        tied = f", {c.tied_best} arms tied for best" if c.tied_best > 1 else ""
+        click.echo(f"  {c.context}: best arm (prompt {c.best_prompt}, N {c.best_n}){tied}; "
+                   f"smallest gap {c.gap:.3g}; H1 {c.h1:.3g}; H2 {c.h2:.3g}")
+    click.echo(f"H1 = {b.h1:.4g}, H2 = {b.h2:.4g}, min(2|P|H1, 8|C|H2) = {b.m:.4g}")
+    for t in ts:
+        click.echo(f"  T = {t:,}: guaranteed success probability {b.success_probability(t):.4f}")
+    click.echo(f"T for failure probability {delta:g}: {b.budget_for(delta):,.0f} completions")
+
+
 def _csv_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -181,9 +225,12 @@ def _csv_list(text: str) -> list[str]:
               help="Learner the Wilcoxon tests compare against.")
 @click.option("--metric", "metric", default="acr", show_default=True,
               type=click.Choice(["acr", "regret"]), help="What the figures and table show.")
+@click.option("--estimator", "estimator", default="blocks", show_default=True,
+              type=click.Choice(["blocks", "subsets"]),
+              help="Estimator of learners named without one (name:estimator picks per learner).")
 @_user_errors
 def bench(envs: str, learners: str, budgets: str, runs: int, seed: int, out: str, workers: int,
-          backend: str, reference: str, metric: str) -> None:
+          backend: str, reference: str, metric: str, estimator: str) -> None:
     """The paper's evaluation protocol: every learner at every budget over many runs.
 
     Writes runs.csv, summary.csv, summary.md and two figures per environment (PNG and SVG)
@@ -197,8 +244,10 @@ def bench(envs: str, learners: str, budgets: str, runs: int, seed: int, out: str
         budget_list = tuple(int(b) for b in _csv_list(budgets))
     except ValueError as e:
         raise click.UsageError(f"--budgets must be comma-separated integers ({e})") from e
+    names = [ln if ":" in ln or estimator == "blocks" else f"{ln}:{estimator}"
+             for ln in _csv_list(learners)]
     config = BenchConfig(
-        envs=tuple(_csv_list(envs)), learners=tuple(_csv_list(learners)), budgets=budget_list,
+        envs=tuple(_csv_list(envs)), learners=tuple(names), budgets=budget_list,
         runs=runs, seed=seed, reference=reference, workers=workers, backend=backend,
     )
     if reference not in config.learners:

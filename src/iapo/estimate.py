@@ -18,7 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from scipy.special import gammaln
 
+from iapo.exact import mv_subset_credit
 from iapo.oracle import Observation
 from iapo.problem import Problem
 
@@ -69,8 +71,11 @@ class QTable:
     ``mean`` is NaN for arms with no data.
     """
 
-    def __init__(self, problem: Problem) -> None:
+    def __init__(self, problem: Problem, estimator: str = "blocks") -> None:
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator '{estimator}' is unknown; use one of {list(ESTIMATORS)}")
         self.problem = problem
+        self.estimator = estimator
         c, p, n = problem.n_contexts, problem.n_prompts, problem.n_max
         self.sums = np.zeros((c, p, n))
         self.sumsq = np.zeros((c, p, n))
@@ -108,14 +113,11 @@ class QTable:
             )
         return self._block_cache[g]
 
-    def block_utilities(
-        self, observations: Sequence[Observation]
-    ) -> tuple[FloatArray, npt.NDArray[np.bool_], npt.NDArray[np.intp], FloatArray]:
-        """Utilities of every block of every group, all contexts.
-
-        Groups are padded to the largest group size G of the batch. Returns (util [m, B, C],
-        valid [m, B], prompt [m], block one-hot sizes [B, N_max]) for the m groups.
-        """
+    def _pad(self, observations: Sequence[Observation]) -> tuple[
+            FloatArray, npt.NDArray[np.intp], npt.NDArray[np.intp],
+            npt.NDArray[np.int64] | None, npt.NDArray[np.int64] | None]:
+        """Stack a batch's groups, padded to its largest group size G: scores [m, G, K+1],
+        sizes [m], prompts [m], and for MV labels [m, G] (-1 = padding) and gold [m]."""
         obs = [o for o in observations if o.count > 0]
         g_pad = max(o.n for o in obs)
         m = sum(o.count for o in obs)
@@ -138,6 +140,18 @@ class QTable:
                 labels[i:j, : o.n] = o.labels
                 gold[i:j] = o.gold
             i = j
+        return scores, sizes, prompts, labels, gold
+
+    def block_utilities(
+        self, observations: Sequence[Observation]
+    ) -> tuple[FloatArray, npt.NDArray[np.bool_], npt.NDArray[np.intp], FloatArray]:
+        """Utilities of every block of every group, all contexts.
+
+        Groups are padded to the largest group size G of the batch. Returns (util [m, B, C],
+        valid [m, B], prompt [m], block one-hot sizes [B, N_max]) for the m groups.
+        """
+        scores, sizes, prompts, labels, gold = self._pad(observations)
+        m, g_pad, k1 = scores.shape
         bt, onehot = self._blocks_upto(g_pad)
         valid = bt.end[None, :] <= sizes[:, None]  # [m, B]
         cost_prefix = np.concatenate([np.zeros((m, 1)), np.cumsum(scores[..., -1], axis=1)], 1)
@@ -169,8 +183,35 @@ class QTable:
         gold_votes = np.take_along_axis(votes, gold[:, None, None], axis=-1)[..., 0]
         return np.where(gold_votes == top, 1.0 / ties, 0.0)
 
+    def subset_utilities(
+        self, observations: Sequence[Observation]
+    ) -> tuple[FloatArray, FloatArray, npt.NDArray[np.intp], FloatArray]:
+        """U-statistics: per group and n <= G, the exact average utility over all size-n
+        subsets of its G completions, every context.
+
+        Returns (util [m, G, C] with column n-1 for size n, weight [m, G] = floor(G/n) for
+        n <= G else 0, prompt [m], one-hot sizes [G, N_max]). A group counts for as many
+        samples of arm (p, n) as it has disjoint blocks, floor(G/n), as with blocks.
+        """
+        scores, sizes, prompts, labels, gold = self._pad(observations)
+        m, g_pad, k1 = scores.shape
+        n = np.arange(1, g_pad + 1)
+        weight = np.where(n[None, :] <= sizes[:, None], sizes[:, None] // n[None, :], 0)
+        mean_cost = scores[..., -1].sum(axis=1) / sizes  # [m]
+        # cost is linear: a size-n subset costs n times the group's mean on average
+        util = -(mean_cost[:, None, None] * n[None, :, None]) * self._cost_weights
+        w = self._weights
+        if labels is not None and gold is not None:
+            util += _mv_subset_credit(labels, gold, sizes)[..., None] * w[:, 0]
+            if self.problem.aggregator == "mixed" and w.shape[1] > 1:
+                util += _bon_subset_max(scores[..., 1 : k1 - 1] @ w[:, 1:].T, sizes)
+        else:
+            util += _bon_subset_max(scores[..., : k1 - 1] @ w.T, sizes)
+        onehot = np.eye(g_pad, self.problem.n_max)
+        return util, weight.astype(np.float64), prompts, onehot
+
     def update(self, observations: Sequence[Observation]) -> None:
-        """Add every block of every group in ``observations`` to the statistics.
+        """Add every group in ``observations`` to the statistics.
 
         Groups are processed in size classes (G in 1, 2, 3-4, 5-8, ...) so that padding at
         most doubles the work.
@@ -180,21 +221,90 @@ class QTable:
         for o in obs:
             classes.setdefault((o.n - 1).bit_length(), []).append(o)
         for group in classes.values():
-            self._add(group)
+            if self.estimator == "subsets":
+                util, weight, prompts, oh = self.subset_utilities(group)
+            else:
+                util, valid, prompts, oh = self.block_utilities(group)
+                weight = valid.astype(np.float64)
+            self._add(util, weight, prompts, oh)
 
-    def _add(self, observations: Sequence[Observation]) -> None:
-        util, valid, prompts, oh = self.block_utilities(observations)
-        util *= valid[..., None]
+    def _add(self, util: FloatArray, weight: FloatArray, prompts: npt.NDArray[np.intp],
+             oh: FloatArray) -> None:
+        """sums += sum w u, sumsq += sum w u^2, counts += sum w, per (prompt, n); the slots
+        of ``util`` [m, B, C] map to n by the one-hot ``oh`` [B, N]."""
+        util = util * weight[..., None]
         # sum groups of the same prompt: contiguous runs, then a tiny one-hot product
         order = np.argsort(prompts, kind="stable")
         prompts = prompts[order]
         starts = np.flatnonzero(np.r_[True, prompts[1:] != prompts[:-1]])
         seg_prompt = prompts[starts]
         c = util.shape[2]
-        # one reduction for sums, sums of squares and block counts: [m, B, 2C+1]
-        stacked = np.concatenate([util, util * util, valid[..., None]], axis=2)[order]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sq = np.where(weight[..., None] > 0, util * util / weight[..., None], 0.0)
+        # one reduction for sums, sums of squares and counts: [m, B, 2C+1]
+        stacked = np.concatenate([util, sq, weight[..., None]], axis=2)[order]
         seg = np.add.reduceat(stacked, starts, axis=0)  # [S, B, 2C+1]
         per_n = np.einsum("sbk,bn->ksn", seg, oh)  # [2C+1, S, N]
         self.sums[:, seg_prompt] += per_n[:c]
         self.sumsq[:, seg_prompt] += per_n[c : 2 * c]
         self.counts[seg_prompt] += np.rint(per_n[2 * c]).astype(np.int64)
+
+
+ESTIMATORS = ("blocks", "subsets")
+
+
+def _subset_weights(g: int) -> FloatArray:
+    """W[n-1, j-1] = C(j-1, n-1) / C(g, n): the chance that the j-th smallest of g values is
+    the largest of a uniformly random size-n subset. [g, g]."""
+    j = np.arange(1, g + 1)
+    n = np.arange(1, g + 1)[:, None]
+    with np.errstate(over="ignore"):
+        w = np.exp(gammaln(j) - gammaln(n) - gammaln(np.maximum(j - n, 0) + 1)
+                   - (gammaln(g + 1) - gammaln(n + 1) - gammaln(g - n + 1)))
+    return np.where(j[None, :] >= n, w, 0.0)
+
+
+def _bon_subset_max(values: FloatArray, sizes: npt.NDArray[np.intp]) -> FloatArray:
+    """Average over all size-n subsets of the max, per group and context: values [m, G, C]
+    (padding beyond each group's size ignored) -> [m, G, C] (0 where n > size)."""
+    out = np.zeros_like(values)
+    for g in np.unique(sizes):
+        sel = np.flatnonzero(sizes == g)
+        ordered = np.sort(values[sel, :g], axis=1)
+        out[sel, :g] = np.einsum("nj,mjc->mnc", _subset_weights(int(g)), ordered)
+    return out
+
+
+_SUBSET_CREDIT: dict[tuple[int, ...], FloatArray] = {}
+
+
+def _mv_subset_credit(labels: npt.NDArray[np.int64], gold: npt.NDArray[np.int64],
+                      sizes: npt.NDArray[np.intp]) -> FloatArray:
+    """Average 1/t credit over all size-n subsets of every group: [m, G] (0 where n > size).
+
+    The average depends only on the group's size, gold count and the multiset of the other
+    counts, so results are memoized by that key for the life of the process."""
+    m, g_pad = labels.shape
+    n_cat = int(max(labels.max(initial=0), gold.max(initial=0))) + 1
+    counts = (labels[..., None] == np.arange(n_cat)).sum(axis=1)  # [m, L]
+    kg = counts[np.arange(m), gold]
+    others = counts.copy()
+    others[np.arange(m), gold] = -1
+    others = -np.sort(-others, axis=1)[:, :-1]  # the L-1 other counts, descending
+    keys = np.concatenate([sizes[:, None], kg[:, None], others], axis=1)
+    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    out_u = np.zeros((uniq.shape[0], g_pad))
+    missing: dict[int, list[int]] = {}
+    for i, row in enumerate(uniq.tolist()):
+        hit = _SUBSET_CREDIT.get(tuple(row))
+        if hit is None:
+            missing.setdefault(row[0], []).append(i)
+        else:
+            out_u[i, : row[0]] = hit
+    for g, rows in missing.items():
+        credit = mv_subset_credit(uniq[rows, 1], uniq[rows, 2:], g)
+        for i, row_credit in zip(rows, credit, strict=True):
+            _SUBSET_CREDIT[tuple(uniq[i].tolist())] = row_credit
+            out_u[i, :g] = row_credit
+    return out_u[inverse]

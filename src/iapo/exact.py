@@ -112,3 +112,41 @@ def mv_credit_probability(
         if progress is not None:
             progress(k)
     return np.clip(credit[inverse, 1:], 0.0, 1.0)
+
+
+def mv_subset_credit(gold_count: npt.ArrayLike, other_counts: npt.ArrayLike,
+                     group: int) -> FloatArray:
+    """Average MV credit over all size-n subsets of a group, for n = 1..group.
+
+    A group of ``group`` answers holds ``gold_count`` [U] gold votes and ``other_counts``
+    [U, R] votes for the other answers. A size-n subset drawn without replacement has
+    multivariate hypergeometric counts, so the average 1/t credit is
+    sum_k C(K_g, k) sum_{c_i <= k, sum c_i = n - k} prod C(K_i, c_i) / (1 + #{c_i = k})
+    divided by C(group, n). Returns [U, group] (column n-1 for subsets of size n).
+    """
+    kg = np.asarray(gold_count, dtype=np.int64)
+    ko = np.asarray(other_counts, dtype=np.int64).reshape(kg.size, -1)
+    ko = ko[:, ko.max(axis=0, initial=0) > 0] if ko.size else ko  # drop empty categories
+    u, r = ko.shape
+    idx = np.arange(group + 1)
+    comb = np.exp(gammaln(idx[:, None] + 1) - gammaln(idx[None, :] + 1)
+                  - gammaln(np.maximum(idx[:, None] - idx[None, :], 0) + 1))
+    comb = np.where(idx[None, :] <= idx[:, None], np.rint(comb), 0.0)  # comb[K, c] = C(K, c)
+    out = np.zeros((u, group + 1))
+    tie_weight = 1.0 / (1.0 + np.arange(r + 1))
+    top_other = int(ko.max(initial=0))
+    for k in range(1, int(kg.max(initial=0)) + 1):
+        rest = group - k
+        cmax = min(k, rest, top_other)
+        dp = np.zeros((u, rest + 1, r + 1))
+        dp[:, 0, 0] = 1.0
+        for i in range(r):
+            new = np.zeros_like(dp)
+            weights = comb[ko[:, i]]  # [U, group+1]: C(K_i, c)
+            for c in range(cmax + 1):
+                tied = 1 if c == k else 0
+                new[:, c:, tied:] += dp[:, : rest + 1 - c, : r + 1 - tied] * weights[:, c, None,
+                                                                                    None]
+            dp = new
+        out[:, k:] += comb[kg, k][:, None] * (dp @ tie_weight)
+    return out[:, 1:] / comb[group, 1:]

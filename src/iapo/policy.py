@@ -130,17 +130,18 @@ def train_policy(
     budget: int,
     seed: int,
     test_fraction: float = 0.2,
+    estimator: str | None = None,
 ) -> Policy:
     """Split the queries from ``seed`` (80/20 by default), train ``learner`` on the training
     part with budget T through a simulated oracle, and return the policy."""
-    spec = get_learner(learner)
+    spec = get_learner(learner, estimator)
     split_seq, oracle_seq, learner_seq = np.random.SeedSequence(seed).spawn(3)
     train, test = train_test_split(env.n_queries, split_seq, test_fraction)
     oracle = SimulatedOracle(env, train, budget, np.random.default_rng(oracle_seq))
     result = spec.run(env.problem, oracle, budget, np.random.default_rng(learner_seq))
     return Policy(
         env=env.name,
-        learner=learner,
+        learner=spec.name,
         budget=int(budget),
         completions_used=int(oracle.ledger.spent),
         seed=int(seed),

@@ -52,10 +52,22 @@ LEARNERS: dict[str, LearnerSpec] = {
 }
 
 
-def get_learner(name: str) -> LearnerSpec:
-    if name not in LEARNERS:
-        raise ValueError(f"unknown learner '{name}'; known: {', '.join(LEARNERS)}")
-    return LEARNERS[name]
+def get_learner(name: str, estimator: str | None = None) -> LearnerSpec:
+    """The learner called ``name``; ``name:estimator`` (e.g. ``psst:subsets``) or
+    ``estimator`` picks how its Q table turns groups into estimates (default ``blocks``)."""
+    from iapo.estimate import ESTIMATORS
+
+    base, _, suffix = name.partition(":")
+    if base not in LEARNERS:
+        raise ValueError(f"unknown learner '{base}'; known: {', '.join(LEARNERS)}")
+    est = suffix or estimator or "blocks"
+    if est not in ESTIMATORS:
+        raise ValueError(f"unknown estimator '{est}' in '{name}'; known: {', '.join(ESTIMATORS)}")
+    spec = LEARNERS[base]
+    if est == "blocks":
+        return spec
+    return LearnerSpec(f"{base}:{est}", f"{spec.summary} [{est} estimator]",
+                       partial(spec.run, estimator=est))
 
 
 __all__ = [

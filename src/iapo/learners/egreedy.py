@@ -18,6 +18,7 @@ def learn_egreedy(
     rng: np.random.Generator,
     epsilon: float = 0.15,
     batches: int = 50,
+    estimator: str = "blocks",
 ) -> LearnerResult:
     if not 0.0 <= epsilon <= 1.0:
         raise ValueError(f"epsilon={epsilon} must lie in [0, 1]")
@@ -28,4 +29,4 @@ def learn_egreedy(
         explore = rng.random(contexts.size) < epsilon
         return np.where(explore, rng.choice(np.flatnonzero(feasible), size=contexts.size), greedy)
 
-    return sequential(problem, oracle, budget, rng, select, batches)
+    return sequential(problem, oracle, budget, rng, select, batches, estimator)

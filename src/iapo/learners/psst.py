@@ -99,19 +99,21 @@ def psst(
     stats: QTable | None = None,
     stockpile: bool = True,
     max_rounds: int | None = None,
+    estimator: str = "blocks",
 ) -> LearnerResult:
     """Run PSST with budget T = ``budget`` completions.
 
     active: [C, P, N_max] arms each context starts with (all by default); stats: statistics
     gathered before (e.g. by Top-K screening), kept when ``stockpile``; max_rounds: cap on
-    the rounds (1 gives the one-batch ``uniform`` baseline).
+    the rounds (1 gives the one-batch ``uniform`` baseline); estimator: how groups become
+    estimates, ``blocks`` (the paper's disjoint blocks) or ``subsets`` (U-statistics).
     """
     budget = check_budget(oracle, budget)
     c, p, n = problem.n_contexts, problem.n_prompts, problem.n_max
     flags = np.ones((c, p, n), dtype=bool) if active is None else np.array(active, dtype=bool)
     if flags.shape != (c, p, n) or not flags.any(axis=(1, 2)).all():
         raise ValueError(f"active must be [C, P, N] = {(c, p, n)} with an arm in every context")
-    stats = stats if stats is not None else QTable(problem)
+    stats = stats if stats is not None else QTable(problem, estimator)
     trace = Trace()
     start = oracle.ledger.spent
     r_paper = rounds_for(int(flags.sum(axis=(1, 2)).max()))
@@ -167,7 +169,7 @@ def psst(
                 left -= g
         observations = oracle.pull(pulls)
         if not stockpile:
-            stats = QTable(problem)
+            stats = QTable(problem, estimator)
         stats.update(observations)
         flags = trim(flags, stats, r_eff - r, rng)
         trace.rounds.append(_round_record(r + 1, allowance, pulls, flags))
@@ -187,18 +189,20 @@ def _round_record(r: int, allowance: int, pulls: list[Pull], flags: BoolArray) -
 
 
 def learn_psst(
-    problem: Problem, oracle: Oracle, budget: int, rng: np.random.Generator
+    problem: Problem, oracle: Oracle, budget: int, rng: np.random.Generator,
+    estimator: str = "blocks",
 ) -> LearnerResult:
     """PSST over all arms, stockpiling (the paper's recommended setting)."""
-    return psst(problem, oracle, budget, rng)
+    return psst(problem, oracle, budget, rng, estimator=estimator)
 
 
 def learn_uniform(
-    problem: Problem, oracle: Oracle, budget: int, rng: np.random.Generator
+    problem: Problem, oracle: Oracle, budget: int, rng: np.random.Generator,
+    estimator: str = "blocks",
 ) -> LearnerResult:
     """``uniform``: every prompt at N_max equally often in one batch, then the best arm of
     every context (all arms share the groups by blocks and contexts)."""
-    return psst(problem, oracle, budget, rng, max_rounds=1)
+    return psst(problem, oracle, budget, rng, max_rounds=1, estimator=estimator)
 
 
 __all__ = ["Choice", "keep_count", "learn_psst", "learn_uniform", "psst", "rounds_for", "trim"]

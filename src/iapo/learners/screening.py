@@ -25,6 +25,7 @@ def top_k_screening(
     *,
     k: int,
     rho: float = 0.2,
+    estimator: str = "blocks",
 ) -> LearnerResult:
     """Screen prompts at N = 1 with rho * T, keep the top ``k`` per context, then PSST."""
     budget = check_budget(oracle, budget)
@@ -34,9 +35,9 @@ def top_k_screening(
         raise ValueError(f"K={k} must be at least 1")
     c, p, n = problem.n_contexts, problem.n_prompts, problem.n_max
     per_prompt = int(rho * budget) // p
-    stats = QTable(problem)
+    stats = QTable(problem, estimator)
     if per_prompt == 0 or k >= p:
-        result = psst(problem, oracle, budget, rng, stats=stats)
+        result = psst(problem, oracle, budget, rng, stats=stats, estimator=estimator)
         result.trace.notes.insert(
             0,
             f"screening skipped: rho*T = {int(rho * budget)} cannot give each of {p} prompts "
@@ -50,7 +51,8 @@ def top_k_screening(
     active = np.zeros((c, p, n), dtype=bool)
     rows = np.repeat(np.arange(c), k)
     active[rows, order[:, :k].reshape(-1)] = True
-    result = psst(problem, oracle, budget - spent, rng, active=active, stats=stats)
+    result = psst(problem, oracle, budget - spent, rng, active=active, stats=stats,
+                  estimator=estimator)
     trace = result.trace
     trace.completions_used += spent
     trace.rounds.insert(0, {

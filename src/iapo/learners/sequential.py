@@ -61,13 +61,14 @@ def sequential(
     rng: np.random.Generator,
     select: Select,
     batches: int = 50,
+    estimator: str = "blocks",
 ) -> LearnerResult:
     budget = check_budget(oracle, budget)
     if batches < 1:
         raise ValueError(f"batches={batches} must be at least 1")
     p, n = problem.n_prompts, problem.n_max
     arm_cost = np.tile(np.arange(1, n + 1), p)
-    stats = QTable(problem)
+    stats = QTable(problem, estimator)
     trace = Trace(info={"batches": batches})
     share = max(1, math.ceil(budget / batches))
     start = oracle.ledger.spent

@@ -18,6 +18,7 @@ def learn_softmax(
     rng: np.random.Generator,
     temperature: float = 0.05,
     batches: int = 50,
+    estimator: str = "blocks",
 ) -> LearnerResult:
     if not temperature > 0:
         raise ValueError(f"temperature={temperature} must be positive")
@@ -27,4 +28,4 @@ def learn_softmax(
         logits -= logits.max(axis=1, keepdims=True)
         return sample_rows(np.exp(logits), contexts, rng)
 
-    return sequential(problem, oracle, budget, rng, select, batches)
+    return sequential(problem, oracle, budget, rng, select, batches, estimator)

@@ -17,23 +17,26 @@ from iapo.problem import Problem
 
 
 def _prompt_halving(
-    problem: Problem, oracle: Oracle, budget: int, rng: np.random.Generator
+    problem: Problem, oracle: Oracle, budget: int, rng: np.random.Generator,
+    estimator: str = "blocks",
 ) -> LearnerResult:
     active = np.zeros((problem.n_contexts, problem.n_prompts, problem.n_max), dtype=bool)
     active[:, :, 0] = True
-    return psst(problem, oracle, budget, rng, active=active)
+    return psst(problem, oracle, budget, rng, active=active, estimator=estimator)
 
 
 def learn_triple_n1(
-    problem: Problem, oracle: Oracle, budget: int, rng: np.random.Generator
+    problem: Problem, oracle: Oracle, budget: int, rng: np.random.Generator,
+    estimator: str = "blocks",
 ) -> LearnerResult:
-    return _prompt_halving(problem, oracle, budget, rng)
+    return _prompt_halving(problem, oracle, budget, rng, estimator)
 
 
 def learn_triple_nrand(
-    problem: Problem, oracle: Oracle, budget: int, rng: np.random.Generator
+    problem: Problem, oracle: Oracle, budget: int, rng: np.random.Generator,
+    estimator: str = "blocks",
 ) -> LearnerResult:
-    result = _prompt_halving(problem, oracle, budget, rng)
+    result = _prompt_halving(problem, oracle, budget, rng, estimator)
     # the deployed value averages Q over N, which N = 1 data does not estimate
     result.choices = [Choice(ch.prompt, None, float("nan"), ch.samples) for ch in result.choices]
     return result

@@ -18,6 +18,7 @@ def learn_ucb(
     rng: np.random.Generator,
     c: float = 0.1,
     batches: int = 50,
+    estimator: str = "blocks",
 ) -> LearnerResult:
     if not c >= 0:
         raise ValueError(f"exploration constant c={c} must be >= 0")
@@ -30,4 +31,4 @@ def learn_ucb(
         index = estimates_or_zero(stats) + bonus
         return argmax_random_ties(np.where(feasible, index, -np.inf), contexts, rng)
 
-    return sequential(problem, oracle, budget, rng, select, batches)
+    return sequential(problem, oracle, budget, rng, select, batches, estimator)

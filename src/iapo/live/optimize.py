@@ -37,6 +37,7 @@ def optimize(task: Task, out: Path, progress: bool = True) -> dict[str, Any]:
 
     records = load_records(task.data_path)
     runtime = TaskRuntime(task, records)
+    runtime.scorers  # noqa: B018 - load the scorers now: a broken one fails before any call
     out.mkdir(parents=True, exist_ok=True)
     split_seq, oracle_seq, learner_seq = np.random.SeedSequence(task.seed).spawn(3)
     train, test = train_test_split(len(records), split_seq, task.test_fraction)
@@ -185,6 +186,7 @@ def collect(task: Task, out: Path, samples: int, progress: bool = True) -> dict[
         raise TaskError(f"samples={samples} must be at least 1")
     records = load_records(task.data_path)
     runtime = TaskRuntime(task, records)
+    runtime.scorers  # noqa: B018 - load the scorers now: a broken one fails before any call
     out.mkdir(parents=True, exist_ok=True)
     total = samples * len(records) * len(task.prompts)
     with CompletionStore(out / "store.sqlite") as store, tqdm(
@@ -261,10 +263,11 @@ def answer(policy_path: Path, context: str, query: str, task_path: Path | None =
                            "usage": {"completion_tokens": sum(c.completion_tokens for c in comps),
                                      "prompt_tokens": sum(c.prompt_tokens for c in comps)}}
     if task.aggregator == "bon":
-        if any(s["failures"] for s in samples):
+        failed = [f for s in samples for f in s["failures"]]
+        if failed:
             raise TaskError("Best-of-N at answer time needs scorers that work without a gold "
-                            "answer (python or http reward models); "
-                            f"they failed: {samples[0]['failures']}")
+                            f"answer (python or http reward models); they failed: {failed[0]}"
+                            + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""))
         values = [float(np.dot(ctx.weights, s["scores"])) for s in samples]
         best = max(range(n), key=lambda j: (values[j], -j))
         out.update({"aggregator": "bon", "choice": best, "text": samples[best]["text"],

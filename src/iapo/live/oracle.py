@@ -46,8 +46,14 @@ class TaskRuntime:
         self.problem = task.problem()
         self.arms = [arm_key(task.model.name, p.template, p.system, p.decoding)
                      for p in task.prompts]
-        self.scorers = [make_scorer(o.scorer, o.options) for o in task.objectives]
+        self._scorers: list[Any] | None = None  # built on first use: export needs none
         self.extract = EXTRACTORS[task.extractor] if task.extractor else None
+
+    @property
+    def scorers(self) -> list[Any]:
+        if self._scorers is None:
+            self._scorers = [make_scorer(o.scorer, o.options) for o in self.task.objectives]
+        return self._scorers
 
     def register(self, store: CompletionStore) -> None:
         """Record the task, its arms and its queries in the store (for export-env)."""

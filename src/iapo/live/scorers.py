@@ -35,8 +35,11 @@ import httpx
 
 Scorer = Callable[[str, str, Any], float]
 
+# after "answer is" / "answer:": a letter in parentheses (any case), a capital letter, or a
+# small letter that ends the sentence ("answer: d"), never the article in "answer is a ..."
+_ANSWER_LETTER = (r"(?i:answer)\s*(?:is|:)?\s*:?\s*(?:\(\s*([{c}{cl}])\s*\)|([{c}])(?![A-Za-z])"
+                  r"|([{cl}])(?=\s*(?:[.!,;)]|$)))")
 _LETTER_PATTERNS = (
-    r"answer\s*(?:is|:)?\s*:?\s*\(?\s*([{c}])\s*\)?(?![A-Za-z])",
     r"^\s*\(?([{c}])(?:[\).:\s]|$)",
     r"\(([{c}])\)",
     r"(?<![A-Za-z])([{c}])(?![A-Za-z])",
@@ -51,10 +54,13 @@ def normalize(text: str) -> str:
 
 def extract_letter(text: str, choices: str = "ABCDE") -> str | None:
     """The multiple-choice letter a completion gives, or None."""
-    cls = re.escape(choices)
+    upper = re.escape(choices.upper())
+    lower = re.escape(choices.lower())
+    m = re.search(_ANSWER_LETTER.format(c=upper, cl=lower), text)
+    if m:
+        return next(g for g in m.groups() if g).upper()
     for pattern in _LETTER_PATTERNS:
-        m = re.search(pattern.format(c=cls), text, flags=re.IGNORECASE if pattern.startswith(
-            "answer") else 0)
+        m = re.search(pattern.format(c=upper), text)
         if m:
             return m.group(1).upper()
     return None

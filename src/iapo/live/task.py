@@ -180,6 +180,10 @@ def load_task(path: str | os.PathLike[str]) -> Task:
     return task_from_dict(raw, p)
 
 
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
 def task_from_dict(raw: dict[str, Any], path: Path) -> Task:
     from iapo.live.scorers import EXTRACTORS, check_scorer
 
@@ -253,6 +257,12 @@ def task_from_dict(raw: dict[str, Any], path: Path) -> Task:
         lower = float(_get(row, "lower", where, (int, float), 0.0))
         upper = float(_get(row, "upper", where, (int, float), 1.0))
         options = {k: v for k, v in row.items() if k not in {"name", "scorer", "lower", "upper"}}
+        target = str(options.get("callable", ""))
+        if scorer == "python" and ":" in target:
+            file, func = target.rsplit(":", 1)
+            if file.endswith(".py") and not Path(file).is_absolute():
+                # like data.path: relative to the task file
+                options["callable"] = f"{(path.parent / file).resolve()}:{func}"
         try:
             check_scorer(scorer, options)
         except ValueError as e:
@@ -264,13 +274,12 @@ def task_from_dict(raw: dict[str, Any], path: Path) -> Task:
     if kind not in ("bon", "mv", "mixed"):
         raise TaskError(f"aggregator.kind {kind!r} must be bon, mv or mixed")
     extractor = _get(a, "extractor", "aggregator", str, None)
-    if kind in ("mv", "mixed"):
-        if extractor is None:
-            raise TaskError(f"aggregator.extractor is missing; {kind} needs one of "
-                            f"{sorted(EXTRACTORS)}")
-        if extractor not in EXTRACTORS:
-            raise TaskError(f"aggregator.extractor {extractor!r} is unknown; use one of "
-                            f"{sorted(EXTRACTORS)}")
+    if kind in ("mv", "mixed") and extractor is None:
+        raise TaskError(f"aggregator.extractor is missing; {kind} needs one of "
+                        f"{sorted(EXTRACTORS)}")
+    if extractor is not None and extractor not in EXTRACTORS:
+        raise TaskError(f"aggregator.extractor {extractor!r} is unknown; use one of "
+                        f"{sorted(EXTRACTORS)}")
     if kind == "mv" and len(objectives) != 1:
         raise TaskError("aggregator.kind = \"mv\" takes exactly one objective (correctness)")
 
@@ -281,6 +290,9 @@ def task_from_dict(raw: dict[str, Any], path: Path) -> Task:
         if not isinstance(w, list) or len(w) != len(objectives):
             raise TaskError(f"contexts.weights[{i}] must list {len(objectives)} weight(s), one "
                             "per objective")
+        if not all(_is_number(x) and 0.0 <= x <= 1.0 for x in w):
+            raise TaskError(f"contexts.weights[{i}] = {w!r}: every weight must be a number in "
+                            "[0, 1]")
         weights.append(tuple(float(x) for x in w))
     budgets_raw = _get(c, "budgets", "contexts", dict)
     budgets = {}
@@ -289,6 +301,10 @@ def task_from_dict(raw: dict[str, Any], path: Path) -> Task:
             raise TaskError(f"contexts.budgets.{b} must be a number (the cost weight)")
         budgets[str(b)] = float(v)
     probs = c.get("probabilities")
+    if probs is not None and (not isinstance(probs, list)
+                              or not all(_is_number(x) for x in probs)):
+        raise TaskError("contexts.probabilities must be a list of numbers, one per context "
+                        "(weight vectors x budget levels)")
 
     t = _get(raw, "train", "task", dict)
     n_max = _get(t, "n_max", "train", int)

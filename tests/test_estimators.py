@@ -1,0 +1,116 @@
+"""The subsets (U-statistic) estimator: exact averages over all size-n subsets of a group,
+checked against brute-force enumeration, and its use by every learner."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from iapo.cli import main
+from iapo.envs import get_environment, synth_categorical
+from iapo.estimate import QTable
+from iapo.exact import mv_subset_credit
+from iapo.learners import LEARNERS, get_learner
+from iapo.oracle import Pull, SimulatedOracle
+from iapo.utility import bon_utility, mv_credit, mv_utility
+
+
+@pytest.mark.parametrize("trial", range(40))
+def test_mv_subset_credit_equals_enumeration(trial: int) -> None:
+    rng = np.random.default_rng(trial)
+    g = int(rng.integers(1, 10))
+    n_cat = int(rng.integers(2, 6))
+    labels = rng.integers(0, n_cat, g)
+    counts = np.bincount(labels, minlength=n_cat)
+    got = mv_subset_credit([counts[0]], [sorted(counts[1:], reverse=True)], g)[0]
+    want = [np.mean([mv_credit(np.array(s), 0, n_cat) for s in itertools.combinations(labels, n)])
+            for n in range(1, g + 1)]
+    np.testing.assert_allclose(got, want, atol=1e-12)
+
+
+def test_mv_subset_credit_by_hand() -> None:
+    # votes (gold, gold, x, y): pairs {g,g}: 1 of 6 -> 1; {g,x}/{g,y}: 4 of 6 -> 1/2; {x,y}: 0
+    got = mv_subset_credit([2], [[1, 1]], 4)[0]
+    assert got[0] == pytest.approx(2 / 4)
+    assert got[1] == pytest.approx((1 + 4 * 0.5) / 6)
+    assert got[3] == pytest.approx(1.0)  # all four: gold has 2 votes, the most
+
+
+@pytest.mark.parametrize("env_name", ["math", "synth-categorical"])
+def test_subsets_statistics_equal_enumeration_of_all_subsets(env_name: str) -> None:
+    env = get_environment(env_name) if env_name == "math" else synth_categorical(
+        1, n_prompts=4, n_queries=20)
+    p = env.problem
+    oracle = SimulatedOracle(env, np.arange(20), 10**6, np.random.default_rng(3))
+    obs = oracle.pull([Pull(0, 7, 3), Pull(2, 6, 2), Pull(0, 5, 4), Pull(1, 1, 5),
+                       Pull(3, 2, 2)])
+    stats = QTable(p, "subsets")
+    stats.update(obs[:2])
+    stats.update(obs[2:])
+    sums = np.zeros_like(stats.sums)
+    counts = np.zeros_like(stats.counts)
+    w, cw = p.grid.weights, p.grid.cost_weights
+    for o in obs:
+        for g in range(o.count):
+            for n in range(1, o.n + 1):
+                values = []
+                for sub in itertools.combinations(range(o.n), n):
+                    sub_idx = list(sub)
+                    if p.aggregator == "mv":
+                        values.append(mv_utility(o.labels[g, sub_idx], o.gold[g],
+                                                 o.scores[g, sub_idx, -1], w, cw))
+                    else:
+                        values.append(bon_utility(o.scores[g, sub_idx], w, cw))
+                # a group counts for as many samples as it has disjoint blocks
+                sums[:, o.prompt, n - 1] += (o.n // n) * np.mean(values, axis=0)
+                counts[o.prompt, n - 1] += o.n // n
+    np.testing.assert_allclose(stats.sums, sums, atol=1e-10)
+    assert (stats.counts == counts).all()
+
+
+def test_subsets_have_less_spread_than_blocks() -> None:
+    """Same data, same expectation, less noise: over many groups of 8 on one (prompt, query),
+    the per-group estimate of Q(p, 3) varies less with subsets than with blocks."""
+    env = get_environment("math")
+    gold_p = env.probs[:, np.arange(env.n_queries), env.gold]  # [P, X]
+    prompt, query = np.unravel_index(np.argmin(np.abs(gold_p - 0.5)), gold_p.shape)
+    oracle = SimulatedOracle(env, np.array([query]), 10**6, np.random.default_rng(0))
+    per_group: dict[str, list[float]] = {"blocks": [], "subsets": []}
+    for _ in range(300):
+        obs = oracle.pull([Pull(int(prompt), 8, 1)])
+        for est in per_group:
+            s = QTable(env.problem, est)
+            s.update(obs)
+            per_group[est].append(s.mean[0, prompt, 2])
+    b, u = np.array(per_group["blocks"]), np.array(per_group["subsets"])
+    assert abs(b.mean() - u.mean()) < 0.05  # both unbiased for Q(p, 3) on that query
+    assert u.var() < b.var()
+
+
+@pytest.mark.parametrize("name", sorted(LEARNERS))
+def test_every_learner_runs_with_subsets_within_budget(name: str) -> None:
+    env = synth_categorical(4, n_prompts=5, n_queries=30, n_max=8)
+    spec = get_learner(f"{name}:subsets")
+    assert spec.name == f"{name}:subsets"
+    oracle = SimulatedOracle(env, np.arange(30), 900, np.random.default_rng(1))
+    result = spec.run(env.problem, oracle, 900, np.random.default_rng(2))
+    assert oracle.ledger.spent <= 900 and len(result.choices) == env.problem.n_contexts
+
+
+def test_estimator_names_are_checked() -> None:
+    with pytest.raises(ValueError, match="unknown estimator"):
+        get_learner("psst:magic")
+    with pytest.raises(ValueError, match="unknown learner"):
+        get_learner("nope:subsets")
+    with pytest.raises(ValueError, match="estimator"):
+        QTable(get_environment("math").problem, "magic")
+
+
+def test_train_with_subsets_from_the_command_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out = CliRunner().invoke(main, ["train", "math", "--budget", "1500", "--estimator",
+                                    "subsets", "--out", str(tmp_path / "p.json")])
+    assert out.exit_code == 0, out.output
+    assert "psst:subsets on math" in out.output
