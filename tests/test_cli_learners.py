@@ -19,7 +19,7 @@ def test_learners_lists_every_name() -> None:
     assert out.exit_code == 0
     names = [line.split()[0] for line in out.output.strip().splitlines()]
     assert names == ["psst", "psst-k1", "psst-k4", "psst-k8", "uniform", "egreedy", "softmax",
-                     "ucb", "triple-n1", "triple-nrand"]
+                     "ucb", "triple-n1", "triple-nrand", "psst-model", "psst-model4"]
     assert set(names) == set(LEARNERS)
 
 

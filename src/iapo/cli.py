@@ -12,7 +12,7 @@ import click
 from iapo.bench.runner import BenchError
 from iapo.envs import DataError, UnknownEnvironmentError, acr, best_arms, get_environment
 from iapo.envs.registry import ENVIRONMENTS
-from iapo.learners import LEARNERS
+from iapo.learners import LEARNERS, PAPER_LEARNERS
 from iapo.oracle import BudgetExceededError
 from iapo.policy import Policy, PolicyError, evaluate_policy, train_policy
 from iapo.problem import ProblemError
@@ -207,8 +207,9 @@ def _csv_list(text: str) -> list[str]:
 @main.command()
 @click.option("--envs", "envs", default="math", show_default=True,
               help="Comma-separated environments.")
-@click.option("--learners", "learners", default=",".join(LEARNERS), show_default=True,
-              help="Comma-separated learners (default: all).")
+@click.option("--learners", "learners", default=",".join(PAPER_LEARNERS), show_default=True,
+              help="Comma-separated learners (default: the paper's); see `iapo learners`, and "
+                   "name:subsets for the subsets estimator.")
 @click.option("--budgets", "budgets", default="1000,2000,5000,10000,20000", show_default=True,
               help="Comma-separated training budgets T.")
 @click.option("--runs", "runs", default=200, show_default=True, type=click.IntRange(min=1),

@@ -150,3 +150,44 @@ def mv_subset_credit(gold_count: npt.ArrayLike, other_counts: npt.ArrayLike,
             dp = new
         out[:, k:] += comb[kg, k][:, None] * (dp @ tie_weight)
     return out[:, 1:] / comb[group, 1:]
+
+
+def mv_polya_credit(a_gold: npt.ArrayLike, a_others: npt.ArrayLike, n_max: int) -> FloatArray:
+    """Expected MV credit of N future answers under a Dirichlet posterior, N = 1..n_max.
+
+    The answers' probabilities are Dirichlet(a) (gold ``a_gold`` [U], the other categories
+    ``a_others`` [U, R], real and positive, or 0 for an absent category); N future answers are
+    then Dirichlet-multinomial (a Polya urn): P(counts k) = prod GB(a_i, k_i) / GB(A, N), with
+    GB(a, k) = Gamma(a + k) / (Gamma(a) k!). The credit sums that over compositions exactly, by
+    the same dynamic program as the hypergeometric case. Returns [U, n_max].
+    """
+    ag = np.asarray(a_gold, dtype=np.float64)
+    ao = np.asarray(a_others, dtype=np.float64).reshape(ag.size, -1)
+    u, r = ao.shape
+    c = np.arange(n_max + 1)
+
+    def gb(a: npt.NDArray[np.float64]) -> FloatArray:  # [..., n_max+1]
+        a = a[..., None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = np.exp(gammaln(a + c) - gammaln(a) - gammaln(c + 1))
+        return np.where(a > 0, out, (c == 0).astype(np.float64))
+
+    g_w = gb(ag)  # [U, n_max+1]
+    o_w = gb(ao)  # [U, R, n_max+1]
+    total = gb(ag + ao.sum(axis=1))  # [U, n_max+1]
+    out = np.zeros((u, n_max + 1))
+    tie_weight = 1.0 / (1.0 + np.arange(r + 1))
+    for k in range(1, n_max + 1):
+        rest = n_max - k
+        cmax = min(k, rest)
+        dp = np.zeros((u, rest + 1, r + 1))
+        dp[:, 0, 0] = 1.0
+        for i in range(r):
+            new = np.zeros_like(dp)
+            for cc in range(cmax + 1):
+                tied = 1 if cc == k else 0
+                new[:, cc:, tied:] += dp[:, : rest + 1 - cc, : r + 1 - tied] * o_w[:, i, cc,
+                                                                                    None, None]
+            dp = new
+        out[:, k:] += g_w[:, k, None] * (dp @ tie_weight)
+    return np.clip(out[:, 1:] / total[:, 1:], 0.0, 1.0)

@@ -19,7 +19,9 @@ from iapo.exact import bon_expected_max  # noqa: E402
 
 EXPLORATION = ("psst", "psst-k1", "psst-k4", "psst-k8", "uniform", "egreedy", "softmax", "ucb")
 INFERENCE = ("psst", "psst-k1", "psst-k4", "psst-k8", "triple-n1", "triple-nrand")
-FIGURES = {"exploration": EXPLORATION, "inference": INFERENCE}
+BEYOND = ("psst", "psst-k1", "psst-k4", "psst-k8", "psst:subsets", "psst-k4:subsets",
+          "psst-model", "psst-model4")
+FIGURES = {"exploration": EXPLORATION, "inference": INFERENCE, "beyond": BEYOND}
 _STYLE = {
     "psst": ("#000000", "-", "o"),
     "psst-k1": ("#1f77b4", "--", "v"),
@@ -31,10 +33,15 @@ _STYLE = {
     "ucb": ("#d62728", "-.", "*"),
     "triple-n1": ("#8c564b", ":", "<"),
     "triple-nrand": ("#e377c2", ":", ">"),
+    "psst:subsets": ("#555555", "-", "h"),
+    "psst-k4:subsets": ("#98df8a", "-", "p"),
+    "psst-model": ("#d62728", "-", "P"),
+    "psst-model4": ("#ff7f0e", "-", "X"),
 }
 _TITLES = {
     "exploration": "exploration strategies (paper, Fig. 4)",
     "inference": "inference-awareness (paper, Fig. 5)",
+    "beyond": "beyond the paper: estimators and models",
 }
 
 
@@ -55,8 +62,8 @@ def learning_curves(
     written: list[Path] = []
     for kind, learners in FIGURES.items():
         present = [ln for ln in learners if any(s["learner"] == ln for s in rows)]
-        if not present:
-            continue
+        if not present or (kind == "beyond" and not set(present) - set(EXPLORATION)):
+            continue  # the beyond figure only when something beyond the paper ran
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for ln in present:
             pts = sorted((int(s["budget"]), s[f"mean_{metric}"], s[f"sem_{metric}"])

@@ -12,7 +12,7 @@ from functools import partial
 
 from iapo.learners.base import Choice, Learner, LearnerResult, Trace
 from iapo.learners.egreedy import learn_egreedy
-from iapo.learners.psst import learn_psst, learn_uniform, psst
+from iapo.learners.psst import learn_psst, learn_psst_model, learn_uniform, psst
 from iapo.learners.screening import top_k_screening
 from iapo.learners.softmax import learn_softmax
 from iapo.learners.triple import learn_triple_n1, learn_triple_nrand
@@ -48,8 +48,17 @@ LEARNERS: dict[str, LearnerSpec] = {
                     learn_triple_n1),
         LearnerSpec("triple-nrand", "TRIPLE-SH prompts, deployed with N uniform in 1..N_max",
                     learn_triple_nrand),
+        LearnerSpec("psst-model", "beyond the paper: PSST pulling groups of 2 on many queries, "
+                    "Q for every N from a per-query model", learn_psst_model),
+        LearnerSpec("psst-model4", "beyond the paper: psst-model with groups of 4",
+                    partial(learn_psst_model, group=4)),
     ]
 }
+
+
+# the paper's learners (its Figures 4 and 5); the others go beyond it
+PAPER_LEARNERS: tuple[str, ...] = ("psst", "psst-k1", "psst-k4", "psst-k8", "uniform", "egreedy",
+                                   "softmax", "ucb", "triple-n1", "triple-nrand")
 
 
 def get_learner(name: str, estimator: str | None = None) -> LearnerSpec:
@@ -72,6 +81,7 @@ def get_learner(name: str, estimator: str | None = None) -> LearnerSpec:
 
 __all__ = [
     "LEARNERS",
+    "PAPER_LEARNERS",
     "Choice",
     "Learner",
     "LearnerResult",

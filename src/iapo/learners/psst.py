@@ -100,13 +100,16 @@ def psst(
     stockpile: bool = True,
     max_rounds: int | None = None,
     estimator: str = "blocks",
+    pull_scale: int | None = None,
 ) -> LearnerResult:
     """Run PSST with budget T = ``budget`` completions.
 
     active: [C, P, N_max] arms each context starts with (all by default); stats: statistics
     gathered before (e.g. by Top-K screening), kept when ``stockpile``; max_rounds: cap on
     the rounds (1 gives the one-batch ``uniform`` baseline); estimator: how groups become
-    estimates, ``blocks`` (the paper's disjoint blocks) or ``subsets`` (U-statistics).
+    estimates, ``blocks`` (the paper's disjoint blocks) or ``subsets`` (U-statistics);
+    pull_scale: pull every active prompt in groups of this size instead of its largest active
+    N (for a model-based ``stats`` that estimates every N from small groups).
     """
     budget = check_budget(oracle, budget)
     c, p, n = problem.n_contexts, problem.n_prompts, problem.n_max
@@ -119,7 +122,11 @@ def psst(
     r_paper = rounds_for(int(flags.sum(axis=(1, 2)).max()))
     trace.info["rounds_paper"] = r_paper
 
-    top = _top_scale(flags)
+    def scale_of(f: BoolArray) -> npt.NDArray[np.intp]:
+        top = _top_scale(f)
+        return top if pull_scale is None else np.where(top > 0, pull_scale, 0)
+
+    top = scale_of(flags)
     alive = np.flatnonzero(top > 0)
     if budget < top[alive].sum():
         cap = budget // alive.size
@@ -132,13 +139,17 @@ def psst(
                 f"T={budget} is below one completion per prompt ({alive.size}); kept "
                 f"{kept.size} random prompts at N = 1"
             )
-        flags[:, :, cap:] = False
-        trace.notes.append(
-            f"T={budget} cannot pay one group of every prompt at its largest N "
-            f"({int(top[alive].sum())}); arms with N > {cap} were dropped (scale cap)"
-        )
+        if pull_scale is None:
+            flags[:, :, cap:] = False
+            trace.notes.append(
+                f"T={budget} cannot pay one group of every prompt at its largest N "
+                f"({int(top[alive].sum())}); arms with N > {cap} were dropped (scale cap)"
+            )
+        else:
+            pull_scale = min(pull_scale, cap)
+            trace.notes.append(f"T={budget}: groups of {pull_scale} (scale cap)")
         trace.info["scale_cap"] = cap
-        top = _top_scale(flags)
+        top = scale_of(flags)
         alive = np.flatnonzero(top > 0)
     first_cost = int(top[alive].sum())
     r_eff = min(r_paper, budget // first_cost) if first_cost else 0
@@ -154,7 +165,7 @@ def psst(
     for r in range(r_eff):
         used = oracle.ledger.spent - start
         allowance = budget * (r + 1) // r_eff - used
-        top = _top_scale(flags)
+        top = scale_of(flags)
         alive = np.flatnonzero(top > 0)
         cost = int(top[alive].sum())
         k = allowance // cost
@@ -205,4 +216,20 @@ def learn_uniform(
     return psst(problem, oracle, budget, rng, max_rounds=1, estimator=estimator)
 
 
-__all__ = ["Choice", "keep_count", "learn_psst", "learn_uniform", "psst", "rounds_for", "trim"]
+def learn_psst_model(
+    problem: Problem, oracle: Oracle, budget: int, rng: np.random.Generator,
+    estimator: str = "blocks", group: int = 2, alpha: float = 0.5,
+) -> LearnerResult:
+    """``psst-model``: PSST's rounds and trimming over all arms, but every active prompt is
+    pulled in groups of ``group`` on many queries, and Q(c, p, n) for every n comes from a
+    model of each query's answers (MV) or of query effects plus pooled noise (BoN); see
+    :mod:`iapo.model`. ``estimator`` is not used: the model is the estimator."""
+    from iapo.model import ModelQTable
+
+    stats = ModelQTable(problem, alpha)
+    return psst(problem, oracle, budget, rng, stats=stats,  # type: ignore[arg-type]
+                pull_scale=min(group, problem.n_max))
+
+
+__all__ = ["Choice", "keep_count", "learn_psst", "learn_psst_model", "learn_uniform", "psst",
+           "rounds_for", "trim"]

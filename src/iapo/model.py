@@ -1,0 +1,187 @@
+"""Model-based estimates of Q(c, p, n) for every n, from small groups on many queries.
+
+Blocks (and subsets) can only estimate Q(c, p, n) for n up to the group size, and a group of
+N_max completions spends its budget on one query. A model decouples the scale sampled from the
+scale evaluated: sample small groups on many queries, fit each query's answer (or utility)
+distribution, and compute Q for every n exactly from the fit.
+
+- Majority voting: for prompt p on query x, the answer probabilities are Dirichlet(alpha) a
+  priori over the gold answer, every answer seen, and one bucket for answers not seen yet; the
+  credit of N future answers is exact under the posterior (a Polya urn,
+  :func:`iapo.exact.mv_polya_credit`), averaged over the queries p was tried on.
+- Best-of-N: a utility is a query effect plus prompt-level noise. Per prompt and context, the
+  query effect is the group mean and the noise distribution is the pool of within-group
+  residuals (rescaled by sqrt(n / (n - 1)) for the mean they were taken from); E[max of N] is
+  the mean query effect plus the exact expected max of N draws from the pooled residuals.
+
+Both are biased where the model is wrong (few answers per query lean on the prior; the noise
+of a prompt may differ across queries): ``benchmarks/bench_model_bias.py`` measures it. The
+interface is :class:`iapo.estimate.QTable`'s (``update``, ``mean``, ``counts``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from iapo.exact import mv_polya_credit
+from iapo.oracle import Observation
+from iapo.problem import Problem
+
+FloatArray = npt.NDArray[np.float64]
+_POLYA: dict[tuple[float, int, tuple[int, ...]], FloatArray] = {}
+
+
+class ModelQTable:
+    """Model-based Q estimates for every (context, prompt, n); ``counts`` [P, N_max] is the
+    number of queries (MV) or groups (BoN) behind each prompt's estimates."""
+
+    def __init__(self, problem: Problem, alpha: float = 0.5) -> None:
+        if problem.aggregator == "mixed":
+            raise ValueError("the model-based estimator supports mv and bon problems, not mixed")
+        if not alpha > 0:
+            raise ValueError(f"alpha={alpha} must be positive")
+        self.problem = problem
+        self.alpha = float(alpha)
+        p, n = problem.n_prompts, problem.n_max
+        self.counts = np.zeros((p, n), dtype=np.int64)
+        self._cost_sum = np.zeros(p)
+        self._cost_n = np.zeros(p)
+        self._mean: FloatArray | None = None
+        # MV: answer counts per (prompt, query, category), grown as queries and answers appear
+        self._votes = np.zeros((p, 0, 0), dtype=np.int64)
+        self._gold = np.zeros(0, dtype=np.int64)
+        # BoN: per prompt, group means [groups, C] and pooled residuals [values, C]
+        self._means: list[list[FloatArray]] = [[] for _ in range(p)]
+        self._resid: list[list[FloatArray]] = [[] for _ in range(p)]
+
+    # ---------------------------------------------------------------- data
+    def update(self, observations: Sequence[Observation]) -> None:
+        for o in observations:
+            if o.count == 0:
+                continue
+            self._cost_sum[o.prompt] += o.scores[..., -1].sum()
+            self._cost_n[o.prompt] += o.scores[..., -1].size
+            if self.problem.aggregator == "mv":
+                self._add_votes(o)
+            else:
+                self._add_values(o)
+        self._mean = None
+
+    def _add_votes(self, o: Observation) -> None:
+        if o.labels is None or o.gold is None:
+            raise ValueError("a majority-voting oracle must return answer labels and gold")
+        q = o.queries.astype(np.int64)
+        need_x = int(q.max()) + 1
+        need_l = int(max(o.labels.max(), o.gold.max())) + 1
+        p_, x_, l_ = self._votes.shape
+        if need_x > x_ or need_l > l_:
+            grown = np.zeros((p_, max(need_x, x_), max(need_l, l_)), dtype=np.int64)
+            grown[:, :x_, :l_] = self._votes
+            self._votes = grown
+            gold = np.full(grown.shape[1], -1, dtype=np.int64)
+            gold[: self._gold.size] = self._gold
+            self._gold = gold
+        self._gold[q] = o.gold
+        prompt_idx = np.full(q.size * o.n, o.prompt, dtype=np.int64)
+        labels = o.labels.reshape(-1).astype(np.int64)
+        np.add.at(self._votes, (prompt_idx, np.repeat(q, o.n), labels), 1)
+        seen = self._votes[o.prompt].sum(axis=1) > 0
+        self.counts[o.prompt, :] = int(seen.sum())
+
+    def _add_values(self, o: Observation) -> None:
+        k = self.problem.n_objectives
+        values = o.scores[..., :k] @ self.problem.grid.weights.T  # [count, n, C]
+        mu = values.mean(axis=1)
+        self._means[o.prompt].append(mu)
+        if o.n >= 2:
+            r = (values - mu[:, None, :]) * np.sqrt(o.n / (o.n - 1))
+            self._resid[o.prompt].append(r.reshape(-1, r.shape[-1]))
+        self.counts[o.prompt, :] += o.count
+
+    # ---------------------------------------------------------------- estimates
+    @property
+    def mean(self) -> FloatArray:
+        """Estimated Q(c, p, n): [C, P, N_max] (NaN for prompts with no data)."""
+        if self._mean is None:
+            task = self._mv_task() if self.problem.aggregator == "mv" else self._bon_task()
+            n = np.arange(1, self.problem.n_max + 1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                cost = self._cost_sum / self._cost_n  # [P]
+            cw = self.problem.grid.cost_weights
+            self._mean = task - cw[:, None, None] * cost[None, :, None] * n
+        return self._mean
+
+    @property
+    def variance(self) -> FloatArray:
+        return np.full(self.mean.shape, np.nan)
+
+    def _mv_task(self) -> FloatArray:
+        """w_1 times the mean posterior credit over each prompt's queries: [C, P, N]."""
+        p, n_max = self.problem.n_prompts, self.problem.n_max
+        credit = np.full((p, n_max), np.nan)
+        votes = self._votes
+        if votes.size:
+            pi, xi = np.nonzero(votes.sum(axis=2) > 0)
+            rows = votes[pi, xi]  # [M, L]
+            gold = self._gold[xi]
+            kg = rows[np.arange(rows.shape[0]), gold]
+            others = rows.copy()
+            others[np.arange(rows.shape[0]), gold] = 0
+            others = -np.sort(-others, axis=1)
+            keys = np.concatenate([kg[:, None], others], axis=1)
+            # one integer per row (mixed radix) makes the dedup a 1-d unique, not a row sort
+            radix = int(keys.max()) + 1
+            if keys.shape[1] * np.log2(radix) < 62:
+                codes = keys @ (radix ** np.arange(keys.shape[1], dtype=np.int64))
+                _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+                uniq = keys[first]
+            else:  # too many categories or votes for one integer: sort the rows
+                uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+            table = np.empty((uniq.shape[0], n_max))
+            missing = []
+            for i, row in enumerate(uniq.tolist()):
+                hit = _POLYA.get((self.alpha, n_max, tuple(row)))
+                if hit is None:
+                    missing.append(i)
+                else:
+                    table[i] = hit
+            if missing:
+                sub = uniq[missing]
+                # the posterior: alpha on the gold answer, on every answer seen, and on one
+                # bucket for answers not seen yet
+                a_other = np.where(sub[:, 1:] > 0, sub[:, 1:] + self.alpha, 0.0)
+                a_other = np.concatenate([a_other, np.full((len(missing), 1), self.alpha)], 1)
+                got = mv_polya_credit(sub[:, 0] + self.alpha, a_other, n_max)
+                for j, i in enumerate(missing):
+                    table[i] = got[j]
+                    _POLYA[(self.alpha, n_max, tuple(uniq[i].tolist()))] = got[j]
+            per_row = table[inverse.reshape(-1)]  # [M, N]
+            sums = np.zeros((p, n_max))
+            np.add.at(sums, pi, per_row)
+            seen = np.bincount(pi, minlength=p)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                credit = sums / seen[:, None]
+            credit[seen == 0] = np.nan
+        w1 = self.problem.grid.weights[:, 0]
+        return w1[:, None, None] * credit[None]
+
+    def _bon_task(self) -> FloatArray:
+        """Mean query effect plus the expected max of N pooled residuals: [C, P, N]."""
+        c, p, n_max = self.problem.n_contexts, self.problem.n_prompts, self.problem.n_max
+        out = np.full((c, p, n_max), np.nan)
+        n = np.arange(1, n_max + 1)
+        for q in range(p):
+            if not self._means[q]:
+                continue
+            mu = np.concatenate(self._means[q]).mean(axis=0)  # [C]
+            out[:, q, :] = mu[:, None]
+            if self._resid[q]:
+                r = np.sort(np.concatenate(self._resid[q]), axis=0)  # [M, C]
+                m = r.shape[0]
+                j = np.arange(1, m + 1)[:, None]
+                weights = (j / m) ** n - ((j - 1) / m) ** n  # [M, N]
+                out[:, q, :] += (r.T @ weights)  # [C, N]
+        return out

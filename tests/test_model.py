@@ -1,0 +1,155 @@
+"""The model-based estimator: the Polya-urn MV credit against enumeration, hand-worked model
+estimates, and the psst-model learners."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from scipy.special import gammaln
+
+from iapo.envs import BoNEnvironment, MVEnvironment
+from iapo.exact import mv_credit_probability, mv_polya_credit
+from iapo.learners import get_learner
+from iapo.model import ModelQTable
+from iapo.oracle import Observation, SimulatedOracle
+from iapo.problem import ContextGrid, CostObjective, Objective, Problem
+
+
+def dirichlet_multinomial(k: tuple[int, ...], a: list[float]) -> float:
+    n, big_a = sum(k), sum(a)
+    return math.exp(gammaln(n + 1) + gammaln(big_a) - gammaln(big_a + n)
+                    + sum(gammaln(ai + ki) - gammaln(ai) - gammaln(ki + 1)
+                          for ai, ki in zip(a, k, strict=True)))
+
+
+def brute_polya(a: list[float], n: int) -> float:
+    total = 0.0
+    for k in itertools.product(range(n + 1), repeat=len(a)):
+        if sum(k) != n:
+            continue
+        top = max(k)
+        if k[0] == top:
+            total += dirichlet_multinomial(k, a) / sum(x == top for x in k)
+    return total
+
+
+@pytest.mark.parametrize("a", [[2.5, 0.5, 0.5], [1.0, 3.0], [0.5, 0.5, 0.5, 0.5],
+                               [4.2, 1.1, 0.3], [0.7, 2.2, 2.2]])
+def test_polya_credit_equals_enumeration(a: list[float]) -> None:
+    got = mv_polya_credit([a[0]], [a[1:]], 7)[0]
+    want = [brute_polya(a, n) for n in range(1, 8)]
+    np.testing.assert_allclose(got, want, atol=1e-12)
+
+
+def test_polya_credit_tends_to_the_multinomial_one() -> None:
+    q = np.array([0.6, 0.3, 0.1])
+    got = mv_polya_credit([q[0] * 1e6], [q[1:] * 1e6], 9)[0]
+    np.testing.assert_allclose(got, mv_credit_probability([q], [0], 9)[0], atol=1e-4)
+
+
+def mv_problem(n_max: int = 4) -> Problem:
+    grid = ContextGrid.product([Objective("correct", 0.0, 1.0)], [(1.0,)],
+                               {"low": 0.0, "high": 1.0})
+    return Problem("t", "mv", ("a", "b"), n_max, grid, CostObjective("cost", 0.1))
+
+
+def test_mv_model_by_hand() -> None:
+    p = mv_problem()
+    model = ModelQTable(p, alpha=0.5)
+    # prompt 0 on query 3: two answers, both gold (category 0); cost 0.1 each
+    model.update([Observation(0, 2, np.array([3]), np.array([[[1.0, 0.1], [1.0, 0.1]]]),
+                              np.array([[0, 0]], dtype=np.int16),
+                              np.array([0], dtype=np.int16))])
+    # posterior: gold 2 + 0.5, one unseen bucket 0.5. Next answer gold: 2.5 / 3.
+    # N = 2: both gold 2.5/3 * 3.5/4, one each way 2 * 2.5/3 * 0.5/4 credited 1/2.
+    n1 = 2.5 / 3
+    n2 = 2.5 / 3 * 3.5 / 4 + 0.5 * 2 * (2.5 / 3) * (0.5 / 4)
+    assert model.mean[0, 0, 0] == pytest.approx(n1)
+    assert model.mean[0, 0, 1] == pytest.approx(n2)
+    assert model.mean[1, 0, 1] == pytest.approx(n2 - 2 * 0.1)  # high: cost weight 1
+    assert np.isnan(model.mean[0, 1]).all()  # prompt 1 has no data
+    assert model.counts[0].tolist() == [1, 1, 1, 1] and model.counts[1].sum() == 0
+
+
+def test_mv_model_averages_over_queries_and_pools_answers_of_one_query() -> None:
+    p = mv_problem()
+    model = ModelQTable(p, alpha=1.0)
+    obs = Observation(0, 1, np.array([1, 2, 1]),
+                      np.zeros((3, 1, 2)),
+                      np.array([[0], [1], [2]], dtype=np.int16), np.array([0, 0, 0], np.int16))
+    model.update([obs])
+    # query 1: answers 0 (gold) and 2 -> a = (2, 2, unseen 1): P(gold next) = 2/5
+    # query 2: answer 1 (not gold) -> a = (gold 1, 2, unseen 1): P(gold next) = 1/4
+    assert model.mean[0, 0, 0] == pytest.approx((2 / 5 + 1 / 4) / 2)
+    assert model.counts[0, 0] == 2
+
+
+def test_bon_model_by_hand() -> None:
+    grid = ContextGrid.product([Objective("u", 0.0, 1.0)], [(1.0,)], {"only": 0.0})
+    p = Problem("b", "bon", ("a",), 3, grid, CostObjective("cost", 1.0))
+    model = ModelQTable(p)
+    scores = np.array([[[0.2, 0.0], [0.6, 0.0]], [[0.5, 0.0], [0.5, 0.0]]])  # two groups of 2
+    model.update([Observation(0, 2, np.array([0, 1]), scores)])
+    # group means 0.4 and 0.5 -> 0.45; residuals * sqrt(2): -0.2, 0.2, 0, 0 times 1.4142
+    r = np.sort(np.array([-0.2, 0.2, 0.0, 0.0]) * math.sqrt(2))
+    m = r.size
+    for n in (1, 2, 3):
+        expect_max = sum(r[j - 1] * ((j / m) ** n - ((j - 1) / m) ** n) for j in range(1, m + 1))
+        assert model.mean[0, 0, n - 1] == pytest.approx(0.45 + expect_max)
+
+
+def test_mixed_problems_are_refused() -> None:
+    grid = ContextGrid.product([Objective("c"), Objective("s")], [(0.5, 0.5)], {"x": 0.0})
+    p = Problem("m", "mixed", ("a",), 2, grid)
+    with pytest.raises(ValueError, match="mixed"):
+        ModelQTable(p)
+
+
+@pytest.mark.parametrize("name", ["psst-model", "psst-model4"])
+def test_psst_model_learns_the_easy_problem(name: str) -> None:
+    # prompt 0 always right, prompt 1 always wrong; cost 0.1 each, cost weight 1
+    probs = np.zeros((2, 10, 2))
+    probs[0, :, 0] = 1.0
+    probs[1, :, 1] = 1.0
+    env = MVEnvironment("sure", probs, np.zeros(10, dtype=np.int16), [0.1, 0.1],
+                        {"high": 1.0}, 4, cacheable=False)
+    oracle = SimulatedOracle(env, np.arange(10), 200, np.random.default_rng(0))
+    result = get_learner(name).run(env.problem, oracle, 200, np.random.default_rng(1))
+    assert (result.choices[0].prompt, result.choices[0].n) == (0, 1)
+    assert oracle.ledger.spent == 200
+    pulled = {tuple(x[:2]) for r in result.trace.rounds for x in r["pulls"]}
+    group = 2 if name == "psst-model" else 4
+    assert all(n <= group for _, n in pulled)
+
+
+def test_psst_model_runs_on_best_of_n() -> None:
+    from iapo.envs import synth_categorical
+
+    env: BoNEnvironment = synth_categorical(3, n_prompts=6, n_queries=40, n_max=8)
+    oracle = SimulatedOracle(env, np.arange(40), 1500, np.random.default_rng(0))
+    result = get_learner("psst-model").run(env.problem, oracle, 1500, np.random.default_rng(1))
+    assert oracle.ledger.spent == 1500 and len(result.choices) == env.problem.n_contexts
+
+
+def test_the_prior_biases_a_sure_thing_down() -> None:
+    """The model's bias, shown: a prompt that is always right is estimated below 1 at N = 1
+    (the prior keeps mass on answers not seen yet), and more so with fewer answers per query;
+    a larger N looks better than it is (with a cost of 0.01 it would be chosen wrongly)."""
+    probs = np.zeros((1, 10, 2))
+    probs[0, :, 0] = 1.0
+    env = MVEnvironment("sure1", probs, np.zeros(10, dtype=np.int16), [0.01], {"low": 0.0}, 4,
+                        cacheable=False)
+    from iapo.oracle import Pull
+
+    est = []
+    for per_query in (2, 4):
+        oracle = SimulatedOracle(env, np.arange(10), 10**6, np.random.default_rng(0))
+        model = ModelQTable(env.problem)
+        model.update(oracle.pull([Pull(0, per_query, 10)]))
+        est.append(model.mean[0, 0])
+    # with every query answered (g, g): a = (2.5, unseen 0.5) -> 2.5 / 3 at N = 1
+    assert est[0][0] < est[1][0] < 1.0
+    assert est[0][2] > est[0][0]  # N = 3 looks better than N = 1, though both are exactly 1
