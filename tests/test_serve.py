@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import LlamaServer
+from conftest import LlamaServer, free_port
 from iapo.learners.base import Choice
 from iapo.live.scorers import extract_letter
 from iapo.policy import Policy
@@ -27,12 +26,6 @@ from live_helpers import ScriptedServer
 
 DATA = Path(__file__).parent / "data"
 QUESTION = "What is 2 + 3?\nA) 4\nB) 5\nC) 6\nD) 7"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Gateway:

@@ -56,6 +56,32 @@ def _canonical_mv_rows(
     return uniq, inverse.reshape(-1).astype(np.intp)
 
 
+def _others_dp(weights: FloatArray, k: int, rest: int,
+               binom: FloatArray | None = None) -> FloatArray:
+    """The non-gold categories' share of the MV credit when gold holds k votes.
+
+    h[u, m] = sum over counts c_i <= k of the other categories with sum m <= ``rest`` of
+    prod_i weights[u, i, c_i], each composition weighted 1 / (1 + #{i : c_i = k}) (the tie
+    credit). With ``binom``, adding c votes to m multiplies by binom[m, c] as well (the
+    multinomial form). weights [U, R, C+1] (counts above C weigh 0) -> h [U, rest+1].
+    """
+    u, r = weights.shape[:2]
+    cmax = min(k, rest, weights.shape[2] - 1)
+    dp = np.zeros((u, rest + 1, r + 1))  # [row, votes used m, categories tied with gold j]
+    dp[:, 0, 0] = 1.0
+    for i in range(r):
+        new = np.zeros_like(dp)
+        for c in range(cmax + 1):
+            tied = 1 if c == k else 0
+            span = rest + 1 - c
+            term = dp[:, :span, : r + 1 - tied]
+            if binom is not None:
+                term = term * binom[:span, c, None]
+            new[:, c:, tied:] += term * weights[:, i, c, None, None]
+        dp = new
+    return dp @ (1.0 / (1.0 + np.arange(r + 1)))
+
+
 def mv_credit_probability(
     probs: npt.ArrayLike,
     gold: npt.ArrayLike,
@@ -82,9 +108,7 @@ def mv_credit_probability(
     u = uniq.shape[0]
     g = uniq[:, 0]
     others = uniq[:, 1:]
-    r = others.shape[1]
     credit = np.zeros((u, n_max + 1))
-    tie_weight = 1.0 / (1.0 + np.arange(r + 1))
     # binom[m, c] = C(m + c, c); finite for m + c <= 1029
     idx = np.arange(n_max + 1)
     binom = np.exp(gammaln(idx[:, None] + idx[None, :] + 1) - gammaln(idx[:, None] + 1)
@@ -93,20 +117,8 @@ def mv_credit_probability(
     gpow = g[:, None] ** idx  # [U, n_max+1]: q_gold^k
     for k in range(1, n_max + 1):
         rest = n_max - k  # most votes the other categories can hold together
-        cmax = min(k, rest)
-        # dp[m, j]: probability-weighted count of ways the processed categories hold m votes,
-        # none more than k, j of them exactly k (multinomial form: entries stay <= 1)
-        dp = np.zeros((u, rest + 1, r + 1))
-        dp[:, 0, 0] = 1.0
-        for i in range(r):
-            new = np.zeros_like(dp)
-            for cc in range(cmax + 1):
-                tied = 1 if cc == k else 0
-                span = rest + 1 - cc
-                shifted = dp[:, :span, : r + 1 - tied] * binom[:span, cc, None]
-                new[:, cc:, tied:] += shifted * qpow[:, i, cc, None, None]
-            dp = new
-        h = dp @ tie_weight  # [U, rest+1]
+        # multinomial form: every entry is a probability mass (<= 1), so nothing overflows
+        h = _others_dp(qpow, k, rest, binom)  # [U, rest+1]
         # P(gold gets credit, N = k + m) gathers C(N, k) q_gold^k h[m]
         credit[:, k:] += binom[: rest + 1, k] * gpow[:, k, None] * h
         if progress is not None:
@@ -127,28 +139,16 @@ def mv_subset_credit(gold_count: npt.ArrayLike, other_counts: npt.ArrayLike,
     kg = np.asarray(gold_count, dtype=np.int64)
     ko = np.asarray(other_counts, dtype=np.int64).reshape(kg.size, -1)
     ko = ko[:, ko.max(axis=0, initial=0) > 0] if ko.size else ko  # drop empty categories
-    u, r = ko.shape
+    u = ko.shape[0]
     idx = np.arange(group + 1)
     comb = np.exp(gammaln(idx[:, None] + 1) - gammaln(idx[None, :] + 1)
                   - gammaln(np.maximum(idx[:, None] - idx[None, :], 0) + 1))
     comb = np.where(idx[None, :] <= idx[:, None], np.rint(comb), 0.0)  # comb[K, c] = C(K, c)
     out = np.zeros((u, group + 1))
-    tie_weight = 1.0 / (1.0 + np.arange(r + 1))
     top_other = int(ko.max(initial=0))
+    weights = comb[ko][:, :, : top_other + 1]  # [U, R, c]: C(K_i, c)
     for k in range(1, int(kg.max(initial=0)) + 1):
-        rest = group - k
-        cmax = min(k, rest, top_other)
-        dp = np.zeros((u, rest + 1, r + 1))
-        dp[:, 0, 0] = 1.0
-        for i in range(r):
-            new = np.zeros_like(dp)
-            weights = comb[ko[:, i]]  # [U, group+1]: C(K_i, c)
-            for c in range(cmax + 1):
-                tied = 1 if c == k else 0
-                new[:, c:, tied:] += dp[:, : rest + 1 - c, : r + 1 - tied] * weights[:, c, None,
-                                                                                    None]
-            dp = new
-        out[:, k:] += comb[kg, k][:, None] * (dp @ tie_weight)
+        out[:, k:] += comb[kg, k][:, None] * _others_dp(weights, k, group - k)
     return out[:, 1:] / comb[group, 1:]
 
 
@@ -163,7 +163,7 @@ def mv_polya_credit(a_gold: npt.ArrayLike, a_others: npt.ArrayLike, n_max: int) 
     """
     ag = np.asarray(a_gold, dtype=np.float64)
     ao = np.asarray(a_others, dtype=np.float64).reshape(ag.size, -1)
-    u, r = ao.shape
+    u = ao.shape[0]
     c = np.arange(n_max + 1)
 
     def gb(a: npt.NDArray[np.float64]) -> FloatArray:  # [..., n_max+1]
@@ -176,18 +176,6 @@ def mv_polya_credit(a_gold: npt.ArrayLike, a_others: npt.ArrayLike, n_max: int) 
     o_w = gb(ao)  # [U, R, n_max+1]
     total = gb(ag + ao.sum(axis=1))  # [U, n_max+1]
     out = np.zeros((u, n_max + 1))
-    tie_weight = 1.0 / (1.0 + np.arange(r + 1))
     for k in range(1, n_max + 1):
-        rest = n_max - k
-        cmax = min(k, rest)
-        dp = np.zeros((u, rest + 1, r + 1))
-        dp[:, 0, 0] = 1.0
-        for i in range(r):
-            new = np.zeros_like(dp)
-            for cc in range(cmax + 1):
-                tied = 1 if cc == k else 0
-                new[:, cc:, tied:] += dp[:, : rest + 1 - cc, : r + 1 - tied] * o_w[:, i, cc,
-                                                                                    None, None]
-            dp = new
-        out[:, k:] += g_w[:, k, None] * (dp @ tie_weight)
+        out[:, k:] += g_w[:, k, None] * _others_dp(o_w, k, n_max - k)
     return np.clip(out[:, 1:] / total[:, 1:], 0.0, 1.0)
