@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test venv dev bench lint clean
+.PHONY: demo test venv dev bench lint clean bon-data bon-envs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,20 @@ bench: venv
 lint: dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy src
+
+# the datasets of the two Best-of-N environments, from BIG-bench task files taken out of the
+# bigbench==1.0.0 sdist (pip downloads it and keeps its unpacked tree; nothing is installed)
+bon-data: $(BIN)/python
+	rm -rf build/bigbench && mkdir -p build/bigbench
+	-TMPDIR=$(CURDIR)/build/bigbench $(BIN)/pip download --quiet --no-deps --no-binary :all: \
+		--no-clean -d build/bigbench/sdist bigbench==1.0.0
+	$(BIN)/python scripts/bigbench_data.py \
+		"$$(ls -d build/bigbench/pip-download-*/bigbench_*/bigbench/benchmark_tasks | head -n 1)" \
+		data-build
+
+# collect (resumably) and export summarization-smollm2 and helpful-harmless-smollm2
+bon-envs: dev bon-data
+	$(BIN)/python scripts/collect_bon_envs.py --samples 24
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

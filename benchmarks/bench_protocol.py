@@ -25,7 +25,7 @@ def main() -> None:
         subprocess.run(
             [sys.executable, "-m", "iapo.cli", "bench", "--envs", "math,commonsenseqa",
              "--runs", str(args.runs), "--workers", str(args.workers), "--out", out],
-            check=True, stdout=subprocess.DEVNULL,
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         elapsed = time.perf_counter() - t0
     print(f"full protocol (math + commonsenseqa, 10 learners x 5 budgets x {args.runs} runs, "

@@ -73,6 +73,19 @@ ENVIRONMENTS: dict[str, EnvironmentSpec] = {
 }
 
 
+# Best-of-N environments from real completions (`make bon-envs` collects and exports them);
+# listed once their files are in the package
+for _name, _summary in [
+    ("summarization-smollm2", "BoN: BIG-bench gem/xsum summaries by SmolLM2-135M-Instruct, "
+                              "relevance and faithfulness scored offline"),
+    ("helpful-harmless-smollm2", "BoN: BIG-bench hhh_alignment answers by SmolLM2-135M-Instruct, "
+                                 "helpfulness and harmlessness scored offline"),
+]:
+    if resources.files("iapo.envs").joinpath("data", f"{_name}.npz").is_file():
+        ENVIRONMENTS[_name] = EnvironmentSpec(
+            _name, _summary, _packaged(_name, f"{_name}.npz", _summary))
+
+
 def environment_names() -> list[str]:
     return list(ENVIRONMENTS)
 
