@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,22 @@ def _private_iapo_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IAPO_CACHE_DIR", str(tmp_path_factory.mktemp("iapo-cache")))
         yield
+
+
+def wait_until_up(url: str, proc: subprocess.Popen[bytes], seconds: float, what: str,
+                  output: Callable[[], str]) -> None:
+    """Poll GET ``url`` until it answers 200; fail with the process's output if it dies or
+    ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start:\n{output()[-2000:]}")
+        time.sleep(0.2)
 
 
 @dataclass
@@ -81,16 +97,7 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
         stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"llama server did not start:\n{log.read_text()[-2000:]}")
-        time.sleep(0.5)
+    wait_until_up(f"{url}/models", proc, 180, "the llama server", log.read_text)
     yield LlamaServer(url, log, proc)
     proc.terminate()
     try:

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 from scipy.special import gammaln
 
+from brute import compositions
 from iapo.cli import main
 
 
@@ -44,12 +45,6 @@ def credit_by_sequences(probs: np.ndarray, gold: int, n: int) -> float:
     return total
 
 
-def compositions(n: int, parts: int) -> np.ndarray:
-    rows = []
-    for bars in itertools.combinations(range(n + parts - 1), parts - 1):
-        cuts = (-1, *bars, n + parts - 1)
-        rows.append([cuts[i + 1] - cuts[i] - 1 for i in range(parts)])
-    return np.array(rows, dtype=np.int64)
 
 
 def credit_by_compositions(gold_first: np.ndarray, ns: list[int]) -> np.ndarray:

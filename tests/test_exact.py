@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from scipy.special import gammaln
 from scipy.stats import binom
 
+from brute import compositions
 from iapo.exact import bon_expected_max, mv_credit_probability
 
 # --- references ---------------------------------------------------------------------------------
@@ -31,13 +32,6 @@ def bon_brute_force(values: list[float], probs: list[float], n: int) -> float:
     return total
 
 
-def compositions(n: int, parts: int) -> np.ndarray:
-    """Every vector of ``parts`` non-negative integers summing to n (stars and bars)."""
-    rows = []
-    for bars in itertools.combinations(range(n + parts - 1), parts - 1):
-        cuts = (-1, *bars, n + parts - 1)
-        rows.append([cuts[i + 1] - cuts[i] - 1 for i in range(parts)])
-    return np.array(rows, dtype=np.int64)
 
 
 def mv_brute_force(probs: list[float], gold: int, n: int) -> float:

@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import LlamaServer, free_port
+from conftest import LlamaServer, free_port, wait_until_up
 from iapo.learners.base import Choice
 from iapo.live.scorers import extract_letter
 from iapo.policy import Policy
@@ -37,17 +37,8 @@ class Gateway:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "iapo.cli", "serve", str(policy), "--port", str(self.port),
              *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
-                raise RuntimeError(f"iapo serve did not start: {out}")
-            time.sleep(0.2)
+        wait_until_up(f"{self.url}/health", self.proc, 60, "iapo serve",
+                      lambda: self.proc.stdout.read().decode() if self.proc.stdout else "")
         self.client = openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0)
 
     def close(self) -> None:
