@@ -153,3 +153,24 @@ def test_the_prior_biases_a_sure_thing_down() -> None:
     # with every query answered (g, g): a = (2.5, unseen 0.5) -> 2.5 / 3 at N = 1
     assert est[0][0] < est[1][0] < 1.0
     assert est[0][2] > est[0][0]  # N = 3 looks better than N = 1, though both are exactly 1
+
+
+def test_psst_model_runs_through_the_live_oracle(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The model-based learner needs nothing a live oracle lacks (labels per query, gold)."""
+    from live_helpers import ScriptedServer
+    from test_live_faults import write_task
+
+    from iapo.live.oracle import LiveOracle, TaskRuntime
+    from iapo.live.store import CompletionStore
+    from iapo.live.task import load_records, load_task
+
+    with ScriptedServer(answer="The answer is (A).") as srv:
+        task = load_task(write_task(tmp_path, srv.base_url))
+        runtime = TaskRuntime(task, load_records(task.data_path))
+        with CompletionStore(tmp_path / "s.sqlite") as store:
+            oracle = LiveOracle(runtime, store, np.arange(6), 24, np.random.default_rng(0))
+            result = get_learner("psst-model").run(runtime.problem, oracle, 24,
+                                                   np.random.default_rng(1))
+            assert oracle.ledger.spent == 24 == store.count() == len(srv.requests)
+            # every answer is gold "A": the model's credit is high for both prompts
+            assert all(ch.q_hat > 0.5 for ch in result.choices)

@@ -214,7 +214,8 @@ def _csv_list(text: str) -> list[str]:
               help="Comma-separated training budgets T.")
 @click.option("--runs", "runs", default=200, show_default=True, type=click.IntRange(min=1),
               help="Runs per cell (fresh 80/20 split; fresh instance of synthetic envs).")
-@click.option("--seed", "seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--seed", "seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Root seed of every run's split, synthetic instance, oracle and learner.")
 @click.option("--out", "out", default="bench-out", show_default=True,
               type=click.Path(file_okay=False), help="Output folder (resumable).")
 @click.option("--workers", "workers", default=1, show_default=True, type=click.IntRange(min=1),
