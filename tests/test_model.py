@@ -157,12 +157,11 @@ def test_the_prior_biases_a_sure_thing_down() -> None:
 
 def test_psst_model_runs_through_the_live_oracle(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The model-based learner needs nothing a live oracle lacks (labels per query, gold)."""
-    from live_helpers import ScriptedServer
-    from test_live_faults import write_task
-
     from iapo.live.oracle import LiveOracle, TaskRuntime
     from iapo.live.store import CompletionStore
     from iapo.live.task import load_records, load_task
+    from live_helpers import ScriptedServer
+    from test_live_faults import write_task
 
     with ScriptedServer(answer="The answer is (A).") as srv:
         task = load_task(write_task(tmp_path, srv.base_url))
