@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test venv dev bench lint clean bon-data bon-envs
+.PHONY: demo test venv dev bench lint clean bon-data bon-envs llama-server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,9 +41,23 @@ bon-data: $(BIN)/python
 		"$$(ls -d build/bigbench/pip-download-*/bigbench_*/bigbench/benchmark_tasks | head -n 1)" \
 		data-build
 
+# llama.cpp's own server (8 parallel slots, continuous batching), built from the llama.cpp
+# sources vendored in the llama-cpp-python sdist (pip downloads it and keeps its unpacked tree)
+LLAMA_SERVER := build/llama-server/bin/llama-server
+$(LLAMA_SERVER): $(BIN)/python
+	rm -rf build/llama-src && mkdir -p build/llama-src
+	-TMPDIR=$(CURDIR)/build/llama-src $(BIN)/pip download --quiet --no-deps --no-binary :all: \
+		--no-clean -d build/llama-src/sdist llama-cpp-python==0.3.36
+	cmake -S "$$(ls -d build/llama-src/pip-download-*/llama-cpp-python_*/vendor/llama.cpp | head -n 1)" \
+		-B build/llama-server -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+		-DLLAMA_BUILD_EXAMPLES=OFF -DCMAKE_BUILD_TYPE=Release
+	cmake --build build/llama-server --target llama-server -j 2
+
+llama-server: $(LLAMA_SERVER)
+
 # collect (resumably) and export summarization-smollm2 and helpful-harmless-smollm2
-bon-envs: dev bon-data
-	$(BIN)/python scripts/collect_bon_envs.py --samples 24
+bon-envs: dev bon-data $(LLAMA_SERVER)
+	$(BIN)/python scripts/collect_bon_envs.py --samples 24 --llama-server $(LLAMA_SERVER)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
