@@ -91,7 +91,7 @@ def math_costs() -> tuple[np.ndarray, np.ndarray]:
 # --- iapo envs ----------------------------------------------------------------------------------
 
 
-def test_envs_json_lists_the_four_environments() -> None:
+def test_envs_json_lists_every_shipped_environment() -> None:
     result = run("envs", "--json")
     assert result.exit_code == 0, result.output
     rows = {r["name"]: r for r in json.loads(result.stdout)}
@@ -100,6 +100,7 @@ def test_envs_json_lists_the_four_environments() -> None:
         "commonsenseqa": ("mv", 48, 1500, 3),
         "synth-bernoulli": ("mv", 32, 520, 3),
         "synth-categorical": ("bon", 32, 512, 27),
+        "helpful-harmless-smollm2": ("bon", 6, 112, 27),
     }
     assert set(rows) == set(expected)
     for name, (agg, prompts, queries, contexts) in expected.items():
