@@ -422,14 +422,11 @@ def serve(policy_path: str, task_path: str | None, host: str, port: int,
 
     import uvicorn
 
-    from iapo.live.task import load_task
+    from iapo.live.optimize import policy_task
     from iapo.serve import ServeConfig, create_app
 
     policy = Policy.load(policy_path)
-    path = task_path or policy.trace.get("task", {}).get("path")
-    if not path:
-        raise click.UsageError(f"{policy_path} names no task file; pass --task")
-    task = load_task(path)
+    task = policy_task(policy, Path(task_path) if task_path else None, policy_path)
     config = ServeConfig(max_n=max_n, upstream_timeout=upstream_timeout,
                          upstream_retries=upstream_retries, max_concurrency=max_concurrency,
                          default_context=default_context,

@@ -221,6 +221,14 @@ def parse_context(text: str) -> dict[str, str]:
     return spec
 
 
+def policy_task(policy: Policy, task_path: Path | None, source: Path | str) -> Task:
+    """The task a live policy was learned with (its trace names the file), or ``task_path``."""
+    path = task_path or policy.trace.get("task", {}).get("path")
+    if not path:
+        raise PolicyError(f"{source} names no task file; pass --task")
+    return load_task(path)
+
+
 def answer(policy_path: Path, context: str, query: str, task_path: Path | None = None,
            seed: int | None = None) -> dict[str, Any]:
     """Run the policy's arm for ``context`` on ``query`` and aggregate (BoN by the scorers, MV
@@ -230,11 +238,7 @@ def answer(policy_path: Path, context: str, query: str, task_path: Path | None =
     from iapo.live.task import Record
 
     policy = Policy.load(policy_path)
-    tinfo = policy.trace.get("task", {})
-    path = task_path or (Path(tinfo["path"]) if "path" in tinfo else None)
-    if path is None:
-        raise PolicyError(f"{policy_path} names no task file; pass --task")
-    task = load_task(path)
+    task = policy_task(policy, task_path, policy_path)
     if policy.env != task.name:
         raise PolicyError(f"the policy was learned for task '{policy.env}', not '{task.name}'")
     runtime = TaskRuntime(task, [])
