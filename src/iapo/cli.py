@@ -63,12 +63,13 @@ def envs(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    w = max(len(r["name"]) for r in rows)
     click.echo(
-        f"{'name':<18} {'agg':<4} {'prompts':>7} {'queries':>7} {'contexts':>8} {'N_max':>5}  about"
+        f"{'name':<{w}} {'agg':<4} {'prompts':>7} {'queries':>7} {'contexts':>8} {'N_max':>5}  about"
     )
     for r in rows:
         click.echo(
-            f"{r['name']:<18} {r['aggregator']:<4} {r['prompts']:>7} {r['queries']:>7} "
+            f"{r['name']:<{w}} {r['aggregator']:<4} {r['prompts']:>7} {r['queries']:>7} "
             f"{r['contexts']:>8} {r['n_max']:>5}  {r['summary']}"
         )
 
