@@ -24,6 +24,7 @@ def main() -> None:
         grid = env.problem.grid
         best = best_arms(q)
         best1 = best_arms(q[:, :, :1])
+        names = env.problem.prompts
         print(f"{name}: {env.problem.n_prompts} prompts, {env.n_queries} queries")
         print(f"  {'context':<34} {'best (p, N)':>12} {'Q':>8} {'best N=1 p':>10} {'Q':>8} "
               f"{'regret':>8}")
@@ -39,6 +40,14 @@ def main() -> None:
               f"{sorted({a.n for a in best})}")
         ns = np.array([a.n for a in best])
         print(f"  N of the best arm: min {ns.min()}, median {int(np.median(ns))}, max {ns.max()}")
+        # one prompt for every context, N still chosen per context: the most that prompt-only
+        # screening down to a single prompt (PSST+K1) can reach
+        one_prompt = [opt - acr(q[:, p:p + 1], best_arms(q[:, p:p + 1]), pr)
+                      for p in range(env.problem.n_prompts)]
+        p = int(np.argmin(one_prompt))
+        print(f"  best one-prompt policy (N per context): prompt {p} ({names[p]}), regret "
+              f"{one_prompt[p]:.4f}; per prompt "
+              + ", ".join(f"{r:.4f}" for r in one_prompt))
 
 
 if __name__ == "__main__":
