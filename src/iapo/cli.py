@@ -64,9 +64,8 @@ def envs(as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     w = max(len(r["name"]) for r in rows)
-    click.echo(
-        f"{'name':<{w}} {'agg':<4} {'prompts':>7} {'queries':>7} {'contexts':>8} {'N_max':>5}  about"
-    )
+    head = f"{'agg':<4} {'prompts':>7} {'queries':>7} {'contexts':>8} {'N_max':>5}  about"
+    click.echo(f"{'name':<{w}} {head}")
     for r in rows:
         click.echo(
             f"{r['name']:<{w}} {r['aggregator']:<4} {r['prompts']:>7} {r['queries']:>7} "
