@@ -63,7 +63,7 @@ def envs(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    w = max(len(r["name"]) for r in rows)
+    w = max(len(str(r["name"])) for r in rows)
     head = f"{'agg':<4} {'prompts':>7} {'queries':>7} {'contexts':>8} {'N_max':>5}  about"
     click.echo(f"{'name':<{w}} {head}")
     for r in rows:
