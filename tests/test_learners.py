@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 from iapo.envs import BoNEnvironment, MVEnvironment
 from iapo.estimate import QTable
 from iapo.learners import LEARNERS, get_learner
+from iapo.learners.base import Choice
 from iapo.learners.psst import keep_count, psst, rounds_for
 from iapo.oracle import BudgetExceededError, Pull, SimulatedOracle
-from iapo.policy import evaluate_policy, train_policy
+from iapo.policy import evaluate_policy, regret_parts, train_policy
 from iapo.problem import ContextGrid, Objective
 from iapo.utility import bon_utility, mv_utility
 
@@ -308,3 +309,20 @@ def test_inference_aware_learning_beats_prompt_only_on_math() -> None:
         psst_r.append(evaluate_policy(env, train_policy(env, "psst", 5000, seed))["regret"])
         triple_r.append(evaluate_policy(env, train_policy(env, "triple-n1", 5000, seed))["regret"])
     assert np.mean(psst_r) < np.mean(triple_r) - 0.01
+
+
+def test_regret_parts_split_a_hand_worked_regret() -> None:
+    # Q[c, p, n-1] for 2 contexts, 2 prompts, N = 1..3
+    q = np.array([
+        [[0.5, 0.6, 0.7], [0.65, 0.66, 0.64]],  # best arm (0, 3): 0.7
+        [[0.2, 0.3, 0.1], [0.4, 0.35, 0.3]],   # best arm (1, 1): 0.4
+    ])
+    chosen = [Choice(1, 3, 0.0, 0), Choice(0, None, 0.0, 0)]
+    prompt, scale = regret_parts(q, chosen)
+    # context 0: prompt 1 at best reaches 0.66 (prompt part 0.04), N = 3 gives 0.64 (0.02)
+    # context 1: prompt 0 at best reaches 0.3 (0.1), the average over N is 0.2 (0.1)
+    np.testing.assert_allclose(prompt, [0.04, 0.1])
+    np.testing.assert_allclose(scale, [0.02, 0.1])
+    np.testing.assert_allclose(prompt + scale, [0.7 - 0.64, 0.4 - 0.2])
+    best = [Choice(0, 3, 0.0, 0), Choice(1, 1, 0.0, 0)]
+    assert not np.any(np.concatenate(regret_parts(q, best)))

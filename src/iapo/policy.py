@@ -124,6 +124,21 @@ def policy_values(q: npt.NDArray[np.float64], choices: list[Choice]) -> npt.NDAr
     ])
 
 
+def regret_parts(
+    q: npt.NDArray[np.float64], choices: list[Choice]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Split each context's regret max Q(c) - Q(c, pi(c)) in two parts that add up to it.
+
+    Returns ([C], [C]): the prompt part max Q(c) - max_m Q(c, p, m), what choosing prompt p
+    costs even at its best N, and the scale part max_m Q(c, p, m) - Q(c, pi(c)), what the
+    chosen N (or, for N = None, the average over N) loses on that prompt.
+    """
+    c = np.arange(q.shape[0])
+    per_prompt = q.max(axis=2)  # [C, P]
+    at_prompt = per_prompt[c, [ch.prompt for ch in choices]]
+    return per_prompt.max(axis=1) - at_prompt, at_prompt - policy_values(q, choices)
+
+
 def train_policy(
     env: Environment,
     learner: str,
