@@ -48,6 +48,12 @@ class Gateway:
         except subprocess.TimeoutExpired:
             self.proc.kill()
 
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def ask(self, context: dict | None = None, content: str = QUESTION, **kw):  # type: ignore[no-untyped-def]
         extra = {"iapo_context": context} if context is not None else None
         return self.client.chat.completions.create(
@@ -117,18 +123,20 @@ def write_policy(path: Path, task: Path, name: str, contexts: list[str],
     return path
 
 
+def mcq_policy(tmp: Path, url: str, arms: list[tuple[int, int]]) -> Path:
+    """A hand-made policy over the multiple-choice task served from ``url``: arms[0] for
+    budget=low, arms[1] for budget=high."""
+    return write_policy(tmp / "p.json", mv_task(tmp, url), "mcq-smollm2",
+                        ["budget=low", "budget=high"], arms)
+
+
 @pytest.fixture
 def scripted(tmp_path: Path) -> Iterator[tuple[ScriptedServer, Gateway, Path]]:
     with ScriptedServer(answer="The answer is (B).") as up:
-        task = mv_task(tmp_path, up.base_url)
-        policy = write_policy(tmp_path / "policy.json", task, "mcq-smollm2",
-                              ["budget=low", "budget=high"], [(1, 3), (0, 1)])
-        gw = Gateway(policy, "--default-context", "budget=high", "--upstream-timeout", "5",
-                     "--upstream-retries", "0", "--max-n", "8")
-        try:
+        policy = mcq_policy(tmp_path, up.base_url, [(1, 3), (0, 1)])
+        with Gateway(policy, "--default-context", "budget=high", "--upstream-timeout", "5",
+                     "--upstream-retries", "0", "--max-n", "8") as gw:
             yield up, gw, policy
-        finally:
-            gw.close()
 
 
 def test_arm_usage_and_votes_follow_the_policy(scripted) -> None:  # type: ignore[no-untyped-def]
@@ -206,67 +214,48 @@ def test_policy_reload_without_restart(scripted) -> None:  # type: ignore[no-unt
 
 
 def test_n_is_capped(tmp_path: Path) -> None:
-    with ScriptedServer() as up:
-        task = mv_task(tmp_path, up.base_url)
-        policy = write_policy(tmp_path / "p.json", task, "mcq-smollm2",
-                              ["budget=low", "budget=high"], [(0, 4), (0, 1)])
-        gw = Gateway(policy, "--max-n", "2")
-        try:
-            r = gw.ask({"budget": "low"})
-            assert r.model_extra["iapo"]["n"] == 2 and r.model_extra["iapo"]["n_capped"]
-            assert len(up.requests) == 2
-        finally:
-            gw.close()
+    with ScriptedServer() as up, \
+            Gateway(mcq_policy(tmp_path, up.base_url, [(0, 4), (0, 1)]), "--max-n", "2") as gw:
+        r = gw.ask({"budget": "low"})
+        assert r.model_extra["iapo"]["n"] == 2 and r.model_extra["iapo"]["n_capped"]
+        assert len(up.requests) == 2
 
 
 def test_upstream_failure_is_a_502_with_the_reason(tmp_path: Path) -> None:
-    with ScriptedServer(default="500") as up:
-        task = mv_task(tmp_path, up.base_url)
-        policy = write_policy(tmp_path / "p.json", task, "mcq-smollm2",
-                              ["budget=low", "budget=high"], [(0, 2), (0, 1)])
-        gw = Gateway(policy, "--upstream-retries", "1", "--upstream-timeout", "2")
-        try:
-            t0 = time.monotonic()
-            with pytest.raises(openai.APIStatusError) as e:
-                gw.ask({"budget": "low"})
-            assert e.value.status_code == 502 and "HTTP 500" in str(e.value)
-            assert time.monotonic() - t0 < 10
-        finally:
-            gw.close()
-    with ScriptedServer(["slow"] * 10, slow_seconds=3) as up:
-        task = mv_task(tmp_path, up.base_url)
-        gw = Gateway(policy, "--upstream-retries", "0", "--upstream-timeout", "0.5")
-        try:
-            with pytest.raises(openai.APIStatusError) as e:
-                gw.ask({"budget": "high"})
-            assert e.value.status_code == 502 and "timed out" in str(e.value)
-        finally:
-            gw.close()
+    arms = [(0, 2), (0, 1)]
+    with ScriptedServer(default="500") as up, Gateway(
+            mcq_policy(tmp_path, up.base_url, arms),
+            "--upstream-retries", "1", "--upstream-timeout", "2") as gw:
+        t0 = time.monotonic()
+        with pytest.raises(openai.APIStatusError) as e:
+            gw.ask({"budget": "low"})
+        assert e.value.status_code == 502 and "HTTP 500" in str(e.value)
+        assert time.monotonic() - t0 < 10
+    with ScriptedServer(["slow"] * 10, slow_seconds=3) as up, Gateway(
+            mcq_policy(tmp_path, up.base_url, arms),
+            "--upstream-retries", "0", "--upstream-timeout", "0.5") as gw:
+        with pytest.raises(openai.APIStatusError) as e:
+            gw.ask({"budget": "high"})
+        assert e.value.status_code == 502 and "timed out" in str(e.value)
 
 
 def test_bounded_load_no_errors_no_lost_requests(tmp_path: Path) -> None:
-    with ScriptedServer() as up:
-        task = mv_task(tmp_path, up.base_url)
-        policy = write_policy(tmp_path / "p.json", task, "mcq-smollm2",
-                              ["budget=low", "budget=high"], [(0, 2), (1, 1)])
-        gw = Gateway(policy, "--max-concurrency", "16")
-        try:
-            def one(i: int) -> tuple[str, float, float]:
-                t0 = time.perf_counter()
-                r = gw.ask({"budget": "low" if i % 2 else "high"}, content=f"question {i}")
-                total = time.perf_counter() - t0
-                return r.id, total, r.model_extra["iapo"]["upstream_seconds"]
+    with ScriptedServer() as up, Gateway(
+            mcq_policy(tmp_path, up.base_url, [(0, 2), (1, 1)]), "--max-concurrency", "16") as gw:
+        def one(i: int) -> tuple[str, float, float]:
+            t0 = time.perf_counter()
+            r = gw.ask({"budget": "low" if i % 2 else "high"}, content=f"question {i}")
+            total = time.perf_counter() - t0
+            return r.id, total, r.model_extra["iapo"]["upstream_seconds"]
 
-            with ThreadPoolExecutor(8) as pool:
-                results = list(pool.map(one, range(240)))
-            assert len({rid for rid, _, _ in results}) == 240
-            assert len(up.requests) == 120 * 2 + 120 * 1
-            overhead = statistics.median(t - u for _, t, u in results)
-            assert overhead < 0.25  # a loose bound; benchmarks/bench_gateway.py measures it
-            health = httpx.get(f"{gw.url}/health").json()
-            assert health["served"] == 240 and health["errors"] == 0
-        finally:
-            gw.close()
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(one, range(240)))
+        assert len({rid for rid, _, _ in results}) == 240
+        assert len(up.requests) == 120 * 2 + 120 * 1
+        overhead = statistics.median(t - u for _, t, u in results)
+        assert overhead < 0.25  # a loose bound; benchmarks/bench_gateway.py measures it
+        health = httpx.get(f"{gw.url}/health").json()
+        assert health["served"] == 240 and health["errors"] == 0
 
 
 def test_bon_picks_the_best_weighted_sample(tmp_path: Path) -> None:
@@ -276,20 +265,16 @@ def test_bon_picks_the_best_weighted_sample(tmp_path: Path) -> None:
                     "brevity=0.8,letters=0.2,budget=low", "brevity=0.8,letters=0.2,budget=high"]
         policy = write_policy(tmp_path / "p.json", task, "bon-gw", contexts,
                               [(1, 4), (0, 1), (0, 3), (1, 2)])
-        gw = Gateway(policy)
-        try:
+        with Gateway(policy) as gw:
             r = gw.ask({"brevity": 0.8, "letters": 0.2, "budget": "low"})
-            meta = r.model_extra["iapo"]
-            assert (meta["prompt_index"], meta["n"]) == (0, 3)
-            texts = [s["text"] for s in meta["samples"]]
-            values = [0.8 / (1 + len(t)) + 0.2 * sum(c.isalpha() for c in t) / (1 + len(t))
-                      for t in texts]
-            assert r.choices[0].message.content in [t for t, v in zip(texts, values,
-                                                                        strict=True)
-                                                    if v == max(values)]
-            assert r.usage.completion_tokens == 15
-        finally:
-            gw.close()
+        meta = r.model_extra["iapo"]
+        assert (meta["prompt_index"], meta["n"]) == (0, 3)
+        texts = [s["text"] for s in meta["samples"]]
+        values = [0.8 / (1 + len(t)) + 0.2 * sum(c.isalpha() for c in t) / (1 + len(t))
+                  for t in texts]
+        best = [t for t, v in zip(texts, values, strict=True) if v == max(values)]
+        assert r.choices[0].message.content in best
+        assert r.usage.completion_tokens == 15
 
 
 @pytest.mark.parametrize("kind", ["mv", "bon"])
@@ -310,8 +295,7 @@ def test_real_model_behind_the_gateway(kind: str, llama: LlamaServer, tmp_path: 
                  {"brevity": 0.8, "letters": 0.2, "budget": "high"}]
         name = "bon-gw"
     policy = write_policy(tmp_path / "p.json", task, name, contexts, arms)
-    gw = Gateway(policy, "--upstream-timeout", "120")
-    try:
+    with Gateway(policy, "--upstream-timeout", "120") as gw:
         for spec in specs:
             key = ",".join(f"{k}={v}" for k, v in spec.items())
             want = arms[contexts.index(key)]
@@ -326,24 +310,16 @@ def test_real_model_behind_the_gateway(kind: str, llama: LlamaServer, tmp_path: 
             assert r.choices[0].message.content == samples[meta["chosen"]]["text"]
             if kind == "mv" and meta["answer"] is not None:
                 assert meta["votes"][meta["answer"]] == max(meta["votes"].values())
-    finally:
-        gw.close()
 
 
 def test_served_requests_are_logged_to_the_store(tmp_path: Path) -> None:
     import sqlite3
 
-    with ScriptedServer() as up:
-        task = mv_task(tmp_path, up.base_url)
-        policy = write_policy(tmp_path / "p.json", task, "mcq-smollm2",
-                              ["budget=low", "budget=high"], [(0, 2), (1, 1)])
-        log = tmp_path / "served.sqlite"
-        gw = Gateway(policy, "--log-store", str(log))
-        try:
-            gw.ask({"budget": "low"}, content="first")
-            gw.ask({"budget": "high"}, content="second")
-        finally:
-            gw.close()
+    log = tmp_path / "served.sqlite"
+    with ScriptedServer() as up, Gateway(
+            mcq_policy(tmp_path, up.base_url, [(0, 2), (1, 1)]), "--log-store", str(log)) as gw:
+        gw.ask({"budget": "low"}, content="first")
+        gw.ask({"budget": "high"}, content="second")
     with sqlite3.connect(log) as db:
         queries = [q for (q,) in db.execute("SELECT query FROM queries WHERE id LIKE 'serve-%'")]
         assert sorted(queries) == ["first", "second"]
