@@ -4,7 +4,7 @@
 
     .venv/bin/python benchmarks/bench_floor.py [--runs 200]
 
-Uses the same 80/20 splits as `iapo bench --seed 0` (run r's split from SeedSequence key (r, 0)).
+Uses the same 80/20 splits as `iapo bench --seed 0` (`iapo.bench.runner.run_split`).
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ import argparse
 
 import numpy as np
 
-from iapo.bench.runner import _seq
-from iapo.envs import get_environment
-from iapo.split import train_test_split
+from iapo.bench.runner import run_split
 
 
 def main() -> None:
@@ -23,14 +21,12 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=200)
     args = ap.parse_args()
     for name in ("math", "commonsenseqa"):
-        env = get_environment(name)
-        table = env.query_table(progress=False)
-        pr = env.problem.grid.probabilities
         regrets = []
         for r in range(args.runs):
-            train, test = train_test_split(env.n_queries, _seq(0, r, 0))
-            q_train = table.q(env.problem, train).reshape(len(pr), -1)
-            q_test = table.q(env.problem, test).reshape(len(pr), -1)
+            env, train, q_test = run_split(name, 0, r, 0.2)
+            pr = env.problem.grid.probabilities
+            q_train = env.query_table(progress=False).q(env.problem, train).reshape(len(pr), -1)
+            q_test = q_test.reshape(len(pr), -1)
             chosen = q_test[np.arange(len(pr)), q_train.argmax(axis=1)]
             regrets.append(float(q_test.max(axis=1) @ pr - chosen @ pr))
         reg = np.array(regrets)

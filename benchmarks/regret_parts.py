@@ -16,11 +16,9 @@ import argparse
 
 import numpy as np
 
-from iapo.bench.runner import _seq, learner_key, run_environment
+from iapo.bench.runner import run_oracle, run_split
 from iapo.learners import get_learner
-from iapo.oracle import SimulatedOracle
 from iapo.policy import regret_parts
-from iapo.split import train_test_split
 
 
 def main() -> None:
@@ -36,19 +34,13 @@ def main() -> None:
     print(f"{args.env}, T = {t}, {args.runs} runs (parts weighted by context probability)")
     print(f"  {'learner':<14} {'regret':>8} {'prompt':>8} {'scale':>8} {'best prompt':>12}")
     for name in args.learners.split(","):
-        key = learner_key(name)
         parts, hits = [], []
         for run in range(args.runs):
-            env = run_environment(args.env, seed, run)
-            problem = env.problem
-            train, test = train_test_split(env.n_queries, _seq(seed, run, 0), args.test_fraction)
-            q = env.query_table(progress=False).q(problem, test)
-            oracle = SimulatedOracle(env, train, t,
-                                     np.random.default_rng(_seq(seed, run, 2, key, t, 0)))
-            result = get_learner(name).run(problem, oracle, t,
-                                           np.random.default_rng(_seq(seed, run, 2, key, t, 1)))
+            env, train, q = run_split(args.env, seed, run, args.test_fraction)
+            oracle, rng = run_oracle(env, train, name, t, seed, run)
+            result = get_learner(name).run(env.problem, oracle, t, rng)
             prompt, scale = regret_parts(q, result.choices)
-            pr = problem.grid.probabilities
+            pr = env.problem.grid.probabilities
             parts.append((prompt @ pr, scale @ pr))
             hits.append(float(np.mean(prompt == 0)))
         p_part, s_part = np.mean(parts, axis=0)

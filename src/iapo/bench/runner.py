@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from iapo.envs import Environment, get_environment
 from iapo.envs.registry import ENVIRONMENTS
@@ -109,24 +110,38 @@ def run_environment(name: str, seed: int, run: int) -> Environment:
     return _REAL[name]
 
 
+def run_split(
+    env_name: str, seed: int, run: int, test_fraction: float
+) -> tuple[Environment, npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Run ``run``'s environment, its training queries and its test-split Q table [C, P, N]."""
+    env = run_environment(env_name, seed, run)
+    train, test = train_test_split(env.n_queries, _seq(seed, run, 0), test_fraction)
+    return env, train, env.query_table(progress=False).q(env.problem, test)
+
+
+def run_oracle(env: Environment, train: npt.ArrayLike, learner: str, budget: int, seed: int,
+               run: int) -> tuple[SimulatedOracle, np.random.Generator]:
+    """The oracle over ``train`` and the learner's generator of one bench cell, seeded so that
+    every cell draws its own completions, whatever else runs beside it."""
+    key = learner_key(learner)
+    return (SimulatedOracle(env, train, budget,
+                            np.random.default_rng(_seq(seed, run, 2, key, budget, 0))),
+            np.random.default_rng(_seq(seed, run, 2, key, budget, 1)))
+
+
 def run_unit(
     env_name: str, run: int, cells: Sequence[tuple[str, int]], seed: int, test_fraction: float
 ) -> list[dict[str, Any]]:
     """Train and score every (learner, budget) of ``cells`` on run ``run`` of ``env_name``."""
-    env = run_environment(env_name, seed, run)
+    env, train, q = run_split(env_name, seed, run, test_fraction)
     problem = env.problem
-    train, test = train_test_split(env.n_queries, _seq(seed, run, 0), test_fraction)
-    q = env.query_table(progress=False).q(problem, test)
     probs = problem.grid.probabilities
     oracle_acr = float(q.reshape(q.shape[0], -1).max(axis=1) @ probs)
     rows = []
     for learner, budget in cells:
-        key = learner_key(learner)
-        oracle = SimulatedOracle(env, train, budget,
-                                 np.random.default_rng(_seq(seed, run, 2, key, budget, 0)))
+        oracle, rng = run_oracle(env, train, learner, budget, seed, run)
         t0 = time.perf_counter()
-        result = get_learner(learner).run(problem, oracle, budget,
-                                          np.random.default_rng(_seq(seed, run, 2, key, budget, 1)))
+        result = get_learner(learner).run(problem, oracle, budget, rng)
         seconds = time.perf_counter() - t0
         acr = float(policy_values(q, result.choices) @ probs)
         rows.append({
