@@ -42,8 +42,7 @@ def main() -> None:
         print(f"  N of the best arm: min {ns.min()}, median {int(np.median(ns))}, max {ns.max()}")
         # one prompt for every context, N still chosen per context: the most that prompt-only
         # screening down to a single prompt (PSST+K1) can reach
-        one_prompt = [opt - acr(q[:, p:p + 1], best_arms(q[:, p:p + 1]), pr)
-                      for p in range(env.problem.n_prompts)]
+        one_prompt = opt - q.max(axis=2).T @ pr  # [P]
         p = int(np.argmin(one_prompt))
         print(f"  best one-prompt policy (N per context): prompt {p} ({names[p]}), regret "
               f"{one_prompt[p]:.4f}; per prompt "
