@@ -34,6 +34,7 @@ Example (the README's "Live path" section documents every field)::
     [aggregator]
     kind = "mv"                              # bon, mv or mixed
     extractor = "multiple_choice"            # how MV reads an answer from a completion
+    # labels = ["yes", "no"]                 # only with extractor = "label": the answers
 
     [contexts]
     weights = [[1.0]]                        # one weight per objective, in [0, 1]
@@ -49,23 +50,74 @@ Example (the README's "Live path" section documents every field)::
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import math
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from iapo.learners import LEARNERS
+from iapo.learners import get_learner
 from iapo.problem import ContextGrid, CostObjective, Objective, Problem, ProblemError
 
 DECODING_KEYS = ("temperature", "top_p", "max_tokens")
 
+# The keys each table takes; anything else is a typo that would otherwise be ignored silently.
+TASK_KEYS = ("name", "model", "prompts", "data", "objectives", "aggregator", "contexts", "train")
+MODEL_KEYS = ("base_url", "name", "api_key_env", "concurrency", "timeout", "max_retries",
+              "supports_n")
+PROMPT_KEYS = ("name", "template", "system", *DECODING_KEYS)
+DATA_KEYS = ("path", "test_fraction")
+OBJECTIVE_KEYS = ("name", "scorer", "lower", "upper")
+AGGREGATOR_KEYS = ("kind", "extractor", "labels")
+CONTEXT_KEYS = ("weights", "budgets", "probabilities")
+TRAIN_KEYS = ("n_max", "learner", "budget", "seed", "cost_scale")
+# The options each scorer reads, beside name, scorer, lower and upper (see iapo.live.scorers).
+SCORER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "exact_match": (),
+    "math": (),
+    "multiple_choice": ("choices",),
+    "numeric": ("tolerance",),
+    "python": ("callable",),
+    "http": ("url", "timeout"),
+    "label": ("labels",),
+}
+
+# Upper limits: past them a value is a typo, and would fail much later (out of memory, a run
+# that never ends) instead of here.
+MAX_N = 1024
+MAX_BUDGET = 10**9
+MAX_CONCURRENCY = 1024
+MAX_RETRIES = 100
+MAX_TIMEOUT = 86_400.0  # seconds: a day
+MAX_TABLE_CELLS = 10**7  # contexts x prompts x n_max, the size of each exact and Q table
+MAX_TASK_BYTES = 16 * 2**20
+MAX_TEMPERATURE = 10.0
+
 
 class TaskError(ValueError):
     """The task file is wrong; the message names the field and says what to do."""
+
+
+def _show(value: Any) -> str:
+    """``repr(value)``, shortened: a message quotes the value, not a whole huge list."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+_KIND_NAMES = {dict: "a table", list: "a list", str: "a string", int: "an integer",
+               float: "a number", bool: "true or false"}
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = (kind,) if isinstance(kind, type) else kind
+    if float in kinds:
+        return "a number"
+    return " or ".join(_KIND_NAMES.get(k, k.__name__) for k in kinds)
 
 
 def _get(table: Mapping[str, Any], key: str, where: str, kind: type | tuple[type, ...],
@@ -75,12 +127,110 @@ def _get(table: Mapping[str, Any], key: str, where: str, kind: type | tuple[type
             raise TaskError(f"{where}.{key} is missing; give it")
         return default
     value = table[key]
-    if isinstance(value, bool) and kind in (int, float, (int, float)):
-        raise TaskError(f"{where}.{key} must be a number, not {value!r}")
+    kinds = (kind,) if isinstance(kind, type) else kind
+    if isinstance(value, bool) and bool not in kinds:
+        raise TaskError(f"{where}.{key} must be {_kind_name(kind)}, not {value!r}")
     if not isinstance(value, kind):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise TaskError(f"{where}.{key} must be a {names}; got {value!r}")
+        raise TaskError(f"{where}.{key} must be {_kind_name(kind)}; got {_show(value)}")
     return value
+
+
+def _check_keys(table: Mapping[str, Any], known: Sequence[str], what: str) -> None:
+    unknown = [k for k in table if k not in known]
+    if unknown:
+        listed = ", ".join(repr(k) for k in unknown)
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise TaskError(f"{what} has unknown key{'s' if len(unknown) > 1 else ''} {listed}"
+                        f"{hint}; known: {', '.join(known)}")
+
+
+def _as_float(value: int | float) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an integer too large for a float
+        return math.inf
+
+
+def _bounds(low: float, high: float, low_open: bool, high_open: bool) -> str:
+    """``"lie in (0, 1]"``, or ``"be > 0"`` with no upper bound."""
+    if high == math.inf:
+        return f"be {'>' if low_open else '>='} {low:g}"
+    return f"lie in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+
+def _number(table: Mapping[str, Any], key: str, where: str, default: Any = ..., *,
+            low: float, high: float = math.inf, low_open: bool = False,
+            high_open: bool = False) -> float:
+    """A finite number ``table[key]`` in the given interval."""
+    value = _get(table, key, where, (int, float), default)
+    x = _as_float(value)
+    if not math.isfinite(x):
+        raise TaskError(f"{where}.{key} is {_show(value)}; give a finite number")
+    if not ((low < x if low_open else low <= x) and (x < high if high_open else x <= high)):
+        raise TaskError(f"{where}.{key} = {x:g} must {_bounds(low, high, low_open, high_open)}")
+    return x
+
+
+def _integer(table: Mapping[str, Any], key: str, where: str, default: Any = ..., *,
+             low: int, high: int | None = None, why: str = "") -> int:
+    """An integer ``table[key]`` in [low, high]; ``why`` explains the upper limit."""
+    value: int = _get(table, key, where, int, default)
+    if value < low:
+        raise TaskError(f"{where}.{key} = {_show(value)} must be at least {low}")
+    if high is not None and value > high:
+        raise TaskError(f"{where}.{key} = {_show(value)} is too large; give at most {high:,}"
+                        f"{why}")
+    return value
+
+
+def _table(table: Mapping[str, Any], key: str, where: str, known: Sequence[str]) -> dict[str, Any]:
+    """The sub-table ``[key]``, with no keys but the ``known`` ones."""
+    sub: dict[str, Any] = _get(table, key, where, dict)
+    _check_keys(sub, known, f"[{key}]")
+    return sub
+
+
+def _rows(raw: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
+    """The array of tables ``[[key]]``: a non-empty list whose every row is a table."""
+    if key not in raw:
+        raise TaskError(f"task.{key} is missing; give at least one [[{key}]] table")
+    rows = raw[key]
+    if not isinstance(rows, list):
+        raise TaskError(f"task.{key} must be a list of [[{key}]] tables; got {_show(rows)}")
+    if not rows:
+        raise TaskError(f"task has no [[{key}]]; give at least one")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise TaskError(f"{key}[{i}] must be a table (a [[{key}]] section); got {_show(row)}")
+    return rows
+
+
+def _labels(value: Any, name: str) -> tuple[str, ...]:
+    """A non-empty list of non-empty strings, distinct ignoring case."""
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(x, str) and x.strip() for x in value)):
+        raise TaskError(f"{name} must be a non-empty list of non-empty strings, e.g. "
+                        f"[\"yes\", \"no\"]; got {_show(value)}")
+    if len({x.casefold() for x in value}) != len(value):  # labels are read ignoring case
+        raise TaskError(f"{name} = {_show(value)} lists a label twice (case is ignored); "
+                        "list each once")
+    return tuple(value)
+
+
+def _read_text(path: Path) -> str:
+    """The file's text, decoded as UTF-8 (a leading byte-order mark is dropped)."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise TaskError(f"{path} cannot be read ({e.strerror}); check its permissions") from e
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise TaskError(f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} at position "
+                        f"{e.start}, line {line}); save it as UTF-8") from e
+    return text.removeprefix("\ufeff")
 
 
 @dataclass(frozen=True)
@@ -154,6 +304,7 @@ class Task:
     seed: int
     cost_scale: float
     raw: dict[str, Any]
+    labels: tuple[str, ...] | None = None  # the answers of extractor "label"
 
     def digest(self) -> str:
         """A hash of the task's content (not its path)."""
@@ -173,151 +324,205 @@ def load_task(path: str | os.PathLike[str]) -> Task:
     p = Path(path)
     if not p.is_file():
         raise TaskError(f"task file {str(p)!r} does not exist")
+    size = p.stat().st_size
+    if size > MAX_TASK_BYTES:
+        raise TaskError(f"task file {str(p)!r} is {size:,} bytes; a task file is at most "
+                        f"{MAX_TASK_BYTES:,} bytes: is it the right file?")
+    text = _read_text(p)
     try:
-        raw = tomllib.loads(p.read_text())
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise TaskError(f"{p}: not valid TOML ({e})") from e
-    return task_from_dict(raw, p)
+    except RecursionError as e:
+        raise TaskError(f"{p}: nested too deeply to read; a task file needs only tables of "
+                        "plain values and lists") from e
+    try:
+        return task_from_dict(raw, p)
+    except RecursionError as e:
+        raise TaskError(f"{p}: a value is nested too deeply; give plain values and lists") from e
 
 
 def _is_number(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool)
 
 
-def task_from_dict(raw: dict[str, Any], path: Path) -> Task:
-    from iapo.live.scorers import EXTRACTORS, check_scorer
-
-    name = _get(raw, "name", "task", str, path.stem)
-    m = _get(raw, "model", "task", dict)
+def _model(m: dict[str, Any]) -> ModelSpec:
     supports = m.get("supports_n", "auto")
-    if supports not in (True, False, "auto"):
-        raise TaskError(f"model.supports_n must be true, false or \"auto\"; got {supports!r}")
+    if not (isinstance(supports, bool) or supports == "auto"):
+        raise TaskError(f"model.supports_n must be true, false or \"auto\"; got {_show(supports)}")
     model = ModelSpec(
         base_url=_get(m, "base_url", "model", str).rstrip("/"),
         name=_get(m, "name", "model", str),
         api_key_env=_get(m, "api_key_env", "model", str, None),
-        concurrency=_get(m, "concurrency", "model", int, 4),
-        timeout=float(_get(m, "timeout", "model", (int, float), 60.0)),
-        max_retries=_get(m, "max_retries", "model", int, 5),
-        supports_n=None if supports == "auto" else bool(supports),
+        concurrency=_integer(m, "concurrency", "model", 4, low=1, high=MAX_CONCURRENCY),
+        timeout=_number(m, "timeout", "model", 60.0, low=0.0, high=MAX_TIMEOUT, low_open=True),
+        max_retries=_integer(m, "max_retries", "model", 5, low=0, high=MAX_RETRIES),
+        supports_n=None if supports == "auto" else supports,
     )
     if not model.base_url.startswith(("http://", "https://")):
         raise TaskError(f"model.base_url {model.base_url!r} must start with http:// or https://")
-    if model.concurrency < 1 or model.max_retries < 0 or model.timeout <= 0:
-        raise TaskError("model.concurrency must be >= 1, model.max_retries >= 0 and "
-                        "model.timeout > 0")
+    return model
 
-    prompt_rows = _get(raw, "prompts", "task", list)
-    if not prompt_rows:
-        raise TaskError("task has no [[prompts]]; give at least one")
-    prompts = []
-    for i, row in enumerate(prompt_rows):
-        where = f"prompts[{i}]"
-        if not isinstance(row, dict):
-            raise TaskError(f"{where} must be a table")
-        pname = _get(row, "name", where, str, f"p{i}")
-        template = row.get("template")
-        if not isinstance(template, str) or not template:
-            raise TaskError(f"prompt '{pname}' has no template; give one with {{query}} in it")
-        if "{query}" not in template:
-            raise TaskError(f"prompt '{pname}' template has no {{query}} placeholder")
-        decoding: dict[str, float | int] = {}
-        for key in DECODING_KEYS:
-            if key in row:
-                decoding[key] = _get(row, key, where, (int, float))
-        if "max_tokens" in decoding and (int(decoding["max_tokens"]) != decoding["max_tokens"]
-                                         or decoding["max_tokens"] < 1):
+
+def _prompt(row: dict[str, Any], i: int) -> PromptSpec:
+    where = f"prompts[{i}]"
+    pname = _get(row, "name", where, str, f"p{i}")
+    _check_keys(row, PROMPT_KEYS, f"prompt '{pname}'")
+    template = row.get("template")
+    if not isinstance(template, str) or not template:
+        raise TaskError(f"prompt '{pname}' has no template; give one with {{query}} in it")
+    if "{query}" not in template:
+        raise TaskError(f"prompt '{pname}' template has no {{query}} placeholder")
+    decoding: dict[str, float | int] = {}
+    if "temperature" in row:
+        _number(row, "temperature", where, low=0.0, high=MAX_TEMPERATURE)
+    if "top_p" in row:
+        _number(row, "top_p", where, low=0.0, high=1.0, low_open=True)
+    if "max_tokens" in row:
+        tokens = _number(row, "max_tokens", where, low=1.0)
+        if int(tokens) != tokens:
             raise TaskError(f"prompt '{pname}' max_tokens must be a positive integer")
-        unknown = set(row) - {"name", "template", "system", *DECODING_KEYS}
-        if unknown:
-            raise TaskError(f"prompt '{pname}' has unknown field(s) {sorted(unknown)}; "
-                            f"known: name, template, system, {', '.join(DECODING_KEYS)}")
-        prompts.append(PromptSpec(pname, template, _get(row, "system", where, str, None),
-                                  decoding))
+    for key in DECODING_KEYS:
+        if key in row:
+            decoding[key] = row[key]
+    return PromptSpec(pname, template, _get(row, "system", where, str, None), decoding)
+
+
+def _scorer_options(options: dict[str, Any], where: str) -> None:
+    """Check the value of each scorer option in ``options``; the keys are checked already."""
+    if "choices" in options:
+        choices = options["choices"]
+        if not (isinstance(choices, str) and choices.isascii() and choices.isalpha()):
+            raise TaskError(f"{where}.choices must be the option letters, e.g. \"ABCD\"; got "
+                            f"{_show(choices)}")
+    if "tolerance" in options:
+        _number(options, "tolerance", where, low=0.0)
+    if "callable" in options:
+        _get(options, "callable", where, str)
+    if "url" in options:
+        _get(options, "url", where, str)
+    if "timeout" in options:
+        _number(options, "timeout", where, low=0.0, high=MAX_TIMEOUT, low_open=True)
+    if "labels" in options:
+        _labels(options["labels"], f"{where}.labels")
+
+
+def _objective(row: dict[str, Any], i: int, path: Path) -> ObjectiveSpec:
+    from iapo.live.scorers import SCORERS, check_scorer
+
+    where = f"objectives[{i}]"
+    oname = _get(row, "name", where, str)
+    scorer = _get(row, "scorer", where, str)
+    if scorer in SCORERS:  # an unknown scorer is reported by check_scorer below
+        allowed = (*OBJECTIVE_KEYS, *SCORER_OPTIONS.get(scorer, ()))
+        _check_keys(row, allowed, f"objective '{oname}' (scorer {scorer!r})")
+    lower = _number(row, "lower", where, 0.0, low=-math.inf)
+    upper = _number(row, "upper", where, 1.0, low=-math.inf)
+    if not lower < upper:
+        raise TaskError(f"{where}.lower = {lower:g} must be below {where}.upper = {upper:g}")
+    options = {k: v for k, v in row.items() if k not in OBJECTIVE_KEYS}
+    _scorer_options(options, where)
+    target = str(options.get("callable", ""))
+    if scorer == "python" and ":" in target:
+        file, func = target.rsplit(":", 1)
+        if file.endswith(".py") and not Path(file).is_absolute():
+            # like data.path: relative to the task file
+            options["callable"] = f"{(path.parent / file).resolve()}:{func}"
+    try:
+        check_scorer(scorer, options)
+    except ValueError as e:
+        raise TaskError(f"objective '{oname}': {e}") from e
+    return ObjectiveSpec(oname, scorer, lower, upper, options)
+
+
+def task_from_dict(raw: dict[str, Any], path: Path) -> Task:
+    from iapo.live.scorers import EXTRACTORS
+
+    _check_keys(raw, TASK_KEYS, "the task file")
+    name = _get(raw, "name", "task", str, path.stem)
+    model = _model(_table(raw, "model", "task", MODEL_KEYS))
+
+    prompts = [_prompt(row, i) for i, row in enumerate(_rows(raw, "prompts"))]
     names = [pr.name for pr in prompts]
     if len(set(names)) != len(names):
         raise TaskError(f"prompt names {names} must be distinct")
 
-    d = _get(raw, "data", "task", dict)
+    d = _table(raw, "data", "task", DATA_KEYS)
     data_path = Path(_get(d, "path", "data", str))
     if not data_path.is_absolute():
         data_path = (path.parent / data_path).resolve()
-    test_fraction = float(_get(d, "test_fraction", "data", (int, float), 0.2))
-    if not 0 < test_fraction < 1:
-        raise TaskError(f"data.test_fraction {test_fraction} must lie strictly between 0 and 1")
+    test_fraction = _number(d, "test_fraction", "data", 0.2, low=0.0, high=1.0, low_open=True,
+                            high_open=True)
 
-    obj_rows = _get(raw, "objectives", "task", list)
-    if not obj_rows:
-        raise TaskError("task has no [[objectives]]; give at least one")
-    objectives = []
-    for i, row in enumerate(obj_rows):
-        where = f"objectives[{i}]"
-        oname = _get(row, "name", where, str)
-        scorer = _get(row, "scorer", where, str)
-        lower = float(_get(row, "lower", where, (int, float), 0.0))
-        upper = float(_get(row, "upper", where, (int, float), 1.0))
-        options = {k: v for k, v in row.items() if k not in {"name", "scorer", "lower", "upper"}}
-        target = str(options.get("callable", ""))
-        if scorer == "python" and ":" in target:
-            file, func = target.rsplit(":", 1)
-            if file.endswith(".py") and not Path(file).is_absolute():
-                # like data.path: relative to the task file
-                options["callable"] = f"{(path.parent / file).resolve()}:{func}"
-        try:
-            check_scorer(scorer, options)
-        except ValueError as e:
-            raise TaskError(f"objective '{oname}': {e}") from e
-        objectives.append(ObjectiveSpec(oname, scorer, lower, upper, options))
+    objectives = [_objective(row, i, path) for i, row in enumerate(_rows(raw, "objectives"))]
 
-    a = _get(raw, "aggregator", "task", dict)
+    a = _table(raw, "aggregator", "task", AGGREGATOR_KEYS)
     kind = _get(a, "kind", "aggregator", str)
     if kind not in ("bon", "mv", "mixed"):
         raise TaskError(f"aggregator.kind {kind!r} must be bon, mv or mixed")
+    # "label" is named here as well, for a scorers module that does not list it yet
+    extractors = sorted({*EXTRACTORS, "label"})
     extractor = _get(a, "extractor", "aggregator", str, None)
     if kind in ("mv", "mixed") and extractor is None:
-        raise TaskError(f"aggregator.extractor is missing; {kind} needs one of "
-                        f"{sorted(EXTRACTORS)}")
-    if extractor is not None and extractor not in EXTRACTORS:
+        raise TaskError(f"aggregator.extractor is missing; {kind} needs one of {extractors}")
+    if extractor is not None and extractor not in extractors:
         raise TaskError(f"aggregator.extractor {extractor!r} is unknown; use one of "
-                        f"{sorted(EXTRACTORS)}")
+                        f"{extractors}")
+    labels = None
+    if extractor == "label":
+        if "labels" not in a:
+            raise TaskError("aggregator.extractor = \"label\" needs aggregator.labels = "
+                            "[\"yes\", \"no\", ...]")
+        labels = _labels(a["labels"], "aggregator.labels")
+    elif "labels" in a:
+        raise TaskError("aggregator.labels is read only with aggregator.extractor = \"label\"; "
+                        "remove it or set the extractor to \"label\"")
     if kind == "mv" and len(objectives) != 1:
         raise TaskError("aggregator.kind = \"mv\" takes exactly one objective (correctness)")
 
-    c = _get(raw, "contexts", "task", dict)
-    weights_raw = _get(c, "weights", "contexts", list)
+    c = _table(raw, "contexts", "task", CONTEXT_KEYS)
     weights = []
-    for i, w in enumerate(weights_raw):
+    for i, w in enumerate(_get(c, "weights", "contexts", list)):
         if not isinstance(w, list) or len(w) != len(objectives):
             raise TaskError(f"contexts.weights[{i}] must list {len(objectives)} weight(s), one "
                             "per objective")
-        if not all(_is_number(x) and 0.0 <= x <= 1.0 for x in w):
-            raise TaskError(f"contexts.weights[{i}] = {w!r}: every weight must be a number in "
-                            "[0, 1]")
+        if not all(_is_number(x) and 0.0 <= _as_float(x) <= 1.0 for x in w):
+            raise TaskError(f"contexts.weights[{i}] = {_show(w)}: every weight must be a finite "
+                            "number in [0, 1]")
         weights.append(tuple(float(x) for x in w))
-    budgets_raw = _get(c, "budgets", "contexts", dict)
     budgets = {}
-    for b, v in budgets_raw.items():
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            raise TaskError(f"contexts.budgets.{b} must be a number (the cost weight)")
+    for b, v in _get(c, "budgets", "contexts", dict).items():
+        if not _is_number(v) or not 0.0 <= _as_float(v) < math.inf:
+            raise TaskError(f"contexts.budgets.{b} = {_show(v)} must be a finite number >= 0 "
+                            "(the cost weight)")
         budgets[str(b)] = float(v)
     probs = c.get("probabilities")
     if probs is not None and (not isinstance(probs, list)
                               or not all(_is_number(x) for x in probs)):
         raise TaskError("contexts.probabilities must be a list of numbers, one per context "
                         "(weight vectors x budget levels)")
+    if probs is not None and not all(0.0 <= _as_float(x) <= 1.0 for x in probs):
+        raise TaskError(f"contexts.probabilities = {_show(probs)}: every probability must be a "
+                        "finite number in [0, 1]")
 
-    t = _get(raw, "train", "task", dict)
-    n_max = _get(t, "n_max", "train", int)
+    t = _table(raw, "train", "task", TRAIN_KEYS)
+    n_max = _integer(t, "n_max", "train", low=1, high=MAX_N,
+                     why=" (the exact tables and Q tables are [contexts, prompts, n_max])")
     learner = _get(t, "learner", "train", str, "psst")
-    if learner not in LEARNERS:
-        raise TaskError(f"train.learner {learner!r} is unknown; use one of {list(LEARNERS)}")
-    budget = _get(t, "budget", "train", int)
-    if budget < 0:
-        raise TaskError("train.budget must be >= 0")
-    seed = _get(t, "seed", "train", int, 0)
-    cost_scale = float(_get(t, "cost_scale", "train", (int, float), 0.01))
-    if cost_scale <= 0:
-        raise TaskError("train.cost_scale must be positive")
+    try:
+        get_learner(learner)
+    except ValueError as e:
+        raise TaskError(f"train.learner {learner!r} cannot be used: {e}") from e
+    budget = _integer(t, "budget", "train", low=0, high=MAX_BUDGET)
+    seed = _integer(t, "seed", "train", 0, low=0)
+    cost_scale = _number(t, "cost_scale", "train", 0.01, low=0.0, low_open=True)
+    cells = len(weights) * len(budgets) * len(prompts) * n_max
+    if cells > MAX_TABLE_CELLS:
+        raise TaskError(
+            f"contexts x prompts x train.n_max = {len(weights) * len(budgets)} x {len(prompts)} "
+            f"x {n_max} = {cells:,} cells is too many (at most {MAX_TABLE_CELLS:,}): the exact "
+            "and Q tables are [contexts, prompts, n_max]; use fewer contexts or prompts or a "
+            "smaller train.n_max")
 
     task = Task(
         name=name, path=path.resolve(), model=model, prompts=tuple(prompts),
@@ -325,7 +530,7 @@ def task_from_dict(raw: dict[str, Any], path: Path) -> Task:
         aggregator=kind, extractor=extractor, weights=tuple(weights), budgets=budgets,
         probabilities=None if probs is None else tuple(float(x) for x in probs),
         n_max=n_max, learner=learner, budget=budget, seed=seed, cost_scale=cost_scale,
-        raw=raw,
+        raw=raw, labels=labels,
     )
     try:
         task.problem()
@@ -344,25 +549,38 @@ class Record:
 
 
 def load_records(path: Path) -> list[Record]:
-    """Read the JSONL dataset: one {"id", "query", "gold"} object per line."""
+    """Read the JSONL dataset: one {"id", "query", "gold"} object per line; "id" (a string or
+    an integer) defaults to the line number, "gold" may be any JSON value or absent."""
     if not path.is_file():
         raise TaskError(f"data.path {str(path)!r} does not exist")
     records: list[Record] = []
     seen: set[str] = set()
-    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+    # split on "\n" only: JSON strings may hold other line breaks (U+2028, ...) verbatim
+    for line_no, line in enumerate(_read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
+        where = f"{path}:{line_no}"
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise TaskError(f"{path}:{line_no}: not valid JSON ({e.msg})") from e
+            raise TaskError(f"{where}: not valid JSON ({e.msg})") from e
+        except RecursionError as e:
+            raise TaskError(f"{where}: nested too deeply to read") from e
         if not isinstance(obj, dict) or "query" not in obj:
-            raise TaskError(f"{path}:{line_no}: each line needs an object with a \"query\"")
-        rid = str(obj.get("id", line_no))
+            raise TaskError(f"{where}: each line needs an object with a \"query\"")
+        query = obj["query"]
+        if not isinstance(query, str):
+            raise TaskError(f"{where}: \"query\" must be a string; got {_show(query)}")
+        if not query.strip():
+            raise TaskError(f"{where}: \"query\" is empty; give the question text")
+        rid = obj.get("id", line_no)
+        if isinstance(rid, bool) or not isinstance(rid, str | int):
+            raise TaskError(f"{where}: \"id\" must be a string or an integer; got {_show(rid)}")
+        rid = str(rid)
         if rid in seen:
-            raise TaskError(f"{path}:{line_no}: id {rid!r} appears twice; ids must be unique")
+            raise TaskError(f"{where}: id {rid!r} appears twice; ids must be unique")
         seen.add(rid)
-        records.append(Record(rid, str(obj["query"]), obj.get("gold")))
+        records.append(Record(rid, query, obj.get("gold")))
     if len(records) < 2:
         raise TaskError(f"{path}: needs at least 2 records for a train/test split")
     return records
