@@ -510,10 +510,11 @@ def test_runtime_score_clips_and_records_failures(tmp_path: Path,
 # --- 3. store -------------------------------------------------------------------------------
 
 
-def completion(arm: str = "arm", qid: str = "q0", sample: int = 0, text: str = "t",
+def completion(pool: str = "pool", sample: int = 0, text: str = "t",
                tokens: int = 5) -> StoredCompletion:
-    return StoredCompletion(arm, qid, sample, text, "A", [1.0, 0.25], ["x: boom"], 7, tokens,
-                            0.5, 1000 + sample)
+    return StoredCompletion(pool, sample, "arm", "q0", text, "A", [1.0, 0.25], ["x: boom"], 7,
+                            tokens, 0.5, 1000 + sample, "key", "stop", 1, ["HTTP 503"],
+                            "http://h/v1")
 
 
 def test_store_is_in_wal_mode(tmp_path: Path) -> None:
@@ -529,16 +530,17 @@ def test_store_put_get_and_first_write_wins(tmp_path: Path) -> None:
     with CompletionStore(tmp_path / "s.sqlite") as store:
         for s in (0, 2, 5):
             store.put(completion(sample=s, text=f"text {s}"))
-        store.put(completion(arm="other", sample=1))
-        got = store.get("arm", "q0", [0])
-        assert got == {0: completion(sample=0, text="text 0")}
+        store.put(completion(pool="other", sample=1))
+        got = store.get("pool", [0])
+        assert got == {0: completion(sample=0, text="text 0")}  # every field round-trips
         # only stored samples among those asked: 2 lies between 0 and 5 but was not asked
-        assert sorted(store.get("arm", "q0", [0, 1, 5])) == [0, 5]
-        assert sorted(store.get("arm", "q0", range(7))) == [0, 2, 5]
-        assert store.get("arm", "q1", [0]) == {} and store.get("arm", "q0", []) == {}
+        assert sorted(store.get("pool", [0, 1, 5])) == [0, 5]
+        assert sorted(store.get("pool", range(7))) == [0, 2, 5]
+        assert store.get("nothing", [0]) == {} and store.get("pool", []) == {}
         store.put(completion(sample=2, text="a second answer"))
-        assert store.get("arm", "q0", [2])[2].text == "text 2"
+        assert store.get("pool", [2])[2].text == "text 2"
         assert store.count() == 4
+        assert store.pool_sizes() == {"pool": 3, "other": 1}
 
 
 def test_store_meta_round_trip(tmp_path: Path) -> None:
@@ -553,13 +555,16 @@ def test_store_meta_round_trip(tmp_path: Path) -> None:
         assert store.get_meta("other") == [4]
 
 
-def test_store_mean_tokens_per_arm(tmp_path: Path) -> None:
+def test_store_records_every_run(tmp_path: Path) -> None:
     with CompletionStore(tmp_path / "s.sqlite") as store:
-        for s, t in enumerate([4, 6, 11]):
-            store.put(completion(arm="x", sample=s, tokens=t))
-        store.put(completion(arm="y", qid="q1", tokens=9))
-        store.put(completion(arm="y", qid="q2", tokens=0))
-        assert store.mean_tokens() == {"x": pytest.approx(7.0), "y": pytest.approx(4.5)}
+        first = store.start_run("optimize", "t", "d1", 0)
+        store.update_run(first, 5, 2, 40)
+        second = store.start_run("optimize", "t", "d1", 0)
+        store.update_run(second, 0, 7, 0, "finished")
+        runs = store.runs()
+    assert [(r["id"], r["status"], r["paid"], r["replayed"], r["tokens"]) for r in runs] == [
+        (first, "running", 5, 2, 40), (second, "finished", 0, 7, 0)]
+    assert runs[1]["finished"] is not None and runs[0]["finished"] is None
 
 
 def test_arm_key_depends_on_everything_but_the_query() -> None:
@@ -605,7 +610,8 @@ def test_pool_never_repeats_a_sample_within_a_run_and_a_rerun_replays(
             oracle = LiveOracle(runtime, store, [2], 100, np.random.default_rng(7))
             first = [oracle.pull(b) for b in pulls]
             # prompt 0 was pulled 2 + 2 + 1 times on query 2: samples 0..4, each once
-            assert sorted(store.get(arm0, "q2", range(10))) == [0, 1, 2, 3, 4]
+            pool0 = runtime.pool(0, 2)
+            assert sorted(store.get(pool0, range(10))) == [0, 1, 2, 3, 4]
             assert len(srv.requests) == 7 and store.count() == 7
             seeds = [r["seed"] for r in srv.requests]
             assert len(set(seeds)) == 7
@@ -624,25 +630,36 @@ def test_pool_never_repeats_a_sample_within_a_run_and_a_rerun_replays(
                 for oa, ob in zip(a, b, strict=True):
                     assert np.array_equal(oa.scores, ob.scores)
             again.pull([Pull(0, 1, 1)])  # past the pool: sample 5 is new
-            assert len(srv.requests) == 8 and 5 in store.get(arm0, "q2", [5])
+            assert len(srv.requests) == 8 and 5 in store.get(pool0, [5])
 
 
-def test_cost_column_is_normalized_mean_tokens(tmp_path: Path) -> None:
+def test_cost_column_is_this_runs_normalized_mean_tokens(tmp_path: Path) -> None:
     with ScriptedServer() as srv:  # 5 completion tokens per answer
         runtime = runtime_of(write_task(tmp_path, mv_raw(srv.base_url)))
         with CompletionStore(tmp_path / "s.sqlite") as store:
-            for s, t in enumerate([10, 30]):  # prompt 1 already has answers of 10 and 30
-                store.put(StoredCompletion(runtime.arms[1], "q5", s, "x", None, [0.0], [], 7, t,
-                                           0.1, s))
+            def put(pool: str, s: int, tokens: int) -> None:
+                store.put(StoredCompletion(pool, s, runtime.arms[1], "q", "x", None, [0.0], [],
+                                           7, tokens, 0.1, s, runtime.score_key(
+                                               runtime.records[0])))
+
+            put(runtime.pool(1, 0), 0, 10)  # prompt 1 on query 0: samples of 10 and 30
+            put(runtime.pool(1, 0), 1, 30)
+            put(runtime.pool(1, 5), 0, 1000)  # a query this run never draws: never counts
             oracle = LiveOracle(runtime, store, [0], 100, np.random.default_rng(0))
-            (o0,) = oracle.pull([Pull(0, 2, 1)])
-            # prompt 0: mean 5 tokens; prompt 1: mean 20, the largest -> 0.2 * 5 / 20
-            assert np.allclose(o0.scores[..., -1], 0.2 * 5 / 20)
-            (o1,) = oracle.pull([Pull(1, 1, 1)])
-            # prompt 1 now (10 + 30 + 5) / 3 = 15, still the largest -> cost_scale
-            assert np.allclose(o1.scores[..., -1], 0.2)
-            (o0b,) = oracle.pull([Pull(0, 1, 1)])
-            assert np.allclose(o0b.scores[..., -1], 0.2 * 5 / 15)
+            (o,) = oracle.pull([Pull(0, 2, 1)])
+            # only prompt 0 seen (mean 5): it is the wordiest so far -> cost_scale
+            assert np.allclose(o.scores[..., -1], 0.2)
+            (o,) = oracle.pull([Pull(1, 1, 1)])  # replays the 10-token sample
+            assert np.allclose(o.scores[..., -1], 0.2)  # prompt 1: mean 10, the largest
+            (o,) = oracle.pull([Pull(0, 1, 1)])
+            assert np.allclose(o.scores[..., -1], 0.2 * 5 / 10)
+            oracle.pull([Pull(1, 1, 1)])  # the 30-token sample: prompt 1's mean is 20
+            (o,) = oracle.pull([Pull(0, 1, 1)])
+            assert np.allclose(o.scores[..., -1], 0.2 * 5 / 20)
+            # each sample keeps the cost first charged for it
+            costs = {(c.pool, c.sample): c.cost for c in store.all_completions()}
+            assert costs[(runtime.pool(1, 0), 1)] == pytest.approx(0.2)
+            assert costs[(runtime.pool(1, 5), 0)] is None
 
 
 def test_mv_labels_gold_first_then_answers_then_no_answer(tmp_path: Path) -> None:
@@ -728,11 +745,11 @@ def test_collect_then_export_env_bon(tmp_path: Path, scorer_file: Path) -> None:
     assert np.allclose(env.probs, 1 / 3)  # 3 stored completions per pair
     assert np.allclose(env.scores[..., -1], 0.2)  # equal tokens: both prompts cost cost_scale
     with sqlite3.connect(out / "store.sqlite") as db:
-        arms = [a for (a,) in db.execute("SELECT arm FROM arms ORDER BY rowid")]
-        for p, arm in enumerate(arms):
+        runtime = runtime_of(task)
+        for p in range(2):
             for j in range(4):
-                rows = db.execute("SELECT text, scores FROM completions WHERE arm = ? AND "
-                                  "query_id = ?", (arm, f"q{j}")).fetchall()
+                rows = db.execute("SELECT text, scores FROM completions WHERE pool = ?",
+                                  (runtime.pool(p, j),)).fetchall()
                 stored = sorted(tuple(json.loads(s)) for _, s in rows)
                 # the stored scores are the scorer's formula of the text...
                 assert stored == sorted((mod3(seed_of(t)), mod5(seed_of(t))) for t, _ in rows)
@@ -836,30 +853,36 @@ def test_answer_bon_picks_the_best_weighted_score(tmp_path: Path, scorer_file: P
     assert sorted(seeds) == sorted(r["seed"] for r in srv.requests)
     values = [0.3 * mod3(s) + 0.7 * mod5(s) for s in seeds]
     assert len(set(values)) > 1  # the choice is a real one
-    assert [s["scores"] for s in out["samples"]] == [[mod3(s), mod5(s)] for s in seeds]
+    assert [s["scores"] for s in out["samples"]] == [
+        {"helpful": mod3(s), "harmless": mod5(s)} for s in seeds]
     assert out["choice"] == int(np.argmax(values))
     assert out["text"] == out["samples"][int(np.argmax(values))]["text"]
     assert out["values"] == pytest.approx(values)
 
 
-def test_answer_bon_scorer_failure_names_the_failure(tmp_path: Path) -> None:
+def test_answer_bon_scorer_failure_scores_the_minimum_as_in_training(tmp_path: Path) -> None:
     flaky = tmp_path / "flaky.py"
     flaky.write_text("calls = []\n"
                      "def score(query, completion, gold):\n"
                      "    calls.append(1)\n"
-                     "    if len(calls) == 2:\n"
+                     "    if len(calls) == 1:\n"
                      "        raise RuntimeError('reward model boom')\n"
                      "    return 0.5\n")
     with ScriptedServer() as srv:
         raw = mv_raw(srv.base_url)
-        raw["objectives"] = [{"name": "r", "scorer": "python", "callable": f"{flaky}:score"}]
+        raw["objectives"] = [{"name": "r", "scorer": "python", "callable": f"{flaky}:score",
+                              "lower": 0.1}]
         raw["aggregator"] = {"kind": "bon"}
         task = write_task(tmp_path, raw)
         policy = write_policy(tmp_path / "p.json", task, [Choice(0, 3, 0.0, 1)] * 2)
-        res = cli("answer", str(policy), "q", "--context", "budget=low")
-    assert res.exit_code == 2
-    # only the second sample's scorer failed: the message must say how
-    assert "reward model boom" in res.output
+        res = cli("answer", str(policy), "q", "--context", "budget=low", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    # the failed sample is scored at the objective's lower bound, as training scores it, and
+    # the failure is reported with it; the first of the two 0.5s is chosen
+    assert out["values"] == [0.1, 0.5, 0.5]
+    assert "reward model boom" in out["samples"][0]["failures"][0]
+    assert out["choice"] == 1
 
 
 @pytest.mark.parametrize("context, words", [

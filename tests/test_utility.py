@@ -223,10 +223,12 @@ def test_mixed_utility_by_hand() -> None:
     ])
     w = np.array([[0.6, 0.4], [1.0, 0.0], [0.0, 1.0]])
     cw = np.array([1.0, 0.0, 0.5])
+    # served: the winner is drawn from the tie {0, 1}; the best style among the completions
+    # giving it is returned: answer 0 -> max(0.2, 0.1), answer 1 -> max(0.9, 0.4)
     expected = [
-        0.6 * 0.5 + 0.4 * 0.9 - 0.5,
+        0.6 * 0.5 + 0.4 * (0.2 + 0.9) / 2 - 0.5,
         0.5,
-        0.9 - 0.25,
+        (0.2 + 0.9) / 2 - 0.25,
     ]
     np.testing.assert_allclose(mixed_utility(labels, gold, scores, w, cw), expected)
 

@@ -23,6 +23,7 @@ from scipy.special import gammaln
 from iapo.exact import mv_subset_credit
 from iapo.oracle import Observation
 from iapo.problem import Problem
+from iapo.utility import credit_from_votes, vote_winners, winners_mean
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -74,6 +75,9 @@ class QTable:
     def __init__(self, problem: Problem, estimator: str = "blocks") -> None:
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator '{estimator}' is unknown; use one of {list(ESTIMATORS)}")
+        if estimator == "subsets" and problem.aggregator == "mixed":
+            raise ValueError("the subsets estimator supports mv and bon problems, not mixed; "
+                             "use blocks")
         self.problem = problem
         self.estimator = estimator
         c, p, n = problem.n_contexts, problem.n_prompts, problem.n_max
@@ -159,29 +163,34 @@ class QTable:
         util = -block_cost[..., None] * self._cost_weights  # [m, B, C]
         w = self._weights
         if labels is not None and gold is not None:
-            util += self._mv_credit(labels, gold, bt)[..., None] * w[:, 0]
+            votes = self._block_votes(labels, gold, bt)  # [m, B, L]
+            util += credit_from_votes(votes, gold[:, None])[..., None] * w[:, 0]
             if self.problem.aggregator == "mixed" and w.shape[1] > 1:
+                # served: the best style among the completions giving the winning answer
                 style = scores[..., 1 : k1 - 1] @ w[:, 1:].T  # [m, G, C]
-                util += _window_max(style, bt.start, bt.end)
+                n_cat = votes.shape[-1]
+                mine = np.where((labels[..., None] == np.arange(n_cat))[..., None],
+                                style[:, :, None, :], -np.inf)  # [m, G, L, C]
+                best = _window_max(mine.reshape(m, g_pad, -1), bt.start, bt.end)
+                best = best.reshape(m, bt.size.size, n_cat, style.shape[-1])  # [m, B, L, C]
+                with np.errstate(invalid="ignore"):
+                    style_term = winners_mean(best, vote_winners(votes))
+                util += np.where(valid[..., None], style_term, 0.0)
         else:
             task = scores[..., : k1 - 1] @ w.T  # [m, G, C]
             util += _window_max(task, bt.start, bt.end)
         return util, valid, prompts, onehot
 
     @staticmethod
-    def _mv_credit(
+    def _block_votes(
         labels: npt.NDArray[np.int64], gold: npt.NDArray[np.int64], bt: BlockTable
-    ) -> FloatArray:
-        """1/t credit of every block: labels [m, G] (-1 = padding), gold [m] -> [m, B]."""
+    ) -> npt.NDArray[np.int32]:
+        """Vote counts of every block: labels [m, G] (-1 = padding), gold [m] -> [m, B, L]."""
         n_cat = int(max(labels.max(initial=0), gold.max(initial=0))) + 1
         onehot = labels[..., None] == np.arange(n_cat)  # [m, G, L]
         prefix = np.zeros((labels.shape[0], labels.shape[1] + 1, n_cat), dtype=np.int32)
         np.cumsum(onehot, axis=1, out=prefix[:, 1:])
-        votes = prefix[:, bt.end] - prefix[:, bt.start]  # [m, B, L]
-        top = votes.max(axis=-1)
-        ties = (votes == top[..., None]).sum(axis=-1)
-        gold_votes = np.take_along_axis(votes, gold[:, None, None], axis=-1)[..., 0]
-        return np.where(gold_votes == top, 1.0 / ties, 0.0)
+        return prefix[:, bt.end] - prefix[:, bt.start]  # [m, B, L]
 
     def subset_utilities(
         self, observations: Sequence[Observation]

@@ -70,6 +70,26 @@ def vote_counts(labels: npt.ArrayLike, n_categories: int | None = None) -> npt.N
     return counts.reshape(*lead, n_cat)
 
 
+def vote_winners(votes: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+    """The answers tied for the most votes: votes [..., L] -> mask [..., L].
+
+    This is the one majority-voting rule of the package: training credits each of the t tied
+    answers 1/t (Eq. 2), which is exactly the expected outcome of serving, where the winner is
+    drawn uniformly among them (:func:`iapo.live.aggregate.aggregate`).
+    """
+    v = np.asarray(votes)
+    return v == v.max(axis=-1, keepdims=True)
+
+
+def credit_from_votes(votes: npt.ArrayLike, gold: npt.ArrayLike) -> FloatArray:
+    """Eq. 2's credit from vote counts: 1/t if the gold answer is among the t answers tied for
+    the most votes, else 0. votes [..., L], gold [...] (broadcast) -> [...]."""
+    win = vote_winners(votes)
+    g = np.broadcast_to(np.asarray(gold, dtype=np.int64), win.shape[:-1])
+    at_gold = np.take_along_axis(win, g[..., None], -1)[..., 0]
+    return np.where(at_gold, 1.0 / win.sum(axis=-1), 0.0)
+
+
 def mv_credit(
     labels: npt.ArrayLike, gold: npt.ArrayLike, n_categories: int | None = None
 ) -> FloatArray:
@@ -79,11 +99,7 @@ def mv_credit(
     g = np.asarray(gold, dtype=np.int64)
     if n_categories is None:
         n_categories = int(max(lab.max(initial=0), g.max(initial=0)) + 1)
-    counts = vote_counts(lab, n_categories)
-    top = counts.max(axis=-1)
-    ties = (counts == top[..., None]).sum(axis=-1)
-    gold_votes = np.take_along_axis(counts, np.broadcast_to(g, top.shape)[..., None], -1)[..., 0]
-    return np.where(gold_votes == top, 1.0 / ties, 0.0)
+    return credit_from_votes(vote_counts(lab, n_categories), g)
 
 
 def mv_utility(
@@ -103,6 +119,24 @@ def mv_utility(
     return credit[..., None] * w - np.asarray(costs, dtype=np.float64).sum(-1)[..., None] * cw
 
 
+def best_per_answer(values: npt.ArrayLike, labels: npt.ArrayLike, n_categories: int
+                    ) -> FloatArray:
+    """The largest value among the completions giving each answer: values [..., n, C],
+    labels [..., n] -> [..., L, C], -inf for answers nobody gave."""
+    v = np.asarray(values, dtype=np.float64)
+    mine = np.asarray(labels)[..., None, :] == np.arange(n_categories)[:, None]  # [..., L, n]
+    return np.where(mine[..., None], v[..., None, :, :], -np.inf).max(axis=-2)
+
+
+def winners_mean(per_answer: npt.ArrayLike, winners: npt.ArrayLike) -> FloatArray:
+    """Average of ``per_answer`` [..., L, C] over the tied winners (mask [..., L]): the
+    expected value of the uniformly drawn winner; [..., C]."""
+    pa = np.asarray(per_answer, dtype=np.float64)
+    win = np.asarray(winners)
+    picked = np.where(win[..., None], pa, 0.0).sum(axis=-2)
+    return picked / win.sum(axis=-1)[..., None]
+
+
 def mixed_utility(
     labels: npt.ArrayLike,
     gold: npt.ArrayLike,
@@ -110,14 +144,25 @@ def mixed_utility(
     weights: npt.ArrayLike,
     cost_weights: npt.ArrayLike,
 ) -> FloatArray:
-    """The paper's mixed strategy (Remark): MV for the first objective (correctness), BoN for
-    the others, cost summed. ``scores`` [..., n, K+1]: column 0 (per-completion correctness) is
-    not used for the MV part; weights [C, K]. Returns [..., C]."""
+    """The paper's mixed strategy (Remark), as it is served: majority voting picks the answer
+    (first objective, correctness); among the completions giving that answer, the one with the
+    best weighted other objectives (Best-of-N) is returned. In expectation over the uniform
+    draw among tied answers:
+
+        sum over tied answers a of (w_1 [a = gold] + max_{i: answer_i = a} sum_{k>1} w_k o_ik) / t
+        - w_cost sum_i cost_i.
+
+    ``scores`` [..., n, K+1]: column 0 (per-completion correctness) is not used; weights
+    [C, K]. Returns [..., C]."""
     s = np.asarray(scores, dtype=np.float64)
+    lab = np.asarray(labels)
     w, cw = _weights(weights, cost_weights)
-    credit = mv_credit(labels, gold)[..., None] * w[:, 0]
+    credit = mv_credit(lab, gold)[..., None] * w[:, 0]
     if w.shape[1] > 1:
-        style = (s[..., 1:-1] @ w[:, 1:].T).max(axis=-2)
+        n_cat = int(max(lab.max(initial=0), np.asarray(gold).max(initial=0)) + 1)
+        style_values = s[..., 1:-1] @ w[:, 1:].T  # [..., n, C]
+        winners = vote_winners(vote_counts(lab, n_cat))
+        style = winners_mean(best_per_answer(style_values, lab, n_cat), winners)
     else:
         style = 0.0
     return credit + style - s[..., -1].sum(axis=-1)[..., None] * cw

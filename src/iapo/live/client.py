@@ -4,18 +4,24 @@
 - Retries with exponential backoff and full jitter on 429, 5xx, timeouts, connection errors
   and malformed bodies (honouring ``Retry-After``); other 4xx fail at once with the server's
   message; a persistent failure ends with :class:`LLMError` naming the last cause.
-- ``n`` is sent where the server honours it; a server that returns fewer choices (llama.cpp
-  ignores ``n``) is asked again, one sample per request, from then on.
+- ``n`` is sent where the server honours it. A server that answers ``n`` > 1 with a single
+  choice (llama.cpp ignores ``n``) is asked one sample per request from then on; one that
+  returns some but fewer choices keeps ``n`` and is asked for the rest.
+- ``timeout`` is a deadline: it bounds a whole attempt (connect, send, every byte of the
+  answer), whatever the server does; a server that trickles bytes is cut off at it.
 - Independent samples: every sample carries its own seed (derived from its request key and
   sample index), never one fixed seed across the N samples; the same key and index ask for the
   same seed again, so a replayed request is reproducible where the server honours seeds.
 - Token usage and latency are recorded per completion; with ``n`` > 1 the response's
-  completion tokens are split over its choices in proportion to their text lengths.
+  completion tokens are split over its choices in proportion to their text lengths and its
+  prompt tokens (billed once per request) evenly, so the sums equal what the server billed.
+- Each completion carries its finish reason, the retries of its request and their errors.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import time
@@ -38,6 +44,9 @@ class Completion:
     completion_tokens: int
     latency: float  # seconds of the request that produced it
     seed: int
+    finish_reason: str | None = None
+    retries: int = 0
+    errors: tuple[str, ...] = ()
 
 
 @dataclass
@@ -101,17 +110,14 @@ class ChatClient:
             return []
         if len(seeds) > 1 and self.supports_n is not False:
             got = await self._request(messages, decoding, seeds[0], len(seeds))
+            got = [dataclasses.replace(c, seed=s) for c, s in zip(got, seeds, strict=False)]
             if len(got) >= len(seeds):
                 self.supports_n = True
-                return [
-                    Completion(c.text, c.prompt_tokens, c.completion_tokens, c.latency, s)
-                    for c, s in zip(got, seeds, strict=False)
-                ]
-            self.supports_n = False  # the server ignores n: one sample per request from now on
-            rest = await asyncio.gather(
-                *(self._request(messages, decoding, s, 1) for s in seeds[len(got):])
-            )
-            return got + [c for batch in rest for c in batch]
+                return got
+            if len(got) == 1:
+                self.supports_n = False  # the server ignores n: one sample per request
+            rest = await self.sample(messages, decoding, seeds[len(got):])
+            return got + rest
         batches = await asyncio.gather(*(self._request(messages, decoding, s, 1) for s in seeds))
         return [c for batch in batches for c in batch]
 
@@ -124,9 +130,11 @@ class ChatClient:
         if n > 1:
             body["n"] = n
         last = "no attempt made"
+        errors: list[str] = []
         last_retry_after: float | None = None
         for attempt in range(self.max_retries + 1):
             if attempt:
+                errors.append(last)
                 self.stats.retries += 1
                 await asyncio.sleep(self._delay(attempt, last_retry_after))
             last_retry_after = None
@@ -134,9 +142,11 @@ class ChatClient:
                 t0 = time.perf_counter()
                 try:
                     self.stats.requests += 1
-                    r = await self._http.post("/chat/completions", json=body)
-                except httpx.TimeoutException:
-                    last = f"timed out after {self.timeout:g} s"
+                    # a deadline for the whole attempt, not a timeout between bytes
+                    r = await asyncio.wait_for(
+                        self._http.post("/chat/completions", json=body), self.timeout)
+                except (httpx.TimeoutException, TimeoutError):
+                    last = f"timed out: no complete answer within the {self.timeout:g} s deadline"
                     continue
                 except httpx.TransportError as e:
                     last = f"connection failed ({type(e).__name__}: {e})"
@@ -150,10 +160,11 @@ class ChatClient:
                 raise LLMError(f"{self.base_url}/chat/completions answered HTTP {r.status_code}: "
                                f"{r.text[:500]}")
             try:
-                return self._parse(r.json(), latency, seed)
+                got = self._parse(r.json(), latency, seed)
             except (ValueError, KeyError, TypeError, IndexError) as e:
                 last = f"malformed response body ({type(e).__name__}: {e})"
                 continue
+            return [dataclasses.replace(c, retries=attempt, errors=tuple(errors)) for c in got]
         raise LLMError(
             f"{self.base_url}/chat/completions failed {self.max_retries + 1} times; last: {last}"
         )
@@ -171,23 +182,28 @@ class ChatClient:
         choices = body["choices"]
         if not isinstance(choices, list) or not choices:
             raise ValueError("no choices in the response")
-        texts = []
+        texts, reasons = [], []
         for ch in choices:
             content = ch["message"]["content"]
             if not isinstance(content, str):
                 raise TypeError("choice content is not text")
             texts.append(content)
+            reason = ch.get("finish_reason")
+            reasons.append(reason if isinstance(reason, str) else None)
         usage = body.get("usage") or {}
         prompt_tokens = int(usage.get("prompt_tokens", 0))
         total = int(usage.get("completion_tokens", 0))
         lengths = [max(len(t), 1) for t in texts]
         shares = [round(total * x / sum(lengths)) for x in lengths]
         shares[-1] = total - sum(shares[:-1])
-        self.stats.completions += len(texts)
+        # the prompt is billed once per request: its tokens are shared, not repeated
+        k = len(texts)
+        prompt_shares = [prompt_tokens // k + (i < prompt_tokens % k) for i in range(k)]
+        self.stats.completions += k
         self.stats.prompt_tokens += prompt_tokens
         self.stats.completion_tokens += total
-        return [Completion(t, prompt_tokens, s, latency, seed)
-                for t, s in zip(texts, shares, strict=True)]
+        return [Completion(t, p, s, latency, seed, f)
+                for t, p, s, f in zip(texts, prompt_shares, shares, reasons, strict=True)]
 
 
 def _retry_after(r: httpx.Response) -> float | None:

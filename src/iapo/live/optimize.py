@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
 import random
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,8 @@ import numpy as np
 from iapo.estimate import QTable
 from iapo.learners import get_learner
 from iapo.live.oracle import LiveOracle, TaskRuntime
-from iapo.live.store import CompletionStore
+from iapo.live.store import CompletionStore, writer_lock
 from iapo.live.task import Task, TaskError, load_records, load_task
-from iapo.oracle import Pull
 from iapo.policy import Policy, PolicyError
 from iapo.split import train_test_split
 
@@ -30,25 +30,69 @@ def _ci(mean: float, var: float, n: int) -> list[float | None]:
     return [mean - half, mean + half]
 
 
-def optimize(task: Task, out: Path, progress: bool = True) -> dict[str, Any]:
+def check_out_folder(out: Path) -> None:
+    """Fail before any work if ``out`` cannot be a run folder (a file on its path, or no
+    write permission on the nearest existing folder)."""
+    for parent in [out, *out.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise TaskError(f"--out {str(out)!r}: {str(parent)!r} is a file, not a folder; "
+                                "give a folder path")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise TaskError(f"--out {str(out)!r}: {str(parent)!r} is not writable; give a "
+                                "folder you may write to")
+            return
+
+
+def _open_run(task: Task, out: Path, store: CompletionStore, command: str,
+              other_task: bool) -> int:
+    """Check that ``out`` belongs to ``task`` (or that the caller allows another task),
+    then record the start of a run; returns its id."""
+    meta = store.get_meta("task")
+    if meta is not None and meta.get("name") != task.name and not other_task:
+        raise TaskError(f"{out} holds the runs of task '{meta.get('name')}', not "
+                        f"'{task.name}'; give another --out, or pass --other-task to share its "
+                        "completions (pools are keyed by content, so nothing is mixed up)")
+    return store.start_run(command, task.name, task.digest(), task.seed)
+
+
+def _run_history(store: CompletionStore, current: int) -> list[dict[str, Any]]:
+    rows = store.runs()
+    for r in rows:
+        if r["status"] == "running" and r["id"] != current:
+            r["status"] = "interrupted"
+    return rows
+
+
+def optimize(task: Task, out: Path, progress: bool = True,
+             other_task: bool = False) -> dict[str, Any]:
     """Learn a policy for ``task`` through the live LLM; write policy.json and report.json
-    (and report.md) into ``out``; completions go to ``out``/store.sqlite."""
+    (and report.md) into ``out``; completions go to ``out``/store.sqlite.
+
+    Everything is validated before ``out`` is touched; one writer at a time holds ``out``.
+    A rerun replays stored samples (0 paid) and writes the identical policy.
+    """
     from tqdm.auto import tqdm
 
     records = load_records(task.data_path)
     runtime = TaskRuntime(task, records)
+    runtime.check_golds()
     runtime.scorers  # noqa: B018 - load the scorers now: a broken one fails before any call
-    out.mkdir(parents=True, exist_ok=True)
+    check_out_folder(out)
     split_seq, oracle_seq, learner_seq = np.random.SeedSequence(task.seed).spawn(3)
     train, test = train_test_split(len(records), split_seq, task.test_fraction)
-    with CompletionStore(out / "store.sqlite") as store, tqdm(
+    with writer_lock(out, "optimize"), CompletionStore(out / "store.sqlite") as store, tqdm(
         total=task.budget, desc="optimize", unit="compl", disable=not progress
     ) as bar:
+        run_id = _open_run(task, out, store, "optimize", other_task)
         runtime.register(store)
+        oracle: LiveOracle | None = None
 
         def on_progress(served: int, paid: int, tokens: int, batch: int) -> None:
             bar.update(served)
             bar.set_postfix(paid=paid, tokens=tokens, batch=batch, refresh=False)
+            if oracle is not None:
+                store.update_run(run_id, oracle.paid, oracle.replayed, oracle.tokens)
 
         oracle = LiveOracle(runtime, store, train, task.budget,
                             np.random.default_rng(oracle_seq), on_progress)
@@ -57,7 +101,12 @@ def optimize(task: Task, out: Path, progress: bool = True) -> dict[str, Any]:
         bar.n = oracle.ledger.spent
         bar.refresh()
         train_summary = oracle.summary()
-        evaluation = _evaluate_on_test(runtime, store, test, result.choices, oracle.stats)
+        costs = oracle.costs()
+        evaluation = _evaluate_on_test(runtime, store, test, result.choices, costs)
+        store.update_run(run_id, oracle.paid + evaluation["completions_paid"],
+                         oracle.replayed + evaluation["completions_replayed"],
+                         oracle.tokens + evaluation["tokens_paid"], status="finished")
+        history = _run_history(store, run_id)
     grid = runtime.problem.grid
     policy = Policy(
         env=task.name, learner=task.learner, budget=task.budget,
@@ -65,8 +114,8 @@ def optimize(task: Task, out: Path, progress: bool = True) -> dict[str, Any]:
         split={"seed": task.seed, "test_fraction": task.test_fraction,
                "test": [records[i].id for i in test]},
         contexts=grid.keys, choices=result.choices,
-        trace={**result.trace.to_dict(), "task": {"path": str(task.path),
-                                                   "digest": task.digest()}},
+        trace={**result.trace.to_dict(), "costs": costs.tolist(),
+               "task": {"path": str(task.path), "digest": task.digest()}},
     )
     policy.save(out / "policy.json")
     mean, var = oracle.stats.mean, oracle.stats.variance
@@ -85,10 +134,12 @@ def optimize(task: Task, out: Path, progress: bool = True) -> dict[str, Any]:
     report = {
         "task": task.name, "learner": task.learner, "budget": task.budget, "seed": task.seed,
         "train_queries": int(train.size), "test_queries": int(test.size),
-        "training": train_summary, "policy": rows,
+        "training": train_summary, "policy": rows, "costs": costs.tolist(),
         "test_acr": evaluation["acr"], "test_acr_ci95": evaluation["acr_ci95"],
         "evaluation": {k: evaluation[k] for k in ("completions_used", "completions_paid",
-                                                  "tokens_paid", "scorer_failures")},
+                                                  "completions_replayed", "tokens_paid",
+                                                  "scorer_failures")},
+        "runs": history,
         "notes": result.trace.notes,
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -97,23 +148,20 @@ def optimize(task: Task, out: Path, progress: bool = True) -> dict[str, Any]:
 
 
 def _evaluate_on_test(runtime: TaskRuntime, store: CompletionStore, test: np.ndarray,
-                      choices: list[Any], train_stats: QTable) -> dict[str, Any]:
+                      choices: list[Any], costs: np.ndarray) -> dict[str, Any]:
     """Estimate each chosen arm's Q on the test queries from one group per test query of the
-    chosen prompt at its largest chosen N (pool samples 0..N-1; paid only when not stored)."""
+    chosen prompt at its largest chosen N (pool samples 0..N-1; paid only when not stored),
+    with the costs training ended with."""
     problem = runtime.problem
     top: dict[int, int] = {}
     for ch in choices:
         n = ch.n if ch.n is not None else problem.n_max
         top[ch.prompt] = max(top.get(ch.prompt, 0), n)
     budget = sum(n * test.size for n in top.values())
-    oracle = LiveOracle(runtime, store, test, budget, np.random.default_rng(0))
+    oracle = LiveOracle(runtime, store, test, budget, np.random.default_rng(0), costs=costs)
     stats = QTable(problem)
     for p, n in top.items():
-        groups = oracle.serve([(p, int(q), list(range(n))) for q in test])
-        oracle.ledger.charge(n * test.size)
-        fake = Pull(p, n, int(test.size))
-        obs = oracle._observations([fake], [(fake, int(q), list(range(n))) for q in test], groups)
-        stats.update(obs)
+        stats.update([oracle.groups(p, n, test)])
     mean, var = stats.mean, stats.variance
     per, values, variances = [], [], []
     for i, ch in enumerate(choices):
@@ -136,7 +184,8 @@ def _evaluate_on_test(runtime: TaskRuntime, store: CompletionStore, test: np.nda
         "per_context": per, "acr": acr,
         "acr_ci95": [acr - Z95 * se, acr + Z95 * se] if math.isfinite(se) else [None, None],
         "completions_used": oracle.ledger.spent, "completions_paid": oracle.paid,
-        "tokens_paid": oracle.tokens, "scorer_failures": oracle.failures,
+        "completions_replayed": oracle.replayed, "tokens_paid": oracle.tokens,
+        "scorer_failures": oracle.failures,
     }
 
 
@@ -145,7 +194,8 @@ def _report_md(r: dict[str, Any]) -> str:
     lines = [
         f"# {r['task']}: {r['learner']} with T = {r['budget']}",
         "",
-        f"Training: {t['completions_used']} completions used ({t['completions_paid']} paid, "
+        f"Training: {t['completions_used']} completions used ({t['completions_paid']} paid "
+        f"by this run, {t['completions_replayed']} replayed from the store; "
         f"{t['tokens_paid']} tokens, {t['scorer_failures']} scorer failures) on "
         f"{r['train_queries']} training queries.",
         "",
@@ -174,10 +224,16 @@ def _report_md(r: dict[str, Any]) -> str:
     ]
     if r["notes"]:
         lines += ["", "Notes:", *[f"- {n}" for n in r["notes"]]]
+    lines += ["", "Runs into this folder (what each paid and replayed, training and test):", "",
+              "| run | command | task | status | paid | replayed | tokens paid |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {h['id']} | {h['command']} | {h['task']} | {h['status']} | {h['paid']} | "
+              f"{h['replayed']} | {h['tokens']} |" for h in r["runs"]]
     return "\n".join(lines) + "\n"
 
 
-def collect(task: Task, out: Path, samples: int, progress: bool = True) -> dict[str, Any]:
+def collect(task: Task, out: Path, samples: int, progress: bool = True,
+            other_task: bool = False) -> dict[str, Any]:
     """Sample the full grid: ``samples`` completions of every prompt on every query, into
     ``out``/store.sqlite (resumable: stored samples are never requested again)."""
     from tqdm.auto import tqdm
@@ -187,11 +243,12 @@ def collect(task: Task, out: Path, samples: int, progress: bool = True) -> dict[
     records = load_records(task.data_path)
     runtime = TaskRuntime(task, records)
     runtime.scorers  # noqa: B018 - load the scorers now: a broken one fails before any call
-    out.mkdir(parents=True, exist_ok=True)
+    check_out_folder(out)
     total = samples * len(records) * len(task.prompts)
-    with CompletionStore(out / "store.sqlite") as store, tqdm(
+    with writer_lock(out, "collect"), CompletionStore(out / "store.sqlite") as store, tqdm(
         total=total, desc="collect", unit="compl", disable=not progress
     ) as bar:
+        run_id = _open_run(task, out, store, "collect", other_task)
         runtime.register(store)
 
         def on_progress(served: int, paid: int, tokens: int, batch: int) -> None:
@@ -203,8 +260,11 @@ def collect(task: Task, out: Path, samples: int, progress: bool = True) -> dict[
         idx = list(range(samples))
         for q in range(len(records)):  # one query at a time: progress is committed as it goes
             oracle.serve([(p, q, idx) for p in range(len(task.prompts))])
-        return {"completions": total, "paid": oracle.paid, "tokens": oracle.tokens,
-                "scorer_failures": oracle.failures, "store": str(out / "store.sqlite")}
+            store.update_run(run_id, oracle.paid, oracle.replayed, oracle.tokens)
+        store.update_run(run_id, oracle.paid, oracle.replayed, oracle.tokens, "finished")
+        return {"completions": total, "paid": oracle.paid, "replayed": oracle.replayed,
+                "tokens": oracle.tokens, "scorer_failures": oracle.failures,
+                "store": str(out / "store.sqlite")}
 
 
 # ---------------------------------------------------------------- answer
@@ -229,65 +289,123 @@ def policy_task(policy: Policy, task_path: Path | None, source: Path | str) -> T
     return load_task(path)
 
 
+NO_ANSWER_KEY = "<no answer>"  # how a vote for "no answer" is shown in JSON
+
+
+def check_policy_arms(policy: Policy, task: Task, source: Path | str) -> None:
+    """The policy was learned for ``task``: same name, contexts, prompts in range, N in
+    1..n_max."""
+    if policy.env != task.name:
+        raise PolicyError(f"{source}: the policy was learned for task '{policy.env}', not "
+                          f"'{task.name}'")
+    keys = task.problem().grid.keys
+    if policy.contexts != keys:
+        raise PolicyError(f"{source}: the policy's contexts {policy.contexts} do not match the "
+                          f"task's {keys}")
+    for key, ch in zip(policy.contexts, policy.choices, strict=True):
+        if not 0 <= ch.prompt < len(task.prompts) or (
+                ch.n is not None and not 1 <= ch.n <= task.n_max):
+            raise PolicyError(f"{source}: context '{key}' has arm (prompt {ch.prompt}, N "
+                              f"{ch.n}); task '{task.name}' has prompts 0..{len(task.prompts) - 1}"
+                              f" and N in 1..{task.n_max}")
+
+
+def served_objectives(task: Task) -> list[int]:
+    """The objectives whose scores choose the served completion: all of them for BoN, the
+    style objectives (all but the first) for mixed, none for MV."""
+    k = len(task.objectives)
+    return list(range(k)) if task.aggregator == "bon" else list(range(1, k)) \
+        if task.aggregator == "mixed" else []
+
+
+def check_servable(runtime: TaskRuntime) -> None:
+    """Refuse a task whose served choice would need a gold answer."""
+    from iapo.live.scorers import GOLD_SCORERS
+
+    for i in served_objectives(runtime.task):
+        o = runtime.task.objectives[i]
+        if o.scorer in GOLD_SCORERS:
+            raise TaskError(f"objective '{o.name}' (scorer {o.scorer}) needs a gold answer, "
+                            f"so it cannot choose among completions at answer time; "
+                            f"{runtime.task.aggregator} needs reward models here (python or "
+                            "http scorers)")
+
+
+def outcome_fields(task: Task, weights: Any, answers: list[str | None],
+                   scores: list[list[float | None]], rng: random.Random) -> dict[str, Any]:
+    """Aggregate a group the one way (iapo.live.aggregate) and describe the outcome."""
+    from iapo.live.aggregate import aggregate
+
+    k = len(task.objectives)
+    values = np.array([[np.nan if v is None else v for v in row] for row in scores],
+                      dtype=np.float64).reshape(len(answers), k)
+    used = served_objectives(task)
+    values[:, [i for i in range(k) if i not in used]] = 0.0
+    out = aggregate(task.aggregator, answers, values, weights, rng)
+    fields: dict[str, Any] = {"aggregator": task.aggregator, "choice": out.chosen}
+    if task.aggregator in ("mv", "mixed"):
+        fields.update({"answer": out.answer,
+                       "votes": {NO_ANSWER_KEY if a is None else a: c for a, c in out.votes},
+                       "tied": [NO_ANSWER_KEY if a is None else a for a in out.tied]})
+    if out.values:
+        fields["values"] = list(out.values)
+    return fields
+
+
 def answer(policy_path: Path, context: str, query: str, task_path: Path | None = None,
-           seed: int | None = None) -> dict[str, Any]:
-    """Run the policy's arm for ``context`` on ``query`` and aggregate (BoN by the scorers, MV
-    by the extracted answers, ties broken uniformly at random)."""
+           seed: int | None = None, store_path: Path | None = None) -> dict[str, Any]:
+    """Run the policy's arm for ``context`` on ``query`` and aggregate it the way training
+    scored it (iapo.live.aggregate). With ``store_path``, the query's stored samples are
+    replayed and only missing ones are paid (and stored)."""
     import asyncio
 
+    from iapo.live.oracle import sample_seed
     from iapo.live.task import Record
 
     policy = Policy.load(policy_path)
     task = policy_task(policy, task_path, policy_path)
-    if policy.env != task.name:
-        raise PolicyError(f"the policy was learned for task '{policy.env}', not '{task.name}'")
-    runtime = TaskRuntime(task, [])
+    check_policy_arms(policy, task, policy_path)
+    record = Record("query", query, None)
+    runtime = TaskRuntime(task, [record])
+    check_servable(runtime)
     grid = runtime.problem.grid
     i = grid.index(parse_context(context))
     ch = policy.choices[i]
     rng = random.Random(seed)
     n = ch.n if ch.n is not None else rng.randint(1, task.n_max)
     prompt = task.prompts[ch.prompt]
-    record = Record("query", query, None)
-
-    async def run() -> list[Any]:
-        async with runtime.client() as client:
-            seeds = [rng.randrange(2**31) for _ in range(n)]
-            return await client.sample(prompt.render(query), prompt.decoding, seeds)
-
-    comps = asyncio.run(run())
-    samples = []
-    for c in comps:
-        ans, scores, failures = runtime.score(record, c.text)
-        samples.append({"text": c.text, "answer": ans, "scores": scores, "failures": failures,
-                        "completion_tokens": c.completion_tokens})
-    ctx = grid.contexts[i]
-    out: dict[str, Any] = {"context": grid.keys[i], "prompt": prompt.name, "n": n,
-                           "samples": samples,
-                           "usage": {"completion_tokens": sum(c.completion_tokens for c in comps),
-                                     "prompt_tokens": sum(c.prompt_tokens for c in comps)}}
-    if task.aggregator == "bon":
-        failed = [f for s in samples for f in s["failures"]]
-        if failed:
-            raise TaskError("Best-of-N at answer time needs scorers that work without a gold "
-                            f"answer (python or http reward models); they failed: {failed[0]}"
-                            + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""))
-        values = [float(np.dot(ctx.weights, s["scores"])) for s in samples]
-        best = max(range(n), key=lambda j: (values[j], -j))
-        out.update({"aggregator": "bon", "choice": best, "text": samples[best]["text"],
-                    "values": values})
+    paid = replayed = 0
+    if store_path is not None:
+        with CompletionStore(store_path) as store:
+            oracle = LiveOracle(runtime, store, [0], n, np.random.default_rng(0))
+            rows = oracle.serve([(ch.prompt, 0, list(range(n)))], rescore=False)[0]
+            paid, replayed = oracle.paid, oracle.replayed
+        texts = [(c.text, c.prompt_tokens, c.completion_tokens) for c in rows]
     else:
-        votes = Counter(s["answer"] for s in samples if s["answer"] is not None)
-        if votes:
-            top = max(votes.values())
-            tied = sorted(a for a, v in votes.items() if v == top)
-            winner = rng.choice(tied)
-            pick = next(j for j, s in enumerate(samples) if s["answer"] == winner)
-        else:
-            winner, tied, pick = None, [], 0
-        out.update({"aggregator": "mv", "answer": winner, "votes": dict(votes), "tied": tied,
-                    "choice": pick, "text": samples[pick]["text"]})
-    return out
+        async def run() -> list[Any]:
+            async with runtime.client() as client:
+                seeds = [sample_seed(f"answer-{rng.random()}", j) for j in range(n)]
+                return await client.sample(prompt.render(query), prompt.decoding, seeds)
+
+        comps = asyncio.run(run())
+        paid = len(comps)
+        texts = [(c.text, c.prompt_tokens, c.completion_tokens) for c in comps]
+    samples, answers, scores = [], [], []
+    for text, pt, ct in texts:
+        ans, sc, failures = runtime.score(record, text)
+        answers.append(ans)
+        scores.append(sc)
+        samples.append({
+            "text": text, "answer": ans, "failures": failures, "prompt_tokens": pt,
+            "completion_tokens": ct,
+            "scores": {o.name: v for o, v in zip(task.objectives, sc, strict=True)
+                       if v is not None}})
+    fields = outcome_fields(task, grid.contexts[i].weights, answers, scores, rng)
+    return {"context": grid.keys[i], "prompt": prompt.name, "n": n, "samples": samples,
+            "usage": {"completion_tokens": sum(t[2] for t in texts),
+                      "prompt_tokens": sum(t[1] for t in texts)},
+            "paid": paid, "replayed": replayed, **fields,
+            "text": texts[fields["choice"]][0]}
 
 
 # ---------------------------------------------------------------- export-env
@@ -296,13 +414,15 @@ def answer(policy_path: Path, context: str, query: str, task_path: Path | None =
 def export_env(store_path: Path, out: Path) -> dict[str, Any]:
     """Turn the stored completions into a tabular environment file (iapo.envs.tabular format).
 
-    Queries lacking a stored completion of some prompt are left out (reported). MV: answer
-    categories per query, the gold one first; BoN: every stored completion is a support point
-    with probability 1 / (stored completions of its pair).
+    The store is opened read-only. Queries lacking a stored completion of some prompt are left
+    out (reported). MV: answer categories per query as in training (the gold first, "no
+    answer" a category of its own); BoN: every stored completion is a support point with
+    probability 1 / (stored completions of its pair). Scores computed under another gold are
+    recomputed from the stored texts. The file's ``name`` is the task's.
     """
-    if not store_path.is_file():
-        raise TaskError(f"store {str(store_path)!r} does not exist")
-    store = CompletionStore(store_path)
+    from iapo.live.aggregate import answer_categories, answer_labels
+
+    store = CompletionStore(store_path, create=False)
     try:
         meta = store.get_meta("task")
         if meta is None:
@@ -310,52 +430,64 @@ def export_env(store_path: Path, out: Path) -> dict[str, Any]:
         task = _task_from_meta(meta)
         records = [_record(i, q, g) for i, q, g in store.queries()]
         runtime = TaskRuntime(task, records)
-        by_pair: dict[tuple[str, str], list[Any]] = {}
+        by_pool: dict[str, list[Any]] = {}
         for c in store.all_completions():
-            by_pair.setdefault((c.arm, c.query_id), []).append(c)
-        mean_tokens = store.mean_tokens()
+            by_pool.setdefault(c.pool, []).append(c)
     finally:
         store.close()
     arms = runtime.arms
-    keep = [r for r in records if all((a, r.id) in by_pair for a in arms)]
-    if not keep:
+    pools = [[runtime.pool(p, j) for p in range(len(arms))] for j in range(len(records))]
+    kept = [j for j in range(len(records)) if all(pl in by_pool for pl in pools[j])]
+    if not kept:
         raise TaskError("no query has stored completions of every prompt; collect more first")
-    costs = runtime.costs(mean_tokens)
+    keep = [records[j] for j in kept]
+    groups = {}  # (prompt, kept position) -> completions with current scores
+    sums, counts = np.zeros(len(arms)), np.zeros(len(arms))
+    for pos, j in enumerate(kept):
+        key = runtime.score_key(records[j])
+        for p in range(len(arms)):
+            rows = []
+            for c in by_pool[pools[j][p]]:
+                if c.score_key != key:
+                    answer_, scores, failures = runtime.score(records[j], c.text)
+                    c = dataclasses.replace(c, answer=answer_, scores=scores,
+                                            failures=failures)
+                rows.append(c)
+            groups[(p, pos)] = rows
+            sums[p] += sum(c.completion_tokens for c in rows)
+            counts[p] += len(rows)
+    costs = runtime.costs(sums, counts)
     budgets = task.budgets
     common: dict[str, Any] = {
         "budget_levels": np.array(list(budgets)), "cost_weights": np.array(list(budgets.values())),
         "n_max": np.array(task.n_max), "prompt_names": np.array([p.name for p in task.prompts]),
-        "query_ids": np.array([r.id for r in keep]),
+        "query_ids": np.array([r.id for r in keep]), "name": np.array(task.name),
     }
     if task.aggregator == "mv":
         cats = []
-        for r in keep:
-            gold = runtime.gold_answer(r)
-            order = {gold if gold is not None else "\x00gold": 0}
-            for a in arms:
-                for c in by_pair[(a, r.id)]:
-                    key = c.answer if c.answer is not None else "\x00none"
-                    order.setdefault(key, len(order))
+        for pos, r in enumerate(keep):
+            order = answer_categories(runtime.gold_answer(r), [])
+            for p in range(len(arms)):
+                answer_labels(order, [c.answer for c in groups[(p, pos)]])
             cats.append(order)
         n_cat = max(2, max(len(o) for o in cats))
         probs = np.zeros((len(arms), len(keep), n_cat))
-        for j, (r, order) in enumerate(zip(keep, cats, strict=True)):
-            for p, a in enumerate(arms):
-                rows = by_pair[(a, r.id)]
-                for c in rows:
-                    key = c.answer if c.answer is not None else "\x00none"
-                    probs[p, j, order[key]] += 1.0 / len(rows)
+        for pos, order in enumerate(cats):
+            for p in range(len(arms)):
+                rows = groups[(p, pos)]
+                labels = answer_labels(order, [c.answer for c in rows])
+                probs[p, pos] = np.bincount(labels, minlength=n_cat) / len(rows)
         arrays = {"aggregator": np.array("mv"), "answer_probs": probs,
                   "gold": np.zeros(len(keep), dtype=np.int16), "cost_per_completion": costs,
                   **common}
     elif task.aggregator == "bon":
         k = len(task.objectives)
-        support = max(len(by_pair[(a, r.id)]) for a in arms for r in keep)
+        support = max(len(rows) for rows in groups.values())
         scores = np.zeros((len(arms), len(keep), support, k + 1))
         probs = np.zeros((len(arms), len(keep), support))
-        for p, a in enumerate(arms):
-            for j, r in enumerate(keep):
-                rows = by_pair[(a, r.id)]
+        for p in range(len(arms)):
+            for j in range(len(keep)):
+                rows = groups[(p, j)]
                 scores[p, j, : len(rows), :k] = [c.scores for c in rows]
                 scores[p, j, :, k] = costs[p]
                 probs[p, j, : len(rows)] = 1.0 / len(rows)

@@ -2,18 +2,22 @@
 
 The same learners that run on simulated environments run here unchanged: a pull
 (prompt, n, count) draws ``count`` training queries, takes the next n unused samples of each
-(prompt, query) pool, asks the LLM only for samples the store lacks, scores and stores each one
-(committed) before building the observation.
+pool (see :mod:`iapo.live.store`), asks the LLM only for samples the store lacks, scores and
+stores each one (committed) before building the observation.
 
-Cost of a completion: the paper's normalization, ``cost_scale * mean_tokens(p) /
-max_q mean_tokens(q)`` with the per-prompt mean completion tokens over everything stored so far
-(so the wordiest prompt costs ``cost_scale`` per completion). The means settle as data arrives.
+A run is a pure function of (task, seed, store contents): the cost of a completion is the
+paper's normalization, ``cost_scale * mean_tokens(p) / max_q mean_tokens(q)``, with the
+per-prompt mean completion tokens over the samples this run has drawn so far (in pull order),
+never over the whole store, so replaying stored samples reproduces every decision and a rerun
+pays nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
+import json
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,23 +26,22 @@ import numpy as np
 import numpy.typing as npt
 
 from iapo.estimate import QTable
-from iapo.live.client import ChatClient
-from iapo.live.scorers import EXTRACTORS, make_scorer
-from iapo.live.store import CompletionStore, StoredCompletion, arm_key
-from iapo.live.task import Record, Task
+from iapo.live.aggregate import answer_categories, answer_labels
+from iapo.live.client import ChatClient, Completion
+from iapo.live.scorers import GOLD_SCORERS, make_extractor, make_scorer
+from iapo.live.store import CompletionStore, StoredCompletion, arm_key, pool_key
+from iapo.live.task import Record, Task, TaskError
 from iapo.oracle import Ledger, Observation, Pull, validate_pulls
 
-NO_ANSWER = "\x00no-answer"
 
-
-def sample_seed(arm: str, query_id: str, sample: int) -> int:
+def sample_seed(pool: str, sample: int) -> int:
     """The seed of one pool sample: distinct per sample, the same on every replay."""
-    digest = hashlib.sha256(f"{arm}|{query_id}|{sample}".encode()).digest()
+    digest = hashlib.sha256(f"{pool}|{sample}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 class TaskRuntime:
-    """A task's live parts: records, arm keys, scorers and the answer extractor."""
+    """A task's live parts: records, arm and pool keys, scorers and the answer extractor."""
 
     def __init__(self, task: Task, records: Sequence[Record]) -> None:
         self.task = task
@@ -47,13 +50,49 @@ class TaskRuntime:
         self.arms = [arm_key(task.model.name, p.template, p.system, p.decoding)
                      for p in task.prompts]
         self._scorers: list[Any] | None = None  # built on first use: export needs none
-        self.extract = EXTRACTORS[task.extractor] if task.extractor else None
+        self.extract = (make_extractor(task.extractor, getattr(task, "labels", None))
+                        if task.extractor else None)
+        self.supports_n = task.model.supports_n
+        self._pools: dict[tuple[int, int], str] = {}
+        self._spec = json.dumps([[o.scorer, o.options, o.lower, o.upper] for o in task.objectives]
+                                + [task.extractor, getattr(task, "labels", None)],
+                                sort_keys=True, default=str)
 
     @property
     def scorers(self) -> list[Any]:
         if self._scorers is None:
             self._scorers = [make_scorer(o.scorer, o.options) for o in self.task.objectives]
         return self._scorers
+
+    def needs_gold(self) -> list[str]:
+        """The objectives whose scorer compares with a gold answer."""
+        return [o.name for o in self.task.objectives if o.scorer in GOLD_SCORERS]
+
+    def check_golds(self) -> None:
+        """Training needs a gold answer on every record where a scorer or MV needs one."""
+        needs = self.needs_gold() or (["majority voting"] if self.extract else [])
+        if not needs:
+            return
+        missing = [r.id for r in self.records if r.gold is None]
+        if missing:
+            raise TaskError(f"{len(missing)} record(s) of data.path have no gold (first: id "
+                            f"{missing[0]!r}); {needs[0]} needs one: add \"gold\" to each line")
+
+    def pool(self, p: int, q: int) -> str:
+        """The pool of prompt p on record q."""
+        key = self._pools.get((p, q))
+        if key is None:
+            prompt = self.task.prompts[p]
+            key = pool_key(self.task.model.name, prompt.render(self.records[q].query),
+                           prompt.decoding)
+            self._pools[(p, q)] = key
+        return key
+
+    def score_key(self, record: Record) -> str:
+        """A key of what a completion's scores depend on besides its text: the gold and the
+        scorers' settings."""
+        blob = json.dumps([record.gold, self._spec], sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def register(self, store: CompletionStore) -> None:
         """Record the task, its arms and its queries in the store (for export-env)."""
@@ -63,11 +102,17 @@ class TaskRuntime:
             store.add_arm(a, self.task.model.name, p.name, p.template, p.system, p.decoding)
         store.add_queries((r.id, r.query, r.gold) for r in self.records)
 
-    def score(self, record: Record, text: str) -> tuple[str | None, list[float], list[str]]:
+    def score(self, record: Record, text: str
+              ) -> tuple[str | None, list[float | None], list[str]]:
         """(extracted answer, one score per objective, failures). A scorer that raises scores
-        the completion at its objective's lower bound and is recorded as a failure."""
-        scores, failures = [], []
+        the completion at its objective's lower bound and is recorded as a failure. Without a
+        gold answer, the scorers that need one give None (no score, no failure)."""
+        scores: list[float | None] = []
+        failures = []
         for obj, scorer in zip(self.task.objectives, self.scorers, strict=True):
+            if record.gold is None and obj.scorer in GOLD_SCORERS:
+                scores.append(None)
+                continue
             try:
                 value = float(scorer(record.query, text, record.gold))
                 if not np.isfinite(value):
@@ -93,22 +138,31 @@ class TaskRuntime:
         except Exception:
             return None
 
-    def costs(self, mean_tokens: dict[str, float]) -> npt.NDArray[np.float64]:
-        """Cost of one completion per prompt: [P]."""
-        known = [mean_tokens[a] for a in self.arms if a in mean_tokens]
-        top = max(known) if known and max(known) > 0 else 1.0
-        return np.array([self.task.cost_scale * mean_tokens.get(a, top) / top for a in self.arms])
+    def costs(self, token_sums: npt.ArrayLike, token_counts: npt.ArrayLike
+              ) -> npt.NDArray[np.float64]:
+        """Cost of one completion per prompt, [P], from the completion tokens seen per prompt:
+        the wordiest prompt costs ``cost_scale``; a prompt not seen yet costs that too."""
+        counts = np.asarray(token_counts, dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = np.asarray(token_sums, dtype=np.float64) / counts
+        seen = counts > 0
+        top = float(means[seen].max()) if seen.any() else 0.0
+        if top <= 0:
+            return np.full(len(self.arms), self.task.cost_scale)
+        return self.task.cost_scale * np.where(seen, means, top) / top
 
     def client(self) -> ChatClient:
         m = self.task.model
         return ChatClient(m.base_url, m.name, m.api_key(), m.concurrency, m.timeout,
-                          m.max_retries, supports_n=m.supports_n)
+                          m.max_retries, supports_n=self.supports_n)
 
 
 class LiveOracle:
     """Serves pulls from the store and, for what it lacks, from the LLM.
 
     ``queries``: indices into ``runtime.records`` the learner may sample (the training split).
+    ``costs``: fixed costs per prompt [P] (the test evaluation uses training's); by default
+    they follow the tokens of the samples this run has drawn.
     ``on_progress(served, paid, tokens, batch)`` is called as completions arrive.
     """
 
@@ -120,6 +174,7 @@ class LiveOracle:
         budget: int,
         rng: np.random.Generator,
         on_progress: Callable[[int, int, int, int], None] | None = None,
+        costs: npt.ArrayLike | None = None,
     ) -> None:
         self.runtime = runtime
         self.store = store
@@ -130,13 +185,29 @@ class LiveOracle:
         self.ledger = Ledger(budget)
         self.rng = rng
         self.on_progress = on_progress
-        self.cursor: dict[tuple[int, int], int] = defaultdict(int)
+        self.cursor: dict[str, int] = defaultdict(int)  # next unused sample of each pool
         self.stats = QTable(self.problem)  # every observation of this run, for the report
+        self.fixed_costs = None if costs is None else np.asarray(costs, dtype=np.float64)
+        p = self.problem.n_prompts
+        self.token_sums = np.zeros(p)
+        self.token_counts = np.zeros(p, dtype=np.int64)
         self.paid = 0
+        self.replayed = 0
         self.tokens = 0
         self.failures = 0
+        self.rescored = 0
         self.batches = 0
         self._categories: dict[int, dict[str, int]] = {}
+        key = f"supports_n {runtime.task.model.base_url} {runtime.task.model.name}"
+        self._supports_key = key
+        if runtime.supports_n is None:  # probed once, remembered by the store
+            runtime.supports_n = store.get_meta(key)
+
+    def costs(self) -> npt.NDArray[np.float64]:
+        """The cost of one completion per prompt now: [P]."""
+        if self.fixed_costs is not None:
+            return self.fixed_costs
+        return self.runtime.costs(self.token_sums, self.token_counts)
 
     # ---------------------------------------------------------------- pulls
     def pull(self, requests: Sequence[Pull]) -> list[Observation]:
@@ -149,34 +220,51 @@ class LiveOracle:
             for r in requests:
                 qs = self.queries[self.rng.integers(0, self.queries.size, r.count)]
                 for q in qs:
-                    start = self.cursor[(r.prompt, int(q))]
-                    self.cursor[(r.prompt, int(q))] = start + r.n
-                    plan.append((r, int(q), list(range(start, start + r.n))))
-            groups = self.serve([(r.prompt, q, idx) for r, q, idx in plan])
+                    pool = self.runtime.pool(r.prompt, int(q))
+                    start = self.cursor[pool]
+                    self.cursor[pool] = start + r.n
+                    plan.append((r.prompt, int(q), list(range(start, start + r.n))))
+            groups = self.serve(plan)
         except BaseException:
             self.ledger.spent -= total  # nothing was served: the charge is undone
             self.cursor = defaultdict(int, saved_cursor)
             raise
         self.batches += 1
-        observations = self._observations(requests, plan, groups)
+        observations = []
+        i = 0
+        for r in requests:
+            observations.append(self.observe(r.prompt, r.n, plan[i: i + r.count],
+                                             groups[i: i + r.count]))
+            i += r.count
         self.stats.update(observations)
         return observations
 
-    def serve(self, wanted: list[tuple[int, int, list[int]]]
+    def groups(self, prompt: int, n: int, queries: npt.ArrayLike) -> Observation:
+        """One group of samples 0..n-1 of ``prompt`` on each of ``queries`` (the test
+        evaluation; the ledger is charged)."""
+        qs = [int(q) for q in np.asarray(queries).reshape(-1)]
+        self.ledger.charge(n * len(qs))
+        plan = [(prompt, q, list(range(n))) for q in qs]
+        return self.observe(prompt, n, plan, self.serve(plan))
+
+    def serve(self, wanted: list[tuple[int, int, list[int]]], rescore: bool = True
               ) -> list[list[StoredCompletion]]:
         """For each (prompt, query index, sample indices), its stored completions, asking the
-        LLM for the missing ones first."""
-        arms = self.runtime.arms
+        LLM for the missing ones first and (``rescore``) rescoring stored ones scored under
+        another gold or other scorers."""
         have = []
-        missing: dict[tuple[int, int], list[int]] = defaultdict(list)
+        missing: dict[tuple[int, int], list[int]] = {}
         for p, q, idx in wanted:
-            got = self.store.get(arms[p], self.runtime.records[q].id, idx)
+            pool = self.runtime.pool(p, q)
+            got = self.store.get(pool, idx)
             have.append(got)
+            todo = missing.setdefault((p, q), [])
             for s in idx:
-                if s not in got and s not in missing[(p, q)]:
-                    missing[(p, q)].append(s)
+                if s not in got and s not in todo:
+                    todo.append(s)
         missing = {k: v for k, v in missing.items() if v}
         served_before = sum(len(g) for g in have)
+        self.replayed += served_before
         if self.on_progress is not None:
             self.on_progress(served_before, self.paid, self.tokens, self.batches + 1)
         if missing:
@@ -184,26 +272,51 @@ class LiveOracle:
         out = []
         for (p, q, idx), got in zip(wanted, have, strict=True):
             if len(got) < len(idx):
-                got = self.store.get(arms[p], self.runtime.records[q].id, idx)
-            out.append([got[s] for s in idx])
+                got = self.store.get(self.runtime.pool(p, q), idx)
+            rows = [got[s] for s in idx]
+            out.append(self._fresh_scores(q, rows) if rescore else rows)
         return out
+
+    def _fresh_scores(self, q: int, rows: list[StoredCompletion]) -> list[StoredCompletion]:
+        """``rows`` with scores computed under the current gold and scorers (stored texts are
+        rescored, and the store updated, where the score key differs: no LLM call)."""
+        record = self.runtime.records[q]
+        key = self.runtime.score_key(record)
+        stale = [i for i, c in enumerate(rows) if c.score_key != key]
+        if not stale:
+            return rows
+        fixed = []
+        for i in stale:
+            c = rows[i]
+            answer, scores, failures = self.runtime.score(record, c.text)
+            rows[i] = dataclasses.replace(c, answer=answer, scores=scores, failures=failures,
+                                          score_key=key)
+            fixed.append(rows[i])
+        self.store.rescore(fixed)
+        self.rescored += len(fixed)
+        return rows
 
     async def _fetch(self, missing: dict[tuple[int, int], list[int]]) -> None:
         runtime = self.runtime
+        endpoint = runtime.task.model.base_url
         async with runtime.client() as client:
 
             async def one(p: int, q: int, samples: list[int]) -> None:
                 record = runtime.records[q]
                 prompt = runtime.task.prompts[p]
                 arm = runtime.arms[p]
-                seeds = [sample_seed(arm, record.id, s) for s in samples]
-                comps = await client.sample(prompt.render(record.query), prompt.decoding, seeds)
+                pool = runtime.pool(p, q)
+                key = runtime.score_key(record)
+                seeds = [sample_seed(pool, s) for s in samples]
+                comps: list[Completion] = await client.sample(
+                    prompt.render(record.query), prompt.decoding, seeds)
                 for s, c in zip(samples, comps, strict=False):
                     answer, scores, failures = await asyncio.to_thread(
                         runtime.score, record, c.text)
                     self.store.put(StoredCompletion(
-                        arm, record.id, s, c.text, answer, scores, failures, c.prompt_tokens,
-                        c.completion_tokens, c.latency, c.seed))
+                        pool, s, arm, record.id, c.text, answer, scores, failures,
+                        c.prompt_tokens, c.completion_tokens, c.latency, c.seed, key,
+                        c.finish_reason, c.retries, list(c.errors), endpoint))
                     self.paid += 1
                     self.tokens += c.prompt_tokens + c.completion_tokens
                     self.failures += len(failures)
@@ -211,10 +324,13 @@ class LiveOracle:
                         self.on_progress(1, self.paid, self.tokens, self.batches + 1)
 
             jobs = list(missing.items())
-            if client.supports_n is None and jobs:
-                (p, q), samples = jobs[0]
-                await one(p, q, samples)  # learn whether the server honours n
-                jobs = jobs[1:]
+            if client.supports_n is None and any(len(v) > 1 for _, v in jobs):
+                first = next(i for i, (_, v) in enumerate(jobs) if len(v) > 1)
+                (p, q), samples = jobs.pop(first)
+                await one(p, q, samples)  # learn whether the server honours n, once
+                if client.supports_n is not None:
+                    runtime.supports_n = client.supports_n
+                    self.store.set_meta(self._supports_key, client.supports_n)
             if client.supports_n is False:  # one task per sample: each commits on arrival
                 jobs = [(k, [s]) for k, v in jobs for s in v]
             try:
@@ -226,40 +342,35 @@ class LiveOracle:
                 raise eg.exceptions[0] from None
 
     # ---------------------------------------------------------------- arrays
-    def _label(self, q: int, answer: str | None) -> int:
-        cats = self._categories.get(q)
-        if cats is None:
-            gold = self.runtime.gold_answer(self.runtime.records[q])
-            cats = {gold if gold is not None else "\x00gold": 0}
-            self._categories[q] = cats
-        key = NO_ANSWER if answer is None else answer
-        if key not in cats:
-            cats[key] = len(cats)
-        return cats[key]
-
-    def _observations(self, requests: Sequence[Pull], plan: list[tuple[Pull, int, list[int]]],
-                      groups: list[list[StoredCompletion]]) -> list[Observation]:
-        costs = self.runtime.costs(self.store.mean_tokens())
+    def observe(self, prompt: int, n: int, plan: Sequence[tuple[int, int, list[int]]],
+                rows: Sequence[list[StoredCompletion]]) -> Observation:
+        """The observation of groups of n samples of ``prompt`` (one per plan entry): scores
+        [count, n, K+1] with the cost last, and for MV the answer labels (gold = 0)."""
+        count = len(plan)
+        qs = [q for _, q, _ in plan]
+        if self.fixed_costs is None:  # this run's token means, in pull order
+            self.token_sums[prompt] += sum(c.completion_tokens for row in rows for c in row)
+            self.token_counts[prompt] += count * n
+        cost = float(self.costs()[prompt])
+        k = len(self.runtime.task.objectives)
+        scores = np.zeros((count, n, k + 1))
         mv = self.problem.aggregator in ("mv", "mixed")
-        out = []
-        i = 0
-        for r in requests:
-            rows = groups[i: i + r.count]
-            qs = [q for _, q, _ in plan[i: i + r.count]]
-            i += r.count
-            scores = np.zeros((r.count, r.n, len(self.runtime.task.objectives) + 1))
-            labels = np.zeros((r.count, r.n), dtype=np.int16) if mv else None
-            for g, (row, q) in enumerate(zip(rows, qs, strict=True)):
-                scores[g, :, :-1] = [c.scores for c in row]
-                if labels is not None:
-                    labels[g] = [self._label(q, c.answer) for c in row]
-            scores[..., -1] = costs[r.prompt]
-            gold = np.zeros(r.count, dtype=np.int16) if mv else None
-            out.append(Observation(r.prompt, r.n, np.asarray(qs, dtype=np.int64), scores,
-                                   labels, gold))
-        return out
+        labels = np.zeros((count, n), dtype=np.int16) if mv else None
+        for g, (row, q) in enumerate(zip(rows, qs, strict=True)):
+            scores[g, :, :-1] = [[np.nan if v is None else v for v in c.scores] for c in row]
+            if labels is not None:
+                cats = self._categories.get(q)
+                if cats is None:
+                    gold = self.runtime.gold_answer(self.runtime.records[q])
+                    cats = self._categories[q] = answer_categories(gold, [])
+                labels[g] = answer_labels(cats, [c.answer for c in row])
+        scores[..., -1] = cost
+        self.store.set_costs([(c.pool, c.sample, cost) for row in rows for c in row])
+        gold_idx = np.zeros(count, dtype=np.int16) if mv else None
+        return Observation(prompt, n, np.asarray(qs, dtype=np.int64), scores, labels, gold_idx)
 
     def summary(self) -> dict[str, Any]:
         return {"completions_used": self.ledger.spent, "completions_paid": self.paid,
-                "tokens_paid": self.tokens, "scorer_failures": self.failures,
+                "completions_replayed": self.replayed, "tokens_paid": self.tokens,
+                "scorer_failures": self.failures, "rescored": self.rescored,
                 "batches": self.batches}

@@ -10,14 +10,21 @@ A scorer maps (record, completion text) to a number in the objective's bounds:
 - ``math``: 1 if ``math-verify`` finds the completion's answer equivalent to the gold.
 - ``python``: ``callable = "module:function"`` (or ``"path/to/file.py:function"``), called as
   ``function(query, completion, gold)`` and returning a float.
+- ``label``: 1 if the label read from the completion (option ``labels``, e.g.
+  ``["yes", "no"]``) is the gold label, case-insensitively.
 - ``http``: ``url = "..."``: POST {"query", "completion", "gold"} as JSON, read ``{"score": x}``
   (or a bare number) from the answer: a reward-model endpoint.
 
 A scorer that raises on one completion is recorded as a failure and scores that completion at
 the objective's lower bound; the run goes on and the report counts failures.
 
+The scorers in ``GOLD_SCORERS`` compare with the record's gold answer; where there is none (at
+answer and serve time) they give no score instead of a failure.
+
 An extractor maps a completion to a canonical answer string (or None when none is found):
-``multiple_choice``, ``numeric``, ``math`` and ``exact``.
+``multiple_choice``, ``numeric``, ``math``, ``exact`` and ``label`` (the first of the task's
+``aggregator.labels`` that the text gives as a whole word, after "answer is" if it says so:
+"No, because ..." reads as "no").
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import importlib.util
 import math
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,12 +92,39 @@ def extract_math(text: str) -> str | None:
     return str(parsed[0]) if parsed else None
 
 
+def extract_label(text: str, labels: Sequence[str]) -> str | None:
+    """The label a free-text completion gives, as spelled in ``labels``, or None: the label
+    after "answer is" / "answer:" if there is one, else the label that appears first as a
+    whole word (case-insensitive; "No, because ..." is "No")."""
+    if not labels:
+        return None
+    alternatives = "|".join(re.escape(lab) for lab in sorted(labels, key=len, reverse=True))
+    word = rf"(?<![\w])({alternatives})(?![\w])"
+    canon = {lab.casefold(): lab for lab in labels}
+    m = re.search(rf"(?i:answer)\s*(?:is|:)\s*:?\s*[\"'*(]*{word}", text, re.IGNORECASE)
+    if m is None:
+        m = re.search(word, text, re.IGNORECASE)
+    return None if m is None else canon[m.group(1).casefold()]
+
+
 EXTRACTORS: dict[str, Callable[[str], str | None]] = {
     "multiple_choice": extract_letter,
     "numeric": extract_number,
     "math": extract_math,
     "exact": lambda text: normalize(text) or None,
+    "label": lambda text: None,  # needs the task's labels: see make_extractor
 }
+
+
+def make_extractor(name: str, labels: Sequence[str] | None = None
+                   ) -> Callable[[str], str | None]:
+    """The extractor called ``name``; ``label`` reads one of ``labels``."""
+    if name == "label":
+        if not labels:
+            raise ValueError("the label extractor needs aggregator.labels, e.g. [\"yes\", \"no\"]")
+        chosen = tuple(labels)
+        return lambda text: extract_label(text, chosen)
+    return EXTRACTORS[name]
 
 
 def _load_callable(spec: str) -> Callable[..., Any]:
@@ -126,6 +160,11 @@ def check_scorer(name: str, options: dict[str, Any]) -> None:
         raise ValueError(f"scorer {name!r} is unknown; use one of {sorted(SCORERS)}")
     if name == "python" and not isinstance(options.get("callable"), str):
         raise ValueError("scorer 'python' needs callable = \"module:function\"")
+    if name == "label":
+        labels = options.get("labels")
+        if (not isinstance(labels, list) or not labels
+                or not all(isinstance(x, str) and x.strip() for x in labels)):
+            raise ValueError("scorer 'label' needs labels = [\"yes\", \"no\", ...]")
     if name == "http" and not str(options.get("url", "")).startswith(("http://", "https://")):
         raise ValueError("scorer 'http' needs url = \"http://...\"")
 
@@ -138,6 +177,16 @@ def _multiple_choice(options: dict[str, Any]) -> Scorer:
     choices = str(options.get("choices", "ABCDE"))
     return lambda query, text, gold: float(
         extract_letter(text, choices) == str(gold).strip().upper())
+
+
+def _label(options: dict[str, Any]) -> Scorer:
+    labels = tuple(str(x) for x in options["labels"])
+
+    def score(query: str, text: str, gold: Any) -> float:
+        got = extract_label(text, labels)
+        return float(got is not None and got.casefold() == str(gold).strip().casefold())
+
+    return score
 
 
 def _numeric(options: dict[str, Any]) -> Scorer:
@@ -189,9 +238,13 @@ SCORERS: dict[str, Callable[[dict[str, Any]], Scorer]] = {
     "multiple_choice": _multiple_choice,
     "numeric": _numeric,
     "math": _math,
+    "label": _label,
     "python": _python,
     "http": _http,
 }
+
+# the scorers that compare with a gold answer (no score without one)
+GOLD_SCORERS = frozenset({"exact_match", "multiple_choice", "numeric", "math", "label"})
 
 
 def make_scorer(name: str, options: dict[str, Any]) -> Scorer:

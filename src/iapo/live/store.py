@@ -1,25 +1,38 @@
 """A durable store of completions in SQLite (WAL).
 
-Every completion is kept with its request key — the arm (model, prompt template, system
-message, decoding settings), the query id and the sample index — and its text, extracted
-answer, scores, scorer failures, tokens, latency and seed. Each insert is committed before
-anyone reads it, so a crash (even ``kill -9``) loses at most the completions in flight.
+**Pools are keyed by what was asked.** For every request content (model, the rendered chat
+messages: system message and template applied to the query text, decoding settings) the store
+is a pool of i.i.d. samples indexed 0, 1, 2, ...: a run takes the next unused indices of the
+pool for each pull and asks the LLM only for indices that are not stored, so a rerun or a
+resume replays stored samples and never pays twice. A query id is not part of the key: a
+changed question text is a new pool; a changed gold keeps the pool and rescores the stored
+texts (the scores carry a key of the gold and the scorers they were computed with).
 
-For every (arm, query) the store is a pool of i.i.d. samples indexed 0, 1, 2, ...: a run takes
-the next unused indices of the pool for each pull and asks the LLM only for indices that are
-not stored, so a rerun or a resume replays stored samples and never pays twice.
+Every completion is kept with its text, extracted answer, scores, scorer failures, tokens (the
+prompt's tokens billed once per request, shared among the completions it returned), finish
+reason, retries and errors of its request, endpoint, latency, seed, and the cost the first run
+that used it charged. Each insert is committed before anyone reads it, so a crash (even
+``kill -9``) loses at most the completions in flight.
+
+``runs`` keeps what every optimize or collect run paid and replayed. One writer at a time:
+:func:`writer_lock` holds an exclusive lock on the run folder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -29,26 +42,58 @@ CREATE TABLE IF NOT EXISTS arms (
 );
 CREATE TABLE IF NOT EXISTS queries (id TEXT PRIMARY KEY, query TEXT NOT NULL, gold TEXT);
 CREATE TABLE IF NOT EXISTS completions (
-    arm TEXT NOT NULL, query_id TEXT NOT NULL, sample INTEGER NOT NULL,
+    pool TEXT NOT NULL, sample INTEGER NOT NULL, arm TEXT NOT NULL, query_id TEXT NOT NULL,
     text TEXT NOT NULL, answer TEXT, scores TEXT NOT NULL, failures TEXT NOT NULL,
-    prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
-    latency REAL NOT NULL, seed INTEGER NOT NULL, created REAL NOT NULL,
-    PRIMARY KEY (arm, query_id, sample)
+    score_key TEXT, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+    finish_reason TEXT, retries INTEGER NOT NULL DEFAULT 0, errors TEXT NOT NULL DEFAULT '[]',
+    endpoint TEXT, cost REAL, latency REAL NOT NULL, seed INTEGER NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (pool, sample)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, command TEXT NOT NULL, task TEXT NOT NULL,
+    digest TEXT NOT NULL, seed INTEGER, started REAL NOT NULL, finished REAL,
+    status TEXT NOT NULL, paid INTEGER NOT NULL DEFAULT 0, replayed INTEGER NOT NULL DEFAULT 0,
+    tokens INTEGER NOT NULL DEFAULT 0
 );
 """
 
+_COLUMNS = ("pool, sample, arm, query_id, text, answer, scores, failures, score_key, "
+            "prompt_tokens, completion_tokens, finish_reason, retries, errors, endpoint, cost, "
+            "latency, seed")
+
+
+class StoreError(ValueError):
+    """The file is not a completion store, or the run folder is busy; the message says what
+    to do."""
+
 
 def arm_key(model: str, template: str, system: str | None, decoding: dict[str, Any]) -> str:
-    """A stable key of everything that defines a completion's distribution but the query."""
+    """A stable key of everything that defines a prompt's completions but the query."""
     blob = json.dumps([model, template, system, decoding], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def render(template: str, system: str | None, query: str) -> list[dict[str, str]]:
+    """The chat messages of a prompt applied to a query text."""
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": template.replace("{query}", query)})
+    return messages
+
+
+def pool_key(model: str, messages: list[dict[str, str]], decoding: dict[str, Any]) -> str:
+    """The pool of a request: model, messages and decoding settings (not the endpoint, not the
+    query id)."""
+    blob = json.dumps([model, messages, decoding], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
 @dataclass(frozen=True)
 class StoredCompletion:
+    pool: str
+    sample: int
     arm: str
     query_id: str
-    sample: int
     text: str
     answer: str | None
     scores: list[float]
@@ -57,19 +102,103 @@ class StoredCompletion:
     completion_tokens: int
     latency: float
     seed: int
+    score_key: str | None = None
+    finish_reason: str | None = None
+    retries: int = 0
+    errors: list[str] = field(default_factory=list)
+    endpoint: str | None = None
+    cost: float | None = None
+
+
+def _row(r: Sequence[Any]) -> StoredCompletion:
+    (pool, sample, arm, qid, text, ans, sc, fl, skey, pt, ct, fin, ret, err, ep, cost, lat,
+     seed) = r
+    return StoredCompletion(pool, sample, arm, qid, text, ans, json.loads(sc), json.loads(fl),
+                            pt, ct, lat, seed, skey, fin, ret, json.loads(err), ep, cost)
 
 
 class CompletionStore:
-    """SQLite completion store; use one per process (or thread)."""
+    """SQLite completion store; use one per process (or thread).
 
-    def __init__(self, path: str | Path) -> None:
+    ``create=False`` opens an existing store read-only and checks that it is one, writing
+    nothing (for export-env).
+    """
+
+    def __init__(self, path: str | Path, create: bool = True) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=30.0)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process crash
-        self.db.executescript(SCHEMA)
-        self.db.commit()
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, timeout=30.0)
+            try:
+                self._check(allow_empty=True)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                # WAL + NORMAL survives a process crash
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                if self._tables() and "pool" not in self._columns("completions"):
+                    self._migrate_v1()
+                self.db.executescript(SCHEMA)
+                self.set_meta("version", VERSION)
+            except BaseException:
+                self.db.close()
+                raise
+        else:
+            if not self.path.is_file():
+                raise StoreError(f"store {str(self.path)!r} does not exist")
+            self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                      timeout=30.0)
+            try:
+                self._check(allow_empty=False)
+                if "pool" not in self._columns("completions"):
+                    raise StoreError(f"{self.path} was written by an older iapo; open it once "
+                                     "with `iapo optimize` or `iapo collect` to upgrade it")
+            except BaseException:
+                self.db.close()
+                raise
+
+    def _tables(self) -> set[str]:
+        try:
+            rows = self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            return {r[0] for r in rows}
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{self.path} is not an SQLite database ({e}); give the "
+                             "store.sqlite of an iapo run") from e
+
+    def _columns(self, table: str) -> set[str]:
+        return {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+
+    def _check(self, allow_empty: bool) -> None:
+        tables = self._tables()
+        if not tables and allow_empty:
+            return
+        missing = {"meta", "arms", "queries", "completions"} - tables
+        if missing:
+            raise StoreError(f"{self.path} is not an iapo completion store (it lacks the "
+                             f"tables {sorted(missing)}); give the store.sqlite of an iapo run")
+
+    def _migrate_v1(self) -> None:
+        """Stores of version 1 keyed completions by (arm, query id): compute each one's pool
+        from the recorded arm and query text, keep everything else, and mark the scores for
+        recomputation."""
+        arms = {a: (m, t, s, json.loads(d)) for a, m, _, t, s, d in
+                self.db.execute("SELECT arm, model, prompt_name, template, system, decoding "
+                                "FROM arms")}
+        queries = dict(self.db.execute("SELECT id, query FROM queries"))
+        old = self.db.execute(
+            "SELECT arm, query_id, sample, text, answer, scores, failures, prompt_tokens, "
+            "completion_tokens, latency, seed, created FROM completions").fetchall()
+        rows = []
+        for arm, qid, sample, *rest in old:
+            model, template, system, decoding = arms[arm]
+            pool = pool_key(model, render(template, system, queries[qid]), decoding)
+            text, ans, sc, fl, pt, ct, lat, seed, created = rest
+            rows.append((pool, sample, arm, qid, text, ans, sc, fl, None, pt, ct, None, 0, "[]",
+                         None, None, lat, seed, created))
+        with self.db:
+            self.db.execute("ALTER TABLE completions RENAME TO completions_v1")
+            self.db.executescript(SCHEMA)
+            self.db.executemany(f"INSERT OR IGNORE INTO completions ({_COLUMNS}, created) "
+                                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self.db.execute("DROP TABLE completions_v1")
 
     def close(self) -> None:
         self.db.close()
@@ -111,46 +240,96 @@ class CompletionStore:
         return [{"arm": a, "model": m, "prompt_name": n, "template": t, "system": s,
                  "decoding": json.loads(d)} for a, m, n, t, s, d in cur]
 
+    # ---------------------------------------------------------------- runs
+    def start_run(self, command: str, task: str, digest: str, seed: int | None) -> int:
+        with self.db:
+            cur = self.db.execute(
+                "INSERT INTO runs (command, task, digest, seed, started, status) "
+                "VALUES (?, ?, ?, ?, ?, 'running')", (command, task, digest, seed, time.time()))
+        return int(cur.lastrowid or 0)
+
+    def update_run(self, run: int, paid: int, replayed: int, tokens: int,
+                   status: str | None = None) -> None:
+        with self.db:
+            self.db.execute("UPDATE runs SET paid = ?, replayed = ?, tokens = ? WHERE id = ?",
+                            (paid, replayed, tokens, run))
+            if status is not None:
+                self.db.execute("UPDATE runs SET status = ?, finished = ? WHERE id = ?",
+                                (status, time.time(), run))
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run, oldest first; a run still 'running' that holds no lock was interrupted."""
+        cur = self.db.execute("SELECT id, command, task, digest, seed, started, finished, "
+                              "status, paid, replayed, tokens FROM runs ORDER BY id")
+        keys = ("id", "command", "task", "digest", "seed", "started", "finished", "status",
+                "paid", "replayed", "tokens")
+        return [dict(zip(keys, r, strict=True)) for r in cur]
+
     # ---------------------------------------------------------------- completions
     def put(self, c: StoredCompletion) -> None:
-        """Store one completion and commit it at once."""
+        """Store one completion and commit it at once (the first write of a sample wins)."""
         with self.db:
             self.db.execute(
-                "INSERT OR IGNORE INTO completions VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (c.arm, c.query_id, c.sample, c.text, c.answer, json.dumps(c.scores),
-                 json.dumps(c.failures), c.prompt_tokens, c.completion_tokens, c.latency,
-                 c.seed, time.time()),
+                f"INSERT OR IGNORE INTO completions ({_COLUMNS}, created) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (c.pool, c.sample, c.arm, c.query_id, c.text, c.answer, json.dumps(c.scores),
+                 json.dumps(c.failures), c.score_key, c.prompt_tokens, c.completion_tokens,
+                 c.finish_reason, c.retries, json.dumps(c.errors), c.endpoint, c.cost,
+                 c.latency, c.seed, time.time()),
             )
 
-    def get(self, arm: str, query_id: str, samples: Sequence[int]) -> dict[int, StoredCompletion]:
-        """The stored completions among ``samples`` of (arm, query)."""
+    def rescore(self, rows: Sequence[StoredCompletion]) -> None:
+        """Replace the answer, scores, failures and score key of stored samples."""
+        with self.db:
+            self.db.executemany(
+                "UPDATE completions SET answer = ?, scores = ?, failures = ?, score_key = ? "
+                "WHERE pool = ? AND sample = ?",
+                [(c.answer, json.dumps(c.scores), json.dumps(c.failures), c.score_key, c.pool,
+                  c.sample) for c in rows])
+
+    def set_costs(self, items: Sequence[tuple[str, int, float]]) -> None:
+        """Record the cost charged for (pool, sample) where none is recorded yet."""
+        with self.db:
+            self.db.executemany("UPDATE completions SET cost = ? WHERE pool = ? AND sample = ? "
+                                "AND cost IS NULL", [(c, p, s) for p, s, c in items])
+
+    def get(self, pool: str, samples: Sequence[int]) -> dict[int, StoredCompletion]:
+        """The stored completions among ``samples`` of a pool."""
         if not samples:
             return {}
-        lo, hi = min(samples), max(samples)
         cur = self.db.execute(
-            "SELECT sample, text, answer, scores, failures, prompt_tokens, completion_tokens, "
-            "latency, seed FROM completions WHERE arm = ? AND query_id = ? AND sample BETWEEN "
-            "? AND ?", (arm, query_id, lo, hi))
+            f"SELECT {_COLUMNS} FROM completions WHERE pool = ? AND sample BETWEEN ? AND ?",
+            (pool, min(samples), max(samples)))
         wanted = set(samples)
-        out = {}
-        for s, text, ans, sc, fl, pt, ct, lat, seed in cur:
-            if s in wanted:
-                out[s] = StoredCompletion(arm, query_id, s, text, ans, json.loads(sc),
-                                          json.loads(fl), pt, ct, lat, seed)
-        return out
+        return {r[1]: _row(r) for r in cur if r[1] in wanted}
+
+    def pool_sizes(self) -> dict[str, int]:
+        """Stored samples per pool."""
+        return dict(self.db.execute("SELECT pool, COUNT(*) FROM completions GROUP BY pool"))
 
     def all_completions(self) -> list[StoredCompletion]:
-        cur = self.db.execute(
-            "SELECT arm, query_id, sample, text, answer, scores, failures, prompt_tokens, "
-            "completion_tokens, latency, seed FROM completions ORDER BY arm, query_id, sample")
-        return [StoredCompletion(a, q, s, t, ans, json.loads(sc), json.loads(fl), pt, ct, lat,
-                                 seed)
-                for a, q, s, t, ans, sc, fl, pt, ct, lat, seed in cur]
-
-    def mean_tokens(self) -> dict[str, float]:
-        """Mean completion tokens per arm over everything stored."""
-        cur = self.db.execute("SELECT arm, AVG(completion_tokens) FROM completions GROUP BY arm")
-        return {a: float(m) for a, m in cur}
+        cur = self.db.execute(f"SELECT {_COLUMNS} FROM completions ORDER BY pool, sample")
+        return [_row(r) for r in cur]
 
     def count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM completions").fetchone()[0])
+
+
+@contextlib.contextmanager
+def writer_lock(folder: Path, what: str) -> Iterator[None]:
+    """Hold the run folder's exclusive lock; a second writer gets a StoreError at once."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".iapo.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise StoreError(f"{folder} is in use by {holder}; wait for it to finish or give "
+                             "another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"iapo {what} (pid {os.getpid()})".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

@@ -6,10 +6,12 @@
 else the configured default. It looks up the policy's arm (prompt, N) for that context, applies
 the prompt's template (and system message) to the user's last message, asks the upstream model
 for N completions concurrently, aggregates them (majority voting by the extracted answers, ties
-broken uniformly at random; Best-of-N by the scorers and the context's weights) and returns one
+broken uniformly at random, "no answer" a vote like any other; Best-of-N by the scorers and the
+context's weights, the first of equal values) and returns one
 choice with the usage summed over the N completions. The extra field ``iapo`` documents what
 was done: ``context``, ``prompt`` (and ``prompt_index``), ``n`` (and ``n_capped``),
-``aggregator``, ``votes`` / ``answer`` / ``answers`` (MV) or ``scores`` / ``values`` (BoN),
+``aggregator``, ``votes`` / ``answer`` / ``tied`` / ``answers`` (MV) or ``scores`` /
+``values`` (BoN), aggregated exactly as training scored groups (:mod:`iapo.live.aggregate`),
 ``chosen`` (the index of the returned sample), ``samples`` (every completion's text and
 tokens), ``upstream_seconds`` and ``gateway_seconds``.
 
@@ -30,7 +32,6 @@ import os
 import random
 import time
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,7 @@ from starlette.routing import Route
 
 from iapo.learners.base import Choice
 from iapo.live.client import ChatClient, LLMError
-from iapo.live.optimize import parse_context
+from iapo.live.optimize import check_servable, outcome_fields, parse_context
 from iapo.live.oracle import TaskRuntime
 from iapo.live.store import CompletionStore, StoredCompletion
 from iapo.live.task import Record, Task
@@ -164,6 +165,7 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
     cfg = config or ServeConfig()
     holder = PolicyHolder(Path(policy_path), task)
     runtime = TaskRuntime(task, [])
+    check_servable(runtime)
     model_id = cfg.model_name or f"iapo-{task.name}"
     rng = random.Random(cfg.seed)
     state: dict[str, Any] = {"client": None, "served": 0, "errors": 0}
@@ -240,25 +242,16 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
         meta: dict[str, Any] = {
             "context": holder.grid.keys[index], "prompt": prompt.name,
             "prompt_index": choice.prompt, "n": n, "n_capped": capped,
-            "aggregator": task.aggregator,
         }
-        if task.aggregator == "bon":
-            w = np.asarray(holder.grid.contexts[index].weights)
-            values = [float(np.dot(w, s[1])) for s in scored]
-            top = max(values)
-            pick = rng.choice([j for j, v in enumerate(values) if v == top])
-            meta.update({"scores": [s[1] for s in scored], "values": values,
+        fields = outcome_fields(task, holder.grid.contexts[index].weights,
+                                [s[0] for s in scored], [s[1] for s in scored], rng)
+        pick = fields.pop("choice")
+        meta.update(fields)
+        if task.aggregator in ("mv", "mixed"):
+            meta["answers"] = [s[0] for s in scored]
+        if task.aggregator in ("bon", "mixed"):
+            meta.update({"scores": [s[1] for s in scored],
                          "scorer_failures": sum(len(s[2]) for s in scored)})
-        else:
-            answers = [s[0] for s in scored]
-            votes = Counter(a for a in answers if a is not None)
-            if votes:
-                most = max(votes.values())
-                winner = rng.choice(sorted(a for a, v in votes.items() if v == most))
-                pick = answers.index(winner)
-            else:
-                winner, pick = None, 0
-            meta.update({"votes": dict(votes), "answer": winner, "answers": answers})
         meta.update({"chosen": pick, "upstream_seconds": upstream, "samples": [
             {"text": c.text, "prompt_tokens": c.prompt_tokens,
              "completion_tokens": c.completion_tokens}
@@ -267,9 +260,13 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
             rid = f"serve-{uuid.uuid4().hex}"
             store.add_queries([(rid, user_text, None)])
             for j, (c, s) in enumerate(zip(comps, scored, strict=True)):
-                store.put(StoredCompletion(runtime.arms[choice.prompt], rid, j, c.text, s[0],
-                                           s[1], s[2], c.prompt_tokens, c.completion_tokens,
-                                           c.latency, c.seed))
+                # every served request is a pool of its own: its samples are not i.i.d. draws
+                # of a training pool (the caller's history is part of the messages)
+                store.put(StoredCompletion(rid, j, runtime.arms[choice.prompt], rid, c.text,
+                                           s[0], s[1], s[2], c.prompt_tokens,
+                                           c.completion_tokens, c.latency, c.seed, None,
+                                           c.finish_reason, c.retries, list(c.errors),
+                                           task.model.base_url))
         prompt_tokens = sum(c.prompt_tokens for c in comps)
         completion_tokens = sum(c.completion_tokens for c in comps)
         state["served"] += 1
