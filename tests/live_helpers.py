@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -18,12 +19,16 @@ from typing import Any
 class ScriptedServer:
     def __init__(self, script: list[str] | None = None, default: str = "ok",
                  honour_n: bool = False, slow_seconds: float = 2.0,
-                 answer: str = "The answer is (A).") -> None:
+                 answer: str = "The answer is (A).",
+                 answer_of: Callable[[dict[str, Any]], str] | None = None,
+                 tokens_of: Callable[[int], int] | None = None) -> None:
         self.script = list(script or [])
         self.default = default
         self.honour_n = honour_n
         self.slow_seconds = slow_seconds
         self.answer = answer
+        self.answer_of = answer_of  # the answer as a function of the request body
+        self.tokens_of = tokens_of  # completion tokens as a function of the seed (else 5)
         self.requests: list[dict[str, Any]] = []
         self.times: list[float] = []
         self._lock = threading.Lock()
@@ -76,13 +81,15 @@ class ScriptedServer:
             payload = b'{"choices": [{"message": {"content": "trunc'
         else:
             n = int(body.get("n", 1)) if self.honour_n else 1
-            text = f"{self.answer} seed={body.get('seed')}"
+            answer = self.answer_of(body) if self.answer_of else self.answer
+            text = f"{answer} seed={body.get('seed')}"
+            each = self.tokens_of(int(body.get("seed", 0))) if self.tokens_of else 5
             payload = json.dumps({
                 "id": "x", "object": "chat.completion", "model": body.get("model"),
                 "choices": [{"index": i, "message": {"role": "assistant", "content": text},
                              "finish_reason": "stop"} for i in range(n)],
-                "usage": {"prompt_tokens": 7, "completion_tokens": 5 * n,
-                          "total_tokens": 7 + 5 * n},
+                "usage": {"prompt_tokens": 7, "completion_tokens": each * n,
+                          "total_tokens": 7 + each * n},
             }).encode()
         h.send_response(200)
         h.send_header("content-type", "application/json")

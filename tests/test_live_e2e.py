@@ -136,3 +136,112 @@ def test_optimize_answer_kill_resume_export(llama: LlamaServer, tmp_path: Path) 
     res = json.loads(iapo("evaluate", str(env_path), str(tmp_path / "sim.json"),
                           "--json").stdout)
     assert 0 <= res["regret"] <= 1
+
+
+def label_task(tmp: Path, url: str) -> Path:
+    shutil.copy(DATA / "yesno.jsonl", tmp / "yesno.jsonl")
+    text = (DATA / "yesno_task.toml").read_text().replace("http://127.0.0.1:8080/v1", url)
+    path = tmp / "task.toml"
+    path.write_text(text)
+    return path
+
+
+def test_label_task_resume_rerun_and_serving_agree_with_training(llama: LlamaServer,
+                                                                 tmp_path: Path) -> None:
+    """Free-text yes/no answers read by the label extractor. An uninterrupted run; a run killed
+    with SIGKILL and resumed gives the same policy; a rerun pays 0 and writes it again;
+    `answer` and `serve` replay training's stored samples and aggregate them as training did;
+    the exported environment evaluates the live policy and benches."""
+    from iapo.live.scorers import extract_label
+    from iapo.live.store import CompletionStore
+
+    task = label_task(tmp_path, llama.url)
+
+    # 1. uninterrupted
+    before = llama.settle()
+    iapo("optimize", str(task), "--out", str(tmp_path / "run1"))
+    assert llama.settle() - before == stored(tmp_path / "run1" / "store.sqlite")
+    uninterrupted = (tmp_path / "run1" / "policy.json").read_text()
+
+    # 2. killed with SIGKILL part-way, resumed: the same policy (the pools are the same
+    # content, and every sample is asked with its own fixed seed)
+    run2 = tmp_path / "run2"
+    before = llama.settle()
+    proc = subprocess.Popen([sys.executable, "-m", "iapo.cli", "optimize", str(task), "--out",
+                             str(run2)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            if (run2 / "store.sqlite").exists() and stored(run2 / "store.sqlite") >= 12:
+                break
+        except sqlite3.OperationalError:
+            pass
+        assert proc.poll() is None, "the optimizer finished before it could be killed"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = stored(run2 / "store.sqlite")
+    assert killed_at <= llama.settle() - before <= killed_at + 1  # at most one in flight
+    before = llama.requests()
+    iapo("optimize", str(task), "--out", str(run2))
+    assert llama.settle() - before == stored(run2 / "store.sqlite") - killed_at
+    assert (run2 / "policy.json").read_text() == uninterrupted
+
+    # 3. a rerun pays 0 and writes the identical policy; the report keeps every run
+    before = llama.settle()
+    iapo("optimize", str(task), "--out", str(run2))
+    assert llama.settle() - before == 0
+    assert (run2 / "policy.json").read_text() == uninterrupted
+    runs = json.loads((run2 / "report.json").read_text())["runs"]
+    assert [r["status"] for r in runs] == ["interrupted", "finished", "finished"]
+    assert runs[0]["paid"] == killed_at and runs[2]["paid"] == 0
+
+    # 4. answer and serve replay the stored samples of a training query: the outcome is the
+    # majority of the labels read from those texts, counted here
+    policy = json.loads(uninterrupted)
+    high = policy["policy"][1]
+    test_ids = set(policy["split"]["test"])
+    record = next(json.loads(line) for line in (DATA / "yesno.jsonl").read_text().splitlines()
+                  if json.loads(line)["id"] not in test_ids)
+    store_path = run2 / "store.sqlite"
+    before = llama.settle()
+    got = json.loads(iapo("answer", str(run2 / "policy.json"), record["query"], "--context",
+                          "budget=high", "--store", str(store_path), "--json").stdout)
+    paid_by_answer = llama.settle() - before
+    assert got["n"] == high["n"] and got["paid"] == paid_by_answer
+    with CompletionStore(store_path) as store:
+        from iapo.live.oracle import TaskRuntime
+        from iapo.live.task import Record, load_task
+
+        rt = TaskRuntime(load_task(task), [Record("x", record["query"], None)])
+        pool = store.get(rt.pool(high["prompt"], 0), list(range(high["n"])))
+    assert len(pool) == high["n"]
+    assert [s["text"] for s in got["samples"]] == [pool[i].text for i in range(high["n"])]
+    labels = [extract_label(pool[i].text, ["yes", "no"]) for i in range(high["n"])]
+    counts = {a: labels.count(a) for a in set(labels)}
+    tied = sorted("<no answer>" if a is None else a for a in counts
+                  if counts[a] == max(counts.values()))
+    assert sorted(got["tied"]) == tied
+
+    from test_serve import Gateway
+
+    before = llama.settle()
+    with Gateway(run2 / "policy.json", "--store", str(store_path)) as gw:
+        served = gw.ask({"budget": "high"}, content=record["query"])
+    assert llama.settle() - before == 0  # every sample replayed
+    meta = served.model_extra["iapo"]  # type: ignore[index]
+    assert meta["paid"] == 0 and sorted(meta["tied"]) == tied
+    assert meta["votes"] == got["votes"]
+
+    # 5. collect the grid, export it, evaluate the live policy and bench on the file
+    iapo("collect", str(task), "--out", str(run2), "--samples", "4")
+    env_path = tmp_path / "exported" / "yesno.npz"
+    iapo("export-env", str(store_path), "--out", str(env_path))
+    res = json.loads(iapo("evaluate", str(env_path), str(run2 / "policy.json"),
+                          "--json").stdout)
+    assert 0 <= res["regret"] <= 1 + 1e-9
+    bench = tmp_path / "bench"
+    iapo("bench", "--envs", str(env_path), "--learners", "psst,uniform", "--budgets", "20,40",
+         "--runs", "3", "--out", str(bench))
+    assert (bench / "summary.md").is_file()
+    assert len(list(bench.glob("*.png"))) == 2

@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from iapo.bench.runner import BenchError
-from iapo.envs import DataError, UnknownEnvironmentError, acr, best_arms, get_environment
-from iapo.envs.registry import ENVIRONMENTS
-from iapo.learners import LEARNERS, PAPER_LEARNERS
-from iapo.oracle import BudgetExceededError
-from iapo.policy import Policy, PolicyError, evaluate_policy, train_policy
-from iapo.problem import ProblemError
+# Only click and the standard library at the top: `iapo --help` and every command's --help
+# must start at once; each command imports numpy, the environments and the learners itself.
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _is_user_error(e: Exception) -> bool:
+    """Whether ``e`` is one of the library's validation errors (all ValueErrors but two)."""
+    if isinstance(e, ValueError):  # ProblemError, DataError, PolicyError, BenchError, ...
+        return True
+    from iapo.envs.registry import UnknownEnvironmentError
+    from iapo.oracle import BudgetExceededError
+
+    return isinstance(e, (UnknownEnvironmentError, BudgetExceededError))
 
 
 def _user_errors(fn: F) -> F:
@@ -27,11 +34,32 @@ def _user_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ProblemError, DataError, PolicyError, UnknownEnvironmentError, ValueError,
-                BudgetExceededError, BenchError) as e:
+        except (ValueError, KeyError, RuntimeError) as e:
+            if not _is_user_error(e):
+                raise
             raise click.UsageError(str(e)) from e
 
     return wrapper  # type: ignore[return-value]
+
+
+def _check_writable(path: str, option: str, folder: bool = False) -> None:
+    """Fail now, before any work, unless the file (or the ``folder``) ``path`` can be written,
+    its missing folders created: no part of the path is a file and the nearest existing
+    folder is writable."""
+    target = Path(path).absolute()
+    if not folder and target.is_dir():
+        raise click.UsageError(f"{option} {path!r} is a folder; give a file name")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise click.UsageError(f"{option} {path!r} exists and is not writable")
+    nearest = target if folder else target.parent
+    while not nearest.exists() and nearest != nearest.parent:
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        raise click.UsageError(f"{option} {path!r} cannot be written: {str(nearest)!r} is a "
+                               "file, not a folder")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise click.UsageError(f"{option} {path!r} cannot be written: folder {str(nearest)!r} "
+                               "is not writable")
 
 
 @click.group()
@@ -45,6 +73,8 @@ def main() -> None:
 @_user_errors
 def envs(as_json: bool) -> None:
     """List every environment with its aggregator, sizes and N_max."""
+    from iapo.envs.registry import ENVIRONMENTS
+
     rows = []
     for name, spec in ENVIRONMENTS.items():
         env = spec.make(None)
@@ -82,6 +112,8 @@ def oracle(env_name: str, as_json: bool) -> None:
 
     Computed exactly (no Monte Carlo); prompts are 0-based indices as in the data.
     """
+    from iapo.envs import acr, best_arms, get_environment
+
     env = get_environment(env_name)
     q = env.q()
     arms = best_arms(q)
@@ -104,6 +136,8 @@ def oracle(env_name: str, as_json: bool) -> None:
 @main.command()
 def learners() -> None:
     """List the learners with one line each."""
+    from iapo.learners import LEARNERS
+
     width = max(len(n) for n in LEARNERS)
     for name, spec in LEARNERS.items():
         click.echo(f"{name:<{width}}  {spec.summary}")
@@ -112,7 +146,7 @@ def learners() -> None:
 @main.command()
 @click.argument("env_name", metavar="ENV")
 @click.option("--learner", "learner", default="psst", show_default=True,
-              help=f"The learner to train: {', '.join(LEARNERS)}.")
+              help="The learner to train (`iapo learners` lists them).")
 @click.option("--budget", "budget", required=True, type=click.IntRange(min=0),
               help="Training budget T in completions (never exceeded).")
 @click.option("--seed", "seed", default=0, show_default=True, type=click.IntRange(min=0),
@@ -126,11 +160,20 @@ def learners() -> None:
 def train(env_name: str, learner: str, budget: int, seed: int, out: str,
           estimator: str) -> None:
     """Train a policy on the training split of ENV that SEED draws, and write it to OUT."""
+    from iapo.envs import get_environment
+    from iapo.learners import get_learner
+    from iapo.policy import train_policy
+
+    _check_writable(out, "--out")
+    get_learner(learner, estimator)  # an unknown learner fails before the table is computed
     env = get_environment(env_name)
     env.query_table()  # the exact table is not needed to train; computing it here keeps
     # the progress bar out of `evaluate` for the common train-then-evaluate sequence
     policy = train_policy(env, learner, budget, seed, estimator=estimator)
-    policy.save(out)
+    try:
+        policy.save(out)
+    except OSError as e:
+        raise click.UsageError(f"--out {out!r}: the policy could not be written ({e})") from e
     click.echo(
         f"{policy.learner} on {env.name}: {policy.completions_used} of {budget} completions used; "
         f"policy written to {out}"
@@ -147,8 +190,11 @@ def train(env_name: str, learner: str, budget: int, seed: int, out: str,
 @_user_errors
 def evaluate(env_name: str, policy_path: str, as_json: bool) -> None:
     """Exact ACR of a policy on its test split, the optimal ACR there, and the regret."""
-    env = get_environment(env_name)
+    from iapo.envs import get_environment
+    from iapo.policy import Policy, evaluate_policy
+
     policy = Policy.load(policy_path)
+    env = get_environment(env_name)
     result = evaluate_policy(env, policy)
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -173,6 +219,7 @@ def bound(env_name: str, delta: float, budgets: str, as_json: bool) -> None:
     """Theorem 1 of the paper for ENV: gaps, H1, H2, the guaranteed success probability of
     PSST at given budgets, and the budget T that suffices for failure probability DELTA."""
     from iapo.bound import theorem1
+    from iapo.envs import get_environment
 
     b = theorem1(get_environment(env_name))
     try:
@@ -207,9 +254,10 @@ def _csv_list(text: str) -> list[str]:
 @main.command()
 @click.option("--envs", "envs", default="math", show_default=True,
               help="Comma-separated environments.")
-@click.option("--learners", "learners", default=",".join(PAPER_LEARNERS), show_default=True,
-              help="Comma-separated learners (default: the paper's); see `iapo learners`, and "
-                   "name:subsets for the subsets estimator.")
+@click.option("--learners", "learners", default=None,
+              show_default="the paper's learners",
+              help="Comma-separated learners; see `iapo learners`, and name:subsets for the "
+                   "subsets estimator.")
 @click.option("--budgets", "budgets", default="1000,2000,5000,10000,20000", show_default=True,
               help="Comma-separated training budgets T.")
 @click.option("--runs", "runs", default=200, show_default=True, type=click.IntRange(min=1),
@@ -231,17 +279,18 @@ def _csv_list(text: str) -> list[str]:
               type=click.Choice(["blocks", "subsets"]),
               help="Estimator of learners named without one (name:estimator picks per learner).")
 @_user_errors
-def bench(envs: str, learners: str, budgets: str, runs: int, seed: int, out: str, workers: int,
-          backend: str, reference: str, metric: str, estimator: str) -> None:
+def bench(envs: str, learners: str | None, budgets: str, runs: int, seed: int, out: str,
+          workers: int, backend: str, reference: str, metric: str, estimator: str) -> None:
     """The paper's evaluation protocol: every learner at every budget over many runs.
 
     Writes runs.csv, summary.csv, summary.md and two figures per environment (PNG and SVG)
     into OUT; rerunning into the same OUT skips finished cells.
     """
-    from pathlib import Path
-
     from iapo.bench import BenchConfig, BenchError, execute, report
+    from iapo.learners import PAPER_LEARNERS
 
+    if learners is None:
+        learners = ",".join(PAPER_LEARNERS)
     try:
         budget_list = tuple(int(b) for b in _csv_list(budgets))
     except ValueError as e:
@@ -254,6 +303,7 @@ def bench(envs: str, learners: str, budgets: str, runs: int, seed: int, out: str
     )
     if reference not in config.learners:
         raise BenchError(f"reference learner '{reference}' is not among --learners")
+    _check_writable(out, "--out", folder=True)
     folder = Path(out)
     rows = execute(config, folder)
     result = report(rows, config, folder, metric)
@@ -275,9 +325,8 @@ def bench(envs: str, learners: str, budgets: str, runs: int, seed: int, out: str
 def plot(out: str, env_name: str, prompts: str | None) -> None:
     """The paper's motivating plots: Figure 2(a) (MV accuracy against decoding cost per prompt,
     N = 1..16) and Figure 3 (expected MV and BoN utility against theta, several N)."""
-    from pathlib import Path
-
     from iapo.bench.plots import prompt_flip_figure, theta_figure
+    from iapo.envs import get_environment
 
     env = get_environment(env_name)
     if env.problem.aggregator != "mv":
@@ -292,6 +341,7 @@ def plot(out: str, env_name: str, prompts: str | None) -> None:
         bad = [p for p in chosen if not 0 <= p < env.problem.n_prompts]
         if bad:
             raise click.UsageError(f"prompts {bad} are out of range 0..{env.problem.n_prompts - 1}")
+    _check_writable(out, "--out", folder=True)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     files = prompt_flip_figure(env, folder, chosen) + theta_figure(folder)
@@ -320,19 +370,23 @@ def _live_errors(fn: F) -> F:
 @click.argument("task_path", metavar="TASK", type=click.Path(dir_okay=False))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
               help="Folder for store.sqlite, policy.json and report.json / report.md.")
+@click.option("--other-task", "other_task", is_flag=True,
+              help="Allow a task other than the one OUT was made for (pools are shared by "
+                   "content).")
 @_user_errors
 @_live_errors
-def optimize(task_path: str, out: str) -> None:
+def optimize(task_path: str, out: str, other_task: bool) -> None:
     """Learn a policy for TASK through its live model (resumable: rerun to continue)."""
     from pathlib import Path
 
     from iapo.live.optimize import optimize as run
     from iapo.live.task import load_task
 
-    report = run(load_task(task_path), Path(out))
+    report = run(load_task(task_path), Path(out), other_task=other_task)
     t = report["training"]
     click.echo(f"{report['learner']}: {t['completions_used']} of {report['budget']} completions "
-               f"({t['completions_paid']} paid, {t['tokens_paid']} tokens)")
+               f"({t['completions_paid']} paid, {t['completions_replayed']} replayed from the "
+               f"store, {t['tokens_paid']} tokens)")
     for row in report["policy"]:
         click.echo(f"  {row['context']}: prompt '{row['prompt']}', N {row['n']}")
     acr = report["test_acr"]
@@ -346,16 +400,18 @@ def optimize(task_path: str, out: str) -> None:
               help="Folder of the completion store (store.sqlite).")
 @click.option("--samples", "samples", default=8, show_default=True, type=click.IntRange(min=1),
               help="Completions per (prompt, query) pair.")
+@click.option("--other-task", "other_task", is_flag=True,
+              help="Allow a task other than the one OUT was made for.")
 @_user_errors
 @_live_errors
-def collect(task_path: str, out: str, samples: int) -> None:
+def collect(task_path: str, out: str, samples: int, other_task: bool) -> None:
     """Sample every prompt on every query of TASK (resumable), for export-env."""
     from pathlib import Path
 
     from iapo.live.optimize import collect as run
     from iapo.live.task import load_task
 
-    info = run(load_task(task_path), Path(out), samples)
+    info = run(load_task(task_path), Path(out), samples, other_task=other_task)
     click.echo(f"{info['completions']} completions in {info['store']} ({info['paid']} paid now, "
                f"{info['tokens']} tokens, {info['scorer_failures']} scorer failures)")
 
@@ -369,17 +425,21 @@ def collect(task_path: str, out: str, samples: int) -> None:
               help="Task file (default: the one the policy was learned with).")
 @click.option("--show-samples", is_flag=True, help="Print all N completions with their scores.")
 @click.option("--seed", "seed", default=None, type=int, help="Seed of the samples and ties.")
+@click.option("--store", "store", default=None, type=click.Path(dir_okay=False),
+              help="A completion store (e.g. RUN/store.sqlite): replay the query's stored "
+                   "samples and pay only for missing ones, which are stored.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_user_errors
 @_live_errors
 def answer(policy_path: str, query: str, context: str, task_path: str | None,
-           show_samples: bool, seed: int | None, as_json: bool) -> None:
+           show_samples: bool, seed: int | None, store: str | None, as_json: bool) -> None:
     """Answer QUERY with the policy's arm for the context, aggregated by BoN or MV."""
     from pathlib import Path
 
     from iapo.live.optimize import answer as run
 
-    result = run(Path(policy_path), context, query, Path(task_path) if task_path else None, seed)
+    result = run(Path(policy_path), context, query, Path(task_path) if task_path else None, seed,
+                 Path(store) if store else None)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -412,17 +472,22 @@ def answer(policy_path: str, query: str, context: str, task_path: str | None,
               type=click.IntRange(min=1), help="Most upstream calls in flight at once.")
 @click.option("--log-store", "log_store", default=None, type=click.Path(dir_okay=False),
               help="SQLite store to log every served request and its completions to.")
+@click.option("--store", "replay_store", default=None, type=click.Path(dir_okay=False),
+              help="A completion store (e.g. RUN/store.sqlite) to replay: a request identical "
+                   "to a stored pool takes its samples and pays only for missing ones.")
 @_user_errors
 @_live_errors
 def serve(policy_path: str, task_path: str | None, host: str, port: int,
           default_context: str | None, max_n: int, upstream_timeout: float,
-          upstream_retries: int, max_concurrency: int, log_store: str | None) -> None:
+          upstream_retries: int, max_concurrency: int, log_store: str | None,
+          replay_store: str | None) -> None:
     """Serve POLICY as an OpenAI-compatible endpoint: each request gets its context's arm."""
     from pathlib import Path
 
     import uvicorn
 
     from iapo.live.optimize import policy_task
+    from iapo.policy import Policy
     from iapo.serve import ServeConfig, create_app
 
     policy = Policy.load(policy_path)
@@ -430,7 +495,8 @@ def serve(policy_path: str, task_path: str | None, host: str, port: int,
     config = ServeConfig(max_n=max_n, upstream_timeout=upstream_timeout,
                          upstream_retries=upstream_retries, max_concurrency=max_concurrency,
                          default_context=default_context,
-                         log_store=Path(log_store) if log_store else None)
+                         log_store=Path(log_store) if log_store else None,
+                         replay_store=Path(replay_store) if replay_store else None)
     if default_context:
         from iapo.live.optimize import parse_context
 

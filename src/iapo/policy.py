@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,33 +67,42 @@ class Policy:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "policy") -> Policy:
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
+    def from_dict(cls, data: Any, source: str = "policy") -> Policy:
+        """The policy in ``data`` (parsed JSON); PolicyError naming the field (and the row)
+        that is missing or of the wrong type."""
+        if not isinstance(data, dict):
+            raise PolicyError(f"{source}: not an iapo policy (the top level must be a JSON "
+                              f"object with \"format\": \"{FORMAT}\", got {_kind(data)})")
+        if data.get("format") != FORMAT:
             raise PolicyError(f"{source}: not an iapo policy (expected \"format\": \"{FORMAT}\")")
-        try:
-            rows = data["policy"]
-            choices = [
-                Choice(
-                    int(r["prompt"]),
-                    None if r["n"] == "random" else int(r["n"]),
-                    float("nan") if r.get("q_hat") is None else float(r["q_hat"]),
-                    int(r.get("samples", 0)),
-                )
-                for r in rows
-            ]
-            return cls(
-                env=str(data["env"]),
-                learner=str(data["learner"]),
-                budget=int(data["budget"]),
-                completions_used=int(data["completions_used"]),
-                seed=None if data.get("seed") is None else int(data["seed"]),
-                split=dict(data["split"]),
-                contexts=[str(r["context"]) for r in rows],
-                choices=choices,
-                trace=dict(data.get("trace", {})),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise PolicyError(f"{source}: malformed policy ({type(e).__name__}: {e})") from e
+        missing = [k for k in ("env", "learner", "budget", "completions_used", "split", "policy")
+                   if k not in data]
+        if missing:
+            raise PolicyError(f"{source}: malformed policy (missing {', '.join(missing)})")
+        rows = data["policy"]
+        if not isinstance(rows, list) or not rows:
+            raise PolicyError(f"{source}: malformed policy (policy must be a non-empty list of "
+                              f"rows, got {_kind(rows)})")
+        contexts, choices = [], []
+        for i, row in enumerate(rows):
+            context, choice = _row(row, f"{source}: policy row {i}")
+            contexts.append(context)
+            choices.append(choice)
+        seed = data.get("seed")
+        trace = data.get("trace", {})
+        if not isinstance(trace, dict):
+            raise PolicyError(f"{source}: trace must be an object, got {_kind(trace)}")
+        return cls(
+            env=_text(data["env"], f"{source}: env"),
+            learner=_text(data["learner"], f"{source}: learner"),
+            budget=_whole(data["budget"], f"{source}: budget", 0),
+            completions_used=_whole(data["completions_used"], f"{source}: completions_used", 0),
+            seed=None if seed is None else _whole(seed, f"{source}: seed", 0),
+            split=_split(data["split"], f"{source}: split"),
+            contexts=contexts,
+            choices=choices,
+            trace=trace,
+        )
 
     def save(self, path: str | os.PathLike[str]) -> None:
         p = Path(path)
@@ -107,13 +117,116 @@ class Policy:
         if not p.is_file():
             raise PolicyError(f"policy file {str(p)!r} does not exist")
         try:
-            data = json.loads(p.read_text())
+            text = p.read_bytes().decode("utf-8")
+        except OSError as e:
+            raise PolicyError(f"{p}: cannot be read ({e.strerror or e})") from e
+        except UnicodeDecodeError as e:
+            raise PolicyError(f"{p}: not a policy file (not UTF-8 text: byte {e.start} is "
+                              f"{e.object[e.start:e.start + 1]!r})") from e
+        try:
+            data = json.loads(text)
         except json.JSONDecodeError as e:
             raise PolicyError(f"{p}: not valid JSON ({e})") from e
+        except RecursionError as e:  # the decoder recurses once per nesting level
+            raise PolicyError(f"{p}: not a policy file (JSON nested too deeply)") from e
         return cls.from_dict(data, str(p))
 
-    def test_queries(self) -> npt.NDArray[np.int64]:
-        return np.asarray(self.split.get("test", []), dtype=np.int64)
+    def test_queries(self, query_ids: Sequence[str] | None = None) -> npt.NDArray[np.int64]:
+        """The test split as query indices: [X_test]. A live policy names its test queries by
+        record id (strings); they are looked up in ``query_ids``, the environment's ids."""
+        test = self.split.get("test", [])
+        if not any(isinstance(t, str) for t in test):
+            return np.asarray(test, dtype=np.int64)
+        if query_ids is None:
+            raise PolicyError("the policy's test split names queries by id (e.g. "
+                              f"{test[0]!r}); the environment has no query ids to find them by")
+        index = {q: i for i, q in enumerate(query_ids)}
+        absent = [t for t in test if t not in index]
+        if absent:
+            shown = ", ".join(repr(t) for t in absent[:5])
+            more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
+            raise PolicyError(f"the environment has no queries with the policy's test ids "
+                              f"{shown}{more}")
+        return np.array([index[t] for t in test], dtype=np.int64)
+
+    def check_arms(self, n_prompts: int, n_max: int, contexts: Sequence[str], what: str) -> None:
+        """Raise PolicyError unless the policy has exactly ``contexts`` (in order) and every
+        choice is an arm of a problem with ``n_prompts`` prompts and N up to ``n_max``;
+        ``what`` names that problem in the message, e.g. "environment 'math'"."""
+        if self.contexts != list(contexts):
+            raise PolicyError(f"the policy's contexts {self.contexts} do not match {what} "
+                              f"({list(contexts)})")
+        for i, (key, ch) in enumerate(zip(self.contexts, self.choices, strict=True)):
+            if not 0 <= ch.prompt < n_prompts:
+                raise PolicyError(f"policy row {i} (context {key!r}): prompt {ch.prompt} is not "
+                                  f"a prompt of {what}, which has {n_prompts} (0..{n_prompts - 1})")
+            if ch.n is not None and not 1 <= ch.n <= n_max:
+                raise PolicyError(f"policy row {i} (context {key!r}): N {ch.n} is not an arm of "
+                                  f"{what}, whose N_max is {n_max}")
+
+
+def _kind(value: Any) -> str:
+    """How a JSON value reads in a message: its text, or its type when long."""
+    text = json.dumps(value) if not isinstance(value, (list, dict)) else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _whole(value: Any, what: str, minimum: int) -> int:
+    # bool is an int in Python, never in a policy file
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a non-negative integer" if minimum == 0 else f"an integer >= {minimum}"
+        raise PolicyError(f"{what} must be {kind}, got {_kind(value)}")
+    return value
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise PolicyError(f"{what} must be a string, got {_kind(value)}")
+    return value
+
+
+def _row(row: Any, where: str) -> tuple[str, Choice]:
+    """One row of the policy list: (context, choice)."""
+    if not isinstance(row, dict):
+        raise PolicyError(f"{where} must be an object, got {_kind(row)}")
+    if not isinstance(row.get("context"), str):
+        raise PolicyError(f"{where}: context must be a string, got {_kind(row.get('context'))}")
+    where = f"{where} (context {row['context']!r})"
+    for key in ("prompt", "n"):
+        if key not in row:
+            raise PolicyError(f"{where}: malformed policy (missing {key})")
+    n = row["n"]
+    if n != "random" and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise PolicyError(f"{where}: n must be a positive integer or \"random\", got {_kind(n)}")
+    q_hat = row.get("q_hat")
+    if q_hat is None:
+        q_hat = math.nan
+    elif isinstance(q_hat, bool) or not isinstance(q_hat, (int, float)) or abs(q_hat) > 1e300:
+        # (the bound keeps float() from overflowing on a huge integer)
+        raise PolicyError(f"{where}: q_hat must be a number or null, got {_kind(q_hat)}")
+    return row["context"], Choice(
+        _whole(row["prompt"], f"{where}: prompt", 0),
+        None if n == "random" else n,
+        float(q_hat),
+        _whole(row.get("samples", 0), f"{where}: samples", 0),
+    )
+
+
+def _split(split: Any, what: str) -> dict[str, Any]:
+    """The split object; its test queries are all indices (simulated) or all record ids (live)."""
+    if not isinstance(split, dict):
+        raise PolicyError(f"{what} must be an object, got {_kind(split)}")
+    test = split.get("test", [])
+    if not isinstance(test, list):
+        raise PolicyError(f"{what}: test must be a list of query indices or ids, got "
+                          f"{_kind(test)}")
+    for t in test:
+        if not isinstance(t, str) and (isinstance(t, bool) or not isinstance(t, int) or t < 0):
+            raise PolicyError(f"{what}: test must list query indices (non-negative integers) or "
+                              f"query ids (strings), got {_kind(t)}")
+    if len({isinstance(t, str) for t in test}) > 1:
+        raise PolicyError(f"{what}: test mixes query indices and query ids; give one kind")
+    return dict(split)
 
 
 def policy_values(q: npt.NDArray[np.float64], choices: list[Choice]) -> npt.NDArray[np.float64]:
@@ -174,18 +287,9 @@ def evaluate_policy(env: Environment, policy: Policy) -> dict[str, float | int]:
         raise PolicyError(
             f"the policy was trained on '{policy.env}', not '{env.name}'; evaluate it there"
         )
-    if policy.contexts != problem.grid.keys:
-        raise PolicyError(
-            f"the policy's contexts {policy.contexts} do not match environment "
-            f"'{env.name}' ({problem.grid.keys})"
-        )
-    for ch in policy.choices:
-        if not 0 <= ch.prompt < problem.n_prompts or (
-            ch.n is not None and not 1 <= ch.n <= problem.n_max
-        ):
-            raise PolicyError(f"the policy's arm ({ch.prompt}, {ch.n}) is not an arm of "
-                              f"'{env.name}'")
-    test = policy.test_queries()
+    policy.check_arms(problem.n_prompts, problem.n_max, problem.grid.keys,
+                      f"environment '{env.name}'")
+    test = policy.test_queries(getattr(env, "query_ids", None))
     if test.size == 0 or test.min() < 0 or test.max() >= env.n_queries:
         raise PolicyError("the policy's test split is empty or names queries the environment "
                           "does not have")

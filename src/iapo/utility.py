@@ -158,14 +158,13 @@ def mixed_utility(
     lab = np.asarray(labels)
     w, cw = _weights(weights, cost_weights)
     credit = mv_credit(lab, gold)[..., None] * w[:, 0]
-    if w.shape[1] > 1:
-        n_cat = int(max(lab.max(initial=0), np.asarray(gold).max(initial=0)) + 1)
-        style_values = s[..., 1:-1] @ w[:, 1:].T  # [..., n, C]
-        winners = vote_winners(vote_counts(lab, n_cat))
-        style = winners_mean(best_per_answer(style_values, lab, n_cat), winners)
-    else:
-        style = 0.0
-    return credit + style - s[..., -1].sum(axis=-1)[..., None] * cw
+    cost = s[..., -1].sum(axis=-1)[..., None] * cw
+    if w.shape[1] == 1:
+        return credit - cost
+    n_cat = int(max(lab.max(initial=0), np.asarray(gold).max(initial=0)) + 1)
+    style_values = s[..., 1:-1] @ w[:, 1:].T  # [..., n, C]
+    winners = vote_winners(vote_counts(lab, n_cat))
+    return credit + winners_mean(best_per_answer(style_values, lab, n_cat), winners) - cost
 
 
 def block_counts(group_size: int, n_max: int) -> npt.NDArray[np.int64]:

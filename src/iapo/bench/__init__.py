@@ -24,7 +24,7 @@ SUMMARY_COLUMNS = ["env", "learner", "budget", "runs", "mean_acr", "sem_acr", "m
 def report(rows: list[dict[str, Any]], config: BenchConfig, out: Path,
            metric: str = "acr") -> dict[str, Any]:
     """Write summary.csv, summary.md and the figures for the rows of ``config``'s cells."""
-    from iapo.bench.plots import learning_curves
+    from iapo.bench.plots import figure_stems, learning_curves
 
     wanted = {(e, ln, b) for e in config.envs for ln in config.learners for b in config.budgets}
     mine = [r for r in rows if (r["env"], r["learner"], r["budget"]) in wanted
@@ -39,11 +39,12 @@ def report(rows: list[dict[str, Any]], config: BenchConfig, out: Path,
              f"Wilcoxon signed-rank test of the paired ACRs against `{config.reference}`; "
              "* marks p < 0.05.\n"]
     figures: list[Path] = []
+    stems = figure_stems(config.envs)
     for env in config.envs:
         parts.append(f"## {env}\n")
         parts.append(markdown_table(summary, env, config.reference, metric, config.learners)
                      + "\n")
-        figures += learning_curves(summary, env, out, metric)
+        figures += learning_curves(summary, env, out, metric, stems[env])
     (out / "summary.md").write_text("\n".join(parts))
     return {"summary": summary, "figures": figures}
 

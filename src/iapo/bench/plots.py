@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,28 @@ _TITLES = {
 }
 
 
+def figure_stem(env: str) -> str:
+    """The start of ``env``'s figure file names: an environment given as a path loses its
+    folders and its .npz suffix, and characters unsafe in a file name become '_'."""
+    base = re.split(r"[/\\]", env)[-1].removesuffix(".npz")
+    return re.sub(r"[^\w.=+-]+", "_", base).strip("._") or "env"
+
+
+def figure_stems(envs: Sequence[str]) -> dict[str, str]:
+    """``figure_stem`` of each environment, made distinct (-2, -3, ...) where two collide,
+    e.g. a/env.npz and b/env.npz."""
+    stems: dict[str, str] = {}
+    for env in envs:
+        stem, k = figure_stem(env), 2
+        while stem in stems.values():
+            stem, k = f"{figure_stem(env)}-{k}", k + 1
+        stems[env] = stem
+    return stems
+
+
 def _save(fig: Any, stem: Path) -> list[Path]:
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    # appended, not with_suffix: a stem may hold a dot (my.env-exploration)
+    paths = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".svg")]
     fig.savefig(paths[0], dpi=130, bbox_inches="tight")
     fig.savefig(paths[1], bbox_inches="tight")
     plt.close(fig)
@@ -54,10 +75,14 @@ def _save(fig: Any, stem: Path) -> list[Path]:
 
 
 def learning_curves(
-    summary: Sequence[Mapping[str, Any]], env: str, out: Path, metric: str = "acr"
+    summary: Sequence[Mapping[str, Any]], env: str, out: Path, metric: str = "acr",
+    stem: str | None = None,
 ) -> list[Path]:
     """Two figures for ``env``: mean ``metric`` (acr or regret) against budget with SEM bands,
-    log-scaled budget axis. Returns the files written (PNG and SVG of each)."""
+    log-scaled budget axis, written to ``out`` as ``stem``-exploration and ``stem``-inference
+    (``stem`` by default ``figure_stem(env)``). Returns the files written (PNG and SVG of
+    each)."""
+    stem = stem or figure_stem(env)
     rows = [s for s in summary if s["env"] == env]
     written: list[Path] = []
     for kind, learners in FIGURES.items():
@@ -85,7 +110,7 @@ def learning_curves(
         ax.set_title(f"{env}: {_TITLES[kind]}, mean ± SEM over {runs} runs", fontsize=10)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, ncol=2)
-        written += _save(fig, out / f"{env}-{kind}")
+        written += _save(fig, out / f"{stem}-{kind}")
     return written
 
 
@@ -110,7 +135,7 @@ def prompt_flip_figure(env: Environment, out: Path, prompts: Sequence[int] | Non
     ax.set_title(f"{env.name}: majority voting, N = 1..{n_max} (paper, Fig. 2a)", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, out / f"{env.name}-prompt-flip")
+    return _save(fig, out / f"{figure_stem(env.name)}-prompt-flip")
 
 
 def _flipping_prompts(acc: np.ndarray, k: int = 3) -> list[int]:

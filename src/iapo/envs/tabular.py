@@ -24,21 +24,25 @@ Best-of-N (``aggregator = "bon"``):
   budget_levels     (B,)  str;  cost_weights (B,) float;  n_max () int
   prompt_names      (P,)  str    optional
 Contexts are every weight vector times every budget level, uniformly likely.
+
+Either format may also hold (``iapo export-env`` writes both):
+  name              ()    str    the environment's name (default: the file name without .npz)
+  query_ids         (X,)  str    an id per query, distinct; a live policy's test split names
+                                 its queries by these ids
 """
 
 from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from tqdm.auto import tqdm
 
 from iapo.envs.base import Environment, FloatArray, IntArray, Sample
-from iapo.exact import bon_expected_max, mv_credit_probability
 from iapo.problem import ContextGrid, CostObjective, Objective, Problem, ProblemError
 
 _TOL = 1e-6
@@ -82,6 +86,17 @@ def _budgets(levels: npt.ArrayLike, weights: npt.ArrayLike) -> dict[str, float]:
     return dict(zip(names, cw.tolist(), strict=True))
 
 
+def _query_ids(ids: Sequence[str] | None, n_queries: int) -> tuple[str, ...] | None:
+    if ids is None:
+        return None
+    out = tuple(str(i) for i in ids)
+    if len(out) != n_queries:
+        raise DataError(f"{len(out)} query ids for {n_queries} queries")
+    if len(set(out)) != len(out):
+        raise DataError("query ids must be distinct")
+    return out
+
+
 def _prompt_names(names: Sequence[str] | None, n_prompts: int) -> tuple[str, ...]:
     if names is None:
         return tuple(f"p{i}" for i in range(n_prompts))
@@ -108,6 +123,7 @@ class MVEnvironment(Environment):
         prompt_names: Sequence[str] | None = None,
         description: str = "",
         cacheable: bool = True,
+        query_ids: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         p = np.asarray(probs, dtype=np.float64)
@@ -130,6 +146,7 @@ class MVEnvironment(Environment):
         self.name = name
         self.description = description
         self.cacheable = cacheable
+        self.query_ids = _query_ids(query_ids, n_queries)
         self.probs = p
         self.gold = g.astype(np.int16)
         self.cost = c
@@ -167,6 +184,10 @@ class MVEnvironment(Environment):
         return {"probs": self.probs, "gold": self.gold, "cost": self.cost}
 
     def _compute_table(self, progress: bool) -> tuple[FloatArray, FloatArray]:
+        from tqdm.auto import tqdm  # here, not at the top: `import iapo` stays quick
+
+        from iapo.exact import mv_credit_probability
+
         n_prompts, n_queries, n_cat = self.probs.shape
         n_max = self.problem.n_max
         with tqdm(
@@ -201,6 +222,7 @@ class BoNEnvironment(Environment):
         prompt_names: Sequence[str] | None = None,
         description: str = "",
         cacheable: bool = True,
+        query_ids: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         s = np.asarray(scores, dtype=np.float64)
@@ -228,6 +250,7 @@ class BoNEnvironment(Environment):
         self.name = name
         self.description = description
         self.cacheable = cacheable
+        self.query_ids = _query_ids(query_ids, s.shape[1])
         self.scores = s
         self.probs = p
         self._cdf = _cdf(p)[..., :-1]
@@ -259,6 +282,10 @@ class BoNEnvironment(Environment):
         return {"scores": self.scores, "probs": self.probs}
 
     def _compute_table(self, progress: bool) -> tuple[FloatArray, FloatArray]:
+        from tqdm.auto import tqdm
+
+        from iapo.exact import bon_expected_max
+
         n_prompts, n_queries, _, k1 = self.scores.shape
         n_max = self.problem.n_max
         weights, _ = self.problem.grid.distinct_weights()
@@ -334,6 +361,11 @@ def environment_from_arrays(
                 "'scores' (Best-of-N) found; see iapo.envs.tabular for the format"
             )
     names = [str(x) for x in data["prompt_names"]] if "prompt_names" in data else None
+    ids = None
+    if "query_ids" in data:
+        if np.ndim(data["query_ids"]) != 1:
+            raise DataError(f"{source}: 'query_ids' must be one id per query, (X,)")
+        ids = [str(x) for x in data["query_ids"]]
     if agg == "mv":
         _require(data, ["gold", "cost_per_completion", "budget_levels", "cost_weights", "n_max"],
                  source)
@@ -343,7 +375,7 @@ def environment_from_arrays(
         return MVEnvironment(
             name, probs, data["gold"], data["cost_per_completion"],
             _budgets(data["budget_levels"], data["cost_weights"]), _scalar(data, "n_max"),
-            names, description, cacheable,
+            names, description, cacheable, ids,
         )
     if agg == "bon":
         _require(data, ["scores", "objective_names", "objective_lower", "objective_upper",
@@ -364,19 +396,47 @@ def environment_from_arrays(
         except (ProblemError, ValueError) as e:
             raise DataError(f"{source}: {e}") from e
         return BoNEnvironment(name, data["scores"], probs, grid, _scalar(data, "n_max"), names,
-                              description, cacheable)
+                              description, cacheable, ids)
     raise DataError(f"{source}: aggregator '{agg}' is unknown; use 'mv' or 'bon'")
 
 
+# the first bytes of a zip archive (numpy.savez writes one) and of a single .npy array
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+_NPY_MAGIC = b"\x93NUMPY"
+
+
 def load_environment(path: str | os.PathLike[str], name: str | None = None) -> Environment:
-    """Load a tabular environment from an ``.npz`` file in the documented format."""
+    """Load a tabular environment from an ``.npz`` file in the documented format.
+
+    Its name is ``name``, else the file's ``name`` array, else the file name without .npz.
+    """
     p = Path(path)
     if not p.is_file():
         raise DataError(f"environment file {str(p)!r} does not exist")
     try:
+        with p.open("rb") as fh:
+            head = fh.read(len(_NPY_MAGIC))
+    except OSError as e:
+        raise DataError(f"{p}: not a readable .npz file ({e})") from e
+    if not head.startswith(_ZIP_MAGIC):  # np.load would take it for a .npy or a pickle
+        what = " but a single .npy array" if head == _NPY_MAGIC else ""
+        raise DataError(f"not a readable .npz file: {p} is not an .npz archive "
+                        f"(numpy.savez){what}; see iapo.envs.tabular for the format")
+    try:
         with np.load(p, allow_pickle=False) as f:
             data = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, EOFError, NotImplementedError, zipfile.BadZipFile,
+            zlib.error) as e:
         raise DataError(f"{p}: not a readable .npz file ({e})") from e
-    return environment_from_arrays(name or p.stem, data, f"tabular environment from {p.name}",
-                                   source=str(p))
+    return environment_from_arrays(name or _file_name(data, p), data,
+                                   f"tabular environment from {p.name}", source=str(p))
+
+
+def _file_name(data: Mapping[str, npt.NDArray], path: Path) -> str:
+    """The environment name the file gives, else the file name without .npz."""
+    if "name" not in data:
+        return path.stem
+    arr = np.asarray(data["name"])
+    if arr.shape != () or arr.dtype.kind != "U" or not str(arr).strip():
+        raise DataError(f"{path}: 'name' must be one non-empty string; got {arr!r}")
+    return str(arr)

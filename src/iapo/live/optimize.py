@@ -449,9 +449,8 @@ def export_env(store_path: Path, out: Path) -> dict[str, Any]:
             rows = []
             for c in by_pool[pools[j][p]]:
                 if c.score_key != key:
-                    answer_, scores, failures = runtime.score(records[j], c.text)
-                    c = dataclasses.replace(c, answer=answer_, scores=scores,
-                                            failures=failures)
+                    answer_, fresh, failures = runtime.score(records[j], c.text)
+                    c = dataclasses.replace(c, answer=answer_, scores=fresh, failures=failures)
                 rows.append(c)
             groups[(p, pos)] = rows
             sums[p] += sum(c.completion_tokens for c in rows)
@@ -483,15 +482,15 @@ def export_env(store_path: Path, out: Path) -> dict[str, Any]:
     elif task.aggregator == "bon":
         k = len(task.objectives)
         support = max(len(rows) for rows in groups.values())
-        scores = np.zeros((len(arms), len(keep), support, k + 1))
+        bank = np.zeros((len(arms), len(keep), support, k + 1))
         probs = np.zeros((len(arms), len(keep), support))
         for p in range(len(arms)):
             for j in range(len(keep)):
                 rows = groups[(p, j)]
-                scores[p, j, : len(rows), :k] = [c.scores for c in rows]
-                scores[p, j, :, k] = costs[p]
+                bank[p, j, : len(rows), :k] = [c.scores for c in rows]
+                bank[p, j, :, k] = costs[p]
                 probs[p, j, : len(rows)] = 1.0 / len(rows)
-        arrays = {"aggregator": np.array("bon"), "scores": scores, "probs": probs,
+        arrays = {"aggregator": np.array("bon"), "scores": bank, "probs": probs,
                   "objective_names": np.array([o.name for o in task.objectives]),
                   "objective_lower": np.array([o.lower for o in task.objectives]),
                   "objective_upper": np.array([o.upper for o in task.objectives]),

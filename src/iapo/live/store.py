@@ -96,7 +96,7 @@ class StoredCompletion:
     query_id: str
     text: str
     answer: str | None
-    scores: list[float]
+    scores: list[float | None]  # None: a scorer that needs a gold answer had none
     failures: list[str]
     prompt_tokens: int
     completion_tokens: int

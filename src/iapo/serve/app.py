@@ -15,7 +15,10 @@ was done: ``context``, ``prompt`` (and ``prompt_index``), ``n`` (and ``n_capped`
 ``chosen`` (the index of the returned sample), ``samples`` (every completion's text and
 tokens), ``upstream_seconds`` and ``gateway_seconds``.
 
-``GET /v1/models`` lists the gateway's model; ``GET /health`` reports the policy in force. The
+``GET /v1/models`` lists the gateway's model; ``GET /health`` reports the policy in force. With
+``replay_store``, a request without history takes samples 0..N-1 of its pool (the completion
+store's key: model, messages, decoding): stored samples, training's among them, are replayed
+and only missing ones are paid and stored. The
 policy file is reloaded when it changes on disk (checked at most once a second); a reload that
 fails keeps the old policy and is reported by /health. Limits: N is capped at ``max_n`` per
 request, every upstream call has a timeout, at most ``max_concurrency`` upstream calls run at
@@ -37,17 +40,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from iapo.learners.base import Choice
-from iapo.live.client import ChatClient, LLMError
+from iapo.live.client import ChatClient, Completion, LLMError
 from iapo.live.optimize import check_servable, outcome_fields, parse_context
-from iapo.live.oracle import TaskRuntime
-from iapo.live.store import CompletionStore, StoredCompletion
+from iapo.live.oracle import TaskRuntime, sample_seed
+from iapo.live.store import CompletionStore, StoredCompletion, pool_key
 from iapo.live.task import Record, Task
 from iapo.policy import Policy, PolicyError
 from iapo.problem import ProblemError
@@ -62,6 +64,7 @@ class ServeConfig:
     default_context: str | None = None
     model_name: str | None = None
     log_store: Path | None = None
+    replay_store: Path | None = None
     seed: int | None = None
 
 
@@ -170,6 +173,7 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
     rng = random.Random(cfg.seed)
     state: dict[str, Any] = {"client": None, "served": 0, "errors": 0}
     store = CompletionStore(cfg.log_store) if cfg.log_store else None
+    replay = CompletionStore(cfg.replay_store) if cfg.replay_store else None
     if store is not None:
         runtime.register(store)
 
@@ -186,6 +190,8 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
             await state["client"].__aexit__()
         if store is not None:
             store.close()
+        if replay is not None:
+            replay.close()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -226,12 +232,17 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
             own_system = [m for m in messages if m["role"] == "system"]
             rest = [m for m in messages if m["role"] != "system"]
             messages = own_system + history + rest
-        seeds = [rng.randrange(2**31) for _ in range(n)]
         u0 = time.perf_counter()
         try:
-            comps = await asyncio.wait_for(
-                state["client"].sample(messages, prompt.decoding, seeds),
-                timeout=cfg.upstream_timeout * (cfg.upstream_retries + 1) + 5.0)
+            if replay is not None and not history:
+                comps, paid = await _replayed(replay, state["client"], choice.prompt, messages,
+                                              n, cfg)
+            else:
+                seeds = [rng.randrange(2**31) for _ in range(n)]
+                comps = await asyncio.wait_for(
+                    state["client"].sample(messages, prompt.decoding, seeds),
+                    timeout=cfg.upstream_timeout * (cfg.upstream_retries + 1) + 5.0)
+                paid = len(comps)
         except (LLMError, TimeoutError) as e:
             state["errors"] += 1
             reason = str(e) or "upstream deadline passed"
@@ -252,6 +263,7 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
         if task.aggregator in ("bon", "mixed"):
             meta.update({"scores": [s[1] for s in scored],
                          "scorer_failures": sum(len(s[2]) for s in scored)})
+        meta.update({"paid": paid, "replayed": n - paid})
         meta.update({"chosen": pick, "upstream_seconds": upstream, "samples": [
             {"text": c.text, "prompt_tokens": c.prompt_tokens,
              "completion_tokens": c.completion_tokens}
@@ -282,6 +294,32 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
                       "total_tokens": prompt_tokens + completion_tokens},
             "iapo": meta,
         })
+
+    async def _replayed(cache: CompletionStore, client: ChatClient, p: int,
+                        messages: list[dict[str, str]], n: int, cfg: ServeConfig
+                        ) -> tuple[list[Completion], int]:
+        """Samples 0..n-1 of the request's pool: stored ones replayed, missing ones paid and
+        stored (the pool key of training, so training's samples serve identical requests)."""
+        prompt = task.prompts[p]
+        pool = pool_key(task.model.name, messages, prompt.decoding)
+        stored = cache.get(pool, list(range(n)))
+        missing = [s for s in range(n) if s not in stored]
+        fresh: list[Completion] = []
+        if missing:
+            fresh = await asyncio.wait_for(
+                client.sample(messages, prompt.decoding, [sample_seed(pool, s) for s in missing]),
+                timeout=cfg.upstream_timeout * (cfg.upstream_retries + 1) + 5.0)
+            for s, c in zip(missing, fresh, strict=False):
+                answer, scores, failures = runtime.score(Record("request", "", None), c.text)
+                cache.put(StoredCompletion(pool, s, runtime.arms[p], "serve", c.text, answer,
+                                           scores, failures, c.prompt_tokens,
+                                           c.completion_tokens, c.latency, c.seed, None,
+                                           c.finish_reason, c.retries, list(c.errors),
+                                           task.model.base_url))
+        by_sample = {s: Completion(c.text, c.prompt_tokens, c.completion_tokens, c.latency,
+                                   c.seed) for s, c in stored.items()}
+        by_sample.update(zip(missing, fresh, strict=False))
+        return [by_sample[s] for s in range(n)], len(fresh)
 
     async def models(request: Request) -> JSONResponse:
         return JSONResponse({"object": "list", "data": [
