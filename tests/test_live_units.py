@@ -769,17 +769,42 @@ def partial_store(tmp_path: Path, scorer_file: Path, prompt1_queries: list[int])
     return tmp_path / "s.sqlite"
 
 
-def test_export_env_leaves_out_queries_lacking_a_prompt(tmp_path: Path,
-                                                       scorer_file: Path) -> None:
+def test_export_env_keeps_queries_lacking_a_prompt_as_unobserved_pairs(
+        tmp_path: Path, scorer_file: Path) -> None:
+    from iapo.oracle import SimulatedOracle
+
     store = partial_store(tmp_path, scorer_file, [1, 3])
     res = cli("export-env", str(store), "--out", str(tmp_path / "e.npz"))
     assert res.exit_code == 0, res.output
-    assert "2 queries lacked" in res.output
+    assert "4 queries" in res.output and "2 (prompt, query) pairs have no samples" in res.output
     env = load_environment(tmp_path / "e.npz")
-    assert env.n_queries == 2
+    assert env.n_queries == 4
+    assert env.observed is not None
+    assert env.observed.tolist() == [[True] * 4, [False, True, False, True]]
     # support of 2 (prompt 0 has 2 per pair, prompt 1 one: padded with probability 0)
-    assert env.probs[0].tolist() == [[0.5, 0.5]] * 2
-    assert env.probs[1].tolist() == [[1.0, 0.0]] * 2
+    assert env.probs[0].tolist() == [[0.5, 0.5]] * 4
+    # Q of prompt 1 averages over queries 1 and 3 only: worked out from the stored texts
+    with sqlite3.connect(store) as db:
+        runtime = runtime_of(tmp_path / "task.toml")
+        texts = [db.execute("SELECT text FROM completions WHERE pool = ?",
+                            (runtime.pool(1, q),)).fetchone()[0] for q in (1, 3)]
+    cost = float(env.scores[1, 1, 0, -1])
+    for c, (w, cw) in enumerate(zip(env.problem.grid.weights, env.problem.grid.cost_weights,
+                                    strict=True)):
+        want = np.mean([w[0] * mod3(seed_of(t)) + w[1] * mod5(seed_of(t)) for t in texts])
+        assert env.q()[c, 1, 0] == pytest.approx(want - cw * cost)
+        # on a split where prompt 1 is observed once, that query alone
+        t1 = texts[0]
+        assert env.q([0, 1, 2])[c, 1, 0] == pytest.approx(
+            w[0] * mod3(seed_of(t1)) + w[1] * mod5(seed_of(t1)) - cw * cost)
+    # a simulated pull of prompt 1 draws only where it was observed
+    oracle = SimulatedOracle(env, np.arange(4), 100, np.random.default_rng(0))
+    (obs,) = oracle.pull([Pull(1, 1, 40)])
+    assert set(obs.queries.tolist()) == {1, 3}
+    oracle = SimulatedOracle(env, np.array([0, 2]), 100, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="prompt 1 has no data"):
+        oracle.pull([Pull(0, 1, 1), Pull(1, 1, 1)])
+    assert oracle.ledger.spent == 0  # all or nothing
 
 
 def test_export_env_needs_only_the_store(tmp_path: Path, scorer_file: Path) -> None:
@@ -794,7 +819,7 @@ def test_export_env_needs_only_the_store(tmp_path: Path, scorer_file: Path) -> N
 def test_export_env_errors(tmp_path: Path, scorer_file: Path) -> None:
     store = partial_store(tmp_path, scorer_file, [])
     res = cli("export-env", str(store), "--out", str(tmp_path / "e.npz"))
-    assert res.exit_code == 2 and "no query has stored completions of every prompt" in res.output
+    assert res.exit_code == 2 and "prompt(s) ['b'] have no stored completions" in res.output
     assert not (tmp_path / "e.npz").exists()
 
     res = cli("export-env", str(tmp_path / "missing.sqlite"), "--out", str(tmp_path / "e.npz"))

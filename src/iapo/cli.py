@@ -521,8 +521,12 @@ def export_env(store_path: str, out: str) -> None:
     info = run(Path(store_path), Path(out))
     click.echo(f"{info['aggregator']} environment with {info['prompts']} prompts and "
                f"{info['queries']} queries written to {info['out']}"
-               + (f" ({info['dropped_queries']} queries lacked a prompt's samples and were left "
-                  "out)" if info["dropped_queries"] else ""))
+               + (f" ({info['dropped_queries']} queries without any sample were left out)"
+                  if info["dropped_queries"] else ""))
+    if info["unobserved_pairs"]:
+        click.echo(f"{info['unobserved_pairs']} (prompt, query) pairs have no samples: a "
+                   "prompt's Q averages over the queries it was sampled on (iapo collect fills "
+                   "the grid)")
 
 
 if __name__ == "__main__":

@@ -133,12 +133,25 @@ class SimulatedOracle:
         self.ledger = Ledger(budget)
         self.rng = rng
 
+    def _queries_of(self, prompt: int) -> npt.NDArray[np.int64]:
+        """The training queries a pull of ``prompt`` draws from: those where it has data."""
+        observed = self.env.observed
+        if observed is None:
+            return self.queries
+        pool = self.queries[observed[prompt, self.queries]]
+        if pool.size == 0:
+            raise ValueError(f"prompt {prompt} has no data on any training query of "
+                             f"'{self.env.name}'; collect more before training on it")
+        return pool
+
     def pull(self, requests: Sequence[Pull]) -> list[Observation]:
         """Serve a batch of pulls; all or nothing against the budget."""
-        self.ledger.charge(validate_pulls(self.problem, requests))
+        total = validate_pulls(self.problem, requests)
+        pools = [self._queries_of(r.prompt) for r in requests]
+        self.ledger.charge(total)
         out = []
-        for r in requests:
-            q = self.queries[self.rng.integers(0, self.queries.size, r.count)]
+        for r, pool in zip(requests, pools, strict=True):
+            q = pool[self.rng.integers(0, pool.size, r.count)]
             s = self.env.sample(r.prompt, q, r.n, self.rng)
             out.append(Observation(r.prompt, r.n, q, s.scores, s.labels, s.gold))
         return out

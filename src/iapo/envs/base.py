@@ -40,28 +40,49 @@ class QueryTable:
 
     task: [P, X, W, N_max], E[task reward of arm (p, N) on query x] for each distinct task
     weight vector w; cost: [P, X], E[cost of one completion]; weight_index: [C], the weight
-    vector of each context.
+    vector of each context. ``observed`` [P, X] (None: all) marks the (prompt, query) pairs
+    with data: Q of a prompt averages over its observed queries only.
     """
 
     task: FloatArray
     cost: FloatArray
     weight_index: npt.NDArray[np.intp]
+    observed: npt.NDArray[np.bool_] | None = None
 
     def q(self, problem: Problem, queries: npt.ArrayLike | None = None) -> FloatArray:
-        """Q(c, p, N) averaged over ``queries`` (all if None): [C, P, N_max]."""
-        if queries is None:
+        """Q(c, p, N) averaged over ``queries`` (all if None): [C, P, N_max].
+
+        With ``observed``, a prompt's Q averages over the queries among ``queries`` where it
+        was observed; a prompt observed on none of them takes its average over all the queries
+        where it was observed (so Q stays defined on any split)."""
+        idx = None if queries is None else np.asarray(queries, dtype=np.intp)
+        if idx is not None and idx.size == 0:
+            raise ValueError("Q needs at least one query")
+        if self.observed is not None:
+            task, cost = self._masked_means(idx)
+        elif idx is None:
             task = self.task.mean(axis=1)
             cost = self.cost.mean(axis=1)
         else:
-            idx = np.asarray(queries, dtype=np.intp)
-            if idx.size == 0:
-                raise ValueError("Q needs at least one query")
             task = self.task[:, idx].mean(axis=1)
             cost = self.cost[:, idx].mean(axis=1)
         n = np.arange(1, problem.n_max + 1, dtype=np.float64)
         reward = np.moveaxis(task[:, self.weight_index, :], 1, 0)  # [C, P, N]
         spend = problem.grid.cost_weights[:, None, None] * cost[None, :, None] * n
         return reward - spend
+
+    def _masked_means(self, idx: npt.NDArray[np.intp] | None
+                      ) -> tuple[FloatArray, FloatArray]:
+        """Per prompt, the means over its observed queries among ``idx``: ([P, W, N], [P])."""
+        assert self.observed is not None
+        everywhere = self.observed.astype(np.float64)  # [P, X]
+        w = everywhere if idx is None else np.zeros_like(everywhere)
+        if idx is not None:
+            w[:, idx] = everywhere[:, idx]
+        none_here = w.sum(axis=1) == 0
+        w[none_here] = everywhere[none_here]
+        w /= w.sum(axis=1, keepdims=True)
+        return np.einsum("px,pxwn->pwn", w, self.task), (w * self.cost).sum(axis=1)
 
 
 class Environment(ABC):
@@ -74,6 +95,8 @@ class Environment(ABC):
     description: str
     problem: Problem
     cacheable: bool = True
+    # [P, X]: which (prompt, query) pairs have data (None: all); see QueryTable.q
+    observed: npt.NDArray[np.bool_] | None = None
 
     def __init__(self) -> None:
         self._table: QueryTable | None = None
@@ -120,7 +143,7 @@ class Environment(ABC):
             else:
                 arrays = compute()
             _, widx = self.problem.grid.distinct_weights()
-            self._table = QueryTable(arrays["task"], arrays["cost"], widx)
+            self._table = QueryTable(arrays["task"], arrays["cost"], widx, self.observed)
         return self._table
 
     def q(self, queries: npt.ArrayLike | None = None) -> FloatArray:

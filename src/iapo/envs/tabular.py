@@ -29,6 +29,10 @@ Either format may also hold (``iapo export-env`` writes both):
   name              ()    str    the environment's name (default: the file name without .npz)
   query_ids         (X,)  str    an id per query, distinct; a live policy's test split names
                                  its queries by these ids
+  observed          (P, X) bool  which (prompt, query) pairs have data (default: all); the
+                                 rows of the others are placeholders, never drawn: Q of a
+                                 prompt averages over its observed queries, and a pull draws
+                                 among them (iapo.envs.base.QueryTable)
 """
 
 from __future__ import annotations
@@ -372,11 +376,13 @@ def environment_from_arrays(
         if "answer_probs" not in data:
             _require(data, ["answer_counts", "samples_per_pair"], source)
         probs = _probs_from(data, "answer_probs", "answer_counts")
-        return MVEnvironment(
+        env: Environment = MVEnvironment(
             name, probs, data["gold"], data["cost_per_completion"],
             _budgets(data["budget_levels"], data["cost_weights"]), _scalar(data, "n_max"),
             names, description, cacheable, ids,
         )
+        env.observed = _observed(data, probs.shape[:2], source)
+        return env
     if agg == "bon":
         _require(data, ["scores", "objective_names", "objective_lower", "objective_upper",
                         "weight_grid", "budget_levels", "cost_weights", "n_max"], source)
@@ -395,9 +401,30 @@ def environment_from_arrays(
             )
         except (ProblemError, ValueError) as e:
             raise DataError(f"{source}: {e}") from e
-        return BoNEnvironment(name, data["scores"], probs, grid, _scalar(data, "n_max"), names,
-                              description, cacheable, ids)
+        env = BoNEnvironment(name, data["scores"], probs, grid, _scalar(data, "n_max"), names,
+                             description, cacheable, ids)
+        env.observed = _observed(data, probs.shape[:2], source)
+        return env
     raise DataError(f"{source}: aggregator '{agg}' is unknown; use 'mv' or 'bon'")
+
+
+def _observed(data: Mapping[str, npt.NDArray], shape: tuple[int, ...], source: str
+              ) -> npt.NDArray[np.bool_] | None:
+    """The optional ``observed`` mask [P, X], checked: every query and every prompt needs at
+    least one observed pair."""
+    if "observed" not in data:
+        return None
+    obs = np.asarray(data["observed"])
+    if obs.dtype != np.bool_ or obs.shape != shape:
+        raise DataError(f"{source}: 'observed' must be a boolean array of shape {shape} "
+                        f"(prompts, queries); got {obs.dtype} {obs.shape}")
+    if not obs.any(axis=0).all():
+        raise DataError(f"{source}: 'observed' has a query no prompt was observed on "
+                        f"(query {int(np.flatnonzero(~obs.any(axis=0))[0])}); drop it")
+    if not obs.any(axis=1).all():
+        raise DataError(f"{source}: 'observed' has a prompt with no data "
+                        f"(prompt {int(np.flatnonzero(~obs.any(axis=1))[0])})")
+    return None if obs.all() else obs
 
 
 # the first bytes of a zip archive (numpy.savez writes one) and of a single .npy array

@@ -414,8 +414,9 @@ def answer(policy_path: Path, context: str, query: str, task_path: Path | None =
 def export_env(store_path: Path, out: Path) -> dict[str, Any]:
     """Turn the stored completions into a tabular environment file (iapo.envs.tabular format).
 
-    The store is opened read-only. Queries lacking a stored completion of some prompt are left
-    out (reported). MV: answer categories per query as in training (the gold first, "no
+    The store is opened read-only. Every query with stored completions of some prompt is kept;
+    the pairs without any are marked unobserved (the file's ``observed`` mask): Q of a prompt
+    then averages over its observed queries. MV: answer categories per query as in training (the gold first, "no
     answer" a category of its own); BoN: every stored completion is a support point with
     probability 1 / (stored completions of its pair). Scores computed under another gold are
     recomputed from the stored texts. The file's ``name`` is the task's.
@@ -437,17 +438,23 @@ def export_env(store_path: Path, out: Path) -> dict[str, Any]:
         store.close()
     arms = runtime.arms
     pools = [[runtime.pool(p, j) for p in range(len(arms))] for j in range(len(records))]
-    kept = [j for j in range(len(records)) if all(pl in by_pool for pl in pools[j])]
+    kept = [j for j in range(len(records)) if any(pl in by_pool for pl in pools[j])]
     if not kept:
-        raise TaskError("no query has stored completions of every prompt; collect more first")
+        raise TaskError("the store has no completions of this task's prompts; run iapo "
+                        "optimize or iapo collect first")
     keep = [records[j] for j in kept]
+    observed = np.array([[pools[j][p] in by_pool for j in kept] for p in range(len(arms))])
+    missing = [task.prompts[p].name for p in range(len(arms)) if not observed[p].any()]
+    if missing:
+        raise TaskError(f"prompt(s) {missing} have no stored completions; collect some first "
+                        "(iapo collect)")
     groups = {}  # (prompt, kept position) -> completions with current scores
     sums, counts = np.zeros(len(arms)), np.zeros(len(arms))
     for pos, j in enumerate(kept):
         key = runtime.score_key(records[j])
         for p in range(len(arms)):
             rows = []
-            for c in by_pool[pools[j][p]]:
+            for c in by_pool.get(pools[j][p], []):
                 if c.score_key != key:
                     answer_, fresh, failures = runtime.score(records[j], c.text)
                     c = dataclasses.replace(c, answer=answer_, scores=fresh, failures=failures)
@@ -461,6 +468,7 @@ def export_env(store_path: Path, out: Path) -> dict[str, Any]:
         "budget_levels": np.array(list(budgets)), "cost_weights": np.array(list(budgets.values())),
         "n_max": np.array(task.n_max), "prompt_names": np.array([p.name for p in task.prompts]),
         "query_ids": np.array([r.id for r in keep]), "name": np.array(task.name),
+        **({} if observed.all() else {"observed": observed}),
     }
     if task.aggregator == "mv":
         cats = []
@@ -474,6 +482,9 @@ def export_env(store_path: Path, out: Path) -> dict[str, Any]:
         for pos, order in enumerate(cats):
             for p in range(len(arms)):
                 rows = groups[(p, pos)]
+                if not rows:  # unobserved: a placeholder row, never drawn
+                    probs[p, pos, 0] = 1.0
+                    continue
                 labels = answer_labels(order, [c.answer for c in rows])
                 probs[p, pos] = np.bincount(labels, minlength=n_cat) / len(rows)
         arrays = {"aggregator": np.array("mv"), "answer_probs": probs,
@@ -487,8 +498,11 @@ def export_env(store_path: Path, out: Path) -> dict[str, Any]:
         for p in range(len(arms)):
             for j in range(len(keep)):
                 rows = groups[(p, j)]
-                bank[p, j, : len(rows), :k] = [c.scores for c in rows]
                 bank[p, j, :, k] = costs[p]
+                if not rows:  # unobserved: a placeholder support point, never drawn
+                    probs[p, j, 0] = 1.0
+                    continue
+                bank[p, j, : len(rows), :k] = [c.scores for c in rows]
                 probs[p, j, : len(rows)] = 1.0 / len(rows)
         arrays = {"aggregator": np.array("bon"), "scores": bank, "probs": probs,
                   "objective_names": np.array([o.name for o in task.objectives]),
@@ -501,7 +515,8 @@ def export_env(store_path: Path, out: Path) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, **arrays)
     return {"out": str(out), "prompts": len(arms), "queries": len(keep),
-            "dropped_queries": len(records) - len(keep), "aggregator": task.aggregator}
+            "dropped_queries": len(records) - len(keep),
+            "unobserved_pairs": int((~observed).sum()), "aggregator": task.aggregator}
 
 
 def _task_from_meta(meta: dict[str, Any]) -> Task:
