@@ -46,6 +46,26 @@ def stored(store: Path) -> int:
         return int(db.execute("SELECT COUNT(*) FROM completions").fetchone()[0])
 
 
+def optimize_killed(task: Path, out: Path, after: int) -> int:
+    """Start `iapo optimize`, SIGKILL it once ``after`` completions are stored; returns how
+    many were stored."""
+    proc = subprocess.Popen([sys.executable, "-m", "iapo.cli", "optimize", str(task), "--out",
+                             str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = out / "store.sqlite"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            if store.exists() and stored(store) >= after:
+                break
+        except sqlite3.OperationalError:
+            pass
+        assert proc.poll() is None, "the optimizer finished before it could be killed"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return stored(store)
+
+
 def test_optimize_answer_kill_resume_export(llama: LlamaServer, tmp_path: Path) -> None:
     task = task_file(tmp_path, llama.url)
 
@@ -82,22 +102,8 @@ def test_optimize_answer_kill_resume_export(llama: LlamaServer, tmp_path: Path) 
     # 3. a second optimization, killed part-way with SIGKILL, then resumed
     run2 = tmp_path / "run2"
     before = llama.settle()
-    proc = subprocess.Popen([sys.executable, "-m", "iapo.cli", "optimize", str(task), "--out",
-                             str(run2)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     store2 = run2 / "store.sqlite"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if store2.exists():
-            try:
-                if stored(store2) >= 10:
-                    break
-            except sqlite3.OperationalError:
-                pass
-        assert proc.poll() is None, "the optimizer finished before it could be killed"
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = stored(store2)
+    killed_at = optimize_killed(task, run2, 10)
     requests_before_kill = llama.settle() - before
     # at most the one request in flight (concurrency 1) was lost with the kill
     assert killed_at <= requests_before_kill <= killed_at + 1
@@ -167,20 +173,7 @@ def test_label_task_resume_rerun_and_serving_agree_with_training(llama: LlamaSer
     # content, and every sample is asked with its own fixed seed)
     run2 = tmp_path / "run2"
     before = llama.settle()
-    proc = subprocess.Popen([sys.executable, "-m", "iapo.cli", "optimize", str(task), "--out",
-                             str(run2)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        try:
-            if (run2 / "store.sqlite").exists() and stored(run2 / "store.sqlite") >= 12:
-                break
-        except sqlite3.OperationalError:
-            pass
-        assert proc.poll() is None, "the optimizer finished before it could be killed"
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = stored(run2 / "store.sqlite")
+    killed_at = optimize_killed(task, run2, 12)
     assert killed_at <= llama.settle() - before <= killed_at + 1  # at most one in flight
     before = llama.requests()
     iapo("optimize", str(task), "--out", str(run2))

@@ -19,6 +19,7 @@ import iapo.live.task as task_module
 from iapo.cli import main
 from iapo.live.scorers import SCORERS
 from iapo.live.task import SCORER_OPTIONS, TaskError, load_records, load_task
+from test_live_units import to_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 URL = "http://127.0.0.1:9/v1"  # never contacted: every case fails while the files are read
@@ -40,37 +41,6 @@ def base_raw() -> dict[str, Any]:
         "contexts": {"weights": [[1.0]], "budgets": {"low": 0.0, "high": 1.0}},
         "train": {"n_max": 3, "learner": "psst", "budget": 20, "seed": 0, "cost_scale": 0.2},
     }
-
-
-def toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)  # nan and inf are TOML floats too
-    if isinstance(v, str):
-        return json.dumps(v)  # a JSON string is a TOML basic string
-    if isinstance(v, list):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(v)
-
-
-def to_toml(raw: dict[str, Any]) -> str:
-    """A task dict as TOML: scalars (and lists of non-tables), then tables, then arrays of
-    tables."""
-    def is_tables(v: Any) -> bool:
-        return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
-
-    lines = [f"{k} = {toml_value(v)}" for k, v in raw.items()
-             if not isinstance(v, dict) and not is_tables(v)]
-    for k, v in raw.items():
-        if isinstance(v, dict):
-            lines += [f"[{k}]", *(f"{kk} = {toml_value(vv)}" for kk, vv in v.items())]
-        elif is_tables(v):
-            for row in v:
-                lines += [f"[[{k}]]", *(f"{kk} = {toml_value(vv)}" for kk, vv in row.items())]
-    return "\n".join(lines) + "\n"
 
 
 RECORDS = "".join(json.dumps({"id": f"q{i}", "query": f"question {i}", "gold": "B"}) + "\n"

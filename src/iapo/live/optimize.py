@@ -416,8 +416,8 @@ def export_env(store_path: Path, out: Path) -> dict[str, Any]:
 
     The store is opened read-only. Every query with stored completions of some prompt is kept;
     the pairs without any are marked unobserved (the file's ``observed`` mask): Q of a prompt
-    then averages over its observed queries. MV: answer categories per query as in training (the gold first, "no
-    answer" a category of its own); BoN: every stored completion is a support point with
+    then averages over its observed queries. MV: answer categories per query as in training
+    (the gold first, "no answer" a category of its own); BoN: every stored completion is a support point with
     probability 1 / (stored completions of its pair). Scores computed under another gold are
     recomputed from the stored texts. The file's ``name`` is the task's.
     """
