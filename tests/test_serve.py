@@ -4,6 +4,7 @@ reload, bad requests, upstream failures, a bounded load test, and the real tiny 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -31,15 +32,21 @@ QUESTION = "What is 2 + 3?\nA) 4\nB) 5\nC) 6\nD) 7"
 class Gateway:
     """`iapo serve` in a subprocess on a loopback port."""
 
-    def __init__(self, policy: Path, *args: str) -> None:
+    def __init__(self, policy: Path, *args: str, env: dict[str, str] | None = None,
+                 api_key: str = "unused") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "iapo.cli", "serve", str(policy), "--port", str(self.port),
-             *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})})
         wait_until_up(f"{self.url}/health", self.proc, 60, "iapo serve",
                       lambda: self.proc.stdout.read().decode() if self.proc.stdout else "")
-        self.client = openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0)
+        self.client = self.as_key(api_key)
+
+    def as_key(self, api_key: str) -> openai.OpenAI:
+        """An openai client of this gateway that sends ``api_key``."""
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0)
 
     def close(self) -> None:
         self.proc.terminate()

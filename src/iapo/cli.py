@@ -458,8 +458,14 @@ def answer(policy_path: str, query: str, context: str, task_path: str | None,
 @click.argument("policy_path", metavar="POLICY", type=click.Path(dir_okay=False))
 @click.option("--task", "task_path", default=None, type=click.Path(dir_okay=False),
               help="Task file (default: the one the policy was learned with).")
-@click.option("--host", "host", default="127.0.0.1", show_default=True)
+@click.option("--host", "host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but loopback needs API keys.")
 @click.option("--port", "port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--keys", "keys_file", default=None, type=click.Path(dir_okay=False),
+              help="TOML keys file: per key a name, its contexts, default context and limits "
+                   "(else the comma-separated keys of $IAPO_API_KEYS).")
+@click.option("--workers", "workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Worker processes on the same port (keys and limits shared).")
 @click.option("--default-context", "default_context", default=None,
               help="Context for requests that give none, e.g. budget=low.")
 @click.option("--max-n", "max_n", default=32, show_default=True, type=click.IntRange(min=1),
@@ -468,8 +474,13 @@ def answer(policy_path: str, query: str, context: str, task_path: str | None,
               type=click.FloatRange(min=0.1), help="Seconds per upstream call.")
 @click.option("--upstream-retries", "upstream_retries", default=2, show_default=True,
               type=click.IntRange(min=0), help="Retries of a failed upstream call.")
+@click.option("--deadline", "deadline", default=None, type=click.FloatRange(min=0.1),
+              help="Seconds for a whole request, sampling and scoring (default: upstream "
+                   "timeout x tries + 5).")
 @click.option("--max-concurrency", "max_concurrency", default=16, show_default=True,
               type=click.IntRange(min=1), help="Most upstream calls in flight at once.")
+@click.option("--max-body", "max_body", default=1_000_000, show_default=True,
+              type=click.IntRange(min=1024), help="Largest request body in bytes (413 past it).")
 @click.option("--log-store", "log_store", default=None, type=click.Path(dir_okay=False),
               help="SQLite store to log every served request and its completions to.")
 @click.option("--store", "replay_store", default=None, type=click.Path(dir_okay=False),
@@ -477,33 +488,21 @@ def answer(policy_path: str, query: str, context: str, task_path: str | None,
                    "to a stored pool takes its samples and pays only for missing ones.")
 @_user_errors
 @_live_errors
-def serve(policy_path: str, task_path: str | None, host: str, port: int,
-          default_context: str | None, max_n: int, upstream_timeout: float,
-          upstream_retries: int, max_concurrency: int, log_store: str | None,
-          replay_store: str | None) -> None:
+def serve(policy_path: str, task_path: str | None, host: str, port: int, keys_file: str | None,
+          workers: int, default_context: str | None, max_n: int, upstream_timeout: float,
+          upstream_retries: int, deadline: float | None, max_concurrency: int, max_body: int,
+          log_store: str | None, replay_store: str | None) -> None:
     """Serve POLICY as an OpenAI-compatible endpoint: each request gets its context's arm."""
-    from pathlib import Path
+    from iapo.serve.run import ServeSpec, run_gateway
 
-    import uvicorn
-
-    from iapo.live.optimize import policy_task
-    from iapo.policy import Policy
-    from iapo.serve import ServeConfig, create_app
-
-    policy = Policy.load(policy_path)
-    task = policy_task(policy, Path(task_path) if task_path else None, policy_path)
-    config = ServeConfig(max_n=max_n, upstream_timeout=upstream_timeout,
-                         upstream_retries=upstream_retries, max_concurrency=max_concurrency,
-                         default_context=default_context,
-                         log_store=Path(log_store) if log_store else None,
-                         replay_store=Path(replay_store) if replay_store else None)
-    if default_context:
-        from iapo.live.optimize import parse_context
-
-        task.problem().grid.index(parse_context(default_context))  # fail now, not per request
-    app = create_app(policy_path, task, config)
-    click.echo(f"serving {policy_path} ({task.name}) on http://{host}:{port}/v1")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    spec = ServeSpec(
+        policy=policy_path, task=task_path, host=host, port=port, keys_file=keys_file,
+        workers=workers, default_context=default_context, max_n=max_n,
+        upstream_timeout=upstream_timeout, upstream_retries=upstream_retries,
+        deadline=deadline, max_concurrency=max_concurrency, max_body=max_body,
+        log_store=log_store, replay_store=replay_store,
+    )
+    run_gateway(spec, announce=click.echo)
 
 
 @main.command(name="export-env")

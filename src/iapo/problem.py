@@ -201,6 +201,22 @@ class ContextGrid:
         uniq, inverse = np.unique(self.weights, axis=0, return_inverse=True)
         return uniq, inverse.reshape(-1).astype(np.intp)
 
+    def find(self, spec: object) -> int:
+        """The index of the context named by ``spec``: a mapping of scalars such as
+        {"budget": "high"} or a string such as ``helpful=0.3,budget=high``; anything else,
+        nested values, and a key given twice are ProblemErrors that say what to give."""
+        if isinstance(spec, str):
+            return self.index(parse_context(spec))
+        if not isinstance(spec, Mapping):
+            raise ProblemError("a context must be an object such as {\"budget\": \"high\"} or "
+                               "a string such as \"budget=high\"")
+        for k, v in spec.items():
+            if not isinstance(k, str) or isinstance(v, bool) or not isinstance(
+                    v, str | int | float):
+                raise ProblemError(f"context key {str(k)[:40]!r} must map to a string or a "
+                                   "number, not a nested value")
+        return self.index(spec)
+
     def index(self, spec: Mapping[str, object]) -> int:
         """The index of the context that ``spec`` names, e.g. {"helpful": 0.3, "budget": "high"}.
 
@@ -315,3 +331,19 @@ class Problem:
 
     def arm_of(self, index: int) -> Arm:
         return Arm(int(index) // self.n_max, int(index) % self.n_max + 1)
+
+
+def parse_context(text: str) -> dict[str, str]:
+    """``helpful=0.3,harmless=0.7,budget=high`` -> a mapping. A part without "=", an empty
+    key or a key given twice is a ProblemError."""
+    spec: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if "=" not in part:
+            raise ProblemError(f"context part {part[:40]!r} must look like KEY=VALUE")
+        k, v = (x.strip() for x in part.split("=", 1))
+        if not k:
+            raise ProblemError(f"context part {part[:40]!r} has no key; write KEY=VALUE")
+        if k in spec:
+            raise ProblemError(f"context key {k[:40]!r} is given twice")
+        spec[k] = v
+    return spec

@@ -270,17 +270,6 @@ def collect(task: Task, out: Path, samples: int, progress: bool = True,
 # ---------------------------------------------------------------- answer
 
 
-def parse_context(text: str) -> dict[str, str]:
-    """``helpful=0.3,harmless=0.7,budget=high`` -> a mapping."""
-    spec = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        if "=" not in part:
-            raise ValueError(f"context part {part!r} must look like KEY=VALUE")
-        k, v = part.split("=", 1)
-        spec[k.strip()] = v.strip()
-    return spec
-
-
 def policy_task(policy: Policy, task_path: Path | None, source: Path | str) -> Task:
     """The task a live policy was learned with (its trace names the file), or ``task_path``."""
     path = task_path or policy.trace.get("task", {}).get("path")
@@ -369,7 +358,7 @@ def answer(policy_path: Path, context: str, query: str, task_path: Path | None =
     runtime = TaskRuntime(task, [record])
     check_servable(runtime)
     grid = runtime.problem.grid
-    i = grid.index(parse_context(context))
+    i = grid.find(context)
     ch = policy.choices[i]
     rng = random.Random(seed)
     n = ch.n if ch.n is not None else rng.randint(1, task.n_max)
@@ -417,8 +406,8 @@ def export_env(store_path: Path, out: Path) -> dict[str, Any]:
     The store is opened read-only. Every query with stored completions of some prompt is kept;
     the pairs without any are marked unobserved (the file's ``observed`` mask): Q of a prompt
     then averages over its observed queries. MV: answer categories per query as in training
-    (the gold first, "no answer" a category of its own); BoN: every stored completion is a support point with
-    probability 1 / (stored completions of its pair). Scores computed under another gold are
+    (the gold first, "no answer" a category of its own); BoN: every stored completion is a
+    support point with probability 1 / (stored completions of its pair). Scores computed under another gold are
     recomputed from the stored texts. The file's ``name`` is the task's.
     """
     from iapo.live.aggregate import answer_categories, answer_labels

@@ -23,7 +23,15 @@ policy file is reloaded when it changes on disk (checked at most once a second);
 fails keeps the old policy and is reported by /health. Limits: N is capped at ``max_n`` per
 request, every upstream call has a timeout, at most ``max_concurrency`` upstream calls run at
 once. Unknown context keys, weights off the grid and malformed bodies get a 400 with the reason;
-an upstream failure gets a 502 with the reason, within the upstream deadline.
+an upstream failure gets a 502 with the reason, within the request's deadline.
+
+Who may call (:mod:`iapo.serve.keys`): with keys, every route but an anonymous ``/health``
+needs ``Authorization: Bearer <key>`` (401 otherwise); a key limited to some contexts gets 403
+for the others, and 429 with Retry-After past its limits. Without keys the gateway serves
+loopback only (the command refuses another host). Error bodies and anonymous ``/health`` name
+neither the upstream URL nor file paths. Bodies over ``max_body`` bytes get 413. Scorers run
+in worker threads (at most ``scoring_threads`` at once), never on the event loop; one deadline
+covers a request's sampling and scoring (504 past it).
 """
 
 from __future__ import annotations
@@ -31,8 +39,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import random
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -47,12 +57,13 @@ from starlette.routing import Route
 
 from iapo.learners.base import Choice
 from iapo.live.client import ChatClient, Completion, LLMError
-from iapo.live.optimize import check_servable, outcome_fields, parse_context
+from iapo.live.optimize import check_policy_arms, check_servable, outcome_fields
 from iapo.live.oracle import TaskRuntime, sample_seed
 from iapo.live.store import CompletionStore, StoredCompletion, pool_key
 from iapo.live.task import Record, Task
 from iapo.policy import Policy, PolicyError
 from iapo.problem import ProblemError
+from iapo.serve.keys import ApiKey, KeyRing, Limits
 
 
 @dataclass(frozen=True)
@@ -66,17 +77,32 @@ class ServeConfig:
     log_store: Path | None = None
     replay_store: Path | None = None
     seed: int | None = None
+    keys: tuple[ApiKey, ...] = ()
+    limits_db: Path | None = None  # shared by the workers; a private file when None
+    max_body: int = 1_000_000
+    scoring_threads: int = 4
+    deadline: float | None = None  # seconds for sampling and scoring; default from upstream
+
+    def request_deadline(self) -> float:
+        return self.deadline if self.deadline is not None else \
+            self.upstream_timeout * (self.upstream_retries + 1) + 5.0
 
 
 class BadRequest(Exception):
-    def __init__(self, message: str, param: str | None = None) -> None:
+    def __init__(self, message: str, param: str | None = None, status: int = 400,
+                 kind: str = "invalid_request_error",
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.param = param
+        self.status = status
+        self.kind = kind
+        self.headers = headers
 
 
-def _error(status: int, message: str, kind: str, param: str | None = None) -> JSONResponse:
+def _error(status: int, message: str, kind: str, param: str | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "param": param,
-                                   "code": status}}, status_code=status)
+                                   "code": status}}, status_code=status, headers=headers)
 
 
 class PolicyHolder:
@@ -93,17 +119,10 @@ class PolicyHolder:
         self._checked = time.monotonic()
 
     def _load(self) -> Policy:
+        """Read and validate the policy fully (format, types, N >= 1, prompts in range, the
+        task's contexts and name)."""
         policy = Policy.load(self.path)
-        if policy.env != self.task.name:
-            raise PolicyError(f"the policy was learned for task '{policy.env}', not "
-                              f"'{self.task.name}'")
-        if policy.contexts != self.grid.keys:
-            raise PolicyError(f"the policy's contexts {policy.contexts} do not match the task's "
-                              f"{self.grid.keys}")
-        for ch in policy.choices:
-            if not 0 <= ch.prompt < len(self.task.prompts):
-                raise PolicyError(f"the policy names prompt {ch.prompt}; the task has "
-                                  f"{len(self.task.prompts)}")
+        check_policy_arms(policy, self.task, self.path.name)
         return policy
 
     def current(self) -> Policy:
@@ -126,25 +145,21 @@ class PolicyHolder:
             self.policy = self._load()
             self.loaded_at = time.time()
             self.reload_error = None
-        except (PolicyError, OSError) as e:
+        except (PolicyError, OSError, ValueError) as e:
             self.reload_error = f"reload failed, keeping the previous policy: {e}"
         self.mtime = mtime
 
 
-def _context_spec(body: dict[str, Any], request: Request, default: str | None) -> dict[str, Any]:
+def _context_spec(body: dict[str, Any], request: Request, default: str | None) -> object:
+    """What the caller named: the body's ``iapo_context``, else the header, else the key's or
+    the gateway's default (parsed by ``ContextGrid.find``)."""
     if "iapo_context" in body:
-        ctx = body["iapo_context"]
-        if isinstance(ctx, str):
-            return parse_context(ctx)
-        if not isinstance(ctx, dict):
-            raise BadRequest("iapo_context must be an object such as {\"budget\": \"high\"}",
-                             "iapo_context")
-        return ctx
+        return body["iapo_context"]
     header = request.headers.get("x-iapo-context")
     if header:
-        return parse_context(header)
+        return header
     if default:
-        return parse_context(default)
+        return default
     raise BadRequest("no context: give \"iapo_context\" in the body or an X-IAPO-Context "
                      "header (the gateway has no default context)", "iapo_context")
 
@@ -163,19 +178,61 @@ def _last_user_message(body: dict[str, Any]) -> tuple[list[dict[str, str]], str]
     return messages[:-1], last["content"]
 
 
+def _upstream_reason(e: BaseException, base_url: str) -> str:
+    """An upstream failure's reason without the upstream's address."""
+    return (str(e) or "no answer").replace(f"{base_url}/chat/completions", "the upstream") \
+        .replace(base_url, "the upstream")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 past ``limit`` bytes (before reading it all)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BadRequest(f"the body has {int(declared):,} bytes; the limit is {limit:,}", None,
+                         413, "request_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(f"the body exceeds the limit of {limit:,} bytes", None, 413,
+                             "request_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def create_app(policy_path: str | os.PathLike[str], task: Task,
                config: ServeConfig | None = None) -> Starlette:
+    """The gateway's ASGI app; a bad policy or task raises here, before serving."""
     cfg = config or ServeConfig()
     holder = PolicyHolder(Path(policy_path), task)
     runtime = TaskRuntime(task, [])
     check_servable(runtime)
     model_id = cfg.model_name or f"iapo-{task.name}"
     rng = random.Random(cfg.seed)
+    keyring = KeyRing(list(cfg.keys))
+    for k in cfg.keys:  # a key's contexts and default must be contexts of the grid
+        for ctx in [*(k.contexts or ()), *([k.default_context] if k.default_context else [])]:
+            try:
+                holder.grid.find(ctx)
+            except ProblemError as e:
+                raise PolicyError(f"key '{k.name}': context {ctx!r}: {e}") from e
+    allowed = {k.name: None if k.contexts is None else {holder.grid.find(c) for c in k.contexts}
+               for k in cfg.keys}
     state: dict[str, Any] = {"client": None, "served": 0, "errors": 0}
     store = CompletionStore(cfg.log_store) if cfg.log_store else None
     replay = CompletionStore(cfg.replay_store) if cfg.replay_store else None
     if store is not None:
         runtime.register(store)
+    private_limits: tempfile.TemporaryDirectory[str] | None = None
+    limits: Limits | None = None
+    if keyring:  # one process: a private counter file; several workers share cfg.limits_db
+        if cfg.limits_db is None:
+            private_limits = tempfile.TemporaryDirectory(prefix="iapo-limits-")
+            limits = Limits(Path(private_limits.name) / "limits.sqlite")
+        else:
+            limits = Limits(cfg.limits_db)
+    scoring = asyncio.Semaphore(cfg.scoring_threads)
+    base_url = task.model.base_url
 
     async def startup() -> None:
         m = task.model
@@ -188,10 +245,11 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
     async def shutdown() -> None:
         if state["client"] is not None:
             await state["client"].__aexit__()
-        if store is not None:
-            store.close()
-        if replay is not None:
-            replay.close()
+        for s in (store, replay, limits):
+            if s is not None:
+                s.close()
+        if private_limits is not None:
+            private_limits.cleanup()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -201,55 +259,89 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
         finally:
             await shutdown()
 
+    def caller(request: Request) -> ApiKey | None:
+        """The caller's key; BadRequest(401) when keys are required and none matches."""
+        if not keyring:
+            return None
+        key = keyring.find(request.headers.get("authorization"))
+        if key is None:
+            given = "authorization" in request.headers
+            raise BadRequest("the API key is wrong" if given else
+                             "no API key: send Authorization: Bearer <key>", None, 401,
+                             "authentication_error", {"WWW-Authenticate": "Bearer"})
+        return key
+
     async def chat(request: Request) -> JSONResponse:
         t0 = time.perf_counter()
         try:
+            key = caller(request)
+            raw = await _read_body(request, cfg.max_body)
             try:
-                body = json.loads(await request.body())
+                body = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise BadRequest(f"the body is not valid JSON ({e})") from e
+            except RecursionError as e:
+                raise BadRequest("the body is nested too deeply") from e
             if not isinstance(body, dict):
                 raise BadRequest("the body must be a JSON object")
             if body.get("stream"):
                 raise BadRequest("stream=true is not supported by the gateway", "stream")
             history, user_text = _last_user_message(body)
-            spec = _context_spec(body, request, cfg.default_context)
+            default = key.default_context if key and key.default_context else \
+                cfg.default_context
+            spec = _context_spec(body, request, default)
             policy = holder.current()
             try:
-                index = holder.grid.index(spec)
-            except (ProblemError, ValueError) as e:
+                index = holder.grid.find(spec)
+            except ProblemError as e:
                 raise BadRequest(str(e), "iapo_context") from e
+            if key is not None and allowed[key.name] is not None and \
+                    index not in allowed[key.name]:  # type: ignore[operator]
+                raise BadRequest(f"key '{key.name}' may not use context "
+                                 f"'{holder.grid.keys[index]}'", "iapo_context", 403,
+                                 "permission_error")
+            choice: Choice = policy.choices[index]
+            n = choice.n if choice.n is not None else rng.randint(1, task.n_max)
+            capped = n > cfg.max_n
+            n = min(n, cfg.max_n)
+            if key is not None and limits is not None:
+                ok, wait, which = limits.admit(key, n)
+                if not ok:
+                    raise BadRequest(f"key '{key.name}' is over its {which} limit; retry in "
+                                     f"{wait:.0f} s", None, 429, "rate_limit_error",
+                                     {"Retry-After": str(max(1, math.ceil(wait)))})
         except BadRequest as e:
             state["errors"] += 1
-            return _error(400, str(e), "invalid_request_error", e.param)
-        choice: Choice = policy.choices[index]
-        n = choice.n if choice.n is not None else rng.randint(1, task.n_max)
-        capped = n > cfg.max_n
-        n = min(n, cfg.max_n)
+            return _error(e.status, str(e), e.kind, e.param, e.headers)
         prompt = task.prompts[choice.prompt]
         messages = prompt.render(user_text)
         if history:
             own_system = [m for m in messages if m["role"] == "system"]
             rest = [m for m in messages if m["role"] != "system"]
             messages = own_system + history + rest
+        record = Record("request", user_text, None)
         u0 = time.perf_counter()
         try:
-            if replay is not None and not history:
-                comps, paid = await _replayed(replay, state["client"], choice.prompt, messages,
-                                              n, cfg)
-            else:
-                seeds = [rng.randrange(2**31) for _ in range(n)]
-                comps = await asyncio.wait_for(
-                    state["client"].sample(messages, prompt.decoding, seeds),
-                    timeout=cfg.upstream_timeout * (cfg.upstream_retries + 1) + 5.0)
-                paid = len(comps)
-        except (LLMError, TimeoutError) as e:
+            async with asyncio.timeout(cfg.request_deadline()):  # sampling and scoring
+                if replay is not None and not history:
+                    comps, paid = await _replayed(replay, state["client"], choice.prompt,
+                                                  messages, n)
+                else:
+                    seeds = [rng.randrange(2**31) for _ in range(n)]
+                    comps = await state["client"].sample(messages, prompt.decoding, seeds)
+                    paid = len(comps)
+                upstream = time.perf_counter() - u0
+                async with scoring:  # scorers may be slow (reward models): off the loop
+                    scored = await asyncio.to_thread(
+                        lambda: [runtime.score(record, c.text) for c in comps])
+        except LLMError as e:
             state["errors"] += 1
-            reason = str(e) or "upstream deadline passed"
-            return _error(502, f"upstream model failed: {reason}", "upstream_error")
-        upstream = time.perf_counter() - u0
-        record = Record("request", user_text, None)
-        scored = [runtime.score(record, c.text) for c in comps]
+            return _error(502, f"upstream model failed: {_upstream_reason(e, base_url)}",
+                          "upstream_error")
+        except TimeoutError:
+            state["errors"] += 1
+            return _error(504, f"the request's deadline of {cfg.request_deadline():g} s passed "
+                          "(sampling and scoring)", "timeout_error")
         meta: dict[str, Any] = {
             "context": holder.grid.keys[index], "prompt": prompt.name,
             "prompt_index": choice.prompt, "n": n, "n_capped": capped,
@@ -278,7 +370,7 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
                                            s[0], s[1], s[2], c.prompt_tokens,
                                            c.completion_tokens, c.latency, c.seed, None,
                                            c.finish_reason, c.retries, list(c.errors),
-                                           task.model.base_url))
+                                           base_url))
         prompt_tokens = sum(c.prompt_tokens for c in comps)
         completion_tokens = sum(c.completion_tokens for c in comps)
         state["served"] += 1
@@ -296,7 +388,7 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
         })
 
     async def _replayed(cache: CompletionStore, client: ChatClient, p: int,
-                        messages: list[dict[str, str]], n: int, cfg: ServeConfig
+                        messages: list[dict[str, str]], n: int
                         ) -> tuple[list[Completion], int]:
         """Samples 0..n-1 of the request's pool: stored ones replayed, missing ones paid and
         stored (the pool key of training, so training's samples serve identical requests)."""
@@ -306,37 +398,50 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
         missing = [s for s in range(n) if s not in stored]
         fresh: list[Completion] = []
         if missing:
-            fresh = await asyncio.wait_for(
-                client.sample(messages, prompt.decoding, [sample_seed(pool, s) for s in missing]),
-                timeout=cfg.upstream_timeout * (cfg.upstream_retries + 1) + 5.0)
+            fresh = await client.sample(messages, prompt.decoding,
+                                        [sample_seed(pool, s) for s in missing])
             for s, c in zip(missing, fresh, strict=False):
                 answer, scores, failures = runtime.score(Record("request", "", None), c.text)
                 cache.put(StoredCompletion(pool, s, runtime.arms[p], "serve", c.text, answer,
                                            scores, failures, c.prompt_tokens,
                                            c.completion_tokens, c.latency, c.seed, None,
                                            c.finish_reason, c.retries, list(c.errors),
-                                           task.model.base_url))
+                                           base_url))
         by_sample = {s: Completion(c.text, c.prompt_tokens, c.completion_tokens, c.latency,
                                    c.seed) for s, c in stored.items()}
         by_sample.update(zip(missing, fresh, strict=False))
         return [by_sample[s] for s in range(n)], len(fresh)
 
     async def models(request: Request) -> JSONResponse:
+        try:
+            caller(request)
+        except BadRequest as e:
+            return _error(e.status, str(e), e.kind, e.param, e.headers)
         return JSONResponse({"object": "list", "data": [
             {"id": model_id, "object": "model", "created": int(holder.loaded_at),
              "owned_by": "iapo"}]})
 
     async def health(request: Request) -> JSONResponse:
         holder.check()
+        status = "ok" if holder.reload_error is None else "degraded"
+        try:
+            caller(request)
+        except BadRequest:  # anonymous: the status only, nothing about the setup
+            return JSONResponse({"status": status})
         p = holder.policy
         return JSONResponse({
-            "status": "ok" if holder.reload_error is None else "degraded",
+            "status": status,
             "policy": str(holder.path), "learner": p.learner, "task": task.name,
             "loaded_at": holder.loaded_at, "reload_error": holder.reload_error,
             "contexts": {k: {"prompt": task.prompts[c.prompt].name, "n": c.n}
                          for k, c in zip(p.contexts, p.choices, strict=True)},
             "served": state["served"], "errors": state["errors"],
             "default_context": cfg.default_context,
+            "keys": {k.name: {"contexts": list(k.contexts) if k.contexts else "all",
+                              "requests_per_minute": k.requests_per_minute,
+                              "completions_per_day": k.completions_per_day}
+                     for k in cfg.keys},
+            "usage": limits.usage() if limits is not None else {},
         })
 
     async def not_found(request: Request, exc: Exception) -> JSONResponse:
