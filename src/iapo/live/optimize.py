@@ -407,8 +407,9 @@ def export_env(store_path: Path, out: Path) -> dict[str, Any]:
     the pairs without any are marked unobserved (the file's ``observed`` mask): Q of a prompt
     then averages over its observed queries. MV: answer categories per query as in training
     (the gold first, "no answer" a category of its own); BoN: every stored completion is a
-    support point with probability 1 / (stored completions of its pair). Scores computed under another gold are
-    recomputed from the stored texts. The file's ``name`` is the task's.
+    support point with probability 1 / (stored completions of its pair). Scores computed
+    under another gold are recomputed from the stored texts. The file's ``name`` is the
+    task's.
     """
     from iapo.live.aggregate import answer_categories, answer_labels
 
