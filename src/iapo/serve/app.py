@@ -30,7 +30,8 @@ needs ``Authorization: Bearer <key>`` (401 otherwise); a key limited to some con
 for the others, and 429 with Retry-After past its limits. Without keys the gateway serves
 loopback only (the command refuses another host). Error bodies and anonymous ``/health`` name
 neither the upstream URL nor file paths. Bodies over ``max_body`` bytes get 413. Scorers run
-in worker threads (at most ``scoring_threads`` at once), never on the event loop; one deadline
+in worker threads (at most ``scoring_threads`` at once), never on the event loop (only the
+built-in answer extractors, regular expressions, run inline); one deadline
 covers a request's sampling and scoring (504 past it).
 """
 
@@ -59,6 +60,7 @@ from iapo.learners.base import Choice
 from iapo.live.client import ChatClient, Completion, LLMError
 from iapo.live.optimize import check_policy_arms, check_servable, outcome_fields
 from iapo.live.oracle import TaskRuntime, sample_seed
+from iapo.live.scorers import GOLD_SCORERS
 from iapo.live.store import CompletionStore, StoredCompletion, pool_key
 from iapo.live.task import Record, Task
 from iapo.policy import Policy, PolicyError
@@ -232,6 +234,10 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
         else:
             limits = Limits(cfg.limits_db)
     scoring = asyncio.Semaphore(cfg.scoring_threads)
+    # without a gold answer the gold-based scorers do not run; what is left may be user code
+    # (python, http) or math-verify, which may take long: those run in threads
+    inline_scoring = all(o.scorer in GOLD_SCORERS for o in task.objectives) and \
+        task.extractor in (None, "multiple_choice", "numeric", "exact", "label")
     base_url = task.model.base_url
 
     async def startup() -> None:
@@ -331,9 +337,12 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
                     comps = await state["client"].sample(messages, prompt.decoding, seeds)
                     paid = len(comps)
                 upstream = time.perf_counter() - u0
-                async with scoring:  # scorers may be slow (reward models): off the loop
-                    scored = await asyncio.to_thread(
-                        lambda: [runtime.score(record, c.text) for c in comps])
+                if inline_scoring:  # only a regular expression to run: no thread hop
+                    scored = [runtime.score(record, c.text) for c in comps]
+                else:
+                    async with scoring:  # scorers may be slow (reward models): off the loop
+                        scored = await asyncio.to_thread(
+                            lambda: [runtime.score(record, c.text) for c in comps])
         except LLMError as e:
             state["errors"] += 1
             return _error(502, f"upstream model failed: {_upstream_reason(e, base_url)}",

@@ -16,7 +16,9 @@ every known key (digests of equal length, ``hmac.compare_digest``).
 
 Limits are fixed windows (the current minute, the current UTC day) counted in a small SQLite
 file shared by every worker process of the gateway (``BEGIN IMMEDIATE`` makes the check and
-the increment one step), so K workers enforce one limit together, not K limits.
+the increment one step), so K workers enforce one limit together, not K limits. The usage of
+keys without limits is counted in memory and written at most once a second (and on /health
+and at shutdown): a write per request cost ~0.5 ms of the event loop.
 """
 
 from __future__ import annotations
@@ -151,6 +153,10 @@ class KeyRing:
         return found
 
 
+_UPSERT = ("INSERT INTO usage VALUES (?, ?, ?, ?) ON CONFLICT (key, kind, window) DO UPDATE "
+           "SET count = count + excluded.count")
+
+
 class Limits:
     """Per-key usage in fixed windows, in an SQLite file every worker shares."""
 
@@ -161,9 +167,22 @@ class Limits:
         self.db.execute("CREATE TABLE IF NOT EXISTS usage (key TEXT NOT NULL, kind TEXT NOT "
                         "NULL, window INTEGER NOT NULL, count INTEGER NOT NULL, PRIMARY KEY "
                         "(key, kind, window))")
+        self.pending: dict[tuple[str, str, int], int] = {}
+        self.flushed = time.monotonic()
 
     def close(self) -> None:
+        self.flush()
         self.db.close()
+
+    def flush(self) -> None:
+        """Write the usage counted in memory."""
+        if not self.pending:
+            return
+        rows = [(k, kind, w, c) for (k, kind, w), c in self.pending.items()]
+        self.pending = {}
+        self.flushed = time.monotonic()
+        with self.db:
+            self.db.executemany(_UPSERT, rows)
 
     def admit(self, key: ApiKey, completions: int, now: float | None = None
               ) -> tuple[bool, float, str]:
@@ -171,6 +190,13 @@ class Limits:
         (admitted, seconds until it would be, which limit)."""
         t = time.time() if now is None else now
         minute, day = int(t // 60), int(t // 86400)
+        if key.requests_per_minute is None and key.completions_per_day is None:
+            for kind, window, add in (("requests", minute, 1), ("completions", day, completions)):
+                slot = (key.name, kind, window)
+                self.pending[slot] = self.pending.get(slot, 0) + add
+            if time.monotonic() - self.flushed > 1.0:
+                self.flush()
+            return True, 0.0, ""
         self.db.execute("BEGIN IMMEDIATE")
         try:
             got = dict(self.db.execute(
@@ -186,9 +212,7 @@ class Limits:
                 self.db.execute("ROLLBACK")
                 return False, (day + 1) * 86400 - t, "completions_per_day"
             for kind, window, add in (("requests", minute, 1), ("completions", day, completions)):
-                self.db.execute(
-                    "INSERT INTO usage VALUES (?, ?, ?, ?) ON CONFLICT (key, kind, window) DO "
-                    "UPDATE SET count = count + excluded.count", (key.name, kind, window, add))
+                self.db.execute(_UPSERT, (key.name, kind, window, add))
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
@@ -197,6 +221,7 @@ class Limits:
 
     def usage(self, now: float | None = None) -> dict[str, dict[str, int]]:
         """Per key: requests this minute, completions today, requests and completions ever."""
+        self.flush()
         t = time.time() if now is None else now
         minute, day = int(t // 60), int(t // 86400)
         out: dict[str, dict[str, int]] = {}

@@ -1,0 +1,88 @@
+"""A fake OpenAI-compatible upstream for the gateway benchmarks: a raw ASGI app under uvicorn.
+
+    .venv/bin/python benchmarks/fake_upstream.py --port 8123 [--latency 0.05]
+
+``POST /v1/chat/completions`` sleeps ``--latency`` seconds (a short completion from a fast model
+server), then answers one choice ``"The answer is (B). seed=<seed>"`` with usage 7 prompt and 5
+completion tokens, like the tests' ``ScriptedServer``; ``n`` is ignored (one choice, as
+llama.cpp does). ``GET /health`` and ``GET /v1/models`` answer 200; ``GET /stats`` counts the
+chat requests answered. Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+def make_app(latency: float) -> Callable[[dict[str, Any], Receive, Send], Awaitable[None]]:
+    """The ASGI app; ``latency`` in seconds before each chat completion is answered."""
+    served = {"chat": 0}
+
+    async def respond(send: Send, status: int, payload: bytes) -> None:
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [*JSON_HEADERS, (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        chunks = []
+        while True:
+            msg = await receive()
+            chunks.append(msg.get("body", b""))
+            if not msg.get("more_body"):
+                break
+        method, path = scope["method"], scope["path"]
+        if method == "POST" and path == "/v1/chat/completions":
+            try:
+                body = json.loads(b"".join(chunks) or b"{}")
+            except ValueError:
+                await respond(send, 400, b'{"error": {"message": "the body is not JSON"}}')
+                return
+            if latency > 0:
+                await asyncio.sleep(latency)
+            served["chat"] += 1
+            await respond(send, 200, json.dumps({
+                "id": "x", "object": "chat.completion", "model": body.get("model"),
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                    "role": "assistant",
+                    "content": f"The answer is (B). seed={body.get('seed')}"}}],
+                "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12},
+            }).encode())
+        elif method == "GET" and path in ("/health", "/v1/models"):
+            await respond(send, 200, b'{"object": "list", "data": [{"id": "fake"}]}')
+        elif method == "GET" and path == "/stats":
+            await respond(send, 200, json.dumps(served).encode())
+        else:
+            await respond(send, 404, b'{"error": {"message": "no such route"}}')
+
+    return app
+
+
+def main() -> None:
+    import uvicorn
+
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--latency", type=float, default=0.05,
+                    help="seconds before each chat completion is answered")
+    ap.add_argument("--loop", default="auto", choices=["auto", "asyncio", "uvloop"])
+    ap.add_argument("--http", default="auto", choices=["auto", "h11", "httptools"])
+    args = ap.parse_args()
+    if args.latency < 0:
+        ap.error("--latency must be >= 0")
+    uvicorn.run(make_app(args.latency), host="127.0.0.1", port=args.port, log_level="warning",
+                access_log=False, lifespan="off", loop=args.loop, http=args.http)
+
+
+if __name__ == "__main__":
+    main()
