@@ -262,40 +262,43 @@ class SlowReward:
         self.httpd.server_close()
 
 
-def test_health_answers_at_once_while_a_slow_scorer_runs(tmp_path: Path) -> None:
+def slow_bon_policy(tmp: Path, upstream: str, reward: str, n: int) -> Path:
+    """A Best-of-N task scored by the reward model at ``reward``, and a policy of N = n."""
     from test_serve import write_policy
 
+    (tmp / "q.jsonl").write_text('{"id": "a", "query": "q"}\n{"id": "b", "query": "r"}\n')
+    task = tmp / "bon.toml"
+    task.write_text(textwrap.dedent(f"""
+        name = "slow-bon"
+        [model]
+        base_url = "{upstream}"
+        name = "m"
+        supports_n = false
+        [[prompts]]
+        template = "{{query}}"
+        [data]
+        path = "q.jsonl"
+        [[objectives]]
+        name = "reward"
+        scorer = "http"
+        url = "{reward}"
+        [aggregator]
+        kind = "bon"
+        [contexts]
+        weights = [[1.0]]
+        budgets = {{ low = 0.0 }}
+        [train]
+        n_max = 2
+        budget = 10
+    """))
+    return write_policy(tmp / "p.json", task, "slow-bon", ["budget=low"], [(0, n)])
+
+
+def test_health_answers_at_once_while_a_slow_scorer_runs(tmp_path: Path) -> None:
     reward = SlowReward(3.0)
     try:
         with ScriptedServer() as up:
-            (tmp_path / "q.jsonl").write_text('{"id": "a", "query": "q", "gold": null}\n'
-                                              '{"id": "b", "query": "r", "gold": null}\n')
-            task = tmp_path / "bon.toml"
-            task.write_text(textwrap.dedent(f"""
-                name = "slow-bon"
-                [model]
-                base_url = "{up.base_url}"
-                name = "m"
-                supports_n = false
-                [[prompts]]
-                template = "{{query}}"
-                [data]
-                path = "q.jsonl"
-                [[objectives]]
-                name = "reward"
-                scorer = "http"
-                url = "{reward.url}"
-                [aggregator]
-                kind = "bon"
-                [contexts]
-                weights = [[1.0]]
-                budgets = {{ low = 0.0 }}
-                [train]
-                n_max = 2
-                budget = 10
-            """))
-            policy = write_policy(tmp_path / "p.json", task, "slow-bon", ["budget=low"],
-                                  [(0, 2)])
+            policy = slow_bon_policy(tmp_path, up.base_url, reward.url, 2)
             with Gateway(policy, "--default-context", "budget=low") as gw:
                 with ThreadPoolExecutor(2) as pool:
                     chats = [pool.submit(gw.ask, None) for _ in range(2)]
@@ -313,38 +316,10 @@ def test_health_answers_at_once_while_a_slow_scorer_runs(tmp_path: Path) -> None
 
 
 def test_one_deadline_covers_sampling_and_scoring(tmp_path: Path) -> None:
-    from test_serve import write_policy
-
     reward = SlowReward(3.0)
     try:
         with ScriptedServer() as up:
-            (tmp_path / "q.jsonl").write_text('{"id": "a", "query": "q"}\n'
-                                              '{"id": "b", "query": "r"}\n')
-            task = tmp_path / "bon.toml"
-            task.write_text(textwrap.dedent(f"""
-                name = "slow-bon"
-                [model]
-                base_url = "{up.base_url}"
-                name = "m"
-                [[prompts]]
-                template = "{{query}}"
-                [data]
-                path = "q.jsonl"
-                [[objectives]]
-                name = "reward"
-                scorer = "http"
-                url = "{reward.url}"
-                [aggregator]
-                kind = "bon"
-                [contexts]
-                weights = [[1.0]]
-                budgets = {{ low = 0.0 }}
-                [train]
-                n_max = 2
-                budget = 10
-            """))
-            policy = write_policy(tmp_path / "p.json", task, "slow-bon", ["budget=low"],
-                                  [(0, 1)])
+            policy = slow_bon_policy(tmp_path, up.base_url, reward.url, 1)
             with Gateway(policy, "--default-context", "budget=low", "--deadline", "1") as gw:
                 t0 = time.perf_counter()
                 with pytest.raises(openai.APIStatusError) as e:
