@@ -1,6 +1,6 @@
 """The paired comparison of the beyond-the-paper learners against the best Top-K variant of each
 environment (the one with the lowest mean regret over the five budgets), from the runs of
-docs/beyond/runs.csv (made by the `iapo bench` command in the README).
+docs/beyond/runs.csv (made by the `iapo bench` command in docs/beyond.md).
 
     .venv/bin/python benchmarks/beyond_vs_topk.py [docs/beyond]
 

@@ -326,3 +326,15 @@ def test_regret_parts_split_a_hand_worked_regret() -> None:
     np.testing.assert_allclose(prompt + scale, [0.7 - 0.64, 0.4 - 0.2])
     best = [Choice(0, 3, 0.0, 0), Choice(1, 1, 0.0, 0)]
     assert not np.any(np.concatenate(regret_parts(q, best)))
+
+
+def test_model_learners_refuse_an_estimator_they_would_ignore() -> None:
+    from iapo.learners import get_learner
+
+    for name in ("psst-model", "psst-model4"):
+        with pytest.raises(ValueError, match="takes no 'subsets' estimator"):
+            get_learner(f"{name}:subsets")
+        with pytest.raises(ValueError, match="takes no 'subsets' estimator"):
+            get_learner(name, "subsets")
+        assert get_learner(name).name == name
+    assert get_learner("psst:subsets").name == "psst:subsets"

@@ -10,8 +10,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from iapo.envs import Environment, get_environment
+    from iapo.bound import theorem1
+    from iapo.envs import Environment, get_environment, load_environment
+    from iapo.learners import LEARNERS, get_learner
     from iapo.oracle import BudgetExceededError, Ledger, Observation, Pull, SimulatedOracle
+    from iapo.policy import Policy, PolicyError
     from iapo.problem import (
         Arm,
         Context,
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
         ProblemError,
     )
     from iapo.split import train_test_split
+    from iapo.training import evaluate_policy, train_policy
 
 # the public names, loaded on first use so that `iapo --help` does not import numpy
 _HOME = {
@@ -31,6 +35,9 @@ _HOME = {
     "Arm": "iapo.problem", "Context": "iapo.problem", "ContextGrid": "iapo.problem",
     "CostObjective": "iapo.problem", "Objective": "iapo.problem", "Problem": "iapo.problem",
     "ProblemError": "iapo.problem", "train_test_split": "iapo.split",
+    "load_environment": "iapo.envs", "LEARNERS": "iapo.learners", "get_learner": "iapo.learners",
+    "Policy": "iapo.policy", "PolicyError": "iapo.policy", "train_policy": "iapo.training",
+    "evaluate_policy": "iapo.training", "theorem1": "iapo.bound",
 }
 
 
@@ -46,6 +53,7 @@ def __getattr__(name: str) -> Any:
 __version__ = "0.1.0"
 
 __all__ = [
+    "LEARNERS",
     "Arm",
     "BudgetExceededError",
     "Context",
@@ -55,10 +63,17 @@ __all__ = [
     "Ledger",
     "Objective",
     "Observation",
+    "Policy",
+    "PolicyError",
     "Problem",
     "ProblemError",
     "Pull",
     "SimulatedOracle",
+    "evaluate_policy",
     "get_environment",
+    "get_learner",
+    "load_environment",
+    "theorem1",
+    "train_policy",
     "train_test_split",
 ]

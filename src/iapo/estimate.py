@@ -21,9 +21,16 @@ import numpy.typing as npt
 from scipy.special import gammaln
 
 from iapo.exact import mv_subset_credit
-from iapo.oracle import Observation
+from iapo.memo import Memo
 from iapo.problem import Problem
-from iapo.utility import credit_from_votes, vote_winners, winners_mean
+from iapo.pulls import Observation
+from iapo.utility import (
+    credit_from_votes,
+    gold_first,
+    unique_rows,
+    vote_winners,
+    winners_mean,
+)
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -284,7 +291,7 @@ def _bon_subset_max(values: FloatArray, sizes: npt.NDArray[np.intp]) -> FloatArr
     return out
 
 
-_SUBSET_CREDIT: dict[tuple[int, ...], FloatArray] = {}
+_SUBSET_CREDIT = Memo()  # by (group size, gold count, other counts sorted)
 
 
 def _mv_subset_credit(labels: npt.NDArray[np.int64], gold: npt.NDArray[np.int64],
@@ -292,28 +299,19 @@ def _mv_subset_credit(labels: npt.NDArray[np.int64], gold: npt.NDArray[np.int64]
     """Average 1/t credit over all size-n subsets of every group: [m, G] (0 where n > size).
 
     The average depends only on the group's size, gold count and the multiset of the other
-    counts, so results are memoized by that key for the life of the process."""
+    counts, so results are memoized by that key (a bounded memo)."""
     m, g_pad = labels.shape
     n_cat = int(max(labels.max(initial=0), gold.max(initial=0))) + 1
     counts = (labels[..., None] == np.arange(n_cat)).sum(axis=1)  # [m, L]
-    kg = counts[np.arange(m), gold]
-    others = counts.copy()
-    others[np.arange(m), gold] = -1
-    others = -np.sort(-others, axis=1)[:, :-1]  # the L-1 other counts, descending
-    keys = np.concatenate([sizes[:, None], kg[:, None], others], axis=1)
-    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    out_u = np.zeros((uniq.shape[0], g_pad))
-    missing: dict[int, list[int]] = {}
-    for i, row in enumerate(uniq.tolist()):
-        hit = _SUBSET_CREDIT.get(tuple(row))
-        if hit is None:
-            missing.setdefault(row[0], []).append(i)
-        else:
-            out_u[i, : row[0]] = hit
-    for g, rows in missing.items():
-        credit = mv_subset_credit(uniq[rows, 1], uniq[rows, 2:], g)
-        for i, row_credit in zip(rows, credit, strict=True):
-            _SUBSET_CREDIT[tuple(uniq[i].tolist())] = row_credit
-            out_u[i, :g] = row_credit
-    return out_u[inverse]
+    keys = np.concatenate([sizes[:, None], gold_first(counts, gold)], axis=1)
+    uniq, inverse = unique_rows(keys)
+
+    def compute(idx: npt.NDArray[np.intp]) -> FloatArray:
+        out = np.zeros((idx.size, g_pad))
+        for g in np.unique(uniq[idx, 0]):  # one call per group size
+            rows = idx[uniq[idx, 0] == g]
+            out[np.searchsorted(idx, rows), :g] = mv_subset_credit(uniq[rows, 1],
+                                                                   uniq[rows, 2:], int(g))
+        return out
+
+    return _SUBSET_CREDIT.rows(uniq, g_pad, compute)[inverse]

@@ -18,6 +18,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.special import gammaln
 
+from iapo.utility import gold_first, unique_rows
+
 FloatArray = npt.NDArray[np.float64]
 MV_N_MAX_LIMIT = 1000  # binomial coefficients C(2N, N) stay finite in float64
 
@@ -39,21 +41,6 @@ def bon_expected_max(values: npt.ArrayLike, probs: npt.ArrayLike, n_max: int) ->
     n = np.arange(1, n_max + 1, dtype=np.float64)
     powers = cdf[..., :-1, None] ** n  # [M, S-1, N]
     return v[..., -1:] - np.einsum("ms,msn->mn", gaps, powers)
-
-
-def _canonical_mv_rows(
-    probs: FloatArray, gold: npt.NDArray[np.integer]
-) -> tuple[FloatArray, npt.NDArray[np.intp]]:
-    """Rows as (gold prob, other probs sorted descending), deduplicated: MV credit depends only
-    on that multiset, and real data repeats it a lot."""
-    g = np.take_along_axis(probs, gold[:, None].astype(np.intp), -1)
-    mask = np.ones_like(probs, dtype=bool)
-    np.put_along_axis(mask, gold[:, None].astype(np.intp), False, -1)
-    others = probs[mask].reshape(probs.shape[0], probs.shape[1] - 1)
-    others = -np.sort(-others, axis=-1)
-    key = np.concatenate([g, others], axis=-1)
-    uniq, inverse = np.unique(key, axis=0, return_inverse=True)
-    return uniq, inverse.reshape(-1).astype(np.intp)
 
 
 def _others_dp(weights: FloatArray, k: int, rest: int,
@@ -104,7 +91,9 @@ def mv_credit_probability(
         raise ValueError(
             f"exact MV tables support N_max up to {MV_N_MAX_LIMIT}; got {n_max}"
         )
-    uniq, inverse = _canonical_mv_rows(p, gi)
+    # MV credit depends only on (gold prob, other probs sorted), and real data repeats it
+    keys, inverse = unique_rows(gold_first(p, gi))
+    uniq: FloatArray = keys.astype(np.float64, copy=False)
     u = uniq.shape[0]
     g = uniq[:, 0]
     others = uniq[:, 1:]

@@ -27,11 +27,14 @@ import numpy as np
 import numpy.typing as npt
 
 from iapo.exact import mv_polya_credit
-from iapo.oracle import Observation
+from iapo.memo import Memo
 from iapo.problem import Problem
+from iapo.pulls import Observation
+from iapo.utility import gold_first, unique_rows
 
 FloatArray = npt.NDArray[np.float64]
-_POLYA: dict[tuple[float, int, tuple[int, ...]], FloatArray] = {}
+# posterior credits by (alpha, N_max), each a bounded memo keyed by the vote counts
+_POLYA: dict[tuple[float, int], Memo] = {}
 
 
 class ModelQTable:
@@ -127,37 +130,18 @@ class ModelQTable:
             pi, xi = np.nonzero(votes.sum(axis=2) > 0)
             rows = votes[pi, xi]  # [M, L]
             gold = self._gold[xi]
-            kg = rows[np.arange(rows.shape[0]), gold]
-            others = rows.copy()
-            others[np.arange(rows.shape[0]), gold] = 0
-            others = -np.sort(-others, axis=1)
-            keys = np.concatenate([kg[:, None], others], axis=1)
-            # one integer per row (mixed radix) makes the dedup a 1-d unique, not a row sort
-            radix = int(keys.max()) + 1
-            if keys.shape[1] * np.log2(radix) < 62:
-                codes = keys @ (radix ** np.arange(keys.shape[1], dtype=np.int64))
-                _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
-                uniq = keys[first]
-            else:  # too many categories or votes for one integer: sort the rows
-                uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
-            table = np.empty((uniq.shape[0], n_max))
-            missing = []
-            for i, row in enumerate(uniq.tolist()):
-                hit = _POLYA.get((self.alpha, n_max, tuple(row)))
-                if hit is None:
-                    missing.append(i)
-                else:
-                    table[i] = hit
-            if missing:
-                sub = uniq[missing]
+            uniq, inverse = unique_rows(gold_first(rows, gold))
+            alpha = self.alpha
+
+            def compute(idx: npt.NDArray[np.intp]) -> FloatArray:
+                sub = uniq[idx]
                 # the posterior: alpha on the gold answer, on every answer seen, and on one
                 # bucket for answers not seen yet
-                a_other = np.where(sub[:, 1:] > 0, sub[:, 1:] + self.alpha, 0.0)
-                a_other = np.concatenate([a_other, np.full((len(missing), 1), self.alpha)], 1)
-                got = mv_polya_credit(sub[:, 0] + self.alpha, a_other, n_max)
-                for j, i in enumerate(missing):
-                    table[i] = got[j]
-                    _POLYA[(self.alpha, n_max, tuple(uniq[i].tolist()))] = got[j]
+                a_other = np.where(sub[:, 1:] > 0, sub[:, 1:] + alpha, 0.0)
+                a_other = np.concatenate([a_other, np.full((idx.size, 1), alpha)], 1)
+                return mv_polya_credit(sub[:, 0] + alpha, a_other, n_max)
+
+            table = _POLYA.setdefault((alpha, n_max), Memo()).rows(uniq, n_max, compute)
             per_row = table[inverse.reshape(-1)]  # [M, N]
             sums = np.zeros((p, n_max))
             np.add.at(sums, pi, per_row)

@@ -268,6 +268,20 @@ class Arm:
 
 
 @dataclass(frozen=True)
+class Choice:
+    """The arm chosen for one context, with its estimate.
+
+    ``n`` is None when N is drawn uniformly from 1..N_max per query at deployment
+    (``triple-nrand``). ``q_hat`` is NaN and ``samples`` 0 for an arm never observed.
+    """
+
+    prompt: int
+    n: int | None
+    q_hat: float
+    samples: int
+
+
+@dataclass(frozen=True)
 class Problem:
     """What a learner knows: prompts, N_max, objectives, aggregator and the context grid.
 

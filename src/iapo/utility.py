@@ -102,6 +102,33 @@ def mv_credit(
     return credit_from_votes(vote_counts(lab, n_categories), g)
 
 
+def gold_first(rows: npt.ArrayLike, gold: npt.ArrayLike) -> npt.NDArray:
+    """Each row as (its gold entry, then the other entries sorted descending): MV credit
+    depends on a row of answer probabilities or vote counts only through this. rows [M, L],
+    gold [M] -> [M, L]."""
+    r = np.asarray(rows)
+    g = np.asarray(gold, dtype=np.intp).reshape(-1, 1)
+    first = np.take_along_axis(r, g, -1)
+    keep = np.ones(r.shape, dtype=bool)
+    np.put_along_axis(keep, g, False, -1)
+    others = r[keep].reshape(r.shape[0], r.shape[1] - 1)
+    return np.concatenate([first, -np.sort(-others, axis=-1)], axis=-1)
+
+
+def unique_rows(keys: npt.ArrayLike) -> tuple[npt.NDArray, npt.NDArray[np.intp]]:
+    """The distinct rows of ``keys`` [M, k] and each row's index into them [M]. Rows of
+    non-negative integers that fit in one int64 are deduplicated as one integer each."""
+    k = np.asarray(keys)
+    if np.issubdtype(k.dtype, np.integer) and k.size and k.min() >= 0:
+        radix = int(k.max()) + 1
+        if k.shape[1] * np.log2(max(radix, 2)) < 62:
+            codes = k.astype(np.int64) @ (radix ** np.arange(k.shape[1], dtype=np.int64))
+            _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+            return k[first], inverse.reshape(-1).astype(np.intp)
+    uniq, inverse = np.unique(k, axis=0, return_inverse=True)
+    return uniq, inverse.reshape(-1).astype(np.intp)
+
+
 def mv_utility(
     labels: npt.ArrayLike,
     gold: npt.ArrayLike,

@@ -21,9 +21,13 @@ from iapo.learners.ucb import learn_ucb
 
 @dataclass(frozen=True)
 class LearnerSpec:
+    """A learner: its name, one line about it, how to run it, and the estimators it honours
+    (``run(problem, oracle, budget, rng, estimator=...)``)."""
+
     name: str
     summary: str
     run: Callable[..., LearnerResult]
+    estimators: tuple[str, ...] = ("blocks", "subsets")
 
 
 LEARNERS: dict[str, LearnerSpec] = {
@@ -48,10 +52,11 @@ LEARNERS: dict[str, LearnerSpec] = {
                     learn_triple_n1),
         LearnerSpec("triple-nrand", "TRIPLE-SH prompts, deployed with N uniform in 1..N_max",
                     learn_triple_nrand),
+        # the model is the estimator: blocks or subsets would be silently ignored
         LearnerSpec("psst-model", "beyond the paper: PSST pulling groups of 2 on many queries, "
-                    "Q for every N from a per-query model", learn_psst_model),
+                    "Q for every N from a per-query model", learn_psst_model, ("blocks",)),
         LearnerSpec("psst-model4", "beyond the paper: psst-model with groups of 4",
-                    partial(learn_psst_model, group=4)),
+                    partial(learn_psst_model, group=4), ("blocks",)),
     ]
 }
 
@@ -73,6 +78,9 @@ def get_learner(name: str, estimator: str | None = None) -> LearnerSpec:
     if est not in ESTIMATORS:
         raise ValueError(f"unknown estimator '{est}' in '{name}'; known: {', '.join(ESTIMATORS)}")
     spec = LEARNERS[base]
+    if est not in spec.estimators:
+        raise ValueError(f"'{base}' estimates Q with its own model and takes no '{est}' "
+                         f"estimator; use '{base}'")
     if est == "blocks":
         return spec
     return LearnerSpec(f"{base}:{est}", f"{spec.summary} [{est} estimator]",

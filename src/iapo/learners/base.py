@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 from iapo.estimate import QTable
-from iapo.oracle import Oracle
-from iapo.problem import Problem
+from iapo.problem import Choice, Problem
+from iapo.pulls import Oracle, Pull
 
-
-@dataclass(frozen=True)
-class Choice:
-    """The arm chosen for one context, with its estimate.
-
-    ``n`` is None when N is drawn uniformly from 1..N_max per query at deployment
-    (``triple-nrand``). ``q_hat`` is NaN and ``samples`` 0 for an arm never observed.
-    """
-
-    prompt: int
-    n: int | None
-    q_hat: float
-    samples: int
+__all__ = ["Choice", "Learner", "LearnerResult", "Trace", "best_choices", "check_budget",
+           "round_record"]
 
 
 @dataclass
@@ -60,6 +50,20 @@ class Learner(Protocol):
     def __call__(
         self, problem: Problem, oracle: Oracle, budget: int, rng: np.random.Generator
     ) -> LearnerResult: ...
+
+
+def round_record(r: int, allowance: int, pulls: Sequence[Pull], alive: np.ndarray
+                 ) -> dict[str, Any]:
+    """The trace's record of round ``r``: what it could spend, spent and pulled, and the arms
+    alive per context after it (``alive`` [C, P, N] bool, or [C] counts)."""
+    counts = alive.sum(axis=(1, 2)) if alive.ndim == 3 else alive
+    return {
+        "round": r,
+        "allowance": int(allowance),
+        "spent": int(sum(x.cost for x in pulls)),
+        "pulls": [[x.prompt, x.n, x.count] for x in pulls if x.count],
+        "alive": np.asarray(counts).tolist(),
+    }
 
 
 def check_budget(oracle: Oracle, budget: int) -> int:

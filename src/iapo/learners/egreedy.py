@@ -7,8 +7,8 @@ import numpy as np
 
 from iapo.learners.base import LearnerResult
 from iapo.learners.sequential import argmax_random_ties, estimates_or_zero, sequential
-from iapo.oracle import Oracle
 from iapo.problem import Problem
+from iapo.pulls import Oracle
 
 
 def learn_egreedy(

@@ -28,15 +28,21 @@ which applied):
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from iapo.estimate import QTable
-from iapo.learners.base import Choice, LearnerResult, Trace, best_choices, check_budget
-from iapo.oracle import Oracle, Pull
+from iapo.learners.base import (
+    Choice,
+    LearnerResult,
+    Trace,
+    best_choices,
+    check_budget,
+    round_record,
+)
 from iapo.problem import Problem
+from iapo.pulls import Oracle, Pull
 
 BoolArray = npt.NDArray[np.bool_]
 
@@ -89,6 +95,53 @@ def trim(
     return (flags & out).reshape(c, p, n)
 
 
+# ---------------------------------------------------------------- the schedule, pure
+
+
+def scale_cap(budget: int, n_prompts: int) -> int:
+    """Rule 1: the largest N every one of ``n_prompts`` prompts can be pulled at once within
+    ``budget``, floor(T / #prompts) (0: not even one completion each)."""
+    return budget // n_prompts
+
+
+def effective_rounds(r_paper: int, budget: int, first_cost: int,
+                     max_rounds: int | None = None) -> int:
+    """Rule 2: min(R, floor(T / M_1)) rounds, M_1 the cost of one group of every prompt in
+    round 1 (and at most ``max_rounds``)."""
+    r_eff = min(r_paper, budget // first_cost) if first_cost else 0
+    return r_eff if max_rounds is None else min(r_eff, max_rounds)
+
+
+def allowance(budget: int, round_index: int, rounds: int, used: int) -> int:
+    """Rule 3 (carry): round r (0-based) may spend floor((r + 1) T / R_eff) less what the
+    rounds before it spent."""
+    return budget * (round_index + 1) // rounds - used
+
+
+def equal_pulls(scales: npt.NDArray[np.intp], allowance_: int) -> list[Pull]:
+    """Eq. 6: every prompt with an active arm (scale > 0) pulled floor(n_r / M) times at its
+    scale, M the sum of the scales."""
+    alive = np.flatnonzero(scales > 0)
+    k = allowance_ // int(scales[alive].sum())
+    return [Pull(int(q), int(scales[q]), int(k)) for q in alive] if k else []
+
+
+def top_up(scales: npt.NDArray[np.intp], order: npt.ArrayLike, left: int) -> list[Pull]:
+    """Rule 3, last round: what equal pulls leave is spent on single groups of the prompts in
+    ``order``, each at most its scale, until nothing is left."""
+    pulls = []
+    for q in np.asarray(order):
+        if left <= 0:
+            break
+        g = int(min(scales[q], left))
+        pulls.append(Pull(int(q), g, 1))
+        left -= g
+    return pulls
+
+
+# ---------------------------------------------------------------- Algorithm 1
+
+
 def psst(
     problem: Problem,
     oracle: Oracle,
@@ -122,18 +175,17 @@ def psst(
     r_paper = rounds_for(int(flags.sum(axis=(1, 2)).max()))
     trace.info["rounds_paper"] = r_paper
 
-    def scale_of(f: BoolArray) -> npt.NDArray[np.intp]:
+    def scales(f: BoolArray) -> npt.NDArray[np.intp]:
         top = _top_scale(f)
         return top if pull_scale is None else np.where(top > 0, pull_scale, 0)
 
-    top = scale_of(flags)
+    top = scales(flags)
     alive = np.flatnonzero(top > 0)
-    if budget < top[alive].sum():
-        cap = budget // alive.size
+    if budget < top[alive].sum():  # rule 1: the scale cap
+        cap = scale_cap(budget, alive.size)
         if cap == 0:
             kept = rng.choice(alive, size=budget, replace=False) if budget else alive[:0]
-            dropped = np.setdiff1d(alive, kept)
-            flags[:, dropped] = False
+            flags[:, np.setdiff1d(alive, kept)] = False
             cap = 1
             trace.notes.append(
                 f"T={budget} is below one completion per prompt ({alive.size}); kept "
@@ -149,12 +201,8 @@ def psst(
             pull_scale = min(pull_scale, cap)
             trace.notes.append(f"T={budget}: groups of {pull_scale} (scale cap)")
         trace.info["scale_cap"] = cap
-        top = scale_of(flags)
-        alive = np.flatnonzero(top > 0)
-    first_cost = int(top[alive].sum())
-    r_eff = min(r_paper, budget // first_cost) if first_cost else 0
-    if max_rounds is not None:
-        r_eff = min(r_eff, max_rounds)
+    first_cost = int(scales(flags).sum())
+    r_eff = effective_rounds(r_paper, budget, first_cost, max_rounds)  # rule 2
     if r_eff < r_paper and max_rounds is None:
         trace.notes.append(
             f"{r_eff} rounds instead of the paper's {r_paper}: T={budget} pays for at most "
@@ -163,40 +211,21 @@ def psst(
     trace.info["rounds"] = r_eff
 
     for r in range(r_eff):
-        used = oracle.ledger.spent - start
-        allowance = budget * (r + 1) // r_eff - used
-        top = scale_of(flags)
-        alive = np.flatnonzero(top > 0)
-        cost = int(top[alive].sum())
-        k = allowance // cost
-        pulls = [Pull(int(q), int(top[q]), int(k)) for q in alive] if k else []
+        n_r = allowance(budget, r, r_eff, oracle.ledger.spent - start)  # rule 3
+        top = scales(flags)
+        pulls = equal_pulls(top, n_r)  # Eq. 6
         if r == r_eff - 1:
-            left = allowance - k * cost
-            for q in rng.permutation(alive):
-                if left <= 0:
-                    break
-                g = int(min(top[q], left))
-                pulls.append(Pull(int(q), g, 1))
-                left -= g
+            left = n_r - sum(x.cost for x in pulls)
+            pulls += top_up(top, rng.permutation(np.flatnonzero(top > 0)), left)
         observations = oracle.pull(pulls)
         if not stockpile:
             stats = QTable(problem, estimator)
         stats.update(observations)
-        flags = trim(flags, stats, r_eff - r, rng)
-        trace.rounds.append(_round_record(r + 1, allowance, pulls, flags))
+        flags = trim(flags, stats, r_eff - r, rng)  # keep the better half per context
+        trace.rounds.append(round_record(r + 1, n_r, pulls, flags))
 
     trace.completions_used = oracle.ledger.spent - start
     return LearnerResult(best_choices(stats, flags, rng), trace)
-
-
-def _round_record(r: int, allowance: int, pulls: list[Pull], flags: BoolArray) -> dict[str, Any]:
-    return {
-        "round": r,
-        "allowance": int(allowance),
-        "spent": int(sum(x.cost for x in pulls)),
-        "pulls": [[x.prompt, x.n, x.count] for x in pulls if x.count],
-        "alive": flags.sum(axis=(1, 2)).tolist(),
-    }
 
 
 def learn_psst(
@@ -231,5 +260,6 @@ def learn_psst_model(
                 pull_scale=min(group, problem.n_max))
 
 
-__all__ = ["Choice", "keep_count", "learn_psst", "learn_psst_model", "learn_uniform", "psst",
-           "rounds_for", "trim"]
+__all__ = ["Choice", "allowance", "effective_rounds", "equal_pulls", "keep_count", "learn_psst",
+           "learn_psst_model", "learn_uniform", "psst", "rounds_for", "scale_cap", "top_up",
+           "trim"]

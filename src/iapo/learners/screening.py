@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 
 from iapo.estimate import QTable
-from iapo.learners.base import LearnerResult, check_budget
+from iapo.learners.base import LearnerResult, check_budget, round_record
 from iapo.learners.psst import psst
-from iapo.oracle import Oracle, Pull
 from iapo.problem import Problem
+from iapo.pulls import Oracle, Pull
 
 
 def top_k_screening(
@@ -55,12 +55,7 @@ def top_k_screening(
                   estimator=estimator)
     trace = result.trace
     trace.completions_used += spent
-    trace.rounds.insert(0, {
-        "round": 0,
-        "allowance": int(rho * budget),
-        "spent": spent,
-        "pulls": [[q, 1, per_prompt] for q in range(p)],
-        "alive": active.sum(axis=(1, 2)).tolist(),
-    })
+    trace.rounds.insert(0, round_record(0, int(rho * budget),
+                                        [Pull(q, 1, per_prompt) for q in range(p)], active))
     trace.info["screened_prompts"] = order[:, :k].tolist()
     return result

@@ -19,9 +19,9 @@ import numpy as np
 import numpy.typing as npt
 
 from iapo.estimate import QTable
-from iapo.learners.base import LearnerResult, Trace, best_choices, check_budget
-from iapo.oracle import Oracle, Pull
+from iapo.learners.base import LearnerResult, Trace, best_choices, check_budget, round_record
 from iapo.problem import Problem
+from iapo.pulls import Oracle, Pull
 
 # select(stats, contexts [D], feasible [A], rng) -> arm indices [D]
 Select = Callable[
@@ -85,13 +85,8 @@ def sequential(
             for a, m in zip(uniq, counts, strict=True)
         ]
         stats.update(oracle.pull(pulls))
-        trace.rounds.append({
-            "round": len(trace.rounds) + 1,
-            "allowance": int(room),
-            "spent": int(sum(x.cost for x in pulls)),
-            "pulls": [[x.prompt, x.n, x.count] for x in pulls],
-            "alive": [p * n] * problem.n_contexts,
-        })
+        trace.rounds.append(round_record(len(trace.rounds) + 1, room, pulls,
+                                         np.full(problem.n_contexts, p * n)))
     trace.completions_used = oracle.ledger.spent - start
     allowed = np.ones((problem.n_contexts, p, n), dtype=bool)
     return LearnerResult(best_choices(stats, allowed, rng), trace)

@@ -12,8 +12,8 @@ import numpy as np
 
 from iapo.learners.base import Choice, LearnerResult
 from iapo.learners.psst import psst
-from iapo.oracle import Oracle
 from iapo.problem import Problem
+from iapo.pulls import Oracle
 
 
 def _prompt_halving(

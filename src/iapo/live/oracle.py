@@ -31,7 +31,7 @@ from iapo.live.client import ChatClient, Completion
 from iapo.live.scorers import GOLD_SCORERS, make_extractor, make_scorer
 from iapo.live.store import CompletionStore, StoredCompletion, arm_key, pool_key
 from iapo.live.task import Record, Task, TaskError
-from iapo.oracle import Ledger, Observation, Pull, validate_pulls
+from iapo.pulls import Ledger, Observation, Pull, validate_pulls
 
 
 def sample_seed(pool: str, sample: int) -> int:

@@ -1,6 +1,6 @@
 """The task file (TOML): a live model, prompts, data, scorers, contexts and the training setup.
 
-Example (the README's "Live path" section documents every field)::
+Example (docs/live.md documents every field)::
 
     name = "mcq"
 

@@ -56,7 +56,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from iapo.learners.base import Choice
 from iapo.live.client import ChatClient, Completion, LLMError
 from iapo.live.optimize import check_policy_arms, check_servable, outcome_fields
 from iapo.live.oracle import TaskRuntime, sample_seed
@@ -64,7 +63,7 @@ from iapo.live.scorers import GOLD_SCORERS
 from iapo.live.store import CompletionStore, StoredCompletion, pool_key
 from iapo.live.task import Record, Task
 from iapo.policy import Policy, PolicyError
-from iapo.problem import ProblemError
+from iapo.problem import Choice, ProblemError
 from iapo.serve.keys import ApiKey, KeyRing, Limits
 
 

@@ -1,0 +1,73 @@
+"""PSST's speed now against a pinned earlier commit, measured in one run.
+
+    .venv/bin/python benchmarks/bench_pinned.py [--commit 7b8be01] [--runs 30] [--rounds 5]
+
+The pinned commit is checked out into a temporary git worktree; both trees run the same
+measurement (the median wall time of one PSST training run on `commonsenseqa` at T = 20,000,
+`benchmarks/bench_learners.py`'s) in fresh subprocesses, alternately, ``--rounds`` times each,
+so that the machine's drift hits both alike. Prints the medians and now / pinned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MEASURE = """
+import statistics, time
+import numpy as np
+from iapo.envs import get_environment
+from iapo.learners.psst import learn_psst
+from iapo.oracle import SimulatedOracle
+env = get_environment("commonsenseqa")
+env.query_table(progress=False)
+times = []
+for s in range({runs}):
+    oracle = SimulatedOracle(env, np.arange(1200), 20_000, np.random.default_rng(s))
+    t0 = time.perf_counter()
+    learn_psst(env.problem, oracle, 20_000, np.random.default_rng(10_000 + s))
+    times.append(time.perf_counter() - t0)
+print(statistics.median(times))
+"""
+
+
+def measure(src: Path, runs: int, cache: str) -> float:
+    env = {**os.environ, "PYTHONPATH": str(src), "IAPO_CACHE_DIR": cache}
+    out = subprocess.run([sys.executable, "-c", MEASURE.format(runs=runs)], env=env,
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--commit", default="7b8be01")
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        pinned = Path(tmp) / "pinned"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(pinned),
+                        args.commit], check=True, capture_output=True)
+        try:
+            now, then = [], []
+            for _ in range(args.rounds):
+                then.append(measure(pinned / "src", args.runs, str(Path(tmp) / "c1")))
+                now.append(measure(ROOT / "src", args.runs, str(Path(tmp) / "c2")))
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
+                            str(pinned)], check=False, capture_output=True)
+    a, b = statistics.median(now), statistics.median(then)
+    print(f"PSST on commonsenseqa, T = 20,000, median of {args.runs} runs x {args.rounds} "
+          f"alternating rounds: now {a * 1000:.1f} ms, pinned {args.commit} {b * 1000:.1f} ms, "
+          f"now / pinned = {a / b:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""What a learner asks and gets: pulls, observations, the budget ledger, the oracle protocol.
+
+A pull (prompt, n, count) asks for ``count`` groups of n completions of one prompt, each on a
+training query drawn uniformly at random. Every pull costs n * count completions; the ledger
+refuses a batch that would take the total past the budget T, before anything is drawn. The
+simulated oracle (:mod:`iapo.oracle`) and the live one (:mod:`iapo.live.oracle`) implement
+:class:`Oracle`; learners depend on this module only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from iapo.problem import Problem
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+
+
+class BudgetExceededError(RuntimeError):
+    """A pull would take the completions spent past the budget T."""
+
+
+@dataclass(frozen=True)
+class Pull:
+    """Request ``count`` groups of ``n`` completions of ``prompt`` (each on a fresh query)."""
+
+    prompt: int
+    n: int
+    count: int = 1
+
+    @property
+    def cost(self) -> int:
+        return self.n * self.count
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one pull returns: ``count`` groups of n completions of one prompt.
+
+    queries: [count] training-query indices; scores: [count, n, K+1] objective vectors, cost
+    last (positive); labels: [count, n] answer categories and gold: [count], for MV (else None).
+    """
+
+    prompt: int
+    n: int
+    queries: IntArray
+    scores: FloatArray
+    labels: npt.NDArray[np.int16] | None = None
+    gold: npt.NDArray[np.int16] | None = None
+
+    @property
+    def count(self) -> int:
+        return int(self.queries.shape[0])
+
+
+class Ledger:
+    """Counts completions spent and refuses any charge past the budget."""
+
+    def __init__(self, budget: int) -> None:
+        if int(budget) != budget or budget < 0:
+            raise ValueError(f"budget T={budget} must be a non-negative integer")
+        self.budget = int(budget)
+        self.spent = 0
+
+    @property
+    def remaining(self) -> int:
+        return self.budget - self.spent
+
+    def charge(self, completions: int) -> None:
+        if completions < 0:
+            raise ValueError(f"cannot charge a negative number of completions ({completions})")
+        if self.spent + completions > self.budget:
+            raise BudgetExceededError(
+                f"pull of {completions} completions refused: {self.spent} of the budget "
+                f"{self.budget} are spent, {self.remaining} remain"
+            )
+        self.spent += completions
+
+
+class Oracle(Protocol):
+    """What every learner talks to: a simulated environment or a live LLM."""
+
+    problem: Problem
+    ledger: Ledger
+
+    def pull(self, requests: Sequence[Pull]) -> list[Observation]: ...
+
+
+def validate_pulls(problem: Problem, requests: Sequence[Pull]) -> int:
+    """Check every pull against the problem; return their total cost in completions."""
+    total = 0
+    for r in requests:
+        for name in ("prompt", "n", "count"):
+            value = getattr(r, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise ValueError(f"pull {name} {value!r} must be an integer")
+        if not 0 <= r.prompt < problem.n_prompts:
+            raise ValueError(
+                f"pull names prompt {r.prompt}; prompts are 0..{problem.n_prompts - 1}"
+            )
+        problem.check_n(r.n)
+        if int(r.count) != r.count or r.count < 0:
+            raise ValueError(f"pull count {r.count} must be a non-negative integer")
+        total += r.cost
+    return total
