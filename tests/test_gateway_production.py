@@ -304,13 +304,18 @@ def test_health_answers_at_once_while_a_slow_scorer_runs(tmp_path: Path) -> None
                     chats = [pool.submit(gw.ask, None) for _ in range(2)]
                     time.sleep(0.5)  # both requests are scoring now
                     times = []
-                    for _ in range(5):
-                        t0 = time.perf_counter()
-                        assert httpx.get(f"{gw.url}/health").status_code == 200
-                        times.append(time.perf_counter() - t0)
+                    with httpx.Client() as http:  # one kept-alive connection
+                        for _ in range(7):
+                            t0 = time.perf_counter()
+                            assert http.get(f"{gw.url}/health").status_code == 200
+                            times.append(time.perf_counter() - t0)
+                    busy = [c.running() for c in chats]
                     for c in chats:
                         assert c.result().model_extra["iapo"]["values"] == [0.5, 0.5]  # type: ignore[index]
-                assert max(times) < 0.05, times
+                # the scorers were still at work, and /health answered at once: the median
+                # under 50 ms (blocked, it waited the scorers' seconds)
+                assert all(busy)
+                assert sorted(times)[3] < 0.05 and max(times) < 1.0, times
     finally:
         reward.close()
 
