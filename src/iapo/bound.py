@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from iapo.envs.base import Environment
 from iapo.learners.psst import rounds_for
+from iapo.problem import Arm
 
 
 @dataclass(frozen=True)
@@ -80,12 +81,13 @@ def theorem1(env: Environment, queries: npt.ArrayLike | None = None,
         best = flat[order[0]]
         gaps = best - flat[order]  # [A], rank i = position + 1
         strict = gaps > tie
-        nbar = (order[0] % n_max + 1 + n_max) / 2.0
+        top = Arm.from_index(order[0], n_max)
+        nbar = (top.n + n_max) / 2.0
         ranks = np.arange(1, flat.size + 1)
         with np.errstate(divide="ignore"):
             h1 = float(np.max(nbar / gaps[strict] ** 2)) if strict.any() else 0.0
             h2 = float(np.max(ranks[strict] * nbar / gaps[strict] ** 2)) if strict.any() else 0.0
-        out.append(ContextBound(key, int(order[0] // n_max), int(order[0] % n_max + 1),
+        out.append(ContextBound(key, top.prompt, top.n,
                                 int((~strict).sum()),
                                 float(gaps[strict].min()) if strict.any() else float("inf"),
                                 h1, h2))

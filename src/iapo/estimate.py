@@ -27,6 +27,7 @@ from iapo.pulls import Observation
 from iapo.utility import (
     credit_from_votes,
     gold_first,
+    task_values,
     unique_rows,
     vote_winners,
     winners_mean,
@@ -184,7 +185,7 @@ class QTable:
                     style_term = winners_mean(best, vote_winners(votes))
                 util += np.where(valid[..., None], style_term, 0.0)
         else:
-            task = scores[..., : k1 - 1] @ w.T  # [m, G, C]
+            task = task_values(scores, w)  # [m, G, C]
             util += _window_max(task, bt.start, bt.end)
         return util, valid, prompts, onehot
 
@@ -222,7 +223,7 @@ class QTable:
             if self.problem.aggregator == "mixed" and w.shape[1] > 1:
                 util += _bon_subset_max(scores[..., 1 : k1 - 1] @ w[:, 1:].T, sizes)
         else:
-            util += _bon_subset_max(scores[..., : k1 - 1] @ w.T, sizes)
+            util += _bon_subset_max(task_values(scores, w), sizes)
         onehot = np.eye(g_pad, self.problem.n_max)
         return util, weight.astype(np.float64), prompts, onehot
 

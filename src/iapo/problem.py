@@ -266,6 +266,13 @@ class Arm:
         object.__setattr__(self, "prompt", int(self.prompt))
         object.__setattr__(self, "n", int(self.n))
 
+    @classmethod
+    def from_index(cls, index: int, n_max: int) -> Arm:
+        """The arm of a flat index ``prompt * n_max + (n - 1)`` (the order of Q's last two
+        axes, [P, N_max], flattened)."""
+        prompt, n = divmod(int(index), n_max)
+        return cls(prompt, n + 1)
+
 
 @dataclass(frozen=True)
 class Choice:

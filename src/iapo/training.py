@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from iapo.envs.base import acr, optimal_acr, policy_values
 from iapo.learners import get_learner
 from iapo.learners.base import Choice
 from iapo.oracle import SimulatedOracle
@@ -15,14 +16,6 @@ from iapo.split import train_test_split
 
 if TYPE_CHECKING:
     from iapo.envs.base import Environment
-
-
-def policy_values(q: npt.NDArray[np.float64], choices: list[Choice]) -> npt.NDArray[np.float64]:
-    """Q(c, pi(c)) per context: [C]; N = None averages Q over N = 1..N_max."""
-    return np.array([
-        q[i, ch.prompt].mean() if ch.n is None else q[i, ch.prompt, ch.n - 1]
-        for i, ch in enumerate(choices)
-    ])
 
 
 def regret_parts(
@@ -83,8 +76,8 @@ def evaluate_policy(env: Environment, policy: Policy) -> dict[str, float | int]:
                           "does not have")
     q = env.q(test)
     pr = problem.grid.probabilities
-    value = float(policy_values(q, policy.choices) @ pr)
-    best = float(q.reshape(q.shape[0], -1).max(axis=1) @ pr)
+    value = acr(q, policy.choices, pr)
+    best = optimal_acr(q, pr)
     return {
         "acr": value,
         "oracle_acr": best,

@@ -33,10 +33,10 @@ import numpy as np
 import numpy.typing as npt
 
 from iapo.envs import Environment, get_environment
+from iapo.envs.base import acr, optimal_acr
 from iapo.envs.registry import ENVIRONMENTS
 from iapo.learners import get_learner
 from iapo.oracle import SimulatedOracle
-from iapo.policy import policy_values
 from iapo.split import train_test_split
 
 RUN_COLUMNS = ["env", "learner", "budget", "run", "acr", "oracle_acr", "regret",
@@ -136,17 +136,17 @@ def run_unit(
     env, train, q = run_split(env_name, seed, run, test_fraction)
     problem = env.problem
     probs = problem.grid.probabilities
-    oracle_acr = float(q.reshape(q.shape[0], -1).max(axis=1) @ probs)
+    oracle_acr = optimal_acr(q, probs)
     rows = []
     for learner, budget in cells:
         oracle, rng = run_oracle(env, train, learner, budget, seed, run)
         t0 = time.perf_counter()
         result = get_learner(learner).run(problem, oracle, budget, rng)
         seconds = time.perf_counter() - t0
-        acr = float(policy_values(q, result.choices) @ probs)
+        value = acr(q, result.choices, probs)
         rows.append({
             "env": env_name, "learner": learner, "budget": int(budget), "run": int(run),
-            "acr": acr, "oracle_acr": oracle_acr, "regret": oracle_acr - acr,
+            "acr": value, "oracle_acr": oracle_acr, "regret": oracle_acr - value,
             "completions_used": int(oracle.ledger.spent), "seconds": seconds,
         })
     return rows

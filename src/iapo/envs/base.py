@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from iapo.cache import load_or_compute
-from iapo.problem import Arm, Problem
+from iapo.problem import Arm, Choice, Problem
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -161,14 +162,26 @@ class Environment(ABC):
 def best_arms(q: FloatArray) -> list[Arm]:
     """The arm with the highest Q in every context (lowest prompt, then lowest N, on ties)."""
     c, _, n_max = q.shape
-    flat = q.reshape(c, -1).argmax(axis=1)
-    return [Arm(int(i) // n_max, int(i) % n_max + 1) for i in flat]
+    return [Arm.from_index(i, n_max) for i in q.reshape(c, -1).argmax(axis=1)]
 
 
-def acr(q: FloatArray, arms: list[Arm], probabilities: npt.ArrayLike) -> float:
+def policy_values(q: FloatArray, arms: Sequence[Arm | Choice]) -> FloatArray:
+    """Q(c, pi(c)) per context: [C]; N = None (a Choice of ``triple-nrand``) averages Q over
+    N = 1..N_max."""
+    return np.array([
+        q[i, a.prompt].mean() if a.n is None else q[i, a.prompt, a.n - 1]
+        for i, a in enumerate(arms)
+    ])
+
+
+def acr(q: FloatArray, arms: Sequence[Arm | Choice], probabilities: npt.ArrayLike) -> float:
     """Average contextual return (Eq. 4): sum_c P(c) Q(c, pi(c))."""
     pr = np.asarray(probabilities, dtype=np.float64)
     if len(arms) != q.shape[0] or pr.shape != (q.shape[0],):
         raise ValueError(f"need one arm and one probability per context ({q.shape[0]})")
-    vals = np.array([q[i, a.prompt, a.n - 1] for i, a in enumerate(arms)])
-    return float(vals @ pr)
+    return float(policy_values(q, arms) @ pr)
+
+
+def optimal_acr(q: FloatArray, probabilities: npt.ArrayLike) -> float:
+    """The ACR of the best arm in every context (the oracle policy)."""
+    return acr(q, best_arms(q), probabilities)

@@ -63,6 +63,12 @@ def _cdf(probs: FloatArray) -> FloatArray:
     return 1.0 - np.concatenate([tail[..., 1:], np.zeros_like(tail[..., :1])], axis=-1)
 
 
+def _draw(cdf: FloatArray, n: int, rng: np.random.Generator) -> npt.NDArray[np.intp]:
+    """n i.i.d. draws per row by the inverse CDF: cdf [M, S] -> indices [M, n]."""
+    u = rng.random((cdf.shape[0], n))
+    return (u[..., None] >= cdf[:, None, :]).sum(-1)
+
+
 def _check_probs(probs: FloatArray, what: str) -> None:
     if not np.all(np.isfinite(probs)):
         raise DataError(f"{what} contains NaN or infinite values")
@@ -176,8 +182,7 @@ class MVEnvironment(Environment):
         self, prompt: int, queries: IntArray, n: int, rng: np.random.Generator
     ) -> Sample:
         q = np.asarray(queries, dtype=np.intp)
-        u = rng.random((q.size, n))
-        labels = (u[..., None] >= self._cdf[prompt, q][:, None, :]).sum(-1, dtype=np.int16)
+        labels = _draw(self._cdf[prompt, q], n, rng).astype(np.int16)
         gold = self.gold[q]
         scores = np.empty((q.size, n, 2))
         scores[..., 0] = labels == gold[:, None]
@@ -278,9 +283,7 @@ class BoNEnvironment(Environment):
         self, prompt: int, queries: IntArray, n: int, rng: np.random.Generator
     ) -> Sample:
         q = np.asarray(queries, dtype=np.intp)
-        u = rng.random((q.size, n))
-        idx = (u[..., None] >= self._cdf[prompt, q][:, None, :]).sum(-1)
-        return Sample(self.scores[prompt, q[:, None], idx])
+        return Sample(self.scores[prompt, q[:, None], _draw(self._cdf[prompt, q], n, rng)])
 
     def _arrays(self) -> dict[str, npt.NDArray]:
         return {"scores": self.scores, "probs": self.probs}

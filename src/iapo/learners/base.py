@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from iapo.estimate import QTable
-from iapo.problem import Choice, Problem
+from iapo.problem import Arm, Choice, Problem
 from iapo.pulls import Oracle, Pull
 
 __all__ = ["Choice", "Learner", "LearnerResult", "Trace", "best_choices", "check_budget",
@@ -98,6 +98,7 @@ def best_choices(
         score = np.where(pool, np.nan_to_num(mean[ci].reshape(-1), nan=0.0), -np.inf)
         top = score.max()
         idx = int(np.flatnonzero(pool & (score == top))[jitter[ci][pool & (score == top)].argmax()])
-        pi, ni = divmod(idx, n)
-        out.append(Choice(pi, ni + 1, float(mean[ci, pi, ni]), int(stats.counts[pi, ni])))
+        arm = Arm.from_index(idx, n)
+        out.append(Choice(arm.prompt, arm.n, float(mean[ci, arm.prompt, arm.n - 1]),
+                          int(stats.counts[arm.prompt, arm.n - 1])))
     return out

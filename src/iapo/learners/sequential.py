@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from iapo.estimate import QTable
 from iapo.learners.base import LearnerResult, Trace, best_choices, check_budget, round_record
-from iapo.problem import Problem
+from iapo.problem import Arm, Problem
 from iapo.pulls import Oracle, Pull
 
 # select(stats, contexts [D], feasible [A], rng) -> arm indices [D]
@@ -81,8 +81,8 @@ def sequential(
         take = int(np.searchsorted(cum, room, side="right")) or 1  # the first always fits
         uniq, counts = np.unique(arms[:take], return_counts=True)
         pulls = [
-            Pull(int(a) // n, int(a) % n + 1, int(m))
-            for a, m in zip(uniq, counts, strict=True)
+            Pull(arm.prompt, arm.n, int(m))
+            for arm, m in zip((Arm.from_index(a, n) for a in uniq), counts, strict=True)
         ]
         stats.update(oracle.pull(pulls))
         trace.rounds.append(round_record(len(trace.rounds) + 1, room, pulls,
