@@ -280,3 +280,17 @@ def test_split_errors() -> None:
     for bad in (0.0, 1.0, -0.2):
         with pytest.raises(ValueError, match="strictly between 0 and 1"):
             train_test_split(10, seed=0, test_fraction=bad)
+
+
+def test_ledger_refund_gives_back_only_what_was_charged() -> None:
+    from iapo.pulls import Ledger
+
+    ledger = Ledger(10)
+    ledger.charge(7)
+    ledger.refund(3)
+    assert ledger.spent == 4 and ledger.remaining == 6
+    with pytest.raises(ValueError, match="cannot refund 5"):
+        ledger.refund(5)
+    with pytest.raises(ValueError, match="cannot refund -1"):
+        ledger.refund(-1)
+    assert ledger.spent == 4

@@ -82,6 +82,12 @@ class Ledger:
             )
         self.spent += completions
 
+    def refund(self, completions: int) -> None:
+        """Give back a charge whose pull was not served (a live pull that failed)."""
+        if not 0 <= completions <= self.spent:
+            raise ValueError(f"cannot refund {completions} of {self.spent} spent completions")
+        self.spent -= completions
+
 
 class Oracle(Protocol):
     """What every learner talks to: a simulated environment or a live LLM."""

@@ -226,7 +226,7 @@ class LiveOracle:
                     plan.append((r.prompt, int(q), list(range(start, start + r.n))))
             groups = self.serve(plan)
         except BaseException:
-            self.ledger.spent -= total  # nothing was served: the charge is undone
+            self.ledger.refund(total)  # nothing was served: the charge is undone
             self.cursor = defaultdict(int, saved_cursor)
             raise
         self.batches += 1
