@@ -107,15 +107,29 @@ def test_rate_and_daily_completion_limits_answer_429_with_retry_after(tmp_path: 
         ask = dict(model="iapo", messages=[{"role": "user", "content": QUESTION}],
                    extra_body={"iapo_context": {"budget": "high"}})
         daily.chat.completions.create(**ask)  # 3 completions of 5
+        assert len(up.requests) == 2 + 3
         with pytest.raises(openai.RateLimitError) as e:
             daily.chat.completions.create(**ask)  # 3 more would make 6
         assert "completions_per_day" in str(e.value)
         assert 1 <= int(e.value.response.headers["retry-after"]) <= 86400
         assert len(up.requests) == 2 + 3  # refused requests never reach the upstream
-        usage = httpx.get(f"{gw.url}/health", headers={"Authorization": f"Bearer {KEY}"}
-                          ).json()["usage"]
-        assert usage["rpm"]["requests_this_minute"] == 2
+        health = httpx.get(f"{gw.url}/health", headers={"Authorization": f"Bearer {KEY}"}
+                           ).json()
+        assert health["usage"] == {"rpm": health["usage"]["rpm"]}  # its own key only
+        assert health["usage"]["rpm"]["requests_this_minute"] == 2
+        usage = httpx.get(f"{gw.url}/health",
+                          headers={"Authorization": "Bearer sk-daily-0123456"}).json()["usage"]
         assert usage["daily"]["completions_today"] == 3
+
+
+def test_a_request_larger_than_the_daily_limit_is_403_not_429(tmp_path: Path) -> None:
+    keys = keys_file(tmp_path, [{"name": "small", "key": KEY, "completions_per_day": 2}])
+    with ScriptedServer() as up, Gateway(mcq_policy(tmp_path, up.base_url, [(0, 1), (0, 3)]),
+                                         "--keys", str(keys), api_key=KEY) as gw:
+        with pytest.raises(openai.PermissionDeniedError) as e:
+            gw.ask({"budget": "high"})  # N = 3 can never fit a day of 2
+        assert "3 completions" in str(e.value)
+        assert gw.ask({"budget": "low"}).choices and len(up.requests) == 1
 
 
 def test_without_keys_a_non_loopback_host_is_refused(tmp_path: Path) -> None:
@@ -227,7 +241,8 @@ def test_errors_name_neither_the_upstream_nor_files(tmp_path: Path) -> None:
         text = e.value.response.text
         port = up.base_url.split(":")[2].split("/")[0]
         assert port not in text and "127.0.0.1" not in text and str(tmp_path) not in text
-        assert "HTTP 500" in text  # the reason stays
+        assert "HTTP 500" in text  # the reason stays, the upstream's own error body does not
+        assert "scripted" not in text
 
 
 # --- scoring off the event loop ---------------------------------------------------------------

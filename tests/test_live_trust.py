@@ -560,3 +560,37 @@ def test_optimize_out_under_a_file_fails_before_any_request(tmp_path: Path) -> N
         res = cli("optimize", str(task), "--out", str(tmp_path / "afile" / "run"))
         assert res.exit_code == 2 and "is a file" in res.output and "--out" in res.output
         assert len(srv.requests) == 0
+
+
+def test_records_with_the_same_text_share_a_pool_and_pay_once(tmp_path: Path) -> None:
+    raw = mv_raw("")
+    with ScriptedServer() as srv:
+        raw["model"]["base_url"] = srv.base_url
+        task = write_task(tmp_path, raw)
+        records = [{"id": "a", "query": "same text", "gold": "B"},
+                   {"id": "b", "query": "same text", "gold": "B"},
+                   {"id": "c", "query": "other", "gold": "B"}]
+        (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        from iapo.live.task import load_records
+
+        t = load_task(task)
+        runtime = TaskRuntime(t, load_records(t.data_path))
+        with CompletionStore(tmp_path / "s.sqlite") as store:
+            from iapo.live.oracle import LiveOracle
+
+            oracle = LiveOracle(runtime, store, [0, 1, 2], 100, np.random.default_rng(0))
+            rows = oracle.serve([(0, 0, [0, 1]), (0, 1, [0, 1])])
+            assert len(srv.requests) == 2 and oracle.paid == 2  # not 4
+            assert [c.text for c in rows[0]] == [c.text for c in rows[1]]
+
+
+def test_completion_token_shares_are_never_negative() -> None:
+    client = ChatClient("http://127.0.0.1:9/v1", "m")
+    body = {"choices": [{"message": {"content": "a" * 10}}] * 7 + [{"message": {"content": "b"}}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 68}}
+    got = client._parse(body, 0.1, 1)
+    # 68 in proportion to lengths 10 x 7 and 1 (sum 71): 9.58 each and 0.96; the largest
+    # remainders get the 4 tokens that rounding down leaves: 10 10 10 10 9 9 9 and 1
+    assert [c.completion_tokens for c in got] == [10, 10, 10, 10, 9, 9, 9, 1]
+    assert [c.prompt_tokens for c in got] == [2, 1, 1, 1, 1, 1, 1, 1]
+

@@ -797,6 +797,10 @@ def test_export_env_keeps_queries_lacking_a_prompt_as_unobserved_pairs(
         t1 = texts[0]
         assert env.q([0, 1, 2])[c, 1, 0] == pytest.approx(
             w[0] * mod3(seed_of(t1)) + w[1] * mod5(seed_of(t1)) - cw * cost)
+        # a query named twice counts twice, as in the unmasked mean
+        t3 = texts[1]
+        assert env.q([1, 3, 3])[c, 1, 0] == pytest.approx(np.mean([
+            w[0] * mod3(seed_of(t)) + w[1] * mod5(seed_of(t)) for t in (t1, t3, t3)]) - cw * cost)
     # a simulated pull of prompt 1 draws only where it was observed
     oracle = SimulatedOracle(env, np.arange(4), 100, np.random.default_rng(0))
     (obs,) = oracle.pull([Pull(1, 1, 40)])

@@ -239,8 +239,9 @@ class ContextGrid:
                 if name in spec:
                     try:
                         v = float(spec[name])  # type: ignore[arg-type]
-                    except (TypeError, ValueError) as e:
-                        raise ProblemError(f"weight '{name}'={spec[name]!r} is not a number") from e
+                    except (TypeError, ValueError, OverflowError) as e:
+                        raise ProblemError(f"weight '{name}'={str(spec[name])[:40]!r} is not a "
+                                           "number") from e
                     ok &= abs(v - w) < 1e-9
                 elif len(names) > 1:
                     raise ProblemError(f"context needs a weight for '{name}'")

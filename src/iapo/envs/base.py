@@ -77,9 +77,10 @@ class QueryTable:
         """Per prompt, the means over its observed queries among ``idx``: ([P, W, N], [P])."""
         assert self.observed is not None
         everywhere = self.observed.astype(np.float64)  # [P, X]
-        w = everywhere if idx is None else np.zeros_like(everywhere)
-        if idx is not None:
-            w[:, idx] = everywhere[:, idx]
+        w = everywhere.copy()
+        if idx is not None:  # each query as often as ``idx`` names it, as the unmasked mean
+            times = np.bincount(idx, minlength=everywhere.shape[1]).astype(np.float64)
+            w = everywhere * times
         none_here = w.sum(axis=1) == 0
         w[none_here] = everywhere[none_here]
         w /= w.sum(axis=1, keepdims=True)

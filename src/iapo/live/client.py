@@ -207,8 +207,12 @@ class ChatClient:
         prompt_tokens = int(usage.get("prompt_tokens", 0))
         total = int(usage.get("completion_tokens", 0))
         lengths = [max(len(t), 1) for t in texts]
-        shares = [round(total * x / sum(lengths)) for x in lengths]
-        shares[-1] = total - sum(shares[:-1])
+        # largest remainders: non-negative shares that add up to what the server billed
+        exact = [total * x / sum(lengths) for x in lengths]
+        shares = [int(e) for e in exact]
+        for i in sorted(range(len(exact)), key=lambda i: shares[i] - exact[i])[
+                : total - sum(shares)]:
+            shares[i] += 1
         # the prompt is billed once per request: its tokens are shared, not repeated
         k = len(texts)
         prompt_shares = [prompt_tokens // k + (i < prompt_tokens % k) for i in range(k)]

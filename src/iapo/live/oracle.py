@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -50,6 +51,7 @@ class TaskRuntime:
         self.arms = [arm_key(task.model.name, p.template, p.system, p.decoding)
                      for p in task.prompts]
         self._scorers: list[Any] | None = None  # built on first use: export needs none
+        self._scorers_lock = threading.Lock()
         self.extract = (make_extractor(task.extractor, getattr(task, "labels", None))
                         if task.extractor else None)
         self.supports_n = task.model.supports_n
@@ -60,8 +62,10 @@ class TaskRuntime:
 
     @property
     def scorers(self) -> list[Any]:
-        if self._scorers is None:
-            self._scorers = [make_scorer(o.scorer, o.options) for o in self.task.objectives]
+        with self._scorers_lock:  # the gateway's threads may ask first at once
+            if self._scorers is None:
+                self._scorers = [make_scorer(o.scorer, o.options)
+                                 for o in self.task.objectives]
         return self._scorers
 
     def needs_gold(self) -> list[str]:
@@ -253,16 +257,18 @@ class LiveOracle:
         LLM for the missing ones first and (``rescore``) rescoring stored ones scored under
         another gold or other scorers."""
         have = []
-        missing: dict[tuple[int, int], list[int]] = {}
+        # by pool: two records with the same text, or two prompts that render alike, share
+        # their samples and must not pay for one twice; any (p, q) of a pool can ask for it
+        by_pool: dict[str, tuple[tuple[int, int], list[int]]] = {}
         for p, q, idx in wanted:
             pool = self.runtime.pool(p, q)
             got = self.store.get(pool, idx)
             have.append(got)
-            todo = missing.setdefault((p, q), [])
+            todo = by_pool.setdefault(pool, ((p, q), []))[1]
             for s in idx:
                 if s not in got and s not in todo:
                     todo.append(s)
-        missing = {k: v for k, v in missing.items() if v}
+        missing = {pq: v for pq, v in by_pool.values() if v}
         served_before = sum(len(g) for g in have)
         self.replayed += served_before
         if self.on_progress is not None:

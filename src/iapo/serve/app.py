@@ -43,6 +43,7 @@ import json
 import math
 import os
 import random
+import re
 import tempfile
 import time
 import uuid
@@ -180,9 +181,18 @@ def _last_user_message(body: dict[str, Any]) -> tuple[list[dict[str, str]], str]
 
 
 def _upstream_reason(e: BaseException, base_url: str) -> str:
-    """An upstream failure's reason without the upstream's address."""
-    return (str(e) or "no answer").replace(f"{base_url}/chat/completions", "the upstream") \
-        .replace(base_url, "the upstream")
+    """An upstream failure's kind (HTTP status, deadline, connection, malformed answer),
+    never its address or its error body (which may hold a key prefix or a host name)."""
+    text = str(e)
+    status = re.search(r"HTTP (\d{3})", text)
+    if status:
+        return f"the upstream answered HTTP {status.group(1)}"
+    for words, kind in (("deadline", "no complete answer within the deadline"),
+                        ("connection failed", "connection to the upstream failed"),
+                        ("malformed", "the upstream's answer was malformed")):
+        if words in text:
+            return kind
+    return "the upstream failed"
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -208,6 +218,7 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
     holder = PolicyHolder(Path(policy_path), task)
     runtime = TaskRuntime(task, [])
     check_servable(runtime)
+    runtime.scorers  # noqa: B018 - load the scorers now: a broken one fails before serving
     model_id = cfg.model_name or f"iapo-{task.name}"
     rng = random.Random(cfg.seed)
     keyring = KeyRing(list(cfg.keys))
@@ -309,6 +320,12 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
             n = choice.n if choice.n is not None else rng.randint(1, task.n_max)
             capped = n > cfg.max_n
             n = min(n, cfg.max_n)
+            if key is not None and key.completions_per_day is not None and \
+                    n > key.completions_per_day:
+                raise BadRequest(f"context '{holder.grid.keys[index]}' asks for {n} "
+                                 f"completions; key '{key.name}' may use "
+                                 f"{key.completions_per_day} a day", "iapo_context", 403,
+                                 "permission_error")
             if key is not None and limits is not None:
                 ok, wait, which = limits.admit(key, n)
                 if not ok:
@@ -328,9 +345,10 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
         u0 = time.perf_counter()
         try:
             async with asyncio.timeout(cfg.request_deadline()):  # sampling and scoring
+                fresh: list[tuple[str, int]] = []  # (pool, sample) of each new replay sample
                 if replay is not None and not history:
-                    comps, paid = await _replayed(replay, state["client"], choice.prompt,
-                                                  messages, n)
+                    comps, fresh = await _replayed(state["client"], choice.prompt, messages, n)
+                    paid = len(fresh)
                 else:
                     seeds = [rng.randrange(2**31) for _ in range(n)]
                     comps = await state["client"].sample(messages, prompt.decoding, seeds)
@@ -342,6 +360,15 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
                     async with scoring:  # scorers may be slow (reward models): off the loop
                         scored = await asyncio.to_thread(
                             lambda: [runtime.score(record, c.text) for c in comps])
+                if replay is not None:  # the new samples of the pool, with their scores
+                    first_new = n - len(fresh)
+                    for (pool, sample), c, sc in zip(fresh, comps[first_new:],
+                                                     scored[first_new:], strict=True):
+                        replay.put(StoredCompletion(
+                            pool, sample, runtime.arms[choice.prompt], "serve", c.text, sc[0],
+                            sc[1], sc[2], c.prompt_tokens, c.completion_tokens, c.latency,
+                            c.seed, None, c.finish_reason, c.retries, list(c.errors),
+                            base_url))
         except LLMError as e:
             state["errors"] += 1
             return _error(502, f"upstream model failed: {_upstream_reason(e, base_url)}",
@@ -395,30 +422,23 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
             "iapo": meta,
         })
 
-    async def _replayed(cache: CompletionStore, client: ChatClient, p: int,
-                        messages: list[dict[str, str]], n: int
-                        ) -> tuple[list[Completion], int]:
-        """Samples 0..n-1 of the request's pool: stored ones replayed, missing ones paid and
-        stored (the pool key of training, so training's samples serve identical requests)."""
+    async def _replayed(client: ChatClient, p: int, messages: list[dict[str, str]], n: int
+                        ) -> tuple[list[Completion], list[tuple[str, int]]]:
+        """Samples 0..n-1 of the request's pool (the pool key of training, so training's
+        samples serve identical requests): the stored ones first, then the missing ones,
+        paid now; returns them and the (pool, sample) of the paid ones, stored once scored."""
+        assert replay is not None
         prompt = task.prompts[p]
         pool = pool_key(task.model.name, messages, prompt.decoding)
-        stored = cache.get(pool, list(range(n)))
+        stored = replay.get(pool, list(range(n)))
         missing = [s for s in range(n) if s not in stored]
         fresh: list[Completion] = []
         if missing:
             fresh = await client.sample(messages, prompt.decoding,
                                         [sample_seed(pool, s) for s in missing])
-            for s, c in zip(missing, fresh, strict=False):
-                answer, scores, failures = runtime.score(Record("request", "", None), c.text)
-                cache.put(StoredCompletion(pool, s, runtime.arms[p], "serve", c.text, answer,
-                                           scores, failures, c.prompt_tokens,
-                                           c.completion_tokens, c.latency, c.seed, None,
-                                           c.finish_reason, c.retries, list(c.errors),
-                                           base_url))
-        by_sample = {s: Completion(c.text, c.prompt_tokens, c.completion_tokens, c.latency,
-                                   c.seed) for s, c in stored.items()}
-        by_sample.update(zip(missing, fresh, strict=False))
-        return [by_sample[s] for s in range(n)], len(fresh)
+        old = [Completion(c.text, c.prompt_tokens, c.completion_tokens, c.latency, c.seed)
+               for _, c in sorted(stored.items())]
+        return old + fresh, [(pool, s) for s in missing[: len(fresh)]]
 
     async def models(request: Request) -> JSONResponse:
         try:
@@ -433,9 +453,10 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
         holder.check()
         status = "ok" if holder.reload_error is None else "degraded"
         try:
-            caller(request)
+            key = caller(request)
         except BadRequest:  # anonymous: the status only, nothing about the setup
             return JSONResponse({"status": status})
+        mine = [k for k in cfg.keys if key is None or k.name == key.name]
         p = holder.policy
         return JSONResponse({
             "status": status,
@@ -445,11 +466,13 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
                          for k, c in zip(p.contexts, p.choices, strict=True)},
             "served": state["served"], "errors": state["errors"],
             "default_context": cfg.default_context,
+            # a caller sees its own key only
             "keys": {k.name: {"contexts": list(k.contexts) if k.contexts else "all",
                               "requests_per_minute": k.requests_per_minute,
                               "completions_per_day": k.completions_per_day}
-                     for k in cfg.keys},
-            "usage": limits.usage() if limits is not None else {},
+                     for k in mine},
+            "usage": {name: u for name, u in (limits.usage() if limits else {}).items()
+                      if name in {k.name for k in mine}},
         })
 
     async def not_found(request: Request, exc: Exception) -> JSONResponse:
