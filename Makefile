@@ -40,7 +40,7 @@ lint: dev
 # mutation testing ([tool.mutmut] in pyproject.toml; docs/mutation.md): mutants of the learners,
 # estimate.py, utility.py and exact.py, each against the fast tests that reach it. It runs on a
 # copy of src and tests in build/mutation, so the working tree is never touched. All of it takes
-# over an hour on 2 cores; MUTATE picks modules or folders, e.g.
+# about 25 minutes on 2 cores; MUTATE picks modules or folders, e.g.
 #   make mutation MUTATE="src/iapo/utility.py src/iapo/learners"
 # then `cd build/mutation && ../../$(BIN)/mutmut show NAME` shows a mutant
 .PHONY: mutation

@@ -86,10 +86,34 @@ def test_bound_command(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert out.exit_code == 0, out.output
     data = json.loads(out.stdout)
     assert data["rounds"] == 10 and len(data["contexts"]) == 3
-    assert data["budget_for_delta"] > 0
-    p20k = data["success_probability"]["20000"]
-    assert 0.0 <= p20k <= 1.0
+    # what it prints is Theorem 1 on what it reports: |C| = 3, R = 10
+    m = data["m"]
+    assert data["budget_for_delta"] == pytest.approx(m * 10 * math.log(3 * 3 * 10 / 0.1))
+    assert data["success_probability"]["20000"] == pytest.approx(
+        max(0.0, 1 - 3 * 3 * 10 * math.exp(-20000 / (m * 10))))
     text = CliRunner().invoke(main, ["bound", "math"])
     assert text.exit_code == 0 and "T for failure probability 0.05" in text.output
     bad = CliRunner().invoke(main, ["bound", "math", "--delta", "1.5"])
     assert bad.exit_code == 2
+
+
+def test_bound_command_by_hand(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # majority voting, two prompts right with probability 0.5 and 0.3, N_max 1, no cost:
+    # Q = 0.5 and 0.3, as in test_hand_worked_quantities: M = 25, R = 1, |C| = 1
+    path = tmp_path / "two.npz"
+    np.savez(path, answer_probs=np.array([[[0.5, 0.5]] * 4, [[0.3, 0.7]] * 4]),
+             gold=np.zeros(4, dtype=np.int64), cost_per_completion=np.zeros(2),
+             budget_levels=np.array(["only"]), cost_weights=np.zeros(1), n_max=np.array(1))
+    out = CliRunner().invoke(main, ["bound", str(path), "--delta", "0.05", "--budgets",
+                                    "50,100", "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    assert (data["rounds"], data["scale"], data["m"]) == (1, 2.0, pytest.approx(25.0))
+    assert data["h1"] == pytest.approx(6.25) and data["h2"] == pytest.approx(12.5)
+    # 1 - 3 exp(-T / 25): T = 50 gives 1 - 3 e^-2 = 0.594, T = 100 gives 1 - 3 e^-4 = 0.945
+    assert data["success_probability"] == {"50": pytest.approx(0.59399415),
+                                           "100": pytest.approx(0.94505308)}
+    # 25 ln(3 / 0.05) = 25 ln 60 = 102.3586
+    assert data["budget_for_delta"] == pytest.approx(102.3586, abs=1e-4)
+    (ctx,) = data["contexts"]
+    assert (ctx["best_prompt"], ctx["best_n"], ctx["gap"]) == (0, 1, pytest.approx(0.4))

@@ -4,6 +4,7 @@ checked against brute-force enumeration, and its use by every learner."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -14,7 +15,8 @@ from iapo.envs import get_environment, synth_categorical
 from iapo.estimate import QTable
 from iapo.exact import mv_subset_credit
 from iapo.learners import LEARNERS, get_learner
-from iapo.oracle import Pull, SimulatedOracle
+from iapo.oracle import Ledger, Observation, Pull, SimulatedOracle
+from iapo.problem import ContextGrid, Objective, Problem
 from iapo.utility import bon_utility, mv_credit, mv_utility
 
 
@@ -90,7 +92,12 @@ def test_subsets_have_less_spread_than_blocks() -> None:
     assert u.var() < b.var()
 
 
-@pytest.mark.parametrize("name", sorted(LEARNERS))
+# the psst-model learners estimate Q with their own model (iapo.model): no estimator to pick
+MODEL_LEARNERS = ("psst-model", "psst-model4")
+TABLE_LEARNERS = sorted(set(LEARNERS) - set(MODEL_LEARNERS))
+
+
+@pytest.mark.parametrize("name", TABLE_LEARNERS)
 def test_every_learner_runs_with_subsets_within_budget(name: str) -> None:
     env = synth_categorical(4, n_prompts=5, n_queries=30, n_max=8)
     spec = get_learner(f"{name}:subsets")
@@ -98,6 +105,39 @@ def test_every_learner_runs_with_subsets_within_budget(name: str) -> None:
     oracle = SimulatedOracle(env, np.arange(30), 900, np.random.default_rng(1))
     result = spec.run(env.problem, oracle, 900, np.random.default_rng(2))
     assert oracle.ledger.spent <= 900 and len(result.choices) == env.problem.n_contexts
+
+
+class NoPulls:
+    """An oracle for a run that must stop before its first pull."""
+
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+        self.ledger = Ledger(100)
+
+    def pull(self, requests: Sequence[Pull]) -> list[Observation]:
+        raise AssertionError(f"pulled {list(requests)} before refusing the estimator")
+
+
+@pytest.mark.parametrize("name", TABLE_LEARNERS)
+def test_every_table_learner_hands_subsets_to_its_q_table(name: str) -> None:
+    """`name:subsets` reaches the Q table: the subsets estimator refuses mixed problems (and
+    blocks does not), so a learner that dropped the estimator would run here instead."""
+    grid = ContextGrid.product([Objective("correct"), Objective("style")], [(0.5, 0.5)],
+                               {"only": 0.0})
+    mixed = Problem("m", "mixed", ("a", "b"), 2, grid)
+    with pytest.raises(ValueError, match="subsets estimator supports mv and bon"):
+        get_learner(f"{name}:subsets").run(mixed, NoPulls(mixed), 100, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("name", MODEL_LEARNERS)
+def test_model_learners_refuse_an_estimator(name: str) -> None:
+    """The model is the estimator: `psst-model:subsets` is refused by name rather than run
+    with the subsets argument silently ignored; `name:blocks` is the learner itself."""
+    with pytest.raises(ValueError, match=f"'{name}' .*no 'subsets' estimator"):
+        get_learner(f"{name}:subsets")
+    with pytest.raises(ValueError, match="no 'subsets' estimator"):
+        get_learner(name, "subsets")
+    assert get_learner(f"{name}:blocks").name == name == get_learner(name).name
 
 
 def test_estimator_names_are_checked() -> None:

@@ -94,11 +94,17 @@ def test_bon_model_by_hand() -> None:
     scores = np.array([[[0.2, 0.0], [0.6, 0.0]], [[0.5, 0.0], [0.5, 0.0]]])  # two groups of 2
     model.update([Observation(0, 2, np.array([0, 1]), scores)])
     # group means 0.4 and 0.5 -> 0.45; residuals * sqrt(2): -0.2, 0.2, 0, 0 times 1.4142
-    r = np.sort(np.array([-0.2, 0.2, 0.0, 0.0]) * math.sqrt(2))
-    m = r.size
+    r = np.array([-0.2, 0.2, 0.0, 0.0]) * math.sqrt(2)
+    # E[max of n draws from the pooled residuals], by enumerating all 4^n equally likely
+    # draws (with replacement)
     for n in (1, 2, 3):
-        expect_max = sum(r[j - 1] * ((j / m) ** n - ((j - 1) / m) ** n) for j in range(1, m + 1))
+        draws = list(itertools.product(r, repeat=n))
+        expect_max = sum(max(d) for d in draws) / len(draws)
         assert model.mean[0, 0, n - 1] == pytest.approx(0.45 + expect_max)
+    # by hand: n = 1, the mean residual 0; n = 2, the max is 0.2 sqrt(2) unless neither draw
+    # is the 0.2 (9 of 16), then 0 unless both are -0.2 (1 of 16): 0.2 sqrt(2) (7 - 1) / 16
+    assert model.mean[0, 0, 0] == pytest.approx(0.45)
+    assert model.mean[0, 0, 1] == pytest.approx(0.45 + 0.2 * math.sqrt(2) * 6 / 16)
 
 
 def test_mixed_problems_are_refused() -> None:

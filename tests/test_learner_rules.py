@@ -1,0 +1,576 @@
+"""Each learner's defining selection rule, pinned by behaviour on hand-made environments.
+
+The environments here have no noise: every completion of prompt p scores values[p] and costs
+costs[p], so Q(c, p, n) = w_c . values[p] - cost_weight_c * n * costs[p] and every estimate is
+exact after one group. What a learner pulls is then worked out by hand (the comments show the
+arithmetic) and read back from its trace. Randomized rules (epsilon-greedy, softmax) are checked
+against their selection probabilities within a binomial tolerance of 4.5 standard deviations.
+
+Every test of a learner with a Q table also runs its ``:subsets`` variant: on noiseless data
+both estimators give the same estimates, so the rule must not change; the last test shows that
+the estimator does change what is estimated when completions differ within a group. (The
+psst-model learners estimate with their own model and take no estimator: test_estimators.)
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pytest
+
+from iapo.envs.base import Environment
+from iapo.envs.tabular import environment_from_arrays
+from iapo.learners import get_learner
+from iapo.learners.base import LearnerResult
+from iapo.oracle import Ledger, Observation, Pull, SimulatedOracle
+from iapo.problem import ContextGrid, Problem
+
+SUBSETS = ["", ":subsets"]
+
+
+def noiseless_bon(values: Sequence[float] | Sequence[Sequence[float]], costs: Sequence[float],
+                  n_max: int, cost_weights: Mapping[str, float],
+                  weight_grid: Sequence[Sequence[float]] | None = None) -> Environment:
+    """Best-of-N with one support point per (prompt, query): every completion of prompt p
+    scores ``values[p]`` (one number, or one per objective) and costs ``costs[p]``.
+
+    Contexts: every row of ``weight_grid`` (default: weight 1 on the one objective) times every
+    budget level of ``cost_weights``, in that order."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[:, None] if v.ndim == 1 else v
+    n_prompts, k = v.shape
+    x = 3
+    scores = np.zeros((n_prompts, x, 1, k + 1))
+    scores[:, :, 0, :k] = v[:, None, :]
+    scores[:, :, 0, k] = np.asarray(costs, dtype=np.float64)[:, None]
+    data = {
+        "scores": scores,
+        "probs": np.ones((n_prompts, x, 1)),
+        "objective_names": np.array([f"o{i}" for i in range(k)]),
+        "objective_lower": np.zeros(k),
+        "objective_upper": np.ones(k),
+        "weight_grid": np.array(weight_grid if weight_grid is not None else [[1.0] * k]),
+        "budget_levels": np.array(list(cost_weights)),
+        "cost_weights": np.array(list(cost_weights.values()), dtype=np.float64),
+        "n_max": np.array(n_max),
+    }
+    return environment_from_arrays("noiseless", data, cacheable=False)
+
+
+def run(name: str, env: Environment, budget: int, seed: int = 0) -> LearnerResult:
+    oracle = SimulatedOracle(env, np.arange(env.n_queries), budget, np.random.default_rng(seed))
+    result = get_learner(name).run(env.problem, oracle, budget, np.random.default_rng(seed + 1))
+    assert oracle.ledger.spent == result.trace.completions_used <= budget
+    return result
+
+
+def pulls(round_: Mapping[str, object]) -> list[tuple[int, int, int]]:
+    """A round's pulls as sorted (prompt, n, count) tuples."""
+    return sorted((int(p), int(n), int(m)) for p, n, m in round_["pulls"])  # type: ignore[attr-defined]
+
+
+def pulls_per_prompt(rounds: Sequence[Mapping[str, object]]) -> Counter[int]:
+    """Completions pulled per prompt over ``rounds`` (with N_max 1: decisions per prompt)."""
+    out: Counter[int] = Counter()
+    for r in rounds:
+        for p, n, m in pulls(r):
+            out[p] += n * m
+    return out
+
+
+def within(count: int, trials: int, p: float, sds: float = 4.5) -> bool:
+    """``count`` is within ``sds`` standard deviations of Binomial(trials, p)'s mean."""
+    return abs(count - trials * p) <= sds * math.sqrt(trials * p * (1 - p))
+
+
+# ---------------------------------------------------------------- epsilon-greedy
+
+
+@pytest.mark.parametrize("est", SUBSETS)
+def test_egreedy_explores_at_rate_epsilon(est: str) -> None:
+    # 4 prompts, N_max 1 (arm = prompt, one completion per decision), one context.
+    # Prompt 0 scores 0.9, the others 0.2: once prompt 0 is seen it is the greedy arm for good.
+    env = noiseless_bon([0.9, 0.2, 0.2, 0.2], [0.0] * 4, 1, {"only": 0.0})
+    result = run(f"egreedy{est}", env, 4000)
+    rounds = result.trace.rounds
+    assert [r["spent"] for r in rounds] == [80] * 50  # 50 decision batches of T / 50
+    assert [(r["round"], r["allowance"], r["alive"]) for r in rounds] == [
+        (i, 80, [4]) for i in range(1, 51)]  # no arm is ever dropped
+    assert result.trace.to_dict()["batches"] == 50
+    # batch 1 decides from no data (every arm counts as 0): prompt 0 must be in it for the
+    # count below to start from a known greedy arm
+    assert pulls_per_prompt(rounds[:1])[0] > 0
+    later = pulls_per_prompt(rounds[1:])
+    k = sum(later.values())  # 4000 - 80 = 3920 decisions
+    assert k >= 3000
+    # a decision leaves the greedy arm iff it explores (epsilon = 0.15) and the uniform draw
+    # over the 4 arms misses prompt 0 (3/4): p = 0.15 * 3/4 = 0.1125; for k = 3920 the mean
+    # is 441 with sd sqrt(3920 * 0.1125 * 0.8875) = 19.8. Epsilon 0 would give 0.
+    assert within(k - later[0], k, 0.15 * 3 / 4)
+    # and the exploring draws are uniform: each other arm gets 0.15 / 4 of the decisions
+    for p in (1, 2, 3):
+        assert within(later[p], k, 0.15 / 4)
+    assert (result.choices[0].prompt, result.choices[0].n) == (0, 1)
+
+
+# ---------------------------------------------------------------- softmax
+
+
+@pytest.mark.parametrize("est", SUBSETS)
+def test_softmax_pulls_with_boltzmann_probabilities(est: str) -> None:
+    # 3 prompts, N_max 1, scores 0.1, 0.05, 0: temperature 0.05 gives weights
+    # exp(0.1 / 0.05) = e^2 = 7.389, exp(0.05 / 0.05) = e = 2.718, exp(0) = 1; sum 11.107:
+    # probabilities 0.6652, 0.2447, 0.0900 (temperature 0.1 would give 0.506, 0.307, 0.186)
+    env = noiseless_bon([0.1, 0.05, 0.0], [0.0] * 3, 1, {"only": 0.0})
+    result = run(f"softmax{est}", env, 4000)
+    rounds = result.trace.rounds
+    assert [r["spent"] for r in rounds] == [80] * 50  # 50 decision batches of T / 50
+    # batch 1 (no data, all weights equal) must have seen prompts 0 and 1; prompt 2's
+    # estimate is 0 seen or not
+    first = pulls_per_prompt(rounds[:1])
+    assert first[0] > 0 and first[1] > 0
+    later = pulls_per_prompt(rounds[1:])
+    k = sum(later.values())
+    assert k >= 3000
+    weights = [math.e**2, math.e, 1.0]
+    for p, w in enumerate(weights):
+        assert within(later[p], k, w / sum(weights)), (p, later[p], k * w / sum(weights))
+
+
+# ---------------------------------------------------------------- UCB
+
+
+@pytest.mark.parametrize("est", SUBSETS)
+def test_ucb_pulls_the_less_tried_arm_once_its_bonus_outweighs_the_gap(est: str) -> None:
+    # 2 prompts, N_max 1, means 0.5 and 0.44. T = 6 is below the 50 decision batches, so
+    # every decision is its own batch (fully sequential). Index: mean + 0.1 sqrt(ln t / n),
+    # t all blocks seen, n the arm's blocks; an arm never seen first.
+    env = noiseless_bon([0.5, 0.44], [0.0, 0.0], 1, {"only": 0.0})
+    result = run(f"ucb{est}", env, 6)
+    order = [pulls(r) for r in result.trace.rounds]
+    assert all(len(r) == 1 and r[0][1:] == (1, 1) for r in order)
+    arms = [r[0][0] for r in order]
+    # steps 1, 2: both arms unseen, then the other one
+    assert sorted(arms[:2]) == [0, 1]
+    # step 3: t = 2, n = (1, 1): 0.5 + 0.1 sqrt(0.693) = 0.5833 > 0.44 + 0.0833 = 0.5233
+    # step 4: t = 3, n = (2, 1): 0.5 + 0.1 sqrt(1.099 / 2) = 0.5741 > 0.44 + 0.1048 = 0.5448
+    # step 5: t = 4, n = (3, 1): 0.5 + 0.1 sqrt(1.386 / 3) = 0.5680 > 0.44 + 0.1177 = 0.5577
+    # step 6: t = 5, n = (4, 1): 0.5 + 0.1 sqrt(1.609 / 4) = 0.5634 < 0.44 + 0.1269 = 0.5669
+    # (a subtracted bonus, or c = 0, never returns to arm 1; c = 0.2 returns at step 4)
+    assert arms[2:] == [0, 0, 0, 1]
+
+
+# ---------------------------------------------------------------- PSST
+
+
+@pytest.mark.parametrize("est", SUBSETS)
+def test_psst_keeps_the_better_half_and_pulls_by_eq6(est: str) -> None:
+    # 4 prompts, N_max 2, every completion costs 0.3, cost weight 1: Q(p, n) = v_p - 0.3 n
+    # with v = (0.9, 0.5, 0.7, 0.1). Ranked: (0,1) 0.6, (2,1) 0.4, (0,2) 0.3, (1,1) 0.2,
+    # (2,2) 0.1, (1,2) -0.1, (3,1) -0.2, (3,2) -0.5. |A| = 8, R = 3 rounds, T = 100.
+    env = noiseless_bon([0.9, 0.5, 0.7, 0.1], [0.3] * 4, 2, {"only": 1.0})
+    result = run(f"psst{est}", env, 100)
+    rounds = result.trace.rounds
+    got = [(r["allowance"], pulls(r), r["alive"]) for r in rounds]
+    assert got == [
+        # allowance floor(100/3) = 33; every prompt at its largest N, 2: M = 8 and
+        # floor(33 / 8) = 4 groups each (32). Keep 4: (0,1), (2,1), (0,2), (1,1).
+        (33, [(0, 2, 4), (1, 2, 4), (2, 2, 4), (3, 2, 4)], [4]),
+        # allowance floor(200/3) - 32 = 34; largest active N: prompt 0 2, prompts 1 and 2 1,
+        # prompt 3 none: M = 4, floor(34 / 4) = 8 groups each (32). Keep 2: (0,1), (2,1).
+        (34, [(0, 2, 8), (1, 1, 8), (2, 1, 8)], [2]),
+        # allowance 100 - 64 = 36; M = 1 + 1 = 2, 18 groups each (36). Keep (0,1).
+        (36, [(0, 1, 18), (2, 1, 18)], [1]),
+    ]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert result.trace.notes == []  # the paper's schedule, nothing done differently
+    assert result.trace.to_dict() == {"completions_used": 100, "rounds": rounds, "notes": [],
+                                      **result.trace.info}
+    (choice,) = result.choices
+    assert (choice.prompt, choice.n) == (0, 1)
+    assert choice.q_hat == pytest.approx(0.6)
+    # its samples: N = 1 blocks of prompt 0, 2 per group of 2 (4 + 8), 1 per group of 1 (18)
+    assert choice.samples == 2 * 4 + 2 * 8 + 18
+
+
+@pytest.mark.parametrize("est", SUBSETS)
+def test_psst_trims_every_context_by_its_own_estimates(est: str) -> None:
+    # the same prompts; contexts lo (cost weight 0.1) and hi (cost weight 1).
+    # lo: Q = v - 0.03 n: (0,1) .87, (0,2) .84, (2,1) .67, (2,2) .64, (1,1) .47, ... keeps
+    #     prompts 0 and 2 at both N.  hi: keeps (0,1), (2,1), (0,2), (1,1) as above.
+    env = noiseless_bon([0.9, 0.5, 0.7, 0.1], [0.3] * 4, 2, {"lo": 0.1, "hi": 1.0})
+    result = run(f"psst{est}", env, 100)
+    r1, r2, r3 = result.trace.rounds
+    assert r1["alive"] == [4, 4]
+    # round 2 pulls the union at its largest N: prompt 0 at 2, prompt 1 at 1 (hi keeps only
+    # (1,1)), prompt 2 at 2 (lo keeps (2,2)): M = 5, floor(34 / 5) = 6 groups each (30)
+    assert pulls(r2) == [(0, 2, 6), (1, 1, 6), (2, 2, 6)]
+    # lo keeps (0,1), (0,2); hi keeps (0,1), (2,1)
+    assert r2["alive"] == [2, 2]
+    # round 3: allowance 100 - 62 = 38; prompt 0 at 2 (lo), prompt 2 at 1 (hi): M = 3,
+    # floor(38 / 3) = 12 each (36), then the 2 left over as single groups at N <= 2
+    main = [p for p in pulls(r3) if p[2] > 1]
+    assert main == [(0, 2, 12), (2, 1, 12)]
+    assert r3["alive"] == [1, 1]
+    assert [(c.prompt, c.n) for c in result.choices] == [(0, 1), (0, 1)]
+
+
+@pytest.mark.parametrize("est", SUBSETS)
+def test_uniform_gives_every_prompt_the_same_groups_at_n_max(est: str) -> None:
+    # 3 prompts, N_max 4, v = (0.9, 0.6, 0.3), costs (0.4, 0.01, 0.01); cost weights lo 0.1,
+    # hi 1. lo: Q(0, 1) = 0.9 - 0.04 = 0.86 is best; hi: Q(0, 1) = 0.5 < Q(1, 1) = 0.59.
+    env = noiseless_bon([0.9, 0.6, 0.3], [0.4, 0.01, 0.01], 4, {"lo": 0.1, "hi": 1.0})
+    result = run(f"uniform{est}", env, 96)
+    (r,) = result.trace.rounds
+    # one batch: M = 3 * 4 = 12, floor(96 / 12) = 8 groups of 4 each
+    assert pulls(r) == [(0, 4, 8), (1, 4, 8), (2, 4, 8)]
+    assert r["alive"] == [1, 1]
+    assert [(c.prompt, c.n) for c in result.choices] == [(0, 1), (1, 1)]
+    assert [c.q_hat for c in result.choices] == pytest.approx([0.86, 0.59])
+    assert [c.samples for c in result.choices] == [4 * 8, 4 * 8]  # 4 blocks of 1 per group
+    # T = 100: the same 8 groups each, and the 4 left over as one group of 4 of one prompt
+    extra = pulls(run(f"uniform{est}", env, 100).trace.rounds[0])
+    assert [p for p in extra if p[2] == 8] == [(0, 4, 8), (1, 4, 8), (2, 4, 8)]
+    assert sum(n * m for _, n, m in extra) == 100
+    # T = 97: the one completion left over is a group of 1
+    extra = pulls(run(f"uniform{est}", env, 97).trace.rounds[0])
+    assert [p for p in extra if p[2] != 8] in ([(0, 1, 1)], [(1, 1, 1)], [(2, 1, 1)])
+
+
+# ---------------------------------------------------------------- Top-K screening
+
+# ten prompts with two objectives ranked in opposite orders; context 0 weighs the first
+# objective only, context 1 the second
+FIRST = [0.5, 0.2, 0.9, 0.0, 0.7, 0.4, 0.8, 0.1, 0.6, 0.3]
+SECOND = [0.9 - a for a in FIRST]
+BY_FIRST = [2, 6, 4, 8, 0, 5, 9, 1, 7, 3]  # prompts by the first objective, best first
+BY_SECOND = BY_FIRST[::-1]
+
+
+@pytest.mark.parametrize("est", SUBSETS)
+@pytest.mark.parametrize("k", [1, 4, 8])
+def test_top_k_screening_keeps_the_k_best_prompts_of_every_context(k: int, est: str) -> None:
+    env = noiseless_bon(np.stack([FIRST, SECOND], axis=1).tolist(), [0.01] * 10, 2,
+                        {"b": 0.1}, weight_grid=[[1.0, 0.0], [0.0, 1.0]])
+    result = run(f"psst-k{k}{est}", env, 1000)
+    screening, first = result.trace.rounds[:2]
+    # rho T = 0.2 * 1000 = 200 completions at N = 1: floor(200 / 10) = 20 per prompt
+    assert pulls(screening) == [(p, 1, 20) for p in range(10)]
+    assert (screening["round"], screening["allowance"], screening["spent"]) == (0, 200, 200)
+    assert screening["alive"] == [2 * k, 2 * k]  # K prompts times N_max = 2
+    kept = [set(BY_FIRST[:k]), set(BY_SECOND[:k])]
+    assert [set(s) for s in result.trace.info["screened_prompts"]] == kept
+    # PSST then pulls only kept prompts, at N_max
+    assert {(p, n) for p, n, _ in pulls(first)} == {(p, 2) for p in kept[0] | kept[1]}
+    # Q = objective - 0.1 * 0.01 n: the best arm is (best prompt, 1) in each context
+    assert [(c.prompt, c.n) for c in result.choices] == [(2, 1), (3, 1)]
+    assert result.trace.completions_used == 1000
+    # the screening's 20 samples at N = 1 are kept for PSST (stockpiling): an arm (p, 1) has
+    # one sample per completion of p pulled, screening included
+    for c in result.choices:
+        pulled = sum(n * m for r in result.trace.rounds for q, n, m in pulls(r) if q == c.prompt)
+        assert c.samples == pulled
+
+
+# ---------------------------------------------------------------- TRIPLE
+
+
+@pytest.mark.parametrize("est", SUBSETS)
+@pytest.mark.parametrize("name", ["triple-n1", "triple-nrand"])
+def test_triple_halves_the_prompts_at_n_1(name: str, est: str) -> None:
+    # 6 prompts, N_max 3, no cost: prompts ranked 1 (.9), 5 (.8), 3 (.7), 4 (.5), 0 (.3), 2 (.1)
+    env = noiseless_bon([0.3, 0.9, 0.1, 0.7, 0.5, 0.8], [0.0] * 6, 3, {"only": 0.0})
+    result = run(f"{name}{est}", env, 120)
+    got = [(r["allowance"], pulls(r), r["alive"]) for r in result.trace.rounds]
+    # R = ceil(log2 6) = 3 rounds of 40; only N = 1 is ever pulled
+    assert got == [
+        # floor(40 / 6) = 6 each (36); keep ceil(6 / 2) = 3: prompts 1, 5, 3
+        (40, [(p, 1, 6) for p in range(6)], [3]),
+        # allowance 80 - 36 = 44, floor(44 / 3) = 14 each (42); keep ceil(3 / 2) = 2: 1, 5
+        (44, [(1, 1, 14), (3, 1, 14), (5, 1, 14)], [2]),
+        # allowance 120 - 78 = 42, 21 each; keep 1: prompt 1
+        (42, [(1, 1, 21), (5, 1, 21)], [1]),
+    ]
+    (choice,) = result.choices
+    assert choice.prompt == 1 and choice.samples == 6 + 14 + 21
+    if name == "triple-n1":
+        assert choice.n == 1 and choice.q_hat == pytest.approx(0.9)
+    else:  # deployed with N uniform in 1..N_max: no N, and no estimate of that mixture
+        assert choice.n is None and math.isnan(choice.q_hat)
+
+
+# ---------------------------------------------------------------- psst-model
+
+
+@pytest.mark.parametrize("name, group", [("psst-model", 2), ("psst-model4", 4)])
+def test_psst_model_pulls_small_groups_and_trims_by_the_model(name: str, group: int) -> None:
+    # 4 prompts, N_max 8, cost 0.01, cost weight 1: Q(p, n) = v_p - 0.01 n with
+    # v = (0.9, 0.5, 0.7, 0.1). |A| = 32, R = 5 rounds of T / 5 = 80. The model sees no noise,
+    # so its estimates are exact for every n although only groups of `group` are pulled.
+    env = noiseless_bon([0.9, 0.5, 0.7, 0.1], [0.01] * 4, 8, {"only": 1.0})
+    result = run(name, env, 400)
+    got = [(pulls(r), r["alive"]) for r in result.trace.rounds]
+    g = group
+    assert got == [
+        # every prompt in groups of g: M = 4 g, floor(80 / 4g) groups each; keep 16 arms:
+        # all 8 of prompt 0 (0.89 .. 0.82) and of prompt 2 (0.69 .. 0.62)
+        ([(p, g, 80 // (4 * g)) for p in range(4)], [16]),
+        # prompts 0 and 2: M = 2 g; keep the 8 arms of prompt 0
+        ([(0, g, 80 // (2 * g)), (2, g, 80 // (2 * g))], [8]),
+        # prompt 0 alone: M = g; keep (0,1..4), then (0,1..2), then (0,1)
+        ([(0, g, 80 // g)], [4]),
+        ([(0, g, 80 // g)], [2]),
+        ([(0, g, 80 // g)], [1]),
+    ]
+    (choice,) = result.choices
+    assert (choice.prompt, choice.n) == (0, 1)
+    assert choice.q_hat == pytest.approx(0.89)
+    # the model counts groups behind a prompt's estimates
+    assert choice.samples == 80 // (4 * g) + 80 // (2 * g) + 3 * (80 // g)
+
+
+# ---------------------------------------------------------------- the estimator
+
+
+class FirstIsBestOracle:
+    """Every group of n completions: the first scores 1, the others 0; each costs 0.05.
+
+    A block or subset of size n scores 1 iff it holds the first completion."""
+
+    def __init__(self, problem: Problem, budget: int) -> None:
+        self.problem = problem
+        self.ledger = Ledger(budget)
+        self.pulled: list[Pull] = []
+
+    def pull(self, requests: Sequence[Pull]) -> list[Observation]:
+        self.ledger.charge(sum(r.n * r.count for r in requests))
+        self.pulled.extend(requests)
+        out = []
+        for r in requests:
+            scores = np.zeros((r.count, r.n, 2))
+            scores[:, 0, 0] = 1.0
+            scores[..., 1] = 0.05
+            out.append(Observation(r.prompt, r.n, np.zeros(r.count, dtype=np.int64), scores))
+        return out
+
+
+@pytest.mark.parametrize("name", ["psst", "uniform", "psst-k1"])
+@pytest.mark.parametrize("est, arm, q_hat", [
+    # groups of 4, [1, 0, 0, 0], cost 0.05 each with cost weight 1.
+    # blocks: n = 1: 4 blocks, mean 1/4; n = 2: [1,0], [0,0] -> 1/2; n = 3: the one block
+    # [1,0,0] -> 1; n = 4: 1. Q = 0.25 - 0.05, 0.5 - 0.1, 1 - 0.15, 1 - 0.2: best (0, 3) 0.85
+    ("", 3, 0.85),
+    # subsets: a size-n subset holds the first completion with probability n / 4:
+    # Q = 0.2, 0.4, 0.75 - 0.15 = 0.6, 0.8: best (0, 4) 0.8
+    (":subsets", 4, 0.8),
+])
+def test_the_estimator_decides_what_a_group_says(name: str, est: str, arm: int,
+                                                 q_hat: float) -> None:
+    # one prompt, N_max 4: PSST (2 rounds), uniform (1) and psst-k1 (screening skipped,
+    # K >= |P|) pull it at N = 4 only
+    problem = noiseless_bon([0.0], [0.05], 4, {"only": 1.0}).problem
+    oracle = FirstIsBestOracle(problem, 40)
+    result = get_learner(f"{name}{est}").run(problem, oracle, 40, np.random.default_rng(0))
+    assert {r.n for r in oracle.pulled} == {4} and oracle.ledger.spent == 40
+    (choice,) = result.choices
+    assert (choice.prompt, choice.n) == (0, arm)
+    assert choice.q_hat == pytest.approx(q_hat)
+
+
+# ---------------------------------------------------------------- parameters
+
+
+@pytest.mark.parametrize("name, bad, good", [
+    ("egreedy", {"epsilon": 1.01}, {"epsilon": 1.0}),
+    ("egreedy", {"epsilon": -0.01}, {"epsilon": 0.0}),
+    ("softmax", {"temperature": 0.0}, {"temperature": 0.001}),
+    ("ucb", {"c": -0.01}, {"c": 0.0}),
+    ("ucb", {"batches": 0}, {"batches": 1}),
+    ("psst-k1", {"rho": 0.0}, {"rho": 0.01}),
+    ("psst-k1", {"rho": 1.0}, {"rho": 0.99}),
+    ("psst-k1", {"k": 0}, {"k": 1}),
+])
+def test_parameters_are_refused_just_outside_their_range(name: str, bad: dict[str, float],
+                                                         good: dict[str, float]) -> None:
+    env = noiseless_bon([0.5, 0.4], [0.0, 0.0], 2, {"only": 0.0})
+    spec = get_learner(name)
+    (key,) = bad
+    oracle = SimulatedOracle(env, np.arange(env.n_queries), 20, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=f"(?i){key}={bad[key]}"):
+        spec.run(env.problem, oracle, 20, np.random.default_rng(0), **bad)
+    assert oracle.ledger.spent == 0
+    # the bound itself is allowed
+    spec.run(env.problem, oracle, 20, np.random.default_rng(0), **good)
+    assert oracle.ledger.spent == 20
+
+
+# ---------------------------------------------------------------- more of the rules
+
+
+@pytest.mark.parametrize("name", ["egreedy", "softmax", "ucb"])
+def test_sequential_learners_return_their_best_estimated_arm(name: str) -> None:
+    # 3 prompts, N_max 1, scores 0.2, 0.5, 0.9: the best is the last arm; T = 300 sees all
+    env = noiseless_bon([0.2, 0.5, 0.9], [0.0] * 3, 1, {"only": 0.0})
+    result = run(name, env, 300)
+    (choice,) = result.choices
+    assert (choice.prompt, choice.n, choice.q_hat) == (2, 1, pytest.approx(0.9))
+    assert choice.samples == pulls_per_prompt(result.trace.rounds)[2]
+
+
+def test_a_learner_chooses_an_observed_arm_over_unseen_ones() -> None:
+    # one prompt, N_max 4, Q(n) = -0.1 n: every estimate is below the 0 an unseen arm counts
+    # as while exploring. T = 1 pays for (0, 1) alone; the policy must still be (0, 1).
+    env = noiseless_bon([0.0], [0.1], 4, {"only": 1.0})
+    for name in ("egreedy", "softmax", "ucb"):
+        (choice,) = run(name, env, 1).choices
+        assert (choice.prompt, choice.n, choice.samples) == (0, 1, 1)
+        assert choice.q_hat == pytest.approx(-0.1)
+
+
+def test_greedy_never_leaves_a_seen_arm_scoring_above_zero_for_an_unseen_one() -> None:
+    # epsilon 0: pure greedy, unseen arms count as 0. T = 10 < 50 batches: one decision each.
+    # The first decision ties (nothing seen) and picks some arm; it scores > 0, so every
+    # later decision repeats it.
+    env = noiseless_bon([0.5, 0.4, 0.3], [0.0] * 3, 1, {"only": 0.0})
+    for seed in range(3):
+        oracle = SimulatedOracle(env, np.arange(3), 10, np.random.default_rng(seed))
+        result = get_learner("egreedy").run(env.problem, oracle, 10, np.random.default_rng(seed),
+                                            epsilon=0.0)
+        assert len(pulls_per_prompt(result.trace.rounds)) == 1
+
+
+def test_sequential_learners_draw_contexts_by_their_probabilities() -> None:
+    # two contexts, probabilities 0.8 and 0.2 (the environment's own grid is uniform): context
+    # "a" weighs objective 0 (prompt 0 is best), context "b" objective 1 (prompt 1 is best).
+    # Greedy (epsilon 0) pulls the best arm of the context drawn, so after the first batch
+    # prompt 0 gets 80% of the decisions.
+    env = noiseless_bon([[0.9, 0.1], [0.1, 0.9]], [0.0, 0.0], 1, {"x": 0.0},
+                        weight_grid=[[1.0, 0.0], [0.0, 1.0]])
+    base = env.problem
+    grid = ContextGrid.product(base.grid.objectives, [(1.0, 0.0), (0.0, 1.0)], {"x": 0.0},
+                               probabilities=[0.8, 0.2])
+    problem = Problem(base.name, base.aggregator, base.prompts, base.n_max, grid, base.cost)
+    oracle = SimulatedOracle(env, np.arange(3), 4000, np.random.default_rng(0))
+    result = get_learner("egreedy").run(problem, oracle, 4000, np.random.default_rng(1),
+                                        epsilon=0.0)
+    first = pulls_per_prompt(result.trace.rounds[:1])
+    assert first[0] > 0 and first[1] > 0
+    later = pulls_per_prompt(result.trace.rounds[1:])
+    k = sum(later.values())
+    assert within(later[0], k, 0.8)  # 3136 of 3920, sd 25; uniform contexts would give 1960
+    assert [(c.prompt, c.n) for c in result.choices] == [(0, 1), (1, 1)]
+
+
+@pytest.mark.parametrize("name", ["psst", "psst-k4", "uniform", "egreedy", "softmax", "ucb",
+                                  "triple-n1", "triple-nrand", "psst-model", "psst-model4"])
+def test_a_learner_spends_exactly_t_more_on_an_oracle_that_spent_before(name: str) -> None:
+    env = noiseless_bon([0.3, 0.9, 0.1, 0.7, 0.5, 0.8], [0.01] * 6, 4, {"lo": 0.0, "hi": 1.0})
+    oracle = SimulatedOracle(env, np.arange(3), 1000, np.random.default_rng(0))
+    oracle.pull([Pull(0, 4, 10)])  # 40 completions spent before the learner starts
+    result = get_learner(name).run(env.problem, oracle, 500, np.random.default_rng(1))
+    assert oracle.ledger.spent == 540 and result.trace.completions_used == 500
+    assert sum(r["spent"] for r in result.trace.rounds) == 500
+
+
+@pytest.mark.parametrize("budget", [-1, 2.5])
+@pytest.mark.parametrize("name", ["psst", "psst-k1", "uniform", "egreedy", "triple-n1",
+                                  "psst-model"])
+def test_a_budget_must_be_a_whole_non_negative_number(name: str, budget: float) -> None:
+    env = noiseless_bon([0.5, 0.4], [0.0, 0.0], 2, {"only": 0.0})
+    oracle = SimulatedOracle(env, np.arange(3), 10, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=f"budget T={budget} must be a non-negative integer"):
+        get_learner(name).run(env.problem, oracle, budget, np.random.default_rng(0))
+    assert oracle.ledger.spent == 0
+
+
+@pytest.mark.parametrize("est", SUBSETS)
+def test_psst_with_fewer_rounds_than_the_paper_trims_faster(est: str) -> None:
+    # the PSST environment above, T = 20: one group of every prompt at N = 2 costs 8, so
+    # R_eff = min(3, floor(20 / 8)) = 2 rounds instead of 3. Round 1 (allowance 10, one group
+    # each) keeps ceil(8 ** (1/2)) = 3 arms: (0,1), (2,1), (0,2); round 2 (allowance 12,
+    # M = 2 + 1 = 3, 4 groups each) keeps 1.
+    env = noiseless_bon([0.9, 0.5, 0.7, 0.1], [0.3] * 4, 2, {"only": 1.0})
+    result = run(f"psst{est}", env, 20)
+    got = [(r["allowance"], pulls(r), r["alive"]) for r in result.trace.rounds]
+    assert got == [(10, [(p, 2, 1) for p in range(4)], [3]),
+                   (12, [(0, 2, 4), (2, 1, 4)], [1])]
+    assert result.trace.info["rounds"] == 2 and result.trace.info["rounds_paper"] == 3
+    assert result.trace.notes == [
+        "2 rounds instead of the paper's 3: T=20 pays for at most 2 rounds of 8 completions"]
+    assert (result.choices[0].prompt, result.choices[0].n) == (0, 1)
+
+
+def test_psst_below_one_completion_per_prompt_keeps_t_distinct_prompts() -> None:
+    env = noiseless_bon([0.3, 0.9, 0.1, 0.7, 0.5], [0.0] * 5, 2, {"only": 0.0})
+    for seed in range(5):
+        rounds = run("psst", env, 4, seed).trace.rounds
+        got = [p for r in rounds for p in pulls(r)]
+        # 4 < 5 prompts: 4 different prompts, one completion each at N = 1
+        assert len({q for q, _, _ in got}) == 4 and all(x[1:] == (1, 1) for x in got)
+
+
+@pytest.mark.parametrize("budget, k, note", [
+    (40, 4, "screening skipped: rho*T = 8 cannot give each of 10 prompts a sample"),
+    (1000, 10, "screening skipped: K=10 keeps every prompt"),
+])
+def test_top_k_screening_is_skipped_when_it_cannot_screen(budget: int, k: int,
+                                                         note: str) -> None:
+    env = noiseless_bon(FIRST, [0.01] * 10, 2, {"b": 0.1})
+    oracle = SimulatedOracle(env, np.arange(3), budget, np.random.default_rng(0))
+    result = get_learner("psst-k1").run(env.problem, oracle, budget, np.random.default_rng(1),
+                                        k=k)
+    assert result.trace.notes[0] == note
+    # plain PSST over every arm: its first round pulls every prompt at N_max
+    assert result.trace.rounds[0]["round"] == 1
+    assert {p[:2] for p in pulls(result.trace.rounds[0])} == {(p, 2) for p in range(10)}
+    assert oracle.ledger.spent == budget
+
+
+def test_top_k_screening_with_one_sample_per_prompt() -> None:
+    # T = 50: rho T = 10, one sample per prompt, which is enough to screen on noiseless data
+    env = noiseless_bon(FIRST, [0.01] * 10, 2, {"b": 0.1})
+    result = run("psst-k4", env, 50)
+    assert pulls(result.trace.rounds[0]) == [(p, 1, 1) for p in range(10)]
+    assert set(result.trace.info["screened_prompts"][0]) == set(BY_FIRST[:4])
+
+
+@pytest.mark.parametrize("name", ["psst-model", "psst-model4"])
+def test_psst_model_pulls_every_live_prompt_at_min_of_group_and_n_max(name: str) -> None:
+    # the PSST environment (N_max 2): groups of min(group, N_max) = 2 for both learners. After
+    # round 1 prompts 1 and 2 have only N = 1 alive, yet are pulled in groups of 2.
+    env = noiseless_bon([0.9, 0.5, 0.7, 0.1], [0.3] * 4, 2, {"only": 1.0})
+    result = run(name, env, 100)
+    r1, r2, r3 = result.trace.rounds
+    assert pulls(r1) == [(p, 2, 4) for p in range(4)]  # M = 8, floor(33 / 8) = 4
+    assert pulls(r2) == [(0, 2, 5), (1, 2, 5), (2, 2, 5)]  # M = 6, floor(34 / 6) = 5
+    assert [r["alive"] for r in (r1, r2, r3)] == [[4], [2], [1]]
+
+
+def test_psst_model_estimates_mv_with_a_dirichlet_half_prior() -> None:
+    # one query, a prompt that is always right: after k answers, the posterior over (gold,
+    # an answer not seen yet) is Dirichlet(k + 1/2, 1/2), so the next answer is gold with
+    # probability (k + 1/2) / (k + 1). Cost 0.1 with cost weight 1 makes N = 1 the best arm.
+    data = {"answer_probs": np.array([[[1.0, 0.0]], [[0.0, 1.0]]]),
+            "gold": np.zeros(1, dtype=np.int64), "cost_per_completion": np.array([0.1, 0.1]),
+            "budget_levels": np.array(["high"]), "cost_weights": np.ones(1),
+            "n_max": np.array(4)}
+    env = environment_from_arrays("sure", data, cacheable=False)
+    result = run("psst-model", env, 200)
+    (choice,) = result.choices
+    k = sum(n * m for r in result.trace.rounds for q, n, m in pulls(r) if q == 0)
+    assert (choice.prompt, choice.n, choice.samples) == (0, 1, 1)  # samples: queries seen
+    assert choice.q_hat == pytest.approx((k + 0.5) / (k + 1) - 0.1)
+
+
+def test_learner_names_and_estimators() -> None:
+    with pytest.raises(ValueError, match="unknown learner 'nope'; known: psst, psst-k1, "):
+        get_learner("nope")
+    with pytest.raises(ValueError, match="unknown estimator 'magic' in 'psst:magic'; known: "
+                                         "blocks, subsets"):
+        get_learner("psst:magic")
+    assert get_learner("psst:blocks").name == "psst" == get_learner("psst", "blocks").name
+    sub = get_learner("psst", "subsets")
+    assert sub.name == "psst:subsets" and sub.summary.endswith("[subsets estimator]")
