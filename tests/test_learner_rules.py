@@ -113,6 +113,13 @@ def test_egreedy_explores_at_rate_epsilon(est: str) -> None:
     # and the exploring draws are uniform: each other arm gets 0.15 / 4 of the decisions
     for p in (1, 2, 3):
         assert within(later[p], k, 0.15 / 4)
+    # every decision explores on its own draw: in a batch of 80 the non-greedy pulls are
+    # Binomial(80, 0.1125), none at all with probability 0.8875^80 = 7e-5, and about 9 of them
+    # fall on a single arm with probability 3 (1/3)^9 = 1.5e-4 (a draw per batch would leave
+    # most batches without exploration, or with all of it on one arm)
+    off = [{p: n for p, n in pulls_per_prompt([r]).items() if p != 0} for r in rounds[1:]]
+    assert sum(not o for o in off) <= 2
+    assert sum(len(o) >= 2 for o in off) >= len(off) - 4
     assert (result.choices[0].prompt, result.choices[0].n) == (0, 1)
 
 
@@ -412,9 +419,10 @@ def test_parameters_are_refused_just_outside_their_range(name: str, bad: dict[st
 
 @pytest.mark.parametrize("name", ["egreedy", "softmax", "ucb"])
 def test_sequential_learners_return_their_best_estimated_arm(name: str) -> None:
-    # 3 prompts, N_max 1, scores 0.2, 0.5, 0.9: the best is the last arm; T = 300 sees all
+    # 3 prompts, N_max 1, scores 0.2, 0.5, 0.9: the best is the last arm; T = 4000 sees all
     env = noiseless_bon([0.2, 0.5, 0.9], [0.0] * 3, 1, {"only": 0.0})
-    result = run(name, env, 300)
+    result = run(name, env, 4000)
+    assert [r["spent"] for r in result.trace.rounds] == [80] * 50  # 50 batches of T / 50
     (choice,) = result.choices
     assert (choice.prompt, choice.n, choice.q_hat) == (2, 1, pytest.approx(0.9))
     assert choice.samples == pulls_per_prompt(result.trace.rounds)[2]
@@ -506,10 +514,17 @@ def test_psst_with_fewer_rounds_than_the_paper_trims_faster(est: str) -> None:
 def test_psst_below_one_completion_per_prompt_keeps_t_distinct_prompts() -> None:
     env = noiseless_bon([0.3, 0.9, 0.1, 0.7, 0.5], [0.0] * 5, 2, {"only": 0.0})
     for seed in range(5):
-        rounds = run("psst", env, 4, seed).trace.rounds
-        got = [p for r in rounds for p in pulls(r)]
+        result = run("psst", env, 4, seed)
+        got = [p for r in result.trace.rounds for p in pulls(r)]
         # 4 < 5 prompts: 4 different prompts, one completion each at N = 1
         assert len({q for q, _, _ in got}) == 4 and all(x[1:] == (1, 1) for x in got)
+        assert result.trace.notes[0] == ("T=4 is below one completion per prompt (5); kept 4 "
+                                         "random prompts at N = 1")
+    # the same rule for TRIPLE, whose prompts are all at N = 1: 4 of 6 prompts, once each
+    result = run("triple-n1", noiseless_bon([0.3, 0.9, 0.1, 0.7, 0.5, 0.8], [0.0] * 6, 3,
+                                            {"only": 0.0}), 4)
+    got = [p for r in result.trace.rounds for p in pulls(r)]
+    assert len({q for q, _, _ in got}) == 4 and all(x[1:] == (1, 1) for x in got)
 
 
 @pytest.mark.parametrize("budget, k, note", [
@@ -574,3 +589,50 @@ def test_learner_names_and_estimators() -> None:
     assert get_learner("psst:blocks").name == "psst" == get_learner("psst", "blocks").name
     sub = get_learner("psst", "subsets")
     assert sub.name == "psst:subsets" and sub.summary.endswith("[subsets estimator]")
+
+
+@pytest.mark.parametrize("name", ["egreedy", "softmax", "ucb"])
+def test_sequential_batches_stay_within_their_allowance(name: str) -> None:
+    # one prompt, N_max 4, T = 100: batches of 2 completions, arms costing up to 4. A batch
+    # takes the decisions that fit its allowance, or its first decision alone if that does
+    # not fit; every arm stays alive.
+    env = noiseless_bon([0.5], [0.01], 4, {"only": 1.0})
+    for seed in range(3):
+        result = run(name, env, 100, seed)
+        for r in result.trace.rounds:
+            decisions = sum(m for _, _, m in pulls(r))
+            assert r["spent"] <= r["allowance"] or decisions == 1
+            assert r["alive"] == [4]
+        assert result.trace.completions_used == 100
+
+
+def test_psst_at_exactly_one_group_of_every_prompt_needs_no_scale_cap() -> None:
+    # the PSST environment, T = 8 = 4 prompts x N_max 2: one round of one group each
+    env = noiseless_bon([0.9, 0.5, 0.7, 0.1], [0.3] * 4, 2, {"only": 1.0})
+    result = run("psst", env, 8)
+    assert result.trace.notes == [
+        "1 rounds instead of the paper's 3: T=8 pays for at most 1 rounds of 8 completions"]
+    assert "scale_cap" not in result.trace.info
+    assert pulls(result.trace.rounds[0]) == [(p, 2, 1) for p in range(4)]
+
+
+def test_top_k_screening_caps_the_scale_by_the_prompts_it_kept() -> None:
+    # ten prompts, N_max 32, T = 100: screening spends 20 (2 per prompt) and keeps 4 prompts;
+    # PSST's 80 cannot pay a group of 32 of each (128): cap = floor(80 / 4 kept) = 20
+    env = noiseless_bon(FIRST, [0.01] * 10, 32, {"b": 0.1})
+    result = run("psst-k4", env, 100)
+    assert result.trace.info["scale_cap"] == 20
+    assert ("T=80 cannot pay one group of every prompt at its largest N (128); arms with "
+            "N > 20 were dropped (scale cap)") in result.trace.notes
+    # one round (a group of each kept prompt costs 80): N = 20 each
+    assert pulls(result.trace.rounds[1]) == sorted((p, 20, 1) for p in BY_FIRST[:4])
+    assert result.trace.completions_used == 100
+
+
+def test_psst_model_caps_its_group_size_on_a_small_budget() -> None:
+    # 4 prompts in groups of 2 cost 8 > T = 6: groups of floor(6 / 4) = 1, one round
+    env = noiseless_bon([0.9, 0.5, 0.7, 0.1], [0.3] * 4, 2, {"only": 1.0})
+    result = run("psst-model", env, 6)
+    assert "T=6: groups of 1 (scale cap)" in result.trace.notes
+    assert all(n == 1 for r in result.trace.rounds for _, n, _ in pulls(r))
+    assert result.trace.completions_used == 6
