@@ -12,9 +12,10 @@ from click.testing import CliRunner
 
 from iapo.cli import main
 from iapo.envs import get_environment, synth_categorical
-from iapo.estimate import QTable
+from iapo.estimate import QTable, _mv_subset_credit
 from iapo.exact import mv_subset_credit
 from iapo.learners import LEARNERS, get_learner
+from iapo.memo import Memo
 from iapo.oracle import Ledger, Observation, Pull, SimulatedOracle
 from iapo.problem import ContextGrid, Objective, Problem
 from iapo.utility import bon_utility, mv_credit, mv_utility
@@ -154,3 +155,37 @@ def test_train_with_subsets_from_the_command_line(tmp_path) -> None:  # type: ig
                                     "subsets", "--out", str(tmp_path / "p.json")])
     assert out.exit_code == 0, out.output
     assert "psst:subsets on math" in out.output
+
+
+def test_memoized_subset_credits_fit_batches_of_any_width() -> None:
+    # the group [0, 0, 1] with gold 0, worked by hand: n = 1: 2/3 of the answers are gold;
+    # n = 2: of the 3 pairs, {0, 0} wins (1) and the two {0, 1} tie (1/2 each): 2/3;
+    # n = 3: gold wins 2-1. It is read in a batch padded to 5 (its credit is memoized there),
+    # then in batches padded to 3 and 4 (beside a unanimous group as wide as the batch): the
+    # memo must fit every width.
+    want = np.array([2 / 3, 2 / 3, 1.0])
+    for width in (5, 3, 4, 3):
+        labels = np.full((2, width), -1, dtype=np.int64)  # -1: padding
+        labels[0, :3] = [0, 0, 1]
+        labels[1, :] = 1  # every answer gold: credit 1 at every n
+        got = _mv_subset_credit(labels, np.array([0, 1]), np.array([3, width]))
+        assert got.shape == (2, width)
+        assert got[0, :3] == pytest.approx(want) and not got[0, 3:].any()
+        assert got[1] == pytest.approx(np.ones(width))
+
+
+def test_memo_pads_short_rows_and_drops_the_least_recently_used() -> None:
+    memo = Memo(maxsize=2)
+    calls: list[list[int]] = []
+
+    def compute(idx: np.ndarray) -> list[np.ndarray]:
+        calls.append(idx.tolist())
+        return [np.full(int(k[0]), float(k[0])) for k in keys[idx]]
+
+    keys = np.array([[1], [2], [3]])
+    assert memo.rows(keys[:2], 3, compute).tolist() == [[1, 0, 0], [2, 2, 0]]
+    assert memo.rows(keys[1:2], 2, compute).tolist() == [[2, 2]]  # a hit, narrower table
+    assert memo.rows(keys, 4, compute).tolist() == [[1, 0, 0, 0], [2, 2, 0, 0], [3, 3, 3, 0]]
+    assert calls == [[0, 1], [2]] and len(memo) == 2  # key 1, used least recently, dropped
+    memo.rows(keys[:1], 1, compute)
+    assert calls[-1] == [0]

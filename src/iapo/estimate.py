@@ -307,12 +307,13 @@ def _mv_subset_credit(labels: npt.NDArray[np.int64], gold: npt.NDArray[np.int64]
     keys = np.concatenate([sizes[:, None], gold_first(counts, gold)], axis=1)
     uniq, inverse = unique_rows(keys)
 
-    def compute(idx: npt.NDArray[np.intp]) -> FloatArray:
-        out = np.zeros((idx.size, g_pad))
-        for g in np.unique(uniq[idx, 0]):  # one call per group size
-            rows = idx[uniq[idx, 0] == g]
-            out[np.searchsorted(idx, rows), :g] = mv_subset_credit(uniq[rows, 1],
-                                                                   uniq[rows, 2:], int(g))
+    def compute(idx: npt.NDArray[np.intp]) -> list[FloatArray]:
+        out: list[FloatArray] = [np.empty(0)] * idx.size
+        for g in np.unique(uniq[idx, 0]):  # one call per group size; rows of g credits
+            at = np.flatnonzero(uniq[idx, 0] == g)
+            credit = mv_subset_credit(uniq[idx[at], 1], uniq[idx[at], 2:], int(g))
+            for j, row in zip(at, credit, strict=True):
+                out[j] = row
         return out
 
     return _SUBSET_CREDIT.rows(uniq, g_pad, compute)[inverse]

@@ -8,7 +8,7 @@ computed, but never more than ``maxsize`` rows.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -17,7 +17,9 @@ FloatArray = npt.NDArray[np.float64]
 
 
 class Memo:
-    """Rows of floats by integer key rows, at most ``maxsize`` of them."""
+    """Rows of floats by integer key rows, at most ``maxsize`` of them. A row may be shorter
+    than the table it is read into: the rest of that table row is 0 (an MV credit row of a
+    group of g completions is read into tables as wide as the largest group of a batch)."""
 
     def __init__(self, maxsize: int = 200_000) -> None:
         self.maxsize = maxsize
@@ -27,10 +29,11 @@ class Memo:
         return len(self._rows)
 
     def rows(self, keys: npt.NDArray[np.integer], width: int,
-             compute: Callable[[npt.NDArray[np.intp]], FloatArray]) -> FloatArray:
-        """[U, width]: row i is the memo of keys[i], ``compute(missing)`` ([len, width]) for
-        the indices of keys not memoized yet (called once, for all of them)."""
-        out = np.empty((keys.shape[0], width))
+             compute: Callable[[npt.NDArray[np.intp]], Sequence[FloatArray]]) -> FloatArray:
+        """[U, width]: row i is the memo of keys[i] (zero-padded to ``width``);
+        ``compute(missing)`` gives the rows of the indices of keys not memoized yet (called
+        once, for all of them), each at most ``width`` long."""
+        out = np.zeros((keys.shape[0], width))
         missing = []
         for i, key in enumerate(map(tuple, keys.tolist())):
             hit = self._rows.get(key)
@@ -38,12 +41,11 @@ class Memo:
                 missing.append(i)
             else:
                 self._rows.move_to_end(key)
-                out[i] = hit
+                out[i, : hit.size] = hit
         if missing:
-            idx = np.asarray(missing, dtype=np.intp)
-            fresh = compute(idx)
-            out[idx] = fresh
+            fresh = compute(np.asarray(missing, dtype=np.intp))
             for i, row in zip(missing, fresh, strict=True):
+                out[i, : row.size] = row
                 self._rows[tuple(keys[i].tolist())] = row
             while len(self._rows) > self.maxsize:
                 self._rows.popitem(last=False)

@@ -133,13 +133,13 @@ class ModelQTable:
             uniq, inverse = unique_rows(gold_first(rows, gold))
             alpha = self.alpha
 
-            def compute(idx: npt.NDArray[np.intp]) -> FloatArray:
+            def compute(idx: npt.NDArray[np.intp]) -> list[FloatArray]:
                 sub = uniq[idx]
                 # the posterior: alpha on the gold answer, on every answer seen, and on one
                 # bucket for answers not seen yet
                 a_other = np.where(sub[:, 1:] > 0, sub[:, 1:] + alpha, 0.0)
                 a_other = np.concatenate([a_other, np.full((idx.size, 1), alpha)], 1)
-                return mv_polya_credit(sub[:, 0] + alpha, a_other, n_max)
+                return list(mv_polya_credit(sub[:, 0] + alpha, a_other, n_max))
 
             table = _POLYA.setdefault((alpha, n_max), Memo()).rows(uniq, n_max, compute)
             per_row = table[inverse.reshape(-1)]  # [M, N]
