@@ -33,7 +33,7 @@ def main() -> None:
         for s in range(args.runs):
             oracle = SimulatedOracle(env, train, 20_000, np.random.default_rng(s))
             t0 = time.perf_counter()
-            get_learner(name).run(env.problem, oracle, 20_000, np.random.default_rng(1000 + s))
+            get_learner(name).learner(env.problem, oracle, 20_000, np.random.default_rng(1000 + s))
             times.append(time.perf_counter() - t0)
         print(f"{name:<14} first {times[0] * 1000:6.1f} ms, median "
               f"{statistics.median(times) * 1000:6.1f} ms ({args.runs} runs)")

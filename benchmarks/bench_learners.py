@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from iapo.envs import get_environment
-from iapo.learners.psst import learn_psst
+from iapo.learners.psst import psst
 from iapo.oracle import SimulatedOracle
 
 
@@ -25,7 +25,7 @@ def psst_speed(runs: int = 50) -> float:
     for s in range(runs):
         oracle = SimulatedOracle(env, np.arange(1200), 20_000, np.random.default_rng(s))
         t0 = time.perf_counter()
-        learn_psst(env.problem, oracle, 20_000, np.random.default_rng(10_000 + s))
+        psst(env.problem, oracle, 20_000, np.random.default_rng(10_000 + s))
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 

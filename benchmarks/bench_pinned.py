@@ -24,7 +24,7 @@ MEASURE = """
 import statistics, time
 import numpy as np
 from iapo.envs import get_environment
-from iapo.learners.psst import learn_psst
+from iapo.learners.psst import psst
 from iapo.oracle import SimulatedOracle
 env = get_environment("commonsenseqa")
 env.query_table(progress=False)
@@ -32,7 +32,7 @@ times = []
 for s in range({runs}):
     oracle = SimulatedOracle(env, np.arange(1200), 20_000, np.random.default_rng(s))
     t0 = time.perf_counter()
-    learn_psst(env.problem, oracle, 20_000, np.random.default_rng(10_000 + s))
+    psst(env.problem, oracle, 20_000, np.random.default_rng(10_000 + s))
     times.append(time.perf_counter() - t0)
 print(statistics.median(times))
 """

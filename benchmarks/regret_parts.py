@@ -38,7 +38,7 @@ def main() -> None:
         for run in range(args.runs):
             env, train, q = run_split(args.env, seed, run, args.test_fraction)
             oracle, rng = run_oracle(env, train, name, t, seed, run)
-            result = get_learner(name).run(env.problem, oracle, t, rng)
+            result = get_learner(name).learner(env.problem, oracle, t, rng)
             prompt, scale = regret_parts(q, result.choices)
             pr = env.problem.grid.probabilities
             parts.append((prompt @ pr, scale @ pr))

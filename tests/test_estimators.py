@@ -104,7 +104,7 @@ def test_every_learner_runs_with_subsets_within_budget(name: str) -> None:
     spec = get_learner(f"{name}:subsets")
     assert spec.name == f"{name}:subsets"
     oracle = SimulatedOracle(env, np.arange(30), 900, np.random.default_rng(1))
-    result = spec.run(env.problem, oracle, 900, np.random.default_rng(2))
+    result = spec.learner(env.problem, oracle, 900, np.random.default_rng(2))
     assert oracle.ledger.spent <= 900 and len(result.choices) == env.problem.n_contexts
 
 
@@ -127,7 +127,7 @@ def test_every_table_learner_hands_subsets_to_its_q_table(name: str) -> None:
                                {"only": 0.0})
     mixed = Problem("m", "mixed", ("a", "b"), 2, grid)
     with pytest.raises(ValueError, match="subsets estimator supports mv and bon"):
-        get_learner(f"{name}:subsets").run(mixed, NoPulls(mixed), 100, np.random.default_rng(0))
+        get_learner(f"{name}:subsets").learner(mixed, NoPulls(mixed), 100, np.random.default_rng(0))
 
 
 @pytest.mark.parametrize("name", MODEL_LEARNERS)

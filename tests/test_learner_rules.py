@@ -14,6 +14,7 @@ psst-model learners estimate with their own model and take no estimator: test_es
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -23,8 +24,16 @@ import pytest
 
 from iapo.envs.base import Environment
 from iapo.envs.tabular import environment_from_arrays
-from iapo.learners import get_learner
-from iapo.learners.base import LearnerResult
+from iapo.errors import InputError
+from iapo.learners import (
+    PSST,
+    EpsilonGreedy,
+    PSSTModel,
+    TopKScreening,
+    TripleSH,
+    get_learner,
+)
+from iapo.learners.base import LearnerResult, Round
 from iapo.oracle import Ledger, Observation, Pull, SimulatedOracle
 from iapo.problem import ContextGrid, Problem
 
@@ -62,17 +71,17 @@ def noiseless_bon(values: Sequence[float] | Sequence[Sequence[float]], costs: Se
 
 def run(name: str, env: Environment, budget: int, seed: int = 0) -> LearnerResult:
     oracle = SimulatedOracle(env, np.arange(env.n_queries), budget, np.random.default_rng(seed))
-    result = get_learner(name).run(env.problem, oracle, budget, np.random.default_rng(seed + 1))
+    result = get_learner(name).learner(env.problem, oracle, budget, np.random.default_rng(seed + 1))
     assert oracle.ledger.spent == result.trace.completions_used <= budget
     return result
 
 
-def pulls(round_: Mapping[str, object]) -> list[tuple[int, int, int]]:
+def pulls(round_: Round) -> list[tuple[int, int, int]]:
     """A round's pulls as sorted (prompt, n, count) tuples."""
-    return sorted((int(p), int(n), int(m)) for p, n, m in round_["pulls"])  # type: ignore[attr-defined]
+    return sorted(round_.pulls)
 
 
-def pulls_per_prompt(rounds: Sequence[Mapping[str, object]]) -> Counter[int]:
+def pulls_per_prompt(rounds: Sequence[Round]) -> Counter[int]:
     """Completions pulled per prompt over ``rounds`` (with N_max 1: decisions per prompt)."""
     out: Counter[int] = Counter()
     for r in rounds:
@@ -96,8 +105,8 @@ def test_egreedy_explores_at_rate_epsilon(est: str) -> None:
     env = noiseless_bon([0.9, 0.2, 0.2, 0.2], [0.0] * 4, 1, {"only": 0.0})
     result = run(f"egreedy{est}", env, 4000)
     rounds = result.trace.rounds
-    assert [r["spent"] for r in rounds] == [80] * 50  # 50 decision batches of T / 50
-    assert [(r["round"], r["allowance"], r["alive"]) for r in rounds] == [
+    assert [r.spent for r in rounds] == [80] * 50  # 50 decision batches of T / 50
+    assert [(r.round, r.allowance, list(r.alive)) for r in rounds] == [
         (i, 80, [4]) for i in range(1, 51)]  # no arm is ever dropped
     assert result.trace.to_dict()["batches"] == 50
     # batch 1 decides from no data (every arm counts as 0): prompt 0 must be in it for the
@@ -134,7 +143,7 @@ def test_softmax_pulls_with_boltzmann_probabilities(est: str) -> None:
     env = noiseless_bon([0.1, 0.05, 0.0], [0.0] * 3, 1, {"only": 0.0})
     result = run(f"softmax{est}", env, 4000)
     rounds = result.trace.rounds
-    assert [r["spent"] for r in rounds] == [80] * 50  # 50 decision batches of T / 50
+    assert [r.spent for r in rounds] == [80] * 50  # 50 decision batches of T / 50
     # batch 1 (no data, all weights equal) must have seen prompts 0 and 1; prompt 2's
     # estimate is 0 seen or not
     first = pulls_per_prompt(rounds[:1])
@@ -181,7 +190,7 @@ def test_psst_keeps_the_better_half_and_pulls_by_eq6(est: str) -> None:
     env = noiseless_bon([0.9, 0.5, 0.7, 0.1], [0.3] * 4, 2, {"only": 1.0})
     result = run(f"psst{est}", env, 100)
     rounds = result.trace.rounds
-    got = [(r["allowance"], pulls(r), r["alive"]) for r in rounds]
+    got = [(r.allowance, pulls(r), list(r.alive)) for r in rounds]
     assert got == [
         # allowance floor(100/3) = 33; every prompt at its largest N, 2: M = 8 and
         # floor(33 / 8) = 4 groups each (32). Keep 4: (0,1), (2,1), (0,2), (1,1).
@@ -192,10 +201,11 @@ def test_psst_keeps_the_better_half_and_pulls_by_eq6(est: str) -> None:
         # allowance 100 - 64 = 36; M = 1 + 1 = 2, 18 groups each (36). Keep (0,1).
         (36, [(0, 1, 18), (2, 1, 18)], [1]),
     ]
-    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert [r.round for r in rounds] == [1, 2, 3]
     assert result.trace.notes == []  # the paper's schedule, nothing done differently
-    assert result.trace.to_dict() == {"completions_used": 100, "rounds": rounds, "notes": [],
-                                      **result.trace.info}
+    assert result.trace.to_dict() == {
+        "completions_used": 100, "rounds": [r.to_dict() for r in rounds], "notes": [],
+        "rounds_paper": 3, "rounds_run": 3}
     (choice,) = result.choices
     assert (choice.prompt, choice.n) == (0, 1)
     assert choice.q_hat == pytest.approx(0.6)
@@ -211,17 +221,17 @@ def test_psst_trims_every_context_by_its_own_estimates(est: str) -> None:
     env = noiseless_bon([0.9, 0.5, 0.7, 0.1], [0.3] * 4, 2, {"lo": 0.1, "hi": 1.0})
     result = run(f"psst{est}", env, 100)
     r1, r2, r3 = result.trace.rounds
-    assert r1["alive"] == [4, 4]
+    assert list(r1.alive) == [4, 4]
     # round 2 pulls the union at its largest N: prompt 0 at 2, prompt 1 at 1 (hi keeps only
     # (1,1)), prompt 2 at 2 (lo keeps (2,2)): M = 5, floor(34 / 5) = 6 groups each (30)
     assert pulls(r2) == [(0, 2, 6), (1, 1, 6), (2, 2, 6)]
     # lo keeps (0,1), (0,2); hi keeps (0,1), (2,1)
-    assert r2["alive"] == [2, 2]
+    assert list(r2.alive) == [2, 2]
     # round 3: allowance 100 - 62 = 38; prompt 0 at 2 (lo), prompt 2 at 1 (hi): M = 3,
     # floor(38 / 3) = 12 each (36), then the 2 left over as single groups at N <= 2
     main = [p for p in pulls(r3) if p[2] > 1]
     assert main == [(0, 2, 12), (2, 1, 12)]
-    assert r3["alive"] == [1, 1]
+    assert list(r3.alive) == [1, 1]
     assert [(c.prompt, c.n) for c in result.choices] == [(0, 1), (0, 1)]
 
 
@@ -234,7 +244,7 @@ def test_uniform_gives_every_prompt_the_same_groups_at_n_max(est: str) -> None:
     (r,) = result.trace.rounds
     # one batch: M = 3 * 4 = 12, floor(96 / 12) = 8 groups of 4 each
     assert pulls(r) == [(0, 4, 8), (1, 4, 8), (2, 4, 8)]
-    assert r["alive"] == [1, 1]
+    assert list(r.alive) == [1, 1]
     assert [(c.prompt, c.n) for c in result.choices] == [(0, 1), (1, 1)]
     assert [c.q_hat for c in result.choices] == pytest.approx([0.86, 0.59])
     assert [c.samples for c in result.choices] == [4 * 8, 4 * 8]  # 4 blocks of 1 per group
@@ -266,8 +276,8 @@ def test_top_k_screening_keeps_the_k_best_prompts_of_every_context(k: int, est: 
     screening, first = result.trace.rounds[:2]
     # rho T = 0.2 * 1000 = 200 completions at N = 1: floor(200 / 10) = 20 per prompt
     assert pulls(screening) == [(p, 1, 20) for p in range(10)]
-    assert (screening["round"], screening["allowance"], screening["spent"]) == (0, 200, 200)
-    assert screening["alive"] == [2 * k, 2 * k]  # K prompts times N_max = 2
+    assert (screening.round, screening.allowance, screening.spent) == (0, 200, 200)
+    assert list(screening.alive) == [2 * k, 2 * k]  # K prompts times N_max = 2
     kept = [set(BY_FIRST[:k]), set(BY_SECOND[:k])]
     assert [set(s) for s in result.trace.info["screened_prompts"]] == kept
     # PSST then pulls only kept prompts, at N_max
@@ -291,7 +301,7 @@ def test_triple_halves_the_prompts_at_n_1(name: str, est: str) -> None:
     # 6 prompts, N_max 3, no cost: prompts ranked 1 (.9), 5 (.8), 3 (.7), 4 (.5), 0 (.3), 2 (.1)
     env = noiseless_bon([0.3, 0.9, 0.1, 0.7, 0.5, 0.8], [0.0] * 6, 3, {"only": 0.0})
     result = run(f"{name}{est}", env, 120)
-    got = [(r["allowance"], pulls(r), r["alive"]) for r in result.trace.rounds]
+    got = [(r.allowance, pulls(r), list(r.alive)) for r in result.trace.rounds]
     # R = ceil(log2 6) = 3 rounds of 40; only N = 1 is ever pulled
     assert got == [
         # floor(40 / 6) = 6 each (36); keep ceil(6 / 2) = 3: prompts 1, 5, 3
@@ -319,7 +329,7 @@ def test_psst_model_pulls_small_groups_and_trims_by_the_model(name: str, group: 
     # so its estimates are exact for every n although only groups of `group` are pulled.
     env = noiseless_bon([0.9, 0.5, 0.7, 0.1], [0.01] * 4, 8, {"only": 1.0})
     result = run(name, env, 400)
-    got = [(pulls(r), r["alive"]) for r in result.trace.rounds]
+    got = [(pulls(r), list(r.alive)) for r in result.trace.rounds]
     g = group
     assert got == [
         # every prompt in groups of g: M = 4 g, floor(80 / 4g) groups each; keep 16 arms:
@@ -380,7 +390,7 @@ def test_the_estimator_decides_what_a_group_says(name: str, est: str, arm: int,
     # K >= |P|) pull it at N = 4 only
     problem = noiseless_bon([0.0], [0.05], 4, {"only": 1.0}).problem
     oracle = FirstIsBestOracle(problem, 40)
-    result = get_learner(f"{name}{est}").run(problem, oracle, 40, np.random.default_rng(0))
+    result = get_learner(f"{name}{est}").learner(problem, oracle, 40, np.random.default_rng(0))
     assert {r.n for r in oracle.pulled} == {4} and oracle.ledger.spent == 40
     (choice,) = result.choices
     assert (choice.prompt, choice.n) == (0, arm)
@@ -406,11 +416,11 @@ def test_parameters_are_refused_just_outside_their_range(name: str, bad: dict[st
     spec = get_learner(name)
     (key,) = bad
     oracle = SimulatedOracle(env, np.arange(env.n_queries), 20, np.random.default_rng(0))
-    with pytest.raises(ValueError, match=f"(?i){key}={bad[key]}"):
-        spec.run(env.problem, oracle, 20, np.random.default_rng(0), **bad)
+    with pytest.raises(InputError, match=f"(?i){key}={bad[key]}"):
+        spec.configure(**bad)
     assert oracle.ledger.spent == 0
     # the bound itself is allowed
-    spec.run(env.problem, oracle, 20, np.random.default_rng(0), **good)
+    spec.configure(**good).learner(env.problem, oracle, 20, np.random.default_rng(0))
     assert oracle.ledger.spent == 20
 
 
@@ -422,7 +432,7 @@ def test_sequential_learners_return_their_best_estimated_arm(name: str) -> None:
     # 3 prompts, N_max 1, scores 0.2, 0.5, 0.9: the best is the last arm; T = 4000 sees all
     env = noiseless_bon([0.2, 0.5, 0.9], [0.0] * 3, 1, {"only": 0.0})
     result = run(name, env, 4000)
-    assert [r["spent"] for r in result.trace.rounds] == [80] * 50  # 50 batches of T / 50
+    assert [r.spent for r in result.trace.rounds] == [80] * 50  # 50 batches of T / 50
     (choice,) = result.choices
     assert (choice.prompt, choice.n, choice.q_hat) == (2, 1, pytest.approx(0.9))
     assert choice.samples == pulls_per_prompt(result.trace.rounds)[2]
@@ -445,8 +455,8 @@ def test_greedy_never_leaves_a_seen_arm_scoring_above_zero_for_an_unseen_one() -
     env = noiseless_bon([0.5, 0.4, 0.3], [0.0] * 3, 1, {"only": 0.0})
     for seed in range(3):
         oracle = SimulatedOracle(env, np.arange(3), 10, np.random.default_rng(seed))
-        result = get_learner("egreedy").run(env.problem, oracle, 10, np.random.default_rng(seed),
-                                            epsilon=0.0)
+        greedy = get_learner("egreedy").configure(epsilon=0.0).learner
+        result = greedy(env.problem, oracle, 10, np.random.default_rng(seed))
         assert len(pulls_per_prompt(result.trace.rounds)) == 1
 
 
@@ -462,8 +472,8 @@ def test_sequential_learners_draw_contexts_by_their_probabilities() -> None:
                                probabilities=[0.8, 0.2])
     problem = Problem(base.name, base.aggregator, base.prompts, base.n_max, grid, base.cost)
     oracle = SimulatedOracle(env, np.arange(3), 4000, np.random.default_rng(0))
-    result = get_learner("egreedy").run(problem, oracle, 4000, np.random.default_rng(1),
-                                        epsilon=0.0)
+    greedy = get_learner("egreedy").configure(epsilon=0.0).learner
+    result = greedy(problem, oracle, 4000, np.random.default_rng(1))
     first = pulls_per_prompt(result.trace.rounds[:1])
     assert first[0] > 0 and first[1] > 0
     later = pulls_per_prompt(result.trace.rounds[1:])
@@ -478,9 +488,9 @@ def test_a_learner_spends_exactly_t_more_on_an_oracle_that_spent_before(name: st
     env = noiseless_bon([0.3, 0.9, 0.1, 0.7, 0.5, 0.8], [0.01] * 6, 4, {"lo": 0.0, "hi": 1.0})
     oracle = SimulatedOracle(env, np.arange(3), 1000, np.random.default_rng(0))
     oracle.pull([Pull(0, 4, 10)])  # 40 completions spent before the learner starts
-    result = get_learner(name).run(env.problem, oracle, 500, np.random.default_rng(1))
+    result = get_learner(name).learner(env.problem, oracle, 500, np.random.default_rng(1))
     assert oracle.ledger.spent == 540 and result.trace.completions_used == 500
-    assert sum(r["spent"] for r in result.trace.rounds) == 500
+    assert sum(r.spent for r in result.trace.rounds) == 500
 
 
 @pytest.mark.parametrize("budget", [-1, 2.5])
@@ -490,7 +500,7 @@ def test_a_budget_must_be_a_whole_non_negative_number(name: str, budget: float) 
     env = noiseless_bon([0.5, 0.4], [0.0, 0.0], 2, {"only": 0.0})
     oracle = SimulatedOracle(env, np.arange(3), 10, np.random.default_rng(0))
     with pytest.raises(ValueError, match=f"budget T={budget} must be a non-negative integer"):
-        get_learner(name).run(env.problem, oracle, budget, np.random.default_rng(0))
+        get_learner(name).learner(env.problem, oracle, budget, np.random.default_rng(0))
     assert oracle.ledger.spent == 0
 
 
@@ -502,10 +512,10 @@ def test_psst_with_fewer_rounds_than_the_paper_trims_faster(est: str) -> None:
     # M = 2 + 1 = 3, 4 groups each) keeps 1.
     env = noiseless_bon([0.9, 0.5, 0.7, 0.1], [0.3] * 4, 2, {"only": 1.0})
     result = run(f"psst{est}", env, 20)
-    got = [(r["allowance"], pulls(r), r["alive"]) for r in result.trace.rounds]
+    got = [(r.allowance, pulls(r), list(r.alive)) for r in result.trace.rounds]
     assert got == [(10, [(p, 2, 1) for p in range(4)], [3]),
                    (12, [(0, 2, 4), (2, 1, 4)], [1])]
-    assert result.trace.info["rounds"] == 2 and result.trace.info["rounds_paper"] == 3
+    assert result.trace.info["rounds_run"] == 2 and result.trace.info["rounds_paper"] == 3
     assert result.trace.notes == [
         "2 rounds instead of the paper's 3: T=20 pays for at most 2 rounds of 8 completions"]
     assert (result.choices[0].prompt, result.choices[0].n) == (0, 1)
@@ -535,11 +545,11 @@ def test_top_k_screening_is_skipped_when_it_cannot_screen(budget: int, k: int,
                                                          note: str) -> None:
     env = noiseless_bon(FIRST, [0.01] * 10, 2, {"b": 0.1})
     oracle = SimulatedOracle(env, np.arange(3), budget, np.random.default_rng(0))
-    result = get_learner("psst-k1").run(env.problem, oracle, budget, np.random.default_rng(1),
-                                        k=k)
+    screen = get_learner("psst-k1").configure(k=k).learner
+    result = screen(env.problem, oracle, budget, np.random.default_rng(1))
     assert result.trace.notes[0] == note
     # plain PSST over every arm: its first round pulls every prompt at N_max
-    assert result.trace.rounds[0]["round"] == 1
+    assert result.trace.rounds[0].round == 1
     assert {p[:2] for p in pulls(result.trace.rounds[0])} == {(p, 2) for p in range(10)}
     assert oracle.ledger.spent == budget
 
@@ -561,7 +571,7 @@ def test_psst_model_pulls_every_live_prompt_at_min_of_group_and_n_max(name: str)
     r1, r2, r3 = result.trace.rounds
     assert pulls(r1) == [(p, 2, 4) for p in range(4)]  # M = 8, floor(33 / 8) = 4
     assert pulls(r2) == [(0, 2, 5), (1, 2, 5), (2, 2, 5)]  # M = 6, floor(34 / 6) = 5
-    assert [r["alive"] for r in (r1, r2, r3)] == [[4], [2], [1]]
+    assert [list(r.alive) for r in (r1, r2, r3)] == [[4], [2], [1]]
 
 
 def test_psst_model_estimates_mv_with_a_dirichlet_half_prior() -> None:
@@ -601,8 +611,8 @@ def test_sequential_batches_stay_within_their_allowance(name: str) -> None:
         result = run(name, env, 100, seed)
         for r in result.trace.rounds:
             decisions = sum(m for _, _, m in pulls(r))
-            assert r["spent"] <= r["allowance"] or decisions == 1
-            assert r["alive"] == [4]
+            assert r.spent <= r.allowance or decisions == 1
+            assert list(r.alive) == [4]
         assert result.trace.completions_used == 100
 
 
@@ -636,3 +646,82 @@ def test_psst_model_caps_its_group_size_on_a_small_budget() -> None:
     assert "T=6: groups of 1 (scale cap)" in result.trace.notes
     assert all(n == 1 for r in result.trace.rounds for _, n, _ in pulls(r))
     assert result.trace.completions_used == 6
+
+
+# ---------------------------------------------------------------- the learners' shape
+
+
+@pytest.mark.parametrize("stockpile, samples", [(True, 30), (False, 20)])
+def test_psst_without_stockpiling_estimates_from_the_last_round_alone(stockpile: bool,
+                                                                      samples: int) -> None:
+    # 2 prompts, N_max 2, Q(p, n) = v_p - 0.1 n with v = 0.9, 0.1: |A| = 4, R = 2, T = 40.
+    # Round 1 (20): both prompts at N = 2, 5 groups each; prompt 0's two arms are kept.
+    # Round 2 (20): prompt 0 at N = 2, 10 groups. The choice (0, 1) has 2 blocks per group:
+    # 10 + 20 = 30 when stockpiling, 20 from round 2 alone when not.
+    env = noiseless_bon([0.9, 0.1], [0.1, 0.1], 2, {"b": 1.0})
+    oracle = SimulatedOracle(env, np.arange(3), 40, np.random.default_rng(0))
+    learner = PSST(stockpile=stockpile)
+    result = learner(env.problem, oracle, 40, np.random.default_rng(1))
+    assert [(pulls(r), list(r.alive)) for r in result.trace.rounds] == [
+        ([(0, 2, 5), (1, 2, 5)], [2]), ([(0, 2, 10)], [1])]
+    (choice,) = result.choices
+    assert (choice.prompt, choice.n, choice.samples) == (0, 1, samples)
+    assert choice.q_hat == pytest.approx(0.8)
+
+
+def test_learners_are_frozen_keyword_only_and_validated_when_made() -> None:
+    learner = EpsilonGreedy(epsilon=0.3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        learner.epsilon = 0.5  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        EpsilonGreedy(0.3)  # type: ignore[misc]
+    with pytest.raises(InputError, match="epsilon=2"):
+        EpsilonGreedy(epsilon=2)
+    with pytest.raises(InputError, match="estimator 'magic' is unknown"):
+        PSST(estimator="magic")
+    with pytest.raises(InputError, match="K=0"):
+        TopKScreening(k=0)
+    with pytest.raises(InputError, match="group=0"):
+        PSSTModel(group=0)
+    with pytest.raises(InputError, match="deploy='n2'"):
+        TripleSH(deploy="n2")  # type: ignore[arg-type]
+    spec = get_learner("egreedy")
+    assert spec.parameters == {"epsilon": 0.15, "batches": 50, "estimator": "blocks"}
+    assert spec.configure(epsilon=0.3).learner == learner
+    with pytest.raises(InputError, match="'egreedy' has no parameter k; its parameters: "
+                                         "epsilon, batches, estimator"):
+        spec.configure(k=3)
+    assert get_learner("psst-model").estimators == ("blocks",)
+    assert get_learner("psst-model").parameters == {"group": 2, "alpha": 0.5}
+    assert get_learner("psst-k4:subsets").learner == TopKScreening(k=4, estimator="subsets")
+
+
+def test_screening_hands_its_trace_to_psst() -> None:
+    # ten prompts, N_max 2, T = 1000: round 0 screens (200 = 20 per prompt at N = 1), then PSST
+    # runs on 800 and goes on with the same trace: its rounds follow, numbered from 1, and the
+    # completions used are the sum over all rounds
+    env = noiseless_bon(FIRST, [0.01] * 10, 2, {"b": 0.1})
+    result = run("psst-k4", env, 1000)
+    rounds = result.trace.rounds
+    assert [r.round for r in rounds] == list(range(len(rounds)))
+    assert rounds[0].pulls == tuple((q, 1, 20) for q in range(10))
+    assert result.trace.completions_used == sum(r.spent for r in rounds) == 1000
+    assert all(isinstance(r, Round) for r in rounds)
+    assert result.trace.to_dict()["rounds"][0] == {
+        "round": 0, "allowance": 200, "spent": 200, "pulls": [[q, 1, 20] for q in range(10)],
+        "alive": [8]}
+
+
+def test_train_policy_takes_a_configured_learner_and_records_its_parameters() -> None:
+    from iapo import get_environment, train_policy
+
+    env = get_environment("math")
+    spec = get_learner("psst-k4").configure(rho=0.5)
+    policy = train_policy(env, spec, budget=1000, seed=0)
+    assert policy.learner == "psst-k4"
+    assert policy.trace["parameters"] == {"k": 4, "rho": 0.5, "estimator": "blocks"}
+    # rho = 0.5: the screening round spends floor(500 / P) per prompt at N = 1
+    (screen, *_) = policy.trace["rounds"]
+    assert screen["round"] == 0 and screen["allowance"] == 500
+    with pytest.raises(InputError, match=r"spec.configure\(estimator=...\)"):
+        train_policy(env, spec, budget=1000, seed=0, estimator="subsets")

@@ -76,7 +76,8 @@ def test_psst_schedule_matches_hand_computed_one() -> None:
     env = sure_thing_env()
     oracle = oracle_for(env, 120)
     result = psst(env.problem, oracle, 120, np.random.default_rng(0))
-    rounds = [(r["allowance"], r["spent"], r["pulls"], r["alive"]) for r in result.trace.rounds]
+    rounds = [(r.allowance, r.spent, [list(x) for x in r.pulls], list(r.alive))
+              for r in result.trace.rounds]
     # |A| = 8, R = 3, 40 completions a round.
     # r1: both prompts at N=4, floor(40/8) = 5 groups each; keep the 4 arms of prompt 0.
     # r2: prompt 0 at N=4, 10 groups; keep (0,1), (0,2).  r3: prompt 0 at N=2, 20 groups.
@@ -93,7 +94,7 @@ def test_psst_carries_unspent_budget_forward() -> None:
     env = sure_thing_env()
     result = psst(env.problem, oracle_for(env, 100), 100, np.random.default_rng(0))
     # allowances: 33, then 66 - 32 = 34, then 100 - 64 = 36 (the carry of 1, then 2)
-    spent = [(r["allowance"], r["spent"]) for r in result.trace.rounds]
+    spent = [(r.allowance, r.spent) for r in result.trace.rounds]
     assert spent == [(33, 32), (34, 32), (36, 36)]
     assert result.trace.completions_used == 100
 
@@ -101,11 +102,11 @@ def test_psst_carries_unspent_budget_forward() -> None:
 def test_small_budget_fewer_rounds_and_top_up() -> None:
     env = sure_thing_env()
     result = psst(env.problem, oracle_for(env, 10), 10, np.random.default_rng(0))
-    assert result.trace.info["rounds"] == 1 and result.trace.info["rounds_paper"] == 3
+    assert result.trace.info["rounds_run"] == 1 and result.trace.info["rounds_paper"] == 3
     (r,) = result.trace.rounds
     # one group of each prompt at N=4 (8), then 2 left over: one more group at N=2
-    assert r["pulls"][:2] == [[0, 4, 1], [1, 4, 1]]
-    assert r["pulls"][2][1:] == [2, 1]
+    assert r.pulls[:2] == ((0, 4, 1), (1, 4, 1))
+    assert r.pulls[2][1:] == (2, 1)
     assert result.trace.completions_used == 10
     assert any("rounds instead of" in note for note in result.trace.notes)
 
@@ -114,7 +115,7 @@ def test_scale_cap_when_one_pull_of_every_prompt_is_unaffordable() -> None:
     env = sure_thing_env()
     result = psst(env.problem, oracle_for(env, 6), 6, np.random.default_rng(0))
     assert result.trace.info["scale_cap"] == 3
-    assert result.trace.rounds[0]["pulls"] == [[0, 3, 1], [1, 3, 1]]
+    assert result.trace.rounds[0].pulls == ((0, 3, 1), (1, 3, 1))
     assert result.choices[0].n <= 3
     assert any("scale cap" in note for note in result.trace.notes)
 
@@ -123,7 +124,7 @@ def test_budget_below_one_per_prompt_keeps_random_prompts() -> None:
     env = sure_thing_env()
     result = psst(env.problem, oracle_for(env, 1), 1, np.random.default_rng(0))
     assert result.trace.completions_used == 1
-    assert result.trace.rounds[0]["pulls"][0][1:] == [1, 1]
+    assert result.trace.rounds[0].pulls[0][1:] == (1, 1)
     zero = psst(env.problem, oracle_for(env, 0), 0, np.random.default_rng(0))
     assert zero.trace.completions_used == 0 and len(zero.choices) == 1
 
@@ -209,7 +210,7 @@ def test_ledger_never_exceeds_budget(learner: str, env_kind: str, budget: int, s
            else synth_categorical(seed % 5, n_prompts=5, n_queries=40, n_max=8))
     p = env.problem
     oracle = oracle_for(env, budget, seed)
-    result = get_learner(learner).run(p, oracle, budget, np.random.default_rng(seed))
+    result = get_learner(learner).learner(p, oracle, budget, np.random.default_rng(seed))
     assert oracle.ledger.spent <= budget
     assert result.trace.completions_used == oracle.ledger.spent
     if budget >= p.n_prompts * p.n_max:
@@ -269,12 +270,12 @@ def test_top_k_screening_keeps_k_prompts_per_context() -> None:
 
     env = synth_categorical(0, n_prompts=10, n_queries=50, n_max=8)
     oracle = oracle_for(env, 4000)
-    result = get_learner("psst-k4").run(env.problem, oracle, 4000, np.random.default_rng(0))
+    result = get_learner("psst-k4").learner(env.problem, oracle, 4000, np.random.default_rng(0))
     screening = result.trace.rounds[0]
-    assert screening["round"] == 0
+    assert screening.round == 0
     # rho T = 800 at N = 1: 80 per prompt
-    assert screening["pulls"] == [[p, 1, 80] for p in range(10)]
-    assert screening["alive"] == [4 * 8] * env.problem.n_contexts
+    assert screening.pulls == tuple((p, 1, 80) for p in range(10))
+    assert list(screening.alive) == [4 * 8] * env.problem.n_contexts
     screened = result.trace.info["screened_prompts"]
     for chosen, kept in zip(result.choices, screened, strict=True):
         assert chosen.prompt in kept

@@ -123,10 +123,10 @@ def test_psst_model_learns_the_easy_problem(name: str) -> None:
     env = MVEnvironment("sure", probs, np.zeros(10, dtype=np.int16), [0.1, 0.1],
                         {"high": 1.0}, 4, cacheable=False)
     oracle = SimulatedOracle(env, np.arange(10), 200, np.random.default_rng(0))
-    result = get_learner(name).run(env.problem, oracle, 200, np.random.default_rng(1))
+    result = get_learner(name).learner(env.problem, oracle, 200, np.random.default_rng(1))
     assert (result.choices[0].prompt, result.choices[0].n) == (0, 1)
     assert oracle.ledger.spent == 200
-    pulled = {tuple(x[:2]) for r in result.trace.rounds for x in r["pulls"]}
+    pulled = {tuple(x[:2]) for r in result.trace.rounds for x in r.pulls}
     group = 2 if name == "psst-model" else 4
     assert all(n <= group for _, n in pulled)
 
@@ -136,7 +136,7 @@ def test_psst_model_runs_on_best_of_n() -> None:
 
     env: BoNEnvironment = synth_categorical(3, n_prompts=6, n_queries=40, n_max=8)
     oracle = SimulatedOracle(env, np.arange(40), 1500, np.random.default_rng(0))
-    result = get_learner("psst-model").run(env.problem, oracle, 1500, np.random.default_rng(1))
+    result = get_learner("psst-model").learner(env.problem, oracle, 1500, np.random.default_rng(1))
     assert oracle.ledger.spent == 1500 and len(result.choices) == env.problem.n_contexts
 
 
@@ -174,7 +174,7 @@ def test_psst_model_runs_through_the_live_oracle(tmp_path) -> None:  # type: ign
         runtime = TaskRuntime(task, load_records(task.data_path))
         with CompletionStore(tmp_path / "s.sqlite") as store:
             oracle = LiveOracle(runtime, store, np.arange(6), 24, np.random.default_rng(0))
-            result = get_learner("psst-model").run(runtime.problem, oracle, 24,
+            result = get_learner("psst-model").learner(runtime.problem, oracle, 24,
                                                    np.random.default_rng(1))
             assert oracle.ledger.spent == 24 == store.count() == len(srv.requests)
             # every answer is gold "A": the model's credit is high for both prompts

@@ -12,7 +12,20 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from iapo.bound import theorem1
     from iapo.envs import Environment, get_environment, load_environment
-    from iapo.learners import LEARNERS, get_learner
+    from iapo.errors import InputError
+    from iapo.learners import (
+        LEARNERS,
+        PSST,
+        UCB,
+        EpsilonGreedy,
+        LearnerSpec,
+        PSSTModel,
+        Softmax,
+        TopKScreening,
+        TripleSH,
+        Uniform,
+        get_learner,
+    )
     from iapo.oracle import BudgetExceededError, Ledger, Observation, Pull, SimulatedOracle
     from iapo.policy import Policy, PolicyError
     from iapo.problem import (
@@ -37,7 +50,10 @@ _HOME = {
     "ProblemError": "iapo.problem", "train_test_split": "iapo.split",
     "load_environment": "iapo.envs", "LEARNERS": "iapo.learners", "get_learner": "iapo.learners",
     "Policy": "iapo.policy", "PolicyError": "iapo.policy", "train_policy": "iapo.training",
-    "evaluate_policy": "iapo.training", "theorem1": "iapo.bound",
+    "evaluate_policy": "iapo.training", "theorem1": "iapo.bound", "InputError": "iapo.errors",
+    **{name: "iapo.learners" for name in ("PSST", "UCB", "EpsilonGreedy", "LearnerSpec",
+                                          "PSSTModel", "Softmax", "TopKScreening", "TripleSH",
+                                          "Uniform")},
 }
 
 
@@ -54,21 +70,31 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LEARNERS",
+    "PSST",
+    "UCB",
     "Arm",
     "BudgetExceededError",
     "Context",
     "ContextGrid",
     "CostObjective",
     "Environment",
+    "EpsilonGreedy",
+    "InputError",
+    "LearnerSpec",
     "Ledger",
     "Objective",
     "Observation",
+    "PSSTModel",
     "Policy",
     "PolicyError",
     "Problem",
     "ProblemError",
     "Pull",
     "SimulatedOracle",
+    "Softmax",
+    "TopKScreening",
+    "TripleSH",
+    "Uniform",
     "evaluate_policy",
     "get_environment",
     "get_learner",

@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from iapo.envs.base import Environment
+from iapo.errors import InputError
 from iapo.learners.psst import rounds_for
 from iapo.problem import Arm
 
@@ -60,7 +61,7 @@ class Bound:
     def budget_for(self, delta: float) -> float:
         """The budget T that the theorem says suffices for failure probability ``delta``."""
         if not 0 < delta < 1:
-            raise ValueError(f"delta={delta} must lie strictly between 0 and 1")
+            raise InputError(f"delta={delta} must lie strictly between 0 and 1, e.g. 0.05")
         c = len(self.contexts)
         return self.m * self.rounds * math.log(3 * c * self.rounds / delta)
 

@@ -18,17 +18,26 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _is_user_error(e: Exception) -> bool:
-    """Whether ``e`` is one of the library's validation errors (all ValueErrors but two)."""
-    if isinstance(e, ValueError):  # ProblemError, DataError, PolicyError, BenchError, ...
+    """Whether ``e`` is bad input from the user rather than a defect of iapo.
+
+    Exactly three kinds are: :class:`iapo.errors.InputError` (the base of ProblemError,
+    DataError, PolicyError, TaskError, BenchError, ... and of every other bad-input error),
+    an unknown environment name (a KeyError) and a pull past the budget (a RuntimeError).
+    Any other exception, a plain ValueError included, is a defect and keeps its traceback.
+    """
+    from iapo.errors import InputError
+
+    if isinstance(e, InputError):
         return True
     from iapo.envs.registry import UnknownEnvironmentError
-    from iapo.oracle import BudgetExceededError
+    from iapo.pulls import BudgetExceededError
 
     return isinstance(e, (UnknownEnvironmentError, BudgetExceededError))
 
 
 def _user_errors(fn: F) -> F:
-    """Turn the library's validation errors into one clear line and exit status 2."""
+    """Turn bad input from the user (see :func:`_is_user_error`) into one clear line and exit
+    status 2; let every other exception through with its traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

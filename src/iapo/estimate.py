@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 from scipy.special import gammaln
 
+from iapo.errors import InputError
 from iapo.exact import mv_subset_credit
 from iapo.memo import Memo
 from iapo.problem import Problem
@@ -74,6 +76,26 @@ def _window_max(values: FloatArray, start: npt.NDArray[np.intp],
     return out
 
 
+class Estimator(Protocol):
+    """What a learner reads and feeds: Q estimates for every arm, and how much data is behind
+    them. :class:`QTable` (blocks or subsets of the groups) and
+    :class:`iapo.model.ModelQTable` (a per-query model) implement it."""
+
+    @property
+    def mean(self) -> FloatArray:
+        """Estimated Q(c, p, n): [C, P, N_max], NaN where there is no data."""
+        ...
+
+    @property
+    def counts(self) -> npt.NDArray[np.int64]:
+        """Data behind each arm's estimate (0: none): [P, N_max]."""
+        ...
+
+    def update(self, observations: Sequence[Observation]) -> None:
+        """Take in a batch of the oracle's observations."""
+        ...
+
+
 class QTable:
     """Stockpiled block statistics: sums and sums of squares [C, P, N_max], counts [P, N_max].
 
@@ -82,9 +104,9 @@ class QTable:
 
     def __init__(self, problem: Problem, estimator: str = "blocks") -> None:
         if estimator not in ESTIMATORS:
-            raise ValueError(f"estimator '{estimator}' is unknown; use one of {list(ESTIMATORS)}")
+            raise InputError(f"estimator '{estimator}' is unknown; use one of {list(ESTIMATORS)}")
         if estimator == "subsets" and problem.aggregator == "mixed":
-            raise ValueError("the subsets estimator supports mv and bon problems, not mixed; "
+            raise InputError("the subsets estimator supports mv and bon problems, not mixed; "
                              "use blocks")
         self.problem = problem
         self.estimator = estimator

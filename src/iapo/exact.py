@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.special import gammaln
 
+from iapo.errors import InputError
 from iapo.utility import gold_first, unique_rows
 
 FloatArray = npt.NDArray[np.float64]
@@ -88,8 +89,9 @@ def mv_credit_probability(
     if n_cat == 1:
         return np.ones((m_rows, n_max))
     if n_max > MV_N_MAX_LIMIT:
-        raise ValueError(
-            f"exact MV tables support N_max up to {MV_N_MAX_LIMIT}; got {n_max}"
+        raise InputError(
+            f"exact MV tables support N_max up to {MV_N_MAX_LIMIT}; got {n_max}: lower the "
+            "environment's n_max"
         )
     # MV credit depends only on (gold prob, other probs sorted), and real data repeats it
     keys, inverse = unique_rows(gold_first(p, gi))

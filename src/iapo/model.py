@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from iapo.errors import InputError
 from iapo.exact import mv_polya_credit
 from iapo.memo import Memo
 from iapo.problem import Problem
@@ -43,9 +44,10 @@ class ModelQTable:
 
     def __init__(self, problem: Problem, alpha: float = 0.5) -> None:
         if problem.aggregator == "mixed":
-            raise ValueError("the model-based estimator supports mv and bon problems, not mixed")
+            raise InputError("the model-based estimator supports mv and bon problems, not mixed; "
+                             "use psst")
         if not alpha > 0:
-            raise ValueError(f"alpha={alpha} must be positive")
+            raise InputError(f"alpha={alpha} must be positive")
         self.problem = problem
         self.alpha = float(alpha)
         p, n = problem.n_prompts, problem.n_max

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from iapo.errors import InputError
 from iapo.pulls import (
     BudgetExceededError,
     Ledger,
@@ -48,9 +49,11 @@ class SimulatedOracle:
         self.problem = env.problem
         self.queries = np.asarray(queries, dtype=np.int64)
         if self.queries.size == 0:
-            raise ValueError("the oracle needs at least one training query")
+            raise InputError("the oracle needs at least one training query; pass the indices "
+                             "of the queries it may draw from")
         if self.queries.min() < 0 or self.queries.max() >= env.n_queries:
-            raise ValueError(f"training queries must lie in 0..{env.n_queries - 1}")
+            raise InputError(f"training queries must lie in 0..{env.n_queries - 1}, the queries "
+                             f"of '{env.name}'")
         self.ledger = Ledger(budget)
         self.rng = rng
 
@@ -61,7 +64,7 @@ class SimulatedOracle:
             return self.queries
         pool = self.queries[observed[prompt, self.queries]]
         if pool.size == 0:
-            raise ValueError(f"prompt {prompt} has no data on any training query of "
+            raise InputError(f"prompt {prompt} has no data on any training query of "
                              f"'{self.env.name}'; collect more before training on it")
         return pool
 

@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from iapo.errors import InputError
 from iapo.problem import Choice
 
 FORMAT = "iapo-policy/1"
 
 
-class PolicyError(ValueError):
+class PolicyError(InputError):
     """A policy file is missing, malformed or does not fit the environment."""
 
 

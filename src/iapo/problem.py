@@ -17,12 +17,14 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from iapo.errors import InputError
+
 Aggregator = Literal["bon", "mv", "mixed"]
 AGGREGATORS: tuple[str, ...] = ("bon", "mv", "mixed")
 _PROB_TOL = 1e-6
 
 
-class ProblemError(ValueError):
+class ProblemError(InputError):
     """A problem, context or arm was specified wrongly; the message says how to fix it."""
 
 

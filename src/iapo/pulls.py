@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from iapo.errors import InputError
 from iapo.problem import Problem
 
 IntArray = npt.NDArray[np.int64]
@@ -64,7 +65,8 @@ class Ledger:
 
     def __init__(self, budget: int) -> None:
         if int(budget) != budget or budget < 0:
-            raise ValueError(f"budget T={budget} must be a non-negative integer")
+            raise InputError(f"budget T={budget} must be a non-negative integer (a number of "
+                             "completions)")
         self.budget = int(budget)
         self.spent = 0
 
@@ -105,13 +107,13 @@ def validate_pulls(problem: Problem, requests: Sequence[Pull]) -> int:
         for name in ("prompt", "n", "count"):
             value = getattr(r, name)
             if isinstance(value, bool) or not isinstance(value, int | np.integer):
-                raise ValueError(f"pull {name} {value!r} must be an integer")
+                raise InputError(f"pull {name} {value!r} must be an integer")
         if not 0 <= r.prompt < problem.n_prompts:
-            raise ValueError(
+            raise InputError(
                 f"pull names prompt {r.prompt}; prompts are 0..{problem.n_prompts - 1}"
             )
         problem.check_n(r.n)
         if int(r.count) != r.count or r.count < 0:
-            raise ValueError(f"pull count {r.count} must be a non-negative integer")
+            raise InputError(f"pull count {r.count} must be a non-negative integer")
         total += r.cost
     return total

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from iapo.errors import InputError
+
 SeedLike = int | np.random.SeedSequence | np.random.Generator
 
 
@@ -16,9 +18,11 @@ def train_test_split(
     The test part holds round(test_fraction * n_queries) queries (at least one of each part).
     """
     if n_queries < 2:
-        raise ValueError(f"a split needs at least 2 queries; got {n_queries}")
+        raise InputError(f"a split needs at least 2 queries (one to train on, one to test "
+                         f"on); got {n_queries}")
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction {test_fraction} must lie strictly between 0 and 1")
+        raise InputError(f"test_fraction {test_fraction} must lie strictly between 0 and 1, "
+                         "e.g. 0.2")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     perm = rng.permutation(n_queries)
     n_test = min(max(1, round(test_fraction * n_queries)), n_queries - 1)

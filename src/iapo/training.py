@@ -8,7 +8,8 @@ import numpy as np
 import numpy.typing as npt
 
 from iapo.envs.base import acr, optimal_acr, policy_values
-from iapo.learners import get_learner
+from iapo.errors import InputError
+from iapo.learners import LearnerSpec, get_learner
 from iapo.learners.base import Choice
 from iapo.oracle import SimulatedOracle
 from iapo.policy import Policy, PolicyError
@@ -35,19 +36,27 @@ def regret_parts(
 
 def train_policy(
     env: Environment,
-    learner: str,
+    learner: str | LearnerSpec,
     budget: int,
     seed: int,
     test_fraction: float = 0.2,
     estimator: str | None = None,
 ) -> Policy:
-    """Split the queries from ``seed`` (80/20 by default), train ``learner`` on the training
-    part with budget T through a simulated oracle, and return the policy."""
-    spec = get_learner(learner, estimator)
+    """Split the queries from ``seed`` (80/20 by default), train ``learner`` (a name, e.g.
+    ``"psst:subsets"``, or a spec such as ``get_learner("egreedy").configure(epsilon=0.05)``)
+    on the training part with budget T through a simulated oracle, and return the policy. Its
+    trace records the learner's parameters."""
+    if isinstance(learner, LearnerSpec):
+        if estimator is not None:
+            raise InputError("give a learner spec its estimator with "
+                             "spec.configure(estimator=...), not estimator=")
+        spec = learner
+    else:
+        spec = get_learner(learner, estimator)
     split_seq, oracle_seq, learner_seq = np.random.SeedSequence(seed).spawn(3)
     train, test = train_test_split(env.n_queries, split_seq, test_fraction)
     oracle = SimulatedOracle(env, train, budget, np.random.default_rng(oracle_seq))
-    result = spec.run(env.problem, oracle, budget, np.random.default_rng(learner_seq))
+    result = spec.learner(env.problem, oracle, budget, np.random.default_rng(learner_seq))
     return Policy(
         env=env.name,
         learner=spec.name,
@@ -57,7 +66,7 @@ def train_policy(
         split={"seed": int(seed), "test_fraction": test_fraction, "test": test.tolist()},
         contexts=env.problem.grid.keys,
         choices=result.choices,
-        trace=result.trace.to_dict(),
+        trace={**result.trace.to_dict(), "parameters": spec.parameters},
     )
 
 

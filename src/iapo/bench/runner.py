@@ -35,6 +35,7 @@ import numpy.typing as npt
 from iapo.envs import Environment, get_environment
 from iapo.envs.base import acr, optimal_acr
 from iapo.envs.registry import ENVIRONMENTS
+from iapo.errors import InputError
 from iapo.learners import get_learner
 from iapo.oracle import SimulatedOracle
 from iapo.split import train_test_split
@@ -45,7 +46,7 @@ PAPER_BUDGETS = (1000, 2000, 5000, 10000, 20000)
 BACKENDS = ("loky", "ray", "dask")
 
 
-class BenchError(ValueError):
+class BenchError(InputError):
     """A bench was configured wrongly, or its output folder belongs to another bench."""
 
 
@@ -141,7 +142,7 @@ def run_unit(
     for learner, budget in cells:
         oracle, rng = run_oracle(env, train, learner, budget, seed, run)
         t0 = time.perf_counter()
-        result = get_learner(learner).run(problem, oracle, budget, rng)
+        result = get_learner(learner).learner(problem, oracle, budget, rng)
         seconds = time.perf_counter() - t0
         value = acr(q, result.choices, probs)
         rows.append({
@@ -224,7 +225,14 @@ def execute(
     out.mkdir(parents=True, exist_ok=True)
     meta = out / "bench.json"
     if meta.exists():
-        old = json.loads(meta.read_text())
+        try:
+            old = json.loads(meta.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as e:  # JSON and UTF-8 errors included
+            raise BenchError(f"{meta} is not a bench's bench.json ({e}); use another --out or "
+                             "remove the file") from e
+        if not isinstance(old, dict):
+            raise BenchError(f"{meta} is not a bench's bench.json (not a JSON object); use "
+                             "another --out or remove the file")
         if old.get("identity") != config.identity():
             raise BenchError(
                 f"{out} holds a bench with {old.get('identity')}, not {config.identity()}; "

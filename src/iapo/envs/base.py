@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from iapo.cache import load_or_compute
+from iapo.errors import InputError
 from iapo.problem import Arm, Choice, Problem
 
 FloatArray = npt.NDArray[np.float64]
@@ -58,7 +59,8 @@ class QueryTable:
         where it was observed (so Q stays defined on any split)."""
         idx = None if queries is None else np.asarray(queries, dtype=np.intp)
         if idx is not None and idx.size == 0:
-            raise ValueError("Q needs at least one query")
+            raise InputError("Q needs at least one query; pass query indices, or None for all "
+                             "queries")
         if self.observed is not None:
             task, cost = self._masked_means(idx)
         elif idx is None:

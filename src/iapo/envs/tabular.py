@@ -47,12 +47,13 @@ import numpy as np
 import numpy.typing as npt
 
 from iapo.envs.base import Environment, FloatArray, IntArray, Sample
+from iapo.errors import InputError
 from iapo.problem import ContextGrid, CostObjective, Objective, Problem, ProblemError
 
 _TOL = 1e-6
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """An environment's data is malformed; the message names the array and the problem."""
 
 

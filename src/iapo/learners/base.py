@@ -1,4 +1,5 @@
-"""What every learner returns: a choice per context and a trace of how the budget was spent."""
+"""What every learner is and returns: the learner protocol, a choice per context, and a trace
+of how the budget was spent, round by round."""
 
 from __future__ import annotations
 
@@ -8,77 +9,105 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from iapo.estimate import QTable
+from iapo.errors import InputError
+from iapo.estimate import ESTIMATORS, Estimator
 from iapo.problem import Arm, Choice, Problem
 from iapo.pulls import Oracle, Pull
 
-__all__ = ["Choice", "Learner", "LearnerResult", "Trace", "best_choices", "check_budget",
-           "round_record"]
+__all__ = ["Choice", "Learner", "LearnerResult", "Round", "Trace", "best_choices",
+           "check_batches", "check_budget", "check_estimator", "round_record"]
+
+
+@dataclass(frozen=True)
+class Round:
+    """One round of a run, as it happened: ``allowance`` (completions it could spend),
+    ``spent``, ``pulls`` ((prompt, n, groups), ...) and ``alive`` (arms alive per context
+    after the round's trimming, [C]). Round 0 is a screening round before PSST's first."""
+
+    round: int
+    allowance: int
+    spent: int
+    pulls: tuple[tuple[int, int, int], ...]
+    alive: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"round": self.round, "allowance": self.allowance, "spent": self.spent,
+                "pulls": [list(x) for x in self.pulls], "alive": list(self.alive)}
 
 
 @dataclass
 class Trace:
-    """How a run went: completions used, rounds, and per round what was pulled and kept.
-
-    Each round is a dict with keys ``round``, ``allowance`` (completions it could spend),
-    ``spent``, ``pulls`` ([[prompt, n, count], ...]) and ``alive`` (arms alive per context
-    after the round's trimming, [C]). ``notes`` say in words what was done differently from
-    the paper's schedule and why.
-    """
+    """How a run went: completions used, its rounds (:class:`Round`, frozen), and ``notes``
+    saying in words what was done differently from the paper's schedule and why. A learner
+    that runs another (Top-K screening, then PSST) hands it its trace to go on with."""
 
     completions_used: int = 0
-    rounds: list[dict[str, Any]] = field(default_factory=list)
+    rounds: list[Round] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            **self.info,  # never in place of the fields below (tested)
             "completions_used": self.completions_used,
-            "rounds": self.rounds,
+            "rounds": [r.to_dict() for r in self.rounds],
             "notes": self.notes,
-            **self.info,
         }
 
 
-@dataclass
+@dataclass(frozen=True)
 class LearnerResult:
     choices: list[Choice]
     trace: Trace
 
 
 class Learner(Protocol):
+    """A learner: ``learner(problem, oracle, budget, rng)`` spends at most ``budget``
+    completions through ``oracle`` and returns a choice per context. Its hyperparameters are
+    set when it is made (frozen, keyword-only, validated: see :mod:`iapo.learners`)."""
+
     def __call__(
         self, problem: Problem, oracle: Oracle, budget: int, rng: np.random.Generator
     ) -> LearnerResult: ...
 
 
-def round_record(r: int, allowance: int, pulls: Sequence[Pull], alive: np.ndarray
-                 ) -> dict[str, Any]:
+def round_record(r: int, allowance: int, pulls: Sequence[Pull], alive: np.ndarray) -> Round:
     """The trace's record of round ``r``: what it could spend, spent and pulled, and the arms
     alive per context after it (``alive`` [C, P, N] bool, or [C] counts)."""
     counts = alive.sum(axis=(1, 2)) if alive.ndim == 3 else alive
-    return {
-        "round": r,
-        "allowance": int(allowance),
-        "spent": int(sum(x.cost for x in pulls)),
-        "pulls": [[x.prompt, x.n, x.count] for x in pulls if x.count],
-        "alive": np.asarray(counts).tolist(),
-    }
+    return Round(
+        round=r,
+        allowance=int(allowance),
+        spent=int(sum(x.cost for x in pulls)),
+        pulls=tuple((x.prompt, x.n, x.count) for x in pulls if x.count),
+        alive=tuple(int(a) for a in np.asarray(counts)),
+    )
 
 
 def check_budget(oracle: Oracle, budget: int) -> int:
     if int(budget) != budget or budget < 0:
-        raise ValueError(f"budget T={budget} must be a non-negative integer")
+        raise InputError(f"budget T={budget} must be a non-negative integer")
     if budget > oracle.ledger.remaining:
-        raise ValueError(
+        raise InputError(
             f"budget T={budget} exceeds what the oracle's ledger still allows "
             f"({oracle.ledger.remaining})"
         )
     return int(budget)
 
 
+def check_estimator(estimator: str) -> None:
+    if estimator not in ESTIMATORS:
+        raise InputError(f"estimator '{estimator}' is unknown; use one of "
+                         f"{', '.join(ESTIMATORS)}")
+
+
+def check_batches(batches: int) -> None:
+    if int(batches) != batches or batches < 1:
+        raise InputError(f"batches={batches} must be an integer of at least 1")
+
+
 def best_choices(
-    stats: QTable, allowed: np.ndarray, rng: np.random.Generator
+    stats: Estimator, allowed: np.ndarray, rng: np.random.Generator
 ) -> list[Choice]:
     """Per context, the allowed arm with the highest estimate (random among ties).
 

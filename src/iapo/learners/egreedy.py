@@ -1,32 +1,49 @@
 """epsilon-greedy: the best estimated arm of the sampled context with probability 1 - epsilon,
-else a uniformly random arm (paper: epsilon = 0.15). Arms never observed count as 0."""
+else a uniformly random feasible arm (paper: epsilon = 0.15). Arms never observed count as 0."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from iapo.learners.base import LearnerResult
-from iapo.learners.sequential import argmax_random_ties, estimates_or_zero, sequential
+from iapo.errors import InputError
+from iapo.estimate import Estimator
+from iapo.learners.base import LearnerResult, check_batches, check_estimator
+from iapo.learners.sequential import (
+    BoolArray,
+    IntpArray,
+    argmax_random_ties,
+    estimates_or_zero,
+    sequential,
+)
 from iapo.problem import Problem
 from iapo.pulls import Oracle
 
 
-def learn_egreedy(
-    problem: Problem,
-    oracle: Oracle,
-    budget: int,
-    rng: np.random.Generator,
-    epsilon: float = 0.15,
-    batches: int = 50,
-    estimator: str = "blocks",
-) -> LearnerResult:
-    if not 0.0 <= epsilon <= 1.0:
-        raise ValueError(f"epsilon={epsilon} must lie in [0, 1]")
+@dataclass(frozen=True, kw_only=True)
+class EpsilonGreedy:
+    """epsilon-greedy over all arms with shared estimates, in ``batches`` decision batches."""
 
-    def select(stats, contexts, feasible, rng):  # type: ignore[no-untyped-def]
+    epsilon: float = 0.15
+    batches: int = 50
+    estimator: str = "blocks"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise InputError(f"epsilon={self.epsilon} must lie in [0, 1]")
+        check_batches(self.batches)
+        check_estimator(self.estimator)
+
+    def select(self, stats: Estimator, contexts: IntpArray, feasible: BoolArray,
+               rng: np.random.Generator) -> IntpArray:
         score = np.where(feasible, estimates_or_zero(stats), -np.inf)
         greedy = argmax_random_ties(score, contexts, rng)
-        explore = rng.random(contexts.size) < epsilon
-        return np.where(explore, rng.choice(np.flatnonzero(feasible), size=contexts.size), greedy)
+        explore = rng.random(contexts.size) < self.epsilon
+        return np.where(explore, rng.choice(np.flatnonzero(feasible), size=contexts.size),
+                        greedy)
 
-    return sequential(problem, oracle, budget, rng, select, batches, estimator)
+    def __call__(self, problem: Problem, oracle: Oracle, budget: int,
+                 rng: np.random.Generator) -> LearnerResult:
+        return sequential(problem, oracle, budget, rng, self.select, batches=self.batches,
+                          estimator=self.estimator)

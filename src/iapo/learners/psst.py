@@ -28,17 +28,20 @@ which applied):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from iapo.estimate import QTable
+from iapo.errors import InputError
+from iapo.estimate import Estimator, QTable
 from iapo.learners.base import (
     Choice,
     LearnerResult,
     Trace,
     best_choices,
     check_budget,
+    check_estimator,
     round_record,
 )
 from iapo.problem import Problem
@@ -73,7 +76,7 @@ def _top_scale(active: BoolArray) -> npt.NDArray[np.intp]:
 
 
 def trim(
-    active: BoolArray, stats: QTable, rounds_left: int, rng: np.random.Generator
+    active: BoolArray, stats: Estimator, rounds_left: int, rng: np.random.Generator
 ) -> BoolArray:
     """Keep the best ``keep_count`` active arms of every context (random among equals).
 
@@ -149,28 +152,31 @@ def psst(
     rng: np.random.Generator,
     *,
     active: BoolArray | None = None,
-    stats: QTable | None = None,
+    stats: Estimator | None = None,
     stockpile: bool = True,
     max_rounds: int | None = None,
     estimator: str = "blocks",
     pull_scale: int | None = None,
+    trace: Trace | None = None,
 ) -> LearnerResult:
     """Run PSST with budget T = ``budget`` completions.
 
     active: [C, P, N_max] arms each context starts with (all by default); stats: statistics
-    gathered before (e.g. by Top-K screening), kept when ``stockpile``; max_rounds: cap on
-    the rounds (1 gives the one-batch ``uniform`` baseline); estimator: how groups become
-    estimates, ``blocks`` (the paper's disjoint blocks) or ``subsets`` (U-statistics);
-    pull_scale: pull every active prompt in groups of this size instead of its largest active
-    N (for a model-based ``stats`` that estimates every N from small groups).
+    gathered before (e.g. by Top-K screening), kept when ``stockpile`` (else every round
+    starts a fresh ``QTable``); max_rounds: cap on the rounds (1 gives the one-batch
+    ``uniform`` baseline); estimator: how groups become estimates, ``blocks`` (the paper's
+    disjoint blocks) or ``subsets`` (U-statistics); pull_scale: pull every active prompt in
+    groups of this size instead of its largest active N (for a model-based ``stats`` that
+    estimates every N from small groups); trace: the trace of a learner that ran before on
+    the same budget (screening), which this run goes on with.
     """
     budget = check_budget(oracle, budget)
     c, p, n = problem.n_contexts, problem.n_prompts, problem.n_max
     flags = np.ones((c, p, n), dtype=bool) if active is None else np.array(active, dtype=bool)
     if flags.shape != (c, p, n) or not flags.any(axis=(1, 2)).all():
-        raise ValueError(f"active must be [C, P, N] = {(c, p, n)} with an arm in every context")
+        raise InputError(f"active must be [C, P, N] = {(c, p, n)} with an arm in every context")
     stats = stats if stats is not None else QTable(problem, estimator)
-    trace = Trace()
+    trace = trace if trace is not None else Trace()
     start = oracle.ledger.spent
     r_paper = rounds_for(int(flags.sum(axis=(1, 2)).max()))
     trace.info["rounds_paper"] = r_paper
@@ -208,7 +214,7 @@ def psst(
             f"{r_eff} rounds instead of the paper's {r_paper}: T={budget} pays for at most "
             f"{budget // max(first_cost, 1)} rounds of {first_cost} completions"
         )
-    trace.info["rounds"] = r_eff
+    trace.info["rounds_run"] = r_eff
 
     for r in range(r_eff):
         n_r = allowance(budget, r, r_eff, oracle.ledger.spent - start)  # rule 3
@@ -224,42 +230,70 @@ def psst(
         flags = trim(flags, stats, r_eff - r, rng)  # keep the better half per context
         trace.rounds.append(round_record(r + 1, n_r, pulls, flags))
 
-    trace.completions_used = oracle.ledger.spent - start
+    trace.completions_used += oracle.ledger.spent - start
     return LearnerResult(best_choices(stats, flags, rng), trace)
 
 
-def learn_psst(
-    problem: Problem, oracle: Oracle, budget: int, rng: np.random.Generator,
-    estimator: str = "blocks",
-) -> LearnerResult:
-    """PSST over all arms, stockpiling (the paper's recommended setting)."""
-    return psst(problem, oracle, budget, rng, estimator=estimator)
+# ---------------------------------------------------------------- the learners
 
 
-def learn_uniform(
-    problem: Problem, oracle: Oracle, budget: int, rng: np.random.Generator,
-    estimator: str = "blocks",
-) -> LearnerResult:
+@dataclass(frozen=True, kw_only=True)
+class PSST:
+    """``psst``: PSST over all arms. ``stockpile`` keeps every round's data for the rounds
+    after it (the paper's recommended setting); without it each round estimates from its own
+    pulls only (the paper's non-stockpiling variant)."""
+
+    estimator: str = "blocks"
+    stockpile: bool = True
+
+    def __post_init__(self) -> None:
+        check_estimator(self.estimator)
+
+    def __call__(self, problem: Problem, oracle: Oracle, budget: int,
+                 rng: np.random.Generator) -> LearnerResult:
+        return psst(problem, oracle, budget, rng, stockpile=self.stockpile,
+                    estimator=self.estimator)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Uniform:
     """``uniform``: every prompt at N_max equally often in one batch, then the best arm of
-    every context (all arms share the groups by blocks and contexts)."""
-    return psst(problem, oracle, budget, rng, max_rounds=1, estimator=estimator)
+    every context (all arms share the groups by blocks and contexts): PSST with one round."""
+
+    estimator: str = "blocks"
+
+    def __post_init__(self) -> None:
+        check_estimator(self.estimator)
+
+    def __call__(self, problem: Problem, oracle: Oracle, budget: int,
+                 rng: np.random.Generator) -> LearnerResult:
+        return psst(problem, oracle, budget, rng, max_rounds=1, estimator=self.estimator)
 
 
-def learn_psst_model(
-    problem: Problem, oracle: Oracle, budget: int, rng: np.random.Generator,
-    estimator: str = "blocks", group: int = 2, alpha: float = 0.5,
-) -> LearnerResult:
+@dataclass(frozen=True, kw_only=True)
+class PSSTModel:
     """``psst-model``: PSST's rounds and trimming over all arms, but every active prompt is
     pulled in groups of ``group`` on many queries, and Q(c, p, n) for every n comes from a
-    model of each query's answers (MV) or of query effects plus pooled noise (BoN); see
-    :mod:`iapo.model`. ``estimator`` is not used: the model is the estimator."""
-    from iapo.model import ModelQTable
+    model of each query's answers (MV, Dirichlet(``alpha``) prior) or of query effects plus
+    pooled noise (BoN); see :mod:`iapo.model`. The model is the estimator, so it takes no
+    ``estimator``."""
 
-    stats = ModelQTable(problem, alpha)
-    return psst(problem, oracle, budget, rng, stats=stats,  # type: ignore[arg-type]
-                pull_scale=min(group, problem.n_max))
+    group: int = 2
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        if int(self.group) != self.group or self.group < 1:
+            raise InputError(f"group={self.group} must be an integer of at least 1")
+        if not self.alpha > 0:
+            raise InputError(f"alpha={self.alpha} must be positive")
+
+    def __call__(self, problem: Problem, oracle: Oracle, budget: int,
+                 rng: np.random.Generator) -> LearnerResult:
+        from iapo.model import ModelQTable
+
+        return psst(problem, oracle, budget, rng, stats=ModelQTable(problem, self.alpha),
+                    pull_scale=min(self.group, problem.n_max))
 
 
-__all__ = ["Choice", "allowance", "effective_rounds", "equal_pulls", "keep_count", "learn_psst",
-           "learn_psst_model", "learn_uniform", "psst", "rounds_for", "scale_cap", "top_up",
-           "trim"]
+__all__ = ["PSST", "Choice", "PSSTModel", "Uniform", "allowance", "effective_rounds",
+           "equal_pulls", "keep_count", "psst", "rounds_for", "scale_cap", "top_up", "trim"]

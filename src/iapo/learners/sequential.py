@@ -13,21 +13,33 @@ policy is the arm with the highest estimate in every context.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from iapo.estimate import QTable
-from iapo.learners.base import LearnerResult, Trace, best_choices, check_budget, round_record
+from iapo.estimate import Estimator, QTable
+from iapo.learners.base import (
+    LearnerResult,
+    Trace,
+    best_choices,
+    check_batches,
+    check_budget,
+    round_record,
+)
 from iapo.problem import Arm, Problem
 from iapo.pulls import Oracle, Pull
 
-# select(stats, contexts [D], feasible [A], rng) -> arm indices [D]
-Select = Callable[
-    [QTable, npt.NDArray[np.intp], npt.NDArray[np.bool_], np.random.Generator],
-    npt.NDArray[np.intp],
-]
+IntpArray = npt.NDArray[np.intp]
+BoolArray = npt.NDArray[np.bool_]
+
+
+class SelectionRule(Protocol):
+    """How a sequential learner picks arms: for every decision d, an arm index (p * N_max +
+    n - 1) for context ``contexts[d]`` among the ``feasible`` arms [A], from the estimates."""
+
+    def __call__(self, stats: Estimator, contexts: IntpArray, feasible: BoolArray,
+                 rng: np.random.Generator) -> IntpArray: ...
 
 
 def sample_rows(
@@ -59,13 +71,15 @@ def sequential(
     oracle: Oracle,
     budget: int,
     rng: np.random.Generator,
-    select: Select,
+    select: SelectionRule,
+    *,
     batches: int = 50,
     estimator: str = "blocks",
 ) -> LearnerResult:
+    """Spend ``budget`` in ``batches`` decision batches, each picked by ``select`` from the
+    estimates after the batch before; the best estimated arm of every context at the end."""
     budget = check_budget(oracle, budget)
-    if batches < 1:
-        raise ValueError(f"batches={batches} must be at least 1")
+    check_batches(batches)
     p, n = problem.n_prompts, problem.n_max
     arm_cost = np.tile(np.arange(1, n + 1), p)
     stats = QTable(problem, estimator)
@@ -92,7 +106,7 @@ def sequential(
     return LearnerResult(best_choices(stats, allowed, rng), trace)
 
 
-def estimates_or_zero(stats: QTable) -> npt.NDArray[np.float64]:
+def estimates_or_zero(stats: Estimator) -> npt.NDArray[np.float64]:
     """Estimated Q per context and arm, 0 for arms never observed: [C, A]."""
     mean = stats.mean
     return np.nan_to_num(mean, nan=0.0).reshape(mean.shape[0], -1)

@@ -3,32 +3,48 @@ number of blocks, t all blocks seen; arms never observed first (paper: c = 0.1).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from iapo.learners.base import LearnerResult
-from iapo.learners.sequential import argmax_random_ties, estimates_or_zero, sequential
+from iapo.errors import InputError
+from iapo.estimate import Estimator
+from iapo.learners.base import LearnerResult, check_batches, check_estimator
+from iapo.learners.sequential import (
+    BoolArray,
+    IntpArray,
+    argmax_random_ties,
+    estimates_or_zero,
+    sequential,
+)
 from iapo.problem import Problem
 from iapo.pulls import Oracle
 
 
-def learn_ucb(
-    problem: Problem,
-    oracle: Oracle,
-    budget: int,
-    rng: np.random.Generator,
-    c: float = 0.1,
-    batches: int = 50,
-    estimator: str = "blocks",
-) -> LearnerResult:
-    if not c >= 0:
-        raise ValueError(f"exploration constant c={c} must be >= 0")
+@dataclass(frozen=True, kw_only=True)
+class UCB:
+    """UCB over all arms with shared estimates, in ``batches`` decision batches."""
 
-    def select(stats, contexts, feasible, rng):  # type: ignore[no-untyped-def]
+    c: float = 0.1
+    batches: int = 50
+    estimator: str = "blocks"
+
+    def __post_init__(self) -> None:
+        if not self.c >= 0:
+            raise InputError(f"exploration constant c={self.c} must be >= 0")
+        check_batches(self.batches)
+        check_estimator(self.estimator)
+
+    def select(self, stats: Estimator, contexts: IntpArray, feasible: BoolArray,
+               rng: np.random.Generator) -> IntpArray:
         n = stats.counts.reshape(-1).astype(np.float64)
         t = max(float(n.sum()), 1.0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            bonus = np.where(n > 0, c * np.sqrt(np.log(t) / n), np.inf)
+            bonus = np.where(n > 0, self.c * np.sqrt(np.log(t) / n), np.inf)
         index = estimates_or_zero(stats) + bonus
         return argmax_random_ties(np.where(feasible, index, -np.inf), contexts, rng)
 
-    return sequential(problem, oracle, budget, rng, select, batches, estimator)
+    def __call__(self, problem: Problem, oracle: Oracle, budget: int,
+                 rng: np.random.Generator) -> LearnerResult:
+        return sequential(problem, oracle, budget, rng, self.select, batches=self.batches,
+                          estimator=self.estimator)

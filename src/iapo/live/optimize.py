@@ -96,7 +96,7 @@ def optimize(task: Task, out: Path, progress: bool = True,
 
         oracle = LiveOracle(runtime, store, train, task.budget,
                             np.random.default_rng(oracle_seq), on_progress)
-        result = get_learner(task.learner).run(runtime.problem, oracle, task.budget,
+        result = get_learner(task.learner).learner(runtime.problem, oracle, task.budget,
                                                np.random.default_rng(learner_seq))
         bar.n = oracle.ledger.spent
         bar.refresh()

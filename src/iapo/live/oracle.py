@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from iapo.errors import InputError
 from iapo.estimate import QTable
 from iapo.live.aggregate import answer_categories, answer_labels
 from iapo.live.client import ChatClient, Completion
@@ -185,7 +186,8 @@ class LiveOracle:
         self.problem = runtime.problem
         self.queries = np.asarray(queries, dtype=np.int64)
         if self.queries.size == 0:
-            raise ValueError("the oracle needs at least one training query")
+            raise InputError("the oracle needs at least one training query; pass the indices "
+                             "of the queries it may draw from")
         self.ledger = Ledger(budget)
         self.rng = rng
         self.on_progress = on_progress

@@ -40,6 +40,8 @@ from typing import Any
 
 import httpx
 
+from iapo.errors import InputError
+
 Scorer = Callable[[str, str, Any], float]
 
 # after "answer is" / "answer:": a letter in parentheses (any case), a capital letter, or a
@@ -121,7 +123,7 @@ def make_extractor(name: str, labels: Sequence[str] | None = None
     """The extractor called ``name``; ``label`` reads one of ``labels``."""
     if name == "label":
         if not labels:
-            raise ValueError("the label extractor needs aggregator.labels, e.g. [\"yes\", \"no\"]")
+            raise InputError("the label extractor needs aggregator.labels, e.g. [\"yes\", \"no\"]")
         chosen = tuple(labels)
         return lambda text: extract_label(text, chosen)
     return EXTRACTORS[name]
@@ -129,17 +131,17 @@ def make_extractor(name: str, labels: Sequence[str] | None = None
 
 def _load_callable(spec: str) -> Callable[..., Any]:
     if ":" not in spec:
-        raise ValueError(f"callable {spec!r} must look like 'module:function' or "
+        raise InputError(f"callable {spec!r} must look like 'module:function' or "
                          "'path/to/file.py:function'")
     target, func = spec.rsplit(":", 1)
     if target.endswith(".py"):
         path = Path(target)
         if not path.is_file():
-            raise ValueError(f"callable file {target!r} does not exist")
+            raise InputError(f"callable file {target!r} does not exist")
         mod_name = f"iapo_user_{abs(hash(path.resolve()))}"
         loader_spec = importlib.util.spec_from_file_location(mod_name, path)
         if loader_spec is None or loader_spec.loader is None:
-            raise ValueError(f"cannot import {target!r}")
+            raise InputError(f"cannot import {target!r}; give a Python source file")
         module = importlib.util.module_from_spec(loader_spec)
         sys.modules[mod_name] = module
         loader_spec.loader.exec_module(module)
@@ -147,26 +149,26 @@ def _load_callable(spec: str) -> Callable[..., Any]:
         try:
             module = importlib.import_module(target)
         except ImportError as e:
-            raise ValueError(f"cannot import module {target!r} ({e})") from e
+            raise InputError(f"cannot import module {target!r} ({e})") from e
     fn = getattr(module, func, None)
     if not callable(fn):
-        raise ValueError(f"{target!r} has no function {func!r}")
+        raise InputError(f"{target!r} has no function {func!r}")
     return fn
 
 
 def check_scorer(name: str, options: dict[str, Any]) -> None:
-    """Raise ValueError naming the problem if a scorer is unknown or misconfigured."""
+    """Raise InputError naming the problem if a scorer is unknown or misconfigured."""
     if name not in SCORERS:
-        raise ValueError(f"scorer {name!r} is unknown; use one of {sorted(SCORERS)}")
+        raise InputError(f"scorer {name!r} is unknown; use one of {sorted(SCORERS)}")
     if name == "python" and not isinstance(options.get("callable"), str):
-        raise ValueError("scorer 'python' needs callable = \"module:function\"")
+        raise InputError("scorer 'python' needs callable = \"module:function\"")
     if name == "label":
         labels = options.get("labels")
         if (not isinstance(labels, list) or not labels
                 or not all(isinstance(x, str) and x.strip() for x in labels)):
-            raise ValueError("scorer 'label' needs labels = [\"yes\", \"no\", ...]")
+            raise InputError("scorer 'label' needs labels = [\"yes\", \"no\", ...]")
     if name == "http" and not str(options.get("url", "")).startswith(("http://", "https://")):
-        raise ValueError("scorer 'http' needs url = \"http://...\"")
+        raise InputError("scorer 'http' needs url = \"http://...\"")
 
 
 def _exact(options: dict[str, Any]) -> Scorer:

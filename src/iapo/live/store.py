@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from iapo.errors import InputError
+
 VERSION = 2
 
 SCHEMA = """
@@ -63,7 +65,7 @@ _COLUMNS = ("pool, sample, arm, query_id, text, answer, scores, failures, score_
             "latency, seed")
 
 
-class StoreError(ValueError):
+class StoreError(InputError):
     """The file is not a completion store, or the run folder is busy; the message says what
     to do."""
 

@@ -61,6 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from iapo.errors import InputError
 from iapo.learners import get_learner
 from iapo.problem import ContextGrid, CostObjective, Objective, Problem, ProblemError
 
@@ -99,7 +100,7 @@ MAX_TASK_BYTES = 16 * 2**20
 MAX_TEMPERATURE = 10.0
 
 
-class TaskError(ValueError):
+class TaskError(InputError):
     """The task file is wrong; the message names the field and says what to do."""
 
 

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from iapo.errors import InputError
+
 _WORD = re.compile(r"[A-Za-z]+")
 STOP_WORDS = frozenset("""
 a about above after again against all also am an and any are as at be because been before being
@@ -89,7 +91,7 @@ def faithfulness(query: str, completion: str, gold: Any) -> float:
 
 def helpfulness(query: str, completion: str, gold: Any) -> float:
     if not isinstance(gold, dict) or "preferred" not in gold or "dispreferred" not in gold:
-        raise ValueError("helpfulness needs gold = {\"preferred\": ..., \"dispreferred\": ...}")
+        raise InputError("helpfulness needs gold = {\"preferred\": ..., \"dispreferred\": ...}")
     diff = cosine(completion, gold["preferred"]) - cosine(completion, gold["dispreferred"])
     return min(max((diff + 1.0) / 2.0, 0.0), 1.0)
 

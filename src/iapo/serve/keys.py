@@ -33,8 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from iapo.errors import InputError
 
-class KeysFileError(ValueError):
+
+class KeysFileError(InputError):
     """A keys file or IAPO_API_KEYS is wrong; the message names the field."""
 
 

@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from iapo.errors import InputError
 from iapo.serve.keys import ApiKey, KeysFileError, keys_from_env, load_keys
 
 SPEC_ENV = "IAPO_SERVE_SPEC"
 
 
-class ServeError(ValueError):
+class ServeError(InputError):
     """The gateway cannot start as asked; the message says what to do."""
 
 
