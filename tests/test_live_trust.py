@@ -85,12 +85,18 @@ def test_training_utility_is_the_expected_served_outcome(kind: str) -> None:
             obs = Observation(0, n, np.array([0]), np.concatenate(
                 [scores, np.zeros((n, 1))], axis=1)[None], labels if kind != "bon" else None,
                 np.zeros(1, dtype=np.int16) if kind != "bon" else None)
-            util, valid, _, onehot = QTable(problem).block_utilities([obs])
-            whole = int(np.flatnonzero(valid[0] & (onehot[:, n - 1] == 1))[0])  # the block 0..n
-            for c in range(len(grid.contexts)):
-                want = served_expectation(kind, answers, scores, weights[c, :k], "A")
-                assert util[0, whole, c] == pytest.approx(want), (answers, scores, c)
-                checked += 1
+            util, _, sizes = QTable(problem).block_utilities([obs])
+            # every block (m, b), completions [b m, (b + 1) m), by where it ends, then m
+            spans = sorted(((m, b) for m in range(1, n + 1) for b in range(n // m)),
+                           key=lambda mb: ((mb[1] + 1) * mb[0], mb[0]))
+            assert sizes.tolist() == [m for m, _ in spans]
+            for row, (m, b) in enumerate(spans):
+                part = slice(b * m, (b + 1) * m)
+                for c in range(len(grid.contexts)):
+                    want = served_expectation(kind, answers[part], scores[part],
+                                              weights[c, :k], "A")
+                    assert util[row, c] == pytest.approx(want), (answers, scores, m, b, c)
+                    checked += m == n
     assert checked == 5 * 40 * len(weights)
 
 
@@ -106,8 +112,8 @@ def test_no_answer_is_a_vote_in_training_and_in_serving() -> None:
     problem = Problem("t", "mv", ("p",), 4, grid)
     obs = Observation(0, 4, np.array([0]), np.zeros((1, 4, 2)), labels,
                       np.zeros(1, dtype=np.int16))
-    util, valid, _, onehot = QTable(problem).block_utilities([obs])
-    assert util[0, int(np.flatnonzero(onehot[:, 3] == 1)[0]), 0] == 0.0
+    util, _, sizes = QTable(problem).block_utilities([obs])
+    assert util[int(np.flatnonzero(sizes == 4)[0]), 0] == 0.0
 
 
 def test_bon_ties_go_to_the_first_completion() -> None:

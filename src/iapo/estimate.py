@@ -5,10 +5,11 @@ yields floor(G/n) disjoint blocks of n completions for every n <= G (nested cros
 block b of size n holds completions [b*n, (b+1)*n). Each block is one i.i.d. sample of the
 utility R_x(c, p, n) (paper, Eqs. 1 and 2).
 
-The update is vectorized over all groups of a batch at once: groups are padded to N_max and the
-fixed table of all (n, b) blocks of a group of N_max is masked by each group's own size. Block
-maxima (BoN) come from a sparse table of power-of-two window maxima, block vote counts (MV) and
-block costs from prefix sums, so a batch costs a constant number of numpy calls.
+The update is vectorized over all groups of a batch at once: the batch's completions are laid
+end to end and every block of every group is a range [start, end) of them. Block vote counts
+(MV) and block costs come from prefix sums, block maxima (BoN) from one ``maximum.reduceat``,
+and the statistics of all blocks are summed per (prompt, n) by one ``bincount``, so a batch
+costs a constant number of numpy calls whatever its group sizes.
 """
 
 from __future__ import annotations
@@ -58,22 +59,16 @@ class BlockTable:
         return cls(start, (start + sizes).astype(np.intp), sizes.astype(np.intp))
 
 
-def _window_max(values: FloatArray, start: npt.NDArray[np.intp],
-                end: npt.NDArray[np.intp]) -> FloatArray:
-    """max(values[:, s:e]) for every block, by a sparse table: values [m, G, C] -> [m, B, C]."""
-    length = end - start
-    level = np.floor(np.log2(length)).astype(np.intp)
-    out = np.empty((values.shape[0], start.size, values.shape[2]))
-    table = values
-    for j in range(int(level.max()) + 1):
-        if j > 0:
-            half = 1 << (j - 1)
-            table = np.maximum(table[:, :-half], table[:, half:])
-        sel = np.flatnonzero(level == j)
-        if sel.size:
-            width = 1 << j
-            out[:, sel] = np.maximum(table[:, start[sel]], table[:, end[sel] - width])
-    return out
+def _range_max(values: FloatArray, start: npt.NDArray[np.intp],
+               end: npt.NDArray[np.intp]) -> FloatArray:
+    """max(values[s:e]) along the first axis for every range (s < e): values [T, ...] ->
+    [R, ...]. One ``maximum.reduceat`` over the interleaved bounds (s0, e0, s1, e1, ...):
+    its even results are the ranges, its odd ones are dropped."""
+    bounds = np.empty(2 * start.size, dtype=np.intp)
+    bounds[0::2] = start
+    bounds[1::2] = end
+    padded = np.concatenate([values, values[:1]])  # so that e = T is a valid bound
+    return np.maximum.reduceat(padded, bounds, axis=0)[0::2]
 
 
 class Estimator(Protocol):
@@ -114,11 +109,12 @@ class QTable:
         self.sums = np.zeros((c, p, n))
         self.sumsq = np.zeros((c, p, n))
         self.counts = np.zeros((p, n), dtype=np.int64)
-        self._blocks = BlockTable.of(n)
-        self._block_onehot = (self._blocks.size[:, None] == np.arange(1, n + 1)).astype(
-            np.float64
-        )  # [B, N]
-        self._block_cache: dict[int, tuple[BlockTable, FloatArray]] = {}
+        # every block of a group of N_max, by where it ends (then its size): the blocks of a
+        # smaller group of g are the first _fits[g] of them
+        blocks = BlockTable.of(n)
+        order = np.lexsort((blocks.size, blocks.end))
+        self._blocks = BlockTable(blocks.start[order], blocks.end[order], blocks.size[order])
+        self._fits = np.searchsorted(self._blocks.end, np.arange(n + 1), side="right")
         self._weights = problem.grid.weights  # [C, K]
         self._cost_weights = problem.grid.cost_weights  # [C]
 
@@ -135,17 +131,6 @@ class QTable:
             n = self.counts.astype(np.float64)
             var = (self.sumsq - self.sums**2 / n) / (n - 1)
         return np.where(n >= 2, np.maximum(var, 0.0), np.nan)
-
-    def _blocks_upto(self, g: int) -> tuple[BlockTable, FloatArray]:
-        """The blocks that fit in a group of g completions, and their one-hot sizes [B_g, N]."""
-        if g not in self._block_cache:
-            bt = self._blocks
-            keep = np.flatnonzero(bt.end <= g)
-            self._block_cache[g] = (
-                BlockTable(bt.start[keep], bt.end[keep], bt.size[keep]),
-                self._block_onehot[keep],
-            )
-        return self._block_cache[g]
 
     def _pad(self, observations: Sequence[Observation]) -> tuple[
             FloatArray, npt.NDArray[np.intp], npt.NDArray[np.intp],
@@ -178,49 +163,51 @@ class QTable:
 
     def block_utilities(
         self, observations: Sequence[Observation]
-    ) -> tuple[FloatArray, npt.NDArray[np.bool_], npt.NDArray[np.intp], FloatArray]:
+    ) -> tuple[FloatArray, npt.NDArray[np.intp], npt.NDArray[np.intp]]:
         """Utilities of every block of every group, all contexts.
 
-        Groups are padded to the largest group size G of the batch. Returns (util [m, B, C],
-        valid [m, B], prompt [m], block one-hot sizes [B, N_max]) for the m groups.
+        Returns (util [B, C], prompt [B], n [B]) for the B blocks (n, b), (b + 1) n <= G, of
+        every group of G completions in the batch: group by group, and within a group by where
+        the block ends, then by its size (so its last block is the whole group).
         """
-        scores, sizes, prompts, labels, gold = self._pad(observations)
-        m, g_pad, k1 = scores.shape
-        bt, onehot = self._blocks_upto(g_pad)
-        valid = bt.end[None, :] <= sizes[:, None]  # [m, B]
-        cost_prefix = np.concatenate([np.zeros((m, 1)), np.cumsum(scores[..., -1], axis=1)], 1)
-        block_cost = cost_prefix[:, bt.end] - cost_prefix[:, bt.start]  # [m, B]
-        util = -block_cost[..., None] * self._cost_weights  # [m, B, C]
+        obs = [o for o in observations if o.count > 0]
+        per_obs = np.array([(o.count, o.n, o.prompt) for o in obs], dtype=np.intp)
+        sizes = np.repeat(per_obs[:, 1], per_obs[:, 0])  # [m]
+        first = np.concatenate([[0], np.cumsum(sizes)[:-1]])  # each group's first completion
+        k1 = obs[0].scores.shape[-1]
+        scores = np.concatenate([o.scores.reshape(-1, k1) for o in obs])  # [T, K+1]
+        # the blocks of a group of g are the first fits[g] blocks of the table (ordered by end)
+        bt, fits = self._blocks, self._fits
+        per_group = fits[sizes]
+        group = np.repeat(np.arange(sizes.size), per_group)  # [B]
+        row = np.arange(group.size) - np.repeat(np.cumsum(per_group) - per_group, per_group)
+        start, end, n = first[group] + bt.start[row], first[group] + bt.end[row], bt.size[row]
+        # arrays run along the blocks (or completions) in their last axis: reductions over a
+        # few answers or contexts are then elementwise over long rows, not short inner loops
+        cost_prefix = np.concatenate([[0.0], np.cumsum(scores[:, -1])])
+        cost = cost_prefix[end] - cost_prefix[start]  # [B]
+        util = -self._cost_weights[:, None] * cost  # [C, B]
         w = self._weights
-        if labels is not None and gold is not None:
-            votes = self._block_votes(labels, gold, bt)  # [m, B, L]
-            util += credit_from_votes(votes, gold[:, None])[..., None] * w[:, 0]
+        if self.problem.aggregator in ("mv", "mixed"):
+            if any(o.labels is None or o.gold is None for o in obs):
+                raise ValueError("a majority-voting oracle must return answer labels and gold")
+            labels = np.concatenate([np.asarray(o.labels).reshape(-1) for o in obs])  # [T]
+            gold = np.concatenate([np.asarray(o.gold).reshape(-1) for o in obs])[group]  # [B]
+            n_cat = int(max(labels.max(initial=0), gold.max(initial=0))) + 1
+            onehot = labels == np.arange(n_cat)[:, None]  # [L, T]
+            prefix = np.zeros((n_cat, labels.size + 1), dtype=np.int32)
+            np.cumsum(onehot, axis=1, out=prefix[:, 1:])
+            votes = (np.take(prefix, end, axis=1) - np.take(prefix, start, axis=1)).T  # [B, L]
+            util += w[:, :1] * credit_from_votes(votes, gold)
             if self.problem.aggregator == "mixed" and w.shape[1] > 1:
                 # served: the best style among the completions giving the winning answer
-                style = scores[..., 1 : k1 - 1] @ w[:, 1:].T  # [m, G, C]
-                n_cat = votes.shape[-1]
-                mine = np.where((labels[..., None] == np.arange(n_cat))[..., None],
-                                style[:, :, None, :], -np.inf)  # [m, G, L, C]
-                best = _window_max(mine.reshape(m, g_pad, -1), bt.start, bt.end)
-                best = best.reshape(m, bt.size.size, n_cat, style.shape[-1])  # [m, B, L, C]
-                with np.errstate(invalid="ignore"):
-                    style_term = winners_mean(best, vote_winners(votes))
-                util += np.where(valid[..., None], style_term, 0.0)
+                style = scores[:, 1 : k1 - 1] @ w[:, 1:].T  # [T, C]
+                mine = np.where(onehot.T[..., None], style[:, None, :], -np.inf)  # [T, L, C]
+                util += winners_mean(_range_max(mine, start, end), vote_winners(votes)).T
         else:
-            task = task_values(scores, w)  # [m, G, C]
-            util += _window_max(task, bt.start, bt.end)
-        return util, valid, prompts, onehot
-
-    @staticmethod
-    def _block_votes(
-        labels: npt.NDArray[np.int64], gold: npt.NDArray[np.int64], bt: BlockTable
-    ) -> npt.NDArray[np.int32]:
-        """Vote counts of every block: labels [m, G] (-1 = padding), gold [m] -> [m, B, L]."""
-        n_cat = int(max(labels.max(initial=0), gold.max(initial=0))) + 1
-        onehot = labels[..., None] == np.arange(n_cat)  # [m, G, L]
-        prefix = np.zeros((labels.shape[0], labels.shape[1] + 1, n_cat), dtype=np.int32)
-        np.cumsum(onehot, axis=1, out=prefix[:, 1:])
-        return prefix[:, bt.end] - prefix[:, bt.start]  # [m, B, L]
+            util += _range_max(task_values(scores, w), start, end).T
+        util = util.T  # [B, C], a view of [C, B]
+        return util, np.repeat(per_obs[:, 2], per_obs[:, 0])[group], n
 
     def subset_utilities(
         self, observations: Sequence[Observation]
@@ -250,43 +237,37 @@ class QTable:
         return util, weight.astype(np.float64), prompts, onehot
 
     def update(self, observations: Sequence[Observation]) -> None:
-        """Add every group in ``observations`` to the statistics.
-
-        Groups are processed in size classes (G in 1, 2, 3-4, 5-8, ...) so that padding at
-        most doubles the work.
-        """
-        obs = [o for o in observations if o.count > 0]
-        classes: dict[int, list[Observation]] = {}
-        for o in obs:
-            classes.setdefault((o.n - 1).bit_length(), []).append(o)
-        for group in classes.values():
-            if self.estimator == "subsets":
-                util, weight, prompts, oh = self.subset_utilities(group)
-            else:
-                util, valid, prompts, oh = self.block_utilities(group)
-                weight = valid.astype(np.float64)
-            self._add(util, weight, prompts, oh)
+        """Add every group in ``observations`` to the statistics."""
+        if not any(o.count > 0 for o in observations):
+            return
+        if self.estimator == "subsets":
+            util_g, weight_g, prompts_g, _ = self.subset_utilities(observations)
+            m, g = weight_g.shape
+            keep = weight_g.reshape(-1) > 0
+            util = util_g.reshape(m * g, -1)[keep]
+            weight = weight_g.reshape(-1)[keep]
+            prompts = np.repeat(prompts_g, g)[keep]
+            n = np.tile(np.arange(1, g + 1), m)[keep]
+        else:
+            util, prompts, n = self.block_utilities(observations)
+            weight = np.ones(n.size)
+        self._add(util, weight, prompts, n)
 
     def _add(self, util: FloatArray, weight: FloatArray, prompts: npt.NDArray[np.intp],
-             oh: FloatArray) -> None:
-        """sums += sum w u, sumsq += sum w u^2, counts += sum w, per (prompt, n); the slots
-        of ``util`` [m, B, C] map to n by the one-hot ``oh`` [B, N]."""
-        util = util * weight[..., None]
-        # sum groups of the same prompt: contiguous runs, then a tiny one-hot product
-        order = np.argsort(prompts, kind="stable")
-        prompts = prompts[order]
-        starts = np.flatnonzero(np.r_[True, prompts[1:] != prompts[:-1]])
-        seg_prompt = prompts[starts]
-        c = util.shape[2]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            sq = np.where(weight[..., None] > 0, util * util / weight[..., None], 0.0)
-        # one reduction for sums, sums of squares and counts: [m, B, 2C+1]
-        stacked = np.concatenate([util, sq, weight[..., None]], axis=2)[order]
-        seg = np.add.reduceat(stacked, starts, axis=0)  # [S, B, 2C+1]
-        per_n = np.einsum("sbk,bn->ksn", seg, oh)  # [2C+1, S, N]
-        self.sums[:, seg_prompt] += per_n[:c]
-        self.sumsq[:, seg_prompt] += per_n[c : 2 * c]
-        self.counts[seg_prompt] += np.rint(per_n[2 * c]).astype(np.int64)
+             n: npt.NDArray[np.intp]) -> None:
+        """sums += sum w u, sumsq += sum w u^2, counts += sum w, per (prompt, n), for the
+        utilities ``util`` [E, C] of arm (prompts[e], n[e]) with weights [E]."""
+        p, n_max = self.counts.shape
+        arm = prompts * n_max + n - 1  # [E]
+        u = np.ascontiguousarray(util.T)  # [C, E]
+        wu = u * weight
+        sums = self.sums.reshape(u.shape[0], -1)  # views of [C, P, N]
+        sumsq = self.sumsq.reshape(u.shape[0], -1)
+        for c in range(u.shape[0]):  # one bincount per context: long rows, no [E, C] scatter
+            sums[c] += np.bincount(arm, wu[c], minlength=p * n_max)
+            sumsq[c] += np.bincount(arm, wu[c] * u[c], minlength=p * n_max)
+        self.counts += np.rint(np.bincount(arm, weight, minlength=p * n_max)).astype(
+            np.int64).reshape(p, n_max)
 
 
 ESTIMATORS = ("blocks", "subsets")

@@ -69,13 +69,46 @@ class SimulatedOracle:
         return pool
 
     def pull(self, requests: Sequence[Pull]) -> list[Observation]:
-        """Serve a batch of pulls; all or nothing against the budget."""
+        """Serve a batch of pulls; all or nothing against the budget.
+
+        Every group draws its query uniformly from the training queries where its prompt has
+        data; then all groups are drawn from the environment at once."""
         total = validate_pulls(self.problem, requests)
-        pools = [self._queries_of(r.prompt) for r in requests]
+        if self.env.observed is None:
+            pools = None
+        else:
+            pools = [self._queries_of(r.prompt) for r in requests]  # may refuse: before charging
         self.ledger.charge(total)
+        counts = np.array([r.count for r in requests], dtype=np.intp)
+        if pools is None:
+            queries = self.queries[self.rng.integers(0, self.queries.size, int(counts.sum()))]
+        else:
+            queries = np.concatenate([pool[self.rng.integers(0, pool.size, r.count)]
+                                      for r, pool in zip(requests, pools, strict=True)]
+                                     + [np.zeros(0, dtype=np.int64)])
+        if not queries.size:
+            return [self._empty(r) for r in requests]
+        # one draw for the whole batch, every group as wide as the largest; a group of n keeps
+        # its first n completions (the rest, independent draws, are never seen)
+        width = max(r.n for r in requests if r.count)
+        prompts = np.repeat([r.prompt for r in requests], counts)
+        s = self.env.sample(prompts, queries, width, self.rng)
+        first = np.concatenate([[0], np.cumsum(counts)])
         out = []
-        for r, pool in zip(requests, pools, strict=True):
-            q = pool[self.rng.integers(0, pool.size, r.count)]
-            s = self.env.sample(r.prompt, q, r.n, self.rng)
-            out.append(Observation(r.prompt, r.n, q, s.scores, s.labels, s.gold))
+        for i, r in enumerate(requests):
+            part = slice(first[i], first[i + 1])
+            if not r.count:
+                out.append(self._empty(r))
+                continue
+            out.append(Observation(r.prompt, r.n, queries[part], s.scores[part, : r.n],
+                                   None if s.labels is None else s.labels[part, : r.n],
+                                   None if s.gold is None else s.gold[part]))
         return out
+
+    def _empty(self, r: Pull) -> Observation:
+        """The observation of a pull of no groups."""
+        k1 = self.problem.n_objectives + 1
+        mv = self.problem.aggregator != "bon"
+        return Observation(r.prompt, r.n, np.zeros(0, dtype=np.int64), np.zeros((0, r.n, k1)),
+                           np.zeros((0, r.n), dtype=np.int16) if mv else None,
+                           np.zeros(0, dtype=np.int16) if mv else None)

@@ -102,18 +102,24 @@ class Oracle(Protocol):
 
 def validate_pulls(problem: Problem, requests: Sequence[Pull]) -> int:
     """Check every pull against the problem; return their total cost in completions."""
-    total = 0
-    for r in requests:
-        for name in ("prompt", "n", "count"):
-            value = getattr(r, name)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer):
-                raise InputError(f"pull {name} {value!r} must be an integer")
-        if not 0 <= r.prompt < problem.n_prompts:
-            raise InputError(
-                f"pull names prompt {r.prompt}; prompts are 0..{problem.n_prompts - 1}"
-            )
-        problem.check_n(r.n)
-        if int(r.count) != r.count or r.count < 0:
-            raise InputError(f"pull count {r.count} must be a non-negative integer")
-        total += r.cost
-    return total
+    if not requests:
+        return 0
+    values = [(r.prompt, r.n, r.count) for r in requests]
+    kinds = {type(v) for row in values for v in row}
+    if bool in kinds or not all(issubclass(k, int | np.integer) for k in kinds):
+        for row in values:
+            for name, value in zip(("prompt", "n", "count"), row, strict=True):
+                if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                    raise InputError(f"pull {name} {value!r} must be an integer")
+    table = np.array(values, dtype=np.int64)  # [R, 3]: prompt, n, count
+    bad = np.flatnonzero((table[:, 0] < 0) | (table[:, 0] >= problem.n_prompts))
+    if bad.size:
+        raise InputError(f"pull names prompt {int(table[bad[0], 0])}; prompts are "
+                         f"0..{problem.n_prompts - 1}")
+    bad = np.flatnonzero((table[:, 1] < 1) | (table[:, 1] > problem.n_max))
+    if bad.size:
+        problem.check_n(int(table[bad[0], 1]))
+    bad = np.flatnonzero(table[:, 2] < 0)
+    if bad.size:
+        raise InputError(f"pull count {int(table[bad[0], 2])} must be a non-negative integer")
+    return int(table[:, 1] @ table[:, 2])

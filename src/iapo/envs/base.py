@@ -25,7 +25,7 @@ IntArray = npt.NDArray[np.int64]
 
 @dataclass(frozen=True)
 class Sample:
-    """``count`` groups of n completions of one prompt.
+    """``count`` groups of n completions.
 
     scores: [count, n, K+1] (cost last, positive); labels: [count, n] answer categories and
     gold: [count] the gold category, for MV environments (else None).
@@ -111,9 +111,10 @@ class Environment(ABC):
 
     @abstractmethod
     def sample(
-        self, prompt: int, queries: IntArray, n: int, rng: np.random.Generator
+        self, prompts: int | IntArray, queries: IntArray, n: int, rng: np.random.Generator
     ) -> Sample:
-        """Draw n i.i.d. completions of ``prompt`` on each of ``queries`` ([count])."""
+        """Draw n i.i.d. completions of ``prompts[i]`` on ``queries[i]`` for every group i
+        ([count]; one prompt for all groups if ``prompts`` is an int)."""
 
     @abstractmethod
     def _arrays(self) -> dict[str, npt.NDArray]:

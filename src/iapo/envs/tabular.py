@@ -67,7 +67,9 @@ def _cdf(probs: FloatArray) -> FloatArray:
 def _draw(cdf: FloatArray, n: int, rng: np.random.Generator) -> npt.NDArray[np.intp]:
     """n i.i.d. draws per row by the inverse CDF: cdf [M, S] -> indices [M, n]."""
     u = rng.random((cdf.shape[0], n))
-    return (u[..., None] >= cdf[:, None, :]).sum(-1)
+    # summed over the categories in the first axis: elementwise over [M, n], not a short
+    # inner loop per draw
+    return (u[None] >= cdf.T[:, :, None]).sum(0)
 
 
 def _check_probs(probs: FloatArray, what: str) -> None:
@@ -180,14 +182,15 @@ class MVEnvironment(Environment):
         return int(self.probs.shape[1])
 
     def sample(
-        self, prompt: int, queries: IntArray, n: int, rng: np.random.Generator
+        self, prompts: int | IntArray, queries: IntArray, n: int, rng: np.random.Generator
     ) -> Sample:
         q = np.asarray(queries, dtype=np.intp)
-        labels = _draw(self._cdf[prompt, q], n, rng).astype(np.int16)
+        p = np.broadcast_to(np.asarray(prompts, dtype=np.intp), q.shape)
+        labels = _draw(self._cdf[p, q], n, rng).astype(np.int16)
         gold = self.gold[q]
         scores = np.empty((q.size, n, 2))
         scores[..., 0] = labels == gold[:, None]
-        scores[..., 1] = self.cost[prompt]
+        scores[..., 1] = self.cost[p][:, None]
         return Sample(scores, labels, gold)
 
     def _arrays(self) -> dict[str, npt.NDArray]:
@@ -281,10 +284,11 @@ class BoNEnvironment(Environment):
         return int(self.scores.shape[1])
 
     def sample(
-        self, prompt: int, queries: IntArray, n: int, rng: np.random.Generator
+        self, prompts: int | IntArray, queries: IntArray, n: int, rng: np.random.Generator
     ) -> Sample:
         q = np.asarray(queries, dtype=np.intp)
-        return Sample(self.scores[prompt, q[:, None], _draw(self._cdf[prompt, q], n, rng)])
+        p = np.broadcast_to(np.asarray(prompts, dtype=np.intp), q.shape)
+        return Sample(self.scores[p[:, None], q[:, None], _draw(self._cdf[p, q], n, rng)])
 
     def _arrays(self) -> dict[str, npt.NDArray]:
         return {"scores": self.scores, "probs": self.probs}
