@@ -19,8 +19,18 @@ def test_learners_lists_every_name() -> None:
     assert out.exit_code == 0
     names = [line.split()[0] for line in out.output.strip().splitlines()]
     assert names == ["psst", "psst-k1", "psst-k4", "psst-k8", "uniform", "egreedy", "softmax",
-                     "ucb", "triple-n1", "triple-nrand", "psst-model", "psst-model4"]
+                     "ucb", "triple-n1", "triple-nrand", "psst-model", "psst-model4",
+                     "psst-auto"]
     assert set(names) == set(LEARNERS)
+
+
+def test_the_default_learner_is_psst_auto_everywhere() -> None:
+    # the CLI spells the default out (it must not import the learners to print --help)
+    from iapo.learners import DEFAULT_LEARNER
+
+    assert DEFAULT_LEARNER == "psst-auto"
+    train = next(p for p in main.commands["train"].params if p.name == "learner")
+    assert train.default == DEFAULT_LEARNER
 
 
 def test_train_then_evaluate(tmp_path: Path) -> None:

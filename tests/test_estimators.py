@@ -94,7 +94,7 @@ def test_subsets_have_less_spread_than_blocks() -> None:
 
 
 # the psst-model learners estimate Q with their own model (iapo.model): no estimator to pick
-MODEL_LEARNERS = ("psst-model", "psst-model4")
+MODEL_LEARNERS = ("psst-model", "psst-model4", "psst-auto")
 TABLE_LEARNERS = sorted(set(LEARNERS) - set(MODEL_LEARNERS))
 
 
@@ -151,10 +151,14 @@ def test_estimator_names_are_checked() -> None:
 
 
 def test_train_with_subsets_from_the_command_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    out = CliRunner().invoke(main, ["train", "math", "--budget", "1500", "--estimator",
-                                    "subsets", "--out", str(tmp_path / "p.json")])
+    out = CliRunner().invoke(main, ["train", "math", "--learner", "psst", "--budget", "1500",
+                                    "--estimator", "subsets", "--out", str(tmp_path / "p.json")])
     assert out.exit_code == 0, out.output
     assert "psst:subsets on math" in out.output
+    # the default learner estimates with its own model and blocks: an estimator is refused
+    out = CliRunner().invoke(main, ["train", "math", "--budget", "1500", "--estimator",
+                                    "subsets", "--out", str(tmp_path / "q.json")])
+    assert out.exit_code == 2 and "'psst-auto'" in out.output and "no 'subsets'" in out.output
 
 
 def test_memoized_subset_credits_fit_batches_of_any_width() -> None:

@@ -154,8 +154,9 @@ def learners() -> None:
 
 @main.command()
 @click.argument("env_name", metavar="ENV")
-@click.option("--learner", "learner", default="psst", show_default=True,
-              help="The learner to train (`iapo learners` lists them).")
+@click.option("--learner", "learner", default="psst-auto", show_default=True,
+              help="The learner to train (`iapo learners` lists them; the default is "
+                   "iapo.learners.DEFAULT_LEARNER).")
 @click.option("--budget", "budget", required=True, type=click.IntRange(min=0),
               help="Training budget T in completions (never exceeded).")
 @click.option("--seed", "seed", default=0, show_default=True, type=click.IntRange(min=0),

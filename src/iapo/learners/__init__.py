@@ -21,6 +21,7 @@ from typing import Any
 
 from iapo.errors import InputError
 from iapo.estimate import ESTIMATORS
+from iapo.learners.auto import PSSTAuto
 from iapo.learners.base import Choice, Learner, LearnerResult, Round, Trace
 from iapo.learners.egreedy import EpsilonGreedy
 from iapo.learners.psst import PSST, PSSTModel, Uniform, psst
@@ -30,7 +31,8 @@ from iapo.learners.triple import TripleSH
 from iapo.learners.ucb import UCB
 
 # every learner class; each is a frozen dataclass implementing :class:`Learner`
-AnyLearner = PSST | Uniform | PSSTModel | TopKScreening | EpsilonGreedy | Softmax | UCB | TripleSH
+AnyLearner = (PSST | Uniform | PSSTModel | TopKScreening | EpsilonGreedy | Softmax | UCB
+              | TripleSH | PSSTAuto)
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,13 @@ LEARNERS: dict[str, LearnerSpec] = {
                     "Q for every N from a per-query model", PSSTModel(group=2)),
         LearnerSpec("psst-model4", "beyond the paper: psst-model with groups of 4",
                     PSSTModel(group=4)),
+        LearnerSpec("psst-auto", "the default: prompts screened with a per-query model "
+                    "(and blocks for BoN), then PSST over the survivors' arms", PSSTAuto()),
     ]
 }
+
+# the learner of `iapo train` and of task files that name none
+DEFAULT_LEARNER = "psst-auto"
 
 
 # the paper's learners (its Figures 4 and 5); the others go beyond it
@@ -116,6 +123,7 @@ def get_learner(name: str, estimator: str | None = None) -> LearnerSpec:
 
 
 __all__ = [
+    "DEFAULT_LEARNER",
     "LEARNERS",
     "PAPER_LEARNERS",
     "PSST",
@@ -126,6 +134,7 @@ __all__ = [
     "Learner",
     "LearnerResult",
     "LearnerSpec",
+    "PSSTAuto",
     "PSSTModel",
     "Round",
     "Softmax",

@@ -22,7 +22,8 @@ __all__ = ["Choice", "Learner", "LearnerResult", "Round", "Trace", "best_choices
 class Round:
     """One round of a run, as it happened: ``allowance`` (completions it could spend),
     ``spent``, ``pulls`` ((prompt, n, groups), ...) and ``alive`` (arms alive per context
-    after the round's trimming, [C]). Round 0 is a screening round before PSST's first."""
+    after the round's trimming, [C]). Rounds numbered 0 or below are screening rounds before
+    PSST's first (Top-K screening: 0; psst-auto: -R_s..-1)."""
 
     round: int
     allowance: int

@@ -42,7 +42,7 @@ Example (docs/live.md documents every field)::
 
     [train]
     n_max = 4
-    learner = "psst"
+    learner = "psst-auto"
     budget = 40
     seed = 0
     cost_scale = 0.01                        # cost of a completion of the wordiest prompt
@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from iapo.errors import InputError
-from iapo.learners import get_learner
+from iapo.learners import DEFAULT_LEARNER, get_learner
 from iapo.problem import ContextGrid, CostObjective, Objective, Problem, ProblemError
 
 DECODING_KEYS = ("temperature", "top_p", "max_tokens")
@@ -509,7 +509,7 @@ def task_from_dict(raw: dict[str, Any], path: Path) -> Task:
     t = _table(raw, "train", "task", TRAIN_KEYS)
     n_max = _integer(t, "n_max", "train", low=1, high=MAX_N,
                      why=" (the exact tables and Q tables are [contexts, prompts, n_max])")
-    learner = _get(t, "learner", "train", str, "psst")
+    learner = _get(t, "learner", "train", str, DEFAULT_LEARNER)
     try:
         get_learner(learner)
     except ValueError as e:
