@@ -17,8 +17,8 @@ from iapo.exact import mv_subset_credit
 from iapo.learners import LEARNERS, get_learner
 from iapo.memo import Memo
 from iapo.oracle import Ledger, Observation, Pull, SimulatedOracle
-from iapo.problem import ContextGrid, Objective, Problem
-from iapo.utility import bon_utility, mv_credit, mv_utility
+from iapo.problem import ContextGrid, CostObjective, Objective, Problem
+from iapo.utility import bon_utility, mixed_utility, mv_credit, mv_utility
 
 
 @pytest.mark.parametrize("trial", range(40))
@@ -193,3 +193,53 @@ def test_memo_pads_short_rows_and_drops_the_least_recently_used() -> None:
     assert calls == [[0, 1], [2]] and len(memo) == 2  # key 1, used least recently, dropped
     memo.rows(keys[:1], 1, compute)
     assert calls[-1] == [0]
+
+
+@pytest.mark.parametrize("kind", ["mv", "mixed", "bon"])
+def test_block_statistics_of_hand_made_groups_equal_a_direct_loop(kind: str) -> None:
+    # groups of 1 to 6 answers over 3 categories (gold varies), 2 objectives, correctness
+    # weights other than 1 and cost weights other than 0, in two batches: every block of
+    # every group scored by the utility functions of iapo.utility, one block at a time
+    rng = np.random.default_rng(11)
+    objectives = [Objective("correct"), Objective("style")]
+    weights = [[1.0, 0.5], [0.3, 1.0], [0.7, 0.2]] if kind != "mv" else [[0.4]]
+    grid = ContextGrid.product(objectives if kind != "mv" else objectives[:1], weights,
+                               {"low": 0.0, "high": 0.3})
+    problem = Problem("hand", kind, ("a", "b", "c"), 6, grid, CostObjective("cost", 1.0))
+    w, cw = problem.grid.weights, problem.grid.cost_weights
+    k1 = problem.n_objectives + 1
+    batches = []
+    for _ in range(2):
+        batch = []
+        for prompt, n, count in [(0, 6, 2), (1, 5, 1), (2, 1, 3), (0, 3, 2), (1, 4, 1)]:
+            scores = np.round(rng.uniform(0, 1, (count, n, k1)), 1)  # coarse: ties happen
+            scores[..., -1] = rng.uniform(0.1, 1.0, (count, n))
+            labels = rng.integers(0, 3, (count, n)).astype(np.int16)
+            gold = rng.integers(0, 3, count).astype(np.int16)
+            batch.append(Observation(prompt, n, np.zeros(count, dtype=np.int64), scores,
+                                     None if kind == "bon" else labels,
+                                     None if kind == "bon" else gold))
+        batches.append(batch)
+    stats = QTable(problem)
+    for batch in batches:
+        stats.update(batch)
+    sums = np.zeros_like(stats.sums)
+    sumsq = np.zeros_like(stats.sums)
+    counts = np.zeros_like(stats.counts)
+    for o in (o for batch in batches for o in batch):
+        for g in range(o.count):
+            for n in range(1, o.n + 1):
+                for b in range(o.n // n):
+                    part = slice(b * n, (b + 1) * n)
+                    if kind == "bon":
+                        u = bon_utility(o.scores[g, part], w, cw)
+                    elif kind == "mv":
+                        u = mv_utility(o.labels[g, part], o.gold[g], o.scores[g, part, -1], w, cw)
+                    else:
+                        u = mixed_utility(o.labels[g, part], o.gold[g], o.scores[g, part], w, cw)
+                    sums[:, o.prompt, n - 1] += u
+                    sumsq[:, o.prompt, n - 1] += u * u
+                    counts[o.prompt, n - 1] += 1
+    np.testing.assert_allclose(stats.sums, sums, atol=1e-10)
+    np.testing.assert_allclose(stats.sumsq, sumsq, atol=1e-10)
+    assert (stats.counts == counts).all()

@@ -34,6 +34,7 @@ from iapo.learners import (
     get_learner,
 )
 from iapo.learners.base import LearnerResult, Round
+from iapo.learners.psst import psst
 from iapo.oracle import Ledger, Observation, Pull, SimulatedOracle
 from iapo.problem import ContextGrid, Problem
 
@@ -725,3 +726,96 @@ def test_train_policy_takes_a_configured_learner_and_records_its_parameters() ->
     assert screen["round"] == 0 and screen["allowance"] == 500
     with pytest.raises(InputError, match=r"spec.configure\(estimator=...\)"):
         train_policy(env, spec, budget=1000, seed=0, estimator="subsets")
+
+
+# ---------------------------------------------------------------- hyperparameters reach the rule
+
+
+@pytest.mark.parametrize("name", ["egreedy", "softmax", "ucb"])
+def test_sequential_learners_decide_in_the_batches_they_are_given(name: str) -> None:
+    # one prompt, N_max 1, T = 400: 10 batches of 40 decisions, 400 (fully sequential) of 1
+    env = noiseless_bon([0.5], [0.0], 1, {"only": 0.0})
+    for batches in (10, 400):
+        oracle = SimulatedOracle(env, np.arange(3), 400, np.random.default_rng(0))
+        learner = get_learner(name).configure(batches=batches).learner
+        result = learner(env.problem, oracle, 400, np.random.default_rng(1))
+        assert [r.spent for r in result.trace.rounds] == [400 // batches] * batches
+        assert result.trace.info["batches"] == batches
+
+
+def test_psst_model_uses_its_prior() -> None:
+    # as in the test above, with the Dirichlet prior alpha = 2 on gold and on the unseen
+    # bucket: the next answer is gold with probability (k + 2) / (k + 4)
+    data = {"answer_probs": np.array([[[1.0, 0.0]], [[0.0, 1.0]]]),
+            "gold": np.zeros(1, dtype=np.int64), "cost_per_completion": np.array([0.1, 0.1]),
+            "budget_levels": np.array(["high"]), "cost_weights": np.ones(1),
+            "n_max": np.array(4)}
+    env = environment_from_arrays("sure", data, cacheable=False)
+    oracle = SimulatedOracle(env, np.arange(env.n_queries), 200, np.random.default_rng(0))
+    learner = get_learner("psst-model").configure(alpha=2.0).learner
+    result = learner(env.problem, oracle, 200, np.random.default_rng(1))
+    (choice,) = result.choices
+    k = sum(n * m for r in result.trace.rounds for q, n, m in pulls(r) if q == 0)
+    assert (choice.prompt, choice.n) == (0, 1)
+    assert choice.q_hat == pytest.approx((k + 2) / (k + 4) - 0.1)
+
+
+def test_psst_model_checks_its_parameters_at_their_bounds() -> None:
+    assert PSSTModel(group=1).group == 1 and PSSTModel(alpha=1e-9).alpha == 1e-9
+    for bad in ({"group": 0}, {"group": 1.5}, {"alpha": 0.0}, {"alpha": -1.0}):
+        with pytest.raises(InputError, match=f"{next(iter(bad))}="):
+            PSSTModel(**bad)  # type: ignore[arg-type]
+
+
+def test_psst_refuses_an_active_set_that_leaves_a_context_without_arms() -> None:
+    env = noiseless_bon([0.5, 0.4], [0.0, 0.0], 2, {"a": 0.0, "b": 1.0})
+    oracle = SimulatedOracle(env, np.arange(3), 100, np.random.default_rng(0))
+    active = np.ones((2, 2, 2), dtype=bool)
+    active[1] = False  # context "b" has no arm
+    with pytest.raises(InputError, match=r"active must be \[C, P, N\] = \(2, 2, 2\) with an arm "
+                                         "in every context"):
+        psst(env.problem, oracle, 100, np.random.default_rng(0), active=active)
+    with pytest.raises(InputError, match="active must be"):
+        psst(env.problem, oracle, 100, np.random.default_rng(0), active=np.ones((2, 2, 3)))
+    assert oracle.ledger.spent == 0
+
+
+def test_psst_with_no_budget_pulls_nothing_and_keeps_no_prompt_in_particular() -> None:
+    # T = 0 < #prompts (rule 1): T random prompts are kept, i.e. none; nothing is pulled and
+    # the policy is a random arm: over seeds, not always the first prompt
+    env = noiseless_bon([0.5, 0.4, 0.3, 0.2], [0.0] * 4, 2, {"only": 0.0})
+    chosen = set()
+    for seed in range(12):
+        oracle = SimulatedOracle(env, np.arange(3), 0, np.random.default_rng(seed))
+        result = psst(env.problem, oracle, 0, np.random.default_rng(seed))
+        assert oracle.ledger.spent == 0 and result.trace.rounds == []
+        chosen.add(result.choices[0].prompt)
+    assert len(chosen) > 1
+
+
+def test_psst_notes_how_many_rounds_a_tiny_budget_pays_for() -> None:
+    # one prompt, N_max 4: |A| = 4, R = 2. T = 1: rule 1 caps N at floor(1 / 1) = 1, one group
+    # of the prompt costs M_1 = 1, so T pays for min(2, 1 // 1) = 1 round
+    env = noiseless_bon([0.5], [0.0], 4, {"only": 0.0})
+    oracle = SimulatedOracle(env, np.arange(3), 1, np.random.default_rng(0))
+    result = psst(env.problem, oracle, 1, np.random.default_rng(0))
+    assert result.trace.notes[-1] == ("1 rounds instead of the paper's 2: T=1 pays for at most "
+                                      "1 rounds of 1 completions")
+
+
+def test_psst_without_stockpiling_keeps_its_estimator() -> None:
+    # FirstIsBestOracle, one prompt, N_max 4, T = 40: each round pulls 5 groups of 4. Every
+    # round's data say the same, so the last round alone gives the subsets answer (0, 4) 0.8
+    # (blocks would give (0, 3) 0.85; see test_the_estimator_decides_what_a_group_says)
+    problem = noiseless_bon([0.0], [0.05], 4, {"only": 1.0}).problem
+    oracle = FirstIsBestOracle(problem, 40)
+    learner = PSST(stockpile=False, estimator="subsets")
+    (choice,) = learner(problem, oracle, 40, np.random.default_rng(0)).choices
+    assert (choice.n, choice.q_hat) == (4, pytest.approx(0.8))
+
+
+def test_a_configured_learner_keeps_its_name_and_summary() -> None:
+    spec = get_learner("psst-k4")
+    configured = spec.configure(rho=0.3)
+    assert (configured.name, configured.summary) == (spec.name, spec.summary)
+    assert configured.learner == TopKScreening(k=4, rho=0.3)
