@@ -40,12 +40,12 @@ lint: dev
 # mutation testing ([tool.mutmut] in pyproject.toml; docs/mutation.md): mutants of the learners,
 # estimate.py, utility.py and exact.py, each against the fast tests that reach it. It runs on a
 # copy of src and tests in build/mutation, so the working tree is never touched. All of it takes
-# about 25 minutes on 2 cores; MUTATE picks modules or folders, e.g.
+# about 40 minutes on 2 busy cores (docs/mutation.md); MUTATE picks modules or folders, e.g.
 #   make mutation MUTATE="src/iapo/utility.py src/iapo/learners"
 # then `cd build/mutation && ../../$(BIN)/mutmut show NAME` shows a mutant
 .PHONY: mutation
 MUTATE ?=
-MUTANT_GLOBS = $(foreach m,$(MUTATE),'$(subst /,.,$(patsubst src/%,%,$(m:.py=))).*')
+MUTANT_GLOBS = $(foreach m,$(MUTATE:/=),'$(subst /,.,$(patsubst src/%,%,$(m:.py=))).*')
 mutation: dev
 	rm -rf build/mutation && mkdir -p build/mutation
 	tar -cf - --exclude=__pycache__ --exclude='*.egg-info' src tests pyproject.toml \
