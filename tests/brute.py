@@ -14,3 +14,30 @@ def compositions(n: int, parts: int) -> np.ndarray:
         cuts = (-1, *bars, n + parts - 1)
         rows.append([cuts[i + 1] - cuts[i] - 1 for i in range(parts)])
     return np.array(rows, dtype=np.int64)
+
+
+def block_statistics(problem, observations):  # type: ignore[no-untyped-def]
+    """(sums [C, P, N], sums of squares, counts [P, N]) of every disjoint block (n, b),
+    completions [b n, (b + 1) n), of every group, scored one block at a time by the utility
+    functions of iapo.utility (Eqs. 1 and 2, the mixed strategy)."""
+    from iapo.utility import bon_utility, mixed_utility, mv_utility
+
+    w, cw = problem.grid.weights, problem.grid.cost_weights
+    c, p, n_max = problem.n_contexts, problem.n_prompts, problem.n_max
+    sums, sumsq = np.zeros((c, p, n_max)), np.zeros((c, p, n_max))
+    counts = np.zeros((p, n_max), dtype=np.int64)
+    for o in observations:
+        for g in range(o.count):
+            for n in range(1, o.n + 1):
+                for b in range(o.n // n):
+                    part = slice(b * n, (b + 1) * n)
+                    if problem.aggregator == "bon":
+                        u = bon_utility(o.scores[g, part], w, cw)
+                    elif problem.aggregator == "mv":
+                        u = mv_utility(o.labels[g, part], o.gold[g], o.scores[g, part, -1], w, cw)
+                    else:
+                        u = mixed_utility(o.labels[g, part], o.gold[g], o.scores[g, part], w, cw)
+                    sums[:, o.prompt, n - 1] += u
+                    sumsq[:, o.prompt, n - 1] += u * u
+                    counts[o.prompt, n - 1] += 1
+    return sums, sumsq, counts

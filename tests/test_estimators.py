@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from brute import block_statistics
 from iapo.cli import main
 from iapo.envs import get_environment, synth_categorical
 from iapo.estimate import QTable, _mv_subset_credit
@@ -18,7 +19,7 @@ from iapo.learners import LEARNERS, get_learner
 from iapo.memo import Memo
 from iapo.oracle import Ledger, Observation, Pull, SimulatedOracle
 from iapo.problem import ContextGrid, CostObjective, Objective, Problem
-from iapo.utility import bon_utility, mixed_utility, mv_credit, mv_utility
+from iapo.utility import bon_utility, mv_credit, mv_utility
 
 
 @pytest.mark.parametrize("trial", range(40))
@@ -206,7 +207,6 @@ def test_block_statistics_of_hand_made_groups_equal_a_direct_loop(kind: str) -> 
     grid = ContextGrid.product(objectives if kind != "mv" else objectives[:1], weights,
                                {"low": 0.0, "high": 0.3})
     problem = Problem("hand", kind, ("a", "b", "c"), 6, grid, CostObjective("cost", 1.0))
-    w, cw = problem.grid.weights, problem.grid.cost_weights
     k1 = problem.n_objectives + 1
     batches = []
     for _ in range(2):
@@ -223,23 +223,7 @@ def test_block_statistics_of_hand_made_groups_equal_a_direct_loop(kind: str) -> 
     stats = QTable(problem)
     for batch in batches:
         stats.update(batch)
-    sums = np.zeros_like(stats.sums)
-    sumsq = np.zeros_like(stats.sums)
-    counts = np.zeros_like(stats.counts)
-    for o in (o for batch in batches for o in batch):
-        for g in range(o.count):
-            for n in range(1, o.n + 1):
-                for b in range(o.n // n):
-                    part = slice(b * n, (b + 1) * n)
-                    if kind == "bon":
-                        u = bon_utility(o.scores[g, part], w, cw)
-                    elif kind == "mv":
-                        u = mv_utility(o.labels[g, part], o.gold[g], o.scores[g, part, -1], w, cw)
-                    else:
-                        u = mixed_utility(o.labels[g, part], o.gold[g], o.scores[g, part], w, cw)
-                    sums[:, o.prompt, n - 1] += u
-                    sumsq[:, o.prompt, n - 1] += u * u
-                    counts[o.prompt, n - 1] += 1
+    sums, sumsq, counts = block_statistics(problem, [o for batch in batches for o in batch])
     np.testing.assert_allclose(stats.sums, sums, atol=1e-10)
     np.testing.assert_allclose(stats.sumsq, sumsq, atol=1e-10)
     assert (stats.counts == counts).all()

@@ -690,7 +690,7 @@ def test_learners_are_frozen_keyword_only_and_validated_when_made() -> None:
     assert spec.parameters == {"epsilon": 0.15, "batches": 50, "estimator": "blocks"}
     assert spec.configure(epsilon=0.3).learner == learner
     with pytest.raises(InputError, match="'egreedy' has no parameter k; its parameters: "
-                                         "epsilon, batches, estimator"):
+                                         "batches, estimator, epsilon"):
         spec.configure(k=3)
     assert get_learner("psst-model").estimators == ("blocks",)
     assert get_learner("psst-model").parameters == {"group": 2, "alpha": 0.5}

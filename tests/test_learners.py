@@ -7,6 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from brute import block_statistics
 from iapo.envs import BoNEnvironment, MVEnvironment
 from iapo.estimate import QTable
 from iapo.learners import LEARNERS, get_learner
@@ -15,7 +16,6 @@ from iapo.learners.psst import keep_count, psst, rounds_for
 from iapo.oracle import BudgetExceededError, Pull, SimulatedOracle
 from iapo.policy import evaluate_policy, regret_parts, train_policy
 from iapo.problem import ContextGrid, Objective
-from iapo.utility import bon_utility, mv_utility
 
 
 def sure_thing_env() -> MVEnvironment:
@@ -172,22 +172,7 @@ def test_block_statistics_equal_a_direct_loop(kind: str) -> None:
     stats = QTable(p)
     stats.update(obs[:2])
     stats.update(obs[2:])
-    sums = np.zeros_like(stats.sums)
-    sumsq = np.zeros_like(stats.sums)
-    counts = np.zeros_like(stats.counts)
-    w, cw = p.grid.weights, p.grid.cost_weights
-    for o in obs:
-        for g in range(o.count):
-            for n in range(1, o.n + 1):
-                for b in range(o.n // n):
-                    sl = slice(b * n, (b + 1) * n)
-                    if kind == "mv":
-                        u = mv_utility(o.labels[g, sl], o.gold[g], o.scores[g, sl, -1], w, cw)
-                    else:
-                        u = bon_utility(o.scores[g, sl], w, cw)
-                    sums[:, o.prompt, n - 1] += u
-                    sumsq[:, o.prompt, n - 1] += u * u
-                    counts[o.prompt, n - 1] += 1
+    sums, sumsq, counts = block_statistics(p, obs)
     np.testing.assert_allclose(stats.sums, sums, atol=1e-10)
     np.testing.assert_allclose(stats.sumsq, sumsq, atol=1e-10)
     assert (stats.counts == counts).all()

@@ -9,31 +9,25 @@ import numpy as np
 
 from iapo.errors import InputError
 from iapo.estimate import Estimator
-from iapo.learners.base import LearnerResult, check_batches, check_estimator
 from iapo.learners.sequential import (
     BoolArray,
     IntpArray,
+    SequentialLearner,
     argmax_random_ties,
     estimates_or_zero,
-    sequential,
 )
-from iapo.problem import Problem
-from iapo.pulls import Oracle
 
 
 @dataclass(frozen=True, kw_only=True)
-class EpsilonGreedy:
+class EpsilonGreedy(SequentialLearner):
     """epsilon-greedy over all arms with shared estimates, in ``batches`` decision batches."""
 
     epsilon: float = 0.15
-    batches: int = 50
-    estimator: str = "blocks"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.epsilon <= 1.0:
             raise InputError(f"epsilon={self.epsilon} must lie in [0, 1]")
-        check_batches(self.batches)
-        check_estimator(self.estimator)
+        super().__post_init__()
 
     def select(self, stats: Estimator, contexts: IntpArray, feasible: BoolArray,
                rng: np.random.Generator) -> IntpArray:
@@ -42,8 +36,3 @@ class EpsilonGreedy:
         explore = rng.random(contexts.size) < self.epsilon
         return np.where(explore, rng.choice(np.flatnonzero(feasible), size=contexts.size),
                         greedy)
-
-    def __call__(self, problem: Problem, oracle: Oracle, budget: int,
-                 rng: np.random.Generator) -> LearnerResult:
-        return sequential(problem, oracle, budget, rng, self.select, batches=self.batches,
-                          estimator=self.estimator)

@@ -13,6 +13,7 @@ policy is the arm with the highest estimate in every context.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -25,6 +26,7 @@ from iapo.learners.base import (
     best_choices,
     check_batches,
     check_budget,
+    check_estimator,
     round_record,
 )
 from iapo.problem import Arm, Problem
@@ -110,3 +112,25 @@ def estimates_or_zero(stats: Estimator) -> npt.NDArray[np.float64]:
     """Estimated Q per context and arm, 0 for arms never observed: [C, A]."""
     mean = stats.mean
     return np.nan_to_num(mean, nan=0.0).reshape(mean.shape[0], -1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SequentialLearner:
+    """What the sequential baselines share: ``batches`` decision batches and an estimator;
+    a subclass gives its selection rule as ``select`` (a :class:`SelectionRule`)."""
+
+    batches: int = 50
+    estimator: str = "blocks"
+
+    def __post_init__(self) -> None:
+        check_batches(self.batches)
+        check_estimator(self.estimator)
+
+    def select(self, stats: Estimator, contexts: IntpArray, feasible: BoolArray,
+               rng: np.random.Generator) -> IntpArray:
+        raise NotImplementedError
+
+    def __call__(self, problem: Problem, oracle: Oracle, budget: int,
+                 rng: np.random.Generator) -> LearnerResult:
+        return sequential(problem, oracle, budget, rng, self.select, batches=self.batches,
+                          estimator=self.estimator)

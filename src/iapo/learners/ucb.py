@@ -9,31 +9,25 @@ import numpy as np
 
 from iapo.errors import InputError
 from iapo.estimate import Estimator
-from iapo.learners.base import LearnerResult, check_batches, check_estimator
 from iapo.learners.sequential import (
     BoolArray,
     IntpArray,
+    SequentialLearner,
     argmax_random_ties,
     estimates_or_zero,
-    sequential,
 )
-from iapo.problem import Problem
-from iapo.pulls import Oracle
 
 
 @dataclass(frozen=True, kw_only=True)
-class UCB:
+class UCB(SequentialLearner):
     """UCB over all arms with shared estimates, in ``batches`` decision batches."""
 
     c: float = 0.1
-    batches: int = 50
-    estimator: str = "blocks"
 
     def __post_init__(self) -> None:
         if not self.c >= 0:
             raise InputError(f"exploration constant c={self.c} must be >= 0")
-        check_batches(self.batches)
-        check_estimator(self.estimator)
+        super().__post_init__()
 
     def select(self, stats: Estimator, contexts: IntpArray, feasible: BoolArray,
                rng: np.random.Generator) -> IntpArray:
@@ -43,8 +37,3 @@ class UCB:
             bonus = np.where(n > 0, self.c * np.sqrt(np.log(t) / n), np.inf)
         index = estimates_or_zero(stats) + bonus
         return argmax_random_ties(np.where(feasible, index, -np.inf), contexts, rng)
-
-    def __call__(self, problem: Problem, oracle: Oracle, budget: int,
-                 rng: np.random.Generator) -> LearnerResult:
-        return sequential(problem, oracle, budget, rng, self.select, batches=self.batches,
-                          estimator=self.estimator)
