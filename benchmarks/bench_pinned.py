@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from pinned import ROOT, worktree
 
 MEASURE = """
 import statistics, time
@@ -51,18 +51,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        pinned = Path(tmp) / "pinned"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(pinned),
-                        args.commit], check=True, capture_output=True)
-        try:
-            now, then = [], []
-            for _ in range(args.rounds):
-                then.append(measure(pinned / "src", args.runs, str(Path(tmp) / "c1")))
-                now.append(measure(ROOT / "src", args.runs, str(Path(tmp) / "c2")))
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
-                            str(pinned)], check=False, capture_output=True)
+    with worktree(args.commit) as pinned, tempfile.TemporaryDirectory() as tmp:
+        now, then = [], []
+        for _ in range(args.rounds):
+            then.append(measure(pinned / "src", args.runs, str(Path(tmp) / "c1")))
+            now.append(measure(ROOT / "src", args.runs, str(Path(tmp) / "c2")))
     a, b = statistics.median(now), statistics.median(then)
     print(f"PSST on commonsenseqa, T = 20,000, median of {args.runs} runs x {args.rounds} "
           f"alternating rounds: now {a * 1000:.1f} ms, pinned {args.commit} {b * 1000:.1f} ms, "

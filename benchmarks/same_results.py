@@ -17,7 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from pinned import ROOT, worktree
+
 ENVS = ("math", "commonsenseqa", "synth-bernoulli", "synth-categorical",
         "helpful-harmless-smollm2", "summarization-smollm2")
 LEARNERS = ("psst,psst-k1,psst-k4,psst-k8,uniform,egreedy,softmax,ucb,triple-n1,triple-nrand,"
@@ -46,26 +47,19 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=50)
     args = ap.parse_args()
     ok = True
-    with tempfile.TemporaryDirectory() as tmp:
-        pinned = Path(tmp) / "pinned"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(pinned),
-                        args.commit], check=True, capture_output=True)
-        try:
-            for env in ENVS:
-                same = iapo(pinned / "src", "oracle", env, "--json") == iapo(
-                    ROOT / "src", "oracle", env, "--json")
-                ok &= same
-                print(f"iapo oracle {env} --json: {'identical' if same else 'DIFFERENT'}")
-            then = bench_rows(pinned / "src", Path(tmp) / "then", args.runs)
-            now = bench_rows(ROOT / "src", Path(tmp) / "now", args.runs)
-            differ = [k for k in then if then[k] != now.get(k)]
-            same = not differ and then.keys() == now.keys()
+    with worktree(args.commit) as pinned, tempfile.TemporaryDirectory() as tmp:
+        for env in ENVS:
+            same = iapo(pinned / "src", "oracle", env, "--json") == iapo(
+                ROOT / "src", "oracle", env, "--json")
             ok &= same
-            print(f"bench math,commonsenseqa, {args.runs} runs, {len(then)} rows: "
-                  f"{'identical' if same else f'{len(differ)} rows DIFFERENT, e.g. {differ[:3]}'}")
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
-                            str(pinned)], check=False, capture_output=True)
+            print(f"iapo oracle {env} --json: {'identical' if same else 'DIFFERENT'}")
+        then = bench_rows(pinned / "src", Path(tmp) / "then", args.runs)
+        now = bench_rows(ROOT / "src", Path(tmp) / "now", args.runs)
+        differ = [k for k in then if then[k] != now.get(k)]
+        same = not differ and then.keys() == now.keys()
+        ok &= same
+        print(f"bench math,commonsenseqa, {args.runs} runs, {len(then)} rows: "
+              f"{'identical' if same else f'{len(differ)} rows DIFFERENT, e.g. {differ[:3]}'}")
     sys.exit(0 if ok else 1)
 
 

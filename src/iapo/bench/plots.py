@@ -22,7 +22,9 @@ EXPLORATION = ("psst", "psst-k1", "psst-k4", "psst-k8", "uniform", "egreedy", "s
 INFERENCE = ("psst", "psst-k1", "psst-k4", "psst-k8", "triple-n1", "triple-nrand")
 BEYOND = ("psst", "psst-k1", "psst-k4", "psst-k8", "psst:subsets", "psst-k4:subsets",
           "psst-model", "psst-model4")
-FIGURES = {"exploration": EXPLORATION, "inference": INFERENCE, "beyond": BEYOND}
+DEFAULT = ("psst-auto", "psst", "psst-k1", "psst-k8", "uniform", "psst-model", "psst-model4")
+FIGURES = {"exploration": EXPLORATION, "inference": INFERENCE, "beyond": BEYOND,
+           "default": DEFAULT}
 _STYLE = {
     "psst": ("#000000", "-", "o"),
     "psst-k1": ("#1f77b4", "--", "v"),
@@ -38,11 +40,13 @@ _STYLE = {
     "psst-k4:subsets": ("#98df8a", "-", "p"),
     "psst-model": ("#d62728", "-", "P"),
     "psst-model4": ("#ff7f0e", "-", "X"),
+    "psst-auto": ("#6a3d9a", "-", "*"),
 }
 _TITLES = {
     "exploration": "exploration strategies (paper, Fig. 4)",
     "inference": "inference-awareness (paper, Fig. 5)",
     "beyond": "beyond the paper: estimators and models",
+    "default": "the default learner, psst-auto, against the best others",
 }
 
 
@@ -78,9 +82,10 @@ def learning_curves(
     summary: Sequence[Mapping[str, Any]], env: str, out: Path, metric: str = "acr",
     stem: str | None = None,
 ) -> list[Path]:
-    """Two figures for ``env``: mean ``metric`` (acr or regret) against budget with SEM bands,
-    log-scaled budget axis, written to ``out`` as ``stem``-exploration and ``stem``-inference
-    (``stem`` by default ``figure_stem(env)``). Returns the files written (PNG and SVG of
+    """Figures for ``env``: mean ``metric`` (acr or regret) against budget with SEM bands,
+    log-scaled budget axis, written to ``out`` as ``stem``-exploration and ``stem``-inference,
+    ``stem``-beyond when a learner beyond the paper ran and ``stem``-default when psst-auto
+    did (``stem`` by default ``figure_stem(env)``). Returns the files written (PNG and SVG of
     each)."""
     stem = stem or figure_stem(env)
     rows = [s for s in summary if s["env"] == env]
@@ -89,6 +94,8 @@ def learning_curves(
         present = [ln for ln in learners if any(s["learner"] == ln for s in rows)]
         if not present or (kind == "beyond" and not set(present) - set(EXPLORATION)):
             continue  # the beyond figure only when something beyond the paper ran
+        if kind == "default" and "psst-auto" not in present:
+            continue
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for ln in present:
             pts = sorted((int(s["budget"]), s[f"mean_{metric}"], s[f"sem_{metric}"])
