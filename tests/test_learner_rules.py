@@ -819,3 +819,44 @@ def test_a_configured_learner_keeps_its_name_and_summary() -> None:
     configured = spec.configure(rho=0.3)
     assert (configured.name, configured.summary) == (spec.name, spec.summary)
     assert configured.learner == TopKScreening(k=4, rho=0.3)
+
+
+# ---------------------------------------------------------------- psst-auto
+
+
+def test_psst_auto_screens_prompts_then_runs_psst_on_the_survivors_by_hand() -> None:
+    # Best-of-N without noise: 8 prompts scoring FIRST[:8] = 0.5, 0.2, 0.9, 0.0, 0.7, 0.4, 0.8,
+    # 0.1, cost 0.01 each with cost weight 1: the best arm is (2, 1); model and blocks are
+    # exact, so both rank the prompts alike. N_max 4: groups of g = 4. T = 200, screening
+    # 100: R_s = ceil(log2(8 / 2)) = 2 <= floor(100 / 32) rounds.
+    env = noiseless_bon(FIRST[:8], [0.01] * 8, 4, {"b": 1.0})
+    oracle = SimulatedOracle(env, np.arange(3), 200, np.random.default_rng(0))
+    result = get_learner("psst-auto").learner(env.problem, oracle, 200, np.random.default_rng(1))
+    rounds = result.trace.rounds
+    assert [r.round for r in rounds] == [-2, -1, 1, 2]
+    s1, s2, p1, p2 = rounds
+    # round -2: allowance floor(100 / 2) = 50, M = 8 x 4: one group each (32). A context keeps
+    # half, 4: the union of the best ceil(4 / 2) = 2 by the model and by the blocks, which
+    # agree here: prompts 2 and 6, 2 x 4 arms
+    assert (s1.allowance, pulls(s1), list(s1.alive)) == (50, [(p, 4, 1) for p in range(8)], [8])
+    # round -1 (the last): allowance 100 - 32 = 68, M = 2 x 4: 8 groups each (64). It lands on
+    # keep = 2: the union of the best 1 by each ranking, the same prompt 2
+    assert (s2.allowance, pulls(s2), list(s2.alive)) == (68, [(2, 4, 8), (6, 4, 8)], [4])
+    assert result.trace.info["screened_prompts"] == [[2]]
+    # PSST on prompt 2's 4 arms with 200 - 96 = 104: R = 2 rounds of 52; round 1 pulls N = 4,
+    # 13 groups, keeps N = 1, 2 (Q falls with N); round 2 pulls N = 2, 26 groups
+    assert (p1.allowance, pulls(p1), list(p1.alive)) == (52, [(2, 4, 13)], [2])
+    assert (p2.allowance, pulls(p2), list(p2.alive)) == (52, [(2, 2, 26)], [1])
+    (choice,) = result.choices
+    assert (choice.prompt, choice.n, choice.q_hat) == (2, 1, pytest.approx(0.89))
+    assert result.trace.completions_used == oracle.ledger.spent == 200
+
+
+def test_psst_auto_skips_screening_it_cannot_pay_for() -> None:
+    # 8 prompts, groups of 4: a screening round needs 32; T = 60 gives the screening 30
+    env = noiseless_bon(FIRST[:8], [0.01] * 8, 4, {"b": 1.0})
+    oracle = SimulatedOracle(env, np.arange(3), 60, np.random.default_rng(0))
+    result = get_learner("psst-auto").learner(env.problem, oracle, 60, np.random.default_rng(1))
+    assert result.trace.notes[0] == ("screening skipped: 8 prompts, keep=2, and rho*T = 30 "
+                                     "cannot pay a round of groups of 4 for every prompt")
+    assert all(r.round >= 1 for r in result.trace.rounds) and oracle.ledger.spent == 60

@@ -10,12 +10,13 @@ is the choice of prompt, not of N. ``psst-auto`` spends its budget in two phases
    floor(n_r / M) groups each, n_r the round's allowance (rule 3 of PSST: floor((r+1) rho T /
    R_s) less what was spent). Groups of g feed a per-query model (:mod:`iapo.model`), which
    estimates Q for every N from them, and for Best-of-N also unbiased blocks (N <= g). Then
-   every context keeps half of its prompts (ceil), never fewer than ``keep`` (2), and exactly
-   ``keep`` after the last round:
+   every context keeps k of its prompts, k half of them (ceil) but never fewer than ``keep``
+   (2), and k = ``keep`` after the last round:
 
-   - majority voting: the best by the model's value max_N Q(c, p, N);
-   - Best-of-N: half of them the best by the model's value and half the best by the blocks'
-     max over N <= g of Q (the union): on real score distributions the model's large-N
+   - majority voting: the k best by the model's value max_N Q(c, p, N);
+   - Best-of-N: the union of the ceil(k / 2) best by the model's value and the ceil(k / 2)
+     best by the blocks' max over N <= g of Q, so between ceil(k / 2) and k prompts (fewer
+     when the two rankings agree): on real score distributions the model's large-N
      extrapolation can misrank prompts, while small-N blocks miss prompts that win only at
      large N.
 
