@@ -43,10 +43,17 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from iapo.errors import InputError
 from iapo.estimate import Estimator, QTable
-from iapo.learners.base import LearnerResult, Trace, check_budget, round_record
-from iapo.learners.psst import allowance, equal_pulls, psst
+from iapo.learners.base import (
+    LearnerResult,
+    Trace,
+    check_budget,
+    check_count,
+    check_fraction,
+    check_positive,
+    round_record,
+)
+from iapo.learners.psst import allowance, equal_pulls, keep_best, psst
 from iapo.problem import Problem
 from iapo.pulls import Oracle
 
@@ -67,19 +74,6 @@ def survivors(size: int, keep: int, last: bool) -> int:
     return min(size, keep) if last else max(keep, math.ceil(size / 2))
 
 
-def best_prompts(value: npt.NDArray[np.float64], alive: BoolArray, k: int,
-                 rng: np.random.Generator) -> BoolArray:
-    """Per context the ``k`` alive prompts of highest ``value`` [C, P] (NaN counts as best:
-    no prompt is dropped on no data; ties at random): a mask [C, P]."""
-    c, p = value.shape
-    score = np.where(alive, np.where(np.isnan(value), np.inf, value), -np.inf)
-    perm = rng.permutation(p)
-    order = perm[np.argsort(-score[:, perm], axis=1, kind="stable")]
-    out = np.zeros_like(alive)
-    out[np.repeat(np.arange(c), k), order[:, :k].reshape(-1)] = True
-    return out & alive
-
-
 @dataclass(frozen=True, kw_only=True)
 class PSSTAuto:
     """The default learner: prompt screening with a per-query model (and, for Best-of-N,
@@ -90,12 +84,9 @@ class PSSTAuto:
     alpha: float = 0.5
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.rho < 1.0:
-            raise InputError(f"rho={self.rho} must lie strictly between 0 and 1")
-        if int(self.keep) != self.keep or self.keep < 1:
-            raise InputError(f"keep={self.keep} must be an integer of at least 1")
-        if not self.alpha > 0:
-            raise InputError(f"alpha={self.alpha} must be positive")
+        check_fraction("rho", self.rho)
+        check_count("keep", self.keep)
+        check_positive("alpha", self.alpha)
 
     def __call__(self, problem: Problem, oracle: Oracle, budget: int,
                  rng: np.random.Generator) -> LearnerResult:
@@ -149,10 +140,10 @@ class PSSTAuto:
 
 def _keep_rows(value: npt.NDArray[np.float64], alive: BoolArray, k: npt.NDArray[np.int_],
                rng: np.random.Generator) -> BoolArray:
-    """Per context c the k[c] alive prompts of highest ``value`` (``best_prompts`` row by
-    row, since contexts keep different numbers)."""
+    """Per context c the k[c] alive prompts of highest ``value`` [C, P] (``keep_best``),
+    the contexts that keep the same number together (one random tie-break order each)."""
     out = np.zeros_like(alive)
     for kk in np.unique(k):
         rows = np.flatnonzero(k == kk)
-        out[rows] = best_prompts(value[rows], alive[rows], int(kk), rng)
+        out[rows] = keep_best(value[rows], alive[rows], int(kk), rng)
     return out

@@ -15,7 +15,8 @@ from iapo.problem import Arm, Choice, Problem
 from iapo.pulls import Oracle, Pull
 
 __all__ = ["Choice", "Learner", "LearnerResult", "Round", "Trace", "best_choices",
-           "check_batches", "check_budget", "check_estimator", "round_record"]
+           "check_budget", "check_count", "check_estimator", "check_fraction",
+           "check_positive", "round_record"]
 
 
 @dataclass(frozen=True)
@@ -102,9 +103,22 @@ def check_estimator(estimator: str) -> None:
                          f"{', '.join(ESTIMATORS)}")
 
 
-def check_batches(batches: int) -> None:
-    if int(batches) != batches or batches < 1:
-        raise InputError(f"batches={batches} must be an integer of at least 1")
+# the checks of the learners' hyperparameters, each named in its message
+
+
+def check_count(name: str, value: int) -> None:
+    if int(value) != value or value < 1:
+        raise InputError(f"{name}={value} must be an integer of at least 1")
+
+
+def check_positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise InputError(f"{name}={value} must be positive")
+
+
+def check_fraction(name: str, value: float) -> None:
+    if not 0.0 < value < 1.0:
+        raise InputError(f"{name}={value} must lie strictly between 0 and 1")
 
 
 def best_choices(

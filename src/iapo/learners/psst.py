@@ -41,7 +41,9 @@ from iapo.learners.base import (
     Trace,
     best_choices,
     check_budget,
+    check_count,
     check_estimator,
+    check_positive,
     round_record,
 )
 from iapo.problem import Problem
@@ -75,6 +77,21 @@ def _top_scale(active: BoolArray) -> npt.NDArray[np.intp]:
     return np.where(any_n.any(axis=1), last, 0).astype(np.intp)
 
 
+def keep_best(value: npt.NDArray[np.float64], alive: BoolArray, keep: npt.ArrayLike,
+              rng: np.random.Generator) -> BoolArray:
+    """Per row c of ``value`` [C, X], the ``keep[c]`` alive entries of highest value (a mask
+    [C, X]): random among equals, and an entry without data (NaN) ranks above every other,
+    so nothing is eliminated on no data."""
+    score = np.where(alive, np.where(np.isnan(value), np.inf, value), -np.inf)
+    # a stable sort of randomly permuted columns breaks ties uniformly at random
+    perm = rng.permutation(value.shape[1])
+    order = perm[np.argsort(-score[:, perm], axis=1, kind="stable")]  # best first
+    out = np.zeros_like(alive)
+    for ci, k in enumerate(np.broadcast_to(keep, value.shape[:1])):
+        out[ci, order[ci, :k]] = True
+    return alive & out
+
+
 def trim(
     active: BoolArray, stats: Estimator, rounds_left: int, rng: np.random.Generator
 ) -> BoolArray:
@@ -83,19 +100,9 @@ def trim(
     Arms with no data rank above all others, so they are never eliminated on no data.
     """
     c, p, n = active.shape
-    mean = stats.mean.reshape(c, p * n)
     flags = active.reshape(c, p * n)
-    score = np.where(np.isnan(mean), np.inf, mean)
-    score = np.where(flags, score, -np.inf)
-    # a stable sort of randomly permuted columns breaks ties uniformly at random
-    perm = rng.permutation(p * n)
-    order = perm[np.argsort(-score[:, perm], axis=1, kind="stable")]  # best first
-    sizes = flags.sum(axis=1)
-    keep = np.array([keep_count(int(s), rounds_left) for s in sizes])
-    out = np.zeros_like(flags)
-    for ci in range(c):
-        out[ci, order[ci, : keep[ci]]] = True
-    return (flags & out).reshape(c, p, n)
+    keep = [keep_count(int(s), rounds_left) for s in flags.sum(axis=1)]
+    return keep_best(stats.mean.reshape(c, p * n), flags, keep, rng).reshape(c, p, n)
 
 
 # ---------------------------------------------------------------- the schedule, pure
@@ -282,10 +289,8 @@ class PSSTModel:
     alpha: float = 0.5
 
     def __post_init__(self) -> None:
-        if int(self.group) != self.group or self.group < 1:
-            raise InputError(f"group={self.group} must be an integer of at least 1")
-        if not self.alpha > 0:
-            raise InputError(f"alpha={self.alpha} must be positive")
+        check_count("group", self.group)
+        check_positive("alpha", self.alpha)
 
     def __call__(self, problem: Problem, oracle: Oracle, budget: int,
                  rng: np.random.Generator) -> LearnerResult:
@@ -296,4 +301,5 @@ class PSSTModel:
 
 
 __all__ = ["PSST", "Choice", "PSSTModel", "Uniform", "allowance", "effective_rounds",
-           "equal_pulls", "keep_count", "psst", "rounds_for", "scale_cap", "top_up", "trim"]
+           "equal_pulls", "keep_best", "keep_count", "psst", "rounds_for", "scale_cap", "top_up",
+           "trim"]

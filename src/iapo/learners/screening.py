@@ -12,9 +12,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from iapo.errors import InputError
 from iapo.estimate import QTable
-from iapo.learners.base import LearnerResult, Trace, check_budget, check_estimator, round_record
+from iapo.learners.base import (
+    LearnerResult,
+    Trace,
+    check_budget,
+    check_count,
+    check_estimator,
+    check_fraction,
+    round_record,
+)
 from iapo.learners.psst import psst
 from iapo.problem import Problem
 from iapo.pulls import Oracle, Pull
@@ -29,10 +36,8 @@ class TopKScreening:
     estimator: str = "blocks"
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.rho < 1.0:
-            raise InputError(f"rho={self.rho} must lie strictly between 0 and 1")
-        if int(self.k) != self.k or self.k < 1:
-            raise InputError(f"K={self.k} must be an integer of at least 1")
+        check_fraction("rho", self.rho)
+        check_count("K", self.k)
         check_estimator(self.estimator)
 
     def __call__(self, problem: Problem, oracle: Oracle, budget: int,

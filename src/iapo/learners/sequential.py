@@ -24,8 +24,8 @@ from iapo.learners.base import (
     LearnerResult,
     Trace,
     best_choices,
-    check_batches,
     check_budget,
+    check_count,
     check_estimator,
     round_record,
 )
@@ -81,7 +81,7 @@ def sequential(
     """Spend ``budget`` in ``batches`` decision batches, each picked by ``select`` from the
     estimates after the batch before; the best estimated arm of every context at the end."""
     budget = check_budget(oracle, budget)
-    check_batches(batches)
+    check_count("batches", batches)
     p, n = problem.n_prompts, problem.n_max
     arm_cost = np.tile(np.arange(1, n + 1), p)
     stats = QTable(problem, estimator)
@@ -123,7 +123,7 @@ class SequentialLearner:
     estimator: str = "blocks"
 
     def __post_init__(self) -> None:
-        check_batches(self.batches)
+        check_count("batches", self.batches)
         check_estimator(self.estimator)
 
     def select(self, stats: Estimator, contexts: IntpArray, feasible: BoolArray,

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from iapo.errors import InputError
 from iapo.estimate import Estimator
+from iapo.learners.base import check_positive
 from iapo.learners.sequential import (
     BoolArray,
     IntpArray,
@@ -26,8 +26,7 @@ class Softmax(SequentialLearner):
     temperature: float = 0.05
 
     def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise InputError(f"temperature={self.temperature} must be positive")
+        check_positive("temperature", self.temperature)
         super().__post_init__()
 
     def select(self, stats: Estimator, contexts: IntpArray, feasible: BoolArray,
