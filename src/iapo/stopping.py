@@ -1,0 +1,331 @@
+"""Majority voting that stops once the vote is decided: exact expected cost, and replays.
+
+The rule. An MV arm (prompt, N) draws N i.i.d. answers from a query's answer-category
+distribution q [L] and returns the most common answer(s). With early stopping the answers come
+in waves of ``wave`` (the last wave is min(wave, N - drawn)). After a wave, with t answers drawn
+and r = N - t still to come, the vote is *decided* when
+
+    margin(t) = (leader's count) - (runner-up's count, the largest among the others) > r,
+
+and then no more answers are drawn; at t = N it always stops. wave = N is the paper's arm (one
+wave, always N paid); wave = 1 is fully sequential.
+
+Same answer as drawing all N. If leader i holds a votes and every other category at most
+a - r - 1 at t, then after all N answers i still leads every other category by at least
+a - (a - r - 1) - r = 1: i is the unique winner, as it is at t, so the winner set (and the
+1/t tie credit) is exactly that of the full N draws. Margin == r is not enough: the runner-up
+could take all r remaining answers and tie, turning the winner set {i} into {i, j}.
+
+Monotonicity. One more answer changes c_i - max_{j != i} c_j by at most 1 (it raises either c_i
+or one c_j), while r falls by exactly 1; so decided at t (c_i - max_j c_j > r) stays decided at
+t + 1 with the same leader, and at every later t. Hence the answers t count only through the
+multinomial(t, q) counts at t, and
+
+    P(another wave is drawn after t answers) = P(not decided at t) = P(margin(t) <= N - t).
+
+Equivalently s(t) = margin(t) + t never decreases, and the vote is decided at t iff s(t) > N.
+
+The dynamic program. For r >= 0 the events "category i leads the rest by more than r" are
+disjoint over i (only one category can lead every other), so with leader i holding a votes
+and every other category at most b = a - r - 1 votes (their sum m = t - a),
+
+    P(decided at t) = sum_i sum_a C(t, a) q_i^a G_i(b, m),
+    G_i(b, m) = sum over c_j <= b (j != i) with sum c_j = m of multinomial(m; c) prod q_j^c_j,
+
+a truncated multinomial that a DP over categories sums (as ``iapo.exact`` does): adding c votes
+of category j to m votes multiplies by C(m + c, c) q_j^c, so every table entry is a probability
+mass and nothing overflows. One DP per cap b serves every (t, r) with a - r - 1 = b, and every
+leader i at once (category i enters its own DP with weight 1 at c = 0 only). The result depends
+on q only through its sorted values, so equal rows (common in real data) are computed once, and
+categories with probability 0 are dropped.
+
+Shapes. probs [..., L] -> undecided [..., n_max+1, n_max+1] indexed [N, t]; expected
+completions and waves [..., n_max] (column N-1 for the arm N); replays over stored labels
+[B, n] -> [B] or [B, n].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import numpy.typing as npt
+from scipy.special import gammaln
+
+from iapo.errors import InputError
+from iapo.exact import MV_N_MAX_LIMIT
+from iapo.utility import unique_rows
+
+__all__ = [
+    "expected_paid",
+    "paid_from_undecided",
+    "paid_in_block",
+    "stop_index",
+    "stop_points",
+    "vote_decided",
+    "undecided_probability",
+]
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+_TOL = 1e-6  # how far a row of probabilities may sum from 1
+_CHUNK = 1024  # distinct rows per dynamic program
+
+
+# --- input checks -------------------------------------------------------------------------------
+
+
+def _check_int(value: object, name: str, low: int, hint: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise InputError(f"{name} must be an integer; got {value!r}: {hint}")
+    if int(value) < low:
+        raise InputError(f"{name} must be at least {low}; got {value}: {hint}")
+    return int(value)
+
+
+def _check_wave(wave: object) -> int:
+    return _check_int(wave, "wave", 1, "give the number of answers drawn per wave "
+                      "(1 for fully sequential, N or more for one wave of N)")
+
+
+def _check_n_max(n_max: object) -> int:
+    n = _check_int(n_max, "n_max", 1, "give the largest number of answers N of an arm")
+    if n > MV_N_MAX_LIMIT:
+        raise InputError(f"n_max must be at most {MV_N_MAX_LIMIT}; got {n}: lower n_max")
+    return n
+
+
+def _check_probs(probs: npt.ArrayLike) -> FloatArray:
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim < 1 or p.shape[-1] < 1:
+        raise InputError(f"probs must be [..., L] with L >= 1 answer categories; got {p.shape}")
+    if not np.all(np.isfinite(p)) or p.min(initial=0.0) < 0 or p.max(initial=0.0) > 1 + _TOL:
+        raise InputError("probs must be finite probabilities in [0, 1]; check the answer "
+                         "distribution")
+    sums = p.sum(axis=-1)
+    bad = np.argwhere(np.abs(sums - 1.0) > _TOL)
+    if bad.size:
+        first = tuple(int(i) for i in bad[0])
+        raise InputError(f"each row of probs must sum to 1; row {first} sums to "
+                         f"{sums[first]:g} ({len(bad)} bad rows): normalize the rows")
+    return p
+
+
+def _check_labels(labels: npt.ArrayLike, n_categories: int | None) -> IntArray:
+    lab = np.asarray(labels)
+    if lab.ndim != 2:
+        raise InputError(f"labels must be [B, n] (answers in draw order); got shape {lab.shape}")
+    if lab.size and not np.issubdtype(lab.dtype, np.integer):
+        raise InputError(f"labels must be integer category indices; got dtype {lab.dtype}")
+    top = n_categories if n_categories is not None else int(lab.max(initial=0)) + 1
+    if lab.size and (lab.min() < 0 or lab.max() >= top):
+        raise InputError(f"labels must lie in 0..{top - 1}; got values from {lab.min()} to "
+                         f"{lab.max()}: pass the right n_categories or fix the labels")
+    return lab.astype(np.int64, copy=False)
+
+
+# --- the undecided table ------------------------------------------------------------------------
+
+
+def _binom_table(n_max: int) -> FloatArray:
+    """binom[m, c] = C(m + c, c) for m, c = 0..n_max."""
+    idx = np.arange(n_max + 1)
+    return np.rint(np.exp(gammaln(idx[:, None] + idx[None, :] + 1) - gammaln(idx[:, None] + 1)
+                          - gammaln(idx[None, :] + 1)))
+
+
+def _decided_dp(q: FloatArray, n_max: int, binom: FloatArray) -> FloatArray:
+    """P(decided at t with r answers to come) = P(margin(t) > r): q [U, k] -> [U, t, r],
+    t, r = 0..n_max (entries with t + r > n_max are 0)."""
+    u, k = q.shape
+    qpow = q[:, :, None] ** np.arange(n_max + 1)  # [U, k, c]: q_j^c (0^0 = 1)
+    decided = np.zeros((u, n_max + 1, n_max + 1))
+    for b in range(n_max):  # the cap on every other category: b = a - r - 1
+        size = n_max - b  # their total m <= n_max - 1 - b, as a = b + 1 + r >= b + 1
+        m = np.arange(size)
+        diff = m[None, :] - m[:, None]  # [m', m]: votes c = m - m' that category j adds
+        band = (diff >= 0) & (diff <= b)
+        coef = np.where(band, binom[m[:, None], np.clip(diff, 0, None)], 0.0)  # C(m, c)
+        at = np.clip(diff, 0, b)
+        g = np.zeros((u, k, size))  # [row, leader i, others' total m]: G_i(b, m)
+        g[:, :, 0] = 1.0
+        for j in range(k):
+            step = coef * np.take(qpow[:, j], at, axis=1)  # [U, m', m]: C(m, c) q_j^c
+            new = g @ step
+            new[:, j] = g[:, j]  # the leader j is not one of its own "others"
+            g = new
+        # leader i holds a = b + 1 + r votes, the others m: t = a + m, weight C(t, a) q_i^a
+        lead = np.swapaxes(qpow[:, :, b + 1: b + 1 + size], 1, 2) @ g  # [U, r, m]
+        r_idx, m_idx = np.nonzero(np.add.outer(m, m) < size)
+        a_idx = b + 1 + r_idx
+        decided[:, a_idx + m_idx, r_idx] += lead[:, r_idx, m_idx] * binom[m_idx, a_idx]
+    return decided
+
+
+def _undecided_unique(p: FloatArray, n_max: int) -> tuple[FloatArray, npt.NDArray[np.intp]]:
+    """The undecided table of every distinct sorted row and each row's index into them:
+    probs [M, L] -> ([U, n_max+1, n_max+1] indexed [N, t], inverse [M])."""
+    if p.shape[-1] < 2:  # one category: the runner-up holds 0 votes
+        p = np.concatenate([p, np.zeros_like(p)], axis=-1)
+    keys, inverse = unique_rows(-np.sort(-p, axis=-1))  # depends only on the sorted values
+    uniq: FloatArray = keys.astype(np.float64, copy=False)
+    binom = _binom_table(n_max)
+    decided = np.zeros((uniq.shape[0], n_max + 1, n_max + 1))  # [U, t, r]
+    # zero-probability categories never hold votes; dropping them shrinks the DP
+    width = np.maximum((uniq > 0).sum(axis=-1), 2)
+    for k in np.unique(width):
+        rows = np.flatnonzero(width == k)
+        for part in np.array_split(rows, -(-rows.size // _CHUNK)):  # bounds the [U, N, N] steps
+            decided[part] = _decided_dp(uniq[part, :k], n_max, binom)
+    # [N, t] with r = N - t; t > N is never reached and stays 0
+    n_idx, t_idx = np.nonzero(np.tri(n_max + 1, dtype=bool))
+    table = np.zeros_like(decided)
+    table[:, n_idx, t_idx] = np.clip(1.0 - decided[:, t_idx, n_idx - t_idx], 0.0, 1.0)
+    return table, inverse
+
+
+def undecided_probability(probs: npt.ArrayLike, n_max: int) -> FloatArray:
+    """P(the vote is not decided after t answers of an arm N) = P(margin(t) <= N - t).
+
+    probs [..., L] (rows sum to 1) -> [..., n_max+1, n_max+1] indexed [N, t] for N, t =
+    0..n_max; entries with t > N are 0 (never reached). Column t = 0 is 1 (margin 0 <= N);
+    at t = N the entry is P(a tie at the top), though the arm stops there anyway.
+    """
+    p = _check_probs(probs)
+    n = _check_n_max(n_max)
+    table, inverse = _undecided_unique(p.reshape(-1, p.shape[-1]), n)
+    return table[inverse].reshape(*p.shape[:-1], n + 1, n + 1)
+
+
+# --- expected cost ------------------------------------------------------------------------------
+
+
+def _wave_starts(n_max: int, wave: int) -> tuple[FloatArray, FloatArray]:
+    """(starts, sizes) [n_max+1, n_max+1] indexed [N, t]: starts is 1 where a wave of the arm N
+    begins after t answers (t a multiple of wave, t < N), sizes the size of that wave."""
+    n = np.arange(n_max + 1)[:, None]
+    t = np.arange(n_max + 1)[None, :]
+    starts = ((t % wave == 0) & (t < n)).astype(np.float64)
+    return starts, starts * np.minimum(wave, n - t)
+
+
+def paid_from_undecided(undecided: npt.ArrayLike, wave: int) -> tuple[FloatArray, FloatArray]:
+    """Expected completions paid and waves drawn, from an undecided table.
+
+    undecided [..., n_max+1, n_max+1] (from :func:`undecided_probability`) -> (completions,
+    waves), each [..., n_max] (column N-1 for the arm N). A wave that starts after t answers is
+    drawn with probability P(undecided at t) (monotonicity), so E[paid] = sum over wave starts
+    t of (wave size) * undecided[N, t], and E[waves] likewise with 1 per wave.
+    """
+    w = _check_wave(wave)
+    table = np.asarray(undecided, dtype=np.float64)
+    if table.ndim < 2 or table.shape[-1] != table.shape[-2] or table.shape[-1] < 2:
+        raise InputError(f"undecided must be [..., n_max+1, n_max+1]; got {table.shape}: pass "
+                         "the output of undecided_probability")
+    starts, sizes = _wave_starts(table.shape[-1] - 1, w)
+    paid = np.einsum("...nt,nt->...n", table, sizes)[..., 1:]
+    waves = np.einsum("...nt,nt->...n", table, starts)[..., 1:]
+    return paid, waves
+
+
+def expected_paid(probs: npt.ArrayLike, n_max: int, wave: int) -> tuple[FloatArray, FloatArray]:
+    """Expected completions paid and waves drawn by the decided rule, for N = 1..n_max.
+
+    probs [..., L] (rows sum to 1); wave >= 1 answers per wave (wave >= N: one wave of N) ->
+    (completions, waves), each [..., n_max] (column N-1 for the arm N).
+    """
+    p = _check_probs(probs)
+    n = _check_n_max(n_max)
+    w = _check_wave(wave)
+    table, inverse = _undecided_unique(p.reshape(-1, p.shape[-1]), n)
+    paid, waves = paid_from_undecided(table, w)
+    shape = (*p.shape[:-1], n)
+    return paid[inverse].reshape(shape), waves[inverse].reshape(shape)
+
+
+# --- replays over stored answers ----------------------------------------------------------------
+
+
+def _score_path(lab: IntArray, n_categories: int) -> IntArray:
+    """s(t) = margin(t) + t of every prefix, t = 0..n: labels [B, n] -> [B, n+1]
+    (non-decreasing in t; decided at t for an arm N iff s(t) > N)."""
+    b, n = lab.shape
+    onehot = np.zeros((b, n + 1, max(n_categories, 2)), dtype=np.int64)
+    onehot[np.arange(b)[:, None], np.arange(1, n + 1), lab] = 1
+    counts = np.cumsum(onehot, axis=1)  # [B, t, L]: votes of each category after t answers
+    top2 = np.partition(counts, -2, axis=-1)[..., -2:]
+    return top2[..., 1] - top2[..., 0] + np.arange(n + 1)
+
+
+def _paid_at(path: IntArray, n: int, wave: int) -> IntArray:
+    """Completions paid by the arm (n, wave) from the score path [B, >= n+1] -> [B]."""
+    # s is non-decreasing, so the first decided t is the number of t in 0..n with s(t) <= n
+    return _noticed((path[:, : n + 1] <= n).sum(axis=1), n, wave)
+
+
+def _noticed(first: IntArray, n: IntArray | int, wave: int) -> IntArray:
+    """The arm notices a vote decided after ``first`` answers at the first wave boundary at
+    or after it, and at n at the latest: [B]."""
+    return np.minimum(-(-first // wave) * wave, n)
+
+
+def stop_points(prefix: npt.NDArray[np.integer], start: npt.NDArray[np.intp],
+                size: npt.NDArray[np.intp], wave: int) -> IntArray:
+    """Completions paid by the arm (size[b], wave) on answers start[b] .. start[b] + size[b]
+    - 1 of a batch laid end to end, from its cumulative votes prefix [L, T+1] (prefix[:, j] =
+    votes of each category among the first j answers): [B], each in 1..size[b]. The blocks'
+    replay of the rule in :class:`iapo.estimate.QTable`."""
+    w = _check_wave(wave)
+    if start.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    n_max = int(size.max())
+    t = np.arange(n_max + 1)
+    at = np.minimum(start[:, None] + t, prefix.shape[1] - 1)  # [B, t] (clipped past the end)
+    counts = prefix[:, at] - prefix[:, start][:, :, None]  # [L, B, t]
+    if counts.shape[0] < 2:  # one category seen: the runner-up holds 0 votes
+        counts = np.concatenate([counts, np.zeros_like(counts)])
+    top2 = np.partition(counts, -2, axis=0)[-2:]
+    path = top2[1] - top2[0] + t  # s(t) = margin(t) + t, non-decreasing
+    n = size[:, None]
+    first = ((path <= n) & (t <= n)).sum(axis=1)
+    return _noticed(first, size, w).astype(np.int64)
+
+
+def stop_index(labels: npt.ArrayLike, n: int, wave: int) -> IntArray:
+    """Completions the arm (n, wave) pays when its answers are the first n of ``labels``.
+
+    labels [B, >= n] (category indices in draw order) -> [B], each in 1..n.
+    """
+    lab = _check_labels(labels, None)
+    nn = _check_int(n, "n", 1, "give the arm's number of answers N")
+    if nn > lab.shape[1]:
+        raise InputError(f"n = {nn} exceeds the {lab.shape[1]} stored answers per row; "
+                         "give n <= labels.shape[1]")
+    w = _check_wave(wave)
+    lab = lab[:, :nn]
+    return _paid_at(_score_path(lab, int(lab.max(initial=0)) + 1), nn, w)
+
+
+def paid_in_block(labels: npt.ArrayLike, wave: int, n_categories: int) -> IntArray:
+    """Completions the arm (n, wave) pays on the first n stored answers, for n = 1..N_block.
+
+    labels [B, N_block] (ints in 0..n_categories-1, in draw order) -> [B, N_block] (column
+    n-1 for the arm n).
+    """
+    n_cat = _check_int(n_categories, "n_categories", 1, "give the number of answer categories")
+    lab = _check_labels(labels, n_cat)
+    w = _check_wave(wave)
+    b, n_block = lab.shape
+    path = _score_path(lab, n_cat)
+    out = np.empty((b, n_block), dtype=np.int64)
+    for n in range(1, n_block + 1):
+        out[:, n - 1] = _paid_at(path, n, w)
+    return out
+
+
+def vote_decided(counts: Iterable[int], remaining: int) -> bool:
+    """Whether a vote is decided: the leader's count minus the runner-up's exceeds the
+    ``remaining`` answers still to come (then the winner of all answers is the leader, alone).
+    ``counts``: the votes of every answer seen so far (any order); the live path's check."""
+    top = sorted(counts, reverse=True)[:2] + [0, 0]
+    return top[0] - top[1] > remaining
