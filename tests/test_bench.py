@@ -27,7 +27,7 @@ from iapo.envs import acr, best_arms, get_environment
 from iapo.split import train_test_split
 
 RUN_COLUMNS = ["env", "learner", "budget", "run", "acr", "oracle_acr", "regret",
-               "completions_used", "seconds"]
+               "completions_used", "seconds", "completions_per_query"]
 SUMMARY_COLUMNS = ["env", "learner", "budget", "runs", "mean_acr", "sem_acr", "mean_regret",
                    "sem_regret", "mean_completions_used", "p_vs_reference", "significant"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -121,6 +121,12 @@ def test_budgets_are_never_overspent_and_regret_is_oracle_minus_acr(
         # the oracle picks the best arm per context on the test split: no policy beats it
         assert 0.0 <= acr_ <= oracle_acr + 1e-12 <= 1.0 + 1e-12
         assert float(r["seconds"]) >= 0.0
+        # what the policy pays per query when deployed: its arms' N, weighted by the contexts
+        # (math: budget levels low, mid, high, equally likely), N in 1..32
+        per_query = float(r["completions_per_query"])
+        assert 1.0 <= per_query <= 32.0
+        if r["learner"] == "triple-n1":  # every context at N = 1
+            assert per_query == 1.0
 
 
 def test_paired_design_one_oracle_acr_per_env_and_run(small_rows: list[dict[str, str]]) -> None:
@@ -316,6 +322,22 @@ def test_a_torn_header_is_repaired(copy_of_small: Path, small_rows: list[dict[st
     bench(copy_of_small, *SMALL)
     assert header(path) == RUN_COLUMNS
     assert results(csv_rows(path)) == results(small_rows)
+
+
+def test_a_bench_written_before_a_column_existed_resumes_with_its_own_columns(
+    copy_of_small: Path, small_rows: list[dict[str, str]]
+) -> None:
+    path = copy_of_small / "runs.csv"
+    old_columns = RUN_COLUMNS[:-1]  # as written before completions_per_query
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=old_columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(small_rows[:-3])
+    bench(copy_of_small, *SMALL)
+    assert header(path) == old_columns
+    with path.open(newline="") as fh:
+        assert all(len(line) == len(old_columns) for line in csv.reader(fh))
+    assert results(csv_rows(path)) == results(small_rows)  # the three lost cells recomputed
 
 
 def test_another_seed_in_the_same_folder_is_refused(copy_of_small: Path) -> None:

@@ -112,34 +112,79 @@ def envs(as_json: bool) -> None:
         )
 
 
+def _stopping_options(fn: F) -> F:
+    """``--stop`` and ``--wave``: how majority-voting arms stop (iapo.problem.Stopping)."""
+    fn = click.option("--wave", "wave", default=1, show_default=True,
+                      type=click.IntRange(min=1),
+                      help="With --stop decided: completions drawn at once (1: one by one; "
+                           "N_max or more: all at once, the paper's arm).")(fn)
+    return click.option("--stop", "stop", default="all", show_default=True,
+                        type=click.Choice(["all", "decided"]),
+                        help="Majority-voting arms draw all N (the paper) or stop once no "
+                             "remaining completion can change the vote (same answer, fewer "
+                             "completions paid).")(fn)
+
+
 @main.command()
 @click.argument("env_name", metavar="ENV")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_stopping_options
 @_user_errors
-def oracle(env_name: str, as_json: bool) -> None:
+def oracle(env_name: str, as_json: bool, stop: str, wave: int) -> None:
     """The best arm (prompt, N) per context on all of ENV's queries, and the optimal ACR.
 
-    Computed exactly (no Monte Carlo); prompts are 0-based indices as in the data.
+    Computed exactly (no Monte Carlo); prompts are 0-based indices as in the data. With
+    --stop decided, also each arm's expected completions paid and waves, and the gain over the
+    best arm that pays all N.
     """
     from iapo.envs import acr, best_arms, get_environment
+    from iapo.problem import Stopping
 
-    env = get_environment(env_name)
+    base = get_environment(env_name)
+    env = base.with_stopping(Stopping(stop, wave))
     q = env.q()
     arms = best_arms(q)
     grid = env.problem.grid
     value = acr(q, arms, grid.probabilities)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"context": key, "prompt": a.prompt, "n": a.n, "q": float(q[i, a.prompt, a.n - 1])}
         for i, (key, a) in enumerate(zip(grid.keys, arms, strict=True))
     ]
+    result: dict[str, Any] = {"env": env.name, "acr": value}
+    early = env.problem.stopping.early
+    if early:
+        table = env.query_table()
+        assert table.paid is not None and table.waves is not None
+        paid, waves = table.expected(table.paid), table.expected(table.waves)  # [P, N]
+        q_all = base.q()
+        arms_all = best_arms(q_all)
+        value_all = acr(q_all, arms_all, grid.probabilities)
+        for i, (r, a) in enumerate(zip(rows, arms_all, strict=True)):
+            r.update(paid=float(paid[r["prompt"], r["n"] - 1]),
+                     waves=float(waves[r["prompt"], r["n"] - 1]),
+                     all_prompt=a.prompt, all_n=a.n, all_q=float(q_all[i, a.prompt, a.n - 1]),
+                     gain=round(r["q"] - float(q_all[i, a.prompt, a.n - 1]), 12) + 0.0)
+        result.update(stopping=env.problem.stopping.to_dict(), acr_all=value_all,
+                      gain=value - value_all)
+    result["contexts"] = rows
     if as_json:
-        click.echo(json.dumps({"env": env.name, "acr": value, "contexts": rows}, indent=2))
+        click.echo(json.dumps(result, indent=2))
         return
     click.echo(f"{env.name}: optimal ACR {value:.4f} over {env.n_queries} queries")
     width = max(len(str(r["context"])) for r in rows)
-    click.echo(f"{'context':<{width}}  {'prompt':>6} {'N':>3} {'Q':>8}")
+    if not early:
+        click.echo(f"{'context':<{width}}  {'prompt':>6} {'N':>3} {'Q':>8}")
+        for r in rows:
+            click.echo(f"{r['context']:<{width}}  {r['prompt']:>6} {r['n']:>3} {r['q']:>8.4f}")
+        return
+    click.echo(f"arms stop once decided, in waves of {wave}; paying all N the optimal ACR is "
+               f"{result['acr_all']:.4f}: gain {result['gain']:+.4f}")
+    click.echo(f"{'context':<{width}}  {'prompt':>6} {'N':>3} {'paid':>6} {'waves':>6} "
+               f"{'Q':>8}   {'all N: prompt':>13} {'N':>3} {'Q':>8} {'gain':>8}")
     for r in rows:
-        click.echo(f"{r['context']:<{width}}  {r['prompt']:>6} {r['n']:>3} {r['q']:>8.4f}")
+        click.echo(f"{r['context']:<{width}}  {r['prompt']:>6} {r['n']:>3} {r['paid']:>6.2f} "
+                   f"{r['waves']:>6.2f} {r['q']:>8.4f}   {r['all_prompt']:>13} "
+                   f"{r['all_n']:>3} {r['all_q']:>8.4f} {r['gain']:>+8.4f}")
 
 
 @main.command()
@@ -166,17 +211,20 @@ def learners() -> None:
 @click.option("--estimator", "estimator", default="blocks", show_default=True,
               type=click.Choice(["blocks", "subsets"]),
               help="How groups become estimates: disjoint blocks (the paper) or U-statistics.")
+@_stopping_options
 @_user_errors
 def train(env_name: str, learner: str, budget: int, seed: int, out: str,
-          estimator: str) -> None:
+          estimator: str, stop: str, wave: int) -> None:
     """Train a policy on the training split of ENV that SEED draws, and write it to OUT."""
     from iapo.envs import get_environment
     from iapo.learners import get_learner
     from iapo.policy import train_policy
 
     _check_writable(out, "--out")
+    from iapo.problem import Stopping
+
     get_learner(learner, estimator)  # an unknown learner fails before the table is computed
-    env = get_environment(env_name)
+    env = get_environment(env_name).with_stopping(Stopping(stop, wave))
     env.query_table()  # the exact table is not needed to train; computing it here keeps
     # the progress bar out of `evaluate` for the common train-then-evaluate sequence
     policy = train_policy(env, learner, budget, seed, estimator=estimator)
@@ -288,9 +336,11 @@ def _csv_list(text: str) -> list[str]:
 @click.option("--estimator", "estimator", default="blocks", show_default=True,
               type=click.Choice(["blocks", "subsets"]),
               help="Estimator of learners named without one (name:estimator picks per learner).")
+@_stopping_options
 @_user_errors
 def bench(envs: str, learners: str | None, budgets: str, runs: int, seed: int, out: str,
-          workers: int, backend: str, reference: str, metric: str, estimator: str) -> None:
+          workers: int, backend: str, reference: str, metric: str, estimator: str,
+          stop: str, wave: int) -> None:
     """The paper's evaluation protocol: every learner at every budget over many runs.
 
     Writes runs.csv, summary.csv, summary.md and two figures per environment (PNG and SVG)
@@ -298,6 +348,7 @@ def bench(envs: str, learners: str | None, budgets: str, runs: int, seed: int, o
     """
     from iapo.bench import BenchConfig, BenchError, execute, report
     from iapo.learners import PAPER_LEARNERS
+    from iapo.problem import Stopping
 
     if learners is None:
         learners = ",".join(PAPER_LEARNERS)
@@ -310,6 +361,7 @@ def bench(envs: str, learners: str | None, budgets: str, runs: int, seed: int, o
     config = BenchConfig(
         envs=tuple(_csv_list(envs)), learners=tuple(names), budgets=budget_list,
         runs=runs, seed=seed, reference=reference, workers=workers, backend=backend,
+        stopping=Stopping(stop, wave),
     )
     if reference not in config.learners:
         raise BenchError(f"reference learner '{reference}' is not among --learners")

@@ -103,6 +103,9 @@ class QTable:
         if estimator == "subsets" and problem.aggregator == "mixed":
             raise InputError("the subsets estimator supports mv and bon problems, not mixed; "
                              "use blocks")
+        if estimator == "subsets" and problem.stopping.early:
+            raise InputError("the subsets estimator prices arms that pay all N; with stop "
+                             f"'{problem.stopping.rule}' use blocks")
         self.problem = problem
         self.estimator = estimator
         c, p, n = problem.n_contexts, problem.n_prompts, problem.n_max
@@ -199,6 +202,13 @@ class QTable:
             np.cumsum(onehot, axis=1, out=prefix[:, 1:])
             votes = (np.take(prefix, end, axis=1) - np.take(prefix, start, axis=1)).T  # [B, L]
             util += w[:, :1] * credit_from_votes(votes, gold)
+            stopping = self.problem.stopping
+            if stopping.early:  # a block pays what its arm would have: replay the rule on it
+                from iapo.stopping import stop_points
+
+                paid_end = start + stop_points(prefix, start, n, stopping.wave)
+                unpaid = cost_prefix[end] - cost_prefix[paid_end]
+                util += self._cost_weights[:, None] * unpaid
             if self.problem.aggregator == "mixed" and w.shape[1] > 1:
                 # served: the best style among the completions giving the winning answer
                 style = scores[:, 1 : k1 - 1] @ w[:, 1:].T  # [T, C]

@@ -36,6 +36,8 @@ from iapo.utility import gold_first, unique_rows
 FloatArray = npt.NDArray[np.float64]
 # posterior credits by (alpha, N_max), each a bounded memo keyed by the vote counts
 _POLYA: dict[tuple[float, int], Memo] = {}
+# expected completions paid under the posterior mean, by (alpha, N_max, wave)
+_PAID: dict[tuple[float, int, int], Memo] = {}
 
 
 class ModelQTable:
@@ -116,7 +118,10 @@ class ModelQTable:
             with np.errstate(invalid="ignore", divide="ignore"):
                 cost = self._cost_sum / self._cost_n  # [P]
             cw = self.problem.grid.cost_weights
-            self._mean = task - cw[:, None, None] * cost[None, :, None] * n
+            if self.problem.stopping.early:  # completions paid: fewer than N in expectation
+                self._mean = task - cw[:, None, None] * (cost[:, None] * self._mv_paid())[None]
+            else:
+                self._mean = task - cw[:, None, None] * cost[None, :, None] * n
         return self._mean
 
     @property
@@ -136,12 +141,8 @@ class ModelQTable:
             alpha = self.alpha
 
             def compute(idx: npt.NDArray[np.intp]) -> list[FloatArray]:
-                sub = uniq[idx]
-                # the posterior: alpha on the gold answer, on every answer seen, and on one
-                # bucket for answers not seen yet
-                a_other = np.where(sub[:, 1:] > 0, sub[:, 1:] + alpha, 0.0)
-                a_other = np.concatenate([a_other, np.full((idx.size, 1), alpha)], 1)
-                return list(mv_polya_credit(sub[:, 0] + alpha, a_other, n_max))
+                a = _posterior(uniq[idx], alpha)
+                return list(mv_polya_credit(a[:, 0], a[:, 1:], n_max))
 
             table = _POLYA.setdefault((alpha, n_max), Memo()).rows(uniq, n_max, compute)
             per_row = table[inverse.reshape(-1)]  # [M, N]
@@ -153,6 +154,32 @@ class ModelQTable:
             credit[seen == 0] = np.nan
         w1 = self.problem.grid.weights[:, 0]
         return w1[:, None, None] * credit[None]
+
+    def _mv_paid(self) -> FloatArray:
+        """Expected completions paid by an arm that stops once decided (the problem's
+        stopping rule), under each query's posterior mean answer probabilities, averaged over
+        each prompt's queries: [P, N] (a plug-in estimate; :func:`iapo.stopping.expected_paid`)."""
+        from iapo.stopping import expected_paid
+
+        p, n_max = self.problem.n_prompts, self.problem.n_max
+        paid = np.full((p, n_max), np.nan)
+        votes = self._votes
+        if votes.size:
+            pi, xi = np.nonzero(votes.sum(axis=2) > 0)
+            uniq, inverse = unique_rows(gold_first(votes[pi, xi], self._gold[xi]))
+            alpha, wave = self.alpha, self.problem.stopping.wave
+
+            def compute(idx: npt.NDArray[np.intp]) -> list[FloatArray]:
+                a = _posterior(uniq[idx], alpha)
+                return list(expected_paid(a / a.sum(axis=1, keepdims=True), n_max, wave)[0])
+
+            table = _PAID.setdefault((alpha, n_max, wave), Memo()).rows(uniq, n_max, compute)
+            sums = np.zeros((p, n_max))
+            np.add.at(sums, pi, table[inverse.reshape(-1)])
+            seen = np.bincount(pi, minlength=p)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                paid = sums / seen[:, None]
+        return paid
 
     def _bon_task(self) -> FloatArray:
         """Mean query effect plus the expected max of N pooled residuals: [C, P, N]."""
@@ -171,3 +198,12 @@ class ModelQTable:
                 weights = (j / m) ** n - ((j - 1) / m) ** n  # [M, N]
                 out[:, q, :] += (r.T @ weights)  # [C, N]
         return out
+
+
+def _posterior(counts: npt.NDArray[np.int64], alpha: float) -> FloatArray:
+    """Dirichlet posterior parameters of a query's answers from its vote counts [M, L] (gold
+    first): alpha on the gold answer, on every answer seen, and on one bucket for answers not
+    seen yet -> [M, L + 1] (0 for categories never seen)."""
+    others = np.where(counts[:, 1:] > 0, counts[:, 1:] + alpha, 0.0)
+    return np.concatenate([counts[:, :1] + alpha, others,
+                           np.full((counts.shape[0], 1), alpha)], axis=1)

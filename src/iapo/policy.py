@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from iapo.errors import InputError
-from iapo.problem import Choice
+from iapo.problem import Choice, ProblemError, Stopping
 
 FORMAT = "iapo-policy/1"
 
@@ -32,7 +32,8 @@ class Policy:
     """A learned policy: context -> (prompt, N), with how it was learned.
 
     ``split`` holds the seed, the test fraction and the test-query indices; ``choices`` follow
-    ``contexts`` (the grid's keys, in order).
+    ``contexts`` (the grid's keys, in order). ``stopping`` is the rule its majority-voting
+    arms were priced with, and so the rule they are served with (absent in a file: ``all``).
     """
 
     env: str
@@ -44,6 +45,7 @@ class Policy:
     contexts: list[str]
     choices: list[Choice]
     trace: dict[str, Any] = field(default_factory=dict)
+    stopping: Stopping = field(default_factory=Stopping)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +56,7 @@ class Policy:
             "completions_used": self.completions_used,
             "seed": self.seed,
             "split": self.split,
+            "stopping": self.stopping.to_dict(),
             "policy": [
                 {
                     "context": key,
@@ -103,6 +106,7 @@ class Policy:
             contexts=contexts,
             choices=choices,
             trace=trace,
+            stopping=_stopping(data.get("stopping"), f"{source}: stopping"),
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -211,6 +215,22 @@ def _row(row: Any, where: str) -> tuple[str, Choice]:
         float(q_hat),
         _whole(row.get("samples", 0), f"{where}: samples", 0),
     )
+
+
+def _stopping(value: Any, what: str) -> Stopping:
+    """The stopping rule object ({"rule": "all"|"decided", "wave": W}); absent: ``all``."""
+    if value is None:
+        return Stopping()
+    if not isinstance(value, dict):
+        raise PolicyError(f"{what} must be an object like {{\"rule\": \"decided\", "
+                          f"\"wave\": 1}}, got {_kind(value)}")
+    wave = value.get("wave", 1)
+    if isinstance(wave, bool) or not isinstance(wave, int):
+        raise PolicyError(f"{what}: wave must be an integer >= 1, got {_kind(wave)}")
+    try:
+        return Stopping(_text(value.get("rule", "all"), f"{what}: rule"), wave)
+    except ProblemError as e:
+        raise PolicyError(f"{what}: {e}") from e
 
 
 def _split(split: Any, what: str) -> dict[str, Any]:

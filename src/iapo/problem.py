@@ -2,8 +2,9 @@
 
 A *context* c = (w_1..w_K, w_cost) weighs K task objectives and the cost of every completion.
 An *arm* a = (p, N) fixes a prompt and the number of completions, N in 1..N_max.
-A *problem* gathers the prompts, the objectives, the aggregator and the context grid: what a
-learner may know. Everything here is frozen and validated at construction.
+A *problem* gathers the prompts, the objectives, the aggregator, the context grid and the
+stopping rule of majority-voting arms: what a learner may know. Everything here is frozen
+and validated at construction.
 """
 
 from __future__ import annotations
@@ -26,6 +27,45 @@ _PROB_TOL = 1e-6
 
 class ProblemError(InputError):
     """A problem, context or arm was specified wrongly; the message says how to fix it."""
+
+
+STOP_RULES: tuple[str, ...] = ("all", "decided")
+
+
+@dataclass(frozen=True)
+class Stopping:
+    """When a majority-voting arm (p, N) stops drawing (beyond the paper; :mod:`iapo.stopping`).
+
+    ``all``: always N completions (the paper). ``decided``: in waves of ``wave`` completions,
+    stopping after the first wave at which no remaining sample can change the winner; it
+    returns the same answer as drawing all N and pays fewer completions on average. ``wave``
+    trades completions for latency: 1 is fully sequential, N_max or more is one wave (the
+    paper's arm).
+    """
+
+    rule: str = "all"
+    wave: int = 1
+
+    def __post_init__(self) -> None:
+        if self.rule not in STOP_RULES:
+            raise ProblemError(f"stopping rule '{self.rule}' is unknown; use one of "
+                               f"{list(STOP_RULES)}")
+        if (isinstance(self.wave, bool) or not isinstance(self.wave, int | float | np.integer)
+                or int(self.wave) != self.wave or self.wave < 1):
+            raise ProblemError(f"wave={self.wave!r} must be an integer >= 1 (completions drawn "
+                               "at once; 1 is fully sequential)")
+        object.__setattr__(self, "wave", int(self.wave))
+
+    @property
+    def early(self) -> bool:
+        """Whether an arm may stop before N."""
+        return self.rule == "decided"
+
+    def describe(self) -> str:
+        return f"decided, waves of {self.wave}" if self.early else "all N"
+
+    def to_dict(self) -> dict[str, object]:
+        return {"rule": self.rule, "wave": self.wave}
 
 
 def _finite(x: float, what: str) -> float:
@@ -305,6 +345,7 @@ class Problem:
     n_max: int
     grid: ContextGrid
     cost: CostObjective = field(default_factory=CostObjective)
+    stopping: Stopping = field(default_factory=Stopping)
 
     def __post_init__(self) -> None:
         if self.aggregator not in AGGREGATORS:
@@ -319,6 +360,10 @@ class Problem:
         object.__setattr__(self, "n_max", int(self.n_max))
         if self.aggregator == "mv" and self.grid.n_objectives != 1:
             raise ProblemError("a majority-voting problem has exactly one task objective")
+        if self.stopping.early and self.aggregator != "mv":
+            raise ProblemError(f"stopping rule '{self.stopping.rule}' applies to majority "
+                               f"voting; '{self.name}' aggregates by {self.aggregator}: use "
+                               "stop 'all'")
 
     @property
     def n_prompts(self) -> int:

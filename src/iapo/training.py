@@ -67,11 +67,14 @@ def train_policy(
         contexts=env.problem.grid.keys,
         choices=result.choices,
         trace={**result.trace.to_dict(), "parameters": spec.parameters},
+        stopping=env.problem.stopping,
     )
 
 
 def evaluate_policy(env: Environment, policy: Policy) -> dict[str, float | int]:
-    """Exact ACR of ``policy`` on its test split, the optimal ACR there, and the regret."""
+    """Exact ACR of ``policy`` on its test split, the optimal ACR there, and the regret, with
+    its arms stopping by the rule it was trained with."""
+    env = env.with_stopping(policy.stopping)
     problem = env.problem
     if policy.env != env.name:
         raise PolicyError(

@@ -38,10 +38,11 @@ from iapo.envs.registry import ENVIRONMENTS
 from iapo.errors import InputError
 from iapo.learners import get_learner
 from iapo.oracle import SimulatedOracle
+from iapo.problem import Stopping
 from iapo.split import train_test_split
 
 RUN_COLUMNS = ["env", "learner", "budget", "run", "acr", "oracle_acr", "regret",
-               "completions_used", "seconds"]
+               "completions_used", "seconds", "completions_per_query"]
 PAPER_BUDGETS = (1000, 2000, 5000, 10000, 20000)
 BACKENDS = ("loky", "ray", "dask")
 
@@ -62,6 +63,7 @@ class BenchConfig:
     workers: int = 1
     backend: str = "loky"
     extra: dict[str, Any] = field(default_factory=dict)
+    stopping: Stopping = field(default_factory=Stopping)
 
     def __post_init__(self) -> None:
         for name in ("envs", "learners", "budgets"):  # a repeated name is one cell, not two
@@ -86,7 +88,10 @@ class BenchConfig:
 
     def identity(self) -> dict[str, Any]:
         """What must match for two benches to share an output folder."""
-        return {"seed": self.seed, "test_fraction": self.test_fraction}
+        same: dict[str, Any] = {"seed": self.seed, "test_fraction": self.test_fraction}
+        if self.stopping.early:  # (absent for the paper's arms: older folders still match)
+            same["stopping"] = self.stopping.to_dict()
+        return same
 
 
 def _seq(seed: int, *key: int) -> np.random.SeedSequence:
@@ -97,25 +102,28 @@ def learner_key(name: str) -> int:
     return zlib.crc32(name.encode())
 
 
-_REAL: dict[str, Environment] = {}
+_REAL: dict[tuple[str, Stopping], Environment] = {}
 
 
-def run_environment(name: str, seed: int, run: int) -> Environment:
-    """The environment instance of run ``run``: a fresh draw for synthetic ones."""
+def run_environment(name: str, seed: int, run: int,
+                    stopping: Stopping = Stopping()) -> Environment:  # noqa: B008 (frozen)
+    """The environment instance of run ``run``: a fresh draw for synthetic ones; its
+    majority-voting arms stop by ``stopping``."""
     spec = ENVIRONMENTS.get(name)
     if spec is not None and spec.synthetic:
         instance = int(_seq(seed, run, 1).generate_state(1)[0])
-        return spec.make(instance)
-    if name not in _REAL:  # one load per worker process; the exact table is cached on disk
-        _REAL[name] = get_environment(name)
-    return _REAL[name]
+        return spec.make(instance).with_stopping(stopping)
+    if (name, stopping) not in _REAL:  # one load per worker process; tables are cached on disk
+        _REAL[name, stopping] = get_environment(name).with_stopping(stopping)
+    return _REAL[name, stopping]
 
 
 def run_split(
-    env_name: str, seed: int, run: int, test_fraction: float
+    env_name: str, seed: int, run: int, test_fraction: float,
+    stopping: Stopping = Stopping(),  # noqa: B008 (frozen)
 ) -> tuple[Environment, npt.NDArray[np.int64], npt.NDArray[np.float64]]:
     """Run ``run``'s environment, its training queries and its test-split Q table [C, P, N]."""
-    env = run_environment(env_name, seed, run)
+    env = run_environment(env_name, seed, run, stopping)
     train, test = train_test_split(env.n_queries, _seq(seed, run, 0), test_fraction)
     return env, train, env.query_table(progress=False).q(env.problem, test)
 
@@ -131,13 +139,17 @@ def run_oracle(env: Environment, train: npt.ArrayLike, learner: str, budget: int
 
 
 def run_unit(
-    env_name: str, run: int, cells: Sequence[tuple[str, int]], seed: int, test_fraction: float
+    env_name: str, run: int, cells: Sequence[tuple[str, int]], seed: int, test_fraction: float,
+    stopping: Stopping = Stopping(),  # noqa: B008 (frozen)
 ) -> list[dict[str, Any]]:
     """Train and score every (learner, budget) of ``cells`` on run ``run`` of ``env_name``."""
-    env, train, q = run_split(env_name, seed, run, test_fraction)
+    env, train, q = run_split(env_name, seed, run, test_fraction, stopping)
     problem = env.problem
     probs = problem.grid.probabilities
     oracle_acr = optimal_acr(q, probs)
+    _, test = train_test_split(env.n_queries, _seq(seed, run, 0), test_fraction)
+    # what each arm pays per test query when deployed: N, or fewer if it stops once decided
+    completions = np.broadcast_to(env.query_table(progress=False).completions(test), q.shape)
     rows = []
     for learner, budget in cells:
         oracle, rng = run_oracle(env, train, learner, budget, seed, run)
@@ -149,6 +161,7 @@ def run_unit(
             "env": env_name, "learner": learner, "budget": int(budget), "run": int(run),
             "acr": value, "oracle_acr": oracle_acr, "regret": oracle_acr - value,
             "completions_used": int(oracle.ledger.spent), "seconds": seconds,
+            "completions_per_query": acr(completions, result.choices, probs),
         })
     return rows
 
@@ -167,10 +180,18 @@ def read_runs(path: Path) -> list[dict[str, Any]]:
                     "oracle_acr": float(r["oracle_acr"]), "regret": float(r["regret"]),
                     "completions_used": int(r["completions_used"]),
                     "seconds": float(r["seconds"]),
+                    # (absent in benches written before the column existed)
+                    "completions_per_query": float(r.get("completions_per_query") or "nan"),
                 })
             except (KeyError, TypeError, ValueError):
                 continue
     return rows
+
+
+def _header(path: Path) -> list[str]:
+    """The column names in the first line of a CSV file."""
+    with path.open(newline="") as fh:
+        return next(csv.reader(fh), RUN_COLUMNS)
 
 
 def _repair_csv(path: Path) -> None:
@@ -236,24 +257,27 @@ def execute(
         if old.get("identity") != config.identity():
             raise BenchError(
                 f"{out} holds a bench with {old.get('identity')}, not {config.identity()}; "
-                "use another --out or the same --seed"
+                "use another --out, or the same --seed (and --stop, --wave)"
             )
-    meta.write_text(json.dumps({"identity": config.identity(), "last": asdict(config)},
-                               indent=2) + "\n")
     for env in config.envs:  # compute (or load) real tables once, before the workers start
         spec = ENVIRONMENTS.get(env)
         if spec is None or not spec.synthetic:
-            get_environment(env).query_table(progress=progress)
+            get_environment(env).with_stopping(config.stopping).query_table(progress=progress)
+        elif config.stopping.early:  # refused before anything is written, like bad input
+            spec.make(0).with_stopping(config.stopping)
+    meta.write_text(json.dumps({"identity": config.identity(), "last": asdict(config)},
+                               indent=2) + "\n")
     runs_csv = out / "runs.csv"
     _repair_csv(runs_csv)
     done = {(r["env"], r["learner"], r["budget"], r["run"]) for r in read_runs(runs_csv)}
     units = plan(config, done)
     total = sum(len(c) for _, _, c in units)
     new_file = not runs_csv.exists() or runs_csv.stat().st_size == 0
+    columns = RUN_COLUMNS if new_file else _header(runs_csv)  # an older bench keeps its columns
     with runs_csv.open("a", newline="") as fh, tqdm(
         total=total, desc="bench cells", unit="cell", disable=not progress or total == 0
     ) as bar:
-        writer = csv.DictWriter(fh, fieldnames=RUN_COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         if new_file:
             writer.writeheader()
         for rows in _results(config, units):
@@ -273,10 +297,11 @@ def _results(config: BenchConfig, units: list[tuple[str, int, list[tuple[str, in
         return
     if config.workers == 1 and config.backend == "loky":
         for env, run, cells in units:
-            yield run_unit(env, run, cells, config.seed, config.test_fraction)
+            yield run_unit(env, run, cells, config.seed, config.test_fraction, config.stopping)
         return
     def jobs(chunk: list[tuple[str, int, list[tuple[str, int]]]]) -> Iterator[Any]:
-        return (joblib.delayed(run_unit)(env, run, cells, config.seed, config.test_fraction)
+        return (joblib.delayed(run_unit)(env, run, cells, config.seed, config.test_fraction,
+                                         config.stopping)
                 for env, run, cells in chunk)
 
     with _backend_context(config):

@@ -7,6 +7,8 @@ category). It can be sampled (the simulated oracle) and evaluated exactly (the e
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -17,7 +19,7 @@ import numpy.typing as npt
 
 from iapo.cache import load_or_compute
 from iapo.errors import InputError
-from iapo.problem import Arm, Choice, Problem
+from iapo.problem import Arm, Choice, Problem, Stopping
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -43,13 +45,17 @@ class QueryTable:
     task: [P, X, W, N_max], E[task reward of arm (p, N) on query x] for each distinct task
     weight vector w; cost: [P, X], E[cost of one completion]; weight_index: [C], the weight
     vector of each context. ``observed`` [P, X] (None: all) marks the (prompt, query) pairs
-    with data: Q of a prompt averages over its observed queries only.
+    with data: Q of a prompt averages over its observed queries only. ``paid`` and ``waves``
+    [P, X, N_max] (None: the paper's arms, N completions in one wave) are the expected
+    completions paid and waves drawn by an arm that stops early (:mod:`iapo.stopping`).
     """
 
     task: FloatArray
     cost: FloatArray
     weight_index: npt.NDArray[np.intp]
     observed: npt.NDArray[np.bool_] | None = None
+    paid: FloatArray | None = None
+    waves: FloatArray | None = None
 
     def q(self, problem: Problem, queries: npt.ArrayLike | None = None) -> FloatArray:
         """Q(c, p, N) averaged over ``queries`` (all if None): [C, P, N_max].
@@ -62,22 +68,44 @@ class QueryTable:
             raise InputError("Q needs at least one query; pass query indices, or None for all "
                              "queries")
         if self.observed is not None:
-            task, cost = self._masked_means(idx)
+            weights = self._query_weights(idx)
+            task = np.einsum("px,pxwn->pwn", weights, self.task)
+            cost = (weights * self.cost).sum(axis=1)
         elif idx is None:
             task = self.task.mean(axis=1)
             cost = self.cost.mean(axis=1)
         else:
             task = self.task[:, idx].mean(axis=1)
             cost = self.cost[:, idx].mean(axis=1)
-        n = np.arange(1, problem.n_max + 1, dtype=np.float64)
         reward = np.moveaxis(task[:, self.weight_index, :], 1, 0)  # [C, P, N]
-        spend = problem.grid.cost_weights[:, None, None] * cost[None, :, None] * n
-        return reward - spend
+        cost_weights = problem.grid.cost_weights[:, None, None]
+        if self.paid is None:  # the paper's arms pay N completions
+            n = np.arange(1, problem.n_max + 1, dtype=np.float64)
+            return reward - cost_weights * cost[None, :, None] * n
+        # an arm that stops early pays E[cost of one completion x completions paid] per query
+        return reward - cost_weights * self.expected(self.cost[:, :, None] * self.paid, idx)[None]
 
-    def _masked_means(self, idx: npt.NDArray[np.intp] | None
-                      ) -> tuple[FloatArray, FloatArray]:
-        """Per prompt, the means over its observed queries among ``idx``: ([P, W, N], [P])."""
-        assert self.observed is not None
+    def completions(self, queries: npt.ArrayLike | None = None) -> FloatArray:
+        """Expected completions paid per query by every arm (p, N), averaged over ``queries``
+        as :meth:`q` does: [P, N_max] (N itself for arms that pay all N)."""
+        p, n_max = self.task.shape[0], self.task.shape[-1]
+        if self.paid is None:
+            return np.broadcast_to(np.arange(1, n_max + 1, dtype=np.float64), (p, n_max))
+        return self.expected(self.paid, queries)
+
+    def expected(self, what: FloatArray, queries: npt.ArrayLike | None = None) -> FloatArray:
+        """A per-query table ``what`` [P, X, N] averaged over ``queries`` as :meth:`q` does:
+        [P, N]."""
+        idx = None if queries is None else np.asarray(queries, dtype=np.intp)
+        return np.einsum("px,pxn->pn", self._query_weights(idx), what)
+
+    def _query_weights(self, idx: npt.NDArray[np.intp] | None) -> FloatArray:
+        """Per prompt, the weight of every query in its mean: [P, X], rows summing to 1."""
+        p, x = self.cost.shape
+        if self.observed is None:
+            times = (np.ones(x) if idx is None
+                     else np.bincount(idx, minlength=x).astype(np.float64))
+            return np.broadcast_to(times / times.sum(), (p, x))
         everywhere = self.observed.astype(np.float64)  # [P, X]
         w = everywhere.copy()
         if idx is not None:  # each query as often as ``idx`` names it, as the unmasked mean
@@ -85,8 +113,7 @@ class QueryTable:
             w = everywhere * times
         none_here = w.sum(axis=1) == 0
         w[none_here] = everywhere[none_here]
-        w /= w.sum(axis=1, keepdims=True)
-        return np.einsum("px,pxwn->pwn", w, self.task), (w * self.cost).sum(axis=1)
+        return w / w.sum(axis=1, keepdims=True)
 
 
 class Environment(ABC):
@@ -148,8 +175,37 @@ class Environment(ABC):
             else:
                 arrays = compute()
             _, widx = self.problem.grid.distinct_weights()
-            self._table = QueryTable(arrays["task"], arrays["cost"], widx, self.observed)
+            paid = waves = None
+            stopping = self.problem.stopping
+            if stopping.early:
+                def stop_compute() -> dict[str, npt.NDArray]:
+                    paid, waves = self._stopping_table(stopping.wave, progress)
+                    return {"paid": paid, "waves": waves}
+
+                key = f"{self.name}-{self.fingerprint()}-decided-w{stopping.wave}"
+                stop = (load_or_compute(key, stop_compute, required=("paid", "waves"))
+                        if self.cacheable else stop_compute())
+                paid, waves = stop["paid"], stop["waves"]
+            self._table = QueryTable(arrays["task"], arrays["cost"], widx, self.observed,
+                                     paid, waves)
         return self._table
+
+    def with_stopping(self, stopping: Stopping) -> Environment:
+        """This environment with majority-voting arms that stop by ``stopping``: the same
+        completions, Q charging the completions actually paid (:mod:`iapo.stopping`)."""
+        if stopping == self.problem.stopping:
+            return self
+        problem = dataclasses.replace(self.problem, stopping=stopping)  # validates
+        env = copy.copy(self)
+        env.problem = problem
+        env._table = None
+        return env
+
+    def _stopping_table(self, wave: int, progress: bool) -> tuple[FloatArray, FloatArray]:
+        """(paid, waves) [P, X, N_max]: expected completions paid and waves drawn by arms
+        that stop once decided, in waves of ``wave``."""
+        raise InputError(f"'{self.name}' has no answer distributions to stop early on; use "
+                         "stop 'all'")
 
     def q(self, queries: npt.ArrayLike | None = None) -> FloatArray:
         """Exact Q(c, p, N) on ``queries`` (all if None): [C, P, N_max]."""

@@ -218,6 +218,14 @@ class MVEnvironment(Environment):
         cost = np.broadcast_to(self.cost[:, None], (n_prompts, n_queries)).copy()
         return task, cost
 
+    def _stopping_table(self, wave: int, progress: bool) -> tuple[FloatArray, FloatArray]:
+        from iapo.stopping import expected_paid
+
+        n_prompts, n_queries, n_cat = self.probs.shape
+        paid, waves = expected_paid(self.probs.reshape(-1, n_cat), self.problem.n_max, wave)
+        shape = (n_prompts, n_queries, self.problem.n_max)
+        return paid.reshape(shape), waves.reshape(shape)
+
 
 class BoNEnvironment(Environment):
     """Best-of-N over a finite set of score vectors per (prompt, query) (paper, Eq. 1).

@@ -46,6 +46,8 @@ Example (docs/live.md documents every field)::
     budget = 40
     seed = 0
     cost_scale = 0.01                        # cost of a completion of the wordiest prompt
+    stop = "all"                             # MV only: "decided" stops once the vote is decided
+    wave = 1                                 # with stop = "decided": completions drawn at once
 """
 
 from __future__ import annotations
@@ -63,7 +65,14 @@ from typing import Any
 
 from iapo.errors import InputError
 from iapo.learners import DEFAULT_LEARNER, get_learner
-from iapo.problem import ContextGrid, CostObjective, Objective, Problem, ProblemError
+from iapo.problem import (
+    ContextGrid,
+    CostObjective,
+    Objective,
+    Problem,
+    ProblemError,
+    Stopping,
+)
 
 DECODING_KEYS = ("temperature", "top_p", "max_tokens")
 
@@ -76,7 +85,7 @@ DATA_KEYS = ("path", "test_fraction")
 OBJECTIVE_KEYS = ("name", "scorer", "lower", "upper")
 AGGREGATOR_KEYS = ("kind", "extractor", "labels")
 CONTEXT_KEYS = ("weights", "budgets", "probabilities")
-TRAIN_KEYS = ("n_max", "learner", "budget", "seed", "cost_scale")
+TRAIN_KEYS = ("n_max", "learner", "budget", "seed", "cost_scale", "stop", "wave")
 # The options each scorer reads, beside name, scorer, lower and upper (see iapo.live.scorers).
 SCORER_OPTIONS: dict[str, tuple[str, ...]] = {
     "exact_match": (),
@@ -306,6 +315,7 @@ class Task:
     cost_scale: float
     raw: dict[str, Any]
     labels: tuple[str, ...] | None = None  # the answers of extractor "label"
+    stopping: Stopping = field(default_factory=Stopping)  # how MV arms stop
 
     def digest(self) -> str:
         """A hash of the task's content (not its path)."""
@@ -317,7 +327,8 @@ class Task:
 
     def problem(self) -> Problem:
         return Problem(self.name, self.aggregator, tuple(p.name for p in self.prompts),  # type: ignore[arg-type]
-                       self.n_max, self.grid(), CostObjective("cost", self.cost_scale))
+                       self.n_max, self.grid(), CostObjective("cost", self.cost_scale),
+                       self.stopping)
 
 
 def load_task(path: str | os.PathLike[str]) -> Task:
@@ -517,6 +528,15 @@ def task_from_dict(raw: dict[str, Any], path: Path) -> Task:
     budget = _integer(t, "budget", "train", low=0, high=MAX_BUDGET)
     seed = _integer(t, "seed", "train", 0, low=0)
     cost_scale = _number(t, "cost_scale", "train", 0.01, low=0.0, low_open=True)
+    stop = _get(t, "stop", "train", str, "all")
+    wave = _integer(t, "wave", "train", 1, low=1, high=MAX_N)
+    try:
+        stopping = Stopping(stop, wave)
+    except ProblemError as e:
+        raise TaskError(f"train.stop / train.wave: {e}") from e
+    if stopping.early and kind != "mv":
+        raise TaskError(f"train.stop = {stop!r} applies to majority voting; this task's "
+                        f"aggregator.kind is {kind!r}: use stop = \"all\" (or remove it)")
     cells = len(weights) * len(budgets) * len(prompts) * n_max
     if cells > MAX_TABLE_CELLS:
         raise TaskError(
@@ -531,7 +551,7 @@ def task_from_dict(raw: dict[str, Any], path: Path) -> Task:
         aggregator=kind, extractor=extractor, weights=tuple(weights), budgets=budgets,
         probabilities=None if probs is None else tuple(float(x) for x in probs),
         n_max=n_max, learner=learner, budget=budget, seed=seed, cost_scale=cost_scale,
-        raw=raw, labels=labels,
+        raw=raw, labels=labels, stopping=stopping,
     )
     try:
         task.problem()
