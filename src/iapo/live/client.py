@@ -134,6 +134,11 @@ class ChatClient:
         batches = await asyncio.gather(*(self._request(messages, decoding, s, 1) for s in seeds))
         return [c for batch in batches for c in batch]
 
+    async def one(self, messages: list[dict[str, str]], decoding: dict[str, Any],
+                  seed: int) -> Completion:
+        """One completion, in a request of its own (so that it can be cancelled alone)."""
+        return (await self._request(messages, decoding, seed, 1))[0]
+
     async def _request(self, messages: list[dict[str, str]], decoding: dict[str, Any],
                        seed: int, n: int) -> list[Completion]:
         if not self._pool or self._sem is None:

@@ -17,6 +17,7 @@ from iapo.learners import get_learner
 from iapo.live.oracle import LiveOracle, TaskRuntime
 from iapo.live.store import CompletionStore, writer_lock
 from iapo.live.task import Task, TaskError, load_records, load_task
+from iapo.live.waves import Drawn, decided_in_waves, draw_in_waves
 from iapo.policy import Policy, PolicyError
 from iapo.split import train_test_split
 
@@ -116,6 +117,7 @@ def optimize(task: Task, out: Path, progress: bool = True,
         contexts=grid.keys, choices=result.choices,
         trace={**result.trace.to_dict(), "costs": costs.tolist(),
                "task": {"path": str(task.path), "digest": task.digest()}},
+        stopping=runtime.problem.stopping,
     )
     policy.save(out / "policy.json")
     mean, var = oracle.stats.mean, oracle.stats.variance
@@ -364,17 +366,36 @@ def answer(policy_path: Path, context: str, query: str, task_path: Path | None =
     n = ch.n if ch.n is not None else rng.randint(1, task.n_max)
     prompt = task.prompts[ch.prompt]
     paid = replayed = 0
+    # an arm priced to stop once its vote is decided is served the same way (iapo.live.waves)
+    early = policy.stopping.early and task.aggregator == "mv"
+    wave = policy.stopping.wave if early else n
+    drawn: Drawn[Any] | None = None
+
+    def answer_of(c: Any) -> str | None:
+        return runtime.score(record, c.text)[0]
+
     if store_path is not None:
         with CompletionStore(store_path) as store:
             oracle = LiveOracle(runtime, store, [0], n, np.random.default_rng(0))
-            rows = oracle.serve([(ch.prompt, 0, list(range(n)))], rescore=False)[0]
+            drawn = decided_in_waves(
+                lambda idx: oracle.serve([(ch.prompt, 0, idx)], rescore=False)[0], n,
+                wave, answer_of) if early else None
+            rows = drawn.completions if drawn is not None else \
+                oracle.serve([(ch.prompt, 0, list(range(n)))], rescore=False)[0]
             paid, replayed = oracle.paid, oracle.replayed
         texts = [(c.text, c.prompt_tokens, c.completion_tokens) for c in rows]
     else:
+        seeds = [sample_seed(f"answer-{rng.random()}", j) for j in range(n)]
+
         async def run() -> list[Any]:
+            nonlocal drawn
             async with runtime.client() as client:
-                seeds = [sample_seed(f"answer-{rng.random()}", j) for j in range(n)]
-                return await client.sample(prompt.render(query), prompt.decoding, seeds)
+                if not early:
+                    return await client.sample(prompt.render(query), prompt.decoding, seeds)
+                drawn = await draw_in_waves(
+                    lambda j: client.one(prompt.render(query), prompt.decoding, seeds[j]), n,
+                    wave, answer_of)
+                return drawn.completions
 
         comps = asyncio.run(run())
         paid = len(comps)
@@ -390,10 +411,13 @@ def answer(policy_path: Path, context: str, query: str, task_path: Path | None =
             "scores": {o.name: v for o, v in zip(task.objectives, sc, strict=True)
                        if v is not None}})
     fields = outcome_fields(task, grid.contexts[i].weights, answers, scores, rng)
+    stop = (drawn.report(n, policy.stopping) if drawn is not None else
+            {"stopping": policy.stopping.to_dict(), "completions_used": len(texts),
+             "completions_saved": 0, "waves": 1, "cancelled": 0})
     return {"context": grid.keys[i], "prompt": prompt.name, "n": n, "samples": samples,
             "usage": {"completion_tokens": sum(t[2] for t in texts),
                       "prompt_tokens": sum(t[1] for t in texts)},
-            "paid": paid, "replayed": replayed, **fields,
+            "paid": paid, "replayed": replayed, **stop, **fields,
             "text": texts[fields["choice"]][0]}
 
 

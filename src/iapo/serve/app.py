@@ -13,7 +13,11 @@ was done: ``context``, ``prompt`` (and ``prompt_index``), ``n`` (and ``n_capped`
 ``aggregator``, ``votes`` / ``answer`` / ``tied`` / ``answers`` (MV) or ``scores`` /
 ``values`` (BoN), aggregated exactly as training scored groups (:mod:`iapo.live.aggregate`),
 ``chosen`` (the index of the returned sample), ``samples`` (every completion's text and
-tokens), ``upstream_seconds`` and ``gateway_seconds``.
+tokens), ``upstream_seconds`` and ``gateway_seconds``, and how the arm stopped: ``stopping``
+(the policy's rule), ``completions_used``, ``completions_saved``, ``waves`` and ``cancelled``.
+A majority-voting arm of a policy trained with ``stop = "decided"`` asks for its completions in
+waves, one request each, and stops once the vote is decided, cancelling requests still in
+flight (:mod:`iapo.live.waves`): the same answer as all N, fewer completions.
 
 ``GET /v1/models`` lists the gateway's model; ``GET /health`` reports the policy in force. With
 ``replay_store``, a request without history takes samples 0..N-1 of its pool (the completion
@@ -63,6 +67,7 @@ from iapo.live.oracle import TaskRuntime, sample_seed
 from iapo.live.scorers import GOLD_SCORERS
 from iapo.live.store import CompletionStore, StoredCompletion, pool_key
 from iapo.live.task import Record, Task
+from iapo.live.waves import Drawn, draw_in_waves
 from iapo.policy import Policy, PolicyError
 from iapo.problem import Choice, ProblemError
 from iapo.serve.keys import ApiKey, KeyRing, Limits
@@ -342,13 +347,24 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
             rest = [m for m in messages if m["role"] != "system"]
             messages = own_system + history + rest
         record = Record("request", user_text, None)
+        stopping = policy.stopping
+        early = stopping.early and task.aggregator == "mv"
+        drawn: Drawn[Completion] | None = None
         u0 = time.perf_counter()
         try:
             async with asyncio.timeout(cfg.request_deadline()):  # sampling and scoring
                 fresh: list[tuple[str, int]] = []  # (pool, sample) of each new replay sample
-                if replay is not None and not history:
+                fresh_at: list[int] = []  # where they are in comps
+                if early:  # waves, stopping once the vote is decided (iapo.live.waves)
+                    drawn = await _in_waves(state["client"], choice.prompt, messages, n,
+                                            stopping.wave, history, record, fresh)
+                    comps = drawn.completions
+                    fresh_at = [drawn.indices.index(s) for _, s in fresh]
+                    paid = len(fresh) if replay is not None and not history else len(comps)
+                elif replay is not None and not history:
                     comps, fresh = await _replayed(state["client"], choice.prompt, messages, n)
                     paid = len(fresh)
+                    fresh_at = list(range(n - len(fresh), n))
                 else:
                     seeds = [rng.randrange(2**31) for _ in range(n)]
                     comps = await state["client"].sample(messages, prompt.decoding, seeds)
@@ -361,9 +377,8 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
                         scored = await asyncio.to_thread(
                             lambda: [runtime.score(record, c.text) for c in comps])
                 if replay is not None:  # the new samples of the pool, with their scores
-                    first_new = n - len(fresh)
-                    for (pool, sample), c, sc in zip(fresh, comps[first_new:],
-                                                     scored[first_new:], strict=True):
+                    for (pool, sample), j in zip(fresh, fresh_at, strict=True):
+                        c, sc = comps[j], scored[j]
                         replay.put(StoredCompletion(
                             pool, sample, runtime.arms[choice.prompt], "serve", c.text, sc[0],
                             sc[1], sc[2], c.prompt_tokens, c.completion_tokens, c.latency,
@@ -381,6 +396,9 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
             "context": holder.grid.keys[index], "prompt": prompt.name,
             "prompt_index": choice.prompt, "n": n, "n_capped": capped,
         }
+        meta.update(drawn.report(n, stopping) if drawn is not None else
+                    {"stopping": stopping.to_dict(), "completions_used": len(comps),
+                     "completions_saved": 0, "waves": 1, "cancelled": 0})
         fields = outcome_fields(task, holder.grid.contexts[index].weights,
                                 [s[0] for s in scored], [s[1] for s in scored], rng)
         pick = fields.pop("choice")
@@ -390,7 +408,7 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
         if task.aggregator in ("bon", "mixed"):
             meta.update({"scores": [s[1] for s in scored],
                          "scorer_failures": sum(len(s[2]) for s in scored)})
-        meta.update({"paid": paid, "replayed": n - paid})
+        meta.update({"paid": paid, "replayed": len(comps) - paid})
         meta.update({"chosen": pick, "upstream_seconds": upstream, "samples": [
             {"text": c.text, "prompt_tokens": c.prompt_tokens,
              "completion_tokens": c.completion_tokens}
@@ -439,6 +457,32 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
         old = [Completion(c.text, c.prompt_tokens, c.completion_tokens, c.latency, c.seed)
                for _, c in sorted(stored.items())]
         return old + fresh, [(pool, s) for s in missing[: len(fresh)]]
+
+    async def _in_waves(client: ChatClient, p: int, messages: list[dict[str, str]], n: int,
+                        wave: int, history: list[dict[str, str]], record: Record,
+                        fresh: list[tuple[str, int]]) -> Drawn[Completion]:
+        """Samples 0..n-1 in waves of the policy's wave size until the vote is decided;
+        with ``replay_store`` (and no history) stored samples first, as ``_replayed``, and the
+        (pool, sample) of every paid one appended to ``fresh``."""
+        prompt = task.prompts[p]
+        pool = pool_key(task.model.name, messages, prompt.decoding)
+        use_store = replay is not None and not history
+        seeds = [sample_seed(pool, s) if use_store else rng.randrange(2**31) for s in range(n)]
+
+        async def start(s: int) -> Completion:
+            if use_store:
+                assert replay is not None
+                stored = replay.get(pool, [s])
+                if s in stored:
+                    c = stored[s]
+                    return Completion(c.text, c.prompt_tokens, c.completion_tokens, c.latency,
+                                      c.seed)
+            got = await client.one(messages, prompt.decoding, seeds[s])
+            if use_store:
+                fresh.append((pool, s))
+            return got
+
+        return await draw_in_waves(start, n, wave, lambda c: runtime.score(record, c.text)[0])
 
     async def models(request: Request) -> JSONResponse:
         try:

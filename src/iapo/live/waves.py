@@ -1,0 +1,96 @@
+"""Majority voting that stops once the vote is decided, live: completions in waves.
+
+An arm (prompt, N) whose policy was priced with ``stop = "decided"`` (:mod:`iapo.stopping`)
+asks for its completions in waves of ``wave``: sample indices 0..w-1, then w..2w-1, and so on.
+After every completion that comes back, the votes are checked: once the leader's margin over
+the runner-up exceeds the completions not yet back, no remaining completion can change the
+winner, so the requests still in flight are cancelled and no further wave is asked for. The
+answer is the one all N completions would have given (the same winner set); training priced the
+arm with the expected completions of this rule (stopping at wave boundaries; cancelling inside
+a wave can only pay less).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from iapo.problem import Stopping
+from iapo.stopping import vote_decided
+
+C = TypeVar("C")
+
+
+@dataclass
+class Drawn(Generic[C]):
+    """What an arm drew: ``completions`` and their ``answers`` in sample order, their sample
+    ``indices``, the ``waves`` asked for and the requests ``cancelled`` once decided."""
+
+    completions: list[C]
+    answers: list[str | None]
+    indices: list[int]
+    waves: int
+    cancelled: int
+
+    def report(self, n: int, stopping: Stopping) -> dict[str, object]:
+        """The fields a response's ``iapo`` object reports about the stopping."""
+        return {"stopping": stopping.to_dict(), "completions_used": len(self.completions),
+                "completions_saved": n - len(self.completions), "waves": self.waves,
+                "cancelled": self.cancelled}
+
+
+async def draw_in_waves(start: Callable[[int], Awaitable[C]], n: int, wave: int,
+                        answer_of: Callable[[C], str | None]) -> Drawn[C]:
+    """Draw sample indices 0..n-1 in waves of ``wave`` with ``start(i)`` (one completion),
+    stopping once the vote of ``answer_of`` over the completions back is decided."""
+    got: dict[int, tuple[C, str | None]] = {}
+    counts: Counter[str | None] = Counter()
+    waves = cancelled = 0
+    nxt = 0
+    while nxt < n:
+        idx = range(nxt, min(n, nxt + wave))
+        nxt = idx.stop
+        waves += 1
+        tasks = {asyncio.ensure_future(start(i)): i for i in idx}
+        pending = set(tasks)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    c = t.result()  # an upstream failure propagates (the rest are cancelled)
+                    a = answer_of(c)
+                    got[tasks[t]] = (c, a)
+                    counts[a] += 1
+                if vote_decided(counts.values(), n - len(got)):
+                    cancelled = len(pending)
+                    nxt = n
+                    break
+        finally:
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+    order = sorted(got)
+    return Drawn([got[i][0] for i in order], [got[i][1] for i in order], order, waves,
+                 cancelled)
+
+
+def decided_in_waves(draw: Callable[[list[int]], list[C]], n: int, wave: int,
+                     answer_of: Callable[[C], str | None]) -> Drawn[C]:
+    """The same rule, synchronously: ``draw(indices)`` returns one wave's completions at once
+    (e.g. replayed from a store), and the votes are checked after each wave."""
+    comps: list[C] = []
+    answers: list[str | None] = []
+    waves = 0
+    while len(comps) < n:
+        idx = list(range(len(comps), min(n, len(comps) + wave)))
+        waves += 1
+        for c in draw(idx):
+            comps.append(c)
+            answers.append(answer_of(c))
+        if vote_decided(Counter(answers).values(), n - len(comps)):
+            break
+    return Drawn(comps, answers, list(range(len(comps))), waves, 0)
