@@ -143,6 +143,8 @@ def optimize(task: Task, out: Path, progress: bool = True,
                                                   "scorer_failures")},
         "runs": history,
         "notes": result.trace.notes,
+        # the judge scorers' own requests and tokens, apart from the policy's completions
+        "judge": runtime.judge_usage(),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(_report_md(report))
@@ -224,6 +226,12 @@ def _report_md(r: dict[str, Any]) -> str:
         f"{fmt(r['test_acr'], r['test_acr_ci95'])} on {r['test_queries']} test queries "
         f"({e['completions_used']} completions, {e['completions_paid']} paid).",
     ]
+    j = r.get("judge", {})
+    if j.get("requests") or j.get("cached"):
+        lines += ["", f"Judge scorer (not part of the policy's cost): {j['requests']} requests "
+                      f"paid, {j['cached']} judgements from the store's cache, "
+                      f"{j['prompt_tokens']} prompt and {j['completion_tokens']} completion "
+                      "tokens."]
     if r["notes"]:
         lines += ["", "Notes:", *[f"- {n}" for n in r["notes"]]]
     lines += ["", "Runs into this folder (what each paid and replayed, training and test):", "",

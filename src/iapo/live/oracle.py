@@ -65,7 +65,9 @@ class TaskRuntime:
     def scorers(self) -> list[Any]:
         with self._scorers_lock:  # the gateway's threads may ask first at once
             if self._scorers is None:
-                self._scorers = [make_scorer(o.scorer, o.options)
+                # a scorer may read its objective's bounds (the judge's rating scale)
+                self._scorers = [make_scorer(o.scorer, {**o.options, "lower": o.lower,
+                                                        "upper": o.upper})
                                  for o in self.task.objectives]
         return self._scorers
 
@@ -106,6 +108,23 @@ class TaskRuntime:
         for a, p in zip(self.arms, self.task.prompts, strict=True):
             store.add_arm(a, self.task.model.name, p.name, p.template, p.system, p.decoding)
         store.add_queries((r.id, r.query, r.gold) for r in self.records)
+        for scorer in self.judges():  # judgements are cached in the same store
+            scorer.bind(store.path)
+
+    def judges(self) -> list[Any]:
+        """The task's judge scorers (:mod:`iapo.live.judge`), built if need be."""
+        if not any(o.scorer == "judge" for o in self.task.objectives):
+            return []
+        return [s for o, s in zip(self.task.objectives, self.scorers, strict=True)
+                if o.scorer == "judge"]
+
+    def judge_usage(self) -> dict[str, int]:
+        """The judges' own requests and tokens so far, summed (apart from the policy's)."""
+        total = {"requests": 0, "cached": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        for scorer in self.judges():
+            for k, v in scorer.usage.to_dict().items():
+                total[k] += v
+        return total
 
     def score(self, record: Record, text: str
               ) -> tuple[str | None, list[float | None], list[str]]:

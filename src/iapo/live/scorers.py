@@ -14,6 +14,9 @@ A scorer maps (record, completion text) to a number in the objective's bounds:
   ``["yes", "no"]``) is the gold label, case-insensitively.
 - ``http``: ``url = "..."``: POST {"query", "completion", "gold"} as JSON, read ``{"score": x}``
   (or a bare number) from the answer: a reward-model endpoint.
+- ``judge``: an LLM rates the completion on a ``rubric`` (its own ``base_url`` and ``model``;
+  a number within the objective's bounds, or P(yes) from log-probabilities), every judgement
+  cached in the completion store (:mod:`iapo.live.judge`).
 
 A scorer that raises on one completion is recorded as a failure and scores that completion at
 the objective's lower bound; the run goes on and the report counts failures.
@@ -169,6 +172,10 @@ def check_scorer(name: str, options: dict[str, Any]) -> None:
             raise InputError("scorer 'label' needs labels = [\"yes\", \"no\", ...]")
     if name == "http" and not str(options.get("url", "")).startswith(("http://", "https://")):
         raise InputError("scorer 'http' needs url = \"http://...\"")
+    if name == "judge":
+        from iapo.live.judge import check_judge
+
+        check_judge(options)
 
 
 def _exact(options: dict[str, Any]) -> Scorer:
@@ -235,6 +242,12 @@ def _http(options: dict[str, Any]) -> Scorer:
     return score
 
 
+def _judge(options: dict[str, Any]) -> Scorer:
+    from iapo.live.judge import JudgeScorer
+
+    return JudgeScorer(options)
+
+
 SCORERS: dict[str, Callable[[dict[str, Any]], Scorer]] = {
     "exact_match": _exact,
     "multiple_choice": _multiple_choice,
@@ -243,6 +256,7 @@ SCORERS: dict[str, Callable[[dict[str, Any]], Scorer]] = {
     "label": _label,
     "python": _python,
     "http": _http,
+    "judge": _judge,
 }
 
 # the scorers that compare with a gold answer (no score without one)

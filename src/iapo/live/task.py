@@ -95,6 +95,8 @@ SCORER_OPTIONS: dict[str, tuple[str, ...]] = {
     "python": ("callable",),
     "http": ("url", "timeout"),
     "label": ("labels",),
+    "judge": ("base_url", "model", "rubric", "mode", "api_key_env", "timeout", "max_tokens",
+              "max_retries"),
 }
 
 # Upper limits: past them a value is a typo, and would fail much later (out of memory, a run
@@ -417,6 +419,13 @@ def _scorer_options(options: dict[str, Any], where: str) -> None:
         _number(options, "timeout", where, low=0.0, high=MAX_TIMEOUT, low_open=True)
     if "labels" in options:
         _labels(options["labels"], f"{where}.labels")
+    for key in ("base_url", "model", "rubric", "mode", "api_key_env"):  # the judge's
+        if key in options:
+            _get(options, key, where, str)
+    if "max_tokens" in options:
+        _integer(options, "max_tokens", where, low=1, high=4096)
+    if "max_retries" in options:
+        _integer(options, "max_retries", where, low=0, high=MAX_RETRIES)
 
 
 def _objective(row: dict[str, Any], i: int, path: Path) -> ObjectiveSpec:
