@@ -358,3 +358,20 @@ def test_bad_input_says_what_to_do() -> None:
         stop_index(labels, 4, 1)
     with pytest.raises(InputError, match="undecided must be"):
         paid_from_undecided(np.ones((3, 4)), 1)
+
+
+def test_leader_probability_is_the_beta_tail_by_the_binomial_identity() -> None:
+    """For integer a, b: P(Beta(a, b) > 1/2) = P(Binomial(a + b - 1, 1/2) <= a - 1)."""
+    from math import comb
+
+    from iapo.stopping import leader_probability
+
+    for v1 in range(0, 12):
+        for v2 in range(0, v1 + 1):
+            a, b = v1 + 1, v2 + 1
+            m = a + b - 1
+            exact = sum(comb(m, k) for k in range(a)) / 2**m
+            assert leader_probability(v1, v2) == pytest.approx(exact, abs=1e-12)
+    assert leader_probability(3, 0) == pytest.approx(1 - 0.5**4)  # Beta(4, 1): 1 - x^4
+    assert leader_probability(4, 4) == pytest.approx(0.5)  # symmetric
+    np.testing.assert_allclose(leader_probability([5, 1], [0, 1]), [1 - 0.5**6, 0.5])

@@ -50,7 +50,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
-from scipy.special import gammaln
+from scipy.special import betainc, gammaln
 
 from iapo.errors import InputError
 from iapo.exact import MV_N_MAX_LIMIT
@@ -62,6 +62,7 @@ __all__ = [
     "paid_in_block",
     "stop_index",
     "stop_points",
+    "leader_probability",
     "vote_decided",
     "undecided_probability",
 ]
@@ -329,3 +330,14 @@ def vote_decided(counts: Iterable[int], remaining: int) -> bool:
     ``counts``: the votes of every answer seen so far (any order); the live path's check."""
     top = sorted(counts, reverse=True)[:2] + [0, 0]
     return top[0] - top[1] > remaining
+
+
+def leader_probability(leader: npt.ArrayLike, runner_up: npt.ArrayLike) -> FloatArray:
+    """P(p_leader > p_runner-up | votes) under a uniform Beta prior on the two leading answers'
+    share: P(X > 1/2) for X ~ Beta(leader + 1, runner_up + 1), elementwise. The criterion of
+    adaptive self-consistency's Beta stopping rule. Unlike ``decided``, stopping on it can
+    change the answer: it is a heuristic, measured in ``benchmarks/probabilistic_stopping.py``,
+    not a rule that Q prices."""
+    a = np.asarray(leader, dtype=np.float64) + 1.0
+    b = np.asarray(runner_up, dtype=np.float64) + 1.0
+    return np.asarray(1.0 - betainc(a, b, 0.5), dtype=np.float64)
