@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import csv
 import dataclasses
 import functools
 import itertools
@@ -25,9 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
 
-from iapo.cli import main
 from iapo.envs import MVEnvironment, acr, best_arms, get_environment
 from iapo.errors import InputError
 from iapo.estimate import QTable
@@ -38,6 +35,7 @@ from iapo.oracle import SimulatedOracle
 from iapo.problem import ContextGrid, Objective, Problem, ProblemError, Stopping
 from iapo.pulls import Observation, Pull
 from iapo.split import train_test_split
+from test_bench import bench, csv_rows, invoke
 from test_task_validation import base_raw, write_task
 
 # --- references in plain Python -----------------------------------------------------------------
@@ -377,9 +375,6 @@ def test_subsets_refuse_an_arm_that_stops_early() -> None:
 # --- 6. iapo oracle on MATH ---------------------------------------------------------------------
 
 
-def invoke(*args: str) -> Result:
-    return CliRunner().invoke(main, list(args))
-
 
 def oracle_json(*args: str) -> dict[str, Any]:
     result = invoke("oracle", "math", "--json", *args)
@@ -507,17 +502,6 @@ def test_train_refuses_subsets_with_decided(tmp_path: Path) -> None:
 # --- 8. bench -----------------------------------------------------------------------------------
 
 BENCH = ("--envs", "math", "--learners", "psst,uniform", "--budgets", "500", "--runs", "2")
-
-
-def bench(out: Path, *args: str) -> Result:
-    result = invoke("bench", "--out", str(out), *args)
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def csv_rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 @pytest.fixture(scope="module")
