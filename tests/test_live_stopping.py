@@ -7,7 +7,7 @@ rule. With greedy decoding (temperature 0) every completion gives the same answe
 is decided after 5 of 8 (margin 5 > 3 still to come) and the server's own request log shows 5
 requests, not 8: 3 completions saved. In waves of 4 the first wave (4 answers, margin 4, 4 to
 come) is not decided; in the second, once one more answer is back the rest are cancelled before
-they are sent (the client sends one request at a time).
+they are sent (the gateway makes one upstream call at a time here).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def test_decided_arms_train_answer_and_serve_with_fewer_requests(llama: LlamaSer
     # `iapo serve`, waves of 1 and of 4: the log shows 5 requests each time
     for wave, waves, cancelled in ((1, 5, 0), (4, 2, 3)):
         policy = with_arm(trained, tmp_path / f"n8-w{wave}.json", 8, wave)
-        with Gateway(policy) as gw:
+        with Gateway(policy, "--max-concurrency", "1") as gw:  # one upstream call at a time
             before = llama.settle()
             served = gw.ask({"budget": "low"}, content=QUESTION)
             requests = llama.settle() - before
@@ -93,3 +93,39 @@ def test_decided_arms_train_answer_and_serve_with_fewer_requests(llama: LlamaSer
                           "budget=low", "--json").stdout)
     assert llama.settle() - before == 8 == got["completions_used"]
     assert got["completions_saved"] == 0
+
+
+def test_decided_arms_replay_stored_samples_in_waves(tmp_path: Path) -> None:
+    """With a store, the waves take the pool's samples 0, 1, 2, ... in order: what is stored is
+    replayed, only the missing ones are asked for (one request each), and a second identical
+    request pays nothing. Every answer is (B), N = 8, waves of 2: after 4 answers the margin
+    4 is not above the 4 to come, so a third wave (samples 4 and 5) is asked for; once sample 4
+    is back (margin 5 > 3) the vote is decided and sample 5, waiting for the one upstream
+    call the gateway allows at a time, is cancelled before it is sent."""
+    from iapo.live.store import CompletionStore
+    from iapo.policy import Policy
+    from iapo.problem import Stopping
+    from live_helpers import ScriptedServer
+    from test_serve import write_policy
+
+    with ScriptedServer(answer="The answer is (B).") as up:
+        path = write_policy(tmp_path / "p.json", greedy_task(tmp_path, up.base_url),
+                            "mcq-smollm2", ["budget=low", "budget=high"], [(0, 8), (0, 8)])
+        policy = Policy.load(path)
+        policy.stopping = Stopping("decided", 2)
+        policy.save(path)
+        store = tmp_path / "store.sqlite"
+        # one upstream call at a time, so that the cancelled request is one still waiting
+        with Gateway(path, "--store", str(store), "--max-n", "8", "--max-concurrency",
+                     "1") as gw:
+            first = gw.ask({"budget": "low"}, content=QUESTION).model_extra["iapo"]  # type: ignore[index]
+            assert len(up.requests) == 5 and all("n" not in b for b in up.requests)
+            assert (first["completions_used"], first["paid"], first["replayed"]) == (5, 5, 0)
+            assert first["waves"] == 3 and first["cancelled"] == 1
+            assert first["completions_saved"] == 3
+            again = gw.ask({"budget": "low"}, content=QUESTION).model_extra["iapo"]  # type: ignore[index]
+            assert len(up.requests) == 5  # all replayed: sample 5 is never asked for
+            assert (again["completions_used"], again["paid"], again["replayed"]) == (5, 0, 5)
+            assert again["samples"] == first["samples"] and again["cancelled"] == 1
+        with CompletionStore(store) as s:
+            assert s.count() == 5

@@ -4,7 +4,8 @@ An arm (prompt, N) whose policy was priced with ``stop = "decided"`` (:mod:`iapo
 asks for its completions in waves of ``wave``: sample indices 0..w-1, then w..2w-1, and so on.
 After every completion that comes back, the votes are checked: once the leader's margin over
 the runner-up exceeds the completions not yet back, no remaining completion can change the
-winner, so the requests still in flight are cancelled and no further wave is asked for. The
+winner, so the requests still in flight (or waiting for a connection) are cancelled and no
+further wave is asked for. The
 answer is the one all N completions would have given (the same winner set); training priced the
 arm with the expected completions of this rule (stopping at wave boundaries; cancelling inside
 a wave can only pay less).
@@ -45,30 +46,45 @@ class Drawn(Generic[C]):
 async def draw_in_waves(start: Callable[[int], Awaitable[C]], n: int, wave: int,
                         answer_of: Callable[[C], str | None]) -> Drawn[C]:
     """Draw sample indices 0..n-1 in waves of ``wave`` with ``start(i)`` (one completion),
-    stopping once the vote of ``answer_of`` over the completions back is decided."""
+    stopping once the vote of ``answer_of`` over the completions back is decided.
+
+    The votes are counted, and the requests still pending cancelled, in the same step of the
+    event loop as the completion that decides the vote arrives: a request waiting for a free
+    connection is never sent after that (and a stored sample that ``start`` returns at once
+    is read, in sample order, before any later one is asked for)."""
     got: dict[int, tuple[C, str | None]] = {}
     counts: Counter[str | None] = Counter()
     waves = cancelled = 0
+    decided = False
     nxt = 0
-    while nxt < n:
+    while nxt < n and not decided:
         idx = range(nxt, min(n, nxt + wave))
         nxt = idx.stop
         waves += 1
-        tasks = {asyncio.ensure_future(start(i)): i for i in idx}
-        pending = set(tasks)
+        tasks: list[asyncio.Task[None]] = []
+
+        async def one(i: int) -> None:
+            nonlocal decided, cancelled
+            c = await start(i)
+            a = answer_of(c)
+            got[i] = (c, a)
+            counts[a] += 1
+            if not decided and vote_decided(counts.values(), n - len(got)):
+                decided = True
+                for t in tasks:
+                    if not t.done() and t is not asyncio.current_task():
+                        t.cancel()
+                        cancelled += 1
+
+        tasks.extend(asyncio.ensure_future(one(i)) for i in idx)
         try:
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for t in done:
-                    c = t.result()  # an upstream failure propagates (the rest are cancelled)
-                    a = answer_of(c)
-                    got[tasks[t]] = (c, a)
-                    counts[a] += 1
-                if vote_decided(counts.values(), n - len(got)):
-                    cancelled = len(pending)
-                    nxt = n
-                    break
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:  # an upstream failure propagates (the rest are cancelled below)
+                if not t.cancelled() and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+            await asyncio.wait(tasks)  # the cancelled ones, once they have unwound
         finally:
+            pending = [t for t in tasks if not t.done()]
             for t in pending:
                 t.cancel()
             if pending:
