@@ -56,27 +56,27 @@ async def draw_in_waves(start: Callable[[int], Awaitable[C]], n: int, wave: int,
     counts: Counter[str | None] = Counter()
     waves = cancelled = 0
     decided = False
+    tasks: list[asyncio.Task[None]] = []  # the current wave's requests
+
+    async def one(i: int) -> None:
+        nonlocal decided, cancelled
+        c = await start(i)
+        a = answer_of(c)
+        got[i] = (c, a)
+        counts[a] += 1
+        if not decided and vote_decided(counts.values(), n - len(got)):
+            decided = True
+            for t in tasks:
+                if not t.done() and t is not asyncio.current_task():
+                    t.cancel()
+                    cancelled += 1
+
     nxt = 0
     while nxt < n and not decided:
         idx = range(nxt, min(n, nxt + wave))
         nxt = idx.stop
         waves += 1
-        tasks: list[asyncio.Task[None]] = []
-
-        async def one(i: int) -> None:
-            nonlocal decided, cancelled
-            c = await start(i)
-            a = answer_of(c)
-            got[i] = (c, a)
-            counts[a] += 1
-            if not decided and vote_decided(counts.values(), n - len(got)):
-                decided = True
-                for t in tasks:
-                    if not t.done() and t is not asyncio.current_task():
-                        t.cancel()
-                        cancelled += 1
-
-        tasks.extend(asyncio.ensure_future(one(i)) for i in idx)
+        tasks[:] = [asyncio.ensure_future(one(i)) for i in idx]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for t in done:  # an upstream failure propagates (the rest are cancelled below)
