@@ -18,6 +18,7 @@ import dataclasses
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -70,9 +71,17 @@ def noiseless_bon(values: Sequence[float] | Sequence[Sequence[float]], costs: Se
     return environment_from_arrays("noiseless", data, cacheable=False)
 
 
-def run(name: str, env: Environment, budget: int, seed: int = 0) -> LearnerResult:
+# equal decision batches of T / 50, so that the exploration rules below can be counted batch
+# by batch (the default grid grows geometrically: its own test pins it)
+EQUAL = {"batches": 50, "growth": 1.0}
+
+
+def run(name: str, env: Environment, budget: int, seed: int = 0, **params: Any
+        ) -> LearnerResult:
     oracle = SimulatedOracle(env, np.arange(env.n_queries), budget, np.random.default_rng(seed))
-    result = get_learner(name).learner(env.problem, oracle, budget, np.random.default_rng(seed + 1))
+    spec = get_learner(name)
+    learner = spec.configure(**params).learner if params else spec.learner
+    result = learner(env.problem, oracle, budget, np.random.default_rng(seed + 1))
     assert oracle.ledger.spent == result.trace.completions_used <= budget
     return result
 
@@ -104,7 +113,7 @@ def test_egreedy_explores_at_rate_epsilon(est: str) -> None:
     # 4 prompts, N_max 1 (arm = prompt, one completion per decision), one context.
     # Prompt 0 scores 0.9, the others 0.2: once prompt 0 is seen it is the greedy arm for good.
     env = noiseless_bon([0.9, 0.2, 0.2, 0.2], [0.0] * 4, 1, {"only": 0.0})
-    result = run(f"egreedy{est}", env, 4000)
+    result = run(f"egreedy{est}", env, 4000, **EQUAL)
     rounds = result.trace.rounds
     assert [r.spent for r in rounds] == [80] * 50  # 50 decision batches of T / 50
     assert [(r.round, r.allowance, list(r.alive)) for r in rounds] == [
@@ -142,7 +151,7 @@ def test_softmax_pulls_with_boltzmann_probabilities(est: str) -> None:
     # exp(0.1 / 0.05) = e^2 = 7.389, exp(0.05 / 0.05) = e = 2.718, exp(0) = 1; sum 11.107:
     # probabilities 0.6652, 0.2447, 0.0900 (temperature 0.1 would give 0.506, 0.307, 0.186)
     env = noiseless_bon([0.1, 0.05, 0.0], [0.0] * 3, 1, {"only": 0.0})
-    result = run(f"softmax{est}", env, 4000)
+    result = run(f"softmax{est}", env, 4000, **EQUAL)
     rounds = result.trace.rounds
     assert [r.spent for r in rounds] == [80] * 50  # 50 decision batches of T / 50
     # batch 1 (no data, all weights equal) must have seen prompts 0 and 1; prompt 2's
@@ -432,7 +441,7 @@ def test_parameters_are_refused_just_outside_their_range(name: str, bad: dict[st
 def test_sequential_learners_return_their_best_estimated_arm(name: str) -> None:
     # 3 prompts, N_max 1, scores 0.2, 0.5, 0.9: the best is the last arm; T = 4000 sees all
     env = noiseless_bon([0.2, 0.5, 0.9], [0.0] * 3, 1, {"only": 0.0})
-    result = run(name, env, 4000)
+    result = run(name, env, 4000, **EQUAL)
     assert [r.spent for r in result.trace.rounds] == [80] * 50  # 50 batches of T / 50
     (choice,) = result.choices
     assert (choice.prompt, choice.n, choice.q_hat) == (2, 1, pytest.approx(0.9))
@@ -687,10 +696,11 @@ def test_learners_are_frozen_keyword_only_and_validated_when_made() -> None:
     with pytest.raises(InputError, match="deploy='n2'"):
         TripleSH(deploy="n2")  # type: ignore[arg-type]
     spec = get_learner("egreedy")
-    assert spec.parameters == {"epsilon": 0.15, "batches": 50, "estimator": "blocks"}
+    assert spec.parameters == {"epsilon": 0.15, "batches": 20, "estimator": "blocks",
+                               "growth": 1.2}
     assert spec.configure(epsilon=0.3).learner == learner
     with pytest.raises(InputError, match="'egreedy' has no parameter k; its parameters: "
-                                         "batches, estimator, epsilon"):
+                                         "batches, estimator, growth, epsilon"):
         spec.configure(k=3)
     assert get_learner("psst-model").estimators == ("blocks",)
     assert get_learner("psst-model").parameters == {"group": 2, "alpha": 0.5}
@@ -733,14 +743,34 @@ def test_train_policy_takes_a_configured_learner_and_records_its_parameters() ->
 
 @pytest.mark.parametrize("name", ["egreedy", "softmax", "ucb"])
 def test_sequential_learners_decide_in_the_batches_they_are_given(name: str) -> None:
-    # one prompt, N_max 1, T = 400: 10 batches of 40 decisions, 400 (fully sequential) of 1
+    # one prompt, N_max 1, T = 400, equal batches: 10 batches of 40 decisions, 400 (fully
+    # sequential) of 1
     env = noiseless_bon([0.5], [0.0], 1, {"only": 0.0})
     for batches in (10, 400):
         oracle = SimulatedOracle(env, np.arange(3), 400, np.random.default_rng(0))
-        learner = get_learner(name).configure(batches=batches).learner
+        learner = get_learner(name).configure(batches=batches, growth=1.0).learner
         result = learner(env.problem, oracle, 400, np.random.default_rng(1))
         assert [r.spent for r in result.trace.rounds] == [400 // batches] * batches
         assert result.trace.info["batches"] == batches
+
+
+@pytest.mark.parametrize("name", ["egreedy", "softmax", "ucb"])
+def test_sequential_learners_grow_their_batches_geometrically(name: str) -> None:
+    # one prompt, N_max 1 (every decision costs 1), T = 700, 3 batches growing by 2: the
+    # first is 700 (2 - 1) / (2^3 - 1) = 100, then 200 and 400
+    env = noiseless_bon([0.5], [0.0], 1, {"only": 0.0})
+    oracle = SimulatedOracle(env, np.arange(3), 700, np.random.default_rng(0))
+    learner = get_learner(name).configure(batches=3, growth=2.0).learner
+    result = learner(env.problem, oracle, 700, np.random.default_rng(1))
+    assert [r.spent for r in result.trace.rounds] == [100, 200, 400]
+    assert result.trace.info["growth"] == 2.0
+    # T = 710: sizes ceil(101.4) = 102, ceil(202.9) = 203, ceil(405.7) = 406; the last one
+    # stops at the budget
+    oracle = SimulatedOracle(env, np.arange(3), 710, np.random.default_rng(0))
+    result = learner(env.problem, oracle, 710, np.random.default_rng(1))
+    assert [r.spent for r in result.trace.rounds] == [102, 203, 405]
+    with pytest.raises(InputError, match="growth=0.5 must be a number in"):
+        get_learner(name).configure(growth=0.5)
 
 
 def test_psst_model_uses_its_prior() -> None:

@@ -3,11 +3,14 @@
 Each step samples a context (by the context probabilities) and lets a selection rule pick an
 arm for it from the current estimates; a pull of (p, N) costs N and its blocks update every
 context and every smaller N, as in PSST (the paper's baselines share information too).
-The paper runs these fully sequentially; here the decisions are made in ``batches`` batches of
-about T / batches completions, each batch from the estimates of the one before, so a run costs
-tens of numpy calls rather than one per pull (``batches = T`` is fully sequential). Arms whose
-N exceeds the remaining budget are never picked, so the budget is never overspent. The final
-policy is the arm with the highest estimate in every context.
+The paper runs these fully sequentially; here the decisions are made in ``batches`` batches,
+each from the estimates of the one before, so a run costs tens of numpy calls rather than one
+per pull. The batches grow geometrically by ``growth`` (:func:`batch_sizes`; the default 20
+batches growing by 1.2 decide the first 0.5% of T nearly one by one, the last 17% at once), the
+geometric grid of batched bandits; ``growth = 1`` gives equal batches, ``batches = T`` with
+``growth = 1`` is fully sequential. ``benchmarks/batches_ablation.py`` compares grids. Arms
+whose N exceeds the remaining budget are never picked, so the budget is never overspent. The
+final policy is the arm with the highest estimate in every context.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from iapo.errors import InputError
 from iapo.estimate import Estimator, QTable
 from iapo.learners.base import (
     LearnerResult,
@@ -29,7 +33,7 @@ from iapo.learners.base import (
     check_estimator,
     round_record,
 )
-from iapo.problem import Arm, Problem
+from iapo.problem import Problem
 from iapo.pulls import Oracle, Pull
 
 IntpArray = npt.NDArray[np.intp]
@@ -75,37 +79,52 @@ def sequential(
     rng: np.random.Generator,
     select: SelectionRule,
     *,
-    batches: int = 50,
+    batches: int = 20,
     estimator: str = "blocks",
+    growth: float = 1.2,
 ) -> LearnerResult:
     """Spend ``budget`` in ``batches`` decision batches, each picked by ``select`` from the
-    estimates after the batch before; the best estimated arm of every context at the end."""
+    estimates after the batch before; the best estimated arm of every context at the end.
+    Batch sizes form the grid of :func:`batch_sizes`."""
     budget = check_budget(oracle, budget)
     check_count("batches", batches)
     p, n = problem.n_prompts, problem.n_max
     arm_cost = np.tile(np.arange(1, n + 1), p)
     stats = QTable(problem, estimator)
-    trace = Trace(info={"batches": batches})
-    share = max(1, math.ceil(budget / batches))
+    trace = Trace(info={"batches": batches, "growth": growth})
+    sizes = batch_sizes(budget, batches, growth)
+    ends = np.cumsum(sizes)
     start = oracle.ledger.spent
     probs = problem.grid.probabilities
     while (left := budget - (oracle.ledger.spent - start)) >= 1:
-        room = min(share, left)
+        # the size of the batch whose share of T the spending so far has reached
+        k = min(int(np.searchsorted(ends, oracle.ledger.spent - start, "right")), batches - 1)
+        room = min(int(sizes[k]), left)
         contexts = rng.choice(problem.n_contexts, size=room, p=probs)
         arms = select(stats, contexts, arm_cost <= left, rng)
         cum = np.cumsum(arm_cost[arms])
         take = int(np.searchsorted(cum, room, side="right")) or 1  # the first always fits
         uniq, counts = np.unique(arms[:take], return_counts=True)
-        pulls = [
-            Pull(arm.prompt, arm.n, int(m))
-            for arm, m in zip((Arm.from_index(a, n) for a in uniq), counts, strict=True)
-        ]
+        # arm index p * N_max + (n - 1), as Arm.from_index reads it
+        pulls = [Pull(p_, n_ + 1, m) for p_, n_, m in
+                 zip((uniq // n).tolist(), (uniq % n).tolist(), counts.tolist(), strict=True)]
         stats.update(oracle.pull(pulls))
         trace.rounds.append(round_record(len(trace.rounds) + 1, room, pulls,
                                          np.full(problem.n_contexts, p * n)))
     trace.completions_used = oracle.ledger.spent - start
     allowed = np.ones((problem.n_contexts, p, n), dtype=bool)
     return LearnerResult(best_choices(stats, allowed, rng), trace)
+
+
+def batch_sizes(budget: int, batches: int, growth: float) -> npt.NDArray[np.int64]:
+    """Completions per decision batch: ``batches`` sizes in geometric progression with ratio
+    ``growth`` summing to about ``budget`` (growth 1: equal batches of ceil(T / batches)), each
+    at least 1. A growing grid decides the first completions nearly one by one, as the paper's
+    fully sequential baselines do, in few batches (batched bandits' geometric grid)."""
+    if growth == 1.0:
+        return np.full(batches, max(1, math.ceil(budget / batches)), dtype=np.int64)
+    first = budget * (growth - 1.0) / (growth**batches - 1.0)
+    return np.maximum(1, np.ceil(first * growth ** np.arange(batches))).astype(np.int64)
 
 
 def estimates_or_zero(stats: Estimator) -> npt.NDArray[np.float64]:
@@ -119,12 +138,17 @@ class SequentialLearner:
     """What the sequential baselines share: ``batches`` decision batches and an estimator;
     a subclass gives its selection rule as ``select`` (a :class:`SelectionRule`)."""
 
-    batches: int = 50
+    batches: int = 20
     estimator: str = "blocks"
+    growth: float = 1.2
 
     def __post_init__(self) -> None:
         check_count("batches", self.batches)
         check_estimator(self.estimator)
+        if not (isinstance(self.growth, int | float) and not isinstance(self.growth, bool)
+                and 1.0 <= self.growth <= 10.0):
+            raise InputError(f"growth={self.growth!r} must be a number in [1, 10] (the ratio "
+                             "of one decision batch to the one before; 1: equal batches)")
 
     def select(self, stats: Estimator, contexts: IntpArray, feasible: BoolArray,
                rng: np.random.Generator) -> IntpArray:
@@ -133,4 +157,4 @@ class SequentialLearner:
     def __call__(self, problem: Problem, oracle: Oracle, budget: int,
                  rng: np.random.Generator) -> LearnerResult:
         return sequential(problem, oracle, budget, rng, self.select, batches=self.batches,
-                          estimator=self.estimator)
+                          estimator=self.estimator, growth=self.growth)
