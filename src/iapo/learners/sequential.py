@@ -55,12 +55,13 @@ def sample_rows(
     weights[contexts[d]]: weights [C, A] (non-negative, each used row with a positive sum),
     contexts [D] -> [D]. One searchsorted per context, not a [D, A] matrix."""
     cdf = np.cumsum(weights, axis=1)
-    out = np.empty(contexts.size, dtype=np.intp)
-    u = rng.random(contexts.size)
-    for c in np.unique(contexts):
-        sel = contexts == c
-        out[sel] = np.searchsorted(cdf[c], u[sel] * cdf[c, -1], side="right")
-    return np.minimum(out, weights.shape[1] - 1)
+    a = weights.shape[1]
+    # every row's CDF scaled to [0, 1] and shifted by its row index, laid end to end: one
+    # searchsorted finds each decision's arm in its own context's row
+    total = np.where(cdf[:, -1:] > 0, cdf[:, -1:], 1.0)  # (a row no decision uses may be 0)
+    flat = (cdf / total + np.arange(cdf.shape[0])[:, None]).reshape(-1)
+    out = np.searchsorted(flat, contexts + rng.random(contexts.size), side="right")
+    return np.minimum(out - contexts * a, a - 1)
 
 
 def argmax_random_ties(
@@ -68,8 +69,10 @@ def argmax_random_ties(
 ) -> npt.NDArray[np.intp]:
     """For every decision, the best arm of its context, uniformly among equal maxima:
     score [C, A], contexts [D] -> [D]."""
-    ties = (score == score.max(axis=1, keepdims=True)).astype(np.float64)
-    return sample_rows(ties, contexts, rng)
+    ties = score == score.max(axis=1, keepdims=True)
+    if ties.sum(axis=1).max() == 1:  # one best arm per context: nothing to draw
+        return score.argmax(axis=1)[contexts]
+    return sample_rows(ties.astype(np.float64), contexts, rng)
 
 
 def sequential(
