@@ -773,6 +773,30 @@ def test_sequential_learners_grow_their_batches_geometrically(name: str) -> None
         get_learner(name).configure(growth=0.5)
 
 
+def test_the_last_batch_fills_what_is_left_first_fit() -> None:
+    from iapo.learners.sequential import fill
+
+    # room 4, costs 5, 2, 4, 1, 1 in order: 5 does not fit, 2 does (2 left), 4 does not,
+    # then 1 and 1
+    assert fill(np.array([10, 11, 12, 13, 14]), np.array([5, 2, 4, 1, 1]), 4).tolist() == [
+        11, 13, 14]
+    assert fill(np.array([7]), np.array([3]), 2).tolist() == []
+
+
+@pytest.mark.parametrize("name", ["egreedy", "softmax"])
+def test_sequential_batches_fill_their_shares_first_fit(name: str) -> None:
+    # 3 prompts, N_max 8 (arms cost 1..8), T = 1000 in the default grid: a batch takes its
+    # decisions in order and then every later one that still fits, so the batches fill their
+    # shares and the whole budget is spent without trailing batches of a few completions
+    # (ucb gives every decision of a context its one best arm: what is left below that arm's
+    # N waits for the next batch)
+    env = noiseless_bon([0.2, 0.5, 0.9], [0.0] * 3, 8, {"only": 0.0})
+    for seed in range(3):
+        result = run(name, env, 1000, seed)
+        assert result.trace.completions_used == 1000
+        assert len(result.trace.rounds) <= 21
+
+
 def test_psst_model_uses_its_prior() -> None:
     # as in the test above, with the Dirichlet prior alpha = 2 on gold and on the unseen
     # bucket: the next answer is gold with probability (k + 2) / (k + 4)

@@ -5,7 +5,9 @@ arm for it from the current estimates; a pull of (p, N) costs N and its blocks u
 context and every smaller N, as in PSST (the paper's baselines share information too).
 The paper runs these fully sequentially; here the decisions are made in ``batches`` batches,
 each from the estimates of the one before, so a run costs tens of numpy calls rather than one
-per pull. The batches grow geometrically by ``growth`` (:func:`batch_sizes`; the default 20
+per pull. A batch takes its decisions in order, each one that still fits its share (first
+fit; a first decision larger than the share is taken alone). The batches grow geometrically
+by ``growth`` (:func:`batch_sizes`; the default 20
 batches growing by 1.2 decide the first 0.5% of T nearly one by one, the last 17% at once), the
 geometric grid of batched bandits; ``growth = 1`` gives equal batches, ``batches = T`` with
 ``growth = 1`` is fully sequential. ``benchmarks/batches_ablation.py`` compares grids. Arms
@@ -105,9 +107,13 @@ def sequential(
         room = min(int(sizes[k]), left)
         contexts = rng.choice(problem.n_contexts, size=room, p=probs)
         arms = select(stats, contexts, arm_cost <= left, rng)
-        cum = np.cumsum(arm_cost[arms])
+        cost = arm_cost[arms]
+        cum = np.cumsum(cost)
         take = int(np.searchsorted(cum, room, side="right")) or 1  # the first always fits
-        uniq, counts = np.unique(arms[:take], return_counts=True)
+        # the decisions in order while they fit, then every later one that still fits
+        chosen = np.concatenate([arms[:take], fill(arms[take:], cost[take:],
+                                                   room - int(cum[take - 1]))])
+        uniq, counts = np.unique(chosen, return_counts=True)
         # arm index p * N_max + (n - 1), as Arm.from_index reads it
         pulls = [Pull(p_, n_ + 1, m) for p_, n_, m in
                  zip((uniq // n).tolist(), (uniq % n).tolist(), counts.tolist(), strict=True)]
@@ -117,6 +123,22 @@ def sequential(
     trace.completions_used = oracle.ledger.spent - start
     allowed = np.ones((problem.n_contexts, p, n), dtype=bool)
     return LearnerResult(best_choices(stats, allowed, rng), trace)
+
+
+def fill(arms: IntpArray, cost: npt.NDArray[np.int64], room: int) -> IntpArray:
+    """The decisions, in order, that still fit ``room`` completions, each skipping those that
+    no longer fit (first fit): arms [D] with their costs [D] -> the arms taken."""
+    taken: list[int] = []
+    at = 0
+    while room > 0:
+        fits = np.flatnonzero(cost[at:] <= room)
+        if not fits.size:
+            break
+        at += int(fits[0])
+        taken.append(int(arms[at]))
+        room -= int(cost[at])
+        at += 1
+    return np.asarray(taken, dtype=np.intp)
 
 
 def batch_sizes(budget: int, batches: int, growth: float) -> npt.NDArray[np.int64]:
