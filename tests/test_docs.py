@@ -19,5 +19,5 @@ def test_the_python_example_of_the_index_page_runs(capsys: pytest.CaptureFixture
     exec(compile(block, "docs/index.md", "exec"), {})
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("{") and "'regret'" in out[0]
-    assert out[1] == "{'batches': 20, 'estimator': 'blocks', 'growth': 1.2, 'epsilon': 0.05}"
+    assert out[1] == "{'batches': 50, 'estimator': 'blocks', 'growth': 1.0, 'epsilon': 0.05}"
     assert out[2].startswith("Choice(prompt=") and out[2].endswith(" 2000")

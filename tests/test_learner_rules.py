@@ -71,8 +71,8 @@ def noiseless_bon(values: Sequence[float] | Sequence[Sequence[float]], costs: Se
     return environment_from_arrays("noiseless", data, cacheable=False)
 
 
-# equal decision batches of T / 50, so that the exploration rules below can be counted batch
-# by batch (the default grid grows geometrically: its own test pins it)
+# equal decision batches of T / 50 (the default), so that the exploration rules below can be
+# counted batch by batch; the geometric grid has its own test
 EQUAL = {"batches": 50, "growth": 1.0}
 
 
@@ -696,8 +696,8 @@ def test_learners_are_frozen_keyword_only_and_validated_when_made() -> None:
     with pytest.raises(InputError, match="deploy='n2'"):
         TripleSH(deploy="n2")  # type: ignore[arg-type]
     spec = get_learner("egreedy")
-    assert spec.parameters == {"epsilon": 0.15, "batches": 20, "estimator": "blocks",
-                               "growth": 1.2}
+    assert spec.parameters == {"epsilon": 0.15, "batches": 50, "estimator": "blocks",
+                               "growth": 1.0}
     assert spec.configure(epsilon=0.3).learner == learner
     with pytest.raises(InputError, match="'egreedy' has no parameter k; its parameters: "
                                          "batches, estimator, growth, epsilon"):
@@ -771,30 +771,6 @@ def test_sequential_learners_grow_their_batches_geometrically(name: str) -> None
     assert [r.spent for r in result.trace.rounds] == [102, 203, 405]
     with pytest.raises(InputError, match="growth=0.5 must be a number in"):
         get_learner(name).configure(growth=0.5)
-
-
-def test_the_last_batch_fills_what_is_left_first_fit() -> None:
-    from iapo.learners.sequential import fill
-
-    # room 4, costs 5, 2, 4, 1, 1 in order: 5 does not fit, 2 does (2 left), 4 does not,
-    # then 1 and 1
-    assert fill(np.array([10, 11, 12, 13, 14]), np.array([5, 2, 4, 1, 1]), 4).tolist() == [
-        11, 13, 14]
-    assert fill(np.array([7]), np.array([3]), 2).tolist() == []
-
-
-@pytest.mark.parametrize("name", ["egreedy", "softmax"])
-def test_sequential_batches_fill_their_shares_first_fit(name: str) -> None:
-    # 3 prompts, N_max 8 (arms cost 1..8), T = 1000 in the default grid: a batch takes its
-    # decisions in order and then every later one that still fits, so the batches fill their
-    # shares and the whole budget is spent without trailing batches of a few completions
-    # (ucb gives every decision of a context its one best arm: what is left below that arm's
-    # N waits for the next batch)
-    env = noiseless_bon([0.2, 0.5, 0.9], [0.0] * 3, 8, {"only": 0.0})
-    for seed in range(3):
-        result = run(name, env, 1000, seed)
-        assert result.trace.completions_used == 1000
-        assert len(result.trace.rounds) <= 21
 
 
 def test_psst_model_uses_its_prior() -> None:
