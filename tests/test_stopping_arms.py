@@ -165,6 +165,24 @@ def test_decided_applies_to_majority_voting_only() -> None:
 # --- 2. the exact Q of an environment -----------------------------------------------------------
 
 
+def test_exact_q_of_an_environment_with_unobserved_pairs_averages_what_was_observed() -> None:
+    # prompt 0 observed on queries 0 and 2 only, prompt 1 on all three (as an exported live
+    # environment marks them): each prompt's Q and paid completions average its own queries
+    env = tiny_env()
+    env.observed = np.array([[True, False, True], [True, True, True]])
+    dec = env.with_stopping(Stopping("decided", 1))
+    q = dec.q()
+    table = dec.query_table(progress=False)
+    for p, queries in ((0, (0, 2)), (1, (0, 1, 2))):
+        for n in range(1, N_MAX + 1):
+            credit = np.mean([tiny_arm(p, x, n, 1)[0] for x in queries])
+            paid = np.mean([tiny_arm(p, x, n, 1)[1] for x in queries])
+            assert table.completions()[p, n - 1] == pytest.approx(paid, abs=1e-12)
+            for c, cw in enumerate(CW):
+                assert q[c, p, n - 1] == pytest.approx(credit - cw * COSTS[p] * paid,
+                                                       abs=1e-12)
+
+
 @pytest.mark.parametrize("wave", [1, 2, 5])
 def test_exact_q_charges_the_expected_completions_paid(wave: int) -> None:
     env = tiny_env()

@@ -97,15 +97,14 @@ class QueryTable:
         """A per-query table ``what`` [P, X, N] averaged over ``queries`` as :meth:`q` does:
         [P, N]."""
         idx = None if queries is None else np.asarray(queries, dtype=np.intp)
+        if self.observed is None:  # a plain mean, as q takes it (exact for a constant)
+            return what.mean(axis=1) if idx is None else what[:, idx].mean(axis=1)
         return np.einsum("px,pxn->pn", self._query_weights(idx), what)
 
     def _query_weights(self, idx: npt.NDArray[np.intp] | None) -> FloatArray:
-        """Per prompt, the weight of every query in its mean: [P, X], rows summing to 1."""
-        p, x = self.cost.shape
-        if self.observed is None:
-            times = (np.ones(x) if idx is None
-                     else np.bincount(idx, minlength=x).astype(np.float64))
-            return np.broadcast_to(times / times.sum(), (p, x))
+        """Per prompt, the weight of every query in its mean over its observed queries:
+        [P, X], rows summing to 1 (``observed`` must be set)."""
+        assert self.observed is not None
         everywhere = self.observed.astype(np.float64)  # [P, X]
         w = everywhere.copy()
         if idx is not None:  # each query as often as ``idx`` names it, as the unmasked mean
