@@ -21,7 +21,7 @@ interface is :class:`iapo.estimate.QTable`'s (``update``, ``mean``, ``counts``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -130,28 +130,10 @@ class ModelQTable:
 
     def _mv_task(self) -> FloatArray:
         """w_1 times the mean posterior credit over each prompt's queries: [C, P, N]."""
-        p, n_max = self.problem.n_prompts, self.problem.n_max
-        credit = np.full((p, n_max), np.nan)
-        votes = self._votes
-        if votes.size:
-            pi, xi = np.nonzero(votes.sum(axis=2) > 0)
-            rows = votes[pi, xi]  # [M, L]
-            gold = self._gold[xi]
-            uniq, inverse = unique_rows(gold_first(rows, gold))
-            alpha = self.alpha
-
-            def compute(idx: npt.NDArray[np.intp]) -> list[FloatArray]:
-                a = _posterior(uniq[idx], alpha)
-                return list(mv_polya_credit(a[:, 0], a[:, 1:], n_max))
-
-            table = _POLYA.setdefault((alpha, n_max), Memo()).rows(uniq, n_max, compute)
-            per_row = table[inverse.reshape(-1)]  # [M, N]
-            sums = np.zeros((p, n_max))
-            np.add.at(sums, pi, per_row)
-            seen = np.bincount(pi, minlength=p)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                credit = sums / seen[:, None]
-            credit[seen == 0] = np.nan
+        n_max = self.problem.n_max
+        credit = self._over_queries(
+            _POLYA.setdefault((self.alpha, n_max), Memo()),
+            lambda a: mv_polya_credit(a[:, 0], a[:, 1:], n_max))
         w1 = self.problem.grid.weights[:, 0]
         return w1[:, None, None] * credit[None]
 
@@ -161,25 +143,36 @@ class ModelQTable:
         each prompt's queries: [P, N] (a plug-in estimate; :func:`iapo.stopping.expected_paid`)."""
         from iapo.stopping import expected_paid
 
+        n_max, wave = self.problem.n_max, self.problem.stopping.wave
+        return self._over_queries(
+            _PAID.setdefault((self.alpha, n_max, wave), Memo()),
+            lambda a: expected_paid(a / a.sum(axis=1, keepdims=True), n_max, wave)[0])
+
+    def _over_queries(self, memo: Memo, of_posterior: Callable[[FloatArray], FloatArray]
+                      ) -> FloatArray:
+        """A quantity of each query's Dirichlet posterior (``of_posterior``: parameters
+        [M, L+1] -> [M, N], memoized in ``memo`` by the query's vote counts), averaged over
+        each prompt's queries: [P, N] (NaN for a prompt with none)."""
         p, n_max = self.problem.n_prompts, self.problem.n_max
-        paid = np.full((p, n_max), np.nan)
+        out = np.full((p, n_max), np.nan)
         votes = self._votes
-        if votes.size:
-            pi, xi = np.nonzero(votes.sum(axis=2) > 0)
-            uniq, inverse = unique_rows(gold_first(votes[pi, xi], self._gold[xi]))
-            alpha, wave = self.alpha, self.problem.stopping.wave
+        if not votes.size:
+            return out
+        pi, xi = np.nonzero(votes.sum(axis=2) > 0)
+        uniq, inverse = unique_rows(gold_first(votes[pi, xi], self._gold[xi]))  # [M, L]
+        alpha = self.alpha
 
-            def compute(idx: npt.NDArray[np.intp]) -> list[FloatArray]:
-                a = _posterior(uniq[idx], alpha)
-                return list(expected_paid(a / a.sum(axis=1, keepdims=True), n_max, wave)[0])
+        def compute(idx: npt.NDArray[np.intp]) -> list[FloatArray]:
+            return list(of_posterior(_posterior(uniq[idx], alpha)))
 
-            table = _PAID.setdefault((alpha, n_max, wave), Memo()).rows(uniq, n_max, compute)
-            sums = np.zeros((p, n_max))
-            np.add.at(sums, pi, table[inverse.reshape(-1)])
-            seen = np.bincount(pi, minlength=p)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                paid = sums / seen[:, None]
-        return paid
+        table = memo.rows(uniq, n_max, compute)
+        sums = np.zeros((p, n_max))
+        np.add.at(sums, pi, table[inverse.reshape(-1)])  # [M, N] rows to their prompts
+        seen = np.bincount(pi, minlength=p)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = sums / seen[:, None]
+        out[seen == 0] = np.nan
+        return out
 
     def _bon_task(self) -> FloatArray:
         """Mean query effect plus the expected max of N pooled residuals: [C, P, N]."""
