@@ -17,7 +17,7 @@ from iapo.learners import get_learner
 from iapo.live.oracle import LiveOracle, TaskRuntime
 from iapo.live.store import CompletionStore, writer_lock
 from iapo.live.task import Task, TaskError, load_records, load_task
-from iapo.live.waves import Drawn, decided_in_waves, draw_in_waves
+from iapo.live.waves import Drawn, decided_in_waves, draw_in_waves, stop_fields
 from iapo.policy import Policy, PolicyError
 from iapo.split import train_test_split
 
@@ -419,9 +419,7 @@ def answer(policy_path: Path, context: str, query: str, task_path: Path | None =
             "scores": {o.name: v for o, v in zip(task.objectives, sc, strict=True)
                        if v is not None}})
     fields = outcome_fields(task, grid.contexts[i].weights, answers, scores, rng)
-    stop = (drawn.report(n, policy.stopping) if drawn is not None else
-            {"stopping": policy.stopping.to_dict(), "completions_used": len(texts),
-             "completions_saved": 0, "waves": 1, "cancelled": 0})
+    stop = stop_fields(drawn, n, len(texts), policy.stopping)
     return {"context": grid.keys[i], "prompt": prompt.name, "n": n, "samples": samples,
             "usage": {"completion_tokens": sum(t[2] for t in texts),
                       "prompt_tokens": sum(t[1] for t in texts)},

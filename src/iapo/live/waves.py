@@ -17,7 +17,7 @@ import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from iapo.problem import Stopping
 from iapo.stopping import vote_decided
@@ -38,9 +38,16 @@ class Drawn(Generic[C]):
 
     def report(self, n: int, stopping: Stopping) -> dict[str, object]:
         """The fields a response's ``iapo`` object reports about the stopping."""
-        return {"stopping": stopping.to_dict(), "completions_used": len(self.completions),
-                "completions_saved": n - len(self.completions), "waves": self.waves,
-                "cancelled": self.cancelled}
+        return stop_fields(self, n, len(self.completions), stopping)
+
+
+def stop_fields(drawn: Drawn[Any] | None, n: int, used: int, stopping: Stopping
+                ) -> dict[str, object]:
+    """How an arm of N = ``n`` stopped, as ``iapo answer`` and ``iapo serve`` report it:
+    ``used`` completions, drawn in waves (``drawn``) or all at once (None: one wave)."""
+    return {"stopping": stopping.to_dict(), "completions_used": used,
+            "completions_saved": n - used, "waves": 1 if drawn is None else drawn.waves,
+            "cancelled": 0 if drawn is None else drawn.cancelled}
 
 
 async def draw_in_waves(start: Callable[[int], Awaitable[C]], n: int, wave: int,

@@ -67,7 +67,7 @@ from iapo.live.oracle import TaskRuntime, sample_seed
 from iapo.live.scorers import GOLD_SCORERS
 from iapo.live.store import CompletionStore, StoredCompletion, pool_key
 from iapo.live.task import Record, Task
-from iapo.live.waves import Drawn, draw_in_waves
+from iapo.live.waves import Drawn, draw_in_waves, stop_fields
 from iapo.policy import Policy, PolicyError
 from iapo.problem import Choice, ProblemError
 from iapo.serve.keys import ApiKey, KeyRing, Limits
@@ -396,9 +396,7 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
             "context": holder.grid.keys[index], "prompt": prompt.name,
             "prompt_index": choice.prompt, "n": n, "n_capped": capped,
         }
-        meta.update(drawn.report(n, stopping) if drawn is not None else
-                    {"stopping": stopping.to_dict(), "completions_used": len(comps),
-                     "completions_saved": 0, "waves": 1, "cancelled": 0})
+        meta.update(stop_fields(drawn, n, len(comps), stopping))
         fields = outcome_fields(task, holder.grid.contexts[index].weights,
                                 [s[0] for s in scored], [s[1] for s in scored], rng)
         pick = fields.pop("choice")
