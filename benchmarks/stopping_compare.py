@@ -25,35 +25,33 @@ import numpy as np
 from scipy.stats import wilcoxon
 
 from iapo.bench import read_runs
-from iapo.envs import acr, best_arms, get_environment
+from iapo.envs import get_environment
+from iapo.envs.base import oracle_report
 from iapo.problem import Stopping
 
 
 def oracle_rows(env_name: str, wave: int) -> list[str]:
     """Per context: the best arm paying all N, what it pays when it stops once decided (the
-    same accuracy), and the best arm when arms stop: all on every query of the environment."""
+    same accuracy), and the best arm when arms stop: all on every query of the environment
+    (:func:`iapo.envs.base.oracle_report`, as ``iapo oracle --stop decided`` prints it)."""
     base = get_environment(env_name)
-    env = base.with_stopping(Stopping("decided", wave))
-    table = env.query_table(progress=False)
-    paid = table.completions()
-    q_all, q_dec = base.q(), env.q()
-    arms_all, arms_dec = best_arms(q_all), best_arms(q_dec)
-    probs = base.problem.grid.probabilities
+    stopping = Stopping("decided", wave)
+    report = oracle_report(base, stopping)
+    paid = base.with_stopping(stopping).query_table(progress=False).completions()
     lines = [
-        f"Oracle on all {base.n_queries} queries: ACR {acr(q_all, arms_all, probs):.4f} paying "
-        f"all N, {acr(q_dec, arms_dec, probs):.4f} with arms that stop once decided (waves of "
+        f"Oracle on all {base.n_queries} queries: ACR {report['acr_all']:.4f} paying "
+        f"all N, {report['acr']:.4f} with arms that stop once decided (waves of "
         f"{wave}).", "",
         "| context | best arm, all N | its completions when it stops (same accuracy) | saved "
         "| best arm when arms stop | its completions | Q gain |",
         "|---|---|---|---|---|---|---|",
     ]
-    for i, key in enumerate(base.problem.grid.keys):
-        a, d = arms_all[i], arms_dec[i]
-        same = paid[a.prompt, a.n - 1]
+    for r in report["contexts"]:
+        same = paid[r["all_prompt"], r["all_n"] - 1]
         lines.append(
-            f"| {key} | prompt {a.prompt}, N {a.n} | {same:.2f} | {max(0.0, 1 - same / a.n):.0%} | "
-            f"prompt {d.prompt}, N {d.n} | {paid[d.prompt, d.n - 1]:.2f} | "
-            f"{q_dec[i, d.prompt, d.n - 1] - q_all[i, a.prompt, a.n - 1]:+.4f} |")
+            f"| {r['context']} | prompt {r['all_prompt']}, N {r['all_n']} | {same:.2f} | "
+            f"{max(0.0, 1 - same / r['all_n']):.0%} | prompt {r['prompt']}, N {r['n']} | "
+            f"{r['paid']:.2f} | {r['gain']:+.4f} |")
     return lines
 
 

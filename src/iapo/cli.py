@@ -137,36 +137,14 @@ def oracle(env_name: str, as_json: bool, stop: str, wave: int) -> None:
     --stop decided, also each arm's expected completions paid and waves, and the gain over the
     best arm that pays all N.
     """
-    from iapo.envs import acr, best_arms, get_environment
+    from iapo.envs import get_environment
+    from iapo.envs.base import oracle_report
     from iapo.problem import Stopping
 
-    base = get_environment(env_name)
-    env = base.with_stopping(Stopping(stop, wave))
-    q = env.q()
-    arms = best_arms(q)
-    grid = env.problem.grid
-    value = acr(q, arms, grid.probabilities)
-    rows: list[dict[str, Any]] = [
-        {"context": key, "prompt": a.prompt, "n": a.n, "q": float(q[i, a.prompt, a.n - 1])}
-        for i, (key, a) in enumerate(zip(grid.keys, arms, strict=True))
-    ]
-    result: dict[str, Any] = {"env": env.name, "acr": value}
-    early = env.problem.stopping.early
-    if early:
-        table = env.query_table()
-        assert table.paid is not None and table.waves is not None
-        paid, waves = table.expected(table.paid), table.expected(table.waves)  # [P, N]
-        q_all = base.q()
-        arms_all = best_arms(q_all)
-        value_all = acr(q_all, arms_all, grid.probabilities)
-        for i, (r, a) in enumerate(zip(rows, arms_all, strict=True)):
-            r.update(paid=float(paid[r["prompt"], r["n"] - 1]),
-                     waves=float(waves[r["prompt"], r["n"] - 1]),
-                     all_prompt=a.prompt, all_n=a.n, all_q=float(q_all[i, a.prompt, a.n - 1]),
-                     gain=round(r["q"] - float(q_all[i, a.prompt, a.n - 1]), 12) + 0.0)
-        result.update(stopping=env.problem.stopping.to_dict(), acr_all=value_all,
-                      gain=value - value_all)
-    result["contexts"] = rows
+    env = get_environment(env_name)
+    result = oracle_report(env, Stopping(stop, wave))
+    value, rows = result["acr"], result["contexts"]
+    early = "stopping" in result
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

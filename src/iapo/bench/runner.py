@@ -123,9 +123,19 @@ def run_split(
     stopping: Stopping = Stopping(),  # noqa: B008 (frozen)
 ) -> tuple[Environment, npt.NDArray[np.int64], npt.NDArray[np.float64]]:
     """Run ``run``'s environment, its training queries and its test-split Q table [C, P, N]."""
+    env, train, test = run_queries(env_name, seed, run, test_fraction, stopping)
+    return env, train, env.query_table(progress=False).q(env.problem, test)
+
+
+def run_queries(
+    env_name: str, seed: int, run: int, test_fraction: float,
+    stopping: Stopping = Stopping(),  # noqa: B008 (frozen)
+) -> tuple[Environment, npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Run ``run``'s environment and its training and test queries (the split of key
+    (run, 0))."""
     env = run_environment(env_name, seed, run, stopping)
     train, test = train_test_split(env.n_queries, _seq(seed, run, 0), test_fraction)
-    return env, train, env.query_table(progress=False).q(env.problem, test)
+    return env, train, test
 
 
 def run_oracle(env: Environment, train: npt.ArrayLike, learner: str, budget: int, seed: int,
@@ -143,13 +153,14 @@ def run_unit(
     stopping: Stopping = Stopping(),  # noqa: B008 (frozen)
 ) -> list[dict[str, Any]]:
     """Train and score every (learner, budget) of ``cells`` on run ``run`` of ``env_name``."""
-    env, train, q = run_split(env_name, seed, run, test_fraction, stopping)
+    env, train, test = run_queries(env_name, seed, run, test_fraction, stopping)
     problem = env.problem
+    table = env.query_table(progress=False)
+    q = table.q(problem, test)
     probs = problem.grid.probabilities
     oracle_acr = optimal_acr(q, probs)
-    _, test = train_test_split(env.n_queries, _seq(seed, run, 0), test_fraction)
     # what each arm pays per test query when deployed: N, or fewer if it stops once decided
-    completions = np.broadcast_to(env.query_table(progress=False).completions(test), q.shape)
+    completions = np.broadcast_to(table.completions(test), q.shape)
     rows = []
     for learner, budget in cells:
         oracle, rng = run_oracle(env, train, learner, budget, seed, run)

@@ -13,6 +13,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -244,3 +245,36 @@ def acr(q: FloatArray, arms: Sequence[Arm | Choice], probabilities: npt.ArrayLik
 def optimal_acr(q: FloatArray, probabilities: npt.ArrayLike) -> float:
     """The ACR of the best arm in every context (the oracle policy)."""
     return acr(q, best_arms(q), probabilities)
+
+
+def oracle_report(env: Environment, stopping: Stopping) -> dict[str, Any]:
+    """The best arm per context on all of ``env``'s queries and the optimal ACR (``iapo
+    oracle --json``): {"env", "acr", "contexts": [{"context", "prompt", "n", "q"}]}. With arms
+    that stop early, also "stopping", "acr_all" (the optimal ACR paying all N) and "gain", and
+    per context the arm's expected completions "paid" and "waves", the best arm paying all N
+    ("all_prompt", "all_n", "all_q") and the context's "gain"."""
+    stopped = env.with_stopping(stopping)
+    q = stopped.q()
+    arms = best_arms(q)
+    grid = env.problem.grid
+    value = acr(q, arms, grid.probabilities)
+    rows: list[dict[str, Any]] = [
+        {"context": key, "prompt": a.prompt, "n": a.n, "q": float(q[i, a.prompt, a.n - 1])}
+        for i, (key, a) in enumerate(zip(grid.keys, arms, strict=True))
+    ]
+    result: dict[str, Any] = {"env": env.name, "acr": value}
+    if stopping.early:
+        table = stopped.query_table()
+        assert table.paid is not None and table.waves is not None
+        paid, waves = table.completions(), table.expected(table.waves)  # [P, N]
+        q_all = env.with_stopping(Stopping()).q()
+        arms_all = best_arms(q_all)
+        value_all = acr(q_all, arms_all, grid.probabilities)
+        for i, (r, a) in enumerate(zip(rows, arms_all, strict=True)):
+            r.update(paid=float(paid[r["prompt"], r["n"] - 1]),
+                     waves=float(waves[r["prompt"], r["n"] - 1]),
+                     all_prompt=a.prompt, all_n=a.n, all_q=float(q_all[i, a.prompt, a.n - 1]),
+                     gain=round(r["q"] - float(q_all[i, a.prompt, a.n - 1]), 12) + 0.0)
+        result.update(stopping=stopping.to_dict(), acr_all=value_all, gain=value - value_all)
+    result["contexts"] = rows
+    return result
