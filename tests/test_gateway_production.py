@@ -155,7 +155,8 @@ def test_large_bodies_get_413_and_never_reach_the_upstream(tmp_path: Path) -> No
         assert e.value.status_code == 413
         # a chunked body without a length is cut off too
         big = (b"{" + b" " * 10_000 + b"}" for _ in range(1))
-        r = httpx.post(f"{gw.url}/v1/chat/completions", content=big)
+        r = httpx.post(f"{gw.url}/v1/chat/completions", content=big,
+                       headers={"Content-Type": "application/json"})
         assert r.status_code == 413
         assert len(up.requests) == 0
         assert gw.ask({"budget": "low"}).choices  # and it goes on serving

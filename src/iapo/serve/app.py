@@ -57,19 +57,21 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from iapo.live.client import ChatClient, Completion, LLMError
 from iapo.live.optimize import check_policy_arms, check_servable, outcome_fields
 from iapo.live.oracle import TaskRuntime, sample_seed
 from iapo.live.scorers import GOLD_SCORERS
-from iapo.live.store import CompletionStore, StoredCompletion, pool_key
+from iapo.live.store import CompletionStore, StoredCompletion, pool_key, store_errors
 from iapo.live.task import Record, Task
 from iapo.live.waves import Drawn, draw_in_waves, stop_fields
 from iapo.policy import Policy, PolicyError
 from iapo.problem import Choice, ProblemError
+from iapo.serve.guard import RequestGuard, is_json
 from iapo.serve.keys import ApiKey, KeyRing, Limits
 
 
@@ -89,6 +91,9 @@ class ServeConfig:
     max_body: int = 1_000_000
     scoring_threads: int = 4
     deadline: float | None = None  # seconds for sampling and scoring; default from upstream
+    body_timeout: float = 10.0  # seconds to receive a request's body (408 past it)
+    host: str = "127.0.0.1"  # the bound address: without keys, the Host headers allowed
+    cors_origins: tuple[str, ...] = ()  # web origins allowed to call (none by default)
 
     def request_deadline(self) -> float:
         return self.deadline if self.deadline is not None else \
@@ -200,20 +205,48 @@ def _upstream_reason(e: BaseException, base_url: str) -> str:
     return "the upstream failed"
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 past ``limit`` bytes (before reading it all)."""
+async def _read_body(request: Request, limit: int, seconds: float) -> bytes:
+    """The request body, refused with 413 past ``limit`` bytes (before reading it all) and
+    with 408 when it has not all arrived within ``seconds``: a client that declares a body
+    and trickles it, or stops, holds no connection longer."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BadRequest(f"the body has {int(declared):,} bytes; the limit is {limit:,}", None,
                          413, "request_too_large")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(f"the body exceeds the limit of {limit:,} bytes", None, 413,
-                             "request_too_large")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(seconds):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise BadRequest(f"the body exceeds the limit of {limit:,} bytes", None,
+                                     413, "request_too_large")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BadRequest(f"the body did not arrive within {seconds:g} s", None, 408,
+                         "timeout_error", {"Connection": "close"}) from None
     return b"".join(chunks)
+
+
+def _parse_body(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object whose every string can be sent on as UTF-8; a BadRequest
+    (400) otherwise, whatever the bytes."""
+    try:
+        body = json.loads(raw)
+    except RecursionError as e:
+        raise BadRequest("the body is nested too deeply") from e
+    except ValueError as e:  # bad JSON or UTF-8, or an integer of more than 4,300 digits
+        raise BadRequest(f"the body is not valid JSON ({e})") from e
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    try:  # a lone surrogate ("\ud800") parses, but can be neither forwarded nor echoed
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise BadRequest("the body holds a string that is not valid Unicode (a lone "
+                         "surrogate escape such as \\ud800); send valid UTF-8 text") from e
+    except RecursionError as e:
+        raise BadRequest("the body is nested too deeply") from e
+    return body
 
 
 def create_app(policy_path: str | os.PathLike[str], task: Task,
@@ -236,18 +269,37 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
     allowed = {k.name: None if k.contexts is None else {holder.grid.find(c) for c in k.contexts}
                for k in cfg.keys}
     state: dict[str, Any] = {"client": None, "served": 0, "errors": 0}
-    store = CompletionStore(cfg.log_store) if cfg.log_store else None
-    replay = CompletionStore(cfg.replay_store) if cfg.replay_store else None
+    store = _open_store(cfg.log_store)
+    replay = _open_store(cfg.replay_store)
     if store is not None:
-        runtime.register(store)
+        with store_errors(store.path):
+            runtime.register(store)
     private_limits: tempfile.TemporaryDirectory[str] | None = None
     limits: Limits | None = None
-    if keyring:  # one process: a private counter file; several workers share cfg.limits_db
-        if cfg.limits_db is None:
-            private_limits = tempfile.TemporaryDirectory(prefix="iapo-limits-")
-            limits = Limits(Path(private_limits.name) / "limits.sqlite")
-        else:
-            limits = Limits(cfg.limits_db)
+    if cfg.limits_db is not None:  # several workers: keys' usage and the counts, shared
+        limits = Limits(cfg.limits_db)
+    elif keyring:  # one process: a private counter file
+        private_limits = tempfile.TemporaryDirectory(prefix="iapo-limits-")
+        limits = Limits(Path(private_limits.name) / "limits.sqlite")
+
+    def count(kind: str) -> None:
+        """One more request served (or answered with an error), counted for the gateway."""
+        state[kind] += 1
+        if cfg.limits_db is not None and limits is not None:
+            limits.count_gateway(kind)
+
+    def counted(kind: str) -> int:
+        """The gateway's count: every worker's when several share ``limits_db``."""
+        if cfg.limits_db is not None and limits is not None:
+            return limits.gateway_total(kind)
+        return int(state[kind])
+
+    def failed(admitted: tuple[ApiKey, int, float] | None) -> None:
+        """A request the upstream failed (502) or the deadline cut (504): an error, and its
+        completions are not charged to the key's daily limit (the caller got nothing)."""
+        count("errors")
+        if admitted is not None and limits is not None:
+            limits.refund(*admitted)
     scoring = asyncio.Semaphore(cfg.scoring_threads)
     # without a gold answer the gold-based scorers do not run; what is left may be user code
     # (python, http) or math-verify, which may take long: those run in threads
@@ -272,12 +324,22 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
         if private_limits is not None:
             private_limits.cleanup()
 
+    async def flush_counts() -> None:
+        """Write the counts of this worker at least once a second, so that /health in any
+        worker shows the gateway's."""
+        while limits is not None:
+            await asyncio.sleep(1.0)
+            limits.flush()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await startup()
+        flusher = asyncio.create_task(flush_counts()) if cfg.limits_db is not None else None
         try:
             yield
         finally:
+            if flusher is not None:
+                flusher.cancel()
             await shutdown()
 
     def caller(request: Request) -> ApiKey | None:
@@ -292,19 +354,16 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
                              "authentication_error", {"WWW-Authenticate": "Bearer"})
         return key
 
-    async def chat(request: Request) -> JSONResponse:
+    async def chat(request: Request) -> Response:
         t0 = time.perf_counter()
+        admitted: tuple[ApiKey, int, float] | None = None  # what to refund on a failure
         try:
             key = caller(request)
-            raw = await _read_body(request, cfg.max_body)
-            try:
-                body = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise BadRequest(f"the body is not valid JSON ({e})") from e
-            except RecursionError as e:
-                raise BadRequest("the body is nested too deeply") from e
-            if not isinstance(body, dict):
-                raise BadRequest("the body must be a JSON object")
+            if not is_json(request.headers.get("content-type")):
+                raise BadRequest("the body must be JSON, sent with Content-Type: "
+                                 "application/json", None, 415, "unsupported_media_type")
+            raw = await _read_body(request, cfg.max_body, cfg.body_timeout)
+            body = _parse_body(raw)
             if body.get("stream"):
                 raise BadRequest("stream=true is not supported by the gateway", "stream")
             history, user_text = _last_user_message(body)
@@ -332,14 +391,19 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
                                  f"{key.completions_per_day} a day", "iapo_context", 403,
                                  "permission_error")
             if key is not None and limits is not None:
-                ok, wait, which = limits.admit(key, n)
+                now = time.time()
+                ok, wait, which = limits.admit(key, n, now)
                 if not ok:
                     raise BadRequest(f"key '{key.name}' is over its {which} limit; retry in "
                                      f"{wait:.0f} s", None, 429, "rate_limit_error",
                                      {"Retry-After": str(max(1, math.ceil(wait)))})
+                admitted = (key, n, now)
         except BadRequest as e:
-            state["errors"] += 1
+            count("errors")
             return _error(e.status, str(e), e.kind, e.param, e.headers)
+        except ClientDisconnect:  # the caller left while sending its body: nobody to answer
+            count("errors")
+            return Response(status_code=400)
         prompt = task.prompts[choice.prompt]
         messages = prompt.render(user_text)
         if history:
@@ -385,11 +449,11 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
                             c.seed, None, c.finish_reason, c.retries, list(c.errors),
                             base_url))
         except LLMError as e:
-            state["errors"] += 1
+            failed(admitted)
             return _error(502, f"upstream model failed: {_upstream_reason(e, base_url)}",
                           "upstream_error")
         except TimeoutError:
-            state["errors"] += 1
+            failed(admitted)
             return _error(504, f"the request's deadline of {cfg.request_deadline():g} s passed "
                           "(sampling and scoring)", "timeout_error")
         meta: dict[str, Any] = {
@@ -424,7 +488,7 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
                                            base_url))
         prompt_tokens = sum(c.prompt_tokens for c in comps)
         completion_tokens = sum(c.completion_tokens for c in comps)
-        state["served"] += 1
+        count("served")
         meta["gateway_seconds"] = time.perf_counter() - t0
         return JSONResponse({
             "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -506,7 +570,9 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
             "loaded_at": holder.loaded_at, "reload_error": holder.reload_error,
             "contexts": {k: {"prompt": task.prompts[c.prompt].name, "n": c.n}
                          for k, c in zip(p.contexts, p.choices, strict=True)},
-            "served": state["served"], "errors": state["errors"],
+            # with several workers, the counts of all of them (written once a second)
+            "served": counted("served"), "errors": counted("errors"),
+            "workers_counted": "all" if cfg.limits_db is not None else "this process",
             "default_context": cfg.default_context,
             # a caller sees its own key only
             "keys": {k.name: {"contexts": list(k.contexts) if k.contexts else "all",
@@ -532,4 +598,15 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
         ],
         lifespan=lifespan,
         exception_handlers={404: not_found, 405: bad_method},
+        # without keys, only loopback Host names; with or without, only the named origins
+        middleware=[Middleware(RequestGuard, allowed_hosts=None if keyring else [cfg.host],
+                               cors_origins=cfg.cors_origins)],
     )
+
+
+def _open_store(path: Path | None) -> CompletionStore | None:
+    """The completion store at ``path`` (None: none), or one line saying why it cannot be."""
+    if path is None:
+        return None
+    with store_errors(path):
+        return CompletionStore(path)

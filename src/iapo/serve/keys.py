@@ -54,9 +54,24 @@ def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
+MIN_KEY_LENGTH = 8
+
+
+def _check_secret(secret: object, where: str) -> str:
+    """One rule for every key, from a keys file or $IAPO_API_KEYS."""
+    if not isinstance(secret, str) or len(secret) < MIN_KEY_LENGTH:
+        raise KeysFileError(f"{where} must be a string of at least {MIN_KEY_LENGTH} "
+                            "characters")
+    return secret
+
+
 def keys_from_env(value: str | None) -> list[ApiKey]:
     """``IAPO_API_KEYS=k1,k2``: keys named key-1, key-2 with no restrictions."""
     secrets = [s.strip() for s in (value or "").split(",") if s.strip()]
+    for i, s in enumerate(secrets):
+        _check_secret(s, f"key {i + 1} of $IAPO_API_KEYS")
+    if len(set(secrets)) != len(secrets):
+        raise KeysFileError("$IAPO_API_KEYS names the same key twice; give distinct keys")
     return [ApiKey(f"key-{i + 1}", _digest(s)) for i, s in enumerate(secrets)]
 
 
@@ -127,11 +142,8 @@ def _secret(row: dict[str, Any], where: str) -> str:
         value = os.environ.get(var) if isinstance(var, str) else None
         if not value:
             raise KeysFileError(f"{where}.key_env names ${var}, which is not set; export it")
-        return value
-    key = row["key"]
-    if not isinstance(key, str) or len(key) < 8:
-        raise KeysFileError(f"{where}.key must be a string of at least 8 characters")
-    return key
+        return _check_secret(value, f"{where}: ${var}")
+    return _check_secret(row["key"], f"{where}.key")
 
 
 class KeyRing:
@@ -145,9 +157,10 @@ class KeyRing:
 
     def find(self, authorization: str | None) -> ApiKey | None:
         """The key of an ``Authorization: Bearer ...`` header, or None."""
-        if not authorization or not authorization.startswith("Bearer "):
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():  # the scheme is case-insensitive
             return None
-        presented = _digest(authorization[len("Bearer "):].strip())
+        presented = _digest(token.strip())
         found = None
         for k in self.keys:  # no early exit: the time does not depend on which key matched
             if hmac.compare_digest(presented, k.digest):
@@ -221,13 +234,42 @@ class Limits:
             raise
         return True, 0.0, ""
 
+    def refund(self, key: ApiKey, completions: int, at: float) -> None:
+        """Take back the completions of a request admitted at ``at`` that the upstream failed
+        or the deadline cut: they do not count against the key's daily limit. (The request
+        still counts against the requests per minute.)"""
+        slot = (key.name, "completions", int(at // 86400))
+        if key.requests_per_minute is None and key.completions_per_day is None:
+            self.pending[slot] = self.pending.get(slot, 0) - completions
+            return
+        with self.db:
+            self.db.execute("UPDATE usage SET count = MAX(count - ?, 0) WHERE key = ? AND "
+                            "kind = ? AND window = ?", (completions, *slot))
+
+    # the gateway's own counts (requests served, errors) share the table under this key,
+    # with window 0; a key's name is never empty
+    GATEWAY = ""
+
+    def count_gateway(self, kind: str) -> None:
+        """One more ``kind`` for the gateway, written with the next flush."""
+        slot = (self.GATEWAY, kind, 0)
+        self.pending[slot] = self.pending.get(slot, 0) + 1
+
+    def gateway_total(self, kind: str) -> int:
+        """The gateway's count of ``kind``: every worker's writes and this one's pending."""
+        self.flush()
+        row = self.db.execute("SELECT count FROM usage WHERE key = ? AND kind = ? AND "
+                              "window = 0", (self.GATEWAY, kind)).fetchone()
+        return int(row[0]) if row else 0
+
     def usage(self, now: float | None = None) -> dict[str, dict[str, int]]:
         """Per key: requests this minute, completions today, requests and completions ever."""
         self.flush()
         t = time.time() if now is None else now
         minute, day = int(t // 60), int(t // 86400)
         out: dict[str, dict[str, int]] = {}
-        for key, kind, window, count in self.db.execute("SELECT * FROM usage"):
+        for key, kind, window, count in self.db.execute("SELECT * FROM usage WHERE key != ?",
+                                                         (self.GATEWAY,)):
             row = out.setdefault(key, {"requests_this_minute": 0, "completions_today": 0,
                                        "requests_total": 0, "completions_total": 0})
             row[f"{kind}_total"] += count

@@ -48,6 +48,8 @@ class ServeSpec:
     deadline: float | None = None
     max_concurrency: int = 16
     max_body: int = 1_000_000
+    body_timeout: float = 10.0
+    cors_origins: tuple[str, ...] = ()
     log_store: str | None = None
     replay_store: str | None = None
     limits_db: str | None = None
@@ -86,7 +88,8 @@ def build_app(spec: ServeSpec) -> Any:
         log_store=Path(spec.log_store) if spec.log_store else None,
         replay_store=Path(spec.replay_store) if spec.replay_store else None,
         keys=tuple(spec_keys(spec)), limits_db=Path(spec.limits_db) if spec.limits_db else None,
-        max_body=spec.max_body, deadline=spec.deadline,
+        max_body=spec.max_body, deadline=spec.deadline, body_timeout=spec.body_timeout,
+        host=spec.host, cors_origins=tuple(spec.cors_origins),
     )
     return create_app(spec.policy, task, config)
 
