@@ -7,7 +7,6 @@ the environment's data and of the table format, so changed data never reads a st
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import platformdirs
+
+from iapo.files import OutputError, write_atomically
 
 FORMAT_VERSION = "1"
 
@@ -47,12 +48,8 @@ def load_or_compute(
             pass
         path.unlink(missing_ok=True)  # a torn or foreign file: recompute
     arrays = compute()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)  # type: ignore[arg-type]
-        os.replace(tmp, path)  # atomic: a reader never sees half a file
-    except OSError:
+    try:  # atomic: a reader never sees half a file
+        write_atomically(path, lambda fh: np.savez(fh, **arrays))  # type: ignore[arg-type]
+    except OutputError:
         pass
     return arrays

@@ -37,12 +37,18 @@ def _is_user_error(e: Exception) -> bool:
 
 def _user_errors(fn: F) -> F:
     """Turn bad input from the user (see :func:`_is_user_error`) into one clear line and exit
-    status 2; let every other exception through with its traceback."""
+    status 2, and work that could not finish (:class:`iapo.errors.RunError`: the upstream
+    failing, a full disk, a damaged store) into one line "Error: ..." and exit status 1; let
+    every other exception through with its traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from iapo.errors import RunError
+
         try:
             return fn(*args, **kwargs)
+        except RunError as e:
+            raise click.ClickException(str(e)) from e
         except (ValueError, KeyError, RuntimeError) as e:
             if not _is_user_error(e):
                 raise
@@ -390,22 +396,6 @@ def plot(out: str, env_name: str, prompts: str | None) -> None:
             click.echo(f"figure: {f}")
 
 
-def _live_errors(fn: F) -> F:
-    """Live-path errors (task files, the LLM, policies) as one clear line, exit status 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from iapo.live.client import LLMError
-        from iapo.live.task import TaskError
-
-        try:
-            return fn(*args, **kwargs)
-        except (TaskError, LLMError) as e:
-            raise click.UsageError(str(e)) from e
-
-    return wrapper  # type: ignore[return-value]
-
-
 @main.command()
 @click.argument("task_path", metavar="TASK", type=click.Path(dir_okay=False))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
@@ -414,7 +404,6 @@ def _live_errors(fn: F) -> F:
               help="Allow a task other than the one OUT was made for (pools are shared by "
                    "content).")
 @_user_errors
-@_live_errors
 def optimize(task_path: str, out: str, other_task: bool) -> None:
     """Learn a policy for TASK through its live model (resumable: rerun to continue)."""
     from pathlib import Path
@@ -443,7 +432,6 @@ def optimize(task_path: str, out: str, other_task: bool) -> None:
 @click.option("--other-task", "other_task", is_flag=True,
               help="Allow a task other than the one OUT was made for.")
 @_user_errors
-@_live_errors
 def collect(task_path: str, out: str, samples: int, other_task: bool) -> None:
     """Sample every prompt on every query of TASK (resumable), for export-env."""
     from pathlib import Path
@@ -470,7 +458,6 @@ def collect(task_path: str, out: str, samples: int, other_task: bool) -> None:
                    "samples and pay only for missing ones, which are stored.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_user_errors
-@_live_errors
 def answer(policy_path: str, query: str, context: str, task_path: str | None,
            show_samples: bool, seed: int | None, store: str | None, as_json: bool) -> None:
     """Answer QUERY with the policy's arm for the context, aggregated by BoN or MV."""
@@ -521,17 +508,23 @@ def answer(policy_path: str, query: str, context: str, task_path: str | None,
               type=click.IntRange(min=1), help="Most upstream calls in flight at once.")
 @click.option("--max-body", "max_body", default=1_000_000, show_default=True,
               type=click.IntRange(min=1024), help="Largest request body in bytes (413 past it).")
+@click.option("--body-timeout", "body_timeout", default=10.0, show_default=True,
+              type=click.FloatRange(min=0.1),
+              help="Seconds for a request's body to arrive (408 past it).")
+@click.option("--cors-origin", "cors_origins", multiple=True,
+              help="A web origin (e.g. https://app.example) allowed to call from a browser; "
+                   "repeat for more. Other cross-origin requests get 403.")
 @click.option("--log-store", "log_store", default=None, type=click.Path(dir_okay=False),
               help="SQLite store to log every served request and its completions to.")
 @click.option("--store", "replay_store", default=None, type=click.Path(dir_okay=False),
               help="A completion store (e.g. RUN/store.sqlite) to replay: a request identical "
                    "to a stored pool takes its samples and pays only for missing ones.")
 @_user_errors
-@_live_errors
 def serve(policy_path: str, task_path: str | None, host: str, port: int, keys_file: str | None,
           workers: int, default_context: str | None, max_n: int, upstream_timeout: float,
           upstream_retries: int, deadline: float | None, max_concurrency: int, max_body: int,
-          log_store: str | None, replay_store: str | None) -> None:
+          body_timeout: float, cors_origins: tuple[str, ...], log_store: str | None,
+          replay_store: str | None) -> None:
     """Serve POLICY as an OpenAI-compatible endpoint: each request gets its context's arm."""
     from iapo.serve.run import ServeSpec, run_gateway
 
@@ -540,7 +533,8 @@ def serve(policy_path: str, task_path: str | None, host: str, port: int, keys_fi
         workers=workers, default_context=default_context, max_n=max_n,
         upstream_timeout=upstream_timeout, upstream_retries=upstream_retries,
         deadline=deadline, max_concurrency=max_concurrency, max_body=max_body,
-        log_store=log_store, replay_store=replay_store,
+        body_timeout=body_timeout, cors_origins=tuple(cors_origins), log_store=log_store,
+        replay_store=replay_store,
     )
     run_gateway(spec, announce=click.echo)
 
@@ -550,7 +544,6 @@ def serve(policy_path: str, task_path: str | None, host: str, port: int, keys_fi
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
               help="The .npz environment file to write.")
 @_user_errors
-@_live_errors
 def export_env(store_path: str, out: str) -> None:
     """Turn a live run's stored completions into a tabular environment for bench and train."""
     from pathlib import Path

@@ -110,17 +110,17 @@ class Policy:
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(p.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, p)
+        from iapo.files import write_text_atomically
+
+        write_text_atomically(path, json.dumps(self.to_dict(), indent=2) + "\n", "the policy")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Policy:
         p = Path(path)
         if not p.is_file():
-            raise PolicyError(f"policy file {str(p)!r} does not exist")
+            what = "does not exist" if not p.exists() else "is not a regular file"
+            raise PolicyError(f"policy file {str(p)!r} {what}; give the policy.json that "
+                              "`iapo train` or `iapo optimize` wrote")
         try:
             text = p.read_bytes().decode("utf-8")
         except OSError as e:

@@ -254,7 +254,6 @@ def execute(
     """Run every missing cell of ``config`` into ``out``/runs.csv; return all rows there."""
     from tqdm.auto import tqdm
 
-    out.mkdir(parents=True, exist_ok=True)
     meta = out / "bench.json"
     if meta.exists():
         try:
@@ -276,6 +275,7 @@ def execute(
             get_environment(env).with_stopping(config.stopping).query_table(progress=progress)
         elif config.stopping.early:  # refused before anything is written, like bad input
             spec.make(0).with_stopping(config.stopping)
+    out.mkdir(parents=True, exist_ok=True)  # only once every environment loaded
     meta.write_text(json.dumps({"identity": config.identity(), "last": asdict(config)},
                                indent=2) + "\n")
     runs_csv = out / "runs.csv"

@@ -30,10 +30,12 @@ from typing import Any
 
 import httpx
 
+from iapo.errors import RunError
+
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
 
-class LLMError(RuntimeError):
+class LLMError(RunError):
     """A request failed for good; the message says why."""
 
 

@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 
 from iapo.estimate import QTable
+from iapo.files import write_atomically, write_text_atomically
 from iapo.learners import get_learner
 from iapo.live.oracle import LiveOracle, TaskRuntime
-from iapo.live.store import CompletionStore, writer_lock
+from iapo.live.store import CompletionStore, store_errors, writer_lock
 from iapo.live.task import Task, TaskError, load_records, load_task
 from iapo.live.waves import Drawn, decided_in_waves, draw_in_waves, stop_fields
 from iapo.policy import Policy, PolicyError
@@ -82,9 +83,9 @@ def optimize(task: Task, out: Path, progress: bool = True,
     check_out_folder(out)
     split_seq, oracle_seq, learner_seq = np.random.SeedSequence(task.seed).spawn(3)
     train, test = train_test_split(len(records), split_seq, task.test_fraction)
-    with writer_lock(out, "optimize"), CompletionStore(out / "store.sqlite") as store, tqdm(
-        total=task.budget, desc="optimize", unit="compl", disable=not progress
-    ) as bar:
+    with store_errors(out / "store.sqlite"), writer_lock(out, "optimize"), \
+            CompletionStore(out / "store.sqlite") as store, \
+            tqdm(total=task.budget, desc="optimize", unit="compl", disable=not progress) as bar:
         run_id = _open_run(task, out, store, "optimize", other_task)
         runtime.register(store)
         oracle: LiveOracle | None = None
@@ -146,8 +147,8 @@ def optimize(task: Task, out: Path, progress: bool = True,
         # the judge scorers' own requests and tokens, apart from the policy's completions
         "judge": runtime.judge_usage(),
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(_report_md(report))
+    write_text_atomically(out / "report.json", json.dumps(report, indent=2) + "\n", "the report")
+    write_text_atomically(out / "report.md", _report_md(report), "the report")
     return report
 
 
@@ -255,9 +256,9 @@ def collect(task: Task, out: Path, samples: int, progress: bool = True,
     runtime.scorers  # noqa: B018 - load the scorers now: a broken one fails before any call
     check_out_folder(out)
     total = samples * len(records) * len(task.prompts)
-    with writer_lock(out, "collect"), CompletionStore(out / "store.sqlite") as store, tqdm(
-        total=total, desc="collect", unit="compl", disable=not progress
-    ) as bar:
+    with store_errors(out / "store.sqlite"), writer_lock(out, "collect"), \
+            CompletionStore(out / "store.sqlite") as store, \
+            tqdm(total=total, desc="collect", unit="compl", disable=not progress) as bar:
         run_id = _open_run(task, out, store, "collect", other_task)
         runtime.register(store)
 
@@ -383,7 +384,7 @@ def answer(policy_path: Path, context: str, query: str, task_path: Path | None =
         return runtime.score(record, c.text)[0]
 
     if store_path is not None:
-        with CompletionStore(store_path) as store:
+        with store_errors(store_path), CompletionStore(store_path) as store:
             oracle = LiveOracle(runtime, store, [0], n, np.random.default_rng(0))
             drawn = decided_in_waves(
                 lambda idx: oracle.serve([(ch.prompt, 0, idx)], rescore=False)[0], n,
@@ -443,19 +444,21 @@ def export_env(store_path: Path, out: Path) -> dict[str, Any]:
     """
     from iapo.live.aggregate import answer_categories, answer_labels
 
-    store = CompletionStore(store_path, create=False)
-    try:
-        meta = store.get_meta("task")
-        if meta is None:
-            raise TaskError(f"{store_path} has no task metadata; was it written by iapo optimize?")
-        task = _task_from_meta(meta)
-        records = [_record(i, q, g) for i, q, g in store.queries()]
-        runtime = TaskRuntime(task, records)
-        by_pool: dict[str, list[Any]] = {}
-        for c in store.all_completions():
-            by_pool.setdefault(c.pool, []).append(c)
-    finally:
-        store.close()
+    with store_errors(store_path):
+        store = CompletionStore(store_path, create=False)
+        try:
+            meta = store.get_meta("task")
+            if meta is None:
+                raise TaskError(f"{store_path} has no task metadata; was it written by iapo "
+                                "optimize?")
+            task = _task_from_meta(meta)
+            records = [_record(i, q, g) for i, q, g in store.queries()]
+            runtime = TaskRuntime(task, records)
+            by_pool: dict[str, list[Any]] = {}
+            for c in store.all_completions():
+                by_pool.setdefault(c.pool, []).append(c)
+        finally:
+            store.close()
     arms = runtime.arms
     pools = [[runtime.pool(p, j) for p in range(len(arms))] for j in range(len(records))]
     kept = [j for j in range(len(records)) if any(pl in by_pool for pl in pools[j])]
@@ -532,9 +535,10 @@ def export_env(store_path: Path, out: Path) -> dict[str, Any]:
     else:
         raise TaskError("export-env supports mv and bon tasks; the tabular formats have no "
                         "mixed aggregator")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out, **arrays)
-    return {"out": str(out), "prompts": len(arms), "queries": len(keep),
+    # numpy.savez adds ".npz" to a name without it; write the file under that name
+    path = out if out.suffix == ".npz" else out.with_name(out.name + ".npz")
+    write_atomically(path, lambda fh: np.savez_compressed(fh, **arrays), "the environment")
+    return {"out": str(path), "prompts": len(arms), "queries": len(keep),
             "dropped_queries": len(records) - len(keep),
             "unobserved_pairs": int((~observed).sum()), "aggregator": task.aggregator}
 

@@ -337,18 +337,21 @@ class LiveOracle:
                 seeds = [sample_seed(pool, s) for s in samples]
                 comps: list[Completion] = await client.sample(
                     prompt.render(record.query), prompt.decoding, seeds)
-                for s, c in zip(samples, comps, strict=False):
-                    answer, scores, failures = await asyncio.to_thread(
-                        runtime.score, record, c.text)
-                    self.store.put(StoredCompletion(
-                        pool, s, arm, record.id, c.text, answer, scores, failures,
-                        c.prompt_tokens, c.completion_tokens, c.latency, c.seed, key,
-                        c.finish_reason, c.retries, list(c.errors), endpoint))
-                    self.paid += 1
-                    self.tokens += c.prompt_tokens + c.completion_tokens
-                    self.failures += len(failures)
-                    if self.on_progress is not None:
-                        self.on_progress(1, self.paid, self.tokens, self.batches + 1)
+                scored = await asyncio.gather(*(asyncio.to_thread(runtime.score, record, c.text)
+                                                 for c in comps))
+                # one transaction for the request: a request with n > 1 carries one seed, so
+                # storing part of it would make a resume ask a different request
+                self.store.put_all([StoredCompletion(
+                    pool, s, arm, record.id, c.text, answer, scores, failures,
+                    c.prompt_tokens, c.completion_tokens, c.latency, c.seed, key,
+                    c.finish_reason, c.retries, list(c.errors), endpoint)
+                    for s, c, (answer, scores, failures) in zip(samples, comps, scored,
+                                                                strict=False)])
+                self.paid += len(scored)
+                self.tokens += sum(c.prompt_tokens + c.completion_tokens for c in comps)
+                self.failures += sum(len(f) for _, _, f in scored)
+                if self.on_progress is not None:
+                    self.on_progress(len(scored), self.paid, self.tokens, self.batches + 1)
 
             jobs = list(missing.items())
             if client.supports_n is None and any(len(v) > 1 for _, v in jobs):

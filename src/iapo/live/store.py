@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from iapo.errors import InputError
+from iapo.errors import InputError, RunError
 
 VERSION = 2
 
@@ -68,6 +68,54 @@ _COLUMNS = ("pool, sample, arm, query_id, text, answer, scores, failures, score_
 class StoreError(InputError):
     """The file is not a completion store, or the run folder is busy; the message says what
     to do."""
+
+
+class StoreFailure(RunError):
+    """The store could not be read or written (a full disk, a damaged or emptied file); the
+    message names the file and what to do."""
+
+
+def store_failure(path: Path, e: sqlite3.Error) -> StoreFailure:
+    """What an SQLite failure on the store at ``path`` means for the user, as one line."""
+    name = getattr(e, "sqlite_errorname", "") or ""
+    text = str(e)
+    if name.startswith("SQLITE_FULL") or "disk is full" in text:
+        return StoreFailure(
+            f"the disk holding {path} is full ({text}); free some space, then run the same "
+            f"command again: it resumes from what {path.name} holds and pays nothing twice")
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in text or \
+            "not a database" in text:
+        return StoreFailure(
+            f"{path} is damaged ({text}); restore it from a backup, or recover what is left "
+            f"with `sqlite3 {path} .recover | sqlite3 recovered.sqlite` and put "
+            "recovered.sqlite in its place; moving it away starts over (every completion "
+            "is paid again)")
+    if name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM")) or \
+            "readonly" in text or "unable to open" in text:
+        return StoreFailure(f"{path} cannot be written ({text}); give a store in a folder you "
+                            "may write to")
+    return StoreFailure(f"{path}: SQLite failed ({text}); nothing stored before is lost: run "
+                        "the same command again to resume")
+
+
+@contextlib.contextmanager
+def store_errors(path: Path) -> Iterator[None]:
+    """Turn an SQLite failure on the store at ``path`` into a :class:`StoreFailure`."""
+    try:
+        yield
+    except sqlite3.Error as e:
+        raise store_failure(path, e) from e
+
+
+def check_not_emptied(path: Path) -> None:
+    """Refuse a store file of zero bytes: SQLite would take it for a new, empty store, and the
+    run would silently pay for everything again."""
+    if path.is_file() and path.stat().st_size == 0 and \
+            not Path(f"{path}-wal").is_file():
+        raise StoreFailure(
+            f"{path} is empty (0 bytes): the completions it held are gone (a full disk or an "
+            "interrupted copy can do this). Restore it from a backup, or delete it to start "
+            "over (every completion is paid again)")
 
 
 def arm_key(model: str, template: str, system: str | None, decoding: dict[str, Any]) -> str:
@@ -128,31 +176,42 @@ class CompletionStore:
 
     def __init__(self, path: str | Path, create: bool = True) -> None:
         self.path = Path(path)
+        check_not_emptied(self.path)
         if create:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, timeout=30.0)
             try:
-                self._check(allow_empty=True)
-                self.db.execute("PRAGMA journal_mode=WAL")
-                # WAL + NORMAL survives a process crash
-                self.db.execute("PRAGMA synchronous=NORMAL")
-                if self._tables() and "pool" not in self._columns("completions"):
-                    self._migrate_v1()
-                self.db.executescript(SCHEMA)
-                self.set_meta("version", VERSION)
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreFailure(f"cannot create the folder of {self.path} "
+                                   f"({e.strerror or e}); give a path you may write to") from e
+            with store_errors(self.path):
+                self.db = sqlite3.connect(self.path, timeout=30.0)
+            try:
+                with store_errors(self.path):
+                    self._check(allow_empty=True)
+                    self.db.execute("PRAGMA journal_mode=WAL")
+                    # WAL + NORMAL survives a process crash
+                    self.db.execute("PRAGMA synchronous=NORMAL")
+                    if self._tables() and "pool" not in self._columns("completions"):
+                        self._migrate_v1()
+                    self.db.executescript(SCHEMA)
+                    self.set_meta("version", VERSION)
             except BaseException:
                 self.db.close()
                 raise
         else:
             if not self.path.is_file():
-                raise StoreError(f"store {str(self.path)!r} does not exist")
+                what = "does not exist" if not self.path.exists() else "is not a regular file"
+                raise StoreError(f"store {str(self.path)!r} {what}; give the store.sqlite of "
+                                 "an iapo run")
             self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
                                       timeout=30.0)
             try:
-                self._check(allow_empty=False)
-                if "pool" not in self._columns("completions"):
-                    raise StoreError(f"{self.path} was written by an older iapo; open it once "
-                                     "with `iapo optimize` or `iapo collect` to upgrade it")
+                with store_errors(self.path):
+                    self._check(allow_empty=False)
+                    if "pool" not in self._columns("completions"):
+                        raise StoreError(f"{self.path} was written by an older iapo; open it "
+                                         "once with `iapo optimize` or `iapo collect` to "
+                                         "upgrade it")
             except BaseException:
                 self.db.close()
                 raise
@@ -162,6 +221,8 @@ class CompletionStore:
             rows = self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
             return {r[0] for r in rows}
         except sqlite3.DatabaseError as e:
+            if "malformed" in str(e):  # an SQLite file with a damaged page
+                raise store_failure(self.path, e) from e
             raise StoreError(f"{self.path} is not an SQLite database ({e}); give the "
                              "store.sqlite of an iapo run") from e
 
@@ -270,14 +331,20 @@ class CompletionStore:
     # ---------------------------------------------------------------- completions
     def put(self, c: StoredCompletion) -> None:
         """Store one completion and commit it at once (the first write of a sample wins)."""
+        self.put_all([c])
+
+    def put_all(self, rows: Sequence[StoredCompletion]) -> None:
+        """Store the completions of one request in one transaction: all of them or none
+        (a request with n > 1 is seeded once, so a resume must ask for the same n again)."""
+        now = time.time()
         with self.db:
-            self.db.execute(
+            self.db.executemany(
                 f"INSERT OR IGNORE INTO completions ({_COLUMNS}, created) "
                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (c.pool, c.sample, c.arm, c.query_id, c.text, c.answer, json.dumps(c.scores),
-                 json.dumps(c.failures), c.score_key, c.prompt_tokens, c.completion_tokens,
-                 c.finish_reason, c.retries, json.dumps(c.errors), c.endpoint, c.cost,
-                 c.latency, c.seed, time.time()),
+                [(c.pool, c.sample, c.arm, c.query_id, c.text, c.answer, json.dumps(c.scores),
+                  json.dumps(c.failures), c.score_key, c.prompt_tokens, c.completion_tokens,
+                  c.finish_reason, c.retries, json.dumps(c.errors), c.endpoint, c.cost,
+                  c.latency, c.seed, now) for c in rows],
             )
 
     def rescore(self, rows: Sequence[StoredCompletion]) -> None:
