@@ -50,7 +50,10 @@ class ScriptedServer:
 
             def do_POST(self) -> None:  # noqa: N802
                 length = int(self.headers.get("content-length", 0))
-                body = json.loads(self.rfile.read(length) or b"{}")
+                raw = self.rfile.read(length)
+                if len(raw) < length:  # the client hung up mid-body (a cancelled request)
+                    return
+                body = json.loads(raw or b"{}")
                 with server._lock:
                     server.requests.append(body)
                     server.times.append(time.monotonic())
