@@ -444,29 +444,38 @@ def collect(task_path: str, out: str, samples: int, other_task: bool) -> None:
                f"{info['tokens']} tokens, {info['scorer_failures']} scorer failures)")
 
 
+def _allow_task_change(fn: F) -> F:
+    return click.option(
+        "--allow-task-change", "allow_task_change", is_flag=True,
+        help="Serve with --task even where its prompts, model, aggregator, scorers or "
+             "contexts differ from what the policy was trained with.")(fn)
+
+
 @main.command()
 @click.argument("policy_path", metavar="POLICY", type=click.Path(dir_okay=False))
 @click.argument("query")
 @click.option("--context", "context", required=True,
               help="The caller's context, e.g. budget=high or helpful=0.3,harmless=0.7,budget=low")
 @click.option("--task", "task_path", default=None, type=click.Path(dir_okay=False),
-              help="Task file (default: the one the policy was learned with).")
+              help="Task file (default: the one the policy embeds).")
 @click.option("--show-samples", is_flag=True, help="Print all N completions with their scores.")
 @click.option("--seed", "seed", default=None, type=int, help="Seed of the samples and ties.")
 @click.option("--store", "store", default=None, type=click.Path(dir_okay=False),
               help="A completion store (e.g. RUN/store.sqlite): replay the query's stored "
                    "samples and pay only for missing ones, which are stored.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_allow_task_change
 @_user_errors
 def answer(policy_path: str, query: str, context: str, task_path: str | None,
-           show_samples: bool, seed: int | None, store: str | None, as_json: bool) -> None:
+           show_samples: bool, seed: int | None, store: str | None, as_json: bool,
+           allow_task_change: bool) -> None:
     """Answer QUERY with the policy's arm for the context, aggregated by BoN or MV."""
     from pathlib import Path
 
-    from iapo.live.optimize import answer as run
+    from iapo.serve.core import answer as run
 
     result = run(Path(policy_path), context, query, Path(task_path) if task_path else None, seed,
-                 Path(store) if store else None)
+                 Path(store) if store else None, allow_task_change)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -484,7 +493,7 @@ def answer(policy_path: str, query: str, context: str, task_path: str | None,
 @main.command()
 @click.argument("policy_path", metavar="POLICY", type=click.Path(dir_okay=False))
 @click.option("--task", "task_path", default=None, type=click.Path(dir_okay=False),
-              help="Task file (default: the one the policy was learned with).")
+              help="Task file (default: the one the policy embeds).")
 @click.option("--host", "host", default="127.0.0.1", show_default=True,
               help="Address to listen on; anything but loopback needs API keys.")
 @click.option("--port", "port", default=8000, show_default=True, type=click.IntRange(0, 65535))
@@ -514,17 +523,24 @@ def answer(policy_path: str, query: str, context: str, task_path: str | None,
 @click.option("--cors-origin", "cors_origins", multiple=True,
               help="A web origin (e.g. https://app.example) allowed to call from a browser; "
                    "repeat for more. Other cross-origin requests get 403.")
+@click.option("--seed", "seed", default=None, type=int,
+              help="Seed of the samples (without --store) and of the ties.")
+@click.option("--limits", "limits", default=None, metavar="URL",
+              help="Count the keys' limits in Redis (redis://HOST:PORT/DB), shared by every "
+                   "gateway that names it; default: an SQLite file on this machine.")
 @click.option("--log-store", "log_store", default=None, type=click.Path(dir_okay=False),
               help="SQLite store to log every served request and its completions to.")
 @click.option("--store", "replay_store", default=None, type=click.Path(dir_okay=False),
               help="A completion store (e.g. RUN/store.sqlite) to replay: a request identical "
                    "to a stored pool takes its samples and pays only for missing ones.")
+@_allow_task_change
 @_user_errors
 def serve(policy_path: str, task_path: str | None, host: str, port: int, keys_file: str | None,
           workers: int, default_context: str | None, max_n: int, upstream_timeout: float,
           upstream_retries: int, deadline: float | None, max_concurrency: int, max_body: int,
-          body_timeout: float, cors_origins: tuple[str, ...], log_store: str | None,
-          replay_store: str | None) -> None:
+          body_timeout: float, cors_origins: tuple[str, ...], seed: int | None,
+          limits: str | None,
+          log_store: str | None, replay_store: str | None, allow_task_change: bool) -> None:
     """Serve POLICY as an OpenAI-compatible endpoint: each request gets its context's arm."""
     from iapo.serve.run import ServeSpec, run_gateway
 
@@ -534,7 +550,8 @@ def serve(policy_path: str, task_path: str | None, host: str, port: int, keys_fi
         upstream_timeout=upstream_timeout, upstream_retries=upstream_retries,
         deadline=deadline, max_concurrency=max_concurrency, max_body=max_body,
         body_timeout=body_timeout, cors_origins=tuple(cors_origins), log_store=log_store,
-        replay_store=replay_store,
+        replay_store=replay_store, allow_task_change=allow_task_change, limits=limits,
+        seed=seed,
     )
     run_gateway(spec, announce=click.echo)
 

@@ -46,6 +46,8 @@ class Policy:
     choices: list[Choice]
     trace: dict[str, Any] = field(default_factory=dict)
     stopping: Stopping = field(default_factory=Stopping)
+    # a live policy's deployable part (iapo.serve.core): the task it serves and its digest
+    serving: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +70,7 @@ class Policy:
                 for key, ch in zip(self.contexts, self.choices, strict=True)
             ],
             "trace": self.trace,
+            **({} if self.serving is None else {"serving": self.serving}),
         }
 
     @classmethod
@@ -107,6 +110,7 @@ class Policy:
             choices=choices,
             trace=trace,
             stopping=_stopping(data.get("stopping"), f"{source}: stopping"),
+            serving=_serving(data.get("serving"), f"{source}: serving"),
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -215,6 +219,17 @@ def _row(row: Any, where: str) -> tuple[str, Choice]:
         float(q_hat),
         _whole(row.get("samples", 0), f"{where}: samples", 0),
     )
+
+
+def _serving(value: Any, what: str) -> dict[str, Any] | None:
+    """A live policy's serving part: {"task": the task's fields, "digest": their hash}."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("task"), dict) or \
+            not isinstance(value.get("digest"), str):
+        raise PolicyError(f"{what} must be an object with \"task\" (an object) and \"digest\" "
+                          f"(a string), got {_kind(value)}")
+    return value
 
 
 def _stopping(value: Any, what: str) -> Stopping:

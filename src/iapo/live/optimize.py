@@ -6,7 +6,6 @@ import dataclasses
 import json
 import math
 import os
-import random
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,9 @@ from iapo.files import write_atomically, write_text_atomically
 from iapo.learners import get_learner
 from iapo.live.oracle import LiveOracle, TaskRuntime
 from iapo.live.store import CompletionStore, store_errors, writer_lock
-from iapo.live.task import Task, TaskError, load_records, load_task
-from iapo.live.waves import Drawn, decided_in_waves, draw_in_waves, stop_fields
-from iapo.policy import Policy, PolicyError
+from iapo.live.task import Task, TaskError, load_records
+from iapo.policy import Policy
+from iapo.serve.core import serving_section
 from iapo.split import train_test_split
 
 Z95 = 1.959963984540054
@@ -119,6 +118,7 @@ def optimize(task: Task, out: Path, progress: bool = True,
         trace={**result.trace.to_dict(), "costs": costs.tolist(),
                "task": {"path": str(task.path), "digest": task.digest()}},
         stopping=runtime.problem.stopping,
+        serving=serving_section(task),  # the policy serves without its task file
     )
     policy.save(out / "policy.json")
     mean, var = oracle.stats.mean, oracle.stats.variance
@@ -276,156 +276,6 @@ def collect(task: Task, out: Path, samples: int, progress: bool = True,
         return {"completions": total, "paid": oracle.paid, "replayed": oracle.replayed,
                 "tokens": oracle.tokens, "scorer_failures": oracle.failures,
                 "store": str(out / "store.sqlite")}
-
-
-# ---------------------------------------------------------------- answer
-
-
-def policy_task(policy: Policy, task_path: Path | None, source: Path | str) -> Task:
-    """The task a live policy was learned with (its trace names the file), or ``task_path``."""
-    path = task_path or policy.trace.get("task", {}).get("path")
-    if not path:
-        raise PolicyError(f"{source} names no task file; pass --task")
-    return load_task(path)
-
-
-NO_ANSWER_KEY = "<no answer>"  # how a vote for "no answer" is shown in JSON
-
-
-def check_policy_arms(policy: Policy, task: Task, source: Path | str) -> None:
-    """The policy was learned for ``task``: same name, contexts, prompts in range, N in
-    1..n_max."""
-    if policy.env != task.name:
-        raise PolicyError(f"{source}: the policy was learned for task '{policy.env}', not "
-                          f"'{task.name}'")
-    keys = task.problem().grid.keys
-    if policy.contexts != keys:
-        raise PolicyError(f"{source}: the policy's contexts {policy.contexts} do not match the "
-                          f"task's {keys}")
-    for key, ch in zip(policy.contexts, policy.choices, strict=True):
-        if not 0 <= ch.prompt < len(task.prompts) or (
-                ch.n is not None and not 1 <= ch.n <= task.n_max):
-            raise PolicyError(f"{source}: context '{key}' has arm (prompt {ch.prompt}, N "
-                              f"{ch.n}); task '{task.name}' has prompts 0..{len(task.prompts) - 1}"
-                              f" and N in 1..{task.n_max}")
-
-
-def served_objectives(task: Task) -> list[int]:
-    """The objectives whose scores choose the served completion: all of them for BoN, the
-    style objectives (all but the first) for mixed, none for MV."""
-    k = len(task.objectives)
-    return list(range(k)) if task.aggregator == "bon" else list(range(1, k)) \
-        if task.aggregator == "mixed" else []
-
-
-def check_servable(runtime: TaskRuntime) -> None:
-    """Refuse a task whose served choice would need a gold answer."""
-    from iapo.live.scorers import GOLD_SCORERS
-
-    for i in served_objectives(runtime.task):
-        o = runtime.task.objectives[i]
-        if o.scorer in GOLD_SCORERS:
-            raise TaskError(f"objective '{o.name}' (scorer {o.scorer}) needs a gold answer, "
-                            f"so it cannot choose among completions at answer time; "
-                            f"{runtime.task.aggregator} needs reward models here (python or "
-                            "http scorers)")
-
-
-def outcome_fields(task: Task, weights: Any, answers: list[str | None],
-                   scores: list[list[float | None]], rng: random.Random) -> dict[str, Any]:
-    """Aggregate a group the one way (iapo.live.aggregate) and describe the outcome."""
-    from iapo.live.aggregate import aggregate
-
-    k = len(task.objectives)
-    values = np.array([[np.nan if v is None else v for v in row] for row in scores],
-                      dtype=np.float64).reshape(len(answers), k)
-    used = served_objectives(task)
-    values[:, [i for i in range(k) if i not in used]] = 0.0
-    out = aggregate(task.aggregator, answers, values, weights, rng)
-    fields: dict[str, Any] = {"aggregator": task.aggregator, "choice": out.chosen}
-    if task.aggregator in ("mv", "mixed"):
-        fields.update({"answer": out.answer,
-                       "votes": {NO_ANSWER_KEY if a is None else a: c for a, c in out.votes},
-                       "tied": [NO_ANSWER_KEY if a is None else a for a in out.tied]})
-    if out.values:
-        fields["values"] = list(out.values)
-    return fields
-
-
-def answer(policy_path: Path, context: str, query: str, task_path: Path | None = None,
-           seed: int | None = None, store_path: Path | None = None) -> dict[str, Any]:
-    """Run the policy's arm for ``context`` on ``query`` and aggregate it the way training
-    scored it (iapo.live.aggregate). With ``store_path``, the query's stored samples are
-    replayed and only missing ones are paid (and stored)."""
-    import asyncio
-
-    from iapo.live.oracle import sample_seed
-    from iapo.live.task import Record
-
-    policy = Policy.load(policy_path)
-    task = policy_task(policy, task_path, policy_path)
-    check_policy_arms(policy, task, policy_path)
-    record = Record("query", query, None)
-    runtime = TaskRuntime(task, [record])
-    check_servable(runtime)
-    grid = runtime.problem.grid
-    i = grid.find(context)
-    ch = policy.choices[i]
-    rng = random.Random(seed)
-    n = ch.n if ch.n is not None else rng.randint(1, task.n_max)
-    prompt = task.prompts[ch.prompt]
-    paid = replayed = 0
-    # an arm priced to stop once its vote is decided is served the same way (iapo.live.waves)
-    early = policy.stopping.early and task.aggregator == "mv"
-    wave = policy.stopping.wave if early else n
-    drawn: Drawn[Any] | None = None
-
-    def answer_of(c: Any) -> str | None:
-        return runtime.score(record, c.text)[0]
-
-    if store_path is not None:
-        with store_errors(store_path), CompletionStore(store_path) as store:
-            oracle = LiveOracle(runtime, store, [0], n, np.random.default_rng(0))
-            drawn = decided_in_waves(
-                lambda idx: oracle.serve([(ch.prompt, 0, idx)], rescore=False)[0], n,
-                wave, answer_of) if early else None
-            rows = drawn.completions if drawn is not None else \
-                oracle.serve([(ch.prompt, 0, list(range(n)))], rescore=False)[0]
-            paid, replayed = oracle.paid, oracle.replayed
-        texts = [(c.text, c.prompt_tokens, c.completion_tokens) for c in rows]
-    else:
-        seeds = [sample_seed(f"answer-{rng.random()}", j) for j in range(n)]
-
-        async def run() -> list[Any]:
-            nonlocal drawn
-            async with runtime.client() as client:
-                if not early:
-                    return await client.sample(prompt.render(query), prompt.decoding, seeds)
-                drawn = await draw_in_waves(
-                    lambda j: client.one(prompt.render(query), prompt.decoding, seeds[j]), n,
-                    wave, answer_of)
-                return drawn.completions
-
-        comps = asyncio.run(run())
-        paid = len(comps)
-        texts = [(c.text, c.prompt_tokens, c.completion_tokens) for c in comps]
-    samples, answers, scores = [], [], []
-    for text, pt, ct in texts:
-        ans, sc, failures = runtime.score(record, text)
-        answers.append(ans)
-        scores.append(sc)
-        samples.append({
-            "text": text, "answer": ans, "failures": failures, "prompt_tokens": pt,
-            "completion_tokens": ct,
-            "scores": {o.name: v for o, v in zip(task.objectives, sc, strict=True)
-                       if v is not None}})
-    fields = outcome_fields(task, grid.contexts[i].weights, answers, scores, rng)
-    stop = stop_fields(drawn, n, len(texts), policy.stopping)
-    return {"context": grid.keys[i], "prompt": prompt.name, "n": n, "samples": samples,
-            "usage": {"completion_tokens": sum(t[2] for t in texts),
-                      "prompt_tokens": sum(t[1] for t in texts)},
-            "paid": paid, "replayed": replayed, **stop, **fields,
-            "text": texts[fields["choice"]][0]}
 
 
 # ---------------------------------------------------------------- export-env

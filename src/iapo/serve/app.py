@@ -46,7 +46,6 @@ import contextlib
 import json
 import math
 import os
-import random
 import re
 import tempfile
 import time
@@ -62,17 +61,15 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from iapo.live.client import ChatClient, Completion, LLMError
-from iapo.live.optimize import check_policy_arms, check_servable, outcome_fields
-from iapo.live.oracle import TaskRuntime, sample_seed
-from iapo.live.scorers import GOLD_SCORERS
-from iapo.live.store import CompletionStore, StoredCompletion, pool_key, store_errors
-from iapo.live.task import Record, Task
-from iapo.live.waves import Drawn, draw_in_waves, stop_fields
+from iapo.live.client import ChatClient, LLMError
+from iapo.live.store import CompletionStore, store_errors
+from iapo.live.task import Task
 from iapo.policy import Policy, PolicyError
-from iapo.problem import Choice, ProblemError
+from iapo.problem import ProblemError
+from iapo.serve.core import Responder, check_policy_arms, gateway_fields
 from iapo.serve.guard import RequestGuard, is_json
 from iapo.serve.keys import ApiKey, KeyRing, Limits
+from iapo.serve.redis_limits import RedisLimits, open_limits
 
 
 @dataclass(frozen=True)
@@ -87,7 +84,9 @@ class ServeConfig:
     replay_store: Path | None = None
     seed: int | None = None
     keys: tuple[ApiKey, ...] = ()
-    limits_db: Path | None = None  # shared by the workers; a private file when None
+    # where the keys' usage and the gateway's counts live, shared by every worker (and, as a
+    # redis:// URL, by every machine); a private SQLite file when None
+    limits_db: str | Path | None = None
     max_body: int = 1_000_000
     scoring_threads: int = 4
     deadline: float | None = None  # seconds for sampling and scoring; default from upstream
@@ -135,6 +134,12 @@ class PolicyHolder:
         task's contexts and name)."""
         policy = Policy.load(self.path)
         check_policy_arms(policy, self.task, self.path.name)
+        first = getattr(self, "policy", None)  # a reload: the task version must not change
+        if first is not None and first.serving is not None and policy.serving is not None \
+                and policy.serving["digest"] != first.serving["digest"]:
+            raise PolicyError(f"{self.path.name} was trained for another version of task "
+                              f"'{self.task.name}' (prompts, model, scorers or contexts "
+                              "differ); restart the gateway to serve it")
         return policy
 
     def current(self) -> Policy:
@@ -254,11 +259,7 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
     """The gateway's ASGI app; a bad policy or task raises here, before serving."""
     cfg = config or ServeConfig()
     holder = PolicyHolder(Path(policy_path), task)
-    runtime = TaskRuntime(task, [])
-    check_servable(runtime)
-    runtime.scorers  # noqa: B018 - load the scorers now: a broken one fails before serving
     model_id = cfg.model_name or f"iapo-{task.name}"
-    rng = random.Random(cfg.seed)
     keyring = KeyRing(list(cfg.keys))
     for k in cfg.keys:  # a key's contexts and default must be contexts of the grid
         for ctx in [*(k.contexts or ()), *([k.default_context] if k.default_context else [])]:
@@ -271,13 +272,14 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
     state: dict[str, Any] = {"client": None, "served": 0, "errors": 0}
     store = _open_store(cfg.log_store)
     replay = _open_store(cfg.replay_store)
-    if store is not None:
-        with store_errors(store.path):
-            runtime.register(store)
+    # the serving core: scorers in worker threads, never on the event loop (but for the
+    # built-in answer extractors, regular expressions, which run inline)
+    responder = Responder(task, replay=replay, log=store, seed=cfg.seed, max_n=cfg.max_n,
+                          score_in_thread=True, scoring=cfg.scoring_threads)
     private_limits: tempfile.TemporaryDirectory[str] | None = None
-    limits: Limits | None = None
-    if cfg.limits_db is not None:  # several workers: keys' usage and the counts, shared
-        limits = Limits(cfg.limits_db)
+    limits: Limits | RedisLimits | None = None
+    if cfg.limits_db is not None:  # several workers or machines: usage and counts, shared
+        limits = open_limits(cfg.limits_db)
     elif keyring:  # one process: a private counter file
         private_limits = tempfile.TemporaryDirectory(prefix="iapo-limits-")
         limits = Limits(Path(private_limits.name) / "limits.sqlite")
@@ -300,11 +302,7 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
         count("errors")
         if admitted is not None and limits is not None:
             limits.refund(*admitted)
-    scoring = asyncio.Semaphore(cfg.scoring_threads)
-    # without a gold answer the gold-based scorers do not run; what is left may be user code
-    # (python, http) or math-verify, which may take long: those run in threads
-    inline_scoring = all(o.scorer in GOLD_SCORERS for o in task.objectives) and \
-        task.extractor in (None, "multiple_choice", "numeric", "exact", "label")
+
     base_url = task.model.base_url
 
     async def startup() -> None:
@@ -380,10 +378,7 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
                 raise BadRequest(f"key '{key.name}' may not use context "
                                  f"'{holder.grid.keys[index]}'", "iapo_context", 403,
                                  "permission_error")
-            choice: Choice = policy.choices[index]
-            n = choice.n if choice.n is not None else rng.randint(1, task.n_max)
-            capped = n > cfg.max_n
-            n = min(n, cfg.max_n)
+            n, capped = responder.size(policy, index)
             if key is not None and key.completions_per_day is not None and \
                     n > key.completions_per_day:
                 raise BadRequest(f"context '{holder.grid.keys[index]}' asks for {n} "
@@ -404,50 +399,10 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
         except ClientDisconnect:  # the caller left while sending its body: nobody to answer
             count("errors")
             return Response(status_code=400)
-        prompt = task.prompts[choice.prompt]
-        messages = prompt.render(user_text)
-        if history:
-            own_system = [m for m in messages if m["role"] == "system"]
-            rest = [m for m in messages if m["role"] != "system"]
-            messages = own_system + history + rest
-        record = Record("request", user_text, None)
-        stopping = policy.stopping
-        early = stopping.early and task.aggregator == "mv"
-        drawn: Drawn[Completion] | None = None
-        u0 = time.perf_counter()
         try:
             async with asyncio.timeout(cfg.request_deadline()):  # sampling and scoring
-                fresh: list[tuple[str, int]] = []  # (pool, sample) of each new replay sample
-                fresh_at: list[int] = []  # where they are in comps
-                if early:  # waves, stopping once the vote is decided (iapo.live.waves)
-                    drawn = await _in_waves(state["client"], choice.prompt, messages, n,
-                                            stopping.wave, history, record, fresh)
-                    comps = drawn.completions
-                    fresh_at = [drawn.indices.index(s) for _, s in fresh]
-                    paid = len(fresh) if replay is not None and not history else len(comps)
-                elif replay is not None and not history:
-                    comps, fresh = await _replayed(state["client"], choice.prompt, messages, n)
-                    paid = len(fresh)
-                    fresh_at = list(range(n - len(fresh), n))
-                else:
-                    seeds = [rng.randrange(2**31) for _ in range(n)]
-                    comps = await state["client"].sample(messages, prompt.decoding, seeds)
-                    paid = len(comps)
-                upstream = time.perf_counter() - u0
-                if inline_scoring:  # only a regular expression to run: no thread hop
-                    scored = [runtime.score(record, c.text) for c in comps]
-                else:
-                    async with scoring:  # scorers may be slow (reward models): off the loop
-                        scored = await asyncio.to_thread(
-                            lambda: [runtime.score(record, c.text) for c in comps])
-                if replay is not None:  # the new samples of the pool, with their scores
-                    for (pool, sample), j in zip(fresh, fresh_at, strict=True):
-                        c, sc = comps[j], scored[j]
-                        replay.put(StoredCompletion(
-                            pool, sample, runtime.arms[choice.prompt], "serve", c.text, sc[0],
-                            sc[1], sc[2], c.prompt_tokens, c.completion_tokens, c.latency,
-                            c.seed, None, c.finish_reason, c.retries, list(c.errors),
-                            base_url))
+                r = await responder.respond(state["client"], policy, index, user_text,
+                                            history, size=(n, capped))
         except LLMError as e:
             failed(admitted)
             return _error(502, f"upstream model failed: {_upstream_reason(e, base_url)}",
@@ -456,39 +411,8 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
             failed(admitted)
             return _error(504, f"the request's deadline of {cfg.request_deadline():g} s passed "
                           "(sampling and scoring)", "timeout_error")
-        meta: dict[str, Any] = {
-            "context": holder.grid.keys[index], "prompt": prompt.name,
-            "prompt_index": choice.prompt, "n": n, "n_capped": capped,
-        }
-        meta.update(stop_fields(drawn, n, len(comps), stopping))
-        fields = outcome_fields(task, holder.grid.contexts[index].weights,
-                                [s[0] for s in scored], [s[1] for s in scored], rng)
-        pick = fields.pop("choice")
-        meta.update(fields)
-        if task.aggregator in ("mv", "mixed"):
-            meta["answers"] = [s[0] for s in scored]
-        if task.aggregator in ("bon", "mixed"):
-            meta.update({"scores": [s[1] for s in scored],
-                         "scorer_failures": sum(len(s[2]) for s in scored)})
-        meta.update({"paid": paid, "replayed": len(comps) - paid})
-        meta.update({"chosen": pick, "upstream_seconds": upstream, "samples": [
-            {"text": c.text, "prompt_tokens": c.prompt_tokens,
-             "completion_tokens": c.completion_tokens}
-            for c in comps]})
-        if store is not None:
-            rid = f"serve-{uuid.uuid4().hex}"
-            store.add_queries([(rid, user_text, None)])
-            for j, (c, s) in enumerate(zip(comps, scored, strict=True)):
-                # every served request is a pool of its own: its samples are not i.i.d. draws
-                # of a training pool (the caller's history is part of the messages)
-                store.put(StoredCompletion(rid, j, runtime.arms[choice.prompt], rid, c.text,
-                                           s[0], s[1], s[2], c.prompt_tokens,
-                                           c.completion_tokens, c.latency, c.seed, None,
-                                           c.finish_reason, c.retries, list(c.errors),
-                                           base_url))
-        prompt_tokens = sum(c.prompt_tokens for c in comps)
-        completion_tokens = sum(c.completion_tokens for c in comps)
         count("served")
+        meta = gateway_fields(r, task.aggregator)
         meta["gateway_seconds"] = time.perf_counter() - t0
         return JSONResponse({
             "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -496,55 +420,12 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
             "created": int(time.time()),
             "model": model_id,
             "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": comps[pick].text}}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
+                         "message": {"role": "assistant", "content": r.text}}],
+            "usage": {"prompt_tokens": r.prompt_tokens,
+                      "completion_tokens": r.completion_tokens,
+                      "total_tokens": r.prompt_tokens + r.completion_tokens},
             "iapo": meta,
         })
-
-    async def _replayed(client: ChatClient, p: int, messages: list[dict[str, str]], n: int
-                        ) -> tuple[list[Completion], list[tuple[str, int]]]:
-        """Samples 0..n-1 of the request's pool (the pool key of training, so training's
-        samples serve identical requests): the stored ones first, then the missing ones,
-        paid now; returns them and the (pool, sample) of the paid ones, stored once scored."""
-        assert replay is not None
-        prompt = task.prompts[p]
-        pool = pool_key(task.model.name, messages, prompt.decoding)
-        stored = replay.get(pool, list(range(n)))
-        missing = [s for s in range(n) if s not in stored]
-        fresh: list[Completion] = []
-        if missing:
-            fresh = await client.sample(messages, prompt.decoding,
-                                        [sample_seed(pool, s) for s in missing])
-        old = [Completion(c.text, c.prompt_tokens, c.completion_tokens, c.latency, c.seed)
-               for _, c in sorted(stored.items())]
-        return old + fresh, [(pool, s) for s in missing[: len(fresh)]]
-
-    async def _in_waves(client: ChatClient, p: int, messages: list[dict[str, str]], n: int,
-                        wave: int, history: list[dict[str, str]], record: Record,
-                        fresh: list[tuple[str, int]]) -> Drawn[Completion]:
-        """Samples 0..n-1 in waves of the policy's wave size until the vote is decided;
-        with ``replay_store`` (and no history) stored samples first, as ``_replayed``, and the
-        (pool, sample) of every paid one appended to ``fresh``."""
-        prompt = task.prompts[p]
-        pool = pool_key(task.model.name, messages, prompt.decoding)
-        use_store = replay is not None and not history
-        seeds = [sample_seed(pool, s) if use_store else rng.randrange(2**31) for s in range(n)]
-
-        async def start(s: int) -> Completion:
-            if use_store:
-                assert replay is not None
-                stored = replay.get(pool, [s])
-                if s in stored:
-                    c = stored[s]
-                    return Completion(c.text, c.prompt_tokens, c.completion_tokens, c.latency,
-                                      c.seed)
-            got = await client.one(messages, prompt.decoding, seeds[s])
-            if use_store:
-                fresh.append((pool, s))
-            return got
-
-        return await draw_in_waves(start, n, wave, lambda c: runtime.score(record, c.text)[0])
 
     async def models(request: Request) -> JSONResponse:
         try:

@@ -52,7 +52,10 @@ class ServeSpec:
     cors_origins: tuple[str, ...] = ()
     log_store: str | None = None
     replay_store: str | None = None
-    limits_db: str | None = None
+    limits_db: str | None = None  # the workers' shared counter file (set by run_gateway)
+    limits: str | None = None  # --limits: redis://HOST:PORT/DB, shared across machines
+    allow_task_change: bool = False
+    seed: int | None = None
 
 
 def is_loopback(host: str) -> bool:
@@ -73,12 +76,11 @@ def spec_keys(spec: ServeSpec) -> list[ApiKey]:
 
 def build_app(spec: ServeSpec) -> Any:
     """The gateway app of ``spec`` (validates policy, task, keys and default context)."""
-    from iapo.live.optimize import policy_task
-    from iapo.policy import Policy
     from iapo.serve.app import ServeConfig, create_app
+    from iapo.serve.core import load_served
 
-    policy = Policy.load(spec.policy)
-    task = policy_task(policy, Path(spec.task) if spec.task else None, spec.policy)
+    _, task = load_served(Path(spec.policy), Path(spec.task) if spec.task else None,
+                          spec.allow_task_change)
     if spec.default_context:
         task.problem().grid.find(spec.default_context)  # fail now, not per request
     config = ServeConfig(
@@ -87,9 +89,9 @@ def build_app(spec: ServeSpec) -> Any:
         default_context=spec.default_context,
         log_store=Path(spec.log_store) if spec.log_store else None,
         replay_store=Path(spec.replay_store) if spec.replay_store else None,
-        keys=tuple(spec_keys(spec)), limits_db=Path(spec.limits_db) if spec.limits_db else None,
+        keys=tuple(spec_keys(spec)), limits_db=spec.limits or spec.limits_db,
         max_body=spec.max_body, deadline=spec.deadline, body_timeout=spec.body_timeout,
-        host=spec.host, cors_origins=tuple(spec.cors_origins),
+        host=spec.host, cors_origins=tuple(spec.cors_origins), seed=spec.seed,
     )
     return create_app(spec.policy, task, config)
 
@@ -118,6 +120,10 @@ def run_gateway(spec: ServeSpec, announce: Callable[[str], Any] = print) -> None
         keys = spec_keys(spec)
     except KeysFileError as e:
         raise ServeError(str(e)) from e
+    if spec.limits is not None and not spec.limits.lower().startswith(("redis://",
+                                                                        "rediss://")):
+        raise ServeError(f"--limits {spec.limits!r}: give a Redis URL, redis://HOST:PORT/DB "
+                         "(without --limits the limits are counted on this machine)")
     if not keys and not is_loopback(spec.host):
         raise ServeError(f"--host {spec.host} without API keys would let anyone who reaches "
                          "the port spend the upstream model; set IAPO_API_KEYS=key1,key2 or "
@@ -131,7 +137,8 @@ def run_gateway(spec: ServeSpec, announce: Callable[[str], Any] = print) -> None
         uvicorn.run(app, host=spec.host, port=spec.port, log_level="warning")
         return
     with tempfile.TemporaryDirectory(prefix="iapo-serve-") as shared:
-        full = dataclasses.replace(spec, limits_db=str(Path(shared) / "limits.sqlite"))
+        full = dataclasses.replace(spec, limits_db=spec.limits or
+                                   str(Path(shared) / "limits.sqlite"))
         build_app(full)  # the workers build the same: fail here, once, if it is wrong
         check_port(spec.host, spec.port)
         os.environ[SPEC_ENV] = json.dumps(dataclasses.asdict(full))
