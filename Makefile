@@ -65,8 +65,18 @@ demo: venv
 # two pytest workers (pytest-xdist) on the 2-core machines the project runs on; the tests of the
 # real model share one worker and one server (tests/conftest.py)
 TEST_WORKERS ?= 2
-test: dev docs
+test: dev docs redis
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
+# the gateway's limits shared through Redis are tested against a real redis-server
+# (tests/test_limits_backends.py starts its own on a free loopback port): Debian's package when
+# none is on PATH. The service the package may start (127.0.0.1:6379) is stopped and disabled:
+# nothing uses it
+.PHONY: redis
+redis:
+	command -v redis-server >/dev/null || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server && \
+		{ systemctl disable --now redis-server >/dev/null 2>&1 || true; })
 
 # the documentation site (mkdocs.yml; a few seconds): --strict fails on a broken link or anchor
 # and on a page missing from the nav; the paper's motivating plots, which git ignores, first

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -142,6 +144,7 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
 
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """With pytest-xdist (`make test` runs two workers), every test of the real model runs in
     one worker, so that one llama.cpp server serves them all and its request log counts them
@@ -149,3 +152,63 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "llama" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("llama"))
+
+
+# --- a real Redis for the limits shared across gateways ---------------------------------------
+
+
+class RedisServer:
+    """A redis-server of this session, started on first use of ``url``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._url: str | None = None
+
+    @property
+    def url(self) -> str:
+        if self._url is None:
+            self._url = self._start()
+        return self._url
+
+    def _start(self) -> str:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.fail("redis-server is not installed, and the Redis limits are tested against "
+                        "a real one; `make test` installs it (Debian's redis-server package)",
+                        pytrace=False)
+        log = self.folder / "redis.log"
+        for _ in range(3):  # another process may take the free port first
+            port = free_port()
+            self.proc = subprocess.Popen(
+                [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(self.folder), "--logfile", str(log)],
+                cwd=self.folder, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
+            deadline = time.monotonic() + 20
+            while self.proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    if client.ping():
+                        client.close()
+                        return f"redis://127.0.0.1:{port}/0"
+                except redis.ConnectionError:
+                    time.sleep(0.05)
+            self.stop()
+        text = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        pytest.fail(f"redis-server did not answer PING:\n{text}", pytrace=False)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
