@@ -325,7 +325,6 @@ class LiveOracle:
 
     async def _fetch(self, missing: dict[tuple[int, int], list[int]]) -> None:
         runtime = self.runtime
-        endpoint = runtime.task.model.base_url
         async with runtime.client() as client:
 
             async def one(p: int, q: int, samples: list[int]) -> None:
@@ -344,7 +343,7 @@ class LiveOracle:
                 self.store.put_all([StoredCompletion(
                     pool, s, arm, record.id, c.text, answer, scores, failures,
                     c.prompt_tokens, c.completion_tokens, c.latency, c.seed, key,
-                    c.finish_reason, c.retries, list(c.errors), endpoint)
+                    c.finish_reason, c.retries, list(c.errors), c.endpoint)
                     for s, c, (answer, scores, failures) in zip(samples, comps, scored,
                                                                 strict=False)])
                 self.paid += len(scored)

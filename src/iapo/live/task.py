@@ -5,7 +5,8 @@ Example (docs/live.md documents every field)::
     name = "mcq"
 
     [model]
-    base_url = "http://127.0.0.1:8080/v1"   # any OpenAI-compatible endpoint
+    base_url = "http://127.0.0.1:8080/v1"   # any OpenAI-compatible endpoint, or a list of
+                                             # replicas of one model: ["http://a/v1", ...]
     name = "smollm2"
     api_key_env = "OPENAI_API_KEY"          # optional: the key is read from this variable
     concurrency = 4                          # parallel requests
@@ -266,13 +267,18 @@ class PromptSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    base_url: str
+    base_url: str  # the replicas' base URLs separated by spaces: one URL for one replica
     name: str
     api_key_env: str | None = None
     concurrency: int = 4
     timeout: float = 60.0
     max_retries: int = 5
     supports_n: bool | None = None  # None: find out from the first response
+
+    @property
+    def base_urls(self) -> tuple[str, ...]:
+        """The replicas' base URLs, in the task file's order."""
+        return tuple(self.base_url.split())
 
     def api_key(self) -> str | None:
         if not self.api_key_env:
@@ -320,8 +326,14 @@ class Task:
     stopping: Stopping = field(default_factory=Stopping)  # how MV arms stop
 
     def digest(self) -> str:
-        """A hash of the task's content (not its path)."""
-        return hashlib.sha256(json.dumps(self.raw, sort_keys=True).encode()).hexdigest()[:16]
+        """A hash of the task's content (not its path); a list of one base URL hashes as the
+        URL itself."""
+        raw = self.raw
+        model = raw.get("model")
+        if isinstance(model, dict) and isinstance(model.get("base_url"), list) \
+                and len(model["base_url"]) == 1:
+            raw = {**raw, "model": {**model, "base_url": model["base_url"][0]}}
+        return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
 
     def grid(self) -> ContextGrid:
         objectives = [Objective(o.name, o.lower, o.upper) for o in self.objectives]
@@ -360,12 +372,36 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool)
 
 
+def _base_urls(m: dict[str, Any]) -> tuple[str, ...]:
+    """``model.base_url``: one URL or a non-empty list of distinct URLs (replicas of one
+    model), each http:// or https://, trailing slashes dropped."""
+    value = _get(m, "base_url", "model", (str, list))
+    urls = [value] if isinstance(value, str) else value
+    if not urls:
+        raise TaskError("model.base_url is an empty list; give at least one endpoint, e.g. "
+                        "[\"http://127.0.0.1:8080/v1\"]")
+    out = []
+    for url in urls:
+        if not isinstance(url, str):
+            raise TaskError(f"model.base_url must list URLs (strings); got {_show(url)}")
+        url = url.strip().rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            raise TaskError(f"model.base_url {url!r} must start with http:// or https://")
+        if len(url.split()) > 1:
+            raise TaskError(f"model.base_url {url!r} has a space in it; give several replicas "
+                            "as a list: [\"http://a/v1\", \"http://b/v1\"]")
+        if url in out:
+            raise TaskError(f"model.base_url lists {url!r} twice; list each replica once")
+        out.append(url)
+    return tuple(out)
+
+
 def _model(m: dict[str, Any]) -> ModelSpec:
     supports = m.get("supports_n", "auto")
     if not (isinstance(supports, bool) or supports == "auto"):
         raise TaskError(f"model.supports_n must be true, false or \"auto\"; got {_show(supports)}")
-    model = ModelSpec(
-        base_url=_get(m, "base_url", "model", str).rstrip("/"),
+    return ModelSpec(
+        base_url=" ".join(_base_urls(m)),
         name=_get(m, "name", "model", str),
         api_key_env=_get(m, "api_key_env", "model", str, None),
         concurrency=_integer(m, "concurrency", "model", 4, low=1, high=MAX_CONCURRENCY),
@@ -373,9 +409,6 @@ def _model(m: dict[str, Any]) -> ModelSpec:
         max_retries=_integer(m, "max_retries", "model", 5, low=0, high=MAX_RETRIES),
         supports_n=None if supports == "auto" else supports,
     )
-    if not model.base_url.startswith(("http://", "https://")):
-        raise TaskError(f"model.base_url {model.base_url!r} must start with http:// or https://")
-    return model
 
 
 def _prompt(row: dict[str, Any], i: int) -> PromptSpec:
