@@ -39,6 +39,8 @@ class ScriptedServer:
         self.answer = answer
         self.answer_of = answer_of  # the answer as a function of the request body
         self.tokens_of = tokens_of  # completion tokens as a function of the seed (else 5)
+        self.stream_delay = 0.0  # seconds between the chunks of a streamed answer
+        self.chunk_times: list[float] = []  # when each streamed chunk was sent
         self.requests: list[dict[str, Any]] = []
         self.times: list[float] = []
         self._lock = threading.Lock()
@@ -90,6 +92,9 @@ class ScriptedServer:
             h.end_headers()
             h.wfile.write(payload)
             return
+        if action == "ok" and body.get("stream"):
+            self.stream(h, body)
+            return
         if action == "broken":
             payload = b'{"choices": [{"message": {"content": "trunc'
         else:
@@ -109,3 +114,33 @@ class ScriptedServer:
         h.send_header("content-length", str(len(payload)))
         h.end_headers()
         h.wfile.write(payload)
+
+    def stream(self, h: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+        """``stream: true``: the text as server-sent events, one word a chunk, ``stream_delay``
+        seconds apart (the time each is sent kept in ``chunk_times``), usage last when
+        ``stream_options.include_usage`` asks for it."""
+        answer = self.answer_of(body) if self.answer_of else self.answer
+        words = f"{answer} seed={body.get('seed')}".split(" ")
+        h.send_response(200)
+        h.send_header("content-type", "text/event-stream")
+        h.end_headers()
+
+        def send(obj: dict[str, Any]) -> None:
+            h.wfile.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
+            h.wfile.flush()
+
+        base = {"id": "x", "object": "chat.completion.chunk", "model": body.get("model")}
+        for i, w in enumerate(words):
+            if i:
+                time.sleep(self.stream_delay)
+            with self._lock:
+                self.chunk_times.append(time.monotonic())
+            send({**base, "choices": [{"index": 0, "delta": {"content": (" " if i else "") + w},
+                                       "finish_reason": None}]})
+        send({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            send({**base, "choices": [], "usage": {"prompt_tokens": 7,
+                                                   "completion_tokens": len(words),
+                                                   "total_tokens": 7 + len(words)}})
+        h.wfile.write(b"data: [DONE]\n\n")
+        h.wfile.flush()

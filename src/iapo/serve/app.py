@@ -58,7 +58,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from iapo.live.client import ChatClient, LLMError
@@ -67,6 +67,7 @@ from iapo.live.task import Task
 from iapo.policy import Policy, PolicyError
 from iapo.problem import ProblemError
 from iapo.serve.core import Responder, check_policy_arms, gateway_fields
+from iapo.serve.core import Response as CoreResponse
 from iapo.serve.guard import RequestGuard, is_json
 from iapo.serve.keys import ApiKey, KeyRing, Limits
 from iapo.serve.redis_limits import RedisLimits, open_limits
@@ -193,6 +194,29 @@ def _last_user_message(body: dict[str, Any]) -> tuple[list[dict[str, str]], str]
     if last["role"] != "user":
         raise BadRequest("the last message must come from the user", "messages")
     return messages[:-1], last["content"]
+
+
+def _stream_options(body: dict[str, Any]) -> tuple[bool, bool]:
+    """(``stream``, ``stream_options.include_usage``), checked."""
+    streaming = body.get("stream", False)
+    if not isinstance(streaming, bool) and streaming is not None:
+        raise BadRequest("stream must be true or false", "stream")
+    options = body.get("stream_options")
+    if options is None:
+        return bool(streaming), False
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False),
+                                                       bool):
+        raise BadRequest("stream_options must be an object such as {\"include_usage\": true}",
+                         "stream_options")
+    if not streaming:
+        raise BadRequest("stream_options is only allowed with stream: true", "stream_options")
+    return True, bool(options.get("include_usage", False))
+
+
+def _error_event(status: int, message: str, kind: str) -> bytes:
+    """The event that ends a stream that failed after it began."""
+    return b"data: " + json.dumps({"error": {"message": message, "type": kind, "param": None,
+                                             "code": status}}).encode() + b"\n\n"
 
 
 def _upstream_reason(e: BaseException, base_url: str) -> str:
@@ -362,8 +386,7 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
                                  "application/json", None, 415, "unsupported_media_type")
             raw = await _read_body(request, cfg.max_body, cfg.body_timeout)
             body = _parse_body(raw)
-            if body.get("stream"):
-                raise BadRequest("stream=true is not supported by the gateway", "stream")
+            streaming, include_usage = _stream_options(body)
             history, user_text = _last_user_message(body)
             default = key.default_context if key and key.default_context else \
                 cfg.default_context
@@ -399,6 +422,11 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
         except ClientDisconnect:  # the caller left while sending its body: nobody to answer
             count("errors")
             return Response(status_code=400)
+        if streaming:
+            return StreamingResponse(
+                stream(policy, index, user_text, history, (n, capped), admitted, include_usage,
+                       t0), media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
             async with asyncio.timeout(cfg.request_deadline()):  # sampling and scoring
                 r = await responder.respond(state["client"], policy, index, user_text,
@@ -426,6 +454,59 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
                       "total_tokens": r.prompt_tokens + r.completion_tokens},
             "iapo": meta,
         })
+
+    async def stream(policy: Policy, index: int, user_text: str,
+                     history: list[dict[str, str]], size: tuple[int, bool],
+                     admitted: tuple[ApiKey, int, float] | None, include_usage: bool,
+                     t0: float) -> AsyncIterator[bytes]:
+        """Server-sent events in the OpenAI ``chat.completion.chunk`` format: the role, the
+        text as it comes (an arm of N = 1: the upstream's tokens; any other: the chosen
+        completion once its group is decided), a last chunk with ``finish_reason`` and the
+        ``iapo`` fields, the usage when asked for, then ``[DONE]``. A failure after the
+        stream began ends it with an error event."""
+        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+            return b"data: " + json.dumps({
+                "id": cid, "object": "chat.completion.chunk", "created": created,
+                "model": model_id, "choices": choices, **extra}).encode() + b"\n\n"
+
+        def delta(content: dict[str, str], finish: str | None = None,
+                  **extra: Any) -> bytes:
+            return event([{"index": 0, "delta": content, "finish_reason": finish}], **extra)
+
+        yield delta({"role": "assistant", "content": ""})
+        response: CoreResponse | None = None
+        try:
+            async with asyncio.timeout(cfg.request_deadline()):  # sampling and scoring
+                async for part in responder.stream(state["client"], policy, index, user_text,
+                                                   history, size=size):
+                    if isinstance(part, str):
+                        if part:
+                            yield delta({"content": part})
+                    else:
+                        response = part
+        except LLMError as e:
+            failed(admitted)
+            yield _error_event(502, f"upstream model failed: {_upstream_reason(e, base_url)}",
+                               "upstream_error")
+            return
+        except TimeoutError:
+            failed(admitted)
+            yield _error_event(504, f"the request's deadline of {cfg.request_deadline():g} s "
+                               "passed (sampling and scoring)", "timeout_error")
+            return
+        assert response is not None
+        count("served")
+        meta = gateway_fields(response, task.aggregator)
+        meta["gateway_seconds"] = time.perf_counter() - t0
+        yield delta({}, "stop", iapo=meta)
+        if include_usage:
+            yield event([], usage={
+                "prompt_tokens": response.prompt_tokens,
+                "completion_tokens": response.completion_tokens,
+                "total_tokens": response.prompt_tokens + response.completion_tokens})
+        yield b"data: [DONE]\n\n"
 
     async def models(request: Request) -> JSONResponse:
         try:

@@ -21,6 +21,7 @@ import json
 import random
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from iapo.live.store import CompletionStore, StoredCompletion, pool_key, store_e
 from iapo.live.task import Record, Task, TaskError, load_task, task_from_dict
 from iapo.live.waves import Drawn, draw_in_waves, stop_fields
 from iapo.policy import Policy, PolicyError
+from iapo.problem import Stopping
 
 NO_ANSWER_KEY = "<no answer>"  # how a vote for "no answer" is shown in JSON
 
@@ -229,6 +231,24 @@ class Response:
         return sum(s.completion_tokens for s in self.samples)
 
 
+@dataclass(frozen=True)
+class Request:
+    """One arm's draw, planned: the rendered messages, the seeds, the stored samples."""
+
+    index: int
+    prompt: int
+    n: int
+    capped: bool
+    query: str
+    messages: list[dict[str, str]]
+    decoding: dict[str, Any]
+    stopping: Stopping
+    pool: str
+    use_store: bool
+    seeds: list[int]
+    stored: dict[int, StoredCompletion]
+
+
 class Responder:
     """Serves a policy's arms for one task.
 
@@ -271,10 +291,10 @@ class Responder:
             return self.max_n, True
         return n, False
 
-    async def respond(self, client: ChatClient, policy: Policy, index: int, query: str,
-                      history: list[dict[str, str]] | None = None, origin: str = "serve",
-                      size: tuple[int, bool] | None = None) -> Response:
-        """The outcome of ``policy``'s arm for context ``index`` on ``query`` (the caller's
+    def request(self, policy: Policy, index: int, query: str,
+                history: list[dict[str, str]] | None = None,
+                size: tuple[int, bool] | None = None) -> Request:
+        """What to ask for ``policy``'s arm for context ``index`` on ``query`` (the caller's
         last message; ``history``: the messages before it); ``size``: N and whether it was
         capped, when the caller drew it already (:meth:`size`)."""
         choice = policy.choices[index]
@@ -284,57 +304,104 @@ class Responder:
         if history:
             own_system = [m for m in messages if m["role"] == "system"]
             messages = own_system + history + [m for m in messages if m["role"] != "system"]
-        record = Record("request", query, None)
-        stopping = policy.stopping
         use_store = self.replay is not None and not history
         pool = pool_key(self.task.model.name, messages, prompt.decoding)
-        seeds = [sample_seed(pool, s) if use_store else self.rng.randrange(2**31)
-                 for s in range(n)]
-        stored = self.replay.get(pool, list(range(n))) if use_store and self.replay else {}
-        paid: list[int] = []  # the sample indices paid now
+        return Request(
+            index=index, prompt=choice.prompt, n=n, capped=capped, query=query,
+            messages=messages, decoding=prompt.decoding, stopping=policy.stopping,
+            pool=pool, use_store=use_store,
+            seeds=[sample_seed(pool, s) if use_store else self.rng.randrange(2**31)
+                   for s in range(n)],
+            stored=self.replay.get(pool, list(range(n))) if use_store and self.replay else {})
+
+    async def respond(self, client: ChatClient, policy: Policy, index: int, query: str,
+                      history: list[dict[str, str]] | None = None, origin: str = "serve",
+                      size: tuple[int, bool] | None = None) -> Response:
+        """The outcome of ``policy``'s arm for context ``index`` on ``query``."""
+        req = self.request(policy, index, query, history, size)
+        t0 = time.perf_counter()
+        comps, indices, paid, drawn = await self._draw(client, req)
+        return await self._finish(req, comps, indices, paid, drawn,
+                                  time.perf_counter() - t0, origin)
+
+    async def stream(self, client: ChatClient, policy: Policy, index: int, query: str,
+                     history: list[dict[str, str]] | None = None, origin: str = "serve",
+                     size: tuple[int, bool] | None = None
+                     ) -> AsyncIterator[str | Response]:
+        """The outcome as it comes: pieces of the returned text, then the :class:`Response`.
+        An arm of N = 1 that is not stored streams the upstream's tokens as they arrive; any
+        other arm yields the chosen completion whole, once its group is decided."""
+        req = self.request(policy, index, query, history, size)
+        if req.n == 1 and 0 not in req.stored:
+            t0 = time.perf_counter()
+            completion: Completion | None = None
+            async for part in client.stream(req.messages, req.decoding, req.seeds[0]):
+                if isinstance(part, str):
+                    yield part
+                else:
+                    completion = part
+            assert completion is not None
+            yield await self._finish(req, [completion], [0], [0], None,
+                                     time.perf_counter() - t0, origin)
+            return
+        response = await self.respond(client, policy, index, query, history, origin,
+                                      (req.n, req.capped))
+        yield response.text
+        yield response
+
+    async def _draw(self, client: ChatClient, req: Request
+                    ) -> tuple[list[Completion], list[int], list[int], Drawn[Completion] | None]:
+        """The group: (completions, their sample indices, the indices paid now, the waves
+        when the arm stops once decided)."""
+        stored = req.stored
+        paid: list[int] = []
 
         def from_store(s: int) -> Completion:
             c = stored[s]
             return Completion(c.text, c.prompt_tokens, c.completion_tokens, c.latency, c.seed)
 
-        t0 = time.perf_counter()
-        drawn: Drawn[Completion] | None = None
-        if stopping.early and self.task.aggregator == "mv":
+        if req.stopping.early and self.task.aggregator == "mv":
+            record = Record("request", req.query, None)
+
             async def start(s: int) -> Completion:
                 if s in stored:
                     return from_store(s)
-                got = await client.one(messages, prompt.decoding, seeds[s])
+                got = await client.one(req.messages, req.decoding, req.seeds[s])
                 paid.append(s)
                 return got
 
-            drawn = await draw_in_waves(start, n, stopping.wave,
+            drawn = await draw_in_waves(start, req.n, req.stopping.wave,
                                         lambda c: self.runtime.score(record, c.text)[0])
-            comps, indices = drawn.completions, drawn.indices
-        else:
-            missing = [s for s in range(n) if s not in stored]
-            fresh = await client.sample(messages, prompt.decoding, [seeds[s] for s in missing])
-            paid = missing[: len(fresh)]
-            got = {**{s: from_store(s) for s in stored}, **dict(zip(paid, fresh, strict=True))}
-            indices = sorted(got)
-            comps = [got[s] for s in indices]
-        upstream = time.perf_counter() - t0
+            return drawn.completions, drawn.indices, paid, drawn
+        missing = [s for s in range(req.n) if s not in stored]
+        fresh = await client.sample(req.messages, req.decoding, [req.seeds[s] for s in missing])
+        paid = missing[: len(fresh)]
+        got = {**{s: from_store(s) for s in stored}, **dict(zip(paid, fresh, strict=True))}
+        indices = sorted(got)
+        return [got[s] for s in indices], indices, paid, None
+
+    async def _finish(self, req: Request, comps: list[Completion], indices: list[int],
+                      paid: list[int], drawn: Drawn[Completion] | None, upstream: float,
+                      origin: str) -> Response:
+        """Score the group, store its new samples, aggregate it."""
+        record = Record("request", req.query, None)
         scored = await self._score(record, [c.text for c in comps])
-        if use_store and self.replay is not None:  # the new samples of the pool, scored
+        if req.use_store and self.replay is not None:  # the new samples of the pool, scored
             at = {s: j for j, s in enumerate(indices)}
-            self.replay.put_all([self._stored(pool, s, choice.prompt, origin, comps[at[s]],
+            self.replay.put_all([self._stored(req.pool, s, req.prompt, origin, comps[at[s]],
                                               scored[at[s]]) for s in sorted(paid)])
-        fields = outcome_fields(self.task, self.grid.contexts[index].weights,
+        fields = outcome_fields(self.task, self.grid.contexts[req.index].weights,
                                 [s[0] for s in scored], [s[1] for s in scored], self.rng)
         samples = [Scored(c.text, a, sc, f, c.prompt_tokens, c.completion_tokens)
                    for c, (a, sc, f) in zip(comps, scored, strict=True)]
         response = Response(
-            self.grid.keys[index], prompt.name, choice.prompt, n, capped, samples, fields,
-            stop_fields(drawn, n, len(comps), stopping),
-            len(paid) if use_store else len(comps),
-            len(comps) - len(paid) if use_store else 0, upstream,
+            self.grid.keys[req.index], self.task.prompts[req.prompt].name, req.prompt, req.n,
+            req.capped, samples, fields, stop_fields(drawn, req.n, len(comps), req.stopping),
+            len(paid) if req.use_store else len(comps),
+            len(comps) - len(paid) if req.use_store else 0, upstream,
             sum(len(s[2]) for s in scored))
         if self.log is not None:
-            self._log(choice.prompt, query, comps, scored)
+            self._log(req.prompt, req.query, comps, scored)
         return response
 
     async def _score(self, record: Record, texts: list[str]
