@@ -444,6 +444,13 @@ def collect(task_path: str, out: str, samples: int, other_task: bool) -> None:
                f"{info['tokens']} tokens, {info['scorer_failures']} scorer failures)")
 
 
+def _serve_default(name: str) -> Any:
+    """A setting's default, written once in :class:`iapo.serve.config.ServeConfig`."""
+    from iapo.serve.config import default
+
+    return default(name)
+
+
 def _allow_task_change(fn: F) -> F:
     return click.option(
         "--allow-task-change", "allow_task_change", is_flag=True,
@@ -494,30 +501,37 @@ def answer(policy_path: str, query: str, context: str, task_path: str | None,
 @click.argument("policy_path", metavar="POLICY", type=click.Path(dir_okay=False))
 @click.option("--task", "task_path", default=None, type=click.Path(dir_okay=False),
               help="Task file (default: the one the policy embeds).")
-@click.option("--host", "host", default="127.0.0.1", show_default=True,
+@click.option("--host", "host", default=_serve_default("host"), show_default=True,
               help="Address to listen on; anything but loopback needs API keys.")
-@click.option("--port", "port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--port", "port", default=_serve_default("port"), show_default=True,
+              type=click.IntRange(0, 65535))
 @click.option("--keys", "keys_file", default=None, type=click.Path(dir_okay=False),
               help="TOML keys file: per key a name, its contexts, default context and limits "
                    "(else the comma-separated keys of $IAPO_API_KEYS).")
-@click.option("--workers", "workers", default=1, show_default=True, type=click.IntRange(1, 64),
+@click.option("--workers", "workers", default=_serve_default("workers"), show_default=True,
+              type=click.IntRange(1, 64),
               help="Worker processes on the same port (keys and limits shared).")
 @click.option("--default-context", "default_context", default=None,
               help="Context for requests that give none, e.g. budget=low.")
-@click.option("--max-n", "max_n", default=32, show_default=True, type=click.IntRange(min=1),
+@click.option("--max-n", "max_n", default=_serve_default("max_n"), show_default=True,
+              type=click.IntRange(min=1),
               help="Most completions one request may ask upstream for (N is capped).")
-@click.option("--upstream-timeout", "upstream_timeout", default=60.0, show_default=True,
+@click.option("--upstream-timeout", "upstream_timeout",
+              default=_serve_default("upstream_timeout"), show_default=True,
               type=click.FloatRange(min=0.1), help="Seconds per upstream call.")
-@click.option("--upstream-retries", "upstream_retries", default=2, show_default=True,
+@click.option("--upstream-retries", "upstream_retries",
+              default=_serve_default("upstream_retries"), show_default=True,
               type=click.IntRange(min=0), help="Retries of a failed upstream call.")
 @click.option("--deadline", "deadline", default=None, type=click.FloatRange(min=0.1),
               help="Seconds for a whole request, sampling and scoring (default: upstream "
                    "timeout x tries + 5).")
-@click.option("--max-concurrency", "max_concurrency", default=16, show_default=True,
+@click.option("--max-concurrency", "max_concurrency",
+              default=_serve_default("max_concurrency"), show_default=True,
               type=click.IntRange(min=1), help="Most upstream calls in flight at once.")
-@click.option("--max-body", "max_body", default=1_000_000, show_default=True,
+@click.option("--max-body", "max_body", default=_serve_default("max_body"), show_default=True,
               type=click.IntRange(min=1024), help="Largest request body in bytes (413 past it).")
-@click.option("--body-timeout", "body_timeout", default=10.0, show_default=True,
+@click.option("--body-timeout", "body_timeout",
+              default=_serve_default("body_timeout"), show_default=True,
               type=click.FloatRange(min=0.1),
               help="Seconds for a request's body to arrive (408 past it).")
 @click.option("--cors-origin", "cors_origins", multiple=True,
@@ -542,9 +556,10 @@ def serve(policy_path: str, task_path: str | None, host: str, port: int, keys_fi
           limits: str | None,
           log_store: str | None, replay_store: str | None, allow_task_change: bool) -> None:
     """Serve POLICY as an OpenAI-compatible endpoint: each request gets its context's arm."""
-    from iapo.serve.run import ServeSpec, run_gateway
+    from iapo.serve.config import ServeConfig
+    from iapo.serve.run import run_gateway
 
-    spec = ServeSpec(
+    spec = ServeConfig(
         policy=policy_path, task=task_path, host=host, port=port, keys_file=keys_file,
         workers=workers, default_context=default_context, max_n=max_n,
         upstream_timeout=upstream_timeout, upstream_retries=upstream_retries,

@@ -341,9 +341,12 @@ class LiveOracle:
                 # one transaction for the request: a request with n > 1 carries one seed, so
                 # storing part of it would make a resume ask a different request
                 self.store.put_all([StoredCompletion(
-                    pool, s, arm, record.id, c.text, answer, scores, failures,
-                    c.prompt_tokens, c.completion_tokens, c.latency, c.seed, key,
-                    c.finish_reason, c.retries, list(c.errors), c.endpoint)
+                    pool=pool, sample=s, arm=arm, query_id=record.id, text=c.text,
+                    answer=answer, scores=scores, failures=failures,
+                    prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
+                    latency=c.latency, seed=c.seed, score_key=key,
+                    finish_reason=c.finish_reason, retries=c.retries, errors=list(c.errors),
+                    endpoint=c.endpoint)
                     for s, c, (answer, scores, failures) in zip(samples, comps, scored,
                                                                 strict=False)])
                 self.paid += len(scored)

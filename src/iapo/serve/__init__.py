@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
-from iapo.serve.app import ServeConfig, create_app
+from typing import Any
+
+from iapo.serve.config import ServeConfig
 
 __all__ = ["ServeConfig", "create_app"]
+
+
+def __getattr__(name: str) -> Any:  # the app (starlette, numpy) only when it is asked for
+    if name == "create_app":
+        from iapo.serve.app import create_app
+
+        return create_app
+    raise AttributeError(name)

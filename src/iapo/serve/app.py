@@ -45,13 +45,11 @@ import asyncio
 import contextlib
 import json
 import math
-import os
 import re
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,38 +64,12 @@ from iapo.live.store import CompletionStore, store_errors
 from iapo.live.task import Task
 from iapo.policy import Policy, PolicyError
 from iapo.problem import ProblemError
+from iapo.serve.config import ServeConfig
 from iapo.serve.core import Responder, check_policy_arms, gateway_fields
 from iapo.serve.core import Response as CoreResponse
 from iapo.serve.guard import RequestGuard, is_json
 from iapo.serve.keys import ApiKey, KeyRing, Limits
 from iapo.serve.redis_limits import RedisLimits, open_limits
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    max_n: int = 32
-    upstream_timeout: float = 60.0
-    upstream_retries: int = 2
-    max_concurrency: int = 16
-    default_context: str | None = None
-    model_name: str | None = None
-    log_store: Path | None = None
-    replay_store: Path | None = None
-    seed: int | None = None
-    keys: tuple[ApiKey, ...] = ()
-    # where the keys' usage and the gateway's counts live, shared by every worker (and, as a
-    # redis:// URL, by every machine); a private SQLite file when None
-    limits_db: str | Path | None = None
-    max_body: int = 1_000_000
-    scoring_threads: int = 4
-    deadline: float | None = None  # seconds for sampling and scoring; default from upstream
-    body_timeout: float = 10.0  # seconds to receive a request's body (408 past it)
-    host: str = "127.0.0.1"  # the bound address: without keys, the Host headers allowed
-    cors_origins: tuple[str, ...] = ()  # web origins allowed to call (none by default)
-
-    def request_deadline(self) -> float:
-        return self.deadline if self.deadline is not None else \
-            self.upstream_timeout * (self.upstream_retries + 1) + 5.0
 
 
 class BadRequest(Exception):
@@ -278,32 +250,32 @@ def _parse_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def create_app(policy_path: str | os.PathLike[str], task: Task,
-               config: ServeConfig | None = None) -> Starlette:
-    """The gateway's ASGI app; a bad policy or task raises here, before serving."""
-    cfg = config or ServeConfig()
-    holder = PolicyHolder(Path(policy_path), task)
+def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Starlette:
+    """The gateway's ASGI app for the policy ``cfg.policy`` over ``task``, callers with
+    ``keys``; a bad policy or task raises here, before serving."""
+    holder = PolicyHolder(Path(cfg.policy), task)
     model_id = cfg.model_name or f"iapo-{task.name}"
-    keyring = KeyRing(list(cfg.keys))
-    for k in cfg.keys:  # a key's contexts and default must be contexts of the grid
+    keyring = KeyRing(list(keys))
+    for k in keys:  # a key's contexts and default must be contexts of the grid
         for ctx in [*(k.contexts or ()), *([k.default_context] if k.default_context else [])]:
             try:
                 holder.grid.find(ctx)
             except ProblemError as e:
                 raise PolicyError(f"key '{k.name}': context {ctx!r}: {e}") from e
     allowed = {k.name: None if k.contexts is None else {holder.grid.find(c) for c in k.contexts}
-               for k in cfg.keys}
+               for k in keys}
     state: dict[str, Any] = {"client": None, "served": 0, "errors": 0}
     store = _open_store(cfg.log_store)
     replay = _open_store(cfg.replay_store)
+    shared = cfg.shared_limits()
     # the serving core: scorers in worker threads, never on the event loop (but for the
     # built-in answer extractors, regular expressions, which run inline)
     responder = Responder(task, replay=replay, log=store, seed=cfg.seed, max_n=cfg.max_n,
                           score_in_thread=True, scoring=cfg.scoring_threads)
     private_limits: tempfile.TemporaryDirectory[str] | None = None
     limits: Limits | RedisLimits | None = None
-    if cfg.limits_db is not None:  # several workers or machines: usage and counts, shared
-        limits = open_limits(cfg.limits_db)
+    if shared is not None:  # several workers or machines: usage and counts, shared
+        limits = open_limits(shared)
     elif keyring:  # one process: a private counter file
         private_limits = tempfile.TemporaryDirectory(prefix="iapo-limits-")
         limits = Limits(Path(private_limits.name) / "limits.sqlite")
@@ -311,12 +283,12 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
     def count(kind: str) -> None:
         """One more request served (or answered with an error), counted for the gateway."""
         state[kind] += 1
-        if cfg.limits_db is not None and limits is not None:
+        if shared is not None and limits is not None:
             limits.count_gateway(kind)
 
     def counted(kind: str) -> int:
         """The gateway's count: every worker's when several share ``limits_db``."""
-        if cfg.limits_db is not None and limits is not None:
+        if shared is not None and limits is not None:
             return limits.gateway_total(kind)
         return int(state[kind])
 
@@ -356,7 +328,7 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await startup()
-        flusher = asyncio.create_task(flush_counts()) if cfg.limits_db is not None else None
+        flusher = asyncio.create_task(flush_counts()) if shared is not None else None
         try:
             yield
         finally:
@@ -524,7 +496,7 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
             key = caller(request)
         except BadRequest:  # anonymous: the status only, nothing about the setup
             return JSONResponse({"status": status})
-        mine = [k for k in cfg.keys if key is None or k.name == key.name]
+        mine = [k for k in keys if key is None or k.name == key.name]
         p = holder.policy
         return JSONResponse({
             "status": status,
@@ -534,7 +506,7 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
                          for k, c in zip(p.contexts, p.choices, strict=True)},
             # with several workers, the counts of all of them (written once a second)
             "served": counted("served"), "errors": counted("errors"),
-            "workers_counted": "all" if cfg.limits_db is not None else "this process",
+            "workers_counted": "all" if shared is not None else "this process",
             "default_context": cfg.default_context,
             # a caller sees its own key only
             "keys": {k.name: {"contexts": list(k.contexts) if k.contexts else "all",
@@ -566,9 +538,9 @@ def create_app(policy_path: str | os.PathLike[str], task: Task,
     )
 
 
-def _open_store(path: Path | None) -> CompletionStore | None:
+def _open_store(path: str | None) -> CompletionStore | None:
     """The completion store at ``path`` (None: none), or one line saying why it cannot be."""
     if path is None:
         return None
-    with store_errors(path):
+    with store_errors(Path(path)):
         return CompletionStore(path)

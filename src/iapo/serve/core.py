@@ -423,7 +423,7 @@ class Responder:
             prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
             latency=c.latency, seed=c.seed, finish_reason=c.finish_reason,
             retries=c.retries, errors=list(c.errors),
-            endpoint=getattr(c, "endpoint", None) or self.task.model.base_url)
+            endpoint=c.endpoint or self.task.model.base_url)
 
     def _log(self, p: int, query: str, comps: list[Completion],
              scored: list[tuple[str | None, list[float | None], list[str]]]) -> None:

@@ -172,7 +172,77 @@ _UPSERT = ("INSERT INTO usage VALUES (?, ?, ?, ?) ON CONFLICT (key, kind, window
            "SET count = count + excluded.count")
 
 
-class Limits:
+class Buffered:
+    """What every limits store counts in memory and writes at most once a second (``flush``,
+    which a store defines): the usage of keys without limits (a write per request costs the
+    event loop), refunds of it, and the gateway's own counts."""
+
+    # the gateway's own counts (requests served, errors) are stored under this key, with
+    # window 0; a key's name is never empty
+    GATEWAY = ""
+
+    def __init__(self) -> None:
+        self.pending: dict[tuple[str, str, int], int] = {}
+        self.flushed = time.monotonic()
+
+    db: Any  # the store's connection
+
+    def flush(self) -> None:
+        """Write the counts kept in memory (``_write``, the store's own)."""
+        if not self.pending:
+            return
+        rows = list(self.pending.items())
+        self.pending = {}
+        self.flushed = time.monotonic()
+        self._write(rows)
+
+    def _write(self, rows: list[tuple[tuple[str, str, int], int]]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.flush()
+        self.db.close()
+
+    def _add(self, slot: tuple[str, str, int], count: int) -> None:
+        self.pending[slot] = self.pending.get(slot, 0) + count
+
+    def admit(self, key: ApiKey, completions: int, now: float | None = None
+              ) -> tuple[bool, float, str]:
+        """Count one request of ``completions`` for ``key`` if its limits allow it. Returns
+        (admitted, seconds until it would be, which limit)."""
+        t = time.time() if now is None else now
+        if self.count_free(key, completions, t):
+            return True, 0.0, ""
+        return self._check(key, completions, t)
+
+    def _check(self, key: ApiKey, completions: int, t: float) -> tuple[bool, float, str]:
+        """Check ``key``'s limits at time ``t`` and count the request, in one step."""
+        raise NotImplementedError
+
+    def count_free(self, key: ApiKey, completions: int, t: float) -> bool:
+        """Count a request of a key without limits in memory (True); False for a key with
+        limits, which the store must check and count at once."""
+        if key.requests_per_minute is not None or key.completions_per_day is not None:
+            return False
+        self._add((key.name, "requests", int(t // 60)), 1)
+        self._add((key.name, "completions", int(t // 86400)), completions)
+        if time.monotonic() - self.flushed > 1.0:
+            self.flush()
+        return True
+
+    def refund_free(self, key: ApiKey, completions: int, at: float) -> bool:
+        """Take back a key without limits' completions in memory (True); False otherwise."""
+        if key.requests_per_minute is not None or key.completions_per_day is not None:
+            return False
+        self._add((key.name, "completions", int(at // 86400)), -completions)
+        return True
+
+    def count_gateway(self, kind: str) -> None:
+        """One more ``kind`` for the gateway, written with the next flush."""
+        self._add((self.GATEWAY, kind, 0), 1)
+
+
+class Limits(Buffered):
     """Per-key usage in fixed windows, in an SQLite file every worker shares."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -182,36 +252,14 @@ class Limits:
         self.db.execute("CREATE TABLE IF NOT EXISTS usage (key TEXT NOT NULL, kind TEXT NOT "
                         "NULL, window INTEGER NOT NULL, count INTEGER NOT NULL, PRIMARY KEY "
                         "(key, kind, window))")
-        self.pending: dict[tuple[str, str, int], int] = {}
-        self.flushed = time.monotonic()
+        super().__init__()
 
-    def close(self) -> None:
-        self.flush()
-        self.db.close()
-
-    def flush(self) -> None:
-        """Write the usage counted in memory."""
-        if not self.pending:
-            return
-        rows = [(k, kind, w, c) for (k, kind, w), c in self.pending.items()]
-        self.pending = {}
-        self.flushed = time.monotonic()
+    def _write(self, rows: list[tuple[tuple[str, str, int], int]]) -> None:
         with self.db:
-            self.db.executemany(_UPSERT, rows)
+            self.db.executemany(_UPSERT, [(k, kind, w, c) for (k, kind, w), c in rows])
 
-    def admit(self, key: ApiKey, completions: int, now: float | None = None
-              ) -> tuple[bool, float, str]:
-        """Count one request of ``completions`` for ``key`` if its limits allow it. Returns
-        (admitted, seconds until it would be, which limit)."""
-        t = time.time() if now is None else now
+    def _check(self, key: ApiKey, completions: int, t: float) -> tuple[bool, float, str]:
         minute, day = int(t // 60), int(t // 86400)
-        if key.requests_per_minute is None and key.completions_per_day is None:
-            for kind, window, add in (("requests", minute, 1), ("completions", day, completions)):
-                slot = (key.name, kind, window)
-                self.pending[slot] = self.pending.get(slot, 0) + add
-            if time.monotonic() - self.flushed > 1.0:
-                self.flush()
-            return True, 0.0, ""
         self.db.execute("BEGIN IMMEDIATE")
         try:
             got = dict(self.db.execute(
@@ -238,22 +286,12 @@ class Limits:
         """Take back the completions of a request admitted at ``at`` that the upstream failed
         or the deadline cut: they do not count against the key's daily limit. (The request
         still counts against the requests per minute.)"""
-        slot = (key.name, "completions", int(at // 86400))
-        if key.requests_per_minute is None and key.completions_per_day is None:
-            self.pending[slot] = self.pending.get(slot, 0) - completions
+        if self.refund_free(key, completions, at):
             return
+        slot = (key.name, "completions", int(at // 86400))
         with self.db:
             self.db.execute("UPDATE usage SET count = MAX(count - ?, 0) WHERE key = ? AND "
                             "kind = ? AND window = ?", (completions, *slot))
-
-    # the gateway's own counts (requests served, errors) share the table under this key,
-    # with window 0; a key's name is never empty
-    GATEWAY = ""
-
-    def count_gateway(self, kind: str) -> None:
-        """One more ``kind`` for the gateway, written with the next flush."""
-        slot = (self.GATEWAY, kind, 0)
-        self.pending[slot] = self.pending.get(slot, 0) + 1
 
     def gateway_total(self, kind: str) -> int:
         """The gateway's count of ``kind``: every worker's writes and this one's pending."""

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import redis
 
 from iapo.errors import InputError, RunError
-from iapo.serve.keys import ApiKey, Limits
+from iapo.serve.keys import ApiKey, Buffered, Limits
 
 __all__ = ["LimitsStoreError", "RedisLimits", "open_limits", "redacted_url"]
 
@@ -95,11 +95,9 @@ def _window_key(prefix: str, kind: str, window: int, name: str) -> str:
     return f"{prefix}{kind}:{window}:{name}"
 
 
-class RedisLimits:
+class RedisLimits(Buffered):
     """Per-key usage in fixed windows, in a Redis server every gateway shares; the same
     methods and results as :class:`iapo.serve.keys.Limits`."""
-
-    GATEWAY = Limits.GATEWAY
 
     def __init__(self, url: str, prefix: str = DEFAULT_PREFIX,
                  connect_timeout: float = 5.0) -> None:
@@ -121,23 +119,13 @@ class RedisLimits:
         self.prefix = prefix
         self._admit = self.db.register_script(_ADMIT)
         self._refund = self.db.register_script(_REFUND)
-        self.pending: dict[tuple[str, str, int], int] = {}
-        self.flushed = time.monotonic()
+        super().__init__()
 
     def _key(self, what: str) -> str:
         return f"{self.prefix}{what}"
 
-    def close(self) -> None:
-        self.flush()
-        self.db.close()
-
-    def flush(self) -> None:
-        """Write the usage counted in memory, in one pipeline."""
-        if not self.pending:
-            return
-        rows = list(self.pending.items())
-        self.pending = {}
-        self.flushed = time.monotonic()
+    def _write(self, rows: list[tuple[tuple[str, str, int], int]]) -> None:
+        """The counts kept in memory, in one pipeline."""
         with self.db.pipeline() as pipe:
             for (name, kind, window), count in rows:
                 if name == self.GATEWAY:
@@ -150,19 +138,8 @@ class RedisLimits:
                 pipe.sadd(self._key("names"), name)
             pipe.execute()
 
-    def admit(self, key: ApiKey, completions: int, now: float | None = None
-              ) -> tuple[bool, float, str]:
-        """Count one request of ``completions`` for ``key`` if its limits allow it. Returns
-        (admitted, seconds until it would be, which limit)."""
-        t = time.time() if now is None else now
+    def _check(self, key: ApiKey, completions: int, t: float) -> tuple[bool, float, str]:
         minute, day = int(t // 60), int(t // 86400)
-        if key.requests_per_minute is None and key.completions_per_day is None:
-            for kind, window, add in (("requests", minute, 1), ("completions", day, completions)):
-                slot = (key.name, kind, window)
-                self.pending[slot] = self.pending.get(slot, 0) + add
-            if time.monotonic() - self.flushed > 1.0:
-                self.flush()
-            return True, 0.0, ""
         refused = self._admit(
             keys=[_window_key(self.prefix, "requests", minute, key.name),
                   _window_key(self.prefix, "completions", day, key.name),
@@ -180,19 +157,12 @@ class RedisLimits:
         """Take back the completions of a request admitted at ``at`` that the upstream failed
         or the deadline cut (never below 0 for its day). The request still counts against the
         requests per minute."""
-        day = int(at // 86400)
-        if key.requests_per_minute is None and key.completions_per_day is None:
-            slot = (key.name, "completions", day)
-            self.pending[slot] = self.pending.get(slot, 0) - completions
+        if self.refund_free(key, completions, at):
             return
+        day = int(at // 86400)
         self._refund(keys=[_window_key(self.prefix, "completions", day, key.name),
                            self._key("total:completions")],
                      args=[key.name, completions])
-
-    def count_gateway(self, kind: str) -> None:
-        """One more ``kind`` for the gateway, written with the next flush."""
-        slot = (self.GATEWAY, kind, 0)
-        self.pending[slot] = self.pending.get(slot, 0) + 1
 
     def gateway_total(self, kind: str) -> int:
         """The gateway's count of ``kind``: every gateway's writes and this one's pending."""

@@ -19,11 +19,11 @@ import os
 import socket
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from iapo.errors import InputError
+from iapo.serve.config import ServeConfig
 from iapo.serve.keys import ApiKey, KeysFileError, keys_from_env, load_keys
 
 SPEC_ENV = "IAPO_SERVE_SPEC"
@@ -31,31 +31,6 @@ SPEC_ENV = "IAPO_SERVE_SPEC"
 
 class ServeError(InputError):
     """The gateway cannot start as asked; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class ServeSpec:
-    policy: str
-    task: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 8000
-    keys_file: str | None = None
-    workers: int = 1
-    default_context: str | None = None
-    max_n: int = 32
-    upstream_timeout: float = 60.0
-    upstream_retries: int = 2
-    deadline: float | None = None
-    max_concurrency: int = 16
-    max_body: int = 1_000_000
-    body_timeout: float = 10.0
-    cors_origins: tuple[str, ...] = ()
-    log_store: str | None = None
-    replay_store: str | None = None
-    limits_db: str | None = None  # the workers' shared counter file (set by run_gateway)
-    limits: str | None = None  # --limits: redis://HOST:PORT/DB, shared across machines
-    allow_task_change: bool = False
-    seed: int | None = None
 
 
 def is_loopback(host: str) -> bool:
@@ -67,38 +42,28 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def spec_keys(spec: ServeSpec) -> list[ApiKey]:
+def spec_keys(spec: ServeConfig) -> list[ApiKey]:
     """The keys: the keys file if given, else $IAPO_API_KEYS."""
     if spec.keys_file:
         return load_keys(spec.keys_file)
     return keys_from_env(os.environ.get("IAPO_API_KEYS"))
 
 
-def build_app(spec: ServeSpec) -> Any:
+def build_app(spec: ServeConfig) -> Any:
     """The gateway app of ``spec`` (validates policy, task, keys and default context)."""
-    from iapo.serve.app import ServeConfig, create_app
+    from iapo.serve.app import create_app
     from iapo.serve.core import load_served
 
     _, task = load_served(Path(spec.policy), Path(spec.task) if spec.task else None,
                           spec.allow_task_change)
     if spec.default_context:
         task.problem().grid.find(spec.default_context)  # fail now, not per request
-    config = ServeConfig(
-        max_n=spec.max_n, upstream_timeout=spec.upstream_timeout,
-        upstream_retries=spec.upstream_retries, max_concurrency=spec.max_concurrency,
-        default_context=spec.default_context,
-        log_store=Path(spec.log_store) if spec.log_store else None,
-        replay_store=Path(spec.replay_store) if spec.replay_store else None,
-        keys=tuple(spec_keys(spec)), limits_db=spec.limits or spec.limits_db,
-        max_body=spec.max_body, deadline=spec.deadline, body_timeout=spec.body_timeout,
-        host=spec.host, cors_origins=tuple(spec.cors_origins), seed=spec.seed,
-    )
-    return create_app(spec.policy, task, config)
+    return create_app(task, spec, spec_keys(spec))
 
 
 def app_from_env() -> Any:
     """uvicorn's factory in each worker process: the app of $IAPO_SERVE_SPEC."""
-    return build_app(ServeSpec(**json.loads(os.environ[SPEC_ENV])))
+    return build_app(ServeConfig.from_json(json.loads(os.environ[SPEC_ENV])))
 
 
 def check_port(host: str, port: int) -> None:
@@ -112,7 +77,7 @@ def check_port(host: str, port: int) -> None:
                              "server using the port? Give another --port") from e
 
 
-def run_gateway(spec: ServeSpec, announce: Callable[[str], Any] = print) -> None:
+def run_gateway(spec: ServeConfig, announce: Callable[[str], Any] = print) -> None:
     """Check everything, then serve until stopped."""
     import uvicorn
 
@@ -141,7 +106,7 @@ def run_gateway(spec: ServeSpec, announce: Callable[[str], Any] = print) -> None
                                    str(Path(shared) / "limits.sqlite"))
         build_app(full)  # the workers build the same: fail here, once, if it is wrong
         check_port(spec.host, spec.port)
-        os.environ[SPEC_ENV] = json.dumps(dataclasses.asdict(full))
+        os.environ[SPEC_ENV] = json.dumps(full.to_json())
         announce(f"serving {spec.policy} on {url} with {spec.workers} workers ({who})")
         uvicorn.run("iapo.serve.run:app_from_env", factory=True, host=spec.host,
                     port=spec.port, workers=spec.workers, log_level="warning")

@@ -1,0 +1,62 @@
+"""The gateway's one configuration: every setting of `iapo serve`, its default written once.
+
+The command line's options take their defaults from here; the gateway's app reads it; with
+several workers it travels to each worker as JSON. Only the standard library is imported, so
+that `iapo --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    policy: str
+    task: str | None = None  # default: the task the policy embeds
+    allow_task_change: bool = False
+    host: str = "127.0.0.1"  # without keys, loopback only (and the Host headers allowed)
+    port: int = 8000
+    workers: int = 1
+    keys_file: str | None = None  # else $IAPO_API_KEYS
+    default_context: str | None = None
+    max_n: int = 32
+    upstream_timeout: float = 60.0  # seconds per upstream call
+    upstream_retries: int = 2
+    deadline: float | None = None  # seconds for sampling and scoring; see request_deadline
+    max_concurrency: int = 16  # upstream calls in flight at once
+    max_body: int = 1_000_000  # bytes
+    body_timeout: float = 10.0  # seconds for a body to arrive (408 past it)
+    cors_origins: tuple[str, ...] = ()  # web origins allowed to call (none by default)
+    log_store: str | None = None
+    replay_store: str | None = None
+    limits: str | None = None  # redis://HOST:PORT/DB: the limits shared across machines
+    limits_db: str | None = None  # the workers' shared counter file (set by run_gateway)
+    seed: int | None = None  # of the samples (without a replay store) and of the ties
+    model_name: str | None = None  # the model's id in responses; default iapo-TASK
+    scoring_threads: int = 4  # scorers running at once, off the event loop
+
+    def request_deadline(self) -> float:
+        """Seconds for a request's sampling and scoring: ``deadline``, else every try of an
+        upstream call and 5 s to score."""
+        return self.deadline if self.deadline is not None else \
+            self.upstream_timeout * (self.upstream_retries + 1) + 5.0
+
+    def shared_limits(self) -> str | None:
+        """Where the keys' usage and the gateway's counts are shared: a Redis URL or the
+        workers' file; None: a private file of this process."""
+        return self.limits or self.limits_db
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ServeConfig:
+        return cls(**{**data, "cors_origins": tuple(data.get("cors_origins", ()))})
+
+
+def default(name: str) -> Any:
+    """The default of setting ``name`` (for the command line's options)."""
+    return next(f.default for f in dataclasses.fields(ServeConfig) if f.name == name)
