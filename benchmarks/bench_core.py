@@ -21,7 +21,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache:
         os.environ["IAPO_CACHE_DIR"] = cache
         from iapo.envs import get_environment
-        from iapo.oracle import Pull, SimulatedOracle
+        from iapo.oracle import SimulatedOracle
+        from iapo.pulls import Pull
 
         t0 = time.perf_counter()
         env = get_environment("commonsenseqa")

@@ -17,7 +17,8 @@ import numpy as np
 
 from iapo.envs import get_environment
 from iapo.model import ModelQTable
-from iapo.oracle import Pull, SimulatedOracle
+from iapo.oracle import SimulatedOracle
+from iapo.pulls import Pull
 from iapo.split import train_test_split
 
 NS = (1, 2, 4, 8, 16, 32)

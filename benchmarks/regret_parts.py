@@ -4,7 +4,7 @@
 
 For the policy a learner returns on runs 0..R-1 (the same environments, seeds, splits and
 oracles as `iapo bench`, so the totals match its runs.csv), each context's test-split regret is
-split by `iapo.policy.regret_parts` into a prompt part (the best any N of the chosen prompt
+split by `iapo.training.regret_parts` into a prompt part (the best any N of the chosen prompt
 could do, short of the best arm) and a scale part (what the chosen N loses on that prompt).
 Printed per learner: the mean regret and its two parts (weighted by the context
 probabilities), and the share of contexts whose chosen prompt is a best one.
@@ -18,7 +18,7 @@ import numpy as np
 
 from iapo.bench.runner import run_oracle, run_split
 from iapo.learners import get_learner
-from iapo.policy import regret_parts
+from iapo.training import regret_parts
 
 
 def main() -> None:

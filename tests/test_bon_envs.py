@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from iapo.cli import main
 from iapo.envs import get_environment
-from iapo.oracle import Pull, SimulatedOracle
+from iapo.oracle import SimulatedOracle
+from iapo.pulls import Pull
 
 NAMES = ["helpful-harmless-smollm2", "summarization-smollm2"]
 

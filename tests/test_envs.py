@@ -28,8 +28,9 @@ from iapo.envs import (
     synth_bernoulli,
     synth_categorical,
 )
-from iapo.oracle import Pull, SimulatedOracle
+from iapo.oracle import SimulatedOracle
 from iapo.problem import Arm, ContextGrid, Objective
+from iapo.pulls import Pull
 
 
 def mv_binary(p: float, n: int) -> float:

@@ -23,9 +23,10 @@ from iapo.live.scorers import check_scorer, make_extractor, make_scorer
 from iapo.live.store import StoreError
 from iapo.live.task import TaskError
 from iapo.live.text_scorers import helpfulness
-from iapo.oracle import Ledger, Pull, SimulatedOracle
+from iapo.oracle import SimulatedOracle
 from iapo.policy import PolicyError
 from iapo.problem import ProblemError
+from iapo.pulls import Ledger, Pull
 from iapo.serve.keys import KeysFileError
 from iapo.serve.run import ServeError
 from iapo.split import train_test_split

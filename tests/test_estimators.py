@@ -17,8 +17,9 @@ from iapo.estimate import QTable, _mv_subset_credit
 from iapo.exact import mv_subset_credit
 from iapo.learners import LEARNERS, get_learner
 from iapo.memo import Memo
-from iapo.oracle import Ledger, Observation, Pull, SimulatedOracle
+from iapo.oracle import SimulatedOracle
 from iapo.problem import ContextGrid, CostObjective, Objective, Problem
+from iapo.pulls import Ledger, Observation, Pull
 from iapo.utility import bon_utility, mv_credit, mv_utility
 
 

@@ -36,8 +36,9 @@ from iapo.learners import (
 )
 from iapo.learners.base import LearnerResult, Round
 from iapo.learners.psst import psst
-from iapo.oracle import Ledger, Observation, Pull, SimulatedOracle
+from iapo.oracle import SimulatedOracle
 from iapo.problem import ContextGrid, Problem
+from iapo.pulls import Ledger, Observation, Pull
 
 SUBSETS = ["", ":subsets"]
 

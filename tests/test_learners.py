@@ -13,9 +13,10 @@ from iapo.estimate import QTable
 from iapo.learners import LEARNERS, get_learner
 from iapo.learners.base import Choice
 from iapo.learners.psst import keep_count, psst, rounds_for
-from iapo.oracle import BudgetExceededError, Pull, SimulatedOracle
-from iapo.policy import evaluate_policy, regret_parts, train_policy
+from iapo.oracle import SimulatedOracle
 from iapo.problem import ContextGrid, Objective
+from iapo.pulls import BudgetExceededError, Pull
+from iapo.training import evaluate_policy, regret_parts, train_policy
 
 
 def sure_thing_env() -> MVEnvironment:

@@ -14,7 +14,7 @@ from iapo.live.client import ChatClient, LLMError
 from iapo.live.oracle import LiveOracle, TaskRuntime
 from iapo.live.store import CompletionStore
 from iapo.live.task import load_records, load_task
-from iapo.oracle import Pull
+from iapo.pulls import Pull
 from live_helpers import ScriptedServer
 
 MESSAGES = [{"role": "user", "content": "hi"}]

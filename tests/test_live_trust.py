@@ -30,8 +30,8 @@ from iapo.live.oracle import TaskRuntime
 from iapo.live.scorers import extract_label, extract_letter
 from iapo.live.store import CompletionStore, writer_lock
 from iapo.live.task import Record, load_task
-from iapo.oracle import Observation
 from iapo.problem import ContextGrid, CostObjective, Objective, Problem
+from iapo.pulls import Observation
 from live_helpers import ScriptedServer
 from test_live_units import cli, mv_raw, write_task
 

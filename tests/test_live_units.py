@@ -33,8 +33,8 @@ from iapo.live.scorers import (
 )
 from iapo.live.store import CompletionStore, StoredCompletion, arm_key
 from iapo.live.task import TaskError, load_records, load_task
-from iapo.oracle import BudgetExceededError, Pull
 from iapo.policy import Policy
+from iapo.pulls import BudgetExceededError, Pull
 from live_helpers import ScriptedServer
 
 # --- task files -----------------------------------------------------------------------------

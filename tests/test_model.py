@@ -14,8 +14,9 @@ from iapo.envs import BoNEnvironment, MVEnvironment
 from iapo.exact import mv_credit_probability, mv_polya_credit
 from iapo.learners import get_learner
 from iapo.model import ModelQTable
-from iapo.oracle import Observation, SimulatedOracle
+from iapo.oracle import SimulatedOracle
 from iapo.problem import ContextGrid, CostObjective, Objective, Problem
+from iapo.pulls import Observation
 
 
 def dirichlet_multinomial(k: tuple[int, ...], a: list[float]) -> float:
@@ -148,7 +149,7 @@ def test_the_prior_biases_a_sure_thing_down() -> None:
     probs[0, :, 0] = 1.0
     env = MVEnvironment("sure1", probs, np.zeros(10, dtype=np.int16), [0.01], {"low": 0.0}, 4,
                         cacheable=False)
-    from iapo.oracle import Pull
+    from iapo.pulls import Pull
 
     est = []
     for per_query in (2, 4):

@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iapo.envs import BoNEnvironment, MVEnvironment
-from iapo.oracle import BudgetExceededError, Ledger, Observation, Pull, SimulatedOracle
+from iapo.oracle import SimulatedOracle
 from iapo.problem import ContextGrid, Objective, ProblemError
+from iapo.pulls import BudgetExceededError, Ledger, Observation, Pull
 from iapo.split import train_test_split
 
 

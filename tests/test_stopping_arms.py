@@ -29,7 +29,7 @@ from iapo.envs import MVEnvironment, acr, best_arms, get_environment
 from iapo.errors import InputError
 from iapo.estimate import QTable
 from iapo.live.task import TaskError, load_task
-from iapo.live.waves import decided_in_waves, draw_in_waves
+from iapo.live.waves import decided_in_waves, draw_in_waves, stop_fields
 from iapo.model import ModelQTable
 from iapo.oracle import SimulatedOracle
 from iapo.problem import ContextGrid, Objective, Problem, ProblemError, Stopping
@@ -690,7 +690,7 @@ def test_waves_of_one_stop_after_three_of_five() -> None:
     assert drawn.completions == ["completion 0", "completion 1", "completion 2"]
     assert drawn.answers == ["A", "A", "A"] and drawn.indices == [0, 1, 2]
     assert up.started == [0, 1, 2] and up.cancelled == []
-    assert drawn.report(5, Stopping("decided", 1)) == {
+    assert stop_fields(drawn, 5, len(drawn.completions), Stopping("decided", 1)) == {
         "stopping": {"rule": "decided", "wave": 1}, "completions_used": 3,
         "completions_saved": 2, "waves": 3, "cancelled": 0}
 
@@ -714,7 +714,7 @@ def test_one_wave_cancels_the_requests_in_flight_once_decided() -> None:
     assert drawn.indices == [0, 1, 2] and drawn.answers == ["A", "A", "A"]
     assert (drawn.waves, drawn.cancelled) == (1, 2)
     assert sorted(up.cancelled) == [3, 4]
-    report = drawn.report(5, Stopping("decided", 5))
+    report = stop_fields(drawn, 5, len(drawn.completions), Stopping("decided", 5))
     assert (report["completions_used"], report["completions_saved"]) == (3, 2)
     # the Bs first, in reverse order: never decided before all five; sample order kept
     up = Upstream("AAABB", delay={i: (5 - i) * 0.02 for i in range(5)})
@@ -773,6 +773,6 @@ def test_decided_in_waves_checks_at_the_end_of_each_wave(wave: int, calls: list[
     drawn = decided_in_waves(draw, 5, wave, up.answer_of)
     assert seen == calls
     assert drawn.answers == list("AAABB"[:used]) and drawn.indices == list(range(used))
-    assert drawn.report(5, Stopping("decided", wave)) == {
+    assert stop_fields(drawn, 5, len(drawn.completions), Stopping("decided", wave)) == {
         "stopping": {"rule": "decided", "wave": wave}, "completions_used": used,
         "completions_saved": 5 - used, "waves": len(calls), "cancelled": 0}

@@ -9,16 +9,39 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+# the public names and the module each lives in: loaded on first use, so that `iapo --help`
+# does not import numpy. __all__ and the type checker's imports below list the same names
+# (tests/test_imports.py checks that the three agree and that every name exists)
+_HOME = {
+    "Environment": "iapo.envs", "get_environment": "iapo.envs", "load_environment": "iapo.envs",
+    "BudgetExceededError": "iapo.pulls", "Ledger": "iapo.pulls", "Observation": "iapo.pulls",
+    "Pull": "iapo.pulls", "SimulatedOracle": "iapo.oracle",
+    "Arm": "iapo.problem", "Context": "iapo.problem", "ContextGrid": "iapo.problem",
+    "CostObjective": "iapo.problem", "Objective": "iapo.problem", "Problem": "iapo.problem",
+    "ProblemError": "iapo.problem", "Stopping": "iapo.problem",
+    "train_test_split": "iapo.split", "Policy": "iapo.policy", "PolicyError": "iapo.policy",
+    "train_policy": "iapo.training", "evaluate_policy": "iapo.training",
+    "theorem1": "iapo.bound", "InputError": "iapo.errors", "RunError": "iapo.errors",
+    **{name: "iapo.learners" for name in (
+        "LEARNERS", "DEFAULT_LEARNER", "get_learner", "PSST", "PSSTAuto", "PSSTModel", "UCB",
+        "EpsilonGreedy", "LearnerSpec", "LearnerResult", "Choice", "Softmax", "TopKScreening",
+        "TripleSH", "Uniform")},
+}
+
 if TYPE_CHECKING:
     from iapo.bound import theorem1
     from iapo.envs import Environment, get_environment, load_environment
-    from iapo.errors import InputError
+    from iapo.errors import InputError, RunError
     from iapo.learners import (
+        DEFAULT_LEARNER,
         LEARNERS,
         PSST,
         UCB,
+        Choice,
         EpsilonGreedy,
+        LearnerResult,
         LearnerSpec,
+        PSSTAuto,
         PSSTModel,
         Softmax,
         TopKScreening,
@@ -26,7 +49,7 @@ if TYPE_CHECKING:
         Uniform,
         get_learner,
     )
-    from iapo.oracle import BudgetExceededError, Ledger, Observation, Pull, SimulatedOracle
+    from iapo.oracle import SimulatedOracle
     from iapo.policy import Policy, PolicyError
     from iapo.problem import (
         Arm,
@@ -36,25 +59,11 @@ if TYPE_CHECKING:
         Objective,
         Problem,
         ProblemError,
+        Stopping,
     )
+    from iapo.pulls import BudgetExceededError, Ledger, Observation, Pull
     from iapo.split import train_test_split
     from iapo.training import evaluate_policy, train_policy
-
-# the public names, loaded on first use so that `iapo --help` does not import numpy
-_HOME = {
-    "Environment": "iapo.envs", "get_environment": "iapo.envs",
-    "BudgetExceededError": "iapo.oracle", "Ledger": "iapo.oracle",
-    "Observation": "iapo.oracle", "Pull": "iapo.oracle", "SimulatedOracle": "iapo.oracle",
-    "Arm": "iapo.problem", "Context": "iapo.problem", "ContextGrid": "iapo.problem",
-    "CostObjective": "iapo.problem", "Objective": "iapo.problem", "Problem": "iapo.problem",
-    "ProblemError": "iapo.problem", "train_test_split": "iapo.split",
-    "load_environment": "iapo.envs", "LEARNERS": "iapo.learners", "get_learner": "iapo.learners",
-    "Policy": "iapo.policy", "PolicyError": "iapo.policy", "train_policy": "iapo.training",
-    "evaluate_policy": "iapo.training", "theorem1": "iapo.bound", "InputError": "iapo.errors",
-    **{name: "iapo.learners" for name in ("PSST", "UCB", "EpsilonGreedy", "LearnerSpec",
-                                          "PSSTModel", "Softmax", "TopKScreening", "TripleSH",
-                                          "Uniform")},
-}
 
 
 def __getattr__(name: str) -> Any:
@@ -69,31 +78,37 @@ def __getattr__(name: str) -> Any:
 __version__ = "0.1.0"
 
 __all__ = [
-    "LEARNERS",
-    "PSST",
-    "UCB",
     "Arm",
     "BudgetExceededError",
+    "Choice",
     "Context",
     "ContextGrid",
     "CostObjective",
+    "DEFAULT_LEARNER",
     "Environment",
     "EpsilonGreedy",
     "InputError",
+    "LEARNERS",
+    "LearnerResult",
     "LearnerSpec",
     "Ledger",
     "Objective",
     "Observation",
+    "PSST",
+    "PSSTAuto",
     "PSSTModel",
     "Policy",
     "PolicyError",
     "Problem",
     "ProblemError",
     "Pull",
+    "RunError",
     "SimulatedOracle",
     "Softmax",
+    "Stopping",
     "TopKScreening",
     "TripleSH",
+    "UCB",
     "Uniform",
     "evaluate_policy",
     "get_environment",

@@ -202,7 +202,7 @@ def train(env_name: str, learner: str, budget: int, seed: int, out: str,
     """Train a policy on the training split of ENV that SEED draws, and write it to OUT."""
     from iapo.envs import get_environment
     from iapo.learners import get_learner
-    from iapo.policy import train_policy
+    from iapo.training import train_policy
 
     _check_writable(out, "--out")
     from iapo.problem import Stopping
@@ -233,7 +233,8 @@ def train(env_name: str, learner: str, budget: int, seed: int, out: str,
 def evaluate(env_name: str, policy_path: str, as_json: bool) -> None:
     """Exact ACR of a policy on its test split, the optimal ACR there, and the regret."""
     from iapo.envs import get_environment
-    from iapo.policy import Policy, evaluate_policy
+    from iapo.policy import Policy
+    from iapo.training import evaluate_policy
 
     policy = Policy.load(policy_path)
     env = get_environment(env_name)

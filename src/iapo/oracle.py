@@ -13,20 +13,12 @@ import numpy as np
 import numpy.typing as npt
 
 from iapo.errors import InputError
-from iapo.pulls import (
-    BudgetExceededError,
-    Ledger,
-    Observation,
-    Oracle,
-    Pull,
-    validate_pulls,
-)
+from iapo.pulls import Ledger, Observation, Pull, validate_pulls
 
 if TYPE_CHECKING:
     from iapo.envs.base import Environment
 
-__all__ = ["BudgetExceededError", "Ledger", "Observation", "Oracle", "Pull", "SimulatedOracle",
-           "validate_pulls"]
+__all__ = ["SimulatedOracle"]
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]

@@ -263,15 +263,3 @@ def _split(split: Any, what: str) -> dict[str, Any]:
     if len({isinstance(t, str) for t in test}) > 1:
         raise PolicyError(f"{what}: test mixes query indices and query ids; give one kind")
     return dict(split)
-
-
-_TRAINING = ("policy_values", "regret_parts", "train_policy", "evaluate_policy")
-
-
-def __getattr__(name: str) -> Any:
-    """Training and evaluation live in :mod:`iapo.training`; their old names still work."""
-    if name in _TRAINING:
-        import iapo.training
-
-        return getattr(iapo.training, name)
-    raise AttributeError(f"module 'iapo.policy' has no attribute {name!r}")

@@ -61,9 +61,6 @@ class Stopping:
         """Whether an arm may stop before N."""
         return self.rule == "decided"
 
-    def describe(self) -> str:
-        return f"decided, waves of {self.wave}" if self.early else "all N"
-
     def to_dict(self) -> dict[str, object]:
         return {"rule": self.rule, "wave": self.wave}
 

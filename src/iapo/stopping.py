@@ -59,8 +59,6 @@ from iapo.utility import unique_rows
 __all__ = [
     "expected_paid",
     "paid_from_undecided",
-    "paid_in_block",
-    "stop_index",
     "stop_points",
     "leader_probability",
     "vote_decided",

@@ -62,7 +62,6 @@ class BenchConfig:
     reference: str = "psst"
     workers: int = 1
     backend: str = "loky"
-    extra: dict[str, Any] = field(default_factory=dict)
     stopping: Stopping = field(default_factory=Stopping)
 
     def __post_init__(self) -> None:

@@ -16,7 +16,7 @@ from iapo.files import write_atomically, write_text_atomically
 from iapo.learners import get_learner
 from iapo.live.oracle import LiveOracle, TaskRuntime
 from iapo.live.store import CompletionStore, store_errors, writer_lock
-from iapo.live.task import Task, TaskError, load_records
+from iapo.live.task import Record, Task, TaskError, load_records, task_from_dict
 from iapo.policy import Policy
 from iapo.serve.core import serving_section
 from iapo.split import train_test_split
@@ -301,8 +301,8 @@ def export_env(store_path: Path, out: Path) -> dict[str, Any]:
             if meta is None:
                 raise TaskError(f"{store_path} has no task metadata; was it written by iapo "
                                 "optimize?")
-            task = _task_from_meta(meta)
-            records = [_record(i, q, g) for i, q, g in store.queries()]
+            task = task_from_dict(meta["raw"], Path(meta["path"]))
+            records = [Record(i, q, g) for i, q, g in store.queries()]
             runtime = TaskRuntime(task, records)
             by_pool: dict[str, list[Any]] = {}
             for c in store.all_completions():
@@ -391,15 +391,3 @@ def export_env(store_path: Path, out: Path) -> dict[str, Any]:
     return {"out": str(path), "prompts": len(arms), "queries": len(keep),
             "dropped_queries": len(records) - len(keep),
             "unobserved_pairs": int((~observed).sum()), "aggregator": task.aggregator}
-
-
-def _task_from_meta(meta: dict[str, Any]) -> Task:
-    from iapo.live.task import task_from_dict
-
-    return task_from_dict(meta["raw"], Path(meta["path"]))
-
-
-def _record(i: str, q: str, g: Any) -> Any:
-    from iapo.live.task import Record
-
-    return Record(i, q, g)

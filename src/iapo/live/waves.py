@@ -36,10 +36,6 @@ class Drawn(Generic[C]):
     waves: int
     cancelled: int
 
-    def report(self, n: int, stopping: Stopping) -> dict[str, object]:
-        """The fields a response's ``iapo`` object reports about the stopping."""
-        return stop_fields(self, n, len(self.completions), stopping)
-
 
 def stop_fields(drawn: Drawn[Any] | None, n: int, used: int, stopping: Stopping
                 ) -> dict[str, object]:
