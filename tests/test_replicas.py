@@ -221,7 +221,9 @@ def test_requests_in_flight_at_a_failure_rest_the_replica_once() -> None:
                 return got
 
         got = asyncio.run(go())
-    assert seed_of(a) == [0, 2, 3]  # asked again after 1 s: rested once, not twice
+    # the two held requests reach a in either order; then a is asked again after 1 s:
+    # rested once, not twice
+    assert sorted(seed_of(a)[:2]) == [0, 2] and seed_of(a)[2:] == [3]
     assert sorted(seed_of(b)) == [0, 1, 2, 3]
     assert [c.endpoint for c in got] == [b.base_url] * 4
     assert [c.retries for c in got] == [1, 0, 1, 1]

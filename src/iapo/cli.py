@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+
+from iapo.settings import DEFAULT_LEARNER, PAPER_BUDGETS
 
 # Only click and the standard library at the top: `iapo --help` and every command's --help
 # must start at once; each command imports numpy, the environments and the learners itself.
@@ -58,23 +59,13 @@ def _user_errors(fn: F) -> F:
 
 
 def _check_writable(path: str, option: str, folder: bool = False) -> None:
-    """Fail now, before any work, unless the file (or the ``folder``) ``path`` can be written,
-    its missing folders created: no part of the path is a file and the nearest existing
-    folder is writable."""
-    target = Path(path).absolute()
-    if not folder and target.is_dir():
-        raise click.UsageError(f"{option} {path!r} is a folder; give a file name")
-    if target.exists() and not os.access(target, os.W_OK):
-        raise click.UsageError(f"{option} {path!r} exists and is not writable")
-    nearest = target if folder else target.parent
-    while not nearest.exists() and nearest != nearest.parent:
-        nearest = nearest.parent
-    if not nearest.is_dir():
-        raise click.UsageError(f"{option} {path!r} cannot be written: {str(nearest)!r} is a "
-                               "file, not a folder")
-    if not os.access(nearest, os.W_OK | os.X_OK):
-        raise click.UsageError(f"{option} {path!r} cannot be written: folder {str(nearest)!r} "
-                               "is not writable")
+    """Fail now, before any work, unless ``path`` can be written (iapo.files.check_writable)."""
+    from iapo.files import UnwritablePath, check_writable
+
+    try:
+        check_writable(path, option, folder)
+    except UnwritablePath as e:
+        raise click.UsageError(str(e)) from e
 
 
 @click.group()
@@ -183,7 +174,7 @@ def learners() -> None:
 
 @main.command()
 @click.argument("env_name", metavar="ENV")
-@click.option("--learner", "learner", default="psst-auto", show_default=True,
+@click.option("--learner", "learner", default=DEFAULT_LEARNER, show_default=True,
               help="The learner to train (`iapo learners` lists them; the default is "
                    "iapo.learners.DEFAULT_LEARNER).")
 @click.option("--budget", "budget", required=True, type=click.IntRange(min=0),
@@ -254,7 +245,8 @@ def evaluate(env_name: str, policy_path: str, as_json: bool) -> None:
 @click.option("--delta", "delta", default=0.05, show_default=True,
               type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Target failure probability.")
-@click.option("--budgets", "budgets", default="1000,2000,5000,10000,20000", show_default=True,
+@click.option("--budgets", "budgets", default=",".join(map(str, PAPER_BUDGETS)),
+              show_default=True,
               help="Budgets T at which to print the guaranteed success probability.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_user_errors
@@ -301,7 +293,8 @@ def _csv_list(text: str) -> list[str]:
               show_default="the paper's learners",
               help="Comma-separated learners; see `iapo learners`, and name:subsets for the "
                    "subsets estimator.")
-@click.option("--budgets", "budgets", default="1000,2000,5000,10000,20000", show_default=True,
+@click.option("--budgets", "budgets", default=",".join(map(str, PAPER_BUDGETS)),
+              show_default=True,
               help="Comma-separated training budgets T.")
 @click.option("--runs", "runs", default=200, show_default=True, type=click.IntRange(min=1),
               help="Runs per cell (fresh 80/20 split; fresh instance of synthetic envs).")
@@ -446,10 +439,10 @@ def collect(task_path: str, out: str, samples: int, other_task: bool) -> None:
 
 
 def _serve_default(name: str) -> Any:
-    """A setting's default, written once in :class:`iapo.serve.config.ServeConfig`."""
-    from iapo.serve.config import default
+    """A setting's default, written once in :class:`iapo.settings.ServeConfig`."""
+    from iapo.settings import serve_default
 
-    return default(name)
+    return serve_default(name)
 
 
 def _allow_task_change(fn: F) -> F:
@@ -557,8 +550,8 @@ def serve(policy_path: str, task_path: str | None, host: str, port: int, keys_fi
           limits: str | None,
           log_store: str | None, replay_store: str | None, allow_task_change: bool) -> None:
     """Serve POLICY as an OpenAI-compatible endpoint: each request gets its context's arm."""
-    from iapo.serve.config import ServeConfig
     from iapo.serve.run import run_gateway
+    from iapo.settings import ServeConfig
 
     spec = ServeConfig(
         policy=policy_path, task=task_path, host=host, port=port, keys_file=keys_file,

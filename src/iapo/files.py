@@ -8,9 +8,37 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from iapo.errors import RunError
+from iapo.errors import InputError, RunError
 
-__all__ = ["OutputError", "write_atomically", "write_text_atomically"]
+__all__ = ["OutputError", "UnwritablePath", "check_writable", "write_atomically",
+           "write_text_atomically"]
+
+
+class UnwritablePath(InputError):
+    """An output path given by the user cannot be written; the message says why."""
+
+
+def check_writable(path: str | os.PathLike[str], option: str, folder: bool = False) -> None:
+    """Fail before any work unless the file (or the ``folder``) ``path`` can be written, its
+    missing folders created: no part of the path is a file and the nearest existing folder is
+    writable. ``option`` names it in the message (e.g. ``--out``)."""
+    given = str(path)
+    target = Path(path).absolute()
+    if not folder and target.is_dir():
+        raise UnwritablePath(f"{option} {given!r} is a folder; give a file name")
+    if folder and target.exists() and not target.is_dir():
+        raise UnwritablePath(f"{option} {given!r} is a file, not a folder; give a folder path")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise UnwritablePath(f"{option} {given!r} exists and is not writable")
+    nearest = target if folder else target.parent
+    while not nearest.exists() and nearest != nearest.parent:
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        raise UnwritablePath(f"{option} {given!r} cannot be written: {str(nearest)!r} is a "
+                             "file, not a folder")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise UnwritablePath(f"{option} {given!r} cannot be written: folder {str(nearest)!r} "
+                             "is not writable; give a folder you may write to")
 
 
 class OutputError(RunError):

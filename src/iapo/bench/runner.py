@@ -39,11 +39,11 @@ from iapo.errors import InputError
 from iapo.learners import get_learner
 from iapo.oracle import SimulatedOracle
 from iapo.problem import Stopping
+from iapo.settings import PAPER_BUDGETS
 from iapo.split import train_test_split
 
 RUN_COLUMNS = ["env", "learner", "budget", "run", "acr", "oracle_acr", "regret",
                "completions_used", "seconds", "completions_per_query"]
-PAPER_BUDGETS = (1000, 2000, 5000, 10000, 20000)
 BACKENDS = ("loky", "ray", "dask")
 
 

@@ -29,6 +29,7 @@ from iapo.learners.screening import TopKScreening
 from iapo.learners.softmax import Softmax
 from iapo.learners.triple import TripleSH
 from iapo.learners.ucb import UCB
+from iapo.settings import DEFAULT_LEARNER
 
 # every learner class; each is a frozen dataclass implementing :class:`Learner`
 AnyLearner = (PSST | Uniform | PSSTModel | TopKScreening | EpsilonGreedy | Softmax | UCB
@@ -95,7 +96,6 @@ LEARNERS: dict[str, LearnerSpec] = {
 }
 
 # the learner of `iapo train` and of task files that name none
-DEFAULT_LEARNER = "psst-auto"
 
 
 # the paper's learners (its Figures 4 and 5); the others go beyond it

@@ -5,14 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from iapo.estimate import QTable
-from iapo.files import write_atomically, write_text_atomically
+from iapo.files import check_writable, write_atomically, write_text_atomically
 from iapo.learners import get_learner
 from iapo.live.oracle import LiveOracle, TaskRuntime
 from iapo.live.store import CompletionStore, store_errors, writer_lock
@@ -29,20 +28,6 @@ def _ci(mean: float, var: float, n: int) -> list[float | None]:
         return [None, None]
     half = Z95 * math.sqrt(var / n)
     return [mean - half, mean + half]
-
-
-def check_out_folder(out: Path) -> None:
-    """Fail before any work if ``out`` cannot be a run folder (a file on its path, or no
-    write permission on the nearest existing folder)."""
-    for parent in [out, *out.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                raise TaskError(f"--out {str(out)!r}: {str(parent)!r} is a file, not a folder; "
-                                "give a folder path")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise TaskError(f"--out {str(out)!r}: {str(parent)!r} is not writable; give a "
-                                "folder you may write to")
-            return
 
 
 def _open_run(task: Task, out: Path, store: CompletionStore, command: str,
@@ -79,7 +64,7 @@ def optimize(task: Task, out: Path, progress: bool = True,
     runtime = TaskRuntime(task, records)
     runtime.check_golds()
     runtime.scorers  # noqa: B018 - load the scorers now: a broken one fails before any call
-    check_out_folder(out)
+    check_writable(out, "--out", folder=True)
     split_seq, oracle_seq, learner_seq = np.random.SeedSequence(task.seed).spawn(3)
     train, test = train_test_split(len(records), split_seq, task.test_fraction)
     with store_errors(out / "store.sqlite"), writer_lock(out, "optimize"), \
@@ -254,7 +239,7 @@ def collect(task: Task, out: Path, samples: int, progress: bool = True,
     records = load_records(task.data_path)
     runtime = TaskRuntime(task, records)
     runtime.scorers  # noqa: B018 - load the scorers now: a broken one fails before any call
-    check_out_folder(out)
+    check_writable(out, "--out", folder=True)
     total = samples * len(records) * len(task.prompts)
     with store_errors(out / "store.sqlite"), writer_lock(out, "collect"), \
             CompletionStore(out / "store.sqlite") as store, \

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from iapo.serve.config import ServeConfig
-
 __all__ = ["ServeConfig", "create_app"]
 
 
 def __getattr__(name: str) -> Any:  # the app (starlette, numpy) only when it is asked for
+    if name == "ServeConfig":
+        from iapo.settings import ServeConfig
+
+        return ServeConfig
     if name == "create_app":
         from iapo.serve.app import create_app
 

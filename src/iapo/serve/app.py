@@ -64,12 +64,12 @@ from iapo.live.store import CompletionStore, store_errors
 from iapo.live.task import Task
 from iapo.policy import Policy, PolicyError
 from iapo.problem import ProblemError
-from iapo.serve.config import ServeConfig
 from iapo.serve.core import Responder, check_policy_arms, gateway_fields
 from iapo.serve.core import Response as CoreResponse
 from iapo.serve.guard import RequestGuard, is_json
 from iapo.serve.keys import ApiKey, KeyRing, Limits
 from iapo.serve.redis_limits import RedisLimits, open_limits
+from iapo.settings import ServeConfig
 
 
 class BadRequest(Exception):

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from iapo.errors import InputError
-from iapo.serve.config import ServeConfig
 from iapo.serve.keys import ApiKey, KeysFileError, keys_from_env, load_keys
+from iapo.settings import ServeConfig
 
 SPEC_ENV = "IAPO_SERVE_SPEC"
 

@@ -1,8 +1,12 @@
-"""The gateway's one configuration: every setting of `iapo serve`, its default written once.
+"""Settings and defaults shared by the library and the command line, each written once.
 
-The command line's options take their defaults from here; the gateway's app reads it; with
-several workers it travels to each worker as JSON. Only the standard library is imported, so
-that `iapo --help` stays fast.
+Only the standard library: the command line reads these at start without importing numpy or
+the gateway's web stack.
+
+- ``DEFAULT_LEARNER`` and ``PAPER_BUDGETS``;
+- :class:`ServeConfig`, the gateway's one configuration: every setting of `iapo serve` with
+  its default. The command line's options take their defaults from it (:func:`serve_default`);
+  the gateway's app reads it; with several workers it travels to each worker as JSON.
 """
 
 from __future__ import annotations
@@ -10,6 +14,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
+
+__all__ = ["DEFAULT_LEARNER", "PAPER_BUDGETS", "ServeConfig", "serve_default"]
+
+# the learner of `iapo train` and of task files that name none (docs/default-learner.md)
+DEFAULT_LEARNER = "psst-auto"
+# the training budgets T of the paper's evaluation protocol
+PAPER_BUDGETS = (1000, 2000, 5000, 10000, 20000)
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,6 @@ class ServeConfig:
         return cls(**{**data, "cors_origins": tuple(data.get("cors_origins", ()))})
 
 
-def default(name: str) -> Any:
-    """The default of setting ``name`` (for the command line's options)."""
+def serve_default(name: str) -> Any:
+    """The default of the gateway's setting ``name`` (for the command line's options)."""
     return next(f.default for f in dataclasses.fields(ServeConfig) if f.name == name)
