@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+from scipy.special import gammaln
 
 
 def compositions(n: int, parts: int) -> np.ndarray:
@@ -41,3 +42,21 @@ def block_statistics(problem, observations):  # type: ignore[no-untyped-def]
                     sumsq[:, o.prompt, n - 1] += u * u
                     counts[o.prompt, n - 1] += 1
     return sums, sumsq, counts
+
+
+def mv_brute_force_vectorized(probs: np.ndarray, n_max: int) -> np.ndarray:
+    """MV credit for N = 1..n_max summed over every vote composition: the multinomial
+    probability, times 1/t when gold is among the t most voted; vectorized over rows, gold is
+    column 0. probs [R, L] -> [R, n_max]."""
+    logp = np.log(np.where(probs > 0, probs, 1.0))
+    logp[probs <= 0] = -1e300  # 0 votes * -1e300 = 0; any vote for it -> probability 0
+    out = np.zeros((probs.shape[0], n_max))
+    for n in range(1, n_max + 1):
+        comps = compositions(n, probs.shape[1])
+        top = comps.max(axis=1)
+        comps = comps[comps[:, 0] == top]
+        ties = (comps == comps[:, :1]).sum(axis=1)
+        log_coef = gammaln(n + 1) - gammaln(comps + 1).sum(axis=1)
+        pr = np.exp(log_coef[:, None] + comps.astype(np.float64) @ logp.T)
+        out[:, n - 1] = (1.0 / ties) @ pr
+    return out

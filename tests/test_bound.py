@@ -70,15 +70,22 @@ def test_psst_fails_less_often_than_the_theorem_allows() -> None:
     q = env.q()
     best = {(ci, int(i)) for ci in range(q.shape[0])
             for i in np.flatnonzero(q[ci].reshape(-1) >= q[ci].max() - 1e-12)}
-    failures = 0
-    runs = 200
-    for seed in range(runs):
-        oracle = SimulatedOracle(env, np.arange(env.n_queries), budget,
-                                 np.random.default_rng(seed))
-        result = psst(env.problem, oracle, budget, np.random.default_rng(seed + 10_000))
-        arms = [(ci, ch.prompt * 2 + ch.n - 1) for ci, ch in enumerate(result.choices)]
-        failures += not all(a in best for a in arms)
-    assert failures / runs <= 1 - guaranteed
+
+    def failure_rate(t: int, runs: int = 150) -> float:
+        failures = 0
+        for seed in range(runs):
+            oracle = SimulatedOracle(env, np.arange(env.n_queries), t,
+                                     np.random.default_rng(seed))
+            result = psst(env.problem, oracle, t, np.random.default_rng(seed + 10_000))
+            arms = [(ci, ch.prompt * 2 + ch.n - 1) for ci, ch in enumerate(result.choices)]
+            failures += not all(a in best for a in arms)
+        return failures / runs
+
+    rates = [failure_rate(t) for t in (30, 120, budget)]
+    assert rates[2] <= 1 - guaranteed
+    # the check could fail: with a budget too small to tell the arms apart PSST fails more
+    # often than the bound allows at T = 6000, and its failures fall as T grows
+    assert rates[0] > 1 - guaranteed and rates[0] > rates[1] > rates[2]
 
 
 def test_bound_command(tmp_path) -> None:  # type: ignore[no-untyped-def]

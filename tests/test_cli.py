@@ -12,9 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from scipy.special import gammaln
 
-from brute import compositions
+from brute import mv_brute_force_vectorized
 from iapo.cli import main
 
 
@@ -47,23 +46,6 @@ def credit_by_sequences(probs: np.ndarray, gold: int, n: int) -> float:
 
 
 
-def credit_by_compositions(gold_first: np.ndarray, ns: list[int]) -> np.ndarray:
-    """MV credit for each N in ``ns``, summing multinomial probabilities over vote compositions.
-
-    gold_first: [R, L] answer probabilities with the gold answer in column 0. Returns [R, len(ns)].
-    """
-    logp = np.log(np.where(gold_first > 0, gold_first, 1.0))
-    logp[gold_first <= 0] = -1e300  # a vote for an impossible answer: probability 0
-    out = np.zeros((gold_first.shape[0], len(ns)))
-    for j, n in enumerate(ns):
-        comps = compositions(n, gold_first.shape[1])
-        comps = comps[comps[:, 0] == comps.max(axis=1)]  # gold among the most voted
-        ties = (comps == comps[:, :1]).sum(axis=1)
-        log_coef = gammaln(n + 1) - gammaln(comps + 1).sum(axis=1)
-        out[:, j] = (1.0 / ties) @ np.exp(log_coef[:, None] + comps.astype(np.float64) @ logp.T)
-    return out
-
-
 def math_credit(prompts: list[int], ns: list[int]) -> np.ndarray:
     """Mean MV credit over all math queries, straight from the raw answer counts: [P', len(ns)]."""
     with resources.files("iapo.envs").joinpath("data", "math.npz").open("rb") as fh:
@@ -78,7 +60,7 @@ def math_credit(prompts: list[int], ns: list[int]) -> np.ndarray:
         order = [gold[x], *[c for c in range(n_cat) if c != gold[x]]]
         gold_first[:, x] = probs[:, x, order]
     rows, inverse = np.unique(gold_first.reshape(-1, n_cat), axis=0, return_inverse=True)
-    credit = credit_by_compositions(rows, ns)[inverse.reshape(-1)]
+    credit = mv_brute_force_vectorized(rows, max(ns))[:, [n - 1 for n in ns]][inverse.reshape(-1)]
     return credit.reshape(n_prompts, n_queries, len(ns)).mean(axis=1)
 
 

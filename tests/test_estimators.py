@@ -100,16 +100,6 @@ MODEL_LEARNERS = ("psst-model", "psst-model4", "psst-auto")
 TABLE_LEARNERS = sorted(set(LEARNERS) - set(MODEL_LEARNERS))
 
 
-@pytest.mark.parametrize("name", TABLE_LEARNERS)
-def test_every_learner_runs_with_subsets_within_budget(name: str) -> None:
-    env = synth_categorical(4, n_prompts=5, n_queries=30, n_max=8)
-    spec = get_learner(f"{name}:subsets")
-    assert spec.name == f"{name}:subsets"
-    oracle = SimulatedOracle(env, np.arange(30), 900, np.random.default_rng(1))
-    result = spec.learner(env.problem, oracle, 900, np.random.default_rng(2))
-    assert oracle.ledger.spent <= 900 and len(result.choices) == env.problem.n_contexts
-
-
 class NoPulls:
     """An oracle for a run that must stop before its first pull."""
 

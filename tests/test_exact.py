@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.special import gammaln
 from scipy.stats import binom
 
-from brute import compositions
+from brute import compositions, mv_brute_force_vectorized
 from iapo.exact import bon_expected_max, mv_credit_probability
 
 # --- references ---------------------------------------------------------------------------------
@@ -45,22 +44,6 @@ def mv_brute_force(probs: list[float], gold: int, n: int) -> float:
         coef = math.factorial(n) / math.prod(math.factorial(int(c)) for c in comp)
         total += coef * math.prod(p ** int(c) for p, c in zip(probs, comp, strict=True)) / t
     return total
-
-
-def mv_brute_force_vectorized(probs: np.ndarray, n_max: int) -> np.ndarray:
-    """Same sum, vectorized over rows; gold is column 0. probs [R, L] -> [R, n_max]."""
-    logp = np.log(np.where(probs > 0, probs, 1.0))
-    logp[probs <= 0] = -1e300  # 0 votes * -1e300 = 0; any vote for it -> probability 0
-    out = np.zeros((probs.shape[0], n_max))
-    for n in range(1, n_max + 1):
-        comps = compositions(n, probs.shape[1])
-        top = comps.max(axis=1)
-        comps = comps[comps[:, 0] == top]
-        ties = (comps == comps[:, :1]).sum(axis=1)
-        log_coef = gammaln(n + 1) - gammaln(comps + 1).sum(axis=1)
-        pr = np.exp(log_coef[:, None] + comps.astype(np.float64) @ logp.T)
-        out[:, n - 1] = (1.0 / ties) @ pr
-    return out
 
 
 # --- Best-of-N ----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from iapo.envs import BoNEnvironment, MVEnvironment
 from iapo.estimate import QTable
 from iapo.learners import LEARNERS, get_learner
 from iapo.learners.base import Choice
-from iapo.learners.psst import keep_count, psst, rounds_for
+from iapo.learners.psst import psst
 from iapo.oracle import SimulatedOracle
 from iapo.problem import ContextGrid, Objective
 from iapo.pulls import BudgetExceededError, Pull
@@ -57,20 +57,6 @@ def oracle_for(env, budget, seed=0):  # type: ignore[no-untyped-def]
 
 
 # ---------------------------------------------------------------- schedule
-
-
-def test_rounds_and_keep_counts_by_hand() -> None:
-    assert [rounds_for(a) for a in (1, 2, 3, 8, 9, 800, 1536)] == [0, 1, 2, 3, 4, 10, 11]
-    # halving (ceil) from 1536 reaches one arm in exactly 11 rounds
-    size, sizes = 1536, []
-    for left in range(11, 0, -1):
-        size = keep_count(size, left)
-        sizes.append(size)
-    assert sizes == [768, 384, 192, 96, 48, 24, 12, 6, 3, 2, 1]
-    # fewer rounds than halving needs: trim faster, still one arm at the end
-    assert keep_count(800, 1) == 1
-    assert keep_count(800, 2) == 29  # ceil(sqrt(800)) = ceil(28.28)
-    assert keep_count(1, 3) == 1
 
 
 def test_psst_schedule_matches_hand_computed_one() -> None:
@@ -182,9 +168,15 @@ def test_block_statistics_equal_a_direct_loop(kind: str) -> None:
 # ---------------------------------------------------------------- the budget
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# every learner, and every one that takes an estimator with the subsets estimator too (the
+# psst-model learners estimate with their own model)
+EVERY_LEARNER = sorted(LEARNERS) + [f"{name}:subsets" for name in sorted(LEARNERS)
+                                    if name not in ("psst-model", "psst-model4", "psst-auto")]
+
+
+@pytest.mark.parametrize("learner", EVERY_LEARNER)
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    learner=st.sampled_from(sorted(LEARNERS)),
     env_kind=st.sampled_from(["mv", "bon"]),
     budget=st.integers(min_value=0, max_value=3000),
     seed=st.integers(min_value=0, max_value=2**16),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.special import gammaln
 
-from iapo.envs import BoNEnvironment, MVEnvironment
+from iapo.envs import MVEnvironment
 from iapo.exact import mv_credit_probability, mv_polya_credit
 from iapo.learners import get_learner
 from iapo.model import ModelQTable
@@ -130,15 +130,6 @@ def test_psst_model_learns_the_easy_problem(name: str) -> None:
     pulled = {tuple(x[:2]) for r in result.trace.rounds for x in r.pulls}
     group = 2 if name == "psst-model" else 4
     assert all(n <= group for _, n in pulled)
-
-
-def test_psst_model_runs_on_best_of_n() -> None:
-    from iapo.envs import synth_categorical
-
-    env: BoNEnvironment = synth_categorical(3, n_prompts=6, n_queries=40, n_max=8)
-    oracle = SimulatedOracle(env, np.arange(40), 1500, np.random.default_rng(0))
-    result = get_learner("psst-model").learner(env.problem, oracle, 1500, np.random.default_rng(1))
-    assert oracle.ledger.spent == 1500 and len(result.choices) == env.problem.n_contexts
 
 
 def test_the_prior_biases_a_sure_thing_down() -> None:

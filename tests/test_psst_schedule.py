@@ -67,6 +67,16 @@ def test_top_up_spends_what_is_left_in_the_given_order() -> None:
     assert top_up(scales, [0], 0) == []
 
 
+def test_halving_from_1536_arms_reaches_one_in_exactly_its_rounds() -> None:
+    assert rounds_for(1536) == 11 and rounds_for(9) == 4
+    size, sizes = 1536, []
+    for left in range(11, 0, -1):
+        size = keep_count(size, left)
+        sizes.append(size)
+    assert sizes == [768, 384, 192, 96, 48, 24, 12, 6, 3, 2, 1]
+    assert keep_count(800, 1) == 1  # the last round keeps one, whatever is left
+
+
 def test_keep_counts_halve_or_trim_faster_when_rounds_are_few() -> None:
     # halving: 800 -> 400 with 10 rounds left (ceil(log2 800) = 10 <= 10)
     assert keep_count(800, 10) == 400
