@@ -66,7 +66,7 @@ from iapo.policy import Policy, PolicyError
 from iapo.problem import ProblemError
 from iapo.serve.core import Responder, check_policy_arms, gateway_fields
 from iapo.serve.core import Response as CoreResponse
-from iapo.serve.guard import RequestGuard, is_json
+from iapo.serve.guard import RequestGuard, error_body, is_json
 from iapo.serve.keys import ApiKey, KeyRing, Limits
 from iapo.serve.redis_limits import RedisLimits, open_limits
 from iapo.settings import ServeConfig
@@ -85,8 +85,8 @@ class BadRequest(Exception):
 
 def _error(status: int, message: str, kind: str, param: str | None = None,
            headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param,
-                                   "code": status}}, status_code=status, headers=headers)
+    return JSONResponse(error_body(status, message, kind, param), status_code=status,
+                        headers=headers)
 
 
 class PolicyHolder:
@@ -187,8 +187,16 @@ def _stream_options(body: dict[str, Any]) -> tuple[bool, bool]:
 
 def _error_event(status: int, message: str, kind: str) -> bytes:
     """The event that ends a stream that failed after it began."""
-    return b"data: " + json.dumps({"error": {"message": message, "type": kind, "param": None,
-                                             "code": status}}).encode() + b"\n\n"
+    return b"data: " + json.dumps(error_body(status, message, kind)).encode() + b"\n\n"
+
+
+def _failure(e: LLMError | TimeoutError, deadline: float, base_url: str
+             ) -> tuple[int, str, str]:
+    """(status, message, kind) of a request the upstream failed or the deadline cut."""
+    if isinstance(e, LLMError):
+        return 502, f"upstream model failed: {_upstream_reason(e, base_url)}", "upstream_error"
+    return 504, (f"the request's deadline of {deadline:g} s passed (sampling and scoring)"), \
+        "timeout_error"
 
 
 def _upstream_reason(e: BaseException, base_url: str) -> str:
@@ -229,6 +237,11 @@ async def _read_body(request: Request, limit: int, seconds: float) -> bytes:
     return b"".join(chunks)
 
 
+# a JSON escape of a UTF-16 surrogate, \uD800 to \uDFFF: the only way a body's string can hold
+# one (so only such a body needs the check that every string encodes)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
 def _parse_body(raw: bytes) -> dict[str, Any]:
     """The body as a JSON object whose every string can be sent on as UTF-8; a BadRequest
     (400) otherwise, whatever the bytes."""
@@ -240,6 +253,8 @@ def _parse_body(raw: bytes) -> dict[str, Any]:
         raise BadRequest(f"the body is not valid JSON ({e})") from e
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
+    if not _SURROGATE_ESCAPE.search(raw):  # UTF-8 itself cannot carry a lone surrogate
+        return body
     try:  # a lone surrogate ("\ud800") parses, but can be neither forwarded nor echoed
         json.dumps(body, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError as e:
@@ -403,14 +418,9 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
             async with asyncio.timeout(cfg.request_deadline()):  # sampling and scoring
                 r = await responder.respond(state["client"], policy, index, user_text,
                                             history, size=(n, capped))
-        except LLMError as e:
+        except (LLMError, TimeoutError) as e:
             failed(admitted)
-            return _error(502, f"upstream model failed: {_upstream_reason(e, base_url)}",
-                          "upstream_error")
-        except TimeoutError:
-            failed(admitted)
-            return _error(504, f"the request's deadline of {cfg.request_deadline():g} s passed "
-                          "(sampling and scoring)", "timeout_error")
+            return _error(*_failure(e, cfg.request_deadline(), base_url))
         count("served")
         meta = gateway_fields(r, task.aggregator)
         meta["gateway_seconds"] = time.perf_counter() - t0
@@ -421,9 +431,7 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
             "model": model_id,
             "choices": [{"index": 0, "finish_reason": "stop",
                          "message": {"role": "assistant", "content": r.text}}],
-            "usage": {"prompt_tokens": r.prompt_tokens,
-                      "completion_tokens": r.completion_tokens,
-                      "total_tokens": r.prompt_tokens + r.completion_tokens},
+            "usage": r.usage(),
             "iapo": meta,
         })
 
@@ -458,15 +466,9 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
                             yield delta({"content": part})
                     else:
                         response = part
-        except LLMError as e:
+        except (LLMError, TimeoutError) as e:
             failed(admitted)
-            yield _error_event(502, f"upstream model failed: {_upstream_reason(e, base_url)}",
-                               "upstream_error")
-            return
-        except TimeoutError:
-            failed(admitted)
-            yield _error_event(504, f"the request's deadline of {cfg.request_deadline():g} s "
-                               "passed (sampling and scoring)", "timeout_error")
+            yield _error_event(*_failure(e, cfg.request_deadline(), base_url))
             return
         assert response is not None
         count("served")
@@ -474,10 +476,7 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
         meta["gateway_seconds"] = time.perf_counter() - t0
         yield delta({}, "stop", iapo=meta)
         if include_usage:
-            yield event([], usage={
-                "prompt_tokens": response.prompt_tokens,
-                "completion_tokens": response.completion_tokens,
-                "total_tokens": response.prompt_tokens + response.completion_tokens})
+            yield event([], usage=response.usage())
         yield b"data: [DONE]\n\n"
 
     async def models(request: Request) -> JSONResponse:

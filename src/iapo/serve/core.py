@@ -230,6 +230,11 @@ class Response:
     def completion_tokens(self) -> int:
         return sum(s.completion_tokens for s in self.samples)
 
+    def usage(self) -> dict[str, int]:
+        """The tokens of every completion drawn, in the OpenAI ``usage`` form."""
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens}
+
 
 @dataclass(frozen=True)
 class Request:

@@ -98,9 +98,14 @@ class RequestGuard:
         await self.app(scope, receive, send_with_cors)
 
 
+def error_body(status: int, message: str, kind: str, param: str | None = None
+               ) -> dict[str, Any]:
+    """An OpenAI-style error object: what every refusal of the gateway answers."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": status}}
+
+
 async def _refuse(send: Send, status: int, kind: str, message: str) -> None:
-    body = json.dumps({"error": {"message": message, "type": kind, "param": None,
-                                 "code": status}}).encode()
+    body = json.dumps(error_body(status, message, kind)).encode()
     await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
         (b"connection", b"close")]})
