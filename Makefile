@@ -14,7 +14,7 @@ venv: $(BIN)/python
 
 # the live tests' real model server, llama-cpp-python, is compiled from its sdist for a portable
 # x86-64 baseline (AVX2, FMA, F16C, BMI2), never for the build machine's own CPU: llama.cpp's
-# default GGML_NATIVE=ON compiles in whatever the host has (AMX tiles, AVX-512), and the library
+# default, a native build, compiles in whatever the host has (AMX tiles, AVX-512), and the library
 # then crashes on a machine without them, or on one whose kernel does not enable AMX. The wheel
 # is built without pip's cache into a folder keyed by the version and these flags, so a wheel
 # built with other flags is never picked up; the stamp in the venv reinstalls it when they change.
