@@ -680,6 +680,24 @@ def test_psst_without_stockpiling_estimates_from_the_last_round_alone(stockpile:
     assert choice.q_hat == pytest.approx(0.8)
 
 
+def test_a_round_only_model_forgets_every_round_instead_of_falling_back_to_blocks() -> None:
+    # psst-model's problem (4 prompts, N_max 8, T = 400, groups of 2: the schedule of
+    # test_psst_model_pulls_small_groups_and_trims_by_the_model) composed with an estimator
+    # that forgets: the choice's model counts the last round's groups alone, 80 // 2 = 40,
+    # not 10 + 20 + 3 * 40 = 150; its value is still exact, 0.9 - 0.01 = 0.89.
+    from iapo.learners.psst import Groups, RoundOnly
+    from iapo.model import ModelQTable
+
+    env = noiseless_bon([0.9, 0.5, 0.7, 0.1], [0.01] * 4, 8, {"only": 1.0})
+    oracle = SimulatedOracle(env, np.arange(3), 400, np.random.default_rng(0))
+    result = psst(env.problem, oracle, 400, np.random.default_rng(1), allocation=Groups(2),
+                  stats=RoundOnly(lambda: ModelQTable(env.problem)))
+    assert [list(r.alive) for r in result.trace.rounds] == [[16], [8], [4], [2], [1]]
+    (choice,) = result.choices
+    assert (choice.prompt, choice.n, choice.samples) == (0, 1, 40)
+    assert choice.q_hat == pytest.approx(0.89)
+
+
 def test_learners_are_frozen_keyword_only_and_validated_when_made() -> None:
     learner = EpsilonGreedy(epsilon=0.3)
     with pytest.raises(dataclasses.FrozenInstanceError):

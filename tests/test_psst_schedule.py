@@ -6,6 +6,8 @@ Rule 1 (scale cap), rule 2 (fewer rounds), rule 3 (carry and the last round's to
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from iapo.learners.psst import (
@@ -13,6 +15,7 @@ from iapo.learners.psst import (
     effective_rounds,
     equal_pulls,
     keep_count,
+    psst,
     rounds_for,
     scale_cap,
     top_up,
@@ -85,3 +88,12 @@ def test_keep_counts_halve_or_trim_faster_when_rounds_are_few() -> None:
     assert keep_count(800, 2) == 29
     assert keep_count(29, 1) == 1
     assert keep_count(1, 5) == 1 and keep_count(0, 5) == 0
+
+
+def test_algorithm_1_is_one_short_loop_over_its_parts() -> None:
+    # the variants are compositions of a schedule, an allocation and an estimator, so the
+    # loop itself stays readable against the paper's Algorithm 1: at most 40 lines
+    assert len(inspect.getsource(psst).splitlines()) <= 40
+    assert set(inspect.signature(psst).parameters) == {
+        "problem", "oracle", "budget", "rng", "schedule", "allocation", "stats", "active",
+        "trace"}

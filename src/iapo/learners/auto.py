@@ -53,7 +53,7 @@ from iapo.learners.base import (
     check_positive,
     round_record,
 )
-from iapo.learners.psst import allowance, equal_pulls, keep_best, psst
+from iapo.learners.psst import Groups, LargestN, allowance, equal_pulls, keep_best, psst
 from iapo.problem import Problem
 from iapo.pulls import Oracle
 
@@ -135,7 +135,7 @@ class PSSTAuto:
         left = budget - trace.completions_used
         stats: Estimator = model if blocks is None else blocks
         return psst(problem, oracle, left, rng, active=active, stats=stats, trace=trace,
-                    pull_scale=g if mv else None)
+                    allocation=Groups(g) if mv else LargestN())
 
 
 def _keep_rows(value: npt.NDArray[np.float64], alive: BoolArray, k: npt.NDArray[np.int_],

@@ -5,13 +5,40 @@ pulled at its largest active N, all equally often: floor(n_r / M) groups each, M
 those N (Eq. 6). Each group scores every context and, by blocks, every smaller N. Then every
 context keeps the better half (ceil) of its active arms, so that after R rounds one remains.
 
+One loop, :func:`psst`, runs Algorithm 1 over three parts, and each learner is a composition
+of them, not a set of flags:
+
+- a schedule, :class:`Halving`: R rounds, or at most ``rounds`` (``uniform``: one batch);
+- an allocation: :class:`LargestN` (Eq. 6), or :class:`Groups` of a fixed size for an
+  estimator that infers every N from small groups (``psst-model``, beyond the paper);
+- an estimator: a :class:`iapo.estimate.QTable` of blocks or subsets that stockpiles, a
+  :class:`RoundOnly` one that forgets every round, or :class:`iapo.model.ModelQTable`.
+
+``psst`` = Halving + LargestN + a stockpiling QTable; ``uniform`` = Halving(rounds=1) +
+LargestN; ``psst-model`` = Halving + Groups + ModelQTable; ``psst-k*`` (Top-K screening)
+and ``psst-auto`` screen prompts first, then run the same loop on the survivors' arms, with
+the screening's data already in the estimator.
+
+Departures from Algorithm 1 as printed (each is tested):
+
+- Keep ceil(half), not remove ceil(half). Line 21 removes the bottom ceil(|A_c| / 2) arms,
+  which would leave no arm after R rounds for some sizes (5 arms: 2, then 1, then 0); the
+  text asks for one survivor per context after R rounds, which keeping ceil(|A_c| / 2) gives.
+- Stockpiling by default. Algorithm 1 is written with a fresh dataset every round; the
+  paper's Remark after Theorem 1 says that aggregating the observations of all previous
+  rounds ("stockpiling") "can improve the complexity of T by reducing the outer R-factor,
+  and we recommend using it with PSST". ``PSST(stockpile=False)`` runs it as written.
+- The budget rules below replace n_r = floor(T / R) (line 7), which wastes up to R - 1
+  completions and, for small T, pays for rounds in which some prompt cannot be pulled once.
+
 The budget T is a hard limit, and small budgets get these documented rules (the trace says
 which applied):
 
 1. Scale cap. If T cannot pay for one group of every active prompt at its largest N, arms
    whose N exceeds cap = floor(T / #prompts) are dropped before the first round: they could
    not be observed once per prompt within the budget. If even cap = 0 (T < #prompts), a
-   random subset of T prompts is kept, at N = 1.
+   random subset of T prompts is kept, at N = 1. (With :class:`Groups` the groups shrink to
+   the cap instead and every arm stays.)
 2. Fewer rounds. The number of rounds is R_eff = min(R, floor(T / M_1)), with M_1 the cost of
    one group of every active prompt in round 1, so every round can pay for at least one group
    of every prompt it pulls. When R_eff < R the rounds trim faster than halving: a context
@@ -24,10 +51,10 @@ which applied):
 4. No elimination on no data: an active arm without a single block is ranked above every arm
    with data (this cannot happen in a normal run; it guards custom active sets).
 """
-
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,7 +74,7 @@ from iapo.learners.base import (
     round_record,
 )
 from iapo.problem import Problem
-from iapo.pulls import Oracle, Pull
+from iapo.pulls import Observation, Oracle, Pull
 
 BoolArray = npt.NDArray[np.bool_]
 
@@ -149,6 +176,112 @@ def top_up(scales: npt.NDArray[np.intp], order: npt.ArrayLike, left: int) -> lis
     return pulls
 
 
+# ---------------------------------------------------------------- the parts of a variant
+
+
+@dataclass(frozen=True)
+class Halving:
+    """The schedule: Algorithm 1's R = ceil(log2 |A|) rounds, fewer when the budget cannot pay
+    them (rule 2), and at most ``rounds`` (``uniform``: 1)."""
+
+    rounds: int | None = None
+
+    def rounds_run(self, r_paper: int, budget: int, first_cost: int, trace: Trace) -> int:
+        """How many rounds run (rule 2); the trace says when the budget cut the paper's R."""
+        r_eff = effective_rounds(r_paper, budget, first_cost, self.rounds)
+        if r_eff < r_paper and self.rounds is None:
+            trace.notes.append(
+                f"{r_eff} rounds instead of the paper's {r_paper}: T={budget} pays for at most "
+                f"{budget // max(first_cost, 1)} rounds of {first_cost} completions"
+            )
+        trace.info["rounds_run"] = r_eff
+        return r_eff
+
+
+@dataclass(frozen=True)
+class LargestN:
+    """The allocation of Eq. 6: every prompt with an active arm is pulled at its largest
+    active N, so one group also scores, by blocks, every smaller N."""
+
+    def scales(self, flags: BoolArray) -> npt.NDArray[np.intp]:
+        """The group size of every prompt, 0 for a prompt without active arms: [P]."""
+        return _top_scale(flags)
+
+    def capped(self, flags: BoolArray, cap: int, budget: int, cost: int,
+               trace: Trace) -> LargestN:
+        """Rule 1 for this allocation, when T = ``budget`` cannot pay the ``cost`` of one
+        group of every prompt: the arms with N > cap leave ``flags`` (in place)."""
+        trace.notes.append(
+            f"T={budget} cannot pay one group of every prompt at its largest N "
+            f"({cost}); arms with N > {cap} were dropped (scale cap)"
+        )
+        flags[:, :, cap:] = False
+        return self
+
+
+@dataclass(frozen=True)
+class Groups:
+    """Beyond the paper: every prompt with an active arm is pulled in groups of ``size``, for
+    an estimator that infers every N from small groups (:class:`iapo.model.ModelQTable`)."""
+
+    size: int
+
+    def scales(self, flags: BoolArray) -> npt.NDArray[np.intp]:
+        """``size`` for every prompt with an active arm, else 0: [P]."""
+        return np.where(_top_scale(flags) > 0, self.size, 0)
+
+    def capped(self, flags: BoolArray, cap: int, budget: int, cost: int,
+               trace: Trace) -> Groups:
+        """Rule 1 for this allocation, when T = ``budget`` cannot pay the ``cost`` of one
+        group of every prompt: groups of at most ``cap``; every arm stays."""
+        trace.notes.append(f"T={budget}: groups of {min(self.size, cap)} (scale cap)")
+        return Groups(min(self.size, cap))
+
+
+Allocation = LargestN | Groups
+
+
+class RoundOnly:
+    """An estimator that forgets at every round: each update replaces what it held, so every
+    round estimates from its own pulls, as Algorithm 1 is written (no stockpiling)."""
+
+    def __init__(self, fresh: Callable[[], Estimator]) -> None:
+        self._fresh = fresh
+        self._stats = fresh()
+
+    @property
+    def mean(self) -> npt.NDArray[np.float64]:
+        return self._stats.mean
+
+    @property
+    def counts(self) -> npt.NDArray[np.int64]:
+        return self._stats.counts
+
+    def update(self, observations: Sequence[Observation]) -> None:
+        self._stats = self._fresh()
+        self._stats.update(observations)
+
+
+def _scale_cap(flags: BoolArray, allocation: Allocation, budget: int, rng: np.random.Generator,
+               trace: Trace) -> Allocation:
+    """Rule 1 (in place on ``flags``): when T cannot pay one group of every prompt, groups of
+    at most floor(T / #prompts); below one completion each, T random prompts at N = 1."""
+    top = allocation.scales(flags)
+    alive = np.flatnonzero(top > 0)
+    cost = int(top[alive].sum())
+    if budget >= cost:
+        return allocation
+    cap = scale_cap(budget, alive.size)
+    if cap == 0:
+        kept = rng.choice(alive, size=budget, replace=False) if budget else alive[:0]
+        flags[:, np.setdiff1d(alive, kept)] = False
+        cap = 1
+        trace.notes.append(f"T={budget} is below one completion per prompt ({alive.size}); "
+                           f"kept {kept.size} random prompts at N = 1")
+    trace.info["scale_cap"] = cap
+    return allocation.capped(flags, cap, budget, cost, trace)
+
+
 # ---------------------------------------------------------------- Algorithm 1
 
 
@@ -158,87 +291,47 @@ def psst(
     budget: int,
     rng: np.random.Generator,
     *,
-    active: BoolArray | None = None,
+    schedule: Halving = Halving(),
+    allocation: Allocation = LargestN(),
     stats: Estimator | None = None,
-    stockpile: bool = True,
-    max_rounds: int | None = None,
-    estimator: str = "blocks",
-    pull_scale: int | None = None,
+    active: BoolArray | None = None,
     trace: Trace | None = None,
 ) -> LearnerResult:
-    """Run PSST with budget T = ``budget`` completions.
-
-    active: [C, P, N_max] arms each context starts with (all by default); stats: statistics
-    gathered before (e.g. by Top-K screening), kept when ``stockpile`` (else every round
-    starts a fresh ``QTable``); max_rounds: cap on the rounds (1 gives the one-batch
-    ``uniform`` baseline); estimator: how groups become estimates, ``blocks`` (the paper's
-    disjoint blocks) or ``subsets`` (U-statistics); pull_scale: pull every active prompt in
-    groups of this size instead of its largest active N (for a model-based ``stats`` that
-    estimates every N from small groups); trace: the trace of a learner that ran before on
-    the same budget (screening), which this run goes on with.
-    """
+    """Run PSST with budget T = ``budget`` completions: Algorithm 1's loop over a
+    ``schedule`` (how many rounds), an ``allocation`` (which groups a round pulls) and an
+    estimator ``stats`` (a stockpiling blocks :class:`QTable` by default; it may hold data
+    gathered before, e.g. by a screening), from the arms ``active`` [C, P, N_max] (all by
+    default), going on with the ``trace`` of a learner that ran before on the same budget."""
     budget = check_budget(oracle, budget)
-    c, p, n = problem.n_contexts, problem.n_prompts, problem.n_max
-    flags = np.ones((c, p, n), dtype=bool) if active is None else np.array(active, dtype=bool)
-    if flags.shape != (c, p, n) or not flags.any(axis=(1, 2)).all():
-        raise InputError(f"active must be [C, P, N] = {(c, p, n)} with an arm in every context")
-    stats = stats if stats is not None else QTable(problem, estimator)
+    flags = _start(problem, active)
+    stats = stats if stats is not None else QTable(problem)
     trace = trace if trace is not None else Trace()
     start = oracle.ledger.spent
     r_paper = rounds_for(int(flags.sum(axis=(1, 2)).max()))
     trace.info["rounds_paper"] = r_paper
-
-    def scales(f: BoolArray) -> npt.NDArray[np.intp]:
-        top = _top_scale(f)
-        return top if pull_scale is None else np.where(top > 0, pull_scale, 0)
-
-    top = scales(flags)
-    alive = np.flatnonzero(top > 0)
-    if budget < top[alive].sum():  # rule 1: the scale cap
-        cap = scale_cap(budget, alive.size)
-        if cap == 0:
-            kept = rng.choice(alive, size=budget, replace=False) if budget else alive[:0]
-            flags[:, np.setdiff1d(alive, kept)] = False
-            cap = 1
-            trace.notes.append(
-                f"T={budget} is below one completion per prompt ({alive.size}); kept "
-                f"{kept.size} random prompts at N = 1"
-            )
-        if pull_scale is None:
-            flags[:, :, cap:] = False
-            trace.notes.append(
-                f"T={budget} cannot pay one group of every prompt at its largest N "
-                f"({int(top[alive].sum())}); arms with N > {cap} were dropped (scale cap)"
-            )
-        else:
-            pull_scale = min(pull_scale, cap)
-            trace.notes.append(f"T={budget}: groups of {pull_scale} (scale cap)")
-        trace.info["scale_cap"] = cap
-    first_cost = int(scales(flags).sum())
-    r_eff = effective_rounds(r_paper, budget, first_cost, max_rounds)  # rule 2
-    if r_eff < r_paper and max_rounds is None:
-        trace.notes.append(
-            f"{r_eff} rounds instead of the paper's {r_paper}: T={budget} pays for at most "
-            f"{budget // max(first_cost, 1)} rounds of {first_cost} completions"
-        )
-    trace.info["rounds_run"] = r_eff
-
+    allocation = _scale_cap(flags, allocation, budget, rng, trace)  # rule 1
+    r_eff = schedule.rounds_run(r_paper, budget, int(allocation.scales(flags).sum()), trace)
     for r in range(r_eff):
         n_r = allowance(budget, r, r_eff, oracle.ledger.spent - start)  # rule 3
-        top = scales(flags)
+        top = allocation.scales(flags)
         pulls = equal_pulls(top, n_r)  # Eq. 6
         if r == r_eff - 1:
             left = n_r - sum(x.cost for x in pulls)
             pulls += top_up(top, rng.permutation(np.flatnonzero(top > 0)), left)
-        observations = oracle.pull(pulls)
-        if not stockpile:
-            stats = QTable(problem, estimator)
-        stats.update(observations)
+        stats.update(oracle.pull(pulls))
         flags = trim(flags, stats, r_eff - r, rng)  # keep the better half per context
         trace.rounds.append(round_record(r + 1, n_r, pulls, flags))
-
     trace.completions_used += oracle.ledger.spent - start
     return LearnerResult(best_choices(stats, flags, rng), trace)
+
+
+def _start(problem: Problem, active: BoolArray | None) -> BoolArray:
+    """The arms every context starts with (a copy), checked."""
+    shape = (problem.n_contexts, problem.n_prompts, problem.n_max)
+    flags = np.ones(shape, dtype=bool) if active is None else np.array(active, dtype=bool)
+    if flags.shape != shape or not flags.any(axis=(1, 2)).all():
+        raise InputError(f"active must be [C, P, N] = {shape} with an arm in every context")
+    return flags
 
 
 # ---------------------------------------------------------------- the learners
@@ -247,8 +340,8 @@ def psst(
 @dataclass(frozen=True, kw_only=True)
 class PSST:
     """``psst``: PSST over all arms. ``stockpile`` keeps every round's data for the rounds
-    after it (the paper's recommended setting); without it each round estimates from its own
-    pulls only (the paper's non-stockpiling variant)."""
+    after it (the paper recommends it: Remark after Theorem 1); without it each round
+    estimates from its own pulls only, as Algorithm 1 is written (:class:`RoundOnly`)."""
 
     estimator: str = "blocks"
     stockpile: bool = True
@@ -258,8 +351,11 @@ class PSST:
 
     def __call__(self, problem: Problem, oracle: Oracle, budget: int,
                  rng: np.random.Generator) -> LearnerResult:
-        return psst(problem, oracle, budget, rng, stockpile=self.stockpile,
-                    estimator=self.estimator)
+        def fresh() -> QTable:
+            return QTable(problem, self.estimator)
+
+        return psst(problem, oracle, budget, rng,
+                    stats=fresh() if self.stockpile else RoundOnly(fresh))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -274,7 +370,8 @@ class Uniform:
 
     def __call__(self, problem: Problem, oracle: Oracle, budget: int,
                  rng: np.random.Generator) -> LearnerResult:
-        return psst(problem, oracle, budget, rng, max_rounds=1, estimator=self.estimator)
+        return psst(problem, oracle, budget, rng, schedule=Halving(rounds=1),
+                    stats=QTable(problem, self.estimator))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -297,9 +394,9 @@ class PSSTModel:
         from iapo.model import ModelQTable
 
         return psst(problem, oracle, budget, rng, stats=ModelQTable(problem, self.alpha),
-                    pull_scale=min(self.group, problem.n_max))
+                    allocation=Groups(min(self.group, problem.n_max)))
 
 
-__all__ = ["PSST", "Choice", "PSSTModel", "Uniform", "allowance", "effective_rounds",
-           "equal_pulls", "keep_best", "keep_count", "psst", "rounds_for", "scale_cap", "top_up",
-           "trim"]
+__all__ = ["PSST", "Allocation", "Choice", "Groups", "Halving", "LargestN", "PSSTModel",
+           "RoundOnly", "Uniform", "allowance", "effective_rounds", "equal_pulls", "keep_best",
+           "keep_count", "psst", "rounds_for", "scale_cap", "top_up", "trim"]

@@ -53,8 +53,7 @@ class TopKScreening:
             trace.notes.append(
                 f"screening skipped: rho*T = {screen} cannot give each of {p} prompts a sample"
                 if per_prompt == 0 else f"screening skipped: K={k} keeps every prompt")
-            return psst(problem, oracle, budget, rng, stats=stats, estimator=self.estimator,
-                        trace=trace)
+            return psst(problem, oracle, budget, rng, stats=stats, trace=trace)
         pulls = [Pull(q, 1, per_prompt) for q in range(p)]
         start = oracle.ledger.spent
         stats.update(oracle.pull(pulls))
@@ -66,4 +65,4 @@ class TopKScreening:
         trace.rounds.append(round_record(0, screen, pulls, active))
         trace.info["screened_prompts"] = order[:, :k].tolist()
         return psst(problem, oracle, budget - trace.completions_used, rng, active=active,
-                    stats=stats, estimator=self.estimator, trace=trace)
+                    stats=stats, trace=trace)

@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 
 from iapo.errors import InputError
+from iapo.estimate import QTable
 from iapo.learners.base import Choice, LearnerResult, check_estimator
 from iapo.learners.psst import psst
 from iapo.problem import Problem
@@ -37,7 +38,8 @@ class TripleSH:
                  rng: np.random.Generator) -> LearnerResult:
         active = np.zeros((problem.n_contexts, problem.n_prompts, problem.n_max), dtype=bool)
         active[:, :, 0] = True
-        halving = psst(problem, oracle, budget, rng, active=active, estimator=self.estimator)
+        halving = psst(problem, oracle, budget, rng, active=active,
+                       stats=QTable(problem, self.estimator))
         if self.deploy == "n1":
             return halving
         # the deployed value averages Q over N, which N = 1 data does not estimate
