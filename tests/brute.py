@@ -1,4 +1,5 @@
-"""Brute-force helpers shared by the tests (independent of the code under test)."""
+"""Brute-force helpers and reference utilities shared by the tests, independent of the code
+under test: plain loops, one group at a time, importing nothing from iapo."""
 
 from __future__ import annotations
 
@@ -17,12 +18,79 @@ def compositions(n: int, parts: int) -> np.ndarray:
     return np.array(rows, dtype=np.int64)
 
 
+def _max_votes(labels: np.ndarray) -> tuple[dict[int, int], list[int]]:
+    """(votes per answer, the answers tied for the most votes) of one group's labels [n]."""
+    votes: dict[int, int] = {}
+    for a in labels.tolist():
+        votes[a] = votes.get(a, 0) + 1
+    top = max(votes.values())
+    return votes, [a for a, v in votes.items() if v == top]
+
+
+def mv_credit(labels, gold, n_categories=None):  # type: ignore[no-untyped-def]
+    """Eq. 2's credit, one group at a time: 1/t if gold is among the t answers tied for the
+    most votes, else 0. labels [..., n], gold [...] (n_categories is not needed) -> [...]."""
+    lab = np.asarray(labels)
+    g = np.broadcast_to(np.asarray(gold), lab.shape[:-1])
+    out = np.zeros(lab.shape[:-1])
+    for idx in np.ndindex(*lab.shape[:-1]):
+        _, winners = _max_votes(lab[idx])
+        out[idx] = 1.0 / len(winners) if int(g[idx]) in winners else 0.0
+    return out
+
+
+def bon_utility(scores, weights, cost_weights):  # type: ignore[no-untyped-def]
+    """Best-of-N (Eq. 1): max_i sum_k w_k o_ik - w_cost sum_i cost_i; scores [..., n, K+1],
+    weights [C, K], cost_weights [C] -> [..., C]."""
+    s = np.asarray(scores, dtype=np.float64)
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    cw = np.atleast_1d(np.asarray(cost_weights, dtype=np.float64))
+    out = np.zeros((*s.shape[:-2], w.shape[0]))
+    for idx in np.ndindex(*s.shape[:-2]):
+        group = s[idx]
+        for c in range(w.shape[0]):
+            best = max(float(np.dot(w[c], row[:-1])) for row in group)
+            out[(*idx, c)] = best - cw[c] * group[:, -1].sum()
+    return out
+
+
+def mv_utility(labels, gold, costs, weights, cost_weights):  # type: ignore[no-untyped-def]
+    """Majority voting (Eq. 2): w_1 credit - w_cost sum_i cost_i; labels and costs [..., n],
+    gold [...], weights [C, 1] (or [C]), cost_weights [C] -> [..., C]."""
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    cw = np.asarray(cost_weights, dtype=np.float64).reshape(-1)
+    credit = mv_credit(labels, gold)[..., None]
+    return credit * w - np.asarray(costs, dtype=np.float64).sum(-1)[..., None] * cw
+
+
+def mixed_utility(labels, gold, scores, weights, cost_weights):  # type: ignore[no-untyped-def]
+    """The mixed strategy (the paper's Remark) as served, in expectation over the uniform draw
+    among the t tied answers: sum over tied answers a of (w_1 [a = gold] + max over the
+    completions giving a of sum_{k>1} w_k o_ik) / t - w_cost sum_i cost_i. scores [..., n, K+1]
+    (column 0 unused), labels [..., n], gold [...] -> [..., C]."""
+    s = np.asarray(scores, dtype=np.float64)
+    lab = np.asarray(labels)
+    g = np.broadcast_to(np.asarray(gold), lab.shape[:-1])
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    cw = np.atleast_1d(np.asarray(cost_weights, dtype=np.float64))
+    out = np.zeros((*lab.shape[:-1], w.shape[0]))
+    for idx in np.ndindex(*lab.shape[:-1]):
+        _, winners = _max_votes(lab[idx])
+        group = s[idx]
+        for c in range(w.shape[0]):
+            total = 0.0
+            for a in winners:
+                style = max(float(np.dot(w[c, 1:], row[1:-1]))
+                            for row, x in zip(group, lab[idx], strict=True) if x == a)
+                total += w[c, 0] * (a == int(g[idx])) + style
+            out[(*idx, c)] = total / len(winners) - cw[c] * group[:, -1].sum()
+    return out
+
+
 def block_statistics(problem, observations):  # type: ignore[no-untyped-def]
     """(sums [C, P, N], sums of squares, counts [P, N]) of every disjoint block (n, b),
-    completions [b n, (b + 1) n), of every group, scored one block at a time by the utility
-    functions of iapo.utility (Eqs. 1 and 2, the mixed strategy)."""
-    from iapo.utility import bon_utility, mixed_utility, mv_utility
-
+    completions [b n, (b + 1) n), of every group, scored one block at a time by the reference
+    utilities above (Eqs. 1 and 2, the mixed strategy)."""
     w, cw = problem.grid.weights, problem.grid.cost_weights
     c, p, n_max = problem.n_contexts, problem.n_prompts, problem.n_max
     sums, sumsq = np.zeros((c, p, n_max)), np.zeros((c, p, n_max))

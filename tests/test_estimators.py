@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from brute import block_statistics
+from brute import block_statistics, bon_utility, mv_credit, mv_utility
 from iapo.cli import main
 from iapo.envs import get_environment, synth_categorical
 from iapo.estimate import QTable, _mv_subset_credit
@@ -20,7 +20,6 @@ from iapo.memo import Memo
 from iapo.oracle import SimulatedOracle
 from iapo.problem import ContextGrid, CostObjective, Objective, Problem
 from iapo.pulls import Ledger, Observation, Pull
-from iapo.utility import bon_utility, mv_credit, mv_utility
 
 
 @pytest.mark.parametrize("trial", range(40))
@@ -191,7 +190,7 @@ def test_memo_pads_short_rows_and_drops_the_least_recently_used() -> None:
 def test_block_statistics_of_hand_made_groups_equal_a_direct_loop(kind: str) -> None:
     # groups of 1 to 6 answers over 3 categories (gold varies), 2 objectives, correctness
     # weights other than 1 and cost weights other than 0, in two batches: every block of
-    # every group scored by the utility functions of iapo.utility, one block at a time
+    # every group scored by the reference utilities of tests/brute.py, one block at a time
     rng = np.random.default_rng(11)
     objectives = [Objective("correct"), Objective("style")]
     weights = [[1.0, 0.5], [0.3, 1.0], [0.7, 0.2]] if kind != "mv" else [[0.4]]

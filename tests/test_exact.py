@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from scipy.stats import binom
 
 from brute import compositions, mv_brute_force_vectorized
-from iapo.exact import bon_expected_max, mv_credit_probability
+from iapo.exact import binomial_table, bon_expected_max, mv_credit_probability
 
 # --- references ---------------------------------------------------------------------------------
 
@@ -110,6 +110,30 @@ def test_bon_matches_enumeration_on_random_supports(
     np.testing.assert_allclose(out[0], expected, atol=1e-12)
     # more draws never lower the expected maximum
     assert np.all(np.diff(out[0]) >= -1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.lists(st.lists(st.sampled_from([-1.0, 0.0, 0.25, 0.5, 3.0]), min_size=4,
+                              max_size=4), min_size=1, max_size=3))
+def test_bon_of_equally_likely_values_matches_enumeration(rows: list[list[float]]) -> None:
+    # probs None: every value of a row equally likely (an empirical sample, as the model has)
+    out = bon_expected_max(rows, None, 4)
+    for r, values in enumerate(rows):
+        expected = [bon_brute_force(values, [0.25] * 4, n) for n in range(1, 5)]
+        np.testing.assert_allclose(out[r], expected, atol=1e-12)
+
+
+def test_bon_of_a_sample_by_hand() -> None:
+    # max of two draws from {0, 1, 2, 3}: E = sum_v v (((v+1)/4)^2 - (v/4)^2) = 34/16
+    np.testing.assert_allclose(bon_expected_max([[2.0, 0.0, 3.0, 1.0]], None, 2)[0],
+                               [1.5, 34 / 16])
+
+
+def test_the_binomial_table_by_hand() -> None:
+    table = binomial_table(30)
+    want = [[math.comb(m + c, c) for c in range(31)] for m in range(31)]
+    np.testing.assert_allclose(table, want, rtol=1e-12, atol=0)
+    assert table[2, 3] == pytest.approx(10.0)  # C(5, 3)
 
 
 # --- majority voting ----------------------------------------------------------------------------

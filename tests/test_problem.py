@@ -17,6 +17,8 @@ from iapo.problem import (
     Objective,
     Problem,
     ProblemError,
+    arm_at,
+    arm_index,
 )
 
 HH = (Objective("helpful"), Objective("harmless"))
@@ -204,9 +206,7 @@ def test_arm_rejects_bad_prompt() -> None:
 
 
 @pytest.mark.parametrize("n", [0, 5, 100])
-def test_problem_arm_outside_n_max(n: int) -> None:
-    with pytest.raises(ProblemError, match=rf"N={n} is outside 1\.\.4"):
-        problem(n_max=4).arm(0, n)
+def test_problem_n_outside_n_max(n: int) -> None:
     with pytest.raises(ProblemError, match=rf"N={n} is outside 1\.\.4"):
         problem(n_max=4).check_n(n)
 
@@ -216,12 +216,6 @@ def test_check_n_rejects_non_integers_and_accepts_the_range() -> None:
     with pytest.raises(ProblemError, match="outside"):
         p.check_n(2.5)  # type: ignore[arg-type]
     assert [p.check_n(n) for n in (1, 2, 3, 4)] == [1, 2, 3, 4]
-
-
-def test_problem_arm_prompt_out_of_range() -> None:
-    with pytest.raises(ProblemError, match=r"prompt 3 is out of range.*0\.\.2"):
-        problem(n_prompts=3).arm(3, 1)
-    assert problem(n_prompts=3).arm(2, 4) == Arm(2, 4)
 
 
 def test_problem_validation() -> None:
@@ -242,22 +236,28 @@ def test_problem_sizes() -> None:
 
 
 def test_arm_index_layout_by_hand() -> None:
-    p = problem(n_max=4, n_prompts=3)
-    # arms are laid out prompt-major: (0,1) (0,2) (0,3) (0,4) (1,1) ...
-    assert p.arm_index(Arm(0, 1)) == 0
-    assert p.arm_index(Arm(0, 4)) == 3
-    assert p.arm_index(Arm(1, 1)) == 4
-    assert p.arm_index(Arm(2, 3)) == 10
-    assert p.arm_of(11) == Arm(2, 4)
+    # N_max = 4: arms are laid out prompt-major: (0,1) (0,2) (0,3) (0,4) (1,1) ...
+    assert [arm_index(p, n, 4) for p, n in [(0, 1), (0, 4), (1, 1), (2, 3)]] == [0, 3, 4, 10]
+    assert Arm.from_index(11, 4) == Arm(2, 4)
+
+
+def test_the_flat_arm_index_on_arrays_by_hand() -> None:
+    # N_max = 4: (prompt, n) -> prompt * 4 + n - 1, elementwise, and back
+    prompts, ns = np.array([0, 0, 1, 2]), np.array([1, 4, 1, 3])
+    np.testing.assert_array_equal(arm_index(prompts, ns, 4), [0, 3, 4, 10])
+    back = arm_at(np.array([0, 3, 4, 10, 11]), 4)
+    np.testing.assert_array_equal(back[0], [0, 0, 1, 2, 2])
+    np.testing.assert_array_equal(back[1], [1, 4, 1, 3, 4])
+    assert arm_at(7, 4) == (1, 4) and arm_index(1, 4, 4) == 7
+    assert Arm.from_index(10, 4) == Arm(2, 3)
 
 
 @given(n_prompts=st.integers(1, 6), n_max=st.integers(1, 9))
 def test_arm_index_is_a_bijection(n_prompts: int, n_max: int) -> None:
-    p = problem(n_max=n_max, n_prompts=n_prompts)
-    arms = [p.arm(i, n) for i in range(n_prompts) for n in range(1, n_max + 1)]
-    idx = [p.arm_index(a) for a in arms]
+    arms = [(i, n) for i in range(n_prompts) for n in range(1, n_max + 1)]
+    idx = [arm_index(i, n, n_max) for i, n in arms]
     assert sorted(idx) == list(range(n_prompts * n_max))
-    assert [p.arm_of(i) for i in idx] == arms
+    assert [arm_at(i, n_max) for i in idx] == arms
 
 
 def test_everything_is_frozen() -> None:

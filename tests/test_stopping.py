@@ -22,9 +22,10 @@ from iapo.errors import InputError
 from iapo.stopping import (
     expected_paid,
     paid_from_undecided,
-    paid_in_block,
-    stop_index,
+    stop_points,
     undecided_probability,
+    vote_decided,
+    vote_margin,
 )
 
 # --- references ---------------------------------------------------------------------------------
@@ -112,6 +113,17 @@ def numpy_replay(margins: np.ndarray, n: int, wave: int) -> np.ndarray:
         paid[stop] = t
         running &= ~stop
     return paid
+
+
+def stop_index(labels: np.ndarray, n: int, wave: int) -> np.ndarray:
+    """Completions paid by the arm (n, wave) when its answers are the first n of each row of
+    ``labels`` [B, >= n]: the rows laid end to end, one block each, replayed by stop_points."""
+    b, width = labels.shape
+    n_cat = int(labels.max()) + 1
+    flat = labels.reshape(-1)
+    prefix = np.zeros((n_cat, flat.size + 1), dtype=np.int32)
+    np.cumsum(flat == np.arange(n_cat)[:, None], axis=1, out=prefix[:, 1:])
+    return stop_points(prefix, np.arange(b) * width, np.full(b, n), wave)
 
 
 def winners(labels: np.ndarray, upto: np.ndarray, n_cat: int) -> np.ndarray:
@@ -292,17 +304,42 @@ def test_stopped_prefix_has_the_winners_of_all_answers(wave: int) -> None:
 
 
 @pytest.mark.parametrize("wave", [1, 2, 3, 4, 10, 15])
-def test_paid_in_block_matches_a_plain_replay(wave: int) -> None:
+def test_stop_points_match_a_plain_replay(wave: int) -> None:
     rng = np.random.default_rng(4)
     labels = rng.choice(3, size=(300, 12), p=[0.5, 0.3, 0.2])
     labels[:5] = 0  # unanimous rows stop as early as allowed
-    got = paid_in_block(labels, wave, 3)
-    assert got.shape == (300, 12)
-    for b in range(300):
-        for n in range(1, 13):
-            assert got[b, n - 1] == replay(list(labels[b]), n, wave, 3)[0]
-    for n in (1, 7, 12):
-        np.testing.assert_array_equal(stop_index(labels, n, wave), got[:, n - 1])
+    for n in range(1, 13):
+        got = stop_index(labels, n, wave)
+        assert got.tolist() == [replay(list(row), n, wave, 3)[0] for row in labels]
+
+
+def test_stop_points_replay_blocks_of_every_size_in_one_batch() -> None:
+    # blocks of sizes 1..6 anywhere in one answer sequence, all at once, as the Q table asks
+    rng = np.random.default_rng(6)
+    answers = rng.choice(3, size=200, p=[0.6, 0.3, 0.1])
+    prefix = np.zeros((3, answers.size + 1), dtype=np.int32)
+    np.cumsum(answers == np.arange(3)[:, None], axis=1, out=prefix[:, 1:])
+    size = rng.integers(1, 7, 150)
+    start = rng.integers(0, answers.size - size + 1)
+    for wave in (1, 2, 4):
+        got = stop_points(prefix, start, size, wave)
+        want = [replay(list(answers[s0:s0 + n]), int(n), wave, 3)[0]
+                for s0, n in zip(start, size, strict=True)]
+        assert got.tolist() == want
+    assert stop_points(prefix, start[:0], size[:0], 1).shape == (0,)
+
+
+def test_the_decided_rule_by_hand() -> None:
+    # margin = leader - runner-up; decided iff margin > remaining
+    assert vote_margin([3, 1, 0]) == 2 and vote_margin([2, 2]) == 0
+    assert vote_margin([4]) == 4 and vote_margin([]) == 0  # no runner-up: it holds 0
+    assert vote_decided([3, 1], 1) and not vote_decided([3, 1], 2)  # 2 > 1; 2 > 2 is not
+    assert not vote_decided([], 0) and vote_decided([1], 0)
+    # vectorized over rows, along any axis, with a remaining count per row
+    counts = np.array([[3, 0, 1], [2, 2, 0], [5, 1, 1]])
+    np.testing.assert_array_equal(vote_margin(counts), [2, 0, 4])
+    np.testing.assert_array_equal(vote_decided(counts, [1, 0, 4]), [True, False, False])
+    np.testing.assert_array_equal(vote_decided(counts.T, 1, axis=0), [True, False, True])
 
 
 def test_monte_carlo_on_math_answer_distributions() -> None:
@@ -346,16 +383,8 @@ def test_bad_input_says_what_to_do() -> None:
         expected_paid([[0.5, 0.4]], 4, 1)
     with pytest.raises(InputError, match="probabilities in"):
         undecided_probability([[1.2, -0.2]], 4)
-    with pytest.raises(InputError, match=r"labels must lie in 0..1"):
-        paid_in_block(np.array([[0, 2]]), 1, 2)
-    with pytest.raises(InputError, match="integer category"):
-        paid_in_block(np.array([[0.0, 1.0]]), 1, 2)
-    with pytest.raises(InputError, match=r"labels must be \[B, n\]"):
-        paid_in_block(np.array([0, 1]), 1, 2)
     with pytest.raises(InputError, match="wave must be at least 1"):
-        paid_in_block(labels, -1, 2)
-    with pytest.raises(InputError, match="exceeds the 3 stored"):
-        stop_index(labels, 4, 1)
+        stop_index(labels, 3, -1)
     with pytest.raises(InputError, match="undecided must be"):
         paid_from_undecided(np.ones((3, 4)), 1)
 

@@ -29,7 +29,7 @@ from iapo.envs import MVEnvironment, acr, best_arms, get_environment
 from iapo.errors import InputError
 from iapo.estimate import QTable
 from iapo.live.task import TaskError, load_task
-from iapo.live.waves import decided_in_waves, draw_in_waves, stop_fields
+from iapo.live.waves import draw_in_waves, stop_fields
 from iapo.model import ModelQTable
 from iapo.oracle import SimulatedOracle
 from iapo.problem import ContextGrid, Objective, Problem, ProblemError, Stopping
@@ -751,28 +751,29 @@ def test_a_margin_equal_to_the_remaining_is_not_decided(answers: str, n: int) ->
     up = Upstream(answers)
     drawn = drive(draw_in_waves(up.start, n, 1, up.answer_of))
     assert len(drawn.completions) == n and drawn.waves == n
-    sync = decided_in_waves(lambda idx: [f"completion {i}" for i in idx], n, 1, up.answer_of)
-    assert len(sync.completions) == n and sync.waves == n
 
 
-@pytest.mark.parametrize(("wave", "calls", "used"), [
-    (1, [[0], [1], [2]], 3),
-    (2, [[0, 1], [2, 3]], 4),  # A3 B1 after 4: 2 > 1
-    (3, [[0, 1, 2]], 3),  # A3 after 3: 3 > 2
-    (5, [[0, 1, 2, 3, 4]], 5),  # checked only at the end of the wave
-])
-def test_decided_in_waves_checks_at_the_end_of_each_wave(wave: int, calls: list[list[int]],
-                                                         used: int) -> None:
-    up = Upstream("AAABB")
-    seen: list[list[int]] = []
+def test_live_checks_never_use_more_than_the_wave_boundaries_priced() -> None:
+    # training prices the rule at wave boundaries; live checks after every completion, so on
+    # every answer sequence it uses at most the completions of the boundary replay, and the
+    # votes it stopped on have the winners of all N
+    def at_boundaries(answers: str, wave: int) -> int:
+        n = len(answers)
+        for t in range(wave, n, wave):
+            top = sorted((answers[:t].count(a) for a in "ABC"), reverse=True)
+            if top[0] - top[1] > n - t:
+                return t
+        return n
 
-    def draw(idx: list[int]) -> list[str]:
-        seen.append(list(idx))
-        return [f"completion {i}" for i in idx]
-
-    drawn = decided_in_waves(draw, 5, wave, up.answer_of)
-    assert seen == calls
-    assert drawn.answers == list("AAABB"[:used]) and drawn.indices == list(range(used))
-    assert stop_fields(drawn, 5, len(drawn.completions), Stopping("decided", wave)) == {
-        "stopping": {"rule": "decided", "wave": wave}, "completions_used": used,
-        "completions_saved": 5 - used, "waves": len(calls), "cancelled": 0}
+    for n in (3, 5):
+        for seq in itertools.product("ABC", repeat=n):
+            answers = "".join(seq)
+            for wave in range(1, n + 1):
+                drawn = drive(draw_in_waves(Upstream(answers).start, n, wave,
+                                            Upstream(answers).answer_of))
+                assert len(drawn.completions) <= at_boundaries(answers, wave)
+                used = "".join(a or "" for a in drawn.answers)
+                full = {a: answers.count(a) for a in "ABC"}
+                seen = {a: used.count(a) for a in "ABC"}
+                assert ({a for a in full if full[a] == max(full.values())}
+                        == {a for a in seen if seen[a] == max(seen.values())})

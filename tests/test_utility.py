@@ -1,6 +1,8 @@
-"""Utilities of a group of completions (paper Eqs. 1, 2, 5 and the Remark) and block reuse.
+"""The parts of the utilities (paper Eqs. 1, 2, 5 and the Remark) in iapo.utility, and the
+reference utilities of tests/brute.py that the Q table's tests score blocks with.
 
-Hand-worked examples first; then property tests against plain-Python reference loops.
+Hand-worked examples first; then property tests: the parts composed as the Q table composes
+them equal the plain-loop references, which are checked by hand and against Counter loops.
 """
 
 from __future__ import annotations
@@ -13,16 +15,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from brute import bon_utility, mixed_utility, mv_credit, mv_utility
 from iapo.utility import (
     block_counts,
-    blocks,
-    bon_utility,
-    ia_utility,
-    mixed_utility,
-    mv_credit,
-    mv_utility,
+    cost_term,
+    credit_from_votes,
+    style_values,
     task_values,
     vote_counts,
+    vote_winners,
+    winners_mean,
 )
 
 # three contexts over two objectives: (w_1, w_2) and a cost weight each
@@ -61,56 +63,70 @@ def test_bon_of_one_completion_is_its_weighted_utility() -> None:
 
 def test_score_columns_must_be_k_plus_one() -> None:
     with pytest.raises(ValueError, match="K\\+1 = 3"):
-        bon_utility(GROUP[:, :2], W, CW)
+        task_values(GROUP[:, :2], W)
 
 
-def test_weight_rows_and_cost_weights_must_match() -> None:
-    with pytest.raises(ValueError, match="3 weight rows but 2 cost weights"):
-        bon_utility(GROUP, W, CW[:2])
+# --- the cost term and the parts composed --------------------------------------------------------
 
 
-def _bon_reference(scores: np.ndarray, w: np.ndarray, cw: np.ndarray) -> np.ndarray:
-    out = np.empty((scores.shape[0], w.shape[0]))
-    for g, group in enumerate(scores):
-        for c in range(w.shape[0]):
-            best = max(sum(wk * ok for wk, ok in zip(w[c], row[:-1], strict=True))
-                       for row in group)
-            out[g, c] = best - cw[c] * sum(row[-1] for row in group)
-    return out
+def test_cost_term_by_hand() -> None:
+    cw = np.array([0.0, 1.0, 0.5])
+    # the cost of all completions paid: 0.7 in every context
+    np.testing.assert_allclose(cost_term(cw, np.array(0.7)), [0.0, 0.7, 0.35])
+    # the cost of one completion times the completions paid, N = 1..3 per context
+    got = cost_term(cw[:, None], np.array(0.2), np.arange(1, 4))
+    np.testing.assert_allclose(got, [[0, 0, 0], [0.2, 0.4, 0.6], [0.1, 0.2, 0.3]])
+    # expected completions paid may be fractional (arms that stop early)
+    np.testing.assert_allclose(cost_term(cw[:, None], np.array(0.2), np.array([2.5])),
+                               [[0.0], [0.5], [0.25]])
 
 
 @settings(max_examples=60, deadline=None)
-@given(
-    data=st.data(),
-    n_groups=st.integers(1, 4),
-    n=st.integers(1, 6),
-    k=st.integers(1, 3),
-    c=st.integers(1, 4),
-)
-def test_bon_utility_matches_a_reference_loop(
-    data: st.DataObject, n_groups: int, n: int, k: int, c: int
-) -> None:
+@given(data=st.data(), n_groups=st.integers(1, 4), n=st.integers(1, 6), k=st.integers(1, 3),
+       c=st.integers(1, 4))
+def test_the_parts_compose_to_best_of_n(data: st.DataObject, n_groups: int, n: int, k: int,
+                                        c: int) -> None:
     unit = st.floats(0.0, 1.0, allow_nan=False)
     scores = data.draw(hnp.arrays(np.float64, (n_groups, n, k + 1), elements=unit))
     w = data.draw(hnp.arrays(np.float64, (c, k), elements=unit))
     cw = data.draw(hnp.arrays(np.float64, (c,), elements=st.floats(0.0, 2.0)))
-    np.testing.assert_allclose(bon_utility(scores, w, cw), _bon_reference(scores, w, cw),
+    parts = task_values(scores, w).max(axis=-2) - cost_term(cw, scores[..., -1].sum(-1)[:, None])
+    np.testing.assert_allclose(parts, bon_utility(scores, w, cw), atol=1e-12)
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data(), n=st.integers(1, 7), k=st.integers(1, 3), c=st.integers(1, 3))
+def test_the_parts_compose_to_majority_voting_and_the_mixed_strategy(
+        data: st.DataObject, n: int, k: int, c: int) -> None:
+    labels = np.array(data.draw(st.lists(st.integers(0, 3), min_size=n, max_size=n)))
+    gold = data.draw(st.integers(0, 4))
+    unit = st.floats(0.0, 1.0, allow_nan=False)
+    scores = data.draw(hnp.arrays(np.float64, (n, k + 1), elements=unit))
+    w = data.draw(hnp.arrays(np.float64, (c, k), elements=unit))
+    cw = data.draw(hnp.arrays(np.float64, (c,), elements=st.floats(0.0, 2.0)))
+    votes = vote_counts(labels, 5)
+    cost = cost_term(cw, scores[:, -1].sum())
+    mv = w[:, 0] * credit_from_votes(votes, gold) - cost
+    np.testing.assert_allclose(mv, mv_utility(labels, gold, scores[:, -1], w[:, :1], cw),
                                atol=1e-12)
+    # the best style among the completions giving each answer, as the Q table's range max
+    style = style_values(scores, w)  # [n, C]
+    best = np.stack([np.where((labels == a)[:, None], style, -np.inf).max(axis=0)
+                     for a in range(5)])  # [L, C]
+    mixed = mv + winners_mean(best, vote_winners(votes))
+    np.testing.assert_allclose(mixed, mixed_utility(labels, gold, scores, w, cw), atol=1e-12)
 
 
-# --- inference-agnostic utility (Eq. 5) ---------------------------------------------------------
+def test_style_values_skip_correctness_and_cost() -> None:
+    scores = np.array([[9.0, 0.2, 0.4, 5.0], [9.0, 1.0, 0.0, 5.0]])  # (correct, s1, s2, cost)
+    w = np.array([[0.5, 1.0, 0.0], [0.0, 0.5, 0.5]])
+    np.testing.assert_allclose(style_values(scores, w), [[0.2, 0.3], [1.0, 0.5]])
 
 
-def test_ia_utility_by_hand() -> None:
-    # mean task values: ctx0 (0.7+0.3)/2, ctx1 (0.2+0.8)/2, ctx2 0.5; mean cost 0.35
-    np.testing.assert_allclose(ia_utility(GROUP, W, CW), [0.5, 0.5 - 0.35, 0.5 - 0.175])
-
-
-def test_ia_utility_is_the_mean_of_single_completion_utilities() -> None:
-    rng = np.random.default_rng(3)
-    scores = rng.uniform(size=(5, 7, 3))
-    singles = np.stack([bon_utility(scores[:, i:i + 1], W, CW) for i in range(7)])
-    np.testing.assert_allclose(ia_utility(scores, W, CW), singles.mean(axis=0))
+def test_winners_mean_by_hand() -> None:
+    per_answer = np.array([[1.0, 4.0], [3.0, 0.0], [-np.inf, -np.inf]])  # [L=3, C=2]
+    np.testing.assert_allclose(winners_mean(per_answer, [True, True, False]), [2.0, 2.0])
+    np.testing.assert_allclose(winners_mean(per_answer, [False, True, False]), [3.0, 0.0])
 
 
 # --- majority voting (Eq. 2) --------------------------------------------------------------------
@@ -144,6 +160,13 @@ def test_mv_credit_batched_rows_with_their_own_gold() -> None:
     np.testing.assert_allclose(mv_credit(labels, np.array([1, 2, 0]), 7), [1.0, 0.25, 0.5])
 
 
+def test_credit_from_votes_by_hand() -> None:
+    votes = np.array([[2, 2, 0], [0, 3, 1], [1, 1, 1]])
+    np.testing.assert_allclose(credit_from_votes(votes, [0, 0, 2]), [0.5, 0.0, 1 / 3])
+    np.testing.assert_array_equal(vote_winners(votes),
+                                  [[1, 1, 0], [0, 1, 0], [1, 1, 1]])
+
+
 def _credit_reference(labels: list[int], gold: int) -> float:
     votes = Counter(labels)
     top = max(votes.values())
@@ -164,6 +187,7 @@ def test_mv_credit_matches_a_counter_reference(rows: list[tuple[list[int], int]]
     gold = np.array([r[1] for r in rows])
     expected = [_credit_reference(lab, g) for lab, g in rows]
     np.testing.assert_allclose(mv_credit(labels, gold), expected)
+    np.testing.assert_allclose(credit_from_votes(vote_counts(labels, 5), gold), expected)
 
 
 @settings(max_examples=100, deadline=None)
@@ -171,7 +195,7 @@ def test_mv_credit_matches_a_counter_reference(rows: list[tuple[list[int], int]]
 def test_mv_credits_of_all_answers_sum_to_one(labels: list[int]) -> None:
     # one of the t tied answers is predicted: the credits over every possible gold sum to 1
     lab = np.array([labels] * 4)
-    assert mv_credit(lab, np.arange(4), 4).sum() == pytest.approx(1.0)
+    assert credit_from_votes(vote_counts(lab, 4), np.arange(4)).sum() == pytest.approx(1.0)
 
 
 def test_vote_counts_by_hand() -> None:
@@ -255,43 +279,3 @@ def test_block_counts(group_size: int, n_max: int) -> None:
 
 def test_block_counts_by_hand() -> None:
     np.testing.assert_array_equal(block_counts(10, 12), [10, 5, 3, 2, 2, 1, 1, 1, 1, 1, 0, 0])
-
-
-@given(size=st.integers(1, 40), data=st.data())
-def test_blocks_are_disjoint_consecutive_slices(size: int, data: st.DataObject) -> None:
-    n = data.draw(st.integers(1, size))
-    out = blocks(np.arange(size), n)
-    m = size // n
-    assert out.shape == (m, n)
-    for b in range(m):
-        assert out[b].tolist() == list(range(b * n, (b + 1) * n))
-    assert len(set(out.ravel().tolist())) == m * n  # disjoint
-
-
-@pytest.mark.parametrize("axis", [1, -2])
-def test_blocks_of_an_observation_keep_other_axes(axis: int) -> None:
-    count, size, k1, n = 3, 7, 2, 3
-    group = np.arange(count * size * k1).reshape(count, size, k1)
-    out = blocks(group, n, axis=axis)
-    assert out.shape == (count, 2, n, k1)
-    for c in range(count):
-        for b in range(2):
-            for j in range(n):
-                np.testing.assert_array_equal(out[c, b, j], group[c, b * n + j])
-
-
-def test_blocks_along_the_first_axis() -> None:
-    group = np.arange(10).reshape(5, 2)  # [N=5, K+1=2]
-    out = blocks(group, 2, axis=0)
-    assert out.shape == (2, 2, 2)
-    np.testing.assert_array_equal(out[1, 0], [4, 5])
-    np.testing.assert_array_equal(out[1, 1], [6, 7])
-
-
-def test_block_utilities_reuse_one_group_for_every_n() -> None:
-    # labels of one group of 6: for n = 2 the blocks are (0,0) (1,2) (1,1): gold 1 gets 0, 1/2, 1
-    labels = np.array([0, 0, 1, 2, 1, 1])
-    credit = mv_credit(blocks(labels, 2), np.array(1))
-    np.testing.assert_allclose(credit, [0.0, 0.5, 1.0])
-    credit3 = mv_credit(blocks(labels, 3), np.array(1))
-    np.testing.assert_allclose(credit3, [0.0, 1.0])

@@ -10,6 +10,11 @@ end to end and every block of every group is a range [start, end) of them. Block
 (MV) and block costs come from prefix sums, block maxima (BoN) from one ``maximum.reduceat``,
 and the statistics of all blocks are summed per (prompt, n) by one ``bincount``, so a batch
 costs a constant number of numpy calls whatever its group sizes.
+
+Each formula is called from its home, not written here: the parts of the utilities (task
+values, the cost term, the MV credit, the mixed strategy's style over the tied winners) from
+:mod:`iapo.utility`, the decided rule's replay from :func:`iapo.stopping.stop_points`, the
+flat arm index from :func:`iapo.problem.arm_index`.
 """
 
 from __future__ import annotations
@@ -25,11 +30,14 @@ from scipy.special import gammaln
 from iapo.errors import InputError
 from iapo.exact import mv_subset_credit
 from iapo.memo import Memo
-from iapo.problem import Problem
+from iapo.problem import Problem, arm_index
 from iapo.pulls import Observation
 from iapo.utility import (
+    block_counts,
+    cost_term,
     credit_from_votes,
     gold_first,
+    style_values,
     task_values,
     unique_rows,
     vote_winners,
@@ -52,9 +60,10 @@ class BlockTable:
 
     @classmethod
     def of(cls, n_max: int) -> BlockTable:
-        sizes = np.repeat(np.arange(1, n_max + 1), n_max // np.arange(1, n_max + 1))
-        first = np.concatenate([[0], np.cumsum(n_max // np.arange(1, n_max + 1))[:-1]])
-        b = np.arange(sizes.size) - np.repeat(first, n_max // np.arange(1, n_max + 1))
+        counts = block_counts(n_max, n_max)  # [n_max]: floor(n_max / n) blocks of each size n
+        sizes = np.repeat(np.arange(1, n_max + 1), counts)
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        b = np.arange(sizes.size) - np.repeat(first, counts)
         start = (b * sizes).astype(np.intp)
         return cls(start, (start + sizes).astype(np.intp), sizes.astype(np.intp))
 
@@ -189,7 +198,7 @@ class QTable:
         # few answers or contexts are then elementwise over long rows, not short inner loops
         cost_prefix = np.concatenate([[0.0], np.cumsum(scores[:, -1])])
         cost = cost_prefix[end] - cost_prefix[start]  # [B]
-        util = -self._cost_weights[:, None] * cost  # [C, B]
+        util = -cost_term(self._cost_weights[:, None], cost)  # [C, B]
         w = self._weights
         if self.problem.aggregator in ("mv", "mixed"):
             if any(o.labels is None or o.gold is None for o in obs):
@@ -208,10 +217,10 @@ class QTable:
 
                 paid_end = start + stop_points(prefix, start, n, stopping.wave)
                 unpaid = cost_prefix[end] - cost_prefix[paid_end]
-                util += self._cost_weights[:, None] * unpaid
+                util += cost_term(self._cost_weights[:, None], unpaid)
             if self.problem.aggregator == "mixed" and w.shape[1] > 1:
                 # served: the best style among the completions giving the winning answer
-                style = scores[:, 1 : k1 - 1] @ w[:, 1:].T  # [T, C]
+                style = style_values(scores, w)  # [T, C]
                 mine = np.where(onehot.T[..., None], style[:, None, :], -np.inf)  # [T, L, C]
                 util += winners_mean(_range_max(mine, start, end), vote_winners(votes)).T
         else:
@@ -230,17 +239,17 @@ class QTable:
         samples of arm (p, n) as it has disjoint blocks, floor(G/n), as with blocks.
         """
         scores, sizes, prompts, labels, gold = self._pad(observations)
-        m, g_pad, k1 = scores.shape
+        m, g_pad, _ = scores.shape
         n = np.arange(1, g_pad + 1)
         weight = np.where(n[None, :] <= sizes[:, None], sizes[:, None] // n[None, :], 0)
         mean_cost = scores[..., -1].sum(axis=1) / sizes  # [m]
         # cost is linear: a size-n subset costs n times the group's mean on average
-        util = -(mean_cost[:, None, None] * n[None, :, None]) * self._cost_weights
+        util = -cost_term(self._cost_weights, mean_cost[:, None, None] * n[None, :, None])
         w = self._weights
         if labels is not None and gold is not None:
             util += _mv_subset_credit(labels, gold, sizes)[..., None] * w[:, 0]
             if self.problem.aggregator == "mixed" and w.shape[1] > 1:
-                util += _bon_subset_max(scores[..., 1 : k1 - 1] @ w[:, 1:].T, sizes)
+                util += _bon_subset_max(style_values(scores, w), sizes)
         else:
             util += _bon_subset_max(task_values(scores, w), sizes)
         onehot = np.eye(g_pad, self.problem.n_max)
@@ -268,7 +277,7 @@ class QTable:
         """sums += sum w u, sumsq += sum w u^2, counts += sum w, per (prompt, n), for the
         utilities ``util`` [E, C] of arm (prompts[e], n[e]) with weights [E]."""
         p, n_max = self.counts.shape
-        arm = prompts * n_max + n - 1  # [E]
+        arm = arm_index(prompts, n, n_max)  # [E]
         u = np.ascontiguousarray(util.T)  # [C, E]
         wu = u * weight
         sums = self.sums.reshape(u.shape[0], -1)  # views of [C, P, N]

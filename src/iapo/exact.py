@@ -1,5 +1,9 @@
 """Exact expectations for every N at once, with no Monte Carlo.
 
+The home of E[max of N] (:func:`bon_expected_max`: the BoN environments' tables and the model
+estimator, :mod:`iapo.model`, call it) and of the table C(m + c, c) (:func:`binomial_table`:
+the MV credit here and the stopping rule's dynamic program, :mod:`iapo.stopping`, use it).
+
 - Best-of-N over a finite support u_1 <= ... <= u_m with CDF F:
   E[max of N] = sum_j u_j (F_j^N - F_{j-1}^N).
 - Majority voting over L answer categories with probabilities q: the probability-weighted
@@ -25,23 +29,38 @@ FloatArray = npt.NDArray[np.float64]
 MV_N_MAX_LIMIT = 1000  # binomial coefficients C(2N, N) stay finite in float64
 
 
-def bon_expected_max(values: npt.ArrayLike, probs: npt.ArrayLike, n_max: int) -> FloatArray:
+def bon_expected_max(values: npt.ArrayLike, probs: npt.ArrayLike | None,
+                     n_max: int) -> FloatArray:
     """E[max of N i.i.d. draws] for N = 1..n_max.
 
-    values, probs: [M, S] (a finite support and its probabilities per row) -> [M, n_max].
+    values: [M, S], a finite support per row; probs: [M, S], its probabilities, or None for
+    S equally likely values (an empirical sample: F_j = j / S for every row) -> [M, n_max].
     """
     v = np.asarray(values, dtype=np.float64)
+    n = np.arange(1, n_max + 1, dtype=np.float64)
+    # E[max] = u_S - sum_{j<S} (u_{j+1} - u_j) F_j^N  (telescoped; exact with ties)
+    if probs is None:  # one CDF for every row: its powers are shared
+        v = np.sort(v, axis=-1)
+        size = v.shape[-1]
+        shared = (np.arange(1, size) / size)[:, None] ** n  # [S-1, N]
+        return v[..., -1:] - np.diff(v, axis=-1) @ shared
     p = np.asarray(probs, dtype=np.float64)
     order = np.argsort(v, axis=-1, kind="stable")
     v = np.take_along_axis(v, order, -1)
     p = np.take_along_axis(p, order, -1)
     cdf = np.minimum(np.cumsum(p, axis=-1), 1.0)
     cdf[..., -1] = 1.0
-    # E[max] = u_S - sum_{j<S} (u_{j+1} - u_j) F_j^N  (telescoped; exact with ties)
     gaps = np.diff(v, axis=-1)  # [M, S-1]
-    n = np.arange(1, n_max + 1, dtype=np.float64)
     powers = cdf[..., :-1, None] ** n  # [M, S-1, N]
     return v[..., -1:] - np.einsum("ms,msn->mn", gaps, powers)
+
+
+def binomial_table(n_max: int) -> FloatArray:
+    """binom[m, c] = C(m + c, c) for m, c = 0..n_max, from log-gamma (finite for m + c <= 1029,
+    not rounded): [n_max+1, n_max+1]."""
+    idx = np.arange(n_max + 1)
+    return np.exp(gammaln(idx[:, None] + idx[None, :] + 1) - gammaln(idx[:, None] + 1)
+                  - gammaln(idx[None, :] + 1))
 
 
 def _others_dp(weights: FloatArray, k: int, rest: int,
@@ -100,10 +119,8 @@ def mv_credit_probability(
     g = uniq[:, 0]
     others = uniq[:, 1:]
     credit = np.zeros((u, n_max + 1))
-    # binom[m, c] = C(m + c, c); finite for m + c <= 1029
+    binom = binomial_table(n_max)
     idx = np.arange(n_max + 1)
-    binom = np.exp(gammaln(idx[:, None] + idx[None, :] + 1) - gammaln(idx[:, None] + 1)
-                   - gammaln(idx[None, :] + 1))
     qpow = others[:, :, None] ** idx  # [U, R, n_max+1]: q_i^c
     gpow = g[:, None] ** idx  # [U, n_max+1]: q_gold^k
     for k in range(1, n_max + 1):

@@ -12,11 +12,14 @@ distribution, and compute Q for every n exactly from the fit.
 - Best-of-N: a utility is a query effect plus prompt-level noise. Per prompt and context, the
   query effect is the group mean and the noise distribution is the pool of within-group
   residuals (rescaled by sqrt(n / (n - 1)) for the mean they were taken from); E[max of N] is
-  the mean query effect plus the exact expected max of N draws from the pooled residuals.
+  the mean query effect plus the exact expected max of N draws from the pooled residuals
+  (:func:`iapo.exact.bon_expected_max`, the home of E[max of N]).
+
+Q subtracts the cost term of :func:`iapo.utility.cost_term`, as every Q does.
 
 Both are biased where the model is wrong (few answers per query lean on the prior; the noise
-of a prompt may differ across queries): ``benchmarks/bench_model_bias.py`` measures it. The
-interface is :class:`iapo.estimate.QTable`'s (``update``, ``mean``, ``counts``).
+of a prompt may differ across queries): ``benchmarks/experiments/model_bias.py`` measures it.
+The interface is :class:`iapo.estimate.QTable`'s (``update``, ``mean``, ``counts``).
 """
 
 from __future__ import annotations
@@ -27,11 +30,11 @@ import numpy as np
 import numpy.typing as npt
 
 from iapo.errors import InputError
-from iapo.exact import mv_polya_credit
+from iapo.exact import bon_expected_max, mv_polya_credit
 from iapo.memo import Memo
 from iapo.problem import Problem
 from iapo.pulls import Observation
-from iapo.utility import gold_first, unique_rows
+from iapo.utility import cost_term, gold_first, task_values, unique_rows
 
 FloatArray = npt.NDArray[np.float64]
 # posterior credits by (alpha, N_max), each a bounded memo keyed by the vote counts
@@ -99,8 +102,7 @@ class ModelQTable:
         self.counts[o.prompt, :] = int(seen.sum())
 
     def _add_values(self, o: Observation) -> None:
-        k = self.problem.n_objectives
-        values = o.scores[..., :k] @ self.problem.grid.weights.T  # [count, n, C]
+        values = task_values(o.scores, self.problem.grid.weights)  # [count, n, C]
         mu = values.mean(axis=1)
         self._means[o.prompt].append(mu)
         if o.n >= 2:
@@ -117,11 +119,11 @@ class ModelQTable:
             n = np.arange(1, self.problem.n_max + 1)
             with np.errstate(invalid="ignore", divide="ignore"):
                 cost = self._cost_sum / self._cost_n  # [P]
-            cw = self.problem.grid.cost_weights
+            cw = self.problem.grid.cost_weights[:, None, None]
             if self.problem.stopping.early:  # completions paid: fewer than N in expectation
-                self._mean = task - cw[:, None, None] * (cost[:, None] * self._mv_paid())[None]
+                self._mean = task - cost_term(cw, (cost[:, None] * self._mv_paid())[None])
             else:
-                self._mean = task - cw[:, None, None] * cost[None, :, None] * n
+                self._mean = task - cost_term(cw, cost[None, :, None], n)
         return self._mean
 
     @property
@@ -178,18 +180,14 @@ class ModelQTable:
         """Mean query effect plus the expected max of N pooled residuals: [C, P, N]."""
         c, p, n_max = self.problem.n_contexts, self.problem.n_prompts, self.problem.n_max
         out = np.full((c, p, n_max), np.nan)
-        n = np.arange(1, n_max + 1)
         for q in range(p):
             if not self._means[q]:
                 continue
             mu = np.concatenate(self._means[q]).mean(axis=0)  # [C]
             out[:, q, :] = mu[:, None]
             if self._resid[q]:
-                r = np.sort(np.concatenate(self._resid[q]), axis=0)  # [M, C]
-                m = r.shape[0]
-                j = np.arange(1, m + 1)[:, None]
-                weights = (j / m) ** n - ((j - 1) / m) ** n  # [M, N]
-                out[:, q, :] += (r.T @ weights)  # [C, N]
+                pooled = np.concatenate(self._resid[q]).T  # [C, M], equally likely
+                out[:, q, :] += bon_expected_max(pooled, None, n_max)
         return out
 
 

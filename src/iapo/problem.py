@@ -5,6 +5,10 @@ An *arm* a = (p, N) fixes a prompt and the number of completions, N in 1..N_max.
 A *problem* gathers the prompts, the objectives, the aggregator, the context grid and the
 stopping rule of majority-voting arms: what a learner may know. Everything here is frozen
 and validated at construction.
+
+The flat arm index prompt * N_max + (n - 1) (Q's last two axes flattened) has its home here:
+:func:`arm_index` and its inverse :func:`arm_at`; the Q table, the learners and
+:meth:`Arm.from_index` call them.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -291,6 +295,21 @@ class ContextGrid:
         )
 
 
+IndexT = TypeVar("IndexT", int, npt.NDArray[np.integer])
+
+
+def arm_index(prompt: IndexT, n: IndexT, n_max: int) -> IndexT:
+    """The flat index of the arm (prompt, n): prompt * n_max + (n - 1), the order of Q's last
+    two axes [P, N_max] flattened. Ints, or arrays of them elementwise."""
+    return prompt * n_max + n - 1
+
+
+def arm_at(index: IndexT, n_max: int) -> tuple[IndexT, IndexT]:
+    """(prompt, n) of the flat arm index ``index`` (the inverse of :func:`arm_index`)."""
+    prompt, n = divmod(index, n_max)
+    return prompt, n + 1
+
+
 @dataclass(frozen=True, order=True)
 class Arm:
     """An arm (prompt, N): prompt index (0-based) and number of completions N >= 1."""
@@ -308,10 +327,8 @@ class Arm:
 
     @classmethod
     def from_index(cls, index: int, n_max: int) -> Arm:
-        """The arm of a flat index ``prompt * n_max + (n - 1)`` (the order of Q's last two
-        axes, [P, N_max], flattened)."""
-        prompt, n = divmod(int(index), n_max)
-        return cls(prompt, n + 1)
+        """The arm of a flat index (:func:`arm_index`)."""
+        return cls(*arm_at(int(index), n_max))
 
 
 @dataclass(frozen=True)
@@ -378,25 +395,10 @@ class Problem:
     def n_arms(self) -> int:
         return self.n_prompts * self.n_max
 
-    def arm(self, prompt: int, n: int) -> Arm:
-        """A validated arm of this problem."""
-        self.check_n(n)
-        if not 0 <= prompt < self.n_prompts:
-            raise ProblemError(
-                f"prompt {prompt} is out of range; this problem has prompts 0..{self.n_prompts - 1}"
-            )
-        return Arm(prompt, n)
-
     def check_n(self, n: int) -> int:
         if int(n) != n or not 1 <= n <= self.n_max:
             raise ProblemError(f"N={n} is outside 1..{self.n_max} (N_max of '{self.name}')")
         return int(n)
-
-    def arm_index(self, arm: Arm) -> int:
-        return arm.prompt * self.n_max + arm.n - 1
-
-    def arm_of(self, index: int) -> Arm:
-        return Arm(int(index) // self.n_max, int(index) % self.n_max + 1)
 
 
 def parse_context(text: str) -> dict[str, str]:

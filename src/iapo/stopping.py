@@ -39,21 +39,23 @@ leader i at once (category i enters its own DP with weight 1 at c = 0 only). The
 on q only through its sorted values, so equal rows (common in real data) are computed once, and
 categories with probability 0 are dropped.
 
+Homes. The rule is :func:`vote_decided` (on counted votes, via :func:`vote_margin`): the
+blocks' replay (:func:`stop_points`, for :class:`iapo.estimate.QTable`) and the live draw
+(:mod:`iapo.live.waves`) call it. The table C(m + c, c) is :func:`iapo.exact.binomial_table`.
+
 Shapes. probs [..., L] -> undecided [..., n_max+1, n_max+1] indexed [N, t]; expected
-completions and waves [..., n_max] (column N-1 for the arm N); replays over stored labels
-[B, n] -> [B] or [B, n].
+completions and waves [..., n_max] (column N-1 for the arm N); the blocks' replay: cumulative
+votes [L, T+1] and B blocks -> completions paid [B].
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 import numpy.typing as npt
-from scipy.special import betainc, gammaln
+from scipy.special import betainc
 
 from iapo.errors import InputError
-from iapo.exact import MV_N_MAX_LIMIT
+from iapo.exact import MV_N_MAX_LIMIT, binomial_table
 from iapo.utility import unique_rows
 
 __all__ = [
@@ -62,6 +64,7 @@ __all__ = [
     "stop_points",
     "leader_probability",
     "vote_decided",
+    "vote_margin",
     "undecided_probability",
 ]
 
@@ -110,27 +113,7 @@ def _check_probs(probs: npt.ArrayLike) -> FloatArray:
     return p
 
 
-def _check_labels(labels: npt.ArrayLike, n_categories: int | None) -> IntArray:
-    lab = np.asarray(labels)
-    if lab.ndim != 2:
-        raise InputError(f"labels must be [B, n] (answers in draw order); got shape {lab.shape}")
-    if lab.size and not np.issubdtype(lab.dtype, np.integer):
-        raise InputError(f"labels must be integer category indices; got dtype {lab.dtype}")
-    top = n_categories if n_categories is not None else int(lab.max(initial=0)) + 1
-    if lab.size and (lab.min() < 0 or lab.max() >= top):
-        raise InputError(f"labels must lie in 0..{top - 1}; got values from {lab.min()} to "
-                         f"{lab.max()}: pass the right n_categories or fix the labels")
-    return lab.astype(np.int64, copy=False)
-
-
 # --- the undecided table ------------------------------------------------------------------------
-
-
-def _binom_table(n_max: int) -> FloatArray:
-    """binom[m, c] = C(m + c, c) for m, c = 0..n_max."""
-    idx = np.arange(n_max + 1)
-    return np.rint(np.exp(gammaln(idx[:, None] + idx[None, :] + 1) - gammaln(idx[:, None] + 1)
-                          - gammaln(idx[None, :] + 1)))
 
 
 def _decided_dp(q: FloatArray, n_max: int, binom: FloatArray) -> FloatArray:
@@ -168,7 +151,7 @@ def _undecided_unique(p: FloatArray, n_max: int) -> tuple[FloatArray, npt.NDArra
         p = np.concatenate([p, np.zeros_like(p)], axis=-1)
     keys, inverse = unique_rows(-np.sort(-p, axis=-1))  # depends only on the sorted values
     uniq: FloatArray = keys.astype(np.float64, copy=False)
-    binom = _binom_table(n_max)
+    binom = np.rint(binomial_table(n_max))  # C(m + c, c), rounded to the integers they are
     decided = np.zeros((uniq.shape[0], n_max + 1, n_max + 1))  # [U, t, r]
     # zero-probability categories never hold votes; dropping them shrinks the DP
     width = np.maximum((uniq > 0).sum(axis=-1), 2)
@@ -242,30 +225,29 @@ def expected_paid(probs: npt.ArrayLike, n_max: int, wave: int) -> tuple[FloatArr
     return paid[inverse].reshape(shape), waves[inverse].reshape(shape)
 
 
-# --- replays over stored answers ----------------------------------------------------------------
+# --- the rule on counted votes -------------------------------------------------------------------
 
 
-def _score_path(lab: IntArray, n_categories: int) -> IntArray:
-    """s(t) = margin(t) + t of every prefix, t = 0..n: labels [B, n] -> [B, n+1]
-    (non-decreasing in t; decided at t for an arm N iff s(t) > N)."""
-    b, n = lab.shape
-    onehot = np.zeros((b, n + 1, max(n_categories, 2)), dtype=np.int64)
-    onehot[np.arange(b)[:, None], np.arange(1, n + 1), lab] = 1
-    counts = np.cumsum(onehot, axis=1)  # [B, t, L]: votes of each category after t answers
-    top2 = np.partition(counts, -2, axis=-1)[..., -2:]
-    return top2[..., 1] - top2[..., 0] + np.arange(n + 1)
+def vote_margin(counts: npt.ArrayLike, axis: int = -1) -> npt.NDArray[np.integer]:
+    """The leader's votes minus the runner-up's (0 on a tie at the top; the runner-up holds 0
+    votes where fewer than two categories are counted): counts [..., L] along ``axis`` ->
+    [...]."""
+    c = np.asarray(counts)
+    if c.shape[axis] < 2:
+        pad = list(c.shape)
+        pad[axis] = 2 - c.shape[axis]
+        c = np.concatenate([c, np.zeros(pad, dtype=c.dtype)], axis=axis)
+    top2 = np.partition(c, -2, axis=axis)
+    return np.asarray(np.take(top2, -1, axis=axis) - np.take(top2, -2, axis=axis))
 
 
-def _paid_at(path: IntArray, n: int, wave: int) -> IntArray:
-    """Completions paid by the arm (n, wave) from the score path [B, >= n+1] -> [B]."""
-    # s is non-decreasing, so the first decided t is the number of t in 0..n with s(t) <= n
-    return _noticed((path[:, : n + 1] <= n).sum(axis=1), n, wave)
-
-
-def _noticed(first: IntArray, n: IntArray | int, wave: int) -> IntArray:
-    """The arm notices a vote decided after ``first`` answers at the first wave boundary at
-    or after it, and at n at the latest: [B]."""
-    return np.minimum(-(-first // wave) * wave, n)
+def vote_decided(counts: npt.ArrayLike, remaining: npt.ArrayLike, axis: int = -1
+                 ) -> npt.NDArray[np.bool_]:
+    """The decided rule: margin > remaining, for the votes ``counts`` [..., L] (along
+    ``axis``) of the answers seen and the ``remaining`` answers still to come (broadcast with
+    [...]) -> [...]. Then the winner of all answers is the leader, alone. The one rule that the
+    blocks' replay (:func:`stop_points`) and the live draw (:mod:`iapo.live.waves`) apply."""
+    return np.asarray(vote_margin(counts, axis) > np.asarray(remaining))
 
 
 def stop_points(prefix: npt.NDArray[np.integer], start: npt.NDArray[np.intp],
@@ -281,61 +263,19 @@ def stop_points(prefix: npt.NDArray[np.integer], start: npt.NDArray[np.intp],
     t = np.arange(n_max + 1)
     at = np.minimum(start[:, None] + t, prefix.shape[1] - 1)  # [B, t] (clipped past the end)
     counts = prefix[:, at] - prefix[:, start][:, :, None]  # [L, B, t]
-    if counts.shape[0] < 2:  # one category seen: the runner-up holds 0 votes
-        counts = np.concatenate([counts, np.zeros_like(counts)])
-    top2 = np.partition(counts, -2, axis=0)[-2:]
-    path = top2[1] - top2[0] + t  # s(t) = margin(t) + t, non-decreasing
     n = size[:, None]
-    first = ((path <= n) & (t <= n)).sum(axis=1)
-    return _noticed(first, size, w).astype(np.int64)
-
-
-def stop_index(labels: npt.ArrayLike, n: int, wave: int) -> IntArray:
-    """Completions the arm (n, wave) pays when its answers are the first n of ``labels``.
-
-    labels [B, >= n] (category indices in draw order) -> [B], each in 1..n.
-    """
-    lab = _check_labels(labels, None)
-    nn = _check_int(n, "n", 1, "give the arm's number of answers N")
-    if nn > lab.shape[1]:
-        raise InputError(f"n = {nn} exceeds the {lab.shape[1]} stored answers per row; "
-                         "give n <= labels.shape[1]")
-    w = _check_wave(wave)
-    lab = lab[:, :nn]
-    return _paid_at(_score_path(lab, int(lab.max(initial=0)) + 1), nn, w)
-
-
-def paid_in_block(labels: npt.ArrayLike, wave: int, n_categories: int) -> IntArray:
-    """Completions the arm (n, wave) pays on the first n stored answers, for n = 1..N_block.
-
-    labels [B, N_block] (ints in 0..n_categories-1, in draw order) -> [B, N_block] (column
-    n-1 for the arm n).
-    """
-    n_cat = _check_int(n_categories, "n_categories", 1, "give the number of answer categories")
-    lab = _check_labels(labels, n_cat)
-    w = _check_wave(wave)
-    b, n_block = lab.shape
-    path = _score_path(lab, n_cat)
-    out = np.empty((b, n_block), dtype=np.int64)
-    for n in range(1, n_block + 1):
-        out[:, n - 1] = _paid_at(path, n, w)
-    return out
-
-
-def vote_decided(counts: Iterable[int], remaining: int) -> bool:
-    """Whether a vote is decided: the leader's count minus the runner-up's exceeds the
-    ``remaining`` answers still to come (then the winner of all answers is the leader, alone).
-    ``counts``: the votes of every answer seen so far (any order); the live path's check."""
-    top = sorted(counts, reverse=True)[:2] + [0, 0]
-    return top[0] - top[1] > remaining
+    # decided stays decided (monotonicity), so the first decided t counts the undecided ones
+    first = (~vote_decided(counts, n - t, axis=0) & (t <= n)).sum(axis=1)
+    # noticed at the first wave boundary at or after it, and at n at the latest
+    return np.minimum(-(-first // w) * w, size).astype(np.int64)
 
 
 def leader_probability(leader: npt.ArrayLike, runner_up: npt.ArrayLike) -> FloatArray:
     """P(p_leader > p_runner-up | votes) under a uniform Beta prior on the two leading answers'
     share: P(X > 1/2) for X ~ Beta(leader + 1, runner_up + 1), elementwise. The criterion of
     adaptive self-consistency's Beta stopping rule. Unlike ``decided``, stopping on it can
-    change the answer: it is a heuristic, measured in ``benchmarks/probabilistic_stopping.py``,
-    not a rule that Q prices."""
+    change the answer: it is a heuristic, measured in
+    ``benchmarks/experiments/probabilistic_stopping.py``, not a rule that Q prices."""
     a = np.asarray(leader, dtype=np.float64) + 1.0
     b = np.asarray(runner_up, dtype=np.float64) + 1.0
     return np.asarray(1.0 - betainc(a, b, 0.5), dtype=np.float64)

@@ -1,9 +1,25 @@
-"""Vectorized utilities of a group of completions (paper, Eqs. 1, 2 and 5, and its Remark).
+"""The parts of the paper's utilities (Eqs. 1, 2 and 5, and its Remark), one home each.
+
+Every Q computes a utility as a task value minus a cost term, and each part has one function
+that the others call:
+
+- the weighted task value sum_k w_k o_k of a completion: :func:`task_values` (Best-of-N, Eq. 1,
+  takes its max over a group); the weighted other objectives of the mixed strategy:
+  :func:`style_values`;
+- the cost term w_cost x cost x completions paid: :func:`cost_term` (the exact Q,
+  :class:`iapo.envs.base.QueryTable`; the Q table, :class:`iapo.estimate.QTable`; the model,
+  :class:`iapo.model.ModelQTable`);
+- majority voting (Eq. 2): :func:`vote_winners` (the answers tied for the most votes) and
+  :func:`credit_from_votes` (1/t if gold is among the t tied); the mixed strategy (Remark)
+  averages the best style per answer over the tied winners: :func:`winners_mean`;
+- nested block reuse: :func:`block_counts` (floor(G/n) blocks of n in a group of G).
+
+The utility of a whole group, scored one group at a time, is the tests' reference
+(``tests/brute.py``); the Q table computes it for every block of a batch at once.
 
 Conventions: ``scores`` has shape [..., n, K+1], the K task objectives first and the cost of the
 completion last, as a positive number. ``weights`` [C, K] and ``cost_weights`` [C] come from a
-:class:`~iapo.problem.ContextGrid`; every function scores all C contexts at once (cross-context
-reuse) and returns [..., C].
+:class:`~iapo.problem.ContextGrid`; functions score all C contexts at once (cross-context reuse).
 """
 
 from __future__ import annotations
@@ -13,14 +29,6 @@ import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.integer]
-
-
-def _weights(weights: npt.ArrayLike, cost_weights: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
-    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
-    cw = np.atleast_1d(np.asarray(cost_weights, dtype=np.float64))
-    if w.shape[0] != cw.shape[0]:
-        raise ValueError(f"{w.shape[0]} weight rows but {cw.shape[0]} cost weights")
-    return w, cw
 
 
 def task_values(scores: npt.ArrayLike, weights: npt.ArrayLike) -> FloatArray:
@@ -33,23 +41,25 @@ def task_values(scores: npt.ArrayLike, weights: npt.ArrayLike) -> FloatArray:
     return s[..., :k] @ w.T
 
 
-def bon_utility(
-    scores: npt.ArrayLike, weights: npt.ArrayLike, cost_weights: npt.ArrayLike
-) -> FloatArray:
-    """Best-of-N (Eq. 1): max_i sum_k w_k o_ik - w_cost * sum_i cost_i; shape [..., C]."""
+def style_values(scores: npt.ArrayLike, weights: npt.ArrayLike) -> FloatArray:
+    """The mixed strategy's weighted other objectives sum_{k>1} w_k o_ik (the first objective,
+    correctness, is majority voting's): scores [..., n, K+1], weights [C, K] -> [..., n, C]."""
     s = np.asarray(scores, dtype=np.float64)
-    w, cw = _weights(weights, cost_weights)
-    best = task_values(s, w).max(axis=-2)
-    return best - s[..., -1].sum(axis=-1)[..., None] * cw
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    return s[..., 1:-1] @ w[:, 1:].T
 
 
-def ia_utility(
-    scores: npt.ArrayLike, weights: npt.ArrayLike, cost_weights: npt.ArrayLike
-) -> FloatArray:
-    """Inference-agnostic utility (Eq. 5): mean_i (sum_k w_k o_ik - w_cost cost_i); [..., C]."""
-    s = np.asarray(scores, dtype=np.float64)
-    w, cw = _weights(weights, cost_weights)
-    return task_values(s, w).mean(axis=-2) - s[..., -1].mean(axis=-1)[..., None] * cw
+def cost_term(cost_weights: FloatArray, cost: FloatArray,
+              completions: npt.NDArray[np.float64] | npt.NDArray[np.int64] | None = None
+              ) -> FloatArray:
+    """w_cost x cost x completions paid: what every utility subtracts from its task value.
+
+    ``cost`` is the cost of one completion and ``completions`` the number paid; without
+    ``completions``, ``cost`` is the cost of all the completions paid. The arrays broadcast:
+    the caller puts the context axis of ``cost_weights`` [C] where its result has it.
+    """
+    term: FloatArray = cost_weights * cost
+    return term if completions is None else np.multiply(term, completions)
 
 
 def vote_counts(labels: npt.ArrayLike, n_categories: int | None = None) -> npt.NDArray[np.int64]:
@@ -90,18 +100,6 @@ def credit_from_votes(votes: npt.ArrayLike, gold: npt.ArrayLike) -> FloatArray:
     return np.where(at_gold, 1.0 / win.sum(axis=-1), 0.0)
 
 
-def mv_credit(
-    labels: npt.ArrayLike, gold: npt.ArrayLike, n_categories: int | None = None
-) -> FloatArray:
-    """Majority-voting success credit (Eq. 2): 1/t if the gold answer is among the t answers
-    tied for the most votes, else 0. labels [..., n], gold [...] -> [...]."""
-    lab = np.asarray(labels)
-    g = np.asarray(gold, dtype=np.int64)
-    if n_categories is None:
-        n_categories = int(max(lab.max(initial=0), g.max(initial=0)) + 1)
-    return credit_from_votes(vote_counts(lab, n_categories), g)
-
-
 def gold_first(rows: npt.ArrayLike, gold: npt.ArrayLike) -> npt.NDArray:
     """Each row as (its gold entry, then the other entries sorted descending): MV credit
     depends on a row of answer probabilities or vote counts only through this. rows [M, L],
@@ -129,32 +127,6 @@ def unique_rows(keys: npt.ArrayLike) -> tuple[npt.NDArray, npt.NDArray[np.intp]]
     return uniq, inverse.reshape(-1).astype(np.intp)
 
 
-def mv_utility(
-    labels: npt.ArrayLike,
-    gold: npt.ArrayLike,
-    costs: npt.ArrayLike,
-    weights: npt.ArrayLike,
-    cost_weights: npt.ArrayLike,
-) -> FloatArray:
-    """Majority voting (Eq. 2): w_1 * credit - w_cost * sum_i cost_i; [..., C].
-
-    ``costs`` [..., n]; ``weights`` [C, 1] (or [C]).
-    """
-    w = np.asarray(weights, dtype=np.float64).reshape(-1)
-    cw = np.asarray(cost_weights, dtype=np.float64).reshape(-1)
-    credit = mv_credit(labels, gold)
-    return credit[..., None] * w - np.asarray(costs, dtype=np.float64).sum(-1)[..., None] * cw
-
-
-def best_per_answer(values: npt.ArrayLike, labels: npt.ArrayLike, n_categories: int
-                    ) -> FloatArray:
-    """The largest value among the completions giving each answer: values [..., n, C],
-    labels [..., n] -> [..., L, C], -inf for answers nobody gave."""
-    v = np.asarray(values, dtype=np.float64)
-    mine = np.asarray(labels)[..., None, :] == np.arange(n_categories)[:, None]  # [..., L, n]
-    return np.where(mine[..., None], v[..., None, :, :], -np.inf).max(axis=-2)
-
-
 def winners_mean(per_answer: npt.ArrayLike, winners: npt.ArrayLike) -> FloatArray:
     """Average of ``per_answer`` [..., L, C] over the tied winners (mask [..., L]): the
     expected value of the uniformly drawn winner; [..., C]."""
@@ -164,36 +136,6 @@ def winners_mean(per_answer: npt.ArrayLike, winners: npt.ArrayLike) -> FloatArra
     return picked / win.sum(axis=-1)[..., None]
 
 
-def mixed_utility(
-    labels: npt.ArrayLike,
-    gold: npt.ArrayLike,
-    scores: npt.ArrayLike,
-    weights: npt.ArrayLike,
-    cost_weights: npt.ArrayLike,
-) -> FloatArray:
-    """The paper's mixed strategy (Remark), as it is served: majority voting picks the answer
-    (first objective, correctness); among the completions giving that answer, the one with the
-    best weighted other objectives (Best-of-N) is returned. In expectation over the uniform
-    draw among tied answers:
-
-        sum over tied answers a of (w_1 [a = gold] + max_{i: answer_i = a} sum_{k>1} w_k o_ik) / t
-        - w_cost sum_i cost_i.
-
-    ``scores`` [..., n, K+1]: column 0 (per-completion correctness) is not used; weights
-    [C, K]. Returns [..., C]."""
-    s = np.asarray(scores, dtype=np.float64)
-    lab = np.asarray(labels)
-    w, cw = _weights(weights, cost_weights)
-    credit = mv_credit(lab, gold)[..., None] * w[:, 0]
-    cost = s[..., -1].sum(axis=-1)[..., None] * cw
-    if w.shape[1] == 1:
-        return credit - cost
-    n_cat = int(max(lab.max(initial=0), np.asarray(gold).max(initial=0)) + 1)
-    style_values = s[..., 1:-1] @ w[:, 1:].T  # [..., n, C]
-    winners = vote_winners(vote_counts(lab, n_cat))
-    return credit + winners_mean(best_per_answer(style_values, lab, n_cat), winners) - cost
-
-
 def block_counts(group_size: int, n_max: int) -> npt.NDArray[np.int64]:
     """Nested block reuse: a group of N completions yields floor(N/n) disjoint blocks of size n.
 
@@ -201,16 +143,3 @@ def block_counts(group_size: int, n_max: int) -> npt.NDArray[np.int64]:
     """
     n = np.arange(1, n_max + 1)
     return (group_size // n).astype(np.int64)
-
-
-def blocks(group: npt.NDArray, n: int, axis: int = -1) -> npt.NDArray:
-    """Split the sample axis (length N) of ``group`` into floor(N/n) disjoint blocks of n.
-
-    The axis of length N becomes two axes [N // n, n]; leftover completions are dropped.
-    """
-    g = np.moveaxis(np.asarray(group), axis, -1)
-    m = g.shape[-1] // n
-    out = g[..., : m * n].reshape(*g.shape[:-1], m, n)
-    # put the (blocks, n) pair back where the sample axis was
-    ax = axis if axis >= 0 else g.ndim + axis
-    return np.moveaxis(out, (-2, -1), (ax, ax + 1))

@@ -2,7 +2,10 @@
 
 An environment is a tabular model of a black-box LLM on a query set: for every (prompt, query)
 pair, the distribution of one completion's objective vector (and, for MV, its answer
-category). It can be sampled (the simulated oracle) and evaluated exactly (the exact Q).
+category). It can be sampled (the simulated oracle) and evaluated exactly (the exact Q): the
+task tables come from :mod:`iapo.exact` (E[max of N], the MV credit), the expected completions
+of arms that stop early from :mod:`iapo.stopping`, and Q subtracts the cost term of
+:func:`iapo.utility.cost_term`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy.typing as npt
 from iapo.cache import load_or_compute
 from iapo.errors import InputError
 from iapo.problem import Arm, Choice, Problem, Stopping
+from iapo.utility import cost_term
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -82,9 +86,10 @@ class QueryTable:
         cost_weights = problem.grid.cost_weights[:, None, None]
         if self.paid is None:  # the paper's arms pay N completions
             n = np.arange(1, problem.n_max + 1, dtype=np.float64)
-            return reward - cost_weights * cost[None, :, None] * n
+            return reward - cost_term(cost_weights, cost[None, :, None], n)
         # an arm that stops early pays E[cost of one completion x completions paid] per query
-        return reward - cost_weights * self.expected(self.cost[:, :, None] * self.paid, idx)[None]
+        paid_cost = self.expected(self.cost[:, :, None] * self.paid, idx)
+        return reward - cost_term(cost_weights, paid_cost[None])
 
     def completions(self, queries: npt.ArrayLike | None = None) -> FloatArray:
         """Expected completions paid per query by every arm (p, N), averaged over ``queries``

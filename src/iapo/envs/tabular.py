@@ -48,7 +48,15 @@ import numpy.typing as npt
 
 from iapo.envs.base import Environment, FloatArray, IntArray, Sample
 from iapo.errors import InputError
-from iapo.problem import ContextGrid, CostObjective, Objective, Problem, ProblemError
+from iapo.problem import (
+    Aggregator,
+    ContextGrid,
+    CostObjective,
+    Objective,
+    Problem,
+    ProblemError,
+)
+from iapo.utility import task_values
 
 _TOL = 1e-6
 
@@ -118,6 +126,26 @@ def _prompt_names(names: Sequence[str] | None, n_prompts: int) -> tuple[str, ...
     return tuple(str(n) for n in names)
 
 
+def _problem(name: str, aggregator: Aggregator, grid: ContextGrid,
+             prompt_names: Sequence[str] | None, n_prompts: int, n_max: int,
+             costs: FloatArray) -> Problem:
+    """An environment's problem, its cost bounded by the largest of ``costs``; a problem that
+    cannot be built is the data's fault (a DataError)."""
+    try:
+        return Problem(name, aggregator, _prompt_names(prompt_names, n_prompts), int(n_max), grid,
+                       CostObjective("cost", float(max(costs.max(), 1e-12))))
+    except ProblemError as e:
+        raise DataError(str(e)) from e
+
+
+def _pairs(prompts: int | IntArray, queries: IntArray
+           ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """The (prompt, query) pair of every group to draw: (prompts, queries) [count] each, one
+    prompt broadcast to every group."""
+    q = np.asarray(queries, dtype=np.intp)
+    return np.broadcast_to(np.asarray(prompts, dtype=np.intp), q.shape), q
+
+
 class MVEnvironment(Environment):
     """Majority voting over answer categories (paper, Eq. 2).
 
@@ -166,16 +194,9 @@ class MVEnvironment(Environment):
         self._cdf = _cdf(p)[..., :-1]
         try:
             grid = ContextGrid.product([Objective("correct", 0.0, 1.0)], [(1.0,)], budgets)
-            self.problem = Problem(
-                name,
-                "mv",
-                _prompt_names(prompt_names, n_prompts),
-                int(n_max),
-                grid,
-                CostObjective("cost", float(max(c.max(), 1e-12))),
-            )
         except ProblemError as e:
             raise DataError(str(e)) from e
+        self.problem = _problem(name, "mv", grid, prompt_names, n_prompts, n_max, c)
 
     @property
     def n_queries(self) -> int:
@@ -184,8 +205,7 @@ class MVEnvironment(Environment):
     def sample(
         self, prompts: int | IntArray, queries: IntArray, n: int, rng: np.random.Generator
     ) -> Sample:
-        q = np.asarray(queries, dtype=np.intp)
-        p = np.broadcast_to(np.asarray(prompts, dtype=np.intp), q.shape)
+        p, q = _pairs(prompts, queries)
         labels = _draw(self._cdf[p, q], n, rng).astype(np.int16)
         gold = self.gold[q]
         scores = np.empty((q.size, n, 2))
@@ -275,17 +295,7 @@ class BoNEnvironment(Environment):
         self.scores = s
         self.probs = p
         self._cdf = _cdf(p)[..., :-1]
-        try:
-            self.problem = Problem(
-                name,
-                "bon",
-                _prompt_names(prompt_names, s.shape[0]),
-                int(n_max),
-                grid,
-                CostObjective("cost", float(max(s[..., -1].max(), 1e-12))),
-            )
-        except ProblemError as e:
-            raise DataError(str(e)) from e
+        self.problem = _problem(name, "bon", grid, prompt_names, s.shape[0], n_max, s[..., -1])
 
     @property
     def n_queries(self) -> int:
@@ -294,8 +304,7 @@ class BoNEnvironment(Environment):
     def sample(
         self, prompts: int | IntArray, queries: IntArray, n: int, rng: np.random.Generator
     ) -> Sample:
-        q = np.asarray(queries, dtype=np.intp)
-        p = np.broadcast_to(np.asarray(prompts, dtype=np.intp), q.shape)
+        p, q = _pairs(prompts, queries)
         return Sample(self.scores[p[:, None], q[:, None], _draw(self._cdf[p, q], n, rng)])
 
     def _arrays(self) -> dict[str, npt.NDArray]:
@@ -306,7 +315,7 @@ class BoNEnvironment(Environment):
 
         from iapo.exact import bon_expected_max
 
-        n_prompts, n_queries, _, k1 = self.scores.shape
+        n_prompts, n_queries = self.scores.shape[:2]
         n_max = self.problem.n_max
         weights, _ = self.problem.grid.distinct_weights()
         task = np.empty((n_prompts, n_queries, len(weights), n_max))
@@ -316,7 +325,7 @@ class BoNEnvironment(Environment):
         ) as bar:
             for w_i, w in enumerate(weights):
                 for p in range(n_prompts):
-                    values = self.scores[p, :, :, : k1 - 1] @ w  # [X, S]
+                    values = task_values(self.scores[p], w[None])[..., 0]  # [X, S]
                     task[p, :, w_i] = bon_expected_max(values, self.probs[p], n_max)
                     bar.update(1)
         cost = (self.scores[..., -1] * self.probs).sum(-1)

@@ -7,9 +7,10 @@ The paper runs these fully sequentially; here the decisions are made in ``batche
 about T / batches completions, each batch from the estimates of the one before, so a run costs
 tens of numpy calls rather than one per pull (``batches = T`` is fully sequential). With
 ``growth`` > 1 the batches grow geometrically instead (:func:`batch_sizes`, batched bandits'
-geometric grid); it is an option, not the default: ``benchmarks/batches_ablation.py`` found 20
-batches growing by 1.2 as good as 50 equal ones on ``math`` and ``commonsenseqa`` but much
-worse on ``synth-bernoulli`` (docs/measured.md). Arms whose N exceeds the remaining budget are
+geometric grid); it is an option, not the default:
+``benchmarks/experiments/batches_ablation.py`` found 20 batches growing by 1.2 as good as 50
+equal ones on ``math`` and ``commonsenseqa`` but much worse on ``synth-bernoulli``
+(docs/measured.md). Arms whose N exceeds the remaining budget are
 never picked, so the budget is never overspent. The final policy is the arm with the highest
 estimate in every context.
 """
@@ -34,7 +35,7 @@ from iapo.learners.base import (
     check_estimator,
     round_record,
 )
-from iapo.problem import Problem
+from iapo.problem import Problem, arm_at
 from iapo.pulls import Oracle, Pull
 
 IntpArray = npt.NDArray[np.intp]
@@ -42,8 +43,9 @@ BoolArray = npt.NDArray[np.bool_]
 
 
 class SelectionRule(Protocol):
-    """How a sequential learner picks arms: for every decision d, an arm index (p * N_max +
-    n - 1) for context ``contexts[d]`` among the ``feasible`` arms [A], from the estimates."""
+    """How a sequential learner picks arms: for every decision d, a flat arm index
+    (:func:`iapo.problem.arm_index`) for context ``contexts[d]`` among the ``feasible`` arms
+    [A], from the estimates."""
 
     def __call__(self, stats: Estimator, contexts: IntpArray, feasible: BoolArray,
                  rng: np.random.Generator) -> IntpArray: ...
@@ -91,7 +93,7 @@ def sequential(
     budget = check_budget(oracle, budget)
     check_count("batches", batches)
     p, n = problem.n_prompts, problem.n_max
-    arm_cost = np.tile(np.arange(1, n + 1), p)
+    arm_cost = arm_at(np.arange(p * n), n)[1]  # N of every flat arm: what a pull of it costs
     stats = QTable(problem, estimator)
     trace = Trace(info={"batches": batches, "growth": growth})
     sizes = batch_sizes(budget, batches, growth)
@@ -107,9 +109,9 @@ def sequential(
         cum = np.cumsum(arm_cost[arms])
         take = int(np.searchsorted(cum, room, side="right")) or 1  # the first always fits
         uniq, counts = np.unique(arms[:take], return_counts=True)
-        # arm index p * N_max + (n - 1), as Arm.from_index reads it
-        pulls = [Pull(p_, n_ + 1, m) for p_, n_, m in
-                 zip((uniq // n).tolist(), (uniq % n).tolist(), counts.tolist(), strict=True)]
+        prompts, ns = arm_at(uniq, n)
+        pulls = [Pull(p_, n_, m) for p_, n_, m in
+                 zip(prompts.tolist(), ns.tolist(), counts.tolist(), strict=True)]
         stats.update(oracle.pull(pulls))
         trace.rounds.append(round_record(len(trace.rounds) + 1, room, pulls,
                                          np.full(problem.n_contexts, p * n)))

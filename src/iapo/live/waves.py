@@ -2,13 +2,16 @@
 
 An arm (prompt, N) whose policy was priced with ``stop = "decided"`` (:mod:`iapo.stopping`)
 asks for its completions in waves of ``wave``: sample indices 0..w-1, then w..2w-1, and so on.
-After every completion that comes back, the votes are checked: once the leader's margin over
-the runner-up exceeds the completions not yet back, no remaining completion can change the
-winner, so the requests still in flight (or waiting for a connection) are cancelled and no
-further wave is asked for. The
-answer is the one all N completions would have given (the same winner set); training priced the
-arm with the expected completions of this rule (stopping at wave boundaries; cancelling inside
-a wave can only pay less).
+The rule is :func:`iapo.stopping.vote_decided`: once the leader's margin over the runner-up
+exceeds the completions not yet back, no remaining completion can change the winner. The answer
+is the one all N completions would have given (the same winner set).
+
+Granularity. Live, the votes are checked after every completion that comes back, not once per
+wave: the completions of a wave arrive one by one, and the requests still in flight (or waiting
+for a connection) when the vote is decided can be cancelled, and no further wave is asked for.
+Training priced the arm at wave boundaries (:func:`iapo.stopping.stop_points`,
+:func:`iapo.stopping.expected_paid`): a wave once asked for is paid in full there. Deciding
+inside a wave stops at the same boundary or earlier: live uses at most the completions priced.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ async def draw_in_waves(start: Callable[[int], Awaitable[C]], n: int, wave: int,
         a = answer_of(c)
         got[i] = (c, a)
         counts[a] += 1
-        if not decided and vote_decided(counts.values(), n - len(got)):
+        if not decided and vote_decided(list(counts.values()), n - len(got)):
             decided = True
             for t in tasks:
                 if not t.done() and t is not asyncio.current_task():
@@ -95,21 +98,3 @@ async def draw_in_waves(start: Callable[[int], Awaitable[C]], n: int, wave: int,
     order = sorted(got)
     return Drawn([got[i][0] for i in order], [got[i][1] for i in order], order, waves,
                  cancelled)
-
-
-def decided_in_waves(draw: Callable[[list[int]], list[C]], n: int, wave: int,
-                     answer_of: Callable[[C], str | None]) -> Drawn[C]:
-    """The same rule, synchronously: ``draw(indices)`` returns one wave's completions at once
-    (e.g. replayed from a store), and the votes are checked after each wave."""
-    comps: list[C] = []
-    answers: list[str | None] = []
-    waves = 0
-    while len(comps) < n:
-        idx = list(range(len(comps), min(n, len(comps) + wave)))
-        waves += 1
-        for c in draw(idx):
-            comps.append(c)
-            answers.append(answer_of(c))
-        if vote_decided(Counter(answers).values(), n - len(comps)):
-            break
-    return Drawn(comps, answers, list(range(len(comps))), waves, 0)
