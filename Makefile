@@ -84,8 +84,14 @@ docs: dev
 	$(BIN)/iapo plot --out docs/plots
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
 
-bench: venv
-	$(BIN)/python benchmarks/bench_core.py
+# every perf script against its targets (benchmarks/perf/suite.py; docs/measured.md), quick
+# (fewer repetitions, the same targets; about 5 minutes on 2 cores); each target is a ratio
+# measured in one run, and a miss fails. bench_pinned and bench_protocol compare with
+# BENCH_COMMIT (HEAD: the uncommitted changes), e.g. make bench BENCH_COMMIT=c339da7;
+# bench_client needs dev's model server
+BENCH_COMMIT ?= HEAD
+bench: dev
+	$(BIN)/python benchmarks/perf/suite.py --commit $(BENCH_COMMIT)
 
 lint: dev
 	$(BIN)/ruff check src tests benchmarks

@@ -1,5 +1,5 @@
 """A pinned earlier commit, checked out into a temporary git worktree for as long as a
-benchmark compares against it (benchmarks/bench_pinned.py, bench_protocol.py,
+benchmark compares against it (benchmarks/perf/bench_pinned.py, perf/bench_protocol.py,
 same_results.py)."""
 
 from __future__ import annotations

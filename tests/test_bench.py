@@ -450,3 +450,56 @@ def test_ray_backend_gives_the_same_results(
     finally:
         ray.shutdown()
     assert results(csv_rows(tmp_path / "runs.csv")) == results(small_rows)
+
+
+# --- the perf suite (benchmarks/perf; `make bench`) ---------------------------------------------
+
+PERF = Path(__file__).resolve().parent.parent / "benchmarks" / "perf"
+
+
+def perf_module(name: str) -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"perf_{name}", PERF / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_make_bench_runs_the_suite_and_the_suite_every_perf_script() -> None:
+    suite = perf_module("suite")
+    scripts = {p.stem for p in PERF.glob("*.py")} - set(suite.HELPERS)
+    assert set(suite.SCRIPTS) == scripts and len(scripts) >= 8
+    assert set(suite.PINNED) <= scripts
+    makefile = (PERF.parent.parent / "Makefile").read_text()
+    recipe = makefile.split("\nbench:", 1)[1].split("\n\n", 1)[0]
+    assert "benchmarks/perf/suite.py --commit $(BENCH_COMMIT)" in recipe
+
+
+def test_a_missed_target_exits_1_naming_it() -> None:
+    import subprocess
+    import sys
+
+    code = ("from targets import Target, verdict; verdict('demo', [Target('a', 0.5, 1.0), "
+            "Target('b', 2.0, 3.0, at_least=True), Target('c', 3.0, 3.0, at_least=True)])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=PERF, capture_output=True, text=True)
+    assert out.returncode == 1
+    assert out.stdout.splitlines() == ["PASS  a = 0.500 (target <= 1)",
+                                       "MISS  b = 2.000 (target >= 3)",
+                                       "PASS  c = 3.000 (target >= 3)"]
+    assert out.stderr.strip() == "demo: 1 of 3 targets missed: b = 2.000 (target >= 3)"
+
+
+def test_the_suite_collects_each_target_and_fails_exactly_on_a_miss() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(PERF / "suite.py"), "--commit", "HEAD",
+                          "--only", "bench_cli"], capture_output=True, text=True, timeout=300)
+    summary = out.stdout.split("\nscript ", 1)[1].splitlines()
+    verdicts = [line for line in summary if " PASS  " in line or " MISS  " in line]
+    assert len(verdicts) == 3 and "iapo --help / import click" in verdicts[0]
+    missed = any(" MISS  " in line for line in verdicts)
+    assert out.returncode == int(missed)
+    assert summary[-1].endswith("FAILED: bench_cli" if missed else "every target met")

@@ -260,7 +260,7 @@ def test_bounded_load_no_errors_no_lost_requests(tmp_path: Path) -> None:
         assert len({rid for rid, _, _ in results}) == 240
         assert len(up.requests) == 120 * 2 + 120 * 1
         overhead = statistics.median(t - u for _, t, u in results)
-        assert overhead < 0.25  # a loose bound; benchmarks/bench_gateway.py measures it
+        assert overhead < 0.25  # loose; benchmarks/perf/bench_gateway_throughput.py measures it
         health = httpx.get(f"{gw.url}/health").json()
         assert health["served"] == 240 and health["errors"] == 0
 

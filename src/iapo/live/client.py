@@ -139,7 +139,7 @@ class ChatClient:
 
     # httpx's connection pool scans all its connections on every request and release, so one
     # pool of 64 costs ~10 ms of CPU per request at concurrency 50 (measured by
-    # benchmarks/bench_gateway_throughput.py); several small pools, used in turn, do not
+    # benchmarks/perf/bench_gateway_throughput.py); several small pools, used in turn, do not
     POOL_SIZE = 8
 
     async def __aenter__(self) -> ChatClient:

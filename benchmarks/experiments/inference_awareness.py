@@ -1,11 +1,13 @@
 """Does inference-awareness matter on an environment? Exact numbers on all its queries.
 
-    .venv/bin/python benchmarks/inference_awareness.py ENV [ENV ...]
+    .venv/bin/python benchmarks/experiments/inference_awareness.py ENV [ENV ...]
 
 Per context: the best arm (prompt, N) and its Q, and the best arm restricted to N = 1 (what
 inference-agnostic prompt optimization deploys) with its Q and its regret. Then the optimal
 ACR, the ACR of the best N = 1 policy, their difference, and how many distinct prompts and N
 the optimal policy uses.
+
+Cited by docs/environments.md.
 """
 
 from __future__ import annotations

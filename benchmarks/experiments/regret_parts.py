@@ -1,6 +1,7 @@
 """Where a learner's regret comes from: the wrong prompt, or the right prompt at the wrong N.
 
-    .venv/bin/python benchmarks/regret_parts.py ENV [--budget T] [--runs R] [--learners a,b]
+    .venv/bin/python benchmarks/experiments/regret_parts.py ENV [--budget T] [--runs R]
+        [--learners a,b]
 
 For the policy a learner returns on runs 0..R-1 (the same environments, seeds, splits and
 oracles as `iapo bench`, so the totals match its runs.csv), each context's test-split regret is
@@ -8,6 +9,8 @@ split by `iapo.training.regret_parts` into a prompt part (the best any N of the 
 could do, short of the best arm) and a scale part (what the chosen N loses on that prompt).
 Printed per learner: the mean regret and its two parts (weighted by the context
 probabilities), and the share of contexts whose chosen prompt is a best one.
+
+Cited by docs/default-learner.md and docs/environments.md.
 """
 
 from __future__ import annotations

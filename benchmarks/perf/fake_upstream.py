@@ -1,6 +1,7 @@
-"""A fake OpenAI-compatible upstream for the gateway benchmarks: a raw ASGI app under uvicorn.
+"""A fake OpenAI-compatible upstream for the gateway benchmarks (rig.py starts it): a raw ASGI
+app under uvicorn.
 
-    .venv/bin/python benchmarks/fake_upstream.py --port 8123 [--latency 0.05]
+    .venv/bin/python benchmarks/perf/fake_upstream.py --port 8123 [--latency 0.05]
 
 ``POST /v1/chat/completions`` sleeps ``--latency`` seconds (a short completion from a fast model
 server), then answers one choice ``"The answer is (B). seed=<seed>"`` with usage 7 prompt and 5

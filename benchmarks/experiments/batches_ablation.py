@@ -1,7 +1,7 @@
 """Do the sequential baselines need many decision batches? Mean regret of egreedy, softmax
 and ucb against their number of batches, paired runs (same splits, oracles and seeds).
 
-    .venv/bin/python benchmarks/batches_ablation.py [--envs math,commonsenseqa]
+    .venv/bin/python benchmarks/experiments/batches_ablation.py [--envs math,commonsenseqa]
         [--budgets 1000,5000,20000] [--batches 10,15,20,50,200] [--runs 100] [--workers 2]
         [--reference 50]
 
@@ -11,6 +11,8 @@ geometric grid whose batches grow by 1.25 each).
 The paper runs them fully sequentially (one decision at a time); iapo decides in batches, each
 from the estimates after the one before. Prints per (environment, budget, learner) the mean
 regret (SEM) per number of batches and the Wilcoxon p-value of each against the most batches.
+
+Cited by docs/measured.md.
 """
 
 from __future__ import annotations

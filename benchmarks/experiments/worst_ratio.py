@@ -2,7 +2,9 @@
 (environment, budget) cell the mean regret of every learner, and per learner the worst ratio
 of its mean regret to the best learner's in the same cell, and where.
 
-    .venv/bin/python benchmarks/worst_ratio.py docs/default-bench/runs.csv [--markdown]
+    .venv/bin/python benchmarks/experiments/worst_ratio.py docs/default-bench/runs.csv [--markdown]
+
+Cited by docs/default-learner.md and docs/measured.md.
 """
 
 from __future__ import annotations

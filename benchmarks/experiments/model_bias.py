@@ -1,12 +1,14 @@
 """Bias of the model-based estimator (iapo.model), measured, not assumed.
 
-    .venv/bin/python benchmarks/bench_model_bias.py [--reps 10]
+    .venv/bin/python benchmarks/experiments/model_bias.py [--reps 10]
 
 For each environment, split the queries 80/20 (seed r), draw for every prompt one group of g
 completions (g = 2 or 4) on each of as many uniformly drawn training queries as there are
 training queries, fit the model, and compare its Q(c, p, n) with the exact Q on the training
 queries. Prints, per n, the mean error (bias) over prompts, contexts and repetitions with its
 SEM over repetitions, and the root mean squared error.
+
+Cited by docs/beyond.md.
 """
 
 from __future__ import annotations

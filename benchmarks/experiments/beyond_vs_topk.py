@@ -2,10 +2,12 @@
 environment (the one with the lowest mean regret over the five budgets), from the runs of
 docs/beyond/runs.csv (made by the `iapo bench` command in docs/beyond.md).
 
-    .venv/bin/python benchmarks/beyond_vs_topk.py [docs/beyond]
+    .venv/bin/python benchmarks/experiments/beyond_vs_topk.py [docs/beyond]
 
 Writes summary-vs-topk.md next to runs.csv: mean regret (SEM) and the two-sided Wilcoxon
 p-value of the paired ACRs against that Top-K variant.
+
+Cited by docs/beyond.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Probabilistic stopping (adaptive self-consistency's Beta rule) against ``decided``.
 
-    .venv/bin/python benchmarks/probabilistic_stopping.py [--samples 400] [--seed 0]
+    .venv/bin/python benchmarks/experiments/probabilistic_stopping.py [--samples 400] [--seed 0]
 
 ``decided`` stops only when no remaining answer can change the vote, so its answer is exactly
 that of all N. The Beta rule stops once P(p_leader > p_runner-up | votes) >= tau under a
@@ -15,6 +15,8 @@ the Beta rule at several tau. Printed (and written to docs/stopping-probabilisti
 accuracy (1/t credit) of each, the accuracy lost against all N with its standard error over
 queries, the completions paid, and the change of Q (accuracy minus the context's cost weight
 times the cost of the completions paid) against ``decided``.
+
+Cited by docs/stopping.md and docs/stopping-probabilistic.md.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ def main() -> None:
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     lines = ["# Probabilistic stopping against `decided`", "",
-             "Made by `.venv/bin/python benchmarks/probabilistic_stopping.py "
+             "Made by `.venv/bin/python benchmarks/experiments/probabilistic_stopping.py "
              f"--samples {args.samples} --seed {args.seed}` (its docstring says how). The Beta "
              "rule **changes the answer distribution**: its accuracy is not that of all N, and "
              "Q does not price it; `decided` returns exactly the answer of all N. Accuracy: "

@@ -1,9 +1,10 @@
 """Throughput of `iapo serve` against the same upstream called directly, in one run.
 
-    .venv/bin/python benchmarks/bench_gateway_throughput.py [--upstream-latency 0.05]
+    .venv/bin/python benchmarks/perf/bench_gateway_throughput.py [--upstream-latency 0.05]
         [--requests 400] [--json OUT.json] [--profile OUT]
 
-A fake OpenAI-compatible upstream (benchmarks/fake_upstream.py: uvicorn, its own process)
+A fake OpenAI-compatible upstream (fake_upstream.py next to this script: uvicorn, its own
+process)
 waits ``--upstream-latency`` seconds per completion. In front of it, `iapo serve` runs as a
 subprocess (``--max-concurrency 64``, ``--upstream-retries 0`` so that a failure is counted, not
 hidden by a retry) over an MV task with ``supports_n = false``: a request for N samples is N
@@ -16,8 +17,9 @@ The load generator (httpx.AsyncClient, this process) keeps a fixed number of req
 - gateway: a chat completion with ``iapo_context`` posted to the gateway.
 Per cell: requests/s, p50 and p99 client latency, errors, the CPU each process spent per
 request, and for the gateway its own time (``iapo.gateway_seconds - iapo.upstream_seconds``).
-Target, stated as ratios: gateway/direct throughput at N = 1 (concurrency 8 and 50), and the
-median added latency at concurrency 8.
+Targets, ratios measured in the run: gateway / direct throughput at N = 1 at least 0.8
+(concurrency 8 and 50); gateway / direct median latency at N = 1, concurrency 8, at most 1.1
+(5 ms added to the upstream's 50 ms); every request of every cell answered, none failed.
 
 If the gateway checks bearer keys (``IAPO_API_KEYS``), it gets ``bench-key`` and every request
 sends it; the run says whether a request without a key was refused (``--no-key``: no keys).
@@ -44,12 +46,11 @@ import os
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from multiprocessing.pool import Pool
 from pathlib import Path
@@ -58,15 +59,11 @@ from typing import Any
 import httpx
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
-
-from conftest import free_port, wait_until_up  # noqa: E402
-from iapo.live.task import load_task  # noqa: E402
-from test_serve import QUESTION, mv_task, write_policy  # noqa: E402
+from iapo.live.task import load_task
+from rig import QUESTION, fake_upstream, free_port, process, write_policy, write_task
+from targets import Target, verdict
 
 API_KEY = "bench-key"
-CONTEXTS = ["budget=low", "budget=high"]
 CONCURRENCIES = (8, 50)
 NS = (1, 3)
 
@@ -89,30 +86,6 @@ class Cell:
     upstream_calls: int  # chat requests the upstream answered during the cell
     cpu_ms: dict[str, float | None]  # client (all its processes), upstream, gateway
     client_core: float  # the busiest load-generating process: its CPU seconds per second
-
-
-@contextlib.contextmanager
-def process(args: list[str], log: Path, what: str, health: str,
-            env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """A subprocess (``env``: its whole environment, else this one's) with its output in
-    ``log``, up once ``health`` answers 200; interrupted, terminated, then killed, on the way
-    out."""
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=env)
-        try:
-            wait_until_up(health, proc, 60, what, log.read_text)
-            yield proc
-        finally:
-            # SIGINT first: uvicorn re-raises the signal it stopped on, and only SIGINT (as
-            # KeyboardInterrupt) lets a cProfile'd gateway write its profile on the way out
-            stops: list[Callable[[], None]] = [
-                lambda: proc.send_signal(signal.SIGINT), proc.terminate, proc.kill]
-            for stop in stops:
-                if proc.poll() is not None:
-                    break
-                stop()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=15)
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -445,25 +418,14 @@ def main() -> None:
         upstream = f"http://127.0.0.1:{port}/v1"
         stack = (["--loop", "asyncio", "--http", "h11"] if args.upstream_stack == "asyncio-h11"
                  else [])
-        with process([sys.executable, str(HERE / "fake_upstream.py"), "--port", str(port),
-                      "--latency", str(args.upstream_latency), *stack], tmp / "upstream.log",
-                     "the fake upstream", f"{upstream}/models") as up:
-            task = mv_task(tmp, upstream)
-            text = task.read_text()
-            for old, new in (("concurrency = 1", "concurrency = 64"),
-                             ('supports_n = "auto"', "supports_n = false")):
-                if old not in text:
-                    raise RuntimeError(f"tests/data/mcq_task.toml no longer has '{old}'; "
-                                       "update the benchmark's rewrite")
-                text = text.replace(old, new)
-            task.write_text(text)
+        with fake_upstream(port, args.upstream_latency, tmp / "upstream.log", *stack) as up:
+            task = write_task(tmp, upstream, concurrency=64, supports_n=False)
             spec = load_task(task)
             prompt = spec.prompts[0]
             body = {"model": spec.model.name, "messages": prompt.render(QUESTION),
                     **prompt.decoding}
             for n in NS:
-                policy = write_policy(tmp / f"policy-n{n}.json", task, spec.name, CONTEXTS,
-                                      [(0, n)] * len(CONTEXTS))
+                policy = write_policy(tmp / f"policy-n{n}.json", task, n)
                 gport = free_port()
                 gateway = f"http://127.0.0.1:{gport}"
                 prof = (["-m", "cProfile", "-o", f"{args.profile}-n{n}.prof"] if args.profile
@@ -489,6 +451,17 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
         print(f"wrote {args.json}")
+    by = {(c.target, c.n, c.concurrency): c for c in cells}
+    asked = len(cells) * args.requests
+    verdict("bench_gateway_throughput", [
+        *(Target(f"gateway / direct throughput, N = 1, concurrency {k}",
+                 by["gateway", 1, k].requests_per_s / by["direct", 1, k].requests_per_s, 0.8,
+                 at_least=True) for k in CONCURRENCIES),
+        Target("gateway / direct median latency, N = 1, concurrency 8",
+               by["gateway", 1, 8].p50_ms / by["direct", 1, 8].p50_ms, 1.1),
+        Target(f"answered without error / asked, {len(cells)} cells",
+               sum(c.answered for c in cells) / asked, 1.0, at_least=True),
+    ])
 
 
 if __name__ == "__main__":

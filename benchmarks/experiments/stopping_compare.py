@@ -3,7 +3,7 @@
     .venv/bin/iapo bench --envs math,commonsenseqa --learners psst,psst-auto --runs 200 \\
         --workers 2 --reference psst-auto --metric regret --stop all --out docs/stopping-bench/all
     .venv/bin/iapo bench ... --stop decided --wave 1 --out docs/stopping-bench/decided
-    .venv/bin/python benchmarks/stopping_compare.py docs/stopping-bench
+    .venv/bin/python benchmarks/experiments/stopping_compare.py docs/stopping-bench
 
 Both benches draw the same splits and the same training completions (the seeds depend on the
 run, the learner and the budget only), so every run pairs. For every environment, learner and
@@ -13,6 +13,8 @@ regret against each setting's own oracle, and the completions each policy pays p
 deployed. For the oracle, per context: the best arm of each setting, and the completions the
 paper's best arm pays when it stops once decided, at equal accuracy. Writes comparison.md and
 one figure per environment (``<env>-stopping.png``) into the folder.
+
+Cited by docs/stopping.md.
 """
 
 from __future__ import annotations

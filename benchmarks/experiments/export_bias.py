@@ -11,7 +11,9 @@ Each trial draws S answers per pair from it, as a live collection would, and com
 over every prompt and query, the true MV credit Q(N), the plug-in Q(N) of the exported
 environment and the subset average. Prints the mean of each and the bias.
 
-    .venv/bin/python benchmarks/export_bias.py
+    .venv/bin/python benchmarks/experiments/export_bias.py
+
+Cited by docs/live.md.
 """
 
 from __future__ import annotations
