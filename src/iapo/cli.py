@@ -397,11 +397,24 @@ def plot(out: str, env_name: str, prompts: str | None) -> None:
 @click.option("--other-task", "other_task", is_flag=True,
               help="Allow a task other than the one OUT was made for (pools are shared by "
                    "content).")
+@click.option("--dry-run", "dry_run", is_flag=True,
+              help="Check everything and print the plan (contexts, arms, rounds, completions, "
+                   "tokens, money, what the store holds) without asking the model or writing.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the plan as JSON.")
 @_user_errors
-def optimize(task_path: str, out: str, other_task: bool) -> None:
+def optimize(task_path: str, out: str, other_task: bool, dry_run: bool, as_json: bool) -> None:
     """Learn a policy for TASK through its live model (resumable: rerun to continue)."""
     from pathlib import Path
 
+    if dry_run:
+        from iapo.live.plan import dry_run as plan
+        from iapo.live.plan import plan_lines
+
+        result = plan(Path(task_path), Path(out), other_task)
+        _report_check(result, as_json, plan_lines)
+        return
+    if as_json:
+        raise click.UsageError("--json goes with --dry-run (the run writes report.json)")
     from iapo.live.optimize import optimize as run
     from iapo.live.task import load_task
 
@@ -415,6 +428,44 @@ def optimize(task_path: str, out: str, other_task: bool) -> None:
     acr = report["test_acr"]
     click.echo(f"test-split ACR (from stored samples): {acr:.4f}")
     click.echo(f"policy: {Path(out) / 'policy.json'}  report: {Path(out) / 'report.md'}")
+
+
+def _report_check(result: dict[str, Any], as_json: bool,
+                  lines: Callable[[dict[str, Any]], list[str]]) -> None:
+    """Print a check's result: JSON, or its ``lines``, or one "Error: ..." line per problem
+    (exit status 1)."""
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    elif not result["problems"]:
+        for line in lines(result):
+            click.echo(line)
+    for problem in [] if as_json else result["problems"]:
+        click.echo(f"Error: {problem}", err=True)
+    if result["problems"]:
+        raise click.exceptions.Exit(1)
+
+
+@main.command()
+@click.argument("task_path", metavar="TASK", type=click.Path(dir_okay=False))
+@click.option("--out", "out", default=None, type=click.Path(file_okay=False),
+              help="Also check the run folder optimize would use: writable, and its store (if "
+                   "any) readable and of this task.")
+@click.option("--other-task", "other_task", is_flag=True,
+              help="With --out: allow a store made for another task.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_user_errors
+def validate(task_path: str, out: str | None, other_task: bool, as_json: bool) -> None:
+    """Check TASK as optimize does (task file, data, scorers, API key), without a model call.
+
+    Exit status 0 and the task's sizes, or 1 and one "Error: ..." line per problem.
+    """
+    from pathlib import Path
+
+    from iapo.live.plan import summary_line
+    from iapo.live.plan import validate as run
+
+    result = run(Path(task_path), Path(out) if out else None, other_task)
+    _report_check(result, as_json, lambda r: [f"{task_path} is valid: {summary_line(r)}"])
 
 
 @main.command()

@@ -68,6 +68,12 @@ def screening_rounds(n_prompts: int, keep: int, budget: int, group: int) -> int:
     return min(math.ceil(math.log2(n_prompts / keep)), budget // (n_prompts * group))
 
 
+def group_size(aggregator: str, n_max: int) -> int:
+    """g: the screening's group size, min(2, N_max) for majority voting and min(4, N_max)
+    for Best-of-N."""
+    return min(2 if aggregator == "mv" else 4, n_max)
+
+
 def survivors(size: int, keep: int, last: bool) -> int:
     """How many of ``size`` alive prompts a context keeps: half (ceil), never fewer than
     ``keep``, exactly ``keep`` (or all if fewer) after the last round."""
@@ -99,7 +105,7 @@ class PSSTAuto:
             return result
         c, p, n = problem.n_contexts, problem.n_prompts, problem.n_max
         mv = problem.aggregator == "mv"
-        g = min(2 if mv else 4, n)
+        g = group_size(problem.aggregator, n)
         model = ModelQTable(problem, self.alpha)
         blocks = None if mv else QTable(problem)
         trace = Trace(info={"group": g})

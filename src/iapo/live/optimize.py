@@ -5,11 +5,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
+from iapo.errors import InputError, RunError
 from iapo.estimate import QTable
 from iapo.files import check_writable, write_atomically, write_text_atomically
 from iapo.learners import get_learner
@@ -30,16 +34,79 @@ def _ci(mean: float, var: float, n: int) -> list[float | None]:
     return [mean - half, mean + half]
 
 
-def _open_run(task: Task, out: Path, store: CompletionStore, command: str,
-              other_task: bool) -> int:
-    """Check that ``out`` belongs to ``task`` (or that the caller allows another task),
-    then record the start of a run; returns its id."""
+def check_store_task(task: Task, out: Path, store: CompletionStore, other_task: bool) -> None:
+    """Check that the store of ``out`` belongs to ``task`` (or that the caller allows another
+    task)."""
     meta = store.get_meta("task")
     if meta is not None and meta.get("name") != task.name and not other_task:
         raise TaskError(f"{out} holds the runs of task '{meta.get('name')}', not "
                         f"'{task.name}'; give another --out, or pass --other-task to share its "
                         "completions (pools are keyed by content, so nothing is mixed up)")
+
+
+def _open_run(task: Task, out: Path, store: CompletionStore, command: str,
+              other_task: bool) -> int:
+    """Check that ``out`` belongs to ``task``, then record the start of a run; returns its
+    id."""
+    check_store_task(task, out, store, other_task)
     return store.start_run(command, task.name, task.digest(), task.seed)
+
+
+_R = TypeVar("_R")
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What ``optimize`` has once its checks pass: the records, the task's live parts, the
+    seeds of the split, the oracle and the learner, and the split (query indices)."""
+
+    records: list[Record]
+    runtime: TaskRuntime
+    seeds: list[np.random.SeedSequence]
+    train: npt.NDArray[np.int64]
+    test: npt.NDArray[np.int64]
+
+
+def preflight(task: Task, out: Path | None,
+              problems: list[str] | None = None) -> Preflight | None:
+    """Every check ``optimize`` makes before it writes anything or asks the model: the data
+    file, the gold answers the scorers need, the scorers themselves, the ``out`` folder (if
+    given), the model's API key and the split.
+
+    Without ``problems`` the first problem raises, as ``optimize`` needs. With a list (``iapo
+    validate``, ``--dry-run``), the message of every problem is appended to it instead, in
+    the order ``optimize`` meets them, and a check that needs what a failed one gives is
+    skipped; None is returned if any failed.
+    """
+    failed = False
+
+    def check(step: Callable[[], _R]) -> _R | None:
+        nonlocal failed
+        if problems is None:
+            return step()
+        try:
+            return step()
+        except (InputError, RunError) as e:
+            problems.append(str(e))
+            failed = True
+            return None
+
+    records = check(lambda: load_records(task.data_path))
+    runtime = check(lambda: TaskRuntime(task, records or []))
+    if runtime is not None:
+        if records is not None:
+            check(runtime.check_golds)
+        check(lambda: runtime.scorers)  # a broken scorer fails before any call
+    if out is not None:
+        check(lambda: check_writable(out, "--out", folder=True))
+    check(task.model.api_key)
+    seeds = np.random.SeedSequence(task.seed).spawn(3)
+    split = None
+    if records is not None:
+        split = check(lambda: train_test_split(len(records), seeds[0], task.test_fraction))
+    if failed or records is None or runtime is None or split is None:
+        return None
+    return Preflight(records, runtime, seeds, *split)
 
 
 def _run_history(store: CompletionStore, current: int) -> list[dict[str, Any]]:
@@ -60,13 +127,10 @@ def optimize(task: Task, out: Path, progress: bool = True,
     """
     from tqdm.auto import tqdm
 
-    records = load_records(task.data_path)
-    runtime = TaskRuntime(task, records)
-    runtime.check_golds()
-    runtime.scorers  # noqa: B018 - load the scorers now: a broken one fails before any call
-    check_writable(out, "--out", folder=True)
-    split_seq, oracle_seq, learner_seq = np.random.SeedSequence(task.seed).spawn(3)
-    train, test = train_test_split(len(records), split_seq, task.test_fraction)
+    ready = preflight(task, out)
+    assert ready is not None  # without a list of problems, preflight raises the first
+    records, runtime, train, test = ready.records, ready.runtime, ready.train, ready.test
+    _, oracle_seq, learner_seq = ready.seeds
     with store_errors(out / "store.sqlite"), writer_lock(out, "optimize"), \
             CompletionStore(out / "store.sqlite") as store, \
             tqdm(total=task.budget, desc="optimize", unit="compl", disable=not progress) as bar:

@@ -203,8 +203,11 @@ class CompletionStore:
                 what = "does not exist" if not self.path.exists() else "is not a regular file"
                 raise StoreError(f"store {str(self.path)!r} {what}; give the store.sqlite of "
                                  "an iapo run")
-            self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
-                                      timeout=30.0)
+            # without a -wal file the store is fully checkpointed: read it as immutable, or
+            # SQLite would create -wal and -shm files beside it (and leave them)
+            immutable = "" if Path(f"{self.path}-wal").exists() else "&immutable=1"
+            self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro{immutable}",
+                                      uri=True, timeout=30.0)
             try:
                 with store_errors(self.path):
                     self._check(allow_empty=False)

@@ -49,6 +49,10 @@ Example (docs/live.md documents every field)::
     cost_scale = 0.01                        # cost of a completion of the wordiest prompt
     stop = "all"                             # MV only: "decided" stops once the vote is decided
     wave = 1                                 # with stop = "decided": completions drawn at once
+
+    [pricing]                                # optional: what iapo optimize --dry-run prices
+    input_per_million = 0.15                 # money per million prompt tokens
+    output_per_million = 0.6                 # money per million completion tokens
 """
 
 from __future__ import annotations
@@ -78,7 +82,8 @@ from iapo.problem import (
 DECODING_KEYS = ("temperature", "top_p", "max_tokens")
 
 # The keys each table takes; anything else is a typo that would otherwise be ignored silently.
-TASK_KEYS = ("name", "model", "prompts", "data", "objectives", "aggregator", "contexts", "train")
+TASK_KEYS = ("name", "model", "prompts", "data", "objectives", "aggregator", "contexts", "train",
+             "pricing")
 MODEL_KEYS = ("base_url", "name", "api_key_env", "concurrency", "timeout", "max_retries",
               "supports_n")
 PROMPT_KEYS = ("name", "template", "system", *DECODING_KEYS)
@@ -87,6 +92,7 @@ OBJECTIVE_KEYS = ("name", "scorer", "lower", "upper")
 AGGREGATOR_KEYS = ("kind", "extractor", "labels")
 CONTEXT_KEYS = ("weights", "budgets", "probabilities")
 TRAIN_KEYS = ("n_max", "learner", "budget", "seed", "cost_scale", "stop", "wave")
+PRICING_KEYS = ("input_per_million", "output_per_million")
 # The options each scorer reads, beside name, scorer, lower and upper (see iapo.live.scorers).
 SCORER_OPTIONS: dict[str, tuple[str, ...]] = {
     "exact_match": (),
@@ -301,6 +307,15 @@ class ObjectiveSpec:
 
 
 @dataclass(frozen=True)
+class Pricing:
+    """The model's prices, in money per million tokens (any currency: the dry run's money is
+    in the same)."""
+
+    input_per_million: float
+    output_per_million: float
+
+
+@dataclass(frozen=True)
 class Task:
     """A validated task file."""
 
@@ -324,11 +339,12 @@ class Task:
     raw: dict[str, Any]
     labels: tuple[str, ...] | None = None  # the answers of extractor "label"
     stopping: Stopping = field(default_factory=Stopping)  # how MV arms stop
+    pricing: Pricing | None = None  # [pricing]: only the dry run reads it
 
     def digest(self) -> str:
         """A hash of the task's content (not its path); a list of one base URL hashes as the
-        URL itself."""
-        raw = self.raw
+        URL itself. ``[pricing]`` is left out: prices change no run."""
+        raw = {k: v for k, v in self.raw.items() if k != "pricing"}
         model = raw.get("model")
         if isinstance(model, dict) and isinstance(model.get("base_url"), list) \
                 and len(model["base_url"]) == 1:
@@ -579,6 +595,10 @@ def task_from_dict(raw: dict[str, Any], path: Path) -> Task:
     if stopping.early and kind != "mv":
         raise TaskError(f"train.stop = {stop!r} applies to majority voting; this task's "
                         f"aggregator.kind is {kind!r}: use stop = \"all\" (or remove it)")
+    pricing = None
+    if "pricing" in raw:
+        pr = _table(raw, "pricing", "task", PRICING_KEYS)
+        pricing = Pricing(*(_number(pr, key, "pricing", low=0.0) for key in PRICING_KEYS))
     cells = len(weights) * len(budgets) * len(prompts) * n_max
     if cells > MAX_TABLE_CELLS:
         raise TaskError(
@@ -593,7 +613,7 @@ def task_from_dict(raw: dict[str, Any], path: Path) -> Task:
         aggregator=kind, extractor=extractor, weights=tuple(weights), budgets=budgets,
         probabilities=None if probs is None else tuple(float(x) for x in probs),
         n_max=n_max, learner=learner, budget=budget, seed=seed, cost_scale=cost_scale,
-        raw=raw, labels=labels, stopping=stopping,
+        raw=raw, labels=labels, stopping=stopping, pricing=pricing,
     )
     try:
         task.problem()
