@@ -28,14 +28,17 @@ from iapo.envs.tabular import environment_from_arrays
 from iapo.errors import InputError
 from iapo.learners import (
     PSST,
+    UCB,
     EpsilonGreedy,
     PSSTModel,
+    Softmax,
     TopKScreening,
     TripleSH,
     get_learner,
 )
 from iapo.learners.base import LearnerResult, Round
 from iapo.learners.psst import psst
+from iapo.learners.sequential import batch_sizes, sample_rows, sequential
 from iapo.oracle import SimulatedOracle
 from iapo.problem import ContextGrid, Problem
 from iapo.pulls import Ledger, Observation, Pull
@@ -74,7 +77,7 @@ def noiseless_bon(values: Sequence[float] | Sequence[Sequence[float]], costs: Se
 
 # equal decision batches of T / 50 (the default), so that the exploration rules below can be
 # counted batch by batch; the geometric grid has its own test
-EQUAL = {"batches": 50, "growth": 1.0}
+EQUAL: dict[str, Any] = {"batches": 50, "growth": 1.0}
 
 
 def run(name: str, env: Environment, budget: int, seed: int = 0, **params: Any
@@ -909,3 +912,124 @@ def test_psst_auto_skips_screening_it_cannot_pay_for() -> None:
     assert result.trace.notes[0] == ("screening skipped: 8 prompts, keep=2, and rho*T = 30 "
                                      "cannot pay a round of groups of 4 for every prompt")
     assert all(r.round >= 1 for r in result.trace.rounds) and oracle.ledger.spent == 60
+
+
+# ---------------------------------------------------------------- messages, bounds, the shared loop
+
+
+def test_parameter_errors_name_the_parameter_as_written() -> None:
+    # the exact message, case included, of every hyperparameter check
+    for make, message in [
+        (lambda: EpsilonGreedy(batches=0), "batches=0 must be an integer of at least 1"),
+        (lambda: Softmax(temperature=0.0), "temperature=0.0 must be positive"),
+        (lambda: TopKScreening(k=1, rho=0.0), "rho=0.0 must lie strictly between 0 and 1"),
+        (lambda: PSST(estimator="magic"), "estimator 'magic' is unknown; use one of blocks, "
+                                          "subsets"),
+        (lambda: UCB(growth=0.5), "growth=0.5 must be a number in [1, 10] (the ratio of one "
+                                  "decision batch to the one before; 1: equal batches)"),
+        (lambda: get_learner("egreedy").configure(k=3, zeta=1),
+         "'egreedy' has no parameter k, zeta; its parameters: batches, estimator, growth, "
+         "epsilon"),
+    ]:
+        with pytest.raises(InputError) as error:
+            make()
+        assert str(error.value) == message
+
+
+def test_growth_is_allowed_up_to_ten() -> None:
+    assert UCB(growth=10.0).growth == 10.0 and Softmax(growth=1.0).growth == 1.0
+    for bad in (10.01, 0.99, True):
+        with pytest.raises(InputError, match="must be a number in"):
+            UCB(growth=bad)
+
+
+def test_batch_sizes_by_hand() -> None:
+    # equal: ceil(T / batches), at least 1
+    assert batch_sizes(100, 4, 1.0).tolist() == [25] * 4
+    assert batch_sizes(101, 4, 1.0).tolist() == [26] * 4
+    assert batch_sizes(3, 5, 1.0).tolist() == [1] * 5
+    # geometric, first = T (g - 1) / (g^b - 1): 1300 x 2 / 26 = 100, then x 3
+    assert batch_sizes(1300, 3, 3.0).tolist() == [100, 300, 900]
+    # 10 x 1 / 31 = 0.32: ceil of 0.32, 0.65, 1.29, 2.58, 5.16, each at least 1
+    assert batch_sizes(10, 5, 2.0).tolist() == [1, 1, 2, 3, 6]
+
+
+def test_sample_rows_draws_each_decision_from_its_own_row() -> None:
+    # row 0: weights 1, 3, 0 -> 1/4, 3/4, 0; row 1 is all zero and never used; row 2 sums to
+    # 0.8 < 1: 1/4, 1/4, 1/2. 20,000 decisions per used row.
+    weights = np.array([[1.0, 3.0, 0.0], [0.0, 0.0, 0.0], [0.2, 0.2, 0.4]])
+    contexts = np.repeat([0, 2], 20_000)
+    arms = sample_rows(weights, contexts, np.random.default_rng(0))
+    for row, probs in [(0, [0.25, 0.75, 0.0]), (2, [0.25, 0.25, 0.5])]:
+        counts = np.bincount(arms[contexts == row], minlength=3)
+        for arm, p in enumerate(probs):
+            assert within(int(counts[arm]), 20_000, p) if p else counts[arm] == 0, (row, arm)
+
+
+def test_the_shared_loop_defaults_to_50_equal_batches_of_blocks() -> None:
+    # one prompt, N_max 1: every decision pulls (0, 1). T = 400 without batches, estimator or
+    # growth: 50 equal batches of 400 / 50 = 8, estimated by blocks (one per completion)
+    env = noiseless_bon([0.5], [0.0], 1, {"only": 0.0})
+    oracle = SimulatedOracle(env, np.arange(3), 400, np.random.default_rng(0))
+    result = sequential(env.problem, oracle, 400, np.random.default_rng(1),
+                        EpsilonGreedy().select)
+    assert result.trace.info == {"batches": 50, "growth": 1.0}
+    assert [r.spent for r in result.trace.rounds] == [8] * 50
+    assert result.choices[0].samples == 400
+    with pytest.raises(InputError) as error:
+        sequential(env.problem, oracle, 0, np.random.default_rng(1), EpsilonGreedy().select,
+                   batches=0)
+    assert str(error.value) == "batches=0 must be an integer of at least 1"
+
+
+def test_a_sequential_learner_sizes_its_batches_by_its_own_spending() -> None:
+    # as test_sequential_learners_grow_their_batches_geometrically (T = 700, 3 batches growing
+    # by 2: 100, 200, 400), on an oracle that spent 50 completions before the learner started
+    env = noiseless_bon([0.5], [0.0], 1, {"only": 0.0})
+    oracle = SimulatedOracle(env, np.arange(3), 750, np.random.default_rng(0))
+    oracle.ledger.charge(50)
+    learner = get_learner("egreedy").configure(batches=3, growth=2.0).learner
+    result = learner(env.problem, oracle, 700, np.random.default_rng(1))
+    assert [r.spent for r in result.trace.rounds] == [100, 200, 400]
+    assert result.trace.completions_used == 700
+
+
+def test_softmax_probabilities_in_a_context_depend_on_its_estimates_alone() -> None:
+    # as test_softmax_pulls_with_boltzmann_probabilities (scores 0.1, 0.05, 0: e^2, e, 1 over
+    # their sum), in two contexts drawn with probability 1/2: cost weight 0, and cost weight 40
+    # with a cost of 1 per completion, so Q = score - 40 there. Adding a constant to a row
+    # leaves exp(Q / 0.05) normalised per row unchanged, although the two rows' logits are
+    # 800 apart (exp(-800) underflows to 0 if the rows are not shifted each by its own max).
+    env = noiseless_bon([0.1, 0.05, 0.0], [1.0] * 3, 1, {"free": 0.0, "dear": 40.0})
+    result = run("softmax", env, 4000, **EQUAL)
+    later = pulls_per_prompt(result.trace.rounds[1:])
+    k = sum(later.values())
+    weights = [math.e**2, math.e, 1.0]
+    for p, w in enumerate(weights):
+        assert within(later[p], k, w / sum(weights)), (p, later[p], k * w / sum(weights))
+
+
+def test_psst_without_stockpiling_and_without_budget_still_returns_a_policy() -> None:
+    # T = 0: no round runs, so the round-only estimator is read before any update
+    env = noiseless_bon([0.5, 0.4], [0.0, 0.0], 2, {"a": 0.0, "b": 1.0})
+    oracle = SimulatedOracle(env, np.arange(3), 0, np.random.default_rng(0))
+    result = PSST(stockpile=False)(env.problem, oracle, 0, np.random.default_rng(1))
+    assert result.trace.rounds == [] and oracle.ledger.spent == 0
+    assert len(result.choices) == 2
+    assert all(c.samples == 0 and math.isnan(c.q_hat) for c in result.choices)
+
+
+def test_psst_reads_an_active_set_of_zeros_and_ones() -> None:
+    # v = (0.9, 0.5, 0.7, 0.1), cost 0.3, cost weights lo 0.1 and hi 1. Active: prompt 3 in
+    # no context, prompt 0 only in hi, given as a nested list of 0/1.
+    # lo: Q = v - 0.03 n over prompts 1, 2: best (2, 1) 0.67. hi: Q = v - 0.3 n: best (0, 1) 0.6.
+    env = noiseless_bon([0.9, 0.5, 0.7, 0.1], [0.3] * 4, 2, {"lo": 0.1, "hi": 1.0})
+    active = np.ones((2, 4, 2), dtype=int)
+    active[:, 3] = 0
+    active[0, 0] = 0
+    for seed in range(4):
+        oracle = SimulatedOracle(env, np.arange(3), 100, np.random.default_rng(seed))
+        result = psst(env.problem, oracle, 100, np.random.default_rng(seed),
+                      active=active.tolist())
+        assert [(c.prompt, c.n) for c in result.choices] == [(2, 1), (0, 1)]
+        assert all(p != 3 for r in result.trace.rounds for p, _, _ in r.pulls)

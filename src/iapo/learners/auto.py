@@ -15,10 +15,10 @@ is the choice of prompt, not of N. ``psst-auto`` spends its budget in two phases
 
    - majority voting: the k best by the model's value max_N Q(c, p, N);
    - Best-of-N: the union of the ceil(k / 2) best by the model's value and the ceil(k / 2)
-     best by the blocks' max over N <= g of Q, so between ceil(k / 2) and k prompts (fewer
-     when the two rankings agree): on real score distributions the model's large-N
-     extrapolation can misrank prompts, while small-N blocks miss prompts that win only at
-     large N.
+     best by the blocks' max over N <= g of Q, so between ceil(k / 2) and 2 ceil(k / 2)
+     prompts (k + 1 for an odd k; fewer when the two rankings agree): on real score
+     distributions the model's large-N extrapolation can misrank prompts, while small-N
+     blocks miss prompts that win only at large N.
 
    R_s = ceil(log2(#prompts / keep)) rounds, fewer if rho T cannot pay one group of every
    prompt per round (min(R_s, floor(rho T / (#prompts g)))); with no round the screening is
