@@ -195,6 +195,8 @@ def optimize(task: Task, out: Path, progress: bool = True,
         "notes": result.trace.notes,
         # the judge scorers' own requests and tokens, apart from the policy's completions
         "judge": runtime.judge_usage(),
+        "truncated": truncation(task, oracle.drawn + evaluation["drawn"],
+                                oracle.cut + evaluation["cut"]),
     }
     write_text_atomically(out / "report.json", json.dumps(report, indent=2) + "\n", "the report")
     write_text_atomically(out / "report.md", _report_md(report), "the report")
@@ -239,8 +241,38 @@ def _evaluate_on_test(runtime: TaskRuntime, store: CompletionStore, test: np.nda
         "acr_ci95": [acr - Z95 * se, acr + Z95 * se] if math.isfinite(se) else [None, None],
         "completions_used": oracle.ledger.spent, "completions_paid": oracle.paid,
         "completions_replayed": oracle.replayed, "tokens_paid": oracle.tokens,
-        "scorer_failures": oracle.failures,
+        "scorer_failures": oracle.failures, "drawn": oracle.drawn, "cut": oracle.cut,
     }
+
+
+TRUNCATION_WARN = 0.10  # the share of cut completions above which the report suggests more
+
+
+def truncation(task: Task, drawn: np.ndarray, cut: np.ndarray) -> list[dict[str, Any]]:
+    """Per prompt: the completions this run used (training and test) [P], how many were cut by
+    max_tokens (finish reason "length") and their share."""
+    return [{"prompt": p.name, "max_tokens": p.decoding.get("max_tokens"),
+             "completions": int(d), "truncated": int(c), "share": float(c / d) if d else 0.0}
+            for p, d, c in zip(task.prompts, drawn, cut, strict=True)]
+
+
+def _truncation_md(rows: list[dict[str, Any]]) -> list[str]:
+    """The report's lines on completions cut by max_tokens, and what to do about them."""
+    if not rows:
+        return []
+    lines = ["", "Completions cut by max_tokens (finish reason \"length\"; a cut one counts only "
+             "an explicit answer unless aggregator.truncated = \"any\"):", "",
+             "| prompt | max_tokens | completions | truncated | share |", "|---|---|---|---|---|"]
+    lines += [f"| {t['prompt']} | {t['max_tokens'] if t['max_tokens'] is not None else '-'} | "
+              f"{t['completions']} | {t['truncated']} | {t['share']:.1%} |" for t in rows]
+    for t in rows:
+        if t["share"] > TRUNCATION_WARN:
+            limit = t["max_tokens"]
+            more = f"(to {2 * limit} or more)" if limit is not None else "(set one)"
+            lines += ["", f"Prompt '{t['prompt']}': {t['share']:.0%} of its completions hit "
+                          f"max_tokens = {limit}; give it a larger max_tokens {more}, or "
+                          "ask for a shorter answer."]
+    return lines
 
 
 def _report_md(r: dict[str, Any]) -> str:
@@ -276,6 +308,7 @@ def _report_md(r: dict[str, Any]) -> str:
         f"{fmt(r['test_acr'], r['test_acr_ci95'])} on {r['test_queries']} test queries "
         f"({e['completions_used']} completions, {e['completions_paid']} paid).",
     ]
+    lines += _truncation_md(r.get("truncated", []))
     j = r.get("judge", {})
     if j.get("requests") or j.get("cached"):
         lines += ["", f"Judge scorer (not part of the policy's cost): {j['requests']} requests "
@@ -378,7 +411,8 @@ def export_env(store_path: Path, out: Path) -> dict[str, Any]:
             rows = []
             for c in by_pool.get(pools[j][p], []):
                 if c.score_key != key:
-                    answer_, fresh, failures = runtime.score(records[j], c.text)
+                    answer_, fresh, failures = runtime.score(records[j], c.text,
+                                                               c.finish_reason)
                     c = dataclasses.replace(c, answer=answer_, scores=fresh, failures=failures)
                 rows.append(c)
             groups[(p, pos)] = rows

@@ -30,7 +30,7 @@ from iapo.errors import InputError
 from iapo.estimate import QTable
 from iapo.live.aggregate import answer_categories, answer_labels
 from iapo.live.client import ChatClient, Completion
-from iapo.live.scorers import GOLD_SCORERS, make_extractor, make_scorer
+from iapo.live.scorers import GOLD_SCORERS, TRUNCATION_AWARE, make_extractor, make_scorer
 from iapo.live.store import CompletionStore, StoredCompletion, arm_key, pool_key
 from iapo.live.task import Record, Task, TaskError
 from iapo.pulls import Ledger, Observation, Pull, validate_pulls
@@ -52,13 +52,18 @@ class TaskRuntime:
         self.arms = [arm_key(task.model.name, p.template, p.system, p.decoding)
                      for p in task.prompts]
         self._scorers: list[Any] | None = None  # built on first use: export needs none
+        self._cut_scorers: list[Any] | None = None  # the scorers of truncated completions
         self._scorers_lock = threading.Lock()
-        self.extract = (make_extractor(task.extractor, getattr(task, "labels", None))
-                        if task.extractor else None)
+        labels = getattr(task, "labels", None)
+        self.extract = make_extractor(task.extractor, labels) if task.extractor else None
+        # a completion cut by max_tokens: only an explicit answer counts (aggregator.truncated)
+        self.explicit = task.truncated == "explicit"
+        self.extract_cut = (make_extractor(task.extractor, labels, explicit_only=self.explicit)
+                            if task.extractor else None)
         self.supports_n = task.model.supports_n
         self._pools: dict[tuple[int, int], str] = {}
         self._spec = json.dumps([[o.scorer, o.options, o.lower, o.upper] for o in task.objectives]
-                                + [task.extractor, getattr(task, "labels", None)],
+                                + [task.extractor, labels, task.truncated],
                                 sort_keys=True, default=str)
 
     @property
@@ -69,7 +74,18 @@ class TaskRuntime:
                 self._scorers = [make_scorer(o.scorer, {**o.options, "lower": o.lower,
                                                         "upper": o.upper})
                                  for o in self.task.objectives]
+                # the same objects where truncation changes nothing (a judge caches)
+                self._cut_scorers = [
+                    make_scorer(o.scorer, {**o.options, "lower": o.lower, "upper": o.upper},
+                                explicit_only=True)
+                    if self.explicit and o.scorer in TRUNCATION_AWARE else s
+                    for o, s in zip(self.task.objectives, self._scorers, strict=True)]
         return self._scorers
+
+    @staticmethod
+    def truncated(finish_reason: str | None) -> bool:
+        """Whether a completion was cut by max_tokens (an unknown reason: not cut)."""
+        return finish_reason == "length"
 
     def needs_gold(self) -> list[str]:
         """The objectives whose scorer compares with a gold answer."""
@@ -126,14 +142,22 @@ class TaskRuntime:
                 total[k] += v
         return total
 
-    def score(self, record: Record, text: str
+    def score(self, record: Record, text: str, finish_reason: str | None = None
               ) -> tuple[str | None, list[float | None], list[str]]:
         """(extracted answer, one score per objective, failures). A scorer that raises scores
         the completion at its objective's lower bound and is recorded as a failure. Without a
-        gold answer, the scorers that need one give None (no score, no failure)."""
+        gold answer, the scorers that need one give None (no score, no failure). A completion
+        cut by max_tokens (``finish_reason`` "length") is read by the truncation-aware
+        extractor and scorers (only an explicit answer counts, unless the task says "any")."""
+        cut = self.truncated(finish_reason)
+        scorers = self.scorers
+        if cut:
+            assert self._cut_scorers is not None
+            scorers = self._cut_scorers
+        extract = self.extract_cut if cut else self.extract
         scores: list[float | None] = []
         failures = []
-        for obj, scorer in zip(self.task.objectives, self.scorers, strict=True):
+        for obj, scorer in zip(self.task.objectives, scorers, strict=True):
             if record.gold is None and obj.scorer in GOLD_SCORERS:
                 scores.append(None)
                 continue
@@ -147,9 +171,9 @@ class TaskRuntime:
                 failures.append(f"{obj.name}: {type(e).__name__}: {e}"[:300])
             scores.append(value)
         answer = None
-        if self.extract is not None:
+        if extract is not None:
             try:
-                answer = self.extract(text)
+                answer = extract(text)
             except Exception as e:
                 failures.append(f"extractor: {type(e).__name__}: {e}"[:300])
         return answer, scores, failures
@@ -216,6 +240,8 @@ class LiveOracle:
         p = self.problem.n_prompts
         self.token_sums = np.zeros(p)
         self.token_counts = np.zeros(p, dtype=np.int64)
+        self.drawn = np.zeros(p, dtype=np.int64)  # completions served per prompt
+        self.cut = np.zeros(p, dtype=np.int64)  # of which cut by max_tokens
         self.paid = 0
         self.replayed = 0
         self.tokens = 0
@@ -315,7 +341,7 @@ class LiveOracle:
         fixed = []
         for i in stale:
             c = rows[i]
-            answer, scores, failures = self.runtime.score(record, c.text)
+            answer, scores, failures = self.runtime.score(record, c.text, c.finish_reason)
             rows[i] = dataclasses.replace(c, answer=answer, scores=scores, failures=failures,
                                           score_key=key)
             fixed.append(rows[i])
@@ -336,7 +362,8 @@ class LiveOracle:
                 seeds = [sample_seed(pool, s) for s in samples]
                 comps: list[Completion] = await client.sample(
                     prompt.render(record.query), prompt.decoding, seeds)
-                scored = await asyncio.gather(*(asyncio.to_thread(runtime.score, record, c.text)
+                scored = await asyncio.gather(*(asyncio.to_thread(runtime.score, record, c.text,
+                                                                  c.finish_reason)
                                                  for c in comps))
                 # one transaction for the request: a request with n > 1 carries one seed, so
                 # storing part of it would make a resume ask a different request
@@ -384,6 +411,9 @@ class LiveOracle:
             self.token_sums[prompt] += sum(c.completion_tokens for row in rows for c in row)
             self.token_counts[prompt] += count * n
         cost = float(self.costs()[prompt])
+        self.drawn[prompt] += sum(len(row) for row in rows)
+        self.cut[prompt] += sum(self.runtime.truncated(c.finish_reason) for row in rows
+                                for c in row)
         k = len(self.runtime.task.objectives)
         scores = np.zeros((count, n, k + 1))
         mv = self.problem.aggregator in ("mv", "mixed")

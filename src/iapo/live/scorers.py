@@ -28,6 +28,14 @@ An extractor maps a completion to a canonical answer string (or None when none i
 ``multiple_choice``, ``numeric``, ``math``, ``exact`` and ``label`` (the first of the task's
 ``aggregator.labels`` that the text gives as a whole word, after "answer is" if it says so:
 "No, because ..." reads as "no").
+
+**Truncated completions.** A completion cut by ``max_tokens`` (finish reason ``"length"``) often
+stops in the middle of restating the question ("9 - 8 = "), whose last number or letter is no
+answer. With ``explicit_only`` the ``numeric``, ``multiple_choice`` and ``label`` extractors
+(and their scorers) read only an explicit answer, the patterns of :data:`EXPLICIT`: after
+"answer is" / "answer:", inside ``\\boxed{...}``, (numeric) after ``####`` and (label) as the
+reply's first word; anything else is "no answer". ``TRUNCATION_AWARE`` names them; ``math``
+and ``exact`` read as before.
 """
 
 from __future__ import annotations
@@ -56,7 +64,21 @@ _LETTER_PATTERNS = (
     r"\(([{c}])\)",
     r"(?<![A-Za-z])([{c}])(?![A-Za-z])",
 )
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?|-?\.\d+")
+_NUMBER_TEXT = r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?|-?\.\d+"
+_NUMBER = re.compile(_NUMBER_TEXT)
+# what an explicit answer looks like, per extractor: the one definition of "explicit", read by
+# the extractors when a completion was truncated. {answer} is the extractor's own answer pattern.
+_SAYS = r"(?i:answer)\s*(?:is|:|=)\s*:?[\s*$(]*"  # "The answer is", "Answer:", "**Answer:** $"
+EXPLICIT: dict[str, tuple[str, ...]] = {
+    "numeric": (_SAYS + r"({answer})", r"\\boxed\{{\s*\$?\s*({answer})\s*\}}",
+                r"####\s*\$?\s*({answer})"),
+    "multiple_choice": (_ANSWER_LETTER, r"\\boxed\{{\s*\(?([{c}{cl}])\)?\s*\}}"),
+    # a label may also open the reply ("No, because ..."): a restated question does not
+    "label": (_SAYS + r"[\"'*(]*(?<![\w])({answer})(?![\w])",
+              r"\\boxed\{{\s*(?:\\text\{{)?\s*({answer})\s*\}}",
+              r"^[\s\"'*(]*({answer})(?![\w])"),
+}
+TRUNCATION_AWARE = frozenset(EXPLICIT)  # extractors and scorers that read EXPLICIT
 
 
 def normalize(text: str) -> str:
@@ -64,10 +86,24 @@ def normalize(text: str) -> str:
     return re.sub(r"\s+", " ", str(text)).strip().strip(".!?;:\"'").strip().casefold()
 
 
-def extract_letter(text: str, choices: str = "ABCDE") -> str | None:
-    """The multiple-choice letter a completion gives, or None."""
+def _explicit(kind: str, text: str, flags: int = 0, **fmt: str) -> str | None:
+    """The last explicit answer (:data:`EXPLICIT`) of kind ``kind`` in ``text``, or None."""
+    found: list[tuple[int, str]] = []
+    for pattern in EXPLICIT[kind]:
+        for m in re.finditer(pattern.format(**fmt), text, flags):
+            found.extend((m.start(i), g) for i, g in enumerate(m.groups(), 1) if g)
+    return max(found)[1] if found else None
+
+
+def extract_letter(text: str, choices: str = "ABCDE", explicit_only: bool = False
+                   ) -> str | None:
+    """The multiple-choice letter a completion gives, or None. ``explicit_only`` (a truncated
+    completion): only a letter given as the answer (:data:`EXPLICIT`)."""
     upper = re.escape(choices.upper())
     lower = re.escape(choices.lower())
+    if explicit_only:
+        got = _explicit("multiple_choice", text, c=upper, cl=lower)
+        return None if got is None else got.upper()
     m = re.search(_ANSWER_LETTER.format(c=upper, cl=lower), text)
     if m:
         return next(g for g in m.groups() if g).upper()
@@ -78,12 +114,18 @@ def extract_letter(text: str, choices: str = "ABCDE") -> str | None:
     return None
 
 
-def extract_number(text: str) -> str | None:
-    """The last number in a completion, canonical (``"42"``, ``"-0.5"``), or None."""
-    found = _NUMBER.findall(text)
-    if not found:
+def extract_number(text: str, explicit_only: bool = False) -> str | None:
+    """The last number in a completion, canonical (``"42"``, ``"-0.5"``), or None.
+    ``explicit_only`` (a truncated completion): the last number given as the answer
+    (:data:`EXPLICIT`)."""
+    if explicit_only:
+        last = _explicit("numeric", text, answer=_NUMBER_TEXT)
+    else:
+        found = _NUMBER.findall(text)
+        last = found[-1] if found else None
+    if last is None:
         return None
-    value = float(found[-1].replace(",", ""))
+    value = float(last.replace(",", ""))
     if math.isfinite(value) and value == int(value) and abs(value) < 1e15:
         return str(int(value))
     return repr(value)
@@ -97,15 +139,20 @@ def extract_math(text: str) -> str | None:
     return str(parsed[0]) if parsed else None
 
 
-def extract_label(text: str, labels: Sequence[str]) -> str | None:
+def extract_label(text: str, labels: Sequence[str], explicit_only: bool = False
+                  ) -> str | None:
     """The label a free-text completion gives, as spelled in ``labels``, or None: the label
     after "answer is" / "answer:" if there is one, else the label that appears first as a
-    whole word (case-insensitive; "No, because ..." is "No")."""
+    whole word (case-insensitive; "No, because ..." is "No"). ``explicit_only`` (a truncated
+    completion): only a label given as the answer (:data:`EXPLICIT`)."""
     if not labels:
         return None
     alternatives = "|".join(re.escape(lab) for lab in sorted(labels, key=len, reverse=True))
     word = rf"(?<![\w])({alternatives})(?![\w])"
     canon = {lab.casefold(): lab for lab in labels}
+    if explicit_only:
+        got = _explicit("label", text, re.IGNORECASE, answer=alternatives)
+        return None if got is None else canon[got.casefold()]
     m = re.search(rf"(?i:answer)\s*(?:is|:)\s*:?\s*[\"'*(]*{word}", text, re.IGNORECASE)
     if m is None:
         m = re.search(word, text, re.IGNORECASE)
@@ -121,14 +168,20 @@ EXTRACTORS: dict[str, Callable[[str], str | None]] = {
 }
 
 
-def make_extractor(name: str, labels: Sequence[str] | None = None
-                   ) -> Callable[[str], str | None]:
-    """The extractor called ``name``; ``label`` reads one of ``labels``."""
+def make_extractor(name: str, labels: Sequence[str] | None = None,
+                   explicit_only: bool = False) -> Callable[[str], str | None]:
+    """The extractor called ``name``; ``label`` reads one of ``labels``. ``explicit_only``:
+    the extractor for truncated completions (the same one where ``name`` is not in
+    :data:`TRUNCATION_AWARE`)."""
     if name == "label":
         if not labels:
             raise InputError("the label extractor needs aggregator.labels, e.g. [\"yes\", \"no\"]")
         chosen = tuple(labels)
-        return lambda text: extract_label(text, chosen)
+        return lambda text: extract_label(text, chosen, explicit_only)
+    if explicit_only and name == "numeric":
+        return lambda text: extract_number(text, explicit_only=True)
+    if explicit_only and name == "multiple_choice":
+        return lambda text: extract_letter(text, explicit_only=True)
     return EXTRACTORS[name]
 
 
@@ -182,27 +235,27 @@ def _exact(options: dict[str, Any]) -> Scorer:
     return lambda query, text, gold: float(normalize(text) == normalize(str(gold)))
 
 
-def _multiple_choice(options: dict[str, Any]) -> Scorer:
+def _multiple_choice(options: dict[str, Any], explicit_only: bool = False) -> Scorer:
     choices = str(options.get("choices", "ABCDE"))
     return lambda query, text, gold: float(
-        extract_letter(text, choices) == str(gold).strip().upper())
+        extract_letter(text, choices, explicit_only) == str(gold).strip().upper())
 
 
-def _label(options: dict[str, Any]) -> Scorer:
+def _label(options: dict[str, Any], explicit_only: bool = False) -> Scorer:
     labels = tuple(str(x) for x in options["labels"])
 
     def score(query: str, text: str, gold: Any) -> float:
-        got = extract_label(text, labels)
+        got = extract_label(text, labels, explicit_only)
         return float(got is not None and got.casefold() == str(gold).strip().casefold())
 
     return score
 
 
-def _numeric(options: dict[str, Any]) -> Scorer:
+def _numeric(options: dict[str, Any], explicit_only: bool = False) -> Scorer:
     tol = float(options.get("tolerance", 1e-6))
 
     def score(query: str, text: str, gold: Any) -> float:
-        got = extract_number(text)
+        got = extract_number(text, explicit_only)
         if got is None:
             return 0.0
         want = float(str(gold).replace(",", ""))
@@ -259,10 +312,23 @@ SCORERS: dict[str, Callable[[dict[str, Any]], Scorer]] = {
     "judge": _judge,
 }
 
+# the scorers that read an explicit answer only from a truncated completion
+TRUNCATION_SCORERS: dict[str, Callable[[dict[str, Any], bool], Scorer]] = {
+    "multiple_choice": _multiple_choice,
+    "numeric": _numeric,
+    "label": _label,
+}
+
 # the scorers that compare with a gold answer (no score without one)
 GOLD_SCORERS = frozenset({"exact_match", "multiple_choice", "numeric", "math", "label"})
 
 
-def make_scorer(name: str, options: dict[str, Any]) -> Scorer:
+def make_scorer(name: str, options: dict[str, Any], explicit_only: bool = False) -> Scorer:
+    """The scorer called ``name``. ``explicit_only``: the scorer for truncated completions
+    (only :data:`TRUNCATION_AWARE` scorers have one)."""
     check_scorer(name, options)
+    if explicit_only:
+        if name not in TRUNCATION_SCORERS:
+            raise ValueError(f"scorer {name!r} reads truncated completions as any other")
+        return TRUNCATION_SCORERS[name](options, True)
     return SCORERS[name](options)

@@ -36,6 +36,8 @@ Example (docs/live.md documents every field)::
     kind = "mv"                              # bon, mv or mixed
     extractor = "multiple_choice"            # how MV reads an answer from a completion
     # labels = ["yes", "no"]                 # only with extractor = "label": the answers
+    truncated = "explicit"                   # a completion cut by max_tokens: only an explicit
+                                             # answer counts ("any": the last number as well)
 
     [contexts]
     weights = [[1.0]]                        # one weight per objective, in [0, 1]
@@ -89,7 +91,8 @@ MODEL_KEYS = ("base_url", "name", "api_key_env", "concurrency", "timeout", "max_
 PROMPT_KEYS = ("name", "template", "system", *DECODING_KEYS)
 DATA_KEYS = ("path", "test_fraction")
 OBJECTIVE_KEYS = ("name", "scorer", "lower", "upper")
-AGGREGATOR_KEYS = ("kind", "extractor", "labels")
+AGGREGATOR_KEYS = ("kind", "extractor", "labels", "truncated")
+TRUNCATED_MODES = ("explicit", "any")  # aggregator.truncated; the first is the default
 CONTEXT_KEYS = ("weights", "budgets", "probabilities")
 TRAIN_KEYS = ("n_max", "learner", "budget", "seed", "cost_scale", "stop", "wave")
 PRICING_KEYS = ("input_per_million", "output_per_million")
@@ -340,6 +343,9 @@ class Task:
     labels: tuple[str, ...] | None = None  # the answers of extractor "label"
     stopping: Stopping = field(default_factory=Stopping)  # how MV arms stop
     pricing: Pricing | None = None  # [pricing]: only the dry run reads it
+    # how the numeric, multiple-choice and label extractors and scorers read a completion cut
+    # by max_tokens: "explicit" (only an explicit answer, iapo.live.scorers.EXPLICIT) or "any"
+    truncated: str = TRUNCATED_MODES[0]
 
     def digest(self) -> str:
         """A hash of the task's content (not its path); a list of one base URL hashes as the
@@ -549,6 +555,11 @@ def task_from_dict(raw: dict[str, Any], path: Path) -> Task:
                         "remove it or set the extractor to \"label\"")
     if kind == "mv" and len(objectives) != 1:
         raise TaskError("aggregator.kind = \"mv\" takes exactly one objective (correctness)")
+    truncated = _get(a, "truncated", "aggregator", str, TRUNCATED_MODES[0])
+    if truncated not in TRUNCATED_MODES:
+        raise TaskError(f"aggregator.truncated {truncated!r} must be \"explicit\" (a completion "
+                        "cut by max_tokens counts only an explicit answer, such as \"the answer "
+                        "is 7\") or \"any\" (its last number or letter counts too)")
 
     c = _table(raw, "contexts", "task", CONTEXT_KEYS)
     weights = []
@@ -613,7 +624,7 @@ def task_from_dict(raw: dict[str, Any], path: Path) -> Task:
         aggregator=kind, extractor=extractor, weights=tuple(weights), budgets=budgets,
         probabilities=None if probs is None else tuple(float(x) for x in probs),
         n_max=n_max, learner=learner, budget=budget, seed=seed, cost_scale=cost_scale,
-        raw=raw, labels=labels, stopping=stopping, pricing=pricing,
+        raw=raw, labels=labels, stopping=stopping, pricing=pricing, truncated=truncated,
     )
     try:
         task.problem()

@@ -54,6 +54,8 @@ def serving_part(task: Task) -> dict[str, Any]:
         "aggregator": task.aggregator,
         "extractor": task.extractor,
         "labels": list(task.labels) if task.labels else None,
+        # named only when not the default, so that older policies keep their digest
+        **({"truncated": task.truncated} if task.truncated != "explicit" else {}),
         "objectives": [{"name": o.name, "scorer": o.scorer, "lower": o.lower,
                         "upper": o.upper, "options": o.options} for o in task.objectives],
         "contexts": {"weights": [list(w) for w in task.weights], "budgets": task.budgets},
@@ -363,7 +365,8 @@ class Responder:
 
         def from_store(s: int) -> Completion:
             c = stored[s]
-            return Completion(c.text, c.prompt_tokens, c.completion_tokens, c.latency, c.seed)
+            return Completion(c.text, c.prompt_tokens, c.completion_tokens, c.latency, c.seed,
+                              c.finish_reason)
 
         if req.stopping.early and self.task.aggregator == "mv":
             record = Record("request", req.query, None)
@@ -376,7 +379,8 @@ class Responder:
                 return got
 
             drawn = await draw_in_waves(start, req.n, req.stopping.wave,
-                                        lambda c: self.runtime.score(record, c.text)[0])
+                                        lambda c: self.runtime.score(record, c.text,
+                                                                          c.finish_reason)[0])
             return drawn.completions, drawn.indices, paid, drawn
         missing = [s for s in range(req.n) if s not in stored]
         fresh = await client.sample(req.messages, req.decoding, [req.seeds[s] for s in missing])
@@ -390,7 +394,7 @@ class Responder:
                       origin: str) -> Response:
         """Score the group, store its new samples, aggregate it."""
         record = Record("request", req.query, None)
-        scored = await self._score(record, [c.text for c in comps])
+        scored = await self._score(record, [(c.text, c.finish_reason) for c in comps])
         if req.use_store and self.replay is not None:  # the new samples of the pool, scored
             at = {s: j for j, s in enumerate(indices)}
             self.replay.put_all([self._stored(req.pool, s, req.prompt, origin, comps[at[s]],
@@ -409,10 +413,11 @@ class Responder:
             self._log(req.prompt, req.query, comps, scored)
         return response
 
-    async def _score(self, record: Record, texts: list[str]
+    async def _score(self, record: Record, texts: list[tuple[str, str | None]]
                      ) -> list[tuple[str | None, list[float | None], list[str]]]:
+        """Score (text, finish reason) pairs as training did."""
         def run() -> list[tuple[str | None, list[float | None], list[str]]]:
-            return [self.runtime.score(record, t) for t in texts]
+            return [self.runtime.score(record, t, reason) for t, reason in texts]
 
         if self._scoring is None:
             return run()
