@@ -90,7 +90,8 @@ def mixed_utility(labels, gold, scores, weights, cost_weights):  # type: ignore[
 def block_statistics(problem, observations):  # type: ignore[no-untyped-def]
     """(sums [C, P, N], sums of squares, counts [P, N]) of every disjoint block (n, b),
     completions [b n, (b + 1) n), of every group, scored one block at a time by the reference
-    utilities above (Eqs. 1 and 2, the mixed strategy)."""
+    utilities above (Eqs. 1 and 2, the mixed strategy). With the decided rule, an MV block
+    pays only the completions its arm would have drawn (:func:`decided_paid`)."""
     w, cw = problem.grid.weights, problem.grid.cost_weights
     c, p, n_max = problem.n_contexts, problem.n_prompts, problem.n_max
     sums, sumsq = np.zeros((c, p, n_max)), np.zeros((c, p, n_max))
@@ -103,7 +104,10 @@ def block_statistics(problem, observations):  # type: ignore[no-untyped-def]
                     if problem.aggregator == "bon":
                         u = bon_utility(o.scores[g, part], w, cw)
                     elif problem.aggregator == "mv":
-                        u = mv_utility(o.labels[g, part], o.gold[g], o.scores[g, part, -1], w, cw)
+                        costs = o.scores[g, part, -1]
+                        if problem.stopping.rule == "decided":
+                            costs = costs[: decided_paid(o.labels[g, part], problem.stopping.wave)]
+                        u = mv_utility(o.labels[g, part], o.gold[g], costs, w, cw)
                     else:
                         u = mixed_utility(o.labels[g, part], o.gold[g], o.scores[g, part], w, cw)
                     sums[:, o.prompt, n - 1] += u
@@ -128,3 +132,46 @@ def mv_brute_force_vectorized(probs: np.ndarray, n_max: int) -> np.ndarray:
         pr = np.exp(log_coef[:, None] + comps.astype(np.float64) @ logp.T)
         out[:, n - 1] = (1.0 / ties) @ pr
     return out
+
+
+def decided_paid(labels, wave):  # type: ignore[no-untyped-def]
+    """Completions paid by a majority-voting arm with the decided rule, one group at a time:
+    the N = len(labels) answers come in waves of ``wave``; after each wave, with t drawn and
+    N - t to come, it stops if the leader's votes minus the runner-up's exceed N - t."""
+    n, t = len(labels), 0
+    while t < n:
+        t = min(t + wave, n)
+        votes: dict[int, int] = {}
+        for a in list(labels)[:t]:
+            votes[int(a)] = votes.get(int(a), 0) + 1
+        top = [*sorted(votes.values(), reverse=True), 0]
+        if top[0] - top[1] > n - t:
+            break
+    return t
+
+
+def subset_statistics(problem, observations):  # type: ignore[no-untyped-def]
+    """(sums [C, P, N], sums of squares, counts [P, N]) of the subsets estimator: for every
+    group of G completions and n <= G, the mean utility over all C(G, n) subsets of size n,
+    each subset scored by the reference utilities above, counted floor(G/n) times (as many as
+    the group's disjoint blocks). MV and BoN problems."""
+    w, cw = problem.grid.weights, problem.grid.cost_weights
+    c, p, n_max = problem.n_contexts, problem.n_prompts, problem.n_max
+    sums, sumsq = np.zeros((c, p, n_max)), np.zeros((c, p, n_max))
+    counts = np.zeros((p, n_max), dtype=np.int64)
+    for o in observations:
+        for g in range(o.count):
+            for n in range(1, o.n + 1):
+                values = []
+                for sub in itertools.combinations(range(o.n), n):
+                    part = list(sub)
+                    if problem.aggregator == "bon":
+                        values.append(bon_utility(o.scores[g, part], w, cw))
+                    else:
+                        values.append(mv_utility(o.labels[g, part], o.gold[g],
+                                                 o.scores[g, part, -1], w, cw))
+                mean = np.mean(values, axis=0)
+                sums[:, o.prompt, n - 1] += (o.n // n) * mean
+                sumsq[:, o.prompt, n - 1] += (o.n // n) * mean * mean
+                counts[o.prompt, n - 1] += o.n // n
+    return sums, sumsq, counts

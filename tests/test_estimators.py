@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from brute import block_statistics, bon_utility, mv_credit, mv_utility
+from brute import (
+    block_statistics,
+    bon_utility,
+    decided_paid,
+    mv_credit,
+    mv_utility,
+    subset_statistics,
+)
 from iapo.cli import main
 from iapo.envs import get_environment, synth_categorical
 from iapo.estimate import QTable, _mv_subset_credit
@@ -18,7 +25,7 @@ from iapo.exact import mv_subset_credit
 from iapo.learners import LEARNERS, get_learner
 from iapo.memo import Memo
 from iapo.oracle import SimulatedOracle
-from iapo.problem import ContextGrid, CostObjective, Objective, Problem
+from iapo.problem import ContextGrid, CostObjective, Objective, Problem, Stopping
 from iapo.pulls import Ledger, Observation, Pull
 
 
@@ -186,18 +193,23 @@ def test_memo_pads_short_rows_and_drops_the_least_recently_used() -> None:
     assert calls[-1] == [0]
 
 
-@pytest.mark.parametrize("kind", ["mv", "mixed", "bon"])
-def test_block_statistics_of_hand_made_groups_equal_a_direct_loop(kind: str) -> None:
-    # groups of 1 to 6 answers over 3 categories (gold varies), 2 objectives, correctness
-    # weights other than 1 and cost weights other than 0, in two batches: every block of
-    # every group scored by the reference utilities of tests/brute.py, one block at a time
-    rng = np.random.default_rng(11)
+def _hand_made_problem(kind: str, stopping: Stopping | None = None) -> Problem:
+    """Three prompts, N_max = 6, 2 objectives (1 for MV), correctness weights other than 1
+    and cost weights other than 0."""
     objectives = [Objective("correct"), Objective("style")]
     weights = [[1.0, 0.5], [0.3, 1.0], [0.7, 0.2]] if kind != "mv" else [[0.4]]
     grid = ContextGrid.product(objectives if kind != "mv" else objectives[:1], weights,
                                {"low": 0.0, "high": 0.3})
-    problem = Problem("hand", kind, ("a", "b", "c"), 6, grid, CostObjective("cost", 1.0))
+    return Problem("hand", kind, ("a", "b", "c"), 6, grid, CostObjective("cost", 1.0),
+                   stopping or Stopping())
+
+
+def _hand_made_batches(problem: Problem, seed: int = 11) -> list[list[Observation]]:
+    """Two batches of groups of 1 to 6 answers over 3 categories (gold varies), coarse
+    scores (ties happen) and costs in [0.1, 1]."""
+    rng = np.random.default_rng(seed)
     k1 = problem.n_objectives + 1
+    mv = problem.aggregator != "bon"
     batches = []
     for _ in range(2):
         batch = []
@@ -207,9 +219,17 @@ def test_block_statistics_of_hand_made_groups_equal_a_direct_loop(kind: str) -> 
             labels = rng.integers(0, 3, (count, n)).astype(np.int16)
             gold = rng.integers(0, 3, count).astype(np.int16)
             batch.append(Observation(prompt, n, np.zeros(count, dtype=np.int64), scores,
-                                     None if kind == "bon" else labels,
-                                     None if kind == "bon" else gold))
+                                     labels if mv else None, gold if mv else None))
         batches.append(batch)
+    return batches
+
+
+@pytest.mark.parametrize("kind", ["mv", "mixed", "bon"])
+def test_block_statistics_of_hand_made_groups_equal_a_direct_loop(kind: str) -> None:
+    # every block of every group scored by the reference utilities of tests/brute.py, one
+    # block at a time
+    problem = _hand_made_problem(kind)
+    batches = _hand_made_batches(problem)
     stats = QTable(problem)
     for batch in batches:
         stats.update(batch)
@@ -217,3 +237,113 @@ def test_block_statistics_of_hand_made_groups_equal_a_direct_loop(kind: str) -> 
     np.testing.assert_allclose(stats.sums, sums, atol=1e-10)
     np.testing.assert_allclose(stats.sumsq, sumsq, atol=1e-10)
     assert (stats.counts == counts).all()
+    assert stats.counts.dtype == np.int64  # counts of blocks, as the Estimator protocol says
+
+
+@pytest.mark.parametrize("kind", ["mv", "bon"])
+def test_subsets_statistics_of_hand_made_groups_equal_enumeration(kind: str) -> None:
+    # every size-n subset of every group scored by the reference utilities, with a
+    # correctness weight of 0.4 (MV) and cost weights 0 and 0.3
+    problem = _hand_made_problem(kind)
+    batches = _hand_made_batches(problem, seed=5)
+    stats = QTable(problem, "subsets")
+    for batch in batches:
+        stats.update(batch)
+    sums, sumsq, counts = subset_statistics(problem, [o for batch in batches for o in batch])
+    np.testing.assert_allclose(stats.sums, sums, atol=1e-10)
+    np.testing.assert_allclose(stats.sumsq, sumsq, atol=1e-10)
+    assert (stats.counts == counts).all()
+    assert stats.counts.dtype == np.int64
+
+
+def test_subset_utilities_weigh_each_size_by_the_disjoint_blocks_of_its_group() -> None:
+    # groups of 2 and 3 padded to 3: floor(G/n) for n <= G, 0 beyond the group
+    problem = _hand_made_problem("bon")
+    obs = [Observation(0, 2, np.zeros(1, dtype=np.int64), np.full((1, 2, 3), 0.5)),
+           Observation(1, 3, np.zeros(1, dtype=np.int64), np.full((1, 3, 3), 0.5))]
+    _, weight, prompts = QTable(problem, "subsets").subset_utilities(obs)
+    np.testing.assert_array_equal(weight, [[2, 1, 0], [3, 1, 1]])
+    np.testing.assert_array_equal(prompts, [0, 1])
+
+
+@pytest.mark.parametrize(("labels", "wave", "paid"), [
+    ([0, 0, 0, 1], 1, 3),  # t = 3: margin 3 > 1 answer to come
+    ([0, 0, 0, 1], 2, 4),  # t = 2: margin 2, not > 2; then t = 4 = N
+    ([0, 0, 0, 0, 1, 1], 1, 4),  # t = 4: margin 4 > 2
+    ([0, 0, 0, 0, 1, 1], 3, 6),  # t = 3: margin 3, not > 3; then N
+    ([1, 0, 1, 0], 1, 4),  # never ahead by more than what is left
+    ([2, 2, 2], 5, 3),  # one wave of N
+])
+def test_the_decided_rule_reference_by_hand(labels: list[int], wave: int, paid: int) -> None:
+    assert decided_paid(labels, wave) == paid
+
+
+def test_block_statistics_with_the_decided_rule_by_hand() -> None:
+    # one group of answers (1, 1, 0), gold 1, costs (0.1, 0.2, 0.4), fully sequential,
+    # correctness and cost weight 1. n = 1: blocks 1 - 0.1, 1 - 0.2, 0 - 0.4 (one answer
+    # always decides). n = 2: (1, 1) is undecided at t = 1 (margin 1, 1 to come): 1 - 0.3.
+    # n = 3: decided at t = 2 (margin 2 > 1), the third answer is never paid: 1 - 0.3.
+    grid = ContextGrid.product([Objective("correct")], [[1.0]], {"only": 1.0})
+    problem = Problem("hand", "mv", ("a",), 3, grid, CostObjective("cost", 1.0),
+                      Stopping("decided", 1))
+    scores = np.array([[[1.0, 0.1], [1.0, 0.2], [0.0, 0.4]]])
+    stats = QTable(problem)
+    stats.update([Observation(0, 3, np.zeros(1, dtype=np.int64), scores,
+                              np.array([[1, 1, 0]], dtype=np.int16), np.array([1], np.int16))])
+    np.testing.assert_allclose(stats.sums[0, 0], [0.9 + 0.8 - 0.4, 0.7, 0.7])
+    np.testing.assert_array_equal(stats.counts[0], [3, 1, 1])
+
+
+@pytest.mark.parametrize("wave", [1, 2])
+def test_block_statistics_with_the_decided_rule_equal_a_direct_loop(wave: int) -> None:
+    # every block pays what its arm (n, wave) would have drawn: the decided rule replayed on
+    # the block's answers one block at a time (brute.decided_paid)
+    problem = _hand_made_problem("mv", Stopping("decided", wave))
+    batches = _hand_made_batches(problem)
+    obs = [o for batch in batches for o in batch]
+    early = [decided_paid(o.labels[g, b * n:(b + 1) * n], wave) < n
+             for o in obs for g in range(o.count) for n in range(1, o.n + 1)
+             for b in range(o.n // n)]
+    assert sum(early) >= 5  # the data has blocks that stop early
+    stats = QTable(problem)
+    for batch in batches:
+        stats.update(batch)
+    sums, sumsq, counts = block_statistics(problem, obs)
+    np.testing.assert_allclose(stats.sums, sums, atol=1e-10)
+    np.testing.assert_allclose(stats.sumsq, sumsq, atol=1e-10)
+    assert (stats.counts == counts).all()
+
+
+def test_q_table_refuses_subsets_where_they_do_not_apply_and_says_why() -> None:
+    decided = _hand_made_problem("mv", Stopping("decided", 2))
+    with pytest.raises(ValueError, match=r"^the subsets estimator prices arms that pay all N; "
+                                         r"with stop 'decided' use blocks$"):
+        QTable(decided, "subsets")
+    with pytest.raises(ValueError, match=r"^the subsets estimator supports mv and bon "
+                                         r"problems, not mixed; use blocks$"):
+        QTable(_hand_made_problem("mixed"), "subsets")
+
+
+@pytest.mark.parametrize("estimator", ["blocks", "subsets"])
+def test_a_batch_of_empty_pulls_changes_nothing(estimator: str) -> None:
+    # pulls of no groups, as the oracle answers them: nothing is added, nothing fails
+    env = get_environment("math")
+    oracle = SimulatedOracle(env, np.arange(20), 100, np.random.default_rng(0))
+    empty = oracle.pull([Pull(0, 3, 0), Pull(1, 5, 0)])
+    assert [o.count for o in empty] == [0, 0]
+    stats = QTable(env.problem, estimator)
+    stats.update(empty)
+    assert not stats.counts.any() and not stats.sums.any()
+
+
+@pytest.mark.parametrize("estimator", ["blocks", "subsets"])
+@pytest.mark.parametrize("missing", ["labels", "gold"])
+def test_a_majority_voting_observation_needs_labels_and_gold(estimator: str,
+                                                            missing: str) -> None:
+    problem = _hand_made_problem("mv")
+    labels = None if missing == "labels" else np.array([[0, 1]], dtype=np.int16)
+    gold = None if missing == "gold" else np.array([0], dtype=np.int16)
+    obs = Observation(0, 2, np.zeros(1, dtype=np.int64), np.full((1, 2, 2), 0.5), labels, gold)
+    with pytest.raises(ValueError, match="^a majority-voting oracle must return answer labels "
+                                         "and gold$"):
+        QTable(problem, estimator).update([obs])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from importlib import resources
 
 import numpy as np
@@ -17,7 +18,14 @@ from hypothesis import strategies as st
 from scipy.stats import binom
 
 from brute import compositions, mv_brute_force_vectorized
-from iapo.exact import binomial_table, bon_expected_max, mv_credit_probability
+from iapo.errors import InputError
+from iapo.exact import (
+    MV_N_MAX_LIMIT,
+    binomial_table,
+    bon_expected_max,
+    mv_credit_probability,
+    mv_polya_credit,
+)
 
 # --- references ---------------------------------------------------------------------------------
 
@@ -127,6 +135,25 @@ def test_bon_of_a_sample_by_hand() -> None:
     # max of two draws from {0, 1, 2, 3}: E = sum_v v (((v+1)/4)^2 - (v/4)^2) = 34/16
     np.testing.assert_allclose(bon_expected_max([[2.0, 0.0, 3.0, 1.0]], None, 2)[0],
                                [1.5, 34 / 16])
+
+
+def test_bon_ignores_a_zero_probability_point_far_above_the_support() -> None:
+    # padding a row with a point of probability 0 changes nothing, wherever the point lies.
+    # The probabilities (0.4, 0.2, 0.3, 0.1) add up to 1 + 2^-52 in floating point: the CDF
+    # below the padding point must be capped at 1, or (1 + 2^-52)^N times its gap of ~1e6
+    # (1.4e-8 at N = 64) shows
+    values, probs = [0.0, 1.0, 2.0, 3.0], [0.4, 0.2, 0.3, 0.1]
+    plain = bon_expected_max([values], [probs], 64)
+    padded = bon_expected_max([[*values, 1e6]], [[*probs, 0.0]], 64)
+    np.testing.assert_allclose(padded, plain, rtol=0, atol=2e-9)
+
+
+def test_bon_of_a_narrow_integer_support() -> None:
+    # values -100 and 100, equally likely, as int8 (whose range their gap of 200 exceeds):
+    # E[max of 1] = 0, E[max of 2] = 100 (1 - 1/4) - 100 / 4 = 50
+    values = np.array([[100, -100]], dtype=np.int8)
+    np.testing.assert_allclose(bon_expected_max(values, None, 2)[0], [0.0, 50.0])
+    np.testing.assert_allclose(bon_expected_max(values, [[0.5, 0.5]], 2)[0], [0.0, 50.0])
 
 
 def test_the_binomial_table_by_hand() -> None:
@@ -251,6 +278,62 @@ def test_large_n_max_stays_exact(n_max: int) -> None:
     for n in (1, 2, 33, n_max - 1, n_max):
         assert out[0, n - 1] == pytest.approx(mv_binary(0.55, n), abs=1e-9)
     np.testing.assert_allclose(out[1], 1 / 3, atol=1e-9)
+
+
+class _Stop(Exception):
+    """Raised by a progress callback to end a long computation once it has started."""
+
+
+def _stop_at_first(k: int) -> None:
+    raise _Stop(k)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")  # see below
+def test_mv_n_max_limit_is_inclusive() -> None:
+    # N_max = 1000 is supported: the dynamic program starts (and is stopped after k = 1)
+    assert MV_N_MAX_LIMIT == 1000
+    with pytest.raises(_Stop):
+        mv_credit_probability([[0.6, 0.4]], [0], 1000, progress=_stop_at_first)
+    with pytest.raises(InputError, match=r"^exact MV tables support N_max up to 1000; got 1001: "
+                                         r"lower the environment's n_max$"):
+        mv_credit_probability([[0.6, 0.4]], [0], 1001)
+
+
+def test_mv_credit_warns_nothing_below_its_n_max_limit() -> None:
+    # binomial_table(n_max) holds inf where m + c > 1029, entries the MV dynamic program never
+    # reads; from N_max = 515 on, making them once warned of an overflow
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(_Stop):
+            mv_credit_probability([[0.6, 0.4]], [0], 515, progress=_stop_at_first)
+
+
+def test_mv_credit_is_a_probability_where_rounding_would_overshoot() -> None:
+    # p = 0.9 on gold of two answers: near N = 60 the summed masses round above 1
+    out = mv_credit_probability([[0.9, 0.1]], [0], 64)[0]
+    np.testing.assert_allclose(out, [mv_binary(0.9, n) for n in range(1, 65)], atol=1e-12)
+    assert out.max() <= 1.0 and out.min() >= 0.0
+
+
+def test_polya_credit_by_hand_with_an_absent_category() -> None:
+    # Dirichlet(2.5 gold, 0.5 other, 0 absent): a Polya urn with A = 3, P(counts) = C(N, k)
+    # (2.5)^(k rising) (0.5)^(N-k rising) / 3^(N rising).
+    # N = 1: 2.5/3 = 5/6. N = 2: gold twice 2.5*3.5/12, one each 2 * 2.5*0.5/12 (a tie: 1/2)
+    # -> (8.75 + 1.25)/12 = 5/6. N = 3: gold 3 times 2.5*3.5*4.5/60 = 0.65625, gold twice
+    # 3 * 2.5*3.5*0.5/60 = 0.21875 (wins 2-1) -> 7/8. The absent category's Gamma(0) makes
+    # inf - inf inside: no RuntimeWarning may reach the caller.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = mv_polya_credit([2.5], [[0.5, 0.0]], 3)
+    np.testing.assert_allclose(out[0], [5 / 6, 5 / 6, 7 / 8], atol=1e-12)
+
+
+def test_polya_credit_is_a_probability_where_rounding_would_overshoot() -> None:
+    # a gold answer seen a thousand times: the credit is just below 1 (N = 1: 1000.5 / 1001)
+    # and the summed masses round above 1 at some N
+    out = mv_polya_credit([1000.5], [[0.5]], 32)[0]
+    assert out[0] == pytest.approx(1000.5 / 1001, abs=1e-12)
+    assert out.max() <= 1.0 and out.min() > 0.99
 
 
 def test_single_category_is_always_right() -> None:

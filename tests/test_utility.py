@@ -22,6 +22,7 @@ from iapo.utility import (
     credit_from_votes,
     style_values,
     task_values,
+    unique_rows,
     vote_counts,
     vote_winners,
     winners_mean,
@@ -64,6 +65,10 @@ def test_bon_of_one_completion_is_its_weighted_utility() -> None:
 def test_score_columns_must_be_k_plus_one() -> None:
     with pytest.raises(ValueError, match="K\\+1 = 3"):
         task_values(GROUP[:, :2], W)
+    # a batch of 4 groups of 3 completions with 2 columns: the message counts the columns
+    with pytest.raises(ValueError,
+                       match=r"^scores have 2 columns; expected K\+1 = 3 \(cost last\)$"):
+        task_values(np.zeros((4, 3, 2)), W)
 
 
 # --- the cost term and the parts composed --------------------------------------------------------
@@ -205,14 +210,22 @@ def test_vote_counts_by_hand() -> None:
 
 
 def test_vote_counts_rejects_negative_labels() -> None:
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(ValueError, match="^answer labels must be non-negative category indices$"):
         vote_counts(np.array([[0, -1]]), 2)
 
 
 def test_vote_counts_rejects_labels_beyond_the_category_count() -> None:
     # label 3 does not exist among 3 categories; it must not be counted in another row
-    with pytest.raises(ValueError, match="3"):
+    with pytest.raises(ValueError, match=r"^answer label 3 is outside the 3 categories 0\.\.2$"):
         vote_counts(np.array([[0, 3], [0, 0]]), 3)
+
+
+def test_vote_counts_of_groups_with_no_answers() -> None:
+    # no label: no vote, in one category by default (L = largest label + 1, and at least 1)
+    # or in the categories asked for
+    empty = np.zeros((2, 0), dtype=np.int64)
+    np.testing.assert_array_equal(vote_counts(empty), [[0], [0]])
+    np.testing.assert_array_equal(vote_counts(empty, 3), [[0, 0, 0], [0, 0, 0]])
 
 
 def test_mv_utility_by_hand() -> None:
@@ -279,3 +292,51 @@ def test_block_counts(group_size: int, n_max: int) -> None:
 
 def test_block_counts_by_hand() -> None:
     np.testing.assert_array_equal(block_counts(10, 12), [10, 5, 3, 2, 2, 1, 1, 1, 1, 1, 0, 0])
+
+
+# --- distinct rows --------------------------------------------------------------------------------
+
+
+def _check_unique_rows(keys: np.ndarray) -> None:
+    """unique_rows against a dict of row tuples: the distinct rows, each once, and every key
+    row found again through its index."""
+    uniq, inverse = unique_rows(keys)
+    distinct = {tuple(row) for row in keys.tolist()}
+    assert sorted(tuple(row) for row in uniq.tolist()) == sorted(distinct)
+    assert inverse.shape == (keys.shape[0],)
+    np.testing.assert_array_equal(uniq[inverse], keys)
+
+
+def test_unique_rows_by_hand() -> None:
+    # (1, 0) twice and (1, 1) once: two distinct rows
+    keys = np.array([[1, 0], [1, 1], [1, 0]])
+    uniq, inverse = unique_rows(keys)
+    assert uniq.shape == (2, 2)
+    assert inverse[0] == inverse[2] != inverse[1]
+    _check_unique_rows(keys)
+
+
+def test_unique_rows_keeps_rows_too_wide_for_one_integer_apart() -> None:
+    # 40 entries in 0..3 need 80 bits as one integer: two rows that differ only in their last
+    # entry are still two rows
+    keys = np.zeros((2, 40), dtype=np.int64)
+    keys[:, :-1] = np.arange(39) % 4
+    keys[1, -1] = 3
+    _check_unique_rows(keys)
+
+
+def test_unique_rows_keeps_rows_with_codes_beyond_float_precision_apart() -> None:
+    # 7 entries in 0..199 fit in one int64 (7 log2(200) < 54 bits) but not in a float64
+    # mantissa: four rows that differ by 1 in their first entry are four rows
+    keys = np.zeros((4, 7), dtype=np.int64)
+    keys[:, 0] = np.arange(4)
+    keys[:, -1] = 199
+    _check_unique_rows(keys)
+
+
+@settings(max_examples=60, deadline=None)
+@given(keys=hnp.arrays(np.int64, st.tuples(st.integers(1, 8), st.integers(1, 5)),
+                       elements=st.integers(-2, 9)))
+def test_unique_rows_equal_a_dict_of_rows(keys: np.ndarray) -> None:
+    _check_unique_rows(keys)
+    _check_unique_rows(keys.astype(np.float64) / 4)  # not integers: the general path

@@ -230,13 +230,14 @@ class QTable:
 
     def subset_utilities(
         self, observations: Sequence[Observation]
-    ) -> tuple[FloatArray, FloatArray, npt.NDArray[np.intp], FloatArray]:
+    ) -> tuple[FloatArray, FloatArray, npt.NDArray[np.intp]]:
         """U-statistics: per group and n <= G, the exact average utility over all size-n
-        subsets of its G completions, every context.
+        subsets of its G completions, every context (mv and bon; mixed is refused when the
+        table is made).
 
         Returns (util [m, G, C] with column n-1 for size n, weight [m, G] = floor(G/n) for
-        n <= G else 0, prompt [m], one-hot sizes [G, N_max]). A group counts for as many
-        samples of arm (p, n) as it has disjoint blocks, floor(G/n), as with blocks.
+        n <= G else 0, prompt [m]). A group counts for as many samples of arm (p, n) as it
+        has disjoint blocks, floor(G/n), as with blocks.
         """
         scores, sizes, prompts, labels, gold = self._pad(observations)
         m, g_pad, _ = scores.shape
@@ -248,19 +249,16 @@ class QTable:
         w = self._weights
         if labels is not None and gold is not None:
             util += _mv_subset_credit(labels, gold, sizes)[..., None] * w[:, 0]
-            if self.problem.aggregator == "mixed" and w.shape[1] > 1:
-                util += _bon_subset_max(style_values(scores, w), sizes)
         else:
             util += _bon_subset_max(task_values(scores, w), sizes)
-        onehot = np.eye(g_pad, self.problem.n_max)
-        return util, weight.astype(np.float64), prompts, onehot
+        return util, weight.astype(np.float64), prompts
 
     def update(self, observations: Sequence[Observation]) -> None:
         """Add every group in ``observations`` to the statistics."""
         if not any(o.count > 0 for o in observations):
             return
         if self.estimator == "subsets":
-            util_g, weight_g, prompts_g, _ = self.subset_utilities(observations)
+            util_g, weight_g, prompts_g = self.subset_utilities(observations)
             m, g = weight_g.shape
             keep = weight_g.reshape(-1) > 0
             util = util_g.reshape(m * g, -1)[keep]
