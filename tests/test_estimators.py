@@ -12,10 +12,8 @@ from click.testing import CliRunner
 
 from brute import (
     block_statistics,
-    bon_utility,
     decided_paid,
     mv_credit,
-    mv_utility,
     subset_statistics,
 )
 from iapo.cli import main
@@ -61,23 +59,7 @@ def test_subsets_statistics_equal_enumeration_of_all_subsets(env_name: str) -> N
     stats = QTable(p, "subsets")
     stats.update(obs[:2])
     stats.update(obs[2:])
-    sums = np.zeros_like(stats.sums)
-    counts = np.zeros_like(stats.counts)
-    w, cw = p.grid.weights, p.grid.cost_weights
-    for o in obs:
-        for g in range(o.count):
-            for n in range(1, o.n + 1):
-                values = []
-                for sub in itertools.combinations(range(o.n), n):
-                    sub_idx = list(sub)
-                    if p.aggregator == "mv":
-                        values.append(mv_utility(o.labels[g, sub_idx], o.gold[g],
-                                                 o.scores[g, sub_idx, -1], w, cw))
-                    else:
-                        values.append(bon_utility(o.scores[g, sub_idx], w, cw))
-                # a group counts for as many samples as it has disjoint blocks
-                sums[:, o.prompt, n - 1] += (o.n // n) * np.mean(values, axis=0)
-                counts[o.prompt, n - 1] += o.n // n
+    sums, _, counts = subset_statistics(p, obs)  # every subset scored by the references
     np.testing.assert_allclose(stats.sums, sums, atol=1e-10)
     assert (stats.counts == counts).all()
 
