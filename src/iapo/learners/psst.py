@@ -307,10 +307,7 @@ def psst(
     stats = stats if stats is not None else QTable(problem)
     trace = trace if trace is not None else Trace()
     start = oracle.ledger.spent
-    r_paper = rounds_for(int(flags.sum(axis=(1, 2)).max()))
-    trace.info["rounds_paper"] = r_paper
-    allocation = _scale_cap(flags, allocation, budget, rng, trace)  # rule 1
-    r_eff = schedule.rounds_run(r_paper, budget, int(allocation.scales(flags).sum()), trace)
+    allocation, r_eff = rounds_planned(flags, budget, schedule, allocation, rng, trace)
     for r in range(r_eff):
         n_r = allowance(budget, r, r_eff, oracle.ledger.spent - start)  # rule 3
         top = allocation.scales(flags)
@@ -323,6 +320,19 @@ def psst(
         trace.rounds.append(round_record(r + 1, n_r, pulls, flags))
     trace.completions_used += oracle.ledger.spent - start
     return LearnerResult(best_choices(stats, flags, rng), trace)
+
+
+def rounds_planned(flags: BoolArray, budget: int, schedule: Halving, allocation: Allocation,
+                   rng: np.random.Generator, trace: Trace) -> tuple[Allocation, int]:
+    """What :func:`psst` fixes before its first round, from the active arms ``flags``
+    [C, P, N_max] (in place) and T: the paper's R (in ``trace.info``), rule 1 (the scale cap,
+    which may narrow ``flags`` and the allocation) and rule 2 (the rounds run). Returns the
+    allocation the rounds use and their number; ``iapo optimize --dry-run`` plans with it."""
+    r_paper = rounds_for(int(flags.sum(axis=(1, 2)).max()))
+    trace.info["rounds_paper"] = r_paper
+    allocation = _scale_cap(flags, allocation, budget, rng, trace)  # rule 1
+    cost = int(allocation.scales(flags).sum())
+    return allocation, schedule.rounds_run(r_paper, budget, cost, trace)  # rule 2
 
 
 def _start(problem: Problem, active: BoolArray | None) -> BoolArray:
@@ -399,4 +409,4 @@ class PSSTModel:
 
 __all__ = ["PSST", "Allocation", "Choice", "Groups", "Halving", "LargestN", "PSSTModel",
            "RoundOnly", "Uniform", "allowance", "effective_rounds", "equal_pulls", "keep_best",
-           "keep_count", "psst", "rounds_for", "scale_cap", "top_up", "trim"]
+           "keep_count", "psst", "rounds_for", "rounds_planned", "scale_cap", "top_up", "trim"]

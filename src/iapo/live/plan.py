@@ -10,8 +10,8 @@ one ``optimize`` stops at.
 
 The plan's numbers, for the run ``optimize`` would make:
 
-- **Schedule**: the rounds of the task's learner, from the learners' pure schedule functions
-  (:func:`iapo.learners.psst.rounds_for`, ``scale_cap``, ``effective_rounds``,
+- **Schedule**: the rounds of the task's learner, from the learners' own code
+  (:func:`iapo.learners.psst.rounds_planned`, what PSST fixes before its first round;
   :func:`iapo.learners.auto.screening_rounds`): exact where they depend on the sizes and T
   alone, a bound where they depend on the answers (which prompts a screening keeps).
 - **Completions**: T for training (a hard limit), and at most min(P, C) x N_max x (test
@@ -32,10 +32,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from iapo.errors import InputError, RunError
 from iapo.learners import get_learner
 from iapo.learners.auto import PSSTAuto, group_size, screening_rounds
-from iapo.learners.psst import PSST, PSSTModel, Uniform, effective_rounds, rounds_for, scale_cap
+from iapo.learners.base import Trace
+from iapo.learners.psst import (
+    PSST,
+    Allocation,
+    Groups,
+    Halving,
+    LargestN,
+    PSSTModel,
+    Uniform,
+    rounds_for,
+    rounds_planned,
+)
 from iapo.learners.screening import TopKScreening
 from iapo.learners.triple import TripleSH
 from iapo.live.optimize import Preflight, check_store_task, preflight
@@ -109,17 +122,19 @@ def _read_store(task: Task, out: Path, other_task: bool, ready: Preflight | None
 # ---------------------------------------------------------------- the plan
 
 
-def _psst_rounds(arms: int, prompts: int, group: int, budget: int,
-                 max_rounds: int | None = None) -> dict[str, Any]:
-    """PSST's rounds as :func:`iapo.learners.psst.psst` fixes them before its first: R over
-    ``arms`` arms per context, the scale cap (rule 1) when T cannot pay one group of
-    ``group`` of each of ``prompts`` prompts, then rule 2."""
-    r_paper = rounds_for(arms)
-    if budget < prompts * group:
-        cap = scale_cap(budget, prompts)
-        prompts, group = (budget, 1) if cap == 0 else (prompts, min(group, cap))
-    return {"phase": "psst", "rounds": effective_rounds(r_paper, budget, prompts * group,
-                                                        max_rounds), "rounds_paper": r_paper}
+def _psst_rounds(task: Task, budget: int, *, n1_only: bool = False,
+                 schedule: Halving | None = None, allocation: Allocation | None = None
+                 ) -> dict[str, Any]:
+    """PSST's rounds over every prompt's arms (at N = 1 only: TRIPLE's halving), as
+    :func:`psst` fixes them before its first (:func:`iapo.learners.psst.rounds_planned`: the
+    paper's R, rules 1 and 2). One context stands for all: they share the arms PSST starts
+    with."""
+    flags = np.zeros((1, len(task.prompts), task.n_max), dtype=bool)
+    flags[:, :, : 1 if n1_only else task.n_max] = True
+    trace = Trace()
+    _, rounds = rounds_planned(flags, budget, schedule or Halving(), allocation or LargestN(),
+                               np.random.default_rng(0), trace)
+    return {"phase": "psst", "rounds": rounds, "rounds_paper": trace.info["rounds_paper"]}
 
 
 def schedule(task: Task) -> list[dict[str, Any]]:
@@ -135,7 +150,7 @@ def schedule(task: Task) -> list[dict[str, Any]]:
         rounds = screening_rounds(p, learner.keep, screen, g)
         if rounds == 0:
             return [{"phase": "screening", "rounds": 0, "group": g},
-                    _psst_rounds(p * n, p, g if mv else n, t)]
+                    _psst_rounds(task, t, allocation=Groups(g) if mv else LargestN())]
         # MV keeps `keep` prompts per context; BoN the union of two top-ceil(keep / 2)
         kept = min(p, learner.keep if mv else 2 * math.ceil(learner.keep / 2))
         return [{"phase": "screening", "rounds": rounds, "group": g,
@@ -144,17 +159,17 @@ def schedule(task: Task) -> list[dict[str, Any]]:
     if isinstance(learner, TopKScreening):
         per_prompt = int(learner.rho * t) // p
         if per_prompt == 0 or learner.k >= p:
-            return [{"phase": "screening", "rounds": 0, "group": 1}, _psst_rounds(p * n, p, n, t)]
+            return [{"phase": "screening", "rounds": 0, "group": 1}, _psst_rounds(task, t)]
         return [{"phase": "screening", "rounds": 1, "group": 1, "completions": per_prompt * p},
                 {"phase": "psst", "rounds_at_most": rounds_for(learner.k * n)}]
     if isinstance(learner, PSST | PSSTAuto):  # psst-auto on mixed: plain PSST
-        return [_psst_rounds(p * n, p, n, t)]
+        return [_psst_rounds(task, t)]
     if isinstance(learner, Uniform):
-        return [_psst_rounds(p * n, p, n, t, max_rounds=1)]
+        return [_psst_rounds(task, t, schedule=Halving(rounds=1))]
     if isinstance(learner, PSSTModel):
-        return [_psst_rounds(p * n, p, min(learner.group, n), t)]
+        return [_psst_rounds(task, t, allocation=Groups(min(learner.group, n)))]
     if isinstance(learner, TripleSH):  # halving over the prompts at N = 1
-        return [_psst_rounds(p, p, 1, t)]
+        return [_psst_rounds(task, t, n1_only=True)]
     return []
 
 
