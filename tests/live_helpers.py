@@ -26,6 +26,30 @@ class _QuietServer(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
+def chat_completion(model: Any, texts: list[str], finish_reason: str,
+                    completion_tokens: int) -> bytes:
+    """An OpenAI chat-completion body: one choice per text, 7 prompt tokens."""
+    return json.dumps({
+        "id": "x", "object": "chat.completion", "model": model,
+        "choices": [{"index": i, "message": {"role": "assistant", "content": text},
+                     "finish_reason": finish_reason} for i, text in enumerate(texts)],
+        "usage": {"prompt_tokens": 7, "completion_tokens": completion_tokens,
+                  "total_tokens": 7 + completion_tokens},
+    }).encode()
+
+
+def send_json(h: BaseHTTPRequestHandler, payload: bytes, status: int = 200,
+              headers: dict[str, str] | None = None) -> None:
+    """Send ``payload`` as a JSON response."""
+    h.send_response(status)
+    for k, v in (headers or {}).items():
+        h.send_header(k, v)
+    h.send_header("content-type", "application/json")
+    h.send_header("content-length", str(len(payload)))
+    h.end_headers()
+    h.wfile.write(payload)
+
+
 class ScriptedServer:
     def __init__(self, script: list[str] | None = None, default: str = "ok",
                  honour_n: bool = False, slow_seconds: float = 2.0,
@@ -84,13 +108,8 @@ class ScriptedServer:
             action = "ok"
         if action in ("429", "500", "503", "400"):
             payload = json.dumps({"error": {"message": f"scripted {action}"}}).encode()
-            h.send_response(int(action))
-            if action == "429":
-                h.send_header("Retry-After", "0")
-            h.send_header("content-type", "application/json")
-            h.send_header("content-length", str(len(payload)))
-            h.end_headers()
-            h.wfile.write(payload)
+            send_json(h, payload, int(action),
+                      {"Retry-After": "0"} if action == "429" else {})
             return
         if action == "ok" and body.get("stream"):
             self.stream(h, body)
@@ -102,18 +121,8 @@ class ScriptedServer:
             answer = self.answer_of(body) if self.answer_of else self.answer
             text = f"{answer} seed={body.get('seed')}"
             each = self.tokens_of(int(body.get("seed", 0))) if self.tokens_of else 5
-            payload = json.dumps({
-                "id": "x", "object": "chat.completion", "model": body.get("model"),
-                "choices": [{"index": i, "message": {"role": "assistant", "content": text},
-                             "finish_reason": "stop"} for i in range(n)],
-                "usage": {"prompt_tokens": 7, "completion_tokens": each * n,
-                          "total_tokens": 7 + each * n},
-            }).encode()
-        h.send_response(200)
-        h.send_header("content-type", "application/json")
-        h.send_header("content-length", str(len(payload)))
-        h.end_headers()
-        h.wfile.write(payload)
+            payload = chat_completion(body.get("model"), [text] * n, "stop", each * n)
+        send_json(h, payload)
 
     def stream(self, h: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
         """``stream: true``: the text as server-sent events, one word a chunk, ``stream_delay``

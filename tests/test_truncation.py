@@ -22,7 +22,7 @@ from iapo.live.scorers import extract_label, extract_letter, extract_number, mak
 from iapo.live.store import CompletionStore, StoredCompletion
 from iapo.live.task import Record, TaskError, load_records, load_task
 from iapo.serve.core import serving_digest
-from live_helpers import ScriptedServer
+from live_helpers import ScriptedServer, chat_completion, send_json
 from test_live_units import cli, mv_raw, write_task
 
 # --- the extractors on hand-written texts ----------------------------------------------------
@@ -141,20 +141,9 @@ class CutServer(ScriptedServer):
     """Prompt 'a' (max_tokens 5) is cut while restating the question; prompt 'b' answers."""
 
     def respond(self, h: BaseHTTPRequestHandler, action: str, body: dict[str, Any]) -> None:
-        self.requests.append(body)
         cut = body.get("max_tokens") == 5
         text, reason = ("4 minus 2 is ", "length") if cut else ("The answer is 2.", "stop")
-        payload = json.dumps({
-            "id": "x", "object": "chat.completion", "model": body.get("model"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": reason}],
-            "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12},
-        }).encode()
-        h.send_response(200)
-        h.send_header("content-type", "application/json")
-        h.send_header("content-length", str(len(payload)))
-        h.end_headers()
-        h.wfile.write(payload)
+        send_json(h, chat_completion(body.get("model"), [text], reason, 5))
 
 
 def test_the_store_keeps_the_finish_reason_and_the_report_counts_cut_completions(
