@@ -91,18 +91,28 @@ def block_statistics(problem, observations):  # type: ignore[no-untyped-def]
     """(sums [C, P, N], sums of squares, counts [P, N]) of every disjoint block (n, b),
     completions [b n, (b + 1) n), of every group, scored one block at a time by the reference
     utilities above (Eqs. 1 and 2, the mixed strategy). With the decided rule, an MV block
-    pays only the completions its arm would have drawn (:func:`decided_paid`)."""
+    pays only the completions its arm would have drawn (:func:`decided_paid`). Under the
+    abstain rule, an MV group whose observation names its "no answer" category is scored by
+    :func:`mv_credit_abstain` and :func:`decided_paid_abstain`."""
     w, cw = problem.grid.weights, problem.grid.cost_weights
     c, p, n_max = problem.n_contexts, problem.n_prompts, problem.n_max
     sums, sumsq = np.zeros((c, p, n_max)), np.zeros((c, p, n_max))
     counts = np.zeros((p, n_max), dtype=np.int64)
     for o in observations:
         for g in range(o.count):
+            z = _abstained(problem, o, g)
             for n in range(1, o.n + 1):
                 for b in range(o.n // n):
                     part = slice(b * n, (b + 1) * n)
                     if problem.aggregator == "bon":
                         u = bon_utility(o.scores[g, part], w, cw)
+                    elif problem.aggregator == "mv" and z >= 0:
+                        labels = o.labels[g, part]
+                        costs = o.scores[g, part, -1]
+                        if problem.stopping.rule == "decided":
+                            costs = costs[: decided_paid_abstain(labels, problem.stopping.wave, z)]
+                        u = (w.reshape(-1) * mv_credit_abstain(labels, o.gold[g], z)
+                             - costs.sum() * np.asarray(cw).reshape(-1))
                     elif problem.aggregator == "mv":
                         costs = o.scores[g, part, -1]
                         if problem.stopping.rule == "decided":
@@ -114,6 +124,13 @@ def block_statistics(problem, observations):  # type: ignore[no-untyped-def]
                     sumsq[:, o.prompt, n - 1] += u * u
                     counts[o.prompt, n - 1] += 1
     return sums, sumsq, counts
+
+
+def _abstained(problem, o, g):  # type: ignore[no-untyped-def]
+    """Group g's "no answer" category where the problem's rule is abstain, else -1."""
+    if getattr(problem, "no_answer", "vote") != "abstain" or o.no_answer is None:
+        return -1
+    return int(o.no_answer[g])
 
 
 def mv_brute_force_vectorized(probs: np.ndarray, n_max: int) -> np.ndarray:
@@ -161,12 +178,17 @@ def subset_statistics(problem, observations):  # type: ignore[no-untyped-def]
     counts = np.zeros((p, n_max), dtype=np.int64)
     for o in observations:
         for g in range(o.count):
+            z = _abstained(problem, o, g)
             for n in range(1, o.n + 1):
                 values = []
                 for sub in itertools.combinations(range(o.n), n):
                     part = list(sub)
                     if problem.aggregator == "bon":
                         values.append(bon_utility(o.scores[g, part], w, cw))
+                    elif z >= 0:
+                        values.append(w.reshape(-1) * mv_credit_abstain(o.labels[g, part],
+                                                                        o.gold[g], z)
+                                      - o.scores[g, part, -1].sum() * np.asarray(cw).reshape(-1))
                     else:
                         values.append(mv_utility(o.labels[g, part], o.gold[g],
                                                  o.scores[g, part, -1], w, cw))
@@ -175,3 +197,40 @@ def subset_statistics(problem, observations):  # type: ignore[no-untyped-def]
                 sumsq[:, o.prompt, n - 1] += (o.n // n) * mean * mean
                 counts[o.prompt, n - 1] += o.n // n
     return sums, sumsq, counts
+
+
+def mv_credit_abstain(labels, gold, no_answer):  # type: ignore[no-untyped-def]
+    """Eq. 2's credit under the abstain rule, one group at a time: "no answer" (the label
+    ``no_answer``; -1 for none) is dropped from the vote while any label gives an answer, so it
+    wins only a group where every label abstains. labels [n], gold, no_answer ints -> float."""
+    votes: dict[int, int] = {}
+    for a in list(labels):
+        votes[int(a)] = votes.get(int(a), 0) + 1
+    if any(a != no_answer for a in votes):
+        votes.pop(int(no_answer), None)
+    top = max(votes.values())
+    winners = [a for a, v in votes.items() if v == top]
+    return 1.0 / len(winners) if int(gold) in winners else 0.0
+
+
+def decided_paid_abstain(labels, wave, no_answer):  # type: ignore[no-untyped-def]
+    """Completions paid by the decided rule under the abstain rule, one group at a time: as
+    :func:`decided_paid`, with the votes for "no answer" never counted (it cannot win while an
+    answer may still come)."""
+    n, t = len(labels), 0
+    while t < n:
+        t = min(t + wave, n)
+        votes: dict[int, int] = {}
+        for a in list(labels)[:t]:
+            if int(a) != no_answer:
+                votes[int(a)] = votes.get(int(a), 0) + 1
+        top = [*sorted(votes.values(), reverse=True), 0, 0]
+        if top[0] - top[1] > n - t:
+            break
+    return t
+
+
+def sequences(n: int, probs):  # type: ignore[no-untyped-def]
+    """Every sequence of n answers over the categories of ``probs`` [L], with its probability."""
+    for seq in itertools.product(range(len(probs)), repeat=n):
+        yield np.array(seq), float(np.prod([probs[a] for a in seq]))

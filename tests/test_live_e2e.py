@@ -214,6 +214,8 @@ def test_label_task_resume_rerun_and_serving_agree_with_training(llama: LlamaSer
     labels = [extract_label(pool[i].text, ["yes", "no"], pool[i].finish_reason == "length")
               for i in range(high["n"])]
     counts = {a: labels.count(a) for a in set(labels)}
+    if len(counts) > 1:  # "no answer" wins only where nothing else was read (abstain)
+        counts.pop(None, None)
     tied = sorted("<no answer>" if a is None else a for a in counts
                   if counts[a] == max(counts.values()))
     assert sorted(got["tied"]) == tied

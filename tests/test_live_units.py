@@ -681,6 +681,8 @@ def test_mv_labels_gold_first_then_answers_then_no_answer(tmp_path: Path) -> Non
             assert pull_with("The answer is (C).") == ([1, 1], [0.0, 0.0], [0])
             assert pull_with("The answer is (D).") == ([3, 3], [0.0, 0.0], [0])
             assert pull_with("Answer: (b)") == ([0, 0], [1.0, 1.0], [0])
+            (o,) = oracle.pull([Pull(0, 2, 1)])  # the query's "no answer" is category 2
+            assert o.no_answer is not None and o.no_answer.tolist() == [2]
 
 
 def test_mixed_observation_has_labels_and_k_plus_1_scores(tmp_path: Path,

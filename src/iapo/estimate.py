@@ -28,10 +28,10 @@ import numpy.typing as npt
 from scipy.special import gammaln
 
 from iapo.errors import InputError
-from iapo.exact import mv_subset_credit
+from iapo.exact import abstain_first, mv_subset_credit
 from iapo.memo import Memo
 from iapo.problem import Problem, arm_index
-from iapo.pulls import Observation
+from iapo.pulls import Observation, abstain_categories
 from iapo.utility import (
     block_counts,
     cost_term,
@@ -210,19 +210,22 @@ class QTable:
             prefix = np.zeros((n_cat, labels.size + 1), dtype=np.int32)
             np.cumsum(onehot, axis=1, out=prefix[:, 1:])
             votes = (np.take(prefix, end, axis=1) - np.take(prefix, start, axis=1)).T  # [B, L]
-            util += w[:, :1] * credit_from_votes(votes, gold)
+            abstain = abstain_categories(self.problem, obs)
+            no_answer = None if abstain is None else abstain[group]  # [B]
+            util += w[:, :1] * credit_from_votes(votes, gold, no_answer)
             stopping = self.problem.stopping
             if stopping.early:  # a block pays what its arm would have: replay the rule on it
                 from iapo.stopping import stop_points
 
-                paid_end = start + stop_points(prefix, start, n, stopping.wave)
+                paid_end = start + stop_points(prefix, start, n, stopping.wave, no_answer)
                 unpaid = cost_prefix[end] - cost_prefix[paid_end]
                 util += cost_term(self._cost_weights[:, None], unpaid)
             if self.problem.aggregator == "mixed" and w.shape[1] > 1:
                 # served: the best style among the completions giving the winning answer
                 style = style_values(scores, w)  # [T, C]
                 mine = np.where(onehot.T[..., None], style[:, None, :], -np.inf)  # [T, L, C]
-                util += winners_mean(_range_max(mine, start, end), vote_winners(votes)).T
+                util += winners_mean(_range_max(mine, start, end),
+                                     vote_winners(votes, no_answer)).T
         else:
             util += _range_max(task_values(scores, w), start, end).T
         util = util.T  # [B, C], a view of [C, B]
@@ -248,7 +251,8 @@ class QTable:
         util = -cost_term(self._cost_weights, mean_cost[:, None, None] * n[None, :, None])
         w = self._weights
         if labels is not None and gold is not None:
-            util += _mv_subset_credit(labels, gold, sizes)[..., None] * w[:, 0]
+            abstain = abstain_categories(self.problem, [o for o in observations if o.count > 0])
+            util += _mv_subset_credit(labels, gold, sizes, abstain)[..., None] * w[:, 0]
         else:
             util += _bon_subset_max(task_values(scores, w), sizes)
         return util, weight.astype(np.float64), prompts
@@ -313,27 +317,36 @@ def _bon_subset_max(values: FloatArray, sizes: npt.NDArray[np.intp]) -> FloatArr
 
 
 _SUBSET_CREDIT = Memo()  # by (group size, gold count, other counts sorted)
+_SUBSET_CREDIT_ABSTAIN = Memo()  # by (group size, gold count, "no answer" count, others sorted)
 
 
 def _mv_subset_credit(labels: npt.NDArray[np.int64], gold: npt.NDArray[np.int64],
-                      sizes: npt.NDArray[np.intp]) -> FloatArray:
+                      sizes: npt.NDArray[np.intp],
+                      no_answer: npt.NDArray[np.int64] | None = None) -> FloatArray:
     """Average 1/t credit over all size-n subsets of every group: [m, G] (0 where n > size).
+    ``no_answer`` [m]: each group's "no answer" category under the abstain rule (None: the
+    vote rule).
 
-    The average depends only on the group's size, gold count and the multiset of the other
-    counts, so results are memoized by that key (a bounded memo)."""
+    The average depends only on the group's size, gold count (and "no answer" count) and the
+    multiset of the other counts, so results are memoized by that key (a bounded memo)."""
     m, g_pad = labels.shape
     n_cat = int(max(labels.max(initial=0), gold.max(initial=0))) + 1
     counts = (labels[..., None] == np.arange(n_cat)).sum(axis=1)  # [m, L]
-    keys = np.concatenate([sizes[:, None], gold_first(counts, gold)], axis=1)
-    uniq, inverse = unique_rows(keys)
+    rows = gold_first(counts, gold) if no_answer is None else abstain_first(counts, gold,
+                                                                            no_answer)
+    uniq, inverse = unique_rows(np.concatenate([sizes[:, None], rows], axis=1))
+    others = 2 if no_answer is None else 3  # the first column of the other counts
 
     def compute(idx: npt.NDArray[np.intp]) -> list[FloatArray]:
         out: list[FloatArray] = [np.empty(0)] * idx.size
         for g in np.unique(uniq[idx, 0]):  # one call per group size; rows of g credits
             at = np.flatnonzero(uniq[idx, 0] == g)
-            credit = mv_subset_credit(uniq[idx[at], 1], uniq[idx[at], 2:], int(g))
+            key = uniq[idx[at]]
+            credit = mv_subset_credit(key[:, 1], key[:, others:], int(g),
+                                      None if no_answer is None else key[:, 2])
             for j, row in zip(at, credit, strict=True):
                 out[j] = row
         return out
 
-    return _SUBSET_CREDIT.rows(uniq, g_pad, compute)[inverse]
+    memo = _SUBSET_CREDIT if no_answer is None else _SUBSET_CREDIT_ABSTAIN
+    return memo.rows(uniq, g_pad, compute)[inverse]

@@ -30,17 +30,17 @@ import numpy as np
 import numpy.typing as npt
 
 from iapo.errors import InputError
-from iapo.exact import bon_expected_max, mv_polya_credit
+from iapo.exact import abstain_first, bon_expected_max, mv_polya_credit
 from iapo.memo import Memo
 from iapo.problem import Problem
-from iapo.pulls import Observation
+from iapo.pulls import Observation, abstain_categories
 from iapo.utility import cost_term, gold_first, task_values, unique_rows
 
 FloatArray = npt.NDArray[np.float64]
-# posterior credits by (alpha, N_max), each a bounded memo keyed by the vote counts
-_POLYA: dict[tuple[float, int], Memo] = {}
-# expected completions paid under the posterior mean, by (alpha, N_max, wave)
-_PAID: dict[tuple[float, int, int], Memo] = {}
+# posterior credits by (alpha, N_max, no-answer rule), each a bounded memo keyed by the votes
+_POLYA: dict[tuple[float, int, str], Memo] = {}
+# expected completions paid under the posterior mean, by (alpha, N_max, wave, no-answer rule)
+_PAID: dict[tuple[float, int, int, str], Memo] = {}
 
 
 class ModelQTable:
@@ -63,6 +63,7 @@ class ModelQTable:
         # MV: answer counts per (prompt, query, category), grown as queries and answers appear
         self._votes = np.zeros((p, 0, 0), dtype=np.int64)
         self._gold = np.zeros(0, dtype=np.int64)
+        self._no_answer = np.zeros(0, dtype=np.int64)  # per query, under the abstain rule
         # BoN: per prompt, group means [groups, C] and pooled residuals [values, C]
         self._means: list[list[FloatArray]] = [[] for _ in range(p)]
         self._resid: list[list[FloatArray]] = [[] for _ in range(p)]
@@ -94,7 +95,13 @@ class ModelQTable:
             gold = np.full(grown.shape[1], -1, dtype=np.int64)
             gold[: self._gold.size] = self._gold
             self._gold = gold
+            no_answer = np.full(grown.shape[1], -1, dtype=np.int64)
+            no_answer[: self._no_answer.size] = self._no_answer
+            self._no_answer = no_answer
         self._gold[q] = o.gold
+        abstain = abstain_categories(self.problem, [o])
+        if abstain is not None:  # a query's categories are fixed: its "no answer" once seen
+            self._no_answer[q] = np.where(abstain >= 0, abstain, self._no_answer[q])
         prompt_idx = np.full(q.size * o.n, o.prompt, dtype=np.int64)
         labels = o.labels.reshape(-1).astype(np.int64)
         np.add.at(self._votes, (prompt_idx, np.repeat(q, o.n), labels), 1)
@@ -132,10 +139,15 @@ class ModelQTable:
 
     def _mv_task(self) -> FloatArray:
         """w_1 times the mean posterior credit over each prompt's queries: [C, P, N]."""
-        n_max = self.problem.n_max
-        credit = self._over_queries(
-            _POLYA.setdefault((self.alpha, n_max), Memo()),
-            lambda a: mv_polya_credit(a[:, 0], a[:, 1:], n_max))
+        n_max, rule = self.problem.n_max, self.problem.no_answer
+        if rule == "abstain":  # the parameters of "no answer" stand second
+            def credit_of(a: FloatArray) -> FloatArray:
+                return mv_polya_credit(a[:, 0], a[:, 2:], n_max, a[:, 1])
+        else:
+            def credit_of(a: FloatArray) -> FloatArray:
+                return mv_polya_credit(a[:, 0], a[:, 1:], n_max)
+        credit = self._over_queries(_POLYA.setdefault((self.alpha, n_max, rule), Memo()),
+                                    credit_of)
         w1 = self.problem.grid.weights[:, 0]
         return w1[:, None, None] * credit[None]
 
@@ -145,10 +157,12 @@ class ModelQTable:
         each prompt's queries: [P, N] (a plug-in estimate; :func:`iapo.stopping.expected_paid`)."""
         from iapo.stopping import expected_paid
 
-        n_max, wave = self.problem.n_max, self.problem.stopping.wave
+        n_max, wave, rule = self.problem.n_max, self.problem.stopping.wave, self.problem.no_answer
+        no_answer = 1 if rule == "abstain" else None  # "no answer" stands second
         return self._over_queries(
-            _PAID.setdefault((self.alpha, n_max, wave), Memo()),
-            lambda a: expected_paid(a / a.sum(axis=1, keepdims=True), n_max, wave)[0])
+            _PAID.setdefault((self.alpha, n_max, wave, rule), Memo()),
+            lambda a: expected_paid(a / a.sum(axis=1, keepdims=True), n_max, wave,
+                                    no_answer)[0])
 
     def _over_queries(self, memo: Memo, of_posterior: Callable[[FloatArray], FloatArray]
                       ) -> FloatArray:
@@ -161,7 +175,11 @@ class ModelQTable:
         if not votes.size:
             return out
         pi, xi = np.nonzero(votes.sum(axis=2) > 0)
-        uniq, inverse = unique_rows(gold_first(votes[pi, xi], self._gold[xi]))  # [M, L]
+        if self.problem.no_answer == "abstain":  # gold, "no answer", the others sorted
+            rows = abstain_first(votes[pi, xi], self._gold[xi], self._no_answer[xi])
+        else:
+            rows = gold_first(votes[pi, xi], self._gold[xi])
+        uniq, inverse = unique_rows(rows)  # [M, L]
         alpha = self.alpha
 
         def compute(idx: npt.NDArray[np.intp]) -> list[FloatArray]:
@@ -193,8 +211,9 @@ class ModelQTable:
 
 def _posterior(counts: npt.NDArray[np.int64], alpha: float) -> FloatArray:
     """Dirichlet posterior parameters of a query's answers from its vote counts [M, L] (gold
-    first): alpha on the gold answer, on every answer seen, and on one bucket for answers not
-    seen yet -> [M, L + 1] (0 for categories never seen)."""
+    first; "no answer" second under the abstain rule): alpha on the gold answer, on every
+    answer seen, and on one bucket for answers not seen yet -> [M, L + 1] (0 for categories
+    never seen)."""
     others = np.where(counts[:, 1:] > 0, counts[:, 1:] + alpha, 0.0)
     return np.concatenate([counts[:, :1] + alpha, others,
                            np.full((counts.shape[0], 1), alpha)], axis=1)

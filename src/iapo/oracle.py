@@ -94,7 +94,8 @@ class SimulatedOracle:
                 continue
             out.append(Observation(r.prompt, r.n, queries[part], s.scores[part, : r.n],
                                    None if s.labels is None else s.labels[part, : r.n],
-                                   None if s.gold is None else s.gold[part]))
+                                   None if s.gold is None else s.gold[part],
+                                   None if s.no_answer is None else s.no_answer[part]))
         return out
 
     def _empty(self, r: Pull) -> Observation:

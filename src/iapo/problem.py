@@ -2,9 +2,9 @@
 
 A *context* c = (w_1..w_K, w_cost) weighs K task objectives and the cost of every completion.
 An *arm* a = (p, N) fixes a prompt and the number of completions, N in 1..N_max.
-A *problem* gathers the prompts, the objectives, the aggregator, the context grid and the
-stopping rule of majority-voting arms: what a learner may know. Everything here is frozen
-and validated at construction.
+A *problem* gathers the prompts, the objectives, the aggregator, the context grid, the
+stopping rule of majority-voting arms and how their vote counts "no answer": what a learner
+may know. Everything here is frozen and validated at construction.
 
 The flat arm index prompt * N_max + (n - 1) (Q's last two axes flattened) has its home here:
 :func:`arm_index` and its inverse :func:`arm_at`; the Q table, the learners and
@@ -34,6 +34,10 @@ class ProblemError(InputError):
 
 
 STOP_RULES: tuple[str, ...] = ("all", "decided")
+# how majority voting counts "no answer" (an unreadable completion); the first is the default.
+# abstain: not a candidate while any completion of the group gives an answer, so it wins only
+# where every completion abstains. vote: a category like any other (the rule before abstain).
+NO_ANSWER_RULES: tuple[str, ...] = ("abstain", "vote")
 
 
 @dataclass(frozen=True)
@@ -347,7 +351,9 @@ class Choice:
 
 @dataclass(frozen=True)
 class Problem:
-    """What a learner knows: prompts, N_max, objectives, aggregator and the context grid.
+    """What a learner knows: prompts, N_max, objectives, aggregator and the context grid,
+    and for majority voting the stopping rule and how "no answer" counts (``no_answer``, one
+    of :data:`NO_ANSWER_RULES`; :func:`iapo.utility.counted_votes`).
 
     Arms are indexed ``prompt * n_max + (n - 1)``; Q arrays are shaped [C, P, N_max] with the
     last axis holding N = 1..N_max.
@@ -360,12 +366,16 @@ class Problem:
     grid: ContextGrid
     cost: CostObjective = field(default_factory=CostObjective)
     stopping: Stopping = field(default_factory=Stopping)
+    no_answer: str = NO_ANSWER_RULES[0]
 
     def __post_init__(self) -> None:
         if self.aggregator not in AGGREGATORS:
             raise ProblemError(
                 f"aggregator '{self.aggregator}' is unknown; use one of {list(AGGREGATORS)}"
             )
+        if self.no_answer not in NO_ANSWER_RULES:
+            raise ProblemError(f"no_answer rule {self.no_answer!r} is unknown; use one of "
+                               f"{list(NO_ANSWER_RULES)}")
         object.__setattr__(self, "prompts", tuple(str(p) for p in self.prompts))
         if not self.prompts:
             raise ProblemError("a problem needs at least one prompt")

@@ -45,7 +45,9 @@ class Observation:
     """What one pull returns: ``count`` groups of n completions of one prompt.
 
     queries: [count] training-query indices; scores: [count, n, K+1] objective vectors, cost
-    last (positive); labels: [count, n] answer categories and gold: [count], for MV (else None).
+    last (positive); labels: [count, n] answer categories and gold: [count], for MV (else None);
+    no_answer: [count] the category of "no answer" of each group's query (-1: none), for MV
+    where answers can be unreadable (None: no group has one).
     """
 
     prompt: int
@@ -54,10 +56,23 @@ class Observation:
     scores: FloatArray
     labels: npt.NDArray[np.int16] | None = None
     gold: npt.NDArray[np.int16] | None = None
+    no_answer: npt.NDArray[np.int16] | None = None
 
     @property
     def count(self) -> int:
         return int(self.queries.shape[0])
+
+
+def abstain_categories(problem: Problem, observations: Sequence[Observation]
+                       ) -> npt.NDArray[np.int64] | None:
+    """Each group's "no answer" category, for a problem under the abstain rule (-1 where a
+    group has none), the groups of ``observations`` in order: [groups]. None under the vote
+    rule, or where no observation names one (then both rules score alike)."""
+    if problem.no_answer != "abstain" or all(o.no_answer is None for o in observations):
+        return None
+    return np.concatenate([np.full(o.count, -1, dtype=np.int64) if o.no_answer is None
+                           else np.asarray(o.no_answer, dtype=np.int64).reshape(-1)
+                           for o in observations])
 
 
 class Ledger:

@@ -39,6 +39,10 @@ leader i at once (category i enters its own DP with weight 1 at c = 0 only). The
 on q only through its sorted values, so equal rows (common in real data) are computed once, and
 categories with probability 0 are dropped.
 
+The abstain rule (:func:`iapo.utility.counted_votes`): "no answer" never wins while an answer
+may still come, so the answers alone decide: the margin is taken over the answers, "no answer"
+holding any count in the DP and never leading.
+
 Homes. The rule is :func:`vote_decided` (on counted votes, via :func:`vote_margin`): the
 blocks' replay (:func:`stop_points`, for :class:`iapo.estimate.QTable`) and the live draw
 (:mod:`iapo.live.waves`) call it. The table C(m + c, c) is :func:`iapo.exact.binomial_table`.
@@ -55,7 +59,7 @@ import numpy.typing as npt
 from scipy.special import betainc
 
 from iapo.errors import InputError
-from iapo.exact import MV_N_MAX_LIMIT, binomial_table
+from iapo.exact import MV_N_MAX_LIMIT, abstain_first, binomial_table
 from iapo.utility import unique_rows
 
 __all__ = [
@@ -116,9 +120,11 @@ def _check_probs(probs: npt.ArrayLike) -> FloatArray:
 # --- the undecided table ------------------------------------------------------------------------
 
 
-def _decided_dp(q: FloatArray, n_max: int, binom: FloatArray) -> FloatArray:
+def _decided_dp(q: FloatArray, n_max: int, binom: FloatArray, free: bool = False
+                ) -> FloatArray:
     """P(decided at t with r answers to come) = P(margin(t) > r): q [U, k] -> [U, t, r],
-    t, r = 0..n_max (entries with t + r > n_max are 0)."""
+    t, r = 0..n_max (entries with t + r > n_max are 0). ``free``: q's first category is "no
+    answer" under the abstain rule: any count, never the leader (the answers decide)."""
     u, k = q.shape
     qpow = q[:, :, None] ** np.arange(n_max + 1)  # [U, k, c]: q_j^c (0^0 = 1)
     decided = np.zeros((u, n_max + 1, n_max + 1))
@@ -126,39 +132,48 @@ def _decided_dp(q: FloatArray, n_max: int, binom: FloatArray) -> FloatArray:
         size = n_max - b  # their total m <= n_max - 1 - b, as a = b + 1 + r >= b + 1
         m = np.arange(size)
         diff = m[None, :] - m[:, None]  # [m', m]: votes c = m - m' that category j adds
-        band = (diff >= 0) & (diff <= b)
-        coef = np.where(band, binom[m[:, None], np.clip(diff, 0, None)], 0.0)  # C(m, c)
-        at = np.clip(diff, 0, b)
+        full = np.where(diff >= 0, binom[m[:, None], np.clip(diff, 0, None)], 0.0)  # C(m, c)
+        coef = np.where(diff <= b, full, 0.0)
         g = np.zeros((u, k, size))  # [row, leader i, others' total m]: G_i(b, m)
         g[:, :, 0] = 1.0
         for j in range(k):
-            step = coef * np.take(qpow[:, j], at, axis=1)  # [U, m', m]: C(m, c) q_j^c
+            if free and j == 0:  # "no answer" holds any count
+                step = full * np.take(qpow[:, j], np.clip(diff, 0, size - 1), axis=1)
+            else:
+                step = coef * np.take(qpow[:, j], np.clip(diff, 0, b), axis=1)  # C(m, c) q_j^c
             new = g @ step
             new[:, j] = g[:, j]  # the leader j is not one of its own "others"
             g = new
         # leader i holds a = b + 1 + r votes, the others m: t = a + m, weight C(t, a) q_i^a
-        lead = np.swapaxes(qpow[:, :, b + 1: b + 1 + size], 1, 2) @ g  # [U, r, m]
+        first = 1 if free else 0  # "no answer" never leads
+        lead = np.swapaxes(qpow[:, first:, b + 1: b + 1 + size], 1, 2) @ g[:, first:]
         r_idx, m_idx = np.nonzero(np.add.outer(m, m) < size)
         a_idx = b + 1 + r_idx
         decided[:, a_idx + m_idx, r_idx] += lead[:, r_idx, m_idx] * binom[m_idx, a_idx]
     return decided
 
 
-def _undecided_unique(p: FloatArray, n_max: int) -> tuple[FloatArray, npt.NDArray[np.intp]]:
+def _undecided_unique(p: FloatArray, n_max: int, no_answer: npt.ArrayLike | None = None
+                      ) -> tuple[FloatArray, npt.NDArray[np.intp]]:
     """The undecided table of every distinct sorted row and each row's index into them:
-    probs [M, L] -> ([U, n_max+1, n_max+1] indexed [N, t], inverse [M])."""
+    probs [M, L], ``no_answer`` [M] or None (the abstain rule's "no answer" category, -1:
+    none) -> ([U, n_max+1, n_max+1] indexed [N, t], inverse [M])."""
     if p.shape[-1] < 2:  # one category: the runner-up holds 0 votes
         p = np.concatenate([p, np.zeros_like(p)], axis=-1)
-    keys, inverse = unique_rows(-np.sort(-p, axis=-1))  # depends only on the sorted values
+    free = int(no_answer is not None)
+    # depends only on the sorted values (after "no answer", under the abstain rule)
+    sort = abstain_first(p, None, no_answer) if no_answer is not None else -np.sort(-p, axis=-1)
+    keys, inverse = unique_rows(sort)
     uniq: FloatArray = keys.astype(np.float64, copy=False)
     binom = np.rint(binomial_table(n_max))  # C(m + c, c), rounded to the integers they are
     decided = np.zeros((uniq.shape[0], n_max + 1, n_max + 1))  # [U, t, r]
-    # zero-probability categories never hold votes; dropping them shrinks the DP
-    width = np.maximum((uniq > 0).sum(axis=-1), 2)
+    # zero-probability categories never hold votes; dropping them shrinks the DP ("no answer"
+    # stays first under the abstain rule)
+    width = np.maximum((uniq[:, free:] > 0).sum(axis=-1), 2) + free
     for k in np.unique(width):
         rows = np.flatnonzero(width == k)
         for part in np.array_split(rows, -(-rows.size // _CHUNK)):  # bounds the [U, N, N] steps
-            decided[part] = _decided_dp(uniq[part, :k], n_max, binom)
+            decided[part] = _decided_dp(uniq[part, :k], n_max, binom, bool(free))
     # [N, t] with r = N - t; t > N is never reached and stays 0
     n_idx, t_idx = np.nonzero(np.tri(n_max + 1, dtype=bool))
     table = np.zeros_like(decided)
@@ -166,17 +181,28 @@ def _undecided_unique(p: FloatArray, n_max: int) -> tuple[FloatArray, npt.NDArra
     return table, inverse
 
 
-def undecided_probability(probs: npt.ArrayLike, n_max: int) -> FloatArray:
+def undecided_probability(probs: npt.ArrayLike, n_max: int,
+                          no_answer: npt.ArrayLike | None = None) -> FloatArray:
     """P(the vote is not decided after t answers of an arm N) = P(margin(t) <= N - t).
 
-    probs [..., L] (rows sum to 1) -> [..., n_max+1, n_max+1] indexed [N, t] for N, t =
+    probs [..., L] (rows sum to 1), ``no_answer`` [...] (the abstain rule's category, -1:
+    none; None: the vote rule) -> [..., n_max+1, n_max+1] indexed [N, t] for N, t =
     0..n_max; entries with t > N are 0 (never reached). Column t = 0 is 1 (margin 0 <= N);
     at t = N the entry is P(a tie at the top), though the arm stops there anyway.
     """
     p = _check_probs(probs)
     n = _check_n_max(n_max)
-    table, inverse = _undecided_unique(p.reshape(-1, p.shape[-1]), n)
+    table, inverse = _undecided_unique(p.reshape(-1, p.shape[-1]), n,
+                                       _flat_no_answer(no_answer, p.shape[:-1]))
     return table[inverse].reshape(*p.shape[:-1], n + 1, n + 1)
+
+
+def _flat_no_answer(no_answer: npt.ArrayLike | None, lead: tuple[int, ...]
+                    ) -> npt.NDArray[np.intp] | None:
+    """``no_answer`` broadcast to the rows ``lead`` and flattened: [M] (None: the vote rule)."""
+    if no_answer is None:
+        return None
+    return np.broadcast_to(np.asarray(no_answer, dtype=np.intp), lead).reshape(-1)
 
 
 # --- expected cost ------------------------------------------------------------------------------
@@ -210,16 +236,19 @@ def paid_from_undecided(undecided: npt.ArrayLike, wave: int) -> tuple[FloatArray
     return paid, waves
 
 
-def expected_paid(probs: npt.ArrayLike, n_max: int, wave: int) -> tuple[FloatArray, FloatArray]:
+def expected_paid(probs: npt.ArrayLike, n_max: int, wave: int,
+                  no_answer: npt.ArrayLike | None = None) -> tuple[FloatArray, FloatArray]:
     """Expected completions paid and waves drawn by the decided rule, for N = 1..n_max.
 
-    probs [..., L] (rows sum to 1); wave >= 1 answers per wave (wave >= N: one wave of N) ->
+    probs [..., L] (rows sum to 1); wave >= 1 answers per wave (wave >= N: one wave of N);
+    ``no_answer`` [...] (the abstain rule's category, -1: none; None: the vote rule) ->
     (completions, waves), each [..., n_max] (column N-1 for the arm N).
     """
     p = _check_probs(probs)
     n = _check_n_max(n_max)
     w = _check_wave(wave)
-    table, inverse = _undecided_unique(p.reshape(-1, p.shape[-1]), n)
+    table, inverse = _undecided_unique(p.reshape(-1, p.shape[-1]), n,
+                                       _flat_no_answer(no_answer, p.shape[:-1]))
     paid, waves = paid_from_undecided(table, w)
     shape = (*p.shape[:-1], n)
     return paid[inverse].reshape(shape), waves[inverse].reshape(shape)
@@ -241,21 +270,31 @@ def vote_margin(counts: npt.ArrayLike, axis: int = -1) -> npt.NDArray[np.integer
     return np.asarray(np.take(top2, -1, axis=axis) - np.take(top2, -2, axis=axis))
 
 
-def vote_decided(counts: npt.ArrayLike, remaining: npt.ArrayLike, axis: int = -1
-                 ) -> npt.NDArray[np.bool_]:
+def vote_decided(counts: npt.ArrayLike, remaining: npt.ArrayLike, axis: int = -1,
+                 no_answer: npt.ArrayLike | None = None) -> npt.NDArray[np.bool_]:
     """The decided rule: margin > remaining, for the votes ``counts`` [..., L] (along
     ``axis``) of the answers seen and the ``remaining`` answers still to come (broadcast with
     [...]) -> [...]. Then the winner of all answers is the leader, alone. The one rule that the
-    blocks' replay (:func:`stop_points`) and the live draw (:mod:`iapo.live.waves`) apply."""
-    return np.asarray(vote_margin(counts, axis) > np.asarray(remaining))
+    blocks' replay (:func:`stop_points`) and the live draw (:mod:`iapo.live.waves`) apply.
+
+    ``no_answer`` [...] (broadcast; -1 where none): under the abstain rule "no answer" never
+    wins while an answer may still come, so its votes never count here (the answers alone
+    decide; a group that has only abstained so far is decided at its end only)."""
+    c = np.moveaxis(np.asarray(counts), axis, -1)
+    if no_answer is not None:
+        z = np.broadcast_to(np.asarray(no_answer, dtype=np.intp), c.shape[:-1])
+        c = np.where(np.arange(c.shape[-1]) == z[..., None], 0, c)
+    return np.asarray(vote_margin(c) > np.asarray(remaining))
 
 
 def stop_points(prefix: npt.NDArray[np.integer], start: npt.NDArray[np.intp],
-                size: npt.NDArray[np.intp], wave: int) -> IntArray:
+                size: npt.NDArray[np.intp], wave: int,
+                no_answer: npt.NDArray[np.intp] | None = None) -> IntArray:
     """Completions paid by the arm (size[b], wave) on answers start[b] .. start[b] + size[b]
     - 1 of a batch laid end to end, from its cumulative votes prefix [L, T+1] (prefix[:, j] =
-    votes of each category among the first j answers): [B], each in 1..size[b]. The blocks'
-    replay of the rule in :class:`iapo.estimate.QTable`."""
+    votes of each category among the first j answers): [B], each in 1..size[b]. ``no_answer``
+    [B]: each block's "no answer" category under the abstain rule (-1: none; None: the vote
+    rule). The blocks' replay of the rule in :class:`iapo.estimate.QTable`."""
     w = _check_wave(wave)
     if start.size == 0:
         return np.zeros(0, dtype=np.int64)
@@ -265,7 +304,8 @@ def stop_points(prefix: npt.NDArray[np.integer], start: npt.NDArray[np.intp],
     counts = prefix[:, at] - prefix[:, start][:, :, None]  # [L, B, t]
     n = size[:, None]
     # decided stays decided (monotonicity), so the first decided t counts the undecided ones
-    first = (~vote_decided(counts, n - t, axis=0) & (t <= n)).sum(axis=1)
+    z = None if no_answer is None else no_answer[:, None]
+    first = (~vote_decided(counts, n - t, axis=0, no_answer=z) & (t <= n)).sum(axis=1)
     # noticed at the first wave boundary at or after it, and at n at the latest
     return np.minimum(-(-first // w) * w, size).astype(np.int64)
 

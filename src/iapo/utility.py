@@ -9,9 +9,11 @@ that the others call:
 - the cost term w_cost x cost x completions paid: :func:`cost_term` (the exact Q,
   :class:`iapo.envs.base.QueryTable`; the Q table, :class:`iapo.estimate.QTable`; the model,
   :class:`iapo.model.ModelQTable`);
-- majority voting (Eq. 2): :func:`vote_winners` (the answers tied for the most votes) and
-  :func:`credit_from_votes` (1/t if gold is among the t tied); the mixed strategy (Remark)
-  averages the best style per answer over the tied winners: :func:`winners_mean`;
+- majority voting (Eq. 2): :func:`counted_votes` (the votes that can win: "no answer" only
+  where every completion abstains, under the abstain rule), :func:`vote_winners` (the answers
+  tied for the most of them) and :func:`credit_from_votes` (1/t if gold is among the t
+  tied); the mixed strategy (Remark) averages the best style per answer over the tied
+  winners: :func:`winners_mean`;
 - nested block reuse: :func:`block_counts` (floor(G/n) blocks of n in a group of G).
 
 The utility of a whole group, scored one group at a time, is the tests' reference
@@ -80,21 +82,47 @@ def vote_counts(labels: npt.ArrayLike, n_categories: int | None = None) -> npt.N
     return counts.reshape(*lead, n_cat)
 
 
-def vote_winners(votes: npt.ArrayLike) -> npt.NDArray[np.bool_]:
-    """The answers tied for the most votes: votes [..., L] -> mask [..., L].
+def counted_votes(votes: npt.ArrayLike, no_answer: npt.ArrayLike | None = None
+                  ) -> npt.NDArray[np.integer]:
+    """The votes that decide majority voting: votes [..., L] -> [..., L].
+
+    ``no_answer`` [...] (broadcast) is the category of "no answer" under the abstain rule
+    (-1, or a category beyond L, where a group has none): its votes are set to 0 wherever
+    another category holds a vote, so "no answer" wins only a group where every completion
+    abstains. None: the vote rule, "no answer" a category like any other (votes unchanged).
+    """
+    v = np.asarray(votes)
+    if no_answer is None:
+        return v
+    z = np.broadcast_to(np.asarray(no_answer, dtype=np.int64), v.shape[:-1])
+    has = (z >= 0) & (z < v.shape[-1])
+    at = np.where(has, z, 0)[..., None]
+    abstained = np.take_along_axis(v, at, -1)[..., 0]
+    answered = v.sum(axis=-1) - np.where(has, abstained, 0) > 0
+    out = v.copy()
+    np.put_along_axis(out, at, np.where(has & answered, 0, abstained)[..., None], -1)
+    return out
+
+
+def vote_winners(votes: npt.ArrayLike, no_answer: npt.ArrayLike | None = None
+                 ) -> npt.NDArray[np.bool_]:
+    """The answers tied for the most counted votes (:func:`counted_votes`): votes [..., L],
+    ``no_answer`` [...] or None -> mask [..., L].
 
     This is the one majority-voting rule of the package: training credits each of the t tied
     answers 1/t (Eq. 2), which is exactly the expected outcome of serving, where the winner is
     drawn uniformly among them (:func:`iapo.live.aggregate.aggregate`).
     """
-    v = np.asarray(votes)
+    v = counted_votes(votes, no_answer)
     return v == v.max(axis=-1, keepdims=True)
 
 
-def credit_from_votes(votes: npt.ArrayLike, gold: npt.ArrayLike) -> FloatArray:
+def credit_from_votes(votes: npt.ArrayLike, gold: npt.ArrayLike,
+                      no_answer: npt.ArrayLike | None = None) -> FloatArray:
     """Eq. 2's credit from vote counts: 1/t if the gold answer is among the t answers tied for
-    the most votes, else 0. votes [..., L], gold [...] (broadcast) -> [...]."""
-    win = vote_winners(votes)
+    the most counted votes, else 0. votes [..., L], gold [...] and ``no_answer`` [...]
+    (broadcast; :func:`counted_votes`) -> [...]."""
+    win = vote_winners(votes, no_answer)
     g = np.broadcast_to(np.asarray(gold, dtype=np.int64), win.shape[:-1])
     at_gold = np.take_along_axis(win, g[..., None], -1)[..., 0]
     return np.where(at_gold, 1.0 / win.sum(axis=-1), 0.0)

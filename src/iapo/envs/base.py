@@ -35,12 +35,14 @@ class Sample:
     """``count`` groups of n completions.
 
     scores: [count, n, K+1] (cost last, positive); labels: [count, n] answer categories and
-    gold: [count] the gold category, for MV environments (else None).
+    gold: [count] the gold category, for MV environments (else None); no_answer: [count] the
+    category of "no answer" of each group's query (-1: none; None: the environment has none).
     """
 
     scores: FloatArray
     labels: npt.NDArray[np.int16] | None = None
     gold: npt.NDArray[np.int16] | None = None
+    no_answer: npt.NDArray[np.int16] | None = None
 
 
 @dataclass(frozen=True)
@@ -198,9 +200,20 @@ class Environment(ABC):
     def with_stopping(self, stopping: Stopping) -> Environment:
         """This environment with majority-voting arms that stop by ``stopping``: the same
         completions, Q charging the completions actually paid (:mod:`iapo.stopping`)."""
-        if stopping == self.problem.stopping:
+        return self._with_problem(stopping=stopping)
+
+    def with_no_answer(self, rule: str) -> Environment:
+        """This environment with majority voting counting "no answer" by ``rule`` (one of
+        :data:`iapo.problem.NO_ANSWER_RULES`): the same completions, Q and training scoring
+        groups by that rule."""
+        return self._with_problem(no_answer=rule)
+
+    def _with_problem(self, **changes: Any) -> Environment:
+        """This environment with its problem's fields ``changes`` (validated), the same
+        completions; itself where nothing changes."""
+        problem = dataclasses.replace(self.problem, **changes)  # validates
+        if problem == self.problem:
             return self
-        problem = dataclasses.replace(self.problem, stopping=stopping)  # validates
         env = copy.copy(self)
         env.problem = problem
         env._table = None

@@ -26,13 +26,20 @@ Best-of-N (``aggregator = "bon"``):
 Contexts are every weight vector times every budget level, uniformly likely.
 
 Either format may also hold (``iapo export-env`` writes both):
-  name              ()    str    the environment's name (default: the file name without .npz)
+  name              ()    str    the environment's name (default: the file name without .npz);
+                                 ``iapo export-env`` stores the task's name, the name the
+                                 gateway serves the task's policies under
   query_ids         (X,)  str    an id per query, distinct; a live policy's test split names
                                  its queries by these ids
   observed          (P, X) bool  which (prompt, query) pairs have data (default: all); the
                                  rows of the others are placeholders, never drawn: Q of a
                                  prompt averages over its observed queries, and a pull draws
                                  among them (iapo.envs.base.QueryTable)
+And the majority-voting format:
+  no_answer         (X,)  int    the category of "no answer" (unreadable completions) of each
+                                 query, -1 where it has none (default: none anywhere); never
+                                 the gold. Under the abstain rule it wins only where every
+                                 completion abstains (iapo.utility.counted_votes)
 """
 
 from __future__ import annotations
@@ -165,6 +172,7 @@ class MVEnvironment(Environment):
         description: str = "",
         cacheable: bool = True,
         query_ids: Sequence[str] | None = None,
+        no_answer: npt.ArrayLike | None = None,
     ) -> None:
         super().__init__()
         p = np.asarray(probs, dtype=np.float64)
@@ -190,6 +198,7 @@ class MVEnvironment(Environment):
         self.query_ids = _query_ids(query_ids, n_queries)
         self.probs = p
         self.gold = g.astype(np.int16)
+        self.no_answer = _no_answer(no_answer, self.gold, n_cat)
         self.cost = c
         self._cdf = _cdf(p)[..., :-1]
         try:
@@ -211,10 +220,17 @@ class MVEnvironment(Environment):
         scores = np.empty((q.size, n, 2))
         scores[..., 0] = labels == gold[:, None]
         scores[..., 1] = self.cost[p][:, None]
-        return Sample(scores, labels, gold)
+        return Sample(scores, labels, gold, None if self.no_answer is None else self.no_answer[q])
+
+    def _abstain(self) -> npt.NDArray[np.int16] | None:
+        """Each query's "no answer" category where the problem's rule is abstain (None where
+        both rules score alike: the vote rule, or no category)."""
+        return self.no_answer if self.problem.no_answer == "abstain" else None
 
     def _arrays(self) -> dict[str, npt.NDArray]:
-        return {"probs": self.probs, "gold": self.gold, "cost": self.cost}
+        abstain = self._abstain()  # the tables of the two rules differ only with a category
+        return {"probs": self.probs, "gold": self.gold, "cost": self.cost,
+                **({} if abstain is None else {"no_answer": abstain})}
 
     def _compute_table(self, progress: bool) -> tuple[FloatArray, FloatArray]:
         from tqdm.auto import tqdm  # here, not at the top: `import iapo` stays quick
@@ -227,11 +243,13 @@ class MVEnvironment(Environment):
             total=n_max, desc=f"exact MV table for {self.name}", disable=not progress,
             leave=False,
         ) as bar:
+            abstain = self._abstain()
             credit = mv_credit_probability(
                 self.probs.reshape(-1, n_cat),
                 np.tile(self.gold, n_prompts),
                 n_max,
                 progress=lambda _k: bar.update(1),
+                no_answer=None if abstain is None else np.tile(abstain, n_prompts),
             ).reshape(n_prompts, n_queries, n_max)
         weights, _ = self.problem.grid.distinct_weights()
         task = credit[:, :, None, :] * weights[None, None, :, 0, None]
@@ -242,9 +260,29 @@ class MVEnvironment(Environment):
         from iapo.stopping import expected_paid
 
         n_prompts, n_queries, n_cat = self.probs.shape
-        paid, waves = expected_paid(self.probs.reshape(-1, n_cat), self.problem.n_max, wave)
+        abstain = self._abstain()
+        paid, waves = expected_paid(self.probs.reshape(-1, n_cat), self.problem.n_max, wave,
+                                    None if abstain is None else np.tile(abstain, n_prompts))
         shape = (n_prompts, n_queries, self.problem.n_max)
         return paid.reshape(shape), waves.reshape(shape)
+
+
+def _no_answer(no_answer: npt.ArrayLike | None, gold: npt.NDArray[np.int16], n_cat: int
+               ) -> npt.NDArray[np.int16] | None:
+    """The ``no_answer`` array checked: one category per query, -1 or in 0..L-1, never the
+    gold; None where no query has one."""
+    if no_answer is None:
+        return None
+    z = np.asarray(no_answer)
+    if z.shape != gold.shape or not np.issubdtype(z.dtype, np.integer):
+        raise DataError(f"no_answer must be one integer category per query, shape {gold.shape}; "
+                        f"got {z.dtype} {z.shape}")
+    if z.size and (z.min() < -1 or z.max() >= n_cat):
+        raise DataError(f"no_answer categories must lie in 0..{n_cat - 1}, or -1 for none")
+    if np.any(z == gold):
+        raise DataError(f"query {int(np.flatnonzero(z == gold)[0])}: its \"no answer\" category "
+                        "is its gold; an abstention is never the correct answer")
+    return None if np.all(z < 0) else z.astype(np.int16)
 
 
 class BoNEnvironment(Environment):
@@ -404,7 +442,7 @@ def environment_from_arrays(
         env: Environment = MVEnvironment(
             name, probs, data["gold"], data["cost_per_completion"],
             _budgets(data["budget_levels"], data["cost_weights"]), _scalar(data, "n_max"),
-            names, description, cacheable, ids,
+            names, description, cacheable, ids, data.get("no_answer"),
         )
         env.observed = _observed(data, probs.shape[:2], source)
         return env
@@ -460,9 +498,25 @@ _NPY_MAGIC = b"\x93NUMPY"
 def load_environment(path: str | os.PathLike[str], name: str | None = None) -> Environment:
     """Load a tabular environment from an ``.npz`` file in the documented format.
 
-    Its name is ``name``, else the file's ``name`` array, else the file name without .npz.
+    Its name is ``name``, else :func:`environment_name` of the file.
     """
     p = Path(path)
+    data = _read_npz(p)
+    return environment_from_arrays(name or _file_name(data, p), data,
+                                   f"tabular environment from {p.name}", source=str(p))
+
+
+def environment_name(path: str | os.PathLike[str]) -> str:
+    """The name of the environment file at ``path``: its ``name`` array (``iapo export-env``
+    stores the task's name there), else the file name without .npz. Every command calls the
+    file by it (``bench`` keys its rows by it, ``evaluate`` prints it, a policy trained on
+    it records it); only that array is read."""
+    p = Path(path)
+    return _file_name(_read_npz(p, ("name",)), p)
+
+
+def _read_npz(p: Path, only: Sequence[str] | None = None) -> dict[str, npt.NDArray]:
+    """The arrays of the ``.npz`` file ``p`` (those of ``only`` that it holds, if given)."""
     if not p.is_file():
         raise DataError(f"environment file {str(p)!r} does not exist")
     try:
@@ -476,12 +530,10 @@ def load_environment(path: str | os.PathLike[str], name: str | None = None) -> E
                         f"(numpy.savez){what}; see iapo.envs.tabular for the format")
     try:
         with np.load(p, allow_pickle=False) as f:
-            data = {k: f[k] for k in f.files}
+            return {k: f[k] for k in f.files if only is None or k in only}
     except (OSError, ValueError, EOFError, NotImplementedError, zipfile.BadZipFile,
             zlib.error) as e:
         raise DataError(f"{p}: not a readable .npz file ({e})") from e
-    return environment_from_arrays(name or _file_name(data, p), data,
-                                   f"tabular environment from {p.name}", source=str(p))
 
 
 def _file_name(data: Mapping[str, npt.NDArray], path: Path) -> str:

@@ -4,11 +4,14 @@ Training (the Q table), ``export-env`` (the tabular environment), ``iapo answer`
 ``iapo serve`` all read a group through the rules here and in :mod:`iapo.utility`:
 
 - **Majority voting.** Every completion casts one vote for the answer its extractor reads. An
-  unreadable completion votes for "no answer", a category like any other: it never matches the
-  gold, and when it wins, the response carries no answer (``answer`` is None). The answers tied
-  for the most votes share the win: training credits each of t tied answers 1/t (Eq. 2), and
-  serving draws the winner uniformly among them, so the served credit's expectation is the
-  trained one. The completion returned is the first one giving the winning answer.
+  unreadable completion votes for "no answer", which never matches the gold. Under the
+  ``abstain`` rule (the default) it is no candidate while any completion gives an answer, so
+  it wins only where every completion abstains; under ``vote`` it is a category like any
+  other (:func:`iapo.utility.counted_votes`). When it wins, the response carries no answer
+  (``answer`` is None). The answers tied for the most counted votes share the win: training
+  credits each of t tied answers 1/t (Eq. 2), and serving draws the winner uniformly among
+  them, so the served credit's expectation is the trained one. The completion returned is the
+  first one giving the winning answer.
 - **Best-of-N.** The completion with the largest weighted score is returned; among equal
   values, the lowest index (the first drawn). Ties do not change the utility.
 - **Mixed** (the paper's Remark): the answer by majority voting as above; among the completions
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from iapo.problem import NO_ANSWER_RULES
 from iapo.utility import vote_counts, vote_winners
 
 NO_ANSWER = "\x00no-answer"  # the category of a completion whose answer cannot be read
@@ -53,8 +57,9 @@ class Outcome:
     """What a group of completions yields.
 
     ``chosen``: the index of the completion returned. MV and mixed: ``answer`` (None when "no
-    answer" won), ``tied`` (the answers that shared the most votes, in order of first
-    appearance), ``votes`` (per answer; "no answer" under the key None). BoN and mixed:
+    answer" won), ``tied`` (the answers that shared the most counted votes, in order of first
+    appearance), ``votes`` (per answer, all of them; "no answer" under the key None). BoN and
+    mixed:
     ``values``, the weighted score (BoN) or weighted style (mixed) of every completion.
     """
 
@@ -72,10 +77,11 @@ def _first_best(values: npt.NDArray[np.float64], among: npt.NDArray[np.bool_]) -
 
 
 def aggregate(kind: str, answers: Sequence[str | None], scores: npt.ArrayLike,
-              weights: npt.ArrayLike, rng: random.Random) -> Outcome:
+              weights: npt.ArrayLike, rng: random.Random,
+              no_answer: str = NO_ANSWER_RULES[0]) -> Outcome:
     """The outcome of one group: ``answers`` [n] (MV, mixed), ``scores`` [n, K] (the task
     objectives; BoN and mixed), ``weights`` [K] (the context's). ``rng`` draws the winner
-    among tied answers."""
+    among tied answers; ``no_answer`` is how "no answer" counts (abstain or vote)."""
     s = np.asarray(scores, dtype=np.float64).reshape(len(answers), -1)
     w = np.asarray(weights, dtype=np.float64).reshape(-1)
     n = len(answers)
@@ -91,7 +97,10 @@ def aggregate(kind: str, answers: Sequence[str | None], scores: npt.ArrayLike,
     labels = np.asarray(answer_labels(cats, answers))
     counts = vote_counts(labels, len(cats))
     names: list[str | None] = [None if k == NO_ANSWER else k for k in cats]
-    win = np.flatnonzero(vote_winners(counts))
+    if no_answer not in NO_ANSWER_RULES:
+        raise ValueError(f"no_answer rule {no_answer!r} must be one of {list(NO_ANSWER_RULES)}")
+    abstain = cats.get(NO_ANSWER, -1) if no_answer == "abstain" else None
+    win = np.flatnonzero(vote_winners(counts, abstain))
     winner = int(win[rng.randrange(win.size)]) if win.size > 1 else int(win[0])
     voters = labels == winner
     if kind == "mixed" and w.size > 1:

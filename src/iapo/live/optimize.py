@@ -374,7 +374,7 @@ def export_env(store_path: Path, out: Path) -> dict[str, Any]:
     under another gold are recomputed from the stored texts. The file's ``name`` is the
     task's.
     """
-    from iapo.live.aggregate import answer_categories, answer_labels
+    from iapo.live.aggregate import NO_ANSWER, answer_categories, answer_labels
 
     with store_errors(store_path):
         store = CompletionStore(store_path, create=False)
@@ -445,6 +445,7 @@ def export_env(store_path: Path, out: Path) -> dict[str, Any]:
                 probs[p, pos] = np.bincount(labels, minlength=n_cat) / len(rows)
         arrays = {"aggregator": np.array("mv"), "answer_probs": probs,
                   "gold": np.zeros(len(keep), dtype=np.int16), "cost_per_completion": costs,
+                  "no_answer": np.array([o.get(NO_ANSWER, -1) for o in cats], dtype=np.int16),
                   **common}
     elif task.aggregator == "bon":
         k = len(task.objectives)

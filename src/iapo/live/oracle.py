@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from iapo.errors import InputError
 from iapo.estimate import QTable
-from iapo.live.aggregate import answer_categories, answer_labels
+from iapo.live.aggregate import NO_ANSWER, answer_categories, answer_labels
 from iapo.live.client import ChatClient, Completion
 from iapo.live.scorers import GOLD_SCORERS, TRUNCATION_AWARE, make_extractor, make_scorer
 from iapo.live.store import CompletionStore, StoredCompletion, arm_key, pool_key
@@ -241,6 +241,7 @@ class LiveOracle:
         self.token_sums = np.zeros(p)
         self.token_counts = np.zeros(p, dtype=np.int64)
         self.drawn = np.zeros(p, dtype=np.int64)  # completions served per prompt
+        self.tokens_drawn = np.zeros((p, 2))  # their prompt and completion tokens
         self.cut = np.zeros(p, dtype=np.int64)  # of which cut by max_tokens
         self.paid = 0
         self.replayed = 0
@@ -412,12 +413,15 @@ class LiveOracle:
             self.token_counts[prompt] += count * n
         cost = float(self.costs()[prompt])
         self.drawn[prompt] += sum(len(row) for row in rows)
+        self.tokens_drawn[prompt] += [sum(c.prompt_tokens for row in rows for c in row),
+                                      sum(c.completion_tokens for row in rows for c in row)]
         self.cut[prompt] += sum(self.runtime.truncated(c.finish_reason) for row in rows
                                 for c in row)
         k = len(self.runtime.task.objectives)
         scores = np.zeros((count, n, k + 1))
         mv = self.problem.aggregator in ("mv", "mixed")
         labels = np.zeros((count, n), dtype=np.int16) if mv else None
+        no_answer = np.full(count, -1, dtype=np.int16)  # each query's, once it has one
         for g, (row, q) in enumerate(zip(rows, qs, strict=True)):
             scores[g, :, :-1] = [[np.nan if v is None else v for v in c.scores] for c in row]
             if labels is not None:
@@ -426,10 +430,12 @@ class LiveOracle:
                     gold = self.runtime.gold_answer(self.runtime.records[q])
                     cats = self._categories[q] = answer_categories(gold, [])
                 labels[g] = answer_labels(cats, [c.answer for c in row])
+                no_answer[g] = cats.get(NO_ANSWER, -1)
         scores[..., -1] = cost
         self.store.set_costs([(c.pool, c.sample, cost) for row in rows for c in row])
         gold_idx = np.zeros(count, dtype=np.int16) if mv else None
-        return Observation(prompt, n, np.asarray(qs, dtype=np.int64), scores, labels, gold_idx)
+        return Observation(prompt, n, np.asarray(qs, dtype=np.int64), scores, labels, gold_idx,
+                           no_answer if mv else None)
 
     def summary(self) -> dict[str, Any]:
         return {"completions_used": self.ledger.spent, "completions_paid": self.paid,

@@ -38,6 +38,8 @@ Example (docs/live.md documents every field)::
     # labels = ["yes", "no"]                 # only with extractor = "label": the answers
     truncated = "explicit"                   # a completion cut by max_tokens: only an explicit
                                              # answer counts ("any": the last number as well)
+    no_answer = "abstain"                    # MV: "no answer" wins only if all abstain
+                                             # ("vote": a category like any other)
 
     [contexts]
     weights = [[1.0]]                        # one weight per objective, in [0, 1]
@@ -73,6 +75,7 @@ from typing import Any
 from iapo.errors import InputError
 from iapo.learners import DEFAULT_LEARNER, get_learner
 from iapo.problem import (
+    NO_ANSWER_RULES,
     ContextGrid,
     CostObjective,
     Objective,
@@ -91,7 +94,7 @@ MODEL_KEYS = ("base_url", "name", "api_key_env", "concurrency", "timeout", "max_
 PROMPT_KEYS = ("name", "template", "system", *DECODING_KEYS)
 DATA_KEYS = ("path", "test_fraction")
 OBJECTIVE_KEYS = ("name", "scorer", "lower", "upper")
-AGGREGATOR_KEYS = ("kind", "extractor", "labels", "truncated")
+AGGREGATOR_KEYS = ("kind", "extractor", "labels", "truncated", "no_answer")
 TRUNCATED_MODES = ("explicit", "any")  # aggregator.truncated; the first is the default
 CONTEXT_KEYS = ("weights", "budgets", "probabilities")
 TRAIN_KEYS = ("n_max", "learner", "budget", "seed", "cost_scale", "stop", "wave")
@@ -346,6 +349,8 @@ class Task:
     # how the numeric, multiple-choice and label extractors and scorers read a completion cut
     # by max_tokens: "explicit" (only an explicit answer, iapo.live.scorers.EXPLICIT) or "any"
     truncated: str = TRUNCATED_MODES[0]
+    # how majority voting counts "no answer" (iapo.utility.counted_votes): "abstain" or "vote"
+    no_answer: str = NO_ANSWER_RULES[0]
 
     def digest(self) -> str:
         """A hash of the task's content (not its path); a list of one base URL hashes as the
@@ -364,7 +369,7 @@ class Task:
     def problem(self) -> Problem:
         return Problem(self.name, self.aggregator, tuple(p.name for p in self.prompts),  # type: ignore[arg-type]
                        self.n_max, self.grid(), CostObjective("cost", self.cost_scale),
-                       self.stopping)
+                       self.stopping, self.no_answer)
 
 
 def load_task(path: str | os.PathLike[str]) -> Task:
@@ -560,6 +565,11 @@ def task_from_dict(raw: dict[str, Any], path: Path) -> Task:
         raise TaskError(f"aggregator.truncated {truncated!r} must be \"explicit\" (a completion "
                         "cut by max_tokens counts only an explicit answer, such as \"the answer "
                         "is 7\") or \"any\" (its last number or letter counts too)")
+    no_answer = _get(a, "no_answer", "aggregator", str, NO_ANSWER_RULES[0])
+    if no_answer not in NO_ANSWER_RULES:
+        raise TaskError(f"aggregator.no_answer {no_answer!r} must be \"abstain\" (\"no answer\" "
+                        "wins only where every completion abstains) or \"vote\" (it is a vote "
+                        "like any other answer)")
 
     c = _table(raw, "contexts", "task", CONTEXT_KEYS)
     weights = []
@@ -625,6 +635,7 @@ def task_from_dict(raw: dict[str, Any], path: Path) -> Task:
         probabilities=None if probs is None else tuple(float(x) for x in probs),
         n_max=n_max, learner=learner, budget=budget, seed=seed, cost_scale=cost_scale,
         raw=raw, labels=labels, stopping=stopping, pricing=pricing, truncated=truncated,
+        no_answer=no_answer,
     )
     try:
         task.problem()

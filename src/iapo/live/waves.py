@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from iapo.problem import Stopping
+from iapo.problem import NO_ANSWER_RULES, Stopping
 from iapo.stopping import vote_decided
 
 C = TypeVar("C")
@@ -50,9 +50,11 @@ def stop_fields(drawn: Drawn[Any] | None, n: int, used: int, stopping: Stopping
 
 
 async def draw_in_waves(start: Callable[[int], Awaitable[C]], n: int, wave: int,
-                        answer_of: Callable[[C], str | None]) -> Drawn[C]:
+                        answer_of: Callable[[C], str | None],
+                        no_answer: str = NO_ANSWER_RULES[0]) -> Drawn[C]:
     """Draw sample indices 0..n-1 in waves of ``wave`` with ``start(i)`` (one completion),
-    stopping once the vote of ``answer_of`` over the completions back is decided.
+    stopping once the vote of ``answer_of`` over the completions back is decided, "no answer"
+    (None) counted by the rule ``no_answer`` (under abstain it never decides).
 
     The votes are counted, and the requests still pending cancelled, in the same step of the
     event loop as the completion that decides the vote arrives: a request waiting for a free
@@ -70,7 +72,10 @@ async def draw_in_waves(start: Callable[[int], Awaitable[C]], n: int, wave: int,
         a = answer_of(c)
         got[i] = (c, a)
         counts[a] += 1
-        if not decided and vote_decided(list(counts.values()), n - len(got)):
+        keys = list(counts)
+        abstained = keys.index(None) if no_answer == "abstain" and None in counts else -1
+        if not decided and vote_decided([counts[k] for k in keys], n - len(got),
+                                        no_answer=abstained):
             decided = True
             for t in tasks:
                 if not t.done() and t is not asyncio.current_task():

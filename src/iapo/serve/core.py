@@ -56,6 +56,8 @@ def serving_part(task: Task) -> dict[str, Any]:
         "labels": list(task.labels) if task.labels else None,
         # named only when not the default, so that older policies keep their digest
         **({"truncated": task.truncated} if task.truncated != "explicit" else {}),
+        # named only when not the rule of older policies ("vote"), for the same reason
+        **({"no_answer": task.no_answer} if task.no_answer != "vote" else {}),
         "objectives": [{"name": o.name, "scorer": o.scorer, "lower": o.lower,
                         "upper": o.upper, "options": o.options} for o in task.objectives],
         "contexts": {"weights": [list(w) for w in task.weights], "budgets": task.budgets},
@@ -70,8 +72,18 @@ def serving_digest(task: Task) -> str:
 
 
 def serving_section(task: Task) -> dict[str, Any]:
-    """The ``serving`` entry of a live policy: the task's fields and their serving digest."""
-    return {"task": task.raw, "digest": serving_digest(task)}
+    """The ``serving`` entry of a live policy: the task's fields and their serving digest.
+    The task's no-answer rule is written out even where its file takes the default, so that
+    a policy serves the rule it was trained with whatever a later default is."""
+    return {"task": _with_no_answer(task.raw, task.no_answer), "digest": serving_digest(task)}
+
+
+def _with_no_answer(raw: dict[str, Any], rule: str) -> dict[str, Any]:
+    """The raw task ``raw`` with ``aggregator.no_answer`` set to ``rule`` where it is unset."""
+    aggregator = raw.get("aggregator")
+    if not isinstance(aggregator, dict) or "no_answer" in aggregator:
+        return raw
+    return {**raw, "aggregator": {**aggregator, "no_answer": rule}}
 
 
 def _first_change(a: Any, b: Any, where: str = "") -> str | None:
@@ -101,7 +113,9 @@ def served_task(policy: Policy, task_path: Path | None, source: Path | str,
     embedded = None
     if policy.serving is not None:
         try:
-            embedded = task_from_dict(policy.serving["task"], Path(source))
+            # a policy from before the no-answer rule counted "no answer" as a vote
+            embedded = task_from_dict(_with_no_answer(policy.serving["task"], "vote"),
+                                      Path(source))
         except TaskError as e:
             raise PolicyError(f"{source}: its embedded task is not valid ({e})") from e
         if serving_digest(embedded) != policy.serving["digest"]:
@@ -173,7 +187,7 @@ def outcome_fields(task: Task, weights: Any, answers: list[str | None],
                       dtype=np.float64).reshape(len(answers), k)
     used = served_objectives(task)
     values[:, [i for i in range(k) if i not in used]] = 0.0
-    out = aggregate(task.aggregator, answers, values, weights, rng)
+    out = aggregate(task.aggregator, answers, values, weights, rng, task.no_answer)
     fields: dict[str, Any] = {"aggregator": task.aggregator, "choice": out.chosen}
     if task.aggregator in ("mv", "mixed"):
         fields.update({"answer": out.answer,
@@ -380,7 +394,8 @@ class Responder:
 
             drawn = await draw_in_waves(start, req.n, req.stopping.wave,
                                         lambda c: self.runtime.score(record, c.text,
-                                                                          c.finish_reason)[0])
+                                                                          c.finish_reason)[0],
+                                        self.task.no_answer)
             return drawn.completions, drawn.indices, paid, drawn
         missing = [s for s in range(req.n) if s not in stored]
         fresh = await client.sample(req.messages, req.decoding, [req.seeds[s] for s in missing])
