@@ -206,24 +206,85 @@ def test_bench_of_an_environment_file_writes_both_figures(
     result = bench_small("OUT", where)
     assert result.exit_code == 0, result.output
     out = tmp_path / "OUT"
-    assert f"## {where}" in (out / "summary.md").read_text()
+    # called by the name the file stores, the path shown beside it
+    assert f"## tiny-task\n\nFrom `{where}`." in (out / "summary.md").read_text()
     pngs = sorted(out.glob("*.png"))
-    assert [p.name for p in pngs] == ["tiny-exploration.png", "tiny-inference.png"]
+    assert [p.name for p in pngs] == ["tiny-task-exploration.png", "tiny-task-inference.png"]
     assert all(p.read_bytes().startswith(PNG_MAGIC) for p in pngs)
     assert pngs[0].read_bytes() != pngs[1].read_bytes()
-    assert sorted(p.name for p in out.glob("*.svg")) == ["tiny-exploration.svg",
-                                                         "tiny-inference.svg"]
+    assert sorted(p.name for p in out.glob("*.svg")) == ["tiny-task-exploration.svg",
+                                                         "tiny-task-inference.svg"]
 
 
-def test_bench_of_two_files_of_one_name_keeps_both_figures(
+def test_bench_of_two_files_of_one_file_name_keeps_both_figures(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    write_tiny(Path("a/env.npz"))
-    write_tiny(Path("b/env.npz"))
+    write_tiny(Path("a/env.npz"), name="task-a")
+    write_tiny(Path("b/env.npz"), name="task-b")
     result = bench_small("OUT", "a/env.npz,b/env.npz")
     assert result.exit_code == 0, result.output
-    assert len(list((tmp_path / "OUT").glob("*.png"))) == 4
+    assert sorted(p.name for p in (tmp_path / "OUT").glob("*.png")) == [
+        "task-a-exploration.png", "task-a-inference.png",
+        "task-b-exploration.png", "task-b-inference.png"]
+
+
+def test_bench_refuses_two_environments_of_one_name_before_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_tiny(Path("a/env.npz"))  # both exported from the task 'tiny-task'
+    write_tiny(Path("b/env.npz"))
+    one_clear_line(bench_small("OUT", "a/env.npz,b/env.npz"),
+                   "'a/env.npz' and 'b/env.npz' are both named 'tiny-task'", "separate --out")
+    write_tiny(Path("c/math.npz"), name=None)  # no stored name: its file name, a registered one
+    one_clear_line(bench_small("OUT", "math,c/math.npz"), "both named 'math'")
+    assert not (tmp_path / "OUT").exists()
+
+
+def test_bench_train_and_evaluate_call_an_exported_environment_by_its_stored_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The issue's case: a file `sqa_env.npz` exported from the task 'tiny-task' is
+    'tiny-task' in bench's rows, tables and figures and in train's and evaluate's output."""
+    monkeypatch.chdir(tmp_path)
+    write_tiny(Path("exports/sqa_env.npz"))
+    result = bench_small("OUT", "exports/sqa_env.npz")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "OUT"
+    runs = (out / "runs.csv").read_text().splitlines()
+    assert {line.split(",")[0] for line in runs[1:]} == {"tiny-task"} and len(runs) == 1 + 8
+    assert {line.split(",")[0] for line in (out / "summary.csv").read_text().splitlines()[1:]
+            } == {"tiny-task"}
+    assert json.loads((out / "bench.json").read_text())["names"] == {
+        "exports/sqa_env.npz": "tiny-task"}  # the path stays on record
+
+    result = invoke("train", "exports/sqa_env.npz", "--budget", "40", "--out", "policy.json")
+    assert result.exit_code == 0, result.output
+    assert "psst-auto on tiny-task:" in result.output
+    assert Policy.load("policy.json").env == "tiny-task"
+    result = invoke("evaluate", "exports/sqa_env.npz", "policy.json")
+    assert result.exit_code == 0, result.output
+    assert " on tiny-task (T=40" in result.output
+    result = invoke("evaluate", "exports/sqa_env.npz", "policy.json", "--json")
+    assert json.loads(result.stdout)["env"] == "tiny-task"
+
+
+def test_a_bench_that_keyed_a_file_by_its_path_resumes_under_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_tiny(Path("sqa_env.npz"))
+    assert bench_small("OUT", "sqa_env.npz").exit_code == 0
+    runs = tmp_path / "OUT" / "runs.csv"
+    # as an older version wrote it: the rows keyed by the path given
+    old = runs.read_text().replace("\ntiny-task,", "\nsqa_env.npz,")
+    runs.write_text(old)
+    result = bench_small("OUT", "sqa_env.npz")
+    assert result.exit_code == 0, result.output
+    assert runs.read_text() == old  # every cell found done: nothing recomputed
+    summary = (tmp_path / "OUT" / "summary.csv").read_text().splitlines()
+    assert len(summary) == 1 + 4 and all(line.startswith("tiny-task,") for line in summary[1:])
 
 
 # --- bad input: one line, exit status 2, nothing written ----------------------------------------

@@ -53,7 +53,8 @@ def test_train_then_evaluate(tmp_path: Path) -> None:
     ev = runner.invoke(main, ["evaluate", "math", str(pol), "--json"])
     assert ev.exit_code == 0, ev.output
     res = json.loads(ev.output)
-    assert set(res) == {"acr", "oracle_acr", "regret", "completions_used", "budget"}
+    assert set(res) == {"env", "acr", "oracle_acr", "regret", "completions_used", "budget"}
+    assert res["env"] == "math"
     # recompute from the exact Q on the test split, independently of evaluate_policy
     q = get_environment("math").q(test)
     chosen = [q[i, r["prompt"], r["n"] - 1] for i, r in enumerate(data["policy"])]

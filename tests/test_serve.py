@@ -3,14 +3,17 @@ reload, bad requests, upstream failures, a bounded load test, and the real tiny 
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import textwrap
 import time
+import tomllib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,8 +27,10 @@ from iapo.learners.base import Choice
 from iapo.live.scorers import extract_letter
 from iapo.policy import Policy
 from live_helpers import ScriptedServer
+from test_live_units import cli, mv_raw, write_task
 
 DATA = Path(__file__).parent / "data"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
 QUESTION = "What is 2 + 3?\nA) 4\nB) 5\nC) 6\nD) 7"
 
 
@@ -180,7 +185,68 @@ def test_header_and_default_context(scripted) -> None:  # type: ignore[no-untype
     r = gw.ask(None)  # no context: the configured default
     assert r.model_extra["iapo"]["context"] == "budget=high"
     models = gw.client.models.list()
-    assert [m.id for m in models.data] == ["iapo-mcq-smollm2"]
+    assert [m.id for m in models.data] == ["mcq-smollm2"]  # the task's name
+
+
+def docs_names() -> tuple[set[str], str]:
+    """The model names of docs/gateway.md's Python examples, and the name of the example task
+    of docs/live.md (whose policy the gateway page serves)."""
+    gateway = (DOCS / "gateway.md").read_text()
+    models = {m for block in re.findall(r"```python\n(.*?)```", gateway, re.S)
+              for m in re.findall(r'\bmodel="([^"]+)"', block)}
+    example = re.search(r"```toml\n(.*?)```", (DOCS / "live.md").read_text(), re.S)
+    assert example is not None
+    return models, tomllib.loads(example.group(1))["name"]
+
+
+def test_one_name_in_the_docs_the_gateway_the_exported_env_evaluate_and_bench(
+        tmp_path: Path) -> None:
+    """The served model id is the task's name: /v1/models lists it, every response (streamed
+    or not, whatever model the request named) carries it, the docs' example calls the model by
+    it, and `export-env` stores it, so `evaluate` and `bench` call the file by it too."""
+    models, name = docs_names()
+    assert models == {name}
+    raw = mv_raw("")
+    raw["name"] = name
+    raw["train"].update(n_max=3, budget=30)
+    ask = {"messages": [{"role": "user", "content": "question 1"}],
+           "extra_body": {"iapo_context": {"budget": "low"}}}
+    with ScriptedServer(answer="The answer is (B).") as up:
+        raw["model"]["base_url"] = up.base_url
+        task = write_task(tmp_path, raw, n_records=6)
+        run, env_file = tmp_path / "run", tmp_path / "sqa_env.npz"
+        for args in (("optimize", str(task), "--out", str(run)),
+                     ("collect", str(task), "--out", str(run), "--samples", "2"),
+                     ("export-env", str(run / "store.sqlite"), "--out", str(env_file))):
+            res = cli(*args)
+            assert res.exit_code == 0, res.output
+        with Gateway(run / "policy.json", "--upstream-timeout", "5",
+                     "--upstream-retries", "0") as gw:
+            listed = [m.id for m in gw.client.models.list().data]
+            answered = gw.client.chat.completions.create(model=listed[0], **ask)
+            chunks = list(gw.client.chat.completions.create(model=listed[0], stream=True, **ask))
+            # the gateway serves one model: another name, or none, is answered by it
+            other = gw.client.chat.completions.create(model="iapo", **ask)
+            bare = httpx.post(f"{gw.url}/v1/chat/completions",
+                              json={"messages": ask["messages"], "iapo_context": "budget=low"})
+    assert listed == [name]
+    assert answered.model == name and up.requests[-1]["model"] == "m"  # not the upstream's
+    assert len(chunks) > 2 and {c.model for c in chunks} == {name}
+    assert other.model == name
+    assert bare.status_code == 200 and bare.json()["model"] == name
+
+    res = cli("evaluate", str(env_file), str(run / "policy.json"), "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["env"] == name
+    res = cli("evaluate", str(env_file), str(run / "policy.json"))
+    assert f" on {name} (T=30" in res.stdout
+    out = tmp_path / "bench"
+    res = cli("bench", "--envs", str(env_file), "--learners", "psst,uniform", "--budgets", "20",
+              "--runs", "2", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    with (out / "runs.csv").open(newline="") as fh:
+        assert {r["env"] for r in csv.DictReader(fh)} == {name}
+    assert f"## {name}\n" in (out / "summary.md").read_text()
 
 
 def test_bad_requests_get_400_and_the_server_keeps_serving(scripted) -> None:  # type: ignore[no-untyped-def]

@@ -222,7 +222,10 @@ def train(env_name: str, learner: str, budget: int, seed: int, out: str,
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @_user_errors
 def evaluate(env_name: str, policy_path: str, as_json: bool) -> None:
-    """Exact ACR of a policy on its test split, the optimal ACR there, and the regret."""
+    """Exact ACR of a policy on its test split, the optimal ACR there, and the regret.
+
+    ENV is called by its name, a file by its stored name (an exported one: its task's), as in
+    bench's rows and the gateway's model id."""
     from iapo.envs import get_environment
     from iapo.policy import Policy
     from iapo.training import evaluate_policy
@@ -231,7 +234,7 @@ def evaluate(env_name: str, policy_path: str, as_json: bool) -> None:
     env = get_environment(env_name)
     result = evaluate_policy(env, policy)
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        click.echo(json.dumps({"env": env.name, **result}, indent=2))
         return
     click.echo(
         f"{policy.learner} on {env.name} (T={policy.budget}, used {policy.completions_used}): "

@@ -46,7 +46,7 @@ class ServeConfig:
     limits: str | None = None  # redis://HOST:PORT/DB: the limits shared across machines
     limits_db: str | None = None  # the workers' shared counter file (set by run_gateway)
     seed: int | None = None  # of the samples (without a replay store) and of the ties
-    model_name: str | None = None  # the model's id in responses; default iapo-TASK
+    model_name: str | None = None  # the served model's id; default: the task's name
     scoring_threads: int = 4  # scorers running at once, off the event loop
 
     def request_deadline(self) -> float:

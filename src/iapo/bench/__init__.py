@@ -11,6 +11,7 @@ from iapo.bench.runner import (
     RUN_COLUMNS,
     BenchConfig,
     BenchError,
+    env_names,
     execute,
     read_runs,
     run_unit,
@@ -23,10 +24,13 @@ SUMMARY_COLUMNS = ["env", "learner", "budget", "runs", "mean_acr", "sem_acr", "m
 
 def report(rows: list[dict[str, Any]], config: BenchConfig, out: Path,
            metric: str = "acr") -> dict[str, Any]:
-    """Write summary.csv, summary.md and the figures for the rows of ``config``'s cells."""
+    """Write summary.csv, summary.md and the figures for the rows of ``config``'s cells, each
+    environment called by its name (:func:`env_names`; a file's path shown beside it)."""
     from iapo.bench.plots import figure_stems, learning_curves
 
-    wanted = {(e, ln, b) for e in config.envs for ln in config.learners for b in config.budgets}
+    names = env_names(config.envs)
+    wanted = {(e, ln, b) for e in names.values() for ln in config.learners
+              for b in config.budgets}
     mine = [r for r in rows if (r["env"], r["learner"], r["budget"]) in wanted
             and r["run"] < config.runs]
     summary = summarize(mine, config.reference)
@@ -34,14 +38,14 @@ def report(rows: list[dict[str, Any]], config: BenchConfig, out: Path,
         w = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
         w.writeheader()
         w.writerows(summary)
-    parts = [f"# Bench: {', '.join(config.envs)}\n",
+    parts = [f"# Bench: {', '.join(names.values())}\n",
              f"Mean {metric} over {config.runs} runs (SEM in parentheses); p: two-sided "
              f"Wilcoxon signed-rank test of the paired ACRs against `{config.reference}`; "
              "* marks p < 0.05.\n"]
     figures: list[Path] = []
-    stems = figure_stems(config.envs)
-    for env in config.envs:
-        parts.append(f"## {env}\n")
+    stems = figure_stems(list(names.values()))
+    for given, env in names.items():
+        parts.append(f"## {env}\n" if given == env else f"## {env}\n\nFrom `{given}`.\n")
         parts.append(markdown_table(summary, env, config.reference, metric, config.learners)
                      + "\n")
         figures += learning_curves(summary, env, out, metric, stems[env])
@@ -55,6 +59,7 @@ __all__ = [
     "SUMMARY_COLUMNS",
     "BenchConfig",
     "BenchError",
+    "env_names",
     "execute",
     "markdown_table",
     "paired_wilcoxon",

@@ -15,6 +15,11 @@ workers, on the other cells or on their order.
 Work is done in units of (env, run), each training every (learner, budget) the run still
 lacks; finished rows are appended to ``runs.csv`` as they arrive, so an interrupted bench
 resumes where it stopped.
+
+Rows, tables and figures call an environment by its name (:func:`env_names`): a registered
+one by its registry name, a file by the name it stores (``iapo export-env`` stores the task's,
+the name ``evaluate`` prints and the gateway serves the task's policies under), else by its
+file name without .npz. ``bench.json`` records which file each name came from.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from iapo.envs import Environment, get_environment
+from iapo.envs import Environment, environment_name, get_environment
 from iapo.envs.base import acr, optimal_acr
 from iapo.envs.registry import ENVIRONMENTS
 from iapo.errors import InputError
@@ -72,6 +77,7 @@ class BenchConfig:
         for e in self.envs:
             if e not in ENVIRONMENTS and not Path(e).is_file():
                 raise BenchError(f"unknown environment '{e}'; known: {', '.join(ENVIRONMENTS)}")
+        env_names(self.envs)  # two environments of one name would share their cells
         if not self.learners:
             raise BenchError("give at least one learner")
         for ln in self.learners:
@@ -91,6 +97,22 @@ class BenchConfig:
         if self.stopping.early:  # (absent for the paper's arms: older folders still match)
             same["stopping"] = self.stopping.to_dict()
         return same
+
+
+def env_names(envs: Sequence[str]) -> dict[str, str]:
+    """The name of each environment argument: a registered name is its own; a file is called
+    by the name it stores (an exported environment: its task's), else by its file name without
+    .npz (:func:`iapo.envs.environment_name`). Two arguments of one name are refused."""
+    names: dict[str, str] = {}
+    for e in envs:
+        name = e if e in ENVIRONMENTS else environment_name(e)
+        other = next((o for o, n in names.items() if n == name), None)
+        if other is not None:
+            raise BenchError(f"environments '{other}' and '{e}' are both named '{name}' (a "
+                             "file's stored name, else its file name), so their rows would "
+                             "mix; bench them into separate --out folders")
+        names[e] = name
+    return names
 
 
 def _seq(seed: int, *key: int) -> np.random.SeedSequence:
@@ -151,7 +173,8 @@ def run_unit(
     env_name: str, run: int, cells: Sequence[tuple[str, int]], seed: int, test_fraction: float,
     stopping: Stopping = Stopping(),  # noqa: B008 (frozen)
 ) -> list[dict[str, Any]]:
-    """Train and score every (learner, budget) of ``cells`` on run ``run`` of ``env_name``."""
+    """Train and score every (learner, budget) of ``cells`` on run ``run`` of ``env_name`` (a
+    registered name or a file); the rows call the environment by its name (:func:`env_names`)."""
     env, train, test = run_queries(env_name, seed, run, test_fraction, stopping)
     problem = env.problem
     table = env.query_table(progress=False)
@@ -168,7 +191,7 @@ def run_unit(
         seconds = time.perf_counter() - t0
         value = acr(q, result.choices, probs)
         rows.append({
-            "env": env_name, "learner": learner, "budget": int(budget), "run": int(run),
+            "env": env.name, "learner": learner, "budget": int(budget), "run": int(run),
             "acr": value, "oracle_acr": oracle_acr, "regret": oracle_acr - value,
             "completions_used": int(oracle.ledger.spent), "seconds": seconds,
             "completions_per_query": acr(completions, result.choices, probs),
@@ -214,12 +237,14 @@ def _repair_csv(path: Path) -> None:
 
 def plan(config: BenchConfig, done: set[tuple[str, str, int, int]]
          ) -> list[tuple[str, int, list[tuple[str, int]]]]:
-    """Units (env, run, cells still missing), skipping finished cells."""
+    """Units (env argument, run, cells still missing), skipping finished cells (``done``:
+    (env name, learner, budget, run))."""
     units = []
+    names = env_names(config.envs)
     for env in config.envs:
         for run in range(config.runs):
             cells = [(ln, b) for ln in config.learners for b in config.budgets
-                     if (env, ln, b, run) not in done]
+                     if (names[env], ln, b, run) not in done]
             if cells:
                 units.append((env, run, cells))
     return units
@@ -250,7 +275,8 @@ def execute(
     progress: bool = True,
     on_rows: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every missing cell of ``config`` into ``out``/runs.csv; return all rows there."""
+    """Run every missing cell of ``config`` into ``out``/runs.csv; return all rows there, an
+    environment called by its name (rows that an older bench keyed by a file's path too)."""
     from tqdm.auto import tqdm
 
     meta = out / "bench.json"
@@ -275,11 +301,17 @@ def execute(
         elif config.stopping.early:  # refused before anything is written, like bad input
             spec.make(0).with_stopping(config.stopping)
     out.mkdir(parents=True, exist_ok=True)  # only once every environment loaded
-    meta.write_text(json.dumps({"identity": config.identity(), "last": asdict(config)},
-                               indent=2) + "\n")
+    names = env_names(config.envs)
+    meta.write_text(json.dumps({"identity": config.identity(), "last": asdict(config),
+                                "names": names}, indent=2) + "\n")
     runs_csv = out / "runs.csv"
     _repair_csv(runs_csv)
-    done = {(r["env"], r["learner"], r["budget"], r["run"]) for r in read_runs(runs_csv)}
+
+    def named(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # benches before environments were named keyed a file's rows by its path
+        return [{**r, "env": names.get(r["env"], r["env"])} for r in rows]
+
+    done = {(r["env"], r["learner"], r["budget"], r["run"]) for r in named(read_runs(runs_csv))}
     units = plan(config, done)
     total = sum(len(c) for _, _, c in units)
     new_file = not runs_csv.exists() or runs_csv.stat().st_size == 0
@@ -296,7 +328,7 @@ def execute(
             bar.update(len(rows))
             if on_rows is not None:
                 on_rows(rows)
-    return read_runs(runs_csv)
+    return named(read_runs(runs_csv))
 
 
 def _results(config: BenchConfig, units: list[tuple[str, int, list[tuple[str, int]]]]

@@ -15,6 +15,7 @@ from iapo.envs.tabular import (
     DataError,
     MVEnvironment,
     environment_from_arrays,
+    environment_name,
     load_environment,
 )
 
@@ -30,6 +31,7 @@ __all__ = [
     "acr",
     "best_arms",
     "environment_from_arrays",
+    "environment_name",
     "environment_names",
     "get_environment",
     "load_environment",

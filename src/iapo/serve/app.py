@@ -19,7 +19,11 @@ A majority-voting arm of a policy trained with ``stop = "decided"`` asks for its
 waves, one request each, and stops once the vote is decided, cancelling requests still in
 flight (:mod:`iapo.live.waves`): the same answer as all N, fewer completions.
 
-``GET /v1/models`` lists the gateway's model; ``GET /health`` reports the policy in force. With
+One name: the gateway serves one model, whose id is the task's ``name`` (the name its policies
+record, ``iapo export-env`` stores and ``evaluate`` and ``bench`` print). ``GET /v1/models``
+lists it and every response's ``model`` field is it; a request's ``model`` is not checked (the
+gateway has no other model to route to: any name, or none, gets this one).
+``GET /health`` reports the policy in force. With
 ``replay_store``, a request without history takes samples 0..N-1 of its pool (the completion
 store's key: model, messages, decoding): stored samples, training's among them, are replayed
 and only missing ones are paid and stored. The
@@ -269,7 +273,7 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
     """The gateway's ASGI app for the policy ``cfg.policy`` over ``task``, callers with
     ``keys``; a bad policy or task raises here, before serving."""
     holder = PolicyHolder(Path(cfg.policy), task)
-    model_id = cfg.model_name or f"iapo-{task.name}"
+    model_id = cfg.model_name or task.name  # one name: the task's (see the module docstring)
     keyring = KeyRing(list(keys))
     for k in keys:  # a key's contexts and default must be contexts of the grid
         for ctx in [*(k.contexts or ()), *([k.default_context] if k.default_context else [])]:
