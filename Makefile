@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test venv dev docs bench lint clean bon-data bon-envs llama-server
+.PHONY: demo test venv dev docs bench lint clean bon-data bon-envs llama-server browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,7 +65,7 @@ demo: venv
 # two pytest workers (pytest-xdist) on the 2-core machines the project runs on; the tests of the
 # real model share one worker and one server (tests/conftest.py)
 TEST_WORKERS ?= 2
-test: dev docs redis
+test: dev docs redis browser
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # the gateway's limits shared through Redis are tested against a real redis-server
@@ -149,3 +149,10 @@ bon-envs: dev bon-data $(LLAMA_SERVER)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
+
+# report.html is tested in a real headless browser (tests/test_report_browser.py): Debian's
+# Chromium when none is on PATH, driven by the playwright package of the dev extras (which
+# downloads no browser of its own)
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)

@@ -242,3 +242,113 @@ def test_label_task_resume_rerun_and_serving_agree_with_training(llama: LlamaSer
          "--runs", "3", "--out", str(bench))
     assert (bench / "summary.md").is_file()
     assert len(list(bench.glob("*.png"))) == 2
+
+
+def _decided_paid(labels: list[str | None], n: int) -> int:
+    """Completions paid by an arm that stops once the vote is decided (wave 1): after the
+    k-th answer, stop when the leader's margin over the second exceeds the n - k answers still
+    to come; "no answer" votes never lead while an answer may come (abstain)."""
+    for k in range(1, n + 1):
+        counts = sorted((labels[:k].count(a) for a in set(labels[:k]) if a is not None),
+                        reverse=True) + [0, 0]
+        if counts[0] - counts[1] > n - k:
+            return k
+    return n
+
+
+def _credit(labels: list[str | None], gold: str) -> float:
+    """A vote's credit: 1/t when the gold is among the t answers tied for the most votes;
+    "no answer" is no candidate while any completion answers (abstain)."""
+    counts = {a: labels.count(a) for a in set(labels)}
+    if len(counts) > 1:
+        counts.pop(None, None)
+    top = max(counts.values())
+    tied = [a for a in counts if counts[a] == top]
+    return 1.0 / len(tied) if gold in tied else 0.0
+
+
+def test_report_of_a_held_out_task_agrees_with_the_store_field_by_field(
+        llama: LlamaServer, tmp_path: Path) -> None:
+    """The scenario of a new user: yes/no questions, the default learner, arms that stop
+    once decided, prices. Every figure of the report's chosen arms is recomputed here from
+    the store's texts and token counts; training Q is policy.json's q_hat; runner-ups come
+    in order of Q; report.html holds the policy's arms and both figures."""
+    from iapo.live.scorers import extract_label
+
+    shutil.copy(DATA / "yesno.jsonl", tmp_path / "yesno.jsonl")
+    text = (DATA / "yesno_task.toml").read_text().replace("http://127.0.0.1:8080/v1", llama.url)
+    text = text.replace('learner = "psst"\n', "").replace("budget = 32", "budget = 40")
+    text = text.replace("[train]", '[pricing]\ninput_per_million = 0.15\n'
+                        'output_per_million = 0.6\n\n[train]\nstop = "decided"')
+    (tmp_path / "task.toml").write_text(text)
+    out = tmp_path / "run"
+    iapo("optimize", str(tmp_path / "task.toml"), "--out", str(out))
+    policy = json.loads((out / "policy.json").read_text())
+    report = json.loads((out / "report.json").read_text())
+    assert policy["learner"] == "psst-auto"
+    golds = {r["id"]: r["gold"] for r in map(json.loads, (DATA / "yesno.jsonl").read_text()
+                                                 .splitlines())}
+    test_ids = policy["split"]["test"]
+    with sqlite3.connect(out / "store.sqlite") as db:
+        arms = [a for (a,) in db.execute("SELECT arm FROM arms ORDER BY rowid")]
+        means = {a: db.execute("SELECT AVG(prompt_tokens), AVG(completion_tokens) FROM "
+                               "completions WHERE arm = ?", (a,)).fetchone() for a in arms}
+
+        def group(arm: str, qid: str, n: int) -> list[str | None]:
+            rows = db.execute("SELECT text, finish_reason FROM completions WHERE arm = ? AND "
+                              "query_id = ? AND sample < ? ORDER BY sample", (arm, qid, n))
+            labels = [extract_label(t, ["yes", "no"], f == "length") for t, f in rows]
+            assert len(labels) == n
+            return labels
+
+        # the test groups: samples 0..top-1 of the prompt's largest chosen N, blocks of N
+        top: dict[int, int] = {}
+        for ch in policy["policy"]:
+            top[ch["prompt"]] = max(top.get(ch["prompt"], 0), ch["n"])
+        for ch, row in zip(policy["policy"], report["policy"], strict=True):
+            p, n = ch["prompt"], ch["n"]
+            assert (row["prompt_index"], row["n"]) == (p, n)
+            assert row["train"]["q"] == pytest.approx(ch["q_hat"], abs=1e-12)
+            credits, paid = [], []
+            for qid in test_ids:
+                labels = group(arms[p], qid, top[p])
+                for b in range(top[p] // n):
+                    block = labels[b * n:(b + 1) * n]
+                    credits.append(_credit(block, golds[qid]))
+                    paid.append(_decided_paid(block, n))
+            test = row["test"]
+            assert test["quality"] == pytest.approx(np.mean(credits), abs=1e-9)
+            assert test["completions"] == pytest.approx(np.mean(paid), abs=1e-9)
+            assert test["saving"] == pytest.approx(n - np.mean(paid), abs=1e-9)
+            tin, tout = means[arms[p]]
+            tokens = np.mean(paid) * (tin + tout)
+            assert test["tokens"] == pytest.approx(tokens, rel=1e-9)
+            assert test["money"] == pytest.approx(np.mean(paid) * (tin * 0.15 + tout * 0.6)
+                                                  / 1e6, rel=1e-9)
+            # training: Q = quality - cost weight x cost of one completion x completions
+            tr = row["train"]
+            weight = {"budget=low": 0.0, "budget=high": 1.0}[row["context"]]
+            assert tr["q"] == pytest.approx(tr["quality"] - weight * tr["cost"], abs=1e-9)
+            # the model's cost of one completion: the mean cost the store recorded for the
+            # prompt's training completions (each at the token mean when it arrived)
+            (seen,) = db.execute(
+                f"SELECT AVG(cost) FROM completions WHERE arm = ? AND query_id NOT IN "
+                f"({','.join('?' * len(test_ids))})", (arms[p], *test_ids)).fetchone()
+            assert tr["cost"] == pytest.approx(seen * tr["completions"], rel=1e-9)
+            assert 1.0 <= tr["completions"] <= n and tr["saving"] == pytest.approx(
+                n - tr["completions"])
+            assert tr["q_ci95"][0] <= tr["q"] + 1e-9 and tr["q"] - 1e-9 <= tr["q_ci95"][1] or \
+                tr["q_ci95"][0] is None
+            # runner-ups: the next arms by Q, the chosen one left out
+            ups = row["runner_ups"]
+            assert 1 <= len(ups) <= 3
+            assert all((u["prompt_index"], u["n"]) != (p, n) for u in ups)
+            qs = [u["q"] for u in ups]
+            assert qs == sorted(qs, reverse=True)
+            assert all(0.0 <= x <= 1.0 for x in [row["p_best"], *(u["p_best"] for u in ups)])
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2
+    assert "http://" not in html and "https://" not in html and "<script" not in html
+    for name in ("quality-vs-n", "quality-vs-cost"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 1000
+        assert (out / "figures" / f"{name}.svg").read_text().lstrip().startswith("<?xml")

@@ -42,12 +42,12 @@ def test_figures_are_written_with_a_palette(tmp_path: Path) -> None:
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    from iapo.bench.plots import _save
+    from iapo.bench.plots import save_figure
 
     fig, ax = plt.subplots()
     ax.plot([0, 1, 2], [0, 1, 4], label="a line")
     ax.legend()
-    png, svg = _save(fig, tmp_path / "fig")
+    png, svg = save_figure(fig, tmp_path / "fig")
     with Image.open(png) as im:
         assert im.mode == "P" and im.size[0] > 300
         colours = im.getcolors(256)

@@ -173,7 +173,8 @@ def plan_raw(url: str) -> dict[str, Any]:
 
 
 def folder_state(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_a_valid_task_validates_and_plans_what_hand_computation_gives(tmp_path: Path) -> None:

@@ -73,6 +73,11 @@ def smollm2_server(folder: Path) -> Iterator[str]:
         log.close()
 
 
+def server_at(base_url: str | None, folder: Path) -> contextlib.AbstractContextManager[str]:
+    """The running server at ``base_url``, else a SmolLM2 server started in ``folder``."""
+    return contextlib.nullcontext(base_url) if base_url else smollm2_server(folder)
+
+
 def measure(task_file: Path, url: str, samples: int, out: Path) -> list[dict[str, object]]:
     """Collect ``samples`` per (prompt, query) of the task at ``url`` into ``out``; per prompt:
     completions, cut, answers lost to the explicit rule, correct under "any" and "explicit"."""
@@ -117,9 +122,7 @@ def main() -> None:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        server = (contextlib.nullcontext(args.base_url) if args.base_url
-                  else smollm2_server(folder))
-        with server as url:
+        with server_at(args.base_url, folder) as url:
             print(f"{'task':<16} {'prompt':<8} {'max_tok':>7} {'compl':>6} {'cut':>5} "
                   f"{'cut %':>6} {'lost':>5} {'right any':>9} {'right expl':>10}")
             for name in args.tasks:

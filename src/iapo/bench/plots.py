@@ -70,7 +70,7 @@ def figure_stems(envs: Sequence[str]) -> dict[str, str]:
     return stems
 
 
-def _save(fig: Any, stem: Path) -> list[Path]:
+def save_figure(fig: Any, stem: Path) -> list[Path]:
     # appended, not with_suffix: a stem may hold a dot (my.env-exploration)
     paths = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".svg")]
     buf = io.BytesIO()
@@ -138,7 +138,7 @@ def learning_curves(
         ax.set_title(f"{env}: {_TITLES[kind]}, mean ± SEM over {runs} runs", fontsize=10)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, ncol=2)
-        written += _save(fig, out / f"{stem}-{kind}")
+        written += save_figure(fig, out / f"{stem}-{kind}")
     return written
 
 
@@ -163,7 +163,7 @@ def prompt_flip_figure(env: Environment, out: Path, prompts: Sequence[int] | Non
     ax.set_title(f"{env.name}: majority voting, N = 1..{n_max} (paper, Fig. 2a)", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, out / f"{figure_stem(env.name)}-prompt-flip")
+    return save_figure(fig, out / f"{figure_stem(env.name)}-prompt-flip")
 
 
 def _flipping_prompts(acc: np.ndarray, k: int = 3) -> list[int]:
@@ -201,4 +201,4 @@ def theta_figure(out: Path, ns: Sequence[int] = (1, 3, 5, 11, 21)) -> list[Path]
     left.set_ylabel("expected utility")
     right.legend(fontsize=8)
     fig.suptitle("Expected utility against θ (paper, Fig. 3)", fontsize=11)
-    return _save(fig, out / "theta-utility")
+    return save_figure(fig, out / "theta-utility")

@@ -17,10 +17,12 @@ from iapo.errors import InputError, RunError
 from iapo.estimate import QTable
 from iapo.files import check_writable, write_atomically, write_text_atomically
 from iapo.learners import get_learner
+from iapo.live import report as live_report
 from iapo.live.oracle import LiveOracle, TaskRuntime
 from iapo.live.store import CompletionStore, store_errors, writer_lock
 from iapo.live.task import Record, Task, TaskError, load_records, task_from_dict
 from iapo.policy import Policy
+from iapo.report import Recorder, arm_table, bootstrap, confidence, estimator_for
 from iapo.serve.core import serving_section
 from iapo.split import train_test_split
 
@@ -146,8 +148,10 @@ def optimize(task: Task, out: Path, progress: bool = True,
 
         oracle = LiveOracle(runtime, store, train, task.budget,
                             np.random.default_rng(oracle_seq), on_progress)
-        result = get_learner(task.learner).learner(runtime.problem, oracle, task.budget,
-                                               np.random.default_rng(learner_seq))
+        recorder = Recorder(oracle)  # every training observation, for the report
+        learner = get_learner(task.learner).learner
+        result = learner(runtime.problem, recorder, task.budget,
+                         np.random.default_rng(learner_seq))
         bar.n = oracle.ledger.spent
         bar.refresh()
         train_summary = oracle.summary()
@@ -170,23 +174,24 @@ def optimize(task: Task, out: Path, progress: bool = True,
         serving=serving_section(task),  # the policy serves without its task file
     )
     policy.save(out / "policy.json")
-    mean, var = oracle.stats.mean, oracle.stats.variance
-    rows = []
-    for i, (key, ch) in enumerate(zip(grid.keys, result.choices, strict=True)):
-        n_idx = (ch.n or 1) - 1
-        cnt = int(oracle.stats.counts[ch.prompt, n_idx])
-        m = float(mean[i, ch.prompt, n_idx])
-        rows.append({
-            "context": key, "prompt": task.prompts[ch.prompt].name, "prompt_index": ch.prompt,
-            "n": ch.n, "q_hat": m if math.isfinite(m) else None,
-            "q_ci95": _ci(m, float(var[i, ch.prompt, n_idx]), cnt), "blocks": cnt,
-            "test_q_hat": evaluation["per_context"][i]["q_hat"],
-            "test_q_ci95": evaluation["per_context"][i]["q_ci95"],
-        })
+    problem = runtime.problem
+    estimator, make = estimator_for(learner, problem)
+    trained = arm_table(make, problem, recorder.observations)
+    draws, _ = bootstrap(make, problem, recorder.observations,
+                         np.random.default_rng(ready.seeds[2].spawn(1)[0]))
+    conf = confidence(draws, result.choices)
+    tested = arm_table(lambda pr: QTable(pr), problem, evaluation["observations"])
+    tokens = (oracle.tokens_drawn + evaluation["tokens_drawn"]) / np.maximum(
+        oracle.drawn + evaluation["drawn"], 1)[:, None]  # [P, 2] per completion drawn
     report = {
         "task": task.name, "learner": task.learner, "budget": task.budget, "seed": task.seed,
         "train_queries": int(train.size), "test_queries": int(test.size),
-        "training": train_summary, "policy": rows, "costs": costs.tolist(),
+        "training": train_summary,
+        **live_report.contexts(task, problem, result.choices, trained, tested, conf, tokens,
+                               estimator),
+        "arms": live_report.all_arms(task, trained, conf, tokens),
+        "costs": costs.tolist(),
+        "pricing": None if task.pricing is None else dataclasses.asdict(task.pricing),
         "test_acr": evaluation["acr"], "test_acr_ci95": evaluation["acr_ci95"],
         "evaluation": {k: evaluation[k] for k in ("completions_used", "completions_paid",
                                                   "completions_replayed", "tokens_paid",
@@ -198,8 +203,13 @@ def optimize(task: Task, out: Path, progress: bool = True,
         "truncated": truncation(task, oracle.drawn + evaluation["drawn"],
                                 oracle.cut + evaluation["cut"]),
     }
+    written = live_report.figures(report, problem, trained, conf, out / "figures")
+    pngs = [p for p in written if p.suffix == ".png"]
     write_text_atomically(out / "report.json", json.dumps(report, indent=2) + "\n", "the report")
-    write_text_atomically(out / "report.md", _report_md(report), "the report")
+    write_text_atomically(out / "report.md",
+                          live_report.markdown(report, [f"figures/{p.name}" for p in pngs]),
+                          "the report")
+    write_text_atomically(out / "report.html", live_report.html_page(report, pngs), "the report")
     return report
 
 
@@ -216,8 +226,8 @@ def _evaluate_on_test(runtime: TaskRuntime, store: CompletionStore, test: np.nda
     budget = sum(n * test.size for n in top.values())
     oracle = LiveOracle(runtime, store, test, budget, np.random.default_rng(0), costs=costs)
     stats = QTable(problem)
-    for p, n in top.items():
-        stats.update([oracle.groups(p, n, test)])
+    observations = [oracle.groups(p, n, test) for p, n in top.items()]
+    stats.update(observations)
     mean, var = stats.mean, stats.variance
     per, values, variances = [], [], []
     for i, ch in enumerate(choices):
@@ -242,10 +252,8 @@ def _evaluate_on_test(runtime: TaskRuntime, store: CompletionStore, test: np.nda
         "completions_used": oracle.ledger.spent, "completions_paid": oracle.paid,
         "completions_replayed": oracle.replayed, "tokens_paid": oracle.tokens,
         "scorer_failures": oracle.failures, "drawn": oracle.drawn, "cut": oracle.cut,
+        "tokens_drawn": oracle.tokens_drawn, "observations": observations,
     }
-
-
-TRUNCATION_WARN = 0.10  # the share of cut completions above which the report suggests more
 
 
 def truncation(task: Task, drawn: np.ndarray, cut: np.ndarray) -> list[dict[str, Any]]:
@@ -254,75 +262,6 @@ def truncation(task: Task, drawn: np.ndarray, cut: np.ndarray) -> list[dict[str,
     return [{"prompt": p.name, "max_tokens": p.decoding.get("max_tokens"),
              "completions": int(d), "truncated": int(c), "share": float(c / d) if d else 0.0}
             for p, d, c in zip(task.prompts, drawn, cut, strict=True)]
-
-
-def _truncation_md(rows: list[dict[str, Any]]) -> list[str]:
-    """The report's lines on completions cut by max_tokens, and what to do about them."""
-    if not rows:
-        return []
-    lines = ["", "Completions cut by max_tokens (finish reason \"length\"; a cut one counts only "
-             "an explicit answer unless aggregator.truncated = \"any\"):", "",
-             "| prompt | max_tokens | completions | truncated | share |", "|---|---|---|---|---|"]
-    lines += [f"| {t['prompt']} | {t['max_tokens'] if t['max_tokens'] is not None else '-'} | "
-              f"{t['completions']} | {t['truncated']} | {t['share']:.1%} |" for t in rows]
-    for t in rows:
-        if t["share"] > TRUNCATION_WARN:
-            limit = t["max_tokens"]
-            more = f"(to {2 * limit} or more)" if limit is not None else "(set one)"
-            lines += ["", f"Prompt '{t['prompt']}': {t['share']:.0%} of its completions hit "
-                          f"max_tokens = {limit}; give it a larger max_tokens {more}, or "
-                          "ask for a shorter answer."]
-    return lines
-
-
-def _report_md(r: dict[str, Any]) -> str:
-    t = r["training"]
-    lines = [
-        f"# {r['task']}: {r['learner']} with T = {r['budget']}",
-        "",
-        f"Training: {t['completions_used']} completions used ({t['completions_paid']} paid "
-        f"by this run, {t['completions_replayed']} replayed from the store; "
-        f"{t['tokens_paid']} tokens, {t['scorer_failures']} scorer failures) on "
-        f"{r['train_queries']} training queries.",
-        "",
-        "| context | prompt | N | Q (train, 95% CI) | Q (test, 95% CI) |",
-        "|---|---|---|---|---|",
-    ]
-
-    def fmt(v: float | None, ci: list[float | None]) -> str:
-        if v is None or not math.isfinite(v):
-            return "n/a"
-        if ci[0] is None or ci[1] is None:
-            return f"{v:.4f}"
-        return f"{v:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]"
-
-    for row in r["policy"]:
-        n = "random" if row["n"] is None else row["n"]
-        lines.append(f"| {row['context']} | {row['prompt']} | {n} | "
-                     f"{fmt(row['q_hat'], row['q_ci95'])} | "
-                     f"{fmt(row['test_q_hat'], row['test_q_ci95'])} |")
-    e = r["evaluation"]
-    lines += [
-        "",
-        f"Test-split ACR of the policy, estimated from stored samples: "
-        f"{fmt(r['test_acr'], r['test_acr_ci95'])} on {r['test_queries']} test queries "
-        f"({e['completions_used']} completions, {e['completions_paid']} paid).",
-    ]
-    lines += _truncation_md(r.get("truncated", []))
-    j = r.get("judge", {})
-    if j.get("requests") or j.get("cached"):
-        lines += ["", f"Judge scorer (not part of the policy's cost): {j['requests']} requests "
-                      f"paid, {j['cached']} judgements from the store's cache, "
-                      f"{j['prompt_tokens']} prompt and {j['completion_tokens']} completion "
-                      "tokens."]
-    if r["notes"]:
-        lines += ["", "Notes:", *[f"- {n}" for n in r["notes"]]]
-    lines += ["", "Runs into this folder (what each paid and replayed, training and test):", "",
-              "| run | command | task | status | paid | replayed | tokens paid |",
-              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {h['id']} | {h['command']} | {h['task']} | {h['status']} | {h['paid']} | "
-              f"{h['replayed']} | {h['tokens']} |" for h in r["runs"]]
-    return "\n".join(lines) + "\n"
 
 
 def collect(task: Task, out: Path, samples: int, progress: bool = True,

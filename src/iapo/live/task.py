@@ -320,6 +320,11 @@ class Pricing:
     input_per_million: float
     output_per_million: float
 
+    def money(self, input_tokens: float, output_tokens: float) -> float:
+        """What the tokens cost at these prices."""
+        return (input_tokens * self.input_per_million
+                + output_tokens * self.output_per_million) / 1e6
+
 
 @dataclass(frozen=True)
 class Task:

@@ -1,0 +1,227 @@
+"""What a run's completions say about every arm: Q, quality apart from cost, completions
+paid, and how sure the learner's choice is.
+
+One definition serves the report of ``iapo optimize`` and its calibration check on the
+simulated environments (``benchmarks/experiments/p_best.py``):
+
+- **The estimator is the learner's own** (:func:`estimator_for`): the per-query model for
+  ``psst-auto`` on majority voting and for ``psst-model``, the subsets estimator for a learner
+  given ``:subsets``, the blocks otherwise. Fed every observation of the run, it reproduces
+  the ``q_hat`` the learner wrote into policy.json.
+- **Quality** is the same estimator's Q with every cost weight 0 (accuracy for majority voting:
+  the expected credit of the vote; the weighted task value for Best-of-N). **Cost** is what it
+  subtracts with the cost weight 1, so that Q = quality - cost weight x cost
+  (``iapo.utility.cost_term`` is linear). **Completions paid** is that cost when every
+  completion costs 1: N, or fewer under a stopping rule.
+- **Confidence** is a bootstrap over training queries (:func:`bootstrap`): B resamples of the
+  queries the run drew, with replacement, each query bringing all its groups of every prompt
+  (so the prompts stay paired on the same queries); the estimator is refitted on each. The
+  95% interval of an arm is the 2.5 and 97.5 percentiles of its resampled Q; P(best) of an arm
+  is the share of resamples where it has the highest Q of its context; P(within margin) is
+  the share where the chosen arm's Q is at most ``margin`` below the resample's best.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from iapo.estimate import Estimator, QTable
+from iapo.problem import Choice, Problem
+from iapo.pulls import Ledger, Observation, Oracle, Pull
+
+FloatArray = npt.NDArray[np.float64]
+MakeEstimator = Callable[[Problem], Estimator]
+
+BOOTSTRAP_ROUNDS = 200
+MARGIN = 0.01  # P(within margin): the chosen arm's Q at most this far below the best
+
+
+class Recorder:
+    """An oracle that keeps every observation it serves (``observations``), in order; it
+    forwards everything else to the oracle it wraps."""
+
+    def __init__(self, oracle: Oracle) -> None:
+        self.oracle = oracle
+        self.problem: Problem = oracle.problem
+        self.ledger: Ledger = oracle.ledger
+        self.observations: list[Observation] = []
+
+    def pull(self, requests: Sequence[Pull]) -> list[Observation]:
+        observations: list[Observation] = self.oracle.pull(requests)
+        self.observations.extend(observations)
+        return observations
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.oracle, name)
+
+
+def estimator_for(learner: Any, problem: Problem) -> tuple[str, MakeEstimator]:
+    """The estimator whose Q the learner's choices carry (module docstring): its name and a
+    maker of fresh ones for any problem."""
+    from iapo.learners import PSSTAuto, PSSTModel
+    from iapo.model import ModelQTable
+
+    alpha = getattr(learner, "alpha", None)
+    model = (isinstance(learner, PSSTModel)
+             or (isinstance(learner, PSSTAuto) and problem.aggregator == "mv"))
+    if model and alpha is not None:
+        return (f"model (alpha = {alpha})",
+                lambda pr: ModelQTable(pr, alpha))
+    estimator = getattr(learner, "estimator", "blocks")
+    return estimator, lambda pr: QTable(pr, estimator)
+
+
+@dataclass(frozen=True)
+class ArmTable:
+    """Every arm's estimates: q and quality [C, P, N_max]; paid [P, N_max] (completions paid
+    per query) and cost [P, N_max] (their cost, so that q = quality - cost weight x cost);
+    both the same in every context. NaN where the estimator has no data."""
+
+    q: FloatArray
+    quality: FloatArray
+    paid: FloatArray
+    cost: FloatArray
+
+
+def _cost_weights(problem: Problem, weight: float) -> Problem:
+    grid = problem.grid
+    contexts = tuple(dataclasses.replace(c, cost_weight=weight) for c in grid.contexts)
+    return dataclasses.replace(problem, grid=dataclasses.replace(grid, contexts=contexts))
+
+
+def _unit_cost(observations: Sequence[Observation]) -> list[Observation]:
+    out = []
+    for o in observations:
+        scores = o.scores.copy()
+        scores[..., -1] = 1.0
+        out.append(dataclasses.replace(o, scores=scores))
+    return out
+
+
+def fit(make: MakeEstimator, problem: Problem, observations: Sequence[Observation]) -> FloatArray:
+    """Q [C, P, N_max] of a fresh estimator fed ``observations``."""
+    est = make(problem)
+    est.update(observations)
+    return np.array(est.mean, dtype=np.float64)
+
+
+def arm_table(make: MakeEstimator, problem: Problem,
+              observations: Sequence[Observation]) -> ArmTable:
+    """Q, quality and completions paid of every arm (module docstring)."""
+    q = fit(make, problem, observations)
+    quality = fit(make, _cost_weights(problem, 0.0), observations)
+    weighted = fit(make, _cost_weights(problem, 1.0), observations)
+    unit = fit(make, _cost_weights(problem, 1.0), _unit_cost(observations))
+    return ArmTable(q, quality, quality[0] - unit[0], quality[0] - weighted[0])
+
+
+@dataclass(frozen=True)
+class Confidence:
+    """The bootstrap's verdict: low, high [C, P, N_max] (95% percentile interval of Q),
+    p_best [C, P, N_max] (share of resamples where the arm has its context's highest Q, ties
+    included), p_within [M, C] (share where the chosen arm is within ``margins[m]`` of the
+    best; NaN for a choice without a fixed N), over ``rounds`` resamples."""
+
+    low: FloatArray
+    high: FloatArray
+    p_best: FloatArray
+    p_within: FloatArray
+    margins: tuple[float, ...]
+    rounds: int
+
+
+def _per_group(o: Observation) -> list[str]:
+    """The fields of an observation that hold one row per group (queries, scores, ...)."""
+    return [f.name for f in dataclasses.fields(o)
+            if isinstance(getattr(o, f.name), np.ndarray)
+            and getattr(o, f.name).shape[:1] == (o.count,)]
+
+
+def _rows(observations: Sequence[Observation]) -> dict[tuple[int, int], Observation]:
+    """All groups of each (prompt, n), concatenated into one observation."""
+    by: dict[tuple[int, int], list[Observation]] = {}
+    for o in observations:
+        if o.count:
+            by.setdefault((o.prompt, o.n), []).append(o)
+    out = {}
+    for key, obs in by.items():
+        fields: dict[str, Any] = {name: np.concatenate([getattr(o, name) for o in obs])
+                                  for name in _per_group(obs[0])}
+        out[key] = dataclasses.replace(obs[0], **fields)
+    return out
+
+
+def resample(groups: dict[tuple[int, int], Observation], queries: npt.NDArray[np.int64],
+             copies: npt.NDArray[np.int64]) -> list[Observation]:
+    """The groups of a bootstrap sample that takes query ``queries[u]`` ``copies[u]`` times:
+    every copy is a query of its own (ids 0..copies.sum()-1), with all the query's groups."""
+    offset = np.cumsum(copies) - copies
+    out = []
+    for o in groups.values():
+        u = np.searchsorted(queries, o.queries)
+        rep = copies[u]
+        rows = np.repeat(np.arange(o.count), rep)
+        copy = np.arange(rows.size) - np.repeat(np.cumsum(rep) - rep, rep)
+        fields: dict[str, Any] = {name: getattr(o, name)[rows] for name in _per_group(o)}
+        fields["queries"] = (offset[u][rows] + copy).astype(np.int64)
+        out.append(dataclasses.replace(o, **fields))
+    return out
+
+
+def bootstrap(make: MakeEstimator, problem: Problem, observations: Sequence[Observation],
+              rng: np.random.Generator, rounds: int = BOOTSTRAP_ROUNDS
+              ) -> tuple[FloatArray, npt.NDArray[np.int64]]:
+    """Q [rounds, C, P, N_max] refitted on ``rounds`` resamples of the training queries
+    (module docstring), and the number of distinct training queries of each prompt [P]."""
+    groups = _rows(observations)
+    queries = np.unique(np.concatenate([o.queries for o in groups.values()]
+                                       + [np.zeros(0, dtype=np.int64)]))
+    c, p, n_max = problem.n_contexts, problem.n_prompts, problem.n_max
+    qs = np.full((rounds, c, p, n_max), np.nan)
+    for b in range(rounds):
+        copies = rng.multinomial(queries.size, np.full(queries.size, 1.0 / queries.size)) \
+            if queries.size else np.zeros(0, dtype=np.int64)
+        qs[b] = fit(make, problem, resample(groups, queries, copies))
+    seen: dict[int, set[int]] = {}
+    for (prompt, _), o in groups.items():
+        seen.setdefault(prompt, set()).update(o.queries.tolist())
+    per_prompt = np.array([len(seen.get(i, ())) for i in range(p)], dtype=np.int64)
+    return qs, per_prompt
+
+
+def confidence(draws: FloatArray, choices: Sequence[Choice],
+               margins: Sequence[float] = (MARGIN,)) -> Confidence:
+    """Intervals, P(best) and P(within margin) from the bootstrap ``draws`` [B, C, P, N_max]
+    of every arm's Q (module docstring)."""
+    import warnings
+
+    rounds, c, p, n_max = draws.shape
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN arms stay NaN
+        low = np.nanpercentile(draws, 2.5, axis=0)
+        high = np.nanpercentile(draws, 97.5, axis=0)
+    flat = np.where(np.isfinite(draws), draws, -np.inf).reshape(rounds, c, -1)
+    best = flat.max(axis=2)  # [B, C]
+    usable = np.isfinite(best)
+    p_best = np.full((c, p * n_max), np.nan)
+    within = np.full((len(margins), c), np.nan)
+    for i in range(c):
+        ok = usable[:, i]
+        if not ok.any():
+            continue
+        top = flat[ok, i] >= best[ok, i, None]  # ties at the top all count as best
+        p_best[i] = top.mean(axis=0)
+        ch = choices[i]
+        if ch.n is None:
+            continue
+        mine = flat[ok, i, ch.prompt * n_max + ch.n - 1]
+        for j, m in enumerate(margins):
+            within[j, i] = float(np.mean(mine >= best[ok, i] - m))
+    return Confidence(low, high, p_best.reshape(c, p, n_max), within, tuple(margins), rounds)
+

@@ -1,0 +1,119 @@
+"""The report's estimates (iapo.report): quality, cost and completions paid by hand, the
+learner's own q_hat reproduced, the bootstrap's resampling and its verdict by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from iapo.bench.runner import run_oracle, run_queries
+from iapo.estimate import QTable
+from iapo.learners import get_learner
+from iapo.problem import Choice, ContextGrid, CostObjective, Objective, Problem, Stopping
+from iapo.pulls import Observation
+from iapo.report import Recorder, arm_table, bootstrap, confidence, estimator_for, resample
+
+
+def mv_problem(stop: str = "all") -> Problem:
+    grid = ContextGrid.product([Objective("correct", 0.0, 1.0)], [(1.0,)],
+                               {"low": 0.0, "high": 1.0})
+    return Problem("t", "mv", ("a", "b"), 3, grid, CostObjective("cost", 0.1), Stopping(stop))
+
+
+def two_groups() -> Observation:
+    """Prompt 0, two groups of 3 answers (gold = category 0), each completion costing 0.1."""
+    return Observation(0, 3, np.array([4, 9]), np.full((2, 3, 2), [1.0, 0.1]),
+                       np.array([[0, 0, 1], [1, 2, 1]], dtype=np.int16),
+                       np.zeros(2, dtype=np.int16))
+
+
+@pytest.mark.parametrize("stop", ["all", "decided"])
+def test_quality_cost_and_completions_of_the_blocks_by_hand(stop: str) -> None:
+    table = arm_table(lambda pr: QTable(pr), mv_problem(stop), [two_groups()])
+    # N = 1: six blocks, two of them gold. N = 2: [0, 0] right, [1, 2] a tie without the
+    # gold. N = 3: [0, 0, 1] right, [1, 2, 1] wrong.
+    assert table.quality[:, 0].ravel().tolist() == pytest.approx([1 / 3, 0.5, 0.5] * 2)
+    # decided (wave 1): [0, 0] needs both; [0, 0, 1] is decided after 2 (margin 2 > 1 left),
+    # [1, 2, 1] needs all 3
+    paid = [1.0, 2.0, 2.5] if stop == "decided" else [1.0, 2.0, 3.0]
+    assert table.paid[0].tolist() == pytest.approx(paid)
+    assert table.cost[0].tolist() == pytest.approx([0.1 * k for k in paid])
+    # context low (cost weight 0): Q is the quality; high (1): less the cost
+    assert table.q[0, 0].tolist() == pytest.approx([1 / 3, 0.5, 0.5])
+    assert table.q[1, 0].tolist() == pytest.approx([1 / 3 - 0.1, 0.5 - 0.2,
+                                                    0.5 - 0.1 * paid[2]])
+    assert np.isnan(table.q[:, 1]).all()  # prompt 1 never observed
+
+
+@pytest.mark.parametrize("env_name", ["commonsenseqa", "helpful-harmless-smollm2"])
+@pytest.mark.parametrize("learner", ["psst-auto", "psst", "psst-model", "uniform", "egreedy",
+                                     "psst-k4"])
+def test_the_learners_estimator_fed_every_observation_gives_its_q_hat(env_name: str,
+                                                                      learner: str) -> None:
+    env, train, _ = run_queries(env_name, 0, 1, 0.2)
+    oracle, rng = run_oracle(env, train, learner, 800, 0, 1)
+    recorder = Recorder(oracle)
+    spec = get_learner(learner)
+    result = spec.learner(env.problem, recorder, 800, rng)
+    assert sum(o.n * o.count for o in recorder.observations) == oracle.ledger.spent
+    _, make = estimator_for(spec.learner, env.problem)
+    table = arm_table(make, env.problem, recorder.observations)
+    for i, ch in enumerate(result.choices):
+        assert table.q[i, ch.prompt, ch.n - 1] == pytest.approx(ch.q_hat, abs=1e-12)
+
+
+def test_the_estimator_named_for_each_learner() -> None:
+    mv = mv_problem()
+    assert estimator_for(get_learner("psst-auto").learner, mv)[0] == "model (alpha = 0.5)"
+    assert estimator_for(get_learner("psst-model").learner, mv)[0] == "model (alpha = 0.5)"
+    assert estimator_for(get_learner("psst").learner, mv)[0] == "blocks"
+    assert estimator_for(get_learner("psst:subsets").learner, mv)[0] == "subsets"
+
+
+def test_a_resample_repeats_each_query_with_all_its_groups_under_new_ids() -> None:
+    a = Observation(0, 1, np.array([3, 5, 3]), np.arange(6.0).reshape(3, 1, 2))
+    b = Observation(1, 1, np.array([5]), np.full((1, 1, 2), 9.0))
+    groups = {(0, 1): a, (1, 1): b}
+    # query 3 twice, query 5 not at all
+    out = resample(groups, np.array([3, 5]), np.array([2, 0]))
+    assert out[0].queries.tolist() == [0, 1, 0, 1]  # copies 0 and 1 of query 3, both groups
+    assert out[0].scores[:, 0, 0].tolist() == [0.0, 0.0, 4.0, 4.0]
+    assert out[1].count == 0
+    # query 5 once, query 3 once: ids 0 (query 3) and 1 (query 5), shared by the prompts
+    out = resample(groups, np.array([3, 5]), np.array([1, 1]))
+    assert out[0].queries.tolist() == [0, 1, 0] and out[1].queries.tolist() == [1]
+
+
+def test_the_bootstrap_verdict_by_hand() -> None:
+    # B = 4 resamples, one context, two arms (prompts 0 and 1 at N = 1)
+    draws = np.array([[0.50, 0.55], [0.60, 0.50], [0.40, 0.45], [0.70, 0.70]])
+    conf = confidence(draws.reshape(4, 1, 2, 1), [Choice(0, 1, 0.55, 1)], margins=(0.01, 0.06))
+    # arm 0 is the highest in resamples 1 and 3 (a tie counts), arm 1 in 0, 2 and 3
+    assert conf.p_best[0, :, 0].tolist() == [0.5, 0.75]
+    # within 0.01 of the highest: resamples 1 and 3; within 0.06: all four
+    assert conf.p_within[:, 0].tolist() == [0.5, 1.0]
+    # numpy's linear percentile of [0.4, 0.5, 0.6, 0.7] at 2.5%: 0.4 + 0.075 x 0.1
+    assert conf.low[0, 0, 0] == pytest.approx(0.4075)
+    assert conf.high[0, 0, 0] == pytest.approx(0.7 - 0.075 * 0.1)
+
+
+def test_the_bootstrap_of_one_query_has_no_spread_and_of_many_covers_the_estimate() -> None:
+    problem = mv_problem()
+    one = [Observation(0, 3, np.array([4, 4]), np.full((2, 3, 2), [1.0, 0.1]),
+                       np.array([[0, 0, 1], [1, 2, 1]], dtype=np.int16),
+                       np.zeros(2, dtype=np.int16))]
+    draws, per_prompt = bootstrap(lambda pr: QTable(pr), problem, one,
+                                  np.random.default_rng(0), rounds=20)
+    assert per_prompt.tolist() == [1, 0]
+    assert np.ptp(draws[:, 0, 0, 0]) == 0.0  # every resample is the one query, twice
+    rng = np.random.default_rng(1)
+    labels = (rng.random((200, 3)) < 0.4).astype(np.int16)  # gold (0) 60% of the time
+    many = [Observation(0, 3, np.arange(200), np.full((200, 3, 2), [1.0, 0.1]), labels,
+                        np.zeros(200, dtype=np.int16))]
+    draws, _ = bootstrap(lambda pr: QTable(pr), problem, many, np.random.default_rng(2),
+                         rounds=200)
+    q = arm_table(lambda pr: QTable(pr), problem, many).q
+    # the bootstrap mean of a mean is the mean; its spread is the standard error
+    assert draws[:, 0, 0, 0].mean() == pytest.approx(q[0, 0, 0], abs=0.01)
+    se = np.sqrt(q[0, 0, 0] * (1 - q[0, 0, 0]) / 600)
+    assert draws[:, 0, 0, 0].std() == pytest.approx(se, rel=0.25)
