@@ -117,3 +117,78 @@ def test_the_bootstrap_of_one_query_has_no_spread_and_of_many_covers_the_estimat
     assert draws[:, 0, 0, 0].mean() == pytest.approx(q[0, 0, 0], abs=0.01)
     se = np.sqrt(q[0, 0, 0] * (1 - q[0, 0, 0]) / 600)
     assert draws[:, 0, 0, 0].std() == pytest.approx(se, rel=0.25)
+
+
+def test_a_context_without_any_estimate_leaves_the_next_ones_judged() -> None:
+    draws = np.full((2, 2, 1, 1), np.nan)
+    draws[:, 1, 0, 0] = [0.4, 0.6]  # context 0 has no estimate at all
+    conf = confidence(draws, [Choice(0, 1, 0.5, 1)] * 2)
+    assert np.isnan(conf.p_best[0]).all() and np.isnan(conf.p_within[:, 0]).all()
+    assert conf.p_best[1, 0, 0] == 1.0 and conf.p_within[0, 1] == 1.0
+
+
+def test_the_bootstrap_verdict_of_two_contexts_unseen_arms_and_margin_ties_by_hand() -> None:
+    # B = 2 resamples, two contexts, one prompt at N = 1, 2 (n_max = 2) and a second prompt
+    # never seen (NaN): it is never the best, and never counts against the chosen arm
+    draws = np.full((2, 2, 2, 2), np.nan)
+    draws[:, :, 0, 0] = [[0.50, 0.50], [0.25, 0.25]]  # [B, C] of arm (0, 1)
+    draws[:, :, 0, 1] = [[0.75, 0.75], [0.25, 0.25]]  # arm (0, 2)
+    choices = [Choice(0, None, 0.5, 1), Choice(0, 1, 0.5, 1)]  # context 0: N random
+    conf = confidence(draws, choices, margins=(0.25, 0.1))
+    assert np.isnan(conf.p_within[:, 0]).all()  # no single arm to judge in context 0
+    # context 1, arm (0, 1): 0.50 against the best 0.75 (a tie at margin 0.25 counts), then
+    # 0.25 against 0.25
+    assert conf.p_within[:, 1].tolist() == [1.0, 0.5]
+    assert conf.p_best[1, 0].tolist() == [0.5, 1.0]  # tied in resample 1
+    assert conf.p_best[1, 1].tolist() == [0.0, 0.0]  # the unseen prompt
+    assert np.isnan(conf.low[1, 1]).all()
+
+
+def test_groups_of_one_arm_from_several_pulls_are_all_resampled() -> None:
+    first = Observation(0, 1, np.array([3]), np.full((1, 1, 2), 1.0))
+    second = Observation(0, 1, np.array([5]), np.full((1, 1, 2), 2.0))
+    draws, per_prompt = bootstrap(lambda pr: QTable(pr), mv_like_bon_problem(),
+                                  [first, second], np.random.default_rng(0), rounds=50)
+    assert per_prompt.tolist() == [2, 0]
+    # Q of a resample is the mean of 1.0 and 2.0 weighted by how often each query was drawn
+    assert set(np.round(draws[:, 0, 0, 0], 9)) == {1.0, 1.5, 2.0}
+
+
+def mv_like_bon_problem() -> Problem:
+    """Best-of-N, one objective in [0, 2], cost weight 0 (Q is the best score)."""
+    grid = ContextGrid.product([Objective("s", 0.0, 2.0)], [(1.0,)], {"free": 0.0})
+    return Problem("b", "bon", ("a", "b"), 1, grid, CostObjective("cost", 1.0))
+
+
+def test_quality_and_cost_of_best_of_n_with_two_objectives_and_two_weightings() -> None:
+    grid = ContextGrid.product([Objective("x", 0.0, 1.0), Objective("y", 0.0, 1.0)],
+                               [(1.0, 0.0), (0.0, 1.0)], {"mid": 0.5})
+    problem = Problem("b", "bon", ("a",), 2, grid, CostObjective("cost", 1.0))
+    # one group of two completions: (x, y, cost) = (1, 0, 0.1) and (0, 0.5, 0.3)
+    obs = Observation(0, 2, np.array([0]), np.array([[[1.0, 0.0, 0.1], [0.0, 0.5, 0.3]]]))
+    table = arm_table(lambda pr: QTable(pr), problem, [obs])
+    # N = 1: the mean of the two completions' weighted scores; N = 2: the better one
+    assert table.quality[:, 0].tolist() == [pytest.approx([0.5, 1.0]),
+                                            pytest.approx([0.25, 0.5])]
+    assert table.paid[0].tolist() == pytest.approx([1.0, 2.0])
+    assert table.cost[0].tolist() == pytest.approx([0.2, 0.4])  # mean cost 0.2 per completion
+    cw = problem.grid.cost_weights
+    assert table.q[:, 0, 1].tolist() == pytest.approx(
+        (table.quality[:, 0, 1] - cw * 0.4).tolist())
+
+
+def test_the_estimator_takes_the_learners_own_alpha_and_estimator() -> None:
+    env, train, _ = run_queries("commonsenseqa", 0, 2, 0.2)
+    for spec in (get_learner("psst-model").configure(alpha=2.0), get_learner("psst:subsets")):
+        oracle, rng = run_oracle(env, train, spec.name, 600, 0, 2)
+        recorder = Recorder(oracle)
+        result = spec.learner(env.problem, recorder, 600, rng)
+        name, make = estimator_for(spec.learner, env.problem)
+        assert name in ("model (alpha = 2.0)", "subsets")
+        table = arm_table(make, env.problem, recorder.observations)
+        for i, ch in enumerate(result.choices):
+            assert table.q[i, ch.prompt, ch.n - 1] == pytest.approx(ch.q_hat, abs=1e-12)
+        # not the blocks: the two tables differ where groups are larger than N
+        blocks = arm_table(lambda pr: QTable(pr), env.problem, recorder.observations).q
+        seen = np.isfinite(blocks)
+        assert np.abs(table.q[seen] - blocks[seen]).max() > 1e-6
