@@ -43,8 +43,8 @@ MARGIN = 0.01  # P(within margin): the chosen arm's Q at most this far below the
 
 
 class Recorder:
-    """An oracle that keeps every observation it serves (``observations``), in order; it
-    forwards everything else to the oracle it wraps."""
+    """The oracle it wraps (:class:`iapo.pulls.Oracle`: its problem, ledger and pulls),
+    keeping every observation it serves (``observations``), in order."""
 
     def __init__(self, oracle: Oracle) -> None:
         self.oracle = oracle
@@ -56,9 +56,6 @@ class Recorder:
         observations: list[Observation] = self.oracle.pull(requests)
         self.observations.extend(observations)
         return observations
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.oracle, name)
 
 
 def estimator_for(learner: Any, problem: Problem) -> tuple[str, MakeEstimator]:

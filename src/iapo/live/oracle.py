@@ -27,7 +27,6 @@ import numpy as np
 import numpy.typing as npt
 
 from iapo.errors import InputError
-from iapo.estimate import QTable
 from iapo.live.aggregate import NO_ANSWER, answer_categories, answer_labels
 from iapo.live.client import ChatClient, Completion
 from iapo.live.scorers import GOLD_SCORERS, TRUNCATION_AWARE, make_extractor, make_scorer
@@ -235,7 +234,6 @@ class LiveOracle:
         self.rng = rng
         self.on_progress = on_progress
         self.cursor: dict[str, int] = defaultdict(int)  # next unused sample of each pool
-        self.stats = QTable(self.problem)  # every observation of this run, for the report
         self.fixed_costs = None if costs is None else np.asarray(costs, dtype=np.float64)
         p = self.problem.n_prompts
         self.token_sums = np.zeros(p)
@@ -288,7 +286,6 @@ class LiveOracle:
             observations.append(self.observe(r.prompt, r.n, plan[i: i + r.count],
                                              groups[i: i + r.count]))
             i += r.count
-        self.stats.update(observations)
         return observations
 
     def groups(self, prompt: int, n: int, queries: npt.ArrayLike) -> Observation:

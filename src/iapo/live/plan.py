@@ -192,10 +192,12 @@ def _tokens(task: Task, ready: Preflight, completions: int) -> dict[str, Any]:
 def _money(task: Task, tokens: dict[str, Any]) -> dict[str, Any] | None:
     if task.pricing is None:
         return None
-    ip, op = task.pricing.input_per_million, task.pricing.output_per_million
-    money_in = tokens["input"] * ip / 1e6
-    money_out = None if tokens["output_at_most"] is None else tokens["output_at_most"] * op / 1e6
-    return {"input_per_million": ip, "output_per_million": op, "input": money_in,
+    pricing = task.pricing
+    money_in = pricing.money(tokens["input"], 0.0)
+    out = tokens["output_at_most"]
+    money_out = None if out is None else pricing.money(0.0, out)
+    return {"input_per_million": pricing.input_per_million,
+            "output_per_million": pricing.output_per_million, "input": money_in,
             "output_at_most": money_out,
             "total_at_most": None if money_out is None else money_in + money_out}
 
