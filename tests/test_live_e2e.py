@@ -318,6 +318,14 @@ def test_report_of_a_held_out_task_agrees_with_the_store_field_by_field(
                     paid.append(_decided_paid(block, n))
             test = row["test"]
             assert test["quality"] == pytest.approx(np.mean(credits), abs=1e-9)
+            # the test Q's 95% interval: normal, from the blocks' Q at training's final costs
+            weight = {"budget=low": 0.0, "budget=high": 1.0}[row["context"]]
+            q_blocks = np.array(credits) - weight * report["costs"][p] * np.array(paid)
+            assert test["q"] == pytest.approx(q_blocks.mean(), abs=1e-9)
+            if len(q_blocks) >= 2:
+                half = 1.959963984540054 * q_blocks.std(ddof=1) / np.sqrt(len(q_blocks))
+                assert test["q_ci95"] == pytest.approx([q_blocks.mean() - half,
+                                                        q_blocks.mean() + half], abs=1e-9)
             assert test["completions"] == pytest.approx(np.mean(paid), abs=1e-9)
             assert test["saving"] == pytest.approx(n - np.mean(paid), abs=1e-9)
             tin, tout = means[arms[p]]

@@ -94,6 +94,8 @@ def test_report_md_and_json_hold_the_same_arms(run: Path) -> None:
     for ch, row in zip(policy["policy"], report["policy"], strict=True):
         assert (row["prompt_index"], row["n"]) == (ch["prompt"], ch["n"])
         assert row["train"]["q"] == ch["q_hat"]
+        low, high = row["test"]["q_ci95"]
+        assert low is None or low <= row["test"]["q"] <= high
         assert f"| {row['context']} | {row['prompt']} | {row['n']} | {row['train']['q']:.4f}" \
             in md
     assert "![quality-vs-n](figures/quality-vs-n.png)" in md

@@ -36,7 +36,8 @@ DEFINITIONS = {
     "train": "training figures: the learner's estimator ({estimator}) fed every training "
              "completion of this run; the chosen arm's Q is policy.json's q_hat",
     "test": "test figures: blocks of N completions of the test groups (samples 0..N-1 of the "
-            "prompt's largest chosen N on each test query)",
+            "prompt's largest chosen N on each test query); their 95% interval is normal, "
+            "from the blocks' variance",
     "quality": "quality: the same estimate with the cost weight 0 (majority voting: the "
                "accuracy, a vote tied between t answers counting 1/t when the gold is one)",
     "completions": "completions: the completions paid per query (N, or fewer when the arm "
@@ -83,9 +84,10 @@ def all_arms(task: Task, table: ArmTable, conf: Confidence,
 
 
 def contexts(task: Task, problem: Problem, choices: Sequence[Choice], train: ArmTable,
-             test: ArmTable, conf: Confidence, tokens: npt.NDArray[np.float64],
-             estimator: str) -> dict[str, Any]:
-    """The report's per-context section and its definitions."""
+             test: ArmTable, test_ci: Sequence[list[float | None]], conf: Confidence,
+             tokens: npt.NDArray[np.float64], estimator: str) -> dict[str, Any]:
+    """The report's per-context section and its definitions; ``test_ci`` is each context's
+    95% interval of the chosen arm's test Q (normal, from the test blocks' variance)."""
     names = [p.name for p in task.prompts]
     rows = []
     n_max = problem.n_max
@@ -100,7 +102,8 @@ def contexts(task: Task, problem: Problem, choices: Sequence[Choice], train: Arm
         row["train"] = {**arm_figures(train, i, ch.prompt, ch.n, tokens, task),
                         "q_ci95": [_num(conf.low[i, ch.prompt, ch.n - 1]),
                                    _num(conf.high[i, ch.prompt, ch.n - 1])]}
-        row["test"] = arm_figures(test, i, ch.prompt, ch.n, tokens, task)
+        row["test"] = {**arm_figures(test, i, ch.prompt, ch.n, tokens, task),
+                       "q_ci95": test_ci[i]}
         row["p_best"] = _num(conf.p_best[i, ch.prompt, ch.n - 1])
         row["p_within"] = {f"{m:g}": _num(conf.p_within[j, i])
                            for j, m in enumerate(conf.margins)}
@@ -214,7 +217,7 @@ def _money(v: float | None) -> str:
 
 def context_table(r: dict[str, Any]) -> list[list[str]]:
     """The report's main table: header row, then one row per context."""
-    head = ["context", "prompt", "N", "Q train [95% CI]", "Q test", "accuracy / quality "
+    head = ["context", "prompt", "N", "Q train [95% CI]", "Q test [95% CI]", "accuracy / quality "
             "(train, test)", "completions per query (saving)", "tokens per query",
             "money per query", "P(best)", f"P(within {MARGIN:g})"]
     rows = [head]
@@ -226,7 +229,7 @@ def context_table(r: dict[str, Any]) -> list[list[str]]:
         tr, te = c["train"], c["test"]
         within = next(iter(c["p_within"].values()), None)
         rows.append([c["context"], c["prompt"], str(c["n"]),
-                     _f(tr["q"]) + _ci(tr["q_ci95"]), _f(te["q"]),
+                     _f(tr["q"]) + _ci(tr["q_ci95"]), _f(te["q"]) + _ci(te["q_ci95"]),
                      f"{_f(tr['quality'], 3)}, {_f(te['quality'], 3)}",
                      f"{_f(tr['completions'], 2)} ({_f(tr['saving'], 2)})",
                      _f(tr["tokens"], 0), _money(tr["money"]),
