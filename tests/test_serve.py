@@ -381,8 +381,14 @@ def test_real_model_behind_the_gateway(kind: str, llama: LlamaServer, tmp_path: 
             assert r.usage.completion_tokens == sum(s["completion_tokens"] for s in samples)
             assert r.usage.prompt_tokens == sum(s["prompt_tokens"] for s in samples)
             assert r.choices[0].message.content == samples[meta["chosen"]]["text"]
-            if kind == "mv" and meta["answer"] is not None:
-                assert meta["votes"][meta["answer"]] == max(meta["votes"].values())
+            if kind == "mv":  # the abstain rule: "no answer" wins only if every sample abstains
+                answered = {a: c for a, c in meta["votes"].items() if a != "<no answer>"}
+                if answered:
+                    assert meta["votes"][meta["answer"]] == max(answered.values())
+                    assert sorted(meta["tied"]) == sorted(
+                        a for a, c in answered.items() if c == max(answered.values()))
+                else:
+                    assert meta["answer"] is None and meta["tied"] == ["<no answer>"]
 
 
 def test_served_requests_are_logged_to_the_store(tmp_path: Path) -> None:
