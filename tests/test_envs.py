@@ -182,6 +182,40 @@ def test_synth_bernoulli_is_as_documented() -> None:
     assert theta.min() < 0.05 and theta.max() > 0.95
 
 
+def test_synth_bernoulli_population_q_is_the_integral_over_queries() -> None:
+    """Q over synth-bernoulli's query distribution, against scipy's adaptive quadrature of the
+    documented model: theta = sigmoid(level + spread (0.7 z + 0.71 e)), majority of N
+    right/wrong draws (a tie of an even N credits 1/2), minus cost weight x cost x N."""
+    from scipy.integrate import quad
+    from scipy.special import expit
+
+    from iapo.envs.synthetic import synth_bernoulli_population_q
+
+    seed, n_prompts, n_queries, n_max = 11, 3, 25, 6
+    q = synth_bernoulli_population_q(seed, n_prompts, n_queries, n_max)
+    env = synth_bernoulli(seed, n_prompts=n_prompts, n_queries=n_queries, n_max=n_max)
+    assert q.shape == (3, n_prompts, n_max)
+    rng = np.random.default_rng(np.random.SeedSequence([0xB3, seed]))  # the documented draws
+    level, spread = rng.uniform(-0.3, 1.3, n_prompts), rng.uniform(0.3, 3.0, n_prompts)
+    sd = math.sqrt(0.7**2 + 0.71**2)
+
+    def majority(theta: float, n: int) -> float:
+        k = np.arange(n + 1)
+        credit = np.where(2 * k > n, 1.0, np.where(2 * k == n, 0.5, 0.0))
+        return float((binom.pmf(k, n, theta) * credit).sum())
+
+    for p in range(n_prompts):
+        for n in (1, 2, 5, 6):
+            acc = quad(lambda z, p=p, n=n: majority(expit(level[p] + spread[p] * sd * z), n)
+                       * math.exp(-z * z / 2) / math.sqrt(2 * math.pi), -12, 12,
+                       epsabs=1e-12, limit=200)[0]
+            for c, weight in enumerate(env.problem.grid.cost_weights):
+                assert q[c, p, n - 1] == pytest.approx(acc - weight * env.cost[p] * n, abs=1e-8)
+    # the environment's finite sample of queries scatters around it
+    finite = env.query_table(progress=False).q(env.problem)
+    assert np.abs(finite - q).max() < 0.25 and np.abs(finite - q).mean() > 1e-4
+
+
 def test_synth_categorical_is_reproducible_and_seeded() -> None:
     a, b, c = synth_categorical(5), synth_categorical(5), synth_categorical(6)
     np.testing.assert_array_equal(a.probs, b.probs)

@@ -126,14 +126,18 @@ def learner_key(name: str) -> int:
 _REAL: dict[tuple[str, Stopping], Environment] = {}
 
 
+def run_environment_seed(seed: int, run: int) -> int:
+    """The seed that draws run ``run``'s instance of a synthetic environment."""
+    return int(_seq(seed, run, 1).generate_state(1)[0])
+
+
 def run_environment(name: str, seed: int, run: int,
                     stopping: Stopping = Stopping()) -> Environment:  # noqa: B008 (frozen)
     """The environment instance of run ``run``: a fresh draw for synthetic ones; its
     majority-voting arms stop by ``stopping``."""
     spec = ENVIRONMENTS.get(name)
     if spec is not None and spec.synthetic:
-        instance = int(_seq(seed, run, 1).generate_state(1)[0])
-        return spec.make(instance).with_stopping(stopping)
+        return spec.make(run_environment_seed(seed, run)).with_stopping(stopping)
     if (name, stopping) not in _REAL:  # one load per worker process; tables are cached on disk
         _REAL[name, stopping] = get_environment(name).with_stopping(stopping)
     return _REAL[name, stopping]

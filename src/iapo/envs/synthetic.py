@@ -28,6 +28,8 @@ above); budget levels low / mid / high weigh cost by 0.0 / 0.2 / 1.0.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from iapo.envs.tabular import BoNEnvironment, MVEnvironment
@@ -50,25 +52,57 @@ def synth_bernoulli(
     cacheable: bool = False,
 ) -> MVEnvironment:
     """A fresh ``synth-bernoulli`` instance drawn from ``seed``."""
+    level, spread, logit_noise, cost = _bernoulli_draw(seed, n_prompts, n_queries)
+    return _bernoulli_env(level[:, None] + spread[:, None] * logit_noise, cost, n_max,
+                          f"synthetic Bernoulli MV environment (seed {seed})", cacheable)
+
+
+# the pair's logit noise 0.7 z_x + 0.71 e_px has this standard deviation, for every prompt
+_BERNOULLI_NOISE_SD = float(np.hypot(0.7, 0.71))
+
+
+def _bernoulli_draw(seed: int, n_prompts: int, n_queries: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A ``synth-bernoulli`` instance's levels [P], spreads [P], logit noise [P, X] and
+    completion costs [P], drawn from ``seed``."""
     rng = np.random.default_rng(np.random.SeedSequence([0xB3, seed]))
     level = rng.uniform(-0.3, 1.3, n_prompts)
     spread = rng.uniform(0.3, 3.0, n_prompts)
     difficulty = rng.standard_normal(n_queries)
     noise = rng.standard_normal((n_prompts, n_queries))
-    logit = level[:, None] + spread[:, None] * (0.7 * difficulty[None, :] + 0.71 * noise)
+    logit_noise = 0.7 * difficulty[None, :] + 0.71 * noise
+    cost = 0.01 * _relative_tokens(rng, n_prompts)
+    return level, spread, logit_noise, cost
+
+
+def _bernoulli_env(logit: np.ndarray, cost: np.ndarray, n_max: int, description: str,
+                   cacheable: bool) -> MVEnvironment:
     theta = 1.0 / (1.0 + np.exp(-logit))
     probs = np.stack([theta, 1.0 - theta], axis=-1)  # category 0 is the right answer
-    cost = 0.01 * _relative_tokens(rng, n_prompts)
-    return MVEnvironment(
-        "synth-bernoulli",
-        probs,
-        np.zeros(n_queries, dtype=np.int16),
-        cost,
-        BUDGETS,
-        n_max,
-        description=f"synthetic Bernoulli MV environment (seed {seed})",
-        cacheable=cacheable,
-    )
+    return MVEnvironment("synth-bernoulli", probs, np.zeros(logit.shape[1], dtype=np.int16),
+                         cost, BUDGETS, n_max, description=description, cacheable=cacheable)
+
+
+def synth_bernoulli_population_q(seed: int = 0, n_prompts: int = 32, n_queries: int = 520,
+                                 n_max: int = 32, nodes: int = 96) -> np.ndarray:
+    """Q [C, P, N_max] of the ``synth-bernoulli`` instance of ``seed`` over the distribution
+    its queries are drawn from, not over its finite sample of them: the truth an estimate
+    from sampled queries aims at.
+
+    Each prompt's logit on a random query is level_p + spread_p * s * Z with Z ~ N(0, 1) and
+    s = sqrt(0.7^2 + 0.71^2), so a prompt's expected utility is a one-dimensional normal
+    integral, taken by Gauss-Hermite quadrature on ``nodes`` nodes: the environment's own exact
+    per-query table on the nodes, weighted. (Q is linear in the per-query table, and a
+    prompt's Q needs only its own marginal over queries.)"""
+    level, spread, _, cost = _bernoulli_draw(seed, n_prompts, n_queries)
+    x, w = np.polynomial.hermite_e.hermegauss(nodes)
+    logit = level[:, None] + spread[:, None] * _BERNOULLI_NOISE_SD * x[None, :]
+    env = _bernoulli_env(logit, cost, n_max, "quadrature nodes", False)
+    table = env.query_table(progress=False)
+    reward = np.einsum("x,pxwn->pwn", w / w.sum(), table.task)  # [P, W, N]
+    # one "query" holding the expectation: Q's own formula then prices it
+    population = dataclasses.replace(table, task=reward[:, None], cost=table.cost[:, :1])
+    return population.q(env.problem)
 
 
 def synth_categorical(
