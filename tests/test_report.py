@@ -192,3 +192,15 @@ def test_the_estimator_takes_the_learners_own_alpha_and_estimator() -> None:
         blocks = arm_table(lambda pr: QTable(pr), env.problem, recorder.observations).q
         seen = np.isfinite(blocks)
         assert np.abs(table.q[seen] - blocks[seen]).max() > 1e-6
+
+
+def test_q_values_within_an_ulp_are_one_tie_and_a_real_gap_is_not() -> None:
+    """Majority voting between two answers gives an even N exactly the Q of N - 1; floating
+    point may miss that by an ulp, which must not decide which arm is best."""
+    base = 0.7
+    draws = np.array([[[[base, base + 1e-15, base - 1e-6]]]])  # [B=1, C=1, P=1, N=3]
+    conf = confidence(draws, [Choice(0, 1, base, 1)], margins=(0.0,))
+    np.testing.assert_array_equal(conf.p_best[0, 0], [1.0, 1.0, 0.0])
+    assert conf.p_within[0, 0] == 1.0  # within margin 0 of the best: the tie
+    gap = np.array([[[[base, base + 1e-9]]]])
+    assert confidence(gap, [Choice(0, 1, base, 1)]).p_best[0, 0].tolist() == [0.0, 1.0]

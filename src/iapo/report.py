@@ -13,12 +13,16 @@ simulated environments (``benchmarks/experiments/p_best.py``):
   subtracts with the cost weight 1, so that Q = quality - cost weight x cost
   (``iapo.utility.cost_term`` is linear). **Completions paid** is that cost when every
   completion costs 1: N, or fewer under a stopping rule.
-- **Confidence** is a bootstrap over training queries (:func:`bootstrap`): B resamples of the
-  queries the run drew, with replacement, each query bringing all its groups of every prompt
-  (so the prompts stay paired on the same queries); the estimator is refitted on each. The
-  95% interval of an arm is the 2.5 and 97.5 percentiles of its resampled Q; P(best) of an arm
-  is the share of resamples where it has the highest Q of its context; P(within margin) is
-  the share where the chosen arm's Q is at most ``margin`` below the resample's best.
+- **Confidence** (:func:`assess`) comes from draws of every arm's Q: the 95% interval of an
+  arm is the 2.5 and 97.5 percentiles of its draws; P(best) of an arm is the share of draws
+  where it has the highest Q of its context; P(within margin) is the share where the chosen
+  arm's Q is at most ``margin`` below the draw's best. Where every answer is its query's right
+  answer or its one wrong answer, the draws are a hierarchical posterior of the true Q
+  (:mod:`iapo.posterior`); elsewhere a bootstrap over training queries (:func:`bootstrap`):
+  B resamples of the queries the run drew, with replacement, each query bringing all its
+  groups of every prompt (so the prompts stay paired on the same queries), the estimator
+  refitted on each. The bootstrap keeps the learner's selection and is not calibrated
+  (docs/report.md).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from iapo import posterior
+from iapo.errors import InputError
 from iapo.estimate import Estimator, QTable
 from iapo.problem import Choice, Problem
 from iapo.pulls import Ledger, Observation, Oracle, Pull
@@ -40,6 +46,9 @@ MakeEstimator = Callable[[Problem], Estimator]
 
 BOOTSTRAP_ROUNDS = 200
 MARGIN = 0.01  # P(within margin): the chosen arm's Q at most this far below the best
+# Q values this close are one tie (majority voting between two answers gives an even N the Q
+# of N - 1 exactly, which floating point may miss by an ulp)
+TIE = 1e-12
 
 
 class Recorder:
@@ -131,6 +140,7 @@ class Confidence:
     p_within: FloatArray
     margins: tuple[float, ...]
     rounds: int
+    method: str = "bootstrap"
 
 
 def _per_group(o: Observation) -> list[str]:
@@ -212,13 +222,46 @@ def confidence(draws: FloatArray, choices: Sequence[Choice],
         ok = usable[:, i]
         if not ok.any():
             continue
-        top = flat[ok, i] >= best[ok, i, None]  # ties at the top all count as best
+        top = flat[ok, i] >= best[ok, i, None] - TIE  # ties at the top all count as best
         p_best[i] = top.mean(axis=0)
         ch = choices[i]
         if ch.n is None:
             continue
         mine = flat[ok, i, ch.prompt * n_max + ch.n - 1]
         for j, m in enumerate(margins):
-            within[j, i] = float(np.mean(mine >= best[ok, i] - m))
+            within[j, i] = float(np.mean(mine >= best[ok, i] - m - TIE))
     return Confidence(low, high, p_best.reshape(c, p, n_max), within, tuple(margins), rounds)
 
+
+
+def completion_cost(problem: Problem, observations: Sequence[Observation]) -> FloatArray:
+    """The mean cost of one completion of each prompt over ``observations``: [P] (NaN for a
+    prompt with none)."""
+    total = np.zeros(problem.n_prompts)
+    count = np.zeros(problem.n_prompts)
+    for o in observations:
+        total[o.prompt] += o.scores[..., -1].sum()
+        count[o.prompt] += o.scores[..., -1].size
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / count
+
+
+def assess(make: MakeEstimator, problem: Problem, observations: Sequence[Observation],
+           choices: Sequence[Choice], rng: np.random.Generator,
+           margins: Sequence[float] = (MARGIN,), method: str = "auto") -> Confidence:
+    """How sure the run is of its choices: the hierarchical posterior of
+    :mod:`iapo.posterior` where every answer is its query's right answer or its one wrong
+    answer (``method`` "auto" or "posterior"), the bootstrap of the learner's estimator
+    otherwise (or with ``method`` "bootstrap")."""
+    if method not in ("auto", "posterior", "bootstrap"):
+        raise InputError(f"method '{method}' is unknown; use auto, posterior or bootstrap")
+    votes = None if method == "bootstrap" else posterior.binary_votes(problem, observations)
+    if votes is None:
+        if method == "posterior":
+            raise InputError("the posterior needs majority voting between a right and one wrong "
+                             "answer per query; use the bootstrap for this run")
+        draws, _ = bootstrap(make, problem, observations, rng)
+        return confidence(draws, choices, margins)
+    draws = posterior.draws(problem, votes, completion_cost(problem, observations),
+                            BOOTSTRAP_ROUNDS, rng)
+    return dataclasses.replace(confidence(draws, choices, margins), method="posterior")

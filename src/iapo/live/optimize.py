@@ -22,7 +22,7 @@ from iapo.live.oracle import LiveOracle, TaskRuntime
 from iapo.live.store import CompletionStore, store_errors, writer_lock
 from iapo.live.task import Record, Task, TaskError, load_records, task_from_dict
 from iapo.policy import Policy
-from iapo.report import Recorder, arm_table, bootstrap, confidence, estimator_for
+from iapo.report import Recorder, arm_table, assess, estimator_for
 from iapo.serve.core import serving_section
 from iapo.split import train_test_split
 
@@ -177,9 +177,8 @@ def optimize(task: Task, out: Path, progress: bool = True,
     problem = runtime.problem
     estimator, make = estimator_for(learner, problem)
     trained = arm_table(make, problem, recorder.observations)
-    draws, _ = bootstrap(make, problem, recorder.observations,
-                         np.random.default_rng(ready.seeds[2].spawn(1)[0]))
-    conf = confidence(draws, result.choices)
+    conf = assess(make, problem, recorder.observations, result.choices,
+                  np.random.default_rng(ready.seeds[2].spawn(1)[0]))
     tested = arm_table(lambda pr: QTable(pr), problem, evaluation["observations"])
     tokens = (oracle.tokens_drawn + evaluation["tokens_drawn"]) / np.maximum(
         oracle.drawn + evaluation["drawn"], 1)[:, None]  # [P, 2] per completion drawn

@@ -1,0 +1,197 @@
+"""How sure a run can be of its choice, for majority voting with a right and a wrong answer:
+a hierarchical logit-normal posterior of every arm's Q.
+
+A plain bootstrap of the learner's estimate is not calibrated (docs/report.md): it keeps the
+learner's selection (the chosen arm's estimate is the luckiest one), its model's prior (the
+Dirichlet model leans towards 1/2 with few answers per query), and it cannot see the
+uncertainty of a prompt tried on one or two queries. This posterior answers the three:
+
+- **Per query**, prompt p answers right with chance theta; across the queries of the task,
+  logit(theta) ~ N(mu_p, sigma_p^2): the random-effects logistic model of item response
+  theory, a query's difficulty shifting every answer to it. (Fitted to two answers per query of
+  the paper's MATH and CommonsenseQA data, it extrapolates Q to large N closer to the truth
+  than a Beta does; docs/report.md.) A query's k right of n answers are binomial given theta.
+  Q(p, N) for a new query is the exact majority-voting credit of N answers
+  (:func:`iapo.exact.mv_credit_probability`, ties 1/t) averaged over theta's distribution,
+  by its exact mass on each cell of ``THETA``; arms that stop once decided pay the exact
+  expected completions (:func:`iapo.stopping.expected_paid`) averaged the same way.
+- **Across prompts**, (mu, log sigma) ~ N(mean, diag(sd^2)), the hyperparameters chosen by
+  the marginal likelihood of every prompt's answers on a grid (empirical Bayes; Gelman et al.,
+  *Bayesian Data Analysis*, Section 5.3). A prompt seen on few queries borrows from the
+  others; one seen on many stands on its own.
+- **The posterior** of each prompt's (mu, sigma) is taken on a fine grid around its mass;
+  draws of it give draws of the whole curve Q(p, 1..N_max), so the arms of one prompt move
+  together.
+
+The likelihood is the same whichever rule chose the queries and arms (adaptive sampling is
+ignorable for it), which is why it does not inherit the learner's selection. It applies when
+every completion is the query's gold answer or its one other answer (:func:`binary_votes`);
+``benchmarks/experiments/p_best.py --method posterior`` measures its calibration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+from scipy.optimize import minimize
+from scipy.special import logsumexp, ndtr
+from scipy.stats import binom
+
+from iapo.exact import mv_credit_probability
+from iapo.problem import Problem
+from iapo.pulls import Observation, abstain_categories
+from iapo.utility import cost_term
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+THETA = (np.arange(400) + 0.5) / 400  # quadrature nodes (cell midpoints) of a query's chance
+# of a right answer, and the cells' edges
+EDGES = np.linspace(0.0, 1.0, THETA.size + 1)
+LOGIT_MEAN = np.linspace(-6.0, 6.0, 61)  # the coarse grid of (mu, log sigma)
+LOG_SD = np.linspace(-3.0, 1.8, 35)
+LOCAL = 25  # the fine grid around a prompt's posterior mass: LOCAL x LOCAL points
+LOCAL_SPAN = 14.0  # ... covering the coarse cells within this log density of its top
+
+
+def binary_votes(problem: Problem, observations: Sequence[Observation]
+                 ) -> list[tuple[IntArray, IntArray]] | None:
+    """Per prompt, its queries' right answers k and answers n (two arrays [X_p]), or None when
+    the run is not majority voting between a right and one wrong answer: some query got two
+    different wrong answers, or one that the abstain rule does not count."""
+    if problem.aggregator != "mv":
+        return None
+    other: dict[int, int] = {}
+    per: list[dict[int, list[int]]] = [{} for _ in range(problem.n_prompts)]
+    for o in observations:
+        if o.count == 0:
+            continue
+        if o.labels is None or o.gold is None:
+            return None
+        labels = o.labels.astype(np.int64)
+        gold = o.gold.astype(np.int64)
+        wrong = labels != gold[:, None]
+        abstain = abstain_categories(problem, [o])
+        if abstain is not None and np.any(wrong & (labels == abstain[:, None])):
+            return None
+        for q, row, bad in zip(o.queries.tolist(), labels, wrong, strict=True):
+            for label in set(row[bad].tolist()):
+                if other.setdefault(q, label) != label:
+                    return None
+            k, n = per[o.prompt].setdefault(q, [0, 0])
+            per[o.prompt][q] = [k + int((~bad).sum()), n + int(row.size)]
+    return [(np.array([v[0] for v in d.values()], dtype=np.int64),
+             np.array([v[1] for v in d.values()], dtype=np.int64)) for d in per]
+
+
+def theta_weights(mu: npt.ArrayLike, log_sd: npt.ArrayLike) -> FloatArray:
+    """The mass [G, len(THETA)] of each cell of ``THETA`` under logit(theta) ~ N(mu, sigma^2),
+    for grid points (mu, log sigma) [G]: exact cell masses, rows summing to 1."""
+    mu = np.asarray(mu, dtype=np.float64)[:, None]
+    sd = np.exp(np.asarray(log_sd, dtype=np.float64))[:, None]
+    with np.errstate(divide="ignore"):
+        logit = np.log(EDGES) - np.log1p(-EDGES)  # -inf .. inf
+    w = np.diff(ndtr((logit[None] - mu) / sd), axis=1)
+    return np.asarray(w / w.sum(axis=1, keepdims=True))
+
+
+def log_likelihood(k: IntArray, n: IntArray, weights: FloatArray) -> FloatArray:
+    """log P(k right of n on each query) summed over the queries, theta distributed by each
+    row of ``weights`` [G, len(THETA)]: [G]."""
+    if k.size == 0:
+        return np.zeros(weights.shape[0])
+    pairs, times = np.unique(np.stack([k, n], axis=1), axis=0, return_counts=True)
+    pmf = binom.pmf(pairs[:, :1], pairs[:, 1:], THETA[None])  # [pairs, len(THETA)]
+    per = np.log(np.maximum(weights @ pmf.T, 1e-300))  # [G, pairs]
+    return np.asarray(per @ times.astype(np.float64))
+
+
+def _normal_logpdf(x: FloatArray, mean: float, sd: float) -> FloatArray:
+    return np.asarray(-0.5 * ((x - mean) / sd) ** 2 - np.log(sd))
+
+
+class Hyper:
+    """The normal prior of (mu, log sigma) across prompts."""
+
+    def __init__(self, mean: tuple[float, float], sd: tuple[float, float]) -> None:
+        self.mean, self.sd = mean, sd
+
+    def log_density(self, mu: FloatArray, log_sd: FloatArray) -> FloatArray:
+        return (_normal_logpdf(mu, self.mean[0], self.sd[0])
+                + _normal_logpdf(log_sd, self.mean[1], self.sd[1]))
+
+
+def fit_hyper(loglik: FloatArray, gm: FloatArray, gs: FloatArray) -> Hyper:
+    """The prior maximizing the marginal likelihood of every prompt's answers, each prompt's
+    likelihood ``loglik`` [P, G] on the coarse grid (gm, gs) [G] (a cell's prior mass is its
+    normalized density). Its spreads are at least the grid's steps: a narrower prior is one
+    the grid cannot tell from a point."""
+    floor = np.array([LOGIT_MEAN[1] - LOGIT_MEAN[0], LOG_SD[1] - LOG_SD[0]])
+
+    def hyper(h: FloatArray) -> Hyper:
+        sd = np.maximum(np.exp(h[2:]), floor)
+        return Hyper((float(h[0]), float(h[1])), (float(sd[0]), float(sd[1])))
+
+    def nll(h: FloatArray) -> float:
+        lp = hyper(h).log_density(gm, gs)
+        return -float(logsumexp(loglik + (lp - logsumexp(lp))[None], axis=1).sum())
+
+    start = np.array([1.0, 0.0, 0.0, 0.0])
+    return hyper(minimize(nll, start, method="Nelder-Mead",
+                          options={"maxiter": 4000, "xatol": 1e-5, "fatol": 1e-7}).x)
+
+
+def theta_curves(problem: Problem) -> tuple[FloatArray, FloatArray]:
+    """The credit of N = 1..N_max answers, and the completions they pay, on a query whose
+    chance of a right answer is each node of ``THETA``: two arrays [len(THETA), N_max]
+    (a distribution's curves are its ``theta_weights`` @ these)."""
+    from iapo.stopping import expected_paid
+
+    n_max = problem.n_max
+    probs = np.stack([THETA, 1.0 - THETA], axis=1)  # category 0 is the right answer
+    credit = mv_credit_probability(probs, np.zeros(THETA.size, dtype=np.int64), n_max)
+    if problem.stopping.early:
+        no_answer = None if problem.no_answer == "vote" else np.full(THETA.size, -1)
+        paid = expected_paid(probs, n_max, problem.stopping.wave, no_answer)[0]
+    else:
+        paid = np.broadcast_to(np.arange(1, n_max + 1, dtype=np.float64), credit.shape)
+    return credit, np.asarray(paid)
+
+
+def draws(problem: Problem, votes: Sequence[tuple[IntArray, IntArray]],
+          cost: npt.ArrayLike, rounds: int, rng: np.random.Generator) -> FloatArray:
+    """``rounds`` posterior draws of every arm's Q [rounds, C, P, N_max] (module docstring);
+    ``votes`` from :func:`binary_votes`; ``cost`` [P] the cost of one completion of each prompt.
+    NaN for a prompt with no answers."""
+    c, p, n_max = problem.n_contexts, problem.n_prompts, problem.n_max
+    cost = np.asarray(cost, dtype=np.float64)
+    gm, gs = (x.ravel() for x in np.meshgrid(LOGIT_MEAN, LOG_SD, indexing="ij"))
+    coarse_w = theta_weights(gm, gs)
+    loglik = np.stack([log_likelihood(k, n, coarse_w) for k, n in votes])  # [P, G]
+    seen = np.array([k.size > 0 for k, _ in votes])
+    hyper = fit_hyper(loglik[seen], gm, gs) if seen.any() else None
+    task_weight = problem.grid.weights[:, 0]  # [C]
+    theta_credit, theta_paid = theta_curves(problem)
+    out = np.full((rounds, c, p, n_max), np.nan)
+    step = (LOGIT_MEAN[1] - LOGIT_MEAN[0], LOG_SD[1] - LOG_SD[0])
+    for i, (k, n) in enumerate(votes):
+        if not seen[i] or hyper is None:
+            continue
+        coarse = loglik[i] + hyper.log_density(gm, gs)
+        mass = coarse > coarse.max() - LOCAL_SPAN
+        fm, fs = (x.ravel() for x in np.meshgrid(
+            np.linspace(gm[mass].min() - step[0], gm[mass].max() + step[0], LOCAL),
+            np.linspace(gs[mass].min() - step[1], gs[mass].max() + step[1], LOCAL),
+            indexing="ij"))
+        w = theta_weights(fm, fs)
+        log_post = log_likelihood(k, n, w) + hyper.log_density(fm, fs)
+        weight = np.exp(log_post - logsumexp(log_post))
+        credit, paid = w @ theta_credit, w @ theta_paid  # [G, N]
+        pick = rng.choice(weight.size, size=rounds, p=weight)
+        task = task_weight[None, :, None] * credit[pick][:, None, :]  # [R, C, N]
+        spend = cost_term(problem.grid.cost_weights[None, :, None],
+                          (cost[i] * paid[pick])[:, None, :])
+        out[:, :, i, :] = task - spend
+    return out

@@ -1,0 +1,204 @@
+"""The hierarchical logit-normal posterior of the report (iapo.posterior): its quadrature and
+likelihood against scipy, which runs it applies to, and its calibration where its model is
+true (a known property of a posterior: its intervals cover the truth as often as they say)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+from scipy.integrate import quad
+
+from iapo import posterior
+from iapo.envs.synthetic import synth_bernoulli
+from iapo.errors import InputError
+from iapo.problem import Choice, Problem, Stopping
+from iapo.pulls import Observation
+from iapo.report import assess, confidence, estimator_for
+
+
+def majority(theta: float, n: int) -> float:
+    """P(the right answer wins a vote of n between a right and a wrong answer), a tie 1/2."""
+    k = np.arange(n + 1)
+    credit = np.where(2 * k > n, 1.0, np.where(2 * k == n, 0.5, 0.0))
+    return float((stats.binom.pmf(k, n, theta) * credit).sum())
+
+
+def problem_of(n_prompts: int, n_max: int) -> Problem:
+    return synth_bernoulli(0, n_prompts=n_prompts, n_queries=10, n_max=n_max).problem
+
+
+def votes_of(prompt: int, right: list[int], n: int, first_query: int = 0,
+             wrong: int = 1, cost: float = 0.01) -> Observation:
+    """One group of n answers per query, the first ``right[i]`` of them right (label 0)."""
+    labels = np.array([[0] * r + [wrong] * (n - r) for r in right], dtype=np.int16)
+    count = len(right)
+    return Observation(prompt, n, np.arange(first_query, first_query + count),
+                       np.full((count, n, 2), [1.0, cost]), labels,
+                       np.zeros(count, dtype=np.int16))
+
+
+def logit_normal_pdf(theta: float, mu: float, sd: float) -> float:
+    return float(stats.norm.pdf((math.log(theta / (1 - theta)) - mu) / sd)
+                 / (sd * theta * (1 - theta)))
+
+
+@pytest.mark.parametrize(("mu", "sd"), [(0.0, 0.3), (0.8, 1.0), (-1.0, 2.5), (2.0, 0.1)])
+def test_a_distribution_s_curves_are_its_integral_of_the_exact_vote(mu: float, sd: float) -> None:
+    problem = problem_of(2, 7)
+    credit, paid = posterior.theta_curves(problem)
+    w = posterior.theta_weights(np.array([mu]), np.array([math.log(sd)]))
+    assert w.sum() == pytest.approx(1.0)
+    got = w @ credit
+    for n in range(1, 8):
+        want = quad(lambda t, n=n: majority(t, n) * logit_normal_pdf(t, mu, sd), 0, 1,
+                    limit=400, points=[0.5])[0]
+        # each cell keeps its exact mass; the vote is taken at the cell's midpoint
+        assert got[0, n - 1] == pytest.approx(want, abs=1e-3)
+    np.testing.assert_array_equal(paid[0], np.arange(1, 8))  # every arm pays its N
+
+
+def test_arms_that_stop_once_decided_pay_the_exact_expected_completions() -> None:
+    problem = dataclasses.replace(problem_of(2, 5), stopping=Stopping("decided", 1))
+    _, paid = posterior.theta_curves(problem)
+    theta = posterior.THETA[123]
+    # N = 3 in waves of 1: the vote is decided after 2 answers when they agree, else after 3
+    agree = theta**2 + (1 - theta) ** 2
+    assert paid[123, 2] == pytest.approx(2 * agree + 3 * (1 - agree))
+    assert paid[123, 0] == 1.0
+
+
+def test_the_likelihood_is_the_binomial_mixed_over_the_distribution() -> None:
+    k, n = np.array([0, 3, 3, 5, 1]), np.array([5, 5, 4, 5, 2])
+    mu, sd = np.array([0.0, 1.2, -0.5]), np.array([0.5, 1.0, 2.0])
+    got = posterior.log_likelihood(k, n, posterior.theta_weights(mu, np.log(sd)))
+    for g in range(3):
+        want = sum(math.log(quad(lambda t, kk=kk, nn=nn, g=g: stats.binom.pmf(kk, nn, t)
+                                 * logit_normal_pdf(t, mu[g], sd[g]), 0, 1, limit=400)[0])
+                   for kk, nn in zip(k, n, strict=True))
+        assert got[g] == pytest.approx(want, abs=5e-3)
+    assert posterior.log_likelihood(k[:0], n[:0], np.ones((3, 400)) / 400).tolist() == [0.0] * 3
+
+
+def test_binary_votes_counts_each_prompt_s_right_answers_per_query() -> None:
+    problem = problem_of(3, 4)
+    obs = [votes_of(0, [2, 0], 2), votes_of(0, [1], 1, first_query=1),
+           votes_of(2, [3], 4, first_query=5)]
+    got = posterior.binary_votes(problem, obs)
+    assert got is not None
+    (k0, n0), (k1, n1), (k2, n2) = got
+    assert sorted(zip(k0.tolist(), n0.tolist(), strict=True)) == [(1, 3), (2, 2)]
+    assert k1.size == 0 and n1.size == 0
+    assert (k2.tolist(), n2.tolist()) == ([3], [4])
+
+
+def test_binary_votes_refuses_two_wrong_answers_or_a_counted_abstention() -> None:
+    problem = problem_of(2, 4)
+    two_wrong = [votes_of(0, [1], 3, wrong=1), votes_of(1, [1], 3, wrong=2)]
+    assert posterior.binary_votes(problem, two_wrong) is None
+    abstained = dataclasses.replace(votes_of(0, [1], 3), no_answer=np.array([1], dtype=np.int16))
+    assert posterior.binary_votes(dataclasses.replace(problem, no_answer="abstain"),
+                                  [abstained]) is None
+    # under the vote rule "no answer" is one more answer, and one wrong answer is binary
+    assert posterior.binary_votes(dataclasses.replace(problem, no_answer="vote"),
+                                  [abstained]) is not None
+    bon = synth_bernoulli(0, n_prompts=2, n_queries=5, n_max=3).problem
+    assert posterior.binary_votes(dataclasses.replace(bon, aggregator="bon"), []) is None
+
+
+def simulated_prompts(rng: np.random.Generator, n_prompts: int, n_max: int,
+                      answers: int) -> tuple[list[Observation], np.ndarray, np.ndarray]:
+    """Prompts drawn from the posterior's own model: (mu, log sigma) normal across prompts,
+    logit(theta) ~ N(mu, sigma^2) per query, k ~ Binomial(answers, theta); prompt i is tried on
+    a number of queries from 1 to 60. Returns the observations, each prompt's true
+    credit [P, N] and its cost [P]."""
+    mu = rng.normal(0.8, 1.0, n_prompts)
+    sd = np.exp(rng.normal(0.0, 0.5, n_prompts))
+    cost = rng.uniform(0.001, 0.01, n_prompts)
+    obs = []
+    for i in range(n_prompts):
+        queries = int(rng.integers(1, 61))
+        theta = 1.0 / (1.0 + np.exp(-rng.normal(mu[i], sd[i], queries)))
+        obs.append(votes_of(i, rng.binomial(answers, theta).tolist(), answers, cost=cost[i]))
+    truth = np.array([[quad(lambda t, n=n, i=i: majority(t, n) * logit_normal_pdf(t, mu[i], sd[i]),
+                            0, 1, limit=400, points=[0.5])[0] for n in range(1, n_max + 1)]
+                      for i in range(n_prompts)])
+    return obs, truth, cost
+
+
+def test_intervals_cover_the_truth_as_often_as_they_say_when_the_model_is_true() -> None:
+    rng = np.random.default_rng(5)
+    n_prompts, n_max = 8, 5
+    problem = problem_of(n_prompts, n_max)
+    inside, total = 0, 0
+    for _ in range(12):
+        obs, truth, cost = simulated_prompts(rng, n_prompts, n_max, answers=3)
+        votes = posterior.binary_votes(problem, obs)
+        assert votes is not None
+        draws = posterior.draws(problem, votes, cost, 400, rng)
+        low, high = np.percentile(draws, [5, 95], axis=0)
+        # context 0 weighs cost by 0: Q is the credit
+        assert problem.grid.cost_weights[0] == 0.0
+        hit = (truth >= low[0]) & (truth <= high[0])
+        inside += int(hit[:, [0, 2, 4]].sum())
+        total += hit[:, [0, 2, 4]].size
+    # 90% intervals; 288 arms, but the 3 arms of a prompt move together: about 96 units
+    assert 0.80 <= inside / total <= 0.97, inside / total
+
+
+def test_costs_are_priced_by_the_context_s_cost_weight() -> None:
+    problem = problem_of(2, 3)
+    votes = [(np.array([2, 1, 2]), np.array([2, 2, 2])), (np.array([0, 2]), np.array([2, 2]))]
+    cost = np.array([0.01, 0.02])
+    q = posterior.draws(problem, votes, cost, 50, np.random.default_rng(1))
+    free = posterior.draws(problem, votes, np.zeros(2), 50, np.random.default_rng(1))
+    weights = problem.grid.cost_weights
+    for c, w in enumerate(weights):
+        for p in range(2):
+            np.testing.assert_allclose(free[:, c, p] - q[:, c, p],
+                                       np.broadcast_to(w * cost[p] * np.arange(1, 4), (50, 3)),
+                                       atol=1e-12)
+
+
+def test_a_prompt_seen_on_one_query_does_not_outrank_a_well_known_better_one() -> None:
+    """The bootstrap's failure: a prompt whose only query went 2 of 2 has Q = 1 in every
+    resample that draws that query, and wins it. The posterior borrows the prompts' spread
+    and keeps it behind a prompt known to be right 85% of the time on 200 queries."""
+    rng = np.random.default_rng(3)
+    n_prompts = 6
+    problem = problem_of(n_prompts, 3)
+    obs = [votes_of(0, rng.binomial(2, 0.85, 200).tolist(), 2)]
+    for i in range(1, n_prompts - 1):
+        obs.append(votes_of(i, rng.binomial(2, 0.6, 40).tolist(), 2))
+    obs.append(votes_of(n_prompts - 1, [2], 2))
+    votes = posterior.binary_votes(problem, obs)
+    assert votes is not None
+    draws = posterior.draws(problem, votes, np.zeros(n_prompts), 400, rng)
+    conf = confidence(draws, [Choice(0, 3, 0.0, 1)] * problem.n_contexts)
+    assert conf.p_best[0, 0].max() > 0.8
+    assert conf.p_best[0, n_prompts - 1].max() < 0.2
+    # the same data through the bootstrap of the blocks: the lucky prompt wins whenever its
+    # query is drawn, about 1 - (1 - 1/n)^n of the resamples
+    _, make = estimator_for(None, problem)
+    boot = assess(make, problem, obs, [Choice(0, 3, 0.0, 1)] * 3, rng, method="bootstrap")
+    assert boot.method == "bootstrap"
+    assert boot.p_best[0, n_prompts - 1, 0] > 0.5
+
+
+def test_assess_uses_the_posterior_only_where_it_applies() -> None:
+    problem = problem_of(2, 3)
+    _, make = estimator_for(None, problem)
+    binary = [votes_of(0, [1, 2, 0], 2), votes_of(1, [2, 2], 2, first_query=3)]
+    choices = [Choice(0, 1, 0.0, 1)] * 3
+    rng = np.random.default_rng(0)
+    assert assess(make, problem, binary, choices, rng).method == "posterior"
+    three = [*binary, votes_of(1, [0], 2, first_query=0, wrong=2)]  # query 0: two wrong answers
+    assert assess(make, problem, three, choices, rng).method == "bootstrap"
+    with pytest.raises(InputError, match="one wrong answer per query"):
+        assess(make, problem, three, choices, rng, method="posterior")
+    with pytest.raises(InputError, match="unknown"):
+        assess(make, problem, binary, choices, rng, method="magic")
+    assert math.isfinite(assess(make, problem, binary, choices, rng).p_best[0, 0, 0])
