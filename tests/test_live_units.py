@@ -935,6 +935,43 @@ def test_answer_bad_context_exits_2(tmp_path: Path, context: str, words: list[st
 # --- 7. optimize ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("third_answer", [False, True])
+def test_optimize_s_confidence_is_the_posterior_only_for_one_wrong_answer_per_query(
+        tmp_path: Path, third_answer: bool) -> None:
+    """Prompt a always answers B, the gold; prompt b answers A on odd seeds. One wrong answer
+    per query: the report's confidence is the posterior, sure that prompt a is within 0.01 of
+    the best at cost weight 0. With a third answer (C, prompt b on seeds divisible by 4) it
+    is the bootstrap, and the report says so."""
+
+    def answer_of(body: dict[str, Any]) -> str:
+        seed = int(body.get("seed", 0))
+        if "Be brief." not in json.dumps(body["messages"]):
+            return "The answer is (B)."
+        if third_answer and seed % 4 == 0:
+            return "The answer is (C)."
+        return "The answer is (A)." if seed % 2 else "The answer is (B)."
+
+    raw = mv_raw("")
+    raw["train"].update(n_max=3, budget=60)
+    with ScriptedServer(answer_of=answer_of) as srv:
+        raw["model"]["base_url"] = srv.base_url
+        task = write_task(tmp_path, raw, n_records=20, gold="B")
+        res = cli("optimize", str(task), "--out", str(tmp_path / "run"))
+        assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    md = (tmp_path / "run" / "report.md").read_text()
+    if third_answer:
+        assert report["confidence"] == "bootstrap"
+        assert "bootstrap resamples" in report["definitions"]["ci95"]
+        return
+    assert report["confidence"] == "posterior"
+    assert "posterior" in report["definitions"]["ci95"] and "posterior" in md
+    low = report["policy"][0]
+    assert low["context"] == "budget=low" and low["prompt"] == "a"
+    assert low["p_within"]["0.01"] >= 0.9
+    assert all(u["p_best"] <= 0.1 for u in low["runner_ups"] if u["prompt"] == "b")
+
+
 def test_optimize_writes_policy_and_reports_within_budget(tmp_path: Path) -> None:
     raw = mv_raw("")
     raw["train"].update(n_max=2, budget=12)
