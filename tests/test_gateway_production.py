@@ -369,6 +369,12 @@ def test_two_workers_share_the_key_limits_and_log_every_request(tmp_path: Path) 
 
     with sqlite3.connect(log) as db:
         assert db.execute("SELECT COUNT(*) FROM completions").fetchone()[0] == 12 * 2
+        # one row per answered request, each with its own id and its two completions
+        rows = db.execute("SELECT id, n, caller, reason FROM served").fetchall()
+        assert len(rows) == 12 and len({r[0] for r in rows}) == 12
+        assert {r[1:] for r in rows} == {(2, "team", "policy")}
+        per = dict(db.execute("SELECT pool, COUNT(*) FROM completions GROUP BY pool"))
+        assert per == {r[0]: 2 for r in rows}
 
 
 def _ask_status(gw: Gateway) -> int:

@@ -392,14 +392,47 @@ def test_real_model_behind_the_gateway(kind: str, llama: LlamaServer, tmp_path: 
 
 
 def test_served_requests_are_logged_to_the_store(tmp_path: Path) -> None:
+    """Every answered request is a row of the log under the response's own id (plain and
+    streamed): context, arm, reason, caller (the key's name, never the key), answer, chosen
+    sample, tokens, completions paid and latency; its completions under that id, in draw
+    order, with their scores, as the response carried them."""
     import sqlite3
 
+    from iapo.live.store import CompletionStore
+
+    key = "sk-log-test-0123456789abcdef"
     log = tmp_path / "served.sqlite"
-    with ScriptedServer() as up, Gateway(
-            mcq_policy(tmp_path, up.base_url, [(0, 2), (1, 1)]), "--log-store", str(log)) as gw:
-        gw.ask({"budget": "low"}, content="first")
-        gw.ask({"budget": "high"}, content="second")
-    with sqlite3.connect(log) as db:
-        queries = [q for (q,) in db.execute("SELECT query FROM queries WHERE id LIKE 'serve-%'")]
-        assert sorted(queries) == ["first", "second"]
-        assert db.execute("SELECT COUNT(*) FROM completions").fetchone()[0] == 3
+    with ScriptedServer(answer="The answer is (B).") as up, Gateway(
+            mcq_policy(tmp_path, up.base_url, [(0, 2), (1, 1)]), "--log-store", str(log),
+            env={"IAPO_API_KEYS": key}, api_key=key) as gw:
+        first = gw.ask({"budget": "low"}, content="first")
+        second = gw.ask({"budget": "high"}, content="second")
+        chunks = list(gw.ask({"budget": "high"}, content="third", stream=True))
+        paid = len(up.requests)
+    streamed_id = {c.id for c in chunks}
+    assert len(streamed_id) == 1 and first.id != second.id
+    with CompletionStore(log, create=False) as store:
+        rows = store.served()
+        completions: dict[str, list] = {}
+        for c in store.all_completions():
+            completions.setdefault(c.pool, []).append(c)
+        queries = {i: q for i, q, _ in store.queries()}
+    assert [r.id for r in rows] == [first.id, second.id, *streamed_id]
+    assert [queries[r.id] for r in rows] == ["first", "second", "third"]
+    assert [(r.context, r.prompt, r.n, r.reason, r.caller) for r in rows] == [
+        ("budget=low", 0, 2, "policy", "key-1"), ("budget=high", 1, 1, "policy", "key-1"),
+        ("budget=high", 1, 1, "policy", "key-1")]
+    assert sum(r.paid for r in rows) == paid == 4
+    for r, resp in zip(rows[:2], (first, second), strict=True):
+        meta = resp.model_extra["iapo"]
+        logged = completions[r.id]
+        assert [c.sample for c in logged] == list(range(r.n))  # draw order
+        assert [c.text for c in logged] == [x["text"] for x in meta["samples"]]
+        assert [c.answer for c in logged] == meta["answers"]
+        assert r.answer == meta["answer"] == "B" and r.chosen == meta["chosen"]
+        assert (r.prompt_tokens, r.completion_tokens) == (resp.usage.prompt_tokens,
+                                                         resp.usage.completion_tokens)
+        assert 0.0 < r.latency < 60.0
+    with sqlite3.connect(log) as db:  # the key itself is nowhere in the log
+        dump = "\n".join(db.iterdump())
+    assert key not in dump

@@ -137,7 +137,7 @@ def test_a_real_full_disk_then_more_room_resumes_to_the_same_policy(
     small = tmp_path / "small"
     small.mkdir()
     # room for the store and part of the run (every transaction adds 4 KiB pages to the WAL)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(small)],
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(small)],
                    check=True)
     try:
         out = small / "run"

@@ -14,7 +14,10 @@ reason, retries and errors of its request, endpoint, latency, seed, and the cost
 that used it charged. Each insert is committed before anyone reads it, so a crash (even
 ``kill -9``) loses at most the completions in flight.
 
-``runs`` keeps what every optimize or collect run paid and replayed. One writer at a time:
+``served`` is the gateway's log of the requests it answered (``iapo serve --log-store``), one
+row per request (:class:`ServedRequest`), its completions stored under the request's id as
+pool and query id, in draw order. ``runs`` keeps what every optimize or collect run paid and
+replayed. One writer at a time:
 :func:`writer_lock` holds an exclusive lock on the run folder.
 """
 
@@ -52,6 +55,12 @@ CREATE TABLE IF NOT EXISTS completions (
     created REAL NOT NULL,
     PRIMARY KEY (pool, sample)
 );
+CREATE TABLE IF NOT EXISTS served (
+    id TEXT PRIMARY KEY, created REAL NOT NULL, context TEXT NOT NULL, prompt INTEGER NOT NULL,
+    arm TEXT NOT NULL, n INTEGER NOT NULL, reason TEXT NOT NULL, caller TEXT,
+    answer TEXT, chosen INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL, paid INTEGER NOT NULL, latency REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT, command TEXT NOT NULL, task TEXT NOT NULL,
     digest TEXT NOT NULL, seed INTEGER, started REAL NOT NULL, finished REAL,
@@ -60,9 +69,41 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 """
 
+_SERVED_FIELDS = ("id", "created", "context", "prompt", "arm", "n", "reason", "caller",
+                  "answer", "chosen", "prompt_tokens", "completion_tokens", "paid", "latency")
+_SERVED = ", ".join(_SERVED_FIELDS)
 _COLUMNS = ("pool, sample, arm, query_id, text, answer, scores, failures, score_key, "
             "prompt_tokens, completion_tokens, finish_reason, retries, errors, endpoint, cost, "
             "latency, seed")
+
+
+@dataclass(frozen=True)
+class ServedRequest:
+    """One request the gateway answered: ``id`` (the response's id, and the pool and query
+    id of its completions in the log), ``created`` (seconds since the epoch), the ``context``
+    key and the arm (``prompt`` index, ``arm`` id, ``n``), ``reason`` ("policy": the policy's
+    choice), ``caller`` (the API key's name; None without keys), the aggregated ``answer``
+    (majority voting; None otherwise or for "no answer"), the ``chosen`` sample, the tokens
+    of all its completions, the completions ``paid`` upstream and the ``latency`` (seconds
+    from the first upstream request to the scored group)."""
+
+    id: str
+    created: float
+    context: str
+    prompt: int
+    arm: str
+    n: int
+    reason: str
+    caller: str | None
+    answer: str | None
+    chosen: int
+    prompt_tokens: int
+    completion_tokens: int
+    paid: int
+    latency: float
+
+
+SERVED_REASONS = ("policy",)
 
 
 class StoreError(InputError):
@@ -339,16 +380,19 @@ class CompletionStore:
     def put_all(self, rows: Sequence[StoredCompletion]) -> None:
         """Store the completions of one request in one transaction: all of them or none
         (a request with n > 1 is seeded once, so a resume must ask for the same n again)."""
-        now = time.time()
         with self.db:
-            self.db.executemany(
-                f"INSERT OR IGNORE INTO completions ({_COLUMNS}, created) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [(c.pool, c.sample, c.arm, c.query_id, c.text, c.answer, json.dumps(c.scores),
-                  json.dumps(c.failures), c.score_key, c.prompt_tokens, c.completion_tokens,
-                  c.finish_reason, c.retries, json.dumps(c.errors), c.endpoint, c.cost,
-                  c.latency, c.seed, now) for c in rows],
-            )
+            self._insert(rows, "INSERT OR IGNORE")
+
+    def _insert(self, rows: Sequence[StoredCompletion], verb: str) -> None:
+        """Insert completions inside the caller's transaction."""
+        now = time.time()
+        self.db.executemany(
+            f"{verb} INTO completions ({_COLUMNS}, created) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [(c.pool, c.sample, c.arm, c.query_id, c.text, c.answer, json.dumps(c.scores),
+              json.dumps(c.failures), c.score_key, c.prompt_tokens, c.completion_tokens,
+              c.finish_reason, c.retries, json.dumps(c.errors), c.endpoint, c.cost,
+              c.latency, c.seed, now) for c in rows])
 
     def rescore(self, rows: Sequence[StoredCompletion]) -> None:
         """Replace the answer, scores, failures and score key of stored samples."""
@@ -385,6 +429,27 @@ class CompletionStore:
 
     def count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM completions").fetchone()[0])
+
+    # ---------------------------------------------------------------- the gateway's log
+    def log_served(self, request: ServedRequest, completions: Sequence[StoredCompletion],
+                   query: str) -> None:
+        """Log one answered request: its row, its query and its completions, in one
+        transaction (all or nothing; several workers may log to one store)."""
+        if request.reason not in SERVED_REASONS:
+            raise ValueError(f"reason {request.reason!r} is not one of {SERVED_REASONS}")
+        with self.db:
+            self.db.execute("INSERT INTO queries VALUES (?, ?, ?)", (request.id, query, "null"))
+            self._insert(completions, "INSERT")
+            self.db.execute(f"INSERT INTO served ({_SERVED}) VALUES "
+                            f"({','.join('?' * len(_SERVED_FIELDS))})",
+                            tuple(getattr(request, f) for f in _SERVED_FIELDS))
+
+    def served(self) -> list[ServedRequest]:
+        """Every request logged, oldest first ([] for a store without a log)."""
+        if "served" not in self._tables():
+            return []
+        cur = self.db.execute(f"SELECT {_SERVED} FROM served ORDER BY created, rowid")
+        return [ServedRequest(*r) for r in cur]
 
 
 @contextlib.contextmanager

@@ -52,7 +52,6 @@ import math
 import re
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,7 +67,7 @@ from iapo.live.store import CompletionStore, store_errors
 from iapo.live.task import Task
 from iapo.policy import Policy, PolicyError
 from iapo.problem import ProblemError
-from iapo.serve.core import Responder, check_policy_arms, gateway_fields
+from iapo.serve.core import Responder, check_policy_arms, gateway_fields, new_request_id
 from iapo.serve.core import Response as CoreResponse
 from iapo.serve.guard import RequestGuard, error_body, is_json
 from iapo.serve.keys import ApiKey, KeyRing, Limits
@@ -413,15 +412,17 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
         except ClientDisconnect:  # the caller left while sending its body: nobody to answer
             count("errors")
             return Response(status_code=400)
+        rid, name = new_request_id(), None if key is None else key.name
         if streaming:
             return StreamingResponse(
                 stream(policy, index, user_text, history, (n, capped), admitted, include_usage,
-                       t0), media_type="text/event-stream",
+                       t0, rid, name), media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
             async with asyncio.timeout(cfg.request_deadline()):  # sampling and scoring
                 r = await responder.respond(state["client"], policy, index, user_text,
-                                            history, size=(n, capped))
+                                            history, size=(n, capped), request_id=rid,
+                                            caller=name)
         except (LLMError, TimeoutError) as e:
             failed(admitted)
             return _error(*_failure(e, cfg.request_deadline(), base_url))
@@ -429,7 +430,7 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
         meta = gateway_fields(r, task.aggregator)
         meta["gateway_seconds"] = time.perf_counter() - t0
         return JSONResponse({
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "id": r.request_id,
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model_id,
@@ -442,13 +443,13 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
     async def stream(policy: Policy, index: int, user_text: str,
                      history: list[dict[str, str]], size: tuple[int, bool],
                      admitted: tuple[ApiKey, int, float] | None, include_usage: bool,
-                     t0: float) -> AsyncIterator[bytes]:
+                     t0: float, rid: str, name: str | None) -> AsyncIterator[bytes]:
         """Server-sent events in the OpenAI ``chat.completion.chunk`` format: the role, the
         text as it comes (an arm of N = 1: the upstream's tokens; any other: the chosen
         completion once its group is decided), a last chunk with ``finish_reason`` and the
         ``iapo`` fields, the usage when asked for, then ``[DONE]``. A failure after the
         stream began ends it with an error event."""
-        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        cid, created = rid, int(time.time())
 
         def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
             return b"data: " + json.dumps({
@@ -464,7 +465,8 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
         try:
             async with asyncio.timeout(cfg.request_deadline()):  # sampling and scoring
                 async for part in responder.stream(state["client"], policy, index, user_text,
-                                                   history, size=size):
+                                                   history, size=size, request_id=rid,
+                                                   caller=name):
                     if isinstance(part, str):
                         if part:
                             yield delta({"content": part})

@@ -32,7 +32,13 @@ from iapo.live.aggregate import aggregate
 from iapo.live.client import ChatClient, Completion
 from iapo.live.oracle import TaskRuntime, sample_seed
 from iapo.live.scorers import GOLD_SCORERS
-from iapo.live.store import CompletionStore, StoredCompletion, pool_key, store_errors
+from iapo.live.store import (
+    CompletionStore,
+    ServedRequest,
+    StoredCompletion,
+    pool_key,
+    store_errors,
+)
 from iapo.live.task import Record, Task, TaskError, load_task, task_from_dict
 from iapo.live.waves import Drawn, draw_in_waves, stop_fields
 from iapo.policy import Policy, PolicyError
@@ -229,6 +235,7 @@ class Response:
     replayed: int
     upstream_seconds: float
     scorer_failures: int = field(default=0)
+    request_id: str = ""  # the response's id; in the log, its request's row and pool
 
     @property
     def chosen(self) -> int:
@@ -268,6 +275,8 @@ class Request:
     use_store: bool
     seeds: list[int]
     stored: dict[int, StoredCompletion]
+    id: str  # the response's id (chatcmpl-...)
+    caller: str | None  # the API key's name, for the log
 
 
 class Responder:
@@ -314,10 +323,12 @@ class Responder:
 
     def request(self, policy: Policy, index: int, query: str,
                 history: list[dict[str, str]] | None = None,
-                size: tuple[int, bool] | None = None) -> Request:
+                size: tuple[int, bool] | None = None, request_id: str | None = None,
+                caller: str | None = None) -> Request:
         """What to ask for ``policy``'s arm for context ``index`` on ``query`` (the caller's
         last message; ``history``: the messages before it); ``size``: N and whether it was
-        capped, when the caller drew it already (:meth:`size`)."""
+        capped, when the caller drew it already (:meth:`size`); ``request_id``: the
+        response's id (a new one if None); ``caller``: the API key's name, for the log."""
         choice = policy.choices[index]
         n, capped = size if size is not None else self.size(policy, index)
         prompt = self.task.prompts[choice.prompt]
@@ -333,13 +344,18 @@ class Responder:
             pool=pool, use_store=use_store,
             seeds=[sample_seed(pool, s) if use_store else self.rng.randrange(2**31)
                    for s in range(n)],
-            stored=self.replay.get(pool, list(range(n))) if use_store and self.replay else {})
+            stored=self.replay.get(pool, list(range(n))) if use_store and self.replay else {},
+            id=request_id or new_request_id(), caller=caller)
 
     async def respond(self, client: ChatClient, policy: Policy, index: int, query: str,
                       history: list[dict[str, str]] | None = None, origin: str = "serve",
-                      size: tuple[int, bool] | None = None) -> Response:
+                      size: tuple[int, bool] | None = None, request_id: str | None = None,
+                      caller: str | None = None) -> Response:
         """The outcome of ``policy``'s arm for context ``index`` on ``query``."""
-        req = self.request(policy, index, query, history, size)
+        req = self.request(policy, index, query, history, size, request_id, caller)
+        return await self._respond(client, req, origin)
+
+    async def _respond(self, client: ChatClient, req: Request, origin: str) -> Response:
         t0 = time.perf_counter()
         comps, indices, paid, drawn = await self._draw(client, req)
         return await self._finish(req, comps, indices, paid, drawn,
@@ -347,12 +363,12 @@ class Responder:
 
     async def stream(self, client: ChatClient, policy: Policy, index: int, query: str,
                      history: list[dict[str, str]] | None = None, origin: str = "serve",
-                     size: tuple[int, bool] | None = None
-                     ) -> AsyncIterator[str | Response]:
+                     size: tuple[int, bool] | None = None, request_id: str | None = None,
+                     caller: str | None = None) -> AsyncIterator[str | Response]:
         """The outcome as it comes: pieces of the returned text, then the :class:`Response`.
         An arm of N = 1 that is not stored streams the upstream's tokens as they arrive; any
         other arm yields the chosen completion whole, once its group is decided."""
-        req = self.request(policy, index, query, history, size)
+        req = self.request(policy, index, query, history, size, request_id, caller)
         if req.n == 1 and 0 not in req.stored:
             t0 = time.perf_counter()
             completion: Completion | None = None
@@ -365,8 +381,7 @@ class Responder:
             yield await self._finish(req, [completion], [0], [0], None,
                                      time.perf_counter() - t0, origin)
             return
-        response = await self.respond(client, policy, index, query, history, origin,
-                                      (req.n, req.capped))
+        response = await self._respond(client, req, origin)
         yield response.text
         yield response
 
@@ -423,9 +438,9 @@ class Responder:
             req.capped, samples, fields, stop_fields(drawn, req.n, len(comps), req.stopping),
             len(paid) if req.use_store else len(comps),
             len(comps) - len(paid) if req.use_store else 0, upstream,
-            sum(len(s[2]) for s in scored))
+            sum(len(s[2]) for s in scored), req.id)
         if self.log is not None:
-            self._log(req.prompt, req.query, comps, scored)
+            self._log(req, comps, scored, response)
         return response
 
     async def _score(self, record: Record, texts: list[tuple[str, str | None]]
@@ -450,15 +465,29 @@ class Responder:
             retries=c.retries, errors=list(c.errors),
             endpoint=c.endpoint or self.task.model.base_url)
 
-    def _log(self, p: int, query: str, comps: list[Completion],
-             scored: list[tuple[str | None, list[float | None], list[str]]]) -> None:
-        """Every logged request is a pool of its own: its samples are not i.i.d. draws of a
-        training pool (the caller's history is part of the messages)."""
+    def _log(self, req: Request, comps: list[Completion],
+             scored: list[tuple[str | None, list[float | None], list[str]]],
+             response: Response) -> None:
+        """Log the request (:class:`iapo.live.store.ServedRequest`) and its completions in
+        draw order, as a pool of its own named by the request's id: its samples are not
+        i.i.d. draws of a training pool (the caller's history is part of the messages)."""
         assert self.log is not None
-        rid = f"serve-{uuid.uuid4().hex}"
-        self.log.add_queries([(rid, query, None)])
-        self.log.put_all([self._stored(rid, j, p, rid, c, s)
-                          for j, (c, s) in enumerate(zip(comps, scored, strict=True))])
+        answer = response.fields.get("answer")
+        row = ServedRequest(
+            id=req.id, created=time.time(), context=response.context, prompt=req.prompt,
+            arm=self.runtime.arms[req.prompt], n=req.n, reason="policy", caller=req.caller,
+            answer=None if answer is None else str(answer), chosen=response.chosen,
+            prompt_tokens=response.prompt_tokens, completion_tokens=response.completion_tokens,
+            paid=response.paid, latency=response.upstream_seconds)
+        with store_errors(self.log.path):
+            self.log.log_served(row, [self._stored(req.id, j, req.prompt, req.id, c, s)
+                                      for j, (c, s) in enumerate(zip(comps, scored,
+                                                                     strict=True))], req.query)
+
+
+def new_request_id() -> str:
+    """A response's id, in the OpenAI form; the log keys the request by it."""
+    return f"chatcmpl-{uuid.uuid4().hex}"
 
 
 def client_for(task: Task, concurrency: int | None = None, timeout: float | None = None,
