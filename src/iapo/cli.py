@@ -619,6 +619,24 @@ def serve(policy_path: str, task_path: str | None, host: str, port: int, keys_fi
     run_gateway(spec, announce=click.echo)
 
 
+@main.command(name="label-log")
+@click.argument("log_path", metavar="LOG", type=click.Path(dir_okay=False))
+@click.argument("labels_path", metavar="LABELS", type=click.Path(dir_okay=False))
+@_user_errors
+def label_log(log_path: str, labels_path: str) -> None:
+    """Attach gold answers to the gateway's logged requests, in bulk: LABELS is JSONL, one
+    {"id": RESPONSE_ID, "gold": ANSWER} per line. All lines or none: a bad line is named and
+    nothing is attached."""
+    from pathlib import Path
+
+    from iapo.live.feedback import label_log as run
+
+    got = run(Path(log_path), Path(labels_path))
+    click.echo(f"attached {got['attached']} gold answers to {got['requests']} logged requests"
+               + (f" ({got['relabelled']} had one already: the latest counts)"
+                  if got["relabelled"] else ""))
+
+
 @main.command(name="export-env")
 @click.argument("store_path", metavar="STORE", type=click.Path(dir_okay=False))
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),

@@ -16,9 +16,10 @@ that used it charged. Each insert is committed before anyone reads it, so a cras
 
 ``served`` is the gateway's log of the requests it answered (``iapo serve --log-store``), one
 row per request (:class:`ServedRequest`), its completions stored under the request's id as
-pool and query id, in draw order. ``runs`` keeps what every optimize or collect run paid and
-replayed. One writer at a time:
-:func:`writer_lock` holds an exclusive lock on the run folder.
+pool and query id, in draw order; ``feedback`` the gold answers and scores that arrived for
+them later (:class:`Feedback`), appended, the latest of a kind winning. ``runs`` keeps what
+every optimize or collect run paid and replayed. One writer at a time: :func:`writer_lock`
+holds an exclusive lock on the run folder.
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ CREATE TABLE IF NOT EXISTS served (
     arm TEXT NOT NULL, n INTEGER NOT NULL, reason TEXT NOT NULL, caller TEXT,
     answer TEXT, chosen INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL, paid INTEGER NOT NULL, latency REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS feedback (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, request TEXT NOT NULL, created REAL NOT NULL,
+    caller TEXT, kind TEXT NOT NULL, objective TEXT, value TEXT NOT NULL, source TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT, command TEXT NOT NULL, task TEXT NOT NULL,
@@ -104,6 +109,24 @@ class ServedRequest:
 
 
 SERVED_REASONS = ("policy",)
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """What arrived later for a served request: its ``gold`` answer (``kind`` "gold") or a
+    ``score`` for one ``objective`` (``kind`` "score"), from ``caller`` (a key's name, or
+    None) through ``source`` ("api": ``POST /v1/feedback``; "label-log": ``iapo label-log``)."""
+
+    request: str
+    created: float
+    caller: str | None
+    kind: str
+    objective: str | None
+    value: Any
+    source: str
+
+
+_FEEDBACK_FIELDS = ("request", "created", "caller", "kind", "objective", "value", "source")
 
 
 class StoreError(InputError):
@@ -443,6 +466,29 @@ class CompletionStore:
             self.db.execute(f"INSERT INTO served ({_SERVED}) VALUES "
                             f"({','.join('?' * len(_SERVED_FIELDS))})",
                             tuple(getattr(request, f) for f in _SERVED_FIELDS))
+
+    def served_request(self, request_id: str) -> ServedRequest | None:
+        """The logged request of id ``request_id``, or None."""
+        if "served" not in self._tables():
+            return None
+        row = self.db.execute(f"SELECT {_SERVED} FROM served WHERE id = ?",
+                              (request_id,)).fetchone()
+        return None if row is None else ServedRequest(*row)
+
+    def add_feedback(self, rows: Sequence[Feedback]) -> None:
+        """Append feedback, all of ``rows`` or none."""
+        with self.db:
+            self.db.executemany(
+                f"INSERT INTO feedback ({', '.join(_FEEDBACK_FIELDS)}) VALUES (?,?,?,?,?,?,?)",
+                [(f.request, f.created, f.caller, f.kind, f.objective, json.dumps(f.value),
+                  f.source) for f in rows])
+
+    def feedback(self) -> list[Feedback]:
+        """Every feedback row, in the order it arrived ([] for a store without any)."""
+        if "feedback" not in self._tables():
+            return []
+        cur = self.db.execute(f"SELECT {', '.join(_FEEDBACK_FIELDS)} FROM feedback ORDER BY id")
+        return [Feedback(r, t, c, k, o, json.loads(v), src) for r, t, c, k, o, v, src in cur]
 
     def served(self) -> list[ServedRequest]:
         """Every request logged, oldest first ([] for a store without a log)."""

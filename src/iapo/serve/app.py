@@ -63,7 +63,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from iapo.live.client import ChatClient, LLMError
-from iapo.live.store import CompletionStore, store_errors
+from iapo.live.feedback import FeedbackError
+from iapo.live.feedback import parse as parse_feedback
+from iapo.live.store import CompletionStore, Feedback, store_errors
 from iapo.live.task import Task
 from iapo.policy import Policy, PolicyError
 from iapo.problem import ProblemError
@@ -494,6 +496,45 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
             {"id": model_id, "object": "model", "created": int(holder.loaded_at),
              "owned_by": "iapo"}]})
 
+    async def feedback(request: Request) -> Response:
+        """``POST /v1/feedback``: a gold answer or an objective's score for a logged request
+        (:mod:`iapo.live.feedback`). The same auth and rate limit as chat; a key may rate
+        only its own requests."""
+        try:
+            key = caller(request)
+            if not is_json(request.headers.get("content-type")):
+                raise BadRequest("the body must be JSON, sent with Content-Type: "
+                                 "application/json", None, 415, "unsupported_media_type")
+            body = _parse_body(await _read_body(request, cfg.max_body, cfg.body_timeout))
+            if store is None:
+                raise BadRequest("feedback needs the gateway's log: start iapo serve with "
+                                 "--log-store FILE", None, 404, "not_found")
+            try:
+                rid, kind, objective, value = parse_feedback(body, task)
+            except FeedbackError as e:
+                raise BadRequest(str(e), e.param) from e
+            served = store.served_request(rid)
+            if served is None:
+                raise BadRequest(f"no logged request has id {rid!r}", "id", 404, "not_found")
+            if key is not None and served.caller != key.name:
+                raise BadRequest(f"key '{key.name}' may rate only its own requests", "id",
+                                 403, "permission_error")
+            if key is not None and limits is not None:
+                ok, wait, which = limits.admit(key, 0)
+                if not ok:
+                    raise BadRequest(f"key '{key.name}' is over its {which} limit; retry in "
+                                     f"{wait:.0f} s", None, 429, "rate_limit_error",
+                                     {"Retry-After": str(max(1, math.ceil(wait)))})
+        except BadRequest as e:
+            return _error(e.status, str(e), e.kind, e.param, e.headers)
+        except ClientDisconnect:
+            return Response(status_code=400)
+        row = Feedback(rid, time.time(), None if key is None else key.name, kind, objective,
+                       value, "api")
+        store.add_feedback([row])
+        return JSONResponse({"object": "feedback", "request": rid, "kind": kind,
+                             "objective": objective, "value": value})
+
     async def health(request: Request) -> JSONResponse:
         holder.check()
         status = "ok" if holder.reload_error is None else "degraded"
@@ -533,6 +574,7 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
         routes=[
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/feedback", feedback, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
         ],
         lifespan=lifespan,
