@@ -22,9 +22,8 @@ from iapo.report import assess, confidence, estimator_for
 
 def majority(theta: float, n: int) -> float:
     """P(the right answer wins a vote of n between a right and a wrong answer), a tie 1/2."""
-    k = np.arange(n + 1)
-    credit = np.where(2 * k > n, 1.0, np.where(2 * k == n, 0.5, 0.0))
-    return float((stats.binom.pmf(k, n, theta) * credit).sum())
+    return sum(math.comb(n, k) * theta**k * (1 - theta) ** (n - k)
+               * (1.0 if 2 * k > n else 0.5 if 2 * k == n else 0.0) for k in range(n + 1))
 
 
 def problem_of(n_prompts: int, n_max: int) -> Problem:
@@ -42,8 +41,8 @@ def votes_of(prompt: int, right: list[int], n: int, first_query: int = 0,
 
 
 def logit_normal_pdf(theta: float, mu: float, sd: float) -> float:
-    return float(stats.norm.pdf((math.log(theta / (1 - theta)) - mu) / sd)
-                 / (sd * theta * (1 - theta)))
+    z = (math.log(theta / (1 - theta)) - mu) / sd
+    return math.exp(-z * z / 2) / (math.sqrt(2 * math.pi) * sd * theta * (1 - theta))
 
 
 @pytest.mark.parametrize(("mu", "sd"), [(0.0, 0.3), (0.8, 1.0), (-1.0, 2.5), (2.0, 0.1)])
