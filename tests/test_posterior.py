@@ -14,7 +14,6 @@ from scipy.integrate import quad
 
 from iapo import posterior
 from iapo.envs.synthetic import synth_bernoulli
-from iapo.errors import InputError
 from iapo.problem import Choice, Problem, Stopping
 from iapo.pulls import Observation
 from iapo.report import assess, confidence, estimator_for
@@ -185,19 +184,3 @@ def test_a_prompt_seen_on_one_query_does_not_outrank_a_well_known_better_one() -
     boot = assess(make, problem, obs, [Choice(0, 3, 0.0, 1)] * 3, rng, method="bootstrap")
     assert boot.method == "bootstrap"
     assert boot.p_best[0, n_prompts - 1, 0] > 0.5
-
-
-def test_assess_uses_the_posterior_only_where_it_applies() -> None:
-    problem = problem_of(2, 3)
-    _, make = estimator_for(None, problem)
-    binary = [votes_of(0, [1, 2, 0], 2), votes_of(1, [2, 2], 2, first_query=3)]
-    choices = [Choice(0, 1, 0.0, 1)] * 3
-    rng = np.random.default_rng(0)
-    assert assess(make, problem, binary, choices, rng).method == "posterior"
-    three = [*binary, votes_of(1, [0], 2, first_query=0, wrong=2)]  # query 0: two wrong answers
-    assert assess(make, problem, three, choices, rng).method == "bootstrap"
-    with pytest.raises(InputError, match="one wrong answer per query"):
-        assess(make, problem, three, choices, rng, method="posterior")
-    with pytest.raises(InputError, match="unknown"):
-        assess(make, problem, binary, choices, rng, method="magic")
-    assert math.isfinite(assess(make, problem, binary, choices, rng).p_best[0, 0, 0])

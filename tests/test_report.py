@@ -3,15 +3,29 @@ learner's own q_hat reproduced, the bootstrap's resampling and its verdict by ha
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
 from iapo.bench.runner import run_oracle, run_queries
+from iapo.envs.synthetic import synth_bernoulli
+from iapo.errors import InputError
 from iapo.estimate import QTable
 from iapo.learners import get_learner
 from iapo.problem import Choice, ContextGrid, CostObjective, Objective, Problem, Stopping
 from iapo.pulls import Observation
-from iapo.report import Recorder, arm_table, bootstrap, confidence, estimator_for, resample
+from iapo.report import (
+    Recorder,
+    arm_table,
+    assess,
+    bootstrap,
+    completion_cost,
+    confidence,
+    estimator_for,
+    resample,
+)
+from test_posterior import problem_of, votes_of
 
 
 def mv_problem(stop: str = "all") -> Problem:
@@ -204,3 +218,36 @@ def test_q_values_within_an_ulp_are_one_tie_and_a_real_gap_is_not() -> None:
     assert conf.p_within[0, 0] == 1.0  # within margin 0 of the best: the tie
     gap = np.array([[[[base, base + 1e-9]]]])
     assert confidence(gap, [Choice(0, 1, base, 1)]).p_best[0, 0].tolist() == [0.0, 1.0]
+
+
+def test_completion_cost_is_the_mean_recorded_cost_of_each_prompt_s_completions() -> None:
+    # two objectives, then the cost, last
+    a = Observation(0, 2, np.array([1, 2]), np.array([[[1.0, 4.0, 0.1], [0.0, 3.0, 0.3]],
+                                                     [[1.0, 2.0, 0.2], [1.0, 1.0, 0.2]]]))
+    b = Observation(0, 1, np.array([3]), np.array([[[0.0, 5.0, 0.6]]]))
+    problem = synth_bernoulli(0, n_prompts=2, n_queries=5, n_max=2).problem
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a prompt never drawn is NaN, without a warning
+        got = completion_cost(problem, [a, b])
+    assert got[0] == pytest.approx((0.1 + 0.3 + 0.2 + 0.2 + 0.6) / 5)
+    assert np.isnan(got[1])
+
+
+def test_assess_uses_the_posterior_only_where_it_applies() -> None:
+    problem = problem_of(2, 3)
+    _, make = estimator_for(None, problem)
+    binary = [votes_of(0, [1, 2, 0], 2), votes_of(1, [2, 2], 2, first_query=3)]
+    choices = [Choice(0, 1, 0.0, 1)] * 3
+    rng = np.random.default_rng(0)
+    assert assess(make, problem, binary, choices, rng).method == "posterior"
+    three = [*binary, votes_of(1, [0], 2, first_query=0, wrong=2)]  # query 0: two wrong answers
+    assert assess(make, problem, three, choices, rng).method == "bootstrap"
+    with pytest.raises(InputError, match="one wrong answer per query"):
+        assess(make, problem, three, choices, rng, method="posterior")
+    with pytest.raises(InputError, match="unknown"):
+        assess(make, problem, binary, choices, rng, method="magic")
+    forced = assess(make, problem, binary, choices, rng, margins=(0.0, 0.5),
+                    method="bootstrap")
+    assert forced.method == "bootstrap" and forced.margins == (0.0, 0.5)
+    assert assess(make, problem, binary, choices, rng, margins=(0.2,)).margins == (0.2,)
+    assert np.isfinite(assess(make, problem, binary, choices, rng).p_best[0, 0, 0])
