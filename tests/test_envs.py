@@ -190,6 +190,7 @@ def test_synth_bernoulli_population_q_is_the_integral_over_queries() -> None:
     from scipy.special import expit
 
     from iapo.envs.synthetic import synth_bernoulli_population_q
+    from test_posterior import majority
 
     seed, n_prompts, n_queries, n_max = 11, 3, 25, 6
     q = synth_bernoulli_population_q(seed, n_prompts, n_queries, n_max)
@@ -198,11 +199,6 @@ def test_synth_bernoulli_population_q_is_the_integral_over_queries() -> None:
     rng = np.random.default_rng(np.random.SeedSequence([0xB3, seed]))  # the documented draws
     level, spread = rng.uniform(-0.3, 1.3, n_prompts), rng.uniform(0.3, 3.0, n_prompts)
     sd = math.sqrt(0.7**2 + 0.71**2)
-
-    def majority(theta: float, n: int) -> float:
-        k = np.arange(n + 1)
-        credit = np.where(2 * k > n, 1.0, np.where(2 * k == n, 0.5, 0.0))
-        return float((binom.pmf(k, n, theta) * credit).sum())
 
     for p in range(n_prompts):
         for n in (1, 2, 5, 6):

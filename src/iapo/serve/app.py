@@ -368,16 +368,33 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
                              "authentication_error", {"WWW-Authenticate": "Bearer"})
         return key
 
+    async def json_body(request: Request) -> dict[str, Any]:
+        """The request's body as a JSON object, within ``--max-body`` and ``--body-timeout``;
+        a BadRequest (415, 413, 408, 400) otherwise."""
+        if not is_json(request.headers.get("content-type")):
+            raise BadRequest("the body must be JSON, sent with Content-Type: "
+                             "application/json", None, 415, "unsupported_media_type")
+        return _parse_body(await _read_body(request, cfg.max_body, cfg.body_timeout))
+
+    def admit(key: ApiKey, n: int) -> tuple[ApiKey, int, float] | None:
+        """Count a request of ``n`` completions against ``key``'s limits: what to refund on a
+        failure (None without limits), or a BadRequest (429, with Retry-After)."""
+        if limits is None:
+            return None
+        now = time.time()
+        ok, wait, which = limits.admit(key, n, now)
+        if not ok:
+            raise BadRequest(f"key '{key.name}' is over its {which} limit; retry in "
+                             f"{wait:.0f} s", None, 429, "rate_limit_error",
+                             {"Retry-After": str(max(1, math.ceil(wait)))})
+        return key, n, now
+
     async def chat(request: Request) -> Response:
         t0 = time.perf_counter()
         admitted: tuple[ApiKey, int, float] | None = None  # what to refund on a failure
         try:
             key = caller(request)
-            if not is_json(request.headers.get("content-type")):
-                raise BadRequest("the body must be JSON, sent with Content-Type: "
-                                 "application/json", None, 415, "unsupported_media_type")
-            raw = await _read_body(request, cfg.max_body, cfg.body_timeout)
-            body = _parse_body(raw)
+            body = await json_body(request)
             streaming, include_usage = _stream_options(body)
             history, user_text = _last_user_message(body)
             default = key.default_context if key and key.default_context else \
@@ -400,14 +417,8 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
                                  f"completions; key '{key.name}' may use "
                                  f"{key.completions_per_day} a day", "iapo_context", 403,
                                  "permission_error")
-            if key is not None and limits is not None:
-                now = time.time()
-                ok, wait, which = limits.admit(key, n, now)
-                if not ok:
-                    raise BadRequest(f"key '{key.name}' is over its {which} limit; retry in "
-                                     f"{wait:.0f} s", None, 429, "rate_limit_error",
-                                     {"Retry-After": str(max(1, math.ceil(wait)))})
-                admitted = (key, n, now)
+            if key is not None:
+                admitted = admit(key, n)
         except BadRequest as e:
             count("errors")
             return _error(e.status, str(e), e.kind, e.param, e.headers)
@@ -502,10 +513,7 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
         only its own requests."""
         try:
             key = caller(request)
-            if not is_json(request.headers.get("content-type")):
-                raise BadRequest("the body must be JSON, sent with Content-Type: "
-                                 "application/json", None, 415, "unsupported_media_type")
-            body = _parse_body(await _read_body(request, cfg.max_body, cfg.body_timeout))
+            body = await json_body(request)
             if store is None:
                 raise BadRequest("feedback needs the gateway's log: start iapo serve with "
                                  "--log-store FILE", None, 404, "not_found")
@@ -519,12 +527,8 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
             if key is not None and served.caller != key.name:
                 raise BadRequest(f"key '{key.name}' may rate only its own requests", "id",
                                  403, "permission_error")
-            if key is not None and limits is not None:
-                ok, wait, which = limits.admit(key, 0)
-                if not ok:
-                    raise BadRequest(f"key '{key.name}' is over its {which} limit; retry in "
-                                     f"{wait:.0f} s", None, 429, "rate_limit_error",
-                                     {"Retry-After": str(max(1, math.ceil(wait)))})
+            if key is not None:
+                admit(key, 0)  # a request of no completions, against requests_per_minute
         except BadRequest as e:
             return _error(e.status, str(e), e.kind, e.param, e.headers)
         except ClientDisconnect:
