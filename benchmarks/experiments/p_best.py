@@ -38,7 +38,7 @@ from joblib import Parallel, delayed
 from iapo.bench.runner import run_environment_seed, run_oracle, run_queries
 from iapo.envs.synthetic import synth_bernoulli_population_q
 from iapo.learners import get_learner
-from iapo.report import Recorder, assess, estimator_for
+from iapo.report import TIE, Recorder, assess, estimator_for
 
 MARGINS = (0.01, 0.02, 0.05)
 BINS = np.array([0.0, 0.2, 0.4, 0.6, 0.8, 1.0 + 1e-9])
@@ -65,10 +65,10 @@ def one_run(env_name: str, learner: str, budget: int, run: int, seed: int, kind:
         best = truth[i].max()
         row = {"run": run, "context": i, "q_hat": float(ch.q_hat), "q_true": float(mine),
                "pred_best": float(conf.p_best[i, ch.prompt, ch.n - 1]),
-               "best": bool(mine >= best - 1e-12)}
+               "best": bool(mine >= best - TIE)}
         for j, m in enumerate(MARGINS):
             row[f"pred_within_{m}"] = float(conf.p_within[j, i])
-            row[f"within_{m}"] = bool(mine >= best - m)
+            row[f"within_{m}"] = bool(mine >= best - m - TIE)
         rows.append(row)
     return rows
 
