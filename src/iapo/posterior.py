@@ -52,6 +52,7 @@ THETA = (np.arange(400) + 0.5) / 400  # quadrature nodes (cell midpoints) of a q
 EDGES = np.linspace(0.0, 1.0, THETA.size + 1)
 LOGIT_MEAN = np.linspace(-6.0, 6.0, 61)  # the coarse grid of (mu, log sigma)
 LOG_SD = np.linspace(-3.0, 1.8, 35)
+STEP = np.array([LOGIT_MEAN[1] - LOGIT_MEAN[0], LOG_SD[1] - LOG_SD[0]])  # the coarse cells
 LOCAL = 25  # the fine grid around a prompt's posterior mass: LOCAL x LOCAL points
 LOCAL_SPAN = 14.0  # ... covering the coarse cells within this log density of its top
 
@@ -128,10 +129,9 @@ def fit_hyper(loglik: FloatArray, gm: FloatArray, gs: FloatArray) -> Hyper:
     likelihood ``loglik`` [P, G] on the coarse grid (gm, gs) [G] (a cell's prior mass is its
     normalized density). Its spreads are at least the grid's steps: a narrower prior is one
     the grid cannot tell from a point."""
-    floor = np.array([LOGIT_MEAN[1] - LOGIT_MEAN[0], LOG_SD[1] - LOG_SD[0]])
 
     def hyper(h: FloatArray) -> Hyper:
-        sd = np.maximum(np.exp(h[2:]), floor)
+        sd = np.maximum(np.exp(h[2:]), STEP)
         return Hyper((float(h[0]), float(h[1])), (float(sd[0]), float(sd[1])))
 
     def nll(h: FloatArray) -> float:
@@ -175,15 +175,14 @@ def draws(problem: Problem, votes: Sequence[tuple[IntArray, IntArray]],
     task_weight = problem.grid.weights[:, 0]  # [C]
     theta_credit, theta_paid = theta_curves(problem)
     out = np.full((rounds, c, p, n_max), np.nan)
-    step = (LOGIT_MEAN[1] - LOGIT_MEAN[0], LOG_SD[1] - LOG_SD[0])
     for i, (k, n) in enumerate(votes):
         if not seen[i] or hyper is None:
             continue
         coarse = loglik[i] + hyper.log_density(gm, gs)
         mass = coarse > coarse.max() - LOCAL_SPAN
         fm, fs = (x.ravel() for x in np.meshgrid(
-            np.linspace(gm[mass].min() - step[0], gm[mass].max() + step[0], LOCAL),
-            np.linspace(gs[mass].min() - step[1], gs[mass].max() + step[1], LOCAL),
+            np.linspace(gm[mass].min() - STEP[0], gm[mass].max() + STEP[0], LOCAL),
+            np.linspace(gs[mass].min() - STEP[1], gs[mass].max() + STEP[1], LOCAL),
             indexing="ij"))
         w = theta_weights(fm, fs)
         log_post = log_likelihood(k, n, w) + hyper.log_density(fm, fs)
