@@ -358,6 +358,73 @@ def bench(envs: str, learners: str | None, budgets: str, runs: int, seed: int, o
 
 
 @main.command()
+@click.option("--env", "env_name", default="math", show_default=True,
+              help="A majority-voting environment (its queries are the traffic).")
+@click.option("--runs", "runs", default=50, show_default=True, type=click.IntRange(min=2),
+              help="Paired runs (each: a fresh split, training, the same requests for all).")
+@click.option("--budgets", "budgets", default="0.02,0.05,0.1", show_default=True,
+              help="Comma-separated learning budgets (learning completions per served one).")
+@click.option("--requests", "requests", default=20_000, show_default=True,
+              type=click.IntRange(min=1000), help="Requests per run (a multiple of 1,000).")
+@click.option("--train-budget", "train_budget", default=2000, show_default=True,
+              type=click.IntRange(min=1), help="T of the policy trained before serving.")
+@click.option("--learner", "learner", default=DEFAULT_LEARNER, show_default=True,
+              help="Learner of the trained policy.")
+@click.option("--drift-at", "drift_at", default=None, type=click.IntRange(min=0),
+              help="After this request the served prompt loses --drop accuracy.")
+@click.option("--drop", "drop", default=0.1, show_default=True, type=float,
+              help="Accuracy the drifted prompt loses.")
+@click.option("--shift-at", "shift_at", default=None, type=click.IntRange(min=0),
+              help="After this request queries come from a random --shift-keep share only.")
+@click.option("--shift-keep", "shift_keep", default=0.5, show_default=True, type=float,
+              help="Share of the queries the traffic keeps after --shift-at.")
+@click.option("--refine-every", "refine_every", default=1000, show_default=True,
+              type=click.IntRange(min=1), help="Requests between refits.")
+@click.option("--confidence", "confidence", default=0.95, show_default=True, type=float,
+              help="Of a switch's gain (one-sided lower bound).")
+@click.option("--min-gain", "min_gain", default=0.0, show_default=True, type=float,
+              help="A switch needs its gain's lower bound above this.")
+@click.option("--alarm", "alarm", default=0.05, show_default=True, type=float,
+              help="False-alarm probability of the drift monitor over the run.")
+@click.option("--seed", "seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Root seed of the splits, training and traffic.")
+@click.option("--workers", "workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Parallel worker processes (results do not depend on it).")
+@click.option("--out", "out", default="simulate-out", show_default=True,
+              type=click.Path(file_okay=False), help="Output folder.")
+@_user_errors
+def simulate(env_name: str, runs: int, budgets: str, requests: int, train_budget: int,
+             learner: str, drift_at: int | None, drop: float, shift_at: int | None,
+             shift_keep: float, refine_every: int, confidence: float, min_gain: float,
+             alarm: float, seed: int, workers: int, out: str) -> None:
+    """Serve simulated traffic with a trained policy, frozen and learning continually, with
+    optional scripted drift: cumulative regret per 1,000 requests as a table and a figure."""
+    from iapo.continual import ContinualSettings
+    from iapo.simulate import Scenario, SimConfig, run_all, write
+
+    try:
+        budget_list = tuple(float(b) for b in _csv_list(budgets))
+    except ValueError as e:
+        raise click.UsageError(f"--budgets must be comma-separated fractions ({e})") from e
+    settings = ContinualSettings(refine_every=refine_every, confidence=confidence,
+                                 min_gain=min_gain, alarm=alarm, horizon=requests)
+    for b in budget_list:
+        ContinualSettings(learn_budget=b)  # each checked before any run
+    config = SimConfig(env_name, budget_list, runs, seed, train_budget, learner,
+                       scenario=Scenario(requests, drift_at, drop, shift_at, shift_keep),
+                       settings=settings)
+    _check_writable(out, "--out", folder=True)
+    results = run_all(config, workers=workers)
+    summary = write(config, results, Path(out))
+    from iapo.simulate import table
+
+    click.echo(table(summary), nl=False)
+    for f in summary["figures"]:
+        if f.endswith(".png"):
+            click.echo(f"figure: {f}")
+
+
+@main.command()
 @click.option("--out", "out", default="plots", show_default=True,
               type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--env", "env_name", default="math", show_default=True,

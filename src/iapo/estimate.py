@@ -182,6 +182,31 @@ class QTable:
         every group of G completions in the batch: group by group, and within a group by where
         the block ends, then by its size (so its last block is the whole group).
         """
+        util, prompts, n, _ = self.grouped_blocks(observations)
+        return util, prompts, n
+
+    def group_means(
+        self, observations: Sequence[Observation]
+    ) -> tuple[FloatArray, npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+        """Per group and block size n, the mean utility of the group's floor(G/n) blocks of
+        size n: one sample of Q(c, p, n) per group, independent across groups (its blocks
+        share a query, so they are not). Returns (util [R, C], prompt [R], n [R], group [R])
+        for the R (group, n) pairs, n <= G, by group (in the batch's order), then by n."""
+        util, prompts, n, group = self.grouped_blocks(observations)
+        n_max = self.problem.n_max
+        keys, inverse = np.unique(group * n_max + (n - 1), return_inverse=True)
+        blocks = np.bincount(inverse).astype(np.float64)
+        means = np.stack([np.bincount(inverse, u, minlength=keys.size) for u in util.T],
+                         axis=1) / blocks[:, None]
+        first = np.zeros(keys.size, dtype=np.intp)
+        first[inverse[::-1]] = np.arange(inverse.size)[::-1]  # a block of every pair
+        return means, prompts[first], n[first], group[first]
+
+    def grouped_blocks(
+        self, observations: Sequence[Observation]
+    ) -> tuple[FloatArray, npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+        """:meth:`block_utilities` and the group of every block: (util [B, C], prompt [B],
+        n [B], group [B]), groups numbered 0.. in the batch's order."""
         obs = [o for o in observations if o.count > 0]
         per_obs = np.array([(o.count, o.n, o.prompt) for o in obs], dtype=np.intp)
         sizes = np.repeat(per_obs[:, 1], per_obs[:, 0])  # [m]
@@ -229,7 +254,7 @@ class QTable:
         else:
             util += _range_max(task_values(scores, w), start, end).T
         util = util.T  # [B, C], a view of [C, B]
-        return util, np.repeat(per_obs[:, 2], per_obs[:, 0])[group], n
+        return util, np.repeat(per_obs[:, 2], per_obs[:, 0])[group], n, group
 
     def subset_utilities(
         self, observations: Sequence[Observation]

@@ -222,6 +222,22 @@ class MVEnvironment(Environment):
         scores[..., 1] = self.cost[p][:, None]
         return Sample(scores, labels, gold, None if self.no_answer is None else self.no_answer[q])
 
+    def with_answer_probs(self, probs: npt.ArrayLike, name: str | None = None,
+                          prompts: Sequence[int] | None = None) -> MVEnvironment:
+        """This environment with the answer probabilities ``probs`` [P', X, L] (e.g. a prompt
+        that drifted) of its ``prompts`` (default: all): the same queries, gold, costs and
+        problem, computed afresh (not cached)."""
+        keep = list(range(self.problem.n_prompts)) if prompts is None else list(prompts)
+        budgets = {c.budget: c.cost_weight for c in self.problem.grid.contexts}
+        env = MVEnvironment(name or f"{self.name}-changed", probs, self.gold, self.cost[keep],
+                            budgets, self.problem.n_max,
+                            [self.problem.prompts[i] for i in keep], self.description,
+                            cacheable=False, query_ids=self.query_ids, no_answer=self.no_answer)
+        env.observed = None if self.observed is None else self.observed[keep]
+        out = env._with_problem(stopping=self.problem.stopping, no_answer=self.problem.no_answer)
+        assert isinstance(out, MVEnvironment)
+        return out
+
     def _abstain(self) -> npt.NDArray[np.int16] | None:
         """Each query's "no answer" category where the problem's rule is abstain (None where
         both rules score alike: the vote rule, or no category)."""

@@ -1,0 +1,533 @@
+"""Continual learning from served traffic (beyond the paper): one core for ``iapo simulate``
+and the gateway's continual path.
+
+A deployed policy serves arm (p, N) in every context c. Every group of G completions of a
+prompt, served or drawn for learning, is one sample of every arm (p, n), n <= G, in every
+context: the mean utility of its floor(G/n) blocks of size n (:meth:`QTable.group_means`;
+PSST's nested and cross-context reuse). One sample per group, not per block, because the
+blocks of a group share a query: group means are independent across groups, so their
+standard errors are honest.
+
+The decisions, each a rule with a test:
+
+- **Learning pulls** (:meth:`Continual.learning_pulls`). Completions drawn for learning total
+  at most ``learn_budget`` times the completions served so far, and are never served. Turns
+  alternate between the challengers (below) and the *candidates*: per context, the prompts
+  whose best upper confidence bound reaches the served arm's lower bound (a prompt without an
+  arm seen on MIN_GROUPS groups always does), at most ``candidates`` of them by that bound.
+  As PSST pulls every active prompt at its largest active N (Eq. 6), a candidate prompt is
+  pulled at the largest N that a context serves or finds close, all candidates in turn.
+- **Switches, on fresh evidence** (:meth:`Continual.refit`, every ``refine_every`` requests).
+  A context names as challenger its arm of highest mean (seen on MIN_GROUPS groups) when that
+  beats the served arm's mean. The challenger is then judged on FRESH_GROUPS samples drawn
+  *after* it was named, so that the luck that made it the best of many arms (the winner's
+  curse) is not in its evidence: the context switches only if the lower bound of the gain,
+  fresh mean minus the served arm's mean, at ``confidence``, exceeds ``min_gain``; either way
+  the challenger is then dropped.
+- **Drift** (:class:`DriftMonitor`). At requests refine_every x 2^k (k = 0, 1, ...), every
+  context takes baselines: the lower confidence bounds of its served arm (p, N) and of its
+  prompt's single completions (p, 1), from the samples seen since the context began to serve
+  that arm (again not the luck of its choice). Each later sample is tested against its
+  baseline by a Shiryaev-Roberts e-detector (a mixture over bets). A context whose value left
+  its interval is flagged: the flagged prompt keeps only its samples since the baselines, and
+  every context serving it moves to the arm of highest mean among those seen on
+  BASELINE_GROUPS groups.
+
+Standard errors: a variance seen on k groups is shrunk toward the context's typical one
+(:func:`shrunk_variance`), so that a few identical 0/1 vote credits do not claim certainty.
+
+False alarms: with no drift, a run flags any context with probability at most ``alarm``
+within ``horizon`` requests. Half of ``alarm`` bounds the baselines (Bonferroni over
+contexts, tests and baselines); half bounds the detectors: a test sees at most H = horizon x
+(1 + learn_budget x N_max) samples (one per served request and per learning group), and
+R_t + H - t is a nonnegative supermartingale under the null, so by Ville's inequality
+P(max R_t >= A) <= H / A, with A = tests x H / (alarm / 2).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+from scipy.special import logsumexp
+from scipy.stats import norm
+
+from iapo.errors import InputError
+from iapo.estimate import QTable
+from iapo.problem import Choice, Problem, arm_index
+from iapo.pulls import Observation, Pull
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.intp]
+
+# the detector's bets, as fractions of the largest safe bet 1 / (1 - m0): a mixture, so no
+# single drop size has to be guessed (averaging costs log(5) in the threshold)
+BETS: tuple[float, ...] = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2)
+MIN_GROUPS = 10  # samples an arm needs before its estimate can be served or compared
+PRIOR_GROUPS = 5  # weight, in groups, of the typical variance in an arm's (GroupTable.stderr)
+BASELINE_GROUPS = 30  # samples an arm needs before its lower bound can be a drift baseline
+FRESH_GROUPS = 30  # samples a challenger needs, after it was named, before it is decided
+
+
+@dataclass(frozen=True)
+class ContinualSettings:
+    """How the deployed policy keeps learning (defaults written once, here)."""
+
+    learn_budget: float = 0.05  # learning completions per served completion, at most
+    refine_every: int = 1000  # requests between refits (and the drift baselines' unit)
+    confidence: float = 0.95  # of a switch's gain and the candidates' bounds
+    min_gain: float = 0.0  # a switch needs its gain's lower bound above this
+    candidates: int = 8  # per context, at most
+    alarm: float = 0.05  # false-alarm probability of the drift monitor within the horizon
+    horizon: int = 20_000  # requests the alarm probability covers
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.learn_budget <= 1.0:
+            raise InputError(f"learn budget {self.learn_budget} must lie in [0, 1] (a fraction "
+                             "of the completions served)")
+        for name in ("refine_every", "candidates", "horizon"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"{name.replace('_', ' ')} {value!r} must be a positive "
+                                 "integer")
+        for name in ("confidence", "alarm"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise InputError(f"{name} {getattr(self, name)} must lie strictly between 0 "
+                                 "and 1")
+        if not math.isfinite(self.min_gain) or self.min_gain < 0:
+            raise InputError(f"min gain {self.min_gain} must be a number >= 0")
+
+
+class GroupTable(QTable):
+    """Stockpiled group means (:meth:`QTable.group_means`): sums [C, P, N], counts [P, N] of
+    groups; ``stderr`` is honest because groups are independent."""
+
+    def update(self, observations: Sequence[Observation]) -> None:
+        if not any(o.count > 0 for o in observations):
+            return
+        util, prompts, n, _ = self.group_means(observations)
+        self._add(util, np.ones(n.size), prompts, n)
+
+    def replace(self, prompt: int, other: GroupTable) -> None:
+        """What is known about ``prompt`` becomes what ``other`` knows about it."""
+        self.sums[:, prompt] = other.sums[:, prompt]
+        self.sumsq[:, prompt] = other.sumsq[:, prompt]
+        self.counts[prompt] = other.counts[prompt]
+
+    def typical_variance(self) -> FloatArray:
+        """Per context, the median variance of the arms seen on two groups or more: [C]."""
+        var = self.variance.reshape(self.variance.shape[0], -1)
+        has = np.isfinite(var).any(axis=1)
+        out = np.zeros(var.shape[0])
+        out[has] = np.nanmedian(var[has], axis=1)
+        return out
+
+    @property
+    def stderr(self) -> FloatArray:
+        """Standard error of every mean, from its :func:`shrunk_variance`: [C, P, N] (NaN
+        below two groups)."""
+        k = self.counts.astype(np.float64)
+        var = shrunk_variance(np.nan_to_num(self.variance), k,
+                              self.typical_variance()[:, None, None])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(k >= 2, np.sqrt(var / k), np.nan)
+
+
+def shrunk_variance(var: npt.ArrayLike, k: npt.ArrayLike, typical: npt.ArrayLike
+                    ) -> FloatArray:
+    """A variance ``var`` seen on ``k`` groups, shrunk toward the context's ``typical`` one:
+    (k var + PRIOR_GROUPS typical) / (k + PRIOR_GROUPS), so that a few equal samples (a 0/1
+    vote credit) do not claim a standard error of 0."""
+    k = np.asarray(k, dtype=np.float64)
+    return np.asarray((k * np.asarray(var) + PRIOR_GROUPS * np.asarray(typical))
+                      / (k + PRIOR_GROUPS), dtype=np.float64)
+
+
+def utility_bounds(problem: Problem, n: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
+    """The range [lo, hi] of one sample of arm (., n) in every context: ([C, ...], [C, ...]):
+    the task value's bounds under the context's weights, less at most n completions at the
+    cost bound."""
+    grid = problem.grid
+    lower = np.array([o.lower for o in grid.objectives])
+    upper = np.array([o.upper for o in grid.objectives])
+    w = grid.weights  # [C, K]
+    lo_task = np.minimum(w * lower, w * upper).sum(axis=1)
+    hi_task = np.maximum(w * lower, w * upper).sum(axis=1)
+    n_arr = np.asarray(n, dtype=np.float64)
+    shape = (-1,) + (1,) * n_arr.ndim
+    lo = lo_task.reshape(shape) - (grid.cost_weights * problem.cost.upper).reshape(shape) * n_arr
+    return lo, np.broadcast_to(hi_task.reshape(shape), lo.shape).copy()
+
+
+@dataclass
+class DriftMonitor:
+    """Shiryaev-Roberts e-detectors, one per test (context, arm), against a baseline m0.
+
+    A sample x (normalised to [0, 1]) bets 1 + b (m0 - x), b = f / (1 - m0) for every f in
+    :data:`BETS`; R <- (R + 1) x bet per bet size, and a test alarms when the mean of its R
+    reaches ``threshold``.
+    """
+
+    threshold: float
+    m0: FloatArray = field(default_factory=lambda: np.zeros(0))
+    log_r: FloatArray = field(default_factory=lambda: np.zeros((0, len(BETS))))
+
+    @classmethod
+    def for_tests(cls, tests: int, horizon: int, alarm: float) -> DriftMonitor:
+        """A monitor of ``tests`` tests whose detectors together alarm with probability at
+        most ``alarm`` within ``horizon`` null samples each: threshold tests x H / alarm."""
+        return cls(tests * horizon / alarm, np.full(tests, np.nan),
+                   np.full((tests, len(BETS)), -np.inf))
+
+    def start(self, test: int, m0: float) -> None:
+        """(Re)start ``test`` against baseline m0 in [0, 1) (NaN: the test is off)."""
+        self.m0[test] = m0
+        self.log_r[test] = -np.inf
+
+    def stop(self, test: int) -> None:
+        self.start(test, np.nan)
+
+    def active(self, test: int) -> bool:
+        return bool(np.isfinite(self.m0[test]))
+
+    def update(self, test: int, x: npt.ArrayLike) -> int:
+        """Feed ``test`` its samples ``x`` [k] in order; returns the index of the first that
+        alarms (-1: none). All k samples are taken in, vectorised: log R_t = C_t +
+        log(R_0 + sum_{s<t} exp(-C_s)), C the cumulative log bets."""
+        xs = np.clip(np.asarray(x, dtype=np.float64), 0.0, 1.0)
+        m0 = float(self.m0[test])
+        if xs.size == 0 or not math.isfinite(m0):
+            return -1
+        bets = np.asarray(BETS) / (1.0 - m0)  # [J]
+        step = np.log1p(bets[None, :] * (m0 - xs[:, None]))  # [k, J]
+        cum = np.cumsum(step, axis=0)
+        before = np.concatenate([np.zeros((1, bets.size)), -cum[:-1]])  # -C_{t-1}, C_0 = 0
+        inner = np.logaddexp.accumulate(
+            np.concatenate([self.log_r[test][None, :], before]), axis=0)[1:]
+        log_r = cum + inner  # [k, J]
+        stat = logsumexp(log_r, axis=1) - math.log(bets.size)
+        self.log_r[test] = log_r[-1]
+        hit = np.flatnonzero(stat >= math.log(self.threshold))
+        return int(hit[0]) if hit.size else -1
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A drift alarm: ``context``'s test of arm (prompt, n) alarmed at request ``request``;
+    its baseline ``baseline`` (the lower bound) and the live mean ``live`` of its samples."""
+
+    request: int
+    context: int
+    prompt: int
+    n: int
+    baseline: float
+    live: float
+
+
+@dataclass(frozen=True)
+class Switch:
+    """At request ``request``, ``context`` moved from arm ``old`` to ``new`` (prompt, n):
+    ``reason`` is "evidence" (a gain's lower bound) or "drift" (its prompt was flagged)."""
+
+    request: int
+    context: int
+    old: tuple[int, int]
+    new: tuple[int, int]
+    reason: str
+    gain_lower: float
+
+
+class Continual:
+    """The learning state of a deployed policy (the rules are in the module docstring).
+
+    ``training`` is the training run's observations (its estimates continue), ``served`` the
+    trained policy's choices. Feed it every served and learning group with :meth:`observe`,
+    ask :meth:`learning_pulls` after serving, and call :meth:`refit` every ``refine_every``
+    requests (:meth:`due` says when).
+    """
+
+    def __init__(self, problem: Problem, settings: ContinualSettings,
+                 training: Sequence[Observation], served: Sequence[Choice]) -> None:
+        if len(served) != problem.n_contexts or any(c.n is None for c in served):
+            raise InputError("continual learning needs one arm with a fixed N per context")
+        self.problem = problem
+        self.settings = settings
+        self.table = GroupTable(problem)
+        self.table.update(training)
+        self.recent = GroupTable(problem)  # the samples since the last drift baselines
+        n_ctx = problem.n_contexts
+        self.prompt = np.array([c.prompt for c in served], dtype=np.intp)  # [C]
+        self.n = np.array([c.n for c in served], dtype=np.intp)  # [C]
+        self.requests = 0
+        self.served_completions = 0
+        self.learning_completions = 0
+        self.flags: list[Flag] = []
+        self.switches: list[Switch] = []
+        # per context: the challenger (flat arm index, -1: none) and the sum, sum of squares
+        # and count of its samples since it was chosen
+        self.challenger = np.full(n_ctx, -1, dtype=np.intp)
+        self._fresh = np.zeros((n_ctx, 3))
+        self._explore: list[tuple[int, int]] = []  # (prompt, scale) of the candidates
+        self._turn = 0
+        self._next_refit = settings.refine_every
+        self._next_baseline = settings.refine_every
+        # baselines per test: one at every refine_every x 2^k requests within the horizon
+        baselines = int(math.log2(max(settings.horizon, settings.refine_every)
+                                  / settings.refine_every)) + 1
+        self._z_baseline = float(norm.ppf(1 - settings.alarm / 2 / (2 * n_ctx * baselines)))
+        # a test sees at most one sample per served request and per learning group
+        samples = int(settings.horizon * (1 + settings.learn_budget * problem.n_max))
+        self.monitor = DriftMonitor.for_tests(2 * n_ctx, samples, settings.alarm / 2)
+        # per test (2 per context: its arm (p, N), then (p, 1)): the arm, the sum, sum of
+        # squares and count of its samples since the context began to serve it, and the sum
+        # and count since its baseline
+        self._tests = np.zeros((2 * n_ctx, 2), dtype=np.intp)
+        self._since = np.zeros((2 * n_ctx, 3))
+        self._live = np.zeros((2 * n_ctx, 2))
+        for ci in range(n_ctx):
+            self._track(ci)
+        self._plan()
+
+    # ---------------------------------------------------------------- serving
+
+    def served_arms(self) -> list[tuple[int, int]]:
+        """(prompt, n) served in every context, now."""
+        return [(int(p), int(n)) for p, n in zip(self.prompt, self.n, strict=True)]
+
+    def record_served(self, requests: int, completions: int) -> None:
+        """``requests`` were answered with ``completions`` completions in all."""
+        self.requests += int(requests)
+        self.served_completions += int(completions)
+
+    def due(self) -> bool:
+        return self.requests >= self._next_refit
+
+    # ---------------------------------------------------------------- learning pulls
+
+    def allowance(self) -> int:
+        """Completions learning may still draw: learn_budget x served - drawn."""
+        return int(math.floor(self.settings.learn_budget * self.served_completions + 1e-9)
+                   ) - self.learning_completions
+
+    def learning_pulls(self) -> list[Pull]:
+        """Single groups, while the allowance pays for the next one (charged here: the caller
+        draws them all): turns alternate between the challengers (each at its N) and the
+        candidates (each prompt at its scale), so a challenger gets half while one waits."""
+        queues = [self._challenges(), self._explore]
+        out: list[Pull] = []
+        left = self.allowance()
+        while left > 0 and (queues[0] or queues[1]):
+            queue = queues[self._turn % 2] or queues[(self._turn + 1) % 2]
+            prompt, scale = queue[(self._turn // 2) % len(queue)]
+            if scale > left:
+                break
+            out.append(Pull(prompt, scale, 1))
+            left -= scale
+            self._turn += 1
+        self.learning_completions += sum(p.cost for p in out)
+        return out
+
+    def _challenges(self) -> list[tuple[int, int]]:
+        """(prompt, n) of every context's challenger, each once."""
+        n_max = self.problem.n_max
+        return sorted({(int(a) // n_max, int(a) % n_max + 1) for a in self.challenger if a >= 0})
+
+    def bounds(self, z: float) -> tuple[FloatArray, FloatArray]:
+        """(lower, upper) [C, P x N]: mean -/+ z standard errors; an arm with fewer than
+        MIN_GROUPS groups has (-inf, inf)."""
+        c = self.problem.n_contexts
+        mean, se = self.table.mean.reshape(c, -1), self.table.stderr.reshape(c, -1)
+        known = np.broadcast_to((self.table.counts >= MIN_GROUPS).reshape(-1), mean.shape)
+        return (np.where(known, mean - z * se, -np.inf),
+                np.where(known, mean + z * se, np.inf))
+
+    def candidates(self) -> tuple[npt.NDArray[np.bool_], IntArray]:
+        """The candidate prompts of every context, [C, P], and every prompt's scale, [P]
+        (0: no context's candidate): the prompts whose best upper bound reaches the served
+        arm's lower bound (one never seen on MIN_GROUPS groups always does), at most
+        ``candidates`` by upper bound; a prompt is pulled at the largest N that some context
+        serves or finds close, as PSST pulls at the largest active N (Eq. 6)."""
+        c, p, n_max = self.problem.n_contexts, self.problem.n_prompts, self.problem.n_max
+        lower, upper = self.bounds(float(norm.ppf(self.settings.confidence)))
+        served = arm_index(self.prompt, self.n, n_max)
+        bar = lower[np.arange(c), served][:, None]  # [C, 1]
+        close = (upper >= bar).reshape(c, p, n_max)
+        best = upper.reshape(c, p, n_max).max(axis=2)  # [C, P]
+        out = np.zeros((c, p), dtype=bool)
+        for ci in range(c):
+            ok = np.flatnonzero(best[ci] >= bar[ci, 0])
+            out[ci, ok[np.argsort(-best[ci, ok], kind="stable")[: self.settings.candidates]]] = True
+        top_close = np.where(close.any(axis=2), n_max - np.argmax(close[:, :, ::-1], axis=2), 0)
+        scale = np.where(out, np.maximum(top_close, self.n[:, None]), 0).max(axis=0)
+        return out, scale.astype(np.intp)
+
+    def _plan(self) -> None:
+        """The candidates' queue, afresh."""
+        _, scale = self.candidates()
+        self._explore = [(int(q), int(scale[q])) for q in np.flatnonzero(scale > 0)]
+
+    # ---------------------------------------------------------------- data in
+
+    def observe(self, observations: Sequence[Observation]) -> list[Flag]:
+        """Take in groups (in the order drawn): the estimates, the challengers' fresh
+        samples, then every active drift test; returns the flags raised (their prompts are
+        forgotten, their contexts switched)."""
+        live = [o for o in observations if o.count > 0]
+        if not live:
+            return []
+        util, prompts, n, _ = self.table.group_means(live)
+        self.table._add(util, np.ones(n.size), prompts, n)
+        self.recent._add(util, np.ones(n.size), prompts, n)
+        n_max = self.problem.n_max
+        for ci, b in enumerate(self.challenger):
+            if b >= 0:
+                u = util[(prompts == b // n_max) & (n == b % n_max + 1), ci]
+                self._fresh[ci] += (u.sum(), (u * u).sum(), u.size)
+        raised: list[Flag] = []
+        for test, (p, nn) in enumerate(self._tests):
+            if nn == 0:
+                continue
+            ci = test // 2
+            u = util[(prompts == p) & (n == nn), ci]
+            self._since[test] += (u.sum(), (u * u).sum(), u.size)
+            if not self.monitor.active(test):
+                continue
+            hit = self.monitor.update(test, self._normalise(ci, int(nn), u))
+            upto = u if hit < 0 else u[: hit + 1]
+            self._live[test] += (upto.sum(), upto.size)
+            if hit >= 0:
+                lo, hi = utility_bounds(self.problem, int(nn))
+                m0 = float(self.monitor.m0[test])
+                total, count = self._live[test]
+                raised.append(Flag(self.requests, ci, int(p), int(nn),
+                                   float(lo[ci] + m0 * (hi[ci] - lo[ci])), total / count))
+        for flag in raised:
+            self._drifted(flag)
+        return raised
+
+    def _normalise(self, context: int, n: int, util: FloatArray) -> FloatArray:
+        lo, hi = utility_bounds(self.problem, n)
+        return (util - lo[context]) / (hi[context] - lo[context])
+
+    def _drifted(self, flag: Flag) -> None:
+        """The flagged prompt keeps only its samples since the last baselines (what the test
+        saw). A context serving it moves at once only on evidence: to the arm of highest
+        lower bound among those seen on BASELINE_GROUPS groups, if that bound exceeds the
+        served arm's upper bound now; otherwise it gets a challenger."""
+        self.flags.append(flag)
+        self.table.replace(flag.prompt, self.recent)
+        n_max = self.problem.n_max
+        self.challenger[self.challenger // n_max == flag.prompt] = -1
+        lower, upper = self.bounds(float(norm.ppf(self.settings.confidence)))
+        seen = (self.table.counts >= BASELINE_GROUPS).reshape(-1)
+        for ci in (int(x) for x in np.flatnonzero(self.prompt == flag.prompt)):
+            a = int(arm_index(self.prompt[ci], self.n[ci], n_max))
+            alt = np.where(seen, lower[ci], -np.inf)
+            alt[a] = -np.inf
+            b = int(alt.argmax())
+            if alt[b] > upper[ci, a]:
+                self._choose(ci, b, "drift", float(alt[b] - upper[ci, a]))
+        self._name_challengers()
+        self._plan()
+
+    # ---------------------------------------------------------------- refits
+
+    def refit(self) -> list[Switch]:
+        """Decide every challenger with FRESH_GROUPS fresh samples (switch on evidence),
+        name new challengers, re-plan the candidates, and take the drift baselines when due.
+        Returns the switches made."""
+        before = len(self.switches)
+        c, n_max = self.problem.n_contexts, self.problem.n_max
+        mean, se = self.table.mean.reshape(c, -1), self.table.stderr.reshape(c, -1)
+        z = float(norm.ppf(self.settings.confidence))
+        typical = self.table.typical_variance()
+        for ci in range(c):
+            a, b = int(arm_index(self.prompt[ci], self.n[ci], n_max)), int(self.challenger[ci])
+            total, squares, k = self._fresh[ci]
+            if b < 0 or k < FRESH_GROUPS:
+                continue
+            m_b = total / k
+            var_b = shrunk_variance(max(squares - k * m_b * m_b, 0.0) / (k - 1), k,
+                                    float(typical[ci]))
+            lower = m_b - mean[ci, a] - z * math.sqrt(var_b / k + se[ci, a] ** 2)
+            self.challenger[ci] = -1
+            if lower > self.settings.min_gain:
+                self._choose(ci, b, "evidence", float(lower))
+        self._name_challengers()
+        self._plan()
+        while self._next_refit <= self.requests:
+            self._next_refit += self.settings.refine_every
+        if self.requests >= self._next_baseline:
+            self._baselines()
+            while self._next_baseline <= self.requests:
+                self._next_baseline *= 2
+        return self.switches[before:]
+
+    def _name_challengers(self) -> None:
+        """Every context without a challenger names the arm most likely better than its
+        served one: the highest (mean_b - mean_a) / sqrt(se_b^2 + se_a^2) among arms seen on
+        MIN_GROUPS groups whose mean beats the served arm's (an arm seen on few groups is
+        rarely the most likely, however lucky its mean). A served arm without an estimate
+        (its prompt drifted) is challenged by the arm of highest lower bound."""
+        c, n_max = self.problem.n_contexts, self.problem.n_max
+        mean, se = self.table.mean.reshape(c, -1), self.table.stderr.reshape(c, -1)
+        lower, _ = self.bounds(float(norm.ppf(self.settings.confidence)))
+        seen = (self.table.counts >= MIN_GROUPS).reshape(-1)
+        for ci in (int(x) for x in np.flatnonzero(self.challenger < 0)):
+            a = int(arm_index(self.prompt[ci], self.n[ci], n_max))
+            if seen[a]:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    score = (mean[ci] - mean[ci, a]) / np.hypot(se[ci], se[ci, a])
+                score = np.where(seen & (mean[ci] > mean[ci, a]), score, -np.inf)
+            else:
+                score = np.where(seen, lower[ci], -np.inf)
+            score[a] = -np.inf
+            b = int(score.argmax())
+            if np.isfinite(score[b]):
+                self.challenger[ci] = b
+                self._fresh[ci] = 0.0
+
+    def _choose(self, context: int, arm: int, reason: str, gain_lower: float) -> None:
+        """Serve ``arm`` in ``context``; its drift tests restart from no samples."""
+        n_max = self.problem.n_max
+        old = (int(self.prompt[context]), int(self.n[context]))
+        new = (arm // n_max, arm % n_max + 1)
+        if new == old:
+            return
+        self.prompt[context], self.n[context] = new
+        self.switches.append(Switch(self.requests, context, old, new, reason, gain_lower))
+        self.challenger[context] = -1
+        self._track(context)
+
+    def _track(self, context: int) -> None:
+        """The context's tests follow its served arm (p, N) and (p, 1) (none twice when N =
+        1), from no samples; they stay off until the next baseline."""
+        p, n = int(self.prompt[context]), int(self.n[context])
+        for test, arm_n in ((2 * context, n), (2 * context + 1, 1 if n > 1 else 0)):
+            self._tests[test] = (p, arm_n)
+            self._since[test] = 0.0
+            self.monitor.stop(test)
+
+    def _baselines(self) -> None:
+        """Every test with BASELINE_GROUPS samples since its arm began to be served restarts
+        against their lower bound: samples gathered after the arm was chosen, so the choice's
+        own optimism (the winner's curse of its training estimate) is not in the baseline."""
+        self.recent = GroupTable(self.problem)
+        for test, (_, arm_n) in enumerate(self._tests):
+            total, squares, count = self._since[test]
+            self._live[test] = 0.0
+            if arm_n == 0 or count < BASELINE_GROUPS:
+                self.monitor.stop(test)
+                continue
+            mean = total / count
+            sd = math.sqrt(max(squares - count * mean * mean, 0.0) / (count - 1))
+            lower = mean - self._z_baseline * sd / math.sqrt(count)
+            m0 = float(self._normalise(test // 2, int(arm_n), np.array([lower]))[0])
+            self.monitor.start(test, min(max(m0, 0.0), 1.0 - 1e-9))
+
+
+__all__ = ["BETS", "Continual", "ContinualSettings", "DriftMonitor", "Flag", "GroupTable",
+           "Switch", "shrunk_variance", "utility_bounds"]

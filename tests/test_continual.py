@@ -1,0 +1,344 @@
+"""The continual-learning core (iapo.continual): group means, the drift detector, learning
+pulls, switches on fresh evidence, and the drift response, against hand-worked values and
+brute-force recursions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from iapo.continual import (
+    BASELINE_GROUPS,
+    BETS,
+    FRESH_GROUPS,
+    MIN_GROUPS,
+    PRIOR_GROUPS,
+    Continual,
+    ContinualSettings,
+    DriftMonitor,
+    GroupTable,
+    shrunk_variance,
+    utility_bounds,
+)
+from iapo.envs.tabular import MVEnvironment
+from iapo.errors import InputError
+from iapo.problem import Choice
+from iapo.pulls import Observation
+
+COST = (0.01, 0.02, 0.03)
+CW = {"low": 0.0, "high": 1.0}
+
+
+def env3() -> MVEnvironment:
+    """Three prompts, four queries, answers 0 (gold) or 1; N_max 4."""
+    probs = np.zeros((3, 4, 2))
+    probs[:, :, 0] = [[0.9] * 4, [0.6] * 4, [0.3] * 4]
+    probs[:, :, 1] = 1 - probs[:, :, 0]
+    return MVEnvironment("env3", probs, np.zeros(4, dtype=int), list(COST), CW, 4,
+                         cacheable=False)
+
+
+def group(prompt: int, labels: list[list[int]]) -> Observation:
+    """Groups of ``prompt`` with the given answers (gold 0) on query 0."""
+    lab = np.array(labels, dtype=np.int16)
+    scores = np.empty(lab.shape + (2,))
+    scores[..., 0] = lab == 0
+    scores[..., 1] = COST[prompt]
+    return Observation(prompt, lab.shape[1], np.zeros(lab.shape[0], dtype=np.int64), scores,
+                       lab, np.zeros(lab.shape[0], dtype=np.int16))
+
+
+# ---------------------------------------------------------------- group means
+
+
+def test_group_means_by_hand() -> None:
+    """Answers [gold, gold, wrong, gold] of prompt 1: n=1 blocks 1,1,0,1 -> 3/4; n=2 blocks
+    [g,g] credit 1 and [w,g] a tie, credit 1/2 -> 3/4; n=3 [g,g,w] -> 1; n=4 -> 1. In the
+    'high' context every sample also pays n x 0.02."""
+    env = env3()
+    util, prompts, n, grp = GroupTable(env.problem).group_means([group(1, [[0, 0, 1, 0]])])
+    assert prompts.tolist() == [1, 1, 1, 1] and n.tolist() == [1, 2, 3, 4]
+    assert grp.tolist() == [0, 0, 0, 0]
+    np.testing.assert_allclose(util[:, 0], [0.75, 0.75, 1.0, 1.0])
+    np.testing.assert_allclose(util[:, 1], [0.75 - 0.02, 0.75 - 0.04, 1.0 - 0.06, 1.0 - 0.08])
+
+
+def test_group_table_counts_groups_not_blocks() -> None:
+    """Two groups of 4 are two samples of every (p, n <= 4), whatever their blocks."""
+    table = GroupTable(env3().problem)
+    table.update([group(0, [[0, 0, 0, 0], [1, 1, 1, 1]])])
+    assert table.counts[0].tolist() == [2, 2, 2, 2]
+    np.testing.assert_allclose(table.mean[0, 0], [0.5, 0.5, 0.5, 0.5])
+
+
+def test_shrunk_variance_by_hand() -> None:
+    """(k v + 5 t) / (k + 5): 10 groups of variance 0 next to a typical 0.2 claim 1/15."""
+    assert PRIOR_GROUPS == 5
+    assert shrunk_variance(0.0, 10, 0.2) == pytest.approx(10 * 0 / 15 + 5 * 0.2 / 15)
+    assert shrunk_variance(0.3, 1000, 0.2) == pytest.approx((300 + 1) / 1005)
+
+
+def test_utility_bounds_by_hand() -> None:
+    """Correctness in [0, 1]; a completion costs at most the largest prompt cost, 0.03, so
+    arm (., 3) in 'high' (cost weight 1) ranges over [-0.09, 1], in 'low' over [0, 1]."""
+    lo, hi = utility_bounds(env3().problem, 3)
+    np.testing.assert_allclose(lo, [0.0, -0.09])
+    np.testing.assert_allclose(hi, [1.0, 1.0])
+
+
+# ---------------------------------------------------------------- the drift detector
+
+
+def brute_sr(m0: float, xs: list[float], threshold: float) -> int:
+    """Shiryaev-Roberts by its recursion, one sample at a time, one R per bet."""
+    r = [0.0] * len(BETS)
+    for t, x in enumerate(xs):
+        for j, f in enumerate(BETS):
+            r[j] = (r[j] + 1) * (1 + f / (1 - m0) * (m0 - x))
+        if sum(r) / len(r) >= threshold:
+            return t
+    return -1
+
+
+@pytest.mark.parametrize("m0,p", [(0.7, 0.4), (0.5, 0.45), (0.9, 0.2)])
+def test_detector_matches_its_recursion(m0: float, p: float) -> None:
+    rng = np.random.default_rng(3)
+    xs = (rng.random(400) < p).astype(float).tolist()
+    mon = DriftMonitor(threshold=50.0, m0=np.array([m0]),
+                       log_r=np.full((1, len(BETS)), -np.inf))
+    # in three chunks: the state carries over
+    got, offset = -1, 0
+    for chunk in (xs[:7], xs[7:150], xs[150:]):
+        hit = mon.update(0, chunk)
+        if hit >= 0:
+            got = offset + hit
+            break
+        offset += len(chunk)
+    assert got == brute_sr(m0, xs, 50.0)
+    assert got >= 0  # a mean well below m0 is found
+
+
+def test_detector_false_alarms_within_the_bound() -> None:
+    """Samples whose mean is m0: the chance of an alarm within H samples is at most
+    H / threshold (Ville); with threshold = H / 0.2, at most 0.2 (here well under)."""
+    rng = np.random.default_rng(0)
+    h, runs, alarms = 300, 400, 0
+    for _ in range(runs):
+        mon = DriftMonitor.for_tests(1, h, 0.2)
+        mon.start(0, 0.6)
+        alarms += mon.update(0, (rng.random(h) < 0.6).astype(float)) >= 0
+    assert alarms / runs <= 0.2
+    assert DriftMonitor.for_tests(3, h, 0.2).threshold == pytest.approx(3 * h / 0.2)
+
+
+def test_detector_off_until_started() -> None:
+    mon = DriftMonitor.for_tests(2, 100, 0.05)
+    assert not mon.active(0)
+    assert mon.update(0, np.zeros(1000)) == -1
+    mon.start(1, 0.5)
+    assert mon.active(1) and not mon.active(0)
+
+
+# ---------------------------------------------------------------- the learner
+
+
+def learner(settings: ContinualSettings, training: list[Observation] | None = None,
+            served: tuple[tuple[int, int], ...] = ((1, 4), (1, 4))) -> Continual:
+    env = env3()
+    return Continual(env.problem, settings, training or [],
+                     [Choice(p, n, 0.0, 0) for p, n in served])
+
+
+def test_settings_refuse_bad_values() -> None:
+    for bad in ({"learn_budget": 1.5}, {"refine_every": 0}, {"confidence": 1.0},
+                {"alarm": 0.0}, {"min_gain": -0.1}, {"candidates": 0}):
+        with pytest.raises(InputError):
+            ContinualSettings(**bad)  # type: ignore[arg-type]
+
+
+def test_learning_never_exceeds_its_budget() -> None:
+    """Whatever is served, the completions drawn for learning stay within F x served."""
+    rng = np.random.default_rng(1)
+    for budget in (0.0, 0.03, 0.5):
+        cont = learner(ContinualSettings(learn_budget=budget))
+        for _ in range(200):
+            cont.record_served(1, int(rng.integers(1, 5)))
+            drawn = sum(p.cost for p in cont.learning_pulls())
+            assert drawn <= cont.allowance() + drawn  # charged as drawn
+            assert cont.learning_completions <= budget * cont.served_completions + 1e-9
+        if budget:
+            # what is left unspent is less than one group of the largest scale
+            assert budget * cont.served_completions - cont.learning_completions < 4 + 1e-9
+
+
+def test_candidates_by_hand() -> None:
+    """Prompt 0 is known and better than the served (1, 4), prompt 2 known and clearly
+    worse; prompt 1's other N have data too. With candidates=1 the context keeps the prompt
+    of the highest upper bound, pulled at the served N = 4."""
+    cont = learner(ContinualSettings(candidates=1, confidence=0.95))
+    t = cont.table
+    # a direct state: 100 groups per arm, means 0.9 / 0.6 / 0.1 for prompts 0, 1, 2
+    for p, m in ((0, 0.9), (1, 0.6), (2, 0.1)):
+        t.counts[p] = 100
+        t.sums[:, p] = 100 * m
+        t.sumsq[:, p] = 100 * (m * m + 0.01)
+    cand, scale = cont.candidates()
+    assert cand.tolist() == [[True, False, False], [True, False, False]]
+    assert scale.tolist() == [4, 0, 0]
+    cont2 = learner(ContinualSettings(candidates=3))
+    cont2.table.counts[:] = 0  # nothing seen: every prompt is a candidate
+    cand2, scale2 = cont2.candidates()
+    assert cand2.all() and scale2.tolist() == [4, 4, 4]
+
+
+def test_turns_alternate_between_challengers_and_candidates() -> None:
+    cont = learner(ContinualSettings(learn_budget=1.0, candidates=3))
+    cont.challenger[:] = [2 * 4 + 1, -1]  # context 0 challenges with (2, 2)
+    cont._explore = [(0, 4), (1, 3)]
+    cont.record_served(10, 40)
+    pulls = [(p.prompt, p.n) for p in cont.learning_pulls()]
+    assert pulls[:6] == [(2, 2), (0, 4), (2, 2), (1, 3), (2, 2), (0, 4)]
+    assert sum(n for _, n in pulls) <= 40
+
+
+def served_groups(prompt: int, correct: int, wrong: int, size: int = 4) -> Observation:
+    """``correct`` all-gold groups and ``wrong`` all-wrong groups of ``prompt``."""
+    return group(prompt, [[0] * size] * correct + [[1] * size] * wrong)
+
+
+def test_switch_only_on_fresh_evidence() -> None:
+    """Prompt 0 looks better on old data: its arm of highest mean, (0, 1) (all its N tie at
+    0.9 in 'low', and one completion costs least in 'high'; ties go to the first arm),
+    becomes the challenger, but the switch waits for FRESH_GROUPS samples drawn after it was
+    named, and their gain's lower bound."""
+    settings = ContinualSettings(refine_every=10, confidence=0.95)
+    training = [served_groups(1, 60, 40), served_groups(0, 9, 1)]
+    cont = learner(settings, training)
+    assert cont.table.counts[0, 3] == 10 == MIN_GROUPS
+    cont.record_served(10, 40)
+    assert cont.refit() == []
+    b = 0  # (0, 1)
+    assert cont.challenger.tolist() == [b, b]
+    # FRESH_GROUPS - 1 fresh samples: undecided
+    cont.observe([served_groups(0, FRESH_GROUPS - 1, 0)])
+    cont.record_served(10, 40)
+    assert cont.refit() == [] and cont.challenger.tolist() == [b, b]
+    # one more: fresh mean 1 against the served 0.6; the bound is passed
+    cont.observe([served_groups(0, 1, 0)])
+    cont.record_served(10, 40)
+    switches = cont.refit()
+    assert [(s.context, s.old, s.new, s.reason) for s in switches] == [
+        (0, (1, 4), (0, 1), "evidence"), (1, (1, 4), (0, 1), "evidence")]
+    # the bound, by hand for context 0: fresh variance 0 shrunk toward the typical one
+    mean_a = 0.6
+    typical = float(np.nanmedian(cont.table.variance[0].reshape(-1)))
+    var_b = shrunk_variance(0.0, FRESH_GROUPS, typical)
+    se_a = math.sqrt(shrunk_variance(0.24 * 100 / 99, 100, typical) / 100)
+    lower = 1.0 - mean_a - norm.ppf(0.95) * math.sqrt(var_b / FRESH_GROUPS + se_a ** 2)
+    assert switches[0].gain_lower == pytest.approx(lower, rel=1e-6)
+
+
+def test_no_switch_when_fresh_samples_disappoint() -> None:
+    settings = ContinualSettings(refine_every=10)
+    cont = learner(settings, [served_groups(1, 60, 40), served_groups(0, 9, 1)])
+    cont.record_served(10, 40)
+    cont.refit()
+    cont.observe([served_groups(0, FRESH_GROUPS // 2, FRESH_GROUPS - FRESH_GROUPS // 2)])
+    cont.record_served(10, 40)
+    assert cont.refit() == []
+    assert cont.served_arms() == [(1, 4), (1, 4)]
+
+
+def test_min_gain_holds_a_switch_back() -> None:
+    settings = ContinualSettings(refine_every=10, min_gain=0.5)
+    cont = learner(settings, [served_groups(1, 60, 40), served_groups(0, 9, 1)])
+    cont.record_served(10, 40)
+    cont.refit()
+    cont.observe([served_groups(0, FRESH_GROUPS, 0)])
+    cont.record_served(10, 40)
+    assert cont.refit() == []  # a gain of at most 0.4 cannot clear 0.5
+
+
+def test_drift_flags_and_moves_the_contexts() -> None:
+    """A baseline from BASELINE_GROUPS served samples at 0.9; then the served prompt answers
+    wrong: a flag, the prompt keeps only what came after the baseline, and both contexts move
+    to prompt 2's well-seen arm of highest mean, (2, 1) (its N tie at 0.7; one costs least)."""
+    settings = ContinualSettings(refine_every=10, alarm=0.05, horizon=1000)
+    training = [served_groups(2, 70, 30)]  # prompt 2 at 0.7 on 100 groups
+    cont = learner(settings, training, served=((0, 4), (0, 4)))
+    cont.observe([served_groups(0, 54, 6)])  # 60 served samples at 0.9
+    cont.record_served(10, 40)
+    cont.refit()  # the first baselines
+    assert all(cont.monitor.active(t) for t in range(4))
+    flags = []
+    for _ in range(40):
+        flags += cont.observe([served_groups(0, 0, 5)])
+        if flags:
+            break
+    assert flags and {f.context for f in flags} == {0, 1}
+    assert flags[0].prompt == 0 and flags[0].live == 0.0
+    assert cont.table.counts[0, 3] < BASELINE_GROUPS  # only the samples since the baseline
+    assert cont.served_arms() == [(2, 1), (2, 1)]
+    assert [s.reason for s in cont.switches] == ["drift", "drift"]
+
+
+def test_no_flag_without_drift() -> None:
+    settings = ContinualSettings(refine_every=10)
+    cont = learner(settings, served=((0, 4), (0, 4)))
+    rng = np.random.default_rng(5)
+    for _ in range(60):
+        right = int(rng.binomial(5, 0.8))
+        cont.observe([served_groups(0, right, 5 - right)])
+        cont.record_served(5, 20)
+        if cont.due():
+            cont.refit()
+    assert cont.flags == []
+
+
+def set_arm(cont: Continual, prompt: int, n: int, groups: int, mean: float, var: float
+            ) -> None:
+    """Put ``groups`` samples of mean ``mean`` and variance ``var`` on arm (prompt, n) in
+    every context."""
+    t = cont.table
+    t.counts[prompt, n - 1] = groups
+    t.sums[:, prompt, n - 1] = groups * mean
+    t.sumsq[:, prompt, n - 1] = (groups - 1) * var + groups * mean * mean
+
+
+def test_challenger_is_the_arm_most_likely_better() -> None:
+    """Served (1, 4) at 0.6 on 1,000 groups. (0, 4) has the higher mean, 0.75, but on 10
+    groups; (2, 4) is 0.65 on 1,000: it is more likely better, so it is the challenger."""
+    cont = learner(ContinualSettings())
+    cont.table.counts[:] = 0
+    set_arm(cont, 1, 4, 1000, 0.6, 0.24)
+    set_arm(cont, 0, 4, 10, 0.75, 0.1875)
+    set_arm(cont, 2, 4, 1000, 0.65, 0.2275)
+    cont.challenger[:] = -1
+    cont._name_challengers()
+    assert cont.challenger.tolist() == [2 * 4 + 3] * 2
+    # with no arm beating the served one, no challenger
+    cont.challenger[:] = -1
+    set_arm(cont, 2, 4, 1000, 0.55, 0.2475)
+    set_arm(cont, 0, 4, 10, 0.5, 0.25)
+    cont._name_challengers()
+    assert cont.challenger.tolist() == [-1, -1]
+
+
+def test_a_flag_without_a_better_arm_keeps_serving() -> None:
+    """The served prompt drops from 0.9 to 0.6: a flag, but the only well-seen alternative
+    is at 0.5, whose lower bound is under the flagged arm's upper bound: no switch."""
+    settings = ContinualSettings(refine_every=10, horizon=1000)
+    cont = learner(settings, [served_groups(2, 50, 50)], served=((0, 4), (0, 4)))
+    cont.observe([served_groups(0, 54, 6)])
+    cont.record_served(10, 40)
+    cont.refit()
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        right = int(rng.binomial(5, 0.6))
+        if cont.observe([served_groups(0, right, 5 - right)]):
+            break
+    assert cont.flags
+    assert cont.switches == [] and cont.served_arms() == [(0, 4), (0, 4)]

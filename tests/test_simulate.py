@@ -1,0 +1,130 @@
+"""Simulated traffic (iapo.simulate, ``iapo simulate``): exact regret, paired traffic, the
+scripted drift, the learning budget, and the command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from iapo.cli import main
+from iapo.envs import get_environment
+from iapo.errors import InputError
+from iapo.simulate import Scenario, SimConfig, drifted, simulate_run, traffic
+
+SMALL = Scenario(requests=3000, drift_at=1000, step=100)
+
+
+@pytest.fixture(scope="module")
+def run0() -> dict:
+    config = SimConfig("math", budgets=(0.05, 0.2), runs=2, scenario=SMALL)
+    return simulate_run(config, 0)
+
+
+def brute_regret(q: np.ndarray, arms: list[tuple[int, int]], contexts: np.ndarray) -> float:
+    """Sum over requests of Q*(c) - Q(c, served arm), one request at a time."""
+    total = 0.0
+    for c in contexts:
+        p, n = arms[c]
+        total += q[c].max() - q[c, p, n - 1]
+    return total
+
+
+def test_frozen_regret_is_exact(run0: dict) -> None:
+    """The frozen curve, request by request against the exact Q of all queries, before the
+    drift and after it (the drifted table computed by the environment from scratch)."""
+    env = get_environment("math")
+    config = SimConfig("math", runs=2, scenario=SMALL)
+    pop = np.arange(env.n_queries)
+    contexts, _ = traffic(config, 0, pop, env.problem.n_contexts, env.problem.grid.probabilities)
+    arms = [tuple(a) for a in run0["trained"]]
+    q = env.q()
+    before = brute_regret(q, arms, contexts[:1000])
+    assert run0["frozen"][0] == pytest.approx(before, rel=1e-9)
+    env2, _ = drifted(env, run0["drift"]["prompt"], 0.1, pop)
+    after = brute_regret(env2.q(), arms, contexts[1000:3000])
+    assert run0["frozen"][-1] == pytest.approx(before + after, rel=1e-9)
+
+
+def test_drift_takes_exactly_the_accuracy_asked() -> None:
+    """Mixing with the worst prompt removes exactly the drop from the prompt's mean
+    accuracy and changes nothing else; where no prompt is that much worse, the mix is with
+    each query's most common wrong answer."""
+    env = get_environment("math")
+    pop = np.arange(env.n_queries)
+    acc = env.probs[:, pop, env.gold].mean(axis=1)
+    p = int(acc.argmax())
+    env2, what = drifted(env, p, 0.1, pop)
+    acc2 = env2.probs[:, pop, env.gold].mean(axis=1)
+    assert acc[p] - acc2[p] == pytest.approx(0.1, abs=1e-12)
+    assert np.array_equal(np.delete(env2.probs, p, 0), np.delete(env.probs, p, 0))
+    assert what["with"] == env.problem.prompts[int(acc.argmin())]
+    env3, what3 = drifted(env, p, acc[p] - acc.min() + 0.05, pop)
+    acc3 = env3.probs[:, pop, env.gold].mean(axis=1)
+    assert what3["with"] == "wrong answer"
+    assert acc[p] - acc3[p] == pytest.approx(acc[p] - acc.min() + 0.05, abs=1e-12)
+    with pytest.raises(InputError, match="cannot lose"):
+        drifted(env, p, 0.99, pop)
+
+
+def test_every_condition_sees_the_same_traffic() -> None:
+    env = get_environment("math")
+    config = SimConfig("math", runs=2, scenario=SMALL)
+    pop = np.arange(env.n_queries)
+    a = traffic(config, 1, pop, 3, env.problem.grid.probabilities)
+    b = traffic(config, 1, pop, 3, env.problem.grid.probabilities)
+    c = traffic(config, 2, pop, 3, env.problem.grid.probabilities)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[1], c[1])
+    # contexts by the grid's probabilities (uniform over 3): each near 1/3 of 3,000
+    assert np.all(np.abs(np.bincount(a[0], minlength=3) / 3000 - 1 / 3) < 0.04)
+
+
+def test_learning_stays_within_its_budget(run0: dict) -> None:
+    for budget in (0.05, 0.2):
+        got = run0[f"continual@{budget:g}"]
+        assert got["learning_completions"] <= budget * got["served_completions"]
+        assert got["learning_completions"] > 0.8 * budget * got["served_completions"]
+
+
+def test_query_shift_changes_the_truth() -> None:
+    """After --shift-at, the traffic keeps a share of the queries and the truth is Q on them."""
+    env = get_environment("math")
+    sc = Scenario(requests=2000, shift_at=1000, shift_keep=0.25)
+    config = SimConfig("math", budgets=(), runs=2, scenario=sc)
+    pop = np.arange(env.n_queries)
+    _, queries = traffic(config, 0, pop, 3, env.problem.grid.probabilities)
+    kept = np.unique(queries[1000:])
+    assert kept.size <= round(0.25 * env.n_queries)
+    r = simulate_run(config, 0)
+    contexts, _ = traffic(config, 0, pop, 3, env.problem.grid.probabilities)
+    arms = [tuple(a) for a in r["trained"]]
+    after = brute_regret(env.q(kept), arms, contexts[1000:])
+    assert r["frozen"][1] - r["frozen"][0] == pytest.approx(after, rel=1e-9)
+
+
+def test_scenario_refuses_bad_values() -> None:
+    for bad in ({"requests": 1500}, {"drift_at": 150, "step": 100}, {"drop": 1.2},
+                {"shift_at": 5000, "requests": 2000}, {"step": 300}):
+        with pytest.raises(InputError):
+            Scenario(**bad)  # type: ignore[arg-type]
+
+
+def test_simulate_command(tmp_path: Path) -> None:
+    out = tmp_path / "sim"
+    res = CliRunner().invoke(main, ["simulate", "--runs", "2", "--requests", "7000",
+                                    "--drift-at", "1000", "--budgets", "0.1",
+                                    "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "| frozen |" in res.output and "continual@0.1" in res.output
+    summary = json.loads((out / "math-drift-summary.json").read_text())
+    assert summary["window"] == [5000, 6000]
+    row = summary["conditions"]["continual@0.1"]
+    assert row["learning_share_max"] <= 0.1
+    assert (out / "simulate-math-drift.png").stat().st_size > 1000
+    assert len((out / "math-drift-runs.jsonl").read_text().splitlines()) == 2
+    bad = CliRunner().invoke(main, ["simulate", "--budgets", "2", "--out", str(out)])
+    assert bad.exit_code == 2 and "learn budget" in bad.output
