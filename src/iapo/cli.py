@@ -662,6 +662,13 @@ def answer(policy_path: str, query: str, context: str, task_path: str | None,
 @click.option("--store", "replay_store", default=None, type=click.Path(dir_okay=False),
               help="A completion store (e.g. RUN/store.sqlite) to replay: a request identical "
                    "to a stored pool takes its samples and pays only for missing ones.")
+@click.option("--learn-budget", "learn_budget", default=_serve_default("learn_budget"),
+              show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="Learning completions per served one, at most: drawn after a response is "
+                   "sent, on its query, logged (needs --log-store), never returned "
+                   "(docs/continual.md).")
+@click.option("--learn-per-day", "learn_per_day", default=None, type=click.IntRange(min=0),
+              help="And at most this many learning completions a day (UTC).")
 @_allow_task_change
 @_user_errors
 def serve(policy_path: str, task_path: str | None, host: str, port: int, keys_file: str | None,
@@ -669,7 +676,8 @@ def serve(policy_path: str, task_path: str | None, host: str, port: int, keys_fi
           upstream_retries: int, deadline: float | None, max_concurrency: int, max_body: int,
           body_timeout: float, cors_origins: tuple[str, ...], seed: int | None,
           limits: str | None,
-          log_store: str | None, replay_store: str | None, allow_task_change: bool) -> None:
+          log_store: str | None, replay_store: str | None, learn_budget: float,
+          learn_per_day: int | None, allow_task_change: bool) -> None:
     """Serve POLICY as an OpenAI-compatible endpoint: each request gets its context's arm."""
     from iapo.serve.run import run_gateway
     from iapo.settings import ServeConfig
@@ -681,9 +689,89 @@ def serve(policy_path: str, task_path: str | None, host: str, port: int, keys_fi
         deadline=deadline, max_concurrency=max_concurrency, max_body=max_body,
         body_timeout=body_timeout, cors_origins=tuple(cors_origins), log_store=log_store,
         replay_store=replay_store, allow_task_change=allow_task_change, limits=limits,
-        seed=seed,
+        seed=seed, learn_budget=learn_budget, learn_per_day=learn_per_day,
     )
     run_gateway(spec, announce=click.echo)
+
+
+def _refine_options(fn: F) -> F:
+    """The options refine and monitor share: the run, the log and the rules' settings."""
+    for opt in reversed([
+        click.argument("run", type=click.Path(file_okay=False)),
+        click.option("--log", "log_path", required=True, type=click.Path(dir_okay=False),
+                     help="The gateway's log (iapo serve --log-store), with gold answers "
+                          "(iapo label-log, POST /v1/feedback)."),
+        click.option("--min-gain", "min_gain", default=0.0, show_default=True,
+                     type=click.FloatRange(min=0.0),
+                     help="A context changes its arm only if the gain's lower bound exceeds "
+                          "this."),
+        click.option("--confidence", "confidence", default=0.95, show_default=True,
+                     type=click.FloatRange(0.5, 1.0, max_open=True),
+                     help="Of the gain's lower bound."),
+        click.option("--refine-every", "refine_every", default=1000, show_default=True,
+                     type=click.IntRange(min=1),
+                     help="Logged requests between the decisions of the replay."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+@main.command()
+@_refine_options
+@_user_errors
+def refine(run: str, log_path: str, min_gain: float, confidence: float,
+           refine_every: int) -> None:
+    """Re-decide RUN's policy from the gateway's log, paying nothing: a context changes its
+    arm only on evidence (docs/continual.md). Writes RUN/policy.json (the old one kept as
+    policy.previous.json) only when one does, and RUN/refine.json always."""
+    from iapo.continual import ContinualSettings
+    from iapo.live.refine import refine as run_refine
+
+    settings = ContinualSettings(min_gain=min_gain, confidence=confidence,
+                                 refine_every=refine_every)
+    report = run_refine(Path(run), Path(log_path), settings)
+    _echo_refine(report)
+    click.echo(f"policy: {Path(run) / 'policy.json'} (replaced)" if report["changed"] else
+               f"policy unchanged: {report['why_not']}")
+
+
+@main.command()
+@_refine_options
+@_user_errors
+def monitor(run: str, log_path: str, min_gain: float, confidence: float,
+            refine_every: int) -> None:
+    """Replay the gateway's log against RUN's policy and print every drift flag, with its
+    numbers (the drift test of docs/continual.md); writes nothing. Exit status 3 if any."""
+    from iapo.continual import ContinualSettings
+    from iapo.live.refine import refine as run_refine
+
+    settings = ContinualSettings(min_gain=min_gain, confidence=confidence,
+                                 refine_every=refine_every)
+    report = run_refine(Path(run), Path(log_path), settings, write=False)
+    _echo_refine(report)
+    if report["flags"]:
+        raise SystemExit(3)
+
+
+def _echo_refine(report: dict[str, Any]) -> None:
+    """What refine and monitor print: what was read, every context, every flag."""
+    log = report["log"]
+    click.echo(f"log: {log['logged']} requests ({log['policy']} served, {log['learn']} "
+               f"learning pulls), {log['left_out']} left out without a gold answer; "
+               f"{report['training_groups']} training groups")
+    for c in report["contexts"]:
+        s, ch = c["served"], c["chosen"]
+
+        def q(a: dict[str, Any]) -> str:
+            return "no estimate" if a["q"] is None else (
+                f"Q {a['q']:.4f}" + ("" if a["q_ci95"] is None else
+                                      f" [{a['q_ci95'][0]:.4f}, {a['q_ci95'][1]:.4f}]"))
+        click.echo(f"{c['context']}: served {s['prompt']} N={s['n']} ({q(s)}, {s['groups']} "
+                   f"groups) -> {ch['prompt']} N={ch['n']} ({q(ch)})")
+    for f in report["flags"]:
+        click.echo(f"DRIFT at request {f['request']}: context "
+                   f"{report['contexts'][f['context']]['context']}, prompt {f['prompt']} at "
+                   f"N={f['n']}: live mean {f['live']:.4f} below its baseline {f['baseline']:.4f}")
 
 
 @main.command(name="label-log")

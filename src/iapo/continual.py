@@ -271,7 +271,8 @@ class Continual:
         self.challenger = np.full(n_ctx, -1, dtype=np.intp)
         self._fresh = np.zeros((n_ctx, 3))
         self._explore: list[tuple[int, int]] = []  # (prompt, scale) of the candidates
-        self._turn = 0
+        self._turn = 0  # pulls drawn: even turns go to the challengers, odd to the candidates
+        self._next = [0, 0]  # the next entry of each queue
         self._next_refit = settings.refine_every
         self._next_baseline = settings.refine_every
         # baselines per test: one at every refine_every x 2^k requests within the horizon
@@ -320,12 +321,14 @@ class Continual:
         out: list[Pull] = []
         left = self.allowance()
         while left > 0 and (queues[0] or queues[1]):
-            queue = queues[self._turn % 2] or queues[(self._turn + 1) % 2]
-            prompt, scale = queue[(self._turn // 2) % len(queue)]
+            which = self._turn % 2 if queues[self._turn % 2] else 1 - self._turn % 2
+            queue = queues[which]
+            prompt, scale = queue[self._next[which] % len(queue)]
             if scale > left:
                 break
             out.append(Pull(prompt, scale, 1))
             left -= scale
+            self._next[which] += 1
             self._turn += 1
         self.learning_completions += sum(p.cost for p in out)
         return out
@@ -486,7 +489,7 @@ class Continual:
                 score = np.where(seen, lower[ci], -np.inf)
             score[a] = -np.inf
             b = int(score.argmax())
-            if np.isfinite(score[b]):
+            if score[b] > -np.inf:  # +inf: better on samples without any spread
                 self.challenger[ci] = b
                 self._fresh[ci] = 0.0
 

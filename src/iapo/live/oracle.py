@@ -400,9 +400,11 @@ class LiveOracle:
 
     # ---------------------------------------------------------------- arrays
     def observe(self, prompt: int, n: int, plan: Sequence[tuple[int, int, list[int]]],
-                rows: Sequence[list[StoredCompletion]]) -> Observation:
+                rows: Sequence[list[StoredCompletion]], keep_costs: bool = True
+                ) -> Observation:
         """The observation of groups of n samples of ``prompt`` (one per plan entry): scores
-        [count, n, K+1] with the cost last, and for MV the answer labels (gold = 0)."""
+        [count, n, K+1] with the cost last, and for MV the answer labels (gold = 0). The
+        costs are written to the store unless ``keep_costs`` is False (a reader's)."""
         count = len(plan)
         qs = [q for _, q, _ in plan]
         if self.fixed_costs is None:  # this run's token means, in pull order
@@ -429,7 +431,8 @@ class LiveOracle:
                 labels[g] = answer_labels(cats, [c.answer for c in row])
                 no_answer[g] = cats.get(NO_ANSWER, -1)
         scores[..., -1] = cost
-        self.store.set_costs([(c.pool, c.sample, cost) for row in rows for c in row])
+        if keep_costs:
+            self.store.set_costs([(c.pool, c.sample, cost) for row in rows for c in row])
         gold_idx = np.zeros(count, dtype=np.int16) if mv else None
         return Observation(prompt, n, np.asarray(qs, dtype=np.int64), scores, labels, gold_idx,
                            no_answer if mv else None)

@@ -87,10 +87,11 @@ class ServedRequest:
     """One request the gateway answered: ``id`` (the response's id, and the pool and query
     id of its completions in the log), ``created`` (seconds since the epoch), the ``context``
     key and the arm (``prompt`` index, ``arm`` id, ``n``), ``reason`` ("policy": the policy's
-    choice), ``caller`` (the API key's name; None without keys), the aggregated ``answer``
-    (majority voting; None otherwise or for "no answer"), the ``chosen`` sample, the tokens
-    of all its completions, the completions ``paid`` upstream and the ``latency`` (seconds
-    from the first upstream request to the scored group)."""
+    choice, returned; "learn": a learning pull on the request's query, never returned, its
+    ``context`` the request's), ``caller`` (the API key's name; None without keys), the
+    aggregated ``answer`` (majority voting; None otherwise or for "no answer"), the
+    ``chosen`` sample, the tokens of all its completions, the completions ``paid`` upstream
+    and the ``latency`` (seconds from the first upstream request to the scored group)."""
 
     id: str
     created: float
@@ -108,7 +109,7 @@ class ServedRequest:
     latency: float
 
 
-SERVED_REASONS = ("policy",)
+SERVED_REASONS = ("policy", "learn")
 
 
 @dataclass(frozen=True)

@@ -52,16 +52,18 @@ import math
 import re
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from iapo.errors import RunError
 from iapo.live.client import ChatClient, LLMError
 from iapo.live.feedback import FeedbackError
 from iapo.live.feedback import parse as parse_feedback
@@ -73,6 +75,7 @@ from iapo.serve.core import Responder, check_policy_arms, gateway_fields, new_re
 from iapo.serve.core import Response as CoreResponse
 from iapo.serve.guard import RequestGuard, error_body, is_json
 from iapo.serve.keys import ApiKey, KeyRing, Limits
+from iapo.serve.learning import LearningPulls
 from iapo.serve.redis_limits import RedisLimits, open_limits
 from iapo.settings import ServeConfig
 
@@ -292,6 +295,15 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
     # built-in answer extractors, regular expressions, which run inline)
     responder = Responder(task, replay=replay, log=store, seed=cfg.seed, max_n=cfg.max_n,
                           score_in_thread=True, scoring=cfg.scoring_threads)
+    learning = None
+    if cfg.learn_budget > 0:
+        if store is None:
+            raise PolicyError("--learn-budget needs --log-store: learning completions are "
+                              "logged there, for iapo refine")
+        learning = LearningPulls(task, cfg.learn_budget, None if cfg.learn_per_day is None
+                                 else cfg.learn_per_day // max(cfg.workers, 1))
+        learning.plan(holder.current(), 0)  # a policy that cannot learn fails here
+    background: set[asyncio.Task[None]] = set()  # learning draws in flight (kept alive)
     private_limits: tempfile.TemporaryDirectory[str] | None = None
     limits: Limits | RedisLimits | None = None
     if shared is not None:  # several workers or machines: usage and counts, shared
@@ -320,6 +332,26 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
             limits.refund(*admitted)
 
     base_url = task.model.base_url
+
+    def learning_job(policy: Policy, r: CoreResponse, query: str
+                     ) -> Callable[[], Coroutine[Any, Any, None]] | None:
+        """The learning pulls due after response ``r`` (planned and charged now), as a job to
+        run once the response is sent; None when none is due."""
+        if learning is None:
+            return None
+        pulls = learning.plan(policy, len(r.samples))
+        if not pulls:
+            return None
+
+        async def draw() -> None:
+            for pull in pulls:
+                try:
+                    await responder.learn(state["client"], pull.prompt, pull.n,
+                                          holder.grid.find(r.context), query)
+                except (LLMError, TimeoutError, RunError):
+                    learning.failed += 1  # type: ignore[union-attr]
+
+        return draw
 
     async def startup() -> None:
         m = task.model
@@ -440,6 +472,8 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
             failed(admitted)
             return _error(*_failure(e, cfg.request_deadline(), base_url))
         count("served")
+        # a learning pull re-asks the query alone, which a history would change
+        job = None if history else learning_job(policy, r, user_text)
         meta = gateway_fields(r, task.aggregator)
         meta["gateway_seconds"] = time.perf_counter() - t0
         return JSONResponse({
@@ -451,7 +485,7 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
                          "message": {"role": "assistant", "content": r.text}}],
             "usage": r.usage(),
             "iapo": meta,
-        })
+        }, background=None if job is None else BackgroundTask(job))
 
     async def stream(policy: Policy, index: int, user_text: str,
                      history: list[dict[str, str]], size: tuple[int, bool],
@@ -497,6 +531,11 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
         if include_usage:
             yield event([], usage=response.usage())
         yield b"data: [DONE]\n\n"
+        job = None if history else learning_job(policy, response, user_text)
+        if job is not None:  # the stream is sent: learn without holding its connection
+            task_: asyncio.Task[None] = asyncio.get_running_loop().create_task(job())
+            background.add(task_)
+            task_.add_done_callback(background.discard)
 
     async def models(request: Request) -> JSONResponse:
         try:
@@ -565,6 +604,7 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
                      for k in mine},
             "usage": {name: u for name, u in (limits.usage() if limits else {}).items()
                       if name in {k.name for k in mine}},
+            "learning": None if learning is None else learning.health(),
         })
 
     async def not_found(request: Request, exc: Exception) -> JSONResponse:

@@ -277,6 +277,7 @@ class Request:
     stored: dict[int, StoredCompletion]
     id: str  # the response's id (chatcmpl-...)
     caller: str | None  # the API key's name, for the log
+    reason: str = "policy"  # why it is drawn: the policy's arm, or "learn" (never returned)
 
 
 class Responder:
@@ -346,6 +347,20 @@ class Responder:
                    for s in range(n)],
             stored=self.replay.get(pool, list(range(n))) if use_store and self.replay else {},
             id=request_id or new_request_id(), caller=caller)
+
+    async def learn(self, client: ChatClient, prompt: int, n: int, index: int, query: str
+                    ) -> Response:
+        """A learning pull: ``n`` fresh completions of ``prompt`` on ``query`` (a request of
+        context ``index`` already answered), scored, aggregated and logged with reason
+        "learn"; the caller never sees it."""
+        p = self.task.prompts[prompt]
+        messages = p.render(query)
+        req = Request(index=index, prompt=prompt, n=n, capped=False, query=query,
+                      messages=messages, decoding=p.decoding, stopping=Stopping(),
+                      pool=pool_key(self.task.model.name, messages, p.decoding),
+                      use_store=False, seeds=[self.rng.randrange(2**31) for _ in range(n)],
+                      stored={}, id=new_request_id(), caller=None, reason="learn")
+        return await self._respond(client, req, "learn")
 
     async def respond(self, client: ChatClient, policy: Policy, index: int, query: str,
                       history: list[dict[str, str]] | None = None, origin: str = "serve",
@@ -475,7 +490,7 @@ class Responder:
         answer = response.fields.get("answer")
         row = ServedRequest(
             id=req.id, created=time.time(), context=response.context, prompt=req.prompt,
-            arm=self.runtime.arms[req.prompt], n=req.n, reason="policy", caller=req.caller,
+            arm=self.runtime.arms[req.prompt], n=req.n, reason=req.reason, caller=req.caller,
             answer=None if answer is None else str(answer), chosen=response.chosen,
             prompt_tokens=response.prompt_tokens, completion_tokens=response.completion_tokens,
             paid=response.paid, latency=response.upstream_seconds)

@@ -1,0 +1,208 @@
+"""``iapo refine RUN --log LOG``: the deployed policy, re-decided from its own traffic.
+
+It pays nothing: it reads the run's store (training's completions) and the gateway's log
+(served groups and learning pulls, with the gold answers that arrived later), and replays
+them, oldest first, through the continual-learning core (:class:`iapo.continual.Continual`),
+the same rules ``iapo simulate`` measures: a context changes its arm only on fresh evidence
+(a challenger's gain, judged on samples logged after it was named, has a lower bound above
+``--min-gain``) or when the drift test flags its prompt and another arm is clearly better.
+
+What counts, and why it stays unbiased:
+
+- a training pool (one prompt on one query) is one group, of its first N_max samples;
+- a logged group is one group of its prompt, on its request's query; a learning pull shares
+  the gold of the request it was drawn for (the same query);
+- a group of G completions is one sample of every (p, n <= G) in every context (PSST's
+  reuse), one sample per group because its blocks share a query;
+- majority voting scores a group only with the query's gold: logged groups without one are
+  left out (and counted), and a log with none is refused, saying so;
+- groups of every context count for every context: the gateway's contexts are assumed to
+  share one query distribution (docs/continual.md says where that fails);
+- a completion costs what training priced it at (the policy's trace), 1 for a policy
+  without training costs (one written by hand).
+
+It writes the new policy over RUN/policy.json (the old one kept as policy.previous.json), so
+that a gateway serving it reloads it, only when some context changed its arm; either way
+RUN/refine.json says, per context, what was served, what is chosen, the estimates with 95%
+intervals and the evidence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from iapo.continual import FRESH_GROUPS, Continual, ContinualSettings
+from iapo.errors import InputError
+from iapo.files import write_text_atomically
+from iapo.live.oracle import LiveOracle, TaskRuntime
+from iapo.live.scorers import GOLD_SCORERS
+from iapo.live.store import CompletionStore, StoredCompletion, store_errors
+from iapo.live.task import Record, Task, load_records
+from iapo.policy import Policy
+from iapo.problem import Choice
+from iapo.pulls import Observation
+
+
+class RefineError(InputError):
+    """A refine that cannot decide anything; the message says what is missing."""
+
+
+def _observations(runtime: TaskRuntime, store: CompletionStore, costs: np.ndarray,
+                  groups: list[tuple[int, int, int, list[StoredCompletion]]]
+                  ) -> list[Observation]:
+    """One observation per group (prompt, record index, n, its completions), in order: the
+    live oracle's own conversion (answer categories, scores, the cost per prompt)."""
+    oracle = LiveOracle(runtime, store, np.arange(max(len(runtime.records), 1)), 0,
+                        np.random.default_rng(0), costs=costs)
+    return [oracle.observe(p, n, [(p, q, list(range(n)))], [rows], keep_costs=False)
+            for p, q, n, rows in groups]
+
+
+def training_observations(task: Task, store: CompletionStore, costs: np.ndarray
+                          ) -> list[Observation]:
+    """Every (prompt, query) pool of the run's store as one group of its first samples (at
+    most N_max, from sample 0 on, none missing)."""
+    records = load_records(task.data_path)
+    runtime = TaskRuntime(task, records)
+    groups = []
+    for q in range(len(records)):
+        for p in range(len(task.prompts)):
+            got = store.get(runtime.pool(p, q), list(range(task.n_max)))
+            n = 0
+            while n in got:
+                n += 1
+            if n:
+                groups.append((p, q, n, [got[s] for s in range(n)]))
+    return _observations(runtime, store, costs, groups)
+
+
+def log_observations(task: Task, log: CompletionStore, costs: np.ndarray
+                     ) -> tuple[list[tuple[str, Observation]], dict[str, int]]:
+    """The logged groups with a gold answer (or every group, where no objective needs one),
+    oldest first, each with its reason; and the counts of what was read and left out."""
+    rows = log.served()
+    queries = {i: q for i, q, _ in log.queries()}
+    gold: dict[str, Any] = {}
+    for f in log.feedback():
+        if f.kind == "gold":
+            gold[f.request] = f.value  # the latest counts
+    by_query = {queries[r.id]: gold[r.id] for r in rows if r.id in gold and r.id in queries}
+    needs_gold = task.aggregator != "bon" or any(o.scorer in GOLD_SCORERS
+                                                 for o in task.objectives)
+    counts = {"logged": len(rows), "policy": sum(r.reason == "policy" for r in rows),
+              "learn": sum(r.reason == "learn" for r in rows), "with_gold": 0, "left_out": 0}
+    records, groups, reasons = [], [], []
+    for r in rows:
+        query = queries.get(r.id)
+        label = by_query.get(query) if query is not None else None
+        if query is None or (needs_gold and label is None):
+            counts["left_out"] += 1
+            continue
+        counts["with_gold"] += label is not None
+        got = log.get(r.id, list(range(r.n)))
+        if len(got) < r.n:
+            counts["left_out"] += 1
+            continue
+        records.append(Record(r.id, query, label))
+        groups.append((r.prompt, len(records) - 1, r.n, [got[s] for s in range(r.n)]))
+        reasons.append(r.reason)
+    if needs_gold and rows and not groups:
+        raise RefineError(
+            f"the log {log.path} has {len(rows)} requests and no gold answer for any: "
+            f"{task.aggregator} scoring needs the right answer to learn anything; attach them "
+            "with iapo label-log LOG LABELS.jsonl or POST /v1/feedback")
+    runtime = TaskRuntime(task, records)
+    return list(zip(reasons, _observations(runtime, log, costs, groups), strict=True)), counts
+
+
+def refine(run: Path, log_path: Path, settings: ContinualSettings,
+           write: bool = True) -> dict[str, Any]:
+    """Re-decide ``run``'s policy from the log at ``log_path`` (module docstring); returns
+    the report written to RUN/refine.json."""
+    from iapo.serve.core import load_served
+
+    policy_path = run / "policy.json"
+    policy, task = load_served(policy_path)
+    if any(c.n is None for c in policy.choices):
+        raise RefineError(f"policy learner '{policy.learner}' draws N at random; refine needs "
+                          "a fixed N per context")
+    if not log_path.is_file():
+        raise RefineError(f"the log {str(log_path)!r} does not exist; give the store that "
+                          "iapo serve --log-store wrote")
+    costs = np.asarray(policy.trace.get("costs") or [1.0] * len(task.prompts), dtype=float)
+    with store_errors(run / "store.sqlite"), CompletionStore(run / "store.sqlite",
+                                                             create=False) as store:
+        training = training_observations(task, store, costs)
+    with store_errors(log_path), CompletionStore(log_path, create=False) as log:
+        logged, counts = log_observations(task, log, costs)
+    problem = task.problem()
+    learner = Continual(problem, settings, training, policy.choices)
+    for reason, obs in logged:
+        learner.observe([obs])
+        if reason == "policy":
+            learner.record_served(1, obs.n)
+        if learner.due():
+            learner.refit()
+    learner.refit()  # decide what the end of the log can decide
+    report = _report(task, policy, learner, counts, len(training))
+    if write and report["changed"]:
+        new = dataclasses.replace(
+            policy, choices=[Choice(p, n, float(learner.table.mean[i, p, n - 1]),
+                                    int(learner.table.counts[p, n - 1]))
+                             for i, (p, n) in enumerate(learner.served_arms())],
+            learner=f"{policy.learner}+refine",
+            trace={**policy.trace, "refined": {"log": str(log_path), "switches": len(
+                learner.switches)}})
+        if (run / "policy.json").is_file():
+            write_text_atomically(run / "policy.previous.json",
+                                  (run / "policy.json").read_text(), "the previous policy")
+        new.save(policy_path)
+    if write:
+        write_text_atomically(run / "refine.json", json.dumps(report, indent=2) + "\n",
+                              "the refine report")
+    return report
+
+
+def _report(task: Task, policy: Policy, learner: Continual, counts: dict[str, int],
+            training_groups: int) -> dict[str, Any]:
+    """Per context: the arm served and the arm chosen, their estimates with 95% intervals,
+    the switch and its evidence; the flags; what was read."""
+    problem = task.problem()
+    mean, se = learner.table.mean, learner.table.stderr
+    switches: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for s in learner.switches:
+        switches[s.context].append(dataclasses.asdict(s))
+
+    def arm(ci: int, p: int, n: int) -> dict[str, Any]:
+        m, e = float(mean[ci, p, n - 1]), float(se[ci, p, n - 1])
+        return {"prompt": task.prompts[p].name, "n": n,
+                "groups": int(learner.table.counts[p, n - 1]),
+                "q": None if math.isnan(m) else m,
+                "q_ci95": None if math.isnan(e) else [m - 1.96 * e, m + 1.96 * e]}
+
+    contexts = []
+    for ci, key in enumerate(problem.grid.keys):
+        old = policy.choices[ci]
+        p, n = learner.served_arms()[ci]
+        contexts.append({"context": key, "served": arm(ci, old.prompt, int(old.n or 1)),
+                         "chosen": arm(ci, p, n), "switches": switches.get(ci, [])})
+    changed = any((c.prompt, c.n) != arm_ for c, arm_ in
+                  zip(policy.choices, learner.served_arms(), strict=True))
+    return {"task": task.name, "changed": changed, "contexts": contexts,
+            "flags": [dataclasses.asdict(f) for f in learner.flags],
+            "log": counts, "training_groups": training_groups,
+            "settings": dataclasses.asdict(learner.settings),
+            "why_not": None if changed else (
+                "no context had evidence that another arm is better: a challenger needs "
+                f"{FRESH_GROUPS} samples logged after it was named, and a gain whose lower bound "
+                f"exceeds {learner.settings.min_gain}; the policy stays")}
+
+
+__all__ = ["RefineError", "log_observations", "refine", "training_observations"]

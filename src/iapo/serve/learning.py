@@ -1,0 +1,89 @@
+"""The gateway's learning pulls (``iapo serve --learn-budget F``): extra completions drawn
+for the arms a learner wants to learn about, on the query of a request already answered.
+
+They are decided by :class:`iapo.continual.Continual` (its candidates, in turn, at their
+scales, within F times the completions served), drawn after the response has been sent,
+scored, and logged with reason "learn" (:meth:`iapo.serve.core.Responder.learn`). They are
+never returned, count against no key's limits and add nothing to a response's latency.
+``--learn-per-day K`` also caps them at K a day (UTC), shared out among the workers.
+
+The gateway sees no labels as it serves, so its learner starts from the policy alone: every
+prompt is a candidate and, no arm being seen yet, every N is close, so each prompt is pulled
+at N_max in turn (PSST's first round, Eq. 6, over all prompts). Deciding from what is
+learned is ``iapo refine``'s work, offline, on the labelled log.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from iapo.continual import Continual, ContinualSettings
+from iapo.errors import InputError
+from iapo.live.task import Task
+from iapo.policy import Policy
+from iapo.pulls import Pull
+
+
+@dataclass
+class LearningPulls:
+    """What one gateway worker draws for learning, and what it has drawn."""
+
+    task: Task
+    budget: float
+    per_day: int | None = None
+    served: int = 0  # completions returned in responses (this worker)
+    drawn: int = 0  # completions drawn for learning (this worker), charged when planned
+    failed: int = 0  # learning pulls that failed upstream (their completions stay charged)
+    today: tuple[str, int] = ("", 0)  # (UTC day, completions drawn that day)
+    _learner: Continual | None = field(default=None, repr=False)
+    _policy: Policy | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        ContinualSettings(learn_budget=self.budget)  # checks the fraction
+        if self.per_day is not None and self.per_day < 0:
+            raise InputError(f"learn per day {self.per_day} must be >= 0 (completions)")
+
+    def plan(self, policy: Policy, completions: int) -> list[Pull]:
+        """A response of ``completions`` completions was sent under ``policy``: the learning
+        pulls to draw now (charged at once, so concurrent requests never overspend)."""
+        learner = self._for(policy)
+        self.served += completions
+        learner.served_completions = self.served
+        learner.learning_completions = self.drawn
+        pulls = learner.learning_pulls()
+        if self.per_day is not None:
+            day = time.strftime("%Y-%m-%d", time.gmtime())
+            used = self.today[1] if self.today[0] == day else 0
+            kept, cost = [], 0
+            for p in pulls:
+                if used + cost + p.cost > self.per_day:
+                    break
+                kept.append(p)
+                cost += p.cost
+            pulls = kept
+            self.today = (day, used + cost)
+        self.drawn += sum(p.cost for p in pulls)
+        return pulls
+
+    def _for(self, policy: Policy) -> Continual:
+        """The learner of ``policy`` (a reloaded policy gets a new one)."""
+        if self._learner is None or policy is not self._policy:
+            if any(c.n is None for c in policy.choices):
+                raise InputError(f"policy learner '{policy.learner}' draws N at random; "
+                                 "learning pulls need a fixed N per context")
+            problem = self.task.problem()
+            settings = ContinualSettings(learn_budget=self.budget,
+                                         candidates=problem.n_prompts)
+            self._learner = Continual(problem, settings, [], policy.choices)
+            self._policy = policy
+        return self._learner
+
+    def health(self) -> dict[str, object]:
+        """What /health shows: the budget, and this worker's counts."""
+        return {"budget": self.budget, "per_day": self.per_day,
+                "served_completions": self.served, "learning_completions": self.drawn,
+                "failed_pulls": self.failed, "counted": "this process"}
+
+
+__all__ = ["LearningPulls"]

@@ -1,0 +1,141 @@
+"""The gateway's learning pulls (``iapo serve --learn-budget``): drawn after the response,
+on its query, logged with reason "learn", never returned, within budget, outside the keys'
+limits; against a real HTTP upstream that counts every completion it is asked for."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from iapo.errors import InputError
+from iapo.live.store import CompletionStore
+from iapo.live.task import load_task
+from iapo.policy import Policy
+from iapo.problem import Choice
+from iapo.serve.learning import LearningPulls
+from live_helpers import ScriptedServer
+from test_serve import Gateway, mcq_policy
+
+N_MAX = 4  # the mcq task's
+
+
+def wait_for(predicate, seconds: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+def test_learning_pulls_are_logged_never_returned_and_within_budget(tmp_path: Path) -> None:
+    """F = 0.5 with arms of N = 3 and 1: the learning completions stay within F x served,
+    every one is a logged "learn" group of N_max on the query of a request answered before
+    it, the responses carry only the policy's completions, and the upstream was asked for
+    exactly the served plus the learning completions."""
+    key = "sk-learn-test-0123456789abcdef"
+    log = tmp_path / "served.sqlite"
+    with ScriptedServer(answer="The answer is (B).") as up, Gateway(
+            mcq_policy(tmp_path, up.base_url, [(1, 3), (0, 1)]), "--log-store", str(log),
+            "--learn-budget", "0.5", env={"IAPO_API_KEYS": key}, api_key=key) as gw:
+        answers = [gw.ask({"budget": "low" if i % 2 else "high"}, content=f"q{i}")
+                   for i in range(12)]
+        served = sum(len(a.model_extra["iapo"]["samples"]) for a in answers)
+        health = httpx.get(f"{gw.url}/health", headers={"Authorization": f"Bearer {key}"})
+        learning = health.json()["learning"]
+        wait_for(lambda: len(up.requests) == served + learning["learning_completions"])
+        anonymous = httpx.get(f"{gw.url}/health").json()
+    assert served == 6 * 3 + 6 * 1
+    assert learning["budget"] == 0.5 and learning["served_completions"] == served
+    drawn = learning["learning_completions"]
+    assert 0 < drawn <= 0.5 * served and drawn % N_MAX == 0
+    assert 0.5 * served - drawn < N_MAX  # all of the budget a whole group can use
+    assert "learning" not in anonymous
+    with CompletionStore(log, create=False) as store:
+        rows = store.served()
+        queries = {i: q for i, q, _ in store.queries()}
+    policy_rows = [r for r in rows if r.reason == "policy"]
+    learn_rows = [r for r in rows if r.reason == "learn"]
+    assert [r.id for r in policy_rows] == [a.id for a in answers]
+    assert sum(r.n for r in learn_rows) == drawn == sum(r.paid for r in learn_rows)
+    assert all(r.n == N_MAX and r.caller is None for r in learn_rows)
+    asked = [queries[r.id] for r in policy_rows]
+    for r in learn_rows:  # on a query already answered, in that request's context
+        assert queries[r.id] in asked
+        first = next(p for p in policy_rows if queries[p.id] == queries[r.id])
+        assert r.context == first.context and r.created >= first.created
+    # the prompts are pulled in turn: every prompt once before any twice
+    prompts = [r.prompt for r in sorted(learn_rows, key=lambda r: r.created)]
+    assert sorted(prompts[:3]) == [0, 1, 2] or len(prompts) < 3
+
+
+def test_learning_is_charged_to_no_key(tmp_path: Path) -> None:
+    """A key allowed 6 completions a day makes 6 requests of N = 1 while the gateway learns
+    at F = 1: all 6 are admitted; the 7th is refused (429)."""
+    keys = tmp_path / "keys.toml"
+    keys.write_text('[[keys]]\nname = "small"\nkey = "sk-small-0123456789abcdef"\n'
+                    'completions_per_day = 6\n')
+    log = tmp_path / "served.sqlite"
+    with ScriptedServer(answer="The answer is (B).") as up, Gateway(
+            mcq_policy(tmp_path, up.base_url, [(0, 1), (0, 1)]), "--log-store", str(log),
+            "--learn-budget", "1.0", "--keys", str(keys),
+            api_key="sk-small-0123456789abcdef") as gw:
+        for i in range(6):
+            gw.ask({"budget": "low"}, content=f"q{i}")
+        r = httpx.post(f"{gw.url}/v1/chat/completions",
+                       headers={"Authorization": "Bearer sk-small-0123456789abcdef"},
+                       json={"model": "m", "messages": [{"role": "user", "content": "x"}],
+                             "iapo_context": {"budget": "low"}})
+        wait_for(lambda: len(up.requests) >= 6 + N_MAX)
+    assert r.status_code == 429
+
+
+def test_learning_needs_a_log(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from iapo.cli import main
+
+    with ScriptedServer() as up:
+        policy = mcq_policy(tmp_path, up.base_url, [(0, 1), (0, 1)])
+        res = CliRunner().invoke(main, ["serve", str(policy), "--learn-budget", "0.1",
+                                        "--port", "0"])
+    assert res.exit_code != 0 and "--log-store" in res.output
+
+
+def task_and_policy(tmp_path: Path, arms: list[tuple[int | None, int | None]]
+                    ) -> tuple[object, Policy]:
+    from test_serve import mv_task
+
+    task = load_task(mv_task(tmp_path, "http://127.0.0.1:9/v1"))
+    policy = Policy(env="mcq-smollm2", learner="hand", budget=0, completions_used=0, seed=0,
+                    split={"test": []}, contexts=["budget=low", "budget=high"],
+                    choices=[Choice(p, n, 0.0, 0) for p, n in arms])  # type: ignore[arg-type]
+    return task, policy
+
+
+def test_plan_by_hand(tmp_path: Path) -> None:
+    """F = 0.25: 16 served completions allow 4, one group of N_max; the prompts in turn; a
+    daily cap of 6 leaves room for one group of 4 only; a reloaded policy gets a new learner
+    and keeps the counts."""
+    task, policy = task_and_policy(tmp_path, [(1, 3), (0, 1)])
+    plan = LearningPulls(task, 0.25)  # type: ignore[arg-type]
+    assert plan.plan(policy, 15) == []  # 3.75 < 4
+    got = plan.plan(policy, 1)
+    assert [(p.prompt, p.n) for p in got] == [(0, 4)]
+    got = plan.plan(policy, 16)
+    assert [(p.prompt, p.n) for p in got] == [(1, 4)]
+    assert (plan.served, plan.drawn) == (32, 8)
+    capped = LearningPulls(task, 1.0, per_day=6)  # type: ignore[arg-type]
+    assert [(p.prompt, p.n) for p in capped.plan(policy, 40)] == [(0, 4)]
+    assert capped.plan(policy, 40) == []
+    _, reloaded = task_and_policy(tmp_path, [(2, 2), (2, 2)])
+    assert [(p.prompt, p.n) for p in plan.plan(reloaded, 16)] == [(0, 4)]
+    assert (plan.served, plan.drawn) == (48, 12)
+
+
+def test_a_random_n_policy_cannot_learn(tmp_path: Path) -> None:
+    task, policy = task_and_policy(tmp_path, [(1, None), (0, 1)])
+    with pytest.raises(InputError, match="fixed N"):
+        LearningPulls(task, 0.1).plan(policy, 1)  # type: ignore[arg-type]

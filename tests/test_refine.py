@@ -1,0 +1,100 @@
+"""``iapo refine`` and ``iapo monitor`` on a real gateway's log: a policy serving a prompt
+that answers wrong is replaced, on evidence, by one that answers right; the gateway reloads
+it; without gold answers refine says what is missing; a rerun changes nothing and pays
+nothing."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from click.testing import CliRunner
+
+from iapo.cli import main
+from iapo.live.store import CompletionStore
+from live_helpers import ScriptedServer
+from test_serve import DATA, Gateway, mcq_policy
+
+GOLD = {json.loads(line)["query"]: json.loads(line)["gold"]
+        for line in (DATA / "mcq.jsonl").read_text().splitlines()}
+WRONG = {"A": "B", "B": "C", "C": "D", "D": "A"}
+
+
+def by_prompt(body: dict[str, Any]) -> str:
+    """The 'short' prompt (its template ends with 'Answer:') answers wrong, the others right."""
+    text = body["messages"][-1]["content"]
+    query = next(q for q in GOLD if q in text)
+    letter = WRONG[GOLD[query]] if text.rstrip().endswith("Answer:") else GOLD[query]
+    return f"The answer is ({letter})."
+
+
+def wait_for(predicate, seconds: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.05)
+
+
+def test_refine_replaces_a_wrong_prompt_on_evidence_and_the_gateway_reloads(
+        tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    log = tmp_path / "log.sqlite"
+    queries = list(GOLD)
+    with ScriptedServer(answer_of=by_prompt) as up:
+        policy = mcq_policy(run, up.base_url, [(2, 4), (2, 4)])
+        policy.rename(run / "policy.json")
+        CompletionStore(run / "store.sqlite").close()  # training left nothing to reuse
+        with Gateway(run / "policy.json", "--log-store", str(log), "--learn-budget",
+                     "1.0") as gw:
+            served = []
+            for i in range(160):
+                r = gw.ask({"budget": "low" if i % 2 else "high"}, content=queries[i % 10])
+                served.append((r.id, queries[i % 10]))
+            health = lambda: httpx.get(f"{gw.url}/health").json()  # noqa: E731
+            learned = health()["learning"]["learning_completions"]
+            wait_for(lambda: len(up.requests) == 160 * 4 + learned)
+            # no gold yet: refine says what is missing and writes nothing
+            res = CliRunner().invoke(main, ["refine", str(run), "--log", str(log)])
+            assert res.exit_code == 2 and "no gold answer" in res.output
+            labels = tmp_path / "labels.jsonl"
+            labels.write_text("".join(json.dumps({"id": rid, "gold": GOLD[q]}) + "\n"
+                                      for rid, q in served))
+            assert CliRunner().invoke(main, ["label-log", str(log), str(labels)]).exit_code == 0
+            paid_before = len(up.requests)
+            res = CliRunner().invoke(main, ["refine", str(run), "--log", str(log),
+                                            "--refine-every", "10"])
+            paid_by_refine = len(up.requests) - paid_before
+            assert res.exit_code == 0, res.output
+            assert "(replaced)" in res.output
+            report = json.loads((run / "refine.json").read_text())
+            new = json.loads((run / "policy.json").read_text())
+            old = json.loads((run / "policy.previous.json").read_text())
+            # the gateway reloads the refined policy
+            wait_for(lambda: all(c["prompt"] != "short"
+                                 for c in health()["contexts"].values()))
+            after = gw.ask({"budget": "low"}, content=queries[0])
+    assert learned > 0 and paid_by_refine == 0
+    assert after.model_extra["iapo"]["prompt"] != "short"
+    assert report["changed"] and report["log"]["left_out"] == 0
+    assert [c["prompt"] for c in old["policy"]] == [2, 2]
+    assert all(c["prompt"] in (0, 1) for c in new["policy"])
+    for c in report["contexts"]:
+        assert c["served"]["prompt"] == "short" and c["chosen"]["prompt"] != "short"
+        # right every time against wrong every time (and, at a cost weight of 1 with a cost
+        # of 1 per completion, N = 1 before N = 4): every step on clear evidence
+        assert c["switches"] and all(s["reason"] == "evidence" and s["gain_lower"] >= 1.0
+                                     for s in c["switches"])
+        # a hand-made policy has no training costs: every completion costs 1
+        assert c["chosen"]["q"] - c["served"]["q"] >= 1.0
+    assert report["flags"] == []
+    # a rerun on the same log pays nothing and keeps the refined policy
+    res = CliRunner().invoke(main, ["refine", str(run), "--log", str(log),
+                                    "--refine-every", "10"])
+    assert res.exit_code == 0 and "policy unchanged" in res.output
+    assert json.loads((run / "policy.json").read_text())["policy"] == new["policy"]
+    mon = CliRunner().invoke(main, ["monitor", str(run), "--log", str(log)])
+    assert mon.exit_code == 0 and "DRIFT" not in mon.output
