@@ -285,6 +285,14 @@ def bound(env_name: str, delta: float, budgets: str, as_json: bool) -> None:
     click.echo(f"T for failure probability {delta:g}: {b.budget_for(delta):,.0f} completions")
 
 
+def _continual_default(name: str) -> Any:
+    """A continual-learning setting's default, written once in
+    :class:`iapo.settings.ContinualSettings`."""
+    from iapo.settings import continual_default
+
+    return continual_default(name)
+
+
 def _csv_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -378,14 +386,15 @@ def bench(envs: str, learners: str | None, budgets: str, runs: int, seed: int, o
               help="After this request queries come from a random --shift-keep share only.")
 @click.option("--shift-keep", "shift_keep", default=0.5, show_default=True, type=float,
               help="Share of the queries the traffic keeps after --shift-at.")
-@click.option("--refine-every", "refine_every", default=1000, show_default=True,
-              type=click.IntRange(min=1), help="Requests between refits.")
-@click.option("--confidence", "confidence", default=0.95, show_default=True, type=float,
-              help="Of a switch's gain (one-sided lower bound).")
-@click.option("--min-gain", "min_gain", default=0.0, show_default=True, type=float,
+@click.option("--refine-every", "refine_every", default=_continual_default("refine_every"),
+              show_default=True, type=click.IntRange(min=1), help="Requests between refits.")
+@click.option("--confidence", "confidence", default=_continual_default("confidence"),
+              show_default=True, type=float, help="Of a switch's gain (one-sided lower bound).")
+@click.option("--min-gain", "min_gain", default=_continual_default("min_gain"),
+              show_default=True, type=float,
               help="A switch needs its gain's lower bound above this.")
-@click.option("--alarm", "alarm", default=0.05, show_default=True, type=float,
-              help="False-alarm probability of the drift monitor over the run.")
+@click.option("--alarm", "alarm", default=_continual_default("alarm"), show_default=True,
+              type=float, help="False-alarm probability of the drift monitor over the run.")
 @click.option("--seed", "seed", default=0, show_default=True, type=click.IntRange(min=0),
               help="Root seed of the splits, training and traffic.")
 @click.option("--workers", "workers", default=1, show_default=True, type=click.IntRange(min=1),
@@ -701,14 +710,15 @@ def _refine_options(fn: F) -> F:
         click.option("--log", "log_path", required=True, type=click.Path(dir_okay=False),
                      help="The gateway's log (iapo serve --log-store), with gold answers "
                           "(iapo label-log, POST /v1/feedback)."),
-        click.option("--min-gain", "min_gain", default=0.0, show_default=True,
-                     type=click.FloatRange(min=0.0),
+        click.option("--min-gain", "min_gain", default=_continual_default("min_gain"),
+                     show_default=True, type=click.FloatRange(min=0.0),
                      help="A context changes its arm only if the gain's lower bound exceeds "
                           "this."),
-        click.option("--confidence", "confidence", default=0.95, show_default=True,
-                     type=click.FloatRange(0.5, 1.0, max_open=True),
+        click.option("--confidence", "confidence", default=_continual_default("confidence"),
+                     show_default=True, type=click.FloatRange(0.5, 1.0, max_open=True),
                      help="Of the gain's lower bound."),
-        click.option("--refine-every", "refine_every", default=1000, show_default=True,
+        click.option("--refine-every", "refine_every",
+                     default=_continual_default("refine_every"), show_default=True,
                      type=click.IntRange(min=1),
                      help="Logged requests between the decisions of the replay."),
     ]):

@@ -59,6 +59,7 @@ from iapo.errors import InputError
 from iapo.estimate import QTable
 from iapo.problem import Choice, Problem, arm_index
 from iapo.pulls import Observation, Pull
+from iapo.settings import ContinualSettings
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
@@ -72,35 +73,6 @@ BASELINE_GROUPS = 30  # samples an arm needs before its lower bound can be a dri
 FRESH_GROUPS = 30  # samples a challenger needs, after it was named, before it is decided
 
 
-@dataclass(frozen=True)
-class ContinualSettings:
-    """How the deployed policy keeps learning (defaults written once, here)."""
-
-    learn_budget: float = 0.05  # learning completions per served completion, at most
-    refine_every: int = 1000  # requests between refits (and the drift baselines' unit)
-    confidence: float = 0.95  # of a switch's gain and the candidates' bounds
-    min_gain: float = 0.0  # a switch needs its gain's lower bound above this
-    candidates: int = 8  # per context, at most
-    alarm: float = 0.05  # false-alarm probability of the drift monitor within the horizon
-    horizon: int = 20_000  # requests the alarm probability covers
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.learn_budget <= 1.0:
-            raise InputError(f"learn budget {self.learn_budget} must lie in [0, 1] (a fraction "
-                             "of the completions served)")
-        for name in ("refine_every", "candidates", "horizon"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"{name.replace('_', ' ')} {value!r} must be a positive "
-                                 "integer")
-        for name in ("confidence", "alarm"):
-            if not 0.0 < getattr(self, name) < 1.0:
-                raise InputError(f"{name} {getattr(self, name)} must lie strictly between 0 "
-                                 "and 1")
-        if not math.isfinite(self.min_gain) or self.min_gain < 0:
-            raise InputError(f"min gain {self.min_gain} must be a number >= 0")
-
-
 class GroupTable(QTable):
     """Stockpiled group means (:meth:`QTable.group_means`): sums [C, P, N], counts [P, N] of
     groups; ``stderr`` is honest because groups are independent."""
@@ -109,6 +81,10 @@ class GroupTable(QTable):
         if not any(o.count > 0 for o in observations):
             return
         util, prompts, n, _ = self.group_means(observations)
+        self.add(util, prompts, n)
+
+    def add(self, util: FloatArray, prompts: IntArray, n: IntArray) -> None:
+        """Add the group means ``util`` [R, C] of arms (prompts[r], n[r]), one sample each."""
         self._add(util, np.ones(n.size), prompts, n)
 
     def replace(self, prompt: int, other: GroupTable) -> None:
@@ -382,8 +358,8 @@ class Continual:
         if not live:
             return []
         util, prompts, n, _ = self.table.group_means(live)
-        self.table._add(util, np.ones(n.size), prompts, n)
-        self.recent._add(util, np.ones(n.size), prompts, n)
+        self.table.add(util, prompts, n)
+        self.recent.add(util, prompts, n)
         n_max = self.problem.n_max
         for ci, b in enumerate(self.challenger):
             if b >= 0:

@@ -4,6 +4,8 @@ Only the standard library: the command line reads these at start without importi
 the gateway's web stack.
 
 - ``DEFAULT_LEARNER`` and ``PAPER_BUDGETS``;
+- :class:`ContinualSettings`, how a deployed policy keeps learning (:mod:`iapo.continual`;
+  `iapo simulate`, `refine`, `monitor` and the gateway's learning pulls);
 - :class:`ServeConfig`, the gateway's one configuration: every setting of `iapo serve` with
   its default. The command line's options take their defaults from it (:func:`serve_default`);
   the gateway's app reads it; with several workers it travels to each worker as JSON.
@@ -12,10 +14,14 @@ the gateway's web stack.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DEFAULT_LEARNER", "PAPER_BUDGETS", "ServeConfig", "serve_default"]
+from iapo.errors import InputError
+
+__all__ = ["DEFAULT_LEARNER", "PAPER_BUDGETS", "ContinualSettings", "ServeConfig",
+           "continual_default", "serve_default"]
 
 # the learner of `iapo train` and of task files that name none (docs/default-learner.md)
 DEFAULT_LEARNER = "psst-auto"
@@ -73,3 +79,37 @@ class ServeConfig:
 def serve_default(name: str) -> Any:
     """The default of the gateway's setting ``name`` (for the command line's options)."""
     return next(f.default for f in dataclasses.fields(ServeConfig) if f.name == name)
+
+
+@dataclass(frozen=True)
+class ContinualSettings:
+    """How the deployed policy keeps learning (defaults written once, here)."""
+
+    learn_budget: float = 0.05  # learning completions per served completion, at most
+    refine_every: int = 1000  # requests between refits (and the drift baselines' unit)
+    confidence: float = 0.95  # of a switch's gain and the candidates' bounds
+    min_gain: float = 0.0  # a switch needs its gain's lower bound above this
+    candidates: int = 8  # per context, at most
+    alarm: float = 0.05  # false-alarm probability of the drift monitor within the horizon
+    horizon: int = 20_000  # requests the alarm probability covers
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.learn_budget <= 1.0:
+            raise InputError(f"learn budget {self.learn_budget} must lie in [0, 1] (a fraction "
+                             "of the completions served)")
+        for name in ("refine_every", "candidates", "horizon"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"{name.replace('_', ' ')} {value!r} must be a positive "
+                                 "integer")
+        for name in ("confidence", "alarm"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise InputError(f"{name} {getattr(self, name)} must lie strictly between 0 "
+                                 "and 1")
+        if not math.isfinite(self.min_gain) or self.min_gain < 0:
+            raise InputError(f"min gain {self.min_gain} must be a number >= 0")
+
+
+def continual_default(name: str) -> Any:
+    """The default of the continual-learning setting ``name`` (for the command line)."""
+    return next(f.default for f in dataclasses.fields(ContinualSettings) if f.name == name)
