@@ -98,3 +98,33 @@ def test_refine_replaces_a_wrong_prompt_on_evidence_and_the_gateway_reloads(
     assert json.loads((run / "policy.json").read_text())["policy"] == new["policy"]
     mon = CliRunner().invoke(main, ["monitor", str(run), "--log", str(log)])
     assert mon.exit_code == 0 and "DRIFT" not in mon.output
+
+
+def test_the_gateway_refines_in_the_background_and_reloads(tmp_path: Path) -> None:
+    """``iapo serve --refine-every 40``: gold answers posted as the requests are answered;
+    a background refine replaces the wrong prompt, the gateway serves the new policy, and
+    /health says what the last refine did."""
+    run = tmp_path / "run"
+    run.mkdir()
+    log = tmp_path / "log.sqlite"
+    queries = list(GOLD)
+    with ScriptedServer(answer_of=by_prompt) as up:
+        mcq_policy(run, up.base_url, [(2, 4), (2, 4)]).rename(run / "policy.json")
+        CompletionStore(run / "store.sqlite").close()
+        with Gateway(run / "policy.json", "--log-store", str(log), "--learn-budget", "1.0",
+                     "--refine-every", "40") as gw:
+            prompts = []
+            for i in range(200):
+                r = gw.ask({"budget": "low" if i % 2 else "high"}, content=queries[i % 10])
+                prompts.append(r.model_extra["iapo"]["prompt"])
+                got = httpx.post(f"{gw.url}/v1/feedback",
+                                 json={"id": r.id, "gold": GOLD[queries[i % 10]]}, timeout=10)
+                assert got.status_code == 200
+                if prompts[-1] != "short" and i % 2:
+                    break
+                time.sleep(0.01)  # let the background learning and refine run
+            health = httpx.get(f"{gw.url}/health").json()
+    assert prompts[0] == "short" and prompts[-1] != "short"  # replaced while serving
+    assert health["refine"]["every"] == 40 and health["refine"]["error"] is None
+    assert health["refine"]["last"]["changed"] is True and health["drift"] == []
+    assert json.loads((run / "policy.previous.json").read_text())["policy"][0]["prompt"] == 2

@@ -678,6 +678,9 @@ def answer(policy_path: str, query: str, context: str, task_path: str | None,
                    "(docs/continual.md).")
 @click.option("--learn-per-day", "learn_per_day", default=None, type=click.IntRange(min=0),
               help="And at most this many learning completions a day (UTC).")
+@click.option("--refine-every", "refine_every", default=None, type=click.IntRange(min=1),
+              help="Run iapo refine on the log (needs --log-store) every N requests served, "
+                   "in the background; a policy it writes is reloaded.")
 @_allow_task_change
 @_user_errors
 def serve(policy_path: str, task_path: str | None, host: str, port: int, keys_file: str | None,
@@ -686,7 +689,8 @@ def serve(policy_path: str, task_path: str | None, host: str, port: int, keys_fi
           body_timeout: float, cors_origins: tuple[str, ...], seed: int | None,
           limits: str | None,
           log_store: str | None, replay_store: str | None, learn_budget: float,
-          learn_per_day: int | None, allow_task_change: bool) -> None:
+          learn_per_day: int | None, refine_every: int | None,
+          allow_task_change: bool) -> None:
     """Serve POLICY as an OpenAI-compatible endpoint: each request gets its context's arm."""
     from iapo.serve.run import run_gateway
     from iapo.settings import ServeConfig
@@ -699,6 +703,7 @@ def serve(policy_path: str, task_path: str | None, host: str, port: int, keys_fi
         body_timeout=body_timeout, cors_origins=tuple(cors_origins), log_store=log_store,
         replay_store=replay_store, allow_task_change=allow_task_change, limits=limits,
         seed=seed, learn_budget=learn_budget, learn_per_day=learn_per_day,
+        refine_every=refine_every,
     )
     run_gateway(spec, announce=click.echo)
 

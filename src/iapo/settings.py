@@ -55,7 +55,8 @@ class ServeConfig:
     model_name: str | None = None  # the served model's id; default: the task's name
     scoring_threads: int = 4  # scorers running at once, off the event loop
     learn_budget: float = 0.0  # learning completions per served one, at most (0: none)
-    learn_per_day: int | None = None  # and at most this many a day (UTC), per worker
+    learn_per_day: int | None = None  # and at most this many a day (UTC), shared by workers
+    refine_every: int | None = None  # run iapo refine on the log every N requests served
 
     def request_deadline(self) -> float:
         """Seconds for a request's sampling and scoring: ``deadline``, else every try of an

@@ -43,7 +43,7 @@ from iapo.errors import InputError
 from iapo.files import write_text_atomically
 from iapo.live.oracle import LiveOracle, TaskRuntime
 from iapo.live.scorers import GOLD_SCORERS
-from iapo.live.store import CompletionStore, StoredCompletion, store_errors
+from iapo.live.store import CompletionStore, StoredCompletion, store_errors, writer_lock
 from iapo.live.task import Record, Task, load_records
 from iapo.policy import Policy
 from iapo.problem import Choice
@@ -125,7 +125,15 @@ def log_observations(task: Task, log: CompletionStore, costs: np.ndarray
 def refine(run: Path, log_path: Path, settings: ContinualSettings,
            write: bool = True) -> dict[str, Any]:
     """Re-decide ``run``'s policy from the log at ``log_path`` (module docstring); returns
-    the report written to RUN/refine.json."""
+    the report written to RUN/refine.json (``write``: write it and the policy)."""
+    if not write:
+        return _refine(run, log_path, settings, False)
+    with writer_lock(run, "refine"):  # one refine of a run at a time
+        return _refine(run, log_path, settings, True)
+
+
+def _refine(run: Path, log_path: Path, settings: ContinualSettings,
+            write: bool) -> dict[str, Any]:
     from iapo.serve.core import load_served
 
     policy_path = run / "policy.json"

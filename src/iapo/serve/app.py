@@ -63,7 +63,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from iapo.errors import RunError
+from iapo.errors import InputError, RunError
 from iapo.live.client import ChatClient, LLMError
 from iapo.live.feedback import FeedbackError
 from iapo.live.feedback import parse as parse_feedback
@@ -77,7 +77,7 @@ from iapo.serve.guard import RequestGuard, error_body, is_json
 from iapo.serve.keys import ApiKey, KeyRing, Limits
 from iapo.serve.learning import LearningPulls
 from iapo.serve.redis_limits import RedisLimits, open_limits
-from iapo.settings import ServeConfig
+from iapo.settings import ContinualSettings, ServeConfig
 
 
 class BadRequest(Exception):
@@ -304,6 +304,9 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
                                  else cfg.learn_per_day // max(cfg.workers, 1))
         learning.plan(holder.current(), 0)  # a policy that cannot learn fails here
     background: set[asyncio.Task[None]] = set()  # learning draws in flight (kept alive)
+    if cfg.refine_every is not None and store is None:
+        raise PolicyError("--refine-every needs --log-store: refine learns from the log")
+    refining: dict[str, Any] = {"running": False, "last": None, "error": None, "flags": []}
     private_limits: tempfile.TemporaryDirectory[str] | None = None
     limits: Limits | RedisLimits | None = None
     if shared is not None:  # several workers or machines: usage and counts, shared
@@ -352,6 +355,34 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
                     learning.failed += 1  # type: ignore[union-attr]
 
         return draw
+
+    def refine_due() -> None:
+        """Every ``refine_every`` requests this worker served, ``iapo refine`` on the log, in
+        a thread (one at a time); the policy it writes comes back through the reload."""
+        every = cfg.refine_every
+        if every is None or refining["running"] or state["served"] % every:
+            return
+        from iapo.live.refine import refine
+
+        refining["running"] = True
+
+        async def run() -> None:
+            try:
+                report = await asyncio.to_thread(
+                    refine, Path(cfg.policy).parent, Path(str(cfg.log_store)),
+                    ContinualSettings(refine_every=every))
+                refining.update(last={"at": time.time(), "changed": report["changed"],
+                                      "requests": report["log"]["policy"]},
+                                flags=report["flags"], error=None)
+                holder.check()
+            except (InputError, RunError, OSError) as e:
+                refining["error"] = str(e)
+            finally:
+                refining["running"] = False
+
+        job = asyncio.get_running_loop().create_task(run())
+        background.add(job)
+        job.add_done_callback(background.discard)
 
     async def startup() -> None:
         m = task.model
@@ -472,6 +503,7 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
             failed(admitted)
             return _error(*_failure(e, cfg.request_deadline(), base_url))
         count("served")
+        refine_due()
         # a learning pull re-asks the query alone, which a history would change
         job = None if history else learning_job(policy, r, user_text)
         meta = gateway_fields(r, task.aggregator)
@@ -525,6 +557,7 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
             return
         assert response is not None
         count("served")
+        refine_due()
         meta = gateway_fields(response, task.aggregator)
         meta["gateway_seconds"] = time.perf_counter() - t0
         yield delta({}, "stop", iapo=meta)
@@ -605,6 +638,11 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
             "usage": {name: u for name, u in (limits.usage() if limits else {}).items()
                       if name in {k.name for k in mine}},
             "learning": None if learning is None else learning.health(),
+            # the last background refine of this worker, and the drift flags it raised
+            "refine": None if cfg.refine_every is None else {
+                "every": cfg.refine_every, "running": refining["running"],
+                "last": refining["last"], "error": refining["error"]},
+            "drift": refining["flags"],
         })
 
     async def not_found(request: Request, exc: Exception) -> JSONResponse:
