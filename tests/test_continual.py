@@ -342,3 +342,95 @@ def test_a_flag_without_a_better_arm_keeps_serving() -> None:
             break
     assert cont.flags
     assert cont.switches == [] and cont.served_arms() == [(0, 4), (0, 4)]
+
+
+def test_false_alarm_accounting_by_hand() -> None:
+    """Two contexts (four tests), horizon 1,000 requests, refits every 10, F = 0.05, N_max 4:
+    baselines at 10, 20, ..., 640 (7 per test), z = Phi^-1(1 - 0.025 / (4 x 7)); a test sees
+    at most 1,000 x (1 + 0.05 x 4) = 1,200 samples; threshold 4 x 1,200 / 0.025."""
+    cont = learner(ContinualSettings(horizon=1000, refine_every=10, alarm=0.05))
+    assert cont._z_baseline == pytest.approx(norm.ppf(1 - 0.025 / 28))
+    assert cont.monitor.threshold == pytest.approx(4 * 1200 / 0.025)
+
+
+def test_bad_arms_are_refused() -> None:
+    with pytest.raises(InputError, match="fixed N per context"):
+        learner(ContinualSettings(), served=((1, 4),))
+    env = env3()
+    with pytest.raises(InputError, match="fixed N per context"):
+        Continual(env.problem, ContinualSettings(), [],
+                  [Choice(1, None, 0.0, 0), Choice(1, 4, 0.0, 0)])
+
+
+def test_baselines_double_and_flags_carry_their_numbers() -> None:
+    """Baselines at requests 10, 20, 40 (not 30); the flag states the baseline (the lower
+    bound of the 60 samples since serving, by hand) and the mean of the samples the test saw,
+    through the one that alarmed."""
+    settings = ContinualSettings(refine_every=10, horizon=1000)
+    cont = learner(settings, served=((0, 4), (0, 4)))
+    cont.observe([served_groups(0, 54, 6)])
+    starts: list[int] = []
+    take = cont._baselines
+
+    def spy() -> None:
+        starts.append(cont.requests)
+        take()
+
+    cont._baselines = spy  # type: ignore[method-assign]
+    for _ in range(5):
+        cont.record_served(10, 40)
+        cont.refit()
+    assert starts == [10, 20, 40]
+    z = cont._z_baseline
+    sd = math.sqrt(54 * 6 / 60 / 59)  # 60 samples of 0/1 with mean 0.9
+    lower = 0.9 - z * sd / math.sqrt(60)
+    seen = 0
+    flags: list = []
+    while not flags:
+        flags = cont.observe([served_groups(0, 0, 1)])
+        seen += 1
+    low = next(f for f in flags if f.context == 0 and f.n == 4)
+    assert low.baseline == pytest.approx(lower, rel=1e-9)
+    assert low.live == 0.0 and low.request == cont.requests
+
+
+def test_fresh_variance_by_hand() -> None:
+    """27 right and 3 wrong fresh samples: variance 27 x 3 / 30 / 29, shrunk toward the
+    typical one; the gain's lower bound by hand."""
+    settings = ContinualSettings(refine_every=10)
+    cont = learner(settings, [served_groups(1, 60, 40), served_groups(0, 9, 1)])
+    cont.record_served(10, 40)
+    cont.refit()
+    cont.observe([served_groups(0, 27, 3)])
+    typical = float(np.nanmedian(cont.table.variance[0].reshape(-1)))
+    cont.record_served(10, 40)
+    (switch, _) = cont.refit()
+    var_b = shrunk_variance(27 * 3 / 30 / 29, FRESH_GROUPS, typical)
+    se_a = math.sqrt(shrunk_variance(0.24 * 100 / 99, 100, typical) / 100)
+    want = 0.9 - 0.6 - norm.ppf(0.95) * math.sqrt(var_b / FRESH_GROUPS + se_a ** 2)
+    assert switch.gain_lower == pytest.approx(want, rel=1e-6)
+
+
+def test_a_candidate_prompt_is_pulled_at_its_largest_close_n() -> None:
+    """Served (1, 2); prompt 0 is close only up to N = 3 (its N = 4 is seen and far worse):
+    it is pulled at 3, the larger of 3 and the served 2."""
+    cont = learner(ContinualSettings(candidates=3), served=((1, 2), (1, 2)))
+    cont.table.counts[:] = 0
+    set_arm(cont, 1, 2, 1000, 0.6, 0.24)
+    for n, m in ((1, 0.6), (2, 0.62), (3, 0.63), (4, 0.1)):
+        set_arm(cont, 0, n, 1000, m, 0.2)
+    cand, scale = cont.candidates()
+    assert cand[0].tolist() == [True, True, True]  # prompt 2, never seen, is one too
+    assert scale.tolist()[0] == 3
+
+
+def test_a_served_arm_without_an_estimate_is_challenged_by_the_safest() -> None:
+    """After a drift left the served arm without samples, the challenger is the arm of
+    highest lower bound: (2, 4) on 1,000 groups at 0.6 before (0, 4) at 0.7 on 10."""
+    cont = learner(ContinualSettings())
+    cont.table.counts[:] = 0
+    set_arm(cont, 0, 4, 10, 0.7, 0.21)
+    set_arm(cont, 2, 4, 1000, 0.6, 0.24)
+    cont.challenger[:] = -1
+    cont._name_challengers()
+    assert cont.challenger.tolist() == [2 * 4 + 3] * 2
