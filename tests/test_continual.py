@@ -278,7 +278,7 @@ def test_drift_flags_and_moves_the_contexts() -> None:
         flags += cont.observe([served_groups(0, 0, 5)])
         if flags:
             break
-    assert flags and {f.context for f in flags} == {0, 1}
+    assert flags and {f.context for f in flags} == {0, 1} and cont.flags == flags
     assert flags[0].prompt == 0 and flags[0].live == 0.0
     assert cont.table.counts[0, 3] < BASELINE_GROUPS  # only the samples since the baseline
     assert cont.served_arms() == [(2, 1), (2, 1)]
@@ -351,6 +351,34 @@ def test_false_alarm_accounting_by_hand() -> None:
     cont = learner(ContinualSettings(horizon=1000, refine_every=10, alarm=0.05))
     assert cont._z_baseline == pytest.approx(norm.ppf(1 - 0.025 / 28))
     assert cont.monitor.threshold == pytest.approx(4 * 1200 / 0.025)
+
+
+def test_utility_bounds_of_a_best_of_n_problem_by_hand() -> None:
+    """Objectives in [-1, 2] and [0, 5] weighted (0.5, 0.2), cost bound 3, cost weight 0.1:
+    one sample of (., 2) lies in [-0.5 - 0.6, 1 + 1] = [-1.1, 2.0]."""
+    from iapo.problem import ContextGrid, CostObjective, Objective, Problem
+
+    grid = ContextGrid.product([Objective("a", -1.0, 2.0), Objective("b", 0.0, 5.0)],
+                               [(0.5, 0.2)], {"low": 0.1})
+    problem = Problem("bon", "bon", ("p",), 4, grid, CostObjective(upper=3.0))
+    lo, hi = utility_bounds(problem, 2)
+    np.testing.assert_allclose(lo, [-0.5 + 0.0 - 0.1 * 3.0 * 2])
+    np.testing.assert_allclose(hi, [1.0 + 1.0])
+
+
+def test_a_flag_drops_the_challengers_of_its_prompt() -> None:
+    """Context 1 serves prompt 2 and challenges it with (0, 2); prompt 0 (served in context
+    0) drifts: the challenger goes, and no arm of the drifted prompt replaces it."""
+    settings = ContinualSettings(refine_every=10, horizon=1000)
+    cont = learner(settings, [served_groups(2, 70, 30)], served=((0, 4), (2, 4)))
+    cont.observe([served_groups(0, 54, 6)])
+    cont.record_served(10, 40)
+    cont.refit()
+    cont.challenger[1] = 0 * 4 + 1  # (0, 2)
+    while not cont.observe([served_groups(0, 0, 5)]):
+        pass
+    assert cont.flags and all(f.context == 0 for f in cont.flags)
+    assert cont.challenger[1] // 4 != 0
 
 
 def test_bad_arms_are_refused() -> None:
