@@ -375,8 +375,9 @@ def test_a_flag_drops_the_challengers_of_its_prompt() -> None:
     cont.record_served(10, 40)
     cont.refit()
     cont.challenger[1] = 0 * 4 + 1  # (0, 2)
-    while not cont.observe([served_groups(0, 0, 5)]):
-        pass
+    for _ in range(50):
+        if cont.observe([served_groups(0, 0, 5)]):
+            break
     assert cont.flags and all(f.context == 0 for f in cont.flags)
     assert cont.challenger[1] // 4 != 0
 
@@ -412,11 +413,11 @@ def test_baselines_double_and_flags_carry_their_numbers() -> None:
     z = cont._z_baseline
     sd = math.sqrt(54 * 6 / 60 / 59)  # 60 samples of 0/1 with mean 0.9
     lower = 0.9 - z * sd / math.sqrt(60)
-    seen = 0
     flags: list = []
-    while not flags:
+    for _ in range(200):
         flags = cont.observe([served_groups(0, 0, 1)])
-        seen += 1
+        if flags:
+            break
     low = next(f for f in flags if f.context == 0 and f.n == 4)
     assert low.baseline == pytest.approx(lower, rel=1e-9)
     assert low.live == 0.0 and low.request == cont.requests
