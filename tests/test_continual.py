@@ -463,3 +463,21 @@ def test_a_served_arm_without_an_estimate_is_challenged_by_the_safest() -> None:
     cont.challenger[:] = -1
     cont._name_challengers()
     assert cont.challenger.tolist() == [2 * 4 + 3] * 2
+
+
+def test_a_challenger_at_n_3_counts_only_its_own_samples() -> None:
+    """Groups [right, wrong, right] of prompt 0: N = 1 gives 2/3, N = 2 a tie (1/2), N = 3
+    a majority (1). The challenger is (0, 3); 29 fresh groups leave it undecided, the 30th
+    decides it: each group is one sample of N = 3, none of another N."""
+    settings = ContinualSettings(refine_every=10)
+    cont = learner(settings, [served_groups(1, 60, 40), group(0, [[0, 1, 0]] * 10)])
+    np.testing.assert_allclose(cont.table.mean[0, 0, :3], [2 / 3, 0.5, 1.0])
+    cont.record_served(10, 40)
+    cont.refit()
+    assert cont.challenger.tolist() == [2, 2]  # (0, 3) in both contexts
+    cont.observe([group(0, [[0, 1, 0]] * (FRESH_GROUPS - 1))])
+    cont.record_served(10, 40)
+    assert cont.refit() == []
+    cont.observe([group(0, [[0, 1, 0]])])
+    cont.record_served(10, 40)
+    assert [s.new for s in cont.refit()] == [(0, 3), (0, 3)]
