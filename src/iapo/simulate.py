@@ -397,7 +397,8 @@ def _flags(sc: Scenario, flags: Sequence[Sequence[dict[str, Any]]],
            drifted_contexts: Sequence[Sequence[int]]) -> dict[str, Any]:
     """False alarms (a flag before the drift, or in a run without one) and, with drift, the
     runs whose drifted contexts were flagged within 5,000 requests, and the delay."""
-    start = sc.drift_at if sc.drift_at is not None else sc.requests
+    changes = [at for at in (sc.drift_at, sc.shift_at) if at is not None]
+    start = min(changes) if changes else sc.requests  # a flag after a change may be right
     false = np.array([any(f["request"] < start for f in fl) for fl in flags])
     row: dict[str, Any] = {"false_alarm_rate": float(false.mean())}
     if sc.drift_at is not None:
@@ -450,8 +451,7 @@ def figure(summary: dict[str, Any], out: Path) -> list[Path]:
     fig.suptitle(f"{cfg['env']}: policy trained at T = {cfg['train_budget']:,} "
                  f"({cfg['learner']}), mean ± SEM over {summary['runs']} paired runs",
                  fontsize=10)
-    stem = out / f"simulate-{cfg['env']}" if sc["drift_at"] is None else \
-        out / f"simulate-{cfg['env']}-drift"
+    stem = out / f"simulate-{cfg['env']}{_suffix(sc['drift_at'], sc['shift_at'])}"
     return save_figure(fig, stem)
 
 
@@ -491,13 +491,17 @@ def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
     return fmt.format(v)
 
 
+def _suffix(drift_at: int | None, shift_at: int | None) -> str:
+    """What the output files of a scenario add to the environment's name."""
+    return ("" if drift_at is None else "-drift") + ("" if shift_at is None else "-shift")
+
+
 def write(config: SimConfig, runs: Sequence[dict[str, Any]], out: Path) -> dict[str, Any]:
     """runs.jsonl, summary.json, summary.md and the figure into ``out``."""
     import json
 
     out.mkdir(parents=True, exist_ok=True)
-    suffix = "" if config.scenario.drift_at is None else "-drift"
-    stem = f"{config.env}{suffix}"
+    stem = f"{config.env}{_suffix(config.scenario.drift_at, config.scenario.shift_at)}"
     with (out / f"{stem}-runs.jsonl").open("w") as fh:
         for r in runs:
             fh.write(json.dumps(r) + "\n")
