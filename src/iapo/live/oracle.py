@@ -90,9 +90,14 @@ class TaskRuntime:
         """The objectives whose scorer compares with a gold answer."""
         return [o.name for o in self.task.objectives if o.scorer in GOLD_SCORERS]
 
+    def gold_needers(self) -> list[str]:
+        """What needs a record's gold answer: the objectives whose scorer compares with it,
+        else majority voting when answers are extracted; [] when nothing does."""
+        return self.needs_gold() or (["majority voting"] if self.extract else [])
+
     def check_golds(self) -> None:
         """Training needs a gold answer on every record where a scorer or MV needs one."""
-        needs = self.needs_gold() or (["majority voting"] if self.extract else [])
+        needs = self.gold_needers()
         if not needs:
             return
         missing = [r.id for r in self.records if r.gold is None]

@@ -42,7 +42,6 @@ from iapo.continual import FRESH_GROUPS, Continual, ContinualSettings
 from iapo.errors import InputError
 from iapo.files import write_text_atomically
 from iapo.live.oracle import LiveOracle, TaskRuntime
-from iapo.live.scorers import GOLD_SCORERS
 from iapo.live.store import CompletionStore, StoredCompletion, store_errors, writer_lock
 from iapo.live.task import Record, Task, load_records
 from iapo.policy import Policy
@@ -94,8 +93,7 @@ def log_observations(task: Task, log: CompletionStore, costs: np.ndarray
         if f.kind == "gold":
             gold[f.request] = f.value  # the latest counts
     by_query = {queries[r.id]: gold[r.id] for r in rows if r.id in gold and r.id in queries}
-    needs_gold = task.aggregator != "bon" or any(o.scorer in GOLD_SCORERS
-                                                 for o in task.objectives)
+    needs_gold = bool(TaskRuntime(task, []).gold_needers())  # the rule training checks
     counts = {"logged": len(rows), "policy": sum(r.reason == "policy" for r in rows),
               "learn": sum(r.reason == "learn" for r in rows), "with_gold": 0, "left_out": 0}
     records, groups, reasons = [], [], []
