@@ -57,7 +57,7 @@ from scipy.stats import norm
 
 from iapo.errors import InputError
 from iapo.estimate import QTable
-from iapo.problem import Choice, Problem, arm_index
+from iapo.problem import Choice, Problem, arm_at, arm_index
 from iapo.pulls import Observation, Pull
 from iapo.settings import ContinualSettings
 
@@ -120,6 +120,18 @@ def shrunk_variance(var: npt.ArrayLike, k: npt.ArrayLike, typical: npt.ArrayLike
     k = np.asarray(k, dtype=np.float64)
     return np.asarray((k * np.asarray(var) + PRIOR_GROUPS * np.asarray(typical))
                       / (k + PRIOR_GROUPS), dtype=np.float64)
+
+
+def moments(u: FloatArray) -> FloatArray:
+    """(sum, sum of squares, count) of samples ``u``: what a running mean and variance add."""
+    return np.array([u.sum(), (u * u).sum(), u.size], dtype=np.float64)
+
+
+def mean_and_variance(acc: FloatArray) -> tuple[float, float]:
+    """The mean and sample variance of running :func:`moments` ``acc`` (two or more)."""
+    total, squares, k = (float(x) for x in acc)
+    mean = total / k
+    return mean, max(squares - k * mean * mean, 0.0) / (k - 1)
 
 
 def utility_bounds(problem: Problem, n: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
@@ -312,7 +324,7 @@ class Continual:
     def _challenges(self) -> list[tuple[int, int]]:
         """(prompt, n) of every context's challenger, each once."""
         n_max = self.problem.n_max
-        return sorted({(int(a) // n_max, int(a) % n_max + 1) for a in self.challenger if a >= 0})
+        return sorted({arm_at(int(a), n_max) for a in self.challenger if a >= 0})
 
     def bounds(self, z: float) -> tuple[FloatArray, FloatArray]:
         """(lower, upper) [C, P x N]: mean -/+ z standard errors; an arm with fewer than
@@ -363,15 +375,15 @@ class Continual:
         n_max = self.problem.n_max
         for ci, b in enumerate(self.challenger):
             if b >= 0:
-                u = util[(prompts == b // n_max) & (n == b % n_max + 1), ci]
-                self._fresh[ci] += (u.sum(), (u * u).sum(), u.size)
+                bp, bn = arm_at(int(b), n_max)
+                self._fresh[ci] += moments(util[(prompts == bp) & (n == bn), ci])
         raised: list[Flag] = []
         for test, (p, nn) in enumerate(self._tests):
             if nn == 0:
                 continue
             ci = test // 2
             u = util[(prompts == p) & (n == nn), ci]
-            self._since[test] += (u.sum(), (u * u).sum(), u.size)
+            self._since[test] += moments(u)
             if not self.monitor.active(test):
                 continue
             hit = self.monitor.update(test, self._normalise(ci, int(nn), u))
@@ -399,7 +411,7 @@ class Continual:
         self.flags.append(flag)
         self.table.replace(flag.prompt, self.recent)
         n_max = self.problem.n_max
-        self.challenger[self.challenger // n_max == flag.prompt] = -1
+        self.challenger[arm_at(self.challenger, n_max)[0] == flag.prompt] = -1
         lower, upper = self.bounds(float(norm.ppf(self.settings.confidence)))
         seen = (self.table.counts >= BASELINE_GROUPS).reshape(-1)
         for ci in (int(x) for x in np.flatnonzero(self.prompt == flag.prompt)):
@@ -425,12 +437,11 @@ class Continual:
         typical = self.table.typical_variance()
         for ci in range(c):
             a, b = int(arm_index(self.prompt[ci], self.n[ci], n_max)), int(self.challenger[ci])
-            total, squares, k = self._fresh[ci]
+            k = self._fresh[ci, 2]
             if b < 0 or k < FRESH_GROUPS:
                 continue
-            m_b = total / k
-            var_b = shrunk_variance(max(squares - k * m_b * m_b, 0.0) / (k - 1), k,
-                                    float(typical[ci]))
+            m_b, var = mean_and_variance(self._fresh[ci])
+            var_b = shrunk_variance(var, k, float(typical[ci]))
             lower = m_b - mean[ci, a] - z * math.sqrt(var_b / k + se[ci, a] ** 2)
             self.challenger[ci] = -1
             if lower > self.settings.min_gain:
@@ -473,7 +484,7 @@ class Continual:
         """Serve ``arm`` in ``context``; its drift tests restart from no samples."""
         n_max = self.problem.n_max
         old = (int(self.prompt[context]), int(self.n[context]))
-        new = (arm // n_max, arm % n_max + 1)
+        new = arm_at(arm, n_max)
         if new == old:
             return
         self.prompt[context], self.n[context] = new
@@ -496,17 +507,16 @@ class Continual:
         own optimism (the winner's curse of its training estimate) is not in the baseline."""
         self.recent = GroupTable(self.problem)
         for test, (_, arm_n) in enumerate(self._tests):
-            total, squares, count = self._since[test]
+            count = self._since[test, 2]
             self._live[test] = 0.0
             if arm_n == 0 or count < BASELINE_GROUPS:
                 self.monitor.stop(test)
                 continue
-            mean = total / count
-            sd = math.sqrt(max(squares - count * mean * mean, 0.0) / (count - 1))
-            lower = mean - self._z_baseline * sd / math.sqrt(count)
+            mean, var = mean_and_variance(self._since[test])
+            lower = mean - self._z_baseline * math.sqrt(var / count)
             m0 = float(self._normalise(test // 2, int(arm_n), np.array([lower]))[0])
             self.monitor.start(test, min(max(m0, 0.0), 1.0 - 1e-9))
 
 
 __all__ = ["BETS", "Continual", "ContinualSettings", "DriftMonitor", "Flag", "GroupTable",
-           "Switch", "shrunk_variance", "utility_bounds"]
+           "Switch", "mean_and_variance", "moments", "shrunk_variance", "utility_bounds"]
