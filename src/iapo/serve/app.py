@@ -303,7 +303,7 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
         learning = LearningPulls(task, cfg.learn_budget, None if cfg.learn_per_day is None
                                  else cfg.learn_per_day // max(cfg.workers, 1))
         learning.plan(holder.current(), 0)  # a policy that cannot learn fails here
-    background: set[asyncio.Task[None]] = set()  # learning draws in flight (kept alive)
+    background: set[asyncio.Task[None]] = set()  # learning and refines in flight
     if cfg.refine_every is not None and store is None:
         raise PolicyError("--refine-every needs --log-store: refine learns from the log")
     refining: dict[str, Any] = {"running": False, "last": None, "error": None, "flags": []}
@@ -380,7 +380,11 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
             finally:
                 refining["running"] = False
 
-        job = asyncio.get_running_loop().create_task(run())
+        in_background(run())
+
+    def in_background(work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` on the event loop without awaiting it, kept alive until it ends."""
+        job = asyncio.get_running_loop().create_task(work)
         background.add(job)
         job.add_done_callback(background.discard)
 
@@ -566,9 +570,7 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
         yield b"data: [DONE]\n\n"
         job = None if history else learning_job(policy, response, user_text)
         if job is not None:  # the stream is sent: learn without holding its connection
-            task_: asyncio.Task[None] = asyncio.get_running_loop().create_task(job())
-            background.add(task_)
-            task_.add_done_callback(background.discard)
+            in_background(job())
 
     async def models(request: Request) -> JSONResponse:
         try:
