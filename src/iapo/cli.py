@@ -293,6 +293,26 @@ def _continual_default(name: str) -> Any:
     return continual_default(name)
 
 
+def _rule_options(fn: F) -> F:
+    """The continual rules' options (simulate, refine, monitor): refits, confidence, gain."""
+    for opt in reversed([
+        click.option("--refine-every", "refine_every",
+                     default=_continual_default("refine_every"), show_default=True,
+                     type=click.IntRange(min=1),
+                     help="Requests between refits (refine, monitor: logged requests of the "
+                          "replay)."),
+        click.option("--confidence", "confidence", default=_continual_default("confidence"),
+                     show_default=True, type=click.FloatRange(0.5, 1.0, max_open=True),
+                     help="Of a switch's gain (a one-sided lower bound)."),
+        click.option("--min-gain", "min_gain", default=_continual_default("min_gain"),
+                     show_default=True, type=click.FloatRange(min=0.0),
+                     help="A context changes its arm only if the gain's lower bound exceeds "
+                          "this."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
 def _csv_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -386,13 +406,7 @@ def bench(envs: str, learners: str | None, budgets: str, runs: int, seed: int, o
               help="After this request queries come from a random --shift-keep share only.")
 @click.option("--shift-keep", "shift_keep", default=0.5, show_default=True, type=float,
               help="Share of the queries the traffic keeps after --shift-at.")
-@click.option("--refine-every", "refine_every", default=_continual_default("refine_every"),
-              show_default=True, type=click.IntRange(min=1), help="Requests between refits.")
-@click.option("--confidence", "confidence", default=_continual_default("confidence"),
-              show_default=True, type=float, help="Of a switch's gain (one-sided lower bound).")
-@click.option("--min-gain", "min_gain", default=_continual_default("min_gain"),
-              show_default=True, type=float,
-              help="A switch needs its gain's lower bound above this.")
+@_rule_options
 @click.option("--alarm", "alarm", default=_continual_default("alarm"), show_default=True,
               type=float, help="False-alarm probability of the drift monitor over the run.")
 @click.option("--seed", "seed", default=0, show_default=True, type=click.IntRange(min=0),
@@ -709,43 +723,41 @@ def serve(policy_path: str, task_path: str | None, host: str, port: int, keys_fi
 
 
 def _refine_options(fn: F) -> F:
-    """The options refine and monitor share: the run, the log and the rules' settings."""
+    """The arguments refine and monitor share: the run, the log and the rules' options."""
+    fn = _rule_options(fn)
     for opt in reversed([
         click.argument("run", type=click.Path(file_okay=False)),
         click.option("--log", "log_path", required=True, type=click.Path(dir_okay=False),
                      help="The gateway's log (iapo serve --log-store), with gold answers "
                           "(iapo label-log, POST /v1/feedback)."),
-        click.option("--min-gain", "min_gain", default=_continual_default("min_gain"),
-                     show_default=True, type=click.FloatRange(min=0.0),
-                     help="A context changes its arm only if the gain's lower bound exceeds "
-                          "this."),
-        click.option("--confidence", "confidence", default=_continual_default("confidence"),
-                     show_default=True, type=click.FloatRange(0.5, 1.0, max_open=True),
-                     help="Of the gain's lower bound."),
-        click.option("--refine-every", "refine_every",
-                     default=_continual_default("refine_every"), show_default=True,
-                     type=click.IntRange(min=1),
-                     help="Logged requests between the decisions of the replay."),
     ]):
         fn = opt(fn)
     return fn
 
 
-@main.command()
-@_refine_options
-@_user_errors
-def refine(run: str, log_path: str, min_gain: float, confidence: float,
-           refine_every: int) -> None:
-    """Re-decide RUN's policy from the gateway's log, paying nothing: a context changes its
-    arm only on evidence (docs/continual.md). Writes RUN/policy.json (the old one kept as
-    policy.previous.json) only when one does, and RUN/refine.json always."""
+def _replay(run: str, log_path: str, min_gain: float, confidence: float, refine_every: int,
+            write: bool) -> dict[str, Any]:
+    """Refine's replay of the log (writing the policy and refine.json only if ``write``),
+    printed; its report."""
     from iapo.continual import ContinualSettings
     from iapo.live.refine import refine as run_refine
 
     settings = ContinualSettings(min_gain=min_gain, confidence=confidence,
                                  refine_every=refine_every)
-    report = run_refine(Path(run), Path(log_path), settings)
+    report = run_refine(Path(run), Path(log_path), settings, write=write)
     _echo_refine(report)
+    return report
+
+
+@main.command()
+@_refine_options
+@_user_errors
+def refine(run: str, log_path: str, refine_every: int, confidence: float,
+           min_gain: float) -> None:
+    """Re-decide RUN's policy from the gateway's log, paying nothing: a context changes its
+    arm only on evidence (docs/continual.md). Writes RUN/policy.json (the old one kept as
+    policy.previous.json) only when one does, and RUN/refine.json always."""
+    report = _replay(run, log_path, min_gain, confidence, refine_every, write=True)
     click.echo(f"policy: {Path(run) / 'policy.json'} (replaced)" if report["changed"] else
                f"policy unchanged: {report['why_not']}")
 
@@ -753,18 +765,11 @@ def refine(run: str, log_path: str, min_gain: float, confidence: float,
 @main.command()
 @_refine_options
 @_user_errors
-def monitor(run: str, log_path: str, min_gain: float, confidence: float,
-            refine_every: int) -> None:
+def monitor(run: str, log_path: str, refine_every: int, confidence: float,
+            min_gain: float) -> None:
     """Replay the gateway's log against RUN's policy and print every drift flag, with its
     numbers (the drift test of docs/continual.md); writes nothing. Exit status 3 if any."""
-    from iapo.continual import ContinualSettings
-    from iapo.live.refine import refine as run_refine
-
-    settings = ContinualSettings(min_gain=min_gain, confidence=confidence,
-                                 refine_every=refine_every)
-    report = run_refine(Path(run), Path(log_path), settings, write=False)
-    _echo_refine(report)
-    if report["flags"]:
+    if _replay(run, log_path, min_gain, confidence, refine_every, write=False)["flags"]:
         raise SystemExit(3)
 
 
