@@ -3,7 +3,8 @@ stream of requests, frozen or learning continually (:mod:`iapo.continual`), with
 drift. Beyond the paper.
 
 A run: the bench protocol's 80/20 split of run r; the learner trains at T completions on the
-training queries; requests then arrive, each a context drawn by the grid's probabilities and
+training queries, with the bench cell's own seeds (the policy is the one `iapo bench` scores
+for that learner, T and run); requests then arrive, each a context drawn by the grid's probabilities and
 a query drawn uniformly from all the environment's queries: the population the training
 queries were drawn from (the test split alone, 63 queries for math, would make the traffic's
 truth differ from the training population's by more than the prompts differ).
@@ -28,7 +29,6 @@ points must fall on a step.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -42,7 +42,7 @@ from iapo.envs.base import Environment
 from iapo.envs.tabular import MVEnvironment
 from iapo.errors import InputError
 from iapo.learners import get_learner
-from iapo.oracle import SimulatedOracle
+from iapo.problem import arm_at, arm_index
 from iapo.pulls import Observation
 from iapo.report import Recorder
 from iapo.settings import DEFAULT_LEARNER
@@ -112,10 +112,6 @@ class Truth:
         return (flat.max(axis=1)[:, None] - flat).reshape(self.q.shape)
 
 
-def _seq(seed: int, *key: int) -> np.random.SeedSequence:
-    return np.random.SeedSequence(seed, spawn_key=key)
-
-
 def drifted(env: Environment, prompt: int, drop: float, queries: IntArray
             ) -> tuple[MVEnvironment, dict[str, Any]]:
     """``env`` with ``prompt`` ``drop`` less accurate on ``queries`` (module docstring), and
@@ -155,8 +151,10 @@ def traffic(config: SimConfig, run: int, population: IntArray, n_contexts: int,
             probabilities: FloatArray) -> tuple[IntArray, IntArray]:
     """Every request's context and query (from ``population``): ([R], [R]), the same for
     every condition."""
+    from iapo.bench.runner import seed_sequence
+
     sc = config.scenario
-    rng = np.random.default_rng(_seq(config.seed, run, 3))
+    rng = np.random.default_rng(seed_sequence(config.seed, run, 3))
     contexts = rng.choice(n_contexts, size=sc.requests, p=probabilities)
     queries = population[rng.integers(0, population.size, sc.requests)]
     if sc.shift_at is not None:
@@ -169,10 +167,11 @@ def traffic(config: SimConfig, run: int, population: IntArray, n_contexts: int,
 def _groups(env: Environment, arms: Sequence[tuple[int, int]], queries: IntArray,
             rng: np.random.Generator) -> list[Observation]:
     """One group per query, arm (prompt, n) per query: drawn by arm, vectorised."""
-    keys = np.array([p * 1000 + n for p, n in arms])
+    n_max = env.problem.n_max
+    keys = np.array([arm_index(p, n, n_max) for p, n in arms])
     out = []
     for key in np.unique(keys):
-        prompt, n = divmod(int(key), 1000)
+        prompt, n = arm_at(int(key), n_max)
         qs = queries[keys == key]
         s = env.sample(prompt, qs, n, rng)
         out.append(Observation(prompt, n, qs, s.scores, s.labels, s.gold, s.no_answer))
@@ -182,17 +181,17 @@ def _groups(env: Environment, arms: Sequence[tuple[int, int]], queries: IntArray
 def simulate_run(config: SimConfig, run: int) -> dict[str, Any]:
     """One paired run: the frozen policy and continual learning at every budget on the same
     requests. Returns cumulative regret per checkpoint, flags, switches and spend."""
-    from iapo.bench.runner import run_queries
+    from iapo.bench.runner import run_oracle, run_queries
 
     sc = config.scenario
     env, train, _ = run_queries(config.env, config.seed, run, config.test_fraction)
     problem = env.problem
-    spec = get_learner(config.learner)
-    key = zlib.crc32(config.learner.encode())
-    oracle = Recorder(SimulatedOracle(env, train, config.train_budget,
-                                      np.random.default_rng(_seq(config.seed, run, 2, key, 0))))
-    trained = spec.learner(problem, oracle, config.train_budget,
-                           np.random.default_rng(_seq(config.seed, run, 2, key, 1))).choices
+    # the bench cell's own oracle and learner seeds: the policy is the bench's at this T
+    simulated, learner_rng = run_oracle(env, train, config.learner, config.train_budget,
+                                        config.seed, run)
+    oracle = Recorder(simulated)
+    trained = get_learner(config.learner).learner(problem, oracle, config.train_budget,
+                                                  learner_rng).choices
     population = np.arange(env.n_queries, dtype=np.int64)
     contexts, queries = traffic(config, run, population, problem.n_contexts,
                                 problem.grid.probabilities)
@@ -210,6 +209,7 @@ def simulate_run(config: SimConfig, run: int) -> dict[str, Any]:
         truths.append(Truth(sc.drift_at, q2))
         live_env.append((sc.drift_at, env2))
         info["drift"] = what
+    drift_prompt = None if sc.drift_at is None else int(info["drift"]["prompt"])
     if sc.shift_at is not None:
         kept = np.unique(queries[sc.shift_at:])
         base = live_env[-1][1] if sc.drift_at is not None and sc.drift_at <= sc.shift_at else env
@@ -222,15 +222,8 @@ def simulate_run(config: SimConfig, run: int) -> dict[str, Any]:
         settings = replace(config.settings, learn_budget=budget)
         info[f"continual@{budget:g}"] = _continual(
             config, run, budget, settings, oracle.observations, trained, contexts, queries,
-            truths, live_env)
+            truths, live_env, drift_prompt)
     return info
-
-
-def _drift_prompt(live_env: Sequence[tuple[int, Environment]]) -> int:
-    """The prompt whose answers differ between the first two environments of a run."""
-    a, b = live_env[0][1], live_env[1][1]
-    assert isinstance(a, MVEnvironment) and isinstance(b, MVEnvironment)
-    return int(np.flatnonzero(np.any(a.probs != b.probs, axis=(1, 2)))[0])
 
 
 def _gap_of(truth: Truth, arms: Sequence[tuple[int, int]]) -> FloatArray:
@@ -259,12 +252,16 @@ def _regret_curve(sc: Scenario, contexts: IntArray, truths: Sequence[Truth],
 def _continual(config: SimConfig, run: int, budget: float, settings: ContinualSettings,
                training: Sequence[Observation], trained: Sequence[Any], contexts: IntArray,
                queries: IntArray, truths: Sequence[Truth],
-               live_env: Sequence[tuple[int, Environment]]) -> dict[str, Any]:
-    """One continual condition of a run (same requests as the others)."""
+               live_env: Sequence[tuple[int, Environment]], drift_prompt: int | None
+               ) -> dict[str, Any]:
+    """One continual condition of a run (same requests as the others); ``drift_prompt``:
+    the prompt that drifts (None: none does)."""
+    from iapo.bench.runner import seed_sequence
+
     sc = config.scenario
     env0 = live_env[0][1]
     learner = Continual(env0.problem, settings, training, trained)
-    rng = np.random.default_rng(_seq(config.seed, run, 4, int(round(budget * 1e6))))
+    rng = np.random.default_rng(seed_sequence(config.seed, run, 4, int(round(budget * 1e6))))
     arms_by_step: dict[int, list[tuple[int, int]]] = {}
     for start in range(0, sc.requests, sc.step):
         env = [e for at, e in live_env if at <= start][-1]
@@ -287,8 +284,7 @@ def _continual(config: SimConfig, run: int, budget: float, settings: ContinualSe
         "flags": [asdict(f) for f in learner.flags],
         # the contexts the drift hit: those serving the drifted prompt when it drifted
         "drifted_contexts": [] if sc.drift_at is None else [
-            c for c, (p, _) in enumerate(arms_by_step[sc.drift_at])
-            if p == _drift_prompt(live_env)],
+            c for c, (p, _) in enumerate(arms_by_step[sc.drift_at]) if p == drift_prompt],
         "switches": [asdict(s) for s in learner.switches],
     }
 
@@ -350,8 +346,8 @@ def summarize(config: SimConfig, runs: Sequence[dict[str, Any]]) -> dict[str, An
     window = None
     if sc.drift_at is not None:
         lo = sc.drift_at + 4000
-        if lo + 1000 <= sc.requests:
-            window = (lo, lo + 1000)
+        if lo + CHECKPOINT <= sc.requests:
+            window = (lo, lo + CHECKPOINT)
             out["window"] = list(window)
     for k in names:
         cur = curves[k]

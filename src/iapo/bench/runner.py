@@ -115,7 +115,9 @@ def env_names(envs: Sequence[str]) -> dict[str, str]:
     return names
 
 
-def _seq(seed: int, *key: int) -> np.random.SeedSequence:
+def seed_sequence(seed: int, *key: int) -> np.random.SeedSequence:
+    """The seeds of ``key`` under the root ``seed`` (module docstring: run r's keys start
+    with r; iapo.simulate adds (r, 3) for the traffic and (r, 4, ...) for its learners)."""
     return np.random.SeedSequence(seed, spawn_key=key)
 
 
@@ -128,7 +130,7 @@ _REAL: dict[tuple[str, Stopping], Environment] = {}
 
 def run_environment_seed(seed: int, run: int) -> int:
     """The seed that draws run ``run``'s instance of a synthetic environment."""
-    return int(_seq(seed, run, 1).generate_state(1)[0])
+    return int(seed_sequence(seed, run, 1).generate_state(1)[0])
 
 
 def run_environment(name: str, seed: int, run: int,
@@ -159,7 +161,7 @@ def run_queries(
     """Run ``run``'s environment and its training and test queries (the split of key
     (run, 0))."""
     env = run_environment(env_name, seed, run, stopping)
-    train, test = train_test_split(env.n_queries, _seq(seed, run, 0), test_fraction)
+    train, test = train_test_split(env.n_queries, seed_sequence(seed, run, 0), test_fraction)
     return env, train, test
 
 
@@ -169,8 +171,8 @@ def run_oracle(env: Environment, train: npt.ArrayLike, learner: str, budget: int
     every cell draws its own completions, whatever else runs beside it."""
     key = learner_key(learner)
     return (SimulatedOracle(env, train, budget,
-                            np.random.default_rng(_seq(seed, run, 2, key, budget, 0))),
-            np.random.default_rng(_seq(seed, run, 2, key, budget, 1)))
+                            np.random.default_rng(seed_sequence(seed, run, 2, key, budget, 0))),
+            np.random.default_rng(seed_sequence(seed, run, 2, key, budget, 1)))
 
 
 def run_unit(
