@@ -4,10 +4,11 @@ drift. Beyond the paper.
 
 A run: the bench protocol's 80/20 split of run r; the learner trains at T completions on the
 training queries, with the bench cell's own seeds (the policy is the one `iapo bench` scores
-for that learner, T and run); requests then arrive, each a context drawn by the grid's probabilities and
-a query drawn uniformly from all the environment's queries: the population the training
-queries were drawn from (the test split alone, 63 queries for math, would make the traffic's
-truth differ from the training population's by more than the prompts differ).
+for that learner, T and run); requests then arrive, each a context drawn by the grid's
+probabilities and a query drawn uniformly from all the environment's queries: the
+population the training queries were drawn from (the test split alone, 63 queries for math,
+would make the traffic's truth differ from the training population's by more than the
+prompts differ).
 Every condition of a run sees the same requests (a paired design): ``frozen`` serves the
 trained arms throughout; ``continual`` at learning budget F serves, learns and monitors by
 :class:`iapo.continual.Continual`. Labels are known in simulation, so every group is scored.
