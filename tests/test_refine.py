@@ -128,3 +128,61 @@ def test_the_gateway_refines_in_the_background_and_reloads(tmp_path: Path) -> No
     assert health["refine"]["every"] == 40 and health["refine"]["error"] is None
     assert health["refine"]["last"]["changed"] is True and health["drift"] == []
     assert json.loads((run / "policy.previous.json").read_text())["policy"][0]["prompt"] == 2
+
+
+def test_refine_budget_draws_on_logged_queries_and_a_rerun_pays_nothing(
+        tmp_path: Path) -> None:
+    """The log holds only the served prompt, which answers wrong: refine alone has no
+    evidence for another. ``--budget 300`` draws completions of the other prompts on the
+    logged queries (counted by the upstream); a rerun replays them from the run's store and
+    pays nothing; with the default min gain the policy moves to a prompt that answers
+    right. Training's queries are not drawn on (the logged ones are new questions)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    log = tmp_path / "log.sqlite"
+    asked = {f"(asked again) {q}": q for q in GOLD}  # not training queries
+    queries = list(asked)
+
+    def refine(*extra: str) -> tuple[Any, int]:
+        before = len(up.requests)
+        res = CliRunner().invoke(main, ["refine", str(run), "--log", str(log),
+                                        "--refine-every", "10", *extra])
+        assert res.exit_code == 0, res.output
+        return res, len(up.requests) - before
+
+    with ScriptedServer(answer_of=by_prompt) as up:
+        mcq_policy(run, up.base_url, [(2, 4), (2, 4)]).rename(run / "policy.json")
+        CompletionStore(run / "store.sqlite").close()
+        with Gateway(run / "policy.json", "--log-store", str(log)) as gw:
+            served = [(gw.ask({"budget": "low" if i % 2 else "high"},
+                              content=queries[i % 10]).id, queries[i % 10])
+                      for i in range(40)]
+        labels = tmp_path / "labels.jsonl"
+        labels.write_text("".join(json.dumps({"id": rid, "gold": GOLD[asked[q]]}) + "\n"
+                                  for rid, q in served))
+        assert CliRunner().invoke(main, ["label-log", str(log), str(labels)]).exit_code == 0
+        # without a budget: only N can change (the served prompt's groups hold every
+        # smaller N); no other prompt has a sample
+        res, paid = refine()
+        report = json.loads((run / "refine.json").read_text())
+        assert paid == 0 and report["spent"] is None
+        assert all(c["chosen"]["prompt"] == "short" for c in report["contexts"])
+        # a min gain no gain can clear: it spends, and changes nothing
+        res, paid = refine("--budget", "300", "--min-gain", "10")
+        spent = json.loads((run / "refine.json").read_text())["spent"]
+        assert "policy unchanged" in res.output
+        assert 0 < spent["drawn"] <= 300 and spent["paid"] == paid == spent["drawn"]
+        drawn_on = {b["messages"][-1]["content"] for b in up.requests[-paid:]}
+        assert all(any(q in text for q in queries) for text in drawn_on)
+        assert any(not text.rstrip().endswith("Answer:") for text in drawn_on)  # other prompts
+        # the same refine again: every completion is replayed from the store
+        res, paid = refine("--budget", "300", "--min-gain", "10")
+        again = json.loads((run / "refine.json").read_text())["spent"]
+        assert paid == 0 and again["paid"] == 0 and again["replayed"] == spent["drawn"]
+        # with the default min gain: the evidence moves both contexts off the wrong prompt
+        res, paid = refine("--budget", "300")
+        report = json.loads((run / "refine.json").read_text())
+    assert "(replaced)" in res.output and report["spent"]["paid"] == paid
+    assert report["spent"]["drawn"] <= 300
+    assert all(c["chosen"]["prompt"] != "short" for c in report["contexts"])
+    assert all(s["reason"] == "evidence" for c in report["contexts"] for s in c["switches"])

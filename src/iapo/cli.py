@@ -736,28 +736,36 @@ def _refine_options(fn: F) -> F:
 
 
 def _replay(run: str, log_path: str, min_gain: float, confidence: float, refine_every: int,
-            write: bool) -> dict[str, Any]:
-    """Refine's replay of the log (writing the policy and refine.json only if ``write``),
-    printed; its report."""
+            write: bool, budget: int = 0, seed: int = 0) -> dict[str, Any]:
+    """Refine's replay of the log (writing the policy and refine.json only if ``write``;
+    drawing ``budget`` more completions), printed; its report."""
     from iapo.continual import ContinualSettings
     from iapo.live.refine import refine as run_refine
 
     settings = ContinualSettings(min_gain=min_gain, confidence=confidence,
                                  refine_every=refine_every)
-    report = run_refine(Path(run), Path(log_path), settings, write=write)
+    report = run_refine(Path(run), Path(log_path), settings, write=write, budget=budget,
+                        seed=seed, progress=True)
     _echo_refine(report)
     return report
 
 
 @main.command()
 @_refine_options
+@click.option("--budget", type=click.IntRange(min=0), default=0, show_default=True,
+              help="More completions to draw on the logged queries (with gold), PSST-style, "
+                   "before deciding; stored in RUN's store, so a rerun replays them.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the queries --budget draws on.")
 @_user_errors
 def refine(run: str, log_path: str, refine_every: int, confidence: float,
-           min_gain: float) -> None:
-    """Re-decide RUN's policy from the gateway's log, paying nothing: a context changes its
-    arm only on evidence (docs/continual.md). Writes RUN/policy.json (the old one kept as
-    policy.previous.json) only when one does, and RUN/refine.json always."""
-    report = _replay(run, log_path, min_gain, confidence, refine_every, write=True)
+           min_gain: float, budget: int, seed: int) -> None:
+    """Re-decide RUN's policy from the gateway's log: a context changes its arm only on
+    evidence (docs/continual.md). Pays nothing unless --budget asks for more completions.
+    Writes RUN/policy.json (the old one kept as policy.previous.json) only when a context
+    changes, and RUN/refine.json always."""
+    report = _replay(run, log_path, min_gain, confidence, refine_every, write=True,
+                     budget=budget, seed=seed)
     click.echo(f"policy: {Path(run) / 'policy.json'} (replaced)" if report["changed"] else
                f"policy unchanged: {report['why_not']}")
 
@@ -788,6 +796,11 @@ def _echo_refine(report: dict[str, Any]) -> None:
                                       f" [{a['q_ci95'][0]:.4f}, {a['q_ci95'][1]:.4f}]"))
         click.echo(f"{c['context']}: served {s['prompt']} N={s['n']} ({q(s)}, {s['groups']} "
                    f"groups) -> {ch['prompt']} N={ch['n']} ({q(ch)})")
+    spent = report.get("spent")
+    if spent:
+        click.echo(f"drew {spent['drawn']} of --budget {spent['budget']} completions on "
+                   f"{spent['queries']} logged queries: {spent['paid']} paid, "
+                   f"{spent['replayed']} replayed from the store")
     for f in report["flags"]:
         click.echo(f"DRIFT at request {f['request']}: context "
                    f"{report['contexts'][f['context']]['context']}, prompt {f['prompt']} at "

@@ -302,12 +302,19 @@ class Continual:
                    ) - self.learning_completions
 
     def learning_pulls(self) -> list[Pull]:
-        """Single groups, while the allowance pays for the next one (charged here: the caller
-        draws them all): turns alternate between the challengers (each at its N) and the
-        candidates (each prompt at its scale), so a challenger gets half while one waits."""
+        """:meth:`pulls` within the allowance, charged to it here (the caller draws them
+        all)."""
+        out = self.pulls(self.allowance())
+        self.learning_completions += sum(p.cost for p in out)
+        return out
+
+    def pulls(self, completions: int) -> list[Pull]:
+        """Single groups, while ``completions`` pay for the next one: turns alternate between
+        the challengers (each at its N) and the candidates (each prompt at its scale), so a
+        challenger gets half while one waits."""
         queues = [self._challenges(), self._explore]
         out: list[Pull] = []
-        left = self.allowance()
+        left = completions
         while left > 0 and (queues[0] or queues[1]):
             which = self._turn % 2 if queues[self._turn % 2] else 1 - self._turn % 2
             queue = queues[which]
@@ -318,7 +325,6 @@ class Continual:
             left -= scale
             self._next[which] += 1
             self._turn += 1
-        self.learning_completions += sum(p.cost for p in out)
         return out
 
     def _challenges(self) -> list[tuple[int, int]]:

@@ -41,12 +41,15 @@ import numpy as np
 from iapo.continual import FRESH_GROUPS, Continual, ContinualSettings
 from iapo.errors import InputError
 from iapo.files import write_text_atomically
+from iapo.live.optimize import check_store_task
 from iapo.live.oracle import LiveOracle, TaskRuntime
 from iapo.live.store import CompletionStore, StoredCompletion, store_errors, writer_lock
 from iapo.live.task import Record, Task, load_records
 from iapo.policy import Policy
 from iapo.problem import Choice
 from iapo.pulls import Observation
+
+ROUNDS = 8  # refine --budget draws in this many rounds, each followed by a refit
 
 
 class RefineError(InputError):
@@ -83,9 +86,10 @@ def training_observations(task: Task, store: CompletionStore, costs: np.ndarray
 
 
 def log_observations(task: Task, log: CompletionStore, costs: np.ndarray
-                     ) -> tuple[list[tuple[str, Observation]], dict[str, int]]:
+                     ) -> tuple[list[tuple[str, Observation]], dict[str, int], list[Record]]:
     """The logged groups with a gold answer (or every group, where no objective needs one),
-    oldest first, each with its reason; and the counts of what was read and left out."""
+    oldest first, each with its reason; the counts of what was read and left out; and the
+    groups' records (query and gold), which their observations index."""
     rows = log.served()
     queries = {i: q for i, q, _ in log.queries()}
     gold: dict[str, Any] = {}
@@ -117,21 +121,27 @@ def log_observations(task: Task, log: CompletionStore, costs: np.ndarray
             f"{task.aggregator} scoring needs the right answer to learn anything; attach them "
             "with iapo label-log LOG LABELS.jsonl or POST /v1/feedback")
     runtime = TaskRuntime(task, records)
-    return list(zip(reasons, _observations(runtime, log, costs, groups), strict=True)), counts
+    return (list(zip(reasons, _observations(runtime, log, costs, groups), strict=True)),
+            counts, records)
 
 
-def refine(run: Path, log_path: Path, settings: ContinualSettings,
-           write: bool = True) -> dict[str, Any]:
+def refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool = True,
+           budget: int = 0, seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """Re-decide ``run``'s policy from the log at ``log_path`` (module docstring); returns
-    the report written to RUN/refine.json (``write``: write it and the policy)."""
+    the report written to RUN/refine.json (``write``: write it and the policy). ``budget``
+    more completions are drawn on the logged queries (:func:`spend`, ``seed``)."""
+    if budget < 0:
+        raise RefineError(f"budget {budget} must be >= 0 (completions)")
     if not write:
-        return _refine(run, log_path, settings, False)
+        if budget:
+            raise RefineError("monitor pays nothing: give a budget to refine only")
+        return _refine(run, log_path, settings, False, 0, seed, progress)
     with writer_lock(run, "refine"):  # one refine of a run at a time
-        return _refine(run, log_path, settings, True)
+        return _refine(run, log_path, settings, True, budget, seed, progress)
 
 
-def _refine(run: Path, log_path: Path, settings: ContinualSettings,
-            write: bool) -> dict[str, Any]:
+def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
+            budget: int, seed: int, progress: bool) -> dict[str, Any]:
     from iapo.serve.core import load_served
 
     policy_path = run / "policy.json"
@@ -147,7 +157,7 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings,
                                                              create=False) as store:
         training = training_observations(task, store, costs)
     with store_errors(log_path), CompletionStore(log_path, create=False) as log:
-        logged, counts = log_observations(task, log, costs)
+        logged, counts, records = log_observations(task, log, costs)
     problem = task.problem()
     learner = Continual(problem, settings, training, policy.choices)
     for reason, obs in logged:
@@ -157,7 +167,13 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings,
         if learner.due():
             learner.refit()
     learner.refit()  # decide what the end of the log can decide
+    spent = None
+    if budget:
+        # writable now (the replay above found it): what is drawn is stored as training's is
+        with store_errors(run / "store.sqlite"), CompletionStore(run / "store.sqlite") as store:
+            spent = spend(task, store, records, learner, budget, costs, seed, progress)
     report = _report(task, policy, learner, counts, len(training))
+    report["spent"] = spent
     if write and report["changed"]:
         new = dataclasses.replace(
             policy, choices=[Choice(p, n, float(learner.table.mean[i, p, n - 1]),
@@ -174,6 +190,47 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings,
         write_text_atomically(run / "refine.json", json.dumps(report, indent=2) + "\n",
                               "the refine report")
     return report
+
+
+def spend(task: Task, store: CompletionStore, records: list[Record], learner: Continual,
+          budget: int, costs: np.ndarray, seed: int, progress: bool) -> dict[str, Any]:
+    """Draw ``budget`` more completions, PSST-style, on the logged queries: in ROUNDS rounds,
+    each the learner's pulls (its challengers and candidates, in turn) on random logged
+    queries with a gold answer, then a refit. Completions go to the run's store (as
+    training's do), so a rerun with the same seed replays them and pays nothing. A logged
+    query that is also a training query is left out: its pools already hold training's
+    samples, which the replay counted. Returns what was drawn, paid and replayed."""
+    from tqdm.auto import tqdm
+
+    training = {r.query for r in load_records(task.data_path)}
+    first: dict[str, int] = {}  # every distinct logged query (with gold where it is needed)
+    for i, r in enumerate(records):
+        if r.query not in training:
+            first.setdefault(r.query, i)
+    if not first:
+        raise RefineError(f"--budget {budget}: the log has no query to draw on that is not a "
+                          "training query and has what its scoring needs (a gold answer: "
+                          "iapo label-log or POST /v1/feedback)")
+    runtime = TaskRuntime(task, records)
+    check_store_task(task, store.path.parent, store, False)
+    for scorer in runtime.judges():  # judgements are cached in the run's store
+        scorer.bind(store.path)
+    run_id = store.start_run("refine", task.name, task.digest(), task.seed)
+    with tqdm(total=budget, desc="refine", unit="compl", disable=not progress) as bar:
+        oracle = LiveOracle(runtime, store, np.array(sorted(first.values())), budget,
+                            np.random.default_rng(seed),
+                            lambda served, paid, tokens, batch: bar.update(served),
+                            costs=costs)
+        size = max(task.n_max, math.ceil(budget / ROUNDS))
+        while (left := budget - oracle.ledger.spent) > 0:
+            pulls = learner.pulls(min(left, size))
+            if not pulls:
+                break
+            learner.observe(oracle.pull(pulls))
+            learner.refit()
+        store.update_run(run_id, oracle.paid, oracle.replayed, oracle.tokens)
+    return {"budget": budget, "drawn": oracle.ledger.spent, "paid": oracle.paid,
+            "replayed": oracle.replayed, "queries": len(first), "seed": seed}
 
 
 def _report(task: Task, policy: Policy, learner: Continual, counts: dict[str, int],
