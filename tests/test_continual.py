@@ -411,8 +411,9 @@ def test_baselines_double_and_flags_carry_their_numbers() -> None:
         cont.refit()
     assert starts == [10, 20, 40]
     z = cont._z_baseline
-    sd = math.sqrt(54 * 6 / 60 / 59)  # 60 samples of 0/1 with mean 0.9
-    lower = 0.9 - z * sd / math.sqrt(60)
+    # 60 samples of 0/1 with mean 0.9, and one more at each end of [0, 1]: 55 of 62 right
+    sd = math.sqrt(55 * 7 / 62 / 61)
+    lower = 55 / 62 - z * sd / math.sqrt(62)
     flags: list = []
     for _ in range(200):
         flags = cont.observe([served_groups(0, 0, 1)])
@@ -481,3 +482,139 @@ def test_a_challenger_at_n_3_counts_only_its_own_samples() -> None:
     cont.observe([group(0, [[0, 1, 0]])])
     cont.record_served(10, 40)
     assert [s.new for s in cont.refit()] == [(0, 3), (0, 3)]
+
+
+# ---------------------------------------------------------------- traffic by context
+
+
+def traffic_groups(right_0: int, wrong_0: int, right_1: int, wrong_1: int
+                   ) -> tuple[list[Observation], list[int]]:
+    """Groups of 4 of prompt 1, all right or all wrong: the first two counts drawn on
+    context 0's requests, the last two on context 1's."""
+    return ([served_groups(1, right_0, wrong_0), served_groups(1, right_1, wrong_1)], [0, 1])
+
+
+def test_traffic_level_by_hand() -> None:
+    """Two contexts (one pair), refits every 10 requests over a horizon of 20,000: 2,000
+    refits, the test two-sided at 0.05 / (2 x 1 x 2,000) each."""
+    cont = learner(ContinualSettings(refine_every=10, alarm=0.05, horizon=20_000))
+    assert cont._z_traffic == pytest.approx(norm.ppf(1 - 0.05 / 4000), rel=1e-12)
+
+
+def test_a_context_whose_traffic_differs_learns_from_its_own() -> None:
+    """Context 0's requests are all answered right by prompt 1, context 1's half right:
+    on (1, 1), 40 groups each way, context 0's mean is 1 (variance 0) against 0.5
+    (variance 40 x 0.25 / 39) from the other's: z = 0.5 / sqrt(0.2564 / 40) = 6.2 beyond
+    the level. The pair splits: context 0's estimate of (1, 4) is 1 (pooled it would be
+    0.75), context 1's 0.5 - 4 x 0.02."""
+    cont = learner(ContinualSettings(refine_every=10, alarm=0.05))
+    cont.observe(*traffic_groups(40, 0, 20, 20))
+    np.testing.assert_allclose(cont.estimates().mean[:, 1, 3], [0.75, 0.75 - 0.08])
+    cont.record_served(10, 40)
+    cont.refit()
+    var_other = 40 * 0.25 / 39
+    z = 0.5 / math.sqrt(var_other / 40)
+    assert [(s.context, s.other, s.prompt, s.n, s.own_groups, s.other_groups)
+            for s in cont.splits] == [(0, 1, 1, 1, 40, 40)]
+    assert cont.splits[0].z == pytest.approx(z, rel=1e-9)
+    assert (cont.splits[0].own, cont.splits[0].others) == pytest.approx((1.0, 0.5))
+    assert cont.shared.tolist() == [False, False]
+    assert cont.pools.tolist() == [[True, False], [False, True]]
+    est = cont.estimates()
+    np.testing.assert_allclose(est.mean[:, 1, 3], [1.0, 0.5 - 0.08])
+    assert est.counts[:, 1, 3].tolist() == [40, 40]
+    # from now on a group counts only for the context whose request it was drawn on
+    cont.observe([served_groups(0, 12, 0)], [1])
+    assert cont.estimates().counts[:, 0, 3].tolist() == [0, 12]
+    assert cont.table.counts[0, 3] == 12  # the pooled table still has every group
+
+
+def test_contexts_with_the_same_traffic_keep_sharing() -> None:
+    """The same 20 right and 20 wrong groups on both contexts' requests: z = 0, no split;
+    and without origins nothing is kept apart at all."""
+    cont = learner(ContinualSettings(refine_every=10))
+    cont.observe(*traffic_groups(20, 20, 20, 20))
+    cont.record_served(10, 40)
+    cont.refit()
+    assert cont.splits == [] and cont.shared.all()
+    np.testing.assert_allclose(cont.estimates().mean, cont.table.mean)
+    blind = learner(ContinualSettings(refine_every=10))
+    blind.observe(traffic_groups(40, 0, 0, 40)[0])  # very different, but no origins
+    blind.record_served(10, 40)
+    blind.refit()
+    assert blind.splits == [] and all(t.counts.sum() == 0 for t in blind.own)
+
+
+def three_contexts(training: list[Observation], cost_c: float = 0.5) -> Continual:
+    """Contexts 'a', 'b' (no cost) and 'c' (cost weight ``cost_c``), each serving (1, 4);
+    after one refit on 'a' and 'b' asking alike (prompt 1 right on 30 of 40 groups each)
+    and 'c' asking what it always gets wrong."""
+    env = MVEnvironment("env3c", env3().probs, np.zeros(4, dtype=int), list(COST),
+                        {"a": 0.0, "b": 0.0, "c": cost_c}, 4, cacheable=False)
+    cont = Continual(env.problem, ContinualSettings(refine_every=10), training,
+                     [Choice(1, 4, 0.0, 0)] * 3)
+    cont.observe([served_groups(1, 30, 10), served_groups(1, 30, 10),
+                  served_groups(1, 0, 40)], [0, 1, 2])
+    cont.record_served(10, 40)
+    cont.refit()
+    return cont
+
+
+def test_pairs_of_contexts_split_and_the_rest_still_pool() -> None:
+    """The pairs (a, c) and (b, c) split, (a, b) keeps pooling: a's estimate of (1, 4) is
+    60 / 80 from a's and b's traffic, without the training groups (which only a context
+    pooling with every other uses), and c's is 0 - 0.5 x 4 x 0.02."""
+    cont = three_contexts([served_groups(1, 5, 5)])
+    assert [(s.context, s.other) for s in cont.splits] == [(0, 2), (1, 2)]
+    z = 0.75 / math.sqrt(40 * 0.75 * 0.25 / 39 / 40)
+    assert cont.splits[0].z == pytest.approx(z, rel=1e-9)
+    assert cont.pools.tolist() == [[True, True, False], [True, True, False],
+                                   [False, False, True]]
+    est = cont.estimates()
+    np.testing.assert_allclose(est.mean[:, 1, 3], [0.75, 0.75, -0.04])
+    assert est.counts[:, 1, 3].tolist() == [80, 80, 40]
+    assert cont.table.counts[1, 3] == 130  # the pool keeps everything, training too
+
+
+def test_a_baseline_of_samples_all_alike_sits_below_the_top() -> None:
+    """60 all-right groups of the served (0, 4): with one sample more at each end of [0, 1],
+    61 of 62 right, so the baseline sits below 1 and one wrong answer does not alarm."""
+    cont = learner(ContinualSettings(refine_every=10), served=((0, 4), (0, 4)))
+    cont.observe([served_groups(0, 60, 0)])
+    cont.record_served(10, 40)
+    cont.refit()
+    sd = math.sqrt(61 * 1 / 62 / 61)
+    lower = 61 / 62 - cont._z_baseline * sd / math.sqrt(62)
+    assert cont.monitor.m0[0] == pytest.approx(lower, rel=1e-9)  # context 'low': range [0, 1]
+    assert cont.observe([served_groups(0, 0, 1)]) == []
+
+
+def test_once_traffic_differs_a_switch_restarts_the_drift_tests_that_pool_with_it() -> None:
+    """After the splits, a second refit starts every drift test (baselines at request 20).
+    When 'a' moves to prompt 0, the tests of 'b' (which pools with 'a' and serves the
+    prompt 'a' left) restart, off until the next baselines: the traffic they watch is no
+    longer the same mix. Those of 'c', which pools with neither, keep running ('c' pays no
+    cost here, so that no smaller N of its prompt beats its arm)."""
+    cont = three_contexts([], cost_c=0.0)
+    cont.observe([served_groups(1, 30, 10), served_groups(1, 30, 10),
+                  served_groups(1, 0, 40)], [0, 1, 2])
+    cont.record_served(10, 40)
+    cont.refit()
+    assert all(cont.monitor.active(t) for t in range(6))
+    cont._choose(0, 0 * 4 + 3, "evidence", 0.1)  # 'a' to (0, 4)
+    assert [cont.monitor.active(t) for t in range(6)] == [False, False, False, False,
+                                                          True, True]
+    assert cont._since[2:4].sum() == 0.0  # 'b' starts counting again
+    # where no traffic differs, a switch restarts only its own context's tests
+    env = MVEnvironment("env3c", env3().probs, np.zeros(4, dtype=int), list(COST),
+                        {"a": 0.0, "b": 0.0, "c": 0.0}, 4, cacheable=False)
+    alike = Continual(env.problem, ContinualSettings(refine_every=10), [],
+                      [Choice(1, 4, 0.0, 0)] * 3)
+    for _ in range(2):
+        alike.observe([served_groups(1, 30, 10)] * 3, [0, 1, 2])
+        alike.record_served(10, 40)
+        alike.refit()
+    assert alike.splits == [] and all(alike.monitor.active(t) for t in range(6))
+    alike._choose(0, 0 * 4 + 3, "evidence", 0.1)
+    assert [alike.monitor.active(t) for t in range(6)] == [False, False, True, True, True,
+                                                           True]

@@ -186,3 +186,47 @@ def test_refine_budget_draws_on_logged_queries_and_a_rerun_pays_nothing(
     assert report["spent"]["drawn"] <= 300
     assert all(c["chosen"]["prompt"] != "short" for c in report["contexts"])
     assert all(s["reason"] == "evidence" for c in report["contexts"] for s in c["switches"])
+
+
+def test_refine_keeps_apart_a_context_whose_traffic_differs(tmp_path: Path) -> None:
+    """'budget=low' asks the first five questions, which the served prompt answers right;
+    'budget=high' the last five, which it answers wrong. Pooled, the prompt is right half
+    the time in both; refine finds that the two contexts' requests differ (the log names
+    each request's context) and estimates each from its own: right always in 'low' (Q 1,
+    no cost there), never in 'high' (Q 0 - 4 completions x 1)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    log = tmp_path / "log.sqlite"
+    queries = list(GOLD)
+    easy = set(queries[:5])
+
+    def answer(body: dict[str, Any]) -> str:
+        text = body["messages"][-1]["content"]
+        query = next(q for q in GOLD if q in text)
+        return f"The answer is ({GOLD[query] if query in easy else WRONG[GOLD[query]]})."
+
+    with ScriptedServer(answer_of=answer) as up:
+        mcq_policy(run, up.base_url, [(2, 4), (2, 4)]).rename(run / "policy.json")
+        CompletionStore(run / "store.sqlite").close()
+        with Gateway(run / "policy.json", "--log-store", str(log)) as gw:
+            served = []
+            for i in range(80):
+                low = i % 2 == 0
+                q = queries[(i // 2) % 5 + (0 if low else 5)]
+                served.append((gw.ask({"budget": "low" if low else "high"}, content=q).id, q))
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps({"id": rid, "gold": GOLD[q]}) + "\n"
+                              for rid, q in served))
+    assert CliRunner().invoke(main, ["label-log", str(log), str(labels)]).exit_code == 0
+    res = CliRunner().invoke(main, ["monitor", str(run), "--log", str(log),
+                                    "--refine-every", "40"])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("TRAFFIC at request 80: contexts budget=low and budget=high") == 1
+    res = CliRunner().invoke(main, ["refine", str(run), "--log", str(log),
+                                    "--refine-every", "40"])
+    report = json.loads((run / "refine.json").read_text())
+    assert [c["traffic"] for c in report["contexts"]] == [["budget=low"], ["budget=high"]]
+    assert [(t["context"], t["other"], t["own_groups"], t["other_groups"])
+            for t in report["splits"]] == [(0, 1, 40, 40)]
+    low, high = (c["served"] for c in report["contexts"])
+    assert low["q"] == 1.0 and high["q"] == -4.0 and low["groups"] == high["groups"] == 40

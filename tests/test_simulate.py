@@ -13,7 +13,15 @@ from click.testing import CliRunner
 from iapo.cli import main
 from iapo.envs import get_environment
 from iapo.errors import InputError
-from iapo.simulate import Scenario, SimConfig, drifted, simulate_run, traffic
+from iapo.simulate import (
+    Scenario,
+    SimConfig,
+    context_slices,
+    drifted,
+    simulate_run,
+    summarize,
+    traffic,
+)
 
 SMALL = Scenario(requests=3000, drift_at=1000, step=100)
 
@@ -106,9 +114,45 @@ def test_query_shift_changes_the_truth() -> None:
     assert r["frozen"][1] - r["frozen"][0] == pytest.approx(after, rel=1e-9)
 
 
+def test_traffic_by_context_asks_each_context_its_own_slice() -> None:
+    """--by-context: the queries ordered by their mean single-completion accuracy over
+    prompts (brute force here), cut into thirds; context c asks only slice c, and the
+    frozen regret is against each context's oracle on its own slice."""
+    env = get_environment("math")
+    pop = np.arange(env.n_queries)
+    acc = env.probs[:, pop, env.gold].mean(axis=0)  # [X]: mean over prompts
+    slices = context_slices(env, pop)
+    assert sorted(np.concatenate(slices).tolist()) == pop.tolist()
+    assert [s.size for s in slices] == [106, 105, 105]
+    assert acc[slices[0]].min() >= acc[slices[1]].max() >= acc[slices[1]].min() >= \
+        acc[slices[2]].max()
+    sc = Scenario(requests=2000, by_context=True)
+    config = SimConfig("math", budgets=(), runs=2, scenario=sc)
+    contexts, queries = traffic(config, 0, pop, 3, env.problem.grid.probabilities, slices)
+    for c in range(3):
+        assert set(queries[contexts == c].tolist()) <= set(slices[c].tolist())
+    r = simulate_run(config, 0)
+    arms = [tuple(a) for a in r["trained"]]
+    q = np.stack([env.q(slices[c])[c] for c in range(3)])
+    assert r["frozen"][-1] == pytest.approx(brute_regret(q, arms, contexts), rel=1e-9)
+
+
+def test_origins_keep_traffic_apart_and_pooling_does_not() -> None:
+    """On traffic by context, the learner told each group's context splits contexts apart
+    in every run; one not told never does (the same requests)."""
+    sc = Scenario(requests=3000, by_context=True)
+    told, blind = (summarize(cfg, [simulate_run(cfg, r) for r in range(2)])
+                   for cfg in (SimConfig("math", budgets=(0.1,), runs=2, scenario=sc),
+                               SimConfig("math", budgets=(0.1,), runs=2, scenario=sc,
+                                         origins=False)))
+    assert told["conditions"]["continual@0.1"]["split_rate"] == 1.0
+    assert blind["conditions"]["continual@0.1"]["split_rate"] == 0.0
+
+
 def test_scenario_refuses_bad_values() -> None:
     for bad in ({"requests": 1500}, {"drift_at": 150, "step": 100}, {"drop": 1.2},
-                {"shift_at": 5000, "requests": 2000}, {"step": 300}):
+                {"shift_at": 5000, "requests": 2000}, {"step": 300},
+                {"by_context": True, "drift_at": 1000}):
         with pytest.raises(InputError):
             Scenario(**bad)  # type: ignore[arg-type]
 

@@ -406,6 +406,12 @@ def bench(envs: str, learners: str | None, budgets: str, runs: int, seed: int, o
               help="After this request queries come from a random --shift-keep share only.")
 @click.option("--shift-keep", "shift_keep", default=0.5, show_default=True, type=float,
               help="Share of the queries the traffic keeps after --shift-at.")
+@click.option("--by-context", "by_context", is_flag=True,
+              help="Each context's requests come from its own slice of the queries (by "
+                   "difficulty); a scenario of its own.")
+@click.option("--pooled", "pooled", is_flag=True,
+              help="Do not tell the continual learner which context each group came from "
+                   "(every group counts for every context).")
 @_rule_options
 @click.option("--alarm", "alarm", default=_continual_default("alarm"), show_default=True,
               type=float, help="False-alarm probability of the drift monitor over the run.")
@@ -418,8 +424,9 @@ def bench(envs: str, learners: str | None, budgets: str, runs: int, seed: int, o
 @_user_errors
 def simulate(env_name: str, runs: int, budgets: str, requests: int, train_budget: int,
              learner: str, drift_at: int | None, drop: float, shift_at: int | None,
-             shift_keep: float, refine_every: int, confidence: float, min_gain: float,
-             alarm: float, seed: int, workers: int, out: str) -> None:
+             shift_keep: float, by_context: bool, pooled: bool, refine_every: int,
+             confidence: float, min_gain: float, alarm: float, seed: int, workers: int,
+             out: str) -> None:
     """Serve simulated traffic with a trained policy, frozen and learning continually, with
     optional scripted drift: cumulative regret per 1,000 requests as a table and a figure."""
     from iapo.continual import ContinualSettings
@@ -434,8 +441,9 @@ def simulate(env_name: str, runs: int, budgets: str, requests: int, train_budget
     for b in budget_list:
         ContinualSettings(learn_budget=b)  # each checked before any run
     config = SimConfig(env_name, budget_list, runs, seed, train_budget, learner,
-                       scenario=Scenario(requests, drift_at, drop, shift_at, shift_keep),
-                       settings=settings)
+                       scenario=Scenario(requests, drift_at, drop, shift_at, shift_keep,
+                                         by_context=by_context),
+                       settings=settings, origins=not pooled)
     _check_writable(out, "--out", folder=True)
     results = run_all(config, workers=workers)
     summary = write(config, results, Path(out))
@@ -801,6 +809,13 @@ def _echo_refine(report: dict[str, Any]) -> None:
         click.echo(f"drew {spent['drawn']} of --budget {spent['budget']} completions on "
                    f"{spent['queries']} logged queries: {spent['paid']} paid, "
                    f"{spent['replayed']} replayed from the store")
+    for t in report.get("splits", []):
+        names = [report["contexts"][t[k]]["context"] for k in ("context", "other")]
+        click.echo(f"TRAFFIC at request {t['request']}: contexts {names[0]} and {names[1]} "
+                   f"ask differently (prompt {t['prompt']} at N={t['n']}: {t['own']:.4f} on "
+                   f"{t['own_groups']} groups against {t['others']:.4f} on "
+                   f"{t['other_groups']}, z {t['z']:+.1f}); neither learns from the other's "
+                   "traffic from then on")
     for f in report["flags"]:
         click.echo(f"DRIFT at request {f['request']}: context "
                    f"{report['contexts'][f['context']]['context']}, prompt {f['prompt']} at "

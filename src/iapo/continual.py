@@ -27,11 +27,27 @@ The decisions, each a rule with a test:
 - **Drift** (:class:`DriftMonitor`). At requests refine_every x 2^k (k = 0, 1, ...), every
   context takes baselines: the lower confidence bounds of its served arm (p, N) and of its
   prompt's single completions (p, 1), from the samples seen since the context began to serve
-  that arm (again not the luck of its choice). Each later sample is tested against its
-  baseline by a Shiryaev-Roberts e-detector (a mixture over bets). A context whose value left
-  its interval is flagged: the flagged prompt keeps only its samples since the baselines, and
-  every context serving it moves to the arm of highest mean among those seen on
-  BASELINE_GROUPS groups.
+  that arm (again not the luck of its choice), with one sample more at each end of the range
+  (as Agresti and Coull add a success and a failure: samples all alike must not put a
+  baseline at the top of the range). Each later sample is tested against its baseline by a
+  Shiryaev-Roberts e-detector (a mixture over bets). A context whose value left its interval
+  is flagged: the flagged prompt keeps only its samples since the baselines, and every
+  context serving it moves to the arm of highest mean among those seen on BASELINE_GROUPS
+  groups.
+
+Contexts whose traffic differs (:meth:`Continual.estimates`). Reusing a group for every
+context assumes the contexts' queries come from one distribution. A caller that knows each
+group's *origin* (the context of the request it was drawn on) passes it to
+:meth:`Continual.observe`, and the groups of every context's traffic are also kept apart.
+At every refit, every pair of contexts that still pool compares its two traffics on the arm
+most sampled by both (at least BASELINE_GROUPS groups each): a two-sided z test, at level
+``alarm`` with Bonferroni over pairs and refits. Where they differ, the pair *splits*, for
+good: each learns from its own traffic and that of the contexts it still pools with (weight
+1), never from the other's (weight 0), so its estimates, its challengers' evidence and its
+drift tests stay unbiased for its traffic. Each side's challenger is dropped and its drift
+tests restart (off until the next baselines). Training's groups, and groups of no known
+origin, count only for a context that pools with every other. Without origins nothing
+splits.
 
 Standard errors: a variance seen on k groups is shrunk toward the context's typical one
 (:func:`shrunk_variance`), so that a few identical 0/1 vote credits do not claim certainty.
@@ -46,6 +62,7 @@ P(max R_t >= A) <= H / A, with A = tests x H / (alarm / 2).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -203,6 +220,36 @@ class DriftMonitor:
 
 
 @dataclass(frozen=True)
+class Estimates:
+    """What a learner knows, per context: mean, standard error and groups of every arm [C,
+    P, N], and the typical variance [C] (each context's from the groups it uses)."""
+
+    mean: FloatArray
+    stderr: FloatArray
+    counts: IntArray
+    typical: FloatArray
+
+
+@dataclass(frozen=True)
+class TrafficSplit:
+    """At request ``request``, the traffic of ``context`` and ``other`` differed on arm
+    (prompt, n): mean ``own`` (in ``context``'s utility) on ``own_groups`` groups of
+    ``context``'s traffic against ``others`` on ``other_groups`` of ``other``'s, z statistic
+    ``z``; from then on neither learns from the other's groups."""
+
+    request: int
+    context: int
+    other: int
+    prompt: int
+    n: int
+    own: float
+    own_groups: int
+    others: float
+    other_groups: int
+    z: float
+
+
+@dataclass(frozen=True)
 class Flag:
     """A drift alarm: ``context``'s test of arm (prompt, n) alarmed at request ``request``;
     its baseline ``baseline`` (the lower bound) and the live mean ``live`` of its samples."""
@@ -243,10 +290,16 @@ class Continual:
             raise InputError("continual learning needs one arm with a fixed N per context")
         self.problem = problem
         self.settings = settings
-        self.table = GroupTable(problem)
+        n_ctx = problem.n_contexts
+        self.table = GroupTable(problem)  # every group: what a context that shares uses
         self.table.update(training)
         self.recent = GroupTable(problem)  # the samples since the last drift baselines
-        n_ctx = problem.n_contexts
+        # per context, the groups drawn on its own traffic (all time, and since the last
+        # baselines); pools[c, o]: context c learns from the groups of context o's traffic
+        self.own = [GroupTable(problem) for _ in range(n_ctx)]
+        self.recent_own = [GroupTable(problem) for _ in range(n_ctx)]
+        self.pools = np.ones((n_ctx, n_ctx), dtype=bool)
+        self.splits: list[TrafficSplit] = []
         self.prompt = np.array([c.prompt for c in served], dtype=np.intp)  # [C]
         self.n = np.array([c.n for c in served], dtype=np.intp)  # [C]
         self.requests = 0
@@ -267,6 +320,11 @@ class Continual:
         baselines = int(math.log2(max(settings.horizon, settings.refine_every)
                                   / settings.refine_every)) + 1
         self._z_baseline = float(norm.ppf(1 - settings.alarm / 2 / (2 * n_ctx * baselines)))
+        # the traffic test, at every refit within the horizon: two-sided, Bonferroni over
+        # pairs of contexts and refits, at level ``alarm`` in all
+        refits = max(1, settings.horizon // settings.refine_every)
+        pairs = max(1, n_ctx * (n_ctx - 1) // 2)
+        self._z_traffic = float(norm.ppf(1 - settings.alarm / (2 * pairs * refits)))
         # a test sees at most one sample per served request and per learning group
         samples = int(settings.horizon * (1 + settings.learn_budget * problem.n_max))
         self.monitor = DriftMonitor.for_tests(2 * n_ctx, samples, settings.alarm / 2)
@@ -332,12 +390,34 @@ class Continual:
         n_max = self.problem.n_max
         return sorted({arm_at(int(a), n_max) for a in self.challenger if a >= 0})
 
+    @property
+    def shared(self) -> npt.NDArray[np.bool_]:
+        """Per context: whether it still learns from every group: [C]."""
+        return np.asarray(self.pools.all(axis=1))
+
+    def estimates(self) -> Estimates:
+        """Every context's estimates: from every group where it pools with every context,
+        else from the traffic of the contexts it still pools with (itself among them)."""
+        mean, se = self.table.mean.copy(), self.table.stderr.copy()
+        counts = np.broadcast_to(self.table.counts, mean.shape).copy()
+        typical = self.table.typical_variance()
+        for ci in (int(x) for x in np.flatnonzero(~self.shared)):
+            pooled = GroupTable(self.problem)
+            for o in np.flatnonzero(self.pools[ci]):
+                pooled.sums += self.own[o].sums
+                pooled.sumsq += self.own[o].sumsq
+                pooled.counts += self.own[o].counts
+            mean[ci], se[ci], counts[ci] = pooled.mean[ci], pooled.stderr[ci], pooled.counts
+            typical[ci] = pooled.typical_variance()[ci]
+        return Estimates(mean, se, counts, typical)
+
     def bounds(self, z: float) -> tuple[FloatArray, FloatArray]:
         """(lower, upper) [C, P x N]: mean -/+ z standard errors; an arm with fewer than
         MIN_GROUPS groups has (-inf, inf)."""
         c = self.problem.n_contexts
-        mean, se = self.table.mean.reshape(c, -1), self.table.stderr.reshape(c, -1)
-        known = np.broadcast_to((self.table.counts >= MIN_GROUPS).reshape(-1), mean.shape)
+        est = self.estimates()
+        mean, se = est.mean.reshape(c, -1), est.stderr.reshape(c, -1)
+        known = (est.counts >= MIN_GROUPS).reshape(c, -1)
         return (np.where(known, mean - z * se, -np.inf),
                 np.where(known, mean + z * se, np.inf))
 
@@ -368,27 +448,44 @@ class Continual:
 
     # ---------------------------------------------------------------- data in
 
-    def observe(self, observations: Sequence[Observation]) -> list[Flag]:
+    def observe(self, observations: Sequence[Observation],
+                origins: Sequence[int] | None = None) -> list[Flag]:
         """Take in groups (in the order drawn): the estimates, the challengers' fresh
         samples, then every active drift test; returns the flags raised (their prompts are
-        forgotten, their contexts switched)."""
-        live = [o for o in observations if o.count > 0]
+        forgotten, their contexts switched). ``origins``: per observation, the context of
+        the request its groups were drawn on (-1: none, as training's); None: unknown."""
+        keep = [i for i, o in enumerate(observations) if o.count > 0]
+        live = [observations[i] for i in keep]
         if not live:
             return []
-        util, prompts, n, _ = self.table.group_means(live)
+        util, prompts, n, group = self.table.group_means(live)
         self.table.add(util, prompts, n)
         self.recent.add(util, prompts, n)
+        origin = np.full(util.shape[0], -1, dtype=np.intp)
+        if origins is not None:
+            by_group = np.repeat(np.asarray(origins, dtype=np.intp)[keep],
+                                 [o.count for o in live])
+            origin = by_group[group]
+            for ci in (int(x) for x in np.unique(origin[origin >= 0])):
+                mine = origin == ci
+                self.own[ci].add(util[mine], prompts[mine], n[mine])
+                self.recent_own[ci].add(util[mine], prompts[mine], n[mine])
+        # the rows each context learns from: all while it pools with every context, else
+        # those of the traffic it still pools with
+        uses = np.broadcast_to(self.shared, (origin.size, self.pools.shape[0])).copy()
+        known = origin >= 0
+        uses[known] |= self.pools[:, origin[known]].T
         n_max = self.problem.n_max
         for ci, b in enumerate(self.challenger):
             if b >= 0:
                 bp, bn = arm_at(int(b), n_max)
-                self._fresh[ci] += moments(util[(prompts == bp) & (n == bn), ci])
+                self._fresh[ci] += moments(util[(prompts == bp) & (n == bn) & uses[:, ci], ci])
         raised: list[Flag] = []
         for test, (p, nn) in enumerate(self._tests):
             if nn == 0:
                 continue
             ci = test // 2
-            u = util[(prompts == p) & (n == nn), ci]
+            u = util[(prompts == p) & (n == nn) & uses[:, ci], ci]
             self._since[test] += moments(u)
             if not self.monitor.active(test):
                 continue
@@ -416,13 +513,15 @@ class Continual:
         served arm's upper bound now; otherwise it gets a challenger."""
         self.flags.append(flag)
         self.table.replace(flag.prompt, self.recent)
+        for own, recent in zip(self.own, self.recent_own, strict=True):
+            own.replace(flag.prompt, recent)
         n_max = self.problem.n_max
         self.challenger[arm_at(self.challenger, n_max)[0] == flag.prompt] = -1
         lower, upper = self.bounds(float(norm.ppf(self.settings.confidence)))
-        seen = (self.table.counts >= BASELINE_GROUPS).reshape(-1)
+        seen = (self.estimates().counts >= BASELINE_GROUPS).reshape(self.pools.shape[0], -1)
         for ci in (int(x) for x in np.flatnonzero(self.prompt == flag.prompt)):
             a = int(arm_index(self.prompt[ci], self.n[ci], n_max))
-            alt = np.where(seen, lower[ci], -np.inf)
+            alt = np.where(seen[ci], lower[ci], -np.inf)
             alt[a] = -np.inf
             b = int(alt.argmax())
             if alt[b] > upper[ci, a]:
@@ -437,10 +536,12 @@ class Continual:
         name new challengers, re-plan the candidates, and take the drift baselines when due.
         Returns the switches made."""
         before = len(self.switches)
+        self._check_traffic()
         c, n_max = self.problem.n_contexts, self.problem.n_max
-        mean, se = self.table.mean.reshape(c, -1), self.table.stderr.reshape(c, -1)
+        est = self.estimates()
+        mean, se = est.mean.reshape(c, -1), est.stderr.reshape(c, -1)
         z = float(norm.ppf(self.settings.confidence))
-        typical = self.table.typical_variance()
+        typical = est.typical
         for ci in range(c):
             a, b = int(arm_index(self.prompt[ci], self.n[ci], n_max)), int(self.challenger[ci])
             k = self._fresh[ci, 2]
@@ -469,11 +570,13 @@ class Continual:
         rarely the most likely, however lucky its mean). A served arm without an estimate
         (its prompt drifted) is challenged by the arm of highest lower bound."""
         c, n_max = self.problem.n_contexts, self.problem.n_max
-        mean, se = self.table.mean.reshape(c, -1), self.table.stderr.reshape(c, -1)
+        est = self.estimates()
+        mean, se = est.mean.reshape(c, -1), est.stderr.reshape(c, -1)
         lower, _ = self.bounds(float(norm.ppf(self.settings.confidence)))
-        seen = (self.table.counts >= MIN_GROUPS).reshape(-1)
+        known = (est.counts >= MIN_GROUPS).reshape(c, -1)
         for ci in (int(x) for x in np.flatnonzero(self.challenger < 0)):
             a = int(arm_index(self.prompt[ci], self.n[ci], n_max))
+            seen = known[ci]
             if seen[a]:
                 with np.errstate(invalid="ignore", divide="ignore"):
                     score = (mean[ci] - mean[ci, a]) / np.hypot(se[ci], se[ci, a])
@@ -487,7 +590,10 @@ class Continual:
                 self._fresh[ci] = 0.0
 
     def _choose(self, context: int, arm: int, reason: str, gain_lower: float) -> None:
-        """Serve ``arm`` in ``context``; its drift tests restart from no samples."""
+        """Serve ``arm`` in ``context``; its drift tests restart from no samples. Once some
+        contexts' traffic is known to differ (a split), so do the tests of the contexts that
+        pool with it and serve its old or new prompt: the mix of traffics they watch
+        changes with its arm."""
         n_max = self.problem.n_max
         old = (int(self.prompt[context]), int(self.n[context]))
         new = arm_at(arm, n_max)
@@ -497,6 +603,10 @@ class Continual:
         self.switches.append(Switch(self.requests, context, old, new, reason, gain_lower))
         self.challenger[context] = -1
         self._track(context)
+        if self.splits:
+            for ci in (int(x) for x in np.flatnonzero(self.pools[:, context])):
+                if ci != context and self.prompt[ci] in (old[0], new[0]):
+                    self._track(ci)
 
     def _track(self, context: int) -> None:
         """The context's tests follow its served arm (p, N) and (p, 1) (none twice when N =
@@ -507,22 +617,57 @@ class Continual:
             self._since[test] = 0.0
             self.monitor.stop(test)
 
+    def _check_traffic(self) -> None:
+        """Every pair of contexts that still pool compares their traffics on the arm most
+        sampled by both (at least BASELINE_GROUPS groups each), in the first one's utility:
+        a two-sided z test at the traffic level; a difference splits the pair."""
+        for a, b in itertools.combinations(range(self.pools.shape[0]), 2):
+            if not self.pools[a, b]:
+                continue
+            ta, tb = self.own[a], self.own[b]
+            both = np.where((ta.counts >= BASELINE_GROUPS) & (tb.counts >= BASELINE_GROUPS),
+                            np.minimum(ta.counts, tb.counts), 0)
+            if not both.any():
+                continue
+            p, nn = np.unravel_index(int(both.argmax()), both.shape)
+            mine, theirs = (np.array([t.sums[a, p, nn], t.sumsq[a, p, nn], t.counts[p, nn]])
+                            for t in (ta, tb))
+            (m_a, v_a), (m_b, v_b) = mean_and_variance(mine), mean_and_variance(theirs)
+            se = math.sqrt(v_a / mine[2] + v_b / theirs[2])
+            z = (m_a - m_b) / se if se > 0 else (0.0 if m_a == m_b else math.inf)
+            if abs(z) <= self._z_traffic:
+                continue
+            self.pools[a, b] = self.pools[b, a] = False
+            self.splits.append(TrafficSplit(self.requests, a, b, int(p), int(nn) + 1, m_a,
+                                            int(mine[2]), m_b, int(theirs[2]), z))
+            for ci in (a, b):  # what was judged on the other's groups starts again
+                self.challenger[ci] = -1
+                self._track(ci)
+
     def _baselines(self) -> None:
         """Every test with BASELINE_GROUPS samples since its arm began to be served restarts
         against their lower bound: samples gathered after the arm was chosen, so the choice's
         own optimism (the winner's curse of its training estimate) is not in the baseline."""
         self.recent = GroupTable(self.problem)
+        self.recent_own = [GroupTable(self.problem) for _ in self.own]
         for test, (_, arm_n) in enumerate(self._tests):
             count = self._since[test, 2]
             self._live[test] = 0.0
             if arm_n == 0 or count < BASELINE_GROUPS:
                 self.monitor.stop(test)
                 continue
-            mean, var = mean_and_variance(self._since[test])
-            lower = mean - self._z_baseline * math.sqrt(var / count)
+            # with one sample more at each end of the range (as Agresti and Coull add a
+            # success and a failure), so that samples all alike (a context of easy queries)
+            # do not put the baseline at the top of the range, where one lesser sample alarms
+            lo, hi = utility_bounds(self.problem, int(arm_n))
+            ci = test // 2
+            mean, var = mean_and_variance(self._since[test] + moments(np.array([lo[ci],
+                                                                                 hi[ci]])))
+            lower = mean - self._z_baseline * math.sqrt(var / (count + 2))
             m0 = float(self._normalise(test // 2, int(arm_n), np.array([lower]))[0])
             self.monitor.start(test, min(max(m0, 0.0), 1.0 - 1e-9))
 
 
-__all__ = ["BETS", "Continual", "ContinualSettings", "DriftMonitor", "Flag", "GroupTable",
-           "Switch", "mean_and_variance", "moments", "shrunk_variance", "utility_bounds"]
+__all__ = ["BETS", "Continual", "ContinualSettings", "DriftMonitor", "Estimates", "Flag",
+           "GroupTable", "Switch", "TrafficSplit", "mean_and_variance", "moments",
+           "shrunk_variance", "utility_bounds"]

@@ -24,6 +24,13 @@ Scripted drift (both may be set):
   worse, with each query's most common wrong answer (accuracy 0), weight drop / accuracy.
 - ``shift_at``: after request k, queries come from a random ``shift_keep`` share of the
   queries only (the query mix shifts).
+
+Traffic that differs by context (``by_context``, on its own): the queries, ordered by how
+hard they are (their mean n = 1 value over prompts), are cut into C equal slices, and the
+requests of context c come from slice c only; each context's regret is then against the
+oracle on its own slice. ``origins`` (SimConfig) says whether the continual learner is told
+each group's context of origin (:mod:`iapo.continual`: a context whose traffic differs then
+learns from its own); without them every group counts for every context.
 Requests are served in steps of ``step`` between which the learner acts; drift and shift
 points must fall on a step.
 """
@@ -63,6 +70,7 @@ class Scenario:
     shift_at: int | None = None
     shift_keep: float = 0.5
     step: int = 100
+    by_context: bool = False
 
     def __post_init__(self) -> None:
         if self.requests < CHECKPOINT or self.requests % CHECKPOINT:
@@ -79,6 +87,9 @@ class Scenario:
             raise InputError(f"drop={self.drop} must lie in (0, 1) (an accuracy)")
         if not 0 < self.shift_keep <= 1:
             raise InputError(f"shift keep={self.shift_keep} must lie in (0, 1]")
+        if self.by_context and (self.drift_at is not None or self.shift_at is not None):
+            raise InputError("traffic by context is a scenario of its own: drop --drift-at "
+                             "and --shift-at, or run them separately")
 
 
 @dataclass(frozen=True)
@@ -94,6 +105,7 @@ class SimConfig:
     test_fraction: float = 0.2
     scenario: Scenario = field(default_factory=Scenario)
     settings: ContinualSettings = field(default_factory=ContinualSettings)
+    origins: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,16 +160,29 @@ def _prompt_q(env: MVEnvironment, prompt: int, queries: IntArray) -> FloatArray:
     return one.query_table(progress=False).q(one.problem, queries)[:, 0]
 
 
+def context_slices(env: Environment, population: IntArray) -> list[IntArray]:
+    """``population`` ordered by how hard its queries are (their mean n = 1 value over
+    prompts and weights, easiest first, ties by index) and cut into one slice per context."""
+    task = env.query_table(progress=False).task[..., 0][:, population]  # [P, X, W]
+    order = population[np.argsort(-task.mean(axis=(0, 2)), kind="stable")]
+    return [np.sort(part) for part in np.array_split(order, env.problem.n_contexts)]
+
+
 def traffic(config: SimConfig, run: int, population: IntArray, n_contexts: int,
-            probabilities: FloatArray) -> tuple[IntArray, IntArray]:
-    """Every request's context and query (from ``population``): ([R], [R]), the same for
-    every condition."""
+            probabilities: FloatArray, slices: Sequence[IntArray] | None = None
+            ) -> tuple[IntArray, IntArray]:
+    """Every request's context and query (from ``population``, or from its context's slice
+    of ``slices``): ([R], [R]), the same for every condition."""
     from iapo.bench.runner import seed_sequence
 
     sc = config.scenario
     rng = np.random.default_rng(seed_sequence(config.seed, run, 3))
     contexts = rng.choice(n_contexts, size=sc.requests, p=probabilities)
     queries = population[rng.integers(0, population.size, sc.requests)]
+    if slices is not None:
+        for c, part in enumerate(slices):
+            mine = contexts == c
+            queries[mine] = part[rng.integers(0, part.size, int(mine.sum()))]
     if sc.shift_at is not None:
         keep = rng.permutation(population)[: max(1, round(sc.shift_keep * population.size))]
         after = sc.requests - sc.shift_at
@@ -166,17 +191,19 @@ def traffic(config: SimConfig, run: int, population: IntArray, n_contexts: int,
 
 
 def _groups(env: Environment, arms: Sequence[tuple[int, int]], queries: IntArray,
-            rng: np.random.Generator) -> list[Observation]:
-    """One group per query, arm (prompt, n) per query: drawn by arm, vectorised."""
+            origins: IntArray, rng: np.random.Generator) -> tuple[list[Observation], list[int]]:
+    """One group per query, arm (prompt, n) and origin (the context of its request) per
+    query: drawn by arm and origin, vectorised; the observations and their origins."""
     n_max = env.problem.n_max
-    keys = np.array([arm_index(p, n, n_max) for p, n in arms])
-    out = []
-    for key in np.unique(keys):
+    keys = np.array([arm_index(p, n, n_max) for p, n in arms], dtype=np.int64)
+    out, where = [], []
+    for key, origin in np.unique(np.stack([keys, origins]), axis=1).T:
         prompt, n = arm_at(int(key), n_max)
-        qs = queries[keys == key]
+        qs = queries[(keys == key) & (origins == origin)]
         s = env.sample(prompt, qs, n, rng)
         out.append(Observation(prompt, n, qs, s.scores, s.labels, s.gold, s.no_answer))
-    return out
+        where.append(int(origin))
+    return out, where
 
 
 def simulate_run(config: SimConfig, run: int) -> dict[str, Any]:
@@ -194,10 +221,14 @@ def simulate_run(config: SimConfig, run: int) -> dict[str, Any]:
     trained = get_learner(config.learner).learner(problem, oracle, config.train_budget,
                                                   learner_rng).choices
     population = np.arange(env.n_queries, dtype=np.int64)
+    slices = context_slices(env, population) if sc.by_context else None
     contexts, queries = traffic(config, run, population, problem.n_contexts,
-                                problem.grid.probabilities)
+                                problem.grid.probabilities, slices)
     table = env.query_table(progress=False)
     truths = [Truth(0, table.q(problem, population))]
+    if slices is not None:  # each context against the oracle on its own queries
+        truths = [Truth(0, np.stack([table.q(problem, part)[c]
+                                     for c, part in enumerate(slices)]))]
     live_env: list[tuple[int, Environment]] = [(0, env)]
     served0 = [(c.prompt, int(c.n or 1)) for c in trained]
     info: dict[str, Any] = {"env": env.name, "run": run, "trained": served0}
@@ -270,12 +301,14 @@ def _continual(config: SimConfig, run: int, budget: float, settings: ContinualSe
         arms_by_step[start] = arms
         ctx, qs = contexts[start:start + sc.step], queries[start:start + sc.step]
         chosen = [arms[c] for c in ctx]
-        learner.observe(_groups(env, chosen, qs, rng))
+        served, where = _groups(env, chosen, qs, ctx, rng)
+        learner.observe(served, where if config.origins else None)
         learner.record_served(ctx.size, sum(n for _, n in chosen))
         pulls = learner.learning_pulls()
         if pulls:
-            on = qs[rng.integers(0, qs.size, len(pulls))]
-            learner.observe(_groups(env, [(p.prompt, p.n) for p in pulls], on, rng))
+            on = rng.integers(0, qs.size, len(pulls))  # the requests they are drawn on
+            drawn, where = _groups(env, [(p.prompt, p.n) for p in pulls], qs[on], ctx[on], rng)
+            learner.observe(drawn, where if config.origins else None)
         if learner.due():
             learner.refit()
     return {
@@ -287,6 +320,7 @@ def _continual(config: SimConfig, run: int, budget: float, settings: ContinualSe
         "drifted_contexts": [] if sc.drift_at is None else [
             c for c, (p, _) in enumerate(arms_by_step[sc.drift_at]) if p == drift_prompt],
         "switches": [asdict(s) for s in learner.switches],
+        "splits": [asdict(s) for s in learner.splits],
     }
 
 
@@ -368,6 +402,9 @@ def summarize(config: SimConfig, runs: Sequence[dict[str, Any]]) -> dict[str, An
             row["learning_share_mean"] = float(spend.mean())
             row.update(_flags(sc, [r[k]["flags"] for r in runs],
                               [r[k]["drifted_contexts"] for r in runs]))
+            # runs where some context split from the others' traffic (a false split unless
+            # the scenario is by context)
+            row["split_rate"] = float(np.mean([bool(r[k].get("splits")) for r in runs]))
         if window is not None:
             a, b = window[0] // CHECKPOINT - 1, window[1] // CHECKPOINT - 1
             per = (cur[:, b] - cur[:, a]) / (window[1] - window[0])
@@ -445,10 +482,13 @@ def figure(summary: dict[str, Any], out: Path) -> list[Path]:
     axes[1].set_ylim(bottom=0)
     axes[0].legend(fontsize=8)
     cfg = summary["config"]
+    traffic = "" if not sc["by_context"] else (
+        "; each context asks its own third of the queries"
+        + ("" if cfg["origins"] else ", the learner not told which"))
     fig.suptitle(f"{cfg['env']}: policy trained at T = {cfg['train_budget']:,} "
-                 f"({cfg['learner']}), mean ± SEM over {summary['runs']} paired runs",
+                 f"({cfg['learner']}), mean ± SEM over {summary['runs']} paired runs{traffic}",
                  fontsize=10)
-    stem = out / f"simulate-{cfg['env']}{_suffix(sc['drift_at'], sc['shift_at'])}"
+    stem = out / f"simulate-{cfg['env']}{_suffix(sc, cfg['origins'])}"
     return save_figure(fig, stem)
 
 
@@ -464,13 +504,15 @@ def table(summary: dict[str, Any]) -> str:
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("| condition | paired diff. at end (SEM) | ... where T's policy was not "
-                 "optimal | learning share (max) | false alarms | detected <= 5,000 | "
-                 "window regret/request | ratio to frozen | drift's cost recovered |")
-    lines.append("|---|---|---|---|---|---|---|---|---|")
+                 "optimal | learning share (max) | false alarms | traffic splits | "
+                 "detected <= 5,000 | window regret/request | ratio to frozen | "
+                 "drift's cost recovered |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
     for k, row in summary["conditions"].items():
         cells = [_cell(row, key, fmt) for key, fmt in (
             ("diff_final", ""), ("diff_final_not_optimal", ""), ("learning_share_max", "{:.4f}"),
-            ("false_alarm_rate", "{:.2f}"), ("detected_within_5000", "{:.2f}"),
+            ("false_alarm_rate", "{:.2f}"), ("split_rate", "{:.2f}"),
+            ("detected_within_5000", "{:.2f}"),
             ("window_regret", ""), ("window_ratio", "{:.2f}"),
             ("drift_cost_recovered", "{:.2f}"))]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
@@ -488,9 +530,11 @@ def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
     return fmt.format(v)
 
 
-def _suffix(drift_at: int | None, shift_at: int | None) -> str:
-    """What the output files of a scenario add to the environment's name."""
-    return ("" if drift_at is None else "-drift") + ("" if shift_at is None else "-shift")
+def _suffix(scenario: dict[str, Any], origins: bool) -> str:
+    """What the output files of a scenario (as a dict) add to the environment's name."""
+    return ("" if scenario["drift_at"] is None else "-drift") + (
+        "" if scenario["shift_at"] is None else "-shift") + (
+        "-bycontext" if scenario["by_context"] else "") + ("" if origins else "-pooled")
 
 
 def write(config: SimConfig, runs: Sequence[dict[str, Any]], out: Path) -> dict[str, Any]:
@@ -498,7 +542,7 @@ def write(config: SimConfig, runs: Sequence[dict[str, Any]], out: Path) -> dict[
     import json
 
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{config.env}{_suffix(config.scenario.drift_at, config.scenario.shift_at)}"
+    stem = f"{config.env}{_suffix(asdict(config.scenario), config.origins)}"
     with (out / f"{stem}-runs.jsonl").open("w") as fh:
         for r in runs:
             fh.write(json.dumps(r) + "\n")
@@ -509,5 +553,5 @@ def write(config: SimConfig, runs: Sequence[dict[str, Any]], out: Path) -> dict[
     return summary
 
 
-__all__ = ["CHECKPOINT", "Scenario", "SimConfig", "Truth", "conditions", "drifted", "figure",
-           "run_all", "simulate_run", "summarize", "table", "traffic", "write"]
+__all__ = ["CHECKPOINT", "Scenario", "SimConfig", "Truth", "conditions", "context_slices",
+           "drifted", "figure", "run_all", "simulate_run", "summarize", "table", "traffic", "write"]

@@ -16,8 +16,10 @@ What counts, and why it stays unbiased:
   reuse), one sample per group because its blocks share a query;
 - majority voting scores a group only with the query's gold: logged groups without one are
   left out (and counted), and a log with none is refused, saying so;
-- groups of every context count for every context: the gateway's contexts are assumed to
-  share one query distribution (docs/continual.md says where that fails);
+- groups of every context count for every context while the contexts' traffic looks alike;
+  each logged group carries its request's context, and a context whose own requests differ
+  from the others' (the core's traffic test) learns from its own groups from then on
+  (:mod:`iapo.continual`, docs/continual.md);
 - a completion costs what training priced it at (the policy's trace), 1 for a policy
   without training costs (one written by hand).
 
@@ -86,10 +88,13 @@ def training_observations(task: Task, store: CompletionStore, costs: np.ndarray
 
 
 def log_observations(task: Task, log: CompletionStore, costs: np.ndarray
-                     ) -> tuple[list[tuple[str, Observation]], dict[str, int], list[Record]]:
+                     ) -> tuple[list[tuple[str, int, Observation]], dict[str, int],
+                                list[Record]]:
     """The logged groups with a gold answer (or every group, where no objective needs one),
-    oldest first, each with its reason; the counts of what was read and left out; and the
-    groups' records (query and gold), which their observations index."""
+    oldest first, each with its reason and its origin (the index of its request's context;
+    -1 for a context the task no longer has); the counts of what was read and left out; and
+    the groups' records (query and gold), which their observations index."""
+    context_index = {key: i for i, key in enumerate(task.problem().grid.keys)}
     rows = log.served()
     queries = {i: q for i, q, _ in log.queries()}
     gold: dict[str, Any] = {}
@@ -100,7 +105,7 @@ def log_observations(task: Task, log: CompletionStore, costs: np.ndarray
     needs_gold = bool(TaskRuntime(task, []).gold_needers())  # the rule training checks
     counts = {"logged": len(rows), "policy": sum(r.reason == "policy" for r in rows),
               "learn": sum(r.reason == "learn" for r in rows), "with_gold": 0, "left_out": 0}
-    records, groups, reasons = [], [], []
+    records, groups, reasons, origins = [], [], [], []
     for r in rows:
         query = queries.get(r.id)
         label = by_query.get(query) if query is not None else None
@@ -115,14 +120,15 @@ def log_observations(task: Task, log: CompletionStore, costs: np.ndarray
         records.append(Record(r.id, query, label))
         groups.append((r.prompt, len(records) - 1, r.n, [got[s] for s in range(r.n)]))
         reasons.append(r.reason)
+        origins.append(context_index.get(r.context, -1))
     if needs_gold and rows and not groups:
         raise RefineError(
             f"the log {log.path} has {len(rows)} requests and no gold answer for any: "
             f"{task.aggregator} scoring needs the right answer to learn anything; attach them "
             "with iapo label-log LOG LABELS.jsonl or POST /v1/feedback")
     runtime = TaskRuntime(task, records)
-    return (list(zip(reasons, _observations(runtime, log, costs, groups), strict=True)),
-            counts, records)
+    return (list(zip(reasons, origins, _observations(runtime, log, costs, groups),
+                     strict=True)), counts, records)
 
 
 def refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool = True,
@@ -160,8 +166,8 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
         logged, counts, records = log_observations(task, log, costs)
     problem = task.problem()
     learner = Continual(problem, settings, training, policy.choices)
-    for reason, obs in logged:
-        learner.observe([obs])
+    for reason, origin, obs in logged:
+        learner.observe([obs], [origin])
         if reason == "policy":
             learner.record_served(1, obs.n)
         if learner.due():
@@ -171,13 +177,15 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
     if budget:
         # writable now (the replay above found it): what is drawn is stored as training's is
         with store_errors(run / "store.sqlite"), CompletionStore(run / "store.sqlite") as store:
-            spent = spend(task, store, records, learner, budget, costs, seed, progress)
+            spent = spend(task, store, records, [o for _, o, _ in logged], learner, budget,
+                          costs, seed, progress)
     report = _report(task, policy, learner, counts, len(training))
     report["spent"] = spent
     if write and report["changed"]:
+        est = learner.estimates()
         new = dataclasses.replace(
-            policy, choices=[Choice(p, n, float(learner.table.mean[i, p, n - 1]),
-                                    int(learner.table.counts[p, n - 1]))
+            policy, choices=[Choice(p, n, float(est.mean[i, p, n - 1]),
+                                    int(est.counts[i, p, n - 1]))
                              for i, (p, n) in enumerate(learner.served_arms())],
             learner=f"{policy.learner}+refine",
             trace={**policy.trace, "refined": {"log": str(log_path), "switches": len(
@@ -192,14 +200,17 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
     return report
 
 
-def spend(task: Task, store: CompletionStore, records: list[Record], learner: Continual,
-          budget: int, costs: np.ndarray, seed: int, progress: bool) -> dict[str, Any]:
+def spend(task: Task, store: CompletionStore, records: list[Record], origins: list[int],
+          learner: Continual, budget: int, costs: np.ndarray, seed: int, progress: bool
+          ) -> dict[str, Any]:
     """Draw ``budget`` more completions, PSST-style, on the logged queries: in ROUNDS rounds,
     each the learner's pulls (its challengers and candidates, in turn) on random logged
     queries with a gold answer, then a refit. Completions go to the run's store (as
     training's do), so a rerun with the same seed replays them and pays nothing. A logged
     query that is also a training query is left out: its pools already hold training's
-    samples, which the replay counted. Returns what was drawn, paid and replayed."""
+    samples, which the replay counted. A group's origin is the context of the first
+    request that asked its query (``origins``, per record). Returns what was drawn, paid and
+    replayed."""
     from tqdm.auto import tqdm
 
     training = {r.query for r in load_records(task.data_path)}
@@ -226,7 +237,8 @@ def spend(task: Task, store: CompletionStore, records: list[Record], learner: Co
             pulls = learner.pulls(min(left, size))
             if not pulls:
                 break
-            learner.observe(oracle.pull(pulls))
+            drawn = oracle.pull(pulls)
+            learner.observe(drawn, [origins[int(o.queries[0])] for o in drawn])
             learner.refit()
         store.update_run(run_id, oracle.paid, oracle.replayed, oracle.tokens)
     return {"budget": budget, "drawn": oracle.ledger.spent, "paid": oracle.paid,
@@ -236,9 +248,11 @@ def spend(task: Task, store: CompletionStore, records: list[Record], learner: Co
 def _report(task: Task, policy: Policy, learner: Continual, counts: dict[str, int],
             training_groups: int) -> dict[str, Any]:
     """Per context: the arm served and the arm chosen, their estimates with 95% intervals,
-    the switch and its evidence; the flags; what was read."""
+    the switch and its evidence, and whose traffic it learns from; the flags and traffic
+    splits; what was read."""
     problem = task.problem()
-    mean, se = learner.table.mean, learner.table.stderr
+    est = learner.estimates()
+    mean, se = est.mean, est.stderr
     switches: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for s in learner.switches:
         switches[s.context].append(dataclasses.asdict(s))
@@ -246,7 +260,7 @@ def _report(task: Task, policy: Policy, learner: Continual, counts: dict[str, in
     def arm(ci: int, p: int, n: int) -> dict[str, Any]:
         m, e = float(mean[ci, p, n - 1]), float(se[ci, p, n - 1])
         return {"prompt": task.prompts[p].name, "n": n,
-                "groups": int(learner.table.counts[p, n - 1]),
+                "groups": int(est.counts[ci, p, n - 1]),
                 "q": None if math.isnan(m) else m,
                 "q_ci95": None if math.isnan(e) else [m - 1.96 * e, m + 1.96 * e]}
 
@@ -255,11 +269,15 @@ def _report(task: Task, policy: Policy, learner: Continual, counts: dict[str, in
         old = policy.choices[ci]
         p, n = learner.served_arms()[ci]
         contexts.append({"context": key, "served": arm(ci, old.prompt, int(old.n or 1)),
-                         "chosen": arm(ci, p, n), "switches": switches.get(ci, [])})
+                         "chosen": arm(ci, p, n), "switches": switches.get(ci, []),
+                         # the contexts whose traffic it learns from ("all": every group)
+                         "traffic": "all" if learner.shared[ci] else [
+                             problem.grid.keys[o] for o in np.flatnonzero(learner.pools[ci])]})
     changed = any((c.prompt, c.n) != arm_ for c, arm_ in
                   zip(policy.choices, learner.served_arms(), strict=True))
     return {"task": task.name, "changed": changed, "contexts": contexts,
             "flags": [dataclasses.asdict(f) for f in learner.flags],
+            "splits": [dataclasses.asdict(s) for s in learner.splits],
             "log": counts, "training_groups": training_groups,
             "settings": dataclasses.asdict(learner.settings),
             "why_not": None if changed else (
