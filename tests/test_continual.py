@@ -615,6 +615,35 @@ def test_once_traffic_differs_a_switch_restarts_the_drift_tests_that_pool_with_i
         alike.record_served(10, 40)
         alike.refit()
     assert alike.splits == [] and all(alike.monitor.active(t) for t in range(6))
+    assert alike._since[:, 2].tolist() == [240.0] * 6  # both batches, every origin
     alike._choose(0, 0 * 4 + 3, "evidence", 0.1)
     assert [alike.monitor.active(t) for t in range(6)] == [False, False, True, True, True,
                                                            True]
+
+
+def test_every_pair_is_tested_at_every_refit_once_both_have_30_groups() -> None:
+    """'a' always right, 'c' always wrong (30 groups each, variances 0: z infinite), 'b'
+    half right. Refit 1, before 'b' has any groups: (a, b) cannot be tested, (a, c) splits
+    at exactly 30 groups each. Refit 2, 'b' with 40 groups: (a, b) splits, (a, c) is
+    already apart, and (b, c) is still tested, and splits. A split leaves no challenger
+    behind where no arm beats the served one."""
+    env = MVEnvironment("env3c", env3().probs, np.zeros(4, dtype=int), list(COST),
+                        {"a": 0.0, "b": 0.0, "c": 0.0}, 4, cacheable=False)
+    cont = Continual(env.problem, ContinualSettings(refine_every=10), [],
+                     [Choice(1, 4, 0.0, 0)] * 3)
+    cont.observe([served_groups(1, 30, 0), served_groups(1, 0, 30)], [0, 2])
+    cont.record_served(10, 40)
+    cont.refit()
+    assert [(s.request, s.context, s.other, s.own_groups, s.other_groups, s.z)
+            for s in cont.splits] == [(10, 0, 2, 30, 30, math.inf)]
+    cont.observe([served_groups(1, 20, 20)], [1])
+    cont.record_served(10, 40)
+    cont.refit()
+    assert [(s.request, s.context, s.other) for s in cont.splits][1:] == [(20, 0, 1), (20, 1, 2)]
+    assert cont.pools.tolist() == [[True, False, False], [False, True, False],
+                                   [False, False, True]]
+    assert cont.challenger.tolist() == [-1, -1, -1]
+    # each context's drift tests now count its own groups only
+    before = cont._since[:, 2].copy()
+    cont.observe([served_groups(1, 5, 0)], [0])
+    assert (cont._since[:, 2] - before).tolist() == [5, 5, 0, 0, 0, 0]
