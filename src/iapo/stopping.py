@@ -70,6 +70,7 @@ __all__ = [
     "vote_decided",
     "vote_margin",
     "undecided_probability",
+    "wave_starts",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -208,7 +209,7 @@ def _flat_no_answer(no_answer: npt.ArrayLike | None, lead: tuple[int, ...]
 # --- expected cost ------------------------------------------------------------------------------
 
 
-def _wave_starts(n_max: int, wave: int) -> tuple[FloatArray, FloatArray]:
+def wave_starts(n_max: int, wave: int) -> tuple[FloatArray, FloatArray]:
     """(starts, sizes) [n_max+1, n_max+1] indexed [N, t]: starts is 1 where a wave of the arm N
     begins after t answers (t a multiple of wave, t < N), sizes the size of that wave."""
     n = np.arange(n_max + 1)[:, None]
@@ -230,7 +231,7 @@ def paid_from_undecided(undecided: npt.ArrayLike, wave: int) -> tuple[FloatArray
     if table.ndim < 2 or table.shape[-1] != table.shape[-2] or table.shape[-1] < 2:
         raise InputError(f"undecided must be [..., n_max+1, n_max+1]; got {table.shape}: pass "
                          "the output of undecided_probability")
-    starts, sizes = _wave_starts(table.shape[-1] - 1, w)
+    starts, sizes = wave_starts(table.shape[-1] - 1, w)
     paid = np.einsum("...nt,nt->...n", table, sizes)[..., 1:]
     waves = np.einsum("...nt,nt->...n", table, starts)[..., 1:]
     return paid, waves
