@@ -573,6 +573,12 @@ def test_pairs_of_contexts_split_and_the_rest_still_pool() -> None:
     est = cont.estimates()
     np.testing.assert_allclose(est.mean[:, 1, 3], [0.75, 0.75, -0.04])
     assert est.counts[:, 1, 3].tolist() == [80, 80, 40]
+    # a's variance from a's and b's groups: 60 right, 20 wrong (every arm of prompt 1 has
+    # it, so shrinking toward the typical one changes nothing); c's groups are all alike
+    var = 80 * 0.75 * 0.25 / 79
+    np.testing.assert_allclose(est.stderr[:, 1, 3], [math.sqrt(var / 80)] * 2 + [0.0],
+                               atol=1e-9)
+    np.testing.assert_allclose(est.typical, [var, var, 0.0], atol=1e-12)
     assert cont.table.counts[1, 3] == 130  # the pool keeps everything, training too
 
 
