@@ -17,8 +17,8 @@ What counts, and why it stays unbiased:
 - majority voting scores a group only with the query's gold: logged groups without one are
   left out (and counted), and a log with none is refused, saying so;
 - groups of every context count for every context while the contexts' traffic looks alike;
-  each logged group carries its request's context, and a context whose own requests differ
-  from the others' (the core's traffic test) learns from its own groups from then on
+  each logged group carries its request's context, and two contexts whose requests differ
+  (the core's traffic test) stop learning from each other's groups from then on
   (:mod:`iapo.continual`, docs/continual.md);
 - a completion costs what training priced it at (the policy's trace), 1 for a policy
   without training costs (one written by hand).
