@@ -19,6 +19,7 @@ from iapo.continual import (
     Continual,
     ContinualSettings,
     DriftMonitor,
+    Flag,
     GroupTable,
     shrunk_variance,
     utility_bounds,
@@ -487,6 +488,14 @@ def test_a_challenger_at_n_3_counts_only_its_own_samples() -> None:
 # ---------------------------------------------------------------- traffic by context
 
 
+def z_by_hand(mine: list[float], theirs: list[float]) -> float:
+    """The traffic test's z: each side's samples (utilities in [0, 1]) with a 0 and a 1
+    added, the difference of means over the root of the summed squared standard errors."""
+    a, b = np.array(mine + [0.0, 1.0]), np.array(theirs + [0.0, 1.0])
+    return float((a.mean() - b.mean())
+                 / math.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size))
+
+
 def traffic_groups(right_0: int, wrong_0: int, right_1: int, wrong_1: int
                    ) -> tuple[list[Observation], list[int]]:
     """Groups of 4 of prompt 1, all right or all wrong: the first two counts drawn on
@@ -503,17 +512,16 @@ def test_traffic_level_by_hand() -> None:
 
 def test_a_context_whose_traffic_differs_learns_from_its_own() -> None:
     """Context 0's requests are all answered right by prompt 1, context 1's half right:
-    on (1, 1), 40 groups each way, context 0's mean is 1 (variance 0) against 0.5
-    (variance 40 x 0.25 / 39) from the other's: z = 0.5 / sqrt(0.2564 / 40) = 6.2 beyond
-    the level. The pair splits: context 0's estimate of (1, 4) is 1 (pooled it would be
-    0.75), context 1's 0.5 - 4 x 0.02."""
+    on (1, 1), 40 groups each way, context 0's mean is 1 against the other's 0.5; with a 0
+    and a 1 added to each side (:func:`z_by_hand`), z is about 5.8, beyond the level. The
+    pair splits: context 0's estimate of (1, 4) is 1 (pooled it would be 0.75), context 1's
+    0.5 - 4 x 0.02."""
     cont = learner(ContinualSettings(refine_every=10, alarm=0.05))
     cont.observe(*traffic_groups(40, 0, 20, 20))
     np.testing.assert_allclose(cont.estimates().mean[:, 1, 3], [0.75, 0.75 - 0.08])
     cont.record_served(10, 40)
     cont.refit()
-    var_other = 40 * 0.25 / 39
-    z = 0.5 / math.sqrt(var_other / 40)
+    z = z_by_hand([1.0] * 40, [1.0] * 20 + [0.0] * 20)
     assert [(s.context, s.other, s.prompt, s.n, s.own_groups, s.other_groups)
             for s in cont.splits] == [(0, 1, 1, 1, 40, 40)]
     assert cont.splits[0].z == pytest.approx(z, rel=1e-9)
@@ -566,7 +574,7 @@ def test_pairs_of_contexts_split_and_the_rest_still_pool() -> None:
     pooling with every other uses), and c's is 0 - 0.5 x 4 x 0.02."""
     cont = three_contexts([served_groups(1, 5, 5)])
     assert [(s.context, s.other) for s in cont.splits] == [(0, 2), (1, 2)]
-    z = 0.75 / math.sqrt(40 * 0.75 * 0.25 / 39 / 40)
+    z = z_by_hand([1.0] * 30 + [0.0] * 10, [0.0] * 40)  # (1, 1) in a's utility
     assert cont.splits[0].z == pytest.approx(z, rel=1e-9)
     assert cont.pools.tolist() == [[True, True, False], [True, True, False],
                                    [False, False, True]]
@@ -611,6 +619,11 @@ def test_once_traffic_differs_a_switch_restarts_the_drift_tests_that_pool_with_i
     assert [cont.monitor.active(t) for t in range(6)] == [False, False, False, False,
                                                           True, True]
     assert cont._since[2:4].sum() == 0.0  # 'b' starts counting again
+    # and 'b', serving prompt 1, restarts again when 'a' comes back to it (its new prompt)
+    cont.monitor.start(2, 0.5)
+    cont.monitor.start(3, 0.5)
+    cont._choose(0, 1 * 4 + 3, "evidence", 0.1)  # 'a' back to (1, 4)
+    assert not cont.monitor.active(2) and not cont.monitor.active(3)
     # where no traffic differs, a switch restarts only its own context's tests
     env = MVEnvironment("env3c", env3().probs, np.zeros(4, dtype=int), list(COST),
                         {"a": 0.0, "b": 0.0, "c": 0.0}, 4, cacheable=False)
@@ -628,11 +641,12 @@ def test_once_traffic_differs_a_switch_restarts_the_drift_tests_that_pool_with_i
 
 
 def test_every_pair_is_tested_at_every_refit_once_both_have_30_groups() -> None:
-    """'a' always right, 'c' always wrong (30 groups each, variances 0: z infinite), 'b'
-    half right. Refit 1, before 'b' has any groups: (a, b) cannot be tested, (a, c) splits
-    at exactly 30 groups each. Refit 2, 'b' with 40 groups: (a, b) splits, (a, c) is
-    already apart, and (b, c) is still tested, and splits. A split leaves no challenger
-    behind where no arm beats the served one."""
+    """'a' always right, 'c' always wrong (30 groups each: alike within each, yet the test
+    stays finite, a 0 and a 1 being added to each side), 'b' half right. Refit 1, before
+    'b' has any groups: (a, b) cannot be tested, (a, c) splits at exactly 30 groups each.
+    Refit 2, 'b' with 40 groups: (a, b) splits, (a, c) is already apart, and (b, c) is
+    still tested, and splits. A split leaves no challenger behind where no arm beats the
+    served one."""
     env = MVEnvironment("env3c", env3().probs, np.zeros(4, dtype=int), list(COST),
                         {"a": 0.0, "b": 0.0, "c": 0.0}, 4, cacheable=False)
     cont = Continual(env.problem, ContinualSettings(refine_every=10), [],
@@ -641,7 +655,8 @@ def test_every_pair_is_tested_at_every_refit_once_both_have_30_groups() -> None:
     cont.record_served(10, 40)
     cont.refit()
     assert [(s.request, s.context, s.other, s.own_groups, s.other_groups, s.z)
-            for s in cont.splits] == [(10, 0, 2, 30, 30, math.inf)]
+            for s in cont.splits] == [(10, 0, 2, 30, 30,
+                                       pytest.approx(z_by_hand([1.0] * 30, [0.0] * 30)))]
     cont.observe([served_groups(1, 20, 20)], [1])
     cont.record_served(10, 40)
     cont.refit()
@@ -653,3 +668,40 @@ def test_every_pair_is_tested_at_every_refit_once_both_have_30_groups() -> None:
     before = cont._since[:, 2].copy()
     cont.observe([served_groups(1, 5, 0)], [0])
     assert (cont._since[:, 2] - before).tolist() == [5, 5, 0, 0, 0, 0]
+
+
+def test_traffic_that_is_alike_never_splits_on_rounding() -> None:
+    """Both contexts always answered right, on 30 and 41 groups, at a cost weight of 0.5:
+    the two means of the same constant differ in their last bit (sums of 30 and 41 equal
+    floats), but with a 0 and a 1 added to each side the test is finite, and no split."""
+    env = MVEnvironment("env3r", env3().probs, np.zeros(4, dtype=int), list(COST),
+                        {"a": 0.5, "b": 0.5}, 4, cacheable=False)
+    cont = Continual(env.problem, ContinualSettings(refine_every=10), [],
+                     [Choice(1, 4, 0.0, 0)] * 2)
+    cont.observe([served_groups(1, 30, 0), served_groups(1, 41, 0)], [0, 1])
+    cont.record_served(10, 40)
+    cont.refit()
+    assert cont.splits == [] and cont.shared.all()
+
+
+def test_a_flag_leaves_a_split_context_its_own_recent_groups() -> None:
+    """After the split (and the baselines at request 10), 5 groups of prompt 1 on context
+    0's requests and 7 on context 1's. A flag on prompt 1 keeps only the samples since the
+    baselines: 5 for context 0 and 7 for context 1, each from its own traffic; the pool
+    keeps all 12."""
+    cont = learner(ContinualSettings(refine_every=10))
+    cont.observe(*traffic_groups(40, 0, 20, 20))
+    cont.record_served(10, 40)
+    cont.refit()
+    assert cont.splits and cont._next_baseline == 20
+    cont.observe(*traffic_groups(5, 0, 3, 4))
+    cont._drifted(Flag(10, 0, 1, 4, 0.9, 0.5))
+    assert cont.estimates().counts[:, 1, 3].tolist() == [5, 7]
+    assert cont.table.counts[1, 3] == 12
+
+
+def test_origins_must_name_a_context_per_observation() -> None:
+    cont = learner(ContinualSettings())
+    for bad in ([0], [0, 2], [0, -2]):
+        with pytest.raises(InputError, match="one context index"):
+            cont.observe(traffic_groups(1, 0, 1, 0)[0], bad)

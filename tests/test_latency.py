@@ -113,3 +113,12 @@ def test_bad_times_are_refused() -> None:
             CompletionTimes(np.array(values), np.array(probs))
     with pytest.raises(InputError, match="must be >= 1"):
         wave_times(CompletionTimes.from_samples([1.0]), 0)
+
+
+def test_a_bad_table_or_wave_is_refused() -> None:
+    from iapo.latency import latency_from_undecided
+
+    with pytest.raises(InputError, match="wave 0 must be >= 1"):
+        latency_from_undecided(np.ones((3, 3)), 0, [0.0])
+    with pytest.raises(InputError, match="undecided"):
+        latency_from_undecided(np.ones((3, 4)), 1, [0.0, 1.0])

@@ -235,7 +235,8 @@ class TrafficSplit:
     """At request ``request``, the traffic of ``context`` and ``other`` differed on arm
     (prompt, n): mean ``own`` (in ``context``'s utility) on ``own_groups`` groups of
     ``context``'s traffic against ``others`` on ``other_groups`` of ``other``'s, z statistic
-    ``z``; from then on neither learns from the other's groups."""
+    ``z`` (of the means with one sample more at each end of the range); from then on neither
+    learns from the other's groups."""
 
     request: int
     context: int
@@ -463,7 +464,13 @@ class Continual:
         self.recent.add(util, prompts, n)
         origin = np.full(util.shape[0], -1, dtype=np.intp)
         if origins is not None:
-            by_group = np.repeat(np.asarray(origins, dtype=np.intp)[keep],
+            given = np.asarray(origins, dtype=np.intp)
+            if given.shape != (len(observations),) or np.any(given < -1) or np.any(
+                    given >= self.pools.shape[0]):
+                raise InputError(f"origins must give one context index in -1..."
+                                 f"{self.pools.shape[0] - 1} per observation "
+                                 f"({len(observations)}); got {given.tolist()}")
+            by_group = np.repeat(given[keep],
                                  [o.count for o in live])
             origin = by_group[group]
             for ci in (int(x) for x in np.unique(origin[origin >= 0])):
@@ -620,7 +627,8 @@ class Continual:
     def _check_traffic(self) -> None:
         """Every pair of contexts that still pool compares their traffics on the arm most
         sampled by both (at least BASELINE_GROUPS groups each), in the first one's utility:
-        a two-sided z test at the traffic level; a difference splits the pair."""
+        a two-sided z test at the traffic level, each side with one sample more at each end
+        of the range; a difference splits the pair."""
         for a, b in itertools.combinations(range(self.pools.shape[0]), 2):
             if not self.pools[a, b]:
                 continue
@@ -632,14 +640,19 @@ class Continual:
             p, nn = np.unravel_index(int(both.argmax()), both.shape)
             mine, theirs = (np.array([t.sums[a, p, nn], t.sumsq[a, p, nn], t.counts[p, nn]])
                             for t in (ta, tb))
-            (m_a, v_a), (m_b, v_b) = mean_and_variance(mine), mean_and_variance(theirs)
-            se = math.sqrt(v_a / mine[2] + v_b / theirs[2])
-            z = (m_a - m_b) / se if se > 0 else (0.0 if m_a == m_b else math.inf)
+            # each side with one sample more at each end of the range, as the drift
+            # baselines: samples all alike (equal up to rounding) claim no certainty
+            lo, hi = utility_bounds(self.problem, int(nn) + 1)
+            ends = moments(np.array([lo[a], hi[a]]))
+            (m_a, v_a), (m_b, v_b) = (mean_and_variance(mine + ends),
+                                      mean_and_variance(theirs + ends))
+            z = (m_a - m_b) / math.sqrt(v_a / (mine[2] + 2) + v_b / (theirs[2] + 2))
             if abs(z) <= self._z_traffic:
                 continue
             self.pools[a, b] = self.pools[b, a] = False
-            self.splits.append(TrafficSplit(self.requests, a, b, int(p), int(nn) + 1, m_a,
-                                            int(mine[2]), m_b, int(theirs[2]), z))
+            self.splits.append(TrafficSplit(self.requests, a, b, int(p), int(nn) + 1,
+                                            mine[0] / mine[2], int(mine[2]),
+                                            theirs[0] / theirs[2], int(theirs[2]), z))
             for ci in (a, b):  # what was judged on the other's groups starts again
                 self.challenger[ci] = -1
                 self._track(ci)

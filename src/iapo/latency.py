@@ -103,6 +103,9 @@ def latency_from_undecided(undecided: npt.ArrayLike, wave: int, wave_time: npt.A
     (:func:`wave_times`): [..., n_max], column N-1 for the arm N."""
     table = np.asarray(undecided, dtype=np.float64)
     times = np.asarray(wave_time, dtype=np.float64)
+    if wave < 1 or table.ndim < 2 or table.shape[-1] != table.shape[-2]:
+        raise InputError(f"wave {wave} must be >= 1 and undecided [..., n_max+1, n_max+1] "
+                         f"(got {table.shape}): pass undecided_probability's output")
     if times.shape != (wave + 1,):
         raise InputError(f"wave_time must give the time of a wave of 0..{wave} completions; "
                          f"got shape {times.shape}")

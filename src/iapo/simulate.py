@@ -483,7 +483,7 @@ def figure(summary: dict[str, Any], out: Path) -> list[Path]:
     axes[0].legend(fontsize=8)
     cfg = summary["config"]
     traffic = "" if not sc["by_context"] else (
-        "; each context asks its own third of the queries"
+        "; each context asks its own slice of the queries"
         + ("" if cfg["origins"] else ", the learner not told which"))
     fig.suptitle(f"{cfg['env']}: policy trained at T = {cfg['train_budget']:,} "
                  f"({cfg['learner']}), mean ± SEM over {summary['runs']} paired runs{traffic}",

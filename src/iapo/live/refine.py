@@ -140,7 +140,8 @@ def refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool =
         raise RefineError(f"budget {budget} must be >= 0 (completions)")
     if not write:
         if budget:
-            raise RefineError("monitor pays nothing: give a budget to refine only")
+            raise RefineError("--budget draws completions, and monitor only reads the log: "
+                              "use iapo refine --budget")
         return _refine(run, log_path, settings, False, 0, seed, progress)
     with writer_lock(run, "refine"):  # one refine of a run at a time
         return _refine(run, log_path, settings, True, budget, seed, progress)
@@ -165,6 +166,10 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
     with store_errors(log_path), CompletionStore(log_path, create=False) as log:
         logged, counts, records = log_observations(task, log, costs)
     problem = task.problem()
+    # the false-alarm levels hold over a horizon that covers the whole log, the last refit
+    # and the refits between rounds of a budget
+    horizon = counts["policy"] + (ROUNDS + 1) * settings.refine_every
+    settings = dataclasses.replace(settings, horizon=max(settings.horizon, horizon))
     learner = Continual(problem, settings, training, policy.choices)
     for reason, origin, obs in logged:
         learner.observe([obs], [origin])
@@ -177,8 +182,9 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
     if budget:
         # writable now (the replay above found it): what is drawn is stored as training's is
         with store_errors(run / "store.sqlite"), CompletionStore(run / "store.sqlite") as store:
-            spent = spend(task, store, records, [o for _, o, _ in logged], learner, budget,
-                          costs, seed, progress)
+            served = [i for i, (reason, _, _) in enumerate(logged) if reason == "policy"]
+            spent = spend(task, store, records, served, [o for _, o, _ in logged], learner,
+                          budget, costs, seed, progress)
     report = _report(task, policy, learner, counts, len(training))
     report["spent"] = spent
     if write and report["changed"]:
@@ -200,35 +206,33 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
     return report
 
 
-def spend(task: Task, store: CompletionStore, records: list[Record], origins: list[int],
-          learner: Continual, budget: int, costs: np.ndarray, seed: int, progress: bool
-          ) -> dict[str, Any]:
-    """Draw ``budget`` more completions, PSST-style, on the logged queries: in ROUNDS rounds,
-    each the learner's pulls (its challengers and candidates, in turn) on random logged
-    queries with a gold answer, then a refit. Completions go to the run's store (as
-    training's do), so a rerun with the same seed replays them and pays nothing. A logged
-    query that is also a training query is left out: its pools already hold training's
-    samples, which the replay counted. A group's origin is the context of the first
-    request that asked its query (``origins``, per record). Returns what was drawn, paid and
-    replayed."""
+def spend(task: Task, store: CompletionStore, records: list[Record], served: list[int],
+          origins: list[int], learner: Continual, budget: int, costs: np.ndarray, seed: int,
+          progress: bool) -> dict[str, Any]:
+    """Draw ``budget`` more completions, PSST-style, on the logged requests: in ROUNDS
+    rounds, each the learner's pulls (its challengers and candidates, in turn), each on a
+    served request drawn at random (``served``: their record indices, so queries come as
+    often as the traffic asked them), then a refit. A group's origin is its request's
+    context (``origins``, per record). Completions go to the run's store (as training's do),
+    so a rerun with the same seed replays them and pays nothing; a query asked twice shares
+    one pool, and pays for no sample twice. A request whose query is a training query is
+    left out: its pools already hold training's samples, which the replay counted. Returns
+    what was drawn, paid and replayed."""
     from tqdm.auto import tqdm
 
     training = {r.query for r in load_records(task.data_path)}
-    first: dict[str, int] = {}  # every distinct logged query (with gold where it is needed)
-    for i, r in enumerate(records):
-        if r.query not in training:
-            first.setdefault(r.query, i)
-    if not first:
-        raise RefineError(f"--budget {budget}: the log has no query to draw on that is not a "
-                          "training query and has what its scoring needs (a gold answer: "
-                          "iapo label-log or POST /v1/feedback)")
+    eligible = [i for i in served if records[i].query not in training]
+    if not eligible:
+        raise RefineError(f"--budget {budget}: the log has no served request to draw on whose "
+                          "query is not a training query and has what its scoring needs (a "
+                          "gold answer: iapo label-log or POST /v1/feedback)")
     runtime = TaskRuntime(task, records)
     check_store_task(task, store.path.parent, store, False)
     for scorer in runtime.judges():  # judgements are cached in the run's store
         scorer.bind(store.path)
     run_id = store.start_run("refine", task.name, task.digest(), task.seed)
     with tqdm(total=budget, desc="refine", unit="compl", disable=not progress) as bar:
-        oracle = LiveOracle(runtime, store, np.array(sorted(first.values())), budget,
+        oracle = LiveOracle(runtime, store, np.array(eligible), budget,
                             np.random.default_rng(seed),
                             lambda served, paid, tokens, batch: bar.update(served),
                             costs=costs)
@@ -242,7 +246,8 @@ def spend(task: Task, store: CompletionStore, records: list[Record], origins: li
             learner.refit()
         store.update_run(run_id, oracle.paid, oracle.replayed, oracle.tokens)
     return {"budget": budget, "drawn": oracle.ledger.spent, "paid": oracle.paid,
-            "replayed": oracle.replayed, "queries": len(first), "seed": seed}
+            "replayed": oracle.replayed, "requests": len(eligible),
+            "queries": len({records[i].query for i in eligible}), "seed": seed}
 
 
 def _report(task: Task, policy: Policy, learner: Continual, counts: dict[str, int],
