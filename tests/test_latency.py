@@ -12,7 +12,7 @@ import pytest
 
 from iapo.envs import get_environment
 from iapo.errors import InputError
-from iapo.latency import CompletionTimes, expected_latency, wave_times
+from iapo.latency import CompletionTimes, expected_latency, latency_quantile, wave_times
 
 
 def test_longest_of_w_by_hand() -> None:
@@ -31,12 +31,18 @@ def test_longest_of_w_by_hand() -> None:
 
 def brute_latency(q: list[float], n: int, wave: int, values: list[float],
                   probs: list[float], concurrency: int | None) -> float:
-    """Every answer sequence of n answers from q and every assignment of a time to each
-    completion: the decided rule (leader ahead of every other answer by more than the answers
-    still to come) after each wave, and each drawn wave's time, the longest of its rounds'
-    completions added round by round."""
+    """E[latency] over :func:`brute_law`."""
+    return sum(p * v for v, p in brute_law(q, n, wave, values, probs, concurrency).items())
+
+
+def brute_law(q: list[float], n: int, wave: int, values: list[float],
+              probs: list[float], concurrency: int | None) -> dict[float, float]:
+    """The law of the latency, {seconds: probability}: every answer sequence of n answers
+    from q and every assignment of a time to each completion; the decided rule (leader ahead
+    of every other answer by more than the answers still to come) after each wave, and each
+    drawn wave's time, the longest of its rounds' completions added round by round."""
     c = wave if concurrency is None else concurrency
-    total = 0.0
+    law: dict[float, float] = {}
     for answers in itertools.product(range(len(q)), repeat=n):
         p_answers = math.prod(q[a] for a in answers)
         if p_answers == 0:
@@ -55,8 +61,19 @@ def brute_latency(q: list[float], n: int, wave: int, values: list[float],
             for start, size in waves:
                 for r in range(start, start + size, c):
                     seconds += max(values[times[i]] for i in range(r, min(r + c, start + size)))
-            total += p_answers * p_times * seconds
-    return total
+            key = round(seconds, 9)
+            law[key] = law.get(key, 0.0) + p_answers * p_times
+    return law
+
+
+def quantile_of(law: dict[float, float], quantile: float) -> float:
+    """The smallest value whose probability of not being exceeded reaches ``quantile``."""
+    reach = 0.0
+    for v in sorted(law):
+        reach += law[v]
+        if reach >= quantile - 1e-12:
+            return v
+    raise AssertionError("a law sums to 1")
 
 
 @pytest.mark.parametrize("q", [[0.6, 0.4], [0.5, 0.3, 0.2], [0.25, 0.25, 0.5]])
@@ -122,3 +139,35 @@ def test_a_bad_table_or_wave_is_refused() -> None:
         latency_from_undecided(np.ones((3, 3)), 0, [0.0])
     with pytest.raises(InputError, match="undecided"):
         latency_from_undecided(np.ones((3, 4)), 1, [0.0, 1.0])
+
+
+@pytest.mark.parametrize("quantile", [0.5, 0.8, 0.95])
+def test_latency_quantile_equals_enumeration(quantile: float) -> None:
+    """Times on the grid (1 s and 2.5 s, step 0.5 s), two queries asked equally often, N =
+    4, every wave and a concurrency of 2 or none: the quantile of the mixture of the two
+    enumerated laws, exactly."""
+    values, probs = [1.0, 2.5], [0.7, 0.3]
+    times = CompletionTimes(np.array(values), np.array(probs))
+    rows = [[0.6, 0.4], [0.5, 0.3, 0.2]]
+    for wave in range(1, 5):
+        for conc in (None, 2):
+            mixed: dict[float, float] = {}
+            for q in rows:
+                for v, p in brute_law(q, 4, wave, values, probs, conc).items():
+                    mixed[v] = mixed.get(v, 0.0) + p / 2
+            padded = np.array([[0.6, 0.4, 0.0], [0.5, 0.3, 0.2]])
+            got = latency_quantile(padded, 4, wave, times, quantile, conc, step=0.5)
+            assert got == pytest.approx(quantile_of(mixed, quantile)), (wave, conc)
+
+
+def test_latency_quantile_is_within_its_stated_error_off_the_grid() -> None:
+    """Times 1.0 s and 2.3 s on a grid of 0.5 s (2.3 rounds to 2.5): the answer is within
+    rounds x step / 2 of the enumerated quantile, rounds being at most N = 4 here."""
+    values, probs = [1.0, 2.3], [0.6, 0.4]
+    times = CompletionTimes(np.array(values), np.array(probs))
+    for wave in (1, 2, 4):
+        want = quantile_of(brute_law([0.55, 0.45], 4, wave, values, probs, None), 0.95)
+        got = latency_quantile(np.array([0.55, 0.45]), 4, wave, times, 0.95, step=0.5)
+        assert abs(got - want) <= 4 * 0.5 / 2 + 1e-9
+    with pytest.raises(InputError, match="quantile"):
+        latency_quantile(np.array([0.5, 0.5]), 4, 1, times, 1.0)
