@@ -45,12 +45,12 @@ Z = float(norm.ppf(0.95))
 
 
 def group_utility(env, table: GroupTable, prompt: int, n: int, queries: np.ndarray,
-                  rng: np.random.Generator) -> np.ndarray:
-    """One group of (prompt, n) per query, its utility in every context: [G, C]."""
-    s = env.sample(prompt, queries, n, rng)
-    obs = Observation(prompt, n, queries, s.scores, s.labels, s.gold, s.no_answer)
+                  rng: np.random.Generator, arms: tuple[int, ...]) -> list[np.ndarray]:
+    """One group of n of ``prompt`` per query, its utility in every context as a sample of
+    each arm (prompt, m), m in ``arms`` (each at most n): [G, C] each."""
+    obs = Observation.from_sample(prompt, n, queries, env.sample(prompt, queries, n, rng))
     util, _, sizes, _ = table.group_means([obs])
-    return util[sizes == n]
+    return [util[sizes == m] for m in arms]
 
 
 def need(env, q: np.ndarray, arms: list[tuple[int, int]], groups: int,
@@ -70,15 +70,12 @@ def need(env, q: np.ndarray, arms: list[tuple[int, int]], groups: int,
             continue
         queries = rng.integers(0, env.n_queries, groups)
         if pa == pb:  # one group of the larger N holds both arms
-            top = max(na, nb)
-            s = env.sample(pa, queries, top, rng)
-            obs = Observation(pa, top, queries, s.scores, s.labels, s.gold, s.no_answer)
-            util, _, sizes, _ = table.group_means([obs])
-            ub, ua = util[sizes == nb][:, c], util[sizes == na][:, c]
+            ub, ua = (u[:, c] for u in group_utility(env, table, pa, max(na, nb), queries,
+                                                     rng, (nb, na)))
             cost = 0.0 if nb <= na else float(nb)
         else:
-            ub = group_utility(env, table, pb, nb, queries, rng)[:, c]
-            ua = group_utility(env, table, pa, na, queries, rng)[:, c]
+            ub = group_utility(env, table, pb, nb, queries, rng, (nb,))[0][:, c]
+            ua = group_utility(env, table, pa, na, queries, rng, (na,))[0][:, c]
             cost = float(nb)
         k_unpaired = (Z * ub.std(ddof=1) / gain) ** 2
         k_paired = (Z * (ub - ua).std(ddof=1) / gain) ** 2

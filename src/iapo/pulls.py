@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from iapo.errors import InputError
 from iapo.problem import Problem
+
+if TYPE_CHECKING:
+    from iapo.envs.base import Sample
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -61,6 +64,14 @@ class Observation:
     @property
     def count(self) -> int:
         return int(self.queries.shape[0])
+
+    @classmethod
+    def from_sample(cls, prompt: int, n: int, queries: IntArray, sample: Sample
+                    ) -> Observation:
+        """The groups of an environment's :meth:`~iapo.envs.base.Environment.sample` of
+        ``prompt``, n completions on each of ``queries``."""
+        return cls(prompt, n, queries, sample.scores, sample.labels, sample.gold,
+                   sample.no_answer)
 
 
 def abstain_categories(problem: Problem, observations: Sequence[Observation]

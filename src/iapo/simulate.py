@@ -200,8 +200,7 @@ def _groups(env: Environment, arms: Sequence[tuple[int, int]], queries: IntArray
     for key, origin in np.unique(np.stack([keys, origins]), axis=1).T:
         prompt, n = arm_at(int(key), n_max)
         qs = queries[(keys == key) & (origins == origin)]
-        s = env.sample(prompt, qs, n, rng)
-        out.append(Observation(prompt, n, qs, s.scores, s.labels, s.gold, s.no_answer))
+        out.append(Observation.from_sample(prompt, n, qs, env.sample(prompt, qs, n, rng)))
         where.append(int(origin))
     return out, where
 
