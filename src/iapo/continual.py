@@ -151,6 +151,18 @@ def mean_and_variance(acc: FloatArray) -> tuple[float, float]:
     return mean, max(squares - k * mean * mean, 0.0) / (k - 1)
 
 
+def with_ends(problem: Problem, context: int, n: int, acc: FloatArray
+              ) -> tuple[float, float, float]:
+    """Mean, sample variance and count of running :func:`moments` ``acc`` of samples of an
+    arm (., n) in ``context``, with one sample more at each end of their range
+    (:func:`utility_bounds`), as Agresti and Coull add a success and a failure: samples all
+    alike (equal up to rounding) then claim no certainty."""
+    lo, hi = utility_bounds(problem, n)
+    padded = acc + moments(np.array([lo[context], hi[context]]))
+    mean, var = mean_and_variance(padded)
+    return mean, var, float(padded[2])
+
+
 def utility_bounds(problem: Problem, n: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
     """The range [lo, hi] of one sample of arm (., n) in every context: ([C, ...], [C, ...]):
     the task value's bounds under the context's weights, less at most n completions at the
@@ -640,13 +652,9 @@ class Continual:
             p, nn = np.unravel_index(int(both.argmax()), both.shape)
             mine, theirs = (np.array([t.sums[a, p, nn], t.sumsq[a, p, nn], t.counts[p, nn]])
                             for t in (ta, tb))
-            # each side with one sample more at each end of the range, as the drift
-            # baselines: samples all alike (equal up to rounding) claim no certainty
-            lo, hi = utility_bounds(self.problem, int(nn) + 1)
-            ends = moments(np.array([lo[a], hi[a]]))
-            (m_a, v_a), (m_b, v_b) = (mean_and_variance(mine + ends),
-                                      mean_and_variance(theirs + ends))
-            z = (m_a - m_b) / math.sqrt(v_a / (mine[2] + 2) + v_b / (theirs[2] + 2))
+            (m_a, v_a, k_a), (m_b, v_b, k_b) = (with_ends(self.problem, a, int(nn) + 1, acc)
+                                                for acc in (mine, theirs))
+            z = (m_a - m_b) / math.sqrt(v_a / k_a + v_b / k_b)
             if abs(z) <= self._z_traffic:
                 continue
             self.pools[a, b] = self.pools[b, a] = False
@@ -669,18 +677,14 @@ class Continual:
             if arm_n == 0 or count < BASELINE_GROUPS:
                 self.monitor.stop(test)
                 continue
-            # with one sample more at each end of the range (as Agresti and Coull add a
-            # success and a failure), so that samples all alike (a context of easy queries)
-            # do not put the baseline at the top of the range, where one lesser sample alarms
-            lo, hi = utility_bounds(self.problem, int(arm_n))
-            ci = test // 2
-            mean, var = mean_and_variance(self._since[test] + moments(np.array([lo[ci],
-                                                                                 hi[ci]])))
-            lower = mean - self._z_baseline * math.sqrt(var / (count + 2))
+            # with_ends: samples all alike (a context of easy queries) must not put the
+            # baseline at the top of the range, where one lesser sample alarms
+            mean, var, k = with_ends(self.problem, test // 2, int(arm_n), self._since[test])
+            lower = mean - self._z_baseline * math.sqrt(var / k)
             m0 = float(self._normalise(test // 2, int(arm_n), np.array([lower]))[0])
             self.monitor.start(test, min(max(m0, 0.0), 1.0 - 1e-9))
 
 
 __all__ = ["BETS", "Continual", "ContinualSettings", "DriftMonitor", "Estimates", "Flag",
            "GroupTable", "Switch", "TrafficSplit", "mean_and_variance", "moments",
-           "shrunk_variance", "utility_bounds"]
+           "shrunk_variance", "utility_bounds", "with_ends"]
