@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from iapo.errors import InputError
-from iapo.stopping import undecided_probability, wave_starts
+from iapo.stopping import per_wave, undecided_probability
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -86,13 +86,18 @@ class CompletionTimes:
         return float(self.values @ (cdf ** w - below ** w))
 
 
+def _round_size(wave: int, concurrency: int | None) -> int:
+    """The most completions of a wave that run at once: the concurrency, or the whole wave."""
+    if wave < 1 or (concurrency is not None and concurrency < 1):
+        raise InputError(f"wave {wave} and concurrency {concurrency} must be >= 1")
+    return wave if concurrency is None else int(concurrency)
+
+
 def wave_times(times: CompletionTimes, wave: int, concurrency: int | None = None
                ) -> FloatArray:
     """E[time of a wave of w completions] for w = 0..wave: [wave+1]. With ``concurrency`` c,
     a wave runs in rounds of at most c, one after the other (full rounds, then the rest)."""
-    if wave < 1 or (concurrency is not None and concurrency < 1):
-        raise InputError(f"wave {wave} and concurrency {concurrency} must be >= 1")
-    c = wave if concurrency is None else concurrency
+    c = _round_size(wave, concurrency)
     full = times.max_of(c)
     return np.array([(w // c) * full + times.max_of(w % c) for w in range(wave + 1)])
 
@@ -110,9 +115,7 @@ def latency_from_undecided(undecided: npt.ArrayLike, wave: int, wave_time: npt.A
     if times.shape != (wave + 1,):
         raise InputError(f"wave_time must give the time of a wave of 0..{wave} completions; "
                          f"got shape {times.shape}")
-    starts, sizes = wave_starts(table.shape[-1] - 1, wave)
-    per_start = starts * times[sizes.astype(np.intp)]  # [N, t]: a wave's time where one starts
-    return np.einsum("...nt,nt->...n", table, per_start)[..., 1:]
+    return per_wave(table, wave, times)
 
 
 def expected_latency(probs: npt.ArrayLike, n_max: int, wave: int, times: CompletionTimes,
@@ -166,9 +169,7 @@ def latency_quantile(probs: npt.ArrayLike, n: int, wave: int, times: CompletionT
     p = np.asarray(probs, dtype=np.float64)
     rows = p.reshape(-1, p.shape[-1])
     w = min(int(wave), int(n))
-    c = w if concurrency is None else int(concurrency)
-    if w < 1 or c < 1:
-        raise InputError(f"wave {wave} and concurrency {concurrency} must be >= 1")
+    c = _round_size(w, concurrency)
     h = times.mean() / 200 if step is None else float(step)
     if not h > 0:
         raise InputError(f"step {step} must be > 0 seconds")

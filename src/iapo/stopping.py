@@ -65,12 +65,12 @@ from iapo.utility import unique_rows
 __all__ = [
     "expected_paid",
     "paid_from_undecided",
+    "per_wave",
     "stop_points",
     "leader_probability",
     "vote_decided",
     "vote_margin",
     "undecided_probability",
-    "wave_starts",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -209,7 +209,7 @@ def _flat_no_answer(no_answer: npt.ArrayLike | None, lead: tuple[int, ...]
 # --- expected cost ------------------------------------------------------------------------------
 
 
-def wave_starts(n_max: int, wave: int) -> tuple[FloatArray, FloatArray]:
+def _wave_starts(n_max: int, wave: int) -> tuple[FloatArray, FloatArray]:
     """(starts, sizes) [n_max+1, n_max+1] indexed [N, t]: starts is 1 where a wave of the arm N
     begins after t answers (t a multiple of wave, t < N), sizes the size of that wave."""
     n = np.arange(n_max + 1)[:, None]
@@ -231,10 +231,19 @@ def paid_from_undecided(undecided: npt.ArrayLike, wave: int) -> tuple[FloatArray
     if table.ndim < 2 or table.shape[-1] != table.shape[-2] or table.shape[-1] < 2:
         raise InputError(f"undecided must be [..., n_max+1, n_max+1]; got {table.shape}: pass "
                          "the output of undecided_probability")
-    starts, sizes = wave_starts(table.shape[-1] - 1, w)
-    paid = np.einsum("...nt,nt->...n", table, sizes)[..., 1:]
-    waves = np.einsum("...nt,nt->...n", table, starts)[..., 1:]
-    return paid, waves
+    sizes = np.arange(w + 1, dtype=np.float64)
+    return per_wave(table, w, sizes), per_wave(table, w, np.minimum(sizes, 1.0))
+
+
+def per_wave(undecided: FloatArray, wave: int, per_size: FloatArray) -> FloatArray:
+    """E[sum over the waves drawn of per_size[the wave's size]] for the arms N = 1..n_max:
+    [..., n_max]. A wave that starts after t answers is drawn with probability P(undecided
+    at t) (monotonicity). per_size [wave+1]: the completions of a wave of each size give
+    E[paid], 1 per wave E[waves], a wave's expected time E[latency] (:mod:`iapo.latency`).
+    ``undecided`` and ``wave`` as :func:`paid_from_undecided` checks them."""
+    starts, sizes = _wave_starts(undecided.shape[-1] - 1, wave)
+    value = starts * np.asarray(per_size, dtype=np.float64)[sizes.astype(np.intp)]  # [N, t]
+    return np.einsum("...nt,nt->...n", undecided, value)[..., 1:]
 
 
 def expected_paid(probs: npt.ArrayLike, n_max: int, wave: int,
