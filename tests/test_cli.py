@@ -109,12 +109,16 @@ def test_envs_table() -> None:
 
 
 def check_shape(out: dict[str, Any], keys: list[str]) -> None:
-    assert set(out) == {"env", "acr", "contexts"}
+    assert set(out) == {"env", "acr", "latency_model", "contexts"}
     assert [c["context"] for c in out["contexts"]] == keys
     for c in out["contexts"]:
-        assert set(c) == {"context", "prompt", "n", "q"}
+        assert set(c) == {"context", "prompt", "n", "wave", "q", "paid", "waves", "latency",
+                          "latency_p95"}
         assert isinstance(c["prompt"], int) and isinstance(c["n"], int)
         assert isinstance(c["q"], float)
+        # the paper's arms send all N at once: one wave of N, N paid
+        assert (c["wave"], c["paid"], c["waves"]) == (c["n"], c["n"], 1.0)
+        assert 0 < c["latency"] <= c["latency_p95"]
 
 
 def test_oracle_math_json() -> None:
@@ -252,11 +256,12 @@ def test_oracle_table(tmp_path: Path) -> None:
     q = hand_mv_q()
     acr = q.max(axis=(1, 2)).mean()
     lines = result.stdout.splitlines()
-    assert lines[0] == f"hand-mv: optimal ACR {acr:.4f} over 4 queries"
+    assert lines[0].startswith(f"hand-mv: optimal ACR {acr:.4f} over 4 queries; latency model")
     rows = [line.split() for line in lines[2:]]
     assert [r[0] for r in rows] == ["budget=low", "budget=mid", "budget=high"]
     for c, r in enumerate(rows):
-        assert float(r[3]) == pytest.approx(q[c].max(), abs=1e-4)
+        assert r[2] == r[3]  # one wave of N
+        assert float(r[8]) == pytest.approx(q[c].max(), abs=1e-4)
 
 
 # --- errors -------------------------------------------------------------------------------------

@@ -6,11 +6,14 @@ import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from iapo.settings import DEFAULT_LEARNER, PAPER_BUDGETS
+
+if TYPE_CHECKING:
+    from iapo.problem import Stopping
 
 # Only click and the standard library at the top: `iapo --help` and every command's --help
 # must start at once; each command imports numpy, the environments and the learners itself.
@@ -109,57 +112,116 @@ def envs(as_json: bool) -> None:
         )
 
 
-def _stopping_options(fn: F) -> F:
-    """``--stop`` and ``--wave``: how majority-voting arms stop (iapo.problem.Stopping)."""
-    fn = click.option("--wave", "wave", default=1, show_default=True,
-                      type=click.IntRange(min=1),
-                      help="With --stop decided: completions drawn at once (1: one by one; "
-                           "N_max or more: all at once, the paper's arm).")(fn)
-    return click.option("--stop", "stop", default="all", show_default=True,
-                        type=click.Choice(["all", "decided"]),
-                        help="Majority-voting arms draw all N (the paper) or stop once no "
-                             "remaining completion can change the vote (same answer, fewer "
-                             "completions paid).")(fn)
+class _Wave(click.ParamType):
+    """An integer >= 1, or ``auto`` where the command lets the wave width be part of the arm."""
+
+    name = "wave"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> int | str:
+        if str(value).strip().lower() == "auto":
+            return "auto"
+        try:
+            number = int(value)
+        except ValueError:
+            number = 0
+        if number < 1:
+            self.fail(f"{value!r} is not an integer >= 1 or 'auto'", param, ctx)
+        return number
+
+
+def _stopping_options(widths: bool = False) -> Callable[[F], F]:
+    """``--stop`` and ``--wave``: how majority-voting arms stop (iapo.problem.Stopping);
+    with ``widths``, ``--wave auto`` makes the width W part of the arm."""
+    def decorate(fn: F) -> F:
+        auto = (" auto: W is part of the arm, (p, N, W), W in 1, 2, 4, ... N_max."
+                if widths else "")
+        fn = click.option("--wave", "wave", default=1, show_default=True,
+                          type=_Wave() if widths else click.IntRange(min=1),
+                          help="With --stop decided: completions drawn at once (1: one by one; "
+                               "N_max or more: all at once, the paper's arm)." + auto)(fn)
+        return click.option("--stop", "stop", default="all", show_default=True,
+                            type=click.Choice(["all", "decided"]),
+                            help="Majority-voting arms draw all N (the paper) or stop once no "
+                                 "remaining completion can change the vote (same answer, fewer "
+                                 "completions paid).")(fn)
+    return decorate
 
 
 @main.command()
 @click.argument("env_name", metavar="ENV")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@_stopping_options
+@_stopping_options(widths=True)
+@click.option("--latency", "latency", default=None, metavar="KEY=VALUE,...",
+              help="The synthetic latency model's parameters, any of overhead, per_token, "
+                   "tokens_per_cost, cv, concurrency (default: the environment file's, else "
+                   "iapo.latency.SyntheticLatency's).")
+@click.option("--contexts", "contexts", default=None, metavar="SPEC;SPEC;...",
+              help="Contexts to solve instead of ENV's: each one of its contexts with a "
+                   "latency weight per second and/or a limit on expected seconds, e.g. "
+                   "'budget=mid; budget=mid,latency=0.001; budget=mid,limit=25'.")
 @_user_errors
-def oracle(env_name: str, as_json: bool, stop: str, wave: int) -> None:
+def oracle(env_name: str, as_json: bool, stop: str, wave: int | str, latency: str | None,
+           contexts: str | None) -> None:
     """The best arm (prompt, N) per context on all of ENV's queries, and the optimal ACR.
 
-    Computed exactly (no Monte Carlo); prompts are 0-based indices as in the data. With
-    --stop decided, also each arm's expected completions paid and waves, and the gain over the
-    best arm that pays all N.
+    Computed exactly (no Monte Carlo); prompts are 0-based indices as in the data. Each arm's
+    wave width W and expected latency under the latency model are given. With --stop decided,
+    also each arm's expected completions paid and waves, and the gain over the best arm that
+    sends all N at once (W = N); with --wave auto the best W per context.
     """
     from iapo.envs import get_environment
     from iapo.envs.base import oracle_report
-    from iapo.problem import Stopping
+    from iapo.latency import SyntheticLatency
+    from iapo.problem import parse_contexts
 
     env = get_environment(env_name)
-    result = oracle_report(env, Stopping(stop, wave))
+    if latency is not None:
+        env = env.with_latency(SyntheticLatency.parse(latency, env.latency_params))
+    if contexts is not None:
+        env = env.with_contexts(parse_contexts(contexts))
+    result = oracle_report(env, _stopping(stop, wave, env.problem.n_max))
     value, rows = result["acr"], result["contexts"]
     early = "stopping" in result
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    click.echo(f"{env.name}: optimal ACR {value:.4f} over {env.n_queries} queries")
+    click.echo(f"{env.name}: optimal ACR {value:.4f} over {env.n_queries} queries; latency "
+               f"model {result['latency_model']['description']}")
     width = max(len(str(r["context"])) for r in rows)
+    arm = (f"{'context':<{width}}  {'prompt':>6} {'N':>3} {'W':>3} {'paid':>6} {'waves':>6} "
+           f"{'latency':>8} {'p95':>7} {'Q':>8}")
     if not early:
-        click.echo(f"{'context':<{width}}  {'prompt':>6} {'N':>3} {'Q':>8}")
+        click.echo(arm)
         for r in rows:
-            click.echo(f"{r['context']:<{width}}  {r['prompt']:>6} {r['n']:>3} {r['q']:>8.4f}")
+            click.echo(_arm_row(r, width))
         return
-    click.echo(f"arms stop once decided, in waves of {wave}; paying all N the optimal ACR is "
+    waves = "the best width per context" if wave == "auto" else f"waves of {wave}"
+    click.echo(f"arms stop once decided, in {waves}; sending all N at once the optimal ACR is "
                f"{result['acr_all']:.4f}: gain {result['gain']:+.4f}")
-    click.echo(f"{'context':<{width}}  {'prompt':>6} {'N':>3} {'paid':>6} {'waves':>6} "
-               f"{'Q':>8}   {'all N: prompt':>13} {'N':>3} {'Q':>8} {'gain':>8}")
+    click.echo(f"{arm}   {'W = N: prompt':>13} {'N':>3} {'Q':>8} {'gain':>8}")
     for r in rows:
-        click.echo(f"{r['context']:<{width}}  {r['prompt']:>6} {r['n']:>3} {r['paid']:>6.2f} "
-                   f"{r['waves']:>6.2f} {r['q']:>8.4f}   {r['all_prompt']:>13} "
-                   f"{r['all_n']:>3} {r['all_q']:>8.4f} {r['gain']:>+8.4f}")
+        click.echo(f"{_arm_row(r, width)}   {r['all_prompt']:>13} {r['all_n']:>3} "
+                   f"{r['all_q']:>8.4f} {r['gain']:>+8.4f}")
+
+
+def _arm_row(r: dict[str, Any], width: int) -> str:
+    """One context's arm in ``iapo oracle``'s table."""
+    return (f"{r['context']:<{width}}  {r['prompt']:>6} {r['n']:>3} {r['wave']:>3} "
+            f"{r['paid']:>6.2f} {r['waves']:>6.2f} {r['latency']:>7.1f}s {r['latency_p95']:>6.1f}s"
+            f" {r['q']:>8.4f}")
+
+
+def _stopping(stop: str, wave: int | str, n_max: int) -> Stopping:
+    """The stopping rule of ``--stop`` and ``--wave`` (``auto``: every width)."""
+    from iapo.problem import ProblemError, Stopping
+
+    if wave != "auto":
+        return Stopping(stop, int(wave))
+    if stop != "decided":
+        raise ProblemError("--wave auto chooses the wave width of arms that stop once decided; "
+                           "add --stop decided")
+    return Stopping.every_width(n_max)
 
 
 @main.command()
@@ -186,7 +248,7 @@ def learners() -> None:
 @click.option("--estimator", "estimator", default="blocks", show_default=True,
               type=click.Choice(["blocks", "subsets"]),
               help="How groups become estimates: disjoint blocks (the paper) or U-statistics.")
-@_stopping_options
+@_stopping_options()
 @_user_errors
 def train(env_name: str, learner: str, budget: int, seed: int, out: str,
           estimator: str, stop: str, wave: int) -> None:
@@ -345,7 +407,7 @@ def _csv_list(text: str) -> list[str]:
 @click.option("--estimator", "estimator", default="blocks", show_default=True,
               type=click.Choice(["blocks", "subsets"]),
               help="Estimator of learners named without one (name:estimator picks per learner).")
-@_stopping_options
+@_stopping_options()
 @_user_errors
 def bench(envs: str, learners: str | None, budgets: str, runs: int, seed: int, out: str,
           workers: int, backend: str, reference: str, metric: str, estimator: str,

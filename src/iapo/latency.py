@@ -33,7 +33,12 @@ import numpy as np
 import numpy.typing as npt
 
 from iapo.errors import InputError
-from iapo.stopping import per_wave, undecided_probability
+from iapo.stopping import (
+    last_wave_probability,
+    last_wave_start,
+    paid_from_undecided,
+    undecided_probability,
+)
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -86,6 +91,141 @@ class CompletionTimes:
         return float(self.values @ (cdf ** w - below ** w))
 
 
+@dataclass(frozen=True, eq=False)
+class LatencyModel:
+    """Each prompt's completion times [P] and the server's ``concurrency`` (None: no limit):
+    what the expected latency of every arm (p, N, W) needs. ``description`` says where it
+    came from (a synthetic model's parameters, or a store)."""
+
+    times: tuple[CompletionTimes, ...]
+    concurrency: int | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "times", tuple(self.times))
+        if not self.times:
+            raise InputError("a latency model needs the completion times of every prompt")
+        if self.concurrency is not None:
+            _round_size(1, self.concurrency)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LatencyModel):
+            return NotImplemented
+        return (self.concurrency == other.concurrency and len(self.times) == len(other.times)
+                and all(np.array_equal(a.values, b.values) and np.array_equal(a.probs, b.probs)
+                        for a, b in zip(self.times, other.times, strict=True)))
+
+    def __hash__(self) -> int:
+        return hash((self.concurrency, len(self.times), self.description))
+
+    def wave_times(self, wave: int) -> FloatArray:
+        """E[time of a wave of w completions] of every prompt, w = 0..wave: [P, wave+1]."""
+        return np.stack([wave_times(t, wave, self.concurrency) for t in self.times])
+
+    def arm_latency(self, waves: npt.ArrayLike, last: npt.ArrayLike, wave: int) -> FloatArray:
+        """Expected latency of the arms (p, N, ``wave``) from their waves and last-wave
+        probabilities [P, X, n_max] (:func:`iapo.stopping.expected_waves`): [P, X, n_max]."""
+        w = np.asarray(waves, dtype=np.float64)
+        width = min(int(wave), w.shape[-1])
+        return latency_from_waves(w, last, width, self.wave_times(width)[:, None, :])
+
+    def one_wave(self, n_max: int) -> FloatArray:
+        """Expected latency of the arms (p, N) that send all N at once (the paper's arms):
+        [P, n_max]."""
+        return self.wave_times(n_max)[:, 1:]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"description": self.description, "concurrency": self.concurrency,
+                "mean_seconds": [round(t.mean(), 6) for t in self.times]}
+
+
+LATENCY_KEYS = ("overhead", "per_token", "tokens_per_cost", "cv", "concurrency")
+
+
+@dataclass(frozen=True)
+class SyntheticLatency:
+    """The documented latency model of a tabular environment, whose prompts differ only in
+    their cost (proportional to their mean tokens in the paper's environments).
+
+    A completion of prompt p takes ``overhead + per_token x tokens`` seconds, tokens Gamma
+    distributed with mean ``tokens_per_cost x cost_p`` and coefficient of variation ``cv``
+    (discretized at :attr:`POINTS` equally likely quantile midpoints, rescaled to the exact
+    mean). Defaults: a 70B model decoding about 33 tokens a second per request (0.03 s a
+    token), 0.5 s of queueing and prefill, a completion of cost 0.01 (the paper's dearest
+    MATH prompt) about 500 tokens, cv 0.5, no concurrency limit. Each is a key of the
+    environment file (``latency_<key>``) and of ``--latency`` (:meth:`parse`)."""
+
+    overhead: float = 0.5
+    per_token: float = 0.03
+    tokens_per_cost: float = 50_000.0
+    cv: float = 0.5
+    concurrency: int | None = None
+    POINTS = 256
+
+    def __post_init__(self) -> None:
+        for key in LATENCY_KEYS[:4]:
+            v = getattr(self, key)
+            if not (isinstance(v, int | float) and np.isfinite(v) and v >= 0):
+                raise InputError(f"latency {key} = {v!r} must be a finite number >= 0")
+        if self.concurrency is not None:
+            _round_size(1, self.concurrency)
+
+    @classmethod
+    def parse(cls, text: str, base: SyntheticLatency | None = None) -> SyntheticLatency:
+        """``overhead=0.5,per_token=0.03,tokens_per_cost=50000,cv=0.5,concurrency=8`` (any
+        subset; the rest from ``base`` or the defaults; concurrency 0 or none: no limit)."""
+        out = dict(vars(base or cls()))
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            key, sep, value = (x.strip() for x in part.partition("="))
+            if not sep or key not in LATENCY_KEYS:
+                raise InputError(f"latency part {part[:40]!r} must be KEY=VALUE with KEY one "
+                                 f"of {list(LATENCY_KEYS)}")
+            try:
+                out[key] = _concurrency(value) if key == "concurrency" else float(value)
+            except ValueError as e:
+                raise InputError(f"latency {key} = {value[:40]!r} must be a number (concurrency: "
+                                 "an integer >= 1, or none)") from e
+        return cls(**out)
+
+    @classmethod
+    def from_arrays(cls, data: dict[str, npt.NDArray]) -> SyntheticLatency:
+        """From an environment file's optional ``latency_<key>`` scalars."""
+        parts = [f"{k}={data[f'latency_{k}'].item()}" for k in LATENCY_KEYS
+                 if f"latency_{k}" in data]
+        return cls.parse(",".join(parts))
+
+    def describe(self) -> str:
+        c = "none" if self.concurrency is None else str(self.concurrency)
+        return (f"synthetic: overhead={self.overhead:g},per_token={self.per_token:g},"
+                f"tokens_per_cost={self.tokens_per_cost:g},cv={self.cv:g},concurrency={c}")
+
+    def model(self, costs: npt.ArrayLike) -> LatencyModel:
+        """The latency model of prompts whose completions cost ``costs`` [P] on average."""
+        from scipy.stats import gamma
+
+        c = np.asarray(costs, dtype=np.float64)
+        if c.ndim != 1 or not np.all(np.isfinite(c)) or np.any(c < 0):
+            raise InputError("prompt costs must be finite numbers >= 0, one per prompt")
+        if self.cv > 0:
+            shape = 1.0 / self.cv ** 2
+            mid = gamma.ppf((np.arange(self.POINTS) + 0.5) / self.POINTS, shape)
+            unit = mid / mid.mean()  # mean exactly 1
+        else:
+            unit = np.ones(1)
+        times = [CompletionTimes.from_tokens(unit * self.tokens_per_cost * cost,
+                                             self.overhead, self.per_token) for cost in c]
+        return LatencyModel(tuple(times), self.concurrency, self.describe())
+
+
+def _concurrency(value: str) -> int | None:
+    if value.lower() in ("none", "0", "0.0"):
+        return None
+    number = float(value)
+    if number != int(number) or number < 1:
+        raise ValueError(value)
+    return int(number)
+
+
 def _round_size(wave: int, concurrency: int | None) -> int:
     """The most completions of a wave that run at once: the concurrency, or the whole wave."""
     if wave < 1 or (concurrency is not None and concurrency < 1):
@@ -102,6 +242,31 @@ def wave_times(times: CompletionTimes, wave: int, concurrency: int | None = None
     return np.array([(w // c) * full + times.max_of(w % c) for w in range(wave + 1)])
 
 
+def latency_from_waves(waves: npt.ArrayLike, last: npt.ArrayLike, wave: int,
+                       wave_time: npt.ArrayLike) -> FloatArray:
+    """Expected latency of the arms N = 1..n_max from their expected waves and the probability
+    that their last wave is drawn (:func:`iapo.stopping.expected_waves`), each [..., n_max],
+    and the expected time of a wave of each size 0..wave, ``wave_time`` [..., wave+1]
+    (:func:`wave_times`; leading axes broadcast against ``waves``'): [..., n_max].
+
+    Every wave of the arm N but its last holds ``wave`` completions; the last, begun after
+    :func:`iapo.stopping.last_wave_start` answers, holds the rest, so E[latency] = (E[waves] -
+    P(last drawn)) x E[time of a wave of min(wave, N)] + P(last drawn) x E[time of the last].
+    """
+    w = np.asarray(waves, dtype=np.float64)
+    drawn_last = np.asarray(last, dtype=np.float64)
+    times = np.asarray(wave_time, dtype=np.float64)
+    n_max = w.shape[-1]
+    if wave < 1 or times.shape[-1] != wave + 1 or drawn_last.shape != w.shape:
+        raise InputError(f"wave {wave} must be >= 1, wave_time [..., {wave + 1}] (got "
+                         f"{times.shape}) and last shaped as waves {w.shape} (got "
+                         f"{drawn_last.shape}): pass wave_times' and expected_waves' output")
+    n = np.arange(1, n_max + 1)
+    full = times[..., np.minimum(wave, n)]
+    rest = times[..., np.minimum(n - last_wave_start(n_max, wave), wave)]
+    return np.asarray((w - drawn_last) * full + drawn_last * rest, dtype=np.float64)
+
+
 def latency_from_undecided(undecided: npt.ArrayLike, wave: int, wave_time: npt.ArrayLike
                            ) -> FloatArray:
     """Expected latency from an undecided table (:func:`iapo.stopping.undecided_probability`,
@@ -115,7 +280,8 @@ def latency_from_undecided(undecided: npt.ArrayLike, wave: int, wave_time: npt.A
     if times.shape != (wave + 1,):
         raise InputError(f"wave_time must give the time of a wave of 0..{wave} completions; "
                          f"got shape {times.shape}")
-    return per_wave(table, wave, times)
+    _, waves = paid_from_undecided(table, wave)
+    return latency_from_waves(waves, last_wave_probability(table, wave), wave, times)
 
 
 def expected_latency(probs: npt.ArrayLike, n_max: int, wave: int, times: CompletionTimes,
@@ -191,5 +357,5 @@ def latency_quantile(probs: npt.ArrayLike, n: int, wave: int, times: CompletionT
     return float(np.searchsorted(reach, quantile - 1e-12) * h)
 
 
-__all__ = ["CompletionTimes", "expected_latency", "latency_from_undecided", "latency_quantile",
-           "wave_times"]
+__all__ = ["CompletionTimes", "LatencyModel", "SyntheticLatency", "expected_latency",
+           "latency_from_undecided", "latency_from_waves", "latency_quantile", "wave_times"]

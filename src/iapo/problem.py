@@ -13,16 +13,20 @@ The flat arm index prompt * N_max + (n - 1) (Q's last two axes flattened) has it
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from iapo.errors import InputError
+
+if TYPE_CHECKING:
+    from iapo.latency import LatencyModel
 
 Aggregator = Literal["bon", "mv", "mixed"]
 AGGREGATORS: tuple[str, ...] = ("bon", "mv", "mixed")
@@ -53,6 +57,7 @@ class Stopping:
 
     rule: str = "all"
     wave: int = 1
+    widths: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.rule not in STOP_RULES:
@@ -63,6 +68,21 @@ class Stopping:
             raise ProblemError(f"wave={self.wave!r} must be an integer >= 1 (completions drawn "
                                "at once; 1 is fully sequential)")
         object.__setattr__(self, "wave", int(self.wave))
+        widths = tuple(self.widths)
+        if widths and (self.rule != "decided" or any(
+                isinstance(w, bool) or int(w) != w or w < 1 for w in widths)
+                or list(widths) != sorted(set(widths))):
+            raise ProblemError(f"widths={widths!r}: the wave width is part of the arm only "
+                               "under stop 'decided', from distinct integers >= 1 in "
+                               "ascending order")
+        object.__setattr__(self, "widths", tuple(int(w) for w in widths))
+
+    @classmethod
+    def every_width(cls, n_max: int) -> Stopping:
+        """Decided arms whose wave width W is part of the arm: W in 1, 2, 4, ... below
+        ``n_max``, and ``n_max`` (one wave)."""
+        widths = [1 << k for k in range(max(int(n_max) - 1, 0).bit_length()) if 1 << k < n_max]
+        return cls("decided", 1, (*widths, int(n_max)))
 
     @property
     def early(self) -> bool:
@@ -70,7 +90,10 @@ class Stopping:
         return self.rule == "decided"
 
     def to_dict(self) -> dict[str, object]:
-        return {"rule": self.rule, "wave": self.wave}
+        out: dict[str, object] = {"rule": self.rule, "wave": self.wave}
+        if self.widths:
+            out["widths"] = list(self.widths)
+        return out
 
 
 def _finite(x: float, what: str) -> float:
@@ -121,13 +144,18 @@ class Context:
     """One user context: task weights (one per objective), a budget level and its cost weight.
 
     ``weights`` lie in [0, 1]; ``cost_weight`` >= 0 multiplies the summed cost of the N
-    completions; ``probability`` is how often this context occurs (for the ACR).
+    completions; ``probability`` is how often this context occurs (for the ACR). Beyond the
+    paper, ``latency_weight`` >= 0 is what a second of expected latency costs (utility per
+    second) and ``latency_limit`` the most expected latency, in seconds, of an eligible arm
+    (None: no limit; :mod:`iapo.latency`).
     """
 
     weights: tuple[float, ...]
     budget: str
     cost_weight: float
     probability: float = 1.0
+    latency_weight: float = 0.0
+    latency_limit: float | None = None
 
     def __post_init__(self) -> None:
         ws = tuple(_finite(w, "objective weight") for w in self.weights)
@@ -148,9 +176,27 @@ class Context:
             raise ProblemError(f"context probability {pr} is outside [0, 1]")
         if not self.budget or not isinstance(self.budget, str):
             raise ProblemError("a context needs a budget level name, e.g. 'low'")
+        lw = _finite(self.latency_weight, "latency weight")
+        if lw < 0:
+            raise ProblemError(f"latency weight {lw} is negative; give the utility a second "
+                               "of latency costs, >= 0")
+        if self.latency_limit is not None:
+            limit = _finite(self.latency_limit, "latency limit")
+            if limit <= 0:
+                raise ProblemError(f"latency limit {limit} must be a positive number of "
+                                   "seconds")
+            object.__setattr__(self, "latency_limit", limit)
         object.__setattr__(self, "weights", ws)
         object.__setattr__(self, "cost_weight", cw)
         object.__setattr__(self, "probability", pr)
+        object.__setattr__(self, "latency_weight", lw)
+
+    @property
+    def latency_parts(self) -> dict[str, float]:
+        """The context's latency terms as its key writes them: ``latency`` (weight per
+        second) and ``limit`` (seconds), each only where set."""
+        out = {"latency": self.latency_weight} if self.latency_weight else {}
+        return out | ({} if self.latency_limit is None else {"limit": self.latency_limit})
 
 
 @dataclass(frozen=True)
@@ -228,6 +274,22 @@ class ContextGrid:
         return np.array([c.cost_weight for c in self.contexts], dtype=np.float64)
 
     @property
+    def latency_weights(self) -> npt.NDArray[np.float64]:
+        """What a second of expected latency costs in each context: [C]."""
+        return np.array([c.latency_weight for c in self.contexts], dtype=np.float64)
+
+    @property
+    def latency_limits(self) -> npt.NDArray[np.float64]:
+        """The most expected latency of an eligible arm in each context (inf: none): [C]."""
+        return np.array([np.inf if c.latency_limit is None else c.latency_limit
+                         for c in self.contexts], dtype=np.float64)
+
+    @property
+    def prices_latency(self) -> bool:
+        """Whether some context weighs or limits latency."""
+        return any(c.latency_parts for c in self.contexts)
+
+    @property
     def probabilities(self) -> npt.NDArray[np.float64]:
         """Context probabilities, shape [C]."""
         return np.array([c.probability for c in self.contexts], dtype=np.float64)
@@ -241,7 +303,8 @@ class ContextGrid:
         parts = [f"{o.name}={w:g}" for o, w in zip(self.objectives, c.weights, strict=True)]
         if len(self.objectives) == 1:
             parts = []  # a single objective's weight carries no choice
-        return ",".join([*parts, f"budget={c.budget}"])
+        latency = [f"{k}={v:g}" for k, v in c.latency_parts.items()]
+        return ",".join([*parts, f"budget={c.budget}", *latency])
 
     def distinct_weights(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.intp]]:
         """The distinct task-weight vectors [W, K] and, per context, its index into them [C]."""
@@ -267,29 +330,25 @@ class ContextGrid:
     def index(self, spec: Mapping[str, object]) -> int:
         """The index of the context that ``spec`` names, e.g. {"helpful": 0.3, "budget": "high"}.
 
-        Every objective weight (except with a single objective) and the budget must be given.
+        Every objective weight (except with a single objective) and the budget must be given;
+        a context that prices latency also its ``latency`` weight and ``limit`` (absent: none).
         """
         names = [o.name for o in self.objectives]
-        unknown = sorted(set(spec) - {*names, "budget"})
+        known = [*names, "budget", *LATENCY_PARTS]
+        unknown = sorted(set(spec) - set(known))
         if unknown:
-            raise ProblemError(
-                f"unknown context key(s) {unknown}; known keys are {[*names, 'budget']}"
-            )
+            raise ProblemError(f"unknown context key(s) {unknown}; known keys are {known}")
         if "budget" not in spec:
             budgets = sorted({c.budget for c in self.contexts})
             raise ProblemError(f"context needs 'budget', one of {budgets}")
+        given = {k: _number(spec, k) for k in LATENCY_PARTS if k in spec}
         for i, c in enumerate(self.contexts):
-            if c.budget != str(spec["budget"]):
+            if c.budget != str(spec["budget"]) or given.keys() != c.latency_parts.keys():
                 continue
-            ok = True
+            ok = all(abs(v - c.latency_parts[k]) < 1e-9 for k, v in given.items())
             for name, w in zip(names, c.weights, strict=True):
                 if name in spec:
-                    try:
-                        v = float(spec[name])  # type: ignore[arg-type]
-                    except (TypeError, ValueError, OverflowError) as e:
-                        raise ProblemError(f"weight '{name}'={str(spec[name])[:40]!r} is not a "
-                                           "number") from e
-                    ok &= abs(v - w) < 1e-9
+                    ok &= abs(_number(spec, name) - w) < 1e-9
                 elif len(names) > 1:
                     raise ProblemError(f"context needs a weight for '{name}'")
             if ok:
@@ -297,6 +356,41 @@ class ContextGrid:
         raise ProblemError(
             f"no context matches {dict(spec)}; the grid has: {', '.join(self.keys)}"
         )
+
+    def with_latency(self, specs: Sequence[str]) -> ContextGrid:
+        """The grid of the contexts ``specs``, each one of this grid's contexts (its weights and
+        budget, as :meth:`find` names it) with a ``latency`` weight per second and/or a
+        ``limit`` in seconds, e.g. ``budget=mid,latency=0.01`` or ``budget=mid,limit=20``;
+        equally likely. The ``--contexts`` grammar (:func:`parse_contexts`)."""
+        if not specs:
+            raise ProblemError("give at least one context, e.g. 'budget=mid,latency=0.01'")
+        out = []
+        for text in specs:
+            spec = parse_context(text)
+            extra = {k: _number(spec, k) for k in LATENCY_PARTS if k in spec}
+            base = self.contexts[self.index({k: v for k, v in spec.items()
+                                             if k not in LATENCY_PARTS})]
+            out.append(dataclasses.replace(
+                base, probability=1.0 / len(specs), latency_weight=extra.get("latency", 0.0),
+                latency_limit=extra.get("limit")))
+        return ContextGrid(self.objectives, tuple(out))
+
+
+LATENCY_PARTS = ("latency", "limit")  # a context's latency weight and limit, as keys name them
+
+
+def _number(spec: Mapping[str, object], name: str) -> float:
+    try:
+        return float(spec[name])  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ProblemError(f"context value '{name}'={str(spec[name])[:40]!r} is not a "
+                           "number") from e
+
+
+def parse_contexts(text: str) -> list[str]:
+    """``budget=low; budget=mid,latency=0.01; budget=mid,limit=20`` -> one context spec each
+    (:meth:`ContextGrid.with_latency`)."""
+    return [p.strip() for p in text.split(";") if p.strip()]
 
 
 IndexT = TypeVar("IndexT", int, npt.NDArray[np.integer])
@@ -353,7 +447,9 @@ class Choice:
 class Problem:
     """What a learner knows: prompts, N_max, objectives, aggregator and the context grid,
     and for majority voting the stopping rule and how "no answer" counts (``no_answer``, one
-    of :data:`NO_ANSWER_RULES`; :func:`iapo.utility.counted_votes`).
+    of :data:`NO_ANSWER_RULES`; :func:`iapo.utility.counted_votes`), and how long its
+    completions take (``latency``, :class:`iapo.latency.LatencyModel`; None: the
+    environment's own model, for contexts that price latency).
 
     Arms are indexed ``prompt * n_max + (n - 1)``; Q arrays are shaped [C, P, N_max] with the
     last axis holding N = 1..N_max.
@@ -367,6 +463,7 @@ class Problem:
     cost: CostObjective = field(default_factory=CostObjective)
     stopping: Stopping = field(default_factory=Stopping)
     no_answer: str = NO_ANSWER_RULES[0]
+    latency: LatencyModel | None = None
 
     def __post_init__(self) -> None:
         if self.aggregator not in AGGREGATORS:
@@ -388,6 +485,9 @@ class Problem:
             raise ProblemError(f"stopping rule '{self.stopping.rule}' applies to majority "
                                f"voting; '{self.name}' aggregates by {self.aggregator}: use "
                                "stop 'all'")
+        if self.latency is not None and len(self.latency.times) != len(self.prompts):
+            raise ProblemError(f"the latency model gives the times of {len(self.latency.times)} "
+                               f"prompts; '{self.name}' has {len(self.prompts)}")
 
     @property
     def n_prompts(self) -> int:

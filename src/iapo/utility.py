@@ -6,6 +6,8 @@ that the others call:
 - the weighted task value sum_k w_k o_k of a completion: :func:`task_values` (Best-of-N, Eq. 1,
   takes its max over a group); the weighted other objectives of the mixed strategy:
   :func:`style_values`;
+- beyond the paper, the latency term w_latency x expected latency, :func:`latency_term`, and
+  a context's latency limit, :func:`within_limit` (:mod:`iapo.latency`);
 - the cost term w_cost x cost x completions paid: :func:`cost_term` (the exact Q,
   :class:`iapo.envs.base.QueryTable`; the Q table, :class:`iapo.estimate.QTable`; the model,
   :class:`iapo.model.ModelQTable`);
@@ -62,6 +64,18 @@ def cost_term(cost_weights: FloatArray, cost: FloatArray,
     """
     term: FloatArray = cost_weights * cost
     return term if completions is None else np.multiply(term, completions)
+
+
+def latency_term(latency_weights: FloatArray, latency: FloatArray) -> FloatArray:
+    """w_latency x expected latency (seconds): what a context that prices latency also
+    subtracts (beyond the paper; :mod:`iapo.latency`). Broadcast as :func:`cost_term`."""
+    return np.multiply(latency_weights, latency)
+
+
+def within_limit(latency: FloatArray, limits: FloatArray) -> npt.NDArray[np.bool_]:
+    """Whether an arm of expected ``latency`` is eligible under each context's ``limits``
+    (inf: none): latency <= limit, elementwise (broadcast)."""
+    return np.asarray(np.asarray(latency) <= np.asarray(limits) * (1 + 1e-12))
 
 
 def vote_counts(labels: npt.ArrayLike, n_categories: int | None = None) -> npt.NDArray[np.int64]:

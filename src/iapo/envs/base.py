@@ -16,7 +16,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -24,7 +24,10 @@ import numpy.typing as npt
 from iapo.cache import load_or_compute
 from iapo.errors import InputError
 from iapo.problem import Arm, Choice, Problem, Stopping
-from iapo.utility import cost_term
+from iapo.utility import cost_term, latency_term, within_limit
+
+if TYPE_CHECKING:
+    from iapo.latency import LatencyModel, SyntheticLatency
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -55,6 +58,8 @@ class QueryTable:
     with data: Q of a prompt averages over its observed queries only. ``paid`` and ``waves``
     [P, X, N_max] (None: the paper's arms, N completions in one wave) are the expected
     completions paid and waves drawn by an arm that stops early (:mod:`iapo.stopping`).
+    ``latency`` [P, X, N_max] (None: not priced) is each arm's expected latency in seconds
+    (:mod:`iapo.latency`), which contexts that price latency subtract and limit.
     """
 
     task: FloatArray
@@ -63,6 +68,7 @@ class QueryTable:
     observed: npt.NDArray[np.bool_] | None = None
     paid: FloatArray | None = None
     waves: FloatArray | None = None
+    latency: FloatArray | None = None
 
     def q(self, problem: Problem, queries: npt.ArrayLike | None = None) -> FloatArray:
         """Q(c, p, N) averaged over ``queries`` (all if None): [C, P, N_max].
@@ -88,10 +94,18 @@ class QueryTable:
         cost_weights = problem.grid.cost_weights[:, None, None]
         if self.paid is None:  # the paper's arms pay N completions
             n = np.arange(1, problem.n_max + 1, dtype=np.float64)
-            return reward - cost_term(cost_weights, cost[None, :, None], n)
-        # an arm that stops early pays E[cost of one completion x completions paid] per query
-        paid_cost = self.expected(self.cost[:, :, None] * self.paid, idx)
-        return reward - cost_term(cost_weights, paid_cost[None])
+            q = reward - cost_term(cost_weights, cost[None, :, None], n)
+        else:  # an arm that stops early pays E[cost of one completion x completions paid]
+            paid_cost = self.expected(self.cost[:, :, None] * self.paid, idx)
+            q = reward - cost_term(cost_weights, paid_cost[None])
+        if not problem.grid.prices_latency:
+            return q
+        if self.latency is None:
+            raise InputError("contexts that price latency need the arms' latency; build the "
+                             "table with a latency model")
+        grid, seconds = problem.grid, self.expected(self.latency, idx)[None]  # [1, P, N]
+        q = q - latency_term(grid.latency_weights[:, None, None], seconds)
+        return np.where(within_limit(seconds, grid.latency_limits[:, None, None]), q, -np.inf)
 
     def completions(self, queries: npt.ArrayLike | None = None) -> FloatArray:
         """Expected completions paid per query by every arm (p, N), averaged over ``queries``
@@ -135,9 +149,13 @@ class Environment(ABC):
     cacheable: bool = True
     # [P, X]: which (prompt, query) pairs have data (None: all); see QueryTable.q
     observed: npt.NDArray[np.bool_] | None = None
+    # the synthetic latency model (from the environment file's latency_* keys; None: the
+    # defaults); a problem's own model (Problem.latency) takes precedence
+    latency_params: SyntheticLatency | None = None
 
     def __init__(self) -> None:
         self._table: QueryTable | None = None
+        self._widths: dict[int, Environment] = {}
 
     @property
     @abstractmethod
@@ -184,18 +202,56 @@ class Environment(ABC):
             _, widx = self.problem.grid.distinct_weights()
             paid = waves = None
             stopping = self.problem.stopping
+            latency = self.latency_model(arrays["cost"])
+            n_max = self.problem.n_max
             if stopping.early:
                 def stop_compute() -> dict[str, npt.NDArray]:
-                    paid, waves = self._stopping_table(stopping.wave, progress)
-                    return {"paid": paid, "waves": waves}
+                    return dict(zip(("paid", "waves", "last"),
+                                    self._stopping_table(stopping.wave, progress), strict=True))
 
                 key = f"{self.name}-{self.fingerprint()}-decided-w{stopping.wave}"
-                stop = (load_or_compute(key, stop_compute, required=("paid", "waves"))
+                stop = (load_or_compute(key, stop_compute, required=("paid", "waves", "last"))
                         if self.cacheable else stop_compute())
                 paid, waves = stop["paid"], stop["waves"]
+                seconds = latency.arm_latency(waves, stop["last"], stopping.wave)
+            else:  # one wave of N
+                seconds = np.broadcast_to(latency.one_wave(n_max)[:, None, :],
+                                          (*arrays["cost"].shape, n_max))
             self._table = QueryTable(arrays["task"], arrays["cost"], widx, self.observed,
-                                     paid, waves)
+                                     paid, waves, seconds)
         return self._table
+
+    def latency_model(self, cost: FloatArray | None = None) -> LatencyModel:
+        """The problem's latency model, or else this environment's synthetic one
+        (:attr:`latency_params`) on each prompt's mean completion cost (over its observed
+        queries; ``cost`` [P, X] the exact table's, if at hand)."""
+        from iapo.latency import SyntheticLatency
+
+        if self.problem.latency is not None:
+            return self.problem.latency
+        c = self.query_table().cost if cost is None else cost
+        seen = np.ones(c.shape, dtype=bool) if self.observed is None else self.observed
+        params = self.latency_params or SyntheticLatency()
+        return params.model((c * seen).sum(axis=1) / np.maximum(seen.sum(1), 1))
+
+    def with_latency(self, latency: LatencyModel | SyntheticLatency) -> Environment:
+        """This environment with completions that take ``latency``: a model of its own, or
+        synthetic parameters (:class:`iapo.latency.SyntheticLatency`) on its prompts' costs."""
+        from iapo.latency import SyntheticLatency
+
+        if isinstance(latency, SyntheticLatency):
+            env = self._with_problem(latency=None)
+            if env is self:
+                env = copy.copy(self)
+                env._table, env._widths = None, {}
+            env.latency_params = latency
+            return env
+        return self._with_problem(latency=latency)
+
+    def with_contexts(self, specs: Sequence[str]) -> Environment:
+        """This environment on the contexts ``specs`` (:meth:`iapo.problem.ContextGrid.
+        with_latency`: its own contexts, each with a latency weight and/or limit)."""
+        return self._with_problem(grid=self.problem.grid.with_latency(specs))
 
     def with_stopping(self, stopping: Stopping) -> Environment:
         """This environment with majority-voting arms that stop by ``stopping``: the same
@@ -216,18 +272,67 @@ class Environment(ABC):
             return self
         env = copy.copy(self)
         env.problem = problem
-        env._table = None
+        env._table, env._widths = None, {}
         return env
 
-    def _stopping_table(self, wave: int, progress: bool) -> tuple[FloatArray, FloatArray]:
-        """(paid, waves) [P, X, N_max]: expected completions paid and waves drawn by arms
+    def _stopping_table(self, wave: int, progress: bool
+                        ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """(paid, waves, last) [P, X, N_max]: expected completions paid, waves drawn and the
+        probability that the last wave is drawn (:func:`iapo.stopping.expected_waves`) by arms
         that stop once decided, in waves of ``wave``."""
         raise InputError(f"'{self.name}' has no answer distributions to stop early on; use "
                          "stop 'all'")
 
+    def arm_summary(self, arm: Arm, wave: int | None) -> dict[str, float]:
+        """On all queries, the arm (p, N) in waves of ``wave`` (None: all N at once): its
+        expected completions ``paid``, ``waves`` drawn, ``latency`` and ``latency_p95``
+        (seconds)."""
+        env = self.with_stopping(Stopping() if wave is None else Stopping("decided", wave))
+        table = env.query_table()
+        p, n = arm.prompt, arm.n - 1
+        paid = table.completions()[p, n]
+        waves = 1.0 if table.waves is None else table.expected(table.waves)[p, n]
+        assert table.latency is not None
+        return {"paid": float(paid), "waves": float(waves),
+                "latency": float(table.expected(table.latency)[p, n]),
+                "latency_p95": env.latency_quantile(arm, arm.n if wave is None else wave)}
+
+    def latency_quantile(self, arm: Arm, wave: int, quantile: float = 0.95) -> float:
+        """The ``quantile`` of the latency of the arm (p, N, ``wave``) on a uniformly drawn
+        query (:func:`iapo.latency.latency_quantile`). Arms that stop early need answer
+        distributions; one wave of N (``wave`` >= N) needs none."""
+        from iapo.latency import latency_quantile
+
+        if wave < arm.n:
+            raise InputError(f"'{self.name}' has no answer distributions to stop early on; "
+                             "use stop 'all'")
+        return latency_quantile(np.ones((1, 1)), arm.n, arm.n,
+                                self.latency_model().times[arm.prompt], quantile,
+                                self.latency_model().concurrency)
+
     def q(self, queries: npt.ArrayLike | None = None) -> FloatArray:
-        """Exact Q(c, p, N) on ``queries`` (all if None): [C, P, N_max]."""
+        """Exact Q(c, p, N) on ``queries`` (all if None): [C, P, N_max]. Where the wave width
+        W is part of the arm (``stopping.widths``), Q of (p, N) with its best width in each
+        context (:meth:`width_q`)."""
+        if self.problem.stopping.widths:
+            return self.width_q(queries).max(axis=-1)
         return self.query_table().q(self.problem, queries)
+
+    def at_width(self, wave: int) -> Environment:
+        """This environment with decided arms in waves of ``wave`` (one width of
+        ``stopping.widths``), kept for reuse."""
+        if wave not in self._widths:
+            self._widths[wave] = self.with_stopping(Stopping("decided", wave))
+        return self._widths[wave]
+
+    def width_q(self, queries: npt.ArrayLike | None = None) -> FloatArray:
+        """Exact Q(c, p, N, W) for every width W of ``stopping.widths``: [C, P, N_max, S]
+        (W above N is one wave of N, as W = N)."""
+        widths = self.problem.stopping.widths
+        if not widths:
+            raise InputError("the wave width is part of the arm only with stopping widths; "
+                             "use Stopping.every_width")
+        return np.stack([self.at_width(w).q(queries) for w in widths], axis=-1)
 
     def __repr__(self) -> str:
         p = self.problem
@@ -267,32 +372,54 @@ def optimal_acr(q: FloatArray, probabilities: npt.ArrayLike) -> float:
 
 def oracle_report(env: Environment, stopping: Stopping) -> dict[str, Any]:
     """The best arm per context on all of ``env``'s queries and the optimal ACR (``iapo
-    oracle --json``): {"env", "acr", "contexts": [{"context", "prompt", "n", "q"}]}. With arms
-    that stop early, also "stopping", "acr_all" (the optimal ACR paying all N) and "gain", and
-    per context the arm's expected completions "paid" and "waves", the best arm paying all N
-    ("all_prompt", "all_n", "all_q") and the context's "gain"."""
+    oracle --json``): {"env", "acr", "latency_model", "contexts": [{"context", "prompt", "n",
+    "wave", "q", "paid", "waves", "latency", "latency_p95"}]}: per context the chosen arm, its
+    wave width W (N for one wave of N), expected completions paid and waves drawn, and its
+    expected and 95th-percentile latency in seconds under the latency model. With arms that
+    stop early, also "stopping", "acr_all" (the optimal ACR of the arms that send all N at
+    once, W = N) and "gain", and per context the best such arm ("all_prompt", "all_n",
+    "all_q") and the context's "gain". A context whose latency limit no arm meets is an
+    InputError that names the fastest arm."""
     stopped = env.with_stopping(stopping)
     q = stopped.q()
     arms = best_arms(q)
     grid = env.problem.grid
-    value = acr(q, arms, grid.probabilities)
-    rows: list[dict[str, Any]] = [
-        {"context": key, "prompt": a.prompt, "n": a.n, "q": float(q[i, a.prompt, a.n - 1])}
-        for i, (key, a) in enumerate(zip(grid.keys, arms, strict=True))
-    ]
-    result: dict[str, Any] = {"env": env.name, "acr": value}
+    _check_eligible(stopped, q, arms)
+    width = (stopped.width_q().argmax(axis=-1) if stopping.widths else None)  # [C, P, N]
+    rows: list[dict[str, Any]] = []
+    for i, (key, a) in enumerate(zip(grid.keys, arms, strict=True)):
+        wave = (stopping.widths[width[i, a.prompt, a.n - 1]] if width is not None
+                else stopping.wave if stopping.early else a.n)
+        rows.append({"context": key, "prompt": a.prompt, "n": a.n, "wave": min(wave, a.n),
+                     "q": float(q[i, a.prompt, a.n - 1]),
+                     **stopped.arm_summary(a, wave if stopping.early else None)})
+    result: dict[str, Any] = {"env": env.name, "acr": acr(q, arms, grid.probabilities),
+                              "latency_model": stopped.latency_model().to_dict()}
     if stopping.early:
-        table = stopped.query_table()
-        assert table.paid is not None and table.waves is not None
-        paid, waves = table.completions(), table.expected(table.waves)  # [P, N]
         q_all = env.with_stopping(Stopping()).q()
         arms_all = best_arms(q_all)
         value_all = acr(q_all, arms_all, grid.probabilities)
         for i, (r, a) in enumerate(zip(rows, arms_all, strict=True)):
-            r.update(paid=float(paid[r["prompt"], r["n"] - 1]),
-                     waves=float(waves[r["prompt"], r["n"] - 1]),
-                     all_prompt=a.prompt, all_n=a.n, all_q=float(q_all[i, a.prompt, a.n - 1]),
+            r.update(all_prompt=a.prompt, all_n=a.n, all_q=float(q_all[i, a.prompt, a.n - 1]),
                      gain=round(r["q"] - float(q_all[i, a.prompt, a.n - 1]), 12) + 0.0)
-        result.update(stopping=stopping.to_dict(), acr_all=value_all, gain=value - value_all)
+        result.update(stopping=stopping.to_dict(), acr_all=value_all,
+                      gain=result["acr"] - value_all)
     result["contexts"] = rows
     return result
+
+
+def _check_eligible(env: Environment, q: FloatArray, arms: Sequence[Arm]) -> None:
+    """Every context has an arm within its latency limit; else an InputError naming the
+    fastest arm."""
+    for i, a in enumerate(arms):
+        if np.isfinite(q[i, a.prompt, a.n - 1]):
+            continue
+        context = env.problem.grid.contexts[i]
+        table = env.with_stopping(Stopping()).query_table()
+        assert table.latency is not None
+        fastest = table.expected(table.latency)  # [P, N]
+        p, n = np.unravel_index(int(fastest.argmin()), fastest.shape)
+        raise InputError(f"no arm meets the latency limit of {context.latency_limit:g} s in "
+                         f"context {env.problem.grid.key(context)}: the fastest, prompt {p} "
+                         f"with N = {n + 1}, takes {fastest[p, n]:.3g} s on average; raise "
+                         "the limit")

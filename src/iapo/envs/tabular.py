@@ -35,6 +35,9 @@ Either format may also hold (``iapo export-env`` writes both):
                                  rows of the others are placeholders, never drawn: Q of a
                                  prompt averages over its observed queries, and a pull draws
                                  among them (iapo.envs.base.QueryTable)
+  latency_overhead, latency_per_token, latency_tokens_per_cost, latency_cv,
+  latency_concurrency  ()  float  the synthetic latency model's parameters (any subset; 0
+                                 concurrency: no limit), iapo.latency.SyntheticLatency
 And the majority-voting format:
   no_answer         (X,)  int    the category of "no answer" (unreadable completions) of each
                                  query, -1 where it has none (default: none anywhere); never
@@ -57,6 +60,7 @@ from iapo.envs.base import Environment, FloatArray, IntArray, Sample
 from iapo.errors import InputError
 from iapo.problem import (
     Aggregator,
+    Arm,
     ContextGrid,
     CostObjective,
     Objective,
@@ -238,6 +242,18 @@ class MVEnvironment(Environment):
         assert isinstance(out, MVEnvironment)
         return out
 
+    def latency_quantile(self, arm: Arm, wave: int, quantile: float = 0.95) -> float:
+        """The ``quantile`` of the latency of the arm (p, N, ``wave``) on a uniformly drawn
+        query where its prompt has data (:func:`iapo.latency.latency_quantile`)."""
+        from iapo.latency import latency_quantile
+
+        seen = slice(None) if self.observed is None else self.observed[arm.prompt]
+        abstain = self._abstain()
+        model = self.latency_model()
+        return latency_quantile(self.probs[arm.prompt][seen], arm.n, wave,
+                                model.times[arm.prompt], quantile, model.concurrency,
+                                no_answer=None if abstain is None else abstain[seen])
+
     def _abstain(self) -> npt.NDArray[np.int16] | None:
         """Each query's "no answer" category where the problem's rule is abstain (None where
         both rules score alike: the vote rule, or no category)."""
@@ -272,15 +288,17 @@ class MVEnvironment(Environment):
         cost = np.broadcast_to(self.cost[:, None], (n_prompts, n_queries)).copy()
         return task, cost
 
-    def _stopping_table(self, wave: int, progress: bool) -> tuple[FloatArray, FloatArray]:
-        from iapo.stopping import expected_paid
+    def _stopping_table(self, wave: int, progress: bool
+                        ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        from iapo.stopping import expected_waves
 
         n_prompts, n_queries, n_cat = self.probs.shape
         abstain = self._abstain()
-        paid, waves = expected_paid(self.probs.reshape(-1, n_cat), self.problem.n_max, wave,
-                                    None if abstain is None else np.tile(abstain, n_prompts))
+        tables = expected_waves(self.probs.reshape(-1, n_cat), self.problem.n_max, wave,
+                                None if abstain is None else np.tile(abstain, n_prompts))
         shape = (n_prompts, n_queries, self.problem.n_max)
-        return paid.reshape(shape), waves.reshape(shape)
+        paid, waves, last = (t.reshape(shape) for t in tables)
+        return paid, waves, last
 
 
 def _no_answer(no_answer: npt.ArrayLike | None, gold: npt.NDArray[np.int16], n_cat: int
@@ -461,7 +479,7 @@ def environment_from_arrays(
             names, description, cacheable, ids, data.get("no_answer"),
         )
         env.observed = _observed(data, probs.shape[:2], source)
-        return env
+        return _with_latency_keys(env, data, source)
     if agg == "bon":
         _require(data, ["scores", "objective_names", "objective_lower", "objective_upper",
                         "weight_grid", "budget_levels", "cost_weights", "n_max"], source)
@@ -483,8 +501,23 @@ def environment_from_arrays(
         env = BoNEnvironment(name, data["scores"], probs, grid, _scalar(data, "n_max"), names,
                              description, cacheable, ids)
         env.observed = _observed(data, probs.shape[:2], source)
-        return env
+        return _with_latency_keys(env, data, source)
     raise DataError(f"{source}: aggregator '{agg}' is unknown; use 'mv' or 'bon'")
+
+
+def _with_latency_keys(env: Environment, data: Mapping[str, npt.NDArray], source: str
+                       ) -> Environment:
+    """``env`` with the synthetic latency model of the file's optional ``latency_<key>``
+    scalars (:class:`iapo.latency.SyntheticLatency`; absent keys keep the defaults)."""
+    if not any(str(k).startswith("latency_") for k in data):
+        return env
+    from iapo.latency import SyntheticLatency
+
+    try:
+        env.latency_params = SyntheticLatency.from_arrays(dict(data))
+    except InputError as e:
+        raise DataError(f"{source}: {e}") from e
+    return env
 
 
 def _observed(data: Mapping[str, npt.NDArray], shape: tuple[int, ...], source: str

@@ -1,0 +1,289 @@
+"""Latency as an objective, and the wave width W as part of the arm (iapo.latency,
+iapo.envs.base): Q(c, p, N, W) against every answer sequence and every time assignment of a
+tiny environment, the oracle's choice against a brute-force search over (p, N, W), the
+synthetic latency model's stated properties, contexts that price latency, and ``iapo
+oracle`` on MATH against Monte Carlo."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from importlib import resources
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from brute import decided_paid, mv_credit, sequences
+from iapo.cli import main
+from iapo.envs import get_environment
+from iapo.envs.base import oracle_report
+from iapo.envs.tabular import MVEnvironment, load_environment
+from iapo.errors import InputError
+from iapo.latency import CompletionTimes, LatencyModel, SyntheticLatency
+from iapo.problem import ProblemError, Stopping, parse_contexts
+from iapo.stopping import last_wave_probability, undecided_probability
+
+# --- a tiny environment: 2 prompts, 3 queries, 3 answer categories, N_max 4 -------------------
+
+PROBS = np.array([
+    [[0.6, 0.3, 0.1], [0.2, 0.0, 0.8], [0.4, 0.4, 0.2]],
+    [[1.0, 0.0, 0.0], [0.5, 0.25, 0.25], [0.1, 0.6, 0.3]],
+])
+GOLD = np.array([0, 2, 1])
+COSTS = (0.3, 0.7)
+N_MAX = 4
+TIMES = ((1.0, 3.0), (0.5, 2.0))  # each prompt's two completion times, equally likely
+CONTEXTS = ["budget=low", "budget=low,latency=0.05", "budget=high,latency=0.01,limit=4.2"]
+WIDTHS = (1, 2, 4)
+
+
+def tiny_env() -> MVEnvironment:
+    env = MVEnvironment("tiny-latency", PROBS, GOLD, list(COSTS), {"low": 0.0, "high": 0.5},
+                        N_MAX, cacheable=False)
+    model = LatencyModel(tuple(CompletionTimes.from_samples(t) for t in TIMES))
+    out = env.with_latency(model).with_contexts(CONTEXTS)
+    assert isinstance(out, MVEnvironment)
+    return out
+
+
+def brute_max(times: tuple[float, ...], w: int) -> float:
+    """E[the longest of w completion times], each of ``times`` equally likely: every
+    assignment."""
+    return sum(max(a) for a in itertools.product(times, repeat=w)) / len(times) ** w
+
+
+def brute_arm(p: int, x: int, n: int, wave: int) -> tuple[float, float, float]:
+    """(E[credit], E[paid], E[latency]) of the arm (p, n, wave) on query x: every answer
+    sequence, its waves replayed one by one, each drawn wave waiting for its longest."""
+    credit = paid = seconds = 0.0
+    for seq, pr in sequences(n, PROBS[p, x]):
+        if pr == 0:
+            continue
+        t = decided_paid(seq, wave)
+        sizes = [min(wave, t - s) for s in range(0, t, wave)]
+        credit += pr * float(mv_credit(seq, GOLD[x]))
+        paid += pr * t
+        seconds += pr * sum(brute_max(TIMES[p], s) for s in sizes)
+    return credit, paid, seconds
+
+
+def brute_q() -> tuple[np.ndarray, np.ndarray]:
+    """(Q [C, P, N, S] with -inf over a limit, E[latency] [P, N, S]) from :func:`brute_arm`,
+    averaged over the three queries; contexts as CONTEXTS (cost weights 0, 0, 0.5)."""
+    cw, lw, limit = (0.0, 0.0, 0.5), (0.0, 0.05, 0.01), (math.inf, math.inf, 4.2)
+    q = np.zeros((3, 2, N_MAX, len(WIDTHS)))
+    lat = np.zeros((2, N_MAX, len(WIDTHS)))
+    for p, n, (s, w) in itertools.product(range(2), range(1, N_MAX + 1), enumerate(WIDTHS)):
+        arms = [brute_arm(p, x, n, w) for x in range(3)]
+        credit, paid, seconds = (float(np.mean(v)) for v in zip(*arms, strict=True))
+        lat[p, n - 1, s] = seconds
+        for c in range(3):
+            value = credit - cw[c] * COSTS[p] * paid - lw[c] * seconds
+            q[c, p, n - 1, s] = value if seconds <= limit[c] else -math.inf
+    return q, lat
+
+
+def test_q_of_every_width_equals_enumeration() -> None:
+    """Q(c, p, N, W) = credit - cost term - latency weight x E[latency], -inf over the
+    limit, for every arm and width, as every answer sequence and time assignment gives it;
+    and Q(c, p, N) with W in the arm is its best width."""
+    env = tiny_env().with_stopping(Stopping("decided", 1, WIDTHS))
+    want, _ = brute_q()
+    got = env.width_q()
+    assert got.shape == want.shape
+    assert np.array_equal(np.isinf(got), np.isinf(want))
+    np.testing.assert_allclose(got[np.isfinite(want)], want[np.isfinite(want)], atol=1e-12)
+    assert np.isinf(want).any() and np.isfinite(want[2]).any()  # the limit bites, not all
+    np.testing.assert_array_equal(env.q(), got.max(axis=-1))
+
+
+def test_the_oracle_picks_the_best_prompt_n_and_width() -> None:
+    """oracle_report's (p, N, W) per context is the brute-force argmax over every arm and
+    width (W above N is one wave of N: reported as N), with its expected latency; the
+    comparison arm sends all N at once (W = N) under the same latency terms."""
+    want, lat = brute_q()
+    out = oracle_report(tiny_env(), Stopping("decided", 1, WIDTHS))
+    for c, row in enumerate(out["contexts"]):
+        best = np.unravel_index(int(np.argmax(want[c])), want[c].shape)  # first on ties
+        p, n, w = int(best[0]), int(best[1]) + 1, WIDTHS[int(best[2])]
+        assert (row["prompt"], row["n"], row["wave"]) == (p, n, min(w, n)), (c, row)
+        assert row["q"] == pytest.approx(want[c][best], abs=1e-12)
+        assert row["latency"] == pytest.approx(lat[p, n - 1, int(best[2])], abs=1e-12)
+        one_wave = [want[c, pp, nn - 1, WIDTHS.index(4)] if nn > 2 else
+                    want[c, pp, nn - 1, WIDTHS.index(nn)]
+                    for pp in range(2) for nn in range(1, N_MAX + 1)]
+        assert row["all_q"] == pytest.approx(max(one_wave), abs=1e-12)
+        assert row["gain"] >= 0
+    assert out["latency_model"]["mean_seconds"] == [2.0, 1.25]
+
+
+def test_the_last_wave_is_drawn_while_undecided_when_it_would_begin() -> None:
+    """Answers 0.5 / 0.5, waves of 2: the arm N = 3 begins its last wave (1 answer) after 2,
+    undecided unless both agreed (1/2); N = 4 after 2, undecided always (margin <= 2)."""
+    table = undecided_probability([0.5, 0.5], 4)
+    last = last_wave_probability(table, 2)
+    assert last.tolist() == pytest.approx([1.0, 1.0, 0.5, 1.0])
+
+
+# --- the synthetic latency model ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cv", [0.0, 0.3, 0.5, 1.0])
+def test_synthetic_times_have_the_stated_mean_and_spread(cv: float) -> None:
+    """Mean exactly overhead + per_token x tokens_per_cost x cost; the coefficient of
+    variation of the tokens within 3% of cv (a discretized Gamma)."""
+    params = SyntheticLatency(overhead=0.4, per_token=0.02, tokens_per_cost=30_000, cv=cv)
+    model = params.model([0.01, 0.005, 0.0])
+    for times, cost in zip(model.times, [0.01, 0.005, 0.0], strict=True):
+        assert times.mean() == pytest.approx(0.4 + 0.02 * 30_000 * cost, rel=1e-12)
+        tokens = (times.values - 0.4) / 0.02
+        mean = tokens @ times.probs
+        sd = math.sqrt(max((tokens - mean) ** 2 @ times.probs, 0.0))
+        if cost:
+            assert sd / mean == pytest.approx(cv, abs=0.03)
+    assert model.concurrency is None and "cv=" in model.description
+
+
+def test_synthetic_parameters_from_text_file_and_cli(tmp_path: Any) -> None:
+    params = SyntheticLatency.parse("per_token=0.05, concurrency=4")
+    assert (params.per_token, params.concurrency, params.overhead) == (0.05, 4, 0.5)
+    assert SyntheticLatency.parse("concurrency=none", params).concurrency is None
+    for bad, needle in [("speed=3", "KEY=VALUE"), ("cv=-1", ">= 0"), ("cv=abc", "number"),
+                        ("concurrency=2.5", "integer >= 1")]:
+        with pytest.raises(InputError, match=needle):
+            SyntheticLatency.parse(bad)
+    # the environment file's latency_* keys
+    with resources.files("iapo.envs").joinpath("data", "math.npz").open("rb") as fh, \
+            np.load(fh) as f:
+        data = {k: f[k] for k in f.files}
+    path = tmp_path / "math-fast.npz"
+    np.savez(path, **data, latency_per_token=np.float64(0.01), latency_concurrency=np.int64(8))
+    env = load_environment(path)
+    assert (env.latency_params.per_token, env.latency_params.concurrency) == (0.01, 8)
+    means = env.latency_model().to_dict()["mean_seconds"]
+    assert isinstance(means, list)
+    assert max(means) == pytest.approx(0.5 + 0.01 * 50_000 * 0.01, rel=1e-6)
+    out = CliRunner().invoke(main, ["oracle", str(path), "--json", "--latency", "overhead=1"])
+    assert out.exit_code == 0, out.output
+    model = json.loads(out.stdout)["latency_model"]
+    assert "overhead=1,per_token=0.01" in model["description"] and model["concurrency"] == 8
+
+
+# --- contexts that price latency ----------------------------------------------------------------
+
+
+def test_contexts_with_latency_keys_and_lookup() -> None:
+    env = get_environment("math").with_contexts(
+        parse_contexts("budget=mid; budget=mid,latency=0.001 ; budget=high,limit=25"))
+    grid = env.problem.grid
+    assert grid.keys == ["budget=mid", "budget=mid,latency=0.001", "budget=high,limit=25"]
+    assert grid.cost_weights.tolist() == [0.2, 0.2, 1.0]
+    assert grid.latency_weights.tolist() == [0.0, 0.001, 0.0]
+    assert grid.latency_limits.tolist() == [math.inf, math.inf, 25.0]
+    assert grid.probabilities.tolist() == pytest.approx([1 / 3] * 3)
+    for i, key in enumerate(grid.keys):
+        assert grid.find(key) == i
+    with pytest.raises(ProblemError, match="no context matches"):
+        grid.find("budget=mid,latency=0.002")
+    for bad, needle in [("budget=mid,latency=-1", "negative"), ("budget=mid,limit=0",
+                        "positive"), ("budget=none", "no context matches"),
+                        ("budget=mid,latency=fast", "not a number")]:
+        with pytest.raises(ProblemError, match=needle):
+            get_environment("math").with_contexts([bad])
+
+
+@pytest.mark.parametrize(("n_max", "widths"), [(32, (1, 2, 4, 8, 16, 32)), (10, (1, 2, 4, 8, 10)),
+                                               (1, (1,)), (2, (1, 2))])
+def test_every_width_is_the_powers_of_two_and_n_max(n_max: int, widths: tuple[int, ...]
+                                                    ) -> None:
+    assert Stopping.every_width(n_max) == Stopping("decided", 1, widths)
+    assert Stopping.every_width(n_max).to_dict()["widths"] == list(widths)
+
+
+@pytest.mark.parametrize("widths", [(2, 1), (1, 1), (0, 2), (1.5,)])
+def test_bad_widths_are_refused(widths: tuple[Any, ...]) -> None:
+    with pytest.raises(ProblemError, match="ascending"):
+        Stopping("decided", 1, widths)
+    with pytest.raises(ProblemError, match="decided"):
+        Stopping("all", 1, (1, 2))
+
+
+# --- iapo oracle on MATH ----------------------------------------------------------------------
+
+
+def oracle_json(*args: str) -> dict[str, Any]:
+    result = CliRunner().invoke(main, ["oracle", "math", "--json", *args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+MATH_CONTEXTS = "budget=mid; budget=mid,latency=0.0003; budget=mid,limit=25"
+
+
+def test_oracle_reports_the_wave_and_latency_of_every_context() -> None:
+    """Every context's wave W and expected latency, next to prompt and N; a limited
+    context's arm meets its limit; the reported latency and completions lie within 3
+    standard errors of 20,000 simulated requests on uniformly drawn MATH queries, answers and
+    times drawn one by one."""
+    out = oracle_json("--stop", "decided", "--wave", "auto", "--contexts", MATH_CONTEXTS)
+    assert out["stopping"]["widths"] == [1, 2, 4, 8, 16, 32]
+    env = get_environment("math")
+    assert isinstance(env, MVEnvironment)
+    model = env.latency_model()
+    rng = np.random.default_rng(7)
+    sims = 20_000
+    for row in out["contexts"]:
+        assert {"prompt", "n", "wave", "latency", "latency_p95", "paid"} <= row.keys()
+        assert 1 <= row["wave"] <= row["n"]
+        assert row["latency"] <= row["latency_p95"]
+        if "limit" in row["context"]:
+            assert row["latency"] <= 25.0
+        p, n, w = row["prompt"], row["n"], row["wave"]
+        x = rng.integers(0, env.n_queries, sims)
+        cdf = np.cumsum(env.probs[p, x], axis=1)
+        answers = (rng.random((sims, n, 1)) >= cdf[:, None, :]).sum(-1)
+        times = model.times[p]
+        secs = rng.choice(times.values, size=(sims, n), p=times.probs)
+        seconds, paid = np.zeros(sims), np.zeros(sims)
+        live = np.ones(sims, dtype=bool)
+        for start in range(0, n, w):
+            end = min(start + w, n)
+            seconds[live] += secs[live, start:end].max(axis=1)
+            paid[live] = end
+            counts = np.stack([(answers[:, :end] == a).sum(1) for a in range(5)], axis=1)
+            top = np.sort(counts, axis=1)
+            live &= ~(top[:, -1] - top[:, -2] > n - end)
+        for sim, want in [(seconds, row["latency"]), (paid, row["paid"])]:
+            sem = sim.std(ddof=1) / math.sqrt(sims)
+            assert abs(sim.mean() - want) <= 3 * sem + 1e-9, (row, sim.mean(), sem)
+        assert np.quantile(seconds, 0.95) == pytest.approx(row["latency_p95"], rel=0.05)
+
+
+def test_a_tighter_limit_or_heavier_weight_never_waits_longer() -> None:
+    """Known properties: raising the latency weight, or tightening the limit, never picks a
+    slower arm; and W in the arm never does worse than sending all N at once."""
+    out = oracle_json("--stop", "decided", "--wave", "auto", "--contexts",
+                      "budget=mid; budget=mid,latency=0.0003; budget=mid,latency=0.003; "
+                      "budget=mid,limit=40; budget=mid,limit=25; budget=mid,limit=20")
+    rows = out["contexts"]
+    seconds = [r["latency"] for r in rows]
+    assert seconds[0] >= seconds[1] >= seconds[2]
+    assert seconds[3] >= seconds[4] >= seconds[5] and seconds[5] <= 20
+    assert all(r["gain"] >= 0 for r in rows) and out["gain"] >= 0
+
+
+@pytest.mark.parametrize(("args", "needles"), [
+    (["--wave", "auto"], ["--wave auto", "--stop decided"]),
+    (["--wave", "fast"], ["'fast'", "integer >= 1 or 'auto'"]),
+    (["--contexts", "budget=mid,limit=5"], ["limit of 5 s", "fastest", "raise the limit"]),
+    (["--contexts", "budget=mid,latency=x"], ["'latency'='x'", "not a number"]),
+    (["--latency", "speed=2"], ["'speed=2'", "KEY=VALUE"]),
+])
+def test_oracle_latency_errors_say_what_to_do(args: list[str], needles: list[str]) -> None:
+    result = CliRunner().invoke(main, ["oracle", "math", *args])
+    assert result.exit_code == 2, result.output
+    for needle in needles:
+        assert needle in result.output
