@@ -287,3 +287,74 @@ def test_oracle_latency_errors_say_what_to_do(args: list[str], needles: list[str
     assert result.exit_code == 2, result.output
     for needle in needles:
         assert needle in result.output
+
+
+# --- learners, policies and evaluation with W in the arm ---------------------------------------
+
+
+def test_the_model_prices_latency_and_picks_each_arms_best_width() -> None:
+    """With many answers per query the per-query model's posterior is the truth, so its
+    Q(c, p, N) with W in the arm is the exact one (the tiny environment's, by enumeration
+    above) within 0.01, and its width the exact best where the best is clear."""
+    from iapo.model import ModelQTable
+    from iapo.pulls import Observation
+
+    env = tiny_env().with_stopping(Stopping("decided", 1, WIDTHS))
+    rng = np.random.default_rng(3)
+    stats = ModelQTable(env.problem, alpha=0.01)
+    for p in range(2):
+        s = env.sample(p, np.repeat(np.arange(3), 50), 40, rng)
+        assert s.labels is not None and s.gold is not None
+        stats.update([Observation(p, 40, np.repeat(np.arange(3), 50), s.scores, s.labels,
+                                  s.gold)])
+    want, _ = brute_q()
+    best = want.max(axis=-1)
+    finite = np.isfinite(best)
+    assert np.array_equal(np.isfinite(stats.mean), finite)
+    np.testing.assert_allclose(stats.mean[finite], best[finite], atol=0.01)
+    assert stats.width is not None
+    order = np.sort(np.where(np.isfinite(want), want, -9), axis=-1)
+    clear = finite & (order[..., -1] - order[..., -2] > 0.02)
+    chosen = np.asarray(WIDTHS)[np.argmax(want, axis=-1)]
+    assert clear.sum() >= 5
+    np.testing.assert_array_equal(stats.width[clear], chosen[clear])
+
+
+def test_blocks_refuse_to_price_latency_and_say_what_to_use() -> None:
+    from iapo.estimate import QTable
+
+    with pytest.raises(InputError, match="psst-auto"):
+        QTable(tiny_env().problem)
+
+
+def test_train_and_evaluate_with_w_in_the_arm(tmp_path: Any) -> None:
+    """``iapo train --wave auto --contexts``: every choice carries its W (at most N), the
+    policy records the contexts and the latency model, and ``iapo evaluate`` values it as
+    the exact Q of its (p, N, W) on the test split, by hand from the width table."""
+    out = tmp_path / "policy.json"
+    run = CliRunner().invoke(main, ["train", "math", "--budget", "2000", "--out", str(out),
+                                    "--stop", "decided", "--wave", "auto",
+                                    "--contexts", MATH_CONTEXTS])
+    assert run.exit_code == 0, run.output
+    data = json.loads(out.read_text())
+    assert data["stopping"]["widths"] == [1, 2, 4, 8, 16, 32]
+    assert [r["context"] for r in data["policy"]] == parse_contexts(MATH_CONTEXTS)
+    assert all(1 <= r["wave"] <= r["n"] for r in data["policy"])
+    assert data["latency"]["description"].startswith("synthetic: ")
+    result = CliRunner().invoke(main, ["evaluate", "math", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.stdout)
+    env = get_environment("math").with_contexts(parse_contexts(MATH_CONTEXTS)).with_stopping(
+        Stopping.every_width(32))
+    q4 = env.width_q(np.asarray(data["split"]["test"]))
+    widths = [1, 2, 4, 8, 16, 32]
+    mine = [q4[c, r["prompt"], r["n"] - 1, next(i for i, w in enumerate(widths)
+                                                  if w >= r["wave"])]
+            for c, r in enumerate(data["policy"])]
+    assert got["acr"] == pytest.approx(np.mean(mine), abs=1e-12)
+    assert got["oracle_acr"] == pytest.approx(q4.reshape(3, -1).max(axis=1).mean(), abs=1e-12)
+    # a wave in a policy without widths is refused, as is a wave above N
+    data["policy"][0]["wave"] = data["policy"][0]["n"] + 1
+    out.write_text(json.dumps(data))
+    bad = CliRunner().invoke(main, ["evaluate", "math", str(out)])
+    assert bad.exit_code == 2 and "at most N" in bad.output

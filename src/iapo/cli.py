@@ -13,6 +13,7 @@ import click
 from iapo.settings import DEFAULT_LEARNER, PAPER_BUDGETS
 
 if TYPE_CHECKING:
+    from iapo.envs.base import Environment
     from iapo.problem import Stopping
 
 # Only click and the standard library at the top: `iapo --help` and every command's --help
@@ -148,18 +149,37 @@ def _stopping_options(widths: bool = False) -> Callable[[F], F]:
     return decorate
 
 
+def _latency_options(fn: F) -> F:
+    """``--latency`` and ``--contexts``: the latency model and contexts that price latency."""
+    fn = click.option("--contexts", "contexts", default=None, metavar="SPEC;SPEC;...",
+                      help="Contexts instead of ENV's: each one of its contexts with a latency "
+                           "weight per second and/or a limit on expected seconds, e.g. "
+                           "'budget=mid; budget=mid,latency=0.001; budget=mid,limit=25'.")(fn)
+    return click.option("--latency", "latency", default=None, metavar="KEY=VALUE,...",
+                        help="The synthetic latency model's parameters, any of overhead, "
+                             "per_token, tokens_per_cost, cv, concurrency (default: the "
+                             "environment file's, else iapo.latency.SyntheticLatency's).")(fn)
+
+
+def _environment(env_name: str, latency: str | None, contexts: str | None) -> Environment:
+    """ENV with ``--latency`` and ``--contexts`` applied."""
+    from iapo.envs import get_environment
+    from iapo.latency import SyntheticLatency
+    from iapo.problem import parse_contexts
+
+    env = get_environment(env_name)
+    if latency is not None:
+        env = env.with_latency(SyntheticLatency.parse(latency, env.latency_params))
+    if contexts is not None:
+        env = env.with_contexts(parse_contexts(contexts))
+    return env
+
+
 @main.command()
 @click.argument("env_name", metavar="ENV")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @_stopping_options(widths=True)
-@click.option("--latency", "latency", default=None, metavar="KEY=VALUE,...",
-              help="The synthetic latency model's parameters, any of overhead, per_token, "
-                   "tokens_per_cost, cv, concurrency (default: the environment file's, else "
-                   "iapo.latency.SyntheticLatency's).")
-@click.option("--contexts", "contexts", default=None, metavar="SPEC;SPEC;...",
-              help="Contexts to solve instead of ENV's: each one of its contexts with a "
-                   "latency weight per second and/or a limit on expected seconds, e.g. "
-                   "'budget=mid; budget=mid,latency=0.001; budget=mid,limit=25'.")
+@_latency_options
 @_user_errors
 def oracle(env_name: str, as_json: bool, stop: str, wave: int | str, latency: str | None,
            contexts: str | None) -> None:
@@ -170,16 +190,9 @@ def oracle(env_name: str, as_json: bool, stop: str, wave: int | str, latency: st
     also each arm's expected completions paid and waves, and the gain over the best arm that
     sends all N at once (W = N); with --wave auto the best W per context.
     """
-    from iapo.envs import get_environment
     from iapo.envs.base import oracle_report
-    from iapo.latency import SyntheticLatency
-    from iapo.problem import parse_contexts
 
-    env = get_environment(env_name)
-    if latency is not None:
-        env = env.with_latency(SyntheticLatency.parse(latency, env.latency_params))
-    if contexts is not None:
-        env = env.with_contexts(parse_contexts(contexts))
+    env = _environment(env_name, latency, contexts)
     result = oracle_report(env, _stopping(stop, wave, env.problem.n_max))
     value, rows = result["acr"], result["contexts"]
     early = "stopping" in result
@@ -248,20 +261,20 @@ def learners() -> None:
 @click.option("--estimator", "estimator", default="blocks", show_default=True,
               type=click.Choice(["blocks", "subsets"]),
               help="How groups become estimates: disjoint blocks (the paper) or U-statistics.")
-@_stopping_options()
+@_stopping_options(widths=True)
+@_latency_options
 @_user_errors
 def train(env_name: str, learner: str, budget: int, seed: int, out: str,
-          estimator: str, stop: str, wave: int) -> None:
+          estimator: str, stop: str, wave: int | str, latency: str | None,
+          contexts: str | None) -> None:
     """Train a policy on the training split of ENV that SEED draws, and write it to OUT."""
-    from iapo.envs import get_environment
     from iapo.learners import get_learner
     from iapo.training import train_policy
 
     _check_writable(out, "--out")
-    from iapo.problem import Stopping
-
     get_learner(learner, estimator)  # an unknown learner fails before the table is computed
-    env = get_environment(env_name).with_stopping(Stopping(stop, wave))
+    env = _environment(env_name, latency, contexts)
+    env = env.with_stopping(_stopping(stop, wave, env.problem.n_max))
     env.query_table()  # the exact table is not needed to train; computing it here keeps
     # the progress bar out of `evaluate` for the common train-then-evaluate sequence
     policy = train_policy(env, learner, budget, seed, estimator=estimator)
@@ -275,7 +288,8 @@ def train(env_name: str, learner: str, budget: int, seed: int, out: str,
     )
     for key, ch in zip(policy.contexts, policy.choices, strict=True):
         n = "random" if ch.n is None else ch.n
-        click.echo(f"  {key}: prompt {ch.prompt}, N {n}")
+        wave = "" if ch.wave is None else f", W {ch.wave}"
+        click.echo(f"  {key}: prompt {ch.prompt}, N {n}{wave}")
 
 
 @main.command()

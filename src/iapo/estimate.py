@@ -95,6 +95,12 @@ class Estimator(Protocol):
         """Data behind each arm's estimate (0: none): [P, N_max]."""
         ...
 
+    @property
+    def width(self) -> npt.NDArray[np.int64] | None:
+        """The wave width W behind each estimate, [C, P, N_max], where it is part of the arm
+        (``stopping.widths``); else None."""
+        ...
+
     def update(self, observations: Sequence[Observation]) -> None:
         """Take in a batch of the oracle's observations."""
         ...
@@ -115,6 +121,10 @@ class QTable:
         if estimator == "subsets" and problem.stopping.early:
             raise InputError("the subsets estimator prices arms that pay all N; with stop "
                              f"'{problem.stopping.rule}' use blocks")
+        if problem.grid.prices_latency or problem.stopping.widths:
+            raise InputError("the Q table of blocks does not price latency yet; contexts that "
+                             "weigh or limit latency, and --wave auto, are learned by the "
+                             "per-query model: use psst-auto (the default) or psst-model")
         self.problem = problem
         self.estimator = estimator
         c, p, n = problem.n_contexts, problem.n_prompts, problem.n_max
@@ -129,6 +139,8 @@ class QTable:
         self._fits = np.searchsorted(self._blocks.end, np.arange(n + 1), side="right")
         self._weights = problem.grid.weights  # [C, K]
         self._cost_weights = problem.grid.cost_weights  # [C]
+
+    width = None  # the wave width is never part of its arms (refused above)
 
     @property
     def mean(self) -> FloatArray:

@@ -196,8 +196,9 @@ class SyntheticLatency:
 
     def describe(self) -> str:
         c = "none" if self.concurrency is None else str(self.concurrency)
-        return (f"synthetic: overhead={self.overhead:g},per_token={self.per_token:g},"
-                f"tokens_per_cost={self.tokens_per_cost:g},cv={self.cv:g},concurrency={c}")
+        return (f"synthetic: overhead={self.overhead:.12g},per_token={self.per_token:.12g},"
+                f"tokens_per_cost={self.tokens_per_cost:.12g},cv={self.cv:.12g},"
+                f"concurrency={c}")
 
     def model(self, costs: npt.ArrayLike) -> LatencyModel:
         """The latency model of prompts whose completions cost ``costs`` [P] on average."""

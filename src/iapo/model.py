@@ -34,12 +34,13 @@ from iapo.exact import abstain_first, bon_expected_max, mv_polya_credit
 from iapo.memo import Memo
 from iapo.problem import Problem
 from iapo.pulls import Observation, abstain_categories
-from iapo.utility import cost_term, gold_first, task_values, unique_rows
+from iapo.utility import cost_term, gold_first, latency_priced, task_values, unique_rows
 
 FloatArray = npt.NDArray[np.float64]
 # posterior credits by (alpha, N_max, no-answer rule), each a bounded memo keyed by the votes
 _POLYA: dict[tuple[float, int, str], Memo] = {}
-# expected completions paid under the posterior mean, by (alpha, N_max, wave, no-answer rule)
+# expected completions paid, waves and P(last wave) under the posterior mean, by (alpha, N_max,
+# wave, no-answer rule)
 _PAID: dict[tuple[float, int, int, str], Memo] = {}
 
 
@@ -60,6 +61,7 @@ class ModelQTable:
         self._cost_sum = np.zeros(p)
         self._cost_n = np.zeros(p)
         self._mean: FloatArray | None = None
+        self._width: npt.NDArray[np.int64] | None = None
         # MV: answer counts per (prompt, query, category), grown as queries and answers appear
         self._votes = np.zeros((p, 0, 0), dtype=np.int64)
         self._gold = np.zeros(0, dtype=np.int64)
@@ -120,22 +122,63 @@ class ModelQTable:
     # ---------------------------------------------------------------- estimates
     @property
     def mean(self) -> FloatArray:
-        """Estimated Q(c, p, n): [C, P, N_max] (NaN for prompts with no data)."""
+        """Estimated Q(c, p, n): [C, P, N_max] (NaN for prompts with no data); where the wave
+        width is part of the arm, with each (c, p, n)'s best width (:attr:`width`)."""
         if self._mean is None:
             task = self._mv_task() if self.problem.aggregator == "mv" else self._bon_task()
-            n = np.arange(1, self.problem.n_max + 1)
             with np.errstate(invalid="ignore", divide="ignore"):
                 cost = self._cost_sum / self._cost_n  # [P]
-            cw = self.problem.grid.cost_weights[:, None, None]
-            if self.problem.stopping.early:  # completions paid: fewer than N in expectation
-                self._mean = task - cost_term(cw, (cost[:, None] * self._mv_paid())[None])
-            else:
-                self._mean = task - cost_term(cw, cost[None, :, None], n)
+            self._mean, self._width = self._priced(task, cost)
         return self._mean
+
+    @property
+    def width(self) -> npt.NDArray[np.int64] | None:
+        """The wave width W of each (c, p, n)'s estimate, [C, P, N_max], where it is part of
+        the arm (``stopping.widths``); else None."""
+        _ = self.mean
+        return self._width
 
     @property
     def variance(self) -> FloatArray:
         return np.full(self.mean.shape, np.nan)
+
+    def _priced(self, task: FloatArray, cost: FloatArray
+                ) -> tuple[FloatArray, npt.NDArray[np.int64] | None]:
+        """Q from the task value [C, P, N] and each prompt's cost [P]: less the cost of the
+        completions paid (N, or fewer in expectation for arms that stop once decided), and
+        for contexts that price latency the latency term and limit
+        (:func:`iapo.utility.latency_priced`); the best of the widths where W is part of the
+        arm. Returns (Q [C, P, N], the width of each or None)."""
+        problem = self.problem
+        grid, stopping, n_max = problem.grid, problem.stopping, problem.n_max
+        cw = grid.cost_weights[:, None, None]
+        priced = grid.prices_latency or bool(stopping.widths)
+        if priced and problem.latency is None:
+            raise InputError("contexts that price latency, and the wave width as part of the "
+                             "arm, need the problem's latency model (Problem.latency)")
+        if not stopping.early:
+            q = task - cost_term(cw, cost[None, :, None], np.arange(1, n_max + 1))
+            if priced:
+                assert problem.latency is not None
+                q = latency_priced(q, problem.latency.one_wave(n_max)[None],
+                                   grid.latency_weights, grid.latency_limits)
+            return q, None
+        widths = stopping.widths or (stopping.wave,)
+        per_width = []
+        for w in widths:
+            paid, waves, last = self._mv_waves(w)  # [P, N] each
+            q = task - cost_term(cw, (cost[:, None] * paid)[None])
+            if priced:
+                assert problem.latency is not None
+                seconds = problem.latency.arm_latency(waves[:, None], last[:, None], w)[:, 0]
+                q = latency_priced(q, seconds[None], grid.latency_weights, grid.latency_limits)
+            per_width.append(q)
+        if not stopping.widths:
+            return per_width[0], None
+        stacked = np.stack(per_width, axis=-1)  # [C, P, N, S]
+        best = np.argmax(np.nan_to_num(stacked, nan=-np.inf), axis=-1)
+        q = np.take_along_axis(stacked, best[..., None], axis=-1)[..., 0]
+        return q, np.asarray(widths, dtype=np.int64)[best]
 
     def _mv_task(self) -> FloatArray:
         """w_1 times the mean posterior credit over each prompt's queries: [C, P, N]."""
@@ -151,25 +194,30 @@ class ModelQTable:
         w1 = self.problem.grid.weights[:, 0]
         return w1[:, None, None] * credit[None]
 
-    def _mv_paid(self) -> FloatArray:
-        """Expected completions paid by an arm that stops once decided (the problem's
-        stopping rule), under each query's posterior mean answer probabilities, averaged over
-        each prompt's queries: [P, N] (a plug-in estimate; :func:`iapo.stopping.expected_paid`)."""
-        from iapo.stopping import expected_paid
+    def _mv_waves(self, wave: int) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """Expected completions paid, waves drawn and P(last wave drawn) by an arm that stops
+        once decided in waves of ``wave``, under each query's posterior mean answer
+        probabilities, averaged over each prompt's queries: [P, N] each (a plug-in estimate;
+        :func:`iapo.stopping.expected_waves`)."""
+        from iapo.stopping import expected_waves
 
-        n_max, wave, rule = self.problem.n_max, self.problem.stopping.wave, self.problem.no_answer
+        n_max, rule = self.problem.n_max, self.problem.no_answer
         no_answer = 1 if rule == "abstain" else None  # "no answer" stands second
-        return self._over_queries(
+        table = self._over_queries(
             _PAID.setdefault((self.alpha, n_max, wave, rule), Memo()),
-            lambda a: expected_paid(a / a.sum(axis=1, keepdims=True), n_max, wave,
-                                    no_answer)[0])
+            lambda a: np.concatenate(expected_waves(a / a.sum(axis=1, keepdims=True), n_max,
+                                                    wave, no_answer), axis=1),
+            3 * n_max)
+        return table[:, :n_max], table[:, n_max: 2 * n_max], table[:, 2 * n_max:]
 
-    def _over_queries(self, memo: Memo, of_posterior: Callable[[FloatArray], FloatArray]
-                      ) -> FloatArray:
+    def _over_queries(self, memo: Memo, of_posterior: Callable[[FloatArray], FloatArray],
+                      width: int | None = None) -> FloatArray:
         """A quantity of each query's Dirichlet posterior (``of_posterior``: parameters
-        [M, L+1] -> [M, N], memoized in ``memo`` by the query's vote counts), averaged over
-        each prompt's queries: [P, N] (NaN for a prompt with none)."""
-        p, n_max = self.problem.n_prompts, self.problem.n_max
+        [M, L+1] -> [M, width], memoized in ``memo`` by the query's vote counts), averaged
+        over each prompt's queries: [P, width] (width N_max by default; NaN for a prompt with
+        none)."""
+        p = self.problem.n_prompts
+        n_max = self.problem.n_max if width is None else width
         out = np.full((p, n_max), np.nan)
         votes = self._votes
         if not votes.size:

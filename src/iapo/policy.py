@@ -34,6 +34,9 @@ class Policy:
     ``split`` holds the seed, the test fraction and the test-query indices; ``choices`` follow
     ``contexts`` (the grid's keys, in order). ``stopping`` is the rule its majority-voting
     arms were priced with, and so the rule they are served with (absent in a file: ``all``).
+    Where the wave width is part of the arm (``stopping.widths``), each choice's ``wave``;
+    and ``latency`` records the latency model of contexts that price latency
+    (:meth:`iapo.latency.LatencyModel.to_dict`).
     """
 
     env: str
@@ -48,6 +51,7 @@ class Policy:
     stopping: Stopping = field(default_factory=Stopping)
     # a live policy's deployable part (iapo.serve.core): the task it serves and its digest
     serving: dict[str, Any] | None = None
+    latency: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,11 +70,13 @@ class Policy:
                     "n": ch.n if ch.n is not None else "random",
                     "q_hat": None if math.isnan(ch.q_hat) else ch.q_hat,
                     "samples": ch.samples,
+                    **({} if ch.wave is None else {"wave": ch.wave}),
                 }
                 for key, ch in zip(self.contexts, self.choices, strict=True)
             ],
             "trace": self.trace,
             **({} if self.serving is None else {"serving": self.serving}),
+            **({} if self.latency is None else {"latency": self.latency}),
         }
 
     @classmethod
@@ -111,6 +117,7 @@ class Policy:
             trace=trace,
             stopping=_stopping(data.get("stopping"), f"{source}: stopping"),
             serving=_serving(data.get("serving"), f"{source}: serving"),
+            latency=_object(data.get("latency"), f"{source}: latency"),
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -172,6 +179,11 @@ class Policy:
             if ch.n is not None and not 1 <= ch.n <= n_max:
                 raise PolicyError(f"policy row {i} (context {key!r}): N {ch.n} is not an arm of "
                                   f"{what}, whose N_max is {n_max}")
+            if bool(self.stopping.widths) != (ch.wave is not None) or (
+                    ch.wave is not None and ch.n is not None and ch.wave > ch.n):
+                raise PolicyError(f"policy row {i} (context {key!r}): wave {ch.wave} must be "
+                                  "given, at most N, exactly where the policy's stopping has "
+                                  "widths (the wave width is part of the arm)")
 
 
 def _kind(value: Any) -> str:
@@ -213,12 +225,20 @@ def _row(row: Any, where: str) -> tuple[str, Choice]:
     elif isinstance(q_hat, bool) or not isinstance(q_hat, (int, float)) or abs(q_hat) > 1e300:
         # (the bound keeps float() from overflowing on a huge integer)
         raise PolicyError(f"{where}: q_hat must be a number or null, got {_kind(q_hat)}")
+    wave = row.get("wave")
     return row["context"], Choice(
         _whole(row["prompt"], f"{where}: prompt", 0),
         None if n == "random" else n,
         float(q_hat),
         _whole(row.get("samples", 0), f"{where}: samples", 0),
+        None if wave is None else _whole(wave, f"{where}: wave", 1),
     )
+
+
+def _object(value: Any, what: str) -> dict[str, Any] | None:
+    if value is not None and not isinstance(value, dict):
+        raise PolicyError(f"{what} must be an object, got {_kind(value)}")
+    return value
 
 
 def _serving(value: Any, what: str) -> dict[str, Any] | None:
@@ -242,8 +262,13 @@ def _stopping(value: Any, what: str) -> Stopping:
     wave = value.get("wave", 1)
     if isinstance(wave, bool) or not isinstance(wave, int):
         raise PolicyError(f"{what}: wave must be an integer >= 1, got {_kind(wave)}")
+    widths = value.get("widths", [])
+    if not isinstance(widths, list) or any(isinstance(w, bool) or not isinstance(w, int)
+                                           for w in widths):
+        raise PolicyError(f"{what}: widths must be a list of integers >= 1, got "
+                          f"{_kind(widths)}")
     try:
-        return Stopping(_text(value.get("rule", "all"), f"{what}: rule"), wave)
+        return Stopping(_text(value.get("rule", "all"), f"{what}: rule"), wave, tuple(widths))
     except ProblemError as e:
         raise PolicyError(f"{what}: {e}") from e
 

@@ -435,12 +435,15 @@ class Choice:
 
     ``n`` is None when N is drawn uniformly from 1..N_max per query at deployment
     (``triple-nrand``). ``q_hat`` is NaN and ``samples`` 0 for an arm never observed.
+    ``wave`` is the wave width W where it is part of the arm (``Stopping.widths``; at most N,
+    N for one wave of N), else None.
     """
 
     prompt: int
     n: int | None
     q_hat: float
     samples: int
+    wave: int | None = None
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from iapo.envs.base import acr, optimal_acr, policy_values
+from iapo.envs.base import policy_values
 from iapo.errors import InputError
 from iapo.learners import LearnerSpec, get_learner
 from iapo.learners.base import Choice
 from iapo.oracle import SimulatedOracle
 from iapo.policy import Policy, PolicyError
+from iapo.problem import ProblemError
 from iapo.split import train_test_split
 
 if TYPE_CHECKING:
@@ -68,13 +69,34 @@ def train_policy(
         choices=result.choices,
         trace={**result.trace.to_dict(), "parameters": spec.parameters},
         stopping=env.problem.stopping,
+        latency=None if env.problem.latency is None else env.problem.latency.to_dict(),
     )
+
+
+def policy_environment(env: Environment, policy: Policy) -> Environment:
+    """``env`` as ``policy`` was trained on it: its stopping rule, and where its contexts price
+    latency, those contexts and the synthetic latency model it records."""
+    from iapo.latency import SyntheticLatency
+
+    env = env.with_stopping(policy.stopping)
+    description = str((policy.latency or {}).get("description", ""))
+    if description.startswith(SYNTHETIC):
+        env = env.with_latency(SyntheticLatency.parse(description.removeprefix(SYNTHETIC)))
+    if policy.contexts != env.problem.grid.keys:
+        try:
+            env = env.with_contexts(policy.contexts)
+        except ProblemError:
+            pass  # not the environment's contexts at all: check_arms says so
+    return env
+
+
+SYNTHETIC = "synthetic: "  # how a synthetic latency model's description begins
 
 
 def evaluate_policy(env: Environment, policy: Policy) -> dict[str, float | int]:
     """Exact ACR of ``policy`` on its test split, the optimal ACR there, and the regret, with
-    its arms stopping by the rule it was trained with."""
-    env = env.with_stopping(policy.stopping)
+    its arms stopping by the rule it was trained with, on its contexts and latency model."""
+    env = policy_environment(env, policy)
     problem = env.problem
     if policy.env != env.name:
         raise PolicyError(
@@ -86,10 +108,10 @@ def evaluate_policy(env: Environment, policy: Policy) -> dict[str, float | int]:
     if test.size == 0 or test.min() < 0 or test.max() >= env.n_queries:
         raise PolicyError("the policy's test split is empty or names queries the environment "
                           "does not have")
-    q = env.q(test)
+    arms = env.arm_table(test)
     pr = problem.grid.probabilities
-    value = acr(q, policy.choices, pr)
-    best = optimal_acr(q, pr)
+    value = arms.acr(policy.choices, pr)
+    best = arms.optimal_acr(pr)
     return {
         "acr": value,
         "oracle_acr": best,

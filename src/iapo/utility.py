@@ -78,6 +78,17 @@ def within_limit(latency: FloatArray, limits: FloatArray) -> npt.NDArray[np.bool
     return np.asarray(np.asarray(latency) <= np.asarray(limits) * (1 + 1e-12))
 
 
+def latency_priced(q: FloatArray, latency: FloatArray, latency_weights: FloatArray,
+                   limits: FloatArray) -> FloatArray:
+    """Q of contexts that price latency: ``q`` less :func:`latency_term`, and -inf for an arm
+    over its context's limit (:func:`within_limit`). q [C, ...], latency broadcast against it,
+    latency_weights and limits [C]."""
+    shape = (-1,) + (1,) * (np.ndim(q) - 1)
+    w, limit = np.reshape(latency_weights, shape), np.reshape(limits, shape)
+    priced = np.asarray(q) - latency_term(w, np.asarray(latency))
+    return np.where(within_limit(latency, limit), priced, -np.inf)
+
+
 def vote_counts(labels: npt.ArrayLike, n_categories: int | None = None) -> npt.NDArray[np.int64]:
     """Votes per answer category: labels [..., n] (ints >= 0) -> counts [..., L]."""
     lab = np.asarray(labels)

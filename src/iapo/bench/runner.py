@@ -38,7 +38,6 @@ import numpy as np
 import numpy.typing as npt
 
 from iapo.envs import Environment, environment_name, get_environment
-from iapo.envs.base import acr, optimal_acr
 from iapo.envs.registry import ENVIRONMENTS
 from iapo.errors import InputError
 from iapo.learners import get_learner
@@ -183,24 +182,24 @@ def run_unit(
     registered name or a file); the rows call the environment by its name (:func:`env_names`)."""
     env, train, test = run_queries(env_name, seed, run, test_fraction, stopping)
     problem = env.problem
-    table = env.query_table(progress=False)
-    q = table.q(problem, test)
+    env.query_table(progress=False)
+    arms = env.arm_table(test)
     probs = problem.grid.probabilities
-    oracle_acr = optimal_acr(q, probs)
-    # what each arm pays per test query when deployed: N, or fewer if it stops once decided
-    completions = np.broadcast_to(table.completions(test), q.shape)
+    oracle_acr = arms.optimal_acr(probs)
     rows = []
     for learner, budget in cells:
         oracle, rng = run_oracle(env, train, learner, budget, seed, run)
         t0 = time.perf_counter()
         result = get_learner(learner).learner(problem, oracle, budget, rng)
         seconds = time.perf_counter() - t0
-        value = acr(q, result.choices, probs)
+        value = arms.acr(result.choices, probs)
         rows.append({
             "env": env.name, "learner": learner, "budget": int(budget), "run": int(run),
             "acr": value, "oracle_acr": oracle_acr, "regret": oracle_acr - value,
             "completions_used": int(oracle.ledger.spent), "seconds": seconds,
-            "completions_per_query": acr(completions, result.choices, probs),
+            # what each arm pays per test query when deployed: N, or fewer if it stops
+            "completions_per_query": float(arms.values(arms.completions, result.choices)
+                                           @ probs),
         })
     return rows
 

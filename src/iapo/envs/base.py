@@ -16,6 +16,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,7 +25,7 @@ import numpy.typing as npt
 from iapo.cache import load_or_compute
 from iapo.errors import InputError
 from iapo.problem import Arm, Choice, Problem, Stopping
-from iapo.utility import cost_term, latency_term, within_limit
+from iapo.utility import cost_term, latency_priced
 
 if TYPE_CHECKING:
     from iapo.latency import LatencyModel, SyntheticLatency
@@ -100,12 +101,16 @@ class QueryTable:
             q = reward - cost_term(cost_weights, paid_cost[None])
         if not problem.grid.prices_latency:
             return q
+        grid = problem.grid
+        return latency_priced(q, self.expected(self.seconds(), idx)[None], grid.latency_weights,
+                              grid.latency_limits)
+
+    def seconds(self) -> FloatArray:
+        """``latency``, which contexts that price latency need: [P, X, N_max]."""
         if self.latency is None:
             raise InputError("contexts that price latency need the arms' latency; build the "
                              "table with a latency model")
-        grid, seconds = problem.grid, self.expected(self.latency, idx)[None]  # [1, P, N]
-        q = q - latency_term(grid.latency_weights[:, None, None], seconds)
-        return np.where(within_limit(seconds, grid.latency_limits[:, None, None]), q, -np.inf)
+        return self.latency
 
     def completions(self, queries: npt.ArrayLike | None = None) -> FloatArray:
         """Expected completions paid per query by every arm (p, N), averaged over ``queries``
@@ -135,6 +140,45 @@ class QueryTable:
         none_here = w.sum(axis=1) == 0
         w[none_here] = everywhere[none_here]
         return w / w.sum(axis=1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class ArmTable:
+    """Exact values of every arm on some queries, for every wave width W the arms may take
+    (the widths S of ``stopping.widths``; none: the problem's own arms, S = 1): Q ``q``
+    [C, P, N_max, S], expected completions paid ``completions`` and latency ``latency``
+    [P, N_max, S] (seconds). What evaluation reads: a choice (p, N, W) takes the first width
+    >= W (W = N for one wave of N)."""
+
+    q: FloatArray
+    completions: FloatArray
+    latency: FloatArray
+    widths: tuple[int, ...] = ()
+
+    def index(self, choice: Arm | Choice) -> int:
+        """The width axis of ``choice``: its wave's (the last, one wave of N, without one)."""
+        wave = getattr(choice, "wave", None)
+        if not self.widths:
+            return 0
+        if wave is None:
+            return len(self.widths) - 1
+        return min(int(np.searchsorted(self.widths, wave)), len(self.widths) - 1)
+
+    def values(self, what: FloatArray, choices: Sequence[Arm | Choice]) -> FloatArray:
+        """``what`` ([C, P, N, S], or [P, N, S] for every context alike) at every context's
+        choice: [C]; N = None (``triple-nrand``) averages over N."""
+        table = np.broadcast_to(what, (len(choices), *self.completions.shape))
+        at_width = np.stack([table[i, ..., self.index(a)] for i, a in enumerate(choices)])
+        return policy_values(at_width, choices)
+
+    def acr(self, choices: Sequence[Arm | Choice], probabilities: npt.ArrayLike) -> float:
+        """The average contextual return of ``choices`` (Eq. 4)."""
+        return float(self.values(self.q, choices) @ np.asarray(probabilities))
+
+    def optimal_acr(self, probabilities: npt.ArrayLike) -> float:
+        """The ACR of the best arm (and width) in every context."""
+        return float(self.q.reshape(self.q.shape[0], -1).max(axis=1)
+                     @ np.asarray(probabilities))
 
 
 class Environment(ABC):
@@ -223,16 +267,20 @@ class Environment(ABC):
 
     def latency_model(self, cost: FloatArray | None = None) -> LatencyModel:
         """The problem's latency model, or else this environment's synthetic one
-        (:attr:`latency_params`) on each prompt's mean completion cost (over its observed
-        queries; ``cost`` [P, X] the exact table's, if at hand)."""
+        (:attr:`latency_params`) on its prompts' costs (:meth:`prompt_costs`; ``cost`` [P, X]
+        the exact table's, if at hand)."""
         from iapo.latency import SyntheticLatency
 
         if self.problem.latency is not None:
             return self.problem.latency
+        return (self.latency_params or SyntheticLatency()).model(self.prompt_costs(cost))
+
+    def prompt_costs(self, cost: FloatArray | None = None) -> FloatArray:
+        """Each prompt's mean completion cost over its observed queries: [P] (``cost`` [P, X]
+        the exact table's, if at hand)."""
         c = self.query_table().cost if cost is None else cost
         seen = np.ones(c.shape, dtype=bool) if self.observed is None else self.observed
-        params = self.latency_params or SyntheticLatency()
-        return params.model((c * seen).sum(axis=1) / np.maximum(seen.sum(1), 1))
+        return np.asarray((c * seen).sum(axis=1) / np.maximum(seen.sum(axis=1), 1))
 
     def with_latency(self, latency: LatencyModel | SyntheticLatency) -> Environment:
         """This environment with completions that take ``latency``: a model of its own, or
@@ -240,7 +288,7 @@ class Environment(ABC):
         from iapo.latency import SyntheticLatency
 
         if isinstance(latency, SyntheticLatency):
-            env = self._with_problem(latency=None)
+            env = self._with_problem(latency=latency.model(self.prompt_costs()))
             if env is self:
                 env = copy.copy(self)
                 env._table, env._widths = None, {}
@@ -273,6 +321,9 @@ class Environment(ABC):
         env = copy.copy(self)
         env.problem = problem
         env._table, env._widths = None, {}
+        if problem.latency is None and (problem.grid.prices_latency or problem.stopping.widths):
+            # a learner prices latency with the model the environment draws from
+            env.problem = dataclasses.replace(problem, latency=env.latency_model())
         return env
 
     def _stopping_table(self, wave: int, progress: bool
@@ -292,9 +343,8 @@ class Environment(ABC):
         p, n = arm.prompt, arm.n - 1
         paid = table.completions()[p, n]
         waves = 1.0 if table.waves is None else table.expected(table.waves)[p, n]
-        assert table.latency is not None
         return {"paid": float(paid), "waves": float(waves),
-                "latency": float(table.expected(table.latency)[p, n]),
+                "latency": float(table.expected(table.seconds())[p, n]),
                 "latency_p95": env.latency_quantile(arm, arm.n if wave is None else wave)}
 
     def latency_quantile(self, arm: Arm, wave: int, quantile: float = 0.95) -> float:
@@ -325,14 +375,25 @@ class Environment(ABC):
             self._widths[wave] = self.with_stopping(Stopping("decided", wave))
         return self._widths[wave]
 
+    def arm_table(self, queries: npt.ArrayLike | None = None) -> ArmTable:
+        """:class:`ArmTable` on ``queries`` (all if None), every width of
+        ``stopping.widths`` (none: the problem's own arms)."""
+        widths = self.problem.stopping.widths
+        envs = [self.at_width(w) for w in widths] if widths else [self]
+        tables = [e.query_table() for e in envs]
+        stack = partial(np.stack, axis=-1)
+        return ArmTable(stack([t.q(e.problem, queries) for e, t in zip(envs, tables,
+                                                                       strict=True)]),
+                        stack([t.completions(queries) for t in tables]),
+                        stack([t.expected(t.seconds(), queries) for t in tables]), widths)
+
     def width_q(self, queries: npt.ArrayLike | None = None) -> FloatArray:
         """Exact Q(c, p, N, W) for every width W of ``stopping.widths``: [C, P, N_max, S]
         (W above N is one wave of N, as W = N)."""
-        widths = self.problem.stopping.widths
-        if not widths:
+        if not self.problem.stopping.widths:
             raise InputError("the wave width is part of the arm only with stopping widths; "
                              "use Stopping.every_width")
-        return np.stack([self.at_width(w).q(queries) for w in widths], axis=-1)
+        return self.arm_table(queries).q
 
     def __repr__(self) -> str:
         p = self.problem
@@ -416,8 +477,7 @@ def _check_eligible(env: Environment, q: FloatArray, arms: Sequence[Arm]) -> Non
             continue
         context = env.problem.grid.contexts[i]
         table = env.with_stopping(Stopping()).query_table()
-        assert table.latency is not None
-        fastest = table.expected(table.latency)  # [P, N]
+        fastest = table.expected(table.seconds())  # [P, N]
         p, n = np.unravel_index(int(fastest.argmin()), fastest.shape)
         raise InputError(f"no arm meets the latency limit of {context.latency_limit:g} s in "
                          f"context {env.problem.grid.key(context)}: the fastest, prompt {p} "

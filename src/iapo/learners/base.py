@@ -128,7 +128,7 @@ def best_choices(
 
     ``allowed`` [C, P, N] bool. Arms without data are chosen only if no allowed arm has data.
     """
-    mean = stats.mean
+    mean, width = stats.mean, stats.width
     has = np.broadcast_to(stats.counts > 0, mean.shape)
     c, p, n = mean.shape
     jitter = rng.random((c, p * n))
@@ -143,6 +143,8 @@ def best_choices(
         top = score.max()
         idx = int(np.flatnonzero(pool & (score == top))[jitter[ci][pool & (score == top)].argmax()])
         arm = Arm.from_index(idx, n)
-        out.append(Choice(arm.prompt, arm.n, float(mean[ci, arm.prompt, arm.n - 1]),
-                          int(stats.counts[arm.prompt, arm.n - 1])))
+        wave = None if width is None else min(int(width[ci, arm.prompt, arm.n - 1]), arm.n)
+        value = float(mean[ci, arm.prompt, arm.n - 1])  # -inf: no arm within the limit
+        out.append(Choice(arm.prompt, arm.n, value if np.isfinite(value) else float("nan"),
+                          int(stats.counts[arm.prompt, arm.n - 1]), wave))
     return out

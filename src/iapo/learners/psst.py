@@ -109,7 +109,9 @@ def keep_best(value: npt.NDArray[np.float64], alive: BoolArray, keep: npt.ArrayL
     """Per row c of ``value`` [C, X], the ``keep[c]`` alive entries of highest value (a mask
     [C, X]): random among equals, and an entry without data (NaN) ranks above every other,
     so nothing is eliminated on no data."""
-    score = np.where(alive, np.where(np.isnan(value), np.inf, value), -np.inf)
+    # an alive entry over a latency limit (-inf) still ranks above every entry not alive
+    floor = np.finfo(np.float64).min
+    score = np.where(alive, np.where(np.isnan(value), np.inf, np.maximum(value, floor)), -np.inf)
     # a stable sort of randomly permuted columns breaks ties uniformly at random
     perm = rng.permutation(value.shape[1])
     order = perm[np.argsort(-score[:, perm], axis=1, kind="stable")]  # best first
@@ -256,6 +258,10 @@ class RoundOnly:
     @property
     def counts(self) -> npt.NDArray[np.int64]:
         return self._stats.counts
+
+    @property
+    def width(self) -> npt.NDArray[np.int64] | None:
+        return self._stats.width
 
     def update(self, observations: Sequence[Observation]) -> None:
         self._stats = self._fresh()
