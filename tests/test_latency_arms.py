@@ -6,6 +6,7 @@ oracle`` on MATH against Monte Carlo."""
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import math
@@ -23,7 +24,7 @@ from iapo.envs.base import oracle_report
 from iapo.envs.tabular import MVEnvironment, load_environment
 from iapo.errors import InputError
 from iapo.latency import CompletionTimes, LatencyModel, SyntheticLatency
-from iapo.problem import ProblemError, Stopping, parse_contexts
+from iapo.problem import Choice, ProblemError, Stopping, parse_contexts
 from iapo.stopping import last_wave_probability, undecided_probability
 
 # --- a tiny environment: 2 prompts, 3 queries, 3 answer categories, N_max 4 -------------------
@@ -98,6 +99,24 @@ def test_q_of_every_width_equals_enumeration() -> None:
     np.testing.assert_allclose(got[np.isfinite(want)], want[np.isfinite(want)], atol=1e-12)
     assert np.isinf(want).any() and np.isfinite(want[2]).any()  # the limit bites, not all
     np.testing.assert_array_equal(env.q(), got.max(axis=-1))
+
+
+def test_on_a_split_the_limit_judges_the_arm_on_all_queries() -> None:
+    """Q on query 0 alone is that query's credit, cost and latency term; which arms are over
+    the limit is judged on the three queries (the query distribution), as without a split:
+    the arm (1, 4, 1) takes 4.42 s on average, under the 4.2 s limit on query 0 alone."""
+    env = tiny_env().with_stopping(Stopping("decided", 1, WIDTHS))
+    want, _ = brute_q()
+    got = env.width_q([0])
+    assert np.array_equal(np.isinf(got), np.isinf(want))
+    assert brute_arm(1, 0, 4, 1)[2] < 4.2 and np.isinf(want[2, 1, 3, 0])
+    cw, lw = (0.0, 0.0, 0.5), (0.0, 0.05, 0.01)
+    for p, n, (s, w) in itertools.product(range(2), range(1, N_MAX + 1), enumerate(WIDTHS)):
+        credit, paid, seconds = brute_arm(p, 0, n, w)
+        for c in range(3):
+            if np.isfinite(want[c, p, n - 1, s]):
+                assert got[c, p, n - 1, s] == pytest.approx(
+                    credit - cw[c] * COSTS[p] * paid - lw[c] * seconds, abs=1e-12)
 
 
 def test_the_oracle_picks_the_best_prompt_n_and_width() -> None:
@@ -341,11 +360,22 @@ def test_train_and_evaluate_with_w_in_the_arm(tmp_path: Any) -> None:
     assert [r["context"] for r in data["policy"]] == parse_contexts(MATH_CONTEXTS)
     assert all(1 <= r["wave"] <= r["n"] for r in data["policy"])
     assert data["latency"]["description"].startswith("synthetic: ")
+    # every choice's predicted latency meets its context's limit, and is the model's own
+    # prediction for the arm, within what the posterior can err on 2,000 completions
+    for r in data["policy"]:
+        assert r["latency"] > 0
+        if "limit=25" in r["context"]:
+            assert r["latency"] <= 25.0
     result = CliRunner().invoke(main, ["evaluate", "math", str(out), "--json"])
     assert result.exit_code == 0, result.output
     got = json.loads(result.stdout)
     env = get_environment("math").with_contexts(parse_contexts(MATH_CONTEXTS)).with_stopping(
         Stopping.every_width(32))
+    env_arms = env.arm_table()
+    for r in data["policy"]:
+        truth = env_arms.values(env_arms.latency, [Choice(r["prompt"], r["n"], 0.0, 0,
+                                                          r["wave"])])[0]
+        assert r["latency"] == pytest.approx(truth, rel=0.15)
     q4 = env.width_q(np.asarray(data["split"]["test"]))
     widths = [1, 2, 4, 8, 16, 32]
     mine = [q4[c, r["prompt"], r["n"] - 1, next(i for i, w in enumerate(widths)
@@ -358,3 +388,52 @@ def test_train_and_evaluate_with_w_in_the_arm(tmp_path: Any) -> None:
     out.write_text(json.dumps(data))
     bad = CliRunner().invoke(main, ["evaluate", "math", str(out)])
     assert bad.exit_code == 2 and "at most N" in bad.output
+
+
+def test_a_served_choice_stops_in_waves_of_its_own_width() -> None:
+    """The serving core runs each choice's W (the width is part of the arm), and the
+    policy's rule where the choice has none."""
+    from iapo.policy import Policy
+    from iapo.serve.core import arm_stopping
+
+    policy = Policy("math", "psst-auto", 10, 10, 0, {}, ["a", "b"],
+                    [Choice(0, 8, 0.5, 1, 4), Choice(0, 8, 0.5, 1, None)],
+                    stopping=Stopping.every_width(32))
+    assert arm_stopping(policy, policy.choices[0]) == Stopping("decided", 4)
+    assert arm_stopping(policy, policy.choices[1]) == Stopping.every_width(32)
+    fixed = Policy("math", "psst-auto", 10, 10, 0, {}, ["a"], [Choice(0, 8, 0.5, 1)],
+                   stopping=Stopping("decided", 2))
+    assert arm_stopping(fixed, fixed.choices[0]) == Stopping("decided", 2)
+
+
+def test_bench_prices_latency_and_w_in_the_arm(tmp_path: Any) -> None:
+    """``iapo bench --wave auto --contexts``: every row's oracle ACR is the latency-aware
+    oracle on its run's test split (by hand from the width table), its regret >= 0; a
+    learner of blocks is refused before anything runs, saying which learners price latency;
+    a folder of another setup is refused."""
+    from iapo.bench.runner import seed_sequence
+    from iapo.split import train_test_split
+
+    args = ["bench", "--envs", "math", "--budgets", "1000", "--runs", "2", "--stop",
+            "decided", "--wave", "auto", "--contexts", MATH_CONTEXTS]
+    out = tmp_path / "b"
+    result = CliRunner().invoke(main, [*args, "--learners", "psst-auto,psst-model",
+                                       "--reference", "psst-auto", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((out / "runs.csv").open()))
+    assert len(rows) == 4
+    env = get_environment("math").with_contexts(parse_contexts(MATH_CONTEXTS)).with_stopping(
+        Stopping.every_width(32))
+    for r in rows:
+        _, test = train_test_split(env.n_queries, seed_sequence(0, int(r["run"]), 0), 0.2)
+        q4 = env.width_q(test)
+        assert float(r["oracle_acr"]) == pytest.approx(q4.reshape(3, -1).max(axis=1).mean(),
+                                                       abs=1e-12)
+        assert float(r["regret"]) >= -1e-12
+    refused = CliRunner().invoke(main, [*args, "--learners", "psst", "--out",
+                                        str(tmp_path / "c")])
+    assert refused.exit_code == 2 and "psst-auto" in refused.output
+    other = CliRunner().invoke(main, ["bench", "--envs", "math", "--budgets", "1000", "--runs",
+                                      "1", "--learners", "psst-auto", "--reference",
+                                      "psst-auto", "--out", str(out)])
+    assert other.exit_code == 2 and "--contexts" in other.output

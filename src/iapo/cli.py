@@ -289,7 +289,8 @@ def train(env_name: str, learner: str, budget: int, seed: int, out: str,
     for key, ch in zip(policy.contexts, policy.choices, strict=True):
         n = "random" if ch.n is None else ch.n
         wave = "" if ch.wave is None else f", W {ch.wave}"
-        click.echo(f"  {key}: prompt {ch.prompt}, N {n}{wave}")
+        seconds = "" if ch.latency is None else f", {ch.latency:.3g} s predicted"
+        click.echo(f"  {key}: prompt {ch.prompt}, N {n}{wave}{seconds}")
 
 
 @main.command()
@@ -421,11 +422,12 @@ def _csv_list(text: str) -> list[str]:
 @click.option("--estimator", "estimator", default="blocks", show_default=True,
               type=click.Choice(["blocks", "subsets"]),
               help="Estimator of learners named without one (name:estimator picks per learner).")
-@_stopping_options()
+@_stopping_options(widths=True)
+@_latency_options
 @_user_errors
 def bench(envs: str, learners: str | None, budgets: str, runs: int, seed: int, out: str,
           workers: int, backend: str, reference: str, metric: str, estimator: str,
-          stop: str, wave: int) -> None:
+          stop: str, wave: int | str, latency: str | None, contexts: str | None) -> None:
     """The paper's evaluation protocol: every learner at every budget over many runs.
 
     Writes runs.csv, summary.csv, summary.md and two figures per environment (PNG and SVG)
@@ -433,7 +435,9 @@ def bench(envs: str, learners: str | None, budgets: str, runs: int, seed: int, o
     """
     from iapo.bench import BenchConfig, BenchError, execute, report
     from iapo.learners import PAPER_LEARNERS
-    from iapo.problem import Stopping
+    from iapo.problem import Stopping, parse_contexts
+
+    _stopping(stop, wave, 1)  # --wave auto needs --stop decided
 
     if learners is None:
         learners = ",".join(PAPER_LEARNERS)
@@ -446,7 +450,9 @@ def bench(envs: str, learners: str | None, budgets: str, runs: int, seed: int, o
     config = BenchConfig(
         envs=tuple(_csv_list(envs)), learners=tuple(names), budgets=budget_list,
         runs=runs, seed=seed, reference=reference, workers=workers, backend=backend,
-        stopping=Stopping(stop, wave),
+        stopping=Stopping(stop, 1) if wave == "auto" else Stopping(stop, int(wave)),
+        auto_width=wave == "auto", contexts=tuple(parse_contexts(contexts or "")),
+        latency=latency,
     )
     if reference not in config.learners:
         raise BenchError(f"reference learner '{reference}' is not among --learners")

@@ -101,6 +101,12 @@ class Estimator(Protocol):
         (``stopping.widths``); else None."""
         ...
 
+    @property
+    def latency(self) -> FloatArray | None:
+        """The predicted expected latency (seconds) behind each estimate, [C, P, N_max],
+        where contexts price latency or the width is part of the arm; else None."""
+        ...
+
     def update(self, observations: Sequence[Observation]) -> None:
         """Take in a batch of the oracle's observations."""
         ...
@@ -140,7 +146,8 @@ class QTable:
         self._weights = problem.grid.weights  # [C, K]
         self._cost_weights = problem.grid.cost_weights  # [C]
 
-    width = None  # the wave width is never part of its arms (refused above)
+    width = None  # the wave width is never part of its arms, nor is latency priced (refused
+    latency = None  # above)
 
     @property
     def mean(self) -> FloatArray:

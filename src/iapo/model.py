@@ -62,6 +62,7 @@ class ModelQTable:
         self._cost_n = np.zeros(p)
         self._mean: FloatArray | None = None
         self._width: npt.NDArray[np.int64] | None = None
+        self._seconds: FloatArray | None = None
         # MV: answer counts per (prompt, query, category), grown as queries and answers appear
         self._votes = np.zeros((p, 0, 0), dtype=np.int64)
         self._gold = np.zeros(0, dtype=np.int64)
@@ -128,7 +129,7 @@ class ModelQTable:
             task = self._mv_task() if self.problem.aggregator == "mv" else self._bon_task()
             with np.errstate(invalid="ignore", divide="ignore"):
                 cost = self._cost_sum / self._cost_n  # [P]
-            self._mean, self._width = self._priced(task, cost)
+            self._mean, self._width, self._seconds = self._priced(task, cost)
         return self._mean
 
     @property
@@ -139,16 +140,25 @@ class ModelQTable:
         return self._width
 
     @property
+    def latency(self) -> FloatArray | None:
+        """The predicted expected latency (seconds) of each (c, p, n)'s estimate at its width,
+        [C, P, N_max], where contexts price latency or the width is part of the arm; else
+        None."""
+        _ = self.mean
+        return self._seconds
+
+    @property
     def variance(self) -> FloatArray:
         return np.full(self.mean.shape, np.nan)
 
     def _priced(self, task: FloatArray, cost: FloatArray
-                ) -> tuple[FloatArray, npt.NDArray[np.int64] | None]:
+                ) -> tuple[FloatArray, npt.NDArray[np.int64] | None, FloatArray | None]:
         """Q from the task value [C, P, N] and each prompt's cost [P]: less the cost of the
         completions paid (N, or fewer in expectation for arms that stop once decided), and
         for contexts that price latency the latency term and limit
         (:func:`iapo.utility.latency_priced`); the best of the widths where W is part of the
-        arm. Returns (Q [C, P, N], the width of each or None)."""
+        arm. Returns (Q [C, P, N], the width of each or None, its latency [C, P, N] or
+        None)."""
         problem = self.problem
         grid, stopping, n_max = problem.grid, problem.stopping, problem.n_max
         cw = grid.cost_weights[:, None, None]
@@ -156,15 +166,17 @@ class ModelQTable:
         if priced and problem.latency is None:
             raise InputError("contexts that price latency, and the wave width as part of the "
                              "arm, need the problem's latency model (Problem.latency)")
+        c = grid.latency_weights.size
         if not stopping.early:
             q = task - cost_term(cw, cost[None, :, None], np.arange(1, n_max + 1))
-            if priced:
-                assert problem.latency is not None
-                q = latency_priced(q, problem.latency.one_wave(n_max)[None],
-                                   grid.latency_weights, grid.latency_limits)
-            return q, None
+            if not priced:
+                return q, None, None
+            assert problem.latency is not None
+            seconds = np.broadcast_to(problem.latency.one_wave(n_max), (c, *q.shape[1:]))
+            return (latency_priced(q, seconds, grid.latency_weights, grid.latency_limits),
+                    None, seconds)
         widths = stopping.widths or (stopping.wave,)
-        per_width = []
+        per_width, per_seconds = [], []
         for w in widths:
             paid, waves, last = self._mv_waves(w)  # [P, N] each
             q = task - cost_term(cw, (cost[:, None] * paid)[None])
@@ -172,13 +184,15 @@ class ModelQTable:
                 assert problem.latency is not None
                 seconds = problem.latency.arm_latency(waves[:, None], last[:, None], w)[:, 0]
                 q = latency_priced(q, seconds[None], grid.latency_weights, grid.latency_limits)
+                per_seconds.append(np.broadcast_to(seconds, q.shape))
             per_width.append(q)
         if not stopping.widths:
-            return per_width[0], None
+            return per_width[0], None, per_seconds[0] if priced else None
         stacked = np.stack(per_width, axis=-1)  # [C, P, N, S]
-        best = np.argmax(np.nan_to_num(stacked, nan=-np.inf), axis=-1)
-        q = np.take_along_axis(stacked, best[..., None], axis=-1)[..., 0]
-        return q, np.asarray(widths, dtype=np.int64)[best]
+        best = np.argmax(np.nan_to_num(stacked, nan=-np.inf), axis=-1)[..., None]
+        seconds = np.take_along_axis(np.stack(per_seconds, axis=-1), best, axis=-1)[..., 0]
+        return (np.take_along_axis(stacked, best, axis=-1)[..., 0],
+                np.asarray(widths, dtype=np.int64)[best[..., 0]], seconds)
 
     def _mv_task(self) -> FloatArray:
         """w_1 times the mean posterior credit over each prompt's queries: [C, P, N]."""

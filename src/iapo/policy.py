@@ -71,6 +71,8 @@ class Policy:
                     "q_hat": None if math.isnan(ch.q_hat) else ch.q_hat,
                     "samples": ch.samples,
                     **({} if ch.wave is None else {"wave": ch.wave}),
+                    **({} if ch.latency is None or math.isnan(ch.latency)
+                       else {"latency": ch.latency}),
                 }
                 for key, ch in zip(self.contexts, self.choices, strict=True)
             ],
@@ -225,13 +227,18 @@ def _row(row: Any, where: str) -> tuple[str, Choice]:
     elif isinstance(q_hat, bool) or not isinstance(q_hat, (int, float)) or abs(q_hat) > 1e300:
         # (the bound keeps float() from overflowing on a huge integer)
         raise PolicyError(f"{where}: q_hat must be a number or null, got {_kind(q_hat)}")
-    wave = row.get("wave")
+    wave, latency = row.get("wave"), row.get("latency")
+    if latency is not None and (isinstance(latency, bool) or not isinstance(latency, int | float)
+                                or not 0 <= latency < 1e300):
+        raise PolicyError(f"{where}: latency must be a number of seconds >= 0, got "
+                          f"{_kind(latency)}")
     return row["context"], Choice(
         _whole(row["prompt"], f"{where}: prompt", 0),
         None if n == "random" else n,
         float(q_hat),
         _whole(row.get("samples", 0), f"{where}: samples", 0),
         None if wave is None else _whole(wave, f"{where}: wave", 1),
+        None if latency is None else float(latency),
     )
 
 

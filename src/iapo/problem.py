@@ -436,7 +436,8 @@ class Choice:
     ``n`` is None when N is drawn uniformly from 1..N_max per query at deployment
     (``triple-nrand``). ``q_hat`` is NaN and ``samples`` 0 for an arm never observed.
     ``wave`` is the wave width W where it is part of the arm (``Stopping.widths``; at most N,
-    N for one wave of N), else None.
+    N for one wave of N), else None; ``latency`` the arm's predicted expected latency in
+    seconds where latency is priced, else None.
     """
 
     prompt: int
@@ -444,6 +445,7 @@ class Choice:
     q_hat: float
     samples: int
     wave: int | None = None
+    latency: float | None = None
 
 
 @dataclass(frozen=True)

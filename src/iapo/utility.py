@@ -79,14 +79,15 @@ def within_limit(latency: FloatArray, limits: FloatArray) -> npt.NDArray[np.bool
 
 
 def latency_priced(q: FloatArray, latency: FloatArray, latency_weights: FloatArray,
-                   limits: FloatArray) -> FloatArray:
+                   limits: FloatArray, judged: FloatArray | None = None) -> FloatArray:
     """Q of contexts that price latency: ``q`` less :func:`latency_term`, and -inf for an arm
     over its context's limit (:func:`within_limit`). q [C, ...], latency broadcast against it,
-    latency_weights and limits [C]."""
+    latency_weights and limits [C]. ``judged`` (default ``latency``): the latency the limit
+    judges, where it differs (the exact Q of a split judges an arm on all the queries)."""
     shape = (-1,) + (1,) * (np.ndim(q) - 1)
     w, limit = np.reshape(latency_weights, shape), np.reshape(limits, shape)
     priced = np.asarray(q) - latency_term(w, np.asarray(latency))
-    return np.where(within_limit(latency, limit), priced, -np.inf)
+    return np.where(within_limit(latency if judged is None else judged, limit), priced, -np.inf)
 
 
 def vote_counts(labels: npt.ArrayLike, n_categories: int | None = None) -> npt.NDArray[np.int64]:

@@ -56,6 +56,46 @@ class BenchError(InputError):
 
 
 @dataclass(frozen=True)
+class Setup:
+    """How a bench prices its environments' arms: the ``stopping`` rule (``auto_width``: the
+    wave width is part of the arm, :meth:`iapo.problem.Stopping.every_width` of each
+    environment's N_max), and the ``contexts`` and synthetic ``latency`` parameters of
+    contexts that price latency (:meth:`iapo.problem.ContextGrid.with_latency`,
+    :meth:`iapo.latency.SyntheticLatency.parse`; empty: the environment's own)."""
+
+    stopping: Stopping = field(default_factory=Stopping)
+    contexts: tuple[str, ...] = ()
+    latency: str | None = None
+    auto_width: bool = False
+
+    def apply(self, env: Environment) -> Environment:
+        """``env`` priced this way."""
+        from iapo.latency import SyntheticLatency
+
+        if self.latency is not None:
+            env = env.with_latency(SyntheticLatency.parse(self.latency, env.latency_params))
+        if self.contexts:
+            env = env.with_contexts(self.contexts)
+        if self.auto_width:
+            return env.with_stopping(Stopping.every_width(env.problem.n_max))
+        return env.with_stopping(self.stopping)
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for two benches to share an output folder (nothing for the
+        paper's arms and contexts: older folders still match)."""
+        same: dict[str, Any] = {}
+        if self.stopping.early:
+            same["stopping"] = self.stopping.to_dict()
+        if self.auto_width:
+            same["wave"] = "auto"
+        if self.contexts:
+            same["contexts"] = list(self.contexts)
+        if self.latency is not None:
+            same["latency"] = self.latency
+        return same
+
+
+@dataclass(frozen=True)
 class BenchConfig:
     envs: tuple[str, ...]
     learners: tuple[str, ...]
@@ -67,6 +107,13 @@ class BenchConfig:
     workers: int = 1
     backend: str = "loky"
     stopping: Stopping = field(default_factory=Stopping)
+    contexts: tuple[str, ...] = ()
+    latency: str | None = None
+    auto_width: bool = False
+
+    @property
+    def setup(self) -> Setup:
+        return Setup(self.stopping, tuple(self.contexts), self.latency, self.auto_width)
 
     def __post_init__(self) -> None:
         for name in ("envs", "learners", "budgets"):  # a repeated name is one cell, not two
@@ -92,10 +139,8 @@ class BenchConfig:
 
     def identity(self) -> dict[str, Any]:
         """What must match for two benches to share an output folder."""
-        same: dict[str, Any] = {"seed": self.seed, "test_fraction": self.test_fraction}
-        if self.stopping.early:  # (absent for the paper's arms: older folders still match)
-            same["stopping"] = self.stopping.to_dict()
-        return same
+        return {"seed": self.seed, "test_fraction": self.test_fraction,
+                **self.setup.identity()}
 
 
 def env_names(envs: Sequence[str]) -> dict[str, str]:
@@ -124,7 +169,7 @@ def learner_key(name: str) -> int:
     return zlib.crc32(name.encode())
 
 
-_REAL: dict[tuple[str, Stopping], Environment] = {}
+_REAL: dict[tuple[str, Setup], Environment] = {}
 
 
 def run_environment_seed(seed: int, run: int) -> int:
@@ -133,33 +178,34 @@ def run_environment_seed(seed: int, run: int) -> int:
 
 
 def run_environment(name: str, seed: int, run: int,
-                    stopping: Stopping = Stopping()) -> Environment:  # noqa: B008 (frozen)
-    """The environment instance of run ``run``: a fresh draw for synthetic ones; its
-    majority-voting arms stop by ``stopping``."""
+                    setup: Setup = Setup()) -> Environment:  # noqa: B008 (frozen)
+    """The environment instance of run ``run``: a fresh draw for synthetic ones; its arms
+    priced by ``setup``."""
     spec = ENVIRONMENTS.get(name)
     if spec is not None and spec.synthetic:
-        return spec.make(run_environment_seed(seed, run)).with_stopping(stopping)
-    if (name, stopping) not in _REAL:  # one load per worker process; tables are cached on disk
-        _REAL[name, stopping] = get_environment(name).with_stopping(stopping)
-    return _REAL[name, stopping]
+        return setup.apply(spec.make(run_environment_seed(seed, run)))
+    if (name, setup) not in _REAL:  # one load per worker process; tables are cached on disk
+        _REAL[name, setup] = setup.apply(get_environment(name))
+    return _REAL[name, setup]
 
 
 def run_split(
     env_name: str, seed: int, run: int, test_fraction: float,
-    stopping: Stopping = Stopping(),  # noqa: B008 (frozen)
+    setup: Setup = Setup(),  # noqa: B008 (frozen)
 ) -> tuple[Environment, npt.NDArray[np.int64], npt.NDArray[np.float64]]:
     """Run ``run``'s environment, its training queries and its test-split Q table [C, P, N]."""
-    env, train, test = run_queries(env_name, seed, run, test_fraction, stopping)
-    return env, train, env.query_table(progress=False).q(env.problem, test)
+    env, train, test = run_queries(env_name, seed, run, test_fraction, setup)
+    env.query_table(progress=False)
+    return env, train, env.q(test)
 
 
 def run_queries(
     env_name: str, seed: int, run: int, test_fraction: float,
-    stopping: Stopping = Stopping(),  # noqa: B008 (frozen)
+    setup: Setup = Setup(),  # noqa: B008 (frozen)
 ) -> tuple[Environment, npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """Run ``run``'s environment and its training and test queries (the split of key
     (run, 0))."""
-    env = run_environment(env_name, seed, run, stopping)
+    env = run_environment(env_name, seed, run, setup)
     train, test = train_test_split(env.n_queries, seed_sequence(seed, run, 0), test_fraction)
     return env, train, test
 
@@ -176,11 +222,11 @@ def run_oracle(env: Environment, train: npt.ArrayLike, learner: str, budget: int
 
 def run_unit(
     env_name: str, run: int, cells: Sequence[tuple[str, int]], seed: int, test_fraction: float,
-    stopping: Stopping = Stopping(),  # noqa: B008 (frozen)
+    setup: Setup = Setup(),  # noqa: B008 (frozen)
 ) -> list[dict[str, Any]]:
     """Train and score every (learner, budget) of ``cells`` on run ``run`` of ``env_name`` (a
     registered name or a file); the rows call the environment by its name (:func:`env_names`)."""
-    env, train, test = run_queries(env_name, seed, run, test_fraction, stopping)
+    env, train, test = run_queries(env_name, seed, run, test_fraction, setup)
     problem = env.problem
     env.query_table(progress=False)
     arms = env.arm_table(test)
@@ -297,14 +343,14 @@ def execute(
         if old.get("identity") != config.identity():
             raise BenchError(
                 f"{out} holds a bench with {old.get('identity')}, not {config.identity()}; "
-                "use another --out, or the same --seed (and --stop, --wave)"
+                "use another --out, or the same --seed (and --stop, --wave, --contexts, --latency)"
             )
     for env in config.envs:  # compute (or load) real tables once, before the workers start
         spec = ENVIRONMENTS.get(env)
         if spec is None or not spec.synthetic:
-            get_environment(env).with_stopping(config.stopping).query_table(progress=progress)
-        elif config.stopping.early:  # refused before anything is written, like bad input
-            spec.make(0).with_stopping(config.stopping)
+            config.setup.apply(get_environment(env)).query_table(progress=progress)
+        else:  # bad input is refused before anything is written
+            config.setup.apply(spec.make(0))
     out.mkdir(parents=True, exist_ok=True)  # only once every environment loaded
     names = env_names(config.envs)
     meta.write_text(json.dumps({"identity": config.identity(), "last": asdict(config),
@@ -344,11 +390,11 @@ def _results(config: BenchConfig, units: list[tuple[str, int, list[tuple[str, in
         return
     if config.workers == 1 and config.backend == "loky":
         for env, run, cells in units:
-            yield run_unit(env, run, cells, config.seed, config.test_fraction, config.stopping)
+            yield run_unit(env, run, cells, config.seed, config.test_fraction, config.setup)
         return
     def jobs(chunk: list[tuple[str, int, list[tuple[str, int]]]]) -> Iterator[Any]:
         return (joblib.delayed(run_unit)(env, run, cells, config.seed, config.test_fraction,
-                                         config.stopping)
+                                         config.setup)
                 for env, run, cells in chunk)
 
     with _backend_context(config):

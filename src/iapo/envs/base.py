@@ -101,9 +101,11 @@ class QueryTable:
             q = reward - cost_term(cost_weights, paid_cost[None])
         if not problem.grid.prices_latency:
             return q
+        # the limit is a property of the arm on the query distribution: judged on all the
+        # queries, so that sampling a split alone never moves an arm across it
         grid = problem.grid
         return latency_priced(q, self.expected(self.seconds(), idx)[None], grid.latency_weights,
-                              grid.latency_limits)
+                              grid.latency_limits, self.expected(self.seconds())[None])
 
     def seconds(self) -> FloatArray:
         """``latency``, which contexts that price latency need: [P, X, N_max]."""

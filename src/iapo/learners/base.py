@@ -128,7 +128,7 @@ def best_choices(
 
     ``allowed`` [C, P, N] bool. Arms without data are chosen only if no allowed arm has data.
     """
-    mean, width = stats.mean, stats.width
+    mean, width, seconds = stats.mean, stats.width, stats.latency
     has = np.broadcast_to(stats.counts > 0, mean.shape)
     c, p, n = mean.shape
     jitter = rng.random((c, p * n))
@@ -145,6 +145,7 @@ def best_choices(
         arm = Arm.from_index(idx, n)
         wave = None if width is None else min(int(width[ci, arm.prompt, arm.n - 1]), arm.n)
         value = float(mean[ci, arm.prompt, arm.n - 1])  # -inf: no arm within the limit
+        latency = None if seconds is None else float(seconds[ci, arm.prompt, arm.n - 1])
         out.append(Choice(arm.prompt, arm.n, value if np.isfinite(value) else float("nan"),
-                          int(stats.counts[arm.prompt, arm.n - 1]), wave))
+                          int(stats.counts[arm.prompt, arm.n - 1]), wave, latency))
     return out

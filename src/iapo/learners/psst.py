@@ -263,6 +263,10 @@ class RoundOnly:
     def width(self) -> npt.NDArray[np.int64] | None:
         return self._stats.width
 
+    @property
+    def latency(self) -> npt.NDArray[np.float64] | None:
+        return self._stats.latency
+
     def update(self, observations: Sequence[Observation]) -> None:
         self._stats = self._fresh()
         self._stats.update(observations)

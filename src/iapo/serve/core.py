@@ -42,7 +42,7 @@ from iapo.live.store import (
 from iapo.live.task import Record, Task, TaskError, load_task, task_from_dict
 from iapo.live.waves import Drawn, draw_in_waves, stop_fields
 from iapo.policy import Policy, PolicyError
-from iapo.problem import Stopping
+from iapo.problem import Choice, Stopping
 
 NO_ANSWER_KEY = "<no answer>"  # how a vote for "no answer" is shown in JSON
 
@@ -280,6 +280,14 @@ class Request:
     reason: str = "policy"  # why it is drawn: the policy's arm, or "learn" (never returned)
 
 
+def arm_stopping(policy: Policy, choice: Choice) -> Stopping:
+    """How ``choice``'s arm stops when served: the policy's rule, in waves of the choice's
+    own width where the width is part of the arm (``Stopping.widths``)."""
+    if choice.wave is None:
+        return policy.stopping
+    return Stopping("decided", choice.wave)
+
+
 class Responder:
     """Serves a policy's arms for one task.
 
@@ -341,7 +349,7 @@ class Responder:
         pool = pool_key(self.task.model.name, messages, prompt.decoding)
         return Request(
             index=index, prompt=choice.prompt, n=n, capped=capped, query=query,
-            messages=messages, decoding=prompt.decoding, stopping=policy.stopping,
+            messages=messages, decoding=prompt.decoding, stopping=arm_stopping(policy, choice),
             pool=pool, use_store=use_store,
             seeds=[sample_seed(pool, s) if use_store else self.rng.randrange(2**31)
                    for s in range(n)],
