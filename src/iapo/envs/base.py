@@ -333,8 +333,11 @@ class Environment(ABC):
         """(paid, waves, last) [P, X, N_max]: expected completions paid, waves drawn and the
         probability that the last wave is drawn (:func:`iapo.stopping.expected_waves`) by arms
         that stop once decided, in waves of ``wave``."""
-        raise InputError(f"'{self.name}' has no answer distributions to stop early on; use "
-                         "stop 'all'")
+        raise self._cannot_stop()
+
+    def _cannot_stop(self) -> InputError:
+        return InputError(f"'{self.name}' has no answer distributions to stop early on; use "
+                          "stop 'all'")
 
     def arm_summary(self, arm: Arm, wave: int | None) -> dict[str, float]:
         """On all queries, the arm (p, N) in waves of ``wave`` (None: all N at once): its
@@ -356,8 +359,7 @@ class Environment(ABC):
         from iapo.latency import latency_quantile
 
         if wave < arm.n:
-            raise InputError(f"'{self.name}' has no answer distributions to stop early on; "
-                             "use stop 'all'")
+            raise self._cannot_stop()
         return latency_quantile(np.ones((1, 1)), arm.n, arm.n,
                                 self.latency_model().times[arm.prompt], quantile,
                                 self.latency_model().concurrency)
