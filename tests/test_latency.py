@@ -36,11 +36,13 @@ def brute_latency(q: list[float], n: int, wave: int, values: list[float],
 
 
 def brute_law(q: list[float], n: int, wave: int, values: list[float],
-              probs: list[float], concurrency: int | None) -> dict[float, float]:
+              probs: list[float], concurrency: int | None,
+              abstain: int | None = None) -> dict[float, float]:
     """The law of the latency, {seconds: probability}: every answer sequence of n answers
     from q and every assignment of a time to each completion; the decided rule (leader ahead
-    of every other answer by more than the answers still to come) after each wave, and each
-    drawn wave's time, the longest of its rounds' completions added round by round."""
+    of every other answer by more than the answers still to come; the category ``abstain``,
+    "no answer", never counted) after each wave, and each drawn wave's time, the longest of
+    its rounds' completions added round by round."""
     c = wave if concurrency is None else concurrency
     law: dict[float, float] = {}
     for answers in itertools.product(range(len(q)), repeat=n):
@@ -52,7 +54,8 @@ def brute_law(q: list[float], n: int, wave: int, values: list[float],
             size = min(wave, n - t)
             waves.append((t, size))
             t += size
-            counts = sorted((answers[:t].count(a) for a in range(len(q))), reverse=True)
+            counts = sorted((answers[:t].count(a) for a in range(len(q)) if a != abstain),
+                            reverse=True)
             if counts[0] - (counts[1] if len(counts) > 1 else 0) > n - t:
                 break
         for times in itertools.product(range(len(values)), repeat=n):
@@ -171,3 +174,119 @@ def test_latency_quantile_is_within_its_stated_error_off_the_grid() -> None:
         assert abs(got - want) <= 4 * 0.5 / 2 + 1e-9
     with pytest.raises(InputError, match="quantile"):
         latency_quantile(np.array([0.5, 0.5]), 4, 1, times, 1.0)
+
+
+def test_no_answer_never_decides_a_vote_in_latency_either() -> None:
+    """Under the abstain rule "no answer" (category 0 here) never counts toward a decision:
+    expected latency and its quantile against the enumeration that leaves it out; the
+    default quantile is the 95th."""
+    values, probs = [1.0, 2.5], [0.7, 0.3]
+    times = CompletionTimes(np.array(values), np.array(probs))
+    q = [0.6, 0.3, 0.1]
+    for wave in (1, 3):  # (waves of 2 decide N = 4 only at its end, under either rule)
+        law = brute_law(q, 4, wave, values, probs, None, abstain=0)
+        want = sum(p * v for v, p in law.items())
+        got = expected_latency(np.array(q), 4, wave, times, no_answer=0)[3]
+        assert got == pytest.approx(want, rel=1e-12)
+        assert got != pytest.approx(expected_latency(np.array(q), 4, wave, times)[3])
+        quantile = latency_quantile(np.array(q), 4, wave, times, step=0.5, no_answer=0)
+        assert quantile == pytest.approx(quantile_of(law, 0.95))
+
+
+def test_a_quantile_reached_exactly_on_a_value_is_that_value() -> None:
+    """One completion of 1 s (probability 0.95) or 3 s: its 95th percentile is 1 s, the
+    smallest value whose probability of not being exceeded reaches 0.95."""
+    times = CompletionTimes(np.array([1.0, 3.0]), np.array([0.95, 0.05]))
+    assert latency_quantile(np.array([1.0]), 1, 1, times, 0.95, step=1.0) == 1.0
+    assert latency_quantile(np.array([1.0]), 1, 1, times, 0.96, step=1.0) == 3.0
+    for bad in (0.0, 1.0, -0.5):
+        with pytest.raises(InputError, match="strictly between 0 and 1"):
+            latency_quantile(np.array([1.0]), 1, 1, times, bad)
+    with pytest.raises(InputError, match="step 0 must be > 0"):
+        latency_quantile(np.array([1.0]), 1, 1, times, 0.5, step=0)
+
+
+def test_the_edges_of_completion_times() -> None:
+    """0 s, a probability of 0, no overhead and no per-token time are allowed; a repeated
+    value, a negative time or a negative part is not, and each says what to do."""
+    times = CompletionTimes(np.array([0.0, 2.0]), np.array([1.0, 0.0]))
+    assert times.max_of(3) == 0.0
+    assert CompletionTimes.from_tokens([10], 0.0, 0.5).values.tolist() == [5.0]
+    assert CompletionTimes.from_tokens([10], 0.5, 0.0).values.tolist() == [0.5]
+    with pytest.raises(InputError, match="distinct and ascending"):
+        CompletionTimes(np.array([1.0, 1.0]), np.array([0.5, 0.5]))
+    with pytest.raises(InputError, match="one shape"):
+        CompletionTimes(np.array([1.0, 2.0]), np.array([1.0]))
+    with pytest.raises(InputError, match="sum to 1"):
+        CompletionTimes(np.array([1.0, 2.0]), np.array([-0.5, 1.5]))
+    for overhead, per_token in ((-0.1, 0.1), (0.1, -0.1)):
+        with pytest.raises(InputError, match=">= 0 seconds"):
+            CompletionTimes.from_tokens([10], overhead, per_token)
+
+
+def test_a_model_with_a_concurrency_of_one_or_two() -> None:
+    """Times 1 s or 3 s, equally likely. A concurrency of 1 runs a wave one completion
+    after another (w x 2 s); of 2, in rounds of two (2.5 s each) and the rest; the model
+    carries its concurrency into every prompt's wave times; 0 is refused."""
+    from iapo.latency import LatencyModel
+
+    t = CompletionTimes.from_samples([1.0, 3.0])
+    one = LatencyModel((t, t), concurrency=1)
+    assert one.wave_times(3).tolist() == [[0.0, 2.0, 4.0, 6.0]] * 2
+    two = LatencyModel((t,), concurrency=2)
+    assert two.wave_times(3).tolist() == [[0.0, 2.0, 2.5, 4.5]]
+    assert two.one_wave(3).tolist() == [[2.0, 2.5, 4.5]]
+    assert LatencyModel((t,)).one_wave(3).tolist() == [[2.0, 2.5, 2.75]]
+    with pytest.raises(InputError, match="concurrency 0 must be >= 1"):
+        LatencyModel((t,), concurrency=0)
+    with pytest.raises(InputError, match="every prompt"):
+        LatencyModel(())
+
+
+def test_latency_models_are_equal_exactly_when_their_parts_are() -> None:
+    from iapo.latency import LatencyModel
+
+    a = CompletionTimes.from_samples([1.0, 3.0])
+    b = CompletionTimes(np.array([1.0, 3.0]), np.array([0.25, 0.75]))
+    c = CompletionTimes.from_samples([1.0, 4.0])
+    model = LatencyModel((a, a), 2)
+    assert model == LatencyModel((CompletionTimes.from_samples([3.0, 1.0]), a), 2)
+    for other in (LatencyModel((a, a), 3), LatencyModel((a,), 2), LatencyModel((a, b), 2),
+                  LatencyModel((a, c), 2), LatencyModel((a, a))):
+        assert model != other
+    assert model != "a model"
+
+
+def test_synthetic_parameters_round_trip_and_refuse_bad_values() -> None:
+    """What a model describes parses back to the same parameters (concurrency or none);
+    bad costs and bad parameters are refused."""
+    from iapo.latency import SyntheticLatency
+
+    for params in (SyntheticLatency(0.25, 0.0125, 1234.5, 0.7, 4), SyntheticLatency()):
+        text = params.describe().removeprefix("synthetic: ")
+        assert SyntheticLatency.parse(text) == params
+    assert SyntheticLatency.parse("concurrency=0.0").concurrency is None
+    assert SyntheticLatency.parse("concurrency=1").concurrency == 1
+    for bad in ([[0.01]], [float("nan")], [-0.01]):
+        with pytest.raises(InputError, match="prompt costs"):
+            SyntheticLatency().model(bad)
+    with pytest.raises(InputError, match="concurrency 0 must be >= 1"):
+        SyntheticLatency(concurrency=0)
+    with pytest.raises(InputError, match="overhead"):
+        SyntheticLatency(overhead=float("inf"))
+
+
+def test_bad_wave_tables_are_refused() -> None:
+    from iapo.latency import latency_from_waves
+
+    ones = np.ones((2, 4))
+    with pytest.raises(InputError, match="last shaped as waves"):
+        latency_from_waves(ones, np.ones((2, 3)), 2, np.zeros(3))
+    with pytest.raises(InputError, match=r"wave_time \[\.\.\., 3\]"):
+        latency_from_waves(ones, ones, 2, np.zeros(4))
+    with pytest.raises(InputError, match="0..2 completions"):
+        from iapo.latency import latency_from_undecided
+
+        latency_from_undecided(np.ones((5, 5)), 2, np.zeros(4))
+    with pytest.raises(InputError, match="undecided"):
+        latency_from_undecided(np.ones(5), 1, np.zeros(2))
