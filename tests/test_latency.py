@@ -191,6 +191,12 @@ def test_no_answer_never_decides_a_vote_in_latency_either() -> None:
         assert got != pytest.approx(expected_latency(np.array(q), 4, wave, times)[3])
         quantile = latency_quantile(np.array(q), 4, wave, times, step=0.5, no_answer=0)
         assert quantile == pytest.approx(quantile_of(law, 0.95))
+    # mostly "no answer": the vote rule decides on it after three, the abstain rule never
+    sure = [0.9, 0.1]
+    law = brute_law(sure, 4, 1, values, probs, None, abstain=0)
+    median = latency_quantile(np.array(sure), 4, 1, times, 0.5, step=0.5, no_answer=0)
+    assert median == pytest.approx(quantile_of(law, 0.5)) == 5.5
+    assert latency_quantile(np.array(sure), 4, 1, times, 0.5, step=0.5) == 4.5
 
 
 def test_a_quantile_reached_exactly_on_a_value_is_that_value() -> None:
@@ -241,6 +247,7 @@ def test_a_model_with_a_concurrency_of_one_or_two() -> None:
         LatencyModel((t,), concurrency=0)
     with pytest.raises(InputError, match="every prompt"):
         LatencyModel(())
+    assert LatencyModel([t, t]).times == (t, t)  # a list is kept as a tuple
 
 
 def test_latency_models_are_equal_exactly_when_their_parts_are() -> None:
@@ -266,6 +273,7 @@ def test_synthetic_parameters_round_trip_and_refuse_bad_values() -> None:
         text = params.describe().removeprefix("synthetic: ")
         assert SyntheticLatency.parse(text) == params
     assert SyntheticLatency.parse("concurrency=0.0").concurrency is None
+    assert SyntheticLatency.parse("concurrency=0").concurrency is None
     assert SyntheticLatency.parse("concurrency=1").concurrency == 1
     for bad in ([[0.01]], [float("nan")], [-0.01]):
         with pytest.raises(InputError, match="prompt costs"):

@@ -437,3 +437,24 @@ def test_bench_prices_latency_and_w_in_the_arm(tmp_path: Any) -> None:
                                       "1", "--learners", "psst-auto", "--reference",
                                       "psst-auto", "--out", str(out)])
     assert other.exit_code == 2 and "--contexts" in other.output
+
+
+def test_with_no_arm_predicted_within_the_limit_the_fastest_is_chosen() -> None:
+    """A limit under every arm's predicted latency: the learner's choice is the arm it
+    predicts fastest (N = 1 of the quicker prompt, 1.25 s against 2 s), its q_hat NaN."""
+    from iapo.learners.base import best_choices
+    from iapo.model import ModelQTable
+    from iapo.pulls import Observation
+
+    env = tiny_env().with_contexts(["budget=low,limit=1"]).with_stopping(
+        Stopping("decided", 1, WIDTHS))
+    stats = ModelQTable(env.problem)
+    rng = np.random.default_rng(0)
+    for p in range(2):
+        s = env.sample(p, np.arange(3), 4, rng)
+        assert s.labels is not None and s.gold is not None
+        stats.update([Observation(p, 4, np.arange(3), s.scores, s.labels, s.gold)])
+    assert np.all(np.isneginf(stats.mean))
+    (choice,) = best_choices(stats, np.ones(stats.mean.shape, dtype=bool), rng)
+    assert (choice.prompt, choice.n, choice.latency) == (1, 1, pytest.approx(1.25))
+    assert np.isnan(choice.q_hat)

@@ -127,6 +127,8 @@ def best_choices(
     """Per context, the allowed arm with the highest estimate (random among ties).
 
     ``allowed`` [C, P, N] bool. Arms without data are chosen only if no allowed arm has data.
+    Where every candidate is predicted over the context's latency limit (-inf), the one
+    predicted fastest, its q_hat NaN.
     """
     mean, width, seconds = stats.mean, stats.width, stats.latency
     has = np.broadcast_to(stats.counts > 0, mean.shape)
@@ -139,7 +141,10 @@ def best_choices(
             ok = np.ones_like(ok)
         seen = ok & has[ci].reshape(-1)
         pool = seen if seen.any() else ok
-        score = np.where(pool, np.nan_to_num(mean[ci].reshape(-1), nan=0.0), -np.inf)
+        values = mean[ci].reshape(-1)
+        if seconds is not None and np.all(np.isneginf(values[pool])):  # none within the limit
+            values = -seconds[ci].reshape(-1)
+        score = np.where(pool, np.nan_to_num(values, nan=0.0), -np.inf)
         top = score.max()
         idx = int(np.flatnonzero(pool & (score == top))[jitter[ci][pool & (score == top)].argmax()])
         arm = Arm.from_index(idx, n)
