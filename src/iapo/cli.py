@@ -131,22 +131,18 @@ class _Wave(click.ParamType):
         return number
 
 
-def _stopping_options(widths: bool = False) -> Callable[[F], F]:
+def _stopping_options(fn: F) -> F:
     """``--stop`` and ``--wave``: how majority-voting arms stop (iapo.problem.Stopping);
-    with ``widths``, ``--wave auto`` makes the width W part of the arm."""
-    def decorate(fn: F) -> F:
-        auto = (" auto: W is part of the arm, (p, N, W), W in 1, 2, 4, ... N_max."
-                if widths else "")
-        fn = click.option("--wave", "wave", default=1, show_default=True,
-                          type=_Wave() if widths else click.IntRange(min=1),
-                          help="With --stop decided: completions drawn at once (1: one by one; "
-                               "N_max or more: all at once, the paper's arm)." + auto)(fn)
-        return click.option("--stop", "stop", default="all", show_default=True,
-                            type=click.Choice(["all", "decided"]),
-                            help="Majority-voting arms draw all N (the paper) or stop once no "
-                                 "remaining completion can change the vote (same answer, fewer "
-                                 "completions paid).")(fn)
-    return decorate
+    ``--wave auto`` makes the width W part of the arm."""
+    fn = click.option("--wave", "wave", default=1, show_default=True, type=_Wave(),
+                      help="With --stop decided: completions drawn at once (1: one by one; "
+                           "N_max or more: all at once, the paper's arm). auto: W is part of "
+                           "the arm, (p, N, W), W in 1, 2, 4, ... N_max.")(fn)
+    return click.option("--stop", "stop", default="all", show_default=True,
+                        type=click.Choice(["all", "decided"]),
+                        help="Majority-voting arms draw all N (the paper) or stop once no "
+                             "remaining completion can change the vote (same answer, fewer "
+                             "completions paid).")(fn)
 
 
 def _latency_options(fn: F) -> F:
@@ -178,7 +174,7 @@ def _environment(env_name: str, latency: str | None, contexts: str | None) -> En
 @main.command()
 @click.argument("env_name", metavar="ENV")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@_stopping_options(widths=True)
+@_stopping_options
 @_latency_options
 @_user_errors
 def oracle(env_name: str, as_json: bool, stop: str, wave: int | str, latency: str | None,
@@ -261,7 +257,7 @@ def learners() -> None:
 @click.option("--estimator", "estimator", default="blocks", show_default=True,
               type=click.Choice(["blocks", "subsets"]),
               help="How groups become estimates: disjoint blocks (the paper) or U-statistics.")
-@_stopping_options(widths=True)
+@_stopping_options
 @_latency_options
 @_user_errors
 def train(env_name: str, learner: str, budget: int, seed: int, out: str,
@@ -422,7 +418,7 @@ def _csv_list(text: str) -> list[str]:
 @click.option("--estimator", "estimator", default="blocks", show_default=True,
               type=click.Choice(["blocks", "subsets"]),
               help="Estimator of learners named without one (name:estimator picks per learner).")
-@_stopping_options(widths=True)
+@_stopping_options
 @_latency_options
 @_user_errors
 def bench(envs: str, learners: str | None, budgets: str, runs: int, seed: int, out: str,

@@ -81,7 +81,7 @@ class Stopping:
     def every_width(cls, n_max: int) -> Stopping:
         """Decided arms whose wave width W is part of the arm: W in 1, 2, 4, ... below
         ``n_max``, and ``n_max`` (one wave)."""
-        widths = [1 << k for k in range(max(int(n_max) - 1, 0).bit_length()) if 1 << k < n_max]
+        widths = [1 << k for k in range(max(int(n_max) - 1, 0).bit_length())]  # all < n_max
         return cls("decided", 1, (*widths, int(n_max)))
 
     @property
