@@ -160,15 +160,9 @@ def _latency_options(fn: F) -> F:
 def _environment(env_name: str, latency: str | None, contexts: str | None) -> Environment:
     """ENV with ``--latency`` and ``--contexts`` applied."""
     from iapo.envs import get_environment
-    from iapo.latency import SyntheticLatency
     from iapo.problem import parse_contexts
 
-    env = get_environment(env_name)
-    if latency is not None:
-        env = env.with_latency(SyntheticLatency.parse(latency, env.latency_params))
-    if contexts is not None:
-        env = env.with_contexts(parse_contexts(contexts))
-    return env
+    return get_environment(env_name).priced_by(latency, parse_contexts(contexts or ""))
 
 
 @main.command()

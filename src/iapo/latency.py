@@ -20,8 +20,10 @@ of whether it is drawn (times do not depend on answers), so
         P(undecided at t) x E[time of a wave of min(W, N - t)],
 
 with E[time of a wave of w] from the exact law of the maximum of w i.i.d. discrete times:
-E[max] = sum_k v_k (F(v_k)^w - F(v_{k-1})^w). This is :func:`iapo.stopping.paid_from_undecided`
-with each wave's size replaced by its expected time. A quantile (the p95) is computed on a
+E[max] = sum_k v_k (F(v_k)^w - F(v_{k-1})^w). Every wave but the last holds W completions,
+so this is (E[waves] - P(last wave drawn)) x E[time of a wave of W] + P(last wave drawn) x
+E[time of the last wave] (:func:`latency_from_waves`), both factors from the stopping rule's
+dynamic program (:func:`iapo.stopping.expected_waves`). A quantile (the p95) is computed on a
 time grid, with a stated error (:func:`latency_quantile`).
 """
 
@@ -194,9 +196,14 @@ class SyntheticLatency:
                  if f"latency_{k}" in data]
         return cls.parse(",".join(parts))
 
+    @classmethod
+    def from_description(cls, text: str) -> SyntheticLatency | None:
+        """The parameters a model's :meth:`describe` wrote (None: not a synthetic model's)."""
+        return cls.parse(text.removeprefix(_DESCRIBED)) if text.startswith(_DESCRIBED) else None
+
     def describe(self) -> str:
         c = "none" if self.concurrency is None else str(self.concurrency)
-        return (f"synthetic: overhead={self.overhead:.12g},per_token={self.per_token:.12g},"
+        return (f"{_DESCRIBED}overhead={self.overhead:.12g},per_token={self.per_token:.12g},"
                 f"tokens_per_cost={self.tokens_per_cost:.12g},cv={self.cv:.12g},"
                 f"concurrency={c}")
 
@@ -216,6 +223,9 @@ class SyntheticLatency:
         times = [CompletionTimes.from_tokens(unit * self.tokens_per_cost * cost,
                                              self.overhead, self.per_token) for cost in c]
         return LatencyModel(tuple(times), self.concurrency, self.describe())
+
+
+_DESCRIBED = "synthetic: "  # how a synthetic model's description begins
 
 
 def _concurrency(value: str) -> int | None:

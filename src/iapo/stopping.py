@@ -67,7 +67,6 @@ __all__ = [
     "expected_waves",
     "last_wave_probability",
     "paid_from_undecided",
-    "per_wave",
     "stop_points",
     "leader_probability",
     "vote_decided",
@@ -234,14 +233,14 @@ def paid_from_undecided(undecided: npt.ArrayLike, wave: int) -> tuple[FloatArray
         raise InputError(f"undecided must be [..., n_max+1, n_max+1]; got {table.shape}: pass "
                          "the output of undecided_probability")
     sizes = np.arange(w + 1, dtype=np.float64)
-    return per_wave(table, w, sizes), per_wave(table, w, np.minimum(sizes, 1.0))
+    return _per_wave(table, w, sizes), _per_wave(table, w, np.minimum(sizes, 1.0))
 
 
-def per_wave(undecided: FloatArray, wave: int, per_size: FloatArray) -> FloatArray:
+def _per_wave(undecided: FloatArray, wave: int, per_size: FloatArray) -> FloatArray:
     """E[sum over the waves drawn of per_size[the wave's size]] for the arms N = 1..n_max:
     [..., n_max]. A wave that starts after t answers is drawn with probability P(undecided
     at t) (monotonicity). per_size [wave+1]: the completions of a wave of each size give
-    E[paid], 1 per wave E[waves], a wave's expected time E[latency] (:mod:`iapo.latency`).
+    E[paid], 1 per wave E[waves].
     ``undecided`` and ``wave`` as :func:`paid_from_undecided` checks them."""
     starts, sizes = _wave_starts(undecided.shape[-1] - 1, wave)
     value = starts * np.asarray(per_size, dtype=np.float64)[sizes.astype(np.intp)]  # [N, t]

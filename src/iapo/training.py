@@ -79,18 +79,15 @@ def policy_environment(env: Environment, policy: Policy) -> Environment:
     from iapo.latency import SyntheticLatency
 
     env = env.with_stopping(policy.stopping)
-    description = str((policy.latency or {}).get("description", ""))
-    if description.startswith(SYNTHETIC):
-        env = env.with_latency(SyntheticLatency.parse(description.removeprefix(SYNTHETIC)))
+    params = SyntheticLatency.from_description(str((policy.latency or {}).get("description", "")))
+    if params is not None:
+        env = env.with_latency(params)
     if policy.contexts != env.problem.grid.keys:
         try:
             env = env.with_contexts(policy.contexts)
         except ProblemError:
             pass  # not the environment's contexts at all: check_arms says so
     return env
-
-
-SYNTHETIC = "synthetic: "  # how a synthetic latency model's description begins
 
 
 def evaluate_policy(env: Environment, policy: Policy) -> dict[str, float | int]:

@@ -70,12 +70,7 @@ class Setup:
 
     def apply(self, env: Environment) -> Environment:
         """``env`` priced this way."""
-        from iapo.latency import SyntheticLatency
-
-        if self.latency is not None:
-            env = env.with_latency(SyntheticLatency.parse(self.latency, env.latency_params))
-        if self.contexts:
-            env = env.with_contexts(self.contexts)
+        env = env.priced_by(self.latency, self.contexts)
         if self.auto_width:
             return env.with_stopping(Stopping.every_width(env.problem.n_max))
         return env.with_stopping(self.stopping)

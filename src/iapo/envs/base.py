@@ -104,8 +104,9 @@ class QueryTable:
         # the limit is a property of the arm on the query distribution: judged on all the
         # queries, so that sampling a split alone never moves an arm across it
         grid = problem.grid
+        judged = None if idx is None else self.expected(self.seconds())[None]
         return latency_priced(q, self.expected(self.seconds(), idx)[None], grid.latency_weights,
-                              grid.latency_limits, self.expected(self.seconds())[None])
+                              grid.latency_limits, judged)
 
     def seconds(self) -> FloatArray:
         """``latency``, which contexts that price latency need: [P, X, N_max]."""
@@ -298,6 +299,18 @@ class Environment(ABC):
             return env
         return self._with_problem(latency=latency)
 
+    def priced_by(self, latency: str | None, contexts: Sequence[str]) -> Environment:
+        """This environment with the synthetic latency parameters ``latency`` (text, over its
+        own: :meth:`iapo.latency.SyntheticLatency.parse`; None: unchanged) and the contexts
+        ``contexts`` (:meth:`with_contexts`; empty: its own): what ``--latency`` and
+        ``--contexts`` give."""
+        from iapo.latency import SyntheticLatency
+
+        env = self
+        if latency is not None:
+            env = env.with_latency(SyntheticLatency.parse(latency, env.latency_params))
+        return env.with_contexts(contexts) if contexts else env
+
     def with_contexts(self, specs: Sequence[str]) -> Environment:
         """This environment on the contexts ``specs`` (:meth:`iapo.problem.ContextGrid.
         with_latency`: its own contexts, each with a latency weight and/or limit)."""
@@ -343,7 +356,7 @@ class Environment(ABC):
         """On all queries, the arm (p, N) in waves of ``wave`` (None: all N at once): its
         expected completions ``paid``, ``waves`` drawn, ``latency`` and ``latency_p95``
         (seconds)."""
-        env = self.with_stopping(Stopping() if wave is None else Stopping("decided", wave))
+        env = self.with_stopping(Stopping()) if wave is None else self.at_width(wave)
         table = env.query_table()
         p, n = arm.prompt, arm.n - 1
         paid = table.completions()[p, n]
@@ -374,7 +387,7 @@ class Environment(ABC):
 
     def at_width(self, wave: int) -> Environment:
         """This environment with decided arms in waves of ``wave`` (one width of
-        ``stopping.widths``), kept for reuse."""
+        ``stopping.widths``, or any), kept for reuse."""
         if wave not in self._widths:
             self._widths[wave] = self.with_stopping(Stopping("decided", wave))
         return self._widths[wave]
@@ -446,11 +459,14 @@ def oracle_report(env: Environment, stopping: Stopping) -> dict[str, Any]:
     "all_q") and the context's "gain". A context whose latency limit no arm meets is an
     InputError that names the fastest arm."""
     stopped = env.with_stopping(stopping)
-    q = stopped.q()
+    if stopping.widths:  # Q of every width once: its best, and which width that is
+        q4 = stopped.width_q()
+        q, width = q4.max(axis=-1), q4.argmax(axis=-1)  # [C, P, N]
+    else:
+        q, width = stopped.q(), None
     arms = best_arms(q)
     grid = env.problem.grid
     _check_eligible(stopped, q, arms)
-    width = (stopped.width_q().argmax(axis=-1) if stopping.widths else None)  # [C, P, N]
     rows: list[dict[str, Any]] = []
     for i, (key, a) in enumerate(zip(grid.keys, arms, strict=True)):
         wave = (stopping.widths[width[i, a.prompt, a.n - 1]] if width is not None
