@@ -458,3 +458,38 @@ def test_with_no_arm_predicted_within_the_limit_the_fastest_is_chosen() -> None:
     (choice,) = best_choices(stats, np.ones(stats.mean.shape, dtype=bool), rng)
     assert (choice.prompt, choice.n, choice.latency) == (1, 1, pytest.approx(1.25))
     assert np.isnan(choice.q_hat)
+
+
+def test_trimming_keeps_arms_over_a_limit_above_arms_no_longer_alive() -> None:
+    """An alive arm predicted over its limit (-inf) still ranks above an arm that is not
+    alive: keeping 2 of the alive [-inf, 0.5] keeps both, whatever the tie-breaking draw."""
+    from iapo.learners.psst import keep_best
+
+    value = np.array([[-np.inf, -np.inf, 0.5, -np.inf]])
+    alive = np.array([[True, False, True, False]])
+    for seed in range(20):
+        kept = keep_best(value, alive, [2], np.random.default_rng(seed))
+        assert kept.tolist() == [[True, False, True, False]], seed
+
+
+@pytest.mark.parametrize(("field", "value", "needle"), [
+    ("latency", "fast", "latency must be a number of seconds >= 0"),
+    ("latency", -1.0, "latency must be a number of seconds >= 0"),
+    ("wave", 0, "wave must be an integer >= 1"),
+])
+def test_a_bad_latency_or_wave_in_a_policy_row_is_named(field: str, value: Any,
+                                                        needle: str) -> None:
+    from iapo.policy import Policy, PolicyError
+
+    policy = Policy("math", "psst-auto", 10, 10, 0, {"test": []}, ["budget=mid"],
+                    [Choice(0, 8, 0.5, 1, 4, 20.0)], stopping=Stopping.every_width(32),
+                    latency={"description": "synthetic: cv=0.5"})
+    data = policy.to_dict()
+    assert Policy.from_dict(data).choices == policy.choices
+    data["policy"][0][field] = value
+    with pytest.raises(PolicyError, match=needle):
+        Policy.from_dict(data)
+    data = policy.to_dict()
+    data["latency"] = "fast"
+    with pytest.raises(PolicyError, match="latency must be an object"):
+        Policy.from_dict(data)
