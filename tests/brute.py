@@ -4,6 +4,7 @@ under test: plain loops, one group at a time, importing nothing from iapo."""
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 from scipy.special import gammaln
@@ -234,3 +235,46 @@ def sequences(n: int, probs):  # type: ignore[no-untyped-def]
     """Every sequence of n answers over the categories of ``probs`` [L], with its probability."""
     for seq in itertools.product(range(len(probs)), repeat=n):
         yield np.array(seq), float(np.prod([probs[a] for a in seq]))
+
+
+def brute_latency(q: list[float], n: int, wave: int, values: list[float],
+                  probs: list[float], concurrency: int | None) -> float:
+    """E[latency] over :func:`brute_law`."""
+    return sum(p * v for v, p in brute_law(q, n, wave, values, probs, concurrency).items())
+
+
+def brute_law(q: list[float], n: int, wave: int, values: list[float],
+              probs: list[float], concurrency: int | None,
+              abstain: int | None = None) -> dict[float, float]:
+    """The law of the latency, {seconds: probability}, as serving draws the arm: every
+    answer of samples 0..n-1 from q and every time of each, by brute force. Completions are
+    asked for in rounds of min(wave, concurrency); a round's completions come back in the
+    order of their times; after each one the decided rule is checked (leader ahead of every
+    other answer by more than the answers not back yet; the category ``abstain``, "no
+    answer", never counted), and once it holds the caller has its answer then."""
+    width = wave if concurrency is None else min(wave, concurrency)
+    law: dict[float, float] = {}
+    for answers in itertools.product(range(len(q)), repeat=n):
+        p_answers = math.prod(q[a] for a in answers)
+        if p_answers == 0:
+            continue
+        for times in itertools.product(range(len(values)), repeat=n):
+            p_times = math.prod(probs[k] for k in times)
+            seconds, back, decided = 0.0, [], False
+            for start in range(0, n, width):
+                members = sorted(range(start, min(start + width, n)),
+                                 key=lambda i: (values[times[i]], i))
+                for i in members:
+                    back.append(answers[i])
+                    counts = sorted((back.count(a) for a in range(len(q)) if a != abstain),
+                                    reverse=True) + [0, 0]
+                    if counts[0] - counts[1] > n - len(back):
+                        decided = True
+                        seconds += values[times[i]]
+                        break
+                if decided:
+                    break
+                seconds += max(values[times[i]] for i in members)
+            key = round(seconds, 9)
+            law[key] = law.get(key, 0.0) + p_answers * p_times
+    return law

@@ -4,12 +4,12 @@ cases, and Monte Carlo on real MATH rows."""
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
 import pytest
 
+from brute import brute_latency, brute_law
 from iapo.envs import get_environment
 from iapo.errors import InputError
 from iapo.latency import CompletionTimes, expected_latency, latency_quantile, wave_times
@@ -27,46 +27,6 @@ def test_longest_of_w_by_hand() -> None:
     tok = CompletionTimes.from_tokens([10, 30, 30], overhead=0.5, per_token=0.1)
     assert tok.values.tolist() == pytest.approx([1.5, 3.5])
     assert tok.probs.tolist() == pytest.approx([1 / 3, 2 / 3])
-
-
-def brute_latency(q: list[float], n: int, wave: int, values: list[float],
-                  probs: list[float], concurrency: int | None) -> float:
-    """E[latency] over :func:`brute_law`."""
-    return sum(p * v for v, p in brute_law(q, n, wave, values, probs, concurrency).items())
-
-
-def brute_law(q: list[float], n: int, wave: int, values: list[float],
-              probs: list[float], concurrency: int | None,
-              abstain: int | None = None) -> dict[float, float]:
-    """The law of the latency, {seconds: probability}: every answer sequence of n answers
-    from q and every assignment of a time to each completion; the decided rule (leader ahead
-    of every other answer by more than the answers still to come; the category ``abstain``,
-    "no answer", never counted) after each wave, and each drawn wave's time, the longest of
-    its rounds' completions added round by round."""
-    c = wave if concurrency is None else concurrency
-    law: dict[float, float] = {}
-    for answers in itertools.product(range(len(q)), repeat=n):
-        p_answers = math.prod(q[a] for a in answers)
-        if p_answers == 0:
-            continue
-        waves, t = [], 0
-        while t < n:
-            size = min(wave, n - t)
-            waves.append((t, size))
-            t += size
-            counts = sorted((answers[:t].count(a) for a in range(len(q)) if a != abstain),
-                            reverse=True)
-            if counts[0] - (counts[1] if len(counts) > 1 else 0) > n - t:
-                break
-        for times in itertools.product(range(len(values)), repeat=n):
-            p_times = math.prod(probs[k] for k in times)
-            seconds = 0.0
-            for start, size in waves:
-                for r in range(start, start + size, c):
-                    seconds += max(values[times[i]] for i in range(r, min(r + c, start + size)))
-            key = round(seconds, 9)
-            law[key] = law.get(key, 0.0) + p_answers * p_times
-    return law
 
 
 def quantile_of(law: dict[float, float], quantile: float) -> float:
@@ -92,36 +52,52 @@ def test_expected_latency_equals_enumeration(q: list[float]) -> None:
             np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
-def test_one_wave_of_n_waits_for_the_longest_of_n() -> None:
-    """W >= N is the paper's arm: one wave of N, whatever the answers."""
-    times = CompletionTimes.from_samples([1.0, 2.0, 4.0])
-    got = expected_latency(np.array([[0.9, 0.1], [0.5, 0.5]]), 6, 6, times)
-    want = [times.max_of(n) for n in range(1, 7)]
-    np.testing.assert_allclose(got, [want, want], rtol=1e-12)
+def test_a_decided_wave_of_n_stops_at_the_answer_that_decides_it() -> None:
+    """Times 1 s or 3 s, equally likely; every answer the same, so the vote of N is decided
+    by the answer floor(N/2) + 1 back. Of three, the shortest is 1 s unless all are 3 s
+    (7/8 x 1 + 1/8 x 3 = 1.25 s), the second 1 s when at least two are (1/2): 2 s, the
+    longest 2.75 s. So one wave of N = 1, 2, 3 answers after 2, 2.5 and 2 s, while the
+    paper's arm, which pays all N, waits for the longest: 2, 2.5 and 2.75 s."""
+    from iapo.latency import LatencyModel
+
+    times = CompletionTimes.from_samples([1.0, 3.0])
+    assert times.order_statistics(3).tolist() == pytest.approx([1.25, 2.0, 2.75])
+    assert times.order_statistics(1).tolist() == pytest.approx([2.0])
+    assert expected_latency(np.array([1.0]), 3, 3, times).tolist() == pytest.approx(
+        [2.0, 2.5, 2.0])
+    assert LatencyModel((times,)).one_wave(3).tolist() == [pytest.approx([2.0, 2.5, 2.75])]
+    # a concurrency of 1 runs the wave one completion at a time: decided after 1, 2 and 2
+    assert expected_latency(np.array([1.0]), 3, 3, times, 1).tolist() == pytest.approx(
+        [2.0, 4.0, 4.0])
 
 
 def test_expected_latency_matches_monte_carlo_on_math_rows() -> None:
-    """Five MATH rows of one prompt, N = 9, waves of 2, times from skewed token counts:
+    """Five MATH rows of one prompt, N = 9, waves of 3, times from skewed token counts:
     the exact value lies within 3 standard errors of 40,000 simulated requests per row, drawn
-    answer by answer and time by time."""
+    answer by answer and time by time, the vote checked as each completion comes back."""
     env = get_environment("math")
     rows = env.probs[3, :5]  # [5, L]
     times = CompletionTimes.from_tokens([20, 40, 40, 80, 300], overhead=0.3, per_token=0.01)
-    exact = expected_latency(rows, 9, 2, times)[:, 8]
+    sims, n, wave = 40_000, 9, 3
+    exact = expected_latency(rows, n, wave, times)[:, n - 1]
     rng = np.random.default_rng(0)
-    sims, n, wave = 40_000, 9, 2
+    every = np.arange(sims)
     for row, want in zip(rows, exact, strict=True):
         answers = rng.choice(row.size, size=(sims, n), p=row / row.sum())  # [S, N]
         secs = rng.choice(times.values, size=(sims, n), p=times.probs)
-        seconds = np.zeros(sims)
+        seconds, back = np.zeros(sims), 0
+        counts = np.zeros((sims, row.size), dtype=np.int64)
         live = np.ones(sims, dtype=bool)
         for start in range(0, n, wave):
-            end = min(start + wave, n)
-            seconds[live] += secs[live, start:end].max(axis=1)
-            counts = np.stack([(answers[:, :end] == a).sum(axis=1) for a in range(row.size)],
-                              axis=1)
-            top = np.sort(counts, axis=1)[:, ::-1]
-            live &= ~(top[:, 0] - top[:, 1] > n - end)
+            order = start + np.argsort(secs[:, start: start + wave], axis=1, kind="stable")
+            for i in order.T:  # the round's completions in the order they come back
+                counts[every, answers[every, i]] += 1
+                back += 1
+                top = np.sort(counts, axis=1)[:, ::-1]
+                now = live & (top[:, 0] - top[:, 1] > n - back)
+                seconds[now] += secs[now, i[now]]
+                live &= ~now
+            seconds[live] += secs[live, start: start + wave].max(axis=1)
         sem = seconds.std(ddof=1) / math.sqrt(sims)
         assert abs(seconds.mean() - want) <= 3 * sem, (seconds.mean(), want, sem)
 
@@ -135,13 +111,17 @@ def test_bad_times_are_refused() -> None:
         wave_times(CompletionTimes.from_samples([1.0]), 0)
 
 
-def test_a_bad_table_or_wave_is_refused() -> None:
-    from iapo.latency import latency_from_undecided
+def test_a_bad_table_or_width_is_refused() -> None:
+    from iapo.latency import answer_times, latency_from_undecided
 
-    with pytest.raises(InputError, match="wave 0 must be >= 1"):
-        latency_from_undecided(np.ones((3, 3)), 0, [0.0])
+    with pytest.raises(InputError, match="width 0 and n_max 3 must be >= 1"):
+        answer_times(CompletionTimes.from_samples([1.0]), 3, 0)
     with pytest.raises(InputError, match="undecided"):
-        latency_from_undecided(np.ones((3, 4)), 1, [0.0, 1.0])
+        latency_from_undecided(np.ones((3, 4)), np.ones((3, 4)))
+    with pytest.raises(InputError, match="same last two axes"):
+        latency_from_undecided(np.ones((5, 5)), np.zeros((4, 4)))
+    with pytest.raises(InputError, match="undecided"):
+        latency_from_undecided(np.ones(5), np.zeros(5))
 
 
 @pytest.mark.parametrize("quantile", [0.5, 0.8, 0.95])
@@ -183,7 +163,7 @@ def test_no_answer_never_decides_a_vote_in_latency_either() -> None:
     values, probs = [1.0, 2.5], [0.7, 0.3]
     times = CompletionTimes(np.array(values), np.array(probs))
     q = [0.6, 0.3, 0.1]
-    for wave in (1, 3):  # (waves of 2 decide N = 4 only at its end, under either rule)
+    for wave in (1, 2, 3):
         law = brute_law(q, 4, wave, values, probs, None, abstain=0)
         want = sum(p * v for v, p in law.items())
         got = expected_latency(np.array(q), 4, wave, times, no_answer=0)[3]
@@ -284,17 +264,14 @@ def test_synthetic_parameters_round_trip_and_refuse_bad_values() -> None:
         SyntheticLatency(overhead=float("inf"))
 
 
-def test_bad_wave_tables_are_refused() -> None:
-    from iapo.latency import latency_from_waves
-
-    ones = np.ones((2, 4))
-    with pytest.raises(InputError, match="last shaped as waves"):
-        latency_from_waves(ones, np.ones((2, 3)), 2, np.zeros(3))
-    with pytest.raises(InputError, match=r"wave_time \[\.\.\., 3\]"):
-        latency_from_waves(ones, ones, 2, np.zeros(4))
-    with pytest.raises(InputError, match="0..2 completions"):
-        from iapo.latency import latency_from_undecided
-
-        latency_from_undecided(np.ones((5, 5)), 2, np.zeros(4))
-    with pytest.raises(InputError, match="undecided"):
-        latency_from_undecided(np.ones(5), 1, np.zeros(2))
+def test_the_quantile_of_the_papers_arm_waits_for_every_round() -> None:
+    """Times 1 s or 3 s, equally likely; the paper's arm (wave None) of N = 3 waits for all.
+    At once: 1 s only if all three are (1/8), so its median is 3 s and its 10th percentile
+    1 s. In rounds of 2 then 1: 2 s (1/8), 4 s (1/8 + 3/8) or 6 s (3/8): quantiles 0.1, 0.5
+    and 0.95 are 2, 4 and 6 s, whatever the answers."""
+    times = CompletionTimes.from_samples([1.0, 3.0])
+    for rows in (np.array([1.0]), np.array([[0.5, 0.5], [0.9, 0.1]])):
+        assert latency_quantile(rows, 3, None, times, 0.5, step=1.0) == 3.0
+        assert latency_quantile(rows, 3, None, times, 0.1, step=1.0) == 1.0
+        assert [latency_quantile(rows, 3, None, times, q, 2, step=1.0)
+                for q in (0.1, 0.5, 0.95)] == [2.0, 4.0, 6.0]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from brute import decided_paid, mv_credit, sequences
+from brute import brute_latency, decided_paid, mv_credit, sequences
 from iapo.cli import main
 from iapo.envs import get_environment
 from iapo.envs.base import oracle_report
@@ -25,7 +25,6 @@ from iapo.envs.tabular import MVEnvironment, load_environment
 from iapo.errors import InputError
 from iapo.latency import CompletionTimes, LatencyModel, SyntheticLatency
 from iapo.problem import Choice, ProblemError, Stopping, parse_contexts
-from iapo.stopping import last_wave_probability, undecided_probability
 
 # --- a tiny environment: 2 prompts, 3 queries, 3 answer categories, N_max 4 -------------------
 
@@ -50,24 +49,18 @@ def tiny_env() -> MVEnvironment:
     return out
 
 
-def brute_max(times: tuple[float, ...], w: int) -> float:
-    """E[the longest of w completion times], each of ``times`` equally likely: every
-    assignment."""
-    return sum(max(a) for a in itertools.product(times, repeat=w)) / len(times) ** w
-
-
 def brute_arm(p: int, x: int, n: int, wave: int) -> tuple[float, float, float]:
     """(E[credit], E[paid], E[latency]) of the arm (p, n, wave) on query x: every answer
-    sequence, its waves replayed one by one, each drawn wave waiting for its longest."""
-    credit = paid = seconds = 0.0
+    sequence, its waves replayed one by one (paid at wave boundaries, as priced), and the
+    latency as serving draws the arm, every time assignment enumerated
+    (:func:`brute.brute_latency`)."""
+    credit = paid = 0.0
     for seq, pr in sequences(n, PROBS[p, x]):
         if pr == 0:
             continue
-        t = decided_paid(seq, wave)
-        sizes = [min(wave, t - s) for s in range(0, t, wave)]
         credit += pr * float(mv_credit(seq, GOLD[x]))
-        paid += pr * t
-        seconds += pr * sum(brute_max(TIMES[p], s) for s in sizes)
+        paid += pr * decided_paid(seq, wave)
+    seconds = brute_latency(list(PROBS[p, x]), n, wave, list(TIMES[p]), [0.5, 0.5], None)
     return credit, paid, seconds
 
 
@@ -137,14 +130,6 @@ def test_the_oracle_picks_the_best_prompt_n_and_width() -> None:
         assert row["all_q"] == pytest.approx(max(one_wave), abs=1e-12)
         assert row["gain"] >= 0
     assert out["latency_model"]["mean_seconds"] == [2.0, 1.25]
-
-
-def test_the_last_wave_is_drawn_while_undecided_when_it_would_begin() -> None:
-    """Answers 0.5 / 0.5, waves of 2: the arm N = 3 begins its last wave (1 answer) after 2,
-    undecided unless both agreed (1/2); N = 4 after 2, undecided always (margin <= 2)."""
-    table = undecided_probability([0.5, 0.5], 4)
-    last = last_wave_probability(table, 2)
-    assert last.tolist() == pytest.approx([1.0, 1.0, 0.5, 1.0])
 
 
 # --- the synthetic latency model ----------------------------------------------------------------
@@ -246,7 +231,8 @@ def test_oracle_reports_the_wave_and_latency_of_every_context() -> None:
     """Every context's wave W and expected latency, next to prompt and N; a limited
     context's arm meets its limit; the reported latency and completions lie within 3
     standard errors of 20,000 simulated requests on uniformly drawn MATH queries, answers and
-    times drawn one by one."""
+    times drawn one by one (the vote checked as each answer comes back, the price at wave
+    boundaries)."""
     out = oracle_json("--stop", "decided", "--wave", "auto", "--contexts", MATH_CONTEXTS)
     assert out["stopping"]["widths"] == [1, 2, 4, 8, 16, 32]
     env = get_environment("math")
@@ -267,14 +253,23 @@ def test_oracle_reports_the_wave_and_latency_of_every_context() -> None:
         times = model.times[p]
         secs = rng.choice(times.values, size=(sims, n), p=times.probs)
         seconds, paid = np.zeros(sims), np.zeros(sims)
-        live = np.ones(sims, dtype=bool)
+        counts = np.zeros((sims, 5), dtype=np.int64)
+        every = np.arange(sims)
+        waiting = np.ones(sims, dtype=bool)  # the caller, as each answer comes back
+        paying = np.ones(sims, dtype=bool)  # the price, checked at wave boundaries
         for start in range(0, n, w):
             end = min(start + w, n)
-            seconds[live] += secs[live, start:end].max(axis=1)
-            paid[live] = end
-            counts = np.stack([(answers[:, :end] == a).sum(1) for a in range(5)], axis=1)
+            order = start + np.argsort(secs[:, start:end], axis=1, kind="stable")
+            for back, i in enumerate(order.T, start + 1):
+                counts[every, answers[every, i]] += 1
+                top = np.sort(counts, axis=1)
+                now = waiting & (top[:, -1] - top[:, -2] > n - back)
+                seconds[now] += secs[now, i[now]]
+                waiting &= ~now
+            seconds[waiting] += secs[waiting, start:end].max(axis=1)
+            paid[paying] = end
             top = np.sort(counts, axis=1)
-            live &= ~(top[:, -1] - top[:, -2] > n - end)
+            paying &= ~(top[:, -1] - top[:, -2] > n - end)
         for sim, want in [(seconds, row["latency"]), (paid, row["paid"])]:
             sem = sim.std(ddof=1) / math.sqrt(sims)
             assert abs(sim.mean() - want) <= 3 * sem + 1e-9, (row, sim.mean(), sem)

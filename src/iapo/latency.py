@@ -1,30 +1,36 @@
 """How long a majority vote that stops once decided makes its caller wait (beyond the paper).
 
-The model, and what it assumes:
+The model, and what it assumes (what ``iapo answer`` and ``iapo serve`` do,
+:mod:`iapo.live.waves`):
 
 - A completion of a prompt takes ``overhead + per_token x tokens`` seconds, its tokens drawn
   i.i.d. from the prompt's token distribution (:meth:`CompletionTimes.from_tokens`), or its
   time drawn from observed times (:meth:`CompletionTimes.from_samples`). The time does not
   depend on the answer.
-- A wave of w completions is sent at once. Up to ``concurrency`` of them run in parallel, so
-  a wave takes the longest of its completions, in ceil(w / concurrency) rounds, one after the
-  other (:func:`wave_times`).
-- Waves run one after the other; the arm (p, N, W) draws waves of W (the last one
-  min(W, N - drawn)) until the vote is decided (:mod:`iapo.stopping`).
+- The arm (p, N, W) asks for its completions in waves of W, and at most ``concurrency`` run
+  at once: a wave wider than the concurrency is drawn as waves of the concurrency, so the
+  arm runs in rounds of r = min(W, concurrency) (the last one what is left of N), one after
+  the other, the completions of a round in parallel.
+- The vote is checked after every completion that comes back. Once it is decided, the rest of
+  the round is cancelled and no further round is asked for: the caller waits until the
+  answer that decided it.
 
-Exact expected latency. A wave that starts after t answers is drawn with probability
-P(undecided at t) (:func:`iapo.stopping.undecided_probability`), and its time is independent
-of whether it is drawn (times do not depend on answers), so
+Exact expected latency. Let tau be the number of answers back when the vote is decided (N if
+never before). Answers arrive in an order set by times alone, so in arrival order they are
+i.i.d. and tau has the law of answers checked one by one: P(tau > t) = P(undecided at t)
+(:func:`iapo.stopping.undecided_probability`), for every W. The k-th answer back arrives, in
+expectation, after the rounds before its own (each the longest of r) and the j-th shortest
+time of its own round (:func:`answer_times`), independently of tau. So
 
-    E[latency of (p, N, W) on a query] = sum over wave starts t of
-        P(undecided at t) x E[time of a wave of min(W, N - t)],
+    E[latency of (p, N, W) on a query] = sum over t < N of
+        P(undecided at t) x (E[time of answer t + 1] - E[time of answer t])
 
-with E[time of a wave of w] from the exact law of the maximum of w i.i.d. discrete times:
-E[max] = sum_k v_k (F(v_k)^w - F(v_{k-1})^w). Every wave but the last holds W completions,
-so this is (E[waves] - P(last wave drawn)) x E[time of a wave of W] + P(last wave drawn) x
-E[time of the last wave] (:func:`latency_from_waves`), both factors from the stopping rule's
-dynamic program (:func:`iapo.stopping.expected_waves`). A quantile (the p95) is computed on a
-time grid, with a stated error (:func:`latency_quantile`).
+(:func:`latency_from_undecided`), with the j-th shortest of s i.i.d. discrete times exact:
+P(X_(j) <= v) = P(Binomial(s, F(v)) >= j). The paper's arms, which pay all N, wait for every
+round (:meth:`LatencyModel.one_wave`). A quantile (the p95) is computed on a time grid, with a
+stated error (:func:`latency_quantile`).
+
+Completions paid are priced at wave boundaries (:mod:`iapo.stopping`): live pays at most that.
 """
 
 from __future__ import annotations
@@ -35,12 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from iapo.errors import InputError
-from iapo.stopping import (
-    last_wave_probability,
-    last_wave_start,
-    paid_from_undecided,
-    undecided_probability,
-)
+from iapo.stopping import undecided_probability
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -92,6 +93,17 @@ class CompletionTimes:
         below = np.concatenate([[0.0], cdf[:-1]])
         return float(self.values @ (cdf ** w - below ** w))
 
+    def order_statistics(self, size: int) -> FloatArray:
+        """E[the j-th shortest of ``size`` i.i.d. completion times], j = 1..size: [size].
+        P(X_(j) <= v) = P(at least j of the ``size`` times are <= v), a binomial tail."""
+        from scipy.stats import binom
+
+        cdf = np.minimum(np.cumsum(self.probs), 1.0)
+        below = np.concatenate([[0.0], cdf[:-1]])
+        j = np.arange(1, size + 1)[:, None]
+        law = binom.sf(j - 1, size, cdf[None, :]) - binom.sf(j - 1, size, below[None, :])
+        return np.asarray(law @ self.values, dtype=np.float64)
+
 
 @dataclass(frozen=True, eq=False)
 class LatencyModel:
@@ -124,12 +136,17 @@ class LatencyModel:
         """E[time of a wave of w completions] of every prompt, w = 0..wave: [P, wave+1]."""
         return np.stack([wave_times(t, wave, self.concurrency) for t in self.times])
 
-    def arm_latency(self, waves: npt.ArrayLike, last: npt.ArrayLike, wave: int) -> FloatArray:
-        """Expected latency of the arms (p, N, ``wave``) from their waves and last-wave
-        probabilities [P, X, n_max] (:func:`iapo.stopping.expected_waves`): [P, X, n_max]."""
-        w = np.asarray(waves, dtype=np.float64)
-        width = min(int(wave), w.shape[-1])
-        return latency_from_waves(w, last, width, self.wave_times(width)[:, None, :])
+    def width(self, wave: int) -> int:
+        """The rounds an arm in waves of ``wave`` runs in: a wave wider than the concurrency is
+        drawn as waves of the concurrency (live as in the model)."""
+        return round_width(wave, self.concurrency)
+
+    def steps(self, wave: int, n_max: int) -> FloatArray:
+        """Every prompt's :func:`answer_steps` for arms in waves of ``wave``: [P, n_max+1,
+        n_max+1]. With an undecided table, :func:`latency_from_undecided` gives the expected
+        latency of each arm (p, N, ``wave``)."""
+        width = min(self.width(wave), int(n_max))
+        return np.stack([answer_steps(t, n_max, width) for t in self.times])
 
     def one_wave(self, n_max: int) -> FloatArray:
         """Expected latency of the arms (p, N) that send all N at once (the paper's arms):
@@ -253,57 +270,67 @@ def wave_times(times: CompletionTimes, wave: int, concurrency: int | None = None
     return np.array([(w // c) * full + times.max_of(w % c) for w in range(wave + 1)])
 
 
-def latency_from_waves(waves: npt.ArrayLike, last: npt.ArrayLike, wave: int,
-                       wave_time: npt.ArrayLike) -> FloatArray:
-    """Expected latency of the arms N = 1..n_max from their expected waves and the probability
-    that their last wave is drawn (:func:`iapo.stopping.expected_waves`), each [..., n_max],
-    and the expected time of a wave of each size 0..wave, ``wave_time`` [..., wave+1]
-    (:func:`wave_times`; leading axes broadcast against ``waves``'): [..., n_max].
-
-    Every wave of the arm N but its last holds ``wave`` completions; the last, begun after
-    :func:`iapo.stopping.last_wave_start` answers, holds the rest, so E[latency] = (E[waves] -
-    P(last drawn)) x E[time of a wave of min(wave, N)] + P(last drawn) x E[time of the last].
-    """
-    w = np.asarray(waves, dtype=np.float64)
-    drawn_last = np.asarray(last, dtype=np.float64)
-    times = np.asarray(wave_time, dtype=np.float64)
-    n_max = w.shape[-1]
-    if wave < 1 or times.shape[-1] != wave + 1 or drawn_last.shape != w.shape:
-        raise InputError(f"wave {wave} must be >= 1, wave_time [..., {wave + 1}] (got "
-                         f"{times.shape}) and last shaped as waves {w.shape} (got "
-                         f"{drawn_last.shape}): pass wave_times' and expected_waves' output")
-    n = np.arange(1, n_max + 1)
-    full = times[..., np.minimum(wave, n)]
-    rest = times[..., np.minimum(n - last_wave_start(n_max, wave), wave)]
-    return np.asarray((w - drawn_last) * full + drawn_last * rest, dtype=np.float64)
+def round_width(wave: int, concurrency: int | None) -> int:
+    """min(``wave``, ``concurrency``): the completions that run at once in an arm in waves of
+    ``wave`` (a wider wave is drawn as waves of the concurrency)."""
+    c = _round_size(wave, concurrency)
+    return min(int(wave), c)
 
 
-def latency_from_undecided(undecided: npt.ArrayLike, wave: int, wave_time: npt.ArrayLike
-                           ) -> FloatArray:
-    """Expected latency from an undecided table (:func:`iapo.stopping.undecided_probability`,
-    [..., n_max+1, n_max+1]) and the expected time of a wave of each size 0..wave
-    (:func:`wave_times`): [..., n_max], column N-1 for the arm N."""
+def answer_times(times: CompletionTimes, n_max: int, width: int) -> FloatArray:
+    """E[time until the k-th answer of the arm N is back], completions asked for in rounds
+    of ``width``, each round once the one before is back: [n_max+1, n_max+1] indexed [N, k]
+    (0 for k = 0 and k > N). The k-th answer is the j-th shortest of its round of s, after m
+    full rounds: m x E[longest of width] + E[j-th shortest of s]."""
+    if width < 1 or n_max < 1:
+        raise InputError(f"width {width} and n_max {n_max} must be >= 1")
+    r = min(int(width), int(n_max))
+    order = np.zeros((r + 1, r + 1))  # [s, j]: E[the j-th shortest of s]
+    for s in range(1, r + 1):
+        order[s, 1: s + 1] = times.order_statistics(s)
+    n = np.arange(n_max + 1)[:, None]
+    k = np.arange(n_max + 1)[None, :]
+    m = np.maximum(k - 1, 0) // r
+    size = np.clip(n - m * r, 0, r)
+    j = np.clip(k - m * r, 0, r)
+    out = m * order[r, r] + order[size, j]
+    return np.where((k >= 1) & (k <= n), out, 0.0)
+
+
+def answer_steps(times: CompletionTimes, n_max: int, width: int) -> FloatArray:
+    """E[time from the t-th answer to the (t+1)-th] of the arm N (:func:`answer_times`):
+    [n_max+1, n_max+1] indexed [N, t] (0 for t >= N), what the undecided table weighs."""
+    at = answer_times(times, n_max, width)
+    steps = np.zeros_like(at)
+    steps[:, :-1] = at[:, 1:] - at[:, :-1]
+    n = np.arange(n_max + 1)[:, None]
+    return np.where(np.arange(n_max + 1)[None, :] < n, steps, 0.0)
+
+
+def latency_from_undecided(undecided: npt.ArrayLike, steps: npt.ArrayLike) -> FloatArray:
+    """Expected latency of the arms N = 1..n_max from an undecided table
+    (:func:`iapo.stopping.undecided_probability`, [..., n_max+1, n_max+1]) and the expected
+    time between answers (:func:`answer_steps`, broadcast against it): [..., n_max].
+    E[latency] = sum over t < N of P(undecided at t) x E[time from answer t to t + 1]."""
     table = np.asarray(undecided, dtype=np.float64)
-    times = np.asarray(wave_time, dtype=np.float64)
-    if wave < 1 or table.ndim < 2 or table.shape[-1] != table.shape[-2]:
-        raise InputError(f"wave {wave} must be >= 1 and undecided [..., n_max+1, n_max+1] "
-                         f"(got {table.shape}): pass undecided_probability's output")
-    if times.shape != (wave + 1,):
-        raise InputError(f"wave_time must give the time of a wave of 0..{wave} completions; "
-                         f"got shape {times.shape}")
-    _, waves = paid_from_undecided(table, wave)
-    return latency_from_waves(waves, last_wave_probability(table, wave), wave, times)
+    step = np.asarray(steps, dtype=np.float64)
+    if table.ndim < 2 or table.shape[-1] != table.shape[-2] or step.shape[-2:] != \
+            table.shape[-2:]:
+        raise InputError(f"undecided [..., n_max+1, n_max+1] (got {table.shape}) and steps of "
+                         f"the same last two axes (got {step.shape}): pass "
+                         "undecided_probability's and answer_steps' output")
+    return np.asarray((table * step).sum(axis=-1)[..., 1:], dtype=np.float64)
 
 
 def expected_latency(probs: npt.ArrayLike, n_max: int, wave: int, times: CompletionTimes,
                      concurrency: int | None = None,
                      no_answer: npt.ArrayLike | None = None) -> FloatArray:
-    """Exact expected latency (seconds) of the arms (p, N, ``wave``), N = 1..n_max, on answer
-    distributions ``probs`` [..., L] of one prompt whose completions take ``times``:
-    [..., n_max]. ``wave`` >= n_max is the paper's arm (one wave of N)."""
+    """Exact expected latency (seconds) of the arms (p, N, ``wave``) that stop once decided,
+    N = 1..n_max, on answer distributions ``probs`` [..., L] of one prompt whose completions
+    take ``times``: [..., n_max]."""
     table = undecided_probability(probs, n_max, no_answer)
-    w = min(int(wave), int(n_max))
-    return latency_from_undecided(table, w, wave_times(times, w, concurrency))
+    width = min(round_width(wave, concurrency), int(n_max))
+    return latency_from_undecided(table, answer_steps(times, n_max, width))
 
 
 def _grid_cdf(times: CompletionTimes, step: float) -> FloatArray:
@@ -314,59 +341,59 @@ def _grid_cdf(times: CompletionTimes, step: float) -> FloatArray:
     return np.asarray(np.minimum(np.cumsum(pmf), 1.0), dtype=np.float64)
 
 
-def _wave_law(cdf: FloatArray, size: int, concurrency: int) -> FloatArray:
-    """The law on the grid of a wave of ``size`` completions, in rounds of at most
-    ``concurrency`` (each round the longest of its completions): [G'] (a point mass at 0
-    for size 0)."""
-    law = np.ones(1)
-    for r in [concurrency] * (size // concurrency) + ([size % concurrency] if size % concurrency
-                                                        else []):
-        longest = np.diff(np.concatenate([[0.0], cdf ** r]))
-        law = np.convolve(law, longest)
-    return law
+def _order_law(cdf: FloatArray, size: int, j: int) -> FloatArray:
+    """The law on the grid of the j-th shortest of ``size`` completion times: [G]."""
+    from scipy.stats import binom
+
+    return np.diff(np.concatenate([[0.0], binom.sf(j - 1, size, cdf)]))
 
 
-def latency_quantile(probs: npt.ArrayLike, n: int, wave: int, times: CompletionTimes,
+def latency_quantile(probs: npt.ArrayLike, n: int, wave: int | None, times: CompletionTimes,
                      quantile: float = 0.95, concurrency: int | None = None,
                      step: float | None = None,
                      no_answer: npt.ArrayLike | None = None) -> float:
-    """The ``quantile`` of the latency (seconds) of the arm (p, n, ``wave``) over the rows
-    ``probs`` [X, L] (queries drawn uniformly; one row [L] for one query).
+    """The ``quantile`` of the latency (seconds) of the arm (p, n, ``wave``) that stops once
+    decided, over the rows ``probs`` [X, L] (queries drawn uniformly; one row [L] for one
+    query). ``wave`` None: the paper's arm, which pays all n and waits for every round
+    (``probs`` unused).
 
     The numeric method: completion times are put on a grid of ``step`` seconds (default the
-    mean completion time / 200), each rounded to the nearest grid point; the law of each
-    wave's time (the longest of each round) and of their sums are then exact on the grid
-    (convolutions), mixed over the number of waves drawn (P(exactly k) = P(undecided at the
-    start of wave k) - P(undecided at the start of wave k + 1), by monotonicity) and over
-    the rows. The answer is the smallest grid value whose probability of not being exceeded
-    reaches ``quantile``; it is off by at most rounds x step / 2 from the exact quantile of
-    the unrounded times, rounds being the most rounds the arm can run."""
+    mean completion time / 200), each rounded to the nearest grid point. The law of the time
+    of the k-th answer (m full rounds, each the longest of its completions, then the j-th
+    shortest of its own round) is then exact on the grid (convolutions), mixed over the
+    answer that decides the vote (P(tau = k) = P(undecided at k - 1) - P(undecided at k), k <
+    n; the rest at n) and over the rows. The answer is the smallest grid value whose
+    probability of not being exceeded reaches ``quantile``. Rounding is monotone, so it is off
+    by at most rounds x step / 2 from the exact quantile of the unrounded times, rounds being
+    the most rounds the arm can run."""
     if not 0 < quantile < 1:
         raise InputError(f"quantile {quantile} must lie strictly between 0 and 1")
     p = np.asarray(probs, dtype=np.float64)
     rows = p.reshape(-1, p.shape[-1])
-    w = min(int(wave), int(n))
-    c = _round_size(w, concurrency)
+    r = min(round_width(n if wave is None else wave, concurrency), int(n))
     h = times.mean() / 200 if step is None else float(step)
     if not h > 0:
         raise InputError(f"step {step} must be > 0 seconds")
-    undecided = undecided_probability(rows, n, no_answer)[:, n]  # [X, t]
-    starts = list(range(0, n, w))
-    drawn = undecided[:, starts]  # [X, K]: P(wave k is drawn)
-    exactly = drawn - np.concatenate([drawn[:, 1:], np.zeros((drawn.shape[0], 1))], axis=1)
+    if wave is None:  # every answer is waited for
+        decides = np.zeros(n)
+        decides[-1] = 1.0
+    else:
+        undecided = undecided_probability(rows, n, no_answer)[:, n].mean(axis=0)  # [t]
+        decides = undecided[:n] - np.concatenate([undecided[1:n], [0.0]])  # P(tau = k)
     cdf = _grid_cdf(times, h)
-    sums, law = [], np.ones(1)
-    for t in starts:  # the law of the time of the first k waves, k = 1..K
-        law = np.convolve(law, _wave_law(cdf, min(w, n - t), c))
-        sums.append(law)
-    size = sums[-1].size
-    mixed = np.zeros(size)
-    weight = exactly.mean(axis=0)  # [K]: over the rows, uniformly
-    for k, law_k in enumerate(sums):
-        mixed[: law_k.size] += weight[k] * law_k
+    longest = np.diff(np.concatenate([[0.0], cdf ** r]))
+    laws, before = [], np.ones(1)  # before: the law of the full rounds so far
+    for start in range(0, n, r):
+        size = min(r, n - start)
+        laws += [np.convolve(before, _order_law(cdf, size, j)) for j in range(1, size + 1)]
+        before = np.convolve(before, longest)
+    mixed = np.zeros(max(law.size for law in laws))
+    for weight, law in zip(decides, laws, strict=True):
+        mixed[: law.size] += weight * law
     reach = np.cumsum(mixed)
     return float(np.searchsorted(reach, quantile - 1e-12) * h)
 
 
-__all__ = ["CompletionTimes", "LatencyModel", "SyntheticLatency", "expected_latency",
-           "latency_from_undecided", "latency_from_waves", "latency_quantile", "wave_times"]
+__all__ = ["CompletionTimes", "LatencyModel", "SyntheticLatency", "answer_steps", "answer_times",
+           "expected_latency", "latency_from_undecided", "latency_quantile", "round_width",
+           "wave_times"]

@@ -31,17 +31,19 @@ import numpy.typing as npt
 
 from iapo.errors import InputError
 from iapo.exact import abstain_first, bon_expected_max, mv_polya_credit
+from iapo.latency import latency_from_undecided
 from iapo.memo import Memo
 from iapo.problem import Problem
 from iapo.pulls import Observation, abstain_categories
+from iapo.stopping import paid_from_undecided
 from iapo.utility import cost_term, gold_first, latency_priced, task_values, unique_rows
 
 FloatArray = npt.NDArray[np.float64]
 # posterior credits by (alpha, N_max, no-answer rule), each a bounded memo keyed by the votes
 _POLYA: dict[tuple[float, int, str], Memo] = {}
-# expected completions paid, waves and P(last wave) under the posterior mean, by (alpha, N_max,
-# wave, no-answer rule)
-_PAID: dict[tuple[float, int, int, str], Memo] = {}
+# the undecided table under the posterior mean (what completions paid, waves and latency of
+# every width are linear in), by (alpha, N_max, no-answer rule); N_max = 32 holds 1,089 floats
+_UNDECIDED: dict[tuple[float, int, str], Memo] = {}
 
 
 class ModelQTable:
@@ -177,12 +179,13 @@ class ModelQTable:
                     None, seconds)
         widths = stopping.widths or (stopping.wave,)
         per_width, per_seconds = [], []
+        undecided = self._mv_undecided()  # [P, N+1, N+1]
         for w in widths:
-            paid, waves, last = self._mv_waves(w)  # [P, N] each
+            paid, _ = paid_from_undecided(undecided, w)  # [P, N]
             q = task - cost_term(cw, (cost[:, None] * paid)[None])
             if priced:
                 assert problem.latency is not None
-                seconds = problem.latency.arm_latency(waves[:, None], last[:, None], w)[:, 0]
+                seconds = latency_from_undecided(undecided, problem.latency.steps(w, n_max))
                 q = latency_priced(q, seconds[None], grid.latency_weights, grid.latency_limits)
                 per_seconds.append(np.broadcast_to(seconds, q.shape))
             per_width.append(q)
@@ -208,21 +211,22 @@ class ModelQTable:
         w1 = self.problem.grid.weights[:, 0]
         return w1[:, None, None] * credit[None]
 
-    def _mv_waves(self, wave: int) -> tuple[FloatArray, FloatArray, FloatArray]:
-        """Expected completions paid, waves drawn and P(last wave drawn) by an arm that stops
-        once decided in waves of ``wave``, under each query's posterior mean answer
-        probabilities, averaged over each prompt's queries: [P, N] each (a plug-in estimate;
-        :func:`iapo.stopping.expected_waves`)."""
-        from iapo.stopping import expected_waves
+    def _mv_undecided(self) -> FloatArray:
+        """P(undecided after t answers) of the arms N, under each query's posterior mean
+        answer probabilities, averaged over each prompt's queries: [P, N+1, N+1] (a plug-in
+        estimate; :func:`iapo.stopping.undecided_probability`). Completions paid, waves and
+        latency of every width are linear in it."""
+        from iapo.stopping import undecided_probability
 
         n_max, rule = self.problem.n_max, self.problem.no_answer
         no_answer = 1 if rule == "abstain" else None  # "no answer" stands second
+        size = (n_max + 1) ** 2
         table = self._over_queries(
-            _PAID.setdefault((self.alpha, n_max, wave, rule), Memo()),
-            lambda a: np.concatenate(expected_waves(a / a.sum(axis=1, keepdims=True), n_max,
-                                                    wave, no_answer), axis=1),
-            3 * n_max)
-        return table[:, :n_max], table[:, n_max: 2 * n_max], table[:, 2 * n_max:]
+            _UNDECIDED.setdefault((self.alpha, n_max, rule), Memo(50_000)),
+            lambda a: undecided_probability(a / a.sum(axis=1, keepdims=True), n_max,
+                                            no_answer).reshape(-1, size),
+            size)
+        return table.reshape(-1, n_max + 1, n_max + 1)
 
     def _over_queries(self, memo: Memo, of_posterior: Callable[[FloatArray], FloatArray],
                       width: int | None = None) -> FloatArray:

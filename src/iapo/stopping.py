@@ -64,8 +64,6 @@ from iapo.utility import unique_rows
 
 __all__ = [
     "expected_paid",
-    "expected_waves",
-    "last_wave_probability",
     "paid_from_undecided",
     "stop_points",
     "leader_probability",
@@ -247,25 +245,6 @@ def _per_wave(undecided: FloatArray, wave: int, per_size: FloatArray) -> FloatAr
     return np.einsum("...nt,nt->...n", undecided, value)[..., 1:]
 
 
-def last_wave_start(n_max: int, wave: int) -> IntArray:
-    """After how many answers the last wave the arm N can draw begins, for N = 1..n_max:
-    [n_max], ((N - 1) // wave) x wave. That wave holds the N - start answers left (at most
-    ``wave``); every earlier wave holds ``wave``."""
-    n = np.arange(1, n_max + 1)
-    return ((n - 1) // wave) * wave
-
-
-def last_wave_probability(undecided: npt.ArrayLike, wave: int) -> FloatArray:
-    """P(the last wave of the arm N is drawn) = P(undecided when it would begin), for N =
-    1..n_max: undecided [..., n_max+1, n_max+1] -> [..., n_max]. With E[waves] it gives the
-    expected count of full waves and of the last one, which may be smaller: what the latency
-    of an arm needs (:func:`iapo.latency.latency_from_waves`)."""
-    w = _check_wave(wave)
-    table = np.asarray(undecided, dtype=np.float64)
-    n_max = table.shape[-1] - 1
-    return table[..., np.arange(1, n_max + 1), last_wave_start(n_max, w)]
-
-
 def expected_paid(probs: npt.ArrayLike, n_max: int, wave: int,
                   no_answer: npt.ArrayLike | None = None) -> tuple[FloatArray, FloatArray]:
     """Expected completions paid and waves drawn by the decided rule, for N = 1..n_max.
@@ -274,25 +253,14 @@ def expected_paid(probs: npt.ArrayLike, n_max: int, wave: int,
     ``no_answer`` [...] (the abstain rule's category, -1: none; None: the vote rule) ->
     (completions, waves), each [..., n_max] (column N-1 for the arm N).
     """
-    paid, waves, _ = expected_waves(probs, n_max, wave, no_answer)
-    return paid, waves
-
-
-def expected_waves(probs: npt.ArrayLike, n_max: int, wave: int,
-                   no_answer: npt.ArrayLike | None = None
-                   ) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """:func:`expected_paid`'s (completions, waves) and :func:`last_wave_probability`, from one
-    undecided table: each [..., n_max]."""
     p = _check_probs(probs)
     n = _check_n_max(n_max)
     w = _check_wave(wave)
     table, inverse = _undecided_unique(p.reshape(-1, p.shape[-1]), n,
                                        _flat_no_answer(no_answer, p.shape[:-1]))
     paid, waves = paid_from_undecided(table, w)
-    last = last_wave_probability(table, w)
     shape = (*p.shape[:-1], n)
-    return (paid[inverse].reshape(shape), waves[inverse].reshape(shape),
-            last[inverse].reshape(shape))
+    return paid[inverse].reshape(shape), waves[inverse].reshape(shape)
 
 
 # --- the rule on counted votes -------------------------------------------------------------------

@@ -30,6 +30,8 @@ from iapo.utility import cost_term, latency_priced
 if TYPE_CHECKING:
     from iapo.latency import LatencyModel, SyntheticLatency
 
+STOP_TABLES = ("paid", "waves", "seconds")  # an environment's decided-vote tables, per width
+
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
@@ -249,18 +251,23 @@ class Environment(ABC):
             _, widx = self.problem.grid.distinct_weights()
             paid = waves = None
             stopping = self.problem.stopping
+            from iapo.latency import SyntheticLatency
+
             latency = self.latency_model(arrays["cost"])
             n_max = self.problem.n_max
             if stopping.early:
                 def stop_compute() -> dict[str, npt.NDArray]:
-                    return dict(zip(("paid", "waves", "last"),
-                                    self._stopping_table(stopping.wave, progress), strict=True))
+                    return dict(zip(STOP_TABLES, self._stopping_table(stopping.wave, latency,
+                                                                      progress), strict=True))
 
-                key = f"{self.name}-{self.fingerprint()}-decided-w{stopping.wave}"
-                stop = (load_or_compute(key, stop_compute, required=("paid", "waves", "last"))
-                        if self.cacheable else stop_compute())
-                paid, waves = stop["paid"], stop["waves"]
-                seconds = latency.arm_latency(waves, stop["last"], stopping.wave)
+                # a synthetic model is its description; another is not cached
+                cache = (self.cacheable and
+                         SyntheticLatency.from_description(latency.description) is not None)
+                model = hashlib.sha256(latency.description.encode()).hexdigest()[:12]
+                key = f"{self.name}-{self.fingerprint()}-decided-w{stopping.wave}-{model}"
+                stop = (load_or_compute(key, stop_compute, required=STOP_TABLES) if cache
+                        else stop_compute())
+                paid, waves, seconds = (stop[k] for k in STOP_TABLES)
             else:  # one wave of N
                 seconds = np.broadcast_to(latency.one_wave(n_max)[:, None, :],
                                           (*arrays["cost"].shape, n_max))
@@ -341,11 +348,11 @@ class Environment(ABC):
             env.problem = dataclasses.replace(problem, latency=env.latency_model())
         return env
 
-    def _stopping_table(self, wave: int, progress: bool
+    def _stopping_table(self, wave: int, latency: LatencyModel, progress: bool
                         ) -> tuple[FloatArray, FloatArray, FloatArray]:
-        """(paid, waves, last) [P, X, N_max]: expected completions paid, waves drawn and the
-        probability that the last wave is drawn (:func:`iapo.stopping.expected_waves`) by arms
-        that stop once decided, in waves of ``wave``."""
+        """(paid, waves, seconds) [P, X, N_max]: expected completions paid, waves drawn and
+        latency under ``latency`` (:mod:`iapo.latency`) of arms that stop once decided, in
+        waves of ``wave``."""
         raise self._cannot_stop()
 
     def _cannot_stop(self) -> InputError:
@@ -363,19 +370,19 @@ class Environment(ABC):
         waves = 1.0 if table.waves is None else table.expected(table.waves)[p, n]
         return {"paid": float(paid), "waves": float(waves),
                 "latency": float(table.expected(table.seconds())[p, n]),
-                "latency_p95": env.latency_quantile(arm, arm.n if wave is None else wave)}
+                "latency_p95": env.latency_quantile(arm, wave)}
 
-    def latency_quantile(self, arm: Arm, wave: int, quantile: float = 0.95) -> float:
+    def latency_quantile(self, arm: Arm, wave: int | None, quantile: float = 0.95) -> float:
         """The ``quantile`` of the latency of the arm (p, N, ``wave``) on a uniformly drawn
-        query (:func:`iapo.latency.latency_quantile`). Arms that stop early need answer
-        distributions; one wave of N (``wave`` >= N) needs none."""
+        query (:func:`iapo.latency.latency_quantile`; ``wave`` None: the paper's arm, all N
+        waited for). Arms that stop early need answer distributions; the paper's need none."""
         from iapo.latency import latency_quantile
 
-        if wave < arm.n:
+        if wave is not None:
             raise self._cannot_stop()
-        return latency_quantile(np.ones((1, 1)), arm.n, arm.n,
-                                self.latency_model().times[arm.prompt], quantile,
-                                self.latency_model().concurrency)
+        model = self.latency_model()
+        return latency_quantile(np.ones((1, 1)), arm.n, None, model.times[arm.prompt],
+                                quantile, model.concurrency)
 
     def q(self, queries: npt.ArrayLike | None = None) -> FloatArray:
         """Exact Q(c, p, N) on ``queries`` (all if None): [C, P, N_max]. Where the wave width
@@ -455,9 +462,10 @@ def oracle_report(env: Environment, stopping: Stopping) -> dict[str, Any]:
     wave width W (N for one wave of N), expected completions paid and waves drawn, and its
     expected and 95th-percentile latency in seconds under the latency model. With arms that
     stop early, also "stopping", "acr_all" (the optimal ACR of the arms that send all N at
-    once, W = N) and "gain", and per context the best such arm ("all_prompt", "all_n",
-    "all_q") and the context's "gain". A context whose latency limit no arm meets is an
-    InputError that names the fastest arm."""
+    once, W = N: they pay all N, as the paper's, and answer once decided) and "gain", and
+    per context the best such arm ("all_prompt", "all_n", "all_q") and the context's
+    "gain". A context whose latency limit no arm meets is an InputError that names the
+    fastest arm."""
     stopped = env.with_stopping(stopping)
     if stopping.widths:  # Q of every width once: its best, and which width that is
         q4 = stopped.width_q()
@@ -477,7 +485,8 @@ def oracle_report(env: Environment, stopping: Stopping) -> dict[str, Any]:
     result: dict[str, Any] = {"env": env.name, "acr": acr(q, arms, grid.probabilities),
                               "latency_model": stopped.latency_model().to_dict()}
     if stopping.early:
-        q_all = env.with_stopping(Stopping()).q()
+        # one wave of N that answers once decided: the paper's arm in completions paid
+        q_all = env.with_stopping(Stopping("decided", env.problem.n_max)).q()
         arms_all = best_arms(q_all)
         value_all = acr(q_all, arms_all, grid.probabilities)
         for i, (r, a) in enumerate(zip(rows, arms_all, strict=True)):

@@ -52,6 +52,7 @@ import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -68,6 +69,9 @@ from iapo.problem import (
     ProblemError,
 )
 from iapo.utility import task_values
+
+if TYPE_CHECKING:
+    from iapo.latency import LatencyModel
 
 _TOL = 1e-6
 
@@ -242,9 +246,10 @@ class MVEnvironment(Environment):
         assert isinstance(out, MVEnvironment)
         return out
 
-    def latency_quantile(self, arm: Arm, wave: int, quantile: float = 0.95) -> float:
+    def latency_quantile(self, arm: Arm, wave: int | None, quantile: float = 0.95) -> float:
         """The ``quantile`` of the latency of the arm (p, N, ``wave``) on a uniformly drawn
-        query where its prompt has data (:func:`iapo.latency.latency_quantile`)."""
+        query where its prompt has data (:func:`iapo.latency.latency_quantile`; ``wave``
+        None: the paper's arm, all N waited for)."""
         from iapo.latency import latency_quantile
 
         seen = slice(None) if self.observed is None else self.observed[arm.prompt]
@@ -288,18 +293,26 @@ class MVEnvironment(Environment):
         cost = np.broadcast_to(self.cost[:, None], (n_prompts, n_queries)).copy()
         return task, cost
 
-    def _stopping_table(self, wave: int, progress: bool
+    def _stopping_table(self, wave: int, latency: LatencyModel, progress: bool
                         ) -> tuple[FloatArray, FloatArray, FloatArray]:
-        from iapo.stopping import expected_waves
+        from tqdm.auto import tqdm
 
-        n_prompts, n_queries, n_cat = self.probs.shape
+        from iapo.latency import latency_from_undecided
+        from iapo.stopping import paid_from_undecided, undecided_probability
+
+        n_prompts, n_queries, _ = self.probs.shape
+        n_max = self.problem.n_max
         abstain = self._abstain()
-        tables = expected_waves(self.probs.reshape(-1, n_cat), self.problem.n_max, wave,
-                                None if abstain is None else np.tile(abstain, n_prompts))
-        shape = (n_prompts, n_queries, self.problem.n_max)
-        paid, waves, last = (t.reshape(shape) for t in tables)
-        return paid, waves, last
-
+        steps = latency.steps(wave, n_max)  # [P, N+1, N+1]
+        paid, waves, seconds = (np.zeros((n_prompts, n_queries, n_max)) for _ in range(3))
+        # one prompt's undecided tables [X, N+1, N+1] at a time: all of them may not fit
+        for p in tqdm(range(n_prompts), desc=f"decided-vote tables for {self.name}",
+                      disable=not progress, leave=False):
+            table = undecided_probability(self.probs[p], n_max,
+                                          None if abstain is None else abstain)
+            paid[p], waves[p] = paid_from_undecided(table, wave)
+            seconds[p] = latency_from_undecided(table, steps[p])
+        return paid, waves, seconds
 
 def _no_answer(no_answer: npt.ArrayLike | None, gold: npt.NDArray[np.int16], n_cat: int
                ) -> npt.NDArray[np.int16] | None:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from iapo.latency import round_width
 from iapo.live.aggregate import aggregate
 from iapo.live.client import ChatClient, Completion
 from iapo.live.oracle import TaskRuntime, sample_seed
@@ -430,7 +431,10 @@ class Responder:
                 paid.append(s)
                 return got
 
-            drawn = await draw_in_waves(start, req.n, req.stopping.wave,
+            # a wave wider than the completions run at once is drawn as waves of that many
+            # (as iapo.latency prices it)
+            drawn = await draw_in_waves(start, req.n,
+                                        round_width(req.stopping.wave, client.concurrency),
                                         lambda c: self.runtime.score(record, c.text,
                                                                           c.finish_reason)[0],
                                         self.task.no_answer)
