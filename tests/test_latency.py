@@ -275,3 +275,35 @@ def test_the_quantile_of_the_papers_arm_waits_for_every_round() -> None:
         assert latency_quantile(rows, 3, None, times, 0.1, step=1.0) == 1.0
         assert [latency_quantile(rows, 3, None, times, q, 2, step=1.0)
                 for q in (0.1, 0.5, 0.95)] == [2.0, 4.0, 6.0]
+
+
+def test_a_model_fitted_to_exact_times_recovers_overhead_and_per_token_time() -> None:
+    """Times exactly 0.4 + 0.02 x tokens: the fit gives back 0.4 s and 0.02 s a token, each
+    prompt's times are its own token counts at those (each equally likely), and the model
+    keeps the concurrency and says where it came from."""
+    from iapo.latency import LatencyModel
+
+    tokens = [[10, 20, 20], [5, 50]]
+    seconds = [[0.4 + 0.02 * t for t in row] for row in tokens]
+    model = LatencyModel.fit(tokens, seconds, concurrency=2)
+    assert model.concurrency == 2
+    assert model.description == "fitted: overhead=0.4,per_token=0.02,completions=5"
+    assert model.times[0].values.tolist() == pytest.approx([0.6, 0.8])
+    assert model.times[0].probs.tolist() == pytest.approx([1 / 3, 2 / 3])
+    assert model.times[1].values.tolist() == pytest.approx([0.5, 1.4])
+
+
+def test_a_fit_never_gives_a_negative_part() -> None:
+    """Times that fall with tokens: the per-token time is 0 (not negative) and the overhead
+    the mean time, the least-squares fit under the constraint; no overhead: 0 s."""
+    from iapo.latency import LatencyModel
+
+    model = LatencyModel.fit([[10, 30]], [[2.0, 1.0]])
+    assert model.description == "fitted: overhead=1.5,per_token=0,completions=2"
+    model = LatencyModel.fit([[10, 30]], [[0.2, 0.6]])
+    assert model.times[0].values.tolist() == pytest.approx([0.2, 0.6])
+    assert model.description.startswith("fitted: overhead=0,")
+    for tokens, seconds in (([[1]], [[1.0, 2.0]]), ([[]], [[]]), ([], []),
+                            ([[1]], [[-1.0]]), ([[1]], [[float("nan")]])):
+        with pytest.raises(InputError):
+            LatencyModel.fit(tokens, seconds)

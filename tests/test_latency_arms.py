@@ -334,11 +334,46 @@ def test_the_model_prices_latency_and_picks_each_arms_best_width() -> None:
     np.testing.assert_array_equal(stats.width[clear], chosen[clear])
 
 
+def test_the_models_latency_is_the_exact_latency_of_each_querys_posterior_mean() -> None:
+    """Prompt 1 with votes on queries 0 and 1 only: the model's predicted latency of every
+    arm in waves of W is the mean, over those two queries, of the exact latency
+    (:func:`iapo.latency.expected_latency`) of each query's posterior mean answer law
+    (counts + alpha on the gold, on each answer seen and on one unseen bucket); the paper's
+    arms wait for all N (the model's ``one_wave``)."""
+    from iapo.latency import expected_latency
+    from iapo.model import ModelQTable
+    from iapo.pulls import Observation
+
+    env = tiny_env().with_stopping(Stopping("decided", 1, WIDTHS))
+    stats = ModelQTable(env.problem, alpha=0.5)
+    labels = np.array([[0, 0, 1, 0], [2, 1, 1, 1]])  # query 0: gold 0; query 1: gold 2
+    stats.update([Observation(1, 4, np.array([0, 1]), np.zeros((2, 4, 2)), labels,
+                              np.array([0, 2]))])
+    posteriors = [np.array([3.5, 1.5, 0.5]) / 5.5,  # gold 0 x3, answer 1 x1, unseen
+                  np.array([1.5, 3.5, 0.5]) / 5.5]  # gold 2 x1, answer 1 x3, unseen
+    model = env.problem.latency
+    assert model is not None
+    for w in WIDTHS:
+        want = np.mean([expected_latency(q, N_MAX, w, model.times[1]) for q in posteriors],
+                       axis=0)
+        np.testing.assert_allclose(stats.arm_latency(w)[1], want, rtol=1e-12)
+    np.testing.assert_array_equal(stats.arm_latency(None), model.one_wave(N_MAX))
+
+
 def test_blocks_refuse_to_price_latency_and_say_what_to_use() -> None:
+    """... unless told to leave the latency terms out (what the live test split does), and
+    never with the width in the arm."""
+    import dataclasses
+
     from iapo.estimate import QTable
 
     with pytest.raises(InputError, match="psst-auto"):
         QTable(tiny_env().problem)
+    table = QTable(tiny_env().problem, without_latency=True)
+    assert table.latency is None
+    problem = dataclasses.replace(tiny_env().problem, stopping=Stopping("decided", 1, (1, 2)))
+    with pytest.raises(InputError, match="psst-auto"):
+        QTable(problem, without_latency=True)
 
 
 def test_train_and_evaluate_with_w_in_the_arm(tmp_path: Any) -> None:

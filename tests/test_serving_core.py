@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 import httpx
+import pytest
 
 from iapo.live.task import load_task
 from iapo.serve.core import serving_digest, serving_part
@@ -146,3 +147,42 @@ def test_an_older_policy_loads_from_its_task_file_and_says_what_it_lacks(
         assert res.exit_code == 2
         assert "older iapo" in res.output and "embeds no task" in res.output
         assert "--task" in res.output
+
+
+def test_the_latency_watch_flags_a_context_where_measurement_disagrees() -> None:
+    """Per context, responses whose arm the policy predicted and that paid every completion:
+    mean, p50 and p95 by hand; a context is flagged (25% off the prediction and beyond 3
+    standard errors) only from 20 responses on, and over its limit only beyond 3 standard
+    errors; replayed responses and those without a prediction are left out."""
+    from iapo.serve.core import LatencyWatch, Response
+
+    def response(context: str, seconds: float, predicted: float | None,
+                 replayed: int = 0) -> Response:
+        return Response(context, "p", 0, 4, False, [], {}, {}, 4 - replayed, replayed, seconds,
+                        predicted_seconds=predicted)
+
+    watch = LatencyWatch()
+    for i in range(19):  # 1.0, 1.1, ..., 2.8 s against 1.0 s predicted: off by 90%
+        watch.add(response("slow", 1.0 + 0.1 * i, 1.0))
+        watch.add(response("fine", 2.0 + (0.1 if i % 2 else -0.1), 2.0))
+    watch.add(response("slow", 100.0, None))  # no prediction: not counted
+    watch.add(response("slow", 100.0, 1.0, replayed=1))  # a replayed sample: not counted
+    limits = {"slow": 1.5, "fine": None}
+    early = watch.health(limits)
+    assert early["slow"]["requests"] == 19 and not early["slow"]["disagrees"]
+    assert not early["slow"]["over_limit"]  # too few to say
+    watch.add(response("slow", 2.9, 1.0))
+    watch.add(response("fine", 2.1, 2.0))
+    got = watch.health(limits)
+    slow, fine = got["slow"], got["fine"]
+    assert slow["requests"] == 20 and slow["mean"] == pytest.approx(1.95)
+    assert slow["p50"] == pytest.approx(1.95) and slow["predicted"] == 1.0
+    assert slow["p95"] == pytest.approx(1.0 + 0.1 * 19 * 0.95)  # linear between the points
+    assert slow["disagrees"] and slow["over_limit"] and slow["limit"] == 1.5
+    assert fine["mean"] == pytest.approx(2.0) and not fine["disagrees"]  # ten 1.9, ten 2.1
+    assert not fine["over_limit"] and fine["limit"] is None
+    # within 25% of the prediction: not flagged, however many
+    close = LatencyWatch()
+    for _ in range(50):
+        close.add(response("c", 1.2, 1.0))
+    assert not close.health({})["c"]["disagrees"]

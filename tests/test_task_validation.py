@@ -419,3 +419,47 @@ def test_cli_reports_one_line_and_writes_nothing(tmp_path: Path, mutate: Mutatio
     assert field in result.output
     assert "Traceback" not in result.output
     assert not out.exists()
+
+
+# --- 10. latency -------------------------------------------------------------------------------
+
+
+def test_latency_contexts_and_the_width_in_the_arm_are_read(tmp_path: Path) -> None:
+    """contexts.latency names the contexts (each a grid context with a weight per second
+    and/or a limit), equally likely; train.wave = "auto" makes W part of the arm; the pilot
+    defaults to 16 completions per prompt."""
+    from iapo.problem import Stopping
+
+    raw = base_raw()
+    raw["contexts"]["latency"] = ["budget=low", "budget=high,latency=0.01,limit=20"]
+    raw["train"].update(learner="psst-auto", stop="decided", wave="auto", latency_pilot=3)
+    task = load_task(write_task(tmp_path, raw))
+    grid = task.problem().grid
+    assert grid.keys == ["budget=low", "budget=high,latency=0.01,limit=20"]
+    assert grid.latency_weights.tolist() == [0.0, 0.01]
+    assert grid.latency_limits.tolist() == [float("inf"), 20.0]
+    assert grid.probabilities.tolist() == [0.5, 0.5]
+    assert task.stopping == Stopping.every_width(3) and task.latency_pilot == 3
+    assert task.problem().needs_latency and task.problem().latency is None
+    del raw["train"]["latency_pilot"]
+    assert load_task(write_task(tmp_path, raw)).latency_pilot == 16
+
+
+@pytest.mark.parametrize("mutate, words", [
+    (_set("contexts", latency="budget=low"), ["contexts.latency", "list"]),
+    (_set("contexts", latency=["budget=mid"]), ["contexts", "'mid'", "the grid has"]),
+    (_set("contexts", latency=["budget=low,latency=-1"]), ["latency"]),
+    (_set("contexts", latency=["budget=low"], probabilities=[0.5, 0.5]),
+     ["contexts.probabilities"]),
+    (_set("train", wave="auto"), ["train.wave", "decided"]),
+    (_set("train", stop="decided", wave="fast"), ["train.wave"]),
+    (_set("train", latency_pilot=0), ["train.latency_pilot"]),
+    (lambda r: (r["contexts"].update(latency=["budget=low,limit=5"]),
+                r["train"].update(learner="psst")),
+     ["per-query model", "psst-auto", "'psst'"]),
+])
+def test_bad_latency_settings_are_named(tmp_path: Path, mutate: Mutation,
+                                        words: list[str]) -> None:
+    message = bad(tmp_path, lambda r: (r["train"].update(learner="psst-auto"), mutate(r)))
+    for word in words:
+        assert word in message, (word, message)

@@ -10,7 +10,8 @@ the paper's budgets: in run r the queries are split 80/20 by seed ``seed + r`` a
 learner is trained twice with that seed, so on the same split and with the same oracle seed:
 
 - with W in the arm: stop once decided, W in 1, 2, 4, ..., N_max (``--wave auto``);
-- without: the paper's arms, all N sent at once (W = N).
+- without: all N sent at once (W = N), the vote answering once decided (what the paper's
+  arms pay, answered as soon as the answer is known).
 
 Both policies are evaluated exactly on the test split against the latency-aware oracle there
 (the best (p, N, W) of every context). Printed: per environment and budget, the mean regret
@@ -47,7 +48,7 @@ def environments(name: str) -> dict[str, Environment]:
     """The environment on :data:`CONTEXTS`, with W in the arm and without."""
     env = get_environment(name).with_contexts(CONTEXTS)
     return {"with W": env.with_stopping(Stopping.every_width(env.problem.n_max)),
-            "W = N": env.with_stopping(Stopping())}
+            "W = N": env.with_stopping(Stopping("decided", env.problem.n_max))}
 
 
 def one_run(run: int, seed: int, budgets: tuple[int, ...]) -> list[dict[str, Any]]:

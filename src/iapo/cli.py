@@ -704,8 +704,10 @@ def answer(policy_path: str, query: str, context: str, task_path: str | None,
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
+    predicted = result["predicted_seconds"]
     click.echo(f"[{result['context']}: prompt '{result['prompt']}', N {result['n']}, "
-               f"{result['aggregator']}]")
+               f"{result['aggregator']}; {result['upstream_seconds']:.2f} s"
+               + ("" if predicted is None else f", {predicted:.2f} s expected") + "]")
     if result["aggregator"] == "mv":
         click.echo(f"answer: {result['answer']}  votes: {result['votes']}")
     click.echo(result["text"])

@@ -115,10 +115,13 @@ class Estimator(Protocol):
 class QTable:
     """Stockpiled block statistics: sums and sums of squares [C, P, N_max], counts [P, N_max].
 
-    ``mean`` is NaN for arms with no data.
+    ``mean`` is NaN for arms with no data. It prices quality and cost, not latency: contexts
+    that weigh or limit latency are refused, unless ``without_latency`` (Q without their
+    latency terms, which the caller adds; the wave width must not be part of the arm).
     """
 
-    def __init__(self, problem: Problem, estimator: str = "blocks") -> None:
+    def __init__(self, problem: Problem, estimator: str = "blocks",
+                 without_latency: bool = False) -> None:
         if estimator not in ESTIMATORS:
             raise InputError(f"estimator '{estimator}' is unknown; use one of {list(ESTIMATORS)}")
         if estimator == "subsets" and problem.aggregator == "mixed":
@@ -127,7 +130,7 @@ class QTable:
         if estimator == "subsets" and problem.stopping.early:
             raise InputError("the subsets estimator prices arms that pay all N; with stop "
                              f"'{problem.stopping.rule}' use blocks")
-        if problem.grid.prices_latency or problem.stopping.widths:
+        if problem.needs_latency and not (without_latency and not problem.stopping.widths):
             raise InputError("the Q table of blocks does not price latency yet; contexts that "
                              "weigh or limit latency, and --wave auto, are learned by the "
                              "per-query model: use psst-auto (the default) or psst-model")

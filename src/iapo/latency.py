@@ -35,7 +35,8 @@ Completions paid are priced at wave boundaries (:mod:`iapo.stopping`): live pays
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -94,15 +95,24 @@ class CompletionTimes:
         return float(self.values @ (cdf ** w - below ** w))
 
     def order_statistics(self, size: int) -> FloatArray:
-        """E[the j-th shortest of ``size`` i.i.d. completion times], j = 1..size: [size].
-        P(X_(j) <= v) = P(at least j of the ``size`` times are <= v), a binomial tail."""
-        from scipy.stats import binom
+        """E[the j-th shortest of ``size`` i.i.d. completion times], j = 1..size: [size]."""
+        return self.order_table(size)[size, 1: size + 1]
+
+    def order_table(self, size: int) -> FloatArray:
+        """E[the j-th shortest of s i.i.d. completion times] for s, j = 1..``size``, j <= s:
+        [size+1, size+1] indexed [s, j] (0 elsewhere). P(X_(j) <= v) = P(at least j of s
+        times are <= v) = I_F(v)(j, s - j + 1), the regularized incomplete beta function."""
+        from scipy.special import betainc
 
         cdf = np.minimum(np.cumsum(self.probs), 1.0)
         below = np.concatenate([[0.0], cdf[:-1]])
-        j = np.arange(1, size + 1)[:, None]
-        law = binom.sf(j - 1, size, cdf[None, :]) - binom.sf(j - 1, size, below[None, :])
-        return np.asarray(law @ self.values, dtype=np.float64)
+        s, j = np.tril_indices(size + 1)  # j <= s
+        keep = j >= 1
+        s, j = s[keep, None], j[keep, None]
+        law = betainc(j, s - j + 1, cdf[None, :]) - betainc(j, s - j + 1, below[None, :])
+        out = np.zeros((size + 1, size + 1))
+        out[s[:, 0], j[:, 0]] = law @ self.values
+        return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,9 +124,11 @@ class LatencyModel:
     times: tuple[CompletionTimes, ...]
     concurrency: int | None = None
     description: str = ""
+    _steps: dict[tuple[int, int], FloatArray] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "times", tuple(self.times))
+        object.__setattr__(self, "_steps", {})  # steps by (width, n_max)
         if not self.times:
             raise InputError("a latency model needs the completion times of every prompt")
         if self.concurrency is not None:
@@ -132,6 +144,30 @@ class LatencyModel:
     def __hash__(self) -> int:
         return hash((self.concurrency, len(self.times), self.description))
 
+    @classmethod
+    def fit(cls, tokens: Sequence[npt.ArrayLike], seconds: Sequence[npt.ArrayLike],
+            concurrency: int | None = None) -> LatencyModel:
+        """The model of observed completions: each prompt's completion ``tokens`` and the
+        ``seconds`` each took ([P] sequences of equal-length arrays). One overhead and one
+        per-token time for all prompts, by least squares with both >= 0 (NNLS); each prompt's
+        times are overhead + per_token x its observed token counts, each equally likely."""
+        from scipy.optimize import nnls
+
+        tok = [np.asarray(t, dtype=np.float64).ravel() for t in tokens]
+        sec = [np.asarray(s, dtype=np.float64).ravel() for s in seconds]
+        if not tok or len(tok) != len(sec) or any(t.shape != s.shape or t.size == 0
+                                                  for t, s in zip(tok, sec, strict=True)):
+            raise InputError("a latency fit needs, for every prompt, at least one completion "
+                             "and as many times as token counts")
+        x, y = np.concatenate(tok), np.concatenate(sec)
+        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y)) and np.all(x >= 0)
+                and np.all(y >= 0)):
+            raise InputError("completion tokens and seconds must be finite numbers >= 0")
+        (overhead, per_token), _ = nnls(np.stack([np.ones_like(x), x], axis=1), y)
+        times = tuple(CompletionTimes.from_tokens(t, overhead, per_token) for t in tok)
+        return cls(times, concurrency, f"{FITTED}overhead={overhead:.6g},"
+                                       f"per_token={per_token:.6g},completions={x.size}")
+
     def wave_times(self, wave: int) -> FloatArray:
         """E[time of a wave of w completions] of every prompt, w = 0..wave: [P, wave+1]."""
         return np.stack([wave_times(t, wave, self.concurrency) for t in self.times])
@@ -146,7 +182,10 @@ class LatencyModel:
         n_max+1]. With an undecided table, :func:`latency_from_undecided` gives the expected
         latency of each arm (p, N, ``wave``)."""
         width = min(self.width(wave), int(n_max))
-        return np.stack([answer_steps(t, n_max, width) for t in self.times])
+        key = (width, int(n_max))
+        if key not in self._steps:  # the model is immutable: each table is computed once
+            self._steps[key] = np.stack([answer_steps(t, n_max, width) for t in self.times])
+        return self._steps[key]
 
     def one_wave(self, n_max: int) -> FloatArray:
         """Expected latency of the arms (p, N) that send all N at once (the paper's arms):
@@ -158,6 +197,7 @@ class LatencyModel:
                 "mean_seconds": [round(t.mean(), 6) for t in self.times]}
 
 
+FITTED = "fitted: "  # how the description of a model fitted to observed completions begins
 LATENCY_KEYS = ("overhead", "per_token", "tokens_per_cost", "cv", "concurrency")
 
 
@@ -285,9 +325,7 @@ def answer_times(times: CompletionTimes, n_max: int, width: int) -> FloatArray:
     if width < 1 or n_max < 1:
         raise InputError(f"width {width} and n_max {n_max} must be >= 1")
     r = min(int(width), int(n_max))
-    order = np.zeros((r + 1, r + 1))  # [s, j]: E[the j-th shortest of s]
-    for s in range(1, r + 1):
-        order[s, 1: s + 1] = times.order_statistics(s)
+    order = times.order_table(r)  # [s, j]: E[the j-th shortest of s]
     n = np.arange(n_max + 1)[:, None]
     k = np.arange(n_max + 1)[None, :]
     m = np.maximum(k - 1, 0) // r

@@ -164,7 +164,7 @@ class ModelQTable:
         problem = self.problem
         grid, stopping, n_max = problem.grid, problem.stopping, problem.n_max
         cw = grid.cost_weights[:, None, None]
-        priced = grid.prices_latency or bool(stopping.widths)
+        priced = problem.needs_latency
         if priced and problem.latency is None:
             raise InputError("contexts that price latency, and the wave width as part of the "
                              "arm, need the problem's latency model (Problem.latency)")
@@ -173,8 +173,7 @@ class ModelQTable:
             q = task - cost_term(cw, cost[None, :, None], np.arange(1, n_max + 1))
             if not priced:
                 return q, None, None
-            assert problem.latency is not None
-            seconds = np.broadcast_to(problem.latency.one_wave(n_max), (c, *q.shape[1:]))
+            seconds = np.broadcast_to(self.arm_latency(None), (c, *q.shape[1:]))
             return (latency_priced(q, seconds, grid.latency_weights, grid.latency_limits),
                     None, seconds)
         widths = stopping.widths or (stopping.wave,)
@@ -184,8 +183,7 @@ class ModelQTable:
             paid, _ = paid_from_undecided(undecided, w)  # [P, N]
             q = task - cost_term(cw, (cost[:, None] * paid)[None])
             if priced:
-                assert problem.latency is not None
-                seconds = latency_from_undecided(undecided, problem.latency.steps(w, n_max))
+                seconds = self.arm_latency(w, undecided)
                 q = latency_priced(q, seconds[None], grid.latency_weights, grid.latency_limits)
                 per_seconds.append(np.broadcast_to(seconds, q.shape))
             per_width.append(q)
@@ -210,6 +208,21 @@ class ModelQTable:
                                     credit_of)
         w1 = self.problem.grid.weights[:, 0]
         return w1[:, None, None] * credit[None]
+
+    def arm_latency(self, wave: int | None, undecided: FloatArray | None = None) -> FloatArray:
+        """The predicted expected latency (seconds) of the arms (p, N) in waves of ``wave``
+        that stop once decided (None: the paper's arms, which wait for all N), under the
+        problem's latency model and each query's posterior mean: [P, N_max].
+        ``undecided``: :meth:`_mv_undecided`, if at hand."""
+        latency = self.problem.latency
+        if latency is None:
+            raise InputError("a latency prediction needs the problem's latency model "
+                             "(Problem.latency)")
+        n_max = self.problem.n_max
+        if wave is None:
+            return latency.one_wave(n_max)
+        table = self._mv_undecided() if undecided is None else undecided
+        return latency_from_undecided(table, latency.steps(wave, n_max))
 
     def _mv_undecided(self) -> FloatArray:
         """P(undecided after t answers) of the arms N, under each query's posterior mean

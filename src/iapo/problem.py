@@ -357,6 +357,13 @@ class ContextGrid:
             f"no context matches {dict(spec)}; the grid has: {', '.join(self.keys)}"
         )
 
+    def without_latency(self) -> ContextGrid:
+        """The same contexts without latency weights or limits: what quality and cost alone
+        price (an estimator that does not price latency reads it)."""
+        return ContextGrid(self.objectives, tuple(
+            dataclasses.replace(c, latency_weight=0.0, latency_limit=None)
+            for c in self.contexts))
+
     def with_latency(self, specs: Sequence[str]) -> ContextGrid:
         """The grid of the contexts ``specs``, each one of this grid's contexts (its weights and
         budget, as :meth:`find` names it) with a ``latency`` weight per second and/or a
@@ -509,6 +516,12 @@ class Problem:
     @property
     def n_arms(self) -> int:
         return self.n_prompts * self.n_max
+
+    @property
+    def needs_latency(self) -> bool:
+        """Whether pricing its arms needs a latency model: contexts weigh or limit latency,
+        or the wave width is part of the arm."""
+        return self.grid.prices_latency or bool(self.stopping.widths)
 
     def check_n(self, n: int) -> int:
         if int(n) != n or not 1 <= n <= self.n_max:

@@ -343,7 +343,7 @@ class Environment(ABC):
         env = copy.copy(self)
         env.problem = problem
         env._table, env._widths = None, {}
-        if problem.latency is None and (problem.grid.prices_latency or problem.stopping.widths):
+        if problem.latency is None and problem.needs_latency:
             # a learner prices latency with the model the environment draws from
             env.problem = dataclasses.replace(problem, latency=env.latency_model())
         return env

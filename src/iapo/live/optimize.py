@@ -21,10 +21,13 @@ from iapo.live import report as live_report
 from iapo.live.oracle import LiveOracle, TaskRuntime
 from iapo.live.store import CompletionStore, store_errors, writer_lock
 from iapo.live.task import Record, Task, TaskError, load_records, task_from_dict
+from iapo.live.timing import latency_pilot
 from iapo.policy import Policy
+from iapo.problem import Problem, Stopping
 from iapo.report import Recorder, arm_table, assess, estimator_for
 from iapo.serve.core import serving_section
 from iapo.split import train_test_split
+from iapo.utility import latency_term
 
 Z95 = 1.959963984540054
 
@@ -146,6 +149,10 @@ def optimize(task: Task, out: Path, progress: bool = True,
             if oracle is not None:
                 store.update_run(run_id, oracle.paid, oracle.replayed, oracle.tokens)
 
+        pilot = None
+        if runtime.problem.needs_latency:  # priced with a model of this store's times
+            model, pilot = latency_pilot(runtime, store, train)
+            runtime.problem = dataclasses.replace(runtime.problem, latency=model)
         oracle = LiveOracle(runtime, store, train, task.budget,
                             np.random.default_rng(oracle_seq), on_progress)
         recorder = Recorder(oracle)  # every training observation, for the report
@@ -157,8 +164,10 @@ def optimize(task: Task, out: Path, progress: bool = True,
         train_summary = oracle.summary()
         costs = oracle.costs()
         evaluation = _evaluate_on_test(runtime, store, test, result.choices, costs)
-        store.update_run(run_id, oracle.paid + evaluation["completions_paid"],
-                         oracle.replayed + evaluation["completions_replayed"],
+        piloted = {"paid": 0, "replayed": 0} if pilot is None else pilot
+        store.update_run(run_id, oracle.paid + evaluation["completions_paid"] + piloted["paid"],
+                         oracle.replayed + evaluation["completions_replayed"]
+                         + piloted["replayed"],
                          oracle.tokens + evaluation["tokens_paid"], status="finished")
         history = _run_history(store, run_id)
     grid = runtime.problem.grid
@@ -172,6 +181,7 @@ def optimize(task: Task, out: Path, progress: bool = True,
                "task": {"path": str(task.path), "digest": task.digest()}},
         stopping=runtime.problem.stopping,
         serving=serving_section(task),  # the policy serves without its task file
+        latency=None if runtime.problem.latency is None else runtime.problem.latency.to_dict(),
     )
     policy.save(out / "policy.json")
     problem = runtime.problem
@@ -179,7 +189,7 @@ def optimize(task: Task, out: Path, progress: bool = True,
     trained = arm_table(make, problem, recorder.observations)
     conf = assess(make, problem, recorder.observations, result.choices,
                   np.random.default_rng(ready.seeds[2].spawn(1)[0]))
-    tested = arm_table(lambda pr: QTable(pr), problem, evaluation["observations"])
+    tested = arm_table(lambda pr: _blocks(pr, None), problem, evaluation["observations"])
     tokens = (oracle.tokens_drawn + evaluation["tokens_drawn"]) / np.maximum(
         oracle.drawn + evaluation["drawn"], 1)[:, None]  # [P, 2] per completion drawn
     report = {
@@ -197,6 +207,8 @@ def optimize(task: Task, out: Path, progress: bool = True,
                                                   "completions_replayed", "tokens_paid",
                                                   "scorer_failures")},
         "runs": history,
+        "latency": None if problem.latency is None else {
+            "model": problem.latency.to_dict(), "pilot": pilot},
         "notes": result.trace.notes,
         # the judge scorers' own requests and tokens, apart from the policy's completions
         "judge": runtime.judge_usage(),
@@ -213,11 +225,22 @@ def optimize(task: Task, out: Path, progress: bool = True,
     return report
 
 
+def _blocks(problem: Problem, wave: int | None) -> QTable:
+    """The blocks that estimate the test split: quality and cost of arms in waves of
+    ``wave`` (a choice's own width; None: the problem's rule), without latency, which they do
+    not price (:class:`iapo.estimate.QTable`)."""
+    if wave is not None or problem.stopping.widths:
+        problem = dataclasses.replace(problem, stopping=Stopping(
+            problem.stopping.rule, problem.stopping.wave if wave is None else wave))
+    return QTable(problem, without_latency=True)
+
+
 def _evaluate_on_test(runtime: TaskRuntime, store: CompletionStore, test: np.ndarray,
                       choices: list[Any], costs: np.ndarray) -> dict[str, Any]:
     """Estimate each chosen arm's Q on the test queries from one group per test query of the
     chosen prompt at its largest chosen N (pool samples 0..N-1; paid only when not stored),
-    with the costs training ended with."""
+    with the costs training ended with. Quality and completions paid are the blocks'; where
+    contexts price latency, its term is the latency model's prediction for the choice."""
     problem = runtime.problem
     top: dict[int, int] = {}
     for ch in choices:
@@ -225,12 +248,16 @@ def _evaluate_on_test(runtime: TaskRuntime, store: CompletionStore, test: np.nda
         top[ch.prompt] = max(top.get(ch.prompt, 0), n)
     budget = sum(n * test.size for n in top.values())
     oracle = LiveOracle(runtime, store, test, budget, np.random.default_rng(0), costs=costs)
-    stats = QTable(problem)
     observations = [oracle.groups(p, n, test) for p, n in top.items()]
-    stats.update(observations)
-    mean, var = stats.mean, stats.variance
+    tables: dict[int | None, QTable] = {}  # by the choices' wave widths
     per, values, variances = [], [], []
+    weights = problem.grid.latency_weights
     for i, ch in enumerate(choices):
+        stats = tables.get(ch.wave)
+        if stats is None:
+            stats = tables[ch.wave] = _blocks(problem, ch.wave)
+            stats.update(observations)
+        mean, var = stats.mean, stats.variance
         if ch.n is None:  # N uniform in 1..N_max: the mean of Q over N
             m = float(np.nanmean(mean[i, ch.prompt]))
             v = float("nan")
@@ -239,6 +266,8 @@ def _evaluate_on_test(runtime: TaskRuntime, store: CompletionStore, test: np.nda
             m = float(mean[i, ch.prompt, ch.n - 1])
             v = float(var[i, ch.prompt, ch.n - 1])
             cnt = int(stats.counts[ch.prompt, ch.n - 1])
+        if ch.latency is not None:  # the latency term at the model's prediction
+            m -= float(latency_term(weights[i], ch.latency))
         per.append({"q_hat": m, "q_ci95": _ci(m, v, cnt)})
         values.append(m)
         variances.append(v / cnt if cnt >= 2 else float("nan"))

@@ -44,6 +44,9 @@ Example (docs/live.md documents every field)::
     [contexts]
     weights = [[1.0]]                        # one weight per objective, in [0, 1]
     budgets = { low = 0.0, mid = 0.2, high = 1.0 }   # cost weight of each budget level
+    # latency = ["budget=mid", "budget=mid,latency=0.0003", "budget=mid,limit=20"]
+                                             # optional: the contexts, each with a weight per
+                                             # second of latency and/or a limit in seconds
 
     [train]
     n_max = 4
@@ -53,6 +56,9 @@ Example (docs/live.md documents every field)::
     cost_scale = 0.01                        # cost of a completion of the wordiest prompt
     stop = "all"                             # MV only: "decided" stops once the vote is decided
     wave = 1                                 # with stop = "decided": completions drawn at once
+                                             # ("auto": the width is part of the arm)
+    # latency_pilot = 16                     # timed completions per prompt for the latency
+                                             # model, where contexts price latency
 
     [pricing]                                # optional: what iapo optimize --dry-run prices
     input_per_million = 0.15                 # money per million prompt tokens
@@ -96,8 +102,9 @@ DATA_KEYS = ("path", "test_fraction")
 OBJECTIVE_KEYS = ("name", "scorer", "lower", "upper")
 AGGREGATOR_KEYS = ("kind", "extractor", "labels", "truncated", "no_answer")
 TRUNCATED_MODES = ("explicit", "any")  # aggregator.truncated; the first is the default
-CONTEXT_KEYS = ("weights", "budgets", "probabilities")
-TRAIN_KEYS = ("n_max", "learner", "budget", "seed", "cost_scale", "stop", "wave")
+CONTEXT_KEYS = ("weights", "budgets", "probabilities", "latency")
+TRAIN_KEYS = ("n_max", "learner", "budget", "seed", "cost_scale", "stop", "wave",
+              "latency_pilot")
 PRICING_KEYS = ("input_per_million", "output_per_million")
 # The options each scorer reads, beside name, scorer, lower and upper (see iapo.live.scorers).
 SCORER_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -356,6 +363,10 @@ class Task:
     truncated: str = TRUNCATED_MODES[0]
     # how majority voting counts "no answer" (iapo.utility.counted_votes): "abstain" or "vote"
     no_answer: str = NO_ANSWER_RULES[0]
+    # contexts.latency: the contexts, each one of the grid's with a latency weight and/or limit
+    latency_contexts: tuple[str, ...] = ()
+    # train.latency_pilot: the timed completions per prompt a latency model is fitted from
+    latency_pilot: int = 16
 
     def digest(self) -> str:
         """A hash of the task's content (not its path); a list of one base URL hashes as the
@@ -369,7 +380,8 @@ class Task:
 
     def grid(self) -> ContextGrid:
         objectives = [Objective(o.name, o.lower, o.upper) for o in self.objectives]
-        return ContextGrid.product(objectives, self.weights, self.budgets, self.probabilities)
+        grid = ContextGrid.product(objectives, self.weights, self.budgets, self.probabilities)
+        return grid.with_latency(self.latency_contexts) if self.latency_contexts else grid
 
     def problem(self) -> Problem:
         return Problem(self.name, self.aggregator, tuple(p.name for p in self.prompts),  # type: ignore[arg-type]
@@ -601,6 +613,15 @@ def task_from_dict(raw: dict[str, Any], path: Path) -> Task:
         raise TaskError(f"contexts.probabilities = {_show(probs)}: every probability must be a "
                         "finite number in [0, 1]")
 
+    latency = c.get("latency", [])
+    if not isinstance(latency, list) or not all(isinstance(x, str) for x in latency):
+        raise TaskError("contexts.latency must be a list of contexts such as "
+                        "\"budget=mid,latency=0.0003\" or \"budget=mid,limit=20\" (each one of "
+                        "the grid's contexts with a latency weight per second and/or a limit)")
+    if latency and probs is not None:
+        raise TaskError("contexts.latency lists the contexts, equally likely: remove "
+                        "contexts.probabilities")
+    latency = tuple(latency)
     t = _table(raw, "train", "task", TRAIN_KEYS)
     n_max = _integer(t, "n_max", "train", low=1, high=MAX_N,
                      why=" (the exact tables and Q tables are [contexts, prompts, n_max])")
@@ -613,11 +634,16 @@ def task_from_dict(raw: dict[str, Any], path: Path) -> Task:
     seed = _integer(t, "seed", "train", 0, low=0)
     cost_scale = _number(t, "cost_scale", "train", 0.01, low=0.0, low_open=True)
     stop = _get(t, "stop", "train", str, "all")
-    wave = _integer(t, "wave", "train", 1, low=1, high=MAX_N)
+    auto = t.get("wave") == "auto"
+    wave = 1 if auto else _integer(t, "wave", "train", 1, low=1, high=MAX_N)
+    if auto and stop != "decided":
+        raise TaskError("train.wave = \"auto\" (the wave width as part of the arm) needs "
+                        "train.stop = \"decided\"")
     try:
-        stopping = Stopping(stop, wave)
+        stopping = Stopping.every_width(n_max) if auto else Stopping(stop, wave)
     except ProblemError as e:
         raise TaskError(f"train.stop / train.wave: {e}") from e
+    pilot = _integer(t, "latency_pilot", "train", 16, low=1, high=MAX_BUDGET)
     if stopping.early and kind != "mv":
         raise TaskError(f"train.stop = {stop!r} applies to majority voting; this task's "
                         f"aggregator.kind is {kind!r}: use stop = \"all\" (or remove it)")
@@ -640,12 +666,20 @@ def task_from_dict(raw: dict[str, Any], path: Path) -> Task:
         probabilities=None if probs is None else tuple(float(x) for x in probs),
         n_max=n_max, learner=learner, budget=budget, seed=seed, cost_scale=cost_scale,
         raw=raw, labels=labels, stopping=stopping, pricing=pricing, truncated=truncated,
-        no_answer=no_answer,
+        no_answer=no_answer, latency_contexts=latency, latency_pilot=pilot,
     )
     try:
-        task.problem()
+        problem = task.problem()
     except ProblemError as e:
         raise TaskError(f"contexts/train: {e}") from e
+    if problem.needs_latency:
+        from iapo.report import estimator_for
+
+        estimator, _ = estimator_for(get_learner(learner).learner, problem)
+        if not estimator.startswith("model"):
+            raise TaskError(f"contexts.latency and train.wave = \"auto\" are priced by the "
+                            f"per-query model; train.learner {learner!r} estimates Q by "
+                            f"{estimator}: use \"psst-auto\" (the default) or \"psst-model\"")
     return task
 
 

@@ -13,7 +13,9 @@ was done: ``context``, ``prompt`` (and ``prompt_index``), ``n`` (and ``n_capped`
 ``aggregator``, ``votes`` / ``answer`` / ``tied`` / ``answers`` (MV) or ``scores`` /
 ``values`` (BoN), aggregated exactly as training scored groups (:mod:`iapo.live.aggregate`),
 ``chosen`` (the index of the returned sample), ``samples`` (every completion's text and
-tokens), ``upstream_seconds`` and ``gateway_seconds``, and how the arm stopped: ``stopping``
+tokens), ``upstream_seconds``, ``predicted_seconds`` (the policy's expected latency of the
+arm, where it has one: :mod:`iapo.latency`) and ``gateway_seconds``, and how the arm stopped:
+``stopping``
 (the policy's rule), ``completions_used``, ``completions_saved``, ``waves`` and ``cancelled``.
 A majority-voting arm of a policy trained with ``stop = "decided"`` asks for its completions in
 waves, one request each, and stops once the vote is decided, cancelling requests still in
@@ -23,7 +25,8 @@ One name: the gateway serves one model, whose id is the task's ``name`` (the nam
 record, ``iapo export-env`` stores and ``evaluate`` and ``bench`` print). ``GET /v1/models``
 lists it and every response's ``model`` field is it; a request's ``model`` is not checked (the
 gateway has no other model to route to: any name, or none, gets this one).
-``GET /health`` reports the policy in force. With
+``GET /health`` reports the policy in force and, to key holders, per context the latency
+measured against the predicted one and the limit (:class:`iapo.serve.core.LatencyWatch`). With
 ``replay_store``, a request without history takes samples 0..N-1 of its pool (the completion
 store's key: model, messages, decoding): stored samples, training's among them, are replayed
 and only missing ones are paid and stored. The
@@ -71,7 +74,13 @@ from iapo.live.store import CompletionStore, Feedback, store_errors
 from iapo.live.task import Task
 from iapo.policy import Policy, PolicyError
 from iapo.problem import ProblemError
-from iapo.serve.core import Responder, check_policy_arms, gateway_fields, new_request_id
+from iapo.serve.core import (
+    LatencyWatch,
+    Responder,
+    check_policy_arms,
+    gateway_fields,
+    new_request_id,
+)
 from iapo.serve.core import Response as CoreResponse
 from iapo.serve.guard import RequestGuard, error_body, is_json
 from iapo.serve.keys import ApiKey, KeyRing, Limits
@@ -295,6 +304,7 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
     # built-in answer extractors, regular expressions, which run inline)
     responder = Responder(task, replay=replay, log=store, seed=cfg.seed, max_n=cfg.max_n,
                           score_in_thread=True, scoring=cfg.scoring_threads)
+    watch = LatencyWatch()  # the latency served against the policy's prediction
     learning = None
     if cfg.learn_budget > 0:
         if store is None:
@@ -507,6 +517,7 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
             failed(admitted)
             return _error(*_failure(e, cfg.request_deadline(), base_url))
         count("served")
+        watch.add(r)
         refine_due()
         # a learning pull re-asks the query alone, which a history would change
         job = None if history else learning_job(policy, r, user_text)
@@ -561,6 +572,7 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
             return
         assert response is not None
         count("served")
+        watch.add(response)
         refine_due()
         meta = gateway_fields(response, task.aggregator)
         meta["gateway_seconds"] = time.perf_counter() - t0
@@ -645,6 +657,10 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
                 "every": cfg.refine_every, "running": refining["running"],
                 "last": refining["last"], "error": refining["error"]},
             "drift": refining["flags"],
+            # this worker's: per context, measured against predicted latency and the limit
+            "latency": watch.health({k: c.latency_limit for k, c in
+                                     zip(responder.grid.keys, responder.grid.contexts,
+                                         strict=True)}),
         })
 
     async def not_found(request: Request, exc: Exception) -> JSONResponse:

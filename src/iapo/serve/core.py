@@ -16,8 +16,10 @@ beside it must agree on that part: :func:`served_task` names the first field tha
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import json
+import math
 import random
 import time
 import uuid
@@ -237,6 +239,7 @@ class Response:
     upstream_seconds: float
     scorer_failures: int = field(default=0)
     request_id: str = ""  # the response's id; in the log, its request's row and pool
+    predicted_seconds: float | None = None  # the policy's expected latency of the arm
 
     @property
     def chosen(self) -> int:
@@ -279,6 +282,7 @@ class Request:
     id: str  # the response's id (chatcmpl-...)
     caller: str | None  # the API key's name, for the log
     reason: str = "policy"  # why it is drawn: the policy's arm, or "learn" (never returned)
+    predicted: float | None = None  # the arm's expected latency (s), where the policy has it
 
 
 def arm_stopping(policy: Policy, choice: Choice) -> Stopping:
@@ -287,6 +291,48 @@ def arm_stopping(policy: Policy, choice: Choice) -> Stopping:
     if choice.wave is None:
         return policy.stopping
     return Stopping("decided", choice.wave)
+
+
+class LatencyWatch:
+    """The latency served, against the policy's prediction and each context's limit (what
+    ``/health`` shows): per context the latest ``window`` responses whose arm the policy
+    predicted (N not capped) and that paid every completion (a replayed sample takes no
+    time). Their mean, p50 and p95 in seconds; ``disagrees`` where, over at least
+    :attr:`MIN_REQUESTS` of them, the mean is off the mean prediction by more than
+    :attr:`TOLERANCE` of it and by more than 3 standard errors; ``over_limit`` where the mean
+    exceeds the context's limit (on the expected latency) by more than 3 standard errors."""
+
+    TOLERANCE = 0.25  # the error the model is held to against a real server (docs/latency.md)
+    MIN_REQUESTS = 20
+
+    def __init__(self, window: int = 1000) -> None:
+        self.window = window
+        self._seen: dict[str, collections.deque[tuple[float, float]]] = {}
+
+    def add(self, r: Response) -> None:
+        if r.predicted_seconds is None or r.replayed:
+            return
+        seen = self._seen.setdefault(r.context, collections.deque(maxlen=self.window))
+        seen.append((r.upstream_seconds, r.predicted_seconds))
+
+    def health(self, limits: dict[str, float | None]) -> dict[str, dict[str, Any]]:
+        """Per context key seen: requests, mean, p50, p95, predicted (seconds), limit,
+        disagrees, over_limit. ``limits``: each context's limit (None: none)."""
+        out = {}
+        for key, seen in self._seen.items():
+            measured, predicted = (np.array(v) for v in zip(*seen, strict=True))
+            n, mean, expected = measured.size, float(measured.mean()), float(predicted.mean())
+            sem = float(measured.std(ddof=1) / np.sqrt(n)) if n > 1 else math.inf
+            enough = n >= self.MIN_REQUESTS
+            limit = limits.get(key)
+            out[key] = {
+                "requests": n, "mean": mean, "p50": float(np.quantile(measured, 0.5)),
+                "p95": float(np.quantile(measured, 0.95)), "predicted": expected,
+                "limit": limit,
+                "disagrees": enough and abs(mean - expected) > max(self.TOLERANCE * expected,
+                                                                     3 * sem),
+                "over_limit": enough and limit is not None and mean - 3 * sem > limit}
+        return out
 
 
 class Responder:
@@ -355,7 +401,9 @@ class Responder:
             seeds=[sample_seed(pool, s) if use_store else self.rng.randrange(2**31)
                    for s in range(n)],
             stored=self.replay.get(pool, list(range(n))) if use_store and self.replay else {},
-            id=request_id or new_request_id(), caller=caller)
+            id=request_id or new_request_id(), caller=caller,
+            # the policy's prediction is of the arm it chose: not of a capped N
+            predicted=None if capped else choice.latency)
 
     async def learn(self, client: ChatClient, prompt: int, n: int, index: int, query: str
                     ) -> Response:
@@ -465,7 +513,7 @@ class Responder:
             req.capped, samples, fields, stop_fields(drawn, req.n, len(comps), req.stopping),
             len(paid) if req.use_store else len(comps),
             len(comps) - len(paid) if req.use_store else 0, upstream,
-            sum(len(s[2]) for s in scored), req.id)
+            sum(len(s[2]) for s in scored), req.id, req.predicted)
         if self.log is not None:
             self._log(req, comps, scored, response)
         return response
@@ -570,7 +618,9 @@ def answer_dict(r: Response, task: Task) -> dict[str, Any]:
                         for s in r.samples],
             "usage": {"completion_tokens": r.completion_tokens,
                       "prompt_tokens": r.prompt_tokens},
-            "paid": r.paid, "replayed": r.replayed, **r.stop, **r.fields, "text": r.text}
+            "paid": r.paid, "replayed": r.replayed, **r.stop, **r.fields,
+            "upstream_seconds": r.upstream_seconds, "predicted_seconds": r.predicted_seconds,
+            "text": r.text}
 
 
 def gateway_fields(r: Response, aggregator: str) -> dict[str, Any]:
@@ -586,6 +636,7 @@ def gateway_fields(r: Response, aggregator: str) -> dict[str, Any]:
                      "scorer_failures": r.scorer_failures})
     meta.update({"paid": r.paid, "replayed": r.replayed, "chosen": r.chosen,
                  "upstream_seconds": r.upstream_seconds,
+                 "predicted_seconds": r.predicted_seconds,
                  "samples": [{"text": s.text, "prompt_tokens": s.prompt_tokens,
                               "completion_tokens": s.completion_tokens} for s in r.samples]})
     return meta
