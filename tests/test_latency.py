@@ -287,7 +287,8 @@ def test_a_model_fitted_to_exact_times_recovers_overhead_and_per_token_time() ->
     seconds = [[0.4 + 0.02 * t for t in row] for row in tokens]
     model = LatencyModel.fit(tokens, seconds, concurrency=2)
     assert model.concurrency == 2
-    assert model.description == "fitted: overhead=0.4,per_token=0.02,completions=5"
+    assert model.description == "fitted: overhead=0.4,per_token=0.02,prefill=0,completions=5"
+    assert model.prefill == 0.0
     assert model.times[0].values.tolist() == pytest.approx([0.6, 0.8])
     assert model.times[0].probs.tolist() == pytest.approx([1 / 3, 2 / 3])
     assert model.times[1].values.tolist() == pytest.approx([0.5, 1.4])
@@ -299,7 +300,7 @@ def test_a_fit_never_gives_a_negative_part() -> None:
     from iapo.latency import LatencyModel
 
     model = LatencyModel.fit([[10, 30]], [[2.0, 1.0]])
-    assert model.description == "fitted: overhead=1.5,per_token=0,completions=2"
+    assert model.description == "fitted: overhead=1.5,per_token=0,prefill=0,completions=2"
     model = LatencyModel.fit([[10, 30]], [[0.2, 0.6]])
     assert model.times[0].values.tolist() == pytest.approx([0.2, 0.6])
     assert model.description.startswith("fitted: overhead=0,")
@@ -307,3 +308,31 @@ def test_a_fit_never_gives_a_negative_part() -> None:
                             ([[1]], [[-1.0]]), ([[1]], [[float("nan")]])):
         with pytest.raises(InputError):
             LatencyModel.fit(tokens, seconds)
+
+
+def test_a_prefill_is_fitted_apart_and_paid_once_per_request() -> None:
+    """Times 0.3 + 0.01 x tokens, and 0.5 s more in a request's first round: the fit gives
+    back all three. Every arm then waits the prefill once more than without it: the expected
+    latency of every (N, W), the paper's arms and the quantiles, shifted by 0.5 s."""
+    from iapo.latency import LatencyModel, latency_from_undecided
+    from iapo.stopping import undecided_probability
+
+    tokens = [[10, 20, 30, 40, 10, 20]]
+    first = [[True, True, False, False, True, False]]
+    seconds = [[0.3 + 0.01 * t + 0.5 * f for t, f in zip(tokens[0], first[0], strict=True)]]
+    model = LatencyModel.fit(tokens, seconds, 2, first)
+    assert model.prefill == pytest.approx(0.5) and model.to_dict()["prefill_seconds"] == 0.5
+    assert model.description.startswith("fitted: overhead=0.3,per_token=0.01,prefill=0.5,")
+    plain = LatencyModel(model.times, 2)
+    table = undecided_probability(np.array([0.6, 0.4]), 4)
+    for wave in (1, 2, 4):
+        with_prefill = latency_from_undecided(table, model.steps(wave, 4)[0])
+        without = latency_from_undecided(table, plain.steps(wave, 4)[0])
+        np.testing.assert_allclose(with_prefill, without + 0.5, rtol=1e-12)
+    np.testing.assert_allclose(model.one_wave(4), plain.one_wave(4) + 0.5)
+    assert model != plain
+    times = model.times[0]
+    q = latency_quantile(np.array([0.6, 0.4]), 4, 2, times, 0.9, 2, prefill=0.5)
+    assert q == latency_quantile(np.array([0.6, 0.4]), 4, 2, times, 0.9, 2) + 0.5
+    with pytest.raises(InputError, match="prefill"):
+        LatencyModel(model.times, prefill=-1.0)

@@ -343,6 +343,7 @@ def test_the_models_latency_is_the_exact_latency_of_each_querys_posterior_mean()
     from iapo.latency import expected_latency
     from iapo.model import ModelQTable
     from iapo.pulls import Observation
+    from iapo.stopping import expected_paid
 
     env = tiny_env().with_stopping(Stopping("decided", 1, WIDTHS))
     stats = ModelQTable(env.problem, alpha=0.5)
@@ -358,6 +359,15 @@ def test_the_models_latency_is_the_exact_latency_of_each_querys_posterior_mean()
                        axis=0)
         np.testing.assert_allclose(stats.arm_latency(w)[1], want, rtol=1e-12)
     np.testing.assert_array_equal(stats.arm_latency(None), model.one_wave(N_MAX))
+    # every width at once, for the report's frontier: one wave of N pays all N, waves of 1
+    # pay what the exact rule pays on each posterior mean
+    widths, paid, latency = stats.width_table()
+    assert widths == list(WIDTHS) and paid.shape == latency.shape == (2, N_MAX, 3)
+    np.testing.assert_allclose(paid[1, :, 2], np.arange(1, N_MAX + 1), rtol=1e-12)
+    want = np.mean([expected_paid(q, N_MAX, 1)[0] for q in posteriors], axis=0)
+    np.testing.assert_allclose(paid[1, :, 0], want, rtol=1e-12)
+    for s, w in enumerate(WIDTHS):
+        np.testing.assert_array_equal(latency[..., s], stats.arm_latency(w))
 
 
 def test_blocks_refuse_to_price_latency_and_say_what_to_use() -> None:

@@ -27,24 +27,26 @@ DATA = Path(__file__).parent / "data"
 CONTEXTS = ["budget=low", "budget=low,latency=0.05", "budget=high,limit=1.5"]
 
 
-def test_the_pilot_fit_uses_first_attempts_and_names_a_prompt_without_any(
-        tmp_path: Path) -> None:
-    """A pilot of 6 completions of each prompt over 4 training queries (sample 0 of each,
-    then sample 1 of the first two), all stored: nothing is paid. Times exactly 0.3 + 0.01 x
-    tokens at the first attempt, and a retried one far off (its failed attempts' waits): the
-    fit gives back 0.3 s and 0.01 s a token, each prompt's own tokens, and the task's
-    concurrency. A prompt whose every pilot completion was retried is named."""
+def test_the_pilot_is_drawn_in_groups_and_fits_the_prefill(tmp_path: Path) -> None:
+    """A pilot of 6 completions of each prompt at a concurrency of 2: groups of 4 samples of
+    one pool, query 3 (samples 0-3), then query 0 (samples 0-1); samples 0 and 1 of a group
+    run first, before the server has read the prompt. All stored: nothing is paid. Times
+    exactly 0.3 + 0.01 x tokens, plus 0.5 s in a first round, and a retried one far off (its
+    failed attempts' waits): the fit gives back 0.3 s, 0.01 s a token and a 0.5 s prefill,
+    each prompt's own tokens and the task's concurrency. A prompt whose every pilot
+    completion was retried is named."""
     raw = mv_raw("http://127.0.0.1:9/v1")
     raw["contexts"]["latency"] = ["budget=low,latency=0.1"]
     raw["train"].update(learner="psst-auto", latency_pilot=6)
     task = load_task(write_task(tmp_path, raw))
     runtime = TaskRuntime(task, load_records(task.data_path))
     train = np.array([3, 0, 5, 1])
-    at = [(3, 0), (0, 0), (5, 0), (1, 0), (3, 1), (0, 1)]
+    at = [(3, 0), (3, 1), (3, 2), (3, 3), (0, 0), (0, 1)]
 
     def rows(p: int, tokens: list[int], retried: set[int]) -> list[StoredCompletion]:
         return [StoredCompletion(runtime.pool(p, q), s, runtime.arms[p], f"q{q}", "text",
-                                 None, [], [], 3, t, 99.0 if i in retried else 0.3 + 0.01 * t,
+                                 None, [], [], 3, t,
+                                 99.0 if i in retried else 0.3 + 0.01 * t + 0.5 * (s < 2),
                                  i, retries=2 if i in retried else 0)
                 for i, ((q, s), t) in enumerate(zip(at, tokens, strict=True))]
 
@@ -57,8 +59,9 @@ def test_the_pilot_fit_uses_first_attempts_and_names_a_prompt_without_any(
         store.put_all(first + rows(1, [20] * 6, set()))
         model, pilot = latency_pilot(runtime, store, train)
     assert pilot == {"completions": 12, "paid": 0, "replayed": 12}
-    assert model.concurrency == 2
-    assert model.description == "fitted: overhead=0.3,per_token=0.01,completions=11"
+    assert model.concurrency == 2 and model.prefill == pytest.approx(0.5)
+    assert model.description == ("fitted: overhead=0.3,per_token=0.01,prefill=0.5,"
+                                 "completions=11")
     assert model.times[0].values.tolist() == pytest.approx([0.4, 0.6, 0.8])
     assert model.times[0].probs.tolist() == pytest.approx([0.4, 0.4, 0.2])
     assert model.times[1].values.tolist() == pytest.approx([0.5])
@@ -81,10 +84,10 @@ def latency_task(tmp: Path, url: str) -> Path:
 
 def test_a_task_that_prices_latency_trains_answers_and_serves_with_predictions(
         llama: LlamaServer, tmp_path: Path) -> None:
-    """`iapo optimize`: a pilot of 12 completions of each prompt over the 8 training
-    queries, paid once (the server's log counts every stored completion) and replayed by the
-    learner; the latency model fitted to them (by hand here: least squares on the store's
-    first 36 rows); every choice
+    """`iapo optimize`: a pilot of 12 completions of each prompt, in groups of 2 over 6
+    training queries, paid once (the server's log counts every stored completion) and
+    replayed by the learner; the latency model fitted to them (by hand here: least squares on
+    the store's first 36 rows); every choice
     with its W and predicted latency, the limited context's within its limit. A rerun pays
     nothing and writes the same policy. `iapo answer` and the gateway report the measured
     latency next to the choice's prediction, and /health compares them per context."""
@@ -97,24 +100,32 @@ def test_a_task_that_prices_latency_trains_answers_and_serves_with_predictions(
     report = json.loads((run / "report.json").read_text())
     assert report["latency"]["pilot"]["completions"] == 3 * 12
 
-    with sqlite3.connect(run / "store.sqlite") as db:
-        rows = np.array(db.execute("SELECT completion_tokens, latency FROM completions "
-                                   "ORDER BY created, rowid LIMIT 36").fetchall(), dtype=float)
-    slope, intercept = np.polyfit(rows[:, 0], rows[:, 1], 1)
+    with sqlite3.connect(run / "store.sqlite") as db:  # the pilot's rows, stored first
+        rows = np.array(db.execute("SELECT completion_tokens, latency, sample, retries FROM "
+                                   "completions ORDER BY created, rowid LIMIT 36").fetchall(),
+                        dtype=float)
+    rows = rows[rows[:, 3] == 0]
+    # groups of 2 samples of a pool at a concurrency of 1: the even ones read the prompt
+    design = np.stack([np.ones(len(rows)), rows[:, 0], rows[:, 2] % 2 == 0], axis=1)
+    want = np.linalg.lstsq(design, rows[:, 1], rcond=None)[0]
     model = policy["latency"]
     assert model["concurrency"] == 1 and model["description"].startswith("fitted: ")
     parts = dict(p.split("=") for p in model["description"].removeprefix("fitted: ")
                  .split(","))
     assert int(parts["completions"]) == rows.shape[0]
-    if slope > 0 and intercept > 0:  # the constraints do not bind: plain least squares
-        assert float(parts["overhead"]) == pytest.approx(intercept, rel=1e-4)
-        assert float(parts["per_token"]) == pytest.approx(slope, rel=1e-4)
+    if np.all(want > 0):  # the constraints do not bind: plain least squares
+        got = [float(parts[k]) for k in ("overhead", "per_token", "prefill")]
+        np.testing.assert_allclose(got, want, rtol=1e-4)
 
     assert [row["context"] for row in policy["policy"]] == CONTEXTS
     for row in policy["policy"]:
         assert 1 <= row["wave"] <= row["n"] and row["latency"] > 0
     limited = policy["policy"][2]
     assert limited["latency"] <= 1.5 or limited["q_hat"] is None  # within, or none is
+    for row, chosen in zip(report["policy"], policy["policy"], strict=True):
+        assert (row["wave"], row["latency"]) == (chosen["wave"], chosen["latency"])
+    assert [row["limit"] for row in report["policy"]] == [None, None, 1.5]
+    assert (run / "figures" / "quality-vs-latency.png").stat().st_size > 10_000
 
     again = tmp_path / "again"
     shutil.copytree(run, again)

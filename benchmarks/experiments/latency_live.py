@@ -5,24 +5,27 @@
 The set-up (a server that runs two completions at once):
 - two replicas of llama-cpp-python's server, one thread each, on the SmolLM2-135M model of
   the live tests; the task's ``model.concurrency`` is 2;
-- the multiple-choice task of the live tests (``tests/data/mcq_task.toml``), N_max 4, its
-  prompts ``direct`` and ``reason``.
+- the multiple-choice task of the live tests (``tests/data/mcq_task.toml``), its prompts
+  ``direct`` and ``reason``, N_max = ``--n``.
 
 What it does:
-1. **Training data.** ``iapo collect`` draws 8 completions of every prompt on every query into
-   a store.
-2. **The model.** :func:`iapo.live.timing.store_latency` fits the latency model to the store.
-   The per-query model of the default learner (:class:`iapo.model.ModelQTable`) is fed the
-   store's groups, and predicts each arm's expected latency (``arm_latency``).
+1. **The model.** :func:`iapo.live.timing.latency_pilot`, as ``iapo optimize`` runs it, draws
+   80 completions of each prompt (8 on each query, in groups of 4 as serving draws them) and
+   fits the latency model to them, prefill included. Each replica has answered 6 requests of
+   each prompt first: a server's first completions take many times longer than later ones.
+2. **The prediction.** The per-query model of the default learner
+   (:class:`iapo.model.ModelQTable`) is fed those groups, and predicts each arm's expected
+   latency (``arm_latency``).
 3. **Serving.** The serving core of ``iapo answer`` and the gateway
-   (:class:`iapo.serve.core.Responder`) serves each arm (p, N = 4, W) for W = 1 and 2 (stop
-   once decided) and W = N (the paper's arm, all N paid):
+   (:class:`iapo.serve.core.Responder`) serves each arm (p, N, W), N = ``--n`` (8), for W = 1
+   and 2 (stop once decided) and W = N (the paper's arm, all N paid):
    - ``--requests`` requests per arm, on the queries in turn, fresh samples;
    - the measured latency is the response's ``upstream_seconds``.
 
    llama-cpp-python's server finishes a request whose client has gone. A completion cancelled
    once the vote is decided therefore holds its replica a while. Requests are spaced by the
-   longest completion the store holds, as on a gateway that is not saturated.
+   longest completion time of the model (prefill included), as on a gateway that is not
+   saturated.
 
 Printed, per arm: predicted and measured mean latency (with its SEM) and their relative
 error; the median absolute relative error over the arms; and, per prompt, whether the measured
@@ -44,15 +47,15 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 from truncation import smollm2_server  # the same server, in this folder
 
 from iapo.live.client import ChatClient
-from iapo.live.optimize import collect
 from iapo.live.oracle import LiveOracle, TaskRuntime
 from iapo.live.store import CompletionStore
 from iapo.live.task import load_records, task_from_dict
-from iapo.live.timing import store_latency
+from iapo.live.timing import latency_pilot
 from iapo.model import ModelQTable
 from iapo.policy import Policy
 from iapo.problem import Choice, Stopping
@@ -61,27 +64,39 @@ from iapo.serve.core import Responder
 ROOT = Path(__file__).resolve().parents[2]
 
 PROMPTS = ("direct", "reason")
-N = 4
 WIDTHS: tuple[int | None, ...] = (1, 2, None)  # None: the paper's arm, all N
-SAMPLES = 8  # training completions per prompt and query
+SAMPLES = 8  # pilot completions per prompt and query (the task has 10 queries)
 
 
-def make_task(urls: list[str], folder: Path) -> Any:
+def make_task(urls: list[str], folder: Path, n: int) -> Any:
     raw = tomllib.loads((ROOT / "tests" / "data" / "mcq_task.toml").read_text())
-    raw["model"].update(base_url=urls, concurrency=len(urls))
+    raw["model"].update(base_url=urls, concurrency=len(urls), supports_n=False)
     raw["prompts"] = [p for p in raw["prompts"] if p["name"] in PROMPTS]
-    raw["train"].update(n_max=N, learner="psst-auto", stop="decided", wave="auto")
+    raw["train"].update(n_max=n, learner="psst-auto", stop="decided", wave="auto",
+                        latency_pilot=SAMPLES * 10)
     raw["contexts"]["latency"] = ["budget=low,latency=0.01"]
     (folder / "mcq.jsonl").write_text((ROOT / "tests" / "data" / "mcq.jsonl").read_text())
     return task_from_dict(raw, folder / "task.toml")
 
 
+def warm_up(task: Any, urls: list[str], rounds: int = 6) -> None:
+    """A server's first completions read the model in and size its buffers, and take many
+    times longer than later ones: each replica answers ``rounds`` requests of every prompt
+    first (on made-up questions, so that nothing is cached), not timed."""
+    for i in range(rounds):
+        for prompt in task.prompts:
+            messages = prompt.render(f"Warm-up question {i}: which is larger?\nA) {i}\nB) {i + 1}")
+            for url in urls:
+                httpx.post(f"{url}/chat/completions", timeout=120,
+                           json={"messages": messages, **prompt.decoding})
+
+
 def predictions(task: Any, store: CompletionStore) -> tuple[Any, dict[tuple[int, int | None],
                                                                        float]]:
-    """The fitted model, and each arm's predicted latency from the store's groups."""
+    """The fitted model, and each arm's predicted latency from the pilot's groups."""
     records = load_records(task.data_path)
     runtime = TaskRuntime(task, records)
-    model = store_latency(runtime, store)
+    model, _ = latency_pilot(runtime, store, np.arange(len(records)))  # as optimize fits it
     problem = dataclasses.replace(runtime.problem, latency=model)
     runtime.problem = problem
     oracle = LiveOracle(runtime, store, np.arange(len(records)), 10**9,
@@ -89,7 +104,7 @@ def predictions(task: Any, store: CompletionStore) -> tuple[Any, dict[tuple[int,
     table = ModelQTable(problem)
     table.update([oracle.groups(p, SAMPLES, np.arange(len(records)))
                   for p in range(len(task.prompts))])
-    return model, {(p, w): float(table.arm_latency(w)[p, N - 1])
+    return model, {(p, w): float(table.arm_latency(w)[p, task.n_max - 1])
                    for p in range(len(task.prompts)) for w in WIDTHS}
 
 
@@ -104,8 +119,9 @@ async def serve(task: Any, predicted: dict[tuple[int, int | None], float], reque
                           m.max_retries, supports_n=False) as client:
         for (p, w), expected in predicted.items():
             policy = Policy(task.name, "fixed", 0, 0, 0, {}, grid.keys,
-                            [Choice(p, N, math.nan, 0, w, expected)],
-                            stopping=Stopping("decided", 1, (1, 2, N)) if w else Stopping())
+                            [Choice(p, task.n_max, math.nan, 0, w, expected)],
+                            stopping=Stopping("decided", 1, (1, 2, task.n_max)) if w
+                            else Stopping())
             seconds = measured.setdefault((p, w), [])
             for i in range(requests):
                 r = await responder.respond(client, policy, 0, records[i % len(records)].query)
@@ -115,7 +131,7 @@ async def serve(task: Any, predicted: dict[tuple[int, int | None], float], reque
     return measured
 
 
-def figure(rows: list[dict[str, Any]], path: Path) -> None:
+def figure(rows: list[dict[str, Any]], n: int, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,7 +144,7 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
            yerr=[1.96 * r["sem"] for r in rows], capsize=3, label="measured (95% CI)")
     ax.set_xticks(x, [f"{r['prompt']}\nW = {r['wave']}" for r in rows])
     ax.set_ylabel("expected latency of a request (s)")
-    ax.set_title(f"SmolLM2 on 2 replicas: arms (p, N = {N}, W), "
+    ax.set_title(f"SmolLM2 on 2 replicas: arms (p, N = {n}, W), "
                  f"{rows[0]['requests']} requests each")
     ax.legend(frameon=False)
     fig.tight_layout()
@@ -140,6 +156,7 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=50, help="requests per arm")
+    ap.add_argument("--n", type=int, default=8, help="N of every arm")
     ap.add_argument("--out", type=Path, default=None, help="folder of the run (a temporary one)")
     ap.add_argument("--figure", type=Path, default=ROOT / "docs" / "latency" / "live.png")
     args = ap.parse_args()
@@ -148,15 +165,15 @@ def main() -> None:
     with contextlib.ExitStack() as servers:
         urls = [servers.enter_context(smollm2_server(folder, 1, f"replica-{i}"))
                 for i in range(2)]
-        task = make_task(urls, folder)
+        task = make_task(urls, folder, args.n)
+        warm_up(task, urls)
         t0 = time.perf_counter()
-        collect(task, folder / "run", SAMPLES, progress=False)
-        print(f"training data: {SAMPLES} completions of each prompt on each query "
-              f"({time.perf_counter() - t0:.0f} s)")
-        with CompletionStore(folder / "run" / "store.sqlite") as store:
+        with CompletionStore(folder / "store.sqlite") as store:
             model, predicted = predictions(task, store)
+        print(f"pilot: {SAMPLES} completions of each prompt on each query "
+              f"({time.perf_counter() - t0:.0f} s)")
         print(f"latency model: {model.description}, concurrency {model.concurrency}")
-        gap = max(float(t.values.max()) for t in model.times)
+        gap = max(float(t.values.max()) for t in model.times) + model.prefill
         measured = asyncio.run(serve(task, predicted, args.requests, gap))
     rows = []
     for (p, w), secs in measured.items():
@@ -180,7 +197,7 @@ def main() -> None:
         print(f"{name}: W fastest first, predicted {by_pred}, measured {by_meas}: "
               f"{'same order' if by_pred == by_meas else 'ORDER DIFFERS'}")
     (folder / "latency-live.json").write_text(json.dumps(rows, indent=2))
-    figure(rows, args.figure)
+    figure(rows, args.n, args.figure)
     print(f"figure: {args.figure}; rows: {folder / 'latency-live.json'}")
 
 

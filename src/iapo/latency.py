@@ -124,6 +124,7 @@ class LatencyModel:
     times: tuple[CompletionTimes, ...]
     concurrency: int | None = None
     description: str = ""
+    prefill: float = 0.0
     _steps: dict[tuple[int, int], FloatArray] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -133,11 +134,14 @@ class LatencyModel:
             raise InputError("a latency model needs the completion times of every prompt")
         if self.concurrency is not None:
             _round_size(1, self.concurrency)
+        if not (np.isfinite(self.prefill) and self.prefill >= 0):
+            raise InputError(f"prefill {self.prefill} must be a finite number of seconds >= 0")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, LatencyModel):
             return NotImplemented
-        return (self.concurrency == other.concurrency and len(self.times) == len(other.times)
+        return (self.concurrency == other.concurrency and self.prefill == other.prefill
+                and len(self.times) == len(other.times)
                 and all(np.array_equal(a.values, b.values) and np.array_equal(a.probs, b.probs)
                         for a, b in zip(self.times, other.times, strict=True)))
 
@@ -146,27 +150,36 @@ class LatencyModel:
 
     @classmethod
     def fit(cls, tokens: Sequence[npt.ArrayLike], seconds: Sequence[npt.ArrayLike],
-            concurrency: int | None = None) -> LatencyModel:
+            concurrency: int | None = None, first: Sequence[npt.ArrayLike] | None = None
+            ) -> LatencyModel:
         """The model of observed completions: each prompt's completion ``tokens`` and the
-        ``seconds`` each took ([P] sequences of equal-length arrays). One overhead and one
-        per-token time for all prompts, by least squares with both >= 0 (NNLS); each prompt's
-        times are overhead + per_token x its observed token counts, each equally likely."""
+        ``seconds`` each took ([P] sequences of equal-length arrays), and with ``first``
+        whether each ran in its request's first round (the prompt not yet read by the
+        server). One overhead, one per-token time and one prefill for all prompts, by least
+        squares with all >= 0 (NNLS): seconds = overhead + per_token x tokens + prefill x
+        first. Each prompt's times are overhead + per_token x its observed token counts,
+        each equally likely; the prefill is paid once per request."""
         from scipy.optimize import nnls
 
         tok = [np.asarray(t, dtype=np.float64).ravel() for t in tokens]
         sec = [np.asarray(s, dtype=np.float64).ravel() for s in seconds]
-        if not tok or len(tok) != len(sec) or any(t.shape != s.shape or t.size == 0
-                                                  for t, s in zip(tok, sec, strict=True)):
+        cold = [np.zeros_like(t) for t in tok] if first is None else \
+            [np.asarray(f, dtype=np.float64).ravel() for f in first]
+        if not tok or len(tok) != len(sec) or len(cold) != len(tok) or any(
+                t.shape != s.shape or t.shape != f.shape or t.size == 0
+                for t, s, f in zip(tok, sec, cold, strict=True)):
             raise InputError("a latency fit needs, for every prompt, at least one completion "
-                             "and as many times as token counts")
+                             "and as many times (and first-round flags) as token counts")
         x, y = np.concatenate(tok), np.concatenate(sec)
         if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y)) and np.all(x >= 0)
                 and np.all(y >= 0)):
             raise InputError("completion tokens and seconds must be finite numbers >= 0")
-        (overhead, per_token), _ = nnls(np.stack([np.ones_like(x), x], axis=1), y)
+        design = np.stack([np.ones_like(x), x, np.concatenate(cold)], axis=1)
+        (overhead, per_token, prefill), _ = nnls(design, y)
         times = tuple(CompletionTimes.from_tokens(t, overhead, per_token) for t in tok)
-        return cls(times, concurrency, f"{FITTED}overhead={overhead:.6g},"
-                                       f"per_token={per_token:.6g},completions={x.size}")
+        return cls(times, concurrency,
+                   f"{FITTED}overhead={overhead:.6g},per_token={per_token:.6g},"
+                   f"prefill={prefill:.6g},completions={x.size}", float(prefill))
 
     def wave_times(self, wave: int) -> FloatArray:
         """E[time of a wave of w completions] of every prompt, w = 0..wave: [P, wave+1]."""
@@ -184,16 +197,19 @@ class LatencyModel:
         width = min(self.width(wave), int(n_max))
         key = (width, int(n_max))
         if key not in self._steps:  # the model is immutable: each table is computed once
-            self._steps[key] = np.stack([answer_steps(t, n_max, width) for t in self.times])
+            steps = np.stack([answer_steps(t, n_max, width) for t in self.times])
+            steps[:, 1:, 0] += self.prefill  # the first answer waits for the prompt's reading
+            self._steps[key] = steps
         return self._steps[key]
 
     def one_wave(self, n_max: int) -> FloatArray:
         """Expected latency of the arms (p, N) that send all N at once (the paper's arms):
         [P, n_max]."""
-        return self.wave_times(n_max)[:, 1:]
+        return self.wave_times(n_max)[:, 1:] + self.prefill
 
     def to_dict(self) -> dict[str, object]:
         return {"description": self.description, "concurrency": self.concurrency,
+                "prefill_seconds": round(self.prefill, 6),
                 "mean_seconds": [round(t.mean(), 6) for t in self.times]}
 
 
@@ -389,11 +405,11 @@ def _order_law(cdf: FloatArray, size: int, j: int) -> FloatArray:
 def latency_quantile(probs: npt.ArrayLike, n: int, wave: int | None, times: CompletionTimes,
                      quantile: float = 0.95, concurrency: int | None = None,
                      step: float | None = None,
-                     no_answer: npt.ArrayLike | None = None) -> float:
+                     no_answer: npt.ArrayLike | None = None, prefill: float = 0.0) -> float:
     """The ``quantile`` of the latency (seconds) of the arm (p, n, ``wave``) that stops once
     decided, over the rows ``probs`` [X, L] (queries drawn uniformly; one row [L] for one
     query). ``wave`` None: the paper's arm, which pays all n and waits for every round
-    (``probs`` unused).
+    (``probs`` unused). ``prefill``: seconds every request waits once (a constant shift).
 
     The numeric method: completion times are put on a grid of ``step`` seconds (default the
     mean completion time / 200), each rounded to the nearest grid point. The law of the time
@@ -429,7 +445,7 @@ def latency_quantile(probs: npt.ArrayLike, n: int, wave: int | None, times: Comp
     for weight, law in zip(decides, laws, strict=True):
         mixed[: law.size] += weight * law
     reach = np.cumsum(mixed)
-    return float(np.searchsorted(reach, quantile - 1e-12) * h)
+    return float(np.searchsorted(reach, quantile - 1e-12) * h) + prefill
 
 
 __all__ = ["CompletionTimes", "LatencyModel", "SyntheticLatency", "answer_steps", "answer_times",

@@ -224,6 +224,22 @@ class ModelQTable:
         table = self._mv_undecided() if undecided is None else undecided
         return latency_from_undecided(table, latency.steps(wave, n_max))
 
+    def width_table(self) -> tuple[list[int | None], FloatArray, FloatArray]:
+        """Every width's predicted completions paid and expected latency (seconds) of each arm
+        (p, N), where the problem has a latency model: (widths, paid [P, N_max, S], latency
+        [P, N_max, S]). Widths: ``stopping.widths`` (or its one wave) for arms that stop once
+        decided, [None] for the paper's (all N paid and waited for)."""
+        stopping, n_max = self.problem.stopping, self.problem.n_max
+        if not stopping.early:
+            paid = np.broadcast_to(np.arange(1, n_max + 1, dtype=np.float64),
+                                   (self.problem.n_prompts, n_max))
+            return [None], paid[..., None], self.arm_latency(None)[..., None]
+        widths = list(stopping.widths or (stopping.wave,))
+        undecided = self._mv_undecided()
+        paid = np.stack([paid_from_undecided(undecided, w)[0] for w in widths], axis=-1)
+        latency = np.stack([self.arm_latency(w, undecided) for w in widths], axis=-1)
+        return list[int | None](widths), paid, latency
+
     def _mv_undecided(self) -> FloatArray:
         """P(undecided after t answers) of the arms N, under each query's posterior mean
         answer probabilities, averaged over each prompt's queries: [P, N+1, N+1] (a plug-in

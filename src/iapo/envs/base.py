@@ -382,7 +382,7 @@ class Environment(ABC):
             raise self._cannot_stop()
         model = self.latency_model()
         return latency_quantile(np.ones((1, 1)), arm.n, None, model.times[arm.prompt],
-                                quantile, model.concurrency)
+                                quantile, model.concurrency, prefill=model.prefill)
 
     def q(self, queries: npt.ArrayLike | None = None) -> FloatArray:
         """Exact Q(c, p, N) on ``queries`` (all if None): [C, P, N_max]. Where the wave width

@@ -257,7 +257,8 @@ class MVEnvironment(Environment):
         model = self.latency_model()
         return latency_quantile(self.probs[arm.prompt][seen], arm.n, wave,
                                 model.times[arm.prompt], quantile, model.concurrency,
-                                no_answer=None if abstain is None else abstain[seen])
+                                no_answer=None if abstain is None else abstain[seen],
+                                prefill=model.prefill)
 
     def _abstain(self) -> npt.NDArray[np.int16] | None:
         """Each query's "no answer" category where the problem's rule is abstain (None where

@@ -22,6 +22,7 @@ from iapo.live.oracle import LiveOracle, TaskRuntime
 from iapo.live.store import CompletionStore, store_errors, writer_lock
 from iapo.live.task import Record, Task, TaskError, load_records, task_from_dict
 from iapo.live.timing import latency_pilot
+from iapo.model import ModelQTable
 from iapo.policy import Policy
 from iapo.problem import Problem, Stopping
 from iapo.report import Recorder, arm_table, assess, estimator_for
@@ -215,7 +216,13 @@ def optimize(task: Task, out: Path, progress: bool = True,
         "truncated": truncation(task, oracle.drawn + evaluation["drawn"],
                                 oracle.cut + evaluation["cut"]),
     }
-    written = live_report.figures(report, problem, trained, conf, out / "figures")
+    frontier = None
+    if problem.latency is not None:  # every width's completions and latency, predicted
+        estimate = make(problem)
+        estimate.update(recorder.observations)
+        if isinstance(estimate, ModelQTable):
+            frontier = estimate.width_table()
+    written = live_report.figures(report, problem, trained, conf, out / "figures", frontier)
     pngs = [p for p in written if p.suffix == ".png"]
     write_text_atomically(out / "report.json", json.dumps(report, indent=2) + "\n", "the report")
     write_text_atomically(out / "report.md",

@@ -26,6 +26,8 @@ from iapo.live.task import Task
 from iapo.problem import Choice, Problem
 from iapo.report import MARGIN, ArmTable, Confidence
 
+FloatArray = npt.NDArray[np.float64]
+
 RUNNER_UPS = 3
 TRUNCATION_WARN = 0.10  # the share of cut completions above which the report suggests more
 
@@ -122,6 +124,9 @@ def contexts(task: Task, problem: Problem, choices: Sequence[Choice], train: Arm
         row: dict[str, Any] = {"context": key, "prompt": names[ch.prompt],
                                "prompt_index": ch.prompt, "n": ch.n,
                                "q_hat": _num(ch.q_hat)}
+        if problem.needs_latency:  # the width, the predicted latency and the limit
+            limit = problem.grid.contexts[i].latency_limit
+            row.update(wave=ch.wave, latency=ch.latency, limit=limit)
         if ch.n is None:  # N uniform in 1..N_max: no single arm to describe
             row.update(train=None, test=None, runner_ups=[], p_best=None, p_within=None)
             rows.append(row)
@@ -157,8 +162,10 @@ def contexts(task: Task, problem: Problem, choices: Sequence[Choice], train: Arm
 
 
 def figures(report: dict[str, Any], problem: Problem, train: ArmTable, conf: Confidence,
-            out: Path) -> list[Path]:
-    """quality-vs-n and quality-vs-cost, one panel per context, PNG and SVG, into ``out``."""
+            out: Path, frontier: tuple[list[int | None], FloatArray, FloatArray] | None = None
+            ) -> list[Path]:
+    """quality-vs-n and quality-vs-cost, one panel per context, PNG and SVG, into ``out``;
+    with ``frontier`` (:meth:`iapo.model.ModelQTable.width_table`), quality-vs-latency."""
     from matplotlib.ticker import MaxNLocator
 
     from iapo.bench.plots import plt, save_figure
@@ -212,7 +219,47 @@ def figures(report: dict[str, Any], problem: Problem, train: ArmTable, conf: Con
     fig.suptitle(f"{report['task']}: quality against cost, every arm (chosen: star)",
                  fontsize=10)
     written += save_figure(fig, out / "quality-vs-cost")
+    if frontier is not None:
+        written += _latency_figure(report, train, frontier, out)
     return written
+
+
+def _latency_figure(report: dict[str, Any], train: ArmTable,
+                    frontier: tuple[list[int | None], FloatArray, FloatArray],
+                    out: Path) -> list[Path]:
+    """quality-vs-latency: per context, every arm (p, N, W) at its predicted latency, coloured
+    by its completions paid; the frontier (the arms no other beats in both); the chosen arm
+    and the context's latency limit."""
+    from iapo.bench.plots import plt, save_figure
+
+    widths, paid, latency = frontier  # [P, N, S] each
+    rows = report["policy"]
+    fig, axes = plt.subplots(1, len(rows), figsize=(4.2 * len(rows), 3.4), squeeze=False)
+    for i, (ax, row) in enumerate(zip(axes[0], rows, strict=True)):
+        quality = np.broadcast_to(train.quality[i][..., None], latency.shape)
+        ok = np.isfinite(quality) & np.isfinite(latency)
+        dots = ax.scatter(latency[ok], quality[ok], c=paid[ok], s=9, cmap="viridis")
+        order = np.argsort(latency[ok], kind="stable")
+        x, y = latency[ok][order], quality[ok][order]
+        best = np.maximum.accumulate(y) if y.size else y
+        edge = np.concatenate([[True], best[1:] > best[:-1]]) if y.size else y.astype(bool)
+        ax.step(x[edge], best[edge], where="post", color="red", linewidth=1, label="frontier")
+        chosen = row.get("latency")
+        if chosen is not None and row["train"] is not None:
+            ax.plot([chosen], [row["train"]["quality"]], marker="*", markersize=14,
+                    color="black", linestyle="none", label="chosen")
+        if row.get("limit") is not None:
+            ax.axvline(row["limit"], color="grey", linestyle="--", label="limit")
+        ax.set_title(row["context"], fontsize=9)
+        ax.set_xlabel("predicted expected latency (s)")
+        ax.grid(alpha=0.3)
+    fig.colorbar(dots, ax=axes[0][-1], label="completions paid per query")
+    axes[0][0].set_ylabel("quality (accuracy or task value)")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    shown = ", ".join("all N" if w is None else str(w) for w in widths)
+    fig.suptitle(f"{report['task']}: quality against latency, every (prompt, N, W), "
+                 f"W in {shown}", fontsize=10)
+    return save_figure(fig, out / "quality-vs-latency")
 
 
 def _cost_axis(report: dict[str, Any], prompt: int, n: int) -> float:

@@ -10,11 +10,14 @@ The task's ``model.concurrency`` is the number of completions the server runs at
 never has more in flight, so a stored time is the completion's own and not a wait in the
 server's queue, and a wave wider than it is drawn as waves of it (:mod:`iapo.latency`).
 
+A server that has read a request's prompt (its prefix cache) answers that request's later
+completions sooner: a request pays a ``prefill`` once, in its first round. The model adds it
+once per request, and the fit tells it from the per-completion overhead.
+
 Before it learns, ``iapo optimize`` draws a pilot of ``train.latency_pilot`` completions of
-each prompt, spread over the training queries (sample 0 of each in turn, then sample 1, ...),
-and fits the model to them. Those already stored are replayed, the rest are paid once and
-stored, and the learner replays them like any other sample. The policy records the model its
-choices were priced with.
+each prompt, as serving draws them (:func:`latency_pilot`), and fits the model to them. Those
+already stored are replayed, the rest are paid once and stored, and the learner replays them
+like any other sample. The policy records the model its choices were priced with.
 """
 
 from __future__ import annotations
@@ -33,24 +36,42 @@ from iapo.live.store import CompletionStore
 def latency_pilot(runtime: TaskRuntime, store: CompletionStore, train: npt.NDArray[np.int64]
                   ) -> tuple[LatencyModel, dict[str, Any]]:
     """The latency model of the task's prompts, fitted to a pilot of ``train.latency_pilot``
-    completions of each, spread over the ``train`` queries (from the store, or else the
-    model), those drawn at the first attempt; the task's ``model.concurrency``. Returns it
-    and the pilot's completions drawn, paid and replayed. The same store and split give the
-    same pilot, so a rerun fits the same model."""
-    count, prompts = runtime.task.latency_pilot, runtime.task.prompts
-    at = [(int(train[i % train.size]), i // train.size) for i in range(count)]
-    oracle = LiveOracle(runtime, store, train, count * len(prompts), np.random.default_rng(0))
-    rows = oracle.serve([(p, q, [s]) for p in range(len(prompts)) for q, s in at],
-                        rescore=False)
-    tokens, seconds = [], []
-    for p, prompt in enumerate(prompts):
-        first = [r[0] for r in rows[p * count: (p + 1) * count] if r[0].retries == 0]
-        if not first:
-            raise RunError(f"every pilot completion of prompt '{prompt.name}' needed a retry, "
-                           "so none times the model alone: its latency cannot be fitted; "
-                           "check the server, or raise train.latency_pilot")
-        tokens.append([r.completion_tokens for r in first])
-        seconds.append([r.latency for r in first])
-    model = LatencyModel.fit(tokens, seconds, runtime.task.model.concurrency)
-    return model, {"completions": count * len(prompts), "paid": oracle.paid,
+    completions of each, drawn as serving draws them: groups of 2c (c the concurrency) on
+    one query at a time, one request per completion, samples 0..c-1 running first, before
+    the server has read the prompt (the first round, which pays the prefill), the rest after.
+    The queries are the first ``train`` ones, as many as the groups need. Completions
+    already stored are replayed; those drawn after a retry are left out of the fit (their
+    time holds the failed attempts' waits). Returns the model and the pilot's completions
+    drawn, paid and replayed. The same store and split give the same pilot, so a rerun fits
+    the same model."""
+    task = runtime.task
+    c, count = task.model.concurrency, task.latency_pilot
+    group = 2 * c
+    # group g: samples of one pool, query train[g % X], samples from (g // X) x 2c on
+    groups: dict[int, tuple[int, list[int]]] = {}
+    for i in range(count):
+        g, at = divmod(i, group)
+        q, start = int(train[g % train.size]), g // train.size * group
+        groups.setdefault(g, (q, []))[1].append(start + at)
+    oracle = LiveOracle(runtime, store, train, count * len(task.prompts),
+                        np.random.default_rng(0))
+    supports_n, runtime.supports_n = runtime.supports_n, False  # one request per completion
+    try:
+        tokens, seconds, first = [], [], []
+        for p, prompt in enumerate(task.prompts):
+            rows = []
+            for q, samples in groups.values():  # one group at a time, in order
+                rows += oracle.serve([(p, q, samples)], rescore=False)[0]
+            timed = [r for r in rows if r.retries == 0]
+            if not timed:
+                raise RunError(f"every pilot completion of prompt '{prompt.name}' needed a "
+                               "retry, so none times the model alone: its latency cannot be "
+                               "fitted; check the server, or raise train.latency_pilot")
+            tokens.append([r.completion_tokens for r in timed])
+            seconds.append([r.latency for r in timed])
+            first.append([r.sample % group < c for r in timed])
+    finally:
+        runtime.supports_n = supports_n
+    model = LatencyModel.fit(tokens, seconds, c, first)
+    return model, {"completions": count * len(task.prompts), "paid": oracle.paid,
                    "replayed": oracle.replayed}
