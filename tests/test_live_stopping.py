@@ -5,9 +5,9 @@ the policy records the rule, and the server's request log shows that training as
 the completions it stored. Then `iapo answer` and `iapo serve` run an arm of N = 8 under that
 rule. With greedy decoding (temperature 0) every completion gives the same answer, so the vote
 is decided after 5 of 8 (margin 5 > 3 still to come) and the server's own request log shows 5
-requests, not 8: 3 completions saved. The gateway makes one upstream call at a time here, so
-waves of 4 are drawn as waves of 1 (a wave wider than the concurrency is drawn as waves of it):
-5 waves and 5 requests too.
+requests, not 8: 3 completions saved. The task's server runs one completion at a time
+(``model.concurrency = 1``), so waves of 4 are drawn as waves of 1 (a wave wider than the
+concurrency is drawn as waves of it): 5 waves and 5 requests too.
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ def test_decided_arms_train_answer_and_serve_with_fewer_requests(llama: LlamaSer
     answers = {s["answer"] for s in got["samples"]}
     assert len(answers) == 1  # greedy: one answer, five votes
 
-    # `iapo serve`, waves of 1 and of 4 (drawn as waves of 1 at a concurrency of 1): the log
-    # shows 5 requests each time, and the response the arm's measured latency
+    # `iapo serve`, waves of 1 and of 4 (drawn as waves of 1 at the task's concurrency of 1):
+    # the log shows 5 requests each time, and the response the arm's measured latency
     for wave, waves, cancelled in ((1, 5, 0), (4, 5, 0)):
         policy = with_arm(trained, tmp_path / f"n8-w{wave}.json", 8, wave)
         with Gateway(policy, "--max-concurrency", "1") as gw:  # one upstream call at a time
@@ -100,9 +100,10 @@ def test_decided_arms_train_answer_and_serve_with_fewer_requests(llama: LlamaSer
 def test_decided_arms_replay_stored_samples_in_waves(tmp_path: Path) -> None:
     """With a store, the waves take the pool's samples 0, 1, 2, ... in order: what is stored is
     replayed, only the missing ones are asked for (one request each), and a second identical
-    request pays nothing. Every answer is (B), N = 8, waves of 2 at one upstream call at a
-    time, so drawn as waves of 1: once sample 4 is back (margin 5 > 3) the vote is decided,
-    after five waves, and sample 5 is never asked for."""
+    request pays nothing. Every answer is (B), N = 8, waves of 2 on a task whose server runs
+    one completion at a time (``model.concurrency = 1``), so drawn as waves of 1: once sample
+    4 is back (margin 5 > 3) the vote is decided, after five waves, and sample 5 is never
+    asked for."""
     from iapo.live.store import CompletionStore
     from iapo.policy import Policy
     from iapo.problem import Stopping

@@ -13,8 +13,8 @@ Training priced the arm at wave boundaries (:func:`iapo.stopping.stop_points`,
 :func:`iapo.stopping.expected_paid`): a wave once asked for is paid in full there. Deciding
 inside a wave stops at the same boundary or earlier: live uses at most the completions priced.
 
-Width. The gateway and ``iapo answer`` draw a wave wider than the task's ``concurrency`` (the
-completions that run at once) as waves of the concurrency, so that every completion asked for
+Width. The gateway and ``iapo answer`` draw a wave wider than the task's ``model.concurrency``
+(the completions the server runs at once) as waves of it, so that every completion asked for
 runs at once and the caller waits as :mod:`iapo.latency` predicts.
 """
 

@@ -479,10 +479,11 @@ class Responder:
                 paid.append(s)
                 return got
 
-            # a wave wider than the completions run at once is drawn as waves of that many
-            # (as iapo.latency prices it)
+            # a wave wider than the completions the server runs at once (the task's
+            # concurrency) is drawn as waves of that many, as iapo.latency prices it
             drawn = await draw_in_waves(start, req.n,
-                                        round_width(req.stopping.wave, client.concurrency),
+                                        round_width(req.stopping.wave,
+                                                    self.task.model.concurrency),
                                         lambda c: self.runtime.score(record, c.text,
                                                                           c.finish_reason)[0],
                                         self.task.no_answer)
