@@ -4,6 +4,7 @@ cases, and Monte Carlo on real MATH rows."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 from brute import brute_latency, brute_law
 from iapo.envs import get_environment
 from iapo.errors import InputError
-from iapo.latency import CompletionTimes, expected_latency, latency_quantile, wave_times
+from iapo.latency import CompletionTimes, all_times, expected_latency, latency_quantile
 
 
 def test_longest_of_w_by_hand() -> None:
@@ -21,9 +22,9 @@ def test_longest_of_w_by_hand() -> None:
     t = CompletionTimes.from_samples([1.0, 3.0])
     assert t.max_of(0) == 0.0 and t.max_of(1) == pytest.approx(2.0)
     assert t.max_of(2) == pytest.approx(2.5) and t.max_of(3) == pytest.approx(2.75)
-    # with a concurrency of 2, a wave of 3 runs as 2 then 1: 2.5 + 2.0; of 4: 2.5 + 2.5
-    assert wave_times(t, 4, 2).tolist() == pytest.approx([0.0, 2.0, 2.5, 4.5, 5.0])
-    assert wave_times(t, 3).tolist() == pytest.approx([0.0, 2.0, 2.5, 2.75])
+    # all N sent at once with no limit: the longest of N; one at a time: N x the mean
+    assert all_times(t, 3).tolist() == pytest.approx([0.0, 2.0, 2.5, 2.75])
+    assert all_times(t, 3, 1).tolist() == pytest.approx([0.0, 2.0, 4.0, 6.0])
     tok = CompletionTimes.from_tokens([10, 30, 30], overhead=0.5, per_token=0.1)
     assert tok.values.tolist() == pytest.approx([1.5, 3.5])
     assert tok.probs.tolist() == pytest.approx([1 / 3, 2 / 3])
@@ -107,8 +108,8 @@ def test_bad_times_are_refused() -> None:
                           ([-1.0], [1.0]), ([1.0, 2.0], [1.0])):
         with pytest.raises(InputError):
             CompletionTimes(np.array(values), np.array(probs))
-    with pytest.raises(InputError, match="must be >= 1"):
-        wave_times(CompletionTimes.from_samples([1.0]), 0)
+    with pytest.raises(InputError, match="concurrency 0"):
+        all_times(CompletionTimes.from_samples([1.0]), 3, 0)
 
 
 def test_a_bad_table_or_width_is_refused() -> None:
@@ -218,10 +219,10 @@ def test_a_model_with_a_concurrency_of_one_or_two() -> None:
 
     t = CompletionTimes.from_samples([1.0, 3.0])
     one = LatencyModel((t, t), concurrency=1)
-    assert one.wave_times(3).tolist() == [[0.0, 2.0, 4.0, 6.0]] * 2
+    assert one.all_times(3).tolist() == [[0.0, 2.0, 4.0, 6.0]] * 2
     two = LatencyModel((t,), concurrency=2)
-    assert two.wave_times(3).tolist() == [[0.0, 2.0, 2.5, 4.5]]
-    assert two.one_wave(3).tolist() == [[2.0, 2.5, 4.5]]
+    assert two.all_times(2).tolist() == [[0.0, 2.0, 2.5]]  # no more than run at once
+    assert two.one_wave(3)[0, :2].tolist() == [2.0, 2.5]
     assert LatencyModel((t,)).one_wave(3).tolist() == [[2.0, 2.5, 2.75]]
     with pytest.raises(InputError, match="concurrency 0 must be >= 1"):
         LatencyModel((t,), concurrency=0)
@@ -264,17 +265,45 @@ def test_synthetic_parameters_round_trip_and_refuse_bad_values() -> None:
         SyntheticLatency(overhead=float("inf"))
 
 
-def test_the_quantile_of_the_papers_arm_waits_for_every_round() -> None:
-    """Times 1 s or 3 s, equally likely; the paper's arm (wave None) of N = 3 waits for all.
-    At once: 1 s only if all three are (1/8), so its median is 3 s and its 10th percentile
-    1 s. In rounds of 2 then 1: 2 s (1/8), 4 s (1/8 + 3/8) or 6 s (3/8): quantiles 0.1, 0.5
-    and 0.95 are 2, 4 and 6 s, whatever the answers."""
-    times = CompletionTimes.from_samples([1.0, 3.0])
+def brute_pipeline(n: int, c: int, values: list[float], probs: list[float]
+                   ) -> dict[float, float]:
+    """The law of the time until all n completions sent at once are back, at most c running,
+    each started on the slot free first: every time assignment."""
+    law: dict[float, float] = {}
+    for times in itertools.product(range(len(values)), repeat=n):
+        free = [0.0] * c
+        for k in times:
+            i = free.index(min(free))
+            free[i] += values[k]
+        key = round(max(free), 9)
+        law[key] = law.get(key, 0.0) + math.prod(probs[k] for k in times)
+    return law
+
+
+def test_the_papers_arm_is_drawn_as_the_client_draws_it() -> None:
+    """All N sent at once, at most c running, each started as soon as one ends. Times 1 s or
+    3 s, equally likely, N = 3, c = 2: the third starts when the first two's shorter ends, so
+    2 s (1/8), 3 s (1/4), 4 s (1/2) or 6 s (1/8), 3.75 s on average (rounds of 2 then 1 would
+    take 4.5 s). The Monte Carlo estimate lies within 3 standard errors of the enumerated mean
+    for every N <= 5 and c = 2, 3; its quantiles are the enumerated ones here, whatever the
+    answers."""
+    values, probs = [1.0, 3.0], [0.5, 0.5]
+    times = CompletionTimes.from_samples(values)
+    assert brute_pipeline(3, 2, values, probs) == pytest.approx({2.0: 0.125, 3.0: 0.25,
+                                                                 4.0: 0.5, 6.0: 0.125})
+    for c in (2, 3):
+        got = all_times(times, 5, c)
+        for n in range(1, 6):
+            law = brute_pipeline(n, c, values, probs)
+            mean = sum(v * p for v, p in law.items())
+            sd = math.sqrt(sum((v - mean) ** 2 * p for v, p in law.items()))
+            assert abs(got[n] - mean) <= 3 * sd / math.sqrt(20_000) + 1e-12, (c, n)
     for rows in (np.array([1.0]), np.array([[0.5, 0.5], [0.9, 0.1]])):
-        assert latency_quantile(rows, 3, None, times, 0.5, step=1.0) == 3.0
-        assert latency_quantile(rows, 3, None, times, 0.1, step=1.0) == 1.0
         assert [latency_quantile(rows, 3, None, times, q, 2, step=1.0)
                 for q in (0.1, 0.5, 0.95)] == [2.0, 4.0, 6.0]
+        # no limit: the longest of three, 1 s only if all three are (1/8)
+        assert latency_quantile(rows, 3, None, times, 0.5, step=1.0) == 3.0
+        assert latency_quantile(rows, 3, None, times, 0.1, step=1.0) == 1.0
 
 
 def test_a_model_fitted_to_exact_times_recovers_overhead_and_per_token_time() -> None:

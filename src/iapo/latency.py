@@ -26,8 +26,10 @@ time of its own round (:func:`answer_times`), independently of tau. So
         P(undecided at t) x (E[time of answer t + 1] - E[time of answer t])
 
 (:func:`latency_from_undecided`), with the j-th shortest of s i.i.d. discrete times exact:
-P(X_(j) <= v) = P(Binomial(s, F(v)) >= j). The paper's arms, which pay all N, wait for every
-round (:meth:`LatencyModel.one_wave`). A quantile (the p95) is computed on a time grid, with a
+P(X_(j) <= v) = P(Binomial(s, F(v)) >= j). The paper's arms, which pay all N, are sent at once
+and wait for all, at most ``concurrency`` running, each started as soon as one ends, as the
+client draws them (:func:`all_times`: exact without a limit, else a seeded Monte Carlo
+estimate). A quantile (the p95) is computed on a time grid, with a
 stated error (:func:`latency_quantile`).
 
 Completions paid are priced at wave boundaries (:mod:`iapo.stopping`): live pays at most that.
@@ -181,20 +183,16 @@ class LatencyModel:
                    f"{FITTED}overhead={overhead:.6g},per_token={per_token:.6g},"
                    f"prefill={prefill:.6g},completions={x.size}", float(prefill))
 
-    def wave_times(self, wave: int) -> FloatArray:
-        """E[time of a wave of w completions] of every prompt, w = 0..wave: [P, wave+1]."""
-        return np.stack([wave_times(t, wave, self.concurrency) for t in self.times])
-
-    def width(self, wave: int) -> int:
-        """The rounds an arm in waves of ``wave`` runs in: a wave wider than the concurrency is
-        drawn as waves of the concurrency (live as in the model)."""
-        return round_width(wave, self.concurrency)
+    def all_times(self, n_max: int) -> FloatArray:
+        """E[time until all N completions sent at once are back] of every prompt, N =
+        0..n_max (:func:`all_times`; the prefill not included): [P, n_max+1]."""
+        return np.stack([all_times(t, n_max, self.concurrency) for t in self.times])
 
     def steps(self, wave: int, n_max: int) -> FloatArray:
         """Every prompt's :func:`answer_steps` for arms in waves of ``wave``: [P, n_max+1,
         n_max+1]. With an undecided table, :func:`latency_from_undecided` gives the expected
         latency of each arm (p, N, ``wave``)."""
-        width = min(self.width(wave), int(n_max))
+        width = min(round_width(wave, self.concurrency), int(n_max))
         key = (width, int(n_max))
         if key not in self._steps:  # the model is immutable: each table is computed once
             steps = np.stack([answer_steps(t, n_max, width) for t in self.times])
@@ -203,9 +201,9 @@ class LatencyModel:
         return self._steps[key]
 
     def one_wave(self, n_max: int) -> FloatArray:
-        """Expected latency of the arms (p, N) that send all N at once (the paper's arms):
-        [P, n_max]."""
-        return self.wave_times(n_max)[:, 1:] + self.prefill
+        """Expected latency of the arms (p, N) that send all N at once and wait for all (the
+        paper's arms), at most ``concurrency`` running: [P, n_max]."""
+        return self.all_times(n_max)[:, 1:] + self.prefill
 
     def to_dict(self) -> dict[str, object]:
         return {"description": self.description, "concurrency": self.concurrency,
@@ -317,13 +315,40 @@ def _round_size(wave: int, concurrency: int | None) -> int:
     return wave if concurrency is None else int(concurrency)
 
 
-def wave_times(times: CompletionTimes, wave: int, concurrency: int | None = None
-               ) -> FloatArray:
-    """E[time of a wave of w completions] for w = 0..wave: [wave+1]. With ``concurrency`` c,
-    a wave runs in rounds of at most c, one after the other (full rounds, then the rest)."""
-    c = _round_size(wave, concurrency)
-    full = times.max_of(c)
-    return np.array([(w // c) * full + times.max_of(w % c) for w in range(wave + 1)])
+PIPELINE_DRAWS = 20_000  # draws of the Monte Carlo estimate of a pipelined arm's time
+
+
+def _pipeline_draws(times: CompletionTimes, n: int, concurrency: int) -> FloatArray:
+    """Seeded draws of the time until the first k of n completions sent at once are all
+    back, k = 1..n, at most ``concurrency`` running, each started as soon as one ends (a
+    client's semaphore): [PIPELINE_DRAWS, n]."""
+    rng = np.random.default_rng(0)
+    x = rng.choice(times.values, size=(PIPELINE_DRAWS, n), p=times.probs)
+    free = np.zeros((PIPELINE_DRAWS, concurrency))
+    rows = np.arange(PIPELINE_DRAWS)
+    out = np.empty((PIPELINE_DRAWS, n))
+    for j in range(n):  # each completion to the slot free first
+        k = free.argmin(axis=1)
+        free[rows, k] += x[:, j]
+        out[:, j] = free.max(axis=1)
+    return out
+
+
+def all_times(times: CompletionTimes, n_max: int, concurrency: int | None = None
+              ) -> FloatArray:
+    """E[time until all N completions sent at once are back], N = 0..n_max: [n_max+1]. At
+    most ``concurrency`` run, each started as soon as one ends (how the client draws the
+    paper's arms). Exact where no more than the concurrency are sent (the longest of N) or
+    at a concurrency of 1 (N x the mean); else a seeded Monte Carlo estimate over
+    :data:`PIPELINE_DRAWS` draws."""
+    if n_max < 0 or (concurrency is not None and concurrency < 1):
+        raise InputError(f"n_max {n_max} must be >= 0 and concurrency {concurrency} >= 1")
+    c = n_max if concurrency is None else int(concurrency)
+    out = np.array([times.max_of(n) if c > 1 else n * times.mean()
+                    for n in range(n_max + 1)])
+    if 1 < c < n_max:
+        out[c + 1:] = _pipeline_draws(times, n_max, c).mean(axis=0)[c:]
+    return out
 
 
 def round_width(wave: int, concurrency: int | None) -> int:
@@ -408,8 +433,10 @@ def latency_quantile(probs: npt.ArrayLike, n: int, wave: int | None, times: Comp
                      no_answer: npt.ArrayLike | None = None, prefill: float = 0.0) -> float:
     """The ``quantile`` of the latency (seconds) of the arm (p, n, ``wave``) that stops once
     decided, over the rows ``probs`` [X, L] (queries drawn uniformly; one row [L] for one
-    query). ``wave`` None: the paper's arm, which pays all n and waits for every round
-    (``probs`` unused). ``prefill``: seconds every request waits once (a constant shift).
+    query). ``wave`` None: the paper's arm, which pays all n and waits for all (``probs``
+    unused); sent at once with more than the concurrency, its quantile is that of the
+    seeded draws of :func:`all_times` (a Monte Carlo estimate). ``prefill``: seconds every
+    request waits once (a constant shift).
 
     The numeric method: completion times are put on a grid of ``step`` seconds (default the
     mean completion time / 200), each rounded to the nearest grid point. The law of the time
@@ -428,6 +455,10 @@ def latency_quantile(probs: npt.ArrayLike, n: int, wave: int | None, times: Comp
     h = times.mean() / 200 if step is None else float(step)
     if not h > 0:
         raise InputError(f"step {step} must be > 0 seconds")
+    if wave is None and concurrency is not None and 1 < concurrency < n:
+        # the paper's arm, pipelined: a quantile of the seeded draws of all_times
+        draws = _pipeline_draws(times, n, concurrency)[:, -1]
+        return float(np.quantile(draws, quantile, method="inverted_cdf")) + prefill
     if wave is None:  # every answer is waited for
         decides = np.zeros(n)
         decides[-1] = 1.0
@@ -449,5 +480,5 @@ def latency_quantile(probs: npt.ArrayLike, n: int, wave: int | None, times: Comp
 
 
 __all__ = ["CompletionTimes", "LatencyModel", "SyntheticLatency", "answer_steps", "answer_times",
-           "expected_latency", "latency_from_undecided", "latency_quantile", "round_width",
-           "wave_times"]
+           "all_times", "expected_latency", "latency_from_undecided", "latency_quantile",
+           "round_width"]
