@@ -130,7 +130,7 @@ class QTable:
         if estimator == "subsets" and problem.stopping.early:
             raise InputError("the subsets estimator prices arms that pay all N; with stop "
                              f"'{problem.stopping.rule}' use blocks")
-        if problem.needs_latency and not (without_latency and not problem.stopping.widths):
+        if problem.stopping.widths or (problem.grid.prices_latency and not without_latency):
             raise InputError("the Q table of blocks does not price latency yet; contexts that "
                              "weigh or limit latency, and --wave auto, are learned by the "
                              "per-query model: use psst-auto (the default) or psst-model")

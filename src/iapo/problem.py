@@ -357,13 +357,6 @@ class ContextGrid:
             f"no context matches {dict(spec)}; the grid has: {', '.join(self.keys)}"
         )
 
-    def without_latency(self) -> ContextGrid:
-        """The same contexts without latency weights or limits: what quality and cost alone
-        price (an estimator that does not price latency reads it)."""
-        return ContextGrid(self.objectives, tuple(
-            dataclasses.replace(c, latency_weight=0.0, latency_limit=None)
-            for c in self.contexts))
-
     def with_latency(self, specs: Sequence[str]) -> ContextGrid:
         """The grid of the contexts ``specs``, each one of this grid's contexts (its weights and
         budget, as :meth:`find` names it) with a ``latency`` weight per second and/or a
