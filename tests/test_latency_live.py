@@ -24,7 +24,8 @@ from test_live_units import mv_raw, write_task
 from test_serve import Gateway
 
 DATA = Path(__file__).parent / "data"
-CONTEXTS = ["budget=low", "budget=low,latency=0.05", "budget=high,limit=1.5"]
+CONTEXTS = ["budget=low", "budget=low,latency=0.05", "budget=high,limit=1.5",
+            "budget=high,p95=3"]
 
 
 def test_the_pilot_is_drawn_in_groups_and_fits_the_prefill(tmp_path: Path) -> None:
@@ -124,7 +125,8 @@ def test_a_task_that_prices_latency_trains_answers_and_serves_with_predictions(
     assert limited["latency"] <= 1.5 or limited["q_hat"] is None  # within, or none is
     for row, chosen in zip(report["policy"], policy["policy"], strict=True):
         assert (row["wave"], row["latency"]) == (chosen["wave"], chosen["latency"])
-    assert [row["limit"] for row in report["policy"]] == [None, None, 1.5]
+    assert [row["limit"] for row in report["policy"]] == [None, None, 1.5, None]
+    assert [row["p95_limit"] for row in report["policy"]] == [None, None, None, 3.0]
     assert (run / "figures" / "quality-vs-latency.png").stat().st_size > 10_000
 
     again = tmp_path / "again"
@@ -145,7 +147,9 @@ def test_a_task_that_prices_latency_trains_answers_and_serves_with_predictions(
             meta = gw.ask({"budget": "high", "limit": "1.5"},
                           content=question).model_extra["iapo"]  # type: ignore[index]
             assert meta["predicted_seconds"] == limited["latency"]
+        gw.ask({"budget": "high", "p95": "3"}, content=question)
         health = httpx.get(f"{gw.url}/health").json()["latency"]
     seen = health[CONTEXTS[2]]
     assert seen["requests"] == 2 and seen["predicted"] == pytest.approx(limited["latency"])
     assert seen["limit"] == 1.5 and not seen["disagrees"]  # too few to say
+    assert health[CONTEXTS[3]]["p95_limit"] == 3.0 and not health[CONTEXTS[3]]["over_p95"]

@@ -149,8 +149,9 @@ def _latency_options(fn: F) -> F:
     """``--latency`` and ``--contexts``: the latency model and contexts that price latency."""
     fn = click.option("--contexts", "contexts", default=None, metavar="SPEC;SPEC;...",
                       help="Contexts instead of ENV's: each one of its contexts with a latency "
-                           "weight per second and/or a limit on expected seconds, e.g. "
-                           "'budget=mid; budget=mid,latency=0.001; budget=mid,limit=25'.")(fn)
+                           "weight per second, a limit on expected seconds and/or a limit on "
+                           "the 95th percentile, e.g. 'budget=mid; budget=mid,latency=0.001; "
+                           "budget=mid,limit=25; budget=mid,p95=40'.")(fn)
     return click.option("--latency", "latency", default=None, metavar="KEY=VALUE,...",
                         help="The synthetic latency model's parameters, any of overhead, "
                              "per_token, tokens_per_cost, cv, concurrency (default: the "

@@ -200,6 +200,33 @@ class LatencyModel:
             self._steps[key] = steps
         return self._steps[key]
 
+    def over(self, limits: npt.ArrayLike, n_max: int, wave: int | None,
+             undecided: FloatArray | None = None) -> FloatArray | None:
+        """P(latency > each context's p95 ``limits`` [C] (inf: none)) of every arm (p, N) in
+        waves of ``wave`` that stops once decided, from the undecided table ``undecided``
+        [P, N+1, N+1] (the mean over the queries it is judged on), or of the paper's arms
+        (``wave`` None: all N paid and waited for): [C, P, n_max] (0 for a context without
+        a limit); None where no context has one. An arm meets a p95 limit when this is at
+        most 1 - 0.95 (:func:`iapo.utility.latency_priced`)."""
+        bounds = np.asarray(limits, dtype=np.float64)
+        if not np.isfinite(bounds).any():
+            return None
+        out = np.zeros((bounds.size, len(self.times), n_max))
+        for limit in np.unique(bounds[np.isfinite(bounds)]):
+            if wave is None:
+                table = np.stack([all_over(t, n_max, limit, self.concurrency,
+                                           prefill=self.prefill) for t in self.times])
+            else:
+                if undecided is None:
+                    raise InputError("the p95 of arms that stop once decided needs their "
+                                     "undecided table")
+                width = min(round_width(wave, self.concurrency), int(n_max))
+                steps = np.stack([over_steps(t, n_max, width, limit, prefill=self.prefill)
+                                  for t in self.times])
+                table = latency_from_undecided(undecided, steps)
+            out[bounds == limit] = table
+        return out
+
     def one_wave(self, n_max: int) -> FloatArray:
         """Expected latency of the arms (p, N) that send all N at once and wait for all (the
         paper's arms), at most ``concurrency`` running: [P, n_max]."""
@@ -420,11 +447,99 @@ def _grid_cdf(times: CompletionTimes, step: float) -> FloatArray:
     return np.asarray(np.minimum(np.cumsum(pmf), 1.0), dtype=np.float64)
 
 
-def _order_law(cdf: FloatArray, size: int, j: int) -> FloatArray:
-    """The law on the grid of the j-th shortest of ``size`` completion times: [G]."""
-    from scipy.stats import binom
+def _grid_step(times: CompletionTimes, step: float | None) -> float:
+    """The grid step of the quantile method: ``step``, or the mean completion time / 200."""
+    h = times.mean() / 200 if step is None else float(step)
+    if not (np.isfinite(h) and h > 0):
+        raise InputError(f"step {step} must be > 0 seconds")
+    return h
 
-    return np.diff(np.concatenate([[0.0], binom.sf(j - 1, size, cdf)]))
+
+class _AnswerGrid:
+    """The laws, on the grid of :func:`_grid_cdf` up to grid point ``size - 1``, of the time
+    of every answer k of every arm N asked for in rounds of ``width`` (:func:`answer_times`:
+    m full rounds, each the longest of ``width``, then the j-th shortest of its own round of
+    s): the law of the m full rounds (convolutions) and the distribution function of the
+    j-th shortest of s, P(X_(j) <= v) = P(Binomial(s, F(v)) >= j)."""
+
+    def __init__(self, cdf: FloatArray, n_max: int, width: int, size: int) -> None:
+        from scipy.signal import convolve
+        from scipy.special import betainc
+
+        self.r, self.size = int(width), int(size)
+        f = cdf[np.minimum(np.arange(self.size), cdf.size - 1)]  # 1 beyond the longest time
+        longest = np.diff(np.concatenate([[0.0], f ** self.r]))
+        rounds = max(1, -(-int(n_max) // self.r))
+        self.before = np.zeros((rounds, self.size))  # [m, i]: the m full rounds' law
+        self.before[0, 0] = 1.0
+        for m in range(1, rounds):
+            law = convolve(self.before[m - 1], longest, method="auto")[: self.size]
+            self.before[m] = np.clip(law, 0.0, None)
+        s, j = np.tril_indices(self.r + 1)
+        keep = j >= 1
+        self.order = np.zeros((self.r + 1, self.r + 1, self.size))  # [s, j, i]
+        self.order[s[keep], j[keep]] = betainc(j[keep, None], (s - j + 1)[keep, None],
+                                               f[None, :])
+
+    def within(self, n_max: int, index: int) -> FloatArray:
+        """P(the time of answer k of the arm N <= grid point ``index``): [n_max+1, n_max+1]
+        indexed [N, k] (0 for k = 0 and k > N)."""
+        out = np.zeros((n_max + 1, n_max + 1))
+        if index < 0:
+            return out
+        i = min(int(index), self.size - 1)
+        reach = np.einsum("ma,sja->msj", self.before[:, : i + 1], self.order[:, :, i::-1])
+        n = np.arange(n_max + 1)[:, None]
+        k = np.arange(n_max + 1)[None, :]
+        m = np.maximum(k - 1, 0) // self.r
+        size = np.clip(n - m * self.r, 0, self.r)
+        j = np.clip(k - m * self.r, 0, self.r)
+        at = reach[np.minimum(m, reach.shape[0] - 1), size, j]
+        return np.where((k >= 1) & (k <= n), np.minimum(at, 1.0), 0.0)
+
+
+def _grid_index(seconds: float, step: float) -> int:
+    """The last grid point at or below ``seconds`` (-1 below 0)."""
+    return int(np.floor(seconds / step + 1e-9)) if seconds >= 0 else -1
+
+
+def over_steps(times: CompletionTimes, n_max: int, width: int, limit: float,
+               step: float | None = None, prefill: float = 0.0) -> FloatArray:
+    """P(latency > ``limit``) as :func:`latency_from_undecided` reads it: [n_max+1, n_max+1]
+    indexed [N, t], with S[N, k] = P(time of answer k of the arm N > limit) (S[N, 0] = 0),
+    the differences S[N, t + 1] - S[N, t] for t < N (0 elsewhere). Summed against an
+    undecided table U they give sum over k of P(the k-th answer decides) x S[N, k] = P(the
+    arm's latency > limit), since the deciding answer does not depend on the times
+    (summation by parts). On the grid of :func:`latency_quantile`, with its rounding: the
+    arm's p95 is at most ``limit`` exactly when the result is at most 0.05."""
+    h = _grid_step(times, step)
+    r = min(int(width), int(n_max))
+    index = _grid_index(limit - prefill, h)
+    grid = _AnswerGrid(_grid_cdf(times, h), n_max, r, max(index, 0) + 1)
+    n = np.arange(n_max + 1)[:, None]
+    k = np.arange(n_max + 1)[None, :]
+    over = np.where((k >= 1) & (k <= n), 1.0 - grid.within(n_max, index), 0.0)
+    steps = np.zeros_like(over)
+    steps[:, :-1] = over[:, 1:] - over[:, :-1]
+    return np.where(k < n, steps, 0.0)
+
+
+def all_over(times: CompletionTimes, n_max: int, limit: float,
+             concurrency: int | None = None, step: float | None = None,
+             prefill: float = 0.0) -> FloatArray:
+    """P(latency > ``limit``) of the arms that send all N at once and wait for all (the
+    paper's), N = 1..n_max: [n_max], as :func:`latency_quantile` computes their quantile
+    (on its grid; where more than the concurrency are sent, from the same seeded draws)."""
+    h = _grid_step(times, step)
+    c = n_max if concurrency is None else min(int(concurrency), int(n_max))
+    index = _grid_index(limit - prefill, h)
+    grid = _AnswerGrid(_grid_cdf(times, h), n_max, c, max(index, 0) + 1)
+    n = np.arange(1, n_max + 1)
+    out = 1.0 - grid.within(n_max, index)[n, n]
+    if 1 < c < n_max:  # sent at once beyond the concurrency: the draws of all_times
+        draws = _pipeline_draws(times, n_max, c)[:, c:]
+        out[c:] = (draws > limit - prefill).mean(axis=0)
+    return np.asarray(out, dtype=np.float64)
 
 
 def latency_quantile(probs: npt.ArrayLike, n: int, wave: int | None, times: CompletionTimes,
@@ -444,41 +559,40 @@ def latency_quantile(probs: npt.ArrayLike, n: int, wave: int | None, times: Comp
     shortest of its own round) is then exact on the grid (convolutions), mixed over the
     answer that decides the vote (P(tau = k) = P(undecided at k - 1) - P(undecided at k), k <
     n; the rest at n) and over the rows. The answer is the smallest grid value whose
-    probability of not being exceeded reaches ``quantile``. Rounding is monotone, so it is off
-    by at most rounds x step / 2 from the exact quantile of the unrounded times, rounds being
-    the most rounds the arm can run."""
+    probability of not being exceeded reaches ``quantile`` (found by bisection; the same
+    probabilities :func:`over_steps` gives a limit). Rounding is monotone, so it is off by at
+    most rounds x step / 2 from the exact quantile of the unrounded times, rounds being the
+    most rounds the arm can run."""
     if not 0 < quantile < 1:
         raise InputError(f"quantile {quantile} must lie strictly between 0 and 1")
     p = np.asarray(probs, dtype=np.float64)
     rows = p.reshape(-1, p.shape[-1])
     r = min(round_width(n if wave is None else wave, concurrency), int(n))
-    h = times.mean() / 200 if step is None else float(step)
-    if not h > 0:
-        raise InputError(f"step {step} must be > 0 seconds")
+    h = _grid_step(times, step)
     if wave is None and concurrency is not None and 1 < concurrency < n:
         # the paper's arm, pipelined: a quantile of the seeded draws of all_times
         draws = _pipeline_draws(times, n, concurrency)[:, -1]
         return float(np.quantile(draws, quantile, method="inverted_cdf")) + prefill
     if wave is None:  # every answer is waited for
-        decides = np.zeros(n)
+        decides = np.zeros(n + 1)
         decides[-1] = 1.0
     else:
         undecided = undecided_probability(rows, n, no_answer)[:, n].mean(axis=0)  # [t]
-        decides = undecided[:n] - np.concatenate([undecided[1:n], [0.0]])  # P(tau = k)
+        decides = np.zeros(n + 1)  # P(tau = k), k = 0..n
+        decides[1:] = undecided[:n] - np.concatenate([undecided[1:n], [0.0]])
     cdf = _grid_cdf(times, h)
-    longest = np.diff(np.concatenate([[0.0], cdf ** r]))
-    laws, before = [], np.ones(1)  # before: the law of the full rounds so far
-    for start in range(0, n, r):
-        size = min(r, n - start)
-        laws += [np.convolve(before, _order_law(cdf, size, j)) for j in range(1, size + 1)]
-        before = np.convolve(before, longest)
-    mixed = np.zeros(max(law.size for law in laws))
-    for weight, law in zip(decides, laws, strict=True):
-        mixed[: law.size] += weight * law
-    reach = np.cumsum(mixed)
-    return float(np.searchsorted(reach, quantile - 1e-12) * h) + prefill
+    rounds = -(-n // r)
+    grid = _AnswerGrid(cdf, n, r, rounds * (cdf.size - 1) + 1)
+    lo, hi = 0, grid.size - 1  # the latency is at most the grid's last point
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if decides @ grid.within(n, mid)[n] >= quantile - 1e-12:
+            hi = mid
+        else:
+            lo = mid + 1
+    return float(lo * h) + prefill
 
 
-__all__ = ["CompletionTimes", "LatencyModel", "SyntheticLatency", "answer_steps", "answer_times",
-           "all_times", "expected_latency", "latency_from_undecided", "latency_quantile",
-           "round_width"]
+__all__ = ["CompletionTimes", "LatencyModel", "SyntheticLatency", "all_over", "all_times",
+           "answer_steps", "answer_times", "expected_latency", "latency_from_undecided",
+           "latency_quantile", "over_steps", "round_width"]

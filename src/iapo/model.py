@@ -157,34 +157,37 @@ class ModelQTable:
                 ) -> tuple[FloatArray, npt.NDArray[np.int64] | None, FloatArray | None]:
         """Q from the task value [C, P, N] and each prompt's cost [P]: less the cost of the
         completions paid (N, or fewer in expectation for arms that stop once decided), and
-        for contexts that price latency the latency term and limit
-        (:func:`iapo.utility.latency_priced`); the best of the widths where W is part of the
-        arm. Returns (Q [C, P, N], the width of each or None, its latency [C, P, N] or
-        None)."""
+        for contexts that price latency the latency term and limits
+        (:func:`iapo.utility.latency_priced`; the p95 from the same undecided table); the
+        best of the widths where W is part of the arm. Returns (Q [C, P, N], the width of
+        each or None, its latency [C, P, N] or None)."""
         problem = self.problem
         grid, stopping, n_max = problem.grid, problem.stopping, problem.n_max
         cw = grid.cost_weights[:, None, None]
-        priced = problem.needs_latency
-        if priced and problem.latency is None:
+        priced, latency = problem.needs_latency, problem.latency
+        if priced and latency is None:
             raise InputError("contexts that price latency, and the wave width as part of the "
                              "arm, need the problem's latency model (Problem.latency)")
         c = grid.latency_weights.size
         if not stopping.early:
             q = task - cost_term(cw, cost[None, :, None], np.arange(1, n_max + 1))
-            if not priced:
+            if not priced or latency is None:
                 return q, None, None
             seconds = np.broadcast_to(self.arm_latency(None), (c, *q.shape[1:]))
-            return (latency_priced(q, seconds, grid.latency_weights, grid.latency_limits),
-                    None, seconds)
+            over = latency.over(grid.p95_limits, n_max, None)
+            return (latency_priced(q, seconds, grid.latency_weights, grid.latency_limits,
+                                   over=over), None, seconds)
         widths = stopping.widths or (stopping.wave,)
         per_width, per_seconds = [], []
         undecided = self._mv_undecided()  # [P, N+1, N+1]
         for w in widths:
             paid, _ = paid_from_undecided(undecided, w)  # [P, N]
             q = task - cost_term(cw, (cost[:, None] * paid)[None])
-            if priced:
+            if latency is not None and priced:
                 seconds = self.arm_latency(w, undecided)
-                q = latency_priced(q, seconds[None], grid.latency_weights, grid.latency_limits)
+                over = latency.over(grid.p95_limits, n_max, w, undecided)
+                q = latency_priced(q, seconds[None], grid.latency_weights, grid.latency_limits,
+                                   over=over)
                 per_seconds.append(np.broadcast_to(seconds, q.shape))
             per_width.append(q)
         if not stopping.widths:

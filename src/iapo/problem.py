@@ -146,8 +146,9 @@ class Context:
     ``weights`` lie in [0, 1]; ``cost_weight`` >= 0 multiplies the summed cost of the N
     completions; ``probability`` is how often this context occurs (for the ACR). Beyond the
     paper, ``latency_weight`` >= 0 is what a second of expected latency costs (utility per
-    second) and ``latency_limit`` the most expected latency, in seconds, of an eligible arm
-    (None: no limit; :mod:`iapo.latency`).
+    second), ``latency_limit`` the most expected latency, in seconds, of an eligible arm and
+    ``latency_p95`` the most 95th percentile of its latency (None: no limit;
+    :mod:`iapo.latency`).
     """
 
     weights: tuple[float, ...]
@@ -156,6 +157,7 @@ class Context:
     probability: float = 1.0
     latency_weight: float = 0.0
     latency_limit: float | None = None
+    latency_p95: float | None = None
 
     def __post_init__(self) -> None:
         ws = tuple(_finite(w, "objective weight") for w in self.weights)
@@ -180,12 +182,12 @@ class Context:
         if lw < 0:
             raise ProblemError(f"latency weight {lw} is negative; give the utility a second "
                                "of latency costs, >= 0")
-        if self.latency_limit is not None:
-            limit = _finite(self.latency_limit, "latency limit")
-            if limit <= 0:
-                raise ProblemError(f"latency limit {limit} must be a positive number of "
-                                   "seconds")
-            object.__setattr__(self, "latency_limit", limit)
+        for name, what in (("latency_limit", "latency limit"), ("latency_p95", "p95 limit")):
+            if getattr(self, name) is not None:
+                limit = _finite(getattr(self, name), what)
+                if limit <= 0:
+                    raise ProblemError(f"{what} {limit} must be a positive number of seconds")
+                object.__setattr__(self, name, limit)
         object.__setattr__(self, "weights", ws)
         object.__setattr__(self, "cost_weight", cw)
         object.__setattr__(self, "probability", pr)
@@ -194,9 +196,10 @@ class Context:
     @property
     def latency_parts(self) -> dict[str, float]:
         """The context's latency terms as its key writes them: ``latency`` (weight per
-        second) and ``limit`` (seconds), each only where set."""
+        second), ``limit`` and ``p95`` (seconds), each only where set."""
         out = {"latency": self.latency_weight} if self.latency_weight else {}
-        return out | ({} if self.latency_limit is None else {"limit": self.latency_limit})
+        out |= {} if self.latency_limit is None else {"limit": self.latency_limit}
+        return out | ({} if self.latency_p95 is None else {"p95": self.latency_p95})
 
 
 @dataclass(frozen=True)
@@ -285,6 +288,13 @@ class ContextGrid:
                          for c in self.contexts], dtype=np.float64)
 
     @property
+    def p95_limits(self) -> npt.NDArray[np.float64]:
+        """The most 95th percentile of the latency of an eligible arm in each context (inf:
+        none): [C]."""
+        return np.array([np.inf if c.latency_p95 is None else c.latency_p95
+                         for c in self.contexts], dtype=np.float64)
+
+    @property
     def prices_latency(self) -> bool:
         """Whether some context weighs or limits latency."""
         return any(c.latency_parts for c in self.contexts)
@@ -331,7 +341,8 @@ class ContextGrid:
         """The index of the context that ``spec`` names, e.g. {"helpful": 0.3, "budget": "high"}.
 
         Every objective weight (except with a single objective) and the budget must be given;
-        a context that prices latency also its ``latency`` weight and ``limit`` (absent: none).
+        a context that prices latency also its ``latency`` weight, ``limit`` and ``p95``
+        (absent: none).
         """
         names = [o.name for o in self.objectives]
         known = [*names, "budget", *LATENCY_PARTS]
@@ -359,8 +370,9 @@ class ContextGrid:
 
     def with_latency(self, specs: Sequence[str]) -> ContextGrid:
         """The grid of the contexts ``specs``, each one of this grid's contexts (its weights and
-        budget, as :meth:`find` names it) with a ``latency`` weight per second and/or a
-        ``limit`` in seconds, e.g. ``budget=mid,latency=0.01`` or ``budget=mid,limit=20``;
+        budget, as :meth:`find` names it) with a ``latency`` weight per second, a ``limit``
+        on the expected latency and/or a ``p95`` limit on its 95th percentile, in seconds,
+        e.g. ``budget=mid,latency=0.01``, ``budget=mid,limit=20`` or ``budget=mid,p95=30``;
         equally likely. The ``--contexts`` grammar (:func:`parse_contexts`)."""
         if not specs:
             raise ProblemError("give at least one context, e.g. 'budget=mid,latency=0.01'")
@@ -372,11 +384,12 @@ class ContextGrid:
                                              if k not in LATENCY_PARTS})]
             out.append(dataclasses.replace(
                 base, probability=1.0 / len(specs), latency_weight=extra.get("latency", 0.0),
-                latency_limit=extra.get("limit")))
+                latency_limit=extra.get("limit"), latency_p95=extra.get("p95")))
         return ContextGrid(self.objectives, tuple(out))
 
 
-LATENCY_PARTS = ("latency", "limit")  # a context's latency weight and limit, as keys name them
+LATENCY_PARTS = ("latency", "limit", "p95")  # a context's latency weight and limits, as keys
+# name them
 
 
 def _number(spec: Mapping[str, object], name: str) -> float:

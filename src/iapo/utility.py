@@ -7,7 +7,8 @@ that the others call:
   takes its max over a group); the weighted other objectives of the mixed strategy:
   :func:`style_values`;
 - beyond the paper, the latency term w_latency x expected latency, :func:`latency_term`, and
-  a context's latency limit, :func:`within_limit` (:mod:`iapo.latency`);
+  a context's latency limits, :func:`within_limit` (expected) and :func:`within_p95`
+  (:mod:`iapo.latency`);
 - the cost term w_cost x cost x completions paid: :func:`cost_term` (the exact Q,
   :class:`iapo.envs.base.QueryTable`; the Q table, :class:`iapo.estimate.QTable`; the model,
   :class:`iapo.model.ModelQTable`);
@@ -78,16 +79,31 @@ def within_limit(latency: FloatArray, limits: FloatArray) -> npt.NDArray[np.bool
     return np.asarray(np.asarray(latency) <= np.asarray(limits) * (1 + 1e-12))
 
 
+P95 = 0.95  # the quantile a context's ``p95`` limit bounds
+
+
+def within_p95(over: FloatArray) -> npt.NDArray[np.bool_]:
+    """Whether an arm whose latency exceeds its context's p95 limit with probability ``over``
+    is eligible: its 95th percentile is at most the limit, i.e. over <= 1 - 0.95."""
+    return np.asarray(np.asarray(over) <= (1 - P95) + 1e-12)
+
+
 def latency_priced(q: FloatArray, latency: FloatArray, latency_weights: FloatArray,
-                   limits: FloatArray, judged: FloatArray | None = None) -> FloatArray:
+                   limits: FloatArray, judged: FloatArray | None = None,
+                   over: FloatArray | None = None) -> FloatArray:
     """Q of contexts that price latency: ``q`` less :func:`latency_term`, and -inf for an arm
-    over its context's limit (:func:`within_limit`). q [C, ...], latency broadcast against it,
-    latency_weights and limits [C]. ``judged`` (default ``latency``): the latency the limit
-    judges, where it differs (the exact Q of a split judges an arm on all the queries)."""
+    over its context's limit (:func:`within_limit`) or p95 limit (:func:`within_p95`). q [C,
+    ...], latency broadcast against it, latency_weights and limits [C]. ``judged`` (default
+    ``latency``): the latency the limit judges, where it differs (the exact Q of a split
+    judges an arm on all the queries). ``over`` [C, ...] (None: no p95 limit): P(latency >
+    the context's p95 limit) (:meth:`iapo.latency.LatencyModel.over`)."""
     shape = (-1,) + (1,) * (np.ndim(q) - 1)
     w, limit = np.reshape(latency_weights, shape), np.reshape(limits, shape)
     priced = np.asarray(q) - latency_term(w, np.asarray(latency))
-    return np.where(within_limit(latency if judged is None else judged, limit), priced, -np.inf)
+    eligible = within_limit(latency if judged is None else judged, limit)
+    if over is not None:
+        eligible = eligible & within_p95(over)
+    return np.where(eligible, priced, -np.inf)
 
 
 def vote_counts(labels: npt.ArrayLike, n_categories: int | None = None) -> npt.NDArray[np.int64]:

@@ -30,7 +30,9 @@ from iapo.utility import cost_term, latency_priced
 if TYPE_CHECKING:
     from iapo.latency import LatencyModel, SyntheticLatency
 
-STOP_TABLES = ("paid", "waves", "seconds")  # an environment's decided-vote tables, per width
+# an environment's decided-vote tables, per width: [P, X, N_max] each, and the undecided
+# table averaged over each prompt's queries [P, N_max+1, N_max+1]
+STOP_TABLES = ("paid", "waves", "seconds", "undecided")
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -62,7 +64,9 @@ class QueryTable:
     [P, X, N_max] (None: the paper's arms, N completions in one wave) are the expected
     completions paid and waves drawn by an arm that stops early (:mod:`iapo.stopping`).
     ``latency`` [P, X, N_max] (None: not priced) is each arm's expected latency in seconds
-    (:mod:`iapo.latency`), which contexts that price latency subtract and limit.
+    (:mod:`iapo.latency`), which contexts that price latency subtract and limit. ``over``
+    [C, P, N_max] (None: no context has a p95 limit) is P(an arm's latency > its context's
+    p95 limit) on all the queries (:meth:`iapo.latency.LatencyModel.over`).
     """
 
     task: FloatArray
@@ -72,6 +76,7 @@ class QueryTable:
     paid: FloatArray | None = None
     waves: FloatArray | None = None
     latency: FloatArray | None = None
+    over: FloatArray | None = None
 
     def q(self, problem: Problem, queries: npt.ArrayLike | None = None) -> FloatArray:
         """Q(c, p, N) averaged over ``queries`` (all if None): [C, P, N_max].
@@ -103,12 +108,12 @@ class QueryTable:
             q = reward - cost_term(cost_weights, paid_cost[None])
         if not problem.grid.prices_latency:
             return q
-        # the limit is a property of the arm on the query distribution: judged on all the
-        # queries, so that sampling a split alone never moves an arm across it
+        # the limits are a property of the arm on the query distribution: judged on all the
+        # queries, so that sampling a split alone never moves an arm across them
         grid = problem.grid
         judged = None if idx is None else self.expected(self.seconds())[None]
         return latency_priced(q, self.expected(self.seconds(), idx)[None], grid.latency_weights,
-                              grid.latency_limits, judged)
+                              grid.latency_limits, judged, self.over)
 
     def seconds(self) -> FloatArray:
         """``latency``, which contexts that price latency need: [P, X, N_max]."""
@@ -249,7 +254,7 @@ class Environment(ABC):
             else:
                 arrays = compute()
             _, widx = self.problem.grid.distinct_weights()
-            paid = waves = None
+            paid = waves = undecided = None
             stopping = self.problem.stopping
             from iapo.latency import SyntheticLatency
 
@@ -267,12 +272,14 @@ class Environment(ABC):
                 key = f"{self.name}-{self.fingerprint()}-decided-w{stopping.wave}-{model}"
                 stop = (load_or_compute(key, stop_compute, required=STOP_TABLES) if cache
                         else stop_compute())
-                paid, waves, seconds = (stop[k] for k in STOP_TABLES)
+                paid, waves, seconds, undecided = (stop[k] for k in STOP_TABLES)
             else:  # one wave of N
                 seconds = np.broadcast_to(latency.one_wave(n_max)[:, None, :],
                                           (*arrays["cost"].shape, n_max))
+            over = latency.over(self.problem.grid.p95_limits, n_max,
+                                stopping.wave if stopping.early else None, undecided)
             self._table = QueryTable(arrays["task"], arrays["cost"], widx, self.observed,
-                                     paid, waves, seconds)
+                                     paid, waves, seconds, over)
         return self._table
 
     def latency_model(self, cost: FloatArray | None = None) -> LatencyModel:
@@ -349,10 +356,11 @@ class Environment(ABC):
         return env
 
     def _stopping_table(self, wave: int, latency: LatencyModel, progress: bool
-                        ) -> tuple[FloatArray, FloatArray, FloatArray]:
+                        ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
         """(paid, waves, seconds) [P, X, N_max]: expected completions paid, waves drawn and
         latency under ``latency`` (:mod:`iapo.latency`) of arms that stop once decided, in
-        waves of ``wave``."""
+        waves of ``wave``; and each prompt's undecided table averaged over its observed
+        queries (:func:`iapo.stopping.undecided_probability`), [P, N_max+1, N_max+1]."""
         raise self._cannot_stop()
 
     def _cannot_stop(self) -> InputError:
@@ -505,10 +513,15 @@ def _check_eligible(env: Environment, q: FloatArray, arms: Sequence[Arm]) -> Non
         if np.isfinite(q[i, a.prompt, a.n - 1]):
             continue
         context = env.problem.grid.contexts[i]
-        table = env.with_stopping(Stopping()).query_table()
+        paper = env.with_stopping(Stopping())
+        table = paper.query_table()
         fastest = table.expected(table.seconds())  # [P, N]
-        p, n = np.unravel_index(int(fastest.argmin()), fastest.shape)
-        raise InputError(f"no arm meets the latency limit of {context.latency_limit:g} s in "
+        p, n = (int(v) for v in np.unravel_index(int(fastest.argmin()), fastest.shape))
+        bounds = [f"{v:g} s {what}" for v, what in ((context.latency_limit, "on average"),
+                                                   (context.latency_p95, "at the p95"))
+                  if v is not None]
+        p95 = paper.latency_quantile(Arm(p, n + 1), None)
+        raise InputError(f"no arm meets the latency limit of {' and '.join(bounds)} in "
                          f"context {env.problem.grid.key(context)}: the fastest, prompt {p} "
-                         f"with N = {n + 1}, takes {fastest[p, n]:.3g} s on average; raise "
-                         "the limit")
+                         f"with N = {n + 1}, takes {fastest[p, n]:.3g} s on average and "
+                         f"{p95:.3g} s at the p95; raise the limit")

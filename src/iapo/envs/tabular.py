@@ -295,7 +295,7 @@ class MVEnvironment(Environment):
         return task, cost
 
     def _stopping_table(self, wave: int, latency: LatencyModel, progress: bool
-                        ) -> tuple[FloatArray, FloatArray, FloatArray]:
+                        ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
         from tqdm.auto import tqdm
 
         from iapo.latency import latency_from_undecided
@@ -306,6 +306,9 @@ class MVEnvironment(Environment):
         abstain = self._abstain()
         steps = latency.steps(wave, n_max)  # [P, N+1, N+1]
         paid, waves, seconds = (np.zeros((n_prompts, n_queries, n_max)) for _ in range(3))
+        undecided = np.zeros((n_prompts, n_max + 1, n_max + 1))
+        seen = np.ones((n_prompts, n_queries)) if self.observed is None else \
+            self.observed.astype(np.float64)
         # one prompt's undecided tables [X, N+1, N+1] at a time: all of them may not fit
         for p in tqdm(range(n_prompts), desc=f"decided-vote tables for {self.name}",
                       disable=not progress, leave=False):
@@ -313,7 +316,8 @@ class MVEnvironment(Environment):
                                           None if abstain is None else abstain)
             paid[p], waves[p] = paid_from_undecided(table, wave)
             seconds[p] = latency_from_undecided(table, steps[p])
-        return paid, waves, seconds
+            undecided[p] = np.tensordot(seen[p] / max(seen[p].sum(), 1.0), table, axes=1)
+        return paid, waves, seconds, undecided
 
 def _no_answer(no_answer: npt.ArrayLike | None, gold: npt.NDArray[np.int16], n_cat: int
                ) -> npt.NDArray[np.int16] | None:

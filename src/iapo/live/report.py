@@ -124,9 +124,10 @@ def contexts(task: Task, problem: Problem, choices: Sequence[Choice], train: Arm
         row: dict[str, Any] = {"context": key, "prompt": names[ch.prompt],
                                "prompt_index": ch.prompt, "n": ch.n,
                                "q_hat": _num(ch.q_hat)}
-        if problem.needs_latency:  # the width, the predicted latency and the limit
-            limit = problem.grid.contexts[i].latency_limit
-            row.update(wave=ch.wave, latency=ch.latency, limit=limit)
+        if problem.needs_latency:  # the width, the predicted latency and the limits
+            context = problem.grid.contexts[i]
+            row.update(wave=ch.wave, latency=ch.latency, limit=context.latency_limit,
+                       p95_limit=context.latency_p95)
         if ch.n is None:  # N uniform in 1..N_max: no single arm to describe
             row.update(train=None, test=None, runner_ups=[], p_best=None, p_within=None)
             rows.append(row)

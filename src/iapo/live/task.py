@@ -47,6 +47,7 @@ Example (docs/live.md documents every field)::
     # latency = ["budget=mid", "budget=mid,latency=0.0003", "budget=mid,limit=20"]
                                              # optional: the contexts, each with a weight per
                                              # second of latency and/or a limit in seconds
+                                             # on the mean (limit) or the p95 (p95)
 
     [train]
     n_max = 4
@@ -617,7 +618,8 @@ def task_from_dict(raw: dict[str, Any], path: Path) -> Task:
     if not isinstance(latency, list) or not all(isinstance(x, str) for x in latency):
         raise TaskError("contexts.latency must be a list of contexts such as "
                         "\"budget=mid,latency=0.0003\" or \"budget=mid,limit=20\" (each one of "
-                        "the grid's contexts with a latency weight per second and/or a limit)")
+                        "the grid's contexts with a latency weight per second and/or a limit "
+                        "on the mean or the p95, e.g. \"budget=mid,p95=30\")")
     if latency and probs is not None:
         raise TaskError("contexts.latency lists the contexts, equally likely: remove "
                         "contexts.probabilities")

@@ -658,9 +658,10 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
                 "last": refining["last"], "error": refining["error"]},
             "drift": refining["flags"],
             # this worker's: per context, measured against predicted latency and the limit
-            "latency": watch.health({k: c.latency_limit for k, c in
-                                     zip(responder.grid.keys, responder.grid.contexts,
-                                         strict=True)}),
+            "latency": watch.health(*({k: getattr(c, name) for k, c in
+                                       zip(responder.grid.keys, responder.grid.contexts,
+                                           strict=True)}
+                                      for name in ("latency_limit", "latency_p95"))),
         })
 
     async def not_found(request: Request, exc: Exception) -> JSONResponse:

@@ -300,10 +300,13 @@ class LatencyWatch:
     time). Their mean, p50 and p95 in seconds; ``disagrees`` where, over at least
     :attr:`MIN_REQUESTS` of them, the mean is off the mean prediction by more than
     :attr:`TOLERANCE` of it and by more than 3 standard errors; ``over_limit`` where the mean
-    exceeds the context's limit (on the expected latency) by more than 3 standard errors."""
+    exceeds the context's limit (on the expected latency) by more than 3 standard errors;
+    ``over_p95`` where more than 5% of them exceed its p95 limit, a binomial test at the
+    one-sided level of 3 standard errors (:attr:`LEVEL`)."""
 
     TOLERANCE = 0.25  # the error the model is held to against a real server (docs/latency.md)
     MIN_REQUESTS = 20
+    LEVEL = 0.00135  # P(a normal > 3 standard deviations): the p95 test's false alarms
 
     def __init__(self, window: int = 1000) -> None:
         self.window = window
@@ -315,23 +318,31 @@ class LatencyWatch:
         seen = self._seen.setdefault(r.context, collections.deque(maxlen=self.window))
         seen.append((r.upstream_seconds, r.predicted_seconds))
 
-    def health(self, limits: dict[str, float | None]) -> dict[str, dict[str, Any]]:
+    def health(self, limits: dict[str, float | None],
+               p95_limits: dict[str, float | None] | None = None) -> dict[str, dict[str, Any]]:
         """Per context key seen: requests, mean, p50, p95, predicted (seconds), limit,
-        disagrees, over_limit. ``limits``: each context's limit (None: none)."""
+        p95_limit, disagrees, over_limit, over_p95. ``limits`` and ``p95_limits``: each
+        context's limit on the expected latency and on its 95th percentile (None: none)."""
+        from scipy.stats import binom
+
         out = {}
         for key, seen in self._seen.items():
             measured, predicted = (np.array(v) for v in zip(*seen, strict=True))
             n, mean, expected = measured.size, float(measured.mean()), float(predicted.mean())
             sem = float(measured.std(ddof=1) / np.sqrt(n)) if n > 1 else math.inf
             enough = n >= self.MIN_REQUESTS
-            limit = limits.get(key)
+            limit, tail = limits.get(key), (p95_limits or {}).get(key)
+            beyond = int((measured > tail).sum()) if tail is not None else 0
             out[key] = {
                 "requests": n, "mean": mean, "p50": float(np.quantile(measured, 0.5)),
                 "p95": float(np.quantile(measured, 0.95)), "predicted": expected,
                 "limit": limit,
                 "disagrees": enough and abs(mean - expected) > max(self.TOLERANCE * expected,
                                                                      3 * sem),
-                "over_limit": enough and limit is not None and mean - 3 * sem > limit}
+                "over_limit": enough and limit is not None and mean - 3 * sem > limit,
+                "p95_limit": tail,
+                "over_p95": enough and tail is not None and beyond > 0 and float(
+                    binom.sf(beyond - 1, n, 0.05)) < self.LEVEL}
         return out
 
 
