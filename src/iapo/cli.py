@@ -575,10 +575,17 @@ def plot(out: str, env_name: str, prompts: str | None) -> None:
               help="Check everything and print the plan (contexts, arms, rounds, completions, "
                    "tokens, money, what the store holds) without asking the model or writing.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the plan as JSON.")
+@click.option("--batch-files", "batch_files", is_flag=True,
+              help="Write each round's requests to OUT/batches/round-NN.jsonl (the OpenAI Batch "
+                   "format) for any batch runner and stop (exit status 3); rerun once "
+                   "round-NN.output.jsonl is there.")
 @_user_errors
-def optimize(task_path: str, out: str, other_task: bool, dry_run: bool, as_json: bool) -> None:
+def optimize(task_path: str, out: str, other_task: bool, dry_run: bool, as_json: bool,
+             batch_files: bool) -> None:
     """Learn a policy for TASK through its live model (resumable: rerun to continue)."""
     from pathlib import Path
+
+    from iapo.live.batch import BatchPending
 
     if dry_run:
         from iapo.live.plan import dry_run as plan
@@ -592,7 +599,12 @@ def optimize(task_path: str, out: str, other_task: bool, dry_run: bool, as_json:
     from iapo.live.optimize import optimize as run
     from iapo.live.task import load_task
 
-    report = run(load_task(task_path), Path(out), other_task=other_task)
+    try:
+        report = run(load_task(task_path), Path(out), other_task=other_task,
+                     batch_files=batch_files)
+    except BatchPending as e:  # not a failure: the run waits on a batch
+        click.echo(str(e), err=True)
+        raise click.exceptions.Exit(e.exit_code) from None
     t = report["training"]
     click.echo(f"{report['learner']}: {t['completions_used']} of {report['budget']} completions "
                f"({t['completions_paid']} paid, {t['completions_replayed']} replayed from the "
@@ -601,7 +613,45 @@ def optimize(task_path: str, out: str, other_task: bool, dry_run: bool, as_json:
         click.echo(f"  {row['context']}: prompt '{row['prompt']}', N {row['n']}")
     acr = report["test_acr"]
     click.echo(f"test-split ACR (from stored samples): {acr:.4f}")
+    if report.get("batch"):
+        b = report["batch"]
+        click.echo(f"batch jobs: {b['completions_batch']} of {b['completions_paid']} paid "
+                   f"completions at {b['price']:g} of the price; cost {b['cost_batch']:.6g} "
+                   f"against {b['cost_synchronous']:.6g} synchronously ({b['unit']})")
     click.echo(f"policy: {Path(out) / 'policy.json'}  report: {Path(out) / 'report.md'}")
+
+
+@main.command("run-batch")
+@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, exists=True))
+@click.argument("output_path", metavar="OUTPUT", type=click.Path(dir_okay=False))
+@click.option("--base-url", "base_url", required=True,
+              help="The OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1.")
+@click.option("--api-key-env", "api_key_env", default=None,
+              help="The environment variable that holds the server's API key.")
+@click.option("--concurrency", type=click.IntRange(1, 256), default=4, show_default=True,
+              help="Requests in flight at once.")
+@_user_errors
+def run_batch(input_path: str, output_path: str, base_url: str, api_key_env: str | None,
+              concurrency: int) -> None:
+    """Run a batch file (the OpenAI Batch format, e.g. a round of `optimize --batch-files`)
+    against a server without a batch API, writing its output file."""
+    import os
+    from pathlib import Path
+
+    from iapo.files import write_text_atomically
+    from iapo.live.batch import run_lines
+
+    key = None
+    if api_key_env:
+        key = os.environ.get(api_key_env)
+        if key is None:
+            raise click.UsageError(f"--api-key-env names ${api_key_env}, which is not set; "
+                                   "export it")
+    text = Path(input_path).read_text(errors="replace")
+    result = run_lines(text, base_url, key, concurrency)
+    write_text_atomically(Path(output_path), result, "the batch output")
+    failed = sum('"error": null' not in line for line in result.splitlines())
+    click.echo(f"{len(result.splitlines())} request(s) run, {failed} failed: {output_path}")
 
 
 def _report_check(result: dict[str, Any], as_json: bool,

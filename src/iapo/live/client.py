@@ -291,10 +291,7 @@ class ChatClient:
                        seed: int, n: int) -> list[Completion]:
         if not self.replicas or self._sem is None:
             raise RuntimeError("use the client as 'async with ChatClient(...) as client'")
-        body: dict[str, Any] = {"model": self.model, "messages": messages, "seed": seed,
-                                **decoding}
-        if n > 1:
-            body["n"] = n
+        body = request_body(self.model, messages, decoding, seed, n)
         last = "no attempt made"
         errors: list[str] = []
         last_retry_after: float | None = None
@@ -363,37 +360,57 @@ class ChatClient:
         return delay
 
     def _parse(self, body: Any, latency: float, seed: int) -> list[Completion]:
-        if isinstance(body, (str, bytes)):
-            body = json.loads(body)
-        choices = body["choices"]
-        if not isinstance(choices, list) or not choices:
-            raise ValueError("no choices in the response")
-        texts, reasons = [], []
-        for ch in choices:
-            content = ch["message"]["content"]
-            if not isinstance(content, str):
-                raise TypeError("choice content is not text")
-            texts.append(content)
-            reason = ch.get("finish_reason")
-            reasons.append(reason if isinstance(reason, str) else None)
-        usage = body.get("usage") or {}
-        prompt_tokens = int(usage.get("prompt_tokens", 0))
-        total = int(usage.get("completion_tokens", 0))
-        lengths = [max(len(t), 1) for t in texts]
-        # largest remainders: non-negative shares that add up to what the server billed
-        exact = [total * x / sum(lengths) for x in lengths]
-        shares = [int(e) for e in exact]
-        for i in sorted(range(len(exact)), key=lambda i: shares[i] - exact[i])[
-                : total - sum(shares)]:
-            shares[i] += 1
-        # the prompt is billed once per request: its tokens are shared, not repeated
-        k = len(texts)
-        prompt_shares = [prompt_tokens // k + (i < prompt_tokens % k) for i in range(k)]
-        self.stats.completions += k
-        self.stats.prompt_tokens += prompt_tokens
-        self.stats.completion_tokens += total
-        return [Completion(t, p, s, latency, seed, f)
-                for t, p, s, f in zip(texts, prompt_shares, shares, reasons, strict=True)]
+        got = parse_completions(body, latency, seed)
+        self.stats.completions += len(got)
+        self.stats.prompt_tokens += sum(c.prompt_tokens for c in got)
+        self.stats.completion_tokens += sum(c.completion_tokens for c in got)
+        return got
+
+
+def request_body(model: str, messages: list[dict[str, str]], decoding: dict[str, Any],
+                 seed: int, n: int) -> dict[str, Any]:
+    """The body of a chat-completion request for ``n`` samples of ``messages`` (``n`` sent
+    only above 1): what the client posts, and what a batch line carries
+    (:mod:`iapo.live.batch`)."""
+    body: dict[str, Any] = {"model": model, "messages": messages, "seed": seed, **decoding}
+    if n > 1:
+        body["n"] = n
+    return body
+
+
+def parse_completions(body: Any, latency: float, seed: int) -> list[Completion]:
+    """The completions of a chat-completion response body (a dict or its JSON text): one per
+    choice, its finish reason kept, the response's completion tokens split over the choices
+    in proportion to their text lengths and its prompt tokens (billed once) evenly. Raises
+    ValueError, KeyError, TypeError or IndexError on a malformed body."""
+    if isinstance(body, (str, bytes)):
+        body = json.loads(body)
+    choices = body["choices"]
+    if not isinstance(choices, list) or not choices:
+        raise ValueError("no choices in the response")
+    texts, reasons = [], []
+    for ch in choices:
+        content = ch["message"]["content"]
+        if not isinstance(content, str):
+            raise TypeError("choice content is not text")
+        texts.append(content)
+        reason = ch.get("finish_reason")
+        reasons.append(reason if isinstance(reason, str) else None)
+    usage = body.get("usage") or {}
+    prompt_tokens = int(usage.get("prompt_tokens", 0))
+    total = int(usage.get("completion_tokens", 0))
+    lengths = [max(len(t), 1) for t in texts]
+    # largest remainders: non-negative shares that add up to what the server billed
+    exact = [total * x / sum(lengths) for x in lengths]
+    shares = [int(e) for e in exact]
+    for i in sorted(range(len(exact)), key=lambda i: shares[i] - exact[i])[
+            : total - sum(shares)]:
+        shares[i] += 1
+    # the prompt is billed once per request: its tokens are shared, not repeated
+    k = len(texts)
+    prompt_shares = [prompt_tokens // k + (i < prompt_tokens % k) for i in range(k)]
+    return [Completion(t, p, s, latency, seed, f)
+            for t, p, s, f in zip(texts, prompt_shares, shares, reasons, strict=True)]
 
 
 async def _events(r: httpx.Response) -> AsyncIterator[dict[str, Any]]:

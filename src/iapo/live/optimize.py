@@ -18,6 +18,7 @@ from iapo.estimate import QTable
 from iapo.files import check_writable, write_atomically, write_text_atomically
 from iapo.learners import get_learner
 from iapo.live import report as live_report
+from iapo.live.batch import ApiBatches, Batcher, FileBatches
 from iapo.live.oracle import LiveOracle, TaskRuntime
 from iapo.live.store import CompletionStore, store_errors, writer_lock
 from iapo.live.task import Record, Task, TaskError, load_records, task_from_dict
@@ -123,13 +124,51 @@ def _run_history(store: CompletionStore, current: int) -> list[dict[str, Any]]:
     return rows
 
 
+def batcher_for(task: Task, out: Path, batch_files: bool, say: Callable[[str], None]
+                ) -> Batcher | None:
+    """How ``optimize`` asks for what the store lacks: as files for a batch runner
+    (``batch_files``), through the server's batch API (``model.batch``), or None (at once)."""
+    m = task.model
+    if batch_files:
+        return FileBatches(out / "batches", m, f"iapo optimize {task.path} --out {out} "
+                           "--batch-files", say)
+    if m.batch:
+        return ApiBatches(m, m.batch_poll_seconds, m.batch_window, m.batch_wait_seconds, say)
+    return None
+
+
+def batch_section(task: Task, batcher: Batcher | None, oracles: list[LiveOracle]
+                  ) -> dict[str, Any] | None:
+    """The report's ``batch`` entry: completions and tokens paid, of which by batch jobs,
+    and the cost at both prices (money where the task has ``[pricing]``, else tokens)."""
+    if batcher is None:
+        return None
+    paid = sum(o.paid for o in oracles)
+    batch = sum(o.paid_batch for o in oracles)
+    io = np.sum([o.tokens_io for o in oracles], axis=0)
+    io_batch = np.sum([o.tokens_io_batch for o in oracles], axis=0)
+    pr = task.pricing
+    weights = np.ones(2) if pr is None else \
+        np.array([pr.input_per_million, pr.output_per_million]) / 1e6
+    sync = float(io @ weights)
+    price = task.model.batch_price
+    return {"mode": "files" if isinstance(batcher, FileBatches) else "api", "price": price,
+            "submissions": batcher.submissions, "read": batcher.read,
+            "completions_paid": paid, "completions_batch": batch,
+            "tokens_paid": io.tolist(), "tokens_batch": io_batch.tolist(),
+            "unit": "tokens" if pr is None else "money",
+            "cost_synchronous": sync, "cost_batch": sync - (1 - price) * float(io_batch @ weights)}
+
+
 def optimize(task: Task, out: Path, progress: bool = True,
-             other_task: bool = False) -> dict[str, Any]:
+             other_task: bool = False, batch_files: bool = False) -> dict[str, Any]:
     """Learn a policy for ``task`` through the live LLM; write policy.json and report.json
     (and report.md) into ``out``; completions go to ``out``/store.sqlite.
 
     Everything is validated before ``out`` is touched; one writer at a time holds ``out``.
-    A rerun replays stored samples (0 paid) and writes the identical policy.
+    A rerun replays stored samples (0 paid) and writes the identical policy. With batch jobs
+    (``model.batch``, or ``batch_files``: :mod:`iapo.live.batch`) the run may stop with
+    :class:`iapo.live.batch.BatchPending` to wait on one; a rerun goes on from there.
     """
     from tqdm.auto import tqdm
 
@@ -154,8 +193,9 @@ def optimize(task: Task, out: Path, progress: bool = True,
         if runtime.problem.needs_latency:  # priced with a model of this store's times
             model, pilot = latency_pilot(runtime, store, train)
             runtime.problem = dataclasses.replace(runtime.problem, latency=model)
+        batcher = batcher_for(task, out, batch_files, bar.write)
         oracle = LiveOracle(runtime, store, train, task.budget,
-                            np.random.default_rng(oracle_seq), on_progress)
+                            np.random.default_rng(oracle_seq), on_progress, batcher=batcher)
         recorder = Recorder(oracle)  # every training observation, for the report
         learner = get_learner(task.learner).learner
         result = learner(runtime.problem, recorder, task.budget,
@@ -164,7 +204,7 @@ def optimize(task: Task, out: Path, progress: bool = True,
         bar.refresh()
         train_summary = oracle.summary()
         costs = oracle.costs()
-        evaluation = _evaluate_on_test(runtime, store, test, result.choices, costs)
+        evaluation = _evaluate_on_test(runtime, store, test, result.choices, costs, batcher)
         piloted = {"paid": 0, "replayed": 0} if pilot is None else pilot
         store.update_run(run_id, oracle.paid + evaluation["completions_paid"] + piloted["paid"],
                          oracle.replayed + evaluation["completions_replayed"]
@@ -210,6 +250,7 @@ def optimize(task: Task, out: Path, progress: bool = True,
         "runs": history,
         "latency": None if problem.latency is None else {
             "model": problem.latency.to_dict(), "pilot": pilot},
+        "batch": batch_section(task, batcher, [oracle, evaluation["oracle"]]),
         "notes": result.trace.notes,
         # the judge scorers' own requests and tokens, apart from the policy's completions
         "judge": runtime.judge_usage(),
@@ -243,7 +284,8 @@ def _blocks(problem: Problem, wave: int | None) -> QTable:
 
 
 def _evaluate_on_test(runtime: TaskRuntime, store: CompletionStore, test: np.ndarray,
-                      choices: list[Any], costs: np.ndarray) -> dict[str, Any]:
+                      choices: list[Any], costs: np.ndarray, batcher: Batcher | None = None
+                      ) -> dict[str, Any]:
     """Estimate each chosen arm's Q on the test queries from one group per test query of the
     chosen prompt at its largest chosen N (pool samples 0..N-1; paid only when not stored),
     with the costs training ended with. Quality and completions paid are the blocks'; where
@@ -254,8 +296,9 @@ def _evaluate_on_test(runtime: TaskRuntime, store: CompletionStore, test: np.nda
         n = ch.n if ch.n is not None else problem.n_max
         top[ch.prompt] = max(top.get(ch.prompt, 0), n)
     budget = sum(n * test.size for n in top.values())
-    oracle = LiveOracle(runtime, store, test, budget, np.random.default_rng(0), costs=costs)
-    observations = [oracle.groups(p, n, test) for p, n in top.items()]
+    oracle = LiveOracle(runtime, store, test, budget, np.random.default_rng(0), costs=costs,
+                        batcher=batcher)
+    observations = oracle.groups(list(top.items()), test)
     tables: dict[int | None, QTable] = {}  # by the choices' wave widths
     per, values, variances = [], [], []
     weights = problem.grid.latency_weights
@@ -288,7 +331,7 @@ def _evaluate_on_test(runtime: TaskRuntime, store: CompletionStore, test: np.nda
         "completions_used": oracle.ledger.spent, "completions_paid": oracle.paid,
         "completions_replayed": oracle.replayed, "tokens_paid": oracle.tokens,
         "scorer_failures": oracle.failures, "drawn": oracle.drawn, "cut": oracle.cut,
-        "tokens_drawn": oracle.tokens_drawn, "observations": observations,
+        "tokens_drawn": oracle.tokens_drawn, "observations": observations, "oracle": oracle,
     }
 
 

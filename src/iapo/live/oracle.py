@@ -21,7 +21,7 @@ import json
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +33,9 @@ from iapo.live.scorers import GOLD_SCORERS, TRUNCATION_AWARE, make_extractor, ma
 from iapo.live.store import CompletionStore, StoredCompletion, arm_key, pool_key
 from iapo.live.task import Record, Task, TaskError
 from iapo.pulls import Ledger, Observation, Pull, validate_pulls
+
+if TYPE_CHECKING:
+    from iapo.live.batch import Batcher
 
 
 def sample_seed(pool: str, sample: int) -> int:
@@ -216,6 +219,7 @@ class LiveOracle:
     ``costs``: fixed costs per prompt [P] (the test evaluation uses training's); by default
     they follow the tokens of the samples this run has drawn.
     ``on_progress(served, paid, tokens, batch)`` is called as completions arrive.
+    ``batcher``: what the store lacks is asked for as batch jobs (:mod:`iapo.live.batch`).
     """
 
     def __init__(
@@ -227,6 +231,7 @@ class LiveOracle:
         rng: np.random.Generator,
         on_progress: Callable[[int, int, int, int], None] | None = None,
         costs: npt.ArrayLike | None = None,
+        batcher: Batcher | None = None,
     ) -> None:
         self.runtime = runtime
         self.store = store
@@ -246,15 +251,19 @@ class LiveOracle:
         self.drawn = np.zeros(p, dtype=np.int64)  # completions served per prompt
         self.tokens_drawn = np.zeros((p, 2))  # their prompt and completion tokens
         self.cut = np.zeros(p, dtype=np.int64)  # of which cut by max_tokens
+        self.batcher = batcher
         self.paid = 0
         self.replayed = 0
         self.tokens = 0
+        self.tokens_io = np.zeros(2, dtype=np.int64)  # prompt and completion tokens paid
+        self.paid_batch = 0  # of which from batch jobs
+        self.tokens_io_batch = np.zeros(2, dtype=np.int64)
         self.failures = 0
         self.rescored = 0
         self.batches = 0
         self._categories: dict[int, dict[str, int]] = {}
         key = f"supports_n {runtime.task.model.base_url} {runtime.task.model.name}"
-        self._supports_key = key
+        self.supports_key = key
         if runtime.supports_n is None:  # probed once, remembered by the store
             runtime.supports_n = store.get_meta(key)
 
@@ -293,13 +302,18 @@ class LiveOracle:
             i += r.count
         return observations
 
-    def groups(self, prompt: int, n: int, queries: npt.ArrayLike) -> Observation:
-        """One group of samples 0..n-1 of ``prompt`` on each of ``queries`` (the test
-        evaluation; the ledger is charged)."""
+    def groups(self, arms: Sequence[tuple[int, int]], queries: npt.ArrayLike
+               ) -> list[Observation]:
+        """For each (prompt, n) of ``arms``, one group of samples 0..n-1 on each of
+        ``queries`` (the test evaluation; the ledger is charged), asked for at once (one
+        submission in batch mode)."""
         qs = [int(q) for q in np.asarray(queries).reshape(-1)]
-        self.ledger.charge(n * len(qs))
-        plan = [(prompt, q, list(range(n))) for q in qs]
-        return self.observe(prompt, n, plan, self.serve(plan))
+        self.ledger.charge(sum(n for _, n in arms) * len(qs))
+        plan = [(prompt, q, list(range(n))) for prompt, n in arms for q in qs]
+        rows = self.serve(plan)
+        return [self.observe(prompt, n, plan[i * len(qs):(i + 1) * len(qs)],
+                             rows[i * len(qs):(i + 1) * len(qs)])
+                for i, (prompt, n) in enumerate(arms)]
 
     def serve(self, wanted: list[tuple[int, int, list[int]]], rescore: bool = True
               ) -> list[list[StoredCompletion]]:
@@ -323,7 +337,9 @@ class LiveOracle:
         self.replayed += served_before
         if self.on_progress is not None:
             self.on_progress(served_before, self.paid, self.tokens, self.batches + 1)
-        if missing:
+        if missing and self.batcher is not None:  # a batch job, or as many as need be
+            self.batcher.fetch(self, missing)
+        elif missing:
             asyncio.run(self._fetch(missing))
         out = []
         for (p, q, idx), got in zip(wanted, have, strict=True):
@@ -352,6 +368,37 @@ class LiveOracle:
         self.rescored += len(fixed)
         return rows
 
+    def keep(self, p: int, q: int, samples: Sequence[int], comps: Sequence[Completion],
+             scored: Sequence[tuple[str | None, list[float | None], list[str]]],
+             batch: bool = False) -> None:
+        """Store the completions ``comps`` of prompt p on record q as the pool's ``samples``
+        (as many as came back), with their ``scored`` (:meth:`TaskRuntime.score`), in one
+        transaction: a request with n > 1 carries one seed, so storing part of it would make
+        a resume ask a different request. ``batch``: they came from a batch job."""
+        runtime = self.runtime
+        record = runtime.records[q]
+        pool, arm, key = runtime.pool(p, q), runtime.arms[p], runtime.score_key(record)
+        self.store.put_all([StoredCompletion(
+            pool=pool, sample=s, arm=arm, query_id=record.id, text=c.text,
+            answer=answer, scores=scores, failures=failures,
+            prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
+            latency=c.latency, seed=c.seed, score_key=key,
+            finish_reason=c.finish_reason, retries=c.retries, errors=list(c.errors),
+            endpoint=c.endpoint)
+            for s, c, (answer, scores, failures) in zip(samples, comps, scored, strict=False)])
+        paid = len(comps)
+        io = np.array([sum(c.prompt_tokens for c in comps),
+                       sum(c.completion_tokens for c in comps)])
+        self.paid += paid
+        self.tokens += int(io.sum())
+        self.tokens_io += io
+        if batch:
+            self.paid_batch += paid
+            self.tokens_io_batch += io
+        self.failures += sum(len(f) for _, _, f in scored)
+        if self.on_progress is not None:
+            self.on_progress(paid, self.paid, self.tokens, self.batches + 1)
+
     async def _fetch(self, missing: dict[tuple[int, int], list[int]]) -> None:
         runtime = self.runtime
         async with runtime.client() as client:
@@ -359,31 +406,13 @@ class LiveOracle:
             async def one(p: int, q: int, samples: list[int]) -> None:
                 record = runtime.records[q]
                 prompt = runtime.task.prompts[p]
-                arm = runtime.arms[p]
-                pool = runtime.pool(p, q)
-                key = runtime.score_key(record)
-                seeds = [sample_seed(pool, s) for s in samples]
+                seeds = [sample_seed(runtime.pool(p, q), s) for s in samples]
                 comps: list[Completion] = await client.sample(
                     prompt.render(record.query), prompt.decoding, seeds)
                 scored = await asyncio.gather(*(asyncio.to_thread(runtime.score, record, c.text,
                                                                   c.finish_reason)
                                                  for c in comps))
-                # one transaction for the request: a request with n > 1 carries one seed, so
-                # storing part of it would make a resume ask a different request
-                self.store.put_all([StoredCompletion(
-                    pool=pool, sample=s, arm=arm, query_id=record.id, text=c.text,
-                    answer=answer, scores=scores, failures=failures,
-                    prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
-                    latency=c.latency, seed=c.seed, score_key=key,
-                    finish_reason=c.finish_reason, retries=c.retries, errors=list(c.errors),
-                    endpoint=c.endpoint)
-                    for s, c, (answer, scores, failures) in zip(samples, comps, scored,
-                                                                strict=False)])
-                self.paid += len(scored)
-                self.tokens += sum(c.prompt_tokens + c.completion_tokens for c in comps)
-                self.failures += sum(len(f) for _, _, f in scored)
-                if self.on_progress is not None:
-                    self.on_progress(len(scored), self.paid, self.tokens, self.batches + 1)
+                self.keep(p, q, samples, comps, scored)
 
             jobs = list(missing.items())
             if client.supports_n is None and any(len(v) > 1 for _, v in jobs):
@@ -392,7 +421,7 @@ class LiveOracle:
                 await one(p, q, samples)  # learn whether the server honours n, once
                 if client.supports_n is not None:
                     runtime.supports_n = client.supports_n
-                    self.store.set_meta(self._supports_key, client.supports_n)
+                    self.store.set_meta(self.supports_key, client.supports_n)
             if client.supports_n is False:  # one task per sample: each commits on arrival
                 jobs = [(k, [s]) for k, v in jobs for s in v]
             try:
@@ -443,7 +472,11 @@ class LiveOracle:
                            no_answer if mv else None)
 
     def summary(self) -> dict[str, Any]:
-        return {"completions_used": self.ledger.spent, "completions_paid": self.paid,
-                "completions_replayed": self.replayed, "tokens_paid": self.tokens,
-                "scorer_failures": self.failures, "rescored": self.rescored,
-                "batches": self.batches}
+        out = {"completions_used": self.ledger.spent, "completions_paid": self.paid,
+               "completions_replayed": self.replayed, "tokens_paid": self.tokens,
+               "scorer_failures": self.failures, "rescored": self.rescored,
+               "batches": self.batches}
+        if self.batcher is not None:  # what batch jobs paid, of the above
+            out.update(completions_paid_batch=self.paid_batch,
+                       tokens_paid_batch=int(self.tokens_io_batch.sum()))
+        return out

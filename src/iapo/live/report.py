@@ -370,6 +370,13 @@ def markdown(r: dict[str, Any], figure_names: Sequence[str] = ()) -> str:
     trunc = truncation_lines(r.get("truncated", []))
     if trunc:
         lines += ["", *trunc]
+    b = r.get("batch")
+    if b:
+        lines += ["", f"Batch jobs ({b['mode']}, {b['submissions']} submitted by this run): "
+                      f"{b['completions_batch']} of the {b['completions_paid']} completions "
+                      f"paid, at {b['price']:g} of the synchronous price; the cost is "
+                      f"{b['cost_batch']:.6g} {b['unit']} against {b['cost_synchronous']:.6g} "
+                      "synchronously."]
     j = r.get("judge", {})
     if j.get("requests") or j.get("cached"):
         lines += ["", f"Judge scorer (not part of the policy's cost): {j['requests']} requests "

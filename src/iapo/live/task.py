@@ -13,6 +13,8 @@ Example (docs/live.md documents every field)::
     timeout = 60                             # seconds per request
     max_retries = 5                          # on 429, 5xx, timeouts and malformed bodies
     supports_n = "auto"                      # true, false or "auto" (llama.cpp ignores n)
+    batch = false                            # optional: training's rounds as batch jobs
+                                             # (/v1/files and /v1/batches; docs/live.md)
 
     [[prompts]]
     name = "direct"
@@ -96,8 +98,12 @@ DECODING_KEYS = ("temperature", "top_p", "max_tokens")
 # The keys each table takes; anything else is a typo that would otherwise be ignored silently.
 TASK_KEYS = ("name", "model", "prompts", "data", "objectives", "aggregator", "contexts", "train",
              "pricing")
+# how training asks for its completions as batch jobs (iapo.live.batch): they change what a
+# run pays and how long it takes, never which completions it draws
+BATCH_KEYS = ("batch", "batch_poll_seconds", "batch_window", "batch_price",
+              "batch_wait_seconds")
 MODEL_KEYS = ("base_url", "name", "api_key_env", "concurrency", "timeout", "max_retries",
-              "supports_n")
+              "supports_n", *BATCH_KEYS)
 PROMPT_KEYS = ("name", "template", "system", *DECODING_KEYS)
 DATA_KEYS = ("path", "test_fraction")
 OBJECTIVE_KEYS = ("name", "scorer", "lower", "upper")
@@ -285,6 +291,14 @@ class PromptSpec:
         return messages
 
 
+def without_batch(raw: dict[str, Any]) -> dict[str, Any]:
+    """A raw task without the model's batch settings (:data:`BATCH_KEYS`)."""
+    model = raw.get("model")
+    if not isinstance(model, dict) or not set(model) & set(BATCH_KEYS):
+        return raw
+    return {**raw, "model": {k: v for k, v in model.items() if k not in BATCH_KEYS}}
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     base_url: str  # the replicas' base URLs separated by spaces: one URL for one replica
@@ -294,6 +308,11 @@ class ModelSpec:
     timeout: float = 60.0
     max_retries: int = 5
     supports_n: bool | None = None  # None: find out from the first response
+    batch: bool = False  # training's rounds as OpenAI Batch jobs (iapo.live.batch)
+    batch_poll_seconds: float = 30.0  # the longest wait between two looks at a batch
+    batch_window: str = "24h"  # the completion window asked for
+    batch_price: float = 0.5  # a batch completion's price, as a fraction of a synchronous one
+    batch_wait_seconds: float | None = None  # how long optimize waits (None: the window)
 
     @property
     def base_urls(self) -> tuple[str, ...]:
@@ -371,8 +390,9 @@ class Task:
 
     def digest(self) -> str:
         """A hash of the task's content (not its path); a list of one base URL hashes as the
-        URL itself. ``[pricing]`` is left out: prices change no run."""
-        raw = {k: v for k, v in self.raw.items() if k != "pricing"}
+        URL itself. ``[pricing]`` and the model's batch settings are left out: prices and how
+        completions are asked for change no run."""
+        raw = without_batch({k: v for k, v in self.raw.items() if k != "pricing"})
         model = raw.get("model")
         if isinstance(model, dict) and isinstance(model.get("base_url"), list) \
                 and len(model["base_url"]) == 1:
@@ -453,7 +473,25 @@ def _model(m: dict[str, Any]) -> ModelSpec:
         timeout=_number(m, "timeout", "model", 60.0, low=0.0, high=MAX_TIMEOUT, low_open=True),
         max_retries=_integer(m, "max_retries", "model", 5, low=0, high=MAX_RETRIES),
         supports_n=None if supports == "auto" else supports,
+        batch=_get(m, "batch", "model", bool, False),
+        batch_poll_seconds=_number(m, "batch_poll_seconds", "model", 30.0, low=0.0,
+                                   high=MAX_TIMEOUT, low_open=True),
+        batch_window=_window(m),
+        batch_price=_number(m, "batch_price", "model", 0.5, low=0.0, high=1.0),
+        batch_wait_seconds=(None if "batch_wait_seconds" not in m else _number(
+            m, "batch_wait_seconds", "model", low=0.0)),
     )
+
+
+def _window(m: dict[str, Any]) -> str:
+    from iapo.live.batch import window_seconds
+
+    window = _get(m, "batch_window", "model", str, "24h")
+    try:
+        window_seconds(window)
+    except InputError as e:
+        raise TaskError(f"model.{e}") from None
+    return window
 
 
 def _prompt(row: dict[str, Any], i: int) -> PromptSpec:

@@ -42,7 +42,7 @@ from iapo.live.store import (
     pool_key,
     store_errors,
 )
-from iapo.live.task import Record, Task, TaskError, load_task, task_from_dict
+from iapo.live.task import Record, Task, TaskError, load_task, task_from_dict, without_batch
 from iapo.live.waves import Drawn, draw_in_waves, stop_fields
 from iapo.policy import Policy, PolicyError
 from iapo.problem import Choice, Stopping
@@ -84,7 +84,8 @@ def serving_section(task: Task) -> dict[str, Any]:
     """The ``serving`` entry of a live policy: the task's fields and their serving digest.
     The task's no-answer rule is written out even where its file takes the default, so that
     a policy serves the rule it was trained with whatever a later default is."""
-    return {"task": _with_no_answer(task.raw, task.no_answer), "digest": serving_digest(task)}
+    raw = without_batch(task.raw)  # how training was paid for does not serve
+    return {"task": _with_no_answer(raw, task.no_answer), "digest": serving_digest(task)}
 
 
 def _with_no_answer(raw: dict[str, Any], rule: str) -> dict[str, Any]:
