@@ -25,15 +25,15 @@ Two ways to run a submission (:class:`Batcher`):
   ``round-NN.errors.jsonl`` if there is one) and goes on to the next round.
 
 **Nothing is paid twice.** A submission is named by a key: a hash of the store's id, of its
-lines and of how many earlier submissions of the same lines ended. The store records the key, with its round
-and uploaded file, before the batch is created; the batch carries the key in its metadata;
-the batch id is recorded as soon as it is known. A resume replays the learner on what the
-store holds and so reaches the same lines and the same key: it polls the recorded batch, or
-finds by its metadata one created just before a crash, and never creates a second. A batch
-that finished meanwhile is read as it is. Results are stored before the submission is marked
-ended; lines that failed, expired or are missing from the output are the only ones asked for
-again, in the next submission. A malformed output line, or one that matches no request, is
-reported in one line each and asked for again.
+lines and of how many earlier submissions of the same lines ended. The store records the
+key, with its round and uploaded file, before the batch is created; the batch carries the
+key in its metadata; the batch id is recorded as soon as it is known. A resume replays the
+learner on what the store holds and so reaches the same lines and the same key: it polls
+the recorded batch, or finds by its metadata one created just before a crash, and never
+creates a second. A batch that finished meanwhile is read as it is. Results are stored
+before the submission is marked ended; lines that failed, expired or are missing from the
+output are the only ones asked for again, in the next submission. A malformed output line,
+or one that matches no request, is reported in one line each and asked for again.
 """
 
 from __future__ import annotations
