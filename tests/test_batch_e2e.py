@@ -121,16 +121,15 @@ def test_kill_9_while_polling_then_a_resume_submits_nothing_twice(
         (synchronous / "sync" / "policy.json").read_bytes()
 
 
-@pytest.mark.parametrize("fault", ["expired", "failed lines"])
-def test_an_expired_batch_or_failed_lines_are_retried_for_exactly_the_missing_pulls(
-        llama: LlamaServer, tmp_path: Path, fault: str) -> None:
+def test_an_expired_batch_and_failed_lines_are_retried_for_exactly_the_missing_pulls(
+        llama: LlamaServer, tmp_path: Path) -> None:
     """Training's pulls of 3 samples of each prompt on 3 queries (18 requests): the first
-    batch expires after 7 lines, or every line of sample 1 fails once. The next submission
-    asks for exactly the lines that got no answer; every sample is stored once, as many as
-    the server's log counts; each retried sample asked with its own seed."""
-    options = {"expire_first": 7} if fault == "expired" else \
-        {"fail_once": lambda cid: cid.endswith(":1")}
-    with BatchServer(llama.url, **options) as bs:  # type: ignore[arg-type]
+    batch expires after 7 lines, and every line of sample 1 fails the first time it runs.
+    The second submission asks for exactly the expired lines and the failed ones, the third
+    for the lines of sample 1 that had expired; every sample is stored once, as many as the
+    server's log counts; each retried sample asked with its own seed."""
+    with BatchServer(llama.url, expire_first=7,
+                     fail_once=lambda cid: cid.endswith(":1")) as bs:
         task = load_task(write_task(tmp_path, bs.base_url, BATCH))
         runtime = TaskRuntime(task, load_records(task.data_path))
         runtime.supports_n = False
@@ -141,10 +140,11 @@ def test_an_expired_batch_or_failed_lines_are_retried_for_exactly_the_missing_pu
             rows = oracle.serve([(p, q, [0, 1, 2]) for p in range(2) for q in range(3)])
             assert [len(r) for r in rows] == [3] * 6 and store.count() == 18
         assert llama.settle() - before == 18
-    first, second = bs.created[0]["custom_ids"], bs.created[1]["custom_ids"]
-    assert len(bs.created) == 2 and len(first) == 18
-    want = first[7:] if fault == "expired" else [c for c in first if c.endswith(":1")]
-    assert second == sorted(want)
+    first = bs.created[0]["custom_ids"]
+    assert len(bs.created) == 3 and len(first) == 18
+    second = bs.created[1]["custom_ids"]
+    assert second == sorted([c for c in first[:7] if c.endswith(":1")] + first[7:])
+    assert bs.created[2]["custom_ids"] == [c for c in first[7:] if c.endswith(":1")]
     # each retried sample was asked with its own seed, as the synchronous client asks it
     with CompletionStore(tmp_path / "store.sqlite") as store:
         for cid in second:
