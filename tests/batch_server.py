@@ -34,10 +34,10 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 
 from iapo.live.batch import run_lines
-from live_helpers import _QuietServer, send_json
+from live_helpers import Loopback, send_json
 
 
-class BatchServer:
+class BatchServer(Loopback):
     def __init__(self, upstream: str, expire_first: int | None = None,
                  fail_once: Callable[[str], bool] | None = None) -> None:
         self.upstream = upstream
@@ -92,22 +92,11 @@ class BatchServer:
                 else:
                     send_json(self, b'{"error": {"message": "no route"}}', 404)
 
-        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self) -> BatchServer:
-        self.thread.start()
-        return self
+        self._listen(Handler)
 
     def __exit__(self, *exc: object) -> None:
-        self.hold.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.hold.set()  # no batch thread waits on a server that is gone
+        super().__exit__(*exc)
 
     # ---------------------------------------------------------------- endpoints
     def upload(self, h: BaseHTTPRequestHandler, raw: bytes) -> None:

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -50,7 +50,28 @@ def send_json(h: BaseHTTPRequestHandler, payload: bytes, status: int = 200,
     h.wfile.write(payload)
 
 
-class ScriptedServer:
+class Loopback:
+    """A real HTTP server on a free loopback port, serving in a thread inside ``with``."""
+
+    def _listen(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.httpd = _QuietServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class ScriptedServer(Loopback):
     def __init__(self, script: list[str] | None = None, default: str = "ok",
                  honour_n: bool = False, slow_seconds: float = 2.0,
                  answer: str = "The answer is (A).",
@@ -86,21 +107,7 @@ class ScriptedServer:
                     action = server.script.pop(0) if server.script else server.default
                 server.respond(self, action, body)
 
-        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self) -> ScriptedServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._listen(Handler)
 
     def respond(self, h: BaseHTTPRequestHandler, action: str, body: dict[str, Any]) -> None:
         if action == "slow":

@@ -229,6 +229,22 @@ class Batcher(ABC):
                         runtime.supports_n = learned
                         oracle.store.set_meta(oracle.supports_key, learned)
 
+    def outcome(self, files: Sequence[tuple[str, str]], lines: Sequence[Line], absent: str,
+                source: str) -> Outcome:
+        """The outcome of ``lines`` from the result ``files`` ((text, where) each: an output
+        and an error file), each problem said; a line in neither fails as ``absent``."""
+        by_id = {line.custom_id: line for line in lines}
+        done: dict[str, list[Completion]] = {}
+        failed: dict[str, str] = {}
+        for text, where in files:
+            got, bad, problems = parse_results(text, by_id, where)
+            done.update(got)
+            failed.update(bad)
+            for problem in problems:
+                self.say(problem)
+        failed.update({cid: absent for cid in by_id if cid not in done and cid not in failed})
+        return Outcome(done, failed, source)
+
     @abstractmethod
     def run(self, store: CompletionStore, lines: Sequence[Line], key: str,
             record: dict[str, Any] | None) -> Outcome:
@@ -369,26 +385,16 @@ class ApiBatches(Batcher):
                 rec["batch"] = found["id"]
                 store.set_meta(f"batch {key}", rec)
             batch = self._poll(http, rec["batch"])
-            by_id = {line.custom_id: line for line in lines}
-            done: dict[str, list[Completion]] = {}
-            failed: dict[str, str] = {}
-            for field in ("output_file_id", "error_file_id"):
-                if batch.get(field):
-                    text = self._call(http, "GET", f"/files/{batch[field]}/content").text
-                    got, bad, problems = parse_results(text, by_id, f"batch {rec['batch']} "
-                                                       f"{field.removesuffix('_id')}")
-                    done.update(got)
-                    failed.update(bad)
-                    for line in problems:
-                        self.say(line)
-            for cid in by_id:
-                if cid not in done and cid not in failed:
-                    failed[cid] = f"not in the results of batch {rec['batch']} " \
-                                  f"({batch.get('status')})"
-            if failed:
-                self.say(f"batch {rec['batch']} ({batch.get('status')}): {len(done)} of "
-                         f"{len(lines)} request(s) answered")
-            return Outcome(done, failed, f"batch {rec['batch']}")
+            files = [(self._call(http, "GET", f"/files/{batch[field]}/content").text,
+                      f"batch {rec['batch']} {field.removesuffix('_id')}")
+                     for field in ("output_file_id", "error_file_id") if batch.get(field)]
+        status = batch.get("status")
+        outcome = self.outcome(files, lines, f"not in the results of batch {rec['batch']} "
+                                             f"({status})", f"batch {rec['batch']}")
+        if outcome.failed:
+            self.say(f"batch {rec['batch']} ({status}): {len(outcome.done)} of {len(lines)} "
+                     "request(s) answered")
+        return outcome
 
     def _poll(self, http: httpx.Client, batch_id: str) -> dict[str, Any]:
         start, delay, seen = self.clock(), min(1.0, self.poll_seconds), None
@@ -445,21 +451,8 @@ class FileBatches(Batcher):
                 f"  iapo run-batch {path} {output} --base-url {self.model.base_urls[0]}\n"
                 f"or upload it to a provider's batch API and save its output file there; then "
                 f"rerun: {self.rerun}")
-        by_id = {line.custom_id: line for line in lines}
-        done: dict[str, list[Completion]] = {}
-        failed: dict[str, str] = {}
-        for file in (output, errors):
-            if file.exists():
-                got, bad, problems = parse_results(file.read_text(errors="replace"), by_id,
-                                                   str(file))
-                done.update(got)
-                failed.update(bad)
-                for line in problems:
-                    self.say(line)
-        for cid in by_id:
-            if cid not in done and cid not in failed:
-                failed[cid] = f"not in {output.name}"
-        return Outcome(done, failed, f"batch file {name}")
+        files = [(f.read_text(errors="replace"), str(f)) for f in (output, errors) if f.exists()]
+        return self.outcome(files, lines, f"not in {output.name}", f"batch file {name}")
 
 
 def run_lines(text: str, base_url: str, api_key: str | None = None, concurrency: int = 4,
