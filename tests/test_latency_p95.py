@@ -90,7 +90,7 @@ def test_the_limit_holds_exactly_where_the_quantile_is_within_it(seed: int) -> N
     step below it, for times off the grid, every width, with and without a concurrency
     limit, the paper's arms (pipelined: the same seeded draws) included."""
     rng = np.random.default_rng(seed)
-    times = CompletionTimes.from_samples(rng.gamma(4.0, 0.5, size=7))
+    times = CompletionTimes.from_samples(rng.gamma(4.0, 0.5, size=400))
     probs = rng.dirichlet(np.ones(3), size=4)
     n, h = 6, times.mean() / 200
     model = LatencyModel((times,), concurrency=[None, 2, 3][seed % 3], prefill=0.1 * seed)
@@ -102,6 +102,26 @@ def test_the_limit_holds_exactly_where_the_quantile_is_within_it(seed: int) -> N
             over = model.over([limit], n, wave, None if wave is None else undecided)
             assert over is not None
             assert (over[0, 0, n - 1] <= 0.05 + 1e-12) == meets, (wave, limit, p95)
+
+
+def test_the_p95_of_all_n_at_once_by_hand() -> None:
+    """The paper's arm without a concurrency limit waits for the longest of N: its p95 is the
+    least grid value v (times rounded to the grid) with F(v)^N >= 0.95, worked out here on
+    400 times; a prefill shifts every quantile by itself, pipelined arms' included."""
+    rng = np.random.default_rng(11)
+    samples = rng.gamma(4.0, 0.5, size=400)
+    times = CompletionTimes.from_samples(samples)
+    h = times.mean() / 200
+    grid = np.sort(np.rint(samples / h))  # each sample equally likely
+    for n in (1, 3, 6):
+        reach = (np.arange(1, 401) / 400) ** n  # F^N at each sorted sample
+        want = grid[np.argmax(reach >= 0.95 - 1e-12)] * h
+        assert latency_quantile(np.ones((1, 1)), n, None, times) == pytest.approx(want)
+    probs = rng.dirichlet(np.ones(3), size=3)
+    for wave, concurrency in ((None, None), (None, 2), (1, None), (2, 2)):
+        base = latency_quantile(probs, 5, wave, times, 0.95, concurrency)
+        assert latency_quantile(probs, 5, wave, times, 0.95, concurrency, prefill=1.5) == \
+            pytest.approx(base + 1.5)
 
 
 def test_q_with_a_p95_limit_equals_enumeration() -> None:
