@@ -75,11 +75,9 @@ def test_the_paper_arms_over_a_limit_by_hand() -> None:
     times = CompletionTimes.from_samples([1.0, 3.0])
     np.testing.assert_allclose(all_over(times, 4, 2.0), 1 - 0.5 ** np.arange(1, 5))
     np.testing.assert_allclose(all_over(times, 4, 3.0), 0.0)
-    sums = [sum(s) for n in range(1, 5) for s in itertools.product((1.0, 3.0), repeat=n)]
     for n in range(1, 5):
         want = np.mean([sum(s) > 5.0 for s in itertools.product((1.0, 3.0), repeat=n)])
         assert all_over(times, 4, 5.0, concurrency=1)[n - 1] == pytest.approx(want)
-    assert len(sums) == 30
     np.testing.assert_allclose(all_over(times, 4, 3.5, prefill=1.5), 1 - 0.5 ** np.arange(1, 5))
 
 
@@ -87,21 +85,22 @@ def test_the_paper_arms_over_a_limit_by_hand() -> None:
 def test_the_limit_holds_exactly_where_the_quantile_is_within_it(seed: int) -> None:
     """An arm meets a p95 limit L (P(latency > L) <= 0.05) exactly when its reported p95
     (:func:`iapo.latency.latency_quantile`) is at most L: at L = the p95 itself, and one grid
-    step below it, for times off the grid, every width, with and without a concurrency
-    limit, the paper's arms (pipelined: the same seeded draws) included."""
+    step below it, for times off the grid, every width, N below the table's N_max and at it,
+    with and without a concurrency limit, the paper's arms (pipelined: the same seeded
+    draws) included."""
     rng = np.random.default_rng(seed)
     times = CompletionTimes.from_samples(rng.gamma(4.0, 0.5, size=400))
     probs = rng.dirichlet(np.ones(3), size=4)
     n, h = 6, times.mean() / 200
     model = LatencyModel((times,), concurrency=[None, 2, 3][seed % 3], prefill=0.1 * seed)
     undecided = undecided_probability(probs, n).mean(axis=0)[None]
-    for wave in (1, 2, 4, None):
-        p95 = latency_quantile(probs, n, wave, times, 0.95, model.concurrency,
+    for wave, arm in itertools.product((1, 2, 4, None), (4, n)):  # N below n_max, and at it
+        p95 = latency_quantile(probs, arm, wave, times, 0.95, model.concurrency,
                                prefill=model.prefill)
         for limit, meets in ((p95, True), (p95 - h, False)):
             over = model.over([limit], n, wave, None if wave is None else undecided)
             assert over is not None
-            assert (over[0, 0, n - 1] <= 0.05 + 1e-12) == meets, (wave, limit, p95)
+            assert (over[0, 0, arm - 1] <= 0.05 + 1e-12) == meets, (wave, arm, limit, p95)
 
 
 def test_the_p95_of_all_n_at_once_by_hand() -> None:

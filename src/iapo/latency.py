@@ -128,10 +128,13 @@ class LatencyModel:
     description: str = ""
     prefill: float = 0.0
     _steps: dict[tuple[int, int], FloatArray] = field(init=False, repr=False, compare=False)
+    _over: dict[tuple[int | None, int, float], FloatArray] = field(init=False, repr=False,
+                                                                  compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "times", tuple(self.times))
         object.__setattr__(self, "_steps", {})  # steps by (width, n_max)
+        object.__setattr__(self, "_over", {})  # over tables by (width, n_max, limit)
         if not self.times:
             raise InputError("a latency model needs the completion times of every prompt")
         if self.concurrency is not None:
@@ -211,19 +214,22 @@ class LatencyModel:
         bounds = np.asarray(limits, dtype=np.float64)
         if not np.isfinite(bounds).any():
             return None
+        if wave is not None and undecided is None:
+            raise InputError("the p95 of arms that stop once decided needs their undecided "
+                             "table")
         out = np.zeros((bounds.size, len(self.times), n_max))
+        width = None if wave is None else min(round_width(wave, self.concurrency), int(n_max))
         for limit in np.unique(bounds[np.isfinite(bounds)]):
-            if wave is None:
-                table = np.stack([all_over(t, n_max, limit, self.concurrency,
-                                           prefill=self.prefill) for t in self.times])
-            else:
-                if undecided is None:
-                    raise InputError("the p95 of arms that stop once decided needs their "
-                                     "undecided table")
-                width = min(round_width(wave, self.concurrency), int(n_max))
-                steps = np.stack([over_steps(t, n_max, width, limit, prefill=self.prefill)
-                                  for t in self.times])
-                table = latency_from_undecided(undecided, steps)
+            key = (width, int(n_max), float(limit))
+            if key not in self._over:  # the model is immutable: each table is computed once
+                self._over[key] = np.stack(
+                    [all_over(t, n_max, limit, self.concurrency, prefill=self.prefill)
+                     if width is None else
+                     over_steps(t, n_max, width, limit, prefill=self.prefill)
+                     for t in self.times])
+            table = self._over[key]
+            if undecided is not None and width is not None:
+                table = latency_from_undecided(undecided, table)
             out[bounds == limit] = table
         return out
 
@@ -350,7 +356,10 @@ def _pipeline_draws(times: CompletionTimes, n: int, concurrency: int) -> FloatAr
     back, k = 1..n, at most ``concurrency`` running, each started as soon as one ends (a
     client's semaphore): [PIPELINE_DRAWS, n]."""
     rng = np.random.default_rng(0)
-    x = rng.choice(times.values, size=(PIPELINE_DRAWS, n), p=times.probs)
+    # drawn completion by completion: the first k columns are the same whatever n is, so
+    # the arm of k completions reads the same draws in every table (all_over, all_times,
+    # latency_quantile)
+    x = rng.choice(times.values, size=(n, PIPELINE_DRAWS), p=times.probs).T
     free = np.zeros((PIPELINE_DRAWS, concurrency))
     rows = np.arange(PIPELINE_DRAWS)
     out = np.empty((PIPELINE_DRAWS, n))

@@ -268,7 +268,10 @@ class Environment(ABC):
                 # a synthetic model is its description; another is not cached
                 cache = (self.cacheable and
                          SyntheticLatency.from_description(latency.description) is not None)
-                model = hashlib.sha256(latency.description.encode()).hexdigest()[:12]
+                h = hashlib.sha256(latency.description.encode())
+                if self.observed is not None:  # the undecided table averages over it
+                    h.update(np.packbits(self.observed).tobytes())
+                model = h.hexdigest()[:12]
                 key = f"{self.name}-{self.fingerprint()}-decided-w{stopping.wave}-{model}"
                 stop = (load_or_compute(key, stop_compute, required=STOP_TABLES) if cache
                         else stop_compute())

@@ -41,7 +41,8 @@ def latency_pilot(runtime: TaskRuntime, store: CompletionStore, train: npt.NDArr
     the server has read the prompt (the first round, which pays the prefill), the rest after.
     The queries are the first ``train`` ones, as many as the groups need. Completions
     already stored are replayed; those drawn after a retry are left out of the fit (their
-    time holds the failed attempts' waits). Returns the model and the pilot's completions
+    time holds the failed attempts' waits), as are those of batch jobs (no time of their
+    own). Returns the model and the pilot's completions
     drawn, paid and replayed. The same store and split give the same pilot, so a rerun fits
     the same model."""
     task = runtime.task
@@ -62,7 +63,9 @@ def latency_pilot(runtime: TaskRuntime, store: CompletionStore, train: npt.NDArr
             rows = []
             for q, samples in groups.values():  # one group at a time, in order
                 rows += oracle.serve([(p, q, samples)], rescore=False)[0]
-            timed = [r for r in rows if r.retries == 0]
+            # a batch job's completion has no time of its own (stored as 0 s)
+            timed = [r for r in rows if r.retries == 0
+                     and not (r.endpoint or "").startswith("batch")]
             if not timed:
                 raise RunError(f"every pilot completion of prompt '{prompt.name}' needed a "
                                "retry, so none times the model alone: its latency cannot be "
