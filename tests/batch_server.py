@@ -13,7 +13,10 @@ OpenAI does. What the tests steer:
 - ``hold``: while cleared, a batch stays ``in_progress`` before its first line;
 - ``expire_first``: the first batch runs only that many lines, then ends ``expired`` (the
   rest in the error file, code ``batch_expired``);
-- ``fail_once``: custom ids whose first appearance fails (an error line, no upstream call).
+- ``fail_once``: custom ids whose first appearance fails (an error line, no upstream call);
+- ``lose_creates``: that many creations answer HTTP 500 although the batch was created (an
+  answer lost on the way);
+- ``page_size``: the most batches a page of ``GET /v1/batches`` lists.
 
 ``created`` lists every batch created, with its custom ids, in order.
 """
@@ -42,6 +45,8 @@ class BatchServer(Loopback):
                  fail_once: Callable[[str], bool] | None = None) -> None:
         self.upstream = upstream
         self.expire_first = expire_first
+        self.lose_creates = 0
+        self.page_size = 100
         self.fail_once = fail_once
         self.hold = threading.Event()
         self.hold.set()
@@ -130,11 +135,16 @@ class BatchServer(Loopback):
             self.created.append({"id": batch_id, "custom_ids": [x["custom_id"] for x in lines],
                                  "metadata": batch["metadata"]})
         threading.Thread(target=self.work, args=(batch, lines), daemon=True).start()
+        if self.lose_creates > 0:
+            self.lose_creates -= 1
+            send_json(h, b'{"error": {"message": "lost"}}', 500)
+            return
         send_json(h, json.dumps(batch).encode())
 
     def listing(self, h: BaseHTTPRequestHandler, query: dict[str, list[str]]) -> None:
-        limit = int(query.get("limit", ["20"])[0])
-        rows = sorted(self.batches.values(), key=lambda b: b["id"], reverse=True)
+        limit = min(int(query.get("limit", ["20"])[0]), self.page_size)
+        rows = sorted(self.batches.values(), key=lambda b: int(b["id"].split("-")[1]),
+                      reverse=True)  # newest first
         if "after" in query:
             ids = [b["id"] for b in rows]
             rows = rows[ids.index(query["after"][0]) + 1:]

@@ -12,10 +12,19 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from batch_server import BatchServer
-from iapo.live.batch import ApiBatches, lines_for, parse_results, run_lines, window_seconds
+from iapo.errors import RunError
+from iapo.live.batch import (
+    ApiBatches,
+    BatchPending,
+    lines_for,
+    parse_results,
+    run_lines,
+    window_seconds,
+)
 from iapo.live.client import request_body
 from iapo.live.oracle import LiveOracle, sample_seed
 from iapo.live.store import CompletionStore
@@ -285,3 +294,164 @@ def test_run_lines_keeps_the_order_and_reports_failures() -> None:
         seed_answer({"seed": 0}))
     assert rows[1]["error"]["code"] == "400" and rows[2]["error"] is None
 
+
+
+def test_a_lost_create_answer_is_found_not_made_twice(tmp_path: Path) -> None:
+    """The first two creations answer HTTP 500 although the server made the batch: iapo
+    looks for the batch by its key before asking again, so no submission is made twice, and
+    the policy is the synchronous one."""
+    with ScriptedServer(answer_of=seed_answer, tokens_of=tokens) as up, \
+            BatchServer(up.base_url) as bs:
+        task = batch_task(tmp_path, bs.base_url)
+        assert cli("optimize", str(task), "--out", str(tmp_path / "s")).exit_code == 0
+        bs.lose_creates = 2
+        task = batch_task(tmp_path, bs.base_url, batch_window="2h")
+        result = cli("optimize", str(task), "--out", str(tmp_path / "b"))
+        assert result.exit_code == 0, result.output
+        assert bs.lose_creates == 0
+        keys = [b["metadata"]["iapo_submission"] for b in bs.created]
+        assert len(keys) == len(set(keys)) >= 2
+    assert (tmp_path / "b" / "policy.json").read_bytes() == \
+        (tmp_path / "s" / "policy.json").read_bytes()
+
+
+def oracle_with(tmp_path: Path, url: str, **batcher: Any) -> tuple[LiveOracle, CompletionStore]:
+    import numpy as np
+
+    runtime = runtime_of(write_task(tmp_path, mv_raw(url), n_records=6))
+    runtime.supports_n = False
+    store = CompletionStore(tmp_path / "store.sqlite")
+    return LiveOracle(runtime, store, np.arange(6), 100, np.random.default_rng(0),
+                      batcher=ApiBatches(runtime.task.model, 0.05, **batcher)), store
+
+
+PLAN = [(p, q, [0, 1]) for p in range(2) for q in range(2)]
+
+
+def records(store: CompletionStore) -> list[tuple[str, dict[str, Any]]]:
+    rows = store.db.execute("SELECT key, value FROM meta WHERE key LIKE 'batch %' AND key "
+                            "NOT IN ('batch rounds', 'batch tries')").fetchall()
+    return [(k, json.loads(v)) for k, v in rows]
+
+
+def test_a_batch_created_before_a_crash_is_found_by_its_key_across_pages(tmp_path: Path
+                                                                         ) -> None:
+    """A crash after the batch was created but before its id was recorded: the resume
+    finds it by its key in the server's list (a page of one batch, three newer batches of
+    others before it) and creates none."""
+    with ScriptedServer(answer_of=seed_answer) as up, BatchServer(up.base_url) as bs:
+        bs.hold.clear()
+        oracle, store = oracle_with(tmp_path, bs.base_url, wait=0.2)
+        with store, pytest.raises(BatchPending):
+            oracle.serve(PLAN)
+        with CompletionStore(tmp_path / "store.sqlite") as store:
+            ((key, rec),) = records(store)
+            store.set_meta(key, {k: v for k, v in rec.items() if k != "batch"})  # the crash
+        for i in range(3):  # others' batches, newer
+            up_file = httpx.post(f"{bs.base_url}/files", data={"purpose": "batch"},
+                                 files={"file": ("x.jsonl", b"", "application/jsonl")}).json()
+            httpx.post(f"{bs.base_url}/batches", json={
+                "input_file_id": up_file["id"], "endpoint": "/v1/chat/completions",
+                "metadata": {"iapo_submission": f"other-{i}"}})
+        bs.page_size = 1
+        bs.hold.set()
+        oracle, store = oracle_with(tmp_path, bs.base_url)
+        with store:
+            assert [len(r) for r in oracle.serve(PLAN)] == [2] * 4
+            assert records(store)[0][1]["batch"] == rec["batch"]
+        assert len(bs.created) == 4 and len(up.requests) == 8  # ours and the three others
+
+
+def test_a_crash_while_storing_results_reads_the_same_batch_again(tmp_path: Path) -> None:
+    """A store that fails while a batch's results are being kept (a full disk) keeps none
+    of them: the rerun reads the same batch again, submits nothing, and stores each
+    completion once."""
+    with ScriptedServer(answer_of=seed_answer) as up, BatchServer(up.base_url) as bs:
+        oracle, store = oracle_with(tmp_path, bs.base_url)
+        with store:
+            def full(*args: Any, **kw: Any) -> None:
+                raise RunError("the disk is full")
+
+            store.put_all = full  # type: ignore[method-assign]
+            with pytest.raises(RunError, match="disk is full"):
+                oracle.serve(PLAN)
+        oracle, store = oracle_with(tmp_path, bs.base_url)
+        with store:
+            assert store.count() == 0
+            assert [len(r) for r in oracle.serve(PLAN)] == [2] * 4 and store.count() == 8
+        assert len(bs.created) == 1 and len(up.requests) == 8
+
+
+def test_a_batch_gone_from_the_server_is_asked_for_again(tmp_path: Path) -> None:
+    """A recorded batch that the server no longer has (HTTP 404) is said, and its lines are
+    submitted again."""
+    with ScriptedServer(answer_of=seed_answer) as up, BatchServer(up.base_url) as bs:
+        bs.hold.clear()
+        oracle, store = oracle_with(tmp_path, bs.base_url, wait=0.2)
+        with store, pytest.raises(BatchPending):
+            oracle.serve(PLAN)
+        bs.batches.clear()
+        bs.hold.set()
+        said: list[str] = []
+        oracle, store = oracle_with(tmp_path, bs.base_url, say=said.append)
+        with store:
+            assert [len(r) for r in oracle.serve(PLAN)] == [2] * 4
+        assert any("is gone from the server" in line for line in said)
+        assert len(bs.created) == 2
+
+
+def test_files_mode_gives_up_on_a_line_that_always_fails_and_reads_an_error_file_alone(
+        tmp_path: Path) -> None:
+    """Files mode, one process per round: a round whose requests all failed has only an
+    error file, and the run goes on from it; a line that fails in 3 rounds ends the run
+    (exit status 1) naming it and its reason, though each round was a process of its own."""
+    with ScriptedServer(answer_of=seed_answer, tokens_of=tokens) as up:
+        task = batch_task(tmp_path, up.base_url)
+        run = tmp_path / "f"
+        bad = None
+        for rounds in range(1, 10):
+            step = cli("optimize", str(task), "--out", str(run), "--batch-files")
+            if step.exit_code != 3:
+                break
+            inp = run / "batches" / f"round-{rounds:02d}.jsonl"
+            ids = [json.loads(x)["custom_id"] for x in inp.read_text().splitlines()]
+            if rounds == 1:  # every request failed: the provider gives an error file only
+                bad = ids[0]
+                errors = [{"custom_id": c, "response": None,
+                           "error": {"code": "server_error", "message": "down"}} for c in ids]
+                (run / "batches" / "round-01.errors.jsonl").write_text(
+                    "".join(json.dumps(e) + "\n" for e in errors))
+                continue
+            out = run / "batches" / f"round-{rounds:02d}.output.jsonl"
+            assert cli("run-batch", str(inp), str(out), "--base-url", up.base_url
+                       ).exit_code == 0
+            if bad in ids:  # that line fails again
+                rows = [json.loads(x) for x in out.read_text().splitlines()]
+                for r in rows:
+                    if r["custom_id"] == bad:
+                        r.update(response=None, error={"code": "400", "message": "too long"})
+                out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert step.exit_code == 1, step.output
+    assert f"batch request {bad[:60]} failed in 3 submissions" in step.output
+    assert "too long" in step.output and rounds == 4
+
+
+def test_run_batch_keeps_each_answer_and_a_rerun_asks_only_for_the_rest(tmp_path: Path
+                                                                        ) -> None:
+    """`iapo run-batch` interrupted after two answers (their lines in OUTPUT.partial): the
+    rerun asks the server for the two others only, and writes all four in order."""
+    with ScriptedServer(answer_of=seed_answer) as up:
+        inp = tmp_path / "in.jsonl"
+        inp.write_text("".join(json.dumps({"custom_id": f"c{i}", "url": "/v1/chat/completions",
+                                           "body": {"model": "m", "seed": i, "messages": []}})
+                               + "\n" for i in range(4)))
+        out = tmp_path / "out.jsonl"
+        first = run_lines(inp.read_text(), up.base_url).splitlines()
+        Path(f"{out}.partial").write_text("\n".join(first[:2]) + "\n{torn")
+        ran = cli("run-batch", str(inp), str(out), "--base-url", up.base_url)
+        assert ran.exit_code == 0, ran.output
+        assert "2 kept from an earlier run" in ran.output
+        assert len(up.requests) == 4 + 2
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["custom_id"] for r in rows] == ["c0", "c1", "c2", "c3"]
+    assert not Path(f"{out}.partial").exists()

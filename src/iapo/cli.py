@@ -635,7 +635,9 @@ def run_batch(input_path: str, output_path: str, base_url: str, api_key_env: str
               concurrency: int) -> None:
     """Run a batch file (the OpenAI Batch format, e.g. a round of `optimize --batch-files`)
     against a server without a batch API, writing its output file."""
+    import contextlib
     import os
+    import threading
     from pathlib import Path
 
     from iapo.files import write_text_atomically
@@ -648,10 +650,28 @@ def run_batch(input_path: str, output_path: str, base_url: str, api_key_env: str
             raise click.UsageError(f"--api-key-env names ${api_key_env}, which is not set; "
                                    "export it")
     text = Path(input_path).read_text(errors="replace")
-    result = run_lines(text, base_url, key, concurrency)
+    # each answer is kept as it comes: a rerun after an interruption asks only for the rest
+    partial = Path(f"{output_path}.partial")
+    done = {}
+    if partial.exists():
+        for line in partial.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                row = json.loads(line)
+                if row["error"] is None:
+                    done[row["custom_id"]] = line
+    lock = threading.Lock()
+    with partial.open("a") as keep:
+        def on_line(line: str) -> None:
+            with lock:
+                keep.write(line + "\n")
+                keep.flush()
+
+        result = run_lines(text, base_url, key, concurrency, done=done, on_line=on_line)
     write_text_atomically(Path(output_path), result, "the batch output")
+    partial.unlink()
     failed = sum('"error": null' not in line for line in result.splitlines())
-    click.echo(f"{len(result.splitlines())} request(s) run, {failed} failed: {output_path}")
+    click.echo(f"{len(result.splitlines())} request(s), {len(done)} kept from an earlier run, "
+               f"{failed} failed: {output_path}")
 
 
 def _report_check(result: dict[str, Any], as_json: bool,

@@ -74,6 +74,10 @@ class BatchPending(RunError):
     exit_code = WAITING
 
 
+class Gone(RunError):
+    """A batch or file the store names is no longer on the server (HTTP 404)."""
+
+
 @dataclass(frozen=True)
 class Line:
     """One request of a submission: samples ``samples`` of prompt ``prompt`` on record
@@ -174,25 +178,19 @@ class Batcher(ABC):
 
     def fetch(self, oracle: LiveOracle, missing: dict[tuple[int, int], list[int]]) -> None:
         """Store every sample of ``missing`` ({(prompt, record): sample indices}) through
-        submissions of the lines that still lack one; RunError once a sample was asked for in
-        :attr:`tries` submissions without an answer, naming its line and the reason."""
+        submissions of the lines that still lack one. A sample that got no answer in
+        :attr:`tries` submissions (counted in the store, across reruns) is a RunError that
+        names its line and the reason."""
         runtime, store = oracle.runtime, oracle.store
-        asked: dict[tuple[str, int], int] = {}  # submissions each (pool, sample) was in
         while missing:
             lines = lines_for(runtime, missing, runtime.supports_n)
             key, record = submission(store, lines)
             outcome = self.run(store, lines, key, record)
-            self._keep(oracle, lines, outcome)
-            record = store.get_meta(f"batch {key}") or {}
-            store.set_meta(f"batch {key}", {**record, "done": True,
-                                            "failed": len(outcome.failed)})
+            tries = self._keep(oracle, lines, outcome, key)
             self.read += 1
-            for line in lines:
-                for s in line.samples:
-                    asked[(line.pool, s)] = asked.get((line.pool, s), 0) + 1
             missing = _still_missing(oracle, missing)
             spent = [line for line in lines if line.custom_id in outcome.failed and any(
-                asked[(line.pool, s)] >= self.tries for s in line.samples)]
+                tries.get(f"{line.pool}:{s}", 0) >= self.tries for s in line.samples)]
             if spent and missing:
                 line = spent[0]
                 raise RunError(f"batch request {line.custom_id[:60]} failed in {self.tries} "
@@ -202,12 +200,19 @@ class Batcher(ABC):
                 self.say(f"{sum(map(len, missing.values()))} completion(s) still missing: "
                          "asked for again")
 
-    def _keep(self, oracle: LiveOracle, lines: Sequence[Line], outcome: Outcome) -> None:
+    def _keep(self, oracle: LiveOracle, lines: Sequence[Line], outcome: Outcome, key: str
+              ) -> dict[str, int]:
+        """Score and store the answered lines of ``outcome``, mark the submission ``key``
+        ended and count a try for each sample of a failed line, all in one transaction: a
+        crash before it leaves the submission unread, and the resume reads it again. Returns
+        the tries of the samples without an answer (``pool:sample``)."""
         from iapo.live.oracle import sample_seed
 
-        runtime = oracle.runtime
-        workers = max(1, runtime.task.model.concurrency)
-        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        runtime, store = oracle.runtime, oracle.store
+        items = []
+        learned: bool | None = None
+        with concurrent.futures.ThreadPoolExecutor(max(1, runtime.task.model.concurrency)
+                                                   ) as pool:
             for line in lines:
                 got = outcome.done.get(line.custom_id)
                 if not got:
@@ -219,15 +224,26 @@ class Batcher(ABC):
                 scored = list(pool.map(lambda c, r=record: runtime.score(r, c.text,
                                                                          c.finish_reason),
                                        comps))
-                oracle.keep(line.prompt, line.query, line.samples[:len(comps)], comps, scored,
-                            batch=True)
-                if len(line.samples) > 1 and runtime.supports_n is None:
+                items.append((line.prompt, line.query, line.samples[:len(comps)], comps,
+                              scored))
+                if len(line.samples) > 1 and runtime.supports_n is None and learned is None:
                     # as the client learns it: all choices back, n is honoured; one, ignored
                     learned = True if len(got) >= len(line.samples) else \
                         False if len(got) == 1 else None
-                    if learned is not None:
-                        runtime.supports_n = learned
-                        oracle.store.set_meta(oracle.supports_key, learned)
+        tries = dict(store.get_meta("batch tries", {}))
+        for line in lines:
+            if line.custom_id in outcome.failed:
+                for s in line.samples:
+                    tries[f"{line.pool}:{s}"] = tries.get(f"{line.pool}:{s}", 0) + 1
+        ended = {**(store.get_meta(f"batch {key}") or {}), "done": True,
+                 "failed": len(outcome.failed)}
+        meta: dict[str, Any] = {f"batch {key}": ended,
+                                "batch tries": tries}
+        if learned is not None:
+            runtime.supports_n = learned
+            meta[oracle.supports_key] = learned
+        oracle.keep_all(items, batch=True, meta=meta)
+        return tries
 
     def outcome(self, files: Sequence[tuple[str, str]], lines: Sequence[Line], absent: str,
                 source: str) -> Outcome:
@@ -318,10 +334,13 @@ class ApiBatches(Batcher):
         self.wait = window_seconds(window) if wait is None else wait
         self.sleep, self.clock = sleep, clock
 
-    def _call(self, http: httpx.Client, method: str, path: str, **kw: Any) -> httpx.Response:
-        """One call of the batch API, retried on a connection error, 429 or 5xx."""
+    def _call(self, http: httpx.Client, method: str, path: str, retries: int | None = None,
+              **kw: Any) -> httpx.Response:
+        """One call of the batch API, retried on a connection error, 429 or 5xx (at most
+        ``retries`` times; default ``model.max_retries``). A 404 of a batch or a file is
+        :class:`Gone`."""
         last = ""
-        for attempt in range(self.model.max_retries + 1):
+        for attempt in range((self.model.max_retries if retries is None else retries) + 1):
             if attempt:
                 self.sleep(min(30.0, 2.0 ** attempt))
             try:
@@ -336,25 +355,67 @@ class ApiBatches(Batcher):
                 raise RunError(f"{self.url}{path} answered HTTP 404: the server takes no batch "
                                "jobs; run the rounds as files (iapo optimize --batch-files) or "
                                "set model.batch = false")
+            if r.status_code == 404:
+                raise Gone(f"{self.url}{path} answered HTTP 404")
             if r.status_code >= 400:
                 raise RunError(f"{self.url}{path} answered HTTP {r.status_code}: "
                                f"{r.text[:300]}")
             return r
-        raise RunError(f"{self.url}{path} failed {self.model.max_retries + 1} times; last: "
-                       f"{last}")
+        raise RunError(f"{self.url}{path} failed {attempt + 1} time(s); last: {last}")
 
-    def _find(self, http: httpx.Client, key: str) -> dict[str, Any] | None:
-        """The batch created for the submission ``key`` (by its metadata), if any."""
+    def _json(self, http: httpx.Client, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        """The JSON object a call answers; a body that is not one is a RunError naming it."""
+        r = self._call(http, method, path, **kw)
+        try:
+            body = r.json()
+            if not isinstance(body, dict) or ("id" not in body and path != "/batches"):
+                raise ValueError("not an object with an id")
+        except ValueError as e:
+            raise RunError(f"{self.url}{path} answered a body that is not a batch API object "
+                           f"({e}): {r.text[:200]!r}") from None
+        return dict(body)
+
+    def _find(self, http: httpx.Client, key: str, since: float) -> dict[str, Any] | None:
+        """The batch created for the submission ``key`` (by its metadata), if any, among
+        the batches created since ``since`` (seconds since the epoch; newest first)."""
         after = None
         while True:
             params: dict[str, Any] = {"limit": 100} | ({"after": after} if after else {})
-            page = self._call(http, "GET", "/batches", params=params).json()
-            for b in page.get("data") or []:
+            page = self._json(http, "GET", "/batches", params=params)
+            data = page.get("data") or []
+            for b in data:
                 if (b.get("metadata") or {}).get(KEY) == key:
                     return dict(b)
-            if not page.get("has_more") or not page.get("data"):
+            older = any(float(b.get("created_at") or 0) < since for b in data)
+            if not page.get("has_more") or not data or older:
                 return None
-            after = page["data"][-1]["id"]
+            after = data[-1]["id"]
+
+    def _create(self, http: httpx.Client, key: str, rec: dict[str, Any]) -> dict[str, Any]:
+        """The batch of the submission ``key``: found by its metadata (created before a
+        crash, or by an attempt whose answer was lost), else created, never twice."""
+        since = float(rec.get("since", 0.0))
+        for attempt in range(self.model.max_retries + 1):
+            found = self._find(http, key, since)
+            if found is not None:
+                return found
+            if attempt:
+                self.sleep(min(30.0, 2.0 ** attempt))
+            try:  # one attempt: a lost answer may still have created it, so look first
+                made = self._json(http, "POST", "/batches", retries=0, json={
+                    "input_file_id": rec["file"], "endpoint": ENDPOINT,
+                    "completion_window": self.window, "metadata": {KEY: key}})
+            except RunError as e:
+                if "answered HTTP" in str(e):  # refused: no retry makes it
+                    raise
+                continue  # no answer, or a lost one: look for it before asking again
+            self.submissions += 1
+            self.say(f"batch {made['id']}: round {rec['round']}, {rec['lines']} request(s) "
+                     "submitted")
+            return made
+        raise RunError(f"{self.url}/batches: the batch of round {rec['round']} could not be "
+                       f"created in {self.model.max_retries + 1} attempts; rerun iapo optimize "
+                       "(a batch created meanwhile is found, not made again)")
 
     def run(self, store: CompletionStore, lines: Sequence[Line], key: str,
             record: dict[str, Any] | None) -> Outcome:
@@ -364,30 +425,29 @@ class ApiBatches(Batcher):
                           timeout=max(self.model.timeout, 60.0)) as http:
             rec = dict(record or {})
             if "round" not in rec:  # recorded before anything is uploaded or created
-                rec = {"round": next_round(store), "lines": len(lines)}
+                rec = {"round": next_round(store), "lines": len(lines),
+                       "since": time.time() - 3600}
                 store.set_meta(f"batch {key}", rec)
             if rec.get("file") is None:
                 text = "".join(line.to_json() + "\n" for line in lines)
-                up = self._call(http, "POST", "/files", data={"purpose": "batch"},
-                                files={"file": (f"iapo-round-{rec['round']:02d}.jsonl",
-                                                text.encode(), "application/jsonl")})
-                rec["file"] = up.json()["id"]
+                rec["file"] = self._json(http, "POST", "/files", data={"purpose": "batch"},
+                                         files={"file": (f"iapo-round-{rec['round']:02d}.jsonl",
+                                                         text.encode(),
+                                                         "application/jsonl")})["id"]
                 store.set_meta(f"batch {key}", rec)
             if rec.get("batch") is None:
-                found = self._find(http, key)
-                if found is None:
-                    found = self._call(http, "POST", "/batches", json={
-                        "input_file_id": rec["file"], "endpoint": ENDPOINT,
-                        "completion_window": self.window, "metadata": {KEY: key}}).json()
-                    self.submissions += 1
-                    self.say(f"batch {found['id']}: round {rec['round']}, {len(lines)} "
-                             "request(s) submitted")
-                rec["batch"] = found["id"]
+                rec["batch"] = self._create(http, key, rec)["id"]
                 store.set_meta(f"batch {key}", rec)
-            batch = self._poll(http, rec["batch"])
-            files = [(self._call(http, "GET", f"/files/{batch[field]}/content").text,
-                      f"batch {rec['batch']} {field.removesuffix('_id')}")
-                     for field in ("output_file_id", "error_file_id") if batch.get(field)]
+            try:
+                batch = self._poll(http, rec["batch"])
+                files = [(self._call(http, "GET", f"/files/{batch[field]}/content").text,
+                          f"batch {rec['batch']} {field.removesuffix('_id')}")
+                         for field in ("output_file_id", "error_file_id") if batch.get(field)]
+            except Gone as e:  # deleted, or its files expired: its lines are asked again
+                self.say(f"batch {rec['batch']} is gone from the server ({e}): its requests "
+                         "are asked for again")
+                return self.outcome([], lines, f"batch {rec['batch']} is gone",
+                                    f"batch {rec['batch']}")
         status = batch.get("status")
         outcome = self.outcome(files, lines, f"not in the results of batch {rec['batch']} "
                                              f"({status})", f"batch {rec['batch']}")
@@ -399,7 +459,7 @@ class ApiBatches(Batcher):
     def _poll(self, http: httpx.Client, batch_id: str) -> dict[str, Any]:
         start, delay, seen = self.clock(), min(1.0, self.poll_seconds), None
         while True:
-            batch = self._call(http, "GET", f"/batches/{batch_id}").json()
+            batch = self._json(http, "GET", f"/batches/{batch_id}")
             status = batch.get("status")
             counts = batch.get("request_counts") or {}
             now = (status, counts.get("completed"), counts.get("failed"))
@@ -408,7 +468,7 @@ class ApiBatches(Batcher):
                 self.say(f"batch {batch_id}: {status}, {counts.get('completed', 0)} of "
                          f"{counts.get('total', '?')} done")
             if status in TERMINAL:
-                return dict(batch)
+                return batch
             if self.clock() - start + delay > self.wait:
                 raise BatchPending(f"batch {batch_id} is {status} after {self.wait:g} s; "
                                    "rerun iapo optimize to pick it up (nothing is submitted "
@@ -443,23 +503,27 @@ class FileBatches(Batcher):
             write_text_atomically(path, "".join(line.to_json() + "\n" for line in lines),
                                   "the batch file")
             self.submissions += 1
-        if not output.exists():
+        if not output.exists() and not errors.exists():  # all failed: an error file alone
             raise BatchPending(
                 f"round {rec['round']}: {len(lines)} request(s) in {path}. Run them with a batch "
                 f"runner, writing {output}, e.g.\n"
                 f"  vllm run-batch -i {path} -o {output} --model {self.model.name}\n"
                 f"  iapo run-batch {path} {output} --base-url {self.model.base_urls[0]}\n"
-                f"or upload it to a provider's batch API and save its output file there; then "
-                f"rerun: {self.rerun}")
+                f"or upload it to a provider's batch API and save its output file there (its "
+                f"error file, if any, as {errors.name}); then rerun: {self.rerun}")
         files = [(f.read_text(errors="replace"), str(f)) for f in (output, errors) if f.exists()]
         return self.outcome(files, lines, f"not in {output.name}", f"batch file {name}")
 
 
 def run_lines(text: str, base_url: str, api_key: str | None = None, concurrency: int = 4,
-              timeout: float = 600.0) -> str:
+              timeout: float = 600.0, done: dict[str, str] | None = None,
+              on_line: Callable[[str], None] | None = None, retries: int = 3) -> str:
     """Run the requests of a batch file against an OpenAI-compatible server and give its
     output file (one result per line, in the input's order, in the OpenAI Batch format):
-    what ``iapo run-batch`` does for a server without a batch API."""
+    what ``iapo run-batch`` does for a server without a batch API. ``done``: results
+    already at hand by custom id (not asked again); ``on_line``: called with each new
+    result line as it comes (to keep it). A request is retried ``retries`` times on a
+    connection error, 429 or 5xx."""
     rows = []
     for i, raw in enumerate(text.splitlines(), 1):
         if not raw.strip():
@@ -475,22 +539,32 @@ def run_lines(text: str, base_url: str, api_key: str | None = None, concurrency:
         rows.append(row)
     headers = {} if api_key is None else {"Authorization": f"Bearer {api_key}"}
     root = base_url.rstrip("/").removesuffix("/v1")
+    have = dict(done or {})
 
     def one(row: dict[str, Any]) -> str:
+        if row["custom_id"] in have:
+            return have[row["custom_id"]]
         url = root + str(row.get("url") or ENDPOINT)
-        try:
-            r = httpx.post(url, json=row["body"], headers=headers, timeout=timeout)
-            ok = r.status_code == 200
-            body = r.json() if ok else r.text[:500]
-            status = r.status_code
-        except (httpx.HTTPError, ValueError) as e:
-            ok, body, status = False, f"{type(e).__name__}: {e}", 0
-        return json.dumps({
+        for attempt in range(retries + 1):
+            if attempt:
+                time.sleep(min(30.0, 2.0 ** (attempt - 1)))
+            try:
+                r = httpx.post(url, json=row["body"], headers=headers, timeout=timeout)
+                status, ok = r.status_code, r.status_code == 200
+                body: Any = r.json() if ok else r.text[:500]
+            except (httpx.HTTPError, ValueError) as e:
+                ok, body, status = False, f"{type(e).__name__}: {e}", 0
+            if ok or (status and status not in RETRY_STATUS):
+                break
+        line = json.dumps({
             "id": f"batch_req_{hashlib.sha256(row['custom_id'].encode()).hexdigest()[:16]}",
             "custom_id": row["custom_id"],
             "response": {"status_code": status, "body": body} if status else None,
             "error": None if ok else {"code": str(status or "connection"),
                                       "message": str(body)[:300]}})
+        if on_line is not None:
+            on_line(line)
+        return line
 
     with concurrent.futures.ThreadPoolExecutor(max(1, concurrency)) as pool:
         return "".join(line + "\n" for line in pool.map(one, rows))

@@ -124,14 +124,15 @@ def _run_history(store: CompletionStore, current: int) -> list[dict[str, Any]]:
     return rows
 
 
-def batcher_for(task: Task, out: Path, batch_files: bool, say: Callable[[str], None]
-                ) -> Batcher | None:
+def batcher_for(task: Task, out: Path, batch_files: bool, say: Callable[[str], None],
+                other_task: bool = False) -> Batcher | None:
     """How ``optimize`` asks for what the store lacks: as files for a batch runner
     (``batch_files``), through the server's batch API (``model.batch``), or None (at once)."""
     m = task.model
     if batch_files:
+        again = " --other-task" if other_task else ""
         return FileBatches(out / "batches", m, f"iapo optimize {task.path} --out {out} "
-                           "--batch-files", say)
+                           f"--batch-files{again}", say)
     if m.batch:
         return ApiBatches(m, m.batch_poll_seconds, m.batch_window, m.batch_wait_seconds, say)
     return None
@@ -193,7 +194,7 @@ def optimize(task: Task, out: Path, progress: bool = True,
         if runtime.problem.needs_latency:  # priced with a model of this store's times
             model, pilot = latency_pilot(runtime, store, train)
             runtime.problem = dataclasses.replace(runtime.problem, latency=model)
-        batcher = batcher_for(task, out, batch_files, bar.write)
+        batcher = batcher_for(task, out, batch_files, bar.write, other_task)
         oracle = LiveOracle(runtime, store, train, task.budget,
                             np.random.default_rng(oracle_seq), on_progress, batcher=batcher)
         recorder = Recorder(oracle)  # every training observation, for the report

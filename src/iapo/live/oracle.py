@@ -369,23 +369,36 @@ class LiveOracle:
         return rows
 
     def keep(self, p: int, q: int, samples: Sequence[int], comps: Sequence[Completion],
-             scored: Sequence[tuple[str | None, list[float | None], list[str]]],
-             batch: bool = False) -> None:
+             scored: Sequence[tuple[str | None, list[float | None], list[str]]]) -> None:
         """Store the completions ``comps`` of prompt p on record q as the pool's ``samples``
         (as many as came back), with their ``scored`` (:meth:`TaskRuntime.score`), in one
         transaction: a request with n > 1 carries one seed, so storing part of it would make
-        a resume ask a different request. ``batch``: they came from a batch job."""
+        a resume ask a different request."""
+        self.keep_all([(p, q, samples, comps, scored)])
+
+    def keep_all(self, items: Sequence[tuple[int, int, Sequence[int], Sequence[Completion],
+                                             Sequence[tuple[str | None, list[float | None],
+                                                            list[str]]]]],
+                 batch: bool = False, meta: dict[str, Any] | None = None) -> None:
+        """:meth:`keep` for several requests at once, all in one transaction with ``meta``
+        (``batch``: they came from a batch job, whose results are stored whole or not at
+        all)."""
         runtime = self.runtime
-        record = runtime.records[q]
-        pool, arm, key = runtime.pool(p, q), runtime.arms[p], runtime.score_key(record)
-        self.store.put_all([StoredCompletion(
-            pool=pool, sample=s, arm=arm, query_id=record.id, text=c.text,
-            answer=answer, scores=scores, failures=failures,
-            prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
-            latency=c.latency, seed=c.seed, score_key=key,
-            finish_reason=c.finish_reason, retries=c.retries, errors=list(c.errors),
-            endpoint=c.endpoint)
-            for s, c, (answer, scores, failures) in zip(samples, comps, scored, strict=False)])
+        rows = []
+        for p, q, samples, comps, scored in items:
+            record = runtime.records[q]
+            pool, arm, key = runtime.pool(p, q), runtime.arms[p], runtime.score_key(record)
+            rows += [StoredCompletion(
+                pool=pool, sample=s, arm=arm, query_id=record.id, text=c.text,
+                answer=answer, scores=scores, failures=failures,
+                prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
+                latency=c.latency, seed=c.seed, score_key=key,
+                finish_reason=c.finish_reason, retries=c.retries, errors=list(c.errors),
+                endpoint=c.endpoint)
+                for s, c, (answer, scores, failures) in zip(samples, comps, scored,
+                                                             strict=False)]
+        self.store.put_all(rows, meta)
+        comps = [c for _, _, _, got, _ in items for c in got]
         paid = len(comps)
         io = np.array([sum(c.prompt_tokens for c in comps),
                        sum(c.completion_tokens for c in comps)])
@@ -395,7 +408,7 @@ class LiveOracle:
         if batch:
             self.paid_batch += paid
             self.tokens_io_batch += io
-        self.failures += sum(len(f) for _, _, f in scored)
+        self.failures += sum(len(f) for *_, scored in items for _, _, f in scored)
         if self.on_progress is not None:
             self.on_progress(paid, self.paid, self.tokens, self.batches + 1)
 

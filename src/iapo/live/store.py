@@ -401,11 +401,16 @@ class CompletionStore:
         """Store one completion and commit it at once (the first write of a sample wins)."""
         self.put_all([c])
 
-    def put_all(self, rows: Sequence[StoredCompletion]) -> None:
+    def put_all(self, rows: Sequence[StoredCompletion],
+                meta: dict[str, Any] | None = None) -> None:
         """Store the completions of one request in one transaction: all of them or none
-        (a request with n > 1 is seeded once, so a resume must ask for the same n again)."""
+        (a request with n > 1 is seeded once, so a resume must ask for the same n again).
+        ``meta``: metadata written in the same transaction (a batch's results and its
+        submission's end, :mod:`iapo.live.batch`)."""
         with self.db:
             self._insert(rows, "INSERT OR IGNORE")
+            self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                [(k, json.dumps(v)) for k, v in (meta or {}).items()])
 
     def _insert(self, rows: Sequence[StoredCompletion], verb: str) -> None:
         """Insert completions inside the caller's transaction."""
