@@ -18,7 +18,14 @@ from brute import brute_law
 from iapo.cli import main
 from iapo.envs import get_environment
 from iapo.envs.base import oracle_report
-from iapo.latency import CompletionTimes, LatencyModel, all_over, latency_quantile
+from iapo.latency import (
+    CompletionTimes,
+    LatencyModel,
+    all_over,
+    latency_from_undecided,
+    latency_quantile,
+    over_steps,
+)
 from iapo.problem import ProblemError, Stopping, parse_contexts
 from iapo.stopping import undecided_probability
 from test_latency_arms import N_MAX, PROBS, TIMES, WIDTHS, brute_q, tiny_env
@@ -68,6 +75,31 @@ def test_over_a_limit_equals_enumeration(concurrency: int | None) -> None:
     assert model.over([math.inf], N_MAX, 1, undecided) is None
 
 
+def test_over_steps_and_the_exact_boundary_by_hand() -> None:
+    """Edges worked out by hand: a limit below the prefill is exceeded by every arm; the
+    steps of one prompt (no prefill, the default grid) against enumeration; and an arm that
+    exceeds L with probability exactly 0.05 meets the p95 limit L, its p95 being 1 s (on
+    the grid)."""
+    times = CompletionTimes.from_samples(TIMES[0])  # 1 s and 3 s
+    undecided = undecided_probability(PROBS[0], N_MAX).mean(axis=0)
+    got = latency_from_undecided(undecided, over_steps(times, N_MAX, 1, 2.5))
+    want = [brute_over(0, n, 1, 2.5, None) for n in range(1, N_MAX + 1)]
+    np.testing.assert_allclose(got, want, atol=1e-12)
+    instant = CompletionTimes.from_samples([0.0, 2.0])  # even an instant answer waits
+    below = over_steps(instant, N_MAX, 2, 0.5, prefill=1.0)
+    np.testing.assert_allclose(latency_from_undecided(undecided, below), 1.0)
+    np.testing.assert_allclose(all_over(instant, N_MAX, 0.5, prefill=1.0), 1.0)
+    edge = CompletionTimes(np.array([1.0, 3.0]), np.array([0.95, 0.05]))
+    model = LatencyModel((edge,))
+    over = model.over([2.0], 1, None)
+    assert over is not None and over[0, 0, 0] == pytest.approx(0.05)
+    h = edge.mean() / 200  # 1 s lies half a step or less from the grid
+    assert latency_quantile(np.ones((1, 1)), 1, None, edge) == pytest.approx(1.0, abs=h / 2)
+    from iapo.utility import within_p95
+
+    assert within_p95(over)[0, 0, 0]
+
+
 def test_the_paper_arms_over_a_limit_by_hand() -> None:
     """Arms that pay all N and wait for all: P(longest of N > L) = 1 - F(L)^N without a
     concurrency limit; at a concurrency of 1, the sum of N times (by enumeration); a prefill
@@ -101,6 +133,11 @@ def test_the_limit_holds_exactly_where_the_quantile_is_within_it(seed: int) -> N
             over = model.over([limit], n, wave, None if wave is None else undecided)
             assert over is not None
             assert (over[0, 0, arm - 1] <= 0.05 + 1e-12) == meets, (wave, arm, limit, p95)
+    if model.concurrency is None:  # the same on a finer grid of the caller's step
+        p95 = latency_quantile(probs, n, 2, times, 0.95, None, h / 2, prefill=model.prefill)
+        for limit, meets in ((p95, True), (p95 - h / 2, False)):
+            steps = over_steps(times, n, 2, limit, h / 2, model.prefill)
+            assert (latency_from_undecided(undecided[0], steps)[n - 1] <= 0.05 + 1e-12) == meets
 
 
 def test_the_p95_of_all_n_at_once_by_hand() -> None:
@@ -116,6 +153,18 @@ def test_the_p95_of_all_n_at_once_by_hand() -> None:
         reach = (np.arange(1, 401) / 400) ** n  # F^N at each sorted sample
         want = grid[np.argmax(reach >= 0.95 - 1e-12)] * h
         assert latency_quantile(np.ones((1, 1)), n, None, times) == pytest.approx(want)
+    for n in (2, 4):  # one at a time: the sum of N times, exact on the grid (not drawn)
+        law = np.bincount(np.rint(samples / h).astype(int)) / 400
+        total = law
+        for _ in range(n - 1):
+            total = np.convolve(total, law)
+        want = np.argmax(np.cumsum(total) >= 0.95 - 1e-12) * h
+        assert latency_quantile(np.ones((1, 1)), n, None, times, concurrency=1) == \
+            pytest.approx(want)
+    # as many running as sent: the longest of them, exact (not drawn)
+    reach = (np.arange(1, 401) / 400) ** 4
+    assert latency_quantile(np.ones((1, 1)), 4, None, times, concurrency=4) == \
+        pytest.approx(grid[np.argmax(reach >= 0.95 - 1e-12)] * h)
     probs = rng.dirichlet(np.ones(3), size=3)
     for wave, concurrency in ((None, None), (None, 2), (1, None), (2, 2)):
         base = latency_quantile(probs, 5, wave, times, 0.95, concurrency)
