@@ -455,3 +455,10 @@ def test_run_batch_keeps_each_answer_and_a_rerun_asks_only_for_the_rest(tmp_path
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["custom_id"] for r in rows] == ["c0", "c1", "c2", "c3"]
     assert not Path(f"{out}.partial").exists()
+
+
+def test_run_batch_without_its_input_is_one_line(tmp_path: Path) -> None:
+    result = cli("run-batch", str(tmp_path / "none.jsonl"), str(tmp_path / "out.jsonl"),
+                 "--base-url", "http://127.0.0.1:9/v1")
+    assert result.exit_code == 2 and "is not a file; give a batch file" in result.output
+    assert not (tmp_path / "out.jsonl").exists()

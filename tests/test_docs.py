@@ -201,7 +201,7 @@ def toml_blocks() -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def example_task() -> dict[str, Any]:
-    (task,) = [t for page, _, t in toml_blocks() if page == "live.md" and "model" in t]
+    (task,) = [t for page, _, t in toml_blocks() if page == "live.md" and "prompts" in t]
     return task
 
 
@@ -224,7 +224,7 @@ def test_the_example_task_loads_and_every_task_fragment_loads_inside_it(
     assert (task.name, [p.name for p in task.prompts]) == ("my-task", ["direct", "reason"])
     # live.md: `learner` (default `psst-auto`), `stop` ("all", the default), `wave` (default 1)
     assert (task.learner, task.stopping) == (DEFAULT_LEARNER, Stopping("all", 1))
-    fragments = [(p, t) for p, _, t in toml_blocks() if "keys" not in t and "model" not in t]
+    fragments = [(p, t) for p, _, t in toml_blocks() if "keys" not in t and "prompts" not in t]
     assert len(fragments) >= 2
     for page, fragment in fragments:
         raw = example_task()

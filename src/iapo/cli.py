@@ -622,7 +622,7 @@ def optimize(task_path: str, out: str, other_task: bool, dry_run: bool, as_json:
 
 
 @main.command("run-batch")
-@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, exists=True))
+@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False))
 @click.argument("output_path", metavar="OUTPUT", type=click.Path(dir_okay=False))
 @click.option("--base-url", "base_url", required=True,
               help="The OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1.")
@@ -649,6 +649,9 @@ def run_batch(input_path: str, output_path: str, base_url: str, api_key_env: str
         if key is None:
             raise click.UsageError(f"--api-key-env names ${api_key_env}, which is not set; "
                                    "export it")
+    if not Path(input_path).is_file():
+        raise click.UsageError(f"INPUT {input_path} is not a file; give a batch file, e.g. "
+                               "run/batches/round-01.jsonl")
     text = Path(input_path).read_text(errors="replace")
     # each answer is kept as it comes: a rerun after an interruption asks only for the rest
     partial = Path(f"{output_path}.partial")
