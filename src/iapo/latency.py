@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -403,23 +404,34 @@ def answer_times(times: CompletionTimes, n_max: int, width: int) -> FloatArray:
         raise InputError(f"width {width} and n_max {n_max} must be >= 1")
     r = min(int(width), int(n_max))
     order = times.order_table(r)  # [s, j]: E[the j-th shortest of s]
+    m, size, j, answered = _answer_places(n_max, r)
+    return np.where(answered, m * order[r, r] + order[size, j], 0.0)
+
+
+def _answer_places(n_max: int, r: int) -> tuple[npt.NDArray[Any], ...]:
+    """Where answer k of the arm N comes back, in rounds of ``r``: the full rounds m before
+    its own, the size s of its own round and its rank j there, and whether the arm has an
+    answer k at all (1 <= k <= N); each [n_max+1, n_max+1] indexed [N, k]."""
     n = np.arange(n_max + 1)[:, None]
     k = np.arange(n_max + 1)[None, :]
     m = np.maximum(k - 1, 0) // r
-    size = np.clip(n - m * r, 0, r)
-    j = np.clip(k - m * r, 0, r)
-    out = m * order[r, r] + order[size, j]
-    return np.where((k >= 1) & (k <= n), out, 0.0)
+    return m, np.clip(n - m * r, 0, r), np.clip(k - m * r, 0, r), (k >= 1) & (k <= n)
+
+
+def _steps_of(per_answer: FloatArray) -> FloatArray:
+    """The steps the undecided table weighs, from a table [N, k] of a quantity of the k-th
+    answer of the arm N (0 at k = 0): its difference from answer t to t + 1, [N, t], 0 for
+    t >= N (:func:`latency_from_undecided`, summation by parts over the deciding answer)."""
+    steps = np.zeros_like(per_answer)
+    steps[:, :-1] = per_answer[:, 1:] - per_answer[:, :-1]
+    size = per_answer.shape[0]
+    return np.where(np.arange(size)[None, :] < np.arange(size)[:, None], steps, 0.0)
 
 
 def answer_steps(times: CompletionTimes, n_max: int, width: int) -> FloatArray:
     """E[time from the t-th answer to the (t+1)-th] of the arm N (:func:`answer_times`):
     [n_max+1, n_max+1] indexed [N, t] (0 for t >= N), what the undecided table weighs."""
-    at = answer_times(times, n_max, width)
-    steps = np.zeros_like(at)
-    steps[:, :-1] = at[:, 1:] - at[:, :-1]
-    n = np.arange(n_max + 1)[:, None]
-    return np.where(np.arange(n_max + 1)[None, :] < n, steps, 0.0)
+    return _steps_of(answer_times(times, n_max, width))
 
 
 def latency_from_undecided(undecided: npt.ArrayLike, steps: npt.ArrayLike) -> FloatArray:
@@ -498,13 +510,9 @@ class _AnswerGrid:
             return out
         i = min(int(index), self.size - 1)
         reach = np.einsum("ma,sja->msj", self.before[:, : i + 1], self.order[:, :, i::-1])
-        n = np.arange(n_max + 1)[:, None]
-        k = np.arange(n_max + 1)[None, :]
-        m = np.maximum(k - 1, 0) // self.r
-        size = np.clip(n - m * self.r, 0, self.r)
-        j = np.clip(k - m * self.r, 0, self.r)
+        m, size, j, answered = _answer_places(n_max, self.r)
         at = reach[np.minimum(m, reach.shape[0] - 1), size, j]
-        return np.where((k >= 1) & (k <= n), np.minimum(at, 1.0), 0.0)
+        return np.where(answered, np.minimum(at, 1.0), 0.0)
 
 
 def _grid_index(seconds: float, step: float) -> int:
@@ -525,12 +533,8 @@ def over_steps(times: CompletionTimes, n_max: int, width: int, limit: float,
     r = min(int(width), int(n_max))
     index = _grid_index(limit - prefill, h)
     grid = _AnswerGrid(_grid_cdf(times, h), n_max, r, max(index, 0) + 1)
-    n = np.arange(n_max + 1)[:, None]
-    k = np.arange(n_max + 1)[None, :]
-    over = np.where((k >= 1) & (k <= n), 1.0 - grid.within(n_max, index), 0.0)
-    steps = np.zeros_like(over)
-    steps[:, :-1] = over[:, 1:] - over[:, :-1]
-    return np.where(k < n, steps, 0.0)
+    *_, answered = _answer_places(n_max, r)
+    return _steps_of(np.where(answered, 1.0 - grid.within(n_max, index), 0.0))
 
 
 def all_over(times: CompletionTimes, n_max: int, limit: float,
