@@ -164,14 +164,14 @@ class ModelQTable:
         problem = self.problem
         grid, stopping, n_max = problem.grid, problem.stopping, problem.n_max
         cw = grid.cost_weights[:, None, None]
-        priced, latency = problem.needs_latency, problem.latency
-        if priced and latency is None:
+        if problem.needs_latency and problem.latency is None:
             raise InputError("contexts that price latency, and the wave width as part of the "
                              "arm, need the problem's latency model (Problem.latency)")
+        latency = problem.latency if problem.needs_latency else None  # None: not priced
         c = grid.latency_weights.size
         if not stopping.early:
             q = task - cost_term(cw, cost[None, :, None], np.arange(1, n_max + 1))
-            if not priced or latency is None:
+            if latency is None:
                 return q, None, None
             seconds = np.broadcast_to(self.arm_latency(None), (c, *q.shape[1:]))
             over = latency.over(grid.p95_limits, n_max, None)
@@ -183,7 +183,7 @@ class ModelQTable:
         for w in widths:
             paid, _ = paid_from_undecided(undecided, w)  # [P, N]
             q = task - cost_term(cw, (cost[:, None] * paid)[None])
-            if latency is not None and priced:
+            if latency is not None:
                 seconds = self.arm_latency(w, undecided)
                 over = latency.over(grid.p95_limits, n_max, w, undecided)
                 q = latency_priced(q, seconds[None], grid.latency_weights, grid.latency_limits,
@@ -191,7 +191,7 @@ class ModelQTable:
                 per_seconds.append(np.broadcast_to(seconds, q.shape))
             per_width.append(q)
         if not stopping.widths:
-            return per_width[0], None, per_seconds[0] if priced else None
+            return per_width[0], None, per_seconds[0] if latency is not None else None
         stacked = np.stack(per_width, axis=-1)  # [C, P, N, S]
         best = np.argmax(np.nan_to_num(stacked, nan=-np.inf), axis=-1)[..., None]
         seconds = np.take_along_axis(np.stack(per_seconds, axis=-1), best, axis=-1)[..., 0]

@@ -55,7 +55,13 @@ import httpx
 
 from iapo.errors import InputError, RunError
 from iapo.files import write_text_atomically
-from iapo.live.client import RETRY_STATUS, Completion, parse_completions, request_body
+from iapo.live.client import (
+    RETRY_STATUS,
+    Completion,
+    honours_n,
+    parse_completions,
+    request_body,
+)
 from iapo.live.store import CompletionStore
 
 if TYPE_CHECKING:
@@ -227,9 +233,7 @@ class Batcher(ABC):
                 items.append((line.prompt, line.query, line.samples[:len(comps)], comps,
                               scored))
                 if len(line.samples) > 1 and runtime.supports_n is None and learned is None:
-                    # as the client learns it: all choices back, n is honoured; one, ignored
-                    learned = True if len(got) >= len(line.samples) else \
-                        False if len(got) == 1 else None
+                    learned = honours_n(len(line.samples), len(got))  # as the client learns
         tries = dict(store.get_meta("batch tries", {}))
         for line in lines:
             if line.custom_id in outcome.failed:

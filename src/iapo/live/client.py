@@ -198,11 +198,11 @@ class ChatClient:
         if len(seeds) > 1 and self.supports_n is not False:
             got = await self._request(messages, decoding, seeds[0], len(seeds))
             got = [dataclasses.replace(c, seed=s) for c, s in zip(got, seeds, strict=False)]
+            learned = honours_n(len(seeds), len(got))
+            if learned is not None:
+                self.supports_n = learned
             if len(got) >= len(seeds):
-                self.supports_n = True
                 return got
-            if len(got) == 1:
-                self.supports_n = False  # the server ignores n: one sample per request
             rest = await self.sample(messages, decoding, seeds[len(got):])
             return got + rest
         batches = await asyncio.gather(*(self._request(messages, decoding, s, 1) for s in seeds))
@@ -365,6 +365,13 @@ class ChatClient:
         self.stats.prompt_tokens += sum(c.prompt_tokens for c in got)
         self.stats.completion_tokens += sum(c.completion_tokens for c in got)
         return got
+
+
+def honours_n(asked: int, got: int) -> bool | None:
+    """What an answer of ``got`` choices to a request for ``asked`` > 1 says of the server:
+    all of them back, it honours n; one, it ignores n (one sample per request from then on);
+    some but fewer, nothing (n is kept, the rest asked for)."""
+    return True if got >= asked else False if got == 1 else None
 
 
 def request_body(model: str, messages: list[dict[str, str]], decoding: dict[str, Any],

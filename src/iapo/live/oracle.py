@@ -254,7 +254,6 @@ class LiveOracle:
         self.batcher = batcher
         self.paid = 0
         self.replayed = 0
-        self.tokens = 0
         self.tokens_io = np.zeros(2, dtype=np.int64)  # prompt and completion tokens paid
         self.paid_batch = 0  # of which from batch jobs
         self.tokens_io_batch = np.zeros(2, dtype=np.int64)
@@ -266,6 +265,11 @@ class LiveOracle:
         self.supports_key = key
         if runtime.supports_n is None:  # probed once, remembered by the store
             runtime.supports_n = store.get_meta(key)
+
+    @property
+    def tokens(self) -> int:
+        """The tokens paid (prompt and completion)."""
+        return int(self.tokens_io.sum())
 
     def costs(self) -> npt.NDArray[np.float64]:
         """The cost of one completion per prompt now: [P]."""
@@ -403,7 +407,6 @@ class LiveOracle:
         io = np.array([sum(c.prompt_tokens for c in comps),
                        sum(c.completion_tokens for c in comps)])
         self.paid += paid
-        self.tokens += int(io.sum())
         self.tokens_io += io
         if batch:
             self.paid_batch += paid
