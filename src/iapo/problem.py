@@ -284,15 +284,17 @@ class ContextGrid:
     @property
     def latency_limits(self) -> npt.NDArray[np.float64]:
         """The most expected latency of an eligible arm in each context (inf: none): [C]."""
-        return np.array([np.inf if c.latency_limit is None else c.latency_limit
-                         for c in self.contexts], dtype=np.float64)
+        return self._limits("latency_limit")
 
     @property
     def p95_limits(self) -> npt.NDArray[np.float64]:
         """The most 95th percentile of the latency of an eligible arm in each context (inf:
         none): [C]."""
-        return np.array([np.inf if c.latency_p95 is None else c.latency_p95
-                         for c in self.contexts], dtype=np.float64)
+        return self._limits("latency_p95")
+
+    def _limits(self, name: str) -> npt.NDArray[np.float64]:
+        values = [getattr(c, name) for c in self.contexts]
+        return np.array([np.inf if v is None else v for v in values], dtype=np.float64)
 
     @property
     def prices_latency(self) -> bool:
