@@ -14,21 +14,29 @@ is the choice of prompt, not of N. ``psst-auto`` spends its budget in two phases
    (2), and k = ``keep`` after the last round:
 
    - majority voting: the k best by the model's value max_N Q(c, p, N);
-   - Best-of-N: the union of the ceil(k / 2) best by the model's value and the ceil(k / 2)
-     best by the blocks' max over N <= g of Q, so between ceil(k / 2) and 2 ceil(k / 2)
-     prompts (k + 1 for an odd k; fewer when the two rankings agree): on real score
-     distributions the model's large-N extrapolation can misrank prompts, while small-N
-     blocks miss prompts that win only at large N.
+   - Best-of-N: the k best by the model's value where the validation below, run on the
+     groups drawn so far, picks the model; else the union of the ceil(k / 2) best by the
+     model's value and the ceil(k / 2) best by the blocks' max over N <= g of Q, so between
+     ceil(k / 2) and 2 ceil(k / 2) prompts (k + 1 for an odd k; fewer when the two rankings
+     agree): on real score distributions the model's large-N extrapolation can misrank
+     prompts, while small-N blocks miss prompts that win only at large N.
 
    R_s = ceil(log2(#prompts / keep)) rounds, fewer if rho T cannot pay one group of every
    prompt per round (min(R_s, floor(rho T / (#prompts g)))); with no round the screening is
    skipped and PSST decides among all prompts (the trace says so). g = min(2, N_max) for
    majority voting and min(4, N_max) for Best-of-N.
-2. Deciding, the rest of T: PSST (Algorithm 1 with its budget rules) over every arm (p, N) of
-   each context's surviving prompts. Majority voting: estimates from the same model, groups
-   of g (``psst-model`` on the survivors; the model's choice of N was within 0.0015 of the
-   best N on the paper's data). Best-of-N: unbiased blocks, stockpiled with the screening's
-   groups, pulled at the largest live N (the model's choice of N is biased on real scores).
+2. Which estimator decides, by validation on the screening's groups
+   (:mod:`iapo.learners.validate`): the per-query model or the unbiased blocks, whichever
+   predicts the held-out folds' block means of the surviving prompts better. The
+   aggregator's default stands first (the model for majority voting, blocks for Best-of-N);
+   the other replaces it when its held-out error is lower, by more than
+   :func:`margin_for` standard errors. ``decide`` fixes the estimator instead. The trace
+   records the choice, the errors and why (``estimator``; ``screening_ranked_by`` for
+   Best-of-N's rounds).
+3. Deciding, the rest of T: PSST (Algorithm 1 with its budget rules) over every arm (p, N) of
+   each context's surviving prompts, with the chosen estimator: the model with groups of g
+   (``psst-model`` on the survivors), or unbiased blocks, stockpiled with the screening's
+   groups, pulled at the largest live N.
 
 The budget is a hard limit: the screening spends at most floor(rho T), PSST the rest. The
 trace numbers the screening rounds -R_s..-1 and PSST's 1..R. A problem with the mixed
@@ -38,11 +46,13 @@ aggregator (no model of it) gets plain PSST.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
+from iapo.errors import InputError
 from iapo.estimate import Estimator, QTable
 from iapo.learners.base import (
     LearnerResult,
@@ -54,10 +64,22 @@ from iapo.learners.base import (
     round_record,
 )
 from iapo.learners.psst import Groups, LargestN, allowance, equal_pulls, keep_best, psst
+from iapo.learners.validate import Validation, Z, cross_validate
 from iapo.problem import Problem
-from iapo.pulls import Oracle
+from iapo.pulls import Observation, Oracle
 
 BoolArray = npt.NDArray[np.bool_]
+# how psst-auto picks the estimator that decides: by validation (the default), or fixed
+DECIDERS = ("validate", "model", "blocks")
+
+
+def margin_for(aggregator: str, margin: float | None) -> float:
+    """How many standard errors the challenger must win the validation by: ``margin``, or by
+    default Z (1.645) for majority voting, where the model stands first, and 0 for
+    Best-of-N, where the smaller held-out error wins (docs/default-learner.md says why)."""
+    if margin is not None:
+        return margin
+    return Z if aggregator == "mv" else 0.0
 
 
 def screening_rounds(n_prompts: int, keep: int, budget: int, group: int) -> int:
@@ -88,11 +110,21 @@ class PSSTAuto:
     rho: float = 0.5
     keep: int = 2
     alpha: float = 0.5
+    decide: str = "validate"
+    folds: int = 5
+    margin: float | None = None
 
     def __post_init__(self) -> None:
         check_fraction("rho", self.rho)
         check_count("keep", self.keep)
         check_positive("alpha", self.alpha)
+        if self.decide not in DECIDERS:
+            raise InputError(f"decide='{self.decide}' is unknown; use one of "
+                             f"{', '.join(DECIDERS)}")
+        if self.folds < 2:
+            raise InputError(f"folds={self.folds}: a validation needs at least 2 folds")
+        if self.margin is not None and not self.margin >= 0:
+            raise InputError(f"margin={self.margin} must be at least 0 (standard errors)")
 
     def __call__(self, problem: Problem, oracle: Oracle, budget: int,
                  rng: np.random.Generator) -> LearnerResult:
@@ -113,10 +145,13 @@ class PSSTAuto:
         screen = int(self.rho * budget)
         rounds = screening_rounds(p, self.keep, screen, g)
         alive = np.ones((c, p), dtype=bool)
+        seen: list[Observation] = []
+        screened: list[str] = []  # BoN: the estimator each screening round ranked by
         for r in range(rounds):
             n_r = allowance(screen, r, rounds, oracle.ledger.spent - start)
             pulls = equal_pulls(np.where(alive.any(axis=0), g, 0), n_r)
             observations = oracle.pull(pulls)
+            seen += observations
             model.update(observations)
             k = np.array([survivors(int(s), self.keep, r == rounds - 1)
                           for s in alive.sum(axis=1)])
@@ -125,10 +160,16 @@ class PSSTAuto:
                 alive = _keep_rows(by_model, alive, k, rng)
             else:
                 blocks.update(observations)
-                by_blocks = np.max(blocks.mean[:, :, :g], axis=2)
-                half = np.maximum(1, np.ceil(k / 2)).astype(int)
-                alive = (_keep_rows(by_model, alive, half, rng)
-                         | _keep_rows(by_blocks, alive, half, rng))
+                if (self.decide == "validate"
+                        and self._validate(problem, seen, alive, g, rng).choice == "model"):
+                    screened.append("model")
+                    alive = _keep_rows(by_model, alive, k, rng)
+                else:
+                    screened.append("union")
+                    by_blocks = np.max(blocks.mean[:, :, :g], axis=2)
+                    half = np.maximum(1, np.ceil(k / 2)).astype(int)
+                    alive = (_keep_rows(by_model, alive, half, rng)
+                             | _keep_rows(by_blocks, alive, half, rng))
             trace.rounds.append(round_record(-(rounds - r), n_r, pulls, alive.sum(axis=1) * n))
         if rounds == 0:
             trace.notes.append(f"screening skipped: {p} prompts, keep={self.keep}, and rho*T = "
@@ -136,12 +177,50 @@ class PSSTAuto:
                                if p > self.keep else
                                f"screening skipped: keep={self.keep} keeps every prompt")
         trace.info["screened_prompts"] = [np.flatnonzero(a).tolist() for a in alive]
+        if screened:
+            trace.info["screening_ranked_by"] = screened
         active = np.repeat(alive[:, :, None], n, axis=2)
         trace.completions_used = oracle.ledger.spent - start
         left = budget - trace.completions_used
-        stats: Estimator = model if blocks is None else blocks
-        return psst(problem, oracle, left, rng, active=active, stats=stats, trace=trace,
-                    allocation=Groups(g) if mv else LargestN())
+        if self.decide == "validate":
+            validation = self._validate(problem, seen, alive, g, rng)
+            choice = validation.choice
+            trace.info["estimator"] = validation.to_dict()
+        else:
+            choice = self.decide
+            trace.info["estimator"] = {"choice": choice, "reason": f"{choice}: set by decide="}
+        if choice == "model":
+            return psst(problem, oracle, left, rng, active=active, stats=model, trace=trace,
+                        allocation=Groups(g))
+        if blocks is None:
+            blocks = QTable(problem)
+            if seen:
+                blocks.update(seen)
+        return psst(problem, oracle, left, rng, active=active, stats=blocks, trace=trace,
+                    allocation=LargestN())
+
+    def _validate(self, problem: Problem, seen: list[Observation], alive: BoolArray, g: int,
+                  rng: np.random.Generator) -> Validation:
+        """Which estimator, ``model`` or ``blocks``, predicts held-out screening groups of the
+        ``alive`` [C, P] prompts better (:mod:`iapo.learners.validate`). The aggregator's
+        default (the model for majority voting, blocks for Best-of-N) stands first: the other
+        replaces it when its held-out error is lower by more than :func:`margin_for` standard
+        errors."""
+        from iapo.model import ModelQTable
+
+        default = "model" if problem.aggregator == "mv" else "blocks"
+        if problem.needs_latency:
+            return Validation("model", {}, 0, 0, "model: blocks do not price latency or the "
+                              "wave width, so the model decides without a validation")
+        if not seen:
+            return Validation(default, {}, 0, 0, f"{default}: no screening data to validate "
+                              "on; the aggregator's default decides")
+        candidates: dict[str, Callable[[], Estimator]] = {
+            "model": lambda: ModelQTable(problem, self.alpha), "blocks": lambda: QTable(problem)}
+        if default == "blocks":
+            candidates = dict(reversed(candidates.items()))
+        return cross_validate(problem, seen, alive, candidates, upto=g, folds=self.folds,
+                              rng=rng, z=margin_for(problem.aggregator, self.margin))
 
 
 def _keep_rows(value: npt.NDArray[np.float64], alive: BoolArray, k: npt.NDArray[np.int_],

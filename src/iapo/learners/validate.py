@@ -1,0 +1,202 @@
+"""Which estimator decides: chosen by cross-validation on completions already paid for.
+
+Beyond the paper. Two estimators of Q(c, p, n) compete (docs/default-learner.md):
+
+- ``blocks``: the unbiased block means of :class:`iapo.estimate.QTable`, pulled at each
+  prompt's largest live N (Eq. 6);
+- ``model``: the per-query model of :class:`iapo.model.ModelQTable`, pulled in small groups on
+  many queries. Far more sample-efficient where it is right, biased where it is not.
+
+Which one is right depends on the data, not on the environment's name, so the data are asked.
+The groups already drawn are split by *query* into ``folds`` folds (a query's groups stay in
+one fold, so a held-out fold holds queries no fit has seen). For every fold, each candidate is
+fitted on the other folds and compared with the held-out fold's unbiased block means H(c, p, n),
+on the arms that matter: the prompts still alive in each context (the top of its ranking),
+at every n that the groups hold a block of (n <= the group size). The error counted is that of
+*differences* between those arms, the quantity a ranking depends on: per context the errors
+D = Q_fit - H are centred on their mean over the context's arms, and the squares summed,
+
+    err(E) = sum over folds, contexts c, arms a of (D_E(c, a) - mean_a D_E(c, a))^2.
+
+H's own noise adds the same expected amount to every candidate's error, since H is independent
+of what was fitted on the other folds; so err(model) - err(blocks) estimates the difference of
+their mean squared errors (up to the smaller training set), and the smaller error wins. Ties
+go to the model (its groups are the cheaper ones). Nothing is drawn for the validation itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from iapo.estimate import Estimator, QTable
+from iapo.problem import Problem
+from iapo.pulls import Observation
+
+BoolArray = npt.NDArray[np.bool_]
+FloatArray = npt.NDArray[np.float64]
+# a later candidate replaces the first only when its error is lower by more than Z standard
+# errors (one-sided 5%)
+Z = 1.645
+ROUNDING = 1e-24  # a squared error this small is rounding, not a difference of estimators
+
+
+@dataclass(frozen=True)
+class Validation:
+    """The outcome: the ``choice``, each candidate's summed centred squared error
+    (``errors``), the number of folds and of (fold, context, arm) comparisons behind them, and
+    in words why."""
+
+    choice: str
+    errors: dict[str, float]
+    folds: int
+    compared: int
+    reason: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {"choice": self.choice, "errors": self.errors, "folds": self.folds,
+                "compared": self.compared, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Folds:
+    """Every distinct query (``queries``, sorted) and its fold (``fold``), 0..k-1."""
+
+    queries: npt.NDArray[np.int64]
+    fold: npt.NDArray[np.int64]
+
+    def of(self, queries: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """The fold of each of ``queries`` (each one of :attr:`queries`)."""
+        return self.fold[np.searchsorted(self.queries, queries)]
+
+
+def query_folds(observations: Sequence[Observation], folds: int,
+                rng: np.random.Generator) -> Folds:
+    """Each distinct query of ``observations`` -> its fold, 0..folds-1: the queries in random
+    order, dealt round-robin, so fold sizes differ by at most one."""
+    queries = np.unique(np.concatenate([o.queries for o in observations if o.count]))
+    order = rng.permutation(queries.size)
+    fold = np.empty(queries.size, dtype=np.int64)
+    fold[order] = np.arange(queries.size) % folds
+    return Folds(queries.astype(np.int64), fold)
+
+
+def subset(o: Observation, keep: BoolArray) -> Observation:
+    """The groups of ``o`` where ``keep`` [count] is true."""
+    return Observation(o.prompt, o.n, o.queries[keep], o.scores[keep],
+                       None if o.labels is None else o.labels[keep],
+                       None if o.gold is None else o.gold[keep],
+                       None if o.no_answer is None else o.no_answer[keep])
+
+
+def joined(observations: Sequence[Observation]) -> list[Observation]:
+    """The same groups, one observation per (prompt, n): estimators take a batch in one call
+    per observation, so fewer, longer ones fit faster (same estimates)."""
+    parts: dict[tuple[int, int], list[Observation]] = {}
+    for o in observations:
+        if o.count:
+            parts.setdefault((o.prompt, o.n), []).append(o)
+    out = []
+    for (prompt, n), group in parts.items():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+
+        out.append(Observation(prompt, n, np.concatenate([o.queries for o in group]),
+                               np.concatenate([o.scores for o in group]),
+                               _cat([o.labels for o in group]), _cat([o.gold for o in group]),
+                               _cat([o.no_answer for o in group])))
+    return out
+
+
+def _cat(arrays: list[npt.NDArray[np.int16] | None]) -> npt.NDArray[np.int16] | None:
+    """The arrays end to end, or None if any is None."""
+    present = [a for a in arrays if a is not None]
+    return np.concatenate(present) if len(present) == len(arrays) else None
+
+
+def split_by_fold(observations: Sequence[Observation], folds: Folds,
+                  fold: int) -> tuple[list[Observation], list[Observation]]:
+    """(the groups of every other fold, the groups of ``fold``), one observation per
+    (prompt, n) on each side."""
+    train, held = [], []
+    for o in observations:
+        if not o.count:
+            continue
+        mine = folds.of(o.queries) == fold
+        if mine.any():
+            held.append(subset(o, mine))
+        if not mine.all():
+            train.append(subset(o, ~mine))
+    return joined(train), joined(held)
+
+
+def centred_errors(fit: FloatArray, held: FloatArray, arms: BoolArray) -> FloatArray:
+    """Per context, the sum over its ``arms`` [C, P, n] of the squared error of ``fit``
+    against ``held`` (both [C, P, n]), the errors centred on their mean over the context's
+    arms: [C]. A context with fewer than two arms counts 0 (a difference needs two)."""
+    d = np.where(arms, fit - held, 0.0)
+    k = arms.sum(axis=(1, 2))
+    centre = d.sum(axis=(1, 2)) / np.maximum(k, 1)
+    sq = np.where(arms, (d - centre[:, None, None]) ** 2, 0.0).sum(axis=(1, 2))
+    return np.where(k >= 2, sq, 0.0)
+
+
+def cross_validate(problem: Problem, observations: Sequence[Observation], alive: BoolArray,
+                   candidates: Mapping[str, Callable[[], Estimator]], *, upto: int,
+                   folds: int, rng: np.random.Generator, z: float = Z) -> Validation:
+    """Each candidate estimator (a factory of an empty one) fitted on all folds but one and
+    scored on the held-out fold's block means, for the ``alive`` [C, P] prompts at n <=
+    ``upto``; the candidate with the smallest summed centred squared error wins (ties: the
+    first). See the module docstring."""
+    names = list(candidates)
+    # only the alive prompts' groups: every estimate of a prompt is its own groups' (the
+    # queries' gold answers come with every group)
+    observations = [o for o in observations if o.count and alive[:, o.prompt].any()]
+    if not observations:
+        return Validation(names[0], dict.fromkeys(names, 0.0), folds, 0,
+                          f"{names[0]}: no groups of the alive prompts to compare; the first "
+                          "candidate decides")
+    dealt = query_folds(observations, folds, rng)
+    units: dict[str, list[FloatArray]] = {name: [] for name in names}
+    compared = 0
+    for f in range(folds):
+        train, held = split_by_fold(observations, dealt, f)
+        if not train or not held:
+            continue
+        target = QTable(problem, without_latency=True)
+        target.update(held)
+        fits = {}
+        for name in names:
+            est = candidates[name]()
+            est.update(train)
+            fits[name] = est.mean[:, :, :upto]
+        h = target.mean[:, :, :upto]
+        arms = alive[:, :, None] & np.isfinite(h)
+        for fit in fits.values():
+            arms &= np.isfinite(fit)
+        for name in names:
+            units[name].append(centred_errors(fits[name], h, arms))
+        k = arms.sum(axis=(1, 2))
+        compared += int(k[k >= 2].sum())
+    errors = {name: float(np.sum(units[name])) if units[name] else 0.0 for name in names}
+    first = names[0]
+    choice, why = first, "kept"
+    for name in names[1:]:
+        gain = (np.concatenate(units[first]) - np.concatenate(units[name])
+                if units[first] else np.zeros(0))
+        # a gain within rounding is none: errors of 1e-12 per comparison count as exact
+        if gain.size >= 2 and gain.sum() > max(z * np.sqrt(gain.size * gain.var(ddof=1)),
+                                               gain.size * ROUNDING):
+            choice, why = name, "chosen"
+            break
+    shown = ", ".join(f"{name} {errors[name]:.4g}" for name in names)
+    reason = (f"{choice} {why}: held-out error of arm differences over {folds} folds by "
+              f"query, the prompts alive at n <= {upto} ({compared} comparisons; {shown})"
+              if compared else f"{choice}: nothing to compare (no context held two arms with "
+              "held-out data); the first candidate decides")
+    return Validation(choice, errors, folds, compared, reason)
+
