@@ -89,3 +89,27 @@ def test_bad_inputs_give_clear_errors(tmp_path: Path) -> None:
     assert out.exit_code == 2 and "malformed policy" in out.output
     out = runner.invoke(main, ["evaluate", "math", str(tmp_path / "missing.json")])
     assert out.exit_code == 2 and "does not exist" in out.output
+
+
+def test_train_verbose_says_which_estimator_decided_and_why(tmp_path: Path) -> None:
+    # synth-categorical (Best-of-N), T = 2,000: screening rounds, then PSST's; the trace the
+    # policy stores is what --verbose prints, line for line
+    pol = tmp_path / "policy.json"
+    out = CliRunner().invoke(main, ["train", "synth-categorical", "--budget", "2000",
+                                    "--out", str(pol), "--verbose"])
+    assert out.exit_code == 0, out.output
+    trace = json.loads(pol.read_text())["trace"]
+    chosen = trace["estimator"]
+    assert chosen["choice"] in ("model", "blocks") and chosen["folds"] == 5
+    assert set(chosen["errors"]) == {"model", "blocks"}
+    lines = out.output.splitlines()
+    assert f"estimator: {chosen['reason']}" in lines
+    assert ("screening ranked by: " + ", ".join(trace["screening_ranked_by"])) in lines
+    rounds = [line for line in lines if line.startswith("  ") and line.split(":")[0].strip()
+              .lstrip("-").isdigit()]
+    assert [int(line.split(":")[0]) for line in rounds] == [r["round"] for r in trace["rounds"]]
+    assert min(r["round"] for r in trace["rounds"]) < 0 < max(r["round"] for r in trace["rounds"])
+    # without --verbose: the choices only
+    quiet = CliRunner().invoke(main, ["train", "synth-categorical", "--budget", "2000",
+                                      "--out", str(pol)])
+    assert quiet.exit_code == 0 and "estimator:" not in quiet.output

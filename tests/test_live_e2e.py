@@ -286,6 +286,10 @@ def test_report_of_a_held_out_task_agrees_with_the_store_field_by_field(
     policy = json.loads((out / "policy.json").read_text())
     report = json.loads((out / "report.json").read_text())
     assert policy["learner"] == "psst-auto"
+    # which estimator decided, and why: the policy's trace and the report say the same
+    chosen = policy["trace"]["estimator"]
+    assert report["estimator_choice"] == chosen and chosen["choice"] in ("model", "blocks")
+    assert f"Estimator that decided: {chosen['reason']}." in (out / "report.md").read_text()
     golds = {r["id"]: r["gold"] for r in map(json.loads, (DATA / "yesno.jsonl").read_text()
                                                  .splitlines())}
     test_ids = policy["split"]["test"]

@@ -70,7 +70,7 @@ def test_the_learners_estimator_fed_every_observation_gives_its_q_hat(env_name: 
     spec = get_learner(learner)
     result = spec.learner(env.problem, recorder, 800, rng)
     assert sum(o.n * o.count for o in recorder.observations) == oracle.ledger.spent
-    _, make = estimator_for(spec.learner, env.problem)
+    _, make = estimator_for(spec.learner, env.problem, result.trace.info)
     table = arm_table(make, env.problem, recorder.observations)
     for i, ch in enumerate(result.choices):
         assert table.q[i, ch.prompt, ch.n - 1] == pytest.approx(ch.q_hat, abs=1e-12)
@@ -82,6 +82,12 @@ def test_the_estimator_named_for_each_learner() -> None:
     assert estimator_for(get_learner("psst-model").learner, mv)[0] == "model (alpha = 0.5)"
     assert estimator_for(get_learner("psst").learner, mv)[0] == "blocks"
     assert estimator_for(get_learner("psst:subsets").learner, mv)[0] == "subsets"
+    # psst-auto: the estimator its validation chose, as its trace records it
+    auto = get_learner("psst-auto").learner
+    bon = Problem("t", "bon", ("a", "b"), 3, mv.grid, CostObjective("cost", 0.1))
+    assert estimator_for(auto, bon)[0] == "blocks"
+    assert estimator_for(auto, bon, {"estimator": {"choice": "model"}})[0] == "model (alpha = 0.5)"
+    assert estimator_for(auto, mv, {"estimator": {"choice": "blocks"}})[0] == "blocks"
 
 
 def test_a_resample_repeats_each_query_with_all_its_groups_under_new_ids() -> None:

@@ -54,7 +54,7 @@ def one_run(env_name: str, learner: str, budget: int, run: int, seed: int, kind:
     recorder = Recorder(oracle)
     spec = get_learner(learner)
     result = spec.learner(problem, recorder, budget, rng)
-    _, make = estimator_for(spec.learner, problem)
+    _, make = estimator_for(spec.learner, problem, result.trace.info)
     conf = assess(make, problem, recorder.observations, result.choices,
                   np.random.default_rng([seed, run, 7]), MARGINS, method)
     rows = []

@@ -252,11 +252,14 @@ def learners() -> None:
 @click.option("--estimator", "estimator", default="blocks", show_default=True,
               type=click.Choice(["blocks", "subsets"]),
               help="How groups become estimates: disjoint blocks (the paper) or U-statistics.")
+@click.option("--verbose", "verbose", is_flag=True,
+              help="Also print how the run went: its rounds, its notes and, for psst-auto, "
+                   "which estimator decided and why.")
 @_stopping_options
 @_latency_options
 @_user_errors
 def train(env_name: str, learner: str, budget: int, seed: int, out: str,
-          estimator: str, stop: str, wave: int | str, latency: str | None,
+          estimator: str, verbose: bool, stop: str, wave: int | str, latency: str | None,
           contexts: str | None) -> None:
     """Train a policy on the training split of ENV that SEED draws, and write it to OUT."""
     from iapo.learners import get_learner
@@ -282,6 +285,26 @@ def train(env_name: str, learner: str, budget: int, seed: int, out: str,
         wave = "" if ch.wave is None else f", W {ch.wave}"
         seconds = "" if ch.latency is None else f", {ch.latency:.3g} s predicted"
         click.echo(f"  {key}: prompt {ch.prompt}, N {n}{wave}{seconds}")
+    if verbose:
+        click.echo(_trace_text(policy.trace))
+
+
+def _trace_text(trace: dict[str, Any]) -> str:
+    """A run's trace in words (``iapo train --verbose``): every round (negative: a
+    screening round), the notes, and the estimator that decided, with its validation."""
+    lines = ["rounds (round: allowance, spent, arms alive per context):"]
+    for r in trace.get("rounds", []):
+        alive = r["alive"]
+        shown = (f"{min(alive)}..{max(alive)}" if len(set(alive)) > 1
+                 else str(alive[0]) if alive else "-")
+        lines.append(f"  {r['round']:>3}: {r['allowance']}, {r['spent']}, {shown}")
+    if "screening_ranked_by" in trace:
+        lines.append("screening ranked by: " + ", ".join(trace["screening_ranked_by"]))
+    chosen = trace.get("estimator")
+    if isinstance(chosen, dict):  # its reason starts with the choice
+        lines.append(f"estimator: {chosen['reason']}")
+    lines += [f"note: {note}" for note in trace.get("notes", [])]
+    return "\n".join(lines)
 
 
 @main.command()

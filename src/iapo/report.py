@@ -5,9 +5,9 @@ One definition serves the report of ``iapo optimize`` and its calibration check 
 simulated environments (``benchmarks/experiments/p_best.py``):
 
 - **The estimator is the learner's own** (:func:`estimator_for`): the per-query model for
-  ``psst-auto`` on majority voting and for ``psst-model``, the subsets estimator for a learner
-  given ``:subsets``, the blocks otherwise. Fed every observation of the run, it reproduces
-  the ``q_hat`` the learner wrote into policy.json.
+  ``psst-model`` and for ``psst-auto`` where its validation chose the model, the subsets
+  estimator for a learner given ``:subsets``, the blocks otherwise. Fed every observation of
+  the run, it reproduces the ``q_hat`` the learner wrote into policy.json.
 - **Quality** is the same estimator's Q with every cost weight 0 (accuracy for majority voting:
   the expected credit of the vote; the weighted task value for Best-of-N). **Cost** is what it
   subtracts with the cost weight 1, so that Q = quality - cost weight x cost
@@ -28,7 +28,7 @@ simulated environments (``benchmarks/experiments/p_best.py``):
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,15 +67,22 @@ class Recorder:
         return observations
 
 
-def estimator_for(learner: Any, problem: Problem) -> tuple[str, MakeEstimator]:
+def estimator_for(learner: Any, problem: Problem,
+                  trace: Mapping[str, Any] | None = None) -> tuple[str, MakeEstimator]:
     """The estimator whose Q the learner's choices carry (module docstring): its name and a
-    maker of fresh ones for any problem."""
+    maker of fresh ones for any problem. ``psst-auto`` decides with the estimator its
+    validation chose, which its run's ``trace`` (``Trace.info``) records; without one, with its
+    default for the aggregator (the model for majority voting, blocks for Best-of-N)."""
     from iapo.learners import PSSTAuto, PSSTModel
     from iapo.model import ModelQTable
 
     alpha = getattr(learner, "alpha", None)
+    auto = "model" if problem.aggregator == "mv" else "blocks"
+    chosen = (trace or {}).get("estimator")
+    if isinstance(chosen, Mapping):
+        auto = chosen.get("choice", auto)
     model = (isinstance(learner, PSSTModel)
-             or (isinstance(learner, PSSTAuto) and problem.aggregator == "mv"))
+             or (isinstance(learner, PSSTAuto) and auto == "model"))
     if model and alpha is not None:
         return (f"model (alpha = {alpha})",
                 lambda pr: ModelQTable(pr, alpha))

@@ -227,7 +227,7 @@ def optimize(task: Task, out: Path, progress: bool = True,
     )
     policy.save(out / "policy.json")
     problem = runtime.problem
-    estimator, make = estimator_for(learner, problem)
+    estimator, make = estimator_for(learner, problem, result.trace.info)
     trained = arm_table(make, problem, recorder.observations)
     conf = assess(make, problem, recorder.observations, result.choices,
                   np.random.default_rng(ready.seeds[2].spawn(1)[0]))
@@ -253,6 +253,8 @@ def optimize(task: Task, out: Path, progress: bool = True,
             "model": problem.latency.to_dict(), "pilot": pilot},
         "batch": batch_section(task, batcher, [oracle, evaluation["oracle"]]),
         "notes": result.trace.notes,
+        # which estimator decided, and why (psst-auto's validation; absent for the others)
+        "estimator_choice": result.trace.info.get("estimator"),
         # the judge scorers' own requests and tokens, apart from the policy's completions
         "judge": runtime.judge_usage(),
         "truncated": truncation(task, oracle.drawn + evaluation["drawn"],

@@ -383,6 +383,9 @@ def markdown(r: dict[str, Any], figure_names: Sequence[str] = ()) -> str:
                       f"paid, {j['cached']} judgements from the store's cache, "
                       f"{j['prompt_tokens']} prompt and {j['completion_tokens']} completion "
                       "tokens."]
+    chosen = r.get("estimator_choice")
+    if chosen:
+        lines += ["", f"Estimator that decided: {chosen['reason']}."]
     if r["notes"]:
         lines += ["", "Notes:", *[f"- {n}" for n in r["notes"]]]
     lines += ["", "Runs into this folder (what each paid and replayed, training and test):", ""]
@@ -432,6 +435,9 @@ def html_page(r: dict[str, Any], pngs: Sequence[Path]) -> str:
     if trunc:
         parts += ["<h2>Completions cut by max_tokens</h2>",
                   _html_table(truncation_table(trunc), "truncated")]
+    chosen = r.get("estimator_choice")
+    if chosen:
+        parts.append(f"<h2>Estimator that decided</h2><p>{esc(chosen['reason'])}.</p>")
     if r["notes"]:
         parts += ["<h2>Notes</h2><ul>", *[f"<li>{esc(n)}</li>" for n in r["notes"]], "</ul>"]
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
