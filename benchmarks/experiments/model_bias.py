@@ -1,6 +1,6 @@
 """Bias of the model-based estimator (iapo.model), measured, not assumed.
 
-    .venv/bin/python benchmarks/experiments/model_bias.py [--reps 10]
+    .venv/bin/python benchmarks/experiments/model_bias.py [--reps 10] [--envs a,b]
 
 For each environment, split the queries 80/20 (seed r), draw for every prompt one group of g
 completions (g = 2 or 4) on each of as many uniformly drawn training queries as there are
@@ -8,7 +8,7 @@ training queries, fit the model, and compare its Q(c, p, n) with the exact Q on 
 queries. Prints, per n, the mean error (bias) over prompts, contexts and repetitions with its
 SEM over repetitions, and the root mean squared error.
 
-Cited by docs/beyond.md.
+Cited by docs/beyond.md and docs/default-learner.md.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ NS = (1, 2, 4, 8, 16, 32)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--envs", default="math,commonsenseqa,synth-bernoulli,synth-categorical")
     args = ap.parse_args()
     print(f"{'env':<18} {'g':>2} " + " ".join(f"{'n=' + str(n):>16}" for n in NS))
-    for name in ("math", "commonsenseqa", "synth-bernoulli", "synth-categorical"):
+    for name in args.envs.split(","):
         env = get_environment(name)
         table = env.query_table(progress=False)
         p = env.problem
