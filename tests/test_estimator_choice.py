@@ -17,21 +17,25 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from iapo.bench.runner import run_oracle, run_queries
+from iapo.envs import get_environment
 from iapo.errors import InputError
 from iapo.estimate import QTable
+from iapo.latency import SyntheticLatency
 from iapo.learners import PSSTAuto
-from iapo.learners.auto import margin_for
+from iapo.learners.auto import MV_LEVEL, level_for
 from iapo.learners.validate import (
-    Z,
+    beats,
     centred_errors,
     cross_validate,
     query_folds,
     split_by_fold,
-    subset,
 )
 from iapo.model import ModelQTable
+from iapo.oracle import SimulatedOracle
 from iapo.problem import ContextGrid, CostObjective, Objective, Problem
-from iapo.pulls import Ledger, Observation, Pull, validate_pulls
+from iapo.pulls import Ledger, Observation, Pull, joined, validate_pulls
+from iapo.report import Recorder, arm_table, estimator_for
 
 
 def bon_problem(n_prompts: int, n_max: int, contexts: int = 1) -> Problem:
@@ -118,14 +122,29 @@ def test_folds_deal_every_query_to_one_fold_evenly_at_random() -> None:
                         assert any(np.array_equal(sc, obs[0].scores[i]) for i in rows)
 
 
-def test_subset_keeps_the_chosen_groups_with_their_labels() -> None:
+def test_rows_and_joined_keep_every_groups_fields() -> None:
     o = Observation(2, 3, np.array([4, 5, 6]), np.arange(18.0).reshape(3, 3, 2),
                     np.array([[0, 1, 1], [2, 2, 0], [1, 1, 1]], dtype=np.int16),
                     np.array([1, 2, 0], dtype=np.int16))
-    s = subset(o, np.array([True, False, True]))
+    s = o.rows(np.array([True, False, True]))
     assert (s.prompt, s.n, s.queries.tolist()) == (2, 3, [4, 6])
     assert s.scores[1, 2, 1] == 17.0 and s.labels is not None and s.gold is not None
     assert s.labels.tolist() == [[0, 1, 1], [1, 1, 1]] and s.gold.tolist() == [1, 0]
+    assert s.no_answer is None
+    # joined: one observation per (prompt, n), in order; a group without a "no answer"
+    # category counts -1 beside one that has it
+    t = Observation(2, 3, np.array([7]), np.full((1, 3, 2), 9.0),
+                    np.array([[3, 3, 0]], dtype=np.int16), np.array([0], dtype=np.int16),
+                    np.array([3], dtype=np.int16))
+    other = Observation(1, 3, np.array([8]), np.zeros((1, 3, 2)),
+                        np.zeros((1, 3), dtype=np.int16), np.zeros(1, dtype=np.int16))
+    j = joined([s, other, t])
+    assert sorted(j) == [(1, 3), (2, 3)] and j[1, 3] is other
+    both = j[2, 3]
+    assert both.queries.tolist() == [4, 6, 7] and both.scores[2, 0, 0] == 9.0
+    assert both.labels is not None and both.labels[2].tolist() == [3, 3, 0]
+    assert both.gold is not None and both.gold.tolist() == [1, 0, 0]
+    assert both.no_answer is not None and both.no_answer.tolist() == [-1, -1, 3]
 
 
 def test_centred_errors_count_only_the_differences_between_a_contexts_arms() -> None:
@@ -161,22 +180,39 @@ def test_a_challenger_must_beat_the_first_candidate_by_the_margin() -> None:
     alive = np.ones((1, 2), dtype=bool)
     right, wrong = np.array([[[1.0], [0.0]]]), np.array([[[1.0], [0.5]]])
 
-    def choose(first: np.ndarray, second: np.ndarray, z: float) -> str:
+    def choose(first: np.ndarray, second: np.ndarray, level: float | None) -> str:
         return cross_validate(problem, obs, alive, {"a": lambda: Fixed(first),
                                                     "b": lambda: Fixed(second)},
-                              upto=1, folds=4, rng=np.random.default_rng(1), z=z).choice
+                              upto=1, folds=4, rng=np.random.default_rng(1),
+                              level=level).choice
 
     # b is right and a is off by 0.5 in the difference: a's error is (0.25^2) x 2 = 0.125 in
-    # every fold, b's 0, the same gain in all four folds (SE 0): b wins at any margin
-    assert choose(wrong, right, 1.645) == "b"
+    # every fold, b's 0, the same gain in all four folds (SE 0): b wins at any level
+    assert choose(wrong, right, 0.05) == "b"
     result = cross_validate(problem, obs, alive, {"a": lambda: Fixed(wrong),
                                                   "b": lambda: Fixed(right)},
                             upto=1, folds=4, rng=np.random.default_rng(1))
     assert result.errors == pytest.approx({"a": 4 * 0.125, "b": 0.0})
     assert result.compared == 4 * 2
     # the first keeps its place when the challenger is no better, or worse
-    assert choose(right, wrong, 1.645) == "a"
-    assert choose(right, right, 0.0) == "a"
+    assert choose(right, wrong, 0.05) == "a"
+    assert choose(right, right, None) == "a"
+
+
+def test_the_challengers_test_is_a_one_sided_t_test_over_the_folds() -> None:
+    # four folds' gains with mean m and deviations (0.4, -0.4, 0.3, -0.3): sample variance
+    # 0.5 / 3, so the SE of their sum is sqrt(4 x 0.5 / 3) = 0.8165. The one-sided 5% point
+    # of t with 3 degrees of freedom is 2.353 (a t table): the sum must pass 1.921. A normal
+    # 1.645 would ask for 1.343 only.
+    assert not beats(np.array([0.8, 0.0, 0.7, 0.1]), 8, 0.05)  # m = 0.4: sum 1.6
+    assert beats(np.array([0.9, 0.1, 0.8, 0.2]), 8, 0.05)  # m = 0.5: sum 2.0
+    # without a level any positive sum wins, but not one within rounding, nor a loss
+    assert beats(np.array([0.8, 0.0, 0.7, 0.1]), 8, None)
+    assert beats(np.array([0.5, -0.4]), 8, None)
+    assert not beats(np.array([1e-25, 0.0]), 8, None)
+    assert not beats(np.array([-0.1, 0.05]), 8, None)
+    # one fold cannot show a significant difference
+    assert not beats(np.array([5.0]), 8, 0.05) and beats(np.array([5.0]), 8, None)
 
 
 def test_psst_auto_checks_decide_and_folds() -> None:
@@ -227,6 +263,9 @@ def test_validation_picks_the_model_where_it_is_exact_and_blocks_where_it_is_not
             assert info["reason"].startswith(info["choice"])
             smaller = min(info["errors"], key=info["errors"].get)
             assert info["choice"] == smaller  # Best-of-N: the smaller error wins
+            # the last screening round ranked by what then decides (the union for blocks)
+            assert result.trace.info["screening_ranked_by"][-1] == (
+                "model" if info["choice"] == "model" else "union")
             # the winner decides: the model pulls groups of 4 on many queries, the blocks
             # each prompt's largest live N (16 in the first of PSST's rounds)
             first = next(r for r in result.trace.rounds if r.round == 1)
@@ -236,12 +275,13 @@ def test_validation_picks_the_model_where_it_is_exact_and_blocks_where_it_is_not
     assert picks[False].count("blocks") == 20
 
 
-def test_the_margin_is_z_for_majority_voting_and_none_for_best_of_n() -> None:
-    assert margin_for("mv", None) == Z == 1.645
-    assert margin_for("bon", None) == 0.0
-    assert margin_for("mv", 0.5) == margin_for("bon", 0.5) == 0.5
-    with pytest.raises(InputError, match="margin=-1.0 must be at least 0"):
-        PSSTAuto(margin=-1.0)
+def test_the_level_is_5_percent_for_majority_voting_and_none_for_best_of_n() -> None:
+    assert level_for("mv", None) == MV_LEVEL == 0.05
+    assert level_for("bon", None) is None
+    assert level_for("mv", 0.2) == level_for("bon", 0.2) == 0.2
+    for bad in (0.0, 1.0, -0.1):
+        with pytest.raises(InputError, match=f"level={bad} must lie strictly between 0 and 1"):
+            PSSTAuto(level=bad)
 
 
 @pytest.mark.parametrize("decide", ["model", "blocks"])
@@ -250,7 +290,42 @@ def test_a_fixed_estimator_skips_the_validation(decide: str) -> None:
     result = PSSTAuto(decide=decide)(oracle.problem, oracle, 6000, np.random.default_rng(0))
     assert result.trace.info["estimator"] == {"choice": decide,
                                               "reason": f"{decide}: set by decide="}
-    # the screening keeps the union of both rankings, as without a validation
-    assert set(result.trace.info["screening_ranked_by"]) == {"union"}
+    # the screening ranks as the fixed estimator would: the model alone, or the union of
+    # both rankings (the default of Best-of-N, without a validation)
+    assert set(result.trace.info["screening_ranked_by"]) == {"model" if decide == "model"
+                                                             else "union"}
     first = next(r for r in result.trace.rounds if r.round == 1)
     assert {n for _, n, _ in first.pulls} == ({4} if decide == "model" else {16})
+
+
+@pytest.mark.parametrize("env_name", ["commonsenseqa", "helpful-harmless-smollm2"])
+@pytest.mark.parametrize("decide", ["model", "blocks"])
+def test_the_reports_estimator_is_the_one_that_decided(env_name: str, decide: str) -> None:
+    # whichever estimator decides, on either aggregator, the report's estimator (named by the
+    # trace) fed every observation gives back the learner's q_hat
+    env, train, _ = run_queries(env_name, 0, 1, 0.2)
+    oracle, rng = run_oracle(env, train, "psst-auto", 800, 0, 1)
+    recorder = Recorder(oracle)
+    learner = PSSTAuto(decide=decide)
+    result = learner(env.problem, recorder, 800, rng)
+    name, make = estimator_for(learner, env.problem, result.trace.info)
+    assert name.startswith(decide)
+    table = arm_table(make, env.problem, recorder.observations)
+    for i, ch in enumerate(result.choices):
+        assert table.q[i, ch.prompt, ch.n - 1] == pytest.approx(ch.q_hat, abs=1e-12)
+
+
+def test_best_of_n_with_latency_contexts_is_learned_by_the_model() -> None:
+    # blocks do not price latency: the model screens and decides, without a validation, and
+    # the report names it even without the run's trace
+    env = get_environment("synth-categorical", seed=0).with_latency(SyntheticLatency())
+    key = env.problem.grid.keys[0]
+    env = env.with_contexts([key, key + ",latency=0.01"])
+    oracle = SimulatedOracle(env, np.arange(env.n_queries), 3000, np.random.default_rng(1))
+    result = PSSTAuto()(env.problem, oracle, 3000, np.random.default_rng(0))
+    info = result.trace.info
+    assert info["estimator"]["choice"] == "model"
+    assert "do not price latency" in info["estimator"]["reason"]
+    assert set(info["screening_ranked_by"]) == {"model"}
+    assert estimator_for(PSSTAuto(), env.problem)[0].startswith("model")
+    assert result.trace.completions_used <= 3000

@@ -9,9 +9,10 @@ simulated oracle (:mod:`iapo.oracle`) and the live one (:mod:`iapo.live.oracle`)
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -65,6 +66,13 @@ class Observation:
     def count(self) -> int:
         return int(self.queries.shape[0])
 
+    def rows(self, index: npt.NDArray[np.intp] | npt.NDArray[np.bool_]) -> Observation:
+        """The groups ``index`` picks (a mask or indices, repeats allowed), every per-group
+        field alike."""
+        return dataclasses.replace(self, **{name: getattr(self, name)[index]
+                                            for name in _PER_GROUP
+                                            if getattr(self, name) is not None})
+
     @classmethod
     def from_sample(cls, prompt: int, n: int, queries: IntArray, sample: Sample
                     ) -> Observation:
@@ -72,6 +80,39 @@ class Observation:
         ``prompt``, n completions on each of ``queries``."""
         return cls(prompt, n, queries, sample.scores, sample.labels, sample.gold,
                    sample.no_answer)
+
+
+# the fields of an Observation that hold one row per group (None where absent)
+_PER_GROUP = ("queries", "scores", "labels", "gold", "no_answer")
+
+
+def joined(observations: Sequence[Observation]) -> dict[tuple[int, int], Observation]:
+    """All groups of each (prompt, n), concatenated into one observation (in order). A group
+    without a "no answer" category (``no_answer`` None) counts as -1 beside groups that have
+    one; labels and gold are all there or all absent."""
+    by: dict[tuple[int, int], list[Observation]] = {}
+    for o in observations:
+        if o.count:
+            by.setdefault((o.prompt, o.n), []).append(o)
+    out = {}
+    for key, obs in by.items():
+        if len(obs) == 1:
+            out[key] = obs[0]
+            continue
+        fields: dict[str, Any] = {}
+        for name in _PER_GROUP:
+            parts = [getattr(o, name) for o in obs]
+            if all(a is None for a in parts):
+                fields[name] = None
+            elif name == "no_answer":
+                fields[name] = np.concatenate([np.full(o.count, -1, dtype=np.int16) if a is None
+                                               else a for o, a in zip(obs, parts, strict=True)])
+            elif any(a is None for a in parts):
+                raise ValueError(f"observations of prompt {key[0]} differ in having {name}")
+            else:
+                fields[name] = np.concatenate(parts)
+        out[key] = dataclasses.replace(obs[0], **fields)
+    return out
 
 
 def abstain_categories(problem: Problem, observations: Sequence[Observation]

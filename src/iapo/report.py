@@ -39,7 +39,7 @@ from iapo import posterior
 from iapo.errors import InputError
 from iapo.estimate import Estimator, QTable
 from iapo.problem import Choice, Problem
-from iapo.pulls import Ledger, Observation, Oracle, Pull
+from iapo.pulls import Ledger, Observation, Oracle, Pull, joined
 
 FloatArray = npt.NDArray[np.float64]
 MakeEstimator = Callable[[Problem], Estimator]
@@ -77,7 +77,8 @@ def estimator_for(learner: Any, problem: Problem,
     from iapo.model import ModelQTable
 
     alpha = getattr(learner, "alpha", None)
-    auto = "model" if problem.aggregator == "mv" else "blocks"
+    # psst-auto's default for the aggregator; the model alone where contexts price latency
+    auto = "model" if problem.aggregator == "mv" or problem.needs_latency else "blocks"
     chosen = (trace or {}).get("estimator")
     if isinstance(chosen, Mapping):
         auto = chosen.get("choice", auto)
@@ -150,27 +151,6 @@ class Confidence:
     method: str = "bootstrap"
 
 
-def _per_group(o: Observation) -> list[str]:
-    """The fields of an observation that hold one row per group (queries, scores, ...)."""
-    return [f.name for f in dataclasses.fields(o)
-            if isinstance(getattr(o, f.name), np.ndarray)
-            and getattr(o, f.name).shape[:1] == (o.count,)]
-
-
-def _rows(observations: Sequence[Observation]) -> dict[tuple[int, int], Observation]:
-    """All groups of each (prompt, n), concatenated into one observation."""
-    by: dict[tuple[int, int], list[Observation]] = {}
-    for o in observations:
-        if o.count:
-            by.setdefault((o.prompt, o.n), []).append(o)
-    out = {}
-    for key, obs in by.items():
-        fields: dict[str, Any] = {name: np.concatenate([getattr(o, name) for o in obs])
-                                  for name in _per_group(obs[0])}
-        out[key] = dataclasses.replace(obs[0], **fields)
-    return out
-
-
 def resample(groups: dict[tuple[int, int], Observation], queries: npt.NDArray[np.int64],
              copies: npt.NDArray[np.int64]) -> list[Observation]:
     """The groups of a bootstrap sample that takes query ``queries[u]`` ``copies[u]`` times:
@@ -182,9 +162,8 @@ def resample(groups: dict[tuple[int, int], Observation], queries: npt.NDArray[np
         rep = copies[u]
         rows = np.repeat(np.arange(o.count), rep)
         copy = np.arange(rows.size) - np.repeat(np.cumsum(rep) - rep, rep)
-        fields: dict[str, Any] = {name: getattr(o, name)[rows] for name in _per_group(o)}
-        fields["queries"] = (offset[u][rows] + copy).astype(np.int64)
-        out.append(dataclasses.replace(o, **fields))
+        out.append(dataclasses.replace(o.rows(rows),
+                                       queries=(offset[u][rows] + copy).astype(np.int64)))
     return out
 
 
@@ -193,7 +172,7 @@ def bootstrap(make: MakeEstimator, problem: Problem, observations: Sequence[Obse
               ) -> tuple[FloatArray, npt.NDArray[np.int64]]:
     """Q [rounds, C, P, N_max] refitted on ``rounds`` resamples of the training queries
     (module docstring), and the number of distinct training queries of each prompt [P]."""
-    groups = _rows(observations)
+    groups = joined(observations)
     queries = np.unique(np.concatenate([o.queries for o in groups.values()]
                                        + [np.zeros(0, dtype=np.int64)]))
     c, p, n_max = problem.n_contexts, problem.n_prompts, problem.n_max

@@ -15,11 +15,12 @@ is the choice of prompt, not of N. ``psst-auto`` spends its budget in two phases
 
    - majority voting: the k best by the model's value max_N Q(c, p, N);
    - Best-of-N: the k best by the model's value where the validation below, run on the
-     groups drawn so far, picks the model; else the union of the ceil(k / 2) best by the
-     model's value and the ceil(k / 2) best by the blocks' max over N <= g of Q, so between
-     ceil(k / 2) and 2 ceil(k / 2) prompts (k + 1 for an odd k; fewer when the two rankings
-     agree): on real score distributions the model's large-N extrapolation can misrank
-     prompts, while small-N blocks miss prompts that win only at large N.
+     groups drawn so far, picks the model (or contexts price latency); else the union of
+     the ceil(k / 2) best by the model's value and the ceil(k / 2) best by the blocks' max
+     over N <= g of Q, so between ceil(k / 2) and 2 ceil(k / 2) prompts (k + 1 for an odd
+     k; fewer when the two rankings agree): on real score distributions the model's large-N
+     extrapolation can misrank prompts, while small-N blocks miss prompts that win only at
+     large N.
 
    R_s = ceil(log2(#prompts / keep)) rounds, fewer if rho T cannot pay one group of every
    prompt per round (min(R_s, floor(rho T / (#prompts g)))); with no round the screening is
@@ -27,12 +28,16 @@ is the choice of prompt, not of N. ``psst-auto`` spends its budget in two phases
    majority voting and min(4, N_max) for Best-of-N.
 2. Which estimator decides, by validation on the screening's groups
    (:mod:`iapo.learners.validate`): the per-query model or the unbiased blocks, whichever
-   predicts the held-out folds' block means of the surviving prompts better. The
-   aggregator's default stands first (the model for majority voting, blocks for Best-of-N);
-   the other replaces it when its held-out error is lower, by more than
-   :func:`margin_for` standard errors. ``decide`` fixes the estimator instead. The trace
-   records the choice, the errors and why (``estimator``; ``screening_ranked_by`` for
-   Best-of-N's rounds).
+   predicts the held-out folds' block means of the prompts alive better. The aggregator's
+   default stands first (the model for majority voting, blocks for Best-of-N); the other
+   replaces it when its held-out error is smaller, at :func:`level_for` (majority voting: a
+   one-sided paired t test over the folds at 0.05; Best-of-N: any amount). Best-of-N
+   validates in every screening round, on the prompts of that round, and decides with the
+   last round's choice, the one that ranked its last cut; majority voting validates once, on
+   the survivors. ``decide`` fixes the estimator instead (Best-of-N then screens by the model
+   alone for "model", by the union for "blocks"). Contexts that price latency leave the
+   model alone: blocks do not price it. The trace records the choice, the errors and why
+   (``estimator``; ``screening_ranked_by`` for Best-of-N's rounds).
 3. Deciding, the rest of T: PSST (Algorithm 1 with its budget rules) over every arm (p, N) of
    each context's surviving prompts, with the chosen estimator: the model with groups of g
    (``psst-model`` on the survivors), or unbiased blocks, stockpiled with the screening's
@@ -64,22 +69,25 @@ from iapo.learners.base import (
     round_record,
 )
 from iapo.learners.psst import Groups, LargestN, allowance, equal_pulls, keep_best, psst
-from iapo.learners.validate import Validation, Z, cross_validate
+from iapo.learners.validate import Validation, cross_validate
 from iapo.problem import Problem
 from iapo.pulls import Observation, Oracle
 
 BoolArray = npt.NDArray[np.bool_]
 # how psst-auto picks the estimator that decides: by validation (the default), or fixed
 DECIDERS = ("validate", "model", "blocks")
+# majority voting keeps the model unless blocks beat it at this one-sided level
+MV_LEVEL = 0.05
 
 
-def margin_for(aggregator: str, margin: float | None) -> float:
-    """How many standard errors the challenger must win the validation by: ``margin``, or by
-    default Z (1.645) for majority voting, where the model stands first, and 0 for
-    Best-of-N, where the smaller held-out error wins (docs/default-learner.md says why)."""
-    if margin is not None:
-        return margin
-    return Z if aggregator == "mv" else 0.0
+def level_for(aggregator: str, level: float | None) -> float | None:
+    """The one-sided level at which the challenger must beat the aggregator's default in the
+    validation (None: the smaller held-out error wins): ``level``, or by default 0.05 for
+    majority voting, where the model stands first, and None for Best-of-N
+    (docs/default-learner.md says why)."""
+    if level is not None:
+        return level
+    return MV_LEVEL if aggregator == "mv" else None
 
 
 def screening_rounds(n_prompts: int, keep: int, budget: int, group: int) -> int:
@@ -112,7 +120,7 @@ class PSSTAuto:
     alpha: float = 0.5
     decide: str = "validate"
     folds: int = 5
-    margin: float | None = None
+    level: float | None = None
 
     def __post_init__(self) -> None:
         check_fraction("rho", self.rho)
@@ -123,8 +131,9 @@ class PSSTAuto:
                              f"{', '.join(DECIDERS)}")
         if self.folds < 2:
             raise InputError(f"folds={self.folds}: a validation needs at least 2 folds")
-        if self.margin is not None and not self.margin >= 0:
-            raise InputError(f"margin={self.margin} must be at least 0 (standard errors)")
+        if self.level is not None and not 0 < self.level < 1:
+            raise InputError(f"level={self.level} must lie strictly between 0 and 1 (or be "
+                             "None: the smaller held-out error wins)")
 
     def __call__(self, problem: Problem, oracle: Oracle, budget: int,
                  rng: np.random.Generator) -> LearnerResult:
@@ -139,14 +148,20 @@ class PSSTAuto:
         mv = problem.aggregator == "mv"
         g = group_size(problem.aggregator, n)
         model = ModelQTable(problem, self.alpha)
-        blocks = None if mv else QTable(problem)
+        # blocks rank Best-of-N prompts beside the model, and may decide, unless contexts
+        # price latency, which only the model prices
+        blocks = None if mv or problem.needs_latency else QTable(problem)
         trace = Trace(info={"group": g})
         start = oracle.ledger.spent
         screen = int(self.rho * budget)
         rounds = screening_rounds(p, self.keep, screen, g)
         alive = np.ones((c, p), dtype=bool)
         seen: list[Observation] = []
-        screened: list[str] = []  # BoN: the estimator each screening round ranked by
+        screened: list[str] = []  # BoN: what each screening round ranked by
+        # the validations draw their folds from a generator of their own, so that they leave
+        # the learner's tie-breaks as they were
+        folds_rng = rng.spawn(1)[0]
+        validation: Validation | None = None  # BoN: the last screening round's
         for r in range(rounds):
             n_r = allowance(screen, r, rounds, oracle.ledger.spent - start)
             pulls = equal_pulls(np.where(alive.any(axis=0), g, 0), n_r)
@@ -156,12 +171,15 @@ class PSSTAuto:
             k = np.array([survivors(int(s), self.keep, r == rounds - 1)
                           for s in alive.sum(axis=1)])
             by_model = np.max(model.mean, axis=2)
-            if blocks is None:
+            if blocks is None:  # majority voting, or Best-of-N priced for latency
                 alive = _keep_rows(by_model, alive, k, rng)
+                if not mv:
+                    screened.append("model")
             else:
                 blocks.update(observations)
-                if (self.decide == "validate"
-                        and self._validate(problem, seen, alive, g, rng).choice == "model"):
+                if self.decide == "validate":
+                    validation = self._validate(problem, seen, alive, g, folds_rng)
+                if (validation.choice if validation is not None else self.decide) == "model":
                     screened.append("model")
                     alive = _keep_rows(by_model, alive, k, rng)
                 else:
@@ -182,13 +200,16 @@ class PSSTAuto:
         active = np.repeat(alive[:, :, None], n, axis=2)
         trace.completions_used = oracle.ledger.spent - start
         left = budget - trace.completions_used
-        if self.decide == "validate":
-            validation = self._validate(problem, seen, alive, g, rng)
-            choice = validation.choice
-            trace.info["estimator"] = validation.to_dict()
-        else:
+        if self.decide != "validate":
             choice = self.decide
             trace.info["estimator"] = {"choice": choice, "reason": f"{choice}: set by decide="}
+        else:
+            # Best-of-N decides with its last screening round's choice, which cut the prompts
+            # (the prompts of that round); majority voting validates on the survivors
+            if validation is None:
+                validation = self._validate(problem, seen, alive, g, folds_rng)
+            choice = validation.choice
+            trace.info["estimator"] = validation.to_dict()
         if choice == "model":
             return psst(problem, oracle, left, rng, active=active, stats=model, trace=trace,
                         allocation=Groups(g))
@@ -203,9 +224,8 @@ class PSSTAuto:
                   rng: np.random.Generator) -> Validation:
         """Which estimator, ``model`` or ``blocks``, predicts held-out screening groups of the
         ``alive`` [C, P] prompts better (:mod:`iapo.learners.validate`). The aggregator's
-        default (the model for majority voting, blocks for Best-of-N) stands first: the other
-        replaces it when its held-out error is lower by more than :func:`margin_for` standard
-        errors."""
+        default (the model for majority voting, blocks for Best-of-N) stands first; the other
+        replaces it when its held-out error is smaller, at :func:`level_for`."""
         from iapo.model import ModelQTable
 
         default = "model" if problem.aggregator == "mv" else "blocks"
@@ -220,7 +240,7 @@ class PSSTAuto:
         if default == "blocks":
             candidates = dict(reversed(candidates.items()))
         return cross_validate(problem, seen, alive, candidates, upto=g, folds=self.folds,
-                              rng=rng, z=margin_for(problem.aggregator, self.margin))
+                              rng=rng, level=level_for(problem.aggregator, self.level))
 
 
 def _keep_rows(value: npt.NDArray[np.float64], alive: BoolArray, k: npt.NDArray[np.int_],

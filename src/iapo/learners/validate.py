@@ -20,8 +20,10 @@ D = Q_fit - H are centred on their mean over the context's arms, and the squares
 
 H's own noise adds the same expected amount to every candidate's error, since H is independent
 of what was fitted on the other folds; so err(model) - err(blocks) estimates the difference of
-their mean squared errors (up to the smaller training set), and the smaller error wins. Ties
-go to the model (its groups are the cheaper ones). Nothing is drawn for the validation itself.
+their mean squared errors (up to the smaller training set). The first candidate stands (ties
+included) unless another's error is smaller: by any amount, or by a one-sided paired t test
+over the folds (the folds' errors are the units: a fold's contexts share its data, and are
+not independent). Nothing is drawn for the validation itself.
 """
 
 from __future__ import annotations
@@ -31,16 +33,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from scipy import stats
 
 from iapo.estimate import Estimator, QTable
 from iapo.problem import Problem
-from iapo.pulls import Observation
+from iapo.pulls import Observation, joined
 
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float64]
-# a later candidate replaces the first only when its error is lower by more than Z standard
-# errors (one-sided 5%)
-Z = 1.645
 ROUNDING = 1e-24  # a squared error this small is rounding, not a difference of estimators
 
 
@@ -84,40 +84,6 @@ def query_folds(observations: Sequence[Observation], folds: int,
     return Folds(queries.astype(np.int64), fold)
 
 
-def subset(o: Observation, keep: BoolArray) -> Observation:
-    """The groups of ``o`` where ``keep`` [count] is true."""
-    return Observation(o.prompt, o.n, o.queries[keep], o.scores[keep],
-                       None if o.labels is None else o.labels[keep],
-                       None if o.gold is None else o.gold[keep],
-                       None if o.no_answer is None else o.no_answer[keep])
-
-
-def joined(observations: Sequence[Observation]) -> list[Observation]:
-    """The same groups, one observation per (prompt, n): estimators take a batch in one call
-    per observation, so fewer, longer ones fit faster (same estimates)."""
-    parts: dict[tuple[int, int], list[Observation]] = {}
-    for o in observations:
-        if o.count:
-            parts.setdefault((o.prompt, o.n), []).append(o)
-    out = []
-    for (prompt, n), group in parts.items():
-        if len(group) == 1:
-            out.append(group[0])
-            continue
-
-        out.append(Observation(prompt, n, np.concatenate([o.queries for o in group]),
-                               np.concatenate([o.scores for o in group]),
-                               _cat([o.labels for o in group]), _cat([o.gold for o in group]),
-                               _cat([o.no_answer for o in group])))
-    return out
-
-
-def _cat(arrays: list[npt.NDArray[np.int16] | None]) -> npt.NDArray[np.int16] | None:
-    """The arrays end to end, or None if any is None."""
-    present = [a for a in arrays if a is not None]
-    return np.concatenate(present) if len(present) == len(arrays) else None
-
-
 def split_by_fold(observations: Sequence[Observation], folds: Folds,
                   fold: int) -> tuple[list[Observation], list[Observation]]:
     """(the groups of every other fold, the groups of ``fold``), one observation per
@@ -128,10 +94,10 @@ def split_by_fold(observations: Sequence[Observation], folds: Folds,
             continue
         mine = folds.of(o.queries) == fold
         if mine.any():
-            held.append(subset(o, mine))
+            held.append(o.rows(mine))
         if not mine.all():
-            train.append(subset(o, ~mine))
-    return joined(train), joined(held)
+            train.append(o.rows(~mine))
+    return list(joined(train).values()), list(joined(held).values())
 
 
 def centred_errors(fit: FloatArray, held: FloatArray, arms: BoolArray) -> FloatArray:
@@ -147,21 +113,24 @@ def centred_errors(fit: FloatArray, held: FloatArray, arms: BoolArray) -> FloatA
 
 def cross_validate(problem: Problem, observations: Sequence[Observation], alive: BoolArray,
                    candidates: Mapping[str, Callable[[], Estimator]], *, upto: int,
-                   folds: int, rng: np.random.Generator, z: float = Z) -> Validation:
+                   folds: int, rng: np.random.Generator,
+                   level: float | None = None) -> Validation:
     """Each candidate estimator (a factory of an empty one) fitted on all folds but one and
     scored on the held-out fold's block means, for the ``alive`` [C, P] prompts at n <=
-    ``upto``; the candidate with the smallest summed centred squared error wins (ties: the
-    first). See the module docstring."""
+    ``upto`` (module docstring). The first candidate stands unless a later one has a smaller
+    summed error: by any amount (``level`` None), or significantly, a one-sided paired t test
+    over the folds' error differences at ``level``. The first later candidate that does
+    replaces it."""
     names = list(candidates)
     # only the alive prompts' groups: every estimate of a prompt is its own groups' (the
     # queries' gold answers come with every group)
     observations = [o for o in observations if o.count and alive[:, o.prompt].any()]
     if not observations:
-        return Validation(names[0], dict.fromkeys(names, 0.0), folds, 0,
+        return Validation(names[0], dict.fromkeys(names, 0.0), 0, 0,
                           f"{names[0]}: no groups of the alive prompts to compare; the first "
                           "candidate decides")
     dealt = query_folds(observations, folds, rng)
-    units: dict[str, list[FloatArray]] = {name: [] for name in names}
+    per_fold: dict[str, list[float]] = {name: [] for name in names}
     compared = 0
     for f in range(folds):
         train, held = split_by_fold(observations, dealt, f)
@@ -178,25 +147,44 @@ def cross_validate(problem: Problem, observations: Sequence[Observation], alive:
         arms = alive[:, :, None] & np.isfinite(h)
         for fit in fits.values():
             arms &= np.isfinite(fit)
-        for name in names:
-            units[name].append(centred_errors(fits[name], h, arms))
         k = arms.sum(axis=(1, 2))
+        if not k[k >= 2].sum():
+            continue
         compared += int(k[k >= 2].sum())
-    errors = {name: float(np.sum(units[name])) if units[name] else 0.0 for name in names}
+        for name in names:
+            per_fold[name].append(float(centred_errors(fits[name], h, arms).sum()))
+    used = len(per_fold[names[0]])
+    errors = {name: float(np.sum(per_fold[name])) for name in names}
+    if not compared:
+        return Validation(names[0], errors, used, 0,
+                          f"{names[0]}: nothing to compare (no context held two arms with "
+                          "held-out data and estimates of both); the first candidate decides")
     first = names[0]
     choice, why = first, "kept"
     for name in names[1:]:
-        gain = (np.concatenate(units[first]) - np.concatenate(units[name])
-                if units[first] else np.zeros(0))
-        # a gain within rounding is none: errors of 1e-12 per comparison count as exact
-        if gain.size >= 2 and gain.sum() > max(z * np.sqrt(gain.size * gain.var(ddof=1)),
-                                               gain.size * ROUNDING):
+        gain = np.array(per_fold[first]) - np.array(per_fold[name])  # [folds used]
+        if beats(gain, compared, level):
             choice, why = name, "chosen"
             break
+    test = ("the smaller error wins" if level is None else
+            f"another estimator only by a one-sided t test at {level:g} over the folds")
     shown = ", ".join(f"{name} {errors[name]:.4g}" for name in names)
-    reason = (f"{choice} {why}: held-out error of arm differences over {folds} folds by "
-              f"query, the prompts alive at n <= {upto} ({compared} comparisons; {shown})"
-              if compared else f"{choice}: nothing to compare (no context held two arms with "
-              "held-out data); the first candidate decides")
-    return Validation(choice, errors, folds, compared, reason)
+    reason = (f"{choice} {why}: held-out error of arm differences over {used} folds by query, "
+              f"the prompts alive at n <= {upto}, {test} ({compared} comparisons; {shown})")
+    return Validation(choice, errors, used, compared, reason)
 
+
+def beats(gain: FloatArray, compared: int, level: float | None) -> bool:
+    """Whether the folds' error differences ``gain`` (the first candidate's error less the
+    challenger's, per fold) show the challenger better: a positive sum, beyond rounding
+    (squared errors of 1e-12 per comparison count as exact), and where ``level`` is given, a
+    one-sided paired t test over the folds at that level (folds - 1 degrees of freedom)."""
+    total = float(gain.sum())
+    if total <= compared * ROUNDING:
+        return False
+    if level is None:
+        return True
+    if gain.size < 2:
+        return False
+    se = float(np.sqrt(gain.size * gain.var(ddof=1)))  # of the sum
+    return total > float(stats.t.ppf(1 - level, gain.size - 1)) * se
