@@ -57,8 +57,9 @@ def main() -> None:
         mean.update(m)
     cells = sorted({(e, b) for e, b, _ in mean})
     learners = sorted({name for _, _, name in mean})
-    best = {cell: min(mean[(*cell, name)] for name in learners if (*cell, name) in mean)
-            for cell in cells}
+    # a best regret of 0 (every run exact) is floored, so the ratio stays defined
+    best = {cell: max(min(mean[(*cell, name)] for name in learners if (*cell, name) in mean),
+                      1e-12) for cell in cells}
     rows = []
     for name in learners:
         ratios = [(mean[(*cell, name)] / best[cell], cell) for cell in cells
@@ -98,7 +99,7 @@ def changed(name: str, first: tuple[dict[Key, float], dict[Key, float]],
             continue
         before, after = first[0][key], last[0][key]
         diff, sem = after - before, first[1][key]
-        worse = "yes" if diff > sem else "no"
+        worse = "n/a (one run)" if sem != sem else "yes" if diff > sem else "no"
         ratio = mean[key] / best[env, budget]
         if markdown:
             print(f"| {env} | {budget:,} | {before:.4f} ({sem:.4f}) | {after:.4f} "

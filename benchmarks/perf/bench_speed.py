@@ -11,9 +11,11 @@ milliseconds per run and the ratio to PSST's median.
 Targets (of the learners measured), guards against a slowdown at what the code holds today
 with headroom (docs/measured.md): the sequential baselines egreedy, softmax and ucb at most
 4.5 x PSST (measured 2.5x to 4.0x; the earlier goal of 1.5x is not met); the other
-estimators, PSST with subsets, psst-model and psst-model4, and the default psst-auto at most
-7 x PSST with blocks (measured 4.2x to 6.7x; the goal of 3x, from "under 50 ms when PSST
-took 16.8 ms" in docs/beyond.md, was met then and is not since PSST became twice as fast).
+estimators, PSST with subsets, psst-model and psst-model4 at most 7 x PSST with blocks
+(measured 4.2x to 6.0x; the goal of 3x, from "under 50 ms when PSST took 16.8 ms" in
+docs/beyond.md, was met then and is not since PSST became twice as fast); the default
+psst-auto at most 10 x (measured 6.7x before it chose its estimator by validation, 8.5x
+since: on majority voting the validation fits the model on five more fold sets).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from iapo.oracle import SimulatedOracle
 from targets import Target, verdict
 
 MAX_RATIO = {"egreedy": 4.5, "softmax": 4.5, "ucb": 4.5,
-             "psst:subsets": 7.0, "psst-model": 7.0, "psst-model4": 7.0, "psst-auto": 7.0}
+             "psst:subsets": 7.0, "psst-model": 7.0, "psst-model4": 7.0, "psst-auto": 10.0}
 
 
 def main() -> None:
