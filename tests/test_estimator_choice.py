@@ -247,12 +247,11 @@ def test_the_model_bias_of_the_misspecified_world_is_real() -> None:
 def test_validation_picks_the_model_where_it_is_exact_and_blocks_where_it_is_not() -> None:
     # both worlds in one test, the same learner and budget: 8 prompts, keep 4, N_max 16,
     # T = 8,000 (rho T = 4,000: one screening round, then PSST on the 4 kept). Validation is
-    # a noisy choice: in the exact world the model's held-out error is smaller but not by
-    # much at N <= 4 (it picked the model in all 20 of these seeds; 3 misses are allowed),
-    # in the other the model's
-    # bias shows every time
+    # a noisy choice: in the exact world the model's held-out error is smaller, but not by
+    # much at N <= 4 (it picked the model in 36 of these 40 seeds; at least 32 are asked);
+    # in the other the model's bias shows every time
     picks: dict[bool, list[str]] = {True: [], False: []}
-    for seed in range(20):
+    for seed in range(40):
         for exact in (True, False):
             oracle = FeatureOracle(exact, 8000, seed)
             result = PSSTAuto(keep=4)(oracle.problem, oracle, 8000, np.random.default_rng(seed))
@@ -271,8 +270,8 @@ def test_validation_picks_the_model_where_it_is_exact_and_blocks_where_it_is_not
             first = next(r for r in result.trace.rounds if r.round == 1)
             assert {n for _, n, _ in first.pulls} == ({4} if info["choice"] == "model"
                                                       else {16})
-    assert picks[True].count("model") >= 17
-    assert picks[False].count("blocks") == 20
+    assert picks[True].count("model") >= 32
+    assert picks[False].count("blocks") == 40
 
 
 def test_the_level_is_5_percent_for_majority_voting_and_none_for_best_of_n() -> None:
