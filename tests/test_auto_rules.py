@@ -12,49 +12,42 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
+from fresh_oracle import FreshQueryOracle
 from iapo.errors import InputError
 from iapo.learners import PSSTAuto, get_learner
 from iapo.learners.auto import group_size, screening_rounds, survivors
 from iapo.learners.base import LearnerResult, Round
 from iapo.problem import ContextGrid, CostObjective, Objective, Problem
-from iapo.pulls import Ledger, Observation, Pull, validate_pulls
+from iapo.pulls import Observation, Pull
 
 
-class PatternOracle:
+class PatternOracle(FreshQueryOracle):
     """Group of n completions of prompt p: completion j scores ``patterns[p][j % len]`` on the
     first objective, ``style[p]`` on the second (mixed problems) and costs ``costs[p]``. MV
     and mixed answers are always the gold one. Every group gets a query never used before."""
 
     def __init__(self, problem: Problem, budget: int, patterns: Sequence[Sequence[float]],
                  costs: Sequence[float], style: Sequence[float] | None = None) -> None:
-        self.problem = problem
-        self.ledger = Ledger(budget)
+        super().__init__(problem, budget)
         self.patterns = [np.asarray(p, dtype=np.float64) for p in patterns]
         self.costs = costs
         self.style = style
-        self.next_query = 0
 
-    def pull(self, requests: Sequence[Pull]) -> list[Observation]:
-        self.ledger.charge(validate_pulls(self.problem, requests))
-        out = []
-        for r in requests:
-            queries = np.arange(self.next_query, self.next_query + r.count, dtype=np.int64)
-            self.next_query += r.count
-            scores = np.zeros((r.count, r.n, self.problem.n_objectives + 1))
-            pattern = self.patterns[r.prompt]
-            scores[..., 0] = pattern[np.arange(r.n) % pattern.size]
-            if self.style is not None:
-                scores[..., 1] = self.style[r.prompt]
-            scores[..., -1] = self.costs[r.prompt]
-            if self.problem.aggregator == "bon":
-                out.append(Observation(r.prompt, r.n, queries, scores))
-            else:
-                out.append(Observation(r.prompt, r.n, queries, scores,
-                                       np.zeros((r.count, r.n), dtype=np.int16),
-                                       np.zeros(r.count, dtype=np.int16)))
-        return out
+    def observe(self, r: Pull, queries: npt.NDArray[np.int64]) -> Observation:
+        scores = np.zeros((r.count, r.n, self.problem.n_objectives + 1))
+        pattern = self.patterns[r.prompt]
+        scores[..., 0] = pattern[np.arange(r.n) % pattern.size]
+        if self.style is not None:
+            scores[..., 1] = self.style[r.prompt]
+        scores[..., -1] = self.costs[r.prompt]
+        if self.problem.aggregator == "bon":
+            return Observation(r.prompt, r.n, queries, scores)
+        return Observation(r.prompt, r.n, queries, scores,
+                           np.zeros((r.count, r.n), dtype=np.int16),
+                           np.zeros(r.count, dtype=np.int16))
 
 
 def problem(aggregator: str, n_prompts: int, n_max: int, cost_weight: float = 1.0) -> Problem:

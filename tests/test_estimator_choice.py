@@ -15,8 +15,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
+from fresh_oracle import FreshQueryOracle
 from iapo.bench.runner import run_oracle, run_queries
 from iapo.envs import get_environment
 from iapo.errors import InputError
@@ -34,7 +36,7 @@ from iapo.learners.validate import (
 from iapo.model import ModelQTable
 from iapo.oracle import SimulatedOracle
 from iapo.problem import ContextGrid, CostObjective, Objective, Problem
-from iapo.pulls import Ledger, Observation, Pull, joined, validate_pulls
+from iapo.pulls import Observation, Pull, joined
 from iapo.report import Recorder, arm_table, estimator_for
 
 
@@ -50,7 +52,7 @@ def bon_problem(n_prompts: int, n_max: int, contexts: int = 1) -> Problem:
                    CostObjective("cost", 1.0))
 
 
-class FeatureOracle:
+class FeatureOracle(FreshQueryOracle):
     """Best-of-N completions of prompt p on a fresh query x, each objective scoring
     mu_x + SHIFT[p] + sd z (z standard normal, mu_x ~ N(0, 0.1^2) the query's effect, drawn
     per objective), cost 1. ``exact``: sd = SD[p] on every query; otherwise sd = 0 on even
@@ -61,28 +63,19 @@ class FeatureOracle:
     SHIFT = tuple(np.linspace(0.3, 0.0, 8))  # the noisier prompts start lower
 
     def __init__(self, exact: bool, budget: int, seed: int) -> None:
-        self.problem = bon_problem(len(self.SD), 16, contexts=9)
-        self.ledger = Ledger(budget)
+        super().__init__(bon_problem(len(self.SD), 16, contexts=9), budget)
         self.exact = exact
         self.rng = np.random.default_rng(seed)
-        self.next_query = 0
 
-    def pull(self, requests: Sequence[Pull]) -> list[Observation]:
-        self.ledger.charge(validate_pulls(self.problem, requests))
-        out = []
-        for r in requests:
-            queries = np.arange(self.next_query, self.next_query + r.count, dtype=np.int64)
-            self.next_query += r.count
-            sd = np.full(r.count, self.SD[r.prompt])
-            if not self.exact:
-                sd = np.where(queries % 2 == 1, 2 * sd, 0.0)
-            scores = np.ones((r.count, r.n, 3))
-            for k in range(2):
-                mu = self.rng.normal(0.0, 0.1, r.count) + self.SHIFT[r.prompt]
-                scores[..., k] = (mu[:, None]
-                                  + sd[:, None] * self.rng.standard_normal((r.count, r.n)))
-            out.append(Observation(r.prompt, r.n, queries, scores))
-        return out
+    def observe(self, r: Pull, queries: npt.NDArray[np.int64]) -> Observation:
+        sd = np.full(r.count, self.SD[r.prompt])
+        if not self.exact:
+            sd = np.where(queries % 2 == 1, 2 * sd, 0.0)
+        scores = np.ones((r.count, r.n, 3))
+        for k in range(2):
+            mu = self.rng.normal(0.0, 0.1, r.count) + self.SHIFT[r.prompt]
+            scores[..., k] = mu[:, None] + sd[:, None] * self.rng.standard_normal((r.count, r.n))
+        return Observation(r.prompt, r.n, queries, scores)
 
 
 def groups(oracle: FeatureOracle, count: int, n: int = 4) -> list[Observation]:
