@@ -27,6 +27,7 @@ from iapo.latency import SyntheticLatency
 from iapo.learners import PSSTAuto
 from iapo.learners.auto import MV_LEVEL, level_for
 from iapo.learners.validate import (
+    Validation,
     beats,
     centred_errors,
     cross_validate,
@@ -91,6 +92,9 @@ def test_folds_deal_every_query_to_one_fold_evenly_at_random() -> None:
            Observation(0, 2, np.array([3, 7]), np.ones((2, 2, 2)))]
     folds = query_folds(obs, 3, np.random.default_rng(0))
     assert folds.queries.tolist() == [1, 3, 5, 7, 9]  # the distinct queries
+    # an empty observation anywhere is passed over
+    first = obs[0]
+    obs.insert(0, Observation(1, 2, np.zeros(0, dtype=np.int64), np.zeros((0, 2, 2))))
     assert sorted(np.bincount(folds.fold, minlength=3)) == [1, 2, 2]
     assert folds.of(np.array([9, 1, 9])).tolist() == [folds.fold[4], folds.fold[0],
                                                        folds.fold[4]]
@@ -112,7 +116,7 @@ def test_folds_deal_every_query_to_one_fold_evenly_at_random() -> None:
                 for q, sc in zip(o.queries, o.scores, strict=True):
                     if o.prompt == 0 and q != 3 and q != 7:
                         rows = [i for i, x in enumerate([5, 1, 9, 5]) if x == q]
-                        assert any(np.array_equal(sc, obs[0].scores[i]) for i in rows)
+                        assert any(np.array_equal(sc, first.scores[i]) for i in rows)
 
 
 def test_rows_and_joined_keep_every_groups_fields() -> None:
@@ -150,6 +154,14 @@ def test_centred_errors_count_only_the_differences_between_a_contexts_arms() -> 
     assert centred_errors(fit, held, arms) == pytest.approx([0.18])
     # a context with one arm has no difference to get wrong
     assert centred_errors(fit, held, np.array([[[True, False], [False, False]]])).tolist() == [0]
+    # contexts are centred apart: the same errors in a second context, shifted by 1, give the
+    # same 0.18 there; the first context's alone give 0.18 and 0
+    two_fit = np.concatenate([fit, fit + 1.0])
+    two_held = np.concatenate([held, held])
+    assert centred_errors(two_fit, two_held, np.concatenate([arms, arms])) == pytest.approx(
+        [0.18, 0.18])
+    only = np.concatenate([arms, np.zeros_like(arms)])
+    assert centred_errors(two_fit, two_held, only) == pytest.approx([0.18, 0.0])
 
 
 class Fixed:
@@ -204,8 +216,58 @@ def test_the_challengers_test_is_a_one_sided_t_test_over_the_folds() -> None:
     assert beats(np.array([0.5, -0.4]), 8, None)
     assert not beats(np.array([1e-25, 0.0]), 8, None)
     assert not beats(np.array([-0.1, 0.05]), 8, None)
-    # one fold cannot show a significant difference
+    # m = 0.45: sum 1.8, between the t point with 3 degrees of freedom (1.921) and with 5
+    # (2.015 x 0.8165 = 1.645)
+    assert not beats(np.array([0.85, 0.05, 0.75, 0.15]), 8, 0.05)
+    # two folds: t with 1 degree of freedom, 6.314; gains 1.0, 1.1: SE of the sum
+    # sqrt(2 x 0.005) = 0.1, so 2.1 passes 0.63
+    assert beats(np.array([1.0, 1.1]), 8, 0.05)
+    # one fold cannot show a significant difference; a sum of exactly 0 is no gain
     assert not beats(np.array([5.0]), 8, 0.05) and beats(np.array([5.0]), 8, None)
+    assert not beats(np.zeros(2), 0, None)
+
+
+def test_a_level_asks_for_consistent_folds_and_no_level_for_any_gain() -> None:
+    # one context, 2 prompts, N_max 1, 4 queries: 4 folds hold one query each. Prompt 0
+    # scores 1.0, 0.6, 0.8, 0.8 on the queries, prompt 1 always 0, so a fold's held-out
+    # difference is d = 1.0, 0.6, 0.8, 0.8. With two arms the centred squared errors sum to
+    # (predicted difference - d)^2 / 2: candidate a predicts 1.0, b 0.8, so a's errors are
+    # 0, 0.08, 0.02, 0.02 and b's 0.02, 0.02, 0, 0 (the order of the folds aside). The gains
+    # a - b: -0.02, 0.06, 0.02, 0.02, sum 0.08 > 0, so b wins without a level. With 0.05: the
+    # sample variance is 0.0032 / 3, the SE of the sum sqrt(4 x 0.0032 / 3) = 0.0653, and the
+    # sum must pass 2.353 x 0.0653 = 0.154: a stays.
+    problem = bon_problem(2, 1, contexts=2)
+    scores = np.zeros((8, 1, 3))
+    scores[:4, 0, :2] = np.array([1.0, 0.6, 0.8, 0.8])[:, None]
+    obs = [Observation(0, 1, np.arange(4), scores[:4]),
+           Observation(1, 1, np.arange(4), scores[4:])]
+    # the second context has prompt 0 alone: one arm, no difference, not compared
+    alive = np.array([[True, True], [True, False]])
+    a, b = np.array([[[1.0], [0.0]]] * 2), np.array([[[0.8], [0.0]]] * 2)
+
+    def run(level: float | None, folds: int = 4) -> Validation:
+        return cross_validate(problem, obs, alive, {"a": lambda: Fixed(a),
+                                                    "b": lambda: Fixed(b)},
+                              upto=1, folds=folds, rng=np.random.default_rng(3), level=level)
+
+    free, tested = run(None), run(0.05)
+    assert (free.choice, tested.choice) == ("b", "a")
+    assert free.errors == pytest.approx({"a": 0.12, "b": 0.04})
+    assert free.compared == 4 * 2 and free.folds == 4
+    assert free.reason.startswith("b chosen") and tested.reason.startswith("a kept")
+    # five folds over four queries: one fold is empty and is not counted
+    assert run(None, folds=5).folds == 4
+    # nothing to compare: the first candidate decides, and says so
+    none = cross_validate(problem, obs, np.zeros((2, 2), dtype=bool),
+                          {"a": lambda: Fixed(a), "b": lambda: Fixed(b)}, upto=1, folds=4,
+                          rng=np.random.default_rng(3))
+    assert (none.choice, none.compared, none.folds) == ("a", 0, 0)
+    assert "the first candidate decides" in none.reason
+    single = cross_validate(problem, obs, np.array([[True, False], [True, False]]),
+                            {"a": lambda: Fixed(a), "b": lambda: Fixed(b)}, upto=1, folds=4,
+                            rng=np.random.default_rng(3))
+    assert (single.choice, single.compared) == ("a", 0)
+    assert single.reason.startswith("a: nothing to compare")
 
 
 def test_psst_auto_checks_decide_and_folds() -> None:
