@@ -74,11 +74,11 @@ def estimator_for(learner: Any, problem: Problem,
     validation chose, which its run's ``trace`` (``Trace.info``) records; without one, with its
     default for the aggregator (the model for majority voting, blocks for Best-of-N)."""
     from iapo.learners import PSSTAuto, PSSTModel
+    from iapo.learners.auto import default_estimator
     from iapo.model import ModelQTable
 
     alpha = getattr(learner, "alpha", None)
-    # psst-auto's default for the aggregator; the model alone where contexts price latency
-    auto = "model" if problem.aggregator == "mv" or problem.needs_latency else "blocks"
+    auto = default_estimator(problem)
     chosen = (trace or {}).get("estimator")
     if isinstance(chosen, Mapping):
         auto = chosen.get("choice", auto)

@@ -90,6 +90,13 @@ def level_for(aggregator: str, level: float | None) -> float | None:
     return MV_LEVEL if aggregator == "mv" else None
 
 
+def default_estimator(problem: Problem) -> str:
+    """The estimator psst-auto decides with where no validation says otherwise: the model for
+    majority voting and wherever contexts price latency (blocks do not), blocks for
+    Best-of-N, which then also rank prompts beside the model in the screening."""
+    return "model" if problem.aggregator == "mv" or problem.needs_latency else "blocks"
+
+
 def screening_rounds(n_prompts: int, keep: int, budget: int, group: int) -> int:
     """R_s = ceil(log2(#prompts / keep)), at most floor(budget / (#prompts g)) so that every
     round pays one group of every prompt; 0 when nothing is to screen."""
@@ -148,9 +155,9 @@ class PSSTAuto:
         mv = problem.aggregator == "mv"
         g = group_size(problem.aggregator, n)
         model = ModelQTable(problem, self.alpha)
-        # blocks rank Best-of-N prompts beside the model, and may decide, unless contexts
-        # price latency, which only the model prices
-        blocks = None if mv or problem.needs_latency else QTable(problem)
+        default = default_estimator(problem)
+        # blocks rank prompts beside the model, and may decide, where they are the default
+        blocks = QTable(problem) if default == "blocks" else None
         trace = Trace(info={"group": g})
         start = oracle.ledger.spent
         screen = int(self.rho * budget)
@@ -223,14 +230,14 @@ class PSSTAuto:
     def _validate(self, problem: Problem, seen: list[Observation], alive: BoolArray, g: int,
                   rng: np.random.Generator) -> Validation:
         """Which estimator, ``model`` or ``blocks``, predicts held-out screening groups of the
-        ``alive`` [C, P] prompts better (:mod:`iapo.learners.validate`). The aggregator's
-        default (the model for majority voting, blocks for Best-of-N) stands first; the other
-        replaces it when its held-out error is smaller, at :func:`level_for`."""
+        ``alive`` [C, P] prompts better (:mod:`iapo.learners.validate`). The default
+        (:func:`default_estimator`) stands first; the other replaces it when its held-out
+        error is smaller, at :func:`level_for`."""
         from iapo.model import ModelQTable
 
-        default = "model" if problem.aggregator == "mv" else "blocks"
+        default = default_estimator(problem)
         if problem.needs_latency:
-            return Validation("model", {}, 0, 0, "model: blocks do not price latency or the "
+            return Validation(default, {}, 0, 0, "model: blocks do not price latency or the "
                               "wave width, so the model decides without a validation")
         if not seen:
             return Validation(default, {}, 0, 0, f"{default}: no screening data to validate "

@@ -148,9 +148,10 @@ def cross_validate(problem: Problem, observations: Sequence[Observation], alive:
         for fit in fits.values():
             arms &= np.isfinite(fit)
         k = arms.sum(axis=(1, 2))
-        if not k[k >= 2].sum():
+        here = int(k[k >= 2].sum())  # the arms of contexts with a difference to compare
+        if not here:
             continue
-        compared += int(k[k >= 2].sum())
+        compared += here
         for name in names:
             per_fold[name].append(float(centred_errors(fits[name], h, arms).sum()))
     used = len(per_fold[names[0]])
