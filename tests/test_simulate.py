@@ -57,6 +57,36 @@ def test_frozen_regret_is_exact(run0: dict) -> None:
     assert run0["frozen"][-1] == pytest.approx(before + after, rel=1e-9)
 
 
+def test_every_switch_carries_its_exact_gain(run0: dict) -> None:
+    """A switch's gain is Q(new) - Q(old) in its context on the traffic as it was at its
+    request: the exact table of all queries before the drift, the drifted one (computed by
+    the environment from scratch) from the drift on."""
+    env = get_environment("math")
+    pop = np.arange(env.n_queries)
+    env2, _ = drifted(env, run0["drift"]["prompt"], 0.1, pop)
+    switches = [s for k in ("continual@0.05", "continual@0.2") for s in run0[k]["switches"]]
+    assert switches  # the drift moves this run's contexts
+    for s in switches:
+        q = (env.q() if s["request"] < SMALL.drift_at else env2.q())[s["context"]]
+        (p0, n0), (p1, n1) = s["old"], s["new"]
+        assert s["exact_gain"] == pytest.approx(q[p1, n1 - 1] - q[p0, n0 - 1], abs=1e-12)
+
+
+def test_switch_quality_counts_switches_that_changed_the_value() -> None:
+    """Worked by hand: 4 switches in 2 runs; of the evidence switches, one raised the value,
+    one lowered it and one changed nothing (left out of the share); the drift switch
+    lowered it."""
+    from iapo.simulate import _switch_quality
+
+    runs = [[{"reason": "evidence", "exact_gain": 0.01}, {"reason": "drift", "exact_gain": -0.02},
+             {"reason": "evidence", "exact_gain": 0.0}],
+            [{"reason": "evidence", "exact_gain": -0.005}]]
+    got = _switch_quality(runs)
+    assert got == {"switches_per_run": 2.0, "evidence_switches": 3, "evidence_helped": 0.5,
+                   "drift_switches": 1, "drift_helped": 0.0}
+    assert _switch_quality([[], []])["evidence_helped"] is None
+
+
 def test_drift_takes_exactly_the_accuracy_asked() -> None:
     """Mixing with the worst prompt removes exactly the drop from the prompt's mean
     accuracy and changes nothing else; where no prompt is that much worse, the mix is with

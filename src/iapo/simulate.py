@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from iapo.continual import Continual, ContinualSettings
+from iapo.continual import Continual, ContinualSettings, Switch
 from iapo.envs.base import Environment
 from iapo.envs.tabular import MVEnvironment
 from iapo.errors import InputError
@@ -257,6 +257,13 @@ def simulate_run(config: SimConfig, run: int) -> dict[str, Any]:
     return info
 
 
+def _switch_gain(truths: Sequence[Truth], switch: Switch) -> float:
+    """Q(c, new) - Q(c, old) of a switch, exact, on the traffic as it was at its request."""
+    q = _truth_at(truths, switch.request).q[switch.context]
+    (p0, n0), (p1, n1) = switch.old, switch.new
+    return float(q[p1, n1 - 1] - q[p0, n0 - 1])
+
+
 def _gap_of(truth: Truth, arms: Sequence[tuple[int, int]]) -> FloatArray:
     gap = truth.gap
     return np.array([gap[c, p, n - 1] for c, (p, n) in enumerate(arms)])
@@ -318,7 +325,9 @@ def _continual(config: SimConfig, run: int, budget: float, settings: ContinualSe
         # the contexts the drift hit: those serving the drifted prompt when it drifted
         "drifted_contexts": [] if sc.drift_at is None else [
             c for c, (p, _) in enumerate(arms_by_step[sc.drift_at]) if p == drift_prompt],
-        "switches": [asdict(s) for s in learner.switches],
+        # every switch with its exact gain on the traffic as it was then (> 0: it helped)
+        "switches": [dict(asdict(s), exact_gain=_switch_gain(truths, s))
+                     for s in learner.switches],
         "splits": [asdict(s) for s in learner.splits],
     }
 
@@ -404,6 +413,7 @@ def summarize(config: SimConfig, runs: Sequence[dict[str, Any]]) -> dict[str, An
             # runs where some context split from the others' traffic (a false split unless
             # the scenario is by context)
             row["split_rate"] = float(np.mean([bool(r[k].get("splits")) for r in runs]))
+            row.update(_switch_quality([r[k]["switches"] for r in runs]))
         if window is not None:
             a, b = window[0] // CHECKPOINT - 1, window[1] // CHECKPOINT - 1
             per = (cur[:, b] - cur[:, a]) / (window[1] - window[0])
@@ -424,6 +434,19 @@ def summarize(config: SimConfig, runs: Sequence[dict[str, Any]]) -> dict[str, An
             row["drift_cost_recovered"] = ((frozen - row["window_regret"][0]) / cost
                                            if cost else None)
     return out
+
+
+def _switch_quality(switches: Sequence[Sequence[dict[str, Any]]]) -> dict[str, Any]:
+    """Switches per run, and of those that changed the exact value, the share that raised
+    it (by reason: "evidence", a gain's lower bound; "drift", a flagged prompt)."""
+    row: dict[str, Any] = {"switches_per_run": float(np.mean([len(s) for s in switches]))}
+    for reason in ("evidence", "drift"):
+        gains = np.array([s["exact_gain"] for run in switches for s in run
+                          if s["reason"] == reason])
+        moved = gains[np.abs(gains) > 1e-12]
+        row[f"{reason}_switches"] = int(gains.size)
+        row[f"{reason}_helped"] = float((moved > 0).mean()) if moved.size else None
+    return row
 
 
 def _flags(sc: Scenario, flags: Sequence[Sequence[dict[str, Any]]],
@@ -505,15 +528,17 @@ def table(summary: dict[str, Any]) -> str:
     lines.append("| condition | paired diff. at end (SEM) | ... where T's policy was not "
                  "optimal | learning share (max) | false alarms | traffic splits | "
                  "detected <= 5,000 | window regret/request | ratio to frozen | "
-                 "drift's cost recovered |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+                 "drift's cost recovered | switches per run | on evidence: helped | "
+                 "on drift: helped |")
+    lines.append("|---" * 13 + "|")
     for k, row in summary["conditions"].items():
         cells = [_cell(row, key, fmt) for key, fmt in (
             ("diff_final", ""), ("diff_final_not_optimal", ""), ("learning_share_max", "{:.4f}"),
             ("false_alarm_rate", "{:.2f}"), ("split_rate", "{:.2f}"),
             ("detected_within_5000", "{:.2f}"),
             ("window_regret", ""), ("window_ratio", "{:.2f}"),
-            ("drift_cost_recovered", "{:.2f}"))]
+            ("drift_cost_recovered", "{:.2f}"), ("switches_per_run", "{:.2f}"),
+            ("evidence_helped", "{:.0%}"), ("drift_helped", "{:.0%}"))]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -1,0 +1,100 @@
+"""What the paper's own learner reaches with every completion the continual policy could
+spend, given at once and told the drift: a reference for the targets of docs/continual.md.
+
+    .venv/bin/python benchmarks/experiments/continual_reference.py ENV [--runs R] [--workers W]
+
+For runs 0..R-1, the policy `iapo simulate` serves (psst-auto at T = 2,000 with the bench
+cell's seeds), and two cases:
+
+- no drift: psst-auto trained afresh on the traffic's own queries (all of the environment's)
+  with T = 2,000 plus 5% of the completions the trained policy serves in 20,000 requests;
+- drift (the served prompt loses 0.1 accuracy, as `iapo simulate --drift-at 2000`): psst-auto
+  trained afresh on the drifted traffic with T = 2,000 plus 10% of the completions served
+  in the 6,000 requests before the window (requests 6,000 to 7,000).
+
+Both are generous to the reference: it gets the whole learning budget at once, on the
+traffic's truth from the first completion, with no drift to detect, no request served
+meanwhile and no evidence asked before it acts (PSST's own choice, its estimate's best).
+Its regret per request is exact (the gap of its arms on the traffic's queries, weighted by
+the contexts' probabilities); the frozen policy's is the trained arms' gap on the same truth.
+
+Printed per case: the mean regret per request (SEM over runs) of the frozen policy and of
+the reference, and their ratio (of the means, as docs/continual.md's window ratio). Cited
+by docs/continual.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import joblib
+import numpy as np
+
+from iapo.bench.runner import run_oracle, run_queries, seed_sequence
+from iapo.learners import get_learner
+from iapo.oracle import SimulatedOracle
+from iapo.report import Recorder
+from iapo.simulate import _prompt_q, drifted
+
+TRAIN = 2000
+CASES = {"no drift": (0.05, 20_000), "drift": (0.1, 6_000)}  # learning budget, requests
+
+
+def regret(q: np.ndarray, arms: list[tuple[int, int]], probs: np.ndarray) -> float:
+    """Expected regret per request of serving ``arms`` under exact Q ``q`` [C, P, N]."""
+    flat = q.reshape(q.shape[0], -1)
+    gap = [flat[c].max() - q[c, p, n - 1] for c, (p, n) in enumerate(arms)]
+    return float(np.dot(probs, gap))
+
+
+def one_run(name: str, seed: int, run: int) -> dict[str, tuple[float, float, int]]:
+    """Per case: (frozen's regret per request, the reference's, the reference's T)."""
+    env, train, _ = run_queries(name, seed, run, 0.2)
+    problem = env.problem
+    simulated, learner_rng = run_oracle(env, train, "psst-auto", TRAIN, seed, run)
+    trained = get_learner("psst-auto").learner(problem, Recorder(simulated), TRAIN,
+                                               learner_rng).choices
+    arms = [(c.prompt, int(c.n or 1)) for c in trained]
+    probs = problem.grid.probabilities
+    served_n = float(np.dot(probs, [n for _, n in arms]))  # completions per request
+    population = np.arange(env.n_queries)
+    q = env.query_table(progress=False).q(problem, population)
+    prompt = int(np.bincount([p for p, _ in arms]).argmax())
+    env2, _ = drifted(env, prompt, 0.1, population)
+    q2 = q.copy()
+    q2[:, prompt] = _prompt_q(env2, prompt, population)
+    out = {}
+    for case, (share, requests) in CASES.items():
+        world, truth = (env, q) if case == "no drift" else (env2, q2)
+        budget = TRAIN + int(share * requests * served_n)
+        oracle = SimulatedOracle(world, population, budget,
+                                 np.random.default_rng(seed_sequence(seed, run, 5, budget, 0)))
+        choices = get_learner("psst-auto").learner(
+            problem, oracle, budget,
+            np.random.default_rng(seed_sequence(seed, run, 5, budget, 1))).choices
+        ref = [(c.prompt, int(c.n or 1)) for c in choices]
+        out[case] = (regret(truth, arms, probs), regret(truth, ref, probs), budget)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("env")
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=1)
+    args = ap.parse_args()
+    results = joblib.Parallel(n_jobs=args.workers)(
+        joblib.delayed(one_run)(args.env, args.seed, r) for r in range(args.runs))
+    print(f"{args.env}: {args.runs} runs; regret per request (SEM) of the T = 2,000 policy "
+          "(frozen) and of psst-auto retrained at once with the whole learning budget")
+    print(f"  {'case':<9} {'median T':>9} {'frozen':>16} {'reference':>16} {'ratio':>6}")
+    for case in CASES:
+        a = np.array([r[case] for r in results])
+        sem = a[:, :2].std(axis=0, ddof=1) / np.sqrt(len(a))
+        print(f"  {case:<9} {np.median(a[:, 2]):>9,.0f} {a[:, 0].mean():>9.4f} ({sem[0]:.4f})"
+              f" {a[:, 1].mean():>9.4f} ({sem[1]:.4f}) {a[:, 1].mean() / a[:, 0].mean():>6.2f}")
+
+
+if __name__ == "__main__":
+    main()
