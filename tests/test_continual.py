@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from scipy.stats import norm
 
@@ -26,7 +27,7 @@ from iapo.continual import (
 )
 from iapo.envs.tabular import MVEnvironment
 from iapo.errors import InputError
-from iapo.problem import Choice
+from iapo.problem import Choice, arm_at
 from iapo.pulls import Observation
 
 COST = (0.01, 0.02, 0.03)
@@ -205,6 +206,20 @@ def test_turns_alternate_between_challengers_and_candidates() -> None:
     assert sum(n for _, n in pulls) <= 40
 
 
+def z_switch(settings: ContinualSettings) -> float:
+    """The switch test's one-sided quantile: Bonferroni over a context's looks, one per
+    refit within the horizon."""
+    looks = settings.horizon // settings.refine_every
+    return float(norm.ppf(1 - (1 - settings.confidence) / looks))
+
+
+def fresh_by_hand(right: int, wrong: int) -> tuple[float, float, int]:
+    """Mean, sample variance and count of fresh 0/1 samples in context 0 (range [0, 1])
+    with one sample more at each end: a 0 and a 1."""
+    x = np.array([1.0] * right + [0.0] * wrong + [0.0, 1.0])
+    return float(x.mean()), float(x.var(ddof=1)), x.size
+
+
 def served_groups(prompt: int, correct: int, wrong: int, size: int = 4) -> Observation:
     """``correct`` all-gold groups and ``wrong`` all-wrong groups of ``prompt``."""
     return group(prompt, [[0] * size] * correct + [[1] * size] * wrong)
@@ -233,12 +248,13 @@ def test_switch_only_on_fresh_evidence() -> None:
     switches = cont.refit()
     assert [(s.context, s.old, s.new, s.reason) for s in switches] == [
         (0, (1, 4), (0, 1), "evidence"), (1, (1, 4), (0, 1), "evidence")]
-    # the bound, by hand for context 0: fresh variance 0 shrunk toward the typical one
+    # the bound, by hand for context 0: 30 fresh samples of 1, with a 0 and a 1 added
     mean_a = 0.6
     typical = float(np.nanmedian(cont.table.variance[0].reshape(-1)))
-    var_b = shrunk_variance(0.0, FRESH_GROUPS, typical)
+    m_b, var_b, k = fresh_by_hand(FRESH_GROUPS, 0)
+    assert (m_b, k) == (31 / 32, 32)
     se_a = math.sqrt(shrunk_variance(0.24 * 100 / 99, 100, typical) / 100)
-    lower = 1.0 - mean_a - norm.ppf(0.95) * math.sqrt(var_b / FRESH_GROUPS + se_a ** 2)
+    lower = m_b - mean_a - z_switch(settings) * math.sqrt(var_b / k + se_a ** 2)
     assert switches[0].gain_lower == pytest.approx(lower, rel=1e-6)
 
 
@@ -251,6 +267,125 @@ def test_no_switch_when_fresh_samples_disappoint() -> None:
     cont.record_served(10, 40)
     assert cont.refit() == []
     assert cont.served_arms() == [(1, 4), (1, 4)]
+
+
+def test_a_challenger_no_better_on_its_fresh_samples_is_dropped() -> None:
+    """Fresh mean 0.5 against the served 0.6: the gain's estimate is not above 0, so the
+    challenger is dropped; a challenger named after it counts its fresh samples from 0."""
+    settings = ContinualSettings(refine_every=10)
+    cont = learner(settings, [served_groups(1, 60, 40), served_groups(0, 9, 1)])
+    cont.record_served(10, 40)
+    cont.refit()
+    cont.observe([served_groups(0, FRESH_GROUPS // 2, FRESH_GROUPS - FRESH_GROUPS // 2)])
+    assert cont._fresh[:, :, 2].sum(axis=1).tolist() == [FRESH_GROUPS] * 2
+    cont.record_served(10, 40)
+    assert cont.refit() == []
+    assert 0 not in cont.challenger.tolist()  # (0, 1) dropped in both contexts
+    assert all(cont._fresh[c, :, 2].sum() == 0 for c in range(2) if cont.challenger[c] >= 0)
+
+
+def test_a_challenger_keeps_its_fresh_samples_until_they_decide() -> None:
+    """Horizon 100 requests, a refit every 10: 10 looks, so the bound is one-sided at
+    1 - 0.05 / 10. 22 right and 8 wrong fresh samples of (0, 1) against the served 0.6 on
+    100 groups: the gain's estimate (0.133) is positive but its lower bound is not, so the
+    challenger stays and gathers; 90 right and 10 wrong more (130 in all) clear it. Both
+    bounds by hand."""
+    settings = ContinualSettings(refine_every=10, horizon=100)
+    z = float(norm.ppf(1 - 0.05 / 10))
+    assert z_switch(settings) == pytest.approx(z)
+    cont = learner(settings, [served_groups(1, 60, 40), served_groups(0, 9, 1)])
+    cont.record_served(10, 40)
+    cont.refit()
+    b = int(cont.challenger[0])
+    cont.observe([served_groups(0, 22, 8)])
+    typical = float(np.nanmedian(cont.table.variance[0].reshape(-1)))
+    se_a = math.sqrt(shrunk_variance(0.24 * 100 / 99, 100, typical) / 100)
+
+    def lower(right: int, k: int) -> float:
+        m_b, var_b, k2 = fresh_by_hand(right, k - right)
+        return m_b - 0.6 - z * math.sqrt(var_b / k2 + se_a ** 2)
+
+    assert lower(22, 30) < 0 < fresh_by_hand(22, 8)[0] - 0.6
+    cont.record_served(10, 40)
+    assert cont.refit() == []
+    assert cont.challenger.tolist() == [b, b]
+    assert cont._fresh[:, :, 2].sum(axis=1).tolist() == [30, 30]
+    cont.observe([served_groups(0, 90, 10)])
+    typical = float(np.nanmedian(cont.table.variance[0].reshape(-1)))
+    se_a = math.sqrt(shrunk_variance(0.24 * 100 / 99, 100, typical) / 100)
+    assert lower(112, 130) > 0
+    cont.record_served(10, 40)
+    (switch, _) = cont.refit()
+    assert switch.new == arm_at(b, 4)
+    assert switch.gain_lower == pytest.approx(lower(112, 130), rel=1e-6)
+
+
+def test_the_switch_level_holds_over_the_horizon_not_each_look() -> None:
+    """The same fresh samples (24 right, 6 wrong against the served 0.6) switch when the
+    horizon holds one look (the bound at 95%) and not when it holds 2,000 (at
+    1 - 0.05 / 2,000)."""
+    for horizon, switches in ((10, 1), (20_000, 0)):
+        settings = ContinualSettings(refine_every=10, horizon=horizon)
+        cont = learner(settings, [served_groups(1, 60, 40), served_groups(0, 9, 1)])
+        cont.record_served(10, 40)
+        cont.refit()
+        cont.observe([served_groups(0, 24, 6)])
+        cont.record_served(10, 40)
+        assert len(cont.refit()) == 2 * switches  # both contexts alike
+
+
+def test_equal_arms_rarely_switch_over_the_horizon() -> None:
+    """Known property: where the challenger is no better (both prompts 0.6 accurate), a
+    context switches within the horizon (20 refits) with probability at most 5%. 100
+    seeded runs of 20 refits, each 60 served groups and 60 of the other prompt in random
+    order: in context 0, at most 5% + 3 SEMs switch. At one look's level (a horizon of one
+    refit) the same runs switch in about 30%."""
+
+    def groups(prompt: int, right: npt.NDArray[np.int64]) -> Observation:
+        return group(prompt, [[0] * 4 if r else [1] * 4 for r in right])
+
+    runs = 100
+    share = {}
+    for horizon in (1200, 60):
+        switched = 0
+        for seed in range(runs):
+            rng = np.random.default_rng(seed)
+            cont = learner(ContinualSettings(refine_every=60, horizon=horizon),
+                           [served_groups(1, 60, 40), served_groups(0, 6, 4)])
+            for _ in range(20):
+                right = rng.binomial(1, 0.6, 120)
+                cont.observe([groups(0, right[:60]), groups(1, right[60:])])
+                cont.record_served(60, 240)
+                cont.refit()
+            switched += any(s.context == 0 for s in cont.switches)
+        share[horizon] = switched / runs
+    assert share[1200] <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / runs)
+    assert share[60] > 0.2
+
+
+def test_a_challenger_is_compared_on_the_traffic_its_samples_came_from() -> None:
+    """Two contexts that still pool (too few groups on a common arm to test their traffic),
+    one easy, one hard. The served (1, 4) is 0.9 on context 0's traffic (20 groups) and 0.3
+    on context 1's (100); the challenger's fresh samples all come from context 0's traffic,
+    at 0.85. Within that traffic it is worse than the served arm (0.85 against 0.9), so it
+    is dropped; judged against the served arm's pooled mean (0.4) it would switch, as it
+    does where the learner is not told the origins."""
+
+    def run(origins: bool) -> list[tuple[int, int]]:
+        cont = learner(ContinualSettings(refine_every=10))
+        first = [served_groups(1, 18, 2), served_groups(1, 30, 70), served_groups(0, 9, 1)]
+        cont.observe(first, [0, 1, 0] if origins else None)
+        cont.record_served(10, 40)
+        cont.refit()
+        assert cont.shared.all() and [arm_at(int(b), 4)[0] for b in cont.challenger] == [0, 0]
+        cont.observe([served_groups(0, 34, 6)], [0] if origins else None)
+        cont.record_served(10, 40)
+        cont.refit()
+        assert cont.shared.all()
+        return cont.served_arms()
+
+    assert run(origins=True) == [(1, 4), (1, 4)]
+    assert all(p == 0 for p, _ in run(origins=False))
 
 
 def test_min_gain_holds_a_switch_back() -> None:
@@ -426,9 +561,9 @@ def test_baselines_double_and_flags_carry_their_numbers() -> None:
 
 
 def test_fresh_variance_by_hand() -> None:
-    """27 right and 3 wrong fresh samples: variance 27 x 3 / 30 / 29, shrunk toward the
-    typical one; the gain's lower bound by hand."""
-    settings = ContinualSettings(refine_every=10)
+    """27 right and 3 wrong fresh samples, with a 0 and a 1 added: 28 of 32 right, variance
+    28 x 4 / 32 / 31; the gain's lower bound by hand."""
+    settings = ContinualSettings(refine_every=10, horizon=10)  # one look: at 95%
     cont = learner(settings, [served_groups(1, 60, 40), served_groups(0, 9, 1)])
     cont.record_served(10, 40)
     cont.refit()
@@ -436,9 +571,10 @@ def test_fresh_variance_by_hand() -> None:
     typical = float(np.nanmedian(cont.table.variance[0].reshape(-1)))
     cont.record_served(10, 40)
     (switch, _) = cont.refit()
-    var_b = shrunk_variance(27 * 3 / 30 / 29, FRESH_GROUPS, typical)
+    m_b, var_b, k = fresh_by_hand(27, 3)
+    assert (m_b, var_b) == pytest.approx((28 / 32, 28 * 4 / 32 / 31))
     se_a = math.sqrt(shrunk_variance(0.24 * 100 / 99, 100, typical) / 100)
-    want = 0.9 - 0.6 - norm.ppf(0.95) * math.sqrt(var_b / FRESH_GROUPS + se_a ** 2)
+    want = m_b - 0.6 - z_switch(settings) * math.sqrt(var_b / k + se_a ** 2)
     assert switch.gain_lower == pytest.approx(want, rel=1e-6)
 
 

@@ -18,12 +18,22 @@ The decisions, each a rule with a test:
   As PSST pulls every active prompt at its largest active N (Eq. 6), a candidate prompt is
   pulled at the largest N that a context serves or finds close, all candidates in turn.
 - **Switches, on fresh evidence** (:meth:`Continual.refit`, every ``refine_every`` requests).
-  A context names as challenger its arm of highest mean (seen on MIN_GROUPS groups) when that
-  beats the served arm's mean. The challenger is then judged on FRESH_GROUPS samples drawn
-  *after* it was named, so that the luck that made it the best of many arms (the winner's
-  curse) is not in its evidence: the context switches only if the lower bound of the gain,
-  fresh mean minus the served arm's mean, at ``confidence``, exceeds ``min_gain``; either way
-  the challenger is then dropped.
+  A context names as challenger the arm most likely better than its served one (seen on
+  MIN_GROUPS groups). The challenger is judged only on samples drawn *after* it was named,
+  so that the luck that made it the best of many arms (the winner's curse) is not in its
+  evidence, and once it has FRESH_GROUPS of them, at every refit: the context switches if
+  the lower bound of the gain exceeds ``min_gain``. The gain is the fresh mean (with one
+  sample more at each end of the range, :func:`with_ends`) less the served arm's mean
+  taken within the traffic the fresh samples came from: per origin, weighted as the fresh
+  samples are (so that samples drawn on an easier context's requests, before a traffic
+  test could tell the contexts apart, do not count as a gain);
+  the challenger is dropped if the gain's estimate does not; otherwise its samples keep
+  accumulating. The bound is one-sided at 1 - (1 - ``confidence``) / L, L the refits
+  within ``horizon`` (Bonferroni over a context's looks, one per refit), so that a context
+  switches to an arm no better than its own with probability at most 1 - ``confidence``
+  over the horizon, not at every look: at one look's level, the many looks of a long run
+  switched to worse arms about as often as to better ones where arms differ by 0.01 to
+  0.03 (docs/continual.md).
 - **Drift** (:class:`DriftMonitor`). At requests refine_every x 2^k (k = 0, 1, ...), every
   context takes baselines: the lower confidence bounds of its served arm (p, N) and of its
   prompt's single completions (p, 1), from the samples seen since the context began to serve
@@ -321,9 +331,10 @@ class Continual:
         self.flags: list[Flag] = []
         self.switches: list[Switch] = []
         # per context: the challenger (flat arm index, -1: none) and the sum, sum of squares
-        # and count of its samples since it was chosen
+        # and count of its samples since it was chosen, per origin (the context of the
+        # request each was drawn on; the last: none known)
         self.challenger = np.full(n_ctx, -1, dtype=np.intp)
-        self._fresh = np.zeros((n_ctx, 3))
+        self._fresh = np.zeros((n_ctx, n_ctx + 1, 3))
         self._explore: list[tuple[int, int]] = []  # (prompt, scale) of the candidates
         self._turn = 0  # pulls drawn: even turns go to the challengers, odd to the candidates
         self._next = [0, 0]  # the next entry of each queue
@@ -336,6 +347,9 @@ class Continual:
         # the traffic test, at every refit within the horizon: two-sided, Bonferroni over
         # pairs of contexts and refits, at level ``alarm`` in all
         refits = max(1, settings.horizon // settings.refine_every)
+        # the switch test: one look per context at every refit within the horizon,
+        # Bonferroni over them (module docstring)
+        self._z_switch = float(norm.ppf(1 - (1 - settings.confidence) / refits))
         pairs = max(1, n_ctx * (n_ctx - 1) // 2)
         self._z_traffic = float(norm.ppf(1 - settings.alarm / (2 * pairs * refits)))
         # a test sees at most one sample per served request and per learning group
@@ -495,10 +509,14 @@ class Continual:
         known = origin >= 0
         uses[known] |= self.pools[:, origin[known]].T
         n_max = self.problem.n_max
+        stratum = np.where(origin >= 0, origin, self.pools.shape[0])
         for ci, b in enumerate(self.challenger):
             if b >= 0:
                 bp, bn = arm_at(int(b), n_max)
-                self._fresh[ci] += moments(util[(prompts == bp) & (n == bn) & uses[:, ci], ci])
+                rows = (prompts == bp) & (n == bn) & uses[:, ci]
+                u = util[rows, ci]
+                np.add.at(self._fresh[ci], stratum[rows],
+                          np.stack([u, u * u, np.ones_like(u)], axis=1))
         raised: list[Flag] = []
         for test, (p, nn) in enumerate(self._tests):
             if nn == 0:
@@ -551,27 +569,39 @@ class Continual:
     # ---------------------------------------------------------------- refits
 
     def refit(self) -> list[Switch]:
-        """Decide every challenger with FRESH_GROUPS fresh samples (switch on evidence),
-        name new challengers, re-plan the candidates, and take the drift baselines when due.
-        Returns the switches made."""
+        """Judge every challenger with FRESH_GROUPS fresh samples or more (switch on
+        evidence, drop it, or keep gathering), name new challengers, re-plan the candidates,
+        and take the drift baselines when due. Returns the switches made."""
         before = len(self.switches)
         self._check_traffic()
         c, n_max = self.problem.n_contexts, self.problem.n_max
-        est = self.estimates()
-        mean, se = est.mean.reshape(c, -1), est.stderr.reshape(c, -1)
-        z = float(norm.ppf(self.settings.confidence))
-        typical = est.typical
+        typical = self.estimates().typical
         for ci in range(c):
             a, b = int(arm_index(self.prompt[ci], self.n[ci], n_max)), int(self.challenger[ci])
-            k = self._fresh[ci, 2]
-            if b < 0 or k < FRESH_GROUPS:
+            if b < 0:
                 continue
-            m_b, var = mean_and_variance(self._fresh[ci])
-            var_b = shrunk_variance(var, k, float(typical[ci]))
-            lower = m_b - mean[ci, a] - z * math.sqrt(var_b / k + se[ci, a] ** 2)
-            self.challenger[ci] = -1
+            # the served arm is compared within each origin of the fresh samples (where it
+            # has two samples or more), weighted as the fresh samples are
+            fresh, served = self._fresh[ci], self._by_origin(ci, a)
+            ok = (fresh[:, 2] > 0) & (served[:, 2] >= 2)
+            k = float(fresh[ok, 2].sum())
+            if k < FRESH_GROUPS:
+                continue
+            # one fresh sample more at each end of the range: 30 samples all alike (an easy
+            # slice of queries) must not claim a standard error of 0
+            m_b, var_b, k_b = with_ends(self.problem, ci, arm_at(b, n_max)[1],
+                                        fresh[ok].sum(axis=0))
+            w, k_a = fresh[ok, 2] / k, served[ok, 2]
+            m_a = served[ok, 0] / k_a
+            var_a = shrunk_variance(np.maximum(served[ok, 1] - k_a * m_a * m_a, 0.0) / (k_a - 1),
+                                    k_a, float(typical[ci]))
+            gain = m_b - float(w @ m_a)
+            lower = gain - self._z_switch * math.sqrt(var_b / k_b + float(w * w @ (var_a / k_a)))
             if lower > self.settings.min_gain:
+                self.challenger[ci] = -1
                 self._choose(ci, b, "evidence", float(lower))
+            elif gain <= self.settings.min_gain:  # no better on its own fresh samples
+                self.challenger[ci] = -1
         self._name_challengers()
         self._plan()
         while self._next_refit <= self.requests:
@@ -581,6 +611,17 @@ class Continual:
             while self._next_baseline <= self.requests:
                 self._next_baseline *= 2
         return self.switches[before:]
+
+    def _by_origin(self, context: int, arm: int) -> FloatArray:
+        """The sum, sum of squares and count of the samples of ``arm`` in ``context``'s
+        utility, per origin: [C + 1, 3], the last of groups of no known origin (training's
+        among them)."""
+        p, nn = arm_at(arm, self.problem.n_max)
+        rows = [np.array([t.sums[context, p, nn - 1], t.sumsq[context, p, nn - 1],
+                          t.counts[p, nn - 1]]) for t in self.own]
+        total = np.array([self.table.sums[context, p, nn - 1],
+                          self.table.sumsq[context, p, nn - 1], self.table.counts[p, nn - 1]])
+        return np.stack(rows + [total - np.sum(rows, axis=0)])
 
     def _name_challengers(self) -> None:
         """Every context without a challenger names the arm most likely better than its

@@ -88,7 +88,9 @@ class ContinualSettings:
 
     learn_budget: float = 0.05  # learning completions per served completion, at most
     refine_every: int = 1000  # requests between refits (and the drift baselines' unit)
-    confidence: float = 0.95  # of a switch's gain and the candidates' bounds
+    # a context switches to a worse arm within the horizon with probability at most
+    # 1 - confidence (its switch test); also the level of the candidates' bounds
+    confidence: float = 0.95
     min_gain: float = 0.0  # a switch needs its gain's lower bound above this
     candidates: int = 8  # per context, at most
     alarm: float = 0.05  # false-alarm probability of the drift monitor within the horizon
