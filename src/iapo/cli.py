@@ -394,9 +394,10 @@ def _rule_options(fn: F) -> F:
                           "replay)."),
         click.option("--confidence", "confidence", default=_continual_default("confidence"),
                      show_default=True, type=click.FloatRange(0.5, 1.0, max_open=True),
-                     help="Of every switch over the horizon: a context switches to a "
-                          "worse arm with probability at most 1 - this (the gain's lower "
-                          "bound, Bonferroni over the refits)."),
+                     help="Of the evidence switches of a run: a context switches on "
+                          "evidence to an arm no better with probability at most about 1 - "
+                          "this over the horizon (the gain's lower bound, Bonferroni over "
+                          "the refits; a normal approximation)."),
         click.option("--min-gain", "min_gain", default=_continual_default("min_gain"),
                      show_default=True, type=click.FloatRange(min=0.0),
                      help="A context changes its arm only if the gain's lower bound exceeds "

@@ -30,10 +30,16 @@ The decisions, each a rule with a test:
   the challenger is dropped if the gain's estimate does not; otherwise its samples keep
   accumulating. The bound is one-sided at 1 - (1 - ``confidence``) / L, L the refits
   within ``horizon`` (Bonferroni over a context's looks, one per refit), so that a context
-  switches to an arm no better than its own with probability at most 1 - ``confidence``
-  over the horizon, not at every look: at one look's level, the many looks of a long run
+  switches on evidence to an arm no better than its own with probability at most about
+  1 - ``confidence`` over the horizon of this learner (one simulated run, one replay of
+  ``iapo refine``), not at every look: at one look's level, the many looks of a long run
   switched to worse arms about as often as to better ones where arms differ by 0.01 to
-  0.03 (docs/continual.md).
+  0.03 (docs/continual.md). "About": each look's bound is a normal approximation (for 0/1
+  samples near 30 its exact level can be a few times the nominal one; the union bound's
+  slack has absorbed it in every measurement). The moves on a drift flag (below) are not
+  part of this budget: they are made at one look's level, since the served arm has
+  changed. A challenger has no age limit: one whose gain is near 0 can hold its context's
+  challenger for many refits.
 - **Drift** (:class:`DriftMonitor`). At requests refine_every x 2^k (k = 0, 1, ...), every
   context takes baselines: the lower confidence bounds of its served arm (p, N) and of its
   prompt's single completions (p, 1), from the samples seen since the context began to serve

@@ -88,8 +88,9 @@ class ContinualSettings:
 
     learn_budget: float = 0.05  # learning completions per served completion, at most
     refine_every: int = 1000  # requests between refits (and the drift baselines' unit)
-    # a context switches to a worse arm within the horizon with probability at most
-    # 1 - confidence (its switch test); also the level of the candidates' bounds
+    # a context switches on evidence to an arm no better within a run's horizon with
+    # probability at most about 1 - confidence (its switch test, Bonferroni over the
+    # refits); also the level of the candidates' bounds and of the moves on a drift flag
     confidence: float = 0.95
     min_gain: float = 0.0  # a switch needs its gain's lower bound above this
     candidates: int = 8  # per context, at most

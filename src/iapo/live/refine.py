@@ -209,15 +209,16 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
 def spend(task: Task, store: CompletionStore, records: list[Record], served: list[int],
           origins: list[int], learner: Continual, budget: int, costs: np.ndarray, seed: int,
           progress: bool) -> dict[str, Any]:
-    """Draw ``budget`` more completions, PSST-style, on the logged requests: in ROUNDS
-    rounds, each the learner's pulls (its challengers and candidates, in turn), each on a
-    served request drawn at random (``served``: their record indices, so queries come as
-    often as the traffic asked them), then a refit. A group's origin is its request's
-    context (``origins``, per record). Completions go to the run's store (as training's do),
-    so a rerun with the same seed replays them and pays nothing; a query asked twice shares
-    one pool, and pays for no sample twice. A request whose query is a training query is
-    left out: its pools already hold training's samples, which the replay counted. Returns
-    what was drawn, paid and replayed."""
+    """Draw at most ``budget`` more completions, PSST-style, on the logged requests: in at most
+    ROUNDS rounds (the refits the horizon counts; what the pulls' sizes leave of the budget
+    after them is not drawn), each the learner's pulls (its challengers and candidates, in
+    turn), each on a served request drawn at random (``served``: their record indices, so
+    queries come as often as the traffic asked them), then a refit. A group's origin is its
+    request's context (``origins``, per record). Completions go to the run's store (as
+    training's do), so a rerun with the same seed replays them and pays nothing; a query
+    asked twice shares one pool, and pays for no sample twice. A request whose query is a
+    training query is left out: its pools already hold training's samples, which the replay
+    counted. Returns what was drawn, paid and replayed."""
     from tqdm.auto import tqdm
 
     training = {r.query for r in load_records(task.data_path)}
@@ -237,7 +238,9 @@ def spend(task: Task, store: CompletionStore, records: list[Record], served: lis
                             lambda served, paid, tokens, batch: bar.update(served),
                             costs=costs)
         size = max(task.n_max, math.ceil(budget / ROUNDS))
-        while (left := budget - oracle.ledger.spent) > 0:
+        for _ in range(ROUNDS):  # no more refits than the horizon above counts
+            if (left := budget - oracle.ledger.spent) <= 0:
+                break
             pulls = learner.pulls(min(left, size))
             if not pulls:
                 break
