@@ -83,8 +83,14 @@ def test_switch_quality_counts_switches_that_changed_the_value() -> None:
             [{"reason": "evidence", "exact_gain": -0.005}]]
     got = _switch_quality(runs)
     assert got == {"switches_per_run": 2.0, "evidence_switches": 3, "evidence_helped": 0.5,
-                   "drift_switches": 1, "drift_helped": 0.0}
+                   "evidence_helped_of": [1, 2], "drift_switches": 1, "drift_helped": 0.0,
+                   "drift_helped_of": [0, 1]}
     assert _switch_quality([[], []])["evidence_helped"] is None
+    # the table shows the counts: "1 of 2" helped on evidence, "0 of 1" on a drift flag
+    from iapo.simulate import _helped
+
+    assert (_helped(got, "evidence"), _helped(got, "drift")) == ("1 of 2", "0 of 1")
+    assert _helped(_switch_quality([[], []]), "evidence") == ""
 
 
 def test_drift_takes_exactly_the_accuracy_asked() -> None:

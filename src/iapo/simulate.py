@@ -437,8 +437,8 @@ def summarize(config: SimConfig, runs: Sequence[dict[str, Any]]) -> dict[str, An
 
 
 def _switch_quality(switches: Sequence[Sequence[dict[str, Any]]]) -> dict[str, Any]:
-    """Switches per run, and of those that changed the exact value, the share that raised
-    it (by reason: "evidence", a gain's lower bound; "drift", a flagged prompt)."""
+    """Switches per run, and of those that changed the exact value, how many raised it and
+    the share (by reason: "evidence", a gain's lower bound; "drift", a flagged prompt)."""
     row: dict[str, Any] = {"switches_per_run": float(np.mean([len(s) for s in switches]))}
     for reason in ("evidence", "drift"):
         gains = np.array([s["exact_gain"] for run in switches for s in run
@@ -446,6 +446,7 @@ def _switch_quality(switches: Sequence[Sequence[dict[str, Any]]]) -> dict[str, A
         moved = gains[np.abs(gains) > 1e-12]
         row[f"{reason}_switches"] = int(gains.size)
         row[f"{reason}_helped"] = float((moved > 0).mean()) if moved.size else None
+        row[f"{reason}_helped_of"] = [int((moved > 0).sum()), int(moved.size)]
     return row
 
 
@@ -537,10 +538,17 @@ def table(summary: dict[str, Any]) -> str:
             ("false_alarm_rate", "{:.2f}"), ("split_rate", "{:.2f}"),
             ("detected_within_5000", "{:.2f}"),
             ("window_regret", ""), ("window_ratio", "{:.2f}"),
-            ("drift_cost_recovered", "{:.2f}"), ("switches_per_run", "{:.2f}"),
-            ("evidence_helped", "{:.0%}"), ("drift_helped", "{:.0%}"))]
+            ("drift_cost_recovered", "{:.2f}"), ("switches_per_run", "{:.2f}"))]
+        cells += [_helped(row, reason) for reason in ("evidence", "drift")]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _helped(row: dict[str, Any], reason: str) -> str:
+    """'k of m': of the ``reason`` switches that changed the exact value, those that raised
+    it; empty where none did (or the row has no switches)."""
+    helped, moved = row.get(f"{reason}_helped_of", (0, 0))
+    return f"{helped} of {moved}" if moved else ""
 
 
 def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
