@@ -39,7 +39,7 @@ from iapo.learners import get_learner
 from iapo.problem import arm_at
 from iapo.pulls import Observation
 from iapo.report import Recorder
-from iapo.simulate import _prompt_q, drifted
+from iapo.simulate import drift_of
 
 Z = float(norm.ppf(0.95))
 
@@ -107,10 +107,8 @@ def main() -> None:
         for need_u, need_p, gain in need(env, q, arms, args.groups, rng):
             if gain > 0:  # a context already at its best arm needs no switch
                 rows["no drift"].append((need_u, need_p, 0.05 * 20_000 * served_n))
-        prompt = int(np.bincount([p for p, _ in arms]).argmax())
-        env2, _ = drifted(env, prompt, 0.1, population)
-        q2 = q.copy()
-        q2[:, prompt] = _prompt_q(env2, prompt, population)
+        env2, q2, what = drift_of(env, arms, 0.1, population, q)
+        prompt = int(what["prompt"])
         total = kept = 0.0
         for (pa, _), (need_u, need_p, gain) in zip(arms, need(env2, q2, arms, args.groups,
                                                               rng), strict=True):

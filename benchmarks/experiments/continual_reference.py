@@ -39,17 +39,16 @@ from iapo.learners import get_learner
 from iapo.oracle import SimulatedOracle
 from iapo.report import Recorder
 from iapo.settings import DEFAULT_LEARNER
-from iapo.simulate import _prompt_q, drifted
+from iapo.simulate import Truth, _gap_of, drift_of
 
 TRAIN = 2000
 CASES = {"no drift": (0.05, 20_000), "drift": (0.1, 6_000)}  # learning budget, requests
 
 
 def regret(q: np.ndarray, arms: list[tuple[int, int]], probs: np.ndarray) -> float:
-    """Expected regret per request of serving ``arms`` under exact Q ``q`` [C, P, N]."""
-    flat = q.reshape(q.shape[0], -1)
-    gap = [flat[c].max() - q[c, p, n - 1] for c, (p, n) in enumerate(arms)]
-    return float(np.dot(probs, gap))
+    """Expected regret per request of serving ``arms`` under exact Q ``q`` [C, P, N]: each
+    context's gap (as `iapo simulate` counts it), weighted by its probability."""
+    return float(np.dot(probs, _gap_of(Truth(0, q), arms)))
 
 
 def one_run(name: str, seed: int, run: int) -> dict[str, tuple[float, float, int]]:
@@ -64,10 +63,7 @@ def one_run(name: str, seed: int, run: int) -> dict[str, tuple[float, float, int
     served_n = float(np.dot(probs, [n for _, n in arms]))  # completions per request
     population = np.arange(env.n_queries)
     q = env.query_table(progress=False).q(problem, population)
-    prompt = int(np.bincount([p for p, _ in arms]).argmax())
-    env2, _ = drifted(env, prompt, 0.1, population)
-    q2 = q.copy()
-    q2[:, prompt] = _prompt_q(env2, prompt, population)
+    env2, q2, _ = drift_of(env, arms, 0.1, population, q)
     out = {}
     for case, (share, requests) in CASES.items():
         world, truth = (env, q) if case == "no drift" else (env2, q2)

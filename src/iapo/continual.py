@@ -120,6 +120,12 @@ class GroupTable(QTable):
         """Add the group means ``util`` [R, C] of arms (prompts[r], n[r]), one sample each."""
         self._add(util, np.ones(n.size), prompts, n)
 
+    def moments_of(self, context: int, prompt: int, n: int) -> FloatArray:
+        """The sum, sum of squares and count of the samples of arm (prompt, n) in
+        ``context``'s utility: [3], as :func:`moments` gives them."""
+        return np.array([self.sums[context, prompt, n - 1], self.sumsq[context, prompt, n - 1],
+                         self.counts[prompt, n - 1]], dtype=np.float64)
+
     def replace(self, prompt: int, other: GroupTable) -> None:
         """What is known about ``prompt`` becomes what ``other`` knows about it."""
         self.sums[:, prompt] = other.sums[:, prompt]
@@ -160,11 +166,13 @@ def moments(u: FloatArray) -> FloatArray:
     return np.array([u.sum(), (u * u).sum(), u.size], dtype=np.float64)
 
 
-def mean_and_variance(acc: FloatArray) -> tuple[float, float]:
-    """The mean and sample variance of running :func:`moments` ``acc`` (two or more)."""
-    total, squares, k = (float(x) for x in acc)
+def mean_and_variance(acc: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
+    """The means and sample variances of running :func:`moments` ``acc`` [..., 3] (each of
+    two samples or more)."""
+    a = np.asarray(acc, dtype=np.float64)
+    total, squares, k = a[..., 0], a[..., 1], a[..., 2]
     mean = total / k
-    return mean, max(squares - k * mean * mean, 0.0) / (k - 1)
+    return mean, np.maximum(squares - k * mean * mean, 0.0) / (k - 1)
 
 
 def with_ends(problem: Problem, context: int, n: int, acc: FloatArray
@@ -176,7 +184,7 @@ def with_ends(problem: Problem, context: int, n: int, acc: FloatArray
     lo, hi = utility_bounds(problem, n)
     padded = acc + moments(np.array([lo[context], hi[context]]))
     mean, var = mean_and_variance(padded)
-    return mean, var, float(padded[2])
+    return float(mean), float(var), float(padded[2])
 
 
 def utility_bounds(problem: Problem, n: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
@@ -598,9 +606,8 @@ class Continual:
             m_b, var_b, k_b = with_ends(self.problem, ci, arm_at(b, n_max)[1],
                                         fresh[ok].sum(axis=0))
             w, k_a = fresh[ok, 2] / k, served[ok, 2]
-            m_a = served[ok, 0] / k_a
-            var_a = shrunk_variance(np.maximum(served[ok, 1] - k_a * m_a * m_a, 0.0) / (k_a - 1),
-                                    k_a, float(typical[ci]))
+            m_a, v_a = mean_and_variance(served[ok])
+            var_a = shrunk_variance(v_a, k_a, float(typical[ci]))
             gain = m_b - float(w @ m_a)
             lower = gain - self._z_switch * math.sqrt(var_b / k_b + float(w * w @ (var_a / k_a)))
             if lower > self.settings.min_gain:
@@ -623,10 +630,8 @@ class Continual:
         utility, per origin: [C + 1, 3], the last of groups of no known origin (training's
         among them)."""
         p, nn = arm_at(arm, self.problem.n_max)
-        rows = [np.array([t.sums[context, p, nn - 1], t.sumsq[context, p, nn - 1],
-                          t.counts[p, nn - 1]]) for t in self.own]
-        total = np.array([self.table.sums[context, p, nn - 1],
-                          self.table.sumsq[context, p, nn - 1], self.table.counts[p, nn - 1]])
+        rows = [t.moments_of(context, p, nn) for t in self.own]
+        total = self.table.moments_of(context, p, nn)
         return np.stack(rows + [total - np.sum(rows, axis=0)])
 
     def _name_challengers(self) -> None:
@@ -697,8 +702,7 @@ class Continual:
             if not both.any():
                 continue
             p, nn = np.unravel_index(int(both.argmax()), both.shape)
-            mine, theirs = (np.array([t.sums[a, p, nn], t.sumsq[a, p, nn], t.counts[p, nn]])
-                            for t in (ta, tb))
+            mine, theirs = (t.moments_of(a, int(p), int(nn) + 1) for t in (ta, tb))
             (m_a, v_a, k_a), (m_b, v_b, k_b) = (with_ends(self.problem, a, int(nn) + 1, acc)
                                                 for acc in (mine, theirs))
             z = (m_a - m_b) / math.sqrt(v_a / k_a + v_b / k_b)

@@ -154,6 +154,21 @@ def drifted(env: Environment, prompt: int, drop: float, queries: IntArray
         "prompt": prompt, "with": how, "weight": float(weight)}
 
 
+def drift_of(env: Environment, served: Sequence[tuple[int, int]], drop: float,
+             queries: IntArray, q: FloatArray) -> tuple[MVEnvironment, FloatArray,
+                                                        dict[str, Any]]:
+    """The scripted drift of a policy serving ``served`` (prompt, n) per context: the prompt
+    the most contexts serve (the first of a tie) loses ``drop`` accuracy (:func:`drifted`).
+    Returns the drifted environment, its exact Q on ``queries`` ([C, P, N]: ``q``, the
+    undrifted one, with that prompt's rows recomputed) and what was done."""
+    counts = np.bincount([p for p, _ in served], minlength=env.problem.n_prompts)
+    prompt = int(counts.argmax())
+    env2, what = drifted(env, prompt, drop, queries)
+    q2 = q.copy()
+    q2[:, prompt] = _prompt_q(env2, prompt, queries)
+    return env2, q2, what
+
+
 def _prompt_q(env: MVEnvironment, prompt: int, queries: IntArray) -> FloatArray:
     """Exact Q of one prompt on ``queries``: [C, N] (a one-prompt environment's table)."""
     one = env.with_answer_probs(env.probs[prompt:prompt + 1], prompts=[prompt])
@@ -232,11 +247,7 @@ def simulate_run(config: SimConfig, run: int) -> dict[str, Any]:
     served0 = [(c.prompt, int(c.n or 1)) for c in trained]
     info: dict[str, Any] = {"env": env.name, "run": run, "trained": served0}
     if sc.drift_at is not None:
-        counts = np.bincount([p for p, _ in served0], minlength=problem.n_prompts)
-        prompt = int(counts.argmax())
-        env2, what = drifted(env, prompt, sc.drop, population)
-        q2 = truths[0].q.copy()
-        q2[:, prompt] = _prompt_q(env2, prompt, population)
+        env2, q2, what = drift_of(env, served0, sc.drop, population, truths[0].q)
         truths.append(Truth(sc.drift_at, q2))
         live_env.append((sc.drift_at, env2))
         info["drift"] = what
@@ -586,4 +597,5 @@ def write(config: SimConfig, runs: Sequence[dict[str, Any]], out: Path) -> dict[
 
 
 __all__ = ["CHECKPOINT", "Scenario", "SimConfig", "Truth", "conditions", "context_slices",
-           "drifted", "figure", "run_all", "simulate_run", "summarize", "table", "traffic", "write"]
+           "drift_of", "drifted", "figure", "run_all", "simulate_run", "summarize", "table",
+           "traffic", "write"]
