@@ -98,8 +98,13 @@ def test_refine_replaces_a_wrong_prompt_on_evidence_and_the_gateway_reloads(
                                     "--refine-every", "10"])
     assert res.exit_code == 0 and "policy unchanged" in res.output
     assert json.loads((run / "policy.json").read_text())["policy"] == new["policy"]
-    mon = CliRunner().invoke(main, ["monitor", str(run), "--log", str(log)])
+    # the log names the run it was served from: monitor needs the log alone
+    mon = CliRunner().invoke(main, ["monitor", str(log)])
     assert mon.exit_code == 0 and "DRIFT" not in mon.output
+    assert f"run: {run.resolve()} (" in mon.output
+    assert mon.output.count("served short N=4") == 0  # it replays against the refined policy
+    mon = CliRunner().invoke(main, ["monitor", str(run)])
+    assert mon.exit_code == 2 and "is a folder: give the log" in mon.output
 
 
 def test_the_gateway_refines_in_the_background_and_reloads(tmp_path: Path) -> None:
@@ -232,3 +237,16 @@ def test_refine_keeps_apart_a_context_whose_traffic_differs(tmp_path: Path) -> N
             for t in report["splits"]] == [(0, 1, 40, 40)]
     low, high = (c["served"] for c in report["contexts"])
     assert low["q"] == 1.0 and high["q"] == -4.0 and low["groups"] == high["groups"] == 40
+
+
+def test_monitor_of_a_log_alone_says_what_is_missing(tmp_path: Path) -> None:
+    """A log no gateway wrote to (so it names no run), and a log that does not exist: each a
+    clear error, exit status 2, nothing written."""
+    log = tmp_path / "log.sqlite"
+    CompletionStore(log).close()
+    res = CliRunner().invoke(main, ["monitor", str(log)])
+    assert res.exit_code == 2 and "does not name the run it was served from" in res.output
+    assert "iapo monitor RUN --log LOG" in res.output
+    res = CliRunner().invoke(main, ["monitor", str(tmp_path / "none.sqlite")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+    assert not (tmp_path / "none.sqlite").exists()

@@ -953,12 +953,27 @@ def refine(run: str, log_path: str, refine_every: int, confidence: float,
 
 
 @main.command()
-@_refine_options
+@click.argument("target", metavar="LOG")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None,
+              help="The log, when LOG names the run instead (iapo monitor RUN --log LOG).")
+@_rule_options
 @_user_errors
-def monitor(run: str, log_path: str, refine_every: int, confidence: float,
+def monitor(target: str, log_path: str | None, refine_every: int, confidence: float,
             min_gain: float) -> None:
-    """Replay the gateway's log against RUN's policy and print every drift flag, with its
-    numbers (the drift test of docs/continual.md); writes nothing. Exit status 3 if any."""
+    """Replay the gateway's log LOG (iapo serve --log-store) against the policy it served and
+    print every drift flag, with its numbers (the drift test of docs/continual.md); writes
+    nothing. Exit status 3 if any. The log names the run whose policy the gateway served;
+    `iapo monitor RUN --log LOG` names it instead."""
+    from iapo.live.refine import served_run
+
+    if log_path is None:
+        if Path(target).is_dir():
+            raise click.UsageError(f"{target} is a folder: give the log (iapo monitor LOG), "
+                                   "or the run and its log (iapo monitor RUN --log LOG)")
+        log_path, run = target, str(served_run(Path(target)))
+        click.echo(f"run: {run} (the policy's folder, as the log records it)")
+    else:
+        run = target
     if _replay(run, log_path, min_gain, confidence, refine_every, write=False)["flags"]:
         raise SystemExit(3)
 

@@ -45,7 +45,13 @@ from iapo.errors import InputError
 from iapo.files import write_text_atomically
 from iapo.live.optimize import check_store_task
 from iapo.live.oracle import LiveOracle, TaskRuntime
-from iapo.live.store import CompletionStore, StoredCompletion, store_errors, writer_lock
+from iapo.live.store import (
+    SERVED_RUN,
+    CompletionStore,
+    StoredCompletion,
+    store_errors,
+    writer_lock,
+)
 from iapo.live.task import Record, Task, load_records
 from iapo.policy import Policy
 from iapo.problem import Choice
@@ -129,6 +135,21 @@ def log_observations(task: Task, log: CompletionStore, costs: np.ndarray
     runtime = TaskRuntime(task, records)
     return (list(zip(reasons, origins, _observations(runtime, log, costs, groups),
                      strict=True)), counts, records)
+
+
+def served_run(log_path: Path) -> Path:
+    """The run whose policy the gateway served into the log at ``log_path`` (its folder, as
+    ``iapo serve --log-store`` records it; the latest gateway's, if several used the log)."""
+    if not log_path.is_file():
+        raise RefineError(f"the log {str(log_path)!r} does not exist; give the store that "
+                          "iapo serve --log-store wrote")
+    with store_errors(log_path), CompletionStore(log_path, create=False) as log:
+        run = log.get_meta(SERVED_RUN)
+    if run is None:
+        raise RefineError(f"the log {str(log_path)!r} does not name the run it was served "
+                          "from (no gateway of this version wrote to it); name the run: "
+                          "iapo monitor RUN --log LOG")
+    return Path(run)
 
 
 def refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool = True,

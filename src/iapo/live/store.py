@@ -110,6 +110,8 @@ class ServedRequest:
 
 
 SERVED_REASONS = ("policy", "learn")
+# the meta key of a gateway's log that names the run (the folder of the policy) it served
+SERVED_RUN = "served run"
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ from iapo.errors import InputError, RunError
 from iapo.live.client import ChatClient, LLMError
 from iapo.live.feedback import FeedbackError
 from iapo.live.feedback import parse as parse_feedback
-from iapo.live.store import CompletionStore, Feedback, store_errors
+from iapo.live.store import SERVED_RUN, CompletionStore, Feedback, store_errors
 from iapo.live.task import Task
 from iapo.policy import Policy, PolicyError
 from iapo.problem import ProblemError
@@ -298,6 +298,8 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
                for k in keys}
     state: dict[str, Any] = {"client": None, "served": 0, "errors": 0}
     store = _open_store(cfg.log_store)
+    if store is not None:  # the run whose policy the log's requests were served by
+        store.set_meta(SERVED_RUN, str(Path(cfg.policy).resolve().parent))
     replay = _open_store(cfg.replay_store)
     shared = cfg.shared_limits()
     # the serving core: scorers in worker threads, never on the event loop (but for the
