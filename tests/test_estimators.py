@@ -3,6 +3,7 @@ checked against brute-force enumeration, and its use by every learner."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Sequence
 
@@ -329,3 +330,43 @@ def test_a_majority_voting_observation_needs_labels_and_gold(estimator: str,
     with pytest.raises(ValueError, match="^a majority-voting oracle must return answer labels "
                                          "and gold$"):
         QTable(problem, estimator).update([obs])
+
+
+def test_best_of_n_blocks_take_a_rated_completion_at_its_rated_value() -> None:
+    """Observation.rated (values a person gave a completion they were shown): a block whose
+    scores choose a rated completion (the first of its best) is worth its rated value; the
+    scores still choose. Against a direct loop over every disjoint block, with coarse scores
+    (ties happen, so 'the first of its best' is exercised) and one or two rated completions
+    in some groups, objectives rated alone or together."""
+    problem = _hand_made_problem("bon")
+    rng = np.random.default_rng(3)
+    w, cw = problem.grid.weights, problem.grid.cost_weights
+    batch = []
+    for o in _hand_made_batches(problem, seed=7)[0]:
+        rated = np.full(o.scores[..., :-1].shape, np.nan)
+        for g in range(o.count):
+            for i in rng.choice(o.n, size=min(o.n, int(rng.integers(0, 3))), replace=False):
+                k = rng.integers(0, 3)  # objective 0, 1, or both
+                rated[g, i, [0, 1] if k == 2 else [k]] = np.round(rng.uniform(0, 1), 1)
+        batch.append(dataclasses.replace(o, rated=rated))
+    stats = QTable(problem)
+    stats.update(batch)
+    sums = np.zeros_like(stats.sums)
+    for o in batch:
+        for g in range(o.count):
+            for n in range(1, o.n + 1):
+                for b in range(o.n // n):
+                    part = slice(b * n, (b + 1) * n)
+                    scores = o.scores[g, part]
+                    value = np.where(np.isnan(o.rated[g, part]), scores[:, :-1],
+                                     o.rated[g, part])
+                    for c in range(w.shape[0]):
+                        pick = int(np.argmax(scores[:, :-1] @ w[c]))  # the first best
+                        sums[c, o.prompt, n - 1] += (value[pick] @ w[c]
+                                                     - cw[c] * scores[:, -1].sum())
+    np.testing.assert_allclose(stats.sums, sums, atol=1e-10)
+    # and unrated, the same groups give the scored values
+    plain = QTable(problem)
+    plain.update([dataclasses.replace(o, rated=None) for o in batch])
+    assert not np.allclose(plain.sums, stats.sums)
+    np.testing.assert_allclose(plain.sums, block_statistics(problem, batch)[0], atol=1e-10)

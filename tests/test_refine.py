@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from iapo.cli import main
@@ -64,11 +66,15 @@ def test_refine_replaces_a_wrong_prompt_on_evidence_and_the_gateway_reloads(
             labels.write_text("".join(json.dumps({"id": rid, "gold": GOLD[q]}) + "\n"
                                       for rid, q in served))
             assert CliRunner().invoke(main, ["label-log", str(log), str(labels)]).exit_code == 0
+            # majority voting scores by the gold: a person's score of a request is not used
+            assert httpx.post(f"{gw.url}/v1/feedback", timeout=10, json={
+                "id": served[0][0], "objective": "correct", "score": 1.0}).status_code == 200
             paid_before = len(up.requests)
             res = CliRunner().invoke(main, ["refine", str(run), "--log", str(log),
                                             "--refine-every", "10"])
             paid_by_refine = len(up.requests) - paid_before
             assert res.exit_code == 0, res.output
+            res_output = res.output
             assert "(replaced)" in res.output
             report = json.loads((run / "refine.json").read_text())
             new = json.loads((run / "policy.json").read_text())
@@ -80,6 +86,9 @@ def test_refine_replaces_a_wrong_prompt_on_evidence_and_the_gateway_reloads(
     assert learned > 0 and paid_by_refine == 0
     assert after.model_extra["iapo"]["prompt"] != "short"
     assert report["changed"] and report["log"]["left_out"] == 0
+    assert (report["log"]["rated"], report["log"]["rated_unused"]) == (0, 1)
+    assert "0 feedback scores of shown completions count" in res_output
+    assert "; 1 not used" in res_output
     assert [c["prompt"] for c in old["policy"]] == [2, 2]
     assert all(c["prompt"] in (0, 1) for c in new["policy"])
     for c in report["contexts"]:
@@ -250,3 +259,62 @@ def test_monitor_of_a_log_alone_says_what_is_missing(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["monitor", str(tmp_path / "none.sqlite")])
     assert res.exit_code == 2 and "does not exist" in res.output
     assert not (tmp_path / "none.sqlite").exists()
+
+
+def test_refine_values_a_shown_completion_at_the_score_a_person_gave_it(
+        tmp_path: Path) -> None:
+    """Best-of-N, two python scorers (brevity, letters). Every served request gets feedback:
+    'letters' 0 for the completion it showed. Refine values a block that chooses it (by the
+    scorers, the first of the best, in each context's weights) at the person's score, and a
+    block that chooses the other completion at its scorers' values: checked against a direct
+    loop over the logged texts, in all four contexts (a cost of 1 per completion where the
+    budget is high). Before the feedback, monitor reports the scorers' values."""
+    from test_serve import bon_task, write_policy
+
+    run = tmp_path / "run"
+    run.mkdir()
+    log = tmp_path / "log.sqlite"
+    weights = [(0.2, 0.8), (0.2, 0.8), (0.8, 0.2), (0.8, 0.2)]
+    contexts = [f"brevity={w[0]},letters={w[1]},budget={b}"
+                for w, b in zip(weights, ["low", "high"] * 2, strict=True)]
+    with ScriptedServer(answer_of=lambda body: "Mars" if body["seed"] % 2 else "It is Mars."
+                        ) as up:
+        task = bon_task(run, up.base_url)
+        write_policy(run / "policy.json", task, "bon-gw", contexts, [(0, 2)] * 4)
+        CompletionStore(run / "store.sqlite").close()
+        with Gateway(run / "policy.json", "--log-store", str(log)) as gw:
+            ids = [gw.ask({"brevity": 0.2, "letters": 0.8, "budget": "low"},
+                          content=f"question {i}").id for i in range(12)]
+            before = CliRunner().invoke(main, ["monitor", str(log), "--refine-every", "6"])
+            for rid in ids:
+                got = httpx.post(f"{gw.url}/v1/feedback", timeout=10,
+                                 json={"id": rid, "objective": "letters", "score": 0.0})
+                assert got.status_code == 200, got.text
+    assert before.exit_code == 0, before.output
+    res = CliRunner().invoke(main, ["refine", str(run), "--log", str(log),
+                                    "--refine-every", "6"])
+    assert res.exit_code == 0, res.output
+    assert "12 feedback scores of shown completions" in res.output
+    report = json.loads((run / "refine.json").read_text())
+    assert report["log"]["rated"] == 12 and report["log"]["rated_unused"] == 0
+
+    def values(text: str) -> np.ndarray:  # the two python scorers, written out
+        return np.array([1 / (1 + len(text)), sum(c.isalpha() for c in text) / (1 + len(text))])
+
+    rated, scored, elsewhere = np.zeros(4), np.zeros(4), 0
+    with CompletionStore(log, create=False) as store:
+        for r in store.served():
+            texts = [c.text for _, c in sorted(store.get(r.id, [0, 1]).items())]
+            v = np.array([values(t) for t in texts])
+            assert r.chosen == int(np.argmax(v @ weights[0]))  # the gateway's choice
+            for ci, w in enumerate(weights):
+                pick = int(np.argmax(v @ w))
+                elsewhere += pick != r.chosen
+                scored[ci] += v[pick] @ w / 12
+                rated[ci] += (v[pick] * ([1, 0] if pick == r.chosen else [1, 1])) @ w / 12
+    cost = np.array([0, 2, 0, 2])
+    assert [c["served"]["q"] for c in report["contexts"]] == pytest.approx(rated - cost)
+    for ci, key in enumerate(contexts):
+        assert f"{key}: served plain N=2 (Q {scored[ci] - cost[ci]:.4f}" in before.output
+    assert not np.allclose(rated, scored)
+    assert elsewhere > 0  # some context's weights choose the completion not shown

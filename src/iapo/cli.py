@@ -984,6 +984,11 @@ def _echo_refine(report: dict[str, Any]) -> None:
     click.echo(f"log: {log['logged']} requests ({log['policy']} served, {log['learn']} "
                f"learning pulls), {log['left_out']} left out without a gold answer; "
                f"{report['training_groups']} training groups")
+    if log.get("rated") or log.get("rated_unused"):
+        click.echo(f"{log['rated']} feedback scores of shown completions count as their "
+                   "values (Best-of-N)" + (f"; {log['rated_unused']} not used (a score counts "
+                                           "for a Best-of-N request the policy served)"
+                                           if log["rated_unused"] else ""))
     for c in report["contexts"]:
         s, ch = c["served"], c["chosen"]
 

@@ -80,6 +80,42 @@ def _range_max(values: FloatArray, start: npt.NDArray[np.intp],
     return np.maximum.reduceat(padded, bounds, axis=0)[0::2]
 
 
+def _rate_chosen(util: FloatArray, values: FloatArray, best: FloatArray,
+                 obs: Sequence[Observation], scores: FloatArray, weights: FloatArray,
+                 start: npt.NDArray[np.intp], end: npt.NDArray[np.intp],
+                 first: npt.NDArray[np.intp], per_group: npt.NDArray[np.intp]) -> None:
+    """Best-of-N with values a person gave later (``Observation.rated``): where a block's
+    scores choose a rated completion (the first of its best, as the gateway chooses), the
+    block is worth that completion's rated value, not its scored one. ``util`` [C, B] is
+    corrected in place; ``values`` [T, C] are the completions' scored values, ``best``
+    [B, C] the blocks' maxima of them, ``first`` [m] each group's first completion and
+    ``per_group`` [m] its number of blocks (a group's blocks are consecutive)."""
+    k = weights.shape[1]
+    rated = np.concatenate([(np.full(o.scores[..., :-1].shape, np.nan) if o.rated is None
+                             else o.rated).reshape(-1, k) for o in obs])  # [T, K]
+    which = np.flatnonzero(~np.isnan(rated).all(axis=1))  # the rated completions [R]
+    filled = np.concatenate([np.where(np.isnan(rated), scores[:, :k], rated)[which],
+                             scores[which, -1:]], axis=1)
+    delta = task_values(filled, weights) - values[which]  # [R, C]
+    # every (rated completion, block of its group) pair, then those whose block holds it
+    g = np.searchsorted(first, which, side="right") - 1  # each one's group [R]
+    block0 = np.cumsum(per_group) - per_group  # each group's first block
+    pair_r = np.repeat(np.arange(which.size), per_group[g])
+    offset = np.arange(pair_r.size) - np.repeat(np.cumsum(per_group[g]) - per_group[g],
+                                                per_group[g])
+    pair_b = block0[g][pair_r] + offset
+    i = which[pair_r]
+    inside = (start[pair_b] <= i) & (i < end[pair_b])
+    pair_r, pair_b, i = pair_r[inside], pair_b[inside], i[inside]
+    # chosen: its value is the block's best, and none before it in the block reaches it
+    earlier = np.full((i.size, values.shape[1]), -np.inf)
+    has = i > start[pair_b]
+    if has.any():
+        earlier[has] = _range_max(values, start[pair_b][has], i[has])
+    chosen = (values[i] == best[pair_b]) & (earlier < best[pair_b])  # [pairs, C]
+    np.add.at(util.T, pair_b, np.where(chosen, delta[pair_r], 0.0))  # util.T: a view
+
+
 class Estimator(Protocol):
     """What a learner reads and feeds: Q estimates for every arm, and how much data is behind
     them. :class:`QTable` (blocks or subsets of the groups) and
@@ -274,7 +310,11 @@ class QTable:
                 util += winners_mean(_range_max(mine, start, end),
                                      vote_winners(votes, no_answer)).T
         else:
-            util += _range_max(task_values(scores, w), start, end).T
+            values = task_values(scores, w)  # [T, C]
+            best = _range_max(values, start, end)  # [B, C]
+            util += best.T
+            if any(o.rated is not None for o in obs):
+                _rate_chosen(util, values, best, obs, scores, w, start, end, first, per_group)
         util = util.T  # [B, C], a view of [C, B]
         return util, np.repeat(per_obs[:, 2], per_obs[:, 0])[group], n, group
 

@@ -51,7 +51,11 @@ class Observation:
     queries: [count] training-query indices; scores: [count, n, K+1] objective vectors, cost
     last (positive); labels: [count, n] answer categories and gold: [count], for MV (else None);
     no_answer: [count] the category of "no answer" of each group's query (-1: none), for MV
-    where answers can be unreadable (None: no group has one).
+    where answers can be unreadable (None: no group has one). rated: [count, n, K] objective
+    values that a person gave later to a completion they were shown (NaN: none; None: no
+    group has one), for Best-of-N: they replace its scores as its value, while the scores
+    still choose it (read by the block estimates, :meth:`iapo.estimate.QTable.grouped_blocks`,
+    which continual learning uses).
     """
 
     prompt: int
@@ -61,6 +65,7 @@ class Observation:
     labels: npt.NDArray[np.int16] | None = None
     gold: npt.NDArray[np.int16] | None = None
     no_answer: npt.NDArray[np.int16] | None = None
+    rated: FloatArray | None = None
 
     @property
     def count(self) -> int:
@@ -83,13 +88,13 @@ class Observation:
 
 
 # the fields of an Observation that hold one row per group (None where absent)
-_PER_GROUP = ("queries", "scores", "labels", "gold", "no_answer")
+_PER_GROUP = ("queries", "scores", "labels", "gold", "no_answer", "rated")
 
 
 def joined(observations: Sequence[Observation]) -> dict[tuple[int, int], Observation]:
     """All groups of each (prompt, n), concatenated into one observation (in order). A group
     without a "no answer" category (``no_answer`` None) counts as -1 beside groups that have
-    one; labels and gold are all there or all absent."""
+    one, one without ``rated`` values as NaN; labels and gold are all there or all absent."""
     by: dict[tuple[int, int], list[Observation]] = {}
     for o in observations:
         if o.count:
@@ -107,6 +112,10 @@ def joined(observations: Sequence[Observation]) -> dict[tuple[int, int], Observa
             elif name == "no_answer":
                 fields[name] = np.concatenate([np.full(o.count, -1, dtype=np.int16) if a is None
                                                else a for o, a in zip(obs, parts, strict=True)])
+            elif name == "rated":  # a group without a person's values has NaN
+                fields[name] = np.concatenate([
+                    np.full(o.scores[..., :-1].shape, np.nan) if a is None else a
+                    for o, a in zip(obs, parts, strict=True)])
             elif any(a is None for a in parts):
                 raise ValueError(f"observations of prompt {key[0]} differ in having {name}")
             else:

@@ -16,6 +16,12 @@ What counts, and why it stays unbiased:
   reuse), one sample per group because its blocks share a query;
 - majority voting scores a group only with the query's gold: logged groups without one are
   left out (and counted), and a log with none is refused, saying so;
+- a person's score of a served Best-of-N request (``POST /v1/feedback``, an objective and a
+  score; the latest counts) is the value of the completion they were shown, for that
+  objective, in place of its scorer's: a block whose scores choose that completion (in a
+  context's weights, the first of the best, as the gateway chooses) is worth it, the scores
+  still choose (:meth:`iapo.estimate.QTable.grouped_blocks`). Majority voting scores by the
+  gold, and a learning pull was never shown: their scores are counted as not used;
 - groups of every context count for every context while the contexts' traffic looks alike;
   each logged group carries its request's context, and two contexts whose requests differ
   (the core's traffic test) stop learning from each other's groups from then on
@@ -104,14 +110,23 @@ def log_observations(task: Task, log: CompletionStore, costs: np.ndarray
     rows = log.served()
     queries = {i: q for i, q, _ in log.queries()}
     gold: dict[str, Any] = {}
-    for f in log.feedback():
+    names = [o.name for o in task.objectives]
+    rated: dict[str, dict[int, float]] = defaultdict(dict)  # request -> objective -> score
+    for f in log.feedback():  # the latest counts
         if f.kind == "gold":
-            gold[f.request] = f.value  # the latest counts
+            gold[f.request] = f.value
+        elif f.objective in names:
+            rated[f.request][names.index(f.objective)] = float(f.value)
     by_query = {queries[r.id]: gold[r.id] for r in rows if r.id in gold and r.id in queries}
     needs_gold = bool(TaskRuntime(task, []).gold_needers())  # the rule training checks
     counts = {"logged": len(rows), "policy": sum(r.reason == "policy" for r in rows),
-              "learn": sum(r.reason == "learn" for r in rows), "with_gold": 0, "left_out": 0}
-    records, groups, reasons, origins = [], [], [], []
+              "learn": sum(r.reason == "learn" for r in rows), "with_gold": 0, "left_out": 0,
+              "rated": 0, "rated_unused": 0}
+    records: list[Record] = []
+    groups: list[tuple[int, int, int, list[StoredCompletion]]] = []
+    reasons: list[str] = []
+    origins: list[int] = []
+    ratings: dict[int, tuple[int, dict[int, float]]] = {}  # group -> (shown sample, scores)
     for r in rows:
         query = queries.get(r.id)
         label = by_query.get(query) if query is not None else None
@@ -124,6 +139,12 @@ def log_observations(task: Task, log: CompletionStore, costs: np.ndarray
             counts["left_out"] += 1
             continue
         records.append(Record(r.id, query, label))
+        if r.id in rated:  # a person's scores of the completion they were shown
+            if task.aggregator == "bon" and r.reason == "policy" and 0 <= r.chosen < r.n:
+                ratings[len(groups)] = (r.chosen, rated[r.id])
+                counts["rated"] += 1
+            else:
+                counts["rated_unused"] += 1
         groups.append((r.prompt, len(records) - 1, r.n, [got[s] for s in range(r.n)]))
         reasons.append(r.reason)
         origins.append(context_index.get(r.context, -1))
@@ -133,8 +154,13 @@ def log_observations(task: Task, log: CompletionStore, costs: np.ndarray
             f"{task.aggregator} scoring needs the right answer to learn anything; attach them "
             "with iapo label-log LOG LABELS.jsonl or POST /v1/feedback")
     runtime = TaskRuntime(task, records)
-    return (list(zip(reasons, origins, _observations(runtime, log, costs, groups),
-                     strict=True)), counts, records)
+    observations = _observations(runtime, log, costs, groups)
+    for g, (shown, values) in ratings.items():
+        o = observations[g]
+        given = np.full(o.scores[..., :-1].shape, np.nan)
+        given[0, shown, list(values)] = list(values.values())
+        observations[g] = dataclasses.replace(o, rated=given)
+    return list(zip(reasons, origins, observations, strict=True)), counts, records
 
 
 def served_run(log_path: Path) -> Path:
