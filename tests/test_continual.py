@@ -27,7 +27,15 @@ from iapo.continual import (
 )
 from iapo.envs.tabular import MVEnvironment
 from iapo.errors import InputError
-from iapo.problem import Choice, arm_at
+from iapo.problem import (
+    Choice,
+    ContextGrid,
+    CostObjective,
+    Objective,
+    Problem,
+    Stopping,
+    arm_at,
+)
 from iapo.pulls import Observation
 
 COST = (0.01, 0.02, 0.03)
@@ -455,7 +463,13 @@ def test_min_gain_holds_a_switch_back() -> None:
 def test_drift_flags_and_moves_the_contexts() -> None:
     """A baseline from BASELINE_GROUPS served samples at 0.9; then the served prompt answers
     wrong: a flag, the prompt keeps only what came after the baseline, and both contexts move
-    to prompt 2's well-seen arm of highest mean, (2, 1) (its N tie at 0.7; one costs least)."""
+    to the arm the per-query model ranks first. Prompt 2 answers right 70% of the time on
+    query 0 (in groups of one N only, (2, 4)). By hand, a vote of N at 0.7 is right with
+    probability 0.7 (N = 1, 2) and 0.784 (N = 3, 4): in 'high' (cost weight 1, 0.03 a
+    completion) (2, 3) at 0.694 beats (2, 1) at 0.67 and (2, 4) at 0.664; in 'low' (no cost)
+    N = 3 and 4 tie (the model's posterior, which keeps a little mass for a third answer,
+    puts 4 ahead by 0.0006). Prompt 0 had answered right 90% of 240 times before the
+    baseline: had the model kept those answers, it would rank prompt 0 first."""
     settings = ContinualSettings(refine_every=10, alarm=0.05, horizon=1000)
     training = [served_groups(2, 70, 30)]  # prompt 2 at 0.7 on 100 groups
     cont = learner(settings, training, served=((0, 4), (0, 4)))
@@ -471,7 +485,8 @@ def test_drift_flags_and_moves_the_contexts() -> None:
     assert flags and {f.context for f in flags} == {0, 1} and cont.flags == flags
     assert flags[0].prompt == 0 and flags[0].live == 0.0
     assert cont.table.counts[0, 3] < BASELINE_GROUPS  # only the samples since the baseline
-    assert cont.served_arms() == [(2, 1), (2, 1)]
+    low, high = cont.served_arms()
+    assert low in ((2, 3), (2, 4)) and high == (2, 3)
     assert [s.reason for s in cont.switches] == ["drift", "drift"]
 
 
@@ -517,9 +532,56 @@ def test_challenger_is_the_arm_most_likely_better() -> None:
     assert cont.challenger.tolist() == [-1, -1]
 
 
+def bon_learner(settings: ContinualSettings, training: list[Observation],
+                served: tuple[tuple[int, int], ...]) -> Continual:
+    """env3's prompts as a Best-of-N problem: one objective (right 1, wrong 0), the same
+    costs and contexts."""
+    grid = ContextGrid.product([Objective("correct")], [[1.0]], CW)
+    problem = Problem("bon3", "bon", ("a", "b", "c"), 4, grid, CostObjective("cost", 1.0),
+                      Stopping())
+    return Continual(problem, settings, training, [Choice(p, n, 0.0, 0) for p, n in served])
+
+
+def test_a_best_of_n_flag_moves_to_the_well_seen_arm_of_highest_lower_bound() -> None:
+    """Best-of-N (where psst-auto decides by blocks): as above, but the move is to the arm
+    of highest lower bound among those seen on BASELINE_GROUPS groups, when it clears the
+    flagged arm's upper bound: prompt 2's groups are all right or all wrong, so every N of
+    it is at 0.7 with the same spread, and (2, 1) is first (a tie in 'low', one completion
+    costs least in 'high')."""
+    settings = ContinualSettings(refine_every=10, alarm=0.05, horizon=1000)
+    cont = bon_learner(settings, [served_groups(2, 70, 30)], ((0, 4), (0, 4)))
+    cont.observe([served_groups(0, 54, 6)])
+    cont.record_served(10, 40)
+    cont.refit()
+    flags = []
+    for _ in range(40):
+        flags += cont.observe([served_groups(0, 0, 5)])
+        if flags:
+            break
+    assert flags and cont.served_arms() == [(2, 1), (2, 1)]
+    lower, upper = cont.bounds(float(norm.ppf(settings.confidence)))
+    for s in cont.switches:
+        assert s.reason == "drift" and s.gain_lower == pytest.approx(
+            lower[s.context, 2 * 4 + 0] - upper[s.context, 0 * 4 + 3])
+    # a flagged arm whose upper bound the alternatives do not clear stays
+    cont = bon_learner(settings, [served_groups(2, 50, 50)], ((0, 4), (0, 4)))
+    cont.observe([served_groups(0, 54, 6)])
+    cont.record_served(10, 40)
+    cont.refit()
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        right = int(rng.binomial(5, 0.6))
+        if cont.observe([served_groups(0, right, 5 - right)]):
+            break
+    assert cont.flags and cont.switches == [] and cont.served_arms() == [(0, 4), (0, 4)]
+
+
 def test_a_flag_without_a_better_arm_keeps_serving() -> None:
-    """The served prompt drops from 0.9 to 0.6: a flag, but the only well-seen alternative
-    is at 0.5, whose lower bound is under the flagged arm's upper bound: no switch."""
+    """The served prompt drops from 0.9 to 0.6: a flag, but the only other prompt is at 0.5,
+    below it at every N. By hand, votes of 3 and of 4 at 0.6 are right with probability
+    0.648 (more than 0.6 at N = 1, 2): 'low' (no cost) keeps (0, 4) (the model puts 4 a hair
+    ahead of 3, as in the test above), and 'high' moves to (0, 3), a gain of one
+    completion's cost, 0.01."""
     settings = ContinualSettings(refine_every=10, horizon=1000)
     cont = learner(settings, [served_groups(2, 50, 50)], served=((0, 4), (0, 4)))
     cont.observe([served_groups(0, 54, 6)])
@@ -531,7 +593,9 @@ def test_a_flag_without_a_better_arm_keeps_serving() -> None:
         if cont.observe([served_groups(0, right, 5 - right)]):
             break
     assert cont.flags
-    assert cont.switches == [] and cont.served_arms() == [(0, 4), (0, 4)]
+    assert cont.served_arms() == [(0, 4), (0, 3)]
+    (move,) = cont.switches
+    assert move.reason == "drift" and move.gain_lower == pytest.approx(0.01, abs=1e-3)
 
 
 def test_false_alarm_accounting_by_hand() -> None:
@@ -888,6 +952,12 @@ def test_a_flag_leaves_a_split_context_its_own_recent_groups() -> None:
     cont._drifted(Flag(10, 0, 1, 4, 0.9, 0.5))
     assert cont.estimates().counts[:, 1, 3].tolist() == [5, 7]
     assert cont.table.counts[1, 3] == 12
+    # the drift move's model sees the same: context 0 its 20 right answers of prompt 1,
+    # context 1 its 12 right and 16 wrong, each with the model's prior of 0.5 on every
+    # answer seen and one unseen; (1, 1) is then right with probability 20.5 / 21 and
+    # 12.5 / 29.5 (less one completion's 0.02 at cost weight 1 in 'high')
+    assert cont._model_means(0)[1 * 4 + 0] == pytest.approx(20.5 / 21, rel=1e-9)
+    assert cont._model_means(1)[1 * 4 + 0] == pytest.approx(12.5 / 29.5 - 0.02, rel=1e-9)
 
 
 def test_origins_must_name_a_context_per_observation() -> None:

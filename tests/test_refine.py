@@ -318,3 +318,17 @@ def test_refine_values_a_shown_completion_at_the_score_a_person_gave_it(
         assert f"{key}: served plain N=2 (Q {scored[ci] - cost[ci]:.4f}" in before.output
     assert not np.allclose(rated, scored)
     assert elsewhere > 0  # some context's weights choose the completion not shown
+
+
+def test_the_drift_models_query_ids_follow_the_text(tmp_path: Path) -> None:
+    """A logged query that is a training query keeps its index in the task's data; other
+    texts get one id each after the data's, in order of first appearance, repeats alike."""
+    from iapo.live.refine import query_ids
+    from iapo.live.task import Record, load_task
+    from test_serve import mv_task
+
+    task = load_task(mv_task(tmp_path, "http://127.0.0.1:9/v1"))
+    data = list(GOLD)  # the task's ten queries, in file order
+    texts = [data[3], "new one", "new one", "another", data[0], "another"]
+    ids = query_ids(task, [Record(f"r{i}", t, None) for i, t in enumerate(texts)])
+    assert ids.tolist() == [3, 10, 10, 11, 0, 11]

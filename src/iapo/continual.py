@@ -48,8 +48,15 @@ The decisions, each a rule with a test:
   baseline at the top of the range). Each later sample is tested against its baseline by a
   Shiryaev-Roberts e-detector (a mixture over bets). A context whose value left its interval
   is flagged: the flagged prompt keeps only its samples since the baselines, and every
-  context serving it moves to the arm of highest mean among those seen on BASELINE_GROUPS
-  groups.
+  context serving it moves at once (the flag is the evidence that its arm got worse). For
+  majority voting, to the arm that the per-query model (:class:`iapo.model.ModelQTable`,
+  psst-auto's estimator for majority voting) ranks first, fitted on every group the context
+  learns from (training's and the traffic's; the flagged prompt's since the baselines): the
+  model pools a prompt's answers on each query over every N, so it ranks arms never served,
+  where the groups seen on one arm would have to wait for evidence. For Best-of-N and the
+  mixed strategy (where psst-auto decides by blocks, the model being biased on real
+  Best-of-N data), to the arm of highest lower bound among those seen on BASELINE_GROUPS
+  groups, if that bound exceeds the served arm's upper bound.
 
 Contexts whose traffic differs (:meth:`Continual.estimates`). Reusing a group for every
 context assumes the contexts' queries come from one distribution. A caller that knows each
@@ -302,7 +309,9 @@ class Flag:
 @dataclass(frozen=True)
 class Switch:
     """At request ``request``, ``context`` moved from arm ``old`` to ``new`` (prompt, n):
-    ``reason`` is "evidence" (a gain's lower bound) or "drift" (its prompt was flagged)."""
+    ``reason`` is "evidence" (a gain's lower bound) or "drift" (its prompt was flagged).
+    ``gain_lower``: on evidence, the gain's lower bound; on drift, the model's estimate of
+    the gain (majority voting) or the new arm's lower bound less the old one's upper bound."""
 
     request: int
     context: int
@@ -330,6 +339,11 @@ class Continual:
         n_ctx = problem.n_contexts
         self.table = GroupTable(problem)  # every group: what a context that shares uses
         self.table.update(training)
+        # every observation kept, for the per-query model of a drift move: (the baselines it
+        # came after, its origin, it); training's come first, of no known origin
+        self._kept: list[tuple[int, int, Observation]] = [(0, -1, o) for o in training
+                                                          if o.count > 0]
+        self._epoch = 0  # baselines taken so far
         self.recent = GroupTable(problem)  # the samples since the last drift baselines
         # per context, the groups drawn on its own traffic (all time, and since the last
         # baselines); pools[c, o]: context c learns from the groups of context o's traffic
@@ -503,13 +517,16 @@ class Continual:
         self.table.add(util, prompts, n)
         self.recent.add(util, prompts, n)
         origin = np.full(util.shape[0], -1, dtype=np.intp)
-        if origins is not None:
+        if origins is None:
+            self._kept.extend((self._epoch, -1, o) for o in live)
+        else:
             given = np.asarray(origins, dtype=np.intp)
             if given.shape != (len(observations),) or np.any(given < -1) or np.any(
                     given >= self.pools.shape[0]):
                 raise InputError(f"origins must give one context index in -1..."
                                  f"{self.pools.shape[0] - 1} per observation "
                                  f"({len(observations)}); got {given.tolist()}")
+            self._kept.extend((self._epoch, int(given[i]), observations[i]) for i in keep)
             by_group = np.repeat(given[keep],
                                  [o.count for o in live])
             origin = by_group[group]
@@ -559,26 +576,51 @@ class Continual:
 
     def _drifted(self, flag: Flag) -> None:
         """The flagged prompt keeps only its samples since the last baselines (what the test
-        saw). A context serving it moves at once only on evidence: to the arm of highest
-        lower bound among those seen on BASELINE_GROUPS groups, if that bound exceeds the
-        served arm's upper bound now; otherwise it gets a challenger."""
+        saw). A context serving it moves at once (module docstring): for majority voting to
+        the arm the per-query model ranks first (:meth:`_model_means`), if it is another;
+        otherwise to the arm of highest lower bound among those seen on BASELINE_GROUPS
+        groups, if that bound exceeds the served arm's upper bound now. A context that does
+        not move gets a challenger."""
         self.flags.append(flag)
         self.table.replace(flag.prompt, self.recent)
         for own, recent in zip(self.own, self.recent_own, strict=True):
             own.replace(flag.prompt, recent)
+        self._kept = [k for k in self._kept if k[2].prompt != flag.prompt or k[0] == self._epoch]
         n_max = self.problem.n_max
         self.challenger[arm_at(self.challenger, n_max)[0] == flag.prompt] = -1
-        lower, upper = self.bounds(float(norm.ppf(self.settings.confidence)))
-        seen = (self.estimates().counts >= BASELINE_GROUPS).reshape(self.pools.shape[0], -1)
-        for ci in (int(x) for x in np.flatnonzero(self.prompt == flag.prompt)):
-            a = int(arm_index(self.prompt[ci], self.n[ci], n_max))
-            alt = np.where(seen[ci], lower[ci], -np.inf)
-            alt[a] = -np.inf
-            b = int(alt.argmax())
-            if alt[b] > upper[ci, a]:
-                self._choose(ci, b, "drift", float(alt[b] - upper[ci, a]))
+        contexts = [int(x) for x in np.flatnonzero(self.prompt == flag.prompt)]
+        if self.problem.aggregator == "mv":
+            for ci in contexts:
+                a = int(arm_index(self.prompt[ci], self.n[ci], n_max))
+                mean = self._model_means(ci)
+                alt = np.where(np.isfinite(mean), mean, -np.inf)
+                b = int(alt.argmax())
+                if b != a and alt[b] > -np.inf:
+                    gain = alt[b] - mean[a]
+                    self._choose(ci, b, "drift", float(gain) if math.isfinite(gain) else 0.0)
+        else:
+            lower, upper = self.bounds(float(norm.ppf(self.settings.confidence)))
+            seen = (self.estimates().counts >= BASELINE_GROUPS).reshape(self.pools.shape[0], -1)
+            for ci in contexts:
+                a = int(arm_index(self.prompt[ci], self.n[ci], n_max))
+                alt = np.where(seen[ci], lower[ci], -np.inf)
+                alt[a] = -np.inf
+                b = int(alt.argmax())
+                if alt[b] > upper[ci, a]:
+                    self._choose(ci, b, "drift", float(alt[b] - upper[ci, a]))
         self._name_challengers()
         self._plan()
+
+    def _model_means(self, context: int) -> FloatArray:
+        """The per-query model's Q of every arm in ``context`` [P x N] (NaN: a prompt without
+        a group), fitted on the groups it learns from: all kept ones while it pools with
+        every context, else those of the traffic it still pools with."""
+        from iapo.model import ModelQTable
+
+        model = ModelQTable(self.problem)
+        model.update([o for _, origin, o in self._kept if self.shared[context]
+                      or (origin >= 0 and self.pools[context, origin])])
+        return np.asarray(model.mean[context], dtype=np.float64).reshape(-1)
 
     # ---------------------------------------------------------------- refits
 
@@ -722,6 +764,7 @@ class Continual:
         own optimism (the winner's curse of its training estimate) is not in the baseline."""
         self.recent = GroupTable(self.problem)
         self.recent_own = [GroupTable(self.problem) for _ in self.own]
+        self._epoch += 1
         for test, (_, arm_n) in enumerate(self._tests):
             count = self._since[test, 2]
             self._live[test] = 0.0

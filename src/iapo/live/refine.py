@@ -26,6 +26,9 @@ What counts, and why it stays unbiased:
   each logged group carries its request's context, and two contexts whose requests differ
   (the core's traffic test) stop learning from each other's groups from then on
   (:mod:`iapo.continual`, docs/continual.md);
+- the per-query model of a drift move (majority voting, :mod:`iapo.continual`) counts a
+  query by its text: a training query keeps its index, and a served group, the learning
+  pulls drawn on its query and the completions refine draws on it share one id;
 - a completion costs what training priced it at (the policy's trace), 1 for a policy
   without training costs (one written by hand).
 
@@ -45,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from iapo.continual import FRESH_GROUPS, Continual, ContinualSettings
 from iapo.errors import InputError
@@ -178,6 +182,21 @@ def served_run(log_path: Path) -> Path:
     return Path(run)
 
 
+def query_ids(task: Task, records: list[Record]) -> npt.NDArray[np.int64]:
+    """Per logged record, the query's id as the continual core's per-query model counts
+    queries: a training query's own index where the text is one of the task's data, else
+    one id per distinct text after them (a served group and the learning pulls drawn on
+    its query share one; two records of one text are one query)."""
+    known = {r.query: i for i, r in enumerate(load_records(task.data_path))}
+    return np.array([known.setdefault(r.query, len(known)) for r in records], dtype=np.int64)
+
+
+def by_query(obs: Observation, ids: npt.NDArray[np.int64]) -> Observation:
+    """A logged observation (its queries index the log's records) with its queries' ids
+    (:func:`query_ids`)."""
+    return dataclasses.replace(obs, queries=ids[obs.queries])
+
+
 def refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool = True,
            budget: int = 0, seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """Re-decide ``run``'s policy from the log at ``log_path`` (module docstring); returns
@@ -212,6 +231,7 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
         training = training_observations(task, store, costs)
     with store_errors(log_path), CompletionStore(log_path, create=False) as log:
         logged, counts, records = log_observations(task, log, costs)
+    ids = query_ids(task, records)
     problem = task.problem()
     # the false-alarm levels hold over a horizon that covers the whole log, the last refit
     # and the refits between rounds of a budget
@@ -219,7 +239,7 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
     settings = dataclasses.replace(settings, horizon=max(settings.horizon, horizon))
     learner = Continual(problem, settings, training, policy.choices)
     for reason, origin, obs in logged:
-        learner.observe([obs], [origin])
+        learner.observe([by_query(obs, ids)], [origin])
         if reason == "policy":
             learner.record_served(1, obs.n)
         if learner.due():
@@ -231,7 +251,7 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
         with store_errors(run / "store.sqlite"), CompletionStore(run / "store.sqlite") as store:
             served = [i for i, (reason, _, _) in enumerate(logged) if reason == "policy"]
             spent = spend(task, store, records, served, [o for _, o, _ in logged], learner,
-                          budget, costs, seed, progress)
+                          budget, costs, seed, progress, ids)
     report = _report(task, policy, learner, counts, len(training))
     report["spent"] = spent
     if write and report["changed"]:
@@ -255,7 +275,7 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
 
 def spend(task: Task, store: CompletionStore, records: list[Record], served: list[int],
           origins: list[int], learner: Continual, budget: int, costs: np.ndarray, seed: int,
-          progress: bool) -> dict[str, Any]:
+          progress: bool, ids: npt.NDArray[np.int64]) -> dict[str, Any]:
     """Draw at most ``budget`` more completions, PSST-style, on the logged requests: in at most
     ROUNDS rounds (the refits the horizon counts; what the pulls' sizes leave of the budget
     after them is not drawn), each the learner's pulls (its challengers and candidates, in
@@ -265,7 +285,8 @@ def spend(task: Task, store: CompletionStore, records: list[Record], served: lis
     training's do), so a rerun with the same seed replays them and pays nothing; a query
     asked twice shares one pool, and pays for no sample twice. A request whose query is a
     training query is left out: its pools already hold training's samples, which the replay
-    counted. Returns what was drawn, paid and replayed."""
+    counted. The core sees each group's query by its id (``ids``, :func:`query_ids`).
+    Returns what was drawn, paid and replayed."""
     from tqdm.auto import tqdm
 
     training = {r.query for r in load_records(task.data_path)}
@@ -292,7 +313,8 @@ def spend(task: Task, store: CompletionStore, records: list[Record], served: lis
             if not pulls:
                 break
             drawn = oracle.pull(pulls)
-            learner.observe(drawn, [origins[int(o.queries[0])] for o in drawn])
+            learner.observe([by_query(o, ids) for o in drawn],
+                            [origins[int(o.queries[0])] for o in drawn])
             learner.refit()
         store.update_run(run_id, oracle.paid, oracle.replayed, oracle.tokens)
     return {"budget": budget, "drawn": oracle.ledger.spent, "paid": oracle.paid,
