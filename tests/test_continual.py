@@ -532,6 +532,22 @@ def test_challenger_is_the_arm_most_likely_better() -> None:
     assert cont.challenger.tolist() == [-1, -1]
 
 
+def drop_after_baseline(cont: Continual, accuracy: float) -> list[Flag]:
+    """Prompt 0 served on 60 groups at 0.9 and the first baselines taken; then groups of 5
+    of it right with probability ``accuracy`` (seeded) until a flag (at most 200)."""
+    cont.observe([served_groups(0, 54, 6)])
+    cont.record_served(10, 40)
+    cont.refit()
+    rng = np.random.default_rng(2)
+    flags: list[Flag] = []
+    for _ in range(200):
+        right = int(rng.binomial(5, accuracy))
+        flags += cont.observe([served_groups(0, right, 5 - right)])
+        if flags:
+            break
+    return flags
+
+
 def bon_learner(settings: ContinualSettings, training: list[Observation],
                 served: tuple[tuple[int, int], ...]) -> Continual:
     """env3's prompts as a Best-of-N problem: one objective (right 1, wrong 0), the same
@@ -550,30 +566,15 @@ def test_a_best_of_n_flag_moves_to_the_well_seen_arm_of_highest_lower_bound() ->
     costs least in 'high')."""
     settings = ContinualSettings(refine_every=10, alarm=0.05, horizon=1000)
     cont = bon_learner(settings, [served_groups(2, 70, 30)], ((0, 4), (0, 4)))
-    cont.observe([served_groups(0, 54, 6)])
-    cont.record_served(10, 40)
-    cont.refit()
-    flags = []
-    for _ in range(40):
-        flags += cont.observe([served_groups(0, 0, 5)])
-        if flags:
-            break
-    assert flags and cont.served_arms() == [(2, 1), (2, 1)]
+    assert drop_after_baseline(cont, 0.0) and cont.served_arms() == [(2, 1), (2, 1)]
     lower, upper = cont.bounds(float(norm.ppf(settings.confidence)))
     for s in cont.switches:
         assert s.reason == "drift" and s.gain_lower == pytest.approx(
             lower[s.context, 2 * 4 + 0] - upper[s.context, 0 * 4 + 3])
     # a flagged arm whose upper bound the alternatives do not clear stays
     cont = bon_learner(settings, [served_groups(2, 50, 50)], ((0, 4), (0, 4)))
-    cont.observe([served_groups(0, 54, 6)])
-    cont.record_served(10, 40)
-    cont.refit()
-    rng = np.random.default_rng(2)
-    for _ in range(200):
-        right = int(rng.binomial(5, 0.6))
-        if cont.observe([served_groups(0, right, 5 - right)]):
-            break
-    assert cont.flags and cont.switches == [] and cont.served_arms() == [(0, 4), (0, 4)]
+    assert drop_after_baseline(cont, 0.6)
+    assert cont.switches == [] and cont.served_arms() == [(0, 4), (0, 4)]
 
 
 def test_a_flag_without_a_better_arm_keeps_serving() -> None:
@@ -584,15 +585,7 @@ def test_a_flag_without_a_better_arm_keeps_serving() -> None:
     completion's cost, 0.01."""
     settings = ContinualSettings(refine_every=10, horizon=1000)
     cont = learner(settings, [served_groups(2, 50, 50)], served=((0, 4), (0, 4)))
-    cont.observe([served_groups(0, 54, 6)])
-    cont.record_served(10, 40)
-    cont.refit()
-    rng = np.random.default_rng(2)
-    for _ in range(200):
-        right = int(rng.binomial(5, 0.6))
-        if cont.observe([served_groups(0, right, 5 - right)]):
-            break
-    assert cont.flags
+    assert drop_after_baseline(cont, 0.6)
     assert cont.served_arms() == [(0, 4), (0, 3)]
     (move,) = cont.switches
     assert move.reason == "drift" and move.gain_lower == pytest.approx(0.01, abs=1e-3)

@@ -37,8 +37,8 @@ The decisions, each a rule with a test:
   0.03 (docs/continual.md). "About": each look's bound is a normal approximation (for 0/1
   samples near 30 its exact level can be a few times the nominal one; the union bound's
   slack has absorbed it in every measurement). The moves on a drift flag (below) are not
-  part of this budget: they are made at one look's level, since the served arm has
-  changed. A challenger has no age limit: one whose gain is near 0 can hold its context's
+  part of this budget: the served arm has changed, and staying is no longer the safe
+  side. A challenger has no age limit: one whose gain is near 0 can hold its context's
   challenger for many refits.
 - **Drift** (:class:`DriftMonitor`). At requests refine_every x 2^k (k = 0, 1, ...), every
   context takes baselines: the lower confidence bounds of its served arm (p, N) and of its
