@@ -936,13 +936,16 @@ def test_a_flag_leaves_a_split_context_its_own_recent_groups() -> None:
     0's requests and 7 on context 1's. A flag on prompt 1 keeps only the samples since the
     baselines: 5 for context 0 and 7 for context 1, each from its own traffic; the pool
     keeps all 12."""
-    cont = learner(ContinualSettings(refine_every=10))
+    # training's groups (of prompt 2) count for no context that has split off
+    cont = learner(ContinualSettings(refine_every=10), [served_groups(2, 10, 10)])
     cont.observe(*traffic_groups(40, 0, 20, 20))
     cont.record_served(10, 40)
     cont.refit()
     assert cont.splits and cont._next_baseline == 20
     cont.observe(*traffic_groups(5, 0, 3, 4))
     cont._drifted(Flag(10, 0, 1, 4, 0.9, 0.5))
+    assert np.isnan(cont._model_means(0)[2 * 4:]).all()
+    assert np.isnan(cont._model_means(1)[2 * 4:]).all()
     assert cont.estimates().counts[:, 1, 3].tolist() == [5, 7]
     assert cont.table.counts[1, 3] == 12
     # the drift move's model sees the same: context 0 its 20 right answers of prompt 1,

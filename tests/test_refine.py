@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -286,10 +287,11 @@ def test_refine_values_a_shown_completion_at_the_score_a_person_gave_it(
             ids = [gw.ask({"brevity": 0.2, "letters": 0.8, "budget": "low"},
                           content=f"question {i}").id for i in range(12)]
             before = CliRunner().invoke(main, ["monitor", str(log), "--refine-every", "6"])
-            for rid in ids:
-                got = httpx.post(f"{gw.url}/v1/feedback", timeout=10,
-                                 json={"id": rid, "objective": "letters", "score": 0.0})
-                assert got.status_code == 200, got.text
+            for score in (1.0, 0.0):  # the latest counts
+                for rid in ids:
+                    got = httpx.post(f"{gw.url}/v1/feedback", timeout=10,
+                                     json={"id": rid, "objective": "letters", "score": score})
+                    assert got.status_code == 200, got.text
     assert before.exit_code == 0, before.output
     res = CliRunner().invoke(main, ["refine", str(run), "--log", str(log),
                                     "--refine-every", "6"])
@@ -321,14 +323,59 @@ def test_refine_values_a_shown_completion_at_the_score_a_person_gave_it(
 
 
 def test_the_drift_models_query_ids_follow_the_text(tmp_path: Path) -> None:
-    """A logged query that is a training query keeps its index in the task's data; other
-    texts get one id each after the data's, in order of first appearance, repeats alike."""
+    """A logged query that is a training query (its text and gold) keeps its index in the
+    task's data; other (text, gold) pairs get one id each after the data's, in order of
+    first appearance, repeats alike."""
     from iapo.live.refine import query_ids
     from iapo.live.task import Record, load_task
     from test_serve import mv_task
 
     task = load_task(mv_task(tmp_path, "http://127.0.0.1:9/v1"))
     data = list(GOLD)  # the task's ten queries, in file order
-    texts = [data[3], "new one", "new one", "another", data[0], "another"]
-    ids = query_ids(task, [Record(f"r{i}", t, None) for i, t in enumerate(texts)])
-    assert ids.tolist() == [3, 10, 10, 11, 0, 11]
+    asked = [(data[3], GOLD[data[3]]), ("new one", "A"), ("new one", "A"), ("another", "B"),
+             (data[0], GOLD[data[0]]), ("another", "B"), (data[0], "D"), ("new one", None)]
+    ids = query_ids(task, [Record(f"r{i}", t, g) for i, (t, g) in enumerate(asked)])
+    # a training query with another gold is another query, as is a text with no gold yet
+    assert ids.tolist() == [3, 10, 10, 11, 0, 11, 12, 13]
+
+
+def test_refine_numbers_a_querys_answers_alike_in_every_group(tmp_path: Path) -> None:
+    """Two questions asked again and again, answered (A), (C) or (D) by the seed: in the
+    log's groups (served and learning pulls), every answer of one query has one number
+    (the gold 0), and a served group and the learning pulls on its query share one query id,
+    as the drift move's per-query model counts them."""
+    from iapo.live.refine import log_observations
+    from iapo.live.task import load_task
+
+    log = tmp_path / "log.sqlite"
+    queries = list(GOLD)[:2]
+    with ScriptedServer(answer_of=lambda body: f"The answer is ({'ACD'[body['seed'] % 3]}).",
+                        ) as up:
+        policy = mcq_policy(tmp_path, up.base_url, [(2, 4), (2, 4)])
+        with Gateway(policy, "--log-store", str(log), "--learn-budget", "1.0") as gw:
+            served = [(gw.ask({"budget": "low"}, content=queries[i % 2]).id, queries[i % 2])
+                      for i in range(30)]
+            learned = httpx.get(f"{gw.url}/health").json()["learning"]["learning_completions"]
+            wait_for(lambda: len(up.requests) == 30 * 4 + learned)
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps({"id": rid, "gold": GOLD[q]}) + "\n"
+                              for rid, q in served))
+    assert CliRunner().invoke(main, ["label-log", str(log), str(labels)]).exit_code == 0
+    task = load_task(tmp_path / "task.toml")
+    categories: dict[int, dict[str, int]] = {}
+    with CompletionStore(log, create=False) as store:
+        logged, counts, records, ids = log_observations(task, store, np.ones(3), categories)
+        rows = store.served()
+        answers = [[c.answer for _, c in sorted(store.get(r.id, list(range(r.n))).items())]
+                   for r in rows]
+    assert counts["learn"] > 0 and len(logged) == len(rows) == len(records)
+    assert sorted(set(ids.tolist())) == [0, 1]  # both are the task's own queries
+    numbers: dict[tuple[int, str], set[int]] = defaultdict(set)
+    for (_, _, obs), qid, said in zip(logged, ids, answers, strict=True):
+        assert obs.labels is not None
+        for a, label in zip(said, obs.labels[0].tolist(), strict=True):
+            numbers[(int(qid), a)].add(label)
+    assert all(len(v) == 1 for v in numbers.values())  # one number per answer and query
+    for (qid, a), (label,) in numbers.items():
+        assert (label == 0) == (a == GOLD[queries[qid]])
+    assert set(categories) == {0, 1}

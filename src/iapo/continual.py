@@ -339,10 +339,11 @@ class Continual:
         n_ctx = problem.n_contexts
         self.table = GroupTable(problem)  # every group: what a context that shares uses
         self.table.update(training)
-        # every observation kept, for the per-query model of a drift move: (the baselines it
-        # came after, its origin, it); training's come first, of no known origin
-        self._kept: list[tuple[int, int, Observation]] = [(0, -1, o) for o in training
-                                                          if o.count > 0]
+        # majority voting keeps every observation, for the per-query model of a drift move:
+        # (the baselines it came after, -1 for training's; its origin; it)
+        self._keeps = problem.aggregator == "mv"
+        self._kept: list[tuple[int, int, Observation]] = [
+            (-1, -1, o) for o in training if o.count > 0 and self._keeps]
         self._epoch = 0  # baselines taken so far
         self.recent = GroupTable(problem)  # the samples since the last drift baselines
         # per context, the groups drawn on its own traffic (all time, and since the last
@@ -518,7 +519,7 @@ class Continual:
         self.recent.add(util, prompts, n)
         origin = np.full(util.shape[0], -1, dtype=np.intp)
         if origins is None:
-            self._kept.extend((self._epoch, -1, o) for o in live)
+            self._kept.extend((self._epoch, -1, o) for o in live if self._keeps)
         else:
             given = np.asarray(origins, dtype=np.intp)
             if given.shape != (len(observations),) or np.any(given < -1) or np.any(
@@ -526,7 +527,8 @@ class Continual:
                 raise InputError(f"origins must give one context index in -1..."
                                  f"{self.pools.shape[0] - 1} per observation "
                                  f"({len(observations)}); got {given.tolist()}")
-            self._kept.extend((self._epoch, int(given[i]), observations[i]) for i in keep)
+            self._kept.extend((self._epoch, int(given[i]), observations[i]) for i in keep
+                              if self._keeps)
             by_group = np.repeat(given[keep],
                                  [o.count for o in live])
             origin = by_group[group]

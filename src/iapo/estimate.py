@@ -329,6 +329,9 @@ class QTable:
         n <= G else 0, prompt [m]). A group counts for as many samples of arm (p, n) as it
         has disjoint blocks, floor(G/n), as with blocks.
         """
+        if any(o.rated is not None for o in observations):
+            raise ValueError("values a person gave (Observation.rated) are read by the block "
+                             "estimates only; use QTable(problem) (blocks)")
         scores, sizes, prompts, labels, gold = self._pad(observations)
         m, g_pad, _ = scores.shape
         n = np.arange(1, g_pad + 1)

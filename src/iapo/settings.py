@@ -90,7 +90,8 @@ class ContinualSettings:
     refine_every: int = 1000  # requests between refits (and the drift baselines' unit)
     # a context switches on evidence to an arm no better within a run's horizon with
     # probability at most about 1 - confidence (its switch test, Bonferroni over the
-    # refits); also the level of the candidates' bounds and of a Best-of-N drift move
+    # refits); also the level of the candidates' bounds and of a Best-of-N or mixed
+    # drift move
     confidence: float = 0.95
     min_gain: float = 0.0  # a switch needs its gain's lower bound above this
     candidates: int = 8  # per context, at most

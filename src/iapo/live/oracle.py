@@ -232,6 +232,8 @@ class LiveOracle:
         on_progress: Callable[[int, int, int, int], None] | None = None,
         costs: npt.ArrayLike | None = None,
         batcher: Batcher | None = None,
+        categories: dict[int, dict[str, int]] | None = None,
+        query_ids: npt.ArrayLike | None = None,
     ) -> None:
         self.runtime = runtime
         self.store = store
@@ -260,7 +262,11 @@ class LiveOracle:
         self.failures = 0
         self.rescored = 0
         self.batches = 0
-        self._categories: dict[int, dict[str, int]] = {}
+        # majority voting's answer categories per query (gold first): per record, or per
+        # ``query_ids[record]``, in ``categories`` when given, which other oracles may share
+        # (refine: a query's answers numbered alike in training's, the log's and its draws)
+        self._categories: dict[int, dict[str, int]] = {} if categories is None else categories
+        self._query_ids = None if query_ids is None else np.asarray(query_ids, dtype=np.int64)
         key = f"supports_n {runtime.task.model.base_url} {runtime.task.model.name}"
         self.supports_key = key
         if runtime.supports_n is None:  # probed once, remembered by the store
@@ -474,10 +480,11 @@ class LiveOracle:
         for g, (row, q) in enumerate(zip(rows, qs, strict=True)):
             scores[g, :, :-1] = [[np.nan if v is None else v for v in c.scores] for c in row]
             if labels is not None:
-                cats = self._categories.get(q)
+                key = q if self._query_ids is None else int(self._query_ids[q])
+                cats = self._categories.get(key)
                 if cats is None:
                     gold = self.runtime.gold_answer(self.runtime.records[q])
-                    cats = self._categories[q] = answer_categories(gold, [])
+                    cats = self._categories[key] = answer_categories(gold, [])
                 labels[g] = answer_labels(cats, [c.answer for c in row])
                 no_answer[g] = cats.get(NO_ANSWER, -1)
         scores[..., -1] = cost

@@ -75,20 +75,26 @@ class RefineError(InputError):
 
 
 def _observations(runtime: TaskRuntime, store: CompletionStore, costs: np.ndarray,
-                  groups: list[tuple[int, int, int, list[StoredCompletion]]]
-                  ) -> list[Observation]:
+                  groups: list[tuple[int, int, int, list[StoredCompletion]]],
+                  categories: dict[int, dict[str, int]],
+                  ids: npt.NDArray[np.int64] | None = None) -> list[Observation]:
     """One observation per group (prompt, record index, n, its completions), in order: the
-    live oracle's own conversion (answer categories, scores, the cost per prompt)."""
+    live oracle's own conversion (answer categories, scores, the cost per prompt), the
+    answers numbered per query id (``ids`` per record; None: the record's index) in
+    ``categories``, shared by every conversion of one refine."""
     oracle = LiveOracle(runtime, store, np.arange(max(len(runtime.records), 1)), 0,
-                        np.random.default_rng(0), costs=costs)
+                        np.random.default_rng(0), costs=costs, categories=categories,
+                        query_ids=ids)
     return [oracle.observe(p, n, [(p, q, list(range(n)))], [rows], keep_costs=False)
             for p, q, n, rows in groups]
 
 
-def training_observations(task: Task, store: CompletionStore, costs: np.ndarray
+def training_observations(task: Task, store: CompletionStore, costs: np.ndarray,
+                          categories: dict[int, dict[str, int]] | None = None
                           ) -> list[Observation]:
     """Every (prompt, query) pool of the run's store as one group of its first samples (at
-    most N_max, from sample 0 on, none missing)."""
+    most N_max, from sample 0 on, none missing); answers numbered in ``categories`` (by
+    the query's index in the task's data, its id, :func:`query_ids`)."""
     records = load_records(task.data_path)
     runtime = TaskRuntime(task, records)
     groups = []
@@ -100,16 +106,18 @@ def training_observations(task: Task, store: CompletionStore, costs: np.ndarray
                 n += 1
             if n:
                 groups.append((p, q, n, [got[s] for s in range(n)]))
-    return _observations(runtime, store, costs, groups)
+    return _observations(runtime, store, costs, groups, {} if categories is None else categories)
 
 
-def log_observations(task: Task, log: CompletionStore, costs: np.ndarray
+def log_observations(task: Task, log: CompletionStore, costs: np.ndarray,
+                     categories: dict[int, dict[str, int]] | None = None
                      ) -> tuple[list[tuple[str, int, Observation]], dict[str, int],
-                                list[Record]]:
+                                list[Record], npt.NDArray[np.int64]]:
     """The logged groups with a gold answer (or every group, where no objective needs one),
     oldest first, each with its reason and its origin (the index of its request's context;
-    -1 for a context the task no longer has); the counts of what was read and left out; and
-    the groups' records (query and gold), which their observations index."""
+    -1 for a context the task no longer has); the counts of what was read and left out; the
+    groups' records (query and gold), which their observations index; and the records'
+    query ids (:func:`query_ids`), by which answers are numbered in ``categories``."""
     context_index = {key: i for i, key in enumerate(task.problem().grid.keys)}
     rows = log.served()
     queries = {i: q for i, q, _ in log.queries()}
@@ -158,13 +166,15 @@ def log_observations(task: Task, log: CompletionStore, costs: np.ndarray
             f"{task.aggregator} scoring needs the right answer to learn anything; attach them "
             "with iapo label-log LOG LABELS.jsonl or POST /v1/feedback")
     runtime = TaskRuntime(task, records)
-    observations = _observations(runtime, log, costs, groups)
+    ids = query_ids(task, records)
+    observations = _observations(runtime, log, costs, groups,
+                                 {} if categories is None else categories, ids)
     for g, (shown, values) in ratings.items():
         o = observations[g]
         given = np.full(o.scores[..., :-1].shape, np.nan)
         given[0, shown, list(values)] = list(values.values())
         observations[g] = dataclasses.replace(o, rated=given)
-    return list(zip(reasons, origins, observations, strict=True)), counts, records
+    return list(zip(reasons, origins, observations, strict=True)), counts, records, ids
 
 
 def served_run(log_path: Path) -> Path:
@@ -184,11 +194,23 @@ def served_run(log_path: Path) -> Path:
 
 def query_ids(task: Task, records: list[Record]) -> npt.NDArray[np.int64]:
     """Per logged record, the query's id as the continual core's per-query model counts
-    queries: a training query's own index where the text is one of the task's data, else
-    one id per distinct text after them (a served group and the learning pulls drawn on
-    its query share one; two records of one text are one query)."""
-    known = {r.query: i for i, r in enumerate(load_records(task.data_path))}
-    return np.array([known.setdefault(r.query, len(known)) for r in records], dtype=np.int64)
+    queries: a training query's own index where the text and the gold are one of the task's
+    data (the first, if the data repeats one), else one id per distinct (text, gold) after
+    them, in order of first appearance (a served group and the learning pulls drawn on its
+    query share one)."""
+    known: dict[tuple[str, str], int] = {}
+    data = load_records(task.data_path)
+    for i, r in enumerate(data):
+        known.setdefault((r.query, str(r.gold)), i)
+    start = len(data)
+    out = []
+    for r in records:
+        key = (r.query, str(r.gold))
+        if key not in known:
+            known[key] = start
+            start += 1
+        out.append(known[key])
+    return np.array(out, dtype=np.int64)
 
 
 def by_query(obs: Observation, ids: npt.NDArray[np.int64]) -> Observation:
@@ -226,12 +248,14 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
         raise RefineError(f"the log {str(log_path)!r} does not exist; give the store that "
                           "iapo serve --log-store wrote")
     costs = np.asarray(policy.trace.get("costs") or [1.0] * len(task.prompts), dtype=float)
+    # majority voting's answer numbers per query id: alike in training's groups, the log's
+    # and what --budget draws, as the drift move's per-query model counts them
+    categories: dict[int, dict[str, int]] = {}
     with store_errors(run / "store.sqlite"), CompletionStore(run / "store.sqlite",
                                                              create=False) as store:
-        training = training_observations(task, store, costs)
+        training = training_observations(task, store, costs, categories)
     with store_errors(log_path), CompletionStore(log_path, create=False) as log:
-        logged, counts, records = log_observations(task, log, costs)
-    ids = query_ids(task, records)
+        logged, counts, records, ids = log_observations(task, log, costs, categories)
     problem = task.problem()
     # the false-alarm levels hold over a horizon that covers the whole log, the last refit
     # and the refits between rounds of a budget
@@ -251,7 +275,7 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
         with store_errors(run / "store.sqlite"), CompletionStore(run / "store.sqlite") as store:
             served = [i for i, (reason, _, _) in enumerate(logged) if reason == "policy"]
             spent = spend(task, store, records, served, [o for _, o, _ in logged], learner,
-                          budget, costs, seed, progress, ids)
+                          budget, costs, seed, progress, ids, categories)
     report = _report(task, policy, learner, counts, len(training))
     report["spent"] = spent
     if write and report["changed"]:
@@ -275,7 +299,8 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
 
 def spend(task: Task, store: CompletionStore, records: list[Record], served: list[int],
           origins: list[int], learner: Continual, budget: int, costs: np.ndarray, seed: int,
-          progress: bool, ids: npt.NDArray[np.int64]) -> dict[str, Any]:
+          progress: bool, ids: npt.NDArray[np.int64],
+          categories: dict[int, dict[str, int]] | None = None) -> dict[str, Any]:
     """Draw at most ``budget`` more completions, PSST-style, on the logged requests: in at most
     ROUNDS rounds (the refits the horizon counts; what the pulls' sizes leave of the budget
     after them is not drawn), each the learner's pulls (its challengers and candidates, in
@@ -285,7 +310,8 @@ def spend(task: Task, store: CompletionStore, records: list[Record], served: lis
     training's do), so a rerun with the same seed replays them and pays nothing; a query
     asked twice shares one pool, and pays for no sample twice. A request whose query is a
     training query is left out: its pools already hold training's samples, which the replay
-    counted. The core sees each group's query by its id (``ids``, :func:`query_ids`).
+    counted. The core sees each group's query by its id (``ids``, :func:`query_ids`), and
+    its answers are numbered per id in ``categories``, as the replay's were.
     Returns what was drawn, paid and replayed."""
     from tqdm.auto import tqdm
 
@@ -304,7 +330,7 @@ def spend(task: Task, store: CompletionStore, records: list[Record], served: lis
         oracle = LiveOracle(runtime, store, np.array(eligible), budget,
                             np.random.default_rng(seed),
                             lambda served, paid, tokens, batch: bar.update(served),
-                            costs=costs)
+                            costs=costs, categories=categories, query_ids=ids)
         size = max(task.n_max, math.ceil(budget / ROUNDS))
         for _ in range(ROUNDS):  # no more refits than the horizon above counts
             if (left := budget - oracle.ledger.spent) <= 0:
