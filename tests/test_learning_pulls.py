@@ -139,3 +139,33 @@ def test_a_random_n_policy_cannot_learn(tmp_path: Path) -> None:
     task, policy = task_and_policy(tmp_path, [(1, None), (0, 1)])
     with pytest.raises(InputError, match="fixed N"):
         LearningPulls(task, 0.1).plan(policy, 1)  # type: ignore[arg-type]
+
+
+def test_learning_continues_from_trainings_estimates(tmp_path: Path) -> None:
+    """The run's store holds 4 completions of every prompt on each of the task's 10
+    questions (``iapo collect``, a real HTTP upstream): 'direct' and 'reason' always right,
+    'short' always wrong. Serving 'direct' at N = 1, the candidates are the prompts whose
+    best upper bound reaches the served arm's lower bound: by hand, 'direct' and 'reason'
+    (Q 1 with no cost, 1 - N at a cost of 1 a completion), never 'short' (0, or -N). With no
+    store in the policy's folder every prompt is a candidate, 'short' among them."""
+    from click.testing import CliRunner
+
+    from iapo.cli import main
+    from test_refine import by_prompt
+    from test_serve import mv_task
+
+    run = tmp_path / "run"
+    with ScriptedServer(answer_of=by_prompt) as up:
+        task_path = mv_task(tmp_path, up.base_url)
+        res = CliRunner().invoke(main, ["collect", str(task_path), "--out", str(run),
+                                        "--samples", "4"])
+        assert res.exit_code == 0, res.output
+    task = load_task(task_path)
+    (tmp_path / "p").mkdir()
+    _, policy = task_and_policy(tmp_path / "p", [(0, 1), (0, 1)])
+    trained = LearningPulls(task, 1.0, run=run)  # type: ignore[arg-type]
+    assert len(trained._training_groups(policy)) == 30  # 3 prompts x 10 questions
+    drawn = [p for _ in range(8) for p in trained.plan(policy, 16)]
+    assert drawn and {p.prompt for p in drawn} == {0, 1}
+    bare = LearningPulls(task, 1.0, run=tmp_path / "nothing here")  # type: ignore[arg-type]
+    assert {p.prompt for _ in range(8) for p in bare.plan(policy, 16)} == {0, 1, 2}

@@ -89,6 +89,12 @@ def _observations(runtime: TaskRuntime, store: CompletionStore, costs: np.ndarra
             for p, q, n, rows in groups]
 
 
+def training_costs(policy: Policy, task: Task) -> np.ndarray:
+    """The cost of one completion of each prompt, as training priced it (the policy's
+    trace); 1 for a policy without training costs (one written by hand)."""
+    return np.asarray(policy.trace.get("costs") or [1.0] * len(task.prompts), dtype=float)
+
+
 def training_observations(task: Task, store: CompletionStore, costs: np.ndarray,
                           categories: dict[int, dict[str, int]] | None = None
                           ) -> list[Observation]:
@@ -247,7 +253,7 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
     if not log_path.is_file():
         raise RefineError(f"the log {str(log_path)!r} does not exist; give the store that "
                           "iapo serve --log-store wrote")
-    costs = np.asarray(policy.trace.get("costs") or [1.0] * len(task.prompts), dtype=float)
+    costs = training_costs(policy, task)
     # majority voting's answer numbers per query id: alike in training's groups, the log's
     # and what --budget draws, as the drift move's per-query model counts them
     categories: dict[int, dict[str, int]] = {}

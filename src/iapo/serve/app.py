@@ -313,7 +313,8 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
             raise PolicyError("--learn-budget needs --log-store: learning completions are "
                               "logged there, for iapo refine")
         learning = LearningPulls(task, cfg.learn_budget, None if cfg.learn_per_day is None
-                                 else cfg.learn_per_day // max(cfg.workers, 1))
+                                 else cfg.learn_per_day // max(cfg.workers, 1),
+                                 run=Path(cfg.policy).parent)
         learning.plan(holder.current(), 0)  # a policy that cannot learn fails here
     background: set[asyncio.Task[None]] = set()  # learning and refines in flight
     if cfg.refine_every is not None and store is None:

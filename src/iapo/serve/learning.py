@@ -7,22 +7,28 @@ scored, and logged with reason "learn" (:meth:`iapo.serve.core.Responder.learn`)
 never returned, count against no key's limits and add nothing to a response's latency.
 ``--learn-per-day K`` also caps them at K a day (UTC), shared out among the workers.
 
-The gateway sees no labels as it serves, so its learner starts from the policy alone: every
-prompt is a candidate and, no arm being seen yet, every N is close, so each prompt is pulled
-at N_max in turn (PSST's first round, Eq. 6, over all prompts). Deciding from what is
-learned is ``iapo refine``'s work, offline, on the labelled log.
+The learner continues from training's estimates: the groups of the run's store (the policy's
+folder, ``store.sqlite``, read as ``iapo refine`` reads them, once per worker), so the
+candidates are the prompts still close to the served arm by training's own samples (PSST's
+rule, Eq. 6), each pulled at the largest N that some context serves or finds close. A policy
+without a run's store (one written by hand) starts from the policy alone: every prompt is a
+candidate and, no arm being seen yet, every N is close, so each prompt is pulled at N_max in
+turn (PSST's first round over all prompts). The gateway sees no labels as it serves, so it
+does not decide from what it learns: that is ``iapo refine``'s work, offline, on the
+labelled log.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from iapo.continual import Continual, ContinualSettings
 from iapo.errors import InputError
 from iapo.live.task import Task
 from iapo.policy import Policy
-from iapo.pulls import Pull
+from iapo.pulls import Observation, Pull
 
 
 @dataclass
@@ -36,6 +42,8 @@ class LearningPulls:
     drawn: int = 0  # completions drawn for learning (this worker), charged when planned
     failed: int = 0  # learning pulls that failed upstream (their completions stay charged)
     today: tuple[str, int] = ("", 0)  # (UTC day, completions drawn that day)
+    run: Path | None = None  # the policy's folder: training's store.sqlite is read from it
+    _training: list[Observation] | None = field(default=None, repr=False)
     _learner: Continual | None = field(default=None, repr=False)
     _policy: Policy | None = field(default=None, repr=False)
 
@@ -73,11 +81,28 @@ class LearningPulls:
                 raise InputError(f"policy learner '{policy.learner}' draws N at random; "
                                  "learning pulls need a fixed N per context")
             problem = self.task.problem()
-            settings = ContinualSettings(learn_budget=self.budget,
-                                         candidates=problem.n_prompts)
-            self._learner = Continual(problem, settings, [], policy.choices)
+            training = self._training_groups(policy)
+            # without training's samples every prompt is a candidate; with them, refine's rule
+            settings = ContinualSettings(learn_budget=self.budget) if training else \
+                ContinualSettings(learn_budget=self.budget, candidates=problem.n_prompts)
+            self._learner = Continual(problem, settings, training, policy.choices)
             self._policy = policy
         return self._learner
+
+    def _training_groups(self, policy: Policy) -> list[Observation]:
+        """Training's groups in the run's store (read once; [] without one), each completion
+        priced as the policy's training priced it."""
+        if self._training is None:
+            self._training = []
+            path = None if self.run is None else self.run / "store.sqlite"
+            if path is not None and path.is_file():
+                from iapo.live.refine import training_costs, training_observations
+                from iapo.live.store import CompletionStore, store_errors
+
+                with store_errors(path), CompletionStore(path, create=False) as store:
+                    self._training = training_observations(
+                        self.task, store, training_costs(policy, self.task))
+        return self._training
 
     def health(self) -> dict[str, object]:
         """What /health shows: the budget, and this worker's counts."""
