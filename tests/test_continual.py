@@ -164,7 +164,8 @@ def learner(settings: ContinualSettings, training: list[Observation] | None = No
 
 def test_settings_refuse_bad_values() -> None:
     for bad in ({"learn_budget": 1.5}, {"refine_every": 0}, {"confidence": 1.0},
-                {"alarm": 0.0}, {"min_gain": -0.1}, {"candidates": 0}):
+                {"alarm": 0.0}, {"min_gain": -0.1}, {"candidates": 0}, {"recovery": -1},
+                {"recovery": 1.5}):
         with pytest.raises(InputError):
             ContinualSettings(**bad)  # type: ignore[arg-type]
 
@@ -546,6 +547,30 @@ def drop_after_baseline(cont: Continual, accuracy: float) -> list[Flag]:
         if flags:
             break
     return flags
+
+
+@pytest.mark.parametrize("recovery", [0, 1, 2])
+def test_after_a_flag_a_context_follows_the_model_for_its_recovery_refits(
+        recovery: int) -> None:
+    """After the flag (both contexts move to prompt 2, as above), prompt 1 answers right on
+    20 groups: too few for evidence (FRESH_GROUPS), but the model now ranks it first, so a
+    context still recovering moves to it at the next refit; without recovery it stays. Then
+    prompt 1 answers wrong on 200 groups: the model ranks it below prompt 2 again, and only a
+    context with a second refit of recovery moves away."""
+    settings = ContinualSettings(refine_every=10, alarm=0.05, horizon=1000, recovery=recovery)
+    cont = learner(settings, [served_groups(2, 70, 30)], served=((0, 4), (0, 4)))
+    assert drop_after_baseline(cont, 0.0)
+    assert [p for p, _ in cont.served_arms()] == [2, 2]
+    cont.observe([served_groups(1, 20, 0)])
+    cont.record_served(10, 40)
+    cont.refit()
+    assert [p for p, _ in cont.served_arms()] == ([1, 1] if recovery else [2, 2])
+    cont.observe([served_groups(1, 0, 200)])
+    cont.record_served(10, 40)
+    moved = cont.refit()
+    assert [p for p, _ in cont.served_arms()] == ([2, 2] if recovery != 1 else [1, 1])
+    assert all(s.reason == "drift" for s in moved)
+    assert (cont._recovering == 0).all()
 
 
 def bon_learner(settings: ContinualSettings, training: list[Observation],

@@ -53,7 +53,10 @@ The decisions, each a rule with a test:
   psst-auto's estimator for majority voting) ranks first, fitted on every group the context
   learns from (training's and the traffic's; the flagged prompt's since the baselines): the
   model pools a prompt's answers on each query over every N, so it ranks arms never served,
-  where the groups seen on one arm would have to wait for evidence. For Best-of-N and the
+  where the groups seen on one arm would have to wait for evidence. At each of the next
+  ``recovery`` refits, such a context moves again to the model's first choice (the flagged
+  prompt's answers since the baselines accumulate, and the first move rested on few of
+  them); then only evidence moves it. For Best-of-N and the
   mixed strategy (where psst-auto decides by blocks, the model being biased on real
   Best-of-N data), to the arm of highest lower bound among those seen on BASELINE_GROUPS
   groups, if that bound exceeds the served arm's upper bound.
@@ -345,6 +348,8 @@ class Continual:
         self._kept: list[tuple[int, int, Observation]] = [
             (-1, -1, o) for o in training if o.count > 0 and self._keeps]
         self._epoch = 0  # baselines taken so far
+        # per context, the refits it still follows the model after a drift flag
+        self._recovering = np.zeros(problem.n_contexts, dtype=np.intp)
         self.recent = GroupTable(problem)  # the samples since the last drift baselines
         # per context, the groups drawn on its own traffic (all time, and since the last
         # baselines); pools[c, o]: context c learns from the groups of context o's traffic
@@ -592,14 +597,8 @@ class Continual:
         self.challenger[arm_at(self.challenger, n_max)[0] == flag.prompt] = -1
         contexts = [int(x) for x in np.flatnonzero(self.prompt == flag.prompt)]
         if self.problem.aggregator == "mv":
-            for ci in contexts:
-                a = int(arm_index(self.prompt[ci], self.n[ci], n_max))
-                mean = self._model_means(ci)
-                alt = np.where(np.isfinite(mean), mean, -np.inf)
-                b = int(alt.argmax())
-                if b != a and alt[b] > -np.inf:
-                    gain = alt[b] - mean[a]
-                    self._choose(ci, b, "drift", float(gain) if math.isfinite(gain) else 0.0)
+            self._follow_model(contexts)
+            self._recovering[contexts] = self.settings.recovery
         else:
             lower, upper = self.bounds(float(norm.ppf(self.settings.confidence)))
             seen = (self.estimates().counts >= BASELINE_GROUPS).reshape(self.pools.shape[0], -1)
@@ -612,6 +611,19 @@ class Continual:
                     self._choose(ci, b, "drift", float(alt[b] - upper[ci, a]))
         self._name_challengers()
         self._plan()
+
+    def _follow_model(self, contexts: Sequence[int]) -> None:
+        """Each of ``contexts`` moves to the arm the per-query model ranks first, if it is
+        not the one it serves (reason "drift", the model's estimate of the gain)."""
+        n_max = self.problem.n_max
+        for ci in contexts:
+            a = int(arm_index(self.prompt[ci], self.n[ci], n_max))
+            mean = self._model_means(ci)
+            alt = np.where(np.isfinite(mean), mean, -np.inf)
+            b = int(alt.argmax())
+            if b != a and alt[b] > -np.inf:
+                gain = alt[b] - mean[a]
+                self._choose(ci, b, "drift", float(gain) if math.isfinite(gain) else 0.0)
 
     def _model_means(self, context: int) -> FloatArray:
         """The per-query model's Q of every arm in ``context`` [P x N] (NaN: a prompt without
@@ -627,12 +639,16 @@ class Continual:
     # ---------------------------------------------------------------- refits
 
     def refit(self) -> list[Switch]:
-        """Judge every challenger with FRESH_GROUPS fresh samples or more (switch on
+        """Move every context still recovering from a drift flag to the model's first
+        choice, judge every challenger with FRESH_GROUPS fresh samples or more (switch on
         evidence, drop it, or keep gathering), name new challengers, re-plan the candidates,
         and take the drift baselines when due. Returns the switches made."""
         before = len(self.switches)
         self._check_traffic()
         c, n_max = self.problem.n_contexts, self.problem.n_max
+        recovering = [int(x) for x in np.flatnonzero(self._recovering > 0)]
+        self._recovering[recovering] -= 1
+        self._follow_model(recovering)  # after a drift flag (module docstring)
         typical = self.estimates().typical
         for ci in range(c):
             a, b = int(arm_index(self.prompt[ci], self.n[ci], n_max)), int(self.challenger[ci])

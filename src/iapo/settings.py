@@ -97,6 +97,9 @@ class ContinualSettings:
     candidates: int = 8  # per context, at most
     alarm: float = 0.05  # false-alarm probability of the drift monitor within the horizon
     horizon: int = 20_000  # requests the alarm probability covers
+    # refits after a drift flag during which a majority-voting context that served the
+    # flagged prompt follows the per-query model's first choice (0: the flag's move only)
+    recovery: int = 3
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.learn_budget <= 1.0:
@@ -113,6 +116,9 @@ class ContinualSettings:
                                  "and 1")
         if not math.isfinite(self.min_gain) or self.min_gain < 0:
             raise InputError(f"min gain {self.min_gain} must be a number >= 0")
+        if isinstance(self.recovery, bool) or not isinstance(self.recovery, int) or \
+                self.recovery < 0:
+            raise InputError(f"recovery {self.recovery!r} must be an integer >= 0 (refits)")
 
 
 def continual_default(name: str) -> Any:
