@@ -573,6 +573,25 @@ def test_after_a_flag_a_context_follows_the_model_for_its_recovery_refits(
     assert (cont._recovering == 0).all()
 
 
+@pytest.mark.parametrize("recovering", [False, True])
+def test_a_recovering_context_does_not_judge_its_challenger(recovering: bool) -> None:
+    """Prompt 1 served at 0.9 on 1,000 groups, and the model sees no other prompt: in 'low'
+    (no cost) it ranks (1, 4) first, so a recovering context stays. The challenger (2, 1)
+    holds 200 fresh samples all 1 (with a 0 and a 1 added, 0.995 against 0.9): evidence
+    enough to switch 'low' (10 looks), but only if it is no longer recovering."""
+    settings = ContinualSettings(refine_every=10, horizon=100)
+    cont = learner(settings, [served_groups(1, 900, 100)])
+    cont.challenger[:] = 2 * 4 + 0  # (2, 1)
+    cont._fresh[:, -1] = [200.0, 200.0, 200.0]  # sum, sum of squares, count: 200 ones
+    cont._recovering[0] = 1 if recovering else 0
+    cont.record_served(10, 40)
+    low = [(s.new, s.reason) for s in cont.refit() if s.context == 0]
+    if recovering:
+        assert low == [] and cont.served_arms()[0] == (1, 4) and cont.challenger[0] == 8
+    else:
+        assert low == [((2, 1), "evidence")]
+
+
 def bon_learner(settings: ContinualSettings, training: list[Observation],
                 served: tuple[tuple[int, int], ...]) -> Continual:
     """env3's prompts as a Best-of-N problem: one objective (right 1, wrong 0), the same

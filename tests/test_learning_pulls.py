@@ -169,3 +169,8 @@ def test_learning_continues_from_trainings_estimates(tmp_path: Path) -> None:
     assert drawn and {p.prompt for p in drawn} == {0, 1}
     bare = LearningPulls(task, 1.0, run=tmp_path / "nothing here")  # type: ignore[arg-type]
     assert {p.prompt for _ in range(8) for p in bare.plan(policy, 16)} == {0, 1, 2}
+    # a gateway without the task's data serves, and learns from the policy alone
+    task.data_path.unlink()
+    no_data = LearningPulls(task, 1.0, run=run)  # type: ignore[arg-type]
+    assert no_data._training_groups(policy) == []
+    assert {p.prompt for _ in range(8) for p in no_data.plan(policy, 16)} == {0, 1, 2}

@@ -56,7 +56,8 @@ The decisions, each a rule with a test:
   where the groups seen on one arm would have to wait for evidence. At each of the next
   ``recovery`` refits, such a context moves again to the model's first choice (the flagged
   prompt's answers since the baselines accumulate, and the first move rested on few of
-  them); then only evidence moves it. For Best-of-N and the
+  them); meanwhile its challenger is not judged, and then only evidence moves it. For
+  Best-of-N and the
   mixed strategy (where psst-auto decides by blocks, the model being biased on real
   Best-of-N data), to the arm of highest lower bound among those seen on BASELINE_GROUPS
   groups, if that bound exceeds the served arm's upper bound.
@@ -652,7 +653,7 @@ class Continual:
         typical = self.estimates().typical
         for ci in range(c):
             a, b = int(arm_index(self.prompt[ci], self.n[ci], n_max)), int(self.challenger[ci])
-            if b < 0:
+            if b < 0 or ci in recovering:  # a recovering context follows the model alone
                 continue
             # the served arm is compared within each origin of the fresh samples (where it
             # has two samples or more), weighted as the fresh samples are

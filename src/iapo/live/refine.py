@@ -5,7 +5,9 @@ It pays nothing: it reads the run's store (training's completions) and the gatew
 them, oldest first, through the continual-learning core (:class:`iapo.continual.Continual`),
 the same rules ``iapo simulate`` measures: a context changes its arm only on fresh evidence
 (a challenger's gain, judged on samples logged after it was named, has a lower bound above
-``--min-gain``) or when the drift test flags its prompt and another arm is clearly better.
+``--min-gain``) or when the drift test flags its prompt (majority voting: the per-query
+model's first choice, then at the next refits of recovery; Best-of-N: an arm clearly
+better).
 
 What counts, and why it stays unbiased:
 

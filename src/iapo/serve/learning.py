@@ -93,15 +93,18 @@ class LearningPulls:
         """Training's groups in the run's store (read once; [] without one), each completion
         priced as the policy's training priced it."""
         if self._training is None:
-            self._training = []
+            training: list[Observation] = []
             path = None if self.run is None else self.run / "store.sqlite"
-            if path is not None and path.is_file():
+            # training's groups are read with the task's data (the pools are its queries):
+            # a gateway without the data serves, and learns, from the policy alone
+            if path is not None and path.is_file() and Path(self.task.data_path).is_file():
                 from iapo.live.refine import training_costs, training_observations
                 from iapo.live.store import CompletionStore, store_errors
 
                 with store_errors(path), CompletionStore(path, create=False) as store:
-                    self._training = training_observations(
-                        self.task, store, training_costs(policy, self.task))
+                    training = training_observations(self.task, store,
+                                                     training_costs(policy, self.task))
+            self._training = training
         return self._training
 
     def health(self) -> dict[str, object]:
