@@ -303,7 +303,7 @@ def test_refine_values_a_shown_completion_at_the_score_a_person_gave_it(
     def values(text: str) -> np.ndarray:  # the two python scorers, written out
         return np.array([1 / (1 + len(text)), sum(c.isalpha() for c in text) / (1 + len(text))])
 
-    rated, scored, elsewhere = np.zeros(4), np.zeros(4), 0
+    rated, scored = np.zeros(4), np.zeros(4)
     with CompletionStore(log, create=False) as store:
         for r in store.served():
             texts = [c.text for _, c in sorted(store.get(r.id, [0, 1]).items())]
@@ -311,7 +311,6 @@ def test_refine_values_a_shown_completion_at_the_score_a_person_gave_it(
             assert r.chosen == int(np.argmax(v @ weights[0]))  # the gateway's choice
             for ci, w in enumerate(weights):
                 pick = int(np.argmax(v @ w))
-                elsewhere += pick != r.chosen
                 scored[ci] += v[pick] @ w / 12
                 rated[ci] += (v[pick] * ([1, 0] if pick == r.chosen else [1, 1])) @ w / 12
     cost = np.array([0, 2, 0, 2])
@@ -319,7 +318,8 @@ def test_refine_values_a_shown_completion_at_the_score_a_person_gave_it(
     for ci, key in enumerate(contexts):
         assert f"{key}: served plain N=2 (Q {scored[ci] - cost[ci]:.4f}" in before.output
     assert not np.allclose(rated, scored)
-    assert elsewhere > 0  # some context's weights choose the completion not shown
+    # whether some context's weights choose the completion not shown depends on the texts'
+    # seeds: tests/test_estimators.py pins that case by hand
 
 
 def test_the_drift_models_query_ids_follow_the_text(tmp_path: Path) -> None:
