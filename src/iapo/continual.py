@@ -615,27 +615,39 @@ class Continual:
 
     def _follow_model(self, contexts: Sequence[int]) -> None:
         """Each of ``contexts`` moves to the arm the per-query model ranks first, if it is
-        not the one it serves (reason "drift", the model's estimate of the gain)."""
+        not the one it serves (reason "drift", the model's estimate of the gain); one fit
+        per set of groups the contexts learn from."""
         n_max = self.problem.n_max
+        fitted: dict[tuple[int, ...] | None, FloatArray] = {}
         for ci in contexts:
             a = int(arm_index(self.prompt[ci], self.n[ci], n_max))
-            mean = self._model_means(ci)
+            mean = self._model_means(ci, fitted)
             alt = np.where(np.isfinite(mean), mean, -np.inf)
             b = int(alt.argmax())
             if b != a and alt[b] > -np.inf:
                 gain = alt[b] - mean[a]
                 self._choose(ci, b, "drift", float(gain) if math.isfinite(gain) else 0.0)
 
-    def _model_means(self, context: int) -> FloatArray:
+    def _model_means(self, context: int,
+                     fitted: dict[tuple[int, ...] | None, FloatArray] | None = None
+                     ) -> FloatArray:
         """The per-query model's Q of every arm in ``context`` [P x N] (NaN: a prompt without
         a group), fitted on the groups it learns from: all kept ones while it pools with
-        every context, else those of the traffic it still pools with."""
+        every context, else those of the traffic it still pools with. ``fitted``: the
+        models' Q [C, P, N] already fitted, by those groups (None: all), reused and filled."""
         from iapo.model import ModelQTable
 
-        model = ModelQTable(self.problem)
-        model.update([o for _, origin, o in self._kept if self.shared[context]
-                      or (origin >= 0 and self.pools[context, origin])])
-        return np.asarray(model.mean[context], dtype=np.float64).reshape(-1)
+        key = None if self.shared[context] else tuple(
+            int(x) for x in np.flatnonzero(self.pools[context]))
+        if fitted is None or key not in fitted:
+            model = ModelQTable(self.problem)
+            model.update([o for _, origin, o in self._kept if key is None
+                          or (origin >= 0 and self.pools[context, origin])])
+            mean = np.asarray(model.mean, dtype=np.float64)
+            if fitted is None:
+                return mean[context].reshape(-1)
+            fitted[key] = mean
+        return fitted[key][context].reshape(-1)
 
     # ---------------------------------------------------------------- refits
 

@@ -91,8 +91,7 @@ def _rate_chosen(util: FloatArray, values: FloatArray, best: FloatArray,
     [B, C] the blocks' maxima of them, ``first`` [m] each group's first completion and
     ``per_group`` [m] its number of blocks (a group's blocks are consecutive)."""
     k = weights.shape[1]
-    rated = np.concatenate([(np.full(o.scores[..., :-1].shape, np.nan) if o.rated is None
-                             else o.rated).reshape(-1, k) for o in obs])  # [T, K]
+    rated = np.concatenate([o.rated_or_nan.reshape(-1, k) for o in obs])  # [T, K]
     which = np.flatnonzero(~np.isnan(rated).all(axis=1))  # the rated completions [R]
     filled = np.concatenate([np.where(np.isnan(rated), scores[:, :k], rated)[which],
                              scores[which, -1:]], axis=1)

@@ -71,6 +71,11 @@ class Observation:
     def count(self) -> int:
         return int(self.queries.shape[0])
 
+    @property
+    def rated_or_nan(self) -> FloatArray:
+        """``rated``, or NaN (no person's value) of its shape [count, n, K] where None."""
+        return np.full(self.scores[..., :-1].shape, np.nan) if self.rated is None else self.rated
+
     def rows(self, index: npt.NDArray[np.intp] | npt.NDArray[np.bool_]) -> Observation:
         """The groups ``index`` picks (a mask or indices, repeats allowed), every per-group
         field alike."""
@@ -113,9 +118,7 @@ def joined(observations: Sequence[Observation]) -> dict[tuple[int, int], Observa
                 fields[name] = np.concatenate([np.full(o.count, -1, dtype=np.int16) if a is None
                                                else a for o, a in zip(obs, parts, strict=True)])
             elif name == "rated":  # a group without a person's values has NaN
-                fields[name] = np.concatenate([
-                    np.full(o.scores[..., :-1].shape, np.nan) if a is None else a
-                    for o, a in zip(obs, parts, strict=True)])
+                fields[name] = np.concatenate([o.rated_or_nan for o in obs])
             elif any(a is None for a in parts):
                 raise ValueError(f"observations of prompt {key[0]} differ in having {name}")
             else:

@@ -178,10 +178,9 @@ def log_observations(task: Task, log: CompletionStore, costs: np.ndarray,
     observations = _observations(runtime, log, costs, groups,
                                  {} if categories is None else categories, ids)
     for g, (shown, values) in ratings.items():
-        o = observations[g]
-        given = np.full(o.scores[..., :-1].shape, np.nan)
+        given = observations[g].rated_or_nan
         given[0, shown, list(values)] = list(values.values())
-        observations[g] = dataclasses.replace(o, rated=given)
+        observations[g] = dataclasses.replace(observations[g], rated=given)
     return list(zip(reasons, origins, observations, strict=True)), counts, records, ids
 
 

@@ -97,7 +97,7 @@ class LearningPulls:
             path = None if self.run is None else self.run / "store.sqlite"
             # training's groups are read with the task's data (the pools are its queries):
             # a gateway without the data serves, and learns, from the policy alone
-            if path is not None and path.is_file() and Path(self.task.data_path).is_file():
+            if path is not None and path.is_file() and self.task.data_path.is_file():
                 from iapo.live.refine import training_costs, training_observations
                 from iapo.live.store import CompletionStore, store_errors
 
