@@ -58,7 +58,11 @@ def synchronous(llama: LlamaServer, front: BatchServer,
 
 
 def batch_meta(store: Path) -> list[dict[str, object]]:
+    """The batches a store records; none while the store's file exists but its tables are
+    not written yet (a run that has just started)."""
     with sqlite3.connect(store) as db:
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
+            return []
         return [json.loads(v) for (v,) in db.execute(
             "SELECT value FROM meta WHERE key LIKE 'batch %' AND key != 'batch rounds'")]
 
