@@ -15,6 +15,7 @@ from iapo.live.store import CompletionStore
 from iapo.live.task import load_task
 from iapo.policy import Policy
 from iapo.problem import Choice
+from iapo.pulls import Pull
 from iapo.serve.learning import LearningPulls
 from live_helpers import ScriptedServer
 from test_serve import Gateway, mcq_policy
@@ -131,8 +132,35 @@ def test_plan_by_hand(tmp_path: Path) -> None:
     assert [(p.prompt, p.n) for p in capped.plan(policy, 40)] == [(0, 4)]
     assert capped.plan(policy, 40) == []
     _, reloaded = task_and_policy(tmp_path, [(2, 2), (2, 2)])
-    assert [(p.prompt, p.n) for p in plan.plan(reloaded, 16)] == [(0, 4)]
+    assert plan.plan(reloaded, 16) == []  # its learner is being built, off the event loop
+    assert [(p.prompt, p.n) for p in ready(plan, reloaded)] == [(0, 4)]  # the budget kept
     assert (plan.served, plan.drawn) == (48, 12)
+
+
+def ready(plan: LearningPulls, policy: Policy) -> list[Pull]:
+    """The first learning pulls ``plan`` draws for ``policy`` once its learner is built
+    (serving nothing more meanwhile)."""
+    end = time.monotonic() + 20
+    while not (got := plan.plan(policy, 0)) and plan.error is None:
+        assert time.monotonic() < end, "the learner was never built"
+        time.sleep(0.01)
+    return got
+
+
+def test_a_reloaded_policy_that_cannot_learn_stops_learning_not_serving(
+        tmp_path: Path) -> None:
+    """A reload to a policy that draws N at random: no learning pull, the reason in
+    health(); a reload back to a fixed-N policy learns again, and the budget served
+    meanwhile counts."""
+    task, policy = task_and_policy(tmp_path, [(1, 3), (0, 1)])
+    plan = LearningPulls(task, 0.25)  # type: ignore[arg-type]
+    assert [(p.prompt, p.n) for p in plan.plan(policy, 16)] == [(0, 4)]
+    _, random_n = task_and_policy(tmp_path, [(1, None), (0, 1)])
+    assert ready(plan, random_n) == [] and "fixed N" in str(plan.health()["error"])
+    assert plan.plan(random_n, 16) == []
+    _, fixed = task_and_policy(tmp_path, [(2, 2), (2, 2)])
+    assert [(p.prompt, p.n) for p in ready(plan, fixed)] == [(0, 4)]
+    assert plan.health()["error"] is None and (plan.served, plan.drawn) == (32, 8)
 
 
 def test_a_random_n_policy_cannot_learn(tmp_path: Path) -> None:
@@ -174,3 +202,49 @@ def test_learning_continues_from_trainings_estimates(tmp_path: Path) -> None:
     no_data = LearningPulls(task, 1.0, run=run)  # type: ignore[arg-type]
     assert no_data._training_groups(policy) == []
     assert {p.prompt for _ in range(8) for p in no_data.plan(policy, 16)} == {0, 1, 2}
+
+
+def test_the_gateway_learns_from_its_runs_training_read_once(tmp_path: Path) -> None:
+    """``iapo serve --learn-budget 1.0`` of a policy in the folder where ``iapo collect``
+    stored 4 completions of every prompt on the 10 questions ('short' always wrong): the
+    learning pulls go to 'direct' and 'reason' only (without training's groups every prompt
+    would be pulled in turn, 'short' among them). The run's store is then deleted and the
+    policy file rewritten: the reloaded policy's learner still starts from training's groups,
+    read once when the gateway started, so 'short' is still never pulled."""
+    from click.testing import CliRunner
+
+    from iapo.cli import main
+    from test_refine import GOLD, by_prompt
+    from test_serve import mv_task, write_policy
+
+    run, log, queries = tmp_path / "run", tmp_path / "log.sqlite", list(GOLD)
+    contexts = ["budget=low", "budget=high"]
+    with ScriptedServer(answer_of=by_prompt) as up:
+        task = mv_task(tmp_path, up.base_url)
+        res = CliRunner().invoke(main, ["collect", str(task), "--out", str(run),
+                                        "--samples", "4"])
+        assert res.exit_code == 0, res.output
+        write_policy(run / "policy.json", task, "mcq-smollm2", contexts, [(0, 1), (0, 1)])
+        with Gateway(run / "policy.json", "--log-store", str(log), "--learn-budget",
+                     "1.0") as gw:
+            def health() -> dict:  # type: ignore[type-arg]
+                return httpx.get(f"{gw.url}/health").json()  # type: ignore[no-any-return]
+
+            for i in range(40):
+                gw.ask({"budget": contexts[i % 2].split("=")[1]}, content=queries[i % 10])
+            before = health()["learning"]["learning_completions"]
+            for f in run.glob("store.sqlite*"):
+                f.unlink()
+            time.sleep(0.01)  # a new mtime
+            write_policy(run / "policy.json", task, "mcq-smollm2", contexts, [(1, 1), (1, 1)])
+            wait_for(lambda: all(c["prompt"] == "reason" for c in health()["contexts"].values()))
+            for i in range(40):
+                gw.ask({"budget": contexts[i % 2].split("=")[1]}, content=queries[i % 10])
+            learning = health()["learning"]
+            wait_for(lambda: len(up.requests) == 10 * 3 * 4 + 80
+                     + learning["learning_completions"])
+    with CompletionStore(log, create=False) as store:
+        learned = [r.prompt for r in store.served() if r.reason == "learn"]
+    assert before > 0 and learning["learning_completions"] > before + 4
+    assert learning["error"] is None
+    assert learned and set(learned) <= {0, 1}

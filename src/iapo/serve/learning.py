@@ -13,14 +13,21 @@ candidates are the prompts still close to the served arm by training's own sampl
 rule, Eq. 6), each pulled at the largest N that some context serves or finds close. A policy
 without a run's store (one written by hand) starts from the policy alone: every prompt is a
 candidate and, no arm being seen yet, every N is close, so each prompt is pulled at N_max in
-turn (PSST's first round over all prompts). The gateway sees no labels as it serves, so it
-does not decide from what it learns: that is ``iapo refine``'s work, offline, on the
-labelled log.
+turn (PSST's first round over all prompts).
+
+The first policy's learner is built when the gateway starts (a policy that cannot learn stops
+it there). A reloaded policy's is built in a thread, off the event loop (25 to 60 ms for a
+training of 20,000 completions: ``benchmarks/perf/bench_learner_rebuild.py``); until it is
+ready no learning pull is drawn, and the completions served meanwhile still count towards the
+budget, so none of it is lost. A reloaded policy that cannot learn (N drawn at random) draws
+none, and /health says why. The gateway sees no labels as it serves, so it does not decide
+from what it learns: that is ``iapo refine``'s work, offline, on the labelled log.
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +53,9 @@ class LearningPulls:
     _training: list[Observation] | None = field(default=None, repr=False)
     _learner: Continual | None = field(default=None, repr=False)
     _policy: Policy | None = field(default=None, repr=False)
+    # a reloaded policy's learner, being built off the event loop: (policy, its future)
+    _building: tuple[Policy, Future[Continual]] | None = field(default=None, repr=False)
+    error: str | None = None  # why the policy in force draws no learning pulls
 
     def __post_init__(self) -> None:
         ContinualSettings(learn_budget=self.budget)  # checks the fraction
@@ -55,8 +65,10 @@ class LearningPulls:
     def plan(self, policy: Policy, completions: int) -> list[Pull]:
         """A response of ``completions`` completions was sent under ``policy``: the learning
         pulls to draw now (charged at once, so concurrent requests never overspend)."""
-        learner = self._for(policy)
         self.served += completions
+        learner = self._for(policy)
+        if learner is None:  # a reloaded policy's learner is not ready (or cannot be)
+            return []
         learner.served_completions = self.served
         learner.learning_completions = self.drawn
         pulls = learner.learning_pulls()
@@ -74,20 +86,40 @@ class LearningPulls:
         self.drawn += sum(p.cost for p in pulls)
         return pulls
 
-    def _for(self, policy: Policy) -> Continual:
-        """The learner of ``policy`` (a reloaded policy gets a new one)."""
-        if self._learner is None or policy is not self._policy:
-            if any(c.n is None for c in policy.choices):
-                raise InputError(f"policy learner '{policy.learner}' draws N at random; "
-                                 "learning pulls need a fixed N per context")
-            problem = self.task.problem()
-            training = self._training_groups(policy)
-            # without training's samples every prompt is a candidate; with them, refine's rule
-            settings = ContinualSettings(learn_budget=self.budget) if training else \
-                ContinualSettings(learn_budget=self.budget, candidates=problem.n_prompts)
-            self._learner = Continual(problem, settings, training, policy.choices)
-            self._policy = policy
+    def _for(self, policy: Policy) -> Continual | None:
+        """The learner of ``policy``: built here for the first policy (its errors raised),
+        in a thread for a reloaded one (None until it is ready, or when it cannot learn)."""
+        if self._learner is None:
+            self._learner, self._policy = self._build(policy), policy
+        if policy is self._policy:
+            return self._learner
+        if self._building is None or self._building[0] is not policy:
+            pool = ThreadPoolExecutor(1, thread_name_prefix="iapo-learner")
+            self._building = (policy, pool.submit(self._build, policy))
+            self.error = None  # it was the previous policy's
+            pool.shutdown(wait=False)  # the build goes on; the thread ends with it
+        future = self._building[1]
+        if not future.done():
+            return None
+        try:
+            self._learner, self._policy, self.error = future.result(), policy, None
+        except Exception as e:  # learning never stops serving: /health says why it stopped
+            self.error = f"the policy in force draws no learning pulls: {e}"
+            return None
+        self._building = None
         return self._learner
+
+    def _build(self, policy: Policy) -> Continual:
+        """A learner for ``policy``, continued from training's groups."""
+        if any(c.n is None for c in policy.choices):
+            raise InputError(f"policy learner '{policy.learner}' draws N at random; "
+                             "learning pulls need a fixed N per context")
+        problem = self.task.problem()
+        training = self._training_groups(policy)
+        # without training's samples every prompt is a candidate; with them, refine's rule
+        settings = ContinualSettings(learn_budget=self.budget) if training else \
+            ContinualSettings(learn_budget=self.budget, candidates=problem.n_prompts)
+        return Continual(problem, settings, training, policy.choices)
 
     def _training_groups(self, policy: Policy) -> list[Observation]:
         """Training's groups in the run's store (read once; [] without one), each completion
@@ -111,7 +143,7 @@ class LearningPulls:
         """What /health shows: the budget, and this worker's counts."""
         return {"budget": self.budget, "per_day": self.per_day,
                 "served_completions": self.served, "learning_completions": self.drawn,
-                "failed_pulls": self.failed, "counted": "this process"}
+                "failed_pulls": self.failed, "counted": "this process", "error": self.error}
 
 
 __all__ = ["LearningPulls"]
