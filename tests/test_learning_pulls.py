@@ -132,17 +132,19 @@ def test_plan_by_hand(tmp_path: Path) -> None:
     assert [(p.prompt, p.n) for p in capped.plan(policy, 40)] == [(0, 4)]
     assert capped.plan(policy, 40) == []
     _, reloaded = task_and_policy(tmp_path, [(2, 2), (2, 2)])
-    assert plan.plan(reloaded, 16) == []  # its learner is being built, off the event loop
-    assert [(p.prompt, p.n) for p in ready(plan, reloaded)] == [(0, 4)]  # the budget kept
+    # its learner is built off the event loop: pulls wait for it, the budget is kept
+    got = plan.plan(reloaded, 16) + ready(plan, reloaded, drawn=12)
+    assert [(p.prompt, p.n) for p in got] == [(0, 4)]
     assert (plan.served, plan.drawn) == (48, 12)
 
 
-def ready(plan: LearningPulls, policy: Policy) -> list[Pull]:
-    """The first learning pulls ``plan`` draws for ``policy`` once its learner is built
-    (serving nothing more meanwhile)."""
-    end = time.monotonic() + 20
-    while not (got := plan.plan(policy, 0)) and plan.error is None:
+def ready(plan: LearningPulls, policy: Policy, drawn: int) -> list[Pull]:
+    """The learning pulls ``plan`` draws for ``policy``, serving nothing more, until it has
+    drawn ``drawn`` completions in all, or says why it draws none."""
+    end, got = time.monotonic() + 20, []
+    while plan.drawn < drawn and plan.error is None:
         assert time.monotonic() < end, "the learner was never built"
+        got += plan.plan(policy, 0)
         time.sleep(0.01)
     return got
 
@@ -156,10 +158,12 @@ def test_a_reloaded_policy_that_cannot_learn_stops_learning_not_serving(
     plan = LearningPulls(task, 0.25)  # type: ignore[arg-type]
     assert [(p.prompt, p.n) for p in plan.plan(policy, 16)] == [(0, 4)]
     _, random_n = task_and_policy(tmp_path, [(1, None), (0, 1)])
-    assert ready(plan, random_n) == [] and "fixed N" in str(plan.health()["error"])
+    assert plan.plan(random_n, 0) + ready(plan, random_n, drawn=5) == []
+    assert "fixed N" in str(plan.health()["error"])
     assert plan.plan(random_n, 16) == []
     _, fixed = task_and_policy(tmp_path, [(2, 2), (2, 2)])
-    assert [(p.prompt, p.n) for p in ready(plan, fixed)] == [(0, 4)]
+    got = plan.plan(fixed, 0) + ready(plan, fixed, drawn=8)
+    assert [(p.prompt, p.n) for p in got] == [(0, 4)]
     assert plan.health()["error"] is None and (plan.served, plan.drawn) == (32, 8)
 
 
