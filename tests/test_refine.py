@@ -327,14 +327,15 @@ def test_the_drift_models_query_ids_follow_the_text(tmp_path: Path) -> None:
     task's data; other (text, gold) pairs get one id each after the data's, in order of
     first appearance, repeats alike."""
     from iapo.live.refine import query_ids
-    from iapo.live.task import Record, load_task
+    from iapo.live.task import Record, load_records, load_task
     from test_serve import mv_task
 
     task = load_task(mv_task(tmp_path, "http://127.0.0.1:9/v1"))
     data = list(GOLD)  # the task's ten queries, in file order
     asked = [(data[3], GOLD[data[3]]), ("new one", "A"), ("new one", "A"), ("another", "B"),
              (data[0], GOLD[data[0]]), ("another", "B"), (data[0], "D"), ("new one", None)]
-    ids = query_ids(task, [Record(f"r{i}", t, g) for i, (t, g) in enumerate(asked)])
+    ids = query_ids(load_records(task.data_path),
+                    [Record(f"r{i}", t, g) for i, (t, g) in enumerate(asked)])
     # a training query with another gold is another query, as is a text with no gold yet
     assert ids.tolist() == [3, 10, 10, 11, 0, 11, 12, 13]
 
@@ -345,7 +346,7 @@ def test_refine_numbers_a_querys_answers_alike_in_every_group(tmp_path: Path) ->
     (the gold 0), and a served group and the learning pulls on its query share one query id,
     as the drift move's per-query model counts them."""
     from iapo.live.refine import log_observations
-    from iapo.live.task import load_task
+    from iapo.live.task import load_records, load_task
 
     log = tmp_path / "log.sqlite"
     queries = list(GOLD)[:2]
@@ -364,7 +365,9 @@ def test_refine_numbers_a_querys_answers_alike_in_every_group(tmp_path: Path) ->
     task = load_task(tmp_path / "task.toml")
     categories: dict[int, dict[str, int]] = {}
     with CompletionStore(log, create=False) as store:
-        logged, counts, records, ids = log_observations(task, store, np.ones(3), categories)
+        data = load_records(task.data_path)
+        logged, counts, records, ids = log_observations(task, data, store, np.ones(3),
+                                                        categories)
         rows = store.served()
         answers = [[c.answer for _, c in sorted(store.get(r.id, list(range(r.n))).items())]
                    for r in rows]

@@ -97,16 +97,16 @@ def training_costs(policy: Policy, task: Task) -> np.ndarray:
     return np.asarray(policy.trace.get("costs") or [1.0] * len(task.prompts), dtype=float)
 
 
-def training_observations(task: Task, store: CompletionStore, costs: np.ndarray,
-                          categories: dict[int, dict[str, int]] | None = None
+def training_observations(task: Task, data: list[Record], store: CompletionStore,
+                          costs: np.ndarray, categories: dict[int, dict[str, int]] | None = None
                           ) -> list[Observation]:
     """Every (prompt, query) pool of the run's store as one group of its first samples (at
-    most N_max, from sample 0 on, none missing); answers numbered in ``categories`` (by
-    the query's index in the task's data, its id, :func:`query_ids`)."""
-    records = load_records(task.data_path)
-    runtime = TaskRuntime(task, records)
+    most N_max, from sample 0 on, none missing); ``data``: the task's records
+    (``load_records(task.data_path)``); answers numbered in ``categories`` (by the query's
+    index in the task's data, its id, :func:`query_ids`)."""
+    runtime = TaskRuntime(task, data)
     groups = []
-    for q in range(len(records)):
+    for q in range(len(data)):
         for p in range(len(task.prompts)):
             got = store.get(runtime.pool(p, q), list(range(task.n_max)))
             n = 0
@@ -117,7 +117,7 @@ def training_observations(task: Task, store: CompletionStore, costs: np.ndarray,
     return _observations(runtime, store, costs, groups, {} if categories is None else categories)
 
 
-def log_observations(task: Task, log: CompletionStore, costs: np.ndarray,
+def log_observations(task: Task, data: list[Record], log: CompletionStore, costs: np.ndarray,
                      categories: dict[int, dict[str, int]] | None = None
                      ) -> tuple[list[tuple[str, int, Observation]], dict[str, int],
                                 list[Record], npt.NDArray[np.int64]]:
@@ -125,7 +125,8 @@ def log_observations(task: Task, log: CompletionStore, costs: np.ndarray,
     oldest first, each with its reason and its origin (the index of its request's context;
     -1 for a context the task no longer has); the counts of what was read and left out; the
     groups' records (query and gold), which their observations index; and the records'
-    query ids (:func:`query_ids`), by which answers are numbered in ``categories``."""
+    query ids (:func:`query_ids`, against the task's records ``data``), by which answers are
+    numbered in ``categories``."""
     context_index = {key: i for i, key in enumerate(task.problem().grid.keys)}
     rows = log.served()
     queries = {i: q for i, q, _ in log.queries()}
@@ -174,7 +175,7 @@ def log_observations(task: Task, log: CompletionStore, costs: np.ndarray,
             f"{task.aggregator} scoring needs the right answer to learn anything; attach them "
             "with iapo label-log LOG LABELS.jsonl or POST /v1/feedback")
     runtime = TaskRuntime(task, records)
-    ids = query_ids(task, records)
+    ids = query_ids(data, records)
     observations = _observations(runtime, log, costs, groups,
                                  {} if categories is None else categories, ids)
     for g, (shown, values) in ratings.items():
@@ -199,14 +200,13 @@ def served_run(log_path: Path) -> Path:
     return Path(run)
 
 
-def query_ids(task: Task, records: list[Record]) -> npt.NDArray[np.int64]:
+def query_ids(data: list[Record], records: list[Record]) -> npt.NDArray[np.int64]:
     """Per logged record, the query's id as the continual core's per-query model counts
     queries: a training query's own index where the text and the gold are one of the task's
-    data (the first, if the data repeats one), else one id per distinct (text, gold) after
-    them, in order of first appearance (a served group and the learning pulls drawn on its
-    query share one)."""
+    records ``data`` (the first, if the data repeats one), else one id per distinct (text,
+    gold) after them, in order of first appearance (a served group and the learning pulls
+    drawn on its query share one)."""
     known: dict[tuple[str, str], int] = {}
-    data = load_records(task.data_path)
     for i, r in enumerate(data):
         known.setdefault((r.query, str(r.gold)), i)
     start = len(data)
@@ -258,11 +258,12 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
     # majority voting's answer numbers per query id: alike in training's groups, the log's
     # and what --budget draws, as the drift move's per-query model counts them
     categories: dict[int, dict[str, int]] = {}
+    data = load_records(task.data_path)  # the task's records, read once
     with store_errors(run / "store.sqlite"), CompletionStore(run / "store.sqlite",
                                                              create=False) as store:
-        training = training_observations(task, store, costs, categories)
+        training = training_observations(task, data, store, costs, categories)
     with store_errors(log_path), CompletionStore(log_path, create=False) as log:
-        logged, counts, records, ids = log_observations(task, log, costs, categories)
+        logged, counts, records, ids = log_observations(task, data, log, costs, categories)
     problem = task.problem()
     # the false-alarm levels hold over a horizon that covers the whole log, the last refit
     # and the refits between rounds of a budget
@@ -281,8 +282,8 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
         # writable now (the replay above found it): what is drawn is stored as training's is
         with store_errors(run / "store.sqlite"), CompletionStore(run / "store.sqlite") as store:
             served = [i for i, (reason, _, _) in enumerate(logged) if reason == "policy"]
-            spent = spend(task, store, records, served, [o for _, o, _ in logged], learner,
-                          budget, costs, seed, progress, ids, categories)
+            spent = spend(task, data, store, records, served, [o for _, o, _ in logged],
+                          learner, budget, costs, seed, progress, ids, categories)
     report = _report(task, policy, learner, counts, len(training))
     report["spent"] = spent
     if write and report["changed"]:
@@ -304,9 +305,9 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
     return report
 
 
-def spend(task: Task, store: CompletionStore, records: list[Record], served: list[int],
-          origins: list[int], learner: Continual, budget: int, costs: np.ndarray, seed: int,
-          progress: bool, ids: npt.NDArray[np.int64],
+def spend(task: Task, data: list[Record], store: CompletionStore, records: list[Record],
+          served: list[int], origins: list[int], learner: Continual, budget: int,
+          costs: np.ndarray, seed: int, progress: bool, ids: npt.NDArray[np.int64],
           categories: dict[int, dict[str, int]] | None = None) -> dict[str, Any]:
     """Draw at most ``budget`` more completions, PSST-style, on the logged requests: in at most
     ROUNDS rounds (the refits the horizon counts; what the pulls' sizes leave of the budget
@@ -322,7 +323,7 @@ def spend(task: Task, store: CompletionStore, records: list[Record], served: lis
     Returns what was drawn, paid and replayed."""
     from tqdm.auto import tqdm
 
-    training = {r.query for r in load_records(task.data_path)}
+    training = {r.query for r in data}
     eligible = [i for i in served if records[i].query not in training]
     if not eligible:
         raise RefineError(f"--budget {budget}: the log has no served request to draw on whose "

@@ -132,9 +132,11 @@ class LearningPulls:
             if path is not None and path.is_file() and self.task.data_path.is_file():
                 from iapo.live.refine import training_costs, training_observations
                 from iapo.live.store import CompletionStore, store_errors
+                from iapo.live.task import load_records
 
+                data = load_records(self.task.data_path)
                 with store_errors(path), CompletionStore(path, create=False) as store:
-                    training = training_observations(self.task, store,
+                    training = training_observations(self.task, data, store,
                                                      training_costs(policy, self.task))
             self._training = training
         return self._training
