@@ -17,11 +17,11 @@ turn (PSST's first round over all prompts).
 
 The first policy's learner is built when the gateway starts (a policy that cannot learn stops
 it there). A reloaded policy's is built in a thread, off the event loop (25 to 60 ms for a
-training of 20,000 completions: ``benchmarks/perf/bench_learner_rebuild.py``); until it is
-ready no learning pull is drawn, and the completions served meanwhile still count towards the
-budget, so none of it is lost. A reloaded policy that cannot learn (N drawn at random) draws
-none, and /health says why. The gateway sees no labels as it serves, so it does not decide
-from what it learns: that is ``iapo refine``'s work, offline, on the labelled log.
+training of 20,000 completions: ``benchmarks/experiments/learner_rebuild.py``); until it is
+ready no learning pull is drawn, and the completions served meanwhile still count towards
+the budget, so none of it is lost. A reloaded policy that cannot learn (N drawn at random)
+draws none, and /health says why. The gateway sees no labels as it serves, so it does not
+decide from what it learns: that is ``iapo refine``'s work, offline, on the labelled log.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """How long the gateway's learning-pull learner takes to build for a reloaded policy.
 
-    .venv/bin/python benchmarks/perf/bench_learner_rebuild.py [--budget 20000]
+    .venv/bin/python benchmarks/experiments/learner_rebuild.py [--budget 20000]
 
 ``iapo serve --learn-budget`` builds a :class:`iapo.continual.Continual` from training's
 groups for each policy it reloads, in a thread off the event loop
 (:mod:`iapo.serve.learning`). Per environment: a ``psst-auto`` training run of ``--budget``
 completions, its groups split into one observation per (prompt, query), as a run's store
 yields them (``iapo.live.refine.training_observations``), and the median time of 5 builds.
+Cited by docs/continual.md and ``iapo.serve.learning``.
 """
 
 from __future__ import annotations
