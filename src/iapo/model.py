@@ -128,7 +128,7 @@ class ModelQTable:
         """Estimated Q(c, p, n): [C, P, N_max] (NaN for prompts with no data); where the wave
         width is part of the arm, with each (c, p, n)'s best width (:attr:`width`)."""
         if self._mean is None:
-            task = self._mv_task() if self.problem.aggregator == "mv" else self._bon_task()
+            task = self._mv_task() if self.problem.aggregator == "mv" else self.bon_task()
             with np.errstate(invalid="ignore", divide="ignore"):
                 cost = self._cost_sum / self._cost_n  # [P]
             self._mean, self._width, self._seconds = self._priced(task, cost)
@@ -292,8 +292,10 @@ class ModelQTable:
         out[seen == 0] = np.nan
         return out
 
-    def _bon_task(self) -> FloatArray:
-        """Mean query effect plus the expected max of N pooled residuals: [C, P, N]."""
+    def bon_task(self) -> FloatArray:
+        """Best-of-N's task value (the weighted reward, before any cost): the mean query
+        effect plus the expected max of N pooled residuals, [C, P, N] (NaN for prompts with
+        no data)."""
         c, p, n_max = self.problem.n_contexts, self.problem.n_prompts, self.problem.n_max
         out = np.full((c, p, n_max), np.nan)
         for q in range(p):

@@ -28,20 +28,27 @@ is the choice of prompt, not of N. ``psst-auto`` spends its budget in two phases
    majority voting and min(4, N_max) for Best-of-N.
 2. Which estimator decides, by validation on the screening's groups
    (:mod:`iapo.learners.validate`): the per-query model or the unbiased blocks, whichever
-   predicts the held-out folds' block means of the prompts alive better. The aggregator's
-   default stands first (the model for majority voting, blocks for Best-of-N); the other
-   replaces it when its held-out error is smaller, at :func:`level_for` (majority voting: a
-   one-sided paired t test over the folds at 0.05; Best-of-N: any amount). Best-of-N
-   validates in every screening round, on the prompts of that round, and decides with the
-   last round's choice, the one that ranked its last cut; majority voting validates once, on
-   the survivors. ``decide`` fixes the estimator instead (Best-of-N then screens by the model
-   alone for "model", by the union for "blocks"). Contexts that price latency leave the
-   model alone: blocks do not price it. The trace records the choice, the errors and why
-   (``estimator``; ``screening_ranked_by`` for Best-of-N's rounds).
+   predicts the held-out folds' block means of the prompts alive better. The model stands
+   first; blocks replace it when their held-out error is smaller by a one-sided paired t test
+   over the folds at 0.05 (:func:`level_for`). For Best-of-N the model must also pass the
+   slope check (:func:`iapo.learners.validate.slope_check`): its rise from one completion to
+   the best of g no steeper than the groups' own, which is where its error at large N starts;
+   else blocks decide. Best-of-N validates in every screening round, on the prompts of that
+   round, and decides with the last round's choice, the one that ranked its last cut;
+   majority voting validates once, on the survivors. ``decide`` fixes the estimator instead
+   (Best-of-N then screens by the model alone for "model", by the union for "blocks").
+   Contexts that price latency leave the model alone: blocks do not price it. The trace
+   records the choice, the errors, the slope check and why (``estimator``;
+   ``screening_ranked_by`` for Best-of-N's rounds; ``committed``, the prompts of contexts
+   that committed).
 3. Deciding, the rest of T: PSST (Algorithm 1 with its budget rules) over every arm (p, N) of
    each context's surviving prompts, with the chosen estimator: the model with groups of g
    (``psst-model`` on the survivors), or unbiased blocks, stockpiled with the screening's
-   groups, pulled at the largest live N.
+   groups, pulled at the largest live N. Best-of-N with blocks commits first: a context whose
+   rest of the budget pays fewer than COMMIT_BLOCKS blocks of N_max per surviving prompt
+   keeps only its prompt of highest Q(c, p, 1) by blocks (every completion is a block of one).
+   Telling two prompts apart at large N takes many independent blocks, which small budgets
+   cannot pay, while the N of one prompt is told from nested blocks of the same groups.
 
 The budget is a hard limit: the screening spends at most floor(rho T), PSST the rest. The
 trace numbers the screening rounds -R_s..-1 and PSST's 1..R. A problem with the mixed
@@ -53,6 +60,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -69,31 +77,34 @@ from iapo.learners.base import (
     round_record,
 )
 from iapo.learners.psst import Groups, LargestN, allowance, equal_pulls, keep_best, psst
-from iapo.learners.validate import Validation, cross_validate
+from iapo.learners.validate import Validation, cross_validate, slope_check
 from iapo.problem import Problem
 from iapo.pulls import Observation, Oracle
+
+if TYPE_CHECKING:
+    from iapo.model import ModelQTable
 
 BoolArray = npt.NDArray[np.bool_]
 # how psst-auto picks the estimator that decides: by validation (the default), or fixed
 DECIDERS = ("validate", "model", "blocks")
-# majority voting keeps the model unless blocks beat it at this one-sided level
-MV_LEVEL = 0.05
+# the model stands unless blocks beat it at this one-sided level
+MODEL_LEVEL = 0.05
+# Best-of-N with blocks keeps one prompt where the rest of the budget pays fewer than this
+# many blocks of N_max per surviving prompt (docs/default-learner.md)
+COMMIT_BLOCKS = 30
 
 
-def level_for(aggregator: str, level: float | None) -> float | None:
-    """The one-sided level at which the challenger must beat the aggregator's default in the
-    validation (None: the smaller held-out error wins): ``level``, or by default 0.05 for
-    majority voting, where the model stands first, and None for Best-of-N
-    (docs/default-learner.md says why)."""
-    if level is not None:
-        return level
-    return MV_LEVEL if aggregator == "mv" else None
+def level_for(level: float | None) -> float:
+    """The one-sided level at which blocks must beat the model in the validation: ``level``,
+    or by default MODEL_LEVEL (docs/default-learner.md says why)."""
+    return MODEL_LEVEL if level is None else level
 
 
 def default_estimator(problem: Problem) -> str:
-    """The estimator psst-auto decides with where no validation says otherwise: the model for
-    majority voting and wherever contexts price latency (blocks do not), blocks for
-    Best-of-N, which then also rank prompts beside the model in the screening."""
+    """The estimator psst-auto decides with where no validation runs (no screening round, or
+    ``decide`` fixes it): the model for majority voting and wherever contexts price latency
+    (blocks do not), blocks for Best-of-N, which then also rank prompts beside the model in
+    the screening."""
     return "model" if problem.aggregator == "mv" or problem.needs_latency else "blocks"
 
 
@@ -140,7 +151,7 @@ class PSSTAuto:
             raise InputError(f"folds={self.folds}: a validation needs at least 2 folds")
         if self.level is not None and not 0 < self.level < 1:
             raise InputError(f"level={self.level} must lie strictly between 0 and 1 (or be "
-                             "None: the smaller held-out error wins)")
+                             f"None: {MODEL_LEVEL})")
 
     def __call__(self, problem: Problem, oracle: Oracle, budget: int,
                  rng: np.random.Generator) -> LearnerResult:
@@ -185,7 +196,7 @@ class PSSTAuto:
             else:
                 blocks.update(observations)
                 if self.decide == "validate":
-                    validation = self._validate(problem, seen, alive, g, folds_rng)
+                    validation = self._validate(problem, seen, alive, g, folds_rng, model)
                 if (validation.choice if validation is not None else self.decide) == "model":
                     screened.append("model")
                     alive = _keep_rows(by_model, alive, k, rng)
@@ -214,7 +225,7 @@ class PSSTAuto:
             # Best-of-N decides with its last screening round's choice, which cut the prompts
             # (the prompts of that round); majority voting validates on the survivors
             if validation is None:
-                validation = self._validate(problem, seen, alive, g, folds_rng)
+                validation = self._validate(problem, seen, alive, g, folds_rng, model)
             choice = validation.choice
             trace.info["estimator"] = validation.to_dict()
         if choice == "model":
@@ -224,15 +235,21 @@ class PSSTAuto:
             blocks = QTable(problem)
             if seen:
                 blocks.update(seen)
+        if not mv and seen:
+            alive = _committed(blocks.mean[:, :, 0], alive, left, n, rng)
+            if (alive.sum(axis=1) < active.any(axis=2).sum(axis=1)).any():
+                trace.info["committed"] = [np.flatnonzero(a).tolist() for a in alive]
+            active = np.repeat(alive[:, :, None], n, axis=2)
         return psst(problem, oracle, left, rng, active=active, stats=blocks, trace=trace,
                     allocation=LargestN())
 
     def _validate(self, problem: Problem, seen: list[Observation], alive: BoolArray, g: int,
-                  rng: np.random.Generator) -> Validation:
+                  rng: np.random.Generator, model: ModelQTable) -> Validation:
         """Which estimator, ``model`` or ``blocks``, predicts held-out screening groups of the
-        ``alive`` [C, P] prompts better (:mod:`iapo.learners.validate`). The default
-        (:func:`default_estimator`) stands first; the other replaces it when its held-out
-        error is smaller, at :func:`level_for`."""
+        ``alive`` [C, P] prompts better (:mod:`iapo.learners.validate`). The model stands
+        first; blocks replace it when their held-out error is smaller, at :func:`level_for`.
+        For Best-of-N the model must also pass the slope check, on the groups of size
+        ``g`` (``model``: fitted on ``seen``)."""
         from iapo.model import ModelQTable
 
         default = default_estimator(problem)
@@ -244,10 +261,23 @@ class PSSTAuto:
                               "on; the aggregator's default decides")
         candidates: dict[str, Callable[[], Estimator]] = {
             "model": lambda: ModelQTable(problem, self.alpha), "blocks": lambda: QTable(problem)}
-        if default == "blocks":
-            candidates = dict(reversed(candidates.items()))
-        return cross_validate(problem, seen, alive, candidates, upto=g, folds=self.folds,
-                              rng=rng, level=level_for(problem.aggregator, self.level))
+        validation = cross_validate(problem, seen, alive, candidates, upto=g,
+                                    folds=self.folds, rng=rng, level=level_for(self.level))
+        if problem.aggregator == "mv" or validation.choice != "model":
+            return validation
+        return validation.checked(slope_check(problem, model.bon_task(), seen, alive, g))
+
+
+def _committed(q1: npt.NDArray[np.float64], alive: BoolArray, left: int, n_max: int,
+               rng: np.random.Generator) -> BoolArray:
+    """Best-of-N deciding with blocks: each context whose ``left`` completions pay fewer than
+    COMMIT_BLOCKS blocks of ``n_max`` per alive prompt keeps only its alive prompt of highest
+    ``q1`` [C, P] (the blocks' Q(c, p, 1)); the others keep theirs."""
+    commit = left / n_max < COMMIT_BLOCKS * alive.sum(axis=1)
+    if not commit.any():
+        return alive
+    one = _keep_rows(q1, alive, np.ones(alive.shape[0], dtype=int), rng)
+    return np.where(commit[:, None], one, alive)
 
 
 def _keep_rows(value: npt.NDArray[np.float64], alive: BoolArray, k: npt.NDArray[np.int_],

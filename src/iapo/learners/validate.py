@@ -24,10 +24,18 @@ their mean squared errors (up to the smaller training set). The first candidate 
 included) unless another's error is smaller: by any amount, or by a one-sided paired t test
 over the folds (the folds' errors are the units: a fold's contexts share its data, and are
 not independent). Nothing is drawn for the validation itself.
+
+The held-out arms stop at the group size, while Best-of-N decides up to N_max, and the model's
+error there grows with N: on the real Best-of-N scores its pooled residuals have heavier tails
+than any one query's, so its best of N rises too fast with N. :func:`slope_check` asks the
+groups for the start of that rise: per group, its best of g less its mean, against the model's
+expected best of g less its expected one. Where the model's rise exceeds the groups' by more
+than ``SLOPE_MARGIN`` of it, beyond ``SLOPE_Z`` standard errors, the model is not used.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -42,6 +50,12 @@ from iapo.pulls import Observation, joined
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float64]
 ROUNDING = 1e-24  # a squared error this small is rounding, not a difference of estimators
+# the slope check (Best-of-N): the model's rise from 1 to g completions may exceed the groups'
+# by this share of it, and by this many standard errors (one-sided, about 84%), before the
+# model is rejected (docs/default-learner.md: the real Best-of-N scores' excess is 9% to 25%,
+# synth-categorical's, where the model is right, 2% to 5%)
+SLOPE_MARGIN = 0.02
+SLOPE_Z = 1.0
 
 
 @dataclass(frozen=True)
@@ -55,10 +69,26 @@ class Validation:
     folds: int
     compared: int
     reason: str
+    slope: SlopeCheck | None = None  # Best-of-N, where the held-out errors chose the model
 
     def to_dict(self) -> dict[str, object]:
-        return {"choice": self.choice, "errors": self.errors, "folds": self.folds,
-                "compared": self.compared, "reason": self.reason}
+        out: dict[str, object] = {"choice": self.choice, "errors": self.errors,
+                                  "folds": self.folds, "compared": self.compared,
+                                  "reason": self.reason}
+        if self.slope is not None:
+            out["slope"] = self.slope.to_dict()
+        return out
+
+    def checked(self, slope: SlopeCheck) -> Validation:
+        """This outcome after the model's slope check: blocks where it rejects the model."""
+        if not slope.rejects:
+            return dataclasses.replace(self, slope=slope)
+        return dataclasses.replace(
+            self, choice="blocks", slope=slope,
+            reason=f"blocks chosen: the model won the held-out errors ({self.reason}), but its "
+                   f"rise from one completion to the group's best exceeds the groups' own by "
+                   f"{slope.excess:.4g} beyond a margin of {SLOPE_MARGIN:g} of it (standard "
+                   f"error {slope.stderr:.4g}, {slope.groups} groups): it would overrate large N")
 
 
 @dataclass(frozen=True)
@@ -173,6 +203,50 @@ def cross_validate(problem: Problem, observations: Sequence[Observation], alive:
     reason = (f"{choice} {why}: held-out error of arm differences over {used} folds by query, "
               f"the prompts alive at n <= {upto}, {test} ({compared} comparisons; {shown})")
     return Validation(choice, errors, used, compared, reason)
+
+
+@dataclass(frozen=True)
+class SlopeCheck:
+    """The slope check's outcome: the mean excess of the model's rise over the groups' (less
+    the margin), its standard error, the groups behind it, and whether it rejects the
+    model."""
+
+    excess: float
+    stderr: float
+    groups: int
+    rejects: bool
+
+    def to_dict(self) -> dict[str, object]:
+        return {"excess": self.excess, "stderr": self.stderr, "groups": self.groups,
+                "rejects": self.rejects, "margin": SLOPE_MARGIN, "z": SLOPE_Z}
+
+
+def slope_check(problem: Problem, task: FloatArray, observations: Sequence[Observation],
+                alive: BoolArray, g: int) -> SlopeCheck:
+    """Does the model's rise from 1 to ``g`` completions exceed what the groups show
+    (Best-of-N)? ``task`` [C, P, N]: the model's task value (:meth:`ModelQTable.bon_task`).
+    Each group of at least ``g`` completions of a prompt alive somewhere is one sample: the
+    mean, over the contexts where its prompt is alive, of the model's rise task[c, p, g] -
+    task[c, p, 1] less (1 + SLOPE_MARGIN) times the group's own, the best of its first g
+    task values less their mean (whose expectation is the true rise). The model is rejected
+    where the samples' mean exceeds SLOPE_Z standard errors."""
+    from iapo.utility import task_values
+
+    rise = task[:, :, g - 1] - task[:, :, 0]  # [C, P]
+    samples = []
+    for o in observations:
+        where = alive[:, o.prompt]
+        if o.n < g or not o.count or not where.any():
+            continue
+        v = task_values(o.scores[:, :g], problem.grid.weights)  # [count, g, C]
+        own = v.max(axis=1) - v.mean(axis=1)  # [count, C]
+        samples.append((rise[None, :, o.prompt] - (1 + SLOPE_MARGIN) * own)[:, where]
+                       .mean(axis=1))
+    d = np.concatenate(samples) if samples else np.zeros(0)
+    if d.size < 2:
+        return SlopeCheck(0.0, 0.0, int(d.size), False)
+    excess, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(d.size))
+    return SlopeCheck(excess, se, int(d.size), excess > SLOPE_Z * se)
 
 
 def beats(gain: FloatArray, compared: int, level: float | None) -> bool:
