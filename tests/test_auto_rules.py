@@ -217,9 +217,11 @@ def test_psst_auto_on_bon_keeps_the_union_of_half_by_each_ranking() -> None:
     # 6 prompts scoring constants, cost 0.01 each (Q = v - 0.01 n): by value 1 (.9), 5 (.8),
     # 3 (.7), 4 (.5), 0 (.3), 2 (.1); model and blocks agree. N_max 8: groups of 4.
     # T = 200, rho T = 100: R_s = min(ceil(log2(6 / 2)), 100 // 24) = 2.
+    # Blocks decide (fixed, so no validation: the default keeps the model, which is exact
+    # here, and screens by it alone; tests/test_learner_rules.py works that path by hand).
     values = [0.3, 0.9, 0.1, 0.7, 0.5, 0.8]
     oracle = PatternOracle(problem("bon", 6, 8), 200, [[v] for v in values], [0.01] * 6)
-    result = run(PSSTAuto(), oracle, 200)
+    result = run(PSSTAuto(decide="blocks"), oracle, 200)
     assert result.trace.info["group"] == 4
     assert rounds(result) == [
         # allowance 50, M = 24: 2 each (48); k = max(2, ceil(6 / 2)) = 3: the union of the best
@@ -254,17 +256,21 @@ def test_bon_screening_keeps_prompts_that_either_ranking_puts_first() -> None:
     # The model ranks 0 (.7731), 1 (.7621), 2 (.75), 3 (.74).
     # 4 prompts, keep 2: one round (the last), k = 2: the best one by each ranking, 0 and 2
     # (the best two by the model alone would be 0 and 1, by the blocks alone 2 and 3).
+    # Blocks decide (fixed: the union is how they screen).
     patterns = [[0.7, 0, 0, 0], [0.69, 0, 0, 0], [0.75], [0.74]]
     oracle = PatternOracle(problem("bon", 4, 16, cost_weight=0.0), 200, patterns, [0.01] * 4)
-    result = run(PSSTAuto(), oracle, 200)
+    result = run(PSSTAuto(decide="blocks"), oracle, 200)
     first = result.trace.rounds[0]
     # rho T = 100, M = 4 x 4 = 16: 6 groups each (96)
     assert (first.round, first.allowance, pulls(first)) == (-1, 100, [(p, 4, 6) for p in range(4)])
     assert result.trace.info["screened_prompts"] == [[0, 2]]
     assert list(first.alive) == [2 * 16]
-    # PSST then pulls the two survivors only, at their largest N, 16
-    assert pulls(result.trace.rounds[1])[0][:2] == (0, 16)
-    assert {p for p, _, _ in pulls(result.trace.rounds[1])} == {0, 2}
+    # the rest, 104, pays 6 blocks of 16, fewer than 30 for each of the 2 survivors: the
+    # context commits to the one of highest Q(c, p, 1) by blocks, prompt 2 (0.75, against
+    # 0.7 / 4 = 0.175 for prompt 0), and PSST pulls it alone, at its largest N, 16
+    assert result.trace.info["committed"] == [[2]]
+    assert pulls(result.trace.rounds[1])[0][:2] == (2, 16)
+    assert {p for p, _, _ in pulls(result.trace.rounds[1])} == {2}
 
 
 def test_bon_groups_are_at_most_four_and_at_most_n_max() -> None:

@@ -881,9 +881,11 @@ def test_psst_auto_screens_prompts_then_runs_psst_on_the_survivors_by_hand() -> 
     # 0.1, cost 0.01 each with cost weight 1: the best arm is (2, 1); model and blocks are
     # exact, so both rank the prompts alike. N_max 4: groups of g = 4. T = 200, screening
     # 100: R_s = ceil(log2(8 / 2)) = 2 <= floor(100 / 32) rounds.
+    # Blocks decide (fixed; the default's own path: the next test).
     env = noiseless_bon(FIRST[:8], [0.01] * 8, 4, {"b": 1.0})
     oracle = SimulatedOracle(env, np.arange(3), 200, np.random.default_rng(0))
-    result = get_learner("psst-auto").learner(env.problem, oracle, 200, np.random.default_rng(1))
+    result = get_learner("psst-auto").configure(decide="blocks").learner(
+        env.problem, oracle, 200, np.random.default_rng(1))
     rounds = result.trace.rounds
     assert [r.round for r in rounds] == [-2, -1, 1, 2]
     s1, s2, p1, p2 = rounds
@@ -902,6 +904,31 @@ def test_psst_auto_screens_prompts_then_runs_psst_on_the_survivors_by_hand() -> 
     (choice,) = result.choices
     assert (choice.prompt, choice.n, choice.q_hat) == (2, 1, pytest.approx(0.89))
     assert result.trace.completions_used == oracle.ledger.spent == 200
+
+
+def test_psst_auto_keeps_the_exact_model_and_screens_by_it_alone_by_hand() -> None:
+    # The same noiseless Best-of-N with the default (validation): the model and the blocks
+    # are both exact, so their held-out errors are equal and blocks cannot beat the model,
+    # which stands; its rise from 1 to 4 completions is 0, as every group's (no spread), so
+    # the slope check keeps it. The model alone ranks: round -2 keeps half, the best 4 by
+    # value (2 .9, 6 .8, 4 .7, 0 .5); round -1 (allowance 100 - 32 = 68, M = 4 x 4: 4 groups
+    # each, 64) keeps 2 and 6. PSST decides with the model in groups of 4 on those two.
+    env = noiseless_bon(FIRST[:8], [0.01] * 8, 4, {"b": 1.0})
+    oracle = SimulatedOracle(env, np.arange(3), 200, np.random.default_rng(0))
+    result = get_learner("psst-auto").learner(env.problem, oracle, 200, np.random.default_rng(1))
+    info = result.trace.info
+    assert info["estimator"]["choice"] == "model"
+    assert info["estimator"]["slope"]["rejects"] is False
+    assert info["estimator"]["slope"]["excess"] == pytest.approx(0.0, abs=1e-12)
+    assert info["screening_ranked_by"] == ["model", "model"]
+    s1, s2 = result.trace.rounds[:2]
+    assert (s1.round, list(s1.alive)) == (-2, [4 * 4])
+    assert (s2.round, s2.allowance, pulls(s2)) == (-1, 68, [(p, 4, 4) for p in (0, 2, 4, 6)])
+    assert info["screened_prompts"] == [[2, 6]]
+    assert {(p, n) for r in result.trace.rounds[2:] for p, n, _ in pulls(r)} <= {(2, 4), (6, 4)}
+    assert "committed" not in info  # the model decides: no commitment
+    (choice,) = result.choices
+    assert (choice.prompt, choice.n) == (2, 1)
 
 
 def test_psst_auto_skips_screening_it_cannot_pay_for() -> None:
