@@ -291,7 +291,8 @@ def train(env_name: str, learner: str, budget: int, seed: int, out: str,
 
 def _trace_text(trace: dict[str, Any]) -> str:
     """A run's trace in words (``iapo train --verbose``): every round (negative: a
-    screening round), the notes, and the estimator that decided, with its validation."""
+    screening round), the notes, the estimator that decided, with its validation, and the
+    prompts a Best-of-N context committed to."""
     lines = ["rounds (round: allowance, spent, arms alive per context):"]
     for r in trace.get("rounds", []):
         alive = r["alive"]
@@ -303,6 +304,9 @@ def _trace_text(trace: dict[str, Any]) -> str:
     chosen = trace.get("estimator")
     if isinstance(chosen, dict):  # its reason starts with the choice
         lines.append(f"estimator: {chosen['reason']}")
+    if "committed" in trace:  # Best-of-N with blocks, on a small rest of the budget
+        lines.append("committed to one prompt (prompts per context): " + "; ".join(
+            ",".join(map(str, prompts)) for prompts in trace["committed"]))
     lines += [f"note: {note}" for note in trace.get("notes", [])]
     return "\n".join(lines)
 

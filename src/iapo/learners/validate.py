@@ -82,7 +82,12 @@ class Validation:
     def checked(self, slope: SlopeCheck) -> Validation:
         """This outcome after the model's slope check: blocks where it rejects the model."""
         if not slope.rejects:
-            return dataclasses.replace(self, slope=slope)
+            return dataclasses.replace(
+                self, slope=slope,
+                reason=f"{self.reason}; its rise from one completion to the group's best is "
+                       f"within the groups' own (excess {slope.excess:.4g} beyond a margin of "
+                       f"{SLOPE_MARGIN:g}, standard error {slope.stderr:.4g}, {slope.groups} "
+                       "groups)")
         return dataclasses.replace(
             self, choice="blocks", slope=slope,
             reason=f"blocks chosen: the model won the held-out errors ({self.reason}), but its "
