@@ -152,19 +152,44 @@ def ready(plan: LearningPulls, policy: Policy, drawn: int) -> list[Pull]:
 def test_a_reloaded_policy_that_cannot_learn_stops_learning_not_serving(
         tmp_path: Path) -> None:
     """A reload to a policy that draws N at random: no learning pull, the reason in
-    health(); a reload back to a fixed-N policy learns again, and the budget served
-    meanwhile counts."""
+    health() from its first request, and what it serves does not count (no backlog of
+    pulls builds up); a reload to a fixed-N policy learns again, what is served while its
+    learner is built counting."""
     task, policy = task_and_policy(tmp_path, [(1, 3), (0, 1)])
     plan = LearningPulls(task, 0.25)  # type: ignore[arg-type]
     assert [(p.prompt, p.n) for p in plan.plan(policy, 16)] == [(0, 4)]
     _, random_n = task_and_policy(tmp_path, [(1, None), (0, 1)])
-    assert plan.plan(random_n, 0) + ready(plan, random_n, drawn=5) == []
-    assert "fixed N" in str(plan.health()["error"])
-    assert plan.plan(random_n, 16) == []
+    assert plan.plan(random_n, 16) == [] and "fixed N" in str(plan.health()["error"])
+    assert plan.plan(random_n, 16) == [] and plan.served == 16
     _, fixed = task_and_policy(tmp_path, [(2, 2), (2, 2)])
-    got = plan.plan(fixed, 0) + ready(plan, fixed, drawn=8)
+    got = plan.plan(fixed, 16) + ready(plan, fixed, drawn=8)
     assert [(p.prompt, p.n) for p in got] == [(0, 4)]
     assert plan.health()["error"] is None and (plan.served, plan.drawn) == (32, 8)
+
+
+def test_no_pull_is_drawn_while_a_reloaded_policys_learner_is_built(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The build held until released: every response meanwhile gets no learning pull and
+    counts towards the budget; once built, the learner draws what it accrued (F = 0.25 of
+    48 served, less the 4 drawn: two groups of N_max, the prompts in turn)."""
+    import threading
+
+    task, policy = task_and_policy(tmp_path, [(1, 3), (0, 1)])
+    plan = LearningPulls(task, 0.25)  # type: ignore[arg-type]
+    assert [(p.prompt, p.n) for p in plan.plan(policy, 16)] == [(0, 4)]
+    release, build = threading.Event(), LearningPulls._build
+
+    def held(self: LearningPulls, policy: Policy):  # type: ignore[no-untyped-def]
+        assert release.wait(20)
+        return build(self, policy)
+
+    monkeypatch.setattr(LearningPulls, "_build", held)
+    _, reloaded = task_and_policy(tmp_path, [(2, 2), (2, 2)])
+    assert plan.plan(reloaded, 16) == [] and plan.plan(reloaded, 16) == []
+    assert (plan.served, plan.drawn, plan.health()["error"]) == (48, 4, None)
+    release.set()
+    got = ready(plan, reloaded, drawn=12)
+    assert [(p.prompt, p.n) for p in got] == [(0, 4), (1, 4)]
 
 
 def test_a_random_n_policy_cannot_learn(tmp_path: Path) -> None:

@@ -349,13 +349,15 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
 
     base_url = task.model.base_url
 
-    def learning_job(policy: Policy, r: CoreResponse, query: str
+    def learning_job(r: CoreResponse, query: str
                      ) -> Callable[[], Coroutine[Any, Any, None]] | None:
-        """The learning pulls due after response ``r`` (planned and charged now), as a job to
-        run once the response is sent; None when none is due."""
+        """The learning pulls due after response ``r`` (planned and charged now, by the
+        policy in force now: a request that began before a reload does not bring back the
+        old policy's learner), as a job to run once the response is sent; None when none is
+        due."""
         if learning is None:
             return None
-        pulls = learning.plan(policy, len(r.samples))
+        pulls = learning.plan(holder.policy, len(r.samples))
         if not pulls:
             return None
 
@@ -523,7 +525,7 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
         watch.add(r)
         refine_due()
         # a learning pull re-asks the query alone, which a history would change
-        job = None if history else learning_job(policy, r, user_text)
+        job = None if history else learning_job(r, user_text)
         meta = gateway_fields(r, task.aggregator)
         meta["gateway_seconds"] = time.perf_counter() - t0
         return JSONResponse({
@@ -583,7 +585,7 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
         if include_usage:
             yield event([], usage=response.usage())
         yield b"data: [DONE]\n\n"
-        job = None if history else learning_job(policy, response, user_text)
+        job = None if history else learning_job(response, user_text)
         if job is not None:  # the stream is sent: learn without holding its connection
             in_background(job())
 

@@ -16,12 +16,17 @@ candidate and, no arm being seen yet, every N is close, so each prompt is pulled
 turn (PSST's first round over all prompts).
 
 The first policy's learner is built when the gateway starts (a policy that cannot learn stops
-it there). A reloaded policy's is built in a thread, off the event loop (25 to 60 ms for a
-training of 20,000 completions: ``benchmarks/experiments/learner_rebuild.py``); until it is
-ready no learning pull is drawn, and the completions served meanwhile still count towards
-the budget, so none of it is lost. A reloaded policy that cannot learn (N drawn at random)
-draws none, and /health says why. The gateway sees no labels as it serves, so it does not
-decide from what it learns: that is ``iapo refine``'s work, offline, on the labelled log.
+it there). A reloaded policy's is built in a thread, off the event loop (tens of milliseconds
+for a training of 20,000 completions, 25 to 60 ms on the unloaded 2-core development machine:
+``benchmarks/experiments/learner_rebuild.py``; the thread shares the interpreter, so requests
+may wait a little meanwhile). Until it is ready no learning pull is drawn, and the completions
+served meanwhile still count towards the budget, so none of it is lost. A reloaded policy
+that cannot learn (N drawn at random) draws none, /health says why from its first request,
+and what it serves does not count (no backlog of pulls builds up for a later policy). The
+gateway plans by the policy in force when a response ends, so a request begun before a
+reload never brings back the old policy's learner. The gateway sees no labels as it serves,
+so it does not decide from what it learns: that is ``iapo refine``'s work, offline, on the
+labelled log.
 """
 
 from __future__ import annotations
@@ -63,12 +68,17 @@ class LearningPulls:
             raise InputError(f"learn per day {self.per_day} must be >= 0 (completions)")
 
     def plan(self, policy: Policy, completions: int) -> list[Pull]:
-        """A response of ``completions`` completions was sent under ``policy``: the learning
-        pulls to draw now (charged at once, so concurrent requests never overspend)."""
-        self.served += completions
+        """A response of ``completions`` completions was sent; ``policy`` is the policy in
+        force: the learning pulls to draw now (charged at once, so concurrent requests never
+        overspend). While a reloaded policy's learner is being built, what is served still
+        counts towards the budget; while the policy in force cannot learn, it does not (no
+        backlog of pulls builds up for a later policy)."""
         learner = self._for(policy)
         if learner is None:  # a reloaded policy's learner is not ready (or cannot be)
+            if self.error is None:
+                self.served += completions
             return []
+        self.served += completions
         learner.served_completions = self.served
         learner.learning_completions = self.drawn
         pulls = learner.learning_pulls()
@@ -94,10 +104,15 @@ class LearningPulls:
         if policy is self._policy:
             return self._learner
         if self._building is None or self._building[0] is not policy:
-            pool = ThreadPoolExecutor(1, thread_name_prefix="iapo-learner")
-            self._building = (policy, pool.submit(self._build, policy))
-            self.error = None  # it was the previous policy's
-            pool.shutdown(wait=False)  # the build goes on; the thread ends with it
+            future: Future[Continual] = Future()
+            self._building, self.error = (policy, future), None  # the error was the old one's
+            try:
+                fixed_n(policy)  # at once: /health says so from the first request
+                pool = ThreadPoolExecutor(1, thread_name_prefix="iapo-learner")
+                self._building = (policy, pool.submit(self._build, policy))
+                pool.shutdown(wait=False)  # the build goes on; the thread ends with it
+            except Exception as e:  # cannot learn, or no thread to build in
+                future.set_exception(e)
         future = self._building[1]
         if not future.done():
             return None
@@ -111,9 +126,7 @@ class LearningPulls:
 
     def _build(self, policy: Policy) -> Continual:
         """A learner for ``policy``, continued from training's groups."""
-        if any(c.n is None for c in policy.choices):
-            raise InputError(f"policy learner '{policy.learner}' draws N at random; "
-                             "learning pulls need a fixed N per context")
+        fixed_n(policy)
         problem = self.task.problem()
         training = self._training_groups(policy)
         # without training's samples every prompt is a candidate; with them, refine's rule
@@ -146,6 +159,14 @@ class LearningPulls:
         return {"budget": self.budget, "per_day": self.per_day,
                 "served_completions": self.served, "learning_completions": self.drawn,
                 "failed_pulls": self.failed, "counted": "this process", "error": self.error}
+
+
+def fixed_n(policy: Policy) -> None:
+    """Learning pulls need one fixed N per context: a policy that draws N at random is
+    refused, saying so."""
+    if any(c.n is None for c in policy.choices):
+        raise InputError(f"policy learner '{policy.learner}' draws N at random; learning "
+                         "pulls need a fixed N per context")
 
 
 __all__ = ["LearningPulls"]
