@@ -268,7 +268,7 @@ def test_bon_screening_keeps_prompts_that_either_ranking_puts_first() -> None:
     # the rest, 104, pays 6 blocks of 16, fewer than 30 for each of the 2 survivors: the
     # context commits to the one of highest Q(c, p, 1) by blocks, prompt 2 (0.75, against
     # 0.7 / 4 = 0.175 for prompt 0), and PSST pulls it alone, at its largest N, 16
-    assert result.trace.info["committed"] == [[2]]
+    assert result.trace.info["committed"] == [2]
     assert pulls(result.trace.rounds[1])[0][:2] == (2, 16)
     assert {p for p, _, _ in pulls(result.trace.rounds[1])} == {2}
 

@@ -374,18 +374,31 @@ def test_the_slope_check_by_hand() -> None:
     assert check(0.21, [0.0, 0.2]).rejects
     # one group is no evidence
     assert check(5.0, [0.0]) == SlopeCheck(0.0, 0.0, 1, False)
+    # alive in both contexts: a sample is the mean over them; in context 1 (objective a,
+    # 5.0 then 0) the group's own rise is 2.5, so with rises 0.3 and 2.6 each group gives
+    # ((0.3 - 1.02 x 0.1) + (2.6 - 1.02 x 2.5)) / 2 = 0.124
+    alive[1, 0], task[1, 0, 1] = True, 2.6
+    both = check(0.3, [0.1, 0.1])
+    assert (both.excess, both.groups, both.rejects) == (pytest.approx(0.124), 2, True)
 
 
 def test_best_of_n_with_blocks_commits_where_the_rest_pays_few_blocks() -> None:
-    """16 completions a block: 960 completions pay 60 blocks, 30 for each of 2 prompts, and
-    keep both; 959 commit the context to its prompt of highest Q(c, p, 1); a context with one
-    prompt keeps it."""
-    q1 = np.array([[0.2, 0.5, 0.9], [0.3, 0.1, 0.0]])
-    alive = np.array([[True, True, False], [True, False, False]])
+    """16 completions a block: per context, the rest must pay 30 blocks for each of its own
+    surviving prompts, or it commits to its prompt of highest Q(c, p, 1)."""
+    q1 = np.array([[0.2, 0.5, 0.9], [0.3, 0.1, 0.0], [0.4, 0.6, 0.8], [0.1, 0.2, 0.3]])
+    alive = np.array([[True, True, False], [True, False, False], [True, True, True],
+                      [False, False, False]])
     rng = np.random.default_rng(0)
-    assert (_committed(q1, alive, 960, 16, rng) == alive).all()
-    assert _committed(q1, alive, 959, 16, rng).tolist() == [[False, True, False],
-                                                           [True, False, False]]
+    # 960 / 16 = 60 blocks: 30 for each of 2 prompts (kept), fewer than 30 for each of 3
+    assert _committed(q1, alive, 960, 16, rng).tolist() == [
+        [True, True, False], [True, False, False], [False, False, True],
+        [False, False, False]]
+    # 959: the first context commits too (prompt 1, 0.5 against 0.2)
+    assert _committed(q1, alive, 959, 16, rng)[0].tolist() == [False, True, False]
+    # nothing left: every context with prompts keeps one; one without keeps none
+    assert _committed(q1, alive, 0, 16, rng).tolist() == [
+        [False, True, False], [True, False, False], [False, False, True],
+        [False, False, False]]
 
 
 def test_majority_voting_neither_commits_nor_checks_a_slope() -> None:
@@ -394,16 +407,22 @@ def test_majority_voting_neither_commits_nor_checks_a_slope() -> None:
     env, train, _ = run_queries("math", 0, 0, 0.2)
     for decide in ("blocks", "validate"):
         oracle, rng = run_oracle(env, train, "psst-auto", 1000, 0, 0)
-        info = PSSTAuto(decide=decide)(env.problem, oracle, 1000, rng).trace.info
+        trace = PSSTAuto(decide=decide)(env.problem, oracle, 1000, rng).trace
+        info = trace.info
         assert "committed" not in info and "slope" not in info["estimator"]
+        # PSST's first round pulls every survivor of every context: none was dropped
+        first = next(r for r in trace.rounds if r.round == 1)
+        assert {p for p, _, _ in first.pulls} == {p for s in info["screened_prompts"]
+                                                   for p in s}
         assert all(len(s) == 2 for s in info["screened_prompts"])
 
 
 def test_psst_auto_commits_to_the_prompt_that_blocks_rank_first_at_one() -> None:
-    """The misspecified world (blocks decide) at T = 2,000, keep 4: one screening round of
-    1,000, and the rest pays about 62 blocks of 16, fewer than 30 for each of 4 prompts. Every
-    context keeps the prompt of highest mean value of one completion in the screening's
-    groups (computed here from them), and PSST pulls no other."""
+    """The misspecified world (blocks decide) at T = 2,000, keep 4: one screening round of at
+    most 1,000, and the rest pays about 62 blocks of 16, fewer than 30 for each of 3 or 4
+    survivors (a context keeps 2 to 4: the union of two rankings). Such a context keeps the
+    prompt of highest mean value of one completion in the screening's groups (computed here
+    from them), and PSST pulls no other for it."""
     oracle = FeatureOracle(False, 2000, 3)
     recorder = Recorder(oracle)
     result = PSSTAuto(keep=4)(oracle.problem, recorder, 2000, np.random.default_rng(3))
@@ -416,11 +435,17 @@ def test_psst_auto_commits_to_the_prompt_that_blocks_rank_first_at_one() -> None
                             if o.prompt == p])
         value[:, p] = (s @ weights.T).mean(axis=0)
     survivors = result.trace.info["screened_prompts"]
-    expected = [[max(alive, key=lambda p: value[c, p])] for c, alive in enumerate(survivors)]
+    left = 2000 - sum(r.spent for r in result.trace.rounds if r.round < 0)
+    commits = [len(alive) > 1 and left / 16 < 30 * len(alive) for alive in survivors]
+    assert any(commits)
+    expected = [max(alive, key=lambda p: value[c, p]) if commit else None
+                for c, (alive, commit) in enumerate(zip(survivors, commits, strict=True))]
     assert result.trace.info["committed"] == expected
     decided = {p for r in result.trace.rounds if r.round >= 1 for p, _, _ in r.pulls}
-    assert decided <= {p for [p] in expected}
-    assert [c.prompt for c in result.choices] == [p for [p] in expected]
+    kept = [[p] if p is not None else alive for p, alive in zip(expected, survivors,
+                                                                  strict=True)]
+    assert decided <= {p for k in kept for p in k}
+    assert all(c.prompt in k for c, k in zip(result.choices, kept, strict=True))
 
 
 def test_the_level_is_5_percent_unless_set() -> None:

@@ -7,9 +7,9 @@ For runs 0..R-1 of each environment (the bench's split and synthetic instance), 
 fitted to 20 groups of 4 per training query of every prompt, and its rise task(4) - task(1)
 (:meth:`iapo.model.ModelQTable.bon_task`) is compared with the exact rise on the training
 queries. Printed per run: the mean excess over contexts and prompts, relative to the exact
-rise, and the same at N = 32 (what the decision would see). Cited by docs/default-learner.md
-(``iapo.learners.validate.SLOPE_MARGIN`` sits between the model's excess where it is right
-and where it is not).
+rise, and the same at N = 32 (what the decision would see). Cited by docs/default-learner.md:
+the slope check's margin and z (``iapo.learners.validate.SLOPE_MARGIN``, ``SLOPE_Z``) are set
+against these excesses, small where the model is right and large where it is not.
 """
 
 from __future__ import annotations

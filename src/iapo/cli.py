@@ -305,8 +305,8 @@ def _trace_text(trace: dict[str, Any]) -> str:
     if isinstance(chosen, dict):  # its reason starts with the choice
         lines.append(f"estimator: {chosen['reason']}")
     if "committed" in trace:  # Best-of-N with blocks, on a small rest of the budget
-        lines.append("committed to one prompt (prompts per context): " + "; ".join(
-            ",".join(map(str, prompts)) for prompts in trace["committed"]))
+        lines.append("committed to one prompt (per context; - where it kept its survivors): "
+                     + ", ".join("-" if p is None else str(p) for p in trace["committed"]))
     lines += [f"note: {note}" for note in trace.get("notes", [])]
     return "\n".join(lines)
 

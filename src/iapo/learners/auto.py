@@ -39,14 +39,15 @@ is the choice of prompt, not of N. ``psst-auto`` spends its budget in two phases
    (Best-of-N then screens by the model alone for "model", by the union for "blocks").
    Contexts that price latency leave the model alone: blocks do not price it. The trace
    records the choice, the errors, the slope check and why (``estimator``;
-   ``screening_ranked_by`` for Best-of-N's rounds; ``committed``, the prompts of contexts
-   that committed).
+   ``screening_ranked_by`` for Best-of-N's rounds; ``committed``, per context the prompt it
+   committed to, None where it kept its survivors).
 3. Deciding, the rest of T: PSST (Algorithm 1 with its budget rules) over every arm (p, N) of
    each context's surviving prompts, with the chosen estimator: the model with groups of g
    (``psst-model`` on the survivors), or unbiased blocks, stockpiled with the screening's
-   groups, pulled at the largest live N. Best-of-N with blocks commits first: a context whose
-   rest of the budget pays fewer than COMMIT_BLOCKS blocks of N_max per surviving prompt
-   keeps only its prompt of highest Q(c, p, 1) by blocks (every completion is a block of one).
+   groups, pulled at the largest live N. Best-of-N with blocks commits first: a context where
+   the rest of the budget (shared by every context) pays fewer than COMMIT_BLOCKS blocks of
+   N_max for each of its own surviving prompts keeps only its prompt of highest Q(c, p, 1) by
+   blocks (every completion is a block of one); with no screening round, none commits.
    Telling two prompts apart at large N takes many independent blocks, which small budgets
    cannot pay, while the N of one prompt is told from nested blocks of the same groups.
 
@@ -236,9 +237,12 @@ class PSSTAuto:
             if seen:
                 blocks.update(seen)
         if not mv and seen:
+            before = alive.sum(axis=1)
             alive = _committed(blocks.mean[:, :, 0], alive, left, n, rng)
-            if (alive.sum(axis=1) < active.any(axis=2).sum(axis=1)).any():
-                trace.info["committed"] = [np.flatnonzero(a).tolist() for a in alive]
+            if (alive.sum(axis=1) < before).any():  # per context: its prompt, or None
+                trace.info["committed"] = [int(np.flatnonzero(a)[0]) if k < b else None
+                                           for a, k, b in zip(alive, alive.sum(axis=1),
+                                                              before, strict=True)]
             active = np.repeat(alive[:, :, None], n, axis=2)
         return psst(problem, oracle, left, rng, active=active, stats=blocks, trace=trace,
                     allocation=LargestN())

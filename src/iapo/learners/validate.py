@@ -52,8 +52,8 @@ FloatArray = npt.NDArray[np.float64]
 ROUNDING = 1e-24  # a squared error this small is rounding, not a difference of estimators
 # the slope check (Best-of-N): the model's rise from 1 to g completions may exceed the groups'
 # by this share of it, and by this many standard errors (one-sided, about 84%), before the
-# model is rejected (docs/default-learner.md: the real Best-of-N scores' excess is 9% to 25%,
-# synth-categorical's, where the model is right, 2% to 5%)
+# model is rejected (docs/default-learner.md: on the real Best-of-N scores the model's excess
+# is 8% to 26%, on synth-categorical, where it is right, 2% to 5%: the two together spare it)
 SLOPE_MARGIN = 0.02
 SLOPE_Z = 1.0
 
@@ -231,10 +231,10 @@ def slope_check(problem: Problem, task: FloatArray, observations: Sequence[Obser
     """Does the model's rise from 1 to ``g`` completions exceed what the groups show
     (Best-of-N)? ``task`` [C, P, N]: the model's task value (:meth:`ModelQTable.bon_task`).
     Each group of at least ``g`` completions of a prompt alive somewhere is one sample: the
-    mean, over the contexts where its prompt is alive, of the model's rise task[c, p, g] -
-    task[c, p, 1] less (1 + SLOPE_MARGIN) times the group's own, the best of its first g
-    task values less their mean (whose expectation is the true rise). The model is rejected
-    where the samples' mean exceeds SLOPE_Z standard errors."""
+    mean, over the contexts where its prompt is alive, of the model's rise from N = 1 to
+    N = g (``task[c, p, g - 1] - task[c, p, 0]``) less (1 + SLOPE_MARGIN) times the group's
+    own, the best of its first g task values less their mean (whose expectation is the true
+    rise). The model is rejected where the samples' mean exceeds SLOPE_Z standard errors."""
     from iapo.utility import task_values
 
     rise = task[:, :, g - 1] - task[:, :, 0]  # [C, P]
