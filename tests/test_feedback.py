@@ -85,8 +85,11 @@ def test_bad_feedback_says_what_is_wrong_and_stores_nothing(
 
 
 def test_feedback_needs_the_key_and_counts_against_its_rate_limit(served) -> None:  # type: ignore[no-untyped-def]
+    from test_gateway_production import room_in_this_minute
+
     gw, _ = served
     client_b = gw.as_key(KEY_B)
+    room_in_this_minute(15)  # its requests in one minute's window
     rid = client_b.chat.completions.create(
         model="iapo", messages=[{"role": "user", "content": "q"}],
         extra_body={"iapo_context": {"budget": "low"}}).id

@@ -28,6 +28,13 @@ from test_serve import QUESTION, Gateway, mcq_policy
 KEY = "sk-test-0123456789"
 
 
+def room_in_this_minute(seconds: float) -> None:
+    """Wait, if need be, until the current UTC minute has ``seconds`` left: per-minute limits
+    are fixed windows, and a test whose requests straddle two minutes sees two budgets."""
+    while time.time() % 60 > 60 - seconds:
+        time.sleep(0.2)
+
+
 def keys_file(tmp: Path, rows: list[dict[str, Any]]) -> Path:
     lines = []
     for row in rows:
@@ -96,6 +103,7 @@ def test_rate_and_daily_completion_limits_answer_429_with_retry_after(tmp_path: 
     with ScriptedServer(answer="The answer is (B).") as up, Gateway(
             mcq_policy(tmp_path, up.base_url, [(0, 1), (0, 3)]), "--keys", str(keys),
             api_key=KEY) as gw:
+        room_in_this_minute(15)
         gw.ask({"budget": "low"})
         gw.ask({"budget": "low"})
         with pytest.raises(openai.RateLimitError) as e:
@@ -360,6 +368,7 @@ def test_two_workers_share_the_key_limits_and_log_every_request(tmp_path: Path) 
     with ScriptedServer(answer="The answer is (B).") as up, Gateway(
             mcq_policy(tmp_path, up.base_url, [(0, 2), (0, 2)]), "--keys", str(keys),
             "--workers", "2", "--log-store", str(log), api_key=KEY) as gw:
+        room_in_this_minute(20)
         with ThreadPoolExecutor(6) as pool:
             results = list(pool.map(lambda _: _ask_status(gw), range(20)))
         # one limit of 12 for both workers together, not 12 per worker

@@ -240,7 +240,7 @@ def test_open_limits_picks_the_store_by_its_target(redis_server: RedisServer,
 def test_two_gateways_on_one_redis_admit_exactly_a_keys_limits(
         tmp_path: Path, redis_server: RedisServer) -> None:
     from live_helpers import ScriptedServer
-    from test_gateway_production import keys_file
+    from test_gateway_production import keys_file, room_in_this_minute
     from test_serve import Gateway, mcq_policy
 
     url = redis_server.url.rsplit("/", 1)[0] + "/3"  # a database of this test's own
@@ -248,8 +248,7 @@ def test_two_gateways_on_one_redis_admit_exactly_a_keys_limits(
     keys = keys_file(tmp_path, [
         {"name": "rpm", "key": "sk-rpm-0123456789", "requests_per_minute": 6},
         {"name": "daily", "key": "sk-daily-0123456789", "completions_per_day": 8}])
-    while time.time() % 60 > 45:  # the minute's window must not turn during the test
-        time.sleep(0.5)
+    room_in_this_minute(15)  # the minute's window must not turn during the test
     with ScriptedServer(answer="The answer is (B).") as up:
         policy = mcq_policy(tmp_path, up.base_url, [(0, 2), (0, 2)])  # N = 2 everywhere
         with Gateway(policy, "--keys", str(keys), "--limits", url) as a, \

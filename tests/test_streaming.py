@@ -19,7 +19,7 @@ import pytest
 
 from conftest import LlamaServer
 from live_helpers import ScriptedServer
-from test_gateway_production import KEY, keys_file
+from test_gateway_production import KEY, keys_file, room_in_this_minute
 from test_serve import QUESTION, Gateway, mcq_policy, mv_task, write_policy
 
 
@@ -122,6 +122,7 @@ def test_streaming_keeps_keys_quotas_and_deadlines(tmp_path: Path) -> None:
                     "--deadline", "1", api_key=KEY) as gw:
         with pytest.raises(openai.AuthenticationError):  # 401 before any event
             _stream(gw, {"budget": "low"}, client=gw.as_key("sk-wrong-0000000"))
+        room_in_this_minute(15)  # the two requests below in one minute's window
         t0 = time.monotonic()
         with pytest.raises(openai.APIError) as e:  # the deadline passes mid-stream: 504
             _stream(gw, {"budget": "low"})
