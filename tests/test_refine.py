@@ -382,3 +382,19 @@ def test_refine_numbers_a_querys_answers_alike_in_every_group(tmp_path: Path) ->
     for (qid, a), (label,) in numbers.items():
         assert (label == 0) == (a == GOLD[queries[qid]])
     assert set(categories) == {0, 1}
+
+
+def test_refine_refuses_a_policy_that_draws_n_at_random(tmp_path: Path) -> None:
+    """The continual core needs one fixed N per context: refine says so, naming the
+    policy's learner, before it reads anything else (and writes nothing)."""
+    from iapo.live.refine import RefineError, refine
+    from iapo.settings import ContinualSettings
+
+    run = tmp_path / "run"
+    run.mkdir()
+    mcq_policy(run, "http://127.0.0.1:9/v1", [(0, None), (1, 2)]).rename(  # type: ignore[list-item]
+        run / "policy.json")
+    with pytest.raises(RefineError, match="policy learner 'hand' draws N at random; refine "
+                                          "needs a fixed N per context"):
+        refine(run, tmp_path / "no-log.sqlite", ContinualSettings())
+    assert not (run / "refine.json").exists()

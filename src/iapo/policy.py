@@ -167,6 +167,13 @@ class Policy:
                               f"{shown}{more}")
         return np.array([index[t] for t in test], dtype=np.int64)
 
+    def check_fixed_n(self, needs: str, error: type[InputError] = InputError) -> None:
+        """Raise ``error`` where the policy's learner draws N at random: ``needs`` (e.g.
+        "refine needs") one fixed N per context, as the continual core does."""
+        if any(c.n is None for c in self.choices):
+            raise error(f"policy learner '{self.learner}' draws N at random; {needs} a fixed N "
+                        "per context")
+
     def check_arms(self, n_prompts: int, n_max: int, contexts: Sequence[str], what: str) -> None:
         """Raise PolicyError unless the policy has exactly ``contexts`` (in order) and every
         choice is an arm of a problem with ``n_prompts`` prompts and N up to ``n_max``;

@@ -248,9 +248,7 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
 
     policy_path = run / "policy.json"
     policy, task = load_served(policy_path)
-    if any(c.n is None for c in policy.choices):
-        raise RefineError(f"policy learner '{policy.learner}' draws N at random; refine needs "
-                          "a fixed N per context")
+    policy.check_fixed_n("refine needs", RefineError)
     if not log_path.is_file():
         raise RefineError(f"the log {str(log_path)!r} does not exist; give the store that "
                           "iapo serve --log-store wrote")

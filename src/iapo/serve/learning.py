@@ -42,6 +42,8 @@ from iapo.live.task import Task
 from iapo.policy import Policy
 from iapo.pulls import Observation, Pull
 
+NEEDS = "learning pulls need"  # what a policy that draws N at random is refused for
+
 
 @dataclass
 class LearningPulls:
@@ -107,7 +109,7 @@ class LearningPulls:
             future: Future[Continual] = Future()
             self._building, self.error = (policy, future), None  # the error was the old one's
             try:
-                fixed_n(policy)  # at once: /health says so from the first request
+                policy.check_fixed_n(NEEDS)  # at once: /health says so from the first request
                 pool = ThreadPoolExecutor(1, thread_name_prefix="iapo-learner")
                 self._building = (policy, pool.submit(self._build, policy))
                 pool.shutdown(wait=False)  # the build goes on; the thread ends with it
@@ -126,7 +128,7 @@ class LearningPulls:
 
     def _build(self, policy: Policy) -> Continual:
         """A learner for ``policy``, continued from training's groups."""
-        fixed_n(policy)
+        policy.check_fixed_n(NEEDS)
         problem = self.task.problem()
         training = self._training_groups(policy)
         # without training's samples every prompt is a candidate; with them, refine's rule
@@ -159,14 +161,6 @@ class LearningPulls:
         return {"budget": self.budget, "per_day": self.per_day,
                 "served_completions": self.served, "learning_completions": self.drawn,
                 "failed_pulls": self.failed, "counted": "this process", "error": self.error}
-
-
-def fixed_n(policy: Policy) -> None:
-    """Learning pulls need one fixed N per context: a policy that draws N at random is
-    refused, saying so."""
-    if any(c.n is None for c in policy.choices):
-        raise InputError(f"policy learner '{policy.learner}' draws N at random; learning "
-                         "pulls need a fixed N per context")
 
 
 __all__ = ["LearningPulls"]
