@@ -988,16 +988,16 @@ def test_a_flag_leaves_a_split_context_its_own_recent_groups() -> None:
     assert cont.splits and cont._next_baseline == 20
     cont.observe(*traffic_groups(5, 0, 3, 4))
     cont._drifted(Flag(10, 0, 1, 4, 0.9, 0.5))
-    assert np.isnan(cont._model_means(0)[2 * 4:]).all()
-    assert np.isnan(cont._model_means(1)[2 * 4:]).all()
+    assert np.isnan(cont._model_means(0, {})[2 * 4:]).all()
+    assert np.isnan(cont._model_means(1, {})[2 * 4:]).all()
     assert cont.estimates().counts[:, 1, 3].tolist() == [5, 7]
     assert cont.table.counts[1, 3] == 12
     # the drift move's model sees the same: context 0 its 20 right answers of prompt 1,
     # context 1 its 12 right and 16 wrong, each with the model's prior of 0.5 on every
     # answer seen and one unseen; (1, 1) is then right with probability 20.5 / 21 and
     # 12.5 / 29.5 (less one completion's 0.02 at cost weight 1 in 'high')
-    assert cont._model_means(0)[1 * 4 + 0] == pytest.approx(20.5 / 21, rel=1e-9)
-    assert cont._model_means(1)[1 * 4 + 0] == pytest.approx(12.5 / 29.5 - 0.02, rel=1e-9)
+    assert cont._model_means(0, {})[1 * 4 + 0] == pytest.approx(20.5 / 21, rel=1e-9)
+    assert cont._model_means(1, {})[1 * 4 + 0] == pytest.approx(12.5 / 29.5 - 0.02, rel=1e-9)
 
 
 def test_origins_must_name_a_context_per_observation() -> None:

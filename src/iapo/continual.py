@@ -629,8 +629,7 @@ class Continual:
                 self._choose(ci, b, "drift", float(gain) if math.isfinite(gain) else 0.0)
 
     def _model_means(self, context: int,
-                     fitted: dict[tuple[int, ...] | None, FloatArray] | None = None
-                     ) -> FloatArray:
+                     fitted: dict[tuple[int, ...] | None, FloatArray]) -> FloatArray:
         """The per-query model's Q of every arm in ``context`` [P x N] (NaN: a prompt without
         a group), fitted on the groups it learns from: all kept ones while it pools with
         every context, else those of the traffic it still pools with. ``fitted``: the
@@ -639,14 +638,11 @@ class Continual:
 
         key = None if self.shared[context] else tuple(
             int(x) for x in np.flatnonzero(self.pools[context]))
-        if fitted is None or key not in fitted:
+        if key not in fitted:
             model = ModelQTable(self.problem)
             model.update([o for _, origin, o in self._kept if key is None
                           or (origin >= 0 and self.pools[context, origin])])
-            mean = np.asarray(model.mean, dtype=np.float64)
-            if fitted is None:
-                return mean[context].reshape(-1)
-            fitted[key] = mean
+            fitted[key] = np.asarray(model.mean, dtype=np.float64)
         return fitted[key][context].reshape(-1)
 
     # ---------------------------------------------------------------- refits

@@ -81,19 +81,18 @@ class Validation:
 
     def checked(self, slope: SlopeCheck) -> Validation:
         """This outcome after the model's slope check: blocks where it rejects the model."""
+        numbers = (f"{slope.excess:.4g} beyond a margin of {SLOPE_MARGIN:g} of it, standard "
+                   f"error {slope.stderr:.4g}, {slope.groups} groups")
         if not slope.rejects:
             return dataclasses.replace(
                 self, slope=slope,
                 reason=f"{self.reason}; its rise from one completion to the group's best is "
-                       f"within the groups' own (excess {slope.excess:.4g} beyond a margin of "
-                       f"{SLOPE_MARGIN:g}, standard error {slope.stderr:.4g}, {slope.groups} "
-                       "groups)")
+                       f"within the groups' own (excess {numbers})")
         return dataclasses.replace(
             self, choice="blocks", slope=slope,
             reason=f"blocks chosen: the model won the held-out errors ({self.reason}), but its "
                    f"rise from one completion to the group's best exceeds the groups' own by "
-                   f"{slope.excess:.4g} beyond a margin of {SLOPE_MARGIN:g} of it (standard "
-                   f"error {slope.stderr:.4g}, {slope.groups} groups): it would overrate large N")
+                   f"{numbers}: it would overrate large N")
 
 
 @dataclass(frozen=True)
