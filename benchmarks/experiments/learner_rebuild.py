@@ -13,9 +13,10 @@ Cited by docs/continual.md and ``iapo.serve.learning``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import time
+
+import numpy as np
 
 from iapo.bench.runner import run_oracle, run_queries
 from iapo.continual import Continual, ContinualSettings
@@ -26,11 +27,7 @@ from iapo.simulate import Recorder
 
 def per_query(o: Observation) -> list[Observation]:
     """One observation per query of ``o``, as a store's pools are read."""
-    return [dataclasses.replace(
-        o, queries=o.queries[i:i + 1], scores=o.scores[i:i + 1],
-        labels=None if o.labels is None else o.labels[i:i + 1],
-        gold=None if o.gold is None else o.gold[i:i + 1],
-        rated=None if o.rated is None else o.rated[i:i + 1]) for i in range(o.count)]
+    return [o.rows(np.array([i])) for i in range(o.count)]
 
 
 def main() -> None:

@@ -19,11 +19,9 @@ import argparse
 import numpy as np
 
 from iapo.bench.runner import run_queries
-from iapo.exact import bon_expected_max
 from iapo.model import ModelQTable
 from iapo.oracle import SimulatedOracle
 from iapo.pulls import Pull
-from iapo.utility import task_values
 
 
 def main() -> None:
@@ -41,12 +39,8 @@ def main() -> None:
             model = ModelQTable(p)
             model.update(oracle.pull([Pull(q, 4, 20 * train.size) for q in range(p.n_prompts)]))
             fit = model.bon_task()  # [C, P, N]
-            exact = np.zeros_like(fit)
-            for q in range(p.n_prompts):
-                values = task_values(env.scores[q][train], p.grid.weights)  # [X, S, C]
-                for c in range(p.n_contexts):
-                    exact[c, q] = bon_expected_max(values[..., c], env.probs[q][train],
-                                                   p.n_max).mean(axis=0)
+            table = env.query_table(progress=False)  # exact task values [P, X, W, N]
+            exact = table.task[:, train].mean(axis=1)[:, table.weight_index].transpose(1, 0, 2)
             for n, out in ((4, rel4), (32, rel32)):
                 rise_fit = fit[:, :, n - 1] - fit[:, :, 0]
                 rise = exact[:, :, n - 1] - exact[:, :, 0]
