@@ -17,7 +17,7 @@ turn (PSST's first round over all prompts).
 
 The first policy's learner is built when the gateway starts (a policy that cannot learn stops
 it there). A reloaded policy's is built in a thread, off the event loop (tens of milliseconds
-for a training of 20,000 completions, 25 to 60 ms on the unloaded 2-core development machine:
+for a training of 20,000 completions, 25 to 65 ms on the unloaded 2-core development machine:
 ``benchmarks/experiments/learner_rebuild.py``; the thread shares the interpreter, so requests
 may wait a little meanwhile). Until it is ready no learning pull is drawn, and the completions
 served meanwhile still count towards the budget, so none of it is lost. A reloaded policy
