@@ -213,22 +213,30 @@ def test_mv_groups_shrink_to_n_max_when_it_is_below_two() -> None:
 # ---------------------------------------------------------------- Best-of-N
 
 
-def test_psst_auto_on_bon_keeps_the_union_of_half_by_each_ranking() -> None:
+def test_psst_auto_on_bon_ranks_by_one_completion_where_the_rest_commits() -> None:
     # 6 prompts scoring constants, cost 0.01 each (Q = v - 0.01 n): by value 1 (.9), 5 (.8),
     # 3 (.7), 4 (.5), 0 (.3), 2 (.1); model and blocks agree. N_max 8: groups of 4.
-    # T = 200, rho T = 100: R_s = min(ceil(log2(6 / 2)), 100 // 24) = 2.
+    # T = 200, rho T = 100: R_s = min(ceil(log2(6 / 2)), 100 // 24) = 2. The rest, at least
+    # 100, pays 12.5 blocks of 8, fewer than 30 for each of keep = 2 prompts: the context will
+    # commit by Q(c, p, 1), so where its groups tell the prompts apart at one completion (here
+    # always: alike within a prompt, apart between) it keeps its k best by Q(c, p, 1), not the
+    # union of half by each ranking (test_bon_screening_keeps_prompts_that_either_ranking_...).
     # Blocks decide (fixed, so no validation: the default keeps the model, which is exact
     # here, and screens by it alone; tests/test_learner_rules.py works that path by hand).
     values = [0.3, 0.9, 0.1, 0.7, 0.5, 0.8]
     oracle = PatternOracle(problem("bon", 6, 8), 200, [[v] for v in values], [0.01] * 6)
     result = run(PSSTAuto(decide="blocks"), oracle, 200)
     assert result.trace.info["group"] == 4
+    assert result.trace.info["screening_ranked_by"] == [
+        "union, 1 of 1 contexts by Q(c, p, 1)"] * 2
     assert rounds(result) == [
-        # allowance 50, M = 24: 2 each (48); k = max(2, ceil(6 / 2)) = 3: the union of the best
-        # ceil(3 / 2) = 2 by each ranking, the same two: prompts 1 and 5, 2 x 8 arms
-        (-2, 50, [(p, 4, 2) for p in range(6)], [16]),
-        # the last: 100 - 48 = 52, M = 8: 6 each (48); k = 2, the best 1 by each: prompt 1
-        (-1, 52, [(1, 4, 6), (5, 4, 6)], [8]),
+        # allowance 50, M = 24: 2 each (48); k = max(2, ceil(6 / 2)) = 3: the best 3 by
+        # Q(c, p, 1), prompts 1, 5 and 3, 3 x 8 arms (the union: 1 and 5)
+        (-2, 50, [(p, 4, 2) for p in range(6)], [24]),
+        # the last: 100 - 48 = 52, M = 12: 4 each (48); k = 2: prompts 1 and 5
+        (-1, 52, [(1, 4, 4), (3, 4, 4), (5, 4, 4)], [16]),
+        # the rest, 104, pays 13 blocks of 8, fewer than 30 for each of 2: the context commits
+        # to prompt 1
         # PSST on prompt 1's 8 arms with 104, pulled at the largest live N (blocks): R = 3;
         # floor(104 / 3) = 34 -> 4 groups of 8 (32), keep N = 1..4 (Q falls with N);
         # 69 - 32 = 37 -> 9 groups of 4 (36), keep N = 1, 2; 104 - 68 = 36 -> 18 groups of 2
@@ -236,12 +244,13 @@ def test_psst_auto_on_bon_keeps_the_union_of_half_by_each_ranking() -> None:
         (2, 37, [(1, 4, 9)], [2]),
         (3, 36, [(1, 2, 18)], [1]),
     ]
-    assert result.trace.info["screened_prompts"] == [[1]]
+    assert result.trace.info["screened_prompts"] == [[1, 5]]
+    assert result.trace.info["committed"] == [1]
     (choice,) = result.choices
     assert (choice.prompt, choice.n, choice.q_hat) == (1, 1, pytest.approx(0.89))
     # PSST estimates with the blocks, stockpiled with the screening's: one N = 1 block per
-    # completion of prompt 1: 4 (2 + 6) + 32 + 36 + 36 = 136 (the model would count groups)
-    assert choice.samples == 136
+    # completion of prompt 1: 4 (2 + 4) + 32 + 36 + 36 = 128 (the model would count groups)
+    assert choice.samples == 128
 
 
 def test_bon_screening_keeps_prompts_that_either_ranking_puts_first() -> None:
@@ -256,32 +265,73 @@ def test_bon_screening_keeps_prompts_that_either_ranking_puts_first() -> None:
     # The model ranks 0 (.7731), 1 (.7621), 2 (.75), 3 (.74).
     # 4 prompts, keep 2: one round (the last), k = 2: the best one by each ranking, 0 and 2
     # (the best two by the model alone would be 0 and 1, by the blocks alone 2 and 3).
-    # Blocks decide (fixed: the union is how they screen).
+    # Blocks decide (fixed: the union is how they screen). T = 2,000: the rest, at least
+    # 1,000, pays 62.5 blocks of 16, 30 for each of 2 prompts, so no context will commit and
+    # the union ranks, however far apart one completion puts the prompts.
     patterns = [[0.7, 0, 0, 0], [0.69, 0, 0, 0], [0.75], [0.74]]
-    oracle = PatternOracle(problem("bon", 4, 16, cost_weight=0.0), 200, patterns, [0.01] * 4)
-    result = run(PSSTAuto(decide="blocks"), oracle, 200)
+    oracle = PatternOracle(problem("bon", 4, 16, cost_weight=0.0), 2000, patterns, [0.01] * 4)
+    result = run(PSSTAuto(decide="blocks"), oracle, 2000)
     first = result.trace.rounds[0]
-    # rho T = 100, M = 4 x 4 = 16: 6 groups each (96)
-    assert (first.round, first.allowance, pulls(first)) == (-1, 100, [(p, 4, 6) for p in range(4)])
+    # rho T = 1,000, M = 4 x 4 = 16: 62 groups each (992)
+    assert (first.round, first.allowance, pulls(first)) == (-1, 1000,
+                                                           [(p, 4, 62) for p in range(4)])
+    assert result.trace.info["screening_ranked_by"] == ["union"]
     assert result.trace.info["screened_prompts"] == [[0, 2]]
     assert list(first.alive) == [2 * 16]
-    # the rest, 104, pays 6 blocks of 16, fewer than 30 for each of the 2 survivors: the
-    # context commits to the one of highest Q(c, p, 1) by blocks, prompt 2 (0.75, against
-    # 0.7 / 4 = 0.175 for prompt 0), and PSST pulls it alone, at its largest N, 16
-    assert result.trace.info["committed"] == [2]
-    assert pulls(result.trace.rounds[1])[0][:2] == (2, 16)
-    assert {p for p, _, _ in pulls(result.trace.rounds[1])} == {2}
+    # the rest, 1,008, pays 63 blocks of 16, 30 for each of the 2 survivors: the context
+    # keeps both, and PSST pulls both at their largest N, 16
+    assert "committed" not in result.trace.info
+    assert {(p, n) for p, n, _ in pulls(result.trace.rounds[1])} == {(0, 16), (2, 16)}
+
+
+def test_bon_screening_by_one_completion_is_not_by_the_best_of_small_n() -> None:
+    # The rest will commit (T = 200, N_max 16) and one completion tells the prompts apart
+    # (alike within a prompt, apart between), so the context keeps its best 2 by Q(c, p, 1):
+    # prompts 1 (0.4) and 2 (0.3), against 0.7 / 4 = 0.175 for prompt 0, whose best block
+    # of 3 or 4 (0.7) would put it first by the blocks' best over N <= 4, and by the model.
+    # It then commits to prompt 1. T = 1,500 too: the rest, at least 750, pays 46.9 blocks of
+    # 16, 30 for 1 prompt but fewer than 30 for each of keep = 2 (T = 2,000: see
+    # test_bon_screening_keeps_prompts_that_either_ranking_puts_first)
+    patterns = [[0.7, 0, 0, 0], [0.4], [0.3], [0.1]]
+    for budget in (200, 1500):
+        oracle = PatternOracle(problem("bon", 4, 16, cost_weight=0.0), budget, patterns,
+                               [0.01] * 4)
+        result = run(PSSTAuto(decide="blocks"), oracle, budget)
+        assert result.trace.info["screening_ranked_by"] == [
+            "union, 1 of 1 contexts by Q(c, p, 1)"]
+        assert result.trace.info["screened_prompts"] == [[1, 2]]
+        assert result.trace.info["committed"] == [1]
+
+
+def test_bon_screening_where_one_completion_cannot_tell_the_prompts_apart() -> None:
+    # Where the rest will commit (T = 200: the rest, at least 100, pays 6 blocks of 16), a
+    # context ranks by Q(c, p, 1) only where one completion tells its prompts apart. Here it
+    # cannot: every prompt's group mean is 0.2 (patterns [0.8, 0, 0, 0], [0.4, 0, 0.4, 0],
+    # [0.2], [0.5, 0.3, 0, 0]; between-prompt variance 0, F = 0), so the union ranks. Blocks
+    # (N <= 4): the best block of 3 or 4 is worth 0.8, 0.4, 0.2, 0.5: prompt 0 first. Model:
+    # mean 0.2 plus E[max of 16] of residuals scaled by sqrt(4 / 3), whose largest, for
+    # patterns 0, 1, 3, is 0.6, 0.2 and 0.3 times it, each drawn with probability 1/4 (1/2 for
+    # pattern 1): prompt 0 first. One round (the last), k = 2: the best one by each, prompt 0
+    # alone; then the context, with one prompt, has nothing to commit between.
+    patterns = [[0.8, 0, 0, 0], [0.4, 0, 0.4, 0], [0.2], [0.5, 0.3, 0, 0]]
+    oracle = PatternOracle(problem("bon", 4, 16, cost_weight=0.0), 200, patterns, [0.01] * 4)
+    result = run(PSSTAuto(decide="blocks"), oracle, 200)
+    assert result.trace.info["screening_ranked_by"] == ["union"]
+    assert result.trace.info["screened_prompts"] == [[0]]
+    assert "committed" not in result.trace.info
 
 
 def test_bon_groups_are_at_most_four_and_at_most_n_max() -> None:
     # N_max 3: groups of min(4, 3) = 3. 4 prompts, T = 100: rho T = 50 pays
-    # min(ceil(log2 2), 50 // 12) = 1 round: 4 groups of 3 each (48); keep the best 1 by each
-    # ranking, both prompt 2
+    # min(ceil(log2 2), 50 // 12) = 1 round: 4 groups of 3 each (48). The model is exact (its
+    # rise from 1 to 3 exceeds the groups' by rounding alone), so it stands and ranks alone:
+    # the best 2, prompts 2 and 3
     oracle = PatternOracle(problem("bon", 4, 3), 100, [[0.2], [0.4], [0.9], [0.6]], [0.01] * 4)
     result = run(PSSTAuto(), oracle, 100)
     assert result.trace.info["group"] == 3
-    assert rounds(result)[0] == (-1, 50, [(p, 3, 4) for p in range(4)], [3])
-    assert result.trace.info["screened_prompts"] == [[2]]
+    assert result.trace.info["screening_ranked_by"] == ["model"]
+    assert rounds(result)[0] == (-1, 50, [(p, 3, 4) for p in range(4)], [6])
+    assert result.trace.info["screened_prompts"] == [[2, 3]]
 
 
 # ---------------------------------------------------------------- no screening

@@ -893,12 +893,21 @@ def test_psst_auto_screens_prompts_then_runs_psst_on_the_survivors_by_hand() -> 
     # half, 4: the union of the best ceil(4 / 2) = 2 by the model and by the blocks, which
     # agree here: prompts 2 and 6, 2 x 4 arms
     assert (s1.allowance, pulls(s1), list(s1.alive)) == (50, [(p, 4, 1) for p in range(8)], [8])
-    # round -1 (the last): allowance 100 - 32 = 68, M = 2 x 4: 8 groups each (64). It lands on
-    # keep = 2: the union of the best 1 by each ranking, the same prompt 2
-    assert (s2.allowance, pulls(s2), list(s2.alive)) == (68, [(2, 4, 8), (6, 4, 8)], [4])
-    assert result.trace.info["screened_prompts"] == [[2]]
-    # PSST on prompt 2's 4 arms with 200 - 96 = 104: R = 2 rounds of 52; round 1 pulls N = 4,
-    # 13 groups, keeps N = 1, 2 (Q falls with N); round 2 pulls N = 2, 26 groups
+    # (the rest, at least 100, pays 25 blocks of 4: a context keeping 2 prompts will commit, so
+    # it ranks by Q(c, p, 1) where its groups tell the prompts apart at one completion; with
+    # one group each, as many groups as prompts, they cannot: the union)
+    # round -1 (the last): allowance 100 - 32 = 68, M = 2 x 4: 8 groups each (64). Now 9
+    # groups each, alike within a prompt and apart between (F infinite): the best keep = 2 by
+    # Q(c, p, 1), prompts 2 and 6 (the union would keep the best 1 by each ranking, 2)
+    assert (s2.allowance, pulls(s2), list(s2.alive)) == (68, [(2, 4, 8), (6, 4, 8)], [8])
+    assert result.trace.info["screening_ranked_by"] == [
+        "union", "union, 1 of 1 contexts by Q(c, p, 1)"]
+    assert result.trace.info["screened_prompts"] == [[2, 6]]
+    # the rest, 200 - 96 = 104, pays 26 blocks of 4, fewer than 30 for each of 2: the context
+    # commits to prompt 2 (Q(c, p, 1) 0.89 against 0.79)
+    assert result.trace.info["committed"] == [2]
+    # PSST on prompt 2's 4 arms with 104: R = 2 rounds of 52; round 1 pulls N = 4, 13 groups,
+    # keeps N = 1, 2 (Q falls with N); round 2 pulls N = 2, 26 groups
     assert (p1.allowance, pulls(p1), list(p1.alive)) == (52, [(2, 4, 13)], [2])
     assert (p2.allowance, pulls(p2), list(p2.alive)) == (52, [(2, 2, 26)], [1])
     (choice,) = result.choices

@@ -20,7 +20,11 @@ is the choice of prompt, not of N. ``psst-auto`` spends its budget in two phases
      over N <= g of Q, so between ceil(k / 2) and 2 ceil(k / 2) prompts (k + 1 for an odd
      k; fewer when the two rankings agree): on real score distributions the model's large-N
      extrapolation can misrank prompts, while small-N blocks miss prompts that win only at
-     large N.
+     large N. Where the rest of the budget will commit (step 3: it pays fewer than
+     COMMIT_BLOCKS blocks of N_max for each of ``keep`` prompts), a context whose groups tell
+     its prompts apart at one completion (:func:`separated_at_one`, a one-way analysis of
+     variance at SEPARATE_LEVEL) keeps its k best by the blocks' Q(c, p, 1) instead: what the
+     commitment will rank by, measured on every completion of the screening.
 
    R_s = ceil(log2(#prompts / keep)) rounds, fewer if rho T cannot pay one group of every
    prompt per round (min(R_s, floor(rho T / (#prompts g)))); with no round the screening is
@@ -59,7 +63,7 @@ aggregator (no model of it) gets plain PSST.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -93,6 +97,9 @@ MODEL_LEVEL = 0.05
 # Best-of-N with blocks keeps one prompt where the rest of the budget pays fewer than this
 # many blocks of N_max per surviving prompt (docs/default-learner.md)
 COMMIT_BLOCKS = 30
+# where the rest will commit, a context ranks its screening by Q(c, p, 1) if its groups tell
+# its prompts apart at one completion at this level (docs/default-learner.md)
+SEPARATE_LEVEL = 0.05
 
 
 def level_for(level: float | None) -> float:
@@ -181,6 +188,8 @@ class PSSTAuto:
         # the learner's tie-breaks as they were
         folds_rng = rng.spawn(1)[0]
         validation: Validation | None = None  # BoN: the last screening round's
+        # Best-of-N deciding with blocks: a context keeping ``keep`` prompts will commit
+        commits_early = not mv and bool(commits(budget - screen, n, self.keep))
         for r in range(rounds):
             n_r = allowance(screen, r, rounds, oracle.ledger.spent - start)
             pulls = equal_pulls(np.where(alive.any(axis=0), g, 0), n_r)
@@ -202,11 +211,22 @@ class PSSTAuto:
                     screened.append("model")
                     alive = _keep_rows(by_model, alive, k, rng)
                 else:
-                    screened.append("union")
                     by_blocks = np.max(blocks.mean[:, :, :g], axis=2)
                     half = np.maximum(1, np.ceil(k / 2)).astype(int)
-                    alive = (_keep_rows(by_model, alive, half, rng)
+                    union = (_keep_rows(by_model, alive, half, rng)
                              | _keep_rows(by_blocks, alive, half, rng))
+                    # where the rest will commit by Q(c, p, 1), rank by it too in the
+                    # contexts whose groups tell their prompts apart at one completion
+                    at_one = (separated_at_one(blocks, seen, alive) if commits_early
+                              else np.zeros(c, dtype=bool))
+                    if at_one.any():
+                        union = np.where(at_one[:, None],
+                                         _keep_rows(blocks.mean[:, :, 0], alive, k, rng), union)
+                        screened.append(f"union, {int(at_one.sum())} of {c} contexts by "
+                                        "Q(c, p, 1)")
+                    else:
+                        screened.append("union")
+                    alive = union
             trace.rounds.append(round_record(-(rounds - r), n_r, pulls, alive.sum(axis=1) * n))
         if rounds == 0:
             trace.notes.append(f"screening skipped: {p} prompts, keep={self.keep}, and rho*T = "
@@ -272,12 +292,51 @@ class PSSTAuto:
         return validation.checked(slope_check(problem, model.bon_task(), seen, alive, g))
 
 
+def commits(left: int, n_max: int, prompts: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+    """Whether ``left`` completions pay fewer than COMMIT_BLOCKS blocks of ``n_max`` for each
+    of ``prompts`` surviving prompts (per context), where Best-of-N deciding with blocks
+    commits to one."""
+    return np.asarray(left / n_max < COMMIT_BLOCKS * np.asarray(prompts))
+
+
+def separated_at_one(blocks: QTable, observations: Sequence[Observation], alive: BoolArray,
+                     level: float = SEPARATE_LEVEL) -> BoolArray:
+    """Per context [C]: do the groups of its ``alive`` [C, P] prompts tell them apart at one
+    completion? A one-way analysis of variance at ``level``: each group's mean utility of one
+    completion is one sample of its prompt's Q(c, p, 1) (:meth:`QTable.group_means`), the
+    prompts are the factor, and F = (between / (k - 1)) / (within / (m - k)) for the k alive
+    prompts with groups and their m groups. Prompts whose groups vary not at all within but
+    do between are apart; a context with fewer than two such prompts, or no more groups than
+    prompts, is not."""
+    from scipy import stats
+
+    c, p = alive.shape
+    means, prompts, n, _ = blocks.group_means([o for o in observations if o.count])
+    y = means[n == 1]  # [G, C]
+    member = (prompts[n == 1][:, None] == np.arange(p)).astype(np.float64)  # [G, P]
+    m = member.sum(axis=0)  # groups per prompt
+    total, squares = (member.T @ y).T, (member.T @ y**2).T  # [C, P]
+    mean = np.divide(total, m, out=np.zeros_like(total), where=m > 0)
+    a = alive & (m > 0)
+    k, size = a.sum(axis=1), a @ m
+    grand = np.where(a, total, 0.0).sum(axis=1) / np.maximum(size, 1)
+    between = np.where(a, m * (mean - grand[:, None]) ** 2, 0.0).sum(axis=1)
+    within = np.where(a, squares - total * mean, 0.0).sum(axis=1)
+    df1, df2 = k - 1, size - k
+    valid = (df1 >= 1) & (df2 >= 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = (between / np.maximum(df1, 1)) / (np.maximum(within, 0.0) / np.maximum(df2, 1))
+    tail = stats.f.sf(np.where(valid & ~np.isnan(f), f, 0.0), np.maximum(df1, 1),
+                      np.maximum(df2, 1))
+    return valid & ~np.isnan(f) & (tail < level)
+
+
 def _committed(q1: npt.NDArray[np.float64], alive: BoolArray, left: int, n_max: int,
                rng: np.random.Generator) -> BoolArray:
     """Best-of-N deciding with blocks: each context whose ``left`` completions pay fewer than
     COMMIT_BLOCKS blocks of ``n_max`` per alive prompt keeps only its alive prompt of highest
     ``q1`` [C, P] (the blocks' Q(c, p, 1)); the others keep theirs."""
-    commit = left / n_max < COMMIT_BLOCKS * alive.sum(axis=1)
+    commit = commits(left, n_max, alive.sum(axis=1))
     if not commit.any():
         return alive
     one = _keep_rows(q1, alive, np.ones(alive.shape[0], dtype=int), rng)

@@ -50,12 +50,14 @@ from iapo.pulls import Observation, joined
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float64]
 ROUNDING = 1e-24  # a squared error this small is rounding, not a difference of estimators
+RISE_ROUNDING = 1e-12  # an excess of the model's rise this small is rounding, not a bias
 # the slope check (Best-of-N): the model's rise from 1 to g completions may exceed the groups'
-# by this share of it, and by this many standard errors (one-sided, about 84%), before the
+# by this share of it, and by this many standard errors (one-sided, about 60%), before the
 # model is rejected (docs/default-learner.md: on the real Best-of-N scores the model's excess
-# is 8% to 26%, on synth-categorical, where it is right, 2% to 5%: the two together spare it)
-SLOPE_MARGIN = 0.02
-SLOPE_Z = 1.0
+# is 8% to 26%, on synth-categorical, where it is right, 2% to 5%: the margin lies between,
+# and the few groups of a small budget give the model little benefit of the doubt)
+SLOPE_MARGIN = 0.04
+SLOPE_Z = 0.25
 
 
 @dataclass(frozen=True)
@@ -233,7 +235,8 @@ def slope_check(problem: Problem, task: FloatArray, observations: Sequence[Obser
     mean, over the contexts where its prompt is alive, of the model's rise from N = 1 to
     N = g (``task[c, p, g - 1] - task[c, p, 0]``) less (1 + SLOPE_MARGIN) times the group's
     own, the best of its first g task values less their mean (whose expectation is the true
-    rise). The model is rejected where the samples' mean exceeds SLOPE_Z standard errors."""
+    rise). The model is rejected where the samples' mean exceeds SLOPE_Z standard errors (and
+    rounding: an exact model's rise may exceed the groups' by 1e-17)."""
     from iapo.utility import task_values
 
     rise = task[:, :, g - 1] - task[:, :, 0]  # [C, P]
@@ -250,7 +253,7 @@ def slope_check(problem: Problem, task: FloatArray, observations: Sequence[Obser
     if d.size < 2:
         return SlopeCheck(0.0, 0.0, int(d.size), False)
     excess, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(d.size))
-    return SlopeCheck(excess, se, int(d.size), excess > SLOPE_Z * se)
+    return SlopeCheck(excess, se, int(d.size), excess > max(SLOPE_Z * se, RISE_ROUNDING))
 
 
 def beats(gain: FloatArray, compared: int, level: float | None) -> bool:
