@@ -100,7 +100,7 @@ from scipy.special import logsumexp
 from scipy.stats import norm
 
 from iapo.errors import InputError
-from iapo.estimate import QTable
+from iapo.estimate import GroupMeans
 from iapo.problem import Choice, Problem, arm_at, arm_index
 from iapo.pulls import Observation, Pull
 from iapo.settings import ContinualSettings
@@ -117,19 +117,9 @@ BASELINE_GROUPS = 30  # samples an arm needs before its lower bound can be a dri
 FRESH_GROUPS = 30  # samples a challenger needs, after it was named, before it is decided
 
 
-class GroupTable(QTable):
-    """Stockpiled group means (:meth:`QTable.group_means`): sums [C, P, N], counts [P, N] of
-    groups; ``stderr`` is honest because groups are independent."""
-
-    def update(self, observations: Sequence[Observation]) -> None:
-        if not any(o.count > 0 for o in observations):
-            return
-        util, prompts, n, _ = self.group_means(observations)
-        self.add(util, prompts, n)
-
-    def add(self, util: FloatArray, prompts: IntArray, n: IntArray) -> None:
-        """Add the group means ``util`` [R, C] of arms (prompts[r], n[r]), one sample each."""
-        self._add(util, np.ones(n.size), prompts, n)
+class GroupTable(GroupMeans):
+    """Stockpiled group means (:class:`iapo.estimate.GroupMeans`) with what continual learning
+    asks of them; ``stderr`` is honest because groups are independent."""
 
     def moments_of(self, context: int, prompt: int, n: int) -> FloatArray:
         """The sum, sum of squares and count of the samples of arm (prompt, n) in

@@ -380,6 +380,23 @@ class QTable:
             np.int64).reshape(p, n_max)
 
 
+class GroupMeans(QTable):
+    """Stockpiled group means (:meth:`QTable.group_means`), one sample of Q(c, p, n) per group:
+    sums [C, P, N] and counts [P, N] of groups, so that standard errors and variances over
+    them are honest (groups are independent, the blocks of one group are not)."""
+
+    def update(self, observations: Sequence[Observation]) -> None:
+        if not any(o.count > 0 for o in observations):
+            return
+        util, prompts, n, _ = self.group_means(observations)
+        self.add(util, prompts, n)
+
+    def add(self, util: FloatArray, prompts: npt.NDArray[np.intp],
+            n: npt.NDArray[np.intp]) -> None:
+        """Add the group means ``util`` [R, C] of arms (prompts[r], n[r]), one sample each."""
+        self._add(util, np.ones(n.size), prompts, n)
+
+
 ESTIMATORS = ("blocks", "subsets")
 
 

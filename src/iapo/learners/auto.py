@@ -20,11 +20,12 @@ is the choice of prompt, not of N. ``psst-auto`` spends its budget in two phases
      over N <= g of Q, so between ceil(k / 2) and 2 ceil(k / 2) prompts (k + 1 for an odd
      k; fewer when the two rankings agree): on real score distributions the model's large-N
      extrapolation can misrank prompts, while small-N blocks miss prompts that win only at
-     large N. Where the rest of the budget will commit (step 3: it pays fewer than
-     COMMIT_BLOCKS blocks of N_max for each of ``keep`` prompts), a context whose groups tell
-     its prompts apart at one completion (:func:`separated_at_one`, a one-way analysis of
-     variance at SEPARATE_LEVEL) keeps its k best by the blocks' Q(c, p, 1) instead: what the
-     commitment will rank by, measured on every completion of the screening.
+     large N. Where the rest of the budget is expected to commit (step 3: at least T less
+     floor(rho T), it pays fewer than COMMIT_BLOCKS blocks of N_max for each of ``keep``
+     prompts), a context whose groups tell its prompts apart at one completion
+     (:func:`separated_at_one`, a one-way analysis of variance at SEPARATE_LEVEL) keeps its
+     k best by the blocks' Q(c, p, 1) instead: what the commitment will rank by, measured on
+     every completion of the screening.
 
    R_s = ceil(log2(#prompts / keep)) rounds, fewer if rho T cannot pay one group of every
    prompt per round (min(R_s, floor(rho T / (#prompts g)))); with no round the screening is
@@ -63,7 +64,7 @@ aggregator (no model of it) gets plain PSST.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -71,7 +72,7 @@ import numpy as np
 import numpy.typing as npt
 
 from iapo.errors import InputError
-from iapo.estimate import Estimator, QTable
+from iapo.estimate import Estimator, GroupMeans, QTable
 from iapo.learners.base import (
     LearnerResult,
     Trace,
@@ -97,9 +98,11 @@ MODEL_LEVEL = 0.05
 # Best-of-N with blocks keeps one prompt where the rest of the budget pays fewer than this
 # many blocks of N_max per surviving prompt (docs/default-learner.md)
 COMMIT_BLOCKS = 30
-# where the rest will commit, a context ranks its screening by Q(c, p, 1) if its groups tell
-# its prompts apart at one completion at this level (docs/default-learner.md)
+# where the rest is expected to commit, a context ranks its screening by Q(c, p, 1) if its
+# groups tell its prompts apart at one completion at this level (docs/default-learner.md)
 SEPARATE_LEVEL = 0.05
+# a sum of squares below this share of the samples' own sum of squares is rounding
+ROUNDING_SHARE = 1e-12
 
 
 def level_for(level: float | None) -> float:
@@ -188,8 +191,11 @@ class PSSTAuto:
         # the learner's tie-breaks as they were
         folds_rng = rng.spawn(1)[0]
         validation: Validation | None = None  # BoN: the last screening round's
-        # Best-of-N deciding with blocks: a context keeping ``keep`` prompts will commit
+        # Best-of-N deciding with blocks: whether a context keeping ``keep`` prompts is expected
+        # to commit (the screening spends at most ``screen``; _committed decides on what is
+        # left), and the groups' means of one completion that tell its prompts apart
         commits_early = not mv and bool(commits(budget - screen, n, self.keep))
+        groups = GroupMeans(problem) if blocks is not None and commits_early else None
         for r in range(rounds):
             n_r = allowance(screen, r, rounds, oracle.ledger.spent - start)
             pulls = equal_pulls(np.where(alive.any(axis=0), g, 0), n_r)
@@ -205,6 +211,8 @@ class PSSTAuto:
                     screened.append("model")
             else:
                 blocks.update(observations)
+                if groups is not None:
+                    groups.update(observations)
                 if self.decide == "validate":
                     validation = self._validate(problem, seen, alive, g, folds_rng, model)
                 if (validation.choice if validation is not None else self.decide) == "model":
@@ -215,9 +223,9 @@ class PSSTAuto:
                     half = np.maximum(1, np.ceil(k / 2)).astype(int)
                     union = (_keep_rows(by_model, alive, half, rng)
                              | _keep_rows(by_blocks, alive, half, rng))
-                    # where the rest will commit by Q(c, p, 1), rank by it too in the
-                    # contexts whose groups tell their prompts apart at one completion
-                    at_one = (separated_at_one(blocks, seen, alive) if commits_early
+                    # where the rest is expected to commit by Q(c, p, 1), rank by it too in
+                    # the contexts whose groups tell their prompts apart at one completion
+                    at_one = (separated_at_one(groups, alive) if groups is not None
                               else np.zeros(c, dtype=bool))
                     if at_one.any():
                         union = np.where(at_one[:, None],
@@ -292,43 +300,42 @@ class PSSTAuto:
         return validation.checked(slope_check(problem, model.bon_task(), seen, alive, g))
 
 
-def commits(left: int, n_max: int, prompts: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+def commits(left: int, n_max: int, prompts: npt.ArrayLike) -> BoolArray:
     """Whether ``left`` completions pay fewer than COMMIT_BLOCKS blocks of ``n_max`` for each
     of ``prompts`` surviving prompts (per context), where Best-of-N deciding with blocks
     commits to one."""
     return np.asarray(left / n_max < COMMIT_BLOCKS * np.asarray(prompts))
 
 
-def separated_at_one(blocks: QTable, observations: Sequence[Observation], alive: BoolArray,
+def separated_at_one(groups: GroupMeans, alive: BoolArray,
                      level: float = SEPARATE_LEVEL) -> BoolArray:
     """Per context [C]: do the groups of its ``alive`` [C, P] prompts tell them apart at one
     completion? A one-way analysis of variance at ``level``: each group's mean utility of one
-    completion is one sample of its prompt's Q(c, p, 1) (:meth:`QTable.group_means`), the
-    prompts are the factor, and F = (between / (k - 1)) / (within / (m - k)) for the k alive
-    prompts with groups and their m groups. Prompts whose groups vary not at all within but
-    do between are apart; a context with fewer than two such prompts, or no more groups than
-    prompts, is not."""
+    completion is one sample of its prompt's Q(c, p, 1) (``groups``, stockpiled), the prompts
+    are the factor, and F = (between / (k - 1)) / (within / (m - k)) for the k alive prompts
+    with groups and their m groups in all. Prompts whose sum of squares between is below
+    ROUNDING_SHARE of the samples' own differ by rounding alone, and are not apart; with none
+    within (and some between), they are, at every level. A context with fewer than two such
+    prompts, or no more groups than prompts, is not."""
     from scipy import stats
 
-    c, p = alive.shape
-    means, prompts, n, _ = blocks.group_means([o for o in observations if o.count])
-    y = means[n == 1]  # [G, C]
-    member = (prompts[n == 1][:, None] == np.arange(p)).astype(np.float64)  # [G, P]
-    m = member.sum(axis=0)  # groups per prompt
-    total, squares = (member.T @ y).T, (member.T @ y**2).T  # [C, P]
-    mean = np.divide(total, m, out=np.zeros_like(total), where=m > 0)
-    a = alive & (m > 0)
-    k, size = a.sum(axis=1), a @ m
+    size_p = groups.counts[:, 0].astype(np.float64)  # groups per prompt: [P]
+    a = alive & (size_p > 0)
+    total, squares = groups.sums[:, :, 0], groups.sumsq[:, :, 0]  # [C, P]
+    mean = np.divide(total, size_p, out=np.zeros_like(total), where=size_p > 0)
+    k, size = a.sum(axis=1), a @ size_p
     grand = np.where(a, total, 0.0).sum(axis=1) / np.maximum(size, 1)
-    between = np.where(a, m * (mean - grand[:, None]) ** 2, 0.0).sum(axis=1)
-    within = np.where(a, squares - total * mean, 0.0).sum(axis=1)
+    between = np.where(a, size_p * (mean - grand[:, None]) ** 2, 0.0).sum(axis=1)
+    within = np.where(a, np.maximum(squares - total * mean, 0.0), 0.0).sum(axis=1)
+    rounding = ROUNDING_SHARE * np.where(a, squares, 0.0).sum(axis=1)
     df1, df2 = k - 1, size - k
-    valid = (df1 >= 1) & (df2 >= 1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f = (between / np.maximum(df1, 1)) / (np.maximum(within, 0.0) / np.maximum(df2, 1))
-    tail = stats.f.sf(np.where(valid & ~np.isnan(f), f, 0.0), np.maximum(df1, 1),
-                      np.maximum(df2, 1))
-    return valid & ~np.isnan(f) & (tail < level)
+    valid = (df1 >= 1) & (df2 >= 1) & (between > rounding)
+    # no noise within (and some between): F beyond any bound, apart at every level
+    noise = np.maximum(within / np.maximum(df2, 1), np.finfo(np.float64).tiny)
+    with np.errstate(over="ignore"):
+        f = between / np.maximum(df1, 1) / noise
+    tail = stats.f.sf(np.where(valid, f, 0.0), np.maximum(df1, 1), np.maximum(df2, 1))
+    return valid & (tail < level)
 
 
 def _committed(q1: npt.NDArray[np.float64], alive: BoolArray, left: int, n_max: int,
