@@ -104,7 +104,8 @@ def test_train_verbose_says_which_estimator_decided_and_why(tmp_path: Path) -> N
     assert set(chosen["errors"]) == {"model", "blocks"}
     lines = out.output.splitlines()
     assert f"estimator: {chosen['reason']}" in lines
-    assert ("screening ranked by: " + ", ".join(trace["screening_ranked_by"])) in lines
+    assert ("screening ranked by (per round): " + "; ".join(trace["screening_ranked_by"])
+            ) in lines
     rounds = [line for line in lines if line.startswith("  ") and line.split(":")[0].strip()
               .lstrip("-").isdigit()]
     assert [int(line.split(":")[0]) for line in rounds] == [r["round"] for r in trace["rounds"]]
@@ -121,6 +122,13 @@ def test_train_verbose_says_which_estimator_decided_and_why(tmp_path: Path) -> N
     assert ("committed to one prompt (per context; - where it kept its survivors): "
             + ", ".join("-" if p is None else str(p) for p in trace["committed"])
             ) in small.output.splitlines()
+    # ... and the screening's rounds, one entry each, some with commas of their own (the union
+    # where some contexts rank by one completion): the printed line splits back into them
+    ranked = trace["screening_ranked_by"]
+    assert len(ranked) == sum(r["round"] < 0 for r in trace["rounds"]) == 2
+    assert any("contexts by Q(c, p, 1)" in entry for entry in ranked)
+    line = next(x for x in small.output.splitlines() if x.startswith("screening ranked by"))
+    assert line.split(": ", 1)[1].split("; ") == ranked
     # without --verbose: the choices only
     quiet = CliRunner().invoke(main, ["train", "synth-categorical", "--budget", "2000",
                                       "--out", str(pol)])

@@ -300,7 +300,8 @@ def _trace_text(trace: dict[str, Any]) -> str:
                  else str(alive[0]) if alive else "-")
         lines.append(f"  {r['round']:>3}: {r['allowance']}, {r['spent']}, {shown}")
     if "screening_ranked_by" in trace:
-        lines.append("screening ranked by: " + ", ".join(trace["screening_ranked_by"]))
+        lines.append("screening ranked by (per round): "
+                     + "; ".join(trace["screening_ranked_by"]))
     chosen = trace.get("estimator")
     if isinstance(chosen, dict):  # its reason starts with the choice
         lines.append(f"estimator: {chosen['reason']}")
