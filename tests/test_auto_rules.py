@@ -307,7 +307,7 @@ def test_bon_screening_where_one_completion_cannot_tell_the_prompts_apart() -> N
     # Where the rest will commit (T = 200: the rest, at least 100, pays 6 blocks of 16), a
     # context ranks by Q(c, p, 1) only where one completion tells its prompts apart. Here it
     # cannot: every prompt's group mean is 0.2 (patterns [0.8, 0, 0, 0], [0.4, 0, 0.4, 0],
-    # [0.2], [0.5, 0.3, 0, 0]; between-prompt variance 0, F = 0), so the union ranks. Blocks
+    # [0.2], [0.5, 0.3, 0, 0]; no difference between prompts), so the union ranks. Blocks
     # (N <= 4): the best block of 3 or 4 is worth 0.8, 0.4, 0.2, 0.5: prompt 0 first. Model:
     # mean 0.2 plus E[max of 16] of residuals scaled by sqrt(4 / 3), whose largest, for
     # patterns 0, 1, 3, is 0.6, 0.2 and 0.3 times it, each drawn with probability 1/4 (1/2 for

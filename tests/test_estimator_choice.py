@@ -22,7 +22,7 @@ from fresh_oracle import FreshQueryOracle
 from iapo.bench.runner import run_oracle, run_queries
 from iapo.envs import get_environment
 from iapo.errors import InputError
-from iapo.estimate import QTable
+from iapo.estimate import GroupMeans, QTable
 from iapo.latency import SyntheticLatency
 from iapo.learners import PSSTAuto
 from iapo.learners.auto import (
@@ -409,6 +409,13 @@ def test_best_of_n_with_blocks_commits_where_the_rest_pays_few_blocks() -> None:
         [False, False, False]]
 
 
+def stocked(problem: Problem, observations: Sequence[Observation]) -> GroupMeans:
+    """The group means of ``observations``, stockpiled."""
+    groups = GroupMeans(problem)
+    groups.update(observations)
+    return groups
+
+
 def test_separation_at_one_completion_is_a_one_way_analysis_of_variance() -> None:
     """Against scipy's f_oneway, fed from the completions themselves: per context, each group's
     mean utility of one completion (its task value less the cost weight 0.5 x its cost) is a
@@ -436,7 +443,7 @@ def test_separation_at_one_completion_is_a_one_way_analysis_of_variance() -> Non
     for level, expected in [(0.05, [False] * 3), (0.1, [False, False, True]),
                             (0.5, [False, True, True]), (0.8, [True] * 3)]:
         assert [bool(v < level) for v in pvalue] == expected
-        assert separated_at_one(QTable(problem), obs, alive, level).tolist() == expected
+        assert separated_at_one(stocked(problem, obs), alive, level).tolist() == expected
 
 
 def test_separation_at_one_completion_by_hand() -> None:
@@ -449,13 +456,15 @@ def test_separation_at_one_completion_by_hand() -> None:
         return Observation(p, 2, np.arange(len(values), dtype=np.int64), scores)
 
     def separated(groups: list[Observation], alive: Sequence[bool]) -> bool:
-        return bool(separated_at_one(QTable(problem), groups, np.array([alive]))[0])
+        return bool(separated_at_one(stocked(problem, groups), np.array([alive]))[0])
 
     apart = [group(0, [0.1, 0.1]), group(1, [0.5, 0.5]), group(2, [0.1, 0.1])]
     # alike within each prompt and apart between: F infinite, separated at any level
     assert separated(apart, [True, True, False])
     # ... but not when the two alive prompts are the alike ones (F = 0 / 0)
     assert not separated(apart, [True, False, True])
+    # an alive prompt without groups is no part of it
+    assert separated(apart[:2], [True, True, True])
     # one alive prompt, or one group per prompt (no degrees of freedom within), is never apart
     assert not separated(apart, [False, True, False])
     assert not separated([group(0, [0.1]), group(1, [0.9])], [True, True, False])
@@ -464,14 +473,23 @@ def test_separation_at_one_completion_by_hand() -> None:
     # 0.04 on 2: F = 0.16 / 0.02 = 8, whose upper tail on (1, 2) is 0.1056
     pair = [group(0, [0.0, 0.2]), group(1, [0.4, 0.6])]
     alive = np.array([[True, True, False]])
-    assert separated_at_one(QTable(problem), pair, alive, 0.106)[0]
-    assert not separated_at_one(QTable(problem), pair, alive, 0.105)[0]
+    assert separated_at_one(stocked(problem, pair), alive, 0.106)[0]
+    assert not separated_at_one(stocked(problem, pair), alive, 0.105)[0]
     # the default level, 5%: not these, but groups 0.0, 0.1 and 0.4, 0.5 (within 0.01 on 2,
     # F = 0.16 / 0.005 = 32, tail 0.0299), which 1% would not separate
-    assert SEPARATE_LEVEL == 0.05 and not separated_at_one(QTable(problem), pair, alive)[0]
+    assert SEPARATE_LEVEL == 0.05 and not separated_at_one(stocked(problem, pair), alive)[0]
     closer = [group(0, [0.0, 0.1]), group(1, [0.4, 0.5])]
-    assert separated_at_one(QTable(problem), closer, alive)[0]
-    assert not separated_at_one(QTable(problem), closer, alive, 0.01)[0]
+    assert separated_at_one(stocked(problem, closer), alive)[0]
+    assert not separated_at_one(stocked(problem, closer), alive, 0.01)[0]
+    # equal prompts whose means differ by rounding alone (0.1 three times against twice; 0.3
+    # less a cost, five groups against seven) are not apart, though nothing varies within
+    assert not separated([group(0, [0.1] * 3), group(1, [0.1] * 2)], [True, True, False])
+    priced = Problem("anova", "bon", ("p0", "p1"), 4,
+                     ContextGrid.product([Objective("a")], [(1.0,)], {"priced": 1.0}),
+                     CostObjective("cost", 1.0))
+    costly = [Observation(p, 2, np.arange(m, dtype=np.int64), np.tile([0.3, 0.0123], (m, 2, 1)))
+              for p, m in ((0, 5), (1, 7))]
+    assert not separated_at_one(stocked(priced, costly), np.array([[True, True]]))[0]
 
 
 def test_majority_voting_neither_commits_nor_checks_a_slope() -> None:

@@ -54,8 +54,9 @@ RISE_ROUNDING = 1e-12  # an excess of the model's rise this small is rounding, n
 # the slope check (Best-of-N): the model's rise from 1 to g completions may exceed the groups'
 # by this share of it, and by this many standard errors (one-sided, about 60%), before the
 # model is rejected (docs/default-learner.md: on the real Best-of-N scores the model's excess
-# is 8% to 26%, on synth-categorical, where it is right, 2% to 5%: the margin lies between,
-# and the few groups of a small budget give the model little benefit of the doubt)
+# is 8% to 26%, on synth-categorical, where it is right, 2% to 5%: the margin lies near the top
+# of the second range, and the few groups of a small budget give the model little benefit of
+# the doubt)
 SLOPE_MARGIN = 0.04
 SLOPE_Z = 0.25
 
