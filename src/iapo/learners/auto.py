@@ -326,7 +326,8 @@ def separated_at_one(groups: GroupMeans, alive: BoolArray,
     k, size = a.sum(axis=1), a @ size_p
     grand = np.where(a, total, 0.0).sum(axis=1) / np.maximum(size, 1)
     between = np.where(a, size_p * (mean - grand[:, None]) ** 2, 0.0).sum(axis=1)
-    within = np.where(a, np.maximum(squares - total * mean, 0.0), 0.0).sum(axis=1)
+    spread = np.nan_to_num(groups.variance[:, :, 0]) * np.maximum(size_p - 1, 0)  # [C, P]
+    within = np.where(a, spread, 0.0).sum(axis=1)
     rounding = ROUNDING_SHARE * np.where(a, squares, 0.0).sum(axis=1)
     df1, df2 = k - 1, size - k
     valid = (df1 >= 1) & (df2 >= 1) & (between > rounding)
