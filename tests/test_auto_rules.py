@@ -10,16 +10,19 @@ the model and the blocks disagree on purpose.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
 from fresh_oracle import FreshQueryOracle
+from iapo.envs import BoNEnvironment
 from iapo.errors import InputError
 from iapo.learners import PSSTAuto, get_learner
 from iapo.learners.auto import group_size, screening_rounds, survivors
 from iapo.learners.base import LearnerResult, Round
+from iapo.oracle import SimulatedOracle
 from iapo.problem import ContextGrid, CostObjective, Objective, Problem
 from iapo.pulls import Observation, Pull
 
@@ -319,6 +322,60 @@ def test_bon_screening_where_one_completion_cannot_tell_the_prompts_apart() -> N
     assert result.trace.info["screening_ranked_by"] == ["union"]
     assert result.trace.info["screened_prompts"] == [[0]]
     assert "committed" not in result.trace.info
+
+
+class RecordingOracle(PatternOracle):
+    """A :class:`PatternOracle` that keeps every pull it is asked for."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.requests: list[Pull] = []
+
+    def pull(self, requests: Sequence[Pull]) -> list[Observation]:
+        self.requests += requests
+        return super().pull(requests)
+
+
+@pytest.mark.parametrize(("aggregator", "setting", "paired"), [
+    ("bon", None, True), ("mv", None, False), ("bon", False, False), ("mv", True, True)])
+def test_bon_pulls_every_round_on_shared_queries_mv_on_their_own(
+        aggregator: str, setting: bool | None, paired: bool) -> None:
+    # by default (setting None) by the aggregator; ``paired`` forces either way
+    # the screening's rounds and PSST's after them, its last round's top-up included (an odd
+    # T leaves one), with either estimator deciding
+    for decide in ("model", "blocks"):
+        oracle = RecordingOracle(problem(aggregator, 6, 8), 401,
+                                 [[v] for v in (0.3, 0.9, 0.1, 0.7, 0.5, 0.8)], [0.01] * 6)
+        result = run(PSSTAuto(decide=decide, paired=setting), oracle, 401)
+        assert result.trace.info["paired"] is paired
+        assert len(result.trace.rounds) > 2  # screening and PSST
+        assert any(k == 1 for _, _, k in result.trace.rounds[-1].pulls)  # a top-up
+        assert oracle.requests and {r.paired for r in oracle.requests} == {paired}
+
+
+def test_paired_rounds_rank_exactly_where_queries_shift_every_prompt_alike() -> None:
+    """Known by construction: prompt p's completion on query x always scores effect(x) +
+    0.005 p, the effects spread over 0..0.9. Paired rounds give every prompt alive in a
+    round the same queries, so every estimate differs by the offsets exactly and prompt 7
+    wins in every seed; groups on queries of their own (the rule switched off) carry the
+    effects' noise (about 0.27 / sqrt(groups)), far above the offsets, and miss it."""
+    x, p = 200, 8
+    scores = np.zeros((p, x, 1, 2))
+    scores[..., 0, 0] = np.linspace(0.0, 0.9, x)[None, :] + 0.005 * np.arange(p)[:, None]
+    scores[..., 0, 1] = 0.01
+    grid = ContextGrid.product([Objective("a")], [(1.0,)], {"low": 0.0, "high": 1.0})
+    env = BoNEnvironment("shift", scores, np.ones((p, x, 1)), grid, n_max=8, cacheable=False)
+
+    def prompts(learner: PSSTAuto) -> list[list[int]]:
+        out = []
+        for seed in range(10):
+            oracle = SimulatedOracle(env, np.arange(x), 2000, np.random.default_rng(seed))
+            result = learner(env.problem, oracle, 2000, np.random.default_rng(seed))
+            out.append([c.prompt for c in result.choices])
+        return out
+
+    assert prompts(PSSTAuto()) == [[7, 7]] * 10  # Best-of-N: paired by default
+    assert sum(c != [7, 7] for c in prompts(PSSTAuto(paired=False))) >= 3
 
 
 def test_bon_groups_are_at_most_four_and_at_most_n_max() -> None:

@@ -596,6 +596,21 @@ def test_budget_ledger_refuses_overspending_before_any_request(tmp_path: Path) -
             assert len(srv.requests) == 5 and oracle.ledger.spent == 5
 
 
+def test_paired_pulls_ask_the_model_on_shared_queries(tmp_path: Path) -> None:
+    with ScriptedServer() as srv:
+        runtime = runtime_of(write_task(tmp_path, mv_raw(srv.base_url)))
+        with CompletionStore(tmp_path / "s.sqlite") as store:
+            oracle = LiveOracle(runtime, store, np.arange(6), 100, np.random.default_rng(4))
+            a, b, short, alone = oracle.pull([Pull(0, 1, 12, True), Pull(1, 2, 12, True),
+                                              Pull(1, 1, 5, True), Pull(0, 1, 12)])
+            np.testing.assert_array_equal(a.queries, b.queries)
+            np.testing.assert_array_equal(short.queries, a.queries[:5])
+            assert not np.array_equal(alone.queries, a.queries)  # 6^-12 by chance
+            # every completion asked for, on the queries the observations name
+            assert len(srv.requests) == oracle.ledger.spent == 12 + 24 + 5 + 12
+            assert store.count() == 53
+
+
 def test_pool_never_repeats_a_sample_within_a_run_and_a_rerun_replays(
         tmp_path: Path, scorer_file: Path) -> None:
     raw = bon_raw("", scorer_file)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from iapo.envs import BoNEnvironment, MVEnvironment
 from iapo.oracle import SimulatedOracle
 from iapo.problem import ContextGrid, Objective, ProblemError
-from iapo.pulls import BudgetExceededError, Ledger, Observation, Pull
+from iapo.pulls import BudgetExceededError, Ledger, Observation, Pull, paired_queries
 from iapo.split import train_test_split
 
 
@@ -89,6 +89,7 @@ def pulls(kind: str) -> st.SearchStrategy[Pull]:
         prompt=st.integers(0, env.problem.n_prompts - 1),
         n=st.integers(1, env.problem.n_max),
         count=st.integers(0, 4),
+        paired=st.booleans(),
     )
 
 
@@ -236,6 +237,55 @@ def test_training_queries_are_drawn_uniformly() -> None:
     se = np.sqrt((1 / 3) * (2 / 3) / 6000)
     assert np.all(np.abs(freq - 1 / 3) <= 4 * se)
     assert set(obs.queries.tolist()) == set(TRAIN.tolist())
+
+
+def test_paired_pulls_share_their_queries_the_others_draw_their_own() -> None:
+    oracle = SimulatedOracle(MV_ENV, TRAIN, 1000, np.random.default_rng(3))
+    a, b, short, alone = oracle.pull([Pull(0, 2, 40, True), Pull(1, 3, 40, True),
+                                      Pull(2, 1, 10, True), Pull(0, 2, 40)])
+    np.testing.assert_array_equal(a.queries, b.queries)
+    np.testing.assert_array_equal(short.queries, a.queries[:10])  # the first ones
+    assert not np.array_equal(alone.queries, a.queries)  # equal with chance 3^-40
+    for req, obs in zip([Pull(0, 2, 40), Pull(1, 3, 40), Pull(2, 1, 10), Pull(0, 2, 40)],
+                        [a, b, short, alone], strict=True):
+        check_observation("mv", req, obs)
+
+
+def test_paired_queries_are_still_uniform() -> None:
+    oracle = SimulatedOracle(MV_ENV, TRAIN, 12000, np.random.default_rng(2))
+    first, second = oracle.pull([Pull(1, 1, 6000, True), Pull(2, 1, 6000, True)])
+    np.testing.assert_array_equal(first.queries, second.queries)
+    freq = np.array([(first.queries == q).mean() for q in TRAIN])
+    se = np.sqrt((1 / 3) * (2 / 3) / 6000)
+    assert np.all(np.abs(freq - 1 / 3) <= 4 * se)
+
+
+def test_paired_queries_follow_each_pulls_pool() -> None:
+    """Where pools differ (prompts observed on different queries), a paired group takes its
+    pool's query at the shared draw: floor(u x pool size), by hand from the same draws."""
+    pools = [np.array([3, 5, 8]), np.array([3, 5, 8]), np.array([5, 9])]
+    requests = [Pull(0, 1, 4, True), Pull(1, 1, 4, True), Pull(2, 1, 4, True)]
+    queries = paired_queries(requests, pools, np.random.default_rng(11))
+    u = np.random.default_rng(11).random(4)
+    expect = [[[3, 5, 8][int(v * 3)] for v in u], [[3, 5, 8][int(v * 3)] for v in u],
+              [[5, 9][int(v * 2)] for v in u]]
+    np.testing.assert_array_equal(queries, np.concatenate(expect))
+
+
+def test_paired_groups_differ_by_the_prompts_alone() -> None:
+    """Best-of-N where a completion of prompt p on query x always scores effect(x) +
+    offset(p): paired groups differ by the offsets exactly, groups of their own by how good
+    their queries are too."""
+    effect, offset = np.linspace(0.0, 0.8, 9), np.array([0.0, 0.05])
+    scores = np.zeros((2, 9, 1, 2))
+    scores[..., 0, 0] = effect[None, :] + offset[:, None]
+    grid = ContextGrid.product([Objective("a")], [(1.0,)], {"only": 0.0})
+    env = BoNEnvironment("shift", scores, np.ones((2, 9, 1)), grid, n_max=2, cacheable=False)
+    oracle = SimulatedOracle(env, np.arange(9), 200, np.random.default_rng(0))
+    a, b = oracle.pull([Pull(0, 2, 20, True), Pull(1, 2, 20, True)])
+    np.testing.assert_allclose(b.scores[..., 0] - a.scores[..., 0], 0.05)
+    a, b = oracle.pull([Pull(0, 2, 20), Pull(1, 2, 20)])
+    assert np.ptp(b.scores[..., 0] - a.scores[..., 0]) > 0.5
 
 
 # --- train/test split ---------------------------------------------------------------------------

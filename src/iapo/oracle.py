@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from iapo.errors import InputError
-from iapo.pulls import Ledger, Observation, Pull, validate_pulls
+from iapo.pulls import Ledger, Observation, Pull, paired_queries, validate_pulls
 
 if TYPE_CHECKING:
     from iapo.envs.base import Environment
@@ -64,7 +64,8 @@ class SimulatedOracle:
         """Serve a batch of pulls; all or nothing against the budget.
 
         Every group draws its query uniformly from the training queries where its prompt has
-        data; then all groups are drawn from the environment at once."""
+        data (paired pulls together: :func:`iapo.pulls.paired_queries`); then all groups are
+        drawn from the environment at once."""
         total = validate_pulls(self.problem, requests)
         if self.env.observed is None:
             pools = None
@@ -72,7 +73,10 @@ class SimulatedOracle:
             pools = [self._queries_of(r.prompt) for r in requests]  # may refuse: before charging
         self.ledger.charge(total)
         counts = np.array([r.count for r in requests], dtype=np.intp)
-        if pools is None:
+        if any(r.paired for r in requests):
+            queries = paired_queries(requests, pools or [self.queries] * len(requests),
+                                     self.rng)
+        elif pools is None:
             queries = self.queries[self.rng.integers(0, self.queries.size, int(counts.sum()))]
         else:
             queries = np.concatenate([pool[self.rng.integers(0, pool.size, r.count)]

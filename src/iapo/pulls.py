@@ -1,8 +1,10 @@
 """What a learner asks and gets: pulls, observations, the budget ledger, the oracle protocol.
 
 A pull (prompt, n, count) asks for ``count`` groups of n completions of one prompt, each on a
-training query drawn uniformly at random. Every pull costs n * count completions; the ledger
-refuses a batch that would take the total past the budget T, before anything is drawn. The
+training query drawn uniformly at random; *paired* pulls of one batch draw their queries
+together, the i-th group of each on one query (:func:`paired_queries`). Every pull costs
+n * count completions; the ledger refuses a batch that would take the total past the budget
+T, before anything is drawn. The
 simulated oracle (:mod:`iapo.oracle`) and the live one (:mod:`iapo.live.oracle`) implement
 :class:`Oracle`; learners depend on this module only.
 """
@@ -33,11 +35,15 @@ class BudgetExceededError(RuntimeError):
 
 @dataclass(frozen=True)
 class Pull:
-    """Request ``count`` groups of ``n`` completions of ``prompt`` (each on a fresh query)."""
+    """Request ``count`` groups of ``n`` completions of ``prompt`` (each on a fresh query).
+    ``paired``: the pull shares its queries with the other paired pulls of its batch
+    (:func:`paired_queries`), so that their differences are free of how hard the queries
+    are."""
 
     prompt: int
     n: int
     count: int = 1
+    paired: bool = False
 
     @property
     def cost(self) -> int:
@@ -125,6 +131,22 @@ def joined(observations: Sequence[Observation]) -> dict[tuple[int, int], Observa
                 fields[name] = np.concatenate(parts)
         out[key] = dataclasses.replace(obs[0], **fields)
     return out
+
+
+def paired_queries(requests: Sequence[Pull], pools: Sequence[IntArray],
+                   rng: np.random.Generator) -> IntArray:
+    """The query of every group of ``requests`` (concatenated, in order), drawn uniformly from
+    its pull's pool of queries (``pools``, one per pull): independently for a pull that is not
+    paired; for the paired ones by one shared sequence of uniform draws u_i, the i-th group
+    taking its pool's query floor(u_i x pool size). So the i-th groups of paired pulls whose
+    pools agree fall on one query (a pull of fewer groups takes the first ones), and every
+    group's query is still uniform on its pool."""
+    longest = max((r.count for r in requests if r.paired), default=0)
+    shared = rng.random(longest)
+    parts = [pool[np.minimum((shared[: r.count] * pool.size).astype(np.int64), pool.size - 1)]
+             if r.paired else pool[rng.integers(0, pool.size, r.count)]
+             for r, pool in zip(requests, pools, strict=True)]
+    return np.concatenate([*parts, np.zeros(0, dtype=np.int64)]).astype(np.int64)
 
 
 def abstain_categories(problem: Problem, observations: Sequence[Observation]

@@ -56,6 +56,11 @@ is the choice of prompt, not of N. ``psst-auto`` spends its budget in two phases
    Telling two prompts apart at large N takes many independent blocks, which small budgets
    cannot pay, while the N of one prompt is told from nested blocks of the same groups.
 
+Best-of-N pulls every round's prompts on shared queries (:func:`pairs`; beyond the paper):
+the i-th group of every prompt pulled in a round falls on one query, so the differences
+between prompts, on which every ranking rests, are free of how good each query's completions
+can be. Majority voting draws each group's query on its own, as the paper does.
+
 The budget is a hard limit: the screening spends at most floor(rho T), PSST the rest. The
 trace numbers the screening rounds -R_s..-1 and PSST's 1..R. A problem with the mixed
 aggregator (no model of it) gets plain PSST.
@@ -119,6 +124,14 @@ def default_estimator(problem: Problem) -> str:
     return "model" if problem.aggregator == "mv" or problem.needs_latency else "blocks"
 
 
+def pairs(problem: Problem) -> bool:
+    """Whether psst-auto pulls every round's prompts on shared queries (:class:`Pull`'s
+    ``paired``): for Best-of-N, where how good a query's completions can be moves every
+    prompt's utilities alike; not for majority voting, where it measured no gain
+    (docs/default-learner.md)."""
+    return problem.aggregator != "mv"
+
+
 def screening_rounds(n_prompts: int, keep: int, budget: int, group: int) -> int:
     """R_s = ceil(log2(#prompts / keep)), at most floor(budget / (#prompts g)) so that every
     round pays one group of every prompt; 0 when nothing is to screen."""
@@ -150,6 +163,7 @@ class PSSTAuto:
     decide: str = "validate"
     folds: int = 5
     level: float | None = None
+    paired: bool | None = None  # on shared queries; None: by the aggregator (pairs)
 
     def __post_init__(self) -> None:
         check_fraction("rho", self.rho)
@@ -180,7 +194,8 @@ class PSSTAuto:
         default = default_estimator(problem)
         # blocks rank prompts beside the model, and may decide, where they are the default
         blocks = QTable(problem) if default == "blocks" else None
-        trace = Trace(info={"group": g})
+        paired = pairs(problem) if self.paired is None else self.paired
+        trace = Trace(info={"group": g, "paired": paired})
         start = oracle.ledger.spent
         screen = int(self.rho * budget)
         rounds = screening_rounds(p, self.keep, screen, g)
@@ -198,7 +213,7 @@ class PSSTAuto:
         groups = GroupMeans(problem) if blocks is not None and commits_early else None
         for r in range(rounds):
             n_r = allowance(screen, r, rounds, oracle.ledger.spent - start)
-            pulls = equal_pulls(np.where(alive.any(axis=0), g, 0), n_r)
+            pulls = equal_pulls(np.where(alive.any(axis=0), g, 0), n_r, paired)
             observations = oracle.pull(pulls)
             seen += observations
             model.update(observations)
@@ -259,7 +274,7 @@ class PSSTAuto:
             trace.info["estimator"] = validation.to_dict()
         if choice == "model":
             return psst(problem, oracle, left, rng, active=active, stats=model, trace=trace,
-                        allocation=Groups(g))
+                        allocation=Groups(g), paired=paired)
         if blocks is None:
             blocks = QTable(problem)
             if seen:
@@ -273,7 +288,7 @@ class PSSTAuto:
                                                               before, strict=True)]
             active = np.repeat(alive[:, :, None], n, axis=2)
         return psst(problem, oracle, left, rng, active=active, stats=blocks, trace=trace,
-                    allocation=LargestN())
+                    allocation=LargestN(), paired=paired)
 
     def _validate(self, problem: Problem, seen: list[Observation], alive: BoolArray, g: int,
                   rng: np.random.Generator, model: ModelQTable) -> Validation:

@@ -157,23 +157,26 @@ def allowance(budget: int, round_index: int, rounds: int, used: int) -> int:
     return budget * (round_index + 1) // rounds - used
 
 
-def equal_pulls(scales: npt.NDArray[np.intp], allowance_: int) -> list[Pull]:
+def equal_pulls(scales: npt.NDArray[np.intp], allowance_: int,
+                paired: bool = False) -> list[Pull]:
     """Eq. 6: every prompt with an active arm (scale > 0) pulled floor(n_r / M) times at its
-    scale, M the sum of the scales."""
+    scale, M the sum of the scales (``paired``: on shared queries, :class:`Pull`)."""
     alive = np.flatnonzero(scales > 0)
     k = allowance_ // int(scales[alive].sum())
-    return [Pull(int(q), int(scales[q]), int(k)) for q in alive] if k else []
+    return [Pull(int(q), int(scales[q]), int(k), paired) for q in alive] if k else []
 
 
-def top_up(scales: npt.NDArray[np.intp], order: npt.ArrayLike, left: int) -> list[Pull]:
+def top_up(scales: npt.NDArray[np.intp], order: npt.ArrayLike, left: int,
+           paired: bool = False) -> list[Pull]:
     """Rule 3, last round: what equal pulls leave is spent on single groups of the prompts in
-    ``order``, each at most its scale, until nothing is left."""
+    ``order``, each at most its scale, until nothing is left (``paired``: on shared
+    queries)."""
     pulls = []
     for q in np.asarray(order):
         if left <= 0:
             break
         g = int(min(scales[q], left))
-        pulls.append(Pull(int(q), g, 1))
+        pulls.append(Pull(int(q), g, 1, paired))
         left -= g
     return pulls
 
@@ -306,12 +309,15 @@ def psst(
     stats: Estimator | None = None,
     active: BoolArray | None = None,
     trace: Trace | None = None,
+    paired: bool = False,
 ) -> LearnerResult:
     """Run PSST with budget T = ``budget`` completions: Algorithm 1's loop over a
     ``schedule`` (how many rounds), an ``allocation`` (which groups a round pulls) and an
     estimator ``stats`` (a stockpiling blocks :class:`QTable` by default; it may hold data
     gathered before, e.g. by a screening), from the arms ``active`` [C, P, N_max] (all by
-    default), going on with the ``trace`` of a learner that ran before on the same budget."""
+    default), going on with the ``trace`` of a learner that ran before on the same budget.
+    ``paired``: every round's prompts are pulled on shared queries (:class:`Pull`; beyond
+    the paper, whose groups each draw their own)."""
     budget = check_budget(oracle, budget)
     flags = _start(problem, active)
     stats = stats if stats is not None else QTable(problem)
@@ -321,10 +327,10 @@ def psst(
     for r in range(r_eff):
         n_r = allowance(budget, r, r_eff, oracle.ledger.spent - start)  # rule 3
         top = allocation.scales(flags)
-        pulls = equal_pulls(top, n_r)  # Eq. 6
+        pulls = equal_pulls(top, n_r, paired)  # Eq. 6
         if r == r_eff - 1:
             left = n_r - sum(x.cost for x in pulls)
-            pulls += top_up(top, rng.permutation(np.flatnonzero(top > 0)), left)
+            pulls += top_up(top, rng.permutation(np.flatnonzero(top > 0)), left, paired)
         stats.update(oracle.pull(pulls))
         flags = trim(flags, stats, r_eff - r, rng)  # keep the better half per context
         trace.rounds.append(round_record(r + 1, n_r, pulls, flags))

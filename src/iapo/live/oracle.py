@@ -32,7 +32,7 @@ from iapo.live.client import ChatClient, Completion
 from iapo.live.scorers import GOLD_SCORERS, TRUNCATION_AWARE, make_extractor, make_scorer
 from iapo.live.store import CompletionStore, StoredCompletion, arm_key, pool_key
 from iapo.live.task import Record, Task, TaskError
-from iapo.pulls import Ledger, Observation, Pull, validate_pulls
+from iapo.pulls import Ledger, Observation, Pull, paired_queries, validate_pulls
 
 if TYPE_CHECKING:
     from iapo.live.batch import Batcher
@@ -291,8 +291,15 @@ class LiveOracle:
         saved_cursor = dict(self.cursor)
         try:
             plan = []
+            # paired pulls draw their queries together (iapo.pulls.paired_queries)
+            shared = (paired_queries(requests, [self.queries] * len(requests), self.rng)
+                      if any(r.paired for r in requests) else None)
+            first = 0
             for r in requests:
-                qs = self.queries[self.rng.integers(0, self.queries.size, r.count)]
+                if shared is None:
+                    qs = self.queries[self.rng.integers(0, self.queries.size, r.count)]
+                else:
+                    qs, first = shared[first: first + r.count], first + r.count
                 for q in qs:
                     pool = self.runtime.pool(r.prompt, int(q))
                     start = self.cursor[pool]
