@@ -30,7 +30,8 @@ from iapo.pulls import Observation, Pull
 class PatternOracle(FreshQueryOracle):
     """Group of n completions of prompt p: completion j scores ``patterns[p][j % len]`` on the
     first objective, ``style[p]`` on the second (mixed problems) and costs ``costs[p]``. MV
-    and mixed answers are always the gold one. Every group gets a query never used before."""
+    and mixed answers are always the gold one. Every group gets a query never used before
+    (paired pulls share theirs)."""
 
     def __init__(self, problem: Problem, budget: int, patterns: Sequence[Sequence[float]],
                  costs: Sequence[float], style: Sequence[float] | None = None) -> None:
@@ -356,9 +357,10 @@ def test_bon_pulls_every_round_on_shared_queries_mv_on_their_own(
 def test_paired_rounds_rank_exactly_where_queries_shift_every_prompt_alike() -> None:
     """Known by construction: prompt p's completion on query x always scores effect(x) +
     0.005 p, the effects spread over 0..0.9. Paired rounds give every prompt alive in a
-    round the same queries, so every estimate differs by the offsets exactly and prompt 7
-    wins in every seed; groups on queries of their own (the rule switched off) carry the
-    effects' noise (about 0.27 / sqrt(groups)), far above the offsets, and miss it."""
+    round the same queries, so the estimates differ by the offsets (exactly, but for a last
+    round's top-up groups, one per prompt at most) and prompt 7 wins in every seed; groups
+    on queries of their own (the rule switched off) carry the effects' noise (about 0.27 /
+    sqrt(groups)), far above the offsets, and miss it."""
     x, p = 200, 8
     scores = np.zeros((p, x, 1, 2))
     scores[..., 0, 0] = np.linspace(0.0, 0.9, x)[None, :] + 0.005 * np.arange(p)[:, None]
@@ -421,7 +423,8 @@ def test_a_mixed_problem_gets_plain_psst_and_says_so_first() -> None:
         "T=3 cannot pay one group of every prompt at its largest N (4); arms with N > 1 were "
         "dropped (scale cap)",
         "1 rounds instead of the paper's 2: T=3 pays for at most 1 rounds of 2 completions"]
-    assert result.trace.info == {"rounds_paper": 2, "scale_cap": 1, "rounds_run": 1}
+    assert result.trace.info == {"rounds_paper": 2, "scale_cap": 1, "rounds_run": 1,
+                                 "paired": False}
     (r,) = result.trace.rounds
     assert (r.round, r.allowance, r.spent) == (1, 3, 3)
     assert pulls(r) in ([(0, 1, 1), (0, 1, 1), (1, 1, 1)], [(0, 1, 1), (1, 1, 1), (1, 1, 1)])

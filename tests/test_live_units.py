@@ -601,14 +601,14 @@ def test_paired_pulls_ask_the_model_on_shared_queries(tmp_path: Path) -> None:
         runtime = runtime_of(write_task(tmp_path, mv_raw(srv.base_url)))
         with CompletionStore(tmp_path / "s.sqlite") as store:
             oracle = LiveOracle(runtime, store, np.arange(6), 100, np.random.default_rng(4))
-            a, b, short, alone = oracle.pull([Pull(0, 1, 12, True), Pull(1, 2, 12, True),
-                                              Pull(1, 1, 5, True), Pull(0, 1, 12)])
-            np.testing.assert_array_equal(a.queries, b.queries)
-            np.testing.assert_array_equal(short.queries, a.queries[:5])
+            a, alone, b, more = oracle.pull([Pull(0, 1, 12, True), Pull(0, 1, 12),
+                                             Pull(1, 2, 5, True), Pull(1, 1, 7, True)])
+            np.testing.assert_array_equal(b.queries, a.queries[:5])
+            np.testing.assert_array_equal(more.queries, a.queries[5:])  # its prompt's next
             assert not np.array_equal(alone.queries, a.queries)  # 6^-12 by chance
             # every completion asked for, on the queries the observations name
-            assert len(srv.requests) == oracle.ledger.spent == 12 + 24 + 5 + 12
-            assert store.count() == 53
+            assert len(srv.requests) == oracle.ledger.spent == 12 + 12 + 10 + 7
+            assert store.count() == 41
 
 
 def test_pool_never_repeats_a_sample_within_a_run_and_a_rerun_replays(

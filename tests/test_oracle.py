@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iapo.envs import BoNEnvironment, MVEnvironment
+from iapo.errors import InputError
 from iapo.oracle import SimulatedOracle
 from iapo.problem import ContextGrid, Objective, ProblemError
 from iapo.pulls import BudgetExceededError, Ledger, Observation, Pull, paired_queries
@@ -240,15 +241,24 @@ def test_training_queries_are_drawn_uniformly() -> None:
 
 
 def test_paired_pulls_share_their_queries_the_others_draw_their_own() -> None:
+    requests = [Pull(0, 2, 40, True), Pull(0, 2, 40), Pull(1, 3, 40, True),
+                Pull(2, 1, 10, True), Pull(2, 4, 5, True)]
     oracle = SimulatedOracle(MV_ENV, TRAIN, 1000, np.random.default_rng(3))
-    a, b, short, alone = oracle.pull([Pull(0, 2, 40, True), Pull(1, 3, 40, True),
-                                      Pull(2, 1, 10, True), Pull(0, 2, 40)])
+    a, alone, b, short, more = oracle.pull(requests)
     np.testing.assert_array_equal(a.queries, b.queries)
     np.testing.assert_array_equal(short.queries, a.queries[:10])  # the first ones
+    np.testing.assert_array_equal(more.queries, a.queries[10:15])  # its prompt's next ones
     assert not np.array_equal(alone.queries, a.queries)  # equal with chance 3^-40
-    for req, obs in zip([Pull(0, 2, 40), Pull(1, 3, 40), Pull(2, 1, 10), Pull(0, 2, 40)],
-                        [a, b, short, alone], strict=True):
+    for req, obs in zip(requests, [a, alone, b, short, more], strict=True):
         check_observation("mv", req, obs)
+
+
+def test_pulls_that_are_not_paired_draw_as_before() -> None:
+    # one draw of every group's query from the training queries, in order, then the answers
+    oracle = SimulatedOracle(MV_ENV, TRAIN, 1000, np.random.default_rng(8))
+    first, second = oracle.pull([Pull(0, 2, 30), Pull(1, 1, 20)])
+    expect = TRAIN[np.random.default_rng(8).integers(0, TRAIN.size, 50)]
+    np.testing.assert_array_equal(np.concatenate([first.queries, second.queries]), expect)
 
 
 def test_paired_queries_are_still_uniform() -> None:
@@ -261,15 +271,29 @@ def test_paired_queries_are_still_uniform() -> None:
 
 
 def test_paired_queries_follow_each_pulls_pool() -> None:
-    """Where pools differ (prompts observed on different queries), a paired group takes its
-    pool's query at the shared draw: floor(u x pool size), by hand from the same draws."""
-    pools = [np.array([3, 5, 8]), np.array([3, 5, 8]), np.array([5, 9])]
-    requests = [Pull(0, 1, 4, True), Pull(1, 1, 4, True), Pull(2, 1, 4, True)]
-    queries = paired_queries(requests, pools, np.random.default_rng(11))
-    u = np.random.default_rng(11).random(4)
-    expect = [[[3, 5, 8][int(v * 3)] for v in u], [[3, 5, 8][int(v * 3)] for v in u],
-              [[5, 9][int(v * 2)] for v in u]]
-    np.testing.assert_array_equal(queries, np.concatenate(expect))
+    """Where pools differ (prompts observed on different queries), a paired group takes the
+    shared query where its pool holds it, else one of its own: by hand from the same draws,
+    then by frequency (uniform on the pool; shared where the shared query is in it)."""
+    universe = np.array([3, 5, 8, 9])
+    pools = [universe, universe, np.array([5, 9])]
+    requests = [Pull(0, 1, 6, True), Pull(1, 1, 6, True), Pull(2, 1, 6, True)]
+    queries = paired_queries(requests, pools, universe, np.random.default_rng(11))
+    rng = np.random.default_rng(11)
+    shared = universe[(rng.random(6) * 4).astype(int)]
+    third = shared.copy()
+    miss = ~((shared == 5) | (shared == 9))
+    third[miss] = np.array([5, 9])[rng.integers(0, 2, int(miss.sum()))]
+    np.testing.assert_array_equal(queries, np.concatenate([shared, shared, third]))
+    m = 20000
+    many = paired_queries([Pull(0, 1, m, True), Pull(2, 1, m, True)], pools[1:], universe,
+                          np.random.default_rng(12))
+    full, narrow = many[:m], many[m:]
+    se = np.sqrt(0.25 / m)
+    assert abs((narrow == 5).mean() - 0.5) <= 4 * se and set(narrow.tolist()) == {5, 9}
+    assert abs((full == narrow).mean() - 0.5) <= 4 * se  # shared where 5 or 9 came up
+    with pytest.raises(InputError, match="no query to draw from"):
+        paired_queries([Pull(0, 1, 1, True)], [np.zeros(0, dtype=np.int64)], universe,
+                       np.random.default_rng(0))
 
 
 def test_paired_groups_differ_by_the_prompts_alone() -> None:

@@ -75,7 +75,7 @@ class SimulatedOracle:
         counts = np.array([r.count for r in requests], dtype=np.intp)
         if any(r.paired for r in requests):
             queries = paired_queries(requests, pools or [self.queries] * len(requests),
-                                     self.rng)
+                                     self.queries, self.rng)
         elif pools is None:
             queries = self.queries[self.rng.integers(0, self.queries.size, int(counts.sum()))]
         else:

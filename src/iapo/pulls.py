@@ -1,8 +1,8 @@
 """What a learner asks and gets: pulls, observations, the budget ledger, the oracle protocol.
 
 A pull (prompt, n, count) asks for ``count`` groups of n completions of one prompt, each on a
-training query drawn uniformly at random; *paired* pulls of one batch draw their queries
-together, the i-th group of each on one query (:func:`paired_queries`). Every pull costs
+training query drawn uniformly at random; *paired* pulls of one batch share their queries,
+the i-th group of each prompt on one query (:func:`paired_queries`). Every pull costs
 n * count completions; the ledger refuses a batch that would take the total past the budget
 T, before anything is drawn. The
 simulated oracle (:mod:`iapo.oracle`) and the live one (:mod:`iapo.live.oracle`) implement
@@ -35,8 +35,8 @@ class BudgetExceededError(RuntimeError):
 
 @dataclass(frozen=True)
 class Pull:
-    """Request ``count`` groups of ``n`` completions of ``prompt`` (each on a fresh query).
-    ``paired``: the pull shares its queries with the other paired pulls of its batch
+    """Request ``count`` groups of ``n`` completions of ``prompt``, each on a query drawn at
+    random. ``paired``: the pull shares its queries with the other paired pulls of its batch
     (:func:`paired_queries`), so that their differences are free of how hard the queries
     are."""
 
@@ -133,20 +133,41 @@ def joined(observations: Sequence[Observation]) -> dict[tuple[int, int], Observa
     return out
 
 
-def paired_queries(requests: Sequence[Pull], pools: Sequence[IntArray],
+def paired_queries(requests: Sequence[Pull], pools: Sequence[IntArray], universe: IntArray,
                    rng: np.random.Generator) -> IntArray:
-    """The query of every group of ``requests`` (concatenated, in order), drawn uniformly from
-    its pull's pool of queries (``pools``, one per pull): independently for a pull that is not
-    paired; for the paired ones by one shared sequence of uniform draws u_i, the i-th group
-    taking its pool's query floor(u_i x pool size). So the i-th groups of paired pulls whose
-    pools agree fall on one query (a pull of fewer groups takes the first ones), and every
-    group's query is still uniform on its pool."""
-    longest = max((r.count for r in requests if r.paired), default=0)
-    shared = rng.random(longest)
-    parts = [pool[np.minimum((shared[: r.count] * pool.size).astype(np.int64), pool.size - 1)]
-             if r.paired else pool[rng.integers(0, pool.size, r.count)]
-             for r, pool in zip(requests, pools, strict=True)]
-    return np.concatenate([*parts, np.zeros(0, dtype=np.int64)]).astype(np.int64)
+    """The query of every group of ``requests`` (concatenated, in order), uniform on its pull's
+    pool of queries (``pools``, one per pull, each within ``universe``, the training
+    queries). A pull that is not paired draws each group's query on its own. Paired pulls
+    share one sequence of queries s_i, uniform on ``universe`` (s_i = universe[floor(u_i x
+    size)], u_i uniform): a prompt's paired groups take s_0, s_1, ... in turn, across the
+    batch's pulls (a second pull of a prompt goes on where its first stopped), so the i-th
+    paired groups of all prompts fall on one query; where s_i is not in a pull's pool, that
+    group draws from its pool on its own. So each group's query is uniform on its pool
+    (P(q) = 1 / |universe| + (1 - |pool| / |universe|) / |pool| = 1 / |pool|), and the
+    prompts share their queries wherever their pools do."""
+    for r, pool in zip(requests, pools, strict=True):
+        if r.count and not pool.size:
+            raise InputError(f"prompt {r.prompt} has no query to draw from; give it data on "
+                             "some training query")
+    totals: dict[int, int] = {}
+    for r in requests:
+        if r.paired:
+            totals[r.prompt] = totals.get(r.prompt, 0) + r.count
+    u = rng.random(max(totals.values(), default=0))
+    shared = universe[np.minimum((u * universe.size).astype(np.int64), universe.size - 1)]
+    used: dict[int, int] = {}
+    parts = []
+    for r, pool in zip(requests, pools, strict=True):
+        if not r.paired:
+            parts.append(pool[rng.integers(0, pool.size, r.count)])
+            continue
+        first = used.get(r.prompt, 0)
+        used[r.prompt] = first + r.count
+        queries = shared[first: first + r.count].copy()
+        own = ~np.isin(queries, pool)
+        queries[own] = pool[rng.integers(0, pool.size, int(own.sum()))]
+        parts.append(queries)
+    return np.concatenate([*parts, np.zeros(0, dtype=np.int64)])
 
 
 def abstain_categories(problem: Problem, observations: Sequence[Observation]

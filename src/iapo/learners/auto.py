@@ -6,7 +6,8 @@ is the choice of prompt, not of N. ``psst-auto`` spends its budget in two phases
 
 1. Screening, at most rho T completions (rho = 1/2). Successive halving over *prompts*: every
    round, every prompt still alive in some context is pulled equally often in groups of g
-   completions, each group on a fresh query (Eq. 6 with M = g x the prompts pulled):
+   completions, each group on a query drawn at random (Eq. 6 with M = g x the prompts
+   pulled; Best-of-N's prompts on shared queries, below):
    floor(n_r / M) groups each, n_r the round's allowance (rule 3 of PSST: floor((r+1) rho T /
    R_s) less what was spent). Groups of g feed a per-query model (:mod:`iapo.model`), which
    estimates Q for every N from them, and for Best-of-N also unbiased blocks (N <= g). Then
@@ -125,11 +126,12 @@ def default_estimator(problem: Problem) -> str:
 
 
 def pairs(problem: Problem) -> bool:
-    """Whether psst-auto pulls every round's prompts on shared queries (:class:`Pull`'s
-    ``paired``): for Best-of-N, where how good a query's completions can be moves every
-    prompt's utilities alike; not for majority voting, where it measured no gain
-    (docs/default-learner.md)."""
-    return problem.aggregator != "mv"
+    """Whether psst-auto pulls every round's prompts on shared queries by default
+    (:class:`Pull`'s ``paired``): for Best-of-N, where how good a query's completions can be
+    moves every prompt's utilities alike, and where it measured better in every cell; not
+    for majority voting, where it measured better on two environments and no better on
+    ``math`` (docs/default-learner.md)."""
+    return problem.aggregator == "bon"
 
 
 def screening_rounds(n_prompts: int, keep: int, budget: int, group: int) -> int:
@@ -174,6 +176,9 @@ class PSSTAuto:
                              f"{', '.join(DECIDERS)}")
         if self.folds < 2:
             raise InputError(f"folds={self.folds}: a validation needs at least 2 folds")
+        if self.paired is not None and not isinstance(self.paired, bool):
+            raise InputError(f"paired={self.paired!r} must be true, false or None (by the "
+                             "aggregator)")
         if self.level is not None and not 0 < self.level < 1:
             raise InputError(f"level={self.level} must lie strictly between 0 and 1 (or be "
                              f"None: {MODEL_LEVEL})")
@@ -184,7 +189,9 @@ class PSSTAuto:
 
         budget = check_budget(oracle, budget)
         if problem.aggregator == "mixed":  # no model of mixed outcomes: PSST decides alone
-            result = psst(problem, oracle, budget, rng)
+            paired = bool(self.paired)
+            result = psst(problem, oracle, budget, rng, paired=paired)
+            result.trace.info["paired"] = paired
             result.trace.notes.insert(0, "mixed aggregator: no screening, plain PSST")
             return result
         c, p, n = problem.n_contexts, problem.n_prompts, problem.n_max

@@ -163,7 +163,7 @@ def equal_pulls(scales: npt.NDArray[np.intp], allowance_: int,
     scale, M the sum of the scales (``paired``: on shared queries, :class:`Pull`)."""
     alive = np.flatnonzero(scales > 0)
     k = allowance_ // int(scales[alive].sum())
-    return [Pull(int(q), int(scales[q]), int(k), paired) for q in alive] if k else []
+    return [Pull(int(q), int(scales[q]), int(k), paired=paired) for q in alive] if k else []
 
 
 def top_up(scales: npt.NDArray[np.intp], order: npt.ArrayLike, left: int,
@@ -176,7 +176,7 @@ def top_up(scales: npt.NDArray[np.intp], order: npt.ArrayLike, left: int,
         if left <= 0:
             break
         g = int(min(scales[q], left))
-        pulls.append(Pull(int(q), g, 1, paired))
+        pulls.append(Pull(int(q), g, 1, paired=paired))
         left -= g
     return pulls
 

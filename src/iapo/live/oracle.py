@@ -1,7 +1,8 @@
 """The live oracle: pulls served by a real LLM through the completion store.
 
 The same learners that run on simulated environments run here unchanged: a pull
-(prompt, n, count) draws ``count`` training queries, takes the next n unused samples of each
+(prompt, n, count) draws ``count`` training queries (paired pulls share theirs:
+:func:`iapo.pulls.paired_queries`), takes the next n unused samples of each
 pool (see :mod:`iapo.live.store`), asks the LLM only for samples the store lacks, scores and
 stores each one (committed) before building the observation.
 
@@ -292,14 +293,13 @@ class LiveOracle:
         try:
             plan = []
             # paired pulls draw their queries together (iapo.pulls.paired_queries)
-            shared = (paired_queries(requests, [self.queries] * len(requests), self.rng)
+            shared = (paired_queries(requests, [self.queries] * len(requests), self.queries,
+                                     self.rng)
                       if any(r.paired for r in requests) else None)
-            first = 0
-            for r in requests:
-                if shared is None:
-                    qs = self.queries[self.rng.integers(0, self.queries.size, r.count)]
-                else:
-                    qs, first = shared[first: first + r.count], first + r.count
+            starts = np.cumsum([0] + [r.count for r in requests])
+            for i, r in enumerate(requests):
+                qs = (self.queries[self.rng.integers(0, self.queries.size, r.count)]
+                      if shared is None else shared[starts[i]: starts[i + 1]])
                 for q in qs:
                     pool = self.runtime.pool(r.prompt, int(q))
                     start = self.cursor[pool]
