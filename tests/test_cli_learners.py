@@ -110,6 +110,7 @@ def test_train_verbose_says_which_estimator_decided_and_why(tmp_path: Path) -> N
               .lstrip("-").isdigit()]
     assert [int(line.split(":")[0]) for line in rounds] == [r["round"] for r in trace["rounds"]]
     assert min(r["round"] for r in trace["rounds"]) < 0 < max(r["round"] for r in trace["rounds"])
+    assert trace["paired"] is True and "queries: shared by the prompts of every round" in lines
     # summarization (Best-of-N), T = 1,000: blocks decide and contexts commit to one prompt
     # (the rest pays fewer than 30 blocks of 32 for each of their survivors), which --verbose
     # lists
@@ -133,3 +134,8 @@ def test_train_verbose_says_which_estimator_decided_and_why(tmp_path: Path) -> N
     quiet = CliRunner().invoke(main, ["train", "synth-categorical", "--budget", "2000",
                                       "--out", str(pol)])
     assert quiet.exit_code == 0 and "estimator:" not in quiet.output
+    # majority voting draws each group's query on its own, and says nothing of sharing
+    mv = CliRunner().invoke(main, ["train", "math", "--budget", "1000", "--out", str(pol),
+                                   "--verbose"])
+    assert mv.exit_code == 0 and json.loads(pol.read_text())["trace"]["paired"] is False
+    assert "queries: shared" not in mv.output

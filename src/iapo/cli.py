@@ -291,14 +291,17 @@ def train(env_name: str, learner: str, budget: int, seed: int, out: str,
 
 def _trace_text(trace: dict[str, Any]) -> str:
     """A run's trace in words (``iapo train --verbose``): every round (negative: a
-    screening round), the notes, the estimator that decided, with its validation, and the
-    prompts a Best-of-N context committed to."""
+    screening round), whether the rounds' prompts shared their queries, the notes, the
+    estimator that decided, with its validation, and the prompts a Best-of-N context
+    committed to."""
     lines = ["rounds (round: allowance, spent, arms alive per context):"]
     for r in trace.get("rounds", []):
         alive = r["alive"]
         shown = (f"{min(alive)}..{max(alive)}" if len(set(alive)) > 1
                  else str(alive[0]) if alive else "-")
         lines.append(f"  {r['round']:>3}: {r['allowance']}, {r['spent']}, {shown}")
+    if trace.get("paired"):  # psst-auto: every round's prompts on shared queries
+        lines.append("queries: shared by the prompts of every round")
     if "screening_ranked_by" in trace:
         lines.append("screening ranked by (per round): "
                      + "; ".join(trace["screening_ranked_by"]))
