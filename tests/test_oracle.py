@@ -11,7 +11,7 @@ from iapo.envs import BoNEnvironment, MVEnvironment
 from iapo.errors import InputError
 from iapo.oracle import SimulatedOracle
 from iapo.problem import ContextGrid, Objective, ProblemError
-from iapo.pulls import BudgetExceededError, Ledger, Observation, Pull, paired_queries
+from iapo.pulls import BudgetExceededError, Ledger, Observation, Pull, draw_queries
 from iapo.split import train_test_split
 
 
@@ -277,7 +277,7 @@ def test_paired_queries_follow_each_pulls_pool() -> None:
     universe = np.array([3, 5, 8, 9])
     pools = [universe, universe, np.array([5, 9])]
     requests = [Pull(0, 1, 6, True), Pull(1, 1, 6, True), Pull(2, 1, 6, True)]
-    queries = paired_queries(requests, pools, universe, np.random.default_rng(11))
+    queries = draw_queries(requests, pools, universe, np.random.default_rng(11))
     rng = np.random.default_rng(11)
     shared = universe[(rng.random(6) * 4).astype(int)]
     third = shared.copy()
@@ -285,14 +285,14 @@ def test_paired_queries_follow_each_pulls_pool() -> None:
     third[miss] = np.array([5, 9])[rng.integers(0, 2, int(miss.sum()))]
     np.testing.assert_array_equal(queries, np.concatenate([shared, shared, third]))
     m = 20000
-    many = paired_queries([Pull(0, 1, m, True), Pull(2, 1, m, True)], pools[1:], universe,
+    many = draw_queries([Pull(0, 1, m, True), Pull(2, 1, m, True)], pools[1:], universe,
                           np.random.default_rng(12))
     full, narrow = many[:m], many[m:]
     se = np.sqrt(0.25 / m)
     assert abs((narrow == 5).mean() - 0.5) <= 4 * se and set(narrow.tolist()) == {5, 9}
     assert abs((full == narrow).mean() - 0.5) <= 4 * se  # shared where 5 or 9 came up
     with pytest.raises(InputError, match="no query to draw from"):
-        paired_queries([Pull(0, 1, 1, True)], [np.zeros(0, dtype=np.int64)], universe,
+        draw_queries([Pull(0, 1, 1, True)], [np.zeros(0, dtype=np.int64)], universe,
                        np.random.default_rng(0))
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from iapo.errors import InputError
-from iapo.pulls import Ledger, Observation, Pull, paired_queries, validate_pulls
+from iapo.pulls import Ledger, Observation, Pull, draw_queries, validate_pulls
 
 if TYPE_CHECKING:
     from iapo.envs.base import Environment
@@ -64,7 +64,7 @@ class SimulatedOracle:
         """Serve a batch of pulls; all or nothing against the budget.
 
         Every group draws its query uniformly from the training queries where its prompt has
-        data (paired pulls together: :func:`iapo.pulls.paired_queries`); then all groups are
+        data (paired pulls together: :func:`iapo.pulls.draw_queries`); then all groups are
         drawn from the environment at once."""
         total = validate_pulls(self.problem, requests)
         if self.env.observed is None:
@@ -73,15 +73,8 @@ class SimulatedOracle:
             pools = [self._queries_of(r.prompt) for r in requests]  # may refuse: before charging
         self.ledger.charge(total)
         counts = np.array([r.count for r in requests], dtype=np.intp)
-        if any(r.paired for r in requests):
-            queries = paired_queries(requests, pools or [self.queries] * len(requests),
-                                     self.queries, self.rng)
-        elif pools is None:
-            queries = self.queries[self.rng.integers(0, self.queries.size, int(counts.sum()))]
-        else:
-            queries = np.concatenate([pool[self.rng.integers(0, pool.size, r.count)]
-                                      for r, pool in zip(requests, pools, strict=True)]
-                                     + [np.zeros(0, dtype=np.int64)])
+        queries = draw_queries(requests, pools or [self.queries] * len(requests), self.queries,
+                               self.rng)
         if not queries.size:
             return [self._empty(r) for r in requests]
         # one draw for the whole batch, every group as wide as the largest; a group of n keeps

@@ -2,7 +2,7 @@
 
 A pull (prompt, n, count) asks for ``count`` groups of n completions of one prompt, each on a
 training query drawn uniformly at random; *paired* pulls of one batch share their queries,
-the i-th group of each prompt on one query (:func:`paired_queries`). Every pull costs
+the i-th group of each prompt on one query (:func:`draw_queries`). Every pull costs
 n * count completions; the ledger refuses a batch that would take the total past the budget
 T, before anything is drawn. The
 simulated oracle (:mod:`iapo.oracle`) and the live one (:mod:`iapo.live.oracle`) implement
@@ -37,7 +37,7 @@ class BudgetExceededError(RuntimeError):
 class Pull:
     """Request ``count`` groups of ``n`` completions of ``prompt``, each on a query drawn at
     random. ``paired``: the pull shares its queries with the other paired pulls of its batch
-    (:func:`paired_queries`), so that their differences are free of how hard the queries
+    (:func:`draw_queries`), so that their differences are free of how hard the queries
     are."""
 
     prompt: int
@@ -133,18 +133,19 @@ def joined(observations: Sequence[Observation]) -> dict[tuple[int, int], Observa
     return out
 
 
-def paired_queries(requests: Sequence[Pull], pools: Sequence[IntArray], universe: IntArray,
-                   rng: np.random.Generator) -> IntArray:
+def draw_queries(requests: Sequence[Pull], pools: Sequence[IntArray], universe: IntArray,
+                 rng: np.random.Generator) -> IntArray:
     """The query of every group of ``requests`` (concatenated, in order), uniform on its pull's
     pool of queries (``pools``, one per pull, each within ``universe``, the training
-    queries). A pull that is not paired draws each group's query on its own. Paired pulls
-    share one sequence of queries s_i, uniform on ``universe`` (s_i = universe[floor(u_i x
-    size)], u_i uniform): a prompt's paired groups take s_0, s_1, ... in turn, across the
-    batch's pulls (a second pull of a prompt goes on where its first stopped), so the i-th
-    paired groups of all prompts fall on one query; where s_i is not in a pull's pool, that
-    group draws from its pool on its own. So each group's query is uniform on its pool
-    (P(q) = 1 / |universe| + (1 - |pool| / |universe|) / |pool| = 1 / |pool|), and the
-    prompts share their queries wherever their pools do."""
+    queries); the draws of every oracle. A pull that is not paired draws each group's query
+    on its own (with no paired pull, exactly the draws of one ``rng.integers`` call per pull).
+    Paired pulls share one sequence of queries s_i, uniform on ``universe`` (s_i =
+    universe[floor(u_i x size)], u_i uniform): a prompt's paired groups take s_0, s_1, ... in
+    turn, across the batch's pulls (a second pull of a prompt goes on where its first
+    stopped), so the i-th paired groups of all prompts fall on one query; where s_i is not in
+    a pull's pool, that group draws from its pool on its own. So each group's query is
+    uniform on its pool (P(q) = 1 / |universe| + (1 - |pool| / |universe|) / |pool| =
+    1 / |pool|), and the prompts share their queries wherever their pools do."""
     for r, pool in zip(requests, pools, strict=True):
         if r.count and not pool.size:
             raise InputError(f"prompt {r.prompt} has no query to draw from; give it data on "

@@ -2,7 +2,7 @@
 
 The same learners that run on simulated environments run here unchanged: a pull
 (prompt, n, count) draws ``count`` training queries (paired pulls share theirs:
-:func:`iapo.pulls.paired_queries`), takes the next n unused samples of each
+:func:`iapo.pulls.draw_queries`), takes the next n unused samples of each
 pool (see :mod:`iapo.live.store`), asks the LLM only for samples the store lacks, scores and
 stores each one (committed) before building the observation.
 
@@ -33,7 +33,7 @@ from iapo.live.client import ChatClient, Completion
 from iapo.live.scorers import GOLD_SCORERS, TRUNCATION_AWARE, make_extractor, make_scorer
 from iapo.live.store import CompletionStore, StoredCompletion, arm_key, pool_key
 from iapo.live.task import Record, Task, TaskError
-from iapo.pulls import Ledger, Observation, Pull, paired_queries, validate_pulls
+from iapo.pulls import Ledger, Observation, Pull, draw_queries, validate_pulls
 
 if TYPE_CHECKING:
     from iapo.live.batch import Batcher
@@ -292,15 +292,11 @@ class LiveOracle:
         saved_cursor = dict(self.cursor)
         try:
             plan = []
-            # paired pulls draw their queries together (iapo.pulls.paired_queries)
-            shared = (paired_queries(requests, [self.queries] * len(requests), self.queries,
-                                     self.rng)
-                      if any(r.paired for r in requests) else None)
+            drawn = draw_queries(requests, [self.queries] * len(requests), self.queries,
+                                 self.rng)
             starts = np.cumsum([0] + [r.count for r in requests])
             for i, r in enumerate(requests):
-                qs = (self.queries[self.rng.integers(0, self.queries.size, r.count)]
-                      if shared is None else shared[starts[i]: starts[i + 1]])
-                for q in qs:
+                for q in drawn[starts[i]: starts[i + 1]]:
                     pool = self.runtime.pool(r.prompt, int(q))
                     start = self.cursor[pool]
                     self.cursor[pool] = start + r.n
