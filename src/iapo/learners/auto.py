@@ -188,8 +188,8 @@ class PSSTAuto:
         from iapo.model import ModelQTable
 
         budget = check_budget(oracle, budget)
+        paired = pairs(problem) if self.paired is None else self.paired
         if problem.aggregator == "mixed":  # no model of mixed outcomes: PSST decides alone
-            paired = bool(self.paired)
             result = psst(problem, oracle, budget, rng, paired=paired)
             result.trace.info["paired"] = paired
             result.trace.notes.insert(0, "mixed aggregator: no screening, plain PSST")
@@ -201,7 +201,6 @@ class PSSTAuto:
         default = default_estimator(problem)
         # blocks rank prompts beside the model, and may decide, where they are the default
         blocks = QTable(problem) if default == "blocks" else None
-        paired = pairs(problem) if self.paired is None else self.paired
         trace = Trace(info={"group": g, "paired": paired})
         start = oracle.ledger.spent
         screen = int(self.rho * budget)
