@@ -184,3 +184,97 @@ def test_a_prompt_seen_on_one_query_does_not_outrank_a_well_known_better_one() -
     boot = assess(make, problem, obs, [Choice(0, 3, 0.0, 1)] * 3, rng, method="bootstrap")
     assert boot.method == "bootstrap"
     assert boot.p_best[0, n_prompts - 1, 0] > 0.5
+
+
+# ------------------------------------------------------------------ the model's fitted prior
+def direct_log_marginal(loglik: np.ndarray, gm: np.ndarray, gs: np.ndarray,
+                        hyper: posterior.Hyper) -> float:
+    """log P(every prompt's answers | the prior), straight from its definition: per prompt
+    log sum_g exp(loglik + log mass(g)), a cell's mass its normalized density."""
+    from scipy.special import logsumexp
+
+    lp = hyper.log_density(gm, gs)
+    lp = lp - logsumexp(lp)
+    return float(logsumexp(loglik + lp[None], axis=1).sum())
+
+
+def test_the_fitted_prior_is_the_marginal_likelihood_s_maximum() -> None:
+    """log_marginal sums each prompt's likelihood by one product, and in logs only where that
+    underflows: it is the plain definition's value, for priors near the fit and for narrow
+    ones far below every prompt (one prompt, right on all of its 300 queries, lies far above
+    the rest, so its sum underflows there). No nearby prior explains the answers better than
+    fit_hyper's, and a search started near it finds it again."""
+    rng = np.random.default_rng(11)
+    obs, _, _ = simulated_prompts(rng, 6, 3, answers=2)
+    obs.append(votes_of(6, [2] * 300, 2, first_query=1000))
+    votes = posterior.binary_votes(problem_of(7, 3), obs)
+    assert votes is not None
+    gm, gs, w = posterior.coarse_grid()
+    loglik = posterior.log_likelihoods(votes, w)
+    # the batch of likelihoods is each prompt's own
+    for i, (k, n) in enumerate(votes):
+        np.testing.assert_allclose(loglik[i], posterior.log_likelihood(k, n, w), atol=1e-9)
+    marginal = posterior.log_marginal(loglik, gm, gs)
+    for mean, sd in [((0.8, 0.0), (1.0, 0.5)), ((-5.0, -2.0), (0.2, 0.14)),
+                     ((-4.0, 1.0), (0.2, 0.14)), ((6.0, -3.0), (0.3, 0.2))]:
+        prior = posterior.Hyper(mean, sd)
+        assert marginal(prior) == pytest.approx(direct_log_marginal(loglik, gm, gs, prior),
+                                                rel=1e-9)
+    # a search far out (an infinite spread) finds no mass there, not NaN
+    with np.errstate(over="ignore"):
+        assert marginal(posterior.Hyper((0.0, 0.0), (float(np.exp(800.0)), 1.0))) == -np.inf
+    fit = posterior.fit_hyper(loglik, gm, gs)
+    assert fit.x is not None
+    best = direct_log_marginal(loglik, gm, gs, fit)
+    for step in np.vstack([np.eye(4), -np.eye(4)]) * 0.05:
+        h = fit.x + step
+        sd = np.maximum(np.exp(h[2:]), posterior.STEP)
+        other = posterior.Hyper((h[0], h[1]), (sd[0], sd[1]))
+        assert direct_log_marginal(loglik, gm, gs, other) <= best + 1e-6
+    again = posterior.fit_hyper(loglik, gm, gs, start=fit.x + 0.3)
+    assert direct_log_marginal(loglik, gm, gs, again) == pytest.approx(best, abs=1e-3)
+
+
+def test_expected_credit_extrapolates_a_true_model_from_two_answers_per_query() -> None:
+    """Where the logit-normal is true, two answers on each of 600 queries give every prompt's
+    credit at N = 1..7 within sampling error of the exact integral (quad), though no query's
+    own two answers could."""
+    rng = np.random.default_rng(4)
+    n_prompts, n_max = 5, 7
+    problem = problem_of(n_prompts, n_max)
+    mu = np.array([-0.5, 0.2, 0.6, 1.0, 2.0])
+    sd = np.array([0.3, 2.0, 0.8, 1.5, 0.5])
+    obs = []
+    for i in range(n_prompts):
+        theta = 1.0 / (1.0 + np.exp(-rng.normal(mu[i], sd[i], 600)))
+        obs.append(votes_of(i, rng.binomial(2, theta).tolist(), 2))
+    votes = posterior.binary_votes(problem, obs)
+    assert votes is not None
+    got, hyper = posterior.expected_credit(problem, votes)
+    assert hyper is not None
+    for i in range(n_prompts):
+        for n in (1, 3, 7):
+            want = quad(lambda t, n=n, i=i: majority(t, n) * logit_normal_pdf(t, mu[i], sd[i]),
+                        0, 1, limit=400, points=[0.5])[0]
+            # 600 queries: the mean credit's sampling error is below 0.02
+            assert got[i, n - 1] == pytest.approx(want, abs=0.04), (i, n)
+
+
+def test_expected_credit_follows_each_query_s_own_answers_where_it_has_many() -> None:
+    """Three kinds of query, right 30%, 55% and 80% of the time (no logit-normal), 400
+    answers each: each query's posterior sits on its own chance, so the credit is the
+    queries' exact votes averaged, whatever the fitted spread says."""
+    rng = np.random.default_rng(8)
+    problem = problem_of(2, 9)
+    theta = np.repeat([0.3, 0.55, 0.8], 30)
+    obs = [votes_of(0, rng.binomial(400, theta).tolist(), 400),
+           votes_of(1, rng.binomial(2, np.full(90, 0.6)).tolist(), 2)]
+    votes = posterior.binary_votes(problem, obs)
+    assert votes is not None
+    got, _ = posterior.expected_credit(problem, votes)
+    for n in (1, 5, 9):
+        want = np.mean([majority(t, n) for t in theta])
+        assert got[0, n - 1] == pytest.approx(want, abs=0.03)
+    # a prompt with no answers has no credit
+    none, _ = posterior.expected_credit(problem, [votes[0], (votes[0][0][:0], votes[0][1][:0])])
+    assert np.isnan(none[1]).all() and not np.isnan(none[0]).any()

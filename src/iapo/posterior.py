@@ -31,7 +31,8 @@ every completion is the query's gold answer or its one other answer (:func:`bina
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -46,6 +47,7 @@ from iapo.utility import cost_term
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
 
 THETA = (np.arange(400) + 0.5) / 400  # quadrature nodes (cell midpoints) of a query's chance
 # of a right answer, and the cells' edges
@@ -53,6 +55,9 @@ EDGES = np.linspace(0.0, 1.0, THETA.size + 1)
 LOGIT_MEAN = np.linspace(-6.0, 6.0, 61)  # the coarse grid of (mu, log sigma)
 LOG_SD = np.linspace(-3.0, 1.8, 35)
 STEP = np.array([LOGIT_MEAN[1] - LOGIT_MEAN[0], LOG_SD[1] - LOG_SD[0]])  # the coarse cells
+# expected_credit's fit of the prior stops within this of its parameters: a point estimate
+# moves by far less than its noise (the report's draws fit to fit_hyper's default, 1e-5)
+CREDIT_TOLERANCE = 1e-3
 LOCAL = 25  # the fine grid around a prompt's posterior mass: LOCAL x LOCAL points
 LOCAL_SPAN = 14.0  # ... covering the coarse cells within this log density of its top
 
@@ -109,38 +114,89 @@ def log_likelihood(k: IntArray, n: IntArray, weights: FloatArray) -> FloatArray:
     return np.asarray(per @ times.astype(np.float64))
 
 
+def log_likelihoods(votes: Sequence[tuple[IntArray, IntArray]], weights: FloatArray
+                    ) -> FloatArray:
+    """:func:`log_likelihood` of every prompt's ``votes`` at once: [P, G] (0 for a prompt with
+    none); one product over the pairs (k, n) that occur in any prompt."""
+    if not any(k.size for k, _ in votes):
+        return np.zeros((len(votes), weights.shape[0]))
+    both = np.concatenate([np.stack([k, n], axis=1) for k, n in votes])
+    owner = np.repeat(np.arange(len(votes)), [k.size for k, _ in votes])
+    pairs, which = np.unique(both, axis=0, return_inverse=True)
+    times = np.zeros((len(votes), pairs.shape[0]))
+    np.add.at(times, (owner, which.reshape(-1)), 1.0)
+    pmf = binom.pmf(pairs[:, :1], pairs[:, 1:], THETA[None])  # [pairs, len(THETA)]
+    per = np.log(np.maximum(weights @ pmf.T, 1e-300))  # [G, pairs]
+    return np.asarray(times @ per.T)
+
+
 def _normal_logpdf(x: FloatArray, mean: float, sd: float) -> FloatArray:
     return np.asarray(-0.5 * ((x - mean) / sd) ** 2 - np.log(sd))
 
 
 class Hyper:
-    """The normal prior of (mu, log sigma) across prompts."""
+    """The normal prior of (mu, log sigma) across prompts; ``x``: the parameters it was fitted
+    as (:func:`fit_hyper`), from which a later fit may start."""
 
-    def __init__(self, mean: tuple[float, float], sd: tuple[float, float]) -> None:
-        self.mean, self.sd = mean, sd
+    def __init__(self, mean: tuple[float, float], sd: tuple[float, float],
+                 x: FloatArray | None = None) -> None:
+        self.mean, self.sd, self.x = mean, sd, x
 
     def log_density(self, mu: FloatArray, log_sd: FloatArray) -> FloatArray:
         return (_normal_logpdf(mu, self.mean[0], self.sd[0])
                 + _normal_logpdf(log_sd, self.mean[1], self.sd[1]))
 
 
-def fit_hyper(loglik: FloatArray, gm: FloatArray, gs: FloatArray) -> Hyper:
+def log_marginal(loglik: FloatArray, gm: FloatArray, gs: FloatArray
+                 ) -> Callable[[Hyper], float]:
+    """log P(every prompt's answers | a prior), as a function of the prior: per prompt
+    log sum_g exp(loglik + log mass(g)) over the coarse grid (gm, gs) [G], a cell's mass its
+    normalized density, summed over the prompts ``loglik`` [P, G]. By one product per call,
+    top + log(scaled @ masses); a prompt whose sum underflows there is summed in logs."""
+    top = loglik.max(axis=1)
+    scaled = np.exp(loglik - top[:, None])
+
+    def of(prior: Hyper) -> float:
+        density = prior.log_density(gm, gs)
+        if not np.isfinite(density.max()):  # a spread too wide to be a density: no mass
+            return -np.inf
+        masses = np.exp(density - density.max())
+        norm = masses.sum()
+        masses /= norm
+        total = scaled @ masses
+        low = total < 1e-250
+        per = top + np.log(np.where(low, 1.0, total))
+        if low.any():
+            lp = density - density.max() - np.log(norm)
+            per[low] = logsumexp(loglik[low] + lp[None], axis=1)
+        return float(per.sum())
+
+    return of
+
+
+def fit_hyper(loglik: FloatArray, gm: FloatArray, gs: FloatArray,
+              start: FloatArray | None = None, tolerance: float = 1e-5) -> Hyper:
     """The prior maximizing the marginal likelihood of every prompt's answers, each prompt's
     likelihood ``loglik`` [P, G] on the coarse grid (gm, gs) [G] (a cell's prior mass is its
     normalized density). Its spreads are at least the grid's steps: a narrower prior is one
-    the grid cannot tell from a point."""
+    the grid cannot tell from a point. ``start``: an earlier fit's ``x`` to search from (a
+    broad prior by default); ``tolerance``: the search stops within it of the parameters
+    (and within its hundredth of the log likelihood)."""
 
     def hyper(h: FloatArray) -> Hyper:
-        sd = np.maximum(np.exp(h[2:]), STEP)
-        return Hyper((float(h[0]), float(h[1])), (float(sd[0]), float(sd[1])))
+        with np.errstate(over="ignore"):  # a search far out: an infinite spread, no mass
+            sd = np.maximum(np.exp(h[2:]), STEP)
+        return Hyper((float(h[0]), float(h[1])), (float(sd[0]), float(sd[1])), h)
+
+    marginal = log_marginal(loglik, gm, gs)
 
     def nll(h: FloatArray) -> float:
-        lp = hyper(h).log_density(gm, gs)
-        return -float(logsumexp(loglik + (lp - logsumexp(lp))[None], axis=1).sum())
+        return -marginal(hyper(h))
 
-    start = np.array([1.0, 0.0, 0.0, 0.0])
+    start = np.array([1.0, 0.0, 0.0, 0.0]) if start is None else start
     return hyper(minimize(nll, start, method="Nelder-Mead",
-                          options={"maxiter": 4000, "xatol": 1e-5, "fatol": 1e-7}).x)
+                          options={"maxiter": 4000, "xatol": tolerance,
+                                   "fatol": tolerance / 100}).x)
 
 
 def theta_curves(problem: Problem) -> tuple[FloatArray, FloatArray]:
@@ -151,13 +207,78 @@ def theta_curves(problem: Problem) -> tuple[FloatArray, FloatArray]:
 
     n_max = problem.n_max
     probs = np.stack([THETA, 1.0 - THETA], axis=1)  # category 0 is the right answer
-    credit = mv_credit_probability(probs, np.zeros(THETA.size, dtype=np.int64), n_max)
+    credit = theta_credit(n_max)
     if problem.stopping.early:
         no_answer = None if problem.no_answer == "vote" else np.full(THETA.size, -1)
         paid = expected_paid(probs, n_max, problem.stopping.wave, no_answer)[0]
     else:
         paid = np.broadcast_to(np.arange(1, n_max + 1, dtype=np.float64), credit.shape)
     return credit, np.asarray(paid)
+
+
+@functools.cache
+def theta_credit(n_max: int) -> FloatArray:
+    """The credit of N = 1..N_max answers on a query whose chance of a right answer is each
+    node of ``THETA`` (its one other answer the rest): [len(THETA), N_max], read-only,
+    computed once per N_max."""
+    probs = np.stack([THETA, 1.0 - THETA], axis=1)  # category 0 is the right answer
+    credit = mv_credit_probability(probs, np.zeros(THETA.size, dtype=np.int64), n_max)
+    credit.flags.writeable = False
+    return credit
+
+
+_COARSE: list[FloatArray] = []  # the coarse grid's points and cell masses, once computed
+
+
+def coarse_grid() -> tuple[FloatArray, FloatArray, FloatArray]:
+    """The coarse grid of (mu, log sigma): its points (gm, gs) [G] and their cell masses of
+    ``THETA`` [G, len(THETA)], computed once."""
+    if not _COARSE:
+        gm, gs = (x.ravel() for x in np.meshgrid(LOGIT_MEAN, LOG_SD, indexing="ij"))
+        _COARSE.extend([gm, gs, theta_weights(gm, gs)])
+    gm, gs, w = _COARSE
+    return gm, gs, w
+
+
+def fit_prior(votes: Sequence[tuple[IntArray, IntArray]], start: FloatArray | None = None,
+              tolerance: float = 1e-5) -> tuple[FloatArray, BoolArray, Hyper | None]:
+    """Every prompt's log likelihood on the coarse grid [P, G], which prompts have answers [P],
+    and the prior fitted to them (:func:`fit_hyper`, from ``start``, to ``tolerance``; None
+    where no prompt has any). ``votes`` from :func:`binary_votes`."""
+    gm, gs, coarse_w = coarse_grid()
+    loglik = log_likelihoods(votes, coarse_w)  # [P, G]
+    seen = np.array([k.size > 0 for k, _ in votes])
+    return (loglik, seen,
+            fit_hyper(loglik[seen], gm, gs, start, tolerance) if seen.any() else None)
+
+
+def expected_credit(problem: Problem, votes: Sequence[tuple[IntArray, IntArray]],
+                    start: FloatArray | None = None) -> tuple[FloatArray, Hyper | None]:
+    """Each prompt's majority-voting credit of N = 1..N_max answers on its queries, [P, N_max]
+    (NaN for a prompt with no answers): per query, the credit's expectation under theta's
+    posterior given the query's k right of n answers, with the prompt's predictive
+    distribution of theta as the prior (its distribution on the coarse grid, averaged over
+    the prompt's posterior under the fitted prior, :func:`fit_prior`); averaged over the
+    prompt's queries. Few answers per query lean on the distribution fitted across the
+    prompt's queries (and, through the prior, on the other prompts'); many, on the query's
+    own. Returns the credit and the fitted prior (a later call may ``start`` from its ``x``).
+    """
+    gm, gs, coarse_w = coarse_grid()
+    loglik, seen, hyper = fit_prior(votes, start, CREDIT_TOLERANCE)
+    credit = theta_credit(problem.n_max)  # [len(THETA), N]
+    out = np.full((len(votes), problem.n_max), np.nan)
+    if hyper is None:
+        return out, None
+    log_post = loglik + hyper.log_density(gm, gs)[None]
+    weight = np.exp(log_post - logsumexp(log_post, axis=1, keepdims=True))  # [P, G]
+    predictive = weight @ coarse_w  # [P, len(THETA)]
+    for i in np.flatnonzero(seen).tolist():
+        k, n = votes[i]
+        pairs, times = np.unique(np.stack([k, n], axis=1), axis=0, return_counts=True)
+        post = binom.pmf(pairs[:, :1], pairs[:, 1:], THETA[None]) * predictive[i][None]
+        post /= post.sum(axis=1, keepdims=True)  # [pairs, len(THETA)]
+        out[i] = times @ (post @ credit) / times.sum()
+    return out, hyper
 
 
 def draws(problem: Problem, votes: Sequence[tuple[IntArray, IntArray]],
@@ -167,14 +288,11 @@ def draws(problem: Problem, votes: Sequence[tuple[IntArray, IntArray]],
     NaN for a prompt with no answers."""
     c, p, n_max = problem.n_contexts, problem.n_prompts, problem.n_max
     cost = np.asarray(cost, dtype=np.float64)
-    gm, gs = (x.ravel() for x in np.meshgrid(LOGIT_MEAN, LOG_SD, indexing="ij"))
-    coarse_w = theta_weights(gm, gs)
-    loglik = np.stack([log_likelihood(k, n, coarse_w) for k, n in votes])  # [P, G]
-    seen = np.array([k.size > 0 for k, _ in votes])
-    hyper = fit_hyper(loglik[seen], gm, gs) if seen.any() else None
     task_weight = problem.grid.weights[:, 0]  # [C]
     theta_credit, theta_paid = theta_curves(problem)
     out = np.full((rounds, c, p, n_max), np.nan)
+    gm, gs, _ = coarse_grid()
+    loglik, seen, hyper = fit_prior(votes)
     for i, (k, n) in enumerate(votes):
         if not seen[i] or hyper is None:
             continue
