@@ -17,7 +17,7 @@ import numpy.typing as npt
 import pytest
 
 from fresh_oracle import FreshQueryOracle
-from iapo.envs import BoNEnvironment
+from iapo.envs import BoNEnvironment, MVEnvironment
 from iapo.errors import InputError
 from iapo.learners import PSSTAuto, get_learner
 from iapo.learners.auto import group_size, screening_rounds, survivors
@@ -127,7 +127,9 @@ def test_psst_auto_checks_its_parameters_when_made() -> None:
                          ({"keep": 0}, "keep=0 must be an integer of at least 1"),
                          ({"keep": 1.5}, "keep=1.5 must be an integer of at least 1"),
                          ({"alpha": 0.0}, "alpha=0.0 must be positive"),
-                         ({"alpha": -1.0}, "alpha=-1.0 must be positive")]:
+                         ({"alpha": -1.0}, "alpha=-1.0 must be positive"),
+                         ({"prior": "flat"}, "prior='flat' is unknown; use one of fixed, "
+                                             "fitted")]:
         with pytest.raises(InputError, match=message):
             PSSTAuto(**bad)  # type: ignore[arg-type]
 
@@ -144,7 +146,9 @@ def test_psst_auto_on_mv_screens_in_pairs_and_decides_with_the_model(alpha: floa
     # or not the oracle's ledger was used before the learner started (spent_before).
     oracle = PatternOracle(problem("mv", 8, 4), 200 + spent_before, [[1.0]] * 8, COSTS)
     oracle.ledger.charge(spent_before)
-    result = run(PSSTAuto(alpha=alpha), oracle, 200)
+    # the fixed Dirichlet prior, whose alpha the estimate below shows (every answer is right,
+    # so the answers are binary and the default would fit its prior: test_model.py)
+    result = run(PSSTAuto(alpha=alpha, prior="fixed"), oracle, 200)
     assert rounds(result) == [
         # allowance floor(100 x 1 / 2) = 50, M = 16: 3 groups each (48); keep
         # max(2, ceil(8 / 2)) = 4 prompts, the cheapest 2, 6, 4, 0: 4 x N_max = 16 arms
@@ -173,6 +177,47 @@ def test_psst_auto_on_mv_screens_in_pairs_and_decides_with_the_model(alpha: floa
     assert choice.q_hat == pytest.approx((2 + alpha) / (2 + 2 * alpha) - 0.40)
     # it counts the queries behind it, screening included: 3 + 6 + 8 + 9 + 9
     assert choice.samples == 35
+
+
+def test_psst_auto_on_binary_mv_fits_its_prior_and_finds_the_steady_prompt() -> None:
+    """Known by construction (as in test_model.py): a steady prompt, right 62% of the time on
+    every query, wins 0.91 of its queries at N = 31; a polarized one, right 97% of the time
+    on two thirds of them and 3% on the rest, is the better single shot (0.66) but wins only
+    0.67 at N = 31; four more prompts are right 40% of the time. With the cost weighed 0 the
+    best arm is (steady, 31). psst-auto's default fits its prior to the answers and finds it
+    in 9 of 10 seeds at T = 1,000 (it asks for 8); with the fixed prior, which judges every
+    query by its own few answers, it takes the polarized prompt in 8 (it asks for at most 3
+    right). The trace says which prior ranked."""
+    x = 300
+    theta = np.stack([np.full(x, 0.62), np.where(np.arange(x) % 3 < 2, 0.97, 0.03)]
+                     + [np.full(x, 0.4)] * 4)
+    env = MVEnvironment("steady", np.stack([theta, 1 - theta], axis=-1),
+                        np.zeros(x, dtype=np.int16), [0.01] * 6, {"low": 0.0}, 31,
+                        cacheable=False)
+    found = {}
+    for prior in ("fitted", "fixed"):
+        right = 0
+        for seed in range(10):
+            oracle = SimulatedOracle(env, np.arange(x), 1000, np.random.default_rng(seed))
+            result = PSSTAuto(prior=prior)(env.problem, oracle, 1000,
+                                           np.random.default_rng(100 + seed))
+            assert result.trace.info["prior"] == prior
+            right += (result.choices[0].prompt, result.choices[0].n) == (0, 31)
+        found[prior] = right
+    assert found["fitted"] >= 8 and found["fixed"] <= 3, found
+
+
+def test_a_query_with_two_wrong_answers_keeps_the_fixed_prior() -> None:
+    """Where some query is answered wrong in two ways the answers are not binary, and the
+    default's trace says the fixed prior ranked."""
+    rng = np.random.default_rng(0)
+    right = rng.uniform(0.3, 0.8, (4, 30))
+    probs = np.stack([right, (1 - right) / 2, (1 - right) / 2], axis=-1)
+    env = MVEnvironment("three", probs, np.zeros(30, dtype=np.int16), [0.01] * 4,
+                        {"low": 0.0}, 5, cacheable=False)
+    oracle = SimulatedOracle(env, np.arange(30), 300, np.random.default_rng(1))
+    result = get_learner("psst-auto").learner(env.problem, oracle, 300, np.random.default_rng(2))
+    assert result.trace.info["prior"] == "fixed"
 
 
 def test_a_screening_cut_short_by_the_budget_still_lands_on_keep() -> None:

@@ -139,3 +139,14 @@ def test_train_verbose_says_which_estimator_decided_and_why(tmp_path: Path) -> N
                                    "--verbose"])
     assert mv.exit_code == 0 and json.loads(pol.read_text())["trace"]["paired"] is False
     assert "queries: shared" not in mv.output
+    # ... and on MATH, whose queries have several wrong answers, ranks with the fixed prior
+    assert json.loads(pol.read_text())["trace"]["prior"] == "fixed"
+    assert ("model prior: fixed Dirichlet (some query had several wrong answers)"
+            in mv.output.splitlines())
+    # where every answer is right or one wrong answer, the prior is fitted, and --verbose says
+    binary = CliRunner().invoke(main, ["train", "synth-bernoulli", "--budget", "1000", "--out",
+                                       str(pol), "--verbose"])
+    assert binary.exit_code == 0, binary.output
+    assert json.loads(pol.read_text())["trace"]["prior"] == "fitted"
+    assert ("model prior: fitted to the prompts' answers (every query's answers were its right "
+            "answer or one wrong answer)") in binary.output.splitlines()

@@ -171,3 +171,92 @@ def test_psst_model_runs_through_the_live_oracle(tmp_path) -> None:  # type: ign
             assert oracle.ledger.spent == 24 == store.count() == len(srv.requests)
             # every answer is gold "A": the model's credit is high for both prompts
             assert all(ch.q_hat > 0.5 for ch in result.choices)
+
+
+# ------------------------------------------------------------------ the fitted prior (MV)
+def binary_env(theta: np.ndarray, cost: list[float], name: str = "binary") -> MVEnvironment:
+    """Prompts [P] x queries [X] right with chance theta, else one wrong answer; cost weights
+    0 ("low") and 1 ("high")."""
+    probs = np.stack([theta, 1.0 - theta], axis=-1)
+    return MVEnvironment(name, probs, np.zeros(theta.shape[1], dtype=np.int16), cost,
+                         {"low": 0.0, "high": 1.0}, 31, cacheable=False)
+
+
+def test_the_fitted_prior_reads_binary_votes_as_the_posterior_does() -> None:
+    """ModelQTable.binary counts each prompt's right answers per query from its vote table as
+    iapo.posterior.binary_votes does from the observations; the fitted model's Q is the
+    posterior's expected credit, weighted and less the cost, by hand."""
+    from iapo import posterior
+    from iapo.pulls import Pull
+
+    rng = np.random.default_rng(2)
+    env = binary_env(rng.uniform(0.2, 0.9, (3, 40)), [0.01, 0.02, 0.03])
+    oracle = SimulatedOracle(env, np.arange(40), 10**6, np.random.default_rng(3))
+    obs = oracle.pull([Pull(0, 2, 30), Pull(1, 3, 12), Pull(0, 2, 10)])  # prompt 2: none
+    model = ModelQTable(env.problem, prior="fitted")
+    model.update(obs)
+    got, want = model.binary(), posterior.binary_votes(env.problem, obs)
+    assert got is not None and want is not None
+    for (k, n), (k2, n2) in zip(got, want, strict=True):
+        assert sorted(zip(k.tolist(), n.tolist(), strict=True)) == sorted(
+            zip(k2.tolist(), n2.tolist(), strict=True))
+    credit, _ = posterior.expected_credit(env.problem, want)
+    q = model.mean
+    assert model.fitted
+    n = np.arange(1, 32)
+    cost = np.array([0.01, 0.02])  # each prompt's cost per completion
+    for c, w in enumerate((0.0, 1.0)):
+        np.testing.assert_allclose(q[c, :2], credit[:2] - w * cost[:2, None] * n, atol=1e-12)
+    assert np.isnan(q[:, 2]).all()
+
+
+def test_the_fixed_prior_stands_where_a_query_has_two_wrong_answers() -> None:
+    """A query answered wrong in two ways is not binary: the fitted model's Q is the fixed
+    Dirichlet's to the last digit, and says so."""
+    p = mv_problem()
+    obs = [Observation(0, 2, np.array([1]), np.zeros((1, 2, 2)),
+                       np.array([[0, 1]], dtype=np.int16), np.array([0], dtype=np.int16)),
+           Observation(1, 2, np.array([1]), np.zeros((1, 2, 2)),
+                       np.array([[2, 2]], dtype=np.int16), np.array([0], dtype=np.int16))]
+    fitted, fixed = ModelQTable(p, prior="fitted"), ModelQTable(p)
+    fitted.update(obs)
+    fixed.update(obs)
+    assert fitted.binary() is None
+    np.testing.assert_array_equal(fitted.mean, fixed.mean)
+    assert not fitted.fitted
+    # one wrong answer per query, over every prompt, is binary
+    binary = ModelQTable(p, prior="fitted")
+    binary.update(obs[:1])
+    assert binary.binary() is not None
+    _ = binary.mean
+    assert binary.fitted
+    with pytest.raises(ValueError, match="prior='flat' is unknown"):
+        ModelQTable(p, prior="flat")
+
+
+def test_the_fitted_prior_ranks_a_steady_prompt_above_a_polarized_one_at_large_n() -> None:
+    """Known by construction. A steady prompt is right 62% of the time on every query; a
+    polarized one 97% on two thirds of the queries and 3% on the rest: the better single
+    shot (0.65), but majority voting of 31 answers wins 0.91 of the steady prompt's queries
+    and about 0.66 of the polarized one's. Two answers per query show it only across
+    queries: how often a query's two answers disagree (0.47 against 0.06) says how spread a
+    prompt's chances are. The fitted prior reads it and ranks the steady prompt first at
+    N = 31 in every seed; the fixed prior, which judges each query by its own two answers,
+    ranks the polarized one first in every seed."""
+    from iapo.pulls import Pull
+
+    x = 300
+    theta = np.stack([np.full(x, 0.62), np.where(np.arange(x) % 3 < 2, 0.97, 0.03)])
+    env = binary_env(theta, [0.01, 0.01], "steady")
+    truth = env.q(np.arange(x))[0, :, 30]
+    assert truth[0] == pytest.approx(0.91, abs=0.01) and truth[1] < 0.7
+    for seed in range(5):
+        oracle = SimulatedOracle(env, np.arange(x), 10**6, np.random.default_rng(seed))
+        obs = oracle.pull([Pull(0, 2, x), Pull(1, 2, x)])
+        fitted, fixed = ModelQTable(env.problem, prior="fitted"), ModelQTable(env.problem)
+        fitted.update(obs)
+        fixed.update(obs)
+        assert fitted.mean[0, 0, 30] > fitted.mean[0, 1, 30] + 0.1, seed
+        assert fixed.mean[0, 1, 30] > fixed.mean[0, 0, 30], seed
+        # at one answer both know the polarized prompt is the better single shot
+        assert fitted.mean[0, 1, 0] > fitted.mean[0, 0, 0] - 0.05

@@ -78,8 +78,14 @@ def test_the_learners_estimator_fed_every_observation_gives_its_q_hat(env_name: 
 
 def test_the_estimator_named_for_each_learner() -> None:
     mv = mv_problem()
-    assert estimator_for(get_learner("psst-auto").learner, mv)[0] == "model (alpha = 0.5)"
+    assert estimator_for(get_learner("psst-auto").learner, mv)[0] == (
+        "model (prior fitted where the answers are binary, else alpha = 0.5)")
     assert estimator_for(get_learner("psst-model").learner, mv)[0] == "model (alpha = 0.5)"
+    # psst-auto's majority-voting prior: as its run's trace records it
+    assert estimator_for(get_learner("psst-auto").learner, mv, {"prior": "fitted"})[0] == (
+        "model (prior fitted to the prompts' binary answers)")
+    assert estimator_for(get_learner("psst-auto").learner, mv, {"prior": "fixed"})[0] == (
+        "model (alpha = 0.5)")
     assert estimator_for(get_learner("psst").learner, mv)[0] == "blocks"
     assert estimator_for(get_learner("psst:subsets").learner, mv)[0] == "subsets"
     # psst-auto: the estimator its validation chose, as its trace records it

@@ -302,6 +302,11 @@ def _trace_text(trace: dict[str, Any]) -> str:
         lines.append(f"  {r['round']:>3}: {r['allowance']}, {r['spent']}, {shown}")
     if trace.get("paired"):  # psst-auto: every round's prompts on shared queries
         lines.append("queries: shared by the prompts of every round")
+    if trace.get("prior") == "fitted":  # psst-auto, majority voting on binary answers
+        lines.append("model prior: fitted to the prompts' answers (every query's answers "
+                     "were its right answer or one wrong answer)")
+    elif trace.get("prior") == "fixed":
+        lines.append("model prior: fixed Dirichlet (some query had several wrong answers)")
     if "screening_ranked_by" in trace:
         lines.append("screening ranked by (per round): "
                      + "; ".join(trace["screening_ranked_by"]))

@@ -8,7 +8,12 @@ distribution, and compute Q for every n exactly from the fit.
 - Majority voting: for prompt p on query x, the answer probabilities are Dirichlet(alpha) a
   priori over the gold answer, every answer seen, and one bucket for answers not seen yet; the
   credit of N future answers is exact under the posterior (a Polya urn,
-  :func:`iapo.exact.mv_polya_credit`), averaged over the queries p was tried on.
+  :func:`iapo.exact.mv_polya_credit`), averaged over the queries p was tried on. With
+  ``prior="fitted"``, where every query's answers are its right answer or one wrong answer,
+  the prior of a query's chance of a right answer is instead fitted to the prompt's answers
+  on all its queries (the logit-normal of :mod:`iapo.posterior`, empirical Bayes across
+  prompts): two answers per query say little of one query but, over many queries, how
+  spread the prompt's chances are, which is what decides its large-N credit.
 - Best-of-N: a utility is a query effect plus prompt-level noise. Per prompt and context, the
   query effect is the group mean and the noise distribution is the pool of within-group
   residuals (rescaled by sqrt(n / (n - 1)) for the mean they were taken from); E[max of N] is
@@ -39,6 +44,9 @@ from iapo.stopping import paid_from_undecided
 from iapo.utility import cost_term, gold_first, latency_priced, task_values, unique_rows
 
 FloatArray = npt.NDArray[np.float64]
+# the MV prior of a query's answers: Dirichlet(alpha) ("fixed"), or fitted to the prompts'
+# answers where they are binary ("fitted"; the fixed one elsewhere)
+PRIORS = ("fixed", "fitted")
 # posterior credits by (alpha, N_max, no-answer rule), each a bounded memo keyed by the votes
 _POLYA: dict[tuple[float, int, str], Memo] = {}
 # the undecided table under the posterior mean (what completions paid, waves and latency of
@@ -50,14 +58,21 @@ class ModelQTable:
     """Model-based Q estimates for every (context, prompt, n); ``counts`` [P, N_max] is the
     number of queries (MV) or groups (BoN) behind each prompt's estimates."""
 
-    def __init__(self, problem: Problem, alpha: float = 0.5) -> None:
+    def __init__(self, problem: Problem, alpha: float = 0.5, prior: str = "fixed") -> None:
         if problem.aggregator == "mixed":
             raise InputError("the model-based estimator supports mv and bon problems, not mixed; "
                              "use psst")
         if not alpha > 0:
             raise InputError(f"alpha={alpha} must be positive")
+        if prior not in PRIORS:
+            raise InputError(f"prior='{prior}' is unknown; use one of {', '.join(PRIORS)}")
         self.problem = problem
         self.alpha = float(alpha)
+        self.prior = prior
+        # MV with prior="fitted": whether the last estimate fitted the prior (binary answers),
+        # and the fit's parameters, where the next fit starts
+        self.fitted = False
+        self._hyper: FloatArray | None = None
         p, n = problem.n_prompts, problem.n_max
         self.counts = np.zeros((p, n), dtype=np.int64)
         self._cost_sum = np.zeros(p)
@@ -200,6 +215,15 @@ class ModelQTable:
 
     def _mv_task(self) -> FloatArray:
         """w_1 times the mean posterior credit over each prompt's queries: [C, P, N]."""
+        w1 = self.problem.grid.weights[:, 0]
+        votes = self.binary() if self.prior == "fitted" else None
+        self.fitted = votes is not None
+        if votes is not None:
+            from iapo.posterior import expected_credit
+
+            credit, hyper = expected_credit(self.problem, votes, self._hyper)
+            self._hyper = None if hyper is None else hyper.x
+            return w1[:, None, None] * credit[None]
         n_max, rule = self.problem.n_max, self.problem.no_answer
         if rule == "abstain":  # the parameters of "no answer" stand second
             def credit_of(a: FloatArray) -> FloatArray:
@@ -209,8 +233,31 @@ class ModelQTable:
                 return mv_polya_credit(a[:, 0], a[:, 1:], n_max)
         credit = self._over_queries(_POLYA.setdefault((self.alpha, n_max, rule), Memo()),
                                     credit_of)
-        w1 = self.problem.grid.weights[:, 0]
         return w1[:, None, None] * credit[None]
+
+    def binary(self) -> list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]] | None:
+        """Per prompt, its queries' right answers k and answers n (two arrays [X_p]), as
+        :func:`iapo.posterior.binary_votes` gives them, or None where the answers are not
+        binary: some query got two different wrong answers (over all prompts), or, under the
+        abstain rule, an answer that does not count."""
+        votes = self._votes
+        if not votes.size:
+            return None
+        asked = np.flatnonzero(votes.sum(axis=(0, 2)) > 0)
+        labels = votes[:, asked].sum(axis=0) > 0  # [X', L]: the answers each query got
+        gold = self._gold[asked]
+        labels[np.arange(asked.size), gold] = False
+        if (labels.sum(axis=1) > 1).any():
+            return None
+        if self.problem.no_answer == "abstain":
+            no_answer = self._no_answer[asked]
+            has = no_answer >= 0
+            if labels[np.flatnonzero(has), no_answer[has]].any():
+                return None
+        right = votes[:, asked, gold]  # [P, X']
+        total = votes[:, asked].sum(axis=2)
+        return [(right[i][total[i] > 0], total[i][total[i] > 0])
+                for i in range(self.problem.n_prompts)]
 
     def arm_latency(self, wave: int | None, undecided: FloatArray | None = None) -> FloatArray:
         """The predicted expected latency (seconds) of the arms (p, N) in waves of ``wave``

@@ -85,8 +85,15 @@ def estimator_for(learner: Any, problem: Problem,
     model = (isinstance(learner, PSSTModel)
              or (isinstance(learner, PSSTAuto) and auto == "model"))
     if model and alpha is not None:
-        return (f"model (alpha = {alpha})",
-                lambda pr: ModelQTable(pr, alpha))
+        prior = getattr(learner, "prior", "fixed")
+        used = (trace or {}).get("prior")  # the prior the run used, where its trace says
+        if problem.aggregator != "mv" or prior == "fixed" or used == "fixed":
+            name = f"model (alpha = {alpha})"
+        elif used == "fitted":
+            name = "model (prior fitted to the prompts' binary answers)"
+        else:
+            name = f"model (prior fitted where the answers are binary, else alpha = {alpha})"
+        return name, lambda pr: ModelQTable(pr, alpha, prior)
     estimator = getattr(learner, "estimator", "blocks")
     return estimator, lambda pr: QTable(pr, estimator)
 

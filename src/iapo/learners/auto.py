@@ -57,6 +57,13 @@ is the choice of prompt, not of N. ``psst-auto`` spends its budget in two phases
    Telling two prompts apart at large N takes many independent blocks, which small budgets
    cannot pay, while the N of one prompt is told from nested blocks of the same groups.
 
+Majority voting's model fits its prior (``prior = "fitted"``, :class:`iapo.model.ModelQTable`;
+beyond the paper): where every query's answers are its right answer or one wrong answer, a
+query's chance of a right answer is logit-normal across each prompt's queries, fitted to all
+the prompts' answers, which groups of 2 on many queries measure well; the credit at large N
+rests on that spread, which a fixed prior on each query cannot see. Elsewhere (several wrong
+answers) the fixed Dirichlet prior stands. The trace records which (``prior``).
+
 Best-of-N pulls every round's prompts on shared queries (:func:`pairs`; beyond the paper):
 the i-th group of every prompt pulled in a round falls on one query, so the differences
 between prompts, on which every ranking rests, are free of how good each query's completions
@@ -90,6 +97,7 @@ from iapo.learners.base import (
 )
 from iapo.learners.psst import Groups, LargestN, allowance, equal_pulls, keep_best, psst
 from iapo.learners.validate import Validation, cross_validate, slope_check
+from iapo.model import PRIORS
 from iapo.problem import Problem
 from iapo.pulls import Observation, Oracle
 
@@ -166,6 +174,7 @@ class PSSTAuto:
     folds: int = 5
     level: float | None = None
     paired: bool | None = None  # on shared queries; None: by the aggregator (pairs)
+    prior: str = "fitted"  # the majority-voting model's prior (iapo.model.PRIORS)
 
     def __post_init__(self) -> None:
         check_fraction("rho", self.rho)
@@ -176,6 +185,8 @@ class PSSTAuto:
                              f"{', '.join(DECIDERS)}")
         if self.folds < 2:
             raise InputError(f"folds={self.folds}: a validation needs at least 2 folds")
+        if self.prior not in PRIORS:
+            raise InputError(f"prior='{self.prior}' is unknown; use one of {', '.join(PRIORS)}")
         if self.paired is not None and not isinstance(self.paired, bool):
             raise InputError(f"paired={self.paired!r} must be true, false or None (by the "
                              "aggregator)")
@@ -197,7 +208,7 @@ class PSSTAuto:
         c, p, n = problem.n_contexts, problem.n_prompts, problem.n_max
         mv = problem.aggregator == "mv"
         g = group_size(problem.aggregator, n)
-        model = ModelQTable(problem, self.alpha)
+        model = ModelQTable(problem, self.alpha, self.prior)
         default = default_estimator(problem)
         # blocks rank prompts beside the model, and may decide, where they are the default
         blocks = QTable(problem) if default == "blocks" else None
@@ -278,9 +289,14 @@ class PSSTAuto:
                 validation = self._validate(problem, seen, alive, g, folds_rng, model)
             choice = validation.choice
             trace.info["estimator"] = validation.to_dict()
+        if mv:  # the prior the model ranked by (fixed where the answers are not binary)
+            trace.info["prior"] = "fitted" if model.fitted else "fixed"
         if choice == "model":
-            return psst(problem, oracle, left, rng, active=active, stats=model, trace=trace,
-                        allocation=Groups(g), paired=paired)
+            result = psst(problem, oracle, left, rng, active=active, stats=model, trace=trace,
+                          allocation=Groups(g), paired=paired)
+            if mv:
+                result.trace.info["prior"] = "fitted" if model.fitted else "fixed"
+            return result
         if blocks is None:
             blocks = QTable(problem)
             if seen:
@@ -313,7 +329,8 @@ class PSSTAuto:
             return Validation(default, {}, 0, 0, f"{default}: no screening data to validate "
                               "on; the aggregator's default decides")
         candidates: dict[str, Callable[[], Estimator]] = {
-            "model": lambda: ModelQTable(problem, self.alpha), "blocks": lambda: QTable(problem)}
+            "model": lambda: ModelQTable(problem, self.alpha, self.prior),
+            "blocks": lambda: QTable(problem)}
         validation = cross_validate(problem, seen, alive, candidates, upto=g,
                                     folds=self.folds, rng=rng, level=level_for(self.level))
         if problem.aggregator == "mv" or validation.choice != "model":
