@@ -146,9 +146,8 @@ def test_psst_auto_on_mv_screens_in_pairs_and_decides_with_the_model(alpha: floa
     # or not the oracle's ledger was used before the learner started (spent_before).
     oracle = PatternOracle(problem("mv", 8, 4), 200 + spent_before, [[1.0]] * 8, COSTS)
     oracle.ledger.charge(spent_before)
-    # the fixed Dirichlet prior, whose alpha the estimate below shows (every answer is right,
-    # so the answers are binary and the default would fit its prior: test_model.py)
-    result = run(PSSTAuto(alpha=alpha, prior="fixed"), oracle, 200)
+    # the fixed Dirichlet prior (the default), whose alpha the estimate below shows
+    result = run(PSSTAuto(alpha=alpha), oracle, 200)
     assert rounds(result) == [
         # allowance floor(100 x 1 / 2) = 50, M = 16: 3 groups each (48); keep
         # max(2, ceil(8 / 2)) = 4 prompts, the cheapest 2, 6, 4, 0: 4 x N_max = 16 arms
@@ -184,10 +183,10 @@ def test_psst_auto_on_binary_mv_fits_its_prior_and_finds_the_steady_prompt() -> 
     every query, wins 0.91 of its queries at N = 31; a polarized one, right 97% of the time
     on two thirds of them and 3% on the rest, is the better single shot (0.66) but wins only
     0.67 at N = 31; four more prompts are right 40% of the time. With the cost weighed 0 the
-    best arm is (steady, 31). psst-auto's default fits its prior to the answers and finds it
-    in 9 of 10 seeds at T = 1,000 (it asks for 8); with the fixed prior, which judges every
-    query by its own few answers, it takes the polarized prompt in 8 (it asks for at most 3
-    right). The trace says which prior ranked."""
+    best arm is (steady, 31). psst-auto with its prior fitted to the answers finds it in 9 of
+    10 seeds at T = 1,000 (it asks for 8); with the fixed prior (the default), which judges
+    every query by its own few answers, it takes the polarized prompt in 8 (it asks for at
+    most 3 right). The trace says which prior ranked."""
     x = 300
     theta = np.stack([np.full(x, 0.62), np.where(np.arange(x) % 3 < 2, 0.97, 0.03)]
                      + [np.full(x, 0.4)] * 4)
@@ -209,14 +208,14 @@ def test_psst_auto_on_binary_mv_fits_its_prior_and_finds_the_steady_prompt() -> 
 
 def test_a_query_with_two_wrong_answers_keeps_the_fixed_prior() -> None:
     """Where some query is answered wrong in two ways the answers are not binary, and the
-    default's trace says the fixed prior ranked."""
+    trace of psst-auto with the fitted prior says the fixed prior ranked."""
     rng = np.random.default_rng(0)
     right = rng.uniform(0.3, 0.8, (4, 30))
     probs = np.stack([right, (1 - right) / 2, (1 - right) / 2], axis=-1)
     env = MVEnvironment("three", probs, np.zeros(30, dtype=np.int16), [0.01] * 4,
                         {"low": 0.0}, 5, cacheable=False)
     oracle = SimulatedOracle(env, np.arange(30), 300, np.random.default_rng(1))
-    result = get_learner("psst-auto").learner(env.problem, oracle, 300, np.random.default_rng(2))
+    result = PSSTAuto(prior="fitted")(env.problem, oracle, 300, np.random.default_rng(2))
     assert result.trace.info["prior"] == "fixed"
 
 

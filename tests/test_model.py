@@ -237,8 +237,8 @@ def test_the_fixed_prior_stands_where_a_query_has_two_wrong_answers() -> None:
 def test_the_fitted_prior_ranks_a_steady_prompt_above_a_polarized_one_at_large_n() -> None:
     """Known by construction. A steady prompt is right 62% of the time on every query; a
     polarized one 97% on two thirds of the queries and 3% on the rest: the better single
-    shot (0.65), but majority voting of 31 answers wins 0.91 of the steady prompt's queries
-    and about 0.66 of the polarized one's. Two answers per query show it only across
+    shot (0.657), but majority voting of 31 answers wins 0.91 of the steady prompt's queries
+    and 0.667 of the polarized one's. Two answers per query show it only across
     queries: how often a query's two answers disagree (0.47 against 0.06) says how spread a
     prompt's chances are. The fitted prior reads it and ranks the steady prompt first at
     N = 31 in every seed; the fixed prior, which judges each query by its own two answers,
@@ -248,7 +248,8 @@ def test_the_fitted_prior_ranks_a_steady_prompt_above_a_polarized_one_at_large_n
     x = 300
     theta = np.stack([np.full(x, 0.62), np.where(np.arange(x) % 3 < 2, 0.97, 0.03)])
     env = binary_env(theta, [0.01, 0.01], "steady")
-    truth = env.q(np.arange(x))[0, :, 30]
+    exact = env.q(np.arange(x))[0]
+    truth = exact[:, 30]
     assert truth[0] == pytest.approx(0.91, abs=0.01) and truth[1] < 0.7
     for seed in range(5):
         oracle = SimulatedOracle(env, np.arange(x), 10**6, np.random.default_rng(seed))
@@ -258,5 +259,6 @@ def test_the_fitted_prior_ranks_a_steady_prompt_above_a_polarized_one_at_large_n
         fixed.update(obs)
         assert fitted.mean[0, 0, 30] > fitted.mean[0, 1, 30] + 0.1, seed
         assert fixed.mean[0, 1, 30] > fixed.mean[0, 0, 30], seed
-        # at one answer both know the polarized prompt is the better single shot
-        assert fitted.mean[0, 1, 0] > fitted.mean[0, 0, 0] - 0.05
+        # at one answer the fitted prior is the mean of the answers: within sampling error
+        # (300 queries x 2 answers) of the exact single shot
+        np.testing.assert_allclose(fitted.mean[0, :, 0], exact[:, 0], atol=0.05)

@@ -12,7 +12,7 @@ from iapo.bench.runner import run_oracle, run_queries
 from iapo.envs.synthetic import synth_bernoulli
 from iapo.errors import InputError
 from iapo.estimate import QTable
-from iapo.learners import get_learner
+from iapo.learners import PSSTAuto, get_learner
 from iapo.problem import Choice, ContextGrid, CostObjective, Objective, Problem, Stopping
 from iapo.pulls import Observation
 from iapo.report import (
@@ -78,14 +78,15 @@ def test_the_learners_estimator_fed_every_observation_gives_its_q_hat(env_name: 
 
 def test_the_estimator_named_for_each_learner() -> None:
     mv = mv_problem()
-    assert estimator_for(get_learner("psst-auto").learner, mv)[0] == (
-        "model (prior fitted where the answers are binary, else alpha = 0.5)")
+    assert estimator_for(get_learner("psst-auto").learner, mv)[0] == "model (alpha = 0.5)"
     assert estimator_for(get_learner("psst-model").learner, mv)[0] == "model (alpha = 0.5)"
-    # psst-auto's majority-voting prior: as its run's trace records it
-    assert estimator_for(get_learner("psst-auto").learner, mv, {"prior": "fitted"})[0] == (
+    # psst-auto with the fitted majority-voting prior: as its run's trace records it
+    fitted = PSSTAuto(prior="fitted")
+    assert estimator_for(fitted, mv)[0] == (
+        "model (prior fitted where the answers are binary, else alpha = 0.5)")
+    assert estimator_for(fitted, mv, {"prior": "fitted"})[0] == (
         "model (prior fitted to the prompts' binary answers)")
-    assert estimator_for(get_learner("psst-auto").learner, mv, {"prior": "fixed"})[0] == (
-        "model (alpha = 0.5)")
+    assert estimator_for(fitted, mv, {"prior": "fixed"})[0] == "model (alpha = 0.5)"
     assert estimator_for(get_learner("psst").learner, mv)[0] == "blocks"
     assert estimator_for(get_learner("psst:subsets").learner, mv)[0] == "subsets"
     # psst-auto: the estimator its validation chose, as its trace records it

@@ -306,7 +306,7 @@ def _trace_text(trace: dict[str, Any]) -> str:
         lines.append("model prior: fitted to the prompts' answers (every query's answers "
                      "were its right answer or one wrong answer)")
     elif trace.get("prior") == "fixed":
-        lines.append("model prior: fixed Dirichlet (some query had several wrong answers)")
+        lines.append("model prior: fixed Dirichlet on each query")
     if "screening_ranked_by" in trace:
         lines.append("screening ranked by (per round): "
                      + "; ".join(trace["screening_ranked_by"]))

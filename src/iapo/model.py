@@ -150,6 +150,12 @@ class ModelQTable:
         return self._mean
 
     @property
+    def prior_used(self) -> str:
+        """The prior of the last majority-voting estimate: "fitted" (binary answers, with
+        ``prior="fitted"``) or "fixed"."""
+        return "fitted" if self.fitted else "fixed"
+
+    @property
     def width(self) -> npt.NDArray[np.int64] | None:
         """The wave width W of each (c, p, n)'s estimate, [C, P, N_max], where it is part of
         the arm (``stopping.widths``); else None."""

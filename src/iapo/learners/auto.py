@@ -57,12 +57,14 @@ is the choice of prompt, not of N. ``psst-auto`` spends its budget in two phases
    Telling two prompts apart at large N takes many independent blocks, which small budgets
    cannot pay, while the N of one prompt is told from nested blocks of the same groups.
 
-Majority voting's model fits its prior (``prior = "fitted"``, :class:`iapo.model.ModelQTable`;
-beyond the paper): where every query's answers are its right answer or one wrong answer, a
-query's chance of a right answer is logit-normal across each prompt's queries, fitted to all
-the prompts' answers, which groups of 2 on many queries measure well; the credit at large N
-rests on that spread, which a fixed prior on each query cannot see. Elsewhere (several wrong
-answers) the fixed Dirichlet prior stands. The trace records which (``prior``).
+Majority voting's model may fit its prior (``prior="fitted"``, not yet the default;
+:class:`iapo.model.ModelQTable`; beyond the paper): where every query's answers are its right
+answer or one wrong answer, a query's chance of a right answer is logit-normal across each
+prompt's queries, fitted to all the prompts' answers, which groups of 2 on many queries
+measure well; the credit at large N rests on that spread, which a fixed prior on each query
+cannot see. Elsewhere (several wrong answers) the fixed Dirichlet prior stands. The trace
+records which (``prior``). docs/default-learner.md says what it gives and what keeps it from
+being the default.
 
 Best-of-N pulls every round's prompts on shared queries (:func:`pairs`; beyond the paper):
 the i-th group of every prompt pulled in a round falls on one query, so the differences
@@ -174,7 +176,7 @@ class PSSTAuto:
     folds: int = 5
     level: float | None = None
     paired: bool | None = None  # on shared queries; None: by the aggregator (pairs)
-    prior: str = "fitted"  # the majority-voting model's prior (iapo.model.PRIORS)
+    prior: str = "fixed"  # the majority-voting model's prior (iapo.model.PRIORS)
 
     def __post_init__(self) -> None:
         check_fraction("rho", self.rho)
@@ -290,12 +292,12 @@ class PSSTAuto:
             choice = validation.choice
             trace.info["estimator"] = validation.to_dict()
         if mv:  # the prior the model ranked by (fixed where the answers are not binary)
-            trace.info["prior"] = "fitted" if model.fitted else "fixed"
+            trace.info["prior"] = model.prior_used
         if choice == "model":
             result = psst(problem, oracle, left, rng, active=active, stats=model, trace=trace,
                           allocation=Groups(g), paired=paired)
             if mv:
-                result.trace.info["prior"] = "fitted" if model.fitted else "fixed"
+                result.trace.info["prior"] = model.prior_used
             return result
         if blocks is None:
             blocks = QTable(problem)
