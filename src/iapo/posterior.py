@@ -106,12 +106,7 @@ def theta_weights(mu: npt.ArrayLike, log_sd: npt.ArrayLike) -> FloatArray:
 def log_likelihood(k: IntArray, n: IntArray, weights: FloatArray) -> FloatArray:
     """log P(k right of n on each query) summed over the queries, theta distributed by each
     row of ``weights`` [G, len(THETA)]: [G]."""
-    if k.size == 0:
-        return np.zeros(weights.shape[0])
-    pairs, times = np.unique(np.stack([k, n], axis=1), axis=0, return_counts=True)
-    pmf = binom.pmf(pairs[:, :1], pairs[:, 1:], THETA[None])  # [pairs, len(THETA)]
-    per = np.log(np.maximum(weights @ pmf.T, 1e-300))  # [G, pairs]
-    return np.asarray(per @ times.astype(np.float64))
+    return log_likelihoods([(k, n)], weights)[0]
 
 
 def log_likelihoods(votes: Sequence[tuple[IntArray, IntArray]], weights: FloatArray
