@@ -262,3 +262,25 @@ def test_the_fitted_prior_ranks_a_steady_prompt_above_a_polarized_one_at_large_n
         # at one answer the fitted prior is the mean of the answers: within sampling error
         # (300 queries x 2 answers) of the exact single shot
         np.testing.assert_allclose(fitted.mean[0, :, 0], exact[:, 0], atol=0.05)
+
+
+@pytest.mark.parametrize("prior", ["fixed", "fitted"])
+def test_a_no_answer_category_nobody_chose_is_still_a_category(prior: str) -> None:
+    """Under the abstain rule a query names its "no answer" category (here 2) whether or not
+    an answer fell in it: the model makes room for it rather than failing. One answer right
+    and one wrong on the query, nothing abstained: the same Q as under the vote rule, where
+    no category is set apart (by hand, prompt 0's Dirichlet: gold 1.5, the wrong answer 1.5,
+    unseen 0.5: next answer right 1.5 / 3.5)."""
+    grid = ContextGrid.product([Objective("correct", 0.0, 1.0)], [(1.0,)], {"low": 0.0})
+    problem = Problem("t", "mv", ("a", "b"), 3, grid, CostObjective("cost", 0.1),
+                      no_answer="abstain")
+    obs = Observation(0, 2, np.array([0]), np.zeros((1, 2, 2)),
+                      np.array([[0, 1]], dtype=np.int16), np.array([0], dtype=np.int16),
+                      no_answer=np.array([2], dtype=np.int16))
+    model = ModelQTable(problem, prior=prior)
+    model.update([obs])
+    assert model.binary() is not None
+    if prior == "fixed":
+        assert model.mean[0, 0, 0] == pytest.approx(1.5 / 3.5)
+    else:
+        assert 0.0 < model.mean[0, 0, 0] < 1.0 and model.prior_used == "fitted"

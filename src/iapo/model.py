@@ -105,8 +105,11 @@ class ModelQTable:
         if o.labels is None or o.gold is None:
             raise ValueError("a majority-voting oracle must return answer labels and gold")
         q = o.queries.astype(np.int64)
+        abstain = abstain_categories(self.problem, [o])
         need_x = int(q.max()) + 1
-        need_l = int(max(o.labels.max(), o.gold.max())) + 1
+        # a query's "no answer" category has a column even before any answer falls in it
+        need_l = int(max(o.labels.max(), o.gold.max(),
+                         -1 if abstain is None else abstain.max())) + 1
         p_, x_, l_ = self._votes.shape
         if need_x > x_ or need_l > l_:
             grown = np.zeros((p_, max(need_x, x_), max(need_l, l_)), dtype=np.int64)
@@ -119,7 +122,6 @@ class ModelQTable:
             no_answer[: self._no_answer.size] = self._no_answer
             self._no_answer = no_answer
         self._gold[q] = o.gold
-        abstain = abstain_categories(self.problem, [o])
         if abstain is not None:  # a query's categories are fixed: its "no answer" once seen
             self._no_answer[q] = np.where(abstain >= 0, abstain, self._no_answer[q])
         prompt_idx = np.full(q.size * o.n, o.prompt, dtype=np.int64)
