@@ -245,9 +245,11 @@ class ModelQTable:
 
     def binary(self) -> list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]] | None:
         """Per prompt, its queries' right answers k and answers n (two arrays [X_p]), as
-        :func:`iapo.posterior.binary_votes` gives them, or None where the answers are not
+        :func:`iapo.posterior.binary_votes` counts them, or None where the answers are not
         binary: some query got two different wrong answers (over all prompts), or, under the
-        abstain rule, an answer that does not count."""
+        abstain rule, an answer that does not count. One difference: a query's "no answer"
+        category, once a group names it, holds for every answer to that query, earlier
+        groups' too (binary_votes judges each group by its own)."""
         votes = self._votes
         if not votes.size:
             return None
