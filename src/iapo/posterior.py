@@ -201,9 +201,9 @@ def theta_curves(problem: Problem) -> tuple[FloatArray, FloatArray]:
     from iapo.stopping import expected_paid
 
     n_max = problem.n_max
-    probs = np.stack([THETA, 1.0 - THETA], axis=1)  # category 0 is the right answer
     credit = theta_credit(n_max)
     if problem.stopping.early:
+        probs = np.stack([THETA, 1.0 - THETA], axis=1)  # category 0 is the right answer
         no_answer = None if problem.no_answer == "vote" else np.full(THETA.size, -1)
         paid = expected_paid(probs, n_max, problem.stopping.wave, no_answer)[0]
     else:
@@ -222,17 +222,15 @@ def theta_credit(n_max: int) -> FloatArray:
     return credit
 
 
-_COARSE: list[FloatArray] = []  # the coarse grid's points and cell masses, once computed
-
-
+@functools.cache
 def coarse_grid() -> tuple[FloatArray, FloatArray, FloatArray]:
     """The coarse grid of (mu, log sigma): its points (gm, gs) [G] and their cell masses of
-    ``THETA`` [G, len(THETA)], computed once."""
-    if not _COARSE:
-        gm, gs = (x.ravel() for x in np.meshgrid(LOGIT_MEAN, LOG_SD, indexing="ij"))
-        _COARSE.extend([gm, gs, theta_weights(gm, gs)])
-    gm, gs, w = _COARSE
-    return gm, gs, w
+    ``THETA`` [G, len(THETA)], read-only, computed once."""
+    gm, gs = (x.ravel() for x in np.meshgrid(LOGIT_MEAN, LOG_SD, indexing="ij"))
+    grid = (gm, gs, theta_weights(gm, gs))
+    for a in grid:
+        a.flags.writeable = False
+    return grid
 
 
 def fit_prior(votes: Sequence[tuple[IntArray, IntArray]], start: FloatArray | None = None,
