@@ -47,6 +47,11 @@ FloatArray = npt.NDArray[np.float64]
 # the MV prior of a query's answers: Dirichlet(alpha) ("fixed"), or fitted to the prompts'
 # answers where they are binary ("fitted"; the fixed one elsewhere)
 PRIORS = ("fixed", "fitted")
+# the answers are binary once at least this many queries got two or more wrong answers, each
+# query's all the same: a task with several wrong answers shows a second one on some of them
+# (commonsenseqa's five choices on about one query in five; docs/default-learner.md), so
+# that sparse answers to such a task do not look binary by chance
+BINARY_EVIDENCE = 30
 # posterior credits by (alpha, N_max, no-answer rule), each a bounded memo keyed by the votes
 _POLYA: dict[tuple[float, int, str], Memo] = {}
 # the undecided table under the posterior mean (what completions paid, waves and latency of
@@ -69,10 +74,8 @@ class ModelQTable:
         self.problem = problem
         self.alpha = float(alpha)
         self.prior = prior
-        # MV with prior="fitted": whether the last estimate fitted the prior (binary answers),
-        # and the fit's parameters, where the next fit starts
+        # MV with prior="fitted": whether the last estimate fitted the prior (binary answers)
         self.fitted = False
-        self._hyper: FloatArray | None = None
         p, n = problem.n_prompts, problem.n_max
         self.counts = np.zeros((p, n), dtype=np.int64)
         self._cost_sum = np.zeros(p)
@@ -229,8 +232,7 @@ class ModelQTable:
         if votes is not None:
             from iapo.posterior import expected_credit
 
-            credit, hyper = expected_credit(self.problem, votes, self._hyper)
-            self._hyper = None if hyper is None else hyper.x
+            credit, _ = expected_credit(self.problem, votes)
             return w1[:, None, None] * credit[None]
         n_max, rule = self.problem.n_max, self.problem.no_answer
         if rule == "abstain":  # the parameters of "no answer" stand second
@@ -247,17 +249,22 @@ class ModelQTable:
         """Per prompt, its queries' right answers k and answers n (two arrays [X_p]), as
         :func:`iapo.posterior.binary_votes` counts them, or None where the answers are not
         binary: some query got two different wrong answers (over all prompts), or, under the
-        abstain rule, an answer that does not count. One difference: a query's "no answer"
+        abstain rule, an answer that does not count; or where too few queries could have shown
+        it (fewer than :data:`BINARY_EVIDENCE` got two or more wrong answers). One difference
+        from binary_votes, besides that evidence: a query's "no answer"
         category, once a group names it, holds for every answer to that query, earlier
         groups' too (binary_votes judges each group by its own)."""
         votes = self._votes
         if not votes.size:
             return None
         asked = np.flatnonzero(votes.sum(axis=(0, 2)) > 0)
-        labels = votes[:, asked].sum(axis=0) > 0  # [X', L]: the answers each query got
+        answers = votes[:, asked].sum(axis=0)  # [X', L]: how often each query got each answer
         gold = self._gold[asked]
-        labels[np.arange(asked.size), gold] = False
+        answers[np.arange(asked.size), gold] = 0  # its wrong answers
+        labels = answers > 0
         if (labels.sum(axis=1) > 1).any():
+            return None
+        if int((answers.sum(axis=1) >= 2).sum()) < BINARY_EVIDENCE:
             return None
         if self.problem.no_answer == "abstain":
             no_answer = self._no_answer[asked]

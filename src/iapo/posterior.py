@@ -58,6 +58,16 @@ STEP = np.array([LOGIT_MEAN[1] - LOGIT_MEAN[0], LOG_SD[1] - LOG_SD[0]])  # the c
 # expected_credit's fit of the prior stops within this of its parameters: a point estimate
 # moves by far less than its noise (the report's draws fit to fit_hyper's default, 1e-5)
 CREDIT_TOLERANCE = 1e-3
+# fit_hyper's search over (mean of mu, mean of log sigma, log sd of mu, log sd of log sigma):
+# its bounds, the points it starts from (the best of them), and its first steps from there
+# (every start plus its steps lies inside the bounds)
+BOUNDS = (np.array([LOGIT_MEAN[0], LOG_SD[0], np.log(STEP[0]), np.log(STEP[1])]),
+          np.array([LOGIT_MEAN[-1], LOG_SD[-1], np.log(LOGIT_MEAN[-1] - LOGIT_MEAN[0]),
+                    np.log(LOG_SD[-1] - LOG_SD[0])]))
+STARTS = np.array([[m, s, a, b] for m in (-4.0, -2.0, 0.0, 2.0, 4.0)
+                   for s in (-2.0, -1.0, 0.0, 1.0)
+                   for a in (np.log(0.5), np.log(2.0)) for b in (np.log(0.3), 0.0)])
+START_STEP = np.array([1.0, 0.5, 0.7, 0.7])
 LOCAL = 25  # the fine grid around a prompt's posterior mass: LOCAL x LOCAL points
 LOCAL_SPAN = 14.0  # ... covering the coarse cells within this log density of its top
 
@@ -131,7 +141,7 @@ def _normal_logpdf(x: FloatArray, mean: float, sd: float) -> FloatArray:
 
 class Hyper:
     """The normal prior of (mu, log sigma) across prompts; ``x``: the parameters it was fitted
-    as (:func:`fit_hyper`), from which a later fit may start."""
+    as (:func:`fit_hyper`)."""
 
     def __init__(self, mean: tuple[float, float], sd: tuple[float, float],
                  x: FloatArray | None = None) -> None:
@@ -170,17 +180,18 @@ def log_marginal(loglik: FloatArray, gm: FloatArray, gs: FloatArray
 
 
 def fit_hyper(loglik: FloatArray, gm: FloatArray, gs: FloatArray,
-              start: FloatArray | None = None, tolerance: float = 1e-5) -> Hyper:
+              tolerance: float = 1e-5) -> Hyper:
     """The prior maximizing the marginal likelihood of every prompt's answers, each prompt's
     likelihood ``loglik`` [P, G] on the coarse grid (gm, gs) [G] (a cell's prior mass is its
-    normalized density). Its spreads are at least the grid's steps: a narrower prior is one
-    the grid cannot tell from a point. ``start``: an earlier fit's ``x`` to search from (a
-    broad prior by default); ``tolerance``: the search stops within it of the parameters
-    (and within its hundredth of the log likelihood)."""
+    normalized density). The search starts from the best of :data:`STARTS` and stays within
+    :data:`BOUNDS`: means on the grid, spreads from one grid step (a narrower prior is one
+    the grid cannot tell from a point) to the grid's width (a wider one piles its mass on the
+    grid's edge, where the likelihood is flat). It depends on the answers alone, not on the
+    order they came in. ``tolerance``: it stops within this of the parameters (and within
+    its hundredth of the log likelihood)."""
 
     def hyper(h: FloatArray) -> Hyper:
-        with np.errstate(over="ignore"):  # a search far out: an infinite spread, no mass
-            sd = np.maximum(np.exp(h[2:]), STEP)
+        sd = np.exp(np.clip(h[2:], BOUNDS[0][2:], BOUNDS[1][2:]))
         return Hyper((float(h[0]), float(h[1])), (float(sd[0]), float(sd[1])), h)
 
     marginal = log_marginal(loglik, gm, gs)
@@ -188,10 +199,13 @@ def fit_hyper(loglik: FloatArray, gm: FloatArray, gs: FloatArray,
     def nll(h: FloatArray) -> float:
         return -marginal(hyper(h))
 
-    start = np.array([1.0, 0.0, 0.0, 0.0]) if start is None else start
+    start = STARTS[int(np.argmin([nll(h) for h in STARTS]))]
+    simplex = np.vstack([start, start + np.diag(START_STEP)])  # inside BOUNDS
     return hyper(minimize(nll, start, method="Nelder-Mead",
+                          bounds=list(zip(BOUNDS[0], BOUNDS[1], strict=True)),
                           options={"maxiter": 4000, "xatol": tolerance,
-                                   "fatol": tolerance / 100}).x)
+                                   "fatol": tolerance / 100,
+                                   "initial_simplex": simplex}).x)
 
 
 def theta_curves(problem: Problem) -> tuple[FloatArray, FloatArray]:
@@ -233,20 +247,20 @@ def coarse_grid() -> tuple[FloatArray, FloatArray, FloatArray]:
     return grid
 
 
-def fit_prior(votes: Sequence[tuple[IntArray, IntArray]], start: FloatArray | None = None,
-              tolerance: float = 1e-5) -> tuple[FloatArray, BoolArray, Hyper | None]:
+def fit_prior(votes: Sequence[tuple[IntArray, IntArray]], tolerance: float = 1e-5
+              ) -> tuple[FloatArray, BoolArray, Hyper | None]:
     """Every prompt's log likelihood on the coarse grid [P, G], which prompts have answers [P],
-    and the prior fitted to them (:func:`fit_hyper`, from ``start``, to ``tolerance``; None
-    where no prompt has any). ``votes`` from :func:`binary_votes`."""
+    and the prior fitted to them (:func:`fit_hyper`, to ``tolerance``; None where no prompt
+    has any). ``votes`` from :func:`binary_votes`."""
     gm, gs, coarse_w = coarse_grid()
     loglik = log_likelihoods(votes, coarse_w)  # [P, G]
     seen = np.array([k.size > 0 for k, _ in votes])
     return (loglik, seen,
-            fit_hyper(loglik[seen], gm, gs, start, tolerance) if seen.any() else None)
+            fit_hyper(loglik[seen], gm, gs, tolerance) if seen.any() else None)
 
 
-def expected_credit(problem: Problem, votes: Sequence[tuple[IntArray, IntArray]],
-                    start: FloatArray | None = None) -> tuple[FloatArray, Hyper | None]:
+def expected_credit(problem: Problem, votes: Sequence[tuple[IntArray, IntArray]]
+                    ) -> tuple[FloatArray, Hyper | None]:
     """Each prompt's majority-voting credit of N = 1..N_max answers on its queries, [P, N_max]
     (NaN for a prompt with no answers): per query, the credit's expectation under theta's
     posterior given the query's k right of n answers, with the prompt's predictive
@@ -254,10 +268,10 @@ def expected_credit(problem: Problem, votes: Sequence[tuple[IntArray, IntArray]]
     the prompt's posterior under the fitted prior, :func:`fit_prior`); averaged over the
     prompt's queries. Few answers per query lean on the distribution fitted across the
     prompt's queries (and, through the prior, on the other prompts'); many, on the query's
-    own. Returns the credit and the fitted prior (a later call may ``start`` from its ``x``).
+    own. Returns the credit and the fitted prior.
     """
     gm, gs, coarse_w = coarse_grid()
-    loglik, seen, hyper = fit_prior(votes, start, CREDIT_TOLERANCE)
+    loglik, seen, hyper = fit_prior(votes, CREDIT_TOLERANCE)
     credit = theta_credit(problem.n_max)  # [len(THETA), N]
     out = np.full((len(votes), problem.n_max), np.nan)
     if hyper is None:
