@@ -146,8 +146,11 @@ def test_psst_auto_on_mv_screens_in_pairs_and_decides_with_the_model(alpha: floa
     # or not the oracle's ledger was used before the learner started (spent_before).
     oracle = PatternOracle(problem("mv", 8, 4), 200 + spent_before, [[1.0]] * 8, COSTS)
     oracle.ledger.charge(spent_before)
-    # the fixed Dirichlet prior (the default), whose alpha the estimate below shows
-    result = run(PSSTAuto(alpha=alpha), oracle, 200)
+    # the fixed Dirichlet prior, whose alpha the estimate below shows (the default's too:
+    # every answer is right, so no query shows that the answers are binary)
+    result = run(PSSTAuto(alpha=alpha, prior=["fixed", "fitted"][spent_before > 0]), oracle,
+                 200)
+    assert result.trace.info["prior"] == "fixed"
     assert rounds(result) == [
         # allowance floor(100 x 1 / 2) = 50, M = 16: 3 groups each (48); keep
         # max(2, ceil(8 / 2)) = 4 prompts, the cheapest 2, 6, 4, 0: 4 x N_max = 16 arms
@@ -183,10 +186,10 @@ def test_psst_auto_on_binary_mv_fits_its_prior_and_finds_the_steady_prompt() -> 
     every query, wins 0.91 of its queries at N = 31; a polarized one, right 97% of the time
     on two thirds of them and 3% on the rest, is the better single shot (0.66) but wins only
     0.67 at N = 31; four more prompts are right 40% of the time. With the cost weighed 0 the
-    best arm is (steady, 31). psst-auto with its prior fitted to the answers finds it in 9 of
-    10 seeds at T = 1,000 (it asks for 8); with the fixed prior (the default), which judges
-    every query by its own few answers, it takes the polarized prompt in 8 (it asks for at
-    most 3 right). The trace says which prior ranked."""
+    best arm is (steady, 31). psst-auto, its prior fitted to the answers (the default), finds
+    it in 9 of 10 seeds at T = 1,000 (it asks for 8); with the fixed prior, which judges every
+    query by its own few answers, it takes the polarized prompt in 8 (it asks for at most 3
+    right). The trace says which prior ranked."""
     x = 300
     theta = np.stack([np.full(x, 0.62), np.where(np.arange(x) % 3 < 2, 0.97, 0.03)]
                      + [np.full(x, 0.4)] * 4)
@@ -207,16 +210,27 @@ def test_psst_auto_on_binary_mv_fits_its_prior_and_finds_the_steady_prompt() -> 
 
 
 def test_a_query_with_two_wrong_answers_keeps_the_fixed_prior() -> None:
-    """Where some query is answered wrong in two ways the answers are not binary, and the
-    trace of psst-auto with the fitted prior says the fixed prior ranked."""
-    rng = np.random.default_rng(0)
-    right = rng.uniform(0.3, 0.8, (4, 30))
-    probs = np.stack([right, (1 - right) / 2, (1 - right) / 2], axis=-1)
-    env = MVEnvironment("three", probs, np.zeros(30, dtype=np.int16), [0.01] * 4,
-                        {"low": 0.0}, 5, cacheable=False)
-    oracle = SimulatedOracle(env, np.arange(30), 300, np.random.default_rng(1))
-    result = PSSTAuto(prior="fitted")(env.problem, oracle, 300, np.random.default_rng(2))
-    assert result.trace.info["prior"] == "fixed"
+    """The same chances of a right answer on 100 queries, the rest one wrong answer or split
+    evenly between two: psst-auto (its prior fitted where it can be) fits its prior to the
+    first, whose answers are binary with evidence enough (its model counts them), and the
+    trace says so; on the second some query is answered wrong in two ways, and the trace
+    says the fixed prior ranked."""
+    from iapo.model import ModelQTable
+    from iapo.report import Recorder
+
+    right = np.random.default_rng(0).uniform(0.3, 0.8, (4, 100))
+    for name, probs, prior in [
+            ("two", np.stack([right, 1 - right], axis=-1), "fitted"),
+            ("three", np.stack([right, (1 - right) / 2, (1 - right) / 2], axis=-1), "fixed")]:
+        env = MVEnvironment(name, probs, np.zeros(100, dtype=np.int16), [0.01] * 4,
+                            {"low": 0.0}, 5, cacheable=False)
+        oracle = Recorder(SimulatedOracle(env, np.arange(100), 600, np.random.default_rng(1)))
+        result = get_learner("psst-auto").learner(env.problem, oracle, 600,
+                                                  np.random.default_rng(2))
+        assert result.trace.info["prior"] == prior, name
+        model = ModelQTable(env.problem, prior="fitted")
+        model.update(oracle.observations)
+        assert (model.binary() is not None) == (name == "two")
 
 
 def test_a_screening_cut_short_by_the_budget_still_lands_on_keep() -> None:
@@ -474,3 +488,33 @@ def test_a_mixed_problem_gets_plain_psst_and_says_so_first() -> None:
     assert pulls(r) in ([(0, 1, 1), (0, 1, 1), (1, 1, 1)], [(0, 1, 1), (1, 1, 1), (1, 1, 1)])
     (choice,) = result.choices
     assert (choice.prompt, choice.n, choice.q_hat) == (0, 1, pytest.approx(0.8))
+
+
+@pytest.mark.parametrize("answers", ["two", "three"])
+def test_the_validation_folds_model_fits_its_prior_where_the_screening_s_does(
+        answers: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The folds hold part of the screening's answers, so less evidence that they are binary:
+    their model takes the whole screening's decision (fitted where its answers are binary,
+    with no evidence asked of a fold), so that the validation scores the model that decides.
+    Where the answers are not binary, the folds' model keeps the fixed prior."""
+    import iapo.learners.auto as auto
+    from iapo.model import ModelQTable
+
+    made: list[ModelQTable] = []
+    real = auto.cross_validate
+
+    def spy(problem, seen, alive, candidates, **kw):  # type: ignore[no-untyped-def]
+        made.append(candidates["model"]())
+        return real(problem, seen, alive, candidates, **kw)
+
+    monkeypatch.setattr(auto, "cross_validate", spy)
+    right = np.random.default_rng(0).uniform(0.3, 0.8, (4, 100))
+    probs = (np.stack([right, 1 - right], axis=-1) if answers == "two"
+             else np.stack([right, (1 - right) / 2, (1 - right) / 2], axis=-1))
+    env = MVEnvironment(answers, probs, np.zeros(100, dtype=np.int16), [0.01] * 4,
+                        {"low": 0.0}, 5, cacheable=False)
+    oracle = SimulatedOracle(env, np.arange(100), 600, np.random.default_rng(1))
+    get_learner("psst-auto").learner(env.problem, oracle, 600, np.random.default_rng(2))
+    assert made
+    want = "fitted" if answers == "two" else "fixed"
+    assert all(m.prior == want and m.evidence == 0 for m in made)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from click.testing import CliRunner
 
-from iapo.cli import _trace_text, main
+from iapo.cli import main
 from iapo.envs import get_environment
 from iapo.learners import LEARNERS
 from iapo.split import train_test_split
@@ -139,9 +139,14 @@ def test_train_verbose_says_which_estimator_decided_and_why(tmp_path: Path) -> N
                                    "--verbose"])
     assert mv.exit_code == 0 and json.loads(pol.read_text())["trace"]["paired"] is False
     assert "queries: shared" not in mv.output
-    # ... and says which prior its majority-voting model ranked by: the fixed one by default
+    # ... and says which prior its majority-voting model ranked by: on MATH, whose queries
+    # get several wrong answers, the fixed one
     assert json.loads(pol.read_text())["trace"]["prior"] == "fixed"
     assert "model prior: fixed Dirichlet on each query" in mv.output.splitlines()
-    # a fitted one (PSSTAuto(prior="fitted")) is named as such
+    # where every answer is right or one wrong answer, the prior is fitted, and --verbose says
+    binary = CliRunner().invoke(main, ["train", "synth-bernoulli", "--budget", "1000", "--out",
+                                       str(pol), "--verbose"])
+    assert binary.exit_code == 0, binary.output
+    assert json.loads(pol.read_text())["trace"]["prior"] == "fitted"
     assert ("model prior: fitted to the prompts' answers (every query's answers were its right "
-            "answer or one wrong answer)") in _trace_text({"prior": "fitted"}).splitlines()
+            "answer or one wrong answer)") in binary.output.splitlines()

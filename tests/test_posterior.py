@@ -85,7 +85,7 @@ def test_binary_votes_counts_each_prompt_s_right_answers_per_query() -> None:
     problem = problem_of(3, 4)
     obs = [votes_of(0, [2, 0], 2), votes_of(0, [1], 1, first_query=1),
            votes_of(2, [3], 4, first_query=5)]
-    got = posterior.binary_votes(problem, obs)
+    got = posterior.binary_votes(problem, obs, evidence=0)  # three queries: none asked
     assert got is not None
     (k0, n0), (k1, n1), (k2, n2) = got
     assert sorted(zip(k0.tolist(), n0.tolist(), strict=True)) == [(1, 3), (2, 2)]
@@ -96,15 +96,30 @@ def test_binary_votes_counts_each_prompt_s_right_answers_per_query() -> None:
 def test_binary_votes_refuses_two_wrong_answers_or_a_counted_abstention() -> None:
     problem = problem_of(2, 4)
     two_wrong = [votes_of(0, [1], 3, wrong=1), votes_of(1, [1], 3, wrong=2)]
-    assert posterior.binary_votes(problem, two_wrong) is None
+    assert posterior.binary_votes(problem, two_wrong, evidence=0) is None
     abstained = dataclasses.replace(votes_of(0, [1], 3), no_answer=np.array([1], dtype=np.int16))
     assert posterior.binary_votes(dataclasses.replace(problem, no_answer="abstain"),
-                                  [abstained]) is None
-    # under the vote rule "no answer" is one more answer, and one wrong answer is binary
+                                  [abstained], evidence=0) is None
+    # under the vote rule "no answer" is one more answer, and one wrong answer is binary (where
+    # no evidence is asked)
     assert posterior.binary_votes(dataclasses.replace(problem, no_answer="vote"),
-                                  [abstained]) is not None
+                                  [abstained], evidence=0) is not None
     bon = synth_bernoulli(0, n_prompts=2, n_queries=5, n_max=3).problem
     assert posterior.binary_votes(dataclasses.replace(bon, aggregator="bon"), []) is None
+
+
+def test_binary_votes_need_thirty_queries_answered_wrong_twice() -> None:
+    """By hand, as the model's rule (test_model.py): 29 queries with two wrong answers (and 40
+    with one right and one wrong, which show nothing) are one short of BINARY_EVIDENCE; one
+    more query, answered wrong once by each of two prompts, makes 30."""
+    problem = problem_of(2, 4)
+    obs = [votes_of(0, [0] * 29, 2), votes_of(1, [1] * 40, 2, first_query=100),
+           votes_of(0, [0], 1, first_query=500)]
+    assert posterior.binary_votes(problem, obs) is None
+    assert posterior.binary_votes(problem, obs, evidence=29) is not None
+    got = posterior.binary_votes(problem, [*obs, votes_of(1, [0], 1, first_query=500)])
+    assert got is not None
+    assert sorted(got[1][0].tolist()) == [0] + [1] * 40
 
 
 def simulated_prompts(rng: np.random.Generator, n_prompts: int, n_max: int,
@@ -134,7 +149,7 @@ def test_intervals_cover_the_truth_as_often_as_they_say_when_the_model_is_true()
     inside, total = 0, 0
     for _ in range(12):
         obs, truth, cost = simulated_prompts(rng, n_prompts, n_max, answers=3)
-        votes = posterior.binary_votes(problem, obs)
+        votes = posterior.binary_votes(problem, obs, evidence=0)  # binary by construction
         assert votes is not None
         draws = posterior.draws(problem, votes, cost, 400, rng)
         low, high = np.percentile(draws, [5, 95], axis=0)
@@ -207,7 +222,7 @@ def test_the_fitted_prior_is_the_marginal_likelihood_s_maximum() -> None:
     rng = np.random.default_rng(11)
     obs, _, _ = simulated_prompts(rng, 6, 3, answers=2)
     obs.append(votes_of(6, [2] * 300, 2, first_query=1000))
-    votes = posterior.binary_votes(problem_of(7, 3), obs)
+    votes = posterior.binary_votes(problem_of(7, 3), obs, evidence=0)  # binary by construction
     assert votes is not None
     gm, gs, w = posterior.coarse_grid()
     loglik = posterior.log_likelihoods(votes, w)
@@ -220,7 +235,8 @@ def test_the_fitted_prior_is_the_marginal_likelihood_s_maximum() -> None:
         prior = posterior.Hyper(mean, sd)
         assert marginal(prior) == pytest.approx(direct_log_marginal(loglik, gm, gs, prior),
                                                 rel=1e-9)
-    # a search far out (an infinite spread) finds no mass there, not NaN
+    # a prior of infinite spread (fit_hyper's bounds keep it away; a direct caller may not)
+    # has no mass, not NaN
     with np.errstate(over="ignore"):
         assert marginal(posterior.Hyper((0.0, 0.0), (float(np.exp(800.0)), 1.0))) == -np.inf
     fit = posterior.fit_hyper(loglik, gm, gs)
@@ -278,3 +294,42 @@ def test_expected_credit_follows_each_query_s_own_answers_where_it_has_many() ->
     # a prompt with no answers has no credit
     none, _ = posterior.expected_credit(problem, [votes[0], (votes[0][0][:0], votes[0][1][:0])])
     assert np.isnan(none[1]).all() and not np.isnan(none[0]).any()
+
+
+def twenty_prompts(seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """20 prompts x 30 queries, two answers each, from the posterior's own model."""
+    rng = np.random.default_rng(seed)
+    votes = []
+    for _ in range(20):
+        mu, sd = rng.normal(0.8, 1.0), np.exp(rng.normal(0.0, 0.5))
+        theta = 1.0 / (1.0 + np.exp(-rng.normal(mu, sd, 30)))
+        votes.append((rng.binomial(2, theta).astype(np.int64), np.full(30, 2, dtype=np.int64)))
+    return votes
+
+
+@pytest.mark.parametrize("seed", [0, 6, 7, 28])
+def test_the_fit_at_the_credit_s_tolerance_reaches_the_maximum(seed: int) -> None:
+    """Data on which a search from one start with a small first simplex stops early: scipy's
+    Nelder-Mead from (1, 0, 0, 0) at tolerance 1e-3, its default simplex, falls more than one
+    unit of log marginal likelihood short of the maximum. fit_hyper at CREDIT_TOLERANCE (the
+    learner's) reaches the maximum within 0.01; the maximum is found by another method,
+    Powell's, from 12 random starts within the bounds."""
+    from scipy.optimize import minimize
+
+    gm, gs, w = posterior.coarse_grid()
+    loglik = posterior.log_likelihoods(twenty_prompts(seed), w)
+    marginal = posterior.log_marginal(loglik, gm, gs)
+    lo, hi = posterior.BOUNDS
+
+    def nll(h: np.ndarray) -> float:
+        sd = np.maximum(np.exp(np.minimum(h[2:], 50.0)), posterior.STEP)
+        return -marginal(posterior.Hyper((h[0], h[1]), (float(sd[0]), float(sd[1]))))
+
+    best = max(-minimize(nll, s, method="Powell", bounds=list(zip(lo, hi, strict=True)),
+                         options={"xtol": 1e-6, "ftol": 1e-10}).fun
+               for s in lo + (hi - lo) * np.random.default_rng(seed).random((12, 4)))
+    fit = posterior.fit_hyper(loglik, gm, gs, posterior.CREDIT_TOLERANCE)
+    assert marginal(fit) == pytest.approx(best, abs=0.01)
+    one_start = minimize(nll, np.array([1.0, 0.0, 0.0, 0.0]), method="Nelder-Mead",
+                         options={"xatol": 1e-3, "fatol": 1e-5})
+    assert -one_start.fun < best - 1.0

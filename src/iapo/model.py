@@ -9,7 +9,8 @@ distribution, and compute Q for every n exactly from the fit.
   priori over the gold answer, every answer seen, and one bucket for answers not seen yet; the
   credit of N future answers is exact under the posterior (a Polya urn,
   :func:`iapo.exact.mv_polya_credit`), averaged over the queries p was tried on. With
-  ``prior="fitted"``, where every query's answers are its right answer or one wrong answer,
+  ``prior="fitted"``, where every query's answers are its right answer or one wrong answer
+  (and enough queries were answered wrong twice to show it, :func:`iapo.posterior.shown_binary`),
   the prior of a query's chance of a right answer is instead fitted to the prompt's answers
   on all its queries (the logit-normal of :mod:`iapo.posterior`, empirical Bayes across
   prompts): two answers per query say little of one query but, over many queries, how
@@ -47,11 +48,6 @@ FloatArray = npt.NDArray[np.float64]
 # the MV prior of a query's answers: Dirichlet(alpha) ("fixed"), or fitted to the prompts'
 # answers where they are binary ("fitted"; the fixed one elsewhere)
 PRIORS = ("fixed", "fitted")
-# the answers are binary once at least this many queries got two or more wrong answers, each
-# query's all the same: a task with several wrong answers shows a second one on some of them
-# (commonsenseqa's five choices on about one query in five; docs/default-learner.md), so
-# that sparse answers to such a task do not look binary by chance
-BINARY_EVIDENCE = 30
 # posterior credits by (alpha, N_max, no-answer rule), each a bounded memo keyed by the votes
 _POLYA: dict[tuple[float, int, str], Memo] = {}
 # the undecided table under the posterior mean (what completions paid, waves and latency of
@@ -63,7 +59,8 @@ class ModelQTable:
     """Model-based Q estimates for every (context, prompt, n); ``counts`` [P, N_max] is the
     number of queries (MV) or groups (BoN) behind each prompt's estimates."""
 
-    def __init__(self, problem: Problem, alpha: float = 0.5, prior: str = "fixed") -> None:
+    def __init__(self, problem: Problem, alpha: float = 0.5, prior: str = "fixed",
+                 evidence: int | None = None) -> None:
         if problem.aggregator == "mixed":
             raise InputError("the model-based estimator supports mv and bon problems, not mixed; "
                              "use psst")
@@ -74,6 +71,9 @@ class ModelQTable:
         self.problem = problem
         self.alpha = float(alpha)
         self.prior = prior
+        # the queries answered wrong twice or more that binary answers need (None: the
+        # posterior's BINARY_EVIDENCE; iapo.posterior.shown_binary)
+        self.evidence = evidence
         # MV with prior="fitted": whether the last estimate fitted the prior (binary answers)
         self.fitted = False
         p, n = problem.n_prompts, problem.n_max
@@ -249,11 +249,10 @@ class ModelQTable:
         """Per prompt, its queries' right answers k and answers n (two arrays [X_p]), as
         :func:`iapo.posterior.binary_votes` counts them, or None where the answers are not
         binary: some query got two different wrong answers (over all prompts), or, under the
-        abstain rule, an answer that does not count; or where too few queries could have shown
-        it (fewer than :data:`BINARY_EVIDENCE` got two or more wrong answers). One difference
-        from binary_votes, besides that evidence: a query's "no answer"
-        category, once a group names it, holds for every answer to that query, earlier
-        groups' too (binary_votes judges each group by its own)."""
+        abstain rule, an answer that does not count; or where too few queries could have
+        shown it (:func:`iapo.posterior.shown_binary`, ``evidence``). One difference: a
+        query's "no answer" category, once a group names it, holds for every answer to that
+        query, earlier groups' too (binary_votes judges each group by its own)."""
         votes = self._votes
         if not votes.size:
             return None
@@ -264,7 +263,9 @@ class ModelQTable:
         labels = answers > 0
         if (labels.sum(axis=1) > 1).any():
             return None
-        if int((answers.sum(axis=1) >= 2).sum()) < BINARY_EVIDENCE:
+        from iapo.posterior import shown_binary
+
+        if not shown_binary(answers.sum(axis=1), self.evidence):
             return None
         if self.problem.no_answer == "abstain":
             no_answer = self._no_answer[asked]

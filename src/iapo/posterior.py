@@ -25,7 +25,8 @@ uncertainty of a prompt tried on one or two queries. This posterior answers the 
 
 The likelihood is the same whichever rule chose the queries and arms (adaptive sampling is
 ignorable for it), which is why it does not inherit the learner's selection. It applies when
-every completion is the query's gold answer or its one other answer (:func:`binary_votes`);
+every completion is the query's gold answer or its one other answer, and enough queries show
+it (:func:`binary_votes`);
 ``benchmarks/experiments/p_best.py --method posterior`` measures its calibration.
 """
 
@@ -68,15 +69,30 @@ STARTS = np.array([[m, s, a, b] for m in (-4.0, -2.0, 0.0, 2.0, 4.0)
                    for s in (-2.0, -1.0, 0.0, 1.0)
                    for a in (np.log(0.5), np.log(2.0)) for b in (np.log(0.3), 0.0)])
 START_STEP = np.array([1.0, 0.5, 0.7, 0.7])
+# the answers are binary (one wrong answer per query) only once at least this many queries got
+# two or more wrong answers, each query's all the same: a task with several wrong answers shows
+# a second one on some of them (commonsenseqa's five choices on 21% to 34% of them in
+# psst-auto's runs, benchmarks/experiments/binary_evidence.py; docs/default-learner.md), so
+# that sparse answers to such a task do not look binary by chance
+BINARY_EVIDENCE = 30
 LOCAL = 25  # the fine grid around a prompt's posterior mass: LOCAL x LOCAL points
 LOCAL_SPAN = 14.0  # ... covering the coarse cells within this log density of its top
 
 
-def binary_votes(problem: Problem, observations: Sequence[Observation]
-                 ) -> list[tuple[IntArray, IntArray]] | None:
+def shown_binary(wrong: npt.ArrayLike, evidence: int | None = None) -> bool:
+    """Whether answers whose every query got one wrong answer at most (over every prompt) show
+    that the task is binary: at least ``evidence`` (:data:`BINARY_EVIDENCE`) queries got two or
+    more wrong answers, ``wrong`` [X] per query."""
+    need = BINARY_EVIDENCE if evidence is None else evidence
+    return int((np.asarray(wrong) >= 2).sum()) >= need
+
+
+def binary_votes(problem: Problem, observations: Sequence[Observation],
+                 evidence: int | None = None) -> list[tuple[IntArray, IntArray]] | None:
     """Per prompt, its queries' right answers k and answers n (two arrays [X_p]), or None when
     the run is not majority voting between a right and one wrong answer: some query got two
-    different wrong answers, or one that the abstain rule does not count."""
+    different wrong answers, or one that the abstain rule does not count, or too few queries
+    could have shown it (:func:`shown_binary`, ``evidence``)."""
     if problem.aggregator != "mv":
         return None
     other: dict[int, int] = {}
@@ -98,6 +114,12 @@ def binary_votes(problem: Problem, observations: Sequence[Observation]
                     return None
             k, n = per[o.prompt].setdefault(q, [0, 0])
             per[o.prompt][q] = [k + int((~bad).sum()), n + int(row.size)]
+    wrong_per_query: dict[int, int] = {}  # over every prompt
+    for d in per:
+        for q, (k, n) in d.items():
+            wrong_per_query[q] = wrong_per_query.get(q, 0) + n - k
+    if not shown_binary(list(wrong_per_query.values()), evidence):
+        return None
     return [(np.array([v[0] for v in d.values()], dtype=np.int64),
              np.array([v[1] for v in d.values()], dtype=np.int64)) for d in per]
 
@@ -185,10 +207,10 @@ def fit_hyper(loglik: FloatArray, gm: FloatArray, gs: FloatArray,
     likelihood ``loglik`` [P, G] on the coarse grid (gm, gs) [G] (a cell's prior mass is its
     normalized density). The search starts from the best of :data:`STARTS` and stays within
     :data:`BOUNDS`: means on the grid, spreads from one grid step (a narrower prior is one
-    the grid cannot tell from a point) to the grid's width (a wider one piles its mass on the
-    grid's edge, where the likelihood is flat). It depends on the answers alone, not on the
-    order they came in. ``tolerance``: it stops within this of the parameters (and within
-    its hundredth of the log likelihood)."""
+    the grid cannot tell from a point) to the grid's width (a wider one the grid cannot tell
+    from a uniform one: the flat stretch where a search wanders). It depends on the answers
+    alone, not on the order they came in. ``tolerance``: it stops within this of the
+    parameters (and within its hundredth of the log likelihood)."""
 
     def hyper(h: FloatArray) -> Hyper:
         sd = np.exp(np.clip(h[2:], BOUNDS[0][2:], BOUNDS[1][2:]))

@@ -244,11 +244,14 @@ def assess(make: MakeEstimator, problem: Problem, observations: Sequence[Observa
            margins: Sequence[float] = (MARGIN,), method: str = "auto") -> Confidence:
     """How sure the run is of its choices: the hierarchical posterior of
     :mod:`iapo.posterior` where every answer is its query's right answer or its one wrong
-    answer (``method`` "auto" or "posterior"), the bootstrap of the learner's estimator
-    otherwise (or with ``method`` "bootstrap")."""
+    answer (``method`` "posterior"; "auto": where, besides, enough queries show it,
+    :func:`iapo.posterior.shown_binary`), the bootstrap of the learner's estimator otherwise
+    (or with ``method`` "bootstrap")."""
     if method not in ("auto", "posterior", "bootstrap"):
         raise InputError(f"method '{method}' is unknown; use auto, posterior or bootstrap")
-    votes = None if method == "bootstrap" else posterior.binary_votes(problem, observations)
+    # asked for by name, the posterior takes the task's answers as binary without evidence
+    votes = None if method == "bootstrap" else posterior.binary_votes(
+        problem, observations, 0 if method == "posterior" else None)
     if votes is None:
         if method == "posterior":
             raise InputError("the posterior needs majority voting between a right and one wrong "

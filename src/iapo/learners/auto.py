@@ -57,14 +57,14 @@ is the choice of prompt, not of N. ``psst-auto`` spends its budget in two phases
    Telling two prompts apart at large N takes many independent blocks, which small budgets
    cannot pay, while the N of one prompt is told from nested blocks of the same groups.
 
-Majority voting's model may fit its prior (``prior="fitted"``, not yet the default;
-:class:`iapo.model.ModelQTable`; beyond the paper): where every query's answers are its right
-answer or one wrong answer, a query's chance of a right answer is logit-normal across each
-prompt's queries, fitted to all the prompts' answers, which groups of 2 on many queries
-measure well; the credit at large N rests on that spread, which a fixed prior on each query
-cannot see. Elsewhere (several wrong answers) the fixed Dirichlet prior stands. The trace
-records which (``prior``). docs/default-learner.md says what it gives and what keeps it from
-being the default.
+Majority voting's model fits its prior (``prior="fitted"``, :class:`iapo.model.ModelQTable`;
+beyond the paper): where every query's answers are its right answer or one wrong answer (and
+enough queries were answered wrong twice to show it), a query's chance of a right answer is
+logit-normal across each prompt's queries, fitted to all the prompts' answers, which groups
+of 2 on many queries measure well; the credit at large N rests on that spread, which a fixed
+prior on each query cannot see. Elsewhere (several wrong answers, or too few to tell) the
+fixed Dirichlet prior stands; ``prior="fixed"`` keeps it everywhere. The trace records which
+(``prior``); docs/default-learner.md says what it gives.
 
 Best-of-N pulls every round's prompts on shared queries (:func:`pairs`; beyond the paper):
 the i-th group of every prompt pulled in a round falls on one query, so the differences
@@ -176,7 +176,7 @@ class PSSTAuto:
     folds: int = 5
     level: float | None = None
     paired: bool | None = None  # on shared queries; None: by the aggregator (pairs)
-    prior: str = "fixed"  # the majority-voting model's prior (iapo.model.PRIORS)
+    prior: str = "fitted"  # the majority-voting model's prior (iapo.model.PRIORS)
 
     def __post_init__(self) -> None:
         check_fraction("rho", self.rho)
@@ -330,8 +330,13 @@ class PSSTAuto:
         if not seen:
             return Validation(default, {}, 0, 0, f"{default}: no screening data to validate "
                               "on; the aggregator's default decides")
+        # the folds' model fits its prior where the whole screening's does (a fold, a part
+        # of its answers, is binary where they are, with less evidence), so that the
+        # validation scores the model that decides
+        prior = "fitted" if (problem.aggregator == "mv" and self.prior == "fitted"
+                             and model.binary() is not None) else "fixed"
         candidates: dict[str, Callable[[], Estimator]] = {
-            "model": lambda: ModelQTable(problem, self.alpha, self.prior),
+            "model": lambda: ModelQTable(problem, self.alpha, prior, evidence=0),
             "blocks": lambda: QTable(problem)}
         validation = cross_validate(problem, seen, alive, candidates, upto=g,
                                     folds=self.folds, rng=rng, level=level_for(self.level))
