@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 
+from iapo import posterior
 from iapo.cli import main
 from iapo.envs import load_environment
 from iapo.learners.base import Choice
@@ -952,11 +953,13 @@ def test_answer_bad_context_exits_2(tmp_path: Path, context: str, words: list[st
 
 @pytest.mark.parametrize("third_answer", [False, True])
 def test_optimize_s_confidence_is_the_posterior_only_for_one_wrong_answer_per_query(
-        tmp_path: Path, third_answer: bool) -> None:
+        tmp_path: Path, third_answer: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Prompt a always answers B, the gold; prompt b answers A on odd seeds. One wrong answer
     per query: the report's confidence is the posterior, sure that prompt a is within 0.01 of
-    the best at cost weight 0. With a third answer (C, prompt b on seeds divisible by 4) it
-    is the bootstrap, and the report says so."""
+    the best at cost weight 0, once enough queries show that the answers are binary (here,
+    with 16 training queries, none could: the evidence is lowered to 0). Without that, and
+    with a third answer (C, prompt b on seeds divisible by 4), it is the bootstrap, and the
+    report says so."""
 
     def answer_of(body: dict[str, Any]) -> str:
         seed = int(body.get("seed", 0))
@@ -968,17 +971,23 @@ def test_optimize_s_confidence_is_the_posterior_only_for_one_wrong_answer_per_qu
 
     raw = mv_raw("")
     raw["train"].update(n_max=3, budget=60)
-    with ScriptedServer(answer_of=answer_of) as srv:
-        raw["model"]["base_url"] = srv.base_url
-        task = write_task(tmp_path, raw, n_records=20, gold="B")
-        res = cli("optimize", str(task), "--out", str(tmp_path / "run"))
-        assert res.exit_code == 0, res.output
-    report = json.loads((tmp_path / "run" / "report.json").read_text())
-    md = (tmp_path / "run" / "report.md").read_text()
+
+    def optimize(out: str) -> dict[str, Any]:
+        with ScriptedServer(answer_of=answer_of) as srv:
+            raw["model"]["base_url"] = srv.base_url
+            task = write_task(tmp_path, raw, n_records=20, gold="B")
+            res = cli("optimize", str(task), "--out", str(tmp_path / out))
+            assert res.exit_code == 0, res.output
+        return dict(json.loads((tmp_path / out / "report.json").read_text()))
+
+    report = optimize("sparse")  # 16 queries: too few to show binary answers
+    assert report["confidence"] == "bootstrap"
+    assert "bootstrap resamples" in report["definitions"]["ci95"]
     if third_answer:
-        assert report["confidence"] == "bootstrap"
-        assert "bootstrap resamples" in report["definitions"]["ci95"]
         return
+    monkeypatch.setattr(posterior, "BINARY_EVIDENCE", 0)
+    report = optimize("run")
+    md = (tmp_path / "run" / "report.md").read_text()
     assert report["confidence"] == "posterior"
     assert "posterior" in report["definitions"]["ci95"] and "posterior" in md
     low = report["policy"][0]
