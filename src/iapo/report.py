@@ -17,7 +17,8 @@ simulated environments (``benchmarks/experiments/p_best.py``):
   arm is the 2.5 and 97.5 percentiles of its draws; P(best) of an arm is the share of draws
   where it has the highest Q of its context; P(within margin) is the share where the chosen
   arm's Q is at most ``margin`` below the draw's best. Where every answer is its query's right
-  answer or its one wrong answer, the draws are a hierarchical posterior of the true Q
+  answer or its one wrong answer, and enough queries show it
+  (:func:`iapo.posterior.shown_binary`), the draws are a hierarchical posterior of the true Q
   (:mod:`iapo.posterior`); elsewhere a bootstrap over training queries (:func:`bootstrap`):
   B resamples of the queries the run drew, with replacement, each query bringing all its
   groups of every prompt (so the prompts stay paired on the same queries), the estimator

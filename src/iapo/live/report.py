@@ -68,9 +68,9 @@ POSTERIOR_DEFINITIONS = {
             "estimate with its selection and its model's prior",
     "p_best": "P(best): the share of posterior draws where the arm has its context's highest "
               "Q (ties count); P(within {margin}): where the chosen arm is at most {margin} "
-              "below the highest. P(best) is calibrated within 0.05 on synth-bernoulli; "
-              "P(within) is overconfident by 0.06 to 0.08 when the learner drew two answers "
-              "per query (psst-auto; docs/report.md)",
+              "below the highest. On synth-bernoulli, PSST's P(best) and P(within) are "
+              "calibrated within 0.05; psst-auto's P(within) is too, and its P(best) is "
+              "overconfident by about 0.06 (docs/report.md)",
 }
 
 
