@@ -43,12 +43,9 @@ class Batches(Recorder):
         return got
 
 
-def wrong_answers(model: ModelQTable) -> tuple[int, int]:
+def evidence_of(model: ModelQTable) -> tuple[int, int]:
     """Queries with two or more wrong answers, and those of them with two different ones."""
-    votes = model._votes
-    asked = np.flatnonzero(votes.sum(axis=(0, 2)) > 0)
-    answers = votes[:, asked].sum(axis=0)
-    answers[np.arange(asked.size), model._gold[asked]] = 0
+    _, answers = model.wrong_answers()
     twice = answers.sum(axis=1) >= 2
     return int(twice.sum()), int((twice & ((answers > 0).sum(axis=1) >= 2)).sum())
 
@@ -84,7 +81,7 @@ def main() -> None:
                 ruled += any(said)
                 bare += seen_bare
                 share.append(float(np.mean(said)))
-                t, k = wrong_answers(rule)
+                t, k = evidence_of(rule)
                 twice.append(t)
                 kinds.append(k / t if t else float("nan"))
             print(f"{name:<16} {budget:>6}  {ruled:>5} of {args.runs:<3}  {bare:>5} of "

@@ -245,6 +245,15 @@ class ModelQTable:
                                     credit_of)
         return w1[:, None, None] * credit[None]
 
+    def wrong_answers(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """The majority-voting queries asked so far (their indices [X']) and how often each got
+        each wrong answer, over every prompt: [X', L] (its gold answer's column 0)."""
+        votes = self._votes
+        asked = np.flatnonzero(votes.sum(axis=(0, 2)) > 0)
+        answers = votes[:, asked].sum(axis=0)  # [X', L]: how often each query got each answer
+        answers[np.arange(asked.size), self._gold[asked]] = 0
+        return asked, answers
+
     def binary(self) -> list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]] | None:
         """Per prompt, its queries' right answers k and answers n (two arrays [X_p]), as
         :func:`iapo.posterior.binary_votes` counts them, or None where the answers are not
@@ -256,10 +265,8 @@ class ModelQTable:
         votes = self._votes
         if not votes.size:
             return None
-        asked = np.flatnonzero(votes.sum(axis=(0, 2)) > 0)
-        answers = votes[:, asked].sum(axis=0)  # [X', L]: how often each query got each answer
+        asked, answers = self.wrong_answers()
         gold = self._gold[asked]
-        answers[np.arange(asked.size), gold] = 0  # its wrong answers
         labels = answers > 0
         if (labels.sum(axis=1) > 1).any():
             return None
