@@ -251,6 +251,40 @@ def test_the_fitted_prior_is_the_marginal_likelihood_s_maximum() -> None:
         assert direct_log_marginal(loglik, gm, gs, other) <= best + 1e-6
 
 
+def test_many_priors_at_once_are_each_prior_s_own_marginal() -> None:
+    """log_marginals of a batch of priors (fit_hyper's starts at once) gives each prior's plain
+    definition, a prompt whose sum underflows included, and -inf for one of infinite spread
+    beside them; a grid that is not coarse_grid's product of (mu, log sigma) is refused."""
+    rng = np.random.default_rng(5)
+    obs, _, _ = simulated_prompts(rng, 4, 3, answers=2)
+    obs.append(votes_of(4, [2] * 300, 2, first_query=1000))  # far above the rest: underflows
+    votes = posterior.binary_votes(problem_of(5, 3), obs, evidence=0)
+    assert votes is not None
+    gm, gs, w = posterior.coarse_grid()
+    loglik = posterior.log_likelihoods(votes, w)
+    means = np.vstack([posterior.STARTS[:, :2], [[0.0, 0.0]], [[-5.0, -2.0]]])
+    sds = np.vstack([np.exp(posterior.STARTS[:, 2:]), [[np.inf, 1.0]], [[0.2, 0.14]]])
+    got = posterior.log_marginals(loglik, gm, gs)(means, sds)
+    want = [direct_log_marginal(loglik, gm, gs, posterior.Hyper(tuple(m), tuple(s)))
+            for m, s in zip(means, sds, strict=True) if np.isfinite(s).all()]
+    np.testing.assert_allclose(np.delete(got, -2), want, rtol=1e-9)
+    assert got[-2] == -np.inf
+    with pytest.raises(ValueError, match="product grid"):
+        posterior.log_marginals(loglik[:, ::-1], gm[::-1].copy(), gs)
+
+
+def test_theta_pmf_is_the_binomial_at_every_node_memo_or_not() -> None:
+    """theta_pmf's rows are C(n, k) theta^k (1 - theta)^(n - k) at each node of THETA, for
+    pairs met the first time and again (from its memo), in the order asked."""
+    from math import comb
+
+    pairs = np.array([[0, 2], [1, 2], [2, 2], [3, 7], [0, 0]])
+    theta = posterior.THETA
+    want = np.array([comb(n, k) * theta ** k * (1 - theta) ** (n - k) for k, n in pairs])
+    np.testing.assert_allclose(posterior.theta_pmf(pairs), want, rtol=1e-12)
+    np.testing.assert_allclose(posterior.theta_pmf(pairs[::-1]), want[::-1], rtol=1e-12)
+
+
 def test_expected_credit_extrapolates_a_true_model_from_two_answers_per_query() -> None:
     """Where the logit-normal is true, two answers on each of 600 queries give every prompt's
     credit at N = 1..7 within sampling error of the exact integral (quad), though no query's

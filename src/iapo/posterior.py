@@ -42,6 +42,7 @@ from scipy.special import logsumexp, ndtr
 from scipy.stats import binom
 
 from iapo.exact import mv_credit_probability
+from iapo.memo import Memo
 from iapo.problem import Problem
 from iapo.pulls import Observation, abstain_categories
 from iapo.utility import cost_term
@@ -75,6 +76,8 @@ START_STEP = np.array([1.0, 0.5, 0.7, 0.7])
 # psst-auto's runs, benchmarks/experiments/binary_evidence.py; docs/default-learner.md), so
 # that sparse answers to such a task do not look binary by chance
 BINARY_EVIDENCE = 30
+# theta_pmf's rows by (k, n), at most this many (3.2 KB each)
+_PMF = Memo(5_000)
 LOCAL = 25  # the fine grid around a prompt's posterior mass: LOCAL x LOCAL points
 LOCAL_SPAN = 14.0  # ... covering the coarse cells within this log density of its top
 
@@ -135,6 +138,16 @@ def theta_weights(mu: npt.ArrayLike, log_sd: npt.ArrayLike) -> FloatArray:
     return np.asarray(w / w.sum(axis=1, keepdims=True))
 
 
+def theta_pmf(pairs: IntArray) -> FloatArray:
+    """P(k right of n answers | theta) on each node of ``THETA``, for each row (k, n) of
+    ``pairs`` [M, 2]: [M, len(THETA)]. Rows are memoized (:data:`_PMF`): a run's fits meet
+    the same pairs at every estimate."""
+    def compute(idx: npt.NDArray[np.intp]) -> list[FloatArray]:
+        return list(binom.pmf(pairs[idx, :1], pairs[idx, 1:], THETA[None]))
+
+    return _PMF.rows(np.asarray(pairs, dtype=np.int64), THETA.size, compute)
+
+
 def log_likelihood(k: IntArray, n: IntArray, weights: FloatArray) -> FloatArray:
     """log P(k right of n on each query) summed over the queries, theta distributed by each
     row of ``weights`` [G, len(THETA)]: [G]."""
@@ -152,12 +165,13 @@ def log_likelihoods(votes: Sequence[tuple[IntArray, IntArray]], weights: FloatAr
     pairs, which = np.unique(both, axis=0, return_inverse=True)
     times = np.zeros((len(votes), pairs.shape[0]))
     np.add.at(times, (owner, which.reshape(-1)), 1.0)
-    pmf = binom.pmf(pairs[:, :1], pairs[:, 1:], THETA[None])  # [pairs, len(THETA)]
+    pmf = theta_pmf(pairs)  # [pairs, len(THETA)]
     per = np.log(np.maximum(weights @ pmf.T, 1e-300))  # [G, pairs]
     return np.asarray(times @ per.T)
 
 
-def _normal_logpdf(x: FloatArray, mean: float, sd: float) -> FloatArray:
+def _normal_logpdf(x: FloatArray, mean: float | FloatArray, sd: float | FloatArray
+                   ) -> FloatArray:
     return np.asarray(-0.5 * ((x - mean) / sd) ** 2 - np.log(sd))
 
 
@@ -174,31 +188,65 @@ class Hyper:
                 + _normal_logpdf(log_sd, self.mean[1], self.sd[1]))
 
 
-def log_marginal(loglik: FloatArray, gm: FloatArray, gs: FloatArray
-                 ) -> Callable[[Hyper], float]:
-    """log P(every prompt's answers | a prior), as a function of the prior: per prompt
+def log_marginals(loglik: FloatArray, gm: FloatArray, gs: FloatArray
+                  ) -> Callable[[FloatArray, FloatArray], FloatArray]:
+    """log P(every prompt's answers | a prior) for many priors at once, as a function of their
+    means and sds [S, 2] (of mu, of log sigma; :class:`Hyper`'s): [S]. Per prompt
     log sum_g exp(loglik + log mass(g)) over the coarse grid (gm, gs) [G], a cell's mass its
     normalized density, summed over the prompts ``loglik`` [P, G]. By one product per call,
     top + log(scaled @ masses); a prompt whose sum underflows there is summed in logs."""
     top = loglik.max(axis=1)
-    scaled = np.exp(loglik - top[:, None])
+    # the density is a sum of one term in mu and one in log sigma, so on a product grid a
+    # cell's mass is the product of one mass of its mu and one of its log sigma, and the sum
+    # over the grid is a product with each in turn
+    mus, sds = np.unique(gm), np.unique(gs)
+    if not (np.array_equal(gm, np.repeat(mus, sds.size))
+            and np.array_equal(gs, np.tile(sds, mus.size))):
+        raise ValueError("log_marginals needs a product grid of (mu, log sigma), mu the slower "
+                         "index (coarse_grid's)")
+    p = loglik.shape[0]
+    scaled = np.exp(loglik - top[:, None]).reshape(p * mus.size, sds.size)  # [P x mu, sd]
 
-    def of(prior: Hyper) -> float:
-        density = prior.log_density(gm, gs)
-        if not np.isfinite(density.max()):  # a spread too wide to be a density: no mass
-            return -np.inf
-        masses = np.exp(density - density.max())
-        norm = masses.sum()
-        masses /= norm
-        total = scaled @ masses
+    def of(mean: FloatArray, sd: FloatArray) -> FloatArray:
+        in_mu = _normal_logpdf(mus[None], mean[:, :1], sd[:, :1])  # [S, distinct mu]
+        in_sd = _normal_logpdf(sds[None], mean[:, 1:], sd[:, 1:])  # [S, distinct log sd]
+        top_mu, top_sd = in_mu.max(axis=1, keepdims=True), in_sd.max(axis=1, keepdims=True)
+        # a spread too wide (or too narrow) to be a density: no mass
+        finite = np.isfinite(top_mu[:, 0] + top_sd[:, 0])
+        if not finite.all():  # such a prior's row is left out of the sums below
+            in_mu, in_sd, top_mu, top_sd = (np.where(finite[:, None], x, 0.0)
+                                            for x in (in_mu, in_sd, top_mu, top_sd))
+        mass_mu, mass_sd = np.exp(in_mu - top_mu), np.exp(in_sd - top_sd)
+        norm_mu, norm_sd = mass_mu.sum(axis=1, keepdims=True), mass_sd.sum(axis=1, keepdims=True)
+        mass_mu /= norm_mu  # each sums to 1
+        mass_sd /= norm_sd
+        by_mu = (scaled @ mass_sd.T).reshape(p, mus.size, -1)  # [P, mu, S]
+        total = (by_mu * mass_mu.T[None]).sum(axis=1)  # [P, S]
         low = total < 1e-250
-        per = top + np.log(np.where(low, 1.0, total))
-        if low.any():
-            lp = density - density.max() - np.log(norm)
-            per[low] = logsumexp(loglik[low] + lp[None], axis=1)
-        return float(per.sum())
+        if not low.any():
+            out = (top[:, None] + np.log(total)).sum(axis=0)
+        else:
+            per = top[:, None] + np.log(np.where(low, 1.0, total))
+            for j in np.flatnonzero(low.any(axis=0) & finite).tolist():
+                rows = low[:, j]
+                lp = ((in_mu[j] - top_mu[j] - np.log(norm_mu[j]))[:, None]
+                      + (in_sd[j] - top_sd[j] - np.log(norm_sd[j]))[None, :]).ravel()
+                per[rows, j] = logsumexp(loglik[rows] + lp[None], axis=1)
+            out = per.sum(axis=0)
+        return out if finite.all() else np.where(finite, out, -np.inf)
 
     return of
+
+
+def log_marginal(loglik: FloatArray, gm: FloatArray, gs: FloatArray
+                 ) -> Callable[[Hyper], float]:
+    """:func:`log_marginals` of one prior at a time, a :class:`Hyper`."""
+    of = log_marginals(loglik, gm, gs)
+
+    def one(prior: Hyper) -> float:
+        return float(of(np.array([prior.mean]), np.array([prior.sd]))[0])
+
+    return one
 
 
 def fit_hyper(loglik: FloatArray, gm: FloatArray, gs: FloatArray,
@@ -221,7 +269,9 @@ def fit_hyper(loglik: FloatArray, gm: FloatArray, gs: FloatArray,
     def nll(h: FloatArray) -> float:
         return -marginal(hyper(h))
 
-    start = STARTS[int(np.argmin([nll(h) for h in STARTS]))]
+    # every start at once (each inside BOUNDS, so none is clipped)
+    at_starts = log_marginals(loglik, gm, gs)(STARTS[:, :2], np.exp(STARTS[:, 2:]))
+    start = STARTS[int(np.argmax(at_starts))]
     simplex = np.vstack([start, start + np.diag(START_STEP)])  # inside BOUNDS
     return hyper(minimize(nll, start, method="Nelder-Mead",
                           bounds=list(zip(BOUNDS[0], BOUNDS[1], strict=True)),
@@ -306,7 +356,7 @@ def expected_credit(problem: Problem, votes: Sequence[tuple[IntArray, IntArray]]
     for i in np.flatnonzero(seen).tolist():
         k, n = votes[i]
         pairs, times = np.unique(np.stack([k, n], axis=1), axis=0, return_counts=True)
-        post = binom.pmf(pairs[:, :1], pairs[:, 1:], THETA[None]) * predictive[i][None]
+        post = theta_pmf(pairs) * predictive[i][None]
         post /= post.sum(axis=1, keepdims=True)  # [pairs, len(THETA)]
         out[i] = times @ (post @ credit) / times.sum()
     return out, hyper
