@@ -951,41 +951,49 @@ def test_answer_bad_context_exits_2(tmp_path: Path, context: str, words: list[st
 # --- 7. optimize ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("third_answer", [False, True])
+@pytest.mark.parametrize("case", ["one wrong", "third answer", "two labels"])
 def test_optimize_s_confidence_is_the_posterior_only_for_one_wrong_answer_per_query(
-        tmp_path: Path, third_answer: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, case: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Prompt a always answers B, the gold; prompt b answers A on odd seeds. One wrong answer
     per query: the report's confidence is the posterior, sure that prompt a is within 0.01 of
     the best at cost weight 0, once enough queries show that the answers are binary (here,
     with 16 training queries, none could: the evidence is lowered to 0). Without that, and
     with a third answer (C, prompt b on seeds divisible by 4), it is the bootstrap, and the
-    report says so."""
+    report says so. A label task with two labels (yes, the gold, for A's B; no for A)
+    declares two answers: the posterior at once, with no evidence."""
+    labels = case == "two labels"
 
     def answer_of(body: dict[str, Any]) -> str:
         seed = int(body.get("seed", 0))
         if "Be brief." not in json.dumps(body["messages"]):
-            return "The answer is (B)."
-        if third_answer and seed % 4 == 0:
+            return "Yes, it is." if labels else "The answer is (B)."
+        if case == "third answer" and seed % 4 == 0:
             return "The answer is (C)."
+        if labels:
+            return "No, it is not." if seed % 2 else "Yes, it is."
         return "The answer is (A)." if seed % 2 else "The answer is (B)."
 
     raw = mv_raw("")
     raw["train"].update(n_max=3, budget=60)
+    if labels:
+        raw["objectives"] = [{"name": "correct", "scorer": "label", "labels": ["yes", "no"]}]
+        raw["aggregator"] = {"kind": "mv", "extractor": "label", "labels": ["yes", "no"]}
 
     def optimize(out: str) -> dict[str, Any]:
         with ScriptedServer(answer_of=answer_of) as srv:
             raw["model"]["base_url"] = srv.base_url
-            task = write_task(tmp_path, raw, n_records=20, gold="B")
+            task = write_task(tmp_path, raw, n_records=20, gold="yes" if labels else "B")
             res = cli("optimize", str(task), "--out", str(tmp_path / out))
             assert res.exit_code == 0, res.output
         return dict(json.loads((tmp_path / out / "report.json").read_text()))
 
-    report = optimize("sparse")  # 16 queries: too few to show binary answers
-    assert report["confidence"] == "bootstrap"
-    assert "bootstrap resamples" in report["definitions"]["ci95"]
-    if third_answer:
-        return
-    monkeypatch.setattr(posterior, "BINARY_EVIDENCE", 0)
+    if not labels:
+        report = optimize("sparse")  # 16 queries: too few to show binary answers
+        assert report["confidence"] == "bootstrap"
+        assert "bootstrap resamples" in report["definitions"]["ci95"]
+        if case == "third answer":
+            return
+        monkeypatch.setattr(posterior, "BINARY_EVIDENCE", 0)
     report = optimize("run")
     md = (tmp_path / "run" / "report.md").read_text()
     assert report["confidence"] == "posterior"

@@ -3,6 +3,7 @@ estimates, and the psst-model learners."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -270,6 +271,25 @@ def test_binary_answers_need_evidence_enough_queries_answered_wrong_twice() -> N
     assert model.prior_used == "fitted"
     model.update([obs(1, [200], [[1, 2]])])
     assert model.binary() is None
+
+
+def test_the_model_fits_its_prior_at_once_where_the_problem_declares_two_answers() -> None:
+    """With Problem.answers = 2, one query answered wrong once and one answered right twice
+    are binary at once (no query answered wrong twice): the prior is fitted; the same answers
+    to a problem that declares nothing keep the fixed prior."""
+    p = mv_problem()
+
+    def obs(prompt: int, query: int, labels: list[int]) -> Observation:
+        return Observation(prompt, len(labels), np.array([query]),
+                           np.zeros((1, len(labels), 2)), np.array([labels], dtype=np.int16),
+                           np.zeros(1, dtype=np.int16))
+
+    answers = [obs(0, 0, [1]), obs(1, 1, [0, 0])]
+    for declared, prior in [(2, "fitted"), (None, "fixed")]:
+        model = ModelQTable(dataclasses.replace(p, answers=declared), prior="fitted")
+        model.update(answers)
+        _ = model.mean
+        assert model.prior_used == prior
 
 
 def test_the_fitted_prior_ranks_a_steady_prompt_above_a_polarized_one_at_large_n() -> None:

@@ -122,6 +122,25 @@ def test_binary_votes_need_thirty_queries_answered_wrong_twice() -> None:
     assert sorted(got[1][0].tolist()) == [0] + [1] * 40
 
 
+def test_a_problem_that_declares_two_answers_needs_no_evidence() -> None:
+    """Problem.answers = 2 (a live task's two labels): the 29 queries answered wrong twice
+    that are one short of BINARY_EVIDENCE are enough, and so is one query with one answer;
+    a query answered wrong in two ways is still not binary; three answers ask the evidence."""
+    problem = problem_of(2, 4)
+    two = dataclasses.replace(problem, answers=2)
+    assert posterior.evidence_needed(two) == 0 and posterior.evidence_needed(two, 30) == 0
+    assert posterior.evidence_needed(problem) == posterior.BINARY_EVIDENCE
+    assert posterior.evidence_needed(dataclasses.replace(problem, answers=3), 7) == 7
+    obs = [votes_of(0, [0] * 29, 2), votes_of(1, [1] * 40, 2, first_query=100)]
+    assert posterior.binary_votes(problem, obs) is None
+    assert posterior.binary_votes(dataclasses.replace(problem, answers=3), obs) is None
+    got = posterior.binary_votes(two, obs)
+    assert got is not None and got[0][0].tolist() == [0] * 29
+    assert posterior.binary_votes(two, [votes_of(0, [1], 1)]) is not None
+    assert posterior.binary_votes(two, [*obs, votes_of(1, [0], 1, first_query=0, wrong=2)]) \
+        is None
+
+
 def simulated_prompts(rng: np.random.Generator, n_prompts: int, n_max: int,
                       answers: int) -> tuple[list[Observation], np.ndarray, np.ndarray]:
     """Prompts drawn from the posterior's own model: (mu, log sigma) normal across prompts,

@@ -228,6 +228,14 @@ def test_problem_validation() -> None:
         Problem("x", "bon", ("a",), 0, g)
     with pytest.raises(ProblemError, match="exactly one task objective"):
         Problem("x", "mv", ("a",), 4, g)
+    one = ContextGrid.product([Objective("correct", 0.0, 1.0)], [(1.0,)], {"low": 0.0})
+    assert Problem("x", "mv", ("a",), 4, one, answers=2).answers == 2
+    assert Problem("x", "mv", ("a",), 4, one).answers is None
+    for bad in (1, 0, 2.5, True):
+        with pytest.raises(ProblemError, match="must be an integer >= 2"):
+            Problem("x", "mv", ("a",), 4, one, answers=bad)  # type: ignore[arg-type]
+    with pytest.raises(ProblemError, match="applies to majority voting"):
+        Problem("x", "bon", ("a",), 4, g, answers=2)
 
 
 def test_problem_sizes() -> None:

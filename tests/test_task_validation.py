@@ -354,6 +354,11 @@ def test_label_extractor_reads_its_labels(tmp_path: Path) -> None:
     raw["aggregator"] = {"kind": "mv", "extractor": "label", "labels": ["yes", "no"]}
     task = load_task(write_task(tmp_path, raw))
     assert task.extractor == "label" and task.labels == ("yes", "no")
+    # two labels declare two answers (iapo.posterior.evidence_needed); other extractors none
+    assert task.problem().answers == 2
+    raw["aggregator"]["labels"] = ["yes", "no", "maybe"]
+    assert load_task(write_task(tmp_path, raw)).problem().answers == 3
+    assert load_task(write_task(tmp_path, base_raw())).problem().answers is None
 
 
 LABELS: list[tuple[str, dict[str, Any], list[str]]] = [

@@ -10,7 +10,8 @@ distribution, and compute Q for every n exactly from the fit.
   credit of N future answers is exact under the posterior (a Polya urn,
   :func:`iapo.exact.mv_polya_credit`), averaged over the queries p was tried on. With
   ``prior="fitted"``, where every query's answers are its right answer or one wrong answer
-  (and enough queries were answered wrong twice to show it, :func:`iapo.posterior.shown_binary`),
+  (and enough queries were answered wrong twice to show it, :func:`iapo.posterior.shown_binary`,
+  or the problem declares two answers, :func:`iapo.posterior.evidence_needed`),
   the prior of a query's chance of a right answer is instead fitted to the prompt's answers
   on all its queries (the logit-normal of :mod:`iapo.posterior`, empirical Bayes across
   prompts): two answers per query say little of one query but, over many queries, how
@@ -72,7 +73,8 @@ class ModelQTable:
         self.alpha = float(alpha)
         self.prior = prior
         # the queries answered wrong twice or more that binary answers need (None: the
-        # posterior's BINARY_EVIDENCE; iapo.posterior.shown_binary)
+        # posterior's BINARY_EVIDENCE; none where the problem declares two answers;
+        # iapo.posterior.evidence_needed)
         self.evidence = evidence
         # MV with prior="fitted": whether the last estimate fitted the prior (binary answers)
         self.fitted = False
@@ -259,7 +261,8 @@ class ModelQTable:
         :func:`iapo.posterior.binary_votes` counts them, or None where the answers are not
         binary: some query got two different wrong answers (over all prompts), or, under the
         abstain rule, an answer that does not count; or where too few queries could have
-        shown it (:func:`iapo.posterior.shown_binary`, ``evidence``). One difference: a
+        shown it (:func:`iapo.posterior.shown_binary`, with
+        :func:`iapo.posterior.evidence_needed` of ``evidence``). One difference: a
         query's "no answer" category, once a group names it, holds for every answer to that
         query, earlier groups' too (binary_votes judges each group by its own)."""
         votes = self._votes
@@ -270,9 +273,9 @@ class ModelQTable:
         labels = answers > 0
         if (labels.sum(axis=1) > 1).any():
             return None
-        from iapo.posterior import shown_binary
+        from iapo.posterior import evidence_needed, shown_binary
 
-        if not shown_binary(answers.sum(axis=1), self.evidence):
+        if not shown_binary(answers.sum(axis=1), evidence_needed(self.problem, self.evidence)):
             return None
         if self.problem.no_answer == "abstain":
             no_answer = self._no_answer[asked]

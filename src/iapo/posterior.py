@@ -82,6 +82,15 @@ LOCAL = 25  # the fine grid around a prompt's posterior mass: LOCAL x LOCAL poin
 LOCAL_SPAN = 14.0  # ... covering the coarse cells within this log density of its top
 
 
+def evidence_needed(problem: Problem, evidence: int | None = None) -> int:
+    """How many queries answered wrong twice or more binary-looking answers need to count as
+    binary: none where the problem declares two answers (``Problem.answers``, a live task's
+    two labels), else ``evidence`` (None: :data:`BINARY_EVIDENCE`)."""
+    if problem.answers == 2:
+        return 0
+    return BINARY_EVIDENCE if evidence is None else evidence
+
+
 def shown_binary(wrong: npt.ArrayLike, evidence: int | None = None) -> bool:
     """Whether answers whose every query got one distinct wrong answer at most (over every
     prompt) show that the task is binary: at least ``evidence`` (:data:`BINARY_EVIDENCE`)
@@ -95,7 +104,7 @@ def binary_votes(problem: Problem, observations: Sequence[Observation],
     """Per prompt, its queries' right answers k and answers n (two arrays [X_p]), or None when
     the run is not majority voting between a right and one wrong answer: some query got two
     different wrong answers, or one that the abstain rule does not count, or too few queries
-    could have shown it (:func:`shown_binary`, ``evidence``)."""
+    could have shown it (:func:`shown_binary`, :func:`evidence_needed`)."""
     if problem.aggregator != "mv":
         return None
     other: dict[int, int] = {}
@@ -121,7 +130,7 @@ def binary_votes(problem: Problem, observations: Sequence[Observation],
     for d in per:
         for q, (k, n) in d.items():
             wrong_per_query[q] = wrong_per_query.get(q, 0) + n - k
-    if not shown_binary(list(wrong_per_query.values()), evidence):
+    if not shown_binary(list(wrong_per_query.values()), evidence_needed(problem, evidence)):
         return None
     return [(np.array([v[0] for v in d.values()], dtype=np.int64),
              np.array([v[1] for v in d.values()], dtype=np.int64)) for d in per]

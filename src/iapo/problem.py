@@ -469,7 +469,10 @@ class Problem:
     and for majority voting the stopping rule and how "no answer" counts (``no_answer``, one
     of :data:`NO_ANSWER_RULES`; :func:`iapo.utility.counted_votes`), and how long its
     completions take (``latency``, :class:`iapo.latency.LatencyModel`; None: the
-    environment's own model, for contexts that price latency).
+    environment's own model, for contexts that price latency). ``answers``: how many answers a
+    majority-voting query can get, where the task declares them (a live task's label
+    extractor: its labels); with 2, answers that look binary are binary by declaration, with
+    no evidence asked of them (:func:`iapo.posterior.evidence_needed`). None: any number.
 
     Arms are indexed ``prompt * n_max + (n - 1)``; Q arrays are shaped [C, P, N_max] with the
     last axis holding N = 1..N_max.
@@ -484,6 +487,7 @@ class Problem:
     stopping: Stopping = field(default_factory=Stopping)
     no_answer: str = NO_ANSWER_RULES[0]
     latency: LatencyModel | None = None
+    answers: int | None = None
 
     def __post_init__(self) -> None:
         if self.aggregator not in AGGREGATORS:
@@ -505,6 +509,16 @@ class Problem:
             raise ProblemError(f"stopping rule '{self.stopping.rule}' applies to majority "
                                f"voting; '{self.name}' aggregates by {self.aggregator}: use "
                                "stop 'all'")
+        if self.answers is not None:
+            if self.aggregator != "mv":
+                raise ProblemError(f"answers={self.answers}: how many answers a query can get "
+                                   "applies to majority voting; leave it out for "
+                                   f"{self.aggregator}")
+            if isinstance(self.answers, bool) or int(self.answers) != self.answers \
+                    or self.answers < 2:
+                raise ProblemError(f"answers={self.answers!r} must be an integer >= 2 (or None: "
+                                   "any number)")
+            object.__setattr__(self, "answers", int(self.answers))
         if self.latency is not None and len(self.latency.times) != len(self.prompts):
             raise ProblemError(f"the latency model gives the times of {len(self.latency.times)} "
                                f"prompts; '{self.name}' has {len(self.prompts)}")

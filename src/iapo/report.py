@@ -18,7 +18,8 @@ simulated environments (``benchmarks/experiments/p_best.py``):
   where it has the highest Q of its context; P(within margin) is the share where the chosen
   arm's Q is at most ``margin`` below the draw's best. Where every answer is its query's right
   answer or its one wrong answer, and enough queries show it
-  (:func:`iapo.posterior.shown_binary`), the draws are a hierarchical posterior of the true Q
+  (:func:`iapo.posterior.shown_binary`; none where the problem declares two answers,
+  :func:`iapo.posterior.evidence_needed`), the draws are a hierarchical posterior of the true Q
   (:mod:`iapo.posterior`); elsewhere a bootstrap over training queries (:func:`bootstrap`):
   B resamples of the queries the run drew, with replacement, each query bringing all its
   groups of every prompt (so the prompts stay paired on the same queries), the estimator
@@ -246,8 +247,8 @@ def assess(make: MakeEstimator, problem: Problem, observations: Sequence[Observa
     """How sure the run is of its choices: the hierarchical posterior of
     :mod:`iapo.posterior` where every answer is its query's right answer or its one wrong
     answer (``method`` "posterior"; "auto": where, besides, enough queries show it,
-    :func:`iapo.posterior.shown_binary`), the bootstrap of the learner's estimator otherwise
-    (or with ``method`` "bootstrap")."""
+    :func:`iapo.posterior.shown_binary`, or the problem declares two answers), the bootstrap
+    of the learner's estimator otherwise (or with ``method`` "bootstrap")."""
     if method not in ("auto", "posterior", "bootstrap"):
         raise InputError(f"method '{method}' is unknown; use auto, posterior or bootstrap")
     # asked for by name, the posterior takes the task's answers as binary without evidence

@@ -59,12 +59,12 @@ is the choice of prompt, not of N. ``psst-auto`` spends its budget in two phases
 
 Majority voting's model fits its prior (``prior="fitted"``, :class:`iapo.model.ModelQTable`;
 beyond the paper): where every query's answers are its right answer or one wrong answer (and
-enough queries were answered wrong twice to show it), a query's chance of a right answer is
-logit-normal across each prompt's queries, fitted to all the prompts' answers, which groups
-of 2 on many queries measure well; the credit at large N rests on that spread, which a fixed
-prior on each query cannot see. Elsewhere (several wrong answers, or too few to tell) the
-fixed Dirichlet prior stands; ``prior="fixed"`` keeps it everywhere. The trace records which
-(``prior``); docs/default-learner.md says what it gives.
+enough queries were answered wrong twice to show it, or the problem declares two answers), a
+query's chance of a right answer is logit-normal across each prompt's queries, fitted to all
+the prompts' answers, which groups of 2 on many queries measure well; the credit at large N
+rests on that spread, which a fixed prior on each query cannot see. Elsewhere (several wrong
+answers, or too few to tell) the fixed Dirichlet prior stands; ``prior="fixed"`` keeps it
+everywhere. The trace records which (``prior``); docs/default-learner.md says what it gives.
 
 Best-of-N pulls every round's prompts on shared queries (:func:`pairs`; beyond the paper):
 the i-th group of every prompt pulled in a round falls on one query, so the differences

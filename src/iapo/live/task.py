@@ -407,7 +407,9 @@ class Task:
     def problem(self) -> Problem:
         return Problem(self.name, self.aggregator, tuple(p.name for p in self.prompts),  # type: ignore[arg-type]
                        self.n_max, self.grid(), CostObjective("cost", self.cost_scale),
-                       self.stopping, self.no_answer)
+                       self.stopping, self.no_answer,
+                       answers=len(self.labels) if self.extractor == "label" and self.labels
+                       else None)
 
 
 def load_task(path: str | os.PathLike[str]) -> Task:
