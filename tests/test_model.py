@@ -290,6 +290,14 @@ def test_the_model_fits_its_prior_at_once_where_the_problem_declares_two_answers
         model.update(answers)
         _ = model.mean
         assert model.prior_used == prior
+    # a wrong answer that is "no answer" under the abstain rule is no binary answer, declared
+    # or not
+    abstained = Observation(1, 1, np.array([2]), np.zeros((1, 1, 2)),
+                            np.array([[1]], dtype=np.int16), np.zeros(1, dtype=np.int16),
+                            no_answer=np.array([1], dtype=np.int16))
+    model = ModelQTable(dataclasses.replace(p, answers=2), prior="fitted")
+    model.update([*answers, abstained])
+    assert model.binary() is None
 
 
 def test_the_fitted_prior_ranks_a_steady_prompt_above_a_polarized_one_at_large_n() -> None:

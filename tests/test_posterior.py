@@ -288,6 +288,12 @@ def test_many_priors_at_once_are_each_prior_s_own_marginal() -> None:
             for m, s in zip(means, sds, strict=True) if np.isfinite(s).all()]
     np.testing.assert_allclose(np.delete(got, -2), want, rtol=1e-9)
     assert got[-2] == -np.inf
+    # no prompts: every prior explains nothing, log 1 (a prior that is no density: -inf);
+    # no priors: nothing
+    none = posterior.log_marginals(loglik[:0], gm, gs)
+    assert none(means, sds)[:-2].tolist() == [0.0] * len(posterior.STARTS)
+    assert none(means, sds)[-2] == -np.inf
+    assert posterior.log_marginals(loglik, gm, gs)(means[:0], sds[:0]).shape == (0,)
     with pytest.raises(ValueError, match="product grid"):
         posterior.log_marginals(loglik[:, ::-1], gm[::-1].copy(), gs)
 

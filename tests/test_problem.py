@@ -231,7 +231,7 @@ def test_problem_validation() -> None:
     one = ContextGrid.product([Objective("correct", 0.0, 1.0)], [(1.0,)], {"low": 0.0})
     assert Problem("x", "mv", ("a",), 4, one, answers=2).answers == 2
     assert Problem("x", "mv", ("a",), 4, one).answers is None
-    for bad in (1, 0, 2.5, True):
+    for bad in (1, 0, 2.5, True, "a", float("nan")):
         with pytest.raises(ProblemError, match="must be an integer >= 2"):
             Problem("x", "mv", ("a",), 4, one, answers=bad)  # type: ignore[arg-type]
     with pytest.raises(ProblemError, match="applies to majority voting"):

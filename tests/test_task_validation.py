@@ -354,10 +354,21 @@ def test_label_extractor_reads_its_labels(tmp_path: Path) -> None:
     raw["aggregator"] = {"kind": "mv", "extractor": "label", "labels": ["yes", "no"]}
     task = load_task(write_task(tmp_path, raw))
     assert task.extractor == "label" and task.labels == ("yes", "no")
-    # two labels declare two answers (iapo.posterior.evidence_needed); other extractors none
+    # two labels declare two answers (iapo.posterior.evidence_needed); under the vote rule
+    # "no answer" is a third; one label, a mixed aggregator or another extractor declare none
     assert task.problem().answers == 2
-    raw["aggregator"]["labels"] = ["yes", "no", "maybe"]
-    assert load_task(write_task(tmp_path, raw)).problem().answers == 3
+    for labels, no_answer, answers in [(["yes", "no", "maybe"], "abstain", 3),
+                                       (["yes", "no"], "vote", 3), (["yes"], "abstain", None),
+                                       (["yes"], "vote", 2)]:
+        raw["aggregator"].update(labels=labels, no_answer=no_answer)
+        assert load_task(write_task(tmp_path, raw)).problem().answers == answers
+    raw["aggregator"] = {"kind": "mixed", "extractor": "label", "labels": ["yes", "no"]}
+    mixed = base_raw()
+    mixed["aggregator"] = raw["aggregator"]
+    mixed["objectives"] = [{"name": "correct", "scorer": "label", "labels": ["yes", "no"]},
+                           {"name": "same", "scorer": "exact_match"}]
+    mixed["contexts"] = {"weights": [[1.0, 0.0]], "budgets": {"low": 0.0}}
+    assert load_task(write_task(tmp_path, mixed)).problem().answers is None
     assert load_task(write_task(tmp_path, base_raw())).problem().answers is None
 
 

@@ -151,10 +151,12 @@ def theta_pmf(pairs: IntArray) -> FloatArray:
     """P(k right of n answers | theta) on each node of ``THETA``, for each row (k, n) of
     ``pairs`` [M, 2]: [M, len(THETA)]. Rows are memoized (:data:`_PMF`): a run's fits meet
     the same pairs at every estimate."""
-    def compute(idx: npt.NDArray[np.intp]) -> list[FloatArray]:
-        return list(binom.pmf(pairs[idx, :1], pairs[idx, 1:], THETA[None]))
+    keys = np.asarray(pairs, dtype=np.int64)
 
-    return _PMF.rows(np.asarray(pairs, dtype=np.int64), THETA.size, compute)
+    def compute(idx: npt.NDArray[np.intp]) -> list[FloatArray]:  # rows of their own
+        return [row.copy() for row in binom.pmf(keys[idx, :1], keys[idx, 1:], THETA[None])]
+
+    return _PMF.rows(keys, THETA.size, compute)
 
 
 def log_likelihood(k: IntArray, n: IntArray, weights: FloatArray) -> FloatArray:
@@ -229,7 +231,7 @@ def log_marginals(loglik: FloatArray, gm: FloatArray, gs: FloatArray
         norm_mu, norm_sd = mass_mu.sum(axis=1, keepdims=True), mass_sd.sum(axis=1, keepdims=True)
         mass_mu /= norm_mu  # each sums to 1
         mass_sd /= norm_sd
-        by_mu = (scaled @ mass_sd.T).reshape(p, mus.size, -1)  # [P, mu, S]
+        by_mu = (scaled @ mass_sd.T).reshape(p, mus.size, mean.shape[0])  # [P, mu, S]
         total = (by_mu * mass_mu.T[None]).sum(axis=1)  # [P, S]
         low = total < 1e-250
         if not low.any():
@@ -273,13 +275,14 @@ def fit_hyper(loglik: FloatArray, gm: FloatArray, gs: FloatArray,
         sd = np.exp(np.clip(h[2:], BOUNDS[0][2:], BOUNDS[1][2:]))
         return Hyper((float(h[0]), float(h[1])), (float(sd[0]), float(sd[1])), h)
 
-    marginal = log_marginal(loglik, gm, gs)
+    marginal = log_marginals(loglik, gm, gs)
 
     def nll(h: FloatArray) -> float:
-        return -marginal(hyper(h))
+        prior = hyper(h)
+        return -float(marginal(np.array([prior.mean]), np.array([prior.sd]))[0])
 
     # every start at once (each inside BOUNDS, so none is clipped)
-    at_starts = log_marginals(loglik, gm, gs)(STARTS[:, :2], np.exp(STARTS[:, 2:]))
+    at_starts = marginal(STARTS[:, :2], np.exp(STARTS[:, 2:]))
     start = STARTS[int(np.argmax(at_starts))]
     simplex = np.vstack([start, start + np.diag(START_STEP)])  # inside BOUNDS
     return hyper(minimize(nll, start, method="Nelder-Mead",

@@ -471,8 +471,9 @@ class Problem:
     completions take (``latency``, :class:`iapo.latency.LatencyModel`; None: the
     environment's own model, for contexts that price latency). ``answers``: how many answers a
     majority-voting query can get, where the task declares them (a live task's label
-    extractor: its labels); with 2, answers that look binary are binary by declaration, with
-    no evidence asked of them (:func:`iapo.posterior.evidence_needed`). None: any number.
+    extractor: its labels, and "no answer" under the vote rule); with 2, answers that look
+    binary are binary by declaration, with no evidence asked of them
+    (:func:`iapo.posterior.evidence_needed`). None: any number.
 
     Arms are indexed ``prompt * n_max + (n - 1)``; Q arrays are shaped [C, P, N_max] with the
     last axis holding N = 1..N_max.
@@ -514,7 +515,7 @@ class Problem:
                 raise ProblemError(f"answers={self.answers}: how many answers a query can get "
                                    "applies to majority voting; leave it out for "
                                    f"{self.aggregator}")
-            if isinstance(self.answers, bool) or int(self.answers) != self.answers \
+            if isinstance(self.answers, bool) or not isinstance(self.answers, (int, np.integer)) \
                     or self.answers < 2:
                 raise ProblemError(f"answers={self.answers!r} must be an integer >= 2 (or None: "
                                    "any number)")

@@ -407,9 +407,16 @@ class Task:
     def problem(self) -> Problem:
         return Problem(self.name, self.aggregator, tuple(p.name for p in self.prompts),  # type: ignore[arg-type]
                        self.n_max, self.grid(), CostObjective("cost", self.cost_scale),
-                       self.stopping, self.no_answer,
-                       answers=len(self.labels) if self.extractor == "label" and self.labels
-                       else None)
+                       self.stopping, self.no_answer, answers=self.declared_answers())
+
+    def declared_answers(self) -> int | None:
+        """How many answers a majority-voting query can get, where the task declares them: a
+        label extractor's labels, and under the vote rule "no answer" beside them (a category
+        like any other); None where it declares none, or fewer than two."""
+        if self.aggregator != "mv" or self.extractor != "label" or not self.labels:
+            return None
+        count = len(self.labels) + (self.no_answer == "vote")
+        return count if count >= 2 else None
 
 
 def load_task(path: str | os.PathLike[str]) -> Task:
