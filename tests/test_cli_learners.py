@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -142,11 +143,18 @@ def test_train_verbose_says_which_estimator_decided_and_why(tmp_path: Path) -> N
     # ... and says which prior its majority-voting model ranked by: on MATH, whose queries
     # get several wrong answers, the fixed one
     assert json.loads(pol.read_text())["trace"]["prior"] == "fixed"
-    assert "model prior: fixed Dirichlet on each query" in mv.output.splitlines()
+    assert ("model prior: fixed Dirichlet on each query (some query was answered wrong in two "
+            "ways)") in mv.output.splitlines()
     # where every answer is right or one wrong answer, the prior is fitted, and --verbose says
     binary = CliRunner().invoke(main, ["train", "synth-bernoulli", "--budget", "1000", "--out",
                                        str(pol), "--verbose"])
     assert binary.exit_code == 0, binary.output
     assert json.loads(pol.read_text())["trace"]["prior"] == "fitted"
-    assert ("model prior: fitted to the prompts' answers (every query's answers were its right "
-            "answer or one wrong answer)") in binary.output.splitlines()
+    twice = [line for line in binary.output.splitlines() if line.startswith("model prior:")]
+    shown = re.fullmatch(
+        r"model prior: fitted to the prompts' answers \(every query's answers were its right "
+        r"answer or one wrong answer, shown by (\d+) queries answered wrong twice or more\)",
+        twice[0]) if len(twice) == 1 else None
+    assert shown is not None and int(shown.group(1)) >= 30
+    reason = json.loads(pol.read_text())["trace"]["prior_reason"]
+    assert twice[0] == f"model prior: fitted to the prompts' answers ({reason})"

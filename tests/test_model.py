@@ -260,9 +260,14 @@ def test_binary_answers_need_evidence_enough_queries_answered_wrong_twice() -> N
     assert model.binary() is None
     _ = model.mean
     assert model.prior_used == "fixed"
+    assert model.prior_reason == ("29 queries answered wrong twice or more; binary answers "
+                                  "need 30 to show it")
     model.update([obs(1, [100], [[1]])])
     votes = model.binary()
     assert votes is not None
+    assert model.binary_why()[1] == ("every query's answers were its right answer or one "
+                                     "wrong answer, shown by 30 queries answered wrong twice "
+                                     "or more")
     assert sorted(votes[0][0].tolist()) == [0] * 30 and sorted(votes[0][1].tolist()) == (
         [1] + [2] * 29)
     assert sorted(votes[1][0].tolist()) == [0] + [1] * 20 + [2] * 20
@@ -271,6 +276,9 @@ def test_binary_answers_need_evidence_enough_queries_answered_wrong_twice() -> N
     assert model.prior_used == "fitted"
     model.update([obs(1, [200], [[1, 2]])])
     assert model.binary() is None
+    _ = model.mean
+    assert model.prior_reason == "some query was answered wrong in two ways"
+    assert ModelQTable(p, prior="fitted").binary_why() == (None, "no answers yet")
 
 
 def test_the_model_fits_its_prior_at_once_where_the_problem_declares_two_answers() -> None:
@@ -285,11 +293,15 @@ def test_the_model_fits_its_prior_at_once_where_the_problem_declares_two_answers
                            np.zeros(1, dtype=np.int16))
 
     answers = [obs(0, 0, [1]), obs(1, 1, [0, 0])]
-    for declared, prior in [(2, "fitted"), (None, "fixed")]:
+    for declared, prior, why in [
+            (2, "fitted", "every query's answers were its right answer or one wrong answer, "
+             "as the task declares"),
+            (None, "fixed", "0 queries answered wrong twice or more; binary answers need 30 "
+             "to show it")]:
         model = ModelQTable(dataclasses.replace(p, answers=declared), prior="fitted")
         model.update(answers)
         _ = model.mean
-        assert model.prior_used == prior
+        assert (model.prior_used, model.prior_reason) == (prior, why)
     # a wrong answer that is "no answer" under the abstain rule is no binary answer, declared
     # or not
     abstained = Observation(1, 1, np.array([2]), np.zeros((1, 1, 2)),
@@ -297,7 +309,7 @@ def test_the_model_fits_its_prior_at_once_where_the_problem_declares_two_answers
                             no_answer=np.array([1], dtype=np.int16))
     model = ModelQTable(dataclasses.replace(p, answers=2), prior="fitted")
     model.update([*answers, abstained])
-    assert model.binary() is None
+    assert model.binary_why() == (None, 'a wrong answer was "no answer", which does not count')
 
 
 def test_the_fitted_prior_ranks_a_steady_prompt_above_a_polarized_one_at_large_n() -> None:

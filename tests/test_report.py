@@ -90,6 +90,10 @@ def test_the_estimator_named_for_each_learner() -> None:
     assert estimator_for(fitted, mv, {"prior": "fitted"})[0] == (
         "model (prior fitted to the prompts' binary answers)")
     assert estimator_for(fitted, mv, {"prior": "fixed"})[0] == "model (alpha = 0.5)"
+    # with the trace's reason, the report says why the prior was not fitted
+    assert estimator_for(fitted, mv, {"prior": "fixed", "prior_reason": "some query was "
+                                      "answered wrong in two ways"})[0] == (
+        "model (alpha = 0.5; the prior not fitted: some query was answered wrong in two ways)")
     assert estimator_for(get_learner("psst").learner, mv)[0] == "blocks"
     assert estimator_for(get_learner("psst:subsets").learner, mv)[0] == "subsets"
     # psst-auto: the estimator its validation chose, as its trace records it

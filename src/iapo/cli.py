@@ -302,11 +302,12 @@ def _trace_text(trace: dict[str, Any]) -> str:
         lines.append(f"  {r['round']:>3}: {r['allowance']}, {r['spent']}, {shown}")
     if trace.get("paired"):  # psst-auto: every round's prompts on shared queries
         lines.append("queries: shared by the prompts of every round")
-    if trace.get("prior") == "fitted":  # psst-auto, majority voting on binary answers
-        lines.append("model prior: fitted to the prompts' answers (every query's answers "
-                     "were its right answer or one wrong answer)")
+    # psst-auto, majority voting: fitted on binary answers, fixed elsewhere; and why
+    why = f" ({trace['prior_reason']})" if trace.get("prior_reason") else ""
+    if trace.get("prior") == "fitted":
+        lines.append(f"model prior: fitted to the prompts' answers{why}")
     elif trace.get("prior") == "fixed":
-        lines.append("model prior: fixed Dirichlet on each query")
+        lines.append(f"model prior: fixed Dirichlet on each query{why}")
     if "screening_ranked_by" in trace:
         lines.append("screening ranked by (per round): "
                      + "; ".join(trace["screening_ranked_by"]))

@@ -76,8 +76,10 @@ class ModelQTable:
         # posterior's BINARY_EVIDENCE; none where the problem declares two answers;
         # iapo.posterior.evidence_needed)
         self.evidence = evidence
-        # MV with prior="fitted": whether the last estimate fitted the prior (binary answers)
+        # MV with prior="fitted": whether the last estimate fitted the prior (binary answers),
+        # and why, in words
         self.fitted = False
+        self.prior_reason = "no estimate yet"
         p, n = problem.n_prompts, problem.n_max
         self.counts = np.zeros((p, n), dtype=np.int64)
         self._cost_sum = np.zeros(p)
@@ -229,7 +231,8 @@ class ModelQTable:
     def _mv_task(self) -> FloatArray:
         """w_1 times the mean posterior credit over each prompt's queries: [C, P, N]."""
         w1 = self.problem.grid.weights[:, 0]
-        votes = self.binary() if self.prior == "fitted" else None
+        votes, self.prior_reason = (self.binary_why() if self.prior == "fitted"
+                                    else (None, "prior='fixed'"))
         self.fitted = votes is not None
         if votes is not None:
             from iapo.posterior import expected_credit
@@ -265,27 +268,38 @@ class ModelQTable:
         :func:`iapo.posterior.evidence_needed` of ``evidence``). One difference: a
         query's "no answer" category, once a group names it, holds for every answer to that
         query, earlier groups' too (binary_votes judges each group by its own)."""
+        return self.binary_why()[0]
+
+    def binary_why(self) -> tuple[list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]
+                                  | None, str]:
+        """:meth:`binary`, and why the answers are binary or not, in words."""
         votes = self._votes
         if not votes.size:
-            return None
+            return None, "no answers yet"
         asked, answers = self.wrong_answers()
         gold = self._gold[asked]
         labels = answers > 0
         if (labels.sum(axis=1) > 1).any():
-            return None
+            return None, "some query was answered wrong in two ways"
         from iapo.posterior import evidence_needed, shown_binary
 
-        if not shown_binary(answers.sum(axis=1), evidence_needed(self.problem, self.evidence)):
-            return None
+        need = evidence_needed(self.problem, self.evidence)
+        twice = int((answers.sum(axis=1) >= 2).sum())
+        if not shown_binary(answers.sum(axis=1), need):
+            return None, (f"{twice} queries answered wrong twice or more; binary answers need "
+                          f"{need} to show it")
         if self.problem.no_answer == "abstain":
             no_answer = self._no_answer[asked]
             has = no_answer >= 0
             if labels[np.flatnonzero(has), no_answer[has]].any():
-                return None
+                return None, "a wrong answer was \"no answer\", which does not count"
         right = votes[:, asked, gold]  # [P, X']
         total = votes[:, asked].sum(axis=2)
+        why = ("every query's answers were its right answer or one wrong answer, "
+               + ("as the task declares" if self.problem.answers == 2 else
+                  f"shown by {twice} queries answered wrong twice or more"))
         return [(right[i][total[i] > 0], total[i][total[i] > 0])
-                for i in range(self.problem.n_prompts)]
+                for i in range(self.problem.n_prompts)], why
 
     def arm_latency(self, wave: int | None, undecided: FloatArray | None = None) -> FloatArray:
         """The predicted expected latency (seconds) of the arms (p, N) in waves of ``wave``

@@ -89,8 +89,11 @@ def estimator_for(learner: Any, problem: Problem,
     if model and alpha is not None:
         prior = getattr(learner, "prior", "fixed")
         used = (trace or {}).get("prior")  # the prior the run used, where its trace says
+        why = (trace or {}).get("prior_reason")  # ... and why
         if problem.aggregator != "mv" or prior == "fixed" or used == "fixed":
-            name = f"model (alpha = {alpha})"
+            name = (f"model (alpha = {alpha}; the prior not fitted: {why})"
+                    if used == "fixed" and prior == "fitted" and why else
+                    f"model (alpha = {alpha})")
         elif used == "fitted":
             name = "model (prior fitted to the prompts' binary answers)"
         else:

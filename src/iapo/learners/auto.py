@@ -293,11 +293,13 @@ class PSSTAuto:
             trace.info["estimator"] = validation.to_dict()
         if mv:  # the prior the model ranked by (fixed where the answers are not binary)
             trace.info["prior"] = model.prior_used
+            trace.info["prior_reason"] = model.prior_reason
         if choice == "model":
             result = psst(problem, oracle, left, rng, active=active, stats=model, trace=trace,
                           allocation=Groups(g), paired=paired)
             if mv:
                 result.trace.info["prior"] = model.prior_used
+                result.trace.info["prior_reason"] = model.prior_reason
             return result
         if blocks is None:
             blocks = QTable(problem)
