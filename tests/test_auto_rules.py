@@ -228,9 +228,19 @@ def test_a_query_with_two_wrong_answers_keeps_the_fixed_prior() -> None:
         result = get_learner("psst-auto").learner(env.problem, oracle, 600,
                                                   np.random.default_rng(2))
         assert result.trace.info["prior"] == prior, name
+        # ... and why: the evidence, or the query answered wrong in two ways
+        why = result.trace.info["prior_reason"]
+        assert (why.startswith("every query's answers were its right answer or one wrong "
+                               "answer, shown by ") if name == "two" else
+                why == "some query was answered wrong in two ways"), why
         model = ModelQTable(env.problem, prior="fitted")
         model.update(oracle.observations)
         assert (model.binary() is not None) == (name == "two")
+    # a model that made no estimate (no screening round, blocks deciding) names no prior
+    oracle = SimulatedOracle(env, np.arange(100), 600, np.random.default_rng(1))
+    result = PSSTAuto(decide="blocks", keep=100)(env.problem, oracle, 600,
+                                                np.random.default_rng(2))
+    assert "prior" not in result.trace.info and "prior_reason" not in result.trace.info
 
 
 def test_a_screening_cut_short_by_the_budget_still_lands_on_keep() -> None:

@@ -150,11 +150,12 @@ def test_train_verbose_says_which_estimator_decided_and_why(tmp_path: Path) -> N
                                        str(pol), "--verbose"])
     assert binary.exit_code == 0, binary.output
     assert json.loads(pol.read_text())["trace"]["prior"] == "fitted"
-    twice = [line for line in binary.output.splitlines() if line.startswith("model prior:")]
+    prior_lines = [line for line in binary.output.splitlines()
+                   if line.startswith("model prior:")]
     shown = re.fullmatch(
         r"model prior: fitted to the prompts' answers \(every query's answers were its right "
         r"answer or one wrong answer, shown by (\d+) queries answered wrong twice or more\)",
-        twice[0]) if len(twice) == 1 else None
+        prior_lines[0]) if len(prior_lines) == 1 else None
     assert shown is not None and int(shown.group(1)) >= 30
     reason = json.loads(pol.read_text())["trace"]["prior_reason"]
-    assert twice[0] == f"model prior: fitted to the prompts' answers ({reason})"
+    assert prior_lines[0] == f"model prior: fitted to the prompts' answers ({reason})"

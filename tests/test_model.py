@@ -260,8 +260,8 @@ def test_binary_answers_need_evidence_enough_queries_answered_wrong_twice() -> N
     assert model.binary() is None
     _ = model.mean
     assert model.prior_used == "fixed"
-    assert model.prior_reason == ("29 queries answered wrong twice or more; binary answers "
-                                  "need 30 to show it")
+    assert model.prior_reason == ("29 queries answered wrong twice or more; 30 are needed to "
+                                  "show that the answers are binary")
     model.update([obs(1, [100], [[1]])])
     votes = model.binary()
     assert votes is not None
@@ -296,8 +296,8 @@ def test_the_model_fits_its_prior_at_once_where_the_problem_declares_two_answers
     for declared, prior, why in [
             (2, "fitted", "every query's answers were its right answer or one wrong answer, "
              "as the task declares"),
-            (None, "fixed", "0 queries answered wrong twice or more; binary answers need 30 "
-             "to show it")]:
+            (None, "fixed", "0 queries answered wrong twice or more; 30 are needed to show that "
+             "the answers are binary")]:
         model = ModelQTable(dataclasses.replace(p, answers=declared), prior="fitted")
         model.update(answers)
         _ = model.mean
@@ -307,9 +307,26 @@ def test_the_model_fits_its_prior_at_once_where_the_problem_declares_two_answers
     abstained = Observation(1, 1, np.array([2]), np.zeros((1, 1, 2)),
                             np.array([[1]], dtype=np.int16), np.zeros(1, dtype=np.int16),
                             no_answer=np.array([1], dtype=np.int16))
-    model = ModelQTable(dataclasses.replace(p, answers=2), prior="fitted")
-    model.update([*answers, abstained])
-    assert model.binary_why() == (None, 'a wrong answer was "no answer", which does not count')
+    no_answer = ('some query\'s wrong answer was "no answer", which the abstain rule does not '
+                 "count as an answer")
+    for declared in (2, None):  # before the evidence: more answers cannot undo it
+        model = ModelQTable(dataclasses.replace(p, answers=declared), prior="fitted")
+        model.update([*answers, abstained])
+        assert model.binary_why() == (None, no_answer)
+    # one query answered wrong twice: "query"; no evidence asked; the fixed prior asked for
+    model = ModelQTable(p, prior="fitted")
+    model.update([obs(0, 5, [1, 1])])
+    assert model.binary_why()[1] == ("1 query answered wrong twice or more; 30 are needed to "
+                                     "show that the answers are binary")
+    model = ModelQTable(p, prior="fitted", evidence=0)
+    model.update([obs(0, 5, [1, 1])])
+    assert model.binary_why()[1] == ("every query's answers were its right answer or one wrong "
+                                     "answer, with no evidence asked")
+    model = ModelQTable(p, prior="fixed")
+    assert model.prior_reason == "no estimate yet"
+    model.update(answers)
+    _ = model.mean
+    assert (model.prior_used, model.prior_reason) == ("fixed", "the fixed prior was asked for")
 
 
 def test_the_fitted_prior_ranks_a_steady_prompt_above_a_polarized_one_at_large_n() -> None:

@@ -93,7 +93,11 @@ def test_the_estimator_named_for_each_learner() -> None:
     # with the trace's reason, the report says why the prior was not fitted
     assert estimator_for(fitted, mv, {"prior": "fixed", "prior_reason": "some query was "
                                       "answered wrong in two ways"})[0] == (
-        "model (alpha = 0.5; the prior not fitted: some query was answered wrong in two ways)")
+        "model (alpha = 0.5; prior not fitted because some query was answered wrong in two "
+        "ways)")
+    # ... where the run asked for the fitted prior: a fixed one needs no reason
+    assert estimator_for(PSSTAuto(prior="fixed"), mv, {"prior": "fixed", "prior_reason": "x"}
+                         )[0] == "model (alpha = 0.5)"
     assert estimator_for(get_learner("psst").learner, mv)[0] == "blocks"
     assert estimator_for(get_learner("psst:subsets").learner, mv)[0] == "subsets"
     # psst-auto: the estimator its validation chose, as its trace records it

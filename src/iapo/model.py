@@ -232,7 +232,7 @@ class ModelQTable:
         """w_1 times the mean posterior credit over each prompt's queries: [C, P, N]."""
         w1 = self.problem.grid.weights[:, 0]
         votes, self.prior_reason = (self.binary_why() if self.prior == "fitted"
-                                    else (None, "prior='fixed'"))
+                                    else (None, "the fixed prior was asked for"))
         self.fitted = votes is not None
         if votes is not None:
             from iapo.posterior import expected_credit
@@ -281,23 +281,25 @@ class ModelQTable:
         labels = answers > 0
         if (labels.sum(axis=1) > 1).any():
             return None, "some query was answered wrong in two ways"
-        from iapo.posterior import evidence_needed, shown_binary
-
-        need = evidence_needed(self.problem, self.evidence)
-        twice = int((answers.sum(axis=1) >= 2).sum())
-        if not shown_binary(answers.sum(axis=1), need):
-            return None, (f"{twice} queries answered wrong twice or more; binary answers need "
-                          f"{need} to show it")
+        # the causes that more answers cannot undo first
         if self.problem.no_answer == "abstain":
             no_answer = self._no_answer[asked]
             has = no_answer >= 0
             if labels[np.flatnonzero(has), no_answer[has]].any():
-                return None, "a wrong answer was \"no answer\", which does not count"
+                return None, ("some query's wrong answer was \"no answer\", which the abstain "
+                              "rule does not count as an answer")
+        from iapo.posterior import evidence_needed, shown_binary
+
+        need = evidence_needed(self.problem, self.evidence)
+        twice = int((answers.sum(axis=1) >= 2).sum())
+        queries = f"{twice} {'query' if twice == 1 else 'queries'} answered wrong twice or more"
+        if not shown_binary(answers.sum(axis=1), need):
+            return None, f"{queries}; {need} are needed to show that the answers are binary"
         right = votes[:, asked, gold]  # [P, X']
         total = votes[:, asked].sum(axis=2)
         why = ("every query's answers were its right answer or one wrong answer, "
                + ("as the task declares" if self.problem.answers == 2 else
-                  f"shown by {twice} queries answered wrong twice or more"))
+                  f"shown by {queries}" if need else "with no evidence asked"))
         return [(right[i][total[i] > 0], total[i][total[i] > 0])
                 for i in range(self.problem.n_prompts)], why
 

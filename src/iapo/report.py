@@ -91,7 +91,7 @@ def estimator_for(learner: Any, problem: Problem,
         used = (trace or {}).get("prior")  # the prior the run used, where its trace says
         why = (trace or {}).get("prior_reason")  # ... and why
         if problem.aggregator != "mv" or prior == "fixed" or used == "fixed":
-            name = (f"model (alpha = {alpha}; the prior not fitted: {why})"
+            name = (f"model (alpha = {alpha}; prior not fitted because {why})"
                     if used == "fixed" and prior == "fitted" and why else
                     f"model (alpha = {alpha})")
         elif used == "fitted":

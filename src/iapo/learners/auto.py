@@ -64,7 +64,8 @@ query's chance of a right answer is logit-normal across each prompt's queries, f
 the prompts' answers, which groups of 2 on many queries measure well; the credit at large N
 rests on that spread, which a fixed prior on each query cannot see. Elsewhere (several wrong
 answers, or too few to tell) the fixed Dirichlet prior stands; ``prior="fixed"`` keeps it
-everywhere. The trace records which (``prior``); docs/default-learner.md says what it gives.
+everywhere. The trace records which (``prior``) and why (``prior_reason``), where the model
+made an estimate; docs/default-learner.md says what it gives.
 
 Best-of-N pulls every round's prompts on shared queries (:func:`pairs`; beyond the paper):
 the i-th group of every prompt pulled in a round falls on one query, so the differences
@@ -291,7 +292,7 @@ class PSSTAuto:
                 validation = self._validate(problem, seen, alive, g, folds_rng, model)
             choice = validation.choice
             trace.info["estimator"] = validation.to_dict()
-        if mv:  # the prior the model ranked by (fixed where the answers are not binary)
+        if mv and rounds:  # the prior the model ranked by (fixed where not binary), and why
             trace.info["prior"] = model.prior_used
             trace.info["prior_reason"] = model.prior_reason
         if choice == "model":
