@@ -288,12 +288,13 @@ class ModelQTable:
             if labels[np.flatnonzero(has), no_answer[has]].any():
                 return None, ("some query's wrong answer was \"no answer\", which the abstain "
                               "rule does not count as an answer")
-        from iapo.posterior import evidence_needed, shown_binary
+        from iapo.posterior import evidence_needed, shown_binary, wrong_twice
 
         need = evidence_needed(self.problem, self.evidence)
-        twice = int((answers.sum(axis=1) >= 2).sum())
+        wrong = answers.sum(axis=1)
+        twice = wrong_twice(wrong)
         queries = f"{twice} {'query' if twice == 1 else 'queries'} answered wrong twice or more"
-        if not shown_binary(answers.sum(axis=1), need):
+        if not shown_binary(wrong, need):
             return None, f"{queries}; {need} are needed to show that the answers are binary"
         right = votes[:, asked, gold]  # [P, X']
         total = votes[:, asked].sum(axis=2)

@@ -91,12 +91,18 @@ def evidence_needed(problem: Problem, evidence: int | None = None) -> int:
     return BINARY_EVIDENCE if evidence is None else evidence
 
 
+def wrong_twice(wrong: npt.ArrayLike) -> int:
+    """How many queries got two or more wrong answers, ``wrong`` [X] per query: the evidence
+    that binary answers need (:func:`shown_binary`)."""
+    return int((np.asarray(wrong) >= 2).sum())
+
+
 def shown_binary(wrong: npt.ArrayLike, evidence: int | None = None) -> bool:
     """Whether answers whose every query got one distinct wrong answer at most (over every
     prompt) show that the task is binary: at least ``evidence`` (:data:`BINARY_EVIDENCE`)
     queries got two or more wrong answers, ``wrong`` [X] per query."""
     need = BINARY_EVIDENCE if evidence is None else evidence
-    return int((np.asarray(wrong) >= 2).sum()) >= need
+    return wrong_twice(wrong) >= need
 
 
 def binary_votes(problem: Problem, observations: Sequence[Observation],
@@ -253,11 +259,12 @@ def log_marginal(loglik: FloatArray, gm: FloatArray, gs: FloatArray
                  ) -> Callable[[Hyper], float]:
     """:func:`log_marginals` of one prior at a time, a :class:`Hyper`."""
     of = log_marginals(loglik, gm, gs)
+    return lambda prior: _of_one(of, prior)
 
-    def one(prior: Hyper) -> float:
-        return float(of(np.array([prior.mean]), np.array([prior.sd]))[0])
 
-    return one
+def _of_one(of: Callable[[FloatArray, FloatArray], FloatArray], prior: Hyper) -> float:
+    """A batch function of priors' means and sds (:func:`log_marginals`) at one prior."""
+    return float(of(np.array([prior.mean]), np.array([prior.sd]))[0])
 
 
 def fit_hyper(loglik: FloatArray, gm: FloatArray, gs: FloatArray,
@@ -278,8 +285,7 @@ def fit_hyper(loglik: FloatArray, gm: FloatArray, gs: FloatArray,
     marginal = log_marginals(loglik, gm, gs)
 
     def nll(h: FloatArray) -> float:
-        prior = hyper(h)
-        return -float(marginal(np.array([prior.mean]), np.array([prior.sd]))[0])
+        return -_of_one(marginal, hyper(h))
 
     # every start at once (each inside BOUNDS, so none is clipped)
     at_starts = marginal(STARTS[:, :2], np.exp(STARTS[:, 2:]))

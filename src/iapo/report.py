@@ -90,10 +90,10 @@ def estimator_for(learner: Any, problem: Problem,
         prior = getattr(learner, "prior", "fixed")
         used = (trace or {}).get("prior")  # the prior the run used, where its trace says
         why = (trace or {}).get("prior_reason")  # ... and why
-        if problem.aggregator != "mv" or prior == "fixed" or used == "fixed":
-            name = (f"model (alpha = {alpha}; prior not fitted because {why})"
-                    if used == "fixed" and prior == "fitted" and why else
-                    f"model (alpha = {alpha})")
+        if used == "fixed" and prior == "fitted" and why:  # asked for, not used: say why
+            name = f"model (alpha = {alpha}; prior not fitted because {why})"
+        elif problem.aggregator != "mv" or prior == "fixed" or used == "fixed":
+            name = f"model (alpha = {alpha})"
         elif used == "fitted":
             name = "model (prior fitted to the prompts' binary answers)"
         else:
