@@ -372,20 +372,27 @@ def expected_credit(problem: Problem, votes: Sequence[tuple[IntArray, IntArray]]
         return out, None
     log_post = loglik + hyper.log_density(gm, gs)[None]
     weight = np.exp(log_post - logsumexp(log_post, axis=1, keepdims=True))  # [P, G]
-    for i in np.flatnonzero(seen).tolist():
-        k, n = votes[i]
-        pairs, times = np.unique(np.stack([k, n], axis=1), axis=0, return_counts=True)
-        # the grid points that hold the prompt's posterior: those left out hold less than
-        # G * MASS_FLOOR of it together, which moves the credit by no more
-        grid = np.flatnonzero(weight[i] >= MASS_FLOOR)
-        cells = coarse_w[grid]  # [g, len(THETA)]
-        pmf = theta_pmf(pairs)  # [pairs, len(THETA)]
-        # theta's posterior given (mu, sigma) = g is pmf * cells[g] / (pmf @ cells[g]);
-        # averaged over g's posterior weight: pmf * sum_g (w_g / (pmf @ cells[g])) cells[g]
-        # (each likelihood floored as log_likelihoods floors it; rows renormalized after it)
-        post = pmf * ((weight[i, grid][None] / np.maximum(pmf @ cells.T, 1e-300)) @ cells)
-        post /= post.sum(axis=1, keepdims=True)  # [pairs, len(THETA)]
-        out[i] = times @ (post @ credit) / times.sum()
+    # the grid points that hold some prompt's posterior: those left out hold less than
+    # G * MASS_FLOOR of each prompt's, which moves its credit by no more
+    weight[weight < MASS_FLOOR] = 0.0
+    grid = np.flatnonzero(weight.any(axis=0))
+    cells = coarse_w[grid]  # [g, len(THETA)]
+    # every prompt's distinct (k, n) at once, each row its prompt's
+    both = [np.unique(np.stack([k, n], axis=1), axis=0, return_counts=True)
+            if k.size else (np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.int64))
+            for k, n in votes]
+    owner = np.repeat(np.arange(len(votes)), [pairs.shape[0] for pairs, _ in both])
+    pmf = theta_pmf(np.concatenate([pairs for pairs, _ in both]))  # [M, len(THETA)]
+    times = np.concatenate([t for _, t in both]).astype(np.float64)
+    # a query's theta given (mu, sigma) = g is pmf * cells[g] / (pmf @ cells[g]); its
+    # posterior averages that over g's posterior weight, pmf * sum_g (w_g / (pmf @ cells[g]))
+    # cells[g] (each likelihood floored as log_likelihoods floors it; rows renormalized)
+    post = pmf * ((weight[:, grid][owner] / np.maximum(pmf @ cells.T, 1e-300)) @ cells)
+    post /= post.sum(axis=1, keepdims=True)  # [M, len(THETA)]
+    each = (post @ credit) * times[:, None]  # [M, N]
+    total = np.zeros((len(votes), problem.n_max))
+    np.add.at(total, owner, each)
+    out[seen] = total[seen] / np.array([t.sum() for _, t in both])[seen, None]
     return out, hyper
 
 
