@@ -296,6 +296,15 @@ def save(tmp_path: Path, data: dict[str, np.ndarray], name: str = "env.npz") -> 
     return path
 
 
+def test_an_mv_file_s_rule_and_answers_reach_its_problem(tmp_path: Path) -> None:
+    data = mv_data()
+    plain = load_environment(save(tmp_path, data, "plain.npz"))
+    assert plain.problem.no_answer == "abstain" and plain.problem.answers is None
+    data["no_answer_rule"], data["answers"] = np.array("vote"), np.array(3)
+    env = load_environment(save(tmp_path, data, "ruled.npz"))
+    assert env.problem.no_answer == "vote" and env.problem.answers == 3
+
+
 def test_valid_mv_file_loads_with_its_counts(tmp_path: Path) -> None:
     env = load_environment(save(tmp_path, mv_data(), "tiny.npz"))
     assert env.name == "tiny"
@@ -408,6 +417,10 @@ MV_BAD = {
     "n-max-not-scalar": (_set("n_max", [4, 5]), "'n_max' must be a single number"),
     "n-max-not-integer": (_set("n_max", 4.5), "4.5"),  # not silently cut to 4
     "aggregator": (_set("aggregator", "median"), "aggregator 'median' is unknown"),
+    "no-answer-rule": (_set("no_answer_rule", "maybe"),
+                       "'no_answer_rule' must be one of abstain, vote"),
+    "answers-one": (_set("answers", 1), "'answers' (how many answers a query can get) must be"),
+    "answers-not-integer": (_set("answers", 2.5), "'answers' must be a whole number"),
     "prompt-names": (_set("prompt_names", ["only-one"]), "1 prompt names for 2 prompts"),
 }
 

@@ -829,6 +829,33 @@ def test_export_env_keeps_queries_lacking_a_prompt_as_unobserved_pairs(
     assert oracle.ledger.spent == 0  # all or nothing
 
 
+@pytest.mark.parametrize(("rule", "answers"), [("abstain", 2), ("vote", 3)])
+def test_export_env_carries_the_task_s_rule_and_declared_answers(
+        tmp_path: Path, rule: str, answers: int) -> None:
+    """A yes/no label task declares two answers under the abstain rule, three under the vote
+    rule ("no answer" a third); its exported environment's problem says the same, so a replay
+    of two labels skips the evidence that binary-looking answers need, as the live run did."""
+    from iapo import posterior
+
+    raw = mv_raw("")
+    raw["objectives"] = [{"name": "correct", "scorer": "label", "labels": ["yes", "no"]}]
+    raw["aggregator"] = {"kind": "mv", "extractor": "label", "labels": ["yes", "no"],
+                         "no_answer": rule}
+    with ScriptedServer(answer_of=lambda body: "No." if int(body.get("seed", 0)) % 3
+                        else "Yes.") as srv:
+        raw["model"]["base_url"] = srv.base_url
+        task = write_task(tmp_path, raw, n_records=4, gold="yes")
+        res = cli("collect", str(task), "--out", str(tmp_path / "run"), "--samples", "3")
+        assert res.exit_code == 0, res.output
+    res = cli("export-env", str(tmp_path / "run" / "store.sqlite"), "--out",
+              str(tmp_path / "e.npz"))
+    assert res.exit_code == 0, res.output
+    env = load_environment(tmp_path / "e.npz")
+    assert env.problem.no_answer == rule and env.problem.answers == answers
+    assert posterior.evidence_needed(env.problem) == (0 if answers == 2
+                                                      else posterior.BINARY_EVIDENCE)
+
+
 def test_export_env_needs_only_the_store(tmp_path: Path, scorer_file: Path) -> None:
     # the scores are stored: exporting must not need the scorer's code any more
     store = partial_store(tmp_path, scorer_file, [0, 1, 2, 3])

@@ -43,6 +43,13 @@ And the majority-voting format:
                                  query, -1 where it has none (default: none anywhere); never
                                  the gold. Under the abstain rule it wins only where every
                                  completion abstains (iapo.utility.counted_votes)
+  no_answer_rule    ()    str    how "no answer" counts: abstain (the default) or vote
+                                 (iapo.problem.NO_ANSWER_RULES)
+  answers           ()    int    how many answers a query can get, where a task declares
+                                 them (iapo.problem.Problem.answers; a live task's labels):
+                                 with 2, binary-looking answers need no evidence to count as
+                                 binary (iapo.posterior.evidence_needed)
+``iapo export-env`` writes a live task's rule, and its declared answers where it has them.
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ import numpy.typing as npt
 from iapo.envs.base import Environment, FloatArray, IntArray, Sample
 from iapo.errors import InputError
 from iapo.problem import (
+    NO_ANSWER_RULES,
     Aggregator,
     Arm,
     ContextGrid,
@@ -437,6 +445,29 @@ def _scalar(data: Mapping[str, npt.NDArray], key: str) -> int:
     return whole
 
 
+def _with_rules(env: Environment, data: Mapping[str, npt.NDArray], source: str
+                ) -> Environment:
+    """The majority-voting ``env`` under the file's ``no_answer_rule`` and ``answers``, where
+    it holds them (``iapo export-env`` writes a live task's)."""
+    changes: dict[str, object] = {}
+    if "no_answer_rule" in data:
+        rule = np.asarray(data["no_answer_rule"])
+        if rule.ndim != 0 or str(rule) not in NO_ANSWER_RULES:
+            raise DataError(f"{source}: 'no_answer_rule' must be one of "
+                            f"{', '.join(NO_ANSWER_RULES)}; got {rule!r}")
+        changes["no_answer"] = str(rule)
+    if "answers" in data:
+        answers = _scalar(data, "answers")
+        if answers < 2:
+            raise DataError(f"{source}: 'answers' (how many answers a query can get) must be "
+                            f"2 or more; got {answers}")
+        changes["answers"] = answers
+    try:
+        return env._with_problem(**changes)
+    except ProblemError as e:
+        raise DataError(f"{source}: {e}") from e
+
+
 def _require(data: Mapping[str, npt.NDArray], keys: Sequence[str], path: str) -> None:
     missing = [k for k in keys if k not in data]
     if missing:
@@ -497,7 +528,7 @@ def environment_from_arrays(
             names, description, cacheable, ids, data.get("no_answer"),
         )
         env.observed = _observed(data, probs.shape[:2], source)
-        return _with_latency_keys(env, data, source)
+        return _with_latency_keys(_with_rules(env, data, source), data, source)
     if agg == "bon":
         _require(data, ["scores", "objective_names", "objective_lower", "objective_upper",
                         "weight_grid", "budget_levels", "cost_weights", "n_max"], source)

@@ -390,7 +390,8 @@ def export_env(store_path: Path, out: Path) -> dict[str, Any]:
     The store is opened read-only. Every query with stored completions of some prompt is kept;
     the pairs without any are marked unobserved (the file's ``observed`` mask): Q of a prompt
     then averages over its observed queries. MV: answer categories per query as in training
-    (the gold first, "no answer" a category of its own); BoN: every stored completion is a
+    (the gold first, "no answer" a category of its own), the task's rule for "no answer" and
+    the answers it declares (``no_answer_rule``, ``answers``); BoN: every stored completion is a
     support point with probability 1 / (stored completions of its pair). Scores computed
     under another gold are recomputed from the stored texts. The file's ``name`` is the
     task's.
@@ -467,6 +468,9 @@ def export_env(store_path: Path, out: Path) -> dict[str, Any]:
         arrays = {"aggregator": np.array("mv"), "answer_probs": probs,
                   "gold": np.zeros(len(keep), dtype=np.int16), "cost_per_completion": costs,
                   "no_answer": np.array([o.get(NO_ANSWER, -1) for o in cats], dtype=np.int16),
+                  "no_answer_rule": np.array(task.no_answer),
+                  **({} if (answers := task.declared_answers()) is None
+                     else {"answers": np.array(answers)}),
                   **common}
     elif task.aggregator == "bon":
         k = len(task.objectives)
