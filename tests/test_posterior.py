@@ -355,6 +355,17 @@ def test_expected_credit_follows_each_query_s_own_answers_where_it_has_many() ->
     assert np.isnan(none[1]).all() and not np.isnan(none[0]).any()
 
 
+@pytest.mark.parametrize("shape", [(0, 2), (1, 3), (200, 2), (500, 3)])
+def test_distinct_rows_is_numpy_s_unique_of_rows(shape: tuple[int, int]) -> None:
+    rows = np.random.default_rng(shape[0]).integers(0, 7, size=shape)
+    rows[:, -1] *= 1000  # columns of different ranges
+    got = posterior.distinct_rows(rows)
+    want = np.unique(rows, axis=0, return_inverse=True, return_counts=True)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, np.asarray(b).reshape(a.shape))
+    np.testing.assert_array_equal(got[0][got[1]], rows)
+
+
 def test_expected_credit_counts_each_query_s_answers_once() -> None:
     """Brute force on three prompts with four to five queries each: a query's credit is its
     theta's expectation given every answer of the prompt, the joint summed over the coarse
@@ -401,6 +412,49 @@ def twenty_prompts(seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
         theta = 1.0 / (1.0 + np.exp(-rng.normal(mu, sd, 30)))
         votes.append((rng.binomial(2, theta).astype(np.int64), np.full(30, 2, dtype=np.int64)))
     return votes
+
+
+def test_the_search_s_differences_are_a_quadratic_s_own_gradient_and_hessian() -> None:
+    """On a quadratic, central differences are exact (to rounding): the stencil's values give
+    back its gradient and Hessian at the centre."""
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(4, 4))
+    hess = a + a.T
+    grad = rng.normal(size=4)
+    x0 = rng.normal(size=4)
+
+    def f(x: np.ndarray) -> float:
+        d = x - 0.3
+        return float(2.0 + grad @ d + 0.5 * d @ hess @ d)
+
+    value, g, h = posterior._differences(np.array([f(x) for x in posterior._stencil(x0)]))
+    assert value == pytest.approx(f(x0))
+    np.testing.assert_allclose(g, grad + hess @ (x0 - 0.3), atol=1e-6)
+    np.testing.assert_allclose(h, hess, atol=1e-4)
+
+
+def test_the_fit_holds_a_spread_at_its_bound_where_the_prompts_are_alike() -> None:
+    """Eight prompts alike (logit(theta) ~ N(0.5, 1) on 150 queries each, two answers per
+    query): the spread of mu across prompts is best at its lower bound, one grid step, and the
+    search holds it there while it goes on in the other three parameters: no prior within
+    the bounds, near the fit or drawn anywhere, explains the answers better."""
+    rng = np.random.default_rng(5)
+    votes = []
+    for _ in range(8):
+        theta = 1.0 / (1.0 + np.exp(-rng.normal(0.5, 1.0, 150)))
+        votes.append((rng.binomial(2, theta), np.full(150, 2)))
+    gm, gs, w = posterior.coarse_grid()
+    loglik = posterior.log_likelihoods(votes, w)
+    fit = posterior.fit_hyper(loglik, gm, gs, posterior.CREDIT_TOLERANCE)
+    lo, hi = posterior.BOUNDS
+    assert fit.x is not None and fit.x[2] == lo[2]
+    marginal = posterior.log_marginal(loglik, gm, gs)
+    best = marginal(fit)
+    near = fit.x + np.vstack([np.eye(4), -np.eye(4)]) * 0.02
+    anywhere = lo + (hi - lo) * np.random.default_rng(6).random((400, 4))
+    for h in np.clip(np.vstack([near, anywhere]), lo, hi):
+        other = posterior.Hyper((h[0], h[1]), (float(np.exp(h[2])), float(np.exp(h[3]))))
+        assert marginal(other) <= best + 1e-4
 
 
 @pytest.mark.parametrize("seed", [0, 6, 7, 28])
