@@ -303,6 +303,19 @@ def test_an_mv_file_s_rule_and_answers_reach_its_problem(tmp_path: Path) -> None
     data["no_answer_rule"], data["answers"] = np.array("vote"), np.array(3)
     env = load_environment(save(tmp_path, data, "ruled.npz"))
     assert env.problem.no_answer == "vote" and env.problem.answers == 3
+    # query 1 can get three answers, one of them its "no answer": two count under abstain,
+    # three under vote
+    data["no_answer"], data["answers"] = np.array([-1, 1]), np.array(2)
+    data["no_answer_rule"] = np.array("abstain")
+    assert load_environment(save(tmp_path, data, "two.npz")).problem.answers == 2
+    data["no_answer_rule"] = np.array("vote")
+    with pytest.raises(DataError, match="query 1 can get 3 answers"):
+        load_environment(save(tmp_path, data, "three.npz"))
+    # a Best-of-N file has no majority-voting rules
+    bon = bon_data()
+    bon["answers"] = np.array(2)
+    with pytest.raises(DataError, match=r"\['answers'\] belong to majority voting"):
+        load_environment(save(tmp_path, bon, "bon.npz"))
 
 
 def test_valid_mv_file_loads_with_its_counts(tmp_path: Path) -> None:
@@ -421,6 +434,7 @@ MV_BAD = {
                        "'no_answer_rule' must be one of abstain, vote"),
     "answers-one": (_set("answers", 1), "'answers' (how many answers a query can get) must be"),
     "answers-not-integer": (_set("answers", 2.5), "'answers' must be a whole number"),
+    "answers-below-the-data": (_set("answers", 2), "'answers' = 2, but query 1 can get 3"),
     "prompt-names": (_set("prompt_names", ["only-one"]), "1 prompt names for 2 prompts"),
 }
 

@@ -56,19 +56,20 @@ EDGES = np.linspace(0.0, 1.0, THETA.size + 1)
 LOGIT_MEAN = np.linspace(-6.0, 6.0, 61)  # the coarse grid of (mu, log sigma)
 LOG_SD = np.linspace(-3.0, 1.8, 35)
 STEP = np.array([LOGIT_MEAN[1] - LOGIT_MEAN[0], LOG_SD[1] - LOG_SD[0]])  # the coarse cells
-# expected_credit's fit of the prior stops within this of its parameters: a point estimate
-# moves by far less than its noise (the report's draws fit to fit_hyper's default, 1e-5)
+# expected_credit's fit of the prior stops once a step would move its parameters by less than
+# this: a point estimate moves by far less than its noise (the report's draws fit to
+# fit_hyper's default, 1e-5)
 CREDIT_TOLERANCE = 1e-3
 # fit_hyper's search over (mean of mu, mean of log sigma, log sd of mu, log sd of log sigma):
-# its bounds, the points it starts from (the best of them), and its first steps from there
-# (every start plus its steps lies inside the bounds)
+# its bounds, the points it starts from (the best of them, every one inside the bounds), and
+# the longest step it takes in each parameter
 BOUNDS = (np.array([LOGIT_MEAN[0], LOG_SD[0], np.log(STEP[0]), np.log(STEP[1])]),
           np.array([LOGIT_MEAN[-1], LOG_SD[-1], np.log(LOGIT_MEAN[-1] - LOGIT_MEAN[0]),
                     np.log(LOG_SD[-1] - LOG_SD[0])]))
 STARTS = np.array([[m, s, a, b] for m in (-4.0, -2.0, 0.0, 2.0, 4.0)
                    for s in (-2.0, -1.0, 0.0, 1.0)
                    for a in (np.log(0.5), np.log(2.0)) for b in (np.log(0.3), 0.0)])
-START_STEP = np.array([1.0, 0.5, 0.7, 0.7])  # ... and the longest step of the search
+START_STEP = np.array([1.0, 0.5, 0.7, 0.7])
 # the search's central differences: their step, the planes of two parameters they cross, and
 # the most steps it takes
 DIFF_STEP = 1e-3
@@ -212,6 +213,8 @@ def distinct_rows(rows: IntArray) -> tuple[IntArray, IntArray, IntArray]:
     non-negative integers [M, K], by one sort of a number per row (each column a digit in a
     base one above its largest value): far quicker than the sort of rows as bytes."""
     rows = np.asarray(rows, dtype=np.int64)
+    if rows.size and rows.min() < 0:
+        raise ValueError("distinct_rows numbers rows of non-negative integers only")
     if rows.shape[0] == 0:
         return rows, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     base = rows.max(axis=0) + 1
@@ -329,13 +332,15 @@ def fit_hyper(loglik: FloatArray, gm: FloatArray, gs: FloatArray,
     shorter than this in every parameter.
 
     The search is Levenberg-Marquardt's damped Newton ascent: each step solves
-    (shift I - H) d = g, g and H the gradient and Hessian by central differences
-    (:data:`DIFF_STEP`), the shift the least that makes the system positive definite plus a
-    damping that grows fourfold after a step that does not raise the likelihood and falls
-    fourfold after one that does; no step is longer than :data:`START_STEP` in any parameter,
-    and the step's end is clipped to the bounds. Each step's point and its differences are
-    one batch of :func:`log_marginals` (about 10 batches a fit, against about 160 single
-    evaluations of the Nelder-Mead search it replaced)."""
+    (shift I - H) d = g on the parameters that no bound holds (one at a bound that the
+    gradient pushes outward stays there), g and H the gradient and Hessian by central
+    differences (:data:`DIFF_STEP`), the shift the least that makes the system positive
+    definite plus a damping that grows fourfold after a step that does not raise the
+    likelihood and falls fourfold after one that does; no step is longer than
+    :data:`START_STEP` in any parameter, and the step's end is clipped to the bounds. Each
+    step's point and its differences are one batch of :func:`log_marginals` (about 10
+    batches a fit, against about 160 single evaluations of the Nelder-Mead search it
+    replaced)."""
 
     def hyper(h: FloatArray) -> Hyper:
         sd = np.exp(np.clip(h[2:], BOUNDS[0][2:], BOUNDS[1][2:]))
@@ -343,25 +348,33 @@ def fit_hyper(loglik: FloatArray, gm: FloatArray, gs: FloatArray,
 
     marginal = log_marginals(loglik, gm, gs)
 
-    def at(points: FloatArray) -> FloatArray:  # [S, 4] -> [S]; spreads clipped to BOUNDS
-        return marginal(points[:, :2], np.exp(np.clip(points[:, 2:], BOUNDS[0][2:],
-                                                      BOUNDS[1][2:])))
+    def at(points: FloatArray) -> FloatArray:  # [S, 4] -> [S]
+        return marginal(points[:, :2], np.exp(points[:, 2:]))
 
-    # every start at once (each inside BOUNDS, so none is clipped)
+    # every start at once (each inside BOUNDS); a stencil's centre always is, its other
+    # points at most DIFF_STEP outside, where the marginal is as smooth
     x = STARTS[int(np.argmax(at(STARTS)))].copy()
     value, grad, hess = _differences(at(_stencil(x)))
     damping = 0.0
     for _ in range(MAX_STEPS):
-        top = np.linalg.eigvalsh(hess)
-        shift = max(0.0, top.max() + 1e-9 * max(1.0, np.abs(top).max())) + damping
-        step = np.linalg.solve(shift * np.eye(x.size) - hess, grad)
-        step /= max(1.0, float(np.max(np.abs(step) / START_STEP)))
-        step = np.clip(x + step, *BOUNDS) - x
-        if np.max(np.abs(step)) < tolerance:
+        if not (np.isfinite(grad).all() and np.isfinite(hess).all()):
             break
-        tried = at(_stencil(x + step))
+        # a parameter at a bound that the gradient pushes outward stays there; the step is
+        # the damped Newton step of the others
+        free = ~(((x <= BOUNDS[0]) & (grad < 0)) | ((x >= BOUNDS[1]) & (grad > 0)))
+        step = np.zeros(x.size)
+        if free.any():
+            h = hess[np.ix_(free, free)]
+            top = np.linalg.eigvalsh(h)
+            shift = max(0.0, top.max() + 1e-9 * max(1.0, np.abs(top).max())) + damping
+            step[free] = np.linalg.solve(shift * np.eye(h.shape[0]) - h, grad[free])
+        step /= max(1.0, float(np.max(np.abs(step) / START_STEP)))
+        end = np.clip(x + step, *BOUNDS)
+        if np.max(np.abs(end - x)) < tolerance:
+            break
+        tried = at(_stencil(end))
         if tried[0] > value:
-            x = x + step
+            x = end
             value, grad, hess = _differences(tried)
             damping /= 4
         else:
@@ -459,22 +472,23 @@ def expected_credit(problem: Problem, votes: Sequence[tuple[IntArray, IntArray]]
         return out, None
     log_post = loglik + hyper.log_density(gm, gs)[None]
     weight = np.exp(log_post - logsumexp(log_post, axis=1, keepdims=True))  # [P, G]
-    # the grid points that hold some prompt's posterior: those left out hold less than
-    # G * MASS_FLOOR of each prompt's, which moves its credit by no more
-    weight[weight < MASS_FLOOR] = 0.0
+    # the grid points that hold some answered prompt's posterior: those left out hold less
+    # than G * MASS_FLOOR of each prompt's, which moves its credit by no more
+    weight[(weight < MASS_FLOOR) | ~seen[:, None]] = 0.0
     grid = np.flatnonzero(weight.any(axis=0))
     cells = coarse_w[grid]  # [g, len(THETA)]
     # every prompt's distinct (k, n) at once: rows (prompt, k, n), each counted
     rows = np.concatenate([np.stack([np.full(k.size, i), k, n], axis=1)
                            for i, (k, n) in enumerate(votes)])
     distinct, _, counts = distinct_rows(rows)
-    owner, every = distinct[:, 0], distinct[:, 1:]
-    pmf = theta_pmf(every)  # [M, len(THETA)]
+    owner = distinct[:, 0]
+    pairs, which, _ = distinct_rows(distinct[:, 1:])  # each (k, n) once, whoever had it
+    pmf = theta_pmf(pairs)[which]  # [M, len(THETA)]
     times = counts.astype(np.float64)
     # a query's theta given (mu, sigma) = g is pmf * cells[g] / (pmf @ cells[g]); its
     # posterior averages that over g's posterior weight, pmf * sum_g (w_g / (pmf @ cells[g]))
     # cells[g] (each likelihood floored as log_likelihoods floors it; rows renormalized)
-    likelihood = np.exp(coarse_log_likelihoods(every)[:, grid])  # pmf @ cells.T, [M, g]
+    likelihood = np.exp(coarse_log_likelihoods(pairs)[:, grid])[which]  # pmf @ cells.T
     post = pmf * ((weight[:, grid][owner] / likelihood) @ cells)
     post /= post.sum(axis=1, keepdims=True)  # [M, len(THETA)]
     each = (post @ credit) * times[:, None]  # [M, N]

@@ -445,10 +445,11 @@ def _scalar(data: Mapping[str, npt.NDArray], key: str) -> int:
     return whole
 
 
-def _with_rules(env: Environment, data: Mapping[str, npt.NDArray], source: str
+def _with_rules(env: MVEnvironment, data: Mapping[str, npt.NDArray], source: str
                 ) -> Environment:
     """The majority-voting ``env`` under the file's ``no_answer_rule`` and ``answers``, where
-    it holds them (``iapo export-env`` writes a live task's)."""
+    it holds them (``iapo export-env`` writes a live task's); ``answers`` must be at least
+    the answers that some query can get (:func:`_most_answers`)."""
     changes: dict[str, object] = {}
     if "no_answer_rule" in data:
         rule = np.asarray(data["no_answer_rule"])
@@ -461,11 +462,31 @@ def _with_rules(env: Environment, data: Mapping[str, npt.NDArray], source: str
         if answers < 2:
             raise DataError(f"{source}: 'answers' (how many answers a query can get) must be "
                             f"2 or more; got {answers}")
+        most, query = _most_answers(env, str(changes.get("no_answer", env.problem.no_answer)))
+        if most > answers:
+            raise DataError(f"{source}: 'answers' = {answers}, but query {query} can get {most} "
+                            "answers (categories of positive probability, over the prompts "
+                            "with data); give answers >= that, or leave it out")
         changes["answers"] = answers
     try:
         return env._with_problem(**changes)
     except ProblemError as e:
         raise DataError(f"{source}: {e}") from e
+
+
+def _most_answers(env: MVEnvironment, rule: str) -> tuple[int, int]:
+    """The most answers any query can get, and the first query that can get that many: its
+    categories of positive probability over the prompts with data on it, its "no answer"
+    left out under the abstain rule (it does not count there)."""
+    positive = env.probs > 0  # [P, X, L]
+    if env.observed is not None:
+        positive &= env.observed[:, :, None]
+    can = np.asarray(positive.any(axis=0))  # [X, L]
+    if rule == "abstain" and env.no_answer is not None:
+        has = env.no_answer >= 0
+        can[np.flatnonzero(has), env.no_answer[has]] = False
+    per = can.sum(axis=1)
+    return int(per.max()), int(per.argmax())
 
 
 def _require(data: Mapping[str, npt.NDArray], keys: Sequence[str], path: str) -> None:
@@ -522,14 +543,18 @@ def environment_from_arrays(
         if "answer_probs" not in data:
             _require(data, ["answer_counts", "samples_per_pair"], source)
         probs = _probs_from(data, "answer_probs", "answer_counts")
-        env: Environment = MVEnvironment(
+        mv = MVEnvironment(
             name, probs, data["gold"], data["cost_per_completion"],
             _budgets(data["budget_levels"], data["cost_weights"]), _scalar(data, "n_max"),
             names, description, cacheable, ids, data.get("no_answer"),
         )
-        env.observed = _observed(data, probs.shape[:2], source)
-        return _with_latency_keys(_with_rules(env, data, source), data, source)
+        mv.observed = _observed(data, probs.shape[:2], source)
+        return _with_latency_keys(_with_rules(mv, data, source), data, source)
     if agg == "bon":
+        mv_only = [k for k in ("no_answer_rule", "answers") if k in data]
+        if mv_only:
+            raise DataError(f"{source}: {mv_only} belong to majority voting; a Best-of-N "
+                            "file cannot hold them")
         _require(data, ["scores", "objective_names", "objective_lower", "objective_upper",
                         "weight_grid", "budget_levels", "cost_weights", "n_max"], source)
         if "probs" not in data:
