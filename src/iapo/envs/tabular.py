@@ -48,7 +48,9 @@ And the majority-voting format:
   answers           ()    int    how many answers a query can get, where a task declares
                                  them (iapo.problem.Problem.answers; a live task's labels):
                                  with 2, binary-looking answers need no evidence to count as
-                                 binary (iapo.posterior.evidence_needed)
+                                 binary (iapo.posterior.evidence_needed); at least the
+                                 categories of positive probability of any query (its "no
+                                 answer" left out under abstain). Majority voting only
 ``iapo export-env`` writes a live task's rule, and its declared answers where it has them.
 """
 
