@@ -355,6 +355,40 @@ def test_expected_credit_follows_each_query_s_own_answers_where_it_has_many() ->
     assert np.isnan(none[1]).all() and not np.isnan(none[0]).any()
 
 
+def test_a_run_s_estimates_do_not_depend_on_what_ran_before_it() -> None:
+    """The coarse grid's likelihood of each (k, n) is memoized: a row is the same to the last
+    bit whether computed alone or among others, so that a psst-auto run on binary answers
+    (the fitted prior) chooses the same arms, with the same estimates, in a fresh process and
+    after other runs filled the memos. (Computed as one product of many rows, a row's last
+    bits depended on the others: 7e-15 apart.)"""
+    from iapo.learners import get_learner
+    from iapo.oracle import SimulatedOracle
+
+    pairs = np.array([[k, n] for n in range(1, 9) for k in range(n + 1)])
+    alone = []
+    for i in range(pairs.shape[0]):
+        posterior._COARSE._rows.clear()
+        alone.append(posterior.coarse_log_likelihoods(pairs[i:i + 1])[0])
+    posterior._COARSE._rows.clear()
+    np.testing.assert_array_equal(posterior.coarse_log_likelihoods(pairs), np.array(alone))
+
+    env = synth_bernoulli(3, n_prompts=12, n_queries=200, n_max=9)
+
+    def run(seed: int) -> list[tuple[int, int | None, float]]:
+        oracle = SimulatedOracle(env, np.arange(160), 1500, np.random.default_rng(seed))
+        result = get_learner("psst-auto").learner(env.problem, oracle, 1500,
+                                                  np.random.default_rng(100 + seed))
+        assert result.trace.info.get("prior") == "fitted"
+        return [(c.prompt, c.n, c.q_hat) for c in result.choices]
+
+    posterior._COARSE._rows.clear()
+    posterior._PMF._rows.clear()
+    fresh = run(0)
+    for seed in (1, 2):  # other runs fill the memos with rows of their own
+        run(seed)
+    assert run(0) == fresh
+
+
 @pytest.mark.parametrize("shape", [(0, 2), (1, 3), (200, 2), (500, 3)])
 def test_distinct_rows_is_numpy_s_unique_of_rows(shape: tuple[int, int]) -> None:
     rows = np.random.default_rng(shape[0]).integers(0, 7, size=shape)

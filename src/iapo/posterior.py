@@ -201,9 +201,10 @@ def coarse_log_likelihoods(pairs: IntArray) -> FloatArray:
     keys = np.asarray(pairs, dtype=np.int64)
     _, _, coarse_w = coarse_grid()
 
-    def compute(idx: npt.NDArray[np.intp]) -> list[FloatArray]:  # rows of their own
-        block = np.log(np.maximum(theta_pmf(keys[idx]) @ coarse_w.T, 1e-300))
-        return [row.copy() for row in block]
+    def compute(idx: npt.NDArray[np.intp]) -> list[FloatArray]:
+        # row by row, so that a row's value (to the last bit) does not depend on which other
+        # rows were computed with it, nor the run's results on what ran before in the process
+        return [np.log(np.maximum(coarse_w @ row, 1e-300)) for row in theta_pmf(keys[idx])]
 
     return _COARSE.rows(keys, coarse_w.shape[0], compute)
 
