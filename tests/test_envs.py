@@ -311,11 +311,23 @@ def test_an_mv_file_s_rule_and_answers_reach_its_problem(tmp_path: Path) -> None
     data["no_answer_rule"] = np.array("vote")
     with pytest.raises(DataError, match="query 1 can get 3 answers"):
         load_environment(save(tmp_path, data, "three.npz"))
-    # a Best-of-N file has no majority-voting rules
-    bon = bon_data()
-    bon["answers"] = np.array(2)
-    with pytest.raises(DataError, match=r"\['answers'\] belong to majority voting"):
-        load_environment(save(tmp_path, bon, "bon.npz"))
+    # an unobserved pair's placeholder row counts for nothing: prompt 1 never answered query
+    # 1, whose third answer only its placeholder has
+    data = mv_data()
+    data["answer_counts"] = np.array([[[3, 1, 0], [0, 2, 2]], [[4, 0, 0], [2, 1, 1]]])
+    data["observed"] = np.array([[True, True], [True, False]])
+    data["answers"] = np.array(2)
+    data["answer_counts"][0, 1] = [2, 0, 2]  # query 1 observed: categories 0 and 2
+    assert load_environment(save(tmp_path, data, "masked.npz")).problem.answers == 2
+    del data["observed"]
+    with pytest.raises(DataError, match="query 1 can get 3 answers"):
+        load_environment(save(tmp_path, data, "unmasked.npz"))
+    # a Best-of-N file has no majority-voting keys
+    for key, value in (("answers", 2), ("no_answer_rule", "vote"), ("no_answer", [-1, -1])):
+        bon = bon_data()
+        bon[key] = np.array(value)
+        with pytest.raises(DataError, match=f"'{key}' belong"):
+            load_environment(save(tmp_path, bon, "bon.npz"))
 
 
 def test_valid_mv_file_loads_with_its_counts(tmp_path: Path) -> None:

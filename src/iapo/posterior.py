@@ -334,9 +334,9 @@ def fit_hyper(loglik: FloatArray, gm: FloatArray, gs: FloatArray,
 
     The search is Levenberg-Marquardt's damped Newton ascent: each step solves
     (shift I - H) d = g on the parameters that no bound holds (one at a bound that the
-    gradient pushes outward stays there), g and H the gradient and Hessian by central
-    differences (:data:`DIFF_STEP`), the shift the least that makes the system positive
-    definite plus a damping that grows fourfold after a step that does not raise the
+    gradient, or its own step, pushes outward stays there), g and H the gradient and
+    Hessian by central differences (:data:`DIFF_STEP`), the shift the least that makes the
+    system positive definite plus a damping that grows fourfold after a step that does not raise the
     likelihood and falls fourfold after one that does; no step is longer than
     :data:`START_STEP` in any parameter, and the step's end is clipped to the bounds. Each
     step's point and its differences are one batch of :func:`log_marginals` (about 10
@@ -360,15 +360,21 @@ def fit_hyper(loglik: FloatArray, gm: FloatArray, gs: FloatArray,
     for _ in range(MAX_STEPS):
         if not (np.isfinite(grad).all() and np.isfinite(hess).all()):
             break
-        # a parameter at a bound that the gradient pushes outward stays there; the step is
-        # the damped Newton step of the others
+        # a parameter at a bound that the gradient, or then the step, pushes outward stays
+        # there; the step is the damped Newton step of the others (each pass holds one more,
+        # so the last of at most five has none to hold)
         free = ~(((x <= BOUNDS[0]) & (grad < 0)) | ((x >= BOUNDS[1]) & (grad > 0)))
-        step = np.zeros(x.size)
-        if free.any():
-            h = hess[np.ix_(free, free)]
-            top = np.linalg.eigvalsh(h)
-            shift = max(0.0, top.max() + 1e-9 * max(1.0, np.abs(top).max())) + damping
-            step[free] = np.linalg.solve(shift * np.eye(h.shape[0]) - h, grad[free])
+        for _ in range(x.size + 1):
+            step = np.zeros(x.size)
+            if free.any():
+                h = hess[np.ix_(free, free)]
+                top = np.linalg.eigvalsh(h)
+                shift = max(0.0, top.max() + 1e-9 * max(1.0, np.abs(top).max())) + damping
+                step[free] = np.linalg.solve(shift * np.eye(h.shape[0]) - h, grad[free])
+            out = free & (((x <= BOUNDS[0]) & (step < 0)) | ((x >= BOUNDS[1]) & (step > 0)))
+            if not out.any():
+                break
+            free &= ~out
         step /= max(1.0, float(np.max(np.abs(step) / START_STEP)))
         end = np.clip(x + step, *BOUNDS)
         if np.max(np.abs(end - x)) < tolerance:

@@ -464,11 +464,16 @@ def _with_rules(env: MVEnvironment, data: Mapping[str, npt.NDArray], source: str
         if answers < 2:
             raise DataError(f"{source}: 'answers' (how many answers a query can get) must be "
                             f"2 or more; got {answers}")
-        most, query = _most_answers(env, str(changes.get("no_answer", env.problem.no_answer)))
+        counted = str(changes.get("no_answer", env.problem.no_answer))
+        most, query = _most_answers(env, counted)
         if most > answers:
-            raise DataError(f"{source}: 'answers' = {answers}, but query {query} can get {most} "
+            named = f"query {query} ({env.query_ids[query]!r})" if env.query_ids else \
+                f"query {query}"
+            vote = (' ("no answer" counts as one under the vote rule: a task\'s labels + 1)'
+                    if counted == "vote" else "")
+            raise DataError(f"{source}: 'answers' = {answers}, but {named} can get {most} "
                             "answers (categories of positive probability, over the prompts "
-                            "with data); give answers >= that, or leave it out")
+                            f"with data){vote}; give answers >= {most}, or leave it out")
         changes["answers"] = answers
     try:
         return env._with_problem(**changes)
@@ -553,10 +558,11 @@ def environment_from_arrays(
         mv.observed = _observed(data, probs.shape[:2], source)
         return _with_latency_keys(_with_rules(mv, data, source), data, source)
     if agg == "bon":
-        mv_only = [k for k in ("no_answer_rule", "answers") if k in data]
+        mv_only = [k for k in ("no_answer", "no_answer_rule", "answers") if k in data]
         if mv_only:
-            raise DataError(f"{source}: {mv_only} belong to majority voting; a Best-of-N "
-                            "file cannot hold them")
+            raise DataError(f"{source}: {', '.join(repr(k) for k in mv_only)} belong(s) to "
+                            "majority voting; remove it from this Best-of-N file, or set "
+                            "aggregator 'mv' if the file is majority voting's")
         _require(data, ["scores", "objective_names", "objective_lower", "objective_upper",
                         "weight_grid", "budget_levels", "cost_weights", "n_max"], source)
         if "probs" not in data:

@@ -69,8 +69,9 @@ POSTERIOR_DEFINITIONS = {
     "p_best": "P(best): the share of posterior draws where the arm has its context's highest "
               "Q (ties count); P(within {margin}): where the chosen arm is at most {margin} "
               "below the highest. On synth-bernoulli, PSST's P(best) and P(within) are "
-              "calibrated within 0.05; psst-auto's P(within) is too, and its P(best) is "
-              "overconfident by about 0.06 (docs/report.md)",
+              "calibrated within 0.05; psst-auto's P(within 0.02) and P(within 0.05) are "
+              "too, and its P(best) and P(within 0.01) are overconfident by about 0.06 and "
+              "0.05 (docs/report.md)",
 }
 
 
