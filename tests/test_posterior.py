@@ -389,19 +389,25 @@ def test_a_run_s_estimates_do_not_depend_on_what_ran_before_it() -> None:
     assert run(0) == fresh
 
 
-@pytest.mark.parametrize("shape", [(0, 2), (1, 3), (200, 2), (500, 3)])
-def test_distinct_rows_is_numpy_s_unique_of_rows(shape: tuple[int, int]) -> None:
-    rows = np.random.default_rng(shape[0]).integers(0, 7, size=shape)
-    rows[:, -1] *= 1000  # columns of different ranges
-    got = posterior.distinct_rows(rows)
-    want = np.unique(rows, axis=0, return_inverse=True, return_counts=True)
-    for a, b in zip(got, want, strict=True):
-        np.testing.assert_array_equal(a, np.asarray(b).reshape(a.shape))
-    np.testing.assert_array_equal(got[0][got[1]], rows)
-    if shape[0]:  # a negative value would be numbered as another row's: refused
-        rows[0, 0] = -1
-        with pytest.raises(ValueError, match="non-negative"):
-            posterior.distinct_rows(rows)
+@pytest.mark.parametrize("sizes", [(0, 0), (1, 0, 3), (40, 25, 60, 1)])
+def test_tally_counts_each_prompt_s_distinct_answers(sizes: tuple[int, ...]) -> None:
+    """tally against a count of (prompt, k, n) tuples in a dict: every prompt's distinct
+    (k, n) once with how many of its queries had it, and each (k, n) once over all prompts."""
+    rng = np.random.default_rng(sum(sizes))
+    votes = []
+    for size in sizes:
+        n = rng.integers(1, 9, size=size) * rng.choice([1, 100], size=size)  # two ranges
+        votes.append((rng.integers(0, n + 1), n))
+    owner, pairs, which, counts = posterior.tally(votes)
+    want: dict[tuple[int, int, int], int] = {}
+    for i, (k, n) in enumerate(votes):
+        for key in zip(k.tolist(), n.tolist(), strict=True):
+            want[(i, *key)] = want.get((i, *key), 0) + 1
+    got = {(int(o), *map(int, pairs[w])): c
+           for o, w, c in zip(owner, which, counts, strict=True)}
+    assert got == want and len(owner) == len(want)
+    assert len({tuple(r) for r in pairs.tolist()}) == pairs.shape[0]  # each pair once
+    assert {tuple(r) for r in pairs.tolist()} == {key[1:] for key in want}
 
 
 def test_expected_credit_counts_each_query_s_answers_once() -> None:

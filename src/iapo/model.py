@@ -253,9 +253,9 @@ class ModelQTable:
     def wrong_answers(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """The majority-voting queries asked so far (their indices [X']) and how often each got
         each wrong answer, over every prompt: [X', L] (its gold answer's column 0)."""
-        votes = self._votes
-        asked = np.flatnonzero(votes.sum(axis=(0, 2)) > 0)
-        answers = votes[:, asked].sum(axis=0)  # [X', L]: how often each query got each answer
+        per_query = self._votes.sum(axis=0)  # [X, L]: how often each query got each answer
+        asked = np.flatnonzero(per_query.sum(axis=1) > 0)
+        answers = per_query[asked]  # [X', L]
         answers[np.arange(asked.size), self._gold[asked]] = 0
         return asked, answers
 
@@ -296,8 +296,8 @@ class ModelQTable:
         queries = f"{twice} {'query' if twice == 1 else 'queries'} answered wrong twice or more"
         if not shown_binary(wrong, need):
             return None, f"{queries}; {need} are needed to show that the answers are binary"
-        right = votes[:, asked, gold]  # [P, X']
-        total = votes[:, asked].sum(axis=2)
+        total = votes[:, asked].sum(axis=2)  # [P, X']
+        right = votes[:, asked, gold]
         why = ("every query's answers were its right answer or one wrong answer, "
                + ("as the task declares" if self.problem.answers == 2 else
                   f"shown by {queries}" if need else "with no evidence asked"))

@@ -44,7 +44,7 @@ from iapo.exact import mv_credit_probability
 from iapo.memo import Memo
 from iapo.problem import Problem
 from iapo.pulls import Observation, abstain_categories
-from iapo.utility import cost_term
+from iapo.utility import cost_term, unique_rows
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -190,7 +190,7 @@ def log_likelihoods(votes: Sequence[tuple[IntArray, IntArray]], weights: FloatAr
                     ) -> FloatArray:
     """:func:`log_likelihood` of every prompt's ``votes`` at once: [P, G] (0 for a prompt with
     none); one product over the pairs (k, n) that occur in any prompt."""
-    return _summed(votes, weights.shape[0], lambda pairs: np.log(
+    return _summed(tally(votes), len(votes), weights.shape[0], lambda pairs: np.log(
         np.maximum(weights @ theta_pmf(pairs).T, 1e-300)).T)
 
 
@@ -209,35 +209,36 @@ def coarse_log_likelihoods(pairs: IntArray) -> FloatArray:
     return _COARSE.rows(keys, coarse_w.shape[0], compute)
 
 
-def distinct_rows(rows: IntArray) -> tuple[IntArray, IntArray, IntArray]:
-    """``np.unique(rows, axis=0, return_inverse=True, return_counts=True)`` for rows of
-    non-negative integers [M, K], by one sort of a number per row (each column a digit in a
-    base one above its largest value): far quicker than the sort of rows as bytes."""
-    rows = np.asarray(rows, dtype=np.int64)
-    if rows.size and rows.min() < 0:
-        raise ValueError("distinct_rows numbers rows of non-negative integers only")
-    if rows.shape[0] == 0:
-        return rows, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    base = rows.max(axis=0) + 1
-    place = np.concatenate([np.cumprod(base[::-1])[::-1][1:], [1]])
-    if float(np.prod(base.astype(np.float64))) >= 2.0 ** 62:
-        raise ValueError("distinct_rows: the rows' values are too large to number")
-    _, first, inverse, counts = np.unique(rows @ place, return_index=True,
-                                          return_inverse=True, return_counts=True)
-    return rows[first], inverse.reshape(-1), counts
+Tally = tuple[IntArray, IntArray, IntArray, FloatArray]
 
 
-def _summed(votes: Sequence[tuple[IntArray, IntArray]], width: int,
+def tally(votes: Sequence[tuple[IntArray, IntArray]]) -> Tally:
+    """Every prompt's distinct (k, n) once: (owner [M], the prompt of each distinct row; pairs
+    [K, 2], each (k, n) once whoever had it; which [M], each row's pair; counts [M], how many
+    of the prompt's queries had it). ``votes`` from :func:`binary_votes`."""
+    sizes = [k.size for k, _ in votes]
+    if not sum(sizes):
+        none = np.zeros(0, dtype=np.int64)
+        return none, np.zeros((0, 2), dtype=np.int64), none, np.zeros(0)
+    rows = np.stack([np.repeat(np.arange(len(votes)), sizes),
+                     np.concatenate([k for k, _ in votes]),
+                     np.concatenate([n for _, n in votes])], axis=1)
+    distinct, inverse = unique_rows(rows)
+    counts = np.bincount(inverse, minlength=distinct.shape[0]).astype(np.float64)
+    pairs, which = unique_rows(distinct[:, 1:])
+    return distinct[:, 0], pairs, which, counts
+
+
+def _summed(counted: Tally, n_prompts: int, width: int,
             per_pair: Callable[[IntArray], FloatArray]) -> FloatArray:
     """Each prompt's sum over its queries of ``per_pair`` [pairs, width], the log likelihood
-    of each distinct (k, n): [P, width] (0 for a prompt with no answers)."""
-    if not any(k.size for k, _ in votes):
-        return np.zeros((len(votes), width))
-    both = np.concatenate([np.stack([k, n], axis=1) for k, n in votes])
-    owner = np.repeat(np.arange(len(votes)), [k.size for k, _ in votes])
-    pairs, which, _ = distinct_rows(both)
-    times = np.zeros((len(votes), pairs.shape[0]))
-    np.add.at(times, (owner, which.reshape(-1)), 1.0)
+    of each distinct (k, n) of the :func:`tally` ``counted``: [P, width] (0 for a prompt with
+    no answers)."""
+    owner, pairs, which, counts = counted
+    if not owner.size:
+        return np.zeros((n_prompts, width))
+    k = pairs.shape[0]
+    times = np.bincount(owner * k + which, counts, n_prompts * k).reshape(n_prompts, k)
     return np.asarray(times @ per_pair(pairs))
 
 
@@ -270,9 +271,13 @@ def log_marginals(loglik: FloatArray, gm: FloatArray, gs: FloatArray
     # the density is a sum of one term in mu and one in log sigma, so on a product grid a
     # cell's mass is the product of one mass of its mu and one of its log sigma, and the sum
     # over the grid is a product with each in turn
-    mus, sds = np.unique(gm), np.unique(gs)
-    if not (np.array_equal(gm, np.repeat(mus, sds.size))
-            and np.array_equal(gs, np.tile(sds, mus.size))):
+    coarse = coarse_grid()
+    if gm is coarse[0] and gs is coarse[1]:  # the coarse grid's own: its axes, unchecked
+        mus, sds = LOGIT_MEAN, LOG_SD
+    else:
+        mus, sds = np.unique(gm), np.unique(gs)
+    if mus is not LOGIT_MEAN and not (np.array_equal(gm, np.repeat(mus, sds.size))
+                                      and np.array_equal(gs, np.tile(sds, mus.size))):
         raise ValueError("log_marginals needs a product grid of (mu, log sigma), mu the slower "
                          "index (coarse_grid's)")
     p = loglik.shape[0]
@@ -447,13 +452,15 @@ def coarse_grid() -> tuple[FloatArray, FloatArray, FloatArray]:
     return grid
 
 
-def fit_prior(votes: Sequence[tuple[IntArray, IntArray]], tolerance: float = 1e-5
-              ) -> tuple[FloatArray, BoolArray, Hyper | None]:
+def fit_prior(votes: Sequence[tuple[IntArray, IntArray]], tolerance: float = 1e-5,
+              counted: Tally | None = None) -> tuple[FloatArray, BoolArray, Hyper | None]:
     """Every prompt's log likelihood on the coarse grid [P, G], which prompts have answers [P],
     and the prior fitted to them (:func:`fit_hyper`, to ``tolerance``; None where no prompt
-    has any). ``votes`` from :func:`binary_votes`."""
+    has any). ``votes`` from :func:`binary_votes`; ``counted``: their :func:`tally`, if at
+    hand."""
     gm, gs, coarse_w = coarse_grid()
-    loglik = _summed(votes, coarse_w.shape[0], coarse_log_likelihoods)  # [P, G]
+    counted = tally(votes) if counted is None else counted
+    loglik = _summed(counted, len(votes), coarse_w.shape[0], coarse_log_likelihoods)  # [P, G]
     seen = np.array([k.size > 0 for k, _ in votes])
     return (loglik, seen,
             fit_hyper(loglik[seen], gm, gs, tolerance) if seen.any() else None)
@@ -472,33 +479,29 @@ def expected_credit(problem: Problem, votes: Sequence[tuple[IntArray, IntArray]]
     own. Returns the credit and the fitted prior.
     """
     gm, gs, coarse_w = coarse_grid()
-    loglik, seen, hyper = fit_prior(votes, CREDIT_TOLERANCE)
+    counted = tally(votes)
+    loglik, seen, hyper = fit_prior(votes, CREDIT_TOLERANCE, counted)
     credit = theta_credit(problem.n_max)  # [len(THETA), N]
     out = np.full((len(votes), problem.n_max), np.nan)
     if hyper is None:
         return out, None
     log_post = loglik + hyper.log_density(gm, gs)[None]
-    weight = np.exp(log_post - logsumexp(log_post, axis=1, keepdims=True))  # [P, G]
+    weight = np.exp(log_post - log_post.max(axis=1, keepdims=True))
+    weight /= weight.sum(axis=1, keepdims=True)  # [P, G]
     # the grid points that hold some answered prompt's posterior: those left out hold less
     # than G * MASS_FLOOR of each prompt's, which moves its credit by no more
     weight[(weight < MASS_FLOOR) | ~seen[:, None]] = 0.0
     grid = np.flatnonzero(weight.any(axis=0))
     cells = coarse_w[grid]  # [g, len(THETA)]
-    # every prompt's distinct (k, n) at once: rows (prompt, k, n), each counted
-    rows = np.concatenate([np.stack([np.full(k.size, i), k, n], axis=1)
-                           for i, (k, n) in enumerate(votes)])
-    distinct, _, counts = distinct_rows(rows)
-    owner = distinct[:, 0]
-    pairs, which, _ = distinct_rows(distinct[:, 1:])  # each (k, n) once, whoever had it
+    owner, pairs, which, counts = counted  # every prompt's distinct (k, n), each counted
     pmf = theta_pmf(pairs)[which]  # [M, len(THETA)]
-    times = counts.astype(np.float64)
     # a query's theta given (mu, sigma) = g is pmf * cells[g] / (pmf @ cells[g]); its
     # posterior averages that over g's posterior weight, pmf * sum_g (w_g / (pmf @ cells[g]))
     # cells[g] (each likelihood floored as log_likelihoods floors it; rows renormalized)
-    likelihood = np.exp(coarse_log_likelihoods(pairs)[:, grid])[which]  # pmf @ cells.T
-    post = pmf * ((weight[:, grid][owner] / likelihood) @ cells)
+    inverse = np.exp(-coarse_log_likelihoods(pairs)[:, grid])[which]  # 1 / (pmf @ cells.T)
+    post = pmf * ((weight[:, grid][owner] * inverse) @ cells)
     post /= post.sum(axis=1, keepdims=True)  # [M, len(THETA)]
-    each = (post @ credit) * times[:, None]  # [M, N]
+    each = (post @ credit) * counts[:, None]  # [M, N]
     total = np.zeros((len(votes), problem.n_max))
     np.add.at(total, owner, each)
     out[seen] = total[seen] / np.bincount(owner, counts, len(votes))[seen, None]
