@@ -1069,3 +1069,52 @@ def test_psst_reads_an_active_set_of_zeros_and_ones() -> None:
                       active=active.tolist())
         assert [(c.prompt, c.n) for c in result.choices] == [(2, 1), (0, 1)]
         assert all(p != 3 for r in result.trace.rounds for p, _, _ in r.pulls)
+
+
+class Scripted:
+    """Estimates that follow a script: after the k-th update, ``tables[k - 1]`` [C, P, N]
+    (the last one from then on), with a real QTable's counts. A unit test's estimator, for
+    which arms the final choice is made among."""
+
+    def __init__(self, env: Environment, tables: Sequence[np.ndarray]) -> None:
+        from iapo.estimate import QTable
+
+        self.inner, self.tables, self.updates = QTable(env.problem), tables, 0
+        self.width = self.latency = None
+
+    def update(self, observations: Sequence[Observation]) -> None:
+        self.inner.update(observations)
+        self.updates += 1
+
+    @property
+    def mean(self) -> np.ndarray:
+        return np.asarray(self.tables[min(self.updates, len(self.tables)) - 1], dtype=float)
+
+    @property
+    def counts(self) -> np.ndarray:
+        return self.inner.counts
+
+
+@pytest.mark.parametrize("choose_from", [None, "all", "first prompt"])
+def test_psst_chooses_among_the_arms_it_is_told_by_the_last_estimates(
+        choose_from: str | None) -> None:
+    """One context, two prompts, N_max 2: four arms, two rounds. After round 1 prompt 0's
+    arms look best (0.9, 0.8 against 0.5, 0.4), so they are the two kept; after round 2 they
+    fall to 0.3 and 0.2 and the last trim keeps (0, N = 1). Algorithm 1 chooses that
+    survivor; told every arm, the choice is the best of the last estimates, (1, N = 1) at
+    0.5, outside the survivors (``reopened``); told prompt 0's arms, (0, 1) again."""
+    env = noiseless_bon([0.9, 0.5], [0.01, 0.01], 2, {"only": 1.0})
+    tables = [[[[0.9, 0.8], [0.5, 0.4]]], [[[0.3, 0.2], [0.5, 0.4]]]]
+    allowed = {None: None, "all": np.ones((1, 2, 2), dtype=bool),
+               "first prompt": np.array([[[True, True], [False, False]]])}[choose_from]
+    oracle = SimulatedOracle(env, np.arange(env.n_queries), 100, np.random.default_rng(0))
+    result = psst(env.problem, oracle, 100, np.random.default_rng(1),
+                  stats=Scripted(env, tables), choose_from=allowed)
+    assert [list(r.alive) for r in result.trace.rounds] == [[2], [1]]
+    (choice,) = result.choices
+    want = (1, 1, 0.5) if choose_from == "all" else (0, 1, 0.3)
+    assert (choice.prompt, choice.n, choice.q_hat) == want
+    if choose_from is None:
+        assert "reopened" not in result.trace.info
+    else:
+        assert result.trace.info["reopened"] == [choose_from == "all"]

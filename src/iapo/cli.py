@@ -292,8 +292,8 @@ def train(env_name: str, learner: str, budget: int, seed: int, out: str,
 def _trace_text(trace: dict[str, Any]) -> str:
     """A run's trace in words (``iapo train --verbose``): every round (negative: a
     screening round), whether the rounds' prompts shared their queries, the notes, the
-    estimator that decided, with its validation, and the prompts a Best-of-N context
-    committed to."""
+    estimator that decided, with its validation, the prompts a Best-of-N context committed
+    to, and where the final choice left the last round's survivors."""
     lines = ["rounds (round: allowance, spent, arms alive per context):"]
     for r in trace.get("rounds", []):
         alive = r["alive"]
@@ -317,6 +317,11 @@ def _trace_text(trace: dict[str, Any]) -> str:
     if "committed" in trace:  # Best-of-N with blocks, on a small rest of the budget
         lines.append("committed to one prompt (per context; - where it kept its survivors): "
                      + ", ".join("-" if p is None else str(p) for p in trace["committed"]))
+    if "reopened" in trace:  # psst-auto where the model decided: the choice among every arm
+        reopened = trace["reopened"]
+        lines.append("final choice: the best by the last estimates among every arm of the "
+                     f"screened prompts; outside the last round's survivors in "
+                     f"{sum(reopened)} of {len(reopened)} contexts")
     lines += [f"note: {note}" for note in trace.get("notes", [])]
     return "\n".join(lines)
 

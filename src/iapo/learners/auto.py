@@ -56,6 +56,14 @@ is the choice of prompt, not of N. ``psst-auto`` spends its budget in two phases
    blocks (every completion is a block of one); with no screening round, none commits.
    Telling two prompts apart at large N takes many independent blocks, which small budgets
    cannot pay, while the N of one prompt is told from nested blocks of the same groups.
+   Where the model decides, the final choice is the best by its last estimates among every
+   arm of the prompts the screening kept, not only among PSST's last survivors (beyond the
+   paper; ``psst``'s ``choose_from``; the trace's ``reopened`` says, per context, whether
+   the choice lies outside them): every arm of a prompt rests on all of its answers, so a
+   prompt cut in an early round, whose later rivals fell as their answers grew, can still
+   win on the same evidence. With blocks an arm cut early rests on a few blocks of its N,
+   the luckiest of which a choice among all would favour; blocks keep Algorithm 1's choice
+   (docs/default-learner.md has both measured).
 
 Majority voting's model fits its prior (``prior="fitted"``, :class:`iapo.model.ModelQTable`;
 beyond the paper): where every query's answers are its right answer or one wrong answer (and
@@ -295,9 +303,9 @@ class PSSTAuto:
         if mv and rounds:  # the prior the model ranked by (fixed where not binary), and why
             trace.info["prior"] = model.prior_used
             trace.info["prior_reason"] = model.prior_reason
-        if choice == "model":
+        if choice == "model":  # the choice among every arm of the screening's survivors
             result = psst(problem, oracle, left, rng, active=active, stats=model, trace=trace,
-                          allocation=Groups(g), paired=paired)
+                          allocation=Groups(g), paired=paired, choose_from=active)
             if mv:
                 result.trace.info["prior"] = model.prior_used
                 result.trace.info["prior_reason"] = model.prior_reason

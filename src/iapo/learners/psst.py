@@ -310,6 +310,7 @@ def psst(
     active: BoolArray | None = None,
     trace: Trace | None = None,
     paired: bool = False,
+    choose_from: BoolArray | None = None,
 ) -> LearnerResult:
     """Run PSST with budget T = ``budget`` completions: Algorithm 1's loop over a
     ``schedule`` (how many rounds), an ``allocation`` (which groups a round pulls) and an
@@ -317,7 +318,11 @@ def psst(
     gathered before, e.g. by a screening), from the arms ``active`` [C, P, N_max] (all by
     default), going on with the ``trace`` of a learner that ran before on the same budget.
     ``paired``: every round's prompts are pulled on shared queries (:class:`Pull`; beyond
-    the paper, whose groups each draw their own)."""
+    the paper, whose groups each draw their own). ``choose_from`` [C, P, N_max]: the arms
+    the final choice is made among, by the last estimates (beyond the paper; ``psst-auto``
+    passes every arm it started from); by default the last round's survivors, as
+    Algorithm 1. The trace's ``reopened`` then says, per context, whether the choice lies
+    outside the last round's survivors."""
     budget = check_budget(oracle, budget)
     flags = _start(problem, active)
     stats = stats if stats is not None else QTable(problem)
@@ -335,7 +340,12 @@ def psst(
         flags = trim(flags, stats, r_eff - r, rng)  # keep the better half per context
         trace.rounds.append(round_record(r + 1, n_r, pulls, flags))
     trace.completions_used += oracle.ledger.spent - start
-    return LearnerResult(best_choices(stats, flags, rng), trace)
+    if choose_from is None:
+        return LearnerResult(best_choices(stats, flags, rng), trace)
+    choices = best_choices(stats, _start(problem, choose_from), rng)
+    trace.info["reopened"] = [not bool(flags[c, ch.prompt, ch.n - 1])
+                              for c, ch in enumerate(choices)]
+    return LearnerResult(choices, trace)
 
 
 def rounds_planned(flags: BoolArray, budget: int, schedule: Halving, allocation: Allocation,
