@@ -343,7 +343,7 @@ def psst(
     if choose_from is None:
         return LearnerResult(best_choices(stats, flags, rng), trace)
     choices = best_choices(stats, _start(problem, choose_from), rng)
-    trace.info["reopened"] = [not bool(flags[c, ch.prompt, ch.n - 1])
+    trace.info["reopened"] = [ch.n is not None and not bool(flags[c, ch.prompt, ch.n - 1])
                               for c, ch in enumerate(choices)]
     return LearnerResult(choices, trace)
 
