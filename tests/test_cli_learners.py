@@ -112,6 +112,12 @@ def test_train_verbose_says_which_estimator_decided_and_why(tmp_path: Path) -> N
     assert [int(line.split(":")[0]) for line in rounds] == [r["round"] for r in trace["rounds"]]
     assert min(r["round"] for r in trace["rounds"]) < 0 < max(r["round"] for r in trace["rounds"])
     assert trace["paired"] is True and "queries: shared by the prompts of every round" in lines
+    # the model decided here: the final choice was among every arm of the screened prompts,
+    # and --verbose counts the contexts where it left the last round's survivors
+    assert chosen["choice"] == "model" and any(trace["reopened"])
+    assert ("final choice: the best by the last estimates among every arm of the screened "
+            f"prompts; outside the last round's survivors in {sum(trace['reopened'])} of "
+            f"{len(trace['reopened'])} contexts") in lines
     # summarization (Best-of-N), T = 1,000: blocks decide and contexts commit to one prompt
     # (the rest pays fewer than 30 blocks of 32 for each of their survivors), which --verbose
     # lists
@@ -120,6 +126,8 @@ def test_train_verbose_says_which_estimator_decided_and_why(tmp_path: Path) -> N
     assert small.exit_code == 0, small.output
     trace = json.loads(pol.read_text())["trace"]
     assert trace["estimator"]["choice"] == "blocks"
+    assert "reopened" not in trace and not any(x.startswith("final choice")
+                                               for x in small.output.splitlines())
     assert any(isinstance(p, int) for p in trace["committed"])
     assert ("committed to one prompt (per context; - where it kept its survivors): "
             + ", ".join("-" if p is None else str(p) for p in trace["committed"])
