@@ -571,6 +571,10 @@ def test_psst_auto_chooses_among_every_screened_arm_where_the_model_decides() ->
             assert (kept[best[0]], best[1] + 1) == (choice.prompt, choice.n)
             assert choice.q_hat == pytest.approx(values.max(), abs=1e-12)
         reopened += sum(result.trace.info["reopened"])
+        # Algorithm 1's choice, recorded: the same where the choice is within the survivors
+        for choice, was, out in zip(result.choices, result.trace.info["survivors_choice"],
+                                    result.trace.info["reopened"], strict=True):
+            assert out == (was != [choice.prompt, choice.n])
     assert reopened >= 1
     small = get_environment("summarization-smollm2")
     oracle = SimulatedOracle(small, np.arange(int(small.n_queries * 0.8)), 1000,

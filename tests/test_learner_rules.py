@@ -1118,3 +1118,4 @@ def test_psst_chooses_among_the_arms_it_is_told_by_the_last_estimates(
         assert "reopened" not in result.trace.info
     else:
         assert result.trace.info["reopened"] == [choose_from == "all"]
+        assert result.trace.info["survivors_choice"] == [[0, 1]]  # Algorithm 1's

@@ -322,7 +322,8 @@ def psst(
     the final choice is made among, by the last estimates (beyond the paper; ``psst-auto``
     passes every arm it started from); by default the last round's survivors, as
     Algorithm 1. The trace's ``reopened`` then says, per context, whether the choice lies
-    outside the last round's survivors."""
+    outside the last round's survivors, and ``survivors_choice`` what Algorithm 1 would have
+    chosen ([prompt, N] per context)."""
     budget = check_budget(oracle, budget)
     flags = _start(problem, active)
     stats = stats if stats is not None else QTable(problem)
@@ -345,6 +346,10 @@ def psst(
     choices = best_choices(stats, _start(problem, choose_from), rng)
     trace.info["reopened"] = [ch.n is not None and not bool(flags[c, ch.prompt, ch.n - 1])
                               for c, ch in enumerate(choices)]
+    # what Algorithm 1 would have chosen, for the record (drawn after, so that the choice's
+    # tie-breaks are the ones it would have without it)
+    trace.info["survivors_choice"] = [[ch.prompt, ch.n] for ch in best_choices(stats, flags,
+                                                                               rng)]
     return LearnerResult(choices, trace)
 
 
