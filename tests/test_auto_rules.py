@@ -530,8 +530,9 @@ def test_the_validation_folds_model_fits_its_prior_where_the_screening_s_does(
     assert all(m.prior == want and m.evidence == 0 for m in made)
 
 
-class Recording:
-    """A simulated oracle that keeps every observation it returns."""
+class ObservationLog:
+    """A simulated oracle that keeps every observation it returns (where
+    :class:`RecordingOracle` keeps the pulls asked of a pattern)."""
 
     def __init__(self, oracle: SimulatedOracle) -> None:
         self.oracle, self.ledger, self.seen = oracle, oracle.ledger, []
@@ -559,10 +560,11 @@ def test_psst_auto_chooses_among_every_screened_arm_where_the_model_decides() ->
     train = np.arange(int(env.n_queries * 0.8))
     reopened = 0
     for seed in range(10):
-        oracle = Recording(SimulatedOracle(env, train, 2000, np.random.default_rng(seed)))
+        oracle = ObservationLog(SimulatedOracle(env, train, 2000,
+                                                np.random.default_rng(seed)))
         result = PSSTAuto()(env.problem, oracle, 2000, np.random.default_rng(100 + seed))
         assert result.trace.info["estimator"]["choice"] == "model"
-        model = ModelQTable(env.problem, 0.5, "fitted")
+        model = ModelQTable(env.problem, PSSTAuto().alpha, PSSTAuto().prior)
         model.update(oracle.seen)
         for c, (kept, choice) in enumerate(zip(result.trace.info["screened_prompts"],
                                                result.choices, strict=True)):
@@ -571,7 +573,7 @@ def test_psst_auto_chooses_among_every_screened_arm_where_the_model_decides() ->
             assert (kept[best[0]], best[1] + 1) == (choice.prompt, choice.n)
             assert choice.q_hat == pytest.approx(values.max(), abs=1e-12)
         reopened += sum(result.trace.info["reopened"])
-        # Algorithm 1's choice, recorded: the same where the choice is within the survivors
+        # Algorithm 1's choice, recorded: reopened where the choice differs from it
         for choice, was, out in zip(result.choices, result.trace.info["survivors_choice"],
                                     result.trace.info["reopened"], strict=True):
             assert out == (was != [choice.prompt, choice.n])

@@ -113,11 +113,15 @@ def test_train_verbose_says_which_estimator_decided_and_why(tmp_path: Path) -> N
     assert min(r["round"] for r in trace["rounds"]) < 0 < max(r["round"] for r in trace["rounds"])
     assert trace["paired"] is True and "queries: shared by the prompts of every round" in lines
     # the model decided here: the final choice was among every arm of the screened prompts,
-    # and --verbose counts the contexts where it left the last round's survivors
+    # the policy keeps Algorithm 1's beside it, and --verbose counts the contexts where the
+    # two differ
     assert chosen["choice"] == "model" and any(trace["reopened"])
+    choices = json.loads(pol.read_text())["policy"]
+    assert [[c["prompt"], c["n"]] != was for c, was in zip(
+        choices, trace["survivors_choice"], strict=True)] == trace["reopened"]
     assert ("final choice: the best by the last estimates among every arm of the screened "
-            f"prompts; outside the last round's survivors in {sum(trace['reopened'])} of "
-            f"{len(trace['reopened'])} contexts") in lines
+            "prompts; other than Algorithm 1's, among the last round's survivors, in "
+            f"{sum(trace['reopened'])} of {len(trace['reopened'])} contexts") in lines
     # summarization (Best-of-N), T = 1,000: blocks decide and contexts commit to one prompt
     # (the rest pays fewer than 30 blocks of 32 for each of their survivors), which --verbose
     # lists

@@ -1119,3 +1119,25 @@ def test_psst_chooses_among_the_arms_it_is_told_by_the_last_estimates(
     else:
         assert result.trace.info["reopened"] == [choose_from == "all"]
         assert result.trace.info["survivors_choice"] == [[0, 1]]  # Algorithm 1's
+
+
+def test_algorithm_1_s_choice_is_recorded_with_the_tie_breaks_it_would_have_had() -> None:
+    """With T = 0 no round runs and no arm has data, so the choice is a tie among all of them,
+    broken by the generator. Told every arm, PSST chooses what it would have without being
+    told (the same draws), records that choice as Algorithm 1's, and reopens nothing; the
+    generator is left as Algorithm 1 leaves it, for seeds 0 to 19."""
+    env = noiseless_bon([0.9, 0.5, 0.7], [0.01] * 3, 4, {"low": 0.0, "high": 1.0})
+    every = np.ones((2, 3, 4), dtype=bool)
+    for seed in range(20):
+        runs = []
+        for allowed in (None, every):
+            oracle = SimulatedOracle(env, np.arange(env.n_queries), 0,
+                                     np.random.default_rng(0))
+            rng = np.random.default_rng(seed)
+            result = psst(env.problem, oracle, 0, rng, choose_from=allowed)
+            runs.append(([[c.prompt, c.n] for c in result.choices], result.trace.info,
+                         rng.random()))
+        (plain, _, after), (told, info, after_told) = runs
+        assert told == plain == info["survivors_choice"]
+        assert info["reopened"] == [False, False]
+        assert after_told == after

@@ -20,8 +20,7 @@ import argparse
 import numpy as np
 from joblib import Parallel, delayed
 
-from iapo.bench.runner import run_oracle, run_split
-from iapo.envs.base import acr, optimal_acr
+from iapo.bench.runner import run_oracle, run_queries
 from iapo.learners import get_learner
 from iapo.problem import Choice
 
@@ -31,16 +30,19 @@ ENVS = ("math,commonsenseqa,synth-bernoulli,synth-categorical,helpful-harmless-s
 
 
 def one_run(env_name: str, budget: int, run: int) -> tuple[float, float, bool]:
-    """(psst-auto's regret, Algorithm 1's regret on the same run, whether they differ)."""
-    env, train, q_test = run_split(env_name, 0, run, 0.2)
-    pr = env.problem.grid.probabilities
+    """(psst-auto's regret, Algorithm 1's regret on the same run, whether they differ),
+    scored as `iapo bench` scores a run (the environments' own arms: no stopping widths, so
+    a choice's prompt and N are the whole arm)."""
+    env, train, test = run_queries(env_name, 0, run, 0.2)
+    env.query_table(progress=False)
+    arms, pr = env.arm_table(test), env.problem.grid.probabilities
     oracle, rng = run_oracle(env, train, LEARNER, budget, 0, run)
     result = get_learner(LEARNER).learner(env.problem, oracle, budget, rng)
     chosen = result.choices
     was = result.trace.info.get("survivors_choice")
     survivors = chosen if was is None else [Choice(p, n, float("nan"), 0) for p, n in was]
-    best = optimal_acr(q_test, pr)
-    return (best - acr(q_test, chosen, pr), best - acr(q_test, survivors, pr),
+    best = arms.optimal_acr(pr)
+    return (best - arms.acr(chosen, pr), best - arms.acr(survivors, pr),
             any(result.trace.info.get("reopened", [])))
 
 

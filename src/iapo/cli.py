@@ -320,8 +320,8 @@ def _trace_text(trace: dict[str, Any]) -> str:
     if "reopened" in trace:  # psst-auto where the model decided: the choice among every arm
         reopened = trace["reopened"]
         lines.append("final choice: the best by the last estimates among every arm of the "
-                     f"screened prompts; outside the last round's survivors in "
-                     f"{sum(reopened)} of {len(reopened)} contexts")
+                     "screened prompts; other than Algorithm 1's, among the last round's "
+                     f"survivors, in {sum(reopened)} of {len(reopened)} contexts")
     lines += [f"note: {note}" for note in trace.get("notes", [])]
     return "\n".join(lines)
 

@@ -49,6 +49,8 @@ from iapo.utility import cost_term, unique_rows
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
+# every prompt's distinct (k, n) once: owner, pairs, which, counts (tally)
+Tally = tuple[IntArray, IntArray, IntArray, FloatArray]
 
 THETA = (np.arange(400) + 0.5) / 400  # quadrature nodes (cell midpoints) of a query's chance
 # of a right answer, and the cells' edges
@@ -209,9 +211,6 @@ def coarse_log_likelihoods(pairs: IntArray) -> FloatArray:
     return _COARSE.rows(keys, coarse_w.shape[0], compute)
 
 
-Tally = tuple[IntArray, IntArray, IntArray, FloatArray]
-
-
 def tally(votes: Sequence[tuple[IntArray, IntArray]]) -> Tally:
     """Every prompt's distinct (k, n) once: (owner [M], the prompt of each distinct row; pairs
     [K, 2], each (k, n) once whoever had it; which [M], each row's pair; counts [M], how many
@@ -237,8 +236,9 @@ def _summed(counted: Tally, n_prompts: int, width: int,
     owner, pairs, which, counts = counted
     if not owner.size:
         return np.zeros((n_prompts, width))
-    k = pairs.shape[0]
-    times = np.bincount(owner * k + which, counts, n_prompts * k).reshape(n_prompts, k)
+    size = pairs.shape[0]
+    times = np.bincount(owner * size + which, counts, n_prompts * size).reshape(n_prompts,
+                                                                                size)
     return np.asarray(times @ per_pair(pairs))
 
 
@@ -272,14 +272,14 @@ def log_marginals(loglik: FloatArray, gm: FloatArray, gs: FloatArray
     # cell's mass is the product of one mass of its mu and one of its log sigma, and the sum
     # over the grid is a product with each in turn
     coarse = coarse_grid()
-    if gm is coarse[0] and gs is coarse[1]:  # the coarse grid's own: its axes, unchecked
+    if gm is coarse[0] and gs is coarse[1]:  # the coarse grid's own: its axes
         mus, sds = LOGIT_MEAN, LOG_SD
     else:
         mus, sds = np.unique(gm), np.unique(gs)
-    if mus is not LOGIT_MEAN and not (np.array_equal(gm, np.repeat(mus, sds.size))
-                                      and np.array_equal(gs, np.tile(sds, mus.size))):
-        raise ValueError("log_marginals needs a product grid of (mu, log sigma), mu the slower "
-                         "index (coarse_grid's)")
+        if not (np.array_equal(gm, np.repeat(mus, sds.size))
+                and np.array_equal(gs, np.tile(sds, mus.size))):
+            raise ValueError("log_marginals needs a product grid of (mu, log sigma), mu the "
+                             "slower index (coarse_grid's)")
     p = loglik.shape[0]
     scaled = np.exp(loglik - top[:, None]).reshape(p * mus.size, sds.size)  # [P x mu, sd]
 

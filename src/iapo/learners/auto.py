@@ -58,12 +58,12 @@ is the choice of prompt, not of N. ``psst-auto`` spends its budget in two phases
    cannot pay, while the N of one prompt is told from nested blocks of the same groups.
    Where the model decides, the final choice is the best by its last estimates among every
    arm of the prompts the screening kept, not only among PSST's last survivors (beyond the
-   paper; ``psst``'s ``choose_from``; the trace's ``reopened`` says, per context, whether
-   the choice lies outside them): every arm of a prompt rests on all of its answers, so a
-   prompt cut in an early round, whose later rivals fell as their answers grew, can still
-   win on the same evidence. With blocks an arm cut early rests on a few blocks of its N,
-   the luckiest of which a choice among all would favour; blocks keep Algorithm 1's choice
-   (docs/default-learner.md has both measured).
+   paper; ``psst``'s ``choose_from``; the trace's ``survivors_choice`` records Algorithm
+   1's choice and ``reopened``, per context, whether the choice differs): every arm of a
+   prompt rests on all of its answers, so a prompt cut in an early round, whose later rivals
+   fell as their answers grew, can still win on the same evidence. With blocks an arm cut
+   early rests on a few blocks of its N, the luckiest of which a choice among all would
+   favour; blocks keep Algorithm 1's choice (docs/default-learner.md has both measured).
 
 Majority voting's model fits its prior (``prior="fitted"``, :class:`iapo.model.ModelQTable`;
 beyond the paper): where every query's answers are its right answer or one wrong answer (and

@@ -53,6 +53,7 @@ which applied):
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -321,11 +322,12 @@ def psst(
     the paper, whose groups each draw their own). ``choose_from`` [C, P, N_max]: the arms
     the final choice is made among, by the last estimates (beyond the paper; ``psst-auto``
     passes every arm it started from); by default the last round's survivors, as
-    Algorithm 1. The trace's ``reopened`` then says, per context, whether the choice lies
-    outside the last round's survivors, and ``survivors_choice`` what Algorithm 1 would have
-    chosen ([prompt, N] per context)."""
+    Algorithm 1. The trace's ``survivors_choice`` then records what Algorithm 1 would have
+    chosen ([prompt, N] per context, with the same tie-breaks), and ``reopened`` whether the
+    choice differs from it (a choice outside the last round's survivors)."""
     budget = check_budget(oracle, budget)
     flags = _start(problem, active)
+    among = None if choose_from is None else _start(problem, choose_from, "choose_from")
     stats = stats if stats is not None else QTable(problem)
     trace = trace if trace is not None else Trace()
     start = oracle.ledger.spent
@@ -341,15 +343,15 @@ def psst(
         flags = trim(flags, stats, r_eff - r, rng)  # keep the better half per context
         trace.rounds.append(round_record(r + 1, n_r, pulls, flags))
     trace.completions_used += oracle.ledger.spent - start
-    if choose_from is None:
+    if among is None:
         return LearnerResult(best_choices(stats, flags, rng), trace)
-    choices = best_choices(stats, _start(problem, choose_from), rng)
-    trace.info["reopened"] = [ch.n is not None and not bool(flags[c, ch.prompt, ch.n - 1])
-                              for c, ch in enumerate(choices)]
-    # what Algorithm 1 would have chosen, for the record (drawn after, so that the choice's
-    # tie-breaks are the ones it would have without it)
-    trace.info["survivors_choice"] = [[ch.prompt, ch.n] for ch in best_choices(stats, flags,
-                                                                               rng)]
+    # what Algorithm 1 would have chosen, for the record, with the same tie-break draws as
+    # the choice (a copy of the generator), which leaves the generator as Algorithm 1 would
+    survivors = best_choices(stats, flags, copy.deepcopy(rng))
+    choices = best_choices(stats, among, rng)
+    trace.info["survivors_choice"] = [[ch.prompt, ch.n] for ch in survivors]
+    trace.info["reopened"] = [(ch.prompt, ch.n) != (was.prompt, was.n)
+                              for ch, was in zip(choices, survivors, strict=True)]
     return LearnerResult(choices, trace)
 
 
@@ -366,12 +368,13 @@ def rounds_planned(flags: BoolArray, budget: int, schedule: Halving, allocation:
     return allocation, schedule.rounds_run(r_paper, budget, cost, trace)  # rule 2
 
 
-def _start(problem: Problem, active: BoolArray | None) -> BoolArray:
-    """The arms every context starts with (a copy), checked."""
+def _start(problem: Problem, active: BoolArray | None, name: str = "active") -> BoolArray:
+    """The arms every context starts with (a copy), checked (``name``: the argument's, for
+    the message)."""
     shape = (problem.n_contexts, problem.n_prompts, problem.n_max)
     flags = np.ones(shape, dtype=bool) if active is None else np.array(active, dtype=bool)
     if flags.shape != shape or not flags.any(axis=(1, 2)).all():
-        raise InputError(f"active must be [C, P, N] = {shape} with an arm in every context")
+        raise InputError(f"{name} must be [C, P, N] = {shape} with an arm in every context")
     return flags
 
 
