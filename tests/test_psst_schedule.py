@@ -96,4 +96,4 @@ def test_algorithm_1_is_one_short_loop_over_its_parts() -> None:
     assert len(inspect.getsource(psst).splitlines()) <= 40
     assert set(inspect.signature(psst).parameters) == {
         "problem", "oracle", "budget", "rng", "schedule", "allocation", "stats", "active",
-        "trace", "paired"}
+        "trace", "paired", "choose_from"}

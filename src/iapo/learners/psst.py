@@ -319,12 +319,7 @@ def psst(
     gathered before, e.g. by a screening), from the arms ``active`` [C, P, N_max] (all by
     default), going on with the ``trace`` of a learner that ran before on the same budget.
     ``paired``: every round's prompts are pulled on shared queries (:class:`Pull`; beyond
-    the paper, whose groups each draw their own). ``choose_from`` [C, P, N_max]: the arms
-    the final choice is made among, by the last estimates (beyond the paper; ``psst-auto``
-    passes every arm it started from); by default the last round's survivors, as
-    Algorithm 1. The trace's ``survivors_choice`` then records what Algorithm 1 would have
-    chosen ([prompt, N] per context, with the same tie-breaks), and ``reopened`` whether the
-    choice differs from it (a choice outside the last round's survivors)."""
+    the paper, whose groups each draw their own). ``choose_from``: :func:`final_choices`."""
     budget = check_budget(oracle, budget)
     flags = _start(problem, active)
     among = None if choose_from is None else _start(problem, choose_from, "choose_from")
@@ -343,16 +338,26 @@ def psst(
         flags = trim(flags, stats, r_eff - r, rng)  # keep the better half per context
         trace.rounds.append(round_record(r + 1, n_r, pulls, flags))
     trace.completions_used += oracle.ledger.spent - start
+    return LearnerResult(final_choices(stats, flags, among, rng, trace), trace)
+
+
+def final_choices(stats: Estimator, flags: BoolArray, among: BoolArray | None,
+                  rng: np.random.Generator, trace: Trace) -> list[Choice]:
+    """PSST's choice per context by the last estimates ``stats``: among the last round's
+    survivors ``flags`` [C, P, N_max], as Algorithm 1, or among the arms ``among`` (beyond
+    the paper; ``psst-auto`` passes every arm it started from where its model decides). With
+    ``among``, the trace's ``survivors_choice`` records what Algorithm 1 would have chosen
+    ([prompt, N] per context, with the same tie-break draws: a copy of the generator, which
+    is left as Algorithm 1 leaves it), and ``reopened`` whether the choice differs from it
+    (a choice outside the last round's survivors)."""
     if among is None:
-        return LearnerResult(best_choices(stats, flags, rng), trace)
-    # what Algorithm 1 would have chosen, for the record, with the same tie-break draws as
-    # the choice (a copy of the generator), which leaves the generator as Algorithm 1 would
+        return best_choices(stats, flags, rng)
     survivors = best_choices(stats, flags, copy.deepcopy(rng))
     choices = best_choices(stats, among, rng)
     trace.info["survivors_choice"] = [[ch.prompt, ch.n] for ch in survivors]
     trace.info["reopened"] = [(ch.prompt, ch.n) != (was.prompt, was.n)
                               for ch, was in zip(choices, survivors, strict=True)]
-    return LearnerResult(choices, trace)
+    return choices
 
 
 def rounds_planned(flags: BoolArray, budget: int, schedule: Halving, allocation: Allocation,
@@ -442,5 +447,6 @@ class PSSTModel:
 
 
 __all__ = ["PSST", "Allocation", "Choice", "Groups", "Halving", "LargestN", "PSSTModel",
-           "RoundOnly", "Uniform", "allowance", "effective_rounds", "equal_pulls", "keep_best",
-           "keep_count", "psst", "rounds_for", "rounds_planned", "scale_cap", "top_up", "trim"]
+           "RoundOnly", "Uniform", "allowance", "effective_rounds", "equal_pulls",
+           "final_choices", "keep_best", "keep_count", "psst", "rounds_for", "rounds_planned",
+           "scale_cap", "top_up", "trim"]
