@@ -9,8 +9,8 @@ On the bench's runs (the same environments, splits, seeds and oracles as `iapo b
 `psst-auto`'s choice and of the choice Algorithm 1 would have made on the same estimates
 (its trace's ``survivors_choice``, recorded where the model decided; elsewhere the two are
 one). Prints per cell the mean of each, their paired difference with its SEM over runs, and
-the share of runs where the choice left the last round's survivors in some context. Cited by
-docs/default-learner.md.
+the share of runs where some context's choice differs from Algorithm 1's (``reopened``).
+Cited by docs/default-learner.md.
 """
 
 from __future__ import annotations

@@ -296,8 +296,8 @@ class ModelQTable:
         queries = f"{twice} {'query' if twice == 1 else 'queries'} answered wrong twice or more"
         if not shown_binary(wrong, need):
             return None, f"{queries}; {need} are needed to show that the answers are binary"
-        total = votes[:, asked].sum(axis=2)  # [P, X']
-        right = votes[:, asked, gold]
+        right = votes[:, asked, gold]  # [P, X']
+        total = votes[:, asked].sum(axis=2)
         why = ("every query's answers were its right answer or one wrong answer, "
                + ("as the task declares" if self.problem.answers == 2 else
                   f"shown by {queries}" if need else "with no evidence asked"))
