@@ -829,6 +829,9 @@ def test_psst_refuses_an_active_set_that_leaves_a_context_without_arms() -> None
         psst(env.problem, oracle, 100, np.random.default_rng(0), active=active)
     with pytest.raises(InputError, match="active must be"):
         psst(env.problem, oracle, 100, np.random.default_rng(0), active=np.ones((2, 2, 3)))
+    # the arms of the final choice are checked, by their own name, before anything is paid
+    with pytest.raises(InputError, match=r"choose_from must be \[C, P, N\] = \(2, 2, 2\)"):
+        psst(env.problem, oracle, 100, np.random.default_rng(0), choose_from=active)
     assert oracle.ledger.spent == 0
 
 
