@@ -17,8 +17,8 @@ once, on the traffic's truth from the first completion, with no drift to detect,
 served meanwhile and no evidence asked before it acts (PSST's own choice, its estimate's
 best). Not in volume: the continual policy also samples its served arm on every request
 (10 to 20 times its learning completions), which the reference does not get. The regrets
-are expectations over the contexts' probabilities, not the realised traffic (0.0381 here
-against simulate's 0.0379 for MATH's frozen window).
+are expectations over the contexts' probabilities, not the realised traffic (0.0403 here
+against simulate's 0.0401 for MATH's frozen window).
 Its regret per request is exact (the gap of its arms on the traffic's queries, weighted by
 the contexts' probabilities); the frozen policy's is the trained arms' gap on the same truth.
 

@@ -1,0 +1,231 @@
+"""Where continual learning's learning completions go decides how much of a drift it repairs:
+four rules for them, on `iapo simulate`'s runs with drift.
+
+    .venv/bin/python benchmarks/experiments/continual_exploration.py ENV [--runs R]
+        [--workers W] [--rules current,oracle,paired,paired-candidates] [--requests 7000]
+        [--no-drift]
+
+Every rule runs `iapo simulate --drift-at 2000 --budgets 0.1` (`iapo.simulate.simulate_run`,
+the same requests, training and drift) with the continual learner's class replaced:
+
+- ``current``: `iapo.continual.Continual` as it is (docs/continual.md's rules).
+- ``oracle``: a bound, not a rule. The learning pulls that go to the candidates go instead
+  to the prompts that are best (in some context) on the traffic as it is at that moment,
+  at N_max; everything else, the challengers and the switches included, is unchanged. It
+  says how much of the window's regret is left when the exploration knows where to look.
+- ``paired``: the candidates and the switches by paired, unbiased comparisons with the
+  served arm, query by query. The served prompt is answered on nearly every query of the
+  traffic (thousands of answers), so its credit on a query is known; another prompt's
+  credit on the same query is the U-statistic of its answers there (the average credit over
+  all size-n subsets, `iapo.exact.mv_subset_credit`: unbiased for every n up to its answers
+  on that query). Their difference, averaged over the queries both were asked, less the
+  cost difference, is the gain, with the query-to-query spread as its error (the variance
+  shrunk toward 0.05 with a weight of 5 queries). Candidates: per context, the 2 prompts
+  of highest upper bound (z = 1.645) above 0 (a prompt asked on fewer than 3 queries deep
+  enough has an infinite one), pulled at N_max. Switch: at every refit, to the arm of
+  highest lower bound (z = 2, 10 queries or more), where it is above 0, on top of the
+  current rules. The per-query model cannot do this: a prompt with few answers per query
+  has its large-N credit pulled toward the middle by its prior, while the served prompt's
+  is not, so the model ranks the served prompt above a better one (docs/continual.md).
+- ``paired-candidates``: the paired candidates, with the current switches.
+
+Printed per rule: the window's regret per request (requests 6,000 to 7,000; SEM over runs),
+the frozen policy's, the ratio of the two (of the means, as docs/continual.md), the paired
+difference of cumulative regret against frozen at the last request (SEM), the switches per
+run and the seconds taken. ``--no-drift`` runs the same without the drift (the window is
+then not printed). Cited by docs/continual.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import joblib
+import numpy as np
+
+from iapo import simulate
+from iapo.bench.runner import run_oracle, run_queries
+from iapo.continual import Continual
+from iapo.exact import mv_polya_credit, mv_subset_credit
+from iapo.learners import get_learner
+from iapo.model import ModelQTable, _posterior
+from iapo.problem import arm_index
+from iapo.report import Recorder
+from iapo.utility import gold_first, unique_rows
+
+DEEP = 96  # answers on a query past which the served prompt's credit is its posterior's
+
+
+class OracleExploration(Continual):
+    """Candidates: the prompts best on the traffic as it is now, at N_max (a bound)."""
+
+    truths: list[tuple[int, np.ndarray]] = []  # (from request, exact Q [C, P, N])
+
+    def _plan(self) -> None:
+        q = [t for start, t in self.truths if start <= self.requests][-1]
+        flat = q.reshape(q.shape[0], -1)
+        best = sorted({int(a) // self.problem.n_max for a in flat.argmax(axis=1)})
+        self._explore = [(p, self.problem.n_max) for p in best]
+
+
+class PairedExploration(Continual):
+    """Candidates and switches by paired U-statistic gains (module docstring)."""
+
+    z_explore, z_switch, top, explore_queries, switch_queries = 1.645, 2.0, 2, 3, 10
+
+    _cached: tuple[np.ndarray, np.ndarray] | None = None
+
+    def observe(self, *args: Any, **kwargs: Any) -> Any:
+        self._cached = None
+        return super().observe(*args, **kwargs)
+
+    def _credits(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per (prompt, query) credit for every n [P, X, N] (NaN: fewer answers than n, or
+        none), and each prompt's mean cost of one completion [P]; kept until new groups
+        come (a drift flag, which forgets groups, comes with new ones)."""
+        if self._cached is None:
+            self._cached = self._fit_credits()
+        return self._cached
+
+    def _fit_credits(self) -> tuple[np.ndarray, np.ndarray]:
+        model = ModelQTable(self.problem)
+        model.update([o for _, _, o in self._kept])
+        votes, n_max = model._votes, self.problem.n_max
+        answers = votes.sum(axis=2)
+        out = np.full((*answers.shape, n_max), np.nan)
+        pi, xi = np.nonzero(answers > 0)
+        rows = gold_first(votes[pi, xi], model._gold[xi])
+        k = answers[pi, xi]
+        deep = k > DEEP
+        if deep.any():
+            uniq, inverse = unique_rows(rows[deep])
+            post = _posterior(uniq, model.alpha)
+            out[pi[deep], xi[deep]] = mv_polya_credit(post[:, 0], post[:, 1:], n_max)[inverse]
+        for g in np.unique(k[~deep]):
+            sel = np.flatnonzero(~deep & (k == g))
+            uniq, inverse = unique_rows(rows[sel])
+            credit = mv_subset_credit(uniq[:, 0], uniq[:, 1:], int(g))[inverse]
+            width = min(int(g), n_max)
+            out[pi[sel], xi[sel], :width] = credit[:, :width]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cost = model._cost_sum / model._cost_n
+        return out, cost
+
+    def _gains(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per context: the gain of every arm over the served one [P, N] (the served
+        prompt's: NaN), its standard error and the queries behind it."""
+        credit, cost = self._credits()
+        grid, n_max = self.problem.grid, self.problem.n_max
+        out = []
+        for c in range(self.problem.n_contexts):
+            s, ns = int(self.prompt[c]), int(self.n[c])
+            d = grid.weights[c, 0] * (credit - credit[s, :, ns - 1][None, :, None])
+            k = np.isfinite(d).sum(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = np.nansum(d, axis=1) / k
+                var = np.nansum((d - mean[:, None, :]) ** 2, axis=1) / np.maximum(k - 1, 1)
+                paid = grid.cost_weights[c] * np.nan_to_num(cost)[:, None] * np.arange(
+                    1, n_max + 1)
+                gain = mean - (paid - paid[s, ns - 1])
+                se = np.sqrt((var * k + 0.05 * 5) / (k + 5) / np.maximum(k, 1))
+            gain[s], k[s] = np.nan, 0
+            out.append((gain, se, k))
+        return out
+
+    def _plan(self) -> None:
+        if not hasattr(self, "_kept"):
+            return
+        want: dict[int, int] = {}
+        for c, (gain, se, k) in enumerate(self._gains()):
+            upper = np.where(k >= self.explore_queries, gain + self.z_explore * se, np.inf)
+            upper[int(self.prompt[c])] = -np.inf
+            best = upper.max(axis=1)
+            for p in np.argsort(-best, kind="stable")[: self.top]:
+                if best[p] > 0:
+                    want[int(p)] = self.problem.n_max
+        self._explore = sorted(want.items())
+
+    def refit(self) -> list[Any]:
+        before = len(self.switches)
+        super().refit()
+        for c, (gain, se, k) in enumerate(self._gains()):
+            lower = np.where(k >= self.switch_queries, gain - self.z_switch * se, -np.inf)
+            lower = np.nan_to_num(lower, nan=-np.inf)
+            best = int(lower.argmax())
+            if lower.flat[best] > 0:
+                p, n = np.unravel_index(best, lower.shape)
+                self._choose(c, int(arm_index(int(p), int(n) + 1, self.problem.n_max)),
+                             "evidence", float(lower.flat[best]))
+        self._plan()
+        return self.switches[before:]
+
+
+class PairedCandidates(PairedExploration):
+    """The paired candidates alone: switches by the current rules."""
+
+    def refit(self) -> list[Any]:
+        return Continual.refit(self)
+
+
+RULES = {"current": Continual, "oracle": OracleExploration, "paired": PairedExploration,
+         "paired-candidates": PairedCandidates}
+
+
+def one_run(config: simulate.SimConfig, rule: str, run: int) -> dict[str, Any]:
+    """`iapo.simulate.simulate_run` with the rule's class as the continual learner."""
+    if rule == "oracle":  # the truths simulate_run scores against, computed as it does
+        env, train, _ = run_queries(config.env, config.seed, run, config.test_fraction)
+        simulated, rng = run_oracle(env, train, config.learner, config.train_budget,
+                                    config.seed, run)
+        trained = get_learner(config.learner).learner(env.problem, Recorder(simulated),
+                                                      config.train_budget, rng).choices
+        population = np.arange(env.n_queries, dtype=np.int64)
+        q0 = env.query_table(progress=False).q(env.problem, population)
+        truths = [(0, q0)]
+        if config.scenario.drift_at is not None:
+            served = [(c.prompt, int(c.n or 1)) for c in trained]
+            truths.append((config.scenario.drift_at,
+                           simulate.drift_of(env, served, config.scenario.drop, population,
+                                             q0)[1]))
+        OracleExploration.truths = truths
+    simulate.Continual = RULES[rule]  # type: ignore[misc]
+    return simulate.simulate_run(config, run)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("env")
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rules", default="current,oracle,paired,paired-candidates")
+    ap.add_argument("--requests", type=int, default=7000)
+    ap.add_argument("--no-drift", action="store_true")
+    args = ap.parse_args()
+    scenario = simulate.Scenario(requests=args.requests,
+                                 drift_at=None if args.no_drift else 2000)
+    config = simulate.SimConfig(env=args.env, budgets=(0.1,), runs=args.runs,
+                                scenario=scenario)
+    key = "continual@0.1"
+    for rule in args.rules.split(","):
+        start = time.time()
+        runs = joblib.Parallel(n_jobs=args.workers)(
+            joblib.delayed(one_run)(config, rule, r) for r in range(args.runs))
+        summary = simulate.summarize(config, runs)
+        row = summary["conditions"][key]
+        diff, sem = row["diff_final"]
+        switches = np.mean([len(r[key]["switches"]) for r in runs])
+        window = ""
+        if "window_regret" in row:
+            w, ws = row["window_regret"]
+            frozen = summary["conditions"]["frozen"]["window_regret"][0]
+            window = (f"window {w:.4f} ({ws:.4f}), frozen's {frozen:.4f}, ratio to frozen "
+                      f"{row['window_ratio']:.2f}, ")
+        print(f"{args.env} {rule}: {window}cumulative vs frozen at {args.requests:,} "
+              f"{diff:+.1f} ({sem:.1f}), switches per run {switches:.1f}, "
+              f"{time.time() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
