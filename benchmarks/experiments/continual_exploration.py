@@ -63,11 +63,11 @@ from iapo.problem import arm_index
 from iapo.report import Recorder
 from iapo.utility import gold_first, unique_rows
 
-DEEP = 96  # answers on a query past which the served prompt's credit is its posterior's
+DEEP = 96  # answers on a query past which a prompt's credit there is its posterior's
 
 
 class OracleExploration(Continual):
-    """Candidates: the prompts best on the traffic as it is now, at N_max (a bound)."""
+    """Candidates: the prompts best on the traffic as it is now, at N_max (a reference)."""
 
     truths: list[tuple[int, np.ndarray]] = []  # (from request, exact Q [C, P, N])
 
@@ -82,9 +82,8 @@ class PairedExploration(Continual):
     """Candidates and switches by paired U-statistic gains (module docstring)."""
 
     z_explore, z_switch, top, explore_queries, switch_queries = 1.645, 2.0, 2, 3, 10
-    order = "random"  # how ties among untried prompts are broken: "random" or "model"
 
-    _cached: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    _cached: tuple[np.ndarray, np.ndarray] | None = None
 
     def observe(self, *args: Any, **kwargs: Any) -> Any:
         self._cached = None
@@ -94,15 +93,15 @@ class PairedExploration(Continual):
         self._cached = None  # the flagged prompt's groups before the baselines are forgotten
         super()._drifted(flag)
 
-    def _credits(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _credits(self) -> tuple[np.ndarray, np.ndarray]:
         """Per (prompt, query) credit for every n [P, X, N] (NaN: fewer answers than n, or
-        none), each prompt's mean cost of one completion [P] and the per-query model's Q
-        [C, P, N]; kept until new groups come or a drift flag forgets some."""
+        none) and each prompt's mean cost of one completion [P]; kept until new groups come
+        or a drift flag forgets some."""
         if self._cached is None:
             self._cached = self._fit_credits()
         return self._cached
 
-    def _fit_credits(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _fit_credits(self) -> tuple[np.ndarray, np.ndarray]:
         model = ModelQTable(self.problem)
         model.update([o for _, _, o in self._kept])
         votes, n_max = model._votes, self.problem.n_max
@@ -129,12 +128,12 @@ class PairedExploration(Continual):
             out[pi[sel], xi[sel], :width] = credit[:, :width]
         with np.errstate(invalid="ignore", divide="ignore"):
             cost = model._cost_sum / model._cost_n
-        return out, cost, np.asarray(model.mean, dtype=np.float64)
+        return out, cost
 
     def _gains(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per context: the gain of every arm over the served one [P, N] (the served
         prompt's: NaN), its standard error and the queries behind it."""
-        credit, cost, _ = self._credits()
+        credit, cost = self._credits()
         grid, n_max = self.problem.grid, self.problem.n_max
         out = []
         for c in range(self.problem.n_contexts):
@@ -157,20 +156,15 @@ class PairedExploration(Continual):
         arms: an arm's paired bound where it has one on ``explore_queries`` queries or more,
         else its block estimates' (:meth:`Continual.bounds`, less the served arm's mean;
         infinite with fewer than MIN_GROUPS groups). Ties (infinite bounds, the prompts not
-        yet sampled deep enough) go to the prompt the per-query model ranks higher, the
-        untried prompts having alike few answers per query. All are pulled at N_max."""
-        if not hasattr(self, "_kept"):
-            return
+        yet sampled deep enough) go in an order drawn at random once per learner, seeded by
+        its training's queries (the per-query model would rank the served prompt first). All
+        are pulled at N_max."""
         c_all, n_max = self.problem.n_contexts, self.problem.n_max
         _, block_upper = self.bounds(float(norm.ppf(self.settings.confidence)))
         mean = self.estimates().mean.reshape(c_all, -1)
-        if self.order == "model":
-            tie = np.nan_to_num(self._credits()[2], nan=-np.inf).max(axis=2)  # [C, P]
-        else:  # a random order, drawn once per learner (seeded by its training's queries)
-            if not hasattr(self, "_order"):
-                seed = sum(int(o.queries.sum()) for _, _, o in self._kept)
-                self._order = np.random.default_rng(seed).permutation(self.problem.n_prompts)
-            tie = np.broadcast_to(self._order, (c_all, self.problem.n_prompts))
+        if not hasattr(self, "_order"):  # first called by __init__: training's groups only
+            seed = sum(int(o.queries.sum()) for _, _, o in self._kept)
+            self._order = np.random.default_rng(seed).permutation(self.problem.n_prompts)
         want: dict[int, int] = {}
         for c, (gain, se, k) in enumerate(self._gains()):
             served = int(arm_index(self.prompt[c], self.n[c], n_max))
@@ -179,7 +173,7 @@ class PairedExploration(Continual):
                              by_blocks)
             best = np.nan_to_num(upper, nan=-np.inf).max(axis=1)
             best[int(self.prompt[c])] = -np.inf
-            for p in np.lexsort((-tie[c], -best))[: self.top]:
+            for p in np.lexsort((-self._order, -best))[: self.top]:
                 if best[p] > 0:
                     want[int(p)] = n_max
         self._explore = sorted(want.items())
