@@ -165,7 +165,7 @@ def learner(settings: ContinualSettings, training: list[Observation] | None = No
 def test_settings_refuse_bad_values() -> None:
     for bad in ({"learn_budget": 1.5}, {"refine_every": 0}, {"confidence": 1.0},
                 {"alarm": 0.0}, {"min_gain": -0.1}, {"candidates": 0}, {"recovery": -1},
-                {"recovery": 1.5}):
+                {"recovery": 1.5}, {"moves": "model"}):
         with pytest.raises(InputError):
             ContinualSettings(**bad)  # type: ignore[arg-type]
 
@@ -590,6 +590,76 @@ def test_a_recovering_context_does_not_judge_its_challenger(recovering: bool) ->
         assert low == [] and cont.served_arms()[0] == (1, 4) and cont.challenger[0] == 8
     else:
         assert low == [((2, 1), "evidence")]
+
+
+def on_queries(prompt: int, right: int, wrong: int, first: int = 0) -> Observation:
+    """Groups of 4 of ``prompt``, one per query (``first``, ``first`` + 1, ...): ``right`` all
+    gold, then ``wrong`` all wrong."""
+    obs = served_groups(prompt, right, wrong)
+    return Observation(prompt, 4, np.arange(first, first + right + wrong), obs.scores,
+                       obs.labels, obs.gold)
+
+
+def test_a_pessimistic_estimate_is_the_models_less_one_standard_error() -> None:
+    """Prompt 1 on 40 queries (36 all gold, 4 all wrong), prompt 2 on 2 (all gold). Each
+    query's credit is that of a model fitted on it alone; by hand, the variance over a
+    prompt's queries (ddof 1) is shrunk toward the median prompt's, (k v + 5 t) / (k + 5),
+    and the estimate is the model's less PESSIMISM x sqrt(that / k)."""
+    training = [on_queries(1, 36, 4), on_queries(2, 2, 0, first=40)]
+    cont = learner(ContinualSettings(moves="pessimistic"), training)
+    env = env3()
+    from iapo.model import ModelQTable
+
+    def alone(obs: Observation, prompt: int) -> npt.NDArray[np.float64]:
+        m = ModelQTable(env.problem)
+        m.update([obs])
+        return np.asarray(m.mean[0, prompt])  # 'low': no cost
+
+    gold, wrong = alone(on_queries(1, 1, 0), 1), alone(on_queries(1, 0, 1), 1)
+    c1 = np.array([gold] * 36 + [wrong] * 4)
+    v1, v2 = c1.var(axis=0, ddof=1), np.zeros(4)
+    typical = (v1 + v2) / 2  # the median of two prompts' variances
+    se1 = np.sqrt((40 * v1 + PRIOR_GROUPS * typical) / (40 + PRIOR_GROUPS) / 40)
+    se2 = np.sqrt((2 * v2 + PRIOR_GROUPS * typical) / (2 + PRIOR_GROUPS) / 2)
+    from iapo.continual import PESSIMISM
+
+    got = cont._model_means(0, {}).reshape(3, 4)
+    np.testing.assert_allclose(got[1], c1.mean(axis=0) - PESSIMISM * se1, atol=1e-12)
+    np.testing.assert_allclose(got[2], gold - PESSIMISM * se2, atol=1e-12)
+    assert np.isnan(got[0]).all()
+    plain = learner(ContinualSettings(), training)._model_means(0, {}).reshape(3, 4)
+    np.testing.assert_allclose(plain[1], c1.mean(axis=0), atol=1e-12)
+
+
+def test_pessimistic_moves_wait_for_queries_and_never_judge_challengers() -> None:
+    """Prompt 1 (served) on 40 queries, 39 all gold; prompt 2 on 2, all gold. The model's
+    credit of prompt 2 beats prompt 1's, by 1/40 of a query's, but on 2 queries its
+    pessimistic estimate does not (its error, about 0.065, against prompt 1's 0.024): no
+    move at the refit. On 30 queries more, all gold, it does: both contexts move to it,
+    reason "model", with no drift flag. The evidence rule (the default) moves neither on the
+    same data: the model moves it only after a flag."""
+    training = [on_queries(1, 39, 1), on_queries(2, 2, 0, first=40)]
+    for moves in ("pessimistic", "evidence"):  # each context serves prompt 1's best arm
+        cont = learner(ContinualSettings(refine_every=10, moves=moves), training,
+                       served=((1, 3), (1, 1)))
+        plain = cont._model_means(0, {}) if moves == "evidence" else None
+        assert plain is None or plain.reshape(3, 4)[2, 2] > plain.reshape(3, 4)[1, 2]
+        cont.record_served(10, 40)
+        assert cont.refit() == []
+        cont.observe([on_queries(2, 30, 0, first=50)])
+        cont.record_served(10, 40)
+        moved = cont.refit()
+        if moves == "pessimistic":
+            assert cont.served_arms() == [(2, 3), (2, 1)]
+            assert {s.reason for s in moved} == {"model"}
+        else:
+            assert moved == [] and cont.served_arms() == [(1, 3), (1, 1)]
+
+
+def test_pessimistic_moves_need_majority_voting() -> None:
+    with pytest.raises(InputError, match="majority"):
+        bon_learner(ContinualSettings(moves="pessimistic"), [served_groups(1, 9, 1)],
+                    ((1, 4), (1, 4)))
 
 
 def bon_learner(settings: ContinualSettings, training: list[Observation],

@@ -89,6 +89,29 @@ def test_mv_model_averages_over_queries_and_pools_answers_of_one_query() -> None
     assert model.counts[0, 0] == 2
 
 
+def test_credit_spread_is_over_queries_by_brute_force() -> None:
+    """mv_credit_spread's mean and variance of the per-query credits, against
+    :func:`brute_polya` of every query's posterior (alpha 0.5: gold count + 0.5, each wrong
+    answer seen + 0.5, one unseen bucket 0.5) and numpy's sample variance."""
+    p = mv_problem()
+    model = ModelQTable(p, alpha=0.5)
+    # prompt 0: query 0 answers [g, g], query 1 [g, w], query 2 [w, w]; prompt 1: query 0 [g]
+    labels = np.array([[0, 0], [0, 1], [1, 1]], dtype=np.int16)
+    model.update([Observation(0, 2, np.array([0, 1, 2]), np.zeros((3, 2, 2)), labels,
+                              np.zeros(3, dtype=np.int16)),
+                  Observation(1, 1, np.array([0]), np.zeros((1, 1, 2)),
+                              np.array([[0]], dtype=np.int16), np.zeros(1, dtype=np.int16))])
+    per_query = np.array([[brute_polya(a, n) for n in range(1, 5)] for a in (
+        [2.5, 0.5], [1.5, 1.5, 0.5], [0.5, 2.5, 0.5])])
+    mean, var, k = model.mv_credit_spread()
+    np.testing.assert_allclose(mean[0], per_query.mean(axis=0), atol=1e-12)
+    np.testing.assert_allclose(var[0], per_query.var(axis=0, ddof=1), atol=1e-12)
+    np.testing.assert_allclose(mean[1], [brute_polya([1.5, 0.5], n) for n in range(1, 5)])
+    assert np.isnan(var[1]).all()  # one query: no spread
+    assert k.tolist() == [3, 1]
+    np.testing.assert_allclose(model.mean[0, 0], mean[0])  # 'low' pays nothing
+
+
 def test_bon_model_by_hand() -> None:
     grid = ContextGrid.product([Objective("u", 0.0, 1.0)], [(1.0,)], {"only": 0.0})
     p = Problem("b", "bon", ("a",), 3, grid, CostObjective("cost", 1.0))

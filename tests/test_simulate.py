@@ -73,18 +73,19 @@ def test_every_switch_carries_its_exact_gain(run0: dict) -> None:
 
 
 def test_switch_quality_counts_switches_that_changed_the_value() -> None:
-    """Worked by hand: 4 switches in 2 runs; of the evidence switches, one raised the value,
+    """Worked by hand: 5 switches in 2 runs; of the evidence switches, one raised the value,
     one lowered it and one changed nothing (left out of the share); the drift switch
-    lowered it."""
+    lowered it; the pessimistic move raised it."""
     from iapo.simulate import _switch_quality
 
     runs = [[{"reason": "evidence", "exact_gain": 0.01}, {"reason": "drift", "exact_gain": -0.02},
              {"reason": "evidence", "exact_gain": 0.0}],
-            [{"reason": "evidence", "exact_gain": -0.005}]]
+            [{"reason": "evidence", "exact_gain": -0.005}, {"reason": "model", "exact_gain": 0.03}]]
     got = _switch_quality(runs)
-    assert got == {"switches_per_run": 2.0, "evidence_switches": 3, "evidence_helped": 0.5,
+    assert got == {"switches_per_run": 2.5, "evidence_switches": 3, "evidence_helped": 0.5,
                    "evidence_helped_of": [1, 2], "drift_switches": 1, "drift_helped": 0.0,
-                   "drift_helped_of": [0, 1]}
+                   "drift_helped_of": [0, 1], "model_switches": 1, "model_helped": 1.0,
+                   "model_helped_of": [1, 1]}
     assert _switch_quality([[], []])["evidence_helped"] is None
     # the table shows the counts: "1 of 2" helped on evidence, "0 of 1" on a drift flag
     from iapo.simulate import _helped
@@ -208,3 +209,20 @@ def test_simulate_command(tmp_path: Path) -> None:
     assert len((out / "math-drift-runs.jsonl").read_text().splitlines()) == 2
     bad = CliRunner().invoke(main, ["simulate", "--budgets", "2", "--out", str(out)])
     assert bad.exit_code == 2 and "learn budget" in bad.output
+
+
+def test_simulate_with_pessimistic_moves(tmp_path: Path) -> None:
+    """--moves pessimistic writes its own files (the default's are not overwritten), counts
+    its moves apart ("model") and keeps the learning budget."""
+    out = tmp_path / "sim"
+    res = CliRunner().invoke(main, ["simulate", "--runs", "2", "--requests", "3000",
+                                    "--budgets", "0.05", "--moves", "pessimistic",
+                                    "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "pessimistic: helped" in res.output
+    summary = json.loads((out / "math-pessimistic-summary.json").read_text())
+    assert summary["config"]["settings"]["moves"] == "pessimistic"
+    row = summary["conditions"]["continual@0.05"]
+    assert row["learning_share_max"] <= 0.05 and row["evidence_switches"] == 0
+    assert (out / "simulate-math-pessimistic.png").exists()
+    assert not (out / "math-summary.json").exists()

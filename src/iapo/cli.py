@@ -531,6 +531,11 @@ def bench(envs: str, learners: str | None, budgets: str, runs: int, seed: int, o
               help="Do not tell the continual learner which context each group came from "
                    "(every group counts for every context).")
 @_rule_options
+@click.option("--moves", "moves", default=_continual_default("moves"), show_default=True,
+              type=click.Choice(["evidence", "pessimistic"]),
+              help="How a context moves without a drift flag: on a challenger's evidence "
+                   "(at the horizon's level), or to the per-query model's pessimistic first "
+                   "choice at every refit (majority voting; no level; docs/continual.md).")
 @click.option("--alarm", "alarm", default=_continual_default("alarm"), show_default=True,
               type=float, help="False-alarm probability of the drift monitor over the run.")
 @click.option("--seed", "seed", default=0, show_default=True, type=click.IntRange(min=0),
@@ -543,8 +548,8 @@ def bench(envs: str, learners: str | None, budgets: str, runs: int, seed: int, o
 def simulate(env_name: str, runs: int, budgets: str, requests: int, train_budget: int,
              learner: str, drift_at: int | None, drop: float, shift_at: int | None,
              shift_keep: float, by_context: bool, pooled: bool, refine_every: int,
-             confidence: float, min_gain: float, alarm: float, seed: int, workers: int,
-             out: str) -> None:
+             confidence: float, min_gain: float, moves: str, alarm: float, seed: int,
+             workers: int, out: str) -> None:
     """Serve simulated traffic with a trained policy, frozen and learning continually, with
     optional scripted drift: cumulative regret per 1,000 requests as a table and a figure."""
     from iapo.continual import ContinualSettings
@@ -555,7 +560,8 @@ def simulate(env_name: str, runs: int, budgets: str, requests: int, train_budget
     except ValueError as e:
         raise click.UsageError(f"--budgets must be comma-separated fractions ({e})") from e
     settings = ContinualSettings(refine_every=refine_every, confidence=confidence,
-                                 min_gain=min_gain, alarm=alarm, horizon=requests)
+                                 min_gain=min_gain, alarm=alarm, horizon=requests,
+                                 moves=moves)
     for b in budget_list:
         ContinualSettings(learn_budget=b)  # each checked before any run
     config = SimConfig(env_name, budget_list, runs, seed, train_budget, learner,

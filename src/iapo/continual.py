@@ -61,6 +61,15 @@ The decisions, each a rule with a test:
   mixed strategy (where psst-auto decides by blocks, the model being biased on real
   Best-of-N data), to the arm of highest lower bound among those seen on BASELINE_GROUPS
   groups, if that bound exceeds the served arm's upper bound.
+- **Pessimistic moves** (``moves="pessimistic"``, majority voting only; the default is
+  "evidence"). At every refit every context moves to the arm of highest *pessimistic*
+  model estimate: the per-query model's Q less PESSIMISM standard errors of its mean
+  credit over the prompt's queries (the per-query credits' variance, shrunk toward the
+  median prompt's as below), and no challenger is judged. The estimate is the model's at
+  every refit, not a test at a level: it trades the evidence rule's bound on switching to
+  a worse arm for power where arms differ by less than its test can see (docs/continual.md
+  measures both). Two things keep it from chasing luck: a prompt seen on few queries has
+  a wide error, and the fixed prior pulls its large-N credit down.
 
 Contexts whose traffic differs (:meth:`Continual.estimates`). Reusing a group for every
 context assumes the contexts' queries come from one distribution. A caller that knows each
@@ -115,6 +124,7 @@ MIN_GROUPS = 10  # samples an arm needs before its estimate can be served or com
 PRIOR_GROUPS = 5  # weight, in groups, of the typical variance in an arm's (GroupTable.stderr)
 BASELINE_GROUPS = 30  # samples an arm needs before its lower bound can be a drift baseline
 FRESH_GROUPS = 30  # samples a challenger needs, after it was named, before it is decided
+PESSIMISM = 1.0  # standard errors off the model's estimate in a pessimistic move
 
 
 class GroupTable(GroupMeans):
@@ -328,6 +338,10 @@ class Continual:
                  training: Sequence[Observation], served: Sequence[Choice]) -> None:
         if len(served) != problem.n_contexts or any(c.n is None for c in served):
             raise InputError("continual learning needs one arm with a fixed N per context")
+        if settings.moves == "pessimistic" and problem.aggregator != "mv":
+            raise InputError("moves='pessimistic' follows the per-query model of majority "
+                             f"voting; this problem aggregates by {problem.aggregator!r}: use "
+                             "moves='evidence'")
         self.problem = problem
         self.settings = settings
         n_ctx = problem.n_contexts
@@ -603,10 +617,11 @@ class Continual:
         self._name_challengers()
         self._plan()
 
-    def _follow_model(self, contexts: Sequence[int]) -> None:
-        """Each of ``contexts`` moves to the arm the per-query model ranks first, if it is
-        not the one it serves (reason "drift", the model's estimate of the gain); one fit
-        per set of groups the contexts learn from."""
+    def _follow_model(self, contexts: Sequence[int], reason: str = "drift") -> None:
+        """Each of ``contexts`` moves to the arm the per-query model ranks first (its
+        pessimistic estimate with ``moves="pessimistic"``), if it is not the one it serves
+        (the model's estimate of the gain); one fit per set of groups the contexts learn
+        from."""
         n_max = self.problem.n_max
         fitted: dict[tuple[int, ...] | None, FloatArray] = {}
         for ci in contexts:
@@ -616,14 +631,17 @@ class Continual:
             b = int(alt.argmax())
             if b != a and alt[b] > -np.inf:
                 gain = alt[b] - mean[a]
-                self._choose(ci, b, "drift", float(gain) if math.isfinite(gain) else 0.0)
+                self._choose(ci, b, reason, float(gain) if math.isfinite(gain) else 0.0)
 
     def _model_means(self, context: int,
                      fitted: dict[tuple[int, ...] | None, FloatArray]) -> FloatArray:
         """The per-query model's Q of every arm in ``context`` [P x N] (NaN: a prompt without
         a group), fitted on the groups it learns from: all kept ones while it pools with
         every context, else those of the traffic it still pools with. ``fitted``: the
-        models' Q [C, P, N] already fitted, by those groups (None: all), reused and filled."""
+        models' Q [C, P, N] already fitted, by those groups (None: all), reused and filled.
+        With ``moves="pessimistic"``, Q less PESSIMISM standard errors of the mean credit
+        over each prompt's queries (:meth:`ModelQTable.mv_credit_spread`; the variance seen
+        on k queries shrunk toward the median prompt's, :func:`shrunk_variance`), times w_1."""
         from iapo.model import ModelQTable
 
         key = None if self.shared[context] else tuple(
@@ -632,7 +650,16 @@ class Continual:
             model = ModelQTable(self.problem)
             model.update([o for _, origin, o in self._kept if key is None
                           or (origin >= 0 and self.pools[context, origin])])
-            fitted[key] = np.asarray(model.mean, dtype=np.float64)
+            q = np.asarray(model.mean, dtype=np.float64)
+            if self.settings.moves == "pessimistic":
+                _, var, k = model.mv_credit_spread()
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    typical = np.nanmedian(var, axis=0)  # [N]: the median prompt's
+                    var = shrunk_variance(np.where(np.isnan(var), typical, var),
+                                          k[:, None], typical)
+                    se = np.sqrt(var / k[:, None])  # [P, N]
+                q = q - PESSIMISM * self.problem.grid.weights[:, 0, None, None] * se[None]
+            fitted[key] = q
         return fitted[key][context].reshape(-1)
 
     # ---------------------------------------------------------------- refits
@@ -648,6 +675,9 @@ class Continual:
         recovering = [int(x) for x in np.flatnonzero(self._recovering > 0)]
         self._recovering[recovering] -= 1
         self._follow_model(recovering)  # after a drift flag (module docstring)
+        if self.settings.moves == "pessimistic":  # every other context too
+            self._follow_model([ci for ci in range(c) if ci not in recovering], "model")
+            recovering = list(range(c))  # no challenger is judged
         typical = self.estimates().typical
         for ci in range(c):
             a, b = int(arm_index(self.prompt[ci], self.n[ci], n_max)), int(self.challenger[ci])

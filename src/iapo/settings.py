@@ -82,6 +82,9 @@ def serve_default(name: str) -> Any:
     return next(f.default for f in dataclasses.fields(ServeConfig) if f.name == name)
 
 
+MOVES = ("evidence", "pessimistic")  # ContinualSettings.moves
+
+
 @dataclass(frozen=True)
 class ContinualSettings:
     """How the deployed policy keeps learning (defaults written once, here)."""
@@ -100,6 +103,10 @@ class ContinualSettings:
     # refits after a drift flag during which a majority-voting context that served the
     # flagged prompt follows the per-query model's first choice (0: the flag's move only)
     recovery: int = 3
+    # how a majority-voting context moves at a refit without a drift flag: "evidence" (a
+    # challenger's switch test, at the horizon's level) or "pessimistic" (to the arm of
+    # highest pessimistic per-query-model estimate, every refit; iapo.continual's docstring)
+    moves: str = "evidence"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.learn_budget <= 1.0:
@@ -119,6 +126,8 @@ class ContinualSettings:
         if isinstance(self.recovery, bool) or not isinstance(self.recovery, int) or \
                 self.recovery < 0:
             raise InputError(f"recovery {self.recovery!r} must be an integer >= 0 (refits)")
+        if self.moves not in MOVES:
+            raise InputError(f"moves {self.moves!r} is unknown; use one of {', '.join(MOVES)}")
 
 
 def continual_default(name: str) -> Any:

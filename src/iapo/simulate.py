@@ -449,9 +449,10 @@ def summarize(config: SimConfig, runs: Sequence[dict[str, Any]]) -> dict[str, An
 
 def _switch_quality(switches: Sequence[Sequence[dict[str, Any]]]) -> dict[str, Any]:
     """Switches per run, and of those that changed the exact value, how many raised it and
-    the share (by reason: "evidence", a gain's lower bound; "drift", a flagged prompt)."""
+    the share (by reason: "evidence", a gain's lower bound; "model", a pessimistic move;
+    "drift", a flagged prompt)."""
     row: dict[str, Any] = {"switches_per_run": float(np.mean([len(s) for s in switches]))}
-    for reason in ("evidence", "drift"):
+    for reason in ("evidence", "model", "drift"):
         gains = np.array([s["exact_gain"] for run in switches for s in run
                           if s["reason"] == reason])
         moved = gains[np.abs(gains) > 1e-12]
@@ -522,13 +523,14 @@ def figure(summary: dict[str, Any], out: Path) -> list[Path]:
     fig.suptitle(f"{cfg['env']}: policy trained at T = {cfg['train_budget']:,} "
                  f"({cfg['learner']}), mean ± SEM over {summary['runs']} paired runs{traffic}",
                  fontsize=10)
-    stem = out / f"simulate-{cfg['env']}{_suffix(sc, cfg['origins'])}"
+    stem = out / f"simulate-{cfg['env']}{_suffix(sc, cfg['origins'], cfg['settings']['moves'])}"
     return save_figure(fig, stem)
 
 
 def table(summary: dict[str, Any]) -> str:
     """The summary as Markdown: cumulative regret every 5,000 requests and the measures."""
     cps = summary["checkpoints"]
+    pessimistic = summary["config"]["settings"]["moves"] == "pessimistic"
     show = [i for i, c in enumerate(cps) if c % 5000 == 0 or i == len(cps) - 1]
     show = sorted(set(show))
     head = "| condition | " + " | ".join(f"{cps[i]:,}" for i in show) + " |"
@@ -541,8 +543,8 @@ def table(summary: dict[str, Any]) -> str:
                  "optimal | learning share (max) | false alarms | traffic splits | "
                  "detected <= 5,000 | window regret/request | ratio to frozen | "
                  "drift's cost recovered | switches per run | on evidence: helped | "
-                 "on drift: helped |")
-    lines.append("|---" * 13 + "|")
+                 + ("pessimistic: helped | " if pessimistic else "") + "on drift: helped |")
+    lines.append("|---" * (14 if pessimistic else 13) + "|")
     for k, row in summary["conditions"].items():
         cells = [_cell(row, key, fmt) for key, fmt in (
             ("diff_final", ""), ("diff_final_not_optimal", ""), ("learning_share_max", "{:.4f}"),
@@ -550,7 +552,8 @@ def table(summary: dict[str, Any]) -> str:
             ("detected_within_5000", "{:.2f}"),
             ("window_regret", ""), ("window_ratio", "{:.2f}"),
             ("drift_cost_recovered", "{:.2f}"), ("switches_per_run", "{:.2f}"))]
-        cells += [_helped(row, reason) for reason in ("evidence", "drift")]
+        cells += [_helped(row, reason) for reason in (
+            ("evidence", "model", "drift") if pessimistic else ("evidence", "drift"))]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -573,11 +576,12 @@ def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
     return fmt.format(v)
 
 
-def _suffix(scenario: dict[str, Any], origins: bool) -> str:
+def _suffix(scenario: dict[str, Any], origins: bool, moves: str = "evidence") -> str:
     """What the output files of a scenario (as a dict) add to the environment's name."""
     return ("" if scenario["drift_at"] is None else "-drift") + (
         "" if scenario["shift_at"] is None else "-shift") + (
-        "-bycontext" if scenario["by_context"] else "") + ("" if origins else "-pooled")
+        "-bycontext" if scenario["by_context"] else "") + ("" if origins else "-pooled") + (
+        "" if moves == "evidence" else f"-{moves}")
 
 
 def write(config: SimConfig, runs: Sequence[dict[str, Any]], out: Path) -> dict[str, Any]:
@@ -585,7 +589,7 @@ def write(config: SimConfig, runs: Sequence[dict[str, Any]], out: Path) -> dict[
     import json
 
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{config.env}{_suffix(asdict(config.scenario), config.origins)}"
+    stem = f"{config.env}{_suffix(asdict(config.scenario), config.origins, config.settings.moves)}"
     with (out / f"{stem}-runs.jsonl").open("w") as fh:
         for r in runs:
             fh.write(json.dumps(r) + "\n")
