@@ -239,7 +239,7 @@ class ModelQTable:
 
             credit, _ = expected_credit(self.problem, votes)
             return w1[:, None, None] * credit[None]
-        return w1[:, None, None] * self.mv_credit_spread()[0][None]
+        return w1[:, None, None] * self.mv_credit_spread(spread=False)[0][None]
 
     def wrong_answers(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """The majority-voting queries asked so far (their indices [X']) and how often each got
@@ -349,13 +349,14 @@ class ModelQTable:
         [M, L+1] -> [M, width], memoized in ``memo`` by the query's vote counts), averaged
         over each prompt's queries: [P, width] (width N_max by default; NaN for a prompt with
         none)."""
-        return self._query_moments(memo, of_posterior, width)[0]
+        return self._query_moments(memo, of_posterior, width, spread=False)[0]
 
     def _query_moments(self, memo: Memo, of_posterior: Callable[[FloatArray], FloatArray],
-                       width: int | None = None) -> tuple[FloatArray, FloatArray, FloatArray]:
+                       width: int | None = None, spread: bool = True
+                       ) -> tuple[FloatArray, FloatArray, FloatArray]:
         """:meth:`_over_queries`'s mean over each prompt's queries [P, width], the variance
         of the per-query values about it (over queries, k - 1 in the denominator; NaN with
-        fewer than 2) and the queries behind each prompt [P]."""
+        fewer than 2; all NaN unless ``spread``) and the queries behind each prompt [P]."""
         p = self.problem.n_prompts
         n_max = self.problem.n_max if width is None else width
         votes = self._votes
@@ -377,7 +378,10 @@ class ModelQTable:
         per_query = table[inverse.reshape(-1)]  # [M, N]: each (prompt, query) row's value
         sums, sumsq = np.zeros((p, n_max)), np.zeros((p, n_max))
         np.add.at(sums, pi, per_query)
-        np.add.at(sumsq, pi, per_query * per_query)
+        if spread:
+            np.add.at(sumsq, pi, per_query * per_query)
+        else:
+            sumsq[:] = np.nan
         seen = np.bincount(pi, minlength=p).astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             out = sums / seen[:, None]
@@ -386,11 +390,12 @@ class ModelQTable:
         var[seen < 2] = np.nan
         return out, var, seen
 
-    def mv_credit_spread(self) -> tuple[FloatArray, FloatArray, FloatArray]:
+    def mv_credit_spread(self, spread: bool = True
+                         ) -> tuple[FloatArray, FloatArray, FloatArray]:
         """Majority voting, the fixed prior: each prompt's mean posterior credit over its
         queries [P, N] (the task value before w_1 and the cost), the variance of the per-query
         credits about it [P, N] (NaN with fewer than 2 queries) and its queries [P]: what a
-        standard error of the mean credit needs."""
+        standard error of the mean credit needs (the variance all NaN unless ``spread``)."""
         if self.problem.aggregator != "mv":
             raise InputError("the credit's spread over queries is majority voting's")
         n_max, rule = self.problem.n_max, self.problem.no_answer
@@ -401,7 +406,7 @@ class ModelQTable:
             def credit_of(a: FloatArray) -> FloatArray:
                 return mv_polya_credit(a[:, 0], a[:, 1:], n_max)
         return self._query_moments(_POLYA.setdefault((self.alpha, n_max, rule), Memo()),
-                                   credit_of)
+                                   credit_of, spread=spread)
 
     def bon_task(self) -> FloatArray:
         """Best-of-N's task value (the weighted reward, before any cost): the mean query
