@@ -520,8 +520,11 @@ def figure(summary: dict[str, Any], out: Path) -> list[Path]:
     traffic = "" if not sc["by_context"] else (
         "; each context asks its own slice of the queries"
         + ("" if cfg["origins"] else ", the learner not told which"))
+    moves = "" if cfg["settings"]["moves"] == "evidence" else (
+        f"; continual: {cfg['settings']['moves']} moves")
     fig.suptitle(f"{cfg['env']}: policy trained at T = {cfg['train_budget']:,} "
-                 f"({cfg['learner']}), mean ± SEM over {summary['runs']} paired runs{traffic}",
+                 f"({cfg['learner']}), mean ± SEM over {summary['runs']} paired runs{traffic}"
+                 f"{moves}",
                  fontsize=10)
     stem = out / f"simulate-{cfg['env']}{_suffix(sc, cfg['origins'], cfg['settings']['moves'])}"
     return save_figure(fig, stem)
