@@ -4,6 +4,7 @@ brute-force recursions."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -634,7 +635,7 @@ def test_a_pessimistic_estimate_is_the_models_less_one_standard_error() -> None:
 def test_pessimistic_moves_wait_for_queries_and_never_judge_challengers() -> None:
     """Prompt 1 (served) on 40 queries, 39 all gold; prompt 2 on 2, all gold. The model's
     credit of prompt 2 beats prompt 1's, by 1/40 of a query's, but on 2 queries its
-    pessimistic estimate does not (its error, about 0.065, against prompt 1's 0.024): no
+    pessimistic estimate does not (its error, about 0.055, against prompt 1's 0.021): no
     move at the refit. On 30 queries more, all gold, it does: both contexts move to it,
     reason "model", with no drift flag. The evidence rule (the default) moves neither on the
     same data: the model moves it only after a flag."""
@@ -654,6 +655,48 @@ def test_pessimistic_moves_wait_for_queries_and_never_judge_challengers() -> Non
             assert {s.reason for s in moved} == {"model"}
         else:
             assert moved == [] and cont.served_arms() == [(1, 3), (1, 1)]
+
+
+def test_a_pessimistic_estimate_weighs_by_w1_and_fills_one_querys_variance() -> None:
+    """w_1 = 0.5 (the task objective at half weight) and prompt 0 on a single query: its
+    variance is the typical one (the median of prompts 1 and 2's, as above), and both
+    the credit and its error count at w_1 (context 'low' pays nothing)."""
+    env = env3()
+    grid = ContextGrid.product([Objective("correct")], [[0.5]], CW)
+    problem = dataclasses.replace(env.problem, grid=grid)
+    training = [on_queries(1, 36, 4), on_queries(2, 2, 0, first=40),
+                on_queries(0, 1, 0, first=60)]
+    cont = Continual(problem, ContinualSettings(moves="pessimistic"), training,
+                     [Choice(1, 4, 0.0, 0)] * 2)
+    from iapo.model import ModelQTable
+
+    def alone(obs: Observation, prompt: int) -> npt.NDArray[np.float64]:
+        m = ModelQTable(env.problem)  # w_1 = 1: the credit itself
+        m.update([obs])
+        return np.asarray(m.mean[0, prompt])
+
+    gold, wrong = alone(on_queries(1, 1, 0), 1), alone(on_queries(1, 0, 1), 1)
+    v1 = np.array([gold] * 36 + [wrong] * 4).var(axis=0, ddof=1)
+    typical = v1 / 2  # the median of prompts 1 (v1) and 2 (0)
+    se0 = np.sqrt((typical + PRIOR_GROUPS * typical) / (1 + PRIOR_GROUPS) / 1)
+    from iapo.continual import PESSIMISM
+
+    got = cont._model_means(0, {}).reshape(3, 4)
+    np.testing.assert_allclose(got[0], 0.5 * (gold - PESSIMISM * se0), atol=1e-12)
+
+
+def test_pessimistic_moves_judge_no_challenger() -> None:
+    """The case of test_a_recovering_context_does_not_judge_its_challenger: 200 fresh
+    samples of (2, 1) would switch 'low' on evidence. With pessimistic moves no challenger
+    is judged: 'low' follows the model, which sees prompt 1 alone on one query (every
+    variance the fallback 0.25, the same error for every N) and keeps (1, 4)."""
+    settings = ContinualSettings(refine_every=10, horizon=100, moves="pessimistic")
+    cont = learner(settings, [served_groups(1, 900, 100)])
+    cont.challenger[:] = 2 * 4 + 0  # (2, 1)
+    cont._fresh[:, -1] = [200.0, 200.0, 200.0]
+    cont.record_served(10, 40)
+    assert [s for s in cont.refit() if s.context == 0] == []
+    assert cont.served_arms()[0] == (1, 4) and cont.challenger[0] == 8
 
 
 def test_pessimistic_moves_need_majority_voting() -> None:

@@ -226,3 +226,6 @@ def test_simulate_with_pessimistic_moves(tmp_path: Path) -> None:
     assert row["learning_share_max"] <= 0.05 and row["evidence_switches"] == 0
     assert (out / "simulate-math-pessimistic.png").exists()
     assert not (out / "math-summary.json").exists()
+    bad = CliRunner().invoke(main, ["simulate", "--env", "synth-categorical", "--moves",
+                                    "pessimistic", "--out", str(out)])
+    assert bad.exit_code == 2 and "majority voting" in bad.output

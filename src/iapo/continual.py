@@ -375,6 +375,8 @@ class Continual:
         self.challenger = np.full(n_ctx, -1, dtype=np.intp)
         self._fresh = np.zeros((n_ctx, n_ctx + 1, 3))
         self._explore: list[tuple[int, int]] = []  # (prompt, scale) of the candidates
+        # the order of candidates with equal bounds: by prompt index
+        self.tie_order = np.arange(problem.n_prompts)
         self._turn = 0  # pulls drawn: even turns go to the challengers, odd to the candidates
         self._next = [0, 0]  # the next entry of each queue
         self._next_refit = settings.refine_every
@@ -491,8 +493,9 @@ class Continual:
         """The candidate prompts of every context, [C, P], and every prompt's scale, [P]
         (0: no context's candidate): the prompts whose best upper bound reaches the served
         arm's lower bound (one never seen on MIN_GROUPS groups always does), at most
-        ``candidates`` by upper bound; a prompt is pulled at the largest N that some context
-        serves or finds close, as PSST pulls at the largest active N (Eq. 6)."""
+        ``candidates`` by upper bound, equal bounds (the infinite ones of prompts not yet
+        seen enough) in :attr:`tie_order`; a prompt is pulled at the largest N that some
+        context serves or finds close, as PSST pulls at the largest active N (Eq. 6)."""
         c, p, n_max = self.problem.n_contexts, self.problem.n_prompts, self.problem.n_max
         lower, upper = self.bounds(float(norm.ppf(self.settings.confidence)))
         served = arm_index(self.prompt, self.n, n_max)
@@ -502,7 +505,8 @@ class Continual:
         out = np.zeros((c, p), dtype=bool)
         for ci in range(c):
             ok = np.flatnonzero(best[ci] >= bar[ci, 0])
-            out[ci, ok[np.argsort(-best[ci, ok], kind="stable")[: self.settings.candidates]]] = True
+            order = np.lexsort((self.tie_order[ok], -best[ci, ok]))
+            out[ci, ok[order[: self.settings.candidates]]] = True
         top_close = np.where(close.any(axis=2), n_max - np.argmax(close[:, :, ::-1], axis=2), 0)
         scale = np.where(out, np.maximum(top_close, self.n[:, None]), 0).max(axis=0)
         return out, scale.astype(np.intp)
@@ -617,13 +621,14 @@ class Continual:
         self._name_challengers()
         self._plan()
 
-    def _follow_model(self, contexts: Sequence[int], reason: str = "drift") -> None:
+    def _follow_model(self, contexts: Sequence[int], reason: str = "drift",
+                      fitted: dict[tuple[int, ...] | None, FloatArray] | None = None) -> None:
         """Each of ``contexts`` moves to the arm the per-query model ranks first (its
         pessimistic estimate with ``moves="pessimistic"``), if it is not the one it serves
         (the model's estimate of the gain); one fit per set of groups the contexts learn
-        from."""
+        from (``fitted``: as :meth:`_model_means`' own, shared by the caller's calls)."""
         n_max = self.problem.n_max
-        fitted: dict[tuple[int, ...] | None, FloatArray] = {}
+        fitted = {} if fitted is None else fitted
         for ci in contexts:
             a = int(arm_index(self.prompt[ci], self.n[ci], n_max))
             mean = self._model_means(ci, fitted)
@@ -641,7 +646,8 @@ class Continual:
         models' Q [C, P, N] already fitted, by those groups (None: all), reused and filled.
         With ``moves="pessimistic"``, Q less PESSIMISM standard errors of the mean credit
         over each prompt's queries (:meth:`ModelQTable.mv_credit_spread`; the variance seen
-        on k queries shrunk toward the median prompt's, :func:`shrunk_variance`), times w_1."""
+        on k queries shrunk toward the median prompt's, :func:`shrunk_variance`, or toward
+        0.25 where no prompt has 2 queries), times w_1."""
         from iapo.model import ModelQTable
 
         key = None if self.shared[context] else tuple(
@@ -653,10 +659,13 @@ class Continual:
             q = np.asarray(model.mean, dtype=np.float64)
             if self.settings.moves == "pessimistic":
                 _, var, k = model.mv_credit_spread()
+                seen = ~np.isnan(var)
+                # the median prompt's [N]; with no prompt on 2 queries, the largest variance
+                # a credit in [0, 1] can have
+                typical = np.array([np.median(v[m]) if m.any() else 0.25
+                                    for v, m in zip(var.T, seen.T, strict=True)])
+                var = shrunk_variance(np.where(seen, var, typical), k[:, None], typical)
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    typical = np.nanmedian(var, axis=0)  # [N]: the median prompt's
-                    var = shrunk_variance(np.where(np.isnan(var), typical, var),
-                                          k[:, None], typical)
                     se = np.sqrt(var / k[:, None])  # [P, N]
                 q = q - PESSIMISM * self.problem.grid.weights[:, 0, None, None] * se[None]
             fitted[key] = q
@@ -674,9 +683,11 @@ class Continual:
         c, n_max = self.problem.n_contexts, self.problem.n_max
         recovering = [int(x) for x in np.flatnonzero(self._recovering > 0)]
         self._recovering[recovering] -= 1
-        self._follow_model(recovering)  # after a drift flag (module docstring)
+        fitted: dict[tuple[int, ...] | None, FloatArray] = {}
+        self._follow_model(recovering, fitted=fitted)  # after a drift flag (module docstring)
         if self.settings.moves == "pessimistic":  # every other context too
-            self._follow_model([ci for ci in range(c) if ci not in recovering], "model")
+            self._follow_model([ci for ci in range(c) if ci not in recovering], "model",
+                               fitted)
             recovering = list(range(c))  # no challenger is judged
         typical = self.estimates().typical
         for ci in range(c):
