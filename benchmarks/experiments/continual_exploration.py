@@ -1,13 +1,16 @@
 """Where continual learning's learning completions go decides how much of a drift it repairs:
-three rules for them, on `iapo simulate`'s runs with drift.
+four rules for them, on `iapo simulate`'s runs with drift.
 
     .venv/bin/python benchmarks/experiments/continual_exploration.py ENV [--runs R]
-        [--workers W] [--rules current,oracle,paired] [--requests 7000] [--no-drift]
+        [--workers W] [--rules current,shuffled,oracle,paired] [--requests 7000]
+        [--no-drift]
 
 Every rule runs `iapo simulate --drift-at 2000 --budgets 0.1` (`iapo.simulate.simulate_run`,
 the same requests, training and drift) with the continual learner's class replaced:
 
 - ``current``: `iapo.continual.Continual` as it is (docs/continual.md's rules).
+- ``shuffled``: the same, but candidates of equal bounds (the prompts not yet seen enough,
+  whose bounds are infinite) go in a random order drawn once per run, not by prompt index.
 - ``oracle``: a reference, not a rule. The learning pulls that go to the candidates go
   instead to the prompts that are best (in some context) on the traffic as it is at that
   moment, the drifted truth from request 2,000 on, at N_max; everything else, the
@@ -193,7 +196,20 @@ class PairedExploration(Continual):
         return self.switches[before:]
 
 
-RULES = {"current": Continual, "oracle": OracleExploration, "paired": PairedExploration}
+class ShuffledTies(Continual):
+    """The present rules, with candidates of equal bounds in a random order (drawn once per
+    learner, seeded by its training's queries) instead of by prompt index."""
+
+    def _plan(self) -> None:
+        if not hasattr(self, "_shuffled"):  # first called by __init__
+            seed = sum(int(o.queries.sum()) for _, _, o in self._kept)
+            self.tie_order = np.random.default_rng(seed).permutation(self.problem.n_prompts)
+            self._shuffled = True
+        super()._plan()
+
+
+RULES = {"current": Continual, "shuffled": ShuffledTies, "oracle": OracleExploration,
+         "paired": PairedExploration}
 
 
 def one_run(config: simulate.SimConfig, rule: str, run: int) -> dict[str, Any]:
@@ -222,7 +238,7 @@ def main() -> None:
     ap.add_argument("env")
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--rules", default="current,oracle,paired")
+    ap.add_argument("--rules", default="current,shuffled,oracle,paired")
     ap.add_argument("--requests", type=int, default=7000)
     ap.add_argument("--no-drift", action="store_true")
     args = ap.parse_args()
