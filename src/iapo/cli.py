@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from iapo.settings import DEFAULT_LEARNER, PAPER_BUDGETS
+from iapo.settings import DEFAULT_LEARNER, MOVES, PAPER_BUDGETS
 
 if TYPE_CHECKING:
     from iapo.envs.base import Environment
@@ -532,7 +532,7 @@ def bench(envs: str, learners: str | None, budgets: str, runs: int, seed: int, o
                    "(every group counts for every context).")
 @_rule_options
 @click.option("--moves", "moves", default=_continual_default("moves"), show_default=True,
-              type=click.Choice(["evidence", "pessimistic"]),
+              type=click.Choice(MOVES),
               help="How a context moves without a drift flag: on a challenger's evidence "
                    "(at the horizon's level), or to the per-query model's pessimistic first "
                    "choice at every refit (majority voting; no level; docs/continual.md).")
