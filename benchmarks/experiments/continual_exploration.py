@@ -69,6 +69,13 @@ from iapo.utility import gold_first, unique_rows
 DEEP = 96  # answers on a query past which a prompt's credit there is its posterior's
 
 
+def random_order(learner: Continual) -> np.ndarray:
+    """A random order of the prompts, drawn once per learner and seeded by its training's
+    queries (the same for every rule on the same run)."""
+    seed = sum(int(o.queries.sum()) for _, _, o in learner._kept)
+    return np.random.default_rng(seed).permutation(learner.problem.n_prompts)
+
+
 class OracleExploration(Continual):
     """Candidates: the prompts best on the traffic as it is now, at N_max (a reference)."""
 
@@ -166,8 +173,7 @@ class PairedExploration(Continual):
         _, block_upper = self.bounds(float(norm.ppf(self.settings.confidence)))
         mean = self.estimates().mean.reshape(c_all, -1)
         if not hasattr(self, "_order"):  # first called by __init__: training's groups only
-            seed = sum(int(o.queries.sum()) for _, _, o in self._kept)
-            self._order = np.random.default_rng(seed).permutation(self.problem.n_prompts)
+            self._order = random_order(self)
         want: dict[int, int] = {}
         for c, (gain, se, k) in enumerate(self._gains()):
             served = int(arm_index(self.prompt[c], self.n[c], n_max))
@@ -202,8 +208,7 @@ class ShuffledTies(Continual):
 
     def _plan(self) -> None:
         if not hasattr(self, "_shuffled"):  # first called by __init__
-            seed = sum(int(o.queries.sum()) for _, _, o in self._kept)
-            self.tie_order = np.random.default_rng(seed).permutation(self.problem.n_prompts)
+            self.tie_order = random_order(self)
             self._shuffled = True
         super()._plan()
 

@@ -564,13 +564,11 @@ def simulate(env_name: str, runs: int, budgets: str, requests: int, train_budget
                                  moves=moves)
     for b in budget_list:
         ContinualSettings(learn_budget=b)  # each checked before any run
-    if moves == "pessimistic":
+    if moves == "pessimistic":  # refused before training, not in a worker
+        from iapo.continual import check_moves
         from iapo.envs import get_environment
 
-        aggregator = get_environment(env_name).problem.aggregator
-        if aggregator != "mv":
-            raise click.UsageError(f"--moves pessimistic follows the per-query model of "
-                                   f"majority voting; {env_name} aggregates by {aggregator!r}")
+        check_moves(get_environment(env_name).problem, settings)
     config = SimConfig(env_name, budget_list, runs, seed, train_budget, learner,
                        scenario=Scenario(requests, drift_at, drop, shift_at, shift_keep,
                                          by_context=by_context),

@@ -325,6 +325,15 @@ class Switch:
     gain_lower: float
 
 
+def check_moves(problem: Problem, settings: ContinualSettings) -> None:
+    """Refuse pessimistic moves where there is no per-query model to follow (a problem that
+    does not vote), before any work."""
+    if settings.moves == "pessimistic" and problem.aggregator != "mv":
+        raise InputError(f"moves='pessimistic' follows the per-query model of majority "
+                         f"voting; problem {problem.name!r} aggregates by "
+                         f"{problem.aggregator!r}: use moves='evidence'")
+
+
 class Continual:
     """The learning state of a deployed policy (the rules are in the module docstring).
 
@@ -338,10 +347,7 @@ class Continual:
                  training: Sequence[Observation], served: Sequence[Choice]) -> None:
         if len(served) != problem.n_contexts or any(c.n is None for c in served):
             raise InputError("continual learning needs one arm with a fixed N per context")
-        if settings.moves == "pessimistic" and problem.aggregator != "mv":
-            raise InputError("moves='pessimistic' follows the per-query model of majority "
-                             f"voting; this problem aggregates by {problem.aggregator!r}: use "
-                             "moves='evidence'")
+        check_moves(problem, settings)
         self.problem = problem
         self.settings = settings
         n_ctx = problem.n_contexts
@@ -838,5 +844,5 @@ class Continual:
 
 
 __all__ = ["BETS", "Continual", "ContinualSettings", "DriftMonitor", "Estimates", "Flag",
-           "GroupTable", "Switch", "TrafficSplit", "mean_and_variance", "moments",
-           "shrunk_variance", "utility_bounds", "with_ends"]
+           "GroupTable", "Switch", "TrafficSplit", "check_moves", "mean_and_variance",
+           "moments", "shrunk_variance", "utility_bounds", "with_ends"]
