@@ -102,6 +102,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -331,7 +332,8 @@ def check_moves(problem: Problem, settings: ContinualSettings) -> None:
     if settings.moves == "pessimistic" and problem.aggregator != "mv":
         raise InputError(f"moves='pessimistic' follows the per-query model of majority "
                          f"voting; problem {problem.name!r} aggregates by "
-                         f"{problem.aggregator!r}: use moves='evidence'")
+                         f"{problem.aggregator!r}: use moves='evidence' (--moves "
+                         "evidence)")
 
 
 class Continual:
@@ -628,42 +630,48 @@ class Continual:
         self._plan()
 
     def _follow_model(self, contexts: Sequence[int], reason: str = "drift",
-                      fitted: dict[tuple[int, ...] | None, FloatArray] | None = None) -> None:
+                      fitted: dict[tuple[Any, ...], FloatArray] | None = None,
+                      errors: float | None = None) -> None:
         """Each of ``contexts`` moves to the arm the per-query model ranks first (its
-        pessimistic estimate with ``moves="pessimistic"``), if it is not the one it serves
-        (the model's estimate of the gain); one fit per set of groups the contexts learn
-        from (``fitted``: as :meth:`_model_means`' own, shared by the caller's calls)."""
+        pessimistic estimate with ``moves="pessimistic"``; ``errors``: as
+        :meth:`_model_means`'), if it is not the one it serves (the model's estimate of the
+        gain); one fit per set of groups the contexts learn from (``fitted``: as
+        :meth:`_model_means`' own, shared by the caller's calls)."""
         n_max = self.problem.n_max
         fitted = {} if fitted is None else fitted
         for ci in contexts:
             a = int(arm_index(self.prompt[ci], self.n[ci], n_max))
-            mean = self._model_means(ci, fitted)
+            mean = self._model_means(ci, fitted, errors)
             alt = np.where(np.isfinite(mean), mean, -np.inf)
             b = int(alt.argmax())
             if b != a and alt[b] > -np.inf:
                 gain = alt[b] - mean[a]
                 self._choose(ci, b, reason, float(gain) if math.isfinite(gain) else 0.0)
 
-    def _model_means(self, context: int,
-                     fitted: dict[tuple[int, ...] | None, FloatArray]) -> FloatArray:
+    def _model_means(self, context: int, fitted: dict[tuple[Any, ...], FloatArray],
+                     errors: float | None = None) -> FloatArray:
         """The per-query model's Q of every arm in ``context`` [P x N] (NaN: a prompt without
         a group), fitted on the groups it learns from: all kept ones while it pools with
         every context, else those of the traffic it still pools with. ``fitted``: the
-        models' Q [C, P, N] already fitted, by those groups (None: all), reused and filled.
-        With ``moves="pessimistic"``, Q less PESSIMISM standard errors of the mean credit
-        over each prompt's queries (:meth:`ModelQTable.mv_credit_spread`; the variance seen
-        on k queries shrunk toward the median prompt's, :func:`shrunk_variance`, or toward
-        0.25 where no prompt has 2 queries), times w_1."""
+        models' Q [C, P, N] already fitted, by those groups and ``errors``, reused and
+        filled. Q less ``errors`` standard errors (None: PESSIMISM with
+        ``moves="pessimistic"``, else 0) of the mean credit over each prompt's queries
+        (:meth:`ModelQTable.mv_credit_spread`; the variance seen on k queries shrunk toward
+        the median prompt's, :func:`shrunk_variance`, or toward 0.25 where no prompt has 2
+        queries), times w_1."""
         from iapo.model import ModelQTable
 
-        key = None if self.shared[context] else tuple(
+        if errors is None:
+            errors = PESSIMISM if self.settings.moves == "pessimistic" else 0.0
+        pools = None if self.shared[context] else tuple(
             int(x) for x in np.flatnonzero(self.pools[context]))
+        key = (pools, errors)
         if key not in fitted:
             model = ModelQTable(self.problem)
-            model.update([o for _, origin, o in self._kept if key is None
+            model.update([o for _, origin, o in self._kept if pools is None
                           or (origin >= 0 and self.pools[context, origin])])
             q = np.asarray(model.mean, dtype=np.float64)
-            if self.settings.moves == "pessimistic":
+            if errors:
                 _, var, k = model.mv_credit_spread()
                 seen = ~np.isnan(var)
                 # the median prompt's [N]; with no prompt on 2 queries, the largest variance
@@ -673,7 +681,7 @@ class Continual:
                 var = shrunk_variance(np.where(seen, var, typical), k[:, None], typical)
                 with np.errstate(invalid="ignore", divide="ignore"):
                     se = np.sqrt(var / k[:, None])  # [P, N]
-                q = q - PESSIMISM * self.problem.grid.weights[:, 0, None, None] * se[None]
+                q = q - errors * self.problem.grid.weights[:, 0, None, None] * se[None]
             fitted[key] = q
         return fitted[key][context].reshape(-1)
 
@@ -689,7 +697,7 @@ class Continual:
         c, n_max = self.problem.n_contexts, self.problem.n_max
         recovering = [int(x) for x in np.flatnonzero(self._recovering > 0)]
         self._recovering[recovering] -= 1
-        fitted: dict[tuple[int, ...] | None, FloatArray] = {}
+        fitted: dict[tuple[Any, ...], FloatArray] = {}
         self._follow_model(recovering, fitted=fitted)  # after a drift flag (module docstring)
         if self.settings.moves == "pessimistic":  # every other context too
             self._follow_model([ci for ci in range(c) if ci not in recovering], "model",
