@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from iapo.cli import main
 from iapo.live.store import CompletionStore
 from live_helpers import ScriptedServer
-from test_serve import DATA, Gateway, mcq_policy
+from test_serve import DATA, Gateway, bon_task, mcq_policy, write_policy
 
 GOLD = {json.loads(line)["query"]: json.loads(line)["gold"]
         for line in (DATA / "mcq.jsonl").read_text().splitlines()}
@@ -117,10 +117,12 @@ def test_refine_replaces_a_wrong_prompt_on_evidence_and_the_gateway_reloads(
     assert mon.exit_code == 2 and "is a folder: give the log" in mon.output
 
 
-def test_the_gateway_refines_in_the_background_and_reloads(tmp_path: Path) -> None:
-    """``iapo serve --refine-every 40``: gold answers posted as the requests are answered;
-    a background refine replaces the wrong prompt, the gateway serves the new policy, and
-    /health says what the last refine did."""
+@pytest.mark.parametrize("moves", ["evidence", "pessimistic"])
+def test_the_gateway_refines_in_the_background_and_reloads(tmp_path: Path,
+                                                           moves: str) -> None:
+    """``iapo serve --refine-every 40 [--moves pessimistic]``: gold answers posted as the
+    requests are answered; a background refine, by the rule asked, replaces the wrong
+    prompt, the gateway serves the new policy, and /health says what the last refine did."""
     run = tmp_path / "run"
     run.mkdir()
     log = tmp_path / "log.sqlite"
@@ -129,7 +131,7 @@ def test_the_gateway_refines_in_the_background_and_reloads(tmp_path: Path) -> No
         mcq_policy(run, up.base_url, [(2, 4), (2, 4)]).rename(run / "policy.json")
         CompletionStore(run / "store.sqlite").close()
         with Gateway(run / "policy.json", "--log-store", str(log), "--learn-budget", "1.0",
-                     "--refine-every", "40") as gw:
+                     "--refine-every", "40", "--moves", moves) as gw:
             prompts = []
             for i in range(200):
                 r = gw.ask({"budget": "low" if i % 2 else "high"}, content=queries[i % 10])
@@ -144,7 +146,31 @@ def test_the_gateway_refines_in_the_background_and_reloads(tmp_path: Path) -> No
     assert prompts[0] == "short" and prompts[-1] != "short"  # replaced while serving
     assert health["refine"]["every"] == 40 and health["refine"]["error"] is None
     assert health["refine"]["last"]["changed"] is True and health["drift"] == []
+    assert health["refine"]["moves"] == moves
     assert json.loads((run / "policy.previous.json").read_text())["policy"][0]["prompt"] == 2
+    report = json.loads((run / "refine.json").read_text())
+    assert report["settings"]["moves"] == moves
+    reasons = {s["reason"] for c in report["contexts"] for s in c["switches"]}
+    assert reasons == ({"model"} if moves == "pessimistic" else {"evidence"})
+
+
+def test_the_gateway_refuses_moves_it_cannot_make(tmp_path: Path) -> None:
+    """``--moves pessimistic`` says how the background refine moves: without
+    --refine-every it is refused, and so it is for a task that does not vote; each before
+    anything listens, saying what to do."""
+    with ScriptedServer() as up:
+        policy = mcq_policy(tmp_path, up.base_url, [(0, 1), (0, 1)])
+        res = CliRunner().invoke(main, ["serve", str(policy), "--moves", "pessimistic",
+                                        "--port", "0"])
+        assert res.exit_code == 2 and "add --refine-every N" in res.output
+        task = bon_task(tmp_path, up.base_url)
+        bon = write_policy(tmp_path / "bon.json", task, "bon-gw",
+                           [f"brevity={w},letters={1 - w:g},budget={b}" for w in (0.2, 0.8)
+                            for b in ("low", "high")], [(0, 2)] * 4)
+        res = CliRunner().invoke(main, ["serve", str(bon), "--moves", "pessimistic",
+                                        "--refine-every", "10", "--log-store",
+                                        str(tmp_path / "log.sqlite"), "--port", "0"])
+        assert res.exit_code == 2 and "(--moves evidence)" in res.output
 
 
 def test_refine_budget_draws_on_logged_queries_and_a_rerun_pays_nothing(
@@ -398,3 +424,72 @@ def test_refine_refuses_a_policy_that_draws_n_at_random(tmp_path: Path) -> None:
                                           "needs a fixed N per context"):
         refine(run, tmp_path / "no-log.sqlite", ContinualSettings())
     assert not (run / "refine.json").exists()
+
+
+def test_refine_moves_pessimistic_on_the_models_estimate_where_evidence_cannot(
+        tmp_path: Path) -> None:
+    """20 requests, the served 'short' prompt wrong on 3 questions of 10, the others always
+    right. Too few for the evidence rule (no arm is seen on the 10 groups a challenger
+    needs): the policy stays. With --moves pessimistic each context moves to a prompt that
+    answers right, on the per-query model's estimate less one standard error (reason
+    'model'); monitor replays with the same rule, and a task that does not vote is
+    refused, saying which rule to use."""
+    run = tmp_path / "run"
+    run.mkdir()
+    log = tmp_path / "log.sqlite"
+    queries = list(GOLD)
+    hard = set(queries[7:])
+
+    def answer(body: dict[str, Any]) -> str:
+        text = body["messages"][-1]["content"]
+        query = next(q for q in GOLD if q in text)
+        wrong = text.rstrip().endswith("Answer:") and query in hard
+        return f"The answer is ({WRONG[GOLD[query]] if wrong else GOLD[query]})."
+
+    with ScriptedServer(answer_of=answer) as up:
+        mcq_policy(run, up.base_url, [(2, 4), (2, 4)]).rename(run / "policy.json")
+        CompletionStore(run / "store.sqlite").close()
+        with Gateway(run / "policy.json", "--log-store", str(log), "--learn-budget",
+                     "1.0") as gw:
+            served = [(gw.ask({"budget": "low" if i % 2 else "high"},
+                              content=queries[i % 10]).id, queries[i % 10])
+                      for i in range(20)]
+            learned = httpx.get(f"{gw.url}/health").json()["learning"]["learning_completions"]
+            wait_for(lambda: len(up.requests) == 20 * 4 + learned)
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps({"id": rid, "gold": GOLD[q]}) + "\n"
+                              for rid, q in served))
+    assert CliRunner().invoke(main, ["label-log", str(log), str(labels)]).exit_code == 0
+
+    def refine(*more: str) -> tuple[Any, dict[str, Any]]:
+        res = CliRunner().invoke(main, ["refine", str(run), "--log", str(log),
+                                        "--refine-every", "10", *more])
+        assert res.exit_code == 0, res.output
+        return res, json.loads((run / "refine.json").read_text())
+
+    res, report = refine()
+    assert "policy unchanged" in res.output and not report["changed"]
+    assert report["settings"]["moves"] == "evidence"
+    res, report = refine("--moves", "pessimistic")
+    assert "(replaced)" in res.output and report["settings"]["moves"] == "pessimistic"
+    assert report["flags"] == [] and learned > 0
+    for c in report["contexts"]:
+        assert c["chosen"]["prompt"] in ("direct", "reason")
+        assert c["switches"] and all(s["reason"] == "model" for s in c["switches"])
+    new = json.loads((run / "policy.json").read_text())
+    assert all(c["prompt"] in (0, 1) for c in new["policy"])
+    mon = CliRunner().invoke(main, ["monitor", str(log), "--moves", "pessimistic"])
+    assert mon.exit_code == 0 and "DRIFT" not in mon.output
+    # Best-of-N has no per-query model to follow: refused before anything is read
+    with ScriptedServer() as up:
+        task = bon_task(tmp_path, up.base_url)
+        bon_run = tmp_path / "bon"
+        bon_run.mkdir()
+        write_policy(bon_run / "policy.json", task, "bon-gw",
+                     [f"brevity={w},letters={1 - w:g},budget={b}" for w in (0.2, 0.8)
+                      for b in ("low", "high")], [(0, 2)] * 4)
+        CompletionStore(bon_run / "store.sqlite").close()
+        res = CliRunner().invoke(main, ["refine", str(bon_run), "--log", str(log),
+                                        "--moves", "pessimistic"])
+    assert res.exit_code == 2 and "use moves='evidence'" in res.output
+    assert not (bon_run / "refine.json").exists()

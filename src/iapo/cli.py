@@ -404,7 +404,8 @@ def _continual_default(name: str) -> Any:
 
 
 def _rule_options(fn: F) -> F:
-    """The continual rules' options (simulate, refine, monitor): refits, confidence, gain."""
+    """The continual rules' options (simulate, refine, monitor): refits, confidence, gain,
+    moves."""
     for opt in reversed([
         click.option("--refine-every", "refine_every",
                      default=_continual_default("refine_every"), show_default=True,
@@ -421,6 +422,12 @@ def _rule_options(fn: F) -> F:
                      show_default=True, type=click.FloatRange(min=0.0),
                      help="A context changes its arm only if the gain's lower bound exceeds "
                           "this."),
+        click.option("--moves", "moves", default=_continual_default("moves"),
+                     show_default=True, type=click.Choice(MOVES),
+                     help="How a context moves without a drift flag: on a challenger's "
+                          "evidence (at the horizon's level), or to the per-query model's "
+                          "pessimistic first choice at every refit (majority voting; no "
+                          "level; docs/continual.md)."),
     ]):
         fn = opt(fn)
     return fn
@@ -531,11 +538,6 @@ def bench(envs: str, learners: str | None, budgets: str, runs: int, seed: int, o
               help="Do not tell the continual learner which context each group came from "
                    "(every group counts for every context).")
 @_rule_options
-@click.option("--moves", "moves", default=_continual_default("moves"), show_default=True,
-              type=click.Choice(MOVES),
-              help="How a context moves without a drift flag: on a challenger's evidence "
-                   "(at the horizon's level), or to the per-query model's pessimistic first "
-                   "choice at every refit (majority voting; no level; docs/continual.md).")
 @click.option("--alarm", "alarm", default=_continual_default("alarm"), show_default=True,
               type=float, help="False-alarm probability of the drift monitor over the run.")
 @click.option("--seed", "seed", default=0, show_default=True, type=click.IntRange(min=0),
@@ -907,6 +909,10 @@ def answer(policy_path: str, query: str, context: str, task_path: str | None,
 @click.option("--refine-every", "refine_every", default=None, type=click.IntRange(min=1),
               help="Run iapo refine on the log (needs --log-store) every N requests served, "
                    "in the background; a policy it writes is reloaded.")
+@click.option("--moves", "moves", default=_serve_default("moves"), show_default=True,
+              type=click.Choice(MOVES),
+              help="How the background refine moves a context without a drift flag (needs "
+                   "--refine-every): as iapo refine --moves.")
 @_allow_task_change
 @_user_errors
 def serve(policy_path: str, task_path: str | None, host: str, port: int, keys_file: str | None,
@@ -915,7 +921,7 @@ def serve(policy_path: str, task_path: str | None, host: str, port: int, keys_fi
           body_timeout: float, cors_origins: tuple[str, ...], seed: int | None,
           limits: str | None,
           log_store: str | None, replay_store: str | None, learn_budget: float,
-          learn_per_day: int | None, refine_every: int | None,
+          learn_per_day: int | None, refine_every: int | None, moves: str,
           allow_task_change: bool) -> None:
     """Serve POLICY as an OpenAI-compatible endpoint: each request gets its context's arm."""
     from iapo.serve.run import run_gateway
@@ -929,7 +935,7 @@ def serve(policy_path: str, task_path: str | None, host: str, port: int, keys_fi
         body_timeout=body_timeout, cors_origins=tuple(cors_origins), log_store=log_store,
         replay_store=replay_store, allow_task_change=allow_task_change, limits=limits,
         seed=seed, learn_budget=learn_budget, learn_per_day=learn_per_day,
-        refine_every=refine_every,
+        refine_every=refine_every, moves=moves,
     )
     run_gateway(spec, announce=click.echo)
 
@@ -948,14 +954,14 @@ def _refine_options(fn: F) -> F:
 
 
 def _replay(run: str, log_path: str, min_gain: float, confidence: float, refine_every: int,
-            write: bool, budget: int = 0, seed: int = 0) -> dict[str, Any]:
+            moves: str, write: bool, budget: int = 0, seed: int = 0) -> dict[str, Any]:
     """Refine's replay of the log (writing the policy and refine.json only if ``write``;
     drawing ``budget`` more completions), printed; its report."""
     from iapo.continual import ContinualSettings
     from iapo.live.refine import refine as run_refine
 
     settings = ContinualSettings(min_gain=min_gain, confidence=confidence,
-                                 refine_every=refine_every)
+                                 refine_every=refine_every, moves=moves)
     report = run_refine(Path(run), Path(log_path), settings, write=write, budget=budget,
                         seed=seed, progress=True)
     _echo_refine(report)
@@ -971,12 +977,13 @@ def _replay(run: str, log_path: str, min_gain: float, confidence: float, refine_
               help="Seed of the queries --budget draws on.")
 @_user_errors
 def refine(run: str, log_path: str, refine_every: int, confidence: float,
-           min_gain: float, budget: int, seed: int) -> None:
+           min_gain: float, moves: str, budget: int, seed: int) -> None:
     """Re-decide RUN's policy from the gateway's log: a context changes its arm only on
-    evidence (docs/continual.md). Pays nothing unless --budget asks for more completions.
-    Writes RUN/policy.json (the old one kept as policy.previous.json) only when a context
-    changes, and RUN/refine.json always."""
-    report = _replay(run, log_path, min_gain, confidence, refine_every, write=True,
+    evidence or a drift flag (with --moves pessimistic, also on the per-query model's
+    pessimistic estimate; docs/continual.md). Pays nothing unless --budget asks for more
+    completions. Writes RUN/policy.json (the old one kept as policy.previous.json) only when
+    a context changes, and RUN/refine.json always."""
+    report = _replay(run, log_path, min_gain, confidence, refine_every, moves, write=True,
                      budget=budget, seed=seed)
     click.echo(f"policy: {Path(run) / 'policy.json'} (replaced)" if report["changed"] else
                f"policy unchanged: {report['why_not']}")
@@ -989,7 +996,7 @@ def refine(run: str, log_path: str, refine_every: int, confidence: float,
 @_rule_options
 @_user_errors
 def monitor(target: str, log_path: str | None, refine_every: int, confidence: float,
-            min_gain: float) -> None:
+            min_gain: float, moves: str) -> None:
     """Replay the gateway's log LOG (iapo serve --log-store) against the policy it served and
     print every drift flag, with its numbers (the drift test of docs/continual.md); writes
     nothing. Exit status 3 if any. The log names the run whose policy the gateway served;
@@ -1004,7 +1011,8 @@ def monitor(target: str, log_path: str | None, refine_every: int, confidence: fl
         click.echo(f"run: {run} (the policy's folder, as the log records it)")
     else:
         run = target
-    if _replay(run, log_path, min_gain, confidence, refine_every, write=False)["flags"]:
+    if _replay(run, log_path, min_gain, confidence, refine_every, moves,
+               write=False)["flags"]:
         raise SystemExit(3)
 
 

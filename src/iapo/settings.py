@@ -57,6 +57,7 @@ class ServeConfig:
     learn_budget: float = 0.0  # learning completions per served one, at most (0: none)
     learn_per_day: int | None = None  # and at most this many a day (UTC), shared by workers
     refine_every: int | None = None  # run iapo refine on the log every N requests served
+    moves: str = "evidence"  # how that refine moves a context (ContinualSettings.moves)
 
     def request_deadline(self) -> float:
         """Seconds for a request's sampling and scoring: ``deadline``, else every try of an

@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from iapo.continual import FRESH_GROUPS, Continual, ContinualSettings
+from iapo.continual import FRESH_GROUPS, Continual, ContinualSettings, check_moves
 from iapo.errors import InputError
 from iapo.files import write_text_atomically
 from iapo.live.optimize import check_store_task
@@ -249,6 +249,7 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
     policy_path = run / "policy.json"
     policy, task = load_served(policy_path)
     policy.check_fixed_n("refine needs", RefineError)
+    check_moves(task.problem(), settings)  # before anything is read
     if not log_path.is_file():
         raise RefineError(f"the log {str(log_path)!r} does not exist; give the store that "
                           "iapo serve --log-store wrote")
@@ -390,6 +391,9 @@ def _report(task: Task, policy: Policy, learner: Continual, counts: dict[str, in
             "log": counts, "training_groups": training_groups,
             "settings": dataclasses.asdict(learner.settings),
             "why_not": None if changed else (
+                "no context's served arm is below another's pessimistic estimate (the "
+                "per-query model's less one standard error); the policy stays"
+                if learner.settings.moves == "pessimistic" else
                 "no context had evidence that another arm is better: a challenger needs "
                 f"{FRESH_GROUPS} samples logged after it was named, and a gain whose lower bound "
                 f"exceeds {learner.settings.min_gain}; the policy stays")}

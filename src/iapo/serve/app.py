@@ -66,6 +66,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from iapo.continual import check_moves
 from iapo.errors import InputError, RunError
 from iapo.live.client import ChatClient, LLMError
 from iapo.live.feedback import FeedbackError
@@ -86,7 +87,7 @@ from iapo.serve.guard import RequestGuard, error_body, is_json
 from iapo.serve.keys import ApiKey, KeyRing, Limits
 from iapo.serve.learning import LearningPulls
 from iapo.serve.redis_limits import RedisLimits, open_limits
-from iapo.settings import ContinualSettings, ServeConfig
+from iapo.settings import ContinualSettings, ServeConfig, continual_default
 
 
 class BadRequest(Exception):
@@ -319,6 +320,13 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
     background: set[asyncio.Task[None]] = set()  # learning and refines in flight
     if cfg.refine_every is not None and store is None:
         raise PolicyError("--refine-every needs --log-store: refine learns from the log")
+    refine_settings = None
+    if cfg.refine_every is not None:
+        refine_settings = ContinualSettings(refine_every=cfg.refine_every, moves=cfg.moves)
+        check_moves(task.problem(), refine_settings)  # a task that does not vote: refused
+    elif cfg.moves != continual_default("moves"):
+        raise PolicyError(f"--moves {cfg.moves} says how the background refine moves: add "
+                          "--refine-every N (and --log-store)")
     refining: dict[str, Any] = {"running": False, "last": None, "error": None, "flags": []}
     private_limits: tempfile.TemporaryDirectory[str] | None = None
     limits: Limits | RedisLimits | None = None
@@ -375,7 +383,8 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
         """Every ``refine_every`` requests this worker served, ``iapo refine`` on the log, in
         a thread (one at a time); the policy it writes comes back through the reload."""
         every = cfg.refine_every
-        if every is None or refining["running"] or state["served"] % every:
+        if every is None or refine_settings is None or refining["running"] or \
+                state["served"] % every:
             return
         from iapo.live.refine import refine
 
@@ -385,7 +394,7 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
             try:
                 report = await asyncio.to_thread(
                     refine, Path(cfg.policy).parent, Path(str(cfg.log_store)),
-                    ContinualSettings(refine_every=every))
+                    refine_settings)
                 refining.update(last={"at": time.time(), "changed": report["changed"],
                                       "requests": report["log"]["policy"]},
                                 flags=report["flags"], error=None)
@@ -659,7 +668,7 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
             "learning": None if learning is None else learning.health(),
             # the last background refine of this worker, and the drift flags it raised
             "refine": None if cfg.refine_every is None else {
-                "every": cfg.refine_every, "running": refining["running"],
+                "every": cfg.refine_every, "moves": cfg.moves, "running": refining["running"],
                 "last": refining["last"], "error": refining["error"]},
             "drift": refining["flags"],
             # this worker's: per context, measured against predicted latency and the limit
