@@ -41,6 +41,15 @@ def wait_for(predicate, seconds: float = 30.0) -> None:  # type: ignore[no-untyp
         time.sleep(0.05)
 
 
+def attach_gold(tmp_path: Path, log: Path, served: list[tuple[str, str]]) -> None:
+    """Attach each served request's gold answer (by its question) to the log, through
+    ``iapo label-log``."""
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps({"id": rid, "gold": GOLD[q]}) + "\n"
+                              for rid, q in served))
+    assert CliRunner().invoke(main, ["label-log", str(log), str(labels)]).exit_code == 0
+
+
 def test_refine_replaces_a_wrong_prompt_on_evidence_and_the_gateway_reloads(
         tmp_path: Path) -> None:
     run = tmp_path / "run"
@@ -63,10 +72,7 @@ def test_refine_replaces_a_wrong_prompt_on_evidence_and_the_gateway_reloads(
             # no gold yet: refine says what is missing and writes nothing
             res = CliRunner().invoke(main, ["refine", str(run), "--log", str(log)])
             assert res.exit_code == 2 and "no gold answer" in res.output
-            labels = tmp_path / "labels.jsonl"
-            labels.write_text("".join(json.dumps({"id": rid, "gold": GOLD[q]}) + "\n"
-                                      for rid, q in served))
-            assert CliRunner().invoke(main, ["label-log", str(log), str(labels)]).exit_code == 0
+            attach_gold(tmp_path, log, served)
             # majority voting scores by the gold: a person's score of a request is not used
             assert httpx.post(f"{gw.url}/v1/feedback", timeout=10, json={
                 "id": served[0][0], "objective": "correct", "score": 1.0}).status_code == 200
@@ -200,10 +206,7 @@ def test_refine_budget_draws_on_logged_queries_and_a_rerun_pays_nothing(
             served = [(gw.ask({"budget": "low" if i % 2 else "high"},
                               content=queries[i % 10]).id, queries[i % 10])
                       for i in range(40)]
-        labels = tmp_path / "labels.jsonl"
-        labels.write_text("".join(json.dumps({"id": rid, "gold": GOLD[asked[q]]}) + "\n"
-                                  for rid, q in served))
-        assert CliRunner().invoke(main, ["label-log", str(log), str(labels)]).exit_code == 0
+        attach_gold(tmp_path, log, [(rid, asked[q]) for rid, q in served])
         # without a budget: only N can change (the served prompt's groups hold every
         # smaller N); no other prompt has a sample
         res, paid = refine()
@@ -257,10 +260,7 @@ def test_refine_keeps_apart_a_context_whose_traffic_differs(tmp_path: Path) -> N
                 low = i % 2 == 0
                 q = queries[(i // 2) % 5 + (0 if low else 5)]
                 served.append((gw.ask({"budget": "low" if low else "high"}, content=q).id, q))
-    labels = tmp_path / "labels.jsonl"
-    labels.write_text("".join(json.dumps({"id": rid, "gold": GOLD[q]}) + "\n"
-                              for rid, q in served))
-    assert CliRunner().invoke(main, ["label-log", str(log), str(labels)]).exit_code == 0
+    attach_gold(tmp_path, log, served)
     res = CliRunner().invoke(main, ["monitor", str(run), "--log", str(log),
                                     "--refine-every", "40"])
     assert res.exit_code == 0, res.output
@@ -384,10 +384,7 @@ def test_refine_numbers_a_querys_answers_alike_in_every_group(tmp_path: Path) ->
                       for i in range(30)]
             learned = httpx.get(f"{gw.url}/health").json()["learning"]["learning_completions"]
             wait_for(lambda: len(up.requests) == 30 * 4 + learned)
-    labels = tmp_path / "labels.jsonl"
-    labels.write_text("".join(json.dumps({"id": rid, "gold": GOLD[q]}) + "\n"
-                              for rid, q in served))
-    assert CliRunner().invoke(main, ["label-log", str(log), str(labels)]).exit_code == 0
+    attach_gold(tmp_path, log, served)
     task = load_task(tmp_path / "task.toml")
     categories: dict[int, dict[str, int]] = {}
     with CompletionStore(log, create=False) as store:
@@ -456,10 +453,7 @@ def test_refine_moves_pessimistic_on_the_models_estimate_where_evidence_cannot(
                       for i in range(20)]
             learned = httpx.get(f"{gw.url}/health").json()["learning"]["learning_completions"]
             wait_for(lambda: len(up.requests) == 20 * 4 + learned)
-    labels = tmp_path / "labels.jsonl"
-    labels.write_text("".join(json.dumps({"id": rid, "gold": GOLD[q]}) + "\n"
-                              for rid, q in served))
-    assert CliRunner().invoke(main, ["label-log", str(log), str(labels)]).exit_code == 0
+    attach_gold(tmp_path, log, served)
 
     def refine(*more: str) -> tuple[Any, dict[str, Any]]:
         res = CliRunner().invoke(main, ["refine", str(run), "--log", str(log),
