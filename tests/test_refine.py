@@ -162,21 +162,29 @@ def test_the_gateway_refines_in_the_background_and_reloads(tmp_path: Path,
 
 def test_the_gateway_refuses_moves_it_cannot_make(tmp_path: Path) -> None:
     """``--moves pessimistic`` says how the background refine moves: without
-    --refine-every it is refused, and so it is for a task that does not vote; each before
-    anything listens, saying what to do."""
-    with ScriptedServer() as up:
-        policy = mcq_policy(tmp_path, up.base_url, [(0, 1), (0, 1)])
-        res = CliRunner().invoke(main, ["serve", str(policy), "--moves", "pessimistic",
-                                        "--port", "0"])
-        assert res.exit_code == 2 and "add --refine-every N" in res.output
-        task = bon_task(tmp_path, up.base_url)
-        bon = write_policy(tmp_path / "bon.json", task, "bon-gw",
-                           [f"brevity={w},letters={1 - w:g},budget={b}" for w in (0.2, 0.8)
-                            for b in ("low", "high")], [(0, 2)] * 4)
-        res = CliRunner().invoke(main, ["serve", str(bon), "--moves", "pessimistic",
-                                        "--refine-every", "10", "--log-store",
-                                        str(tmp_path / "log.sqlite"), "--port", "0"])
-        assert res.exit_code == 2 and "(--moves evidence)" in res.output
+    --refine-every it is refused, and so it is for a task that does not vote, and an
+    unknown rule; each when the app is built, before anything listens, saying what to
+    do."""
+    from iapo.errors import InputError
+    from iapo.serve.run import build_app
+    from iapo.settings import ServeConfig
+
+    policy = mcq_policy(tmp_path, "http://127.0.0.1:9/v1", [(0, 1), (0, 1)])
+    with pytest.raises(InputError, match="add --refine-every N"):
+        build_app(ServeConfig(policy=str(policy), moves="pessimistic"))
+    with pytest.raises(InputError, match="moves 'bold' is unknown; use one of evidence, "
+                                         "pessimistic"):
+        build_app(ServeConfig(policy=str(policy), moves="bold"))
+    bon = write_policy(tmp_path / "bon.json", bon_task(tmp_path, "http://127.0.0.1:9/v1"),
+                       "bon-gw", [f"brevity={w},letters={1 - w:g},budget={b}"
+                                  for w in (0.2, 0.8) for b in ("low", "high")], [(0, 2)] * 4)
+    with pytest.raises(InputError, match=r"aggregates by 'bon': use moves='evidence' "
+                                         r"\(--moves evidence\)"):
+        build_app(ServeConfig(policy=str(bon), moves="pessimistic", refine_every=10,
+                              log_store=str(tmp_path / "log.sqlite")))
+    # the command line says it in one line, exit status 2, before it listens
+    res = CliRunner().invoke(main, ["serve", str(policy), "--moves", "pessimistic"])
+    assert res.exit_code == 2 and "add --refine-every N" in res.output
 
 
 def test_refine_budget_draws_on_logged_queries_and_a_rerun_pays_nothing(
@@ -461,6 +469,14 @@ def test_refine_moves_pessimistic_on_the_models_estimate_where_evidence_cannot(
         assert res.exit_code == 0, res.output
         return res, json.loads((run / "refine.json").read_text())
 
+    # monitor replays by the rule asked (and writes nothing): each context stays, or moves
+    for moves, to in (("evidence", ("short",)), ("pessimistic", ("direct", "reason"))):
+        mon = CliRunner().invoke(main, ["monitor", str(log), "--refine-every", "10",
+                                        "--moves", moves])
+        assert mon.exit_code == 0 and "DRIFT" not in mon.output
+        lines = [x for x in mon.output.splitlines() if x.startswith("budget=")]
+        assert len(lines) == 2 and all(" served short N=4 " in x for x in lines)
+        assert all(x.split(" -> ")[1].split()[0] in to for x in lines), mon.output
     res, report = refine()
     assert "policy unchanged" in res.output and not report["changed"]
     assert report["settings"]["moves"] == "evidence"
@@ -472,8 +488,6 @@ def test_refine_moves_pessimistic_on_the_models_estimate_where_evidence_cannot(
         assert c["switches"] and all(s["reason"] == "model" for s in c["switches"])
     new = json.loads((run / "policy.json").read_text())
     assert all(c["prompt"] in (0, 1) for c in new["policy"])
-    mon = CliRunner().invoke(main, ["monitor", str(log), "--moves", "pessimistic"])
-    assert mon.exit_code == 0 and "DRIFT" not in mon.output
     # Best-of-N has no per-query model to follow: refused before anything is read
     with ScriptedServer() as up:
         task = bon_task(tmp_path, up.base_url)

@@ -979,8 +979,8 @@ def _replay(run: str, log_path: str, min_gain: float, confidence: float, refine_
 def refine(run: str, log_path: str, refine_every: int, confidence: float,
            min_gain: float, moves: str, budget: int, seed: int) -> None:
     """Re-decide RUN's policy from the gateway's log: a context changes its arm only on
-    evidence or a drift flag (with --moves pessimistic, also on the per-query model's
-    pessimistic estimate; docs/continual.md). Pays nothing unless --budget asks for more
+    evidence or a drift flag (with --moves pessimistic, on the per-query model's pessimistic
+    estimate instead of evidence; docs/continual.md). Pays nothing unless --budget asks for more
     completions. Writes RUN/policy.json (the old one kept as policy.previous.json) only when
     a context changes, and RUN/refine.json always."""
     report = _replay(run, log_path, min_gain, confidence, refine_every, moves, write=True,

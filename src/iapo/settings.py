@@ -29,6 +29,11 @@ DEFAULT_LEARNER = "psst-auto"
 PAPER_BUDGETS = (1000, 2000, 5000, 10000, 20000)
 
 
+# how a majority-voting context moves without a drift flag (ContinualSettings.moves): the
+# first is the default
+MOVES = ("evidence", "pessimistic")
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     policy: str
@@ -57,7 +62,7 @@ class ServeConfig:
     learn_budget: float = 0.0  # learning completions per served one, at most (0: none)
     learn_per_day: int | None = None  # and at most this many a day (UTC), shared by workers
     refine_every: int | None = None  # run iapo refine on the log every N requests served
-    moves: str = "evidence"  # how that refine moves a context (ContinualSettings.moves)
+    moves: str = MOVES[0]  # how that refine moves a context (ContinualSettings.moves)
 
     def request_deadline(self) -> float:
         """Seconds for a request's sampling and scoring: ``deadline``, else every try of an
@@ -83,9 +88,6 @@ def serve_default(name: str) -> Any:
     return next(f.default for f in dataclasses.fields(ServeConfig) if f.name == name)
 
 
-MOVES = ("evidence", "pessimistic")  # ContinualSettings.moves
-
-
 @dataclass(frozen=True)
 class ContinualSettings:
     """How the deployed policy keeps learning (defaults written once, here)."""
@@ -107,7 +109,7 @@ class ContinualSettings:
     # how a majority-voting context moves at a refit without a drift flag: "evidence" (a
     # challenger's switch test, at the horizon's level) or "pessimistic" (to the arm of
     # highest pessimistic per-query-model estimate, every refit; iapo.continual's docstring)
-    moves: str = "evidence"
+    moves: str = MOVES[0]
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.learn_budget <= 1.0:

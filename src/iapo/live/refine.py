@@ -7,7 +7,9 @@ the same rules ``iapo simulate`` measures: a context changes its arm only on fre
 (a challenger's gain, judged on samples logged after it was named, has a lower bound above
 ``--min-gain``) or when the drift test flags its prompt (majority voting: the per-query
 model's first choice, then at the next refits of recovery; Best-of-N: an arm clearly
-better).
+better). With ``--moves pessimistic`` (majority voting), every refit moves a context to the
+arm of highest per-query-model estimate less one standard error instead of judging
+evidence.
 
 What counts, and why it stays unbiased:
 
@@ -391,8 +393,8 @@ def _report(task: Task, policy: Policy, learner: Continual, counts: dict[str, in
             "log": counts, "training_groups": training_groups,
             "settings": dataclasses.asdict(learner.settings),
             "why_not": None if changed else (
-                "no context's served arm is below another's pessimistic estimate (the "
-                "per-query model's less one standard error); the policy stays"
+                "no other arm's pessimistic estimate (the per-query model's less one "
+                "standard error) is above the served arm's in any context; the policy stays"
                 if learner.settings.moves == "pessimistic" else
                 "no context had evidence that another arm is better: a challenger needs "
                 f"{FRESH_GROUPS} samples logged after it was named, and a gain whose lower bound "

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import math
 import re
@@ -320,9 +321,9 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
     background: set[asyncio.Task[None]] = set()  # learning and refines in flight
     if cfg.refine_every is not None and store is None:
         raise PolicyError("--refine-every needs --log-store: refine learns from the log")
-    refine_settings = None
+    refine_settings = ContinualSettings(moves=cfg.moves)  # an unknown rule: refused
     if cfg.refine_every is not None:
-        refine_settings = ContinualSettings(refine_every=cfg.refine_every, moves=cfg.moves)
+        refine_settings = dataclasses.replace(refine_settings, refine_every=cfg.refine_every)
         check_moves(task.problem(), refine_settings)  # a task that does not vote: refused
     elif cfg.moves != continual_default("moves"):
         raise PolicyError(f"--moves {cfg.moves} says how the background refine moves: add "
@@ -383,8 +384,7 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
         """Every ``refine_every`` requests this worker served, ``iapo refine`` on the log, in
         a thread (one at a time); the policy it writes comes back through the reload."""
         every = cfg.refine_every
-        if every is None or refine_settings is None or refining["running"] or \
-                state["served"] % every:
+        if every is None or refining["running"] or state["served"] % every:
             return
         from iapo.live.refine import refine
 
