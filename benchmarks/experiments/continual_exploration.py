@@ -1,9 +1,9 @@
 """Where continual learning's learning completions go decides how much of a drift it repairs:
-four rules for them, on `iapo simulate`'s runs with drift.
+five rules for them, on `iapo simulate`'s runs with drift.
 
     .venv/bin/python benchmarks/experiments/continual_exploration.py ENV [--runs R]
-        [--workers W] [--rules current,shuffled,oracle,paired] [--requests 7000]
-        [--no-drift]
+        [--workers W] [--rules current,shuffled,oracle,paired,optimistic]
+        [--requests 7000] [--no-drift] [--moves evidence|pessimistic]
 
 Every rule runs `iapo simulate --drift-at 2000 --budgets 0.1` (`iapo.simulate.simulate_run`,
 the same requests, training and drift) with the continual learner's class replaced:
@@ -36,19 +36,32 @@ the same requests, training and drift) with the continual learner's class replac
   not hold the present rules' level over the horizon. The per-query model cannot make these
   comparisons: a prompt with few answers per query has its large-N credit pulled toward the
   middle by its prior (`model_bias.py`), while the served prompt's is not.
+- ``optimistic``: exploration by serving, after a drift flag. A recovering context serves
+  the arm of highest *optimistic* per-query-model estimate (its Q plus one standard error,
+  as the pessimistic moves subtract one) at every recovery refit but its last, which takes
+  the model's first choice, as the present rule does. Recovery refits come every 250
+  requests, 12 of them (the same 3,000 requests as the present 3 refits). A served request
+  draws N completions of its arm where the learning pulls may draw a tenth of that, so
+  serving the arms the model is unsure of learns about them faster; users are served arms
+  chosen for what they might be, which the learning pulls never do.
+
+``--moves pessimistic`` runs every rule with pessimistic moves (`iapo simulate --moves`).
 The script assumes majority voting that pays all N, with no latency priced (MATH and
 CommonsenseQA), and refuses anything else.
 
 Printed per rule: the window's regret per request (requests 6,000 to 7,000; SEM over runs),
 the frozen policy's, the ratio of the two (of the means, as docs/continual.md), the paired
 difference of cumulative regret against frozen at the last request (SEM), the switches per
-run and the seconds taken. ``--no-drift`` runs the same without the drift (the window is
-then not printed). Cited by docs/continual.md.
+run and the seconds taken; and where the window's regret lies: the arms served from request
+6,000, per (run, context), their mean gap to the best prompt (at its best N) and to their
+prompt's best N, and how often the best prompt is served. ``--no-drift`` runs the same
+without the drift (the window is then not printed). Cited by docs/continual.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from typing import Any
 
@@ -58,12 +71,13 @@ from scipy.stats import norm
 
 from iapo import simulate
 from iapo.bench.runner import run_oracle, run_queries
-from iapo.continual import Continual
+from iapo.continual import Continual, ContinualSettings
 from iapo.exact import abstain_first, mv_polya_credit, mv_subset_credit
 from iapo.learners import get_learner
 from iapo.model import ModelQTable, _posterior
 from iapo.problem import arm_index
 from iapo.report import Recorder
+from iapo.settings import MOVES
 from iapo.utility import gold_first, unique_rows
 
 DEEP = 96  # answers on a query past which a prompt's credit there is its posterior's
@@ -213,29 +227,99 @@ class ShuffledTies(Continual):
         super()._plan()
 
 
+class OptimisticRecovery(Continual):
+    """After a drift flag, a recovering context serves the arm of highest *optimistic*
+    per-query-model estimate (Q plus ERRORS standard errors, :meth:`Continual._model_means`)
+    at every recovery refit but its last, which takes the model's first choice as the
+    present rule does; recovery refits come every refine_every / QUARTERS requests, for
+    QUARTERS x ``recovery`` of them. The other refits are the present ones."""
+
+    ERRORS, QUARTERS = 1.0, 4
+
+    def __init__(self, problem: Any, settings: ContinualSettings, training: Any,
+                 served: Any) -> None:
+        super().__init__(problem, dataclasses.replace(
+            settings, recovery=settings.recovery * self.QUARTERS), training, served)
+        self._next_quarter = 0
+
+    def due(self) -> bool:
+        return super().due() or bool(self._recovering.any()) and \
+            self.requests >= self._next_quarter
+
+    def refit(self) -> list[Any]:
+        before = len(self.switches)
+        if self.requests < self._next_refit:  # a quarter refit: recovery moves only
+            recovering = [int(x) for x in np.flatnonzero(self._recovering > 0)]
+            self._recovering[recovering] -= 1
+            self._follow_model(recovering)
+            self._plan()
+        else:
+            super().refit()
+        step = self.settings.refine_every // self.QUARTERS
+        self._next_quarter = (self.requests // step + 1) * step
+        return self.switches[before:]
+
+    def _follow_model(self, contexts: Any, reason: str = "drift", fitted: Any = None,
+                      errors: float | None = None) -> None:
+        explore = [c for c in contexts if self._recovering[c] > 0]
+        super()._follow_model([c for c in contexts if self._recovering[c] <= 0], reason,
+                              fitted, errors)
+        super()._follow_model(explore, reason, None, -self.ERRORS)
+
+
 RULES = {"current": Continual, "shuffled": ShuffledTies, "oracle": OracleExploration,
-         "paired": PairedExploration}
+         "paired": PairedExploration, "optimistic": OptimisticRecovery}
+
+
+WINDOW = 6000  # the window's first request (drift at 2,000 + 4,000)
+
+
+def truths_of(config: simulate.SimConfig, run: int) -> list[tuple[int, np.ndarray]]:
+    """The truths simulate_run scores against, computed as it does: (from request, exact Q
+    [C, P, N]) before and (with drift) after the drift."""
+    env, train, _ = run_queries(config.env, config.seed, run, config.test_fraction)
+    simulated, rng = run_oracle(env, train, config.learner, config.train_budget,
+                                config.seed, run)
+    trained = get_learner(config.learner).learner(env.problem, Recorder(simulated),
+                                                  config.train_budget, rng).choices
+    population = np.arange(env.n_queries, dtype=np.int64)
+    q0 = env.query_table(progress=False).q(env.problem, population)
+    truths = [(0, q0)]
+    if config.scenario.drift_at is not None:
+        served = [(c.prompt, int(c.n or 1)) for c in trained]
+        truths.append((config.scenario.drift_at,
+                       simulate.drift_of(env, served, config.scenario.drop, population,
+                                         q0)[1]))
+    return truths
 
 
 def one_run(config: simulate.SimConfig, rule: str, run: int) -> dict[str, Any]:
-    """`iapo.simulate.simulate_run` with the rule's class as the continual learner."""
-    if rule == "oracle":  # the truths simulate_run scores against, computed as it does
-        env, train, _ = run_queries(config.env, config.seed, run, config.test_fraction)
-        simulated, rng = run_oracle(env, train, config.learner, config.train_budget,
-                                    config.seed, run)
-        trained = get_learner(config.learner).learner(env.problem, Recorder(simulated),
-                                                      config.train_budget, rng).choices
-        population = np.arange(env.n_queries, dtype=np.int64)
-        q0 = env.query_table(progress=False).q(env.problem, population)
-        truths = [(0, q0)]
-        if config.scenario.drift_at is not None:
-            served = [(c.prompt, int(c.n or 1)) for c in trained]
-            truths.append((config.scenario.drift_at,
-                           simulate.drift_of(env, served, config.scenario.drop, population,
-                                             q0)[1]))
-        OracleExploration.truths = truths
-    simulate.Continual = RULES[rule]  # type: ignore[misc]
-    return simulate.simulate_run(config, run)
+    """`iapo.simulate.simulate_run` with the rule's class as the continual learner, and
+    where the window's regret lies: per context, the gap of the arms served from request
+    WINDOW on ("window_gaps": the prompt's, to the best prompt at its best N, and the N's,
+    the rest), and whether it serves the best prompt."""
+    truths = truths_of(config, run)
+    OracleExploration.truths = truths
+    seen: list[list[tuple[int, int]]] = []
+
+    class Watched(RULES[rule]):  # type: ignore[misc, valid-type]
+        def refit(self) -> list[Any]:
+            out = super().refit()
+            if not seen and self.requests >= WINDOW:
+                seen.append(self.served_arms())
+            return out
+
+    simulate.Continual = Watched  # type: ignore[misc]
+    result = simulate.simulate_run(config, run)
+    if seen:
+        q = truths[-1][1]
+        best_prompt = q.max(axis=2)  # [C, P]
+        result["window_gaps"] = [
+            (float(best_prompt[c].max() - best_prompt[c, p]),
+             float(best_prompt[c, p] - q[c, p, n - 1]), bool(best_prompt[c, p] ==
+                                                              best_prompt[c].max()))
+            for c, (p, n) in enumerate(seen[0])]
+    return result
 
 
 def main() -> None:
@@ -243,14 +327,17 @@ def main() -> None:
     ap.add_argument("env")
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--rules", default="current,shuffled,oracle,paired")
+    ap.add_argument("--rules", default="current,shuffled,oracle,paired,optimistic")
     ap.add_argument("--requests", type=int, default=7000)
     ap.add_argument("--no-drift", action="store_true")
+    ap.add_argument("--moves", default="evidence", choices=MOVES,
+                    help="how a context moves without a drift flag (iapo simulate --moves)")
     args = ap.parse_args()
     scenario = simulate.Scenario(requests=args.requests,
                                  drift_at=None if args.no_drift else 2000)
     config = simulate.SimConfig(env=args.env, budgets=(0.1,), runs=args.runs,
-                                scenario=scenario)
+                                scenario=scenario,
+                                settings=ContinualSettings(moves=args.moves))
     problem = run_queries(args.env, 0, 0, config.test_fraction)[0].problem
     if problem.aggregator != "mv" or problem.stopping.early or problem.needs_latency:
         raise SystemExit(f"{args.env}: the paired rule here needs majority voting that pays "
@@ -270,7 +357,14 @@ def main() -> None:
             frozen = summary["conditions"]["frozen"]["window_regret"][0]
             window = (f"window {w:.4f} ({ws:.4f}), frozen's {frozen:.4f}, ratio to frozen "
                       f"{row['window_ratio']:.2f}, ")
-        print(f"{args.env} {rule}: {window}cumulative vs frozen at {args.requests:,} "
+        where = ""
+        gaps = [g for r in runs for g in r.get("window_gaps", [])]
+        if gaps:
+            prompt_gap, n_gap, best = np.array(gaps).T
+            where = (f"from request {WINDOW:,}: gap {prompt_gap.mean():.4f} to the best "
+                     f"prompt and {n_gap.mean():.4f} to its best N, the best prompt served in "
+                     f"{int(best.sum())} of {best.size} (run, context), ")
+        print(f"{args.env} {rule}: {window}{where}cumulative vs frozen at {args.requests:,} "
               f"{diff:+.1f} ({sem:.1f}), switches per run {switches:.1f}, "
               f"{time.time() - start:.0f} s", flush=True)
 
