@@ -165,11 +165,9 @@ class PairedExploration(Continual):
         out = []
         for c in range(self.problem.n_contexts):
             s, ns = int(self.prompt[c]), int(self.n[c])
-            d = grid.weights[c, 0] * (credit - credit[s, :, ns - 1][None, :, None])
-            k = np.isfinite(d).sum(axis=1)
             with np.errstate(invalid="ignore", divide="ignore"):
-                mean = np.nansum(d, axis=1) / k
-                var = np.nansum((d - mean[:, None, :]) ** 2, axis=1) / np.maximum(k - 1, 1)
+                mean, var, k = self._task_gain(credit, credit[s, :, ns - 1])
+                mean, var = grid.weights[c, 0] * mean, grid.weights[c, 0] ** 2 * var
                 paid = grid.cost_weights[c] * np.nan_to_num(cost)[:, None] * np.arange(
                     1, n_max + 1)
                 gain = mean - (paid - paid[s, ns - 1])
@@ -177,6 +175,17 @@ class PairedExploration(Continual):
             gain[s], k[s] = np.nan, 0
             out.append((gain, se, k))
         return out
+
+    @staticmethod
+    def _task_gain(credit: np.ndarray, served: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The mean credit gain of every arm over the served arm's [P, N] (``credit`` [P, X,
+        N], ``served`` [X]: its credit per query), the variance of one query's estimate and
+        the queries behind it: the paired differences on the queries both were asked."""
+        d = credit - served[None, :, None]
+        k = np.isfinite(d).sum(axis=1)
+        mean = np.nansum(d, axis=1) / k
+        return mean, np.nansum((d - mean[:, None, :]) ** 2, axis=1) / np.maximum(k - 1, 1), k
 
     def _plan(self) -> None:
         """Per context, the ``top`` prompts of highest upper bound on the gain over their
@@ -226,35 +235,23 @@ class RegressionExploration(PairedExploration):
     all its queries, beta the fitted slope (clipped to [0, 2]; 1, the paired difference,
     where the served credit does not vary). Its error is the residuals' spread."""
 
-    def _gains(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        credit, cost = self._credits()
-        grid, n_max = self.problem.grid, self.problem.n_max
-        out = []
-        for c in range(self.problem.n_contexts):
-            s, ns = int(self.prompt[c]), int(self.n[c])
-            z = credit[s, :, ns - 1]  # [X]: the served arm's credit per query
-            ok = np.isfinite(credit) & np.isfinite(z)[None, :, None]
-            k = ok.sum(axis=1)
-            y = np.where(ok, credit, 0.0)
-            zz = np.where(ok, z[None, :, None], 0.0)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                my, mz = y.sum(axis=1) / k, zz.sum(axis=1) / k
-                dz = (zz - mz[:, None]) * ok
-                vz = (dz * dz).sum(axis=1) / np.maximum(k - 1, 1)
-                cyz = ((y - my[:, None]) * dz).sum(axis=1) / np.maximum(k - 1, 1)
-                beta = np.clip(np.where(vz > 1e-9, cyz / vz, 1.0), 0.0, 2.0)
-                r = (y - beta[:, None] * zz) * ok
-                dr = (r - (r.sum(axis=1) / k)[:, None]) * ok
-                var = grid.weights[c, 0] ** 2 * (dr * dr).sum(axis=1) / np.maximum(k - 1, 1)
-                mu_z = float(np.nanmean(z))
-                mean = grid.weights[c, 0] * (my - beta * (mz - mu_z) - mu_z)
-                paid = grid.cost_weights[c] * np.nan_to_num(cost)[:, None] * np.arange(
-                    1, n_max + 1)
-                gain = mean - (paid - paid[s, ns - 1])
-                se = np.sqrt((var * k + 0.05 * 5) / (k + 5) / np.maximum(k, 1))
-            gain[s], k[s] = np.nan, 0
-            out.append((gain, se, k))
-        return out
+    @staticmethod
+    def _task_gain(credit: np.ndarray, served: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ok = np.isfinite(credit) & np.isfinite(served)[None, :, None]
+        k = ok.sum(axis=1)
+        y = np.where(ok, credit, 0.0)
+        z = np.where(ok, served[None, :, None], 0.0)
+        my, mz = y.sum(axis=1) / k, z.sum(axis=1) / k
+        dz = (z - mz[:, None]) * ok
+        vz = (dz * dz).sum(axis=1) / np.maximum(k - 1, 1)
+        cyz = ((y - my[:, None]) * dz).sum(axis=1) / np.maximum(k - 1, 1)
+        beta = np.clip(np.where(vz > 1e-9, cyz / vz, 1.0), 0.0, 2.0)
+        r = (y - beta[:, None] * z) * ok
+        dr = (r - (r.sum(axis=1) / k)[:, None]) * ok
+        mu = float(np.nanmean(served))
+        return (my - beta * (mz - mu) - mu,
+                (dr * dr).sum(axis=1) / np.maximum(k - 1, 1), k)
 
 
 class ShuffledTies(Continual):
