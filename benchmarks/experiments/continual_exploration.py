@@ -313,19 +313,25 @@ RULES = {"current": Continual, "shuffled": ShuffledTies, "oracle": OracleExplora
 WINDOW = 6000  # the window's first request (drift at 2,000 + 4,000)
 
 
-def truths_of(config: simulate.SimConfig, run: int) -> list[tuple[int, np.ndarray]]:
-    """The truths simulate_run scores against, computed as it does: (from request, exact Q
-    [C, P, N]) before and (with drift) after the drift."""
+def trained_arms(config: simulate.SimConfig, run: int) -> list[tuple[int, int]]:
+    """The arms the run's trained policy serves, trained as simulate_run trains it."""
     env, train, _ = run_queries(config.env, config.seed, run, config.test_fraction)
     simulated, rng = run_oracle(env, train, config.learner, config.train_budget,
                                 config.seed, run)
     trained = get_learner(config.learner).learner(env.problem, Recorder(simulated),
                                                   config.train_budget, rng).choices
+    return [(c.prompt, int(c.n or 1)) for c in trained]
+
+
+def truths_of(config: simulate.SimConfig, run: int, served: list[tuple[int, int]]
+              ) -> list[tuple[int, np.ndarray]]:
+    """The truths simulate_run scores against, computed as it does: (from request, exact Q
+    [C, P, N]) before and (with drift) after the drift of the prompt ``served`` serves."""
+    env = run_queries(config.env, config.seed, run, config.test_fraction)[0]
     population = np.arange(env.n_queries, dtype=np.int64)
     q0 = env.query_table(progress=False).q(env.problem, population)
     truths = [(0, q0)]
     if config.scenario.drift_at is not None:
-        served = [(c.prompt, int(c.n or 1)) for c in trained]
         truths.append((config.scenario.drift_at,
                        simulate.drift_of(env, served, config.scenario.drop, population,
                                          q0)[1]))
@@ -337,8 +343,8 @@ def one_run(config: simulate.SimConfig, rule: str, run: int) -> dict[str, Any]:
     where the window's regret lies: per context, the gap of the arms served from request
     WINDOW on ("window_gaps": the prompt's, to the best prompt at its best N, and the N's,
     the rest), and whether it serves the best prompt."""
-    truths = truths_of(config, run)
-    OracleExploration.truths = truths
+    if rule == "oracle":  # it needs the truths before the run; the others, after it
+        OracleExploration.truths = truths_of(config, run, trained_arms(config, run))
     seen: list[list[tuple[int, int]]] = []
 
     class Watched(RULES[rule]):  # type: ignore[misc, valid-type]
@@ -350,8 +356,8 @@ def one_run(config: simulate.SimConfig, rule: str, run: int) -> dict[str, Any]:
 
     simulate.Continual = Watched  # type: ignore[misc]
     result = simulate.simulate_run(config, run)
-    if seen:
-        q = truths[-1][1]
+    if seen:  # the truth of the traffic then, for the trained arms simulate_run reports
+        q = truths_of(config, run, [tuple(a) for a in result["trained"]])[-1][1]
         best_prompt = q.max(axis=2)  # [C, P]
         result["window_gaps"] = [
             (float(best_prompt[c].max() - best_prompt[c, p]),
