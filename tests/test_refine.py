@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from iapo.cli import main
 from iapo.live.store import CompletionStore
 from live_helpers import ScriptedServer
-from test_serve import DATA, Gateway, bon_task, mcq_policy, write_policy
+from test_serve import DATA, Gateway, bon_policy, mcq_policy
 
 GOLD = {json.loads(line)["query"]: json.loads(line)["gold"]
         for line in (DATA / "mcq.jsonl").read_text().splitlines()}
@@ -175,9 +175,7 @@ def test_the_gateway_refuses_moves_it_cannot_make(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="moves 'bold' is unknown; use one of evidence, "
                                          "pessimistic"):
         build_app(ServeConfig(policy=str(policy), moves="bold"))
-    bon = write_policy(tmp_path / "bon.json", bon_task(tmp_path, "http://127.0.0.1:9/v1"),
-                       "bon-gw", [f"brevity={w},letters={1 - w:g},budget={b}"
-                                  for w in (0.2, 0.8) for b in ("low", "high")], [(0, 2)] * 4)
+    bon = bon_policy(tmp_path / "bon.json", "http://127.0.0.1:9/v1", [(0, 2)] * 4)
     with pytest.raises(InputError, match=r"aggregates by 'bon': use moves='evidence' "
                                          r"\(--moves evidence\)"):
         build_app(ServeConfig(policy=str(bon), moves="pessimistic", refine_every=10,
@@ -489,15 +487,11 @@ def test_refine_moves_pessimistic_on_the_models_estimate_where_evidence_cannot(
     new = json.loads((run / "policy.json").read_text())
     assert all(c["prompt"] in (0, 1) for c in new["policy"])
     # Best-of-N has no per-query model to follow: refused before anything is read
-    with ScriptedServer() as up:
-        task = bon_task(tmp_path, up.base_url)
-        bon_run = tmp_path / "bon"
-        bon_run.mkdir()
-        write_policy(bon_run / "policy.json", task, "bon-gw",
-                     [f"brevity={w},letters={1 - w:g},budget={b}" for w in (0.2, 0.8)
-                      for b in ("low", "high")], [(0, 2)] * 4)
-        CompletionStore(bon_run / "store.sqlite").close()
-        res = CliRunner().invoke(main, ["refine", str(bon_run), "--log", str(log),
-                                        "--moves", "pessimistic"])
+    bon_run = tmp_path / "bon"
+    bon_run.mkdir()
+    bon_policy(bon_run / "policy.json", "http://127.0.0.1:9/v1", [(0, 2)] * 4)
+    CompletionStore(bon_run / "store.sqlite").close()
+    res = CliRunner().invoke(main, ["refine", str(bon_run), "--log", str(log),
+                                    "--moves", "pessimistic"])
     assert res.exit_code == 2 and "use moves='evidence'" in res.output
     assert not (bon_run / "refine.json").exists()

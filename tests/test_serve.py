@@ -142,6 +142,14 @@ def mcq_policy(tmp: Path, url: str, arms: list[tuple[int, int]]) -> Path:
                         ["budget=low", "budget=high"], arms)
 
 
+def bon_policy(path: Path, url: str, arms: list[tuple[int, int]]) -> Path:
+    """A hand-made policy over the Best-of-N task served from ``url`` (written beside
+    ``path``), one arm per context of its grid."""
+    contexts = [f"brevity={w},letters={1 - w:g},budget={b}" for w in (0.2, 0.8)
+                for b in ("low", "high")]
+    return write_policy(path, bon_task(path.parent, url), "bon-gw", contexts, arms)
+
+
 @pytest.fixture
 def scripted(tmp_path: Path) -> Iterator[tuple[ScriptedServer, Gateway, Path]]:
     with ScriptedServer(answer="The answer is (B).") as up:
