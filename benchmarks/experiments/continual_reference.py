@@ -2,6 +2,7 @@
 spend, given at once and told the drift: a reference for the targets of docs/continual.md.
 
     .venv/bin/python benchmarks/experiments/continual_reference.py ENV [--runs R] [--workers W]
+        [--drift-budgets 0.1,0.2,0.4]
 
 For runs 0..R-1, the policy `iapo simulate` serves (psst-auto at T = 2,000 with the bench
 cell's seeds), and two cases:
@@ -21,6 +22,10 @@ are expectations over the contexts' probabilities, not the realised traffic (0.0
 against simulate's 0.0401 for MATH's frozen window).
 Its regret per request is exact (the gap of its arms on the traffic's queries, weighted by
 the contexts' probabilities); the frozen policy's is the trained arms' gap on the same truth.
+
+``--drift-budgets``: the drift case at each of these learning budgets instead of 10% alone
+(the no-drift case stays at 5%): how large a budget the reference needs for a given window
+ratio.
 
 Printed per case: the mean regret per request (SEM over runs) of the frozen policy and of
 the reference, and their ratio (of the means, as docs/continual.md's window ratio). Cited
@@ -51,7 +56,8 @@ def regret(q: np.ndarray, arms: list[tuple[int, int]], probs: np.ndarray) -> flo
     return float(np.dot(probs, _gap_of(Truth(0, q), arms)))
 
 
-def one_run(name: str, seed: int, run: int) -> dict[str, tuple[float, float, int]]:
+def one_run(name: str, seed: int, run: int, cases: dict[str, tuple[float, int]]
+            ) -> dict[str, tuple[float, float, int]]:
     """Per case: (frozen's regret per request, the reference's, the reference's T)."""
     env, train, _ = run_queries(name, seed, run, 0.2)
     problem = env.problem
@@ -65,7 +71,7 @@ def one_run(name: str, seed: int, run: int) -> dict[str, tuple[float, float, int
     q = env.query_table(progress=False).q(problem, population)
     env2, q2, _ = drift_of(env, arms, 0.1, population, q)
     out = {}
-    for case, (share, requests) in CASES.items():
+    for case, (share, requests) in cases.items():
         world, truth = (env, q) if case == "no drift" else (env2, q2)
         budget = TRAIN + int(share * requests * served_n)
         oracle = SimulatedOracle(world, population, budget,
@@ -84,16 +90,22 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--drift-budgets", default="0.1",
+                    help="learning budgets of the drift case, comma-separated")
     args = ap.parse_args()
+    cases = {"no drift": CASES["no drift"]}
+    budgets = [float(b) for b in args.drift_budgets.split(",")]
+    for b in budgets:
+        cases["drift" if budgets == [0.1] else f"drift {b:.0%}"] = (b, CASES["drift"][1])
     results = joblib.Parallel(n_jobs=args.workers)(
-        joblib.delayed(one_run)(args.env, args.seed, r) for r in range(args.runs))
+        joblib.delayed(one_run)(args.env, args.seed, r, cases) for r in range(args.runs))
     print(f"{args.env}: {args.runs} runs; regret per request (SEM) of the T = 2,000 policy "
           "(frozen) and of psst-auto retrained at once with the whole learning budget")
-    print(f"  {'case':<9} {'median T':>9} {'frozen':>16} {'reference':>16} {'ratio':>6}")
-    for case in CASES:
+    print(f"  {'case':<10} {'median T':>9} {'frozen':>16} {'reference':>16} {'ratio':>6}")
+    for case in cases:
         a = np.array([r[case] for r in results])
         sem = a[:, :2].std(axis=0, ddof=1) / np.sqrt(len(a))
-        print(f"  {case:<9} {np.median(a[:, 2]):>9,.0f} {a[:, 0].mean():>9.4f} ({sem[0]:.4f})"
+        print(f"  {case:<10} {np.median(a[:, 2]):>9,.0f} {a[:, 0].mean():>9.4f} ({sem[0]:.4f})"
               f" {a[:, 1].mean():>9.4f} ({sem[1]:.4f}) {a[:, 1].mean() / a[:, 0].mean():>6.2f}")
 
 
