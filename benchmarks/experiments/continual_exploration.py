@@ -1,9 +1,10 @@
 """Where continual learning's learning completions go decides how much of a drift it repairs:
-six rules for them, on `iapo simulate`'s runs with drift.
+nine rules for them, on `iapo simulate`'s runs with drift.
 
     .venv/bin/python benchmarks/experiments/continual_exploration.py ENV [--runs R]
         [--workers W] [--rules current,shuffled,oracle,paired,optimistic]
-        [--requests 7000] [--no-drift] [--moves evidence|pessimistic]
+        [--requests 7000] [--no-drift] [--moves evidence|pessimistic] [--budget 0.1]
+        [--retrain-at 6000]
 
 Every rule runs `iapo simulate --drift-at 2000 --budgets 0.1` (`iapo.simulate.simulate_run`,
 the same requests, training and drift) with the continual learner's class replaced:
@@ -11,6 +12,10 @@ the same requests, training and drift) with the continual learner's class replac
 - ``current``: `iapo.continual.Continual` as it is (docs/continual.md's rules).
 - ``shuffled``: the same, but candidates of equal bounds (the prompts not yet seen enough,
   whose bounds are infinite) go in a random order drawn once per run, not by prompt index.
+- ``modelties``: the same, but candidates of equal bounds go in the order of the per-query
+  model's estimate (each prompt's best arm, averaged over the contexts), refitted at every
+  re-plan: the untried prompts are swept in the order their few answers suggest. Not in the
+  default ``--rules``.
 - ``oracle``: a reference, not a rule. The learning pulls that go to the candidates go
   instead to the prompts that are best (in some context) on the traffic as it is at that
   moment, the drifted truth from request 2,000 on, at N_max; everything else, the
@@ -48,16 +53,27 @@ the same requests, training and drift) with the continual learner's class replac
   serving the arms the model is unsure of learns about them faster; users are served arms
   chosen for what they might be, which the learning pulls never do.
 
-``--moves pessimistic`` runs every rule with pessimistic moves (`iapo simulate --moves`).
+- ``retrain``: from the first drift flag on, no learning pull is drawn; at request 6,000
+  (``--retrain-at``), psst-auto is trained afresh with every learning completion left, on
+  the traffic's queries after the fact (as `iapo refine --budget` draws on logged
+  requests), and every context moves to its choice, without evidence. Not in the default
+  ``--rules``.
+- ``deferred``: the same, with no learning pull before the retraining at all: the whole
+  learning budget of the first 6,000 requests goes to one PSST run. Not in the default
+  ``--rules``.
+
+``--moves pessimistic`` runs every rule with pessimistic moves (`iapo simulate --moves`);
+``--budget`` sets the learning budget (10%).
 The script assumes majority voting that pays all N, with no latency priced (MATH and
 CommonsenseQA), and refuses anything else.
 
 Printed per rule: the window's regret per request (requests 6,000 to 7,000; SEM over runs),
 the frozen policy's, the ratio of the two (of the means, as docs/continual.md), the paired
 difference of cumulative regret against frozen at the last request (SEM), the switches per
-run and the seconds taken; and where the window's regret lies: the arms served from request
-6,000, per (run, context), their mean gap to the best prompt (at its best N) and to their
-prompt's best N, and how often the best prompt is served. ``--no-drift`` runs the same
+run, the largest share of learning completions in the served ones, and the seconds taken;
+and where the window's regret lies: the arms served from request 6,000, per (run,
+context), their mean gap to the best prompt (at its best N) and to their prompt's best N,
+and how often the best prompt is served. ``--no-drift`` runs the same
 without the drift (the window is then not printed). Cited by docs/continual.md.
 """
 
@@ -73,17 +89,19 @@ import numpy as np
 from scipy.stats import norm
 
 from iapo import simulate
-from iapo.bench.runner import run_oracle, run_queries
+from iapo.bench.runner import run_oracle, run_queries, seed_sequence
 from iapo.continual import Continual, ContinualSettings
 from iapo.exact import abstain_first, mv_polya_credit, mv_subset_credit
 from iapo.learners import get_learner
 from iapo.model import ModelQTable, _posterior
+from iapo.oracle import SimulatedOracle
 from iapo.problem import arm_index
 from iapo.report import Recorder
-from iapo.settings import MOVES
+from iapo.settings import DEFAULT_LEARNER, MOVES
 from iapo.utility import gold_first, unique_rows
 
 DEEP = 96  # answers on a query past which a prompt's credit there is its posterior's
+WINDOW = 6000  # the window's first request (drift at 2,000 + 4,000)
 
 
 def random_order(learner: Continual) -> np.ndarray:
@@ -305,12 +323,83 @@ class OptimisticRecovery(Continual):
         super()._follow_model(explore, reason, None, -self.ERRORS)
 
 
-RULES = {"current": Continual, "shuffled": ShuffledTies, "oracle": OracleExploration,
-         "paired": PairedExploration, "regression": RegressionExploration,
-         "optimistic": OptimisticRecovery}
+class ModelTies(Continual):
+    """The present rules, with candidates of equal bounds (the prompts not yet seen enough)
+    in the order of the per-query model's estimate (its best arm's Q, averaged over the
+    contexts; a prompt without a group last), refitted at every re-plan."""
+
+    def _plan(self) -> None:
+        if self._kept:  # empty while Continual.__init__ sets its fields
+            fitted: dict[tuple[Any, ...], np.ndarray] = {}
+            q = np.stack([self._model_means(c, fitted, 0.0).reshape(-1, self.problem.n_max)
+                          for c in range(self.problem.n_contexts)])
+            best = np.where(np.isnan(q), -np.inf, q).max(axis=2).mean(axis=0)  # [P]
+            self.tie_order = np.argsort(np.argsort(-best, kind="stable"), kind="stable")
+        super()._plan()
 
 
-WINDOW = 6000  # the window's first request (drift at 2,000 + 4,000)
+class Retrain(Continual):
+    """From the first drift flag on, no learning pull is drawn; at the first refit from
+    request AT on (the window's first, 6,000, unless --retrain-at), after the present rules'
+    own moves, psst-auto is trained afresh with every learning completion left (the
+    allowance) on the drifted traffic's queries, and every context moves to its choice
+    (logged as "drift"), ending any recovery. The completions are drawn at once from the
+    post-drift world (``world``: the drifted environment, its queries and a seed), which is
+    what drawing them on the traffic's requests since the flag gives, the drift being over
+    by then."""
+
+    world: tuple[Any, np.ndarray, list[int]] | None = None
+    SAVE_ALL = False
+    AT = WINDOW  # the request from which the retraining is due (--retrain-at)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._flagged = self._retrained = False
+        super().__init__(*args, **kwargs)
+
+    def _drifted(self, flag: Any) -> None:
+        self._flagged = True
+        super()._drifted(flag)
+
+    def pulls(self, completions: int) -> list[Any]:
+        saving = self._flagged or self.SAVE_ALL
+        return [] if saving and not self._retrained else super().pulls(completions)
+
+    def refit(self) -> list[Any]:
+        before = len(self.switches)
+        super().refit()
+        if (self._flagged or self.SAVE_ALL) and not self._retrained and \
+                self.requests >= self.AT:
+            assert self.world is not None
+            self._retrained = True
+            env, population, seed = self.world
+            budget = self.allowance()
+            oracle = SimulatedOracle(env, population, budget,
+                                     np.random.default_rng(seed_sequence(*seed, 0)))
+            choices = get_learner(DEFAULT_LEARNER).learner(
+                self.problem, oracle, budget,
+                np.random.default_rng(seed_sequence(*seed, 1))).choices
+            self.learning_completions += oracle.ledger.spent
+            self._recovering[:] = 0  # the retraining's choice ends a recovery
+            for c, ch in enumerate(choices):
+                self._choose(c, int(arm_index(ch.prompt, int(ch.n or 1), self.problem.n_max)),
+                             "drift", 0.0)
+            self._plan()
+        return self.switches[before:]
+
+
+class Deferred(Retrain):
+    """:class:`Retrain` with no learning pull at all before it: the whole learning budget of
+    the first AT requests goes to the one retraining, drawn on the traffic's queries
+    after the fact (as `iapo refine --budget` draws on logged requests)."""
+
+    SAVE_ALL = True
+
+
+RULES = {"current": Continual, "shuffled": ShuffledTies, "modelties": ModelTies,
+         "oracle": OracleExploration, "paired": PairedExploration,
+         "regression": RegressionExploration, "optimistic": OptimisticRecovery,
+         "retrain": Retrain, "deferred": Deferred}
+
 
 
 def trained_arms(config: simulate.SimConfig, run: int) -> list[tuple[int, int]]:
@@ -323,28 +412,33 @@ def trained_arms(config: simulate.SimConfig, run: int) -> list[tuple[int, int]]:
     return [(c.prompt, int(c.n or 1)) for c in trained]
 
 
-def truths_of(config: simulate.SimConfig, run: int, served: list[tuple[int, int]]
-              ) -> list[tuple[int, np.ndarray]]:
-    """The truths simulate_run scores against, computed as it does: (from request, exact Q
-    [C, P, N]) before and (with drift) after the drift of the prompt ``served`` serves."""
+def world_of(config: simulate.SimConfig, run: int, served: list[tuple[int, int]]
+             ) -> tuple[Any, np.ndarray, list[tuple[int, np.ndarray]]]:
+    """The run's world as simulate_run builds it: the environment from the drift on (the
+    drifted one; without drift, the run's own), its queries, and the truths it scores
+    against, computed as it does: (from request, exact Q [C, P, N]) before and (with drift)
+    after the drift of the prompt ``served`` serves."""
     env = run_queries(config.env, config.seed, run, config.test_fraction)[0]
     population = np.arange(env.n_queries, dtype=np.int64)
     q0 = env.query_table(progress=False).q(env.problem, population)
     truths = [(0, q0)]
     if config.scenario.drift_at is not None:
-        truths.append((config.scenario.drift_at,
-                       simulate.drift_of(env, served, config.scenario.drop, population,
-                                         q0)[1]))
-    return truths
+        env, q1, _ = simulate.drift_of(env, served, config.scenario.drop, population, q0)
+        truths.append((config.scenario.drift_at, q1))
+    return env, population, truths
 
 
-def one_run(config: simulate.SimConfig, rule: str, run: int) -> dict[str, Any]:
+def one_run(config: simulate.SimConfig, rule: str, run: int, retrain_at: int = WINDOW
+            ) -> dict[str, Any]:
     """`iapo.simulate.simulate_run` with the rule's class as the continual learner, and
     where the window's regret lies: per context, the gap of the arms served from request
     WINDOW on ("window_gaps": the prompt's, to the best prompt at its best N, and the N's,
     the rest), and whether it serves the best prompt."""
     if rule == "oracle":  # it needs the truths before the run; the others, after it
-        OracleExploration.truths = truths_of(config, run, trained_arms(config, run))
+        OracleExploration.truths = world_of(config, run, trained_arms(config, run))[2]
+    if rule in ("retrain", "deferred"):
+        env, population, _ = world_of(config, run, trained_arms(config, run))
+        Retrain.world, Retrain.AT = (env, population, [config.seed, run, 9]), retrain_at
     seen: list[list[tuple[int, int]]] = []
 
     class Watched(RULES[rule]):  # type: ignore[misc, valid-type]
@@ -357,7 +451,7 @@ def one_run(config: simulate.SimConfig, rule: str, run: int) -> dict[str, Any]:
     simulate.Continual = Watched  # type: ignore[misc]
     result = simulate.simulate_run(config, run)
     if seen:  # the truth of the traffic then, for the trained arms simulate_run reports
-        q = truths_of(config, run, [tuple(a) for a in result["trained"]])[-1][1]
+        q = world_of(config, run, [tuple(a) for a in result["trained"]])[2][-1][1]
         best_prompt = q.max(axis=2)  # [C, P]
         result["window_gaps"] = [
             (float(best_prompt[c].max() - best_prompt[c, p]),
@@ -375,23 +469,27 @@ def main() -> None:
     ap.add_argument("--rules", default="current,shuffled,oracle,paired,optimistic")
     ap.add_argument("--requests", type=int, default=7000)
     ap.add_argument("--no-drift", action="store_true")
+    ap.add_argument("--retrain-at", type=int, default=WINDOW,
+                    help="the request the retrain and deferred rules retrain at")
+    ap.add_argument("--budget", type=float, default=0.1,
+                    help="the learning budget (a fraction of the served completions)")
     ap.add_argument("--moves", default="evidence", choices=MOVES,
                     help="how a context moves without a drift flag (iapo simulate --moves)")
     args = ap.parse_args()
     scenario = simulate.Scenario(requests=args.requests,
                                  drift_at=None if args.no_drift else 2000)
-    config = simulate.SimConfig(env=args.env, budgets=(0.1,), runs=args.runs,
+    config = simulate.SimConfig(env=args.env, budgets=(args.budget,), runs=args.runs,
                                 scenario=scenario,
                                 settings=ContinualSettings(moves=args.moves))
     problem = run_queries(args.env, 0, 0, config.test_fraction)[0].problem
     if problem.aggregator != "mv" or problem.stopping.early or problem.needs_latency:
         raise SystemExit(f"{args.env}: the paired rule here needs majority voting that pays "
                          "all N, with no latency priced")
-    key = "continual@0.1"
+    key = f"continual@{args.budget:g}"
     for rule in args.rules.split(","):
         start = time.time()
         runs = joblib.Parallel(n_jobs=args.workers)(
-            joblib.delayed(one_run)(config, rule, r) for r in range(args.runs))
+            joblib.delayed(one_run)(config, rule, r, args.retrain_at) for r in range(args.runs))
         summary = simulate.summarize(config, runs)
         row = summary["conditions"][key]
         diff, sem = row["diff_final"]
@@ -410,7 +508,8 @@ def main() -> None:
                      f"prompt and {n_gap.mean():.4f} to its best N, the best prompt served in "
                      f"{int(best.sum())} of {best.size} (run, context), ")
         print(f"{args.env} {rule}: {window}{where}cumulative vs frozen at {args.requests:,} "
-              f"{diff:+.1f} ({sem:.1f}), switches per run {switches:.1f}, "
+              f"{diff:+.1f} ({sem:.1f}), switches per run {switches:.1f}, learning completions at "
+              f"most {row['learning_share_max']:.3f} of the served, "
               f"{time.time() - start:.0f} s", flush=True)
 
 
