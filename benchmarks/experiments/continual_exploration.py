@@ -6,8 +6,9 @@ nine rules for them, on `iapo simulate`'s runs with drift.
         [--requests 7000] [--no-drift] [--moves evidence|pessimistic] [--budget 0.1]
         [--retrain-at 6000]
 
-Every rule runs `iapo simulate --drift-at 2000 --budgets 0.1` (`iapo.simulate.simulate_run`,
-the same requests, training and drift) with the continual learner's class replaced:
+Every rule runs `iapo simulate --drift-at 2000 --budgets B` (B: ``--budget``, 0.1 unless
+set; `iapo.simulate.simulate_run`, the same requests, training and drift) with the
+continual learner's class replaced:
 
 - ``current``: `iapo.continual.Continual` as it is (docs/continual.md's rules).
 - ``shuffled``: the same, but candidates of equal bounds (the prompts not yet seen enough,
@@ -329,7 +330,7 @@ class ModelTies(Continual):
     contexts; a prompt without a group last), refitted at every re-plan."""
 
     def _plan(self) -> None:
-        if self._kept:  # empty while Continual.__init__ sets its fields
+        if self._kept:  # training's groups; none where training drew nothing
             fitted: dict[tuple[Any, ...], np.ndarray] = {}
             q = np.stack([self._model_means(c, fitted, 0.0).reshape(-1, self.problem.n_max)
                           for c in range(self.problem.n_contexts)])
@@ -343,10 +344,11 @@ class Retrain(Continual):
     request AT on (the window's first, 6,000, unless --retrain-at), after the present rules'
     own moves, psst-auto is trained afresh with every learning completion left (the
     allowance) on the drifted traffic's queries, and every context moves to its choice
-    (logged as "drift"), ending any recovery. The completions are drawn at once from the
-    post-drift world (``world``: the drifted environment, its queries and a seed), which is
-    what drawing them on the traffic's requests since the flag gives, the drift being over
-    by then."""
+    (logged as "drift", so the tables count them with the drift moves), ending any
+    recovery. Its completions are drawn at once from the environment as it is at AT
+    (``world``: the drifted environment, its queries and a seed), as completions drawn then
+    on logged queries are: from the model as it is when they are drawn. They are not fed
+    back to the learner's estimates."""
 
     world: tuple[Any, np.ndarray, list[int]] | None = None
     SAVE_ALL = False
@@ -476,6 +478,9 @@ def main() -> None:
     ap.add_argument("--moves", default="evidence", choices=MOVES,
                     help="how a context moves without a drift flag (iapo simulate --moves)")
     args = ap.parse_args()
+    if not args.no_drift and args.retrain_at < 2000:
+        raise SystemExit(f"--retrain-at {args.retrain_at}: the retraining draws from the "
+                         "drifted environment; give a request at or after the drift (2000)")
     scenario = simulate.Scenario(requests=args.requests,
                                  drift_at=None if args.no_drift else 2000)
     config = simulate.SimConfig(env=args.env, budgets=(args.budget,), runs=args.runs,

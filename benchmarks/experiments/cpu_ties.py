@@ -14,7 +14,8 @@ in four processes:
 
 - ``native``: as the CPU runs it;
 - ``avx2``: with numpy's AVX-512 paths and OpenBLAS's AVX-512 kernels off
-  (``NPY_DISABLE_CPU_FEATURES``, ``OPENBLAS_CORETYPE=Haswell``), as on a CPU without them;
+  (``NPY_DISABLE_CPU_FEATURES``, with numpy 2.4's names for them, and
+  ``OPENBLAS_CORETYPE=Haswell``), as on a CPU without them;
 - ``native, rounded`` and ``avx2, rounded``: the same, with the estimates PSST keeps and
   chooses by rounded to 12 decimals first (so that sums in another order tie, and are
   broken as ties are), patched in here, not in the library.
@@ -107,7 +108,11 @@ def main() -> None:
     if args.child:
         child(args.child, args.runs, args.rounded)
         return
-    features = importlib.import_module("numpy._core._multiarray_umath").__cpu_features__
+    try:
+        umath = importlib.import_module("numpy._core._multiarray_umath")
+    except ImportError:  # numpy 1
+        umath = importlib.import_module("numpy.core._multiarray_umath")
+    features = umath.__cpu_features__
     print(f"host: AVX512F {'yes' if features.get('AVX512F') else 'no'}; {args.runs} runs, "
           "psst-auto at T = 2,000")
     for env_name in args.envs.split(","):
