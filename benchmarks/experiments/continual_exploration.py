@@ -1,5 +1,5 @@
 """Where continual learning's learning completions go decides how much of a drift it repairs:
-ten rules for them, on `iapo simulate`'s runs with drift.
+nine rules for them, on `iapo simulate`'s runs with drift.
 
     .venv/bin/python benchmarks/experiments/continual_exploration.py ENV [--runs R]
         [--workers W] [--rules current,shuffled,oracle,paired,optimistic]
@@ -63,12 +63,6 @@ continual learner's class replaced:
   learning budget of the first 6,000 requests goes to one PSST run. Not in the default
   ``--rules``.
 
-- ``periodic``: no learning pull; every K requests (``--retrain-at K``), psst-auto is
-  trained with a budget of the learning budget times every completion served so far,
-  through a store of completions (as the live path's) that holds every group the learner
-  keeps and pays only for what it lacks, within the learning budget; every context moves
-  to its choice. Not in the default ``--rules``.
-
 ``--moves pessimistic`` runs every rule with pessimistic moves (`iapo simulate --moves`);
 ``--budget`` sets the learning budget (10%).
 The script assumes majority voting that pays all N, with no latency priced (MATH and
@@ -103,7 +97,6 @@ from iapo.learners import get_learner
 from iapo.model import ModelQTable, _posterior
 from iapo.oracle import SimulatedOracle
 from iapo.problem import arm_index
-from iapo.pulls import Observation, draw_queries, validate_pulls
 from iapo.report import Recorder
 from iapo.settings import DEFAULT_LEARNER, MOVES
 from iapo.utility import gold_first, unique_rows
@@ -404,157 +397,10 @@ class Deferred(Retrain):
     SAVE_ALL = True
 
 
-class StoreOracle(SimulatedOracle):
-    """A simulated oracle with a store of completions per (prompt, query), as the live
-    path's. A group of a prompt goes on a query the store holds completions of it on, each
-    once, in a random order, and on a query drawn as the simulated oracle draws it once
-    there is none left (the held queries were drawn so: uniform on the traffic's, whatever
-    their answers). A group of n on query q takes the completions of (prompt, q) the store
-    holds and this run has not used yet, in the order they were drawn, and draws the rest
-    (stored, and counted in ``paid``). ``held``: the observations the store starts with; ``cap``:
-    the most it pays, past which a group that needs drawing is left out of what a pull
-    returns."""
-
-    def __init__(self, env: Any, queries: np.ndarray, budget: int, rng: np.random.Generator,
-                 held: list[Any], cap: int) -> None:
-        super().__init__(env, queries, budget, rng)
-        self.cap = cap  # the most it may pay: a group it cannot pay for is not returned
-        self.labels: dict[tuple[int, int], np.ndarray] = {}
-        self.scores: dict[tuple[int, int], np.ndarray] = {}
-        self.gold: dict[int, tuple[Any, Any]] = {}
-        for o in held:
-            self._keep(o.prompt, o.queries, o.labels, o.scores, o.gold, o.no_answer)
-        self.used: dict[tuple[int, int], int] = {}
-        self.queue: dict[int, list[int]] = {}  # per prompt, the held queries not yet drawn
-        self.paid = 0
-        self.drawn: list[Any] = []  # the fresh groups, as observations
-
-    def _keep(self, prompt: int, queries: np.ndarray, labels: np.ndarray,
-              scores: np.ndarray, gold: np.ndarray, no_answer: np.ndarray | None) -> None:
-        for i, q in enumerate(int(x) for x in queries):
-            key = (prompt, q)
-            self.labels[key] = np.concatenate([self.labels.get(key, labels[i, :0]), labels[i]])
-            self.scores[key] = np.concatenate([self.scores.get(key, scores[i, :0]), scores[i]])
-            self.gold[q] = (gold[i], None if no_answer is None else no_answer[i])
-
-    def pull(self, requests: Any) -> list[Any]:
-        self.ledger.charge(validate_pulls(self.problem, requests))
-        counts = [r.count for r in requests]
-        queries = draw_queries(requests, [self.queries] * len(requests), self.queries,
-                               self.rng)
-        prompts = np.repeat([r.prompt for r in requests], counts)
-        for g, p in enumerate(int(x) for x in prompts):  # held queries first, each once
-            queue = self.queue.setdefault(p, list(self.rng.permutation(
-                [q for (pp, q) in self.labels if pp == p])))
-            if queue:
-                queries[g] = queue.pop()
-        ns = np.repeat([r.n for r in requests], counts)
-        need = np.zeros(prompts.size, dtype=np.int64)
-        kept = np.ones(prompts.size, dtype=bool)  # False: dropped, the cap reached
-        length: dict[tuple[int, int], int] = {}  # the store's, with what this batch draws
-        used = dict(self.used)
-        left = self.cap - self.paid
-        for g, key in enumerate((int(p), int(q)) for p, q in zip(prompts, queries,
-                                                                 strict=True)):
-            length.setdefault(key, len(self.labels.get(key, ())))
-            need[g] = max(int(ns[g]) - (length[key] - used.get(key, 0)), 0)
-            if need[g] > left:
-                kept[g], need[g] = False, 0
-                continue
-            left -= int(need[g])
-            length[key] += int(need[g])
-            used[key] = used.get(key, 0) + int(ns[g])
-        fresh = np.flatnonzero(need > 0)
-        if fresh.size:
-            s = self.env.sample(prompts[fresh], queries[fresh], int(need.max()), self.rng)
-            for j, g in enumerate(fresh):
-                k = int(need[g])
-                self._keep(int(prompts[g]), queries[g:g + 1], s.labels[j:j + 1, :k],
-                           s.scores[j:j + 1, :k], s.gold[j:j + 1],
-                           None if s.no_answer is None else s.no_answer[j:j + 1])
-                self.drawn.append(Observation(
-                    int(prompts[g]), k, queries[g:g + 1], s.scores[j:j + 1, :k],
-                    s.labels[j:j + 1, :k], s.gold[j:j + 1],
-                    None if s.no_answer is None else s.no_answer[j:j + 1]))
-            self.paid += int(need.sum())
-        out, g = [], 0
-        for r in requests:
-            rows, qs = [], []
-            for _ in range(r.count):
-                if kept[g]:
-                    key = (int(prompts[g]), int(queries[g]))
-                    at = self.used.get(key, 0)
-                    self.used[key] = at + r.n
-                    rows.append((self.labels[key][at:at + r.n],
-                                 self.scores[key][at:at + r.n], *self.gold[key[1]]))
-                    qs.append(key[1])
-                g += 1
-            if not rows:
-                out.append(self._empty(r))
-                continue
-            labels, scores, gold, no_answer = zip(*rows, strict=True)
-            out.append(Observation(r.prompt, r.n, np.array(qs, dtype=np.int64),
-                                   np.stack(scores), np.stack(labels),
-                                   np.array(gold), None if no_answer[0] is None
-                                   else np.array(no_answer)))
-        return out
-
-
-class Periodic(Continual):
-    """No learning pull per request: every EVERY requests (at a refit), psst-auto is trained
-    with a budget of the learning budget times every completion served so far, on the
-    traffic's queries, through a :class:`StoreOracle` holding every group the learner keeps
-    (training's, the served ones, its own earlier draws; those of a flagged prompt from
-    before its flag forgotten, as the learner forgets them), so that it pays only for what
-    no earlier draw holds; every context moves to its choice (logged as "drift"), ending any
-    recovery. ``worlds``: (from request, environment) of the run, the drifted one from the
-    drift on."""
-
-    EVERY = 1000
-    worlds: list[tuple[int, Any]] = []
-    seed: list[int] = []
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._drawn: list[tuple[int, Any]] = []  # (epoch, observation) of the retrainings
-        self._next_retrain = self.EVERY
-        super().__init__(*args, **kwargs)
-
-    def pulls(self, completions: int) -> list[Any]:
-        return []
-
-    def _drifted(self, flag: Any) -> None:
-        super()._drifted(flag)
-        self._drawn = [(e, o) for e, o in self._drawn
-                       if o.prompt != flag.prompt or e == self._epoch]
-
-    def refit(self) -> list[Any]:
-        before = len(self.switches)
-        super().refit()
-        if self.requests >= self._next_retrain:
-            self._next_retrain = (self.requests // self.EVERY + 1) * self.EVERY
-            env = [e for start, e in self.worlds if start <= self.requests][-1]
-            plan = int(self.settings.learn_budget * self.served_completions)
-            rngs = [np.random.default_rng(seed_sequence(*self.seed, self.requests, k))
-                    for k in (0, 1)]
-            held = [o for _, _, o in self._kept] + [o for _, o in self._drawn]
-            oracle = StoreOracle(env, np.arange(env.n_queries, dtype=np.int64), plan,
-                                 rngs[0], held, self.allowance())
-            choices = get_learner(DEFAULT_LEARNER).learner(self.problem, oracle, plan,
-                                                           rngs[1]).choices
-            self.learning_completions += oracle.paid
-            self._drawn.extend((self._epoch, o) for o in oracle.drawn)
-            self._recovering[:] = 0
-            for c, ch in enumerate(choices):
-                self._choose(c, int(arm_index(ch.prompt, int(ch.n or 1), self.problem.n_max)),
-                             "drift", 0.0)
-            self._plan()
-        return self.switches[before:]
-
-
 RULES = {"current": Continual, "shuffled": ShuffledTies, "modelties": ModelTies,
          "oracle": OracleExploration, "paired": PairedExploration,
          "regression": RegressionExploration, "optimistic": OptimisticRecovery,
-         "retrain": Retrain, "deferred": Deferred, "periodic": Periodic}
+         "retrain": Retrain, "deferred": Deferred}
 
 
 
@@ -595,12 +441,6 @@ def one_run(config: simulate.SimConfig, rule: str, run: int, retrain_at: int = W
     if rule in ("retrain", "deferred"):
         env, population, _ = world_of(config, run, trained_arms(config, run))
         Retrain.world, Retrain.AT = (env, population, [config.seed, run, 9]), retrain_at
-    if rule == "periodic":
-        start = config.scenario.drift_at
-        first = run_queries(config.env, config.seed, run, config.test_fraction)[0]
-        Periodic.worlds = [(0, first)] + ([] if start is None else [
-            (start, world_of(config, run, trained_arms(config, run))[0])])
-        Periodic.seed, Periodic.EVERY = [config.seed, run, 10], retrain_at
     seen: list[list[tuple[int, int]]] = []
 
     class Watched(RULES[rule]):  # type: ignore[misc, valid-type]
@@ -632,18 +472,15 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=7000)
     ap.add_argument("--no-drift", action="store_true")
     ap.add_argument("--retrain-at", type=int, default=WINDOW,
-                    help="the request the retrain and deferred rules retrain at; the "
-                         "periodic rule's interval")
+                    help="the request the retrain and deferred rules retrain at")
     ap.add_argument("--budget", type=float, default=0.1,
                     help="the learning budget (a fraction of the served completions)")
     ap.add_argument("--moves", default="evidence", choices=MOVES,
                     help="how a context moves without a drift flag (iapo simulate --moves)")
     args = ap.parse_args()
-    if not args.no_drift and args.retrain_at < 2000 and \
-            {"retrain", "deferred"} & set(args.rules.split(",")):
-        raise SystemExit(f"--retrain-at {args.retrain_at}: the retrain and deferred rules "
-                         "draw from the drifted environment; give a request at or after "
-                         "the drift (2000)")
+    if not args.no_drift and args.retrain_at < 2000:
+        raise SystemExit(f"--retrain-at {args.retrain_at}: the retraining draws from the "
+                         "drifted environment; give a request at or after the drift (2000)")
     scenario = simulate.Scenario(requests=args.requests,
                                  drift_at=None if args.no_drift else 2000)
     config = simulate.SimConfig(env=args.env, budgets=(args.budget,), runs=args.runs,
