@@ -1,5 +1,5 @@
 """Where continual learning's learning completions go decides how much of a drift it repairs:
-nine rules for them, on `iapo simulate`'s runs with drift.
+ten rules for them, on `iapo simulate`'s runs with drift.
 
     .venv/bin/python benchmarks/experiments/continual_exploration.py ENV [--runs R]
         [--workers W] [--rules current,shuffled,oracle,paired,optimistic]
@@ -62,6 +62,9 @@ continual learner's class replaced:
 - ``deferred``: the same, with no learning pull before the retraining at all: the whole
   learning budget of the first 6,000 requests goes to one PSST run. Not in the default
   ``--rules``.
+- ``fed``: ``deferred``, with the PSST run's completions given to the learner and every
+  context moved to the per-query model's estimate less one standard error, not to PSST's
+  choice. Not in the default ``--rules``.
 
 ``--moves pessimistic`` runs every rule with pessimistic moves (`iapo simulate --moves`);
 ``--budget`` sets the learning budget (10%).
@@ -339,6 +342,19 @@ class ModelTies(Continual):
         super()._plan()
 
 
+class Kept(SimulatedOracle):
+    """A simulated oracle that keeps what it draws (``drawn``)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.drawn: list[Any] = []
+
+    def pull(self, requests: Any) -> list[Any]:
+        out = super().pull(requests)
+        self.drawn.extend(o for o in out if o.count)
+        return out
+
+
 class Retrain(Continual):
     """From the first drift flag on, no learning pull is drawn; at the first refit from
     request AT on (the window's first, 6,000, unless --retrain-at), after the present rules'
@@ -351,7 +367,7 @@ class Retrain(Continual):
     back to the learner's estimates."""
 
     world: tuple[Any, np.ndarray, list[int]] | None = None
-    SAVE_ALL = False
+    SAVE_ALL = FEED = False
     AT = WINDOW  # the request from which the retraining is due (--retrain-at)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -375,16 +391,20 @@ class Retrain(Continual):
             self._retrained = True
             env, population, seed = self.world
             budget = self.allowance()
-            oracle = SimulatedOracle(env, population, budget,
-                                     np.random.default_rng(seed_sequence(*seed, 0)))
+            oracle = Kept(env, population, budget,
+                          np.random.default_rng(seed_sequence(*seed, 0)))
             choices = get_learner(DEFAULT_LEARNER).learner(
                 self.problem, oracle, budget,
                 np.random.default_rng(seed_sequence(*seed, 1))).choices
             self.learning_completions += oracle.ledger.spent
             self._recovering[:] = 0  # the retraining's choice ends a recovery
-            for c, ch in enumerate(choices):
-                self._choose(c, int(arm_index(ch.prompt, int(ch.n or 1), self.problem.n_max)),
-                             "drift", 0.0)
+            if self.FEED:
+                self.observe(oracle.drawn)
+                self._follow_model(range(self.problem.n_contexts), "model", None, 1.0)
+            else:
+                for c, ch in enumerate(choices):
+                    self._choose(c, int(arm_index(ch.prompt, int(ch.n or 1),
+                                                  self.problem.n_max)), "drift", 0.0)
             self._plan()
         return self.switches[before:]
 
@@ -397,10 +417,18 @@ class Deferred(Retrain):
     SAVE_ALL = True
 
 
+class Fed(Deferred):
+    """:class:`Deferred`, with the retraining's completions given to the learner and every
+    context moved to the per-query model's estimate less one standard error (the
+    pessimistic move), not to PSST's choice."""
+
+    FEED = True
+
+
 RULES = {"current": Continual, "shuffled": ShuffledTies, "modelties": ModelTies,
          "oracle": OracleExploration, "paired": PairedExploration,
          "regression": RegressionExploration, "optimistic": OptimisticRecovery,
-         "retrain": Retrain, "deferred": Deferred}
+         "retrain": Retrain, "deferred": Deferred, "fed": Fed}
 
 
 
@@ -438,7 +466,7 @@ def one_run(config: simulate.SimConfig, rule: str, run: int, retrain_at: int = W
     the rest), and whether it serves the best prompt."""
     if rule == "oracle":  # it needs the truths before the run; the others, after it
         OracleExploration.truths = world_of(config, run, trained_arms(config, run))[2]
-    if rule in ("retrain", "deferred"):
+    if rule in ("retrain", "deferred", "fed"):
         env, population, _ = world_of(config, run, trained_arms(config, run))
         Retrain.world, Retrain.AT = (env, population, [config.seed, run, 9]), retrain_at
     seen: list[list[tuple[int, int]]] = []
