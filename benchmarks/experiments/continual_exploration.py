@@ -53,7 +53,6 @@ continual learner's class replaced:
   draws N completions of its arm where the learning pulls may draw a tenth of that, so
   serving the arms the model is unsure of learns about them faster; users are served arms
   chosen for what they might be, which the learning pulls never do.
-
 - ``retrain``: from the first drift flag on, no learning pull is drawn; at request 6,000
   (``--retrain-at``), psst-auto is trained afresh with every learning completion left, on
   the traffic's queries after the fact (as `iapo refine --budget` draws on logged
@@ -93,14 +92,13 @@ import numpy as np
 from scipy.stats import norm
 
 from iapo import simulate
-from iapo.bench.runner import run_oracle, run_queries, seed_sequence
+from iapo.bench.runner import run_queries, seed_sequence
 from iapo.continual import Continual, ContinualSettings
 from iapo.exact import abstain_first, mv_polya_credit, mv_subset_credit
 from iapo.learners import get_learner
 from iapo.model import ModelQTable, _posterior
 from iapo.oracle import SimulatedOracle
 from iapo.problem import arm_index
-from iapo.report import Recorder
 from iapo.settings import DEFAULT_LEARNER, MOVES
 from iapo.utility import gold_first, unique_rows
 
@@ -429,17 +427,12 @@ RULES = {"current": Continual, "shuffled": ShuffledTies, "modelties": ModelTies,
          "oracle": OracleExploration, "paired": PairedExploration,
          "regression": RegressionExploration, "optimistic": OptimisticRecovery,
          "retrain": Retrain, "deferred": Deferred, "fed": Fed}
-
+RETRAINING = ("retrain", "deferred", "fed")  # the rules that retrain at --retrain-at
 
 
 def trained_arms(config: simulate.SimConfig, run: int) -> list[tuple[int, int]]:
-    """The arms the run's trained policy serves, trained as simulate_run trains it."""
-    env, train, _ = run_queries(config.env, config.seed, run, config.test_fraction)
-    simulated, rng = run_oracle(env, train, config.learner, config.train_budget,
-                                config.seed, run)
-    trained = get_learner(config.learner).learner(env.problem, Recorder(simulated),
-                                                  config.train_budget, rng).choices
-    return [(c.prompt, int(c.n or 1)) for c in trained]
+    """The arms the run's trained policy serves (`iapo.simulate.trained_policy`)."""
+    return [(c.prompt, int(c.n or 1)) for c in simulate.trained_policy(config, run)[2]]
 
 
 def world_of(config: simulate.SimConfig, run: int, served: list[tuple[int, int]]
@@ -464,11 +457,13 @@ def one_run(config: simulate.SimConfig, rule: str, run: int, retrain_at: int = W
     where the window's regret lies: per context, the gap of the arms served from request
     WINDOW on ("window_gaps": the prompt's, to the best prompt at its best N, and the N's,
     the rest), and whether it serves the best prompt."""
-    if rule == "oracle":  # it needs the truths before the run; the others, after it
-        OracleExploration.truths = world_of(config, run, trained_arms(config, run))[2]
-    if rule in ("retrain", "deferred", "fed"):
-        env, population, _ = world_of(config, run, trained_arms(config, run))
-        Retrain.world, Retrain.AT = (env, population, [config.seed, run, 9]), retrain_at
+    world = None  # the oracle and retraining rules need it before the run; the others, after
+    if rule == "oracle":
+        world = world_of(config, run, trained_arms(config, run))
+        OracleExploration.truths = world[2]
+    if rule in RETRAINING:
+        world = world_of(config, run, trained_arms(config, run))
+        Retrain.world, Retrain.AT = (world[0], world[1], [config.seed, run, 9]), retrain_at
     seen: list[list[tuple[int, int]]] = []
 
     class Watched(RULES[rule]):  # type: ignore[misc, valid-type]
@@ -481,7 +476,9 @@ def one_run(config: simulate.SimConfig, rule: str, run: int, retrain_at: int = W
     simulate.Continual = Watched  # type: ignore[misc]
     result = simulate.simulate_run(config, run)
     if seen:  # the truth of the traffic then, for the trained arms simulate_run reports
-        q = world_of(config, run, [tuple(a) for a in result["trained"]])[2][-1][1]
+        if world is None:
+            world = world_of(config, run, [tuple(a) for a in result["trained"]])
+        q = world[2][-1][1]
         best_prompt = q.max(axis=2)  # [C, P]
         result["window_gaps"] = [
             (float(best_prompt[c].max() - best_prompt[c, p]),
@@ -500,13 +497,14 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=7000)
     ap.add_argument("--no-drift", action="store_true")
     ap.add_argument("--retrain-at", type=int, default=WINDOW,
-                    help="the request the retrain and deferred rules retrain at")
+                    help="the request the retrain, deferred and fed rules retrain at")
     ap.add_argument("--budget", type=float, default=0.1,
                     help="the learning budget (a fraction of the served completions)")
     ap.add_argument("--moves", default="evidence", choices=MOVES,
                     help="how a context moves without a drift flag (iapo simulate --moves)")
     args = ap.parse_args()
-    if not args.no_drift and args.retrain_at < 2000:
+    if not args.no_drift and args.retrain_at < 2000 and \
+            set(RETRAINING) & set(args.rules.split(",")):
         raise SystemExit(f"--retrain-at {args.retrain_at}: the retraining draws from the "
                          "drifted environment; give a request at or after the drift (2000)")
     scenario = simulate.Scenario(requests=args.requests,

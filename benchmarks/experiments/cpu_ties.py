@@ -63,20 +63,13 @@ def round_ties() -> None:
 
 
 def policies(env_name: str, runs: int) -> list[list[list[int]]]:
-    """The trained policy of every run: [(prompt, n)] per context."""
-    from iapo.bench.runner import run_oracle, run_queries
-    from iapo.learners import get_learner
-    from iapo.report import Recorder
-    from iapo.settings import DEFAULT_LEARNER
+    """The trained policy of every run (`iapo.simulate.trained_policy`): [(prompt, n)] per
+    context."""
+    from iapo.simulate import SimConfig, trained_policy
 
-    out = []
-    for run in range(runs):
-        env, train, _ = run_queries(env_name, 0, run, 0.2)
-        simulated, rng = run_oracle(env, train, DEFAULT_LEARNER, 2000, 0, run)
-        choices = get_learner(DEFAULT_LEARNER).learner(env.problem, Recorder(simulated),
-                                                       2000, rng).choices
-        out.append([[c.prompt, int(c.n or 1)] for c in choices])
-    return out
+    config = SimConfig(env=env_name, runs=runs)  # simulate's training: seed 0, T = 2,000
+    return [[[c.prompt, int(c.n or 1)] for c in trained_policy(config, run)[2]]
+            for run in range(runs)]
 
 
 def child(env_name: str, runs: int, rounded: bool) -> None:

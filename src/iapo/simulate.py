@@ -50,7 +50,7 @@ from iapo.envs.base import Environment
 from iapo.envs.tabular import MVEnvironment
 from iapo.errors import InputError
 from iapo.learners import get_learner
-from iapo.problem import arm_at, arm_index
+from iapo.problem import Choice, arm_at, arm_index
 from iapo.pulls import Observation
 from iapo.report import Recorder
 from iapo.settings import DEFAULT_LEARNER
@@ -220,20 +220,28 @@ def _groups(env: Environment, arms: Sequence[tuple[int, int]], queries: IntArray
     return out, where
 
 
-def simulate_run(config: SimConfig, run: int) -> dict[str, Any]:
-    """One paired run: the frozen policy and continual learning at every budget on the same
-    requests. Returns cumulative regret per checkpoint, flags, switches and spend."""
+def trained_policy(config: SimConfig, run: int
+                   ) -> tuple[Environment, Recorder, list[Choice]]:
+    """The run's environment, training's oracle (its observations recorded) and the trained
+    policy's choices per context: the bench cell's own oracle and learner seeds, so the
+    policy is the bench's at T = ``config.train_budget``."""
     from iapo.bench.runner import run_oracle, run_queries
 
-    sc = config.scenario
     env, train, _ = run_queries(config.env, config.seed, run, config.test_fraction)
-    problem = env.problem
-    # the bench cell's own oracle and learner seeds: the policy is the bench's at this T
     simulated, learner_rng = run_oracle(env, train, config.learner, config.train_budget,
                                         config.seed, run)
     oracle = Recorder(simulated)
-    trained = get_learner(config.learner).learner(problem, oracle, config.train_budget,
+    trained = get_learner(config.learner).learner(env.problem, oracle, config.train_budget,
                                                   learner_rng).choices
+    return env, oracle, trained
+
+
+def simulate_run(config: SimConfig, run: int) -> dict[str, Any]:
+    """One paired run: the frozen policy and continual learning at every budget on the same
+    requests. Returns cumulative regret per checkpoint, flags, switches and spend."""
+    sc = config.scenario
+    env, oracle, trained = trained_policy(config, run)
+    problem = env.problem
     population = np.arange(env.n_queries, dtype=np.int64)
     slices = context_slices(env, population) if sc.by_context else None
     contexts, queries = traffic(config, run, population, problem.n_contexts,
