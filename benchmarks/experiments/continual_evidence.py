@@ -33,13 +33,10 @@ import argparse
 import numpy as np
 from scipy.stats import norm
 
-from iapo.bench.runner import run_oracle, run_queries
 from iapo.continual import GroupTable
-from iapo.learners import get_learner
 from iapo.problem import arm_at
 from iapo.pulls import Observation
-from iapo.report import Recorder
-from iapo.simulate import drift_of
+from iapo.simulate import SimConfig, drift_of, trained_policy
 
 Z = float(norm.ppf(0.95))
 
@@ -96,10 +93,7 @@ def main() -> None:
     # of it that stays where even an oracle-named evidence switch does not fit the budget
     window: list[tuple[float, float]] = []
     for run in range(args.runs):
-        env, train, _ = run_queries(args.env, args.seed, run, 0.2)
-        simulated, learner_rng = run_oracle(env, train, "psst-auto", 2000, args.seed, run)
-        choices = get_learner("psst-auto").learner(env.problem, Recorder(simulated), 2000,
-                                                   learner_rng).choices
+        env, _, choices = trained_policy(SimConfig(env=args.env, seed=args.seed), run)
         arms = [(c.prompt, int(c.n or 1)) for c in choices]
         population = np.arange(env.n_queries)
         served_n = float(np.mean([n for _, n in arms]))  # contexts equally likely here

@@ -39,12 +39,11 @@ import argparse
 import joblib
 import numpy as np
 
-from iapo.bench.runner import run_oracle, run_queries, seed_sequence
+from iapo.bench.runner import seed_sequence
 from iapo.learners import get_learner
 from iapo.oracle import SimulatedOracle
-from iapo.report import Recorder
 from iapo.settings import DEFAULT_LEARNER
-from iapo.simulate import Truth, _gap_of, drift_of
+from iapo.simulate import SimConfig, Truth, _gap_of, drift_of, trained_policy
 
 TRAIN = 2000
 CASES = {"no drift": (0.05, 20_000), "drift": (0.1, 6_000)}  # learning budget, requests
@@ -59,11 +58,9 @@ def regret(q: np.ndarray, arms: list[tuple[int, int]], probs: np.ndarray) -> flo
 def one_run(name: str, seed: int, run: int, cases: dict[str, tuple[float, int]]
             ) -> dict[str, tuple[float, float, int]]:
     """Per case: (frozen's regret per request, the reference's, the reference's T)."""
-    env, train, _ = run_queries(name, seed, run, 0.2)
+    env, _, trained = trained_policy(SimConfig(env=name, seed=seed, train_budget=TRAIN,
+                                               test_fraction=0.2), run)
     problem = env.problem
-    simulated, learner_rng = run_oracle(env, train, DEFAULT_LEARNER, TRAIN, seed, run)
-    trained = get_learner(DEFAULT_LEARNER).learner(problem, Recorder(simulated), TRAIN,
-                                                   learner_rng).choices
     arms = [(c.prompt, int(c.n or 1)) for c in trained]
     probs = problem.grid.probabilities
     served_n = float(np.dot(probs, [n for _, n in arms]))  # completions per request
