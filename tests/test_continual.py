@@ -166,7 +166,8 @@ def learner(settings: ContinualSettings, training: list[Observation] | None = No
 def test_settings_refuse_bad_values() -> None:
     for bad in ({"learn_budget": 1.5}, {"refine_every": 0}, {"confidence": 1.0},
                 {"alarm": 0.0}, {"min_gain": -0.1}, {"candidates": 0}, {"recovery": -1},
-                {"recovery": 1.5}, {"moves": "model"}):
+                {"recovery": 1.5}, {"moves": "model"}, {"retrain": -1}, {"retrain": 1.5},
+                {"retrain": True}):
         with pytest.raises(InputError):
             ContinualSettings(**bad)  # type: ignore[arg-type]
 
@@ -184,6 +185,42 @@ def test_learning_never_exceeds_its_budget() -> None:
         if budget:
             # what is left unspent is less than one group of the largest scale
             assert budget * cont.served_completions - cont.learning_completions < 4 + 1e-9
+
+
+def test_retraining_saves_the_budget_and_moves_every_context() -> None:
+    """With retrain = 100: no learning pull is drawn; after 100 requests of 4 completions
+    the saved budget is 10% of 400 = 40; a retraining that spends 38 moves both contexts to
+    its choices (reason "retrain"), ends a recovery and takes in its groups; the next one is
+    due at request 200, with 10% of 800 less 38 = 42."""
+    settings = ContinualSettings(learn_budget=0.1, refine_every=50, retrain=100)
+    cont = learner(settings)
+    cont.record_served(50, 200)
+    assert cont.learning_pulls() == [] and cont.retrain_budget() == 0
+    cont.record_served(50, 200)
+    assert cont.learning_pulls() == [] and cont.retrain_budget() == 40
+    cont._recovering[:] = 2
+    with pytest.raises(InputError, match="outside the 40"):
+        cont.retrained([Choice(2, 1, 0.0, 0), Choice(0, 3, 0.0, 0)], [], 41)
+    before = cont.table.counts[2, 0]
+    moved = cont.retrained([Choice(2, 1, 0.0, 0), Choice(0, 3, 0.0, 0)],
+                           [group(2, [[0], [1], [0]])], 38)
+    assert cont.served_arms() == [(2, 1), (0, 3)]
+    assert [(s.context, s.old, s.new, s.reason) for s in moved] == [
+        (0, (1, 4), (2, 1), "retrain"), (1, (1, 4), (0, 3), "retrain")]
+    assert (cont._recovering == 0).all()
+    assert cont.table.counts[2, 0] == before + 3
+    assert cont.learning_completions == 38 and cont.retrain_budget() == 0
+    cont.record_served(99, 396)
+    assert cont.retrain_budget() == 0
+    cont.record_served(1, 4)
+    assert cont.retrain_budget() == 42
+    assert not cont.retrained([Choice(2, 1, 0.0, 0), Choice(0, 3, 0.0, 0)], [], 0)
+
+
+def test_without_retraining_nothing_is_saved_for_it() -> None:
+    cont = learner(ContinualSettings(learn_budget=0.5, refine_every=50))
+    cont.record_served(1000, 4000)
+    assert cont.retrain_budget() == 0 and cont.learning_pulls()
 
 
 def test_candidates_by_hand() -> None:

@@ -75,17 +75,19 @@ def test_every_switch_carries_its_exact_gain(run0: dict) -> None:
 def test_switch_quality_counts_switches_that_changed_the_value() -> None:
     """Worked by hand: 5 switches in 2 runs; of the evidence switches, one raised the value,
     one lowered it and one changed nothing (left out of the share); the drift switch
-    lowered it; the pessimistic move raised it."""
+    lowered it; the pessimistic move and the retraining's move raised it."""
     from iapo.simulate import _switch_quality
 
     runs = [[{"reason": "evidence", "exact_gain": 0.01}, {"reason": "drift", "exact_gain": -0.02},
              {"reason": "evidence", "exact_gain": 0.0}],
-            [{"reason": "evidence", "exact_gain": -0.005}, {"reason": "model", "exact_gain": 0.03}]]
+            [{"reason": "evidence", "exact_gain": -0.005}, {"reason": "model", "exact_gain": 0.03},
+             {"reason": "retrain", "exact_gain": 0.02}]]
     got = _switch_quality(runs)
-    assert got == {"switches_per_run": 2.5, "evidence_switches": 3, "evidence_helped": 0.5,
+    assert got == {"switches_per_run": 3.0, "evidence_switches": 3, "evidence_helped": 0.5,
                    "evidence_helped_of": [1, 2], "drift_switches": 1, "drift_helped": 0.0,
                    "drift_helped_of": [0, 1], "model_switches": 1, "model_helped": 1.0,
-                   "model_helped_of": [1, 1]}
+                   "model_helped_of": [1, 1], "retrain_switches": 1, "retrain_helped": 1.0,
+                   "retrain_helped_of": [1, 1]}
     assert _switch_quality([[], []])["evidence_helped"] is None
     # the table shows the counts: "1 of 2" helped on evidence, "0 of 1" on a drift flag
     from iapo.simulate import _helped
@@ -209,6 +211,42 @@ def test_simulate_command(tmp_path: Path) -> None:
     assert len((out / "math-drift-runs.jsonl").read_text().splitlines()) == 2
     bad = CliRunner().invoke(main, ["simulate", "--budgets", "2", "--out", str(out)])
     assert bad.exit_code == 2 and "learn budget" in bad.output
+
+
+def test_retraining_spends_the_saved_budget_at_its_requests() -> None:
+    """retrain = 1000 over 2,000 requests: no learning pull, and at requests 1,000 and 2,000
+    a run of the learner spends all that was saved (psst-auto spends its whole budget), so
+    the learning completions are floor(F x served); every move between them is a retraining's
+    (no drift) and falls on a multiple of 1,000."""
+    from dataclasses import replace
+
+    from iapo.continual import ContinualSettings
+
+    config = SimConfig("math", budgets=(0.1,), runs=2, scenario=Scenario(requests=2000),
+                       settings=ContinualSettings(retrain=1000))
+    got = simulate_run(config, 1)["continual@0.1"]
+    assert got["learning_completions"] == int(0.1 * got["served_completions"])
+    assert got["switches"] and all(s["reason"] == "retrain" and s["request"] % 1000 == 0
+                                   for s in got["switches"])
+    plain = simulate_run(replace(config, settings=ContinualSettings()), 1)["continual@0.1"]
+    assert not any(s["reason"] == "retrain" for s in plain["switches"])
+
+
+def test_simulate_with_retraining(tmp_path: Path) -> None:
+    """--retrain writes its own files and counts its moves apart; --by-context is refused."""
+    out = tmp_path / "sim"
+    res = CliRunner().invoke(main, ["simulate", "--runs", "2", "--requests", "2000",
+                                    "--budgets", "0.05", "--retrain", "1000",
+                                    "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "retraining: helped" in res.output
+    summary = json.loads((out / "math-retrain1000-summary.json").read_text())
+    assert summary["config"]["settings"]["retrain"] == 1000
+    assert summary["conditions"]["continual@0.05"]["retrain_switches"] > 0
+    assert (out / "simulate-math-retrain1000.png").exists()
+    bad = CliRunner().invoke(main, ["simulate", "--by-context", "--retrain", "1000",
+                                    "--out", str(out)])
+    assert bad.exit_code == 2 and "--by-context" in bad.output
 
 
 def test_simulate_with_pessimistic_moves(tmp_path: Path) -> None:

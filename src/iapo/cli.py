@@ -538,6 +538,12 @@ def bench(envs: str, learners: str | None, budgets: str, runs: int, seed: int, o
               help="Do not tell the continual learner which context each group came from "
                    "(every group counts for every context).")
 @_rule_options
+@click.option("--retrain", "retrain", default=_continual_default("retrain"), show_default=True,
+              type=click.IntRange(min=0),
+              help="Save the learning budget and spend it every this many requests as one run "
+                   "of the learner on the traffic's queries, every context moving to its "
+                   "choice (0: learning pulls request by request; no level; "
+                   "docs/continual.md).")
 @click.option("--alarm", "alarm", default=_continual_default("alarm"), show_default=True,
               type=float, help="False-alarm probability of the drift monitor over the run.")
 @click.option("--seed", "seed", default=0, show_default=True, type=click.IntRange(min=0),
@@ -550,8 +556,8 @@ def bench(envs: str, learners: str | None, budgets: str, runs: int, seed: int, o
 def simulate(env_name: str, runs: int, budgets: str, requests: int, train_budget: int,
              learner: str, drift_at: int | None, drop: float, shift_at: int | None,
              shift_keep: float, by_context: bool, pooled: bool, refine_every: int,
-             confidence: float, min_gain: float, moves: str, alarm: float, seed: int,
-             workers: int, out: str) -> None:
+             confidence: float, min_gain: float, moves: str, retrain: int, alarm: float,
+             seed: int, workers: int, out: str) -> None:
     """Serve simulated traffic with a trained policy, frozen and learning continually, with
     optional scripted drift: cumulative regret per 1,000 requests as a table and a figure."""
     from iapo.continual import ContinualSettings
@@ -563,7 +569,11 @@ def simulate(env_name: str, runs: int, budgets: str, requests: int, train_budget
         raise click.UsageError(f"--budgets must be comma-separated fractions ({e})") from e
     settings = ContinualSettings(refine_every=refine_every, confidence=confidence,
                                  min_gain=min_gain, alarm=alarm, horizon=requests,
-                                 moves=moves)
+                                 moves=moves, retrain=retrain)
+    if retrain and by_context:
+        raise click.UsageError("--retrain trains on every context's queries alike, so it "
+                               "cannot serve contexts that ask different ones: drop "
+                               "--by-context or --retrain")
     for b in budget_list:
         ContinualSettings(learn_budget=b)  # each checked before any run
     if moves == "pessimistic":  # refused before training, not in a worker

@@ -70,6 +70,17 @@ The decisions, each a rule with a test:
   a worse arm for power where arms differ by less than its test can see (docs/continual.md
   measures both). Two things keep it from chasing luck: a prompt seen on few queries has
   a wide error, and the fixed prior pulls its large-N credit down.
+- **Retraining** (``retrain=K``, an option; 0, the default, is off). The learning budget is
+  saved, not drawn request by request (:meth:`Continual.learning_pulls` draws nothing), and
+  every K requests the caller spends what was saved (:meth:`Continual.retrain_budget`) as
+  one run of the default learner on the traffic's queries, drawn as often as the traffic
+  asked them, and hands its choices and groups to :meth:`Continual.retrained`: the groups
+  enter the estimates and drift tests as any learning group does, and every context moves
+  to the run's choice (reason "retrain"), ending any recovery. PSST's rounds sample every
+  prompt on many queries and trim by estimates of arms sampled alike, which the
+  candidates' pulls, a few prompts deep on few queries, do not (docs/continual.md measures
+  both). A move to the run's choice is not a test at a level either, and a run starts
+  afresh: it reuses no earlier completion. Drift flags move contexts between retrainings.
 
 Contexts whose traffic differs (:meth:`Continual.estimates`). Reusing a group for every
 context assumes the contexts' queries come from one distribution. A caller that knows each
@@ -388,6 +399,7 @@ class Continual:
         self._turn = 0  # pulls drawn: even turns go to the challengers, odd to the candidates
         self._next = [0, 0]  # the next entry of each queue
         self._next_refit = settings.refine_every
+        self._next_retrain = settings.retrain
         self._next_baseline = settings.refine_every
         # baselines per test: one at every refine_every x 2^k requests within the horizon
         baselines = int(math.log2(max(settings.horizon, settings.refine_every)
@@ -437,7 +449,9 @@ class Continual:
 
     def learning_pulls(self) -> list[Pull]:
         """:meth:`pulls` within the allowance, charged to it here (the caller draws them
-        all)."""
+        all); none where the budget is saved for retraining (``retrain``)."""
+        if self.settings.retrain:
+            return []
         out = self.pulls(self.allowance())
         self.learning_completions += sum(p.cost for p in out)
         return out
@@ -460,6 +474,39 @@ class Continual:
             self._next[which] += 1
             self._turn += 1
         return out
+
+    def retrain_budget(self) -> int:
+        """The completions a retraining may spend now: the allowance once ``retrain``
+        requests have passed since the last one (0: no retraining due, or none set)."""
+        if not self.settings.retrain or self.requests < self._next_retrain:
+            return 0
+        return max(0, self.allowance())
+
+    def retrained(self, choices: Sequence[Choice], observations: Sequence[Observation],
+                  spent: int) -> list[Switch]:
+        """A retraining that spent ``spent`` completions and drew ``observations`` (origin
+        unknown: they were drawn on the traffic's queries after the fact) chose ``choices``,
+        one per context: the groups are taken in, every context moves to its choice (reason
+        "retrain"), recoveries end, and the next retraining is due ``retrain`` requests on.
+        Returns the switches made."""
+        if len(choices) != self.problem.n_contexts or any(c.n is None for c in choices):
+            raise InputError("a retraining must choose one arm with a fixed N per context")
+        if spent < 0 or spent > self.allowance():
+            raise InputError(f"a retraining spent {spent} completions, outside the "
+                             f"{self.allowance()} the learning budget allows")
+        before = len(self.switches)
+        self.learning_completions += int(spent)
+        self.observe(observations)
+        self._recovering[:] = 0
+        n_max = self.problem.n_max
+        for ci, choice in enumerate(choices):
+            self._choose(ci, int(arm_index(choice.prompt, int(choice.n or 1), n_max)),
+                         "retrain", 0.0)
+        step = self.settings.retrain
+        self._next_retrain = (self.requests // step + 1) * step
+        self._name_challengers()
+        self._plan()
+        return self.switches[before:]
 
     def _challenges(self) -> list[tuple[int, int]]:
         """(prompt, n) of every context's challenger, each once."""

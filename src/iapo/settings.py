@@ -110,6 +110,10 @@ class ContinualSettings:
     # challenger's switch test, at the horizon's level) or "pessimistic" (to the arm of
     # highest pessimistic per-query-model estimate, every refit; iapo.continual's docstring)
     moves: str = MOVES[0]
+    # every this many requests, spend the saved learning budget as one run of the default
+    # learner on the traffic's queries and move every context to its choice (0: no
+    # retraining; learning pulls are drawn request by request; iapo.continual's docstring)
+    retrain: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.learn_budget <= 1.0:
@@ -131,6 +135,10 @@ class ContinualSettings:
             raise InputError(f"recovery {self.recovery!r} must be an integer >= 0 (refits)")
         if self.moves not in MOVES:
             raise InputError(f"moves {self.moves!r} is unknown; use one of {', '.join(MOVES)}")
+        if isinstance(self.retrain, bool) or not isinstance(self.retrain, int) or \
+                self.retrain < 0:
+            raise InputError(f"retrain {self.retrain!r} must be an integer >= 0 (requests "
+                             "between retrainings; 0: none)")
 
 
 def continual_default(name: str) -> Any:

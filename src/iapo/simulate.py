@@ -33,6 +33,11 @@ each group's context of origin (:mod:`iapo.continual`: a context whose traffic d
 learns from its own); without them every group counts for every context.
 Requests are served in steps of ``step`` between which the learner acts; drift and shift
 points must fall on a step.
+
+Retraining (``ContinualSettings.retrain``): when the learner says one is due, the run's
+learner (the one that trained the policy) is trained afresh with the saved learning budget,
+on the queries of the requests since the last retraining (as often as they were asked),
+drawn from the environment as it is then, and the learner takes its choices and groups.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from iapo.envs.base import Environment
 from iapo.envs.tabular import MVEnvironment
 from iapo.errors import InputError
 from iapo.learners import get_learner
+from iapo.oracle import SimulatedOracle
 from iapo.problem import Choice, arm_at, arm_index
 from iapo.pulls import Observation
 from iapo.report import Recorder
@@ -320,6 +326,7 @@ def _continual(config: SimConfig, run: int, budget: float, settings: ContinualSe
     learner = Continual(env0.problem, settings, training, trained)
     rng = np.random.default_rng(seed_sequence(config.seed, run, 4, int(round(budget * 1e6))))
     arms_by_step: dict[int, list[tuple[int, int]]] = {}
+    asked = 0  # the first request whose query a retraining draws on
     for start in range(0, sc.requests, sc.step):
         env = [e for at, e in live_env if at <= start][-1]
         arms = learner.served_arms()
@@ -336,6 +343,15 @@ def _continual(config: SimConfig, run: int, budget: float, settings: ContinualSe
             learner.observe(drawn, where if config.origins else None)
         if learner.due():
             learner.refit()
+        if (saved := learner.retrain_budget()) > 0:
+            end = start + sc.step
+            seeds = seed_sequence(config.seed, run, 5, int(round(budget * 1e6)), end).spawn(2)
+            kept = Recorder(SimulatedOracle(env, queries[asked:end], saved,
+                                            np.random.default_rng(seeds[0])))
+            choices = get_learner(config.learner).learner(
+                env.problem, kept, saved, np.random.default_rng(seeds[1])).choices
+            learner.retrained(choices, kept.observations, kept.ledger.spent)
+            asked = end
     return {
         "regret": _regret_curve(sc, contexts, truths, lambda t: arms_by_step[t]),
         "served_completions": learner.served_completions,
@@ -458,9 +474,9 @@ def summarize(config: SimConfig, runs: Sequence[dict[str, Any]]) -> dict[str, An
 def _switch_quality(switches: Sequence[Sequence[dict[str, Any]]]) -> dict[str, Any]:
     """Switches per run, and of those that changed the exact value, how many raised it and
     the share (by reason: "evidence", a gain's lower bound; "model", a pessimistic move;
-    "drift", a flagged prompt)."""
+    "drift", a flagged prompt; "retrain", a retraining's choice)."""
     row: dict[str, Any] = {"switches_per_run": float(np.mean([len(s) for s in switches]))}
-    for reason in ("evidence", "model", "drift"):
+    for reason in ("evidence", "model", "drift", "retrain"):
         gains = np.array([s["exact_gain"] for run in switches for s in run
                           if s["reason"] == reason])
         moved = gains[np.abs(gains) > 1e-12]
@@ -530,11 +546,15 @@ def figure(summary: dict[str, Any], out: Path) -> list[Path]:
         + ("" if cfg["origins"] else ", the learner not told which"))
     moves = "" if cfg["settings"]["moves"] == "evidence" else (
         f"; continual: {cfg['settings']['moves']} moves")
+    retrain = cfg["settings"].get("retrain", 0)
+    if retrain:
+        moves += f"; retrained every {retrain:,} requests"
     fig.suptitle(f"{cfg['env']}: policy trained at T = {cfg['train_budget']:,} "
                  f"({cfg['learner']}), mean ± SEM over {summary['runs']} paired runs{traffic}"
                  f"{moves}",
                  fontsize=10)
-    stem = out / f"simulate-{cfg['env']}{_suffix(sc, cfg['origins'], cfg['settings']['moves'])}"
+    stem = out / ("simulate-" + cfg["env"] + _suffix(sc, cfg["origins"], cfg["settings"]["moves"],
+                                                     retrain))
     return save_figure(fig, stem)
 
 
@@ -542,6 +562,8 @@ def table(summary: dict[str, Any]) -> str:
     """The summary as Markdown: cumulative regret every 5,000 requests and the measures."""
     cps = summary["checkpoints"]
     pessimistic = summary["config"]["settings"]["moves"] == "pessimistic"
+    retrain = bool(summary["config"]["settings"].get("retrain"))
+    extra = (["model"] if pessimistic else []) + (["retrain"] if retrain else [])
     show = [i for i, c in enumerate(cps) if c % 5000 == 0 or i == len(cps) - 1]
     show = sorted(set(show))
     head = "| condition | " + " | ".join(f"{cps[i]:,}" for i in show) + " |"
@@ -554,8 +576,9 @@ def table(summary: dict[str, Any]) -> str:
                  "optimal | learning share (max) | false alarms | traffic splits | "
                  "detected <= 5,000 | window regret/request | ratio to frozen | "
                  "drift's cost recovered | switches per run | on evidence: helped | "
-                 + ("pessimistic: helped | " if pessimistic else "") + "on drift: helped |")
-    lines.append("|---" * (14 if pessimistic else 13) + "|")
+                 + ("pessimistic: helped | " if pessimistic else "")
+                 + ("retraining: helped | " if retrain else "") + "on drift: helped |")
+    lines.append("|---" * (13 + len(extra)) + "|")
     for k, row in summary["conditions"].items():
         cells = [_cell(row, key, fmt) for key, fmt in (
             ("diff_final", ""), ("diff_final_not_optimal", ""), ("learning_share_max", "{:.4f}"),
@@ -563,8 +586,7 @@ def table(summary: dict[str, Any]) -> str:
             ("detected_within_5000", "{:.2f}"),
             ("window_regret", ""), ("window_ratio", "{:.2f}"),
             ("drift_cost_recovered", "{:.2f}"), ("switches_per_run", "{:.2f}"))]
-        cells += [_helped(row, reason) for reason in (
-            ("evidence", "model", "drift") if pessimistic else ("evidence", "drift"))]
+        cells += [_helped(row, reason) for reason in ("evidence", *extra, "drift")]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -587,12 +609,14 @@ def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
     return fmt.format(v)
 
 
-def _suffix(scenario: dict[str, Any], origins: bool, moves: str = "evidence") -> str:
+def _suffix(scenario: dict[str, Any], origins: bool, moves: str = "evidence",
+            retrain: int = 0) -> str:
     """What the output files of a scenario (as a dict) add to the environment's name."""
     return ("" if scenario["drift_at"] is None else "-drift") + (
         "" if scenario["shift_at"] is None else "-shift") + (
         "-bycontext" if scenario["by_context"] else "") + ("" if origins else "-pooled") + (
-        "" if moves == "evidence" else f"-{moves}")
+        "" if moves == "evidence" else f"-{moves}") + (
+        f"-retrain{retrain}" if retrain else "")
 
 
 def write(config: SimConfig, runs: Sequence[dict[str, Any]], out: Path) -> dict[str, Any]:
@@ -600,7 +624,8 @@ def write(config: SimConfig, runs: Sequence[dict[str, Any]], out: Path) -> dict[
     import json
 
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{config.env}{_suffix(asdict(config.scenario), config.origins, config.settings.moves)}"
+    stem = config.env + _suffix(asdict(config.scenario), config.origins,
+                                config.settings.moves, config.settings.retrain)
     with (out / f"{stem}-runs.jsonl").open("w") as fh:
         for r in runs:
             fh.write(json.dumps(r) + "\n")

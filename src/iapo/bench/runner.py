@@ -156,7 +156,8 @@ def env_names(envs: Sequence[str]) -> dict[str, str]:
 
 def seed_sequence(seed: int, *key: int) -> np.random.SeedSequence:
     """The seeds of ``key`` under the root ``seed`` (module docstring: run r's keys start
-    with r; iapo.simulate adds (r, 3) for the traffic and (r, 4, ...) for its learners)."""
+    with r; iapo.simulate adds (r, 3) for the traffic, (r, 4, ...) for its learners and (r, 5, ...)
+    for their retrainings)."""
     return np.random.SeedSequence(seed, spawn_key=key)
 
 
