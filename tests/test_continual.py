@@ -199,7 +199,7 @@ def test_retraining_saves_the_budget_and_moves_every_context() -> None:
     cont.record_served(50, 200)
     assert cont.learning_pulls() == [] and cont.retrain_budget() == 40
     cont._recovering[:] = 2
-    with pytest.raises(InputError, match="outside the 40"):
+    with pytest.raises(InputError, match="outside the 40 it was given"):
         cont.retrained([Choice(2, 1, 0.0, 0), Choice(0, 3, 0.0, 0)], [], 41)
     before = cont.table.counts[2, 0]
     moved = cont.retrained([Choice(2, 1, 0.0, 0), Choice(0, 3, 0.0, 0)],

@@ -240,6 +240,53 @@ def test_refine_budget_draws_on_logged_queries_and_a_rerun_pays_nothing(
     assert all(s["reason"] == "evidence" for c in report["contexts"] for s in c["switches"])
 
 
+def test_refine_retrain_spends_the_budget_as_one_run_and_moves_to_its_choice(
+        tmp_path: Path) -> None:
+    """The log holds only the served prompt, which answers wrong. ``--budget 120 --retrain``
+    spends the budget as one run of psst-auto on the logged queries (counted by the
+    upstream), and both contexts move to its choice, a prompt that answers right (reason
+    'retrain'); a rerun replays every completion and pays nothing; --retrain without
+    --budget is refused, saying what to give."""
+    run = tmp_path / "run"
+    run.mkdir()
+    log = tmp_path / "log.sqlite"
+    asked = {f"(asked again) {q}": q for q in GOLD}  # not training queries
+    queries = list(asked)
+
+    def refine(*extra: str) -> tuple[Any, int]:
+        before = len(up.requests)
+        res = CliRunner().invoke(main, ["refine", str(run), "--log", str(log),
+                                        "--refine-every", "10", *extra])
+        return res, len(up.requests) - before
+
+    with ScriptedServer(answer_of=by_prompt) as up:
+        mcq_policy(run, up.base_url, [(2, 4), (2, 4)]).rename(run / "policy.json")
+        CompletionStore(run / "store.sqlite").close()
+        with Gateway(run / "policy.json", "--log-store", str(log)) as gw:
+            served = [(gw.ask({"budget": "low" if i % 2 else "high"},
+                              content=queries[i % 10]).id, queries[i % 10])
+                      for i in range(20)]
+        attach_gold(tmp_path, log, [(rid, asked[q]) for rid, q in served])
+        res, paid = refine("--retrain")
+        assert res.exit_code == 2 and "give --budget" in res.output and paid == 0
+        res, paid = refine("--budget", "120", "--retrain")
+        assert res.exit_code == 0, res.output
+        report = json.loads((run / "refine.json").read_text())
+        assert "in one run of the learner" in res.output and "(replaced)" in res.output
+        spent = report["spent"]
+        assert spent["retrain"] and 0 < spent["drawn"] <= 120
+        assert spent["paid"] == paid == spent["drawn"]
+        drawn_on = {b["messages"][-1]["content"] for b in up.requests[-paid:]}
+        assert all(any(q in text for q in queries) for text in drawn_on)
+        assert all(c["chosen"]["prompt"] != "short" for c in report["contexts"])
+        assert all(s["reason"] == "retrain" for c in report["contexts"]
+                   for s in c["switches"])
+        # the same retraining again, from the refined policy: everything replayed, no change
+        res, paid = refine("--budget", "120", "--retrain")
+        again = json.loads((run / "refine.json").read_text())["spent"]
+        assert res.exit_code == 0 and paid == 0 and again["replayed"] == spent["drawn"]
+
+
 def test_refine_keeps_apart_a_context_whose_traffic_differs(tmp_path: Path) -> None:
     """'budget=low' asks the first five questions, which the served prompt answers right;
     'budget=high' the last five, which it answers wrong. Pooled, the prompt is right half

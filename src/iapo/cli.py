@@ -964,16 +964,18 @@ def _refine_options(fn: F) -> F:
 
 
 def _replay(run: str, log_path: str, min_gain: float, confidence: float, refine_every: int,
-            moves: str, write: bool, budget: int = 0, seed: int = 0) -> dict[str, Any]:
+            moves: str, write: bool, budget: int = 0, seed: int = 0,
+            retrain: bool = False) -> dict[str, Any]:
     """Refine's replay of the log (writing the policy and refine.json only if ``write``;
-    drawing ``budget`` more completions), printed; its report."""
+    drawing ``budget`` more completions, as one run of the learner if ``retrain``),
+    printed; its report."""
     from iapo.continual import ContinualSettings
     from iapo.live.refine import refine as run_refine
 
     settings = ContinualSettings(min_gain=min_gain, confidence=confidence,
                                  refine_every=refine_every, moves=moves)
     report = run_refine(Path(run), Path(log_path), settings, write=write, budget=budget,
-                        seed=seed, progress=True)
+                        seed=seed, progress=True, retrain=retrain)
     _echo_refine(report)
     return report
 
@@ -985,16 +987,21 @@ def _replay(run: str, log_path: str, min_gain: float, confidence: float, refine_
                    "before deciding; stored in RUN's store, so a rerun replays them.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the queries --budget draws on.")
+@click.option("--retrain", is_flag=True,
+              help="Spend --budget as one run of the default learner on the logged queries, "
+                   "and move every context to its choice: no evidence asked "
+                   "(docs/continual.md).")
 @_user_errors
 def refine(run: str, log_path: str, refine_every: int, confidence: float,
-           min_gain: float, moves: str, budget: int, seed: int) -> None:
+           min_gain: float, moves: str, budget: int, seed: int, retrain: bool) -> None:
     """Re-decide RUN's policy from the gateway's log: a context changes its arm only on
     evidence or a drift flag (with --moves pessimistic, on the per-query model's pessimistic
-    estimate instead of evidence; docs/continual.md). Pays nothing unless --budget asks for more
+    estimate instead of evidence; with --retrain, to the choice of one run of the learner
+    on --budget completions; docs/continual.md). Pays nothing unless --budget asks for more
     completions. Writes RUN/policy.json (the old one kept as policy.previous.json) only when
     a context changes, and RUN/refine.json always."""
     report = _replay(run, log_path, min_gain, confidence, refine_every, moves, write=True,
-                     budget=budget, seed=seed)
+                     budget=budget, seed=seed, retrain=retrain)
     click.echo(f"policy: {Path(run) / 'policy.json'} (replaced)" if report["changed"] else
                f"policy unchanged: {report['why_not']}")
 
@@ -1049,8 +1056,9 @@ def _echo_refine(report: dict[str, Any]) -> None:
     spent = report.get("spent")
     if spent:
         click.echo(f"drew {spent['drawn']} of --budget {spent['budget']} completions on "
-                   f"{spent['queries']} logged queries: {spent['paid']} paid, "
-                   f"{spent['replayed']} replayed from the store")
+                   f"{spent['queries']} logged queries"
+                   + (" in one run of the learner" if spent.get("retrain") else "")
+                   + f": {spent['paid']} paid, {spent['replayed']} replayed from the store")
     for t in report.get("splits", []):
         names = [report["contexts"][t[k]]["context"] for k in ("context", "other")]
         click.echo(f"TRAFFIC at request {t['request']}: contexts {names[0]} and {names[1]} "

@@ -483,17 +483,19 @@ class Continual:
         return max(0, self.allowance())
 
     def retrained(self, choices: Sequence[Choice], observations: Sequence[Observation],
-                  spent: int) -> list[Switch]:
+                  spent: int, budget: int | None = None) -> list[Switch]:
         """A retraining that spent ``spent`` completions and drew ``observations`` (origin
         unknown: they were drawn on the traffic's queries after the fact) chose ``choices``,
         one per context: the groups are taken in, every context moves to its choice (reason
-        "retrain"), recoveries end, and the next retraining is due ``retrain`` requests on.
-        Returns the switches made."""
+        "retrain"), recoveries end, and with ``retrain`` set the next retraining is due
+        ``retrain`` requests on. ``budget``: what it was given (None: the saved learning
+        budget, :meth:`retrain_budget`). Returns the switches made."""
         if len(choices) != self.problem.n_contexts or any(c.n is None for c in choices):
             raise InputError("a retraining must choose one arm with a fixed N per context")
-        if spent < 0 or spent > self.allowance():
+        allowed = self.allowance() if budget is None else budget
+        if not 0 <= spent <= allowed:
             raise InputError(f"a retraining spent {spent} completions, outside the "
-                             f"{self.allowance()} the learning budget allows")
+                             f"{allowed} it was given")
         before = len(self.switches)
         self.learning_completions += int(spent)
         self.observe(observations)
@@ -502,8 +504,8 @@ class Continual:
         for ci, choice in enumerate(choices):
             self._choose(ci, int(arm_index(choice.prompt, int(choice.n or 1), n_max)),
                          "retrain", 0.0)
-        step = self.settings.retrain
-        self._next_retrain = (self.requests // step + 1) * step
+        if step := self.settings.retrain:
+            self._next_retrain = (self.requests // step + 1) * step
         self._name_challengers()
         self._plan()
         return self.switches[before:]

@@ -57,6 +57,7 @@ import numpy.typing as npt
 from iapo.continual import FRESH_GROUPS, Continual, ContinualSettings, check_moves
 from iapo.errors import InputError
 from iapo.files import write_text_atomically
+from iapo.learners import get_learner
 from iapo.live.optimize import check_store_task
 from iapo.live.oracle import LiveOracle, TaskRuntime
 from iapo.live.store import (
@@ -70,6 +71,8 @@ from iapo.live.task import Record, Task, load_records
 from iapo.policy import Policy
 from iapo.problem import Choice
 from iapo.pulls import Observation
+from iapo.report import Recorder
+from iapo.settings import DEFAULT_LEARNER
 
 ROUNDS = 8  # refine --budget draws in this many rounds, each followed by a refit
 
@@ -229,23 +232,28 @@ def by_query(obs: Observation, ids: npt.NDArray[np.int64]) -> Observation:
 
 
 def refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool = True,
-           budget: int = 0, seed: int = 0, progress: bool = False) -> dict[str, Any]:
+           budget: int = 0, seed: int = 0, progress: bool = False,
+           retrain: bool = False) -> dict[str, Any]:
     """Re-decide ``run``'s policy from the log at ``log_path`` (module docstring); returns
     the report written to RUN/refine.json (``write``: write it and the policy). ``budget``
-    more completions are drawn on the logged queries (:func:`spend`, ``seed``)."""
+    more completions are drawn on the logged queries (:func:`spend`, ``seed``), as one run
+    of the default learner if ``retrain``."""
     if budget < 0:
         raise RefineError(f"budget {budget} must be >= 0 (completions)")
+    if retrain and not budget:
+        raise RefineError("--retrain spends --budget as one run of the learner on the logged "
+                          "queries: give --budget (completions)")
     if not write:
         if budget:
             raise RefineError("--budget draws completions, and monitor only reads the log: "
                               "use iapo refine --budget")
         return _refine(run, log_path, settings, False, 0, seed, progress)
     with writer_lock(run, "refine"):  # one refine of a run at a time
-        return _refine(run, log_path, settings, True, budget, seed, progress)
+        return _refine(run, log_path, settings, True, budget, seed, progress, retrain)
 
 
 def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
-            budget: int, seed: int, progress: bool) -> dict[str, Any]:
+            budget: int, seed: int, progress: bool, retrain: bool = False) -> dict[str, Any]:
     from iapo.serve.core import load_served
 
     policy_path = run / "policy.json"
@@ -284,7 +292,7 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
         with store_errors(run / "store.sqlite"), CompletionStore(run / "store.sqlite") as store:
             served = [i for i, (reason, _, _) in enumerate(logged) if reason == "policy"]
             spent = spend(task, data, store, records, served, [o for _, o, _ in logged],
-                          learner, budget, costs, seed, progress, ids, categories)
+                          learner, budget, costs, seed, progress, ids, categories, retrain)
     report = _report(task, policy, learner, counts, len(training))
     report["spent"] = spent
     if write and report["changed"]:
@@ -309,8 +317,12 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
 def spend(task: Task, data: list[Record], store: CompletionStore, records: list[Record],
           served: list[int], origins: list[int], learner: Continual, budget: int,
           costs: np.ndarray, seed: int, progress: bool, ids: npt.NDArray[np.int64],
-          categories: dict[int, dict[str, int]] | None = None) -> dict[str, Any]:
-    """Draw at most ``budget`` more completions, PSST-style, on the logged requests: in at most
+          categories: dict[int, dict[str, int]] | None = None,
+          retrain: bool = False) -> dict[str, Any]:
+    """Draw at most ``budget`` more completions, PSST-style, on the logged requests. With
+    ``retrain``, as one run of the default learner (psst-auto) on them, seeded by ``seed``,
+    after which every context moves to its choice (:meth:`Continual.retrained`: no
+    evidence asked; docs/continual.md). Otherwise in at most
     ROUNDS rounds (the refits the horizon counts; what the pulls' sizes leave of the budget
     after them is not drawn), each the learner's pulls (its challengers and candidates, in
     turn), each on a served request drawn at random (``served``: their record indices, so
@@ -340,8 +352,14 @@ def spend(task: Task, data: list[Record], store: CompletionStore, records: list[
                             np.random.default_rng(seed),
                             lambda served, paid, tokens, batch: bar.update(served),
                             costs=costs, categories=categories, query_ids=ids)
+        if retrain:
+            kept = Recorder(oracle)
+            choices = get_learner(DEFAULT_LEARNER).learner(
+                task.problem(), kept, budget, np.random.default_rng([seed, 1])).choices
+            learner.retrained(choices, [by_query(o, ids) for o in kept.observations],
+                              oracle.ledger.spent, budget)
         size = max(task.n_max, math.ceil(budget / ROUNDS))
-        for _ in range(ROUNDS):  # no more refits than the horizon above counts
+        for _ in range(0 if retrain else ROUNDS):  # no more refits than the horizon counts
             if (left := budget - oracle.ledger.spent) <= 0:
                 break
             pulls = learner.pulls(min(left, size))
@@ -352,7 +370,8 @@ def spend(task: Task, data: list[Record], store: CompletionStore, records: list[
                             [origins[int(o.queries[0])] for o in drawn])
             learner.refit()
         store.update_run(run_id, oracle.paid, oracle.replayed, oracle.tokens)
-    return {"budget": budget, "drawn": oracle.ledger.spent, "paid": oracle.paid,
+    return {"budget": budget, "retrain": retrain, "drawn": oracle.ledger.spent,
+            "paid": oracle.paid,
             "replayed": oracle.replayed, "requests": len(eligible),
             "queries": len({records[i].query for i in eligible}), "seed": seed}
 
