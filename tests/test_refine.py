@@ -160,6 +160,78 @@ def test_the_gateway_refines_in_the_background_and_reloads(tmp_path: Path,
     assert reasons == ({"model"} if moves == "pessimistic" else {"evidence"})
 
 
+def test_the_gateway_retrains_in_the_background_with_the_budget_it_saved(
+        tmp_path: Path) -> None:
+    """``iapo serve --learn-budget 0.5 --refine-every 10 --retrain 20``: no learning pull
+    is drawn (the log holds served requests only); every 20 requests the background refine
+    spends what was saved as one run of psst-auto on the logged queries; the contexts move
+    off the wrong prompt (reason 'retrain') and the gateway serves the new policy. What the
+    upstream answered beyond the served completions is exactly what the run's store holds
+    on logged queries, and at most half the completions served."""
+    from iapo.live.refine import saved_budget
+
+    run = tmp_path / "run"
+    run.mkdir()
+    log = tmp_path / "log.sqlite"
+    asked = {f"(asked again) {q}": q for q in GOLD}  # not training queries
+    queries = list(asked)
+    with ScriptedServer(answer_of=by_prompt) as up:
+        mcq_policy(run, up.base_url, [(2, 4), (2, 4)]).rename(run / "policy.json")
+        CompletionStore(run / "store.sqlite").close()
+        with Gateway(run / "policy.json", "--log-store", str(log), "--learn-budget", "0.5",
+                     "--refine-every", "10", "--retrain", "20") as gw:
+            prompts = []
+            for i in range(100):
+                r = gw.ask({"budget": "low" if i % 2 else "high"}, content=queries[i % 10])
+                prompts.append(r.model_extra["iapo"]["prompt"])
+                got = httpx.post(f"{gw.url}/v1/feedback",
+                                 json={"id": r.id, "gold": GOLD[asked[queries[i % 10]]]},
+                                 timeout=10)
+                assert got.status_code == 200
+                if prompts[-1] != "short" and i % 2:
+                    break
+                time.sleep(0.02)  # let the background refine run
+            wait_for(lambda: not httpx.get(f"{gw.url}/health").json()["refine"]["running"])
+            health = httpx.get(f"{gw.url}/health").json()
+    assert prompts[0] == "short" and prompts[-1] != "short"  # replaced while serving
+    assert health["refine"]["retrain"] == 20 and health["refine"]["error"] is None
+    assert health["learning"]["saved"] is True and health["learning"]["learning_completions"] == 0
+    with CompletionStore(log, create=False) as opened:
+        rows = opened.served()
+    assert {r.reason for r in rows} == {"policy"}
+    served = sum(r.n for r in rows)
+    with CompletionStore(run / "store.sqlite", create=False) as store:
+        drawn = store.count()  # no training here: all of it drawn on logged queries
+    assert 0 < drawn <= 0.5 * served and len(up.requests) == served + drawn
+    assert saved_budget(run, log, 0.5) == int(0.5 * served) - drawn
+    report = json.loads((run / "refine.json").read_text())
+    assert {s["reason"] for c in report["contexts"] for s in c["switches"]} <= {"retrain",
+                                                                              "evidence"}
+    switched = json.loads((run / "policy.previous.json").read_text())
+    assert switched["policy"][0]["prompt"] == 2
+    # only a retraining could move it: no evidence for another prompt was ever drawn
+    moved = json.loads((run / "policy.json").read_text())["policy"]
+    assert all(c["prompt"] != 2 for c in moved)
+
+
+def test_the_gateway_refuses_a_retraining_it_cannot_run(tmp_path: Path) -> None:
+    """--retrain K needs the background refine every N requests, N dividing K, and a
+    learning budget to save; each refused when the app is built, saying what to add."""
+    from iapo.errors import InputError
+    from iapo.serve.run import build_app
+    from iapo.settings import ServeConfig
+
+    policy = mcq_policy(tmp_path, "http://127.0.0.1:9/v1", [(0, 1), (0, 1)])
+    log = str(tmp_path / "log.sqlite")
+    for more, says in (({}, "add --refine-every N"), ({"refine_every": 15}, "N dividing it"),
+                       ({"refine_every": 10}, "give --learn-budget F"),
+                       ({"refine_every": 10, "learn_budget": 0.1, "learn_per_day": 5},
+                        "--learn-per-day does not apply")):
+        with pytest.raises(InputError, match=says):
+            build_app(ServeConfig(policy=str(policy), log_store=log, retrain=20,
+                                  **more))  # type: ignore[arg-type]
+
+
 def test_the_gateway_refuses_moves_it_cannot_make(tmp_path: Path) -> None:
     """``--moves pessimistic`` says how the background refine moves: without
     --refine-every it is refused, and so it is for a task that does not vote, and an

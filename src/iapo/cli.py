@@ -923,6 +923,12 @@ def answer(policy_path: str, query: str, context: str, task_path: str | None,
               type=click.Choice(MOVES),
               help="How the background refine moves a context without a drift flag (needs "
                    "--refine-every): as iapo refine --moves.")
+@click.option("--retrain", "retrain", default=_serve_default("retrain"), show_default=True,
+              type=click.IntRange(min=0),
+              help="Save the learning budget instead of drawing learning pulls, and every "
+                   "this many requests let the background refine spend it as iapo refine "
+                   "--budget B --retrain does (needs --learn-budget and --refine-every "
+                   "dividing it; no evidence asked; docs/continual.md).")
 @_allow_task_change
 @_user_errors
 def serve(policy_path: str, task_path: str | None, host: str, port: int, keys_file: str | None,
@@ -931,7 +937,7 @@ def serve(policy_path: str, task_path: str | None, host: str, port: int, keys_fi
           body_timeout: float, cors_origins: tuple[str, ...], seed: int | None,
           limits: str | None,
           log_store: str | None, replay_store: str | None, learn_budget: float,
-          learn_per_day: int | None, refine_every: int | None, moves: str,
+          learn_per_day: int | None, refine_every: int | None, moves: str, retrain: int,
           allow_task_change: bool) -> None:
     """Serve POLICY as an OpenAI-compatible endpoint: each request gets its context's arm."""
     from iapo.serve.run import run_gateway
@@ -945,7 +951,7 @@ def serve(policy_path: str, task_path: str | None, host: str, port: int, keys_fi
         body_timeout=body_timeout, cors_origins=tuple(cors_origins), log_store=log_store,
         replay_store=replay_store, allow_task_change=allow_task_change, limits=limits,
         seed=seed, learn_budget=learn_budget, learn_per_day=learn_per_day,
-        refine_every=refine_every, moves=moves,
+        refine_every=refine_every, moves=moves, retrain=retrain,
     )
     run_gateway(spec, announce=click.echo)
 

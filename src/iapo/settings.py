@@ -63,6 +63,9 @@ class ServeConfig:
     learn_per_day: int | None = None  # and at most this many a day (UTC), shared by workers
     refine_every: int | None = None  # run iapo refine on the log every N requests served
     moves: str = MOVES[0]  # how that refine moves a context (ContinualSettings.moves)
+    # every this many requests served, that refine spends the saved learning budget as one
+    # run of the learner on the logged queries (0: learning pulls request by request)
+    retrain: int = 0
 
     def request_deadline(self) -> float:
         """Seconds for a request's sampling and scoring: ``deadline``, else every try of an

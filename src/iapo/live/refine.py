@@ -314,6 +314,26 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
     return report
 
 
+def saved_budget(run: Path, log_path: Path, fraction: float) -> int:
+    """What a gateway that saves its learning budget (``iapo serve --retrain``) may spend
+    now: floor(``fraction`` x the completions its log served), less the learning
+    completions the log holds and every completion the run's store holds on a query that is
+    not a training query (what refine has drawn on logged requests, committed as drawn, so
+    an interrupted refine is counted too); never below 0."""
+    from iapo.serve.core import load_served
+
+    _, task = load_served(run / "policy.json")
+    training = {r.id for r in load_records(task.data_path)}
+    with store_errors(log_path), CompletionStore(log_path, create=False) as log:
+        rows = log.served()
+    served = sum(r.n for r in rows if r.reason == "policy")
+    learned = sum(r.n for r in rows if r.reason != "policy")
+    with store_errors(run / "store.sqlite"), CompletionStore(run / "store.sqlite",
+                                                             create=False) as store:
+        drawn = sum(k for q, k in store.counts_by_query().items() if q not in training)
+    return max(0, math.floor(fraction * served + 1e-9) - learned - drawn)
+
+
 def spend(task: Task, data: list[Record], store: CompletionStore, records: list[Record],
           served: list[int], origins: list[int], learner: Continual, budget: int,
           costs: np.ndarray, seed: int, progress: bool, ids: npt.NDArray[np.int64],

@@ -454,6 +454,11 @@ class CompletionStore:
         """Stored samples per pool."""
         return dict(self.db.execute("SELECT pool, COUNT(*) FROM completions GROUP BY pool"))
 
+    def counts_by_query(self) -> dict[str, int]:
+        """Stored samples per query id."""
+        return dict(self.db.execute("SELECT query_id, COUNT(*) FROM completions "
+                                    "GROUP BY query_id"))
+
     def all_completions(self) -> list[StoredCompletion]:
         cur = self.db.execute(f"SELECT {_COLUMNS} FROM completions ORDER BY pool, sample")
         return [_row(r) for r in cur]

@@ -316,7 +316,7 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
                               "logged there, for iapo refine")
         learning = LearningPulls(task, cfg.learn_budget, None if cfg.learn_per_day is None
                                  else cfg.learn_per_day // max(cfg.workers, 1),
-                                 run=Path(cfg.policy).parent)
+                                 run=Path(cfg.policy).parent, save=cfg.retrain > 0)
         learning.plan(holder.current(), 0)  # a policy that cannot learn fails here
     background: set[asyncio.Task[None]] = set()  # learning and refines in flight
     if cfg.refine_every is not None and store is None:
@@ -328,6 +328,14 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
     elif cfg.moves != continual_default("moves"):
         raise PolicyError(f"--moves {cfg.moves} says how the background refine moves: add "
                           "--refine-every N (and --log-store)")
+    if cfg.retrain:
+        if cfg.refine_every is None or cfg.retrain % cfg.refine_every:
+            raise PolicyError(f"--retrain {cfg.retrain}: the background refine retrains, so "
+                              "add --refine-every N with N dividing it (and --log-store)")
+        if cfg.learn_budget <= 0 or cfg.learn_per_day is not None:
+            raise PolicyError(f"--retrain {cfg.retrain} spends the learning budget it saves: "
+                              "give --learn-budget F (a fraction of the completions served; "
+                              "--learn-per-day does not apply)")
     refining: dict[str, Any] = {"running": False, "last": None, "error": None, "flags": []}
     private_limits: tempfile.TemporaryDirectory[str] | None = None
     limits: Limits | RedisLimits | None = None
@@ -390,13 +398,24 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
 
         refining["running"] = True
 
+        retraining = bool(cfg.retrain) and state["served"] % cfg.retrain == 0
+
         async def run() -> None:
             try:
+                budget = 0
+                if retraining:
+                    from iapo.live.refine import saved_budget
+
+                    budget = await asyncio.to_thread(
+                        saved_budget, Path(cfg.policy).parent, Path(str(cfg.log_store)),
+                        cfg.learn_budget)
                 report = await asyncio.to_thread(
                     refine, Path(cfg.policy).parent, Path(str(cfg.log_store)),
-                    refine_settings)
+                    refine_settings, budget=budget,
+                    retrain=budget > 0)
                 refining.update(last={"at": time.time(), "changed": report["changed"],
-                                      "requests": report["log"]["policy"]},
+                                      "requests": report["log"]["policy"],
+                                      "retrained": report["spent"]},
                                 flags=report["flags"], error=None)
                 holder.check()
             except (InputError, RunError, OSError) as e:
@@ -668,7 +687,8 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
             "learning": None if learning is None else learning.health(),
             # the last background refine of this worker, and the drift flags it raised
             "refine": None if cfg.refine_every is None else {
-                "every": cfg.refine_every, "moves": cfg.moves, "running": refining["running"],
+                "every": cfg.refine_every, "moves": cfg.moves, "retrain": cfg.retrain,
+                "running": refining["running"],
                 "last": refining["last"], "error": refining["error"]},
             "drift": refining["flags"],
             # this worker's: per context, measured against predicted latency and the limit

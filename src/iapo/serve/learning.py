@@ -27,6 +27,10 @@ gateway plans by the policy in force when a response ends, so a request begun be
 reload never brings back the old policy's learner. The gateway sees no labels as it serves,
 so it does not decide from what it learns: that is ``iapo refine``'s work, offline, on the
 labelled log.
+
+With ``save`` (``iapo serve --retrain K``) no learning pull is drawn: the budget is saved, and
+every K requests the background refine spends what was saved
+(:func:`iapo.live.refine.saved_budget`) as one run of the learner on the logged queries.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class LearningPulls:
     failed: int = 0  # learning pulls that failed upstream (their completions stay charged)
     today: tuple[str, int] = ("", 0)  # (UTC day, completions drawn that day)
     run: Path | None = None  # the policy's folder: training's store.sqlite is read from it
+    save: bool = False  # draw nothing: the budget is saved for the background retraining
     _training: list[Observation] | None = field(default=None, repr=False)
     _learner: Continual | None = field(default=None, repr=False)
     _policy: Policy | None = field(default=None, repr=False)
@@ -74,7 +79,11 @@ class LearningPulls:
         force: the learning pulls to draw now (charged at once, so concurrent requests never
         overspend). While a reloaded policy's learner is being built, what is served still
         counts towards the budget; while the policy in force cannot learn, it does not (no
-        backlog of pulls builds up for a later policy)."""
+        backlog of pulls builds up for a later policy). With ``save``, none: the budget is
+        saved, and the background refine spends it (``iapo serve --retrain``)."""
+        if self.save:
+            self.served += completions
+            return []
         learner = self._for(policy)
         if learner is None:  # a reloaded policy's learner is not ready (or cannot be)
             if self.error is None:
@@ -158,7 +167,7 @@ class LearningPulls:
 
     def health(self) -> dict[str, object]:
         """What /health shows: the budget, and this worker's counts."""
-        return {"budget": self.budget, "per_day": self.per_day,
+        return {"budget": self.budget, "per_day": self.per_day, "saved": self.save,
                 "served_completions": self.served, "learning_completions": self.drawn,
                 "failed_pulls": self.failed, "counted": "this process", "error": self.error}
 
