@@ -89,3 +89,59 @@ def test_traffic_feedback_refine_and_reload_on_the_real_model(llama: LlamaServer
     assert contexts["budget=high"]["n"] == high["chosen"]["n"]
     assert (run / "policy.previous.json").is_file()
     assert rerun.exit_code == 0, rerun.output
+
+
+def test_the_gateway_retrains_with_its_saved_budget_on_the_real_model(
+        llama: LlamaServer, tmp_path: Path) -> None:
+    """``iapo serve --learn-budget 0.25 --refine-every 20 --retrain 20`` in front of SmolLM2,
+    20 requests of new questions (the task's, reworded), the gold answers of the first 19
+    posted as they are answered (the last one's would race the refine it sets off): no
+    learning pull is drawn; at request 20 the background refine spends the saved budget,
+    at most a quarter of the completions served, as one psst-auto run on the logged
+    questions. The server's own log counts the served completions plus exactly what the
+    run's store holds, and ``iapo refine --budget B --retrain`` with the same budget replays
+    that run and pays nothing."""
+    run = tmp_path / "run"
+    run.mkdir()
+    task = mv_task(tmp_path, llama.url)
+    Policy(env="mcq-smollm2", learner="hand", budget=0, completions_used=0, seed=0,
+           split={"test": []}, contexts=["budget=low", "budget=high"],
+           choices=[Choice(0, 4, 0.0, 0), Choice(0, 4, 0.0, 0)],
+           trace={"task": {"path": str(task)}, "costs": [COST] * 3}).save(run / "policy.json")
+    CompletionStore(run / "store.sqlite").close()
+    records = [json.loads(line) for line in (tmp_path / "mcq.jsonl").read_text().splitlines()]
+    log = tmp_path / "log.sqlite"
+    before = llama.settle(5)
+    with Gateway(run / "policy.json", "--log-store", str(log), "--learn-budget", "0.25",
+                 "--refine-every", "20", "--retrain", "20", "--upstream-timeout", "120") as gw:
+        for i, rec in enumerate(records * 2):
+            r = gw.ask({"budget": "high" if i % 3 else "low"},
+                       content=f"Please answer. {rec['query']}")
+            if i == 2 * len(records) - 1:
+                break  # the last one's gold would race the refine it sets off: none
+            ok = httpx.post(f"{gw.url}/v1/feedback", json={"id": r.id, "gold": rec["gold"]},
+                            timeout=10)
+            assert ok.status_code == 200, ok.text
+        end = time.monotonic() + 300
+        while True:  # the background refine at request 20
+            health = httpx.get(f"{gw.url}/health").json()
+            if (health["refine"]["last"] is not None or health["refine"]["error"]) and \
+                    not health["refine"]["running"] or time.monotonic() > end:
+                break
+            time.sleep(0.5)
+    assert health["refine"]["error"] is None, health["refine"]
+    spent = health["refine"]["last"]["retrained"]
+    with CompletionStore(log, create=False) as opened:
+        rows = opened.served()
+    with CompletionStore(run / "store.sqlite", create=False) as store:
+        drawn = store.count()
+    served = sum(r.n for r in rows)
+    assert {r.reason for r in rows} == {"policy"} and served == 4 * 2 * len(records)
+    assert spent["retrain"] and 0 < spent["paid"] == drawn <= 0.25 * served
+    assert llama.settle(30) - before == served + drawn
+    rerun = CliRunner().invoke(main, ["refine", str(run), "--log", str(log), "--budget",
+                                      str(spent["budget"]), "--retrain"])
+    assert rerun.exit_code == 0, rerun.output
+    again = json.loads((run / "refine.json").read_text())["spent"]
+    assert again["paid"] == 0 and again["replayed"] == spent["drawn"]
+    assert llama.settle(5) - before == served + drawn
