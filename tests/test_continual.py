@@ -217,6 +217,16 @@ def test_retraining_saves_the_budget_and_moves_every_context() -> None:
     assert not cont.retrained([Choice(2, 1, 0.0, 0), Choice(0, 3, 0.0, 0)], [], 0)
 
 
+def test_a_due_retraining_waits_until_the_saved_budget_pays_every_prompt_at_n_max() -> None:
+    """Three prompts at N_max 4: the floor is 12 completions. At 10%, 100 requests of one
+    completion save 10 (due, but too little: 0), 20 more save 12 (spent now)."""
+    cont = learner(ContinualSettings(learn_budget=0.1, refine_every=50, retrain=100))
+    cont.record_served(100, 100)
+    assert cont.allowance() == 10 and cont.retrain_budget() == 0
+    cont.record_served(20, 20)
+    assert cont.retrain_budget() == 12
+
+
 def test_without_retraining_nothing_is_saved_for_it() -> None:
     cont = learner(ContinualSettings(learn_budget=0.5, refine_every=50))
     cont.record_served(1000, 4000)

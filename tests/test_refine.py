@@ -162,12 +162,14 @@ def test_the_gateway_refines_in_the_background_and_reloads(tmp_path: Path,
 
 def test_the_gateway_retrains_in_the_background_with_the_budget_it_saved(
         tmp_path: Path) -> None:
-    """``iapo serve --learn-budget 0.5 --refine-every 10 --retrain 20``: no learning pull
-    is drawn (the log holds served requests only); every 20 requests the background refine
-    spends what was saved as one run of psst-auto on the logged queries; the contexts move
-    off the wrong prompt (reason 'retrain') and the gateway serves the new policy. What the
+    """``iapo serve --learn-budget 0.1 --refine-every 10 --retrain 10``: no learning pull
+    is drawn (the log holds served requests only). A retraining is due every 10 requests,
+    but 10% of 4 completions a request saves 4, then 8: less than one group of N_max = 4
+    of each of the 3 prompts (12), so it waits; at request 30 the background refine spends
+    the 12 saved as one run of psst-auto on the logged queries, the contexts move off the
+    wrong prompt (reason 'retrain') and the gateway serves the new policy. What the
     upstream answered beyond the served completions is exactly what the run's store holds
-    on logged queries, and at most half the completions served."""
+    on logged queries, and at most a tenth of the completions served."""
     from iapo.live.refine import saved_budget
 
     run = tmp_path / "run"
@@ -178,8 +180,8 @@ def test_the_gateway_retrains_in_the_background_with_the_budget_it_saved(
     with ScriptedServer(answer_of=by_prompt) as up:
         mcq_policy(run, up.base_url, [(2, 4), (2, 4)]).rename(run / "policy.json")
         CompletionStore(run / "store.sqlite").close()
-        with Gateway(run / "policy.json", "--log-store", str(log), "--learn-budget", "0.5",
-                     "--refine-every", "10", "--retrain", "20") as gw:
+        with Gateway(run / "policy.json", "--log-store", str(log), "--learn-budget", "0.1",
+                     "--refine-every", "10", "--retrain", "10") as gw:
             prompts = []
             for i in range(100):
                 r = gw.ask({"budget": "low" if i % 2 else "high"}, content=queries[i % 10])
@@ -194,7 +196,7 @@ def test_the_gateway_retrains_in_the_background_with_the_budget_it_saved(
             wait_for(lambda: not httpx.get(f"{gw.url}/health").json()["refine"]["running"])
             health = httpx.get(f"{gw.url}/health").json()
     assert prompts[0] == "short" and prompts[-1] != "short"  # replaced while serving
-    assert health["refine"]["retrain"] == 20 and health["refine"]["error"] is None
+    assert health["refine"]["retrain"] == 10 and health["refine"]["error"] is None
     assert health["learning"]["saved"] is True and health["learning"]["learning_completions"] == 0
     with CompletionStore(log, create=False) as opened:
         rows = opened.served()
@@ -202,8 +204,9 @@ def test_the_gateway_retrains_in_the_background_with_the_budget_it_saved(
     served = sum(r.n for r in rows)
     with CompletionStore(run / "store.sqlite", create=False) as store:
         drawn = store.count()  # no training here: all of it drawn on logged queries
-    assert 0 < drawn <= 0.5 * served and len(up.requests) == served + drawn
-    assert saved_budget(run, log, 0.5) == int(0.5 * served) - drawn
+    assert drawn == 12 and drawn <= 0.1 * served and len(up.requests) == served + drawn
+    assert saved_budget(run, log, 0.1) == int(0.1 * served) - drawn
+    assert prompts[:30] == ["short"] * 30  # nothing moved before the retraining
     report = json.loads((run / "refine.json").read_text())
     assert {s["reason"] for c in report["contexts"] for s in c["switches"]} <= {"retrain",
                                                                               "evidence"}

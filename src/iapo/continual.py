@@ -74,7 +74,9 @@ The decisions, each a rule with a test:
   saved, not drawn request by request (:meth:`Continual.learning_pulls` draws nothing), and
   every K requests the caller spends what was saved (:meth:`Continual.retrain_budget`) as
   one run of the default learner on the traffic's queries, drawn as often as the traffic
-  asked them, and hands its choices and groups to :meth:`Continual.retrained`: the groups
+  asked them (once the saved budget pays one group of N_max completions of every prompt,
+  :func:`retraining_floor`; a due retraining waits for it), and hands its choices and
+  groups to :meth:`Continual.retrained`: the groups
   enter the estimates and drift tests as any learning group does, and every context moves
   to the run's choice (reason "retrain"), ending any recovery. PSST's rounds sample every
   prompt on many queries and trim by estimates of arms sampled alike, which the
@@ -337,6 +339,13 @@ class Switch:
     gain_lower: float
 
 
+def retraining_floor(problem: Problem) -> int:
+    """The least a retraining spends: one group of N_max completions of every prompt. With
+    less, PSST drops scales before its first round (its budget rule 1), and every context
+    would move on a run that could not see each arm once."""
+    return problem.n_prompts * problem.n_max
+
+
 def check_moves(problem: Problem, settings: ContinualSettings) -> None:
     """Refuse pessimistic moves where there is no per-query model to follow (a problem that
     does not vote), before any work."""
@@ -477,10 +486,12 @@ class Continual:
 
     def retrain_budget(self) -> int:
         """The completions a retraining may spend now: the allowance once ``retrain``
-        requests have passed since the last one (0: no retraining due, or none set)."""
+        requests have passed since the last one and it reaches :func:`retraining_floor`
+        (0: no retraining due, or none set; a due one waits for the floor)."""
         if not self.settings.retrain or self.requests < self._next_retrain:
             return 0
-        return max(0, self.allowance())
+        saved = self.allowance()
+        return saved if saved >= retraining_floor(self.problem) else 0
 
     def retrained(self, choices: Sequence[Choice], observations: Sequence[Observation],
                   spent: int, budget: int | None = None) -> list[Switch]:

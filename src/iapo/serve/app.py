@@ -67,7 +67,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from iapo.continual import check_moves
+from iapo.continual import check_moves, retraining_floor
 from iapo.errors import InputError, RunError
 from iapo.live.client import ChatClient, LLMError
 from iapo.live.feedback import FeedbackError
@@ -336,7 +336,8 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
             raise PolicyError(f"--retrain {cfg.retrain} spends the learning budget it saves: "
                               "give --learn-budget F (a fraction of the completions served; "
                               "--learn-per-day does not apply)")
-    refining: dict[str, Any] = {"running": False, "last": None, "error": None, "flags": []}
+    refining: dict[str, Any] = {"running": False, "last": None, "error": None, "flags": [],
+                                "retrain_at": cfg.retrain}
     private_limits: tempfile.TemporaryDirectory[str] | None = None
     limits: Limits | RedisLimits | None = None
     if shared is not None:  # several workers or machines: usage and counts, shared
@@ -398,7 +399,9 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
 
         refining["running"] = True
 
-        retraining = bool(cfg.retrain) and state["served"] % cfg.retrain == 0
+        # a retraining is due once ``retrain`` requests have passed since the last one, and
+        # waits (refine by refine) until what was saved reaches the floor
+        retraining = bool(cfg.retrain) and state["served"] >= refining["retrain_at"]
 
         async def run() -> None:
             try:
@@ -406,9 +409,13 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
                 if retraining:
                     from iapo.live.refine import saved_budget
 
-                    budget = await asyncio.to_thread(
+                    saved = await asyncio.to_thread(
                         saved_budget, Path(cfg.policy).parent, Path(str(cfg.log_store)),
                         cfg.learn_budget)
+                    if saved >= retraining_floor(task.problem()):
+                        budget = saved
+                        refining["retrain_at"] = (state["served"] // cfg.retrain + 1) * \
+                            cfg.retrain
                 report = await asyncio.to_thread(
                     refine, Path(cfg.policy).parent, Path(str(cfg.log_store)),
                     refine_settings, budget=budget,
