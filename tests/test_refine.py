@@ -6,6 +6,7 @@ nothing."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -160,16 +161,21 @@ def test_the_gateway_refines_in_the_background_and_reloads(tmp_path: Path,
     assert reasons == ({"model"} if moves == "pessimistic" else {"evidence"})
 
 
+@pytest.mark.parametrize("fraction,every,retrain,first,drawn", [
+    (0.5, 10, 20, 20, 40),  # K decides: 20 saved at request 10 would pay, but it is not due
+    (0.1, 10, 10, 30, 12),  # the floor decides: due at 10 and 20, with 4 and 8 saved of 12
+])
 def test_the_gateway_retrains_in_the_background_with_the_budget_it_saved(
-        tmp_path: Path) -> None:
-    """``iapo serve --learn-budget 0.1 --refine-every 10 --retrain 10``: no learning pull
-    is drawn (the log holds served requests only). A retraining is due every 10 requests,
-    but 10% of 4 completions a request saves 4, then 8: less than one group of N_max = 4
-    of each of the 3 prompts (12), so it waits; at request 30 the background refine spends
-    the 12 saved as one run of psst-auto on the logged queries, the contexts move off the
-    wrong prompt (reason 'retrain') and the gateway serves the new policy. What the
-    upstream answered beyond the served completions is exactly what the run's store holds
-    on logged queries, and at most a tenth of the completions served."""
+        tmp_path: Path, fraction: float, every: int, retrain: int, first: int,
+        drawn: int) -> None:
+    """``iapo serve --learn-budget F --refine-every N --retrain K``: no learning pull is
+    drawn (the log holds served requests only). A retraining is due K logged requests after
+    the last, and waits until the saved budget pays one group of N_max = 4 of each of the 3
+    prompts (12): every request is 4 completions, so F = 0.5 and K = 20 retrain at request
+    20 with 0.5 x 80 = 40, F = 0.1 and K = 10 at request 30 with 0.1 x 120 = 12. The run of
+    psst-auto on the logged queries moves the contexts off the wrong prompt, the gateway
+    serves the new policy, and nothing moved before. What the upstream answered beyond the
+    served completions is exactly what the run's store holds, within F x served."""
     from iapo.live.refine import saved_budget
 
     run = tmp_path / "run"
@@ -180,8 +186,9 @@ def test_the_gateway_retrains_in_the_background_with_the_budget_it_saved(
     with ScriptedServer(answer_of=by_prompt) as up:
         mcq_policy(run, up.base_url, [(2, 4), (2, 4)]).rename(run / "policy.json")
         CompletionStore(run / "store.sqlite").close()
-        with Gateway(run / "policy.json", "--log-store", str(log), "--learn-budget", "0.1",
-                     "--refine-every", "10", "--retrain", "10") as gw:
+        with Gateway(run / "policy.json", "--log-store", str(log), "--learn-budget",
+                     str(fraction), "--refine-every", str(every), "--retrain",
+                     str(retrain)) as gw:
             prompts = []
             for i in range(100):
                 r = gw.ask({"budget": "low" if i % 2 else "high"}, content=queries[i % 10])
@@ -195,26 +202,21 @@ def test_the_gateway_retrains_in_the_background_with_the_budget_it_saved(
                 time.sleep(0.02)  # let the background refine run
             wait_for(lambda: not httpx.get(f"{gw.url}/health").json()["refine"]["running"])
             health = httpx.get(f"{gw.url}/health").json()
-    assert prompts[0] == "short" and prompts[-1] != "short"  # replaced while serving
-    assert health["refine"]["retrain"] == 10 and health["refine"]["error"] is None
+    assert prompts[:first] == ["short"] * first and prompts[-1] != "short"
+    assert health["refine"]["retrain"] == retrain and health["refine"]["error"] is None
     assert health["learning"]["saved"] is True and health["learning"]["learning_completions"] == 0
     with CompletionStore(log, create=False) as opened:
         rows = opened.served()
     assert {r.reason for r in rows} == {"policy"}
     served = sum(r.n for r in rows)
     with CompletionStore(run / "store.sqlite", create=False) as store:
-        drawn = store.count()  # no training here: all of it drawn on logged queries
-    assert drawn == 12 and drawn <= 0.1 * served and len(up.requests) == served + drawn
-    assert saved_budget(run, log, 0.1) == int(0.1 * served) - drawn
-    assert prompts[:30] == ["short"] * 30  # nothing moved before the retraining
-    report = json.loads((run / "refine.json").read_text())
-    assert {s["reason"] for c in report["contexts"] for s in c["switches"]} <= {"retrain",
-                                                                              "evidence"}
-    switched = json.loads((run / "policy.previous.json").read_text())
-    assert switched["policy"][0]["prompt"] == 2
+        held = store.count()  # no training here: all of it drawn on logged queries
+    assert held == drawn <= fraction * served and len(up.requests) == served + drawn
+    assert saved_budget(run, log, fraction) == math.floor(fraction * served + 1e-9) - drawn
     # only a retraining could move it: no evidence for another prompt was ever drawn
     moved = json.loads((run / "policy.json").read_text())["policy"]
     assert all(c["prompt"] != 2 for c in moved)
+    assert json.loads((run / "policy.previous.json").read_text())["policy"][0]["prompt"] == 2
 
 
 def test_the_gateway_refuses_a_retraining_it_cannot_run(tmp_path: Path) -> None:
@@ -229,7 +231,7 @@ def test_the_gateway_refuses_a_retraining_it_cannot_run(tmp_path: Path) -> None:
     for more, says in (({}, "add --refine-every N"), ({"refine_every": 15}, "N dividing it"),
                        ({"refine_every": 10}, "give --learn-budget F"),
                        ({"refine_every": 10, "learn_budget": 0.1, "learn_per_day": 5},
-                        "--learn-per-day does not apply")):
+                        "drop --learn-per-day")):
         with pytest.raises(InputError, match=says):
             build_app(ServeConfig(policy=str(policy), log_store=log, retrain=20,
                                   **more))  # type: ignore[arg-type]
@@ -344,12 +346,15 @@ def test_refine_retrain_spends_the_budget_as_one_run_and_moves_to_its_choice(
         attach_gold(tmp_path, log, [(rid, asked[q]) for rid, q in served])
         res, paid = refine("--retrain")
         assert res.exit_code == 2 and "give --budget" in res.output and paid == 0
+        # a retraining needs one group of N_max = 4 of each of the 3 prompts
+        res, paid = refine("--budget", "11", "--retrain")
+        assert res.exit_code == 2 and "give --budget 12 or more" in res.output and paid == 0
         res, paid = refine("--budget", "120", "--retrain")
         assert res.exit_code == 0, res.output
         report = json.loads((run / "refine.json").read_text())
         assert "in one run of the learner" in res.output and "(replaced)" in res.output
         spent = report["spent"]
-        assert spent["retrain"] and 0 < spent["drawn"] <= 120
+        assert spent["retrain"] and spent["drawn"] == 120  # psst-auto spends all of it
         assert spent["paid"] == paid == spent["drawn"]
         drawn_on = {b["messages"][-1]["content"] for b in up.requests[-paid:]}
         assert all(any(q in text for q in queries) for text in drawn_on)

@@ -113,7 +113,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,7 +125,7 @@ from scipy.stats import norm
 from iapo.errors import InputError
 from iapo.estimate import GroupMeans
 from iapo.problem import Choice, Problem, arm_at, arm_index
-from iapo.pulls import Observation, Pull
+from iapo.pulls import Observation, Oracle, Pull
 from iapo.settings import ContinualSettings
 
 FloatArray = npt.NDArray[np.float64]
@@ -339,6 +339,13 @@ class Switch:
     gain_lower: float
 
 
+def learning_allowance(fraction: float, served: int, drawn: int) -> int:
+    """Learning completions still allowed: floor(``fraction`` x ``served``) less ``drawn``
+    (completions, all of them; the 1e-9 keeps a product such as 0.1 x 120 from flooring to
+    11)."""
+    return int(math.floor(fraction * served + 1e-9)) - int(drawn)
+
+
 def retraining_floor(problem: Problem) -> int:
     """The least a retraining spends: one group of N_max completions of every prompt. With
     less, PSST drops scales before its first round (its budget rule 1), and every context
@@ -453,8 +460,8 @@ class Continual:
 
     def allowance(self) -> int:
         """Completions learning may still draw: learn_budget x served - drawn."""
-        return int(math.floor(self.settings.learn_budget * self.served_completions + 1e-9)
-                   ) - self.learning_completions
+        return learning_allowance(self.settings.learn_budget, self.served_completions,
+                                  self.learning_completions)
 
     def learning_pulls(self) -> list[Pull]:
         """:meth:`pulls` within the allowance, charged to it here (the caller draws them
@@ -520,6 +527,24 @@ class Continual:
         self._name_challengers()
         self._plan()
         return self.switches[before:]
+
+    def retrain(self, oracle: Oracle, budget: int, rng: np.random.Generator,
+                learner: str | None = None,
+                taken: Callable[[Observation], Observation] | None = None) -> list[Switch]:
+        """Spend ``budget`` as one run of ``learner`` (the default learner, None) on
+        ``oracle`` (seeded by ``rng``) and take it in (:meth:`retrained`; ``taken`` maps each
+        group drawn to the one the estimates see, e.g. its query by id). Returns the
+        switches made."""
+        from iapo.learners import get_learner
+        from iapo.report import Recorder
+        from iapo.settings import DEFAULT_LEARNER
+
+        kept = Recorder(oracle)
+        choices = get_learner(learner or DEFAULT_LEARNER).learner(
+            self.problem, kept, budget, rng).choices
+        return self.retrained(choices, [o if taken is None else taken(o)
+                                        for o in kept.observations],
+                              kept.ledger.spent, budget)
 
     def _challenges(self) -> list[tuple[int, int]]:
         """(prompt, n) of every context's challenger, each once."""

@@ -346,11 +346,9 @@ def _continual(config: SimConfig, run: int, budget: float, settings: ContinualSe
         if (saved := learner.retrain_budget()) > 0:
             end = start + sc.step
             seeds = seed_sequence(config.seed, run, 5, int(round(budget * 1e6)), end).spawn(2)
-            kept = Recorder(SimulatedOracle(env, queries[asked:end], saved,
-                                            np.random.default_rng(seeds[0])))
-            choices = get_learner(config.learner).learner(
-                env.problem, kept, saved, np.random.default_rng(seeds[1])).choices
-            learner.retrained(choices, kept.observations, kept.ledger.spent)
+            learner.retrain(SimulatedOracle(env, queries[asked:end], saved,
+                                            np.random.default_rng(seeds[0])),
+                            saved, np.random.default_rng(seeds[1]), config.learner)
             asked = end
     return {
         "regret": _regret_curve(sc, contexts, truths, lambda t: arms_by_step[t]),

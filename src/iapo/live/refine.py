@@ -54,10 +54,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from iapo.continual import FRESH_GROUPS, Continual, ContinualSettings, check_moves
+from iapo.continual import (
+    FRESH_GROUPS,
+    Continual,
+    ContinualSettings,
+    check_moves,
+    learning_allowance,
+    retraining_floor,
+)
 from iapo.errors import InputError
 from iapo.files import write_text_atomically
-from iapo.learners import get_learner
 from iapo.live.optimize import check_store_task
 from iapo.live.oracle import LiveOracle, TaskRuntime
 from iapo.live.store import (
@@ -71,10 +77,10 @@ from iapo.live.task import Record, Task, load_records
 from iapo.policy import Policy
 from iapo.problem import Choice
 from iapo.pulls import Observation
-from iapo.report import Recorder
-from iapo.settings import DEFAULT_LEARNER
 
 ROUNDS = 8  # refine --budget draws in this many rounds, each followed by a refit
+# the run store's record of the gateway's last retraining: the logged requests it came at
+RETRAINED_AT = "retrained at logged request"
 
 
 class RefineError(InputError):
@@ -233,33 +239,46 @@ def by_query(obs: Observation, ids: npt.NDArray[np.int64]) -> Observation:
 
 def refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool = True,
            budget: int = 0, seed: int = 0, progress: bool = False,
-           retrain: bool = False) -> dict[str, Any]:
+           retrain: bool = False, saved: float | None = None) -> dict[str, Any]:
     """Re-decide ``run``'s policy from the log at ``log_path`` (module docstring); returns
     the report written to RUN/refine.json (``write``: write it and the policy). ``budget``
     more completions are drawn on the logged queries (:func:`spend`, ``seed``), as one run
-    of the default learner if ``retrain``."""
+    of the default learner if ``retrain``. ``saved`` (the gateway's ``--retrain``, with
+    ``settings.retrain`` = K): the learning budget F that the gateway saves; once K logged
+    requests have passed since the last retraining (the run's store records when) and
+    :func:`saved_budget` reaches :func:`iapo.continual.retraining_floor`, all of it is
+    spent as a retraining, decided inside the run's lock so that two refines never spend
+    the same completions."""
     if budget < 0:
         raise RefineError(f"budget {budget} must be >= 0 (completions)")
     if retrain and not budget:
         raise RefineError("--retrain spends --budget as one run of the learner on the logged "
                           "queries: give --budget (completions)")
+    if saved is not None and (budget or retrain or not settings.retrain):
+        raise RefineError("a refine spends either --budget or the gateway's saved budget "
+                          "(with settings.retrain set), not both")
     if not write:
         if budget:
             raise RefineError("--budget draws completions, and monitor only reads the log: "
                               "use iapo refine --budget")
         return _refine(run, log_path, settings, False, 0, seed, progress)
     with writer_lock(run, "refine"):  # one refine of a run at a time
-        return _refine(run, log_path, settings, True, budget, seed, progress, retrain)
+        return _refine(run, log_path, settings, True, budget, seed, progress, retrain, saved)
 
 
 def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
-            budget: int, seed: int, progress: bool, retrain: bool = False) -> dict[str, Any]:
+            budget: int, seed: int, progress: bool, retrain: bool = False,
+            saved: float | None = None) -> dict[str, Any]:
     from iapo.serve.core import load_served
 
     policy_path = run / "policy.json"
     policy, task = load_served(policy_path)
     policy.check_fixed_n("refine needs", RefineError)
     check_moves(task.problem(), settings)  # before anything is read
+    if retrain and budget < (floor := retraining_floor(task.problem())):
+        raise RefineError(f"--budget {budget} cannot pay one group of N_max = {task.n_max} "
+                          f"completions of each of the {len(task.prompts)} prompts, which "
+                          f"a retraining needs: give --budget {floor} or more")
     if not log_path.is_file():
         raise RefineError(f"the log {str(log_path)!r} does not exist; give the store that "
                           "iapo serve --log-store wrote")
@@ -286,6 +305,14 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
         if learner.due():
             learner.refit()
     learner.refit()  # decide what the end of the log can decide
+    due_at = None  # with ``saved``: the logged requests a retraining now spends for
+    if saved is not None:
+        with store_errors(run / "store.sqlite"), CompletionStore(run / "store.sqlite") as store:
+            last = int(store.get_meta(RETRAINED_AT, 0))
+        if counts["policy"] - last >= settings.retrain and \
+                (saving := saved_budget(run, log_path, saved)) >= \
+                retraining_floor(problem):
+            budget, retrain, due_at = saving, True, counts["policy"]
     spent = None
     if budget:
         # writable now (the replay above found it): what is drawn is stored as training's is
@@ -293,6 +320,8 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
             served = [i for i, (reason, _, _) in enumerate(logged) if reason == "policy"]
             spent = spend(task, data, store, records, served, [o for _, o, _ in logged],
                           learner, budget, costs, seed, progress, ids, categories, retrain)
+            if due_at is not None:
+                store.set_meta(RETRAINED_AT, due_at)
     report = _report(task, policy, learner, counts, len(training))
     report["spent"] = spent
     if write and report["changed"]:
@@ -331,7 +360,7 @@ def saved_budget(run: Path, log_path: Path, fraction: float) -> int:
     with store_errors(run / "store.sqlite"), CompletionStore(run / "store.sqlite",
                                                              create=False) as store:
         drawn = sum(k for q, k in store.counts_by_query().items() if q not in training)
-    return max(0, math.floor(fraction * served + 1e-9) - learned - drawn)
+    return max(0, learning_allowance(fraction, served, learned + drawn))
 
 
 def spend(task: Task, data: list[Record], store: CompletionStore, records: list[Record],
@@ -356,6 +385,10 @@ def spend(task: Task, data: list[Record], store: CompletionStore, records: list[
     Returns what was drawn, paid and replayed."""
     from tqdm.auto import tqdm
 
+    if retrain and learner.splits:
+        raise RefineError("--retrain learns from every context's queries alike, and the log "
+                          "shows contexts that ask differently (TRAFFIC above): refine "
+                          "without --retrain, which keeps their estimates apart")
     training = {r.query for r in data}
     eligible = [i for i in served if records[i].query not in training]
     if not eligible:
@@ -373,11 +406,8 @@ def spend(task: Task, data: list[Record], store: CompletionStore, records: list[
                             lambda served, paid, tokens, batch: bar.update(served),
                             costs=costs, categories=categories, query_ids=ids)
         if retrain:
-            kept = Recorder(oracle)
-            choices = get_learner(DEFAULT_LEARNER).learner(
-                task.problem(), kept, budget, np.random.default_rng([seed, 1])).choices
-            learner.retrained(choices, [by_query(o, ids) for o in kept.observations],
-                              oracle.ledger.spent, budget)
+            learner.retrain(oracle, budget, np.random.default_rng([seed, 1]),
+                            taken=lambda o: by_query(o, ids))
         size = max(task.n_max, math.ceil(budget / ROUNDS))
         for _ in range(0 if retrain else ROUNDS):  # no more refits than the horizon counts
             if (left := budget - oracle.ledger.spent) <= 0:

@@ -67,7 +67,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from iapo.continual import check_moves, retraining_floor
+from iapo.continual import check_moves
 from iapo.errors import InputError, RunError
 from iapo.live.client import ChatClient, LLMError
 from iapo.live.feedback import FeedbackError
@@ -332,12 +332,15 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
         if cfg.refine_every is None or cfg.retrain % cfg.refine_every:
             raise PolicyError(f"--retrain {cfg.retrain}: the background refine retrains, so "
                               "add --refine-every N with N dividing it (and --log-store)")
-        if cfg.learn_budget <= 0 or cfg.learn_per_day is not None:
+        if cfg.learn_budget <= 0:
             raise PolicyError(f"--retrain {cfg.retrain} spends the learning budget it saves: "
-                              "give --learn-budget F (a fraction of the completions served; "
-                              "--learn-per-day does not apply)")
-    refining: dict[str, Any] = {"running": False, "last": None, "error": None, "flags": [],
-                                "retrain_at": cfg.retrain}
+                              "give --learn-budget F (a fraction of the completions served)")
+        if cfg.learn_per_day is not None:
+            raise PolicyError(f"--retrain {cfg.retrain} spends what --learn-budget saved, "
+                              "all at once: drop --learn-per-day")
+        holder.current().check_fixed_n("--retrain needs", PolicyError)
+        refine_settings = dataclasses.replace(refine_settings, retrain=cfg.retrain)
+    refining: dict[str, Any] = {"running": False, "last": None, "error": None, "flags": []}
     private_limits: tempfile.TemporaryDirectory[str] | None = None
     limits: Limits | RedisLimits | None = None
     if shared is not None:  # several workers or machines: usage and counts, shared
@@ -399,27 +402,13 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
 
         refining["running"] = True
 
-        # a retraining is due once ``retrain`` requests have passed since the last one, and
-        # waits (refine by refine) until what was saved reaches the floor
-        retraining = bool(cfg.retrain) and state["served"] >= refining["retrain_at"]
-
         async def run() -> None:
             try:
-                budget = 0
-                if retraining:
-                    from iapo.live.refine import saved_budget
-
-                    saved = await asyncio.to_thread(
-                        saved_budget, Path(cfg.policy).parent, Path(str(cfg.log_store)),
-                        cfg.learn_budget)
-                    if saved >= retraining_floor(task.problem()):
-                        budget = saved
-                        refining["retrain_at"] = (state["served"] // cfg.retrain + 1) * \
-                            cfg.retrain
+                # with --retrain, refine itself decides (in the run's lock) whether a
+                # retraining is due and what the gateway saved for it
                 report = await asyncio.to_thread(
                     refine, Path(cfg.policy).parent, Path(str(cfg.log_store)),
-                    refine_settings, budget=budget,
-                    retrain=budget > 0)
+                    refine_settings, saved=cfg.learn_budget if cfg.retrain else None)
                 refining.update(last={"at": time.time(), "changed": report["changed"],
                                       "requests": report["log"]["policy"],
                                       "retrained": report["spent"]},
