@@ -22,6 +22,15 @@ from test_serve import Gateway, mv_task
 COST = 0.5  # what training would have priced one completion at (the policy's trace)
 
 
+def direct_at_4(run: Path, task: Path) -> None:
+    """A policy written by hand into ``run``: the 'direct' prompt at N = 4 in both contexts,
+    each completion priced at COST as training would have."""
+    Policy(env="mcq-smollm2", learner="hand", budget=0, completions_used=0, seed=0,
+           split={"test": []}, contexts=["budget=low", "budget=high"],
+           choices=[Choice(0, 4, 0.0, 0), Choice(0, 4, 0.0, 0)],
+           trace={"task": {"path": str(task)}, "costs": [COST] * 3}).save(run / "policy.json")
+
+
 def test_traffic_feedback_refine_and_reload_on_the_real_model(llama: LlamaServer,
                                                               tmp_path: Path) -> None:
     """The policy serves the 'direct' prompt at N = 4 in both contexts. At a cost weight of
@@ -32,10 +41,7 @@ def test_traffic_feedback_refine_and_reload_on_the_real_model(llama: LlamaServer
     run = tmp_path / "run"
     run.mkdir()
     task = mv_task(tmp_path, llama.url)
-    Policy(env="mcq-smollm2", learner="hand", budget=0, completions_used=0, seed=0,
-           split={"test": []}, contexts=["budget=low", "budget=high"],
-           choices=[Choice(0, 4, 0.0, 0), Choice(0, 4, 0.0, 0)],
-           trace={"task": {"path": str(task)}, "costs": [COST] * 3}).save(run / "policy.json")
+    direct_at_4(run, task)
     CompletionStore(run / "store.sqlite").close()  # training left nothing to reuse
     traffic = tmp_path / "traffic.jsonl"
     records = [json.loads(line) for line in (tmp_path / "mcq.jsonl").read_text().splitlines()]
@@ -104,10 +110,7 @@ def test_the_gateway_retrains_with_its_saved_budget_on_the_real_model(
     run = tmp_path / "run"
     run.mkdir()
     task = mv_task(tmp_path, llama.url)
-    Policy(env="mcq-smollm2", learner="hand", budget=0, completions_used=0, seed=0,
-           split={"test": []}, contexts=["budget=low", "budget=high"],
-           choices=[Choice(0, 4, 0.0, 0), Choice(0, 4, 0.0, 0)],
-           trace={"task": {"path": str(task)}, "costs": [COST] * 3}).save(run / "policy.json")
+    direct_at_4(run, task)
     CompletionStore(run / "store.sqlite").close()
     records = [json.loads(line) for line in (tmp_path / "mcq.jsonl").read_text().splitlines()]
     log = tmp_path / "log.sqlite"

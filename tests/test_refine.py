@@ -262,6 +262,29 @@ def test_the_gateway_refuses_moves_it_cannot_make(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "add --refine-every N" in res.output
 
 
+def serve_the_wrong_prompt(tmp_path: Path, run: Path, log: Path, up: ScriptedServer,
+                           queries: list[str], asked: dict[str, str], requests: int) -> None:
+    """The 'short' prompt at N = 4 in both contexts, served ``requests`` times through a
+    gateway logging to ``log`` (the queries in turn, contexts alternating), and each
+    request's gold attached: that of the question ``asked`` rewords."""
+    mcq_policy(run, up.base_url, [(2, 4), (2, 4)]).rename(run / "policy.json")
+    CompletionStore(run / "store.sqlite").close()
+    with Gateway(run / "policy.json", "--log-store", str(log)) as gw:
+        served = [(gw.ask({"budget": "low" if i % 2 else "high"},
+                          content=queries[i % 10]).id, queries[i % 10])
+                  for i in range(requests)]
+    attach_gold(tmp_path, log, [(rid, asked[q]) for rid, q in served])
+
+
+def refine_command(run: Path, log: Path, up: ScriptedServer, *extra: str) -> tuple[Any, int]:
+    """``iapo refine RUN --log LOG --refine-every 10 EXTRA``: its result, and the
+    completions the upstream was asked for meanwhile."""
+    before = len(up.requests)
+    res = CliRunner().invoke(main, ["refine", str(run), "--log", str(log),
+                                    "--refine-every", "10", *extra])
+    return res, len(up.requests) - before
+
+
 def test_refine_budget_draws_on_logged_queries_and_a_rerun_pays_nothing(
         tmp_path: Path) -> None:
     """The log holds only the served prompt, which answers wrong: refine alone has no
@@ -276,20 +299,12 @@ def test_refine_budget_draws_on_logged_queries_and_a_rerun_pays_nothing(
     queries = list(asked)
 
     def refine(*extra: str) -> tuple[Any, int]:
-        before = len(up.requests)
-        res = CliRunner().invoke(main, ["refine", str(run), "--log", str(log),
-                                        "--refine-every", "10", *extra])
+        res, paid = refine_command(run, log, up, *extra)
         assert res.exit_code == 0, res.output
-        return res, len(up.requests) - before
+        return res, paid
 
     with ScriptedServer(answer_of=by_prompt) as up:
-        mcq_policy(run, up.base_url, [(2, 4), (2, 4)]).rename(run / "policy.json")
-        CompletionStore(run / "store.sqlite").close()
-        with Gateway(run / "policy.json", "--log-store", str(log)) as gw:
-            served = [(gw.ask({"budget": "low" if i % 2 else "high"},
-                              content=queries[i % 10]).id, queries[i % 10])
-                      for i in range(40)]
-        attach_gold(tmp_path, log, [(rid, asked[q]) for rid, q in served])
+        serve_the_wrong_prompt(tmp_path, run, log, up, queries, asked, 40)
         # without a budget: only N can change (the served prompt's groups hold every
         # smaller N); no other prompt has a sample
         res, paid = refine()
@@ -331,19 +346,10 @@ def test_refine_retrain_spends_the_budget_as_one_run_and_moves_to_its_choice(
     queries = list(asked)
 
     def refine(*extra: str) -> tuple[Any, int]:
-        before = len(up.requests)
-        res = CliRunner().invoke(main, ["refine", str(run), "--log", str(log),
-                                        "--refine-every", "10", *extra])
-        return res, len(up.requests) - before
+        return refine_command(run, log, up, *extra)
 
     with ScriptedServer(answer_of=by_prompt) as up:
-        mcq_policy(run, up.base_url, [(2, 4), (2, 4)]).rename(run / "policy.json")
-        CompletionStore(run / "store.sqlite").close()
-        with Gateway(run / "policy.json", "--log-store", str(log)) as gw:
-            served = [(gw.ask({"budget": "low" if i % 2 else "high"},
-                              content=queries[i % 10]).id, queries[i % 10])
-                      for i in range(20)]
-        attach_gold(tmp_path, log, [(rid, asked[q]) for rid, q in served])
+        serve_the_wrong_prompt(tmp_path, run, log, up, queries, asked, 20)
         res, paid = refine("--retrain")
         assert res.exit_code == 2 and "give --budget" in res.output and paid == 0
         # a retraining needs one group of N_max = 4 of each of the 3 prompts
