@@ -71,18 +71,17 @@ The decisions, each a rule with a test:
   measures both). Two things keep it from chasing luck: a prompt seen on few queries has
   a wide error, and the fixed prior pulls its large-N credit down.
 - **Retraining** (``retrain=K``, an option; 0, the default, is off). The learning budget is
-  saved, not drawn request by request (:meth:`Continual.learning_pulls` draws nothing), and
-  every K requests the caller spends what was saved (:meth:`Continual.retrain_budget`) as
-  one run of the default learner on the traffic's queries, drawn as often as the traffic
-  asked them (once the saved budget pays one group of N_max completions of every prompt,
-  :func:`retraining_floor`; a due retraining waits for it), and hands its choices and
-  groups to :meth:`Continual.retrained`: the groups
-  enter the estimates and drift tests as any learning group does, and every context moves
-  to the run's choice (reason "retrain"), ending any recovery. PSST's rounds sample every
-  prompt on many queries and trim by estimates of arms sampled alike, which the
-  candidates' pulls, a few prompts deep on few queries, do not (docs/continual.md measures
-  both). A move to the run's choice is not a test at a level either, and a run starts
-  afresh: it reuses no earlier completion. Drift flags move contexts between retrainings.
+  saved, not drawn request by request (:meth:`Continual.learning_pulls` draws nothing).
+  Every K requests the caller spends what was saved (:meth:`Continual.retrain_budget`;
+  a due retraining waits until it pays one group of N_max completions of every prompt,
+  :func:`retraining_floor`) as one run of a learner on the traffic's queries, drawn as
+  often as the traffic asked them (:meth:`Continual.retrain`). Its groups enter the
+  estimates and drift tests as any learning group does, and every context moves to the
+  run's choice (reason "retrain"), ending any recovery (:meth:`Continual.retrained`).
+  PSST's rounds sample every prompt on many queries and trim by estimates of arms sampled
+  alike, which the candidates' pulls, a few prompts deep on few queries, do not
+  (docs/continual.md measures both). A move to the run's choice is not a test at a level
+  either. Drift flags move contexts between retrainings.
 
 Contexts whose traffic differs (:meth:`Continual.estimates`). Reusing a group for every
 context assumes the contexts' queries come from one distribution. A caller that knows each

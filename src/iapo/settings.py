@@ -113,9 +113,10 @@ class ContinualSettings:
     # challenger's switch test, at the horizon's level) or "pessimistic" (to the arm of
     # highest pessimistic per-query-model estimate, every refit; iapo.continual's docstring)
     moves: str = MOVES[0]
-    # every this many requests, spend the saved learning budget as one run of the default
-    # learner on the traffic's queries and move every context to its choice (0: no
-    # retraining; learning pulls are drawn request by request; iapo.continual's docstring)
+    # every this many requests, spend the saved learning budget as one run of a learner
+    # (psst-auto unless the caller names another) on the traffic's queries and move every
+    # context to its choice (0: no retraining; learning pulls are drawn request by request;
+    # iapo.continual's docstring)
     retrain: int = 0
 
     def __post_init__(self) -> None:
