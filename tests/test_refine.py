@@ -219,6 +219,32 @@ def test_the_gateway_retrains_in_the_background_with_the_budget_it_saved(
     assert json.loads((run / "policy.previous.json").read_text())["policy"][0]["prompt"] == 2
 
 
+def test_a_saved_retraining_waits_while_no_logged_query_can_be_drawn_on(
+        tmp_path: Path) -> None:
+    """The gateway's refine (``saved``): 20 requests, all of them training questions, whose
+    pools already hold training's samples: there is nothing to draw on, so the retraining
+    waits (no error, nothing spent) and the replay still decides. Once 20 requests of new
+    questions are logged it is spent: 0.25 x the 160 completions served = 40."""
+    from iapo.continual import ContinualSettings
+    from iapo.live.refine import refine
+
+    run = tmp_path / "run"
+    run.mkdir()
+    log = tmp_path / "log.sqlite"
+    settings = ContinualSettings(refine_every=10, retrain=10)
+    with ScriptedServer(answer_of=by_prompt) as up:
+        serve_the_wrong_prompt(tmp_path, run, log, up, list(GOLD), {q: q for q in GOLD}, 20)
+        report = refine(run, log, settings, saved=0.25)
+        assert report["spent"] is None and len(up.requests) == 80
+        asked = {f"(asked again) {q}": q for q in GOLD}
+        with Gateway(run / "policy.json", "--log-store", str(log)) as gw:
+            served = [(gw.ask({"budget": "low" if i % 2 else "high"},
+                              content=q).id, q) for i, q in enumerate(list(asked) * 2)]
+        attach_gold(tmp_path, log, [(rid, asked[q]) for rid, q in served])
+        report = refine(run, log, settings, saved=0.25)
+    assert report["spent"]["retrain"] and report["spent"]["drawn"] == 40
+
+
 def test_the_gateway_refuses_a_retraining_it_cannot_run(tmp_path: Path) -> None:
     """--retrain K needs the background refine every N requests, N dividing K, and a
     learning budget to save; each refused when the app is built, saying what to add."""

@@ -309,9 +309,12 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
     if saved is not None:
         with store_errors(run / "store.sqlite"), CompletionStore(run / "store.sqlite") as store:
             last = int(store.get_meta(RETRAINED_AT, 0))
-        if counts["policy"] - last >= settings.retrain and \
-                (saving := saved_budget(run, log_path, saved)) >= \
-                retraining_floor(problem):
+        # it waits, as for the floor, while no labelled request has a query to draw on
+        asked = {r.query for r in data}
+        if counts["policy"] - last >= settings.retrain and any(
+                reason == "policy" and records[i].query not in asked
+                for i, (reason, _, _) in enumerate(logged)) and \
+                (saving := saved_budget(run, log_path, saved)) >= retraining_floor(problem):
             budget, retrain, due_at = saving, True, counts["policy"]
     spent = None
     if budget:
