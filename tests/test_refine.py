@@ -245,6 +245,42 @@ def test_a_saved_retraining_waits_while_no_logged_query_can_be_drawn_on(
     assert report["spent"]["retrain"] and report["spent"]["drawn"] == 40
 
 
+def test_a_background_refine_skips_while_another_holds_the_run(tmp_path: Path) -> None:
+    """Another writer (another worker's refine) holds the run folder: the gateway's refine
+    at request 10 skips, counted on /health, not reported as an error; once the folder is
+    free, the refine at request 20 runs."""
+    from iapo.live.store import writer_lock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    log = tmp_path / "log.sqlite"
+    queries = list(GOLD)
+    with ScriptedServer(answer_of=by_prompt) as up:
+        mcq_policy(run, up.base_url, [(2, 4), (2, 4)]).rename(run / "policy.json")
+        CompletionStore(run / "store.sqlite").close()
+        with Gateway(run / "policy.json", "--log-store", str(log),
+                     "--refine-every", "10") as gw:
+            def refine_state() -> dict[str, Any]:
+                return httpx.get(f"{gw.url}/health").json()["refine"]
+
+            def ask(i: int) -> None:
+                r = gw.ask({"budget": "low"}, content=queries[i])
+                assert httpx.post(f"{gw.url}/v1/feedback", timeout=10, json={
+                    "id": r.id, "gold": GOLD[queries[i]]}).status_code == 200
+
+            with writer_lock(run, "another refine"):
+                for i in range(10):
+                    ask(i)
+                wait_for(lambda: refine_state()["skipped_busy"] == 1)
+            busy = refine_state()
+            for i in range(10):
+                ask(i)
+            wait_for(lambda: refine_state()["last"] is not None)
+            after = refine_state()
+    assert busy["error"] is None and busy["last"] is None
+    assert after["skipped_busy"] == 1 and after["last"]["requests"] == 20
+
+
 def test_the_gateway_refuses_a_retraining_it_cannot_run(tmp_path: Path) -> None:
     """--retrain K needs the background refine every N requests, N dividing K, and a
     learning budget to save; each refused when the app is built, saying what to add."""

@@ -137,6 +137,10 @@ class StoreError(InputError):
     to do."""
 
 
+class FolderBusy(StoreError):
+    """The run folder's lock is held by another writer."""
+
+
 class StoreFailure(RunError):
     """The store could not be read or written (a full disk, a damaged or emptied file); the
     message names the file and what to do."""
@@ -522,7 +526,7 @@ def writer_lock(folder: Path, what: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            raise StoreError(f"{folder} is in use by {holder}; wait for it to finish or give "
+            raise FolderBusy(f"{folder} is in use by {holder}; wait for it to finish or give "
                              "another --out") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"iapo {what} (pid {os.getpid()})".encode(), 0)

@@ -72,7 +72,7 @@ from iapo.errors import InputError, RunError
 from iapo.live.client import ChatClient, LLMError
 from iapo.live.feedback import FeedbackError
 from iapo.live.feedback import parse as parse_feedback
-from iapo.live.store import SERVED_RUN, CompletionStore, Feedback, store_errors
+from iapo.live.store import SERVED_RUN, CompletionStore, Feedback, FolderBusy, store_errors
 from iapo.live.task import Task
 from iapo.policy import Policy, PolicyError
 from iapo.problem import ProblemError
@@ -340,7 +340,8 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
                               "all at once: drop --learn-per-day")
         holder.current().check_fixed_n("--retrain needs", PolicyError)
         refine_settings = dataclasses.replace(refine_settings, retrain=cfg.retrain)
-    refining: dict[str, Any] = {"running": False, "last": None, "error": None, "flags": []}
+    refining: dict[str, Any] = {"running": False, "last": None, "error": None, "flags": [],
+                                "skipped": 0}
     private_limits: tempfile.TemporaryDirectory[str] | None = None
     limits: Limits | RedisLimits | None = None
     if shared is not None:  # several workers or machines: usage and counts, shared
@@ -414,6 +415,8 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
                                       "retrained": report["spent"]},
                                 flags=report["flags"], error=None)
                 holder.check()
+            except FolderBusy:  # another worker's refine holds the run: it does this one's
+                refining["skipped"] += 1
             except (InputError, RunError, OSError) as e:
                 refining["error"] = str(e)
             finally:
@@ -684,7 +687,7 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
             # the last background refine of this worker, and the drift flags it raised
             "refine": None if cfg.refine_every is None else {
                 "every": cfg.refine_every, "moves": cfg.moves, "retrain": cfg.retrain,
-                "running": refining["running"],
+                "running": refining["running"], "skipped_busy": refining["skipped"],
                 "last": refining["last"], "error": refining["error"]},
             "drift": refining["flags"],
             # this worker's: per context, measured against predicted latency and the limit
