@@ -35,6 +35,13 @@ def by_prompt(body: dict[str, Any]) -> str:
     return f"The answer is ({letter})."
 
 
+def serve_short(run: Path, up: ScriptedServer) -> None:
+    """RUN/policy.json serves the 'short' prompt (index 2) at N = 4 in both contexts, from
+    ``up``; RUN/store.sqlite is empty (training left nothing to reuse)."""
+    mcq_policy(run, up.base_url, [(2, 4), (2, 4)]).rename(run / "policy.json")
+    CompletionStore(run / "store.sqlite").close()
+
+
 def wait_for(predicate, seconds: float = 30.0) -> None:  # type: ignore[no-untyped-def]
     end = time.monotonic() + seconds
     while not predicate():
@@ -135,8 +142,7 @@ def test_the_gateway_refines_in_the_background_and_reloads(tmp_path: Path,
     log = tmp_path / "log.sqlite"
     queries = list(GOLD)
     with ScriptedServer(answer_of=by_prompt) as up:
-        mcq_policy(run, up.base_url, [(2, 4), (2, 4)]).rename(run / "policy.json")
-        CompletionStore(run / "store.sqlite").close()
+        serve_short(run, up)
         with Gateway(run / "policy.json", "--log-store", str(log), "--learn-budget", "1.0",
                      "--refine-every", "40", "--moves", moves) as gw:
             prompts = []
@@ -184,8 +190,7 @@ def test_the_gateway_retrains_in_the_background_with_the_budget_it_saved(
     asked = {f"(asked again) {q}": q for q in GOLD}  # not training queries
     queries = list(asked)
     with ScriptedServer(answer_of=by_prompt) as up:
-        mcq_policy(run, up.base_url, [(2, 4), (2, 4)]).rename(run / "policy.json")
-        CompletionStore(run / "store.sqlite").close()
+        serve_short(run, up)
         with Gateway(run / "policy.json", "--log-store", str(log), "--learn-budget",
                      str(fraction), "--refine-every", str(every), "--retrain",
                      str(retrain)) as gw:
@@ -256,8 +261,7 @@ def test_a_background_refine_skips_while_another_holds_the_run(tmp_path: Path) -
     log = tmp_path / "log.sqlite"
     queries = list(GOLD)
     with ScriptedServer(answer_of=by_prompt) as up:
-        mcq_policy(run, up.base_url, [(2, 4), (2, 4)]).rename(run / "policy.json")
-        CompletionStore(run / "store.sqlite").close()
+        serve_short(run, up)
         with Gateway(run / "policy.json", "--log-store", str(log),
                      "--refine-every", "10") as gw:
             def refine_state() -> dict[str, Any]:
@@ -329,8 +333,7 @@ def serve_the_wrong_prompt(tmp_path: Path, run: Path, log: Path, up: ScriptedSer
     """The 'short' prompt at N = 4 in both contexts, served ``requests`` times through a
     gateway logging to ``log`` (the queries in turn, contexts alternating), and each
     request's gold attached: that of the question ``asked`` rewords."""
-    mcq_policy(run, up.base_url, [(2, 4), (2, 4)]).rename(run / "policy.json")
-    CompletionStore(run / "store.sqlite").close()
+    serve_short(run, up)
     with Gateway(run / "policy.json", "--log-store", str(log)) as gw:
         served = [(gw.ask({"budget": "low" if i % 2 else "high"},
                           content=queries[i % 10]).id, queries[i % 10])
@@ -453,8 +456,7 @@ def test_refine_keeps_apart_a_context_whose_traffic_differs(tmp_path: Path) -> N
         return f"The answer is ({GOLD[query] if query in easy else WRONG[GOLD[query]]})."
 
     with ScriptedServer(answer_of=answer) as up:
-        mcq_policy(run, up.base_url, [(2, 4), (2, 4)]).rename(run / "policy.json")
-        CompletionStore(run / "store.sqlite").close()
+        serve_short(run, up)
         with Gateway(run / "policy.json", "--log-store", str(log)) as gw:
             served = []
             for i in range(80):
@@ -645,8 +647,7 @@ def test_refine_moves_pessimistic_on_the_models_estimate_where_evidence_cannot(
         return f"The answer is ({WRONG[GOLD[query]] if wrong else GOLD[query]})."
 
     with ScriptedServer(answer_of=answer) as up:
-        mcq_policy(run, up.base_url, [(2, 4), (2, 4)]).rename(run / "policy.json")
-        CompletionStore(run / "store.sqlite").close()
+        serve_short(run, up)
         with Gateway(run / "policy.json", "--log-store", str(log), "--learn-budget",
                      "1.0") as gw:
             served = [(gw.ask({"budget": "low" if i % 2 else "high"},
