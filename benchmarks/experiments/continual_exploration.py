@@ -99,6 +99,7 @@ from iapo.learners import get_learner
 from iapo.model import ModelQTable, _posterior
 from iapo.oracle import SimulatedOracle
 from iapo.problem import arm_index
+from iapo.report import Recorder
 from iapo.settings import DEFAULT_LEARNER, MOVES
 from iapo.utility import gold_first, unique_rows
 
@@ -340,19 +341,6 @@ class ModelTies(Continual):
         super()._plan()
 
 
-class Kept(SimulatedOracle):
-    """A simulated oracle that keeps what it draws (``drawn``)."""
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.drawn: list[Any] = []
-
-    def pull(self, requests: Any) -> list[Any]:
-        out = super().pull(requests)
-        self.drawn.extend(o for o in out if o.count)
-        return out
-
-
 class Retrain(Continual):
     """From the first drift flag on, no learning pull is drawn; at the first refit from
     request AT on (the window's first, 6,000, unless --retrain-at), after the present rules'
@@ -389,15 +377,15 @@ class Retrain(Continual):
             self._retrained = True
             env, population, seed = self.world
             budget = self.allowance()
-            oracle = Kept(env, population, budget,
-                          np.random.default_rng(seed_sequence(*seed, 0)))
+            oracle = Recorder(SimulatedOracle(env, population, budget,
+                                              np.random.default_rng(seed_sequence(*seed, 0))))
             choices = get_learner(DEFAULT_LEARNER).learner(
                 self.problem, oracle, budget,
                 np.random.default_rng(seed_sequence(*seed, 1))).choices
             self.learning_completions += oracle.ledger.spent
             self._recovering[:] = 0  # the retraining's choice ends a recovery
             if self.FEED:
-                self.observe(oracle.drawn)
+                self.observe(oracle.observations)
                 self._follow_model(range(self.problem.n_contexts), "model", None, 1.0)
             else:
                 for c, ch in enumerate(choices):
