@@ -25,6 +25,8 @@ from test_serve import DATA, Gateway, bon_policy, mcq_policy
 GOLD = {json.loads(line)["query"]: json.loads(line)["gold"]
         for line in (DATA / "mcq.jsonl").read_text().splitlines()}
 WRONG = {"A": "B", "B": "C", "C": "D", "D": "A"}
+# the questions reworded: logged queries that are not training queries, each to its original
+ASKED = {f"(asked again) {q}": q for q in GOLD}
 
 
 def by_prompt(body: dict[str, Any]) -> str:
@@ -187,7 +189,7 @@ def test_the_gateway_retrains_in_the_background_with_the_budget_it_saved(
     run = tmp_path / "run"
     run.mkdir()
     log = tmp_path / "log.sqlite"
-    asked = {f"(asked again) {q}": q for q in GOLD}  # not training queries
+    asked = ASKED
     queries = list(asked)
     with ScriptedServer(answer_of=by_prompt) as up:
         serve_short(run, up)
@@ -241,7 +243,7 @@ def test_a_saved_retraining_waits_while_no_logged_query_can_be_drawn_on(
         serve_the_wrong_prompt(tmp_path, run, log, up, list(GOLD), {q: q for q in GOLD}, 20)
         report = refine(run, log, settings, saved=0.25)
         assert report["spent"] is None and len(up.requests) == 80
-        asked = {f"(asked again) {q}": q for q in GOLD}
+        asked = ASKED
         with Gateway(run / "policy.json", "--log-store", str(log)) as gw:
             served = [(gw.ask({"budget": "low" if i % 2 else "high"},
                               content=q).id, q) for i, q in enumerate(list(asked) * 2)]
@@ -360,7 +362,7 @@ def test_refine_budget_draws_on_logged_queries_and_a_rerun_pays_nothing(
     run = tmp_path / "run"
     run.mkdir()
     log = tmp_path / "log.sqlite"
-    asked = {f"(asked again) {q}": q for q in GOLD}  # not training queries
+    asked = ASKED
     queries = list(asked)
 
     def refine(*extra: str) -> tuple[Any, int]:
@@ -407,7 +409,7 @@ def test_refine_retrain_spends_the_budget_as_one_run_and_moves_to_its_choice(
     run = tmp_path / "run"
     run.mkdir()
     log = tmp_path / "log.sqlite"
-    asked = {f"(asked again) {q}": q for q in GOLD}  # not training queries
+    asked = ASKED
     queries = list(asked)
 
     def refine(*extra: str) -> tuple[Any, int]:
