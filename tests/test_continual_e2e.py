@@ -141,6 +141,7 @@ def test_the_gateway_retrains_with_its_saved_budget_on_the_real_model(
     served = sum(r.n for r in rows)
     assert {r.reason for r in rows} == {"policy"} and served == 4 * 2 * len(records)
     assert spent["retrain"] and 0 < spent["paid"] == drawn <= 0.25 * served
+    assert health["learning"]["learning_completions"] == drawn  # the retraining's, on /health
     assert llama.settle(30) - before == served + drawn
     rerun = CliRunner().invoke(main, ["refine", str(run), "--log", str(log), "--budget",
                                       str(spent["budget"]), "--retrain"])

@@ -414,6 +414,9 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
                                       "requests": report["log"]["policy"],
                                       "retrained": report["spent"]},
                                 flags=report["flags"], error=None)
+                spent = report["spent"]
+                if learning is not None and spent and spent.get("retrain"):
+                    learning.drawn += int(spent["paid"])  # this worker's retraining drew it
                 holder.check()
             except FolderBusy:  # another worker's refine holds the run: it does this one's
                 refining["skipped"] += 1

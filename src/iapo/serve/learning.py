@@ -57,7 +57,9 @@ class LearningPulls:
     budget: float
     per_day: int | None = None
     served: int = 0  # completions returned in responses (this worker)
-    drawn: int = 0  # completions drawn for learning (this worker), charged when planned
+    # completions drawn for learning (this worker): learning pulls, charged when planned,
+    # and with ``save`` what this worker's background retrainings paid
+    drawn: int = 0
     failed: int = 0  # learning pulls that failed upstream (their completions stay charged)
     today: tuple[str, int] = ("", 0)  # (UTC day, completions drawn that day)
     run: Path | None = None  # the policy's folder: training's store.sqlite is read from it
