@@ -2,7 +2,7 @@
 spend, given at once and told the drift: a reference for the targets of docs/continual.md.
 
     .venv/bin/python benchmarks/experiments/continual_reference.py ENV [--runs R] [--workers W]
-        [--drift-budgets 0.1,0.2,0.4]
+        [--drift-budgets 0.1,0.2,0.4] [--learners psst-auto,psst-model]
 
 For runs 0..R-1, the policy `iapo simulate` serves (psst-auto at T = 2,000 with the bench
 cell's seeds), and two cases:
@@ -26,6 +26,10 @@ the contexts' probabilities); the frozen policy's is the trained arms' gap on th
 ``--drift-budgets``: the drift case at each of these learning budgets instead of 10% alone
 (the no-drift case stays at 5%): how large a budget the reference needs for a given window
 ratio.
+
+``--learners``: the reference trained by each of these learners of the library
+(:data:`iapo.learners.LEARNERS`; default: the default learner alone), on the same oracle
+seeds: whether another learner does more with the same completions.
 
 Printed per case: the mean regret per request (SEM over runs) of the frozen policy and of
 the reference, and their ratio (of the means, as docs/continual.md's window ratio). Cited
@@ -55,9 +59,10 @@ def regret(q: np.ndarray, arms: list[tuple[int, int]], probs: np.ndarray) -> flo
     return float(np.dot(probs, _gap_of(Truth(0, q), arms)))
 
 
-def one_run(name: str, seed: int, run: int, cases: dict[str, tuple[float, int]]
-            ) -> dict[str, tuple[float, float, int]]:
-    """Per case: (frozen's regret per request, the reference's, the reference's T)."""
+def one_run(name: str, seed: int, run: int, cases: dict[str, tuple[float, int]],
+            learners: tuple[str, ...] = (DEFAULT_LEARNER,)
+            ) -> dict[tuple[str, str], tuple[float, float, int]]:
+    """Per (case, learner): (frozen's regret per request, the reference's, its T)."""
     env, _, trained = trained_policy(SimConfig(env=name, seed=seed, train_budget=TRAIN,
                                                test_fraction=0.2), run)
     problem = env.problem
@@ -71,13 +76,15 @@ def one_run(name: str, seed: int, run: int, cases: dict[str, tuple[float, int]]
     for case, (share, requests) in cases.items():
         world, truth = (env, q) if case == "no drift" else (env2, q2)
         budget = TRAIN + int(share * requests * served_n)
-        oracle = SimulatedOracle(world, population, budget,
-                                 np.random.default_rng(seed_sequence(seed, run, 5, budget, 0)))
-        choices = get_learner(DEFAULT_LEARNER).learner(
-            problem, oracle, budget,
-            np.random.default_rng(seed_sequence(seed, run, 5, budget, 1))).choices
-        ref = [(c.prompt, int(c.n or 1)) for c in choices]
-        out[case] = (regret(truth, arms, probs), regret(truth, ref, probs), budget)
+        for learner in learners:
+            oracle = SimulatedOracle(world, population, budget, np.random.default_rng(
+                seed_sequence(seed, run, 5, budget, 0)))
+            choices = get_learner(learner).learner(
+                problem, oracle, budget,
+                np.random.default_rng(seed_sequence(seed, run, 5, budget, 1))).choices
+            ref = [(c.prompt, int(c.n or 1)) for c in choices]
+            out[case, learner] = (regret(truth, arms, probs), regret(truth, ref, probs),
+                                  budget)
     return out
 
 
@@ -89,21 +96,32 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--drift-budgets", default="0.1",
                     help="learning budgets of the drift case, comma-separated")
+    ap.add_argument("--learners", default=DEFAULT_LEARNER,
+                    help="the learners that train the reference, comma-separated")
     args = ap.parse_args()
+    learners = tuple(args.learners.split(","))
+    for learner in learners:
+        get_learner(learner)  # an unknown name stops here, with the names it knows
     cases = {"no drift": CASES["no drift"]}
     budgets = [float(b) for b in args.drift_budgets.split(",")]
     for b in budgets:
         cases["drift" if budgets == [0.1] else f"drift {b:.0%}"] = (b, CASES["drift"][1])
     results = joblib.Parallel(n_jobs=args.workers)(
-        joblib.delayed(one_run)(args.env, args.seed, r, cases) for r in range(args.runs))
+        joblib.delayed(one_run)(args.env, args.seed, r, cases, learners)
+        for r in range(args.runs))
     print(f"{args.env}: {args.runs} runs; regret per request (SEM) of the T = 2,000 policy "
-          "(frozen) and of psst-auto retrained at once with the whole learning budget")
-    print(f"  {'case':<10} {'median T':>9} {'frozen':>16} {'reference':>16} {'ratio':>6}")
+          f"(frozen) and of {', '.join(learners)} retrained at once with the whole learning "
+          "budget")
+    width = max(10, *(len(x) for x in learners))
+    print(f"  {'case':<10} {'learner':<{width}} {'median T':>9} {'frozen':>16} "
+          f"{'reference':>16} {'ratio':>6}")
     for case in cases:
-        a = np.array([r[case] for r in results])
-        sem = a[:, :2].std(axis=0, ddof=1) / np.sqrt(len(a))
-        print(f"  {case:<10} {np.median(a[:, 2]):>9,.0f} {a[:, 0].mean():>9.4f} ({sem[0]:.4f})"
-              f" {a[:, 1].mean():>9.4f} ({sem[1]:.4f}) {a[:, 1].mean() / a[:, 0].mean():>6.2f}")
+        for learner in learners:
+            a = np.array([r[case, learner] for r in results])
+            sem = a[:, :2].std(axis=0, ddof=1) / np.sqrt(len(a))
+            print(f"  {case:<10} {learner:<{width}} {np.median(a[:, 2]):>9,.0f} "
+                  f"{a[:, 0].mean():>9.4f} ({sem[0]:.4f}) {a[:, 1].mean():>9.4f} "
+                  f"({sem[1]:.4f}) {a[:, 1].mean() / a[:, 0].mean():>6.2f}")
 
 
 if __name__ == "__main__":
