@@ -23,6 +23,7 @@ from iapo.continual import (
     DriftMonitor,
     Flag,
     GroupTable,
+    TrafficSplit,
     shrunk_variance,
     utility_bounds,
 )
@@ -219,12 +220,32 @@ def test_retraining_saves_the_budget_and_moves_every_context() -> None:
 
 def test_a_due_retraining_waits_until_the_saved_budget_pays_every_prompt_at_n_max() -> None:
     """Three prompts at N_max 4: the floor is 12 completions. At 10%, 100 requests of one
-    completion save 10 (due, but too little: 0), 20 more save 12 (spent now)."""
+    completion save 10 (due, but too little: 0), 20 more save 12 (spent now). The next is
+    due 100 requests after that one, at 220, not at 200 on a grid of K: at 200 and at 219
+    none is, though 20 and 21 are saved (above the floor); at 220, the 22 saved."""
     cont = learner(ContinualSettings(learn_budget=0.1, refine_every=50, retrain=100))
     cont.record_served(100, 100)
     assert cont.allowance() == 10 and cont.retrain_budget() == 0
     cont.record_served(20, 20)
     assert cont.retrain_budget() == 12
+    cont.retrained([Choice(0, 1, 0.0, 0)] * 2, [], 12)
+    cont.record_served(80, 200)  # at request 200: 20 saved, not due
+    assert cont.allowance() == 20 and cont.retrain_budget() == 0
+    cont.record_served(19, 19)
+    assert cont.retrain_budget() == 0
+    cont.record_served(1, 1)  # at request 220
+    assert cont.retrain_budget() == 22
+
+
+def test_no_retraining_once_contexts_ask_differently() -> None:
+    """A retraining learns from every context's queries alike: once a pair of contexts has
+    split (their traffics differ), none is due, whatever was saved."""
+    cont = learner(ContinualSettings(learn_budget=0.5, refine_every=50, retrain=100))
+    cont.record_served(100, 400)
+    assert cont.retrain_budget() == 200
+    cont.pools[0, 1] = cont.pools[1, 0] = False
+    cont.splits.append(TrafficSplit(100, 0, 1, 1, 4, 0.9, 30, 0.1, 30, 9.0))
+    assert cont.retrain_budget() == 0
 
 
 def test_without_retraining_nothing_is_saved_for_it() -> None:

@@ -248,6 +248,23 @@ def test_simulate_with_retraining(tmp_path: Path) -> None:
     bad = CliRunner().invoke(main, ["simulate", "--by-context", "--retrain", "1000",
                                     "--out", str(out)])
     assert bad.exit_code == 2 and "--by-context" in bad.output
+    # the simulation checks between steps of 100 requests: K = 150 would retrain at 200,
+    # 300, 500, ..., and K beyond the requests never
+    for k in ("150", "3000"):
+        bad = CliRunner().invoke(main, ["simulate", "--requests", "2000", "--retrain", k,
+                                        "--out", str(out)])
+        assert bad.exit_code == 2 and "give a multiple of 100 up to 2000" in bad.output
+
+
+def test_sim_config_refuses_retraining_it_cannot_run() -> None:
+    """Built without the command line too: by context, off the step, beyond the requests."""
+    from iapo.continual import ContinualSettings
+
+    for scenario, k in ((Scenario(by_context=True), 1000), (Scenario(), 150),
+                        (Scenario(requests=2000), 3000)):
+        with pytest.raises(InputError):
+            SimConfig("math", scenario=scenario, settings=ContinualSettings(retrain=k))
+    SimConfig("math", scenario=Scenario(requests=2000), settings=ContinualSettings(retrain=2000))
 
 
 def test_simulate_with_pessimistic_moves(tmp_path: Path) -> None:

@@ -570,10 +570,6 @@ def simulate(env_name: str, runs: int, budgets: str, requests: int, train_budget
     settings = ContinualSettings(refine_every=refine_every, confidence=confidence,
                                  min_gain=min_gain, alarm=alarm, horizon=requests,
                                  moves=moves, retrain=retrain)
-    if retrain and by_context:
-        raise click.UsageError("--retrain trains on every context's queries alike, so it "
-                               "cannot serve contexts that ask different ones: drop "
-                               "--by-context or --retrain")
     for b in budget_list:
         ContinualSettings(learn_budget=b)  # each checked before any run
     if moves == "pessimistic":  # refused before training, not in a worker

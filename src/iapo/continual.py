@@ -72,7 +72,8 @@ The decisions, each a rule with a test:
   a wide error, and the fixed prior pulls its large-N credit down.
 - **Retraining** (``retrain=K``, an option; 0, the default, is off). The learning budget is
   saved, not drawn request by request (:meth:`Continual.learning_pulls` draws nothing).
-  Every K requests the caller spends what was saved (:meth:`Continual.retrain_budget`;
+  K requests after the last retraining (the first: at request K) the caller spends what was
+  saved (:meth:`Continual.retrain_budget`;
   a due retraining waits until it pays one group of N_max completions of every prompt,
   :func:`retraining_floor`) as one run of a learner on the traffic's queries, drawn as
   often as the traffic asked them (:meth:`Continual.retrain`). Its groups enter the
@@ -493,8 +494,9 @@ class Continual:
     def retrain_budget(self) -> int:
         """The completions a retraining may spend now: the allowance once ``retrain``
         requests have passed since the last one and it reaches :func:`retraining_floor`
-        (0: no retraining due, or none set; a due one waits for the floor)."""
-        if not self.settings.retrain or self.requests < self._next_retrain:
+        (0: no retraining due, or none set; a due one waits for the floor). None once some
+        contexts' traffics split: a retraining learns from every context's queries alike."""
+        if not self.settings.retrain or self.requests < self._next_retrain or self.splits:
             return 0
         saved = self.allowance()
         return saved if saved >= retraining_floor(self.problem) else 0
@@ -505,8 +507,9 @@ class Continual:
         unknown: they were drawn on the traffic's queries after the fact) chose ``choices``,
         one per context: the groups are taken in, every context moves to its choice (reason
         "retrain"), recoveries end, and with ``retrain`` set the next retraining is due
-        ``retrain`` requests on. ``budget``: what it was given (None: the saved learning
-        budget, :meth:`retrain_budget`). Returns the switches made."""
+        ``retrain`` requests after this one (not on a grid of K: one the floor held back
+        does not bring the next one closer). ``budget``: what it was given (None: the saved
+        learning budget, :meth:`retrain_budget`). Returns the switches made."""
         if len(choices) != self.problem.n_contexts or any(c.n is None for c in choices):
             raise InputError("a retraining must choose one arm with a fixed N per context")
         allowed = self.allowance() if budget is None else budget
@@ -521,8 +524,8 @@ class Continual:
         for ci, choice in enumerate(choices):
             self._choose(ci, int(arm_index(choice.prompt, int(choice.n or 1), n_max)),
                          "retrain", 0.0)
-        if step := self.settings.retrain:
-            self._next_retrain = (self.requests // step + 1) * step
+        if step := self.settings.retrain:  # K requests after this one, as the gateway's
+            self._next_retrain = self.requests + step
         self._name_challengers()
         self._plan()
         return self.switches[before:]

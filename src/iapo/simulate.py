@@ -113,6 +113,19 @@ class SimConfig:
     settings: ContinualSettings = field(default_factory=ContinualSettings)
     origins: bool = True
 
+    def __post_init__(self) -> None:
+        k, sc = self.settings.retrain, self.scenario
+        if not k:
+            return
+        if sc.by_context:
+            raise InputError("--retrain trains on every context's queries alike, so it cannot "
+                             "serve contexts that ask different ones: drop --by-context or "
+                             "--retrain")
+        if k % sc.step or k > sc.requests:
+            raise InputError(f"--retrain {k}: the simulation retrains between steps of "
+                             f"{sc.step} requests, within its {sc.requests:,}: give a multiple "
+                             f"of {sc.step} up to {sc.requests}")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
