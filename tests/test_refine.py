@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from iapo.cli import main
+from iapo.live.refine import RETRAINED_AT
 from iapo.live.store import CompletionStore
 from live_helpers import ScriptedServer
 from test_serve import DATA, Gateway, bon_policy, mcq_policy
@@ -219,8 +220,10 @@ def test_the_gateway_retrains_in_the_background_with_the_budget_it_saved(
     with CompletionStore(run / "store.sqlite", create=False) as store:
         held = store.count()  # no training here: all of it drawn on logged queries
     assert held == drawn <= fraction * served and len(up.requests) == served + drawn
-    # the one worker's /health counts what its retrainings drew as learning completions
+    # the one worker's /health counts what its retrainings drew as learning completions,
+    # and keeps its one retraining after any refine that came later
     assert health["learning"]["learning_completions"] == drawn
+    assert health["refine"]["last_retraining"]["paid"] == drawn
     assert saved_budget(run, log, fraction) == math.floor(fraction * served + 1e-9) - drawn
     # only a retraining could move it: no evidence for another prompt was ever drawn
     moved = json.loads((run / "policy.json").read_text())["policy"]
@@ -245,6 +248,7 @@ def test_a_saved_retraining_waits_while_no_logged_query_can_be_drawn_on(
         serve_the_wrong_prompt(tmp_path, run, log, up, list(GOLD), {q: q for q in GOLD}, 20)
         report = refine(run, log, settings, saved=0.25)
         assert report["spent"] is None and len(up.requests) == 80
+        assert "no labelled logged request asks a question" in report["retraining_waits"]
         asked = ASKED
         with Gateway(run / "policy.json", "--log-store", str(log)) as gw:
             served = [(gw.ask({"budget": "low" if i % 2 else "high"},
@@ -252,6 +256,120 @@ def test_a_saved_retraining_waits_while_no_logged_query_can_be_drawn_on(
         attach_gold(tmp_path, log, [(rid, asked[q]) for rid, q in served])
         report = refine(run, log, settings, saved=0.25)
     assert report["spent"]["retrain"] and report["spent"]["drawn"] == 40
+    assert report["retraining_waits"] is None
+
+
+def test_a_second_run_on_the_same_log_saves_only_from_what_it_served(
+        tmp_path: Path) -> None:
+    """Run A serves 20 requests of 4 completions into a log and its retraining spends
+    0.5 x 80 = 40. Run B (A's first policy in a folder of its own) then serves the same log:
+    it has saved nothing from A's requests (0, where counting the whole log would give 40
+    more), and after 20 requests of its own, 0.5 x 80 = 40."""
+    import shutil
+
+    from iapo.continual import ContinualSettings
+    from iapo.live.refine import refine, saved_budget
+
+    run, other = tmp_path / "run", tmp_path / "other"
+    run.mkdir()
+    other.mkdir()
+    log = tmp_path / "log.sqlite"
+    settings = ContinualSettings(refine_every=10, retrain=10)
+    with ScriptedServer(answer_of=by_prompt) as up:
+        serve_the_wrong_prompt(tmp_path, run, log, up, list(ASKED), ASKED, 20)
+        assert refine(run, log, settings, saved=0.5)["spent"]["paid"] == 40
+        shutil.copy(run / "policy.previous.json", other / "policy.json")
+        CompletionStore(other / "store.sqlite").close()
+        with Gateway(other / "policy.json", "--log-store", str(log)) as gw:
+            assert saved_budget(other, log, 0.5) == 0
+            served = [(gw.ask({"budget": "low" if i % 2 else "high"}, content=q).id, q)
+                      for i, q in enumerate(list(ASKED) * 2)]
+    attach_gold(tmp_path, log, [(rid, ASKED[q]) for rid, q in served])
+    assert saved_budget(other, log, 0.5) == 40 and saved_budget(run, log, 0.5) == 0
+
+
+def test_the_requests_a_run_served_are_those_logged_while_it_was_the_logs_run(
+        tmp_path: Path) -> None:
+    """Run A from the log's start (its first entry, at 10, counts from the beginning), B
+    from 20, A again from 30: A served the requests created at 5, 15 and 35, B the one at 25;
+    a log with no record of its runs (an older gateway's) is every run's. Two workers of
+    one gateway record their run once; the latest run is the log's."""
+    from iapo.live.refine import served_by
+    from iapo.live.store import SERVED_RUN, SERVED_RUNS, ServedRequest
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    rows = [ServedRequest(f"r{t}", float(t), "k", 0, "arm", 4, "policy", None, None, 0, 0, 0,
+                          4, 0.0) for t in (5, 15, 25, 35)]
+    with CompletionStore(tmp_path / "log.sqlite") as log:
+        for run, since in ((a, 10.0), (a, 11.0), (b, 20.0), (a, 30.0)):
+            log.mark_served_run(str(a.resolve() if run == a else b.resolve()), since)
+        history = log.get_meta(SERVED_RUNS)
+        assert log.get_meta(SERVED_RUN) == str(a.resolve())
+    assert [since for _, since in history] == [10.0, 20.0, 30.0]
+    assert [r.id for r in served_by(rows, history, a)] == ["r5", "r15", "r35"]
+    assert [r.id for r in served_by(rows, history, b)] == ["r25"]
+    assert served_by(rows, None, b) == rows
+
+
+def test_served_completions_kept_in_the_run_store_are_not_saved_as_drawn(
+        tmp_path: Path) -> None:
+    """``--store RUN/store.sqlite`` keeps the served completions in the run's store (as
+    replays): they are not learning draws, so the 20 requests of 4 completions save 0.5 x
+    80 = 40, all of it."""
+    from iapo.live.refine import saved_budget
+
+    run = tmp_path / "run"
+    run.mkdir()
+    log = tmp_path / "log.sqlite"
+    with ScriptedServer(answer_of=by_prompt) as up:
+        serve_short(run, up)
+        with Gateway(run / "policy.json", "--log-store", str(log), "--store",
+                     str(run / "store.sqlite"), "--learn-budget", "0.5", "--refine-every",
+                     "10", "--retrain", "1000") as gw:
+            for i in range(20):
+                gw.ask({"budget": "low" if i % 2 else "high"}, content=list(ASKED)[i % 10])
+    with CompletionStore(run / "store.sqlite", create=False) as store:
+        assert store.count() == 40  # the 10 questions' pools, 4 answers each, replayed after
+    assert saved_budget(run, log, 0.5) == 40
+
+
+def test_a_saved_retraining_is_not_run_where_contexts_ask_differently(
+        tmp_path: Path) -> None:
+    """The two contexts ask different questions, which the served prompt answers right in
+    one and wrong in the other: the replay splits them. A retraining learns from every
+    context's queries alike, so the gateway's refine (``saved``) runs none and says why,
+    and still decides and writes its report, with nothing drawn."""
+    from iapo.continual import ContinualSettings
+    from iapo.live.refine import refine
+
+    run = tmp_path / "run"
+    run.mkdir()
+    log = tmp_path / "log.sqlite"
+    asked = list(ASKED)
+    easy = set(asked[:5])
+
+    def answer(body: dict[str, Any]) -> str:
+        text = body["messages"][-1]["content"]
+        q = next(a for a in asked if a in text)
+        return f"The answer is ({GOLD[ASKED[q]] if q in easy else WRONG[GOLD[ASKED[q]]]})."
+
+    with ScriptedServer(answer_of=answer) as up:
+        serve_short(run, up)
+        with Gateway(run / "policy.json", "--log-store", str(log)) as gw:
+            served = []
+            for i in range(80):
+                low = i % 2 == 0
+                q = asked[(i // 2) % 5 + (0 if low else 5)]
+                served.append((gw.ask({"budget": "low" if low else "high"}, content=q).id,
+                               ASKED[q]))
+        attach_gold(tmp_path, log, served)
+        before = len(up.requests)
+        report = refine(run, log, ContinualSettings(refine_every=40, retrain=40), saved=0.5)
+        assert len(up.requests) == before
+    assert report["splits"] and report["spent"] is None
+    assert "ask differently" in report["retraining_waits"]
+    assert json.loads((run / "refine.json").read_text())["retraining_waits"] == \
+        report["retraining_waits"]
 
 
 def test_a_background_refine_skips_while_another_holds_the_run(tmp_path: Path) -> None:
@@ -436,6 +554,9 @@ def test_refine_retrain_spends_the_budget_as_one_run_and_moves_to_its_choice(
         assert all(c["chosen"]["prompt"] != "short" for c in report["contexts"])
         assert all(s["reason"] == "retrain" for c in report["contexts"]
                    for s in c["switches"])
+        # a gateway retraining on this run is due K logged requests after this one
+        with CompletionStore(run / "store.sqlite", create=False) as store:
+            assert store.get_meta(RETRAINED_AT) == 20
         # the same retraining again, from the refined policy: everything replayed, no change
         res, paid = refine("--budget", "120", "--retrain")
         again = json.loads((run / "refine.json").read_text())["spent"]

@@ -68,7 +68,9 @@ from iapo.live.optimize import check_store_task
 from iapo.live.oracle import LiveOracle, TaskRuntime
 from iapo.live.store import (
     SERVED_RUN,
+    SERVED_RUNS,
     CompletionStore,
+    ServedRequest,
     StoredCompletion,
     store_errors,
     writer_lock,
@@ -245,19 +247,27 @@ def refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool =
     more completions are drawn on the logged queries (:func:`spend`, ``seed``), as one run
     of the default learner if ``retrain``. ``saved`` (the gateway's ``--retrain``, with
     ``settings.retrain`` = K): the learning budget F that the gateway saves; once K logged
-    requests have passed since the last retraining (the run's store records when) and
-    :func:`saved_budget` reaches :func:`iapo.continual.retraining_floor`, all of it is
-    spent as a retraining, decided inside the run's lock so that two refines never spend
-    the same completions."""
+    requests have passed since the last retraining (the run's store records when, a
+    manual ``--retrain`` too) and :func:`saved_budget` reaches
+    :func:`iapo.continual.retraining_floor`, all of it is spent as a retraining, decided
+    inside the run's lock so that two refines never spend the same completions; none while
+    the log's contexts ask differently (a traffic split). The report says why none is
+    spent now (``retraining_waits``)."""
     if budget < 0:
         raise RefineError(f"budget {budget} must be >= 0 (completions)")
     if retrain and not budget:
         raise RefineError("--retrain spends --budget as one run of the learner on the logged "
                           "queries: give --budget (completions)")
-    if saved is not None and (budget or retrain or not settings.retrain):
-        raise RefineError("a refine spends either --budget or the gateway's saved budget "
-                          "(with settings.retrain set), not both")
+    if saved is not None and (budget or retrain):
+        raise RefineError("a refine spends either --budget or the gateway's saved budget, "
+                          "not both")
+    if saved is not None and not settings.retrain:
+        raise RefineError("spending the gateway's saved budget needs settings.retrain = K "
+                          "(iapo serve --retrain K): when it is due")
     if not write:
+        if saved is not None:
+            raise RefineError("monitor only reads the log: the saved budget is spent by a "
+                              "refine that writes (iapo serve --retrain)")
         if budget:
             raise RefineError("--budget draws completions, and monitor only reads the log: "
                               "use iapo refine --budget")
@@ -305,17 +315,27 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
         if learner.due():
             learner.refit()
     learner.refit()  # decide what the end of the log can decide
-    due_at = None  # with ``saved``: the logged requests a retraining now spends for
+    waits = None  # with ``saved``: why no retraining is spent now (None: one is)
     if saved is not None:
         with store_errors(run / "store.sqlite"), CompletionStore(run / "store.sqlite") as store:
             last = int(store.get_meta(RETRAINED_AT, 0))
-        # it waits, as for the floor, while no labelled request has a query to draw on
         asked = {r.query for r in data}
-        if counts["policy"] - last >= settings.retrain and any(
-                reason == "policy" and records[i].query not in asked
-                for i, (reason, _, _) in enumerate(logged)) and \
-                (saving := saved_budget(run, log_path, saved)) >= retraining_floor(problem):
-            budget, retrain, due_at = saving, True, counts["policy"]
+        if (since := counts["policy"] - last) < settings.retrain:
+            waits = f"{since} of {settings.retrain} logged requests since the last retraining"
+        elif learner.splits:  # as the core's rule (Continual.retrain_budget)
+            waits = ("the log shows contexts that ask differently (a traffic split, in the "
+                     "report); a retraining learns from every context's queries alike, so "
+                     "none is run: serve without --retrain, which keeps their estimates "
+                     "apart")
+        elif not any(reason == "policy" and records[i].query not in asked
+                     for i, (reason, _, _) in enumerate(logged)):
+            waits = ("no labelled logged request asks a question that is not a training "
+                     "question: nothing to draw on yet")
+        elif (saving := saved_budget(run, log_path, saved)) < retraining_floor(problem):
+            waits = (f"{saving} completions saved of the {retraining_floor(problem)} that a "
+                     "retraining needs (one group of N_max of every prompt)")
+        else:
+            budget, retrain = saving, True
     spent = None
     if budget:
         # writable now (the replay above found it): what is drawn is stored as training's is
@@ -323,10 +343,12 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
             served = [i for i, (reason, _, _) in enumerate(logged) if reason == "policy"]
             spent = spend(task, data, store, records, served, [o for _, o, _ in logged],
                           learner, budget, costs, seed, progress, ids, categories, retrain)
-            if due_at is not None:
-                store.set_meta(RETRAINED_AT, due_at)
+            if retrain:  # the gateway's next retraining is due K logged requests on
+                store.set_meta(RETRAINED_AT, counts["policy"])
     report = _report(task, policy, learner, counts, len(training))
     report["spent"] = spent
+    if saved is not None:
+        report["retraining_waits"] = waits
     if write and report["changed"]:
         est = learner.estimates()
         new = dataclasses.replace(
@@ -346,23 +368,37 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
     return report
 
 
+def served_by(rows: list[ServedRequest], history: list[list[Any]] | None, run: Path
+              ) -> list[ServedRequest]:
+    """The logged requests that ``run`` served: those logged while it was the log's run
+    (``history``: the log's SERVED_RUNS, [run, since] per change of run; the first run from
+    the log's start); every one where the log has no history (an older gateway's)."""
+    if not history:
+        return rows
+    me = str(run.resolve())
+    ends = [since for _, since in history[1:]] + [math.inf]
+    spans = [(-math.inf if i == 0 else since, end)
+             for i, ((who, since), end) in enumerate(zip(history, ends, strict=True))
+             if who == me]
+    return [r for r in rows if any(a <= r.created < b for a, b in spans)]
+
+
 def saved_budget(run: Path, log_path: Path, fraction: float) -> int:
     """What a gateway that saves its learning budget (``iapo serve --retrain``) may spend
-    now: floor(``fraction`` x the completions its log served), less the learning
-    completions the log holds and every completion the run's store holds on a query that is
-    not a training query (what refine has drawn on logged requests, committed as drawn, so
-    an interrupted refine is counted too); never below 0."""
-    from iapo.serve.core import load_served
-
-    _, task = load_served(run / "policy.json")
-    training = {r.id for r in load_records(task.data_path)}
+    now: floor(``fraction`` x the completions the log shows ``run`` served,
+    :func:`served_by`), less the learning completions logged for it and every completion
+    the run's store holds on a logged request (what refines have drawn on logged requests,
+    committed as drawn, so an interrupted refine is counted too; a manual ``iapo refine
+    --budget`` among them); never below 0."""
     with store_errors(log_path), CompletionStore(log_path, create=False) as log:
-        rows = log.served()
-    served = sum(r.n for r in rows if r.reason == "policy")
-    learned = sum(r.n for r in rows if r.reason != "policy")
+        every = log.served()
+        mine = served_by(every, log.get_meta(SERVED_RUNS), run)
+    served = sum(r.n for r in mine if r.reason == "policy")
+    learned = sum(r.n for r in mine if r.reason != "policy")
+    logged = {r.id for r in every}  # refine's draws are stored under a logged request's id
     with store_errors(run / "store.sqlite"), CompletionStore(run / "store.sqlite",
                                                              create=False) as store:
-        drawn = sum(k for q, k in store.counts_by_query().items() if q not in training)
+        drawn = sum(k for q, k in store.counts_by_query().items() if q in logged)
     return max(0, learning_allowance(fraction, served, learned + drawn))
 
 
@@ -390,8 +426,9 @@ def spend(task: Task, data: list[Record], store: CompletionStore, records: list[
 
     if retrain and learner.splits:
         raise RefineError("--retrain learns from every context's queries alike, and the log "
-                          "shows contexts that ask differently (TRAFFIC above): refine "
-                          "without --retrain, which keeps their estimates apart")
+                          "shows contexts that ask differently (refine without --retrain "
+                          "reports the split): refine without --retrain, which keeps their "
+                          "estimates apart")
     training = {r.query for r in data}
     eligible = [i for i in served if records[i].query not in training]
     if not eligible:

@@ -112,6 +112,8 @@ class ServedRequest:
 SERVED_REASONS = ("policy", "learn")
 # the meta key of a gateway's log that names the run (the folder of the policy) it served
 SERVED_RUN = "served run"
+# and the runs it served in turn: [run, since (seconds since the epoch)], one per change
+SERVED_RUNS = "served runs"
 
 
 @dataclass(frozen=True)
@@ -506,6 +508,22 @@ class CompletionStore:
             return []
         cur = self.db.execute(f"SELECT {', '.join(_FEEDBACK_FIELDS)} FROM feedback ORDER BY id")
         return [Feedback(r, t, c, k, o, json.loads(v), src) for r, t, c, k, o, v, src in cur]
+
+    def mark_served_run(self, run: str, since: float) -> None:
+        """A gateway serving ``run``'s policy writes to this log from ``since`` on: it is
+        the run served (SERVED_RUN), and one more in the runs served in turn (SERVED_RUNS)
+        unless it was the last (another worker of the same gateway)."""
+        with self.db:  # one transaction: two workers starting at once append once
+            self.db.execute("BEGIN IMMEDIATE")
+            row = self.db.execute("SELECT value FROM meta WHERE key = ?",
+                                  (SERVED_RUNS,)).fetchone()
+            runs = [] if row is None else json.loads(row[0])
+            if not runs or runs[-1][0] != run:
+                runs.append([run, since])
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                (SERVED_RUNS, json.dumps(runs)))
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                            (SERVED_RUN, json.dumps(run)))
 
     def served(self) -> list[ServedRequest]:
         """Every request logged, oldest first ([] for a store without a log)."""

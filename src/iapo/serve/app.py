@@ -72,7 +72,7 @@ from iapo.errors import InputError, RunError
 from iapo.live.client import ChatClient, LLMError
 from iapo.live.feedback import FeedbackError
 from iapo.live.feedback import parse as parse_feedback
-from iapo.live.store import SERVED_RUN, CompletionStore, Feedback, FolderBusy, store_errors
+from iapo.live.store import CompletionStore, Feedback, FolderBusy, store_errors
 from iapo.live.task import Task
 from iapo.policy import Policy, PolicyError
 from iapo.problem import ProblemError
@@ -301,7 +301,7 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
     state: dict[str, Any] = {"client": None, "served": 0, "errors": 0}
     store = _open_store(cfg.log_store)
     if store is not None:  # the run whose policy the log's requests were served by
-        store.set_meta(SERVED_RUN, str(Path(cfg.policy).resolve().parent))
+        store.mark_served_run(str(Path(cfg.policy).resolve().parent), time.time())
     replay = _open_store(cfg.replay_store)
     shared = cfg.shared_limits()
     # the serving core: scorers in worker threads, never on the event loop (but for the
@@ -340,8 +340,8 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
                               "all at once: drop --learn-per-day")
         holder.current().check_fixed_n("--retrain needs", PolicyError)
         refine_settings = dataclasses.replace(refine_settings, retrain=cfg.retrain)
-    refining: dict[str, Any] = {"running": False, "last": None, "error": None, "flags": [],
-                                "skipped": 0}
+    refining: dict[str, Any] = {"running": False, "last": None, "last_retraining": None,
+                                "error": None, "flags": [], "skipped": 0}
     private_limits: tempfile.TemporaryDirectory[str] | None = None
     limits: Limits | RedisLimits | None = None
     if shared is not None:  # several workers or machines: usage and counts, shared
@@ -410,13 +410,17 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
                 report = await asyncio.to_thread(
                     refine, Path(cfg.policy).parent, Path(str(cfg.log_store)),
                     refine_settings, saved=cfg.learn_budget if cfg.retrain else None)
-                refining.update(last={"at": time.time(), "changed": report["changed"],
+                now = time.time()
+                refining.update(last={"at": now, "changed": report["changed"],
                                       "requests": report["log"]["policy"],
-                                      "retrained": report["spent"]},
+                                      "retrained": report["spent"],
+                                      "retraining_waits": report.get("retraining_waits")},
                                 flags=report["flags"], error=None)
                 spent = report["spent"]
-                if learning is not None and spent and spent.get("retrain"):
-                    learning.drawn += int(spent["paid"])  # this worker's retraining drew it
+                if spent and spent.get("retrain"):  # kept until the next one
+                    refining["last_retraining"] = {"at": now, **spent}
+                    if learning is not None:  # this worker's retraining drew it
+                        learning.drawn += int(spent["paid"])
                 holder.check()
             except FolderBusy:  # another worker's refine holds the run: it does this one's
                 refining["skipped"] += 1
@@ -691,7 +695,8 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
             "refine": None if cfg.refine_every is None else {
                 "every": cfg.refine_every, "moves": cfg.moves, "retrain": cfg.retrain,
                 "running": refining["running"], "skipped_busy": refining["skipped"],
-                "last": refining["last"], "error": refining["error"]},
+                "last": refining["last"], "last_retraining": refining["last_retraining"],
+                "error": refining["error"]},
             "drift": refining["flags"],
             # this worker's: per context, measured against predicted latency and the limit
             "latency": watch.health(*({k: getattr(c, name) for k, c in
