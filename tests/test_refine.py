@@ -9,6 +9,7 @@ import json
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -288,6 +289,37 @@ def test_a_second_run_on_the_same_log_saves_only_from_what_it_served(
     assert saved_budget(other, log, 0.5) == 40 and saved_budget(run, log, 0.5) == 0
 
 
+def two_traffics(questions: dict[str, str]) -> Callable[[dict[str, Any]], str]:
+    """An upstream for :func:`serve_two_traffics`: every prompt answers the first five of
+    ``questions`` (each rewording the question it maps to) right, the last five wrong."""
+    asked = list(questions)
+    easy = set(asked[:5])
+
+    def answer(body: dict[str, Any]) -> str:
+        text = body["messages"][-1]["content"]
+        q = next(a for a in asked if a in text)
+        gold = GOLD[questions[q]]
+        return f"The answer is ({gold if q in easy else WRONG[gold]})."
+
+    return answer
+
+
+def serve_two_traffics(tmp_path: Path, run: Path, log: Path, up: ScriptedServer,
+                       questions: dict[str, str]) -> None:
+    """The 'short' prompt at N = 4 serves 80 requests into ``log``: 'budget=low' asks the
+    first five of ``questions`` in turn, 'budget=high' the last five; gold attached."""
+    serve_short(run, up)
+    asked = list(questions)
+    with Gateway(run / "policy.json", "--log-store", str(log)) as gw:
+        served = []
+        for i in range(80):
+            low = i % 2 == 0
+            q = asked[(i // 2) % 5 + (0 if low else 5)]
+            served.append((gw.ask({"budget": "low" if low else "high"}, content=q).id,
+                           questions[q]))
+    attach_gold(tmp_path, log, served)
+
+
 def test_the_requests_a_run_served_are_those_logged_while_it_was_the_logs_run(
         tmp_path: Path) -> None:
     """Run A from the log's start (its first entry, at 10, counts from the beginning), B
@@ -345,24 +377,8 @@ def test_a_saved_retraining_is_not_run_where_contexts_ask_differently(
     run = tmp_path / "run"
     run.mkdir()
     log = tmp_path / "log.sqlite"
-    asked = list(ASKED)
-    easy = set(asked[:5])
-
-    def answer(body: dict[str, Any]) -> str:
-        text = body["messages"][-1]["content"]
-        q = next(a for a in asked if a in text)
-        return f"The answer is ({GOLD[ASKED[q]] if q in easy else WRONG[GOLD[ASKED[q]]]})."
-
-    with ScriptedServer(answer_of=answer) as up:
-        serve_short(run, up)
-        with Gateway(run / "policy.json", "--log-store", str(log)) as gw:
-            served = []
-            for i in range(80):
-                low = i % 2 == 0
-                q = asked[(i // 2) % 5 + (0 if low else 5)]
-                served.append((gw.ask({"budget": "low" if low else "high"}, content=q).id,
-                               ASKED[q]))
-        attach_gold(tmp_path, log, served)
+    with ScriptedServer(answer_of=two_traffics(ASKED)) as up:
+        serve_two_traffics(tmp_path, run, log, up, ASKED)
         before = len(up.requests)
         report = refine(run, log, ContinualSettings(refine_every=40, retrain=40), saved=0.5)
         assert len(up.requests) == before
@@ -572,23 +588,9 @@ def test_refine_keeps_apart_a_context_whose_traffic_differs(tmp_path: Path) -> N
     run = tmp_path / "run"
     run.mkdir()
     log = tmp_path / "log.sqlite"
-    queries = list(GOLD)
-    easy = set(queries[:5])
-
-    def answer(body: dict[str, Any]) -> str:
-        text = body["messages"][-1]["content"]
-        query = next(q for q in GOLD if q in text)
-        return f"The answer is ({GOLD[query] if query in easy else WRONG[GOLD[query]]})."
-
-    with ScriptedServer(answer_of=answer) as up:
-        serve_short(run, up)
-        with Gateway(run / "policy.json", "--log-store", str(log)) as gw:
-            served = []
-            for i in range(80):
-                low = i % 2 == 0
-                q = queries[(i // 2) % 5 + (0 if low else 5)]
-                served.append((gw.ask({"budget": "low" if low else "high"}, content=q).id, q))
-    attach_gold(tmp_path, log, served)
+    same = {q: q for q in GOLD}
+    with ScriptedServer(answer_of=two_traffics(same)) as up:
+        serve_two_traffics(tmp_path, run, log, up, same)
     res = CliRunner().invoke(main, ["monitor", str(run), "--log", str(log),
                                     "--refine-every", "40"])
     assert res.exit_code == 0, res.output
