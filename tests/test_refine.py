@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from iapo.cli import main
-from iapo.live.refine import RETRAINED_AT
+from iapo.live.refine import LEARNING_DRAWN, RETRAINED_AT
 from iapo.live.store import CompletionStore
 from live_helpers import ScriptedServer
 from test_serve import DATA, Gateway, bon_policy, mcq_policy
@@ -260,12 +260,12 @@ def test_a_saved_retraining_waits_while_no_logged_query_can_be_drawn_on(
     assert report["retraining_waits"] is None
 
 
-def test_a_second_run_on_the_same_log_saves_only_from_what_it_served(
-        tmp_path: Path) -> None:
-    """Run A serves 20 requests of 4 completions into a log and its retraining spends
-    0.5 x 80 = 40. Run B (A's first policy in a folder of its own) then serves the same log:
-    it has saved nothing from A's requests (0, where counting the whole log would give 40
-    more), and after 20 requests of its own, 0.5 x 80 = 40."""
+def test_runs_that_share_a_log_share_its_learning_budget(tmp_path: Path) -> None:
+    """The learning budget is the log's: run A serves 20 requests of 4 completions and its
+    retraining spends 0.5 x 80 = 40. Run B (A's first policy in a folder of its own) then
+    serves the same log: nothing is left of A's share (0, where B's own count of its store
+    would find 40), its K = 30 counts from A's retraining (20 logged requests since, so it
+    waits), and after 20 requests of its own, 0.5 x 160 - 40 = 40 is saved, for either."""
     import shutil
 
     from iapo.continual import ContinualSettings
@@ -275,18 +275,59 @@ def test_a_second_run_on_the_same_log_saves_only_from_what_it_served(
     run.mkdir()
     other.mkdir()
     log = tmp_path / "log.sqlite"
-    settings = ContinualSettings(refine_every=10, retrain=10)
     with ScriptedServer(answer_of=by_prompt) as up:
         serve_the_wrong_prompt(tmp_path, run, log, up, list(ASKED), ASKED, 20)
-        assert refine(run, log, settings, saved=0.5)["spent"]["paid"] == 40
+        assert refine(run, log, ContinualSettings(refine_every=10, retrain=10),
+                      saved=0.5)["spent"]["paid"] == 40
         shutil.copy(run / "policy.previous.json", other / "policy.json")
         CompletionStore(other / "store.sqlite").close()
         with Gateway(other / "policy.json", "--log-store", str(log)) as gw:
             assert saved_budget(other, log, 0.5) == 0
             served = [(gw.ask({"budget": "low" if i % 2 else "high"}, content=q).id, q)
                       for i, q in enumerate(list(ASKED) * 2)]
-    attach_gold(tmp_path, log, [(rid, ASKED[q]) for rid, q in served])
-    assert saved_budget(other, log, 0.5) == 40 and saved_budget(run, log, 0.5) == 0
+        attach_gold(tmp_path, log, [(rid, ASKED[q]) for rid, q in served])
+        assert saved_budget(other, log, 0.5) == 40 == saved_budget(run, log, 0.5)
+        before = len(up.requests)
+        report = refine(other, log, ContinualSettings(refine_every=10, retrain=30), saved=0.5)
+        assert len(up.requests) == before and report["spent"] is None
+    assert report["retraining_waits"] == "20 of 30 logged requests since the last retraining"
+
+
+def test_a_refine_reserves_what_it_may_draw_before_it_draws(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """20 requests of 4 completions save 0.5 x 80 = 40. A retraining that stops while it
+    draws (the upstream failed) keeps its whole reservation in the log's ledger, as it may
+    have paid for any of it: 0 saved after it. A manual refine refused before it draws
+    frees its reservation again."""
+    from iapo.continual import ContinualSettings
+    from iapo.errors import RunError
+    from iapo.live import refine as refine_module
+    from iapo.live.refine import RefineError, refine, saved_budget
+
+    run = tmp_path / "run"
+    run.mkdir()
+    log = tmp_path / "log.sqlite"
+    with ScriptedServer(answer_of=by_prompt) as up:
+        serve_the_wrong_prompt(tmp_path, run, log, up, list(ASKED), ASKED, 20)
+    assert saved_budget(run, log, 0.5) == 40
+
+    def fails(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise RunError("the upstream stopped answering")
+
+    monkeypatch.setattr(refine_module, "spend", fails)
+    with pytest.raises(RunError):
+        refine(run, log, ContinualSettings(refine_every=10, retrain=10), saved=0.5)
+    assert saved_budget(run, log, 0.5) == 0
+
+    def refused(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise RefineError("nothing to draw on")
+
+    monkeypatch.setattr(refine_module, "spend", refused)
+    with pytest.raises(RefineError):
+        refine(run, log, ContinualSettings(refine_every=10), budget=30)
+    assert saved_budget(run, log, 0.5) == 0  # the failed retraining's 40 stay held
+    with CompletionStore(log, create=False) as opened:
+        assert opened.get_meta(LEARNING_DRAWN) == 40
 
 
 def two_traffics(questions: dict[str, str]) -> Callable[[dict[str, Any]], str]:
@@ -318,29 +359,6 @@ def serve_two_traffics(tmp_path: Path, run: Path, log: Path, up: ScriptedServer,
             served.append((gw.ask({"budget": "low" if low else "high"}, content=q).id,
                            questions[q]))
     attach_gold(tmp_path, log, served)
-
-
-def test_the_requests_a_run_served_are_those_logged_while_it_was_the_logs_run(
-        tmp_path: Path) -> None:
-    """Run A from the log's start (its first entry, at 10, counts from the beginning), B
-    from 20, A again from 30: A served the requests created at 5, 15 and 35, B the one at 25;
-    a log with no record of its runs (an older gateway's) is every run's. Two workers of
-    one gateway record their run once; the latest run is the log's."""
-    from iapo.live.refine import served_by
-    from iapo.live.store import SERVED_RUN, SERVED_RUNS, ServedRequest
-
-    a, b = tmp_path / "a", tmp_path / "b"
-    rows = [ServedRequest(f"r{t}", float(t), "k", 0, "arm", 4, "policy", None, None, 0, 0, 0,
-                          4, 0.0) for t in (5, 15, 25, 35)]
-    with CompletionStore(tmp_path / "log.sqlite") as log:
-        for run, since in ((a, 10.0), (a, 11.0), (b, 20.0), (a, 30.0)):
-            log.mark_served_run(str(a.resolve() if run == a else b.resolve()), since)
-        history = log.get_meta(SERVED_RUNS)
-        assert log.get_meta(SERVED_RUN) == str(a.resolve())
-    assert [since for _, since in history] == [10.0, 20.0, 30.0]
-    assert [r.id for r in served_by(rows, history, a)] == ["r5", "r15", "r35"]
-    assert [r.id for r in served_by(rows, history, b)] == ["r25"]
-    assert served_by(rows, None, b) == rows
 
 
 def test_served_completions_kept_in_the_run_store_are_not_saved_as_drawn(
@@ -570,9 +588,11 @@ def test_refine_retrain_spends_the_budget_as_one_run_and_moves_to_its_choice(
         assert all(c["chosen"]["prompt"] != "short" for c in report["contexts"])
         assert all(s["reason"] == "retrain" for c in report["contexts"]
                    for s in c["switches"])
-        # a gateway retraining on this run is due K logged requests after this one
-        with CompletionStore(run / "store.sqlite", create=False) as store:
-            assert store.get_meta(RETRAINED_AT) == 20
+        # a gateway's retraining on this log is due K logged requests after this one, and
+        # the 120 paid count against what it saved
+        with CompletionStore(log, create=False) as opened:
+            assert opened.get_meta(RETRAINED_AT) == 20
+            assert opened.get_meta(LEARNING_DRAWN) == 120
         # the same retraining again, from the refined policy: everything replayed, no change
         res, paid = refine("--budget", "120", "--retrain")
         again = json.loads((run / "refine.json").read_text())["spent"]

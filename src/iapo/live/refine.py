@@ -68,9 +68,7 @@ from iapo.live.optimize import check_store_task
 from iapo.live.oracle import LiveOracle, TaskRuntime
 from iapo.live.store import (
     SERVED_RUN,
-    SERVED_RUNS,
     CompletionStore,
-    ServedRequest,
     StoredCompletion,
     store_errors,
     writer_lock,
@@ -81,8 +79,11 @@ from iapo.problem import Choice
 from iapo.pulls import Observation
 
 ROUNDS = 8  # refine --budget draws in this many rounds, each followed by a refit
-# the run store's record of the gateway's last retraining: the logged requests it came at
+# the log's record of its last retraining: the logged requests it came at (a log written
+# before the log kept it: the run store's)
 RETRAINED_AT = "retrained at logged request"
+# the log's ledger of completions refines drew on its requests, reserved before they draw
+LEARNING_DRAWN = "completions refines drew on logged requests"
 
 
 class RefineError(InputError):
@@ -247,12 +248,13 @@ def refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool =
     more completions are drawn on the logged queries (:func:`spend`, ``seed``), as one run
     of the default learner if ``retrain``. ``saved`` (the gateway's ``--retrain``, with
     ``settings.retrain`` = K): the learning budget F that the gateway saves; once K logged
-    requests have passed since the last retraining (the run's store records when, a
-    manual ``--retrain`` too) and :func:`saved_budget` reaches
-    :func:`iapo.continual.retraining_floor`, all of it is spent as a retraining, decided
-    inside the run's lock so that two refines never spend the same completions; none while
-    the log's contexts ask differently (a traffic split). The report says why none is
-    spent now (``retraining_waits``)."""
+    requests have passed since the log's last retraining (a manual ``--retrain`` too) and
+    :func:`saved_budget` reaches :func:`iapo.continual.retraining_floor`, all of it is
+    spent as a retraining, reserved in the log's ledger first (:func:`reserve_saved`) so
+    that no two refines spend the same completions; none while the log's contexts ask
+    differently (a traffic split). The report says why none is spent now
+    (``retraining_waits``). Any drawing refine reserves its budget in the ledger before it
+    draws and keeps what it paid (:func:`reserve`, :func:`settle`)."""
     if budget < 0:
         raise RefineError(f"budget {budget} must be >= 0 (completions)")
     if retrain and not budget:
@@ -316,13 +318,10 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
             learner.refit()
     learner.refit()  # decide what the end of the log can decide
     waits = None  # with ``saved``: why no retraining is spent now (None: one is)
+    reserved = 0  # completions the log's ledger holds for this refine's draws
     if saved is not None:
-        with store_errors(run / "store.sqlite"), CompletionStore(run / "store.sqlite") as store:
-            last = int(store.get_meta(RETRAINED_AT, 0))
         asked = {r.query for r in data}
-        if (since := counts["policy"] - last) < settings.retrain:
-            waits = f"{since} of {settings.retrain} logged requests since the last retraining"
-        elif learner.splits:  # as the core's rule (Continual.retrain_budget)
+        if learner.splits:  # as the core's rule (Continual.retrain_budget)
             waits = ("the log shows contexts that ask differently (a traffic split, in the "
                      "report); a retraining learns from every context's queries alike, so "
                      "none is run: serve without --retrain, which keeps their estimates "
@@ -331,20 +330,27 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
                      for i, (reason, _, _) in enumerate(logged)):
             waits = ("no labelled logged request asks a question that is not a training "
                      "question: nothing to draw on yet")
-        elif (saving := saved_budget(run, log_path, saved)) < retraining_floor(problem):
-            waits = (f"{saving} completions saved of the {retraining_floor(problem)} that a "
-                     "retraining needs (one group of N_max of every prompt)")
         else:
-            budget, retrain = saving, True
+            budget, waits = reserve_saved(run, log_path, saved, settings.retrain,
+                                          retraining_floor(problem))
+            reserved, retrain = budget, budget > 0
+    elif budget:
+        reserved = reserve(run, log_path, budget, retrain)
     spent = None
     if budget:
         # writable now (the replay above found it): what is drawn is stored as training's is
         with store_errors(run / "store.sqlite"), CompletionStore(run / "store.sqlite") as store:
             served = [i for i, (reason, _, _) in enumerate(logged) if reason == "policy"]
-            spent = spend(task, data, store, records, served, [o for _, o, _ in logged],
-                          learner, budget, costs, seed, progress, ids, categories, retrain)
-            if retrain:  # the gateway's next retraining is due K logged requests on
-                store.set_meta(RETRAINED_AT, counts["policy"])
+            try:
+                spent = spend(task, data, store, records, served, [o for _, o, _ in logged],
+                              learner, budget, costs, seed, progress, ids, categories,
+                              retrain)
+            except RefineError:  # refused before drawing anything: nothing is spent
+                settle(log_path, reserved, 0)
+                raise
+        # what it did not pay is free again; a refine that stopped while drawing keeps all
+        # of its reservation (what it drew is in the run's store, not counted here)
+        settle(log_path, reserved, spent["paid"])
     report = _report(task, policy, learner, counts, len(training))
     report["spent"] = spent
     if saved is not None:
@@ -368,38 +374,94 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
     return report
 
 
-def served_by(rows: list[ServedRequest], history: list[list[Any]] | None, run: Path
-              ) -> list[ServedRequest]:
-    """The logged requests that ``run`` served: those logged while it was the log's run
-    (``history``: the log's SERVED_RUNS, [run, since] per change of run; the first run from
-    the log's start); every one where the log has no history (an older gateway's)."""
-    if not history:
-        return rows
-    me = str(run.resolve())
-    ends = [since for _, since in history[1:]] + [math.inf]
-    spans = [(-math.inf if i == 0 else since, end)
-             for i, ((who, since), end) in enumerate(zip(history, ends, strict=True))
-             if who == me]
-    return [r for r in rows if any(a <= r.created < b for a, b in spans)]
+def _drawn(log: CompletionStore, run: Path, meta: dict[str, Any]) -> tuple[int, int]:
+    """(completions refines drew on the log's requests, the logged requests its last
+    retraining came at), from the log's ledger (``meta``: its LEARNING_DRAWN and
+    RETRAINED_AT); where the log holds none yet (written before it kept them), from the run
+    store: the completions it holds on logged requests, and its record of the last."""
+    if meta[LEARNING_DRAWN] is not None:
+        return int(meta[LEARNING_DRAWN]), int(meta[RETRAINED_AT] or 0)
+    logged = {r.id for r in log.served()}  # refine's draws are stored under a request's id
+    with store_errors(run / "store.sqlite"), CompletionStore(run / "store.sqlite",
+                                                             create=False) as store:
+        drawn = sum(k for q, k in store.counts_by_query().items() if q in logged)
+        last = store.get_meta(RETRAINED_AT, 0)
+    return drawn, int(meta[RETRAINED_AT] if meta[RETRAINED_AT] is not None else last)
+
+
+def _saving(log: CompletionStore, fraction: float, drawn: int) -> int:
+    """floor(``fraction`` x the completions the log served) less its learning pulls and
+    ``drawn``; never below 0."""
+    rows = log.served()
+    served = sum(r.n for r in rows if r.reason == "policy")
+    learned = sum(r.n for r in rows if r.reason != "policy")
+    return max(0, learning_allowance(fraction, served, learned + drawn))
 
 
 def saved_budget(run: Path, log_path: Path, fraction: float) -> int:
     """What a gateway that saves its learning budget (``iapo serve --retrain``) may spend
-    now: floor(``fraction`` x the completions the log shows ``run`` served,
-    :func:`served_by`), less the learning completions logged for it and every completion
-    the run's store holds on a logged request (what refines have drawn on logged requests,
-    committed as drawn, so an interrupted refine is counted too; a manual ``iapo refine
-    --budget`` among them); never below 0."""
+    now: floor(``fraction`` x the completions its log served, whichever run served them),
+    less the learning completions logged and what refines drew on logged requests (the
+    log's ledger: reserved before they draw, so an interrupted one counts in full; a manual
+    ``iapo refine --budget`` among them); never below 0."""
     with store_errors(log_path), CompletionStore(log_path, create=False) as log:
-        every = log.served()
-        mine = served_by(every, log.get_meta(SERVED_RUNS), run)
-    served = sum(r.n for r in mine if r.reason == "policy")
-    learned = sum(r.n for r in mine if r.reason != "policy")
-    logged = {r.id for r in every}  # refine's draws are stored under a logged request's id
-    with store_errors(run / "store.sqlite"), CompletionStore(run / "store.sqlite",
-                                                             create=False) as store:
-        drawn = sum(k for q, k in store.counts_by_query().items() if q in logged)
-    return max(0, learning_allowance(fraction, served, learned + drawn))
+        meta = {k: log.get_meta(k) for k in (LEARNING_DRAWN, RETRAINED_AT)}
+        return _saving(log, fraction, _drawn(log, run, meta)[0])
+
+
+def reserve_saved(run: Path, log_path: Path, fraction: float, every: int, floor: int
+                  ) -> tuple[int, str | None]:
+    """The gateway's retraining, if one is due: (the completions reserved for it, None),
+    or (0, why it waits). Due once ``every`` logged requests have passed since the log's
+    last retraining and :func:`saved_budget` reaches ``floor``; then all of what was saved
+    is reserved in the log's ledger and the retraining recorded, in one transaction of the
+    log, so that no other refine (of this run or of another gateway's run on the same log)
+    spends the same completions."""
+    out: list[tuple[int, str | None]] = []
+
+    def change(meta: dict[str, Any]) -> dict[str, Any]:
+        drawn, last = _drawn(log, run, meta)
+        requests = sum(r.reason == "policy" for r in log.served())
+        if (since := requests - last) < every:
+            out.append((0, f"{since} of {every} logged requests since the last retraining"))
+            return {}
+        if (saving := _saving(log, fraction, drawn)) < floor:
+            out.append((0, f"{saving} completions saved of the {floor} that a retraining "
+                           "needs (one group of N_max of every prompt)"))
+            return {}
+        out.append((saving, None))
+        return {LEARNING_DRAWN: drawn + saving, RETRAINED_AT: requests}
+
+    with store_errors(log_path), CompletionStore(log_path) as log:
+        log.update_meta((LEARNING_DRAWN, RETRAINED_AT), change)
+    return out[0]
+
+
+def reserve(run: Path, log_path: Path, budget: int, retrain: bool) -> int:
+    """``iapo refine --budget``: ``budget`` completions reserved in the log's ledger before
+    they are drawn (they count against what a gateway saved), and with ``retrain`` the
+    log's last retraining recorded (a gateway's next is due K logged requests on). Returns
+    what was reserved."""
+    def change(meta: dict[str, Any]) -> dict[str, Any]:
+        drawn, _ = _drawn(log, run, meta)
+        new: dict[str, Any] = {LEARNING_DRAWN: drawn + budget}
+        if retrain:
+            new[RETRAINED_AT] = sum(r.reason == "policy" for r in log.served())
+        return new
+
+    with store_errors(log_path), CompletionStore(log_path) as log:
+        log.update_meta((LEARNING_DRAWN, RETRAINED_AT), change)
+    return budget
+
+
+def settle(log_path: Path, reserved: int, paid: int) -> None:
+    """A refine that reserved ``reserved`` completions paid ``paid`` of them (the rest were
+    replayed from the run's store, or not drawn): the ledger keeps what was paid."""
+    if reserved == paid:
+        return
+    with store_errors(log_path), CompletionStore(log_path) as log:
+        log.update_meta((LEARNING_DRAWN,), lambda meta: {
+            LEARNING_DRAWN: int(meta[LEARNING_DRAWN] or 0) - reserved + paid})
 
 
 def spend(task: Task, data: list[Record], store: CompletionStore, records: list[Record],

@@ -31,7 +31,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,8 +112,6 @@ class ServedRequest:
 SERVED_REASONS = ("policy", "learn")
 # the meta key of a gateway's log that names the run (the folder of the policy) it served
 SERVED_RUN = "served run"
-# and the runs it served in turn: [run, since (seconds since the epoch)], one per change
-SERVED_RUNS = "served runs"
 
 
 @dataclass(frozen=True)
@@ -509,21 +507,21 @@ class CompletionStore:
         cur = self.db.execute(f"SELECT {', '.join(_FEEDBACK_FIELDS)} FROM feedback ORDER BY id")
         return [Feedback(r, t, c, k, o, json.loads(v), src) for r, t, c, k, o, v, src in cur]
 
-    def mark_served_run(self, run: str, since: float) -> None:
-        """A gateway serving ``run``'s policy writes to this log from ``since`` on: it is
-        the run served (SERVED_RUN), and one more in the runs served in turn (SERVED_RUNS)
-        unless it was the last (another worker of the same gateway)."""
-        with self.db:  # one transaction: two workers starting at once append once
+    def update_meta(self, keys: Sequence[str],
+                    change: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+        """Read ``keys`` (None where absent) and write what ``change`` makes of them, in one
+        transaction that holds off every other writer (another process's refine between
+        the read and the write). Returns what ``change`` returned."""
+        with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            row = self.db.execute("SELECT value FROM meta WHERE key = ?",
-                                  (SERVED_RUNS,)).fetchone()
-            runs = [] if row is None else json.loads(row[0])
-            if not runs or runs[-1][0] != run:
-                runs.append([run, since])
-                self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                                (SERVED_RUNS, json.dumps(runs)))
-            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                            (SERVED_RUN, json.dumps(run)))
+            got = {}
+            for key in keys:
+                row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+                got[key] = None if row is None else json.loads(row[0])
+            new = change(got)
+            self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                [(k, json.dumps(v)) for k, v in new.items()])
+        return new
 
     def served(self) -> list[ServedRequest]:
         """Every request logged, oldest first ([] for a store without a log)."""

@@ -72,7 +72,7 @@ from iapo.errors import InputError, RunError
 from iapo.live.client import ChatClient, LLMError
 from iapo.live.feedback import FeedbackError
 from iapo.live.feedback import parse as parse_feedback
-from iapo.live.store import CompletionStore, Feedback, FolderBusy, store_errors
+from iapo.live.store import SERVED_RUN, CompletionStore, Feedback, FolderBusy, store_errors
 from iapo.live.task import Task
 from iapo.policy import Policy, PolicyError
 from iapo.problem import ProblemError
@@ -300,8 +300,6 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
                for k in keys}
     state: dict[str, Any] = {"client": None, "served": 0, "errors": 0}
     store = _open_store(cfg.log_store)
-    if store is not None:  # the run whose policy the log's requests were served by
-        store.mark_served_run(str(Path(cfg.policy).resolve().parent), time.time())
     replay = _open_store(cfg.replay_store)
     shared = cfg.shared_limits()
     # the serving core: scorers in worker threads, never on the event loop (but for the
@@ -340,6 +338,8 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
                               "all at once: drop --learn-per-day")
         holder.current().check_fixed_n("--retrain needs", PolicyError)
         refine_settings = dataclasses.replace(refine_settings, retrain=cfg.retrain)
+    if store is not None:  # the run whose policy the log's requests are served by, once
+        store.set_meta(SERVED_RUN, str(Path(cfg.policy).resolve().parent))  # it may start
     refining: dict[str, Any] = {"running": False, "last": None, "last_retraining": None,
                                 "error": None, "flags": [], "skipped": 0}
     private_limits: tempfile.TemporaryDirectory[str] | None = None
@@ -405,7 +405,7 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
 
         async def run() -> None:
             try:
-                # with --retrain, refine itself decides (in the run's lock) whether a
+                # with --retrain, refine itself decides (in the log's ledger) whether a
                 # retraining is due and what the gateway saved for it
                 report = await asyncio.to_thread(
                     refine, Path(cfg.policy).parent, Path(str(cfg.log_store)),
