@@ -377,16 +377,18 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
 def _drawn(log: CompletionStore, run: Path, meta: dict[str, Any]) -> tuple[int, int]:
     """(completions refines drew on the log's requests, the logged requests its last
     retraining came at), from the log's ledger (``meta``: its LEARNING_DRAWN and
-    RETRAINED_AT); where the log holds none yet (written before it kept them), from the run
-    store: the completions it holds on logged requests, and its record of the last."""
-    if meta[LEARNING_DRAWN] is not None:
-        return int(meta[LEARNING_DRAWN]), int(meta[RETRAINED_AT] or 0)
-    logged = {r.id for r in log.served()}  # refine's draws are stored under a request's id
-    with store_errors(run / "store.sqlite"), CompletionStore(run / "store.sqlite",
-                                                             create=False) as store:
-        drawn = sum(k for q, k in store.counts_by_query().items() if q in logged)
-        last = store.get_meta(RETRAINED_AT, 0)
-    return drawn, int(meta[RETRAINED_AT] if meta[RETRAINED_AT] is not None else last)
+    RETRAINED_AT); each that the log holds not yet (written before it kept them), from the
+    run store: the completions it holds on logged requests, its record of the last."""
+    drawn, last = meta[LEARNING_DRAWN], meta[RETRAINED_AT]
+    if drawn is None or last is None:
+        logged = {r.id for r in log.served()}  # refine's draws are stored under their ids
+        with store_errors(run / "store.sqlite"), CompletionStore(run / "store.sqlite",
+                                                                 create=False) as store:
+            if drawn is None:
+                drawn = sum(k for q, k in store.counts_by_query().items() if q in logged)
+            if last is None:
+                last = store.get_meta(RETRAINED_AT, 0)
+    return int(drawn), int(last)
 
 
 def _saving(log: CompletionStore, fraction: float, drawn: int) -> int:
