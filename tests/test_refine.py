@@ -293,41 +293,83 @@ def test_runs_that_share_a_log_share_its_learning_budget(tmp_path: Path) -> None
     assert report["retraining_waits"] == "20 of 30 logged requests since the last retraining"
 
 
-def test_a_refine_reserves_what_it_may_draw_before_it_draws(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """20 requests of 4 completions save 0.5 x 80 = 40. A retraining that stops while it
-    draws (the upstream failed) keeps its whole reservation in the log's ledger, as it may
-    have paid for any of it: 0 saved after it. A manual refine refused before it draws
-    frees its reservation again."""
+def test_a_retraining_that_stops_keeps_what_it_paid_and_is_due_again(
+        tmp_path: Path) -> None:
+    """20 requests of 4 completions save 0.5 x 80 = 40. The upstream answers 5 of the
+    retraining's requests, then refuses the rest: the refine stops, and the log's ledger
+    keeps what the run's store holds of it (each paid completion is stored as it comes),
+    no more, and records no retraining. So the next refine is due at once, with the rest
+    of the 40, and spends it."""
     from iapo.continual import ContinualSettings
-    from iapo.errors import RunError
-    from iapo.live import refine as refine_module
-    from iapo.live.refine import RefineError, refine, saved_budget
+    from iapo.live.refine import refine, saved_budget
 
     run = tmp_path / "run"
     run.mkdir()
     log = tmp_path / "log.sqlite"
+    settings = ContinualSettings(refine_every=10, retrain=10)
     with ScriptedServer(answer_of=by_prompt) as up:
         serve_the_wrong_prompt(tmp_path, run, log, up, list(ASKED), ASKED, 20)
-    assert saved_budget(run, log, 0.5) == 40
+        up.script = ["ok"] * 5 + ["400"] * 1000
+        with pytest.raises(Exception, match="400"):
+            refine(run, log, settings, saved=0.5)
+        with CompletionStore(run / "store.sqlite", create=False) as store:
+            paid = store.count()  # no training: every stored completion was drawn here
+        with CompletionStore(log, create=False) as opened:
+            assert opened.get_meta(LEARNING_DRAWN) == paid and 0 < paid < 40
+            assert opened.get_meta(RETRAINED_AT) is None
+        assert saved_budget(run, log, 0.5) == 40 - paid
+        up.script = []
+        report = refine(run, log, settings, saved=0.5)
+    assert report["spent"]["budget"] == 40 - paid and report["retraining_waits"] is None
 
-    def fails(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        raise RunError("the upstream stopped answering")
 
-    monkeypatch.setattr(refine_module, "spend", fails)
-    with pytest.raises(RunError):
-        refine(run, log, ContinualSettings(refine_every=10, retrain=10), saved=0.5)
-    assert saved_budget(run, log, 0.5) == 0
-
-    def refused(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        raise RefineError("nothing to draw on")
-
-    monkeypatch.setattr(refine_module, "spend", refused)
-    with pytest.raises(RefineError):
-        refine(run, log, ContinualSettings(refine_every=10), budget=30)
-    assert saved_budget(run, log, 0.5) == 0  # the failed retraining's 40 stay held
+def test_a_refine_refused_before_it_draws_holds_nothing(tmp_path: Path) -> None:
+    """Every logged request asks a training question, so a manual ``--budget 12
+    --retrain`` has nothing to draw on and is refused: the log's ledger is as before (0
+    drawn) and no retraining is recorded, so a gateway's K does not start again."""
+    run = tmp_path / "run"
+    run.mkdir()
+    log = tmp_path / "log.sqlite"
+    with ScriptedServer(answer_of=by_prompt) as up:
+        serve_the_wrong_prompt(tmp_path, run, log, up, list(GOLD), {q: q for q in GOLD}, 20)
+        res, paid = refine_command(run, log, up, "--budget", "12", "--retrain")
+    assert res.exit_code == 2 and paid == 0, res.output
     with CompletionStore(log, create=False) as opened:
-        assert opened.get_meta(LEARNING_DRAWN) == 40
+        assert opened.get_meta(LEARNING_DRAWN) == 0 and opened.get_meta(RETRAINED_AT) is None
+
+
+def test_two_refines_at_once_never_spend_the_same_completions(tmp_path: Path) -> None:
+    """The gateways of two runs share a log that saved 0.5 x 80 = 40, and their refines
+    run at the same time: one of them retrains with the 40, the other finds nothing saved
+    (the ledger holds it), and the upstream is asked for 40 completions in all."""
+    import shutil
+    import threading
+
+    from iapo.continual import ContinualSettings
+    from iapo.live.refine import refine
+
+    run, other = tmp_path / "run", tmp_path / "other"
+    run.mkdir()
+    other.mkdir()
+    log = tmp_path / "log.sqlite"
+    settings = ContinualSettings(refine_every=10, retrain=10)
+    with ScriptedServer(answer_of=by_prompt) as up:
+        serve_the_wrong_prompt(tmp_path, run, log, up, list(ASKED), ASKED, 20)
+        shutil.copy(run / "policy.json", other / "policy.json")
+        CompletionStore(other / "store.sqlite").close()
+        before = len(up.requests)
+        reports: list[dict[str, Any]] = []
+        threads = [threading.Thread(target=lambda r=r: reports.append(  # type: ignore[misc]
+            refine(r, log, settings, saved=0.5))) for r in (run, other)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        asked = len(up.requests) - before
+    spent = sorted((r["spent"] or {}).get("paid", 0) for r in reports)
+    assert spent == [0, 40] and asked == 40
+    assert any(r["retraining_waits"] == "0 completions saved of the 12 that a retraining "
+               "needs (one group of N_max of every prompt)" for r in reports)
 
 
 def two_traffics(questions: dict[str, str]) -> Callable[[dict[str, Any]], str]:
@@ -593,10 +635,13 @@ def test_refine_retrain_spends_the_budget_as_one_run_and_moves_to_its_choice(
         with CompletionStore(log, create=False) as opened:
             assert opened.get_meta(RETRAINED_AT) == 20
             assert opened.get_meta(LEARNING_DRAWN) == 120
-        # the same retraining again, from the refined policy: everything replayed, no change
+        # the same retraining again, from the refined policy: everything replayed, no change,
+        # and the ledger gives back all it held for it
         res, paid = refine("--budget", "120", "--retrain")
         again = json.loads((run / "refine.json").read_text())["spent"]
         assert res.exit_code == 0 and paid == 0 and again["replayed"] == spent["drawn"]
+        with CompletionStore(log, create=False) as opened:
+            assert opened.get_meta(LEARNING_DRAWN) == 120
 
 
 def test_refine_keeps_apart_a_context_whose_traffic_differs(tmp_path: Path) -> None:

@@ -250,11 +250,11 @@ def refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool =
     ``settings.retrain`` = K): the learning budget F that the gateway saves; once K logged
     requests have passed since the log's last retraining (a manual ``--retrain`` too) and
     :func:`saved_budget` reaches :func:`iapo.continual.retraining_floor`, all of it is
-    spent as a retraining, reserved in the log's ledger first (:func:`reserve_saved`) so
-    that no two refines spend the same completions; none while the log's contexts ask
+    spent as a retraining, held in the log's ledger first (:func:`reserve_saved`) so that
+    no two refines spend the same completions; none while the log's contexts ask
     differently (a traffic split). The report says why none is spent now
-    (``retraining_waits``). Any drawing refine reserves its budget in the ledger before it
-    draws and keeps what it paid (:func:`reserve`, :func:`settle`)."""
+    (``retraining_waits``). Any drawing refine holds its budget in the ledger before it
+    draws and keeps what it paid, also where it stops (:func:`reserve`, :func:`settle`)."""
     if budget < 0:
         raise RefineError(f"budget {budget} must be >= 0 (completions)")
     if retrain and not budget:
@@ -318,7 +318,7 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
             learner.refit()
     learner.refit()  # decide what the end of the log can decide
     waits = None  # with ``saved``: why no retraining is spent now (None: one is)
-    reserved = 0  # completions the log's ledger holds for this refine's draws
+    at = 0  # the logged requests a retraining comes at
     if saved is not None:
         asked = {r.query for r in data}
         if learner.splits:  # as the core's rule (Continual.retrain_budget)
@@ -331,26 +331,26 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
             waits = ("no labelled logged request asks a question that is not a training "
                      "question: nothing to draw on yet")
         else:
-            budget, waits = reserve_saved(run, log_path, saved, settings.retrain,
-                                          retraining_floor(problem))
-            reserved, retrain = budget, budget > 0
+            budget, waits, at = reserve_saved(run, log_path, saved, settings.retrain,
+                                              retraining_floor(problem))
+            retrain = budget > 0
     elif budget:
-        reserved = reserve(run, log_path, budget, retrain)
+        at = reserve(run, log_path, budget)
     spent = None
     if budget:
         # writable now (the replay above found it): what is drawn is stored as training's is
         with store_errors(run / "store.sqlite"), CompletionStore(run / "store.sqlite") as store:
             served = [i for i, (reason, _, _) in enumerate(logged) if reason == "policy"]
+            requests = {r.id for r in records}
+            before = _drawn_on(store, requests)
             try:
                 spent = spend(task, data, store, records, served, [o for _, o, _ in logged],
                               learner, budget, costs, seed, progress, ids, categories,
                               retrain)
-            except RefineError:  # refused before drawing anything: nothing is spent
-                settle(log_path, reserved, 0)
+            except BaseException:  # the ledger keeps what it paid (committed as drawn)
+                settle(log_path, budget, _drawn_on(store, requests) - before)
                 raise
-        # what it did not pay is free again; a refine that stopped while drawing keeps all
-        # of its reservation (what it drew is in the run's store, not counted here)
-        settle(log_path, reserved, spent["paid"])
+        settle(log_path, budget, spent["paid"], at if retrain else None)
     report = _report(task, policy, learner, counts, len(training))
     report["spent"] = spent
     if saved is not None:
@@ -374,96 +374,109 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
     return report
 
 
-def _drawn(log: CompletionStore, run: Path, meta: dict[str, Any]) -> tuple[int, int]:
-    """(completions refines drew on the log's requests, the logged requests its last
-    retraining came at), from the log's ledger (``meta``: its LEARNING_DRAWN and
-    RETRAINED_AT); each that the log holds not yet (written before it kept them), from the
-    run store: the completions it holds on logged requests, its record of the last."""
-    drawn, last = meta[LEARNING_DRAWN], meta[RETRAINED_AT]
-    if drawn is None or last is None:
-        logged = {r.id for r in log.served()}  # refine's draws are stored under their ids
-        with store_errors(run / "store.sqlite"), CompletionStore(run / "store.sqlite",
-                                                                 create=False) as store:
-            if drawn is None:
-                drawn = sum(k for q, k in store.counts_by_query().items() if q in logged)
-            if last is None:
-                last = store.get_meta(RETRAINED_AT, 0)
-    return int(drawn), int(last)
-
-
-def _saving(log: CompletionStore, fraction: float, drawn: int) -> int:
-    """floor(``fraction`` x the completions the log served) less its learning pulls and
-    ``drawn``; never below 0."""
+def _state(log: CompletionStore, run: Path
+           ) -> tuple[int, int, int, tuple[int, int] | None]:
+    """What the log shows, read before any transaction (rows are only ever added):
+    (requests its policy served, their completions, the learning pulls' completions, and
+    where its ledger lacks a record (a log written before it kept them) the run store's
+    (completions it holds on logged requests, its record of the last retraining), else
+    None)."""
     rows = log.served()
+    requests = sum(r.reason == "policy" for r in rows)
     served = sum(r.n for r in rows if r.reason == "policy")
     learned = sum(r.n for r in rows if r.reason != "policy")
-    return max(0, learning_allowance(fraction, served, learned + drawn))
+    fallback = None
+    if log.get_meta(LEARNING_DRAWN) is None or log.get_meta(RETRAINED_AT) is None:
+        with store_errors(run / "store.sqlite"), CompletionStore(run / "store.sqlite",
+                                                                 create=False) as store:
+            fallback = (_drawn_on(store, {r.id for r in rows}),
+                        int(store.get_meta(RETRAINED_AT, 0)))
+    return requests, served, learned, fallback
+
+
+def _drawn_on(store: CompletionStore, requests: set[str]) -> int:
+    """The completions the run's store holds on these logged requests (refine's draws are
+    stored under the id of the request they were drawn on)."""
+    return sum(k for q, k in store.counts_by_query().items() if q in requests)
+
+
+def _ledger(meta: dict[str, Any], fallback: tuple[int, int] | None) -> tuple[int, int]:
+    """(completions refines drew on logged requests, the logged requests the last
+    retraining came at): the log's ledger (``meta``), each record it lacks from
+    ``fallback`` (:func:`_state`)."""
+    old = fallback or (0, 0)
+    drawn, last = meta[LEARNING_DRAWN], meta[RETRAINED_AT]
+    return int(old[0] if drawn is None else drawn), int(old[1] if last is None else last)
 
 
 def saved_budget(run: Path, log_path: Path, fraction: float) -> int:
     """What a gateway that saves its learning budget (``iapo serve --retrain``) may spend
     now: floor(``fraction`` x the completions its log served, whichever run served them),
     less the learning completions logged and what refines drew on logged requests (the
-    log's ledger: reserved before they draw, so an interrupted one counts in full; a manual
-    ``iapo refine --budget`` among them); never below 0."""
+    log's ledger, :func:`reserve`: what a refine may draw is held before it draws; a
+    manual ``iapo refine --budget`` among them); never below 0."""
     with store_errors(log_path), CompletionStore(log_path, create=False) as log:
-        meta = {k: log.get_meta(k) for k in (LEARNING_DRAWN, RETRAINED_AT)}
-        return _saving(log, fraction, _drawn(log, run, meta)[0])
+        _, served, learned, fallback = _state(log, run)
+        drawn, _ = _ledger({k: log.get_meta(k) for k in (LEARNING_DRAWN, RETRAINED_AT)},
+                           fallback)
+    return max(0, learning_allowance(fraction, served, learned + drawn))
 
 
 def reserve_saved(run: Path, log_path: Path, fraction: float, every: int, floor: int
-                  ) -> tuple[int, str | None]:
-    """The gateway's retraining, if one is due: (the completions reserved for it, None),
-    or (0, why it waits). Due once ``every`` logged requests have passed since the log's
-    last retraining and :func:`saved_budget` reaches ``floor``; then all of what was saved
-    is reserved in the log's ledger and the retraining recorded, in one transaction of the
-    log, so that no other refine (of this run or of another gateway's run on the same log)
-    spends the same completions."""
-    out: list[tuple[int, str | None]] = []
-
-    def change(meta: dict[str, Any]) -> dict[str, Any]:
-        drawn, last = _drawn(log, run, meta)
-        requests = sum(r.reason == "policy" for r in log.served())
-        if (since := requests - last) < every:
-            out.append((0, f"{since} of {every} logged requests since the last retraining"))
-            return {}
-        if (saving := _saving(log, fraction, drawn)) < floor:
-            out.append((0, f"{saving} completions saved of the {floor} that a retraining "
-                           "needs (one group of N_max of every prompt)"))
-            return {}
-        out.append((saving, None))
-        return {LEARNING_DRAWN: drawn + saving, RETRAINED_AT: requests}
-
+                  ) -> tuple[int, str | None, int]:
+    """The gateway's retraining, if one is due: (the completions held for it, None, the
+    logged requests it comes at), or (0, why it waits, those requests). Due once ``every``
+    logged requests have passed since the log's last retraining and :func:`saved_budget`
+    reaches ``floor``; then all of what was saved is held in the log's ledger, in one
+    transaction of the log (which reads and writes its ledger alone), so that no other
+    refine, of this run or of another gateway's on the same log, spends the same
+    completions. The retraining is recorded once it has drawn (:func:`settle`)."""
     with store_errors(log_path), CompletionStore(log_path) as log:
+        requests, served, learned, fallback = _state(log, run)
+        out: list[tuple[int, str | None, int]] = []
+
+        def change(meta: dict[str, Any]) -> dict[str, Any]:
+            drawn, last = _ledger(meta, fallback)
+            if (since := requests - last) < every:
+                out.append((0, f"{since} of {every} logged requests since the last "
+                               "retraining", requests))
+                return {}
+            if (saving := max(0, learning_allowance(fraction, served, learned + drawn))) \
+                    < floor:
+                out.append((0, f"{saving} completions saved of the {floor} that a "
+                               "retraining needs (one group of N_max of every prompt)",
+                            requests))
+                return {}
+            out.append((saving, None, requests))
+            return {LEARNING_DRAWN: drawn + saving}
+
         log.update_meta((LEARNING_DRAWN, RETRAINED_AT), change)
     return out[0]
 
 
-def reserve(run: Path, log_path: Path, budget: int, retrain: bool) -> int:
-    """``iapo refine --budget``: ``budget`` completions reserved in the log's ledger before
-    they are drawn (they count against what a gateway saved), and with ``retrain`` the
-    log's last retraining recorded (a gateway's next is due K logged requests on). Returns
-    what was reserved."""
-    def change(meta: dict[str, Any]) -> dict[str, Any]:
-        drawn, _ = _drawn(log, run, meta)
-        new: dict[str, Any] = {LEARNING_DRAWN: drawn + budget}
-        if retrain:
-            new[RETRAINED_AT] = sum(r.reason == "policy" for r in log.served())
-        return new
-
+def reserve(run: Path, log_path: Path, budget: int) -> int:
+    """``iapo refine --budget``: ``budget`` completions held in the log's ledger before
+    they are drawn (they count against what a gateway saved). Returns the logged requests
+    the log holds (where a retraining among them comes)."""
     with store_errors(log_path), CompletionStore(log_path) as log:
-        log.update_meta((LEARNING_DRAWN, RETRAINED_AT), change)
-    return budget
+        requests, _, _, fallback = _state(log, run)
+        log.update_meta((LEARNING_DRAWN, RETRAINED_AT), lambda meta: {
+            LEARNING_DRAWN: _ledger(meta, fallback)[0] + budget})
+    return requests
 
 
-def settle(log_path: Path, reserved: int, paid: int) -> None:
-    """A refine that reserved ``reserved`` completions paid ``paid`` of them (the rest were
-    replayed from the run's store, or not drawn): the ledger keeps what was paid."""
-    if reserved == paid:
-        return
+def settle(log_path: Path, held: int, paid: int, retrained_at: int | None = None) -> None:
+    """A refine that held ``held`` completions in the log's ledger paid ``paid`` of them
+    (the rest were replayed from the run's store, or never drawn): the ledger keeps what
+    was paid, and the log's last retraining is ``retrained_at`` (None: no retraining)."""
     with store_errors(log_path), CompletionStore(log_path) as log:
-        log.update_meta((LEARNING_DRAWN,), lambda meta: {
-            LEARNING_DRAWN: int(meta[LEARNING_DRAWN] or 0) - reserved + paid})
+        def change(meta: dict[str, Any]) -> dict[str, Any]:
+            new: dict[str, Any] = {LEARNING_DRAWN: int(meta[LEARNING_DRAWN] or 0) - held + paid}
+            if retrained_at is not None:
+                new[RETRAINED_AT] = retrained_at
+            return new
+
+        log.update_meta((LEARNING_DRAWN,), change)
 
 
 def spend(task: Task, data: list[Record], store: CompletionStore, records: list[Record],
