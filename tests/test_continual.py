@@ -208,6 +208,7 @@ def test_retraining_saves_the_budget_and_moves_every_context() -> None:
     assert cont.served_arms() == [(2, 1), (0, 3)]
     assert [(s.context, s.old, s.new, s.reason) for s in moved] == [
         (0, (1, 4), (2, 1), "retrain"), (1, (1, 4), (0, 3), "retrain")]
+    assert all(s.gain_lower == 0.0 for s in moved)  # no evidence asked: no bound
     assert (cont._recovering == 0).all()
     assert cont.table.counts[2, 0] == before + 3
     assert cont.learning_completions == 38 and cont.retrain_budget() == 0
@@ -216,6 +217,22 @@ def test_retraining_saves_the_budget_and_moves_every_context() -> None:
     cont.record_served(1, 4)
     assert cont.retrain_budget() == 42
     assert not cont.retrained([Choice(2, 1, 0.0, 0), Choice(0, 3, 0.0, 0)], [], 0)
+    assert cont.learning_completions == 38  # what retrainings spent adds up
+
+
+def test_a_retraining_is_checked_against_what_it_was_given() -> None:
+    """One fixed-N arm per context, or refused; ``budget``, where given, bounds the spend
+    in place of the saved allowance (here 10% of 400 = 40): 50 of 60 given is taken in,
+    61 is refused."""
+    cont = learner(ContinualSettings(learn_budget=0.1, refine_every=50, retrain=100))
+    cont.record_served(100, 400)
+    for bad in ([Choice(2, 1, 0.0, 0)], [Choice(2, 1, 0.0, 0), Choice(0, None, 0.0, 0)]):
+        with pytest.raises(InputError, match="one arm with a fixed N per context"):
+            cont.retrained(bad, [], 0)
+    with pytest.raises(InputError, match="outside the 60 it was given"):
+        cont.retrained([Choice(2, 1, 0.0, 0)] * 2, [], 61, budget=60)
+    cont.retrained([Choice(2, 1, 0.0, 0)] * 2, [], 50, budget=60)
+    assert cont.learning_completions == 50 and cont.served_arms() == [(2, 1), (2, 1)]
 
 
 def test_a_due_retraining_waits_until_the_saved_budget_pays_every_prompt_at_n_max() -> None:
