@@ -24,6 +24,7 @@ from iapo.continual import (
     Flag,
     GroupTable,
     TrafficSplit,
+    retraining_waits,
     shrunk_variance,
     utility_bounds,
 )
@@ -263,6 +264,21 @@ def test_no_retraining_once_contexts_ask_differently() -> None:
     cont.pools[0, 1] = cont.pools[1, 0] = False
     cont.splits.append(TrafficSplit(100, 0, 1, 1, 4, 0.9, 30, 0.1, 30, 9.0))
     assert cont.retrain_budget() == 0
+
+
+def test_the_retraining_rule_by_hand() -> None:
+    """Every K = 100 requests, a floor of 12: due at exactly 100 requests since the last with
+    exactly 12 saved; one request short or one completion short waits, and says which; a
+    split waits whatever else holds."""
+    assert retraining_waits(100, 100, 12, 12, False) is None
+    assert retraining_waits(100, 250, 40, 12, False) is None
+    assert retraining_waits(100, 99, 12, 12, False) == \
+        "99 of 100 requests since the last retraining"
+    assert retraining_waits(100, 100, 11, 12, False) == (
+        "11 completions saved of the 12 that a retraining needs (one group of N_max of every "
+        "prompt)")
+    assert "ask differently" in (retraining_waits(100, 100, 12, 12, True) or "")
+    assert "ask differently" in (retraining_waits(100, 0, 0, 12, True) or "")
 
 
 def test_without_retraining_nothing_is_saved_for_it() -> None:

@@ -290,7 +290,7 @@ def test_runs_that_share_a_log_share_its_learning_budget(tmp_path: Path) -> None
         before = len(up.requests)
         report = refine(other, log, ContinualSettings(refine_every=10, retrain=30), saved=0.5)
         assert len(up.requests) == before and report["spent"] is None
-    assert report["retraining_waits"] == "20 of 30 logged requests since the last retraining"
+    assert report["retraining_waits"] == "20 of 30 requests since the last retraining"
 
 
 def test_a_retraining_that_stops_keeps_what_it_paid_and_is_due_again(

@@ -353,6 +353,28 @@ def retraining_floor(problem: Problem) -> int:
     return problem.n_prompts * problem.n_max
 
 
+def retraining_waits(every: int, since: int, saved: int, floor: int, split: bool
+                     ) -> str | None:
+    """Why a retraining every ``every`` requests is not due now, in words (None: it is). It
+    is due once ``every`` requests have passed ``since`` the last one (or the start) and the
+    ``saved`` learning budget reaches the ``floor`` (:func:`retraining_floor`): one the floor
+    holds back waits for it, and the next one is due ``every`` requests after the one that
+    ran, not on a grid of ``every``. None is due once some contexts' traffics ``split``: a
+    retraining learns from every context's queries alike. The one rule of the simulation
+    (:meth:`Continual.retrain_budget`) and of the gateway
+    (:func:`iapo.live.refine.reserve_saved`)."""
+    if split:
+        return ("some contexts ask differently (a traffic split, in the report); a retraining "
+                "learns from every context's queries alike, so none is run: learn without "
+                "retraining, which keeps their estimates apart")
+    if since < every:
+        return f"{since} of {every} requests since the last retraining"
+    if saved < floor:
+        return (f"{saved} completions saved of the {floor} that a retraining needs (one group "
+                "of N_max of every prompt)")
+    return None
+
+
 def check_moves(problem: Problem, settings: ContinualSettings) -> None:
     """Refuse pessimistic moves where there is no per-query model to follow (a problem that
     does not vote), before any work."""
@@ -415,7 +437,7 @@ class Continual:
         self._turn = 0  # pulls drawn: even turns go to the challengers, odd to the candidates
         self._next = [0, 0]  # the next entry of each queue
         self._next_refit = settings.refine_every
-        self._next_retrain = settings.retrain
+        self._last_retrain = 0  # the request of the last retraining (0: none yet)
         self._next_baseline = settings.refine_every
         # baselines per test: one at every refine_every x 2^k requests within the horizon
         baselines = int(math.log2(max(settings.horizon, settings.refine_every)
@@ -492,14 +514,14 @@ class Continual:
         return out
 
     def retrain_budget(self) -> int:
-        """The completions a retraining may spend now: the allowance once ``retrain``
-        requests have passed since the last one and it reaches :func:`retraining_floor`
-        (0: no retraining due, or none set; a due one waits for the floor). None once some
-        contexts' traffics split: a retraining learns from every context's queries alike."""
-        if not self.settings.retrain or self.requests < self._next_retrain or self.splits:
+        """The completions a retraining may spend now: the allowance where one is due by
+        :func:`retraining_waits` (0: none due, or ``retrain`` not set)."""
+        if not (every := self.settings.retrain):
             return 0
         saved = self.allowance()
-        return saved if saved >= retraining_floor(self.problem) else 0
+        waits = retraining_waits(every, self.requests - self._last_retrain, saved,
+                                 retraining_floor(self.problem), bool(self.splits))
+        return saved if waits is None else 0
 
     def retrained(self, choices: Sequence[Choice], observations: Sequence[Observation],
                   spent: int, budget: int | None = None) -> list[Switch]:
@@ -524,8 +546,7 @@ class Continual:
         for ci, choice in enumerate(choices):
             self._choose(ci, int(arm_index(choice.prompt, int(choice.n or 1), n_max)),
                          "retrain", 0.0)
-        if step := self.settings.retrain:  # K requests after this one, as the gateway's
-            self._next_retrain = self.requests + step
+        self._last_retrain = self.requests  # the next is due K requests after this one
         self._name_challengers()
         self._plan()
         return self.switches[before:]

@@ -61,6 +61,7 @@ from iapo.continual import (
     check_moves,
     learning_allowance,
     retraining_floor,
+    retraining_waits,
 )
 from iapo.errors import InputError
 from iapo.files import write_text_atomically
@@ -321,18 +322,13 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
     at = 0  # the logged requests a retraining comes at
     if saved is not None:
         asked = {r.query for r in data}
-        if learner.splits:  # as the core's rule (Continual.retrain_budget)
-            waits = ("the log shows contexts that ask differently (a traffic split, in the "
-                     "report); a retraining learns from every context's queries alike, so "
-                     "none is run: serve without --retrain, which keeps their estimates "
-                     "apart")
-        elif not any(reason == "policy" and records[i].query not in asked
-                     for i, (reason, _, _) in enumerate(logged)):
+        if not learner.splits and not any(reason == "policy" and records[i].query not in asked
+                                          for i, (reason, _, _) in enumerate(logged)):
             waits = ("no labelled logged request asks a question that is not a training "
                      "question: nothing to draw on yet")
         else:
             budget, waits, at = reserve_saved(run, log_path, saved, settings.retrain,
-                                              retraining_floor(problem))
+                                              retraining_floor(problem), bool(learner.splits))
             retrain = budget > 0
     elif budget:
         at = reserve(run, log_path, budget)
@@ -422,12 +418,13 @@ def saved_budget(run: Path, log_path: Path, fraction: float) -> int:
     return max(0, learning_allowance(fraction, served, learned + drawn))
 
 
-def reserve_saved(run: Path, log_path: Path, fraction: float, every: int, floor: int
-                  ) -> tuple[int, str | None, int]:
+def reserve_saved(run: Path, log_path: Path, fraction: float, every: int, floor: int,
+                  split: bool = False) -> tuple[int, str | None, int]:
     """The gateway's retraining, if one is due: (the completions held for it, None, the
-    logged requests it comes at), or (0, why it waits, those requests). Due once ``every``
-    logged requests have passed since the log's last retraining and :func:`saved_budget`
-    reaches ``floor``; then all of what was saved is held in the log's ledger, in one
+    logged requests it comes at), or (0, why it waits, those requests). Due by the core's
+    rule (:func:`iapo.continual.retraining_waits`: ``every`` logged requests since the
+    log's last retraining, :func:`saved_budget` at ``floor``, no ``split`` of the contexts'
+    traffics); then all of what was saved is held in the log's ledger, in one
     transaction of the log (which reads and writes its ledger alone), so that no other
     refine, of this run or of another gateway's on the same log, spends the same
     completions. The retraining is recorded once it has drawn (:func:`settle`)."""
@@ -437,15 +434,9 @@ def reserve_saved(run: Path, log_path: Path, fraction: float, every: int, floor:
 
         def change(meta: dict[str, Any]) -> dict[str, Any]:
             drawn, last = _ledger(meta, fallback)
-            if (since := requests - last) < every:
-                out.append((0, f"{since} of {every} logged requests since the last "
-                               "retraining", requests))
-                return {}
-            if (saving := max(0, learning_allowance(fraction, served, learned + drawn))) \
-                    < floor:
-                out.append((0, f"{saving} completions saved of the {floor} that a "
-                               "retraining needs (one group of N_max of every prompt)",
-                            requests))
+            saving = max(0, learning_allowance(fraction, served, learned + drawn))
+            if waits := retraining_waits(every, requests - last, saving, floor, split):
+                out.append((0, waits, requests))
                 return {}
             out.append((saving, None, requests))
             return {LEARNING_DRAWN: drawn + saving}
