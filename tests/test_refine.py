@@ -440,10 +440,16 @@ def test_a_saved_retraining_is_not_run_where_contexts_ask_differently(
     with ScriptedServer(answer_of=two_traffics(ASKED)) as up:
         serve_two_traffics(tmp_path, run, log, up, ASKED)
         before = len(up.requests)
+        with CompletionStore(log, create=False) as store:
+            ledger = [store.get_meta(k) for k in (LEARNING_DRAWN, RETRAINED_AT)]
         report = refine(run, log, ContinualSettings(refine_every=40, retrain=40), saved=0.5)
         assert len(up.requests) == before
     assert report["splits"] and report["spent"] is None
     assert "ask differently" in report["retraining_waits"]
+    assert report["retraining_waits"].endswith("serve without --retrain, which keeps the "
+                                               "contexts' estimates apart")
+    with CompletionStore(log, create=False) as store:  # nothing held, nothing recorded
+        assert [store.get_meta(k) for k in (LEARNING_DRAWN, RETRAINED_AT)] == ledger
     assert json.loads((run / "refine.json").read_text())["retraining_waits"] == \
         report["retraining_waits"]
 

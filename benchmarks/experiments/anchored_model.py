@@ -85,6 +85,8 @@ def anchored_q(x: np.ndarray, share: np.ndarray, gold: np.ndarray, link: tuple[f
 
 def one(env_name: str, r: int, rank: int, answers: int, groups: int
         ) -> tuple[np.ndarray, ...]:
+    """Repetition ``r`` with the anchor ranked ``rank``: exact Q(p, N_max) on the training
+    queries (first context), the library model's and the anchored model's, each [P]."""
     env = get_environment(env_name)
     problem = env.problem
     probs = env._arrays()["probs"]
@@ -132,6 +134,13 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=6)
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
+    env = get_environment(args.env)
+    no_answer = getattr(env, "no_answer", None)
+    if env.problem.aggregator != "mv" or getattr(env, "observed", None) is not None or (
+            no_answer is not None and np.any(no_answer >= 0)):
+        ap.error(f"{args.env}: the anchored model needs a majority-voting environment with "
+                 "every (prompt, query) observed and no 'no answer' category (math, "
+                 "commonsenseqa)")
     ranks = [int(a) for a in args.anchors.split(",")]
     jobs = [(r, k) for k in ranks for r in range(args.reps)]
     out = joblib.Parallel(n_jobs=args.workers)(

@@ -365,8 +365,7 @@ def retraining_waits(every: int, since: int, saved: int, floor: int, split: bool
     (:func:`iapo.live.refine.reserve_saved`)."""
     if split:
         return ("some contexts ask differently (a traffic split, in the report); a retraining "
-                "learns from every context's queries alike, so none is run: learn without "
-                "retraining, which keeps their estimates apart")
+                "learns from every context's queries alike, so none is run")
     if since < every:
         return f"{since} of {every} requests since the last retraining"
     if saved < floor:

@@ -427,7 +427,11 @@ def reserve_saved(run: Path, log_path: Path, fraction: float, every: int, floor:
     traffics); then all of what was saved is held in the log's ledger, in one
     transaction of the log (which reads and writes its ledger alone), so that no other
     refine, of this run or of another gateway's on the same log, spends the same
-    completions. The retraining is recorded once it has drawn (:func:`settle`)."""
+    completions. The retraining is recorded once it has drawn (:func:`settle`). A split
+    waits for good, with the log left as it is."""
+    if split:
+        return 0, f"{retraining_waits(every, 0, 0, floor, True)}: serve without --retrain, " \
+                  "which keeps the contexts' estimates apart", 0
     with store_errors(log_path), CompletionStore(log_path) as log:
         requests, served, learned, fallback = _state(log, run)
         out: list[tuple[int, str | None, int]] = []
