@@ -676,6 +676,69 @@ def test_refine_keeps_apart_a_context_whose_traffic_differs(tmp_path: Path) -> N
     assert low["q"] == 1.0 and high["q"] == -4.0 and low["groups"] == high["groups"] == 40
 
 
+def test_refine_reads_each_logged_request_by_the_arm_that_served_it(tmp_path: Path) -> None:
+    """A gateway serves 'short' (index 2, wrong every time) at N = 4 in both contexts. A run
+    whose task lists the same prompts in another order ('short' first) reads the same log
+    as the run that served it: 'short' served, right never (Q 0 at no cost, 0 - 4 x 1 at a
+    cost weight of 1), on all 40 groups (the contexts' traffics alike, each counts for
+    both). A run whose task lacks 'short' is refused, with nothing written."""
+    from test_serve import write_policy
+
+    run, log = tmp_path / "run", tmp_path / "log.sqlite"
+    run.mkdir()
+    queries = list(GOLD)
+    with ScriptedServer(answer_of=by_prompt) as up:
+        serve_short(run, up)
+        with Gateway(run / "policy.json", "--log-store", str(log)) as gw:
+            served = [(gw.ask({"budget": "low" if i % 2 else "high"},
+                              content=queries[i % 10]).id, queries[i % 10]) for i in range(40)]
+    attach_gold(tmp_path, log, served)
+    head, *prompts = (run / "task.toml").read_text().split("[[prompts]]")
+    rest = prompts[-1][prompts[-1].index("[data]"):]
+    prompts[-1] = prompts[-1][:prompts[-1].index("[data]")]
+    by_name = {p.split('"')[1]: p for p in prompts}  # name = "..." opens each block
+    reports = {}
+    for name, order in (("run", None), ("reordered", ["short", "direct", "reason"]),
+                        ("without_short", ["direct", "reason"])):
+        other = run if order is None else tmp_path / name
+        if order is not None:
+            other.mkdir()
+            (other / "mcq.jsonl").write_text((run / "mcq.jsonl").read_text())
+            (other / "task.toml").write_text(head + "".join(
+                "[[prompts]]" + by_name[p] for p in order) + rest)
+            short = order.index("short") if "short" in order else 0
+            write_policy(other / "policy.json", other / "task.toml", "mcq-smollm2",
+                         ["budget=low", "budget=high"], [(short, 4), (short, 4)])
+            CompletionStore(other / "store.sqlite").close()
+        res = CliRunner().invoke(main, ["refine", str(other), "--log", str(log),
+                                        "--refine-every", "10"])
+        if name == "without_short":
+            assert res.exit_code == 2 and "40 of the 40 requests" in res.output
+            assert "by prompt 'short'" in res.output and "give the run whose task" in res.output
+            assert not (other / "refine.json").exists()
+        else:
+            assert res.exit_code == 0, res.output
+            reports[name] = json.loads((other / "refine.json").read_text())
+    for report in reports.values():
+        assert [(c["served"]["prompt"], c["served"]["q"], c["served"]["groups"])
+                for c in report["contexts"]] == [("short", 0.0, 40), ("short", -4.0, 40)]
+
+
+def test_refine_and_monitor_refuse_a_log_that_served_nothing(tmp_path: Path) -> None:
+    """A log with no served request (a fresh one, or the run's own training store given by
+    mistake) decides nothing: refine and monitor say so, exit status 2, nothing written."""
+    run = tmp_path / "run"
+    run.mkdir()
+    mcq_policy(run, "http://127.0.0.1:9/v1", [(2, 4), (2, 4)]).rename(run / "policy.json")
+    CompletionStore(run / "store.sqlite").close()
+    CompletionStore(tmp_path / "log.sqlite").close()
+    for log in (tmp_path / "log.sqlite", run / "store.sqlite"):
+        for command in ("refine", "monitor"):
+            res = CliRunner().invoke(main, [command, str(run), "--log", str(log)])
+            assert res.exit_code == 2 and "holds no served request" in res.output, res.output
+    assert not (run / "refine.json").exists()
+
+
 def test_monitor_of_a_log_alone_says_what_is_missing(tmp_path: Path) -> None:
     """A log no gateway wrote to (so it names no run), and a log that does not exist: each a
     clear error, exit status 2, nothing written."""

@@ -144,6 +144,9 @@ def log_observations(task: Task, data: list[Record], log: CompletionStore, costs
     numbered in ``categories``."""
     context_index = {key: i for i, key in enumerate(task.problem().grid.keys)}
     rows = log.served()
+    if not rows:
+        raise RefineError(f"the log {log.path} holds no served request: give the file that "
+                          "iapo serve --log-store wrote, once it has served some")
     queries = {i: q for i, q, _ in log.queries()}
     gold: dict[str, Any] = {}
     names = [o.name for o in task.objectives]
@@ -154,7 +157,19 @@ def log_observations(task: Task, data: list[Record], log: CompletionStore, costs
         elif f.objective in names:
             rated[f.request][names.index(f.objective)] = float(f.value)
     by_query = {queries[r.id]: gold[r.id] for r in rows if r.id in gold and r.id in queries}
-    needs_gold = bool(TaskRuntime(task, []).gold_needers())  # the rule training checks
+    runtime = TaskRuntime(task, [])
+    needs_gold = bool(runtime.gold_needers())  # the rule training checks
+    # a row names the arm that served it: its prompt is that arm's index in this task (the
+    # same prompts in another order map; a prompt, model or decoding this task lacks stops)
+    prompt_of = {arm: p for p, arm in enumerate(runtime.arms)}
+    if foreign := [r for r in rows if r.arm not in prompt_of]:
+        logged = {a["arm"]: a["prompt_name"] for a in log.arms()}
+        raise RefineError(
+            f"{len(foreign)} of the {len(rows)} requests in the log {log.path} were served by "
+            f"arms that the task {task.name!r} ({task.path}) does not have (the first, request "
+            f"{foreign[0].id}, by prompt {logged.get(foreign[0].arm, foreign[0].prompt)!r}): "
+            "the log was served by a task whose prompts, model or decoding differ; give the "
+            "run whose task served it")
     counts = {"logged": len(rows), "policy": sum(r.reason == "policy" for r in rows),
               "learn": sum(r.reason == "learn" for r in rows), "with_gold": 0, "left_out": 0,
               "rated": 0, "rated_unused": 0}
@@ -181,7 +196,7 @@ def log_observations(task: Task, data: list[Record], log: CompletionStore, costs
                 counts["rated"] += 1
             else:
                 counts["rated_unused"] += 1
-        groups.append((r.prompt, len(records) - 1, r.n, [got[s] for s in range(r.n)]))
+        groups.append((prompt_of[r.arm], len(records) - 1, r.n, [got[s] for s in range(r.n)]))
         reasons.append(r.reason)
         origins.append(context_index.get(r.context, -1))
     if needs_gold and rows and not groups:
@@ -189,7 +204,7 @@ def log_observations(task: Task, data: list[Record], log: CompletionStore, costs
             f"the log {log.path} has {len(rows)} requests and no gold answer for any: "
             f"{task.aggregator} scoring needs the right answer to learn anything; attach them "
             "with iapo label-log LOG LABELS.jsonl or POST /v1/feedback")
-    runtime = TaskRuntime(task, records)
+    runtime = TaskRuntime(task, records)  # now with the records the groups index
     ids = query_ids(data, records)
     observations = _observations(runtime, log, costs, groups,
                                  {} if categories is None else categories, ids)
