@@ -105,6 +105,24 @@ def test_learning_needs_a_log(tmp_path: Path) -> None:
     assert res.exit_code != 0 and "--log-store" in res.output
 
 
+def test_a_daily_cap_needs_a_budget_and_a_share_for_every_worker(tmp_path: Path) -> None:
+    """--learn-per-day K caps what --learn-budget F allows: alone it would learn nothing,
+    and K below the number of workers leaves each worker a share of 0 (K // workers). Both
+    are refused when the app is built, saying what to give."""
+    from iapo.serve.run import build_app
+    from iapo.settings import ServeConfig
+
+    policy = str(mcq_policy(tmp_path, "http://127.0.0.1:9/v1", [(0, 1), (0, 1)]))
+    log = str(tmp_path / "log.sqlite")
+    with pytest.raises(InputError, match="none is allowed without it: give --learn-budget F"):
+        build_app(ServeConfig(policy=policy, log_store=log, learn_per_day=100))
+    with pytest.raises(InputError, match="among the 2 workers, which leaves each none"):
+        build_app(ServeConfig(policy=policy, log_store=log, learn_budget=0.1, learn_per_day=1,
+                              workers=2))
+    build_app(ServeConfig(policy=policy, log_store=log, learn_budget=0.1, learn_per_day=2,
+                          workers=2))  # one a day for each
+
+
 def task_and_policy(tmp_path: Path, arms: list[tuple[int | None, int | None]]
                     ) -> tuple[object, Policy]:
     from test_serve import mv_task

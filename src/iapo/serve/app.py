@@ -308,6 +308,14 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
                           score_in_thread=True, scoring=cfg.scoring_threads)
     watch = LatencyWatch()  # the latency served against the policy's prediction
     learning = None
+    if cfg.learn_per_day is not None and cfg.learn_budget <= 0:
+        raise PolicyError(f"--learn-per-day {cfg.learn_per_day} caps the learning pulls that "
+                          "--learn-budget F allows, and none is allowed without it: give "
+                          "--learn-budget F (a fraction of the completions served)")
+    if cfg.learn_per_day and cfg.learn_per_day < cfg.workers:
+        raise PolicyError(f"--learn-per-day {cfg.learn_per_day} is shared out among the "
+                          f"{cfg.workers} workers, which leaves each none: give at least "
+                          f"{cfg.workers}, or fewer --workers")
     if cfg.learn_budget > 0:
         if store is None:
             raise PolicyError("--learn-budget needs --log-store: learning completions are "
