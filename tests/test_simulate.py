@@ -214,6 +214,29 @@ def test_simulate_command(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "learn budget" in bad.output
 
 
+def test_an_environment_given_as_a_path_names_its_files_inside_out(tmp_path: Path) -> None:
+    """--env path/to/m.npz: the files are m-summary.json and the like, in --out, and
+    nothing is written beside the .npz; an --out that cannot be made is a clear error."""
+    import shutil
+
+    from iapo.envs import registry
+
+    envs = tmp_path / "envs"
+    envs.mkdir()
+    shutil.copy(Path(registry.__file__).parent / "data" / "math.npz", envs / "m.npz")
+    out = tmp_path / "sim"
+    args = ["simulate", "--env", str(envs / "m.npz"), "--runs", "2", "--requests", "2000",
+            "--budgets", "0.1"]
+    res = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "m-runs.jsonl", "m-summary.json", "m-summary.md", "simulate-m.png", "simulate-m.svg"]
+    assert [p.name for p in envs.iterdir()] == ["m.npz"]
+    res = CliRunner().invoke(main, [*args, "--out", "/proc/iapo-cannot-make-this"])
+    assert res.exit_code != 0 and "cannot make the output folder" in res.output
+    assert isinstance(res.exception, SystemExit)
+
+
 def test_retraining_spends_the_saved_budget_at_its_requests() -> None:
     """retrain = 1000 over 2,000 requests: no learning pull, and at requests 1,000 and 2,000
     a run of the learner spends all that was saved (psst-auto spends its whole budget), so

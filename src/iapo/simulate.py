@@ -54,6 +54,7 @@ from iapo.continual import Continual, ContinualSettings, Switch
 from iapo.envs.base import Environment
 from iapo.envs.tabular import MVEnvironment
 from iapo.errors import InputError
+from iapo.files import OutputError
 from iapo.learners import get_learner
 from iapo.oracle import SimulatedOracle
 from iapo.problem import Choice, arm_at, arm_index
@@ -564,8 +565,8 @@ def figure(summary: dict[str, Any], out: Path) -> list[Path]:
                  f"({cfg['learner']}), mean ± SEM over {summary['runs']} paired runs{traffic}"
                  f"{moves}",
                  fontsize=10)
-    stem = out / ("simulate-" + cfg["env"] + _suffix(sc, cfg["origins"], cfg["settings"]["moves"],
-                                                     retrain))
+    stem = out / ("simulate-" + _env_stem(cfg["env"])
+                  + _suffix(sc, cfg["origins"], cfg["settings"]["moves"], retrain))
     return save_figure(fig, stem)
 
 
@@ -620,6 +621,13 @@ def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
     return fmt.format(v)
 
 
+def _env_stem(env: str) -> str:
+    """What the output files of ``env`` start with: its name, or for an environment given
+    as a path, the file's name without its folder and .npz (the files stay in ``--out``)."""
+    path = Path(env)
+    return path.name.removesuffix(".npz") if env.endswith(".npz") or path.name != env else env
+
+
 def _suffix(scenario: dict[str, Any], origins: bool, moves: str = "evidence",
             retrain: int = 0) -> str:
     """What the output files of a scenario (as a dict) add to the environment's name."""
@@ -634,8 +642,12 @@ def write(config: SimConfig, runs: Sequence[dict[str, Any]], out: Path) -> dict[
     """runs.jsonl, summary.json, summary.md and the figure into ``out``."""
     import json
 
-    out.mkdir(parents=True, exist_ok=True)
-    stem = config.env + _suffix(asdict(config.scenario), config.origins,
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot make the output folder {out} ({e.strerror or e}): give "
+                          "--out a folder that can be written") from e
+    stem = _env_stem(config.env) + _suffix(asdict(config.scenario), config.origins,
                                 config.settings.moves, config.settings.retrain)
     with (out / f"{stem}-runs.jsonl").open("w") as fh:
         for r in runs:
