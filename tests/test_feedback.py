@@ -68,6 +68,7 @@ def test_feedback_is_stored_for_the_caller_s_own_request(served) -> None:  # typ
     ({"id": "x", "objective": "speed", "score": 1}, 400, "objective", ["['correct']", "speed"]),
     ({"id": "x", "objective": "correct", "score": 1.5}, 400, "score", ["[0, 1]", "1.5"]),
     ({"id": "x", "gold": None}, 400, "gold", ["string or a finite number"]),
+    ({"id": "x", "gold": " "}, 400, "gold", ["gold is empty"]),
     ({"id": "x", "gold": "B", "note": "hi"}, 400, "note", ["unknown field"]),
     (["not", "an", "object"], 400, None, ["JSON object"]),
 ])
@@ -119,13 +120,15 @@ def test_label_log_attaches_gold_in_bulk_all_lines_or_none(served, tmp_path: Pat
         json.dumps({"id": ids[1], "objective": "correct", "score": 1}),
         "",
         json.dumps({"id": ids[2], "gold": "C"}),
+        json.dumps({"id": ids[2], "gold": ""}),
     ]) + "\n")
     runner = CliRunner()
     bad = runner.invoke(main, ["label-log", str(log), str(labels)])
     assert bad.exit_code == 2
-    assert "3 bad line(s), nothing attached" in bad.output
+    assert "4 bad line(s), nothing attached" in bad.output
     for line in ("line 2: not valid JSON", "line 3: no logged request has id "
-                 "'chatcmpl-unknown'", "line 4: label-log attaches gold answers"):
+                 "'chatcmpl-unknown'", "line 4: label-log attaches gold answers",
+                 "line 7: gold is empty"):
         assert line in bad.output
     with CompletionStore(log, create=False) as store:
         assert store.feedback() == []

@@ -57,6 +57,9 @@ def parse(item: Any, task: Task | None) -> tuple[str, str, str | None, Any]:
                 isinstance(gold, float) and not math.isfinite(gold)):
             raise FeedbackError("gold must be a string or a finite number, as the task's "
                                 "data gives it", "gold")
+        if isinstance(gold, str) and not gold.strip():
+            raise FeedbackError("gold is empty: give the right answer, as the task's data "
+                                "gives it", "gold")
         return rid, "gold", None, gold
     if task is None:
         raise FeedbackError("label-log attaches gold answers; post scores to /v1/feedback",
