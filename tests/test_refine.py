@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from iapo.cli import main
 from iapo.live.refine import LEARNING_DRAWN, RETRAINED_AT
-from iapo.live.store import CompletionStore
+from iapo.live.store import SERVED_RUN, CompletionStore
 from live_helpers import ScriptedServer
 from test_serve import DATA, Gateway, bon_policy, mcq_policy
 
@@ -750,6 +750,11 @@ def test_monitor_of_a_log_alone_says_what_is_missing(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["monitor", str(tmp_path / "none.sqlite")])
     assert res.exit_code == 2 and "does not exist" in res.output
     assert not (tmp_path / "none.sqlite").exists()
+    with CompletionStore(log) as store:  # it names a run that has moved since
+        store.set_meta(SERVED_RUN, str(tmp_path / "moved"))
+    res = CliRunner().invoke(main, ["monitor", str(log)])
+    assert res.exit_code == 2 and "holds no policy.json now" in res.output
+    assert "iapo monitor RUN --log LOG" in res.output
 
 
 def test_refine_values_a_shown_completion_at_the_score_a_person_gave_it(

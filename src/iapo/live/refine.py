@@ -227,6 +227,10 @@ def served_run(log_path: Path) -> Path:
         raise RefineError(f"the log {str(log_path)!r} does not name the run it was served "
                           "from (no gateway of this version wrote to it); name the run: "
                           "iapo monitor RUN --log LOG")
+    if not (Path(run) / "policy.json").is_file():
+        raise RefineError(f"the log {str(log_path)!r} was served from the run {run!r}, which "
+                          "holds no policy.json now (moved or deleted); name the run: iapo "
+                          "monitor RUN --log LOG")
     return Path(run)
 
 
