@@ -724,6 +724,36 @@ def test_refine_reads_each_logged_request_by_the_arm_that_served_it(tmp_path: Pa
                 for c in report["contexts"]] == [("short", 0.0, 40), ("short", -4.0, 40)]
 
 
+def test_a_refine_that_cannot_write_its_report_leaves_the_policy_as_it_was(
+        tmp_path: Path) -> None:
+    """'short' served and wrong every time, so refine would replace the policy; with
+    RUN/refine.json a folder, the report cannot be written: an error that names it, and
+    policy.json is the one served."""
+    run, log = tmp_path / "run", tmp_path / "log.sqlite"
+    run.mkdir()
+    queries = list(GOLD)
+    with ScriptedServer(answer_of=by_prompt) as up:
+        serve_short(run, up)
+        with Gateway(run / "policy.json", "--log-store", str(log), "--learn-budget",
+                     "1.0") as gw:
+            served = [(gw.ask({"budget": "low" if i % 2 else "high"},
+                              content=queries[i % 10]).id, queries[i % 10]) for i in range(80)]
+            wait_for(lambda: httpx.get(f"{gw.url}/health").json()["learning"][
+                "learning_completions"] > 0)
+    attach_gold(tmp_path, log, served)
+    before = (run / "policy.json").read_text()
+    (run / "refine.json").mkdir()
+    res = CliRunner().invoke(main, ["refine", str(run), "--log", str(log),
+                                    "--refine-every", "10"])
+    assert res.exit_code != 0 and "the refine report" in res.output
+    assert (run / "policy.json").read_text() == before
+    assert not (run / "policy.previous.json").exists()
+    (run / "refine.json").rmdir()
+    res = CliRunner().invoke(main, ["refine", str(run), "--log", str(log),
+                                    "--refine-every", "10"])
+    assert res.exit_code == 0 and "(replaced)" in res.output, res.output
+
+
 def test_refine_and_monitor_refuse_a_log_that_served_nothing(tmp_path: Path) -> None:
     """A log with no served request (a fresh one, or the run's own training store given by
     mistake) decides nothing: refine and monitor say so, exit status 2, nothing written."""

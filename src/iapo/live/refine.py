@@ -370,6 +370,9 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
     report["spent"] = spent
     if saved is not None:
         report["retraining_waits"] = waits
+    if write:  # the report first: one that cannot be written leaves the policy as it was
+        write_text_atomically(run / "refine.json", json.dumps(report, indent=2) + "\n",
+                              "the refine report")
     if write and report["changed"]:
         est = learner.estimates()
         new = dataclasses.replace(
@@ -383,9 +386,6 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
             write_text_atomically(run / "policy.previous.json",
                                   (run / "policy.json").read_text(), "the previous policy")
         new.save(policy_path)
-    if write:
-        write_text_atomically(run / "refine.json", json.dumps(report, indent=2) + "\n",
-                              "the refine report")
     return report
 
 
