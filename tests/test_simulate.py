@@ -190,10 +190,14 @@ def test_origins_keep_traffic_apart_and_pooling_does_not() -> None:
 
 
 def test_scenario_refuses_bad_values() -> None:
-    for bad in ({"requests": 1500}, {"drift_at": 150, "step": 100}, {"drop": 1.2},
-                {"shift_at": 5000, "requests": 2000}, {"step": 300},
-                {"by_context": True, "drift_at": 1000}):
-        with pytest.raises(InputError):
+    """Each refusal names the command line's option."""
+    for bad, says in (({"requests": 1500}, "--requests 1500"),
+                      ({"drift_at": 150, "step": 100}, "--drift-at 150 must be a request"),
+                      ({"drop": 1.2}, "--drop 1.2"),
+                      ({"shift_at": 5000, "requests": 2000}, "--shift-at 5000"),
+                      ({"shift_keep": 0.0}, "--shift-keep 0.0"), ({"step": 300}, "step=300"),
+                      ({"by_context": True, "drift_at": 1000}, "drop --drift-at")):
+        with pytest.raises(InputError, match=says):
             Scenario(**bad)  # type: ignore[arg-type]
 
 

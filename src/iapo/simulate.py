@@ -81,19 +81,19 @@ class Scenario:
 
     def __post_init__(self) -> None:
         if self.requests < CHECKPOINT or self.requests % CHECKPOINT:
-            raise InputError(f"requests={self.requests} must be a positive multiple of "
+            raise InputError(f"--requests {self.requests} must be a positive multiple of "
                              f"{CHECKPOINT}")
         if self.step < 1 or CHECKPOINT % self.step:
             raise InputError(f"step={self.step} must divide {CHECKPOINT}")
         for name in ("drift_at", "shift_at"):
             at = getattr(self, name)
             if at is not None and (not 0 <= at < self.requests or at % self.step):
-                raise InputError(f"{name.replace('_', ' ')}={at} must be a request in "
+                raise InputError(f"--{name.replace('_', '-')} {at} must be a request in "
                                  f"0..{self.requests - 1} on a step of {self.step}")
         if not 0 < self.drop < 1:
-            raise InputError(f"drop={self.drop} must lie in (0, 1) (an accuracy)")
+            raise InputError(f"--drop {self.drop} must lie in (0, 1) (an accuracy)")
         if not 0 < self.shift_keep <= 1:
-            raise InputError(f"shift keep={self.shift_keep} must lie in (0, 1]")
+            raise InputError(f"--shift-keep {self.shift_keep} must lie in (0, 1]")
         if self.by_context and (self.drift_at is not None or self.shift_at is not None):
             raise InputError("traffic by context is a scenario of its own: drop --drift-at "
                              "and --shift-at, or run them separately")
