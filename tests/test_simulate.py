@@ -283,6 +283,16 @@ def test_simulate_with_retraining(tmp_path: Path) -> None:
         assert bad.exit_code == 2 and "give a multiple of 100 up to 2000" in bad.output
 
 
+def test_sim_config_refuses_refits_between_its_steps() -> None:
+    """The simulation refits between steps of 100 requests: a --refine-every off that step
+    would count more looks than it makes."""
+    from iapo.continual import ContinualSettings
+
+    with pytest.raises(InputError, match="--refine-every 150: .* multiple of 100"):
+        SimConfig("math", settings=ContinualSettings(refine_every=150))
+    SimConfig("math", settings=ContinualSettings(refine_every=300))
+
+
 def test_sim_config_refuses_retraining_it_cannot_run() -> None:
     """Built without the command line too: by context, off the step, beyond the requests."""
     from iapo.continual import ContinualSettings

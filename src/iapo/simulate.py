@@ -116,6 +116,9 @@ class SimConfig:
 
     def __post_init__(self) -> None:
         k, sc = self.settings.retrain, self.scenario
+        if (every := self.settings.refine_every) % sc.step:
+            raise InputError(f"--refine-every {every}: the simulation refits between steps of "
+                             f"{sc.step} requests: give a multiple of {sc.step}")
         if not k:
             return
         if sc.by_context:
