@@ -548,6 +548,12 @@ def test_export_env_leaves_a_foreign_sqlite_file_untouched(tmp_path: Path) -> No
     (tmp_path / "junk.sqlite").write_bytes(b"not a database at all" * 50)
     res = cli("export-env", str(tmp_path / "junk.sqlite"), "--out", str(tmp_path / "e.npz"))
     assert res.exit_code == 2 and "not an SQLite database" in res.output
+    # where a gateway's log is asked for, the message names it too
+    (tmp_path / "labels.jsonl").write_text('{"id": "chatcmpl-1", "gold": "A"}\n')
+    res = cli("label-log", str(other), str(tmp_path / "labels.jsonl"))
+    assert res.exit_code == 2 and "not an iapo completion store" in res.output
+    assert "the file that iapo serve --log-store wrote" in res.output
+    assert other.read_bytes() == before
 
 
 def test_answer_with_an_arm_out_of_range_names_the_context(tmp_path: Path) -> None:

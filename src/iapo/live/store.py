@@ -112,6 +112,8 @@ class ServedRequest:
 SERVED_REASONS = ("policy", "learn")
 # the meta key of a gateway's log that names the run (the folder of the policy) it served
 SERVED_RUN = "served run"
+# what a store error also asks for: the gateway's log is a store too
+_OR_LOG = " (or, where a log is asked for, the file that iapo serve --log-store wrote)"
 
 
 @dataclass(frozen=True)
@@ -298,7 +300,7 @@ class CompletionStore:
             if "malformed" in str(e):  # an SQLite file with a damaged page
                 raise store_failure(self.path, e) from e
             raise StoreError(f"{self.path} is not an SQLite database ({e}); give the "
-                             "store.sqlite of an iapo run") from e
+                             f"store.sqlite of an iapo run{_OR_LOG}") from e
 
     def _columns(self, table: str) -> set[str]:
         return {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
@@ -310,7 +312,8 @@ class CompletionStore:
         missing = {"meta", "arms", "queries", "completions"} - tables
         if missing:
             raise StoreError(f"{self.path} is not an iapo completion store (it lacks the "
-                             f"tables {sorted(missing)}); give the store.sqlite of an iapo run")
+                             f"tables {sorted(missing)}); give the store.sqlite of an iapo "
+                             f"run{_OR_LOG}")
 
     def _migrate_v1(self) -> None:
         """Stores of version 1 keyed completions by (arm, query id): compute each one's pool
