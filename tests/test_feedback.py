@@ -69,6 +69,8 @@ def test_feedback_is_stored_for_the_caller_s_own_request(served) -> None:  # typ
     ({"id": "x", "objective": "correct", "score": 1.5}, 400, "score", ["[0, 1]", "1.5"]),
     ({"id": "x", "gold": None}, 400, "gold", ["string or a finite number"]),
     ({"id": "x", "gold": " "}, 400, "gold", ["gold is empty"]),
+    ({"id": "x", "gold": "Mars"}, 400, "gold", ["'Mars' can never be right", "A, B, C, D"]),
+    ({"id": "x", "gold": 3}, 400, "gold", ["3 can never be right", "multiple_choice"]),
     ({"id": "x", "gold": "B", "note": "hi"}, 400, "note", ["unknown field"]),
     (["not", "an", "object"], 400, None, ["JSON object"]),
 ])
@@ -121,14 +123,16 @@ def test_label_log_attaches_gold_in_bulk_all_lines_or_none(served, tmp_path: Pat
         "",
         json.dumps({"id": ids[2], "gold": "C"}),
         json.dumps({"id": ids[2], "gold": ""}),
+        json.dumps({"id": ids[2], "gold": "Mars"}),
     ]) + "\n")
     runner = CliRunner()
     bad = runner.invoke(main, ["label-log", str(log), str(labels)])
     assert bad.exit_code == 2
-    assert "4 bad line(s), nothing attached" in bad.output
+    assert "5 bad line(s), nothing attached" in bad.output
     for line in ("line 2: not valid JSON", "line 3: no logged request has id "
                  "'chatcmpl-unknown'", "line 4: label-log attaches gold answers",
-                 "line 7: gold is empty"):
+                 "line 7: gold is empty", "line 8: gold 'Mars' can never be right for "
+                 "objective 'correct' (multiple_choice), whose answers are A, B, C, D"):
         assert line in bad.output
     with CompletionStore(log, create=False) as store:
         assert store.feedback() == []
@@ -147,3 +151,28 @@ def test_label_log_attaches_gold_in_bulk_all_lines_or_none(served, tmp_path: Pat
         (ids[2], "B", "label-log", None), (ids[0], "C", "label-log", None)]
     missing = runner.invoke(main, ["label-log", str(tmp_path / "nope.sqlite"), str(labels)])
     assert missing.exit_code == 2 and "--log-store" in missing.output
+
+
+def test_a_gold_is_checked_as_the_tasks_scorers_compare_it(tmp_path: Path) -> None:
+    """multiple_choice compares a gold letter upper-cased and stripped, label a label
+    case-folded: those that can match pass, the rest are named; a scorer without a fixed set
+    of answers (exact match) lets every gold through."""
+    import dataclasses
+
+    from iapo.live.feedback import gold_problem
+    from iapo.live.task import ObjectiveSpec, load_task
+    from test_serve import mv_task
+
+    mcq = load_task(mv_task(tmp_path, "http://127.0.0.1:9/v1"))  # choices = "ABCD"
+    assert [gold_problem(g, mcq) for g in ("b", " C ", "A")] == [None] * 3
+    for bad in ("E", "AB", 3, "Mars"):
+        assert "can never be right for objective 'correct'" in (gold_problem(bad, mcq) or "")
+    yes_no = dataclasses.replace(mcq, objectives=(ObjectiveSpec(
+        "correct", "label", 0.0, 1.0, {"labels": ["yes", "no"]}),))
+    assert gold_problem("YES", yes_no) is None and gold_problem(" no", yes_no) is None
+    assert gold_problem("maybe", yes_no) == (
+        "gold 'maybe' can never be right for objective 'correct' (label), whose answers are "
+        "yes, no: give the right answer as the task's data gives it")
+    exact = dataclasses.replace(mcq, objectives=(ObjectiveSpec("correct", "exact_match", 0.0,
+                                                               1.0),))
+    assert gold_problem("anything at all", exact) is None

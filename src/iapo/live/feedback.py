@@ -60,6 +60,8 @@ def parse(item: Any, task: Task | None) -> tuple[str, str, str | None, Any]:
         if isinstance(gold, str) and not gold.strip():
             raise FeedbackError("gold is empty: give the right answer, as the task's data "
                                 "gives it", "gold")
+        if task is not None and (why := gold_problem(gold, task)):
+            raise FeedbackError(why, "gold")
         return rid, "gold", None, gold
     if task is None:
         raise FeedbackError("label-log attaches gold answers; post scores to /v1/feedback",
@@ -78,6 +80,41 @@ def parse(item: Any, task: Task | None) -> tuple[str, str, str | None, Any]:
     return rid, "score", str(objective), float(score)
 
 
+def gold_problem(gold: Any, task: Task) -> str | None:
+    """Why ``gold`` can never be right for ``task`` (None: it can, or the task does not say
+    what its answers are): a letter outside a multiple_choice objective's choices, or a label
+    outside a label objective's labels or the aggregator's, compared as they compare."""
+    sets = [(f"objective '{o.name}' (multiple_choice)",
+             list(str(o.options.get("choices", "ABCDE")).upper()), str(gold).strip().upper())
+            for o in task.objectives if o.scorer == "multiple_choice"]
+    sets += [(f"objective '{o.name}' (label)", [str(x).casefold() for x in o.options["labels"]],
+              str(gold).strip().casefold())
+             for o in task.objectives if o.scorer == "label" and "labels" in o.options]
+    if task.extractor == "label" and task.labels:
+        sets.append(("the aggregator's labels", [x.casefold() for x in task.labels],
+                     str(gold).strip().casefold()))
+    for what, answers, key in sets:
+        if key not in answers:
+            return (f"gold {gold!r} can never be right for {what}, whose answers are "
+                    f"{', '.join(answers)}: give the right answer as the task's data gives it")
+    return None
+
+
+def logged_task(store: CompletionStore) -> Task | None:
+    """The task that served the log (its file, as the gateway recorded it), or None where the
+    log names none or the file cannot be read now."""
+    from iapo.live.task import load_task
+
+    meta = store.get_meta("task")
+    path = meta.get("path") if isinstance(meta, dict) else None
+    if not path:
+        return None
+    try:
+        return load_task(path)
+    except (InputError, OSError):
+        return None
+
+
 def label_log(log_path: Path, labels_path: Path) -> dict[str, int]:
     """Attach the gold answers of ``labels_path`` (JSONL, one ``{"id", "gold"}`` per line) to
     the requests of the log at ``log_path``, all of them or none: every bad line is named,
@@ -94,6 +131,7 @@ def label_log(log_path: Path, labels_path: Path) -> dict[str, int]:
         raise InputError(f"log {log_path} does not exist; give the file of iapo serve "
                          "--log-store")
     with store_errors(log_path), CompletionStore(log_path) as store:
+        task = logged_task(store)  # where it is known, a gold it can never score is refused
         problems: list[str] = []
         rows: list[Feedback] = []
         now = time.time()
@@ -108,7 +146,9 @@ def label_log(log_path: Path, labels_path: Path) -> dict[str, int]:
             except FeedbackError as e:
                 problems.append(f"line {number}: {e}")
                 continue
-            if store.served_request(rid) is None:
+            if task is not None and (why := gold_problem(value, task)):
+                problems.append(f"line {number}: {why}")
+            elif store.served_request(rid) is None:
                 problems.append(f"line {number}: no logged request has id {rid!r}")
             else:
                 rows.append(Feedback(rid, now, None, "gold", None, value, "label-log"))
