@@ -69,8 +69,8 @@ def test_feedback_is_stored_for_the_caller_s_own_request(served) -> None:  # typ
     ({"id": "x", "objective": "correct", "score": 1.5}, 400, "score", ["[0, 1]", "1.5"]),
     ({"id": "x", "gold": None}, 400, "gold", ["string or a finite number"]),
     ({"id": "x", "gold": " "}, 400, "gold", ["gold is empty"]),
-    ({"id": "x", "gold": "Mars"}, 400, "gold", ["'Mars' can never be right", "A, B, C, D"]),
-    ({"id": "x", "gold": 3}, 400, "gold", ["3 can never be right", "multiple_choice"]),
+    ({"id": "x", "gold": "Mars"}, 400, "gold", ["'Mars' gives no answer", "'multiple_choice'"]),
+    ({"id": "x", "gold": 3}, 400, "gold", ["3 gives no answer", "no vote can match it"]),
     ({"id": "x", "gold": "B", "note": "hi"}, 400, "note", ["unknown field"]),
     (["not", "an", "object"], 400, None, ["JSON object"]),
 ])
@@ -131,8 +131,8 @@ def test_label_log_attaches_gold_in_bulk_all_lines_or_none(served, tmp_path: Pat
     assert "5 bad line(s), nothing attached" in bad.output
     for line in ("line 2: not valid JSON", "line 3: no logged request has id "
                  "'chatcmpl-unknown'", "line 4: label-log attaches gold answers",
-                 "line 7: gold is empty", "line 8: gold 'Mars' can never be right for "
-                 "objective 'correct' (multiple_choice), whose answers are A, B, C, D"):
+                 "line 7: gold is empty", "line 8: gold 'Mars' gives no answer that the "
+                 "task's 'multiple_choice' extractor reads"):
         assert line in bad.output
     with CompletionStore(log, create=False) as store:
         assert store.feedback() == []
@@ -153,26 +153,62 @@ def test_label_log_attaches_gold_in_bulk_all_lines_or_none(served, tmp_path: Pat
     assert missing.exit_code == 2 and "--log-store" in missing.output
 
 
-def test_a_gold_is_checked_as_the_tasks_scorers_compare_it(tmp_path: Path) -> None:
-    """multiple_choice compares a gold letter upper-cased and stripped, label a label
-    case-folded: those that can match pass, the rest are named; a scorer without a fixed set
-    of answers (exact match) lets every gold through."""
+def test_a_gold_is_checked_as_the_task_reads_it(tmp_path: Path) -> None:
+    """Majority voting reads the gold through the task's extractor, as it reads a vote: what
+    it reads an answer from passes ('(B)', 'Answer: B'), the rest is named ('b', 'Mars', 3;
+    the multiple_choice extractor reads capitals only). Best-of-N compares as its scorers
+    do: a multiple_choice letter upper-cased among the objective's choices, a label
+    case-folded among its labels; a scorer with no fixed answers lets every gold through."""
     import dataclasses
 
     from iapo.live.feedback import gold_problem
     from iapo.live.task import ObjectiveSpec, load_task
     from test_serve import mv_task
 
-    mcq = load_task(mv_task(tmp_path, "http://127.0.0.1:9/v1"))  # choices = "ABCD"
-    assert [gold_problem(g, mcq) for g in ("b", " C ", "A")] == [None] * 3
-    for bad in ("E", "AB", 3, "Mars"):
-        assert "can never be right for objective 'correct'" in (gold_problem(bad, mcq) or "")
-    yes_no = dataclasses.replace(mcq, objectives=(ObjectiveSpec(
+    mcq = load_task(mv_task(tmp_path, "http://127.0.0.1:9/v1"))
+    assert [gold_problem(g, mcq) for g in ("B", " C ", "(B)", "Answer: B")] == [None] * 4
+    for bad in ("b", "AB", 3, "Mars"):
+        assert "extractor reads" in (gold_problem(bad, mcq) or ""), bad
+    bon = dataclasses.replace(mcq, aggregator="bon")  # the mcq objective, choices "ABCD"
+    assert gold_problem("b", bon) is None and gold_problem(" D", bon) is None
+    assert gold_problem("E", bon) == (
+        "gold 'E' can never be right for objective 'correct' (multiple_choice), whose answers "
+        "are A, B, C, D: give the right answer as the task's data gives it")
+    yes_no = dataclasses.replace(bon, objectives=(ObjectiveSpec(
         "correct", "label", 0.0, 1.0, {"labels": ["yes", "no"]}),))
     assert gold_problem("YES", yes_no) is None and gold_problem(" no", yes_no) is None
-    assert gold_problem("maybe", yes_no) == (
-        "gold 'maybe' can never be right for objective 'correct' (label), whose answers are "
-        "yes, no: give the right answer as the task's data gives it")
-    exact = dataclasses.replace(mcq, objectives=(ObjectiveSpec("correct", "exact_match", 0.0,
+    assert "whose answers are yes, no" in (gold_problem("maybe", yes_no) or "")
+    exact = dataclasses.replace(bon, objectives=(ObjectiveSpec("correct", "exact_match", 0.0,
                                                                1.0),))
     assert gold_problem("anything at all", exact) is None
+
+
+def test_label_log_reads_the_task_a_policy_carries(tmp_path: Path) -> None:
+    """A policy that embeds its task (as iapo optimize writes it) serves with no task file:
+    label-log checks golds against the copy of the task the gateway stored in the log."""
+    import shutil
+
+    from iapo.live.task import load_task
+    from iapo.policy import Policy
+    from iapo.problem import Choice
+    from iapo.serve.core import serving_section
+    from test_serve import mv_task
+
+    run, log = tmp_path / "run", tmp_path / "log.sqlite"
+    run.mkdir()
+    with ScriptedServer(answer="The answer is (B).") as up:
+        task = load_task(mv_task(tmp_path, up.base_url))
+        shutil.copy(tmp_path / "mcq.jsonl", run / "mcq.jsonl")
+        grid = task.problem().grid
+        Policy(task.name, "test", 10, 10, 0, {}, grid.keys, [Choice(0, 1, 0.5, 1)] * len(grid),
+               serving=serving_section(task)).save(run / "policy.json")
+        (tmp_path / "task.toml").unlink()  # the policy carries its task
+        with Gateway(run / "policy.json", "--log-store", str(log)) as gw:
+            rid = gw.ask({"budget": "low"}).id
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text(json.dumps({"id": rid, "gold": "Mars"}) + "\n")
+    res = CliRunner().invoke(main, ["label-log", str(log), str(labels)])
+    assert res.exit_code == 2 and "line 1: gold 'Mars' gives no answer" in res.output
+    labels.write_text(json.dumps({"id": rid, "gold": "(B)"}) + "\n")
+    res = CliRunner().invoke(main, ["label-log", str(log), str(labels)])
+    assert res.exit_code == 0, res.output

@@ -677,21 +677,29 @@ def test_refine_keeps_apart_a_context_whose_traffic_differs(tmp_path: Path) -> N
 
 
 def test_refine_reads_each_logged_request_by_the_arm_that_served_it(tmp_path: Path) -> None:
-    """A gateway serves 'short' (index 2, wrong every time) at N = 4 in both contexts. A run
-    whose task lists the same prompts in another order ('short' first) reads the same log
-    as the run that served it: 'short' served, right never (Q 0 at no cost, 0 - 4 x 1 at a
-    cost weight of 1), on all 40 groups (the contexts' traffics alike, each counts for
-    both). A run whose task lacks 'short' is refused, with nothing written."""
+    """A gateway serves 'short' (index 2, wrong every time) at N = 4 in both contexts for 40
+    requests, then another serves 'direct' (index 0) for 10, into the same log. A run whose
+    task lists the same prompts in another order ('short' first) reads the log as the run
+    that served it: 'short' served, right never (Q 0 at no cost, 0 - 4 x 1 at a cost weight
+    of 1), on its 40 groups (the contexts' traffics alike, each counts for both). A run whose
+    task lacks 'direct' leaves its 10 requests out and says so; one that has neither is
+    refused, with nothing written."""
     from test_serve import write_policy
 
     run, log = tmp_path / "run", tmp_path / "log.sqlite"
     run.mkdir()
     queries = list(GOLD)
+    served = []
     with ScriptedServer(answer_of=by_prompt) as up:
         serve_short(run, up)
-        with Gateway(run / "policy.json", "--log-store", str(log)) as gw:
-            served = [(gw.ask({"budget": "low" if i % 2 else "high"},
-                              content=queries[i % 10]).id, queries[i % 10]) for i in range(40)]
+        direct = tmp_path / "direct"
+        direct.mkdir()
+        for policy, count in ((run / "policy.json", 40),
+                              (mcq_policy(direct, up.base_url, [(0, 4), (0, 4)]), 10)):
+            with Gateway(policy, "--log-store", str(log)) as gw:
+                served += [(gw.ask({"budget": "low" if i % 2 else "high"},
+                                   content=queries[i % 10]).id, queries[i % 10])
+                           for i in range(count)]
     attach_gold(tmp_path, log, served)
     head, *prompts = (run / "task.toml").read_text().split("[[prompts]]")
     rest = prompts[-1][prompts[-1].index("[data]"):]
@@ -699,7 +707,7 @@ def test_refine_reads_each_logged_request_by_the_arm_that_served_it(tmp_path: Pa
     by_name = {p.split('"')[1]: p for p in prompts}  # name = "..." opens each block
     reports = {}
     for name, order in (("run", None), ("reordered", ["short", "direct", "reason"]),
-                        ("without_short", ["direct", "reason"])):
+                        ("without_direct", ["short", "reason"]), ("neither", ["reason"])):
         other = run if order is None else tmp_path / name
         if order is not None:
             other.mkdir()
@@ -712,13 +720,16 @@ def test_refine_reads_each_logged_request_by_the_arm_that_served_it(tmp_path: Pa
             CompletionStore(other / "store.sqlite").close()
         res = CliRunner().invoke(main, ["refine", str(other), "--log", str(log),
                                         "--refine-every", "10"])
-        if name == "without_short":
-            assert res.exit_code == 2 and "40 of the 40 requests" in res.output
+        if name == "neither":
+            assert res.exit_code == 2 and "all 50 requests" in res.output
             assert "by prompt 'short'" in res.output and "give the run whose task" in res.output
             assert not (other / "refine.json").exists()
-        else:
-            assert res.exit_code == 0, res.output
-            reports[name] = json.loads((other / "refine.json").read_text())
+            continue
+        assert res.exit_code == 0, res.output
+        reports[name] = json.loads((other / "refine.json").read_text())
+        left = 10 if name == "without_direct" else 0
+        assert reports[name]["log"]["other_arms"] == left
+        assert (f"{left} logged requests left out: served by arms" in res.output) == bool(left)
     for report in reports.values():
         assert [(c["served"]["prompt"], c["served"]["q"], c["served"]["groups"])
                 for c in report["contexts"]] == [("short", 0.0, 40), ("short", -4.0, 40)]
@@ -783,7 +794,7 @@ def test_monitor_of_a_log_alone_says_what_is_missing(tmp_path: Path) -> None:
     with CompletionStore(log) as store:  # it names a run that has moved since
         store.set_meta(SERVED_RUN, str(tmp_path / "moved"))
     res = CliRunner().invoke(main, ["monitor", str(log)])
-    assert res.exit_code == 2 and "holds no policy.json now" in res.output
+    assert res.exit_code == 2 and "which is not there now" in res.output
     assert "iapo monitor RUN --log LOG" in res.output
 
 

@@ -1041,6 +1041,9 @@ def _echo_refine(report: dict[str, Any]) -> None:
     click.echo(f"log: {log['logged']} requests ({log['policy']} served, {log['learn']} "
                f"learning pulls), {log['left_out']} left out without a gold answer; "
                f"{report['training_groups']} training groups")
+    if log.get("other_arms"):
+        click.echo(f"{log['other_arms']} logged requests left out: served by arms that the "
+                   "run's task does not have (another task, or serve --allow-task-change)")
     if log.get("rated") or log.get("rated_unused"):
         click.echo(f"{log['rated']} feedback scores of shown completions count as their "
                    "values (Best-of-N)" + (f"; {log['rated_unused']} not used (a score counts "

@@ -82,17 +82,33 @@ def parse(item: Any, task: Task | None) -> tuple[str, str, str | None, Any]:
 
 def gold_problem(gold: Any, task: Task) -> str | None:
     """Why ``gold`` can never be right for ``task`` (None: it can, or the task does not say
-    what its answers are): a letter outside a multiple_choice objective's choices, or a label
-    outside a label objective's labels or the aggregator's, compared as they compare."""
+    what its answers are), read as the task reads it:
+
+    - majority voting (and mixed): a vote's answer is extracted from the completion and the
+      gold's through the same extractor (:meth:`iapo.live.oracle.TaskRuntime.gold_answer`),
+      so a gold it reads no answer from matches no vote;
+    - Best-of-N (and mixed): a letter outside a multiple_choice objective's choices, or a
+      label outside a label objective's labels, compared as those scorers compare.
+    """
+    from iapo.live.scorers import make_extractor
+
+    if task.aggregator != "bon" and task.extractor:
+        try:
+            read = make_extractor(task.extractor, task.labels)(str(gold))
+        except Exception:  # an extractor that fails reads nothing, as gold_answer has it
+            read = None
+        if read is None:
+            return (f"gold {gold!r} gives no answer that the task's {task.extractor!r} "
+                    "extractor reads (it reads the gold as it reads a completion's vote), so "
+                    "no vote can match it: give the right answer as the task's data gives it")
+    if task.aggregator == "mv":
+        return None
     sets = [(f"objective '{o.name}' (multiple_choice)",
              list(str(o.options.get("choices", "ABCDE")).upper()), str(gold).strip().upper())
             for o in task.objectives if o.scorer == "multiple_choice"]
     sets += [(f"objective '{o.name}' (label)", [str(x).casefold() for x in o.options["labels"]],
               str(gold).strip().casefold())
              for o in task.objectives if o.scorer == "label" and "labels" in o.options]
-    if task.extractor == "label" and task.labels:
-        sets.append(("the aggregator's labels", [x.casefold() for x in task.labels],
-                     str(gold).strip().casefold()))
     for what, answers, key in sets:
         if key not in answers:
             return (f"gold {gold!r} can never be right for {what}, whose answers are "
@@ -101,17 +117,14 @@ def gold_problem(gold: Any, task: Task) -> str | None:
 
 
 def logged_task(store: CompletionStore) -> Task | None:
-    """The task that served the log (its file, as the gateway recorded it), or None where the
-    log names none or the file cannot be read now."""
-    from iapo.live.task import load_task
+    """The task that served the log (the copy the gateway stored in it), or None where the
+    log holds none that can be read."""
+    from iapo.live.task import task_from_dict
 
     meta = store.get_meta("task")
-    path = meta.get("path") if isinstance(meta, dict) else None
-    if not path:
-        return None
-    try:
-        return load_task(path)
-    except (InputError, OSError):
+    try:  # the copy the gateway stored, as export-env reads it
+        return task_from_dict(meta["raw"], Path(meta["path"]))
+    except (InputError, KeyError, TypeError, ValueError):
         return None
 
 

@@ -159,26 +159,33 @@ def log_observations(task: Task, data: list[Record], log: CompletionStore, costs
     by_query = {queries[r.id]: gold[r.id] for r in rows if r.id in gold and r.id in queries}
     runtime = TaskRuntime(task, [])
     needs_gold = bool(runtime.gold_needers())  # the rule training checks
-    # a row names the arm that served it: its prompt is that arm's index in this task (the
-    # same prompts in another order map; a prompt, model or decoding this task lacks stops)
-    prompt_of = {arm: p for p, arm in enumerate(runtime.arms)}
-    if foreign := [r for r in rows if r.arm not in prompt_of]:
+    # a row names the arm that served it (prompt, model, decoding): its prompt is its index
+    # where this task has that arm there, else that arm's index (the same prompts in another
+    # order); a row of an arm this task lacks is left out and counted
+    arms = runtime.arms
+    prompt_of = {arm: p for p, arm in enumerate(arms)}
+    prompts = [r.prompt if 0 <= r.prompt < len(arms) and arms[r.prompt] == r.arm
+               else prompt_of.get(r.arm) for r in rows]
+    if all(p is None for p in prompts):
         logged = {a["arm"]: a["prompt_name"] for a in log.arms()}
         raise RefineError(
-            f"{len(foreign)} of the {len(rows)} requests in the log {log.path} were served by "
-            f"arms that the task {task.name!r} ({task.path}) does not have (the first, request "
-            f"{foreign[0].id}, by prompt {logged.get(foreign[0].arm, foreign[0].prompt)!r}): "
-            "the log was served by a task whose prompts, model or decoding differ; give the "
-            "run whose task served it")
+            f"all {len(rows)} requests in the log {log.path} were served by arms that the "
+            f"task {task.name!r} ({task.path}) does not have (the first, request {rows[0].id}, "
+            f"by prompt {logged.get(rows[0].arm, rows[0].prompt)!r}): the log was served by "
+            "another task, or by a gateway started with --task and --allow-task-change; give "
+            "the run whose task served it")
     counts = {"logged": len(rows), "policy": sum(r.reason == "policy" for r in rows),
               "learn": sum(r.reason == "learn" for r in rows), "with_gold": 0, "left_out": 0,
-              "rated": 0, "rated_unused": 0}
+              "rated": 0, "rated_unused": 0,
+              "other_arms": sum(p is None for p in prompts)}
     records: list[Record] = []
     groups: list[tuple[int, int, int, list[StoredCompletion]]] = []
     reasons: list[str] = []
     origins: list[int] = []
     ratings: dict[int, tuple[int, dict[int, float]]] = {}  # group -> (shown sample, scores)
-    for r in rows:
+    for r, prompt in zip(rows, prompts, strict=True):
+        if prompt is None:  # counted in other_arms
+            continue
         query = queries.get(r.id)
         label = by_query.get(query) if query is not None else None
         if query is None or (needs_gold and label is None):
@@ -196,7 +203,7 @@ def log_observations(task: Task, data: list[Record], log: CompletionStore, costs
                 counts["rated"] += 1
             else:
                 counts["rated_unused"] += 1
-        groups.append((prompt_of[r.arm], len(records) - 1, r.n, [got[s] for s in range(r.n)]))
+        groups.append((prompt, len(records) - 1, r.n, [got[s] for s in range(r.n)]))
         reasons.append(r.reason)
         origins.append(context_index.get(r.context, -1))
     if needs_gold and rows and not groups:
@@ -227,10 +234,10 @@ def served_run(log_path: Path) -> Path:
         raise RefineError(f"the log {str(log_path)!r} does not name the run it was served "
                           "from (no gateway of this version wrote to it); name the run: "
                           "iapo monitor RUN --log LOG")
-    if not (Path(run) / "policy.json").is_file():
+    if not Path(run).is_dir():
         raise RefineError(f"the log {str(log_path)!r} was served from the run {run!r}, which "
-                          "holds no policy.json now (moved or deleted); name the run: iapo "
-                          "monitor RUN --log LOG")
+                          "is not there now (moved or deleted); name the run: iapo monitor "
+                          "RUN --log LOG")
     return Path(run)
 
 
