@@ -283,6 +283,22 @@ def test_simulate_with_retraining(tmp_path: Path) -> None:
         assert bad.exit_code == 2 and "give a multiple of 100 up to 2000" in bad.output
 
 
+def test_simulate_refuses_options_that_would_change_nothing(tmp_path: Path) -> None:
+    """--drop without --drift-at and --shift-keep without --shift-at would be ignored; an
+    empty item or a repeated budget in --budgets would run other conditions than listed.
+    Each is refused before any run, with exit status 2 and nothing written."""
+    out = tmp_path / "sim"
+    for args, says in ((["--drop", "0.2"], "--drop says what happens at --drift-at"),
+                       (["--shift-keep", "0.3"], "--shift-keep says what happens at --shift-at"),
+                       (["--budgets", ""], "has an empty item"),
+                       (["--budgets", "0.1,,0.2"], "has an empty item"),
+                       (["--budgets", "0.1,0.1"], "names a budget twice")):
+        res = CliRunner().invoke(main, ["simulate", "--runs", "2", "--requests", "2000",
+                                        *args, "--out", str(out)])
+        assert res.exit_code == 2 and says in res.output, (args, res.output)
+    assert not out.exists()
+
+
 def test_sim_config_refuses_refits_between_its_steps() -> None:
     """The simulation refits between steps of 100 requests: a --refine-every off that step
     would count more looks than it makes."""

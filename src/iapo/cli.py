@@ -525,12 +525,12 @@ def bench(envs: str, learners: str | None, budgets: str, runs: int, seed: int, o
               help="Learner of the trained policy.")
 @click.option("--drift-at", "drift_at", default=None, type=click.IntRange(min=0),
               help="After this request the served prompt loses --drop accuracy.")
-@click.option("--drop", "drop", default=0.1, show_default=True, type=float,
-              help="Accuracy the drifted prompt loses.")
+@click.option("--drop", "drop", default=None, show_default="0.1", type=float,
+              help="Accuracy the drifted prompt loses (with --drift-at).")
 @click.option("--shift-at", "shift_at", default=None, type=click.IntRange(min=0),
               help="After this request queries come from a random --shift-keep share only.")
-@click.option("--shift-keep", "shift_keep", default=0.5, show_default=True, type=float,
-              help="Share of the queries the traffic keeps after --shift-at.")
+@click.option("--shift-keep", "shift_keep", default=None, show_default="0.5", type=float,
+              help="Share of the queries the traffic keeps after --shift-at (with it).")
 @click.option("--by-context", "by_context", is_flag=True,
               help="Each context's requests come from its own slice of the queries (by "
                    "difficulty); a scenario of its own.")
@@ -554,8 +554,8 @@ def bench(envs: str, learners: str | None, budgets: str, runs: int, seed: int, o
               type=click.Path(file_okay=False), help="Output folder.")
 @_user_errors
 def simulate(env_name: str, runs: int, budgets: str, requests: int, train_budget: int,
-             learner: str, drift_at: int | None, drop: float, shift_at: int | None,
-             shift_keep: float, by_context: bool, pooled: bool, refine_every: int,
+             learner: str, drift_at: int | None, drop: float | None, shift_at: int | None,
+             shift_keep: float | None, by_context: bool, pooled: bool, refine_every: int,
              confidence: float, min_gain: float, moves: str, retrain: int, alarm: float,
              seed: int, workers: int, out: str) -> None:
     """Serve simulated traffic with a trained policy, frozen and learning continually, with
@@ -563,10 +563,22 @@ def simulate(env_name: str, runs: int, budgets: str, requests: int, train_budget
     from iapo.continual import ContinualSettings
     from iapo.simulate import Scenario, SimConfig, run_all, write
 
+    for option, value, needs in (("--drop", drop, drift_at), ("--shift-keep", shift_keep,
+                                                              shift_at)):
+        if value is not None and needs is None:  # it would change nothing
+            at = "--drift-at" if option == "--drop" else "--shift-at"
+            raise click.UsageError(f"{option} says what happens at {at}, which is not given: "
+                                   f"add {at} K, or leave {option} out")
+    items = [b.strip() for b in budgets.split(",")]
+    if not all(items):
+        raise click.UsageError(f"--budgets {budgets!r} has an empty item: give comma-separated "
+                               "fractions, e.g. 0.02,0.05,0.1")
     try:
-        budget_list = tuple(float(b) for b in _csv_list(budgets))
+        budget_list = tuple(float(b) for b in items)
     except ValueError as e:
         raise click.UsageError(f"--budgets must be comma-separated fractions ({e})") from e
+    if len(set(budget_list)) < len(budget_list):
+        raise click.UsageError(f"--budgets {budgets!r} names a budget twice: give each once")
     settings = ContinualSettings(refine_every=refine_every, confidence=confidence,
                                  min_gain=min_gain, alarm=alarm, horizon=requests,
                                  moves=moves, retrain=retrain)
@@ -578,8 +590,10 @@ def simulate(env_name: str, runs: int, budgets: str, requests: int, train_budget
 
         check_moves(get_environment(env_name).problem, settings)
     config = SimConfig(env_name, budget_list, runs, seed, train_budget, learner,
-                       scenario=Scenario(requests, drift_at, drop, shift_at, shift_keep,
-                                         by_context=by_context),
+                       scenario=Scenario(requests, drift_at,
+                                         Scenario.drop if drop is None else drop, shift_at,
+                                         Scenario.shift_keep if shift_keep is None
+                                         else shift_keep, by_context=by_context),
                        settings=settings, origins=not pooled)
     _check_writable(out, "--out", folder=True)
     results = run_all(config, workers=workers)
