@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from iapo.errors import InputError
+from iapo.live.scorers import fixed_answers, make_extractor, read_answer
 from iapo.live.store import CompletionStore, Feedback, store_errors
 from iapo.live.task import Task
 
@@ -90,29 +91,19 @@ def gold_problem(gold: Any, task: Task) -> str | None:
     - Best-of-N (and mixed): a letter outside a multiple_choice objective's choices, or a
       label outside a label objective's labels, compared as those scorers compare.
     """
-    from iapo.live.scorers import make_extractor
-
-    if task.aggregator != "bon" and task.extractor:
-        try:
-            read = make_extractor(task.extractor, task.labels)(str(gold))
-        except Exception:  # an extractor that fails reads nothing, as gold_answer has it
-            read = None
-        if read is None:
-            return (f"gold {gold!r} gives no answer that the task's {task.extractor!r} "
-                    "extractor reads (it reads the gold as it reads a completion's vote), so "
-                    "no vote can match it: give the right answer as the task's data gives it")
+    if task.aggregator != "bon" and task.extractor and read_answer(
+            make_extractor(task.extractor, task.labels), gold) is None:
+        return (f"gold {gold!r} gives no answer that the task's {task.extractor!r} "
+                "extractor reads (it reads the gold as it reads a completion's vote), so "
+                "no vote can match it: give the right answer as the task's data gives it")
     if task.aggregator == "mv":
         return None
-    sets = [(f"objective '{o.name}' (multiple_choice)",
-             list(str(o.options.get("choices", "ABCDE")).upper()), str(gold).strip().upper())
-            for o in task.objectives if o.scorer == "multiple_choice"]
-    sets += [(f"objective '{o.name}' (label)", [str(x).casefold() for x in o.options["labels"]],
-              str(gold).strip().casefold())
-             for o in task.objectives if o.scorer == "label" and "labels" in o.options]
-    for what, answers, key in sets:
-        if key not in answers:
-            return (f"gold {gold!r} can never be right for {what}, whose answers are "
-                    f"{', '.join(answers)}: give the right answer as the task's data gives it")
+    for o in task.objectives:
+        fixed = fixed_answers(o.scorer, o.options, gold)
+        if fixed is not None and fixed[1] not in fixed[0]:
+            return (f"gold {gold!r} can never be right for objective '{o.name}' ({o.scorer}), "
+                    f"whose answers are {', '.join(fixed[0])}: give the right answer as the "
+                    "task's data gives it")
     return None
 
 

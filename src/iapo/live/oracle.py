@@ -30,7 +30,13 @@ import numpy.typing as npt
 from iapo.errors import InputError
 from iapo.live.aggregate import NO_ANSWER, answer_categories, answer_labels
 from iapo.live.client import ChatClient, Completion
-from iapo.live.scorers import GOLD_SCORERS, TRUNCATION_AWARE, make_extractor, make_scorer
+from iapo.live.scorers import (
+    GOLD_SCORERS,
+    TRUNCATION_AWARE,
+    make_extractor,
+    make_scorer,
+    read_answer,
+)
 from iapo.live.store import CompletionStore, StoredCompletion, arm_key, pool_key
 from iapo.live.task import Record, Task, TaskError
 from iapo.pulls import Ledger, Observation, Pull, draw_queries, validate_pulls
@@ -189,10 +195,7 @@ class TaskRuntime:
     def gold_answer(self, record: Record) -> str | None:
         if self.extract is None or record.gold is None:
             return None
-        try:
-            return self.extract(str(record.gold))
-        except Exception:
-            return None
+        return read_answer(self.extract, record.gold)
 
     def costs(self, token_sums: npt.ArrayLike, token_counts: npt.ArrayLike
               ) -> npt.NDArray[np.float64]:

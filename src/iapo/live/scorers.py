@@ -235,10 +235,20 @@ def _exact(options: dict[str, Any]) -> Scorer:
     return lambda query, text, gold: float(normalize(text) == normalize(str(gold)))
 
 
+def _letter_of(gold: Any) -> str:
+    """A gold answer as the multiple_choice scorer compares it with the letter it reads."""
+    return str(gold).strip().upper()
+
+
+def _label_of(gold: Any) -> str:
+    """A gold answer as the label scorer compares it with the label it reads."""
+    return str(gold).strip().casefold()
+
+
 def _multiple_choice(options: dict[str, Any], explicit_only: bool = False) -> Scorer:
     choices = str(options.get("choices", "ABCDE"))
     return lambda query, text, gold: float(
-        extract_letter(text, choices, explicit_only) == str(gold).strip().upper())
+        extract_letter(text, choices, explicit_only) == _letter_of(gold))
 
 
 def _label(options: dict[str, Any], explicit_only: bool = False) -> Scorer:
@@ -246,9 +256,30 @@ def _label(options: dict[str, Any], explicit_only: bool = False) -> Scorer:
 
     def score(query: str, text: str, gold: Any) -> float:
         got = extract_label(text, labels, explicit_only)
-        return float(got is not None and got.casefold() == str(gold).strip().casefold())
+        return float(got is not None and got.casefold() == _label_of(gold))
 
     return score
+
+
+def fixed_answers(name: str, options: dict[str, Any], gold: Any
+                  ) -> tuple[list[str], str] | None:
+    """The answers scorer ``name`` can ever give credit for, and ``gold`` as it compares it
+    with them: a multiple_choice objective's choices (its letters), a label objective's
+    labels; None for a scorer with no fixed set of answers."""
+    if name == "multiple_choice":
+        return list(str(options.get("choices", "ABCDE")).upper()), _letter_of(gold)
+    if name == "label" and "labels" in options:
+        return [str(x).casefold() for x in options["labels"]], _label_of(gold)
+    return None
+
+
+def read_answer(extract: Callable[[str], str | None], text: Any) -> str | None:
+    """The answer ``extract`` reads from ``text`` (a completion, or a gold answer read as one),
+    or None, also where the extractor fails."""
+    try:
+        return extract(str(text))
+    except Exception:
+        return None
 
 
 def _numeric(options: dict[str, Any], explicit_only: bool = False) -> Scorer:
