@@ -89,8 +89,8 @@ def one(env_name: str, r: int, rank: int, answers: int, groups: int
     queries (first context), the library model's and the anchored model's, each [P]."""
     env = get_environment(env_name)
     problem = env.problem
-    probs = env._arrays()["probs"]
-    gold = env._arrays()["gold"].astype(np.int64)
+    arrays = env._arrays()
+    probs, gold = arrays["probs"], arrays["gold"].astype(np.int64)
     n_prompts, n_queries, n_cat = probs.shape
     n = problem.n_max
     train, _ = train_test_split(n_queries, r)

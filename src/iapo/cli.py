@@ -563,10 +563,9 @@ def simulate(env_name: str, runs: int, budgets: str, requests: int, train_budget
     from iapo.continual import ContinualSettings
     from iapo.simulate import Scenario, SimConfig, run_all, write
 
-    for option, value, needs in (("--drop", drop, drift_at), ("--shift-keep", shift_keep,
-                                                              shift_at)):
-        if value is not None and needs is None:  # it would change nothing
-            at = "--drift-at" if option == "--drop" else "--shift-at"
+    for option, value, at, when in (("--drop", drop, "--drift-at", drift_at),
+                                    ("--shift-keep", shift_keep, "--shift-at", shift_at)):
+        if value is not None and when is None:  # it would change nothing
             raise click.UsageError(f"{option} says what happens at {at}, which is not given: "
                                    f"add {at} K, or leave {option} out")
     items = [b.strip() for b in budgets.split(",")]

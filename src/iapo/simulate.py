@@ -651,7 +651,7 @@ def write(config: SimConfig, runs: Sequence[dict[str, Any]], out: Path) -> dict[
         raise OutputError(f"cannot make the output folder {out} ({e.strerror or e}): give "
                           "--out a folder that can be written") from e
     stem = _env_stem(config.env) + _suffix(asdict(config.scenario), config.origins,
-                                config.settings.moves, config.settings.retrain)
+                                           config.settings.moves, config.settings.retrain)
     with (out / f"{stem}-runs.jsonl").open("w") as fh:
         for r in runs:
             fh.write(json.dumps(r) + "\n")
