@@ -240,6 +240,18 @@ def test_serve_refuses_a_bad_policy_and_a_busy_port_before_serving(tmp_path: Pat
         assert "serving on" not in out.stdout
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_on_port_0_says_the_port_it_listens_on(tmp_path: Path, workers: str) -> None:
+    """--port 0 lets the system pick a free port: "serving on" names the port bound, not 0,
+    and the gateway answers there (one process, and workers that share the socket)."""
+    with ScriptedServer(answer="The answer is (B).") as up, Gateway(
+            mcq_policy(tmp_path, up.base_url, [(0, 1), (0, 1)]), "--workers", workers,
+            port=0) as gw:
+        assert gw.announced.startswith("serving ") and gw.port > 0
+        r = gw.ask({"budget": "low"})
+    assert r.model_extra["iapo"]["answer"] == "B" and len(up.requests) == 1
+
+
 def test_errors_name_neither_the_upstream_nor_files(tmp_path: Path) -> None:
     with ScriptedServer(default="500") as up, Gateway(
             mcq_policy(tmp_path, up.base_url, [(0, 1), (0, 1)]),

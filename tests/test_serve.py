@@ -35,16 +35,27 @@ QUESTION = "What is 2 + 3?\nA) 4\nB) 5\nC) 6\nD) 7"
 
 
 class Gateway:
-    """`iapo serve` in a subprocess on a loopback port."""
+    """`iapo serve` in a subprocess on a loopback port: a free one found first, or with
+    ``port=0`` the one the gateway says it bound (its "serving ... on URL" line,
+    ``announced``)."""
 
     def __init__(self, policy: Path, *args: str, env: dict[str, str] | None = None,
-                 api_key: str = "unused") -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+                 api_key: str = "unused", port: int | None = None) -> None:
+        self.port = free_port() if port is None else port
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "iapo.cli", "serve", str(policy), "--port", str(self.port),
              *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})})
+        self.announced = ""
+        if port == 0 and self.proc.stdout is not None:
+            self.announced = self.proc.stdout.readline().decode()
+            bound = re.search(r" on http://127\.0\.0\.1:([1-9]\d*)/v1 ", self.announced)
+            if bound is None:
+                self.close()
+                raise RuntimeError(f"iapo serve did not say where it listens: "
+                                   f"{self.announced!r}")
+            self.port = int(bound.group(1))
+        self.url = f"http://127.0.0.1:{self.port}"
         wait_until_up(f"{self.url}/health", self.proc, 60, "iapo serve",
                       lambda: self.proc.stdout.read().decode() if self.proc.stdout else "")
         self.client = self.as_key(api_key)

@@ -875,7 +875,8 @@ def answer(policy_path: str, query: str, context: str, task_path: str | None,
 @click.option("--host", "host", default=_serve_default("host"), show_default=True,
               help="Address to listen on; anything but loopback needs API keys.")
 @click.option("--port", "port", default=_serve_default("port"), show_default=True,
-              type=click.IntRange(0, 65535))
+              type=click.IntRange(0, 65535),
+              help="Port to listen on; 0: a free one, which \"serving on\" names.")
 @click.option("--keys", "keys_file", default=None, type=click.Path(dir_okay=False),
               help="TOML keys file: per key a name, its contexts, default context and limits "
                    "(else the comma-separated keys of $IAPO_API_KEYS).")

@@ -1,7 +1,9 @@
 """Running the gateway: checks before serving, one process or several workers.
 
 Every check runs before "serving on" is printed: the policy and task (fully validated), the
-keys, a non-loopback host only with keys, and the port (bound once to see that it is free).
+keys, a non-loopback host only with keys, and the port: it is bound then, and the server
+serves on that socket, so the address printed is the one bound (with ``--port 0``, the free
+port the system picked).
 
 Several workers (``--workers K``): uvicorn starts K processes on one port, each building the
 app from the same spec (passed in ``$IAPO_SERVE_SPEC``); the per-key limits live in one SQLite
@@ -12,6 +14,7 @@ writes with its own connection (writes wait for each other, none is lost).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import json
@@ -27,6 +30,7 @@ from iapo.serve.keys import ApiKey, KeysFileError, keys_from_env, load_keys
 from iapo.settings import ServeConfig
 
 SPEC_ENV = "IAPO_SERVE_SPEC"
+STARTUP_FAILURE = 3  # uvicorn's exit status for a server that did not start
 
 
 class ServeError(InputError):
@@ -66,15 +70,22 @@ def app_from_env() -> Any:
     return build_app(ServeConfig.from_json(json.loads(os.environ[SPEC_ENV])))
 
 
-def check_port(host: str, port: int) -> None:
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host``:``port`` and listening, for the server to take over (port
+    0: a free one the system picks, which ``getsockname()`` gives); a port in use is a
+    :class:`ServeError`."""
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host.strip("[]"), port))
-        except OSError as e:
-            raise ServeError(f"cannot listen on {host}:{port} ({e.strerror or e}); is another "
-                             "server using the port? Give another --port") from e
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+        sock.listen(2048)  # uvicorn's backlog
+    except OSError as e:
+        sock.close()
+        raise ServeError(f"cannot listen on {host}:{port} ({e.strerror or e}); is another "
+                         "server using the port? Give another --port") from e
+    sock.set_inheritable(True)  # the workers of --workers K share it
+    return sock
 
 
 def run_gateway(spec: ServeConfig, announce: Callable[[str], Any] = print) -> None:
@@ -94,19 +105,31 @@ def run_gateway(spec: ServeConfig, announce: Callable[[str], Any] = print) -> No
                          "the port spend the upstream model; set IAPO_API_KEYS=key1,key2 or "
                          "pass --keys keys.toml (or serve on 127.0.0.1)")
     who = f"{len(keys)} API key(s)" if keys else "no keys: loopback only"
-    url = f"http://{spec.host}:{spec.port}/v1"
     if spec.workers == 1:
         app = build_app(spec)  # validates the policy, task and keys before anything listens
-        check_port(spec.host, spec.port)
-        announce(f"serving {spec.policy} on {url} ({who})")
-        uvicorn.run(app, host=spec.host, port=spec.port, log_level="warning")
+        with listen(spec.host, spec.port) as sock:
+            announce(f"serving {spec.policy} on {_url(spec.host, sock)} ({who})")
+            server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+            with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C stops it, as uvicorn.run
+                server.run(sockets=[sock])  # the socket bound, not --port again
+        if not server.started:  # uvicorn said why
+            raise SystemExit(STARTUP_FAILURE)
         return
     with tempfile.TemporaryDirectory(prefix="iapo-serve-") as shared:
         full = dataclasses.replace(spec, limits_db=spec.limits or
                                    str(Path(shared) / "limits.sqlite"))
         build_app(full)  # the workers build the same: fail here, once, if it is wrong
-        check_port(spec.host, spec.port)
-        os.environ[SPEC_ENV] = json.dumps(full.to_json())
-        announce(f"serving {spec.policy} on {url} with {spec.workers} workers ({who})")
-        uvicorn.run("iapo.serve.run:app_from_env", factory=True, host=spec.host,
-                    port=spec.port, workers=spec.workers, log_level="warning")
+        with listen(spec.host, spec.port) as sock:
+            full = dataclasses.replace(full, port=sock.getsockname()[1])
+            os.environ[SPEC_ENV] = json.dumps(full.to_json())
+            announce(f"serving {spec.policy} on {_url(spec.host, sock)} with {spec.workers} "
+                     f"workers ({who})")
+            # uvicorn's workers take over the bound socket by its descriptor (its --fd)
+            uvicorn.run("iapo.serve.run:app_from_env", factory=True, fd=sock.fileno(),
+                        workers=spec.workers, log_level="warning")
+
+
+def _url(host: str, sock: socket.socket) -> str:
+    """The gateway's base URL on ``sock``: the host as given, the port bound (with --port
+    0, the one the system picked)."""
+    return f"http://{host}:{sock.getsockname()[1]}/v1"
