@@ -735,11 +735,10 @@ def test_refine_reads_each_logged_request_by_the_arm_that_served_it(tmp_path: Pa
                 for c in report["contexts"]] == [("short", 0.0, 40), ("short", -4.0, 40)]
 
 
-def test_a_refine_that_cannot_write_its_report_leaves_the_policy_as_it_was(
-        tmp_path: Path) -> None:
-    """'short' served and wrong every time, so refine would replace the policy; with
-    RUN/refine.json a folder, the report cannot be written: an error that names it, and
-    policy.json is the one served."""
+def serve_short_and_label(tmp_path: Path) -> tuple[Path, Path]:
+    """RUN and its LOG: 'short' served 80 times and wrong every time, with learning pulls
+    of the other prompts and every request's gold attached, so that refine would replace
+    the policy."""
     run, log = tmp_path / "run", tmp_path / "log.sqlite"
     run.mkdir()
     queries = list(GOLD)
@@ -752,6 +751,14 @@ def test_a_refine_that_cannot_write_its_report_leaves_the_policy_as_it_was(
             wait_for(lambda: httpx.get(f"{gw.url}/health").json()["learning"][
                 "learning_completions"] > 0)
     attach_gold(tmp_path, log, served)
+    return run, log
+
+
+def test_a_refine_that_cannot_write_its_report_leaves_the_policy_as_it_was(
+        tmp_path: Path) -> None:
+    """With RUN/refine.json a folder, the report cannot be written: an error that names it,
+    and policy.json is the one served."""
+    run, log = serve_short_and_label(tmp_path)
     before = (run / "policy.json").read_text()
     (run / "refine.json").mkdir()
     res = CliRunner().invoke(main, ["refine", str(run), "--log", str(log),
@@ -763,6 +770,69 @@ def test_a_refine_that_cannot_write_its_report_leaves_the_policy_as_it_was(
     res = CliRunner().invoke(main, ["refine", str(run), "--log", str(log),
                                     "--refine-every", "10"])
     assert res.exit_code == 0 and "(replaced)" in res.output, res.output
+
+
+def test_a_refine_that_cannot_write_the_policy_reports_it_unchanged(tmp_path: Path) -> None:
+    """With RUN/policy.previous.json a folder, the old policy cannot be kept, so the new one
+    is not written: exit status 1 with an error that says policy.json was not replaced, and
+    refine.json says "changed": false and why, while its contexts keep the arms chosen.
+    Once the folder is gone, a rerun replaces the policy."""
+    run, log = serve_short_and_label(tmp_path)
+    before = (run / "policy.json").read_text()
+    (run / "policy.previous.json").mkdir()
+    res = CliRunner().invoke(main, ["refine", str(run), "--log", str(log),
+                                    "--refine-every", "10"])
+    assert res.exit_code == 1, res.output
+    assert "the previous policy" in res.output and "was not replaced" in res.output
+    assert (run / "policy.json").read_text() == before
+    report = json.loads((run / "refine.json").read_text())
+    assert report["changed"] is False
+    assert report["why_not"].startswith("the refined policy could not be written")
+    assert any((c["chosen"]["prompt"], c["chosen"]["n"]) != ("short", 4)
+               for c in report["contexts"])
+    (run / "policy.previous.json").rmdir()
+    res = CliRunner().invoke(main, ["refine", str(run), "--log", str(log),
+                                    "--refine-every", "10"])
+    assert res.exit_code == 0 and "(replaced)" in res.output, res.output
+    assert json.loads((run / "refine.json").read_text())["changed"] is True
+    assert (run / "policy.previous.json").read_text() == before
+
+
+def test_a_background_refine_that_cannot_write_the_policy_reports_it_unchanged(
+        tmp_path: Path) -> None:
+    """``iapo serve --refine-every 40`` with RUN/policy.previous.json a folder: the refine
+    that would replace the policy cannot, and /health's last refine says "changed": false
+    with the error, as refine.json does; the gateway keeps serving the old policy."""
+    run = tmp_path / "run"
+    run.mkdir()
+    log = tmp_path / "log.sqlite"
+    queries = list(GOLD)
+    with ScriptedServer(answer_of=by_prompt) as up:
+        serve_short(run, up)
+        before = (run / "policy.json").read_text()
+        (run / "policy.previous.json").mkdir()
+        with Gateway(run / "policy.json", "--log-store", str(log), "--learn-budget", "1.0",
+                     "--refine-every", "40") as gw:
+            def refine_state() -> dict[str, Any]:
+                return httpx.get(f"{gw.url}/health").json()["refine"]
+
+            for i in range(200):
+                r = gw.ask({"budget": "low" if i % 2 else "high"}, content=queries[i % 10])
+                assert r.model_extra["iapo"]["prompt"] == "short"
+                assert httpx.post(f"{gw.url}/v1/feedback", timeout=10, json={
+                    "id": r.id, "gold": GOLD[queries[i % 10]]}).status_code == 200
+                if refine_state()["error"] is not None:
+                    break
+                time.sleep(0.01)  # let the background learning and refine run
+            wait_for(lambda: not refine_state()["running"])
+            state = refine_state()
+    assert "was not replaced" in state["error"]
+    assert state["last"] is not None and state["last"]["changed"] is False
+    assert (run / "policy.json").read_text() == before
+    report = json.loads((run / "refine.json").read_text())
+    assert report["changed"] is False and "could not be written" in report["why_not"]
+    assert any((c["chosen"]["prompt"], c["chosen"]["n"]) != ("short", 4)
+               for c in report["contexts"])
 
 
 def test_refine_and_monitor_refuse_a_log_that_served_nothing(tmp_path: Path) -> None:

@@ -39,7 +39,9 @@ What counts, and why it stays unbiased:
 It writes the new policy over RUN/policy.json (the old one kept as policy.previous.json), so
 that a gateway serving it reloads it, only when some context changed its arm; either way
 RUN/refine.json says, per context, what was served, what is chosen, the estimates with 95%
-intervals and the evidence.
+intervals and the evidence. The report is written first, so that one that cannot be written
+leaves the policy as it was; where the policy then cannot be written, the report is
+rewritten to say so (``"changed": false`` and why) and :class:`PolicyNotReplaced` is raised.
 """
 
 from __future__ import annotations
@@ -63,8 +65,8 @@ from iapo.continual import (
     retraining_floor,
     retraining_waits,
 )
-from iapo.errors import InputError
-from iapo.files import write_text_atomically
+from iapo.errors import InputError, RunError
+from iapo.files import OutputError, write_text_atomically
 from iapo.live.optimize import check_store_task
 from iapo.live.oracle import LiveOracle, TaskRuntime
 from iapo.live.store import (
@@ -378,8 +380,7 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
     if saved is not None:
         report["retraining_waits"] = waits
     if write:  # the report first: one that cannot be written leaves the policy as it was
-        write_text_atomically(run / "refine.json", json.dumps(report, indent=2) + "\n",
-                              "the refine report")
+        _write_report(run, report)
     if write and report["changed"]:
         est = learner.estimates()
         new = dataclasses.replace(
@@ -389,11 +390,45 @@ def _refine(run: Path, log_path: Path, settings: ContinualSettings, write: bool,
             learner=f"{policy.learner}+refine",
             trace={**policy.trace, "refined": {"log": str(log_path), "switches": len(
                 learner.switches)}})
-        if (run / "policy.json").is_file():
-            write_text_atomically(run / "policy.previous.json",
-                                  (run / "policy.json").read_text(), "the previous policy")
-        new.save(policy_path)
+        try:
+            if policy_path.is_file():
+                write_text_atomically(run / "policy.previous.json", policy_path.read_text(),
+                                      "the previous policy")
+            new.save(policy_path)
+        except (OSError, OutputError) as e:  # the report said "changed": it says what is
+            _not_replaced(run, report, e)
     return report
+
+
+class PolicyNotReplaced(RunError):
+    """A refine chose other arms but could not write the policy: RUN/policy.json is the one
+    served before. ``report`` is the refine's, which says so (``"changed": false``)."""
+
+    def __init__(self, message: str, report: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def _write_report(run: Path, report: dict[str, Any]) -> None:
+    write_text_atomically(run / "refine.json", json.dumps(report, indent=2) + "\n",
+                          "the refine report")
+
+
+def _not_replaced(run: Path, report: dict[str, Any], error: Exception) -> None:
+    """Rewrite RUN/refine.json, written as if the policy were replaced, to say it was not and
+    why; raise :class:`PolicyNotReplaced`."""
+    policy = run / "policy.json"
+    report.update(changed=False, why_not=f"the refined policy could not be written ({error}); "
+                                         f"{policy} is the policy served before")
+    try:
+        _write_report(run, report)
+    except OutputError as again:
+        raise PolicyNotReplaced(
+            f"{error}; {policy} was not replaced, and {run / 'refine.json'} still says it "
+            f"was: it could not be rewritten ({again}). Rerun iapo refine once the folder "
+            "can be written", report) from error
+    raise PolicyNotReplaced(f"{error}; {policy} was not replaced (refine.json says so): rerun "
+                            "iapo refine once it can be written", report) from error
 
 
 def _state(log: CompletionStore, run: Path
@@ -608,4 +643,5 @@ def _report(task: Task, policy: Policy, learner: Continual, counts: dict[str, in
                 f"exceeds {learner.settings.min_gain}; the policy stays")}
 
 
-__all__ = ["RefineError", "log_observations", "refine", "training_observations"]
+__all__ = ["PolicyNotReplaced", "RefineError", "log_observations", "refine",
+           "training_observations"]

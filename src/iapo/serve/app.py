@@ -407,23 +407,27 @@ def create_app(task: Task, cfg: ServeConfig, keys: Sequence[ApiKey] = ()) -> Sta
         every = cfg.refine_every
         if every is None or refining["running"] or state["served"] % every:
             return
-        from iapo.live.refine import refine
+        from iapo.live.refine import PolicyNotReplaced, refine
 
         refining["running"] = True
 
         async def run() -> None:
             try:
-                # with --retrain, refine itself decides (in the log's ledger) whether a
-                # retraining is due and what the gateway saved for it
-                report = await asyncio.to_thread(
-                    refine, Path(cfg.policy).parent, Path(str(cfg.log_store)),
-                    refine_settings, saved=cfg.learn_budget if cfg.retrain else None)
+                error = None
+                try:
+                    # with --retrain, refine itself decides (in the log's ledger) whether a
+                    # retraining is due and what the gateway saved for it
+                    report = await asyncio.to_thread(
+                        refine, Path(cfg.policy).parent, Path(str(cfg.log_store)),
+                        refine_settings, saved=cfg.learn_budget if cfg.retrain else None)
+                except PolicyNotReplaced as e:  # it ran, and says so: "changed" is false
+                    report, error = e.report, str(e)
                 now = time.time()
                 refining.update(last={"at": now, "changed": report["changed"],
                                       "requests": report["log"]["policy"],
                                       "retrained": report["spent"],
                                       "retraining_waits": report.get("retraining_waits")},
-                                flags=report["flags"], error=None)
+                                flags=report["flags"], error=error)
                 spent = report["spent"]
                 if spent and spent.get("retrain"):  # kept until the next one
                     refining["last_retraining"] = {"at": now, **spent}
