@@ -136,9 +136,10 @@ def test_label_log_attaches_gold_in_bulk_all_lines_or_none(served, tmp_path: Pat
         assert line in bad.output
     with CompletionStore(log, create=False) as store:
         assert store.feedback() == []
+    # the same gold twice for one request is one gold; a later file may give another
     labels.write_text("".join(json.dumps({"id": i, "gold": g}) + "\n"
                               for i, g in zip(ids, ["B", "A", "B"], strict=True))
-                      + json.dumps({"id": ids[0], "gold": "C"}) + "\n")
+                      + json.dumps({"id": ids[0], "gold": "B"}) + "\n")
     good = runner.invoke(main, ["label-log", str(log), str(labels)])
     assert good.exit_code == 0, good.output
     assert "attached 4 gold answers to 3 logged requests" in good.output
@@ -148,9 +149,31 @@ def test_label_log_attaches_gold_in_bulk_all_lines_or_none(served, tmp_path: Pat
         rows = store.feedback()
     assert [(f.request, f.value, f.source, f.caller) for f in rows[:4]] == [
         (ids[0], "B", "label-log", None), (ids[1], "A", "label-log", None),
-        (ids[2], "B", "label-log", None), (ids[0], "C", "label-log", None)]
+        (ids[2], "B", "label-log", None), (ids[0], "B", "label-log", None)]
     missing = runner.invoke(main, ["label-log", str(tmp_path / "nope.sqlite"), str(labels)])
     assert missing.exit_code == 2 and "--log-store" in missing.output
+
+
+def test_label_log_refuses_two_golds_for_one_request(served, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """One file that gives a request two different golds is refused, naming the id and both
+    lines, and nothing of it is attached (which gold counts would be a guess); the same gold
+    given twice passes."""
+    gw, log = served
+    ids = [gw.ask({"budget": b}).id for b in ("low", "high")]
+    labels = tmp_path / "labels.jsonl"
+    lines = [(ids[0], "B"), (ids[1], "A"), (ids[0], "C"), None, (ids[0], "B"), (ids[1], "D")]
+    labels.write_text("\n".join("" if line is None else json.dumps({"id": line[0],
+                                                                     "gold": line[1]})
+                                 for line in lines) + "\n")
+    bad = CliRunner().invoke(main, ["label-log", str(log), str(labels)])
+    assert bad.exit_code == 2
+    assert "2 bad line(s), nothing attached" in bad.output
+    assert (f"line 3: id '{ids[0]}' is given gold 'C' here and 'B' on line 1: give each "
+            "request one gold, the right one") in bad.output
+    assert f"line 6: id '{ids[1]}' is given gold 'D' here and 'A' on line 2" in bad.output
+    assert "line 5" not in bad.output
+    with CompletionStore(log, create=False) as store:
+        assert store.feedback() == []
 
 
 def test_a_gold_is_checked_as_the_task_reads_it(tmp_path: Path) -> None:

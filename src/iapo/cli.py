@@ -1098,7 +1098,8 @@ def _echo_refine(report: dict[str, Any]) -> None:
 def label_log(log_path: str, labels_path: str) -> None:
     """Attach gold answers to the gateway's logged requests, in bulk: LABELS is JSONL, one
     {"id": RESPONSE_ID, "gold": ANSWER} per line. All lines or none: a bad line is named and
-    nothing is attached."""
+    nothing is attached; one request given two different golds in LABELS is refused. A later
+    file's gold for a request counts over an earlier one's."""
     from pathlib import Path
 
     from iapo.live.feedback import label_log as run

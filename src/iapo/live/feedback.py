@@ -122,7 +122,9 @@ def logged_task(store: CompletionStore) -> Task | None:
 def label_log(log_path: Path, labels_path: Path) -> dict[str, int]:
     """Attach the gold answers of ``labels_path`` (JSONL, one ``{"id", "gold"}`` per line) to
     the requests of the log at ``log_path``, all of them or none: every bad line is named,
-    one line each, in one :class:`InputError`, and nothing is written. Returns the counts."""
+    one line each, in one :class:`InputError`, and nothing is written. A line that gives an
+    id another gold than an earlier line does is bad (which one counts would be a guess);
+    the same gold again is not. Returns the counts."""
     try:
         lines = labels_path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError as e:
@@ -138,6 +140,7 @@ def label_log(log_path: Path, labels_path: Path) -> dict[str, int]:
         task = logged_task(store)  # where it is known, a gold it can never score is refused
         problems: list[str] = []
         rows: list[Feedback] = []
+        golds: dict[str, list[tuple[int, Any]]] = {}  # per id, its lines' golds so far
         now = time.time()
         for number, line in _numbered(lines):
             try:
@@ -154,7 +157,12 @@ def label_log(log_path: Path, labels_path: Path) -> dict[str, int]:
                 problems.append(f"line {number}: {why}")
             elif store.served_request(rid) is None:
                 problems.append(f"line {number}: no logged request has id {rid!r}")
+            elif other := [(n, g) for n, g in golds.get(rid, []) if not _same(g, value)]:
+                given = " and ".join(f"{g!r} on line {n}" for n, g in other)
+                problems.append(f"line {number}: id {rid!r} is given gold {value!r} here and "
+                                f"{given}: give each request one gold, the right one")
             else:
+                golds.setdefault(rid, []).append((number, value))
                 rows.append(Feedback(rid, now, None, "gold", None, value, "label-log"))
         if problems:
             raise InputError(f"{labels_path}: {len(problems)} bad line(s), nothing attached:\n"
@@ -164,6 +172,12 @@ def label_log(log_path: Path, labels_path: Path) -> dict[str, int]:
     requests = {r.request for r in rows}
     return {"attached": len(rows), "requests": len(requests),
             "relabelled": len(requests & before)}
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two golds, as the file gives them, are the same: equal, and both text or both
+    numbers ("1" and 1 are not)."""
+    return isinstance(a, str) == isinstance(b, str) and a == b
 
 
 def _numbered(lines: Iterable[str]) -> Iterable[tuple[int, str]]:
