@@ -241,6 +241,58 @@ def test_an_environment_given_as_a_path_names_its_files_inside_out(tmp_path: Pat
     assert isinstance(res.exception, SystemExit)
 
 
+def test_simulate_keeps_the_files_of_a_run_with_other_settings(tmp_path: Path) -> None:
+    """The file names tell neither seeds, runs nor budgets apart, nor a/x.npz from b/x.npz: a
+    run whose settings differ from those the summary in --out records is refused before it
+    runs, naming the file, the settings and what to do, and the files stay as they were. A
+    rerun of the same settings writes over its own files, --workers being no setting of the
+    results; --overwrite replaces them."""
+    import shutil
+
+    from iapo.envs import registry
+
+    out = tmp_path / "sim"
+    base = ["simulate", "--runs", "2", "--requests", "1000", "--budgets", "0.1",
+            "--out", str(out)]
+
+    def simulate(*more: str):  # type: ignore[no-untyped-def]
+        return CliRunner().invoke(main, [*base, *more])
+
+    assert simulate().exit_code == 0
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert simulate("--workers", "2").exit_code == 0  # the same settings: written over
+    for more, says in ((["--seed", "1"], "--seed 0 there, 1 now"),
+                       (["--runs", "3", "--budgets", "0.05,0.1"],
+                        "--budgets 0.1 there, 0.05,0.1 now; --runs 2 there, 3 now"),
+                       (["--alarm", "0.1", "--requests", "2000"],
+                        "--requests 1000 there, 2000 now; --alarm 0.05 there, 0.1 now")):
+        res = simulate(*more)
+        assert res.exit_code == 2, res.output
+        assert f"--out {out} holds math-summary.json" in res.output
+        assert says in res.output and "give another --out, or add --overwrite" in res.output
+        assert "| frozen |" not in res.output  # refused before any run
+    assert json.loads((out / "math-summary.json").read_text())["config"]["seed"] == 0
+    assert sorted(files) == sorted(p.name for p in out.iterdir())
+    res = simulate("--seed", "1", "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "math-summary.json").read_text())["config"]["seed"] == 1
+    # two environment files of one name write the same files
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(Path(registry.__file__).parent / "data" / "math.npz",
+                    tmp_path / folder / "x.npz")
+    assert simulate("--env", str(tmp_path / "a" / "x.npz")).exit_code == 0
+    res = simulate("--env", str(tmp_path / "a" / ".." / "a" / "x.npz"))  # the same file
+    assert res.exit_code == 0, res.output
+    res = simulate("--env", str(tmp_path / "b" / "x.npz"))
+    assert res.exit_code == 2 and "holds x-summary.json" in res.output
+    assert f"--env {tmp_path / 'a' / '..' / 'a' / 'x.npz'} there, " in res.output
+    # a summary whose settings cannot be read is not written over either
+    (out / "x-summary.json").write_text("{not json")
+    res = simulate("--env", str(tmp_path / "a" / "x.npz"))
+    assert res.exit_code == 2 and "whose settings cannot be read" in res.output
+
+
 def test_retraining_spends_the_saved_budget_at_its_requests() -> None:
     """retrain = 1000 over 2,000 requests: no learning pull, and at requests 1,000 and 2,000
     a run of the learner spends all that was saved (psst-auto spends its whole budget), so

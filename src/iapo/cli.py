@@ -552,16 +552,20 @@ def bench(envs: str, learners: str | None, budgets: str, runs: int, seed: int, o
               help="Parallel worker processes (results do not depend on it).")
 @click.option("--out", "out", default="simulate-out", show_default=True,
               type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--overwrite", "overwrite", is_flag=True,
+              help="Replace the files of an earlier run in --out whose settings differ (a "
+                   "rerun with the same settings replaces its own files anyway).")
 @_user_errors
 def simulate(env_name: str, runs: int, budgets: str, requests: int, train_budget: int,
              learner: str, drift_at: int | None, drop: float | None, shift_at: int | None,
              shift_keep: float | None, by_context: bool, pooled: bool, refine_every: int,
              confidence: float, min_gain: float, moves: str, retrain: int, alarm: float,
-             seed: int, workers: int, out: str) -> None:
+             seed: int, workers: int, out: str, overwrite: bool) -> None:
     """Serve simulated traffic with a trained policy, frozen and learning continually, with
-    optional scripted drift: cumulative regret per 1,000 requests as a table and a figure."""
+    optional scripted drift: cumulative regret per 1,000 requests as a table and a figure.
+    Files of an earlier run in OUT with other settings are kept unless --overwrite."""
     from iapo.continual import ContinualSettings
-    from iapo.simulate import Scenario, SimConfig, run_all, write
+    from iapo.simulate import Scenario, SimConfig, check_out, run_all, write
 
     for option, value, at, when in (("--drop", drop, "--drift-at", drift_at),
                                     ("--shift-keep", shift_keep, "--shift-at", shift_at)):
@@ -595,6 +599,8 @@ def simulate(env_name: str, runs: int, budgets: str, requests: int, train_budget
                                          else shift_keep, by_context=by_context),
                        settings=settings, origins=not pooled)
     _check_writable(out, "--out", folder=True)
+    if not overwrite:
+        check_out(config, Path(out))
     results = run_all(config, workers=workers)
     summary = write(config, results, Path(out))
     from iapo.simulate import table

@@ -641,8 +641,93 @@ def _suffix(scenario: dict[str, Any], origins: bool, moves: str = "evidence",
         f"-retrain{retrain}" if retrain else "")
 
 
+def _stem(config: SimConfig) -> str:
+    """What ``config``'s output files are named by (the figure's: simulate-STEM)."""
+    return _env_stem(config.env) + _suffix(asdict(config.scenario), config.origins,
+                                           config.settings.moves, config.settings.retrain)
+
+
+# the command-line option each setting a summary records comes from (the rest are named as
+# recorded); --workers is not one: the results do not depend on it
+OPTIONS = {"env": "--env", "budgets": "--budgets", "runs": "--runs", "seed": "--seed",
+           "train_budget": "--train-budget", "learner": "--learner",
+           "scenario.requests": "--requests", "scenario.drift_at": "--drift-at",
+           "scenario.drop": "--drop", "scenario.shift_at": "--shift-at",
+           "scenario.shift_keep": "--shift-keep", "scenario.by_context": "--by-context",
+           "settings.refine_every": "--refine-every", "settings.confidence": "--confidence",
+           "settings.min_gain": "--min-gain", "settings.alarm": "--alarm",
+           "settings.horizon": "--requests", "settings.moves": "--moves",
+           "settings.retrain": "--retrain", "origins": "--pooled"}
+
+
+class OutputTaken(InputError):
+    """``--out`` holds the files of a run with other settings, which a run would overwrite;
+    the message names them and what to do."""
+
+
+def check_out(config: SimConfig, out: Path) -> None:
+    """Refuse, before any run, to overwrite the files that :func:`write` would write into
+    ``out`` where the summary there records other settings than ``config``'s: the file
+    names do not tell budgets, seeds, runs, drops or an environment file's folder apart. The
+    same settings pass (a rerun writes over its own files), and so do files without a
+    summary; a setting recorded on one side only (a summary of an older version) is not
+    compared."""
+    import json
+
+    summary = out / f"{_stem(config)}-summary.json"
+    if not summary.is_file():
+        return
+    what = (f"--out {out} holds {summary.name}, with the runs, table and figure beside it, "
+            "from an earlier run")
+    todo = "give another --out, or add --overwrite to replace them"
+    try:
+        recorded = json.loads(summary.read_text(encoding="utf-8"))["config"]
+        if not isinstance(recorded, dict):
+            raise TypeError("not an object")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise OutputTaken(f"{what} whose settings cannot be read ({e}): {todo}") from e
+    old, new = _flat(recorded), _flat(json.loads(json.dumps(config.to_dict())))
+    differ: dict[str, str] = {}
+    for key in [k for k in old if k in new]:  # in the recorded order
+        a, b = old[key], new[key]
+        if a == b or (key == "env" and _env_key(a) == _env_key(b)):
+            continue
+        name = OPTIONS.get(key, key)
+        differ.setdefault(name, f"{name} {_shown(a)} there, {_shown(b)} now")
+    if differ:
+        raise OutputTaken(f"{what} with other settings ({'; '.join(differ.values())}); this "
+                          f"run would overwrite them: {todo}")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A recorded config with its nested settings as dotted keys ("scenario.drop")."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _env_key(env: Any) -> Any:
+    """An environment as compared: a file by its absolute path (./a/x.npz is a/x.npz), a
+    name as it is."""
+    if isinstance(env, str) and (env.endswith(".npz") or Path(env).name != env):
+        return str(Path(env).absolute().resolve())
+    return env
+
+
+def _shown(value: Any) -> str:
+    """A recorded setting as the command line gives it."""
+    if isinstance(value, list):
+        return ",".join(_shown(v) for v in value)
+    return "none" if value is None else str(value)
+
+
 def write(config: SimConfig, runs: Sequence[dict[str, Any]], out: Path) -> dict[str, Any]:
-    """runs.jsonl, summary.json, summary.md and the figure into ``out``."""
+    """runs.jsonl, summary.json, summary.md and the figure into ``out`` (over any there:
+    :func:`check_out` first)."""
     import json
 
     try:
@@ -650,8 +735,7 @@ def write(config: SimConfig, runs: Sequence[dict[str, Any]], out: Path) -> dict[
     except OSError as e:
         raise OutputError(f"cannot make the output folder {out} ({e.strerror or e}): give "
                           "--out a folder that can be written") from e
-    stem = _env_stem(config.env) + _suffix(asdict(config.scenario), config.origins,
-                                           config.settings.moves, config.settings.retrain)
+    stem = _stem(config)
     with (out / f"{stem}-runs.jsonl").open("w") as fh:
         for r in runs:
             fh.write(json.dumps(r) + "\n")
@@ -662,6 +746,6 @@ def write(config: SimConfig, runs: Sequence[dict[str, Any]], out: Path) -> dict[
     return summary
 
 
-__all__ = ["CHECKPOINT", "Scenario", "SimConfig", "Truth", "conditions", "context_slices",
-           "drift_of", "drifted", "figure", "run_all", "simulate_run", "summarize", "table",
-           "traffic", "write"]
+__all__ = ["CHECKPOINT", "OutputTaken", "Scenario", "SimConfig", "Truth", "check_out",
+           "conditions", "context_slices", "drift_of", "drifted", "figure", "run_all",
+           "simulate_run", "summarize", "table", "traffic", "write"]
