@@ -76,9 +76,14 @@ The decisions, each a rule with a test:
   saved (:meth:`Continual.retrain_budget`;
   a due retraining waits until it pays one group of N_max completions of every prompt,
   :func:`retraining_floor`) as one run of a learner on the traffic's queries, drawn as
-  often as the traffic asked them (:meth:`Continual.retrain`). Its groups enter the
-  estimates and drift tests as any learning group does, and every context moves to the
-  run's choice (reason "retrain"), ending any recovery (:meth:`Continual.retrained`).
+  often as the traffic asked them (:meth:`Continual.retrain`). The run is given first,
+  free, the groups the traffic has drawn (served, learning and earlier retrainings' groups,
+  less those a drift flag forgot; not training's, whose queries need not be the traffic's):
+  a pull of (p, n) takes the first n completions of such a group of p at least n wide, each
+  at most once per run (:class:`iapo.pulls.Reusing`), and only the rest is drawn and paid
+  for. Its paid groups enter the estimates and drift tests as any learning group does (the
+  reused ones are there already), and every context moves to the run's choice (reason
+  "retrain"), ending any recovery (:meth:`Continual.retrained`).
   PSST's rounds sample every prompt on many queries and trim by estimates of arms sampled
   alike, which the candidates' pulls, a few prompts deep on few queries, do not
   (docs/continual.md measures both). A move to the run's choice is not a test at a level
@@ -125,7 +130,7 @@ from scipy.stats import norm
 from iapo.errors import InputError
 from iapo.estimate import GroupMeans
 from iapo.problem import Choice, Problem, arm_at, arm_index
-from iapo.pulls import Observation, Oracle, Pull
+from iapo.pulls import Observation, Oracle, Pull, Reusing
 from iapo.settings import ContinualSettings
 
 FloatArray = npt.NDArray[np.float64]
@@ -403,11 +408,11 @@ class Continual:
         n_ctx = problem.n_contexts
         self.table = GroupTable(problem)  # every group: what a context that shares uses
         self.table.update(training)
-        # majority voting keeps every observation, for the per-query model of a drift move:
-        # (the baselines it came after, -1 for training's; its origin; it)
-        self._keeps = problem.aggregator == "mv"
+        # every observation is kept, for the per-query model of a drift move (majority
+        # voting) and the groups a retraining reuses: (the baselines it came after, -1 for
+        # training's; its origin; it)
         self._kept: list[tuple[int, int, Observation]] = [
-            (-1, -1, o) for o in training if o.count > 0 and self._keeps]
+            (-1, -1, o) for o in training if o.count > 0]
         self._epoch = 0  # baselines taken so far
         # per context, the refits it still follows the model after a drift flag
         self._recovering = np.zeros(problem.n_contexts, dtype=np.intp)
@@ -423,6 +428,9 @@ class Continual:
         self.requests = 0
         self.served_completions = 0
         self.learning_completions = 0
+        # groups (and their completions) the retrainings took from the traffic's, free
+        self.reused_groups = 0
+        self.reused_completions = 0
         self.flags: list[Flag] = []
         self.switches: list[Switch] = []
         # per context: the challenger (flat arm index, -1: none) and the sum, sum of squares
@@ -558,15 +566,15 @@ class Continual:
         group drawn to the one the estimates see, e.g. its query by id). Returns the
         switches made."""
         from iapo.learners import get_learner
-        from iapo.report import Recorder
         from iapo.settings import DEFAULT_LEARNER
 
-        kept = Recorder(oracle)
+        bank = Reusing(oracle, [o for epoch, _, o in self._kept if epoch >= 0],
+                       np.random.default_rng(rng.integers(2**63)), taken)
         choices = get_learner(learner or DEFAULT_LEARNER).learner(
-            self.problem, kept, budget, rng).choices
-        return self.retrained(choices, [o if taken is None else taken(o)
-                                        for o in kept.observations],
-                              kept.ledger.spent, budget)
+            self.problem, bank, budget, rng).choices
+        self.reused_groups += bank.reused["groups"]
+        self.reused_completions += bank.reused["completions"]
+        return self.retrained(choices, bank.paid, oracle.ledger.spent, budget)
 
     def _challenges(self) -> list[tuple[int, int]]:
         """(prompt, n) of every context's challenger, each once."""
@@ -648,7 +656,7 @@ class Continual:
         self.recent.add(util, prompts, n)
         origin = np.full(util.shape[0], -1, dtype=np.intp)
         if origins is None:
-            self._kept.extend((self._epoch, -1, o) for o in live if self._keeps)
+            self._kept.extend((self._epoch, -1, o) for o in live)
         else:
             given = np.asarray(origins, dtype=np.intp)
             if given.shape != (len(observations),) or np.any(given < -1) or np.any(
@@ -656,8 +664,7 @@ class Continual:
                 raise InputError(f"origins must give one context index in -1..."
                                  f"{self.pools.shape[0] - 1} per observation "
                                  f"({len(observations)}); got {given.tolist()}")
-            self._kept.extend((self._epoch, int(given[i]), observations[i]) for i in keep
-                              if self._keeps)
+            self._kept.extend((self._epoch, int(given[i]), observations[i]) for i in keep)
             by_group = np.repeat(given[keep],
                                  [o.count for o in live])
             origin = by_group[group]

@@ -12,7 +12,7 @@ simulated oracle (:mod:`iapo.oracle`) and the live one (:mod:`iapo.live.oracle`)
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -88,6 +88,15 @@ class Observation:
         return dataclasses.replace(self, **{name: getattr(self, name)[index]
                                             for name in _PER_GROUP
                                             if getattr(self, name) is not None})
+
+    def first(self, n: int) -> Observation:
+        """The first ``n`` completions of every group (``n`` at most the groups' own): each
+        a group of (prompt, n) on its query, as nested reuse has it."""
+        if not 1 <= n <= self.n:
+            raise ValueError(f"cannot take the first {n} of groups of {self.n} completions")
+        return dataclasses.replace(self, n=n, **{name: getattr(self, name)[:, :n]
+                                                 for name in ("scores", "labels", "rated")
+                                                 if getattr(self, name) is not None})
 
     @classmethod
     def from_sample(cls, prompt: int, n: int, queries: IntArray, sample: Sample
@@ -246,3 +255,63 @@ def validate_pulls(problem: Problem, requests: Sequence[Pull]) -> int:
     if bad.size:
         raise InputError(f"pull count {int(table[bad[0], 2])} must be a non-negative integer")
     return int(table[:, 1] @ table[:, 2])
+
+
+class Reusing:
+    """An oracle that gives groups already drawn before it draws: every pull that is not
+    paired takes, of its ``count`` groups, as many as ``groups`` still holds of its prompt
+    at least n wide (the first n completions of each, :meth:`Observation.first`; each group
+    given once, in an order drawn from ``rng`` once), free; only the rest is drawn from
+    ``oracle``, and charged to its ledger (which this oracle shares). Such a group is a
+    sample of (prompt, n) on a query of the traffic it was drawn on, as fresh to a learner
+    as a new one, since what it pulls next depends on the groups it has seen, not on the
+    bank's next. ``taken`` maps each group drawn to the one the learner sees (e.g. its query
+    by id), where ``groups`` are already so mapped. ``paid``: the observations drawn and
+    charged, in order (as the learner saw them); ``reused``: the groups and the
+    completions given free."""
+
+    def __init__(self, oracle: Oracle, groups: Sequence[Observation],
+                 rng: np.random.Generator,
+                 taken: Callable[[Observation], Observation] | None = None) -> None:
+        self.oracle, self.problem, self.ledger = oracle, oracle.problem, oracle.ledger
+        self.taken = taken
+        self._groups = [o for o in groups if o.count]
+        sizes = [o.count for o in self._groups]
+        order = rng.permutation(sum(sizes))
+        self._prompt = np.repeat([o.prompt for o in self._groups], sizes).astype(np.int64)[order]
+        self._width = np.repeat([o.n for o in self._groups], sizes).astype(np.int64)[order]
+        self._which = np.repeat(np.arange(len(sizes)), sizes)[order]
+        self._row = np.concatenate([np.arange(k) for k in sizes] or [np.zeros(0, np.int64)]
+                                   ).astype(np.int64)[order]
+        self._used = np.zeros(order.size, dtype=bool)
+        self.paid: list[Observation] = []
+        self.reused = {"groups": 0, "completions": 0}
+
+    def _take(self, r: Pull) -> list[Observation]:
+        """Up to ``r.count`` banked groups for pull ``r`` (none for a paired one), marked
+        used."""
+        if r.paired or not r.count:
+            return []
+        free = ~self._used & (self._prompt == r.prompt) & (self._width >= r.n)
+        pick = np.flatnonzero(free)[: r.count]
+        self._used[pick] = True
+        self.reused["groups"] += int(pick.size)
+        self.reused["completions"] += int(pick.size) * r.n
+        return [self._groups[int(i)].rows(self._row[pick[self._which[pick] == i]]).first(r.n)
+                for i in dict.fromkeys(self._which[pick].tolist())]
+
+    def pull(self, requests: Sequence[Pull]) -> list[Observation]:
+        validate_pulls(self.problem, requests)
+        free = [self._take(r) for r in requests]
+        rest = [dataclasses.replace(r, count=r.count - sum(o.count for o in f))
+                for r, f in zip(requests, free, strict=True)]
+        ask = [i for i, (r, f) in enumerate(zip(rest, free, strict=True)) if r.count or not f]
+        drawn = dict(zip(ask, self.oracle.pull([rest[i] for i in ask]), strict=True))
+        if self.taken is not None:
+            drawn = {i: self.taken(o) if o.count else o for i, o in drawn.items()}
+        self.paid.extend(o for o in drawn.values() if o.count)
+        out = []
+        for i, (r, f) in enumerate(zip(requests, free, strict=True)):
+            parts = [*f, drawn[i]] if i in drawn else f
+            out.append(parts[0] if len(parts) == 1 else joined(parts)[(r.prompt, r.n)])
+        return out

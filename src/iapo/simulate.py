@@ -35,9 +35,10 @@ Requests are served in steps of ``step`` between which the learner acts; drift a
 points must fall on a step.
 
 Retraining (``ContinualSettings.retrain``): when the learner says one is due, the run's
-learner (the one that trained the policy) is trained afresh with the saved learning budget,
-on the queries of the requests since the last retraining (as often as they were asked),
-drawn from the environment as it is then, and the learner takes its choices and groups.
+learner (the one that trained the policy) is run with the saved learning budget, on the
+queries of the requests since the last retraining (as often as they were asked), drawn from
+the environment as it is then, after the groups the traffic drew that it reuses
+(:meth:`iapo.continual.Continual.retrain`), and the learner takes its choices and groups.
 """
 
 from __future__ import annotations
@@ -371,6 +372,7 @@ def _continual(config: SimConfig, run: int, budget: float, settings: ContinualSe
         "regret": _regret_curve(sc, contexts, truths, lambda t: arms_by_step[t]),
         "served_completions": learner.served_completions,
         "learning_completions": learner.learning_completions,
+        "reused_completions": learner.reused_completions,
         "flags": [asdict(f) for f in learner.flags],
         # the contexts the drift hit: those serving the drifted prompt when it drifted
         "drifted_contexts": [] if sc.drift_at is None else [
@@ -458,6 +460,9 @@ def summarize(config: SimConfig, runs: Sequence[dict[str, Any]]) -> dict[str, An
                               for r in runs])
             row["learning_share_max"] = float(spend.max())
             row["learning_share_mean"] = float(spend.mean())
+            # completions the retrainings took from the traffic's groups, free, per run
+            row["reused_per_run"] = float(np.mean([r[k].get("reused_completions", 0)
+                                                   for r in runs]))
             row.update(_flags(sc, [r[k]["flags"] for r in runs],
                               [r[k]["drifted_contexts"] for r in runs]))
             # runs where some context split from the others' traffic (a false split unless
@@ -592,8 +597,9 @@ def table(summary: dict[str, Any]) -> str:
                  "detected <= 5,000 | window regret/request | ratio to frozen | "
                  "drift's cost recovered | switches per run | on evidence: helped | "
                  + ("pessimistic: helped | " if pessimistic else "")
-                 + ("retraining: helped | " if retrain else "") + "on drift: helped |")
-    lines.append("|---" * (13 + len(extra)) + "|")
+                 + ("retraining: helped | reused per run | " if retrain else "")
+                 + "on drift: helped |")
+    lines.append("|---" * (13 + len(extra) + retrain) + "|")
     for k, row in summary["conditions"].items():
         cells = [_cell(row, key, fmt) for key, fmt in (
             ("diff_final", ""), ("diff_final_not_optimal", ""), ("learning_share_max", "{:.4f}"),
@@ -601,7 +607,10 @@ def table(summary: dict[str, Any]) -> str:
             ("detected_within_5000", "{:.2f}"),
             ("window_regret", ""), ("window_ratio", "{:.2f}"),
             ("drift_cost_recovered", "{:.2f}"), ("switches_per_run", "{:.2f}"))]
-        cells += [_helped(row, reason) for reason in ("evidence", *extra, "drift")]
+        cells += [_helped(row, reason) for reason in ("evidence", *extra)]
+        if retrain:
+            cells.append(f"{row['reused_per_run']:,.0f}" if "reused_per_run" in row else "")
+        cells.append(_helped(row, "drift"))
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

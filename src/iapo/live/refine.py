@@ -541,8 +541,9 @@ def spend(task: Task, data: list[Record], store: CompletionStore, records: list[
           categories: dict[int, dict[str, int]] | None = None,
           retrain: bool = False) -> dict[str, Any]:
     """Draw at most ``budget`` more completions, PSST-style, on the logged requests. With
-    ``retrain``, as one run of the default learner (psst-auto) on them, seeded by ``seed``,
-    after which every context moves to its choice (:meth:`Continual.retrained`: no
+    ``retrain``, as one run of the default learner (psst-auto) on them, seeded by ``seed``
+    and given first the groups the log holds (free: :meth:`Continual.retrain`; ``reused``
+    in the result), after which every context moves to its choice (:meth:`Continual.retrained`: no
     evidence asked; docs/continual.md). Otherwise in at most
     ROUNDS rounds (the refits the horizon counts; what the pulls' sizes leave of the budget
     after them is not drawn), each the learner's pulls (its challengers and candidates, in
@@ -594,7 +595,7 @@ def spend(task: Task, data: list[Record], store: CompletionStore, records: list[
             learner.refit()
         store.update_run(run_id, oracle.paid, oracle.replayed, oracle.tokens)
     return {"budget": budget, "retrain": retrain, "drawn": oracle.ledger.spent,
-            "paid": oracle.paid,
+            "reused": learner.reused_completions, "paid": oracle.paid,
             "replayed": oracle.replayed, "requests": len(eligible),
             "queries": len({records[i].query for i in eligible}), "seed": seed}
 
