@@ -136,18 +136,22 @@ def test_a_retraining_reuses_the_traffics_groups_only(monkeypatch: pytest.Monkey
 
 def test_a_flagged_prompts_earlier_groups_are_not_reused(monkeypatch: pytest.MonkeyPatch
                                                          ) -> None:
-    """Prompt 0 drifts and is flagged: its 60 groups before the baselines the flag came
-    after (drawn before the drift) are not in the bank; the drifting ones after the
-    baselines (observations of 5 groups) are."""
+    """Prompt 0 drifts and is flagged: none of its groups drawn before the flag is in the
+    bank (its 60 before the baselines, its drifting ones after them: some may predate the
+    drift), only the one drawn after the flag; prompt 1's groups all are."""
     monkeypatch.setattr(continual, "Reusing", Spy)
     Spy.banks, Spy.made = [], []
     settings = ContinualSettings(learn_budget=0.1, refine_every=10, retrain=100)
     cont = learner(settings, served=((0, 4), (0, 4)))
+    other = served_groups(1, 3, 1)
+    cont.observe([other])
     assert drop_after_baseline(cont, 0.3)
+    after = served_groups(0, 1, 0)
+    cont.observe([after])
     cont.record_served(90, 360)
     budget = cont.retrain_budget()
     cont.retrain(SimulatedOracle(env3(), [0, 1, 2, 3], budget, np.random.default_rng(0)),
                  budget, np.random.default_rng(1))
     (given,) = Spy.banks
-    zero = [o for o in given if o.prompt == 0]
-    assert zero and all(o.count == 5 for o in zero)
+    assert [o for o in given if o.prompt == 0] == [after]
+    assert [o for o in given if o.prompt == 1] == [other]

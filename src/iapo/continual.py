@@ -77,8 +77,9 @@ The decisions, each a rule with a test:
   a due retraining waits until it pays one group of N_max completions of every prompt,
   :func:`retraining_floor`) as one run of a learner on the traffic's queries, drawn as
   often as the traffic asked them (:meth:`Continual.retrain`). The run is given first,
-  free, the groups the traffic has drawn (served, learning and earlier retrainings' groups,
-  less those a drift flag forgot; not training's, whose queries need not be the traffic's):
+  free, the groups the traffic has drawn (served, learning and earlier retrainings' groups;
+  of a drift-flagged prompt only those drawn after its flag; not training's, whose queries
+  need not be the traffic's):
   a pull of (p, n) takes the first n completions of such a group of p at least n wide, each
   at most once per run (:class:`iapo.pulls.Reusing`), and only the rest is drawn and paid
   for. Its paid groups enter the estimates and drift tests as any learning group does (the
@@ -408,11 +409,14 @@ class Continual:
         n_ctx = problem.n_contexts
         self.table = GroupTable(problem)  # every group: what a context that shares uses
         self.table.update(training)
-        # every observation is kept, for the per-query model of a drift move (majority
-        # voting) and the groups a retraining reuses: (the baselines it came after, -1 for
-        # training's; its origin; it)
+        # majority voting keeps every observation, for the per-query model of a drift move:
+        # (the baselines it came after, -1 for training's; its origin; it)
+        self._keeps = problem.aggregator == "mv"
         self._kept: list[tuple[int, int, Observation]] = [
-            (-1, -1, o) for o in training if o.count > 0]
+            (-1, -1, o) for o in training if o.count > 0 and self._keeps]
+        # what a retraining reuses: every group drawn on the traffic, a flagged prompt's
+        # only those drawn after its flag (its earlier ones may predate the drift)
+        self._reusable: list[Observation] = []
         self._epoch = 0  # baselines taken so far
         # per context, the refits it still follows the model after a drift flag
         self._recovering = np.zeros(problem.n_contexts, dtype=np.intp)
@@ -568,8 +572,8 @@ class Continual:
         from iapo.learners import get_learner
         from iapo.settings import DEFAULT_LEARNER
 
-        bank = Reusing(oracle, [o for epoch, _, o in self._kept if epoch >= 0],
-                       np.random.default_rng(rng.integers(2**63)), taken)
+        bank = Reusing(oracle, self._reusable, np.random.default_rng(rng.integers(2**63)),
+                       taken)
         choices = get_learner(learner or DEFAULT_LEARNER).learner(
             self.problem, bank, budget, rng).choices
         self.reused_groups += bank.reused["groups"]
@@ -656,7 +660,7 @@ class Continual:
         self.recent.add(util, prompts, n)
         origin = np.full(util.shape[0], -1, dtype=np.intp)
         if origins is None:
-            self._kept.extend((self._epoch, -1, o) for o in live)
+            self._kept.extend((self._epoch, -1, o) for o in live if self._keeps)
         else:
             given = np.asarray(origins, dtype=np.intp)
             if given.shape != (len(observations),) or np.any(given < -1) or np.any(
@@ -664,7 +668,8 @@ class Continual:
                 raise InputError(f"origins must give one context index in -1..."
                                  f"{self.pools.shape[0] - 1} per observation "
                                  f"({len(observations)}); got {given.tolist()}")
-            self._kept.extend((self._epoch, int(given[i]), observations[i]) for i in keep)
+            self._kept.extend((self._epoch, int(given[i]), observations[i]) for i in keep
+                              if self._keeps)
             by_group = np.repeat(given[keep],
                                  [o.count for o in live])
             origin = by_group[group]
@@ -672,6 +677,7 @@ class Continual:
                 mine = origin == ci
                 self.own[ci].add(util[mine], prompts[mine], n[mine])
                 self.recent_own[ci].add(util[mine], prompts[mine], n[mine])
+        self._reusable.extend(live)
         # the rows each context learns from: all while it pools with every context, else
         # those of the traffic it still pools with
         uses = np.broadcast_to(self.shared, (origin.size, self.pools.shape[0])).copy()
@@ -724,6 +730,7 @@ class Continual:
         for own, recent in zip(self.own, self.recent_own, strict=True):
             own.replace(flag.prompt, recent)
         self._kept = [k for k in self._kept if k[2].prompt != flag.prompt or k[0] == self._epoch]
+        self._reusable = [o for o in self._reusable if o.prompt != flag.prompt]
         n_max = self.problem.n_max
         self.challenger[arm_at(self.challenger, n_max)[0] == flag.prompt] = -1
         contexts = [int(x) for x in np.flatnonzero(self.prompt == flag.prompt)]
