@@ -12,7 +12,7 @@ import pytest
 import iapo.continual as continual
 from iapo.continual import ContinualSettings
 from iapo.oracle import SimulatedOracle
-from iapo.pulls import Observation, Pull, Reusing
+from iapo.pulls import BudgetExceededError, Observation, Pull, Reusing
 from test_continual import (
     drop_after_baseline,
     env3,
@@ -57,15 +57,40 @@ def test_banked_groups_are_given_first_free_each_once() -> None:
     given = {q: first.labels[i].tolist() for i, q in enumerate(first.queries.tolist())}
     assert given[1] == [0, 0] and given[2] == [1, 1] and 0 in given
     assert oracle.ledger.spent == 4 and reuse.ledger is oracle.ledger
-    assert reuse.reused == {"groups": 2, "completions": 4}
+    assert (reuse.reused_groups, reuse.reused_completions) == (2, 4)
     assert [(o.prompt, o.n, o.queries.tolist()) for o in reuse.paid] == [
         (0, 2, [0]), (1, 2, [0])]
     (ones,) = reuse.pull([Pull(0, 1, 2)])
     assert sorted(ones.queries.tolist()) == [0, 3] and oracle.ledger.spent == 5
-    assert reuse.reused == {"groups": 3, "completions": 5}
+    assert (reuse.reused_groups, reuse.reused_completions) == (3, 5)
     (four,) = reuse.pull([Pull(0, 4, 1)])
     assert four.queries.tolist() == [0] and oracle.ledger.spent == 9
     assert len(reuse.paid) == 4
+
+
+class Counting(SimulatedOracle):
+    """Counts the batches it is asked to draw."""
+
+    batches = 0
+
+    def pull(self, requests):  # type: ignore[no-untyped-def]
+        Counting.batches += 1
+        return super().pull(requests)
+
+
+def test_a_refused_batch_gives_nothing_and_a_banked_one_draws_nothing() -> None:
+    """All or nothing, as the oracle: a batch past the budget is refused and leaves the
+    bank as it was (the two groups of 4 are given by the next batch); a batch the bank
+    fills alone asks the oracle for nothing."""
+    Counting.batches = 0
+    oracle = Counting(env3(), [0], 3, np.random.default_rng(0))
+    reuse = Reusing(oracle, bank(), np.random.default_rng(1))
+    with pytest.raises(BudgetExceededError):
+        reuse.pull([Pull(0, 4, 3)])  # two from the bank, one of 4 drawn: past 3
+    assert (reuse.reused_groups, oracle.ledger.spent, reuse.paid) == (0, 0, [])
+    (o,) = reuse.pull([Pull(0, 4, 2)])
+    assert sorted(o.queries.tolist()) == [1, 2] and oracle.ledger.spent == 0
+    assert Counting.batches == 1 and reuse.reused_completions == 8
 
 
 def test_paired_pulls_and_other_prompts_draw_everything() -> None:
@@ -74,7 +99,7 @@ def test_paired_pulls_and_other_prompts_draw_everything() -> None:
     oracle = SimulatedOracle(env3(), [0], 100, np.random.default_rng(0))
     reuse = Reusing(oracle, bank(), np.random.default_rng(1))
     reuse.pull([Pull(0, 2, 2, paired=True), Pull(2, 1, 3)])
-    assert oracle.ledger.spent == 7 and reuse.reused == {"groups": 0, "completions": 0}
+    assert oracle.ledger.spent == 7 and (reuse.reused_groups, reuse.reused_completions) == (0, 0)
 
 
 def test_a_mapped_draw_is_seen_and_kept_as_mapped() -> None:
@@ -89,6 +114,21 @@ def test_a_mapped_draw_is_seen_and_kept_as_mapped() -> None:
     (o,) = reuse.pull([Pull(0, 4, 3)])
     assert sorted(o.queries.tolist()) == [1, 2, 10]
     assert [p.queries.tolist() for p in reuse.paid] == [[10]]
+
+
+def test_without_reuse_a_retraining_draws_everything(monkeypatch: pytest.MonkeyPatch
+                                                    ) -> None:
+    """``reuse=False`` (the gateway's refine): the bank is empty, nothing reused."""
+    monkeypatch.setattr(continual, "Reusing", Spy)
+    Spy.banks, Spy.made = [], []
+    cont = learner(ContinualSettings(learn_budget=0.1, refine_every=50, retrain=100))
+    cont.observe([served_groups(1, 30, 10)])
+    cont.record_served(100, 400)
+    budget = cont.retrain_budget()
+    oracle = SimulatedOracle(env3(), [0, 1, 2, 3], budget, np.random.default_rng(0))
+    cont.retrain(oracle, budget, np.random.default_rng(1), reuse=False)
+    assert Spy.banks == [[]] and cont.reused_groups == 0
+    assert cont.learning_completions == oracle.ledger.spent > 0
 
 
 class Spy(Reusing):
@@ -126,8 +166,8 @@ def test_a_retraining_reuses_the_traffics_groups_only(monkeypatch: pytest.Monkey
     (bank,) = Spy.made
     assert cont.learning_completions == oracle.ledger.spent > 0
     assert sum(o.count * o.n for o in bank.paid) == oracle.ledger.spent
-    assert 0 < cont.reused_groups == bank.reused["groups"] <= 80
-    assert cont.reused_completions == bank.reused["completions"]
+    assert 0 < cont.reused_groups == bank.reused_groups <= 80
+    assert cont.reused_completions == bank.reused_completions
     # the estimates take in the paid groups, not the reused ones (there already)
     paid = continual.GroupTable(cont.problem)
     paid.update(bank.paid)
@@ -153,5 +193,6 @@ def test_a_flagged_prompts_earlier_groups_are_not_reused(monkeypatch: pytest.Mon
     cont.retrain(SimulatedOracle(env3(), [0, 1, 2, 3], budget, np.random.default_rng(0)),
                  budget, np.random.default_rng(1))
     (given,) = Spy.banks
-    assert [o for o in given if o.prompt == 0] == [after]
-    assert [o for o in given if o.prompt == 1] == [other]
+    zero, one = ([o for o in given if o.prompt == p] for p in (0, 1))
+    assert len(zero) == 1 and zero[0] is after
+    assert len(one) == 1 and one[0] is other

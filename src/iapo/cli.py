@@ -1083,9 +1083,7 @@ def _echo_refine(report: dict[str, Any]) -> None:
         click.echo(f"drew {spent['drawn']} of --budget {spent['budget']} completions on "
                    f"{spent['queries']} logged queries"
                    + (" in one run of the learner" if spent.get("retrain") else "")
-                   + f": {spent['paid']} paid, {spent['replayed']} replayed from the store"
-                   + (f"; it reused {spent['reused']} completions the log already held"
-                      if spent.get("retrain") else ""))
+                   + f": {spent['paid']} paid, {spent['replayed']} replayed from the store")
     for t in report.get("splits", []):
         names = [report["contexts"][t[k]]["context"] for k in ("context", "other")]
         click.echo(f"TRAFFIC at request {t['request']}: contexts {names[0]} and {names[1]} "

@@ -77,14 +77,15 @@ The decisions, each a rule with a test:
   a due retraining waits until it pays one group of N_max completions of every prompt,
   :func:`retraining_floor`) as one run of a learner on the traffic's queries, drawn as
   often as the traffic asked them (:meth:`Continual.retrain`). The run is given first,
-  free, the groups the traffic has drawn (served, learning and earlier retrainings' groups;
-  of a drift-flagged prompt only those drawn after its flag; not training's, whose queries
-  need not be the traffic's):
-  a pull of (p, n) takes the first n completions of such a group of p at least n wide, each
-  at most once per run (:class:`iapo.pulls.Reusing`), and only the rest is drawn and paid
-  for. Its paid groups enter the estimates and drift tests as any learning group does (the
-  reused ones are there already), and every context moves to the run's choice (reason
-  "retrain"), ending any recovery (:meth:`Continual.retrained`).
+  free, the groups the traffic has drawn (served, learning and earlier retrainings'
+  groups; of a drift-flagged prompt only those drawn after its flag; not training's, whose
+  queries need not be the traffic's): a pull of (p, n) takes the first n completions of
+  such a group of p at least n wide, each at most once per run
+  (:class:`iapo.pulls.Reusing`), and only the rest is drawn and paid for. The gateway's
+  refine reuses nothing yet: its logged groups may be stored samples its draws would
+  replay. The paid groups enter the estimates and drift tests as any learning group does
+  (the reused ones are there already), and every context moves to the run's choice
+  (reason "retrain"), ending any recovery (:meth:`Continual.retrained`).
   PSST's rounds sample every prompt on many queries and trim by estimates of arms sampled
   alike, which the candidates' pulls, a few prompts deep on few queries, do not
   (docs/continual.md measures both). A move to the run's choice is not a test at a level
@@ -564,20 +565,22 @@ class Continual:
 
     def retrain(self, oracle: Oracle, budget: int, rng: np.random.Generator,
                 learner: str | None = None,
-                taken: Callable[[Observation], Observation] | None = None) -> list[Switch]:
+                taken: Callable[[Observation], Observation] | None = None,
+                reuse: bool = True) -> list[Switch]:
         """Spend ``budget`` as one run of ``learner`` (the default learner, None) on
-        ``oracle`` (seeded by ``rng``) and take it in (:meth:`retrained`; ``taken`` maps each
-        group drawn to the one the estimates see, e.g. its query by id). Returns the
-        switches made."""
+        ``oracle`` (seeded by ``rng``) and take it in (:meth:`retrained`). With ``reuse``,
+        the run is given first, free, the groups the traffic drew (module docstring;
+        :class:`iapo.pulls.Reusing`). ``taken`` maps each group drawn to the one the learner
+        and the estimates see (e.g. its query by id), as the traffic's groups already are.
+        Returns the switches made."""
         from iapo.learners import get_learner
         from iapo.settings import DEFAULT_LEARNER
 
-        bank = Reusing(oracle, self._reusable, np.random.default_rng(rng.integers(2**63)),
-                       taken)
+        bank = Reusing(oracle, self._reusable if reuse else [], rng.spawn(1)[0], taken)
         choices = get_learner(learner or DEFAULT_LEARNER).learner(
             self.problem, bank, budget, rng).choices
-        self.reused_groups += bank.reused["groups"]
-        self.reused_completions += bank.reused["completions"]
+        self.reused_groups += bank.reused_groups
+        self.reused_completions += bank.reused_completions
         return self.retrained(choices, bank.paid, oracle.ledger.spent, budget)
 
     def _challenges(self) -> list[tuple[int, int]]:

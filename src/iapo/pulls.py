@@ -262,13 +262,11 @@ class Reusing:
     paired takes, of its ``count`` groups, as many as ``groups`` still holds of its prompt
     at least n wide (the first n completions of each, :meth:`Observation.first`; each group
     given once, in an order drawn from ``rng`` once), free; only the rest is drawn from
-    ``oracle``, and charged to its ledger (which this oracle shares). Such a group is a
-    sample of (prompt, n) on a query of the traffic it was drawn on, as fresh to a learner
-    as a new one, since what it pulls next depends on the groups it has seen, not on the
-    bank's next. ``taken`` maps each group drawn to the one the learner sees (e.g. its query
-    by id), where ``groups`` are already so mapped. ``paid``: the observations drawn and
-    charged, in order (as the learner saw them); ``reused``: the groups and the
-    completions given free."""
+    ``oracle`` and charged to its ledger (which this oracle shares), all or nothing as
+    there: a batch it refuses gives no group either. ``taken`` maps each group drawn to the
+    one the learner sees (e.g. its query by id), where ``groups`` are already so mapped.
+    ``paid``: the observations drawn and charged, in order, as the learner saw them;
+    ``reused_groups``, ``reused_completions``: what was given free."""
 
     def __init__(self, oracle: Oracle, groups: Sequence[Observation],
                  rng: np.random.Generator,
@@ -285,33 +283,45 @@ class Reusing:
                                    ).astype(np.int64)[order]
         self._used = np.zeros(order.size, dtype=bool)
         self.paid: list[Observation] = []
-        self.reused = {"groups": 0, "completions": 0}
+        self.reused_groups = 0
+        self.reused_completions = 0
 
-    def _take(self, r: Pull) -> list[Observation]:
-        """Up to ``r.count`` banked groups for pull ``r`` (none for a paired one), marked
+    def _pick(self, r: Pull) -> npt.NDArray[np.intp]:
+        """The banked groups (positions) for pull ``r``, none for a paired one, marked
         used."""
         if r.paired or not r.count:
-            return []
+            return np.zeros(0, dtype=np.intp)
         free = ~self._used & (self._prompt == r.prompt) & (self._width >= r.n)
         pick = np.flatnonzero(free)[: r.count]
         self._used[pick] = True
-        self.reused["groups"] += int(pick.size)
-        self.reused["completions"] += int(pick.size) * r.n
-        return [self._groups[int(i)].rows(self._row[pick[self._which[pick] == i]]).first(r.n)
+        return pick
+
+    def _given(self, pick: npt.NDArray[np.intp], n: int) -> list[Observation]:
+        """The first ``n`` completions of the banked groups ``pick``."""
+        return [self._groups[int(i)].rows(self._row[pick[self._which[pick] == i]]).first(n)
                 for i in dict.fromkeys(self._which[pick].tolist())]
 
     def pull(self, requests: Sequence[Pull]) -> list[Observation]:
         validate_pulls(self.problem, requests)
-        free = [self._take(r) for r in requests]
-        rest = [dataclasses.replace(r, count=r.count - sum(o.count for o in f))
-                for r, f in zip(requests, free, strict=True)]
-        ask = [i for i, (r, f) in enumerate(zip(rest, free, strict=True)) if r.count or not f]
-        drawn = dict(zip(ask, self.oracle.pull([rest[i] for i in ask]), strict=True))
+        picks = [self._pick(r) for r in requests]
+        rest = [dataclasses.replace(r, count=r.count - p.size)
+                for r, p in zip(requests, picks, strict=True)]
+        ask = [i for i, (r, p) in enumerate(zip(rest, picks, strict=True))
+               if r.count or not p.size]
+        try:
+            drawn = dict(zip(ask, self.oracle.pull([rest[i] for i in ask]) if ask else [],
+                             strict=True))
+        except BaseException:  # refused or failed: nothing given either
+            for p in picks:
+                self._used[p] = False
+            raise
         if self.taken is not None:
             drawn = {i: self.taken(o) if o.count else o for i, o in drawn.items()}
         self.paid.extend(o for o in drawn.values() if o.count)
         out = []
-        for i, (r, f) in enumerate(zip(requests, free, strict=True)):
-            parts = [*f, drawn[i]] if i in drawn else f
+        for i, (r, p) in enumerate(zip(requests, picks, strict=True)):
+            self.reused_groups += int(p.size)
+            self.reused_completions += int(p.size) * r.n
+            parts = [*self._given(p, r.n), drawn[i]] if i in drawn else self._given(p, r.n)
             out.append(parts[0] if len(parts) == 1 else joined(parts)[(r.prompt, r.n)])
         return out

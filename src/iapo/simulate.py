@@ -461,7 +461,7 @@ def summarize(config: SimConfig, runs: Sequence[dict[str, Any]]) -> dict[str, An
             row["learning_share_max"] = float(spend.max())
             row["learning_share_mean"] = float(spend.mean())
             # completions the retrainings took from the traffic's groups, free, per run
-            row["reused_per_run"] = float(np.mean([r[k].get("reused_completions", 0)
+            row["reused_per_run"] = float(np.mean([r[k]["reused_completions"]
                                                    for r in runs]))
             row.update(_flags(sc, [r[k]["flags"] for r in runs],
                               [r[k]["drifted_contexts"] for r in runs]))

@@ -542,8 +542,8 @@ def spend(task: Task, data: list[Record], store: CompletionStore, records: list[
           retrain: bool = False) -> dict[str, Any]:
     """Draw at most ``budget`` more completions, PSST-style, on the logged requests. With
     ``retrain``, as one run of the default learner (psst-auto) on them, seeded by ``seed``
-    and given first the groups the log holds (free: :meth:`Continual.retrain`; ``reused``
-    in the result), after which every context moves to its choice (:meth:`Continual.retrained`: no
+    (not given the log's groups, as the simulation's retrainings are: below), after which
+    every context moves to its choice (:meth:`Continual.retrained`: no
     evidence asked; docs/continual.md). Otherwise in at most
     ROUNDS rounds (the refits the horizon counts; what the pulls' sizes leave of the budget
     after them is not drawn), each the learner's pulls (its challengers and candidates, in
@@ -580,8 +580,11 @@ def spend(task: Task, data: list[Record], store: CompletionStore, records: list[
                             lambda served, paid, tokens, batch: bar.update(served),
                             costs=costs, categories=categories, query_ids=ids)
         if retrain:
+            # not given the log's groups (Continual.retrain's reuse): a gateway with --store
+            # serves the run's stored samples, which this oracle would replay again, and a
+            # request with a chat history was drawn on more than its query
             learner.retrain(oracle, budget, np.random.default_rng([seed, 1]),
-                            taken=lambda o: by_query(o, ids))
+                            taken=lambda o: by_query(o, ids), reuse=False)
         size = max(task.n_max, math.ceil(budget / ROUNDS))
         for _ in range(0 if retrain else ROUNDS):  # no more refits than the horizon counts
             if (left := budget - oracle.ledger.spent) <= 0:
@@ -595,7 +598,7 @@ def spend(task: Task, data: list[Record], store: CompletionStore, records: list[
             learner.refit()
         store.update_run(run_id, oracle.paid, oracle.replayed, oracle.tokens)
     return {"budget": budget, "retrain": retrain, "drawn": oracle.ledger.spent,
-            "reused": learner.reused_completions, "paid": oracle.paid,
+            "paid": oracle.paid,
             "replayed": oracle.replayed, "requests": len(eligible),
             "queries": len({records[i].query for i in eligible}), "seed": seed}
 
