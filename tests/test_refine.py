@@ -135,6 +135,17 @@ def test_refine_replaces_a_wrong_prompt_on_evidence_and_the_gateway_reloads(
     assert mon.exit_code == 2 and "is a folder: give the log" in mon.output
 
 
+def ask_and_label(gw: Gateway, i: int, budget: str | None = None) -> Any:
+    """Request i of a run: question i % 10 of GOLD, in the context ``budget`` (None: "high"
+    for even i, "low" for odd); its gold answer posted at once."""
+    query = list(GOLD)[i % 10]
+    r = gw.ask({"budget": budget or ("low" if i % 2 else "high")}, content=query)
+    got = httpx.post(f"{gw.url}/v1/feedback", json={"id": r.id, "gold": GOLD[query]},
+                     timeout=10)
+    assert got.status_code == 200, got.text
+    return r
+
+
 @pytest.mark.parametrize("moves", ["evidence", "pessimistic"])
 def test_the_gateway_refines_in_the_background_and_reloads(tmp_path: Path,
                                                            moves: str) -> None:
@@ -144,18 +155,13 @@ def test_the_gateway_refines_in_the_background_and_reloads(tmp_path: Path,
     run = tmp_path / "run"
     run.mkdir()
     log = tmp_path / "log.sqlite"
-    queries = list(GOLD)
     with ScriptedServer(answer_of=by_prompt) as up:
         serve_short(run, up)
         with Gateway(run / "policy.json", "--log-store", str(log), "--learn-budget", "1.0",
                      "--refine-every", "40", "--moves", moves) as gw:
             prompts = []
             for i in range(200):
-                r = gw.ask({"budget": "low" if i % 2 else "high"}, content=queries[i % 10])
-                prompts.append(r.model_extra["iapo"]["prompt"])
-                got = httpx.post(f"{gw.url}/v1/feedback",
-                                 json={"id": r.id, "gold": GOLD[queries[i % 10]]}, timeout=10)
-                assert got.status_code == 200
+                prompts.append(ask_and_label(gw, i).model_extra["iapo"]["prompt"])
                 if prompts[-1] != "short" and i % 2:
                     break
                 time.sleep(0.01)  # let the background learning and refine run
@@ -463,7 +469,6 @@ def test_a_background_refine_skips_while_another_holds_the_run(tmp_path: Path) -
     run = tmp_path / "run"
     run.mkdir()
     log = tmp_path / "log.sqlite"
-    queries = list(GOLD)
     with ScriptedServer(answer_of=by_prompt) as up:
         serve_short(run, up)
         with Gateway(run / "policy.json", "--log-store", str(log),
@@ -471,18 +476,13 @@ def test_a_background_refine_skips_while_another_holds_the_run(tmp_path: Path) -
             def refine_state() -> dict[str, Any]:
                 return httpx.get(f"{gw.url}/health").json()["refine"]
 
-            def ask(i: int) -> None:
-                r = gw.ask({"budget": "low"}, content=queries[i])
-                assert httpx.post(f"{gw.url}/v1/feedback", timeout=10, json={
-                    "id": r.id, "gold": GOLD[queries[i]]}).status_code == 200
-
             with writer_lock(run, "another refine"):
                 for i in range(10):
-                    ask(i)
+                    ask_and_label(gw, i, "low")
                 wait_for(lambda: refine_state()["skipped_busy"] == 1)
             busy = refine_state()
             for i in range(10):
-                ask(i)
+                ask_and_label(gw, i, "low")
             wait_for(lambda: refine_state()["last"] is not None)
             after = refine_state()
     assert busy["error"] is None and busy["last"] is None
@@ -806,7 +806,6 @@ def test_a_background_refine_that_cannot_write_the_policy_reports_it_unchanged(
     run = tmp_path / "run"
     run.mkdir()
     log = tmp_path / "log.sqlite"
-    queries = list(GOLD)
     with ScriptedServer(answer_of=by_prompt) as up:
         serve_short(run, up)
         before = (run / "policy.json").read_text()
@@ -817,10 +816,7 @@ def test_a_background_refine_that_cannot_write_the_policy_reports_it_unchanged(
                 return httpx.get(f"{gw.url}/health").json()["refine"]
 
             for i in range(200):
-                r = gw.ask({"budget": "low" if i % 2 else "high"}, content=queries[i % 10])
-                assert r.model_extra["iapo"]["prompt"] == "short"
-                assert httpx.post(f"{gw.url}/v1/feedback", timeout=10, json={
-                    "id": r.id, "gold": GOLD[queries[i % 10]]}).status_code == 200
+                assert ask_and_label(gw, i).model_extra["iapo"]["prompt"] == "short"
                 if refine_state()["error"] is not None:
                     break
                 time.sleep(0.01)  # let the background learning and refine run
