@@ -196,3 +196,31 @@ def test_a_flagged_prompts_earlier_groups_are_not_reused(monkeypatch: pytest.Mon
     zero, one = ([o for o in given if o.prompt == p] for p in (0, 1))
     assert len(zero) == 1 and zero[0] is after
     assert len(one) == 1 and one[0] is other
+
+
+def test_a_retraining_spends_what_it_is_given_maps_its_draws_and_counts_every_reuse(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """As refine's ``--budget T2 --retrain``: with no learning budget (nothing saved), a
+    retraining given 24 completions spends them (``budget`` bounds it, not the saved 0),
+    every group it draws reaches the learner and the estimates mapped by ``taken`` (query q
+    as 10 + q), and what two retrainings reused adds up."""
+    monkeypatch.setattr(continual, "Reusing", Spy)
+    Spy.banks, Spy.made = [], []
+    cont = learner(ContinualSettings(learn_budget=0.0, refine_every=50, retrain=100))
+    cont.observe([served_groups(1, 30, 10)])
+    cont.record_served(100, 400)
+    assert cont.allowance() == 0
+
+    def taken(o: Observation) -> Observation:
+        return dataclasses.replace(o, queries=o.queries + 10)
+
+    for seed in (0, 1):
+        oracle = SimulatedOracle(env3(), [0, 1, 2, 3], 24, np.random.default_rng(seed))
+        cont.retrain(oracle, 24, np.random.default_rng(seed), taken=taken)
+        assert oracle.ledger.spent > 0
+    first, second = Spy.made
+    assert cont.learning_completions == sum(o.count * o.n for b in Spy.made for o in b.paid)
+    assert all((o.queries >= 10).all() for b in Spy.made for o in b.paid)
+    assert first.reused_groups > 0 and second.reused_groups > 0
+    assert cont.reused_groups == first.reused_groups + second.reused_groups
+    assert cont.reused_completions == first.reused_completions + second.reused_completions
