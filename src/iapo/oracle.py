@@ -89,10 +89,8 @@ class SimulatedOracle:
             if not r.count:
                 out.append(self._empty(r))
                 continue
-            out.append(Observation(r.prompt, r.n, queries[part], s.scores[part, : r.n],
-                                   None if s.labels is None else s.labels[part, : r.n],
-                                   None if s.gold is None else s.gold[part],
-                                   None if s.no_answer is None else s.no_answer[part]))
+            out.append(Observation.from_sample(r.prompt, width, queries, s).rows(part)
+                       .first(r.n))
         return out
 
     def _empty(self, r: Pull) -> Observation:

@@ -82,9 +82,10 @@ class Observation:
         """``rated``, or NaN (no person's value) of its shape [count, n, K] where None."""
         return np.full(self.scores[..., :-1].shape, np.nan) if self.rated is None else self.rated
 
-    def rows(self, index: npt.NDArray[np.intp] | npt.NDArray[np.bool_]) -> Observation:
-        """The groups ``index`` picks (a mask or indices, repeats allowed), every per-group
-        field alike."""
+    def rows(self, index: npt.NDArray[np.intp] | npt.NDArray[np.bool_] | slice
+             ) -> Observation:
+        """The groups ``index`` picks (a mask, indices (repeats allowed) or a slice), every
+        per-group field alike."""
         return dataclasses.replace(self, **{name: getattr(self, name)[index]
                                             for name in _PER_GROUP
                                             if getattr(self, name) is not None})
